@@ -1,0 +1,27 @@
+"""The append-only archive store: compressed, hash-chained segments and a SQLite catalog."""
+
+from archive_store.errors import (
+    AlreadyArchived,
+    ArchiveStoreError,
+    NotArchived,
+    RecordNotFound,
+    RestoreInProgress,
+    SegmentCorrupt,
+)
+from archive_store.models import ArchiveItem, CatalogEntry, HistoryEvent, Problem, StoredEntry
+from archive_store.store import ArchiveStore
+
+__all__ = [
+    "AlreadyArchived",
+    "ArchiveItem",
+    "ArchiveStore",
+    "ArchiveStoreError",
+    "CatalogEntry",
+    "HistoryEvent",
+    "NotArchived",
+    "Problem",
+    "RecordNotFound",
+    "RestoreInProgress",
+    "SegmentCorrupt",
+    "StoredEntry",
+]

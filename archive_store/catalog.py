@@ -1,0 +1,282 @@
+"""The catalog: `catalog.db`, a SQLite file mapping records to their entries in the segments.
+
+A write to the store is visible only once its catalog transaction commits: that commit is the
+store's commit point. WAL mode lets readers in other threads and processes carry on meanwhile.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from archive_store.models import CatalogEntry
+
+SCHEMA_VERSION = "1"
+IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's variable limit
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS segments (
+    segment_id INTEGER PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    sealed INTEGER NOT NULL DEFAULT 0,
+    end_offset INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    seq INTEGER PRIMARY KEY,
+    segment_id INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    event TEXT,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    entry_hash TEXT NOT NULL,
+    prev_hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_record ON entries (record_id, seq);
+CREATE INDEX IF NOT EXISTS entries_segment ON entries (segment_id, seq);
+CREATE TABLE IF NOT EXISTS records (
+    record_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL CHECK (state IN ('archived', 'restored', 'purged')),
+    version INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    segment_id INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    archived_at TEXT NOT NULL,
+    restored_at TEXT,
+    purged_at TEXT,
+    category TEXT NOT NULL,
+    customer_id TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    updated_at_us INTEGER NOT NULL,
+    pending TEXT CHECK (pending IS NULL OR pending IN ('delete_active', 'insert_active')),
+    indexed INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS records_state ON records (state);
+CREATE INDEX IF NOT EXISTS records_unindexed ON records (indexed, state);
+CREATE INDEX IF NOT EXISTS records_pending ON records (pending);
+CREATE INDEX IF NOT EXISTS records_updated ON records (updated_at_us);
+"""
+
+RECORD_COLUMNS = (
+    "record_id, state, version, seq, segment_id, sha256, archived_at, restored_at, purged_at, "
+    "category, customer_id, created_at, updated_at, updated_at_us, pending, indexed"
+)
+
+
+def format_time(value: datetime) -> str:
+    """Format an aware datetime as `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` in UTC.
+
+    :param value: an aware datetime; naive ones are refused, their zone is unknown
+    """
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value!r}: archive store times must be aware")
+    value = value.astimezone(UTC)
+    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    if value.microsecond:
+        text += f".{value.microsecond:06d}"
+    return text + "Z"
+
+
+def parse_time(text: str) -> datetime:
+    """Parse a time written by `format_time` back into an aware UTC datetime.
+
+    :param text: `YYYY-MM-DDTHH:MM:SS[.ffffff]Z`
+    """
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def epoch_micros(value: datetime) -> int:
+    """Microseconds since 1970-01-01 UTC; sortable where ISO strings with fractions are not.
+
+    :param value: an aware datetime
+    """
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: archive store times must be aware")
+    return (value - _EPOCH) // timedelta(microseconds=1)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open the catalog in autocommit mode; transactions are begun explicitly.
+
+    :param path: the `catalog.db` file
+    """
+    # check_same_thread=False only so that close() may run on another thread; each connection
+    # is otherwise used by the one thread that opened it.
+    conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=60000")
+    return conn
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create the tables if missing and switch the file to WAL mode; idempotent.
+
+    :param conn: a catalog connection, with the store's write lock held
+    """
+    conn.execute("PRAGMA journal_mode=WAL")
+    with transaction(conn):
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+            (SCHEMA_VERSION,),
+        )
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction: commit on success, roll back on any error.
+
+    :param conn: a catalog connection
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+@contextmanager
+def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A read transaction, so that several queries see one committed state.
+
+    :param conn: a catalog connection
+    """
+    conn.execute("BEGIN")
+    try:
+        yield conn
+    finally:
+        conn.execute("COMMIT")
+
+
+def chunked(items: Iterable[str], size: int = IN_CHUNK) -> Iterator[list[str]]:
+    """Split ids into lists of at most `size`.
+
+    :param items: the ids
+    :param size: the largest list to yield
+    """
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def placeholders(n: int) -> str:
+    """`?, ?, ...` for an `IN` list of n values.
+
+    :param n: how many values
+    """
+    return ", ".join("?" * n)
+
+
+def load_records(conn: sqlite3.Connection, record_ids: Iterable[str]) -> dict[str, sqlite3.Row]:
+    """The `records` rows of the given ids that exist, by id.
+
+    :param conn: a catalog connection
+    :param record_ids: the ids to look up
+    """
+    found: dict[str, sqlite3.Row] = {}
+    for chunk in chunked(dict.fromkeys(record_ids)):
+        rows = conn.execute(
+            f"SELECT {RECORD_COLUMNS} FROM records WHERE record_id IN ({placeholders(len(chunk))})",
+            chunk,
+        )
+        for row in rows:
+            found[row["record_id"]] = row
+    return found
+
+
+def load_record(conn: sqlite3.Connection, record_id: str) -> sqlite3.Row | None:
+    """The `records` row of one id, or None.
+
+    :param conn: a catalog connection
+    :param record_id: the id
+    """
+    row: sqlite3.Row | None = conn.execute(
+        f"SELECT {RECORD_COLUMNS} FROM records WHERE record_id = ?", (record_id,)
+    ).fetchone()
+    return row
+
+
+def build_catalog_entry(row: sqlite3.Row) -> CatalogEntry:
+    """Turn a `records` row into a `CatalogEntry`.
+
+    :param row: a row selected with `RECORD_COLUMNS`
+    """
+    return CatalogEntry(
+        record_id=row["record_id"],
+        state=row["state"],
+        version=row["version"],
+        segment_id=row["segment_id"],
+        sha256=row["sha256"],
+        archived_at=parse_time(row["archived_at"]),
+        restored_at=parse_time(row["restored_at"]) if row["restored_at"] else None,
+        purged_at=parse_time(row["purged_at"]) if row["purged_at"] else None,
+        category=row["category"],
+        customer_id=row["customer_id"],
+        created_at=parse_time(row["created_at"]),
+        updated_at=parse_time(row["updated_at"]),
+        pending=row["pending"],
+        indexed=bool(row["indexed"]),
+    )
+
+
+def iter_keyset(
+    conn: sqlite3.Connection,
+    select: str,
+    where: Sequence[str],
+    params: Sequence[Any],
+    key: str,
+    page_size: int = 1000,
+) -> Iterator[sqlite3.Row]:
+    """Stream rows ordered by a unique text/integer `key`, one short query per page.
+
+    Each page is a separate, fully fetched query, so no statement stays open while the caller
+    works (it may write through the same connection) and no read snapshot pins the WAL.
+
+    :param conn: a catalog connection
+    :param select: `SELECT ... FROM ...` without WHERE/ORDER BY
+    :param where: AND-ed conditions
+    :param params: their parameters
+    :param key: the unique column to order and page by
+    :param page_size: rows per query
+    """
+    last: Any = None
+    while True:
+        conditions = list(where)
+        values = list(params)
+        if last is not None:
+            conditions.append(f"{key} > ?")
+            values.append(last)
+        sql = select
+        if conditions:
+            sql += " WHERE " + " AND ".join(conditions)
+        sql += f" ORDER BY {key} LIMIT {int(page_size)}"
+        rows = conn.execute(sql, values).fetchall()
+        yield from rows
+        if len(rows) < page_size:
+            return
+        last = rows[-1][key.split(".")[-1]]

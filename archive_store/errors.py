@@ -1,0 +1,39 @@
+"""Errors raised by the archive store; each carries a stable `code`."""
+
+from __future__ import annotations
+
+
+class ArchiveStoreError(Exception):
+    """Base class of every archive store error."""
+
+    code: str = "archive_store_error"
+
+
+class RecordNotFound(ArchiveStoreError):
+    """The record was never archived, or its content was purged."""
+
+    code = "not_found"
+
+
+class NotArchived(ArchiveStoreError):
+    """The record exists but is not in the `archived` state."""
+
+    code = "not_archived"
+
+
+class RestoreInProgress(ArchiveStoreError):
+    """The record already has a pending move (a restore or an unfinished archive)."""
+
+    code = "restore_in_progress"
+
+
+class AlreadyArchived(ArchiveStoreError):
+    """The record is archived with different content; archiving it again is refused."""
+
+    code = "already_archived"
+
+
+class SegmentCorrupt(ArchiveStoreError):
+    """A segment file does not match its catalog: damaged, truncated or edited."""
+
+    code = "segment_corrupt"

@@ -1,0 +1,70 @@
+"""Value objects handed in and out of the archive store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ArchiveItem:
+    """One record to archive, as the archiver hands it in."""
+
+    record_id: str
+    record: dict[str, Any]
+    category: str
+    customer_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """Where one entry of the store lives and what it hashes to."""
+
+    seq: int
+    record_id: str
+    segment_id: int
+    offset: int
+    length: int
+    sha256: str
+    entry_hash: str
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """The catalog's current view of one record."""
+
+    record_id: str
+    state: str
+    version: int
+    segment_id: int
+    sha256: str
+    archived_at: datetime
+    restored_at: datetime | None
+    purged_at: datetime | None
+    category: str
+    customer_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    pending: str | None
+    indexed: bool
+
+
+@dataclass(frozen=True)
+class HistoryEvent:
+    """One step in a record's life: `archived`, `restored` or `purged`."""
+
+    at: datetime
+    event: str
+    actor: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing `verify` found wrong; names the record when it can."""
+
+    record_id: str | None
+    segment_id: int | None
+    reason: str

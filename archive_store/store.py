@@ -1,0 +1,922 @@
+"""ArchiveStore: the append-only archive of records, with a SQLite catalog as its commit point.
+
+Write protocol (every write, under the store's exclusive lock):
+1. cut back any uncommitted tail of the active segment (a writer that crashed before its commit),
+   refusing to go on if the segment is shorter than the catalog says;
+2. append the operation's frames, flush and fsync (and fsync the folder for a new file);
+3. commit one catalog transaction naming them.
+A crash before 3 leaves bytes no catalog row names; the next writer cuts them off.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO
+
+from archive_store import segment
+from archive_store.catalog import (
+    RECORD_COLUMNS,
+    build_catalog_entry,
+    chunked,
+    connect,
+    create_schema,
+    epoch_micros,
+    format_time,
+    iter_keyset,
+    load_record,
+    load_records,
+    parse_time,
+    placeholders,
+    snapshot,
+    transaction,
+)
+from archive_store.errors import (
+    AlreadyArchived,
+    ArchiveStoreError,
+    NotArchived,
+    RecordNotFound,
+    RestoreInProgress,
+    SegmentCorrupt,
+)
+from archive_store.models import ArchiveItem, CatalogEntry, HistoryEvent, Problem, StoredEntry
+from archive_store.verify import verify_store
+
+DEFAULT_SEGMENT_MAX_BYTES = 64 * 2**20
+STATES = ("archived", "restored", "purged")
+
+_ENTRY_INSERT = (
+    "INSERT INTO entries (seq, segment_id, offset, length, type, record_id, version, event, at, "
+    "actor, sha256, entry_hash, prev_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+@dataclass
+class _Placed:
+    """An entry placed by the appender: where its frame goes and what it hashes to."""
+
+    seq: int
+    segment_id: int
+    offset: int
+    length: int
+    entry_hash: str
+    prev_hash: str
+
+
+@dataclass
+class _Target:
+    """One segment the appender writes to during an operation."""
+
+    segment_id: int
+    generation: int
+    start: int  # committed end when the operation began
+    end: int
+    is_new: bool
+    sealed: bool = False
+    frames: list[bytes] = field(default_factory=list)
+
+
+class _Appender:
+    """Places the frames of one write operation in the active segment, rolling over when full."""
+
+    def __init__(self, segments_dir: Path, conn: sqlite3.Connection, max_bytes: int) -> None:
+        self._dir = segments_dir
+        self._max = max_bytes
+        last = conn.execute(
+            "SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        self.seq: int = last["seq"] if last else 0
+        self.prev: str = last["entry_hash"] if last else segment.ZERO_HASH
+        self.targets: list[_Target] = []
+        self.new_files: list[Path] = []
+        row = conn.execute(
+            "SELECT segment_id, generation, end_offset FROM segments WHERE sealed = 0 "
+            "ORDER BY segment_id DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            top = conn.execute("SELECT MAX(segment_id) FROM segments").fetchone()[0]
+            self._open_new((top or 0) + 1)
+        else:
+            recover_tail(segments_dir, row["segment_id"], row["generation"], row["end_offset"])
+            self.targets.append(
+                _Target(row["segment_id"], row["generation"], row["end_offset"],
+                        row["end_offset"], is_new=False)
+            )
+
+    @property
+    def active(self) -> _Target:
+        """The segment new frames go to."""
+        return self.targets[-1]
+
+    def _open_new(self, segment_id: int) -> None:
+        self.targets.append(_Target(segment_id, 0, 0, 0, is_new=True))
+
+    def seal_active(self) -> None:
+        """Seal the active segment (disposal compacts it) and continue in a fresh one."""
+        self.active.sealed = True
+        self._open_new(self.active.segment_id + 1)
+
+    def add(self, envelope: dict[str, Any]) -> _Placed:
+        """Give an envelope its seq and prev, frame it and place it; nothing is written yet.
+
+        :param envelope: the envelope without `seq` and `prev`
+        """
+        seq = self.seq + 1
+        envelope = {**envelope, "seq": seq, "prev": self.prev}
+        data = segment.canonical_json(envelope)
+        entry_hash = segment.sha256_hex(data)
+        frame = segment.build_frame(data)
+        target = self.active
+        if target.end > 0 and target.end + len(frame) > self._max:
+            self.seal_active()
+            target = self.active
+        placed = _Placed(seq, target.segment_id, target.end, len(frame), entry_hash, self.prev)
+        target.frames.append(frame)
+        target.end += len(frame)
+        self.seq, self.prev = seq, entry_hash
+        return placed
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        """Write and fsync every placed frame, then record the segments' new ends (uncommitted).
+
+        :param conn: the connection holding the operation's open transaction
+        """
+        for target in self.targets:
+            if not target.frames and not target.sealed:
+                continue
+            path = segment.segment_path(self._dir, target.segment_id, target.generation)
+            if target.is_new:
+                # A file of this name can only be an orphan from a crashed writer: start afresh.
+                self.new_files.append(path)
+                with open(path, "wb"):
+                    pass
+            if target.frames:
+                segment.append_frames(path, target.start, target.frames)
+            if target.is_new:
+                conn.execute(
+                    "INSERT INTO segments (segment_id, generation, sealed, end_offset) "
+                    "VALUES (?, ?, ?, ?)",
+                    (target.segment_id, target.generation, int(target.sealed), target.end),
+                )
+            elif target.frames:
+                conn.execute(
+                    "UPDATE segments SET end_offset = ?, sealed = ? WHERE segment_id = ?",
+                    (target.end, int(target.sealed), target.segment_id),
+                )
+            else:  # sealed for disposal, which may have compacted it: its end is not ours
+                conn.execute(
+                    "UPDATE segments SET sealed = 1 WHERE segment_id = ?", (target.segment_id,)
+                )
+        if self.new_files:
+            segment.fsync_directory(self._dir)
+
+    def undo(self) -> None:
+        """After a failed operation (still under the lock): drop whatever it wrote."""
+        for target in self.targets:
+            path = segment.segment_path(self._dir, target.segment_id, target.generation)
+            try:
+                if target.is_new:
+                    path.unlink(missing_ok=True)
+                elif target.frames:
+                    segment.truncate(path, target.start)
+            except OSError:
+                pass  # the next writer cuts the tail off, or deletes the orphan, anyway
+
+
+def recover_tail(segments_dir: Path, segment_id: int, generation: int, end: int) -> None:
+    """Cut an uncommitted tail off the active segment; refuse a segment shorter than committed.
+
+    Only ever called under the store's exclusive lock, so no writer is mid-operation.
+
+    :param segments_dir: the store's `segments/` folder
+    :param segment_id: the active segment
+    :param generation: its current generation
+    :param end: its committed end offset
+    """
+    path = segment.segment_path(segments_dir, segment_id, generation)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        if end == 0:
+            return
+        raise SegmentCorrupt(f"active segment {segment_id} is missing ({path.name})") from None
+    if size > end:
+        segment.truncate(path, end)
+    elif size < end:
+        raise SegmentCorrupt(
+            f"active segment {segment_id} is {size} bytes but {end} are committed; "
+            "refusing to append after a hole"
+        )
+
+
+class ArchiveStore:
+    """The append-only archive: segment files for content, a SQLite catalog as commit point."""
+
+    def __init__(self, directory: Path, segment_max_bytes: int) -> None:
+        """Use `ArchiveStore.open` instead; this only sets fields.
+
+        :param directory: the store folder
+        :param segment_max_bytes: size at which a segment is sealed
+        """
+        if segment_max_bytes < 1:
+            raise ValueError("segment_max_bytes must be positive")
+        self.directory = Path(directory)
+        self.segment_max_bytes = segment_max_bytes
+        self._segments_dir = self.directory / "segments"
+        self._catalog_path = self.directory / "catalog.db"
+        self._lock_path = self.directory / ".lock"
+        self._closed = False
+        self._reset_process_state()
+
+    def _reset_process_state(self) -> None:
+        # Connections, lock files and locks never cross a fork: a child starts its own.
+        self._pid = os.getpid()
+        self._thread_lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls, directory: Path, *, segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES
+    ) -> ArchiveStore:
+        """Open the store in `directory`, creating its folders and catalog if missing.
+
+        :param directory: the store folder
+        :param segment_max_bytes: size at which the active segment is sealed (default 64 MiB)
+        """
+        directory = Path(directory)
+        (directory / "segments").mkdir(parents=True, exist_ok=True)
+        store = cls(directory, segment_max_bytes)
+        try:
+            with store._locked():
+                conn = store._db()
+                create_schema(conn)
+                store._remove_orphans(conn)
+                store._trim_active_tail(conn)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        """Close the catalog connections and the lock file."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._pid != os.getpid():
+            return  # inherited over a fork: the parent still owns these
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> ArchiveStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        if self._closed:
+            raise ArchiveStoreError("the archive store is closed")
+        if self._pid != os.getpid():
+            self._reset_process_state()
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self._catalog_path)
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The exclusive write lock: a thread lock, then flock on `.lock` for other processes."""
+        if self._pid != os.getpid():
+            self._reset_process_state()
+        with self._thread_lock:
+            if self._lock_fd is None:
+                self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _write(self) -> Iterator[tuple[sqlite3.Connection, _Appender]]:
+        """Lock, begin a catalog transaction, append through an appender, fsync, commit."""
+        with self._locked():
+            conn = self._db()
+            appender: _Appender | None = None
+            try:
+                with transaction(conn):
+                    appender = _Appender(self._segments_dir, conn, self.segment_max_bytes)
+                    yield conn, appender
+                    appender.write(conn)  # frames durable before the commit names them
+            except BaseException:
+                if appender is not None:
+                    appender.undo()
+                raise
+
+    @contextmanager
+    def _write_catalog(self) -> Iterator[sqlite3.Connection]:
+        """Lock and run one catalog-only transaction (no segment is touched)."""
+        with self._locked():
+            conn = self._db()
+            with transaction(conn):
+                yield conn
+
+    def _remove_orphans(self, conn: sqlite3.Connection) -> None:
+        """Delete segment files the catalog does not reference (crashed writes or compactions)."""
+        known = {
+            (row["segment_id"], row["generation"])
+            for row in conn.execute("SELECT segment_id, generation FROM segments")
+        }
+        removed = False
+        for path in self._segments_dir.iterdir():
+            key = segment.parse_segment_name(path.name)
+            if key is not None and key not in known:
+                path.unlink(missing_ok=True)
+                removed = True
+        if removed:
+            segment.fsync_directory(self._segments_dir)
+
+    def _trim_active_tail(self, conn: sqlite3.Connection) -> None:
+        """On open: cut an uncommitted tail; a too-short segment is left for writers to refuse."""
+        row = conn.execute(
+            "SELECT segment_id, generation, end_offset FROM segments WHERE sealed = 0 "
+            "ORDER BY segment_id DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return
+        try:
+            recover_tail(self._segments_dir, row["segment_id"], row["generation"],
+                         row["end_offset"])
+        except SegmentCorrupt:
+            pass  # readers may still read every other record; verify() reports it
+
+    def _path(self, segment_id: int, generation: int) -> Path:
+        return segment.segment_path(self._segments_dir, segment_id, generation)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def archive_batch(
+        self, items: Sequence[ArchiveItem], at: datetime, actor: str
+    ) -> list[StoredEntry]:
+        """Archive records in one durable transaction; returns their entries in item order.
+
+        A record already archived with the same content (a rerun after a crash) is not appended
+        again, only marked `delete_active`; one archived with other content raises
+        `AlreadyArchived` before anything is written.
+
+        :param items: the records to archive; ids must be unique within the batch
+        :param at: when they are archived (aware)
+        :param actor: who archives them
+        """
+        if not items:
+            return []
+        at_text = format_time(at)
+        prepared: list[tuple[ArchiveItem, str]] = []
+        seen: set[str] = set()
+        for item in items:
+            if item.record_id in seen:
+                raise ValueError(f"record {item.record_id} appears twice in one batch")
+            seen.add(item.record_id)
+            if item.record.get("id", item.record_id) != item.record_id:
+                raise ValueError(f"record {item.record_id} carries id {item.record.get('id')!r}")
+            sha = segment.sha256_hex(segment.canonical_json(item.record))
+            prepared.append((item, sha))
+            format_time(item.created_at)
+            format_time(item.updated_at)
+
+        results: dict[str, StoredEntry] = {}
+        with self._write() as (conn, appender):
+            existing = load_records(conn, seen)
+            for item, sha in prepared:
+                row = existing.get(item.record_id)
+                if row is None or row["state"] != "archived":
+                    continue
+                if row["sha256"] != sha:
+                    raise AlreadyArchived(
+                        f"record {item.record_id} is already archived with other content"
+                    )
+                if row["pending"] == "insert_active":
+                    raise RestoreInProgress(f"record {item.record_id} is being restored")
+            for item, sha in prepared:
+                row = existing.get(item.record_id)
+                if row is not None and row["state"] == "archived":
+                    conn.execute(
+                        "UPDATE records SET pending = 'delete_active' WHERE record_id = ?",
+                        (item.record_id,),
+                    )
+                    results[item.record_id] = self._stored_entry(conn, row["seq"])
+                    continue
+                version = row["version"] + 1 if row is not None else 1
+                placed = appender.add({
+                    "type": "record",
+                    "record_id": item.record_id,
+                    "version": version,
+                    "at": at_text,
+                    "actor": actor,
+                    "sha256": sha,
+                    "record": item.record,
+                })
+                conn.execute(_ENTRY_INSERT, (
+                    placed.seq, placed.segment_id, placed.offset, placed.length, "record",
+                    item.record_id, version, None, at_text, actor, sha, placed.entry_hash,
+                    placed.prev_hash,
+                ))
+                conn.execute(
+                    f"INSERT OR REPLACE INTO records ({RECORD_COLUMNS}) "
+                    "VALUES (?, 'archived', ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, "
+                    "'delete_active', 0)",
+                    (
+                        item.record_id, version, placed.seq, placed.segment_id, sha, at_text,
+                        item.category, item.customer_id, format_time(item.created_at),
+                        format_time(item.updated_at), epoch_micros(item.updated_at),
+                    ),
+                )
+                results[item.record_id] = StoredEntry(
+                    placed.seq, item.record_id, placed.segment_id, placed.offset, placed.length,
+                    sha, placed.entry_hash,
+                )
+        return [results[item.record_id] for item, _ in prepared]
+
+    def _stored_entry(self, conn: sqlite3.Connection, seq: int) -> StoredEntry:
+        row = conn.execute(
+            "SELECT seq, record_id, segment_id, offset, length, sha256, entry_hash FROM entries "
+            "WHERE seq = ?",
+            (seq,),
+        ).fetchone()
+        return StoredEntry(*row)
+
+    def clear_pending(self, record_ids: Iterable[str]) -> None:
+        """Clear the `delete_active` mark once the active database no longer holds the records.
+
+        A restore's `insert_active` mark is left alone: only complete/abort_restore end it.
+
+        :param record_ids: ids whose removal from the active database has committed
+        """
+        with self._write_catalog() as conn:
+            for chunk in chunked(dict.fromkeys(record_ids)):
+                conn.execute(
+                    "UPDATE records SET pending = NULL WHERE pending = 'delete_active' "
+                    f"AND record_id IN ({placeholders(len(chunk))})",
+                    chunk,
+                )
+
+    def begin_restore(self, record_id: str) -> CatalogEntry:
+        """Mark an archived record `insert_active` before it is put back in the active database.
+
+        :param record_id: the record to restore
+        """
+        with self._write_catalog() as conn:
+            row = self._require(conn, record_id)
+            if row["state"] != "archived":
+                raise NotArchived(f"record {record_id} is {row['state']}, not archived")
+            if row["pending"] is not None:
+                raise RestoreInProgress(
+                    f"record {record_id} has a move in progress ({row['pending']})"
+                )
+            conn.execute(
+                "UPDATE records SET pending = 'insert_active' WHERE record_id = ?", (record_id,)
+            )
+            return build_catalog_entry(self._require(conn, record_id))
+
+    def complete_restore(self, record_id: str, at: datetime, actor: str) -> None:
+        """Record that the record is live in the active database again: a `restored` event.
+
+        :param record_id: the record being restored
+        :param at: when (aware)
+        :param actor: who restored it
+        """
+        at_text = format_time(at)
+        with self._write() as (conn, appender):
+            row = self._require(conn, record_id)
+            if row["state"] != "archived":
+                raise NotArchived(f"record {record_id} is {row['state']}, not archived")
+            self._append_event(conn, appender, row, "restored", at_text, actor)
+            conn.execute(
+                "UPDATE records SET state = 'restored', restored_at = ?, pending = NULL, "
+                "indexed = 0 WHERE record_id = ?",
+                (at_text, record_id),
+            )
+
+    def abort_restore(self, record_id: str) -> None:
+        """Give up a restore begun with `begin_restore`; the record stays archived.
+
+        :param record_id: the record whose restore failed
+        """
+        with self._write_catalog() as conn:
+            self._require(conn, record_id)
+            conn.execute(
+                "UPDATE records SET pending = NULL WHERE record_id = ? "
+                "AND pending = 'insert_active'",
+                (record_id,),
+            )
+
+    def _append_event(
+        self,
+        conn: sqlite3.Connection,
+        appender: _Appender,
+        row: sqlite3.Row,
+        event: str,
+        at_text: str,
+        actor: str,
+    ) -> None:
+        placed = appender.add({
+            "type": "event",
+            "record_id": row["record_id"],
+            "event": event,
+            "at": at_text,
+            "actor": actor,
+            "sha256": row["sha256"],
+        })
+        conn.execute(_ENTRY_INSERT, (
+            placed.seq, placed.segment_id, placed.offset, placed.length, "event",
+            row["record_id"], row["version"], event, at_text, actor, row["sha256"],
+            placed.entry_hash, placed.prev_hash,
+        ))
+
+    def mark_indexed(self, pairs: Iterable[tuple[str, int]]) -> None:
+        """Mark records indexed, each only if it is still archived at the version that was indexed.
+
+        Every way out of `archived` changes `state`, and every way back in bumps `version`, so
+        `(state='archived', version)` names one unbroken archived period: a restore, purge or
+        re-archive that happened while the indexer worked is never masked.
+
+        :param pairs: `(record_id, version)` of what was written to the index
+        """
+        rows = list(pairs)
+        if not rows:
+            return
+        with self._write_catalog() as conn:
+            conn.executemany(
+                "UPDATE records SET indexed = 1 WHERE record_id = ? AND version = ? "
+                "AND state = 'archived'",
+                rows,
+            )
+
+    def purge(self, record_ids: Sequence[str], at: datetime, actor: str) -> int:
+        """Dispose of archived records for good: their content leaves the segment files.
+
+        Each segment holding any version of them is rewritten as a new generation with those
+        entries replaced by `redacted` frames (same hash, so the chain still verifies), a
+        `purged` event is appended per record, and one catalog commit switches over. A crash
+        anywhere leaves either the old or the new state. Records not archived are skipped.
+
+        :param record_ids: the records to purge
+        :param at: when (aware)
+        :param actor: who disposes of them
+        """
+        at_text = format_time(at)
+        old_files: list[Path] = []
+        new_files: list[Path] = []
+        purged = 0
+        try:
+            with self._write() as (conn, appender):
+                self._remove_orphans(conn)
+                rows = [
+                    row for row in load_records(conn, record_ids).values()
+                    if row["state"] == "archived"
+                ]
+                if not rows:
+                    return 0
+                targets = {row["record_id"] for row in rows}
+                redact: dict[int, set[int]] = {}  # segment_id -> seqs of record entries
+                for chunk in chunked(targets):
+                    for entry in conn.execute(
+                        "SELECT seq, segment_id FROM entries WHERE type = 'record' "
+                        f"AND record_id IN ({placeholders(len(chunk))})",
+                        chunk,
+                    ):
+                        redact.setdefault(entry["segment_id"], set()).add(entry["seq"])
+                if appender.active.segment_id in redact:
+                    appender.seal_active()
+                for segment_id in sorted(redact):
+                    old, new = self._compact(conn, segment_id, redact[segment_id])
+                    old_files.append(old)
+                    new_files.append(new)
+                for row in sorted(rows, key=lambda r: r["record_id"]):
+                    self._append_event(conn, appender, row, "purged", at_text, actor)
+                conn.executemany(
+                    "UPDATE records SET state = 'purged', purged_at = ?, pending = NULL, "
+                    "indexed = 0 WHERE record_id = ?",
+                    [(at_text, row["record_id"]) for row in rows],
+                )
+                purged = len(rows)
+        except BaseException:
+            for path in new_files:
+                path.unlink(missing_ok=True)
+            raise
+        for path in old_files:
+            path.unlink(missing_ok=True)  # a crash before this: removed as an orphan on open
+        if old_files:
+            segment.fsync_directory(self._segments_dir)
+        return purged
+
+    def _compact(
+        self, conn: sqlite3.Connection, segment_id: int, redact: set[int]
+    ) -> tuple[Path, Path]:
+        """Write the next generation of a segment with some record entries redacted.
+
+        Updates the catalog rows (uncommitted); returns the old and the new file.
+        """
+        seg = conn.execute(
+            "SELECT generation, end_offset FROM segments WHERE segment_id = ?", (segment_id,)
+        ).fetchone()
+        old_path = self._path(segment_id, seg["generation"])
+        new_path = self._path(segment_id, seg["generation"] + 1)
+        entries = conn.execute(
+            "SELECT seq, offset, length, type, record_id, version, sha256, entry_hash, prev_hash "
+            "FROM entries WHERE segment_id = ? ORDER BY seq",
+            (segment_id,),
+        ).fetchall()
+        with open(old_path, "rb") as f:
+            data = f.read(seg["end_offset"])
+        if len(data) < seg["end_offset"]:
+            raise SegmentCorrupt(
+                f"segment {segment_id} is shorter than committed; cannot compact it for disposal"
+            )
+        frames: list[bytes] = []
+        updates: list[tuple[int, int, str, int]] = []
+        offset = 0
+        for entry in entries:
+            if entry["seq"] in redact:
+                # Same seq, hash and prev as the original: the chain does not notice the swap.
+                frame = segment.build_frame(segment.canonical_json({
+                    "type": "redacted",
+                    "seq": entry["seq"],
+                    "record_id": entry["record_id"],
+                    "version": entry["version"],
+                    "sha256": entry["sha256"],
+                    "entry_hash": entry["entry_hash"],
+                    "prev": entry["prev_hash"],
+                }))
+                kind = "redacted"
+            else:
+                frame = data[entry["offset"] : entry["offset"] + entry["length"]]
+                kind = entry["type"]
+            frames.append(frame)
+            updates.append((offset, len(frame), kind, entry["seq"]))
+            offset += len(frame)
+        new_path.unlink(missing_ok=True)
+        segment.write_file(new_path, frames)
+        conn.executemany(
+            "UPDATE entries SET offset = ?, length = ?, type = ? WHERE seq = ?", updates
+        )
+        conn.execute(
+            "UPDATE segments SET generation = ?, end_offset = ?, sealed = 1 WHERE segment_id = ?",
+            (seg["generation"] + 1, offset, segment_id),
+        )
+        return old_path, new_path
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def _require(self, conn: sqlite3.Connection, record_id: str) -> sqlite3.Row:
+        row = load_record(conn, record_id)
+        if row is None:
+            raise RecordNotFound(f"record {record_id} was never archived")
+        return row
+
+    def get(self, record_id: str) -> dict[str, Any]:
+        """The record exactly as archived (its latest version): one catalog lookup, one read.
+
+        :param record_id: the record
+        """
+        for _ in range(3):
+            conn = self._db()
+            row = conn.execute(
+                "SELECT r.state, r.seq, r.sha256, e.segment_id, e.offset, e.length, "
+                "e.entry_hash, s.generation FROM records r JOIN entries e ON e.seq = r.seq "
+                "JOIN segments s ON s.segment_id = e.segment_id WHERE r.record_id = ?",
+                (record_id,),
+            ).fetchone()
+            if row is None:
+                raise RecordNotFound(f"record {record_id} was never archived")
+            if row["state"] == "purged":
+                raise RecordNotFound(f"record {record_id} was purged")
+            try:
+                with open(self._path(row["segment_id"], row["generation"]), "rb") as f:
+                    envelope = segment.read_frame(f, row["offset"], row["length"])
+            except FileNotFoundError:
+                continue  # disposal replaced this generation meanwhile: look it up again
+            except SegmentCorrupt as e:
+                raise SegmentCorrupt(f"record {record_id}: {e}") from e
+            return check_record(record_id, envelope, row["seq"], row["entry_hash"], row["sha256"])
+        raise SegmentCorrupt(f"record {record_id}: its segment file is missing")
+
+    def info(self, record_id: str) -> CatalogEntry:
+        """The catalog's view of a record (state, version, times, pending, indexed).
+
+        :param record_id: the record
+        """
+        return build_catalog_entry(self._require(self._db(), record_id))
+
+    def history(self, record_id: str) -> list[HistoryEvent]:
+        """Every `archived` (one per version), `restored` and `purged` step, oldest first.
+
+        :param record_id: the record
+        """
+        rows = self._db().execute(
+            "SELECT type, event, at, actor FROM entries WHERE record_id = ? ORDER BY seq",
+            (record_id,),
+        ).fetchall()
+        if not rows:
+            raise RecordNotFound(f"record {record_id} was never archived")
+        return [
+            HistoryEvent(
+                parse_time(row["at"]),
+                row["event"] if row["type"] == "event" else "archived",
+                row["actor"],
+            )
+            for row in rows
+        ]
+
+    def find_archived(self, record_ids: Iterable[str]) -> set[str]:
+        """Those of the ids whose records are currently archived.
+
+        :param record_ids: ids to check
+        """
+        conn = self._db()
+        found: set[str] = set()
+        for chunk in chunked(dict.fromkeys(record_ids)):
+            found.update(
+                row[0] for row in conn.execute(
+                    "SELECT record_id FROM records WHERE state = 'archived' "
+                    f"AND record_id IN ({placeholders(len(chunk))})",
+                    chunk,
+                )
+            )
+        return found
+
+    def iter_catalog(
+        self, state: str | None = None, updated_before: datetime | None = None
+    ) -> Iterator[CatalogEntry]:
+        """Stream catalog rows by record id, optionally filtered.
+
+        :param state: only rows in this state
+        :param updated_before: only rows with `updated_at <= updated_before` (inclusive, as the
+            disposal rule "updated_at <= as_of - keep_years" needs)
+        """
+        where: list[str] = []
+        params: list[Any] = []
+        if state is not None:
+            _check_state(state)
+            where.append("state = ?")
+            params.append(state)
+        if updated_before is not None:
+            where.append("updated_at_us <= ?")
+            params.append(epoch_micros(updated_before))
+        select = f"SELECT {RECORD_COLUMNS} FROM records"
+        for row in iter_keyset(self._db(), select, where, params, "record_id"):
+            yield build_catalog_entry(row)
+
+    def iter_pending(self) -> Iterator[CatalogEntry]:
+        """Stream the records with a move in progress (`delete_active` or `insert_active`)."""
+        select = f"SELECT {RECORD_COLUMNS} FROM records"
+        for row in iter_keyset(self._db(), select, ["pending IS NOT NULL"], [], "record_id"):
+            yield build_catalog_entry(row)
+
+    def iter_records(
+        self, state: str = "archived"
+    ) -> Iterator[tuple[CatalogEntry, dict[str, Any]]]:
+        """Stream `(entry, record)` in segment order, reading each segment sequentially.
+
+        :param state: `archived` or `restored` (purged records have no content left)
+        """
+        _check_state(state)
+        if state == "purged":
+            raise ValueError("purged records have no content to iterate")
+        select = (
+            f"SELECT {', '.join('r.' + c.strip() for c in RECORD_COLUMNS.split(','))}, "
+            "e.offset AS e_offset, e.length AS e_length, e.entry_hash AS e_hash, "
+            "e.segment_id AS e_segment, s.generation AS s_generation "
+            "FROM records r JOIN entries e ON e.seq = r.seq "
+            "JOIN segments s ON s.segment_id = e.segment_id"
+        )
+        current: tuple[int, int] | None = None
+        f: BinaryIO | None = None
+        try:
+            for row in iter_keyset(self._db(), select, ["r.state = ?"], [state], "r.seq"):
+                key = (row["e_segment"], row["s_generation"])
+                if key != current:
+                    if f is not None:
+                        f.close()
+                        f = None
+                    current = key
+                    try:
+                        f = open(self._path(*key), "rb", buffering=2**20)
+                    except FileNotFoundError:
+                        f = None  # replaced by disposal meanwhile: fall back to lookups
+                record_id = row["record_id"]
+                if f is None:
+                    try:
+                        record = self.get(record_id)
+                    except RecordNotFound:
+                        continue  # purged meanwhile
+                    entry = self.info(record_id)
+                    if entry.state != state:
+                        continue
+                    yield entry, record
+                    continue
+                try:
+                    envelope = segment.read_frame(f, row["e_offset"], row["e_length"])
+                except SegmentCorrupt as e:
+                    raise SegmentCorrupt(f"record {record_id}: {e}") from e
+                record = check_record(
+                    record_id, envelope, row["seq"], row["e_hash"], row["sha256"]
+                )
+                yield build_catalog_entry(row), record
+        finally:
+            if f is not None:
+                f.close()
+
+    def iter_unindexed(self, limit: int) -> list[CatalogEntry]:
+        """Up to `limit` archived records not yet marked indexed, oldest entry first.
+
+        :param limit: the most rows to return
+        """
+        rows = self._db().execute(
+            f"SELECT {RECORD_COLUMNS} FROM records WHERE indexed = 0 AND state = 'archived' "
+            "ORDER BY seq LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [build_catalog_entry(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Counts for stats: archived, restored, purged, indexed (and archived), pending."""
+        conn = self._db()
+        with snapshot(conn):
+            result = {
+                state: conn.execute(
+                    "SELECT COUNT(*) FROM records WHERE state = ?", (state,)
+                ).fetchone()[0]
+                for state in STATES
+            }
+            result["indexed"] = conn.execute(
+                "SELECT COUNT(*) FROM records WHERE indexed = 1 AND state = 'archived'"
+            ).fetchone()[0]
+            result["pending"] = conn.execute(
+                "SELECT COUNT(*) FROM records WHERE pending IS NOT NULL"
+            ).fetchone()[0]
+        return result
+
+    def verify(self) -> list[Problem]:
+        """Recheck every frame, checksum and the hash chain against the catalog; read-only."""
+        if self._closed:
+            raise ArchiveStoreError("the archive store is closed")
+        return verify_store(self._catalog_path, self._segments_dir, self._lock_path)
+
+
+def _check_state(state: str) -> None:
+    if state not in STATES:
+        raise ValueError(f"unknown state {state!r}; expected one of {', '.join(STATES)}")
+
+
+def check_record(
+    record_id: str, envelope: bytes, seq: int, entry_hash: str, sha256: str
+) -> dict[str, Any]:
+    """Check a decoded record envelope against its catalog row and return the record.
+
+    :param record_id: the id the catalog expects
+    :param envelope: decompressed envelope bytes
+    :param seq: the entry's seq
+    :param entry_hash: the catalog's hash of the envelope
+    :param sha256: the catalog's hash of the record
+    """
+    if segment.sha256_hex(envelope) != entry_hash:
+        raise SegmentCorrupt(f"record {record_id}: entry hash does not match the catalog")
+    value = segment.parse_envelope(envelope)
+    if (
+        value.get("type") != "record"
+        or value.get("record_id") != record_id
+        or value.get("seq") != seq
+        or not isinstance(value.get("record"), dict)
+    ):
+        raise SegmentCorrupt(f"record {record_id}: entry does not match the catalog")
+    record: dict[str, Any] = value["record"]
+    if segment.sha256_hex(segment.canonical_json(record)) != sha256:
+        raise SegmentCorrupt(f"record {record_id}: sha256 does not match the catalog")
+    return record
