@@ -1,0 +1,1 @@
+"""Archivist's shared core: configuration, the record model, the active database, retention."""

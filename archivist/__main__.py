@@ -1,0 +1,5 @@
+"""`python -m archivist` runs the `archivist` command."""
+
+from archivist.cli import main
+
+main()

@@ -1,0 +1,248 @@
+"""The active database: SQLAlchemy 2.x models, engine and sessions.
+
+Besides the CRM's active records it holds Archivist's own operational tables (legal holds, job
+runs, the worker's lease), so that one database URL configures everything.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    tuple_,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+from archivist.records import Record, record_from_json
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite keeps no offset, so store naive UTC)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table in the active database."""
+
+
+class ActiveRecord(Base):
+    """A record that is live in the CRM (not archived)."""
+
+    __tablename__ = "active_records"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    category: Mapped[str] = mapped_column(String(128))
+    customer_id: Mapped[str | None] = mapped_column(String(256))
+    owner: Mapped[str | None] = mapped_column(String(256))
+    subject: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[str] = mapped_column(String(32))  # canonical text, as given back
+    updated_at: Mapped[str] = mapped_column(String(32))
+    updated_at_utc: Mapped[datetime] = mapped_column(UTCDateTime)  # for age comparisons
+    attributes: Mapped[str | None] = mapped_column(Text)  # JSON text, kept verbatim
+
+    __table_args__ = (
+        Index("ix_active_category_updated", "category", "updated_at_utc"),
+        Index("ix_active_updated", "updated_at_utc"),
+        Index("ix_active_customer", "customer_id"),
+    )
+
+    def to_record(self) -> Record:
+        """The Record this row holds."""
+        value: dict[str, Any] = {c: getattr(self, c) for c in _RECORD_COLUMNS}
+        if self.attributes is not None:
+            value["attributes"] = json.loads(self.attributes)
+        return record_from_json(value)
+
+
+class LegalHold(Base):
+    """A legal hold on one record, one customer's records or a whole category."""
+
+    __tablename__ = "legal_holds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(16))  # record | customer | category
+    value: Mapped[str] = mapped_column(String(256))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("scope", "value", name="uq_hold_scope_value"),)
+
+
+class JobRun(Base):
+    """One run of a worker job, for stats and the admin pages."""
+
+    __tablename__ = "job_runs"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    archived: Mapped[int] = mapped_column(Integer, default=0)
+    purged: Mapped[int] = mapped_column(Integer, default=0)
+    indexed: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Lease(Base):
+    """A named lease that lets one worker process at a time run a job."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+_RECORD_COLUMNS = (
+    "id",
+    "kind",
+    "category",
+    "customer_id",
+    "owner",
+    "subject",
+    "body",
+    "status",
+    "created_at",
+    "updated_at",
+)
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine; SQLite gets WAL, full sync, a busy timeout and immediate transactions."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 60})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, decide where transactions begin (see the SQLAlchemy
+        # SQLite docs, "Serializable isolation / Savepoints / Transactional DDL").
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # IMMEDIATE takes the write lock up front: a read-then-write transaction can then never
+        # fail half-way with SQLITE_BUSY because another writer committed in between.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def make_sessions(engine: Engine) -> sessionmaker[Session]:
+    """A session factory bound to the engine; use `with sessions.begin() as session:`."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def create_schema(engine: Engine) -> None:
+    """Create every table that does not exist yet (idempotent)."""
+    Base.metadata.create_all(engine)
+
+
+def record_row_values(record: Record) -> dict[str, Any]:
+    """The column values of an `active_records` row holding this record."""
+    values: dict[str, Any] = {name: getattr(record, name) for name in _RECORD_COLUMNS}
+    values["updated_at_utc"] = record.updated
+    values["attributes"] = (
+        None
+        if record.attributes is None
+        else json.dumps(record.attributes, ensure_ascii=False, separators=(",", ":"))
+    )
+    return values
+
+
+def upsert_records(session: Session, records: Sequence[Record]) -> None:
+    """Insert the records, replacing any active record with the same id."""
+    if not records:
+        return
+    rows = [record_row_values(r) for r in records]
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(ActiveRecord)
+    columns = {name: stmt.excluded[name] for name in rows[0] if name != "id"}
+    session.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=columns), rows)
+
+
+def insert_record(session: Session, record: Record) -> None:
+    """Insert one record; fails with IntegrityError if its id is already active."""
+    session.add(ActiveRecord(**record_row_values(record)))
+    session.flush()
+
+
+def find_active(session: Session, record_ids: Iterable[str]) -> dict[str, Record]:
+    """The active records among these ids, by id."""
+    found: dict[str, Record] = {}
+    ids = list(record_ids)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        for row in session.scalars(select(ActiveRecord).where(ActiveRecord.id.in_(chunk))):
+            found[row.id] = row.to_record()
+    return found
+
+
+def delete_records(session: Session, versions: Sequence[tuple[str, str]]) -> set[str]:
+    """Delete rows matching (id, updated_at) pairs; returns the ids that were deleted.
+
+    Matching on `updated_at` too means a record the CRM changed meanwhile is not deleted.
+    """
+    deleted: set[str] = set()
+    for start in range(0, len(versions), 500):
+        chunk = list(versions[start : start + 500])
+        stmt = (
+            delete(ActiveRecord)
+            .where(tuple_(ActiveRecord.id, ActiveRecord.updated_at).in_(chunk))
+            .returning(ActiveRecord.id)
+        )
+        deleted.update(session.scalars(stmt))
+    return deleted
+
+
+def count_active(session: Session) -> int:
+    """How many records are active."""
+    return session.scalar(select(func.count()).select_from(ActiveRecord)) or 0
+
+
+def utcnow() -> datetime:
+    """The current time, aware UTC; read only at the edges (CLI, worker, server)."""
+    return datetime.now(UTC)

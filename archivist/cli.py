@@ -1,0 +1,272 @@
+"""The `archivist` command: each command parses, loads the config and calls one function."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from datetime import UTC, date, datetime, time
+from functools import wraps
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import click
+
+from archive_store import ArchiveStoreError
+from archivist.active_db import utcnow
+from archivist.config import Config, default_config_path, load_config
+from archivist.errors import ArchivistError
+from archivist.holds import add_hold, list_holds, remove_hold
+from archivist.importer import import_lines
+from indexer.demo import load_demo
+from indexer.errors import IndexerError
+from indexer.indexing import rebuild_index
+from indexer.jobs import run_archive_job, run_dispose_job, run_index_job
+from indexer.services import Services
+from indexer.stats import collect_stats
+from indexer.verification import verify_all
+from indexer.worker import run as run_worker
+
+DOMAIN_ERRORS: tuple[type[Exception], ...] = (ArchivistError, ArchiveStoreError, IndexerError)
+
+
+class ArchivistGroup(click.Group):
+    """A click group that turns domain errors into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DOMAIN_ERRORS as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+
+
+def config_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add `--config PATH` to a command and pass the loaded Config as `config`."""
+
+    @click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Config file (default: $ARCHIVIST_CONFIG, else ./config.toml).",
+    )
+    @wraps(command)
+    def wrapper(*args: Any, config_path: Path | None, **kwargs: Any) -> Any:
+        return command(*args, config=load_config(config_path or default_config_path()), **kwargs)
+
+    return wrapper
+
+
+class MomentType(click.ParamType):
+    """An ISO date (its midnight UTC) or an ISO datetime (UTC if it has no offset)."""
+
+    name = "WHEN"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            if len(value) == 10:
+                return datetime.combine(date.fromisoformat(value), time(), tzinfo=UTC)
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO date or datetime", param, ctx)
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+WHEN = MomentType()
+
+
+@click.group(cls=ArchivistGroup)
+def main() -> None:
+    """Archivist: the archive next to your CRM."""
+
+
+@main.command()
+@config_option
+def init(config: Config) -> None:
+    """Create the databases and folders named in the config (idempotent)."""
+    with Services.open(config, create=True):
+        pass
+    click.echo(f"initialised {config.path}")
+
+
+@main.command("import")
+@click.argument("file", type=click.File("rb"))
+@config_option
+def import_(file: BinaryIO, config: Config) -> None:
+    """Upsert records from a JSON Lines FILE (- for stdin) into the active database."""
+    with Services.open(config) as services:
+        report = import_lines(
+            file,
+            services.sessions,
+            services.store.find_archived,
+            config.kinds,
+            on_error=lambda error: click.echo(str(error), err=True),
+        )
+    click.echo(f"imported {report.imported}, rejected {report.rejected}")
+
+
+@main.command()
+@click.option("--as-of", type=WHEN, default=None, help="Run as if now were WHEN.")
+@click.option("--dry-run", is_flag=True, help="Only print what would move, by category.")
+@config_option
+def archive(as_of: datetime | None, dry_run: bool, config: Config) -> None:
+    """Move every aged record not on legal hold into the archive and index it."""
+    with Services.open(config) as services:
+        report = run_archive_job(services, as_of or utcnow(), dry_run=dry_run)
+    if dry_run:
+        _print_by_category("would archive", report.archived, report.by_category)
+    else:
+        click.echo(f"archived {report.archived}, indexed {report.indexed}")
+
+
+@main.command()
+@click.option("--as-of", type=WHEN, default=None, help="Run as if now were WHEN.")
+@click.option("--dry-run", is_flag=True, help="Only print what would be purged, by category.")
+@config_option
+def dispose(as_of: datetime | None, dry_run: bool, config: Config) -> None:
+    """Purge archived records past their keep time and not on legal hold."""
+    with Services.open(config) as services:
+        report = run_dispose_job(services, as_of or utcnow(), dry_run=dry_run)
+    if dry_run:
+        _print_by_category("would purge", report.purged, report.by_category)
+    else:
+        click.echo(f"purged {report.purged}")
+
+
+@main.group()
+def hold() -> None:
+    """Legal holds: a held record is neither archived nor disposed."""
+
+
+def _hold_target(record: str | None, customer: str | None, category: str | None) -> tuple[str, str]:
+    given = [
+        (s, v)
+        for s, v in (("record", record), ("customer", customer), ("category", category))
+        if v is not None
+    ]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of --record, --customer or --category")
+    return given[0]
+
+
+def _hold_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("--category", default=None, help="A whole category.")(command)
+    command = click.option("--customer", default=None, help="Every record of a customer.")(command)
+    return click.option("--record", default=None, help="One record id.")(command)
+
+
+@hold.command("add")
+@_hold_options
+@click.option("--reason", required=True, help="Why the hold is placed (shown in listings).")
+@config_option
+def hold_add(
+    record: str | None, customer: str | None, category: str | None, reason: str, config: Config
+) -> None:
+    """Place a legal hold."""
+    scope, value = _hold_target(record, customer, category)
+    with Services.open(config) as services, services.sessions.begin() as session:
+        add_hold(session, scope, value, reason, utcnow())
+    click.echo(f"hold placed on {scope} {value}")
+
+
+@hold.command("remove")
+@_hold_options
+@config_option
+def hold_remove(
+    record: str | None, customer: str | None, category: str | None, config: Config
+) -> None:
+    """Lift a legal hold."""
+    scope, value = _hold_target(record, customer, category)
+    with Services.open(config) as services, services.sessions.begin() as session:
+        remove_hold(session, scope, value)
+    click.echo(f"hold lifted from {scope} {value}")
+
+
+@hold.command("list")
+@config_option
+def hold_list(config: Config) -> None:
+    """List the legal holds in force."""
+    with Services.open(config) as services, services.sessions.begin() as session:
+        holds = list_holds(session)
+    for h in holds:
+        click.echo(f"{h.scope}\t{h.value}\t{h.created_at:%Y-%m-%dT%H:%M:%SZ}\t{h.reason}")
+    if not holds:
+        click.echo("no legal holds")
+
+
+@main.command()
+@click.option("--rebuild", is_flag=True, help="Rebuild every index from the archive store alone.")
+@config_option
+def index(rebuild: bool, config: Config) -> None:
+    """Index what is archived but not yet indexed."""
+    with Services.open(config) as services:
+        if rebuild:
+            count = rebuild_index(services.store, services.index, progress=sys.stderr.isatty())
+            click.echo(f"rebuilt, indexed {count}")
+        else:
+            click.echo(f"indexed {run_index_job(services)}")
+
+
+@main.command()
+@config_option
+def worker(config: Config) -> None:
+    """Run the scheduled jobs (blocking) until SIGTERM or Ctrl-C."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    run_worker(config)
+
+
+@main.command()
+@config_option
+def stats(config: Config) -> None:
+    """Print the counts of /api/v1/stats as JSON."""
+    with Services.open(config) as services:
+        click.echo(json.dumps(collect_stats(services), indent=2))
+
+
+@main.command()
+@config_option
+def verify(config: Config) -> None:
+    """Check archive checksums, the hash chain, and that catalog and index agree."""
+    with Services.open(config) as services:
+        result = verify_all(services)
+    click.echo(result.summary())
+    if result.problems:
+        for problem in result.problems:
+            click.echo(str(problem), err=True)
+        click.echo("damaged or missing: " + " ".join(result.damaged_ids()), err=True)
+        sys.exit(1)
+
+
+def _print_by_category(verb: str, total: int, by_category: dict[str, int]) -> None:
+    click.echo(f"{verb} {total}")
+    for category, count in by_category.items():
+        click.echo(f"  {category}: {count}")
+
+
+@main.command()
+@click.option(
+    "--records",
+    "count",
+    type=click.IntRange(1, 2_000_000),
+    default=5000,
+    show_default=True,
+    help="How many demo records to generate.",
+)
+@config_option
+def demo(count: int, config: Config) -> None:
+    """Showcase: init, load a generated demo data set, archive it, print the stats."""
+    with Services.open(config, create=True) as services:
+        setup = load_demo(services, count, utcnow())
+        if setup.loaded:
+            click.echo(f"demo data: imported {setup.imported}, archived {setup.archived}")
+        else:
+            click.echo("demo data already loaded; using it as it is")
+        click.echo(json.dumps(collect_stats(services), indent=2))

@@ -1,0 +1,201 @@
+"""Load `config.toml` into typed, validated settings; relative paths resolve against the file."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from apscheduler.triggers.cron import CronTrigger
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from archivist.errors import ConfigError
+from archivist.retention import RetentionPolicy, RetentionRules
+
+DEFAULT_KINDS = ("communication", "process", "transaction", "ticket", "note")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """When the worker runs its jobs."""
+
+    archive_cron: str = "0 2 * * *"
+    dispose_cron: str = "30 3 * * 0"
+    index_interval_seconds: int = 60
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where and how the HTTP server listens."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    threads: int = 8
+    rate_limit_per_minute: int = 600
+    max_query_length: int = 1000
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of one Archivist installation."""
+
+    path: Path
+    active_url: str
+    archive_dir: Path
+    index_dir: Path
+    retention: RetentionRules
+    kinds: tuple[str, ...] = DEFAULT_KINDS
+    shard_period: str = "year"
+    segment_max_bytes: int = 64 * 2**20
+    batch_size: int = 1000
+    server: ServerConfig = field(default_factory=ServerConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+
+
+def default_config_path() -> Path:
+    """The config file used when none is given: $ARCHIVIST_CONFIG, else ./config.toml."""
+    return Path(os.environ.get("ARCHIVIST_CONFIG") or "config.toml")
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a config file.
+
+    :param path: the TOML file; relative paths inside it resolve against its folder.
+    :raises ConfigError: with a one-line reason naming the bad key.
+    """
+    path = Path(path).resolve()
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from None
+    return build_config(data, path)
+
+
+def build_config(data: dict[str, Any], path: Path) -> Config:
+    """Turn parsed TOML into a Config; `path` is the file the data came from."""
+    base = path.parent
+    active = _table(data, "active")
+    archive = _table(data, "archive")
+    index = _table(data, "index")
+    server = _table(data, "server")
+    worker = _table(data, "worker")
+    records = _table(data, "records")
+    kinds = records.get("kinds", list(DEFAULT_KINDS))
+    if not (isinstance(kinds, list) and kinds and all(isinstance(k, str) and k for k in kinds)):
+        raise ConfigError("records.kinds must be a non-empty list of strings")
+    shard_period = _get(index, "shard_period", str, "year", "index")
+    if shard_period not in ("year", "month"):
+        raise ConfigError("index.shard_period must be 'year' or 'month'")
+    worker_config = WorkerConfig(
+        archive_cron=_cron(
+            _get(worker, "archive_cron", str, "0 2 * * *", "worker"), "archive_cron"
+        ),
+        dispose_cron=_cron(
+            _get(worker, "dispose_cron", str, "30 3 * * 0", "worker"), "dispose_cron"
+        ),
+        index_interval_seconds=_positive(worker, "index_interval_seconds", 60, "worker"),
+    )
+    server_config = ServerConfig(
+        host=_get(server, "host", str, "127.0.0.1", "server"),
+        port=_get(server, "port", int, 8080, "server"),
+        threads=_positive(server, "threads", 8, "server"),
+        rate_limit_per_minute=_positive(server, "rate_limit_per_minute", 600, "server"),
+        max_query_length=_positive(server, "max_query_length", 1000, "server"),
+    )
+    return Config(
+        path=path,
+        active_url=_resolve_db_url(
+            _get(active, "url", str, "sqlite:///data/active.db", "active"), base
+        ),
+        archive_dir=base / _get(archive, "dir", str, "data/archive", "archive"),
+        index_dir=base / _get(index, "dir", str, "data/index", "index"),
+        retention=_retention(_table(data, "retention")),
+        kinds=tuple(kinds),
+        shard_period=shard_period,
+        segment_max_bytes=_positive(archive, "segment_max_bytes", 64 * 2**20, "archive"),
+        batch_size=_positive(archive, "batch_size", 1000, "archive"),
+        server=server_config,
+        worker=worker_config,
+    )
+
+
+def _retention(table: dict[str, Any]) -> RetentionRules:
+    default_table = table.get("default", {})
+    if not isinstance(default_table, dict):
+        raise ConfigError("[retention.default] must be a table")
+    default = RetentionPolicy(
+        archive_after_days=_non_negative(
+            default_table, "archive_after_days", 365, "retention.default"
+        ),
+        keep_years=_non_negative(default_table, "keep_years", 5, "retention.default"),
+    )
+    categories: dict[str, RetentionPolicy] = {}
+    category_tables = table.get("category", {})
+    if not isinstance(category_tables, dict):
+        raise ConfigError("[retention.category] must hold one table per category")
+    for name, own in category_tables.items():
+        where = f"retention.category.{name}"
+        if not isinstance(own, dict):
+            raise ConfigError(f"[{where}] must be a table")
+        categories[name] = RetentionPolicy(
+            archive_after_days=_non_negative(
+                own, "archive_after_days", default.archive_after_days, where
+            ),
+            keep_years=_non_negative(own, "keep_years", default.keep_years, where),
+        )
+    return RetentionRules(default=default, categories=categories)
+
+
+def _resolve_db_url(url: str, base: Path) -> str:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise ConfigError(f"active.url is not a database URL: {e}") from None
+    database = parsed.database
+    if parsed.get_backend_name() == "sqlite" and database and database != ":memory:":
+        if not Path(database).is_absolute():
+            return parsed.set(database=str(base / database)).render_as_string(hide_password=False)
+    return url
+
+
+def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return value
+
+
+def _get(table: dict[str, Any], key: str, kind: type, default: Any, where: str) -> Any:
+    value = table.get(key, default)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        expected = {int: "an integer", str: "a string"}.get(kind, kind.__name__)
+        raise ConfigError(f"{where}.{key} must be {expected}, got {value!r}")
+    return value
+
+
+def _positive(table: dict[str, Any], key: str, default: int, where: str) -> int:
+    value: int = _get(table, key, int, default, where)
+    if value <= 0:
+        raise ConfigError(f"{where}.{key} must be positive, got {value}")
+    return value
+
+
+def _non_negative(table: dict[str, Any], key: str, default: int, where: str) -> int:
+    value: int = _get(table, key, int, default, where)
+    if value < 0:
+        raise ConfigError(f"{where}.{key} must not be negative, got {value}")
+    return value
+
+
+def _cron(expression: str, key: str) -> str:
+    try:
+        CronTrigger.from_crontab(expression, timezone="UTC")
+    except ValueError as e:
+        raise ConfigError(f"worker.{key} is not a crontab expression: {e}") from None
+    return expression

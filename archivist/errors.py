@@ -1,0 +1,25 @@
+"""Errors of the shared core; each carries a short machine-readable `code`."""
+
+
+class ArchivistError(Exception):
+    """Base class for errors raised by the shared core."""
+
+    code = "archivist_error"
+
+
+class ConfigError(ArchivistError):
+    """The configuration file is missing, unreadable or has a bad value."""
+
+    code = "bad_config"
+
+
+class InvalidRecord(ArchivistError):
+    """A record does not follow the record format of the contract."""
+
+    code = "invalid_record"
+
+
+class HoldError(ArchivistError):
+    """A legal hold command cannot be carried out."""
+
+    code = "bad_hold"

@@ -1,0 +1,110 @@
+"""Legal holds: a held record is neither archived nor disposed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, and_, delete, not_, or_, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from archivist.active_db import LegalHold
+from archivist.errors import HoldError
+
+SCOPES = ("record", "customer", "category")
+
+
+@dataclass(frozen=True)
+class Hold:
+    """One legal hold as shown to users."""
+
+    scope: str
+    value: str
+    reason: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class HoldSet:
+    """Every hold in force, split by scope, for fast checks."""
+
+    record_ids: frozenset[str] = frozenset()
+    customer_ids: frozenset[str] = frozenset()
+    categories: frozenset[str] = frozenset()
+
+    def covers(self, record_id: str, customer_id: str | None, category: str) -> bool:
+        """True when any hold applies to a record with these attributes."""
+        return (
+            record_id in self.record_ids
+            or (customer_id is not None and customer_id in self.customer_ids)
+            or category in self.categories
+        )
+
+    def exclusion(
+        self,
+        id_column: InstrumentedAttribute[str],
+        customer_column: InstrumentedAttribute[str | None],
+        category_column: InstrumentedAttribute[str],
+    ) -> ColumnElement[bool]:
+        """A SQL condition that is true for rows no hold covers."""
+        conditions: list[ColumnElement[bool]] = []
+        if self.record_ids:
+            conditions.append(id_column.not_in(sorted(self.record_ids)))
+        if self.customer_ids:
+            conditions.append(
+                or_(customer_column.is_(None), customer_column.not_in(sorted(self.customer_ids)))
+            )
+        if self.categories:
+            conditions.append(category_column.not_in(sorted(self.categories)))
+        return and_(*conditions) if conditions else not_(False)
+
+
+def add_hold(session: Session, scope: str, value: str, reason: str, at: datetime) -> Hold:
+    """Place a hold; placing the same hold twice is an error that names the first one."""
+    _check(scope, value)
+    if not reason.strip():
+        raise HoldError("a legal hold needs a reason")
+    existing = session.scalar(
+        select(LegalHold).where(LegalHold.scope == scope, LegalHold.value == value)
+    )
+    if existing is not None:
+        raise HoldError(f"{scope} {value!r} is already on hold: {existing.reason}")
+    row = LegalHold(scope=scope, value=value, reason=reason.strip(), created_at=at)
+    session.add(row)
+    session.flush()
+    return Hold(scope, value, row.reason, at)
+
+
+def remove_hold(session: Session, scope: str, value: str) -> None:
+    """Lift a hold; lifting one that does not exist is an error."""
+    _check(scope, value)
+    result = session.execute(
+        delete(LegalHold).where(LegalHold.scope == scope, LegalHold.value == value)
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        raise HoldError(f"{scope} {value!r} is not on hold")
+
+
+def list_holds(session: Session) -> list[Hold]:
+    """Every hold in force, oldest first."""
+    rows = session.scalars(select(LegalHold).order_by(LegalHold.created_at, LegalHold.id))
+    return [Hold(r.scope, r.value, r.reason, r.created_at) for r in rows]
+
+
+def load_hold_set(session: Session) -> HoldSet:
+    """The holds in force, ready for `covers` checks and SQL exclusions."""
+    by_scope: dict[str, set[str]] = {scope: set() for scope in SCOPES}
+    for scope, value in session.execute(select(LegalHold.scope, LegalHold.value)):
+        by_scope[scope].add(value)
+    return HoldSet(
+        record_ids=frozenset(by_scope["record"]),
+        customer_ids=frozenset(by_scope["customer"]),
+        categories=frozenset(by_scope["category"]),
+    )
+
+
+def _check(scope: str, value: str) -> None:
+    if scope not in SCOPES:
+        raise HoldError(f"hold scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    if not value:
+        raise HoldError("a hold needs a record id, customer id or category")

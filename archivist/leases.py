@@ -1,0 +1,28 @@
+"""Named leases in the active database: one holder at a time runs a job, across processes."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from archivist.active_db import Lease
+
+
+def acquire_lease(session: Session, name: str, holder: str, now: datetime, ttl: timedelta) -> bool:
+    """Take (or extend) the lease if it is free, expired or already ours; True on success."""
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(Lease).values(name=name, holder=holder, expires_at=now + ttl)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["name"],
+        set_={"holder": stmt.excluded.holder, "expires_at": stmt.excluded.expires_at},
+        where=(Lease.expires_at < now) | (Lease.holder == holder),
+    )
+    return bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+
+
+def release_lease(session: Session, name: str, holder: str) -> None:
+    """Give the lease back, if we still hold it."""
+    session.execute(delete(Lease).where(Lease.name == name, Lease.holder == holder))

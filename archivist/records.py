@@ -1,0 +1,168 @@
+"""The record model: validation of the contract's record format and its canonical JSON form."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from archivist.errors import InvalidRecord
+
+MAX_BODY_BYTES = 2**20
+ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_FRACTION = re.compile(r"T\d{2}:?\d{2}:?\d{2}[.,]\d")
+_TEXT_FIELDS = ("kind", "category", "subject", "body", "status")
+_OPTIONAL_TEXT_FIELDS = ("customer_id", "owner")
+_TIME_FIELDS = ("created_at", "updated_at")
+FIELDS = ("id", *_TEXT_FIELDS, *_OPTIONAL_TEXT_FIELDS, *_TIME_FIELDS, "attributes")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One validated CRM record; timestamps are canonical UTC strings, as the contract gives them."""
+
+    id: str
+    kind: str
+    category: str
+    customer_id: str | None
+    owner: str | None
+    subject: str
+    body: str
+    status: str
+    created_at: str
+    updated_at: str
+    attributes: Mapping[str, Any] | None = None
+
+    @property
+    def created(self) -> datetime:
+        """`created_at` as an aware UTC datetime."""
+        return parse_utc(self.created_at)
+
+    @property
+    def updated(self) -> datetime:
+        """`updated_at` as an aware UTC datetime; a record's age is measured from it."""
+        return parse_utc(self.updated_at)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as the JSON value the contract promises to give back."""
+        value: dict[str, Any] = {
+            "id": self.id,
+            "kind": self.kind,
+            "category": self.category,
+            "customer_id": self.customer_id,
+            "owner": self.owner,
+            "subject": self.subject,
+            "body": self.body,
+            "status": self.status,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+        if self.attributes is not None:
+            value["attributes"] = self.attributes
+        return value
+
+
+def parse_record(obj: Any, kinds: Collection[str] | None = None) -> Record:
+    """Validate one decoded JSON value and return the Record it describes.
+
+    :param kinds: the allowed `kind` values; None allows any.
+    :raises InvalidRecord: with a reason naming the first bad field.
+    """
+    if not isinstance(obj, dict):
+        raise InvalidRecord(f"a record must be a JSON object, got {_json_type(obj)}")
+    unknown = sorted(set(obj) - set(FIELDS))
+    if unknown:
+        raise InvalidRecord(f"unknown field {unknown[0]!r}")
+    record_id = _required(obj, "id", str)
+    if not ID_PATTERN.fullmatch(record_id) or ".." in record_id:
+        raise InvalidRecord(
+            "id must be 1-128 characters of A-Z a-z 0-9 . _ : - without '..', "
+            f"got {record_id[:140]!r}"
+        )
+    values: dict[str, Any] = {"id": record_id}
+    for name in _TEXT_FIELDS:
+        values[name] = _required(obj, name, str)
+    for name in _OPTIONAL_TEXT_FIELDS:
+        values[name] = _required(obj, name, (str, type(None)))
+    for name in ("kind", "category", "status"):
+        if not values[name]:
+            raise InvalidRecord(f"{name} must not be empty")
+    if kinds is not None and values["kind"] not in kinds:
+        raise InvalidRecord(
+            f"kind must be one of {', '.join(sorted(kinds))}, got {values['kind']!r}"
+        )
+    if len(values["body"].encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
+        raise InvalidRecord(f"body is larger than {MAX_BODY_BYTES} bytes")
+    for name in _TIME_FIELDS:
+        values[name] = canonical_timestamp(_required(obj, name, str), name)
+    attributes = obj.get("attributes")
+    if "attributes" in obj and not isinstance(attributes, dict):
+        raise InvalidRecord(f"attributes must be a JSON object, got {_json_type(attributes)}")
+    values["attributes"] = attributes
+    try:  # lone surrogates cannot be stored or sent back as UTF-8
+        json.dumps(values, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRecord("text contains invalid Unicode (lone surrogates)") from None
+    return Record(**values)
+
+
+def canonical_timestamp(text: str, name: str = "timestamp") -> str:
+    """Normalise an ISO 8601 timestamp with an offset to `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` (UTC).
+
+    :raises InvalidRecord: when the text is not an ISO 8601 date-time with an offset or `Z`.
+    """
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRecord(f"{name} is not an ISO 8601 date-time: {text[:60]!r}") from None
+    if "T" not in text.upper() or moment.tzinfo is None or moment.utcoffset() is None:
+        raise InvalidRecord(f"{name} needs a time and a UTC offset or 'Z': {text[:60]!r}")
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRecord(f"{name} is out of range: {text[:60]!r}") from None
+    return format_utc(moment, fractions=bool(_FRACTION.search(text.upper())))
+
+
+def format_utc(moment: datetime, fractions: bool | None = None) -> str:
+    """Format an aware datetime as the contract's UTC string.
+
+    :param fractions: force `.ffffff` on or off; None writes it only when microseconds are set.
+    """
+    moment = moment.astimezone(UTC)
+    if fractions is None:
+        fractions = moment.microsecond != 0
+    pattern = "%Y-%m-%dT%H:%M:%S.%fZ" if fractions else "%Y-%m-%dT%H:%M:%SZ"
+    return moment.strftime(pattern)
+
+
+def parse_utc(text: str) -> datetime:
+    """Parse a canonical UTC string (as written by `format_utc`) into an aware datetime."""
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def record_from_json(value: Mapping[str, Any]) -> Record:
+    """Rebuild a Record from a JSON value that was validated before (e.g. read from the archive)."""
+    return Record(**{name: value.get(name) for name in FIELDS})
+
+
+def _required(obj: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    if name not in obj:
+        raise InvalidRecord(f"missing field {name!r}")
+    value = obj[name]
+    if not isinstance(value, kind):
+        expected = "string or null" if isinstance(kind, tuple) else "string"
+        raise InvalidRecord(f"{name} must be a {expected}, got {_json_type(value)}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return names.get(type(value), type(value).__name__)

@@ -1,0 +1,140 @@
+"""The archiving job: move aged, unheld records from the active database into the archive store.
+
+Order per batch, so that a crash at any instant loses nothing: the store write is durable and
+committed in the catalog (marked `pending` delete) before the active rows are deleted; the mark
+is cleared only after the delete committed. `reconcile_pending` finishes an interrupted batch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from archive_store import ArchiveItem, ArchiveStore
+from archive_store.faults import crash_point
+from archivist.active_db import ActiveRecord, delete_records
+from archivist.holds import load_hold_set
+from archivist.records import Record
+from archivist.retention import RetentionRules, archive_cutoff
+from indexer.reconcile import reconcile_pending
+
+ACTOR = "archiver"
+
+IndexBatch = Callable[[Sequence[tuple[Record, datetime]]], int]
+
+
+@dataclass(frozen=True)
+class ArchiveReport:
+    """What one run of the archiving job moved (or, in a dry run, would move)."""
+
+    archived: int = 0
+    indexed: int = 0
+    by_category: dict[str, int] = field(default_factory=dict)
+    dry_run: bool = False
+
+
+def archive_due_records(
+    sessions: sessionmaker[Session],
+    store: ArchiveStore,
+    rules: RetentionRules,
+    as_of: datetime,
+    archived_at: datetime,
+    *,
+    batch_size: int = 1000,
+    index_batch: IndexBatch | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> ArchiveReport:
+    """Archive every aged record not under legal hold, batch by batch.
+
+    :param as_of: the job's "now" for retention ages.
+    :param archived_at: the time stamped on the archived entries (the real clock).
+    :param index_batch: hands each archived batch to the indexer; returns how many it indexed.
+    :param should_stop: checked between batches; True ends the run after the current batch.
+    """
+    reconcile_pending(sessions, store, archived_at)
+    archived = indexed = 0
+    by_category: Counter[str] = Counter()
+    while not should_stop():
+        moved = _archive_one_batch(sessions, store, rules, as_of, archived_at, batch_size)
+        if not moved:
+            break
+        archived += len(moved)
+        by_category.update(record.category for record in moved)
+        if index_batch is not None:
+            indexed += index_batch([(record, archived_at) for record in moved])
+    return ArchiveReport(archived, indexed, dict(sorted(by_category.items())))
+
+
+def preview_archive(session: Session, rules: RetentionRules, as_of: datetime) -> dict[str, int]:
+    """How many records an archive run at `as_of` would move, by category."""
+    stmt = (
+        select(ActiveRecord.category, func.count())
+        .where(_movable(session, rules, as_of))
+        .group_by(ActiveRecord.category)
+        .order_by(ActiveRecord.category)
+    )
+    return {category: count for category, count in session.execute(stmt)}
+
+
+def _archive_one_batch(
+    sessions: sessionmaker[Session],
+    store: ArchiveStore,
+    rules: RetentionRules,
+    as_of: datetime,
+    archived_at: datetime,
+    batch_size: int,
+) -> list[Record]:
+    with sessions.begin() as session:  # holds the active rows (SQLite: write lock) for the batch
+        stmt = (
+            select(ActiveRecord)
+            .where(_movable(session, rules, as_of))
+            .order_by(ActiveRecord.updated_at_utc, ActiveRecord.id)
+            .limit(batch_size)
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        records = [row.to_record() for row in session.scalars(stmt)]
+        if not records:
+            return []
+        crash_point("archive.before_store")
+        store.archive_batch([_item(r) for r in records], archived_at, ACTOR)
+        crash_point("archive.after_store")
+        deleted = delete_records(session, [(r.id, r.updated_at) for r in records])
+        crash_point("archive.after_delete")
+    crash_point("archive.after_commit")
+    # Rows the CRM changed or removed meanwhile were not deleted; reconcile settles them.
+    store.clear_pending(deleted)
+    if len(deleted) != len(records):
+        reconcile_pending(sessions, store, archived_at)
+    return [r for r in records if r.id in deleted]
+
+
+def _movable(session: Session, rules: RetentionRules, as_of: datetime) -> ColumnElement[bool]:
+    """Rows that are aged under their category's policy and not under legal hold."""
+    own = sorted(rules.categories)
+    aged = [
+        (ActiveRecord.category == name)
+        & (ActiveRecord.updated_at_utc <= archive_cutoff(rules.categories[name], as_of))
+        for name in own
+    ]
+    default_aged = ActiveRecord.updated_at_utc <= archive_cutoff(rules.default, as_of)
+    aged.append(ActiveRecord.category.not_in(own) & default_aged if own else default_aged)
+    holds = load_hold_set(session)
+    exclusion = holds.exclusion(ActiveRecord.id, ActiveRecord.customer_id, ActiveRecord.category)
+    return or_(*aged) & exclusion
+
+
+def _item(record: Record) -> ArchiveItem:
+    return ArchiveItem(
+        record_id=record.id,
+        record=record.to_json(),
+        category=record.category,
+        customer_id=record.customer_id,
+        created_at=record.created,
+        updated_at=record.updated,
+    )

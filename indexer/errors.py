@@ -1,0 +1,25 @@
+"""Errors raised by the search engine."""
+
+
+class IndexerError(Exception):
+    """Base class of every error raised by the indexer."""
+
+    code = "indexer_error"
+
+
+class BadQuery(IndexerError):
+    """The query cannot be parsed or is too costly to run."""
+
+    code = "bad_query"
+
+
+class IndexUnavailable(IndexerError):
+    """The index cannot be opened or read."""
+
+    code = "index_unavailable"
+
+
+class AlreadyActive(IndexerError):
+    """A record with the same id is already in the active database."""
+
+    code = "already_active"

@@ -1,0 +1,45 @@
+"""Finish moves between the active database and the archive that a crash interrupted.
+
+The store marks a record `pending` before the active database changes; whatever state the
+active database reached decides how the move ends, so a record is never in both places or none.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from archive_store import ArchiveStore
+from archivist.active_db import delete_records, find_active
+from archivist.records import record_from_json
+
+ACTOR = "reconcile"
+
+
+def reconcile_pending(sessions: sessionmaker[Session], store: ArchiveStore, now: datetime) -> int:
+    """Settle every pending move; returns how many records it settled."""
+    pending = list(store.iter_pending())
+    if not pending:
+        return 0
+    settled_delete: list[str] = []
+    with sessions.begin() as session:
+        active = find_active(session, [entry.record_id for entry in pending])
+        for entry in pending:
+            archived = record_from_json(store.get(entry.record_id))
+            current = active.get(entry.record_id)
+            if entry.pending == "delete_active":
+                if current is None:  # the delete committed; only the mark is left
+                    settled_delete.append(entry.record_id)
+                elif current == archived:  # archived, not yet deleted: finish the move
+                    delete_records(session, [(current.id, current.updated_at)])
+                    settled_delete.append(entry.record_id)
+                else:  # the CRM changed it meanwhile: the active version is the live one
+                    store.complete_restore(entry.record_id, now, ACTOR)
+            elif entry.pending == "insert_active":
+                if current == archived:  # the restore reached the active database
+                    store.complete_restore(entry.record_id, now, ACTOR)
+                else:
+                    store.abort_restore(entry.record_id)
+    store.clear_pending(settled_delete)
+    return len(pending)

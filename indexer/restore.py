@@ -1,0 +1,64 @@
+"""One-click restore: put an archived record back into the active database, exactly once.
+
+The store marks the record `pending` first; the active insert commits; then the store appends
+the `restored` event. `reconcile_pending` finishes or undoes a restore a crash interrupted, so
+the record is never in both places or none. Two restores of one record: the second finds the
+mark (or the new state) and fails with a 409-class error.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from archive_store import ArchiveStore
+from archivist.active_db import find_active, insert_record
+from archivist.records import Record, record_from_json
+from indexer.errors import AlreadyActive
+from indexer.index import SearchIndex
+from indexer.reconcile import reconcile_pending
+
+
+def restore_record(
+    sessions: sessionmaker[Session],
+    store: ArchiveStore,
+    index: SearchIndex | None,
+    record_id: str,
+    actor: str,
+    now: datetime,
+) -> Record:
+    """Restore one archived record to the active database and drop it from search.
+
+    :raises RecordNotFound: the id was never archived.
+    :raises NotArchived: it is restored or purged already.
+    :raises RestoreInProgress: another restore of it is under way.
+    :raises AlreadyActive: the active database already holds a record with this id.
+    """
+    entry = store.begin_restore(record_id)
+    record = record_from_json(store.get(record_id))
+    try:
+        with sessions.begin() as session:
+            if find_active(session, [record_id]):
+                raise AlreadyActive(
+                    f"record {record_id!r} already exists in the active database; "
+                    "it was not restored over it"
+                )
+            insert_record(session, record)
+    except AlreadyActive:
+        store.abort_restore(record_id)
+        raise
+    except IntegrityError:  # inserted by someone else between our check and our insert
+        store.abort_restore(record_id)
+        raise AlreadyActive(f"record {record_id!r} already exists in the active database") from None
+    except Exception:
+        # The insert may or may not have committed (e.g. the connection dropped during COMMIT):
+        # let reconcile look at the active database and settle it, now or on its next run.
+        reconcile_pending(sessions, store, now)
+        raise
+    store.complete_restore(record_id, now, actor)
+    if index is not None:
+        index.delete([record_id])
+        store.mark_indexed([(record_id, entry.version, "restored")])
+    return record

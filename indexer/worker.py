@@ -1,0 +1,138 @@
+"""The worker: APScheduler wiring only; the jobs themselves live in `indexer.jobs`.
+
+Each job runs under a lease in the active database, so two worker processes never run the same
+job at once. SIGTERM (or Ctrl-C) lets the running batch finish, then the worker exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from types import FrameType
+from typing import Any
+
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from archivist.active_db import utcnow
+from archivist.config import Config
+from archivist.leases import acquire_lease, release_lease
+from indexer.jobs import run_archive_job, run_dispose_job, run_index_job
+from indexer.services import Services
+
+log = logging.getLogger(__name__)
+LEASE_TTL = timedelta(minutes=5)
+MISFIRE_GRACE_SECONDS = 3600
+
+
+class Worker:
+    """The jobs of one worker process, each guarded by a lease and a stop flag."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stopping = threading.Event()
+
+    def archive(self) -> None:
+        """The archive job, as if now were now."""
+        self._leased(
+            "archive", lambda keep: run_archive_job(self.services, utcnow(), should_stop=keep)
+        )
+
+    def dispose(self) -> None:
+        """Disposal at the end of retention."""
+        self._leased("dispose", lambda keep: run_dispose_job(self.services, utcnow()))
+
+    def index(self) -> None:
+        """Index catch-up: whatever is archived but not yet indexed."""
+        self._leased("index", lambda keep: run_index_job(self.services, should_stop=keep))
+
+    def _leased(self, name: str, job: Callable[[Callable[[], bool]], Any]) -> None:
+        if self.stopping.is_set() or not self._renew(name):
+            log.info("%s job skipped: another worker holds its lease", name)
+            return
+
+        def should_stop() -> bool:
+            # called between batches: stop on SIGTERM, or if the lease could not be kept
+            return self.stopping.is_set() or not self._renew(name)
+
+        try:
+            job(should_stop)
+        except Exception:
+            log.exception("%s job failed", name)
+        finally:
+            with self.services.sessions.begin() as session:
+                release_lease(session, name, self.holder)
+
+    def _renew(self, name: str) -> bool:
+        with self.services.sessions.begin() as session:
+            return acquire_lease(session, name, self.holder, utcnow(), LEASE_TTL)
+
+
+def build_scheduler(config: Config, worker: Worker) -> BlockingScheduler:
+    """The scheduler with the archive, dispose and index jobs on the configured triggers."""
+    scheduler = BlockingScheduler(timezone="UTC")
+    options: dict[str, Any] = {
+        "max_instances": 1,
+        "coalesce": True,
+        "misfire_grace_time": MISFIRE_GRACE_SECONDS,
+    }
+    scheduler.add_job(
+        worker.archive,
+        CronTrigger.from_crontab(config.worker.archive_cron, timezone="UTC"),
+        id="archive",
+        name="archive",
+        **options,
+    )
+    scheduler.add_job(
+        worker.dispose,
+        CronTrigger.from_crontab(config.worker.dispose_cron, timezone="UTC"),
+        id="dispose",
+        name="dispose",
+        **options,
+    )
+    scheduler.add_job(
+        worker.index,
+        IntervalTrigger(seconds=config.worker.index_interval_seconds, timezone="UTC"),
+        id="index",
+        name="index",
+        next_run_time=utcnow(),
+        **options,
+    )
+    return scheduler
+
+
+def run(config: Config, *, archive_now: bool = False) -> None:
+    """Run the worker until SIGTERM or Ctrl-C; the current batch finishes first.
+
+    :param archive_now: also run the archive job once right away (used by the demo).
+    """
+    with Services.open(config) as services:
+        worker = Worker(services)
+        scheduler = build_scheduler(config, worker)
+        if archive_now:
+            scheduler.modify_job("archive", next_run_time=utcnow())
+
+        # shutdown(wait=True) waits for running jobs, so it must not run in the signal handler
+        shutdown = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True})
+
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal %d: finishing the current batch, then stopping", signum)
+            worker.stopping.set()
+            if not shutdown.is_alive() and shutdown.ident is None:
+                shutdown.start()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        log.info("worker %s started", worker.holder)
+        scheduler.start()
+        if shutdown.ident is not None:
+            shutdown.join()  # the running job has finished its batch; now close the store
+        log.info("worker %s stopped", worker.holder)

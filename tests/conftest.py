@@ -1,0 +1,94 @@
+"""Shared fixtures: a whole installation under tmp_path, with real files and databases."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from archivist.config import Config, load_config
+
+CONFIG_TEXT = """
+[active]
+url = "sqlite:///data/active.db"
+
+[archive]
+dir = "data/archive"
+segment_max_bytes = 65536
+batch_size = 200
+
+[index]
+dir = "data/index"
+
+[retention.default]
+archive_after_days = 365
+keep_years = 5
+
+[retention.category.finance]
+archive_after_days = 180
+keep_years = 7
+
+[retention.category.medical]
+keep_years = 10
+"""
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    """A config file whose data lives under tmp_path."""
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG_TEXT)
+    return path
+
+
+@pytest.fixture
+def config(config_path: Path) -> Config:
+    """The loaded config of the tmp_path installation."""
+    return load_config(config_path)
+
+
+@pytest.fixture
+def services(config: Config) -> Iterator[Any]:
+    """Database, sessions and store of the tmp_path installation, created fresh."""
+    from indexer.services import Services
+
+    with Services.open(config, create=True) as services:
+        yield services
+
+
+@pytest.fixture
+def make_record() -> Callable[..., dict[str, Any]]:
+    """A factory of valid records as JSON values; keyword arguments override fields."""
+    counter = itertools.count(1)
+
+    def make(**overrides: Any) -> dict[str, Any]:
+        n = next(counter)
+        record: dict[str, Any] = {
+            "id": f"R-{n:05d}",
+            "kind": "communication",
+            "category": "support",
+            "customer_id": "C001",
+            "owner": "alice",
+            "subject": f"Subject {n}",
+            "body": "The customer asked for a refund.",
+            "status": "closed",
+            "created_at": "2020-01-01T00:00:00Z",
+            "updated_at": "2020-01-02T00:00:00Z",
+        }
+        record.update(overrides)
+        return record
+
+    return make
+
+
+def write_jsonl(path: Path, records: list[Any]) -> Path:
+    """Write JSON values (or raw strings, written as they are) as JSON Lines."""
+    with path.open("w", encoding="utf-8") as f:
+        for value in records:
+            f.write(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+            f.write("\n")
+    return path

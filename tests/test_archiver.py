@@ -1,0 +1,163 @@
+"""The archiving job and disposal: round trip, exact age boundaries, policies, legal holds."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from archive_store import RecordNotFound
+from archive_store.segment import decode_frame, iter_frames
+from archivist.active_db import find_active, utcnow
+from archivist.holds import add_hold, remove_hold
+from archivist.importer import import_lines
+from indexer.jobs import run_archive_job, run_dispose_job
+
+AS_OF = datetime(2026, 6, 1, 0, 0, tzinfo=UTC)
+
+
+def iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def load(services, records):
+    report = import_lines(
+        [json.dumps(r, ensure_ascii=False).encode() for r in records],
+        services.sessions,
+        services.store.find_archived,
+    )
+    assert report.rejected == 0, report.errors
+    return records
+
+
+def decoded_entries(services):
+    """Every entry payload in the store's segment files, decompressed."""
+    for path in sorted((services.config.archive_dir / "segments").iterdir()):
+        with path.open("rb") as f:
+            for _, frame in iter_frames(f):
+                yield decode_frame(frame)
+
+
+def active_ids(services, ids):
+    with services.sessions.begin() as session:
+        return set(find_active(session, ids))
+
+
+def test_archived_record_reads_back_identical(services, make_record):
+    records = load(
+        services,
+        [
+            make_record(
+                id="E1",
+                body="Refund requested, invoice INV-2023-004512",
+                attributes={"channel": "email", "tags": ["vip"], "score": 1.5},
+            ),
+            make_record(
+                id="Z1",
+                subject="退款申请",
+                body="客户要求退款。\n第二行",
+                created_at="2020-01-01T08:00:00+08:00",
+                updated_at="2020-01-02T10:00:00.123+08:00",
+            ),
+        ],
+    )
+    report = run_archive_job(services, AS_OF)
+    assert (report.archived, report.by_category) == (2, {"support": 2})
+    assert active_ids(services, ["E1", "Z1"]) == set()
+    assert services.store.get("E1") == records[0]
+    assert services.store.get("Z1") == {
+        **records[1],
+        "created_at": "2020-01-01T00:00:00Z",
+        "updated_at": "2020-01-02T02:00:00.123000Z",
+    }
+    assert services.store.info("E1").state == "archived"
+    assert services.store.verify() == []
+
+
+@pytest.mark.parametrize(
+    ("category", "days"),
+    [("support", 365), ("finance", 180), ("medical", 365), ("unlisted", 365)],
+)
+def test_archive_boundary_is_exact_per_category(services, make_record, category, days):
+    boundary = AS_OF - timedelta(days=days)
+    load(
+        services,
+        [
+            make_record(id="at", category=category, updated_at=iso(boundary)),
+            make_record(
+                id="before", category=category, updated_at=iso(boundary - timedelta(seconds=1))
+            ),
+            make_record(
+                id="after", category=category, updated_at=iso(boundary + timedelta(seconds=1))
+            ),
+        ],
+    )
+    assert run_archive_job(services, AS_OF, dry_run=True).by_category == {category: 2}
+    assert run_archive_job(services, AS_OF).archived == 2
+    assert active_ids(services, ["at", "before", "after"]) == {"after"}
+    assert services.store.find_archived(["at", "before", "after"]) == {"at", "before"}
+
+
+def test_holds_stop_archiving_and_disposal(services, make_record):
+    old = iso(AS_OF - timedelta(days=4000))
+    load(
+        services,
+        [
+            make_record(id="held-record", updated_at=old),
+            make_record(id="held-customer", customer_id="C-HOLD", updated_at=old),
+            make_record(id="held-category", category="legal", updated_at=old),
+            make_record(id="free", customer_id=None, updated_at=old),
+        ],
+    )
+    with services.sessions.begin() as session:
+        add_hold(session, "record", "held-record", "litigation 42", utcnow())
+        add_hold(session, "customer", "C-HOLD", "audit", utcnow())
+        add_hold(session, "category", "legal", "regulator request", utcnow())
+    assert run_archive_job(services, AS_OF).archived == 1
+    assert active_ids(services, ["held-record", "held-customer", "held-category", "free"]) == {
+        "held-record",
+        "held-customer",
+        "held-category",
+    }
+
+    with services.sessions.begin() as session:
+        remove_hold(session, "customer", "C-HOLD")
+        remove_hold(session, "record", "held-record")
+    assert run_archive_job(services, AS_OF).archived == 2
+    with services.sessions.begin() as session:
+        add_hold(session, "record", "free", "new claim", utcnow())
+    # everything is past the 5-year default now; only the held one stays
+    assert run_dispose_job(services, AS_OF).purged == 2
+    assert services.store.info("free").state == "archived"
+    assert services.store.verify() == []
+
+
+def test_disposal_boundary_is_exact_and_purges_for_good(services, make_record):
+    boundary = AS_OF.replace(year=AS_OF.year - 7)  # finance keeps 7 years
+    load(
+        services,
+        [
+            make_record(id="due", category="finance", updated_at=iso(boundary), body="secret body"),
+            make_record(
+                id="kept", category="finance", updated_at=iso(boundary + timedelta(seconds=1))
+            ),
+        ],
+    )
+    run_archive_job(services, AS_OF)
+    assert run_dispose_job(services, AS_OF, dry_run=True).by_category == {"finance": 1}
+    assert run_dispose_job(services, AS_OF).purged == 1
+    with pytest.raises(RecordNotFound, match="purged"):
+        services.store.get("due")
+    assert services.store.get("kept")["id"] == "kept"
+    assert [e.event for e in services.store.history("due")] == ["archived", "purged"]
+    assert not any(b"secret body" in payload for payload in decoded_entries(services))
+    assert any(b"kept" in payload for payload in decoded_entries(services))
+    assert services.store.verify() == []
+
+
+def test_rerun_archives_nothing_twice(services, make_record):
+    load(services, [make_record(id=f"N{i}", updated_at="2020-01-01T00:00:00Z") for i in range(450)])
+    assert run_archive_job(services, AS_OF).archived == 450
+    assert run_archive_job(services, AS_OF).archived == 0
+    assert services.store.counts()["archived"] == 450

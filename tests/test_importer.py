@@ -1,0 +1,109 @@
+"""Import: upsert, per-line errors with line numbers, good lines kept, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import select
+
+from archivist.active_db import ActiveRecord, find_active
+from archivist.importer import import_lines
+from archivist.records import MAX_BODY_BYTES
+
+
+def run_import(services, lines):
+    raw = [
+        line
+        if isinstance(line, bytes)
+        else (line if isinstance(line, str) else json.dumps(line, ensure_ascii=False)).encode()
+        for line in lines
+    ]
+    return import_lines(raw, services.sessions, services.store.find_archived, services.config.kinds)
+
+
+def active_ids(services):
+    with services.sessions.begin() as session:
+        return sorted(session.scalars(select(ActiveRecord.id)))
+
+
+def test_import_keeps_good_lines_and_reports_each_bad_one(services, make_record):
+    good = [make_record(id=f"G{i}") for i in range(3)]
+    lines = [
+        good[0],
+        '{"id": "broken", ',  # 2: malformed JSON
+        {k: v for k, v in make_record(id="M").items() if k != "status"},  # 3: missing field
+        make_record(id="T", subject=42),  # 4: wrong type
+        make_record(id="D", updated_at="2023-02-30T00:00:00Z"),  # 5: bad date
+        make_record(id="x/../y"),  # 6: bad id
+        make_record(id="..", body="dots"),  # 7: bad id
+        good[1],
+        make_record(id="BIG", body="x" * (MAX_BODY_BYTES + 1)),  # 9: oversized body
+        make_record(id="G0", subject="again"),  # 10: duplicate id
+        b"\xff\xfe not utf-8",  # 11: bad bytes
+        "",  # blank: ignored
+        "[1, 2]",  # 13: not an object
+        good[2],
+    ]
+    report = run_import(services, lines)
+    assert report.imported == 3
+    reasons = {e.line: e.reason for e in report.errors}
+    assert sorted(reasons) == [2, 3, 4, 5, 6, 7, 9, 10, 11, 13]
+    assert "malformed JSON" in reasons[2]
+    assert "missing field 'status'" in reasons[3]
+    assert "subject must be a string" in reasons[4]
+    assert "updated_at is not an ISO 8601" in reasons[5]
+    assert "id must be" in reasons[6] and "id must be" in reasons[7]
+    assert "larger than" in reasons[9]
+    assert "duplicate id 'G0' (first on line 1)" in reasons[10]
+    assert "UTF-8" in reasons[11]
+    assert "must be a JSON object" in reasons[13]
+    assert active_ids(services) == ["G0", "G1", "G2"]
+    with services.sessions.begin() as session:
+        assert find_active(session, ["G0"])["G0"].to_json() == good[0]
+
+
+def test_import_upserts_an_existing_active_record(services, make_record):
+    run_import(services, [make_record(id="U1", subject="first")])
+    run_import(services, [make_record(id="U1", subject="second")])
+    with services.sessions.begin() as session:
+        assert find_active(session, ["U1"])["U1"].subject == "second"
+
+
+def test_import_refuses_an_id_that_is_archived(services, make_record):
+    from archive_store import ArchiveItem
+    from archivist.records import parse_record
+
+    record = parse_record(make_record(id="A1"))
+    services.store.archive_batch(
+        [
+            ArchiveItem(
+                record.id,
+                record.to_json(),
+                record.category,
+                record.customer_id,
+                record.created,
+                record.updated,
+            )
+        ],
+        record.updated,
+        "test",
+    )
+    report = run_import(services, [make_record(id="A1"), make_record(id="A2")])
+    assert report.imported == 1
+    assert "is archived" in report.errors[0].reason
+    assert active_ids(services) == ["A2"]
+
+
+def test_failed_import_writes_nothing(services, make_record):
+    lines = [make_record(id=f"F{i}") for i in range(5000)]
+
+    def broken(ids):
+        if "F4500" in ids:
+            raise RuntimeError("catalog unavailable")
+        return set()
+
+    raw = [json.dumps(line).encode() for line in lines]
+    with pytest.raises(RuntimeError):
+        import_lines(raw, services.sessions, broken)
+    assert active_ids(services) == []

@@ -1,0 +1,77 @@
+"""The record format: validation, canonical timestamps, the JSON value given back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from archivist.errors import InvalidRecord
+from archivist.records import MAX_BODY_BYTES, canonical_timestamp, parse_record
+
+
+def test_parse_record_keeps_every_field_and_attributes_verbatim(make_record):
+    raw = make_record(
+        attributes={"tags": ["vip", "b2b"], "nested": {"n": 1.5, "none": None}},
+        body="退款 requested\nline two",
+    )
+    assert parse_record(raw).to_json() == raw
+
+
+def test_parse_record_without_attributes_gives_none_back(make_record):
+    raw = make_record()
+    assert "attributes" not in parse_record(raw).to_json()
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("2023-05-01T10:00:00Z", "2023-05-01T10:00:00Z"),
+        ("2023-05-01T10:00:00+08:00", "2023-05-01T02:00:00Z"),
+        ("2023-05-01T10:00:00.25-01:00", "2023-05-01T11:00:00.250000Z"),
+        ("2023-05-01T10:00:00.000Z", "2023-05-01T10:00:00.000000Z"),
+        ("2024-01-01T00:30:00+01:00", "2023-12-31T23:30:00Z"),
+    ],
+)
+def test_timestamps_are_stored_in_utc(given, expected):
+    assert canonical_timestamp(given) == expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"id": "a/b"}, "id must be"),
+        ({"id": "a..b"}, "id must be"),
+        ({"id": ""}, "id must be"),
+        ({"id": "x" * 129}, "id must be"),
+        ({"id": 5}, "id must be a string"),
+        ({"kind": "letter"}, "kind must be one of"),
+        ({"category": ""}, "category must not be empty"),
+        ({"customer_id": 12}, "customer_id must be a string or null"),
+        ({"subject": None}, "subject must be a string"),
+        ({"created_at": "2023-05-01"}, "created_at needs a time"),
+        ({"updated_at": "2023-05-01T10:00:00"}, "updated_at needs a time"),
+        ({"updated_at": "yesterday"}, "updated_at is not an ISO 8601"),
+        ({"updated_at": "2023-02-30T10:00:00Z"}, "updated_at is not an ISO 8601"),
+        ({"attributes": [1, 2]}, "attributes must be a JSON object"),
+        ({"attributes": None}, "attributes must be a JSON object"),
+        ({"colour": "red"}, "unknown field 'colour'"),
+        ({"body": "x" * (MAX_BODY_BYTES + 1)}, "body is larger than"),
+        ({"body": "退" * (MAX_BODY_BYTES // 3 + 1)}, "body is larger than"),
+    ],
+)
+def test_parse_record_rejects_with_a_reason(make_record, overrides: dict[str, Any], reason: str):
+    with pytest.raises(InvalidRecord, match=reason):
+        parse_record(make_record(**overrides), kinds=("communication", "note"))
+
+
+@pytest.mark.parametrize("field", ["id", "kind", "body", "status", "created_at", "owner"])
+def test_parse_record_names_a_missing_field(make_record, field):
+    raw = make_record()
+    del raw[field]
+    with pytest.raises(InvalidRecord, match=f"missing field '{field}'"):
+        parse_record(raw)
+
+
+def test_body_of_exactly_one_mebibyte_is_accepted(make_record):
+    assert len(parse_record(make_record(body="x" * MAX_BODY_BYTES)).body) == MAX_BODY_BYTES
