@@ -63,17 +63,18 @@ CREATE TABLE IF NOT EXISTS records (
     updated_at TEXT NOT NULL,
     updated_at_us INTEGER NOT NULL,
     pending TEXT CHECK (pending IS NULL OR pending IN ('delete_active', 'insert_active')),
-    indexed INTEGER NOT NULL DEFAULT 0
+    indexed INTEGER NOT NULL DEFAULT 0,
+    state_seq INTEGER NOT NULL  -- seq of the entry that set the current state
 );
 CREATE INDEX IF NOT EXISTS records_state ON records (state);
-CREATE INDEX IF NOT EXISTS records_unindexed ON records (indexed, state);
+CREATE INDEX IF NOT EXISTS records_unindexed ON records (indexed, state_seq);
 CREATE INDEX IF NOT EXISTS records_pending ON records (pending);
 CREATE INDEX IF NOT EXISTS records_updated ON records (updated_at_us);
 """
 
 RECORD_COLUMNS = (
     "record_id, state, version, seq, segment_id, sha256, archived_at, restored_at, purged_at, "
-    "category, customer_id, created_at, updated_at, updated_at_us, pending, indexed"
+    "category, customer_id, created_at, updated_at, updated_at_us, pending, indexed, state_seq"
 )
 
 

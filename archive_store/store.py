@@ -47,6 +47,7 @@ from archive_store.errors import (
     RestoreInProgress,
     SegmentCorrupt,
 )
+from archive_store.faults import crash_point
 from archive_store.models import ArchiveItem, CatalogEntry, HistoryEvent, Problem, StoredEntry
 from archive_store.verify import verify_store
 
@@ -334,10 +335,12 @@ class ArchiveStore:
                     appender = _Appender(self._segments_dir, conn, self.segment_max_bytes)
                     yield conn, appender
                     appender.write(conn)  # frames durable before the commit names them
+                    crash_point("store.frames_written")
             except BaseException:
                 if appender is not None:
                     appender.undo()
                 raise
+            crash_point("store.catalog_committed")
 
     @contextmanager
     def _write_catalog(self) -> Iterator[sqlite3.Connection]:
@@ -450,11 +453,11 @@ class ArchiveStore:
                 conn.execute(
                     f"INSERT OR REPLACE INTO records ({RECORD_COLUMNS}) "
                     "VALUES (?, 'archived', ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, "
-                    "'delete_active', 0)",
+                    "'delete_active', 0, ?)",
                     (
                         item.record_id, version, placed.seq, placed.segment_id, sha, at_text,
                         item.category, item.customer_id, format_time(item.created_at),
-                        format_time(item.updated_at), epoch_micros(item.updated_at),
+                        format_time(item.updated_at), epoch_micros(item.updated_at), placed.seq,
                     ),
                 )
                 results[item.record_id] = StoredEntry(
@@ -516,11 +519,11 @@ class ArchiveStore:
             row = self._require(conn, record_id)
             if row["state"] != "archived":
                 raise NotArchived(f"record {record_id} is {row['state']}, not archived")
-            self._append_event(conn, appender, row, "restored", at_text, actor)
+            seq = self._append_event(conn, appender, row, "restored", at_text, actor)
             conn.execute(
                 "UPDATE records SET state = 'restored', restored_at = ?, pending = NULL, "
-                "indexed = 0 WHERE record_id = ?",
-                (at_text, record_id),
+                "indexed = 0, state_seq = ? WHERE record_id = ?",
+                (at_text, seq, record_id),
             )
 
     def abort_restore(self, record_id: str) -> None:
@@ -544,7 +547,7 @@ class ArchiveStore:
         event: str,
         at_text: str,
         actor: str,
-    ) -> None:
+    ) -> int:
         placed = appender.add({
             "type": "event",
             "record_id": row["record_id"],
@@ -558,25 +561,48 @@ class ArchiveStore:
             row["record_id"], row["version"], event, at_text, actor, row["sha256"],
             placed.entry_hash, placed.prev_hash,
         ))
+        return placed.seq
 
-    def mark_indexed(self, pairs: Iterable[tuple[str, int]]) -> None:
-        """Mark records indexed, each only if it is still archived at the version that was indexed.
+    def mark_indexed(self, items: Iterable[tuple[str, int] | tuple[str, int, str]]) -> None:
+        """Record that the index now reflects these records' state.
 
-        Every way out of `archived` changes `state`, and every way back in bumps `version`, so
-        `(state='archived', version)` names one unbroken archived period: a restore, purge or
-        re-archive that happened while the indexer worked is never masked.
+        Each is marked only if it is still in the state and at the version that was written to
+        (or removed from) the index. Every way out of `archived` changes `state`, and every way
+        back in bumps `version`, so `(state, version)` names one unbroken period: a restore,
+        purge or re-archive that happened while the indexer worked is never masked.
 
-        :param pairs: `(record_id, version)` of what was written to the index
+        :param items: `(record_id, version, state)` of what the index now reflects;
+            a pair `(record_id, version)` means state `archived`
         """
-        rows = list(pairs)
+        rows = [(item[0], item[1], item[2] if len(item) > 2 else "archived") for item in items]
         if not rows:
             return
         with self._write_catalog() as conn:
             conn.executemany(
-                "UPDATE records SET indexed = 1 WHERE record_id = ? AND version = ? "
-                "AND state = 'archived'",
+                "UPDATE records SET indexed = 1 WHERE record_id = ? AND version = ? AND state = ?",
                 rows,
             )
+
+    def mark_all_indexed(self, up_to_seq: int | None = None) -> None:
+        """After an index rebuild: mark every record whose state is that of the rebuilt index.
+
+        :param up_to_seq: `last_seq()` taken before the rebuild read the store; records changed
+            after it stay unindexed so catch-up redoes them. None marks every record, which
+            masks any restore, purge or archive that ran during the rebuild.
+        """
+        with self._write_catalog() as conn:
+            if up_to_seq is None:
+                conn.execute("UPDATE records SET indexed = 1 WHERE indexed = 0")
+            else:
+                conn.execute(
+                    "UPDATE records SET indexed = 1 WHERE indexed = 0 AND state_seq <= ?",
+                    (up_to_seq,),
+                )
+
+    def last_seq(self) -> int:
+        """The seq of the newest committed entry (0 for an empty store)."""
+        row = self._db().execute("SELECT MAX(seq) FROM entries").fetchone()
+        return int(row[0] or 0)
 
     def purge(self, record_ids: Sequence[str], at: datetime, actor: str) -> int:
         """Dispose of archived records for good: their content leaves the segment files.
@@ -618,12 +644,15 @@ class ArchiveStore:
                     old, new = self._compact(conn, segment_id, redact[segment_id])
                     old_files.append(old)
                     new_files.append(new)
-                for row in sorted(rows, key=lambda r: r["record_id"]):
-                    self._append_event(conn, appender, row, "purged", at_text, actor)
+                changes = [
+                    (at_text, self._append_event(conn, appender, row, "purged", at_text, actor),
+                     row["record_id"])
+                    for row in sorted(rows, key=lambda r: r["record_id"])
+                ]
                 conn.executemany(
                     "UPDATE records SET state = 'purged', purged_at = ?, pending = NULL, "
-                    "indexed = 0 WHERE record_id = ?",
-                    [(at_text, row["record_id"]) for row in rows],
+                    "indexed = 0, state_seq = ? WHERE record_id = ?",
+                    changes,
                 )
                 purged = len(rows)
         except BaseException:
@@ -854,13 +883,14 @@ class ArchiveStore:
                 f.close()
 
     def iter_unindexed(self, limit: int) -> list[CatalogEntry]:
-        """Up to `limit` archived records not yet marked indexed, oldest entry first.
+        """Up to `limit` records whose latest change the index does not reflect yet.
+
+        Archived ones are to be added to the index, restored and purged ones removed from it.
 
         :param limit: the most rows to return
         """
         rows = self._db().execute(
-            f"SELECT {RECORD_COLUMNS} FROM records WHERE indexed = 0 AND state = 'archived' "
-            "ORDER BY seq LIMIT ?",
+            f"SELECT {RECORD_COLUMNS} FROM records WHERE indexed = 0 ORDER BY state_seq LIMIT ?",
             (limit,),
         ).fetchall()
         return [build_catalog_entry(row) for row in rows]

@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import json
 import multiprocessing
+import os
 import sqlite3
 import struct
 import threading
@@ -483,21 +484,43 @@ def test_mark_indexed_ignores_records_changed_meanwhile(store: ArchiveStore) -> 
     archive_ids(store, ["I-1", "I-2", "I-3"])
     store.clear_pending(["I-1", "I-2", "I-3"])
     seen = store.iter_unindexed(limit=10)
-    assert [(e.record_id, e.version) for e in seen] == [("I-1", 1), ("I-2", 1), ("I-3", 1)]
+    assert [(e.record_id, e.version, e.state) for e in seen] == [
+        ("I-1", 1, "archived"), ("I-2", 1, "archived"), ("I-3", 1, "archived"),
+    ]
     store.begin_restore("I-2")
     store.complete_restore("I-2", AT, "admin")  # restored while the indexer was working
     store.purge(["I-3"], AT, "dispose")
 
-    store.mark_indexed([(e.record_id, e.version) for e in seen])
+    store.mark_indexed([(e.record_id, e.version, e.state) for e in seen])
 
     assert store.info("I-1").indexed
-    assert not store.info("I-2").indexed
-    assert not store.info("I-3").indexed
     assert store.counts()["indexed"] == 1
+    pending = store.iter_unindexed(limit=10)  # the index must now drop these two
+    assert [(e.record_id, e.state) for e in pending] == [("I-2", "restored"), ("I-3", "purged")]
+    store.mark_indexed([(e.record_id, e.version, e.state) for e in pending])
+    assert store.iter_unindexed(limit=10) == []
+
     archive_ids(store, ["I-2"], body="re-archived")
-    store.mark_indexed([("I-2", 1)])  # stale version
+    store.mark_indexed([("I-2", 1, "archived"), ("I-2", 1, "restored"), ("I-2", 1)])  # stale
     assert not store.info("I-2").indexed
-    assert [e.record_id for e in store.iter_unindexed(limit=10)] == ["I-2"]
+    store.mark_indexed([("I-2", 2)])  # a pair means the archived state
+    assert store.info("I-2").indexed
+
+
+def test_mark_all_indexed_keeps_changes_made_during_a_rebuild(store: ArchiveStore) -> None:
+    archive_ids(store, ["RB-1", "RB-2"])
+    store.clear_pending(["RB-1", "RB-2"])
+    before_rebuild = store.last_seq()
+    rebuilt = [entry.record_id for entry, _ in store.iter_records()]
+    store.begin_restore("RB-2")
+    store.complete_restore("RB-2", AT, "admin")  # while the new index was being built
+
+    store.mark_all_indexed(up_to_seq=before_rebuild)
+
+    assert rebuilt == ["RB-1", "RB-2"]
+    assert [(e.record_id, e.state) for e in store.iter_unindexed(10)] == [("RB-2", "restored")]
+    store.mark_all_indexed()
+    assert store.iter_unindexed(10) == []
 
 
 def test_iter_catalog_filters_by_state_and_updated_at(store: ArchiveStore) -> None:
@@ -854,3 +877,86 @@ def test_two_processes_append_without_loss(small_store: ArchiveStore, store_dir:
     expected = {f"{p}-{b}-{i}" for p in ("PA", "PB") for b in range(12) for i in range(8)}
     expected |= {f"PM-{i}" for i in range(20)}
     assert_all_archived_once(small_store, store_dir, expected)
+
+
+# -- real crashes (SIGKILL at the store's crash points) ----------------------------------
+
+
+def crash_during(directory: str, crash_at: str, operation: str, record_ids: list[str]) -> None:
+    """In a child process: run one store operation and die by SIGKILL at `crash_at`."""
+    os.environ["ARCHIVIST_CRASH_AT"] = crash_at
+    with ArchiveStore.open(Path(directory), segment_max_bytes=SMALL) as store:
+        if operation == "archive":
+            store.archive_batch([make_item(i) for i in record_ids], AT, "job")
+        else:
+            store.purge(record_ids, AT, "dispose")
+
+
+def run_crashing(store_dir: Path, crash_at: str, operation: str, record_ids: list[str]) -> None:
+    context = multiprocessing.get_context("spawn")
+    process = context.Process(
+        target=crash_during, args=(str(store_dir), crash_at, operation, record_ids)
+    )
+    process.start()
+    process.join(timeout=120)
+    assert process.exitcode == -9  # killed where asked, not finished
+
+
+def test_crash_before_archive_commit_loses_the_batch_cleanly(
+    small_store: ArchiveStore, store_dir: Path
+) -> None:
+    archive_ids(small_store, [f"E-{i}" for i in range(10)])
+    small_store.close()
+
+    run_crashing(store_dir, "store.frames_written:1", "archive", ["E-new-1", "E-new-2"])
+
+    with ArchiveStore.open(store_dir, segment_max_bytes=SMALL) as store:
+        assert store.find_archived(["E-new-1", "E-new-2"]) == set()
+        assert store.verify() == []
+        archive_ids(store, ["E-new-1", "E-new-2"])  # the rerun
+        assert store.get("E-new-2") == make_record("E-new-2")
+        assert store.verify() == []
+
+
+def test_crash_after_archive_commit_keeps_the_batch(
+    small_store: ArchiveStore, store_dir: Path
+) -> None:
+    small_store.close()
+
+    run_crashing(store_dir, "store.catalog_committed:1", "archive", ["E-1", "E-2"])
+
+    with ArchiveStore.open(store_dir, segment_max_bytes=SMALL) as store:
+        assert store.find_archived(["E-1", "E-2"]) == {"E-1", "E-2"}
+        archive_ids(store, ["E-1", "E-2"])  # a rerun appends nothing
+        assert store.counts()["archived"] == 2
+        assert store.verify() == []
+
+
+@pytest.mark.parametrize(
+    ("crash_at", "purged"),
+    [("store.frames_written:1", False), ("store.catalog_committed:1", True)],
+)
+def test_crash_during_purge_leaves_old_or_new_state(
+    small_store: ArchiveStore, store_dir: Path, crash_at: str, purged: bool
+) -> None:
+    ids = [f"J-{i}" for i in range(30)]
+    archive_ids(small_store, ids)
+    small_store.close()
+
+    run_crashing(store_dir, crash_at, "purge", ["J-1", "J-25"])
+
+    with ArchiveStore.open(store_dir, segment_max_bytes=SMALL) as store:
+        referenced = {
+            f"{row['segment_id']:06d}.{row['generation']}.seg"
+            for row in catalog_rows(store_dir, "SELECT * FROM segments")
+        }
+        assert set(segment_files(store_dir)) == referenced  # leftovers removed on open
+        assert store.verify() == []
+        for record_id in ids:
+            if record_id in ("J-1", "J-25") and purged:
+                with pytest.raises(RecordNotFound):
+                    store.get(record_id)
+            else:
+                assert store.get(record_id) == make_record(record_id)
+        assert store.purge(["J-1", "J-25"], AT, "dispose") == (0 if purged else 2)
+        assert store.verify() == []
