@@ -66,7 +66,7 @@ CREATE TABLE IF NOT EXISTS records (
     indexed INTEGER NOT NULL DEFAULT 0,
     state_seq INTEGER NOT NULL  -- seq of the entry that set the current state
 );
-CREATE INDEX IF NOT EXISTS records_state ON records (state);
+CREATE INDEX IF NOT EXISTS records_state ON records (state, seq);
 CREATE INDEX IF NOT EXISTS records_unindexed ON records (indexed, state_seq);
 CREATE INDEX IF NOT EXISTS records_pending ON records (pending);
 CREATE INDEX IF NOT EXISTS records_updated ON records (updated_at_us);
@@ -85,11 +85,8 @@ def format_time(value: datetime) -> str:
     """
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"naive datetime {value!r}: archive store times must be aware")
-    value = value.astimezone(UTC)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
-    if value.microsecond:
-        text += f".{value.microsecond:06d}"
-    return text + "Z"
+    # isoformat() of a naive time: seconds always, `.ffffff` only when there are microseconds.
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
 
 
 def parse_time(text: str) -> datetime:
