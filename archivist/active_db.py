@@ -246,3 +246,42 @@ def count_active(session: Session) -> int:
 def utcnow() -> datetime:
     """The current time, aware UTC; read only at the edges (CLI, worker, server)."""
     return datetime.now(UTC)
+
+
+class ApiToken(Base):
+    """An API token of the HTTP server; only the SHA-256 of the secret is kept."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditEntry(Base):
+    """One line of the append-only audit log; `entry_hash` chains it to the line before."""
+
+    __tablename__ = "audit_log"
+
+    # Not autoincrement: the appender picks last seq + 1, so two concurrent appenders that read
+    # the same head collide on the primary key instead of forking the chain.
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(64))
+    details: Mapped[str] = mapped_column(Text)  # canonical JSON text
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    entry_hash: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_audit_at", "at"),
+        Index("ix_audit_actor_at", "actor", "at"),
+        Index("ix_audit_action_at", "action", "at"),
+    )

@@ -14,11 +14,13 @@ from typing import Any, BinaryIO
 import click
 
 from archive_store import ArchiveStoreError
-from archivist.active_db import utcnow
+from archivist.active_db import create_schema, utcnow
 from archivist.config import Config, default_config_path, load_config
 from archivist.errors import ArchivistError
 from archivist.holds import add_hold, list_holds, remove_hold
 from archivist.importer import import_lines
+from archivist.records import format_utc
+from archivist.tokens import ROLES, create_token, list_tokens, revoke_token
 from indexer.demo import load_demo
 from indexer.errors import IndexerError
 from indexer.indexing import rebuild_index
@@ -27,6 +29,8 @@ from indexer.services import Services
 from indexer.stats import collect_stats
 from indexer.verification import verify_all
 from indexer.worker import run as run_worker
+from server.serving import run_worker_process
+from server.serving import serve as serve_app
 
 DOMAIN_ERRORS: tuple[type[Exception], ...] = (ArchivistError, ArchiveStoreError, IndexerError)
 
@@ -251,6 +255,68 @@ def _print_by_category(verb: str, total: int, by_category: dict[str, int]) -> No
         click.echo(f"  {category}: {count}")
 
 
+@main.group()
+def token() -> None:
+    """API tokens of the HTTP server (roles: agent, auditor, admin)."""
+
+
+@token.command("create")
+@click.option("--role", type=click.Choice(ROLES), required=True, help="What the token may do.")
+@click.option("--name", required=True, help="A unique name; the audit log shows it.")
+@config_option
+def token_create(role: str, name: str, config: Config) -> None:
+    """Create a token and print it once; only its SHA-256 is stored."""
+    with Services.open(config) as services:
+        create_schema(services.engine)
+        with services.sessions.begin() as session:
+            secret = create_token(session, name, role, utcnow())
+    click.echo(secret)
+    click.echo(f"token {name!r} ({role}) created; it is shown only this once", err=True)
+
+
+@token.command("list")
+@config_option
+def token_list(config: Config) -> None:
+    """List the tokens (never their secrets)."""
+    with Services.open(config) as services:
+        create_schema(services.engine)
+        with services.sessions.begin() as session:
+            tokens = list_tokens(session)
+    for t in tokens:
+        revoked = "" if t.revoked_at is None else f"\trevoked {format_utc(t.revoked_at)}"
+        click.echo(f"{t.name}\t{t.role}\t{format_utc(t.created_at)}{revoked}")
+    if not tokens:
+        click.echo("no tokens")
+
+
+@token.command("revoke")
+@click.argument("name")
+@config_option
+def token_revoke(name: str, config: Config) -> None:
+    """Revoke the token NAME (the server notices within seconds)."""
+    with Services.open(config) as services:
+        create_schema(services.engine)
+        with services.sessions.begin() as session:
+            revoke_token(session, name, utcnow())
+    click.echo(f"token {name!r} revoked")
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on (default: server.host).")
+@click.option("--port", type=int, default=None, help="Port to listen on (default: server.port).")
+@config_option
+def serve(host: str | None, port: int | None, config: Config) -> None:
+    """Serve the HTTP API on waitress until SIGTERM or Ctrl-C."""
+    _log_to_stderr()
+    serve_app(config, host, port, on_ready=lambda url: click.echo(f"serving on {url}"))
+
+
 @main.command()
 @click.option(
     "--records",
@@ -260,13 +326,30 @@ def _print_by_category(verb: str, total: int, by_category: dict[str, int]) -> No
     show_default=True,
     help="How many demo records to generate.",
 )
+@click.option("--host", default=None, help="Address to listen on (default: server.host).")
+@click.option("--port", type=int, default=None, help="Port to listen on (default: server.port).")
 @config_option
-def demo(count: int, config: Config) -> None:
-    """Showcase: init, load a generated demo data set, archive it, print the stats."""
+def demo(count: int, host: str | None, port: int | None, config: Config) -> None:
+    """Showcase: init, load demo data, archive it, then serve and run the worker until Ctrl-C."""
+    now = utcnow()
     with Services.open(config, create=True) as services:
-        setup = load_demo(services, count, utcnow())
+        setup = load_demo(services, count, now)
         if setup.loaded:
             click.echo(f"demo data: imported {setup.imported}, archived {setup.archived}")
         else:
             click.echo("demo data already loaded; using it as it is")
         click.echo(json.dumps(collect_stats(services), indent=2))
+        with services.sessions.begin() as session:
+            secret = create_token(session, f"demo-admin-{now:%Y%m%d%H%M%S}", "admin", now)
+    _log_to_stderr()
+
+    def ready(url: str) -> None:
+        click.echo(f"\nArchivist is running at {url}  (Ctrl-C stops it)")
+        click.echo(f"admin token: {secret}")
+        click.echo(
+            f'try: curl -H "Authorization: Bearer {secret}" "{url}/api/v1/search?q=refund"\n',
+            nl=True,
+        )
+
+    with run_worker_process(config.path):
+        serve_app(config, host, port, on_ready=ready)

@@ -36,6 +36,8 @@ class ServerConfig:
     threads: int = 8
     rate_limit_per_minute: int = 600
     max_query_length: int = 1000
+    max_request_bytes: int = 1 * 2**20
+    token_cache_seconds: int = 5
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
         threads=_positive(server, "threads", 8, "server"),
         rate_limit_per_minute=_positive(server, "rate_limit_per_minute", 600, "server"),
         max_query_length=_positive(server, "max_query_length", 1000, "server"),
+        max_request_bytes=_positive(server, "max_request_bytes", 2**20, "server"),
+        token_cache_seconds=_non_negative(server, "token_cache_seconds", 5, "server"),
     )
     return Config(
         path=path,

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy import inspect
+
 from archive_store import Problem
+from archivist.active_db import AuditEntry
+from archivist.audit import iter_chain_problems
 from indexer.services import Services
 
 
@@ -30,7 +34,16 @@ class VerifyResult:
 
 
 def verify_all(services: Services) -> VerifyResult:
-    """Check the archive store end to end."""
+    """Check the archive store end to end, and the audit log's hash chain."""
     problems = services.store.verify()
+    problems.extend(verify_audit_log(services))
     counts = services.store.counts()
     return VerifyResult(problems, counts["archived"] + counts["restored"] + counts["purged"])
+
+
+def verify_audit_log(services: Services) -> list[Problem]:
+    """The breaks in the audit log's hash chain: an edited, inserted or deleted entry."""
+    if not inspect(services.engine).has_table(AuditEntry.__tablename__):
+        return []  # an installation from before the audit log: nothing to check yet
+    with services.sessions.begin() as session:
+        return [Problem(None, None, reason) for reason in iter_chain_problems(session)]

@@ -92,3 +92,70 @@ def write_jsonl(path: Path, records: list[Any]) -> Path:
             f.write(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
             f.write("\n")
     return path
+
+
+# --- the HTTP server ---------------------------------------------------------------------------
+
+ARCHIVE_AS_OF = "2026-01-01T00:00:00Z"
+
+
+@pytest.fixture
+def app(services: Any) -> Iterator[Any]:
+    """The Flask app of the tmp_path installation (its database created by `services`)."""
+    from server import close_app, create_app
+
+    app = create_app(services.config)
+    app.config["TESTING"] = True
+    yield app
+    close_app(app)
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    """A Flask test client of `app`."""
+    return app.test_client()
+
+
+def _token_headers(services: Any, role: str) -> dict[str, str]:
+    from archivist.active_db import utcnow
+    from archivist.tokens import create_token
+
+    with services.sessions.begin() as session:
+        secret = create_token(session, f"test-{role}", role, utcnow())
+    return {"Authorization": f"Bearer {secret}"}
+
+
+@pytest.fixture
+def admin_headers(services: Any) -> dict[str, str]:
+    """Headers carrying a token named `test-admin` with the admin role."""
+    return _token_headers(services, "admin")
+
+
+@pytest.fixture
+def auditor_headers(services: Any) -> dict[str, str]:
+    """Headers carrying a token named `test-auditor` with the auditor role."""
+    return _token_headers(services, "auditor")
+
+
+@pytest.fixture
+def agent_headers(services: Any) -> dict[str, str]:
+    """Headers carrying a token named `test-agent` with the agent role."""
+    return _token_headers(services, "agent")
+
+
+@pytest.fixture
+def archived(services: Any) -> Callable[..., list[dict[str, Any]]]:
+    """Import records into the active database and run the archive job over them (and index)."""
+    from datetime import datetime
+
+    from archivist.importer import import_lines
+    from indexer.jobs import run_archive_job
+
+    def archive(*records: dict[str, Any]) -> list[dict[str, Any]]:
+        lines = [json.dumps(r, ensure_ascii=False).encode("utf-8") for r in records]
+        report = import_lines(lines, services.sessions, services.store.find_archived)
+        assert report.rejected == 0, report.errors
+        run_archive_job(services, datetime.fromisoformat(ARCHIVE_AS_OF))
+        return list(records)
+
+    return archive

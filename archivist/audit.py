@@ -1,0 +1,315 @@
+"""The audit log: who searched, read, exported, restored, held or disposed what, and when.
+
+Append-only and hash chained: each entry stores the hash of the entry before it and its own
+hash over its content, so editing or deleting an entry breaks the chain (`verify_audit_chain`).
+An appender reads the head and inserts `seq = head + 1` in one transaction; on SQLite that
+transaction holds the write lock (BEGIN IMMEDIATE), elsewhere a concurrent appender collides on
+the primary key and retries, so the chain never forks.
+
+`AuditWriter` batches appends from many request threads into one transaction (group commit) on
+a background thread; a caller either waits until its entry is committed or hands it over and
+goes on (see `record`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from archivist.active_db import AuditEntry
+
+log = logging.getLogger(__name__)
+
+GENESIS_HASH = "0" * 64
+ACTIONS = (
+    "search",
+    "read",
+    "export",
+    "restore",
+    "hold_add",
+    "hold_remove",
+    "dispose",
+)
+_APPEND_TRIES = 5
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One thing to record: who did what to which target, with what outcome."""
+
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    outcome: str = "ok"
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One stored entry of the audit log."""
+
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """What `list_audit` selects: a time range (inclusive), an actor, an action, a page."""
+
+    date_from: datetime | None = None
+    date_to: datetime | None = None
+    actor: str | None = None
+    action: str | None = None
+    page: int = 1
+    per_page: int = 50
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    """One page of audit entries, newest first, and how many match in all."""
+
+    total: int
+    page: int
+    per_page: int
+    entries: list[AuditRecord]
+
+
+def canonical_details(details: dict[str, Any]) -> str:
+    """The JSON text an entry's details are stored (and hashed) as."""
+    return json.dumps(details, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def compute_entry_hash(
+    seq: int,
+    at: datetime,
+    actor: str,
+    action: str,
+    target: str,
+    outcome: str,
+    details: str,
+    prev_hash: str,
+) -> str:
+    """The SHA-256 over an entry's content and the hash of the entry before it."""
+    content = [
+        seq,
+        at.astimezone(UTC).isoformat(timespec="microseconds"),
+        actor,
+        action,
+        target,
+        outcome,
+        details,
+        prev_hash,
+    ]
+    text = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def append_audit(session: Session, events: Sequence[AuditEvent]) -> list[int]:
+    """Append events at the head of the chain, in the caller's transaction; returns their seqs."""
+    head = session.execute(
+        select(AuditEntry.seq, AuditEntry.entry_hash).order_by(AuditEntry.seq.desc()).limit(1)
+    ).first()
+    seq, prev_hash = (0, GENESIS_HASH) if head is None else (head[0], head[1])
+    seqs: list[int] = []
+    for event in events:
+        seq += 1
+        at = event.at.astimezone(UTC)
+        details = canonical_details(event.details)
+        entry_hash = compute_entry_hash(
+            seq, at, event.actor, event.action, event.target, event.outcome, details, prev_hash
+        )
+        session.add(
+            AuditEntry(
+                seq=seq,
+                at=at,
+                actor=event.actor,
+                action=event.action,
+                target=event.target,
+                outcome=event.outcome,
+                details=details,
+                prev_hash=prev_hash,
+                entry_hash=entry_hash,
+            )
+        )
+        seqs.append(seq)
+        prev_hash = entry_hash
+    session.flush()
+    return seqs
+
+
+def write_audit(sessions: sessionmaker[Session], events: Sequence[AuditEvent]) -> list[int]:
+    """Append events in a transaction of their own, retrying when another appender won the race."""
+    for attempt in range(_APPEND_TRIES):
+        try:
+            with sessions.begin() as session:
+                return append_audit(session, events)
+        except (IntegrityError, OperationalError):
+            if attempt == _APPEND_TRIES - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def list_audit(session: Session, selection: AuditFilter) -> AuditPage:
+    """One page of the entries that match the filter, newest first."""
+    conditions: list[ColumnElement[bool]] = []
+    if selection.date_from is not None:
+        conditions.append(AuditEntry.at >= selection.date_from)
+    if selection.date_to is not None:
+        conditions.append(AuditEntry.at <= selection.date_to)
+    if selection.actor is not None:
+        conditions.append(AuditEntry.actor == selection.actor)
+    if selection.action is not None:
+        conditions.append(AuditEntry.action == selection.action)
+    total = session.scalar(select(func.count()).select_from(AuditEntry).where(*conditions)) or 0
+    rows = session.scalars(
+        select(AuditEntry)
+        .where(*conditions)
+        .order_by(AuditEntry.seq.desc())
+        .offset((selection.page - 1) * selection.per_page)
+        .limit(selection.per_page)
+    )
+    entries = [
+        AuditRecord(r.seq, r.at, r.actor, r.action, r.target, r.outcome, json.loads(r.details))
+        for r in rows
+    ]
+    return AuditPage(total, selection.page, selection.per_page, entries)
+
+
+def iter_chain_problems(session: Session, batch_size: int = 1000) -> Iterator[str]:
+    """Yield one line per break in the chain: an edited, inserted or deleted entry."""
+    expected_seq, prev_hash = 1, GENESIS_HASH
+    last = 0
+    while True:
+        rows = list(
+            session.scalars(
+                select(AuditEntry)
+                .where(AuditEntry.seq > last)
+                .order_by(AuditEntry.seq)
+                .limit(batch_size)
+            )
+        )
+        if not rows:
+            return
+        for r in rows:
+            if r.seq != expected_seq:
+                yield f"audit log: entries {expected_seq}..{r.seq - 1} are missing"
+            if r.prev_hash != prev_hash:
+                yield f"audit log: entry {r.seq} does not follow the entry before it"
+            recomputed = compute_entry_hash(
+                r.seq, r.at, r.actor, r.action, r.target, r.outcome, r.details, r.prev_hash
+            )
+            if recomputed != r.entry_hash:
+                yield f"audit log: entry {r.seq} was changed after it was written"
+            expected_seq, prev_hash = r.seq + 1, r.entry_hash
+        last = rows[-1].seq
+
+
+def audit_head(session: Session) -> tuple[int, str]:
+    """The last entry's seq and hash (0 and the genesis hash for an empty log)."""
+    head = session.execute(
+        select(AuditEntry.seq, AuditEntry.entry_hash).order_by(AuditEntry.seq.desc()).limit(1)
+    ).first()
+    return (0, GENESIS_HASH) if head is None else (head[0], head[1])
+
+
+class _Pending:
+    __slots__ = ("done", "error", "event")
+
+    def __init__(self, event: AuditEvent | None) -> None:
+        self.event = event
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class AuditWriter:
+    """Appends events from many threads through one background thread, in batches."""
+
+    def __init__(self, sessions: sessionmaker[Session], max_batch: int = 500) -> None:
+        self._sessions = sessions
+        self._max_batch = max_batch
+        self._cond = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def record(self, event: AuditEvent, *, wait: bool = True) -> None:
+        """Queue an event; with `wait`, return once it is committed (or raise why it was not).
+
+        Without `wait` the caller does not wait for the database (an archive batch may hold
+        SQLite's write lock for a while); the entry is committed moments later, and `flush`
+        or `close` wait for it.
+        """
+        pending = _Pending(event)
+        self._submit(pending)
+        if wait:
+            pending.done.wait()
+            if pending.error is not None:
+                raise pending.error
+
+    def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+        marker = _Pending(None)
+        self._submit(marker)
+        marker.done.wait()
+
+    def close(self) -> None:
+        """Commit what is queued and stop the background thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _submit(self, pending: _Pending) -> None:
+        with self._cond:
+            if self._closed:
+                self._write([pending])  # after close: write in the caller's thread
+                return
+            self._queue.append(pending)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="audit-writer", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+            self._write(batch)
+
+    def _write(self, batch: list[_Pending]) -> None:
+        events = [p.event for p in batch if p.event is not None]
+        try:
+            if events:
+                write_audit(self._sessions, events)
+        except BaseException as e:  # handed to the waiting callers; never kills the thread
+            log.exception("could not write %d audit entries", len(events))
+            for p in batch:
+                p.error = e
+        finally:
+            for p in batch:
+                p.done.set()

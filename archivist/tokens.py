@@ -1,0 +1,83 @@
+"""API tokens: random secrets shown once; only their SHA-256 is stored, with a name and a role."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from archivist.active_db import ApiToken
+from archivist.errors import ArchivistError
+
+ROLES = ("agent", "auditor", "admin")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._@:-]{1,128}")
+
+
+class TokenError(ArchivistError):
+    """A token command cannot be carried out (bad role or name, duplicate, unknown)."""
+
+    code = "bad_token"
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A token as shown to people and to the server: never the secret itself."""
+
+    name: str
+    role: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    def allows(self, role: str) -> bool:
+        """True when this token's role includes `role` (agent < auditor < admin)."""
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+
+def hash_token(secret: str) -> str:
+    """The SHA-256 hex digest under which a token's secret is stored."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def create_token(session: Session, name: str, role: str, at: datetime) -> str:
+    """Store a new token and return its secret; the secret is not kept anywhere."""
+    if role not in ROLES:
+        raise TokenError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    if not NAME_PATTERN.fullmatch(name):
+        raise TokenError("a token name is 1-128 characters of letters, digits and ._@:-")
+    if session.scalar(select(ApiToken.id).where(ApiToken.name == name)) is not None:
+        raise TokenError(f"a token named {name!r} exists already (revoked ones keep their name)")
+    secret = secrets.token_urlsafe(32)
+    session.add(
+        ApiToken(name=name, role=role, token_sha256=hash_token(secret), created_at=at)
+    )
+    session.flush()
+    return secret
+
+
+def find_token(session: Session, secret: str) -> TokenInfo | None:
+    """The live (not revoked) token with this secret, or None."""
+    row = session.scalar(select(ApiToken).where(ApiToken.token_sha256 == hash_token(secret)))
+    if row is None or row.revoked_at is not None:
+        return None
+    return TokenInfo(row.name, row.role, row.created_at)
+
+
+def list_tokens(session: Session) -> list[TokenInfo]:
+    """Every token, revoked ones included, oldest first."""
+    rows = session.scalars(select(ApiToken).order_by(ApiToken.created_at, ApiToken.id))
+    return [TokenInfo(r.name, r.role, r.created_at, r.revoked_at) for r in rows]
+
+
+def revoke_token(session: Session, name: str, at: datetime) -> None:
+    """Revoke a token by name; it stops working (the server notices within seconds)."""
+    row = session.scalar(select(ApiToken).where(ApiToken.name == name))
+    if row is None:
+        raise TokenError(f"no token named {name!r}")
+    if row.revoked_at is not None:
+        raise TokenError(f"token {name!r} is revoked already")
+    row.revoked_at = at

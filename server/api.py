@@ -1,0 +1,152 @@
+"""The JSON API v1: each handler loads its arguments, calls one function and dumps the result."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from flask import Blueprint, Response, current_app, request, stream_with_context
+
+from indexer.search import SearchQuery
+from server import actions
+from server.auth import current_token, require_role
+from server.errors import BadRequest
+from server.schemas import (
+    AuditArgsSchema,
+    AuditPageSchema,
+    ChecksumSchema,
+    HoldListSchema,
+    HoldSchema,
+    RecordViewSchema,
+    RestoreResultSchema,
+    SearchPageSchema,
+    StatsSchema,
+    args_to_dict,
+    load_search_query,
+)
+
+bp = Blueprint("api", __name__)
+
+
+def actor() -> actions.Actor:
+    """The acting token and the app's services."""
+    ext = current_app.extensions
+    return actions.Actor(current_token().name, ext["archivist"], ext["archivist_audit"])
+
+
+def search_query(*, export: bool = False) -> SearchQuery:
+    """This request's search parameters (a bad one raises `BadQuery`)."""
+    max_length = current_app.extensions["archivist"].config.server.max_query_length
+    return load_search_query(request.args, max_length, export=export)
+
+
+@bp.before_request
+def _check_query_encoding() -> None:
+    # Werkzeug decodes parameters leniently (bad bytes become U+FFFD); refuse them instead, so
+    # nothing searches for or records text the client did not send.
+    raw = request.query_string
+    if raw:
+        try:
+            unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("the query string is not valid UTF-8") from None
+
+
+@bp.get("/search")
+@require_role("agent")
+def search() -> Any:
+    """Search the archive."""
+    page = actions.search(actor(), search_query())
+    return SearchPageSchema().dump(page)
+
+
+@bp.get("/records/<record_id>")
+@require_role("agent")
+def record(record_id: str) -> Any:
+    """One archived record with its archive state and history."""
+    view = actions.read_record(actor(), record_id)
+    return RecordViewSchema().dump(view)
+
+
+@bp.post("/records/<record_id>/restore")
+@require_role("admin")
+def restore(record_id: str) -> Any:
+    """Put an archived record back into the active database."""
+    result = actions.restore(actor(), record_id)
+    return RestoreResultSchema().dump(result)
+
+
+@bp.get("/export.csv")
+@require_role("auditor")
+def export_csv() -> Response:
+    """Every matching record as CSV, streamed."""
+    query = search_query(export=True)
+    chunks = actions.export(actor(), query)
+    filename = actions.export_filename(query)
+    return Response(
+        stream_with_context(chunks),
+        mimetype="text/csv",
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+@bp.get("/export.csv.sha256")
+@require_role("auditor")
+def export_checksum() -> Any:
+    """The SHA-256 of what `/export.csv` sends for the same parameters."""
+    result = actions.export_checksum(actor(), search_query(export=True))
+    return ChecksumSchema().dump(result)
+
+
+@bp.get("/audit")
+@require_role("auditor")
+def audit() -> Any:
+    """Who searched, read, exported, restored and held what, when."""
+    selection = AuditArgsSchema().load(args_to_dict(request.args, AuditArgsSchema.LIST_FIELDS))
+    page = actions.read_audit(actor(), selection)
+    return AuditPageSchema().dump(page)
+
+
+@bp.get("/stats")
+@require_role("agent")
+def stats() -> Any:
+    """Counts of active, archived, indexed, restored and purged records; the last run."""
+    return StatsSchema().dump(actions.stats(actor()))
+
+
+@bp.get("/holds")
+@require_role("admin")
+def holds() -> Any:
+    """The legal holds in force."""
+    return HoldListSchema().dump({"holds": actions.holds(actor())})
+
+
+@bp.post("/holds")
+@require_role("admin")
+def place_hold() -> Any:
+    """Place a legal hold: `{"scope", "value", "reason"}`."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    data = HoldSchema().load(body)
+    hold = actions.place_hold(actor(), data["scope"], data["value"], data["reason"].strip())
+    return HoldSchema().dump(hold), 201
+
+
+@bp.delete("/holds/<scope>/<path:value>")
+@require_role("admin")
+def lift_hold(scope: str, value: str) -> Any:
+    """Lift a legal hold."""
+    data = HoldSchema(only=("scope", "value")).load({"scope": scope, "value": value})
+    actions.lift_hold(actor(), data["scope"], data["value"])
+    return "", 204
+
+
+@bp.get("/openapi.json")
+@require_role("agent")
+def openapi() -> Any:
+    """The OpenAPI 3 document of this API, generated from the schemas."""
+    return current_app.extensions["archivist_openapi"]

@@ -1,0 +1,166 @@
+"""Every error as the contract's JSON body; the HTTP status of each domain error is decided here."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from flask import Flask, Response, g, request
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from archive_store import (
+    AlreadyArchived,
+    ArchiveStoreError,
+    NotArchived,
+    RecordNotFound,
+    RestoreInProgress,
+)
+from archivist.errors import ArchivistError, HoldError, InvalidRecord
+from archivist.tokens import TokenError
+from indexer.errors import AlreadyActive, BadQuery, IndexerError, IndexUnavailable
+from server.schemas import describe_errors
+
+log = logging.getLogger(__name__)
+
+# Looked up along the exception's class hierarchy; a domain error not listed here is a 500.
+STATUS: dict[type[Exception], int] = {
+    BadQuery: 400,
+    InvalidRecord: 400,
+    TokenError: 400,
+    RecordNotFound: 404,
+    NotArchived: 409,
+    RestoreInProgress: 409,
+    AlreadyArchived: 409,
+    AlreadyActive: 409,
+    HoldError: 409,
+    IndexUnavailable: 503,
+}
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    408: "request_timeout",
+    411: "length_required",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    431: "headers_too_large",
+}
+
+
+class ApiError(Exception):
+    """An HTTP-level refusal (auth, limits, encoding) with its status and code."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.headers = headers or {}
+
+
+class Unauthorized(ApiError):
+    """No token, or one that is unknown or revoked."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    """The token's role does not allow this endpoint."""
+
+    status = 403
+    code = "forbidden"
+
+
+class RateLimited(ApiError):
+    """The token made more requests than its rate limit allows."""
+
+    status = 429
+    code = "rate_limited"
+
+
+class BadRequest(ApiError):
+    """The request itself is malformed (encoding, body)."""
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The contract's error body."""
+    return {"error": {"code": code, "message": message}}
+
+
+def status_of(error: Exception) -> int:
+    """The HTTP status of a domain error: the entry of its nearest listed class, else 500."""
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def request_id() -> str:
+    """This request's id (also sent as `X-Request-Id` and written to the log)."""
+    rid = getattr(g, "request_id", None)
+    if rid is None:
+        rid = g.request_id = uuid.uuid4().hex[:16]
+    return rid
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Answer every error, Flask's own included, with the contract's JSON error body."""
+
+    @app.before_request
+    def _assign_request_id() -> None:
+        request_id()
+
+    @app.after_request
+    def _send_request_id(response: Response) -> Response:
+        response.headers["X-Request-Id"] = request_id()
+        return response
+
+    @app.errorhandler(ApiError)
+    def _api_error(e: ApiError) -> tuple[dict[str, Any], int, dict[str, str]]:
+        return error_body(e.code, str(e)), e.status, e.headers
+
+    @app.errorhandler(ValidationError)
+    def _validation_error(e: ValidationError) -> tuple[dict[str, Any], int]:
+        return error_body("bad_request", describe_errors(e.messages)), 400
+
+    def _domain_error(e: Exception) -> tuple[dict[str, Any], int]:
+        status = status_of(e)
+        if status >= 500 and status != 503:
+            return _unexpected(e)
+        if status == 503:
+            log.error("request %s: %s", request_id(), e)
+        return error_body(getattr(e, "code", "error"), str(e)), status
+
+    for base in (ArchivistError, ArchiveStoreError, IndexerError):
+        app.register_error_handler(base, _domain_error)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e: HTTPException) -> tuple[dict[str, Any], int, dict[str, str]]:
+        status = e.code or 500
+        if status >= 500:
+            return (*_unexpected(e), {})
+        code = _HTTP_CODES.get(status, "bad_request")
+        headers = {}
+        if status == 405 and e.valid_methods:  # type: ignore[attr-defined]
+            headers["Allow"] = ", ".join(e.valid_methods)  # type: ignore[attr-defined]
+        message = e.description or e.name
+        if status == 404:
+            message = f"no such endpoint: {request.path}"
+        return error_body(code, message), status, headers
+
+    @app.errorhandler(Exception)
+    def _unexpected(e: Exception) -> tuple[dict[str, Any], int]:
+        rid = request_id()
+        log.error(
+            "request %s %s %s failed", rid, request.method, request.path, exc_info=e
+        )
+        return error_body("internal_error", f"internal error (request id {rid})"), 500

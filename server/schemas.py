@@ -1,0 +1,336 @@
+"""Marshmallow schemas: every query parameter, request body and response body of API v1.
+
+Loading a parameter schema gives a value object the library understands (`SearchQuery`,
+`AuditFilter`); dumping a response schema gives the contract's JSON. The OpenAPI document is
+generated from these same classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from marshmallow import (
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validates,
+    validates_schema,
+)
+from marshmallow.validate import Length, OneOf, Range
+
+from archivist.audit import ACTIONS, AuditFilter
+from archivist.holds import SCOPES
+from archivist.records import format_utc
+from indexer.errors import BadQuery
+from indexer.schema import DATE_FIELDS
+from indexer.search import MAX_PER_PAGE, SORTS, SearchQuery, parse_bound
+
+MAX_PAGE = 100_000
+
+
+class UtcTimestamp(fields.DateTime):
+    """An aware datetime as the contract's `YYYY-MM-DDTHH:MM:SS[.ffffff]Z`."""
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else format_utc(value)
+
+
+class Bound(fields.String):
+    """A `from`/`to` parameter: an ISO date or datetime, kept as text until `post_load`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        metadata = {"description": "ISO 8601 date or datetime (UTC when without offset)"}
+        super().__init__(validate=Length(min=1, max=64), metadata=metadata, **kwargs)
+
+
+def _bounds(data: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
+    """Parse `from` and `to`; a date-only `to` covers its whole day; from must not pass to."""
+    found: dict[str, datetime | None] = {}
+    for key, name, end in (("date_from", "from", False), ("date_to", "to", True)):
+        try:
+            found[key] = parse_bound(data[key], end=end) if key in data else None
+        except BadQuery as e:
+            raise ValidationError(str(e), field_name=name) from None
+    date_from, date_to = found["date_from"], found["date_to"]
+    if date_from is not None and date_to is not None and date_from > date_to:
+        raise ValidationError("'from' is after 'to'", field_name="from")
+    return date_from, date_to
+
+
+class SearchArgsSchema(Schema):
+    """Parameters of `GET /search` and `GET /export.csv`."""
+
+    q = fields.String(
+        load_default="",
+        metadata={"description": "Whoosh query language; empty matches everything"},
+    )
+    category = fields.List(fields.String(validate=Length(min=1, max=128)))
+    kind = fields.List(fields.String(validate=Length(min=1, max=64)))
+    customer_id = fields.String(validate=Length(min=1, max=256))
+    owner = fields.String(validate=Length(min=1, max=256))
+    date_from = Bound(data_key="from")
+    date_to = Bound(data_key="to")
+    date_field = fields.String(load_default="created_at", validate=OneOf(DATE_FIELDS))
+    sort = fields.String(validate=OneOf(SORTS))
+    page = fields.Integer(load_default=1, validate=Range(min=1, max=MAX_PAGE))
+    per_page = fields.Integer(load_default=20, validate=Range(min=1, max=MAX_PER_PAGE))
+
+    LIST_FIELDS = ("category", "kind")
+
+    def __init__(self, *, max_query_length: int = 1000, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_query_length = max_query_length
+
+    @validates("q")
+    def _check_q(self, value: str, **kwargs: Any) -> None:
+        if len(value) > self.max_query_length:
+            raise ValidationError(f"longer than {self.max_query_length} characters")
+
+    @post_load
+    def _make_query(self, data: dict[str, Any], **kwargs: Any) -> SearchQuery:
+        date_from, date_to = _bounds(data)
+        return SearchQuery(
+            q=data["q"],
+            categories=tuple(data.get("category", ())),
+            kinds=tuple(data.get("kind", ())),
+            customer_id=data.get("customer_id"),
+            owner=data.get("owner"),
+            date_from=date_from,
+            date_to=date_to,
+            date_field=data["date_field"],
+            sort=data.get("sort"),
+            page=data.get("page", 1),
+            per_page=data.get("per_page", 20),
+        )
+
+
+class ExportArgsSchema(SearchArgsSchema):
+    """Parameters of `GET /export.csv`: the search filters; paging does not apply."""
+
+    class Meta:
+        exclude = ("page", "per_page")
+
+
+class AuditArgsSchema(Schema):
+    """Parameters of `GET /audit`."""
+
+    date_from = Bound(data_key="from")
+    date_to = Bound(data_key="to")
+    actor = fields.String(validate=Length(min=1, max=128))
+    action = fields.String(validate=OneOf(ACTIONS))
+    page = fields.Integer(load_default=1, validate=Range(min=1, max=MAX_PAGE))
+    per_page = fields.Integer(load_default=50, validate=Range(min=1, max=MAX_PER_PAGE))
+
+    LIST_FIELDS: tuple[str, ...] = ()
+
+    @post_load
+    def _make_filter(self, data: dict[str, Any], **kwargs: Any) -> AuditFilter:
+        date_from, date_to = _bounds(data)
+        return AuditFilter(
+            date_from=date_from,
+            date_to=date_to,
+            actor=data.get("actor"),
+            action=data.get("action"),
+            page=data["page"],
+            per_page=data["per_page"],
+        )
+
+
+class HoldSchema(Schema):
+    """A legal hold: `POST /holds` body, and an item of `GET /holds`."""
+
+    scope = fields.String(required=True, validate=OneOf(SCOPES))
+    value = fields.String(required=True, validate=Length(min=1, max=256))
+    reason = fields.String(required=True, validate=Length(min=1, max=2000))
+    created_at = UtcTimestamp(dump_only=True)
+
+    @validates_schema
+    def _check_reason(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data.get("reason", "x").strip():
+            raise ValidationError("a legal hold needs a reason", field_name="reason")
+
+
+class HoldListSchema(Schema):
+    """Response of `GET /holds`."""
+
+    holds = fields.List(fields.Nested(HoldSchema))
+
+
+class HitSchema(Schema):
+    """One search result."""
+
+    id = fields.String()
+    kind = fields.String()
+    category = fields.String()
+    customer_id = fields.String(allow_none=True)
+    owner = fields.String(allow_none=True)
+    subject = fields.String()
+    status = fields.String()
+    created_at = fields.String()
+    updated_at = fields.String()
+    archived_at = fields.String()
+    score = fields.Float()
+    snippet = fields.String(metadata={"description": "HTML-escaped; matches in <mark>"})
+
+
+class SearchPageSchema(Schema):
+    """Response of `GET /search`."""
+
+    total = fields.Integer()
+    page = fields.Integer()
+    per_page = fields.Integer()
+    took_ms = fields.Float()
+    hits = fields.List(fields.Nested(HitSchema))
+    facets = fields.Dict(
+        keys=fields.String(), values=fields.Dict(keys=fields.String(), values=fields.Integer())
+    )
+
+
+class ArchiveInfoSchema(Schema):
+    """Where and in what state a record is archived."""
+
+    state = fields.String()
+    archived_at = UtcTimestamp()
+    restored_at = UtcTimestamp(allow_none=True)
+    purged_at = UtcTimestamp(allow_none=True)
+    segment = fields.Integer(attribute="segment_id")
+    version = fields.Integer()
+    sha256 = fields.String()
+
+
+class HistoryEventSchema(Schema):
+    """One step of a record's life."""
+
+    at = UtcTimestamp()
+    event = fields.String()
+    actor = fields.String()
+
+
+class RecordViewSchema(Schema):
+    """Response of `GET /records/<id>`; `record` is null once purged."""
+
+    record = fields.Dict(allow_none=True)
+    archive = fields.Nested(ArchiveInfoSchema)
+    history = fields.List(fields.Nested(HistoryEventSchema))
+
+
+class RestoreResultSchema(Schema):
+    """Response of `POST /records/<id>/restore`."""
+
+    id = fields.String()
+    state = fields.String()
+
+
+class AuditEntrySchema(Schema):
+    """One audit log entry."""
+
+    seq = fields.Integer()
+    at = UtcTimestamp()
+    actor = fields.String()
+    action = fields.String()
+    target = fields.String()
+    outcome = fields.String()
+    details = fields.Dict()
+
+
+class AuditPageSchema(Schema):
+    """Response of `GET /audit`."""
+
+    total = fields.Integer()
+    page = fields.Integer()
+    per_page = fields.Integer()
+    entries = fields.List(fields.Nested(AuditEntrySchema))
+
+
+class LastRunSchema(Schema):
+    """The last archive run, as `/stats` reports it."""
+
+    started_at = fields.String()
+    finished_at = fields.String(allow_none=True)
+    archived = fields.Integer()
+    error = fields.String(allow_none=True)
+
+
+class StatsSchema(Schema):
+    """Response of `GET /stats`."""
+
+    active = fields.Integer()
+    archived = fields.Integer()
+    indexed = fields.Integer()
+    restored = fields.Integer()
+    purged = fields.Integer()
+    last_run = fields.Nested(LastRunSchema, allow_none=True)
+
+
+class ChecksumSchema(Schema):
+    """Response of `GET /export.csv.sha256`."""
+
+    sha256 = fields.String()
+    rows = fields.Integer()
+    bytes = fields.Integer()
+    filename = fields.String()
+
+
+class HealthSchema(Schema):
+    """Response of `GET /healthz`."""
+
+    status = fields.String()
+    reason = fields.String()
+
+
+class ErrorBodySchema(Schema):
+    """The inside of every error response."""
+
+    code = fields.String()
+    message = fields.String()
+
+
+class ErrorSchema(Schema):
+    """Every error response: `{"error": {"code", "message"}}`."""
+
+    error = fields.Nested(ErrorBodySchema)
+
+
+def args_to_dict(args: Mapping[str, Any], list_fields: Iterable[str]) -> dict[str, Any]:
+    """Query parameters as a plain dict: repeatable ones as lists, others their first value."""
+    getlist = getattr(args, "getlist", None)
+    lists = set(list_fields)
+    out: dict[str, Any] = {}
+    for key in args:
+        if key in lists and getlist is not None:
+            out[key] = getlist(key)
+        else:
+            out[key] = args[key]
+    return out
+
+
+def load_search_query(
+    args: Mapping[str, Any], max_query_length: int, *, export: bool = False
+) -> SearchQuery:
+    """Load search parameters; any bad one is a `BadQuery` (400 `bad_query`) naming it."""
+    schema = (
+        ExportArgsSchema(max_query_length=max_query_length)
+        if export
+        else SearchArgsSchema(max_query_length=max_query_length)
+    )
+    try:
+        query: SearchQuery = schema.load(args_to_dict(args, SearchArgsSchema.LIST_FIELDS))
+    except ValidationError as e:
+        raise BadQuery(describe_errors(e.messages)) from None
+    return query
+
+
+def describe_errors(messages: Any, prefix: str = "") -> str:
+    """Marshmallow's error messages as one line: `field: message; other: message`."""
+    if isinstance(messages, dict):
+        parts = []
+        for key, value in messages.items():
+            name = "request" if key == "_schema" else str(key)
+            parts.append(describe_errors(value, f"{prefix}{name}: " if not prefix else prefix))
+        return "; ".join(parts)
+    if isinstance(messages, list):
+        return "; ".join(describe_errors(m, prefix) for m in messages)
+    return f"{prefix}{messages}"
