@@ -1,0 +1,248 @@
+"""Text analysis: English stemming, Chinese words and bigrams, whole identifiers, in one stream.
+
+Every text token is produced by :func:`iter_tokens`. The same function serves indexing, query
+parsing, snippets and the brute-force tests, so what is indexed and what is searched agree.
+
+Token rules (index mode):
+
+* English and other alphabetic words are lowercased and reduced with Snowball English
+  (Porter2): refund/refunds/refunded -> ``refund``, escalate/escalated/escalation -> ``escal``,
+  ship/shipped/shipping -> ``ship``. Stop words are kept so that phrases stay exact.
+* Words joined by ``. _ - : / ' +`` (``INV-2023-004512``, ``li.wei``, ``v2.3``) are emitted whole
+  (lowercased, not stemmed) and as their parts (stemmed), all at the same position, so that a
+  phrase containing an identifier still lines up. E-mail addresses are emitted whole, plus their
+  local part and domain whole, plus the parts. Digit groups joined by separators with at least
+  7 digits (``+86 138 0013 8000``, ``138-0013-8000``) are emitted as the digits alone
+  (``8613800138000``) besides the groups.
+* A run of Chinese characters is indexed as overlapping bigrams at consecutive positions (so a
+  query word of two or more characters, searched as a bigram phrase, finds exactly the texts that
+  contain it, even inside compounds the segmenter glues together) plus the segmenter's words of
+  three or more characters and its one-character words, stacked on the bigram where they start.
+
+In query mode, an identifier yields only its whole form and a Chinese run only its bigrams
+(one-character run: the character), so a typed identifier or Chinese word maps to one term or
+one phrase.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import rjieba
+import Stemmer
+from whoosh.analysis import Token, Tokenizer
+from whoosh.formats import Positions
+
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD = rf"[^\W_{_CJK}]+"
+
+# Order matters: an e-mail before a compound word, a spaced phone number before its groups.
+_CHUNK_RE = re.compile(
+    rf"(?P<email>[A-Za-z0-9._%+-]*[A-Za-z0-9]@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)"
+    rf"|(?P<phone>(?<![\w+.-])(?:\+\d{{1,4}}(?: \d{{2,5}}){{1,5}}|\d{{2,5}}(?: \d{{2,5}}){{2,5}})"
+    rf"(?![\w@]|[.:/-]\w))"
+    rf"|(?P<cjk>[{_CJK}]+)"
+    rf"|(?P<word>{_WORD}(?:[._:/'+-]{_WORD})*)"
+)
+_PART_RE = re.compile(_WORD)
+_PHONE_QUERY_RE = re.compile(
+    r"(?<![\w+.:-])(?:\+\d{1,4}(?: \d{2,5}){1,5}|\d{2,5}(?: \d{2,5}){2,5})(?![\w@*?~]|[.:/-]\w)"
+)
+_DIGITISH_RE = re.compile(r"\+?[\d.\- ()]+")
+_MIN_PHONE_DIGITS = 7
+
+_stemmer = Stemmer.Stemmer("english")
+_stem_cache: dict[str, str] = {}
+_STEM_CACHE_MAX = 500_000
+
+
+def stem(word: str) -> str:
+    """Return the Snowball English stem of a lowercased word (cached).
+
+    :param word: a lowercased word.
+    """
+    s = _stem_cache.get(word)
+    if s is None:
+        if word.isdigit() or len(word) < 3:
+            s = word
+        else:
+            s = _stemmer.stemWord(word)
+        if len(_stem_cache) < _STEM_CACHE_MAX:
+            _stem_cache[word] = s
+    return s
+
+
+def _digits_only(text: str) -> str | None:
+    """Return the digits of a phone-like text, or None when it is not phone-like."""
+    if not _DIGITISH_RE.fullmatch(text):
+        return None
+    digits = "".join(ch for ch in text if ch.isdigit())
+    return digits if len(digits) >= _MIN_PHONE_DIGITS else None
+
+
+def _segment(run: str) -> list[str]:
+    return rjieba.cut(run)  # type: ignore[no-any-return]
+
+
+def iter_tokens(
+    text: str, mode: str = "index", start_pos: int = 0
+) -> Iterator[tuple[str, int, int, int]]:
+    """Yield ``(term, position, startchar, endchar)`` for every token of a text.
+
+    :param text: the text to analyse.
+    :param mode: ``"index"`` for documents, ``"query"`` for query words (whole identifiers only,
+        Chinese bigrams only).
+    :param start_pos: the position of the first token.
+    """
+    query = mode == "query"
+    pos = start_pos
+    for m in _CHUNK_RE.finditer(text):
+        kind = m.lastgroup
+        chunk = m.group()
+        start = m.start()
+        if kind == "word":
+            if chunk.isalnum():
+                yield stem(chunk.lower()), pos, start, m.end()
+                pos += 1
+                continue
+            lower = chunk.lower()
+            whole = _digits_only(lower) or lower
+            yield whole, pos, start, m.end()
+            if not query:
+                for part in _PART_RE.finditer(lower):
+                    p = stem(part.group())
+                    if p != whole:
+                        yield p, pos, start + part.start(), start + part.end()
+            pos += 1
+        elif kind == "cjk":
+            n = len(chunk)
+            if n == 1:
+                yield chunk, pos, start, start + 1
+                pos += 1
+                continue
+            if query:
+                for i in range(n - 1):
+                    yield chunk[i : i + 2], pos + i, start + i, start + i + 2
+                pos += n - 1
+                continue
+            extra: dict[int, list[tuple[int, str]]] = {}
+            offset = 0
+            for word in _segment(chunk):
+                w = len(word)
+                if w == 1 or w >= 3:
+                    extra.setdefault(min(offset, n - 2), []).append((offset, word))
+                offset += w
+            for i in range(n - 1):
+                yield chunk[i : i + 2], pos + i, start + i, start + i + 2
+                for wstart, word in extra.get(i, ()):
+                    yield word, pos + i, start + wstart, start + wstart + len(word)
+            pos += n - 1
+        elif kind == "phone":
+            digits = _digits_only(chunk)
+            if digits is None:
+                for part in _PART_RE.finditer(chunk):
+                    yield part.group(), pos, start + part.start(), start + part.end()
+                    pos += 1
+                continue
+            yield digits, pos, start, m.end()
+            if not query:
+                for part in _PART_RE.finditer(chunk):
+                    yield part.group(), pos, start + part.start(), start + part.end()
+            pos += 1
+        else:  # email
+            lower = chunk.lower()
+            yield lower, pos, start, m.end()
+            if not query:
+                local, _, domain = lower.rpartition("@")
+                seen = {lower}
+                for extra_term in (local, domain):
+                    if extra_term not in seen:
+                        seen.add(extra_term)
+                        yield extra_term, pos, start, m.end()
+                for part in _PART_RE.finditer(lower):
+                    p = stem(part.group())
+                    if p not in seen:
+                        seen.add(p)
+                        yield p, pos, start + part.start(), start + part.end()
+            pos += 1
+
+
+def index_positions(text: str) -> dict[str, list[int]]:
+    """Return each term of a document text with its sorted, distinct positions.
+
+    :param text: the text to analyse.
+    """
+    poses: dict[str, list[int]] = {}
+    for term, pos, _s, _e in iter_tokens(text):
+        lst = poses.get(term)
+        if lst is None:
+            poses[term] = [pos]
+        elif lst[-1] != pos:
+            lst.append(pos)
+    return poses
+
+
+def normalize_query_text(q: str) -> str:
+    """Rewrite spaced phone numbers in a query string into the single token the index holds.
+
+    Whoosh's parser splits on whitespace before analysis, so ``+86 138 0013 8000`` would become
+    four words; it becomes ``8613800138000`` here.
+
+    :param q: the raw query string.
+    """
+
+    def repl(m: re.Match[str]) -> str:
+        return _digits_only(m.group()) or m.group()
+
+    return _PHONE_QUERY_RE.sub(repl, q)
+
+
+class ArchiveTokenizer(Tokenizer):  # type: ignore[misc]
+    """Whoosh tokenizer over :func:`iter_tokens` (the whole analyzer for subject and body)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ArchiveTokenizer)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def __call__(  # noqa: D102
+        self,
+        value: str,
+        positions: bool = False,
+        chars: bool = False,
+        keeporiginal: bool = False,
+        removestops: bool = True,
+        start_pos: int = 0,
+        start_char: int = 0,
+        tokenize: bool = True,
+        mode: str = "",
+        **kwargs: Any,
+    ) -> Iterator[Token]:
+        t = Token(positions, chars, removestops=removestops, mode=mode, **kwargs)
+        for term, pos, s, e in iter_tokens(value, "query" if mode == "query" else "index"):
+            t.text = term
+            t.boost = 1.0
+            t.stopped = False
+            if keeporiginal:
+                t.original = value[s:e]
+            if positions:
+                t.pos = start_pos + pos
+            if chars:
+                t.startchar = start_char + s
+                t.endchar = start_char + e
+            yield t
+
+
+class ArchivePositions(Positions):  # type: ignore[misc]
+    """Positions format that indexes through :func:`index_positions`, skipping Token objects."""
+
+    def word_values(self, value: str, analyzer: Any, **kwargs: Any) -> Iterator[Any]:
+        """Yield ``(term, frequency, weight, encoded positions)`` for a document text."""
+        fb = self.field_boost
+        encode = self.encode
+        for w, poslist in index_positions(value).items():
+            n = len(poslist)
+            yield w, n, n * fb, encode(poslist)

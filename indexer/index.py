@@ -1,0 +1,661 @@
+"""SearchIndex: Whoosh shards by ``created_at`` period, behind a narrow interface.
+
+Layout on disk::
+
+    <directory>/CURRENT          name of the live generation (replaced atomically by rebuild)
+    <directory>/g000001/META     {"shard_period": "year"}
+    <directory>/g000001/STAMP    rewritten after every commit; searchers refresh when it changes
+    <directory>/g000001/2023/    one Whoosh index per period of created_at ("2023" or "2023-05")
+
+A rebuild writes a new generation beside the live one with two worker processes, each writing
+its own segment of every shard it receives documents for; the two segments of a shard are then
+joined into one Whoosh index (one TOC listing both), and CURRENT is swapped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from whoosh import index as windex
+from whoosh.filedb.filestore import FileStorage
+from whoosh.index import TOC
+
+from indexer.errors import IndexerError, IndexUnavailable
+from indexer.schema import build_schema
+from indexer.search import (
+    CompiledQuery,
+    GlobalStats,
+    SearchHit,
+    SearchPage,
+    SearchQuery,
+    ShardCache,
+    ShardView,
+    compile_query,
+    format_utc,
+    make_parser,
+    make_snippet,
+    parse_timestamp,
+    plain_snippet,
+    run_search,
+    to_micros,
+    validate,
+)
+
+PERIODS = ("year", "month")
+_SHARD_RE = {"year": re.compile(r"^\d{4}$"), "month": re.compile(r"^\d{4}-\d{2}$")}
+_GEN_RE = re.compile(r"^g(\d{6})$")
+SNIPPET_SOURCE_CHARS = 10_000
+_BATCH = 500
+
+
+def shard_key(created_at: datetime, period: str) -> str:
+    """Return the shard name of a ``created_at`` time.
+
+    :param created_at: an aware datetime.
+    :param period: ``year`` or ``month``.
+    """
+    created_at = created_at.astimezone(timezone.utc)
+    if period == "year":
+        return f"{created_at.year:04d}"
+    return f"{created_at.year:04d}-{created_at.month:02d}"
+
+
+def shard_bounds(name: str) -> tuple[int, int]:
+    """Return the first and last microsecond (epoch) of a shard's period.
+
+    :param name: the shard name, ``2023`` or ``2023-05``.
+    """
+    if len(name) == 4:
+        y = int(name)
+        lo = datetime(y, 1, 1, tzinfo=timezone.utc)
+        hi = datetime(y + 1, 1, 1, tzinfo=timezone.utc)
+    else:
+        y, m = int(name[:4]), int(name[5:7])
+        lo = datetime(y, m, 1, tzinfo=timezone.utc)
+        hi = datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=timezone.utc)
+    return to_micros(lo), to_micros(hi) - 1
+
+
+def _utc_text(value: str) -> str:
+    """Return a record timestamp in the contract's UTC format (unchanged when already so)."""
+    if value.endswith("Z"):
+        return value
+    return format_utc(parse_timestamp(value))
+
+
+def build_document(record: dict[str, Any], archived_at: datetime) -> dict[str, Any]:
+    """Turn a record and its archive time into the field values of one Whoosh document.
+
+    :param record: the record as imported (contract JSON object).
+    :param archived_at: when it was archived (aware).
+    """
+    created = _utc_text(record["created_at"])
+    updated = _utc_text(record["updated_at"])
+    archived = format_utc(archived_at)
+    body = record.get("body") or ""
+    subject = record.get("subject") or ""
+    doc: dict[str, Any] = {
+        "id": record["id"],
+        "kind": record["kind"],
+        "category": record["category"],
+        "subject": subject,
+        "body": body,
+        "created_us": to_micros(parse_timestamp(created)),
+        "updated_us": to_micros(parse_timestamp(updated)),
+        "archived_us": to_micros(archived_at),
+        "stored": (
+            record["id"],
+            record["kind"],
+            record["category"],
+            record.get("customer_id"),
+            record.get("owner"),
+            subject,
+            record.get("status") or "",
+            created,
+            updated,
+            archived,
+            body[:SNIPPET_SOURCE_CHARS],
+        ),
+    }
+    if record.get("customer_id") is not None:
+        doc["customer_id"] = record["customer_id"]
+    if record.get("owner") is not None:
+        doc["owner"] = record["owner"]
+    return doc
+
+
+def _record_shard(record: dict[str, Any], period: str) -> str:
+    created = record["created_at"]
+    if created.endswith("Z") and len(created) >= 10:
+        return created[:4] if period == "year" else created[:7]
+    return shard_key(parse_timestamp(created), period)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _stat_key(path: Path) -> str | None:
+    # Content, not mtime: two commits within the file system's timestamp granularity would
+    # otherwise look like one.
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
+class _Snapshot:
+    """Searchers and caches for one state of the index."""
+
+    def __init__(self, gen: Path, key: tuple[Any, ...], views: list[ShardView]) -> None:
+        self.gen = gen
+        self.key = key
+        self.views = views
+        self.stats = GlobalStats([v.cache.searcher.reader() for v in views])
+
+
+class SearchIndex:
+    """The archive's search index: time shards of Whoosh indexes, searched as one."""
+
+    def __init__(self, directory: Path, shard_period: str) -> None:
+        self.directory = Path(directory)
+        self._period = shard_period
+        self._lock = threading.RLock()
+        self._search_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._snapshot: _Snapshot | None = None
+        self._indexes: dict[tuple[str, str], windex.Index] = {}
+        self._parser: Any = None
+        self._closed = False
+
+    # --- opening and layout -------------------------------------------------------------
+
+    @classmethod
+    def open(cls, directory: Path, *, shard_period: str = "year") -> SearchIndex:
+        """Open the index in a directory, creating an empty one if missing.
+
+        :param directory: the index folder.
+        :param shard_period: ``year`` or ``month`` for a new index (an existing one keeps its own).
+        """
+        if shard_period not in PERIODS:
+            raise IndexerError(f"shard_period must be one of {', '.join(PERIODS)}")
+        directory = Path(directory)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self = cls(directory, shard_period)
+            if not (directory / "CURRENT").exists():
+                gen = self._new_generation(shard_period)
+                _write_atomic(directory / "CURRENT", gen.name)
+            self._period = self._load_meta(self._current_gen())["shard_period"]
+        except OSError as e:
+            raise IndexUnavailable(f"cannot open index at {directory}: {e}") from e
+        self._parser = make_parser(build_schema())
+        return self
+
+    def _new_generation(self, period: str) -> Path:
+        numbers = [int(m.group(1)) for p in self.directory.iterdir() if (m := _GEN_RE.match(p.name))]
+        gen = self.directory / f"g{max(numbers, default=0) + 1:06d}"
+        gen.mkdir()
+        _write_atomic(gen / "META", json.dumps({"shard_period": period}))
+        _write_atomic(gen / "STAMP", "0")
+        return gen
+
+    @staticmethod
+    def _load_meta(gen: Path) -> dict[str, Any]:
+        return dict(json.loads((gen / "META").read_text(encoding="utf-8")))
+
+    def _current_gen(self) -> Path:
+        try:
+            name = (self.directory / "CURRENT").read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise IndexUnavailable(f"no index at {self.directory}: {e}") from e
+        gen = self.directory / name
+        if not _GEN_RE.match(name) or not gen.is_dir():
+            raise IndexUnavailable(f"index generation {name!r} is missing")
+        return gen
+
+    def _shard_names(self, gen: Path) -> list[str]:
+        period = self._load_meta(gen)["shard_period"]
+        pattern = _SHARD_RE[period]
+        return sorted(
+            p.name for p in gen.iterdir() if pattern.match(p.name) and windex.exists_in(str(p))
+        )
+
+    def _shard_index(self, gen: Path, name: str, create: bool = False) -> windex.Index:
+        key = (str(gen), name)
+        ix = self._indexes.get(key)
+        if ix is None:
+            path = gen / name
+            if windex.exists_in(str(path)):
+                ix = windex.open_dir(str(path))
+            elif create:
+                path.mkdir(exist_ok=True)
+                ix = windex.create_in(str(path), build_schema())
+            else:
+                raise IndexUnavailable(f"shard {name} is missing")
+            self._indexes[key] = ix
+        return ix
+
+    def _bump(self, gen: Path) -> None:
+        _write_atomic(gen / "STAMP", f"{time.time_ns()} {os.getpid()} {uuid.uuid4().hex}")
+
+    # --- searching ------------------------------------------------------------------------
+
+    def _current_snapshot(self) -> _Snapshot:
+        """Return searchers for the current state, refreshing what changed since last time."""
+        key = (_stat_key(self.directory / "CURRENT"),)
+        with self._lock:
+            snap = self._snapshot
+            if snap is not None and snap.key[0] == key[0]:
+                stamp = _stat_key(snap.gen / "STAMP")
+                if snap.key[1] == stamp:
+                    return snap
+            gen = self._current_gen()
+            full_key = (key[0], _stat_key(gen / "STAMP"))
+            old = {v.name: v for v in snap.views} if snap is not None and snap.gen == gen else {}
+            views: list[ShardView] = []
+            for name in self._shard_names(gen):
+                view = old.get(name)
+                if view is not None and view.cache.searcher.up_to_date():
+                    views.append(view)
+                    continue
+                # Not Searcher.refresh(): it keeps the old reader when a commit left no segment.
+                searcher = self._shard_index(gen, name).searcher()
+                if view is not None:
+                    view.cache.searcher.close()
+                lo, hi = shard_bounds(name)
+                views.append(ShardView(name, lo, hi, ShardCache(searcher)))
+            if snap is not None and snap.gen != gen:
+                for v in snap.views:
+                    v.cache.searcher.close()
+            self._snapshot = _Snapshot(gen, full_key, views)
+            return self._snapshot
+
+    def search(self, query: SearchQuery) -> SearchPage:
+        """Run a search and return one page with the exact total and facets.
+
+        :param query: what to search for.
+        """
+        started = time.perf_counter()
+        self._check_open()
+        validate(query)
+        # Whoosh searchers share file handles (seek + read), so one query runs at a time; the
+        # work is pure Python and holds the GIL anyway.
+        with self._search_lock:
+            snap = self._current_snapshot()
+            readers = [v.cache.searcher.reader() for v in snap.views]
+            compiled = compile_query(query.q, self._parser, readers)
+            return run_search(snap.views, query, compiled, snap.stats, _load_hit, started)
+
+    def iter_ids(self) -> Iterator[str]:
+        """Yield every indexed record id (for checking the index against the store)."""
+        self._check_open()
+        with self._search_lock:
+            snap = self._current_snapshot()
+            ids = [v.cache.record_id(d) for v in snap.views for d in v.cache.live]
+        yield from ids
+
+    def doc_count(self) -> int:
+        """Return the number of indexed records."""
+        self._check_open()
+        with self._search_lock:
+            snap = self._current_snapshot()
+            return sum(len(v.cache.live) for v in snap.views)
+
+    # --- writing --------------------------------------------------------------------------
+
+    def add(self, docs: Iterable[tuple[dict[str, Any], datetime]]) -> int:
+        """Index records, replacing any indexed record with the same id (in whichever shard).
+
+        :param docs: ``(record, archived_at)`` pairs.
+        """
+        self._check_open()
+        batch: dict[str, tuple[dict[str, Any], datetime]] = {}
+        for record, archived_at in docs:
+            batch[record["id"]] = (record, archived_at)
+        if not batch:
+            return 0
+        with self._write_lock:
+            gen = self._current_gen()
+            period = self._load_meta(gen)["shard_period"]
+            by_shard: dict[str, list[dict[str, Any]]] = {}
+            for record, archived_at in batch.values():
+                by_shard.setdefault(_record_shard(record, period), []).append(
+                    build_document(record, archived_at)
+                )
+            holders = self._find_ids(gen, list(batch))
+            for name, documents in sorted(by_shard.items()):
+                ix = self._shard_index(gen, name, create=True)
+                writer = ix.writer(timeout=60.0, limitmb=256)
+                try:
+                    for doc in documents:
+                        if name in holders.get(doc["id"], ()):
+                            writer.delete_by_term("id", doc["id"])
+                        writer.add_document(**doc)
+                except BaseException:
+                    writer.cancel()
+                    raise
+                writer.commit()
+            # Then drop the copies that moved to another shard (created_at changed).
+            stale: dict[str, list[str]] = {}
+            for name, documents in by_shard.items():
+                for doc in documents:
+                    for other in holders.get(doc["id"], ()):
+                        if other != name:
+                            stale.setdefault(other, []).append(doc["id"])
+            self._delete_in(gen, stale)
+            self._bump(gen)
+        return len(batch)
+
+    def delete(self, record_ids: Iterable[str]) -> int:
+        """Remove records from the index; returns how many were indexed.
+
+        :param record_ids: the ids to remove.
+        """
+        self._check_open()
+        ids = list(dict.fromkeys(record_ids))
+        if not ids:
+            return 0
+        with self._write_lock:
+            gen = self._current_gen()
+            holders = self._find_ids(gen, ids)
+            by_shard: dict[str, list[str]] = {}
+            for rid, names in holders.items():
+                for name in names:
+                    by_shard.setdefault(name, []).append(rid)
+            self._delete_in(gen, by_shard)
+            if by_shard:
+                self._bump(gen)
+        return len(holders)
+
+    def _delete_in(self, gen: Path, by_shard: dict[str, list[str]]) -> None:
+        for name, rids in sorted(by_shard.items()):
+            ix = self._shard_index(gen, name)
+            writer = ix.writer(timeout=60.0)
+            try:
+                for rid in rids:
+                    writer.delete_by_term("id", rid)
+            except BaseException:
+                writer.cancel()
+                raise
+            writer.commit()
+
+    def _find_ids(self, gen: Path, ids: list[str]) -> dict[str, list[str]]:
+        """Return, for each indexed id among ``ids``, the shards holding a live copy."""
+        found: dict[str, list[str]] = {}
+        for name in self._shard_names(gen):
+            with self._shard_index(gen, name).searcher() as searcher:
+                reader = searcher.reader()
+                for rid in ids:
+                    if ("id", rid) in reader and searcher.document_number(id=rid) is not None:
+                        found.setdefault(rid, []).append(name)
+        return found
+
+    # --- rebuild ----------------------------------------------------------------------------
+
+    def rebuild(
+        self,
+        docs: Iterable[tuple[dict[str, Any], datetime]],
+        total: int | None = None,
+        progress: bool = False,
+    ) -> int:
+        """Build a fresh index from ``docs`` beside the live one and swap it in when complete.
+
+        Searches keep using the old shards until the swap. Two worker processes analyse and
+        write; each shard ends up as one Whoosh index with (at most) one segment per worker.
+
+        :param docs: ``(record, archived_at)`` pairs, every record to index.
+        :param total: how many docs there are, for the progress bar.
+        :param progress: show a tqdm progress bar on stderr.
+        """
+        self._check_open()
+        with self._write_lock:
+            gen = self._new_generation(self._period)
+            try:
+                count = _parallel_build(gen, self._period, docs, total, progress)
+            except BaseException:
+                shutil.rmtree(gen, ignore_errors=True)
+                raise
+            _write_atomic(gen / "STAMP", f"{time.time_ns()} {os.getpid()}")
+            old = self._current_gen()
+            _write_atomic(self.directory / "CURRENT", gen.name)
+            self._remove_old_generations(keep={gen.name, old.name})
+        return count
+
+    def _remove_old_generations(self, keep: set[str]) -> None:
+        # The previous generation stays until the next rebuild: other processes may still have
+        # searchers open on it.
+        for p in self.directory.iterdir():
+            if _GEN_RE.match(p.name) and p.name not in keep:
+                shutil.rmtree(p, ignore_errors=True)
+                for key in [k for k in self._indexes if k[0] == str(p)]:
+                    del self._indexes[key]
+
+    def close(self) -> None:
+        """Close searchers; the index can no longer be used."""
+        with self._lock:
+            if self._snapshot is not None:
+                for v in self._snapshot.views:
+                    v.cache.searcher.close()
+            self._snapshot = None
+            self._indexes.clear()
+            self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise IndexUnavailable("the index is closed")
+
+    def __enter__(self) -> SearchIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _load_hit(view: ShardView, docnum: int, score: float, compiled: CompiledQuery) -> SearchHit:
+    stored = view.cache.searcher.stored_fields(docnum)["stored"]
+    (rid, kind, category, customer_id, owner, subject, status, created, updated, archived,
+     body) = stored
+    snippet = make_snippet(body, "body", compiled) or make_snippet(subject, "subject", compiled)
+    if snippet is None:
+        snippet = plain_snippet(body)
+    return SearchHit(
+        id=rid,
+        kind=kind,
+        category=category,
+        customer_id=customer_id,
+        owner=owner,
+        subject=subject,
+        status=status,
+        created_at=created,
+        updated_at=updated,
+        archived_at=archived,
+        score=round(score, 6),
+        snippet=snippet,
+    )
+
+
+# --- parallel rebuild ---------------------------------------------------------------------------
+
+
+def run_build_worker() -> None:
+    """Entry point of a rebuild worker process: pickled batches on stdin, a JSON line out."""
+    gen, period, worker = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    inbox = sys.stdin.buffer
+    writers: dict[str, Any] = {}
+    limitmb = 192 if period == "year" else 48
+    count = 0
+    try:
+        while True:
+            item = pickle.load(inbox)
+            if item is None:
+                break
+            name, batch = item
+            writer = writers.get(name)
+            if writer is None:
+                path = Path(gen) / "_parts" / name / f"w{worker}"
+                path.mkdir(parents=True, exist_ok=True)
+                ix = windex.create_in(str(path), build_schema())
+                writer = writers[name] = ix.writer(limitmb=limitmb)
+            for record, archived_at in batch:
+                writer.add_document(**build_document(record, archived_at))
+            count += len(batch)
+        for writer in writers.values():
+            writer.commit()
+        print(json.dumps({"ok": True, "count": count}), flush=True)
+    except BaseException as e:  # report, the parent raises
+        for writer in writers.values():
+            try:
+                writer.cancel()
+            except Exception:  # noqa: BLE001 - best effort cleanup
+                pass
+        print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}), flush=True)
+
+
+def _start_worker(gen: Path, period: str, worker: int) -> subprocess.Popen[bytes]:
+    # A plain subprocess (not multiprocessing): no dependence on how the parent's __main__
+    # was started, and no fork of a possibly multi-threaded server process.
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    code = "from indexer.index import run_build_worker; run_build_worker()"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(gen), period, str(worker)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+
+
+def _feed(proc: subprocess.Popen[bytes], batches: queue.Queue[Any], failed: list[str]) -> None:
+    """Feeder thread: move batches from the shared queue into one worker's stdin."""
+    assert proc.stdin is not None
+    while True:
+        item = batches.get()
+        try:
+            if not failed or item is None:
+                pickle.dump(item, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        except OSError as e:  # the worker died; its report says why
+            failed.append(str(e))
+        if item is None:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+            return
+
+
+def _parallel_build(
+    gen: Path,
+    period: str,
+    docs: Iterable[tuple[dict[str, Any], datetime]],
+    total: int | None,
+    progress: bool,
+    workers: int = 2,
+) -> int:
+    """Feed batches to worker processes (whichever is free), then join each shard's parts."""
+    procs = [_start_worker(gen, period, i) for i in range(workers)]
+    batches: queue.Queue[Any] = queue.Queue(maxsize=8 * workers)
+    failed: list[str] = []
+    feeders = [
+        threading.Thread(target=_feed, args=(p, batches, failed), daemon=True) for p in procs
+    ]
+    for t in feeders:
+        t.start()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="rec", desc="rebuild")
+    buffers: dict[str, list[tuple[dict[str, Any], datetime]]] = {}
+    seen: set[str] = set()
+    count = 0
+    try:
+        for record, archived_at in docs:
+            if record["id"] in seen:
+                raise IndexerError(f"duplicate record id in rebuild input: {record['id']}")
+            seen.add(record["id"])
+            name = _record_shard(record, period)
+            buf = buffers.setdefault(name, [])
+            buf.append((record, archived_at))
+            count += 1
+            if len(buf) >= _BATCH:
+                batches.put((name, buf))
+                buffers[name] = []
+                if bar is not None:
+                    bar.update(len(buf))
+            if failed:
+                break
+        for name, buf in buffers.items():
+            if buf:
+                batches.put((name, buf))
+                if bar is not None:
+                    bar.update(len(buf))
+    finally:
+        for _ in procs:
+            batches.put(None)
+        for t in feeders:
+            t.join()
+    errors = list(failed)
+    for p in procs:
+        assert p.stdout is not None
+        out = p.stdout.read()
+        p.stdout.close()
+        p.wait()
+        lines = out.decode("utf-8", "replace").strip().splitlines()
+        report = json.loads(lines[-1]) if lines else {"ok": False, "error": "no report"}
+        if not report.get("ok") or p.returncode:
+            errors.append(str(report.get("error") or f"exit {p.returncode}"))
+    if bar is not None:
+        bar.close()
+    if errors:
+        raise IndexerError("rebuild failed: " + "; ".join(errors))
+    _join_parts(gen)
+    return count
+
+
+def _join_parts(gen: Path) -> None:
+    """Make each shard one Whoosh index holding the segments every worker wrote for it."""
+    parts_root = gen / "_parts"
+    if not parts_root.exists():
+        return
+    for shard_dir in sorted(parts_root.iterdir()):
+        parts = sorted(p for p in shard_dir.iterdir() if windex.exists_in(str(p)))
+        target = gen / shard_dir.name
+        target.mkdir()
+        storage = FileStorage(str(target))
+        segments = []
+        schema = None
+        for part in parts:
+            ix = windex.open_dir(str(part))
+            schema = ix.schema
+            segs = ix._segments()
+            for seg in segs:
+                prefix = f"{seg.indexname}_{seg.segid}"
+                for fname in os.listdir(part):
+                    if fname.startswith(prefix):
+                        os.replace(part / fname, target / fname)
+            segments.extend(segs)
+            ix.close()
+        assert schema is not None
+        TOC(schema, segments, 1).write(storage, windex._DEF_INDEX_NAME)
+    shutil.rmtree(parts_root)
