@@ -176,6 +176,10 @@ class CompiledQuery:
     prefixes: list[tuple[str, re.Pattern[str]]]
 
 
+_HIDDEN_FIELD = re.compile(
+    r"(?<![\w.])(kind|category|created_at|updated_at|archived_at|created_us|updated_us|"
+    r"archived_us|stored|status):"
+)
 _BAD_WILDCARD = re.compile(r"(?:^|[\s(:])[*?]")
 
 
@@ -203,9 +207,12 @@ def _check_syntax(q: str) -> None:
 def make_parser(schema: Any) -> MultifieldParser:
     """Build the query parser: subject and body by default, AND between words.
 
-    :param schema: the shard schema.
+    :param schema: the shard schema; only the fields a query may name are given to the parser.
     """
-    return MultifieldParser(list(TEXT_FIELDS), schema)
+    from whoosh.fields import Schema
+
+    visible = Schema(**{name: schema[name] for name in sorted(QUERY_FIELDS)})
+    return MultifieldParser(list(TEXT_FIELDS), visible)
 
 
 def _leaves(q: wq.Query) -> Iterable[wq.Query]:
@@ -231,6 +238,9 @@ def compile_query(text: str, parser: MultifieldParser, readers: Sequence[Any]) -
     if text.count("*") + text.count("?") > 20:
         raise BadQuery("too many wildcards")
     _check_syntax(text)
+    hidden = _HIDDEN_FIELD.search(text)
+    if hidden:
+        raise BadQuery(f"{hidden.group(1)} cannot be searched in q; use the filters")
     text = normalize_query_text(text)
     try:
         parsed = parser.parse(text)

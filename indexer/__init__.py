@@ -1,0 +1,1 @@
+"""Indexing, search and the archiving worker."""
