@@ -48,6 +48,7 @@ from archive_store.errors import (
     SegmentCorrupt,
 )
 from archive_store.faults import crash_point
+from archive_store.locks import ProcessLock
 from archive_store.models import ArchiveItem, CatalogEntry, HistoryEvent, Problem, StoredEntry
 from archive_store.verify import verify_store
 
@@ -234,6 +235,7 @@ class ArchiveStore:
         self._segments_dir = self.directory / "segments"
         self._catalog_path = self.directory / "catalog.db"
         self._lock_path = self.directory / ".lock"
+        self._move_lock = ProcessLock(self.directory / "move.lock")
         self._closed = False
         self._reset_process_state()
 
@@ -284,6 +286,17 @@ class ArchiveStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        self._move_lock.close()
+
+    def moving(self) -> ProcessLock:
+        """The lock under which a record moves between the active database and the archive.
+
+        Held (reentrantly) around each archive batch, restore and reconcile, and around every
+        index change together with its `mark_indexed`, across threads and processes, so that
+        no two of these interleave on the same record. The store's own write lock is separate
+        and short; this one may be held across active-database and index work.
+        """
+        return self._move_lock
 
     def __enter__(self) -> ArchiveStore:
         return self
@@ -582,21 +595,20 @@ class ArchiveStore:
                 rows,
             )
 
-    def mark_all_indexed(self, up_to_seq: int | None = None) -> None:
-        """After an index rebuild: mark every record whose state is that of the rebuilt index.
+    def mark_rebuilt(self, up_to_seq: int) -> None:
+        """After an index rebuild swapped in: say which records the new index reflects.
 
-        :param up_to_seq: `last_seq()` taken before the rebuild read the store; records changed
-            after it stay unindexed so catch-up redoes them. None marks every record, which
-            masks any restore, purge or archive that ran during the rebuild.
+        Records whose last change is at or before `up_to_seq` (taken before the rebuild read
+        the store) are what the rebuild saw; every later change is marked unindexed, even if a
+        writer marked it in the old index meanwhile, so catch-up redoes it in the new one.
+
+        :param up_to_seq: `last_seq()` taken before the rebuild read the store
         """
         with self._write_catalog() as conn:
-            if up_to_seq is None:
-                conn.execute("UPDATE records SET indexed = 1 WHERE indexed = 0")
-            else:
-                conn.execute(
-                    "UPDATE records SET indexed = 1 WHERE indexed = 0 AND state_seq <= ?",
-                    (up_to_seq,),
-                )
+            conn.execute(
+                "UPDATE records SET indexed = CASE WHEN state_seq <= ? THEN 1 ELSE 0 END",
+                (up_to_seq,),
+            )
 
     def last_seq(self) -> int:
         """The seq of the newest committed entry (0 for an empty store)."""

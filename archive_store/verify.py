@@ -92,9 +92,11 @@ def _check(
         if files.get(segment_id) is None:
             name = f"{segment_id:06d}.{row['generation']}.seg"
             report(None, segment_id, f"segment file {name} is missing")
-        elif sizes[segment_id] > row["end_offset"]:
+        elif sizes[segment_id] > row["end_offset"] and row["sealed"]:
+            # (in the open segment, extra bytes are a crashed writer's uncommitted tail, which
+            # the next write cuts off: not damage)
             report(None, segment_id, f"{sizes[segment_id] - row['end_offset']} bytes beyond the "
-                   "committed end (an uncommitted tail; the next write cuts it off)")
+                   "committed end of a sealed segment")
         elif sizes[segment_id] < row["end_offset"]:
             report(None, segment_id, f"file is {sizes[segment_id]} bytes, shorter than the "
                    f"committed {row['end_offset']}")

@@ -89,26 +89,29 @@ def _archive_one_batch(
     archived_at: datetime,
     batch_size: int,
 ) -> list[Record]:
-    with sessions.begin() as session:  # holds the active rows (SQLite: write lock) for the batch
-        stmt = (
-            select(ActiveRecord)
-            .where(_movable(session, rules, as_of))
-            .order_by(ActiveRecord.updated_at_utc, ActiveRecord.id)
-            .limit(batch_size)
-        )
-        if session.get_bind().dialect.name == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)
-        records = [row.to_record() for row in session.scalars(stmt)]
-        if not records:
-            return []
-        crash_point("archive.before_store")
-        store.archive_batch([_item(r) for r in records], archived_at, ACTOR)
-        crash_point("archive.after_store")
-        deleted = delete_records(session, [(r.id, r.updated_at) for r in records])
-        crash_point("archive.after_delete")
-    crash_point("archive.after_commit")
-    # Rows the CRM changed or removed meanwhile were not deleted; reconcile settles them.
-    store.clear_pending(deleted)
+    # The move lock keeps restores and reconcile out of this batch; the transaction holds the
+    # active rows (SQLite: the write lock) until the delete commits.
+    with store.moving():
+        with sessions.begin() as session:
+            stmt = (
+                select(ActiveRecord)
+                .where(_movable(session, rules, as_of))
+                .order_by(ActiveRecord.updated_at_utc, ActiveRecord.id)
+                .limit(batch_size)
+            )
+            if session.get_bind().dialect.name == "postgresql":
+                stmt = stmt.with_for_update(skip_locked=True)
+            records = [row.to_record() for row in session.scalars(stmt)]
+            if not records:
+                return []
+            crash_point("archive.before_store")
+            store.archive_batch([_item(r) for r in records], archived_at, ACTOR)
+            crash_point("archive.after_store")
+            deleted = delete_records(session, [(r.id, r.updated_at) for r in records])
+            crash_point("archive.after_delete")
+        crash_point("archive.after_commit")
+        # Rows the CRM changed or removed meanwhile were not deleted; reconcile settles them.
+        store.clear_pending(deleted)
     if len(deleted) != len(records):
         reconcile_pending(sessions, store, archived_at)
     return [r for r in records if r.id in deleted]

@@ -33,25 +33,35 @@ def sync_index(
     known = known or {}
     done = 0
     while not should_stop():
-        entries = store.iter_unindexed(batch_size)
-        if not entries:
-            break
-        add = [e for e in entries if e.state == "archived"]
-        remove = [e.record_id for e in entries if e.state != "archived"]
-        index.add(
-            (known[e.record_id] if e.record_id in known else store.get(e.record_id), e.archived_at)
-            for e in add
-        )
-        index.delete(remove)
-        store.mark_indexed((e.record_id, e.version, e.state) for e in entries)
+        # Read, write and mark under the move lock: a restore or purge in between would
+        # otherwise let a stale add put a record that left the archive back into search.
+        with store.moving():
+            entries = store.iter_unindexed(batch_size)
+            if not entries:
+                break
+            docs = [
+                (known.get(e.record_id) or store.get(e.record_id), e.archived_at)
+                for e in entries if e.state == "archived"
+            ]
+            index.add(docs)
+            index.delete(e.record_id for e in entries if e.state != "archived")
+            store.mark_indexed((e.record_id, e.version, e.state) for e in entries)
         done += len(entries)
     return done
 
 
 def rebuild_index(store: ArchiveStore, index: SearchIndex, *, progress: bool = False) -> int:
-    """Build the whole index afresh from the archive store alone, then swap it in."""
+    """Build the whole index afresh from the archive store alone, swap it in, then catch up.
+
+    The store is read without holding the move lock, so archiving and restores go on; every
+    change after the starting point is marked unindexed once the new index is live, and the
+    catch-up applies it there.
+    """
+    start = store.last_seq()
     total = store.counts()["archived"]
     records = ((record, entry.archived_at) for entry, record in store.iter_records("archived"))
     count = index.rebuild(records, total=total, progress=progress)
-    store.mark_all_indexed()
+    with store.moving():  # no index change + mark may straddle this reset
+        store.mark_rebuilt(start)
+    sync_index(store, index)
     return count

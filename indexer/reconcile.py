@@ -19,6 +19,11 @@ ACTOR = "reconcile"
 
 def reconcile_pending(sessions: sessionmaker[Session], store: ArchiveStore, now: datetime) -> int:
     """Settle every pending move; returns how many records it settled."""
+    with store.moving():  # a move in progress in another process finishes first
+        return _settle(sessions, store, now)
+
+
+def _settle(sessions: sessionmaker[Session], store: ArchiveStore, now: datetime) -> int:
     pending = list(store.iter_pending())
     if not pending:
         return 0

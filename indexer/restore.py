@@ -36,29 +36,32 @@ def restore_record(
     :raises RestoreInProgress: another restore of it is under way.
     :raises AlreadyActive: the active database already holds a record with this id.
     """
-    entry = store.begin_restore(record_id)
-    record = record_from_json(store.get(record_id))
-    try:
-        with sessions.begin() as session:
-            if find_active(session, [record_id]):
-                raise AlreadyActive(
-                    f"record {record_id!r} already exists in the active database; "
-                    "it was not restored over it"
-                )
-            insert_record(session, record)
-    except AlreadyActive:
-        store.abort_restore(record_id)
-        raise
-    except IntegrityError:  # inserted by someone else between our check and our insert
-        store.abort_restore(record_id)
-        raise AlreadyActive(f"record {record_id!r} already exists in the active database") from None
-    except Exception:
-        # The insert may or may not have committed (e.g. the connection dropped during COMMIT):
-        # let reconcile look at the active database and settle it, now or on its next run.
-        reconcile_pending(sessions, store, now)
-        raise
-    store.complete_restore(record_id, now, actor)
-    if index is not None:
-        index.delete([record_id])
-        store.mark_indexed([(record_id, entry.version, "restored")])
+    with store.moving():
+        entry = store.begin_restore(record_id)
+        record = record_from_json(store.get(record_id))
+        try:
+            with sessions.begin() as session:
+                if find_active(session, [record_id]):
+                    raise AlreadyActive(
+                        f"record {record_id!r} already exists in the active database; "
+                        "it was not restored over it"
+                    )
+                insert_record(session, record)
+        except AlreadyActive:
+            store.abort_restore(record_id)
+            raise
+        except IntegrityError:  # inserted by the CRM between our check and our insert
+            store.abort_restore(record_id)
+            raise AlreadyActive(
+                f"record {record_id!r} already exists in the active database"
+            ) from None
+        except Exception:
+            # The insert may or may not have committed (e.g. the connection dropped during
+            # COMMIT): reconcile looks at the active database and settles it, now or later.
+            reconcile_pending(sessions, store, now)
+            raise
+        store.complete_restore(record_id, now, actor)
+        if index is not None:
+            index.delete([record_id])
+            store.mark_indexed([(record_id, entry.version, "restored")])
     return record
