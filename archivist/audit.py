@@ -284,9 +284,7 @@ class AuditWriter:
                 return
             self._queue.append(pending)
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="audit-writer", daemon=True
-                )
+                self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
                 self._thread.start()
             self._cond.notify()
 

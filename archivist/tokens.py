@@ -52,9 +52,7 @@ def create_token(session: Session, name: str, role: str, at: datetime) -> str:
     if session.scalar(select(ApiToken.id).where(ApiToken.name == name)) is not None:
         raise TokenError(f"a token named {name!r} exists already (revoked ones keep their name)")
     secret = secrets.token_urlsafe(32)
-    session.add(
-        ApiToken(name=name, role=role, token_sha256=hash_token(secret), created_at=at)
-    )
+    session.add(ApiToken(name=name, role=role, token_sha256=hash_token(secret), created_at=at))
     session.flush()
     return secret
 

@@ -12,7 +12,7 @@ import hashlib
 import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time
 from typing import Any
 
@@ -216,7 +216,18 @@ def iter_csv(hits: Iterator[SearchHit]) -> Iterator[bytes]:
 
 
 def _iter_hits(services: Services, query: SearchQuery) -> Iterator[SearchHit]:
-    return services.index.iter_hits(query)  # type: ignore[attr-defined, no-any-return]
+    iter_hits = getattr(services.index, "iter_hits", None)
+    if iter_hits is not None:
+        return iter_hits(query)  # type: ignore[no-any-return]
+    return _iter_pages(services, query)
+
+
+def _iter_pages(services: Services, query: SearchQuery) -> Iterator[SearchHit]:
+    # Stand-in until the index streams matches itself: pages of 100 in the query's order.
+    first = services.index.search(replace(query, page=1, per_page=100))
+    yield from first.hits
+    for number in range(2, (first.total + 99) // 100 + 1):
+        yield from services.index.search(replace(query, page=number, per_page=100)).hits
 
 
 def export(actor: Actor, query: SearchQuery) -> Iterator[bytes]:

@@ -160,7 +160,5 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(e: Exception) -> tuple[dict[str, Any], int]:
         rid = request_id()
-        log.error(
-            "request %s %s %s failed", rid, request.method, request.path, exc_info=e
-        )
+        log.error("request %s %s %s failed", rid, request.method, request.path, exc_info=e)
         return error_body("internal_error", f"internal error (request id {rid})"), 500

@@ -10,9 +10,7 @@ from collections.abc import Callable
 class RateLimiter:
     """Allow `per_minute` requests a minute per key, with bursts up to one minute's worth."""
 
-    def __init__(
-        self, per_minute: int, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.capacity = float(per_minute)
         self.rate = per_minute / 60.0
         self._clock = clock

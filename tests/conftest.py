@@ -159,3 +159,18 @@ def archived(services: Any) -> Callable[..., list[dict[str, Any]]]:
         return list(records)
 
     return archive
+
+
+@pytest.fixture
+def live_server(app: Any) -> Iterator[str]:
+    """`app` on a real waitress server in a thread; yields its base URL."""
+    import threading
+
+    from waitress import create_server
+
+    server = create_server(app, host="127.0.0.1", port=0, threads=8)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.effective_port}"
+    server.close()
+    thread.join(timeout=10)

@@ -1,0 +1,135 @@
+"""The audit log: append-only, hash chained, safe under concurrent appends, checked by verify."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+from sqlalchemy import delete, select, update
+
+from archivist.active_db import AuditEntry
+from archivist.audit import (
+    AuditEvent,
+    AuditFilter,
+    AuditWriter,
+    iter_chain_problems,
+    list_audit,
+    write_audit,
+)
+from archivist.cli import main
+from indexer.verification import verify_all
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def _event(n: int, actor: str = "alice", action: str = "search") -> AuditEvent:
+    return AuditEvent(
+        T0 + timedelta(minutes=n), actor, action, f"q{n}", "ok", {"n": n, "q": "退款"}
+    )
+
+
+def _problems(services: Any) -> list[str]:
+    with services.sessions.begin() as session:
+        return list(iter_chain_problems(session))
+
+
+def test_appended_entries_chain_and_verify(services: Any) -> None:
+    assert write_audit(services.sessions, [_event(1), _event(2)]) == [1, 2]
+    assert write_audit(services.sessions, [_event(3)]) == [3]
+    assert _problems(services) == []
+    with services.sessions.begin() as session:
+        rows = list(session.scalars(select(AuditEntry).order_by(AuditEntry.seq)))
+    assert rows[0].prev_hash == "0" * 64
+    assert [r.prev_hash for r in rows[1:]] == [r.entry_hash for r in rows[:-1]]
+
+
+def test_an_edited_entry_is_detected(services: Any) -> None:
+    write_audit(services.sessions, [_event(n) for n in range(1, 6)])
+    with services.sessions.begin() as session:
+        session.execute(update(AuditEntry).where(AuditEntry.seq == 3).values(actor="mallory"))
+    assert _problems(services) == ["audit log: entry 3 was changed after it was written"]
+
+
+def test_a_deleted_entry_is_detected(services: Any) -> None:
+    write_audit(services.sessions, [_event(n) for n in range(1, 6)])
+    with services.sessions.begin() as session:
+        session.execute(delete(AuditEntry).where(AuditEntry.seq == 2))
+    assert _problems(services) == [
+        "audit log: entries 2..2 are missing",
+        "audit log: entry 3 does not follow the entry before it",
+    ]
+
+
+def test_archivist_verify_fails_on_a_damaged_audit_log(services: Any, config_path: Path) -> None:
+    write_audit(services.sessions, [_event(n) for n in range(1, 4)])
+    assert verify_all(services).problems == []
+    ok = CliRunner().invoke(main, ["verify", "--config", str(config_path)])
+    assert ok.exit_code == 0, ok.output
+    with services.sessions.begin() as session:
+        session.execute(update(AuditEntry).where(AuditEntry.seq == 1).values(outcome="denied"))
+    result = CliRunner().invoke(main, ["verify", "--config", str(config_path)])
+    assert result.exit_code == 1
+    assert "audit log: entry 1 was changed" in result.stderr
+
+
+def test_concurrent_writers_keep_one_chain(services: Any) -> None:
+    writer = AuditWriter(services.sessions, max_batch=7)
+
+    def work(t: int) -> None:
+        for n in range(40):
+            # direct appends and batched ones race for the head of the chain
+            if n % 4 == 0:
+                write_audit(services.sessions, [_event(n, actor=f"direct{t}")])
+            else:
+                writer.record(_event(n, actor=f"writer{t}"), wait=n % 2 == 0)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    writer.close()
+    with services.sessions.begin() as session:
+        assert list_audit(session, AuditFilter(per_page=1)).total == 240
+    assert _problems(services) == []
+
+
+def test_list_audit_filters_and_pages(services: Any) -> None:
+    write_audit(
+        services.sessions,
+        [
+            _event(n, actor="alice" if n % 2 else "bob", action="read" if n % 3 else "search")
+            for n in range(1, 13)
+        ],
+    )
+    with services.sessions.begin() as session:
+        page = list_audit(session, AuditFilter(actor="bob", action="read", per_page=2, page=2))
+        assert page.total == 4
+        assert [e.seq for e in page.entries] == [4, 2]
+        window = list_audit(
+            session,
+            AuditFilter(date_from=T0 + timedelta(minutes=3), date_to=T0 + timedelta(minutes=5)),
+        )
+        assert [e.seq for e in window.entries] == [5, 4, 3]
+        assert window.entries[0].details == {"n": 5, "q": "退款"}
+
+
+def test_audit_endpoint_filters_by_actor_action_and_time(
+    client: Any, auditor_headers: dict[str, str], agent_headers: dict[str, str]
+) -> None:
+    client.get("/api/v1/search?q=a", headers=agent_headers)
+    client.get("/api/v1/records/NOPE", headers=agent_headers)
+    client.get("/api/v1/search?q=b", headers=auditor_headers)
+    body = client.get(
+        "/api/v1/audit?actor=test-agent&action=search", headers=auditor_headers
+    ).get_json()
+    assert [(e["actor"], e["target"]) for e in body["entries"]] == [("test-agent", "a")]
+    reads = client.get("/api/v1/audit?action=read", headers=auditor_headers).get_json()
+    assert [(e["target"], e["outcome"]) for e in reads["entries"]] == [("NOPE", "not_found")]
+    future = client.get("/api/v1/audit?from=2999-01-01", headers=auditor_headers).get_json()
+    assert future["total"] == 0
+    paged = client.get("/api/v1/audit?per_page=1&page=2", headers=auditor_headers).get_json()
+    assert paged["total"] == 3 and paged["entries"][0]["target"] == "NOPE"

@@ -1,0 +1,160 @@
+"""Errors are always the contract's JSON body; 5xx leaks nothing; /healthz says what is wrong."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from typing import Any
+
+import pytest
+
+from server import close_app, create_app
+
+
+def _error(response: Any) -> dict[str, str]:
+    body = response.get_json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message"}
+    return body["error"]
+
+
+def test_unknown_path_is_json_404(client: Any, agent_headers: dict[str, str]) -> None:
+    response = client.get("/api/v1/nothing-here", headers=agent_headers)
+    assert response.status_code == 404
+    assert _error(response)["code"] == "not_found"
+
+
+def test_wrong_method_is_json_405(client: Any, admin_headers: dict[str, str]) -> None:
+    response = client.put("/api/v1/search", headers=admin_headers)
+    assert response.status_code == 405
+    assert _error(response)["code"] == "method_not_allowed"
+    assert "GET" in response.headers["Allow"]
+
+
+def test_too_large_body_is_json_413(services: Any, admin_headers: dict[str, str]) -> None:
+    server = dataclasses.replace(services.config.server, max_request_bytes=1024)
+    app = create_app(dataclasses.replace(services.config, server=server))
+    try:
+        response = app.test_client().post(
+            "/api/v1/holds",
+            data=b'{"reason": "' + b"x" * 4096 + b'"}',
+            headers={**admin_headers, "Content-Type": "application/json"},
+        )
+        assert response.status_code == 413
+        assert _error(response)["code"] == "payload_too_large"
+    finally:
+        close_app(app)
+
+
+def test_unexpected_error_is_json_500_with_request_id_and_no_details(
+    app: Any, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    @app.get("/boom")
+    def boom() -> Any:
+        raise RuntimeError("secret database password in here")
+
+    response = client.get("/boom")
+    assert response.status_code == 500
+    error = _error(response)
+    request_id = response.headers["X-Request-Id"]
+    assert error == {
+        "code": "internal_error",
+        "message": f"internal error (request id {request_id})",
+    }
+    assert "secret" not in response.get_data(as_text=True)
+    logged = [r for r in caplog.records if request_id in r.getMessage()]
+    assert logged and logged[0].exc_info is not None
+
+
+def test_bad_hold_body_is_400(client: Any, admin_headers: dict[str, str]) -> None:
+    for body in ({"scope": "planet", "value": "x", "reason": "r"}, {"scope": "record"}, [1]):
+        response = client.post("/api/v1/holds", json=body, headers=admin_headers)
+        assert response.status_code == 400
+        assert _error(response)["code"] == "bad_request"
+    response = client.post("/api/v1/holds", data=b"{not json", headers=admin_headers)
+    assert response.status_code == 400
+
+
+def test_holds_are_placed_listed_lifted_and_audited(
+    client: Any, admin_headers: dict[str, str]
+) -> None:
+    hold = {"scope": "customer", "value": "C042", "reason": "litigation 2026-17"}
+    assert client.post("/api/v1/holds", json=hold, headers=admin_headers).status_code == 201
+    again = client.post("/api/v1/holds", json=hold, headers=admin_headers)
+    assert again.status_code == 409 and _error(again)["code"] == "bad_hold"
+    listed = client.get("/api/v1/holds", headers=admin_headers).get_json()["holds"]
+    assert [(h["scope"], h["value"], h["reason"]) for h in listed] == [
+        ("customer", "C042", "litigation 2026-17")
+    ]
+    assert client.delete("/api/v1/holds/customer/C042", headers=admin_headers).status_code == 204
+    assert client.get("/api/v1/holds", headers=admin_headers).get_json()["holds"] == []
+    audit = client.get("/api/v1/audit", headers=admin_headers).get_json()["entries"]
+    assert [(e["action"], e["target"], e["outcome"]) for e in audit] == [
+        ("hold_remove", "customer:C042", "ok"),
+        ("hold_add", "customer:C042", "bad_hold"),
+        ("hold_add", "customer:C042", "ok"),
+    ]
+
+
+def test_healthz_is_503_when_the_index_is_missing(services: Any, client: Any) -> None:
+    assert client.get("/healthz").status_code == 200
+    shutil.rmtree(services.config.index_dir)
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["status"] == "unavailable"
+    assert body["reason"].startswith("index cannot be read")
+
+
+def test_healthz_is_503_when_the_database_cannot_be_read(services: Any, client: Any) -> None:
+    db = services.config.active_url.removeprefix("sqlite:///")
+    services.engine.dispose()
+    client.application.extensions["archivist"].engine.dispose()
+    with open(db, "r+b") as f:
+        f.write(b"garbage!" * 64)
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.get_json()["reason"].startswith("database cannot be read")
+
+
+def test_audit_parameters_are_checked(client: Any, auditor_headers: dict[str, str]) -> None:
+    for params in (
+        "action=dance",
+        "per_page=101",
+        "page=0",
+        "from=nope",
+        "from=2024-02-01&to=2024-01-01",
+    ):
+        response = client.get(f"/api/v1/audit?{params}", headers=auditor_headers)
+        assert response.status_code == 400, params
+        assert _error(response)["code"] == "bad_request"
+
+
+def test_openapi_document_lists_every_endpoint(client: Any, agent_headers: dict[str, str]) -> None:
+    doc = client.get("/api/v1/openapi.json", headers=agent_headers).get_json()
+    assert doc["openapi"].startswith("3.")
+    assert set(doc["paths"]) == {
+        "/healthz",
+        "/api/v1/search",
+        "/api/v1/records/{record_id}",
+        "/api/v1/records/{record_id}/restore",
+        "/api/v1/export.csv",
+        "/api/v1/export.csv.sha256",
+        "/api/v1/audit",
+        "/api/v1/stats",
+        "/api/v1/holds",
+        "/api/v1/holds/{scope}/{value}",
+        "/api/v1/openapi.json",
+    }
+    names = {p["name"] for p in doc["paths"]["/api/v1/search"]["get"]["parameters"]}
+    assert {
+        "q",
+        "category",
+        "kind",
+        "from",
+        "to",
+        "date_field",
+        "sort",
+        "page",
+        "per_page",
+    } <= names

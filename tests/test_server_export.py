@@ -1,0 +1,118 @@
+"""GET /api/v1/export.csv: every match streamed as CSV, its file name and its checksum."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+COLUMNS = [
+    "id",
+    "kind",
+    "category",
+    "customer_id",
+    "owner",
+    "subject",
+    "status",
+    "created_at",
+    "updated_at",
+    "archived_at",
+]
+
+
+@pytest.fixture
+def many(archived: Callable[..., Any], make_record: Callable[..., dict[str, Any]]) -> list[Any]:
+    return archived(
+        *[
+            make_record(
+                id=f"EX-{n:04d}",
+                subject=f'Invoice "{n}", overdue' if n % 7 == 0 else f"Subject {n}",
+                body="refund" if n % 2 else "other text",
+                customer_id=None if n % 5 == 0 else f"C{n % 3}",
+                created_at=f"2021-{n % 12 + 1:02d}-01T00:00:00Z",
+                updated_at=f"2021-{n % 12 + 1:02d}-02T00:00:00Z",
+            )
+            for n in range(250)
+        ]
+    )
+
+
+def _rows(response: Any) -> list[dict[str, str]]:
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+
+
+def test_export_streams_every_match_not_a_page(
+    client: Any, auditor_headers: dict[str, str], many: list[Any]
+) -> None:
+    response = client.get("/api/v1/export.csv?q=refund", headers=auditor_headers)
+    assert response.is_streamed
+    assert response.mimetype == "text/csv"
+    header = response.get_data(as_text=True).splitlines()[0]
+    assert header.split(",") == COLUMNS
+    rows = _rows(response)
+    assert sorted(r["id"] for r in rows) == [f"EX-{n:04d}" for n in range(1, 250, 2)]
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["EX-0007"]["subject"] == 'Invoice "7", overdue'
+    assert by_id["EX-0005"]["customer_id"] == ""
+
+
+def test_export_applies_the_search_filters(
+    client: Any, auditor_headers: dict[str, str], many: list[Any]
+) -> None:
+    url = "/api/v1/export.csv?from=2021-03-01&to=2021-03-31&customer_id=C1"
+    rows = _rows(client.get(url, headers=auditor_headers))
+    expected = [f"EX-{n:04d}" for n in range(250) if n % 12 == 2 and n % 5 and n % 3 == 1]
+    assert sorted(r["id"] for r in rows) == expected
+
+
+@pytest.mark.parametrize(
+    "params,filename",
+    [
+        ("", "archivist-export_all_all.csv"),
+        ("from=2021-01-01&to=2021-06-30", "archivist-export_2021-01-01_2021-06-30.csv"),
+        ("from=2021-01-01T10:30:00Z", "archivist-export_2021-01-01T103000Z_all.csv"),
+        (
+            "to=2021-06-30&date_field=archived_at",
+            "archivist-export_archived_at_all_2021-06-30.csv",
+        ),
+    ],
+)
+def test_export_file_name_carries_the_time_range(
+    client: Any, auditor_headers: dict[str, str], params: str, filename: str
+) -> None:
+    response = client.get(f"/api/v1/export.csv?{params}", headers=auditor_headers)
+    assert response.headers["Content-Disposition"] == f'attachment; filename="{filename}"'
+
+
+def test_export_checksum_matches_the_bytes_and_the_audit_log(
+    client: Any, auditor_headers: dict[str, str], many: list[Any]
+) -> None:
+    body = client.get("/api/v1/export.csv?q=refund", headers=auditor_headers).get_data()
+    checksum = client.get("/api/v1/export.csv.sha256?q=refund", headers=auditor_headers)
+    assert checksum.status_code == 200
+    assert checksum.get_json() == {
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "rows": 125,
+        "bytes": len(body),
+        "filename": "archivist-export_all_all.csv",
+    }
+    audit = client.get("/api/v1/audit?action=export", headers=auditor_headers).get_json()
+    sent = [e for e in audit["entries"] if not e["details"].get("checksum_only")][0]
+    assert sent["outcome"] == "ok"
+    assert sent["details"]["sha256"] == hashlib.sha256(body).hexdigest()
+    assert sent["details"]["rows"] == 125
+
+
+def test_abandoned_export_is_audited_as_aborted(
+    client: Any, auditor_headers: dict[str, str], many: list[Any]
+) -> None:
+    response = client.get("/api/v1/export.csv", headers=auditor_headers)
+    next(response.response)  # the first chunk only, then the client goes away
+    response.close()
+    audit = client.get("/api/v1/audit?action=export", headers=auditor_headers).get_json()
+    assert audit["entries"][0]["outcome"] == "aborted"

@@ -1,0 +1,132 @@
+"""One-click restore over HTTP: the round trip, conflicts, and two restores at once."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from archivist.active_db import find_active, upsert_records
+from archivist.records import parse_record
+
+
+def test_restore_round_trip(
+    client: Any,
+    admin_headers: dict[str, str],
+    services: Any,
+    archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    original = make_record(
+        id="RT-1",
+        body="refund for the broken kettle",
+        created_at="2020-01-01T08:00:00.250000+02:00",
+        attributes={"channel": "email", "tags": ["a", "b"], "n": 1.5},
+    )
+    archived(original)
+    assert _search_ids(client, admin_headers, "kettle") == ["RT-1"]
+    with services.sessions.begin() as session:
+        assert find_active(session, ["RT-1"]) == {}
+
+    response = client.post("/api/v1/records/RT-1/restore", headers=admin_headers)
+    assert response.status_code == 200
+    assert response.get_json() == {"id": "RT-1", "state": "restored"}
+
+    with services.sessions.begin() as session:
+        restored = find_active(session, ["RT-1"])["RT-1"]
+    assert restored == parse_record(original)
+    assert restored.to_json()["attributes"] == original["attributes"]
+    assert _search_ids(client, admin_headers, "kettle") == []
+
+    view = client.get("/api/v1/records/RT-1", headers=admin_headers).get_json()
+    assert view["archive"]["state"] == "restored"
+    assert [e["event"] for e in view["history"]] == ["archived", "restored"]
+    assert view["history"][1]["actor"] == "test-admin"
+
+    audit = client.get("/api/v1/audit?action=restore", headers=admin_headers).get_json()
+    assert [(e["target"], e["outcome"], e["actor"]) for e in audit["entries"]] == [
+        ("RT-1", "ok", "test-admin")
+    ]
+
+
+def _search_ids(client: Any, headers: dict[str, str], q: str) -> list[str]:
+    body = client.get("/api/v1/search", query_string={"q": q}, headers=headers).get_json()
+    return [h["id"] for h in body["hits"]]
+
+
+def test_restore_of_a_never_archived_id_is_404(client: Any, admin_headers: dict[str, str]) -> None:
+    response = client.post("/api/v1/records/NOPE-1/restore", headers=admin_headers)
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "not_found"
+
+
+def test_restore_twice_is_409_not_archived(
+    client: Any,
+    admin_headers: dict[str, str],
+    archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    archived(make_record(id="TW-1"))
+    assert client.post("/api/v1/records/TW-1/restore", headers=admin_headers).status_code == 200
+    again = client.post("/api/v1/records/TW-1/restore", headers=admin_headers)
+    assert again.status_code == 409
+    assert again.get_json()["error"]["code"] == "not_archived"
+
+
+def test_restore_over_an_active_id_is_409_and_says_so(
+    client: Any,
+    admin_headers: dict[str, str],
+    services: Any,
+    archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    archived(make_record(id="DUP-1", body="old text"))
+    with services.sessions.begin() as session:  # the CRM re-created the id meanwhile
+        upsert_records(session, [parse_record(make_record(id="DUP-1", body="new text"))])
+    response = client.post("/api/v1/records/DUP-1/restore", headers=admin_headers)
+    assert response.status_code == 409
+    error = response.get_json()["error"]
+    assert error["code"] == "already_active"
+    assert "already exists in the active database" in error["message"]
+    view = client.get("/api/v1/records/DUP-1", headers=admin_headers).get_json()
+    assert view["archive"]["state"] == "archived"
+    with services.sessions.begin() as session:
+        assert find_active(session, ["DUP-1"])["DUP-1"].body == "new text"
+
+
+def _restore_at_once(base_url: str, headers: dict[str, str], record_id: str) -> list[int]:
+    barrier = threading.Barrier(2)
+    statuses: list[int] = []
+
+    def restore() -> None:
+        request = urllib.request.Request(
+            f"{base_url}/api/v1/records/{record_id}/restore", method="POST", headers=headers
+        )
+        barrier.wait()
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                statuses.append(response.status)
+        except urllib.error.HTTPError as e:
+            assert json.load(e)["error"]["code"] in ("restore_in_progress", "not_archived")
+            statuses.append(e.code)
+
+    threads = [threading.Thread(target=restore) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return statuses
+
+
+def test_two_simultaneous_restores_give_one_200_and_one_409(
+    live_server: str,
+    admin_headers: dict[str, str],
+    archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    records = archived(*[make_record(id=f"RACE-{n}") for n in range(5)])
+    for record in records:
+        assert sorted(_restore_at_once(live_server, admin_headers, record["id"])) == [200, 409]
