@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
@@ -32,7 +33,9 @@ from typing import Any
 
 from whoosh import index as windex
 from whoosh.filedb.filestore import FileStorage
+from whoosh.codec.whoosh3 import LENGTHS_COLUMN, _lenfield
 from whoosh.index import TOC
+from whoosh.util.numeric import byte_to_length
 
 from indexer.errors import IndexerError, IndexUnavailable
 from indexer.schema import build_schema
@@ -346,7 +349,7 @@ class SearchIndex:
             holders = self._find_ids(gen, list(batch))
             for name, documents in sorted(by_shard.items()):
                 ix = self._shard_index(gen, name, create=True)
-                writer = ix.writer(timeout=60.0, limitmb=256)
+                writer = open_writer(ix, timeout=60.0, limitmb=256)
                 try:
                     for doc in documents:
                         if name in holders.get(doc["id"], ()):
@@ -472,6 +475,53 @@ class SearchIndex:
         self.close()
 
 
+class _CachedLengths:
+    """Per-document field lengths of a new segment, decoded once per field.
+
+    Whoosh's postings writer asks the length of every posting's document one call at a time
+    (for block quality stats); reading each through the column reader was ~15% of indexing.
+    """
+
+    def __init__(self, pdr: Any) -> None:
+        self._pdr = pdr
+        self._cache: dict[str, list[int]] = {}
+
+    def doc_field_length(self, docnum: int, fieldname: str, default: int = 0) -> int:
+        lengths = self._cache.get(fieldname)
+        if lengths is None:
+            reader = self._pdr._cached_reader(_lenfield(fieldname), LENGTHS_COLUMN)
+            if reader is None:
+                lengths = []
+            else:
+                lengths = [byte_to_length(b) if b else default for b in reader]
+            self._cache[fieldname] = lengths
+        return lengths[docnum] if docnum < len(lengths) else default
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pdr, name)
+
+
+def _fast_flush(writer: Any) -> None:
+    """SegmentWriter._flush_segment with cached document lengths (see _CachedLengths)."""
+    writer.perdocwriter.close()
+    pdr = writer.per_document_reader() if writer.codec.length_stats else None
+    postings = writer.pool.iter_postings()
+    writer.fieldwriter.add_postings(writer.schema, _CachedLengths(pdr) if pdr else None, postings)
+    writer.fieldwriter.close()
+    if pdr:
+        pdr.close()
+
+
+def open_writer(ix: windex.Index, **kwargs: Any) -> Any:
+    """Open a Whoosh writer on a shard with the faster segment flush.
+
+    :param ix: the shard index.
+    """
+    writer = ix.writer(**kwargs)
+    writer._flush_segment = types.MethodType(_fast_flush, writer)
+    return writer
+
+
 def _load_hit(view: ShardView, docnum: int, score: float, compiled: CompiledQuery) -> SearchHit:
     stored = view.cache.searcher.stored_fields(docnum)["stored"]
     (rid, kind, category, customer_id, owner, subject, status, created, updated, archived,
@@ -516,7 +566,7 @@ def run_build_worker() -> None:
                 path = Path(gen) / "_parts" / name / f"w{worker}"
                 path.mkdir(parents=True, exist_ok=True)
                 ix = windex.create_in(str(path), build_schema())
-                writer = writers[name] = ix.writer(limitmb=limitmb)
+                writer = writers[name] = open_writer(ix, limitmb=limitmb)
             for record, archived_at in batch:
                 writer.add_document(**build_document(record, archived_at))
             count += len(batch)

@@ -25,12 +25,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time as dtime, timedelta, timezone
+from itertools import accumulate
 from typing import Any
 
 from whoosh import query as wq
 from whoosh.qparser import MultifieldParser, QueryParserError
 from whoosh.scoring import BM25F, WeightLengthScorer, WeightScorer
+from whoosh.codec.whoosh3 import LENGTHS_COLUMN, W3LeafMatcher, _lenfield
 from whoosh.searching import Searcher
+from whoosh.util.numeric import byte_to_length
 
 from indexer.analysis import iter_tokens, normalize_query_text
 from indexer.errors import BadQuery
@@ -410,6 +413,32 @@ class ShardCache:
         self._years: dict[str, array[int]] = {}
         self._orders: dict[str, tuple[array[int], array[int], array[int]]] = {}
         self._all_facets: dict[str, dict[str, dict[str, int]]] = {}
+        self.deleted = set(range(self.size)).difference(self.live) if self.size != len(self.live) else set()
+        self._lengths: dict[str, list[int]] = {}
+        self._norms: dict[tuple[str, float], list[float]] = {}
+
+    def lengths(self, fieldname: str) -> list[int]:
+        """Return the length of a text field for every document number."""
+        got = self._lengths.get(fieldname)
+        if got is None:
+            got = []
+            table = _LEN_TABLE
+            for leaf, _base in self.searcher.reader().leaf_readers():
+                n = leaf.doc_count_all()
+                col = leaf._perdoc._cached_reader(_lenfield(fieldname), LENGTHS_COLUMN)
+                got.extend([0] * n if col is None else map(table.__getitem__, col))
+            self._lengths[fieldname] = got
+        return got
+
+    def norms(self, fieldname: str, avgfl: float) -> list[float]:
+        """Return BM25's length normalisation ``K1 * (1 - B + B * len / avgfl)`` per document."""
+        key = (fieldname, avgfl)
+        got = self._norms.get(key)
+        if got is None:
+            a, b = _K1 * (1 - _B), _K1 * _B / avgfl
+            got = [a + b * n for n in self.lengths(fieldname)]
+            self._norms = {key: got, **{k: v for k, v in self._norms.items() if k[0] != fieldname}}
+        return got
 
     @staticmethod
     def _ordinals(reader: Any, fieldname: str) -> tuple[list[str], array[int]]:
@@ -484,6 +513,177 @@ class ShardView:
     cache: ShardCache
 
 
+# --- query evaluation on postings -------------------------------------------------------------
+#
+# Whoosh matchers cost ~20 us per posting in Python (scorer objects, per-document length column
+# reads). For exact totals and facets every matching document is needed anyway, so queries are
+# evaluated here as dict/set algebra over postings read a whole block at a time, with BM25
+# computed from cached per-document field lengths. A document's score is the sum of its
+# matching terms' BM25 (as Whoosh's Or/And do); a phrase scores as the sum of its words.
+
+_K1 = 1.2
+_B = 0.75
+_LEN_TABLE = [byte_to_length(b) for b in range(256)]
+
+Scores = dict[int, float]
+
+
+def _leaf_postings(leaf: Any, fieldname: str, btext: bytes) -> tuple[list[int], list[float]]:
+    m = leaf.postings(fieldname, btext)
+    if isinstance(m, W3LeafMatcher):
+        ids: list[int] = []
+        weights: list[float] = []
+        while True:
+            m._read_data()
+            raw, w = m._data[0], m._data[1]
+            n = m._blocklength
+            ids.extend(raw if m._byteids else accumulate(raw))
+            if w is None:
+                weights.extend([1.0] * n)
+            elif isinstance(w, float):
+                weights.extend([w] * n)
+            else:
+                weights.extend(w)
+            if m._lastblock:
+                break
+            m._goto(m._nextoffset)
+        return ids, weights
+    ids, weights = [], []
+    while m.is_active():
+        ids.append(m.id())
+        weights.append(m.weight())
+        m.next()
+    return ids, weights
+
+
+class Evaluator:
+    """Evaluates a parsed Whoosh query on one shard into {docnum: score}."""
+
+    def __init__(self, cache: ShardCache, stats: GlobalStats, scored: bool) -> None:
+        self.cache = cache
+        self.reader = cache.searcher.reader()
+        self.stats = stats
+        self.scored = scored
+
+    def run(self, q: wq.Query) -> Scores:
+        """Return the matching live documents and their scores."""
+        return self._eval(q)
+
+    def _eval(self, q: wq.Query) -> Scores:
+        if isinstance(q, wq.Term):
+            return self._term(q.fieldname, q.text, q.boost)
+        if isinstance(q, wq.Phrase):
+            return self._phrase(q)
+        if isinstance(q, wq.And):
+            parts = sorted((self._eval(c) for c in q.subqueries), key=len)
+            if not parts:
+                return {}
+            out = dict(parts[0])
+            for other in parts[1:]:
+                out = {d: s + other[d] for d, s in out.items() if d in other}
+                if not out:
+                    break
+            return out
+        if isinstance(q, (wq.Or, wq.DisjunctionMax)):
+            out = {}
+            for c in q.subqueries:
+                for d, sc in self._eval(c).items():
+                    out[d] = out.get(d, 0.0) + sc
+            return out
+        if isinstance(q, wq.AndNot):
+            pos = self._eval(q.a)
+            if not pos:
+                return pos
+            neg = self._eval(q.b)
+            return {d: sc for d, sc in pos.items() if d not in neg}
+        if isinstance(q, wq.AndMaybe):
+            pos = self._eval(q.a)
+            opt = self._eval(q.b)
+            return {d: sc + opt.get(d, 0.0) for d, sc in pos.items()}
+        if isinstance(q, wq.Require):
+            pos = self._eval(q.a)
+            req = self._eval(q.b)
+            return {d: sc for d, sc in pos.items() if d in req}
+        if isinstance(q, wq.Not):
+            neg = self._eval(q.query)
+            return {d: 0.0 for d in self.cache.live if d not in neg}
+        if isinstance(q, (wq.Prefix, wq.Wildcard, wq.FuzzyTerm, wq.TermRange, wq.Regex)):
+            out = {}
+            for btext in q._btexts(self.reader):
+                for d, sc in self._term(q.field(), btext, q.boost).items():
+                    out[d] = out.get(d, 0.0) + sc
+            return out
+        if q is wq.NullQuery or isinstance(q, wq.qcore._NullQuery):
+            return {}
+        raise BadQuery(f"unsupported query part: {type(q).__name__}")
+
+    def _term(self, fieldname: str, text: str | bytes, boost: float = 1.0) -> Scores:
+        btext = text.encode("utf-8") if isinstance(text, str) else text
+        ids: list[int] = []
+        weights: list[float] = []
+        for leaf, base in self.reader.leaf_readers():
+            if (fieldname, btext) not in leaf:
+                continue
+            lids, lw = _leaf_postings(leaf, fieldname, btext)
+            if base:
+                lids = [d + base for d in lids]
+            ids.extend(lids)
+            weights.extend(lw)
+        if not ids:
+            return {}
+        dead = self.cache.deleted
+        if not self.scored or fieldname not in TEXT_FIELDS:
+            out = dict.fromkeys(ids, 1.0 * boost if self.scored else 0.0)
+        else:
+            idf = self.stats.idf(fieldname, btext) * boost * (_K1 + 1)
+            norm = self.cache.norms(fieldname, self.stats.avg_field_length(fieldname))
+            out = {d: idf * w / (w + norm[d]) for d, w in zip(ids, weights)}
+        if dead:
+            for d in dead.intersection(out):
+                del out[d]
+        return out
+
+    def _phrase(self, q: wq.Phrase) -> Scores:
+        words = list(q.words)
+        if len(words) == 1:
+            return self._term(q.fieldname, words[0], q.boost)
+        per_word = [self._term(q.fieldname, w, q.boost) for w in words]
+        candidates = set(min(per_word, key=len))
+        for sc in per_word:
+            candidates.intersection_update(sc)
+            if not candidates:
+                return {}
+        searcher = self.cache.searcher
+        fmt = searcher.schema[q.fieldname].format
+        order = sorted(candidates)
+        positions: list[dict[int, set[int]]] = []
+        for w in words:
+            m = searcher.postings(q.fieldname, w.encode("utf-8"))
+            got: dict[int, set[int]] = {}
+            for d in order:
+                if not m.is_active():
+                    break
+                m.skip_to(d)
+                if m.is_active() and m.id() == d:
+                    got[d] = set(fmt.decode_positions(m.value()))
+            positions.append(got)
+        out = {}
+        slop = q.slop
+        for d in order:
+            first = positions[0].get(d, ())
+            for p in first:
+                ok = True
+                for i in range(1, len(words)):
+                    pos_i = positions[i].get(d)
+                    if pos_i is None or not any(p + i + k in pos_i for k in range(slop)):
+                        ok = False
+                        break
+                if ok:
+                    out[d] = sum(sc[d] for sc in per_word)
+                    break
+        return out
+
+
 # --- execution ------------------------------------------------------------------------------
 
 
@@ -537,7 +737,7 @@ def _match_shard(
     view: ShardView,
     query: SearchQuery,
     compiled: CompiledQuery,
-    weighting: GlobalBM25 | None,
+    stats: GlobalStats | None,
     sort: str,
 ) -> tuple[Sequence[int], dict[int, float] | None, bool]:
     """Return the matching document numbers of one shard and their scores.
@@ -566,16 +766,11 @@ def _match_shard(
             docs = cache.live
         date_needed = False
     else:
+        assert stats is not None
+        result = Evaluator(cache, stats, scored=sort == "relevance").run(compiled.query)
         if sort == "relevance":
-            ctx = searcher.context(weighting=weighting)
-            m = compiled.query.matcher(searcher, ctx)
-            scores = {}
-            while m.is_active():
-                scores[m.id()] = m.score()
-                m.next()
-            docs = list(scores)
-        else:
-            docs = list(compiled.query.matcher(searcher, searcher.boolean_context()).all_ids())
+            scores = result
+        docs = sorted(result)
     if date_needed:
         dates = cache.dates[f]
         lo_ = -(2**63) if lo is None else lo
@@ -650,14 +845,13 @@ def run_search(
     if compiled.query is None and sort == "relevance":
         sort = "newest"
     k = query.page * query.per_page
-    weighting = GlobalBM25(stats) if sort == "relevance" else None
     total = 0
     facets: dict[str, Counter[str]] = {"category": Counter(), "kind": Counter(), "year": Counter()}
     date_rows: list[tuple[int, str, int, ShardView]] = []
     score_rows: list[tuple[float, str, int, ShardView]] = []
     newest = sort == "newest"
     for view in select_shards(views, query):
-        docs, scores, in_order = _match_shard(view, query, compiled, weighting, sort)
+        docs, scores, in_order = _match_shard(view, query, compiled, stats, sort)
         if not docs:
             continue
         total += len(docs)
