@@ -218,13 +218,14 @@ def index(rebuild: bool, config: Config) -> None:
 
 
 @main.command()
+@click.option("--archive-now", is_flag=True, help="Also run the archive job once at start.")
 @config_option
-def worker(config: Config) -> None:
+def worker(archive_now: bool, config: Config) -> None:
     """Run the scheduled jobs (blocking) until SIGTERM or Ctrl-C."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    run_worker(config)
+    run_worker(config, archive_now=archive_now)
 
 
 @main.command()

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from archive_store import ArchiveStore
+from archive_store import ArchiveStore, Problem
+from archive_store.faults import crash_point
 from indexer.index import SearchIndex
 
 CATCH_UP_BATCH = 2000
@@ -41,10 +42,12 @@ def sync_index(
                 break
             docs = [
                 (known.get(e.record_id) or store.get(e.record_id), e.archived_at)
-                for e in entries if e.state == "archived"
+                for e in entries
+                if e.state == "archived"
             ]
             index.add(docs)
             index.delete(e.record_id for e in entries if e.state != "archived")
+            crash_point("index.before_mark")
             store.mark_indexed((e.record_id, e.version, e.state) for e in entries)
         done += len(entries)
     return done
@@ -65,3 +68,29 @@ def rebuild_index(store: ArchiveStore, index: SearchIndex, *, progress: bool = F
         store.mark_rebuilt(start)
     sync_index(store, index)
     return count
+
+
+def check_index_agreement(store: ArchiveStore, index: SearchIndex) -> tuple[list[Problem], int]:
+    """Compare the index with the catalog: same ids, same state.
+
+    Returns the problems and how many archived records still wait for catch-up (not a problem:
+    the catalog knows they are not indexed yet).
+    """
+    indexed = set(index.iter_ids())
+    problems: list[Problem] = []
+    waiting = 0
+    for entry in store.iter_catalog():
+        in_index = entry.record_id in indexed
+        indexed.discard(entry.record_id)
+        if entry.state == "archived" and not in_index:
+            if entry.indexed:
+                problems.append(
+                    Problem(entry.record_id, None, "archived but missing from the index")
+                )
+            else:
+                waiting += 1
+        elif entry.state != "archived" and in_index and entry.indexed:
+            problems.append(Problem(entry.record_id, None, f"{entry.state} but still in the index"))
+    for record_id in sorted(indexed):
+        problems.append(Problem(record_id, None, "in the index but never archived"))
+    return problems, waiting

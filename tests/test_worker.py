@@ -1,0 +1,104 @@
+"""The worker: scheduler wiring, one job at a time across processes, clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import select
+
+from archivist.active_db import JobRun, Lease, count_active, utcnow
+from archivist.config import load_config
+from archivist.demo_data import generate_records
+from indexer.jobs import run_archive_job
+from indexer.services import Services
+from indexer.worker import MISFIRE_GRACE_SECONDS, Worker, build_scheduler
+
+
+def test_scheduler_runs_each_job_on_its_trigger_one_at_a_time(services):
+    scheduler = build_scheduler(services.config, Worker(services))
+    jobs = {job.id: job for job in scheduler.get_jobs()}
+    assert set(jobs) == {"archive", "dispose", "index"}
+    assert isinstance(jobs["archive"].trigger, CronTrigger)
+    assert str(jobs["archive"].trigger) == str(CronTrigger.from_crontab("0 2 * * *", "UTC"))
+    assert str(jobs["dispose"].trigger) == str(CronTrigger.from_crontab("30 3 * * 0", "UTC"))
+    assert isinstance(jobs["index"].trigger, IntervalTrigger)
+    assert jobs["index"].trigger.interval.total_seconds() == 60
+    for job in jobs.values():
+        assert (job.max_instances, job.coalesce) == (1, True)
+        assert job.misfire_grace_time == MISFIRE_GRACE_SECONDS
+
+
+def start_worker(config_path, log_path):
+    command = [sys.executable, "-m", "archivist", "worker", "--archive-now",
+               "--config", str(config_path)]
+    with log_path.open("wb") as log:
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+
+
+def wait_for(condition, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.slow
+def test_two_workers_share_jobs_and_sigterm_loses_nothing(tmp_path, config_path):
+    subprocess.run([sys.executable, "-m", "archivist", "init", "--config", str(config_path)],
+                   check=True)
+    records = list(generate_records(20_000, seed=3))
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    subprocess.run([sys.executable, "-m", "archivist", "import", str(corpus),
+                    "--config", str(config_path)], check=True, capture_output=True)
+    config = load_config(config_path)
+
+    with Services.open(config) as services:
+        workers = [start_worker(config_path, tmp_path / f"worker{i}.log") for i in range(2)]
+        try:
+            def archive_lease_holder():
+                with services.sessions.begin() as session:
+                    lease = session.get(Lease, "archive")
+                    return lease.holder if lease else None
+
+            holder = wait_for(archive_lease_holder)
+            wait_for(lambda: services.store.counts()["archived"] >= 1000)
+            busy = next(w for w in workers if f":{w.pid}:" in holder)
+            idle = next(w for w in workers if w is not busy)
+            busy.send_signal(signal.SIGTERM)
+            assert busy.wait(timeout=120) == 0
+        finally:
+            for w in workers:
+                if w.poll() is None:
+                    w.send_signal(signal.SIGTERM)
+            for w in workers:
+                w.wait(timeout=120)
+        assert idle.returncode == 0
+
+        with services.sessions.begin() as session:
+            runs = session.scalars(select(JobRun).where(JobRun.job == "archive")).all()
+            active = count_active(session)
+        counts = services.store.counts()
+        # the idle worker found the lease taken and skipped: exactly one archive run
+        assert len(runs) == 1
+        assert runs[0].finished_at is not None and runs[0].error is None
+        assert runs[0].archived == counts["archived"]
+        assert counts["archived"] >= 1000
+        assert run_archive_job(services, utcnow(), dry_run=True).archived > 0  # stopped early
+        assert active + counts["archived"] == 20_000
+        assert counts["pending"] == 0
+        assert services.store.verify() == []
+        log = b"".join((tmp_path / f"worker{i}.log").read_bytes() for i in range(2))
+        assert b"archive job skipped: another worker holds its lease" in log
+        assert b"finishing the current batch, then stopping" in log
