@@ -22,7 +22,7 @@ FIELDS = ("id", *_TEXT_FIELDS, *_OPTIONAL_TEXT_FIELDS, *_TIME_FIELDS, "attribute
 
 @dataclass(frozen=True)
 class Record:
-    """One validated CRM record; timestamps are canonical UTC strings, as the contract gives them."""
+    """One validated CRM record; timestamps are canonical UTC text, as the contract gives them."""
 
     id: str
     kind: str
