@@ -1,0 +1,165 @@
+"""`archivist serve` and `archivist demo` as real processes, driven over real HTTP."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _archivist(*args: str) -> list[str]:
+    return [sys.executable, "-m", "archivist", *args]
+
+
+def _get(url: str, token: str | None = None, method: str = "GET") -> tuple[int, bytes, Any]:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    request = urllib.request.Request(url, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read(), response.headers
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers
+
+
+def _wait_healthy(base: str, process: subprocess.Popen[Any], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the server exited early"
+        try:
+            if _get(f"{base}/healthz")[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the server did not become healthy")
+
+
+@pytest.fixture
+def served(
+    services: Any,
+    config_path: Path,
+    archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> Iterator[tuple[str, str]]:
+    archived(
+        make_record(id="P-1", body="refund for the broken kettle"),
+        make_record(id="P-2", body="退款 申请", created_at="2021-06-01T00:00:00Z"),
+    )
+    token = subprocess.run(
+        _archivist(
+            "token", "create", "--role", "admin", "--name", "ops", "--config", str(config_path)
+        ),
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    port = _free_port()
+    log = config_path.parent / "serve.log"
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            _archivist("serve", "--port", str(port), "--config", str(config_path)),
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base, process)
+        yield base, token
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+        assert process.returncode == 0, log.read_text()
+
+
+def test_serve_drives_search_record_restore_export_over_http(served: tuple[str, str]) -> None:
+    base, token = served
+    status, body, _ = _get(f"{base}/api/v1/search?q=kettle", token)
+    assert status == 200
+    assert [h["id"] for h in json.loads(body)["hits"]] == ["P-1"]
+
+    status, body, _ = _get(f"{base}/api/v1/records/P-2", token)
+    assert status == 200 and json.loads(body)["record"]["body"] == "退款 申请"
+
+    status, body, headers = _get(f"{base}/api/v1/export.csv?from=2021-01-01", token)
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/csv")
+    assert "archivist-export_2021-01-01_all.csv" in headers["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(body.decode("utf-8"))))
+    assert [r["id"] for r in rows] == ["P-2"]
+
+    status, body, _ = _get(f"{base}/api/v1/records/P-1/restore", token, method="POST")
+    assert (status, json.loads(body)) == (200, {"id": "P-1", "state": "restored"})
+    status, body, _ = _get(f"{base}/api/v1/records/P-1/restore", token, method="POST")
+    assert status == 409
+    status, body, _ = _get(f"{base}/api/v1/search?q=kettle", token)
+    assert json.loads(body)["total"] == 0
+
+    assert _get(f"{base}/api/v1/search?q=kettle")[0] == 401
+    assert _get(f"{base}/api/v1/search?per_page=1000", token)[0] == 400
+    status, body, _ = _get(f"{base}/api/v1/audit?action=restore", token)
+    assert [e["outcome"] for e in json.loads(body)["entries"]] == ["not_archived", "ok"]
+
+
+def test_demo_serves_with_a_worker_until_interrupted(tmp_path: Path, config_path: Path) -> None:
+    port = _free_port()
+    process = subprocess.Popen(
+        _archivist("demo", "--records", "300", "--port", str(port), "--config", str(config_path)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        token = None
+        deadline = time.monotonic() + 120
+        while token is None and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            assert line, "the demo exited early"
+            if line.startswith("admin token: "):
+                token = line.split(": ", 1)[1].strip()
+        assert token is not None
+        base = f"http://127.0.0.1:{port}"
+        _wait_healthy(base, process)
+        status, body, _ = _get(f"{base}/api/v1/stats", token)
+        assert status == 200 and json.loads(body)["archived"] > 0
+        status, body, _ = _get(f"{base}/api/v1/search?q=refund", token)
+        assert status == 200
+        children = subprocess.run(
+            ["pgrep", "-P", str(process.pid)], capture_output=True, text=True
+        ).stdout.split()
+        assert children, "the worker child process is not running"
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+        if process.stdout is not None:
+            process.stdout.close()
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid), 0)
