@@ -438,6 +438,8 @@ class ArchiveStore:
                     )
                 if row["pending"] == "insert_active":
                     raise RestoreInProgress(f"record {item.record_id} is being restored")
+            entry_rows: list[tuple[Any, ...]] = []
+            record_rows: list[tuple[Any, ...]] = []
             for item, sha, created_text, updated_text in prepared:
                 row = existing.get(item.record_id)
                 if row is not None and row["state"] == "archived":
@@ -457,25 +459,27 @@ class ArchiveStore:
                     "sha256": sha,
                     "record": item.record,
                 })
-                conn.execute(_ENTRY_INSERT, (
+                entry_rows.append((
                     placed.seq, placed.segment_id, placed.offset, placed.length, "record",
                     item.record_id, version, None, at_text, actor, sha, placed.entry_hash,
                     placed.prev_hash,
                 ))
-                conn.execute(
-                    f"INSERT OR REPLACE INTO records ({RECORD_COLUMNS}) "
-                    "VALUES (?, 'archived', ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, "
-                    "'delete_active', 0, ?)",
-                    (
-                        item.record_id, version, placed.seq, placed.segment_id, sha, at_text,
-                        item.category, item.customer_id, created_text, updated_text,
-                        epoch_micros(item.updated_at), placed.seq,
-                    ),
-                )
+                record_rows.append((
+                    item.record_id, version, placed.seq, placed.segment_id, sha, at_text,
+                    item.category, item.customer_id, created_text, updated_text,
+                    epoch_micros(item.updated_at), placed.seq,
+                ))
                 results[item.record_id] = StoredEntry(
                     placed.seq, item.record_id, placed.segment_id, placed.offset, placed.length,
                     sha, placed.entry_hash,
                 )
+            conn.executemany(_ENTRY_INSERT, entry_rows)
+            conn.executemany(
+                f"INSERT OR REPLACE INTO records ({RECORD_COLUMNS}) "
+                "VALUES (?, 'archived', ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, "
+                "'delete_active', 0, ?)",
+                record_rows,
+            )
         return [results[item.record_id] for item, _, _, _ in prepared]
 
     def _stored_entry(self, conn: sqlite3.Connection, seq: int) -> StoredEntry:

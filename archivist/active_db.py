@@ -199,9 +199,12 @@ def upsert_records(session: Session, records: Sequence[Record]) -> None:
     rows = [record_row_values(r) for r in records]
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(ActiveRecord)
+    # Core (not ORM) insert: one compiled statement run with executemany, not one per row.
+    stmt = insert(ActiveRecord.__table__)
     columns = {name: stmt.excluded[name] for name in rows[0] if name != "id"}
-    session.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=columns), rows)
+    session.connection().execute(
+        stmt.on_conflict_do_update(index_elements=["id"], set_=columns), rows
+    )
 
 
 def insert_record(session: Session, record: Record) -> None:

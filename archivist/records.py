@@ -94,18 +94,28 @@ def parse_record(obj: Any, kinds: Collection[str] | None = None) -> Record:
         raise InvalidRecord(
             f"kind must be one of {', '.join(sorted(kinds))}, got {values['kind']!r}"
         )
-    if len(values["body"].encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
+    try:  # lone surrogates cannot be stored or given back as UTF-8
+        body_bytes = len(values["body"].encode("utf-8"))
+        for name in ("subject", *_OPTIONAL_TEXT_FIELDS):
+            if values[name] is not None:
+                values[name].encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRecord("text contains invalid Unicode (lone surrogates)") from None
+    if body_bytes > MAX_BODY_BYTES:
         raise InvalidRecord(f"body is larger than {MAX_BODY_BYTES} bytes")
     for name in _TIME_FIELDS:
         values[name] = canonical_timestamp(_required(obj, name, str), name)
     attributes = obj.get("attributes")
     if "attributes" in obj and not isinstance(attributes, dict):
         raise InvalidRecord(f"attributes must be a JSON object, got {_json_type(attributes)}")
+    if attributes is not None:
+        try:
+            json.dumps(attributes, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRecord("attributes contain invalid Unicode (lone surrogates)") from None
+        except ValueError:
+            raise InvalidRecord("attributes contain NaN or Infinity (not JSON)") from None
     values["attributes"] = attributes
-    try:  # lone surrogates cannot be stored or sent back as UTF-8
-        json.dumps(values, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRecord("text contains invalid Unicode (lone surrogates)") from None
     return Record(**values)
 
 
@@ -132,11 +142,10 @@ def format_utc(moment: datetime, fractions: bool | None = None) -> str:
 
     :param fractions: force `.ffffff` on or off; None writes it only when microseconds are set.
     """
-    moment = moment.astimezone(UTC)
+    moment = moment.astimezone(UTC).replace(tzinfo=None)
     if fractions is None:
         fractions = moment.microsecond != 0
-    pattern = "%Y-%m-%dT%H:%M:%S.%fZ" if fractions else "%Y-%m-%dT%H:%M:%SZ"
-    return moment.strftime(pattern)
+    return moment.isoformat(timespec="microseconds" if fractions else "seconds") + "Z"
 
 
 def parse_utc(text: str) -> datetime:

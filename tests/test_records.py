@@ -75,3 +75,20 @@ def test_parse_record_names_a_missing_field(make_record, field):
 
 def test_body_of_exactly_one_mebibyte_is_accepted(make_record):
     assert len(parse_record(make_record(body="x" * MAX_BODY_BYTES)).body) == MAX_BODY_BYTES
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"body": "bad \ud800 surrogate"}, "lone surrogates"),
+        ({"attributes": {"x": "\udfff"}}, "lone surrogates"),
+        ({"attributes": {"x": float("nan")}}, "NaN or Infinity"),
+    ],
+)
+def test_text_that_cannot_be_stored_is_rejected(make_record, overrides, reason):
+    with pytest.raises(InvalidRecord, match=reason):
+        parse_record(make_record(**overrides))
+
+
+def test_early_years_keep_four_digits():
+    assert canonical_timestamp("0005-03-01T00:00:00Z") == "0005-03-01T00:00:00Z"
