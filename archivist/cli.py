@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
 from functools import wraps
 from pathlib import Path
@@ -15,6 +16,7 @@ import click
 
 from archive_store import ArchiveStoreError
 from archivist.active_db import create_schema, utcnow
+from archivist.audit import AuditEvent, write_audit
 from archivist.config import Config, default_config_path, load_config
 from archivist.errors import ArchivistError
 from archivist.holds import add_hold, list_holds, remove_hold
@@ -135,12 +137,34 @@ def archive(as_of: datetime | None, dry_run: bool, config: Config) -> None:
 @config_option
 def dispose(as_of: datetime | None, dry_run: bool, config: Config) -> None:
     """Purge archived records past their keep time and not on legal hold."""
+    as_of = as_of or utcnow()
     with Services.open(config) as services:
-        report = run_dispose_job(services, as_of or utcnow(), dry_run=dry_run)
+        if dry_run:
+            report = run_dispose_job(services, as_of, dry_run=True)
+        else:
+            with _audited(services, "dispose", "archive", {"as_of": format_utc(as_of)}) as details:
+                report = run_dispose_job(services, as_of)
+                details["purged"] = report.purged
     if dry_run:
         _print_by_category("would purge", report.purged, report.by_category)
     else:
         click.echo(f"purged {report.purged}")
+
+
+@contextmanager
+def _audited(
+    services: Services, action: str, target: str, details: dict[str, Any]
+) -> Iterator[dict[str, Any]]:
+    """Record a CLI action in the audit log (actor `cli`) with its outcome."""
+    at, outcome, details = utcnow(), "ok", dict(details)
+    create_schema(services.engine)  # an installation from before the audit log
+    try:
+        yield details
+    except Exception as e:
+        outcome = getattr(e, "code", "error")
+        raise
+    finally:
+        write_audit(services.sessions, [AuditEvent(at, "cli", action, target, outcome, details)])
 
 
 @main.group()
@@ -174,8 +198,11 @@ def hold_add(
 ) -> None:
     """Place a legal hold."""
     scope, value = _hold_target(record, customer, category)
-    with Services.open(config) as services, services.sessions.begin() as session:
-        add_hold(session, scope, value, reason, utcnow())
+    details = {"scope": scope, "reason": reason}
+    with Services.open(config) as services:
+        with _audited(services, "hold_add", f"{scope}:{value}", details):
+            with services.sessions.begin() as session:
+                add_hold(session, scope, value, reason, utcnow())
     click.echo(f"hold placed on {scope} {value}")
 
 
@@ -187,8 +214,10 @@ def hold_remove(
 ) -> None:
     """Lift a legal hold."""
     scope, value = _hold_target(record, customer, category)
-    with Services.open(config) as services, services.sessions.begin() as session:
-        remove_hold(session, scope, value)
+    with Services.open(config) as services:
+        with _audited(services, "hold_remove", f"{scope}:{value}", {"scope": scope}):
+            with services.sessions.begin() as session:
+                remove_hold(session, scope, value)
     click.echo(f"hold lifted from {scope} {value}")
 
 

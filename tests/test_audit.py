@@ -133,3 +133,28 @@ def test_audit_endpoint_filters_by_actor_action_and_time(
     assert future["total"] == 0
     paged = client.get("/api/v1/audit?per_page=1&page=2", headers=auditor_headers).get_json()
     assert paged["total"] == 3 and paged["entries"][0]["target"] == "NOPE"
+
+
+def test_cli_hold_changes_and_disposal_are_audited(services: Any, config_path: Path) -> None:
+    runner = CliRunner()
+    args = ["--customer", "C7", "--config", str(config_path)]
+    assert (
+        runner.invoke(main, ["hold", "add", *args[:2], "--reason", "case", *args[2:]]).exit_code
+        == 0
+    )
+    assert runner.invoke(main, ["hold", "remove", *args]).exit_code == 0
+    assert runner.invoke(main, ["hold", "remove", *args]).exit_code == 1
+    disposed = runner.invoke(
+        main, ["dispose", "--as-of", "2026-01-01", "--config", str(config_path)]
+    )
+    assert disposed.exit_code == 0
+    with services.sessions.begin() as session:
+        entries = list_audit(session, AuditFilter(actor="cli")).entries
+    assert [(e.action, e.target, e.outcome) for e in entries] == [
+        ("dispose", "archive", "ok"),
+        ("hold_remove", "customer:C7", "bad_hold"),
+        ("hold_remove", "customer:C7", "ok"),
+        ("hold_add", "customer:C7", "ok"),
+    ]
+    assert entries[0].details == {"as_of": "2026-01-01T00:00:00Z", "purged": 0}
+    assert _problems(services) == []

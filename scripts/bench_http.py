@@ -1,0 +1,343 @@
+"""HTTP benchmark: search throughput and latency on the real waitress server, under load.
+
+For 1, 8 and 32 concurrent clients, each phase runs a mixed query set against `archivist serve`
+while an archive job moves a fresh batch of records (the worker's job, run as its own process)
+and an admin restores records one after another. Then one export streams every record and the
+server's memory growth is sampled.
+
+Usage: .venv/bin/python scripts/bench_http.py [--records 50000] [--seconds 20] [--dir DIR]
+Prints a markdown table; docs/benchmarks.md keeps the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import itertools
+import json
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+from archivist.active_db import utcnow
+from archivist.config import load_config
+from archivist.demo_data import generate_records
+from archivist.importer import import_lines
+from archivist.tokens import create_token
+from indexer.jobs import run_archive_job
+from indexer.services import Services
+
+GENERATED_AT = datetime(2026, 1, 1, tzinfo=UTC)
+AS_OF = datetime(2030, 1, 1, tzinfo=UTC)  # everything generated is aged by then
+CONFIG = """
+[active]
+url = "sqlite:///data/active.db"
+[archive]
+dir = "data/archive"
+[index]
+dir = "data/index"
+[server]
+threads = 8
+rate_limit_per_minute = 100000000
+"""
+QUERIES = [
+    {"q": "refund"},
+    {"q": "refunded invoice"},
+    {"q": "退款"},
+    {"q": "发票 OR 退款"},
+    {"q": '"shipment delayed"'},
+    {"q": "escalat*"},
+    {"q": "payment NOT card"},
+    {"q": "物流 延迟"},
+    {"q": "refund", "category": "billing", "sort": "newest"},
+    {"q": "", "from": "2022-01-01", "to": "2022-03-31"},
+    {"q": "", "kind": "ticket", "sort": "oldest", "page": "5"},
+    {"q": "customer", "date_field": "updated_at", "from": "2021-01-01", "per_page": "50"},
+    {"q": "chargeback", "owner": "alice"},
+    {"q": "subject:contract", "per_page": "100"},
+]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def import_batch(services: Services, count: int, start: int) -> None:
+    """Import `count` generated records numbered from `start` into the active database."""
+    lines = (
+        json.dumps(r, ensure_ascii=False).encode()
+        for r in generate_records(count, seed=11, now=GENERATED_AT, start=start)
+    )
+    import_lines(lines, services.sessions, services.store.find_archived)
+
+
+def build(folder: Path, records: int) -> tuple[Path, str, str]:
+    """An installation with `records` archived records; returns config path and two tokens."""
+    config_path = folder / "config.toml"
+    fresh = not config_path.exists()
+    config_path.write_text(CONFIG)
+    config = load_config(config_path)
+    with Services.open(config, create=True) as services:
+        if fresh:
+            started = time.perf_counter()
+            for start in range(0, records, 50_000):
+                import_batch(services, min(50_000, records - start), start)
+                run_archive_job(services, AS_OF)
+            print(
+                f"built {records} archived records in {time.perf_counter() - started:.0f} s",
+                file=sys.stderr,
+            )
+        stamp = f"{time.time_ns()}"
+        with services.sessions.begin() as session:
+            admin = create_token(session, f"bench-admin-{stamp}", "admin", utcnow())
+            agent = create_token(session, f"bench-agent-{stamp}", "agent", utcnow())
+    return config_path, admin, agent
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of values, 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
+
+
+class Client:
+    """One keep-alive HTTP connection."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.port = port
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+
+    def request(self, method: str, path: str) -> tuple[int, bytes]:
+        """Send one request; reconnects once if the server closed the connection."""
+        for attempt in range(2):
+            try:
+                self.conn.request(method, path, headers=self.headers)
+                response = self.conn.getresponse()
+                return response.status, response.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.conn.close()
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def run_phase(
+    port: int,
+    agent: str,
+    admin: str,
+    clients: int,
+    seconds: float,
+    config_path: Path,
+    restore_ids: list[str],
+) -> dict[str, float]:
+    """One load phase; returns its figures."""
+    stop = threading.Event()
+    latencies: list[float] = []
+    restores: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    paths = [f"/api/v1/search?{urlencode(q)}" for q in QUERIES]
+
+    def search_loop(n: int) -> None:
+        client = Client(port, agent)
+        mine: list[float] = []
+        for path in itertools.islice(itertools.cycle(paths), n % len(paths), None):
+            if stop.is_set():
+                break
+            started = time.perf_counter()
+            status, body = client.request("GET", path)
+            mine.append(time.perf_counter() - started)
+            if status != 200:
+                with lock:
+                    errors.append(f"{status} {path} {body[:200]!r}")
+        with lock:
+            latencies.extend(mine)
+
+    def restore_loop() -> None:
+        client = Client(port, admin)
+        while not stop.is_set() and restore_ids:
+            record_id = restore_ids.pop()
+            started = time.perf_counter()
+            status, body = client.request("POST", f"/api/v1/records/{quote(record_id)}/restore")
+            elapsed = time.perf_counter() - started
+            with lock:
+                restores.append(elapsed)
+                if status != 200:
+                    errors.append(f"restore {record_id}: {status} {body[:200]!r}")
+            stop.wait(0.25)
+
+    with Services.open(load_config(config_path)) as services:
+        import_batch(services, 2000, 10_000_000 + clients * 10_000)
+    threads = [threading.Thread(target=search_loop, args=(n,)) for n in range(clients)]
+    threads.append(threading.Thread(target=restore_loop))
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(min(2.0, seconds / 5))
+    archive = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "archivist",
+            "archive",
+            "--as-of",
+            AS_OF.date().isoformat(),
+            "--config",
+            str(config_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if archive.returncode != 0:
+        errors.append(f"archive job: {archive.stderr.strip()}")
+    remaining = seconds - (time.perf_counter() - started)
+    if remaining > 0:
+        time.sleep(remaining)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    for e in errors[:5]:
+        print("error:", e, file=sys.stderr)
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "rps": len(latencies) / elapsed,
+        "p50": percentile(latencies, 50) * 1000,
+        "p99": percentile(latencies, 99) * 1000,
+        "errors": len(errors),
+        "restores": len(restores),
+        "restore_p95": percentile(restores, 95) * 1000,
+        "archived": archive.stdout.strip(),
+    }
+
+
+def rss_kib(pid: int) -> int:
+    """The resident set size of a process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def measure_export(port: int, token: str, pid: int) -> dict[str, float]:
+    """Stream the whole archive as CSV; rows, time, and the server's RSS growth."""
+    before = rss_kib(pid)
+    peak = before
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.05):
+            peak = max(peak, rss_kib(pid))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    started = time.perf_counter()
+    conn.request("GET", "/api/v1/export.csv", headers={"Authorization": f"Bearer {token}"})
+    response = conn.getresponse()
+    rows = size = 0
+    while chunk := response.read(65536):
+        rows += chunk.count(b"\r\n")
+        size += len(chunk)
+    elapsed = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    return {
+        "status": response.status,
+        "rows": rows - 1,
+        "mib": size / 2**20,
+        "seconds": elapsed,
+        "rss_growth_mib": (peak - before) / 1024,
+    }
+
+
+def main() -> None:
+    """Build (or reuse) an installation, serve it, run the phases, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--records", type=int, default=50_000)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--dir", type=Path, default=None, help="reuse an installation here")
+    args = parser.parse_args()
+    folder = args.dir or Path(tempfile.mkdtemp(prefix="archivist-bench-http-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path, admin, agent = build(folder, args.records)
+    restore_ids = [f"REC-{n:08d}" for n in random.Random(5).sample(range(args.records), 2000)]
+    port = free_port()
+    log = (folder / "serve.log").open("wb")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "archivist",
+            "serve",
+            "--port",
+            str(port),
+            "--config",
+            str(config_path),
+        ],
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if Client(port, agent).request("GET", "/healthz")[0] == 200:
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        Client(port, agent).request("GET", "/api/v1/search?q=warm")  # load the shard caches
+        results = [
+            run_phase(port, agent, admin, c, args.seconds, config_path, restore_ids)
+            for c in (1, 8, 32)
+        ]
+        export = measure_export(port, admin, server.pid)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+        log.close()
+    print(
+        f"\n{args.records} archived records, {args.seconds:.0f} s per phase, "
+        f"waitress with 8 threads, {len(QUERIES)} queries in the mix\n"
+    )
+    print(
+        "| clients | requests | req/s | p50 ms | p99 ms | errors | restores | restore p95 ms "
+        "| archive job during the phase |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in results:
+        print(
+            f"| {r['clients']} | {r['requests']} | {r['rps']:.1f} | {r['p50']:.1f} "
+            f"| {r['p99']:.1f} | {r['errors']} | {r['restores']} | {r['restore_p95']:.1f} "
+            f"| {r['archived']} |"
+        )
+    print(
+        f"\nexport.csv: status {export['status']}, {export['rows']} rows, "
+        f"{export['mib']:.1f} MiB in {export['seconds']:.1f} s, "
+        f"server RSS growth {export['rss_growth_mib']:.1f} MiB"
+    )
+    print(f"\ninstallation: {folder}")
+
+
+if __name__ == "__main__":
+    main()
