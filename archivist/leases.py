@@ -20,7 +20,8 @@ def acquire_lease(session: Session, name: str, holder: str, now: datetime, ttl: 
         set_={"holder": stmt.excluded.holder, "expires_at": stmt.excluded.expires_at},
         where=(Lease.expires_at < now) | (Lease.holder == holder),
     )
-    return bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+    # RETURNING, not rowcount: drivers disagree on rowcount for a skipped ON CONFLICT update
+    return session.execute(stmt.returning(Lease.name)).first() is not None
 
 
 def release_lease(session: Session, name: str, holder: str) -> None:

@@ -1,0 +1,120 @@
+"""The same data path on a real PostgreSQL server: upserts, SKIP LOCKED batches, holds, leases,
+restore and reconcile use PostgreSQL's own SQL there.
+
+Runs whenever PostgreSQL's server programs are installed (`scripts/setup --test` installs them);
+with ARCHIVIST_REQUIRE_POSTGRES=1 (set by scripts/test) a missing server is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from archivist.active_db import find_active, utcnow
+from archivist.config import load_config
+from archivist.holds import add_hold
+from archivist.importer import import_lines
+from archivist.leases import acquire_lease
+from indexer.jobs import run_archive_job
+from indexer.reconcile import reconcile_pending
+from indexer.restore import restore_record
+from indexer.search import SearchQuery
+from indexer.services import Services
+from tests.pg import find_pg_bin, run_postgres
+
+if find_pg_bin() is None and not os.environ.get("ARCHIVIST_REQUIRE_POSTGRES"):
+    pytest.skip("PostgreSQL is not installed", allow_module_level=True)
+
+AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    with run_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_services(tmp_path: Path, pg_url: str):
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(
+        f'[active]\nurl = "{pg_url}"\n[archive]\ndir = "archive"\nbatch_size = 100\n'
+        '[index]\ndir = "index"\n[retention.category.finance]\narchive_after_days = 180\n'
+    )
+    with Services.open(load_config(config_path), create=True) as services:
+        with services.engine.begin() as connection:
+            connection.execute(text("TRUNCATE active_records, legal_holds, leases, job_runs"))
+        yield services
+
+
+def load(services, records):
+    lines = [json.dumps(r, ensure_ascii=False).encode() for r in records]
+    report = import_lines(lines, services.sessions, services.store.find_archived)
+    assert report.rejected == 0, report.errors
+    return report
+
+
+def test_postgres_archive_round_trip_with_policies_and_holds(pg_services, make_record):
+    services = pg_services
+    boundary = AS_OF - timedelta(days=180)
+    iso = lambda moment: moment.strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+    records = [
+        make_record(id="F-at", category="finance", updated_at=iso(boundary),
+                    attributes={"invoice": "INV-2023-004512", "lines": [1, 2]}),
+        make_record(id="F-after", category="finance",
+                    updated_at=iso(boundary + timedelta(seconds=1))),
+        make_record(id="S-old", body="客户要求退款", updated_at="2020-01-01T08:00:00+08:00"),
+        make_record(id="S-held", customer_id="C-HOLD", updated_at="2020-01-01T00:00:00Z"),
+        *[make_record(id=f"BULK-{i}", updated_at="2021-01-01T00:00:00Z") for i in range(250)],
+    ]
+    load(services, records)
+    load(services, [make_record(id="F-after", category="finance", subject="upserted",
+                                updated_at=iso(boundary + timedelta(seconds=1)))])
+    with services.sessions.begin() as session:
+        add_hold(session, "customer", "C-HOLD", "litigation", utcnow())
+    report = run_archive_job(services, AS_OF)
+    assert report.archived == 252 and report.indexed == 252
+    assert services.store.get("F-at") == records[0]
+    with services.sessions.begin() as session:
+        active = find_active(session, ["F-at", "F-after", "S-old", "S-held"])
+    assert sorted(active) == ["F-after", "S-held"]
+    assert active["F-after"].subject == "upserted"
+    assert services.index.search(SearchQuery(q="退款")).total == 1
+    assert services.store.verify() == []
+
+
+def test_postgres_restore_and_reconcile(pg_services, make_record):
+    services = pg_services
+    load(services, [make_record(id="P1", body="contract renewal"),
+                     make_record(id="P2", body="contract renewal")])
+    run_archive_job(services, AS_OF)
+    restore_record(services.sessions, services.store, services.index, "P1", "admin", utcnow())
+    with services.sessions.begin() as session:
+        assert find_active(session, ["P1"])["P1"].to_json() == services.store.get("P1")
+    assert [h.id for h in services.index.search(SearchQuery(q="renewal")).hits] == ["P2"]
+
+    # a restore interrupted after the active insert committed is finished by reconcile
+    services.store.begin_restore("P2")
+    from archivist.active_db import insert_record
+    from archivist.records import record_from_json
+
+    with services.sessions.begin() as session:
+        insert_record(session, record_from_json(services.store.get("P2")))
+    assert reconcile_pending(services.sessions, services.store, utcnow()) == 1
+    assert services.store.info("P2").state == "restored"
+
+
+def test_postgres_lease_is_exclusive(pg_services):
+    now = utcnow()
+    with pg_services.sessions.begin() as session:
+        assert acquire_lease(session, "archive", "w1", now, timedelta(minutes=5))
+    with pg_services.sessions.begin() as session:
+        assert not acquire_lease(session, "archive", "w2", now, timedelta(minutes=5))
+    with pg_services.sessions.begin() as session:
+        assert acquire_lease(session, "archive", "w2", now + timedelta(minutes=6),
+                             timedelta(minutes=5))
