@@ -1,0 +1,128 @@
+"""The `archivist` command as users run it: a real process, real files, exact output."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_jsonl
+
+
+def archivist(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+              stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "archivist", *args], capture_output=True,
+                            cwd=cwd, env={**os.environ, **(env or {})}, input=stdin,
+                            timeout=300)
+    return subprocess.CompletedProcess(result.args, result.returncode,
+                                       result.stdout.decode(), result.stderr.decode())
+
+
+@pytest.fixture
+def installed(config_path):
+    result = archivist("init", "--config", str(config_path))
+    assert result.returncode == 0, result.stderr
+    return config_path
+
+
+def test_init_is_idempotent_and_creates_what_the_config_names(config_path):
+    for _ in range(2):
+        assert archivist("init", "--config", str(config_path)).returncode == 0
+    folder = config_path.parent
+    assert (folder / "data" / "active.db").is_file()
+    assert (folder / "data" / "archive" / "catalog.db").is_file()
+    assert (folder / "data" / "index").is_dir()
+
+
+def test_import_reports_bad_lines_and_prints_the_summary(installed, tmp_path, make_record):
+    path = write_jsonl(tmp_path / "in.jsonl", [make_record(id="ok1"), "{nope",
+                                                make_record(id="bad/id"), make_record(id="ok2")])
+    result = archivist("import", str(path), "--config", str(installed))
+    assert result.returncode == 0
+    assert result.stdout.strip() == "imported 2, rejected 2"
+    assert result.stderr.splitlines() == [
+        "line 2: malformed JSON: Expecting property name enclosed in double quotes at column 2",
+        "line 3: id must be 1-128 characters of A-Z a-z 0-9 . _ : - without '..', "
+        "got 'bad/id'",
+    ]
+
+
+def test_import_reads_stdin_and_config_from_the_environment(installed, make_record):
+    lines = (json.dumps(make_record(id="s1")) + "\n").encode()
+    result = archivist("import", "-", env={"ARCHIVIST_CONFIG": str(installed)}, stdin=lines)
+    assert result.stdout.strip() == "imported 1, rejected 0"
+
+
+def test_archive_dry_run_then_archive_then_stats(installed, tmp_path, make_record):
+    write_jsonl(tmp_path / "in.jsonl", [
+        make_record(id="a", category="finance", updated_at="2025-01-01T00:00:00Z"),
+        make_record(id="b", category="support", updated_at="2025-01-01T00:00:00Z"),
+        make_record(id="c", category="support", updated_at="2025-12-01T00:00:00Z"),
+    ])
+    archivist("import", str(tmp_path / "in.jsonl"), "--config", str(installed))
+    dry = archivist("archive", "--as-of", "2026-01-01", "--dry-run", "--config", str(installed))
+    assert dry.stdout.splitlines() == ["would archive 2", "  finance: 1", "  support: 1"]
+    result = archivist("archive", "--as-of", "2026-01-01", "--config", str(installed))
+    assert result.stdout.strip() == "archived 2, indexed 2"
+    stats = json.loads(archivist("stats", "--config", str(installed)).stdout)
+    assert {k: stats[k] for k in ("active", "archived", "indexed", "restored", "purged")} == {
+        "active": 1, "archived": 2, "indexed": 2, "restored": 0, "purged": 0}
+    assert stats["last_run"]["archived"] == 2 and stats["last_run"]["error"] is None
+    purge = archivist("dispose", "--as-of", "2031-01-02", "--config", str(installed))
+    assert purge.stdout.strip() == "purged 1"  # support keeps 5 years, finance 7
+
+
+def test_holds_round_trip(installed):
+    add = archivist("hold", "add", "--customer", "C9", "--reason", "case 17",
+                    "--config", str(installed))
+    assert add.returncode == 0
+    listed = archivist("hold", "list", "--config", str(installed)).stdout
+    assert listed.startswith("customer\tC9\t") and listed.rstrip().endswith("\tcase 17")
+    again = archivist("hold", "add", "--customer", "C9", "--reason", "x",
+                      "--config", str(installed))
+    assert again.returncode == 1
+    assert again.stderr.strip() == "error: customer 'C9' is already on hold: case 17"
+    assert archivist("hold", "remove", "--customer", "C9", "--config",
+                     str(installed)).returncode == 0
+    missing = archivist("hold", "remove", "--customer", "C9", "--config", str(installed))
+    assert missing.returncode == 1 and "not on hold" in missing.stderr
+    both = archivist("hold", "add", "--customer", "C9", "--record", "r", "--reason", "x",
+                     "--config", str(installed))
+    assert both.returncode != 0 and "exactly one of" in both.stderr
+
+
+def test_verify_names_exactly_the_damaged_record(installed, tmp_path, make_record):
+    write_jsonl(tmp_path / "in.jsonl", [make_record(id=f"V{i:03d}", body=os.urandom(1500).hex())
+                                        for i in range(100)])
+    archivist("import", str(tmp_path / "in.jsonl"), "--config", str(installed))
+    archivist("archive", "--as-of", "2026-01-01", "--config", str(installed))
+    assert archivist("verify", "--config", str(installed)).returncode == 0
+    archive = installed.parent / "data" / "archive"
+    catalog = sqlite3.connect(archive / "catalog.db")
+    segment_id, generation = catalog.execute(
+        "SELECT segment_id, generation FROM segments WHERE sealed = 1 LIMIT 1").fetchone()
+    record_id, offset, length = catalog.execute(
+        "SELECT record_id, offset, length FROM entries WHERE segment_id = ? ORDER BY seq "
+        "LIMIT 1 OFFSET 3", (segment_id,)).fetchone()
+    catalog.close()
+    path = archive / "segments" / f"{segment_id:06d}.{generation}.seg"
+    damaged = bytearray(path.read_bytes())
+    damaged[offset + length // 2] ^= 0x01
+    path.write_bytes(bytes(damaged))
+    result = archivist("verify", "--config", str(installed))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == f"damaged or missing: {record_id}"
+
+
+def test_bad_config_is_one_line_and_non_zero(tmp_path):
+    bad = tmp_path / "c.toml"
+    bad.write_text("[retention.default]\nkeep_years = -3\n")
+    result = archivist("stats", "--config", str(bad))
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "error: retention.default.keep_years must not be negative, got -3"]
