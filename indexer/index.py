@@ -27,13 +27,13 @@ import time
 import types
 import uuid
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from whoosh import index as windex
-from whoosh.filedb.filestore import FileStorage
 from whoosh.codec.whoosh3 import LENGTHS_COLUMN, _lenfield
+from whoosh.filedb.filestore import FileStorage
 from whoosh.index import TOC
 from whoosh.util.numeric import byte_to_length
 
@@ -71,7 +71,7 @@ def shard_key(created_at: datetime, period: str) -> str:
     :param created_at: an aware datetime.
     :param period: ``year`` or ``month``.
     """
-    created_at = created_at.astimezone(timezone.utc)
+    created_at = created_at.astimezone(UTC)
     if period == "year":
         return f"{created_at.year:04d}"
     return f"{created_at.year:04d}-{created_at.month:02d}"
@@ -84,12 +84,12 @@ def shard_bounds(name: str) -> tuple[int, int]:
     """
     if len(name) == 4:
         y = int(name)
-        lo = datetime(y, 1, 1, tzinfo=timezone.utc)
-        hi = datetime(y + 1, 1, 1, tzinfo=timezone.utc)
+        lo = datetime(y, 1, 1, tzinfo=UTC)
+        hi = datetime(y + 1, 1, 1, tzinfo=UTC)
     else:
         y, m = int(name[:4]), int(name[5:7])
-        lo = datetime(y, m, 1, tzinfo=timezone.utc)
-        hi = datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=timezone.utc)
+        lo = datetime(y, m, 1, tzinfo=UTC)
+        hi = datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=UTC)
     return to_micros(lo), to_micros(hi) - 1
 
 
@@ -216,7 +216,9 @@ class SearchIndex:
         return self
 
     def _new_generation(self, period: str) -> Path:
-        numbers = [int(m.group(1)) for p in self.directory.iterdir() if (m := _GEN_RE.match(p.name))]
+        numbers = [
+            int(m.group(1)) for p in self.directory.iterdir() if (m := _GEN_RE.match(p.name))
+        ]
         gen = self.directory / f"g{max(numbers, default=0) + 1:06d}"
         gen.mkdir()
         _write_atomic(gen / "META", json.dumps({"shard_period": period}))
@@ -524,8 +526,9 @@ def open_writer(ix: windex.Index, **kwargs: Any) -> Any:
 
 def _load_hit(view: ShardView, docnum: int, score: float, compiled: CompiledQuery) -> SearchHit:
     stored = view.cache.searcher.stored_fields(docnum)["stored"]
-    (rid, kind, category, customer_id, owner, subject, status, created, updated, archived,
-     body) = stored
+    (rid, kind, category, customer_id, owner, subject, status, created, updated, archived, body) = (
+        stored
+    )
     snippet = make_snippet(body, "body", compiled) or make_snippet(subject, "subject", compiled)
     if snippet is None:
         snippet = plain_snippet(body)

@@ -7,7 +7,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from indexer.errors import BadQuery
 from indexer.index import SearchIndex
 from indexer.search import SearchPage, SearchQuery, parse_bound, to_micros
 
-UTC = timezone.utc
+UTC = UTC
 CATEGORIES = ["support", "sales", "billing", "finance", "medical"]
 KINDS = ["communication", "process", "transaction", "ticket", "note"]
 OWNERS = ["alice", "bob", "carol", "team-a", "team-b"]
@@ -27,7 +27,20 @@ EN = (
     "ship shipped shipping shipment order orders delay delayed payment paid account password "
     "reset call called email request requested cancel cancelled warranty repair contract renewal"
 ).split()
-ZH = ["退款", "发票", "客户", "申请", "订单", "发货", "退款单", "开具发票", "物流", "投诉", "合同", "续约"]
+ZH = [
+    "退款",
+    "发票",
+    "客户",
+    "申请",
+    "订单",
+    "发货",
+    "退款单",
+    "开具发票",
+    "物流",
+    "投诉",
+    "合同",
+    "续约",
+]
 ZH_FILL = "我们已经收到您的请求并尽快处理谢谢"
 AT = datetime(2024, 6, 1, tzinfo=UTC)
 
@@ -58,9 +71,13 @@ def make_corpus(n: int, seed: int = 7) -> list[tuple[Record, datetime]]:
                 words.append(rnd.choice(ZH) + rnd.choice(ZH_FILL) + rnd.choice(ZH))
             subject = rnd.choice(ZH) + "问题"
         if rnd.random() < 0.3:
-            words.insert(rnd.randrange(len(words) + 1), f"INV-{created.year}-{rnd.randrange(100):06d}")
+            words.insert(
+                rnd.randrange(len(words) + 1), f"INV-{created.year}-{rnd.randrange(100):06d}"
+            )
         if rnd.random() < 0.15:
-            words.append(f"{rnd.choice(['li.wei', 'bob', 'x.y'])}@example.{rnd.choice(['com', 'cn'])}")
+            words.append(
+                f"{rnd.choice(['li.wei', 'bob', 'x.y'])}@example.{rnd.choice(['com', 'cn'])}"
+            )
         if rnd.random() < 0.1:
             fmt = rnd.choice(["+86 138 {0} {1}", "+86-138-{0}-{1}", "+86138{0}{1}"])
             words.append(fmt.format(f"{rnd.randrange(3):04d}", "8000"))
@@ -224,8 +241,11 @@ CASES: list[tuple[str, SearchQuery, Pred | None]] = [
         SearchQuery(q="(warranty OR repair) AND NOT shipped"),
         AND(OR(word("warranty"), word("repair")), NOT(word("ship"))),
     ),
-    ("subject field", SearchQuery(q="subject:refund"), lambda rid: any(
-        x == "refund" for x, _ in stream(rid, "subject"))),
+    (
+        "subject field",
+        SearchQuery(q="subject:refund"),
+        lambda rid: any(x == "refund" for x, _ in stream(rid, "subject")),
+    ),
     ("chinese word", SearchQuery(q="退款"), contains("退款")),
     ("chinese word 2", SearchQuery(q="发票"), contains("发票")),
     ("chinese compound", SearchQuery(q="开具发票"), contains("开具发票")),
@@ -250,8 +270,11 @@ CASES: list[tuple[str, SearchQuery, Pred | None]] = [
     ),
     (
         "archived range",
-        SearchQuery(date_field="archived_at", date_from=AT + timedelta(seconds=3),
-                    date_to=AT + timedelta(seconds=5)),
+        SearchQuery(
+            date_field="archived_at",
+            date_from=AT + timedelta(seconds=3),
+            date_to=AT + timedelta(seconds=5),
+        ),
         None,
     ),
     (
@@ -300,7 +323,9 @@ def test_search_date_bounds_are_inclusive_at_exact_edges(index: SearchIndex) -> 
         assert rid in expected
         page = index.search(q)
         assert page.total == len(expected)
-    just_after = SearchQuery(date_from=created + timedelta(microseconds=1), date_to=created + timedelta(microseconds=1))
+    just_after = SearchQuery(
+        date_from=created + timedelta(microseconds=1), date_to=created + timedelta(microseconds=1)
+    )
     assert rid not in [h.id for h in index.search(just_after).hits]
 
 
@@ -337,7 +362,11 @@ def test_hit_carries_the_record_fields(index: SearchIndex) -> None:
     record, at = BY_ID["R00007"]
     hit = index.search(SearchQuery(q="id:R00007")).hits[0]
     assert (hit.id, hit.kind, hit.category, hit.customer_id, hit.owner) == (
-        record["id"], record["kind"], record["category"], record["customer_id"], record["owner"]
+        record["id"],
+        record["kind"],
+        record["category"],
+        record["customer_id"],
+        record["owner"],
     )
     assert (hit.created_at, hit.updated_at) == (record["created_at"], record["updated_at"])
     assert hit.archived_at == at.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -355,7 +384,12 @@ def test_relevance_is_the_same_whatever_the_sharding(tmp_path: Path, index: Sear
 
 def test_upsert_and_delete_across_shards(tmp_path: Path) -> None:
     ix = SearchIndex.open(tmp_path)
-    record = {**CORPUS[0][0], "id": "MOVE", "body": "unique zebra", "created_at": "2019-05-01T00:00:00Z"}
+    record = {
+        **CORPUS[0][0],
+        "id": "MOVE",
+        "body": "unique zebra",
+        "created_at": "2019-05-01T00:00:00Z",
+    }
     ix.add([(record, AT)])
     moved = {**record, "body": "unique giraffe", "created_at": "2022-05-01T00:00:00Z"}
     ix.add([(moved, AT)])
@@ -382,11 +416,17 @@ def test_rebuild_gives_the_same_results_as_incremental(tmp_path: Path, index: Se
     rebuilt.add(CORPUS[:5])  # replaced wholesale by the rebuild
     assert rebuilt.rebuild(iter(CORPUS), total=len(CORPUS)) == len(CORPUS)
     assert sorted(rebuilt.iter_ids()) == sorted(BY_ID)
-    for q in [SearchQuery(), SearchQuery(q="refund"), SearchQuery(q="退款 OR invoice", sort="oldest"),
-              SearchQuery(q="warranty", categories=("billing",), date_from=Y2021[0], date_to=Y2021[1])]:
+    for q in [
+        SearchQuery(),
+        SearchQuery(q="refund"),
+        SearchQuery(q="退款 OR invoice", sort="oldest"),
+        SearchQuery(q="warranty", categories=("billing",), date_from=Y2021[0], date_to=Y2021[1]),
+    ]:
         a, b = index.search(q), rebuilt.search(q)
         assert (a.total, a.facets) == (b.total, b.facets)
-        assert [(h.id, h.score, h.snippet) for h in a.hits] == [(h.id, h.score, h.snippet) for h in b.hits]
+        assert [(h.id, h.score, h.snippet) for h in a.hits] == [
+            (h.id, h.score, h.snippet) for h in b.hits
+        ]
 
 
 def test_search_keeps_working_while_reopened_after_rebuild(tmp_path: Path) -> None:
@@ -444,8 +484,13 @@ def test_small_prefix_query_runs(big_vocabulary: SearchIndex, index: SearchIndex
 
 @pytest.mark.parametrize(
     "query",
-    [SearchQuery(per_page=0), SearchQuery(per_page=101), SearchQuery(page=0),
-     SearchQuery(sort="best"), SearchQuery(date_field="deleted_at")],
+    [
+        SearchQuery(per_page=0),
+        SearchQuery(per_page=101),
+        SearchQuery(page=0),
+        SearchQuery(sort="best"),
+        SearchQuery(date_field="deleted_at"),
+    ],
 )
 def test_bad_parameters_are_refused(index: SearchIndex, query: SearchQuery) -> None:
     with pytest.raises(BadQuery):
