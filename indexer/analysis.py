@@ -243,6 +243,14 @@ class ArchivePositions(Positions):  # type: ignore[misc]
         """Yield ``(term, frequency, weight, encoded positions)`` for a document text."""
         fb = self.field_boost
         encode = self.encode
+        single = _SINGLE_POSITION
         for w, poslist in index_positions(value).items():
             n = len(poslist)
-            yield w, n, n * fb, encode(poslist)
+            if n == 1 and poslist[0] < len(single):
+                # Most terms occur once in a document; their encoding is precomputed.
+                yield w, 1, fb, single[poslist[0]]
+            else:
+                yield w, n, n * fb, encode(poslist)
+
+
+_SINGLE_POSITION = [Positions().encode([p]) for p in range(4096)]

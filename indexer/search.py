@@ -592,10 +592,14 @@ class Evaluator:
                     break
             return out
         if isinstance(q, (wq.Or, wq.DisjunctionMax)):
-            out = {}
-            for c in q.subqueries:
-                for d, sc in self._eval(c).items():
-                    out[d] = out.get(d, 0.0) + sc
+            parts = sorted((self._eval(c) for c in q.subqueries), key=len, reverse=True)
+            if not parts:
+                return {}
+            out = parts[0]  # a fresh dict from _term or a compound: safe to extend
+            get = out.get
+            for other in parts[1:]:
+                for d, sc in other.items():
+                    out[d] = get(d, 0.0) + sc
             return out
         if isinstance(q, wq.AndNot):
             pos = self._eval(q.a)

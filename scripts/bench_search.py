@@ -207,6 +207,7 @@ def run(records: int, plain_records: int, workdir: Path, runs: int = 30) -> str:
     :param runs: warm runs per query class.
     """
     lines = [f"## Search benchmark, {records:,} records ({os.cpu_count()} cores)", ""]
+    load_start = os.getloadavg()[0]
     raw = workdir / "raw.jsonl"
     with open(raw, "w", encoding="utf-8") as fh:
         for record, _at in generate_records(records):
@@ -292,6 +293,8 @@ def run(records: int, plain_records: int, workdir: Path, runs: int = 30) -> str:
         "",
         f"Search process memory: {current_rss_mb():,.0f} MiB now "
         f"({rss_before:,.0f} MiB before the first query), peak {rss_mb():,.0f} MiB.",
+        f"Load average (1 min) at start {load_start:.2f}, at end {os.getloadavg()[0]:.2f} "
+        "(above 2 means other processes shared the cores).",
         "",
     ]
     return "\n".join(lines)
