@@ -540,6 +540,7 @@ def _leaf_positions(
                 out[m.id() + base] = set(m.value_as("positions"))
             m.next()
         return
+
     def decode(value: bytes) -> list[int]:
         # A Positions value is a 4-byte count, then a pickled list of deltas without the final
         # STOP opcode (whoosh.formats.Positions.encode); inlined, ~2x faster than decode_positions.
