@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,6 +47,14 @@ class ArchivistGroup(click.Group):
         except DOMAIN_ERRORS as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a bug or an environment problem: still one line, exit 2
+            if os.environ.get("ARCHIVIST_DEBUG"):
+                raise
+            click.echo(f"error: unexpected {type(e).__name__}: {e} "
+                       "(set ARCHIVIST_DEBUG=1 for the traceback)", err=True)
+            sys.exit(2)
 
 
 def config_option(command: Callable[..., Any]) -> Callable[..., Any]:
