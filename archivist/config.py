@@ -38,6 +38,8 @@ class ServerConfig:
     max_query_length: int = 1000
     max_request_bytes: int = 1 * 2**20
     token_cache_seconds: int = 5
+    secret_key: str | None = None  # signs the web UI's session cookie; None: a key file
+    secure_cookies: bool = False  # mark the session cookie Secure (serve over HTTPS)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
         max_query_length=_positive(server, "max_query_length", 1000, "server"),
         max_request_bytes=_positive(server, "max_request_bytes", 2**20, "server"),
         token_cache_seconds=_non_negative(server, "token_cache_seconds", 5, "server"),
+        secret_key=_get(server, "secret_key", str, "", "server") or None,
+        secure_cookies=_get(server, "secure_cookies", bool, False, "server"),
     )
     return Config(
         path=path,

@@ -11,7 +11,7 @@ from archivist.active_db import create_schema
 from archivist.audit import AuditWriter
 from archivist.config import Config, default_config_path, load_config
 from indexer.services import Services
-from server import api
+from server import api, ui
 from server.auth import TokenLookup
 from server.errors import register_error_handlers
 from server.health import check_health
@@ -37,6 +37,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.extensions["archivist_limiter"] = RateLimiter(config.server.rate_limit_per_minute)
     app.extensions["archivist_openapi"] = build_openapi()
     app.register_blueprint(api.bp, url_prefix="/api/v1")
+    app.register_blueprint(ui.bp)
     register_error_handlers(app)
 
     @app.get("/healthz")

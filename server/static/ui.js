@@ -1,0 +1,26 @@
+// Archivist web UI: the little JavaScript it has. Everything works without it, except that
+// the confirmation of a restore or a lifted hold falls back to no question asked.
+"use strict";
+
+document.addEventListener("submit", (event) => {
+  const form = event.target;
+  const question = form.getAttribute("data-confirm");
+  if (question && !window.confirm(question)) {
+    event.preventDefault();
+    return;
+  }
+  // Search and filter forms: leave empty fields out of the URL, so it stays short to share.
+  if (form.hasAttribute("data-clean-get")) {
+    for (const field of form.querySelectorAll("input, select")) {
+      if (field.name && field.value === "" && !field.disabled) {
+        field.disabled = true;
+      }
+    }
+    // Re-enable after the browser has read the form (for back/forward navigation).
+    window.setTimeout(() => {
+      for (const field of form.querySelectorAll("input:disabled, select:disabled")) {
+        field.disabled = false;
+      }
+    }, 0);
+  }
+});

@@ -1,0 +1,638 @@
+"""The web UI in a real browser: Playwright driving Debian's Chromium against `archivist serve`.
+
+One installation (real records imported and archived) and one server process serve the whole
+module; each test signs in with a fresh browser context (its own cookies). Set
+`ARCHIVIST_SCREENSHOTS=docs` to (re)write the README's screenshots into that folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+CONFIG_TEXT = """
+[active]
+url = "sqlite:///data/active.db"
+
+[archive]
+dir = "data/archive"
+
+[index]
+dir = "data/index"
+
+[server]
+rate_limit_per_minute = 100000
+
+[retention.default]
+archive_after_days = 365
+keep_years = 5
+
+[retention.category.finance]
+archive_after_days = 180
+keep_years = 7
+"""
+ARCHIVE_AS_OF = "2026-01-01T00:00:00+00:00"
+XSS_BODY = '<script>window.__xss = 1</script>\n<img src=x onerror="window.__xss = 2">'
+
+
+def _record(record_id: str, category: str, kind: str, subject: str, body: str, created: str,
+            **extra: Any) -> dict[str, Any]:  # fmt: skip
+    return {
+        "id": record_id,
+        "kind": kind,
+        "category": category,
+        "customer_id": extra.pop("customer_id", "C-1042"),
+        "owner": extra.pop("owner", "alice"),
+        "subject": subject,
+        "body": body,
+        "status": extra.pop("status", "closed"),
+        "created_at": created,
+        "updated_at": created,
+        **extra,
+    }
+
+
+KNOWN = [
+    _record(
+        "EN-1",
+        "support",
+        "communication",
+        "Refund requested for order SO-1001",
+        "The customer asked for a refund because the parcel arrived damaged.\n"
+        "Second line: a replacement was shipped.",
+        "2022-03-10T09:30:00Z",
+        attributes={"channel": "email", "tags": ["vip", "urgent"], "order": "SO-1001"},
+    ),
+    _record(
+        "EN-2",
+        "billing",
+        "transaction",
+        "Invoice INV-2023-004512 disputed",
+        "We refunded the first payment; the second refund is pending.",
+        "2023-05-02T14:00:00Z",
+    ),
+    _record(
+        "EN-3",
+        "support",
+        "ticket",
+        "Shipment delayed",
+        "Shipping was delayed twice; the customer wants a refund.",
+        "2023-08-20T08:15:00Z",
+    ),
+    _record(
+        "ZH-1",
+        "support",
+        "communication",
+        "客户申请退款",
+        "客户收到的商品有损坏，要求退款并重新发货。",
+        "2022-11-05T03:00:00Z",
+        owner="wang.fang",
+    ),
+    _record(
+        "ZH-2",
+        "billing",
+        "note",
+        "发票金额有误",
+        "财务部门正在核对发票金额，客户要求退款。",
+        "2023-02-14T06:45:00Z",
+        owner="chen.jing",
+    ),
+    _record(
+        "ZH-3",
+        "sales",
+        "communication",
+        "续约报价",
+        "合同续签的价格已经确认，销售经理下周跟进。",
+        "2023-04-01T02:00:00Z",
+    ),
+    _record(
+        "XSS-1",
+        "support",
+        "note",
+        "<b>Bold</b> subject <script>alert('s')</script>",
+        XSS_BODY + "\nmarkupword",
+        "2022-01-01T00:00:00Z",
+    ),
+    _record(
+        "RESTORE-1",
+        "finance",
+        "transaction",
+        "Chargeback from the bank",
+        "Bank chargeback notice, restoreword.",
+        "2021-09-09T12:00:00Z",
+        customer_id="C-7",
+    ),
+]
+
+
+@dataclass
+class Site:
+    """The running server and what the tests need to know about its installation."""
+
+    url: str
+    config_path: Path
+    tokens: dict[str, str]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _install(root: Path) -> tuple[Path, dict[str, str]]:
+    """A real installation: init, import known and generated records, archive, tokens."""
+    from archivist.active_db import utcnow
+    from archivist.config import load_config
+    from archivist.demo_data import generate_records
+    from archivist.importer import import_lines
+    from archivist.tokens import create_token
+    from indexer.jobs import run_archive_job
+    from indexer.services import Services
+
+    config_path = root / "config.toml"
+    config_path.write_text(CONFIG_TEXT)
+    records = [*KNOWN, *generate_records(80, seed=11)]
+    lines = [json.dumps(r, ensure_ascii=False).encode("utf-8") for r in records]
+    with Services.open(load_config(config_path), create=True) as services:
+        report = import_lines(lines, services.sessions, services.store.find_archived)
+        assert report.rejected == 0, report.errors
+        run_archive_job(services, datetime.fromisoformat(ARCHIVE_AS_OF))
+        tokens = {}
+        with services.sessions.begin() as session:
+            for role in ("agent", "auditor", "admin"):
+                tokens[role] = create_token(session, f"ui-{role}", role, utcnow())
+    return config_path, tokens
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """`archivist serve` as a real process on a free port, over a loaded installation."""
+    root = tmp_path_factory.mktemp("ui-site")
+    config_path, tokens = _install(root)
+    port = _free_port()
+    out = root / "serve.out"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with out.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "archivist", "serve", "--host", "127.0.0.1",
+             "--port", str(port), "--config", str(config_path)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, out.read_text(errors="replace")
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+        yield Site(url, config_path, tokens)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright (never a downloaded browser)."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: run scripts/setup --test as root")
+        pytest.skip(f"{CHROMIUM} is missing (scripts/setup --test installs it, as root)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # launch() gives every run a fresh, temporary user data dir.
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def new_page(browser: Any, site: Site) -> Iterator[Any]:
+    """A factory of pages, each in its own context (cookies), optionally signed in."""
+    contexts = []
+
+    def make(role: str | None = None, width: int = 1280, height: int = 900) -> Any:
+        context = browser.new_context(
+            base_url=site.url, viewport={"width": width, "height": height}, accept_downloads=True
+        )
+        context.set_default_timeout(20_000)
+        contexts.append(context)
+        page = context.new_page()
+        if role is not None:
+            sign_in(page, site.tokens[role])
+        return page
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+def sign_in(page: Any, token: str) -> None:
+    page.goto("/")
+    assert "/sign-in" in page.url
+    page.get_by_label("API token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(r"/search"))
+
+
+def hit_ids(page: Any) -> list[str]:
+    return [m.inner_text() for m in page.locator(".hit .hit-meta .mono.muted").all()]
+
+
+def api_ids(site: Site, role: str, **params: Any) -> list[str]:
+    """The ids the JSON API finds for a search (every page)."""
+    ids: list[str] = []
+    number = 1
+    while True:
+        query = urllib.parse.urlencode({**params, "page": number, "per_page": 100}, doseq=True)
+        request = urllib.request.Request(
+            f"{site.url}/api/v1/search?{query}",
+            headers={"Authorization": f"Bearer {site.tokens[role]}"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = json.load(response)
+        ids += [h["id"] for h in body["hits"]]
+        if len(ids) >= body["total"]:
+            return ids
+        number += 1
+
+
+def shown_total(page: Any) -> int:
+    return int(re.sub(r"\D", "", page.get_by_test_id("total").inner_text()))
+
+
+# --- the tests the issue asks for -------------------------------------------------------------
+
+
+def test_ui_agent_searches_filters_and_reads_without_restore(new_page: Any, site: Site) -> None:
+    page = new_page("agent")
+    assert "ui-agent" in page.get_by_test_id("who").inner_text()
+    assert "agent" in page.get_by_test_id("who").inner_text()
+    assert page.get_by_role("link", name="Audit log").count() == 0
+
+    page.get_by_label("Search the archive").fill("refund")
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"q=refund"))
+    ids = hit_ids(page)
+    assert {"EN-1", "EN-3"} <= set(ids)
+    assert shown_total(page) == len(api_ids(site, "agent", q="refund"))
+    assert page.locator(".snippet mark").first.inner_text().lower().startswith("refund")
+
+    page.get_by_label("Search the archive").fill("退款")
+    page.get_by_role("button", name="Search", exact=True).click()
+    page.wait_for_url(re.compile(r"q=%E9%80%80%E6%AC%BE"))
+    ids = hit_ids(page)
+    assert {"ZH-1", "ZH-2"} <= set(ids) and "ZH-3" not in ids
+    assert "退款" in page.locator(".snippet mark").first.inner_text()
+
+    # filter by category (a checkbox) and by date (the date field and a range)
+    page.get_by_role("checkbox", name=re.compile(r"^billing\b")).check()
+    page.get_by_label("From").fill("2023-01-01")
+    page.get_by_label("To (inclusive)").fill("2023-12-31")
+    page.get_by_role("button", name="Apply filters").click()
+    page.wait_for_url(re.compile(r"category=billing"))
+    assert "from=2023-01-01" in page.url and "to=2023-12-31" in page.url
+    ids = hit_ids(page)
+    assert "ZH-2" in ids and "ZH-1" not in ids
+    expected = api_ids(site, "agent", q="退款", category="billing", to="2023-12-31",
+                       **{"from": "2023-01-01"})  # fmt: skip
+    assert ids == expected
+    for tag in page.locator(".hit .tag:not(.tag-kind)").all():
+        assert tag.inner_text() == "billing"
+    for dates in page.locator(".hit-dates").all():
+        assert "Created 2023-" in dates.inner_text()
+
+    # the URL holds the whole state: opening it anew shows the same results
+    bookmarked = page.url
+    again = new_page("agent")
+    again.goto(bookmarked)
+    assert hit_ids(again) == ids
+    assert again.get_by_role("checkbox", name=re.compile(r"^billing\b")).is_checked()
+
+    page.get_by_role("link", name="发票金额有误").click()
+    page.wait_for_url(re.compile(r"/records/ZH-2"))
+    assert page.get_by_role("heading", name="发票金额有误").is_visible()
+    assert "财务部门正在核对发票金额" in page.get_by_test_id("body").inner_text()
+    assert page.get_by_test_id("state").inner_text().lower() == "archived"
+    assert page.get_by_role("button", name=re.compile("Restore")).count() == 0
+    page.get_by_role("link", name="← Back to search").click()
+    assert page.url == bookmarked
+
+
+def test_ui_admin_restores_a_record(new_page: Any, site: Site) -> None:
+    from archivist.active_db import find_active, make_engine, make_sessions
+    from archivist.config import load_config
+
+    page = new_page("admin")
+    page.get_by_label("Search the archive").fill("restoreword")
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"q=restoreword"))
+    assert hit_ids(page) == ["RESTORE-1"]
+    page.get_by_role("link", name="Chargeback from the bank").click()
+    page.wait_for_url(re.compile(r"/records/RESTORE-1"))
+
+    questions: list[str] = []
+
+    def answer(dialog: Any) -> None:
+        questions.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", answer)
+    page.get_by_role("button", name="Restore to active CRM").click()
+    page.wait_for_selector("[data-testid=restored-note]")
+    assert questions and "RESTORE-1" in questions[0]
+    assert "back in the active CRM" in page.locator(".flash-success").first.inner_text()
+    assert page.get_by_test_id("state").inner_text().lower() == "restored"
+    assert page.get_by_role("button", name="Restore to active CRM").count() == 0
+    assert [c.inner_text() for c in page.locator("table tbody tr td:nth-child(2)").all()] == [
+        "archived",
+        "restored",
+    ]
+
+    engine = make_engine(load_config(site.config_path).active_url)
+    try:
+        with make_sessions(engine).begin() as session:
+            active = find_active(session, ["RESTORE-1"])
+        assert len(active) == 1
+    finally:
+        engine.dispose()
+
+    page.goto("/search?q=restoreword")
+    assert shown_total(page) == 0 and hit_ids(page) == []
+
+
+def test_ui_admin_restore_dismissed_does_nothing(new_page: Any) -> None:
+    page = new_page("admin")
+    dismissed: list[str] = []
+
+    def dismiss(dialog: Any) -> None:
+        dismissed.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", dismiss)
+    page.goto("/records/EN-3")
+    page.get_by_role("button", name="Restore to active CRM").click()
+    page.wait_for_timeout(300)
+    assert dismissed
+    page.reload()
+    assert page.get_by_test_id("state").inner_text().lower() == "archived"
+
+
+def test_ui_auditor_exports_the_current_search(new_page: Any, site: Site) -> None:
+    page = new_page("auditor")
+    page.goto("/search?q=refund&category=billing&category=support")
+    total = shown_total(page)
+    assert total > 0
+    with page.expect_download() as info:
+        page.get_by_role("link", name="Export CSV").click()
+    download = info.value
+    assert download.suggested_filename.endswith(".csv")
+    rows = list(csv.DictReader(io.StringIO(Path(download.path()).read_text(encoding="utf-8"))))
+    ids = [row["id"] for row in rows]
+    assert len(ids) == total == len(set(ids))
+    assert set(ids) == set(api_ids(site, "auditor", q="refund", category=["billing", "support"]))
+    assert {row["category"] for row in rows} <= {"billing", "support"}
+    assert list(rows[0]) == [
+        "id", "kind", "category", "customer_id", "owner", "subject", "status",
+        "created_at", "updated_at", "archived_at",
+    ]  # fmt: skip
+
+
+def test_ui_record_with_markup_renders_as_text(new_page: Any) -> None:
+    page = new_page("agent")
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto("/search?q=markupword")
+    assert hit_ids(page) == ["XSS-1"]
+    assert page.locator(".hit img, .hit script, .hit b").count() == 0
+    assert "<b>Bold</b>" in page.locator(".hit-title").inner_text()
+    page.locator(".hit-title a").click()
+    page.wait_for_url(re.compile(r"/records/XSS-1"))
+    body = page.get_by_test_id("body")
+    assert body.inner_text().startswith("<script>window.__xss = 1</script>\n<img src=x")
+    assert body.locator("script, img").count() == 0
+    assert page.locator("h1").inner_text() == "<b>Bold</b> subject <script>alert('s')</script>"
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("main img").count() == 0
+    assert dialogs == []
+
+
+def test_ui_forged_post_without_csrf_token_fails(new_page: Any, site: Site) -> None:
+    page = new_page("admin")
+    for form in ({}, {"csrf_token": "forged"}):
+        response = page.request.post(f"{site.url}/records/EN-1/restore", form=form)
+        assert response.status == 403
+    response = page.request.post(
+        f"{site.url}/admin/holds", form={"scope": "customer", "value": "C-1", "reason": "x"}
+    )
+    assert response.status == 403
+    page.goto("/records/EN-1")
+    assert page.get_by_test_id("state").inner_text().lower() == "archived"
+    page.goto("/admin/holds")
+    assert "C-1 " not in page.locator("main").inner_text()
+
+    # a sign-in form posted from elsewhere (no CSRF cookie/token) fails too
+    fresh = new_page()
+    response = fresh.request.post(f"{site.url}/sign-in", form={"token": site.tokens["admin"]})
+    assert response.status == 403
+
+
+def test_ui_role_forbidden_post_gets_403(new_page: Any, site: Site) -> None:
+    page = new_page("agent")
+    page.goto("/records/EN-1")
+    token = page.locator("input[name=csrf_token]").first.get_attribute("value")
+    assert token
+    response = page.request.post(f"{site.url}/records/EN-1/restore", form={"csrf_token": token})
+    assert response.status == 403
+    hold = {"csrf_token": token, "scope": "customer", "value": "C-1042", "reason": "forged"}
+    assert page.request.post(f"{site.url}/admin/holds", form=hold).status == 403
+    page.goto("/admin/holds")
+    assert page.get_by_role("heading", name="Not allowed").is_visible()
+    page.goto("/records/EN-1")
+    assert page.get_by_test_id("state").inner_text().lower() == "archived"
+    # agents see no export button, and the export URL refuses them
+    page.goto("/search?q=refund")
+    assert page.get_by_role("link", name="Export CSV").count() == 0
+    assert page.request.get(f"{site.url}/search/export.csv?q=refund").status == 403
+
+
+# --- more of the pages ------------------------------------------------------------------------
+
+
+def test_ui_sign_out_and_bad_token(new_page: Any, site: Site) -> None:
+    page = new_page()
+    page.goto("/search?q=refund")
+    page.get_by_label("API token").fill("not-a-token")
+    page.get_by_role("button", name="Sign in").click()
+    assert "unknown or revoked" in page.locator(".flash-error").inner_text()
+    page.get_by_label("API token").fill(site.tokens["agent"])
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(re.compile(r"/search\?q=refund$"))  # back where the user was going
+    cookie = next(c for c in page.context.cookies() if c["name"] == "archivist_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+    assert site.tokens["agent"] not in json.dumps(page.evaluate("document.cookie"))
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url(re.compile(r"/sign-in"))
+    page.goto("/search")
+    assert "/sign-in" in page.url
+
+
+def test_ui_facets_and_paging_follow_links(new_page: Any, site: Site) -> None:
+    page = new_page("agent")
+    page.goto("/search?per_page=10")
+    total = shown_total(page)
+    assert total > 10 and len(hit_ids(page)) == 10
+    first = hit_ids(page)
+    page.get_by_role("link", name="Next →").click()
+    assert "page=2" in page.url and hit_ids(page) != first
+    chip = page.locator(".facet-row:has(.facet-label:text('Category')) a.chip").first
+    name = chip.inner_text().split()[0]
+    count = int(chip.locator(".count").inner_text())
+    chip.click()
+    assert f"category={name}" in page.url and not re.search(r"[?&]page=", page.url)
+    assert shown_total(page) == count
+    year_chip = page.locator(".facet-row:has(.facet-label:text('Year')) a.chip").first
+    year = year_chip.inner_text().split()[0]
+    year_chip.click()
+    assert f"from={year}-01-01" in page.url and f"to={year}-12-31" in page.url
+
+
+def test_ui_auditor_reads_the_audit_log(new_page: Any, site: Site) -> None:
+    agent = new_page("agent")
+    agent.goto("/search?q=shipment")
+    agent.goto("/records/EN-3")
+    page = new_page("auditor")
+    page.get_by_role("link", name="Audit log").click()
+    page.get_by_label("Actor (token name)").fill("ui-agent")
+    page.get_by_label("Action").select_option("read")
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_url(re.compile(r"action=read"))
+    rows = page.locator("table tbody tr").all()
+    assert rows and all("ui-agent" in r.inner_text() for r in rows)
+    assert any("EN-3" in r.inner_text() for r in rows)
+    page.get_by_label("Action").select_option("search")
+    page.get_by_role("button", name="Filter").click()
+    page.wait_for_url(re.compile(r"action=search"))
+    assert "shipment" in page.locator("table tbody").inner_text()
+    # auditors have no admin pages
+    assert page.get_by_role("link", name="Legal holds").count() == 0
+
+
+def test_ui_admin_places_and_lifts_a_hold_and_sees_retention(new_page: Any) -> None:
+    page = new_page("admin")
+    page.get_by_role("link", name="Legal holds").click()
+    page.get_by_label("Applies to").select_option("customer")
+    page.get_by_label("Record id, customer id or category").fill("C-4242")
+    page.get_by_label("Reason").fill("litigation 2024-117")
+    page.get_by_role("button", name="Place hold").click()
+    assert "Legal hold placed" in page.locator(".flash-success").inner_text()
+    row = page.locator("tr", has_text="C-4242")
+    assert "litigation 2024-117" in row.inner_text()
+
+    page.get_by_role("button", name="Place hold").click()  # empty form: the browser refuses
+    assert page.get_by_label("Reason").evaluate("e => e.validity.valueMissing")
+
+    page.on("dialog", lambda dialog: dialog.accept())
+    row.get_by_role("button", name=re.compile("Lift")).click()
+    page.wait_for_selector(".flash-success:has-text('lifted')")
+    assert page.locator("tr", has_text="C-4242").count() == 0
+
+    page.get_by_role("link", name="Retention & jobs").click()
+    counts = page.get_by_test_id("counts").inner_text()
+    assert "Archived" in counts and "Active" in counts
+    policies = page.get_by_test_id("policies")
+    assert policies.locator("tr", has_text="finance").locator("td").nth(0).inner_text() == "180"
+    page.get_by_label("Preview as of").fill("2040-01-01")
+    page.get_by_role("button", name="Preview").click()
+    page.wait_for_url(re.compile(r"as_of=2040-01-01"))
+    total = page.locator("tfoot td").nth(3).inner_text()
+    assert int(total.replace(",", "")) > 0  # by 2040 every archived record is past its keep
+    assert "archive" in page.locator("tbody th", has_text="archive").first.inner_text()
+
+
+def test_ui_controls_have_labels_and_pages_fit_a_phone(new_page: Any, site: Site) -> None:
+    for path in ("/search?q=退款", "/records/EN-1", "/audit", "/admin/holds", "/admin"):
+        page = new_page("admin", width=375, height=740)
+        page.goto(path)
+        unlabeled = page.evaluate(
+            """() => [...document.querySelectorAll('input:not([type=hidden]), select')]
+                 .filter(e => e.labels.length === 0).map(e => e.name || e.id)"""
+        )
+        assert unlabeled == [], path
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 375, (path, width)
+        page.context.close()
+
+
+def test_ui_keyboard_only_search(new_page: Any) -> None:
+    page = new_page("agent")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    page.locator("#q").focus()
+    page.keyboard.type("refund")
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"q=refund"))
+    page.locator(".hit-title a").first.focus()
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"/records/"))
+
+
+def test_ui_screenshots(new_page: Any, tmp_path: Path) -> None:
+    target = Path(os.environ.get("ARCHIVIST_SCREENSHOTS") or tmp_path)
+    target.mkdir(parents=True, exist_ok=True)
+    shots = {
+        "ui-search.png": ("/search?q=refund OR 退款", 1280, 900),
+        "ui-record.png": ("/records/EN-1", 1280, 900),
+        "ui-search-phone.png": ("/search?q=退款", 390, 844),
+    }
+    for name, (path, width, height) in shots.items():
+        page = new_page("admin" if "record" in name else "auditor", width=width, height=height)
+        page.goto(path)
+        page.screenshot(path=str(target / name), full_page=False)
+        assert (target / name).stat().st_size > 10_000

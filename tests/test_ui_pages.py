@@ -1,0 +1,197 @@
+"""The web UI's pages through Flask's test client: sign-in, CSRF, roles, escaping, headers."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from archivist.config import load_config
+from server import close_app, create_app
+from server.ui import load_secret_key, secret_key_path
+
+
+def _secret(headers: dict[str, str]) -> str:
+    return headers["Authorization"].removeprefix("Bearer ")
+
+
+def _csrf(client: Any, path: str = "/sign-in") -> str:
+    page = client.get(path).get_data(as_text=True)
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert match, page[:500]
+    return match.group(1)
+
+
+def _sign_in(client: Any, headers: dict[str, str]) -> None:
+    response = client.post(
+        "/sign-in", data={"token": _secret(headers), "csrf_token": _csrf(client)}
+    )
+    assert response.status_code == 303
+
+
+@pytest.fixture
+def corpus(archived: Callable[..., Any], make_record: Callable[..., dict[str, Any]]) -> None:
+    archived(
+        make_record(id="A-1", body="refund for the broken kettle\nsecond line"),
+        make_record(id="A-2", body="客户要求退款", category="billing"),
+        make_record(id="A-3", subject="<b>x</b>", body='<script>x()</script><img onerror="y">'),
+    )
+
+
+def test_ui_pages_redirect_to_sign_in_when_signed_out(client: Any) -> None:
+    response = client.get("/search?q=refund")
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/sign-in?next=/search?q%3Drefund")
+    assert client.post("/records/A-1/restore").status_code == 403  # no CSRF token even
+
+
+def test_ui_sign_in_keeps_the_token_in_a_safe_cookie(client: Any, agent_headers: Any) -> None:
+    csrf = _csrf(client)
+    response = client.post(
+        "/sign-in",
+        data={"token": _secret(agent_headers), "csrf_token": csrf, "next": "//evil.example/x"},
+    )
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/search"  # never off-site
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    page = client.get("/search").get_data(as_text=True)
+    assert "test-agent" in page and "agent" in page
+    assert _csrf(client, "/search") != csrf  # a fresh session on sign-in
+
+
+def test_ui_bad_token_is_refused(client: Any) -> None:
+    response = client.post("/sign-in", data={"token": "nope", "csrf_token": _csrf(client)})
+    assert response.status_code == 401
+    assert "unknown or revoked" in response.get_data(as_text=True)
+
+
+def test_ui_search_escapes_everything_but_the_snippet_marks(
+    client: Any, agent_headers: Any, corpus: None
+) -> None:
+    _sign_in(client, agent_headers)
+    page = client.get("/search?q=onerror").get_data(as_text=True)
+    assert "<img" not in page and "<script>x()" not in page
+    assert "&lt;b&gt;x&lt;/b&gt;" in page
+    page = client.get("/search?q=退款").get_data(as_text=True)
+    assert "<mark>退款</mark>" in page
+    record = client.get("/records/A-3").get_data(as_text=True)
+    assert "&lt;script&gt;x()&lt;/script&gt;&lt;img onerror=&#34;y&#34;&gt;" in record
+
+
+def test_ui_bad_query_is_shown_not_a_500(client: Any, agent_headers: Any, corpus: None) -> None:
+    _sign_in(client, agent_headers)
+    response = client.get("/search?q=%22unclosed&per_page=1000")
+    assert response.status_code == 400
+    assert "could not run" in response.get_data(as_text=True)
+
+
+def test_ui_empty_parameters_are_dropped_from_the_url(client: Any, agent_headers: Any) -> None:
+    _sign_in(client, agent_headers)
+    response = client.get("/search?q=&category=a&category=b&from=&owner=&junk=1")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/search?category=a&category=b"
+    assert client.get("/search?category=a&category=b").status_code == 200
+
+
+def test_ui_unknown_record_is_a_404_page(client: Any, agent_headers: Any) -> None:
+    _sign_in(client, agent_headers)
+    response = client.get("/records/NOPE-1")
+    assert response.status_code == 404
+    assert response.mimetype == "text/html"
+
+
+def test_ui_roles_hide_and_refuse(
+    client: Any, agent_headers: Any, auditor_headers: Any, corpus: None
+) -> None:
+    _sign_in(client, agent_headers)
+    page = client.get("/records/A-1").get_data(as_text=True)
+    assert "Restore to active CRM" not in page and "Audit log" not in page
+    csrf = _csrf(client, "/search")
+    assert client.post("/records/A-1/restore", data={"csrf_token": csrf}).status_code == 403
+    for path in ("/audit", "/admin", "/admin/holds", "/search/export.csv"):
+        assert client.get(path).status_code == 403, path
+
+    client.post("/sign-out", data={"csrf_token": csrf})
+    _sign_in(client, auditor_headers)
+    page = client.get("/search?q=refund").get_data(as_text=True)
+    assert "Export CSV" in page and "Legal holds" not in page
+    assert client.get("/audit").status_code == 200
+    assert client.get("/admin").status_code == 403
+
+
+def test_ui_restore_is_audited_and_idempotent_in_the_ui(
+    client: Any, admin_headers: Any, auditor_headers: Any, corpus: None, services: Any
+) -> None:
+    from archivist.active_db import find_active
+
+    _sign_in(client, admin_headers)
+    csrf = _csrf(client, "/records/A-1")
+    response = client.post("/records/A-1/restore", data={"csrf_token": csrf})
+    assert response.status_code == 303
+    page = client.get("/records/A-1").get_data(as_text=True)
+    assert "back in the active CRM" in page and "Restore to active CRM" not in page
+    with services.sessions.begin() as session:
+        assert len(find_active(session, ["A-1"])) == 1
+    again = client.post("/records/A-1/restore", data={"csrf_token": csrf}, follow_redirects=True)
+    assert "was not restored" in again.get_data(as_text=True)
+    audit = client.get("/audit?action=restore").get_data(as_text=True)
+    assert "test-admin" in audit and "A-1" in audit
+
+
+def test_ui_holds_round_trip(client: Any, admin_headers: Any) -> None:
+    _sign_in(client, admin_headers)
+    csrf = _csrf(client, "/admin/holds")
+    form = {"csrf_token": csrf, "scope": "customer", "value": "C9", "reason": "case 7"}
+    page = client.post("/admin/holds", data=form, follow_redirects=True).get_data(as_text=True)
+    assert "Legal hold placed" in page and "case 7" in page
+    page = client.post("/admin/holds", data=form, follow_redirects=True).get_data(as_text=True)
+    assert "already on hold" in page
+    blank = {**form, "reason": "   "}
+    page = client.post("/admin/holds", data=blank, follow_redirects=True).get_data(as_text=True)
+    assert "needs a reason" in page
+    lift = {"csrf_token": csrf, "scope": "customer", "value": "C9"}
+    page = client.post("/admin/holds/remove", data=lift, follow_redirects=True)
+    assert "lifted" in page.get_data(as_text=True)
+
+
+def test_ui_admin_page_previews_the_next_runs(
+    client: Any, admin_headers: Any, corpus: None
+) -> None:
+    _sign_in(client, admin_headers)
+    page = client.get("/admin?as_of=2040-01-01").get_data(as_text=True)
+    assert "finance" in page and "Next disposal run would remove" in page
+    assert client.get("/admin?as_of=someday").status_code == 400
+
+
+def test_ui_responses_carry_security_headers(client: Any) -> None:
+    response = client.get("/sign-in")
+    assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Cache-Control"] == "no-store"
+    css = client.get("/assets/ui.css")
+    assert css.status_code == 200 and css.mimetype == "text/css"
+    css.close()
+
+
+def test_ui_secret_key_persists_next_to_the_database(config: Any, tmp_path: Path) -> None:
+    path = secret_key_path(config)
+    assert path.parent == tmp_path / "data"
+    first = load_secret_key(path)
+    assert load_secret_key(path) == first and len(first) == 64
+    assert path.stat().st_mode & 0o077 == 0
+
+
+def test_ui_secret_key_from_config(config_path: Path, services: Any) -> None:
+    config_path.write_text(
+        config_path.read_text() + '\n[server]\nsecret_key = "s3cret"\nsecure_cookies = true\n'
+    )
+    app = create_app(load_config(config_path))
+    try:
+        assert app.secret_key == "s3cret"
+        assert app.config["SESSION_COOKIE_SECURE"] is True
+    finally:
+        close_app(app)
