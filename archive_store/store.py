@@ -236,6 +236,7 @@ class ArchiveStore:
         self._catalog_path = self.directory / "catalog.db"
         self._lock_path = self.directory / ".lock"
         self._move_lock = ProcessLock(self.directory / "move.lock")
+        self._index_lock = ProcessLock(self.directory / "index.lock")
         self._closed = False
         self._reset_process_state()
 
@@ -287,16 +288,25 @@ class ArchiveStore:
             os.close(self._lock_fd)
             self._lock_fd = None
         self._move_lock.close()
+        self._index_lock.close()
 
     def moving(self) -> ProcessLock:
         """The lock under which a record moves between the active database and the archive.
 
-        Held (reentrantly) around each archive batch, restore and reconcile, and around every
-        index change together with its `mark_indexed`, across threads and processes, so that
-        no two of these interleave on the same record. The store's own write lock is separate
-        and short; this one may be held across active-database and index work.
+        Held (reentrantly) around each archive batch, restore and reconcile, across threads
+        and processes, so that no two of these interleave on the same record. The store's own
+        write lock is separate and short; this one is held across active-database work.
         """
         return self._move_lock
+
+    def indexing(self) -> ProcessLock:
+        """The lock under which the index is changed together with the `indexed` marks.
+
+        Reading what is unindexed, changing the index and `mark_indexed` happen under it as
+        one step, so an index change based on a state read earlier can never land after a
+        newer one (a stale add would put a restored record back into search).
+        """
+        return self._index_lock
 
     def __enter__(self) -> ArchiveStore:
         return self

@@ -15,7 +15,7 @@ from archive_store import ArchiveStore, Problem
 from archive_store.faults import crash_point
 from indexer.index import SearchIndex
 
-CATCH_UP_BATCH = 2000
+CATCH_UP_BATCH = 500  # one batch holds the index lock; restores wait at most that long
 
 
 def sync_index(
@@ -34,9 +34,9 @@ def sync_index(
     known = known or {}
     done = 0
     while not should_stop():
-        # Read, write and mark under the move lock: a restore or purge in between would
-        # otherwise let a stale add put a record that left the archive back into search.
-        with store.moving():
+        # Read, write and mark as one step: a restore or purge in between would otherwise let
+        # a stale add put a record that left the archive back into search.
+        with store.indexing():
             entries = store.iter_unindexed(batch_size)
             if not entries:
                 break
@@ -64,7 +64,7 @@ def rebuild_index(store: ArchiveStore, index: SearchIndex, *, progress: bool = F
     total = store.counts()["archived"]
     records = ((record, entry.archived_at) for entry, record in store.iter_records("archived"))
     count = index.rebuild(records, total=total, progress=progress)
-    with store.moving():  # no index change + mark may straddle this reset
+    with store.indexing():  # no index change + mark may straddle this reset
         store.mark_rebuilt(start)
     sync_index(store, index)
     return count

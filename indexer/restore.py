@@ -61,7 +61,8 @@ def restore_record(
             reconcile_pending(sessions, store, now)
             raise
         store.complete_restore(record_id, now, actor)
-        if index is not None:
+    if index is not None:  # leave search now, not at the next catch-up
+        with store.indexing():
             index.delete([record_id])
             store.mark_indexed([(record_id, entry.version, "restored")])
     return record

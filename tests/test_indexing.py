@@ -140,7 +140,7 @@ def test_changes_during_a_rebuild_reach_the_new_index(services, make_record):
     records = [(r, e.archived_at) for e, r in store.iter_records("archived")]
     restore_record(services.sessions, store, index, "B7", "admin", utcnow())
     index.rebuild(records)
-    with store.moving():
+    with store.indexing():
         store.mark_rebuilt(start)
     sync_index(store, index)
     assert "B7" not in found(services, "loyalty")
