@@ -200,7 +200,7 @@ def upsert_records(session: Session, records: Sequence[Record]) -> None:
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     # Core (not ORM) insert: one compiled statement run with executemany, not one per row.
-    stmt = insert(ActiveRecord.__table__)
+    stmt = insert(ActiveRecord.__table__)  # type: ignore[arg-type]
     columns = {name: stmt.excluded[name] for name in rows[0] if name != "id"}
     session.connection().execute(
         stmt.on_conflict_do_update(index_elements=["id"], set_=columns), rows

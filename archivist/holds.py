@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, delete, not_, or_, select
+from sqlalchemy import ColumnElement, and_, delete, or_, select, true
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from archivist.active_db import LegalHold
@@ -56,7 +56,7 @@ class HoldSet:
             )
         if self.categories:
             conditions.append(category_column.not_in(sorted(self.categories)))
-        return and_(*conditions) if conditions else not_(False)
+        return and_(true(), *conditions)
 
 
 def add_hold(session: Session, scope: str, value: str, reason: str, at: datetime) -> Hold:

@@ -155,7 +155,8 @@ def parse_utc(text: str) -> datetime:
 
 def record_from_json(value: Mapping[str, Any]) -> Record:
     """Rebuild a Record from a JSON value that was validated before (e.g. read from the archive)."""
-    return Record(**{name: value.get(name) for name in FIELDS})
+    fields: dict[str, Any] = {name: value.get(name) for name in FIELDS}
+    return Record(**fields)
 
 
 def _required(obj: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:

@@ -120,7 +120,7 @@ def _archive_one_batch(
 def _movable(session: Session, rules: RetentionRules, as_of: datetime) -> ColumnElement[bool]:
     """Rows that are aged under their category's policy and not under legal hold."""
     own = sorted(rules.categories)
-    aged = [
+    aged: list[ColumnElement[bool]] = [
         (ActiveRecord.category == name)
         & (ActiveRecord.updated_at_utc <= archive_cutoff(rules.categories[name], as_of))
         for name in own
