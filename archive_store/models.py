@@ -68,3 +68,10 @@ class Problem:
     record_id: str | None
     segment_id: int | None
     reason: str
+
+    def __str__(self) -> str:
+        if self.record_id is not None:
+            return f"{self.record_id}: {self.reason}"
+        if self.segment_id is not None:
+            return f"segment {self.segment_id}: {self.reason}"
+        return self.reason

@@ -1,4 +1,4 @@
-"""`archivist verify`: the store's checksums and chain, and (once indexed) index agreement."""
+"""`archivist verify`: the store's checksums and chain, index agreement, the audit chain."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from sqlalchemy import inspect
 from archive_store import Problem
 from archivist.active_db import AuditEntry
 from archivist.audit import iter_chain_problems
+from indexer.indexing import check_index_agreement
 from indexer.services import Services
 
 
@@ -18,6 +19,7 @@ class VerifyResult:
 
     problems: list[Problem]
     records: int
+    waiting_for_index: int = 0
 
     def damaged_ids(self) -> list[str]:
         """The distinct record ids named by a problem, sorted."""
@@ -25,20 +27,25 @@ class VerifyResult:
 
     def summary(self) -> str:
         """One line for people."""
+        waiting = (f"; {self.waiting_for_index} changes wait for index catch-up"
+                   if self.waiting_for_index else "")
         if not self.problems:
-            return f"ok: {self.records} records checked, no problems"
+            return f"ok: {self.records} records checked, no problems{waiting}"
         return (
             f"{len(self.problems)} problems in {len(self.damaged_ids())} records "
-            f"({self.records} records checked)"
+            f"({self.records} records checked){waiting}"
         )
 
 
 def verify_all(services: Services) -> VerifyResult:
-    """Check the archive store end to end, and the audit log's hash chain."""
+    """Check the archive store end to end, index agreement, and the audit log's hash chain."""
     problems = services.store.verify()
+    index_problems, waiting = check_index_agreement(services.store, services.index)
+    problems.extend(index_problems)
     problems.extend(verify_audit_log(services))
     counts = services.store.counts()
-    return VerifyResult(problems, counts["archived"] + counts["restored"] + counts["purged"])
+    records = counts["archived"] + counts["restored"] + counts["purged"]
+    return VerifyResult(problems, records, waiting)
 
 
 def verify_audit_log(services: Services) -> list[Problem]:

@@ -126,3 +126,18 @@ def test_bad_config_is_one_line_and_non_zero(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
         "error: retention.default.keep_years must not be negative, got -3"]
+
+
+def test_verify_names_a_record_missing_from_the_index(installed, tmp_path, make_record):
+    write_jsonl(tmp_path / "in.jsonl", [make_record(id=f"X{i}") for i in range(20)])
+    archivist("import", str(tmp_path / "in.jsonl"), "--config", str(installed))
+    archivist("archive", "--as-of", "2026-01-01", "--config", str(installed))
+    from archivist.config import load_config
+    from indexer.services import Services
+
+    with Services.open(load_config(installed)) as services:
+        services.index.delete(["X7"])  # the index loses a record behind the catalog's back
+    result = archivist("verify", "--config", str(installed))
+    assert result.returncode == 1
+    assert "X7: archived but missing from the index" in result.stderr
+    assert result.stderr.splitlines()[-1] == "damaged or missing: X7"
