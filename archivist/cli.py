@@ -148,12 +148,7 @@ def dispose(as_of: datetime | None, dry_run: bool, config: Config) -> None:
     """Purge archived records past their keep time and not on legal hold."""
     as_of = as_of or utcnow()
     with Services.open(config) as services:
-        if dry_run:
-            report = run_dispose_job(services, as_of, dry_run=True)
-        else:
-            with _audited(services, "dispose", "archive", {"as_of": format_utc(as_of)}) as details:
-                report = run_dispose_job(services, as_of)
-                details["purged"] = report.purged
+        report = run_dispose_job(services, as_of, dry_run=dry_run, actor="cli")
     if dry_run:
         _print_by_category("would purge", report.purged, report.by_category)
     else:

@@ -6,10 +6,13 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 
 from archivist.active_db import JobRun, utcnow
+from archivist.audit import AuditEvent, write_audit
+from archivist.records import format_utc
 from indexer.archiver import ArchiveReport, archive_due_records, preview_archive
 from indexer.disposal import DisposalReport, dispose_due_records
 from indexer.indexing import sync_index
@@ -50,24 +53,29 @@ def run_archive_job(
 
 
 def run_dispose_job(
-    services: Services, as_of: datetime, *, dry_run: bool = False
+    services: Services, as_of: datetime, *, dry_run: bool = False, actor: str = "worker"
 ) -> DisposalReport:
-    """Run disposal once (or preview it) and record the run."""
+    """Run disposal once (or preview it); a real run is recorded and audited as `actor`."""
     if dry_run:
         return dispose_due_records(
-            services.sessions,
-            services.store,
-            services.config.retention,
-            as_of,
-            utcnow(),
+            services.sessions, services.store, services.config.retention, as_of, utcnow(),
             dry_run=True,
         )
-    with _recorded(services, "dispose") as run:
-        report = dispose_due_records(
-            services.sessions, services.store, services.config.retention, as_of, utcnow()
-        )
-        run.purged = report.purged
-        sync_index(services.store, services.index)  # purged records leave search now
+    started_at, outcome = utcnow(), "ok"
+    details: dict[str, Any] = {"as_of": format_utc(as_of)}
+    try:
+        with _recorded(services, "dispose") as run:
+            report = dispose_due_records(
+                services.sessions, services.store, services.config.retention, as_of, utcnow()
+            )
+            run.purged = details["purged"] = report.purged
+            sync_index(services.store, services.index)  # purged records leave search now
+    except Exception as e:
+        outcome = getattr(e, "code", "error")
+        raise
+    finally:
+        event = AuditEvent(started_at, actor, "dispose", "archive", outcome, details)
+        write_audit(services.sessions, [event])
     log.info("dispose job: purged %d", report.purged)
     return report
 
