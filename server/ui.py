@@ -418,21 +418,22 @@ def sign_out() -> ResponseReturnValue:
 
 
 _known_lock = threading.Lock()
-_known_categories: dict[int, tuple[float, list[str]]] = {}
 
 
 def known_categories(services: Services) -> list[str]:
     """Every category in the index (facets of the match-all search), cached for a minute."""
-    key = id(services)
     now = time.monotonic()
+    cache: dict[str, tuple[float, list[str]]] = current_app.extensions.setdefault(
+        "archivist_ui_cache", {}
+    )
     with _known_lock:
-        hit = _known_categories.get(key)
+        hit = cache.get("categories")
     if hit is not None and hit[0] > now:
         return hit[1]
     page = services.index.search(SearchQuery(per_page=1))
     names = sorted(page.facets.get("category", {}))
     with _known_lock:
-        _known_categories[key] = (now + 60.0, names)
+        cache["categories"] = (now + 60.0, names)
     return names
 
 
