@@ -495,7 +495,9 @@ _LEN_TABLE = [byte_to_length(b) for b in range(256)]
 Scores = dict[int, float]
 
 
-def _leaf_postings(leaf: Any, fieldname: str, btext: bytes) -> tuple[list[int], list[float]]:
+def _leaf_postings(
+    leaf: Any, fieldname: str, btext: bytes, values: list[bytes] | None = None
+) -> tuple[list[int], list[float]]:
     m = leaf.postings(fieldname, btext)
     if isinstance(m, W3LeafMatcher):
         ids: list[int] = []
@@ -511,6 +513,9 @@ def _leaf_postings(leaf: Any, fieldname: str, btext: bytes) -> tuple[list[int], 
                 weights.extend([w] * n)
             else:
                 weights.extend(w)
+            if values is not None:
+                m._read_values()
+                values.extend(m._values)
             if m._lastblock:
                 break
             m._goto(m._nextoffset)
@@ -519,49 +524,16 @@ def _leaf_postings(leaf: Any, fieldname: str, btext: bytes) -> tuple[list[int], 
     while m.is_active():
         ids.append(m.id())
         weights.append(m.weight())
+        if values is not None:
+            values.append(m.value())
         m.next()
     return ids, weights
 
 
-def _leaf_positions(
-    leaf: Any,
-    fieldname: str,
-    btext: bytes,
-    base: int,
-    wanted: set[int],
-    fmt: Any,
-    out: dict[int, set[int]],
-) -> None:
-    """Add the positions of a term in the wanted documents, decoding only those postings."""
-    m = leaf.postings(fieldname, btext)
-    if not isinstance(m, W3LeafMatcher):
-        while m.is_active():
-            if m.id() + base in wanted:
-                out[m.id() + base] = set(m.value_as("positions"))
-            m.next()
-        return
-
-    def decode(value: bytes) -> list[int]:
-        # A Positions value is a 4-byte count, then a pickled list of deltas without the final
-        # STOP opcode (whoosh.formats.Positions.encode); inlined, ~2x faster than decode_positions.
-        return list(accumulate(loads(value[4:] + b".")))
-
-    if type(fmt) is not ArchivePositions:  # pragma: no cover - only our format is inlined
-        decode = fmt.decode_positions
-    while True:
-        m._read_data()
-        raw = m._data[0]
-        ids = raw if m._byteids else list(accumulate(raw))
-        values = None
-        for i, d in enumerate(ids):
-            if d + base in wanted:
-                if values is None:
-                    m._read_values()
-                    values = m._values
-                out[d + base] = set(decode(values[i]))
-        if m._lastblock:
-            break
-        m._goto(m._nextoffset)
+def _decode_positions(value: bytes) -> list[int]:
+    # A Positions value is a 4-byte count, then a pickled list of deltas without the final
+    # STOP opcode (whoosh.formats.Positions.encode); inlined, ~2x faster than decode_positions.
+    return list(accumulate(loads(value[4:] + b".")))
 
 
 class Evaluator:
@@ -629,16 +601,25 @@ class Evaluator:
             return {}
         raise BadQuery(f"unsupported query part: {type(q).__name__}")
 
-    def _term(self, fieldname: str, text: str | bytes, boost: float = 1.0) -> Scores:
+    def _term(
+        self,
+        fieldname: str,
+        text: str | bytes,
+        boost: float = 1.0,
+        values_out: dict[int, bytes] | None = None,
+    ) -> Scores:
         btext = text.encode("utf-8") if isinstance(text, str) else text
         ids: list[int] = []
         weights: list[float] = []
         for leaf, base in self.reader.leaf_readers():
             if (fieldname, btext) not in leaf:
                 continue
-            lids, lw = _leaf_postings(leaf, fieldname, btext)
+            values: list[bytes] | None = None if values_out is None else []
+            lids, lw = _leaf_postings(leaf, fieldname, btext, values)
             if base:
                 lids = [d + base for d in lids]
+            if values_out is not None and values is not None:
+                values_out.update(zip(lids, values, strict=True))
             ids.extend(lids)
             weights.extend(lw)
         if not ids:
@@ -659,7 +640,8 @@ class Evaluator:
         words = list(q.words)
         if len(words) == 1:
             return self._term(q.fieldname, words[0], q.boost)
-        per_word = [self._term(q.fieldname, w, q.boost) for w in words]
+        raw: list[dict[int, bytes]] = [{} for _ in words]
+        per_word = [self._term(q.fieldname, w, q.boost, raw[i]) for i, w in enumerate(words)]
         smallest: Scores = min(per_word, key=len)
         candidates = set(smallest)
         for sc in per_word:
@@ -667,29 +649,20 @@ class Evaluator:
             if not candidates:
                 return {}
         fmt = self.cache.searcher.schema[q.fieldname].format
-        order = sorted(candidates)
-        positions: list[dict[int, set[int]]] = []
-        for w in words:
-            got: dict[int, set[int]] = {}
-            btext = w.encode("utf-8")
-            for leaf, base in self.reader.leaf_readers():
-                if (q.fieldname, btext) in leaf:
-                    _leaf_positions(leaf, q.fieldname, btext, base, candidates, fmt, got)
-            positions.append(got)
-        out = {}
+        decode = _decode_positions if type(fmt) is ArchivePositions else fmt.decode_positions
+        out: Scores = {}
         slop = q.slop
-        for d in order:
-            first = positions[0].get(d, ())
-            for p in first:
-                ok = True
-                for i in range(1, len(words)):
-                    pos_i = positions[i].get(d)
-                    if pos_i is None or not any(p + i + k in pos_i for k in range(slop)):
-                        ok = False
-                        break
-                if ok:
-                    out[d] = sum(sc[d] for sc in per_word)
+        # A start position survives while every next word is found right after it; later
+        # words are decoded only for documents that still qualify.
+        for d in sorted(candidates):
+            starts = decode(raw[0][d])
+            for i in range(1, len(words)):
+                at = set(decode(raw[i][d]))
+                starts = [p for p in starts if any(p + i + k in at for k in range(slop))]
+                if not starts:
                     break
+            if starts:
+                out[d] = sum(sc[d] for sc in per_word)
         return out
 
 
