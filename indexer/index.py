@@ -51,6 +51,7 @@ from indexer.search import (
     format_utc,
     make_parser,
     make_snippet,
+    order_matches,
     parse_timestamp,
     plain_snippet,
     run_search,
@@ -312,6 +313,34 @@ class SearchIndex:
             compiled = compile_query(query.q, self._parser, readers)
             return run_search(snap.views, query, compiled, snap.stats, _load_hit, started)
 
+    def iter_hits(self, query: SearchQuery, chunk: int = 500) -> Iterator[SearchHit]:
+        """Every matching record, in the query's order, without snippets (for exports).
+
+        The matches are ordered once; their stored fields are then read a chunk at a time, each
+        chunk under the search lock, so other searches interleave with a long export. A record
+        that leaves the index meanwhile (restored, purged) is skipped.
+
+        :param query: what to search for; `page` and `per_page` are ignored.
+        :param chunk: how many hits to load per turn of the search lock.
+        """
+        self._check_open()
+        validate(query)
+        with self._search_lock:
+            snap = self._current_snapshot()
+            readers = [v.cache.searcher.reader() for v in snap.views]
+            compiled = compile_query(query.q, self._parser, readers)
+            ordered = order_matches(snap.views, query, compiled, snap.stats)
+        for start in range(0, len(ordered), chunk):
+            with self._search_lock:
+                views = {v.name: v for v in self._current_snapshot().views}
+                hits = []
+                for shard, rid, score in ordered[start:start + chunk]:
+                    view = views.get(shard)
+                    docnum = None if view is None else view.cache.searcher.document_number(id=rid)
+                    if view is not None and docnum is not None:
+                        hits.append(_load_hit(view, docnum, score, compiled, snippet=False))
+            yield from hits
+
     def iter_ids(self) -> Iterator[str]:
         """Yield every indexed record id (for checking the index against the store)."""
         self._check_open()
@@ -524,14 +553,17 @@ def open_writer(ix: windex.Index, **kwargs: Any) -> Any:
     return writer
 
 
-def _load_hit(view: ShardView, docnum: int, score: float, compiled: CompiledQuery) -> SearchHit:
+def _load_hit(
+    view: ShardView, docnum: int, score: float, compiled: CompiledQuery, snippet: bool = True
+) -> SearchHit:
     stored = view.cache.searcher.stored_fields(docnum)["stored"]
     (rid, kind, category, customer_id, owner, subject, status, created, updated, archived, body) = (
         stored
     )
-    snippet = make_snippet(body, "body", compiled) or make_snippet(subject, "subject", compiled)
-    if snippet is None:
-        snippet = plain_snippet(body)
+    text = ""
+    if snippet:
+        text = (make_snippet(body, "body", compiled) or make_snippet(subject, "subject", compiled)
+                or plain_snippet(body))
     return SearchHit(
         id=rid,
         kind=kind,
@@ -544,7 +576,7 @@ def _load_hit(view: ShardView, docnum: int, score: float, compiled: CompiledQuer
         updated_at=updated,
         archived_at=archived,
         score=round(score, 6),
-        snippet=snippet,
+        snippet=text,
     )
 
 

@@ -865,6 +865,42 @@ def run_search(
     )
 
 
+def order_matches(
+    views: Sequence[ShardView],
+    query: SearchQuery,
+    compiled: CompiledQuery,
+    stats: GlobalStats,
+) -> list[tuple[str, str, float]]:
+    """Every match as ``(shard name, record id, score)``, in the order a search would page them.
+
+    For streaming exports: only ids are kept, so memory stays small however many records
+    match; stored fields are loaded later, a chunk at a time.
+    """
+    sort = validate(query)
+    if compiled.query is None and sort == "relevance":
+        sort = "newest"
+    newest = sort == "newest"
+    score_rows: list[tuple[float, str, str]] = []
+    date_rows: list[tuple[int, str, str]] = []
+    for view in select_shards(views, query):
+        docs, scores, in_order = _match_shard(view, query, compiled, stats, sort)
+        if not docs:
+            continue
+        if sort == "relevance":
+            assert scores is not None
+            for s, rid, _d in _top_by_score(view, docs, scores, len(docs)):
+                score_rows.append((s, rid, view.name))
+        else:
+            for dt, rid, _d in _top_by_date(view, docs, in_order, query.date_field, len(docs),
+                                            newest):
+                date_rows.append((dt, rid, view.name))
+    if sort == "relevance":
+        score_rows.sort(key=lambda r: (r[0], r[1]))
+        return [(name, rid, -s) for s, rid, name in score_rows]
+    date_rows.sort(key=lambda r: (r[0], r[1]), reverse=newest)
+    return [(name, rid, 0.0) for _dt, rid, name in date_rows]
+
+
 # --- snippets -------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ import hashlib
 import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from typing import Any
 
@@ -215,21 +215,6 @@ def iter_csv(hits: Iterator[SearchHit]) -> Iterator[bytes]:
     yield buffer.getvalue().encode("utf-8")
 
 
-def _iter_hits(services: Services, query: SearchQuery) -> Iterator[SearchHit]:
-    iter_hits = getattr(services.index, "iter_hits", None)
-    if iter_hits is not None:
-        return iter_hits(query)  # type: ignore[no-any-return]
-    return _iter_pages(services, query)
-
-
-def _iter_pages(services: Services, query: SearchQuery) -> Iterator[SearchHit]:
-    # Stand-in until the index streams matches itself: pages of 100 in the query's order.
-    first = services.index.search(replace(query, page=1, per_page=100))
-    yield from first.hits
-    for number in range(2, (first.total + 99) // 100 + 1):
-        yield from services.index.search(replace(query, page=number, per_page=100)).hits
-
-
 def export(actor: Actor, query: SearchQuery) -> Iterator[bytes]:
     """Stream every matching record as CSV.
 
@@ -251,7 +236,7 @@ def _export_stream(actor: Actor, query: SearchQuery) -> Iterator[bytes]:
     digest = hashlib.sha256()
     size = 0
     with audited(actor, "export", query.q, describe_query(query), wait=True) as entry:
-        counter = _Counter(_iter_hits(actor.services, query))
+        counter = _Counter(actor.services.index.iter_hits(query))
         try:
             for chunk in iter_csv(iter(counter)):
                 digest.update(chunk)
@@ -270,7 +255,7 @@ def export_checksum(actor: Actor, query: SearchQuery) -> ExportChecksum:
     details["checksum_only"] = True
     with audited(actor, "export", query.q, details, wait=False) as entry:
         digest = hashlib.sha256()
-        counter = _Counter(_iter_hits(actor.services, query))
+        counter = _Counter(actor.services.index.iter_hits(query))
         size = 0
         for chunk in iter_csv(iter(counter)):
             digest.update(chunk)

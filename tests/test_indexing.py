@@ -163,3 +163,38 @@ def test_verify_names_a_record_missing_from_the_index(services, make_record):
         ("V3", "archived but missing from the index")
     ]
     assert waiting == 0
+
+
+def test_iter_hits_streams_every_match_in_page_order(services):
+    from dataclasses import replace
+
+    from archivist.demo_data import generate_records
+
+    load(services, list(generate_records(1200, seed=9)))
+    run_archive_job(services, datetime(2030, 1, 1, tzinfo=UTC))
+    for query in [
+        SearchQuery(q="refund", per_page=100),
+        SearchQuery(sort="oldest", per_page=100),
+        SearchQuery(q="发票", categories=("billing", "finance"), sort="newest", per_page=100),
+        SearchQuery(date_from=datetime(2022, 1, 1, tzinfo=UTC), date_field="updated_at",
+                    per_page=100),
+    ]:
+        first = services.index.search(query)
+        paged = [hit.id for hit in first.hits]
+        for number in range(2, (first.total + 99) // 100 + 1):
+            paged += [hit.id for hit in services.index.search(replace(query, page=number)).hits]
+        streamed = list(services.index.iter_hits(query, chunk=64))
+        assert [hit.id for hit in streamed] == paged
+        assert len(paged) == first.total > 0
+        assert all(hit.snippet == "" and hit.created_at for hit in streamed)
+
+
+def test_iter_hits_skips_a_record_restored_mid_stream(services, make_record):
+    load(services, [make_record(id=f"S{i:03d}", body="quarterly statement",
+                                updated_at="2020-01-01T00:00:00Z") for i in range(30)])
+    run_archive_job(services, AS_OF)
+    stream = services.index.iter_hits(SearchQuery(q="statement", sort="oldest"), chunk=10)
+    seen = [next(stream).id for _ in range(10)]
+    restore_record(services.sessions, services.store, services.index, "S029", "admin", utcnow())
+    seen += [hit.id for hit in stream]
+    assert len(seen) == 29 and "S029" not in seen
