@@ -161,3 +161,18 @@ def test_rerun_archives_nothing_twice(services, make_record):
     assert run_archive_job(services, AS_OF).archived == 450
     assert run_archive_job(services, AS_OF).archived == 0
     assert services.store.counts()["archived"] == 450
+
+
+def test_restored_record_that_ages_again_is_archived_as_a_new_version(services, make_record):
+    from indexer.restore import restore_record
+
+    record = load(services, [make_record(id="RA", updated_at="2020-01-01T00:00:00Z")])[0]
+    run_archive_job(services, AS_OF)
+    restore_record(services.sessions, services.store, None, "RA", "admin", utcnow())
+    assert active_ids(services, ["RA"]) == {"RA"}
+    assert run_archive_job(services, AS_OF).archived == 1
+    assert active_ids(services, ["RA"]) == set()
+    assert services.store.get("RA") == record
+    assert services.store.info("RA").version == 2
+    assert [e.event for e in services.store.history("RA")] == ["archived", "restored", "archived"]
+    assert services.store.verify() == []
