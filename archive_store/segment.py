@@ -49,6 +49,23 @@ def canonical_json(value: Any) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
+def canonical_object(fields: dict[str, Any], encoded: dict[str, bytes]) -> bytes:
+    """`canonical_json` of an object some of whose values are already canonically encoded.
+
+    JSON encoding composes, so splicing the canonical bytes of a value in gives exactly the
+    bytes `canonical_json` would give for the whole object, without encoding that value twice.
+    Each spliced member is first written as `null`; in canonical JSON an unescaped `"key":null`
+    can only be that member (quotes inside strings are escaped).
+
+    :param fields: the object's other members
+    :param encoded: member name (plain ASCII) -> canonical JSON bytes of its value
+    """
+    data = canonical_json({**fields, **dict.fromkeys(encoded)})
+    for key, value in encoded.items():
+        data = data.replace(b'"' + key.encode() + b'":null', b'"' + key.encode() + b'":' + value, 1)
+    return data
+
+
 def sha256_hex(data: bytes) -> str:
     """Hex sha256 of some bytes.
 

@@ -126,14 +126,15 @@ class _Appender:
         self.active.sealed = True
         self._open_new(self.active.segment_id + 1)
 
-    def add(self, envelope: dict[str, Any]) -> _Placed:
+    def add(self, envelope: dict[str, Any], encoded: dict[str, bytes] | None = None) -> _Placed:
         """Give an envelope its seq and prev, frame it and place it; nothing is written yet.
 
         :param envelope: the envelope without `seq` and `prev`
+        :param encoded: members whose canonical JSON the caller already has (the record)
         """
         seq = self.seq + 1
         envelope = {**envelope, "seq": seq, "prev": self.prev}
-        data = segment.canonical_json(envelope)
+        data = segment.canonical_object(envelope, encoded or {})
         entry_hash = segment.sha256_hex(data)
         frame = segment.build_frame(data)
         target = self.active
@@ -424,7 +425,7 @@ class ArchiveStore:
         if not items:
             return []
         at_text = format_time(at)
-        prepared: list[tuple[ArchiveItem, str, str, str]] = []
+        prepared: list[tuple[ArchiveItem, bytes, str, str, str]] = []
         seen: set[str] = set()
         for item in items:
             if item.record_id in seen:
@@ -432,13 +433,14 @@ class ArchiveStore:
             seen.add(item.record_id)
             if item.record.get("id", item.record_id) != item.record_id:
                 raise ValueError(f"record {item.record_id} carries id {item.record.get('id')!r}")
-            sha = segment.sha256_hex(segment.canonical_json(item.record))
-            prepared.append((item, sha, format_time(item.created_at), format_time(item.updated_at)))
+            encoded = segment.canonical_json(item.record)
+            prepared.append((item, encoded, segment.sha256_hex(encoded),
+                             format_time(item.created_at), format_time(item.updated_at)))
 
         results: dict[str, StoredEntry] = {}
         with self._write() as (conn, appender):
             existing = load_records(conn, seen)
-            for item, sha, _, _ in prepared:
+            for item, _, sha, _, _ in prepared:
                 row = existing.get(item.record_id)
                 if row is None or row["state"] != "archived":
                     continue
@@ -450,7 +452,7 @@ class ArchiveStore:
                     raise RestoreInProgress(f"record {item.record_id} is being restored")
             entry_rows: list[tuple[Any, ...]] = []
             record_rows: list[tuple[Any, ...]] = []
-            for item, sha, created_text, updated_text in prepared:
+            for item, encoded, sha, created_text, updated_text in prepared:
                 row = existing.get(item.record_id)
                 if row is not None and row["state"] == "archived":
                     conn.execute(
@@ -467,8 +469,7 @@ class ArchiveStore:
                     "at": at_text,
                     "actor": actor,
                     "sha256": sha,
-                    "record": item.record,
-                })
+                }, {"record": encoded})
                 entry_rows.append((
                     placed.seq, placed.segment_id, placed.offset, placed.length, "record",
                     item.record_id, version, None, at_text, actor, sha, placed.entry_hash,
@@ -490,7 +491,7 @@ class ArchiveStore:
                 "'delete_active', 0, ?)",
                 record_rows,
             )
-        return [results[item.record_id] for item, _, _, _ in prepared]
+        return [results[item.record_id] for item, *_ in prepared]
 
     def _stored_entry(self, conn: sqlite3.Connection, seq: int) -> StoredEntry:
         row = conn.execute(

@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -18,15 +18,17 @@ from sqlalchemy import (
     Engine,
     Index,
     Integer,
+    Select,
     String,
+    Table,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     delete,
     event,
     func,
     select,
-    tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -81,10 +83,10 @@ class ActiveRecord(Base):
 
     def to_record(self) -> Record:
         """The Record this row holds."""
-        value: dict[str, Any] = {c: getattr(self, c) for c in _RECORD_COLUMNS}
-        if self.attributes is not None:
-            value["attributes"] = json.loads(self.attributes)
-        return record_from_json(value)
+        return _row_to_record({c: getattr(self, c) for c in (*_RECORD_COLUMNS, "attributes")})
+
+
+ACTIVE_TABLE = cast(Table, ActiveRecord.__table__)  # Core statements: no ORM objects per row
 
 
 class LegalHold(Base):
@@ -200,7 +202,7 @@ def upsert_records(session: Session, records: Sequence[Record]) -> None:
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     # Core (not ORM) insert: one compiled statement run with executemany, not one per row.
-    stmt = insert(ActiveRecord.__table__)  # type: ignore[arg-type]
+    stmt = insert(ACTIVE_TABLE)
     columns = {name: stmt.excluded[name] for name in rows[0] if name != "id"}
     session.connection().execute(
         stmt.on_conflict_do_update(index_elements=["id"], set_=columns), rows
@@ -225,20 +227,43 @@ def find_active(session: Session, record_ids: Iterable[str]) -> dict[str, Record
 
 
 def delete_records(session: Session, versions: Sequence[tuple[str, str]]) -> set[str]:
-    """Delete rows matching (id, updated_at) pairs; returns the ids that were deleted.
+    """Delete rows matching (id, updated_at) pairs; returns the ids no longer active.
 
     Matching on `updated_at` too means a record the CRM changed meanwhile is not deleted.
     """
-    deleted: set[str] = set()
-    for start in range(0, len(versions), 500):
-        chunk = list(versions[start : start + 500])
-        stmt = (
-            delete(ActiveRecord)
-            .where(tuple_(ActiveRecord.id, ActiveRecord.updated_at).in_(chunk))
-            .returning(ActiveRecord.id)
-        )
-        deleted.update(session.scalars(stmt))
-    return deleted
+    if not versions:
+        return set()
+    stmt = delete(ACTIVE_TABLE).where(
+        ACTIVE_TABLE.c.id == bindparam("record_id"),
+        ACTIVE_TABLE.c.updated_at == bindparam("updated"),
+    )
+    # executemany of a primary-key delete: a row-value IN list would not use the index
+    session.connection().execute(
+        stmt, [{"record_id": rid, "updated": updated} for rid, updated in versions]
+    )
+    ids = [rid for rid, _ in versions]
+    return set(ids) - set(find_active_ids(session, ids))
+
+
+def find_active_ids(session: Session, record_ids: Sequence[str]) -> list[str]:
+    """Which of these ids are active."""
+    found: list[str] = []
+    for start in range(0, len(record_ids), 500):
+        chunk = record_ids[start:start + 500]
+        found.extend(session.scalars(select(ActiveRecord.id).where(ActiveRecord.id.in_(chunk))))
+    return found
+
+
+def select_records(session: Session, stmt: Select[Any]) -> list[Record]:
+    """Run a select over `active_records` columns and build Records without ORM objects."""
+    return [_row_to_record(row._mapping) for row in session.execute(stmt)]
+
+
+def _row_to_record(row: Any) -> Record:
+    value: dict[str, Any] = {c: row[c] for c in _RECORD_COLUMNS}
+    if row["attributes"] is not None:
+        value["attributes"] = json.loads(row["attributes"])
+    return record_from_json(value)
 
 
 def count_active(session: Session) -> int:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from archive_store import ArchiveItem, ArchiveStore
 from archive_store.faults import crash_point
-from archivist.active_db import ActiveRecord, delete_records
+from archivist.active_db import ACTIVE_TABLE, ActiveRecord, delete_records, select_records
 from archivist.holds import load_hold_set
 from archivist.records import Record
 from archivist.retention import RetentionRules, archive_cutoff
@@ -94,14 +94,14 @@ def _archive_one_batch(
     with store.moving():
         with sessions.begin() as session:
             stmt = (
-                select(ActiveRecord)
+                select(ACTIVE_TABLE)
                 .where(_movable(session, rules, as_of))
                 .order_by(ActiveRecord.updated_at_utc, ActiveRecord.id)
                 .limit(batch_size)
             )
             if session.get_bind().dialect.name == "postgresql":
                 stmt = stmt.with_for_update(skip_locked=True)
-            records = [row.to_record() for row in session.scalars(stmt)]
+            records = select_records(session, stmt)
             if not records:
                 return []
             crash_point("archive.before_store")

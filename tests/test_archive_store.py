@@ -960,3 +960,21 @@ def test_crash_during_purge_leaves_old_or_new_state(
                 assert store.get(record_id) == make_record(record_id)
         assert store.purge(["J-1", "J-25"], AT, "dispose") == (0 if purged else 2)
         assert store.verify() == []
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(record=st.dictionaries(st.text(), _JSON, max_size=6),
+       actor=st.text(), record_id=st.text())
+def test_spliced_envelope_is_byte_identical_to_canonical_json(record, actor, record_id) -> None:
+    from archive_store.segment import canonical_json, canonical_object
+
+    envelope = {"type": "record", "actor": actor, "record_id": record_id, "seq": 1, "prev": "p"}
+    spliced = canonical_object(envelope, {"record": canonical_json(record)})
+    assert spliced == canonical_json({**envelope, "record": record})
