@@ -59,14 +59,16 @@ def archive_due_records(
     reconcile_pending(sessions, store, archived_at)
     archived = indexed = 0
     by_category: Counter[str] = Counter()
-    while not should_stop():
-        moved = _archive_one_batch(sessions, store, rules, as_of, archived_at, batch_size)
-        if not moved:
-            break
-        archived += len(moved)
-        by_category.update(record.category for record in moved)
-        if index_batch is not None:
-            indexed += index_batch([(record, archived_at) for record in moved])
+    # One policy group at a time, so each batch is an index range scan, not a table scan.
+    for aged in _aged_groups(rules, as_of):
+        while not should_stop():
+            moved = _archive_one_batch(sessions, store, aged, archived_at, batch_size)
+            if not moved:
+                break
+            archived += len(moved)
+            by_category.update(record.category for record in moved)
+            if index_batch is not None:
+                indexed += index_batch([(record, archived_at) for record in moved])
     return ArchiveReport(archived, indexed, dict(sorted(by_category.items())))
 
 
@@ -74,7 +76,7 @@ def preview_archive(session: Session, rules: RetentionRules, as_of: datetime) ->
     """How many records an archive run at `as_of` would move, by category."""
     stmt = (
         select(ActiveRecord.category, func.count())
-        .where(_movable(session, rules, as_of))
+        .where(or_(*_aged_groups(rules, as_of)) & _not_held(session))
         .group_by(ActiveRecord.category)
         .order_by(ActiveRecord.category)
     )
@@ -84,8 +86,7 @@ def preview_archive(session: Session, rules: RetentionRules, as_of: datetime) ->
 def _archive_one_batch(
     sessions: sessionmaker[Session],
     store: ArchiveStore,
-    rules: RetentionRules,
-    as_of: datetime,
+    aged: ColumnElement[bool],
     archived_at: datetime,
     batch_size: int,
 ) -> list[Record]:
@@ -95,8 +96,8 @@ def _archive_one_batch(
         with sessions.begin() as session:
             stmt = (
                 select(ACTIVE_TABLE)
-                .where(_movable(session, rules, as_of))
-                .order_by(ActiveRecord.updated_at_utc, ActiveRecord.id)
+                .where(aged & _not_held(session))
+                .order_by(ActiveRecord.updated_at_utc)
                 .limit(batch_size)
             )
             if session.get_bind().dialect.name == "postgresql":
@@ -117,19 +118,23 @@ def _archive_one_batch(
     return [r for r in records if r.id in deleted]
 
 
-def _movable(session: Session, rules: RetentionRules, as_of: datetime) -> ColumnElement[bool]:
-    """Rows that are aged under their category's policy and not under legal hold."""
+def _aged_groups(rules: RetentionRules, as_of: datetime) -> list[ColumnElement[bool]]:
+    """One condition per policy: the aged rows of each own-policy category, then the rest."""
     own = sorted(rules.categories)
-    aged: list[ColumnElement[bool]] = [
+    groups: list[ColumnElement[bool]] = [
         (ActiveRecord.category == name)
         & (ActiveRecord.updated_at_utc <= archive_cutoff(rules.categories[name], as_of))
         for name in own
     ]
     default_aged = ActiveRecord.updated_at_utc <= archive_cutoff(rules.default, as_of)
-    aged.append(ActiveRecord.category.not_in(own) & default_aged if own else default_aged)
+    groups.append(ActiveRecord.category.not_in(own) & default_aged if own else default_aged)
+    return groups
+
+
+def _not_held(session: Session) -> ColumnElement[bool]:
+    """Rows no legal hold covers (holds are read afresh for every batch)."""
     holds = load_hold_set(session)
-    exclusion = holds.exclusion(ActiveRecord.id, ActiveRecord.customer_id, ActiveRecord.category)
-    return or_(*aged) & exclusion
+    return holds.exclusion(ActiveRecord.id, ActiveRecord.customer_id, ActiveRecord.category)
 
 
 def _item(record: Record) -> ArchiveItem:

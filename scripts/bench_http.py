@@ -275,6 +275,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=50_000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--dir", type=Path, default=None, help="reuse an installation here")
+    parser.add_argument("--export-only", action="store_true", help="only measure the export")
     args = parser.parse_args()
     folder = args.dir or Path(tempfile.mkdtemp(prefix="archivist-bench-http-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -307,7 +308,7 @@ def main() -> None:
                     raise
                 time.sleep(0.2)
         Client(port, agent).request("GET", "/api/v1/search?q=warm")  # load the shard caches
-        results = [
+        results = [] if args.export_only else [
             run_phase(port, agent, admin, c, args.seconds, config_path, restore_ids)
             for c in (1, 8, 32)
         ]
