@@ -334,10 +334,12 @@ class SearchIndex:
             with self._search_lock:
                 views = {v.name: v for v in self._current_snapshot().views}
                 hits = []
-                for shard, rid, score in ordered[start:start + chunk]:
-                    view = views.get(shard)
+                for i in range(start, min(start + chunk, len(ordered))):
+                    view = views.get(ordered.shard_names[ordered.shards[i]])
+                    rid = ordered.record_ids[i]
                     docnum = None if view is None else view.cache.searcher.document_number(id=rid)
                     if view is not None and docnum is not None:
+                        score = ordered.scores[i] if ordered.scores is not None else 0.0
                         hits.append(_load_hit(view, docnum, score, compiled, snippet=False))
             yield from hits
 

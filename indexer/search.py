@@ -22,7 +22,7 @@ import time
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
@@ -865,40 +865,75 @@ def run_search(
     )
 
 
+@dataclass(frozen=True)
+class MatchOrder:
+    """Every match of a query in page order, compactly: ids, shard of each, scores if ranked."""
+
+    shard_names: list[str]
+    shards: array[int]  # index into shard_names, one per match
+    record_ids: list[str]
+    scores: array[float] | None  # None: date order (score 0)
+
+    def __len__(self) -> int:
+        return len(self.record_ids)
+
+
 def order_matches(
     views: Sequence[ShardView],
     query: SearchQuery,
     compiled: CompiledQuery,
     stats: GlobalStats,
-) -> list[tuple[str, str, float]]:
-    """Every match as ``(shard name, record id, score)``, in the order a search would page them.
+) -> MatchOrder:
+    """Every match in the order a search would page them, for streaming exports.
 
-    For streaming exports: only ids are kept, so memory stays small however many records
-    match; stored fields are loaded later, a chunk at a time.
+    Only ids are kept (no tuples per match), so memory stays small however many records
+    match; stored fields are loaded later, a chunk at a time. Date orders are merged lazily
+    from each shard's matches sorted as compact arrays of document numbers.
     """
     sort = validate(query)
     if compiled.query is None and sort == "relevance":
         sort = "newest"
+    names = [view.name for view in views]
+    index_of = {name: i for i, name in enumerate(names)}
+    shards, record_ids = array("H"), []
+    if sort == "relevance":
+        score_rows: list[tuple[float, str, int]] = []
+        for view in select_shards(views, query):
+            docs, scores, _ = _match_shard(view, query, compiled, stats, sort)
+            if docs:
+                assert scores is not None
+                for s, rid, _d in _top_by_score(view, docs, scores, len(docs)):
+                    score_rows.append((s, rid, index_of[view.name]))
+        score_rows.sort(key=lambda r: (r[0], r[1]))
+        ranked = array("d")
+        for s, rid, shard in score_rows:
+            shards.append(shard)
+            record_ids.append(rid)
+            ranked.append(-s)
+        return MatchOrder(names, shards, record_ids, ranked)
     newest = sort == "newest"
-    score_rows: list[tuple[float, str, str]] = []
-    date_rows: list[tuple[int, str, str]] = []
+    f = query.date_field
+    streams = []
     for view in select_shards(views, query):
-        docs, scores, in_order = _match_shard(view, query, compiled, stats, sort)
+        docs, _, in_order = _match_shard(view, query, compiled, stats, sort)
         if not docs:
             continue
-        if sort == "relevance":
-            assert scores is not None
-            for s, rid, _d in _top_by_score(view, docs, scores, len(docs)):
-                score_rows.append((s, rid, view.name))
-        else:
-            for dt, rid, _d in _top_by_date(view, docs, in_order, query.date_field, len(docs),
-                                            newest):
-                date_rows.append((dt, rid, view.name))
-    if sort == "relevance":
-        score_rows.sort(key=lambda r: (r[0], r[1]))
-        return [(name, rid, -s) for s, rid, name in score_rows]
-    date_rows.sort(key=lambda r: (r[0], r[1]), reverse=newest)
-    return [(name, rid, 0.0) for _dt, rid, name in date_rows]
+        rank = view.cache.order(f)[2]
+        ordered = array("i", docs if in_order else sorted(docs, key=rank.__getitem__))
+        streams.append(_date_stream(view, index_of[view.name], ordered, f, newest))
+    for _dt, rid, shard in heapq.merge(*streams, reverse=newest):
+        shards.append(shard)
+        record_ids.append(rid)
+    return MatchOrder(names, shards, record_ids, None)
+
+
+def _date_stream(
+    view: ShardView, shard: int, ordered: array[int], f: str, newest: bool
+) -> Iterator[tuple[int, str, int]]:
+    """One shard's matches as ``(date, id, shard)`` in (date, id) order (reversed for newest)."""
+    dates, record_id = view.cache.dates[f], view.cache.record_id
+    for d in reversed(ordered) if newest else ordered:
+        yield dates[d], record_id(d), shard
 
 
 # --- snippets -------------------------------------------------------------------------------

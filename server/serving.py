@@ -39,6 +39,8 @@ def serve(
         channel_timeout=120,
         # the whole request body is capped by the app's MAX_CONTENT_LENGTH as well
         max_request_body_size=config.server.max_request_bytes,
+        # a streamed export waits for a slow client instead of piling up to 16 MB per response
+        outbuf_high_watermark=2**20,
     )
     url = f"http://{server.effective_host}:{server.effective_port}"  # type: ignore[union-attr]
     try:
