@@ -118,6 +118,7 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=60000")
+    conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: the catalog indexes stay in memory
     return conn
 
 
