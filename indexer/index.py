@@ -37,6 +37,7 @@ from whoosh.filedb.filestore import FileStorage
 from whoosh.index import TOC
 from whoosh.util.numeric import byte_to_length
 
+from archivist.records import format_utc
 from indexer.errors import IndexerError, IndexUnavailable
 from indexer.schema import build_schema
 from indexer.search import (
@@ -48,7 +49,6 @@ from indexer.search import (
     ShardCache,
     ShardView,
     compile_query,
-    format_utc,
     make_parser,
     make_snippet,
     order_matches,

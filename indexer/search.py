@@ -115,17 +115,6 @@ def to_micros(value: datetime) -> int:
     return (value - _EPOCH) // timedelta(microseconds=1)
 
 
-def format_utc(value: datetime) -> str:
-    """Format an aware datetime as ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` in UTC.
-
-    :param value: an aware datetime.
-    """
-    value = value.astimezone(UTC)
-    if value.microsecond:
-        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def parse_timestamp(text: str) -> datetime:
     """Parse an ISO 8601 timestamp with offset or ``Z`` into an aware UTC datetime.
 

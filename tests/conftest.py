@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from archivist.config import Config, load_config
+from indexer.services import Services
+from server import close_app, create_app
 
 CONFIG_TEXT = """
 [active]
@@ -52,10 +54,8 @@ def config(config_path: Path) -> Config:
 
 
 @pytest.fixture
-def services(config: Config) -> Iterator[Any]:
-    """Database, sessions and store of the tmp_path installation, created fresh."""
-    from indexer.services import Services
-
+def services(config: Config) -> Iterator[Services]:
+    """Database, sessions, store and index of the tmp_path installation, created fresh."""
     with Services.open(config, create=True) as services:
         yield services
 
@@ -102,8 +102,6 @@ ARCHIVE_AS_OF = "2026-01-01T00:00:00Z"
 @pytest.fixture
 def app(services: Any) -> Iterator[Any]:
     """The Flask app of the tmp_path installation (its database created by `services`)."""
-    from server import close_app, create_app
-
     app = create_app(services.config)
     app.config["TESTING"] = True
     yield app
