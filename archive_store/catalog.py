@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +85,10 @@ def format_time(value: datetime) -> str:
     """
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"naive datetime {value!r}: archive store times must be aware")
-    # isoformat() of a naive time: seconds always, `.ffffff` only when there are microseconds.
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    # isoformat(): seconds always, `.ffffff` only when there are microseconds, then "+00:00".
+    return value.isoformat()[:-6] + "Z"
 
 
 def parse_time(text: str) -> datetime:
@@ -104,7 +106,8 @@ def epoch_micros(value: datetime) -> int:
     """
     if value.tzinfo is None:
         raise ValueError(f"naive datetime {value!r}: archive store times must be aware")
-    return (value - _EPOCH) // timedelta(microseconds=1)
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import struct
@@ -18,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import orjson
 import zstandard
 
 from archive_store.errors import SegmentCorrupt
@@ -39,14 +41,46 @@ _codecs = threading.local()  # zstd (de)compressor objects are not thread-safe; 
 def canonical_json(value: Any) -> bytes:
     """Encode a JSON value canonically (sorted keys, no spaces, UTF-8).
 
+    orjson does it ~3x faster than `json`; values it cannot encode (integers beyond 64 bits,
+    lone surrogates) fall back to `json`, so the bytes depend only on the value.
+
     :param value: a JSON value; NaN and infinities are refused since JSON has no such numbers
     """
+    try:
+        data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        return _canonical_json_slow(value)
+    # orjson writes NaN and infinities as null: only then is a closer look needed.
+    if b"null" in data and not _finite(value):
+        raise ValueError("Out of range float values are not JSON compliant")
+    return data
+
+
+def _canonical_json_slow(value: Any) -> bytes:
     text = json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
     # surrogatepass: a lone surrogate ("\\ud800" in the input JSON) survives; json.loads reads
     # such bytes back with the same error handler.
     return text.encode("utf-8", "surrogatepass")
+
+
+def _finite(value: Any) -> bool:
+    """False if a NaN or an infinity is anywhere in the value."""
+    kind = type(value)
+    if kind is dict:
+        items = value.values()
+    elif kind is list or kind is tuple:
+        items = value
+    else:
+        return kind is not float or math.isfinite(value)
+    for item in items:
+        kind = type(item)
+        if kind is str or kind is int or item is None or kind is bool:
+            continue
+        if not _finite(item):
+            return False
+    return True
 
 
 def canonical_object(fields: dict[str, Any], encoded: dict[str, bytes]) -> bytes:

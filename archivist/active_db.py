@@ -255,9 +255,17 @@ def find_active_ids(session: Session, record_ids: Sequence[str]) -> list[str]:
     return found
 
 
+def record_columns() -> list[Any]:
+    """The columns a Record is built from, in `Record`'s field order (for `select_records`)."""
+    return [ACTIVE_TABLE.c[name] for name in (*_RECORD_COLUMNS, "attributes")]
+
+
 def select_records(session: Session, stmt: Select[Any]) -> list[Record]:
-    """Run a select over `active_records` columns and build Records without ORM objects."""
-    return [_row_to_record(row._mapping) for row in session.execute(stmt)]
+    """Run a select of `record_columns()` and build Records without ORM objects."""
+    return [
+        Record(*row[:-1], attributes=None if row[-1] is None else json.loads(row[-1]))
+        for row in session.execute(stmt)
+    ]
 
 
 def _row_to_record(row: Any) -> Record:

@@ -17,7 +17,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from archive_store import ArchiveItem, ArchiveStore
 from archive_store.faults import crash_point
-from archivist.active_db import ACTIVE_TABLE, ActiveRecord, delete_records, select_records
+from archivist.active_db import (
+    ActiveRecord,
+    delete_records,
+    record_columns,
+    select_records,
+)
 from archivist.holds import load_hold_set
 from archivist.records import Record
 from archivist.retention import RetentionRules, archive_cutoff
@@ -95,7 +100,7 @@ def _archive_one_batch(
     with store.moving():
         with sessions.begin() as session:
             stmt = (
-                select(ACTIVE_TABLE)
+                select(*record_columns())
                 .where(aged & _not_held(session))
                 .order_by(ActiveRecord.updated_at_utc)
                 .limit(batch_size)
