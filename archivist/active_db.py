@@ -262,10 +262,13 @@ def record_columns() -> list[Any]:
 
 def select_records(session: Session, stmt: Select[Any]) -> list[Record]:
     """Run a select of `record_columns()` and build Records without ORM objects."""
-    return [
-        Record(*row[:-1], attributes=None if row[-1] is None else json.loads(row[-1]))
-        for row in session.execute(stmt)
-    ]
+    records = []
+    for row in session.execute(stmt):
+        fields: list[Any] = list(row)
+        if fields[-1] is not None:
+            fields[-1] = json.loads(fields[-1])
+        records.append(Record(*fields))
+    return records
 
 
 def _row_to_record(row: Any) -> Record:
