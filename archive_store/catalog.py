@@ -67,8 +67,8 @@ CREATE TABLE IF NOT EXISTS records (
     state_seq INTEGER NOT NULL  -- seq of the entry that set the current state
 );
 CREATE INDEX IF NOT EXISTS records_state ON records (state, seq);
-CREATE INDEX IF NOT EXISTS records_unindexed ON records (indexed, state_seq);
-CREATE INDEX IF NOT EXISTS records_pending ON records (pending);
+CREATE INDEX IF NOT EXISTS records_unindexed ON records (state_seq) WHERE indexed = 0;
+CREATE INDEX IF NOT EXISTS records_pending ON records (record_id) WHERE pending IS NOT NULL;
 CREATE INDEX IF NOT EXISTS records_updated ON records (updated_at_us);
 """
 
@@ -122,6 +122,7 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=60000")
     conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: the catalog indexes stay in memory
+    conn.execute("PRAGMA wal_autocheckpoint=10000")  # checkpoint every ~40 MiB of WAL, not 4
     return conn
 
 
@@ -142,19 +143,27 @@ def create_schema(conn: sqlite3.Connection) -> None:
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def transaction(conn: sqlite3.Connection, durable: bool = True) -> Iterator[sqlite3.Connection]:
     """A write transaction: commit on success, roll back on any error.
 
     :param conn: a catalog connection
+    :param durable: False skips the commit's fsync, for changes a crash may lose because they
+        are redone anyway (WAL keeps the file consistent; the next durable commit syncs them)
     """
-    conn.execute("BEGIN IMMEDIATE")
+    if not durable:
+        conn.execute("PRAGMA synchronous=NORMAL")
     try:
-        yield conn
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    finally:
+        if not durable:
+            conn.execute("PRAGMA synchronous=FULL")
 
 
 @contextmanager

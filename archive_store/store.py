@@ -368,11 +368,11 @@ class ArchiveStore:
             crash_point("store.catalog_committed")
 
     @contextmanager
-    def _write_catalog(self) -> Iterator[sqlite3.Connection]:
+    def _write_catalog(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """Lock and run one catalog-only transaction (no segment is touched)."""
         with self._locked():
             conn = self._db()
-            with transaction(conn):
+            with transaction(conn, durable):
                 yield conn
 
     def _remove_orphans(self, conn: sqlite3.Connection) -> None:
@@ -508,7 +508,8 @@ class ArchiveStore:
 
         :param record_ids: ids whose removal from the active database has committed
         """
-        with self._write_catalog() as conn:
+        # Not fsynced: a mark a crash brings back is cleared again by reconcile_pending.
+        with self._write_catalog(durable=False) as conn:
             for chunk in chunked(dict.fromkeys(record_ids)):
                 conn.execute(
                     "UPDATE records SET pending = NULL WHERE pending = 'delete_active' "
