@@ -243,7 +243,7 @@ class ArchivePositions(Positions):  # type: ignore[misc]
         """Yield ``(term, frequency, weight, encoded positions)`` for a document text."""
         fb = self.field_boost
         encode = self.encode
-        single = _SINGLE_POSITION
+        single = SINGLE_POSITION_VALUES
         for w, poslist in index_positions(value).items():
             n = len(poslist)
             if n == 1 and poslist[0] < len(single):
@@ -253,4 +253,5 @@ class ArchivePositions(Positions):  # type: ignore[misc]
                 yield w, n, n * fb, encode(poslist)
 
 
-_SINGLE_POSITION = [Positions().encode([p]) for p in range(4096)]
+SINGLE_POSITION_VALUES = [Positions().encode([p]) for p in range(4096)]
+"""The Positions value of a term found once, at position ``i`` (most terms of a document)."""

@@ -26,6 +26,7 @@ import threading
 import time
 import types
 import uuid
+from array import array
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +39,7 @@ from whoosh.index import TOC
 from whoosh.util.numeric import byte_to_length
 
 from archivist.records import format_utc
+from indexer.analysis import SINGLE_POSITION_VALUES, ArchivePositions, index_positions
 from indexer.errors import IndexerError, IndexUnavailable
 from indexer.schema import build_schema
 from indexer.search import (
@@ -382,12 +384,12 @@ class SearchIndex:
             holders = self._find_ids(gen, list(batch))
             for name, documents in sorted(by_shard.items()):
                 ix = self._shard_index(gen, name, create=True)
-                writer = open_writer(ix, timeout=60.0, limitmb=256)
+                writer = open_writer(ix, timeout=60.0)
                 try:
                     for doc in documents:
                         if name in holders.get(doc["id"], ()):
                             writer.delete_by_term("id", doc["id"])
-                        writer.add_document(**doc)
+                        _add_record(writer, doc)
                 except BaseException:
                     writer.cancel()
                     raise
@@ -508,50 +510,176 @@ class SearchIndex:
         self.close()
 
 
-class _CachedLengths:
-    """Per-document field lengths of a new segment, decoded once per field.
+class _MemoryPool:
+    """The postings of the segment being written, grouped by field and term in memory.
 
-    Whoosh's postings writer asks the length of every posting's document one call at a time
-    (for block quality stats); reading each through the column reader was ~15% of indexing.
+    Stands in for Whoosh's PostingPool, which pickles every posting into sorted run files and
+    merges them back through a heap: that, and the generic per-posting path around it, was
+    over half of indexing time. Postings of one term arrive in increasing document order
+    (documents are numbered as they are added, merged segments after them), so nothing needs
+    sorting but the terms, once, when the segment is flushed.
     """
 
-    def __init__(self, pdr: Any) -> None:
-        self._pdr = pdr
-        self._cache: dict[str, list[int]] = {}
+    def __init__(self) -> None:
+        self.fields: dict[str, dict[bytes, tuple[array[int], array[float], list[bytes]]]] = {}
 
-    def doc_field_length(self, docnum: int, fieldname: str, default: int = 0) -> int:
-        lengths = self._cache.get(fieldname)
-        if lengths is None:
-            reader = self._pdr._cached_reader(_lenfield(fieldname), LENGTHS_COLUMN)
-            if reader is None:
-                lengths = []
+    def terms(self, fieldname: str) -> dict[bytes, tuple[array[int], array[float], list[bytes]]]:
+        """Return the term table of a field."""
+        terms = self.fields.get(fieldname)
+        if terms is None:
+            terms = self.fields[fieldname] = {}
+        return terms
+
+    def add(self, item: tuple[str, bytes, int, float, bytes | None]) -> None:
+        """Add one ``(fieldname, btext, docnum, weight, value)`` posting (Whoosh merges)."""
+        fieldname, btext, docnum, weight, value = item
+        terms = self.terms(fieldname)
+        entry = terms.get(btext)
+        if entry is None:
+            entry = terms[btext] = (array("I"), array("f"), [])
+        entry[0].append(docnum)
+        entry[1].append(weight)
+        if value:
+            entry[2].append(value)
+
+    def cleanup(self) -> None:
+        """Drop the buffered postings."""
+        self.fields.clear()
+
+
+def _add_record(writer: Any, doc: dict[str, Any]) -> None:
+    """SegmentWriter.add_document for our schema, straight into the writer's _MemoryPool.
+
+    Same segment content as ``add_document(**doc)``: text fields go through
+    :func:`index_positions` once instead of Whoosh's per-token generators.
+    """
+    schema = writer.schema
+    pool: _MemoryPool = writer.pool
+    docnum = writer.docnum
+    # Analyse first: a failure here leaves neither the pool nor the per-document writer touched.
+    entries: list[tuple[str, Any, Any, Any]] = []
+    for fieldname in sorted(doc):
+        value = doc[fieldname]
+        if value is None:
+            continue
+        field = schema[fieldname]
+        postings: Any = None
+        if field.indexed:
+            if type(field.format) is ArchivePositions:
+                postings = index_positions(value)
             else:
-                lengths = [byte_to_length(b) if b else default for b in reader]
-            self._cache[fieldname] = lengths
-        return lengths[docnum] if docnum < len(lengths) else default
+                postings = list(field.index(value))
+        entries.append((fieldname, field, value, postings))
+    pdw = writer.perdocwriter
+    pdw.start_doc(docnum)
+    single = SINGLE_POSITION_VALUES
+    nsingle = len(single)
+    for fieldname, field, value, postings in entries:
+        length = 0
+        if postings is not None:
+            terms = pool.terms(fieldname)
+            if type(postings) is dict:
+                encode = field.format.encode
+                for w, poslist in postings.items():
+                    btext = w.encode("utf-8")
+                    entry = terms.get(btext)
+                    if entry is None:
+                        entry = terms[btext] = (array("I"), array("f"), [])
+                    n = len(poslist)
+                    entry[0].append(docnum)
+                    entry[1].append(n)
+                    p = poslist[0]
+                    entry[2].append(single[p] if n == 1 and p < nsingle else encode(poslist))
+                    length += n
+                if not field.scorable:
+                    length = 0
+            else:
+                scorable = field.scorable
+                for btext, freq, weight, vbytes in postings:
+                    entry = terms.get(btext)
+                    if entry is None:
+                        entry = terms[btext] = (array("I"), array("f"), [])
+                    entry[0].append(docnum)
+                    entry[1].append(weight)
+                    if vbytes:
+                        entry[2].append(vbytes)
+                    if scorable:
+                        length += freq
+        pdw.add_field(fieldname, field, value if field.stored else None, length)
+        column = field.column_type
+        if column:
+            pdw.add_column_value(fieldname, column, field.to_column_value(value))
+    pdw.finish_doc()
+    writer._added = True
+    writer.docnum += 1
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pdr, name)
+
+def _doc_lengths(pdr: Any, fieldname: str, doccount: int) -> list[int] | None:
+    """Return a field's length per document of a new segment, as Whoosh stores it."""
+    reader = pdr._cached_reader(_lenfield(fieldname), LENGTHS_COLUMN)
+    if reader is None:
+        return None
+    lengths = [byte_to_length(b) if b else 0 for b in reader]
+    lengths.extend([0] * (doccount - len(lengths)))
+    return lengths
 
 
-def _fast_flush(writer: Any) -> None:
-    """SegmentWriter._flush_segment with cached document lengths (see _CachedLengths)."""
+def _flush_pool(writer: Any) -> None:
+    """SegmentWriter._flush_segment from a _MemoryPool, writing whole posting blocks.
+
+    Writes the same bytes as Whoosh's PostingsWriter.add_posting loop would: the block buffers
+    are filled a block at a time and written by Whoosh's own block and term-info code.
+    """
     writer.perdocwriter.close()
-    pdr = writer.per_document_reader() if writer.codec.length_stats else None
-    postings = writer.pool.iter_postings()
-    writer.fieldwriter.add_postings(writer.schema, _CachedLengths(pdr) if pdr else None, postings)
-    writer.fieldwriter.close()
-    if pdr:
+    pdr = writer.per_document_reader()
+    doccount = writer.docnum
+    fw = writer.fieldwriter
+    pool: _MemoryPool = writer.pool
+    schema = writer.schema
+    try:
+        for fieldname in sorted(pool.fields):
+            if fieldname not in schema:
+                continue
+            terms = pool.fields[fieldname]
+            lengths = _doc_lengths(pdr, fieldname, doccount)
+            fw.start_field(fieldname, schema[fieldname])
+            pw = fw._postwriter
+            limit = pw._blocklimit
+            for btext in sorted(terms):
+                docs, weights, values = terms[btext]
+                fw.start_term(btext)
+                for i in range(0, len(docs), limit):
+                    if i:
+                        pw._write_block()
+                    ids = docs[i : i + limit]
+                    ws = weights[i : i + limit]
+                    pw._ids = ids
+                    pw._weights = ws
+                    pw._values = values[i : i + limit]
+                    pw._maxweight = max(ws)
+                    if lengths is not None:
+                        ls = [n for n in map(lengths.__getitem__, ids) if n]
+                        if ls:
+                            pw._minlength = min(ls)
+                            pw._maxlength = max(ls)
+                fw.finish_term()
+            fw.finish_field()
+            terms.clear()
+    finally:
         pdr.close()
+    fw.close()
 
 
 def open_writer(ix: windex.Index, **kwargs: Any) -> Any:
-    """Open a Whoosh writer on a shard with the faster segment flush.
+    """Open a Whoosh writer on a shard that buffers postings in memory (see _MemoryPool).
+
+    Add documents with :func:`_add_record`; Whoosh's own ``add_document`` would bypass the pool.
 
     :param ix: the shard index.
     """
     writer = ix.writer(**kwargs)
-    writer._flush_segment = types.MethodType(_fast_flush, writer)
+    writer.pool = _MemoryPool()
+    writer._flush_segment = types.MethodType(_flush_pool, writer)
     return writer
 
 
@@ -587,10 +715,9 @@ def _load_hit(
 
 def run_build_worker() -> None:
     """Entry point of a rebuild worker process: pickled batches on stdin, a JSON line out."""
-    gen, period, worker = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    gen, worker = sys.argv[1], int(sys.argv[3])
     inbox = sys.stdin.buffer
     writers: dict[str, Any] = {}
-    limitmb = 192 if period == "year" else 48
     count = 0
     try:
         while True:
@@ -603,9 +730,9 @@ def run_build_worker() -> None:
                 path = Path(gen) / "_parts" / name / f"w{worker}"
                 path.mkdir(parents=True, exist_ok=True)
                 ix = windex.create_in(str(path), build_schema())
-                writer = writers[name] = open_writer(ix, limitmb=limitmb)
+                writer = writers[name] = open_writer(ix)
             for record, archived_at in batch:
-                writer.add_document(**build_document(record, archived_at))
+                _add_record(writer, build_document(record, archived_at))
             count += len(batch)
         for writer in writers.values():
             writer.commit()
