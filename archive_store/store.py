@@ -350,13 +350,17 @@ class ArchiveStore:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     @contextmanager
-    def _write(self) -> Iterator[tuple[sqlite3.Connection, _Appender]]:
-        """Lock, begin a catalog transaction, append through an appender, fsync, commit."""
+    def _write(self, durable: bool = True) -> Iterator[tuple[sqlite3.Connection, _Appender]]:
+        """Lock, begin a catalog transaction, append through an appender, fsync, commit.
+
+        :param durable: False leaves the catalog commit unsynced (the frames are still
+            fsynced first), for changes that reconcile redoes if a crash loses them
+        """
         with self._locked():
             conn = self._db()
             appender: _Appender | None = None
             try:
-                with transaction(conn):
+                with transaction(conn, durable):
                     appender = _Appender(self._segments_dir, conn, self.segment_max_bytes)
                     yield conn, appender
                     appender.write(conn)  # frames durable before the commit names them
@@ -543,7 +547,9 @@ class ArchiveStore:
         :param actor: who restored it
         """
         at_text = format_time(at)
-        with self._write() as (conn, appender):
+        # Unsynced: if a crash loses this commit, the durable `insert_active` mark and the
+        # active row are still there, and reconcile_pending completes the restore again.
+        with self._write(durable=False) as (conn, appender):
             row = self._require(conn, record_id)
             if row["state"] != "archived":
                 raise NotArchived(f"record {record_id} is {row['state']}, not archived")
@@ -605,7 +611,8 @@ class ArchiveStore:
         rows = [(item[0], item[1], item[2] if len(item) > 2 else "archived") for item in items]
         if not rows:
             return
-        with self._write_catalog() as conn:
+        # Unsynced: a mark a crash loses only makes catch-up apply the same change again.
+        with self._write_catalog(durable=False) as conn:
             conn.executemany(
                 "UPDATE records SET indexed = 1 WHERE record_id = ? AND version = ? AND state = ?",
                 rows,
