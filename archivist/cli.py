@@ -346,7 +346,7 @@ def _log_to_stderr() -> None:
 @click.option("--port", type=int, default=None, help="Port to listen on (default: server.port).")
 @config_option
 def serve(host: str | None, port: int | None, config: Config) -> None:
-    """Serve the HTTP API on waitress until SIGTERM or Ctrl-C."""
+    """Serve the HTTP API on gunicorn until SIGTERM or Ctrl-C."""
     _log_to_stderr()
     serve_app(config, host, port, on_ready=lambda url: click.echo(f"serving on {url}"))
 

@@ -1,4 +1,4 @@
-"""HTTP benchmark: search throughput and latency on the real waitress server, under load.
+"""HTTP benchmark: search throughput and latency on the real gunicorn server, under load.
 
 For 1, 8 and 32 concurrent clients, each phase runs a mixed query set against `archivist serve`
 while an archive job moves a fresh batch of records (the worker's job, run as its own process)
@@ -46,7 +46,7 @@ dir = "data/archive"
 [index]
 dir = "data/index"
 [server]
-threads = 8
+processes = {processes}
 rate_limit_per_minute = 100000000
 """
 QUERIES = [
@@ -84,11 +84,11 @@ def import_batch(services: Services, count: int, start: int) -> None:
     import_lines(lines, services.sessions, services.store.find_archived)
 
 
-def build(folder: Path, records: int) -> tuple[Path, str, str]:
+def build(folder: Path, records: int, processes: int = 2) -> tuple[Path, str, str]:
     """An installation with `records` archived records; returns config path and two tokens."""
     config_path = folder / "config.toml"
     fresh = not config_path.exists()
-    config_path.write_text(CONFIG)
+    config_path.write_text(CONFIG.format(processes=processes))
     config = load_config(config_path)
     with Services.open(config, create=True) as services:
         if fresh:
@@ -235,24 +235,38 @@ def run_phase(
     }
 
 
-def rss_kib(pid: int) -> int:
-    """The resident set size of a process."""
+def memory_kib(pid: int) -> dict[str, int]:
+    """Resident memory of a process: all of it (VmRSS) and its anonymous part (RssAnon)."""
+    out = {"VmRSS": 0, "RssAnon": 0}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+        key = line.split(":", 1)[0]
+        if key in out:
+            out[key] = int(line.split()[1])
+    return out
 
 
-def measure_export(port: int, token: str, pid: int) -> dict[str, float]:
-    """Stream the whole archive as CSV; rows, time, and the server's RSS growth."""
-    before = rss_kib(pid)
-    peak = before
+def worker_pids(pid: int) -> list[int]:
+    """The server's worker processes (gunicorn forks them from the process we started)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children] or [pid]
+
+
+def measure_export(port: int, token: str, server_pid: int) -> dict[str, float]:
+    """Stream the whole archive as CSV; rows, time, and the largest growth of a worker process.
+
+    Growth is measured per worker process (the export runs in one of them): resident memory,
+    and its anonymous part, which excludes pages of memory-mapped index files.
+    """
+    pids = worker_pids(server_pid)
+    before = {pid: memory_kib(pid) for pid in pids}
+    peak = {pid: dict(values) for pid, values in before.items()}
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
         while not done.wait(0.05):
-            peak = max(peak, rss_kib(pid))
+            for pid in pids:
+                for key, value in memory_kib(pid).items():
+                    peak[pid][key] = max(peak[pid][key], value)
 
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -272,7 +286,8 @@ def measure_export(port: int, token: str, pid: int) -> dict[str, float]:
         "rows": rows - 1,
         "mib": size / 2**20,
         "seconds": elapsed,
-        "rss_growth_mib": (peak - before) / 1024,
+        "rss_growth_mib": max(peak[p]["VmRSS"] - before[p]["VmRSS"] for p in pids) / 1024,
+        "anon_growth_mib": max(peak[p]["RssAnon"] - before[p]["RssAnon"] for p in pids) / 1024,
     }
 
 
@@ -283,10 +298,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--dir", type=Path, default=None, help="reuse an installation here")
     parser.add_argument("--export-only", action="store_true", help="only measure the export")
+    parser.add_argument("--processes", type=int, default=2, help="server worker processes")
     args = parser.parse_args()
     folder = args.dir or Path(tempfile.mkdtemp(prefix="archivist-bench-http-"))
     folder.mkdir(parents=True, exist_ok=True)
-    config_path, admin, agent = build(folder, args.records)
+    config_path, admin, agent = build(folder, args.records, args.processes)
     restore_ids = [f"REC-{n:08d}" for n in random.Random(5).sample(range(args.records), 2000)]
     port = free_port()
     log = (folder / "serve.log").open("wb")
@@ -314,7 +330,9 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        Client(port, agent).request("GET", "/api/v1/search?q=warm")  # load the shard caches
+        for _ in range(3):  # load the shard caches of every worker process
+            for query in QUERIES:
+                Client(port, agent).request("GET", "/api/v1/search?" + urlencode(query))
         results = [] if args.export_only else [
             run_phase(port, agent, admin, c, args.seconds, config_path, restore_ids)
             for c in (1, 8, 32)
@@ -326,7 +344,7 @@ def main() -> None:
         log.close()
     print(
         f"\n{args.records} archived records, {args.seconds:.0f} s per phase, "
-        f"waitress with 8 threads, {len(QUERIES)} queries in the mix\n"
+        f"gunicorn, {args.processes} processes of 4 threads, {len(QUERIES)} queries in the mix\n"
     )
     print(
         "| clients | requests | req/s | p50 ms | p99 ms | errors | restores | restore p95 ms "
@@ -342,7 +360,8 @@ def main() -> None:
     print(
         f"\nexport.csv: status {export['status']}, {export['rows']} rows, "
         f"{export['mib']:.1f} MiB in {export['seconds']:.1f} s, "
-        f"server RSS growth {export['rss_growth_mib']:.1f} MiB"
+        f"largest growth of a server process: RSS {export['rss_growth_mib']:.1f} MiB, "
+        f"anonymous {export['anon_growth_mib']:.1f} MiB"
     )
     print(f"\ninstallation: {folder}")
 

@@ -143,7 +143,9 @@ def secret_key_path(config: Config) -> Path:
 def load_secret_key(path: Path) -> str:
     """Read the session key from `path`, creating it (mode 0600) on first use.
 
-    Kept on disk so that a restart, or a second server process, keeps everyone signed in.
+    Kept on disk so that a restart, or another server process, keeps everyone signed in. The
+    key is written to a private file first and then linked into place, so a process that
+    starts at the same moment reads either no file or the whole key, never an empty one.
     """
     try:
         return path.read_text(encoding="ascii").strip()
@@ -151,14 +153,19 @@ def load_secret_key(path: Path) -> str:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_hex(32)
+    draft = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process created it first: use theirs
-        return path.read_text(encoding="ascii").strip()
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(key + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(key + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(draft, path)
+        except FileExistsError:  # another process published its key first: use theirs
+            return path.read_text(encoding="ascii").strip()
+    finally:
+        draft.unlink(missing_ok=True)
     return key
 
 

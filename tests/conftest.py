@@ -161,14 +161,14 @@ def archived(services: Any) -> Callable[..., list[dict[str, Any]]]:
 
 @pytest.fixture
 def live_server(app: Any) -> Iterator[str]:
-    """`app` on a real waitress server in a thread; yields its base URL."""
+    """`app` on a real threaded HTTP server in this process; yields its base URL."""
     import threading
 
-    from waitress import create_server
+    from werkzeug.serving import make_server
 
-    server = create_server(app, host="127.0.0.1", port=0, threads=8)
-    thread = threading.Thread(target=server.run, daemon=True)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.effective_port}"
-    server.close()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
     thread.join(timeout=10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -183,6 +184,28 @@ def test_ui_secret_key_persists_next_to_the_database(config: Any, tmp_path: Path
     first = load_secret_key(path)
     assert load_secret_key(path) == first and len(first) == 64
     assert path.stat().st_mode & 0o077 == 0
+
+
+def _load_key_after(barrier: Any, path: Path, results: Any) -> None:
+    barrier.wait()
+    results.put(load_secret_key(path))
+
+
+def test_ui_secret_key_is_the_same_for_server_processes_starting_together(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    ctx = multiprocessing.get_context("fork")
+    for _ in range(5):
+        path.unlink(missing_ok=True)
+        barrier, results = ctx.Barrier(6), ctx.Queue()
+        workers = [ctx.Process(target=_load_key_after, args=(barrier, path, results))
+                   for _ in range(6)]
+        for worker in workers:
+            worker.start()
+        keys = {results.get(timeout=30) for _ in workers}
+        for worker in workers:
+            worker.join(timeout=30)
+        assert keys == {path.read_text().strip()} and len(keys.pop()) == 64
+        assert [p.name for p in tmp_path.iterdir()] == ["key"]  # no draft left behind
 
 
 def test_ui_secret_key_from_config(config_path: Path, services: Any) -> None:
