@@ -1,9 +1,10 @@
 """Search over time shards: SearchQuery -> SearchPage (hits, exact total, facets).
 
-Parsing and cost limits happen before anything runs. Execution uses Whoosh for parsing,
-postings and BM25 scoring, and per-shard column caches (category, kind, dates, sort order) for
-filters, facets and date sorting, so that totals and facets are exact without scoring every
-document.
+Parsing and cost limits happen before anything runs. Execution uses Whoosh for parsing and
+its posting files, and evaluates queries with numpy over whole posting blocks; per-shard column
+caches (category, kind, dates, sort order) serve filters, facets and date sorting, so that
+totals and facets are exact at a cost of a few array operations per query rather than Python
+work per match.
 
 Relevance across shards: BM25 with collection statistics (document count, document frequency,
 average field length) summed over *all* shards of the index, so a document scores the same as it
@@ -16,11 +17,15 @@ from __future__ import annotations
 
 import heapq
 import html
+import io
 import math
+import pickle
 import re
+import struct
 import time
+import zlib
 from array import array
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,9 +35,17 @@ from itertools import accumulate
 from pickle import loads
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from whoosh import query as wq
-from whoosh.codec.whoosh3 import LENGTHS_COLUMN, W3LeafMatcher, _lenfield
+from whoosh.codec.whoosh3 import (
+    LENGTHS_COLUMN,
+    WHOOSH3_HEADER_MAGIC,
+    W3TermsReader,
+    _lenfield,
+)
 from whoosh.qparser import MultifieldParser, QueryParserError
+from whoosh.reading import TermNotFound
 from whoosh.searching import Searcher
 from whoosh.util.numeric import byte_to_length
 
@@ -353,53 +366,74 @@ class GlobalStats:
 
 # --- per-shard caches -------------------------------------------------------------------------
 
+Docs = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
+
+_NO_DOCS: Docs = np.empty(0, np.int64)
+_NO_SCORES: Floats = np.empty(0, np.float64)
+_YEAR_STARTS_NP = np.array(_YEAR_STARTS, np.int64)
+
 
 class ShardCache:
-    """Per-document values of one shard's searcher, read once and shared by every query."""
+    """Per-document values of one shard's searcher, read once and shared by every query.
+
+    Values are numpy arrays indexed by document number, so that filters, facets and sorting
+    run over a query's matches without Python work per match.
+    """
 
     def __init__(self, searcher: Searcher) -> None:
         reader = searcher.reader()
         self.searcher = searcher
         self.size = reader.doc_count_all()
         self.live = array("i", reader.all_doc_ids())
+        self.live_docs: Docs = np.array(self.live, np.int64)
+        # None when nothing is deleted (the usual case): no mask to apply.
+        self.live_mask: npt.NDArray[np.bool_] | None = None
+        if len(self.live) != self.size:
+            self.live_mask = np.zeros(self.size, np.bool_)
+            self.live_mask[self.live_docs] = True
         self.cat_names, self.cat_ord = self._ordinals(reader, "category")
         self.kind_names, self.kind_ord = self._ordinals(reader, "kind")
-        self.dates = {f: array("q", reader.column_reader(date_column(f))) for f in DATE_FIELDS}
+        self.dates: dict[str, npt.NDArray[np.int64]] = {
+            f: np.array(array("q", reader.column_reader(date_column(f))), np.int64)
+            for f in DATE_FIELDS
+        }
         self._id_column = reader.column_reader("id")
-        self._years: dict[str, array[int]] = {}
-        self._orders: dict[str, tuple[array[int], array[int], array[int]]] = {}
+        self._id_rank: npt.NDArray[np.int64] | None = None
+        self._years: dict[str, npt.NDArray[np.int64]] = {}
+        self._orders: dict[str, tuple[Docs, npt.NDArray[np.int64], npt.NDArray[np.int64]]] = {}
         self._all_facets: dict[str, dict[str, dict[str, int]]] = {}
-        self.deleted = (
-            set(range(self.size)).difference(self.live) if self.size != len(self.live) else set()
-        )
-        self._lengths: dict[str, list[int]] = {}
-        self._norms: dict[tuple[str, float], list[float]] = {}
+        self._lengths: dict[str, npt.NDArray[np.float64]] = {}
+        self._norms: dict[tuple[str, float], Floats] = {}
 
-    def lengths(self, fieldname: str) -> list[int]:
+    def lengths(self, fieldname: str) -> npt.NDArray[np.float64]:
         """Return the length of a text field for every document number."""
         got = self._lengths.get(fieldname)
         if got is None:
-            got = []
-            table = _LEN_TABLE
+            parts = []
             for leaf, _base in self.searcher.reader().leaf_readers():
                 n = leaf.doc_count_all()
                 col = leaf._perdoc._cached_reader(_lenfield(fieldname), LENGTHS_COLUMN)
-                got.extend([0] * n if col is None else map(table.__getitem__, col))
+                if col is None:
+                    parts.append(np.zeros(n, np.float64))
+                else:
+                    parts.append(_LEN_TABLE_NP[np.fromiter(col, np.uint8, n)])
+            got = np.concatenate(parts) if parts else np.zeros(0, np.float64)
             self._lengths[fieldname] = got
         return got
 
-    def norms(self, fieldname: str, avgfl: float) -> list[float]:
+    def norms(self, fieldname: str, avgfl: float) -> Floats:
         """Return BM25's length normalisation ``K1 * (1 - B + B * len / avgfl)`` per document."""
         key = (fieldname, avgfl)
         got = self._norms.get(key)
         if got is None:
             a, b = _K1 * (1 - _B), _K1 * _B / avgfl
-            got = [a + b * n for n in self.lengths(fieldname)]
+            got = a + b * self.lengths(fieldname)
             self._norms = {key: got, **{k: v for k, v in self._norms.items() if k[0] != fieldname}}
         return got
 
     @staticmethod
-    def _ordinals(reader: Any, fieldname: str) -> tuple[list[str], array[int]]:
+    def _ordinals(reader: Any, fieldname: str) -> tuple[list[str], npt.NDArray[np.int64]]:
         names: list[str] = []
         index: dict[str, int] = {}
         ords = array("H")
@@ -409,42 +443,49 @@ class ShardCache:
                 i = index[value] = len(names)
                 names.append(value)
             ords.append(i)
-        return names, ords
+        return names, np.array(ords, np.int64)
 
     def record_id(self, docnum: int) -> str:
         """Return the record id of a document number."""
         value = self._id_column[docnum]
         return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
-    def years(self, date_field: str) -> array[int]:
-        """Return the year of ``date_field`` for every document number."""
+    def id_rank(self) -> npt.NDArray[np.int64]:
+        """Return every document's rank in record id order (for ties)."""
+        if self._id_rank is None:
+            ids = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in self._id_column]
+            rank = np.empty(self.size, np.int64)
+            rank[np.argsort(np.array(ids, dtype=str), kind="stable")] = np.arange(self.size)
+            self._id_rank = rank
+        return self._id_rank
+
+    def years(self, date_field: str) -> npt.NDArray[np.int64]:
+        """Return the year of ``date_field`` for every document number, as an offset."""
         ys = self._years.get(date_field)
         if ys is None:
-            starts = _YEAR_STARTS
-            ys = array("H", (bisect_right(starts, v) for v in self.dates[date_field]))
+            ys = np.searchsorted(_YEAR_STARTS_NP, self.dates[date_field], side="right")
             self._years[date_field] = ys
         return ys
 
-    def order(self, date_field: str) -> tuple[array[int], array[int], array[int]]:
+    def order(self, date_field: str) -> tuple[Docs, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """Return live documents sorted by (date, id), their dates in that order, and ranks."""
         got = self._orders.get(date_field)
         if got is None:
             dates = self.dates[date_field]
-            ids = list(self._id_column)
-            order = array("i", sorted(self.live, key=lambda d: (dates[d], ids[d])))
-            keys = array("q", (dates[d] for d in order))
-            rank = array("i", [-1]) * self.size
-            for i, d in enumerate(order):
-                rank[d] = i
-            got = self._orders[date_field] = (order, keys, rank)
+            live = self.live_docs
+            order = live[np.lexsort((self.id_rank()[live], dates[live]))]
+            rank = np.full(self.size, -1, np.int64)
+            rank[order] = np.arange(len(order))
+            got = self._orders[date_field] = (order, dates[order], rank)
         return got
 
-    def facets(self, docs: Sequence[int] | None, date_field: str) -> dict[str, Counter[str]]:
+    def facets(self, docs: Docs | None, date_field: str) -> dict[str, Counter[str]]:
         """Count category, kind and year over documents (None: every live document)."""
         if docs is None:
             cached = self._all_facets.get(date_field)
             if cached is None:
-                cached = {k: dict(v) for k, v in self.facets(self.live, date_field).items()}
+                counts = self.facets(self.live_docs, date_field)
+                cached = {k: dict(v) for k, v in counts.items()}
                 self._all_facets[date_field] = cached
             return {k: Counter(v) for k, v in cached.items()}
         out: dict[str, Counter[str]] = {}
@@ -452,11 +493,14 @@ class ShardCache:
             ("category", self.cat_ord, self.cat_names),
             ("kind", self.kind_ord, self.kind_names),
         ):
-            counts = Counter(map(ords.__getitem__, docs))
-            out[name] = Counter({names[i]: c for i, c in counts.items()})
-        ycounts = Counter(map(self.years(date_field).__getitem__, docs))
-        out["year"] = Counter({str(_YEAR0 + i - 1): c for i, c in ycounts.items()})
+            out[name] = _count(np.bincount(ords[docs]), names.__getitem__)
+        ycounts = np.bincount(self.years(date_field)[docs])
+        out["year"] = _count(ycounts, lambda i: str(_YEAR0 + i - 1))
         return out
+
+
+def _count(counts: npt.NDArray[np.int64], name: Callable[[int], str]) -> Counter[str]:
+    return Counter({name(i): int(counts[i]) for i in np.flatnonzero(counts).tolist()})
 
 
 @dataclass
@@ -473,72 +517,343 @@ class ShardView:
 #
 # Whoosh matchers cost ~20 us per posting in Python (scorer objects, per-document length column
 # reads). For exact totals and facets every matching document is needed anyway, so queries are
-# evaluated here as dict/set algebra over postings read a whole block at a time, with BM25
+# evaluated here as numpy set algebra over postings read a whole block at a time: a shard's
+# matches are a sorted array of document numbers with an array of scores beside it, and BM25 is
 # computed from cached per-document field lengths. A document's score is the sum of its
-# matching terms' BM25 (as Whoosh's Or/And do); a phrase scores as the sum of its words.
+# matching terms' BM25 (as Whoosh's Or/And do), added in the same order as Whoosh would, so
+# that equal documents get bit-equal scores; a phrase scores as the sum of its words.
 
 _K1 = 1.2
 _B = 0.75
-_LEN_TABLE = [byte_to_length(b) for b in range(256)]
+_LEN_TABLE_NP = np.array([byte_to_length(b) for b in range(256)], np.float64)
 
-Scores = dict[int, float]
+# One posting block of a term: its document numbers, its values' source (the block's pickled
+# data, unpickled only if a phrase needs its positions, or the values themselves), and whether
+# that data is compressed.
+_Block = tuple[Docs, Any, bool]
+
+
+@dataclass
+class Matches:
+    """The matching documents of one shard (sorted, unique) and their scores."""
+
+    docs: Docs
+    scores: Floats
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def take(self, keep: npt.NDArray[Any]) -> Matches:
+        """Return the matches selected by a boolean mask or an index array."""
+        return Matches(self.docs[keep], self.scores[keep])
+
+
+def _empty() -> Matches:
+    return Matches(_NO_DOCS, _NO_SCORES)
+
+
+def _intersect(a: Docs, b: Docs) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Return the indices in a and in b of the values both sorted arrays hold."""
+    if len(a) > len(b):
+        ib, ia = _intersect(b, a)
+        return ia, ib
+    if not len(a):
+        return np.empty(0, np.intp), np.empty(0, np.intp)
+    pos = np.searchsorted(b, a)
+    pos[pos == len(b)] = 0
+    hit = b[pos] == a
+    return np.flatnonzero(hit), pos[hit]
+
+
+def _member(a: Docs, b: Docs) -> npt.NDArray[np.bool_]:
+    """Return which values of a (any order) are in the sorted array b."""
+    if not len(b):
+        return np.zeros(len(a), np.bool_)
+    pos = np.searchsorted(b, a)
+    pos[pos == len(b)] = 0
+    hit: npt.NDArray[np.bool_] = b[pos] == a
+    return hit
+
+
+def _union(parts: Sequence[Matches], size: int) -> Matches:
+    """Add up the scores of several match sets, in the given order of the parts.
+
+    :param size: the shard's document count; large unions add up over dense arrays.
+    """
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return _empty()
+    if len(parts) == 1:
+        return parts[0]
+    # a part has each document once, so fancy-index += adds each score once
+    if sum(map(len, parts)) * 16 >= size:
+        acc = np.zeros(size, np.float64)
+        seen = np.zeros(size, np.bool_)
+        for p in parts:
+            acc[p.docs] += p.scores
+            seen[p.docs] = True
+        docs = np.flatnonzero(seen)
+        return Matches(docs, acc[docs])
+    docs = np.unique(np.concatenate([p.docs for p in parts]))
+    scores = np.zeros(len(docs), np.float64)
+    for p in parts:
+        scores[np.searchsorted(docs, p.docs)] += p.scores
+    return Matches(docs, scores)
+
+
+_FLOAT_OP = np.dtype([("op", "u1"), ("v", ">f8")])
+_ONE_WEIGHT = b"G" + struct.pack(">d", 1.0)
+
+
+def _fast_block(b: bytes, n: int) -> tuple[int, bytes, bytes] | None:
+    """Split a pickled posting block into its first id, id delta bytes and weight records.
+
+    A block is ``pickle.dumps((id deltas, weights, values), 2)``
+    (``whoosh.codec.whoosh3.W3PostingsWriter._write_block``). Unpickling it builds one bytes
+    object per posting for the positions, which a term query never needs, so the frequent
+    shape (the first id any size, then deltas under 256 as BININT1, weights as BINFLOATs,
+    ``None`` or one float) is sliced here with bytes operations only: the deltas as one byte
+    each, the weights as ``G`` + 8-byte big-endian double each. Any other shape returns None
+    and the caller unpickles.
+    """
+    if n < 4 or b[:3] != b"\x80\x02(":
+        return None
+    op = b[3]
+    if op == 0x4B:  # BININT1
+        first, p = b[4], 5
+    elif op == 0x4D:  # BININT2
+        first, p = b[4] | b[5] << 8, 6
+    elif op == 0x4A:  # BININT
+        first, p = int.from_bytes(b[4:8], "little", signed=True), 8
+    else:
+        return None
+    end = p + 2 * (n - 1)
+    if b[p:end:2] != b"K" * (n - 1) or b[end : end + 2] != b"tq":
+        return None
+    w = end + 3  # after TUPLE and BINPUT
+    kind = b[w : w + 1]
+    if kind == b"N":
+        weights = _ONE_WEIGHT * n
+    elif kind == b"G":
+        weights = b[w : w + 9] * n
+    elif kind == b"(" and b[w + 1 : w + 1 + 9 * n : 9] == b"G" * n:
+        weights = b[w + 1 : w + 1 + 9 * n]
+    else:
+        return None
+    return first, b[p + 1 : end : 2], weights
 
 
 def _leaf_postings(
-    leaf: Any, fieldname: str, btext: bytes, values: list[bytes] | None = None
-) -> tuple[list[int], list[float]]:
-    m = leaf.postings(fieldname, btext)
-    if isinstance(m, W3LeafMatcher):
-        ids: list[int] = []
-        weights: list[float] = []
-        while True:
-            m._read_data()
-            raw, w = m._data[0], m._data[1]
-            n = m._blocklength
-            ids.extend(raw if m._byteids else accumulate(raw))
-            if w is None:
-                weights.extend([1.0] * n)
-            elif isinstance(w, float):
-                weights.extend([w] * n)
-            else:
-                weights.extend(w)
-            if values is not None:
-                m._read_values()
-                values.extend(m._values)
-            if m._lastblock:
-                break
-            m._goto(m._nextoffset)
-        return ids, weights
-    ids, weights = [], []
+    leaf: Any, fieldname: str, btext: bytes, base: int, blocks: list[_Block] | None
+) -> tuple[Docs, Floats]:
+    """Read a term's postings in one segment: document numbers (plus base) and weights.
+
+    The term's whole posting list is read at once from its term info, deleted documents
+    included (the caller masks them); each block is inflated only as far as its ids and weights
+    and split with bytes operations, and the ids and weights of all blocks are then decoded by
+    a few numpy calls. With ``blocks``, each block's ids and values source are kept there, for
+    phrases.
+    """
+    terms = getattr(leaf, "_terms", None)
+    if not isinstance(terms, W3TermsReader):
+        if (fieldname, btext) not in leaf:
+            return _NO_DOCS, _NO_SCORES
+        return _matcher_postings(leaf.postings(fieldname, btext), base, blocks)
+    try:
+        info = terms.term_info(fieldname, btext)
+    except TermNotFound:
+        return _NO_DOCS, _NO_SCORES
+    if info.is_inlined():
+        inline_ids, inline_weights, inline_values = info.inlined_postings()
+        ids = np.array(inline_ids, np.int64) + base
+        if blocks is not None:
+            blocks.append((ids, inline_values, False))
+        return ids, np.array(inline_weights, np.float64)
+    offset, extent = info.extent()
+    # W3TermInfo.from_bytes leaves the extent's length as unpack_int's 1-tuple
+    extent = extent[0] if isinstance(extent, tuple) else extent
+    buf = terms._postfile.get(offset, extent)
+    if buf[:4] != WHOOSH3_HEADER_MAGIC:
+        return _matcher_postings(leaf.postings(fieldname, btext), base, blocks)
+    reader = io.BytesIO(buf)
+    pos = 4
+    firsts: list[int] = []
+    counts: list[int] = []
+    fast: list[bool] = []
+    deltas: list[bytes] = []
+    weights: list[bytes] = []
+    slow_deltas: list[Any] = []
+    slow_weights: list[Floats] = []
+    sources: list[tuple[Any, bool]] = []
+    while True:
+        length = int.from_bytes(buf[pos : pos + 4], "big", signed=True)
+        reader.seek(pos + 4)
+        n, _maxid, _maxweight, compression, _minlen, _maxlen = pickle.load(reader)
+        nextpos = pos + 4 + abs(length)
+        raw = buf[reader.tell() : nextpos]
+        got = None
+        if compression:
+            # ids and weights come first and take at most ~11 bytes a posting; the positions
+            # after them are most of the block and only phrases inflate them
+            b = zlib.decompressobj().decompress(raw, 11 * n + 16)
+            got = _fast_block(b, n)
+            if got is None:
+                b = zlib.decompress(raw)
+        else:
+            b = raw
+            got = _fast_block(b, n)
+        if got is None:
+            data = loads(b)
+            firsts.append(data[0][0])
+            slow_deltas.append(data[0][1:])
+            w = data[1]
+            slow_weights.append(
+                np.ones(n) if w is None else np.full(n, float(w)) if isinstance(w, (int, float))
+                else np.array(w, np.float64)
+            )
+            sources.append((data[2], False))
+        else:
+            firsts.append(got[0])
+            deltas.append(got[1])
+            weights.append(got[2])
+            sources.append((raw, bool(compression)))
+        counts.append(n)
+        fast.append(got is not None)
+        if length < 0:
+            break
+        pos = nextpos
+    ns = np.array(counts, np.int64)
+    total = int(ns.sum())
+    starts = np.zeros(len(ns), np.int64)
+    np.cumsum(ns[:-1], out=starts[1:])
+    inc = np.zeros(total, np.int64)
+    rest = np.ones(total, np.bool_)
+    rest[starts] = False
+    fast_deltas = np.frombuffer(b"".join(deltas), np.uint8)
+    fast_weights = np.frombuffer(b"".join(weights), _FLOAT_OP)["v"]
+    if not slow_deltas:
+        inc[rest] = fast_deltas
+        wts = fast_weights.astype(np.float64)
+    else:
+        member = np.repeat(np.array(fast), ns)
+        inc[rest & member] = fast_deltas
+        inc[rest & ~member] = np.array([d for ds in slow_deltas for d in ds], np.int64)
+        wts = np.empty(total, np.float64)
+        wts[member] = fast_weights
+        wts[~member] = np.concatenate(slow_weights)
+    # within a block each id is the previous plus its delta; a block's first id is absolute
+    rel = np.cumsum(inc)
+    ids = rel + np.repeat(np.array(firsts, np.int64) + base - rel[starts], ns)
+    if blocks is not None:
+        for s, n, (source, compressed) in zip(starts.tolist(), counts, sources, strict=True):
+            blocks.append((ids[s : s + n], source, compressed))
+    return ids, wts
+
+
+def _matcher_postings(m: Any, base: int, blocks: list[_Block] | None) -> tuple[Docs, Floats]:
+    """Read postings through a Whoosh matcher, one at a time (codecs other than whoosh3)."""
+    ids_list, w_list, values = [], [], []
     while m.is_active():
-        ids.append(m.id())
-        weights.append(m.weight())
-        if values is not None:
+        ids_list.append(m.id() + base)
+        w_list.append(m.weight())
+        if blocks is not None:
             values.append(m.value())
         m.next()
-    return ids, weights
+    ids = np.array(ids_list, np.int64)
+    if blocks is not None:
+        blocks.append((ids, values, False))
+    return ids, np.array(w_list, np.float64)
 
 
 def _decode_positions(value: bytes) -> list[int]:
-    # A Positions value is a 4-byte count, then a pickled list of deltas without the final
-    # STOP opcode (whoosh.formats.Positions.encode); inlined, ~2x faster than decode_positions.
+    # A Positions value is a 4-byte count, then a pickled list of deltas
+    # (whoosh.formats.Positions.encode); inlined, ~2x faster than decode_positions.
     return list(accumulate(loads(value[4:] + b".")))
 
 
-class Evaluator:
-    """Evaluates a parsed Whoosh query on one shard into {docnum: score}."""
+def _position_keys(
+    values: list[bytes], docs: Docs, decode: Callable[[bytes], list[int]] | None
+) -> Docs:
+    """Return ``doc << 32 | position`` for every position of the given Positions values, sorted.
 
-    def __init__(self, cache: ShardCache, stats: GlobalStats, scored: bool) -> None:
+    The frequent shape (every delta under 256, so one BININT1 each) is decoded for all values
+    at once with numpy; other values one at a time.
+    """
+    if not values:
+        return _NO_DOCS
+    dd: list[Docs] = []
+    pp: list[Docs] = []
+    if decode is not None:
+        slow = list(range(len(values)))
+    else:
+        lens = np.fromiter(map(len, values), np.int64, len(values))
+        # padded so that the 8-byte header read below stays inside even for a short value
+        buf = np.frombuffer(b"".join(values) + bytes(8), np.uint8)
+        starts = np.zeros(len(values), np.int64)
+        np.cumsum(lens[:-1], out=starts[1:])
+        head = buf[starts[:, None] + np.arange(8)].astype(np.int64)
+        counts = head[:, 0] << 24 | head[:, 1] << 16 | head[:, 2] << 8 | head[:, 3]
+        # all-BININT1 length: count, "\x80\x02]q\x00", "K d" each, "a" (one) or "(" ... "e",
+        # then STOP
+        ok = (
+            (lens == 11 + 2 * counts + (counts > 1))
+            & (counts > 0)
+            & (head[:, 4] == 0x80)
+            & (head[:, 5] == 2)
+            & (head[:, 6] == 0x5D)
+            & (head[:, 7] == 0x71)
+        )
+        okc = counts[ok]
+        ok_docs = docs[ok]
+        total = int(okc.sum())
+        first_op = starts[ok] + 9 + (okc > 1)
+        group = np.repeat(np.arange(len(okc)), okc)
+        offsets = np.zeros(len(okc), np.int64)
+        np.cumsum(okc[:-1], out=offsets[1:])
+        ops = first_op[group] + 2 * (np.arange(total) - offsets[group])
+        bad_groups = np.unique(group[buf[ops] != 0x4B])
+        if len(bad_groups):
+            ok_idx = np.flatnonzero(ok)
+            ok[ok_idx[bad_groups]] = False
+            keep = ~np.isin(group, bad_groups)
+            ops, group = ops[keep], group[keep]
+            okc = okc.copy()
+            okc[bad_groups] = 0
+            offsets = np.zeros(len(okc), np.int64)
+            np.cumsum(okc[:-1], out=offsets[1:])
+        cs = np.cumsum(buf[ops + 1], dtype=np.int64)
+        # positions restart at each value: subtract the running sum before its first delta
+        before = np.zeros(len(okc), np.int64)
+        nonempty = okc > 0
+        before[nonempty] = cs[offsets[nonempty]] - buf[ops[offsets[nonempty]] + 1]
+        positions = cs - before[group]
+        dd.append(ok_docs[group])
+        pp.append(positions)
+        slow = np.flatnonzero(~ok).tolist()
+        decode = _decode_positions
+    for i in slow:
+        ps = decode(values[i])
+        dd.append(np.full(len(ps), docs[i], np.int64))
+        pp.append(np.array(ps, np.int64))
+    keys = np.concatenate(dd) << 32 | np.concatenate(pp)
+    keys.sort()
+    return keys
+
+
+class Evaluator:
+    """Evaluates a parsed Whoosh query on one shard into :class:`Matches`."""
+
+    def __init__(self, cache: ShardCache, stats: GlobalStats | None, scored: bool) -> None:
         self.cache = cache
         self.reader = cache.searcher.reader()
         self.stats = stats
         self.scored = scored
 
-    def run(self, q: wq.Query) -> Scores:
+    def run(self, q: wq.Query) -> Matches:
         """Return the matching live documents and their scores."""
         return self._eval(q)
 
-    def _eval(self, q: wq.Query) -> Scores:
+    def _eval(self, q: wq.Query) -> Matches:
         if isinstance(q, wq.Term):
             return self._term(q.fieldname, q.text, q.boost)
         if isinstance(q, wq.Phrase):
@@ -546,48 +861,44 @@ class Evaluator:
         if isinstance(q, wq.And):
             parts = sorted((self._eval(c) for c in q.subqueries), key=len)
             if not parts:
-                return {}
-            out = dict(parts[0])
+                return _empty()
+            out = parts[0]
             for other in parts[1:]:
-                out = {d: s + other[d] for d, s in out.items() if d in other}
-                if not out:
+                ia, ib = _intersect(out.docs, other.docs)
+                out = Matches(out.docs[ia], out.scores[ia] + other.scores[ib])
+                if not len(out):
                     break
             return out
         if isinstance(q, (wq.Or, wq.DisjunctionMax)):
             parts = sorted((self._eval(c) for c in q.subqueries), key=len, reverse=True)
-            if not parts:
-                return {}
-            out = parts[0]  # a fresh dict from _term or a compound: safe to extend
-            get = out.get
-            for other in parts[1:]:
-                for d, sc in other.items():
-                    out[d] = get(d, 0.0) + sc
-            return out
+            return _union(parts, self.cache.size)
         if isinstance(q, wq.AndNot):
             pos = self._eval(q.a)
-            if not pos:
+            if not len(pos):
                 return pos
             neg = self._eval(q.b)
-            return {d: sc for d, sc in pos.items() if d not in neg}
+            return pos.take(~_member(pos.docs, neg.docs))
         if isinstance(q, wq.AndMaybe):
             pos = self._eval(q.a)
             opt = self._eval(q.b)
-            return {d: sc + opt.get(d, 0.0) for d, sc in pos.items()}
+            ia, ib = _intersect(pos.docs, opt.docs)
+            scores = pos.scores.copy()
+            scores[ia] += opt.scores[ib]
+            return Matches(pos.docs, scores)
         if isinstance(q, wq.Require):
             pos = self._eval(q.a)
             req = self._eval(q.b)
-            return {d: sc for d, sc in pos.items() if d in req}
+            return pos.take(_member(pos.docs, req.docs))
         if isinstance(q, wq.Not):
             neg = self._eval(q.query)
-            return {d: 0.0 for d in self.cache.live if d not in neg}
+            live = self.cache.live_docs
+            docs = live[~_member(live, neg.docs)]
+            return Matches(docs, np.zeros(len(docs), np.float64))
         if isinstance(q, (wq.Prefix, wq.Wildcard, wq.FuzzyTerm, wq.TermRange, wq.Regex)):
-            out = {}
-            for btext in q._btexts(self.reader):
-                for d, sc in self._term(q.field(), btext, q.boost).items():
-                    out[d] = out.get(d, 0.0) + sc
-            return out
+            terms = [self._term(q.field(), bt, q.boost) for bt in q._btexts(self.reader)]
+            return _union(terms, self.cache.size)
         if q is wq.NullQuery or isinstance(q, wq.qcore._NullQuery):
-            return {}
+            return _empty()
         raise BadQuery(f"unsupported query part: {type(q).__name__}")
 
     def _term(
@@ -595,64 +906,87 @@ class Evaluator:
         fieldname: str,
         text: str | bytes,
         boost: float = 1.0,
-        values_out: dict[int, bytes] | None = None,
-    ) -> Scores:
+        blocks: list[_Block] | None = None,
+    ) -> Matches:
         btext = text.encode("utf-8") if isinstance(text, str) else text
-        ids: list[int] = []
-        weights: list[float] = []
+        ids_parts: list[Docs] = []
+        w_parts: list[Floats] = []
         for leaf, base in self.reader.leaf_readers():
-            if (fieldname, btext) not in leaf:
-                continue
-            values: list[bytes] | None = None if values_out is None else []
-            lids, lw = _leaf_postings(leaf, fieldname, btext, values)
-            if base:
-                lids = [d + base for d in lids]
-            if values_out is not None and values is not None:
-                values_out.update(zip(lids, values, strict=True))
-            ids.extend(lids)
-            weights.extend(lw)
-        if not ids:
-            return {}
-        dead = self.cache.deleted
+            lids, lw = _leaf_postings(leaf, fieldname, btext, base, blocks)
+            ids_parts.append(lids)
+            w_parts.append(lw)
+        if not ids_parts:
+            return _empty()
+        ids = ids_parts[0] if len(ids_parts) == 1 else np.concatenate(ids_parts)
         if not self.scored or fieldname not in TEXT_FIELDS:
-            out = dict.fromkeys(ids, 1.0 * boost if self.scored else 0.0)
+            scores = np.full(len(ids), 1.0 * boost if self.scored else 0.0, np.float64)
         else:
+            assert self.stats is not None
+            weights = w_parts[0] if len(w_parts) == 1 else np.concatenate(w_parts)
             idf = self.stats.idf(fieldname, btext) * boost * (_K1 + 1)
             norm = self.cache.norms(fieldname, self.stats.avg_field_length(fieldname))
-            out = {d: idf * w / (w + norm[d]) for d, w in zip(ids, weights, strict=True)}
-        if dead:
-            for d in dead.intersection(out):
-                del out[d]
+            scores = idf * weights / (weights + norm[ids])
+        out = Matches(ids, scores)
+        if self.cache.live_mask is not None:
+            out = out.take(self.cache.live_mask[ids])
         return out
 
-    def _phrase(self, q: wq.Phrase) -> Scores:
+    def _phrase(self, q: wq.Phrase) -> Matches:
         words = list(q.words)
         if len(words) == 1:
             return self._term(q.fieldname, words[0], q.boost)
-        raw: list[dict[int, bytes]] = [{} for _ in words]
-        per_word = [self._term(q.fieldname, w, q.boost, raw[i]) for i, w in enumerate(words)]
-        smallest: Scores = min(per_word, key=len)
-        candidates = set(smallest)
+        blocks: list[list[_Block]] = [[] for _ in words]
+        per_word = [self._term(q.fieldname, w, q.boost, blocks[i]) for i, w in enumerate(words)]
+        # Positions are decoded only for the documents holding every word.
+        candidates = min(per_word, key=len).docs
         for sc in per_word:
-            candidates.intersection_update(sc)
-            if not candidates:
-                return {}
+            candidates = candidates[_member(candidates, sc.docs)]
+            if not len(candidates):
+                return _empty()
         fmt = self.cache.searcher.schema[q.fieldname].format
-        decode = _decode_positions if type(fmt) is ArchivePositions else fmt.decode_positions
-        out: Scores = {}
+        decode = None if type(fmt) is ArchivePositions else fmt.decode_positions
         slop = q.slop
-        # A start position survives while every next word is found right after it; later
-        # words are decoded only for documents that still qualify.
-        for d in sorted(candidates):
-            starts = decode(raw[0][d])
-            for i in range(1, len(words)):
-                at = set(decode(raw[i][d]))
-                starts = [p for p in starts if any(p + i + k in at for k in range(slop))]
-                if not starts:
-                    break
-            if starts:
-                out[d] = sum(sc[d] for sc in per_word)
-        return out
+        starts = _NO_DOCS
+        for i in range(len(words)):
+            keys = self._positions(blocks[i], candidates, decode)
+            if i == 0:
+                starts = keys
+            else:
+                # A start position survives while every next word is found right after it.
+                ok = np.zeros(len(starts), np.bool_)
+                for k in range(slop):
+                    ok |= _member(starts + (i + k), keys)
+                starts = starts[ok]
+            if not len(starts):
+                return _empty()
+            candidates = np.unique(starts >> 32)
+        docs = candidates
+        scores = np.zeros(len(docs), np.float64)
+        for sc in per_word:
+            scores += sc.scores[np.searchsorted(sc.docs, docs)]
+        return Matches(docs, scores)
+
+    def _positions(
+        self, blocks: list[_Block], candidates: Docs, decode: Callable[[bytes], list[int]] | None
+    ) -> Docs:
+        """Return ``doc << 32 | position`` for a word's positions in the candidate documents."""
+        values: list[bytes] = []
+        docs: list[Docs] = []
+        lo, hi = candidates[0], candidates[-1]
+        for i, (ids, source, compressed) in enumerate(blocks):
+            if ids[-1] < lo or ids[0] > hi:
+                continue
+            hit = np.flatnonzero(_member(ids, candidates))
+            if not len(hit):
+                continue
+            if isinstance(source, bytes):
+                source = loads(zlib.decompress(source) if compressed else source)[2]
+                blocks[i] = (ids, source, False)
+            values.extend(map(source.__getitem__, hit.tolist()))
+            docs.append(ids[hit])
+        if not values:
+            return _NO_DOCS
+        return _position_keys(values, np.concatenate(docs), decode)
 
 
 # --- execution ------------------------------------------------------------------------------
@@ -696,98 +1030,121 @@ def select_shards(views: Sequence[ShardView], query: SearchQuery) -> list[ShardV
     return [v for v in views if (lo is None or v.hi_us >= lo) and (hi is None or v.lo_us <= hi)]
 
 
-def _term_docs(searcher: Searcher, fieldname: str, value: str) -> set[int]:
-    return set(searcher.docs_for_query(wq.Term(fieldname, value)))
-
-
 def _match_shard(
     view: ShardView,
     query: SearchQuery,
     compiled: CompiledQuery,
     stats: GlobalStats | None,
     sort: str,
-) -> tuple[Sequence[int], dict[int, float] | None, bool]:
+) -> tuple[Docs, Floats | None, bool]:
     """Return the matching document numbers of one shard and their scores.
 
-    The third item tells whether the documents are already in (date_field, id) order.
+    The third item tells whether the documents are in (date_field, id) order rather than in
+    document number order.
     """
     cache = view.cache
-    searcher = cache.searcher
     lo, hi = _bounds(query)
     f = query.date_field
     date_needed = lo is not None or hi is not None
     if date_needed and f == "created_at":
         if (lo is None or lo <= view.lo_us) and (hi is None or hi >= view.hi_us):
             date_needed = False
-    docs: Sequence[int]
-    scores: dict[int, float] | None = None
+    docs: Docs
+    scores: Floats | None = None
     in_order = False
     if compiled.query is None:
         if date_needed:
             order, keys, _rank = cache.order(f)
-            i = 0 if lo is None else bisect_left(keys, lo)
-            j = len(keys) if hi is None else bisect_right(keys, hi)
+            i = 0 if lo is None else int(np.searchsorted(keys, lo, "left"))
+            j = len(keys) if hi is None else int(np.searchsorted(keys, hi, "right"))
             docs = order[i:j]
             in_order = True
         else:
-            docs = cache.live
+            docs = cache.live_docs
         date_needed = False
     else:
         assert stats is not None
         result = Evaluator(cache, stats, scored=sort == "relevance").run(compiled.query)
+        docs = result.docs
         if sort == "relevance":
-            scores = result
-        docs = sorted(result)
+            scores = result.scores
+    keep: npt.NDArray[np.bool_] | None = None
+
+    def narrow(mask: npt.NDArray[np.bool_]) -> None:
+        nonlocal keep
+        keep = mask if keep is None else keep & mask
+
     if date_needed:
-        dates = cache.dates[f]
-        lo_ = -(2**63) if lo is None else lo
-        hi_ = 2**63 - 1 if hi is None else hi
-        docs = [d for d in docs if lo_ <= dates[d] <= hi_]
+        dates = cache.dates[f][docs]
+        if lo is not None:
+            narrow(dates >= lo)
+        if hi is not None:
+            narrow(dates <= hi)
     for fieldname, value in (("customer_id", query.customer_id), ("owner", query.owner)):
         if value is not None:
-            allowed = _term_docs(searcher, fieldname, value)
-            docs = [d for d in docs if d in allowed]
+            allowed = Evaluator(cache, None, scored=False)._term(fieldname, value)
+            narrow(_member(docs, allowed.docs))
     for values, names, ords in (
         (query.categories, cache.cat_names, cache.cat_ord),
         (query.kinds, cache.kind_names, cache.kind_ord),
     ):
         if values:
-            wanted = {i for i, n in enumerate(names) if n in values}
+            wanted = [i for i, n in enumerate(names) if n in values]
             if len(wanted) == 1:
-                (w,) = wanted
-                docs = [d for d in docs if ords[d] == w]
+                narrow(ords[docs] == wanted[0])
             else:
-                docs = [d for d in docs if ords[d] in wanted]
+                narrow(np.isin(ords[docs], wanted))
+    if keep is not None:
+        docs = docs[keep]
+        if scores is not None:
+            scores = scores[keep]
     return docs, scores, in_order
 
 
 def _top_by_date(
-    view: ShardView, docs: Sequence[int], in_order: bool, f: str, k: int, newest: bool
+    view: ShardView, docs: Docs, in_order: bool, f: str, k: int, newest: bool
 ) -> list[tuple[int, str, int]]:
     cache = view.cache
-    order, _keys, rank = cache.order(f)
+    _order, _keys, rank = cache.order(f)
     if in_order:
-        picked = list(docs[-k:])[::-1] if newest else list(docs[:k])
-    elif newest:
-        picked = heapq.nlargest(k, docs, key=rank.__getitem__)
+        picked = docs[::-1][:k] if newest else docs[:k]
     else:
-        picked = heapq.nsmallest(k, docs, key=rank.__getitem__)
-    dates = cache.dates[f]
-    return [(dates[d], cache.record_id(d), d) for d in picked]
+        ranks = rank[docs]
+        if len(docs) > k:
+            cut = np.argpartition(ranks, len(docs) - k)[len(docs) - k :] if newest else (
+                np.argpartition(ranks, k - 1)[:k]
+            )
+        else:
+            cut = np.arange(len(docs))
+        chosen = cut[np.argsort(ranks[cut])]
+        picked = docs[chosen[::-1] if newest else chosen]
+    dates = cache.dates[f][picked].tolist()
+    record_id = cache.record_id
+    return [(dt, record_id(d), d) for dt, d in zip(dates, picked.tolist(), strict=True)]
+
+
+def _score_order(cache: ShardCache, docs: Docs, scores: Floats, k: int) -> npt.NDArray[np.intp]:
+    """Return the indices of the k best matches, by score descending then record id."""
+    n = len(docs)
+    if n > k:
+        kth = np.partition(scores, n - k)[n - k]
+        sel = np.flatnonzero(scores >= kth)
+    else:
+        sel = np.arange(n)
+    order = np.lexsort((cache.id_rank()[docs[sel]], -scores[sel]))
+    return sel[order[:k]]
 
 
 def _top_by_score(
-    view: ShardView, docs: Sequence[int], scores: dict[int, float], k: int
+    view: ShardView, docs: Docs, scores: Floats, k: int
 ) -> list[tuple[float, str, int]]:
     cache = view.cache
-    if len(docs) <= k:
-        picked = list(docs)
-    else:
-        kth = heapq.nlargest(k, (scores[d] for d in docs))[-1]
-        picked = [d for d in docs if scores[d] >= kth]
-    rows = [(-scores[d], cache.record_id(d), d) for d in picked]
-    rows.sort()
-    return rows[:k]
+    best = _score_order(cache, docs, scores, k)
+    record_id = cache.record_id
+    return [
+        (-s, record_id(d), d)
+        for s, d in zip(scores[best].tolist(), docs[best].tolist(), strict=True)
+    ]
 
 
 def run_search(
@@ -819,10 +1176,10 @@ def run_search(
     newest = sort == "newest"
     for view in select_shards(views, query):
         docs, scores, in_order = _match_shard(view, query, compiled, stats, sort)
-        if not docs:
+        if not len(docs):
             continue
         total += len(docs)
-        everything = docs is view.cache.live
+        everything = docs is view.cache.live_docs
         for name, counts in view.cache.facets(
             None if everything else docs, query.date_field
         ).items():
@@ -889,7 +1246,7 @@ def order_matches(
         score_rows: list[tuple[float, str, int]] = []
         for view in select_shards(views, query):
             docs, scores, _ = _match_shard(view, query, compiled, stats, sort)
-            if docs:
+            if len(docs):
                 assert scores is not None
                 for s, rid, _d in _top_by_score(view, docs, scores, len(docs)):
                     score_rows.append((s, rid, index_of[view.name]))
@@ -905,10 +1262,10 @@ def order_matches(
     streams = []
     for view in select_shards(views, query):
         docs, _, in_order = _match_shard(view, query, compiled, stats, sort)
-        if not docs:
+        if not len(docs):
             continue
         rank = view.cache.order(f)[2]
-        ordered = array("i", docs if in_order else sorted(docs, key=rank.__getitem__))
+        ordered = docs if in_order else docs[np.argsort(rank[docs])]
         streams.append(_date_stream(view, index_of[view.name], ordered, f, newest))
     for _dt, rid, shard in heapq.merge(*streams, reverse=newest):
         shards.append(shard)
@@ -917,12 +1274,14 @@ def order_matches(
 
 
 def _date_stream(
-    view: ShardView, shard: int, ordered: array[int], f: str, newest: bool
+    view: ShardView, shard: int, ordered: Docs, f: str, newest: bool
 ) -> Iterator[tuple[int, str, int]]:
     """One shard's matches as ``(date, id, shard)`` in (date, id) order (reversed for newest)."""
-    dates, record_id = view.cache.dates[f], view.cache.record_id
-    for d in reversed(ordered) if newest else ordered:
-        yield dates[d], record_id(d), shard
+    if newest:
+        ordered = ordered[::-1]
+    dates, record_id = view.cache.dates[f][ordered].tolist(), view.cache.record_id
+    for dt, d in zip(dates, ordered.tolist(), strict=True):
+        yield dt, record_id(d), shard
 
 
 # --- snippets -------------------------------------------------------------------------------
