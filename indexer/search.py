@@ -946,20 +946,32 @@ class Evaluator:
         fmt = self.cache.searcher.schema[q.fieldname].format
         decode = None if type(fmt) is ArchivePositions else fmt.decode_positions
         slop = q.slop
-        starts = _NO_DOCS
-        for i in range(len(words)):
-            keys = self._positions(blocks[i], candidates, decode)
-            if i == 0:
-                starts = keys
-            else:
-                # A start position survives while every next word is found right after it.
-                ok = np.zeros(len(starts), np.bool_)
-                for k in range(slop):
-                    ok |= _member(starts + (i + k), keys)
-                starts = starts[ok]
-            if not len(starts):
-                return _empty()
-            candidates = np.unique(starts >> 32)
+        if slop == 1:
+            # An exact phrase starts at p where word i is at p + i for every i: the positions
+            # of word i shifted back by i (plus a margin, so none is negative) all share p.
+            # Rarer words first, so that the frequent ones are decoded for fewer documents.
+            common: Docs | None = None
+            for i in sorted(range(len(words)), key=lambda i: len(per_word[i])):
+                keys = self._positions(blocks[i], candidates, decode) + (MAX_TERMS - i)
+                common = keys if common is None else common[_member(common, keys)]
+                if not len(common):
+                    return _empty()
+                candidates = np.unique(common >> 32)
+        else:
+            starts = _NO_DOCS
+            for i in range(len(words)):
+                keys = self._positions(blocks[i], candidates, decode)
+                if i == 0:
+                    starts = keys
+                else:
+                    # A start survives while every next word is found within slop after it.
+                    ok = np.zeros(len(starts), np.bool_)
+                    for k in range(slop):
+                        ok |= _member(starts + (i + k), keys)
+                    starts = starts[ok]
+                if not len(starts):
+                    return _empty()
+                candidates = np.unique(starts >> 32)
         docs = candidates
         scores = np.zeros(len(docs), np.float64)
         for sc in per_word:
@@ -970,23 +982,31 @@ class Evaluator:
         self, blocks: list[_Block], candidates: Docs, decode: Callable[[bytes], list[int]] | None
     ) -> Docs:
         """Return ``doc << 32 | position`` for a word's positions in the candidate documents."""
-        values: list[bytes] = []
-        docs: list[Docs] = []
-        lo, hi = candidates[0], candidates[-1]
-        for i, (ids, source, compressed) in enumerate(blocks):
-            if ids[-1] < lo or ids[0] > hi:
-                continue
-            hit = np.flatnonzero(_member(ids, candidates))
-            if not len(hit):
-                continue
+        if not blocks:
+            return _NO_DOCS
+        sizes = np.array([len(ids) for ids, _source, _compressed in blocks], np.int64)
+        offsets = np.zeros(len(blocks) + 1, np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        all_ids = np.concatenate([ids for ids, _source, _compressed in blocks])
+        wanted = _member(all_ids, candidates)
+        running = np.zeros(len(all_ids) + 1, np.int64)
+        np.cumsum(wanted, out=running[1:])
+        used = running[offsets[1:]] - running[offsets[:-1]] > 0
+        # the values of the blocks that hold a candidate, in one list; unpickled once a query
+        values_all: list[bytes] = []
+        starts = np.zeros(len(blocks), np.int64)
+        for i in np.flatnonzero(used).tolist():
+            ids, source, compressed = blocks[i]
             if isinstance(source, bytes):
                 source = loads(zlib.decompress(source) if compressed else source)[2]
                 blocks[i] = (ids, source, False)
-            values.extend(map(source.__getitem__, hit.tolist()))
-            docs.append(ids[hit])
-        if not values:
-            return _NO_DOCS
-        return _position_keys(values, np.concatenate(docs), decode)
+            starts[i] = len(values_all)
+            values_all.extend(source)
+        hits = np.flatnonzero(wanted)
+        block_of = np.searchsorted(offsets, hits, side="right") - 1
+        picks = (hits - offsets[block_of] + starts[block_of]).tolist()
+        values = [values_all[j] for j in picks]
+        return _position_keys(values, all_ids[hits], decode)
 
 
 # --- execution ------------------------------------------------------------------------------
