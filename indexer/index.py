@@ -15,17 +15,20 @@ joined into one Whoosh index (one TOC listing both), and CURRENT is swapped.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import pickle
 import queue
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import threading
 import time
 import types
 import uuid
+import zlib
 from array import array
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -33,13 +36,16 @@ from pathlib import Path
 from typing import Any
 
 from whoosh import index as windex
-from whoosh.codec.whoosh3 import LENGTHS_COLUMN, _lenfield
+from whoosh.analysis import IDTokenizer
+from whoosh.codec.whoosh3 import LENGTHS_COLUMN, WHOOSH3_HEADER_MAGIC, _lenfield
 from whoosh.filedb.filestore import FileStorage
+from whoosh.formats import Existence
 from whoosh.index import TOC
-from whoosh.util.numeric import byte_to_length
+from whoosh.system import pack_ushort as _PACK_USHORT
+from whoosh.util.numeric import byte_to_length, length_to_byte
 
 from archivist.records import format_utc
-from indexer.analysis import SINGLE_POSITION_VALUES, ArchivePositions, index_positions
+from indexer.analysis import SINGLE_POSITION_VALUES, ArchivePositions, index_term_positions
 from indexer.errors import IndexerError, IndexUnavailable
 from indexer.schema import build_schema
 from indexer.search import (
@@ -191,6 +197,9 @@ class SearchIndex:
         self._write_lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
         self._indexes: dict[tuple[str, str], windex.Index] = {}
+        # Record ids per segment id (segments never change; deletions live in the TOC), so that
+        # an add need not look every id up in every segment: about 80 bytes per indexed record.
+        self._segment_ids: dict[str, frozenset[bytes]] = {}
         self._parser: Any = None
         self._closed = False
 
@@ -393,7 +402,7 @@ class SearchIndex:
                 except BaseException:
                     writer.cancel()
                     raise
-                writer.commit()
+                self._commit(writer)
             # Then drop the copies that moved to another shard (created_at changed).
             stale: dict[str, list[str]] = {}
             for name, documents in by_shard.items():
@@ -429,25 +438,45 @@ class SearchIndex:
     def _delete_in(self, gen: Path, by_shard: dict[str, list[str]]) -> None:
         for name, rids in sorted(by_shard.items()):
             ix = self._shard_index(gen, name)
-            writer = ix.writer(timeout=60.0)
+            writer = open_writer(ix, timeout=60.0)  # the commit may merge segments
             try:
                 for rid in rids:
                     writer.delete_by_term("id", rid)
             except BaseException:
                 writer.cancel()
                 raise
-            writer.commit()
+            self._commit(writer)
 
     def _find_ids(self, gen: Path, ids: list[str]) -> dict[str, list[str]]:
         """Return, for each indexed id among ``ids``, the shards holding a live copy."""
+        wanted = {rid.encode("utf-8"): rid for rid in ids}
         found: dict[str, list[str]] = {}
+        seen: dict[str, frozenset[bytes]] = {}
         for name in self._shard_names(gen):
             with self._shard_index(gen, name).searcher() as searcher:
-                reader = searcher.reader()
-                for rid in ids:
-                    if ("id", rid) in reader and searcher.document_number(id=rid) is not None:
+                hits: set[bytes] = set()
+                for leaf, _base in searcher.reader().leaf_readers():
+                    segment = leaf.segment()
+                    if segment is None:
+                        continue
+                    seg_ids = self._segment_ids.get(segment.segid)
+                    if seg_ids is None:
+                        seg_ids = frozenset(leaf.lexicon("id"))
+                    seen[segment.segid] = seg_ids
+                    hits.update(wanted.keys() & seg_ids)
+                for btext in sorted(hits):
+                    rid = wanted[btext]
+                    if searcher.document_number(id=rid) is not None:
                         found.setdefault(rid, []).append(name)
+        self._segment_ids = seen
         return found
+
+    def _commit(self, writer: Any) -> None:
+        """Commit a writer from :func:`open_writer`, remembering the ids of the segment it wrote."""
+        writer.commit()
+        ids = getattr(writer, "segment_ids", None)
+        if ids is not None:
+            self._segment_ids[writer.newsegment.segid] = ids
 
     # --- rebuild ----------------------------------------------------------------------------
 
@@ -551,7 +580,7 @@ def _add_record(writer: Any, doc: dict[str, Any]) -> None:
     """SegmentWriter.add_document for our schema, straight into the writer's _MemoryPool.
 
     Same segment content as ``add_document(**doc)``: text fields go through
-    :func:`index_positions` once instead of Whoosh's per-token generators.
+    :func:`index_term_positions` once, and ID fields (one whole term each) skip the analyzer.
     """
     schema = writer.schema
     pool: _MemoryPool = writer.pool
@@ -565,12 +594,16 @@ def _add_record(writer: Any, doc: dict[str, Any]) -> None:
         field = schema[fieldname]
         postings: Any = None
         if field.indexed:
-            if type(field.format) is ArchivePositions:
-                postings = index_positions(value)
+            fmt = field.format
+            if type(fmt) is ArchivePositions:
+                postings = index_term_positions(value)
+            elif type(fmt) is Existence and type(field.analyzer) is IDTokenizer:
+                postings = ((value.encode("utf-8"), 1, fmt.field_boost, b""),)
             else:
                 postings = list(field.index(value))
         entries.append((fieldname, field, value, postings))
     pdw = writer.perdocwriter
+    columns = pdw._colwriters
     pdw.start_doc(docnum)
     single = SINGLE_POSITION_VALUES
     nsingle = len(single)
@@ -580,8 +613,7 @@ def _add_record(writer: Any, doc: dict[str, Any]) -> None:
             terms = pool.terms(fieldname)
             if type(postings) is dict:
                 encode = field.format.encode
-                for w, poslist in postings.items():
-                    btext = w.encode("utf-8")
+                for btext, poslist in postings.items():
                     entry = terms.get(btext)
                     if entry is None:
                         entry = terms[btext] = (array("I"), array("f"), [])
@@ -608,7 +640,11 @@ def _add_record(writer: Any, doc: dict[str, Any]) -> None:
         pdw.add_field(fieldname, field, value if field.stored else None, length)
         column = field.column_type
         if column:
-            pdw.add_column_value(fieldname, column, field.to_column_value(value))
+            cw = columns.get(fieldname)
+            if cw is None:
+                pdw.add_column_value(fieldname, column, field.to_column_value(value))
+            else:
+                cw.add(docnum, field.to_column_value(value))
     pdw.finish_doc()
     writer._added = True
     writer.docnum += 1
@@ -624,47 +660,162 @@ def _doc_lengths(pdr: Any, fieldname: str, doccount: int) -> list[int] | None:
     return lengths
 
 
-def _flush_pool(writer: Any) -> None:
-    """SegmentWriter._flush_segment from a _MemoryPool, writing whole posting blocks.
+_TERMINFO = struct.Struct("!BfIBBfII")  # W3TermInfo: flags, weight, df, lengths, maxweight, ids
+_PACK_INT = struct.Struct("!i").pack
+_PACK_EXTENT = struct.Struct("!qi").pack
+_HASH_LENGTHS = struct.Struct("!ii").pack  # filetables._lengths: key and value length
+_SMALL_BLOCK = 256  # pickled block data shorter than this is stored uncompressed (~3% larger)
 
-    Writes the same bytes as Whoosh's PostingsWriter.add_posting loop would: the block buffers
-    are filled a block at a time and written by Whoosh's own block and term-info code.
+
+def _compress(data: bytes, level: int) -> bytes:
+    """zlib-compress a block with a window no larger than the block.
+
+    zlib.compress sets up a 32 KiB window and a 64 KiB hash table for every call, which cost more
+    than compressing a posting block of a few hundred bytes; a window covering the block compresses
+    it the same, and zlib.decompress reads any window size.
     """
+    wbits = min(15, max(9, len(data).bit_length()))
+    c = zlib.compressobj(level, zlib.DEFLATED, wbits, max(1, wbits - 7))
+    return c.compress(data) + c.flush()
+
+
+def _write_field(
+    fw: Any,
+    terms: dict[bytes, tuple[array[int], array[float], list[bytes]]],
+    lengths: list[int] | None,
+) -> None:
+    """Write one field's posting lists and term infos as W3FieldWriter would, a field at a time.
+
+    The bytes are those of Whoosh's W3PostingsWriter and OrderedHashWriter, except for
+    compression: a block whose pickled data is under _SMALL_BLOCK bytes is stored uncompressed
+    (flag 0 in its header, which the reader honours; zlib would not make it smaller), others
+    through :func:`_compress`. Output is gathered in memory and written once per field.
+    """
+    postfile = fw._postfile
+    tindex = fw._tindex
+    hashfn = tindex.hashfn
+    buckets = tindex.buckets
+    keypos = tindex.index
+    limit = fw._codec._blocklimit
+    comp = fw._codec._compression
+    fixed = fw._format.fixed_value_size()
+    pack_values = fixed is None or fixed < 0
+    prefix = _PACK_USHORT(fw._fieldid)
+    dumps = pickle.dumps
+    pack_int = _PACK_INT
+    out: list[bytes] = []
+    offset = postfile.tell()
+    tout: list[bytes] = []
+    toffset = tindex.dbfile.tell()
+    key = b""
+    for btext in sorted(terms):
+        docs, weights, values = terms[btext]
+        start = offset
+        out.append(WHOOSH3_HEADER_MAGIC)
+        offset += 4
+        total = 0.0
+        maxweight = 0.0
+        minlength: int | None = None
+        maxlength = 0
+        n = len(docs)
+        for i in range(0, n, limit):
+            ids = docs[i : i + limit] if n > limit else docs
+            ws = weights[i : i + limit] if n > limit else weights
+            count = len(ids)
+            first = ws[0]
+            if count == 1:
+                deltas: tuple[int, ...] = (ids[0],)
+                miniw: Any = None if first == 1.0 else first
+                bmax = first
+                bsum = first
+            else:
+                deltas = tuple([ids[0], *map(operator.sub, ids[1:], ids)])
+                if first == 1.0 and ws.count(1.0) == count:
+                    miniw = None
+                elif ws.count(first) == count:
+                    miniw = first
+                else:
+                    miniw = tuple(ws)
+                bmax = max(ws)
+                bsum = sum(ws)
+            if pack_values:
+                miniv: Any = tuple(values[i : i + limit])
+            elif fixed == 0:
+                miniv = None
+            else:
+                miniv = b"".join(values[i : i + limit])
+            data = dumps((deltas, miniw, miniv), 2)
+            bcomp = comp if len(data) >= _SMALL_BLOCK else 0
+            if bcomp:
+                data = _compress(data, bcomp)
+            bmin: int | None = None
+            bmaxlen = 0
+            if lengths is not None:
+                if count == 1:
+                    bmin = lengths[ids[0]] or None
+                    bmaxlen = bmin or 0
+                else:
+                    ls = [x for x in map(lengths.__getitem__, ids) if x]
+                    if ls:
+                        bmin = min(ls)
+                        bmaxlen = max(ls)
+            info = dumps(
+                (count, ids[-1], bmax, bcomp, length_to_byte(bmin), length_to_byte(bmaxlen)), 2
+            )
+            size = len(info) + len(data)
+            out.append(pack_int(-size if i + limit >= n else size))
+            out.append(info)
+            out.append(data)
+            offset += 4 + size
+            total += bsum
+            if bmin is not None:
+                minlength = bmin if minlength is None or bmin < minlength else minlength
+            if bmaxlen > maxlength:
+                maxlength = bmaxlen
+            if bmax > maxweight:
+                maxweight = bmax
+        value = _TERMINFO.pack(
+            False,
+            total,
+            n,
+            0 if minlength is None else length_to_byte(minlength),
+            length_to_byte(maxlength),
+            maxweight,
+            docs[0],
+            docs[-1],
+        ) + _PACK_EXTENT(start, offset - start)
+        # OrderedHashWriter.add, buffered.
+        key = prefix + btext
+        h = hashfn(key)
+        buckets[h & 255].append((h, toffset))
+        keypos.append(toffset)
+        tout.append(_HASH_LENGTHS(len(key), len(value)))
+        tout.append(key)
+        tout.append(value)
+        toffset += 8 + len(key) + len(value)
+    postfile.write(b"".join(out))
+    tindex.dbfile.write(b"".join(tout))
+    if key:
+        tindex.lastkey = key
+
+
+def _flush_pool(writer: Any) -> None:
+    """SegmentWriter._flush_segment from a _MemoryPool, a whole field at a time."""
     writer.perdocwriter.close()
     pdr = writer.per_document_reader()
     doccount = writer.docnum
     fw = writer.fieldwriter
     pool: _MemoryPool = writer.pool
     schema = writer.schema
+    writer.segment_ids = frozenset(pool.fields.get("id", ()))
     try:
         for fieldname in sorted(pool.fields):
             if fieldname not in schema:
                 continue
-            terms = pool.fields[fieldname]
-            lengths = _doc_lengths(pdr, fieldname, doccount)
             fw.start_field(fieldname, schema[fieldname])
-            pw = fw._postwriter
-            limit = pw._blocklimit
-            for btext in sorted(terms):
-                docs, weights, values = terms[btext]
-                fw.start_term(btext)
-                for i in range(0, len(docs), limit):
-                    if i:
-                        pw._write_block()
-                    ids = docs[i : i + limit]
-                    ws = weights[i : i + limit]
-                    pw._ids = ids
-                    pw._weights = ws
-                    pw._values = values[i : i + limit]
-                    pw._maxweight = max(ws)
-                    if lengths is not None:
-                        ls = [n for n in map(lengths.__getitem__, ids) if n]
-                        if ls:
-                            pw._minlength = min(ls)
-                            pw._maxlength = max(ls)
-                fw.finish_term()
+            _write_field(fw, pool.fields[fieldname], _doc_lengths(pdr, fieldname, doccount))
             fw.finish_field()
-            terms.clear()
+            pool.fields[fieldname] = {}
     finally:
         pdr.close()
     fw.close()
