@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from indexer.index import SearchIndex
-from indexer.search import SearchQuery
+from indexer.search import CompiledQuery, SearchQuery, make_snippet
 from tests.test_search import (
     AND,
     AT,
@@ -138,3 +138,14 @@ def test_posting_lists_of_every_shape(tmp_path: Path) -> None:
     # three alphas outscore one alone; equal documents tie, by id
     assert all(int(h.id[1:]) % 3 == 0 for h in hits[:50])
     assert hits == sorted(hits, key=lambda h: (-h.score, h.id))
+
+
+def test_snippet_of_a_long_body_stops_after_its_window() -> None:
+    text = "a refund " + "filler " * 150_000 + "refund at the end"
+    compiled = CompiledQuery(None, {"body": {"refund"}}, [])
+    snippet = make_snippet(text, "body", compiled)
+    assert snippet is not None
+    assert snippet.startswith("a <mark>refund</mark> filler")
+    assert snippet.endswith("…") and snippet.count("<mark>") == 1
+    late = make_snippet("filler " * 1000 + "refund, refund", "body", compiled)
+    assert late is not None and late.startswith("…") and late.count("<mark>") == 2
