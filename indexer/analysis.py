@@ -171,9 +171,11 @@ def iter_tokens(
 
 # A chunk's index terms depend on its text alone (the kinds cannot overlap: a phone number has a
 # space or a leading +, an e-mail an @, a word neither), so they are worked out once per distinct
-# chunk. The regex is _CHUNK_RE without the group names, so that findall returns whole chunks.
+# chunk. Chunks of many terms (Chinese runs, mostly unique) are not kept: they filled the cache.
+# The regex is _CHUNK_RE without the group names, so that findall returns whole chunks.
 _CHUNK_TEXT_RE = re.compile(re.sub(r"\(\?P<\w+>", "(?:", _CHUNK_RE.pattern))
 _CHUNK_CACHE_MAX = 300_000
+_CHUNK_CACHE_TERMS = 4
 _chunk_cache: dict[str, tuple[tuple[tuple[str, bytes, int], ...], int]] = {}
 
 
@@ -184,7 +186,7 @@ def _chunk_terms(chunk: str) -> tuple[tuple[tuple[str, bytes, int], ...], int]:
     if got is None:
         terms = tuple((t, t.encode("utf-8"), pos) for t, pos, _s, _e in iter_tokens(chunk))
         got = (terms, max((pos for _t, _b, pos in terms), default=-1) + 1)
-        if len(_chunk_cache) < _CHUNK_CACHE_MAX:
+        if len(terms) <= _CHUNK_CACHE_TERMS and len(_chunk_cache) < _CHUNK_CACHE_MAX:
             _chunk_cache[chunk] = got
     return got
 

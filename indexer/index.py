@@ -72,6 +72,7 @@ _SHARD_RE = {"year": re.compile(r"^\d{4}$"), "month": re.compile(r"^\d{4}-\d{2}$
 _GEN_RE = re.compile(r"^g(\d{6})$")
 SNIPPET_SOURCE_CHARS = 10_000
 _BATCH = 500
+WORKER_BUFFERED_DOCS = 300_000  # documents a rebuild worker holds in memory (~3.5 KiB each)
 
 
 def shard_key(created_at: datetime, period: str) -> str:
@@ -869,6 +870,7 @@ def run_build_worker() -> None:
     gen, worker = sys.argv[1], int(sys.argv[3])
     inbox = sys.stdin.buffer
     writers: dict[str, Any] = {}
+    buffered = 0
     count = 0
     try:
         while True:
@@ -880,13 +882,22 @@ def run_build_worker() -> None:
             if writer is None:
                 path = Path(gen) / "_parts" / name / f"w{worker}"
                 path.mkdir(parents=True, exist_ok=True)
-                ix = windex.create_in(str(path), build_schema())
+                if windex.exists_in(str(path)):
+                    ix = windex.open_dir(str(path))
+                else:
+                    ix = windex.create_in(str(path), build_schema())
                 writer = writers[name] = open_writer(ix)
             for record, archived_at in batch:
                 _add_record(writer, build_document(record, archived_at))
             count += len(batch)
+            buffered += len(batch)
+            if buffered > WORKER_BUFFERED_DOCS:
+                # Bound memory: the fullest shard gets a segment now and starts another.
+                name = max(writers, key=lambda n: writers[n].doc_count())
+                buffered -= writers[name].doc_count()
+                writers.pop(name).commit(merge=False)
         for writer in writers.values():
-            writer.commit()
+            writer.commit(merge=False)
         print(json.dumps({"ok": True, "count": count}), flush=True)
     except BaseException as e:  # report, the parent raises
         for writer in writers.values():
