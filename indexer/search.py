@@ -400,7 +400,7 @@ class ShardCache:
         }
         self._id_column = reader.column_reader("id")
         self._id_rank: npt.NDArray[np.int64] | None = None
-        self._years: dict[str, npt.NDArray[np.int64]] = {}
+        self._years: dict[str, npt.NDArray[np.int16]] = {}
         self._orders: dict[str, tuple[Docs, npt.NDArray[np.int64], npt.NDArray[np.int64]]] = {}
         self._all_facets: dict[str, dict[str, dict[str, int]]] = {}
         self._lengths: dict[str, npt.NDArray[np.float64]] = {}
@@ -433,7 +433,7 @@ class ShardCache:
         return got
 
     @staticmethod
-    def _ordinals(reader: Any, fieldname: str) -> tuple[list[str], npt.NDArray[np.int64]]:
+    def _ordinals(reader: Any, fieldname: str) -> tuple[list[str], npt.NDArray[np.int32]]:
         names: list[str] = []
         index: dict[str, int] = {}
         ords = array("H")
@@ -443,7 +443,7 @@ class ShardCache:
                 i = index[value] = len(names)
                 names.append(value)
             ords.append(i)
-        return names, np.array(ords, np.int64)
+        return names, np.array(ords, np.int32)
 
     def record_id(self, docnum: int) -> str:
         """Return the record id of a document number."""
@@ -459,11 +459,12 @@ class ShardCache:
             self._id_rank = rank
         return self._id_rank
 
-    def years(self, date_field: str) -> npt.NDArray[np.int64]:
+    def years(self, date_field: str) -> npt.NDArray[np.int16]:
         """Return the year of ``date_field`` for every document number, as an offset."""
         ys = self._years.get(date_field)
         if ys is None:
-            ys = np.searchsorted(_YEAR_STARTS_NP, self.dates[date_field], side="right")
+            starts = _YEAR_STARTS_NP
+            ys = np.searchsorted(starts, self.dates[date_field], side="right").astype(np.int16)
             self._years[date_field] = ys
         return ys
 
@@ -913,8 +914,9 @@ class Evaluator:
         w_parts: list[Floats] = []
         for leaf, base in self.reader.leaf_readers():
             lids, lw = _leaf_postings(leaf, fieldname, btext, base, blocks)
-            ids_parts.append(lids)
-            w_parts.append(lw)
+            if len(lids):
+                ids_parts.append(lids)
+                w_parts.append(lw)
         if not ids_parts:
             return _empty()
         ids = ids_parts[0] if len(ids_parts) == 1 else np.concatenate(ids_parts)
