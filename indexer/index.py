@@ -73,6 +73,7 @@ _GEN_RE = re.compile(r"^g(\d{6})$")
 SNIPPET_SOURCE_CHARS = 10_000
 _BATCH = 500
 WORKER_BUFFERED_DOCS = 300_000  # documents a rebuild worker holds in memory (~3.5 KiB each)
+_READ_IDS_COST = 6  # reading a segment's ids, in lookups of one id per document
 
 
 def shard_key(created_at: datetime, period: str) -> str:
@@ -201,6 +202,7 @@ class SearchIndex:
         # Record ids per segment id (segments never change; deletions live in the TOC), so that
         # an add need not look every id up in every segment: about 80 bytes per indexed record.
         self._segment_ids: dict[str, frozenset[bytes]] = {}
+        self._segment_probes: dict[str, int] = {}
         self._parser: Any = None
         self._closed = False
 
@@ -452,7 +454,8 @@ class SearchIndex:
         """Return, for each indexed id among ``ids``, the shards holding a live copy."""
         wanted = {rid.encode("utf-8"): rid for rid in ids}
         found: dict[str, list[str]] = {}
-        seen: dict[str, frozenset[bytes]] = {}
+        known: dict[str, frozenset[bytes]] = {}
+        probed: dict[str, int] = {}
         for name in self._shard_names(gen):
             with self._shard_index(gen, name).searcher() as searcher:
                 hits: set[bytes] = set()
@@ -460,16 +463,25 @@ class SearchIndex:
                     segment = leaf.segment()
                     if segment is None:
                         continue
-                    seg_ids = self._segment_ids.get(segment.segid)
+                    segid = segment.segid
+                    seg_ids = self._segment_ids.get(segid)
                     if seg_ids is None:
+                        # Reading a segment's ids costs about as much as six lookups per id:
+                        # look ids up until that many lookups were spent on it, then read them.
+                        spent = self._segment_probes.get(segid, 0) + len(wanted)
+                        if spent * _READ_IDS_COST < segment.doc_count_all():
+                            probed[segid] = spent
+                            hits.update(b for b in wanted if ("id", b) in leaf)
+                            continue
                         seg_ids = frozenset(leaf.lexicon("id"))
-                    seen[segment.segid] = seg_ids
+                    known[segid] = seg_ids
                     hits.update(wanted.keys() & seg_ids)
                 for btext in sorted(hits):
                     rid = wanted[btext]
                     if searcher.document_number(id=rid) is not None:
                         found.setdefault(rid, []).append(name)
-        self._segment_ids = seen
+        self._segment_ids = known
+        self._segment_probes = probed
         return found
 
     def _commit(self, writer: Any) -> None:
