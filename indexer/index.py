@@ -46,26 +46,13 @@ from whoosh.util.numeric import byte_to_length, length_to_byte
 
 from archivist.records import format_utc
 from indexer.analysis import SINGLE_POSITION_VALUES, ArchivePositions, index_term_positions
+from indexer.dates import parse_timestamp, to_micros
 from indexer.errors import IndexerError, IndexUnavailable
+from indexer.query import CompiledQuery, compile_query, make_parser
 from indexer.schema import build_schema
-from indexer.search import (
-    CompiledQuery,
-    GlobalStats,
-    SearchHit,
-    SearchPage,
-    SearchQuery,
-    ShardCache,
-    ShardView,
-    compile_query,
-    make_parser,
-    make_snippet,
-    order_matches,
-    parse_timestamp,
-    plain_snippet,
-    run_search,
-    to_micros,
-    validate,
-)
+from indexer.search import SearchHit, SearchPage, SearchQuery, order_matches, run_search, validate
+from indexer.shards import GlobalStats, ShardCache, ShardView
+from indexer.snippets import make_snippet, plain_snippet
 
 PERIODS = ("year", "month")
 _SHARD_RE = {"year": re.compile(r"^\d{4}$"), "month": re.compile(r"^\d{4}-\d{2}$")}

@@ -50,10 +50,11 @@ from archivist.config import Config
 from archivist.errors import ArchivistError
 from archivist.holds import SCOPES
 from archivist.tokens import TokenInfo
+from indexer.dates import parse_bound
 from indexer.errors import BadQuery, IndexerError
 from indexer.jobs import last_run, run_archive_job, run_dispose_job
 from indexer.schema import DATE_FIELDS
-from indexer.search import SORTS, SearchQuery, parse_bound
+from indexer.search import SORTS, SearchQuery
 from indexer.services import Services
 from server import actions
 from server.auth import TokenLookup

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from indexer.analysis import iter_tokens, stem
+from indexer.dates import parse_bound, to_micros
 from indexer.errors import BadQuery
 from indexer.index import SearchIndex
-from indexer.search import SearchPage, SearchQuery, parse_bound, to_micros
+from indexer.search import SearchPage, SearchQuery
 
 UTC = UTC
 CATEGORIES = ["support", "sales", "billing", "finance", "medical"]

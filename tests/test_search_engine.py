@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from indexer.index import SearchIndex
-from indexer.search import CompiledQuery, SearchQuery, make_snippet
+from indexer.query import CompiledQuery
+from indexer.search import SearchQuery
+from indexer.snippets import make_snippet
 from tests.test_search import (
     AND,
     AT,

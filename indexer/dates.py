@@ -1,0 +1,66 @@
+"""Time helpers of search: epoch microseconds, UTC years, and the `from`/`to` bounds."""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+
+from indexer.errors import BadQuery
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+YEAR0 = 1900
+YEAR_STARTS = [
+    int((datetime(y, 1, 1, tzinfo=UTC) - _EPOCH) / timedelta(microseconds=1))
+    for y in range(YEAR0, 2301)
+]
+
+
+def to_micros(value: datetime) -> int:
+    """Return an aware datetime as integer microseconds since the epoch.
+
+    :param value: an aware datetime.
+    """
+    return (value - _EPOCH) // timedelta(microseconds=1)
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Parse an ISO 8601 timestamp with offset or ``Z`` into an aware UTC datetime.
+
+    :param text: the timestamp.
+    """
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise ValueError(f"timestamp without offset: {text!r}")
+    return value.astimezone(UTC)
+
+
+def parse_bound(text: str, end: bool) -> datetime:
+    """Parse a ``from``/``to`` bound: an ISO date or datetime, as aware UTC.
+
+    A date alone means its first microsecond, or with ``end`` its last one, so that an inclusive
+    ``to`` covers the whole day. A datetime without offset is taken as UTC.
+
+    :param text: the ISO date or datetime.
+    :param end: True for the upper (``to``) bound.
+    """
+    text = text.strip()
+    try:
+        if len(text) == 10:
+            d = date.fromisoformat(text)
+            t = dtime.max if end else dtime.min
+            return datetime.combine(d, t, tzinfo=UTC)
+        value = datetime.fromisoformat(text)
+    except ValueError as e:
+        raise BadQuery(f"not an ISO date or datetime: {text[:40]!r}") from e
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def year_of_micros(us: int) -> int:
+    """Return the UTC year of an epoch-microsecond value (1900-2300).
+
+    :param us: microseconds since the epoch.
+    """
+    return YEAR0 + bisect_right(YEAR_STARTS, us) - 1

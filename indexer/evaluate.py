@@ -1,0 +1,199 @@
+"""Evaluating a parsed Whoosh query on one shard into matching documents and scores."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from pickle import loads
+
+import numpy as np
+from whoosh import query as wq
+
+from indexer.analysis import ArchivePositions
+from indexer.errors import BadQuery
+from indexer.postings import (
+    NO_DOCS,
+    Block,
+    Docs,
+    Floats,
+    Matches,
+    empty_matches,
+    intersect,
+    leaf_postings,
+    member,
+    position_keys,
+    union,
+)
+from indexer.query import MAX_TERMS
+from indexer.schema import TEXT_FIELDS
+from indexer.shards import BM25_K1, GlobalStats, ShardCache
+
+
+class Evaluator:
+    """Evaluates a parsed Whoosh query on one shard into :class:`Matches`."""
+
+    def __init__(self, cache: ShardCache, stats: GlobalStats | None, scored: bool) -> None:
+        self.cache = cache
+        self.reader = cache.searcher.reader()
+        self.stats = stats
+        self.scored = scored
+
+    def run(self, q: wq.Query) -> Matches:
+        """Return the matching live documents and their scores."""
+        return self._eval(q)
+
+    def _eval(self, q: wq.Query) -> Matches:
+        if isinstance(q, wq.Term):
+            return self._term(q.fieldname, q.text, q.boost)
+        if isinstance(q, wq.Phrase):
+            return self._phrase(q)
+        if isinstance(q, wq.And):
+            parts = sorted((self._eval(c) for c in q.subqueries), key=len)
+            if not parts:
+                return empty_matches()
+            out = parts[0]
+            for other in parts[1:]:
+                ia, ib = intersect(out.docs, other.docs)
+                out = Matches(out.docs[ia], out.scores[ia] + other.scores[ib])
+                if not len(out):
+                    break
+            return out
+        if isinstance(q, (wq.Or, wq.DisjunctionMax)):
+            parts = sorted((self._eval(c) for c in q.subqueries), key=len, reverse=True)
+            return union(parts, self.cache.size)
+        if isinstance(q, wq.AndNot):
+            pos = self._eval(q.a)
+            if not len(pos):
+                return pos
+            neg = self._eval(q.b)
+            return pos.take(~member(pos.docs, neg.docs))
+        if isinstance(q, wq.AndMaybe):
+            pos = self._eval(q.a)
+            opt = self._eval(q.b)
+            ia, ib = intersect(pos.docs, opt.docs)
+            scores = pos.scores.copy()
+            scores[ia] += opt.scores[ib]
+            return Matches(pos.docs, scores)
+        if isinstance(q, wq.Require):
+            pos = self._eval(q.a)
+            req = self._eval(q.b)
+            return pos.take(member(pos.docs, req.docs))
+        if isinstance(q, wq.Not):
+            neg = self._eval(q.query)
+            live = self.cache.live_docs
+            docs = live[~member(live, neg.docs)]
+            return Matches(docs, np.zeros(len(docs), np.float64))
+        if isinstance(q, (wq.Prefix, wq.Wildcard, wq.FuzzyTerm, wq.TermRange, wq.Regex)):
+            terms = [self._term(q.field(), bt, q.boost) for bt in q._btexts(self.reader)]
+            return union(terms, self.cache.size)
+        if q is wq.NullQuery or isinstance(q, wq.qcore._NullQuery):
+            return empty_matches()
+        raise BadQuery(f"unsupported query part: {type(q).__name__}")
+
+    def _term(
+        self,
+        fieldname: str,
+        text: str | bytes,
+        boost: float = 1.0,
+        blocks: list[Block] | None = None,
+    ) -> Matches:
+        btext = text.encode("utf-8") if isinstance(text, str) else text
+        ids_parts: list[Docs] = []
+        w_parts: list[Floats] = []
+        for leaf, base in self.reader.leaf_readers():
+            lids, lw = leaf_postings(leaf, fieldname, btext, base, blocks)
+            if len(lids):
+                ids_parts.append(lids)
+                w_parts.append(lw)
+        if not ids_parts:
+            return empty_matches()
+        ids = ids_parts[0] if len(ids_parts) == 1 else np.concatenate(ids_parts)
+        if not self.scored or fieldname not in TEXT_FIELDS:
+            scores = np.full(len(ids), 1.0 * boost if self.scored else 0.0, np.float64)
+        else:
+            assert self.stats is not None
+            weights = w_parts[0] if len(w_parts) == 1 else np.concatenate(w_parts)
+            idf = self.stats.idf(fieldname, btext) * boost * (BM25_K1 + 1)
+            norm = self.cache.norms(fieldname, self.stats.avg_field_length(fieldname))
+            scores = idf * weights / (weights + norm[ids])
+        out = Matches(ids, scores)
+        if self.cache.live_mask is not None:
+            out = out.take(self.cache.live_mask[ids])
+        return out
+
+    def _phrase(self, q: wq.Phrase) -> Matches:
+        words = list(q.words)
+        if len(words) == 1:
+            return self._term(q.fieldname, words[0], q.boost)
+        blocks: list[list[Block]] = [[] for _ in words]
+        per_word = [self._term(q.fieldname, w, q.boost, blocks[i]) for i, w in enumerate(words)]
+        # Positions are decoded only for the documents holding every word.
+        candidates = min(per_word, key=len).docs
+        for sc in per_word:
+            candidates = candidates[member(candidates, sc.docs)]
+            if not len(candidates):
+                return empty_matches()
+        fmt = self.cache.searcher.schema[q.fieldname].format
+        decode = None if type(fmt) is ArchivePositions else fmt.decode_positions
+        slop = q.slop
+        if slop == 1:
+            # An exact phrase starts at p where word i is at p + i for every i: the positions
+            # of word i shifted back by i (plus a margin, so none is negative) all share p.
+            # Rarer words first, so that the frequent ones are decoded for fewer documents.
+            common: Docs | None = None
+            for i in sorted(range(len(words)), key=lambda i: len(per_word[i])):
+                keys = self._positions(blocks[i], candidates, decode) + (MAX_TERMS - i)
+                common = keys if common is None else common[member(common, keys)]
+                if not len(common):
+                    return empty_matches()
+                candidates = np.unique(common >> 32)
+        else:
+            starts = NO_DOCS
+            for i in range(len(words)):
+                keys = self._positions(blocks[i], candidates, decode)
+                if i == 0:
+                    starts = keys
+                else:
+                    # A start survives while every next word is found within slop after it.
+                    ok = np.zeros(len(starts), np.bool_)
+                    for k in range(slop):
+                        ok |= member(starts + (i + k), keys)
+                    starts = starts[ok]
+                if not len(starts):
+                    return empty_matches()
+                candidates = np.unique(starts >> 32)
+        docs = candidates
+        scores = np.zeros(len(docs), np.float64)
+        for sc in per_word:
+            scores += sc.scores[np.searchsorted(sc.docs, docs)]
+        return Matches(docs, scores)
+
+    def _positions(
+        self, blocks: list[Block], candidates: Docs, decode: Callable[[bytes], list[int]] | None
+    ) -> Docs:
+        """Return ``doc << 32 | position`` for a word's positions in the candidate documents."""
+        if not blocks:
+            return NO_DOCS
+        sizes = np.array([len(ids) for ids, _source, _compressed in blocks], np.int64)
+        offsets = np.zeros(len(blocks) + 1, np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        all_ids = np.concatenate([ids for ids, _source, _compressed in blocks])
+        wanted = member(all_ids, candidates)
+        running = np.zeros(len(all_ids) + 1, np.int64)
+        np.cumsum(wanted, out=running[1:])
+        used = running[offsets[1:]] - running[offsets[:-1]] > 0
+        # the values of the blocks that hold a candidate, in one list; unpickled once a query
+        values_all: list[bytes] = []
+        starts = np.zeros(len(blocks), np.int64)
+        for i in np.flatnonzero(used).tolist():
+            ids, source, compressed = blocks[i]
+            if isinstance(source, bytes):
+                source = loads(zlib.decompress(source) if compressed else source)[2]
+                blocks[i] = (ids, source, False)
+            starts[i] = len(values_all)
+            values_all.extend(source)
+        hits = np.flatnonzero(wanted)
+        block_of = np.searchsorted(offsets, hits, side="right") - 1
+        picks = (hits - offsets[block_of] + starts[block_of]).tolist()
+        values = [values_all[j] for j in picks]
+        return position_keys(values, all_ids[hits], decode)

@@ -1,0 +1,182 @@
+"""Parsing a search query and refusing costly ones before anything runs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from whoosh import query as wq
+from whoosh.qparser import MultifieldParser, QueryParserError
+
+from indexer.analysis import normalize_query_text
+from indexer.errors import BadQuery
+from indexer.schema import TEXT_FIELDS
+
+MAX_QUERY_CHARS = 1000
+MAX_TERMS = 64
+MAX_EXPANSION = 1000
+MAX_SCAN = 20_000
+QUERY_FIELDS = frozenset({"subject", "body", "customer_id", "owner", "id"})
+
+
+@dataclass
+class CompiledQuery:
+    """A parsed, checked text query and what snippets need to highlight it."""
+
+    query: wq.Query | None
+    terms: dict[str, set[str]]
+    prefixes: list[tuple[str, re.Pattern[str]]]
+
+
+_HIDDEN_FIELD = re.compile(
+    r"(?<![\w.])(kind|category|created_at|updated_at|archived_at|created_us|updated_us|"
+    r"archived_us|stored|status):"
+)
+_BAD_WILDCARD = re.compile(r"(?:^|[\s(:])[*?]")
+
+
+def _check_syntax(q: str) -> None:
+    depth = 0
+    in_quote = False
+    for ch in q:
+        if ch == '"':
+            in_quote = not in_quote
+        elif not in_quote:
+            if ch == "(":
+                depth += 1
+            elif ch == ")":
+                depth -= 1
+                if depth < 0:
+                    raise BadQuery("unbalanced parenthesis")
+    if in_quote:
+        raise BadQuery("unbalanced quote")
+    if depth:
+        raise BadQuery("unbalanced parenthesis")
+    if _BAD_WILDCARD.search(q):
+        raise BadQuery("a wildcard cannot start a term")
+
+
+def make_parser(schema: Any) -> MultifieldParser:
+    """Build the query parser: subject and body by default, AND between words.
+
+    :param schema: the shard schema; only the fields a query may name are given to the parser.
+    """
+    from whoosh.fields import Schema
+
+    visible = Schema(**{name: schema[name] for name in sorted(QUERY_FIELDS)})
+    return MultifieldParser(list(TEXT_FIELDS), visible)
+
+
+def _leaves(q: wq.Query) -> Iterable[wq.Query]:
+    if q.is_leaf():
+        yield q
+    else:
+        for child in q.children():
+            yield from _leaves(child)
+
+
+def compile_query(text: str, parser: MultifieldParser, readers: Sequence[Any]) -> CompiledQuery:
+    """Parse a query string and refuse it before running when unparseable or too costly.
+
+    :param text: the ``q`` parameter.
+    :param parser: the parser from :func:`make_parser`.
+    :param readers: one Whoosh reader per shard, to count wildcard and range expansions.
+    """
+    if len(text) > MAX_QUERY_CHARS:
+        raise BadQuery(f"query longer than {MAX_QUERY_CHARS} characters")
+    text = text.strip()
+    if not text:
+        return CompiledQuery(None, {}, [])
+    if text.count("*") + text.count("?") > 20:
+        raise BadQuery("too many wildcards")
+    _check_syntax(text)
+    hidden = _HIDDEN_FIELD.search(text)
+    if hidden:
+        raise BadQuery(f"{hidden.group(1)} cannot be searched in q; use the filters")
+    text = normalize_query_text(text)
+    try:
+        parsed = parser.parse(text)
+    except QueryParserError as e:  # pragma: no cover - the parser rarely raises
+        raise BadQuery(f"cannot parse query: {e}") from e
+    parsed = parsed.normalize()
+    terms: dict[str, set[str]] = {}
+    prefixes: list[tuple[str, re.Pattern[str]]] = []
+    nterms = 0
+    for leaf in _leaves(parsed):
+        if getattr(leaf, "error", None):
+            raise BadQuery(f"cannot parse query: {leaf.error}")
+        if leaf is wq.NullQuery or isinstance(leaf, wq.qcore._NullQuery):
+            continue
+        fieldname = leaf.field() if hasattr(leaf, "field") else None
+        if isinstance(leaf, wq.Every):
+            raise BadQuery("a query matching everything: leave q empty instead")
+        if fieldname is not None and fieldname not in QUERY_FIELDS:
+            raise BadQuery(f"unknown field {fieldname!r}")
+        if isinstance(leaf, (wq.Prefix, wq.Wildcard, wq.FuzzyTerm, wq.TermRange, wq.Regex)):
+            _check_expansion(leaf, readers)
+            if fieldname in TEXT_FIELDS:
+                prefixes.append((fieldname, _pattern_of(leaf)))
+            nterms += 1
+        elif isinstance(leaf, (wq.NumericRange, wq.DateRange)):
+            raise BadQuery("ranges are given with from/to")
+        elif isinstance(leaf, wq.Phrase):
+            nterms += len(leaf.words)
+            terms.setdefault(leaf.fieldname, set()).update(leaf.words)
+        elif isinstance(leaf, wq.Term):
+            nterms += 1
+            terms.setdefault(leaf.fieldname, set()).add(leaf.text)
+        else:
+            raise BadQuery(f"unsupported query part: {type(leaf).__name__}")
+    if nterms > MAX_TERMS:
+        raise BadQuery(f"more than {MAX_TERMS} terms")
+    if nterms == 0:
+        # e.g. only punctuation or only operators: nothing can match.
+        return CompiledQuery(wq.NullQuery, terms, prefixes)
+    return CompiledQuery(parsed, terms, prefixes)
+
+
+def _pattern_of(leaf: wq.Query) -> re.Pattern[str]:
+    if isinstance(leaf, wq.Prefix):
+        return re.compile(re.escape(leaf.text) + ".*")
+    if isinstance(leaf, wq.Wildcard):
+        parts = [".*" if c == "*" else "." if c == "?" else re.escape(c) for c in leaf.text]
+        return re.compile("".join(parts))
+    return re.compile("(?!)")
+
+
+def _literal_prefix(leaf: wq.Query) -> str:
+    if isinstance(leaf, wq.Prefix):
+        return str(leaf.text)
+    if isinstance(leaf, wq.Wildcard):
+        return str(re.split(r"[*?]", leaf.text, maxsplit=1)[0])
+    if isinstance(leaf, wq.FuzzyTerm):
+        return str(leaf.text[: leaf.prefixlength])
+    return ""
+
+
+def _check_expansion(leaf: wq.Query, readers: Sequence[Any]) -> None:
+    """Refuse a multi-term query whose expansion would pass the limits, reading few terms."""
+    fieldname = leaf.field()
+    prefix = _literal_prefix(leaf)
+    if isinstance(leaf, (wq.Prefix, wq.Wildcard, wq.FuzzyTerm, wq.Regex)) and not prefix:
+        raise BadQuery("a wildcard cannot start a term")
+    pattern = _pattern_of(leaf) if isinstance(leaf, wq.Wildcard) else None
+    found: set[bytes] = set()
+    scanned = 0
+    for reader in readers:
+        if isinstance(leaf, wq.TermRange):
+            source: Iterable[Any] = leaf._btexts(reader)
+        else:
+            source = reader.expand_prefix(fieldname, prefix)
+        for btext in source:
+            scanned += 1
+            if scanned > MAX_SCAN:
+                raise BadQuery(f"{leaf} scans too many terms")
+            if isinstance(btext, str):
+                btext = btext.encode("utf-8")
+            if pattern is None or pattern.fullmatch(btext.decode("utf-8")):
+                found.add(btext)
+                if len(found) > MAX_EXPANSION:
+                    raise BadQuery(f"{leaf} expands to more than {MAX_EXPANSION} terms")

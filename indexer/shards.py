@@ -1,0 +1,198 @@
+"""Per-shard column caches and collection statistics summed over all shards (BM25)."""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from whoosh.codec.whoosh3 import (
+    LENGTHS_COLUMN,
+    _lenfield,
+)
+from whoosh.searching import Searcher
+from whoosh.util.numeric import byte_to_length
+
+from indexer.dates import YEAR0, YEAR_STARTS
+from indexer.postings import Docs, Floats
+from indexer.schema import DATE_FIELDS, date_column
+
+
+class GlobalStats:
+    """Collection statistics summed over every shard, computed lazily per term."""
+
+    def __init__(self, readers: Sequence[Any]) -> None:
+        self._readers = readers
+        self.doc_count = sum(r.doc_count_all() for r in readers) or 1
+        self._avgfl: dict[str, float] = {}
+        self._df: dict[tuple[str, bytes], int] = {}
+
+    def avg_field_length(self, fieldname: str) -> float:
+        """Return the average length of a field over all shards."""
+        v = self._avgfl.get(fieldname)
+        if v is None:
+            total = sum(r.field_length(fieldname) for r in self._readers)
+            v = self._avgfl[fieldname] = (total / self.doc_count) or 1.0
+        return v
+
+    def idf(self, fieldname: str, btext: bytes) -> float:
+        """Return the BM25 idf of a term over all shards."""
+        key = (fieldname, btext)
+        df = self._df.get(key)
+        if df is None:
+            df = self._df[key] = sum(r.doc_frequency(fieldname, btext) for r in self._readers)
+        n = self.doc_count
+        return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+
+
+# --- per-shard caches -------------------------------------------------------------------------
+
+BM25_K1 = 1.2
+BM25_B = 0.75
+_LENGTHS = np.array([byte_to_length(b) for b in range(256)], np.float64)  # byte -> field length
+_YEAR_STARTS_NP = np.array(YEAR_STARTS, np.int64)
+
+
+class ShardCache:
+    """Per-document values of one shard's searcher, read once and shared by every query.
+
+    Values are numpy arrays indexed by document number, so that filters, facets and sorting
+    run over a query's matches without Python work per match.
+    """
+
+    def __init__(self, searcher: Searcher) -> None:
+        reader = searcher.reader()
+        self.searcher = searcher
+        self.size = reader.doc_count_all()
+        self.live = array("i", reader.all_doc_ids())
+        self.live_docs: Docs = np.array(self.live, np.int64)
+        # None when nothing is deleted (the usual case): no mask to apply.
+        self.live_mask: npt.NDArray[np.bool_] | None = None
+        if len(self.live) != self.size:
+            self.live_mask = np.zeros(self.size, np.bool_)
+            self.live_mask[self.live_docs] = True
+        self.cat_names, self.cat_ord = self._ordinals(reader, "category")
+        self.kind_names, self.kind_ord = self._ordinals(reader, "kind")
+        self.dates: dict[str, npt.NDArray[np.int64]] = {
+            f: np.array(array("q", reader.column_reader(date_column(f))), np.int64)
+            for f in DATE_FIELDS
+        }
+        self._id_column = reader.column_reader("id")
+        self._id_rank: npt.NDArray[np.int64] | None = None
+        self._years: dict[str, npt.NDArray[np.int16]] = {}
+        self._orders: dict[str, tuple[Docs, npt.NDArray[np.int64], npt.NDArray[np.int64]]] = {}
+        self._all_facets: dict[str, dict[str, dict[str, int]]] = {}
+        self._lengths: dict[str, npt.NDArray[np.float64]] = {}
+        self._norms: dict[tuple[str, float], Floats] = {}
+
+    def lengths(self, fieldname: str) -> npt.NDArray[np.float64]:
+        """Return the length of a text field for every document number."""
+        got = self._lengths.get(fieldname)
+        if got is None:
+            parts = []
+            for leaf, _base in self.searcher.reader().leaf_readers():
+                n = leaf.doc_count_all()
+                col = leaf._perdoc._cached_reader(_lenfield(fieldname), LENGTHS_COLUMN)
+                if col is None:
+                    parts.append(np.zeros(n, np.float64))
+                else:
+                    parts.append(_LENGTHS[np.fromiter(col, np.uint8, n)])
+            got = np.concatenate(parts) if parts else np.zeros(0, np.float64)
+            self._lengths[fieldname] = got
+        return got
+
+    def norms(self, fieldname: str, avgfl: float) -> Floats:
+        """Return BM25's length normalisation ``k1 * (1 - b + b * len / avgfl)`` per document."""
+        key = (fieldname, avgfl)
+        got = self._norms.get(key)
+        if got is None:
+            a, b = BM25_K1 * (1 - BM25_B), BM25_K1 * BM25_B / avgfl
+            got = a + b * self.lengths(fieldname)
+            self._norms = {key: got, **{k: v for k, v in self._norms.items() if k[0] != fieldname}}
+        return got
+
+    @staticmethod
+    def _ordinals(reader: Any, fieldname: str) -> tuple[list[str], npt.NDArray[np.int32]]:
+        names: list[str] = []
+        index: dict[str, int] = {}
+        ords = array("H")
+        for value in reader.column_reader(fieldname):
+            i = index.get(value)
+            if i is None:
+                i = index[value] = len(names)
+                names.append(value)
+            ords.append(i)
+        return names, np.array(ords, np.int32)
+
+    def record_id(self, docnum: int) -> str:
+        """Return the record id of a document number."""
+        value = self._id_column[docnum]
+        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+    def id_rank(self) -> npt.NDArray[np.int64]:
+        """Return every document's rank in record id order (for ties)."""
+        if self._id_rank is None:
+            ids = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in self._id_column]
+            rank = np.empty(self.size, np.int64)
+            rank[np.argsort(np.array(ids, dtype=str), kind="stable")] = np.arange(self.size)
+            self._id_rank = rank
+        return self._id_rank
+
+    def years(self, date_field: str) -> npt.NDArray[np.int16]:
+        """Return the year of ``date_field`` for every document number, as an offset."""
+        ys = self._years.get(date_field)
+        if ys is None:
+            starts = _YEAR_STARTS_NP
+            ys = np.searchsorted(starts, self.dates[date_field], side="right").astype(np.int16)
+            self._years[date_field] = ys
+        return ys
+
+    def order(self, date_field: str) -> tuple[Docs, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Return live documents sorted by (date, id), their dates in that order, and ranks."""
+        got = self._orders.get(date_field)
+        if got is None:
+            dates = self.dates[date_field]
+            live = self.live_docs
+            order = live[np.lexsort((self.id_rank()[live], dates[live]))]
+            rank = np.full(self.size, -1, np.int64)
+            rank[order] = np.arange(len(order))
+            got = self._orders[date_field] = (order, dates[order], rank)
+        return got
+
+    def facets(self, docs: Docs | None, date_field: str) -> dict[str, Counter[str]]:
+        """Count category, kind and year over documents (None: every live document)."""
+        if docs is None:
+            cached = self._all_facets.get(date_field)
+            if cached is None:
+                counts = self.facets(self.live_docs, date_field)
+                cached = {k: dict(v) for k, v in counts.items()}
+                self._all_facets[date_field] = cached
+            return {k: Counter(v) for k, v in cached.items()}
+        out: dict[str, Counter[str]] = {}
+        for name, ords, names in (
+            ("category", self.cat_ord, self.cat_names),
+            ("kind", self.kind_ord, self.kind_names),
+        ):
+            out[name] = _count(np.bincount(ords[docs]), names.__getitem__)
+        ycounts = np.bincount(self.years(date_field)[docs])
+        out["year"] = _count(ycounts, lambda i: str(YEAR0 + i - 1))
+        return out
+
+
+def _count(counts: npt.NDArray[np.int64], name: Callable[[int], str]) -> Counter[str]:
+    return Counter({name(i): int(counts[i]) for i in np.flatnonzero(counts).tolist()})
+
+
+@dataclass
+class ShardView:
+    """One shard as a query sees it: searcher, caches and its ``created_at`` period."""
+
+    name: str
+    lo_us: int
+    hi_us: int
+    cache: ShardCache
