@@ -42,7 +42,6 @@ from whoosh.filedb.filestore import FileStorage
 from whoosh.formats import Existence
 from whoosh.index import TOC
 from whoosh.system import pack_ushort as _PACK_USHORT
-from whoosh.util.numeric import byte_to_length, length_to_byte
 
 from archivist.records import format_utc
 from indexer.analysis import SINGLE_POSITION_VALUES, ArchivePositions, index_term_positions
@@ -650,14 +649,17 @@ def _add_record(writer: Any, doc: dict[str, Any]) -> None:
     writer.docnum += 1
 
 
-def _doc_lengths(pdr: Any, fieldname: str, doccount: int) -> list[int] | None:
-    """Return a field's length per document of a new segment, as Whoosh stores it."""
+def _doc_length_bytes(pdr: Any, fieldname: str, doccount: int) -> bytes | None:
+    """Return a field's length byte per document of a new segment (Whoosh's lengths column).
+
+    The bytes order like the lengths they stand for, and Whoosh's block and term statistics
+    store lengths as these bytes, so they are used as they are.
+    """
     reader = pdr._cached_reader(_lenfield(fieldname), LENGTHS_COLUMN)
     if reader is None:
         return None
-    lengths = [byte_to_length(b) if b else 0 for b in reader]
-    lengths.extend([0] * (doccount - len(lengths)))
-    return lengths
+    got = bytes(reader)
+    return got + bytes(doccount - len(got))
 
 
 _TERMINFO = struct.Struct("!BfIBBfII")  # W3TermInfo: flags, weight, df, lengths, maxweight, ids
@@ -682,7 +684,7 @@ def _compress(data: bytes, level: int) -> bytes:
 def _write_field(
     fw: Any,
     terms: dict[bytes, tuple[array[int], array[float], list[bytes]]],
-    lengths: list[int] | None,
+    lengths: bytes | None,
 ) -> None:
     """Write one field's posting lists and term infos as W3FieldWriter would, a field at a time.
 
@@ -715,7 +717,7 @@ def _write_field(
         offset += 4
         total = 0.0
         maxweight = 0.0
-        minlength: int | None = None
+        minlength = 0  # length bytes, 0 for none
         maxlength = 0
         n = len(docs)
         for i in range(0, n, limit):
@@ -748,28 +750,24 @@ def _write_field(
             bcomp = comp if len(data) >= _SMALL_BLOCK else 0
             if bcomp:
                 data = _compress(data, bcomp)
-            bmin: int | None = None
-            bmaxlen = 0
+            bmin = bmaxlen = 0
             if lengths is not None:
                 if count == 1:
-                    bmin = lengths[ids[0]] or None
-                    bmaxlen = bmin or 0
+                    bmin = bmaxlen = lengths[ids[0]]
                 else:
                     ls = [x for x in map(lengths.__getitem__, ids) if x]
                     if ls:
                         bmin = min(ls)
                         bmaxlen = max(ls)
-            info = dumps(
-                (count, ids[-1], bmax, bcomp, length_to_byte(bmin), length_to_byte(bmaxlen)), 2
-            )
+            info = dumps((count, ids[-1], bmax, bcomp, bmin, bmaxlen), 2)
             size = len(info) + len(data)
             out.append(pack_int(-size if i + limit >= n else size))
             out.append(info)
             out.append(data)
             offset += 4 + size
             total += bsum
-            if bmin is not None:
-                minlength = bmin if minlength is None or bmin < minlength else minlength
+            if bmin and (not minlength or bmin < minlength):
+                minlength = bmin
             if bmaxlen > maxlength:
                 maxlength = bmaxlen
             if bmax > maxweight:
@@ -778,8 +776,8 @@ def _write_field(
             False,
             total,
             n,
-            0 if minlength is None else length_to_byte(minlength),
-            length_to_byte(maxlength),
+            minlength,
+            maxlength,
             maxweight,
             docs[0],
             docs[-1],
@@ -813,7 +811,8 @@ def _flush_pool(writer: Any) -> None:
             if fieldname not in schema:
                 continue
             fw.start_field(fieldname, schema[fieldname])
-            _write_field(fw, pool.fields[fieldname], _doc_lengths(pdr, fieldname, doccount))
+            lengths = _doc_length_bytes(pdr, fieldname, doccount)
+            _write_field(fw, pool.fields[fieldname], lengths)
             fw.finish_field()
             pool.fields[fieldname] = {}
     finally:
