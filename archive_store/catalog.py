@@ -123,6 +123,7 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout=60000")
     conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: the catalog indexes stay in memory
     conn.execute("PRAGMA wal_autocheckpoint=10000")  # checkpoint every ~40 MiB of WAL, not 4
+    conn.execute("PRAGMA journal_size_limit=4194304")  # then shrink the WAL file to 4 MiB
     return conn
 
 

@@ -163,6 +163,7 @@ def make_engine(url: str) -> Engine:
         # Checkpoint every ~40 MiB of WAL, not 4: an archive batch dirties index pages that
         # the next batches dirty again, so fewer checkpoints write each page fewer times.
         cursor.execute("PRAGMA wal_autocheckpoint=10000")
+        cursor.execute("PRAGMA journal_size_limit=4194304")  # shrink the WAL after that
         cursor.close()
 
     @event.listens_for(engine, "begin")

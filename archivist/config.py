@@ -55,7 +55,7 @@ class Config:
     kinds: tuple[str, ...] = DEFAULT_KINDS
     shard_period: str = "year"
     segment_max_bytes: int = 64 * 2**20
-    batch_size: int = 2000
+    batch_size: int = 4000
     server: ServerConfig = field(default_factory=ServerConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
 
@@ -129,7 +129,7 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
         kinds=tuple(kinds),
         shard_period=shard_period,
         segment_max_bytes=_positive(archive, "segment_max_bytes", 64 * 2**20, "archive"),
-        batch_size=_positive(archive, "batch_size", 2000, "archive"),
+        batch_size=_positive(archive, "batch_size", 4000, "archive"),
         server=server_config,
         worker=worker_config,
     )
