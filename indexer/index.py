@@ -59,7 +59,7 @@ _GEN_RE = re.compile(r"^g(\d{6})$")
 SNIPPET_SOURCE_CHARS = 10_000
 _BATCH = 500
 WORKER_BUFFERED_DOCS = 300_000  # documents a rebuild worker holds in memory (~3.5 KiB each)
-_READ_IDS_COST = 6  # reading a segment's ids, in lookups of one id per document
+_READ_IDS_COST = 6  # one id lookup in a segment costs about as much as reading 6 of its ids
 
 
 def shard_key(created_at: datetime, period: str) -> str:
@@ -452,8 +452,8 @@ class SearchIndex:
                     segid = segment.segid
                     seg_ids = self._segment_ids.get(segid)
                     if seg_ids is None:
-                        # Reading a segment's ids costs about as much as six lookups per id:
-                        # look ids up until that many lookups were spent on it, then read them.
+                        # Look ids up in a segment until that has cost as much as reading all
+                        # of its ids once would have, then read them (a long catch-up).
                         spent = self._segment_probes.get(segid, 0) + len(wanted)
                         if spent * _READ_IDS_COST < segment.doc_count_all():
                             probed[segid] = spent
