@@ -290,7 +290,8 @@ class SearchIndex:
                 if view is not None:
                     view.cache.searcher.close()
                 lo, hi = shard_bounds(name)
-                views.append(ShardView(name, lo, hi, ShardCache(searcher)))
+                previous = view.cache if view is not None else None
+                views.append(ShardView(name, lo, hi, ShardCache(searcher, previous)))
             if snap is not None and snap.gen != gen:
                 for v in snap.views:
                     v.cache.searcher.close()
@@ -434,7 +435,8 @@ class SearchIndex:
             except BaseException:
                 writer.cancel()
                 raise
-            self._commit(writer)
+            # No merge: the shard keeps its segments, so searchers keep their column caches.
+            self._commit(writer, merge=False)
 
     def _find_ids(self, gen: Path, ids: list[str]) -> dict[str, list[str]]:
         """Return, for each indexed id among ``ids``, the shards holding a live copy."""
@@ -470,9 +472,9 @@ class SearchIndex:
         self._segment_probes = probed
         return found
 
-    def _commit(self, writer: Any) -> None:
+    def _commit(self, writer: Any, merge: bool = True) -> None:
         """Commit a writer from :func:`open_writer`, remembering the ids of the segment it wrote."""
-        writer.commit()
+        writer.commit(merge=merge)
         ids = getattr(writer, "segment_ids", None)
         if ids is not None:
             self._segment_ids[writer.newsegment.segid] = ids

@@ -65,9 +65,28 @@ class ShardCache:
     run over a query's matches without Python work per match.
     """
 
-    def __init__(self, searcher: Searcher) -> None:
+    cat_names: list[str]
+    cat_ord: npt.NDArray[np.int32]
+    kind_names: list[str]
+    kind_ord: npt.NDArray[np.int32]
+    dates: dict[str, npt.NDArray[np.int64]]
+    _id_rank: npt.NDArray[np.int64] | None
+    _years: dict[str, npt.NDArray[np.int16]]
+    _lengths: dict[str, npt.NDArray[np.float64]]
+    _norms: dict[tuple[str, float], Floats]
+
+    def __init__(self, searcher: Searcher, previous: ShardCache | None = None) -> None:
+        """Read the shard's columns, or take them from ``previous`` if only deletions differ.
+
+        A restore or a disposal only marks documents deleted in the same segments; reading
+        every column of the shard again for that would cost each search after it hundreds of
+        milliseconds.
+
+        :param previous: the cache of the shard's former searcher, if any.
+        """
         reader = searcher.reader()
         self.searcher = searcher
+        self.segments = _segments_of(reader)
         self.size = reader.doc_count_all()
         self.live = array("i", reader.all_doc_ids())
         self.live_docs: Docs = np.array(self.live, np.int64)
@@ -76,19 +95,30 @@ class ShardCache:
         if len(self.live) != self.size:
             self.live_mask = np.zeros(self.size, np.bool_)
             self.live_mask[self.live_docs] = True
+        self._id_column = reader.column_reader("id")
+        # What depends on the live documents is computed afresh in any case.
+        self._orders: dict[str, tuple[Docs, npt.NDArray[np.int64], npt.NDArray[np.int64]]] = {}
+        self._all_facets: dict[str, dict[str, dict[str, int]]] = {}
+        if previous is not None and previous.segments == self.segments:
+            # Same documents, some newly deleted: per-document values are unchanged.
+            self.cat_names, self.cat_ord = previous.cat_names, previous.cat_ord
+            self.kind_names, self.kind_ord = previous.kind_names, previous.kind_ord
+            self.dates = previous.dates
+            self._id_rank = previous._id_rank
+            self._years = previous._years
+            self._lengths = previous._lengths
+            self._norms = previous._norms
+            return
         self.cat_names, self.cat_ord = self._ordinals(reader, "category")
         self.kind_names, self.kind_ord = self._ordinals(reader, "kind")
-        self.dates: dict[str, npt.NDArray[np.int64]] = {
+        self.dates = {
             f: np.array(array("q", reader.column_reader(date_column(f))), np.int64)
             for f in DATE_FIELDS
         }
-        self._id_column = reader.column_reader("id")
-        self._id_rank: npt.NDArray[np.int64] | None = None
-        self._years: dict[str, npt.NDArray[np.int16]] = {}
-        self._orders: dict[str, tuple[Docs, npt.NDArray[np.int64], npt.NDArray[np.int64]]] = {}
-        self._all_facets: dict[str, dict[str, dict[str, int]]] = {}
-        self._lengths: dict[str, npt.NDArray[np.float64]] = {}
-        self._norms: dict[tuple[str, float], Floats] = {}
+        self._id_rank = None
+        self._years = {}
+        self._lengths = {}
+        self._norms = {}
 
     def lengths(self, fieldname: str) -> npt.NDArray[np.float64]:
         """Return the length of a text field for every document number."""
@@ -182,6 +212,15 @@ class ShardCache:
         ycounts = np.bincount(self.years(date_field)[docs])
         out["year"] = _count(ycounts, lambda i: str(YEAR0 + i - 1))
         return out
+
+
+def _segments_of(reader: Any) -> tuple[tuple[Any, int], ...]:
+    """Identify a reader's segments and their document counts (deleted ones included)."""
+    out = []
+    for leaf, _base in reader.leaf_readers():
+        segment = leaf.segment() if hasattr(leaf, "segment") else None
+        out.append((segment.segid if segment is not None else id(leaf), leaf.doc_count_all()))
+    return tuple(out)
 
 
 def _count(counts: npt.NDArray[np.int64], name: Callable[[int], str]) -> Counter[str]:

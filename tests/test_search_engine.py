@@ -151,3 +151,27 @@ def test_snippet_of_a_long_body_stops_after_its_window() -> None:
     assert snippet.endswith("…") and snippet.count("<mark>") == 1
     late = make_snippet("filler " * 1000 + "refund, refund", "body", compiled)
     assert late is not None and late.startswith("…") and late.count("<mark>") == 2
+
+
+def test_deletions_reuse_column_caches_and_stay_exact(tmp_path: Path) -> None:
+    ix = SearchIndex.open(tmp_path / "ix")
+    ix.add(CORPUS[:1500])
+    alive = {r["id"] for r, _ in CORPUS[:1500]}
+    query = SearchQuery(q="", sort="oldest", per_page=100)
+    ix.search(query)  # build the shards' caches
+    before = {v.name: v.cache for v in ix._current_snapshot().views}
+    gone = sorted(alive)[::9]
+    for rid in gone:  # one commit each, as restores do
+        ix.delete([rid])
+    alive -= set(gone)
+    ids, pages = all_pages(ix, query)
+    assert ids == brute_ids(alive, None)
+    assert pages[0].total == len(alive)
+    assert pages[0].facets == brute_facets(sorted(alive), "created_at")
+    after = {v.name: v.cache for v in ix._current_snapshot().views}
+    changed = [name for name in after if after[name] is not before[name]]
+    assert changed, "the deletions should have given the shards new searchers"
+    for name in changed:  # same segments: the per-document columns were taken over, not reread
+        assert after[name].dates is before[name].dates
+        assert after[name].cat_ord is before[name].cat_ord
+    ix.close()
