@@ -37,6 +37,7 @@ from indexer.indexing import rebuild_index
 from indexer.services import Services
 
 GENERATED_AT = datetime(2026, 1, 1, tzinfo=UTC)
+RUN_BASE = 100_000_000 + time.time_ns() // 10**9 % 100_000 * 1_000_000
 AS_OF = datetime(2030, 1, 1, tzinfo=UTC)  # everything generated is aged by then
 CONFIG = """
 [active]
@@ -190,7 +191,8 @@ def run_phase(
             stop.wait(0.25)
 
     with Services.open(load_config(config_path)) as services:
-        import_batch(services, 2000, 10_000_000 + clients * 10_000)
+        # numbered by run and phase, so that a reused installation still gets a fresh batch
+        import_batch(services, 2000, RUN_BASE + clients * 10_000)
     threads = [threading.Thread(target=search_loop, args=(n,)) for n in range(clients)]
     threads.append(threading.Thread(target=restore_loop))
     started = time.perf_counter()
