@@ -25,6 +25,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from archivist.active_db import utcnow
@@ -153,7 +154,7 @@ def run_phase(
     seconds: float,
     config_path: Path,
     restore_ids: list[str],
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """One load phase; returns its figures."""
     stop = threading.Event()
     latencies: list[float] = []

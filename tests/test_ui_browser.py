@@ -447,7 +447,12 @@ def test_ui_auditor_exports_the_current_search(new_page: Any, site: Site) -> Non
 def test_ui_record_with_markup_renders_as_text(new_page: Any) -> None:
     page = new_page("agent")
     dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    def on_dialog(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
     page.goto("/search?q=markupword")
     assert hit_ids(page) == ["XSS-1"]
     assert page.locator(".hit img, .hit script, .hit b").count() == 0
