@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 
@@ -56,11 +55,3 @@ def parse_bound(text: str, end: bool) -> datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
-
-
-def year_of_micros(us: int) -> int:
-    """Return the UTC year of an epoch-microsecond value (1900-2300).
-
-    :param us: microseconds since the epoch.
-    """
-    return YEAR0 + bisect_right(YEAR_STARTS, us) - 1
