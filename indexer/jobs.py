@@ -58,7 +58,11 @@ def run_dispose_job(
     """Run disposal once (or preview it); a real run is recorded and audited as `actor`."""
     if dry_run:
         return dispose_due_records(
-            services.sessions, services.store, services.config.retention, as_of, utcnow(),
+            services.sessions,
+            services.store,
+            services.config.retention,
+            as_of,
+            utcnow(),
             dry_run=True,
         )
     started_at, outcome = utcnow(), "ok"

@@ -37,6 +37,7 @@ from indexer.shards import GlobalStats, ShardCache, ShardView
 MAX_PER_PAGE = 100
 SORTS = ("relevance", "newest", "oldest")
 
+
 @dataclass(frozen=True)
 class SearchQuery:
     """A search request, as the contract's ``GET /api/v1/search`` parameters."""
@@ -206,8 +207,10 @@ def _top_by_date(
     else:
         ranks = rank[docs]
         if len(docs) > k:
-            cut = np.argpartition(ranks, len(docs) - k)[len(docs) - k :] if newest else (
-                np.argpartition(ranks, k - 1)[:k]
+            cut = (
+                np.argpartition(ranks, len(docs) - k)[len(docs) - k :]
+                if newest
+                else (np.argpartition(ranks, k - 1)[:k])
             )
         else:
             cut = np.arange(len(docs))

@@ -27,8 +27,11 @@ class VerifyResult:
 
     def summary(self) -> str:
         """One line for people."""
-        waiting = (f"; {self.waiting_for_index} changes wait for index catch-up"
-                   if self.waiting_for_index else "")
+        waiting = (
+            f"; {self.waiting_for_index} changes wait for index catch-up"
+            if self.waiting_for_index
+            else ""
+        )
         if not self.problems:
             return f"ok: {self.records} records checked, no problems{waiting}"
         return (
