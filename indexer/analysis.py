@@ -27,6 +27,7 @@ one phrase.
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -294,3 +295,92 @@ class ArchivePositions(Positions):  # type: ignore[misc]
 
 SINGLE_POSITION_VALUES = [Positions().encode([p]) for p in range(4096)]
 """The Positions value of a term found once, at position ``i`` (most terms of a document)."""
+
+
+# --- word pairs, for phrases ------------------------------------------------------------------
+#
+# A phrase of common words (``"please update"``) needs the positions of every document holding
+# both words: hundreds of thousands of posting values to decode. So each text field has a
+# companion field of word pairs: for every position p, each term at p joined by a space to
+# each term at p + 1, with how many times that pair occurs. A two-word phrase is then one
+# posting list, exactly, and a longer one starts from the documents holding all its pairs.
+#
+# Only alphabetic terms pair up (English words and their parts, Chinese bigrams and words).
+# Terms with digits or separators (invoice numbers, e-mail addresses, phone digits) are nearly
+# unique to a document: their pairs would add a vocabulary the size of the corpus and gain
+# nothing, because a phrase holding such a term has few candidate documents anyway. The test
+# is on the term's text alone, so the query side can tell which pairs exist.
+
+PAIR_SEPARATOR = b" "
+_pairable_cache: dict[bytes, bool] = {}
+_PAIRABLE_CACHE_MAX = 500_000
+_PACK_FREQ = [struct.pack("!I", n) for n in range(256)]
+
+
+def pairable(term: bytes) -> bool:
+    """Tell whether a UTF-8 index term takes part in word pairs (alphabetic terms only)."""
+    got = _pairable_cache.get(term)
+    if got is None:
+        got = term.decode("utf-8").isalpha()
+        if len(_pairable_cache) < _PAIRABLE_CACHE_MAX:
+            _pairable_cache[term] = got
+    return got
+
+
+def pair_term(first: bytes, second: bytes) -> bytes:
+    """Return the pair-field term of two adjacent terms."""
+    return first + PAIR_SEPARATOR + second
+
+
+def pair_counts(positions: dict[bytes, list[int]]) -> dict[bytes, int]:
+    """Return each word pair of a text with how often it occurs.
+
+    :param positions: the text's terms and positions, from :func:`index_term_positions`.
+    """
+    at: dict[int, list[bytes]] = {}
+    for term, poslist in positions.items():
+        if pairable(term):
+            for p in poslist:
+                got = at.get(p)
+                if got is None:
+                    at[p] = [term]
+                else:
+                    got.append(term)
+    counts: dict[bytes, int] = {}
+    for p, firsts in at.items():
+        seconds = at.get(p + 1)
+        if seconds is None:
+            continue
+        for a in firsts:
+            for b in seconds:
+                key = a + PAIR_SEPARATOR + b
+                counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def pair_postings(positions: dict[bytes, list[int]]) -> list[tuple[bytes, int, float, bytes]]:
+    """Return a text's word pairs as ``(term, frequency, weight, Frequency value)`` postings."""
+    pack = _PACK_FREQ
+    return [
+        (term, n, float(n), pack[n] if n < 256 else struct.pack("!I", n))
+        for term, n in pair_counts(positions).items()
+    ]
+
+
+class PairTokenizer(Tokenizer):  # type: ignore[misc]
+    """Whoosh tokenizer of a text's word pairs (one token per occurrence)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PairTokenizer)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def __call__(self, value: str, **kwargs: Any) -> Iterator[Token]:  # noqa: D102
+        t = Token(**kwargs)
+        for term, n in pair_counts(index_term_positions(value)).items():
+            t.text = term.decode("utf-8")
+            t.boost = 1.0
+            t.stopped = False
+            for _ in range(n):
+                yield t

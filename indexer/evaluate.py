@@ -9,10 +9,11 @@ from pickle import loads
 import numpy as np
 from whoosh import query as wq
 
-from indexer.analysis import ArchivePositions
+from indexer.analysis import ArchivePositions, pair_term, pairable
 from indexer.errors import BadQuery
 from indexer.postings import (
     NO_DOCS,
+    NO_SCORES,
     Block,
     Docs,
     Floats,
@@ -25,7 +26,7 @@ from indexer.postings import (
     union,
 )
 from indexer.query import MAX_TERMS
-from indexer.schema import TEXT_FIELDS
+from indexer.schema import TEXT_FIELDS, pair_field
 from indexer.shards import BM25_K1, GlobalStats, ShardCache
 
 
@@ -90,14 +91,10 @@ class Evaluator:
             return empty_matches()
         raise BadQuery(f"unsupported query part: {type(q).__name__}")
 
-    def _term(
-        self,
-        fieldname: str,
-        text: str | bytes,
-        boost: float = 1.0,
-        blocks: list[Block] | None = None,
-    ) -> Matches:
-        btext = text.encode("utf-8") if isinstance(text, str) else text
+    def _postings(
+        self, fieldname: str, btext: bytes, blocks: list[Block] | None = None
+    ) -> tuple[Docs, Floats]:
+        """Return a term's live documents in this shard and their weights (term frequencies)."""
         ids_parts: list[Docs] = []
         w_parts: list[Floats] = []
         for leaf, base in self.reader.leaf_readers():
@@ -106,31 +103,59 @@ class Evaluator:
                 ids_parts.append(lids)
                 w_parts.append(lw)
         if not ids_parts:
-            return empty_matches()
+            return NO_DOCS, NO_SCORES
         ids = ids_parts[0] if len(ids_parts) == 1 else np.concatenate(ids_parts)
+        weights = w_parts[0] if len(w_parts) == 1 else np.concatenate(w_parts)
+        if self.cache.live_mask is not None:
+            live = self.cache.live_mask[ids]
+            ids, weights = ids[live], weights[live]
+        return ids, weights
+
+    def _bm25(self, fieldname: str, idf: float, docs: Docs, freqs: Floats) -> Floats:
+        """Return BM25 scores of documents from a frequency per document and an idf."""
+        assert self.stats is not None
+        norm = self.cache.norms(fieldname, self.stats.avg_field_length(fieldname))
+        scores: Floats = idf * (BM25_K1 + 1) * freqs / (freqs + norm[docs])
+        return scores
+
+    def _term(self, fieldname: str, text: str | bytes, boost: float = 1.0) -> Matches:
+        btext = text.encode("utf-8") if isinstance(text, str) else text
+        ids, weights = self._postings(fieldname, btext)
         if not self.scored or fieldname not in TEXT_FIELDS:
             scores = np.full(len(ids), 1.0 * boost if self.scored else 0.0, np.float64)
         else:
             assert self.stats is not None
-            weights = w_parts[0] if len(w_parts) == 1 else np.concatenate(w_parts)
-            idf = self.stats.idf(fieldname, btext) * boost * (BM25_K1 + 1)
-            norm = self.cache.norms(fieldname, self.stats.avg_field_length(fieldname))
-            scores = idf * weights / (weights + norm[ids])
-        out = Matches(ids, scores)
-        if self.cache.live_mask is not None:
-            out = out.take(self.cache.live_mask[ids])
-        return out
+            scores = self._bm25(fieldname, self.stats.idf(fieldname, btext) * boost, ids, weights)
+        return Matches(ids, scores)
 
     def _phrase(self, q: wq.Phrase) -> Matches:
-        words = list(q.words)
+        """Match a phrase: from its word pairs where the shard has them, else from positions.
+
+        A phrase scores as BM25 of its frequency in the document with the sum of its words'
+        idf, the way Lucene scores phrases.
+        """
+        words = [w.encode("utf-8") if isinstance(w, str) else w for w in q.words]
         if len(words) == 1:
             return self._term(q.fieldname, words[0], q.boost)
+        pairs_field = pair_field(q.fieldname)
+        from_pairs: Docs | None = None
+        if q.slop == 1 and pairs_field in self.cache.searcher.schema:
+            for a, b in zip(words, words[1:], strict=False):
+                if not (pairable(a) and pairable(b)):
+                    continue
+                docs, freqs = self._postings(pairs_field, pair_term(a, b))
+                if len(words) == 2:
+                    # A pair's frequency is the phrase's: the match is exact.
+                    return self._phrase_matches(q, words, docs, freqs)
+                from_pairs = docs if from_pairs is None else from_pairs[member(from_pairs, docs)]
+                if not len(from_pairs):
+                    return empty_matches()
         blocks: list[list[Block]] = [[] for _ in words]
-        per_word = [self._term(q.fieldname, w, q.boost, blocks[i]) for i, w in enumerate(words)]
-        # Positions are decoded only for the documents holding every word.
-        candidates = min(per_word, key=len).docs
-        for sc in per_word:
-            candidates = candidates[member(candidates, sc.docs)]
+        per_word = [self._postings(q.fieldname, w, blocks[i])[0] for i, w in enumerate(words)]
+        # Positions are decoded only for the documents holding every word (and every pair).
+        candidates = min(per_word, key=len) if from_pairs is None else from_pairs
+        for docs in per_word:
+            candidates = candidates[member(candidates, docs)]
             if not len(candidates):
                 return empty_matches()
         fmt = self.cache.searcher.schema[q.fieldname].format
@@ -140,13 +165,14 @@ class Evaluator:
             # An exact phrase starts at p where word i is at p + i for every i: the positions
             # of word i shifted back by i (plus a margin, so none is negative) all share p.
             # Rarer words first, so that the frequent ones are decoded for fewer documents.
-            common: Docs | None = None
+            starts: Docs | None = None
             for i in sorted(range(len(words)), key=lambda i: len(per_word[i])):
                 keys = self._positions(blocks[i], candidates, decode) + (MAX_TERMS - i)
-                common = keys if common is None else common[member(common, keys)]
-                if not len(common):
+                starts = keys if starts is None else starts[member(starts, keys)]
+                if not len(starts):
                     return empty_matches()
-                candidates = np.unique(common >> 32)
+                candidates = np.unique(starts >> 32)
+            assert starts is not None
         else:
             starts = NO_DOCS
             for i in range(len(words)):
@@ -162,11 +188,18 @@ class Evaluator:
                 if not len(starts):
                     return empty_matches()
                 candidates = np.unique(starts >> 32)
-        docs = candidates
-        scores = np.zeros(len(docs), np.float64)
-        for sc in per_word:
-            scores += sc.scores[np.searchsorted(sc.docs, docs)]
-        return Matches(docs, scores)
+        docs, counts = np.unique(starts >> 32, return_counts=True)
+        return self._phrase_matches(q, words, docs, counts.astype(np.float64))
+
+    def _phrase_matches(
+        self, q: wq.Phrase, words: list[bytes], docs: Docs, freqs: Floats
+    ) -> Matches:
+        """Score a phrase's documents from its frequency in each."""
+        if not self.scored:
+            return Matches(docs, np.zeros(len(docs), np.float64))
+        assert self.stats is not None
+        idf = sum(self.stats.idf(q.fieldname, w) for w in words) * q.boost
+        return Matches(docs, self._bm25(q.fieldname, idf, docs, freqs))
 
     def _positions(
         self, blocks: list[Block], candidates: Docs, decode: Callable[[bytes], list[int]] | None

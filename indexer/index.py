@@ -44,7 +44,13 @@ from whoosh.index import TOC
 from whoosh.system import pack_ushort as _PACK_USHORT
 
 from archivist.records import format_utc
-from indexer.analysis import SINGLE_POSITION_VALUES, ArchivePositions, index_term_positions
+from indexer.analysis import (
+    SINGLE_POSITION_VALUES,
+    ArchivePositions,
+    PairTokenizer,
+    index_term_positions,
+    pair_postings,
+)
 from indexer.dates import parse_timestamp, to_micros
 from indexer.errors import IndexerError, IndexUnavailable
 from indexer.query import CompiledQuery, compile_query, make_parser
@@ -114,6 +120,8 @@ def build_document(record: dict[str, Any], archived_at: datetime) -> dict[str, A
         "category": record["category"],
         "subject": subject,
         "body": body,
+        "subject_pairs": subject,
+        "body_pairs": body,
         "created_us": to_micros(parse_timestamp(created)),
         "updated_us": to_micros(parse_timestamp(updated)),
         "archived_us": to_micros(archived_at),
@@ -580,24 +588,32 @@ class _MemoryPool:
 def _add_record(writer: Any, doc: dict[str, Any]) -> None:
     """SegmentWriter.add_document for our schema, straight into the writer's _MemoryPool.
 
-    Same segment content as ``add_document(**doc)``: text fields go through
-    :func:`index_term_positions` once, and ID fields (one whole term each) skip the analyzer.
+    Same segment content as ``add_document(**doc)``: each text is analysed by
+    :func:`index_term_positions` once (its word-pair field reuses the result), and ID fields
+    (one whole term each) skip the analyzer. Fields the shard's schema lacks are skipped: a
+    shard made before the word-pair fields existed keeps its schema.
     """
     schema = writer.schema
     pool: _MemoryPool = writer.pool
     docnum = writer.docnum
     # Analyse first: a failure here leaves neither the pool nor the per-document writer touched.
     entries: list[tuple[str, Any, Any, Any]] = []
+    analysed: dict[str, dict[bytes, list[int]]] = {}
     for fieldname in sorted(doc):
         value = doc[fieldname]
-        if value is None:
+        if value is None or fieldname not in schema:
             continue
         field = schema[fieldname]
         postings: Any = None
         if field.indexed:
             fmt = field.format
             if type(fmt) is ArchivePositions:
-                postings = index_term_positions(value)
+                postings = analysed[value] = index_term_positions(value)
+            elif type(field.analyzer) is PairTokenizer:
+                positions = analysed.get(value)
+                if positions is None:
+                    positions = index_term_positions(value)
+                postings = pair_postings(positions)
             elif type(fmt) is Existence and type(field.analyzer) is IDTokenizer:
                 postings = ((value.encode("utf-8"), 1, fmt.field_boost, b""),)
             else:
@@ -844,8 +860,11 @@ def _load_hit(
     )
     text = ""
     if snippet:
-        text = (make_snippet(body, "body", compiled) or make_snippet(subject, "subject", compiled)
-                or plain_snippet(body))
+        text = (
+            make_snippet(body, "body", compiled)
+            or make_snippet(subject, "subject", compiled)
+            or plain_snippet(body)
+        )
     return SearchHit(
         id=rid,
         kind=kind,

@@ -27,7 +27,7 @@ from whoosh.reading import TermNotFound
 # matches are a sorted array of document numbers with an array of scores beside it, and BM25 is
 # computed from cached per-document field lengths. A document's score is the sum of its
 # matching terms' BM25 (as Whoosh's Or/And do), added in the same order as Whoosh would, so
-# that equal documents get bit-equal scores; a phrase scores as the sum of its words.
+# that equal documents get bit-equal scores. A phrase scores as BM25 of its own frequency.
 
 Docs = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
@@ -216,7 +216,10 @@ def leaf_postings(
             slow_deltas.append(data[0][1:])
             w = data[1]
             slow_weights.append(
-                np.ones(n) if w is None else np.full(n, float(w)) if isinstance(w, (int, float))
+                np.ones(n)
+                if w is None
+                else np.full(n, float(w))
+                if isinstance(w, (int, float))
                 else np.array(w, np.float64)
             )
             sources.append((data[2], False))

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from whoosh import columns, fields
+from whoosh import columns, fields, formats
 
-from indexer.analysis import ArchivePositions, ArchiveTokenizer
+from indexer.analysis import ArchivePositions, ArchiveTokenizer, PairTokenizer
 
 TEXT_FIELDS = ("subject", "body")
 EXACT_FIELDS = ("id", "kind", "category", "customer_id", "owner")
 DATE_FIELDS = ("created_at", "updated_at", "archived_at")
+
+
+def pair_field(name: str) -> str:
+    """Return the name of the word-pair field beside a text field (see ``analysis.pair_counts``).
+
+    :param name: ``subject`` or ``body``.
+    """
+    return f"{name}_pairs"
+
+
+PAIR_FIELDS = tuple(pair_field(name) for name in TEXT_FIELDS)
 
 
 def date_column(name: str) -> str:
@@ -32,11 +43,19 @@ def build_text_field() -> fields.FieldType:
     )
 
 
+def build_pair_field() -> fields.FieldType:
+    """Build the word-pair field type: pair terms with their frequency, not scored on their own."""
+    return fields.FieldType(
+        format=formats.Frequency(), analyzer=PairTokenizer(), scorable=False, stored=False
+    )
+
+
 def build_schema() -> fields.Schema:
     """Build the schema of one shard.
 
     ``id`` is unique; the exact fields are untokenized terms; ``id``, ``kind`` and ``category`` also
-    have columns (per-document values read in bulk for filters, facets and tie-breaking); dates are
+    have columns (per-document values read in bulk for filters, facets and tie-breaking); each text
+    field has a word-pair field beside it, for phrases; dates are
     64-bit integer columns of epoch microseconds (range filters and sorting run on the column
     values in memory, far faster than Whoosh DATETIME ranges); ``stored`` holds the hit fields.
     """
@@ -48,6 +67,8 @@ def build_schema() -> fields.Schema:
         owner=fields.ID(),
         subject=build_text_field(),
         body=build_text_field(),
+        subject_pairs=build_pair_field(),
+        body_pairs=build_pair_field(),
         created_us=fields.COLUMN(columns.NumericColumn("q", default=0)),
         updated_us=fields.COLUMN(columns.NumericColumn("q", default=0)),
         archived_us=fields.COLUMN(columns.NumericColumn("q", default=0)),

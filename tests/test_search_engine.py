@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from whoosh import index as windex
 
-from indexer.index import SearchIndex
+from indexer.analysis import iter_tokens
+from indexer.dates import parse_timestamp
+from indexer.index import SearchIndex, shard_key
 from indexer.query import CompiledQuery
+from indexer.schema import PAIR_FIELDS, build_schema
 from indexer.search import SearchQuery
 from indexer.snippets import make_snippet
 from tests.test_search import (
@@ -175,3 +180,98 @@ def test_deletions_reuse_column_caches_and_stay_exact(tmp_path: Path) -> None:
         assert after[name].dates is before[name].dates
         assert after[name].cat_ord is before[name].cat_ord
     ix.close()
+
+
+STACKED_BODIES = [
+    "Li Wei sent INV-2023-004512 invoice to li.wei@example.com today",
+    "li.wei@example.com wrote: refund request for SO-004512 please",
+    "please update the invoice INV-2023-004512 invoice now, Li Wei",
+    "Wei Li asked to update 2023 invoice records; please update them",
+    "客户申请退款单，请尽快处理退款单 refund request",
+    "退款 refund 退款单 please update",
+]
+STACKED_PHRASES = [
+    '"li wei"',  # both words are parts of the e-mail address too, at one position
+    '"wei sent"',
+    '"please update"',
+    '"update the invoice"',
+    '"2023 invoice"',  # a digit term: found from positions, not pairs
+    '"invoice inv-2023-004512"',
+    '"refund request"',
+    '"退款 refund"',
+    '"请尽快处理"',
+    "退款单",
+    '"please update" OR "refund request"',
+]
+
+
+def _stacked_corpus() -> list[tuple[dict[str, object], object]]:
+    base = CORPUS[0][0]
+    extra = [
+        ({**base, "id": f"P{i:04d}", "subject": "note", "body": body}, AT)
+        for i, body in enumerate(STACKED_BODIES * 3)
+    ]
+    return list(CORPUS[:1200]) + extra
+
+
+@pytest.mark.parametrize("q", STACKED_PHRASES)
+def test_phrases_over_stacked_tokens_match_brute_force(tmp_path: Path, q: str) -> None:
+    docs = _stacked_corpus()
+    ix = SearchIndex.open(tmp_path / "ix")
+    ix.add(docs)  # type: ignore[arg-type]
+    bodies = {str(r["id"]): r for r, _ in docs}
+    parsed = ix.search(SearchQuery(q=q, per_page=100))
+    ids, _pages = all_pages(ix, SearchQuery(q=q, per_page=100))
+    expected = sorted(rid for rid in bodies if _phrase_pred(q)(rid, bodies))
+    assert expected, f"{q} matches nothing; the corpus should exercise it"
+    assert sorted(ids) == expected
+    assert parsed.total == len(expected)
+    ix.close()
+
+
+def _phrase_pred(q: str) -> Callable[[str, dict[str, dict[str, object]]], bool]:
+    """Brute force over iter_tokens positions for the phrase queries above."""
+    alternatives = [a.strip().strip('"') for a in q.split(" OR ")]
+    wanted = [[t for t, _p, _s, _e in iter_tokens(a, "query")] for a in alternatives]
+
+    def match(rid: str, records: dict[str, dict[str, object]]) -> bool:
+        for f in ("subject", "body"):
+            at: dict[str, set[int]] = {}
+            for t, p, _s, _e in iter_tokens(str(records[rid][f] or "")):
+                at.setdefault(t, set()).add(p)
+            for terms in wanted:
+                if any(
+                    all(p + i in at.get(t, ()) for i, t in enumerate(terms))
+                    for p in at.get(terms[0], ())
+                ):
+                    return True
+        return False
+
+    return match
+
+
+def test_shards_without_word_pairs_answer_phrases_the_same(tmp_path: Path) -> None:
+    """An index made before the word-pair fields: same matches and same scores, from positions."""
+    docs = _stacked_corpus()
+    with_pairs = SearchIndex.open(tmp_path / "new")
+    with_pairs.add(docs)  # type: ignore[arg-type]
+    old = SearchIndex.open(tmp_path / "old")
+    gen = old._current_gen()
+    schema = build_schema()
+    for name in PAIR_FIELDS:
+        schema.remove(name)
+    for name in {shard_key(parse_timestamp(str(r["created_at"])), "year") for r, _ in docs}:
+        (gen / name).mkdir()
+        windex.create_in(str(gen / name), schema)
+    old.add(docs)  # type: ignore[arg-type]
+    assert all(PAIR_FIELDS[0] not in v.cache.searcher.schema for v in old._current_snapshot().views)
+    for q in [*STACKED_PHRASES, *(q for q, _pred in PHRASES)]:
+        a = all_pages(with_pairs, SearchQuery(q=q, per_page=100))[1]
+        b = all_pages(old, SearchQuery(q=q, per_page=100))[1]
+        assert [(h.id, h.score) for p in a for h in p.hits] == [
+            (h.id, h.score) for p in b for h in p.hits
+        ], q
+        assert a[0].total == b[0].total, q
+        assert a[0].total or q not in STACKED_PHRASES, q
+    with_pairs.close()
+    old.close()
