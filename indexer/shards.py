@@ -74,13 +74,15 @@ class ShardCache:
     _years: dict[str, npt.NDArray[np.int16]]
     _lengths: dict[str, npt.NDArray[np.float64]]
     _norms: dict[tuple[str, float], Floats]
+    _parts: dict[tuple[Any, int], _SegmentColumns]
 
     def __init__(self, searcher: Searcher, previous: ShardCache | None = None) -> None:
-        """Read the shard's columns, or take them from ``previous`` if only deletions differ.
+        """Read the shard's columns, taking every unchanged segment's from ``previous``.
 
-        A restore or a disposal only marks documents deleted in the same segments; reading
-        every column of the shard again for that would cost each search after it hundreds of
-        milliseconds.
+        A restore or a disposal only marks documents deleted in the same segments, and an
+        indexing batch adds a small segment (merging only other small ones): reading every
+        column of the shard again for that would cost each search after it hundreds of
+        milliseconds. Columns are read per segment and kept for as long as the segment lives.
 
         :param previous: the cache of the shard's former searcher, if any.
         """
@@ -99,6 +101,15 @@ class ShardCache:
         # What depends on the live documents is computed afresh in any case.
         self._orders: dict[str, tuple[Docs, npt.NDArray[np.int64], npt.NDArray[np.int64]]] = {}
         self._all_facets: dict[str, dict[str, dict[str, int]]] = {}
+        kept = previous._parts if previous is not None else {}
+        self._parts = {}
+        for (leaf, _base), key in zip(reader.leaf_readers(), self.segments, strict=True):
+            part = kept.get(key)
+            if part is None:
+                part = _SegmentColumns(leaf)
+            else:
+                part.leaf = leaf  # the former searcher's readers may be closed
+            self._parts[key] = part
         if previous is not None and previous.segments == self.segments:
             # Same documents, some newly deleted: per-document values are unchanged.
             self.cat_names, self.cat_ord = previous.cat_names, previous.cat_ord
@@ -109,12 +120,10 @@ class ShardCache:
             self._lengths = previous._lengths
             self._norms = previous._norms
             return
-        self.cat_names, self.cat_ord = self._ordinals(reader, "category")
-        self.kind_names, self.kind_ord = self._ordinals(reader, "kind")
-        self.dates = {
-            f: np.array(array("q", reader.column_reader(date_column(f))), np.int64)
-            for f in DATE_FIELDS
-        }
+        parts = list(self._parts.values())
+        self.cat_names, self.cat_ord = _join_ordinals([p.category for p in parts])
+        self.kind_names, self.kind_ord = _join_ordinals([p.kind for p in parts])
+        self.dates = {f: _join([p.dates[f] for p in parts], np.int64) for f in DATE_FIELDS}
         self._id_rank = None
         self._years = {}
         self._lengths = {}
@@ -124,15 +133,7 @@ class ShardCache:
         """Return the length of a text field for every document number."""
         got = self._lengths.get(fieldname)
         if got is None:
-            parts = []
-            for leaf, _base in self.searcher.reader().leaf_readers():
-                n = leaf.doc_count_all()
-                col = leaf._perdoc._cached_reader(_lenfield(fieldname), LENGTHS_COLUMN)
-                if col is None:
-                    parts.append(np.zeros(n, np.float64))
-                else:
-                    parts.append(_LENGTHS[np.fromiter(col, np.uint8, n)])
-            got = np.concatenate(parts) if parts else np.zeros(0, np.float64)
+            got = _join([p.lengths(fieldname) for p in self._parts.values()], np.float64)
             self._lengths[fieldname] = got
         return got
 
@@ -145,19 +146,6 @@ class ShardCache:
             got = a + b * self.lengths(fieldname)
             self._norms = {key: got, **{k: v for k, v in self._norms.items() if k[0] != fieldname}}
         return got
-
-    @staticmethod
-    def _ordinals(reader: Any, fieldname: str) -> tuple[list[str], npt.NDArray[np.int32]]:
-        names: list[str] = []
-        index: dict[str, int] = {}
-        ords = array("H")
-        for value in reader.column_reader(fieldname):
-            i = index.get(value)
-            if i is None:
-                i = index[value] = len(names)
-                names.append(value)
-            ords.append(i)
-        return names, np.array(ords, np.int32)
 
     def record_id(self, docnum: int) -> str:
         """Return the record id of a document number."""
@@ -212,6 +200,68 @@ class ShardCache:
         ycounts = np.bincount(self.years(date_field)[docs])
         out["year"] = _count(ycounts, lambda i: str(YEAR0 + i - 1))
         return out
+
+
+class _SegmentColumns:
+    """The per-document values of one segment, read once for as long as the segment lives."""
+
+    def __init__(self, leaf: Any) -> None:
+        self.leaf = leaf
+        self.size = leaf.doc_count_all()
+        self.category = _ordinals(leaf, "category")
+        self.kind = _ordinals(leaf, "kind")
+        self.dates = {
+            f: np.array(array("q", leaf.column_reader(date_column(f))), np.int64)
+            for f in DATE_FIELDS
+        }
+        self._lengths: dict[str, npt.NDArray[np.float64]] = {}
+
+    def lengths(self, fieldname: str) -> npt.NDArray[np.float64]:
+        """Return a text field's length per document (read on first use)."""
+        got = self._lengths.get(fieldname)
+        if got is None:
+            col = self.leaf._perdoc._cached_reader(_lenfield(fieldname), LENGTHS_COLUMN)
+            if col is None:
+                got = np.zeros(self.size, np.float64)
+            else:
+                got = _LENGTHS[np.fromiter(col, np.uint8, self.size)]
+            self._lengths[fieldname] = got
+        return got
+
+
+def _ordinals(leaf: Any, fieldname: str) -> tuple[list[str], npt.NDArray[np.int32]]:
+    """Return a column's distinct values and each document's number among them."""
+    names: list[str] = []
+    index: dict[str, int] = {}
+    ords = array("H")
+    for value in leaf.column_reader(fieldname):
+        i = index.get(value)
+        if i is None:
+            i = index[value] = len(names)
+            names.append(value)
+        ords.append(i)
+    return names, np.array(ords, np.int32)
+
+
+def _join_ordinals(
+    parts: list[tuple[list[str], npt.NDArray[np.int32]]],
+) -> tuple[list[str], npt.NDArray[np.int32]]:
+    """Join segments' ordinals into the shard's, renumbered over one list of names."""
+    names: list[str] = []
+    index: dict[str, int] = {}
+    out = []
+    for seg_names, seg_ords in parts:
+        mapping = np.array([index.setdefault(n, len(index)) for n in seg_names], np.int32)
+        out.append(mapping[seg_ords] if len(seg_ords) else seg_ords)
+    names = list(index)
+    return names, _join(out, np.int32)
+
+
+def _join(parts: list[Any], dtype: Any) -> Any:
+    """Concatenate per-segment arrays (an empty array of the dtype for none)."""
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)
 
 
 def _segments_of(reader: Any) -> tuple[tuple[Any, int], ...]:

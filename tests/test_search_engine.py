@@ -275,3 +275,31 @@ def test_shards_without_word_pairs_answer_phrases_the_same(tmp_path: Path) -> No
         assert a[0].total or q not in STACKED_PHRASES, q
     with_pairs.close()
     old.close()
+
+
+def test_added_documents_reread_only_new_segments(tmp_path: Path) -> None:
+    ix = SearchIndex.open(tmp_path / "ix")
+    ix.add(CORPUS[:2000])
+    query = SearchQuery(q="", sort="oldest", per_page=100)
+    ix.search(SearchQuery(q="refund"))  # builds the caches, lengths included
+    before = {v.name: v.cache for v in ix._current_snapshot().views}
+    ix.add(CORPUS[2000:2040])  # one small batch, as the archive job's catch-up adds
+    alive = {r["id"] for r, _ in CORPUS[:2040]}
+    ids, pages = all_pages(ix, query)
+    assert ids == brute_ids(alive, None)
+    assert pages[0].facets == brute_facets(sorted(alive), "created_at")
+    refund = all_pages(ix, SearchQuery(q="refund", per_page=100))[0]
+    assert sorted(refund) == sorted(brute_ids(alive, word("refund")))
+    after = {v.name: v.cache for v in ix._current_snapshot().views}
+    reused = 0
+    for name, cache in after.items():
+        old = before.get(name)
+        if old is None or cache is old:
+            continue
+        for key, part in cache._parts.items():
+            if key in old._parts:
+                assert part is old._parts[key]  # the columns were not read again
+                reused += 1
+        assert len(cache.cat_ord) == cache.size and len(cache.lengths("body")) == cache.size
+    assert reused, "the batch should have left the shards' first segments in place"
+    ix.close()
