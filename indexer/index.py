@@ -197,6 +197,9 @@ class SearchIndex:
         # an add need not look every id up in every segment: about 80 bytes per indexed record.
         self._segment_ids: dict[str, frozenset[bytes]] = {}
         self._segment_probes: dict[str, int] = {}
+        # Searchers for looking ids up before writes (used under _write_lock), kept while
+        # their shard is unchanged: opening one per shard cost most of a restore's delete.
+        self._id_searchers: dict[tuple[str, str], Any] = {}
         self._parser: Any = None
         self._closed = False
 
@@ -452,33 +455,49 @@ class SearchIndex:
         found: dict[str, list[str]] = {}
         known: dict[str, frozenset[bytes]] = {}
         probed: dict[str, int] = {}
-        for name in self._shard_names(gen):
-            with self._shard_index(gen, name).searcher() as searcher:
-                hits: set[bytes] = set()
-                for leaf, _base in searcher.reader().leaf_readers():
-                    segment = leaf.segment()
-                    if segment is None:
+        names = self._shard_names(gen)
+        self._close_id_searchers(keep={(str(gen), name) for name in names})
+        for name in names:
+            searcher = self._id_searcher(gen, name)
+            hits: set[bytes] = set()
+            for leaf, _base in searcher.reader().leaf_readers():
+                segment = leaf.segment()
+                if segment is None:
+                    continue
+                segid = segment.segid
+                seg_ids = self._segment_ids.get(segid)
+                if seg_ids is None:
+                    # Look ids up in a segment until that has cost as much as reading all
+                    # of its ids once would have, then read them (a long catch-up).
+                    spent = self._segment_probes.get(segid, 0) + len(wanted)
+                    if spent * _READ_IDS_COST < segment.doc_count_all():
+                        probed[segid] = spent
+                        hits.update(b for b in wanted if ("id", b) in leaf)
                         continue
-                    segid = segment.segid
-                    seg_ids = self._segment_ids.get(segid)
-                    if seg_ids is None:
-                        # Look ids up in a segment until that has cost as much as reading all
-                        # of its ids once would have, then read them (a long catch-up).
-                        spent = self._segment_probes.get(segid, 0) + len(wanted)
-                        if spent * _READ_IDS_COST < segment.doc_count_all():
-                            probed[segid] = spent
-                            hits.update(b for b in wanted if ("id", b) in leaf)
-                            continue
-                        seg_ids = frozenset(leaf.lexicon("id"))
-                    known[segid] = seg_ids
-                    hits.update(wanted.keys() & seg_ids)
-                for btext in sorted(hits):
-                    rid = wanted[btext]
-                    if searcher.document_number(id=rid) is not None:
-                        found.setdefault(rid, []).append(name)
+                    seg_ids = frozenset(leaf.lexicon("id"))
+                known[segid] = seg_ids
+                hits.update(wanted.keys() & seg_ids)
+            for btext in sorted(hits):
+                rid = wanted[btext]
+                if searcher.document_number(id=rid) is not None:
+                    found.setdefault(rid, []).append(name)
         self._segment_ids = known
         self._segment_probes = probed
         return found
+
+    def _id_searcher(self, gen: Path, name: str) -> Any:
+        """Return an up-to-date searcher of a shard for id look-ups (under _write_lock)."""
+        key = (str(gen), name)
+        searcher = self._id_searchers.get(key)
+        if searcher is None or not searcher.up_to_date():
+            if searcher is not None:
+                searcher.close()
+            searcher = self._id_searchers[key] = self._shard_index(gen, name).searcher()
+        return searcher
+
+    def _close_id_searchers(self, keep: set[tuple[str, str]] | None = None) -> None:
+        for key in [k for k in self._id_searchers if keep is None or k not in keep]:
+            self._id_searchers.pop(key).close()
 
     def _commit(self, writer: Any, merge: bool = True) -> None:
         """Commit a writer from :func:`open_writer`, remembering the ids of the segment it wrote."""
@@ -534,6 +553,7 @@ class SearchIndex:
                 for v in self._snapshot.views:
                     v.cache.searcher.close()
             self._snapshot = None
+            self._close_id_searchers()
             self._indexes.clear()
             self._closed = True
 
