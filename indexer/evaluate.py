@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pickle import loads
 
 import numpy as np
+import numpy.typing as npt
 from whoosh import query as wq
 
 from indexer.analysis import ArchivePositions, pair_term, pairable
@@ -28,6 +30,15 @@ from indexer.postings import (
 from indexer.query import MAX_TERMS
 from indexer.schema import TEXT_FIELDS, pair_field
 from indexer.shards import BM25_K1, GlobalStats, ShardCache
+
+
+@dataclass
+class _PairMatch:
+    """The documents holding a phrase's word pairs."""
+
+    docs: Docs
+    freqs: Floats | None  # the phrase's frequency per document, for a two-word phrase
+    complete: bool  # every adjacent pair of the phrase was looked up
 
 
 class Evaluator:
@@ -137,44 +148,99 @@ class Evaluator:
         words = [w.encode("utf-8") if isinstance(w, str) else w for w in q.words]
         if len(words) == 1:
             return self._term(q.fieldname, words[0], q.boost)
-        pairs_field = pair_field(q.fieldname)
-        from_pairs: Docs | None = None
-        if q.slop == 1 and pairs_field in self.cache.searcher.schema:
-            for a, b in zip(words, words[1:], strict=False):
-                if not (pairable(a) and pairable(b)):
-                    continue
-                docs, freqs = self._postings(pairs_field, pair_term(a, b))
-                if len(words) == 2:
-                    # A pair's frequency is the phrase's: the match is exact.
-                    return self._phrase_matches(q, words, docs, freqs)
-                from_pairs = docs if from_pairs is None else from_pairs[member(from_pairs, docs)]
-                if not len(from_pairs):
-                    return empty_matches()
+        pairs = self._pair_candidates(q, words)
+        if pairs is not None and pairs.freqs is not None:
+            # two words: exact, with the phrase's frequency
+            return self._phrase_matches(q, words, pairs.docs, pairs.freqs)
+        if pairs is not None and not len(pairs.docs):
+            return empty_matches()
         blocks: list[list[Block]] = [[] for _ in words]
-        per_word = [self._postings(q.fieldname, w, blocks[i])[0] for i, w in enumerate(words)]
-        # Positions are decoded only for the documents holding every word (and every pair).
-        candidates = min(per_word, key=len) if from_pairs is None else from_pairs
-        for docs in per_word:
-            candidates = candidates[member(candidates, docs)]
-            if not len(candidates):
-                return empty_matches()
+        read: dict[int, tuple[Docs, Floats]] = {}
+
+        def postings(i: int) -> tuple[Docs, Floats]:
+            got = read.get(i)
+            if got is None:
+                got = read[i] = self._postings(q.fieldname, words[i], blocks[i])
+            return got
+
+        sure = NO_DOCS
+        if pairs is None:
+            candidates = min((postings(i)[0] for i in range(len(words))), key=len)
+            for i in range(len(words)):
+                candidates = candidates[member(candidates, postings(i)[0])]
+        else:
+            candidates = pairs.docs
+        if pairs is not None and pairs.complete:
+            # Every adjacent pair is found, so where each inner word occurs once the pairs chain
+            # through its one position: the phrase is there, once. Only documents where an
+            # inner word repeats need positions.
+            once = np.ones(len(candidates), np.bool_)
+            for i in range(1, len(words) - 1):
+                ids, weights = postings(i)
+                once &= weights[np.searchsorted(ids, candidates)] == 1
+            sure, candidates = candidates[once], candidates[~once]
+        if len(candidates):
+            all_postings = [postings(i) for i in range(len(words))]
+            docs, counts = self._positional_counts(q, words, blocks, all_postings, candidates)
+        else:
+            docs, counts = NO_DOCS, np.zeros(0, np.int64)
+        if len(sure):
+            docs = np.concatenate([sure, docs])
+            counts = np.concatenate([np.ones(len(sure), np.int64), counts])
+            order = np.argsort(docs, kind="stable")
+            docs, counts = docs[order], counts[order]
+        if not len(docs):
+            return empty_matches()
+        return self._phrase_matches(q, words, docs, counts.astype(np.float64))
+
+    def _pair_candidates(self, q: wq.Phrase, words: list[bytes]) -> _PairMatch | None:
+        """Return the documents holding every word pair of an exact phrase (None: no pairs)."""
+        pairs_field = pair_field(q.fieldname)
+        if q.slop != 1 or pairs_field not in self.cache.searcher.schema:
+            return None
+        found: _PairMatch | None = None
+        complete = True
+        for a, b in zip(words, words[1:], strict=False):
+            if not (pairable(a) and pairable(b)):
+                complete = False
+                continue
+            docs, freqs = self._postings(pairs_field, pair_term(a, b))
+            if len(words) == 2:
+                return _PairMatch(docs, freqs, True)
+            if found is None:
+                found = _PairMatch(docs, None, True)
+            else:
+                found.docs = found.docs[member(found.docs, docs)]
+        if found is not None:
+            found.complete = complete
+        return found
+
+    def _positional_counts(
+        self,
+        q: wq.Phrase,
+        words: list[bytes],
+        blocks: list[list[Block]],
+        postings: list[tuple[Docs, Floats]],
+        candidates: Docs,
+    ) -> tuple[Docs, npt.NDArray[np.int64]]:
+        """Return the candidates holding the phrase, from positions, and how often each does."""
+        if not len(candidates):
+            return NO_DOCS, np.zeros(0, np.int64)
         fmt = self.cache.searcher.schema[q.fieldname].format
         decode = None if type(fmt) is ArchivePositions else fmt.decode_positions
         slop = q.slop
+        starts = NO_DOCS
         if slop == 1:
             # An exact phrase starts at p where word i is at p + i for every i: the positions
             # of word i shifted back by i (plus a margin, so none is negative) all share p.
             # Rarer words first, so that the frequent ones are decoded for fewer documents.
-            starts: Docs | None = None
-            for i in sorted(range(len(words)), key=lambda i: len(per_word[i])):
+            for n, i in enumerate(sorted(range(len(words)), key=lambda i: len(postings[i][0]))):
                 keys = self._positions(blocks[i], candidates, decode) + (MAX_TERMS - i)
-                starts = keys if starts is None else starts[member(starts, keys)]
+                starts = keys if n == 0 else starts[member(starts, keys)]
                 if not len(starts):
-                    return empty_matches()
+                    break
                 candidates = np.unique(starts >> 32)
-            assert starts is not None
         else:
-            starts = NO_DOCS
             for i in range(len(words)):
                 keys = self._positions(blocks[i], candidates, decode)
                 if i == 0:
@@ -186,10 +252,10 @@ class Evaluator:
                         ok |= member(starts + (i + k), keys)
                     starts = starts[ok]
                 if not len(starts):
-                    return empty_matches()
+                    break
                 candidates = np.unique(starts >> 32)
         docs, counts = np.unique(starts >> 32, return_counts=True)
-        return self._phrase_matches(q, words, docs, counts.astype(np.float64))
+        return docs, counts.astype(np.int64)
 
     def _phrase_matches(
         self, q: wq.Phrase, words: list[bytes], docs: Docs, freqs: Floats

@@ -189,6 +189,8 @@ STACKED_BODIES = [
     "Wei Li asked to update 2023 invoice records; please update them",
     "客户申请退款单，请尽快处理退款单 refund request",
     "退款 refund 退款单 please update",
+    "update the records and update the invoice",  # the inner word twice, the phrase there
+    "update the records, then the invoice update",  # both pairs, the inner word twice, no phrase
 ]
 STACKED_PHRASES = [
     '"li wei"',  # both words are parts of the e-mail address too, at one position
