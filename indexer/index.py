@@ -53,6 +53,7 @@ from indexer.analysis import (
 )
 from indexer.dates import parse_timestamp, to_micros
 from indexer.errors import IndexerError, IndexUnavailable
+from indexer.mapped_files import install as install_mapped_files
 from indexer.query import CompiledQuery, compile_query, make_parser
 from indexer.schema import build_schema
 from indexer.search import SearchHit, SearchPage, SearchQuery, order_matches, run_search, validate
@@ -170,6 +171,8 @@ def _stat_key(path: Path) -> str | None:
             return fh.read()
     except FileNotFoundError:
         return None
+
+install_mapped_files()
 
 
 class _Snapshot:
