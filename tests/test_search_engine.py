@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from whoosh import index as windex
@@ -207,7 +209,7 @@ STACKED_PHRASES = [
 ]
 
 
-def _stacked_corpus() -> list[tuple[dict[str, object], object]]:
+def _stacked_corpus() -> list[tuple[dict[str, Any], datetime]]:
     base = CORPUS[0][0]
     extra = [
         ({**base, "id": f"P{i:04d}", "subject": "note", "body": body}, AT)
@@ -220,7 +222,7 @@ def _stacked_corpus() -> list[tuple[dict[str, object], object]]:
 def test_phrases_over_stacked_tokens_match_brute_force(tmp_path: Path, q: str) -> None:
     docs = _stacked_corpus()
     ix = SearchIndex.open(tmp_path / "ix")
-    ix.add(docs)  # type: ignore[arg-type]
+    ix.add(docs)
     bodies = {str(r["id"]): r for r, _ in docs}
     parsed = ix.search(SearchQuery(q=q, per_page=100))
     ids, _pages = all_pages(ix, SearchQuery(q=q, per_page=100))
@@ -231,12 +233,12 @@ def test_phrases_over_stacked_tokens_match_brute_force(tmp_path: Path, q: str) -
     ix.close()
 
 
-def _phrase_pred(q: str) -> Callable[[str, dict[str, dict[str, object]]], bool]:
+def _phrase_pred(q: str) -> Callable[[str, dict[str, dict[str, Any]]], bool]:
     """Brute force over iter_tokens positions for the phrase queries above."""
     alternatives = [a.strip().strip('"') for a in q.split(" OR ")]
     wanted = [[t for t, _p, _s, _e in iter_tokens(a, "query")] for a in alternatives]
 
-    def match(rid: str, records: dict[str, dict[str, object]]) -> bool:
+    def match(rid: str, records: dict[str, dict[str, Any]]) -> bool:
         for f in ("subject", "body"):
             at: dict[str, set[int]] = {}
             for t, p, _s, _e in iter_tokens(str(records[rid][f] or "")):
@@ -256,7 +258,7 @@ def test_shards_without_word_pairs_answer_phrases_the_same(tmp_path: Path) -> No
     """An index made before the word-pair fields: same matches and same scores, from positions."""
     docs = _stacked_corpus()
     with_pairs = SearchIndex.open(tmp_path / "new")
-    with_pairs.add(docs)  # type: ignore[arg-type]
+    with_pairs.add(docs)
     old = SearchIndex.open(tmp_path / "old")
     gen = old._current_gen()
     schema = build_schema()
@@ -265,7 +267,7 @@ def test_shards_without_word_pairs_answer_phrases_the_same(tmp_path: Path) -> No
     for name in {shard_key(parse_timestamp(str(r["created_at"])), "year") for r, _ in docs}:
         (gen / name).mkdir()
         windex.create_in(str(gen / name), schema)
-    old.add(docs)  # type: ignore[arg-type]
+    old.add(docs)
     assert all(PAIR_FIELDS[0] not in v.cache.searcher.schema for v in old._current_snapshot().views)
     for q in [*STACKED_PHRASES, *(q for q, _pred in PHRASES)]:
         a = all_pages(with_pairs, SearchQuery(q=q, per_page=100))[1]
