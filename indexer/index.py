@@ -363,7 +363,7 @@ class SearchIndex:
         self._check_open()
         with self._search_lock:
             snap = self._current_snapshot()
-            ids = [v.cache.record_id(d) for v in snap.views for d in v.cache.live]
+            ids = [v.cache.record_id(d) for v in snap.views for d in v.cache.live_docs.tolist()]
         yield from ids
 
     def doc_count(self) -> int:
@@ -371,7 +371,7 @@ class SearchIndex:
         self._check_open()
         with self._search_lock:
             snap = self._current_snapshot()
-            return sum(len(v.cache.live) for v in snap.views)
+            return sum(len(v.cache.live_docs) for v in snap.views)
 
     # --- writing --------------------------------------------------------------------------
 

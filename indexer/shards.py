@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from whoosh.codec.whoosh3 import (
 from whoosh.searching import Searcher
 from whoosh.util.numeric import byte_to_length
 
+from indexer.columns import byte_strings, live_docs, numeric_values, ordinals
 from indexer.dates import YEAR0, YEAR_STARTS
 from indexer.postings import Docs, Floats
 from indexer.schema import DATE_FIELDS, date_column
@@ -90,11 +90,10 @@ class ShardCache:
         self.searcher = searcher
         self.segments = _segments_of(reader)
         self.size = reader.doc_count_all()
-        self.live = array("i", reader.all_doc_ids())
-        self.live_docs: Docs = np.array(self.live, np.int64)
+        self.live_docs: Docs = live_docs(reader)
         # None when nothing is deleted (the usual case): no mask to apply.
         self.live_mask: npt.NDArray[np.bool_] | None = None
-        if len(self.live) != self.size:
+        if len(self.live_docs) != self.size:
             self.live_mask = np.zeros(self.size, np.bool_)
             self.live_mask[self.live_docs] = True
         self._id_column = reader.column_reader("id")
@@ -155,9 +154,9 @@ class ShardCache:
     def id_rank(self) -> npt.NDArray[np.int64]:
         """Return every document's rank in record id order (for ties)."""
         if self._id_rank is None:
-            ids = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in self._id_column]
+            ids = _join([p.ids() for p in self._parts.values()], bytes)
             rank = np.empty(self.size, np.int64)
-            rank[np.argsort(np.array(ids, dtype=str), kind="stable")] = np.arange(self.size)
+            rank[np.argsort(ids, kind="stable")] = np.arange(self.size)
             self._id_rank = rank
         return self._id_rank
 
@@ -208,13 +207,20 @@ class _SegmentColumns:
     def __init__(self, leaf: Any) -> None:
         self.leaf = leaf
         self.size = leaf.doc_count_all()
-        self.category = _ordinals(leaf, "category")
-        self.kind = _ordinals(leaf, "kind")
+        self.category = ordinals(leaf.column_reader("category", translate=False), self.size)
+        self.kind = ordinals(leaf.column_reader("kind", translate=False), self.size)
         self.dates = {
-            f: np.array(array("q", leaf.column_reader(date_column(f))), np.int64)
+            f: numeric_values(leaf.column_reader(date_column(f), translate=False), self.size)
             for f in DATE_FIELDS
         }
         self._lengths: dict[str, npt.NDArray[np.float64]] = {}
+        self._ids: npt.NDArray[np.bytes_] | None = None
+
+    def ids(self) -> npt.NDArray[np.bytes_]:
+        """Return the segment's record ids, UTF-8 encoded (read on first use)."""
+        if self._ids is None:
+            self._ids = byte_strings(self.leaf.column_reader("id", translate=False), self.size)
+        return self._ids
 
     def lengths(self, fieldname: str) -> npt.NDArray[np.float64]:
         """Return a text field's length per document (read on first use)."""
@@ -224,23 +230,9 @@ class _SegmentColumns:
             if col is None:
                 got = np.zeros(self.size, np.float64)
             else:
-                got = _LENGTHS[np.fromiter(col, np.uint8, self.size)]
+                got = _LENGTHS[numeric_values(col, self.size)]
             self._lengths[fieldname] = got
         return got
-
-
-def _ordinals(leaf: Any, fieldname: str) -> tuple[list[str], npt.NDArray[np.int32]]:
-    """Return a column's distinct values and each document's number among them."""
-    names: list[str] = []
-    index: dict[str, int] = {}
-    ords = array("H")
-    for value in leaf.column_reader(fieldname):
-        i = index.get(value)
-        if i is None:
-            i = index[value] = len(names)
-            names.append(value)
-        ords.append(i)
-    return names, np.array(ords, np.int32)
 
 
 def _join_ordinals(
