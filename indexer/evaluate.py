@@ -20,9 +20,9 @@ from indexer.postings import (
     Docs,
     Floats,
     Matches,
+    cached_leaf_postings,
     empty_matches,
     intersect,
-    leaf_postings,
     member,
     position_keys,
     union,
@@ -109,7 +109,7 @@ class Evaluator:
         ids_parts: list[Docs] = []
         w_parts: list[Floats] = []
         for leaf, base in self.reader.leaf_readers():
-            lids, lw = leaf_postings(leaf, fieldname, btext, base, blocks)
+            lids, lw = cached_leaf_postings(leaf, fieldname, btext, base, blocks)
             if len(lids):
                 ids_parts.append(lids)
                 w_parts.append(lw)
@@ -160,7 +160,7 @@ class Evaluator:
         def postings(i: int) -> tuple[Docs, Floats]:
             got = read.get(i)
             if got is None:
-                got = read[i] = self._postings(q.fieldname, words[i], blocks[i])
+                got = read[i] = self._postings(q.fieldname, words[i])
             return got
 
         sure = NO_DOCS
@@ -180,6 +180,8 @@ class Evaluator:
                 once &= weights[np.searchsorted(ids, candidates)] == 1
             sure, candidates = candidates[once], candidates[~once]
         if len(candidates):
+            for i, word in enumerate(words):  # the blocks, for their positions
+                self._postings(q.fieldname, word, blocks[i])
             all_postings = [postings(i) for i in range(len(words))]
             docs, counts = self._positional_counts(q, words, blocks, all_postings, candidates)
         else:

@@ -7,12 +7,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from whoosh import index as windex
 
 from indexer.analysis import iter_tokens
 from indexer.dates import parse_timestamp
 from indexer.index import SearchIndex, shard_key
+from indexer.postings import POSTING_CACHE, PostingCache
 from indexer.query import CompiledQuery
 from indexer.schema import PAIR_FIELDS, build_schema
 from indexer.search import SearchQuery
@@ -306,4 +308,46 @@ def test_added_documents_reread_only_new_segments(tmp_path: Path) -> None:
                 reused += 1
         assert len(cache.cat_ord) == cache.size and len(cache.lengths("body")) == cache.size
     assert reused, "the batch should have left the shards' first segments in place"
+    ix.close()
+
+
+def test_cached_posting_lists_give_the_same_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queries answered from decoded posting lists kept in memory, before and after deletions."""
+    monkeypatch.setattr(POSTING_CACHE, "min_postings", 1)
+    POSTING_CACHE.clear()
+    ix = SearchIndex.open(tmp_path / "ix")
+    ix.add(CORPUS[:1500])
+    queries = ["refund", "refund NOT invoice", "warranty OR repair", "退款", '"refund request"']
+    alive = {r["id"] for r, _ in CORPUS[:1500]}
+
+    def answers() -> dict[str, list[tuple[str, float]]]:
+        return {
+            q: [
+                (h.id, h.score)
+                for p in all_pages(ix, SearchQuery(q=q, per_page=100))[1]
+                for h in p.hits
+            ]
+            for q in queries
+        }
+
+    first = answers()
+    assert POSTING_CACHE.used > 0
+    assert answers() == first  # from the cache
+    gone = sorted(alive)[::5]
+    ix.delete(gone)
+    alive -= set(gone)
+    for q, pred in [("refund", word("refund")), ("退款", contains("退款"))]:
+        ids, _pages = all_pages(ix, SearchQuery(q=q, per_page=100))
+        assert sorted(ids) == sorted(brute_ids(alive, pred))
+    small = PostingCache(budget_bytes=4096, min_postings=1)
+    for n in range(50):
+        postings = np.arange(n * 10, n * 10 + 100, dtype=np.int64)
+        small.put(("seg", "body", str(n).encode()), postings, np.ones(100), 0)
+    assert 0 < small.used <= 4096
+    got = small.get(("seg", "body", b"49"), 7)
+    assert got is not None and got[0].tolist() == list(range(497, 597))
+    assert small.get(("seg", "body", b"0"), 0) is None  # the oldest were dropped
+    POSTING_CACHE.clear()
     ix.close()
