@@ -45,7 +45,7 @@ def sync_index(
                 for e in entries
                 if e.state == "archived"
             ]
-            index.add(docs)
+            index.add(docs, first_versions=[e.record_id for e in entries if e.version == 1])
             index.delete(e.record_id for e in entries if e.state != "archived")
             crash_point("index.before_mark")
             store.mark_indexed((e.record_id, e.version, e.state) for e in entries)
