@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 from whoosh import query as wq
 
-from indexer.analysis import ArchivePositions, pair_term, pairable
+from indexer.analysis import ArchivePositions, pair_term
 from indexer.errors import BadQuery
 from indexer.postings import (
     NO_DOCS,
@@ -44,7 +44,15 @@ class _PairMatch:
 class Evaluator:
     """Evaluates a parsed Whoosh query on one shard into :class:`Matches`."""
 
-    def __init__(self, cache: ShardCache, stats: GlobalStats | None, scored: bool) -> None:
+    def __init__(
+        self,
+        cache: ShardCache,
+        stats: GlobalStats | None,
+        scored: bool,
+        pair_terms: frozenset[bytes] = frozenset(),
+    ) -> None:
+        """:param pair_terms: the terms the shard's word-pair fields pair."""
+        self.pair_terms = pair_terms
         self.cache = cache
         self.reader = cache.searcher.reader()
         self.stats = stats
@@ -203,7 +211,7 @@ class Evaluator:
         found: _PairMatch | None = None
         complete = True
         for a, b in zip(words, words[1:], strict=False):
-            if not (pairable(a) and pairable(b)):
+            if a not in self.pair_terms or b not in self.pair_terms:
                 complete = False
                 continue
             docs, freqs = self._postings(pairs_field, pair_term(a, b))

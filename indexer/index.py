@@ -14,6 +14,7 @@ joined into one Whoosh index (one TOC listing both), and CURRENT is swapped.
 
 from __future__ import annotations
 
+import itertools
 import json
 import operator
 import os
@@ -48,6 +49,7 @@ from indexer.analysis import (
     SINGLE_POSITION_VALUES,
     ArchivePositions,
     PairTokenizer,
+    choose_pair_terms,
     index_term_positions,
     pair_postings,
 )
@@ -66,6 +68,7 @@ _GEN_RE = re.compile(r"^g(\d{6})$")
 SNIPPET_SOURCE_CHARS = 10_000
 _BATCH = 500
 WORKER_BUFFERED_DOCS = 300_000  # documents a rebuild worker holds in memory (~3.5 KiB each)
+PAIR_SAMPLE = 20_000  # records a rebuild reads before choosing the pair terms
 _READ_IDS_COST = 6  # one id lookup in a segment costs about as much as reading 6 of its ids
 
 
@@ -147,6 +150,13 @@ def build_document(record: dict[str, Any], archived_at: datetime) -> dict[str, A
     return doc
 
 
+def _texts(records: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """Yield the subject and body of records (for choosing pair terms)."""
+    for record in records:
+        yield record.get("subject") or ""
+        yield record.get("body") or ""
+
+
 def _record_shard(record: dict[str, Any], period: str) -> str:
     created = record["created_at"]
     if created.endswith("Z") and len(created) >= 10:
@@ -203,6 +213,7 @@ class SearchIndex:
         # Searchers for looking ids up before writes (used under _write_lock), kept while
         # their shard is unchanged: opening one per shard cost most of a restore's delete.
         self._id_searchers: dict[tuple[str, str], Any] = {}
+        self._pair_sets: dict[str, frozenset[bytes]] = {}
         self._parser: Any = None
         self._closed = False
 
@@ -230,19 +241,51 @@ class SearchIndex:
         self._parser = make_parser(build_schema())
         return self
 
-    def _new_generation(self, period: str) -> Path:
+    def _new_generation(self, period: str, pair_terms: list[str] | None = None) -> Path:
+        """Create an empty generation; ``pair_terms`` None leaves them to its first records."""
         numbers = [
             int(m.group(1)) for p in self.directory.iterdir() if (m := _GEN_RE.match(p.name))
         ]
         gen = self.directory / f"g{max(numbers, default=0) + 1:06d}"
         gen.mkdir()
-        _write_atomic(gen / "META", json.dumps({"shard_period": period}))
+        meta: dict[str, Any] = {"shard_period": period}
+        if pair_terms is not None:
+            meta["pair_terms"] = pair_terms
+        _write_atomic(gen / "META", json.dumps(meta))
         _write_atomic(gen / "STAMP", "0")
         return gen
 
     @staticmethod
     def _load_meta(gen: Path) -> dict[str, Any]:
         return dict(json.loads((gen / "META").read_text(encoding="utf-8")))
+
+    def _chosen_pair_terms(self, gen: Path) -> frozenset[bytes]:
+        """Return the generation's pair terms, none if not chosen yet (nothing is written)."""
+        got = self._pair_sets.get(str(gen))
+        if got is None:
+            chosen = self._load_meta(gen).get("pair_terms")
+            if chosen is None:
+                return frozenset()
+            got = self._pair_sets[str(gen)] = frozenset(t.encode("utf-8") for t in chosen)
+        return got
+
+    def _pair_terms(self, gen: Path, sample: Iterable[dict[str, Any]]) -> frozenset[bytes]:
+        """Return the generation's pair terms, choosing them from ``sample`` if not chosen yet.
+
+        Chosen once per generation (by a rebuild, else by the first add) and never changed, so
+        every segment of a generation pairs the same terms. Index writes are serialised across
+        processes by the archive store's index lock, so two cannot choose at once.
+        """
+        got = self._pair_sets.get(str(gen))
+        if got is not None:
+            return got
+        meta = self._load_meta(gen)
+        if "pair_terms" not in meta:
+            meta["pair_terms"] = choose_pair_terms(_texts(sample))
+            _write_atomic(gen / "META", json.dumps(meta))
+        got = frozenset(t.encode("utf-8") for t in meta["pair_terms"])
+        self._pair_sets[str(gen)] = got
+        return got
 
     def _current_gen(self) -> Path:
         try:
@@ -294,10 +337,11 @@ class SearchIndex:
             full_key = (key[0], _stat_key(gen / "STAMP"))
             old = {v.name: v for v in snap.views} if snap is not None and snap.gen == gen else {}
             views: list[ShardView] = []
+            pair_terms = self._chosen_pair_terms(gen)
             for name in self._shard_names(gen):
                 view = old.get(name)
                 if view is not None and view.cache.searcher.up_to_date():
-                    views.append(view)
+                    views.append(ShardView(name, view.lo_us, view.hi_us, view.cache, pair_terms))
                     continue
                 # Not Searcher.refresh(): it keeps the old reader when a commit left no segment.
                 searcher = self._shard_index(gen, name).searcher()
@@ -305,7 +349,8 @@ class SearchIndex:
                     view.cache.searcher.close()
                 lo, hi = shard_bounds(name)
                 previous = view.cache if view is not None else None
-                views.append(ShardView(name, lo, hi, ShardCache(searcher, previous)))
+                cache = ShardCache(searcher, previous)
+                views.append(ShardView(name, lo, hi, cache, pair_terms))
             if snap is not None and snap.gen != gen:
                 for v in snap.views:
                     v.cache.searcher.close()
@@ -407,9 +452,10 @@ class SearchIndex:
                 if record["id"] in first:
                     home[record["id"]] = name
             holders = self._find_ids(gen, list(batch), home)
+            pair_terms = self._pair_terms(gen, (record for record, _at in batch.values()))
             for name, documents in sorted(by_shard.items()):
                 ix = self._shard_index(gen, name, create=True)
-                writer = open_writer(ix, timeout=60.0)
+                writer = open_writer(ix, pair_terms, timeout=60.0)
                 try:
                     for doc in documents:
                         if name in holders.get(doc["id"], ()):
@@ -454,7 +500,7 @@ class SearchIndex:
     def _delete_in(self, gen: Path, by_shard: dict[str, list[str]]) -> None:
         for name, rids in sorted(by_shard.items()):
             ix = self._shard_index(gen, name)
-            writer = open_writer(ix, timeout=60.0)  # the commit may merge segments
+            writer = open_writer(ix, frozenset(), timeout=60.0)
             try:
                 for rid in rids:
                     writer.delete_by_term("id", rid)
@@ -554,10 +600,15 @@ class SearchIndex:
         :param progress: show a tqdm progress bar on stderr.
         """
         self._check_open()
+        stream = iter(docs)
+        head = list(itertools.islice(stream, PAIR_SAMPLE))
+        pair_terms = choose_pair_terms(_texts(record for record, _at in head))
         with self._write_lock:
-            gen = self._new_generation(self._period)
+            gen = self._new_generation(self._period, pair_terms)
             try:
-                count = _parallel_build(gen, self._period, docs, total, progress)
+                count = _parallel_build(
+                    gen, self._period, itertools.chain(head, stream), total, progress
+                )
             except BaseException:
                 shutil.rmtree(gen, ignore_errors=True)
                 raise
@@ -663,7 +714,7 @@ def _add_record(writer: Any, doc: dict[str, Any]) -> None:
                 positions = analysed.get(value)
                 if positions is None:
                     positions = index_term_positions(value)
-                postings = pair_postings(positions)
+                postings = pair_postings(positions, writer.pair_terms)
             elif type(fmt) is Existence and type(field.analyzer) is IDTokenizer:
                 postings = ((value.encode("utf-8"), 1, fmt.field_boost, b""),)
             else:
@@ -888,15 +939,17 @@ def _flush_pool(writer: Any) -> None:
     fw.close()
 
 
-def open_writer(ix: windex.Index, **kwargs: Any) -> Any:
+def open_writer(ix: windex.Index, pair_terms: frozenset[bytes], **kwargs: Any) -> Any:
     """Open a Whoosh writer on a shard that buffers postings in memory (see _MemoryPool).
 
     Add documents with :func:`_add_record`; Whoosh's own ``add_document`` would bypass the pool.
 
     :param ix: the shard index.
+    :param pair_terms: the generation's pair terms (see ``analysis.choose_pair_terms``).
     """
     writer = ix.writer(**kwargs)
     writer.pool = _MemoryPool()
+    writer.pair_terms = pair_terms
     writer._flush_segment = types.MethodType(_flush_pool, writer)
     return writer
 
@@ -937,6 +990,8 @@ def _load_hit(
 def run_build_worker() -> None:
     """Entry point of a rebuild worker process: pickled batches on stdin, a JSON line out."""
     gen, worker = sys.argv[1], int(sys.argv[3])
+    meta = json.loads((Path(gen) / "META").read_text(encoding="utf-8"))
+    pair_terms = frozenset(t.encode("utf-8") for t in meta["pair_terms"])
     inbox = sys.stdin.buffer
     writers: dict[str, Any] = {}
     buffered = 0
@@ -955,7 +1010,7 @@ def run_build_worker() -> None:
                     ix = windex.open_dir(str(path))
                 else:
                     ix = windex.create_in(str(path), build_schema())
-                writer = writers[name] = open_writer(ix)
+                writer = writers[name] = open_writer(ix, pair_terms)
             for record, archived_at in batch:
                 _add_record(writer, build_document(record, archived_at))
             count += len(batch)

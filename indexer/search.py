@@ -160,7 +160,8 @@ def _match_shard(
         date_needed = False
     else:
         assert stats is not None
-        result = Evaluator(cache, stats, scored=sort == "relevance").run(compiled.query)
+        scored = sort == "relevance"
+        result = Evaluator(cache, stats, scored, view.pair_terms).run(compiled.query)
         docs = result.docs
         if sort == "relevance":
             scores = result.scores

@@ -271,9 +271,11 @@ def _count(counts: npt.NDArray[np.int64], name: Callable[[int], str]) -> Counter
 
 @dataclass
 class ShardView:
-    """One shard as a query sees it: searcher, caches and its ``created_at`` period."""
+    """One shard as a query sees it: searcher, caches, its ``created_at`` period, and the terms
+    its word-pair fields pair (``analysis.choose_pair_terms``)."""
 
     name: str
     lo_us: int
     hi_us: int
     cache: ShardCache
+    pair_terms: frozenset[bytes] = frozenset()

@@ -270,6 +270,12 @@ def test_shards_without_word_pairs_answer_phrases_the_same(tmp_path: Path) -> No
         (gen / name).mkdir()
         windex.create_in(str(gen / name), schema)
     old.add(docs)
+    chosen = with_pairs._chosen_pair_terms(with_pairs._current_gen())
+    assert {b"pleas", b"updat", b"refund", b"request"} <= chosen
+    assert any(
+        ("body_pairs", b"pleas updat") in v.cache.searcher.reader()
+        for v in with_pairs._current_snapshot().views
+    )
     assert all(PAIR_FIELDS[0] not in v.cache.searcher.schema for v in old._current_snapshot().views)
     for q in [*STACKED_PHRASES, *(q for q, _pred in PHRASES)]:
         a = all_pages(with_pairs, SearchQuery(q=q, per_page=100))[1]
