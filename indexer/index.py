@@ -276,16 +276,12 @@ class SearchIndex:
         every segment of a generation pairs the same terms. Index writes are serialised across
         processes by the archive store's index lock, so two cannot choose at once.
         """
-        got = self._pair_sets.get(str(gen))
-        if got is not None:
-            return got
-        meta = self._load_meta(gen)
-        if "pair_terms" not in meta:
-            meta["pair_terms"] = choose_pair_terms(_texts(sample))
-            _write_atomic(gen / "META", json.dumps(meta))
-        got = frozenset(t.encode("utf-8") for t in meta["pair_terms"])
-        self._pair_sets[str(gen)] = got
-        return got
+        if str(gen) not in self._pair_sets:
+            meta = self._load_meta(gen)
+            if "pair_terms" not in meta:
+                meta["pair_terms"] = choose_pair_terms(_texts(sample))
+                _write_atomic(gen / "META", json.dumps(meta))
+        return self._chosen_pair_terms(gen)
 
     def _current_gen(self) -> Path:
         try:
