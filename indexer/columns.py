@@ -15,13 +15,13 @@ import numpy as np
 import numpy.typing as npt
 from whoosh.columns import NumericColumn, VarBytesColumn
 
-Ints = npt.NDArray[np.int64]
+from indexer.postings import Docs
 
 _MAX_WIDTH = 256  # longest value decoded in bulk; longer ones are read one by one
 _INTEGER_CODES = "bBhHiIqQ"  # struct and numpy agree on these sizes
 
 
-def numeric_values(reader: Any, size: int) -> Ints:
+def numeric_values(reader: Any, size: int) -> Docs:
     """Return every document's value of a numeric column (its default where none was set).
 
     :param reader: an untranslated Whoosh column reader (``translate=False``).
@@ -74,9 +74,9 @@ def ordinals(reader: Any, size: int) -> tuple[list[str], npt.NDArray[np.int32]]:
     return names, inverse.reshape(-1).astype(np.int32)
 
 
-def live_docs(reader: Any) -> Ints:
+def live_docs(reader: Any) -> Docs:
     """Return the document numbers of a reader that are not deleted, in order."""
-    parts: list[Ints] = []
+    parts: list[Docs] = []
     for leaf, base in reader.leaf_readers():
         n = leaf.doc_count_all()
         segment = leaf.segment() if hasattr(leaf, "segment") else None

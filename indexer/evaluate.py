@@ -164,11 +164,15 @@ class Evaluator:
             return empty_matches()
         blocks: list[list[Block]] = [[] for _ in words]
         read: dict[int, tuple[Docs, Floats]] = {}
+        # Without every pair, positions will be needed: read the blocks along with the ids.
+        positional = pairs is None or not pairs.complete
 
         def postings(i: int) -> tuple[Docs, Floats]:
             got = read.get(i)
             if got is None:
-                got = read[i] = self._postings(q.fieldname, words[i])
+                got = read[i] = self._postings(
+                    q.fieldname, words[i], blocks[i] if positional else None
+                )
             return got
 
         sure = NO_DOCS
@@ -188,8 +192,9 @@ class Evaluator:
                 once &= weights[np.searchsorted(ids, candidates)] == 1
             sure, candidates = candidates[once], candidates[~once]
         if len(candidates):
-            for i, word in enumerate(words):  # the blocks, for their positions
-                self._postings(q.fieldname, word, blocks[i])
+            if not positional:  # the blocks, for their positions
+                for i, word in enumerate(words):
+                    self._postings(q.fieldname, word, blocks[i])
             all_postings = [postings(i) for i in range(len(words))]
             docs, counts = self._positional_counts(q, words, blocks, all_postings, candidates)
         else:
