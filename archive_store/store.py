@@ -856,6 +856,25 @@ class ArchiveStore:
         for row in iter_keyset(self._db(), select, where, params, "record_id"):
             yield build_catalog_entry(row)
 
+    def entries(self, record_ids: Iterable[str]) -> dict[str, CatalogEntry]:
+        """The catalog rows of these records (those never archived are left out).
+
+        :param record_ids: the records
+        """
+        ids = list(record_ids)
+        conn = self._db()
+        out: dict[str, CatalogEntry] = {}
+        with snapshot(conn):
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                for row in conn.execute(
+                    f"SELECT {RECORD_COLUMNS} FROM records WHERE record_id IN ({marks})", chunk
+                ):
+                    entry = build_catalog_entry(row)
+                    out[entry.record_id] = entry
+        return out
+
     def iter_pending(self) -> Iterator[CatalogEntry]:
         """Stream the records with a move in progress (`delete_active` or `insert_active`)."""
         select = f"SELECT {RECORD_COLUMNS} FROM records"

@@ -22,16 +22,15 @@ import pickle
 import queue
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import threading
 import time
 import types
 import uuid
-import zlib
 from array import array
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from whoosh.codec.whoosh3 import LENGTHS_COLUMN, WHOOSH3_HEADER_MAGIC, _lenfield
 from whoosh.filedb.filestore import FileStorage
 from whoosh.formats import Existence
 from whoosh.index import TOC
-from whoosh.system import pack_ushort as _PACK_USHORT
+from whoosh.reading import SegmentReader
 
 from archivist.records import format_utc
 from indexer.analysis import (
@@ -56,9 +55,18 @@ from indexer.analysis import (
 from indexer.dates import parse_timestamp, to_micros
 from indexer.errors import IndexerError, IndexUnavailable
 from indexer.mapped_files import install as install_mapped_files
+from indexer.merging import tiered_merge
 from indexer.query import CompiledQuery, compile_query, make_parser
 from indexer.schema import build_schema
 from indexer.search import SearchHit, SearchPage, SearchQuery, order_matches, run_search, validate
+from indexer.segment_format import (
+    EXTENT,
+    PACK_INT,
+    SMALL_BLOCK,
+    TERMINFO,
+    TermTable,
+    compress,
+)
 from indexer.shards import GlobalStats, ShardCache, ShardView
 from indexer.snippets import make_snippet, plain_snippet
 
@@ -182,7 +190,59 @@ def _stat_key(path: Path) -> str | None:
     except FileNotFoundError:
         return None
 
+
 install_mapped_files()
+
+
+_STAGED = "_staged"  # folder of a generation where stage() writes
+
+
+@dataclass
+class StagedRecords:
+    """Segments written by :meth:`SearchIndex.stage`, not yet part of any shard."""
+
+    gen: Path
+    root: Path
+    shards: dict[str, list[str]]  # shard name -> the record ids staged for it
+
+
+def _delete_unkept(ix: windex.Index, segment: Any, keep: Collection[str]) -> int:
+    """Mark the documents of a staged segment whose ids are not in ``keep`` deleted.
+
+    Returns how many are kept.
+    """
+    reader = SegmentReader(ix.storage, ix.schema, segment)
+    try:
+        ids = list(reader.column_reader("id", translate=False))
+    finally:
+        reader.close()
+    kept = 0
+    for docnum, rid in enumerate(ids):
+        if rid.decode("utf-8") in keep:
+            kept += 1
+        else:
+            segment.delete_document(docnum)
+    return kept
+
+
+def _remove_abandoned_stages(root: Path) -> None:
+    """Remove staging folders of processes that are gone (a crash between stage and attach)."""
+    if not root.is_dir():
+        return
+    for path in root.iterdir():
+        pid = path.name.split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class _Snapshot:
@@ -506,6 +566,107 @@ class SearchIndex:
             # No merge: the shard keeps its segments, so searchers keep their column caches.
             self._commit(writer, merge=False)
 
+    # --- adding in parallel -------------------------------------------------------------
+
+    def stage(self, docs: Iterable[tuple[dict[str, Any], datetime]]) -> StagedRecords | None:
+        """Analyse and write records as segments beside the live shards, on both cores.
+
+        Nothing becomes searchable and no lock is held: :meth:`attach` then adds the segments
+        to their shards in one short commit each, or :meth:`discard` drops them. Returns None
+        when a shard the records go to predates the current schema (use :meth:`add`).
+
+        :param docs: ``(record, archived_at)`` pairs; a later copy of an id replaces an earlier.
+        """
+        self._check_open()
+        batch: dict[str, tuple[dict[str, Any], datetime]] = {}
+        for record, archived_at in docs:
+            batch[record["id"]] = (record, archived_at)
+        gen = self._current_gen()
+        period = self._load_meta(gen)["shard_period"]
+        shards: dict[str, list[str]] = {}
+        for record, _at in batch.values():
+            shards.setdefault(_record_shard(record, period), []).append(record["id"])
+        fields = set(build_schema().names())
+        with self._write_lock:
+            for name in shards:
+                if windex.exists_in(str(gen / name)):
+                    if set(self._shard_index(gen, name).schema.names()) != fields:
+                        return None
+            self._pair_terms(gen, (record for record, _at in batch.values()))
+        _remove_abandoned_stages(gen / _STAGED)
+        root = gen / _STAGED / f"{os.getpid()}-{uuid.uuid4().hex}"
+        root.mkdir(parents=True)
+        try:
+            _parallel_build(gen, period, batch.values(), None, False, root)
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+        return StagedRecords(gen, root, shards)
+
+    def attach(
+        self, staged: StagedRecords, keep: Collection[str], *, first_versions: Collection[str] = ()
+    ) -> int | None:
+        """Make staged records searchable, replacing indexed copies of the same ids.
+
+        Staged records not in ``keep`` (changed since they were staged) are marked deleted in
+        their new segment. Returns how many records were attached, or None if the index was
+        rebuilt since staging (nothing is attached). The staged files are gone either way.
+
+        :param keep: ids of the staged records to attach.
+        :param first_versions: ids archived for the first time (see :meth:`add`).
+        """
+        self._check_open()
+        try:
+            with self._write_lock:
+                gen = self._current_gen()
+                if gen != staged.gen:
+                    return None
+                keep = set(keep)
+                first = set(first_versions)
+                home = {
+                    rid: name
+                    for name, ids in staged.shards.items()
+                    for rid in ids
+                    if rid in keep and rid in first
+                }
+                kept = [rid for ids in staged.shards.values() for rid in ids if rid in keep]
+                holders = self._find_ids(gen, kept, home)
+                pair_terms = self._chosen_pair_terms(gen)
+                count = 0
+                for name, ids in sorted(staged.shards.items()):
+                    ix = self._shard_index(gen, name, create=True)
+                    writer = open_writer(ix, pair_terms, timeout=60.0)
+                    try:
+                        for rid in ids:
+                            if rid in keep and name in holders.get(rid, ()):
+                                writer.delete_by_term("id", rid)
+                        segments = []
+                        for part in sorted((staged.root / name).iterdir()):
+                            part_ix = windex.open_dir(str(part))
+                            for segment in part_ix._segments():
+                                count += _delete_unkept(part_ix, segment, keep)
+                                _move_segment_files(part, gen / name, segment)
+                                segments.append(segment)
+                            part_ix.close()
+                    except BaseException:
+                        writer.cancel()
+                        raise
+                    self._commit(writer, attach=segments)
+                stale: dict[str, list[str]] = {}
+                for rid, names in holders.items():
+                    for other in names:
+                        if rid not in staged.shards.get(other, ()):
+                            stale.setdefault(other, []).append(rid)
+                self._delete_in(gen, stale)
+                self._bump(gen)
+                return count
+        finally:
+            self.discard(staged)
+
+    def discard(self, staged: StagedRecords) -> None:
+        """Remove staged segments that were not attached."""
+        shutil.rmtree(staged.root, ignore_errors=True)
+
     def _find_ids(
         self, gen: Path, ids: list[str], home: Mapping[str, str] | None = None
     ) -> dict[str, list[str]]:
@@ -571,9 +732,16 @@ class SearchIndex:
         for key in [k for k in self._id_searchers if keep is None or k not in keep]:
             self._id_searchers.pop(key).close()
 
-    def _commit(self, writer: Any, merge: bool = True) -> None:
-        """Commit a writer from :func:`open_writer`, remembering the ids of the segment it wrote."""
-        writer.commit(merge=merge)
+    def _commit(self, writer: Any, merge: bool = True, attach: Sequence[Any] = ()) -> None:
+        """Commit a writer from :func:`open_writer`, remembering the ids of the segment it wrote.
+
+        :param merge: merge small segments into the new one (see ``merging``).
+        :param attach: finished segments whose files were moved into the shard, to list too.
+        """
+        if merge:
+            writer.commit(mergetype=lambda w, segments: tiered_merge(w, [*segments, *attach]))
+        else:
+            writer.commit(mergetype=lambda w, segments: [*segments, *attach])
         ids = getattr(writer, "segment_ids", None)
         if ids is not None:
             self._segment_ids[writer.newsegment.segid] = ids
@@ -603,8 +771,14 @@ class SearchIndex:
             gen = self._new_generation(self._period, pair_terms)
             try:
                 count = _parallel_build(
-                    gen, self._period, itertools.chain(head, stream), total, progress
+                    gen,
+                    self._period,
+                    itertools.chain(head, stream),
+                    total,
+                    progress,
+                    gen / "_parts",
                 )
+                _join_parts(gen)
             except BaseException:
                 shutil.rmtree(gen, ignore_errors=True)
                 raise
@@ -777,25 +951,6 @@ def _doc_length_bytes(pdr: Any, fieldname: str, doccount: int) -> bytes | None:
     return got + bytes(doccount - len(got))
 
 
-_TERMINFO = struct.Struct("!BfIBBfII")  # W3TermInfo: flags, weight, df, lengths, maxweight, ids
-_PACK_INT = struct.Struct("!i").pack
-_PACK_EXTENT = struct.Struct("!qi").pack
-_HASH_LENGTHS = struct.Struct("!ii").pack  # filetables._lengths: key and value length
-_SMALL_BLOCK = 256  # pickled block data shorter than this is stored uncompressed (~3% larger)
-
-
-def _compress(data: bytes, level: int) -> bytes:
-    """zlib-compress a block with a window no larger than the block.
-
-    zlib.compress sets up a 32 KiB window and a 64 KiB hash table for every call, which cost more
-    than compressing a posting block of a few hundred bytes; a window covering the block compresses
-    it the same, and zlib.decompress reads any window size.
-    """
-    wbits = min(15, max(9, len(data).bit_length()))
-    c = zlib.compressobj(level, zlib.DEFLATED, wbits, max(1, wbits - 7))
-    return c.compress(data) + c.flush()
-
-
 def _write_field(
     fw: Any,
     terms: dict[bytes, tuple[array[int], array[float], list[bytes]]],
@@ -804,27 +959,21 @@ def _write_field(
     """Write one field's posting lists and term infos as W3FieldWriter would, a field at a time.
 
     The bytes are those of Whoosh's W3PostingsWriter and OrderedHashWriter, except for
-    compression: a block whose pickled data is under _SMALL_BLOCK bytes is stored uncompressed
+    compression: a block whose pickled data is under SMALL_BLOCK bytes is stored uncompressed
     (flag 0 in its header, which the reader honours; zlib would not make it smaller), others
-    through :func:`_compress`. Output is gathered in memory and written once per field.
+    through :func:`segment_format.compress`. Output is gathered in memory and written once per
+    field.
     """
     postfile = fw._postfile
-    tindex = fw._tindex
-    hashfn = tindex.hashfn
-    buckets = tindex.buckets
-    keypos = tindex.index
+    table = TermTable(fw)
     limit = fw._codec._blocklimit
     comp = fw._codec._compression
     fixed = fw._format.fixed_value_size()
     pack_values = fixed is None or fixed < 0
-    prefix = _PACK_USHORT(fw._fieldid)
     dumps = pickle.dumps
-    pack_int = _PACK_INT
+    pack_int = PACK_INT
     out: list[bytes] = []
     offset = postfile.tell()
-    tout: list[bytes] = []
-    toffset = tindex.dbfile.tell()
-    key = b""
     for btext in sorted(terms):
         docs, weights, values = terms[btext]
         start = offset
@@ -862,9 +1011,9 @@ def _write_field(
             else:
                 miniv = b"".join(values[i : i + limit])
             data = dumps((deltas, miniw, miniv), 2)
-            bcomp = comp if len(data) >= _SMALL_BLOCK else 0
+            bcomp = comp if len(data) >= SMALL_BLOCK else 0
             if bcomp:
-                data = _compress(data, bcomp)
+                data = compress(data, bcomp)
             bmin = bmaxlen = 0
             if lengths is not None:
                 if count == 1:
@@ -887,7 +1036,7 @@ def _write_field(
                 maxlength = bmaxlen
             if bmax > maxweight:
                 maxweight = bmax
-        value = _TERMINFO.pack(
+        value = TERMINFO.pack(
             False,
             total,
             n,
@@ -896,20 +1045,10 @@ def _write_field(
             maxweight,
             docs[0],
             docs[-1],
-        ) + _PACK_EXTENT(start, offset - start)
-        # OrderedHashWriter.add, buffered.
-        key = prefix + btext
-        h = hashfn(key)
-        buckets[h & 255].append((h, toffset))
-        keypos.append(toffset)
-        tout.append(_HASH_LENGTHS(len(key), len(value)))
-        tout.append(key)
-        tout.append(value)
-        toffset += 8 + len(key) + len(value)
+        ) + EXTENT.pack(start, offset - start)
+        table.add(btext, value)
     postfile.write(b"".join(out))
-    tindex.dbfile.write(b"".join(tout))
-    if key:
-        tindex.lastkey = key
+    table.flush()
 
 
 def _flush_pool(writer: Any) -> None:
@@ -985,7 +1124,7 @@ def _load_hit(
 
 def run_build_worker() -> None:
     """Entry point of a rebuild worker process: pickled batches on stdin, a JSON line out."""
-    gen, worker = sys.argv[1], int(sys.argv[3])
+    gen, worker, parts_root = sys.argv[1], int(sys.argv[3]), Path(sys.argv[4])
     meta = json.loads((Path(gen) / "META").read_text(encoding="utf-8"))
     pair_terms = frozenset(t.encode("utf-8") for t in meta["pair_terms"])
     inbox = sys.stdin.buffer
@@ -1000,7 +1139,7 @@ def run_build_worker() -> None:
             name, batch = item
             writer = writers.get(name)
             if writer is None:
-                path = Path(gen) / "_parts" / name / f"w{worker}"
+                path = parts_root / name / f"w{worker}"
                 path.mkdir(parents=True, exist_ok=True)
                 if windex.exists_in(str(path)):
                     ix = windex.open_dir(str(path))
@@ -1028,14 +1167,14 @@ def run_build_worker() -> None:
         print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}), flush=True)
 
 
-def _start_worker(gen: Path, period: str, worker: int) -> subprocess.Popen[bytes]:
+def _start_worker(gen: Path, period: str, worker: int, parts_root: Path) -> subprocess.Popen[bytes]:
     # A plain subprocess (not multiprocessing): no dependence on how the parent's __main__
     # was started, and no fork of a possibly multi-threaded server process.
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     code = "from indexer.index import run_build_worker; run_build_worker()"
     return subprocess.Popen(
-        [sys.executable, "-c", code, str(gen), period, str(worker)],
+        [sys.executable, "-c", code, str(gen), period, str(worker), str(parts_root)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=env,
@@ -1066,10 +1205,12 @@ def _parallel_build(
     docs: Iterable[tuple[dict[str, Any], datetime]],
     total: int | None,
     progress: bool,
+    parts_root: Path,
     workers: int = 2,
 ) -> int:
-    """Feed batches to worker processes (whichever is free), then join each shard's parts."""
-    procs = [_start_worker(gen, period, i) for i in range(workers)]
+    """Feed batches to worker processes (whichever is free); each writes its segments of each
+    shard under ``parts_root/<shard>/w<worker>``."""
+    procs = [_start_worker(gen, period, i, parts_root) for i in range(workers)]
     batches: queue.Queue[Any] = queue.Queue(maxsize=8 * workers)
     failed: list[str] = []
     feeders = [
@@ -1124,8 +1265,7 @@ def _parallel_build(
     if bar is not None:
         bar.close()
     if errors:
-        raise IndexerError("rebuild failed: " + "; ".join(errors))
-    _join_parts(gen)
+        raise IndexerError("index workers failed: " + "; ".join(errors))
     return count
 
 
@@ -1146,12 +1286,17 @@ def _join_parts(gen: Path) -> None:
             schema = ix.schema
             segs = ix._segments()
             for seg in segs:
-                prefix = f"{seg.indexname}_{seg.segid}"
-                for fname in os.listdir(part):
-                    if fname.startswith(prefix):
-                        os.replace(part / fname, target / fname)
+                _move_segment_files(part, target, seg)
             segments.extend(segs)
             ix.close()
         assert schema is not None
         TOC(schema, segments, 1).write(storage, windex._DEF_INDEX_NAME)
     shutil.rmtree(parts_root)
+
+
+def _move_segment_files(source: Path, target: Path, segment: Any) -> None:
+    """Move one segment's files from one Whoosh index folder to another (same file system)."""
+    prefix = f"{segment.indexname}_{segment.segid}"
+    for fname in os.listdir(source):
+        if fname.startswith(prefix):
+            os.replace(source / fname, target / fname)

@@ -12,10 +12,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from archive_store import ArchiveStore, Problem
+from archive_store.errors import RecordNotFound
 from archive_store.faults import crash_point
+from archive_store.models import CatalogEntry
 from indexer.index import SearchIndex
 
 CATCH_UP_BATCH = 500  # one batch holds the index lock; restores wait at most that long
+BULK_MIN = 2_000  # records to add from which they are staged on both cores (SearchIndex.stage)
+BULK_MAX = 20_000  # records staged at once (held in memory, sent to the index workers)
 
 
 def sync_index(
@@ -24,9 +28,14 @@ def sync_index(
     *,
     known: Mapping[str, dict[str, Any]] | None = None,
     batch_size: int = CATCH_UP_BATCH,
+    bulk_min: int = BULK_MIN,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> int:
     """Apply every pending change to the index; returns how many records it indexed or removed.
+
+    With at least ``bulk_min`` records to add (0: never), up to ``BULK_MAX`` of them are first
+    written by both cores without any lock (:func:`_add_staged`); the rest goes in batches of
+    ``batch_size``, each read, written and marked under the index lock.
 
     :param known: record JSON values the caller already holds (a batch it just archived), so
         they need not be read back from the store.
@@ -34,6 +43,14 @@ def sync_index(
     known = known or {}
     done = 0
     while not should_stop():
+        if bulk_min:
+            adds = [e for e in store.iter_unindexed(BULK_MAX) if e.state == "archived"]
+            if len(adds) >= bulk_min:
+                added = _add_staged(store, index, adds, known)
+                if added is not None:
+                    done += added
+                    continue
+                bulk_min = 0  # shards from before the current schema: one batch at a time
         # Read, write and mark as one step: a restore or purge in between would otherwise let
         # a stale add put a record that left the archive back into search.
         with store.indexing():
@@ -51,6 +68,51 @@ def sync_index(
             store.mark_indexed((e.record_id, e.version, e.state) for e in entries)
         done += len(entries)
     return done
+
+
+def _add_staged(
+    store: ArchiveStore,
+    index: SearchIndex,
+    adds: list[CatalogEntry],
+    known: Mapping[str, dict[str, Any]],
+) -> int | None:
+    """Stage archived records on both cores, then attach and mark those still unchanged.
+
+    Staging takes no lock, so restores and purges go on meanwhile; under the index lock, a
+    record whose state or version changed since it was read is left out (marked deleted in its
+    new segment) and stays unindexed for the next round. Returns how many were indexed, or None
+    if the index cannot stage these records.
+    """
+    docs = []
+    for e in adds:
+        try:
+            docs.append((known.get(e.record_id) or store.get(e.record_id), e.archived_at))
+        except RecordNotFound:
+            continue  # purged since: the check below leaves it out
+    staged = index.stage(docs)
+    if staged is None:
+        return None
+    try:
+        with store.indexing():
+            now = store.entries(e.record_id for e in adds)
+            still = [
+                e
+                for e in adds
+                if (c := now.get(e.record_id)) is not None
+                and (c.state, c.version, c.indexed) == ("archived", e.version, False)
+            ]
+            attached = index.attach(
+                staged,
+                {e.record_id for e in still},
+                first_versions=[e.record_id for e in still if e.version == 1],
+            )
+            if attached is None:  # rebuilt meanwhile: the rebuild's catch-up sees to them
+                return 0
+            crash_point("index.before_mark")
+            store.mark_indexed((e.record_id, e.version, e.state) for e in still)
+    finally:
+        index.discard(staged)
+    return len(still)
 
 
 def rebuild_index(store: ArchiveStore, index: SearchIndex, *, progress: bool = False) -> int:

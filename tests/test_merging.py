@@ -1,0 +1,142 @@
+"""Segment merging: the tiered policy, and merged shards holding exactly what was indexed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from whoosh import index as windex
+
+from indexer.index import SearchIndex
+from indexer.merging import MERGE_FACTOR, MERGE_MAX_DOCS, choose_merges
+from indexer.search import SearchQuery
+from tests.test_search import CORPUS
+
+
+def test_a_full_tier_merges_into_the_new_segment() -> None:
+    assert choose_merges(500, [(500, 0)] * (MERGE_FACTOR - 1)) == list(range(MERGE_FACTOR - 1))
+    assert choose_merges(500, [(500, 0)] * (MERGE_FACTOR - 2)) == []
+
+
+def test_a_merge_that_fills_the_next_tier_takes_it_too() -> None:
+    small = [(500, 0)] * (MERGE_FACTOR - 1)
+    middle = [(5_000, 0)] * (MERGE_FACTOR - 1)
+    assert choose_merges(500, middle + small) == list(range(2 * (MERGE_FACTOR - 1)))
+    # with one segment fewer in the next tier, only the small ones merge
+    assert choose_merges(500, middle[1:] + small) == list(
+        range(MERGE_FACTOR - 2, 2 * MERGE_FACTOR - 3)
+    )
+
+
+def test_large_segments_are_left_alone() -> None:
+    big = (MERGE_MAX_DOCS // 2 + 1, 0)
+    assert choose_merges(500, [big] * 20) == []
+    # a merge never grows past the limit: these would make 10 * 20,000 documents
+    assert choose_merges(20_000, [(20_000, 0)] * 12) == []
+
+
+def test_a_small_segment_that_lost_a_quarter_is_merged_at_once() -> None:
+    assert choose_merges(10, [(100, 25), (100, 24), (40_000, 30_000)]) == [0, 2]
+    assert choose_merges(0, [(100, 0)]) == []
+
+
+def _shard_content(shard: Path) -> dict[str, Any]:
+    """Everything a shard holds, keyed by record id rather than document number."""
+    ix = windex.open_dir(str(shard))
+    with ix.searcher() as s:
+        r = s.reader()
+        rid = {d: r.stored_fields(d)["stored"][0] for d in r.all_doc_ids()}
+        postings: dict[tuple[str, bytes], list[tuple[str, float, bytes]]] = {}
+        for fieldname, btext in r.all_terms():
+            m = r.postings(fieldname, btext)
+            got = []
+            while m.is_active():
+                if m.id() in rid:
+                    got.append((rid[m.id()], m.weight(), m.value()))
+                m.next()
+            if got:
+                postings[(fieldname, btext)] = sorted(got)
+        docs = {}
+        for d, record_id in rid.items():
+            lengths = {f: r.doc_field_length(d, f) for f in ("subject", "body")}
+            cols = {
+                f: r.column_reader(f, translate=False)[d]
+                for f in ("id", "kind", "category", "created_us", "updated_us", "archived_us")
+            }
+            docs[record_id] = (r.stored_fields(d), lengths, cols)
+        totals = {f: r.field_length(f) for f in ("subject", "body")}
+    return {"postings": postings, "docs": docs, "totals": totals}
+
+
+def _segment_sizes(directory: Path) -> dict[str, list[tuple[int, int]]]:
+    current = directory / (directory / "CURRENT").read_text().strip()
+    out = {}
+    for shard in sorted(p for p in current.iterdir() if p.is_dir()):
+        segs = windex.open_dir(str(shard))._segments()
+        out[shard.name] = [(s.doc_count_all(), s.deleted_count()) for s in segs]
+    return out
+
+
+def test_merged_shards_hold_exactly_what_one_batch_writes(tmp_path: Path) -> None:
+    records = CORPUS[:900]
+    first, rest = records[:30], records[30:]
+    merged = SearchIndex.open(tmp_path / "merged")
+    merged.add(first)
+    for i in range(0, len(rest), 30):
+        merged.add(rest[i : i + 30])
+    sizes = _segment_sizes(tmp_path / "merged")
+    commits = (len(records) + 29) // 30
+    assert all(len(segs) < MERGE_FACTOR for segs in sizes.values())
+    assert max(sum(n for n, _ in segs) for segs in sizes.values()) > 0
+    assert any(max(n for n, _ in segs) > 30 for segs in sizes.values()), sizes
+    assert commits >= MERGE_FACTOR
+
+    whole = SearchIndex.open(tmp_path / "whole")
+    whole.add(first)  # the same first batch chooses the same pair terms
+    whole.add(rest)
+    for shard in sizes:
+        a = _shard_content(tmp_path / "merged" / "g000001" / shard)
+        b = _shard_content(tmp_path / "whole" / "g000001" / shard)
+        assert a["docs"] == b["docs"]
+        assert a["postings"] == b["postings"]
+        assert a["totals"] == b["totals"]
+    for q in ("refund", '"refund request"', "发票", "invoice OR shipped"):
+        query = SearchQuery(q=q, per_page=100)
+        pa, pb = merged.search(query), whole.search(query)
+        assert pa.total == pb.total > 0
+        assert [(h.id, h.score) for h in pa.hits] == [(h.id, h.score) for h in pb.hits]
+
+
+def test_merges_leave_deleted_and_replaced_records_out(tmp_path: Path) -> None:
+    records = CORPUS[:600]
+    ix = SearchIndex.open(tmp_path / "ix")
+    for i in range(0, 300, 30):
+        ix.add(records[i : i + 30])
+    gone = [r["id"] for r, _ in records[:300:3]]
+    ix.delete(gone)
+    changed = [({**r, "subject": "zephyrine replacement"}, at) for r, at in records[1:300:3]]
+    ix.add(changed)
+    for i in range(300, 600, 30):
+        ix.add(records[i : i + 30])
+    sizes = _segment_sizes(tmp_path / "ix")
+    # the segments holding the deletions were merged away
+    assert sum(d for segs in sizes.values() for _, d in segs) < len(gone) + len(changed)
+    assert ix.doc_count() == 600 - len(gone)
+    ids = set(ix.iter_ids())
+    assert ids == {r["id"] for r, _ in records} - set(gone)
+    page = ix.search(SearchQuery(q="zephyrine", per_page=100))
+    assert page.total == len(changed)
+    assert {h.id for h in page.hits} == {r["id"] for r, _ in changed}
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_many_tiny_batches_keep_few_segments(tmp_path: Path, batch: int) -> None:
+    records = [r for r in CORPUS if r[0]["created_at"].startswith("2023")][:120]
+    ix = SearchIndex.open(tmp_path / "ix")
+    for i in range(0, len(records), batch):
+        ix.add(records[i : i + batch])
+    (segs,) = _segment_sizes(tmp_path / "ix").values()
+    assert len(segs) < MERGE_FACTOR
+    assert sum(n for n, _ in segs) == len(records)
+    assert ix.search(SearchQuery(q="", per_page=1)).total == len(records)

@@ -1,0 +1,117 @@
+"""Records written on both cores beside the live index, then attached under the index lock."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from archivist.active_db import utcnow
+from archivist.demo_data import generate_records
+from indexer.archiver import archive_due_records
+from indexer.index import SearchIndex
+from indexer.indexing import check_index_agreement, rebuild_index, sync_index
+from indexer.restore import restore_record
+from indexer.search import SearchQuery
+from tests.test_indexing import load
+from tests.test_search import CORPUS
+
+AS_OF = datetime(2030, 1, 1, tzinfo=UTC)
+
+QUERIES = [
+    SearchQuery(q="refund", per_page=100),
+    SearchQuery(q="退款", per_page=100, sort="newest"),
+    SearchQuery(q='"damaged device"', per_page=100),
+    SearchQuery(categories=("finance",), per_page=100, sort="oldest"),
+    SearchQuery(q="invoice", date_from=datetime(2021, 1, 1, tzinfo=UTC), per_page=50, page=2),
+]
+
+
+def _archive_unindexed(services: Any, count: int) -> None:
+    load(services, list(generate_records(count, seed=11)))
+    archive_due_records(
+        services.sessions, services.store, services.config.retention, AS_OF, utcnow()
+    )
+    assert services.store.counts()["indexed"] == 0
+
+
+def _results(index: SearchIndex) -> list[tuple[int, list[str], list[float], Any]]:
+    out = []
+    for q in QUERIES:
+        page = index.search(q)
+        out.append((page.total, [h.id for h in page.hits], [h.score for h in page.hits], page.facets))
+    return out
+
+
+def test_staged_catch_up_gives_what_a_rebuild_gives(services: Any) -> None:
+    _archive_unindexed(services, 1200)
+    assert sync_index(services.store, services.index, bulk_min=100) == 1200
+    assert services.store.counts()["indexed"] == 1200
+    ids = list(services.index.iter_ids())
+    assert len(ids) == len(set(ids)) == 1200
+    assert check_index_agreement(services.store, services.index) == ([], 0)
+    staged = _results(services.index)
+    assert all(total > 0 for total, *_ in staged)
+    assert not any((services.index.directory / "g000001" / "_staged").iterdir())
+    assert rebuild_index(services.store, services.index) == 1200
+    assert _results(services.index) == staged
+
+
+def test_a_record_restored_while_staged_stays_out_of_search(services: Any, monkeypatch) -> None:
+    _archive_unindexed(services, 300)
+    index = services.index
+    stage = index.stage
+    victim = next(e.record_id for e in services.store.iter_unindexed(1))
+
+    def stage_then_restore(docs: Any) -> Any:
+        staged = stage(docs)
+        # an admin restores one of the records after it was read, before it is attached
+        restore_record(services.sessions, services.store, index, victim, "admin", utcnow())
+        return staged
+
+    monkeypatch.setattr(index, "stage", stage_then_restore)
+    # the restore took its record out of search itself; the other 299 are attached
+    assert sync_index(services.store, index, bulk_min=100) == 299
+    assert victim not in set(index.iter_ids())
+    assert index.doc_count() == 299
+    assert check_index_agreement(services.store, index) == ([], 0)
+    assert services.store.info(victim).state == "restored"
+
+
+def test_attaching_replaces_indexed_copies_and_leaves_out_unkept(tmp_path: Path) -> None:
+    records = CORPUS[:400]
+    ix = SearchIndex.open(tmp_path / "ix")
+    ix.add(records)
+    changed = [({**r, "body": "quetzalcoatl " + r["body"]}, at) for r, at in records[:200]]
+    new = [({**r, "id": "N" + r["id"]}, at) for r, at in records[:50]]
+    abandoned = tmp_path / "ix" / "g000001" / "_staged" / "999999999-x"
+    abandoned.mkdir(parents=True)
+    staged = ix.stage(changed + new)
+    assert staged is not None
+    assert not abandoned.exists()  # left by a process that is gone
+    assert ix.search(SearchQuery(q="quetzalcoatl")).total == 0  # staged is not searchable
+    dropped = {r["id"] for r, _ in new[:10]}
+    keep = {r["id"] for r, _ in changed + new} - dropped
+    assert ix.attach(staged, keep, first_versions=[r["id"] for r, _ in new]) == len(keep)
+    assert not staged.root.exists()
+    assert ix.doc_count() == 400 + 40
+    ids = list(ix.iter_ids())
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {r["id"] for r, _ in records} | (keep - {r["id"] for r, _ in records})
+    assert ix.search(SearchQuery(q="quetzalcoatl", per_page=100)).total == 200  # no old copy
+    kept_new = sorted(keep - {r["id"] for r, _ in records})
+    assert ix.search(SearchQuery(q=f"id:{kept_new[0]}")).total == 1
+    assert ix.search(SearchQuery(q=f"id:{sorted(dropped)[0]}")).total == 0
+
+
+def test_a_rebuild_between_stage_and_attach_attaches_nothing(tmp_path: Path) -> None:
+    records = CORPUS[:100]
+    ix = SearchIndex.open(tmp_path / "ix")
+    staged = ix.stage(records)
+    assert staged is not None
+    ix.rebuild(CORPUS[100:200])
+    assert ix.attach(staged, {r["id"] for r, _ in records}) is None
+    assert not staged.root.exists()
+    assert set(ix.iter_ids()) == {r["id"] for r, _ in CORPUS[100:200]}
+    assert os.listdir(staged.gen / "_staged") == []
