@@ -52,10 +52,11 @@ from indexer.analysis import (
     index_term_positions,
     pair_postings,
 )
+from indexer.columns import byte_strings
 from indexer.dates import parse_timestamp, to_micros
 from indexer.errors import IndexerError, IndexUnavailable
 from indexer.mapped_files import install as install_mapped_files
-from indexer.merging import tiered_merge
+from indexer.merging import choose_merges, tiered_merge
 from indexer.query import CompiledQuery, compile_query, make_parser
 from indexer.schema import build_schema
 from indexer.search import SearchHit, SearchPage, SearchQuery, order_matches, run_search, validate
@@ -520,7 +521,7 @@ class SearchIndex:
                 except BaseException:
                     writer.cancel()
                     raise
-                self._commit(writer)
+                self._commit(ix, writer)
             # Then drop the copies that moved to another shard (created_at changed).
             stale: dict[str, list[str]] = {}
             for name, documents in by_shard.items():
@@ -564,7 +565,7 @@ class SearchIndex:
                 writer.cancel()
                 raise
             # No merge: the shard keeps its segments, so searchers keep their column caches.
-            self._commit(writer, merge=False)
+            self._commit(ix, writer, merge=False)
 
     # --- adding in parallel -------------------------------------------------------------
 
@@ -572,32 +573,37 @@ class SearchIndex:
         """Analyse and write records as segments beside the live shards, on both cores.
 
         Nothing becomes searchable and no lock is held: :meth:`attach` then adds the segments
-        to their shards in one short commit each, or :meth:`discard` drops them. Returns None
-        when a shard the records go to predates the current schema (use :meth:`add`).
+        to their shards in one short commit each, or :meth:`discard` drops them. ``docs`` is
+        read while the workers write, so it may be a generator reading the store. Returns None
+        when the index has shards that predate the current schema (use :meth:`add`).
 
-        :param docs: ``(record, archived_at)`` pairs; a later copy of an id replaces an earlier.
+        :param docs: ``(record, archived_at)`` pairs, each id once.
         """
         self._check_open()
-        batch: dict[str, tuple[dict[str, Any], datetime]] = {}
-        for record, archived_at in docs:
-            batch[record["id"]] = (record, archived_at)
         gen = self._current_gen()
         period = self._load_meta(gen)["shard_period"]
-        shards: dict[str, list[str]] = {}
-        for record, _at in batch.values():
-            shards.setdefault(_record_shard(record, period), []).append(record["id"])
         fields = set(build_schema().names())
+        stream = iter(docs)
         with self._write_lock:
-            for name in shards:
-                if windex.exists_in(str(gen / name)):
-                    if set(self._shard_index(gen, name).schema.names()) != fields:
-                        return None
-            self._pair_terms(gen, (record for record, _at in batch.values()))
+            for name in self._shard_names(gen):
+                if set(self._shard_index(gen, name).schema.names()) != fields:
+                    return None
+            if not self._chosen_pair_terms(gen):
+                head = list(itertools.islice(stream, PAIR_SAMPLE))
+                self._pair_terms(gen, (record for record, _at in head))
+                stream = itertools.chain(head, stream)
+        shards: dict[str, list[str]] = {}
+
+        def noted() -> Iterator[tuple[dict[str, Any], datetime]]:
+            for record, archived_at in stream:
+                shards.setdefault(_record_shard(record, period), []).append(record["id"])
+                yield record, archived_at
+
         _remove_abandoned_stages(gen / _STAGED)
         root = gen / _STAGED / f"{os.getpid()}-{uuid.uuid4().hex}"
         root.mkdir(parents=True)
         try:
-            _parallel_build(gen, period, batch.values(), None, False, root)
+            _parallel_build(gen, period, noted(), None, False, root)
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)
             raise
@@ -651,7 +657,7 @@ class SearchIndex:
                     except BaseException:
                         writer.cancel()
                         raise
-                    self._commit(writer, attach=segments)
+                    self._commit(ix, writer, attach=segments)
                 stale: dict[str, list[str]] = {}
                 for rid, names in holders.items():
                     for other in names:
@@ -704,7 +710,8 @@ class SearchIndex:
                         probed[segid] = spent
                         hits.update(b for b in wanted if ("id", b) in leaf)
                         continue
-                    seg_ids = frozenset(leaf.lexicon("id"))
+                    column = leaf.column_reader("id", translate=False)
+                    seg_ids = frozenset(byte_strings(column, segment.doc_count_all()).tolist())
                 known[segid] = seg_ids
                 hits.update(wanted.keys() & seg_ids)
             for btext in sorted(hits):
@@ -732,18 +739,28 @@ class SearchIndex:
         for key in [k for k in self._id_searchers if keep is None or k not in keep]:
             self._id_searchers.pop(key).close()
 
-    def _commit(self, writer: Any, merge: bool = True, attach: Sequence[Any] = ()) -> None:
+    def _commit(
+        self, ix: windex.Index, writer: Any, merge: bool = True, attach: Sequence[Any] = ()
+    ) -> None:
         """Commit a writer from :func:`open_writer`, remembering the ids of the segment it wrote.
 
-        :param merge: merge small segments into the new one (see ``merging``).
+        :param merge: then merge the shard's small segments if the policy says so, in a commit
+            of their own (see ``merging``: a writer with no new documents stitches them).
         :param attach: finished segments whose files were moved into the shard, to list too.
         """
-        if merge:
-            writer.commit(mergetype=lambda w, segments: tiered_merge(w, [*segments, *attach]))
-        else:
-            writer.commit(mergetype=lambda w, segments: [*segments, *attach])
+        writer.commit(mergetype=lambda w, segments: [*segments, *attach])
+        self._remember_ids(writer)
+        if not merge:
+            return
+        segments = ix._segments()
+        if choose_merges(0, [(s.doc_count_all(), s.deleted_count()) for s in segments]):
+            merger = open_writer(ix, writer.pair_terms, timeout=60.0)
+            merger.commit(mergetype=tiered_merge)
+            self._remember_ids(merger)
+
+    def _remember_ids(self, writer: Any) -> None:
         ids = getattr(writer, "segment_ids", None)
-        if ids is not None:
+        if ids is not None and writer._added:
             self._segment_ids[writer.newsegment.segid] = ids
 
     # --- rebuild ----------------------------------------------------------------------------
@@ -1059,7 +1076,9 @@ def _flush_pool(writer: Any) -> None:
     fw = writer.fieldwriter
     pool: _MemoryPool = writer.pool
     schema = writer.schema
-    writer.segment_ids = frozenset(pool.fields.get("id", ()))
+    writer.segment_ids = frozenset(pool.fields.get("id", ())) | getattr(
+        writer, "merged_ids", frozenset()
+    )
     try:
         for fieldname in sorted(pool.fields):
             if fieldname not in schema:

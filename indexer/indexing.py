@@ -8,7 +8,8 @@ redoes the (idempotent) index change; a state change that happens meanwhile is n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
 from archive_store import ArchiveStore, Problem
@@ -83,13 +84,15 @@ def _add_staged(
     new segment) and stays unindexed for the next round. Returns how many were indexed, or None
     if the index cannot stage these records.
     """
-    docs = []
-    for e in adds:
-        try:
-            docs.append((known.get(e.record_id) or store.get(e.record_id), e.archived_at))
-        except RecordNotFound:
-            continue  # purged since: the check below leaves it out
-    staged = index.stage(docs)
+
+    def docs() -> Iterator[tuple[dict[str, Any], datetime]]:
+        for e in adds:  # read while the index workers write
+            try:
+                yield known.get(e.record_id) or store.get(e.record_id), e.archived_at
+            except RecordNotFound:
+                continue  # purged since: the check below leaves it out
+
+    staged = index.stage(docs())
     if staged is None:
         return None
     try:

@@ -6,15 +6,17 @@ Python generators: at 1,000,000 records that was two thirds of the archive job's
 
 Here segments are merged by size tier, as log-structured indexes do: a tier holds segments of
 ``MERGE_FLOOR * MERGE_FACTOR**t`` to ten times that many live documents, and once a tier has
-``MERGE_FACTOR`` segments (the one being written included) they are merged into the new
-segment. Each document is so rewritten about once per tier, and a shard keeps at most
-``MERGE_FACTOR - 1`` segments per tier. Segments above ``MERGE_MAX_DOCS`` are left as they are
-(the rebuild writes its shards as a few such segments): merging them would hold the index lock
-for many seconds. A small segment that has lost a quarter of its documents is merged at once.
+``MERGE_FACTOR`` segments (a segment just written included) they are merged into one. Each
+document is so rewritten about once per tier, and a shard keeps at most ``MERGE_FACTOR - 1``
+segments per tier. No merge grows a segment past ``MERGE_MAX_DOCS`` (a full tier whose segments
+would exceed it merges as many as fit), and segments over half that are left as they are (a
+rebuild writes its shards as a few such segments): merging them would hold the index lock for
+many seconds. A small segment that has lost a quarter of its documents is merged at once.
 
-The merge itself reads each term's posting list a whole block at a time and appends it,
-renumbered, to the writer's in-memory posting pool (``index._MemoryPool``), which then writes
-the segment as for new documents.
+Merges run in a commit of their own. Segments without deletions are stitched: each posting list
+is the concatenation of its sources' blocks, each block renumbered by rewriting its first
+document number, so no posting is decoded. Segments with deletions have their posting lists
+read a block at a time, renumbered, and written again through ``index._MemoryPool``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from typing import Any
 from whoosh.codec.whoosh3 import LENGTHS_COLUMN, WHOOSH3_HEADER_MAGIC, W3TermsReader, _lenfield
 from whoosh.reading import SegmentReader
 from whoosh.util.numeric import byte_to_length
+
+from indexer.segment_format import EXTENT, PACK_INT, SMALL_BLOCK, TERMINFO, TermTable, compress
 
 MERGE_FLOOR = 500  # documents; tier 0 holds segments under ten times this
 MERGE_FACTOR = 10  # segments of one tier that are merged together
@@ -65,15 +69,19 @@ def choose_merges(new_docs: int, segments: Sequence[tuple[int, int]]) -> list[in
     size = new_docs + sum(mergeable[i] for i in chosen)
     rest = {i: live for i, live in mergeable.items() if i not in chosen}
     for t in range(tier(MERGE_MAX_DOCS // 2) + 1):
+        members = sorted((i for i in rest if tier(rest[i]) == t), key=rest.__getitem__)
+        own = 1 if size and tier(size) == t else 0
+        if len(members) + own < MERGE_FACTOR:
+            continue
+        # a full tier: merge its smallest segments, as many as stay under the size limit
         peers: list[int] = []
         grown = size
-        for i in sorted((i for i in rest if tier(rest[i]) == t), key=rest.__getitem__):
+        for i in members[: MERGE_FACTOR - own]:
             if grown + rest[i] > MERGE_MAX_DOCS:
                 break
             peers.append(i)
             grown += rest[i]
-        own = 1 if tier(size) == t else 0
-        if len(peers) + own >= MERGE_FACTOR:
+        if len(peers) + own >= 2:
             chosen.extend(peers)
             size = grown
     return sorted(chosen)
@@ -82,18 +90,180 @@ def choose_merges(new_docs: int, segments: Sequence[tuple[int, int]]) -> list[in
 def tiered_merge(writer: Any, segments: list[Any]) -> list[Any]:
     """Whoosh ``mergetype`` callback: merge the segments :func:`choose_merges` picks.
 
-    Returns the segments kept as they are, as Whoosh's merge policies do.
+    Returns the segments kept as they are, as Whoosh's merge policies do. In a writer holding
+    no new documents, segments without deletions are stitched (:func:`stitch_segments`).
     """
-    picks = set(
+    picks = sorted(
         choose_merges(writer.docnum, [(s.doc_count_all(), s.deleted_count()) for s in segments])
     )
-    for i in sorted(picks):
-        reader = SegmentReader(writer.storage, writer.schema, segments[i])
-        try:
-            append_segment(writer, reader)
-        finally:
+    readers = [SegmentReader(writer.storage, writer.schema, segments[i]) for i in picks]
+    try:
+        if not (writer.docnum == 0 and stitch_segments(writer, readers)):
+            for reader in readers:
+                append_segment(writer, reader)
+    finally:
+        for reader in readers:
             reader.close()
-    return [s for i, s in enumerate(segments) if i not in picks]
+    chosen = set(picks)
+    return [s for i, s in enumerate(segments) if i not in chosen]
+
+
+def stitch_segments(writer: Any, readers: Sequence[Any]) -> bool:
+    """Write segments into an empty writer by copying their posting blocks, renumbered in place.
+
+    A block's document numbers are deltas after one absolute first number, so renumbering a
+    segment by a constant only rewrites that first number and the block's header: no posting
+    is decoded. Returns False, having written nothing, unless every segment is stitchable (no
+    deletions, the Whoosh 3 codec, no inlined posting lists, no term vectors).
+    """
+    schema = writer.schema
+    if any(schema[name].vector for name in schema.names()):
+        return False
+    fields: dict[str, dict[bytes, list[tuple[int, bytes]]]] = {}
+    for k, reader in enumerate(readers):
+        terms_reader = getattr(reader, "_terms", None)
+        if reader.has_deletions() or not isinstance(terms_reader, W3TermsReader):
+            return False
+        unmap = terms_reader._fieldunmap
+        for key, value in terms_reader._tindex.items():
+            if value[0] & 1:  # postings inlined in the term info (Whoosh's own writer)
+                return False
+            table = fields.get(unmap[key[0] << 8 | key[1]])
+            if table is None:
+                table = fields[unmap[key[0] << 8 | key[1]]] = {}
+            parts = table.get(key[2:])
+            if parts is None:
+                table[key[2:]] = [(k, value)]
+            else:
+                parts.append((k, value))
+    bases = []
+    for reader in readers:
+        bases.append(writer.docnum)
+        size = reader.doc_count_all()
+        _append_documents(writer, reader, range(size), size)
+    writer.merged_ids = frozenset(fields.get("id", ()))
+    postfiles = [reader._terms._postfile for reader in readers]
+    fw = writer.fieldwriter
+    for fieldname in sorted(fields):
+        if fieldname not in schema:
+            continue
+        fw.start_field(fieldname, schema[fieldname])
+        _write_stitched_field(fw, fields.pop(fieldname), postfiles, bases)
+        fw.finish_field()
+    writer._added = True
+    return True
+
+
+def _write_stitched_field(
+    fw: Any,
+    terms: dict[bytes, list[tuple[int, bytes]]],
+    postfiles: Sequence[Any],
+    bases: Sequence[int],
+) -> None:
+    """Write one field's terms, each posting list the blocks of its source lists in order."""
+    level = fw._codec._compression
+    postfile = fw._postfile
+    table = TermTable(fw)
+    out: list[bytes] = []
+    offset = postfile.tell()
+    unpack_info = TERMINFO.unpack_from
+    unpack_extent = EXTENT.unpack_from
+    info_size = TERMINFO.size
+    for btext in sorted(terms):
+        parts = terms[btext]
+        start = offset
+        blocks: list[bytes] = []
+        weight = 0.0
+        df = 0
+        minlength = maxlength = 0
+        maxweight = 0.0
+        first = last = 0
+        for j, (k, value) in enumerate(parts):
+            _flags, w, n, lmin, lmax, mw, minid, maxid = unpack_info(value)
+            poff, plen = unpack_extent(value, info_size)
+            shift = bases[k]
+            _shifted_blocks(postfiles[k].get(poff, plen), shift, level, blocks)
+            weight += w
+            df += n
+            if lmin and (not minlength or lmin < minlength):
+                minlength = lmin
+            maxlength = max(maxlength, lmax)
+            maxweight = max(maxweight, mw)
+            if j == 0:
+                first = minid + shift
+            last = maxid + shift
+        out.append(WHOOSH3_HEADER_MAGIC)
+        offset += 4
+        final = len(blocks) - 1
+        for i, block in enumerate(blocks):
+            out.append(PACK_INT(-len(block) if i == final else len(block)))
+            out.append(block)
+            offset += 4 + len(block)
+        table.add(
+            btext,
+            TERMINFO.pack(False, weight, df, minlength, maxlength, maxweight, first, last)
+            + EXTENT.pack(start, offset - start),
+        )
+        if len(out) > 65_536:
+            postfile.write(b"".join(out))
+            out.clear()
+    postfile.write(b"".join(out))
+    table.flush()
+
+
+def _shifted_blocks(buf: bytes, shift: int, level: int, blocks: list[bytes]) -> None:
+    """Append the blocks of one posting list (without its header) with ids moved by ``shift``."""
+    if buf[:4] != WHOOSH3_HEADER_MAGIC:
+        raise ValueError("not a whoosh3 posting list")
+    pos = 4
+    stream = io.BytesIO(buf)
+    while True:
+        (length,) = _UNPACK_INT(buf, pos)
+        end = pos + 4 + abs(length)
+        if shift == 0:
+            blocks.append(buf[pos + 4 : end])
+        else:
+            stream.seek(pos + 4)
+            count, maxid, maxweight, compression, minlength, maxlength = pickle.load(stream)
+            data = buf[stream.tell() : end]
+            raw = _shift_first_id(zlib.decompress(data) if compression else data, shift)
+            if compression and len(raw) >= SMALL_BLOCK:
+                data = compress(raw, compression)
+            else:
+                data, compression = raw, 0
+            info = (count, maxid + shift, maxweight, compression, minlength, maxlength)
+            blocks.append(pickle.dumps(info, 2) + data)
+        if length < 0:
+            return
+        pos = end
+
+
+def _shift_first_id(raw: bytes, shift: int) -> bytes:
+    """Return a pickled block ``(ids, weights, values)`` with its first (absolute) id moved.
+
+    The ids tuple is the first thing pickled: after PROTO, a MARK if it has four or more ids,
+    then the first id as BININT1, BININT2 or BININT. Any other shape is unpickled and pickled
+    again.
+    """
+    p = 3 if raw[2:3] == b"(" else 2
+    op = raw[p]
+    if op == 0x4B:
+        value, width = raw[p + 1], 2
+    elif op == 0x4D:
+        value, width = raw[p + 1] | raw[p + 2] << 8, 3
+    elif op == 0x4A:
+        value, width = int.from_bytes(raw[p + 1 : p + 5], "little", signed=True), 5
+    else:
+        ids, weights, values = pickle.loads(raw)
+        return pickle.dumps(((ids[0] + shift, *ids[1:]), weights, values), 2)
+    value += shift
+    if value < 256:
+        new = b"K" + bytes((value,))
+    elif value < 65536:
+        new = b"M" + value.to_bytes(2, "little")
+    else:
+        new = b"J" + value.to_bytes(4, "little", signed=True)
+    return raw[:p] + new + raw[p + width :]
 
 
 def append_segment(writer: Any, reader: Any) -> None:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
 import pytest
 from whoosh import index as windex
+from whoosh.reading import SegmentReader
 
-from indexer.index import SearchIndex
-from indexer.merging import MERGE_FACTOR, MERGE_MAX_DOCS, choose_merges
+from indexer.index import SearchIndex, open_writer
+from indexer.merging import (
+    MERGE_FACTOR,
+    MERGE_MAX_DOCS,
+    _shift_first_id,
+    choose_merges,
+    stitch_segments,
+)
 from indexer.search import SearchQuery
 from tests.test_search import CORPUS
 
@@ -32,8 +40,10 @@ def test_a_merge_that_fills_the_next_tier_takes_it_too() -> None:
 def test_large_segments_are_left_alone() -> None:
     big = (MERGE_MAX_DOCS // 2 + 1, 0)
     assert choose_merges(500, [big] * 20) == []
-    # a merge never grows past the limit: these would make 10 * 20,000 documents
-    assert choose_merges(20_000, [(20_000, 0)] * 12) == []
+    # a merge never grows past the limit: a full tier merges as many as fit under it
+    assert choose_merges(20_000, [(20_000, 0)] * 12) == [0]
+    assert choose_merges(0, [(20_000, 0)] * 12) == [0, 1]
+    assert choose_merges(0, [(20_000, 0)] * 9) == []
 
 
 def test_a_small_segment_that_lost_a_quarter_is_merged_at_once() -> None:
@@ -140,3 +150,53 @@ def test_many_tiny_batches_keep_few_segments(tmp_path: Path, batch: int) -> None
     assert len(segs) < MERGE_FACTOR
     assert sum(n for n, _ in segs) == len(records)
     assert ix.search(SearchQuery(q="", per_page=1)).total == len(records)
+
+
+@pytest.mark.parametrize(
+    "ids", [(5,), (5, 1), (5, 1, 2), (5, 1, 2, 3), (300, 1, 1, 1), (70_000, 1)]
+)
+@pytest.mark.parametrize("shift", [1, 250, 65_000, 3_000_000])
+def test_a_block_is_renumbered_by_its_first_id_alone(ids: tuple[int, ...], shift: int) -> None:
+    weights = tuple(float(i) for i in range(len(ids)))
+    values = tuple(b"v%d" % i for i in range(len(ids)))
+    raw = pickle.dumps((ids, weights, values), 2)
+    shifted = pickle.loads(_shift_first_id(raw, shift))
+    assert shifted == ((ids[0] + shift, *ids[1:]), weights, values)
+
+
+def test_a_block_of_another_shape_is_repickled() -> None:
+    raw = pickle.dumps(([7, 1, 1], None, None), 2)
+    assert pickle.loads(_shift_first_id(raw, 10)) == ((17, 1, 1), None, None)
+
+
+def _stitch_shard(shard: Path) -> bool:
+    ix = windex.open_dir(str(shard))
+    writer = open_writer(ix, frozenset())
+    done: list[bool] = []
+
+    def stitch_all(w: Any, segments: list[Any]) -> list[Any]:
+        readers = [SegmentReader(w.storage, w.schema, s) for s in segments]
+        done.append(stitch_segments(w, readers))
+        for r in readers:
+            r.close()
+        return [] if done[0] else segments
+
+    writer.commit(mergetype=stitch_all)
+    return done[0]
+
+
+def test_stitched_segments_hold_what_their_sources_held(tmp_path: Path) -> None:
+    records = [r for r in CORPUS if r[0]["created_at"].startswith("2022")][:600]
+    ix = SearchIndex.open(tmp_path / "ix")
+    for i in range(0, len(records), 200):
+        ix.add(records[i : i + 200])
+    (shard,) = [p for p in (tmp_path / "ix" / "g000001").iterdir() if p.name == "2022"]
+    before = _shard_content(shard)
+    assert len(windex.open_dir(str(shard))._segments()) == 3
+    assert _stitch_shard(shard)
+    assert [s.doc_count_all() for s in windex.open_dir(str(shard))._segments()] == [600]
+    assert _shard_content(shard) == before
+    # a segment with deletions is not stitched (its documents are renumbered one by one)
+    ix.delete([records[0][0]["id"]])
+    ix.add(records[:1])
+    assert not _stitch_shard(shard)

@@ -40,7 +40,9 @@ def _results(index: SearchIndex) -> list[tuple[int, list[str], list[float], Any]
     out = []
     for q in QUERIES:
         page = index.search(q)
-        out.append((page.total, [h.id for h in page.hits], [h.score for h in page.hits], page.facets))
+        out.append(
+            (page.total, [h.id for h in page.hits], [h.score for h in page.hits], page.facets)
+        )
     return out
 
 
