@@ -78,7 +78,7 @@ SNIPPET_SOURCE_CHARS = 10_000
 _BATCH = 500
 WORKER_BUFFERED_DOCS = 300_000  # documents a rebuild worker holds in memory (~3.5 KiB each)
 PAIR_SAMPLE = 20_000  # records a rebuild reads before choosing the pair terms
-_READ_IDS_COST = 6  # one id lookup in a segment costs about as much as reading 6 of its ids
+_READ_IDS_COST = 200  # one id look-up in a segment costs about as much as reading 200 ids
 
 
 def shard_key(created_at: datetime, period: str) -> str:

@@ -9,9 +9,10 @@ Here segments are merged by size tier, as log-structured indexes do: a tier hold
 ``MERGE_FACTOR`` segments (a segment just written included) they are merged into one. Each
 document is so rewritten about once per tier, and a shard keeps at most ``MERGE_FACTOR - 1``
 segments per tier. No merge grows a segment past ``MERGE_MAX_DOCS`` (a full tier whose segments
-would exceed it merges as many as fit), and segments over half that are left as they are (a
-rebuild writes its shards as a few such segments): merging them would hold the index lock for
-many seconds. A small segment that has lost a quarter of its documents is merged at once.
+would exceed it merges as many as fit), and segments over ``MERGE_KEEP_DOCS`` are left as they
+are: merging them again would cost more than the few extra segments cost searches (a rebuild
+writes its shards as a few such segments), and would hold the index lock for seconds. A small
+segment that has lost a quarter of its documents is merged at once.
 
 Merges run in a commit of their own. Segments without deletions are stitched: each posting list
 is the concatenation of its sources' blocks, each block renumbered by rewriting its first
@@ -30,7 +31,14 @@ from collections.abc import Sequence
 from itertools import accumulate, repeat
 from typing import Any
 
-from whoosh.codec.whoosh3 import LENGTHS_COLUMN, WHOOSH3_HEADER_MAGIC, W3TermsReader, _lenfield
+from whoosh.codec.whoosh3 import (
+    LENGTHS_COLUMN,
+    STORED_COLUMN,
+    WHOOSH3_HEADER_MAGIC,
+    W3TermsReader,
+    _lenfield,
+)
+from whoosh.columns import CompressedBytesColumn, VarBytesColumn
 from whoosh.reading import SegmentReader
 from whoosh.util.numeric import byte_to_length
 
@@ -38,10 +46,13 @@ from indexer.segment_format import EXTENT, PACK_INT, SMALL_BLOCK, TERMINFO, Term
 
 MERGE_FLOOR = 500  # documents; tier 0 holds segments under ten times this
 MERGE_FACTOR = 10  # segments of one tier that are merged together
-MERGE_MAX_DOCS = 50_000  # no merge grows a segment past this; larger halves are never merged
+MERGE_MAX_DOCS = 50_000  # no merge grows a segment past this
+MERGE_KEEP_DOCS = 10_000  # larger segments are never merged, so each document is merged ~once
 DELETED_SHARE = 0.25  # a mergeable segment with this share of deleted documents is merged
 
 _UNPACK_INT = struct.Struct("!i").unpack_from
+_VarBytesReader = VarBytesColumn.Reader  # reads a compressed column's bytes undecompressed
+_VarBytesWriter = VarBytesColumn.Writer
 
 
 def tier(live: int) -> int:
@@ -63,12 +74,12 @@ def choose_merges(new_docs: int, segments: Sequence[tuple[int, int]]) -> list[in
     mergeable = {
         i: total - deleted
         for i, (total, deleted) in enumerate(segments)
-        if total - deleted <= MERGE_MAX_DOCS // 2
+        if total - deleted <= MERGE_KEEP_DOCS
     }
     chosen = [i for i in mergeable if segments[i][1] >= max(1, DELETED_SHARE * segments[i][0])]
     size = new_docs + sum(mergeable[i] for i in chosen)
     rest = {i: live for i, live in mergeable.items() if i not in chosen}
-    for t in range(tier(MERGE_MAX_DOCS // 2) + 1):
+    for t in range(tier(MERGE_KEEP_DOCS) + 1):
         members = sorted((i for i in rest if tier(rest[i]) == t), key=rest.__getitem__)
         own = 1 if size and tier(size) == t else 0
         if len(members) + own < MERGE_FACTOR:
@@ -320,10 +331,17 @@ def _append_documents(writer: Any, reader: Any, docs: Sequence[int], size: int) 
         if field.column_type and reader.has_column(name):
             col = reader.column_reader(name, translate=False)
             columns.append((name, field.column_type, list(col)))  # raw values
+    stored = _raw_stored(perdoc, pdw)
     for d in docs:
         pdw.start_doc(writer.docnum)
-        for name, value in reader.stored_fields(d).items():
-            pdw.add_field(name, schema[name], value, 0)
+        if stored is not None:  # the compressed bytes as they are, not unpickled and redone
+            source, target = stored
+            raw = _VarBytesReader.__getitem__(source, d)
+            if raw:
+                _VarBytesWriter.add(target, writer.docnum, raw)
+        else:
+            for name, value in reader.stored_fields(d).items():
+                pdw.add_field(name, schema[name], value, 0)
         for lenname, values in lengths:
             if d < len(values) and values[d]:
                 pdw.add_column_value(lenname, LENGTHS_COLUMN, values[d])
@@ -331,6 +349,19 @@ def _append_documents(writer: Any, reader: Any, docs: Sequence[int], size: int) 
             pdw.add_column_value(name, column_type, column[d])
         pdw.finish_doc()
         writer.docnum += 1
+
+
+def _raw_stored(perdoc: Any, pdw: Any) -> tuple[Any, Any] | None:
+    """Return the source and target compressed-bytes columns of stored fields, if both are."""
+    source = perdoc._cached_reader("_stored", STORED_COLUMN)
+    target = pdw._colwriters.get("_stored")
+    source = getattr(source, "_child", None)
+    target = getattr(target, "_child", None)
+    if isinstance(source, CompressedBytesColumn.Reader) and isinstance(
+        target, CompressedBytesColumn.Writer
+    ):
+        return source, target
+    return None
 
 
 def _append_postings(

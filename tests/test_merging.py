@@ -13,6 +13,7 @@ from whoosh.reading import SegmentReader
 from indexer.index import SearchIndex, open_writer
 from indexer.merging import (
     MERGE_FACTOR,
+    MERGE_KEEP_DOCS,
     MERGE_MAX_DOCS,
     _shift_first_id,
     choose_merges,
@@ -38,16 +39,17 @@ def test_a_merge_that_fills_the_next_tier_takes_it_too() -> None:
 
 
 def test_large_segments_are_left_alone() -> None:
-    big = (MERGE_MAX_DOCS // 2 + 1, 0)
+    big = (MERGE_KEEP_DOCS + 1, 0)
     assert choose_merges(500, [big] * 20) == []
     # a merge never grows past the limit: a full tier merges as many as fit under it
-    assert choose_merges(20_000, [(20_000, 0)] * 12) == [0]
-    assert choose_merges(0, [(20_000, 0)] * 12) == [0, 1]
-    assert choose_merges(0, [(20_000, 0)] * 9) == []
+    assert choose_merges(8_000, [(8_000, 0)] * 12) == [0, 1, 2, 3, 4]
+    assert choose_merges(0, [(8_000, 0)] * 12) == [0, 1, 2, 3, 4, 5]
+    assert choose_merges(0, [(8_000, 0)] * 9) == []
+    assert 6 * 8_000 <= MERGE_MAX_DOCS < 7 * 8_000
 
 
 def test_a_small_segment_that_lost_a_quarter_is_merged_at_once() -> None:
-    assert choose_merges(10, [(100, 25), (100, 24), (40_000, 30_000)]) == [0, 2]
+    assert choose_merges(10, [(100, 25), (100, 24), (30_000, 22_000)]) == [0, 2]
     assert choose_merges(0, [(100, 0)]) == []
 
 
