@@ -482,10 +482,13 @@ class SearchIndex:
         docs: Iterable[tuple[dict[str, Any], datetime]],
         *,
         first_versions: Collection[str] = (),
+        merge: bool = True,
     ) -> int:
         """Index records, replacing any indexed record with the same id (in whichever shard).
 
         :param docs: ``(record, archived_at)`` pairs.
+        :param merge: then merge small segments as the policy says; False leaves that to a
+            later :meth:`merge_segments` (the catch-up runs it outside the index lock).
         :param first_versions: ids of records archived for the first time. An indexed copy of
             one can only be that same version, in the shard of its own ``created_at``, so only
             that shard is searched for it (at 1,000,000 records, looking every id up in every
@@ -521,7 +524,7 @@ class SearchIndex:
                 except BaseException:
                     writer.cancel()
                     raise
-                self._commit(ix, writer)
+                self._commit(ix, writer, merge=merge)
             # Then drop the copies that moved to another shard (created_at changed).
             stale: dict[str, list[str]] = {}
             for name, documents in by_shard.items():
@@ -610,7 +613,12 @@ class SearchIndex:
         return StagedRecords(gen, root, shards)
 
     def attach(
-        self, staged: StagedRecords, keep: Collection[str], *, first_versions: Collection[str] = ()
+        self,
+        staged: StagedRecords,
+        keep: Collection[str],
+        *,
+        first_versions: Collection[str] = (),
+        merge: bool = True,
     ) -> int | None:
         """Make staged records searchable, replacing indexed copies of the same ids.
 
@@ -620,6 +628,7 @@ class SearchIndex:
 
         :param keep: ids of the staged records to attach.
         :param first_versions: ids archived for the first time (see :meth:`add`).
+        :param merge: as for :meth:`add`.
         """
         self._check_open()
         try:
@@ -635,8 +644,8 @@ class SearchIndex:
                     for rid in ids
                     if rid in keep and rid in first
                 }
-                kept = [rid for ids in staged.shards.values() for rid in ids if rid in keep]
-                holders = self._find_ids(gen, kept, home)
+                wanted = [rid for ids in staged.shards.values() for rid in ids if rid in keep]
+                holders = self._find_ids(gen, wanted, home)
                 pair_terms = self._chosen_pair_terms(gen)
                 count = 0
                 for name, ids in sorted(staged.shards.items()):
@@ -650,14 +659,16 @@ class SearchIndex:
                         for part in sorted((staged.root / name).iterdir()):
                             part_ix = windex.open_dir(str(part))
                             for segment in part_ix._segments():
-                                count += _delete_unkept(part_ix, segment, keep)
-                                _move_segment_files(part, gen / name, segment)
-                                segments.append(segment)
+                                left = _delete_unkept(part_ix, segment, keep)
+                                if left:  # else its files go with the staging folder
+                                    _move_segment_files(part, gen / name, segment)
+                                    segments.append(segment)
+                                    count += left
                             part_ix.close()
                     except BaseException:
                         writer.cancel()
                         raise
-                    self._commit(ix, writer, attach=segments)
+                    self._commit(ix, writer, merge=merge, attach=segments)
                 stale: dict[str, list[str]] = {}
                 for rid, names in holders.items():
                     for other in names:
@@ -750,13 +761,34 @@ class SearchIndex:
         """
         writer.commit(mergetype=lambda w, segments: [*segments, *attach])
         self._remember_ids(writer)
-        if not merge:
-            return
+        if merge:
+            self._merge_shard(ix)
+
+    def _merge_shard(self, ix: windex.Index) -> bool:
+        """Merge a shard's segments if the policy picks any (under _write_lock)."""
         segments = ix._segments()
-        if choose_merges(0, [(s.doc_count_all(), s.deleted_count()) for s in segments]):
-            merger = open_writer(ix, writer.pair_terms, timeout=60.0)
-            merger.commit(mergetype=tiered_merge)
-            self._remember_ids(merger)
+        if not choose_merges(0, [(s.doc_count_all(), s.deleted_count()) for s in segments]):
+            return False
+        merger = open_writer(ix, frozenset(), timeout=60.0)  # merges analyse nothing
+        merger.commit(mergetype=tiered_merge)
+        self._remember_ids(merger)
+        return True
+
+    def merge_segments(self) -> int:
+        """Merge small segments in every shard as the policy says; returns how many merged.
+
+        A merge does not change what the index answers, so it needs no archive store lock;
+        it holds the shard's own write lock while it runs.
+        """
+        self._check_open()
+        with self._write_lock:
+            gen = self._current_gen()
+            merged = sum(
+                self._merge_shard(self._shard_index(gen, name)) for name in self._shard_names(gen)
+            )
+            if merged:
+                self._bump(gen)
+        return merged
 
     def _remember_ids(self, writer: Any) -> None:
         ids = getattr(writer, "segment_ids", None)

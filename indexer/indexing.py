@@ -4,6 +4,10 @@ The catalog's `indexed` flag is cleared in the same commit that changes a record
 (archived, restored, purged), and set again only after the index committed the matching change
 for that state and version. A crash in between leaves the flag clear, so the next catch-up
 redoes the (idempotent) index change; a state change that happens meanwhile is never masked.
+
+Many records to add at once are staged: written as segments by both cores with no lock held,
+then attached under the lock after checking which are still unchanged. Merging small segments
+runs after the lock is released.
 """
 
 from __future__ import annotations
@@ -63,10 +67,13 @@ def sync_index(
                 for e in entries
                 if e.state == "archived"
             ]
-            index.add(docs, first_versions=[e.record_id for e in entries if e.version == 1])
+            index.add(
+                docs, first_versions=[e.record_id for e in entries if e.version == 1], merge=False
+            )
             index.delete(e.record_id for e in entries if e.state != "archived")
             crash_point("index.before_mark")
             store.mark_indexed((e.record_id, e.version, e.state) for e in entries)
+        index.merge_segments()  # outside the store's lock: restores need not wait for it
         done += len(entries)
     return done
 
@@ -95,19 +102,23 @@ def _add_staged(
     staged = index.stage(docs())
     if staged is None:
         return None
+    crash_point("index.staged")
+    written = {rid for ids in staged.shards.values() for rid in ids}
     try:
         with store.indexing():
             now = store.entries(e.record_id for e in adds)
             still = [
                 e
                 for e in adds
-                if (c := now.get(e.record_id)) is not None
+                if e.record_id in written
+                and (c := now.get(e.record_id)) is not None
                 and (c.state, c.version, c.indexed) == ("archived", e.version, False)
             ]
             attached = index.attach(
                 staged,
                 {e.record_id for e in still},
                 first_versions=[e.record_id for e in still if e.version == 1],
+                merge=False,
             )
             if attached is None:  # rebuilt meanwhile: the rebuild's catch-up sees to them
                 return 0
@@ -115,6 +126,7 @@ def _add_staged(
             store.mark_indexed((e.record_id, e.version, e.state) for e in still)
     finally:
         index.discard(staged)
+    index.merge_segments()  # outside the store's lock: restores need not wait for it
     return len(still)
 
 

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from archivist.active_db import utcnow
 from archivist.demo_data import generate_records
 from indexer.archiver import archive_due_records
 from indexer.index import SearchIndex
-from indexer.indexing import check_index_agreement, rebuild_index, sync_index
+from indexer.indexing import BULK_MIN, check_index_agreement, rebuild_index, sync_index
 from indexer.restore import restore_record
 from indexer.search import SearchQuery
 from tests.test_indexing import load
@@ -117,3 +122,21 @@ def test_a_rebuild_between_stage_and_attach_attaches_nothing(tmp_path: Path) -> 
     assert not staged.root.exists()
     assert set(ix.iter_ids()) == {r["id"] for r, _ in CORPUS[100:200]}
     assert os.listdir(staged.gen / "_staged") == []
+
+
+@pytest.mark.parametrize("point", ["index.staged", "index.before_mark"])
+def test_a_crash_in_a_staged_catch_up_is_repaired(config_path: Path, services: Any, point: str):
+    count = BULK_MIN + 100
+    _archive_unindexed(services, count)
+    command = [sys.executable, "-m", "archivist", "index", "--config", str(config_path)]
+    env = {**os.environ, "ARCHIVIST_CRASH_AT": f"{point}:1"}
+    crashed = subprocess.run(command, env=env, capture_output=True, timeout=600)
+    assert crashed.returncode == -signal.SIGKILL
+    assert services.store.counts()["indexed"] == 0
+    subprocess.run(command, check=True, capture_output=True, timeout=600)
+    assert services.store.counts()["indexed"] == count
+    ids = list(services.index.iter_ids())
+    assert len(ids) == len(set(ids)) == count  # nothing indexed twice
+    assert check_index_agreement(services.store, services.index) == ([], 0)
+    staging = services.index.directory / "g000001" / "_staged"
+    assert not staging.exists() or not any(staging.iterdir())
