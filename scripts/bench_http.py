@@ -301,6 +301,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--dir", type=Path, default=None, help="reuse an installation here")
     parser.add_argument("--export-only", action="store_true", help="only measure the export")
+    parser.add_argument("--no-export", action="store_true", help="skip the export")
     parser.add_argument("--processes", type=int, default=2, help="server worker processes")
     args = parser.parse_args()
     folder = args.dir or Path(tempfile.mkdtemp(prefix="archivist-bench-http-"))
@@ -340,7 +341,7 @@ def main() -> None:
             run_phase(port, agent, admin, c, args.seconds, config_path, restore_ids)
             for c in (1, 8, 32)
         ]
-        export = measure_export(port, admin, server.pid)
+        export = None if args.no_export else measure_export(port, admin, server.pid)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
@@ -360,12 +361,13 @@ def main() -> None:
             f"| {r['p99']:.1f} | {r['errors']} | {r['restores']} | {r['restore_p95']:.1f} "
             f"| {r['archived']} |"
         )
-    print(
-        f"\nexport.csv: status {export['status']}, {export['rows']} rows, "
-        f"{export['mib']:.1f} MiB in {export['seconds']:.1f} s, "
-        f"largest growth of a server process: RSS {export['rss_growth_mib']:.1f} MiB, "
-        f"anonymous {export['anon_growth_mib']:.1f} MiB"
-    )
+    if export is not None:
+        print(
+            f"\nexport.csv: status {export['status']}, {export['rows']} rows, "
+            f"{export['mib']:.1f} MiB in {export['seconds']:.1f} s, "
+            f"largest growth of a server process: RSS {export['rss_growth_mib']:.1f} MiB, "
+            f"anonymous {export['anon_growth_mib']:.1f} MiB"
+        )
     print(f"\ninstallation: {folder}")
 
 
