@@ -129,7 +129,7 @@ def stitch_segments(writer: Any, readers: Sequence[Any]) -> bool:
     deletions, the Whoosh 3 codec, no inlined posting lists, no term vectors).
     """
     schema = writer.schema
-    if any(schema[name].vector for name in schema.names()):
+    if not readers or any(schema[name].vector for name in schema.names()):
         return False
     fields: dict[str, dict[bytes, list[tuple[int, bytes]]]] = {}
     for k, reader in enumerate(readers):
