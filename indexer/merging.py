@@ -190,7 +190,6 @@ def _write_stitched_field(
     bases: Sequence[int],
 ) -> None:
     """Write one field's terms, each posting list the blocks of its source lists in order."""
-    level = fw._codec._compression
     postfile = fw._postfile
     table = TermTable(fw)
     out: list[bytes] = []
@@ -211,7 +210,7 @@ def _write_stitched_field(
             _flags, w, n, lmin, lmax, mw, minid, maxid = unpack_info(value)
             poff, plen = unpack_extent(value, info_size)
             shift = bases[k]
-            _shifted_blocks(postfiles[k].get(poff, plen), shift, level, blocks)
+            _shifted_blocks(postfiles[k].get(poff, plen), shift, blocks)
             weight += w
             df += n
             if lmin and (not minlength or lmin < minlength):
@@ -240,31 +239,49 @@ def _write_stitched_field(
     table.flush()
 
 
-def _shifted_blocks(buf: bytes, shift: int, level: int, blocks: list[bytes]) -> None:
-    """Append the blocks of one posting list (without its header) with ids moved by ``shift``."""
+def _block_spans(buf: bytes) -> Iterator[tuple[int, int]]:
+    """Yield where each block of a posting list starts and ends (after its length prefix).
+
+    A posting list is a magic number, then per block a signed length (negative for the last
+    block), the block's pickled header ``(count, last id, max weight, compression, min length,
+    max length)`` and its pickled data, maybe compressed.
+    """
     if buf[:4] != WHOOSH3_HEADER_MAGIC:
         raise ValueError("not a whoosh3 posting list")
     pos = 4
-    stream = io.BytesIO(buf)
     while True:
         (length,) = _UNPACK_INT(buf, pos)
         end = pos + 4 + abs(length)
-        if shift == 0:
-            blocks.append(buf[pos + 4 : end])
-        else:
-            stream.seek(pos + 4)
-            count, maxid, maxweight, compression, minlength, maxlength = pickle.load(stream)
-            data = buf[stream.tell() : end]
-            raw = _shift_first_id(zlib.decompress(data) if compression else data, shift)
-            if compression and len(raw) >= SMALL_BLOCK:
-                data = compress(raw, compression)
-            else:
-                data, compression = raw, 0
-            info = (count, maxid + shift, maxweight, compression, minlength, maxlength)
-            blocks.append(pickle.dumps(info, 2) + data)
+        yield pos + 4, end
         if length < 0:
             return
         pos = end
+
+
+def _block_header(stream: io.BytesIO, start: int) -> tuple[tuple[Any, ...], int]:
+    """Unpickle the header of the block at ``start``; returns it and where its data starts."""
+    stream.seek(start)
+    header = pickle.load(stream)
+    return header, stream.tell()
+
+
+def _shifted_blocks(buf: bytes, shift: int, blocks: list[bytes]) -> None:
+    """Append the blocks of one posting list (without its header) with ids moved by ``shift``."""
+    stream = io.BytesIO(buf)
+    for start, end in _block_spans(buf):
+        if shift == 0:
+            blocks.append(buf[start:end])
+            continue
+        header, data_start = _block_header(stream, start)
+        count, maxid, maxweight, compression, minlength, maxlength = header
+        data = buf[data_start:end]
+        raw = _shift_first_id(zlib.decompress(data) if compression else data, shift)
+        if compression and len(raw) >= SMALL_BLOCK:
+            data = compress(raw, compression)
+        else:
+            data, compression = raw, 0
+        header = (count, maxid + shift, maxweight, compression, minlength, maxlength)
+        blocks.append(pickle.dumps(header, 2) + data)
 
 
 def _shift_first_id(raw: bytes, shift: int) -> bytes:
@@ -434,19 +451,14 @@ def _read_postings(postfile: Any, info: Any, size: int) -> tuple[list[int], list
     offset, extent = info.extent()
     extent = extent[0] if isinstance(extent, tuple) else extent
     buf = postfile.get(offset, extent)
-    if buf[:4] != WHOOSH3_HEADER_MAGIC:
-        raise ValueError("not a whoosh3 posting list")
     ids: list[int] = []
     weights: list[float] = []
     values: list[Any] = []
-    pos = 4
     stream = io.BytesIO(buf)
-    while True:
-        (length,) = _UNPACK_INT(buf, pos)
-        end = pos + 4 + abs(length)
-        stream.seek(pos + 4)
-        n, _maxid, _maxw, compression, _minl, _maxl = pickle.load(stream)
-        data = buf[stream.tell() : end]
+    for start, end in _block_spans(buf):
+        header, data_start = _block_header(stream, start)
+        n, compression = header[0], header[3]
+        data = buf[data_start:end]
         if compression:
             data = zlib.decompress(data)
         deltas, ws, vs = pickle.loads(data)
@@ -461,6 +473,4 @@ def _read_postings(postfile: Any, info: Any, size: int) -> tuple[list[int], list
             values.extend(vs[i : i + size] for i in range(0, n * size, size))
         elif size < 0:
             values.extend(vs)
-        if length < 0:
-            return ids, weights, values
-        pos = end
+    return ids, weights, values
