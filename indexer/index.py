@@ -888,13 +888,20 @@ class _MemoryPool:
             terms = self.fields[fieldname] = {}
         return terms
 
-    def add(self, item: tuple[str, bytes, int, float, bytes | None]) -> None:
-        """Add one ``(fieldname, btext, docnum, weight, value)`` posting (Whoosh merges)."""
-        fieldname, btext, docnum, weight, value = item
+    def postings(
+        self, fieldname: str, btext: bytes
+    ) -> tuple[array[int], array[float], list[bytes]]:
+        """Return a term's buffered document numbers, weights and values, made if new."""
         terms = self.terms(fieldname)
         entry = terms.get(btext)
         if entry is None:
             entry = terms[btext] = (array("I"), array("f"), [])
+        return entry
+
+    def add(self, item: tuple[str, bytes, int, float, bytes | None]) -> None:
+        """Add one ``(fieldname, btext, docnum, weight, value)`` posting (Whoosh merges)."""
+        fieldname, btext, docnum, weight, value = item
+        entry = self.postings(fieldname, btext)
         entry[0].append(docnum)
         entry[1].append(weight)
         if value:

@@ -26,7 +26,6 @@ import io
 import pickle
 import struct
 import zlib
-from array import array
 from collections.abc import Iterator, Sequence
 from itertools import accumulate, repeat
 from typing import Any
@@ -430,10 +429,7 @@ def _append_postings(
             ids = [newnum[ids[i]] for i in keep]
             if not ids:
                 continue
-        table = pool.terms(fieldname)
-        entry = table.get(btext)
-        if entry is None:
-            entry = table[btext] = (array("I"), array("f"), [])
+        entry = pool.postings(fieldname, btext)
         entry[0].extend(ids)
         entry[1].extend(weights)
         if packed:
