@@ -13,19 +13,26 @@ from whoosh import query as wq
 
 from indexer.analysis import ArchivePositions, pair_term
 from indexer.errors import BadQuery
+from indexer.matchsets import (
+    AnyMatches,
+    Matches,
+    both,
+    contains,
+    densify,
+    empty_matches,
+    maybe,
+    member,
+    union,
+    without,
+)
 from indexer.postings import (
     NO_DOCS,
     NO_SCORES,
     Block,
     Docs,
     Floats,
-    Matches,
     cached_leaf_postings,
-    empty_matches,
-    intersect,
-    member,
     position_keys,
-    union,
 )
 from indexer.query import MAX_TERMS
 from indexer.schema import TEXT_FIELDS, pair_field
@@ -60,52 +67,44 @@ class Evaluator:
 
     def run(self, q: wq.Query) -> Matches:
         """Return the matching live documents and their scores."""
-        return self._eval(q)
+        return self._eval(q).sparse()
 
-    def _eval(self, q: wq.Query) -> Matches:
+    def _eval(self, q: wq.Query) -> AnyMatches:
+        size = self.cache.size
         if isinstance(q, wq.Term):
-            return self._term(q.fieldname, q.text, q.boost)
+            return densify(self._term(q.fieldname, q.text, q.boost), size)
         if isinstance(q, wq.Phrase):
-            return self._phrase(q)
+            return densify(self._phrase(q), size)
         if isinstance(q, wq.And):
             parts = sorted((self._eval(c) for c in q.subqueries), key=len)
             if not parts:
                 return empty_matches()
             out = parts[0]
             for other in parts[1:]:
-                ia, ib = intersect(out.docs, other.docs)
-                out = Matches(out.docs[ia], out.scores[ia] + other.scores[ib])
+                out = both(out, other)
                 if not len(out):
                     break
             return out
         if isinstance(q, (wq.Or, wq.DisjunctionMax)):
             parts = sorted((self._eval(c) for c in q.subqueries), key=len, reverse=True)
-            return union(parts, self.cache.size)
+            return union(parts, size)
         if isinstance(q, wq.AndNot):
             pos = self._eval(q.a)
             if not len(pos):
                 return pos
-            neg = self._eval(q.b)
-            return pos.take(~member(pos.docs, neg.docs))
+            return without(pos, self._eval(q.b))
         if isinstance(q, wq.AndMaybe):
-            pos = self._eval(q.a)
-            opt = self._eval(q.b)
-            ia, ib = intersect(pos.docs, opt.docs)
-            scores = pos.scores.copy()
-            scores[ia] += opt.scores[ib]
-            return Matches(pos.docs, scores)
+            return maybe(self._eval(q.a), self._eval(q.b))
         if isinstance(q, wq.Require):
-            pos = self._eval(q.a)
-            req = self._eval(q.b)
-            return pos.take(member(pos.docs, req.docs))
+            pos = self._eval(q.a).sparse()
+            return pos.take(contains(self._eval(q.b), pos.docs))
         if isinstance(q, wq.Not):
-            neg = self._eval(q.query)
             live = self.cache.live_docs
-            docs = live[~member(live, neg.docs)]
-            return Matches(docs, np.zeros(len(docs), np.float64))
+            docs = live[~contains(self._eval(q.query), live)]
+            return densify(Matches(docs, np.zeros(len(docs), np.float64)), size)
         if isinstance(q, (wq.Prefix, wq.Wildcard, wq.FuzzyTerm, wq.TermRange, wq.Regex)):
             terms = [self._term(q.field(), bt, q.boost) for bt in q._btexts(self.reader)]
-            return union(terms, self.cache.size)
+            return union(terms, size)
         if q is wq.NullQuery or isinstance(q, wq.qcore._NullQuery):
             return empty_matches()
         raise BadQuery(f"unsupported query part: {type(q).__name__}")

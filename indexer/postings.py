@@ -1,4 +1,4 @@
-"""Posting lists read a whole block at a time into numpy arrays, and set algebra on them."""
+"""Posting lists read a whole block at a time into numpy arrays, and a cache of decoded ones."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import struct
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from itertools import accumulate
 from pickle import loads
 from typing import Any
@@ -25,9 +24,8 @@ from whoosh.reading import TermNotFound
 #
 # Whoosh matchers cost ~20 us per posting in Python (scorer objects, per-document length column
 # reads). For exact totals and facets every matching document is needed anyway, so queries are
-# evaluated here as numpy set algebra over postings read a whole block at a time: a shard's
-# matches are a sorted array of document numbers with an array of scores beside it, and BM25 is
-# computed from cached per-document field lengths. A document's score is the sum of its
+# evaluated as numpy set algebra (indexer.matchsets) over postings read here a whole block at a
+# time, and BM25 is computed from cached per-document field lengths. A document's score is the sum of its
 # matching terms' BM25 (as Whoosh's Or/And do), added in the same order as Whoosh would, so
 # that equal documents get bit-equal scores. A phrase scores as BM25 of its own frequency.
 
@@ -41,74 +39,6 @@ NO_SCORES: Floats = np.empty(0, np.float64)
 # data, unpickled only if a phrase needs its positions, or the values themselves), and whether
 # that data is compressed.
 Block = tuple[Docs, Any, bool]
-
-
-@dataclass
-class Matches:
-    """The matching documents of one shard (sorted, unique) and their scores."""
-
-    docs: Docs
-    scores: Floats
-
-    def __len__(self) -> int:
-        return len(self.docs)
-
-    def take(self, keep: npt.NDArray[Any]) -> Matches:
-        """Return the matches selected by a boolean mask or an index array."""
-        return Matches(self.docs[keep], self.scores[keep])
-
-
-def empty_matches() -> Matches:
-    return Matches(NO_DOCS, NO_SCORES)
-
-
-def intersect(a: Docs, b: Docs) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
-    """Return the indices in a and in b of the values both sorted arrays hold."""
-    if len(a) > len(b):
-        ib, ia = intersect(b, a)
-        return ia, ib
-    if not len(a):
-        return np.empty(0, np.intp), np.empty(0, np.intp)
-    pos = np.searchsorted(b, a)
-    pos[pos == len(b)] = 0
-    hit = b[pos] == a
-    return np.flatnonzero(hit), pos[hit]
-
-
-def member(a: Docs, b: Docs) -> npt.NDArray[np.bool_]:
-    """Return which values of a (any order) are in the sorted array b."""
-    if not len(b):
-        return np.zeros(len(a), np.bool_)
-    pos = np.searchsorted(b, a)
-    pos[pos == len(b)] = 0
-    hit: npt.NDArray[np.bool_] = b[pos] == a
-    return hit
-
-
-def union(parts: Sequence[Matches], size: int) -> Matches:
-    """Add up the scores of several match sets, in the given order of the parts.
-
-    :param size: the shard's document count; large unions add up over dense arrays.
-    """
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return empty_matches()
-    if len(parts) == 1:
-        return parts[0]
-    # a part has each document once, so fancy-index += adds each score once
-    if sum(map(len, parts)) * 16 >= size:
-        acc = np.zeros(size, np.float64)
-        seen = np.zeros(size, np.bool_)
-        for p in parts:
-            acc[p.docs] += p.scores
-            seen[p.docs] = True
-        docs = np.flatnonzero(seen)
-        return Matches(docs, acc[docs])
-    docs = np.unique(np.concatenate([p.docs for p in parts]))
-    scores = np.zeros(len(docs), np.float64)
-    for p in parts:
-        scores[np.searchsorted(docs, p.docs)] += p.scores
-    return Matches(docs, scores)
 
 
 _FLOAT_OP = np.dtype([("op", "u1"), ("v", ">f8")])
@@ -264,17 +194,23 @@ def leaf_postings(
 
 
 class PostingCache:
-    """Decoded posting lists of frequent terms, per segment, the least recently used dropped first.
+    """Decoded posting lists, per segment, the least recently used dropped first.
 
     Decoding a frequent word's postings (inflating hundreds of blocks) was most of the time of a
-    query for it at 1,000,000 records, and agents search the same frequent words all day.
-    Segments never change (deletions are masked at query time), so an entry stays valid for as
-    long as its segment lives; entries of merged-away segments simply age out. Ids are kept
-    relative to the segment as int32 and weights (term frequencies) as float32, both exact.
+    query for it at 1,000,000 records, and agents search the same frequent words all day. Short
+    lists are kept too: a query looks a term up in every segment of every shard, and at
+    1,000,000 records those look-ups of lists of a few hundred postings (or none) cost as much
+    as the long ones. Segments never change (deletions are masked at query time), so an entry
+    stays valid for as long as its segment lives; entries of merged-away segments simply age
+    out. Ids are kept relative to the segment as int32 and weights (term frequencies) as
+    float32, both exact.
     """
 
-    def __init__(self, budget_bytes: int, min_postings: int = 4096) -> None:
-        """:param min_postings: shorter lists are not kept (they decode in well under 1 ms)."""
+    ENTRY_OVERHEAD = 320
+    """Bytes an entry costs beyond its arrays (key, tuple, array headers), for the budget."""
+
+    def __init__(self, budget_bytes: int, min_postings: int = 0) -> None:
+        """:param min_postings: shorter lists are not kept."""
         self.budget = budget_bytes
         self.min_postings = min_postings
         self.used = 0
@@ -290,6 +226,8 @@ class PostingCache:
                 return None
             self._entries.move_to_end(key)
         ids, weights = got
+        if not len(ids):
+            return NO_DOCS, NO_SCORES
         return ids.astype(np.int64) + base, weights.astype(np.float64)
 
     def put(self, key: tuple[Any, str, bytes], ids: Docs, weights: Floats, base: int) -> None:
@@ -297,7 +235,7 @@ class PostingCache:
         if len(ids) < self.min_postings:
             return
         entry = ((ids - base).astype(np.int32), weights.astype(np.float32))
-        size = entry[0].nbytes + entry[1].nbytes
+        size = self._size(entry)
         if size > self.budget // 4:
             return
         with self._lock:
@@ -306,8 +244,11 @@ class PostingCache:
             self._entries[key] = entry
             self.used += size
             while self.used > self.budget:
-                _key, (old_ids, old_weights) = self._entries.popitem(last=False)
-                self.used -= old_ids.nbytes + old_weights.nbytes
+                _key, old = self._entries.popitem(last=False)
+                self.used -= self._size(old)
+
+    def _size(self, entry: tuple[npt.NDArray[np.int32], Any]) -> int:
+        return int(entry[0].nbytes + entry[1].nbytes) + self.ENTRY_OVERHEAD
 
     def clear(self) -> None:
         """Drop every entry."""
@@ -317,7 +258,7 @@ class PostingCache:
 
 
 POSTING_CACHE = PostingCache(256 << 20)
-"""The process's cache of decoded frequent posting lists (256 MiB at most)."""
+"""The process's cache of decoded posting lists (256 MiB at most)."""
 
 
 def cached_leaf_postings(

@@ -29,7 +29,8 @@ import numpy.typing as npt
 from indexer.dates import to_micros
 from indexer.errors import BadQuery
 from indexer.evaluate import Evaluator
-from indexer.postings import Docs, Floats, member
+from indexer.matchsets import member
+from indexer.postings import Docs, Floats
 from indexer.query import CompiledQuery
 from indexer.schema import DATE_FIELDS
 from indexer.shards import GlobalStats, ShardCache, ShardView

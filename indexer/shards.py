@@ -71,7 +71,7 @@ class ShardCache:
     kind_ord: npt.NDArray[np.int32]
     dates: dict[str, npt.NDArray[np.int64]]
     _id_rank: npt.NDArray[np.int64] | None
-    _years: dict[str, npt.NDArray[np.int16]]
+    _facet_codes: dict[str, tuple[npt.NDArray[np.int32], tuple[int, int, int], list[str]]]
     _lengths: dict[str, npt.NDArray[np.float64]]
     _norms: dict[tuple[str, float], Floats]
     _parts: dict[tuple[Any, int], _SegmentColumns]
@@ -115,7 +115,7 @@ class ShardCache:
             self.kind_names, self.kind_ord = previous.kind_names, previous.kind_ord
             self.dates = previous.dates
             self._id_rank = previous._id_rank
-            self._years = previous._years
+            self._facet_codes = previous._facet_codes
             self._lengths = previous._lengths
             self._norms = previous._norms
             return
@@ -124,7 +124,7 @@ class ShardCache:
         self.kind_names, self.kind_ord = _join_ordinals([p.kind for p in parts])
         self.dates = {f: _join([p.dates[f] for p in parts], np.int64) for f in DATE_FIELDS}
         self._id_rank = None
-        self._years = {}
+        self._facet_codes = {}
         self._lengths = {}
         self._norms = {}
 
@@ -160,14 +160,21 @@ class ShardCache:
             self._id_rank = rank
         return self._id_rank
 
-    def years(self, date_field: str) -> npt.NDArray[np.int16]:
-        """Return the year of ``date_field`` for every document number, as an offset."""
-        ys = self._years.get(date_field)
-        if ys is None:
-            starts = _YEAR_STARTS_NP
-            ys = np.searchsorted(starts, self.dates[date_field], side="right").astype(np.int16)
-            self._years[date_field] = ys
-        return ys
+    def facet_codes(
+        self, date_field: str
+    ) -> tuple[npt.NDArray[np.int32], tuple[int, int, int], list[str]]:
+        """Return each document's category, kind and year as one number, so that one bincount
+        counts all three facets; with the shape of those counts and the years' names."""
+        got = self._facet_codes.get(date_field)
+        if got is None:
+            year_of = np.searchsorted(_YEAR_STARTS_NP, self.dates[date_field], side="right")
+            present, years = np.unique(year_of, return_inverse=True)
+            shape = (len(self.cat_names), len(self.kind_names), len(present))
+            codes = (self.cat_ord.astype(np.int32) * shape[1] + self.kind_ord) * shape[2]
+            codes += years.reshape(-1).astype(np.int32)
+            names = [str(YEAR0 + int(i) - 1) for i in present.tolist()]
+            got = self._facet_codes[date_field] = (codes, shape, names)
+        return got
 
     def order(self, date_field: str) -> tuple[Docs, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """Return live documents sorted by (date, id), their dates in that order, and ranks."""
@@ -190,15 +197,13 @@ class ShardCache:
                 cached = {k: dict(v) for k, v in counts.items()}
                 self._all_facets[date_field] = cached
             return {k: Counter(v) for k, v in cached.items()}
-        out: dict[str, Counter[str]] = {}
-        for name, ords, names in (
-            ("category", self.cat_ord, self.cat_names),
-            ("kind", self.kind_ord, self.kind_names),
-        ):
-            out[name] = _count(np.bincount(ords[docs]), names.__getitem__)
-        ycounts = np.bincount(self.years(date_field)[docs])
-        out["year"] = _count(ycounts, lambda i: str(YEAR0 + i - 1))
-        return out
+        codes, shape, year_names = self.facet_codes(date_field)
+        table = np.bincount(codes[docs], minlength=shape[0] * shape[1] * shape[2]).reshape(shape)
+        return {
+            "category": _count(table.sum(axis=(1, 2)), self.cat_names.__getitem__),
+            "kind": _count(table.sum(axis=(0, 2)), self.kind_names.__getitem__),
+            "year": _count(table.sum(axis=(0, 1)), year_names.__getitem__),
+        }
 
 
 class _SegmentColumns:

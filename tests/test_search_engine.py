@@ -12,10 +12,12 @@ import pytest
 from whoosh import index as windex
 
 from indexer.analysis import iter_tokens
+from indexer import matchsets
 from indexer.dates import parse_timestamp
+from indexer.evaluate import Evaluator
 from indexer.index import SearchIndex, shard_key
 from indexer.postings import POSTING_CACHE, PostingCache
-from indexer.query import CompiledQuery
+from indexer.query import CompiledQuery, compile_query
 from indexer.schema import PAIR_FIELDS, build_schema
 from indexer.search import SearchQuery
 from indexer.snippets import make_snippet
@@ -347,13 +349,54 @@ def test_cached_posting_lists_give_the_same_results(
     for q, pred in [("refund", word("refund")), ("退款", contains("退款"))]:
         ids, _pages = all_pages(ix, SearchQuery(q=q, per_page=100))
         assert sorted(ids) == sorted(brute_ids(alive, pred))
-    small = PostingCache(budget_bytes=4096, min_postings=1)
+    small = PostingCache(budget_bytes=8192, min_postings=1)
     for n in range(50):
         postings = np.arange(n * 10, n * 10 + 100, dtype=np.int64)
         small.put(("seg", "body", str(n).encode()), postings, np.ones(100), 0)
-    assert 0 < small.used <= 4096
+    assert 0 < small.used <= 8192
     got = small.get(("seg", "body", b"49"), 7)
     assert got is not None and got[0].tolist() == list(range(497, 597))
     assert small.get(("seg", "body", b"0"), 0) is None  # the oldest were dropped
     POSTING_CACHE.clear()
     ix.close()
+
+
+DENSE_QUERIES = [
+    "refund",
+    "refund invoice",
+    "refund OR invoice OR warranty",
+    "(refund OR invoice) customer",
+    "refund NOT invoice",
+    "NOT refund",
+    "refund ANDMAYBE invoice",
+    "refund ANDNOT (invoice OR warranty)",
+    '"refund request" OR payment',
+    "ref* customer",
+    "退款 OR 发票",
+]
+
+
+def test_dense_and_sparse_evaluation_give_bit_equal_scores(
+    deleted_index: tuple[SearchIndex, set[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every query gives the same documents and bit-equal scores whichever way its sets are
+    held: all dense, all sparse, or as chosen by size."""
+    ix, _alive = deleted_index
+    snap = ix._current_snapshot()
+    readers = [v.cache.searcher.reader() for v in snap.views]
+
+    def evaluate(share: int) -> dict[tuple[str, str], tuple[list[int], bytes]]:
+        monkeypatch.setattr(matchsets, "DENSE_SHARE", share)
+        out = {}
+        for q in DENSE_QUERIES:
+            compiled = compile_query(q, ix._parser, readers)
+            assert compiled.query is not None
+            for view in snap.views:
+                got = Evaluator(view.cache, snap.stats, True, view.pair_terms).run(compiled.query)
+                out[q, view.name] = (got.docs.tolist(), got.scores.tobytes())
+        return out
+
+    chosen = evaluate(matchsets.DENSE_SHARE)
+    assert any(docs for docs, _scores in chosen.values())
+    assert evaluate(0) == chosen  # never dense
+    assert evaluate(10**9) == chosen  # always dense
