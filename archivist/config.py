@@ -25,6 +25,7 @@ class WorkerConfig:
     archive_cron: str = "0 2 * * *"
     dispose_cron: str = "30 3 * * 0"
     index_interval_seconds: int = 60
+    nice: int = 10  # CPU priority of the jobs (Unix niceness): searches come first
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
             _get(worker, "dispose_cron", str, "30 3 * * 0", "worker"), "dispose_cron"
         ),
         index_interval_seconds=_positive(worker, "index_interval_seconds", 60, "worker"),
+        nice=_niceness(worker),
     )
     server_config = ServerConfig(
         host=_get(server, "host", str, "127.0.0.1", "server"),
@@ -200,6 +202,13 @@ def _non_negative(table: dict[str, Any], key: str, default: int, where: str) -> 
     value: int = _get(table, key, int, default, where)
     if value < 0:
         raise ConfigError(f"{where}.{key} must not be negative, got {value}")
+    return value
+
+
+def _niceness(worker: dict[str, Any]) -> int:
+    value: int = _get(worker, "nice", int, 10, "worker")
+    if not 0 <= value <= 19:
+        raise ConfigError("worker.nice must be between 0 and 19")
     return value
 
 

@@ -58,6 +58,7 @@ from indexer.errors import IndexerError, IndexUnavailable
 from indexer.mapped_files import install as install_mapped_files
 from indexer.merging import choose_merges, tiered_merge
 from indexer.query import CompiledQuery, compile_query, make_parser
+from indexer.readers import close_replaced, open_searcher
 from indexer.schema import build_schema
 from indexer.search import SearchHit, SearchPage, SearchQuery, order_matches, run_search, validate
 from indexer.segment_format import (
@@ -164,6 +165,12 @@ def _texts(records: Iterable[dict[str, Any]]) -> Iterator[str]:
     for record in records:
         yield record.get("subject") or ""
         yield record.get("body") or ""
+
+
+def _segment_id_set(leaf: Any) -> frozenset[bytes]:
+    """Return the ids of a segment's documents (deleted ones included), UTF-8 encoded."""
+    column = leaf.column_reader("id", translate=False)
+    return frozenset(byte_strings(column, leaf.segment().doc_count_all()).tolist())
 
 
 def _record_shard(record: dict[str, Any], period: str) -> str:
@@ -400,10 +407,10 @@ class SearchIndex:
                 if view is not None and view.cache.searcher.up_to_date():
                     views.append(ShardView(name, view.lo_us, view.hi_us, view.cache, pair_terms))
                     continue
-                # Not Searcher.refresh(): it keeps the old reader when a commit left no segment.
-                searcher = self._shard_index(gen, name).searcher()
-                if view is not None:
-                    view.cache.searcher.close()
+                previous_searcher = view.cache.searcher if view is not None else None
+                searcher = open_searcher(self._shard_index(gen, name), previous_searcher)
+                if previous_searcher is not None:
+                    close_replaced(previous_searcher, searcher)
                 lo, hi = shard_bounds(name)
                 previous = view.cache if view is not None else None
                 cache = ShardCache(searcher, previous)
@@ -607,6 +614,8 @@ class SearchIndex:
         root.mkdir(parents=True)
         try:
             _parallel_build(gen, period, noted(), None, False, root)
+            with self._write_lock:
+                self._read_segment_ids(gen)
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)
             raise
@@ -721,8 +730,7 @@ class SearchIndex:
                         probed[segid] = spent
                         hits.update(b for b in wanted if ("id", b) in leaf)
                         continue
-                    column = leaf.column_reader("id", translate=False)
-                    seg_ids = frozenset(byte_strings(column, segment.doc_count_all()).tolist())
+                    seg_ids = _segment_id_set(leaf)
                 known[segid] = seg_ids
                 hits.update(wanted.keys() & seg_ids)
             for btext in sorted(hits):
@@ -736,14 +744,27 @@ class SearchIndex:
         self._segment_probes = probed
         return found
 
+    def _read_segment_ids(self, gen: Path) -> None:
+        """Read the ids of every segment not read yet (under _write_lock).
+
+        Done after staging, before the store's index lock is taken: attaching then looks ids
+        up in memory, except in segments written since.
+        """
+        for name in self._shard_names(gen):
+            for leaf, _base in self._id_searcher(gen, name).reader().leaf_readers():
+                segment = leaf.segment()
+                if segment is not None and segment.segid not in self._segment_ids:
+                    self._segment_ids[segment.segid] = _segment_id_set(leaf)
+
     def _id_searcher(self, gen: Path, name: str) -> Any:
         """Return an up-to-date searcher of a shard for id look-ups (under _write_lock)."""
         key = (str(gen), name)
         searcher = self._id_searchers.get(key)
         if searcher is None or not searcher.up_to_date():
+            fresh = open_searcher(self._shard_index(gen, name), searcher)
             if searcher is not None:
-                searcher.close()
-            searcher = self._id_searchers[key] = self._shard_index(gen, name).searcher()
+                close_replaced(searcher, fresh)
+            searcher = self._id_searchers[key] = fresh
         return searcher
 
     def _close_id_searchers(self, keep: set[tuple[str, str]] | None = None) -> None:

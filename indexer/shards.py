@@ -70,6 +70,7 @@ class ShardCache:
     kind_names: list[str]
     kind_ord: npt.NDArray[np.int32]
     dates: dict[str, npt.NDArray[np.int64]]
+    _ids: npt.NDArray[np.bytes_] | None
     _id_rank: npt.NDArray[np.int64] | None
     _facet_codes: dict[str, tuple[npt.NDArray[np.int32], tuple[int, int, int], list[str]]]
     _lengths: dict[str, npt.NDArray[np.float64]]
@@ -96,9 +97,10 @@ class ShardCache:
         if len(self.live_docs) != self.size:
             self.live_mask = np.zeros(self.size, np.bool_)
             self.live_mask[self.live_docs] = True
-        self._id_column = reader.column_reader("id")
-        # What depends on the live documents is computed afresh in any case.
+        # What depends on the live documents is computed afresh in any case (date orders from
+        # the previous ones, when only deletions changed).
         self._orders: dict[str, tuple[Docs, npt.NDArray[np.int64], npt.NDArray[np.int64]]] = {}
+        self._former_orders: dict[str, Docs] = {}
         self._all_facets: dict[str, dict[str, dict[str, int]]] = {}
         kept = previous._parts if previous is not None else {}
         self._parts = {}
@@ -114,7 +116,12 @@ class ShardCache:
             self.cat_names, self.cat_ord = previous.cat_names, previous.cat_ord
             self.kind_names, self.kind_ord = previous.kind_names, previous.kind_ord
             self.dates = previous.dates
+            self._ids = previous._ids
             self._id_rank = previous._id_rank
+            self._former_orders = {
+                **previous._former_orders,
+                **{f: got[0] for f, got in previous._orders.items()},
+            }
             self._facet_codes = previous._facet_codes
             self._lengths = previous._lengths
             self._norms = previous._norms
@@ -123,6 +130,7 @@ class ShardCache:
         self.cat_names, self.cat_ord = _join_ordinals([p.category for p in parts])
         self.kind_names, self.kind_ord = _join_ordinals([p.kind for p in parts])
         self.dates = {f: _join([p.dates[f] for p in parts], np.int64) for f in DATE_FIELDS}
+        self._ids = None
         self._id_rank = None
         self._facet_codes = {}
         self._lengths = {}
@@ -148,13 +156,19 @@ class ShardCache:
 
     def record_id(self, docnum: int) -> str:
         """Return the record id of a document number."""
-        value = self._id_column[docnum]
-        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        value: bytes = self.ids()[docnum]
+        return value.decode("utf-8")
+
+    def ids(self) -> npt.NDArray[np.bytes_]:
+        """Return every document's record id, UTF-8 encoded, by document number."""
+        if self._ids is None:
+            self._ids = _join([p.ids() for p in self._parts.values()], bytes)
+        return self._ids
 
     def id_rank(self) -> npt.NDArray[np.int64]:
         """Return every document's rank in record id order (for ties)."""
         if self._id_rank is None:
-            ids = _join([p.ids() for p in self._parts.values()], bytes)
+            ids = self.ids()
             rank = np.empty(self.size, np.int64)
             rank[np.argsort(ids, kind="stable")] = np.arange(self.size)
             self._id_rank = rank
@@ -181,8 +195,12 @@ class ShardCache:
         got = self._orders.get(date_field)
         if got is None:
             dates = self.dates[date_field]
-            live = self.live_docs
-            order = live[np.lexsort((self.id_rank()[live], dates[live]))]
+            former = self._former_orders.pop(date_field, None)
+            if former is not None:  # the same documents, fewer of them live
+                order = former if self.live_mask is None else former[self.live_mask[former]]
+            else:
+                live = self.live_docs
+                order = live[np.lexsort((self.id_rank()[live], dates[live]))]
             rank = np.full(self.size, -1, np.int64)
             rank[order] = np.arange(len(order))
             got = self._orders[date_field] = (order, dates[order], rank)

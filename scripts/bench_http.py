@@ -115,6 +115,17 @@ def build(folder: Path, records: int, processes: int = 2) -> tuple[Path, str, st
     return config_path, admin, agent
 
 
+def archived_sample(config_path: Path, records: int, count: int) -> list[str]:
+    """Ids of records that are archived now, sampled afresh each run (a reused installation
+    holds records that earlier runs restored)."""
+    candidates = [f"REC-{n:08d}" for n in random.Random().sample(range(records), 2 * count)]
+    with Services.open(load_config(config_path)) as services:
+        entries = services.store.entries(candidates)
+    return [rid for rid in candidates if rid in entries and entries[rid].state == "archived"][
+        :count
+    ]
+
+
 def percentile(values: list[float], p: float) -> float:
     """The p-th percentile (nearest rank) of values, 0 for none."""
     if not values:
@@ -307,7 +318,7 @@ def main() -> None:
     folder = args.dir or Path(tempfile.mkdtemp(prefix="archivist-bench-http-"))
     folder.mkdir(parents=True, exist_ok=True)
     config_path, admin, agent = build(folder, args.records, args.processes)
-    restore_ids = [f"REC-{n:08d}" for n in random.Random(5).sample(range(args.records), 2000)]
+    restore_ids = archived_sample(config_path, args.records, 2000)
     port = free_port()
     log = (folder / "serve.log").open("wb")
     server = subprocess.Popen(

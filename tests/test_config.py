@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,7 @@ def test_non_sqlite_urls_are_kept_as_they_are(tmp_path):
         ("[retention.category.finance]\nkeep_years = 'seven'\n", "must be an integer"),
         ("[worker]\narchive_cron = 'every day'\n", "worker.archive_cron is not a crontab"),
         ("[server]\nport = true\n", "server.port must be an integer"),
+        ("[worker]\nnice = 25\n", "worker.nice must be between 0 and 19"),
         ("[active\n", "cannot read config"),
     ],
 )
@@ -59,3 +62,25 @@ def test_bad_values_are_named(tmp_path, text, message):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_jobs_run_at_the_configured_niceness_and_never_raise_priority(tmp_path):
+    """`archivist archive` lowers its priority to `worker.nice` (checked in a child process, since
+    a process cannot raise its priority back)."""
+    path = tmp_path / "c.toml"
+    path.write_text("[worker]\nnice = 7\n")
+    assert load_config(path).worker.nice == 7
+    script = (
+        "import os, sys\n"
+        "from archivist.config import load_config\n"
+        "from indexer.jobs import lower_job_priority\n"
+        "lower_job_priority(load_config(sys.argv[1]).worker.nice)\n"
+        "first = os.getpriority(os.PRIO_PROCESS, 0)\n"
+        "lower_job_priority(3)\n"
+        "print(first, os.getpriority(os.PRIO_PROCESS, 0))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True,
+        cwd=REPO,
+    )
+    assert out.stdout.split() == ["7", "7"]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from whoosh import index as windex
 
-from indexer.analysis import iter_tokens
 from indexer import matchsets
+from indexer.analysis import iter_tokens
 from indexer.dates import parse_timestamp
 from indexer.evaluate import Evaluator
 from indexer.index import SearchIndex, shard_key

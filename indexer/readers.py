@@ -1,0 +1,85 @@
+"""Searchers that reopen a shard sharing the open files of the segments it still has.
+
+A restore marks one document deleted; an indexing batch adds a segment. Whoosh's
+``Index.searcher()`` then opens every segment of the shard again (term tables, column offsets:
+a few milliseconds each, in every server process), and its ``reader(reuse=...)`` keeps readers
+of merged-away segments and the old deletions. Here a segment the shard still has keeps its
+open files; only its deletions, which live in the table of contents, are taken afresh.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+from whoosh import index as windex
+from whoosh.reading import EmptyReader, MultiReader, SegmentReader
+from whoosh.searching import Searcher
+
+
+def open_searcher(ix: windex.FileIndex, previous: Searcher | None = None) -> Searcher:
+    """Return a searcher on the index's current state.
+
+    :param previous: a searcher of the same index whose segment readers may be shared; close it
+        with :func:`close_replaced`, not ``close()``, once the new one is in use.
+    """
+    for attempt in range(10):
+        try:
+            toc = ix._read_toc()
+            old = _leaves_by_segment(previous)
+            readers = []
+            for segment in toc.segments:
+                prev = old.get(segment.segid)
+                if prev is None:
+                    readers.append(
+                        SegmentReader(ix.storage, toc.schema, segment, generation=toc.generation)
+                    )
+                else:
+                    readers.append(_with_segment(prev, segment, toc.generation))
+            break
+        except OSError:
+            # a writer removed a merged-away segment's files as we opened them (as Whoosh does)
+            if attempt == 9:
+                raise
+            time.sleep(0.05)
+    reader: Any
+    if not readers:
+        reader = EmptyReader(toc.schema)
+    elif len(readers) == 1:
+        reader = readers[0]
+    else:
+        reader = MultiReader(readers, generation=toc.generation)
+    return Searcher(reader, fromindex=ix)
+
+
+def close_replaced(old: Searcher, new: Searcher | None) -> None:
+    """Close what a replaced searcher holds that its successor does not share."""
+    kept = set(_leaves_by_segment(new)) if new is not None else set()
+    for segid, leaf in _leaves_by_segment(old).items():
+        if segid not in kept and not leaf.is_closed:
+            leaf.close()
+    old.is_closed = True
+
+
+def _leaves_by_segment(searcher: Searcher | None) -> dict[str, SegmentReader]:
+    if searcher is None:
+        return {}
+    out = {}
+    for leaf, _base in searcher.reader().leaf_readers():
+        if isinstance(leaf, SegmentReader):
+            out[leaf.segment().segid] = leaf
+    return out
+
+
+def _with_segment(reader: SegmentReader, segment: Any, generation: int) -> SegmentReader:
+    """A reader sharing ``reader``'s open files, for the same segment with current deletions."""
+    if reader.segment() is segment and reader._gen == generation:
+        return reader
+    fresh = copy.copy(reader)
+    fresh.__dict__.pop("deleted_docs_set", None)  # a cached property: the old deletions
+    fresh._segment = segment
+    fresh._gen = generation
+    fresh._perdoc = copy.copy(reader._perdoc)
+    fresh._perdoc._segment = segment
+    return fresh
