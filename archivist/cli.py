@@ -27,7 +27,7 @@ from archivist.tokens import ROLES, create_token, list_tokens, revoke_token
 from indexer.demo import load_demo
 from indexer.errors import IndexerError
 from indexer.indexing import rebuild_index
-from indexer.jobs import lower_job_priority, run_archive_job, run_dispose_job, run_index_job
+from indexer.jobs import run_archive_job, run_dispose_job, run_index_job
 from indexer.services import Services
 from indexer.stats import collect_stats
 from indexer.verification import verify_all
@@ -132,7 +132,6 @@ def import_(file: BinaryIO, config: Config) -> None:
 @config_option
 def archive(as_of: datetime | None, dry_run: bool, config: Config) -> None:
     """Move every aged record not on legal hold into the archive and index it."""
-    lower_job_priority(config.worker.nice)
     with Services.open(config) as services:
         report = run_archive_job(services, as_of or utcnow(), dry_run=dry_run)
     if dry_run:
@@ -147,7 +146,6 @@ def archive(as_of: datetime | None, dry_run: bool, config: Config) -> None:
 @config_option
 def dispose(as_of: datetime | None, dry_run: bool, config: Config) -> None:
     """Purge archived records past their keep time and not on legal hold."""
-    lower_job_priority(config.worker.nice)
     as_of = as_of or utcnow()
     with Services.open(config) as services:
         report = run_dispose_job(services, as_of, dry_run=dry_run, actor="cli")
@@ -244,7 +242,6 @@ def hold_list(config: Config) -> None:
 @config_option
 def index(rebuild: bool, config: Config) -> None:
     """Index what is archived but not yet indexed."""
-    lower_job_priority(config.worker.nice)
     with Services.open(config) as services:
         if rebuild:
             count = rebuild_index(services.store, services.index, progress=sys.stderr.isatty())

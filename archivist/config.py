@@ -25,7 +25,6 @@ class WorkerConfig:
     archive_cron: str = "0 2 * * *"
     dispose_cron: str = "30 3 * * 0"
     index_interval_seconds: int = 60
-    nice: int = 10  # CPU priority of the jobs (Unix niceness): searches come first
 
 
 @dataclass(frozen=True)
@@ -57,6 +56,7 @@ class Config:
     shard_period: str = "year"
     segment_max_bytes: int = 64 * 2**20
     batch_size: int = 4000
+    index_worker_nice: int = 10  # niceness of the index's analysing processes
     server: ServerConfig = field(default_factory=ServerConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
 
@@ -106,7 +106,6 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
             _get(worker, "dispose_cron", str, "30 3 * * 0", "worker"), "dispose_cron"
         ),
         index_interval_seconds=_positive(worker, "index_interval_seconds", 60, "worker"),
-        nice=_niceness(worker),
     )
     server_config = ServerConfig(
         host=_get(server, "host", str, "127.0.0.1", "server"),
@@ -132,6 +131,7 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
         shard_period=shard_period,
         segment_max_bytes=_positive(archive, "segment_max_bytes", 64 * 2**20, "archive"),
         batch_size=_positive(archive, "batch_size", 4000, "archive"),
+        index_worker_nice=_niceness(index),
         server=server_config,
         worker=worker_config,
     )
@@ -205,10 +205,10 @@ def _non_negative(table: dict[str, Any], key: str, default: int, where: str) -> 
     return value
 
 
-def _niceness(worker: dict[str, Any]) -> int:
-    value: int = _get(worker, "nice", int, 10, "worker")
+def _niceness(index: dict[str, Any]) -> int:
+    value: int = _get(index, "worker_nice", int, 10, "index")
     if not 0 <= value <= 19:
-        raise ConfigError("worker.nice must be between 0 and 19")
+        raise ConfigError("index.worker_nice must be between 0 and 19")
     return value
 
 

@@ -266,9 +266,10 @@ class _Snapshot:
 class SearchIndex:
     """The archive's search index: time shards of Whoosh indexes, searched as one."""
 
-    def __init__(self, directory: Path, shard_period: str) -> None:
+    def __init__(self, directory: Path, shard_period: str, worker_nice: int = 0) -> None:
         self.directory = Path(directory)
         self._period = shard_period
+        self._worker_nice = worker_nice
         self._lock = threading.RLock()
         self._search_lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -288,18 +289,21 @@ class SearchIndex:
     # --- opening and layout -------------------------------------------------------------
 
     @classmethod
-    def open(cls, directory: Path, *, shard_period: str = "year") -> SearchIndex:
+    def open(
+        cls, directory: Path, *, shard_period: str = "year", worker_nice: int = 0
+    ) -> SearchIndex:
         """Open the index in a directory, creating an empty one if missing.
 
         :param directory: the index folder.
         :param shard_period: ``year`` or ``month`` for a new index (an existing one keeps its own).
+        :param worker_nice: niceness of the processes that analyse records for it.
         """
         if shard_period not in PERIODS:
             raise IndexerError(f"shard_period must be one of {', '.join(PERIODS)}")
         directory = Path(directory)
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            self = cls(directory, shard_period)
+            self = cls(directory, shard_period, worker_nice)
             if not (directory / "CURRENT").exists():
                 gen = self._new_generation(shard_period)
                 _write_atomic(directory / "CURRENT", gen.name)
@@ -613,7 +617,7 @@ class SearchIndex:
         root = gen / _STAGED / f"{os.getpid()}-{uuid.uuid4().hex}"
         root.mkdir(parents=True)
         try:
-            _parallel_build(gen, period, noted(), None, False, root)
+            _parallel_build(gen, period, noted(), None, False, root, self._worker_nice)
             with self._write_lock:
                 self._read_segment_ids(gen)
         except BaseException:
@@ -847,6 +851,7 @@ class SearchIndex:
                     total,
                     progress,
                     gen / "_parts",
+                    self._worker_nice,
                 )
                 _join_parts(gen)
             except BaseException:
@@ -1204,6 +1209,9 @@ def _load_hit(
 def run_build_worker() -> None:
     """Entry point of a rebuild worker process: pickled batches on stdin, a JSON line out."""
     gen, worker, parts_root = sys.argv[1], int(sys.argv[3]), Path(sys.argv[4])
+    nice = int(sys.argv[5])
+    if nice > os.getpriority(os.PRIO_PROCESS, 0):
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
     meta = json.loads((Path(gen) / "META").read_text(encoding="utf-8"))
     pair_terms = frozenset(t.encode("utf-8") for t in meta["pair_terms"])
     inbox = sys.stdin.buffer
@@ -1246,14 +1254,16 @@ def run_build_worker() -> None:
         print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}), flush=True)
 
 
-def _start_worker(gen: Path, period: str, worker: int, parts_root: Path) -> subprocess.Popen[bytes]:
+def _start_worker(
+    gen: Path, period: str, worker: int, parts_root: Path, nice: int
+) -> subprocess.Popen[bytes]:
     # A plain subprocess (not multiprocessing): no dependence on how the parent's __main__
     # was started, and no fork of a possibly multi-threaded server process.
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     code = "from indexer.index import run_build_worker; run_build_worker()"
     return subprocess.Popen(
-        [sys.executable, "-c", code, str(gen), period, str(worker), str(parts_root)],
+        [sys.executable, "-c", code, str(gen), period, str(worker), str(parts_root), str(nice)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=env,
@@ -1285,11 +1295,16 @@ def _parallel_build(
     total: int | None,
     progress: bool,
     parts_root: Path,
+    nice: int,
     workers: int = 2,
 ) -> int:
     """Feed batches to worker processes (whichever is free); each writes its segments of each
-    shard under ``parts_root/<shard>/w<worker>``."""
-    procs = [_start_worker(gen, period, i, parts_root) for i in range(workers)]
+    shard under ``parts_root/<shard>/w<worker>``.
+
+    :param nice: the workers' niceness. They hold no lock, so running them below the server's
+        priority slows nothing but themselves: on a busy machine searches get the cores first.
+    """
+    procs = [_start_worker(gen, period, i, parts_root, nice) for i in range(workers)]
     batches: queue.Queue[Any] = queue.Queue(maxsize=8 * workers)
     failed: list[str] = []
     feeders = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -20,20 +19,6 @@ from indexer.indexing import sync_index
 from indexer.services import Services
 
 log = logging.getLogger(__name__)
-
-
-def lower_job_priority(nice: int) -> None:
-    """Run this process (and the index workers it starts) at niceness ``nice`` or lower priority.
-
-    The jobs are batch work beside a server that answers people: on a busy machine, searches
-    and restores should get the cores first. Never raises priority, so calling it twice is
-    harmless.
-
-    :param nice: the configured ``worker.nice``.
-    """
-    current = os.getpriority(os.PRIO_PROCESS, 0)
-    if nice > current:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
 
 
 def run_archive_job(

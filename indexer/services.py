@@ -33,7 +33,11 @@ class Services:
         if create:
             create_schema(engine)
         store = ArchiveStore.open(config.archive_dir, segment_max_bytes=config.segment_max_bytes)
-        index = SearchIndex.open(config.index_dir, shard_period=config.shard_period)
+        index = SearchIndex.open(
+            config.index_dir,
+            shard_period=config.shard_period,
+            worker_nice=config.index_worker_nice,
+        )
         return cls(config, engine, make_sessions(engine), store, index)
 
     def close(self) -> None:

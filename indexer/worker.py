@@ -24,7 +24,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from archivist.active_db import utcnow
 from archivist.config import Config
 from archivist.leases import acquire_lease, release_lease
-from indexer.jobs import lower_job_priority, run_archive_job, run_dispose_job, run_index_job
+from indexer.jobs import run_archive_job, run_dispose_job, run_index_job
 from indexer.services import Services
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,6 @@ def run(config: Config, *, archive_now: bool = False) -> None:
 
     :param archive_now: also run the archive job once right away (used by the demo).
     """
-    lower_job_priority(config.worker.nice)
     with Services.open(config) as services:
         worker = Worker(services)
         scheduler = build_scheduler(config, worker)

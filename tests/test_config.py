@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,7 @@ import pytest
 from archivist.config import load_config
 from archivist.errors import ConfigError
 from archivist.retention import RetentionPolicy
+from indexer.index import SearchIndex, _start_worker
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +49,7 @@ def test_non_sqlite_urls_are_kept_as_they_are(tmp_path):
         ("[retention.category.finance]\nkeep_years = 'seven'\n", "must be an integer"),
         ("[worker]\narchive_cron = 'every day'\n", "worker.archive_cron is not a crontab"),
         ("[server]\nport = true\n", "server.port must be an integer"),
-        ("[worker]\nnice = 25\n", "worker.nice must be between 0 and 19"),
+        ("[index]\nworker_nice = 25\n", "index.worker_nice must be between 0 and 19"),
         ("[active\n", "cannot read config"),
     ],
 )
@@ -64,23 +65,30 @@ def test_missing_file_is_a_clear_error(tmp_path):
         load_config(tmp_path / "nope.toml")
 
 
-def test_jobs_run_at_the_configured_niceness_and_never_raise_priority(tmp_path):
-    """`archivist archive` lowers its priority to `worker.nice` (checked in a child process, since
-    a process cannot raise its priority back)."""
+def test_index_workers_run_at_the_configured_niceness(tmp_path, make_record):
+    """The processes that analyse records for the index run at `index.worker_nice`."""
     path = tmp_path / "c.toml"
-    path.write_text("[worker]\nnice = 7\n")
-    assert load_config(path).worker.nice == 7
-    script = (
-        "import os, sys\n"
-        "from archivist.config import load_config\n"
-        "from indexer.jobs import lower_job_priority\n"
-        "lower_job_priority(load_config(sys.argv[1]).worker.nice)\n"
-        "first = os.getpriority(os.PRIO_PROCESS, 0)\n"
-        "lower_job_priority(3)\n"
-        "print(first, os.getpriority(os.PRIO_PROCESS, 0))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True,
-        cwd=REPO,
-    )
-    assert out.stdout.split() == ["7", "7"]
+    path.write_text('[index]\ndir = "ix"\nworker_nice = 7\n')
+    config = load_config(path)
+    assert config.index_worker_nice == 7
+    index = SearchIndex.open(config.index_dir, worker_nice=config.index_worker_nice)
+    index.add([(make_record(), datetime(2021, 1, 1, tzinfo=UTC))])  # chooses the pair terms
+    gen = index._current_gen()
+    proc = _start_worker(gen, "year", 0, tmp_path / "parts", config.index_worker_nice)
+    try:
+        deadline = time.monotonic() + 30
+        nice = None
+        while time.monotonic() < deadline:
+            # field 19 of /proc/<pid>/stat (after the parenthesised command name) is the niceness
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            nice = int(fields[16])
+            if nice == 7:
+                break
+            time.sleep(0.05)
+        assert nice == 7
+    finally:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        index.close()
