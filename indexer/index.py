@@ -30,6 +30,7 @@ import types
 import uuid
 from array import array
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,6 +72,7 @@ from indexer.segment_format import (
 )
 from indexer.shards import GlobalStats, ShardCache, ShardView
 from indexer.snippets import make_snippet, plain_snippet
+from indexer.turns import Turns
 
 PERIODS = ("year", "month")
 _SHARD_RE = {"year": re.compile(r"^\d{4}$"), "month": re.compile(r"^\d{4}-\d{2}$")}
@@ -271,7 +273,7 @@ class SearchIndex:
         self._period = shard_period
         self._worker_nice = worker_nice
         self._lock = threading.RLock()
-        self._search_lock = threading.Lock()
+        self._turns = Turns()
         self._write_lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
         self._indexes: dict[tuple[str, str], windex.Index] = {}
@@ -433,33 +435,40 @@ class SearchIndex:
         started = time.perf_counter()
         self._check_open()
         validate(query)
-        # Whoosh searchers share file handles (seek + read), so one query runs at a time; the
-        # work is pure Python and holds the GIL anyway.
-        with self._search_lock:
+        # Whoosh searchers share file handles (seek + read), so one query runs at a time (in
+        # arrival order, see turns); the work is Python that holds the GIL anyway.
+        with self._turns.turn():
             snap = self._current_snapshot()
             readers = [v.cache.searcher.reader() for v in snap.views]
             compiled = compile_query(query.q, self._parser, readers)
-            return run_search(snap.views, query, compiled, snap.stats, _load_hit, started)
+            return run_search(
+                snap.views, query, compiled, snap.stats, _load_hit, started, self._turns.checkpoint
+            )
+
+    def urgent(self) -> AbstractContextManager[None]:
+        """A block that runs before any further step of this process's searches (a restore:
+        short, and someone waits on it)."""
+        return self._turns.urgent()
 
     def iter_hits(self, query: SearchQuery, chunk: int = 500) -> Iterator[SearchHit]:
         """Every matching record, in the query's order, without snippets (for exports).
 
         The matches are ordered once; their stored fields are then read a chunk at a time, each
-        chunk under the search lock, so other searches interleave with a long export. A record
+        chunk in a turn of its own, so other searches interleave with a long export. A record
         that leaves the index meanwhile (restored, purged) is skipped.
 
         :param query: what to search for; `page` and `per_page` are ignored.
-        :param chunk: how many hits to load per turn of the search lock.
+        :param chunk: how many hits to load per turn.
         """
         self._check_open()
         validate(query)
-        with self._search_lock:
+        with self._turns.turn():
             snap = self._current_snapshot()
             readers = [v.cache.searcher.reader() for v in snap.views]
             compiled = compile_query(query.q, self._parser, readers)
             ordered = order_matches(snap.views, query, compiled, snap.stats)
         for start in range(0, len(ordered), chunk):
-            with self._search_lock:
+            with self._turns.turn():
                 views = {v.name: v for v in self._current_snapshot().views}
                 hits = []
                 for i in range(start, min(start + chunk, len(ordered))):
@@ -474,7 +483,7 @@ class SearchIndex:
     def iter_ids(self) -> Iterator[str]:
         """Yield every indexed record id (for checking the index against the store)."""
         self._check_open()
-        with self._search_lock:
+        with self._turns.turn():
             snap = self._current_snapshot()
             ids = [v.cache.record_id(d) for v in snap.views for d in v.cache.live_docs.tolist()]
         yield from ids
@@ -482,7 +491,7 @@ class SearchIndex:
     def doc_count(self) -> int:
         """Return the number of indexed records."""
         self._check_open()
-        with self._search_lock:
+        with self._turns.turn():
             snap = self._current_snapshot()
             return sum(len(v.cache.live_docs) for v in snap.views)
 

@@ -231,7 +231,7 @@ def _score_order(cache: ShardCache, docs: Docs, scores: Floats, k: int) -> npt.N
         sel = np.flatnonzero(scores >= kth)
     else:
         sel = np.arange(n)
-    order = np.lexsort((cache.id_rank()[docs[sel]], -scores[sel]))
+    order = np.lexsort((cache.ids()[docs[sel]], -scores[sel]))
     return sel[order[:k]]
 
 
@@ -254,6 +254,7 @@ def run_search(
     stats: GlobalStats,
     load_hit: Callable[[ShardView, int, float, CompiledQuery], SearchHit],
     started: float | None = None,
+    checkpoint: Callable[[], None] = lambda: None,
 ) -> SearchPage:
     """Run a checked query over the shards it needs and build one page.
 
@@ -263,6 +264,7 @@ def run_search(
     :param stats: collection statistics over every shard.
     :param load_hit: turns a shard document into a hit (stored fields and snippet).
     :param started: ``time.perf_counter()`` at the start, for ``took_ms``.
+    :param checkpoint: called between steps (shards, hits), where the search may pause.
     """
     started = time.perf_counter() if started is None else started
     sort = validate(query)
@@ -275,6 +277,7 @@ def run_search(
     score_rows: list[tuple[float, str, int, ShardView]] = []
     newest = sort == "newest"
     for view in select_shards(views, query):
+        checkpoint()
         docs, scores, in_order = _match_shard(view, query, compiled, stats, sort)
         if not len(docs):
             continue
@@ -295,11 +298,15 @@ def run_search(
     hits: list[SearchHit] = []
     if sort == "relevance":
         score_rows.sort(key=lambda r: (r[0], r[1]))
-        for s, _rid, d, view in score_rows[start:k]:
+        for i, (s, _rid, d, view) in enumerate(score_rows[start:k]):
+            if i % 10 == 0:
+                checkpoint()
             hits.append(load_hit(view, d, -s, compiled))
     else:
         date_rows.sort(key=lambda r: (r[0], r[1]), reverse=newest)
-        for _dt, _rid, d, view in date_rows[start:k]:
+        for i, (_dt, _rid, d, view) in enumerate(date_rows[start:k]):
+            if i % 10 == 0:
+                checkpoint()
             hits.append(load_hit(view, d, 0.0, compiled))
     return SearchPage(
         total=total,

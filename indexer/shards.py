@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,9 +46,40 @@ class GlobalStats:
         key = (fieldname, btext)
         df = self._df.get(key)
         if df is None:
-            df = self._df[key] = sum(r.doc_frequency(fieldname, btext) for r in self._readers)
+            df = self._df[key] = sum(
+                _segment_doc_frequency(leaf, fieldname, btext)
+                for r in self._readers
+                for leaf, _base in r.leaf_readers()
+            )
         n = self.doc_count
         return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+
+
+_SEGMENT_DF: OrderedDict[tuple[Any, str, bytes], int] = OrderedDict()
+_SEGMENT_DF_MAX = 200_000
+_SEGMENT_DF_LOCK = threading.Lock()
+
+
+def _segment_doc_frequency(leaf: Any, fieldname: str, btext: bytes) -> int:
+    """A term's document frequency in one segment (deleted documents included, as Whoosh
+    counts them), kept per segment: a segment never changes, and every restore or indexing
+    batch makes a new snapshot whose statistics would otherwise look each term up again in
+    every segment of every shard."""
+    segment = leaf.segment() if hasattr(leaf, "segment") else None
+    if segment is None:
+        return int(leaf.doc_frequency(fieldname, btext))
+    key = (segment.segid, fieldname, btext)
+    with _SEGMENT_DF_LOCK:
+        got = _SEGMENT_DF.get(key)
+        if got is not None:
+            _SEGMENT_DF.move_to_end(key)
+            return got
+    df = int(leaf.doc_frequency(fieldname, btext))
+    with _SEGMENT_DF_LOCK:
+        _SEGMENT_DF[key] = df
+        if len(_SEGMENT_DF) > _SEGMENT_DF_MAX:
+            _SEGMENT_DF.popitem(last=False)
+    return df
 
 
 # --- per-shard caches -------------------------------------------------------------------------
@@ -71,7 +103,6 @@ class ShardCache:
     kind_ord: npt.NDArray[np.int32]
     dates: dict[str, npt.NDArray[np.int64]]
     _ids: npt.NDArray[np.bytes_] | None
-    _id_rank: npt.NDArray[np.int64] | None
     _facet_codes: dict[str, tuple[npt.NDArray[np.int32], tuple[int, int, int], list[str]]]
     _lengths: dict[str, npt.NDArray[np.float64]]
     _norms: dict[tuple[str, float], Floats]
@@ -117,7 +148,6 @@ class ShardCache:
             self.kind_names, self.kind_ord = previous.kind_names, previous.kind_ord
             self.dates = previous.dates
             self._ids = previous._ids
-            self._id_rank = previous._id_rank
             self._former_orders = {
                 **previous._former_orders,
                 **{f: got[0] for f, got in previous._orders.items()},
@@ -131,7 +161,6 @@ class ShardCache:
         self.kind_names, self.kind_ord = _join_ordinals([p.kind for p in parts])
         self.dates = {f: _join([p.dates[f] for p in parts], np.int64) for f in DATE_FIELDS}
         self._ids = None
-        self._id_rank = None
         self._facet_codes = {}
         self._lengths = {}
         self._norms = {}
@@ -165,15 +194,6 @@ class ShardCache:
             self._ids = _join([p.ids() for p in self._parts.values()], bytes)
         return self._ids
 
-    def id_rank(self) -> npt.NDArray[np.int64]:
-        """Return every document's rank in record id order (for ties)."""
-        if self._id_rank is None:
-            ids = self.ids()
-            rank = np.empty(self.size, np.int64)
-            rank[np.argsort(ids, kind="stable")] = np.arange(self.size)
-            self._id_rank = rank
-        return self._id_rank
-
     def facet_codes(
         self, date_field: str
     ) -> tuple[npt.NDArray[np.int32], tuple[int, int, int], list[str]]:
@@ -182,7 +202,10 @@ class ShardCache:
         got = self._facet_codes.get(date_field)
         if got is None:
             year_of = np.searchsorted(_YEAR_STARTS_NP, self.dates[date_field], side="right")
-            present, years = np.unique(year_of, return_inverse=True)
+            present = np.flatnonzero(np.bincount(year_of, minlength=1))
+            number = np.zeros(len(_YEAR_STARTS_NP) + 1, np.int32)
+            number[present] = np.arange(len(present), dtype=np.int32)
+            years = number[year_of]
             shape = (len(self.cat_names), len(self.kind_names), len(present))
             codes = (self.cat_ord.astype(np.int32) * shape[1] + self.kind_ord) * shape[2]
             codes += years.reshape(-1).astype(np.int32)
@@ -199,8 +222,7 @@ class ShardCache:
             if former is not None:  # the same documents, fewer of them live
                 order = former if self.live_mask is None else former[self.live_mask[former]]
             else:
-                live = self.live_docs
-                order = live[np.lexsort((self.id_rank()[live], dates[live]))]
+                order = _date_id_order(self.live_docs, dates[self.live_docs], self.ids())
             rank = np.full(self.size, -1, np.int64)
             rank[order] = np.arange(len(order))
             got = self._orders[date_field] = (order, dates[order], rank)
@@ -256,6 +278,24 @@ class _SegmentColumns:
                 got = _LENGTHS[numeric_values(col, self.size)]
             self._lengths[fieldname] = got
         return got
+
+
+def _date_id_order(docs: Docs, dates: npt.NDArray[np.int64], ids: Any) -> Docs:
+    """Return documents sorted by (date, record id).
+
+    Sorting integers is several times faster than sorting by a second key of strings, and
+    documents sharing a date are few: only those are ordered by id, afterwards.
+    """
+    o = np.argsort(dates, kind="stable")
+    ordered = dates[o]
+    tied = np.flatnonzero(ordered[1:] == ordered[:-1])
+    if len(tied):
+        # positions in date order that share their date with a neighbour: runs of equal dates
+        at = np.union1d(tied, tied + 1)
+        group = o[at]
+        o[at] = group[np.lexsort((ids[docs[group]], dates[group]))]
+    result: Docs = docs[o]
+    return result
 
 
 def _join_ordinals(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from whoosh.codec.whoosh3 import LENGTHS_COLUMN, _lenfield
 
 from indexer.columns import byte_strings, live_docs, numeric_values, ordinals
 from indexer.index import SearchIndex
 from indexer.schema import DATE_FIELDS, date_column
+from indexer.shards import _date_id_order
 from tests.test_search import CORPUS
 
 
@@ -37,3 +39,17 @@ def test_bulk_columns_equal_whoosh_readers(tmp_path: Path) -> None:
             checked += 1
     assert checked >= 4
     ix.close()
+
+
+def test_date_order_breaks_ties_by_record_id_like_a_full_sort() -> None:
+    """Sorting by date alone, then by id only where dates tie, gives the (date, id) order."""
+    rng = np.random.default_rng(3)
+    for size, distinct_dates in [(0, 1), (1, 1), (500, 1), (2000, 40), (5000, 5000)]:
+        dates = rng.integers(0, distinct_dates, size=size).astype(np.int64) * 1_000_000
+        ids = np.array([f"R-{n:05d}".encode() for n in rng.permutation(size)], dtype="S7")
+        docs = np.sort(rng.choice(size * 2 or 1, size=size, replace=False)).astype(np.int64)
+        by_doc = np.zeros(size * 2 or 1, dtype="S7")
+        by_doc[docs] = ids
+        got = _date_id_order(docs, dates, by_doc)
+        expected = sorted(range(size), key=lambda i: (dates[i], ids[i]))
+        assert got.tolist() == docs[expected].tolist()
