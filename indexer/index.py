@@ -14,6 +14,7 @@ joined into one Whoosh index (one TOC listing both), and CURRENT is swapped.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import operator
@@ -29,12 +30,12 @@ import time
 import types
 import uuid
 from array import array
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from whoosh import index as windex
 from whoosh.analysis import IDTokenizer
@@ -57,7 +58,7 @@ from indexer.columns import byte_strings
 from indexer.dates import parse_timestamp, to_micros
 from indexer.errors import IndexerError, IndexUnavailable
 from indexer.mapped_files import install as install_mapped_files
-from indexer.merging import choose_merges, tiered_merge
+from indexer.merging import MergedSource, choose_merges, write_merged
 from indexer.query import CompiledQuery, compile_query, make_parser
 from indexer.readers import close_replaced, open_searcher
 from indexer.schema import build_schema
@@ -75,6 +76,7 @@ from indexer.snippets import make_snippet, plain_snippet
 from indexer.turns import Turns
 
 PERIODS = ("year", "month")
+_T = TypeVar("_T")
 _SHARD_RE = {"year": re.compile(r"^\d{4}$"), "month": re.compile(r"^\d{4}-\d{2}$")}
 _GEN_RE = re.compile(r"^g(\d{6})$")
 SNIPPET_SOURCE_CHARS = 10_000
@@ -243,6 +245,13 @@ def _remove_abandoned_stages(root: Path) -> None:
         pid = path.name.split("-", 1)[0]
         if pid.isdigit() and not _process_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_stage(folder: Path) -> None:
+    """Remove a staging folder, and the folder of stages if no other is left."""
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        folder.parent.rmdir()
 
 
 def _process_alive(pid: int) -> bool:
@@ -704,7 +713,7 @@ class SearchIndex:
 
     def discard(self, staged: StagedRecords) -> None:
         """Remove staged segments that were not attached."""
-        shutil.rmtree(staged.root, ignore_errors=True)
+        _remove_stage(staged.root)
 
     def _find_ids(
         self, gen: Path, ids: list[str], home: Mapping[str, str] | None = None
@@ -799,14 +808,49 @@ class SearchIndex:
             self._merge_shard(ix)
 
     def _merge_shard(self, ix: windex.Index) -> bool:
-        """Merge a shard's segments if the policy picks any (under _write_lock)."""
+        """Merge a shard's segments if the policy picks any (under _write_lock).
+
+        The merged segment is written beside the shard holding no lock on it, in a thread at
+        the index workers' lower priority: restores and other writers go on meanwhile. Then,
+        under the shard's write lock, documents deleted meanwhile in its sources are marked
+        deleted in it too, and it replaces them in one commit. If a source is gone by then,
+        nothing changes.
+        """
         segments = ix._segments()
-        if not choose_merges(0, [(s.doc_count_all(), s.deleted_count()) for s in segments]):
+        picks = choose_merges(0, [(s.doc_count_all(), s.deleted_count()) for s in segments])
+        if not picks:
             return False
-        merger = open_writer(ix, frozenset(), timeout=60.0)  # merges analyse nothing
-        merger.commit(mergetype=tiered_merge)
-        self._remember_ids(merger)
-        return True
+        shard = Path(ix.storage.folder)
+        folder = shard.parent / _STAGED / f"{os.getpid()}-merge-{uuid.uuid4().hex}"
+        folder.mkdir(parents=True)
+        try:
+            merged, sources = _at_priority(
+                self._worker_nice, lambda: _write_merge(ix, [segments[i] for i in picks], folder)
+            )
+            writer = open_writer(ix, frozenset(), timeout=60.0)
+            try:
+                current = {segment.segid: segment for segment in writer.segments}
+                if any(source.segid not in current for source in sources):
+                    writer.cancel()
+                    return False
+                for source in sources:
+                    for docnum in set(current[source.segid].deleted_docs()) - source.deleted:
+                        merged.delete_document(source.new_number(docnum))
+                _move_segment_files(folder, shard, merged)
+            except BaseException:
+                writer.cancel()
+                raise
+            gone = {source.segid for source in sources}
+            writer.commit(
+                mergetype=lambda w, segments: [s for s in segments if s.segid not in gone]
+                + [merged]
+            )
+            known = [self._segment_ids[segid] for segid in gone if segid in self._segment_ids]
+            if len(known) == len(gone):  # a superset is enough: see _find_ids
+                self._segment_ids[merged.segid] = frozenset[bytes]().union(*known)
+            return True
+        finally:
+            _remove_stage(folder)
 
     def merge_segments(self) -> int:
         """Merge small segments in every shard as the policy says; returns how many merged.
@@ -1395,6 +1439,56 @@ def _join_parts(gen: Path) -> None:
         assert schema is not None
         TOC(schema, segments, 1).write(storage, windex._DEF_INDEX_NAME)
     shutil.rmtree(parts_root)
+
+
+def _write_merge(
+    ix: windex.Index, segments: list[Any], folder: Path
+) -> tuple[Any, list[MergedSource]]:
+    """Write segments of a shard merged into one, as the only segment of a new index in
+    ``folder``; returns that segment and where each source's documents went."""
+    target = windex.create_in(str(folder), ix.schema)
+    writer = open_writer(target, frozenset())  # a merge analyses nothing
+    readers = [SegmentReader(ix.storage, ix.schema, segment) for segment in segments]
+    try:
+        sources = write_merged(writer, readers)
+        writer.commit(merge=False)
+    except BaseException:
+        if not writer.is_closed:
+            writer.cancel()
+        raise
+    finally:
+        for reader in readers:
+            reader.close()
+    (merged,) = target._segments()
+    target.close()
+    return merged, sources
+
+
+def _at_priority(nice: int, work: Callable[[], _T]) -> _T:
+    """Run ``work`` in a thread of its own at niceness ``nice``, and wait for it.
+
+    On Linux niceness is per thread, so the process's other threads keep theirs. Elsewhere the
+    work runs at the process's priority.
+    """
+    result: list[_T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with contextlib.suppress(OSError, AttributeError):
+                thread = threading.get_native_id()
+                if nice > os.getpriority(os.PRIO_PROCESS, thread):
+                    os.setpriority(os.PRIO_PROCESS, thread, nice)
+            result.append(work())
+        except BaseException as e:  # handed to the waiting thread
+            error.append(e)
+
+    thread = threading.Thread(target=run, name="index-merge")
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
 
 
 def _move_segment_files(source: Path, target: Path, segment: Any) -> None:

@@ -11,10 +11,12 @@ document is so rewritten about once per tier, and a shard keeps at most ``MERGE_
 segments per tier. No merge grows a segment past ``MERGE_MAX_DOCS`` (a full tier whose segments
 would exceed it merges as many as fit), and segments over ``MERGE_KEEP_DOCS`` are left as they
 are: merging them again would cost more than the few extra segments cost searches (a rebuild
-writes its shards as a few such segments), and would hold the index lock for seconds. A small
-segment that has lost a quarter of its documents is merged at once.
+writes its shards as a few such segments). A small segment that has lost a quarter of its
+documents is merged at once.
 
-Merges run in a commit of their own. Segments without deletions are stitched: each posting list
+A merge is written beside its shard without holding the shard's lock (see
+``SearchIndex._merge_shard``), then swapped in, deletions made meanwhile carried over
+(:class:`MergedSource`). Segments without deletions are stitched: each posting list
 is the concatenation of its sources' blocks, each block renumbered by rewriting its first
 document number, so no posting is decoded. Segments with deletions have their posting lists
 read a block at a time, renumbered, and written again through ``index._MemoryPool``.
@@ -27,6 +29,7 @@ import pickle
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from itertools import accumulate, repeat
 from typing import Any
 
@@ -38,7 +41,6 @@ from whoosh.codec.whoosh3 import (
     _lenfield,
 )
 from whoosh.columns import CompressedBytesColumn, VarBytesColumn
-from whoosh.reading import SegmentReader
 from whoosh.util.numeric import byte_to_length
 
 from indexer.segment_format import EXTENT, PACK_INT, SMALL_BLOCK, TERMINFO, TermTable, compress
@@ -98,25 +100,41 @@ def choose_merges(new_docs: int, segments: Sequence[tuple[int, int]]) -> list[in
     return sorted(chosen)
 
 
-def tiered_merge(writer: Any, segments: list[Any]) -> list[Any]:
-    """Whoosh ``mergetype`` callback: merge the segments :func:`choose_merges` picks.
+@dataclass(frozen=True)
+class MergedSource:
+    """Where a source segment's documents went in a merged segment."""
 
-    Returns the segments kept as they are, as Whoosh's merge policies do. In a writer holding
-    no new documents, segments without deletions are stitched (:func:`stitch_segments`).
+    segid: str
+    deleted: frozenset[int]  # the source's deleted documents when it was read (left out)
+    base: int  # the merged number of its first document kept
+    size: int  # its document count, deleted ones included
+
+    def new_number(self, docnum: int) -> int:
+        """The merged document number of a document not deleted when the source was read."""
+        if not self.deleted:
+            return self.base + docnum
+        return self.base + docnum - sum(1 for d in self.deleted if d < docnum)
+
+
+def write_merged(writer: Any, readers: Sequence[Any]) -> list[MergedSource]:
+    """Write segments' live documents into an empty writer from ``index.open_writer``.
+
+    Segments without deletions are stitched (:func:`stitch_segments`); otherwise each is
+    appended, deleted documents left out. Returns where each source's documents went, so that
+    deletions made in a source after it was read can be carried over to the merged segment.
     """
-    picks = sorted(
-        choose_merges(writer.docnum, [(s.doc_count_all(), s.deleted_count()) for s in segments])
-    )
-    readers = [SegmentReader(writer.storage, writer.schema, segments[i]) for i in picks]
-    try:
-        if not (writer.docnum == 0 and stitch_segments(writer, readers)):
-            for reader in readers:
-                append_segment(writer, reader)
-    finally:
+    sources = []
+    base = 0
+    for reader in readers:
+        segment = reader.segment()
+        deleted = frozenset(segment.deleted_docs()) if reader.has_deletions() else frozenset()
+        size = reader.doc_count_all()
+        sources.append(MergedSource(segment.segid, deleted, base, size))
+        base += size - len(deleted)
+    if not (writer.docnum == 0 and stitch_segments(writer, readers)):
         for reader in readers:
-            reader.close()
-    chosen = set(picks)
-    return [s for i, s in enumerate(segments) if i not in chosen]
+            append_segment(writer, reader)
+    return sources
 
 
 def stitch_segments(writer: Any, readers: Sequence[Any]) -> bool:

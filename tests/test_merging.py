@@ -10,6 +10,7 @@ import pytest
 from whoosh import index as windex
 from whoosh.reading import SegmentReader
 
+from indexer import index as index_module
 from indexer.index import SearchIndex, open_writer
 from indexer.merging import (
     MERGE_FACTOR,
@@ -20,7 +21,7 @@ from indexer.merging import (
     stitch_segments,
 )
 from indexer.search import SearchQuery
-from tests.test_search import CORPUS
+from tests.test_search import CORPUS, word
 
 
 def test_a_full_tier_merges_into_the_new_segment() -> None:
@@ -202,3 +203,84 @@ def test_stitched_segments_hold_what_their_sources_held(tmp_path: Path) -> None:
     ix.delete([records[0][0]["id"]])
     ix.add(records[:1])
     assert not _stitch_shard(shard)
+
+
+def _small_segments(directory: Path, deleted_first: bool) -> tuple[SearchIndex, list[str]]:
+    """An index whose shards hold many small segments (merges off), some documents deleted."""
+    ix = SearchIndex.open(directory)
+    records = CORPUS[:900]
+    for i in range(0, len(records), 30):
+        ix.add(records[i : i + 30], merge=False)
+    if deleted_first:
+        ix.delete([r["id"] for r, _ in records[::7]])
+    alive = sorted(set(ix.iter_ids()))
+    return ix, alive
+
+
+@pytest.mark.parametrize("deleted_first", [False, True], ids=["stitched", "decoded"])
+def test_deletions_made_while_a_merge_is_written_are_carried_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deleted_first: bool
+) -> None:
+    """A merge holds no lock while it writes: a restore deleting documents from its sources
+    meanwhile is not lost when the merged segment replaces them."""
+    ix, alive = _small_segments(tmp_path / "ix", deleted_first)
+    other = SearchIndex.open(tmp_path / "ix")  # another process's index, e.g. the server's
+    before = _segment_sizes(tmp_path / "ix")
+    gone = alive[1::5]
+    written = []
+
+    original = index_module._write_merge
+
+    def write_then_delete(*args: Any) -> Any:
+        got = original(*args)
+        if not written:
+            other.delete(gone)  # only possible because the merge holds no lock
+        written.append(got)
+        return got
+
+    monkeypatch.setattr(index_module, "_write_merge", write_then_delete)
+    assert ix.merge_segments() > 0
+    assert written
+    after = _segment_sizes(tmp_path / "ix")
+    assert sum(map(len, after.values())) < sum(map(len, before.values()))
+    kept = sorted(set(alive) - set(gone))
+    assert sorted(ix.iter_ids()) == kept
+    refund = [h.id for h in _all_hits(ix, "refund")]
+    assert sorted(refund) == [rid for rid in kept if word("refund")(rid)]
+    assert not set(refund) & set(gone)
+    assert ix.doc_count() == len(kept)
+
+
+def test_a_merge_whose_sources_were_merged_meanwhile_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ix, alive = _small_segments(tmp_path / "ix", deleted_first=False)
+    other = SearchIndex.open(tmp_path / "ix")
+    calls = []
+
+    def write_then_merge_elsewhere(*args: Any) -> Any:
+        got = original(*args)
+        if not calls:
+            calls.append(1)
+            other.merge_segments()  # commits first, replacing the same sources
+        return got
+
+    original = index_module._write_merge
+    monkeypatch.setattr(index_module, "_write_merge", write_then_merge_elsewhere)
+    ix.merge_segments()
+    assert calls
+    ids = list(ix.iter_ids())
+    assert sorted(ids) == alive and len(ids) == len(set(ids))
+    current = tmp_path / "ix" / (tmp_path / "ix" / "CURRENT").read_text().strip()
+    assert not (current / "_staged").exists()  # the unused merge was removed
+
+
+def _all_hits(ix: SearchIndex, q: str) -> list[Any]:
+    hits, page = [], 1
+    while True:
+        got = ix.search(SearchQuery(q=q, per_page=100, page=page))
+        hits.extend(got.hits)
+        if page * 100 >= got.total:
+            return hits
+        page += 1
+
