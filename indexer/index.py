@@ -601,15 +601,20 @@ class SearchIndex:
 
     # --- adding in parallel -------------------------------------------------------------
 
-    def stage(self, docs: Iterable[tuple[dict[str, Any], datetime]]) -> StagedRecords | None:
-        """Analyse and write records as segments beside the live shards, on both cores.
+    def stage(
+        self, docs: Iterable[tuple[dict[str, Any], datetime]], *, processes: bool = True
+    ) -> StagedRecords | None:
+        """Analyse and write records as segments beside the live shards, at the index workers'
+        priority.
 
         Nothing becomes searchable and no lock is held: :meth:`attach` then adds the segments
         to their shards in one short commit each, or :meth:`discard` drops them. ``docs`` is
-        read while the workers write, so it may be a generator reading the store. Returns None
+        read while they are written, so it may be a generator reading the store. Returns None
         when the index has shards that predate the current schema (use :meth:`add`).
 
         :param docs: ``(record, archived_at)`` pairs, each id once.
+        :param processes: write on both cores, in the two index worker processes; else in a
+            thread of this process (for a few records, not worth starting processes).
         """
         self._check_open()
         gen = self._current_gen()
@@ -635,9 +640,16 @@ class SearchIndex:
         root = gen / _STAGED / f"{os.getpid()}-{uuid.uuid4().hex}"
         root.mkdir(parents=True)
         try:
-            _parallel_build(gen, period, noted(), None, False, root, self._worker_nice)
+            if processes:
+                _parallel_build(gen, period, noted(), None, False, root, self._worker_nice)
+            else:
+                pair_terms = self._chosen_pair_terms(gen)
+                _at_priority(
+                    self._worker_nice,
+                    lambda: _write_parts(_shard_batches(noted(), period), root, "w0", pair_terms),
+                )
             with self._write_lock:
-                self._read_segment_ids(gen)
+                _at_priority(self._worker_nice, lambda: self._read_segment_ids(gen))
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)
             raise
@@ -1268,18 +1280,34 @@ def run_build_worker() -> None:
     meta = json.loads((Path(gen) / "META").read_text(encoding="utf-8"))
     pair_terms = frozenset(t.encode("utf-8") for t in meta["pair_terms"])
     inbox = sys.stdin.buffer
+
+    def batches() -> Iterator[tuple[str, list[tuple[dict[str, Any], datetime]]]]:
+        while (item := pickle.load(inbox)) is not None:
+            yield item
+
+    try:
+        count = _write_parts(batches(), parts_root, f"w{worker}", pair_terms)
+        print(json.dumps({"ok": True, "count": count}), flush=True)
+    except BaseException as e:  # report, the parent raises
+        print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}), flush=True)
+
+
+def _write_parts(
+    batches: Iterable[tuple[str, list[tuple[dict[str, Any], datetime]]]],
+    parts_root: Path,
+    part: str,
+    pair_terms: frozenset[bytes],
+) -> int:
+    """Write batches of one shard's records each as segments under ``parts_root/<shard>/<part>``;
+    returns how many records were written."""
     writers: dict[str, Any] = {}
     buffered = 0
     count = 0
     try:
-        while True:
-            item = pickle.load(inbox)
-            if item is None:
-                break
-            name, batch = item
+        for name, batch in batches:
             writer = writers.get(name)
             if writer is None:
-                path = parts_root / name / f"w{worker}"
+                path = parts_root / name / part
                 path.mkdir(parents=True, exist_ok=True)
                 if windex.exists_in(str(path)):
                     ix = windex.open_dir(str(path))
@@ -1295,16 +1323,37 @@ def run_build_worker() -> None:
                 name = max(writers, key=lambda n: writers[n].doc_count())
                 buffered -= writers[name].doc_count()
                 writers.pop(name).commit(merge=False)
-        for writer in writers.values():
-            writer.commit(merge=False)
-        print(json.dumps({"ok": True, "count": count}), flush=True)
-    except BaseException as e:  # report, the parent raises
+        while writers:
+            writers.popitem()[1].commit(merge=False)
+    except BaseException:
         for writer in writers.values():
             try:
                 writer.cancel()
             except Exception:  # noqa: BLE001 - best effort cleanup
                 pass
-        print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}), flush=True)
+        raise
+    return count
+
+
+def _shard_batches(
+    docs: Iterable[tuple[dict[str, Any], datetime]], period: str
+) -> Iterator[tuple[str, list[tuple[dict[str, Any], datetime]]]]:
+    """Group records into batches of one shard's records each (ids checked unique)."""
+    buffers: dict[str, list[tuple[dict[str, Any], datetime]]] = {}
+    seen: set[str] = set()
+    for record, archived_at in docs:
+        if record["id"] in seen:
+            raise IndexerError(f"duplicate record id in rebuild input: {record['id']}")
+        seen.add(record["id"])
+        name = _record_shard(record, period)
+        buf = buffers.setdefault(name, [])
+        buf.append((record, archived_at))
+        if len(buf) >= _BATCH:
+            yield name, buf
+            buffers[name] = []
+    for name, buf in buffers.items():
+        if buf:
+            yield name, buf
 
 
 def _start_worker(
@@ -1370,30 +1419,15 @@ def _parallel_build(
         from tqdm import tqdm
 
         bar = tqdm(total=total, unit="rec", desc="rebuild")
-    buffers: dict[str, list[tuple[dict[str, Any], datetime]]] = {}
-    seen: set[str] = set()
     count = 0
     try:
-        for record, archived_at in docs:
-            if record["id"] in seen:
-                raise IndexerError(f"duplicate record id in rebuild input: {record['id']}")
-            seen.add(record["id"])
-            name = _record_shard(record, period)
-            buf = buffers.setdefault(name, [])
-            buf.append((record, archived_at))
-            count += 1
-            if len(buf) >= _BATCH:
-                batches.put((name, buf))
-                buffers[name] = []
-                if bar is not None:
-                    bar.update(len(buf))
+        for name, buf in _shard_batches(docs, period):
+            batches.put((name, buf))
+            count += len(buf)
+            if bar is not None:
+                bar.update(len(buf))
             if failed:
                 break
-        for name, buf in buffers.items():
-            if buf:
-                batches.put((name, buf))
-                if bar is not None:
-                    bar.update(len(buf))
     finally:
         for _ in procs:
             batches.put(None)

@@ -5,9 +5,10 @@ The catalog's `indexed` flag is cleared in the same commit that changes a record
 for that state and version. A crash in between leaves the flag clear, so the next catch-up
 redoes the (idempotent) index change; a state change that happens meanwhile is never masked.
 
-Many records to add at once are staged: written as segments by both cores with no lock held,
-then attached under the lock after checking which are still unchanged. Merging small segments
-runs after the lock is released.
+Records to add are staged: written as segments with no lock held (by both cores when there
+are many), then attached under the lock after checking which are still unchanged. Only
+removals (and indexes from before the current schema) are written under the lock. Merging
+small segments runs after the lock is released.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from archive_store.models import CatalogEntry
 from indexer.index import SearchIndex
 
 CATCH_UP_BATCH = 500  # one batch holds the index lock; restores wait at most that long
-BULK_MIN = 2_000  # records to add from which they are staged on both cores (SearchIndex.stage)
+BULK_MIN = 1  # records to add from which they are staged (SearchIndex.stage)
+BULK_PROCESSES = 2_000  # records to stage from which both cores (two processes) write them
 BULK_MAX = 20_000  # records staged at once (held in memory, sent to the index workers)
 
 
@@ -39,8 +41,8 @@ def sync_index(
     """Apply every pending change to the index; returns how many records it indexed or removed.
 
     With at least ``bulk_min`` records to add (0: never), up to ``BULK_MAX`` of them are first
-    written by both cores without any lock (:func:`_add_staged`); the rest goes in batches of
-    ``batch_size``, each read, written and marked under the index lock.
+    written without any lock (:func:`_add_staged`); the rest goes in batches of ``batch_size``,
+    each read, written and marked under the index lock.
 
     :param known: record JSON values the caller already holds (a batch it just archived), so
         they need not be read back from the store.
@@ -84,7 +86,7 @@ def _add_staged(
     adds: list[CatalogEntry],
     known: Mapping[str, dict[str, Any]],
 ) -> int | None:
-    """Stage archived records on both cores, then attach and mark those still unchanged.
+    """Stage archived records, then attach and mark those still unchanged.
 
     Staging takes no lock, so restores and purges go on meanwhile; under the index lock, a
     record whose state or version changed since it was read is left out (marked deleted in its
@@ -99,7 +101,7 @@ def _add_staged(
             except RecordNotFound:
                 continue  # purged since: the check below leaves it out
 
-    staged = index.stage(docs())
+    staged = index.stage(docs(), processes=len(adds) >= BULK_PROCESSES)
     if staged is None:
         return None
     crash_point("index.staged")

@@ -14,6 +14,7 @@ import pytest
 
 from archivist.active_db import utcnow
 from archivist.demo_data import generate_records
+from indexer import indexing
 from indexer.archiver import archive_due_records
 from indexer.index import SearchIndex
 from indexer.indexing import BULK_MIN, check_index_agreement, rebuild_index, sync_index
@@ -51,9 +52,19 @@ def _results(index: SearchIndex) -> list[tuple[int, list[str], list[float], Any]
     return out
 
 
-def test_staged_catch_up_gives_what_a_rebuild_gives(services: Any) -> None:
+@pytest.mark.parametrize("processes", [True, False], ids=["worker processes", "in process"])
+def test_staged_catch_up_gives_what_a_rebuild_gives(
+    services: Any, monkeypatch: pytest.MonkeyPatch, processes: bool
+) -> None:
     _archive_unindexed(services, 1200)
+    monkeypatch.setattr(indexing, "BULK_PROCESSES", 1000 if processes else 5000)
+    written = []
+    stage = services.index.stage
+    monkeypatch.setattr(
+        services.index, "stage", lambda docs, **o: written.append(o) or stage(docs, **o)
+    )
     assert sync_index(services.store, services.index, bulk_min=100) == 1200
+    assert written == [{"processes": processes}]
     assert services.store.counts()["indexed"] == 1200
     ids = list(services.index.iter_ids())
     assert len(ids) == len(set(ids)) == 1200
@@ -72,8 +83,8 @@ def test_a_record_restored_while_staged_stays_out_of_search(services: Any, monke
     stage = index.stage
     victim = next(e.record_id for e in services.store.iter_unindexed(1))
 
-    def stage_then_restore(docs: Any) -> Any:
-        staged = stage(docs)
+    def stage_then_restore(docs: Any, **options: Any) -> Any:
+        staged = stage(docs, **options)
         # an admin restores one of the records after it was read, before it is attached
         restore_record(services.sessions, services.store, index, victim, "admin", utcnow())
         return staged
