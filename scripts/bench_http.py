@@ -165,6 +165,7 @@ def run_phase(
     seconds: float,
     config_path: Path,
     restore_ids: list[str],
+    archive_job: bool = True,
 ) -> dict[str, Any]:
     """One load phase; returns its figures."""
     stop = threading.Event()
@@ -202,29 +203,19 @@ def run_phase(
                     errors.append(f"restore {record_id}: {status} {body[:200]!r}")
             stop.wait(0.25)
 
-    with Services.open(load_config(config_path)) as services:
-        # numbered by run and phase, so that a reused installation still gets a fresh batch
-        import_batch(services, 2000, RUN_BASE + clients * 10_000)
+    if archive_job:
+        with Services.open(load_config(config_path)) as services:
+            # numbered by run and phase, so that a reused installation still gets a fresh batch
+            import_batch(services, 2000, RUN_BASE + clients * 10_000)
     threads = [threading.Thread(target=search_loop, args=(n,)) for n in range(clients)]
     threads.append(threading.Thread(target=restore_loop))
     started = time.perf_counter()
     for t in threads:
         t.start()
     time.sleep(min(2.0, seconds / 5))
-    archive = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "archivist",
-            "archive",
-            "--as-of",
-            AS_OF.date().isoformat(),
-            "--config",
-            str(config_path),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    command = [sys.executable, "-m", "archivist", "archive", "--as-of", AS_OF.date().isoformat()]
+    command += ["--config", str(config_path)]
+    archive = subprocess.run(command if archive_job else ["true"], capture_output=True, text=True)
     if archive.returncode != 0:
         errors.append(f"archive job: {archive.stderr.strip()}")
     remaining = seconds - (time.perf_counter() - started)
@@ -314,6 +305,9 @@ def main() -> None:
     parser.add_argument("--export-only", action="store_true", help="only measure the export")
     parser.add_argument("--no-export", action="store_true", help="skip the export")
     parser.add_argument("--processes", type=int, default=2, help="server worker processes")
+    parser.add_argument(
+        "--no-archive-job", action="store_true", help="no archive job during the phases"
+    )
     args = parser.parse_args()
     folder = args.dir or Path(tempfile.mkdtemp(prefix="archivist-bench-http-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -349,7 +343,10 @@ def main() -> None:
             for query in QUERIES:
                 Client(port, agent).request("GET", "/api/v1/search?" + urlencode(query))
         results = [] if args.export_only else [
-            run_phase(port, agent, admin, c, args.seconds, config_path, restore_ids)
+            run_phase(
+                port, agent, admin, c, args.seconds, config_path, restore_ids,
+                archive_job=not args.no_archive_job,
+            )
             for c in (1, 8, 32)
         ]
         export = None if args.no_export else measure_export(port, admin, server.pid)
