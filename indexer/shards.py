@@ -129,9 +129,10 @@ class ShardCache:
             self.live_mask = np.zeros(self.size, np.bool_)
             self.live_mask[self.live_docs] = True
         # What depends on the live documents is computed afresh in any case (date orders from
-        # the previous ones, when only deletions changed).
+        # the previous ones, when the previous segments are all still here).
         self._orders: dict[str, tuple[Docs, npt.NDArray[np.int64], npt.NDArray[np.int64]]] = {}
         self._former_orders: dict[str, Docs] = {}
+        self._former_size = 0  # the documents the former orders cover: 0 up to this
         self._all_facets: dict[str, dict[str, dict[str, int]]] = {}
         kept = previous._parts if previous is not None else {}
         self._parts = {}
@@ -142,16 +143,20 @@ class ShardCache:
             else:
                 part.leaf = leaf  # the former searcher's readers may be closed
             self._parts[key] = part
+        if previous is not None and previous.segments == self.segments[: len(previous.segments)]:
+            # The same first segments (some documents newly deleted), maybe new ones after
+            # them: the previous date orders only need the new documents merged in.
+            self._former_size = previous.size
+            self._former_orders = {
+                **(previous._former_orders if previous._former_size == previous.size else {}),
+                **{f: got[0] for f, got in previous._orders.items()},
+            }
         if previous is not None and previous.segments == self.segments:
             # Same documents, some newly deleted: per-document values are unchanged.
             self.cat_names, self.cat_ord = previous.cat_names, previous.cat_ord
             self.kind_names, self.kind_ord = previous.kind_names, previous.kind_ord
             self.dates = previous.dates
             self._ids = previous._ids
-            self._former_orders = {
-                **previous._former_orders,
-                **{f: got[0] for f, got in previous._orders.items()},
-            }
             self._facet_codes = previous._facet_codes
             self._lengths = previous._lengths
             self._norms = previous._norms
@@ -219,8 +224,13 @@ class ShardCache:
         if got is None:
             dates = self.dates[date_field]
             former = self._former_orders.pop(date_field, None)
-            if former is not None:  # the same documents, fewer of them live
+            if former is not None:  # the same documents, fewer of them live, maybe new ones
                 order = former if self.live_mask is None else former[self.live_mask[former]]
+                if self._former_size < self.size:
+                    new = self.live_docs[self.live_docs >= self._former_size]
+                    order = _merge_orders(
+                        order, _date_id_order(new, dates[new], self.ids()), dates, self.ids()
+                    )
             else:
                 order = _date_id_order(self.live_docs, dates[self.live_docs], self.ids())
             rank = np.full(self.size, -1, np.int64)
@@ -296,6 +306,19 @@ def _date_id_order(docs: Docs, dates: npt.NDArray[np.int64], ids: Any) -> Docs:
         o[at] = group[np.lexsort((ids[docs[group]], dates[group]))]
     result: Docs = docs[o]
     return result
+
+
+def _merge_orders(old: Docs, new: Docs, dates: npt.NDArray[np.int64], ids: Any) -> Docs:
+    """Merge two lists of documents each sorted by (date, record id) into one."""
+    old_dates = dates[old]
+    new_dates = dates[new]
+    at = np.searchsorted(old_dates, new_dates, "left")
+    end = np.searchsorted(old_dates, new_dates, "right")
+    for i in np.flatnonzero(end > at).tolist():  # a date an old document has too: by id
+        tied = ids[old[at[i] : end[i]]]
+        at[i] += int(np.searchsorted(tied, ids[new[i]], "left"))
+    merged: Docs = np.insert(old, at, new)
+    return merged
 
 
 def _join_ordinals(

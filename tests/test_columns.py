@@ -10,7 +10,8 @@ from whoosh.codec.whoosh3 import LENGTHS_COLUMN, _lenfield
 from indexer.columns import byte_strings, live_docs, numeric_values, ordinals
 from indexer.index import SearchIndex
 from indexer.schema import DATE_FIELDS, date_column
-from indexer.shards import _date_id_order
+from indexer.search import SearchQuery
+from indexer.shards import _date_id_order, _merge_orders
 from tests.test_search import CORPUS
 
 
@@ -53,3 +54,38 @@ def test_date_order_breaks_ties_by_record_id_like_a_full_sort() -> None:
         got = _date_id_order(docs, dates, by_doc)
         expected = sorted(range(size), key=lambda i: (dates[i], ids[i]))
         assert got.tolist() == docs[expected].tolist()
+
+
+def test_merging_two_date_orders_gives_the_full_sort() -> None:
+    rng = np.random.default_rng(5)
+    for size, distinct_dates in [(10, 1), (3000, 30), (3000, 3000)]:
+        dates = rng.integers(0, distinct_dates, size=size).astype(np.int64)
+        ids = np.array([f"R-{n:05d}".encode() for n in rng.permutation(size)], dtype="S7")
+        docs = np.arange(size, dtype=np.int64)
+        split = rng.random(size) < 0.1
+        old = _date_id_order(docs[~split], dates[~split], ids)
+        new = _date_id_order(docs[split], dates[split], ids)
+        merged = _merge_orders(old, new, dates, ids)
+        assert merged.tolist() == _date_id_order(docs, dates, ids).tolist()
+
+
+def test_date_sorts_after_a_batch_match_a_freshly_opened_index(tmp_path: Path) -> None:
+    """A shard whose date orders were merged from the previous ones after a batch sorts
+    exactly like one opened afresh."""
+    ix = SearchIndex.open(tmp_path / "ix")
+    ix.add(CORPUS[:600])
+    queries = [
+        SearchQuery(sort=sort, date_field=field, per_page=100, page=page)
+        for sort in ("oldest", "newest")
+        for field in DATE_FIELDS
+        for page in (1, 3)
+    ]
+    for q in queries:
+        ix.search(q)  # the orders exist before the batch
+    ix.add(CORPUS[600:900], merge=False)
+    ix.delete([r["id"] for r, _ in CORPUS[:600:9]])
+    fresh = SearchIndex.open(tmp_path / "ix")
+    for q in queries:
+        assert [h.id for h in ix.search(q).hits] == [h.id for h in fresh.search(q).hits]
+    ix.close()
+    fresh.close()
