@@ -283,6 +283,7 @@ class SearchIndex:
         self._worker_nice = worker_nice
         self._lock = threading.RLock()
         self._turns = Turns()
+        self._shard_lists: dict[str, tuple[int, list[str]]] = {}
         self._write_lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
         self._indexes: dict[tuple[str, str], windex.Index] = {}
@@ -377,11 +378,17 @@ class SearchIndex:
         return gen
 
     def _shard_names(self, gen: Path) -> list[str]:
-        period = self._load_meta(gen)["shard_period"]
-        pattern = _SHARD_RE[period]
-        return sorted(
-            p.name for p in gen.iterdir() if pattern.match(p.name) and windex.exists_in(str(p))
-        )
+        """Return the generation's shards, listed again only when its folder changed."""
+        stamp = gen.stat().st_mtime_ns
+        cached = self._shard_lists.get(str(gen))
+        if cached is not None and cached[0] == stamp:
+            return list(cached[1])
+        pattern = _SHARD_RE[self._load_meta(gen)["shard_period"]]
+        folders = [p for p in gen.iterdir() if pattern.match(p.name)]
+        names = sorted(p.name for p in folders if windex.exists_in(str(p)))
+        if len(names) == len(folders):  # (a shard being created is listed again next time)
+            self._shard_lists[str(gen)] = (stamp, list(names))
+        return names
 
     def _shard_index(self, gen: Path, name: str, create: bool = False) -> windex.Index:
         key = (str(gen), name)
@@ -591,8 +598,7 @@ class SearchIndex:
             ix = self._shard_index(gen, name)
             writer = open_writer(ix, frozenset(), timeout=60.0)
             try:
-                for rid in rids:
-                    writer.delete_by_term("id", rid)
+                self._delete_ids(writer, gen, name, rids)
             except BaseException:
                 writer.cancel()
                 raise
@@ -695,9 +701,8 @@ class SearchIndex:
                     ix = self._shard_index(gen, name, create=True)
                     writer = open_writer(ix, pair_terms, timeout=60.0)
                     try:
-                        for rid in ids:
-                            if rid in keep and name in holders.get(rid, ()):
-                                writer.delete_by_term("id", rid)
+                        replaced = [r for r in ids if r in keep and name in holders.get(r, ())]
+                        self._delete_ids(writer, gen, name, replaced)
                         segments = []
                         for part in sorted((staged.root / name).iterdir()):
                             part_ix = windex.open_dir(str(part))
@@ -789,6 +794,18 @@ class SearchIndex:
                 segment = leaf.segment()
                 if segment is not None and segment.segid not in self._segment_ids:
                     self._segment_ids[segment.segid] = _segment_id_set(leaf)
+
+    def _delete_ids(self, writer: Any, gen: Path, name: str, record_ids: Iterable[str]) -> None:
+        """Mark a shard's live copies of records deleted in a writer holding its lock.
+
+        Whoosh's ``delete_by_term`` opens a reader on every segment of the shard first (most of
+        a restore's time); the id searcher, brought up to date under the writer's lock, reads
+        the same segments with readers already open.
+        """
+        searcher = self._id_searcher(gen, name)
+        for rid in record_ids:
+            for docnum in list(searcher.document_numbers(id=rid)):
+                writer.delete_document(docnum)
 
     def _id_searcher(self, gen: Path, name: str) -> Any:
         """Return an up-to-date searcher of a shard for id look-ups (under _write_lock)."""

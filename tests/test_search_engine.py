@@ -400,3 +400,20 @@ def test_dense_and_sparse_evaluation_give_bit_equal_scores(
     assert any(docs for docs, _scores in chosen.values())
     assert evaluate(0) == chosen  # never dense
     assert evaluate(10**9) == chosen  # always dense
+
+
+def test_a_shard_another_process_creates_is_found_by_deletes(tmp_path: Path) -> None:
+    """Shard lists are kept until the generation's folder changes: a shard that another
+    process's index creates (a record of a new year) is still found when deleting its records."""
+    ix = SearchIndex.open(tmp_path / "ix")
+    old_year = [(r, at) for r, at in CORPUS if r["created_at"].startswith("2021")][:50]
+    ix.add(old_year)
+    assert ix.delete([old_year[0][0]["id"]]) == 1  # lists the shards once
+    other = SearchIndex.open(tmp_path / "ix")
+    record, at = CORPUS[0]
+    new = {**record, "id": "NEW-1", "created_at": "2031-05-01T00:00:00Z"}
+    other.add([(new, at)])
+    assert ix.delete(["NEW-1"]) == 1
+    assert "NEW-1" not in set(other.iter_ids()) and "NEW-1" not in set(ix.iter_ids())
+    ix.close()
+    other.close()
