@@ -356,7 +356,8 @@ def main() -> None:
         log.close()
     print(
         f"\n{args.records} archived records, {args.seconds:.0f} s per phase, "
-        f"gunicorn, {args.processes} processes of 8 threads, {len(QUERIES)} queries in the mix\n"
+        f"gunicorn, {args.processes} processes of {load_config(config_path).server.threads} "
+        f"threads, {len(QUERIES)} queries in the mix\n"
     )
     print(
         "| clients | requests | req/s | p50 ms | p99 ms | errors | restores | restore p95 ms "
