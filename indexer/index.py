@@ -31,6 +31,7 @@ import types
 import uuid
 from array import array
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -281,6 +282,7 @@ class SearchIndex:
         self.directory = Path(directory)
         self._period = shard_period
         self._worker_nice = worker_nice
+        self._background = _Background(worker_nice)
         self._lock = threading.RLock()
         self._turns = Turns()
         self._shard_lists: dict[str, tuple[int, list[str]]] = {}
@@ -650,12 +652,11 @@ class SearchIndex:
                 _parallel_build(gen, period, noted(), None, False, root, self._worker_nice)
             else:
                 pair_terms = self._chosen_pair_terms(gen)
-                _at_priority(
-                    self._worker_nice,
-                    lambda: _write_parts(_shard_batches(noted(), period), root, "w0", pair_terms),
+                self._background.run(
+                    lambda: _write_parts(_shard_batches(noted(), period), root, "w0", pair_terms)
                 )
             with self._write_lock:
-                _at_priority(self._worker_nice, lambda: self._read_segment_ids(gen))
+                self._background.run(lambda: self._read_segment_ids(gen))
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)
             raise
@@ -853,8 +854,8 @@ class SearchIndex:
         folder = shard.parent / _STAGED / f"{os.getpid()}-merge-{uuid.uuid4().hex}"
         folder.mkdir(parents=True)
         try:
-            merged, sources = _at_priority(
-                self._worker_nice, lambda: _write_merge(ix, [segments[i] for i in picks], folder)
+            merged, sources = self._background.run(
+                lambda: _write_merge(ix, [segments[i] for i in picks], folder)
             )
             writer = open_writer(ix, frozenset(), timeout=60.0)
             try:
@@ -964,6 +965,7 @@ class SearchIndex:
             self._close_id_searchers()
             self._indexes.clear()
             self._closed = True
+        self._background.close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -1515,31 +1517,43 @@ def _write_merge(
     return merged, sources
 
 
-def _at_priority(nice: int, work: Callable[[], _T]) -> _T:
-    """Run ``work`` in a thread of its own at niceness ``nice``, and wait for it.
+class _Background:
+    """One thread, at the index workers' niceness, for index work nothing waits on but its
+    caller (staging a few records, writing a merge).
 
-    On Linux niceness is per thread, so the process's other threads keep theirs. Elsewhere the
-    work runs at the process's priority.
+    On Linux niceness is per thread, so the process's other threads keep theirs; elsewhere the
+    work runs at the process's priority. The thread lives as long as the index, so that what
+    it opens per thread (the archive store's connection) is opened once.
     """
-    result: list[_T] = []
-    error: list[BaseException] = []
 
-    def run() -> None:
-        try:
-            with contextlib.suppress(OSError, AttributeError):
-                thread = threading.get_native_id()
-                if nice > os.getpriority(os.PRIO_PROCESS, thread):
-                    os.setpriority(os.PRIO_PROCESS, thread, nice)
-            result.append(work())
-        except BaseException as e:  # handed to the waiting thread
-            error.append(e)
+    def __init__(self, nice: int) -> None:
+        self._nice = nice
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
 
-    thread = threading.Thread(target=run, name="index-merge")
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return result[0]
+    def run(self, work: Callable[[], _T]) -> _T:
+        """Run ``work`` on the background thread and wait for it (inline if called from it)."""
+        if threading.current_thread().name.startswith("index-background"):
+            return work()
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    1, thread_name_prefix="index-background", initializer=self._lower_priority
+                )
+            pool = self._pool
+        return pool.submit(work).result()
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def _lower_priority(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            thread = threading.get_native_id()
+            if self._nice > os.getpriority(os.PRIO_PROCESS, thread):
+                os.setpriority(os.PRIO_PROCESS, thread, self._nice)
 
 
 def _move_segment_files(source: Path, target: Path, segment: Any) -> None:

@@ -152,3 +152,18 @@ def test_a_crash_in_a_staged_catch_up_is_repaired(config_path: Path, services: A
     assert check_index_agreement(services.store, services.index) == ([], 0)
     staging = services.index.directory / "g000001" / "_staged"
     assert not staging.exists() or not any(staging.iterdir())
+
+
+def test_small_catch_ups_share_one_background_thread(services: Any) -> None:
+    """Staging a few records runs on the index's one background thread: repeated catch-ups
+    open no new store connections (a thread each would leak one per catch-up)."""
+    counts = []
+    for n in range(4):
+        load(services, list(generate_records(30, seed=11, start=1000 * n)))
+        archive_due_records(
+            services.sessions, services.store, services.config.retention, AS_OF, utcnow()
+        )
+        assert sync_index(services.store, services.index) == 30
+        counts.append(len(services.store._connections))
+    assert counts[1] == counts[2] == counts[3] <= 2  # this thread's and the background one
+    assert services.store.counts()["indexed"] == services.store.counts()["archived"] == 120
