@@ -669,16 +669,20 @@ class SearchIndex:
         *,
         first_versions: Collection[str] = (),
         merge: bool = True,
+        shards: Collection[str] | None = None,
     ) -> int | None:
         """Make staged records searchable, replacing indexed copies of the same ids.
 
         Staged records not in ``keep`` (changed since they were staged) are marked deleted in
         their new segment. Returns how many records were attached, or None if the index was
-        rebuilt since staging (nothing is attached). The staged files are gone either way.
+        rebuilt since staging (nothing is attached). Unless ``shards`` is given, the staged
+        files are gone afterwards either way.
 
         :param keep: ids of the staged records to attach.
         :param first_versions: ids archived for the first time (see :meth:`add`).
         :param merge: as for :meth:`add`.
+        :param shards: attach only the records staged for these shards; the others stay
+            staged (for a later call, or :meth:`discard`).
         """
         self._check_open()
         try:
@@ -688,17 +692,22 @@ class SearchIndex:
                     return None
                 keep = set(keep)
                 first = set(first_versions)
+                chosen = {
+                    name: ids
+                    for name, ids in staged.shards.items()
+                    if shards is None or name in shards
+                }
                 home = {
                     rid: name
-                    for name, ids in staged.shards.items()
+                    for name, ids in chosen.items()
                     for rid in ids
                     if rid in keep and rid in first
                 }
-                wanted = [rid for ids in staged.shards.values() for rid in ids if rid in keep]
+                wanted = [rid for ids in chosen.values() for rid in ids if rid in keep]
                 holders = self._find_ids(gen, wanted, home)
                 pair_terms = self._chosen_pair_terms(gen)
                 count = 0
-                for name, ids in sorted(staged.shards.items()):
+                for name, ids in sorted(chosen.items()):
                     ix = self._shard_index(gen, name, create=True)
                     writer = open_writer(ix, pair_terms, timeout=60.0)
                     try:
@@ -727,7 +736,8 @@ class SearchIndex:
                 self._bump(gen)
                 return count
         finally:
-            self.discard(staged)
+            if shards is None:
+                self.discard(staged)
 
     def discard(self, staged: StagedRecords) -> None:
         """Remove staged segments that were not attached."""

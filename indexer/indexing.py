@@ -88,9 +88,9 @@ def _add_staged(
 ) -> int | None:
     """Stage archived records, then attach and mark those still unchanged.
 
-    Staging takes no lock, so restores and purges go on meanwhile; under the index lock, a
-    record whose state or version changed since it was read is left out (marked deleted in its
-    new segment) and stays unindexed for the next round. Returns how many were indexed, or None
+    Staging takes no lock, so restores and purges go on meanwhile. Then, one shard at a time
+    under the index lock, a record whose state or version changed since it was read is left
+    out (marked deleted in its new segment) and stays unindexed for the next round. Returns how many were indexed, or None
     if the index cannot stage these records.
     """
 
@@ -105,31 +105,36 @@ def _add_staged(
     if staged is None:
         return None
     crash_point("index.staged")
-    written = {rid for ids in staged.shards.values() for rid in ids}
+    by_id = {e.record_id: e for e in adds}
+    done = 0
     try:
-        with store.indexing():
-            now = store.entries(e.record_id for e in adds)
-            still = [
-                e
-                for e in adds
-                if e.record_id in written
-                and (c := now.get(e.record_id)) is not None
-                and (c.state, c.version, c.indexed) == ("archived", e.version, False)
-            ]
-            attached = index.attach(
-                staged,
-                {e.record_id for e in still},
-                first_versions=[e.record_id for e in still if e.version == 1],
-                merge=False,
-            )
-            if attached is None:  # rebuilt meanwhile: the rebuild's catch-up sees to them
-                return 0
-            crash_point("index.before_mark")
-            store.mark_indexed((e.record_id, e.version, e.state) for e in still)
+        # One shard at a time, each a short hold of the index lock: a restore waits for at
+        # most one shard's attach.
+        for name, ids in sorted(staged.shards.items()):
+            with store.indexing():
+                now = store.entries(ids)
+                still = [
+                    e
+                    for e in (by_id[rid] for rid in ids)
+                    if (c := now.get(e.record_id)) is not None
+                    and (c.state, c.version, c.indexed) == ("archived", e.version, False)
+                ]
+                attached = index.attach(
+                    staged,
+                    {e.record_id for e in still},
+                    first_versions=[e.record_id for e in still if e.version == 1],
+                    merge=False,
+                    shards=[name],
+                )
+                if attached is None:  # rebuilt meanwhile: the rebuild's catch-up sees to them
+                    return done
+                crash_point("index.before_mark")
+                store.mark_indexed((e.record_id, e.version, e.state) for e in still)
+                done += len(still)
     finally:
         index.discard(staged)
     index.merge_segments()  # outside the store's lock: restores need not wait for it
-    return len(still)
+    return done
 
 
 def rebuild_index(store: ArchiveStore, index: SearchIndex, *, progress: bool = False) -> int:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -167,3 +168,34 @@ def test_small_catch_ups_share_one_background_thread(services: Any) -> None:
         counts.append(len(services.store._connections))
     assert counts[1] == counts[2] == counts[3] <= 2  # this thread's and the background one
     assert services.store.counts()["indexed"] == services.store.counts()["archived"] == 120
+
+
+def test_a_staged_catch_up_attaches_one_shard_per_hold_of_the_index_lock(
+    services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore waits for one shard's attach at most, not for the whole batch's."""
+    _archive_unindexed(services, 400)
+    holds: list[list[str]] = []
+    attach = services.index.attach
+    indexing = services.store.indexing
+
+    @contextmanager
+    def counted() -> Any:
+        with indexing():
+            holds.append([])
+            yield
+
+    def noted_attach(staged: Any, keep: Any, **options: Any) -> Any:
+        holds[-1].extend(options["shards"])
+        return attach(staged, keep, **options)
+
+    monkeypatch.setattr(services.store, "indexing", counted)
+    monkeypatch.setattr(services.index, "attach", noted_attach)
+    assert sync_index(services.store, services.index, bulk_min=100) == 400
+    attached = [shards for shards in holds if shards]
+    assert len(attached) > 1  # the generated records span several years
+    assert all(len(shards) == 1 for shards in attached)
+    assert sorted(s for shards in attached for s in shards) == sorted(
+        {s for shards in attached for s in shards}
+    )
+    assert check_index_agreement(services.store, services.index) == ([], 0)
