@@ -90,8 +90,8 @@ def _add_staged(
 
     Staging takes no lock, so restores and purges go on meanwhile. Then, one shard at a time
     under the index lock, a record whose state or version changed since it was read is left
-    out (marked deleted in its new segment) and stays unindexed for the next round. Returns how many were indexed, or None
-    if the index cannot stage these records.
+    out (marked deleted in its new segment) and stays unindexed for the next round. Returns
+    how many were indexed, or None if the index cannot stage these records.
     """
 
     def docs() -> Iterator[tuple[dict[str, Any], datetime]]:
