@@ -1303,9 +1303,7 @@ def _load_hit(
 def run_build_worker() -> None:
     """Entry point of a rebuild worker process: pickled batches on stdin, a JSON line out."""
     gen, worker, parts_root = sys.argv[1], int(sys.argv[3]), Path(sys.argv[4])
-    nice = int(sys.argv[5])
-    if nice > os.getpriority(os.PRIO_PROCESS, 0):
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    _lower_priority(0, int(sys.argv[5]))
     meta = json.loads((Path(gen) / "META").read_text(encoding="utf-8"))
     pair_terms = frozenset(t.encode("utf-8") for t in meta["pair_terms"])
     inbox = sys.stdin.buffer
@@ -1561,9 +1559,13 @@ class _Background:
 
     def _lower_priority(self) -> None:
         with contextlib.suppress(OSError, AttributeError):
-            thread = threading.get_native_id()
-            if self._nice > os.getpriority(os.PRIO_PROCESS, thread):
-                os.setpriority(os.PRIO_PROCESS, thread, self._nice)
+            _lower_priority(threading.get_native_id(), self._nice)
+
+
+def _lower_priority(who: int, nice: int) -> None:
+    """Set the niceness of a process (0: this one) or, on Linux, a thread, never raising it."""
+    if nice > os.getpriority(os.PRIO_PROCESS, who):
+        os.setpriority(os.PRIO_PROCESS, who, nice)
 
 
 def _move_segment_files(source: Path, target: Path, segment: Any) -> None:
