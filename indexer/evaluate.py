@@ -13,6 +13,7 @@ from whoosh import query as wq
 
 from indexer.analysis import ArchivePositions, pair_term
 from indexer.errors import BadQuery
+from indexer.expansion import prefix_terms
 from indexer.matchsets import (
     AnyMatches,
     Matches,
@@ -34,7 +35,7 @@ from indexer.postings import (
     cached_leaf_postings,
     position_keys,
 )
-from indexer.query import MAX_TERMS
+from indexer.query import MAX_SCAN, MAX_TERMS
 from indexer.schema import TEXT_FIELDS, pair_field
 from indexer.shards import BM25_K1, GlobalStats, ShardCache
 
@@ -72,16 +73,16 @@ class Evaluator:
     def _eval(self, q: wq.Query) -> AnyMatches:
         size = self.cache.size
         if isinstance(q, wq.Term):
-            return densify(self._term(q.fieldname, q.text, q.boost), size)
+            return self._term(q.fieldname, q.text, q.boost)
         if isinstance(q, wq.Phrase):
-            return densify(self._phrase(q), size)
+            return self._phrase(q)
         if isinstance(q, wq.And):
             parts = sorted((self._eval(c) for c in q.subqueries), key=len)
             if not parts:
                 return empty_matches()
             out = parts[0]
             for other in parts[1:]:
-                out = both(out, other)
+                out = both(out, other, size)
                 if not len(out):
                     break
             return out
@@ -92,7 +93,7 @@ class Evaluator:
             pos = self._eval(q.a)
             if not len(pos):
                 return pos
-            return without(pos, self._eval(q.b))
+            return without(pos, self._eval(q.b), size)
         if isinstance(q, wq.AndMaybe):
             return maybe(self._eval(q.a), self._eval(q.b))
         if isinstance(q, wq.Require):
@@ -103,16 +104,31 @@ class Evaluator:
             docs = live[~contains(self._eval(q.query), live)]
             return densify(Matches(docs, np.zeros(len(docs), np.float64)), size)
         if isinstance(q, (wq.Prefix, wq.Wildcard, wq.FuzzyTerm, wq.TermRange, wq.Regex)):
-            terms = [self._term(q.field(), bt, q.boost) for bt in q._btexts(self.reader)]
+            terms = [self._term(q.field(), bt, q.boost) for bt in self._expand(q)]
             return union(terms, size)
         if q is wq.NullQuery or isinstance(q, wq.qcore._NullQuery):
             return empty_matches()
         raise BadQuery(f"unsupported query part: {type(q).__name__}")
 
+    def _expand(self, q: wq.Query) -> list[bytes]:
+        """Return the terms a multi-term query stands for in this shard."""
+        if isinstance(q, wq.Prefix):
+            return prefix_terms(self.reader, q.fieldname, q.text, MAX_SCAN)
+        return list(q._btexts(self.reader))
+
     def _postings(
         self, fieldname: str, btext: bytes, blocks: list[Block] | None = None
     ) -> tuple[Docs, Floats]:
         """Return a term's live documents in this shard and their weights (term frequencies)."""
+        if blocks is None:
+            return self.cache.term_postings(
+                fieldname, btext, lambda: self._read_postings(fieldname, btext, None)
+            )
+        return self._read_postings(fieldname, btext, blocks)
+
+    def _read_postings(
+        self, fieldname: str, btext: bytes, blocks: list[Block] | None
+    ) -> tuple[Docs, Floats]:
         ids_parts: list[Docs] = []
         w_parts: list[Floats] = []
         for leaf, base in self.reader.leaf_readers():
@@ -143,7 +159,11 @@ class Evaluator:
             scores = np.full(len(ids), 1.0 * boost if self.scored else 0.0, np.float64)
         else:
             assert self.stats is not None
-            scores = self._bm25(fieldname, self.stats.idf(fieldname, btext) * boost, ids, weights)
+            idf = self.stats.idf(fieldname, btext) * boost
+            avgfl = self.stats.avg_field_length(fieldname)
+            scores = self.cache.term_scores(
+                (fieldname, btext, idf, avgfl), lambda: self._bm25(fieldname, idf, ids, weights)
+            )
         return Matches(ids, scores)
 
     def _phrase(self, q: wq.Phrase) -> Matches:

@@ -387,7 +387,10 @@ class SearchIndex:
             return list(cached[1])
         pattern = _SHARD_RE[self._load_meta(gen)["shard_period"]]
         folders = [p for p in gen.iterdir() if pattern.match(p.name)]
-        names = sorted(p.name for p in folders if windex.exists_in(str(p)))
+        # The folder changes at every index change (its STAMP is replaced); a shard found
+        # complete once stays so, and is not opened again to check.
+        known = set(cached[1]) if cached is not None else set()
+        names = sorted(p.name for p in folders if p.name in known or windex.exists_in(str(p)))
         if len(names) == len(folders):  # (a shard being created is listed again next time)
             self._shard_lists[str(gen)] = (stamp, list(names))
         return names

@@ -113,8 +113,18 @@ def contains(m: AnyMatches, docs: Docs) -> npt.NDArray[np.bool_]:
     return member(docs, m.docs)
 
 
-def both(a: AnyMatches, b: AnyMatches) -> AnyMatches:
-    """The documents in both sets, each scored ``a``'s score + ``b``'s."""
+def both(a: AnyMatches, b: AnyMatches, size: int) -> AnyMatches:
+    """The documents in both sets, each scored ``a``'s score + ``b``'s.
+
+    :param size: the shard's document count; of two large sparse sets, the larger is spread
+        over the shard once instead of searching it for each document of the other.
+    """
+    large = is_dense_size(min(len(a), len(b)), size)
+    if isinstance(a, Matches) and isinstance(b, Matches) and large:
+        if len(b) >= len(a):
+            b = densify(b, size)
+        else:
+            a = densify(a, size)
     if isinstance(a, DenseMatches) and isinstance(b, DenseMatches):
         mask = a.mask & b.mask
         scores = a.scores + b.scores
@@ -133,11 +143,17 @@ def both(a: AnyMatches, b: AnyMatches) -> AnyMatches:
     return Matches(a.docs[ia], a.scores[ia] + b.scores[ib])
 
 
-def without(pos: AnyMatches, neg: AnyMatches) -> AnyMatches:
-    """The documents of ``pos`` not in ``neg``, with their scores from ``pos``."""
+def without(pos: AnyMatches, neg: AnyMatches, size: int) -> AnyMatches:
+    """The documents of ``pos`` not in ``neg``, with their scores from ``pos``.
+
+    :param size: the shard's document count (against a large ``pos``, ``neg`` is spread over
+        it once).
+    """
     if not len(neg):
         return pos
     if isinstance(pos, Matches):
+        if is_dense_size(len(pos), size):
+            neg = densify(neg, size)
         return pos.take(~contains(neg, pos.docs))
     if isinstance(neg, DenseMatches):
         mask = pos.mask & ~neg.mask

@@ -5,9 +5,7 @@ from __future__ import annotations
 import io
 import pickle
 import struct
-import threading
 import zlib
-from collections import OrderedDict
 from collections.abc import Callable
 from itertools import accumulate
 from pickle import loads
@@ -20,6 +18,8 @@ from whoosh.codec.whoosh3 import (
     W3TermsReader,
 )
 from whoosh.reading import TermNotFound
+
+from indexer.lru import SizedLru
 
 #
 # Whoosh matchers cost ~20 us per posting in Python (scorer objects, per-document length column
@@ -212,20 +212,21 @@ class PostingCache:
 
     def __init__(self, budget_bytes: int, min_postings: int = 0) -> None:
         """:param min_postings: shorter lists are not kept."""
-        self.budget = budget_bytes
         self.min_postings = min_postings
-        self.used = 0
-        self._entries: OrderedDict[tuple[Any, str, bytes], tuple[npt.NDArray[np.int32], Any]]
-        self._entries = OrderedDict()
-        self._lock = threading.Lock()
+        self._lru: SizedLru[tuple[npt.NDArray[np.int32], Any]] = SizedLru(
+            budget_bytes, lambda e: int(e[0].nbytes + e[1].nbytes) + self.ENTRY_OVERHEAD
+        )
+
+    @property
+    def used(self) -> int:
+        """The bytes the kept lists take, by the budget's count."""
+        return self._lru.used
 
     def get(self, key: tuple[Any, str, bytes], base: int) -> tuple[Docs, Floats] | None:
         """Return a cached posting list with ids shifted by ``base``, or None."""
-        with self._lock:
-            got = self._entries.get(key)
-            if got is None:
-                return None
-            self._entries.move_to_end(key)
+        got = self._lru.get(key)
+        if got is None:
+            return None
         ids, weights = got
         if not len(ids):
             return NO_DOCS, NO_SCORES
@@ -233,29 +234,12 @@ class PostingCache:
 
     def put(self, key: tuple[Any, str, bytes], ids: Docs, weights: Floats, base: int) -> None:
         """Keep a posting list if it is long enough to be worth it."""
-        if len(ids) < self.min_postings:
-            return
-        entry = ((ids - base).astype(np.int32), weights.astype(np.float32))
-        size = self._size(entry)
-        if size > self.budget // 4:
-            return
-        with self._lock:
-            if key in self._entries:
-                return
-            self._entries[key] = entry
-            self.used += size
-            while self.used > self.budget:
-                _key, old = self._entries.popitem(last=False)
-                self.used -= self._size(old)
-
-    def _size(self, entry: tuple[npt.NDArray[np.int32], Any]) -> int:
-        return int(entry[0].nbytes + entry[1].nbytes) + self.ENTRY_OVERHEAD
+        if len(ids) >= self.min_postings:
+            self._lru.put(key, ((ids - base).astype(np.int32), weights.astype(np.float32)))
 
     def clear(self) -> None:
         """Drop every entry."""
-        with self._lock:
-            self._entries.clear()
-            self.used = 0
+        self._lru.clear()
 
 
 POSTING_CACHE = PostingCache(256 << 20)

@@ -12,6 +12,7 @@ from whoosh.qparser import MultifieldParser, QueryParserError
 
 from indexer.analysis import normalize_query_text
 from indexer.errors import BadQuery
+from indexer.expansion import prefix_terms
 from indexer.schema import TEXT_FIELDS
 
 MAX_QUERY_CHARS = 1000
@@ -169,7 +170,7 @@ def _check_expansion(leaf: wq.Query, readers: Sequence[Any]) -> None:
         if isinstance(leaf, wq.TermRange):
             source: Iterable[Any] = leaf._btexts(reader)
         else:
-            source = reader.expand_prefix(fieldname, prefix)
+            source = prefix_terms(reader, fieldname, prefix, MAX_SCAN)
         for btext in source:
             scanned += 1
             if scanned > MAX_SCAN:

@@ -228,7 +228,12 @@ def _score_order(cache: ShardCache, docs: Docs, scores: Floats, k: int) -> npt.N
     n = len(docs)
     if n > k:
         kth = np.partition(scores, n - k)[n - k]
-        sel = np.flatnonzero(scores >= kth)
+        sel = np.flatnonzero(scores > kth)  # fewer than k
+        ties = np.flatnonzero(scores == kth)
+        need = k - len(sel)
+        if len(ties) > need:  # often all of them tie (phrases, filters): the first ids only
+            ties = ties[np.argpartition(cache.ids()[docs[ties]], need - 1)[:need]]
+        sel = np.concatenate([sel, ties])
     else:
         sel = np.arange(n)
     order = np.lexsort((cache.ids()[docs[sel]], -scores[sel]))

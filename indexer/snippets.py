@@ -16,7 +16,7 @@ def _match_spans(text: str, terms: set[str], patterns: list[re.Pattern[str]]) ->
     for term, _pos, s, e in iter_tokens(text):
         if spans and s >= spans[0][0] + SNIPPET_CHARS:
             break  # past any snippet window (bodies run to 1 MiB)
-        if term in terms or any(p.fullmatch(term) for p in patterns):
+        if term in terms or (patterns and any(p.fullmatch(term) for p in patterns)):
             if spans and s <= spans[-1][1]:
                 spans[-1][1] = max(spans[-1][1], e)
             else:

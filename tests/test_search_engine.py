@@ -20,6 +20,7 @@ from indexer.postings import POSTING_CACHE, PostingCache
 from indexer.query import CompiledQuery, compile_query
 from indexer.schema import PAIR_FIELDS, build_schema
 from indexer.search import SearchQuery
+from indexer.shards import TERM_CACHE
 from indexer.snippets import make_snippet
 from tests.test_search import (
     AND,
@@ -358,6 +359,75 @@ def test_cached_posting_lists_give_the_same_results(
     assert got is not None and got[0].tolist() == list(range(497, 597))
     assert small.get(("seg", "body", b"0"), 0) is None  # the oldest were dropped
     POSTING_CACHE.clear()
+    ix.close()
+
+
+def test_term_cache_answers_repeats_and_follows_deletions(tmp_path: Path) -> None:
+    """A term's gathered postings and scores are kept per shard cache: a repeated query takes
+    them from the cache (shared, so read-only), and a deletion, which gives the shard a new
+    cache, is seen by the next query."""
+    TERM_CACHE.clear()
+    ix = SearchIndex.open(tmp_path / "ix")
+    ix.add(CORPUS[:1500])
+    query = SearchQuery(q="refund OR invoice", per_page=100)
+
+    def scored() -> list[tuple[str, float]]:
+        return [(h.id, h.score) for p in all_pages(ix, query)[1] for h in p.hits]
+
+    first = scored()
+    kept = len(TERM_CACHE)
+    assert first and kept > 0
+    assert scored() == first and len(TERM_CACHE) == kept  # nothing computed again
+    view = next(v for v in ix._current_snapshot().views if v.cache.size)
+    ids, weights = view.cache.term_postings(
+        "body", b"refund", lambda: pytest.fail("read again although cached")
+    )
+    assert len(ids) and not ids.flags.writeable and not weights.flags.writeable
+    gone = {rid for rid, _score in first[::3]}
+    assert ix.delete(sorted(gone)) == len(gone)
+    after = scored()
+    assert {rid for rid, _ in after} == {rid for rid, _ in first} - gone
+    assert dict(after) == {rid: s for rid, s in first if rid not in gone}  # same statistics
+    TERM_CACHE.clear()
+    ix.close()
+
+
+def test_prefix_expansions_see_new_segments(tmp_path: Path) -> None:
+    """Expansions are kept per segment: terms that a later batch brings are found at once."""
+    ix = SearchIndex.open(tmp_path / "ix")
+    ix.add(CORPUS[:600])
+
+    def found(q: str) -> list[str]:
+        return sorted(all_pages(ix, SearchQuery(q=q, per_page=100))[0])
+
+    assert found("zebraf*") == []  # expanded (to nothing) and kept
+    warranty = found("warrant*")
+    assert warranty
+    new = [
+        ({**record, "id": f"Z{i}", "body": f"{record['body']} zebrafish zebrafinch"}, at)
+        for i, (record, at) in enumerate(CORPUS[600:640])
+    ]
+    ix.add(new)
+    assert found("zebraf*") == sorted(f"Z{i}" for i in range(40))
+    assert found("subject:zebraf*") == []
+    assert set(found("warrant*")) >= set(warranty)
+    ix.close()
+
+
+def test_tied_scores_page_by_record_id(tmp_path: Path) -> None:
+    """Where more matches tie than a page holds, pages take the smallest record ids first,
+    whatever order the documents were indexed in."""
+    ix = SearchIndex.open(tmp_path / "ix")
+    record, at = CORPUS[0]
+    ix.add(
+        [
+            ({**record, "id": f"T{i:04d}", "subject": "tie", "body": "exactly tied words"}, at)
+            for i in range(300, 0, -1)
+        ]
+    )
+    ids, pages = all_pages(ix, SearchQuery(q='"tied words"', per_page=7))
+    assert ids == [f"T{i:04d}" for i in range(1, 301)]
+    assert len({h.score for p in pages for h in p.hits}) == 1
     ix.close()
 
 
