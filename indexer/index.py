@@ -785,7 +785,7 @@ class SearchIndex:
                         continue
                     seg_ids = _segment_id_set(leaf)
                 known[segid] = seg_ids
-                hits.update(wanted.keys() & seg_ids)
+                hits.update(b for b in wanted if b in seg_ids)  # (not &: it walks seg_ids)
             for btext in sorted(hits):
                 rid = wanted[btext]
                 if searcher.document_number(id=rid) is not None:

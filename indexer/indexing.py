@@ -25,7 +25,7 @@ from indexer.index import SearchIndex
 
 CATCH_UP_BATCH = 500  # one batch holds the index lock; restores wait at most that long
 BULK_MIN = 1  # records to add from which they are staged (SearchIndex.stage)
-BULK_PROCESSES = 2_000  # records to stage from which both cores (two processes) write them
+BULK_PROCESSES = 20_000  # records to stage from which both cores (two processes) write them
 BULK_MAX = 20_000  # records staged at once (held in memory, sent to the index workers)
 
 
