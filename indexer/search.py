@@ -232,7 +232,7 @@ def _score_order(cache: ShardCache, docs: Docs, scores: Floats, k: int) -> npt.N
         ties = np.flatnonzero(scores == kth)
         need = k - len(sel)
         if len(ties) > need:  # often all of them tie (phrases, filters): the first ids only
-            ties = ties[np.argpartition(cache.ids()[docs[ties]], need - 1)[:need]]
+            ties = ties[cache.smallest_ids(docs[ties], need)]
         sel = np.concatenate([sel, ties])
     else:
         sel = np.arange(n)

@@ -231,6 +231,31 @@ class ShardCache:
             self._ids = _join([p.ids() for p in self._parts.values()], bytes)
         return self._ids
 
+    def smallest_ids(self, docs: Docs, count: int) -> npt.NDArray[np.intp]:
+        """Return the positions in ``docs`` (sorted document numbers) of the ``count``
+        documents with the smallest record ids, in id order.
+
+        Comparing byte strings is slow, and a page often has to pick among thousands of tied
+        scores: in each segment the candidates are picked by the segment's integer id ranks,
+        and only those few are compared as strings.
+        """
+        candidates = []
+        start = 0
+        for part in self._parts.values():
+            end = start + part.size
+            lo, hi = np.searchsorted(docs, [start, end])
+            if hi - lo > count:
+                local = part.id_ranks()[docs[lo:hi] - start]
+                candidates.append(lo + np.argpartition(local, count - 1)[:count])
+            elif hi > lo:
+                candidates.append(np.arange(lo, hi))
+            start = end
+        if not candidates:
+            return np.zeros(0, np.intp)
+        picked = np.concatenate(candidates)
+        chosen: npt.NDArray[np.intp] = picked[np.argsort(self.ids()[docs[picked]])[:count]]
+        return chosen
+
     def facet_codes(
         self, date_field: str
     ) -> tuple[npt.NDArray[np.int32], tuple[int, int, int], list[str]]:
@@ -302,12 +327,21 @@ class _SegmentColumns:
         }
         self._lengths: dict[str, npt.NDArray[np.float64]] = {}
         self._ids: npt.NDArray[np.bytes_] | None = None
+        self._id_ranks: npt.NDArray[np.int32] | None = None
 
     def ids(self) -> npt.NDArray[np.bytes_]:
         """Return the segment's record ids, UTF-8 encoded (read on first use)."""
         if self._ids is None:
             self._ids = byte_strings(self.leaf.column_reader("id", translate=False), self.size)
         return self._ids
+
+    def id_ranks(self) -> npt.NDArray[np.int32]:
+        """Return each document's place in the segment's record ids sorted (on first use)."""
+        if self._id_ranks is None:
+            ranks = np.empty(self.size, np.int32)
+            ranks[np.argsort(self.ids(), kind="stable")] = np.arange(self.size, dtype=np.int32)
+            self._id_ranks = ranks
+        return self._id_ranks
 
     def lengths(self, fieldname: str) -> npt.NDArray[np.float64]:
         """Return a text field's length per document (read on first use)."""

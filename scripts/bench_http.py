@@ -1,9 +1,13 @@
 """HTTP benchmark: search throughput and latency on the real gunicorn server, under load.
 
 For 1, 8 and 32 concurrent clients, each phase runs a mixed query set against `archivist serve`
-while an archive job moves a fresh batch of records (the worker's job, run as its own process)
-and an admin restores records one after another. Then one export streams every record and the
-server's memory growth is sampled.
+while an archive job moves a fresh batch of records and an admin restores records one after
+another. Then one export streams every record and the server's memory growth is sampled.
+
+The archive job (``--job``) is by default the one a running ``archivist worker`` schedules: the
+worker runs for the whole benchmark with its archive job due every minute, and each phase starts
+two seconds before a minute begins. ``--job cli`` runs ``archivist archive`` as a process of its
+own instead (paying its start-up: imports, opening the index); ``--job none`` runs no job.
 
 Usage: .venv/bin/python scripts/bench_http.py [--records 50000] [--seconds 20] [--dir DIR]
 Prints a markdown table; docs/benchmarks.md keeps the figures.
@@ -16,6 +20,7 @@ import http.client
 import itertools
 import json
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -38,6 +43,7 @@ from indexer.indexing import rebuild_index
 from indexer.services import Services
 
 GENERATED_AT = datetime(2026, 1, 1, tzinfo=UTC)
+BATCH_GENERATED_AT = datetime(2024, 6, 1, tzinfo=UTC)  # aged for the worker, whose "now" is now
 RUN_BASE = 100_000_000 + time.time_ns() // 10**9 % 100_000 * 1_000_000
 AS_OF = datetime(2030, 1, 1, tzinfo=UTC)  # everything generated is aged by then
 CONFIG = """
@@ -50,7 +56,12 @@ dir = "data/index"
 [server]
 processes = {processes}
 rate_limit_per_minute = 100000000
+[worker]
+archive_cron = "* * * * *"
+dispose_cron = "0 0 1 1 *"
 """
+JOBS = ("worker", "cli", "none")
+WORKER_DONE = re.compile(r"archive job: (archived \d+, indexed \d+)")
 QUERIES = [
     {"q": "refund"},
     {"q": "refunded invoice"},
@@ -77,11 +88,13 @@ def free_port() -> int:
         return port
 
 
-def import_batch(services: Services, count: int, start: int) -> None:
+def import_batch(
+    services: Services, count: int, start: int, now: datetime = GENERATED_AT
+) -> None:
     """Import `count` generated records numbered from `start` into the active database."""
     lines = (
         json.dumps(r, ensure_ascii=False).encode()
-        for r in generate_records(count, seed=11, now=GENERATED_AT, start=start)
+        for r in generate_records(count, seed=11, now=now, start=start)
     )
     import_lines(lines, services.sessions, services.store.find_archived)
 
@@ -157,6 +170,49 @@ class Client:
         raise AssertionError("unreachable")
 
 
+class WorkerProcess:
+    """A running ``archivist worker`` whose archive job is due every minute; its log is read
+    for the job's report."""
+
+    def __init__(self, config_path: Path, log_path: Path) -> None:
+        self.log_path = log_path
+        self.log = log_path.open("wb")
+        command = [sys.executable, "-m", "archivist", "worker", "--config", str(config_path)]
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=self.log)
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size
+
+    def wait_for_report(self, since: int, timeout: float = 300) -> str:
+        """Wait for an archive job that ends after log offset ``since``; return its report."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.log_path.open("rb") as f:
+                f.seek(since)
+                found = WORKER_DONE.search(f.read().decode("utf-8", "replace"))
+            if found:
+                return found.group(1)
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the worker exited; see {self.log_path}")
+            time.sleep(0.5)
+        raise TimeoutError(f"no archive job report in {timeout:.0f} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=120)
+        self.log.close()
+
+
+def sleep_until_minute(lead: float) -> None:
+    """Sleep until ``lead`` seconds before the next minute begins (at least ``lead`` from now),
+    when the worker's archive job is due."""
+    now = time.time()
+    target = (now // 60 + 1) * 60 - lead
+    if target - now < lead:
+        target += 60
+    time.sleep(target - now)
+
+
 def run_phase(
     port: int,
     agent: str,
@@ -165,7 +221,8 @@ def run_phase(
     seconds: float,
     config_path: Path,
     restore_ids: list[str],
-    archive_job: bool = True,
+    job: str = "worker",
+    worker: WorkerProcess | None = None,
 ) -> dict[str, Any]:
     """One load phase; returns its figures."""
     stop = threading.Event()
@@ -203,21 +260,34 @@ def run_phase(
                     errors.append(f"restore {record_id}: {status} {body[:200]!r}")
             stop.wait(0.25)
 
-    if archive_job:
+    lead = min(2.0, seconds / 5)
+    if worker is not None and 60 - time.time() % 60 < 15:
+        # the job is due any moment: let it run before the batch is imported
+        since = worker.log_size()
+        time.sleep(60 - time.time() % 60 + 1)
+        worker.wait_for_report(since)
+    if job != "none":
         with Services.open(load_config(config_path)) as services:
             # numbered by run and phase, so that a reused installation still gets a fresh batch
-            import_batch(services, 2000, RUN_BASE + clients * 10_000)
+            import_batch(services, 2000, RUN_BASE + clients * 10_000, BATCH_GENERATED_AT)
+    since = 0
+    if worker is not None:
+        since = worker.log_size()
+        sleep_until_minute(lead)
     threads = [threading.Thread(target=search_loop, args=(n,)) for n in range(clients)]
     threads.append(threading.Thread(target=restore_loop))
     started = time.perf_counter()
     for t in threads:
         t.start()
-    time.sleep(min(2.0, seconds / 5))
-    command = [sys.executable, "-m", "archivist", "archive", "--as-of", AS_OF.date().isoformat()]
-    command += ["--config", str(config_path)]
-    archive = subprocess.run(command if archive_job else ["true"], capture_output=True, text=True)
-    if archive.returncode != 0:
-        errors.append(f"archive job: {archive.stderr.strip()}")
+    time.sleep(lead)
+    archived = ""
+    if job == "cli":
+        command = [sys.executable, "-m", "archivist", "archive"]
+        command += ["--as-of", AS_OF.date().isoformat(), "--config", str(config_path)]
+        archive = subprocess.run(command, capture_output=True, text=True)
+        if archive.returncode != 0:
+            errors.append(f"archive job: {archive.stderr.strip()}")
+        archived = archive.stdout.strip()
     remaining = seconds - (time.perf_counter() - started)
     if remaining > 0:
         time.sleep(remaining)
@@ -225,6 +295,8 @@ def run_phase(
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - started
+    if worker is not None:  # (the next phase's batch must not join this job)
+        archived = f"{worker.wait_for_report(since)} (worker)"
     for e in errors[:5]:
         print("error:", e, file=sys.stderr)
     return {
@@ -236,7 +308,7 @@ def run_phase(
         "errors": len(errors),
         "restores": len(restores),
         "restore_p95": percentile(restores, 95) * 1000,
-        "archived": archive.stdout.strip(),
+        "archived": archived,
     }
 
 
@@ -306,7 +378,14 @@ def main() -> None:
     parser.add_argument("--no-export", action="store_true", help="skip the export")
     parser.add_argument("--processes", type=int, default=2, help="server worker processes")
     parser.add_argument(
-        "--no-archive-job", action="store_true", help="no archive job during the phases"
+        "--job",
+        choices=JOBS,
+        default="worker",
+        help="what archives a batch during each phase: a running worker's scheduled job, an "
+        "`archivist archive` process, or nothing",
+    )
+    parser.add_argument(
+        "--no-archive-job", action="store_const", dest="job", const="none", help="--job none"
     )
     args = parser.parse_args()
     folder = args.dir or Path(tempfile.mkdtemp(prefix="archivist-bench-http-"))
@@ -314,6 +393,7 @@ def main() -> None:
     config_path, admin, agent = build(folder, args.records, args.processes)
     restore_ids = archived_sample(config_path, args.records, 2000)
     port = free_port()
+    worker: WorkerProcess | None = None
     log = (folder / "serve.log").open("wb")
     server = subprocess.Popen(
         [
@@ -342,22 +422,29 @@ def main() -> None:
         for _ in range(3):  # load the shard caches of every worker process
             for query in QUERIES:
                 Client(port, agent).request("GET", "/api/v1/search?" + urlencode(query))
+        if args.job == "worker" and not args.export_only:
+            worker = WorkerProcess(config_path, folder / "worker.log")
+            # a worker that has run before: one small batch archived and indexed
+            with Services.open(load_config(config_path)) as services:
+                import_batch(services, 200, RUN_BASE + 900_000, BATCH_GENERATED_AT)
+            worker.wait_for_report(0)
         results = [] if args.export_only else [
             run_phase(
-                port, agent, admin, c, args.seconds, config_path, restore_ids,
-                archive_job=not args.no_archive_job,
+                port, agent, admin, c, args.seconds, config_path, restore_ids, args.job, worker
             )
             for c in (1, 8, 32)
         ]
         export = None if args.no_export else measure_export(port, admin, server.pid)
     finally:
+        if worker is not None:
+            worker.stop()
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
         log.close()
     print(
         f"\n{args.records} archived records, {args.seconds:.0f} s per phase, "
         f"gunicorn, {args.processes} processes of {load_config(config_path).server.threads} "
-        f"threads, {len(QUERIES)} queries in the mix\n"
+        f"threads, {len(QUERIES)} queries in the mix, archive job: {args.job}\n"
     )
     print(
         "| clients | requests | req/s | p50 ms | p99 ms | errors | restores | restore p95 ms "

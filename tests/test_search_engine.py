@@ -419,12 +419,16 @@ def test_tied_scores_page_by_record_id(tmp_path: Path) -> None:
     whatever order the documents were indexed in."""
     ix = SearchIndex.open(tmp_path / "ix")
     record, at = CORPUS[0]
-    ix.add(
-        [
-            ({**record, "id": f"T{i:04d}", "subject": "tie", "body": "exactly tied words"}, at)
-            for i in range(300, 0, -1)
-        ]
-    )
+    for segment in range(3):  # ids spread over three segments
+        ix.add(
+            [
+                ({**record, "id": f"T{i:04d}", "subject": "tie", "body": "exactly tied words"}, at)
+                for i in range(300, 0, -1)
+                if i % 3 == segment
+            ],
+            merge=False,
+        )
+    assert max(len(v.cache.segments) for v in ix._current_snapshot().views) == 3
     ids, pages = all_pages(ix, SearchQuery(q='"tied words"', per_page=7))
     assert ids == [f"T{i:04d}" for i in range(1, 301)]
     assert len({h.score for p in pages for h in p.hits}) == 1
