@@ -162,7 +162,7 @@ class Evaluator:
             idf = self.stats.idf(fieldname, btext) * boost
             avgfl = self.stats.avg_field_length(fieldname)
             scores = self.cache.term_scores(
-                (fieldname, btext, idf, avgfl), lambda: self._bm25(fieldname, idf, ids, weights)
+                fieldname, btext, (idf, avgfl), lambda: self._bm25(fieldname, idf, ids, weights)
             )
         return Matches(ids, scores)
 

@@ -88,6 +88,7 @@ are keyed by the :class:`ShardCache` they were computed for (new at every change
 shard), so an entry is never stale; entries of replaced caches age out.
 """
 _CACHE_NUMBERS = itertools.count()
+_MAX_ANCESTORS = 8
 
 BM25_K1 = 1.2
 BM25_B = 0.75
@@ -126,6 +127,9 @@ class ShardCache:
         reader = searcher.reader()
         self.searcher = searcher
         self.number = next(_CACHE_NUMBERS)  # names this cache's entries in TERM_CACHE
+        # Former caches of the same segments (only documents deleted since), newest first:
+        # their TERM_CACHE entries, less the documents deleted since, are this cache's.
+        self._ancestors: tuple[int, ...] = ()
         self.segments = _segments_of(reader)
         self.size = reader.doc_count_all()
         self.live_docs: Docs = live_docs(reader)
@@ -159,6 +163,7 @@ class ShardCache:
             }
         if previous is not None and previous.segments == self.segments:
             # Same documents, some newly deleted: per-document values are unchanged.
+            self._ancestors = (previous.number, *previous._ancestors)[:_MAX_ANCESTORS]
             self.cat_names, self.cat_ord = previous.cat_names, previous.cat_ord
             self.kind_names, self.kind_ord = previous.kind_names, previous.kind_ord
             self.dates = previous.dates
@@ -201,24 +206,42 @@ class ShardCache:
 
         The arrays are shared by every query and so made read-only.
         """
-        key = (self.number, fieldname, btext)
-        got = TERM_CACHE.get(key)
+        key = (fieldname, btext)
+        got = TERM_CACHE.get((self.number, *key))
         if got is None:
-            got = _frozen(read())
-            TERM_CACHE.put(key, got)
+            inherited = self._inherited(key, key)
+            got = _frozen(inherited if inherited is not None else read())
+            TERM_CACHE.put((self.number, *key), got)
         return got[0], got[1]
 
-    def term_scores(self, key: tuple[Any, ...], score: Callable[[], Floats]) -> Floats:
+    def term_scores(
+        self, fieldname: str, btext: bytes, inputs: tuple[float, ...], score: Callable[[], Floats]
+    ) -> Floats:
         """Return a term's scores, from :data:`TERM_CACHE` or ``score()``.
 
-        :param key: the term and every input of its scores (field, term, idf, average length).
+        :param inputs: what the scores depend on besides the term (idf, average length).
         """
-        full_key = (self.number, "scores", *key)
-        got = TERM_CACHE.get(full_key)
+        key = ("scores", fieldname, btext, *inputs)
+        got = TERM_CACHE.get((self.number, *key))
         if got is None:
-            got = _frozen((score(),))
-            TERM_CACHE.put(full_key, got)
+            inherited = self._inherited((fieldname, btext), key)
+            got = _frozen(inherited if inherited is not None else (score(),))
+            TERM_CACHE.put((self.number, *key), got)
         return got[0]
+
+    def _inherited(
+        self, postings_key: tuple[Any, ...], key: tuple[Any, ...]
+    ) -> tuple[npt.NDArray[Any], ...] | None:
+        """A former cache's entry (of the same segments) less the documents deleted since."""
+        for number in self._ancestors:
+            postings = TERM_CACHE.get((number, *postings_key))
+            entry = TERM_CACHE.get((number, *key))
+            if postings is not None and entry is not None:
+                if self.live_mask is None:  # nothing deleted after all
+                    return entry
+                keep = self.live_mask[postings[0]]
+                return tuple(a[keep] for a in entry)
+        return None
 
     def record_id(self, docnum: int) -> str:
         """Return the record id of a document number."""

@@ -388,6 +388,13 @@ def test_term_cache_answers_repeats_and_follows_deletions(tmp_path: Path) -> Non
     after = scored()
     assert {rid for rid, _ in after} == {rid for rid, _ in first} - gone
     assert dict(after) == {rid: s for rid, s in first if rid not in gone}  # same statistics
+    # the shard's new cache took the former one's entries, less the deleted documents
+    new = next(v for v in ix._current_snapshot().views if v.name == view.name)
+    assert new.cache is not view.cache and new.cache.live_mask is not None
+    inherited = new.cache.term_postings("body", b"refund", lambda: pytest.fail("read again"))
+    fresh = Evaluator(new.cache, None, False)._read_postings("body", b"refund", None)
+    assert [a.tolist() for a in inherited] == [a.tolist() for a in fresh]
+    assert len(fresh[0]) < len(ids)
     TERM_CACHE.clear()
     ix.close()
 
