@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -130,3 +131,51 @@ def test_two_simultaneous_restores_give_one_200_and_one_409(
     records = archived(*[make_record(id=f"RACE-{n}") for n in range(5)])
     for record in records:
         assert sorted(_restore_at_once(live_server, admin_headers, record["id"])) == [200, 409]
+
+
+def test_searches_go_on_while_a_restore_waits_for_an_archive_batch(
+    live_server: str,
+    admin_headers: dict[str, str],
+    agent_headers: dict[str, str],
+    services: Any,
+    archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    """A restore pauses its process's searches only while it works, not while it waits for the
+    store's move lock that an archive batch holds; it completes once the lock is free."""
+    archived(make_record(id="WAIT-1", body="kettle descaling"), make_record(id="WAIT-2"))
+    held, release = threading.Event(), threading.Event()
+
+    def archive_batch() -> None:  # holds the move lock as a batch does (another lock file handle)
+        with services.store.moving():
+            held.set()
+            release.wait(60)
+
+    statuses: list[int] = []
+
+    def restore() -> None:
+        request = urllib.request.Request(
+            f"{live_server}/api/v1/records/WAIT-1/restore", method="POST", headers=admin_headers
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            statuses.append(response.status)
+
+    batch = threading.Thread(target=archive_batch)
+    batch.start()
+    try:
+        assert held.wait(10)
+        restorer = threading.Thread(target=restore)
+        restorer.start()
+        time.sleep(0.5)
+        assert restorer.is_alive() and not statuses  # waiting for the lock
+        search = urllib.request.Request(
+            f"{live_server}/api/v1/search?q=kettle", headers=agent_headers
+        )
+        with urllib.request.urlopen(search, timeout=5) as response:
+            assert [h["id"] for h in json.load(response)["hits"]] == ["WAIT-1"]
+        assert restorer.is_alive()
+    finally:
+        release.set()
+        batch.join()
+    restorer.join(60)
+    assert statuses == [200]
