@@ -169,15 +169,28 @@ def make_engine(url: str) -> Engine:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         # IMMEDIATE takes the write lock up front: a read-then-write transaction can then never
-        # fail half-way with SQLITE_BUSY because another writer committed in between.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # fail half-way with SQLITE_BUSY because another writer committed in between. A
+        # read-only transaction reads WAL's last commit instead, without waiting for writers.
+        if connection.get_execution_options().get(_READ_ONLY):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+_READ_ONLY = "archivist_read_only"
 
 
 def make_sessions(engine: Engine) -> sessionmaker[Session]:
     """A session factory bound to the engine; use `with sessions.begin() as session:`."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def make_read_sessions(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for transactions that only read: on SQLite they do not wait for the write
+    lock (an archive batch holds it for a while), and must not write."""
+    return sessionmaker(engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False)
 
 
 def create_schema(engine: Engine) -> None:

@@ -94,7 +94,7 @@ def run_index_job(services: Services, *, should_stop: Callable[[], bool] = lambd
 
 def last_run(services: Services, job: str = "archive") -> JobRun | None:
     """The most recent run of a job, finished or not."""
-    with services.sessions.begin() as session:
+    with services.read_sessions.begin() as session:
         stmt = select(JobRun).where(JobRun.job == job).order_by(JobRun.id.desc()).limit(1)
         return session.scalars(stmt).first()
 

@@ -8,7 +8,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive_store import ArchiveStore
-from archivist.active_db import create_schema, make_engine, make_sessions
+from archivist.active_db import create_schema, make_engine, make_read_sessions, make_sessions
 from archivist.config import Config
 from indexer.index import SearchIndex
 
@@ -22,6 +22,8 @@ class Services:
     sessions: sessionmaker[Session]
     store: ArchiveStore
     index: SearchIndex
+    read_sessions: sessionmaker[Session]
+    """For transactions that only read (see ``make_read_sessions``)."""
 
     @classmethod
     def open(cls, config: Config, *, create: bool = False) -> Services:
@@ -38,7 +40,8 @@ class Services:
             shard_period=config.shard_period,
             worker_nice=config.index_worker_nice,
         )
-        return cls(config, engine, make_sessions(engine), store, index)
+        sessions, read_sessions = make_sessions(engine), make_read_sessions(engine)
+        return cls(config, engine, sessions, store, index, read_sessions)
 
     def close(self) -> None:
         """Release files and connections."""

@@ -12,7 +12,7 @@ from indexer.services import Services
 
 def collect_stats(services: Services) -> dict[str, Any]:
     """Counts of active, archived, indexed, restored and purged records, and the last run."""
-    with services.sessions.begin() as session:
+    with services.read_sessions.begin() as session:
         active = count_active(session)
     counts = services.store.counts()
     run = last_run(services, "archive")

@@ -32,7 +32,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.extensions["archivist"] = services
     app.extensions["archivist_audit"] = AuditWriter(services.sessions)
     app.extensions["archivist_tokens"] = TokenLookup(
-        services.sessions, config.server.token_cache_seconds
+        services.read_sessions, config.server.token_cache_seconds
     )
     app.extensions["archivist_limiter"] = RateLimiter(config.server.rate_limit_per_minute)
     app.extensions["archivist_openapi"] = build_openapi()

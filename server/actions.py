@@ -157,13 +157,13 @@ def stats(actor: Actor) -> dict[str, Any]:
 def read_audit(actor: Actor, selection: AuditFilter) -> AuditPage:
     """One page of the audit log (everything recorded before this call included)."""
     actor.audit.flush()
-    with actor.services.sessions.begin() as session:
+    with actor.services.read_sessions.begin() as session:
         return list_audit(session, selection)
 
 
 def holds(actor: Actor) -> list[Hold]:
     """The legal holds in force."""
-    with actor.services.sessions.begin() as session:
+    with actor.services.read_sessions.begin() as session:
         return list_holds(session)
 
 

@@ -25,8 +25,8 @@ _MAX_CACHED = 10_000
 class TokenLookup:
     """Finds the token of a secret, remembering answers for a few seconds.
 
-    Every transaction on SQLite takes the write lock (BEGIN IMMEDIATE), so an uncached lookup
-    would wait behind an archive batch; a revocation is noticed within `ttl` seconds.
+    Look-ups read in read-only transactions (``Services.read_sessions``), which do not wait for
+    an archive batch's write lock; a revocation is noticed within `ttl` seconds.
     """
 
     def __init__(self, sessions: sessionmaker[Session], ttl: float) -> None:

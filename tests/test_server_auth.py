@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from archivist.active_db import utcnow
 from archivist.tokens import revoke_token
@@ -139,3 +141,23 @@ def test_rate_limit_answers_429_per_token(
         assert client.get("/api/v1/stats", headers=admin_headers).status_code == 200
     finally:
         close_app(app)
+
+
+def test_reads_do_not_wait_for_a_writers_lock(
+    services: Any, client: Any, agent_headers: dict[str, str], admin_headers: dict[str, str]
+) -> None:
+    """While another connection holds SQLite's write lock (an archive batch's transaction),
+    token look-ups, searches and stats still answer: they read in read-only transactions."""
+    answers: dict[str, int] = {}
+
+    def requests() -> None:
+        answers["search"] = client.get("/api/v1/search?q=kettle", headers=agent_headers).status_code
+        answers["stats"] = client.get("/api/v1/stats", headers=admin_headers).status_code
+
+    with services.sessions.begin() as session:  # BEGIN IMMEDIATE: holds the write lock
+        session.execute(text("DELETE FROM active_records WHERE id = 'no such id'"))
+        reader = threading.Thread(target=requests)
+        reader.start()
+        reader.join(15)
+        assert not reader.is_alive(), "a read waited for the write lock"
+    assert answers == {"search": 200, "stats": 200}
