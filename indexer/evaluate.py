@@ -122,16 +122,19 @@ class Evaluator:
         """Return a term's live documents in this shard and their weights (term frequencies)."""
         if blocks is None:
             return self.cache.term_postings(
-                fieldname, btext, lambda: self._read_postings(fieldname, btext, None)
+                fieldname, btext, lambda start: self._read_postings(fieldname, btext, None, start)
             )
         return self._read_postings(fieldname, btext, blocks)
 
     def _read_postings(
-        self, fieldname: str, btext: bytes, blocks: list[Block] | None
+        self, fieldname: str, btext: bytes, blocks: list[Block] | None, start: int = 0
     ) -> tuple[Docs, Floats]:
+        """:param start: read only the segments from this document number on."""
         ids_parts: list[Docs] = []
         w_parts: list[Floats] = []
         for leaf, base in self.reader.leaf_readers():
+            if base < start:
+                continue
             lids, lw = cached_leaf_postings(leaf, fieldname, btext, base, blocks)
             if len(lids):
                 ids_parts.append(lids)

@@ -127,9 +127,10 @@ class ShardCache:
         reader = searcher.reader()
         self.searcher = searcher
         self.number = next(_CACHE_NUMBERS)  # names this cache's entries in TERM_CACHE
-        # Former caches of the same segments (only documents deleted since), newest first:
-        # their TERM_CACHE entries, less the documents deleted since, are this cache's.
-        self._ancestors: tuple[int, ...] = ()
+        # Former caches whose segments are this one's first (only documents deleted since,
+        # maybe segments added after them), newest first, with their document counts: their
+        # TERM_CACHE entries, less the documents deleted since, are the start of this cache's.
+        self._ancestors: tuple[tuple[int, int], ...] = ()
         self.segments = _segments_of(reader)
         self.size = reader.doc_count_all()
         self.live_docs: Docs = live_docs(reader)
@@ -157,13 +158,14 @@ class ShardCache:
             # The same first segments (some documents newly deleted), maybe new ones after
             # them: the previous date orders only need the new documents merged in.
             self._former_size = previous.size
+            former = ((previous.number, previous.size), *previous._ancestors)
+            self._ancestors = former[:_MAX_ANCESTORS]
             self._former_orders = {
                 **(previous._former_orders if previous._former_size == previous.size else {}),
                 **{f: got[0] for f, got in previous._orders.items()},
             }
         if previous is not None and previous.segments == self.segments:
             # Same documents, some newly deleted: per-document values are unchanged.
-            self._ancestors = (previous.number, *previous._ancestors)[:_MAX_ANCESTORS]
             self.cat_names, self.cat_ord = previous.cat_names, previous.cat_ord
             self.kind_names, self.kind_ord = previous.kind_names, previous.kind_ord
             self.dates = previous.dates
@@ -200,17 +202,28 @@ class ShardCache:
         return got
 
     def term_postings(
-        self, fieldname: str, btext: bytes, read: Callable[[], tuple[Docs, Floats]]
+        self, fieldname: str, btext: bytes, read: Callable[[int], tuple[Docs, Floats]]
     ) -> tuple[Docs, Floats]:
-        """Return a term's live documents and weights, from :data:`TERM_CACHE` or ``read()``.
+        """Return a term's live documents and weights, from :data:`TERM_CACHE` or ``read``.
 
         The arrays are shared by every query and so made read-only.
+
+        :param read: reads the live postings of the documents from a document number on.
         """
         key = (fieldname, btext)
         got = TERM_CACHE.get((self.number, *key))
         if got is None:
-            inherited = self._inherited(key, key)
-            got = _frozen(inherited if inherited is not None else read())
+            inherited = self._inherited(key, key, complete=False)
+            if inherited is None:
+                got = _frozen(read(0))
+            else:
+                (ids, weights), covered = inherited
+                if covered < self.size:  # and the documents of the segments added since
+                    new_ids, new_weights = read(covered)
+                    ids, weights = np.concatenate([ids, new_ids]), np.concatenate(
+                        [weights, new_weights]
+                    )
+                got = _frozen((ids, weights))
             TERM_CACHE.put((self.number, *key), got)
         return got[0], got[1]
 
@@ -224,23 +237,29 @@ class ShardCache:
         key = ("scores", fieldname, btext, *inputs)
         got = TERM_CACHE.get((self.number, *key))
         if got is None:
-            inherited = self._inherited((fieldname, btext), key)
-            got = _frozen(inherited if inherited is not None else (score(),))
+            inherited = self._inherited((fieldname, btext), key, complete=True)
+            got = _frozen(inherited[0] if inherited is not None else (score(),))
             TERM_CACHE.put((self.number, *key), got)
         return got[0]
 
     def _inherited(
-        self, postings_key: tuple[Any, ...], key: tuple[Any, ...]
-    ) -> tuple[npt.NDArray[Any], ...] | None:
-        """A former cache's entry (of the same segments) less the documents deleted since."""
-        for number in self._ancestors:
+        self, postings_key: tuple[Any, ...], key: tuple[Any, ...], *, complete: bool
+    ) -> tuple[tuple[npt.NDArray[Any], ...], int] | None:
+        """Return a former cache's entry less the documents deleted since, and the document
+        count it covers (from 0; later documents are in segments added since).
+
+        :param complete: only from a former cache of every document (same segments).
+        """
+        for number, covered in self._ancestors:
+            if complete and covered < self.size:
+                continue
             postings = TERM_CACHE.get((number, *postings_key))
             entry = TERM_CACHE.get((number, *key))
             if postings is not None and entry is not None:
-                if self.live_mask is None:  # nothing deleted after all
-                    return entry
+                if self.live_mask is None:  # nothing deleted
+                    return entry, covered
                 keep = self.live_mask[postings[0]]
-                return tuple(a[keep] for a in entry)
+                return tuple(a[keep] for a in entry), covered
         return None
 
     def record_id(self, docnum: int) -> str:

@@ -395,6 +395,22 @@ def test_term_cache_answers_repeats_and_follows_deletions(tmp_path: Path) -> Non
     fresh = Evaluator(new.cache, None, False)._read_postings("body", b"refund", None)
     assert [a.tolist() for a in inherited] == [a.tolist() for a in fresh]
     assert len(fresh[0]) < len(ids)
+    # a batch appends a segment: the former entries are kept, only the new segment is read
+    ix.add(CORPUS[1500:1900], merge=False)
+    grown = next(v for v in ix._current_snapshot().views if v.name == new.name)
+    assert len(grown.cache.segments) > len(new.cache.segments), "no segment was added"
+    assert grown.cache.segments[: len(new.cache.segments)] == new.cache.segments
+    evaluator = Evaluator(grown.cache, None, False)
+    starts: list[int] = []
+
+    def read(start: int) -> tuple[Any, Any]:
+        starts.append(start)
+        return evaluator._read_postings("body", b"refund", None, start)
+
+    got = grown.cache.term_postings("body", b"refund", read)
+    whole = evaluator._read_postings("body", b"refund", None)
+    assert [a.tolist() for a in got] == [a.tolist() for a in whole]
+    assert starts == [new.cache.size]
     TERM_CACHE.clear()
     ix.close()
 
