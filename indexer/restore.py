@@ -8,7 +8,6 @@ mark (or the new state) and fails with a 409-class error.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
@@ -37,11 +36,7 @@ def restore_record(
     :raises RestoreInProgress: another restore of it is under way.
     :raises AlreadyActive: the active database already holds a record with this id.
     """
-    # While a lock is held, this process's searches pause (see SearchIndex.urgent): an admin
-    # waits, and the work is short. Not while waiting for a lock: that can take an archive
-    # batch's time, and the searches would wait with us.
-    urgent = index.urgent if index is not None else nullcontext
-    with store.moving(), urgent():
+    with store.moving():
         entry = store.begin_restore(record_id)
         record = record_from_json(store.get(record_id))
         try:
@@ -67,7 +62,11 @@ def restore_record(
             raise
         store.complete_restore(record_id, now, actor)
     if index is not None:  # leave search now, not at the next catch-up
-        with store.indexing(), index.urgent():
-            index.delete([record_id])
+        with store.indexing():
+            # This process's searches pause meanwhile (see SearchIndex.urgent): the delete is
+            # short work for the CPU, and an admin waits. Not while waiting for a lock, nor
+            # for the disk (the store's and the database's writes): searches can run then.
+            with index.urgent():
+                index.delete([record_id])
             store.mark_indexed([(record_id, entry.version, "restored")])
     return record
