@@ -272,7 +272,7 @@ class _Snapshot:
         self.gen = gen
         self.key = key
         self.views = views
-        self.stats = GlobalStats([v.cache.searcher.reader() for v in views])
+        self.stats = GlobalStats([v.cache for v in views])
 
 
 class SearchIndex:

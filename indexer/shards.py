@@ -28,9 +28,10 @@ from indexer.schema import DATE_FIELDS, date_column
 class GlobalStats:
     """Collection statistics summed over every shard, computed lazily per term."""
 
-    def __init__(self, readers: Sequence[Any]) -> None:
-        self._readers = readers
-        self.doc_count = sum(r.doc_count_all() for r in readers) or 1
+    def __init__(self, caches: Sequence[ShardCache]) -> None:
+        self._caches = caches
+        self._readers = [c.searcher.reader() for c in caches]
+        self.doc_count = sum(r.doc_count_all() for r in self._readers) or 1
         self._avgfl: dict[str, float] = {}
         self._df: dict[tuple[str, bytes], int] = {}
 
@@ -47,11 +48,7 @@ class GlobalStats:
         key = (fieldname, btext)
         df = self._df.get(key)
         if df is None:
-            df = self._df[key] = sum(
-                _segment_doc_frequency(leaf, fieldname, btext)
-                for r in self._readers
-                for leaf, _base in r.leaf_readers()
-            )
+            df = self._df[key] = sum(c.doc_frequency(fieldname, btext) for c in self._caches)
         n = self.doc_count
         return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
 
@@ -89,6 +86,7 @@ shard), so an entry is never stale; entries of replaced caches age out.
 """
 _CACHE_NUMBERS = itertools.count()
 _MAX_ANCESTORS = 8
+_MAX_KEPT_FREQUENCIES = 100_000
 
 BM25_K1 = 1.2
 BM25_B = 0.75
@@ -133,6 +131,8 @@ class ShardCache:
         self._ancestors: tuple[tuple[int, int], ...] = ()
         self.segments = _segments_of(reader)
         self.size = reader.doc_count_all()
+        # document frequencies (deleted documents included): the same while the segments are
+        self._df: dict[tuple[str, bytes], int] = {}
         self.live_docs: Docs = live_docs(reader)
         # None when nothing is deleted (the usual case): no mask to apply.
         self.live_mask: npt.NDArray[np.bool_] | None = None
@@ -166,6 +166,7 @@ class ShardCache:
             }
         if previous is not None and previous.segments == self.segments:
             # Same documents, some newly deleted: per-document values are unchanged.
+            self._df = previous._df
             self.cat_names, self.cat_ord = previous.cat_names, previous.cat_ord
             self.kind_names, self.kind_ord = previous.kind_names, previous.kind_ord
             self.dates = previous.dates
@@ -199,6 +200,22 @@ class ShardCache:
             a, b = BM25_K1 * (1 - BM25_B), BM25_K1 * BM25_B / avgfl
             got = a + b * self.lengths(fieldname)
             self._norms = {key: got, **{k: v for k, v in self._norms.items() if k[0] != fieldname}}
+        return got
+
+    def doc_frequency(self, fieldname: str, btext: bytes) -> int:
+        """Return how many of the shard's documents hold a term, deleted ones included (as
+        Whoosh counts), kept while the shard's segments stay the same: statistics summed
+        over the shards then look again only at the shards that changed."""
+        key = (fieldname, btext)
+        got = self._df.get(key)
+        if got is None:
+            got = sum(
+                _segment_doc_frequency(leaf, fieldname, btext)
+                for leaf, _base in self.searcher.reader().leaf_readers()
+            )
+            if len(self._df) >= _MAX_KEPT_FREQUENCIES:
+                self._df.clear()
+            self._df[key] = got
         return got
 
     def term_postings(
