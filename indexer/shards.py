@@ -125,9 +125,10 @@ class ShardCache:
         reader = searcher.reader()
         self.searcher = searcher
         self.number = next(_CACHE_NUMBERS)  # names this cache's entries in TERM_CACHE
-        # Former caches whose segments are this one's first (only documents deleted since,
-        # maybe segments added after them), newest first, with their document counts: their
-        # TERM_CACHE entries, less the documents deleted since, are the start of this cache's.
+        # Former caches whose first segments are this one's first (an indexing batch adds
+        # segments after them, a merge replaces the last ones), newest first, each with the
+        # documents numbered alike (0 up to that): their TERM_CACHE entries for those
+        # documents, less the ones deleted since, are the start of this cache's.
         self._ancestors: tuple[tuple[int, int], ...] = ()
         self.segments = _segments_of(reader)
         self.size = reader.doc_count_all()
@@ -158,12 +159,15 @@ class ShardCache:
             # The same first segments (some documents newly deleted), maybe new ones after
             # them: the previous date orders only need the new documents merged in.
             self._former_size = previous.size
-            former = ((previous.number, previous.size), *previous._ancestors)
-            self._ancestors = former[:_MAX_ANCESTORS]
             self._former_orders = {
                 **(previous._former_orders if previous._former_size == previous.size else {}),
                 **{f: got[0] for f, got in previous._orders.items()},
             }
+        alike = _alike_documents(previous.segments, self.segments) if previous is not None else 0
+        if alike:
+            assert previous is not None
+            older = ((n, min(c, alike)) for n, c in previous._ancestors)
+            self._ancestors = ((previous.number, alike), *older)[:_MAX_ANCESTORS]
         if previous is not None and previous.segments == self.segments:
             # Same documents, some newly deleted: per-document values are unchanged.
             self._df = previous._df
@@ -262,10 +266,11 @@ class ShardCache:
     def _inherited(
         self, postings_key: tuple[Any, ...], key: tuple[Any, ...], *, complete: bool
     ) -> tuple[tuple[npt.NDArray[Any], ...], int] | None:
-        """Return a former cache's entry less the documents deleted since, and the document
-        count it covers (from 0; later documents are in segments added since).
+        """Return a former cache's entry for the documents numbered alike, less the ones
+        deleted since, and how many documents that covers (from 0; the later ones are in
+        segments added since).
 
-        :param complete: only from a former cache of every document (same segments).
+        :param complete: only from a former cache that covers every document.
         """
         for number, covered in self._ancestors:
             if complete and covered < self.size:
@@ -273,10 +278,11 @@ class ShardCache:
             postings = TERM_CACHE.get((number, *postings_key))
             entry = TERM_CACHE.get((number, *key))
             if postings is not None and entry is not None:
+                ids = postings[0][: np.searchsorted(postings[0], covered)]
                 if self.live_mask is None:  # nothing deleted
-                    return entry, covered
-                keep = self.live_mask[postings[0]]
-                return tuple(a[keep] for a in entry), covered
+                    return tuple(a[: len(ids)] for a in entry), covered
+                keep = self.live_mask[ids]
+                return tuple(a[: len(ids)][keep] for a in entry), covered
         return None
 
     def record_id(self, docnum: int) -> str:
@@ -474,6 +480,19 @@ def _join(parts: list[Any], dtype: Any) -> Any:
     if len(parts) == 1:
         return parts[0]
     return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+
+def _alike_documents(
+    former: tuple[tuple[Any, int], ...], current: tuple[tuple[Any, int], ...]
+) -> int:
+    """Return how many documents two segment lists number alike: those of the segments the
+    lists start with in common."""
+    count = 0
+    for a, b in zip(former, current, strict=False):
+        if a != b:
+            break
+        count += a[1]
+    return count
 
 
 def _segments_of(reader: Any) -> tuple[tuple[Any, int], ...]:

@@ -20,7 +20,7 @@ from indexer.postings import POSTING_CACHE, PostingCache
 from indexer.query import CompiledQuery, compile_query
 from indexer.schema import PAIR_FIELDS, build_schema
 from indexer.search import SearchQuery
-from indexer.shards import TERM_CACHE
+from indexer.shards import TERM_CACHE, _alike_documents
 from indexer.snippets import make_snippet
 from tests.test_search import (
     AND,
@@ -411,6 +411,27 @@ def test_term_cache_answers_repeats_and_follows_deletions(tmp_path: Path) -> Non
     whole = evaluator._read_postings("body", b"refund", None)
     assert [a.tolist() for a in got] == [a.tolist() for a in whole]
     assert starts == [new.cache.size]
+    # a merge replaces the shard's last segments: the entries of the segments before them stay
+    year = [(r, at) for r, at in CORPUS[1900:] if r["created_at"].startswith(grown.name)]
+    for n in range(10):  # ten small segments, a tier the policy merges
+        batch = [({**r, "body": r["body"] + " refund"}, at) for r, at in year[n * 3 : n * 3 + 3]]
+        ix.add(batch, merge=False)
+    before = next(v for v in ix._current_snapshot().views if v.name == grown.name)
+    former = Evaluator(before.cache, None, False)
+    kept = before.cache.term_postings(
+        "body", b"refund", lambda start: former._read_postings("body", b"refund", None, start)
+    )
+    assert ix.merge_segments()
+    merged = next(v for v in ix._current_snapshot().views if v.name == grown.name)
+    alike = _alike_documents(before.cache.segments, merged.cache.segments)
+    assert 0 < alike < merged.cache.size and merged.cache.segments != before.cache.segments
+    assert kept[0][-1] >= alike  # the former entry reaches into the segments merged away
+    evaluator = Evaluator(merged.cache, None, False)
+    starts.clear()
+    got = merged.cache.term_postings("body", b"refund", read)
+    whole = evaluator._read_postings("body", b"refund", None)
+    assert [a.tolist() for a in got] == [a.tolist() for a in whole]
+    assert starts == [alike]
     TERM_CACHE.clear()
     ix.close()
 
