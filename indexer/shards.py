@@ -328,7 +328,7 @@ class ShardCache:
         counts all three facets; with the shape of those counts and the years' names."""
         got = self._facet_codes.get(date_field)
         if got is None:
-            year_of = _join([p.year_of(date_field) for p in self._parts.values()], np.intp)
+            year_of = _join([p.year_of(date_field) for p in self._parts.values()], np.int16)
             present = np.flatnonzero(np.bincount(year_of, minlength=1))
             number = np.zeros(len(_YEAR_STARTS_NP) + 1, np.int32)
             number[present] = np.arange(len(present), dtype=np.int32)
@@ -393,7 +393,7 @@ class _SegmentColumns:
         self._lengths: dict[str, npt.NDArray[np.float64]] = {}
         self._ids: npt.NDArray[np.bytes_] | None = None
         self._id_ranks: npt.NDArray[np.int32] | None = None
-        self._years: dict[str, npt.NDArray[np.intp]] = {}
+        self._years: dict[str, npt.NDArray[np.int16]] = {}
 
     def ids(self) -> npt.NDArray[np.bytes_]:
         """Return the segment's record ids, UTF-8 encoded (read on first use)."""
@@ -401,12 +401,12 @@ class _SegmentColumns:
             self._ids = byte_strings(self.leaf.column_reader("id", translate=False), self.size)
         return self._ids
 
-    def year_of(self, date_field: str) -> npt.NDArray[np.intp]:
+    def year_of(self, date_field: str) -> npt.NDArray[np.int16]:
         """Return each document's year as an index into ``YEAR_STARTS`` + 1 (on first use)."""
         got = self._years.get(date_field)
         if got is None:
-            got = np.searchsorted(_YEAR_STARTS_NP, self.dates[date_field], side="right")
-            self._years[date_field] = got
+            years = np.searchsorted(_YEAR_STARTS_NP, self.dates[date_field], side="right")
+            got = self._years[date_field] = years.astype(np.int16)
         return got
 
     def id_ranks(self) -> npt.NDArray[np.int32]:
