@@ -82,7 +82,8 @@ TERM_CACHE: SizedLru[tuple[npt.NDArray[Any], ...]] = SizedLru(
 A frequent word's postings sit in some ninety segments at 1,000,000 records: gathering them,
 dropping deleted documents and scoring them was a third of a query's time, every time. Entries
 are keyed by the :class:`ShardCache` they were computed for (new at every change of its
-shard), so an entry is never stale; entries of replaced caches age out.
+shard), so an entry is never stale: the next cache of the shard starts from them (see
+``ShardCache._inherited``), and entries of replaced caches age out.
 """
 _CACHE_NUMBERS = itertools.count()
 _MAX_ANCESTORS = 8
@@ -132,7 +133,8 @@ class ShardCache:
         self._ancestors: tuple[tuple[int, int], ...] = ()
         self.segments = _segments_of(reader)
         self.size = reader.doc_count_all()
-        # document frequencies (deleted documents included): the same while the segments are
+        # document frequencies (deleted documents included), valid while the segments are
+        # the same
         self._df: dict[tuple[str, bytes], int] = {}
         self.live_docs: Docs = live_docs(reader)
         # None when nothing is deleted (the usual case): no mask to apply.
@@ -163,9 +165,8 @@ class ShardCache:
                 **(previous._former_orders if previous._former_size == previous.size else {}),
                 **{f: got[0] for f, got in previous._orders.items()},
             }
-        alike = _alike_documents(previous.segments, self.segments) if previous is not None else 0
-        if alike:
-            assert previous is not None
+        alike = _alike_documents(previous.segments, self.segments) if previous else 0
+        if previous is not None and alike:
             older = ((n, min(c, alike)) for n, c in previous._ancestors)
             self._ancestors = ((previous.number, alike), *older)[:_MAX_ANCESTORS]
         if previous is not None and previous.segments == self.segments:
@@ -241,9 +242,8 @@ class ShardCache:
                 (ids, weights), covered = inherited
                 if covered < self.size:  # and the documents of the segments added since
                     new_ids, new_weights = read(covered)
-                    ids, weights = np.concatenate([ids, new_ids]), np.concatenate(
-                        [weights, new_weights]
-                    )
+                    ids = np.concatenate([ids, new_ids])
+                    weights = np.concatenate([weights, new_weights])
                 got = _frozen((ids, weights))
             TERM_CACHE.put((self.number, *key), got)
         return got[0], got[1]

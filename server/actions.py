@@ -141,7 +141,7 @@ def read_record(actor: Actor, record_id: str) -> RecordView:
 def restore(actor: Actor, record_id: str) -> RestoreResult:
     """One-click restore: back to the active database, out of search; waits for the audit entry."""
     services = actor.services
-    # (the process's searches pause while it works under the store's locks: restore_record)
+    # (restore_record pauses this process's searches while it deletes the index entry)
     with audited(actor, "restore", record_id, {}, wait=True):
         record: Record = restore_record(
             services.sessions, services.store, services.index, record_id, actor.name, actor.now()
