@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -27,3 +27,9 @@ def acquire_lease(session: Session, name: str, holder: str, now: datetime, ttl: 
 def release_lease(session: Session, name: str, holder: str) -> None:
     """Give the lease back, if we still hold it."""
     session.execute(delete(Lease).where(Lease.name == name, Lease.holder == holder))
+
+
+def lease_held(session: Session, name: str, now: datetime) -> bool:
+    """Whether anyone holds the lease (it is taken and not expired)."""
+    stmt = select(Lease.name).where(Lease.name == name, Lease.expires_at >= now)
+    return session.scalar(stmt) is not None

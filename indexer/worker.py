@@ -23,7 +23,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from archivist.active_db import utcnow
 from archivist.config import Config
-from archivist.leases import acquire_lease, release_lease
+from archivist.leases import acquire_lease, lease_held, release_lease
 from indexer.jobs import run_archive_job, run_dispose_job, run_index_job
 from indexer.services import Services
 
@@ -51,7 +51,15 @@ class Worker:
         self._leased("dispose", lambda keep: run_dispose_job(self.services, utcnow()))
 
     def index(self) -> None:
-        """Index catch-up: whatever is archived but not yet indexed."""
+        """Index catch-up: whatever is archived but not yet indexed.
+
+        Skipped while an archive job runs (in any worker): that job indexes each batch it
+        moves, and a catch-up meanwhile would write the same records a second time.
+        """
+        with self.services.read_sessions.begin() as session:
+            if lease_held(session, "archive", utcnow()):
+                log.info("index job skipped: the archive job is running and indexes its batches")
+                return
         self._leased("index", lambda keep: run_index_job(self.services, should_stop=keep))
 
     def _leased(self, name: str, job: Callable[[Callable[[], bool]], Any]) -> None:

@@ -16,9 +16,12 @@ from sqlalchemy import select
 from archivist.active_db import JobRun, Lease, count_active, utcnow
 from archivist.config import load_config
 from archivist.demo_data import generate_records
+from archivist.importer import import_lines
+from archivist.leases import acquire_lease, release_lease
+from indexer.archiver import archive_due_records
 from indexer.jobs import run_archive_job
 from indexer.services import Services
-from indexer.worker import MISFIRE_GRACE_SECONDS, Worker, build_scheduler
+from indexer.worker import LEASE_TTL, MISFIRE_GRACE_SECONDS, Worker, build_scheduler
 
 
 def test_scheduler_runs_each_job_on_its_trigger_one_at_a_time(services):
@@ -101,3 +104,23 @@ def test_two_workers_share_jobs_and_sigterm_loses_nothing(tmp_path, config_path)
         log = b"".join((tmp_path / f"worker{i}.log").read_bytes() for i in range(2))
         assert b"archive job skipped: another worker holds its lease" in log
         assert b"finishing the current batch, then stopping" in log
+
+
+def test_index_catch_up_waits_while_an_archive_job_runs(services):
+    """The archive job indexes its own batches: a catch-up during it would index them twice."""
+    records = [json.dumps(r).encode() for r in generate_records(30, seed=4)]
+    import_lines(records, services.sessions, services.store.find_archived)
+    archived = archive_due_records(  # moved, not indexed: what a catch-up is for
+        services.sessions, services.store, services.config.retention,
+        utcnow().replace(year=2100), utcnow(),
+    ).archived
+    assert archived == 30 and services.store.counts()["indexed"] == 0
+    worker = Worker(services)
+    with services.sessions.begin() as session:  # another worker's archive job is running
+        assert acquire_lease(session, "archive", "other-worker", utcnow(), LEASE_TTL)
+    worker.index()
+    assert services.store.counts()["indexed"] == 0
+    with services.sessions.begin() as session:
+        release_lease(session, "archive", "other-worker")
+    worker.index()
+    assert services.store.counts()["indexed"] == 30
