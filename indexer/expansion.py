@@ -34,12 +34,10 @@ def prefix_terms(reader: Any, fieldname: str, prefix: str | bytes, limit: int) -
 
 
 def _segment_terms(leaf: Any, fieldname: str, prefix: bytes, limit: int) -> Sequence[bytes]:
+    def read() -> tuple[bytes, ...]:
+        return tuple(islice(leaf.expand_prefix(fieldname, prefix), limit + 1))
+
     segment = leaf.segment() if hasattr(leaf, "segment") else None
     if segment is None:
-        return tuple(islice(leaf.expand_prefix(fieldname, prefix), limit + 1))
-    key = (segment.segid, fieldname, prefix, limit)
-    got = _SEGMENT_TERMS.get(key)
-    if got is None:
-        got = tuple(islice(leaf.expand_prefix(fieldname, prefix), limit + 1))
-        _SEGMENT_TERMS.put(key, got)
-    return got
+        return read()
+    return _SEGMENT_TERMS.get_or_make((segment.segid, fieldname, prefix, limit), read)

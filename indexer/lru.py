@@ -34,6 +34,14 @@ class SizedLru(Generic[V]):
             self._entries.move_to_end(key)
             return got[0]
 
+    def get_or_make(self, key: Hashable, make: Callable[[], V]) -> V:
+        """Return the kept value, or ``make()``'s, kept (made outside the lock)."""
+        got = self.get(key)
+        if got is None:
+            got = make()
+            self.put(key, got)
+        return got
+
     def put(self, key: Hashable, value: V) -> None:
         """Keep a value unless it is too large (a key kept already keeps its value)."""
         size = self._size_of(value)

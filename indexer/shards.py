@@ -64,12 +64,9 @@ def _segment_doc_frequency(leaf: Any, fieldname: str, btext: bytes) -> int:
     segment = leaf.segment() if hasattr(leaf, "segment") else None
     if segment is None:
         return int(leaf.doc_frequency(fieldname, btext))
-    key = (segment.segid, fieldname, btext)
-    df = _SEGMENT_DF.get(key)
-    if df is None:
-        df = int(leaf.doc_frequency(fieldname, btext))
-        _SEGMENT_DF.put(key, df)
-    return df
+    return _SEGMENT_DF.get_or_make(
+        (segment.segid, fieldname, btext), lambda: int(leaf.doc_frequency(fieldname, btext))
+    )
 
 
 # --- per-shard caches -------------------------------------------------------------------------
@@ -232,21 +229,24 @@ class ShardCache:
 
         :param read: reads the live postings of the documents from a document number on.
         """
-        key = (fieldname, btext)
-        got = TERM_CACHE.get((self.number, *key))
-        if got is None:
-            inherited = self._inherited(key, key, complete=False)
-            if inherited is None:
-                got = _frozen(read(0))
-            else:
-                (ids, weights), covered = inherited
-                if covered < self.size:  # and the documents of the segments added since
-                    new_ids, new_weights = read(covered)
-                    ids = np.concatenate([ids, new_ids])
-                    weights = np.concatenate([weights, new_weights])
-                got = _frozen((ids, weights))
-            TERM_CACHE.put((self.number, *key), got)
+        got = TERM_CACHE.get_or_make(
+            (self.number, fieldname, btext), lambda: self._gather(fieldname, btext, read)
+        )
         return got[0], got[1]
+
+    def _gather(
+        self, fieldname: str, btext: bytes, read: Callable[[int], tuple[Docs, Floats]]
+    ) -> tuple[npt.NDArray[Any], ...]:
+        key = (fieldname, btext)
+        inherited = self._inherited(key, key, complete=False)
+        if inherited is None:
+            return _frozen(read(0))
+        (ids, weights), covered = inherited
+        if covered < self.size:  # and the documents of the segments added since
+            new_ids, new_weights = read(covered)
+            ids = np.concatenate([ids, new_ids])
+            weights = np.concatenate([weights, new_weights])
+        return _frozen((ids, weights))
 
     def term_scores(
         self, fieldname: str, btext: bytes, inputs: tuple[float, ...], score: Callable[[], Floats]
@@ -256,12 +256,12 @@ class ShardCache:
         :param inputs: what the scores depend on besides the term (idf, average length).
         """
         key = ("scores", fieldname, btext, *inputs)
-        got = TERM_CACHE.get((self.number, *key))
-        if got is None:
+
+        def make() -> tuple[npt.NDArray[Any], ...]:
             inherited = self._inherited((fieldname, btext), key, complete=True)
-            got = _frozen(inherited[0] if inherited is not None else (score(),))
-            TERM_CACHE.put((self.number, *key), got)
-        return got[0]
+            return _frozen(inherited[0] if inherited is not None else (score(),))
+
+        return TERM_CACHE.get_or_make((self.number, *key), make)[0]
 
     def _inherited(
         self, postings_key: tuple[Any, ...], key: tuple[Any, ...], *, complete: bool
