@@ -60,6 +60,7 @@ rate_limit_per_minute = 100000000
 archive_cron = "* * * * *"
 dispose_cron = "0 0 1 1 *"
 """
+PHASE_NUMBERS = itertools.count(1)  # numbers each phase's batch apart from the others
 JOBS = ("worker", "cli", "none")
 WORKER_DONE = re.compile(r"archive job: (archived \d+, indexed \d+)")
 QUERIES = [
@@ -269,7 +270,8 @@ def run_phase(
     if job != "none":
         with Services.open(load_config(config_path)) as services:
             # numbered by run and phase, so that a reused installation still gets a fresh batch
-            import_batch(services, 2000, RUN_BASE + clients * 10_000, BATCH_GENERATED_AT)
+            start = RUN_BASE + next(PHASE_NUMBERS) * 10_000
+            import_batch(services, 2000, start, BATCH_GENERATED_AT)
     since = 0
     if worker is not None:
         since = worker.log_size()
@@ -378,6 +380,9 @@ def main() -> None:
     parser.add_argument("--no-export", action="store_true", help="skip the export")
     parser.add_argument("--processes", type=int, default=2, help="server worker processes")
     parser.add_argument(
+        "--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients per phase"
+    )
+    parser.add_argument(
         "--job",
         choices=JOBS,
         default="worker",
@@ -432,7 +437,7 @@ def main() -> None:
             run_phase(
                 port, agent, admin, c, args.seconds, config_path, restore_ids, args.job, worker
             )
-            for c in (1, 8, 32)
+            for c in args.clients
         ]
         export = None if args.no_export else measure_export(port, admin, server.pid)
     finally:
