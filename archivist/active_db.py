@@ -34,6 +34,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqlalchemy.types import TypeDecorator
 
 from archivist.records import Record, record_from_json
+from archivist.sqlite_writers import QueuedConnection, connection_factory
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -145,9 +146,12 @@ def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
+    connect_args: dict[str, Any] = {"timeout": 60}
     if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 60})
+        database = Path(parsed.database).absolute()
+        database.parent.mkdir(parents=True, exist_ok=True)
+        connect_args["factory"] = connection_factory(database)
+    engine = create_engine(url, connect_args=connect_args)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -171,8 +175,13 @@ def make_engine(url: str) -> Engine:
         # IMMEDIATE takes the write lock up front: a read-then-write transaction can then never
         # fail half-way with SQLITE_BUSY because another writer committed in between. A
         # read-only transaction reads WAL's last commit instead, without waiting for writers.
+        # Writers first queue up (see archivist.sqlite_writers) rather than poll SQLite's lock.
         if connection.get_execution_options().get(_READ_ONLY):
             connection.exec_driver_sql("BEGIN")
+            return
+        dbapi_connection = connection.connection.dbapi_connection
+        if isinstance(dbapi_connection, QueuedConnection):
+            dbapi_connection.begin_write()
         else:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
