@@ -1,10 +1,12 @@
-"""An exclusive lock shared by the threads of a process and by processes: a lock file + flock."""
+"""Locks shared by the threads of a process and by processes: a lock file + flock."""
 
 from __future__ import annotations
 
 import fcntl
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -54,3 +56,48 @@ class ProcessLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class SharedLock:
+    """A lock taken shared or exclusive, across threads and processes: flock on a lock file.
+
+    Each hold opens the file afresh: flock belongs to an open file description, so two threads
+    of one process then conflict exactly as two processes do. A thread may take the lock again
+    in the mode it holds (or shared inside exclusive) without waiting; asking for exclusive
+    inside shared would wait for itself, so that raises instead.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._held = threading.local()
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        """Hold the lock beside other shared holders; waits while anyone holds it exclusive."""
+        with self._hold(fcntl.LOCK_SH):
+            yield
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the lock alone; waits for every other holder."""
+        with self._hold(fcntl.LOCK_EX):
+            yield
+
+    @contextmanager
+    def _hold(self, mode: int) -> Iterator[None]:
+        held: int | None = getattr(self._held, "mode", None)
+        if held is not None:
+            if mode == fcntl.LOCK_EX and held == fcntl.LOCK_SH:
+                raise RuntimeError(f"{self.path.name}: exclusive asked for while held shared")
+            yield
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, mode)
+            self._held.mode = mode
+            try:
+                yield
+            finally:
+                self._held.mode = None
+        finally:
+            os.close(fd)  # lets go of the lock

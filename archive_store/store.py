@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -48,7 +48,7 @@ from archive_store.errors import (
     SegmentCorrupt,
 )
 from archive_store.faults import crash_point
-from archive_store.locks import ProcessLock
+from archive_store.locks import ProcessLock, SharedLock
 from archive_store.models import ArchiveItem, CatalogEntry, HistoryEvent, Problem, StoredEntry
 from archive_store.verify import verify_store
 
@@ -236,7 +236,7 @@ class ArchiveStore:
         self._segments_dir = self.directory / "segments"
         self._catalog_path = self.directory / "catalog.db"
         self._lock_path = self.directory / ".lock"
-        self._move_lock = ProcessLock(self.directory / "move.lock")
+        self._move_lock = SharedLock(self.directory / "move.lock")
         self._index_lock = ProcessLock(self.directory / "index.lock")
         self._closed = False
         self._reset_process_state()
@@ -288,17 +288,23 @@ class ArchiveStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-        self._move_lock.close()
         self._index_lock.close()
 
-    def moving(self) -> ProcessLock:
-        """The lock under which a record moves between the active database and the archive.
+    def moving(self) -> AbstractContextManager[None]:
+        """The lock, held shared, under which records move between the active database and
+        the archive: around each archive batch and each restore, across threads and processes.
 
-        Held (reentrantly) around each archive batch, restore and reconcile, across threads
-        and processes, so that no two of these interleave on the same record. The store's own
-        write lock is separate and short; this one is held across active-database work.
+        Moves run side by side: a restore need not wait for an archive batch. The `pending`
+        marks, set and checked under the store's write lock, keep two moves off one record
+        (`begin_restore` refuses a record with a mark; `archive_batch` leaves out a record
+        being restored).
         """
-        return self._move_lock
+        return self._move_lock.shared()
+
+    def settling(self) -> AbstractContextManager[None]:
+        """The same lock held alone: while reconcile settles `pending` marks, no move is under
+        way whose mark it would mistake for one a crash left behind."""
+        return self._move_lock.exclusive()
 
     def indexing(self) -> ProcessLock:
         """The lock under which the index is changed together with the `indexed` marks.
@@ -420,7 +426,9 @@ class ArchiveStore:
 
         A record already archived with the same content (a rerun after a crash) is not appended
         again, only marked `delete_active`; one archived with other content raises
-        `AlreadyArchived` before anything is written.
+        `AlreadyArchived` before anything is written. A record being restored (its insert into
+        the active database may have committed already) is left out: it has no entry in the
+        result, and its restore goes on.
 
         :param items: the records to archive; ids must be unique within the batch
         :param at: when they are archived (aware)
@@ -444,20 +452,23 @@ class ArchiveStore:
         results: dict[str, StoredEntry] = {}
         with self._write() as (conn, appender):
             existing = load_records(conn, seen)
+            restoring: set[str] = set()
             for item, _, sha, _, _ in prepared:
                 row = existing.get(item.record_id)
                 if row is None or row["state"] != "archived":
                     continue
-                if row["sha256"] != sha:
+                if row["pending"] == "insert_active":
+                    restoring.add(item.record_id)
+                elif row["sha256"] != sha:
                     raise AlreadyArchived(
                         f"record {item.record_id} is already archived with other content"
                     )
-                if row["pending"] == "insert_active":
-                    raise RestoreInProgress(f"record {item.record_id} is being restored")
             entry_rows: list[tuple[Any, ...]] = []
             record_rows: list[tuple[Any, ...]] = []
             for item, encoded, sha, created_text, updated_text in prepared:
                 row = existing.get(item.record_id)
+                if item.record_id in restoring:
+                    continue
                 if row is not None and row["state"] == "archived":
                     conn.execute(
                         "UPDATE records SET pending = 'delete_active' WHERE record_id = ?",
@@ -495,7 +506,7 @@ class ArchiveStore:
                 "'delete_active', 0, ?)",
                 record_rows,
             )
-        return [results[item.record_id] for item, *_ in prepared]
+        return [results[item.record_id] for item, *_ in prepared if item.record_id in results]
 
     def _stored_entry(self, conn: sqlite3.Connection, seq: int) -> StoredEntry:
         row = conn.execute(

@@ -3,6 +3,10 @@
 Order per batch, so that a crash at any instant loses nothing: the store write is durable and
 committed in the catalog (marked `pending` delete) before the active rows are deleted; the mark
 is cleared only after the delete committed. `reconcile_pending` finishes an interrupted batch.
+
+Restores run beside a batch (the move lock is shared): a record being restored is left out of
+the batch by the store. Legal holds are read with the batch: a hold placed while a batch is
+moving covers its records from the next batch on, and keeps those already moved from disposal.
 """
 
 from __future__ import annotations
@@ -95,9 +99,11 @@ def _archive_one_batch(
     archived_at: datetime,
     batch_size: int,
 ) -> list[Record]:
-    # The move lock keeps restores and reconcile out of this batch; the transaction holds the
-    # active rows (SQLite: the write lock) until the delete commits.
-    with store.moving():
+    # Three short steps, none holding the active database's write lock across the store's
+    # write, so restores and audit entries need not wait for the whole batch: read the batch,
+    # write it to the store (marked `pending` delete), delete the active rows still as read.
+    # A row the CRM changed meanwhile is not deleted, and reconcile settles it.
+    with store.moving():  # shared with restores; reconcile waits for it
         with sessions.begin() as session:
             stmt = (
                 select(*record_columns())
@@ -105,20 +111,22 @@ def _archive_one_batch(
                 .order_by(ActiveRecord.updated_at_utc)
                 .limit(batch_size)
             )
-            if session.get_bind().dialect.name == "postgresql":
-                stmt = stmt.with_for_update(skip_locked=True)
             records = select_records(session, stmt)
-            if not records:
-                return []
-            crash_point("archive.before_store")
-            store.archive_batch([_item(r) for r in records], archived_at, ACTOR)
-            crash_point("archive.after_store")
-            deleted = delete_records(session, [(r.id, r.updated_at) for r in records])
+        if not records:
+            return []
+        crash_point("archive.before_store")
+        stored = store.archive_batch([_item(r) for r in records], archived_at, ACTOR)
+        crash_point("archive.after_store")
+        # (a record being restored is left out by the store, and stays active)
+        moving = {entry.record_id for entry in stored}
+        with sessions.begin() as session:
+            deleted = delete_records(
+                session, [(r.id, r.updated_at) for r in records if r.id in moving]
+            )
             crash_point("archive.after_delete")
         crash_point("archive.after_commit")
-        # Rows the CRM changed or removed meanwhile were not deleted; reconcile settles them.
         store.clear_pending(deleted)
-    if len(deleted) != len(records):
+    if len(deleted) != len(moving):
         reconcile_pending(sessions, store, archived_at)
     return [r for r in records if r.id in deleted]
 

@@ -19,7 +19,7 @@ ACTOR = "reconcile"
 
 def reconcile_pending(sessions: sessionmaker[Session], store: ArchiveStore, now: datetime) -> int:
     """Settle every pending move; returns how many records it settled."""
-    with store.moving():  # a move in progress in another process finishes first
+    with store.settling():  # moves under way finish first, and no new one begins
         return _settle(sessions, store, now)
 
 

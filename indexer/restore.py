@@ -36,7 +36,8 @@ def restore_record(
     :raises RestoreInProgress: another restore of it is under way.
     :raises AlreadyActive: the active database already holds a record with this id.
     """
-    with store.moving():
+    unsettled: Exception | None = None
+    with store.moving():  # shared: an archive batch may be moving other records meanwhile
         entry = store.begin_restore(record_id)
         record = record_from_json(store.get(record_id))
         try:
@@ -55,12 +56,16 @@ def restore_record(
             raise AlreadyActive(
                 f"record {record_id!r} already exists in the active database"
             ) from None
-        except Exception:
-            # The insert may or may not have committed (e.g. the connection dropped during
-            # COMMIT): reconcile looks at the active database and settles it, now or later.
-            reconcile_pending(sessions, store, now)
-            raise
-        store.complete_restore(record_id, now, actor)
+        except Exception as e:
+            unsettled = e
+        else:
+            store.complete_restore(record_id, now, actor)
+    if unsettled is not None:
+        # The insert may or may not have committed (e.g. the connection dropped during
+        # COMMIT): reconcile looks at the active database and settles it, now or later. It
+        # holds the move lock alone, so only once this restore has let go of it.
+        reconcile_pending(sessions, store, now)
+        raise unsettled
     if index is not None:  # leave search now, not at the next catch-up
         with store.indexing():
             # This process's searches pause meanwhile (see SearchIndex.urgent): the delete is

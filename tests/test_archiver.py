@@ -176,3 +176,39 @@ def test_restored_record_that_ages_again_is_archived_as_a_new_version(services, 
     assert services.store.info("RA").version == 2
     assert [e.event for e in services.store.history("RA")] == ["archived", "restored", "archived"]
     assert services.store.verify() == []
+
+
+def test_a_batch_leaves_a_record_being_restored_in_the_active_database(services, make_record):
+    """A restore runs beside the archive job: if the job finds the record after the restore
+    put it back but before the restore finished, the job moves the others and leaves it."""
+    from archivist.active_db import insert_record
+    from archivist.records import record_from_json
+    from indexer.archiver import archive_due_records
+
+    load(services, [make_record(id="RB", updated_at="2020-01-03T00:00:00Z")])
+    run_archive_job(services, AS_OF)
+    load(services, [
+        make_record(id=f"RC{i}", updated_at=f"2020-01-0{i}T00:00:00Z") for i in (1, 2, 4)
+    ])
+    batches: list[list[str]] = []
+
+    def index_batch(batch):
+        if not batches:  # after the job's first batch, a restore of RB begins and inserts it
+            services.store.begin_restore("RB")
+            with services.sessions.begin() as session:
+                insert_record(session, record_from_json(services.store.get("RB")))
+        batches.append([record.id for record, _ in batch])
+        return len(batch)
+
+    report = archive_due_records(
+        services.sessions, services.store, services.config.retention, AS_OF, utcnow(),
+        batch_size=2, index_batch=index_batch,
+    )
+
+    assert batches == [["RC1", "RC2"], ["RC4"]]  # the second batch read RB too, and left it
+    assert report.archived == 3
+    assert active_ids(services, ["RB", "RC1", "RC2", "RC4"]) == {"RB"}
+    assert services.store.info("RB").pending == "insert_active"
+    services.store.complete_restore("RB", utcnow(), "admin")
+    assert [e.event for e in services.store.history("RB")] == ["archived", "restored"]
+    assert services.store.verify() == []

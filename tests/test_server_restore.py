@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from archivist.active_db import find_active, upsert_records
 from archivist.records import parse_record
+from indexer.reconcile import reconcile_pending
 
 
 def test_restore_round_trip(
@@ -133,7 +138,22 @@ def test_two_simultaneous_restores_give_one_200_and_one_409(
         assert sorted(_restore_at_once(live_server, admin_headers, record["id"])) == [200, 409]
 
 
-def test_searches_go_on_while_a_restore_waits_for_an_archive_batch(
+def _post_restore(live_server: str, headers: dict[str, str], record_id: str) -> int:
+    request = urllib.request.Request(
+        f"{live_server}/api/v1/records/{record_id}/restore", method="POST", headers=headers
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        status: int = response.status
+        return status
+
+
+def _http_search_ids(live_server: str, headers: dict[str, str], q: str) -> list[str]:
+    search = urllib.request.Request(f"{live_server}/api/v1/search?q={q}", headers=headers)
+    with urllib.request.urlopen(search, timeout=5) as response:
+        return [h["id"] for h in json.load(response)["hits"]]
+
+
+def test_a_restore_goes_on_beside_an_archive_batch_and_reconcile_waits(
     live_server: str,
     admin_headers: dict[str, str],
     agent_headers: dict[str, str],
@@ -141,41 +161,67 @@ def test_searches_go_on_while_a_restore_waits_for_an_archive_batch(
     archived: Callable[..., Any],
     make_record: Callable[..., dict[str, Any]],
 ) -> None:
-    """A restore pauses its process's searches only while it works, not while it waits for the
-    store's move lock that an archive batch holds; it completes once the lock is free."""
+    """Moves share the store's move lock: a restore completes while an archive batch is
+    moving (here: a thread holding the lock as a batch does), and reconcile, which needs the
+    lock alone, waits until the batch is done."""
     archived(make_record(id="WAIT-1", body="kettle descaling"), make_record(id="WAIT-2"))
     held, release = threading.Event(), threading.Event()
 
-    def archive_batch() -> None:  # holds the move lock as a batch does (another lock file handle)
+    def archive_batch() -> None:
         with services.store.moving():
             held.set()
             release.wait(60)
 
-    statuses: list[int] = []
-
-    def restore() -> None:
-        request = urllib.request.Request(
-            f"{live_server}/api/v1/records/WAIT-1/restore", method="POST", headers=admin_headers
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            statuses.append(response.status)
-
+    settled: list[int] = []
     batch = threading.Thread(target=archive_batch)
     batch.start()
     try:
         assert held.wait(10)
-        restorer = threading.Thread(target=restore)
-        restorer.start()
-        time.sleep(0.5)
-        assert restorer.is_alive() and not statuses  # waiting for the lock
-        search = urllib.request.Request(
-            f"{live_server}/api/v1/search?q=kettle", headers=agent_headers
+        assert _post_restore(live_server, admin_headers, "WAIT-1") == 200
+        assert _http_search_ids(live_server, agent_headers, "kettle") == []
+        reconcile = threading.Thread(
+            target=lambda: settled.append(
+                reconcile_pending(services.sessions, services.store, datetime.now(UTC))
+            )
         )
-        with urllib.request.urlopen(search, timeout=5) as response:
-            assert [h["id"] for h in json.load(response)["hits"]] == ["WAIT-1"]
-        assert restorer.is_alive()
+        reconcile.start()
+        time.sleep(0.5)
+        assert reconcile.is_alive() and not settled
     finally:
         release.set()
         batch.join()
+    reconcile.join(60)
+    assert settled == [0]
+    with services.sessions.begin() as session:
+        assert set(find_active(session, ["WAIT-1", "WAIT-2"])) == {"WAIT-1"}
+
+
+def test_searches_go_on_while_a_restore_waits_to_write(
+    live_server: str,
+    admin_headers: dict[str, str],
+    agent_headers: dict[str, str],
+    services: Any,
+    archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    """A restore pauses its process's searches only while it works, not while it waits for
+    its turn to write to the active database; it completes once the turn comes."""
+    archived(make_record(id="WAIT-1", body="kettle descaling"), make_record(id="WAIT-2"))
+    database = Path(services.config.active_url.removeprefix("sqlite:///")).absolute()
+    statuses: list[int] = []
+    fd = os.open(database.with_name(database.name + "-writers.lock"), os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another process's writer has the turn
+        restorer = threading.Thread(
+            target=lambda: statuses.append(_post_restore(live_server, admin_headers, "WAIT-1"))
+        )
+        restorer.start()
+        time.sleep(0.5)
+        assert restorer.is_alive() and not statuses  # waiting for its turn
+        assert _http_search_ids(live_server, agent_headers, "kettle") == ["WAIT-1"]
+        assert restorer.is_alive()
+    finally:
+        os.close(fd)  # gives the turn back
     restorer.join(60)
     assert statuses == [200]
+    assert _http_search_ids(live_server, agent_headers, "kettle") == []
