@@ -598,6 +598,19 @@ class SearchIndex:
                 self._bump(gen)
         return len(holders)
 
+    def prepare_deletes(self) -> None:
+        """Open every shard's id look-up searcher now, so that the first restore after start
+        does not (a reader per segment: about 150 ms at 1,000,000 records). No-op without an
+        index."""
+        self._check_open()
+        with self._write_lock:
+            try:
+                gen = self._current_gen()
+            except IndexUnavailable:
+                return
+            for name in self._shard_names(gen):
+                self._id_searcher(gen, name)
+
     def _delete_in(self, gen: Path, by_shard: dict[str, list[str]]) -> None:
         for name, rids in sorted(by_shard.items()):
             ix = self._shard_index(gen, name)

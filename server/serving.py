@@ -39,7 +39,9 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Flask:
-        return create_app(self._config)
+        app = create_app(self._config)
+        app.extensions["archivist"].index.prepare_deletes()  # before the first restore
+        return app
 
 
 def serve(

@@ -198,3 +198,34 @@ def test_iter_hits_skips_a_record_restored_mid_stream(services, make_record):
     restore_record(services.sessions, services.store, services.index, "S029", "admin", utcnow())
     seen += [hit.id for hit in stream]
     assert len(seen) == 29 and "S029" not in seen
+
+
+def test_prepare_deletes_opens_the_id_lookups_a_restore_needs(config, make_record, monkeypatch):
+    """A server prepares deletes at start: its first restore then opens no segment reader."""
+    from whoosh import reading
+
+    with Services.open(config, create=True) as services:
+        load(services, [
+            make_record(id=f"P{i}", created_at=f"20{18 + i % 3}-05-01T00:00:00Z")
+            for i in range(30)
+        ])
+        run_archive_job(services, AS_OF)
+    opened: list[object] = []
+    real_init = reading.SegmentReader.__init__
+
+    def counting_init(self, *args, **kwargs):
+        opened.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(reading.SegmentReader, "__init__", counting_init)
+    for prepare in (False, True):
+        with Services.open(config) as services:
+            if prepare:
+                services.index.prepare_deletes()
+            opened.clear()
+            restore_record(
+                services.sessions, services.store, services.index, f"P{int(prepare)}", "admin",
+                utcnow(),
+            )
+            assert bool(opened) is not prepare  # (without it, the restore opens readers)
+            assert found(services, f"id:P{int(prepare)}") == []
