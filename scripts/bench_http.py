@@ -10,6 +10,7 @@ two seconds before a minute begins. ``--job cli`` runs ``archivist archive`` as 
 own instead (paying its start-up: imports, opening the index); ``--job none`` runs no job.
 
 Usage: .venv/bin/python scripts/bench_http.py [--records 50000] [--seconds 20] [--dir DIR]
+       [--clients 1 8 32] [--job worker|cli|none]
 Prints a markdown table; docs/benchmarks.md keeps the figures.
 """
 
