@@ -105,7 +105,12 @@ class QueuedConnection(sqlite3.Connection):
             self.queue.release()
 
 
+def writers_lock_path(database: Path) -> Path:
+    """The lock file the writers of `database` queue on (beside it)."""
+    return database.with_name(database.name + "-writers.lock")
+
+
 def connection_factory(database: Path) -> type[QueuedConnection]:
     """A connection class for `sqlite3.connect(factory=...)` queueing writers of `database`."""
-    queue = WriterQueue(database.with_name(database.name + "-writers.lock"))
+    queue = WriterQueue(writers_lock_path(database))
     return type("QueuedConnection", (QueuedConnection,), {"queue": queue})

@@ -16,6 +16,7 @@ from typing import Any
 
 from archivist.active_db import find_active, upsert_records
 from archivist.records import parse_record
+from archivist.sqlite_writers import writers_lock_path
 from indexer.reconcile import reconcile_pending
 
 
@@ -209,7 +210,7 @@ def test_searches_go_on_while_a_restore_waits_to_write(
     archived(make_record(id="WAIT-1", body="kettle descaling"), make_record(id="WAIT-2"))
     database = Path(services.config.active_url.removeprefix("sqlite:///")).absolute()
     statuses: list[int] = []
-    fd = os.open(database.with_name(database.name + "-writers.lock"), os.O_RDWR | os.O_CREAT)
+    fd = os.open(writers_lock_path(database), os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # another process's writer has the turn
         restorer = threading.Thread(

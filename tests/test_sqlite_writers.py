@@ -22,13 +22,13 @@ from archivist.active_db import (
     make_read_sessions,
     make_sessions,
 )
+from archivist.sqlite_writers import writers_lock_path
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def _lock_file(services: Any) -> Path:
-    database = Path(services.config.active_url.removeprefix("sqlite:///")).absolute()
-    return database.with_name(database.name + "-writers.lock")
+    return writers_lock_path(Path(services.config.active_url.removeprefix("sqlite:///")).absolute())
 
 
 @contextmanager
@@ -127,5 +127,5 @@ def test_threads_of_one_process_write_one_at_a_time(tmp_path: Path) -> None:
     assert not errors
     with reads.begin() as session:
         assert session.scalar(select(func.count()).select_from(Lease)) == 80
-    assert not _taken(tmp_path / "active.db-writers.lock")
+    assert not _taken(writers_lock_path(tmp_path / "active.db"))
     engine.dispose()
