@@ -202,7 +202,7 @@ def test_a_batch_leaves_a_record_being_restored_in_the_active_database(services,
 
     report = archive_due_records(
         services.sessions, services.store, services.config.retention, AS_OF, utcnow(),
-        batch_size=2, index_batch=index_batch,
+        batch_size=2, index_batch=index_batch, index_every=1,
     )
 
     assert batches == [["RC1", "RC2"], ["RC4"]]  # the second batch read RB too, and left it
@@ -212,3 +212,35 @@ def test_a_batch_leaves_a_record_being_restored_in_the_active_database(services,
     services.store.complete_restore("RB", utcnow(), "admin")
     assert [e.event for e in services.store.history("RB")] == ["archived", "restored"]
     assert services.store.verify() == []
+
+
+
+def test_a_run_hands_its_batches_to_the_indexer_together(services, make_record):
+    from indexer.archiver import archive_due_records
+
+    def run(first: int, index_every: int) -> list[list[str]]:
+        """Archive three records in each of three policy groups (finance and medical have
+        their own), in batches of at most 2; return what the indexer was handed, call by call."""
+        numbers = (first, first + 1, first + 2)
+        load(services, [
+            make_record(id=f"{category[0].upper()}{i}", category=category,
+                        updated_at=f"2010-01-0{i}T00:00:00Z")
+            for category in ("finance", "medical", "support") for i in numbers
+        ])
+        handed: list[list[str]] = []
+
+        def index_batch(batch):
+            handed.append(sorted(record.id for record, _ in batch))
+            return len(batch)
+
+        report = archive_due_records(
+            services.sessions, services.store, services.config.retention, AS_OF, utcnow(),
+            batch_size=2, index_batch=index_batch, index_every=index_every,
+        )
+        assert report.archived == report.indexed == 9
+        return handed
+
+    # all six batches at once
+    assert run(1, 20_000) == [["F1", "F2", "F3", "M1", "M2", "M3", "S1", "S2", "S3"]]
+    # whenever at least 3 are waiting (here after each group's two batches)
+    assert run(4, 3) == [["F4", "F5", "F6"], ["M4", "M5", "M6"], ["S4", "S5", "S6"]]
