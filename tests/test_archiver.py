@@ -214,7 +214,6 @@ def test_a_batch_leaves_a_record_being_restored_in_the_active_database(services,
     assert services.store.verify() == []
 
 
-
 def test_a_run_hands_its_batches_to_the_indexer_together(services, make_record):
     from indexer.archiver import archive_due_records
 
