@@ -53,12 +53,12 @@ class Worker:
     def index(self) -> None:
         """Index catch-up: whatever is archived but not yet indexed.
 
-        Skipped while an archive job runs (in any worker): that job indexes each batch it
-        moves, and a catch-up meanwhile would write the same records a second time.
+        Skipped while an archive job runs (in any worker): that job indexes what it moves,
+        and a catch-up meanwhile would write the same records a second time.
         """
         with self.services.read_sessions.begin() as session:
             if lease_held(session, "archive", utcnow()):
-                log.info("index job skipped: the archive job is running and indexes its batches")
+                log.info("index job skipped: the archive job is running and indexes what it moves")
                 return
         self._leased("index", lambda keep: run_index_job(self.services, should_stop=keep))
 

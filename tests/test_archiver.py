@@ -12,6 +12,7 @@ from archive_store.segment import decode_frame, iter_frames
 from archivist.active_db import find_active, utcnow
 from archivist.holds import add_hold, remove_hold
 from archivist.importer import import_lines
+from indexer.archiver import archive_due_records
 from indexer.jobs import run_archive_job, run_dispose_job
 
 AS_OF = datetime(2026, 6, 1, 0, 0, tzinfo=UTC)
@@ -183,7 +184,6 @@ def test_a_batch_leaves_a_record_being_restored_in_the_active_database(services,
     put it back but before the restore finished, the job moves the others and leaves it."""
     from archivist.active_db import insert_record
     from archivist.records import record_from_json
-    from indexer.archiver import archive_due_records
 
     load(services, [make_record(id="RB", updated_at="2020-01-03T00:00:00Z")])
     run_archive_job(services, AS_OF)
@@ -215,7 +215,6 @@ def test_a_batch_leaves_a_record_being_restored_in_the_active_database(services,
 
 
 def test_a_run_hands_its_batches_to_the_indexer_together(services, make_record):
-    from indexer.archiver import archive_due_records
 
     def run(first: int, index_every: int) -> list[list[str]]:
         """Archive three records in each of three policy groups (finance and medical have

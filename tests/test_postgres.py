@@ -1,4 +1,4 @@
-"""The same data path on a real PostgreSQL server: upserts, SKIP LOCKED batches, holds, leases,
+"""The same data path on a real PostgreSQL server: upserts, archive batches, holds, leases,
 restore and reconcile use PostgreSQL's own SQL there.
 
 Runs whenever PostgreSQL's server programs are installed (`scripts/setup --test` installs them);
