@@ -14,6 +14,7 @@ joined into one Whoosh index (one TOC listing both), and CURRENT is swapped.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import json
@@ -43,8 +44,9 @@ from whoosh.analysis import IDTokenizer
 from whoosh.codec.whoosh3 import LENGTHS_COLUMN, WHOOSH3_HEADER_MAGIC, _lenfield
 from whoosh.filedb.filestore import FileStorage
 from whoosh.formats import Existence
-from whoosh.index import TOC
+from whoosh.index import TOC, LockError
 from whoosh.reading import SegmentReader
+from whoosh.util.filelock import try_for
 
 from archivist.records import format_utc
 from indexer.analysis import (
@@ -185,12 +187,13 @@ def _record_shard(record: dict[str, Any], period: str) -> str:
     return shard_key(parse_timestamp(created), period)
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_atomic(path: Path, text: str, durable: bool = True) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
@@ -411,7 +414,10 @@ class SearchIndex:
         return ix
 
     def _bump(self, gen: Path) -> None:
-        _write_atomic(gen / "STAMP", f"{time.time_ns()} {os.getpid()} {uuid.uuid4().hex}")
+        """Tell searchers in every process that the generation's shards changed. Not fsynced:
+        after a crash, every process opens the shards afresh whatever the stamp says."""
+        stamp = f"{time.time_ns()} {os.getpid()} {uuid.uuid4().hex}"
+        _write_atomic(gen / "STAMP", stamp, durable=False)
 
     # --- searching ------------------------------------------------------------------------
 
@@ -468,7 +474,7 @@ class SearchIndex:
 
     def urgent(self) -> AbstractContextManager[None]:
         """A block that runs before any further step of this process's searches (a restore:
-        short, and someone waits on it)."""
+        short, and someone waits on it), for up to a tenth of a second."""
         return self._turns.urgent()
 
     def iter_hits(self, query: SearchQuery, chunk: int = 500) -> Iterator[SearchHit]:
@@ -577,10 +583,13 @@ class SearchIndex:
             self._bump(gen)
         return len(batch)
 
-    def delete(self, record_ids: Iterable[str]) -> int:
+    def delete(self, record_ids: Iterable[str], current: Iterable[dict[str, Any]] = ()) -> int:
         """Remove records from the index; returns how many were indexed.
 
         :param record_ids: the ids to remove.
+        :param current: the latest archived version of some of them (a restore has it). Indexing
+            keeps a record's only copy in the shard of its latest version's ``created_at``, so
+            each is looked for there first, and in the other shards only if it is not there.
         """
         self._check_open()
         ids = list(dict.fromkeys(record_ids))
@@ -588,7 +597,12 @@ class SearchIndex:
             return 0
         with self._write_lock:
             gen = self._current_gen()
-            holders = self._find_ids(gen, ids)
+            period = self._load_meta(gen)["shard_period"]
+            home = {r["id"]: _record_shard(r, period) for r in current if r["id"] in ids}
+            holders = self._find_ids(gen, ids, home)
+            elsewhere = [rid for rid in home if rid not in holders]
+            if elsewhere:  # not indexed yet, or a copy the rule above does not account for
+                holders.update(self._find_ids(gen, elsewhere))
             by_shard: dict[str, list[str]] = {}
             for rid, names in holders.items():
                 for name in names:
@@ -612,16 +626,30 @@ class SearchIndex:
                 self._id_searcher(gen, name)
 
     def _delete_in(self, gen: Path, by_shard: dict[str, list[str]]) -> None:
+        """Mark records deleted shard by shard, each in a commit that writes only a new table
+        of contents (Whoosh's writer would first create, then throw away, a new segment's
+        files: most of a restore's index time). The shard keeps its segments, so searchers
+        keep their column caches."""
         for name, rids in sorted(by_shard.items()):
             ix = self._shard_index(gen, name)
-            writer = open_writer(ix, frozenset(), timeout=60.0)
+            lock = ix.lock("WRITELOCK")
+            if not try_for(lock.acquire, timeout=60.0, delay=0.05):
+                raise LockError(f"shard {name} stayed locked for 60 s")
             try:
-                self._delete_ids(writer, gen, name, rids)
-            except BaseException:
-                writer.cancel()
-                raise
-            # No merge: the shard keeps its segments, so searchers keep their column caches.
-            self._commit(ix, writer, merge=False)
+                toc = ix._read_toc()
+                searcher = self._id_searcher(gen, name)  # up to date: the shard is locked
+                offsets = list(
+                    itertools.accumulate((s.doc_count_all() for s in toc.segments), initial=0)
+                )
+                for rid in rids:
+                    for docnum in searcher.document_numbers(id=rid):
+                        i = bisect.bisect_right(offsets, docnum) - 1
+                        toc.segments[i].delete_document(docnum - offsets[i])
+                generation = toc.generation + 1
+                TOC(toc.schema, toc.segments, generation).write(ix.storage, ix.indexname)
+                windex.clean_files(ix.storage, ix.indexname, generation, toc.segments)
+            finally:
+                lock.release()
 
     # --- adding in parallel -------------------------------------------------------------
 

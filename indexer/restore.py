@@ -39,7 +39,8 @@ def restore_record(
     unsettled: Exception | None = None
     with store.moving():  # shared: an archive batch may be moving other records meanwhile
         entry = store.begin_restore(record_id)
-        record = record_from_json(store.get(record_id))
+        stored = store.get(record_id)
+        record = record_from_json(stored)
         try:
             with sessions.begin() as session:
                 if find_active(session, [record_id]):
@@ -68,10 +69,6 @@ def restore_record(
         raise unsettled
     if index is not None:  # leave search now, not at the next catch-up
         with store.indexing():
-            # This process's searches pause meanwhile (see SearchIndex.urgent): the delete is
-            # short work for the CPU, and an admin waits. Not while waiting for a lock, nor
-            # for the disk (the store's and the database's writes): searches can run then.
-            with index.urgent():
-                index.delete([record_id])
+            index.delete([record_id], current=[stored])
             store.mark_indexed([(record_id, entry.version, "restored")])
     return record

@@ -5,12 +5,15 @@ searchers also share file positions). ``threading.Lock`` is not fair: under load
 could wait behind many later ones, which is what a latency's tail is made of. Here each search
 waits for its ticket. A restore is urgent: an admin waits on it, and it takes a few
 milliseconds of CPU; the running search pauses at its next checkpoint (between shards, between
-hits) until the restore is done, instead of sharing the GIL with it.
+hits) until the restore is done, instead of sharing the GIL and the core with it. The pause
+has a time limit: an urgent block that waits longer (for an archive batch's lock) lets the
+searches go on meanwhile.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -23,7 +26,7 @@ class Turns:
         self._next = 0  # the next ticket to hand out
         self._serving = 0  # the ticket whose turn it is
         self._abandoned: set[int] = set()
-        self._urgent = 0
+        self._urgent: list[float] = []  # the deadlines of the urgent blocks running
 
     @contextmanager
     def turn(self) -> Iterator[None]:
@@ -32,8 +35,11 @@ class Turns:
             ticket = self._next
             self._next += 1
             try:
-                while self._serving != ticket or self._urgent:
-                    self._cond.wait()
+                while True:
+                    pause = self._pause()
+                    if self._serving == ticket and pause is None:
+                        break
+                    self._cond.wait(pause)
             except BaseException:
                 self._abandon(ticket)
                 raise
@@ -47,20 +53,29 @@ class Turns:
         """Called by the search holding the turn: wait here while urgent work runs."""
         if self._urgent:  # read without the lock: the usual case costs nothing
             with self._cond:
-                while self._urgent:
-                    self._cond.wait()
+                while (pause := self._pause()) is not None:
+                    self._cond.wait(pause)
 
     @contextmanager
-    def urgent(self) -> Iterator[None]:
-        """Run a block before any further search step in this process."""
+    def urgent(self, limit: float = 0.1) -> Iterator[None]:
+        """Run a block before any further search step in this process, for up to ``limit``
+        seconds; after that, searches go on beside it."""
+        deadline = time.monotonic() + limit
         with self._cond:
-            self._urgent += 1
+            self._urgent.append(deadline)
         try:
             yield
         finally:
             with self._cond:
-                self._urgent -= 1
+                self._urgent.remove(deadline)
                 self._cond.notify_all()
+
+    def _pause(self) -> float | None:
+        """How long searches should still wait for urgent work (under the lock); None: not."""
+        if not self._urgent:
+            return None
+        left = max(self._urgent) - time.monotonic()
+        return left if left > 0 else None
 
     def _advance(self) -> None:
         self._serving += 1

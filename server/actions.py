@@ -141,8 +141,9 @@ def read_record(actor: Actor, record_id: str) -> RecordView:
 def restore(actor: Actor, record_id: str) -> RestoreResult:
     """One-click restore: back to the active database, out of search; waits for the audit entry."""
     services = actor.services
-    # (restore_record pauses this process's searches while it deletes the index entry)
-    with audited(actor, "restore", record_id, {}, wait=True):
+    # An admin waits, and a restore is a few milliseconds of work: this process's searches
+    # pause meanwhile (for up to a limit, see Turns.urgent) rather than share the core with it.
+    with services.index.urgent(), audited(actor, "restore", record_id, {}, wait=True):
         record: Record = restore_record(
             services.sessions, services.store, services.index, record_id, actor.name, actor.now()
         )

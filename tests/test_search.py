@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from whoosh import index as windex
 
 from indexer.analysis import iter_tokens, stem
 from indexer.dates import parse_bound, to_micros
@@ -400,6 +401,39 @@ def test_upsert_and_delete_across_shards(tmp_path: Path) -> None:
     assert [h.created_at for h in hits] == ["2022-05-01T00:00:00Z"]
     assert ix.delete(["MOVE", "NOPE"]) == 1
     assert ix.doc_count() == 0 and ix.search(SearchQuery()).total == 0
+
+
+def test_a_delete_given_the_current_version_marks_it_deleted_in_its_shard(tmp_path: Path) -> None:
+    """The shard of the version passed is searched first; a copy elsewhere is still found. The
+    shard keeps its segments (only the deletion is written) and no new segment's files."""
+    ix = SearchIndex.open(tmp_path)
+    first, second = (
+        {
+            **CORPUS[i][0],
+            "id": f"HOME-{i}",
+            "body": f"unique okapi{i}",
+            "created_at": f"20{19 + i}-05-01T00:00:00Z",
+        }
+        for i in range(2)
+    )
+    ix.add([(first, AT), (second, AT), *CORPUS[:20]])
+    shard = windex.open_dir(str(next(tmp_path.glob("g*/2019"))))
+    segments = [s.segment_id() for s in shard._segments()]
+    files = set(shard.storage.list())
+
+    assert ix.delete(["HOME-0"], current=[first]) == 1
+    assert [s.segment_id() for s in shard._segments()] == segments
+    assert sum(s.deleted_count() for s in shard._segments()) == 1
+    assert {f for f in shard.storage.list() if not f.endswith(".toc")} == {
+        f for f in files if not f.endswith(".toc")
+    }
+    assert ix.search(SearchQuery(q="okapi0")).total == 0
+
+    elsewhere = {**second, "created_at": "2019-05-01T00:00:00Z"}  # not where it is indexed
+    assert ix.delete(["HOME-1"], current=[elsewhere]) == 1
+    assert ix.search(SearchQuery(q="okapi1")).total == 0
+    assert ix.delete(["HOME-1"], current=[second]) == 0  # gone already
+    assert ix.doc_count() == 20
 
 
 def test_another_instance_sees_new_commits(tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ def test_urgent_work_runs_while_the_search_waits_at_its_checkpoint() -> None:
 
     def restore() -> None:
         at_checkpoint.wait()
-        with turns.urgent():
+        with turns.urgent(limit=60):
             urgent_started.set()
             time.sleep(0.05)
             events.append("restore")
@@ -79,13 +79,40 @@ def test_urgent_work_runs_while_the_search_waits_at_its_checkpoint() -> None:
         with turns.turn():
             started.append("search")
 
-    with turns.urgent():
+    with turns.urgent(limit=60):
         t = threading.Thread(target=later_search)
         t.start()
         time.sleep(0.05)
         assert started == []
     t.join()
     assert started == ["search"]
+
+
+def test_urgent_work_that_outlasts_its_limit_lets_searches_go_on() -> None:
+    turns = Turns()
+    events: list[str] = []
+    at_checkpoint = threading.Event()
+    urgent_started = threading.Event()
+
+    def search() -> None:
+        with turns.turn():
+            at_checkpoint.set()
+            urgent_started.wait()
+            turns.checkpoint()  # waits out the limit, not the whole block
+            events.append("search step 2")
+        with turns.turn():  # and the next search starts too
+            events.append("next search")
+
+    t = threading.Thread(target=search)
+    t.start()
+    at_checkpoint.wait()
+    with turns.urgent(limit=0.05):
+        urgent_started.set()
+        wait_until(lambda: len(events) == 2)  # as if waiting for a lock, past the limit
+        events.append("urgent block ends")
+    t.join()
+    assert events == ["search step 2", "next search", "urgent block ends"]
+    assert turns._urgent == []
 
 
 def test_a_waiter_that_gives_up_does_not_block_the_ones_after_it() -> None:
