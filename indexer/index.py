@@ -18,6 +18,7 @@ import bisect
 import contextlib
 import itertools
 import json
+import logging
 import operator
 import os
 import pickle
@@ -87,6 +88,8 @@ _BATCH = 500
 WORKER_BUFFERED_DOCS = 300_000  # documents a rebuild worker holds in memory (~3.5 KiB each)
 PAIR_SAMPLE = 20_000  # records a rebuild reads before choosing the pair terms
 _READ_IDS_COST = 200  # one id look-up in a segment costs about as much as reading 200 ids
+_WARM_QUERIES = 16  # the latest distinct queries run again after a change (keep_fresh)
+log = logging.getLogger(__name__)
 
 
 def shard_key(created_at: datetime, period: str) -> str:
@@ -302,6 +305,9 @@ class SearchIndex:
         self._pair_sets: dict[str, frozenset[bytes]] = {}
         self._parser: Any = None
         self._closed = False
+        self._recent: dict[SearchQuery, None] = {}  # the latest distinct queries, oldest first
+        self._freshener: threading.Thread | None = None
+        self._stop_freshening = threading.Event()
 
     # --- opening and layout -------------------------------------------------------------
 
@@ -465,12 +471,54 @@ class SearchIndex:
         # Whoosh searchers share file handles (seek + read), so one query runs at a time (in
         # arrival order, see turns); the work is Python that holds the GIL anyway.
         with self._turns.turn():
+            self._recent.pop(query, None)  # (searches change it one at a time, in their turn)
+            self._recent[query] = None
+            if len(self._recent) > _WARM_QUERIES:
+                del self._recent[next(iter(self._recent))]
             snap = self._current_snapshot()
             readers = [v.cache.searcher.reader() for v in snap.views]
             compiled = compile_query(query.q, self._parser, readers)
             return run_search(
                 snap.views, query, compiled, snap.stats, _load_hit, started, self._turns.checkpoint
             )
+
+    def keep_fresh(self, interval: float = 0.5) -> None:
+        """Reopen changed shards in a background thread rather than in the next search, then
+        run the latest distinct queries again while no search waits, so that a query's first
+        run after a change (gathering the new segments' postings: about 3 times its usual
+        time) is not a user's. Under full load the searches themselves do it, as before.
+
+        :param interval: seconds between looks at the index's change stamp.
+        """
+        self._check_open()
+        if self._freshener is None:
+            self._freshener = threading.Thread(
+                target=self._freshen, args=(interval,), name="index-freshener", daemon=True
+            )
+            self._freshener.start()
+
+    def _freshen(self, interval: float) -> None:
+        while not self._stop_freshening.wait(interval):
+            try:
+                if not self._stale():
+                    continue
+                with self._turns.turn():
+                    self._current_snapshot()
+                for query in list(self._recent):
+                    if not self._turns.idle() or self._stop_freshening.is_set():
+                        break
+                    self.search(query)
+            except Exception:  # the next search reports it; keep looking
+                log.exception("refreshing the index in the background failed")
+
+    def _stale(self) -> bool:
+        """Whether searches would reopen shards now (False before the first search)."""
+        snap = self._snapshot
+        if snap is None:
+            return False
+        if _stat_key(self.directory / "CURRENT") != snap.key[0]:
+            return True
+        return _stat_key(snap.gen / "STAMP") != snap.key[1]
 
     def urgent(self) -> AbstractContextManager[None]:
         """A block that runs before any further step of this process's searches (a restore:
@@ -490,6 +538,10 @@ class SearchIndex:
         self._check_open()
         validate(query)
         with self._turns.turn():
+            self._recent.pop(query, None)  # (searches change it one at a time, in their turn)
+            self._recent[query] = None
+            if len(self._recent) > _WARM_QUERIES:
+                del self._recent[next(iter(self._recent))]
             snap = self._current_snapshot()
             readers = [v.cache.searcher.reader() for v in snap.views]
             compiled = compile_query(query.q, self._parser, readers)
@@ -1011,6 +1063,9 @@ class SearchIndex:
 
     def close(self) -> None:
         """Close searchers; the index can no longer be used."""
+        self._stop_freshening.set()
+        if self._freshener is not None:
+            self._freshener.join()
         with self._lock:
             if self._snapshot is not None:
                 for v in self._snapshot.views:

@@ -49,6 +49,10 @@ class Turns:
             with self._cond:
                 self._advance()
 
+    def idle(self) -> bool:
+        """Whether no search holds a turn or waits for one (read without the lock: a hint)."""
+        return self._serving == self._next
+
     def checkpoint(self) -> None:
         """Called by the search holding the turn: wait here while urgent work runs."""
         if self._urgent:  # read without the lock: the usual case costs nothing

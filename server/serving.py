@@ -40,7 +40,9 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Flask:
         app = create_app(self._config)
-        app.extensions["archivist"].index.prepare_deletes()  # before the first restore
+        index = app.extensions["archivist"].index
+        index.prepare_deletes()  # before the first restore
+        index.keep_fresh()
         return app
 
 

@@ -446,6 +446,32 @@ def test_another_instance_sees_new_commits(tmp_path: Path) -> None:
     assert reader.search(SearchQuery()).total == 9
 
 
+def test_an_index_kept_fresh_reopens_changed_shards_and_warms_recent_queries(
+    tmp_path: Path,
+) -> None:
+    reader = SearchIndex.open(tmp_path)
+    writer = SearchIndex.open(tmp_path)
+    writer.add(CORPUS[:10])
+    assert reader.search(SearchQuery()).total == 10
+    reader.keep_fresh(interval=0.02)
+    before = reader._snapshot
+    writer.add([(r, at) for r, at in CORPUS[10:] if r["created_at"] < "2021"][:10])
+
+    # without a search: the new snapshot, and the latest query run on it (its facets counted)
+    deadline = time.monotonic() + 10
+    while not (
+        reader._snapshot is not before
+        and reader._snapshot is not None
+        and all(v.cache._all_facets for v in reader._snapshot.views)
+    ):
+        assert time.monotonic() < deadline, "the index was not refreshed in the background"
+        time.sleep(0.01)
+    assert reader.search(SearchQuery()).total == 20
+    reader.close()
+    assert reader._freshener is not None and not reader._freshener.is_alive()
+    writer.close()
+
+
 def test_rebuild_gives_the_same_results_as_incremental(tmp_path: Path, index: SearchIndex) -> None:
     rebuilt = SearchIndex.open(tmp_path)
     rebuilt.add(CORPUS[:5])  # replaced wholesale by the rebuild
