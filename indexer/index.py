@@ -429,15 +429,13 @@ class SearchIndex:
 
     def _current_snapshot(self) -> _Snapshot:
         """Return searchers for the current state, refreshing what changed since last time."""
-        key = (_stat_key(self.directory / "CURRENT"),)
+        current = _stat_key(self.directory / "CURRENT")
         with self._lock:
             snap = self._snapshot
-            if snap is not None and snap.key[0] == key[0]:
-                stamp = _stat_key(snap.gen / "STAMP")
-                if snap.key[1] == stamp:
-                    return snap
+            if snap is not None and not self._changed(snap, current):
+                return snap
             gen = self._current_gen()
-            full_key = (key[0], _stat_key(gen / "STAMP"))
+            full_key = (current, _stat_key(gen / "STAMP"))
             old = {v.name: v for v in snap.views} if snap is not None and snap.gen == gen else {}
             views: list[ShardView] = []
             pair_terms = self._chosen_pair_terms(gen)
@@ -508,17 +506,20 @@ class SearchIndex:
                     if not self._turns.idle() or self._stop_freshening.is_set():
                         break
                     self.search(query)
-            except Exception:  # the next search reports it; keep looking
+            except IndexUnavailable:  # searches and /healthz report it; keep looking
+                continue
+            except Exception:
                 log.exception("refreshing the index in the background failed")
 
     def _stale(self) -> bool:
         """Whether searches would reopen shards now (False before the first search)."""
         snap = self._snapshot
-        if snap is None:
-            return False
-        if _stat_key(self.directory / "CURRENT") != snap.key[0]:
-            return True
-        return _stat_key(snap.gen / "STAMP") != snap.key[1]
+        return snap is not None and self._changed(snap, _stat_key(self.directory / "CURRENT"))
+
+    @staticmethod
+    def _changed(snap: _Snapshot, current: str | None) -> bool:
+        """Whether the index changed since ``snap`` (``current``: CURRENT's stat key now)."""
+        return snap.key[0] != current or snap.key[1] != _stat_key(snap.gen / "STAMP")
 
     def urgent(self) -> AbstractContextManager[None]:
         """A block that runs before any further step of this process's searches (a restore:
@@ -538,10 +539,6 @@ class SearchIndex:
         self._check_open()
         validate(query)
         with self._turns.turn():
-            self._recent.pop(query, None)  # (searches change it one at a time, in their turn)
-            self._recent[query] = None
-            if len(self._recent) > _WARM_QUERIES:
-                del self._recent[next(iter(self._recent))]
             snap = self._current_snapshot()
             readers = [v.cache.searcher.reader() for v in snap.views]
             compiled = compile_query(query.q, self._parser, readers)
@@ -650,7 +647,8 @@ class SearchIndex:
         with self._write_lock:
             gen = self._current_gen()
             period = self._load_meta(gen)["shard_period"]
-            home = {r["id"]: _record_shard(r, period) for r in current if r["id"] in ids}
+            wanted = set(ids)
+            home = {r["id"]: _record_shard(r, period) for r in current if r["id"] in wanted}
             holders = self._find_ids(gen, ids, home)
             elsewhere = [rid for rid in home if rid not in holders]
             if elsewhere:  # not indexed yet, or a copy the rule above does not account for
