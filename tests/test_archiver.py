@@ -215,7 +215,6 @@ def test_a_batch_leaves_a_record_being_restored_in_the_active_database(services,
 
 
 def test_a_run_hands_its_batches_to_the_indexer_together(services, make_record):
-
     def run(first: int, index_every: int) -> list[list[str]]:
         """Archive three records in each of three policy groups (finance and medical have
         their own), in batches of at most 2; return what the indexer was handed, call by call."""
