@@ -10,7 +10,7 @@ from typing import Any
 from whoosh import query as wq
 from whoosh.qparser import MultifieldParser, QueryParserError
 
-from indexer.analysis import normalize_query_text
+from indexer.analysis import normalize_query_text, stem
 from indexer.errors import BadQuery
 from indexer.expansion import prefix_terms
 from indexer.schema import TEXT_FIELDS
@@ -70,6 +70,38 @@ def make_parser(schema: Any) -> MultifieldParser:
     return MultifieldParser(list(TEXT_FIELDS), visible)
 
 
+# Endings that make a word of a typed prefix (escalat + e, ed, ion), whose stems a prefix stands
+# for besides the terms that begin with it.
+_WORD_ENDINGS = (
+    "", "e", "s", "es", "ed", "ing", "er", "ers", "or", "ion", "ions", "ive", "ment", "al",
+    "ly", "ness", "ity", "able", "ate", "ated", "ation", "ize", "ized",
+)  # fmt: skip
+
+
+def _with_stems(q: wq.Query, readers: Sequence[Any]) -> wq.Query:
+    """Let a prefix in a text field also match the stems of the words it begins.
+
+    Text fields hold stems, and the parser stems a typed prefix as a word (``shipping*`` is
+    ``ship*``), which does not help a cut-off word: escalate, escalated and escalation are all
+    indexed as ``escal``, so ``escalat*`` alone would find none of them. A prefix therefore also
+    stands for the stems of itself with common English endings (``escalate``, ``escalation``:
+    ``escal``) that the index holds and that do not begin with it: ``escalat* OR escal``.
+    """
+    if isinstance(q, wq.Prefix):
+        text, fieldname = q.text, q.fieldname
+        if fieldname in TEXT_FIELDS and text.isascii() and text.isalpha():
+            stems = sorted({stem(text + ending) for ending in _WORD_ENDINGS})
+            found = [
+                wq.Term(fieldname, s, boost=q.boost)
+                for s in stems
+                if not s.startswith(text) and any((fieldname, s) in r for r in readers)
+            ]
+            if found:
+                return wq.Or([q, *found])
+        return q
+    return q if q.is_leaf() else q.apply(lambda child: _with_stems(child, readers))
+
+
 def _leaves(q: wq.Query) -> Iterable[wq.Query]:
     if q.is_leaf():
         yield q
@@ -101,7 +133,7 @@ def compile_query(text: str, parser: MultifieldParser, readers: Sequence[Any]) -
         parsed = parser.parse(text)
     except QueryParserError as e:  # pragma: no cover - the parser rarely raises
         raise BadQuery(f"cannot parse query: {e}") from e
-    parsed = parsed.normalize()
+    parsed = _with_stems(parsed.normalize(), readers)
     terms: dict[str, set[str]] = {}
     prefixes: list[tuple[str, re.Pattern[str]]] = []
     nterms = 0

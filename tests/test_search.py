@@ -233,6 +233,7 @@ CASES: list[tuple[str, SearchQuery, Pred | None]] = [
     ("word forms", SearchQuery(q="refunded"), word("refund")),
     ("escalation", SearchQuery(q="escalation"), word("escalate")),
     ("ship forms", SearchQuery(q="shipping"), word("ship")),
+    ("prefix of a stem", SearchQuery(q="escalat*"), word("escalate")),
     ("phrase", SearchQuery(q='"refund request"'), phrase("refund", "request")),
     ("and", SearchQuery(q="refund AND invoice"), AND(word("refund"), word("invoice"))),
     ("implicit and", SearchQuery(q="refund invoice"), AND(word("refund"), word("invoice"))),
@@ -541,6 +542,17 @@ def test_small_prefix_query_runs(big_vocabulary: SearchIndex, index: SearchIndex
     page = index.search(SearchQuery(q="warrant*", per_page=5))
     assert page.total == len(brute(SearchQuery(), word("warranty")))
     assert "<mark>warranty</mark>" in page.hits[0].snippet
+
+
+def test_a_prefix_of_a_word_finds_and_marks_its_forms(index: SearchIndex) -> None:
+    page = index.search(SearchQuery(q="escalat*", per_page=100))
+    assert page.total == len(brute(SearchQuery(), word("escalate"))) > 0
+    marked = {
+        m.lower() for hit in page.hits for m in re.findall(r"<mark>(.*?)</mark>", hit.snippet or "")
+    }
+    forms = {"escalate", "escalated", "escalation"}
+    assert forms <= marked
+    assert all(any(f.startswith(m) for f in forms) for m in marked)  # (cut by a snippet's end)
 
 
 @pytest.mark.parametrize(
