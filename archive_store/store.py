@@ -977,6 +977,11 @@ class ArchiveStore:
             ).fetchone()[0]
         return result
 
+    def check_readable(self) -> None:
+        """Read one catalog row, raising if the catalog cannot be read: the cheap check for
+        /healthz (:meth:`counts` scans every row, about 0.4 s at 1,000,000 records)."""
+        self._db().execute("SELECT record_id FROM records LIMIT 1").fetchall()
+
     def verify(self) -> list[Problem]:
         """Recheck every frame, checksum and the hash chain against the catalog; read-only."""
         if self._closed:

@@ -28,7 +28,7 @@ def check_health(services: Services) -> str | None:
     except Exception as e:  # Whoosh's own errors, missing files
         return f"index cannot be read: {type(e).__name__}: {str(e)[:200]}"
     try:
-        services.store.counts()
+        services.store.check_readable()
     except Exception as e:
         return f"archive store cannot be read: {type(e).__name__}: {str(e)[:200]}"
     return None

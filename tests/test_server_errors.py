@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import sqlite3
 from typing import Any
 
 import pytest
@@ -115,6 +116,18 @@ def test_healthz_is_503_when_the_database_cannot_be_read(services: Any, client: 
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.get_json()["reason"].startswith("database cannot be read")
+
+
+def test_healthz_is_503_when_the_archive_catalog_cannot_be_read(services: Any, client: Any) -> None:
+    assert client.get("/healthz").status_code == 200
+    catalog = sqlite3.connect(
+        client.application.extensions["archivist"].store.directory / "catalog.db"
+    )
+    catalog.execute("ALTER TABLE records RENAME TO records_elsewhere")
+    catalog.close()
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.get_json()["reason"].startswith("archive store cannot be read")
 
 
 def test_audit_parameters_are_checked(client: Any, auditor_headers: dict[str, str]) -> None:
