@@ -34,7 +34,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     processes: int = 2  # worker processes: one core each for searches
-    threads: int = 16  # threads per process (searches take turns; the rest wait cheaply)
+    # Threads per process. Searches take turns, so a waiting request only holds a thread; with
+    # fewer threads than open requests, a restore would queue behind searches for a thread.
+    threads: int = 64
     rate_limit_per_minute: int = 600
     max_query_length: int = 1000
     max_request_bytes: int = 1 * 2**20
@@ -111,7 +113,7 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
         host=_get(server, "host", str, "127.0.0.1", "server"),
         port=_get(server, "port", int, 8080, "server"),
         processes=_positive(server, "processes", 2, "server"),
-        threads=_positive(server, "threads", 16, "server"),
+        threads=_positive(server, "threads", ServerConfig.threads, "server"),
         rate_limit_per_minute=_positive(server, "rate_limit_per_minute", 600, "server"),
         max_query_length=_positive(server, "max_query_length", 1000, "server"),
         max_request_bytes=_positive(server, "max_request_bytes", 2**20, "server"),

@@ -35,7 +35,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from archivist.active_db import utcnow
-from archivist.config import load_config
+from archivist.config import ServerConfig, load_config
 from archivist.demo_data import generate_records
 from archivist.importer import import_lines
 from archivist.tokens import create_token
@@ -56,6 +56,7 @@ dir = "data/archive"
 dir = "data/index"
 [server]
 processes = {processes}
+threads = {threads}
 rate_limit_per_minute = 100000000
 [worker]
 archive_cron = "* * * * *"
@@ -101,11 +102,13 @@ def import_batch(
     import_lines(lines, services.sessions, services.store.find_archived)
 
 
-def build(folder: Path, records: int, processes: int = 2) -> tuple[Path, str, str]:
+def build(
+    folder: Path, records: int, processes: int = 2, threads: int = ServerConfig.threads
+) -> tuple[Path, str, str]:
     """An installation with `records` archived records; returns config path and two tokens."""
     config_path = folder / "config.toml"
     fresh = not config_path.exists()
-    config_path.write_text(CONFIG.format(processes=processes))
+    config_path.write_text(CONFIG.format(processes=processes, threads=threads))
     config = load_config(config_path)
     with Services.open(config, create=True) as services:
         if fresh:
@@ -381,6 +384,9 @@ def main() -> None:
     parser.add_argument("--no-export", action="store_true", help="skip the export")
     parser.add_argument("--processes", type=int, default=2, help="server worker processes")
     parser.add_argument(
+        "--threads", type=int, default=ServerConfig.threads, help="threads per server process"
+    )
+    parser.add_argument(
         "--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients per phase"
     )
     parser.add_argument(
@@ -396,7 +402,7 @@ def main() -> None:
     args = parser.parse_args()
     folder = args.dir or Path(tempfile.mkdtemp(prefix="archivist-bench-http-"))
     folder.mkdir(parents=True, exist_ok=True)
-    config_path, admin, agent = build(folder, args.records, args.processes)
+    config_path, admin, agent = build(folder, args.records, args.processes, args.threads)
     restore_ids = archived_sample(config_path, args.records, 2000)
     port = free_port()
     worker: WorkerProcess | None = None

@@ -63,6 +63,25 @@ def served(
     archived: Callable[..., Any],
     make_record: Callable[..., dict[str, Any]],
 ) -> Iterator[tuple[str, str]]:
+    yield from _serve(config_path, archived, make_record)
+
+
+@pytest.fixture
+def served_by_one_process(
+    services: Any,
+    config_path: Path,
+    archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> Iterator[tuple[str, str]]:
+    with config_path.open("a") as f:
+        f.write("\n[server]\nprocesses = 1\n")
+    yield from _serve(config_path, archived, make_record)
+
+
+def _serve(
+    config_path: Path, archived: Callable[..., Any], make_record: Callable[..., dict[str, Any]]
+) -> Iterator[tuple[str, str]]:
+    """Archive two records, create an admin token, run `archivist serve`; yield URL and token."""
     archived(
         make_record(id="P-1", body="refund for the broken kettle"),
         make_record(id="P-2", body="退款 申请", created_at="2021-06-01T00:00:00Z"),
@@ -124,6 +143,33 @@ def test_serve_drives_search_record_restore_export_over_http(served: tuple[str, 
     assert _get(f"{base}/api/v1/search?per_page=1000", token)[0] == 400
     status, body, _ = _get(f"{base}/api/v1/audit?action=restore", token)
     assert [e["outcome"] for e in json.loads(body)["entries"]] == ["not_archived", "ok"]
+
+
+def test_a_restore_is_answered_while_slow_clients_hold_requests_open(
+    served_by_one_process: tuple[str, str],
+) -> None:
+    # Gunicorn gives each request a thread, in arrival order, and a client still sending its
+    # request holds one. The 40 unfinished requests here take 40 of the process's threads;
+    # the restore must still get one rather than wait behind them.
+    base, token = served_by_one_process
+    port = int(base.rsplit(":", 1)[1])
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(40):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"GET /api/v1/search?q=kettle HTTP/1.1\r\nHost: archivist\r\n")
+            slow.append(sock)
+        time.sleep(1)  # until the server has picked them up
+        request = urllib.request.Request(
+            f"{base}/api/v1/records/P-1/restore",
+            method="POST",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        with urllib.request.urlopen(request, timeout=20) as response:
+            assert (response.status, json.loads(response.read())["state"]) == (200, "restored")
+    finally:
+        for sock in slow:
+            sock.close()
 
 
 def test_demo_serves_with_a_worker_until_interrupted(tmp_path: Path, config_path: Path) -> None:
