@@ -64,7 +64,7 @@ from indexer.errors import IndexerError, IndexUnavailable
 from indexer.mapped_files import install as install_mapped_files
 from indexer.merging import MergedSource, choose_merges, write_merged
 from indexer.query import CompiledQuery, compile_query, make_parser
-from indexer.readers import close_replaced, open_searcher
+from indexer.readers import close_replaced, open_searcher, open_without_additions
 from indexer.schema import build_schema
 from indexer.search import SearchHit, SearchPage, SearchQuery, order_matches, run_search, validate
 from indexer.segment_format import (
@@ -89,6 +89,9 @@ WORKER_BUFFERED_DOCS = 300_000  # documents a rebuild worker holds in memory (~3
 PAIR_SAMPLE = 20_000  # records a rebuild reads before choosing the pair terms
 _READ_IDS_COST = 200  # one id look-up in a segment costs about as much as reading 200 ids
 _WARM_QUERIES = 16  # the latest distinct queries run again after a change (keep_fresh)
+# Seconds at most that the searches of a process with a freshener go without an indexing
+# batch's new segments while the freshener warms them up (keep_fresh).
+_ADDITIONS_WAIT = 10.0
 log = logging.getLogger(__name__)
 
 
@@ -272,13 +275,26 @@ def _process_alive(pid: int) -> bool:
 
 
 class _Snapshot:
-    """Searchers and caches for one state of the index."""
+    """Searchers and caches for one state of the index.
 
-    def __init__(self, gen: Path, key: tuple[Any, ...], views: list[ShardView]) -> None:
+    ``partial`` names the shards whose searcher leaves out segments added since ``pending``
+    (a monotonic time), or that are left out themselves (see ``SearchIndex.keep_fresh``).
+    """
+
+    def __init__(
+        self,
+        gen: Path,
+        key: tuple[Any, ...],
+        views: list[ShardView],
+        partial: frozenset[str] = frozenset(),
+        pending: float | None = None,
+    ) -> None:
         self.gen = gen
         self.key = key
         self.views = views
         self.stats = GlobalStats([v.cache for v in views])
+        self.partial = partial
+        self.pending = pending if partial else None
 
 
 class SearchIndex:
@@ -428,35 +444,101 @@ class SearchIndex:
     # --- searching ------------------------------------------------------------------------
 
     def _current_snapshot(self) -> _Snapshot:
-        """Return searchers for the current state, refreshing what changed since last time."""
+        """Return searchers for the current state, refreshing what changed since last time.
+
+        With a freshener running, an indexing batch's new segments are left out until it has
+        warmed them up (for at most ``_ADDITIONS_WAIT`` seconds); deletions show at once.
+        """
         current = _stat_key(self.directory / "CURRENT")
         with self._lock:
             snap = self._snapshot
-            if snap is not None and not self._changed(snap, current):
+            overdue = (
+                snap is not None
+                and snap.pending is not None
+                and time.monotonic() - snap.pending > _ADDITIONS_WAIT
+            )
+            if snap is not None and not overdue and not self._changed(snap, current):
                 return snap
-            gen = self._current_gen()
-            full_key = (current, _stat_key(gen / "STAMP"))
-            old = {v.name: v for v in snap.views} if snap is not None and snap.gen == gen else {}
-            views: list[ShardView] = []
-            pair_terms = self._chosen_pair_terms(gen)
-            for name in self._shard_names(gen):
-                view = old.get(name)
-                if view is not None and view.cache.searcher.up_to_date():
-                    views.append(ShardView(name, view.lo_us, view.hi_us, view.cache, pair_terms))
-                    continue
-                previous_searcher = view.cache.searcher if view is not None else None
-                searcher = open_searcher(self._shard_index(gen, name), previous_searcher)
-                if previous_searcher is not None:
-                    close_replaced(previous_searcher, searcher)
-                lo, hi = shard_bounds(name)
-                previous = view.cache if view is not None else None
-                cache = ShardCache(searcher, previous)
-                views.append(ShardView(name, lo, hi, cache, pair_terms))
-            if snap is not None and snap.gen != gen:
-                for v in snap.views:
-                    v.cache.searcher.close()
-            self._snapshot = _Snapshot(gen, full_key, views)
+            defer = self._freshener is not None and not overdue
+            self._snapshot = self._open_snapshot(snap, current, defer=defer, install=True)
             return self._snapshot
+
+    def _whole_snapshot(self) -> _Snapshot:
+        """The current state with nothing left out (for counts and checks)."""
+        snap = self._current_snapshot()
+        if snap.pending is None:
+            return snap
+        with self._lock:
+            current = _stat_key(self.directory / "CURRENT")
+            self._snapshot = self._open_snapshot(snap, current, defer=False, install=True)
+            return self._snapshot
+
+    def _open_snapshot(
+        self,
+        snap: _Snapshot | None,
+        current: str | None,
+        *,
+        defer: bool,
+        install: bool,
+        take: Collection[str] = (),
+    ) -> _Snapshot:
+        """Open searchers for the index's state, reusing ``snap``'s where a shard is unchanged.
+
+        :param defer: leave out segments and shards added since ``snap`` (deletions in the
+            segments it has are taken all the same), except in the shards named in ``take``.
+        :param install: the result replaces ``snap`` now, so that searchers it no longer uses
+            are closed; otherwise :meth:`_install` does that later.
+        """
+        gen = self._current_gen()
+        full_key = (current, _stat_key(gen / "STAMP"))
+        same_gen = snap is not None and snap.gen == gen
+        old = {v.name: v for v in snap.views} if snap is not None and same_gen else {}
+        left_out = snap.partial if snap is not None and same_gen else frozenset()
+        views: list[ShardView] = []
+        partial: set[str] = set()
+        pair_terms = self._chosen_pair_terms(gen)
+        for name in self._shard_names(gen):
+            view = old.get(name)
+            complete = name not in left_out
+            defer_here = defer and name not in take
+            if view is not None and view.cache.searcher.up_to_date() and (complete or defer_here):
+                views.append(ShardView(name, view.lo_us, view.hi_us, view.cache, pair_terms))
+                if not complete:
+                    partial.add(name)
+                continue
+            if view is None and defer_here and same_gen:
+                partial.add(name)  # a new shard: taken in whole once warmed up
+                continue
+            ix = self._shard_index(gen, name)
+            previous_searcher = view.cache.searcher if view is not None else None
+            searcher = None
+            if defer_here and previous_searcher is not None:
+                searcher = open_without_additions(ix, previous_searcher)
+                if searcher is not None:
+                    partial.add(name)
+            if searcher is None:
+                searcher = open_searcher(ix, previous_searcher)
+            if previous_searcher is not None and install:
+                close_replaced(previous_searcher, searcher)
+            lo, hi = shard_bounds(name)
+            previous = view.cache if view is not None else None
+            views.append(ShardView(name, lo, hi, ShardCache(searcher, previous), pair_terms))
+        if install and snap is not None and not same_gen:
+            for v in snap.views:
+                v.cache.searcher.close()
+        pending = snap.pending if snap is not None and snap.pending is not None else None
+        return _Snapshot(gen, full_key, views, frozenset(partial), pending or time.monotonic())
+
+    def _install(self, snap: _Snapshot) -> None:
+        """Make ``snap`` (opened with ``install=False``) the one searches use (under _lock)."""
+        installed = self._snapshot
+        if installed is not None:
+            kept = {v.name: v.cache.searcher for v in snap.views}
+            for v in installed.views:
+                searcher = kept.get(v.name)
+                if searcher is not v.cache.searcher:
+                    close_replaced(v.cache.searcher, searcher)
+        self._snapshot = snap
 
     def search(self, query: SearchQuery) -> SearchPage:
         """Run a search and return one page with the exact total and facets.
@@ -473,18 +555,26 @@ class SearchIndex:
             self._recent[query] = None
             if len(self._recent) > _WARM_QUERIES:
                 del self._recent[next(iter(self._recent))]
-            snap = self._current_snapshot()
-            readers = [v.cache.searcher.reader() for v in snap.views]
-            compiled = compile_query(query.q, self._parser, readers)
-            return run_search(
-                snap.views, query, compiled, snap.stats, _load_hit, started, self._turns.checkpoint
-            )
+            return self._run(self._current_snapshot(), query, started)
+
+    def _run(self, snap: _Snapshot, query: SearchQuery, started: float) -> SearchPage:
+        readers = [v.cache.searcher.reader() for v in snap.views]
+        compiled = compile_query(query.q, self._parser, readers)
+        return run_search(
+            snap.views, query, compiled, snap.stats, _load_hit, started, self._turns.checkpoint
+        )
 
     def keep_fresh(self, interval: float = 0.5) -> None:
-        """Reopen changed shards in a background thread rather than in the next search, then
-        run the latest distinct queries again while no search waits, so that a query's first
-        run after a change (gathering the new segments' postings: about 3 times its usual
-        time) is not a user's. Under full load the searches themselves do it, as before.
+        """Reopen changed shards in a background thread rather than in the next search, and
+        warm an indexing batch's new segments up before searches use them.
+
+        A query's first run on new segments (gathering their postings, scoring, merging date
+        orders) takes about 3 times its usual time. Taken by searches at once, an archive
+        run's hand-over held every search under way in each process for half a second. With
+        a freshener, searches go on without the new segments (deletions in the others show
+        at once) while it runs the latest distinct queries on them, one per search turn
+        between the others' turns; then searches use them. After other changes it runs those
+        queries again while no search waits.
 
         :param interval: seconds between looks at the index's change stamp.
         """
@@ -498,10 +588,16 @@ class SearchIndex:
     def _freshen(self, interval: float) -> None:
         while not self._stop_freshening.wait(interval):
             try:
-                if not self._stale():
+                stale = self._stale()
+                if stale:
+                    with self._turns.turn():
+                        self._current_snapshot()
+                snap = self._snapshot
+                if snap is not None and snap.pending is not None:
+                    self._adopt_additions()
                     continue
-                with self._turns.turn():
-                    self._current_snapshot()
+                if not stale:
+                    continue
                 for query in list(self._recent):
                     if not self._turns.idle() or self._stop_freshening.is_set():
                         break
@@ -510,6 +606,35 @@ class SearchIndex:
                 continue
             except Exception:
                 log.exception("refreshing the index in the background failed")
+
+    def _adopt_additions(self) -> None:
+        """Open the new segments a shard per turn, run the latest queries on them a query per
+        turn, then let searches use them (with whatever was deleted meanwhile)."""
+        warm = self._snapshot
+        if warm is None or warm.pending is None:
+            return
+        for name in sorted(warm.partial):
+            if self._stop_freshening.is_set():
+                return
+            with self._turns.turn(), self._lock:
+                current = _stat_key(self.directory / "CURRENT")
+                warm = self._open_snapshot(warm, current, defer=True, install=False, take={name})
+        with self._turns.turn(), self._lock:  # and what was added meanwhile, if anything
+            current = _stat_key(self.directory / "CURRENT")
+            warm = self._open_snapshot(warm, current, defer=False, install=False)
+        for query in list(self._recent):
+            if self._stop_freshening.is_set():
+                return
+            with self._turns.turn():
+                self._run(warm, query, time.perf_counter())
+        with self._turns.turn(), self._lock:
+            installed = self._snapshot
+            if installed is None or installed.gen != warm.gen or installed.pending is None:
+                return  # searches opened the whole index meanwhile
+            current = _stat_key(self.directory / "CURRENT")
+            if self._changed(warm, current):
+                warm = self._open_snapshot(warm, current, defer=False, install=False)
+            self._install(warm)
 
     def _stale(self) -> bool:
         """Whether searches would reopen shards now (False before the first search)."""
@@ -560,7 +685,7 @@ class SearchIndex:
         """Yield every indexed record id (for checking the index against the store)."""
         self._check_open()
         with self._turns.turn():
-            snap = self._current_snapshot()
+            snap = self._whole_snapshot()
             ids = [v.cache.record_id(d) for v in snap.views for d in v.cache.live_docs.tolist()]
         yield from ids
 
@@ -568,7 +693,7 @@ class SearchIndex:
         """Return the number of indexed records."""
         self._check_open()
         with self._turns.turn():
-            snap = self._current_snapshot()
+            snap = self._whole_snapshot()
             return sum(len(v.cache.live_docs) for v in snap.views)
 
     # --- writing --------------------------------------------------------------------------

@@ -53,6 +53,31 @@ def open_searcher(ix: windex.FileIndex, previous: Searcher | None = None) -> Sea
     return Searcher(reader, fromindex=ix)
 
 
+def open_without_additions(ix: windex.FileIndex, previous: Searcher) -> Searcher | None:
+    """Return a searcher on the segments ``previous`` has, with their current deletions, but
+    not on segments added since; None if nothing was added or a merge removed one of them.
+
+    A server process warms an indexing batch's new segments up before its searches use them
+    (see ``SearchIndex.keep_fresh``); meanwhile a restore's deletion must still show at once.
+    """
+    toc = ix._read_toc()
+    leaves = [leaf for leaf, _base in previous.reader().leaf_readers()]
+    if not leaves or not all(isinstance(leaf, SegmentReader) for leaf in leaves):
+        return None
+    current = {segment.segid: segment for segment in toc.segments}
+    kept = [leaf.segment().segid for leaf in leaves]
+    if len(current) == len(kept) or not set(kept) <= set(current):
+        return None
+    readers = [
+        _with_segment(leaf, current[segid], toc.generation)
+        for leaf, segid in zip(leaves, kept, strict=True)
+    ]
+    reader: Any = (
+        readers[0] if len(readers) == 1 else MultiReader(readers, generation=toc.generation)
+    )
+    return Searcher(reader, fromindex=ix)
+
+
 def close_replaced(old: Searcher, new: Searcher | None) -> None:
     """Close what a replaced searcher holds that its successor does not share."""
     kept = set(_leaves_by_segment(new)) if new is not None else set()

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from whoosh import index as windex
 
+import indexer.index
 from indexer.analysis import iter_tokens, stem
 from indexer.dates import parse_bound, to_micros
 from indexer.errors import BadQuery
@@ -470,6 +471,57 @@ def test_an_index_kept_fresh_reopens_changed_shards_and_warms_recent_queries(
     assert reader.search(SearchQuery()).total == 20
     reader.close()
     assert reader._freshener is not None and not reader._freshener.is_alive()
+    writer.close()
+
+
+def _before_2021(start: int, stop: int) -> list[tuple[dict[str, Any], datetime]]:
+    return [(r, at) for r, at in CORPUS if r["created_at"] < "2021"][start:stop]
+
+
+def test_an_index_kept_fresh_shows_deletions_at_once_and_new_segments_once_warmed_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reader = SearchIndex.open(tmp_path)
+    writer = SearchIndex.open(tmp_path)
+    old = _before_2021(0, 10)
+    writer.add(old)
+    assert reader.search(SearchQuery()).total == 10
+    reader.keep_fresh(interval=3600)  # the freshener does not wake up during this test
+    writer.add(_before_2021(10, 20))
+    gone = old[0][0]["id"]
+    writer.delete([gone])
+
+    # searches leave the new segments out until they are warmed up, but not the deletion
+    page = reader.search(SearchQuery(per_page=100))
+    assert page.total == 9 and gone not in {h.id for h in page.hits}
+    # once they have waited too long, searches take them as they are
+    monkeypatch.setattr(indexer.index, "_ADDITIONS_WAIT", 0.0)
+    page = reader.search(SearchQuery(per_page=100))
+    assert page.total == 19 and gone not in {h.id for h in page.hits}
+    reader.close()
+    writer.close()
+
+
+def test_an_index_kept_fresh_warms_new_segments_up_then_searches_use_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(indexer.index, "_ADDITIONS_WAIT", 3600.0)  # only the freshener adopts
+    reader = SearchIndex.open(tmp_path)
+    writer = SearchIndex.open(tmp_path)
+    writer.add(_before_2021(0, 10))
+    reader.search(SearchQuery(q="refund"))  # a second query for the warm-up to run
+    assert reader.search(SearchQuery()).total == 10
+    reader.keep_fresh(interval=0.02)
+    writer.add(_before_2021(10, 20))
+    assert reader.doc_count() == 20  # counts take everything at once
+
+    writer.add(_before_2021(20, 30))
+    deadline = time.monotonic() + 10
+    while (total := reader.search(SearchQuery()).total) != 30:
+        assert total == 20, "a search saw part of an indexing batch"
+        assert time.monotonic() < deadline, "the new segments were not taken up"
+        time.sleep(0.01)
+    reader.close()
     writer.close()
 
 
