@@ -689,6 +689,13 @@ class SearchIndex:
             ids = [v.cache.record_id(d) for v in snap.views for d in v.cache.live_docs.tolist()]
         yield from ids
 
+    def check_readable(self) -> None:
+        """Open this process's searchers as a search would (the health check); raises
+        IndexUnavailable or Whoosh's errors if the index cannot be read."""
+        self._check_open()
+        with self._turns.turn():
+            self._current_snapshot()
+
     def doc_count(self) -> int:
         """Return the number of indexed records."""
         self._check_open()

@@ -22,7 +22,8 @@ def check_health(services: Services) -> str | None:
     except Exception as e:
         return f"database cannot be read: {type(e).__name__}: {str(e)[:200]}"
     try:
-        services.index.doc_count()
+        # (not a count: that would take an archive run's new segments before they are warm)
+        services.index.check_readable()
     except IndexerError as e:
         return f"index cannot be read: {str(e)[:200]}"
     except Exception as e:  # Whoosh's own errors, missing files

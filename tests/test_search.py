@@ -494,6 +494,8 @@ def test_an_index_kept_fresh_shows_deletions_at_once_and_new_segments_once_warme
     # searches leave the new segments out until they are warmed up, but not the deletion
     page = reader.search(SearchQuery(per_page=100))
     assert page.total == 9 and gone not in {h.id for h in page.hits}
+    reader.check_readable()  # (the health check does not take them either)
+    assert reader.search(SearchQuery()).total == 9
     # once they have waited too long, searches take them as they are
     monkeypatch.setattr(indexer.index, "_ADDITIONS_WAIT", 0.0)
     page = reader.search(SearchQuery(per_page=100))
