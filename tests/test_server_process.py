@@ -160,13 +160,8 @@ def test_a_restore_is_answered_while_slow_clients_hold_requests_open(
             sock.sendall(b"GET /api/v1/search?q=kettle HTTP/1.1\r\nHost: archivist\r\n")
             slow.append(sock)
         time.sleep(1)  # until the server has picked them up
-        request = urllib.request.Request(
-            f"{base}/api/v1/records/P-1/restore",
-            method="POST",
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        with urllib.request.urlopen(request, timeout=20) as response:
-            assert (response.status, json.loads(response.read())["state"]) == (200, "restored")
+        status, body, _ = _get(f"{base}/api/v1/records/P-1/restore", token, method="POST")
+        assert (status, json.loads(body)["state"]) == (200, "restored")
     finally:
         for sock in slow:
             sock.close()
