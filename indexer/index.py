@@ -460,7 +460,7 @@ class SearchIndex:
             if snap is not None and not overdue and not self._changed(snap, current):
                 return snap
             defer = self._freshener is not None and not overdue
-            self._snapshot = self._open_snapshot(snap, current, defer=defer, install=True)
+            self._snapshot = self._open_snapshot(snap, defer=defer, install=True)
             return self._snapshot
 
     def _whole_snapshot(self) -> _Snapshot:
@@ -469,14 +469,12 @@ class SearchIndex:
         if snap.pending is None:
             return snap
         with self._lock:
-            current = _stat_key(self.directory / "CURRENT")
-            self._snapshot = self._open_snapshot(snap, current, defer=False, install=True)
+            self._snapshot = self._open_snapshot(snap, defer=False, install=True)
             return self._snapshot
 
     def _open_snapshot(
         self,
         snap: _Snapshot | None,
-        current: str | None,
         *,
         defer: bool,
         install: bool,
@@ -489,6 +487,7 @@ class SearchIndex:
         :param install: the result replaces ``snap`` now, so that searchers it no longer uses
             are closed; otherwise :meth:`_install` does that later.
         """
+        current = _stat_key(self.directory / "CURRENT")
         gen = self._current_gen()
         full_key = (current, _stat_key(gen / "STAMP"))
         same_gen = snap is not None and snap.gen == gen
@@ -526,8 +525,8 @@ class SearchIndex:
         if install and snap is not None and not same_gen:
             for v in snap.views:
                 v.cache.searcher.close()
-        pending = snap.pending if snap is not None and snap.pending is not None else None
-        return _Snapshot(gen, full_key, views, frozenset(partial), pending or time.monotonic())
+        pending = (snap.pending if snap is not None else None) or time.monotonic()
+        return _Snapshot(gen, full_key, views, frozenset(partial), pending)
 
     def _install(self, snap: _Snapshot) -> None:
         """Make ``snap`` (opened with ``install=False``) the one searches use (under _lock)."""
@@ -617,11 +616,9 @@ class SearchIndex:
             if self._stop_freshening.is_set():
                 return
             with self._turns.turn(), self._lock:
-                current = _stat_key(self.directory / "CURRENT")
-                warm = self._open_snapshot(warm, current, defer=True, install=False, take={name})
+                warm = self._open_snapshot(warm, defer=True, install=False, take={name})
         with self._turns.turn(), self._lock:  # and what was added meanwhile, if anything
-            current = _stat_key(self.directory / "CURRENT")
-            warm = self._open_snapshot(warm, current, defer=False, install=False)
+            warm = self._open_snapshot(warm, defer=False, install=False)
         for query in list(self._recent):
             if self._stop_freshening.is_set():
                 return
@@ -631,9 +628,8 @@ class SearchIndex:
             installed = self._snapshot
             if installed is None or installed.gen != warm.gen or installed.pending is None:
                 return  # searches opened the whole index meanwhile
-            current = _stat_key(self.directory / "CURRENT")
-            if self._changed(warm, current):
-                warm = self._open_snapshot(warm, current, defer=False, install=False)
+            if self._changed(warm, _stat_key(self.directory / "CURRENT")):
+                warm = self._open_snapshot(warm, defer=False, install=False)
             self._install(warm)
 
     def _stale(self) -> bool:

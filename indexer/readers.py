@@ -43,14 +43,7 @@ def open_searcher(ix: windex.FileIndex, previous: Searcher | None = None) -> Sea
             if attempt == 9:
                 raise
             time.sleep(0.05)
-    reader: Any
-    if not readers:
-        reader = EmptyReader(toc.schema)
-    elif len(readers) == 1:
-        reader = readers[0]
-    else:
-        reader = MultiReader(readers, generation=toc.generation)
-    return Searcher(reader, fromindex=ix)
+    return _searcher(ix, toc, readers)
 
 
 def open_without_additions(ix: windex.FileIndex, previous: Searcher) -> Searcher | None:
@@ -72,9 +65,18 @@ def open_without_additions(ix: windex.FileIndex, previous: Searcher) -> Searcher
         _with_segment(leaf, current[segid], toc.generation)
         for leaf, segid in zip(leaves, kept, strict=True)
     ]
-    reader: Any = (
-        readers[0] if len(readers) == 1 else MultiReader(readers, generation=toc.generation)
-    )
+    return _searcher(ix, toc, readers)
+
+
+def _searcher(ix: windex.FileIndex, toc: Any, readers: list[SegmentReader]) -> Searcher:
+    """A searcher over the segment readers of one table of contents, in its order."""
+    reader: Any
+    if not readers:
+        reader = EmptyReader(toc.schema)
+    elif len(readers) == 1:
+        reader = readers[0]
+    else:
+        reader = MultiReader(readers, generation=toc.generation)
     return Searcher(reader, fromindex=ix)
 
 
