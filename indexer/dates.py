@@ -1,4 +1,4 @@
-"""Time helpers of search: epoch microseconds, UTC years, and the `from`/`to` bounds."""
+"""Time helpers of search: epoch microseconds and the `from`/`to` bounds."""
 
 from __future__ import annotations
 
@@ -8,11 +8,6 @@ from datetime import time as dtime
 from indexer.errors import BadQuery
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-YEAR0 = 1900
-YEAR_STARTS = [
-    int((datetime(y, 1, 1, tzinfo=UTC) - _EPOCH) / timedelta(microseconds=1))
-    for y in range(YEAR0, 2301)
-]
 
 
 def to_micros(value: datetime) -> int:

@@ -113,13 +113,16 @@ def shard_bounds(name: str) -> tuple[int, int]:
     :param name: the shard name, ``2023`` or ``2023-05``.
     """
     if len(name) == 4:
-        y = int(name)
-        lo = datetime(y, 1, 1, tzinfo=UTC)
-        hi = datetime(y + 1, 1, 1, tzinfo=UTC)
+        y, m, months = int(name), 1, 12
     else:
-        y, m = int(name[:4]), int(name[5:7])
-        lo = datetime(y, m, 1, tzinfo=UTC)
-        hi = datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=UTC)
+        y, m, months = int(name[:4]), int(name[5:7]), 1
+    lo = datetime(y, m, 1, tzinfo=UTC)
+    # The next period's start does not exist after December 9999 (datetime.max is that
+    # period's last microsecond), so the last microsecond is counted from the first.
+    following = (y * 12 + m - 1) + months
+    if following // 12 > 9999:
+        return to_micros(lo), to_micros(datetime.max.replace(tzinfo=UTC))
+    hi = datetime(following // 12, following % 12 + 1, 1, tzinfo=UTC)
     return to_micros(lo), to_micros(hi) - 1
 
 

@@ -19,7 +19,6 @@ from whoosh.searching import Searcher
 from whoosh.util.numeric import byte_to_length
 
 from indexer.columns import byte_strings, live_docs, numeric_values, ordinals
-from indexer.dates import YEAR0, YEAR_STARTS
 from indexer.lru import SizedLru
 from indexer.postings import Docs, Floats
 from indexer.schema import DATE_FIELDS, date_column
@@ -89,7 +88,17 @@ _MAX_KEPT_FREQUENCIES = 100_000
 BM25_K1 = 1.2
 BM25_B = 0.75
 _LENGTHS = np.array([byte_to_length(b) for b in range(256)], np.float64)  # byte -> field length
-_YEAR_STARTS_NP = np.array(YEAR_STARTS, np.int64)
+_LAST_YEAR = 9999  # a record's timestamps are years 1 to 9999, as Python's datetime
+
+
+def _utc_years(micros: npt.NDArray[np.int64]) -> npt.NDArray[np.int16]:
+    """Return the UTC years of epoch microseconds, over the whole range of a datetime.
+
+    numpy's calendar arithmetic covers every year a record can carry (1 to 9999), so a
+    timestamp far in the past or future is counted in its own year, not clipped to a table's.
+    """
+    years = micros.astype("datetime64[us]").astype("datetime64[Y]").astype(np.int64) + 1970
+    return np.clip(years, 1, _LAST_YEAR).astype(np.int16)
 
 
 class ShardCache:
@@ -330,13 +339,14 @@ class ShardCache:
         if got is None:
             year_of = _join([p.year_of(date_field) for p in self._parts.values()], np.int16)
             present = np.flatnonzero(np.bincount(year_of, minlength=1))
-            number = np.zeros(len(_YEAR_STARTS_NP) + 1, np.int32)
+            number = np.zeros(_LAST_YEAR + 1, np.int32)
             number[present] = np.arange(len(present), dtype=np.int32)
             years = number[year_of]
             shape = (len(self.cat_names), len(self.kind_names), len(present))
             codes = (self.cat_ord.astype(np.int32) * shape[1] + self.kind_ord) * shape[2]
             codes += years.reshape(-1).astype(np.int32)
-            names = [str(YEAR0 + int(i) - 1) for i in present.tolist()]
+            # four digits, as in the records' own timestamps (year 1 is "0001")
+            names = [f"{int(y):04d}" for y in present.tolist()]
             got = self._facet_codes[date_field] = (codes, shape, names)
         return got
 
@@ -402,11 +412,10 @@ class _SegmentColumns:
         return self._ids
 
     def year_of(self, date_field: str) -> npt.NDArray[np.int16]:
-        """Return each document's year as an index into ``YEAR_STARTS`` + 1 (on first use)."""
+        """Return each document's UTC year, 1 to 9999 (on first use)."""
         got = self._years.get(date_field)
         if got is None:
-            years = np.searchsorted(_YEAR_STARTS_NP, self.dates[date_field], side="right")
-            got = self._years[date_field] = years.astype(np.int16)
+            got = self._years[date_field] = _utc_years(self.dates[date_field])
         return got
 
     def id_ranks(self) -> npt.NDArray[np.int32]:
