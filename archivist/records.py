@@ -12,6 +12,10 @@ from typing import Any
 from archivist.errors import InvalidRecord
 
 MAX_BODY_BYTES = 2**20
+# Objects and arrays inside one another in `attributes`, the attributes object itself counted.
+# CRM data nests a few levels; hundreds of levels reach the recursion limits of the tools a
+# record passes through (pickling to the index workers, JSON encoders).
+MAX_ATTRIBUTE_DEPTH = 64
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _FRACTION = re.compile(r"T\d{2}:?\d{2}:?\d{2}[.,]\d")
 _TEXT_FIELDS = ("kind", "category", "subject", "body", "status")
@@ -109,6 +113,11 @@ def parse_record(obj: Any, kinds: Collection[str] | None = None) -> Record:
     if "attributes" in obj and not isinstance(attributes, dict):
         raise InvalidRecord(f"attributes must be a JSON object, got {_json_type(attributes)}")
     if attributes is not None:
+        if _nesting_depth(attributes) > MAX_ATTRIBUTE_DEPTH:
+            raise InvalidRecord(
+                f"attributes are nested more than {MAX_ATTRIBUTE_DEPTH} levels deep "
+                "(objects and arrays inside one another)"
+            )
         try:
             json.dumps(attributes, ensure_ascii=False, allow_nan=False).encode("utf-8")
         except UnicodeEncodeError:
@@ -117,6 +126,26 @@ def parse_record(obj: Any, kinds: Collection[str] | None = None) -> Record:
             raise InvalidRecord("attributes contain NaN or Infinity (not JSON)") from None
     values["attributes"] = attributes
     return Record(**values)
+
+
+def _nesting_depth(value: Any) -> int:
+    """How many objects and arrays are nested in a JSON value (0 for a scalar), counted up to
+    one past the limit, without recursion: the value may nest deeper than Python's stack."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_ATTRIBUTE_DEPTH:
+            break  # deep enough to refuse; no need to walk the rest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def canonical_timestamp(text: str, name: str = "timestamp") -> str:

@@ -1600,6 +1600,10 @@ def _shard_batches(
         if record["id"] in seen:
             raise IndexerError(f"duplicate record id in rebuild input: {record['id']}")
         seen.add(record["id"])
+        if "attributes" in record:
+            # Not indexed; and a record archived before import limited their depth may nest
+            # deeper than pickling (to the index workers) can go.
+            record = {k: v for k, v in record.items() if k != "attributes"}
         name = _record_shard(record, period)
         buf = buffers.setdefault(name, [])
         buf.append((record, archived_at))
@@ -1628,21 +1632,49 @@ def _start_worker(
 
 
 def _feed(proc: subprocess.Popen[bytes], batches: queue.Queue[Any], failed: list[str]) -> None:
-    """Feeder thread: move batches from the shared queue into one worker's stdin."""
+    """Feeder thread: move batches from the shared queue into one worker's stdin.
+
+    Any failure is recorded in ``failed`` (the build then raises it) and the thread goes on
+    taking batches until the end marker, so that the thread putting them never blocks on a full
+    queue; the worker's stdin is closed whatever happens, so that the worker ends too.
+    """
     assert proc.stdin is not None
-    while True:
-        item = batches.get()
-        try:
-            if not failed or item is None:
-                pickle.dump(item, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-        except OSError as e:  # the worker died; its report says why
-            failed.append(str(e))
-        if item is None:
+    try:
+        while (item := batches.get()) is not None:
+            if failed:
+                continue
             try:
-                proc.stdin.close()
-            except OSError:
-                pass
-            return
+                # Pickled whole before writing: a batch that cannot be pickled leaves the
+                # worker's stream intact.
+                data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as e:  # noqa: BLE001 - reported by the build, never lost
+                failed.append(_unpicklable(item, e))
+                continue
+            try:
+                proc.stdin.write(data)
+            except OSError as e:  # the worker died; its report says why
+                failed.append(str(e))
+        if not failed:
+            proc.stdin.write(pickle.dumps(None))  # the end: the worker commits its segments
+    except OSError as e:
+        failed.append(str(e))
+    except BaseException as e:  # noqa: BLE001 - this thread must not die silently
+        failed.append(f"index feeder failed: {type(e).__name__}: {e}")
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+
+
+def _unpicklable(item: tuple[str, list[tuple[dict[str, Any], datetime]]], error: Exception) -> str:
+    """Say which record of a batch cannot be passed to an index worker, and why."""
+    name, batch = item
+    for record, archived_at in batch:
+        try:
+            pickle.dumps((record, archived_at), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:  # noqa: BLE001 - the reason is what we report
+            return f"record {record.get('id')!r} cannot be passed to an index worker: {e!r}"
+    return f"a batch of shard {name} cannot be passed to an index worker: {error!r}"
 
 
 def _parallel_build(
@@ -1676,18 +1708,31 @@ def _parallel_build(
         bar = tqdm(total=total, unit="rec", desc="rebuild")
     count = 0
     try:
-        for name, buf in _shard_batches(docs, period):
-            batches.put((name, buf))
-            count += len(buf)
-            if bar is not None:
-                bar.update(len(buf))
-            if failed:
-                break
-    finally:
-        for _ in procs:
-            batches.put(None)
-        for t in feeders:
-            t.join()
+        try:
+            for name, buf in _shard_batches(docs, period):
+                batches.put((name, buf))
+                count += len(buf)
+                if bar is not None:
+                    bar.update(len(buf))
+                if failed:
+                    break
+        finally:
+            for _ in procs:
+                batches.put(None)
+            for t in feeders:
+                t.join()
+    except BaseException:
+        # Reading the records failed: the workers' output is not wanted, and they must not
+        # outlive the build (nor write into a folder the caller is about to remove).
+        for p in procs:
+            with contextlib.suppress(OSError):
+                p.kill()
+            p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
+        if bar is not None:
+            bar.close()
+        raise
     errors = list(failed)
     for p in procs:
         assert p.stdout is not None
