@@ -13,7 +13,10 @@ Token rules (index mode):
   phrase containing an identifier still lines up. E-mail addresses are emitted whole, plus their
   local part and domain whole, plus the parts. Digit groups joined by separators with at least
   7 digits (``+86 138 0013 8000``, ``138-0013-8000``) are emitted as the digits alone
-  (``8613800138000``) besides the groups.
+  (``8613800138000``) besides the groups. A number written with its country code
+  (``+86 138 0013 8000``, ``+86-138-0013-8000``, ``+8613800138000``) is also emitted as it is
+  dialled inside its country (``13800138000``, ``013800138000``), so that it is found typed
+  without the country code.
 * A run of Chinese characters is indexed as overlapping bigrams at consecutive positions (so a
   query word of two or more characters, searched as a bigram phrase, finds exactly the texts that
   contain it, even inside compounds the segmenter glues together) plus the segmenter's words of
@@ -43,7 +46,8 @@ _WORD = rf"[^\W_{_CJK}]+"
 # Order matters: an e-mail before a compound word, a spaced phone number before its groups.
 _CHUNK_RE = re.compile(
     rf"(?P<email>[A-Za-z0-9._%+-]*[A-Za-z0-9]@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)"
-    rf"|(?P<phone>(?<![\w+.-])(?:\+\d{{1,4}}(?: \d{{2,5}}){{1,5}}|\d{{2,5}}(?: \d{{2,5}}){{2,5}})"
+    rf"|(?P<phone>(?<![\w+.-])(?:\+\d{{1,4}}(?: \d{{2,5}}){{1,5}}|\d{{2,5}}(?: \d{{2,5}}){{2,5}}"
+    rf"|\+\d{{1,4}}(?:-\d{{2,5}}){{1,5}}|\+\d{{7,15}})"
     rf"(?![\w@]|[.:/-]\w))"
     rf"|(?P<cjk>[{_CJK}]+)"
     rf"|(?P<word>{_WORD}(?:[._:/'+-]{_WORD})*)"
@@ -54,6 +58,12 @@ _PHONE_QUERY_RE = re.compile(
 )
 _DIGITISH_RE = re.compile(r"\+?[\d.\- ()]+")
 _MIN_PHONE_DIGITS = 7
+# ITU-T E.164 country codes of one and two digits; every other code has three. The codes are
+# prefix-free, so the digits after a "+" name their country code unambiguously.
+_SHORT_COUNTRY_CODES = frozenset(
+    "1 7 20 27 30 31 32 33 34 36 39 40 41 43 44 45 46 47 48 49 51 52 53 54 55 56 57 58 "
+    "60 61 62 63 64 65 66 81 82 84 86 90 91 92 93 94 95 98".split()
+)
 
 _stemmer = Stemmer.Stemmer("english")
 _stem_cache: dict[str, str] = {}
@@ -82,6 +92,19 @@ def _digits_only(text: str) -> str | None:
         return None
     digits = "".join(ch for ch in text if ch.isdigit())
     return digits if len(digits) >= _MIN_PHONE_DIGITS else None
+
+
+def _national_forms(chunk: str, digits: str) -> list[str]:
+    """Return how a phone number written with its country code is dialled inside its
+    country: the national number (``+86 138 0013 8000``: ``13800138000``) and, with the
+    trunk prefix most countries use, ``0`` and the national number. None without a ``+``."""
+    if not chunk.startswith("+"):
+        return []
+    size = next((n for n in (1, 2) if digits[:n] in _SHORT_COUNTRY_CODES), 3)
+    national = digits[size:]
+    if len(national) < _MIN_PHONE_DIGITS:
+        return []
+    return [national] if national.startswith("0") else [national, "0" + national]
 
 
 def _segment(run: str) -> list[str]:
@@ -150,8 +173,11 @@ def iter_tokens(
                 continue
             yield digits, pos, start, m.end()
             if not query:
+                for national in _national_forms(chunk, digits):
+                    yield national, pos, start, m.end()
                 for part in _PART_RE.finditer(chunk):
-                    yield part.group(), pos, start + part.start(), start + part.end()
+                    if part.group() != digits:
+                        yield part.group(), pos, start + part.start(), start + part.end()
             pos += 1
         else:  # email
             lower = chunk.lower()

@@ -20,6 +20,8 @@ MAX_TERMS = 64
 MAX_EXPANSION = 1000
 MAX_SCAN = 20_000
 QUERY_FIELDS = frozenset({"subject", "body", "customer_id", "owner", "id"})
+"""The fields ``q`` may name (``field:value``); any other name is refused. The one list to
+extend when a field becomes searchable (the shard schema must hold it too)."""
 
 
 @dataclass
@@ -31,10 +33,15 @@ class CompiledQuery:
     prefixes: list[tuple[str, re.Pattern[str]]]
 
 
-_HIDDEN_FIELD = re.compile(
-    r"(?<![\w.])(kind|category|created_at|updated_at|archived_at|created_us|updated_us|"
-    r"archived_us|stored|status):"
-)
+# ``name:`` right before a value is a field reference, as Whoosh's parser reads it; a name must
+# start with a letter (``10:30`` is a time) and a colon before ``/`` is a URL's (``http://``).
+# Inside a word (``case:12``, ``id:case:12``) a colon joins an identifier's parts.
+_FIELD_REF = re.compile(r"(?<![\w.:@+/'-])([A-Za-z_]\w*):(?=[^\s/])")
+_QUOTED = re.compile(r'"[^"]*"')
+# Filters that have their own parameter, named in the refusal of ``kind:note`` and the like.
+_FILTER_PARAMETERS = frozenset({"kind", "category", "created_at", "updated_at", "archived_at"})
+_BINARY_OPERATORS = frozenset({"AND", "OR", "ANDNOT", "ANDMAYBE"})
+_QUERY_TOKEN = re.compile(r'"[^"]*"|[()]|[^\s()"]+')
 _BAD_WILDCARD = re.compile(r"(?:^|[\s(:])[*?]")
 
 
@@ -57,6 +64,46 @@ def _check_syntax(q: str) -> None:
         raise BadQuery("unbalanced parenthesis")
     if _BAD_WILDCARD.search(q):
         raise BadQuery("a wildcard cannot start a term")
+
+
+def _check_fields(q: str) -> None:
+    """Refuse a ``field:value`` whose field ``q`` cannot search, naming those it can.
+
+    Whoosh's parser would read an unknown field's ``name:value`` as one word, which matches
+    nothing: a typo or an internal field would silently give no results.
+    """
+    for m in _FIELD_REF.finditer(_QUOTED.sub(" ", q)):
+        name = m.group(1)
+        if name in QUERY_FIELDS:
+            continue
+        hint = f"; {name} is given as its own parameter" if name in _FILTER_PARAMETERS else ""
+        raise BadQuery(
+            f"unknown field {name!r} in q: the fields are {', '.join(sorted(QUERY_FIELDS))}"
+            f"{hint} (to search for text with a colon, put it in quotes)"
+        )
+
+
+def _check_operators(q: str) -> None:
+    """Refuse an operator without its operands: ``refund AND``, ``OR refund``, ``NOT NOT a``.
+
+    Whoosh would read an operator at the start or end as a plain word (``and``) and fail on a
+    doubled NOT, so the query would not mean what it says.
+    """
+    tokens = _QUERY_TOKEN.findall(q)
+    for i, token in enumerate(tokens):
+        before = tokens[i - 1] if i else None
+        after = tokens[i + 1] if i + 1 < len(tokens) else None
+        operand_after = after is not None and after != ")" and after not in _BINARY_OPERATORS
+        if token in _BINARY_OPERATORS:
+            operand_before = before is not None and before not in ("(", "NOT")
+            operand_before = operand_before and before not in _BINARY_OPERATORS
+            if not (operand_before and operand_after):
+                raise BadQuery(f"{token} needs a term on each side")
+        elif token == "NOT":
+            if after == "NOT":
+                raise BadQuery("NOT cannot follow NOT")
+            if not operand_after:
+                raise BadQuery("NOT needs a term after it")
 
 
 def make_parser(schema: Any) -> MultifieldParser:
@@ -125,13 +172,13 @@ def compile_query(text: str, parser: MultifieldParser, readers: Sequence[Any]) -
     if text.count("*") + text.count("?") > 20:
         raise BadQuery("too many wildcards")
     _check_syntax(text)
-    hidden = _HIDDEN_FIELD.search(text)
-    if hidden:
-        raise BadQuery(f"{hidden.group(1)} cannot be searched in q; use the filters")
+    _check_fields(text)
+    _check_operators(text)
     text = normalize_query_text(text)
     try:
         parsed = parser.parse(text)
-    except QueryParserError as e:  # pragma: no cover - the parser rarely raises
+    except (QueryParserError, LookupError, ValueError, TypeError) as e:
+        # what the checks above let through and Whoosh's parser still trips on
         raise BadQuery(f"cannot parse query: {e}") from e
     parsed = _with_stems(parsed.normalize(), readers)
     terms: dict[str, set[str]] = {}
@@ -147,13 +194,13 @@ def compile_query(text: str, parser: MultifieldParser, readers: Sequence[Any]) -
             raise BadQuery("a query matching everything: leave q empty instead")
         if fieldname is not None and fieldname not in QUERY_FIELDS:
             raise BadQuery(f"unknown field {fieldname!r}")
-        if isinstance(leaf, (wq.Prefix, wq.Wildcard, wq.FuzzyTerm, wq.TermRange, wq.Regex)):
+        if isinstance(leaf, (wq.TermRange, wq.NumericRange, wq.DateRange)):
+            raise BadQuery("ranges ([a TO b]) cannot be searched in q; give dates with from/to")
+        if isinstance(leaf, (wq.Prefix, wq.Wildcard, wq.FuzzyTerm, wq.Regex)):
             _check_expansion(leaf, readers)
             if fieldname in TEXT_FIELDS:
                 prefixes.append((fieldname, _pattern_of(leaf)))
             nterms += 1
-        elif isinstance(leaf, (wq.NumericRange, wq.DateRange)):
-            raise BadQuery("ranges are given with from/to")
         elif isinstance(leaf, wq.Phrase):
             nterms += len(leaf.words)
             terms.setdefault(leaf.fieldname, set()).update(leaf.words)

@@ -187,7 +187,11 @@ def _match_shard(
         (query.kinds, cache.kind_names, cache.kind_ord),
     ):
         if values:
-            wanted = [i for i, n in enumerate(names) if n in values]
+            # Case-insensitive (category=Billing finds billing): CRMs spell a category as
+            # their users typed it, and a value that matches no record only in its case would
+            # silently give nothing. Each record keeps its own spelling, as the facets show.
+            folded = {v.casefold() for v in values}
+            wanted = [i for i, n in enumerate(names) if n.casefold() in folded]
             if len(wanted) == 1:
                 narrow(ords[docs] == wanted[0])
             else:

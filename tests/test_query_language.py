@@ -1,0 +1,158 @@
+"""The query language's edges: unknown fields, ranges, dangling operators, filter case, phones."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from indexer.errors import BadQuery
+from indexer.index import SearchIndex
+from indexer.query import QUERY_FIELDS
+from indexer.search import SearchQuery
+
+AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+REFUSED = [
+    "foo:bar",
+    "subject_pairs:x",
+    "body_pairs:x",
+    "kind:note",
+    "created_us:1",
+    "id:[a TO b]",
+    "id:{a TO b]",
+    "[a TO b]",
+    "refund AND",
+    "refund OR",
+    "AND refund",
+    "refund OR OR invoice",
+    "refund AND (invoice OR)",
+    "(AND)",
+    "NOT",
+    "refund NOT",
+    "NOT NOT refund",
+    "refund NOT NOT invoice",
+    "refund AND NOT NOT invoice",
+]
+
+ACCEPTED = {
+    "refund": {"P-1", "P-2", "P-3", "case:77"},
+    "NOT invoice": {"P-1", "P-2", "P-3", "case:77", "C-1"},
+    "refund AND NOT invoice": {"P-1", "P-2", "P-3", "case:77"},
+    'refund NOT "case:77"': {"P-1", "P-2", "P-3"},
+    '"case:77"': {"case:77"},
+    "id:case:77": {"case:77"},
+    "subject:Re:refund": {"case:77"},
+    "10:30": {"case:77"},
+    "customer_id:C9": {"C-1"},
+}
+
+PHONES = ["138 0013 8000", "13800138000", "013800138000", "+86 138 0013 8000", "+8613800138000"]
+
+
+@pytest.fixture
+def records(make_record: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        make_record(id="P-1", body="refund, call +86 138 0013 8000", category="billing"),
+        make_record(id="P-2", body="refund, call +86-138-0013-8000", category="Billing"),
+        make_record(id="P-3", body="refund, call +8613800138000", kind="ticket"),
+        make_record(id="case:77", subject="Re:refund", body="refund for case:77 at 10:30"),
+        make_record(id="C-1", customer_id="C9", body="a note", category="finance"),
+    ]
+
+
+@pytest.fixture
+def index(tmp_path: Path, records: list[dict[str, Any]]) -> Any:
+    index = SearchIndex.open(tmp_path / "index")
+    index.add([(r, AT) for r in records])
+    yield index
+    index.close()
+
+
+def _ids(index: SearchIndex, **query: Any) -> set[str]:
+    return {hit.id for hit in index.search(SearchQuery(per_page=100, **query)).hits}
+
+
+@pytest.mark.parametrize("q", REFUSED)
+def test_query_refuses_unknown_fields_ranges_and_dangling_operators(
+    index: SearchIndex, q: str
+) -> None:
+    with pytest.raises(BadQuery):
+        index.search(SearchQuery(q=q))
+
+
+@pytest.mark.parametrize("q", ["foo:bar", "subject_pairs:x", "kind:note"])
+def test_unknown_field_is_refused_naming_every_field_q_can_search(
+    index: SearchIndex, q: str
+) -> None:
+    with pytest.raises(BadQuery) as refused:
+        index.search(SearchQuery(q=q))
+    message = str(refused.value)
+    assert repr(q.split(":")[0]) in message
+    assert ", ".join(sorted(QUERY_FIELDS)) in message
+
+
+@pytest.mark.parametrize(("q", "expected"), list(ACCEPTED.items()), ids=list(ACCEPTED))
+def test_query_accepts_operators_quoted_colons_and_known_fields(
+    index: SearchIndex, q: str, expected: set[str]
+) -> None:
+    assert _ids(index, q=q) == expected
+
+
+@pytest.mark.parametrize("q", PHONES)
+def test_phone_numbers_are_found_with_or_without_the_country_code(
+    index: SearchIndex, q: str
+) -> None:
+    assert _ids(index, q=q) == {"P-1", "P-2", "P-3"}
+
+
+def test_category_and_kind_filters_ignore_case(index: SearchIndex) -> None:
+    assert _ids(index, categories=("BILLING",)) == {"P-1", "P-2"}
+    assert _ids(index, categories=("billing", "FINANCE")) == {"P-1", "P-2", "C-1"}
+    assert _ids(index, kinds=("Ticket",)) == {"P-3"}
+    # each record keeps its own spelling in the facets
+    facets = index.search(SearchQuery(categories=("billing",))).facets
+    assert facets["category"] == {"Billing": 1, "billing": 1}
+
+
+# --- over HTTP -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "q", ["NOT NOT refund", "refund NOT NOT invoice", "refund AND", "foo:bar", "id:[a TO b]"]
+)
+@pytest.mark.parametrize("path", ["/api/v1/search", "/api/v1/export.csv"])
+def test_api_answers_bad_queries_with_400_bad_query(
+    client: Any,
+    auditor_headers: dict[str, str],
+    archived: Callable[..., Any],
+    records: list[dict[str, Any]],
+    path: str,
+    q: str,
+) -> None:
+    archived(*records)
+    response = client.get(path, query_string={"q": q}, headers=auditor_headers)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert error["code"] == "bad_query" and error["message"]
+
+
+def test_api_filters_ignore_case_and_finds_phones_without_country_code(
+    client: Any,
+    agent_headers: dict[str, str],
+    archived: Callable[..., Any],
+    records: list[dict[str, Any]],
+) -> None:
+    archived(*records)
+
+    def ids(**params: str) -> set[str]:
+        response = client.get("/api/v1/search", query_string=params, headers=agent_headers)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return {hit["id"] for hit in response.get_json()["hits"]}
+
+    assert ids(category="Billing") == {"P-1", "P-2"}
+    assert ids(q="138 0013 8000") == {"P-1", "P-2", "P-3"}
+    assert ids(q="13800138000", category="billing") == {"P-1", "P-2"}
