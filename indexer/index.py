@@ -60,7 +60,7 @@ from indexer.analysis import (
 )
 from indexer.columns import byte_strings
 from indexer.dates import parse_timestamp, to_micros
-from indexer.errors import IndexerError, IndexUnavailable
+from indexer.errors import BadQuery, IndexerError, IndexUnavailable
 from indexer.mapped_files import install as install_mapped_files
 from indexer.merging import MergedSource, choose_merges, write_merged
 from indexer.query import CompiledQuery, compile_query, make_parser
@@ -553,11 +553,15 @@ class SearchIndex:
         # Whoosh searchers share file handles (seek + read), so one query runs at a time (in
         # arrival order, see turns); the work is Python that holds the GIL anyway.
         with self._turns.turn():
-            self._recent.pop(query, None)  # (searches change it one at a time, in their turn)
+            # (searches change _recent one at a time, in their turn)
+            self._recent.pop(query, None)
+            page = self._run(self._current_snapshot(), query, started)
+            # Only a query that ran is remembered: the freshener runs them again, and a
+            # refused one would only log its refusal there after every change.
             self._recent[query] = None
             if len(self._recent) > _WARM_QUERIES:
                 del self._recent[next(iter(self._recent))]
-            return self._run(self._current_snapshot(), query, started)
+            return page
 
     def _run(self, snap: _Snapshot, query: SearchQuery, started: float) -> SearchPage:
         readers = [v.cache.searcher.reader() for v in snap.views]
@@ -603,7 +607,8 @@ class SearchIndex:
                 for query in list(self._recent):
                     if not self._turns.idle() or self._stop_freshening.is_set():
                         break
-                    self.search(query)
+                    with contextlib.suppress(BadQuery):  # (then forgotten, see search)
+                        self.search(query)
             except IndexUnavailable:  # searches and /healthz report it; keep looking
                 continue
             except Exception:
@@ -626,7 +631,10 @@ class SearchIndex:
             if self._stop_freshening.is_set():
                 return
             with self._turns.turn():
-                self._run(warm, query, time.perf_counter())
+                try:
+                    self._run(warm, query, time.perf_counter())
+                except BadQuery:  # too costly on the new segments: no longer worth warming
+                    self._recent.pop(query, None)
         with self._turns.turn(), self._lock:
             installed = self._snapshot
             if installed is None or installed.gen != warm.gen or installed.pending is None:

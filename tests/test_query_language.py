@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -116,6 +118,40 @@ def test_category_and_kind_filters_ignore_case(index: SearchIndex) -> None:
     # each record keeps its own spelling in the facets
     facets = index.search(SearchQuery(categories=("billing",))).facets
     assert facets["category"] == {"Billing": 1, "billing": 1}
+
+
+def test_a_refused_query_is_not_run_again_in_the_background(
+    tmp_path: Path,
+    records: list[dict[str, Any]],
+    make_record: Callable[..., dict[str, Any]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reader = SearchIndex.open(tmp_path / "index")
+    writer = SearchIndex.open(tmp_path / "index")
+    writer.add([(r, AT) for r in records])
+    with pytest.raises(BadQuery):
+        reader.search(SearchQuery(q="(refund"))
+    with pytest.raises(BadQuery):
+        reader.search(SearchQuery(q="kind:note"))
+    assert reader.search(SearchQuery()).total == 5  # a query the freshener runs again
+    reader.keep_fresh(interval=0.02)
+    before = reader._snapshot
+    caplog.set_level(logging.ERROR)
+    writer.add([(make_record(id="NEW-1"), AT)])
+
+    # the freshener reopens the index and warms the remembered queries up on it: every shard's
+    # match-all facets are counted once it has run the good query
+    deadline = time.monotonic() + 10
+    while not (
+        reader._snapshot is not before
+        and reader._snapshot is not None
+        and all(v.cache._all_facets for v in reader._snapshot.views)
+    ):
+        assert time.monotonic() < deadline, "the refreshed index was not warmed up"
+        time.sleep(0.01)
+    reader.close()
+    writer.close()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 # --- over HTTP -----------------------------------------------------------------------------
