@@ -89,15 +89,17 @@ BM25_K1 = 1.2
 BM25_B = 0.75
 _LENGTHS = np.array([byte_to_length(b) for b in range(256)], np.float64)  # byte -> field length
 _LAST_YEAR = 9999  # a record's timestamps are years 1 to 9999, as Python's datetime
+# The first microsecond of every year 1 to 9999 (epoch microseconds): the number of them at or
+# before a time is its year.
+_YEAR_STARTS_US = (
+    np.arange("0001", "10000", dtype="datetime64[Y]").astype("datetime64[us]").astype(np.int64)
+)
 
 
 def _utc_years(micros: npt.NDArray[np.int64]) -> npt.NDArray[np.int16]:
-    """Return the UTC years of epoch microseconds, over the whole range of a datetime.
-
-    numpy's calendar arithmetic covers every year a record can carry (1 to 9999), so a
-    timestamp far in the past or future is counted in its own year, not clipped to a table's.
-    """
-    years = micros.astype("datetime64[us]").astype("datetime64[Y]").astype(np.int64) + 1970
+    """Return the UTC years of epoch microseconds, over the whole range of a datetime, so that
+    a timestamp far in the past or future is counted in its own year."""
+    years = np.searchsorted(_YEAR_STARTS_US, micros, side="right")
     return np.clip(years, 1, _LAST_YEAR).astype(np.int16)
 
 
