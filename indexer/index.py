@@ -347,7 +347,7 @@ class SearchIndex:
                 gen = self._new_generation(shard_period)
                 _write_atomic(directory / "CURRENT", gen.name)
             self._period = self._load_meta(self._current_gen())["shard_period"]
-        except OSError as e:
+        except (OSError, ValueError, KeyError) as e:  # (ValueError, KeyError: a damaged META)
             raise IndexUnavailable(f"cannot open index at {directory}: {e}") from e
         self._parser = make_parser(build_schema())
         return self
@@ -691,6 +691,18 @@ class SearchIndex:
         self._check_open()
         with self._turns.turn():
             self._current_snapshot()
+
+    def find_damage(self) -> list[str]:
+        """What is wrong with the live generation's files that searches would pass over: a
+        shard folder that is no whole Whoosh index (its table of contents is gone)."""
+        self._check_open()
+        gen = self._current_gen()
+        pattern = _SHARD_RE[self._load_meta(gen)["shard_period"]]
+        return [
+            f"shard {p.name} has no table of contents"
+            for p in sorted(gen.iterdir())
+            if pattern.match(p.name) and not windex.exists_in(str(p))
+        ]
 
     def doc_count(self) -> int:
         """Return the number of indexed records."""
@@ -1173,9 +1185,12 @@ class SearchIndex:
                 shutil.rmtree(gen, ignore_errors=True)
                 raise
             _write_atomic(gen / "STAMP", f"{time.time_ns()} {os.getpid()}")
-            old = self._current_gen()
+            try:
+                keep = {gen.name, self._current_gen().name}
+            except IndexUnavailable:  # a damaged index being rebuilt: nothing worth keeping
+                keep = {gen.name}
             _write_atomic(self.directory / "CURRENT", gen.name)
-            self._remove_old_generations(keep={gen.name, old.name})
+            self._remove_old_generations(keep=keep)
         return count
 
     def _remove_old_generations(self, keep: set[str]) -> None:
