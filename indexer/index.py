@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import fcntl
 import itertools
 import json
 import logging
@@ -193,6 +194,55 @@ def _record_shard(record: dict[str, Any], period: str) -> str:
     return shard_key(parse_timestamp(created), period)
 
 
+class _GenerationHolds:
+    """This process's shared flocks on the generations it searches (``<gen>/HOLD``).
+
+    A rebuild swaps CURRENT, but processes with searchers on the previous generation may still
+    open its shards' files until they refresh, so it cannot simply be deleted. Each process
+    holds the generation its searchers use and lets go when it moves on; a generation that is
+    not CURRENT is deleted by whoever then finds nobody holding it (see
+    ``SearchIndex._remove_unused_generations``), so the index's disk use doubles only while
+    some process still reads the old one. (Files already open survive the unlink on Linux.)
+    """
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+        self._pid = os.getpid()
+
+    def take(self, gen: Path, *, new: bool = False) -> bool:
+        """Hold ``gen``; False if it is gone (deleted since CURRENT was read).
+
+        :param new: ``gen`` was just created by this process (it has no META yet).
+        """
+        if self._pid != os.getpid():  # forked: the parent's descriptors are not ours to keep
+            self._fds, self._pid = {}, os.getpid()
+        if str(gen) in self._fds:
+            return True
+        try:
+            fd = os.open(gen / "HOLD", os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            return False
+        except OSError:  # a read-only index folder: nobody can delete it either
+            return True
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits while a deleter holds it
+        if not new and not (gen / "META").exists():  # deleted while we waited
+            os.close(fd)
+            return False
+        self._fds[str(gen)] = fd
+        return True
+
+    def holds(self, gen: Path) -> bool:
+        """Whether this process holds ``gen``."""
+        return self._pid == os.getpid() and str(gen) in self._fds
+
+    def release_except(self, keep: Path | None) -> None:
+        """Let go of every generation but ``keep``."""
+        if self._pid != os.getpid():
+            self._fds, self._pid = {}, os.getpid()
+        for key in [k for k in self._fds if keep is None or k != str(keep)]:
+            os.close(self._fds.pop(key))
+
+
 def _write_atomic(path: Path, text: str, durable: bool = True) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -324,6 +374,7 @@ class SearchIndex:
         self._recent: dict[SearchQuery, None] = {}  # the latest distinct queries, oldest first
         self._freshener: threading.Thread | None = None
         self._stop_freshening = threading.Event()
+        self._holds = _GenerationHolds()
 
     # --- opening and layout -------------------------------------------------------------
 
@@ -349,6 +400,7 @@ class SearchIndex:
             self._period = self._load_meta(self._current_gen())["shard_period"]
         except (OSError, ValueError, KeyError) as e:  # (ValueError, KeyError: a damaged META)
             raise IndexUnavailable(f"cannot open index at {directory}: {e}") from e
+        self._remove_unused_generations()  # a previous generation nobody reads any more
         self._parser = make_parser(build_schema())
         return self
 
@@ -359,6 +411,7 @@ class SearchIndex:
         ]
         gen = self.directory / f"g{max(numbers, default=0) + 1:06d}"
         gen.mkdir()
+        self._holds.take(gen, new=True)  # not yet CURRENT: nobody may take it for unused
         meta: dict[str, Any] = {"shard_period": period}
         if pair_terms is not None:
             meta["pair_terms"] = pair_terms
@@ -489,6 +542,11 @@ class SearchIndex:
         """
         current = _stat_key(self.directory / "CURRENT")
         gen = self._current_gen()
+        if not self._holds.take(gen):  # a rebuild replaced it just now: take the new one
+            current = _stat_key(self.directory / "CURRENT")
+            gen = self._current_gen()
+            if not self._holds.take(gen):
+                raise IndexUnavailable(f"index generation {gen.name} vanished while opening it")
         full_key = (current, _stat_key(gen / "STAMP"))
         same_gen = snap is not None and snap.gen == gen
         old = {v.name: v for v in snap.views} if snap is not None and same_gen else {}
@@ -525,6 +583,8 @@ class SearchIndex:
         if install and snap is not None and not same_gen:
             for v in snap.views:
                 v.cache.searcher.close()
+            self._holds.release_except(gen)  # done with the previous generation
+            self._remove_unused_generations()
         pending = (snap.pending if snap is not None else None) or time.monotonic()
         return _Snapshot(gen, full_key, views, frozenset(partial), pending)
 
@@ -1185,22 +1245,38 @@ class SearchIndex:
                 shutil.rmtree(gen, ignore_errors=True)
                 raise
             _write_atomic(gen / "STAMP", f"{time.time_ns()} {os.getpid()}")
-            try:
-                keep = {gen.name, self._current_gen().name}
-            except IndexUnavailable:  # a damaged index being rebuilt: nothing worth keeping
-                keep = {gen.name}
             _write_atomic(self.directory / "CURRENT", gen.name)
-            self._remove_old_generations(keep=keep)
+            with self._lock:
+                if self._snapshot is None or self._snapshot.gen == gen:
+                    self._holds.release_except(gen)
+            self._remove_unused_generations()
         return count
 
-    def _remove_old_generations(self, keep: set[str]) -> None:
-        # The previous generation stays until the next rebuild: other processes may still have
-        # searchers open on it.
-        for p in self.directory.iterdir():
-            if _GEN_RE.match(p.name) and p.name not in keep:
+    def _remove_unused_generations(self) -> None:
+        """Delete every generation but CURRENT that no process holds (see _GenerationHolds)."""
+        try:
+            current = (self.directory / "CURRENT").read_text(encoding="utf-8").strip()
+            folders = [p for p in self.directory.iterdir() if _GEN_RE.match(p.name)]
+        except OSError:
+            return
+        for p in folders:
+            if p.name == current or self._holds.holds(p):
+                continue
+            try:
+                fd = os.open(p / "HOLD", os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:  # gone already, or a read-only folder
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # some process still searches it: it deletes it later
+                os.close(fd)
+                continue
+            try:
                 shutil.rmtree(p, ignore_errors=True)
-                for key in [k for k in self._indexes if k[0] == str(p)]:
-                    del self._indexes[key]
+            finally:
+                os.close(fd)
+            for key in [k for k in self._indexes if k[0] == str(p)]:
+                del self._indexes[key]
 
     def close(self) -> None:
         """Close searchers; the index can no longer be used."""
@@ -1214,6 +1290,7 @@ class SearchIndex:
             self._snapshot = None
             self._close_id_searchers()
             self._indexes.clear()
+            self._holds.release_except(None)
             self._closed = True
         self._background.close()
 
