@@ -7,6 +7,7 @@ from archive_store.errors import (
     RecordNotFound,
     RestoreInProgress,
     SegmentCorrupt,
+    StoreReadOnly,
 )
 from archive_store.models import ArchiveItem, CatalogEntry, HistoryEvent, Problem, StoredEntry
 from archive_store.store import ArchiveStore
@@ -23,5 +24,6 @@ __all__ = [
     "RecordNotFound",
     "RestoreInProgress",
     "SegmentCorrupt",
+    "StoreReadOnly",
     "StoredEntry",
 ]

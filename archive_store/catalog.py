@@ -110,14 +110,18 @@ def epoch_micros(value: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
     """Open the catalog in autocommit mode; transactions are begun explicitly.
 
     :param path: the `catalog.db` file
+    :param read_only: open it read-only, for a store on a folder we may not write
     """
     # check_same_thread=False only so that close() may run on another thread; each connection
     # is otherwise used by the one thread that opened it.
-    conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+    if read_only:
+        conn = _connect_read_only(path)
+    else:
+        conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=60000")
@@ -125,6 +129,25 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA wal_autocheckpoint=10000")  # checkpoint every ~40 MiB of WAL, not 4
     conn.execute("PRAGMA journal_size_limit=4194304")  # then shrink the WAL file to 4 MiB
     return conn
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """Read-only: WAL readers need the `-shm` file, which a read-only folder may lack once
+    the last writer closed; then the file is read as immutable (nobody can write it here)."""
+    uri = path.resolve().as_uri()
+    for mode in ("mode=ro", "immutable=1"):
+        conn = sqlite3.connect(
+            f"{uri}?{mode}", uri=True, timeout=60, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        except sqlite3.OperationalError:
+            conn.close()
+            if mode == "immutable=1":
+                raise
+            continue
+        return conn
+    raise AssertionError("unreachable")
 
 
 def create_schema(conn: sqlite3.Connection) -> None:

@@ -37,3 +37,9 @@ class SegmentCorrupt(ArchiveStoreError):
     """A segment file does not match its catalog: damaged, truncated or edited."""
 
     code = "segment_corrupt"
+
+
+class StoreReadOnly(ArchiveStoreError):
+    """The archive folder cannot be written: only reads (search, stats, verify) work."""
+
+    code = "read_only"

@@ -1,12 +1,14 @@
 """Crash points for the crash-safety tests: kill this process at a named step, on request.
 
 `ARCHIVIST_CRASH_AT=name:n` makes the n-th pass through `crash_point(name)` end the process
-with SIGKILL, exactly as a power cut or an OOM kill would. Unset, a crash point costs one
-dictionary lookup.
+with SIGKILL, exactly as a power cut or an OOM kill would. `ARCHIVIST_FAIL_AT=name:n` makes
+it raise `OSError(ENOSPC)` instead, as a full disk would: the run fails with an error rather
+than dying. Unset, a crash point costs two dictionary lookups.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -14,13 +16,21 @@ _passes: dict[str, int] = {}
 
 
 def crash_point(name: str) -> None:
-    """Kill the process here if `ARCHIVIST_CRASH_AT` names this point and pass."""
-    wanted = os.environ.get("ARCHIVIST_CRASH_AT")
+    """Kill the process here if `ARCHIVIST_CRASH_AT` names this point and pass (or raise a
+    disk-full error if `ARCHIVIST_FAIL_AT` does)."""
+    if _reached("ARCHIVIST_CRASH_AT", name):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if _reached("ARCHIVIST_FAIL_AT", name):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"(fault injected at {name})")
+
+
+def _reached(variable: str, name: str) -> bool:
+    wanted = os.environ.get(variable)
     if not wanted:
-        return
+        return False
     point, _, count = wanted.partition(":")
     if point != name:
-        return
-    _passes[name] = _passes.get(name, 0) + 1
-    if _passes[name] >= int(count or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+        return False
+    key = f"{variable}:{name}"
+    _passes[key] = _passes.get(key, 0) + 1
+    return _passes[key] == int(count or 1)

@@ -46,6 +46,7 @@ from archive_store.errors import (
     RecordNotFound,
     RestoreInProgress,
     SegmentCorrupt,
+    StoreReadOnly,
 )
 from archive_store.faults import crash_point
 from archive_store.locks import ProcessLock, SharedLock
@@ -239,6 +240,7 @@ class ArchiveStore:
         self._move_lock = SharedLock(self.directory / "move.lock")
         self._index_lock = ProcessLock(self.directory / "index.lock")
         self._closed = False
+        self.read_only = False
         self._reset_process_state()
 
     def _reset_process_state(self) -> None:
@@ -260,6 +262,8 @@ class ArchiveStore:
         :param segment_max_bytes: size at which the active segment is sealed (default 64 MiB)
         """
         directory = Path(directory)
+        if (directory / "catalog.db").is_file() and not os.access(directory, os.W_OK):
+            return cls._open_read_only(directory, segment_max_bytes)
         (directory / "segments").mkdir(parents=True, exist_ok=True)
         store = cls(directory, segment_max_bytes)
         try:
@@ -269,6 +273,19 @@ class ArchiveStore:
                 store._remove_orphans(conn)
                 store._trim_active_tail(conn)
             segment.fsync_directory(directory)  # catalog.db, .lock and segments/ themselves
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    @classmethod
+    def _open_read_only(cls, directory: Path, segment_max_bytes: int) -> ArchiveStore:
+        """A store on a folder this process may not write (a read-only mount, a copy kept
+        for audits): reads work, every write raises `StoreReadOnly`. Nothing is repaired."""
+        store = cls(directory, segment_max_bytes)
+        store.read_only = True
+        try:
+            store._db().execute("SELECT 1 FROM records LIMIT 1").fetchall()
         except BaseException:
             store.close()
             raise
@@ -299,11 +316,13 @@ class ArchiveStore:
         (`begin_restore` refuses a record with a mark; `archive_batch` leaves out a record
         being restored).
         """
+        self._require_writable()
         return self._move_lock.shared()
 
     def settling(self) -> AbstractContextManager[None]:
         """The same lock held alone: while reconcile settles `pending` marks, no move is under
         way whose mark it would mistake for one a crash left behind."""
+        self._require_writable()
         return self._move_lock.exclusive()
 
     def indexing(self) -> ProcessLock:
@@ -313,7 +332,15 @@ class ArchiveStore:
         one step, so an index change based on a state read earlier can never land after a
         newer one (a stale add would put a restored record back into search).
         """
+        self._require_writable()
         return self._index_lock
+
+    def _require_writable(self) -> None:
+        if self.read_only:
+            raise StoreReadOnly(
+                f"the archive folder {self.directory} is read-only: search, stats and verify "
+                "work; archiving, restores, disposal and indexing need it writable"
+            )
 
     def __enter__(self) -> ArchiveStore:
         return self
@@ -335,7 +362,7 @@ class ArchiveStore:
             self._reset_process_state()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self._catalog_path)
+            conn = connect(self._catalog_path, read_only=self.read_only)
             self._local.conn = conn
             with self._connections_lock:
                 self._connections.append(conn)
@@ -346,6 +373,7 @@ class ArchiveStore:
         """The exclusive write lock: a thread lock, then flock on `.lock` for other processes."""
         if self._pid != os.getpid():
             self._reset_process_state()
+        self._require_writable()
         with self._thread_lock:
             if self._lock_fd is None:
                 self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -986,7 +1014,10 @@ class ArchiveStore:
         """Recheck every frame, checksum and the hash chain against the catalog; read-only."""
         if self._closed:
             raise ArchiveStoreError("the archive store is closed")
-        return verify_store(self._catalog_path, self._segments_dir, self._lock_path)
+        lock = None if self.read_only else self._lock_path
+        return verify_store(
+            self._catalog_path, self._segments_dir, lock, read_only=self.read_only
+        )
 
 
 def _check_state(state: str) -> None:

@@ -25,14 +25,18 @@ _FIELDS = {
 }
 
 
-def verify_store(catalog_path: Path, segments_dir: Path, lock_path: Path) -> list[Problem]:
+def verify_store(
+    catalog_path: Path, segments_dir: Path, lock_path: Path | None, *, read_only: bool = False
+) -> list[Problem]:
     """Check every entry and segment file; returns the problems found (empty if sound).
 
     :param catalog_path: the store's `catalog.db`
     :param segments_dir: the store's `segments/` folder
-    :param lock_path: the store's `.lock`, held shared only while the snapshot is taken
+    :param lock_path: the store's `.lock`, held shared only while the snapshot is taken; None
+        for a read-only folder, where no writer can run
+    :param read_only: open the catalog read-only
     """
-    conn = connect(catalog_path)
+    conn = connect(catalog_path, read_only=read_only)
     try:
         with ExitStack() as stack:
             conn.execute("BEGIN")
@@ -44,7 +48,7 @@ def verify_store(catalog_path: Path, segments_dir: Path, lock_path: Path) -> lis
 
 
 def _take_snapshot(
-    conn: sqlite3.Connection, segments_dir: Path, lock_path: Path, stack: ExitStack
+    conn: sqlite3.Connection, segments_dir: Path, lock_path: Path | None, stack: ExitStack
 ) -> tuple[dict[int, BinaryIO | None], dict[int, int], dict[int, sqlite3.Row]]:
     """Fix the catalog snapshot and open every segment file it names, with no writer active.
 
@@ -52,9 +56,10 @@ def _take_snapshot(
     from then on the open files and the read transaction stay consistent with each other even
     if a writer appends or disposal replaces a file.
     """
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = -1 if lock_path is None else os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
+        if fd >= 0:
+            fcntl.flock(fd, fcntl.LOCK_SH)
         segments = {
             row["segment_id"]: row
             for row in conn.execute(
@@ -73,7 +78,8 @@ def _take_snapshot(
             files[segment_id] = f
             sizes[segment_id] = os.fstat(f.fileno()).st_size
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        if fd >= 0:
+            os.close(fd)  # closing the descriptor releases the lock
     return files, sizes, segments
 
 

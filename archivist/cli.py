@@ -242,7 +242,7 @@ def hold_list(config: Config) -> None:
 @config_option
 def index(rebuild: bool, config: Config) -> None:
     """Index what is archived but not yet indexed."""
-    with Services.open(config) as services:
+    with Services.open(config, broken_index_ok=rebuild) as services:
         if rebuild:
             count = rebuild_index(services.store, services.index, progress=sys.stderr.isatty())
             click.echo(f"rebuilt, indexed {count}")
@@ -273,13 +273,14 @@ def stats(config: Config) -> None:
 @config_option
 def verify(config: Config) -> None:
     """Check archive checksums, the hash chain, and that catalog and index agree."""
-    with Services.open(config) as services:
+    with Services.open(config, broken_index_ok=True) as services:
         result = verify_all(services)
     click.echo(result.summary())
     if result.problems:
         for problem in result.problems:
             click.echo(str(problem), err=True)
-        click.echo("damaged or missing: " + " ".join(result.damaged_ids()), err=True)
+        if result.damaged_ids():
+            click.echo("damaged or missing: " + " ".join(result.damaged_ids()), err=True)
         sys.exit(1)
 
 

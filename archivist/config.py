@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -16,6 +17,34 @@ from archivist.errors import ConfigError
 from archivist.retention import RetentionPolicy, RetentionRules
 
 DEFAULT_KINDS = ("communication", "process", "transaction", "ticket", "note")
+
+_RETENTION_KEYS = ("archive_after_days", "keep_years")
+
+# Every key a config file may hold, table by table: anything else is an error naming it, so a
+# typo (`keep_year`) can never leave a retention period silently at its default. A key that is
+# itself a table (or an array of tables, `[[active.table]]`) has an entry of its own under its
+# dotted name; "*" stands for any name (a category). To accept a new setting, add it here.
+KNOWN_KEYS: dict[str, tuple[str, ...]] = {
+    "": ("active", "archive", "index", "server", "worker", "retention", "records"),
+    "active": ("url", "table"),
+    "active.table": (
+        "name", "key", "id_prefix", "kind", "category", "customer_id", "owner", "subject",
+        "body", "status", "created_at", "updated_at", "parent",
+    ),
+    "archive": ("dir", "key_file", "segment_max_bytes", "batch_size"),
+    "index": ("dir", "shard_period", "worker_nice"),
+    "server": (
+        "host", "port", "processes", "threads", "rate_limit_per_minute", "max_query_length",
+        "max_request_bytes", "token_cache_seconds", "secret_key", "secure_cookies",
+        "max_bulk_restore",
+    ),
+    "worker": ("archive_cron", "dispose_cron", "index_interval_seconds"),
+    "records": ("kinds",),
+    "retention": ("default", "category"),
+    "retention.default": _RETENTION_KEYS,
+    "retention.category": ("*",),
+    "retention.category.*": _RETENTION_KEYS,
+}
 
 
 @dataclass(frozen=True)
@@ -82,7 +111,51 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(f"config file not found: {path}") from None
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"cannot read config {path}: {e}") from None
+    check_known_keys(data, path)
     return build_config(data, path)
+
+
+def check_known_keys(data: dict[str, Any], path: Path) -> None:
+    """Refuse a key or table that `KNOWN_KEYS` does not list, naming file, table and key.
+
+    :raises ConfigError: one line, with the known key the unknown one probably meant.
+    """
+    _check_table(data, "", "", path)
+
+
+def _check_table(table: dict[str, Any], schema: str, shown: str, path: Path) -> None:
+    """Check one table's keys against `KNOWN_KEYS[schema]`; `shown` is its name for people."""
+    allowed = KNOWN_KEYS[schema]
+    for key, value in table.items():
+        if key not in allowed and "*" not in allowed:
+            _unknown(key, value, allowed, shown, path)
+        child = f"{schema}.{key}" if schema else key
+        if child not in KNOWN_KEYS:
+            child = f"{schema}.*" if schema else child
+        if child not in KNOWN_KEYS:
+            continue  # a plain value (or an inline table such as `{ column = "..." }`)
+        name = f"{shown}.{key}" if shown else key
+        if isinstance(value, dict):
+            _check_table(value, child, name, path)
+        elif isinstance(value, list):  # an array of tables: [[active.table]]
+            for n, item in enumerate(value, 1):
+                if isinstance(item, dict):
+                    _check_table(item, child, f"[[{name}]] entry {n}", path)
+
+
+def _unknown(key: str, value: Any, allowed: tuple[str, ...], shown: str, path: Path) -> None:
+    guess = difflib.get_close_matches(key, allowed, n=1)
+    if not shown and isinstance(value, dict):
+        what = f"unknown table [{key}]"
+        hint = f"; did you mean [{guess[0]}]?" if guess else ""
+    else:
+        where = "at the top level" if not shown else (
+            f"in {shown}" if shown.startswith("[") else f"in [{shown}]"
+        )
+        what = f"unknown {'table' if isinstance(value, dict) else 'key'} {key!r} {where}"
+        hint = f"; did you mean {guess[0]!r}?" if guess else ""
+    known = ", ".join(k for k in allowed if k != "*")
+    raise ConfigError(f"{path}: {what}{hint} (known: {known})")
 
 
 def build_config(data: dict[str, Any], path: Path) -> Config:

@@ -63,6 +63,7 @@ def archive_due_records(
     batch_size: int = 1000,
     index_batch: IndexBatch | None = None,
     index_every: int = INDEX_EVERY,
+    on_moved: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> ArchiveReport:
     """Archive every aged record not under legal hold, batch by batch.
@@ -71,6 +72,8 @@ def archive_due_records(
     :param archived_at: the time stamped on the archived entries (the real clock).
     :param index_batch: hands archived records to the indexer; returns how many it indexed.
         It gets them once at least ``index_every`` have been moved, and the rest at the end.
+    :param on_moved: told how many records each batch moved, as soon as it has moved them
+        (so a run that fails later still records what it did).
     :param should_stop: checked between batches; True ends the run after the current batch.
     """
     reconcile_pending(sessions, store, archived_at)
@@ -84,6 +87,8 @@ def archive_due_records(
             if not moved:
                 break
             archived += len(moved)
+            if on_moved is not None:
+                on_moved(len(moved))
             by_category.update(record.category for record in moved)
             if index_batch is not None:
                 to_index.extend((record, archived_at) for record in moved)

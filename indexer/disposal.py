@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive_store import ArchiveStore
+from archive_store.faults import crash_point
 from archivist.holds import load_hold_set
 from archivist.retention import RetentionRules, disposal_cutoff, is_due_for_disposal
 
@@ -52,10 +54,12 @@ def dispose_due_records(
     purged_at: datetime,
     *,
     dry_run: bool = False,
+    on_purged: Callable[[int], None] | None = None,
 ) -> DisposalReport:
     """Purge every archived record due for disposal at `as_of` and not under legal hold.
 
     :param purged_at: the time stamped on the `purged` events (the real clock).
+    :param on_purged: told how many records each chunk purged, as soon as it has.
     """
     due = find_due_for_disposal(sessions, store, rules, as_of)
     by_category = dict(sorted(Counter(category for _, category in due).items()))
@@ -64,5 +68,9 @@ def dispose_due_records(
     purged = 0
     ids = [record_id for record_id, _ in due]
     for start in range(0, len(ids), PURGE_CHUNK):
-        purged += store.purge(ids[start : start + PURGE_CHUNK], purged_at, ACTOR)
+        chunk = store.purge(ids[start : start + PURGE_CHUNK], purged_at, ACTOR)
+        purged += chunk
+        if on_purged is not None:
+            on_purged(chunk)
+        crash_point("dispose.after_purge")
     return DisposalReport(purged, by_category)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import fcntl
 import itertools
 import json
 import logging
@@ -196,6 +197,55 @@ def _record_shard(record: dict[str, Any], period: str) -> str:
     return shard_key(parse_timestamp(created), period)
 
 
+class _GenerationHolds:
+    """This process's shared flocks on the generations it searches (``<gen>/HOLD``).
+
+    A rebuild swaps CURRENT, but processes with searchers on the previous generation may still
+    open its shards' files until they refresh, so it cannot simply be deleted. Each process
+    holds the generation its searchers use and lets go when it moves on; a generation that is
+    not CURRENT is deleted by whoever then finds nobody holding it (see
+    ``SearchIndex._remove_unused_generations``), so the index's disk use doubles only while
+    some process still reads the old one. (Files already open survive the unlink on Linux.)
+    """
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+        self._pid = os.getpid()
+
+    def take(self, gen: Path, *, new: bool = False) -> bool:
+        """Hold ``gen``; False if it is gone (deleted since CURRENT was read).
+
+        :param new: ``gen`` was just created by this process (it has no META yet).
+        """
+        if self._pid != os.getpid():  # forked: the parent's descriptors are not ours to keep
+            self._fds, self._pid = {}, os.getpid()
+        if str(gen) in self._fds:
+            return True
+        try:
+            fd = os.open(gen / "HOLD", os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            return False
+        except OSError:  # a read-only index folder: nobody can delete it either
+            return True
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits while a deleter holds it
+        if not new and not (gen / "META").exists():  # deleted while we waited
+            os.close(fd)
+            return False
+        self._fds[str(gen)] = fd
+        return True
+
+    def holds(self, gen: Path) -> bool:
+        """Whether this process holds ``gen``."""
+        return self._pid == os.getpid() and str(gen) in self._fds
+
+    def release_except(self, keep: Path | None) -> None:
+        """Let go of every generation but ``keep``."""
+        if self._pid != os.getpid():
+            self._fds, self._pid = {}, os.getpid()
+        for key in [k for k in self._fds if keep is None or k != str(keep)]:
+            os.close(self._fds.pop(key))
+
+
 def _write_atomic(path: Path, text: str, durable: bool = True) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -327,6 +377,7 @@ class SearchIndex:
         self._recent: dict[SearchQuery, None] = {}  # the latest distinct queries, oldest first
         self._freshener: threading.Thread | None = None
         self._stop_freshening = threading.Event()
+        self._holds = _GenerationHolds()
 
     # --- opening and layout -------------------------------------------------------------
 
@@ -350,8 +401,9 @@ class SearchIndex:
                 gen = self._new_generation(shard_period)
                 _write_atomic(directory / "CURRENT", gen.name)
             self._period = self._load_meta(self._current_gen())["shard_period"]
-        except OSError as e:
+        except (OSError, ValueError, KeyError) as e:  # (ValueError, KeyError: a damaged META)
             raise IndexUnavailable(f"cannot open index at {directory}: {e}") from e
+        self._remove_unused_generations()  # a previous generation nobody reads any more
         self._parser = make_parser(build_schema())
         return self
 
@@ -362,6 +414,7 @@ class SearchIndex:
         ]
         gen = self.directory / f"g{max(numbers, default=0) + 1:06d}"
         gen.mkdir()
+        self._holds.take(gen, new=True)  # not yet CURRENT: nobody may take it for unused
         meta: dict[str, Any] = {"shard_period": period}
         if pair_terms is not None:
             meta["pair_terms"] = pair_terms
@@ -492,6 +545,11 @@ class SearchIndex:
         """
         current = _stat_key(self.directory / "CURRENT")
         gen = self._current_gen()
+        if not self._holds.take(gen):  # a rebuild replaced it just now: take the new one
+            current = _stat_key(self.directory / "CURRENT")
+            gen = self._current_gen()
+            if not self._holds.take(gen):
+                raise IndexUnavailable(f"index generation {gen.name} vanished while opening it")
         full_key = (current, _stat_key(gen / "STAMP"))
         same_gen = snap is not None and snap.gen == gen
         old = {v.name: v for v in snap.views} if snap is not None and same_gen else {}
@@ -528,6 +586,8 @@ class SearchIndex:
         if install and snap is not None and not same_gen:
             for v in snap.views:
                 v.cache.searcher.close()
+            self._holds.release_except(gen)  # done with the previous generation
+            self._remove_unused_generations()
         pending = (snap.pending if snap is not None else None) or time.monotonic()
         return _Snapshot(gen, full_key, views, frozenset(partial), pending)
 
@@ -702,6 +762,18 @@ class SearchIndex:
         self._check_open()
         with self._turns.turn():
             self._current_snapshot()
+
+    def find_damage(self) -> list[str]:
+        """What is wrong with the live generation's files that searches would pass over: a
+        shard folder that is no whole Whoosh index (its table of contents is gone)."""
+        self._check_open()
+        gen = self._current_gen()
+        pattern = _SHARD_RE[self._load_meta(gen)["shard_period"]]
+        return [
+            f"shard {p.name} has no table of contents"
+            for p in sorted(gen.iterdir())
+            if pattern.match(p.name) and not windex.exists_in(str(p))
+        ]
 
     def doc_count(self) -> int:
         """Return the number of indexed records."""
@@ -1184,19 +1256,38 @@ class SearchIndex:
                 shutil.rmtree(gen, ignore_errors=True)
                 raise
             _write_atomic(gen / "STAMP", f"{time.time_ns()} {os.getpid()}")
-            old = self._current_gen()
             _write_atomic(self.directory / "CURRENT", gen.name)
-            self._remove_old_generations(keep={gen.name, old.name})
+            with self._lock:
+                if self._snapshot is None or self._snapshot.gen == gen:
+                    self._holds.release_except(gen)
+            self._remove_unused_generations()
         return count
 
-    def _remove_old_generations(self, keep: set[str]) -> None:
-        # The previous generation stays until the next rebuild: other processes may still have
-        # searchers open on it.
-        for p in self.directory.iterdir():
-            if _GEN_RE.match(p.name) and p.name not in keep:
+    def _remove_unused_generations(self) -> None:
+        """Delete every generation but CURRENT that no process holds (see _GenerationHolds)."""
+        try:
+            current = (self.directory / "CURRENT").read_text(encoding="utf-8").strip()
+            folders = [p for p in self.directory.iterdir() if _GEN_RE.match(p.name)]
+        except OSError:
+            return
+        for p in folders:
+            if p.name == current or self._holds.holds(p):
+                continue
+            try:
+                fd = os.open(p / "HOLD", os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:  # gone already, or a read-only folder
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # some process still searches it: it deletes it later
+                os.close(fd)
+                continue
+            try:
                 shutil.rmtree(p, ignore_errors=True)
-                for key in [k for k in self._indexes if k[0] == str(p)]:
-                    del self._indexes[key]
+            finally:
+                os.close(fd)
+            for key in [k for k in self._indexes if k[0] == str(p)]:
+                del self._indexes[key]
 
     def close(self) -> None:
         """Close searchers; the index can no longer be used."""
@@ -1210,6 +1301,7 @@ class SearchIndex:
             self._snapshot = None
             self._close_id_searchers()
             self._indexes.clear()
+            self._holds.release_except(None)
             self._closed = True
         self._background.close()
 

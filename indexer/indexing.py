@@ -27,6 +27,7 @@ CATCH_UP_BATCH = 500  # one batch holds the index lock; restores wait at most th
 BULK_MIN = 1  # records to add from which they are staged (SearchIndex.stage)
 BULK_PROCESSES = 20_000  # records to stage from which both cores (two processes) write them
 BULK_MAX = 20_000  # records staged at once (held in memory, sent to the index workers)
+MISSING_FROM_INDEX = "archived but missing from the index"
 
 
 def sync_index(
@@ -157,8 +158,9 @@ def rebuild_index(store: ArchiveStore, index: SearchIndex, *, progress: bool = F
 def check_index_agreement(store: ArchiveStore, index: SearchIndex) -> tuple[list[Problem], int]:
     """Compare the index with the catalog: same ids, same state.
 
-    Returns the problems and how many archived records still wait for catch-up (not a problem:
-    the catalog knows they are not indexed yet).
+    Returns the problems and how many records still wait for catch-up: archived ones not in
+    the index yet, restored or purged ones still in it. Not problems: the catalog knows the
+    index does not reflect them yet, and the next catch-up (or job run) applies them.
     """
     indexed = set(index.iter_ids())
     problems: list[Problem] = []
@@ -168,13 +170,16 @@ def check_index_agreement(store: ArchiveStore, index: SearchIndex) -> tuple[list
         indexed.discard(entry.record_id)
         if entry.state == "archived" and not in_index:
             if entry.indexed:
+                problems.append(Problem(entry.record_id, None, MISSING_FROM_INDEX))
+            else:
+                waiting += 1
+        elif entry.state != "archived" and in_index:
+            if entry.indexed:
                 problems.append(
-                    Problem(entry.record_id, None, "archived but missing from the index")
+                    Problem(entry.record_id, None, f"{entry.state} but still in the index")
                 )
             else:
                 waiting += 1
-        elif entry.state != "archived" and in_index and entry.indexed:
-            problems.append(Problem(entry.record_id, None, f"{entry.state} but still in the index"))
     for record_id in sorted(indexed):
         problems.append(Problem(record_id, None, "in the index but never archived"))
     return problems, waiting

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -12,11 +13,12 @@ from sqlalchemy import select
 
 from archivist.active_db import JobRun, utcnow
 from archivist.audit import AuditEvent, write_audit
-from archivist.records import format_utc
+from archivist.records import Record, format_utc
 from indexer.archiver import ArchiveReport, archive_due_records, preview_archive
 from indexer.disposal import DisposalReport, dispose_due_records
 from indexer.indexing import sync_index
 from indexer.services import Services
+from indexer.settling import settle_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,23 @@ def run_archive_job(
             by_category = preview_archive(session, config.retention, as_of)
         return ArchiveReport(sum(by_category.values()), 0, by_category, dry_run=True)
     with _recorded(services, "archive") as run:
+        # A crashed run's moves and index changes first: its records become searchable now,
+        # and count as indexed by this run.
+        settled = settle_leftovers(
+            services.sessions, services.store, services.index, utcnow(), should_stop=should_stop
+        )
+        run.indexed = settled.indexed
+
+        def index_batch(batch: Sequence[tuple[Record, datetime]]) -> int:
+            indexed = sync_index(
+                services.store, services.index, known={r.id: r.to_json() for r, _ in batch}
+            )
+            run.indexed += indexed  # counted as it happens: a failed run still says what it did
+            return indexed
+
+        def moved(count: int) -> None:
+            run.archived += count
+
         report = archive_due_records(
             services.sessions,
             services.store,
@@ -42,12 +61,11 @@ def run_archive_job(
             as_of,
             utcnow(),
             batch_size=config.batch_size,
-            index_batch=lambda batch: sync_index(
-                services.store, services.index, known={r.id: r.to_json() for r, _ in batch}
-            ),
+            index_batch=index_batch,
+            on_moved=moved,
             should_stop=should_stop,
         )
-        run.archived, run.indexed = report.archived, report.indexed
+        report = replace(report, indexed=run.indexed)
     log.info("archive job: archived %d, indexed %d", report.archived, report.indexed)
     return report
 
@@ -69,10 +87,19 @@ def run_dispose_job(
     details: dict[str, Any] = {"as_of": format_utc(as_of)}
     try:
         with _recorded(services, "dispose") as run:
+            settle_leftovers(services.sessions, services.store, services.index, utcnow())
+
+            def purged(count: int) -> None:
+                run.purged = details["purged"] = run.purged + count
+
             report = dispose_due_records(
-                services.sessions, services.store, services.config.retention, as_of, utcnow()
+                services.sessions,
+                services.store,
+                services.config.retention,
+                as_of,
+                utcnow(),
+                on_purged=purged,
             )
-            run.purged = details["purged"] = report.purged
             sync_index(services.store, services.index)  # purged records leave search now
     except Exception as e:
         outcome = getattr(e, "code", "error")

@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from archive_store import ArchiveStore
+from archive_store import ArchiveStore, RestoreInProgress
 from archivist.active_db import find_active, insert_record
 from archivist.records import Record, record_from_json
 from indexer.errors import AlreadyActive
@@ -36,6 +36,23 @@ def restore_record(
     :raises RestoreInProgress: another restore of it is under way.
     :raises AlreadyActive: the active database already holds a record with this id.
     """
+    try:
+        return _restore(sessions, store, index, record_id, actor, now)
+    except RestoreInProgress:
+        # The mark may be a crashed run's leftover rather than a move under way: settle
+        # (which waits for moves under way to end), then try once more.
+        reconcile_pending(sessions, store, now)
+        return _restore(sessions, store, index, record_id, actor, now)
+
+
+def _restore(
+    sessions: sessionmaker[Session],
+    store: ArchiveStore,
+    index: SearchIndex | None,
+    record_id: str,
+    actor: str,
+    now: datetime,
+) -> Record:
     unsettled: Exception | None = None
     with store.moving():  # shared: an archive batch may be moving other records meanwhile
         entry = store.begin_restore(record_id)

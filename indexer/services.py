@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from archive_store import ArchiveStore
 from archivist.active_db import create_schema, make_engine, make_read_sessions, make_sessions
 from archivist.config import Config
+from indexer.errors import IndexUnavailable
 from indexer.index import SearchIndex
 
 
@@ -26,20 +27,30 @@ class Services:
     """For transactions that only read (see ``make_read_sessions``)."""
 
     @classmethod
-    def open(cls, config: Config, *, create: bool = False) -> Services:
+    def open(
+        cls, config: Config, *, create: bool = False, broken_index_ok: bool = False
+    ) -> Services:
         """Open the active database, the archive store and the index named in the config.
 
         :param create: create missing tables and folders (what `archivist init` does).
+        :param broken_index_ok: an index that cannot be opened is left unopened rather than
+            refused (for `verify`, which reports it): every use of it raises the reason.
         """
         engine = make_engine(config.active_url)
         if create:
             create_schema(engine)
         store = ArchiveStore.open(config.archive_dir, segment_max_bytes=config.segment_max_bytes)
-        index = SearchIndex.open(
-            config.index_dir,
-            shard_period=config.shard_period,
-            worker_nice=config.index_worker_nice,
-        )
+        try:
+            index = SearchIndex.open(
+                config.index_dir,
+                shard_period=config.shard_period,
+                worker_nice=config.index_worker_nice,
+            )
+        except IndexUnavailable:
+            if not broken_index_ok:
+                store.close()
+                raise
+            index = SearchIndex(config.index_dir, config.shard_period, config.index_worker_nice)
         sessions, read_sessions = make_sessions(engine), make_read_sessions(engine)
         return cls(config, engine, sessions, store, index, read_sessions)
 

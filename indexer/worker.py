@@ -26,6 +26,7 @@ from archivist.config import Config
 from archivist.leases import acquire_lease, lease_held, release_lease
 from indexer.jobs import run_archive_job, run_dispose_job, run_index_job
 from indexer.services import Services
+from indexer.settling import settle_leftovers
 
 log = logging.getLogger(__name__)
 LEASE_TTL = timedelta(minutes=5)
@@ -49,6 +50,24 @@ class Worker:
     def dispose(self) -> None:
         """Disposal at the end of retention."""
         self._leased("dispose", lambda keep: run_dispose_job(self.services, utcnow()))
+
+    def settle(self) -> None:
+        """At start: settle what an earlier crash left (unfinished moves, index changes).
+
+        Under the index job's lease, and skipped while an archive job runs (which settles
+        first itself).
+        """
+        with self.services.read_sessions.begin() as session:
+            if lease_held(session, "archive", utcnow()):
+                log.info("settling skipped: the archive job is running and settles first")
+                return
+        services = self.services
+        self._leased(
+            "index",
+            lambda keep: settle_leftovers(
+                services.sessions, services.store, services.index, utcnow(), should_stop=keep
+            ),
+        )
 
     def index(self) -> None:
         """Index catch-up: whatever is archived but not yet indexed.
@@ -134,13 +153,15 @@ def run(config: Config, *, archive_now: bool = False) -> None:
         def stop(signum: int, _frame: FrameType | None) -> None:
             log.info("signal %d: finishing the current batch, then stopping", signum)
             worker.stopping.set()
-            if not shutdown.is_alive() and shutdown.ident is None:
+            if scheduler.running and shutdown.ident is None:
                 shutdown.start()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         log.info("worker %s started", worker.holder)
-        scheduler.start()
+        worker.settle()  # before any scheduled job: a crash's leftovers first
+        if not worker.stopping.is_set():  # (a signal while settling: stop here)
+            scheduler.start()
         if shutdown.ident is not None:
             shutdown.join()  # the running job has finished its batch; now close the store
         log.info("worker %s stopped", worker.holder)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,3 +94,109 @@ def test_index_workers_run_at_the_configured_niceness(tmp_path, make_record):
         proc.wait(timeout=30)
         proc.stdout.close()
         index.close()
+
+
+TYPO_CASES = [
+    ("[retention.category.finance]\nkeep_year = 7\n",
+     "unknown key 'keep_year' in [retention.category.finance]; did you mean 'keep_years'?"),
+    ("[retention.default]\narchive_after_day = 30\n",
+     "unknown key 'archive_after_day' in [retention.default]; did you mean "
+     "'archive_after_days'?"),
+    ("[retension.default]\nkeep_years = 5\n",
+     "unknown table [retension]; did you mean [retention]?"),
+    ("[retention.categories.finance]\nkeep_years = 7\n",
+     "unknown table 'categories' in [retention]; did you mean 'category'?"),
+    ("[server]\nthread = 8\n", "unknown key 'thread' in [server]; did you mean 'threads'?"),
+    ("[archive]\ndirectory = 'x'\n", "unknown key 'directory' in [archive]"),
+    ("colour = 'blue'\n", "unknown key 'colour' at the top level"),
+    ("[[active.table]]\nname = 'cases'\nkye = 'id'\n",
+     "unknown key 'kye' in [[active.table]] entry 1; did you mean 'key'?"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), TYPO_CASES)
+def test_config_unknown_keys_are_named_with_a_suggestion(tmp_path, text, message):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path)
+    assert str(excinfo.value).startswith(f"{path}: {message}")
+    assert "\n" not in str(excinfo.value)
+
+
+def test_config_accepts_every_key_of_the_contract(tmp_path):
+    """The contract's keys, this round's new ones included, load without complaint."""
+    path = tmp_path / "c.toml"
+    path.write_text(
+        (REPO / "config.toml").read_text()
+        + """
+[records]
+kinds = ["note", "ticket"]
+
+[[active.table]]
+name = "cases"
+key = "id"
+id_prefix = "case:"
+kind = "process"
+category = { column = "queue" }
+customer_id = { column = "account_id" }
+owner = { column = "assignee" }
+subject = { column = "title" }
+body = { column = "description" }
+status = { column = "state" }
+created_at = { column = "opened_at" }
+updated_at = { column = "last_activity_at" }
+
+[[active.table]]
+name = "case_messages"
+key = "msg_id"
+id_prefix = "msg:"
+kind = "communication"
+category = { column = "queue" }
+status = "closed"
+created_at = { column = "sent_at" }
+updated_at = { column = "sent_at" }
+parent = { column = "case_id", table = "cases" }
+"""
+    )
+    text = path.read_text().replace(
+        '[archive]\ndir = "data/archive"\n',
+        '[archive]\ndir = "data/archive"\nkey_file = "keys/archive.key"\n'
+        "segment_max_bytes = 1048576\nbatch_size = 100\n",
+    ).replace(
+        "port = 8080\n",
+        "port = 8080\nprocesses = 2\nthreads = 8\nrate_limit_per_minute = 60\n"
+        "max_query_length = 500\nmax_request_bytes = 4096\ntoken_cache_seconds = 1\n"
+        'secret_key = "s"\nsecure_cookies = true\nmax_bulk_restore = 500\n',
+    ).replace(
+        '[index]\ndir = "data/index"\n',
+        '[index]\ndir = "data/index"\nshard_period = "month"\nworker_nice = 5\n',
+    ).replace(
+        'dispose_cron = "30 3 * * 0"',
+        'dispose_cron = "30 3 * * 0"\nindex_interval_seconds = 30',
+    )
+    assert "key_file" in text and "max_bulk_restore" in text and "worker_nice" in text
+    path.write_text(text)
+    config = load_config(path)
+    assert config.server.threads == 8 and config.shard_period == "month"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["init"], ["archive", "--as-of", "2030-01-01"], ["verify"], ["stats"], ["worker"],
+     ["serve"], ["hold", "list"]],
+)
+def test_config_typo_stops_every_command_with_one_line(tmp_path, command):
+    path = tmp_path / "c.toml"
+    path.write_text('[archive]\ndir = "data/archive"\n[retention.default]\nkeep_year = 5\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "archivist", *command, "--config", str(path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: {path}: unknown key 'keep_year' in [retention.default]; "
+        "did you mean 'keep_years'? (known: archive_after_days, keep_years)"
+    ]
+    assert not (tmp_path / "data").exists(), "nothing runs"

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from archivist.active_db import find_active
+from archivist.active_db import find_active, utcnow
 from archivist.config import load_config
 from archivist.demo_data import generate_records
+from indexer.restore import restore_record
+from indexer.search import SearchQuery
 from indexer.services import Services
 
 pytestmark = pytest.mark.slow
@@ -103,3 +105,119 @@ def test_sigkill_during_archive_loses_and_doubles_nothing(tmp_path, config_path)
             assert len(services.store.history(record_id)) == 1
         assert list(services.store.iter_pending()) == []
         assert services.store.verify() == []
+
+
+# --- leftovers settle themselves: every job run first finishes what a killed run left ---------
+
+
+def installed(config_path: Path, records: list[dict]) -> None:
+    """Init and import `records` through the real commands."""
+    assert archivist(config_path, "init").returncode == 0
+    import_records(config_path, records, config_path.parent)
+
+
+def aged_records(make_record, count: int, prefix: str = "K") -> list[dict]:
+    return [
+        make_record(id=f"{prefix}{i:04d}", body=f"leftover parcel {i}",
+                    updated_at="2020-01-02T00:00:00Z")
+        for i in range(count)
+    ]
+
+
+def searchable(config_path: Path, q: str = "parcel") -> set[str]:
+    with Services.open(load_config(config_path)) as services:
+        return {hit.id for hit in services.index.iter_hits(SearchQuery(q=q))}
+
+
+def test_rerun_of_a_killed_archive_indexes_what_it_left(config_path, make_record):
+    installed(config_path, aged_records(make_record, 500))
+    killed = archivist(config_path, "archive", "--as-of", AS_OF,
+                       env={"ARCHIVIST_CRASH_AT": "index.staged:1"})
+    assert killed.returncode == -signal.SIGKILL
+    assert searchable(config_path) == set()  # moved, not yet searchable
+
+    rerun = archivist(config_path, "archive", "--as-of", AS_OF)
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.decode().strip() == "archived 0, indexed 500"
+    assert len(searchable(config_path)) == 500
+    assert archivist(config_path, "verify").stdout.decode().startswith("ok: 500 records")
+
+
+@pytest.mark.parametrize(
+    "rerun", [["dispose", "--as-of", "2031-01-01"], ["archive", "--as-of", AS_OF]]
+)
+def test_purged_records_leave_search_at_the_next_job_after_a_killed_dispose(
+    config_path, make_record, rerun
+):
+    installed(config_path, aged_records(make_record, 300))
+    assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
+    assert len(searchable(config_path)) == 300
+    # the purge commits; the process dies before the index hears of it
+    killed = archivist(config_path, "dispose", "--as-of", "2031-01-01",
+                       env={"ARCHIVIST_CRASH_AT": "store.catalog_committed:1"})
+    assert killed.returncode == -signal.SIGKILL
+    assert len(searchable(config_path)) == 300  # purged, still found
+
+    check = archivist(config_path, "verify")
+    assert check.returncode == 0
+    assert "300 records wait for index catch-up" in check.stdout.decode()
+
+    result = archivist(config_path, *rerun)
+    assert result.returncode == 0, result.stderr
+    assert searchable(config_path) == set()
+    assert "wait for index catch-up" not in archivist(config_path, "verify").stdout.decode()
+
+
+def test_restore_of_a_record_a_killed_archive_left_pending(config_path, make_record):
+    installed(config_path, aged_records(make_record, 50))
+    killed = archivist(config_path, "archive", "--as-of", AS_OF,
+                       env={"ARCHIVIST_CRASH_AT": "archive.after_store:1"})
+    assert killed.returncode == -signal.SIGKILL
+    with Services.open(load_config(config_path)) as services:
+        assert services.store.counts()["pending"] == 50  # archived and still active
+        record = restore_record(services.sessions, services.store, services.index, "K0007",
+                                "admin", utcnow())
+        assert record.id == "K0007"
+        assert services.store.info("K0007").state == "restored"
+        assert list(services.store.iter_pending()) == []
+        with services.sessions.begin() as session:
+            assert set(find_active(session, [f"K{i:04d}" for i in range(50)])) == {"K0007"}
+
+
+def test_worker_start_settles_a_killed_archive(config_path, make_record, tmp_path):
+    installed(config_path, aged_records(make_record, 50))
+    killed = archivist(config_path, "archive", "--as-of", AS_OF,
+                       env={"ARCHIVIST_CRASH_AT": "archive.after_store:1"})
+    assert killed.returncode == -signal.SIGKILL
+    config = load_config(config_path)
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "archivist", "worker", "--config", str(config_path)],
+        stdout=subprocess.DEVNULL, stderr=log,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        with Services.open(config) as services:
+            while time.monotonic() < deadline and services.store.counts()["pending"]:
+                time.sleep(0.2)
+            assert services.store.counts()["pending"] == 0, "the worker did not settle"
+            with services.sessions.begin() as session:
+                assert find_active(session, [f"K{i:04d}" for i in range(50)]) == {}
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+        log.close()
+
+
+def test_a_failed_run_records_what_it_moved(config_path, make_record):
+    """A full disk part-way: stats' last run counts the batches that did move, with the error."""
+    installed(config_path, aged_records(make_record, 1000))
+    failed = archivist(config_path, "archive", "--as-of", AS_OF,
+                       env={"ARCHIVIST_FAIL_AT": "archive.before_store:3"})
+    assert failed.returncode != 0
+    assert "No space left on device" in failed.stderr.decode()
+    stats = json.loads(archivist(config_path, "stats").stdout)
+    assert stats["archived"] == 400  # batches of 200: two moved, the third failed
+    assert stats["last_run"]["archived"] == 400
+    assert "No space left on device" in stats["last_run"]["error"]
+    assert stats["last_run"]["finished_at"] is not None

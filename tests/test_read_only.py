@@ -1,0 +1,109 @@
+"""A read-only archive folder (a read-only mount, an audit copy): reads work, writes say why."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from archivist.active_db import utcnow
+from archivist.config import load_config
+from archivist.importer import import_lines
+from archivist.tokens import create_token
+from indexer.jobs import run_archive_job
+from indexer.services import Services
+from indexer.stats import collect_stats
+from indexer.verification import verify_all
+from server import close_app, create_app
+
+AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+@contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """Make `folder` read-only for this process, for real.
+
+    As root, permission bits do not stop writes, so the folder is bind-mounted read-only over
+    itself (skipped only where mounting is not allowed, e.g. a container without
+    CAP_SYS_ADMIN); otherwise its mode is set to 0555.
+    """
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"root, and mounting is not allowed here: {mounted.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+        probe = folder / ".probe"
+        with pytest.raises(OSError):
+            probe.write_text("x")
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def archivist(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "archivist", *args, "--config", str(config_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.fixture
+def archived(config_path, make_record):
+    """An installation with 20 archived, indexed records; the archive folder's path."""
+    with Services.open(load_config(config_path), create=True) as services:
+        lines = [json.dumps(make_record(id=f"RO{i}", body="refund please")).encode()
+                 for i in range(20)]
+        import_lines(lines, services.sessions, services.store.find_archived)
+        assert run_archive_job(services, AS_OF).indexed == 20
+    return config_path.parent / "data" / "archive"
+
+
+def test_read_only_archive_folder_still_verifies_counts_and_searches(config_path, archived):
+    with read_only(archived):
+        result = archivist(config_path, "verify")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("ok: 20 records checked")
+        stats = archivist(config_path, "stats")
+        assert stats.returncode == 0, stats.stderr
+        assert json.loads(stats.stdout)["archived"] == 20
+
+        config = load_config(config_path)
+        with Services.open(config) as services:
+            assert services.store.read_only
+            assert verify_all(services).problems == []
+            assert collect_stats(services)["indexed"] == 20
+            assert services.store.get("RO3")["id"] == "RO3"
+        app = create_app(config)
+        try:
+            client = app.test_client()
+            with Services.open(config) as services:
+                with services.sessions.begin() as session:
+                    secret = create_token(session, "ro-agent", "agent", utcnow())
+            response = client.get("/api/v1/search?q=refund",
+                                  headers={"Authorization": f"Bearer {secret}"})
+            assert response.status_code == 200
+            assert response.json["total"] == 20
+        finally:
+            close_app(app)
+
+
+def test_writing_to_a_read_only_archive_folder_is_a_clear_error(config_path, archived):
+    with read_only(archived):
+        result = archivist(config_path, "archive", "--as-of", "2030-01-01")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: the archive folder {archived} is read-only")
+    assert len(result.stderr.splitlines()) == 1
