@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from archivist.active_db import JobRun, utcnow
+from archivist.active_db import JobRun, create_schema, utcnow
 from archivist.audit import AuditEvent, write_audit
 from archivist.records import format_utc
 from indexer.archiver import ArchiveReport, archive_due_records, preview_archive
@@ -69,8 +69,10 @@ def run_dispose_job(
     details: dict[str, Any] = {"as_of": format_utc(as_of)}
     try:
         with _recorded(services, "dispose") as run:
+            create_schema(services.engine)  # the disposal list, in installations from before it
             report = dispose_due_records(
-                services.sessions, services.store, services.config.retention, as_of, utcnow()
+                services.sessions, services.store, services.config.retention, as_of, utcnow(),
+                run_by=actor,
             )
             run.purged = details["purged"] = report.purged
             sync_index(services.store, services.index)  # purged records leave search now
