@@ -23,7 +23,7 @@ import os
 import shutil
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +264,25 @@ def last_backup(services: Services) -> JobRun | None:
             .limit(1)
         )
         return session.scalars(stmt).first()
+
+
+@dataclass(frozen=True)
+class BackupStatus:
+    """What the admin page says about backups: the last one, and whether it is too old."""
+
+    last_finished_at: datetime | None
+    last_records: int
+    max_age_days: int
+    overdue: bool
+
+
+def backup_status(services: Services, now: datetime) -> BackupStatus:
+    """The last finished backup and whether none is younger than `[backup] max_age_days`."""
+    max_age = services.config.backup.max_age_days
+    run = last_backup(services)
+    finished = run.finished_at if run is not None else None
+    overdue = finished is None or finished < now - timedelta(days=max_age)
+    return BackupStatus(finished, run.archived if run is not None else 0, max_age, overdue)
 
 
 def _start_run(services: Services, at: datetime) -> JobRun:
