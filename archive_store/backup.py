@@ -234,8 +234,8 @@ def copy_segments(
 ) -> None:
     """Copy the snapshot's segments into `folder/archive/segments`, skipping what is there.
 
-    A sealed segment the previous backup holds at the same size is kept as it is; the active
-    segment, which only grows, gets its new tail appended.
+    A segment the previous backup holds at the same size is kept as it is; one it holds shorter
+    (the segment that was active then) gets its new tail appended.
 
     :param snapshot: from `take_store_snapshot`
     :param folder: the backup folder
@@ -251,7 +251,9 @@ def copy_segments(
         if have == source.length:
             tally.hashes[name] = previous[name]
             continue
-        start = have if 0 <= have < source.length and not source.sealed else 0
+        # Same name, same file: segments only grow until a compaction writes a new generation
+        # (a new name), so what the backup holds is a prefix and only the tail is missing.
+        start = have if 0 <= have < source.length else 0
         if start == 0:
             target.unlink(missing_ok=True)
         with open(target, "r+b" if start else "wb") as out:
@@ -316,16 +318,19 @@ def write_store_part(
 
 
 def remove_unlisted(folder: Path, keep: set[str]) -> None:
-    """Delete files under `folder/archive` that the new manifest does not list (old generations).
+    """Delete what the new manifest does not list under `archive/` and `tables/` (old segment
+    generations, copies a stopped run left).
 
     :param folder: the backup folder
     :param keep: the manifest's paths
     """
-    store_folder = folder / STORE_FOLDER
-    if not store_folder.is_dir():
-        return
-    for path in store_folder.rglob("*"):
-        if path.is_file() and path.relative_to(folder).as_posix() not in keep:
+    for path in folder.glob("*.partial"):  # left by a run that stopped half-way
+        path.unlink()
+    for path in folder.rglob("*"):
+        if not path.is_file():
+            continue
+        name = path.relative_to(folder).as_posix()
+        if name.startswith(("archive/", "tables/")) and name not in keep:
             path.unlink()
 
 

@@ -280,3 +280,28 @@ def test_backup_create_prints_the_contract_line(
     assert result.returncode == 0, result.stderr
     line = result.stdout.strip()
     assert line.startswith("backed up 12 records, ") and line.endswith(" bytes copied")
+
+
+def test_backup_after_disposal_drops_replaced_segment_generations(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path
+) -> None:
+    archived(*_records(make_record, 0, 200))
+    folder = tmp_path / "backup"
+    create_backup(services, folder, utcnow())
+    before = {n for n in load_manifest(folder) if n.startswith("archive/segments/")}
+    from indexer.jobs import run_dispose_job
+
+    assert run_dispose_job(services, datetime(2030, 1, 1, tzinfo=UTC)).purged == 200
+
+    report = create_backup(services, folder, utcnow())
+
+    after = {n for n in load_manifest(folder) if n.startswith("archive/segments/")}
+    assert after != before and report.files >= len(after - before)
+    gone = before - after  # replaced by disposal's next generation
+    assert gone and not any((folder / n).exists() for n in gone)
+    assert verify_backup(folder) == []
+    fresh = _fresh_config(tmp_path, "fresh")
+    recover_backup(fresh, folder, utcnow())
+    with Services.open(fresh) as again:
+        assert again.store.counts()["purged"] == 200
+        assert verify_all(again).problems == []
