@@ -295,7 +295,9 @@ def backup() -> None:
 def backup_create(folder: Path, config: Config) -> None:
     """Back up everything Archivist keeps into FOLDER, while the server and worker run."""
     with Services.open(config) as services:
-        report = create_backup(services, folder, utcnow())
+        with _audited(services, "backup", str(folder.absolute()), {}) as details:
+            report = create_backup(services, folder, utcnow())
+            details.update(records=report.records, files=report.files, bytes=report.bytes)
     click.echo(
         f"backed up {report.records} records, {report.files} files, {report.bytes} bytes copied"
     )
@@ -325,6 +327,11 @@ def backup_verify(folder: Path, config_path: Path | None) -> None:
 def backup_recover(folder: Path, force: bool, config: Config) -> None:
     """Make the installation of --config what the backup in FOLDER holds (stop serve first)."""
     report = recover_backup(config, folder, utcnow(), force=force)
+    with Services.open(config) as services:
+        details = {"backup_created_at": report.created_at, "active": report.active,
+                   "archived": report.archived, "force": force}
+        with _audited(services, "recover", str(folder.absolute()), details):
+            pass
     click.echo(
         f"recovered the backup of {report.created_at}: {report.active} active, "
         f"{report.archived} archived, indexed {report.indexed}"

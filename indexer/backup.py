@@ -18,10 +18,13 @@ size.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -114,6 +117,25 @@ def create_backup(services: Services, folder: Path, at: datetime) -> BackupRepor
     """
     folder = Path(folder)
     (folder / STORE_FOLDER).mkdir(parents=True, exist_ok=True)
+    with _writing(folder):
+        return _create(services, folder, at)
+
+
+@contextmanager
+def _writing(folder: Path) -> Iterator[None]:
+    """One `backup create` at a time per folder: two would mix their files."""
+    fd = os.open(folder / ".backup.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BackupError(f"another backup is being written into {folder}") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _create(services: Services, folder: Path, at: datetime) -> BackupReport:
     previous = load_manifest(folder)
     (folder / MANIFEST).unlink(missing_ok=True)
     run = _start_run(services, at)

@@ -280,6 +280,25 @@ def test_backup_create_prints_the_contract_line(
     assert result.returncode == 0, result.stderr
     line = result.stdout.strip()
     assert line.startswith("backed up 12 records, ") and line.endswith(" bytes copied")
+    from archivist.audit import AuditFilter, list_audit
+
+    with services.sessions.begin() as session:
+        entries = list_audit(session, AuditFilter(action="backup")).entries
+    assert [(e.actor, e.outcome, e.details["records"]) for e in entries] == [("cli", "ok", 12)]
+
+
+def test_two_backups_into_one_folder_at_once_are_refused(
+    services: Services, tmp_path: Path
+) -> None:
+    from archive_store.backup import BackupError
+    from indexer.backup import _writing
+
+    folder = tmp_path / "backup"
+    folder.mkdir()
+    with _writing(folder):
+        with pytest.raises(BackupError, match="another backup is being written"):
+            create_backup(services, folder, utcnow())
+    assert create_backup(services, folder, utcnow()).files > 0
 
 
 def test_backup_after_disposal_drops_replaced_segment_generations(
