@@ -2,7 +2,7 @@
 
 A backup folder is checked by its `MANIFEST`, one `SHA-256  path` line per file in the format
 `sha256sum -c` reads. The store's part of it lives under `archive/`: `catalog.db` (copied with
-SQLite's online backup API), `segments/` (segment files, named by segment and generation) and
+SQLite's `VACUUM INTO`), `segments/` (segment files, named by segment and generation) and
 any other file the store keeps beside them.
 
 Consistency: the catalog is copied and every segment file it names is opened while the store's
@@ -37,7 +37,7 @@ STORE_FOLDER = "archive"
 CATALOG = "catalog.db"
 SEGMENTS = "segments"
 # Files of a live store that are not part of its state: locks, and SQLite's WAL companions
-# (the online backup API folds committed WAL content into the copy).
+# (`VACUUM INTO` reads committed WAL content into the copy).
 _NOT_COPIED = {".lock", "move.lock", "index.lock", "catalog.db-wal", "catalog.db-shm",
                "catalog.db-journal"}
 _CHUNK = 2**20
@@ -153,7 +153,7 @@ def check_manifest(folder: Path) -> list[str]:
 
 
 def copy_sqlite(source: Path, target: Path) -> None:
-    """Copy a live SQLite database with the online backup API: one consistent snapshot.
+    """Copy a live SQLite database as one consistent snapshot (`VACUUM INTO`).
 
     The copy is switched to rollback-journal mode, so reading it later (verify) creates no
     `-wal`/`-shm` files in the backup folder.
@@ -162,17 +162,18 @@ def copy_sqlite(source: Path, target: Path) -> None:
     :param target: the copy to write; replaced if it exists
     """
     target.unlink(missing_ok=True)
-    src = sqlite3.connect(source, timeout=60)
+    src = sqlite3.connect(source, timeout=60, isolation_level=None)
     try:
-        dst = sqlite3.connect(target)
-        try:
-            src.backup(dst)  # all pages in one step: one read snapshot of the source
-            dst.execute("PRAGMA journal_mode=DELETE")
-            dst.commit()
-        finally:
-            dst.close()
+        # One read transaction of the source, live pages only: the free pages an archive run
+        # leaves in the active database are not copied (nor make an unchanged copy differ).
+        src.execute("VACUUM INTO ?", (str(target),))
     finally:
         src.close()
+    dst = sqlite3.connect(target, isolation_level=None)
+    try:
+        dst.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        dst.close()
     with open(target, "rb+") as f:
         os.fsync(f.fileno())
 
