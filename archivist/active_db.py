@@ -352,3 +352,30 @@ class AuditEntry(Base):
         Index("ix_audit_actor_at", "actor", "at"),
         Index("ix_audit_action_at", "action", "at"),
     )
+
+
+class Disposal(Base):
+    """One record a disposal run purged: the proof an auditor reads (no content, its hash).
+
+    A row is written before its record is purged (`purged_at` empty) and completed after the
+    store's commit, so a crash in between is settled by the next run from the catalog.
+    """
+
+    __tablename__ = "disposals"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(32))
+    record_id: Mapped[str] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(64))
+    category: Mapped[str] = mapped_column(String(128))
+    policy: Mapped[str] = mapped_column(String(160))  # `default` or `category.<name>`
+    keep_years: Mapped[int] = mapped_column(Integer)
+    as_of: Mapped[datetime] = mapped_column(UTCDateTime)
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(128))
+
+    __table_args__ = (
+        Index("ix_disposals_purged_at", "purged_at"),
+        Index("ix_disposals_record", "record_id"),
+        Index("ix_disposals_run", "run_id"),
+    )

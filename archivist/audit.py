@@ -39,6 +39,8 @@ ACTIONS = (
     "hold_add",
     "hold_remove",
     "dispose",
+    "backup",
+    "recover",
 )
 _APPEND_TRIES = 5
 

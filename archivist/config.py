@@ -75,6 +75,13 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class BackupConfig:
+    """How old the last backup may get before the admin page warns."""
+
+    max_age_days: int = 7
+
+
+@dataclass(frozen=True)
 class Config:
     """Every setting of one Archivist installation."""
 
@@ -90,6 +97,7 @@ class Config:
     index_worker_nice: int = 10  # niceness of the index's analysing processes
     server: ServerConfig = field(default_factory=ServerConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    backup: BackupConfig = field(default_factory=BackupConfig)
 
 
 def default_config_path() -> Path:
@@ -167,6 +175,7 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
     server = _table(data, "server")
     worker = _table(data, "worker")
     records = _table(data, "records")
+    backup = _table(data, "backup")
     kinds = records.get("kinds", list(DEFAULT_KINDS))
     if not (isinstance(kinds, list) and kinds and all(isinstance(k, str) and k for k in kinds)):
         raise ConfigError("records.kinds must be a non-empty list of strings")
@@ -209,6 +218,7 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
         index_worker_nice=_niceness(index),
         server=server_config,
         worker=worker_config,
+        backup=BackupConfig(max_age_days=_positive(backup, "max_age_days", 7, "backup")),
     )
 
 

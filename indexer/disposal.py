@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from archive_store import ArchiveStore
 from archive_store.faults import crash_point
 from archivist.holds import load_hold_set
 from archivist.retention import RetentionRules, disposal_cutoff, is_due_for_disposal
+from indexer.disposal_proof import purge_with_proof, settle_disposal_list
 
 ACTOR = "disposal"
 PURGE_CHUNK = 5000
@@ -54,21 +56,30 @@ def dispose_due_records(
     purged_at: datetime,
     *,
     dry_run: bool = False,
+    run_by: str = ACTOR,
     on_purged: Callable[[int], None] | None = None,
 ) -> DisposalReport:
     """Purge every archived record due for disposal at `as_of` and not under legal hold.
 
+    Each purged record is written to the disposal list (`archivist.disposals`).
+
     :param purged_at: the time stamped on the `purged` events (the real clock).
+    :param run_by: who runs the disposal (`cli`, `worker`), kept in the disposal list
     :param on_purged: told how many records each chunk purged, as soon as it has.
     """
     due = find_due_for_disposal(sessions, store, rules, as_of)
     by_category = dict(sorted(Counter(category for _, category in due).items()))
     if dry_run:
         return DisposalReport(len(due), by_category, dry_run=True)
+    settle_disposal_list(sessions, store)  # rows a crashed run left unconfirmed
     purged = 0
     ids = [record_id for record_id, _ in due]
+    run_id = uuid.uuid4().hex
     for start in range(0, len(ids), PURGE_CHUNK):
-        chunk = store.purge(ids[start : start + PURGE_CHUNK], purged_at, ACTOR)
+        chunk = purge_with_proof(
+            sessions, store, ids[start : start + PURGE_CHUNK], rules, as_of, purged_at, ACTOR,
+            run_by, run_id,
+        )
         purged += chunk
         if on_purged is not None:
             on_purged(chunk)

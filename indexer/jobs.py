@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from archivist.active_db import JobRun, utcnow
+from archivist.active_db import JobRun, create_schema, utcnow
 from archivist.audit import AuditEvent, write_audit
 from archivist.records import Record, format_utc
 from indexer.archiver import ArchiveReport, archive_due_records, preview_archive
@@ -87,6 +87,7 @@ def run_dispose_job(
     details: dict[str, Any] = {"as_of": format_utc(as_of)}
     try:
         with _recorded(services, "dispose") as run:
+            create_schema(services.engine)  # the disposal list, in installations from before it
             settle_leftovers(services.sessions, services.store, services.index, utcnow())
 
             def purged(count: int) -> None:
@@ -98,6 +99,7 @@ def run_dispose_job(
                 services.config.retention,
                 as_of,
                 utcnow(),
+                run_by=actor,
                 on_purged=purged,
             )
             sync_index(services.store, services.index)  # purged records leave search now

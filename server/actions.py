@@ -19,8 +19,17 @@ from typing import Any
 from archive_store import CatalogEntry, HistoryEvent
 from archivist.active_db import utcnow
 from archivist.audit import AuditEvent, AuditFilter, AuditPage, AuditWriter, list_audit
+from archivist.disposals import (
+    CSV_COLUMNS as DISPOSAL_COLUMNS,
+)
+from archivist.disposals import (
+    DisposalFilter,
+    DisposalPage,
+    iter_disposals,
+    list_disposals,
+)
 from archivist.holds import Hold, add_hold, list_holds, remove_hold
-from archivist.records import Record
+from archivist.records import Record, format_utc
 from indexer.restore import restore_record
 from indexer.search import SearchHit, SearchPage, SearchQuery
 from indexer.services import Services
@@ -160,6 +169,48 @@ def read_audit(actor: Actor, selection: AuditFilter) -> AuditPage:
     actor.audit.flush()
     with actor.services.read_sessions.begin() as session:
         return list_audit(session, selection)
+
+
+def read_disposals(actor: Actor, selection: DisposalFilter) -> DisposalPage:
+    """One page of the disposal list: which records were purged, by which policy, when."""
+    with actor.services.read_sessions.begin() as session:
+        return list_disposals(session, selection)
+
+
+def export_disposals(actor: Actor, selection: DisposalFilter) -> Iterator[bytes]:
+    """The whole disposal list that matches, as CSV; audited as an export of `disposals`."""
+    details: dict[str, Any] = {
+        name: value.isoformat() if isinstance(value, datetime) else value
+        for name, value in (
+            ("from", selection.date_from), ("to", selection.date_to),
+            ("category", selection.category), ("run", selection.run_id),
+        )
+        if value is not None
+    }
+    with audited(actor, "export", "disposals", details, wait=True) as entry:
+        rows = 0
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\r\n")
+        writer.writerow(DISPOSAL_COLUMNS)
+        try:
+            with actor.services.read_sessions.begin() as session:
+                for item in iter_disposals(session, selection):
+                    writer.writerow([
+                        item.record_id, item.sha256, item.category, item.policy,
+                        item.keep_years, format_utc(item.as_of), format_utc(item.purged_at),
+                        item.actor, item.run_id,
+                    ])
+                    rows += 1
+                    if buffer.tell() > 65536:
+                        yield buffer.getvalue().encode("utf-8")
+                        buffer.seek(0)
+                        buffer.truncate()
+            yield buffer.getvalue().encode("utf-8")
+        except GeneratorExit:
+            entry.outcome = "aborted"
+            raise
+        finally:
+            entry.details["rows"] = rows
 
 
 def holds(actor: Actor) -> list[Hold]:

@@ -15,6 +15,8 @@ from server.schemas import (
     AuditArgsSchema,
     AuditPageSchema,
     ChecksumSchema,
+    DisposalArgsSchema,
+    DisposalPageSchema,
     HoldListSchema,
     HoldSchema,
     RecordViewSchema,
@@ -109,6 +111,29 @@ def audit() -> Any:
     selection = AuditArgsSchema().load(args_to_dict(request.args, AuditArgsSchema.LIST_FIELDS))
     page = actions.read_audit(actor(), selection)
     return AuditPageSchema().dump(page)
+
+
+@bp.get("/disposals")
+@require_role("auditor")
+def disposals() -> Any:
+    """Proof of disposal: which records disposal runs purged, with hash, category and policy."""
+    selection = DisposalArgsSchema().load(args_to_dict(request.args, ()))
+    return DisposalPageSchema().dump(actions.read_disposals(actor(), selection))
+
+
+@bp.get("/disposals.csv")
+@require_role("auditor")
+def disposals_csv() -> Response:
+    """The disposal list (the same filters, every page) as CSV, streamed."""
+    selection = DisposalArgsSchema().load(args_to_dict(request.args, ()))
+    return Response(
+        stream_with_context(actions.export_disposals(actor(), selection)),
+        mimetype="text/csv",
+        headers={
+            "Content-Disposition": 'attachment; filename="disposals.csv"',
+            "Cache-Control": "no-store",
+        },
+    )
 
 
 @bp.get("/stats")

@@ -142,6 +142,26 @@ def build_openapi() -> dict[str, Any]:
                 [{"in": "query", "schema": schemas.AuditArgsSchema}],
             )
         },
+        "/api/v1/disposals": {
+            "get": _operation(
+                "Proof of disposal: the records disposal runs purged, newest first",
+                "auditor",
+                _json(schemas.DisposalPageSchema, "One page of purged records"),
+                ("400", *_AUTH),
+                [{"in": "query", "schema": schemas.DisposalArgsSchema}],
+            )
+        },
+        "/api/v1/disposals.csv": {
+            "get": _operation(
+                "The disposal list as CSV (every page; the same filters)",
+                "auditor",
+                {"description": "CSV with a header row: "
+                 "record_id, sha256, category, policy, keep_years, as_of, purged_at, actor, run",
+                 "content": {"text/csv": {"schema": {"type": "string"}}}},
+                ("400", *_AUTH),
+                [{"in": "query", "schema": schemas.DisposalArgsSchema}],
+            )
+        },
         "/api/v1/stats": {
             "get": _operation(
                 "Counts and the last worker run",

@@ -23,6 +23,7 @@ from marshmallow import (
 from marshmallow.validate import Length, OneOf, Range
 
 from archivist.audit import ACTIONS, AuditFilter
+from archivist.disposals import DisposalFilter
 from archivist.holds import SCOPES
 from archivist.records import format_utc
 from indexer.dates import parse_bound
@@ -141,6 +142,31 @@ class AuditArgsSchema(Schema):
         )
 
 
+class DisposalArgsSchema(Schema):
+    """Parameters of `GET /disposals` and `GET /disposals.csv`."""
+
+    date_from = Bound(data_key="from")
+    date_to = Bound(data_key="to")
+    category = fields.String(validate=Length(min=1, max=128))
+    run_id = fields.String(data_key="run", validate=Length(min=1, max=32))
+    page = fields.Integer(load_default=1, validate=Range(min=1, max=MAX_PAGE))
+    per_page = fields.Integer(load_default=50, validate=Range(min=1, max=MAX_PER_PAGE))
+
+    LIST_FIELDS: tuple[str, ...] = ()
+
+    @post_load
+    def _make_filter(self, data: dict[str, Any], **kwargs: Any) -> DisposalFilter:
+        date_from, date_to = _bounds(data)
+        return DisposalFilter(
+            date_from=date_from,
+            date_to=date_to,
+            category=data.get("category"),
+            run_id=data.get("run_id"),
+            page=data["page"],
+            per_page=data["per_page"],
+        )
+
+
 class HoldSchema(Schema):
     """A legal hold: `POST /holds` body, and an item of `GET /holds`."""
 
@@ -245,6 +271,29 @@ class AuditPageSchema(Schema):
     page = fields.Integer()
     per_page = fields.Integer()
     entries = fields.List(fields.Nested(AuditEntrySchema))
+
+
+class DisposalSchema(Schema):
+    """One purged record in the disposal list."""
+
+    record_id = fields.String()
+    sha256 = fields.String()
+    category = fields.String()
+    policy = fields.String(metadata={"description": "`default` or `category.<name>`"})
+    keep_years = fields.Integer()
+    as_of = UtcTimestamp()
+    purged_at = UtcTimestamp()
+    actor = fields.String()
+    run_id = fields.String(data_key="run")
+
+
+class DisposalPageSchema(Schema):
+    """Response of `GET /disposals`."""
+
+    total = fields.Integer()
+    page = fields.Integer()
+    per_page = fields.Integer()
+    disposals = fields.List(fields.Nested(DisposalSchema))
 
 
 class LastRunSchema(Schema):

@@ -50,6 +50,7 @@ from archivist.config import Config
 from archivist.errors import ArchivistError
 from archivist.holds import SCOPES
 from archivist.tokens import TokenInfo
+from indexer.backup import backup_status
 from indexer.dates import parse_bound
 from indexer.errors import BadQuery, IndexerError
 from indexer.jobs import last_run, run_archive_job, run_dispose_job
@@ -649,6 +650,7 @@ def admin() -> Any:
         "ui/admin.html",
         stats=actions.stats(_actor()),
         runs=runs,
+        backup=backup_status(services, now),
         default_policy=rules.default,
         policies=policies,
         archive_total=sum(archive_preview.values()),

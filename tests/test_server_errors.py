@@ -154,6 +154,8 @@ def test_openapi_document_lists_every_endpoint(client: Any, agent_headers: dict[
         "/api/v1/export.csv",
         "/api/v1/export.csv.sha256",
         "/api/v1/audit",
+        "/api/v1/disposals",
+        "/api/v1/disposals.csv",
         "/api/v1/stats",
         "/api/v1/holds",
         "/api/v1/holds/{scope}/{value}",

@@ -1,0 +1,387 @@
+"""Backups of the archive store: a consistent copy of catalog and segments, made incrementally.
+
+A backup folder is checked by its `MANIFEST`, one `SHA-256  path` line per file in the format
+`sha256sum -c` reads. The store's part of it lives under `archive/`: `catalog.db` (copied with
+SQLite's `VACUUM INTO`), `segments/` (segment files, named by segment and generation) and
+any other file the store keeps beside them.
+
+Consistency: the catalog is copied and every segment file it names is opened while the store's
+write lock is held shared, so no writer is between its append and its commit; the open files
+then keep their bytes even if disposal replaces a file afterwards. Only the committed length of
+the active segment is copied. Sealed segments never change under their name (disposal writes a
+new generation), so a file the previous backup holds with the same size is not copied again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from archive_store import segment
+from archive_store.errors import ArchiveStoreError
+from archive_store.models import Problem
+from archive_store.store import ArchiveStore
+from archive_store.verify import verify_store
+
+MANIFEST = "MANIFEST"
+STORE_FOLDER = "archive"
+CATALOG = "catalog.db"
+SEGMENTS = "segments"
+# Files of a live store that are not part of its state: locks, and SQLite's WAL companions
+# (`VACUUM INTO` reads committed WAL content into the copy).
+_NOT_COPIED = {".lock", "move.lock", "index.lock", "catalog.db-wal", "catalog.db-shm",
+               "catalog.db-journal"}
+_CHUNK = 2**20
+
+
+class BackupError(ArchiveStoreError):
+    """A backup cannot be made, read or recovered."""
+
+    code = "backup_error"
+
+
+class BackupDamaged(BackupError):
+    """A backup's files do not match its manifest, or its archive does not verify."""
+
+    code = "backup_damaged"
+
+
+@dataclass
+class CopyTally:
+    """What one backup run copied: files written (new or changed) and bytes written."""
+
+    files: int = 0
+    bytes: int = 0
+    hashes: dict[str, str] = field(default_factory=dict)  # manifest path -> sha256
+
+
+@dataclass(frozen=True)
+class SegmentSource:
+    """One segment file of the snapshot, opened, with its committed length."""
+
+    name: str
+    length: int
+    sealed: bool
+    file: BinaryIO
+
+
+@dataclass
+class StoreSnapshot:
+    """The store at one moment: a catalog copy and the open segment files it names."""
+
+    catalog_copy: Path
+    segments: list[SegmentSource]
+    extra_files: dict[str, bytes]
+    archived: int
+    _stack: ExitStack
+
+    def close(self) -> None:
+        """Close the segment files."""
+        self._stack.close()
+
+
+def hash_file(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes.
+
+    :param path: the file
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_manifest(folder: Path) -> dict[str, str]:
+    """The manifest of a backup folder as `{path: sha256}`; empty if it has none.
+
+    :param folder: the backup folder
+    """
+    try:
+        text = (folder / MANIFEST).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    entries: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64 or not name:
+            raise BackupDamaged(f"{folder / MANIFEST}: line {number} is not `SHA256  PATH`")
+        entries[name] = digest
+    return entries
+
+
+def write_manifest(folder: Path, entries: dict[str, str]) -> None:
+    """Write the manifest atomically (a temp file renamed over it), sorted by path.
+
+    :param folder: the backup folder
+    :param entries: `{path relative to folder: sha256}`
+    """
+    temp = folder / (MANIFEST + ".partial")
+    with open(temp, "w", encoding="utf-8") as f:
+        for name in sorted(entries):
+            f.write(f"{entries[name]}  {name}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, folder / MANIFEST)
+    segment.fsync_directory(folder)
+
+
+def check_manifest(folder: Path) -> list[str]:
+    """Every file the manifest names that is missing or whose bytes differ, one line each.
+
+    :param folder: the backup folder
+    """
+    if not (folder / MANIFEST).is_file():
+        return [f"missing: {MANIFEST} (not a backup, or one that did not finish)"]
+    problems = []
+    for name, digest in sorted(load_manifest(folder).items()):
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"missing: {name}")
+        elif hash_file(path) != digest:
+            problems.append(f"damaged: {name} (SHA-256 differs from the manifest)")
+    return problems
+
+
+def copy_sqlite(source: Path, target: Path) -> None:
+    """Copy a live SQLite database as one consistent snapshot (`VACUUM INTO`).
+
+    The copy is switched to rollback-journal mode, so reading it later (verify) creates no
+    `-wal`/`-shm` files in the backup folder.
+
+    :param source: the database file (WAL mode, in use)
+    :param target: the copy to write; replaced if it exists
+    """
+    target.unlink(missing_ok=True)
+    src = sqlite3.connect(source, timeout=60, isolation_level=None)
+    try:
+        # One read transaction of the source, live pages only: the free pages an archive run
+        # leaves in the active database are not copied (nor make an unchanged copy differ).
+        src.execute("VACUUM INTO ?", (str(target),))
+    finally:
+        src.close()
+    dst = sqlite3.connect(target, isolation_level=None)
+    try:
+        dst.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        dst.close()
+    with open(target, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def take_store_snapshot(store: ArchiveStore, catalog_copy: Path) -> StoreSnapshot:
+    """Copy the catalog and open every segment file it names, with no store writer active.
+
+    The store's write lock is held shared for this moment only; the caller copies the opened
+    segments afterwards (and must `close()` the snapshot).
+
+    :param store: the open store
+    :param catalog_copy: where the catalog copy goes
+    """
+    stack = ExitStack()
+    segments_dir = store.directory / SEGMENTS
+    try:
+        fd = os.open(store.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # writers hold it exclusive across append + commit
+            copy_sqlite(store.directory / CATALOG, catalog_copy)
+            conn = sqlite3.connect(catalog_copy)
+            try:
+                rows = conn.execute(
+                    "SELECT segment_id, generation, sealed, end_offset FROM segments "
+                    "ORDER BY segment_id"
+                ).fetchall()
+                archived = conn.execute(
+                    "SELECT COUNT(*) FROM records WHERE state = 'archived'"
+                ).fetchone()[0]
+            finally:
+                conn.close()
+            sources = []
+            for segment_id, generation, sealed, end in rows:
+                path = segment.segment_path(segments_dir, segment_id, generation)
+                try:
+                    f = stack.enter_context(open(path, "rb"))
+                except FileNotFoundError:
+                    if end == 0:
+                        continue  # an active segment nothing was written to yet
+                    raise BackupError(
+                        f"segment file {path.name} is missing from the store"
+                    ) from None
+                sources.append(SegmentSource(path.name, end, bool(sealed), f))
+            extra = {
+                path.name: path.read_bytes()
+                for path in sorted(store.directory.iterdir())
+                if path.is_file() and path.name not in _NOT_COPIED and path.name != CATALOG
+            }
+        finally:
+            os.close(fd)  # releases the lock
+    except BaseException:
+        stack.close()
+        raise
+    return StoreSnapshot(catalog_copy, sources, extra, int(archived), stack)
+
+
+def copy_segments(
+    snapshot: StoreSnapshot, folder: Path, previous: dict[str, str], tally: CopyTally
+) -> None:
+    """Copy the snapshot's segments into `folder/archive/segments`, skipping what is there.
+
+    A segment the previous backup holds at the same size is kept as it is; one it holds shorter
+    (the segment that was active then) gets its new tail appended.
+
+    :param snapshot: from `take_store_snapshot`
+    :param folder: the backup folder
+    :param previous: the previous manifest (`{}` for a first or unfinished backup)
+    :param tally: where the copied files and bytes are counted
+    """
+    target_dir = folder / STORE_FOLDER / SEGMENTS
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for source in snapshot.segments:
+        name = f"{STORE_FOLDER}/{SEGMENTS}/{source.name}"
+        target = target_dir / source.name
+        have = target.stat().st_size if name in previous and target.is_file() else -1
+        if have == source.length:
+            tally.hashes[name] = previous[name]
+            continue
+        # Same name, same file: segments only grow until a compaction writes a new generation
+        # (a new name), so what the backup holds is a prefix and only the tail is missing.
+        start = have if 0 <= have < source.length else 0
+        if start == 0:
+            target.unlink(missing_ok=True)
+        with open(target, "r+b" if start else "wb") as out:
+            out.seek(start)
+            source.file.seek(start)
+            remaining = source.length - start
+            while remaining:
+                chunk = source.file.read(min(_CHUNK, remaining))
+                if not chunk:
+                    raise BackupError(f"segment {source.name} is shorter than its catalog says")
+                out.write(chunk)
+                remaining -= len(chunk)
+            out.truncate(source.length)
+            out.flush()
+            os.fsync(out.fileno())
+        tally.files += 1
+        tally.bytes += source.length - start
+        tally.hashes[name] = hash_file(target)
+    segment.fsync_directory(target_dir)
+
+
+def keep_if_changed(
+    folder: Path, name: str, fresh: Path, previous: dict[str, str], tally: CopyTally
+) -> None:
+    """Move a freshly written copy to `folder/name` unless the backup already holds those bytes.
+
+    :param folder: the backup folder
+    :param name: the file's path in the manifest
+    :param fresh: the new copy (removed if it is not needed)
+    :param previous: the previous manifest
+    :param tally: where it is counted if it was copied
+    """
+    digest = hash_file(fresh)
+    target = folder / name
+    if previous.get(name) == digest and target.is_file():
+        fresh.unlink()
+    else:
+        os.replace(fresh, target)
+        tally.files += 1
+        tally.bytes += target.stat().st_size
+    tally.hashes[name] = digest
+
+
+def write_store_part(
+    snapshot: StoreSnapshot, folder: Path, previous: dict[str, str], tally: CopyTally
+) -> None:
+    """Put the snapshot's catalog, segments and other files into the backup folder.
+
+    :param snapshot: from `take_store_snapshot`, its catalog copy inside `folder/archive`
+    :param folder: the backup folder
+    :param previous: the previous manifest
+    :param tally: where copied files and bytes are counted
+    """
+    store_folder = folder / STORE_FOLDER
+    keep_if_changed(folder, f"{STORE_FOLDER}/{CATALOG}", snapshot.catalog_copy, previous, tally)
+    for name, data in snapshot.extra_files.items():
+        fresh = store_folder / (name + ".partial")
+        fresh.write_bytes(data)
+        keep_if_changed(folder, f"{STORE_FOLDER}/{name}", fresh, previous, tally)
+    copy_segments(snapshot, folder, previous, tally)
+    segment.fsync_directory(store_folder)
+
+
+def remove_unlisted(folder: Path, keep: set[str]) -> None:
+    """Delete what the new manifest does not list under `archive/` and `tables/` (old segment
+    generations, copies a stopped run left).
+
+    :param folder: the backup folder
+    :param keep: the manifest's paths
+    """
+    for path in folder.glob("*.partial"):  # left by a run that stopped half-way
+        path.unlink()
+    for path in folder.rglob("*"):
+        if not path.is_file():
+            continue
+        name = path.relative_to(folder).as_posix()
+        if name.startswith(("archive/", "tables/")) and name not in keep:
+            path.unlink()
+
+
+def verify_store_copy(folder: Path) -> list[Problem]:
+    """Check the backed-up archive's checksums and hash chain, without writing into `folder`.
+
+    :param folder: the backup folder
+    """
+    store_folder = folder / STORE_FOLDER
+    catalog = store_folder / CATALOG
+    if not catalog.is_file():
+        return [Problem(None, None, f"{STORE_FOLDER}/{CATALOG} is missing")]
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            return verify_store(catalog, store_folder / SEGMENTS, Path(scratch) / ".lock")
+        except sqlite3.DatabaseError as e:
+            return [Problem(None, None, f"{STORE_FOLDER}/{CATALOG} cannot be read: {e}")]
+
+
+def install_store(folder: Path, store_dir: Path) -> None:
+    """Replace the store in `store_dir` with the backed-up one (the store must not be open).
+
+    :param folder: the backup folder
+    :param store_dir: the installation's archive folder
+    """
+    source = folder / STORE_FOLDER
+    (store_dir / SEGMENTS).mkdir(parents=True, exist_ok=True)
+    for name in ("catalog.db", "catalog.db-wal", "catalog.db-shm", "catalog.db-journal"):
+        (store_dir / name).unlink(missing_ok=True)
+    for path in (store_dir / SEGMENTS).iterdir():
+        if path.is_file():
+            path.unlink()
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            target = store_dir / path.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            with open(target, "rb+") as f:
+                os.fsync(f.fileno())
+    segment.fsync_directory(store_dir / SEGMENTS)
+    segment.fsync_directory(store_dir)
+
+
+@contextmanager
+def snapshot_closing(snapshot: StoreSnapshot) -> Iterator[StoreSnapshot]:
+    """Close the snapshot's files on leaving the block.
+
+    :param snapshot: from `take_store_snapshot`
+    """
+    try:
+        yield snapshot
+    finally:
+        snapshot.close()

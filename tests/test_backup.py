@@ -1,0 +1,326 @@
+"""Backup and recovery: consistent, incremental, checked by a manifest, recovered whole."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from archive_store.backup import load_manifest
+from archivist.active_db import ActiveRecord, utcnow
+from archivist.config import load_config
+from archivist.tokens import create_token
+from indexer.backup import (
+    InstallationNotEmpty,
+    backup_status,
+    create_backup,
+    recover_backup,
+    verify_backup,
+)
+from indexer.restore import restore_record
+from indexer.search import SearchQuery
+from indexer.services import Services
+from indexer.verification import verify_all
+from tests.conftest import CONFIG_TEXT
+
+QUERIES = ("refund", "退款", "INV-2023-000002", "")
+
+
+def _body(n: int) -> str:
+    return (
+        "The customer asked for a refund of the kettle.",
+        "客户 申请 退款，订单 已经 取消。",
+        f"Invoice INV-2023-{n:06d} was paid twice.",
+    )[n % 3]
+
+
+def _records(make_record: Callable[..., dict[str, Any]], start: int, count: int,
+             updated_at: str = "2020-01-02T00:00:00Z") -> list[dict[str, Any]]:
+    return [
+        make_record(id=f"B-{n:05d}", body=_body(n), customer_id=f"C{n % 7}", updated_at=updated_at,
+                    category=("support", "billing", "finance")[n % 3])
+        for n in range(start, start + count)
+    ]
+
+
+def _answers(services: Services) -> dict[str, list[str]]:
+    return {
+        q: sorted(hit.id for hit in services.index.iter_hits(SearchQuery(q=q)))
+        for q in QUERIES
+    }
+
+
+def _places(services: Services) -> tuple[set[str], set[str]]:
+    """Ids in the active database, ids archived."""
+    with services.sessions.begin() as session:
+        active = set(session.scalars(select(ActiveRecord.id)))
+    archived = {e.record_id for e in services.store.iter_catalog(state="archived")}
+    return active, archived
+
+
+def _fresh_config(tmp_path: Path, name: str) -> Any:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.toml").write_text(CONFIG_TEXT)
+    config = load_config(folder / "config.toml")
+    with Services.open(config, create=True):
+        pass
+    return config
+
+
+def test_backup_recovers_into_a_fresh_installation_with_the_same_answers(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path
+) -> None:
+    archived(*_records(make_record, 0, 300))
+    restore_record(services.sessions, services.store, services.index, "B-00004", "test", utcnow())
+    expected = _answers(services)
+    expected_places = _places(services)
+    with services.sessions.begin() as session:
+        secret = create_token(session, "kept-token", "agent", utcnow())
+
+    report = create_backup(services, tmp_path / "backup", utcnow())
+
+    assert report.records == 300 and report.archived == 299 and report.active == 1
+    assert verify_backup(tmp_path / "backup") == []
+    assert not any((tmp_path / "backup" / "archive").glob("*.key"))
+    fresh = _fresh_config(tmp_path, "fresh")
+    recovered = recover_backup(fresh, tmp_path / "backup", utcnow())
+    assert (recovered.archived, recovered.active) == (299, 1)
+    with Services.open(fresh) as again:
+        assert verify_all(again).problems == []
+        assert _answers(again) == expected
+        assert _places(again) == expected_places
+        with again.sessions.begin() as session:
+            from archivist.tokens import find_token
+
+            assert find_token(session, secret) is not None  # tokens travel with the backup
+
+
+def test_backup_verify_names_a_flipped_byte_and_a_missing_file(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path
+) -> None:
+    archived(*_records(make_record, 0, 200))
+    folder = tmp_path / "backup"
+    create_backup(services, folder, utcnow())
+    segment = sorted((folder / "archive" / "segments").iterdir())[0]
+    data = bytearray(segment.read_bytes())
+    data[200] ^= 0x01
+    segment.write_bytes(bytes(data))
+
+    problems = verify_backup(folder)
+
+    name = f"archive/segments/{segment.name}"
+    assert f"damaged: {name} (SHA-256 differs from the manifest)" in problems
+    assert any(p.startswith("archive: record B-") for p in problems)  # the chain names the record
+    (folder / "active.db").unlink()
+    assert "missing: active.db" in verify_backup(folder)
+    result = subprocess.run(
+        [sys.executable, "-m", "archivist", "backup", "verify", str(folder)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 1
+    assert name in result.stderr and "missing: active.db" in result.stderr
+
+
+def test_recover_refuses_a_damaged_backup(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path
+) -> None:
+    archived(*_records(make_record, 0, 20))
+    folder = tmp_path / "backup"
+    create_backup(services, folder, utcnow())
+    catalog = folder / "archive" / "catalog.db"
+    catalog.write_bytes(catalog.read_bytes()[:-10])
+    fresh = _fresh_config(tmp_path, "fresh")
+    with pytest.raises(Exception, match="does not verify: damaged: archive/catalog.db"):
+        recover_backup(fresh, folder, utcnow())
+    with Services.open(fresh) as again:
+        assert again.store.counts()["archived"] == 0
+
+
+def test_second_backup_copies_only_what_is_new(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path
+) -> None:
+    archived(*_records(make_record, 0, 400))
+    folder = tmp_path / "backup"
+    first = create_backup(services, folder, utcnow())
+    sealed = {
+        name: (folder / name).stat()
+        for name in load_manifest(folder)
+        if name.startswith("archive/segments/")
+    }
+    assert len(sealed) >= 3 and first.files == len(sealed) + 2  # + catalog and active.db
+
+    archived(*_records(make_record, 400, 100))
+    second = create_backup(services, folder, utcnow())
+
+    manifest = load_manifest(folder)
+    new_segments = [n for n in manifest if n.startswith("archive/segments/") and n not in sealed]
+    assert new_segments
+    size = {n: (folder / n).stat().st_size for n in manifest}
+    databases = size["archive/catalog.db"] + size["active.db"]
+    fresh = sum(size[n] for n in new_segments)
+    # at most: the new segments, the databases, and the tail of the segment that was active
+    assert second.bytes <= fresh + databases + 65536
+    assert second.bytes < sum(size.values()) - sum(s.st_size for s in sealed.values()) / 2
+    # new segments, the grown active one, catalog and active.db: nothing sealed again
+    assert second.files <= len(new_segments) + 3
+    unchanged = 0
+    for name, before in sealed.items():
+        after = (folder / name).stat()
+        if after.st_size == before.st_size:
+            assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), name
+            unchanged += 1
+    assert unchanged >= len(sealed) - 1  # only the segment that was active may have grown
+    assert verify_backup(folder) == []
+    assert second.records == 500
+
+
+def test_recover_is_refused_into_an_installation_with_records_unless_forced(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path,
+    config_path: Path,
+) -> None:
+    archived(*_records(make_record, 0, 30))
+    folder = tmp_path / "backup"
+    create_backup(services, folder, utcnow())
+    other = _fresh_config(tmp_path, "other")
+    with Services.open(other) as target:
+        from archivist.importer import import_lines
+
+        lines = [json.dumps(r).encode() for r in _records(make_record, 1000, 5)]
+        import_lines(lines, target.sessions, target.store.find_archived)
+        from indexer.jobs import run_archive_job
+
+        run_archive_job(target, datetime(2026, 1, 1, tzinfo=UTC))
+
+    with pytest.raises(InstallationNotEmpty, match="--force"):
+        recover_backup(other, folder, utcnow())
+    with Services.open(other) as target:
+        assert {e.record_id for e in target.store.iter_catalog()} == {
+            f"B-{n:05d}" for n in range(1000, 1005)
+        }
+    cli = subprocess.run(
+        [sys.executable, "-m", "archivist", "backup", "recover", str(folder),
+         "--config", str(other.path)],
+        capture_output=True, text=True,
+    )
+    assert cli.returncode == 1 and "--force" in cli.stderr and cli.stderr.count("\n") == 1
+
+    recover_backup(other, folder, utcnow(), force=True)
+    with Services.open(other) as target:
+        assert len(list(target.store.iter_catalog())) == 30
+        assert verify_all(target).problems == []
+
+
+def test_admin_status_warns_without_a_recent_backup(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path,
+    client: Any, admin_headers: dict[str, str],
+) -> None:
+    now = utcnow()
+    assert backup_status(services, now).overdue
+    from tests.test_ui_pages import _sign_in
+
+    _sign_in(client, admin_headers)
+    assert 'data-testid="backup-warning"' in client.get("/admin").get_data(as_text=True)
+
+    archived(*_records(make_record, 0, 5))
+    create_backup(services, tmp_path / "backup", now)
+    status = backup_status(services, utcnow())
+    assert not status.overdue and status.last_records == 5
+    page = client.get("/admin").get_data(as_text=True)
+    assert "Last backup finished" in page and 'data-testid="backup-warning"' not in page
+    assert backup_status(services, utcnow() + timedelta(days=8)).overdue  # default: 7 days
+
+
+def test_backup_of_own_tables_when_the_active_database_is_not_embedded(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The `tables/` form (used for PostgreSQL), exercised here on SQLite by its own path."""
+    import indexer.backup as backup
+
+    archived(*_records(make_record, 0, 10))
+    from archivist.holds import add_hold
+
+    with services.sessions.begin() as session:
+        add_hold(session, "customer", "C3", "litigation", utcnow())
+    monkeypatch.setattr(backup, "sqlite_path", lambda url: None)
+    folder = tmp_path / "backup"
+    report = create_backup(services, folder, utcnow())
+    assert report.archived == 10
+    assert "tables/legal_holds.jsonl" in load_manifest(folder)
+    assert "active.db" not in load_manifest(folder)
+
+    fresh = _fresh_config(tmp_path, "fresh")
+    recover_backup(fresh, folder, utcnow())
+    with Services.open(fresh) as again, again.sessions.begin() as session:
+        from archivist.holds import list_holds
+
+        assert [(h.scope, h.value) for h in list_holds(session)] == [("customer", "C3")]
+        assert again.store.counts()["archived"] == 10
+
+
+def test_backup_create_prints_the_contract_line(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path,
+    config_path: Path,
+) -> None:
+    archived(*_records(make_record, 0, 12))
+    result = subprocess.run(
+        [sys.executable, "-m", "archivist", "backup", "create", str(tmp_path / "b"),
+         "--config", str(config_path)],
+        capture_output=True, text=True, env={**os.environ},
+    )
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip()
+    assert line.startswith("backed up 12 records, ") and line.endswith(" bytes copied")
+    from archivist.audit import AuditFilter, list_audit
+
+    with services.sessions.begin() as session:
+        entries = list_audit(session, AuditFilter(action="backup")).entries
+    assert [(e.actor, e.outcome, e.details["records"]) for e in entries] == [("cli", "ok", 12)]
+
+
+def test_two_backups_into_one_folder_at_once_are_refused(
+    services: Services, tmp_path: Path
+) -> None:
+    from archive_store.backup import BackupError
+    from indexer.backup import _writing
+
+    folder = tmp_path / "backup"
+    folder.mkdir()
+    with _writing(folder):
+        with pytest.raises(BackupError, match="another backup is being written"):
+            create_backup(services, folder, utcnow())
+    assert create_backup(services, folder, utcnow()).files > 0
+
+
+def test_backup_after_disposal_drops_replaced_segment_generations(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path
+) -> None:
+    archived(*_records(make_record, 0, 200))
+    folder = tmp_path / "backup"
+    create_backup(services, folder, utcnow())
+    before = {n for n in load_manifest(folder) if n.startswith("archive/segments/")}
+    from indexer.jobs import run_dispose_job
+
+    assert run_dispose_job(services, datetime(2030, 1, 1, tzinfo=UTC)).purged == 200
+
+    report = create_backup(services, folder, utcnow())
+
+    after = {n for n in load_manifest(folder) if n.startswith("archive/segments/")}
+    assert after != before and report.files >= len(after - before)
+    gone = before - after  # replaced by disposal's next generation
+    assert gone and not any((folder / n).exists() for n in gone)
+    assert verify_backup(folder) == []
+    fresh = _fresh_config(tmp_path, "fresh")
+    recover_backup(fresh, folder, utcnow())
+    with Services.open(fresh) as again:
+        assert again.store.counts()["purged"] == 200
+        assert verify_all(again).problems == []

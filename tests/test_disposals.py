@@ -1,0 +1,114 @@
+"""Proof of disposal: the disposal list holds exactly what a run purged, for auditors only."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime
+
+from archivist.active_db import utcnow
+from archivist.disposals import DisposalFilter, DueRecord, list_disposals, note_due
+from indexer.jobs import run_dispose_job
+
+AS_OF = datetime(2029, 6, 1, tzinfo=UTC)
+
+
+def _listed(services):
+    with services.sessions.begin() as session:
+        return list_disposals(session, DisposalFilter(per_page=100)).disposals
+
+
+def test_disposal_list_holds_exactly_the_purged_records(services, archived, make_record):
+    archived(
+        make_record(id="old-support", updated_at="2020-01-02T00:00:00Z"),
+        make_record(id="old-finance", category="finance", updated_at="2020-01-02T00:00:00Z"),
+        make_record(id="young-finance", category="finance", updated_at="2024-05-01T00:00:00Z"),
+        make_record(id="held", customer_id="C-HELD", updated_at="2020-01-02T00:00:00Z"),
+    )
+    from archivist.holds import add_hold
+
+    with services.sessions.begin() as session:
+        add_hold(session, "customer", "C-HELD", "litigation", utcnow())
+    before = {e.record_id: e.sha256 for e in services.store.iter_catalog()}
+
+    report = run_dispose_job(services, AS_OF, actor="cli")
+
+    purged = {e.record_id for e in services.store.iter_catalog(state="purged")}
+    listed = {d.record_id: d for d in _listed(services)}
+    assert report.purged == 2
+    assert set(listed) == purged == {"old-support", "old-finance"}
+    finance = listed["old-finance"]
+    assert (finance.category, finance.policy, finance.keep_years) == (
+        "finance", "category.finance", 7
+    )
+    support = listed["old-support"]
+    assert (support.category, support.policy, support.keep_years) == ("support", "default", 5)
+    assert all(d.sha256 == before[d.record_id] for d in listed.values())
+    assert {d.actor for d in listed.values()} == {"cli"}
+    assert len({d.run_id for d in listed.values()}) == 1
+    assert all(d.as_of == AS_OF and d.purged_at is not None for d in listed.values())
+
+    assert run_dispose_job(services, AS_OF, actor="worker").purged == 0
+    assert set(d.record_id for d in _listed(services)) == purged  # nothing listed twice
+
+
+def test_dry_run_lists_nothing(services, archived, make_record):
+    archived(make_record(id="old", updated_at="2020-01-02T00:00:00Z"))
+    run_dispose_job(services, AS_OF, dry_run=True)
+    assert _listed(services) == []
+
+
+def test_rows_a_crash_left_unconfirmed_are_settled_by_the_next_run(
+    services, archived, make_record
+):
+    archived(
+        make_record(id="purged-then-crash", updated_at="2020-01-02T00:00:00Z"),
+        make_record(id="noted-not-purged", updated_at="2024-12-01T00:00:00Z"),
+    )
+    entries = services.store.entries(["purged-then-crash", "noted-not-purged"])
+    with services.sessions.begin() as session:  # a run noted both, purged one, then crashed
+        note_due(session, "crashed-run", [
+            DueRecord(i, entries[i].sha256, "support", "default", 5) for i in sorted(entries)
+        ], AS_OF, "worker")
+    services.store.purge(["purged-then-crash"], utcnow(), "disposal")
+    assert _listed(services) == []  # unconfirmed rows are not proof yet
+
+    run_dispose_job(services, datetime(2026, 1, 1, tzinfo=UTC))  # nothing due itself
+
+    listed = _listed(services)
+    assert [(d.record_id, d.run_id) for d in listed] == [("purged-then-crash", "crashed-run")]
+
+
+def test_auditor_reads_and_exports_the_list_and_an_agent_may_not(
+    services, archived, make_record, client, auditor_headers, agent_headers
+):
+    archived(
+        make_record(id="gone-1", updated_at="2020-01-02T00:00:00Z"),
+        make_record(id="gone-2", category="billing", updated_at="2020-01-02T00:00:00Z"),
+        make_record(id="kept", updated_at="2024-12-01T00:00:00Z"),
+    )
+    run_dispose_job(services, AS_OF)
+
+    page = client.get("/api/v1/disposals?per_page=1", headers=auditor_headers)
+    assert page.status_code == 200
+    assert page.json["total"] == 2 and len(page.json["disposals"]) == 1
+    both = client.get("/api/v1/disposals", headers=auditor_headers).json["disposals"]
+    assert {d["record_id"] for d in both} == {"gone-1", "gone-2"}
+    assert set(both[0]) == {
+        "record_id", "sha256", "category", "policy", "keep_years", "as_of", "purged_at",
+        "actor", "run",
+    }
+    billing = client.get("/api/v1/disposals?category=billing", headers=auditor_headers).json
+    assert [d["record_id"] for d in billing["disposals"]] == ["gone-2"]
+
+    exported = client.get("/api/v1/disposals.csv", headers=auditor_headers)
+    assert exported.status_code == 200 and exported.mimetype == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(exported.get_data(as_text=True))))
+    assert sorted(r["record_id"] for r in rows) == ["gone-1", "gone-2"]
+
+    assert client.get("/api/v1/disposals", headers=agent_headers).status_code == 403
+    assert client.get("/api/v1/disposals.csv", headers=agent_headers).status_code == 403
+    bad = client.get("/api/v1/disposals?per_page=0", headers=auditor_headers)
+    assert bad.status_code == 400 and bad.json["error"]["code"]
+    unknown = client.get("/api/v1/disposals?colour=red", headers=auditor_headers)
+    assert unknown.status_code == 400
