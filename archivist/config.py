@@ -25,7 +25,7 @@ _RETENTION_KEYS = ("archive_after_days", "keep_years")
 # itself a table (or an array of tables, `[[active.table]]`) has an entry of its own under its
 # dotted name; "*" stands for any name (a category). To accept a new setting, add it here.
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
-    "": ("active", "archive", "index", "server", "worker", "retention", "records"),
+    "": ("active", "archive", "index", "server", "worker", "retention", "records", "backup"),
     "active": ("url", "table"),
     "active.table": (
         "name", "key", "id_prefix", "kind", "category", "customer_id", "owner", "subject",
@@ -40,6 +40,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     ),
     "worker": ("archive_cron", "dispose_cron", "index_interval_seconds"),
     "records": ("kinds",),
+    "backup": ("max_age_days",),
     "retention": ("default", "category"),
     "retention.default": _RETENTION_KEYS,
     "retention.category": ("*",),
