@@ -72,7 +72,8 @@ def _check_fields(q: str) -> None:
     Whoosh's parser would read an unknown field's ``name:value`` as one word, which matches
     nothing: a typo or an internal field would silently give no results.
     """
-    for m in _FIELD_REF.finditer(_QUOTED.sub(" ", q)):
+    # a quoted text holds no field, but may be one's value (foo:"a b")
+    for m in _FIELD_REF.finditer(_QUOTED.sub('""', q)):
         name = m.group(1)
         if name in QUERY_FIELDS:
             continue

@@ -20,6 +20,8 @@ AT = datetime(2026, 1, 1, tzinfo=UTC)
 
 REFUSED = [
     "foo:bar",
+    'foo:"refund for"',
+    "(foo:(refund OR invoice))",
     "subject_pairs:x",
     "body_pairs:x",
     "kind:note",
