@@ -100,6 +100,7 @@ def run_dispose_job(
                 utcnow(),
                 on_purged=purged,
             )
+            run.purged = details["purged"] = report.purged
             sync_index(services.store, services.index)  # purged records leave search now
     except Exception as e:
         outcome = getattr(e, "code", "error")
