@@ -102,6 +102,7 @@ def run_dispose_job(
                 run_by=actor,
                 on_purged=purged,
             )
+            run.purged = details["purged"] = report.purged
             sync_index(services.store, services.index)  # purged records leave search now
     except Exception as e:
         outcome = getattr(e, "code", "error")
