@@ -47,6 +47,9 @@ class ArchivistGroup(click.Group):
         except DOMAIN_ERRORS as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
+        except click.BadParameter as e:  # one line, as every other refusal
+            click.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(2)
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
         except Exception as e:  # a bug or an environment problem: still one line, exit 2
@@ -90,7 +93,10 @@ class MomentType(click.ParamType):
             moment = datetime.fromisoformat(value)
         except ValueError:
             self.fail(f"{value!r} is not an ISO date or datetime", param, ctx)
-        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        try:
+            return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        except OverflowError:  # 9999-12-31T23:59:59-14:00 is in year 10000 in UTC
+            self.fail(f"{value!r} is outside the years 1-9999 in UTC", param, ctx)
 
 
 WHEN = MomentType()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import uuid
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
+import werkzeug.exceptions
 from flask import Flask, Response, g, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
@@ -17,7 +19,7 @@ from archive_store import (
     RecordNotFound,
     RestoreInProgress,
 )
-from archivist.errors import ArchivistError, HoldError, InvalidRecord
+from archivist.errors import ArchivistError, HoldError, InvalidRecord, MomentOutOfRange
 from archivist.tokens import TokenError
 from indexer.errors import AlreadyActive, BadQuery, IndexerError, IndexUnavailable
 from server.schemas import describe_errors
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 STATUS: dict[type[Exception], int] = {
     BadQuery: 400,
     InvalidRecord: 400,
+    MomentOutOfRange: 400,
     TokenError: 400,
     RecordNotFound: 404,
     NotArchived: 409,
@@ -118,6 +121,22 @@ def register_error_handlers(app: Flask) -> None:
     @app.before_request
     def _assign_request_id() -> None:
         request_id()
+
+    @app.before_request
+    def _check_path_encoding() -> None:
+        # Bytes of the path that are not UTF-8 would become U+FFFD on their way to the view,
+        # which would then look up a record id nobody sent. (An HTTPException, so
+        # that the web pages answer with their own error page.)
+        environ = request.environ
+        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+        try:
+            if raw is not None:  # as sent, before any server decoded it
+                path = raw.split("?", 1)[0].encode("latin-1")
+                unquote_to_bytes(path).decode("utf-8")
+            else:
+                environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            raise werkzeug.exceptions.BadRequest("the path is not valid UTF-8") from None
 
     @app.after_request
     def _send_request_id(response: Response) -> Response:
