@@ -94,6 +94,18 @@ class BadRequest(ApiError):
     """The request itself is malformed (encoding, body)."""
 
 
+class ClientTooSlow(TimeoutError):
+    """The client stopped sending its request part way (raised by the server's socket reads)."""
+
+    status = 408
+    code = "request_timeout"
+
+
+def code_for_status(status: int) -> str:
+    """The error code of a plain HTTP refusal (`headers_too_large` for 431, ...)."""
+    return _HTTP_CODES.get(status, "bad_request" if status < 500 else "internal_error")
+
+
 def error_body(code: str, message: str) -> dict[str, Any]:
     """The contract's error body."""
     return {"error": {"code": code, "message": message}}
@@ -146,6 +158,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(e: ApiError) -> tuple[dict[str, Any], int, dict[str, str]]:
         return error_body(e.code, str(e)), e.status, e.headers
+
+    @app.errorhandler(ClientTooSlow)
+    def _client_too_slow(e: ClientTooSlow) -> tuple[dict[str, Any], int]:
+        return error_body(e.code, str(e)), e.status
 
     @app.errorhandler(ValidationError)
     def _validation_error(e: ValidationError) -> tuple[dict[str, Any], int]:
