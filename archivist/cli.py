@@ -24,7 +24,7 @@ from archivist.holds import add_hold, list_holds, remove_hold
 from archivist.importer import import_lines
 from archivist.records import format_utc
 from archivist.tokens import ROLES, create_token, list_tokens, revoke_token
-from indexer.demo import load_demo
+from indexer.demo import demo_admin_token, load_demo
 from indexer.errors import IndexerError
 from indexer.indexing import rebuild_index
 from indexer.jobs import run_archive_job, run_dispose_job, run_index_job
@@ -379,8 +379,7 @@ def demo(count: int, host: str | None, port: int | None, config: Config) -> None
         else:
             click.echo("demo data already loaded; using it as it is")
         click.echo(json.dumps(collect_stats(services), indent=2))
-        with services.sessions.begin() as session:
-            secret = create_token(session, f"demo-admin-{now:%Y%m%d%H%M%S}", "admin", now)
+        secret = demo_admin_token(services, now)
     _log_to_stderr()
 
     def ready(url: str) -> None:

@@ -26,6 +26,7 @@ from collections import deque
 from functools import partial
 from typing import Any
 
+from gunicorn.workers.base import Worker
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from server.errors import ClientTooSlow, code_for_status, error_body
@@ -211,6 +212,17 @@ class ArchivistWorker(ThreadWorker):  # type: ignore[misc]
             except (KeyError, ValueError, OSError):
                 pass
             self._close(conn)
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        """SIGQUIT or SIGINT (Ctrl-C): stop now, without touching the thread pool's lock.
+
+        gthread's own handler shuts the thread pool down from inside the signal handler. When
+        the signal lands while the main thread is handing a request to that pool (holding
+        its lock, which is not reentrant), the handler waits for itself: the worker hangs
+        until the arbiter kills it after the graceful timeout. Exiting is enough: the pool's
+        idle threads end with the process.
+        """
+        Worker.handle_quit(self, sig, frame)
 
     # --- errors gunicorn answers itself -----------------------------------------------------
 
