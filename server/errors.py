@@ -18,6 +18,7 @@ from archive_store import (
     NotArchived,
     RecordNotFound,
     RestoreInProgress,
+    SegmentCorrupt,
 )
 from archivist.errors import ArchivistError, HoldError, InvalidRecord, MomentOutOfRange
 from archivist.tokens import TokenError
@@ -39,6 +40,7 @@ STATUS: dict[type[Exception], int] = {
     AlreadyActive: 409,
     HoldError: 409,
     IndexUnavailable: 503,
+    SegmentCorrupt: 503,  # the archived copy is damaged: named, logged, nothing changed
 }
 
 _HTTP_CODES = {
