@@ -25,7 +25,7 @@ from archivist.importer import import_lines
 from archivist.records import format_utc
 from archivist.tokens import ROLES, create_token, list_tokens, revoke_token
 from indexer.backup import create_backup, recover_backup, verify_backup
-from indexer.demo import load_demo
+from indexer.demo import demo_admin_token, load_demo
 from indexer.errors import IndexerError
 from indexer.indexing import rebuild_index
 from indexer.jobs import run_archive_job, run_dispose_job, run_index_job
@@ -48,6 +48,9 @@ class ArchivistGroup(click.Group):
         except DOMAIN_ERRORS as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
+        except click.BadParameter as e:  # one line, as every other refusal
+            click.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(2)
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
         except Exception as e:  # a bug or an environment problem: still one line, exit 2
@@ -91,7 +94,10 @@ class MomentType(click.ParamType):
             moment = datetime.fromisoformat(value)
         except ValueError:
             self.fail(f"{value!r} is not an ISO date or datetime", param, ctx)
-        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        try:
+            return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        except OverflowError:  # 9999-12-31T23:59:59-14:00 is in year 10000 in UTC
+            self.fail(f"{value!r} is outside the years 1-9999 in UTC", param, ctx)
 
 
 WHEN = MomentType()
@@ -429,8 +435,7 @@ def demo(count: int, host: str | None, port: int | None, config: Config) -> None
         else:
             click.echo("demo data already loaded; using it as it is")
         click.echo(json.dumps(collect_stats(services), indent=2))
-        with services.sessions.begin() as session:
-            secret = create_token(session, f"demo-admin-{now:%Y%m%d%H%M%S}", "admin", now)
+        secret = demo_admin_token(services, now)
     _log_to_stderr()
 
     def ready(url: str) -> None:

@@ -23,3 +23,9 @@ class HoldError(ArchivistError):
     """A legal hold command cannot be carried out."""
 
     code = "bad_hold"
+
+
+class MomentOutOfRange(ArchivistError):
+    """A job's `as_of` is so early that a retention period reaches back before year 1."""
+
+    code = "bad_as_of"

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from archivist.errors import MomentOutOfRange
+
 
 @dataclass(frozen=True)
 class RetentionPolicy:
@@ -32,7 +34,13 @@ class RetentionRules:
 
 def archive_cutoff(policy: RetentionPolicy, as_of: datetime) -> datetime:
     """Records whose `updated_at` is at or before this instant are aged."""
-    return as_of - timedelta(days=policy.archive_after_days)
+    try:
+        return as_of - timedelta(days=policy.archive_after_days)
+    except OverflowError:
+        raise MomentOutOfRange(
+            f"as_of {as_of.date().isoformat()} minus {policy.archive_after_days} days"
+            " is before year 1"
+        ) from None
 
 
 def disposal_cutoff(policy: RetentionPolicy, as_of: datetime) -> datetime:
@@ -42,6 +50,10 @@ def disposal_cutoff(policy: RetentionPolicy, as_of: datetime) -> datetime:
     28 February when the earlier year has no 29 February.
     """
     year = as_of.year - policy.keep_years
+    if year < 1:
+        raise MomentOutOfRange(
+            f"as_of {as_of.date().isoformat()} minus {policy.keep_years} years is before year 1"
+        )
     try:
         return as_of.replace(year=year)
     except ValueError:  # 29 February in a year that has none

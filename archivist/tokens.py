@@ -57,6 +57,26 @@ def create_token(session: Session, name: str, role: str, at: datetime) -> str:
     return secret
 
 
+def replace_token(session: Session, name: str, role: str, at: datetime) -> str:
+    """Give the token `name` a new secret (creating it if need be) and return the secret.
+
+    The old secret stops working, and so do the web sessions opened with it: for a token
+    that is handed out again and again under one name, such as the demo's admin token.
+    """
+    row = session.scalar(select(ApiToken).where(ApiToken.name == name))
+    if row is None:
+        return create_token(session, name, role, at)
+    if role not in ROLES:
+        raise TokenError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    secret = secrets.token_urlsafe(32)
+    row.role = role
+    row.token_sha256 = hash_token(secret)
+    row.created_at = at
+    row.revoked_at = None
+    session.flush()
+    return secret
+
+
 def find_token(session: Session, secret: str) -> TokenInfo | None:
     """The live (not revoked) token with this secret, or None."""
     row = session.scalar(select(ApiToken).where(ApiToken.token_sha256 == hash_token(secret)))

@@ -49,4 +49,7 @@ def parse_bound(text: str, end: bool) -> datetime:
         raise BadQuery(f"not an ISO date or datetime: {text[:40]!r}") from e
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-14:00 is in year 10000 in UTC
+        raise BadQuery(f"outside the years 1-9999 in UTC: {text[:40]!r}") from None

@@ -9,6 +9,7 @@ from datetime import datetime
 from archivist.active_db import count_active
 from archivist.demo_data import generate_records
 from archivist.importer import import_lines
+from archivist.tokens import list_tokens, replace_token, revoke_token
 from indexer.jobs import run_archive_job
 from indexer.services import Services
 
@@ -33,3 +34,19 @@ def load_demo(services: Services, count: int, now: datetime) -> DemoSetup:
     report = import_lines(lines, services.sessions, services.store.find_archived)
     archived = run_archive_job(services, now)
     return DemoSetup(True, report.imported, archived.archived)
+
+
+DEMO_TOKEN_NAME = "demo-admin"
+
+
+def demo_admin_token(services: Services, now: datetime) -> str:
+    """The demo's admin token, given a new secret on each start rather than added again.
+
+    Tokens that earlier versions made on every start (`demo-admin-<time>`) are revoked.
+    """
+    with services.sessions.begin() as session:
+        for token in list_tokens(session):
+            stamp = token.name.removeprefix(f"{DEMO_TOKEN_NAME}-")
+            if stamp != token.name and stamp.isdigit() and token.revoked_at is None:
+                revoke_token(session, token.name, now)
+        return replace_token(session, DEMO_TOKEN_NAME, "admin", now)

@@ -256,11 +256,24 @@ def _write_atomic(path: Path, text: str, durable: bool = True) -> None:
     os.replace(tmp, path)
 
 
+def shard_lost_toc(path: Path, settle_seconds: float = 10.0) -> bool:
+    """True when a shard folder holds segment files but no table of contents.
+
+    Whoosh writes a new shard's first segment just before its first table of contents, so a
+    folder whose segments are all younger than `settle_seconds` is taken as being created.
+    """
+    segments = [p for p in path.iterdir() if p.suffix == ".seg"]
+    if not segments or any(p.name.endswith(".toc") for p in path.iterdir()):
+        return False
+    newest = max(p.stat().st_mtime for p in segments)
+    return time.time() - newest > settle_seconds
+
+
 def _stat_key(path: Path) -> str | None:
     # Content, not mtime: two commits within the file system's timestamp granularity would
     # otherwise look like one.
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8", errors="replace") as fh:  # damage: seen elsewhere
             return fh.read()
     except FileNotFoundError:
         return None
@@ -397,12 +410,19 @@ class SearchIndex:
         try:
             directory.mkdir(parents=True, exist_ok=True)
             self = cls(directory, shard_period, worker_nice)
-            if not (directory / "CURRENT").exists():
+            fresh = not any(_GEN_RE.match(p.name) for p in directory.iterdir())
+            if fresh and not (directory / "CURRENT").exists():
                 gen = self._new_generation(shard_period)
                 _write_atomic(directory / "CURRENT", gen.name)
-            self._period = self._load_meta(self._current_gen())["shard_period"]
-        except (OSError, ValueError, KeyError) as e:  # (ValueError, KeyError: a damaged META)
+        except OSError as e:
             raise IndexUnavailable(f"cannot open index at {directory}: {e}") from e
+        try:
+            self._period = self._load_meta(self._current_gen())["shard_period"]
+        except IndexUnavailable as e:
+            # Opened all the same (a lost CURRENT is not replaced by an empty index): searches
+            # answer index_unavailable and /healthz says why, until a rebuild mends it.
+            log.error("the index at %s cannot be read: %s", directory, e)
+            self._period = shard_period
         self._remove_unused_generations()  # a previous generation nobody reads any more
         self._parser = make_parser(build_schema())
         return self
@@ -424,7 +444,15 @@ class SearchIndex:
 
     @staticmethod
     def _load_meta(gen: Path) -> dict[str, Any]:
-        return dict(json.loads((gen / "META").read_text(encoding="utf-8")))
+        try:
+            meta = dict(json.loads((gen / "META").read_text(encoding="utf-8")))
+            if meta.get("shard_period") not in PERIODS:
+                raise ValueError(f"shard_period {meta.get('shard_period')!r}")
+        except (OSError, ValueError, TypeError) as e:
+            raise IndexUnavailable(
+                f"the index's {gen.name}/META file is missing or damaged: {e}"
+            ) from e
+        return meta
 
     def _chosen_pair_terms(self, gen: Path) -> frozenset[bytes]:
         """Return the generation's pair terms, none if not chosen yet (nothing is written)."""
@@ -453,7 +481,7 @@ class SearchIndex:
     def _current_gen(self) -> Path:
         try:
             name = (self.directory / "CURRENT").read_text(encoding="utf-8").strip()
-        except OSError as e:
+        except (OSError, UnicodeError) as e:
             raise IndexUnavailable(f"no index at {self.directory}: {e}") from e
         gen = self.directory / name
         if not _GEN_RE.match(name) or not gen.is_dir():
@@ -472,6 +500,9 @@ class SearchIndex:
         # complete once stays so, and is not opened again to check.
         known = set(cached[1]) if cached is not None else set()
         names = sorted(p.name for p in folders if p.name in known or windex.exists_in(str(p)))
+        for p in folders:
+            if p.name not in names and shard_lost_toc(p):
+                raise IndexUnavailable(f"index shard {gen.name}/{p.name} has lost its .toc")
         if len(names) == len(folders):  # (a shard being created is listed again next time)
             self._shard_lists[str(gen)] = (stamp, list(names))
         return names
@@ -516,7 +547,15 @@ class SearchIndex:
             if snap is not None and not overdue and not self._changed(snap, current):
                 return snap
             defer = self._freshener is not None and not overdue
-            self._snapshot = self._open_snapshot(snap, defer=defer, install=True)
+            try:
+                self._snapshot = self._open_snapshot(snap, defer=defer, install=True)
+            except IndexerError:
+                raise
+            except Exception as e:  # a file of the index gone, cut short or garbled
+                log.error("the index cannot be read: %s: %s", type(e).__name__, e)
+                raise IndexUnavailable(
+                    f"the index cannot be read: {type(e).__name__}: {e}"
+                ) from e
             return self._snapshot
 
     def _whole_snapshot(self) -> _Snapshot:

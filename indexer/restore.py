@@ -8,6 +8,7 @@ mark (or the new state) and fails with a 409-class error.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
@@ -16,9 +17,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from archive_store import ArchiveStore, RestoreInProgress
 from archivist.active_db import find_active, insert_record
 from archivist.records import Record, record_from_json
-from indexer.errors import AlreadyActive
+from indexer.errors import AlreadyActive, IndexUnavailable
 from indexer.index import SearchIndex
 from indexer.reconcile import reconcile_pending
+
+log = logging.getLogger(__name__)
 
 
 def restore_record(
@@ -85,7 +88,12 @@ def _restore(
         reconcile_pending(sessions, store, now)
         raise unsettled
     if index is not None:  # leave search now, not at the next catch-up
-        with store.indexing():
-            index.delete([record_id], current=[stored])
-            store.mark_indexed([(record_id, entry.version, "restored")])
+        try:
+            with store.indexing():
+                index.delete([record_id], current=[stored])
+                store.mark_indexed([(record_id, entry.version, "restored")])
+        except (IndexUnavailable, OSError, EOFError) as e:  # files of the index lost or cut
+            # Restored all the same: the catalog still marks it unindexed, so the catch-up
+            # drops it from search once the index can be written again.
+            log.error("record %s restored, but the index cannot be written: %s", record_id, e)
     return record

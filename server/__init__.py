@@ -13,6 +13,7 @@ from archivist.config import Config, default_config_path, load_config
 from indexer.services import Services
 from server import api, ui
 from server.auth import TokenLookup
+from server.bodies import StrictJSONProvider
 from server.errors import register_error_handlers
 from server.health import check_health
 from server.limits import RateLimiter
@@ -25,6 +26,7 @@ def create_app(config: Config | None = None) -> Flask:
     """Build the Flask app around one set of services (database, store, index)."""
     config = config or load_config(default_config_path())
     app = Flask(__name__)
+    app.json = StrictJSONProvider(app)  # too deep or lone surrogates: 400, not a 500
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_request_bytes
     services = Services.open(config)
     # Idempotent: adds the server's own tables (tokens, audit log) to an older installation.

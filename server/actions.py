@@ -13,7 +13,7 @@ import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from archive_store import CatalogEntry, HistoryEvent
@@ -30,6 +30,8 @@ from archivist.disposals import (
 )
 from archivist.holds import Hold, add_hold, list_holds, remove_hold
 from archivist.records import Record, format_utc
+from archivist.tokens import TokenInfo
+from archivist.web_sessions import end_web_session, find_web_session, start_web_session
 from indexer.restore import restore_record
 from indexer.search import SearchHit, SearchPage, SearchQuery
 from indexer.services import Services
@@ -232,6 +234,29 @@ def lift_hold(actor: Actor, scope: str, value: str) -> None:
     with audited(actor, "hold_remove", f"{scope}:{value}", {"scope": scope}, wait=True):
         with actor.services.sessions.begin() as session:
             remove_hold(session, scope, value)
+
+
+# --- web sessions -----------------------------------------------------------------------------
+
+
+def open_web_session(
+    services: Services, token_secret: str, now: datetime, lifetime: timedelta
+) -> str | None:
+    """Sign a browser in with an API token: a new session id for its cookie, or None."""
+    with services.sessions.begin() as session:
+        return start_web_session(session, token_secret, now, lifetime)
+
+
+def web_session_token(services: Services, session_id: str, now: datetime) -> TokenInfo | None:
+    """The token a browser's session id stands for, while session and token are live."""
+    with services.read_sessions.begin() as session:
+        return find_web_session(session, session_id, now)
+
+
+def close_web_session(services: Services, session_id: str) -> None:
+    """Sign a browser out: its session id stops working."""
+    with services.sessions.begin() as session:
+        end_web_session(session, session_id)
 
 
 # --- export -----------------------------------------------------------------------------------

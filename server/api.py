@@ -10,6 +10,7 @@ from flask import Blueprint, Response, current_app, request, stream_with_context
 from indexer.search import SearchQuery
 from server import actions
 from server.auth import current_token, require_role
+from server.bodies import load_json_object
 from server.errors import BadRequest
 from server.schemas import (
     AuditArgsSchema,
@@ -154,10 +155,7 @@ def holds() -> Any:
 @require_role("admin")
 def place_hold() -> Any:
     """Place a legal hold: `{"scope", "value", "reason"}`."""
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    data = HoldSchema().load(body)
+    data = HoldSchema().load(load_json_object())
     hold = actions.place_hold(actor(), data["scope"], data["value"], data["reason"].strip())
     return HoldSchema().dump(hold), 201
 

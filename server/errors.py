@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import uuid
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
+import werkzeug.exceptions
 from flask import Flask, Response, g, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
@@ -16,8 +18,9 @@ from archive_store import (
     NotArchived,
     RecordNotFound,
     RestoreInProgress,
+    SegmentCorrupt,
 )
-from archivist.errors import ArchivistError, HoldError, InvalidRecord
+from archivist.errors import ArchivistError, HoldError, InvalidRecord, MomentOutOfRange
 from archivist.tokens import TokenError
 from indexer.errors import AlreadyActive, BadQuery, IndexerError, IndexUnavailable
 from server.schemas import describe_errors
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 STATUS: dict[type[Exception], int] = {
     BadQuery: 400,
     InvalidRecord: 400,
+    MomentOutOfRange: 400,
     TokenError: 400,
     RecordNotFound: 404,
     NotArchived: 409,
@@ -36,6 +40,7 @@ STATUS: dict[type[Exception], int] = {
     AlreadyActive: 409,
     HoldError: 409,
     IndexUnavailable: 503,
+    SegmentCorrupt: 503,  # the archived copy is damaged: named, logged, nothing changed
 }
 
 _HTTP_CODES = {
@@ -91,6 +96,18 @@ class BadRequest(ApiError):
     """The request itself is malformed (encoding, body)."""
 
 
+class ClientTooSlow(TimeoutError):
+    """The client stopped sending its request part way (raised by the server's socket reads)."""
+
+    status = 408
+    code = "request_timeout"
+
+
+def code_for_status(status: int) -> str:
+    """The error code of a plain HTTP refusal (`headers_too_large` for 431, ...)."""
+    return _HTTP_CODES.get(status, "bad_request" if status < 500 else "internal_error")
+
+
 def error_body(code: str, message: str) -> dict[str, Any]:
     """The contract's error body."""
     return {"error": {"code": code, "message": message}}
@@ -119,6 +136,22 @@ def register_error_handlers(app: Flask) -> None:
     def _assign_request_id() -> None:
         request_id()
 
+    @app.before_request
+    def _check_path_encoding() -> None:
+        # Bytes of the path that are not UTF-8 would become U+FFFD on their way to the view,
+        # which would then look up a record id nobody sent. (An HTTPException, so
+        # that the web pages answer with their own error page.)
+        environ = request.environ
+        raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+        try:
+            if raw is not None:  # as sent, before any server decoded it
+                path = raw.split("?", 1)[0].encode("latin-1")
+                unquote_to_bytes(path).decode("utf-8")
+            else:
+                environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            raise werkzeug.exceptions.BadRequest("the path is not valid UTF-8") from None
+
     @app.after_request
     def _send_request_id(response: Response) -> Response:
         response.headers["X-Request-Id"] = request_id()
@@ -127,6 +160,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(e: ApiError) -> tuple[dict[str, Any], int, dict[str, str]]:
         return error_body(e.code, str(e)), e.status, e.headers
+
+    @app.errorhandler(ClientTooSlow)
+    def _client_too_slow(e: ClientTooSlow) -> tuple[dict[str, Any], int]:
+        return error_body(e.code, str(e)), e.status
 
     @app.errorhandler(ValidationError)
     def _validation_error(e: ValidationError) -> tuple[dict[str, Any], int]:

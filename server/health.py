@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from indexer.errors import IndexerError
+from indexer.index_files import check_index_files
 from indexer.services import Services
 
 
@@ -24,6 +25,8 @@ def check_health(services: Services) -> str | None:
     try:
         # (not a count: that would take an archive run's new segments before they are warm)
         services.index.check_readable()
+        # the files, as the next process to start would open them
+        check_index_files(services.index.directory)
     except IndexerError as e:
         return f"index cannot be read: {str(e)[:200]}"
     except Exception as e:  # Whoosh's own errors, missing files

@@ -22,6 +22,7 @@ from gunicorn.app.base import BaseApplication
 from archivist.active_db import create_schema, make_engine
 from archivist.config import Config
 from server import close_app, create_app
+from server.http_worker import ArchivistWorker
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ def serve(
     options: dict[str, Any] = {
         "bind": f"{host or config.server.host}:{config.server.port if port is None else port}",
         "workers": config.server.processes,
-        "worker_class": "gthread",
+        # gthread, reading request heads without a thread and under a deadline (slow clients)
+        "worker_class": ArchivistWorker,
         "threads": config.server.threads,
         "proc_name": "archivist",
         # a streamed export writes straight to the socket, so a slow client only slows itself

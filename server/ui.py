@@ -45,6 +45,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 
 from archive_store import ArchiveStoreError
+from archivist.active_db import utcnow
 from archivist.audit import ACTIONS, AuditFilter
 from archivist.config import Config
 from archivist.errors import ArchivistError
@@ -277,13 +278,12 @@ def _check_csrf() -> None:
 @bp.before_request
 def _load_signed_in_token() -> None:
     g.ui_token = None
-    secret = session.get("token")
-    if not isinstance(secret, str) or not secret:
+    session_id = session.get("sid")
+    if not isinstance(session_id, str) or not session_id or len(session_id) > 128:
         return
-    lookup: TokenLookup = current_app.extensions["archivist_tokens"]
-    info = lookup.find(secret)
-    if info is None:  # revoked since sign-in
-        session.pop("token", None)
+    info = actions.web_session_token(_services(), session_id, utcnow())
+    if info is None:  # signed out elsewhere, expired, or its token revoked since sign-in
+        session.pop("sid", None)
         return
     g.ui_token = info
 
@@ -407,9 +407,17 @@ def sign_in() -> Any:
         log.warning("request %s: UI sign-in with an unknown or revoked token", request_id())
         error = "That token is unknown or revoked."
         return render_template("ui/sign_in.html", next_url=next_url, error=error), 401
+    # The cookie holds a server-side session id, never the token: a copied cookie is not a
+    # copied API token, and signing out ends it.
+    session_id = actions.open_web_session(
+        _services(), secret, utcnow(), timedelta(hours=SESSION_HOURS)
+    )
+    if session_id is None:  # revoked a moment ago
+        error = "That token is unknown or revoked."
+        return render_template("ui/sign_in.html", next_url=next_url, error=error), 401
     session.clear()  # no fixation: a fresh session (and CSRF token) for the signed-in user
     session.permanent = True
-    session["token"] = secret
+    session["sid"] = session_id
     csrf_token()
     log.info("request %s: UI sign-in by token %r (%s)", request_id(), info.name, info.role)
     return redirect(next_url, 303)
@@ -417,7 +425,10 @@ def sign_in() -> Any:
 
 @bp.post("/sign-out")
 def sign_out() -> ResponseReturnValue:
-    """Forget the token; the session cookie is emptied."""
+    """End the server-side session; the session cookie is emptied."""
+    session_id = session.get("sid")
+    if isinstance(session_id, str) and session_id:
+        actions.close_web_session(_services(), session_id)
     session.clear()
     flash("You are signed out.", "success")
     return redirect(url_for("ui.sign_in"), 303)

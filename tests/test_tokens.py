@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,14 @@ from sqlalchemy import select
 
 from archivist.active_db import ApiToken, utcnow
 from archivist.cli import main
-from archivist.tokens import TokenError, create_token, find_token, list_tokens, revoke_token
+from archivist.tokens import (
+    TokenError,
+    create_token,
+    find_token,
+    list_tokens,
+    replace_token,
+    revoke_token,
+)
 
 
 def test_token_is_stored_only_as_its_hash(services: Any) -> None:
@@ -85,3 +93,15 @@ def test_cli_token_create_list_revoke(services: Any, config_path: Path) -> None:
         main, ["token", "create", "--role", "root", "--name", "x", "--config", str(config_path)]
     )
     assert bad.exit_code != 0
+
+
+def test_replace_token_gives_a_new_secret_under_the_same_name(services: Any) -> None:
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    with services.sessions.begin() as session:
+        first = replace_token(session, "demo-admin", "admin", at)
+        revoke_token(session, "demo-admin", at)
+        second = replace_token(session, "demo-admin", "admin", at)
+        assert find_token(session, first) is None
+        live = find_token(session, second)
+        assert live is not None and (live.name, live.role) == ("demo-admin", "admin")
+        assert [t.name for t in list_tokens(session)] == ["demo-admin"]

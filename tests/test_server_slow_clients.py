@@ -1,0 +1,162 @@
+"""`archivist serve` keeps answering while many clients send half a request, and says why it
+closes them; gunicorn's own refusals are the contract's JSON errors."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.http_worker import HEAD_SECONDS
+from tests.test_server_process import _get, _serve
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def served(
+    services: Any,
+    config_path: Path,
+    archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> Iterator[tuple[str, str]]:
+    yield from _serve(config_path, archived, make_record)
+
+
+def _port(base: str) -> int:
+    return int(base.rsplit(":", 1)[1])
+
+
+def _raw(port: int, request: bytes, timeout: float = 20) -> tuple[int, dict[str, Any], str]:
+    """Send raw bytes; return the status, the JSON body and the Content-Type of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split(" ")[1]), json.loads(body), headers["Content-Type"]
+
+
+def _raw_with_body(port: int, token: str, body: bytes) -> tuple[int, dict[str, Any], str]:
+    return _raw(
+        port,
+        b"POST /api/v1/holds HTTP/1.1\r\nHost: archivist\r\nConnection: close\r\n"
+        + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n".encode()
+        + b"Content-Type: application/json\r\n\r\n" + body,
+    )
+
+
+def test_searches_and_healthz_answer_while_500_clients_send_half_a_request(
+    served: tuple[str, str],
+) -> None:
+    base, token = served
+    port = _port(base)
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(500):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            sock.sendall(b"GET /api/v1/search?q=kettle HTTP/1.1\r\nHost: archivist\r\n")
+            slow.append(sock)
+        time.sleep(1)  # until both server processes have taken them in
+        for _ in range(5):
+            started = time.monotonic()
+            status, body, _ = _get(f"{base}/api/v1/search?q=kettle", token)
+            assert (status, json.loads(body)["total"]) == (200, 1)
+            assert _get(f"{base}/healthz")[0] == 200
+            assert time.monotonic() - started < 5
+        # A client that never finishes its request is told so, then closed.
+        slow[0].settimeout(HEAD_SECONDS + 15)
+        answer = b""
+        while chunk := slow[0].recv(65536):
+            answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 ")
+        assert json.loads(body)["error"]["code"] == "request_timeout"
+    finally:
+        for sock in slow:
+            sock.close()
+    status, body, _ = _get(f"{base}/api/v1/search?q=kettle", token)
+    assert status == 200
+
+
+def test_searches_answer_while_140_clients_stop_half_way_through_a_body(
+    served: tuple[str, str],
+) -> None:
+    base, token = served
+    port = _port(base)
+    stalled: list[socket.socket] = []
+    try:
+        for _ in range(140):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+            sock.sendall(
+                b"POST /api/v1/holds HTTP/1.1\r\nHost: archivist\r\n"
+                + f"Authorization: Bearer {token}\r\n".encode()
+                + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"scope\""
+            )
+            stalled.append(sock)
+        time.sleep(1)
+        started = time.monotonic()
+        status, body, _ = _get(f"{base}/api/v1/search?q=kettle", token)
+        assert (status, json.loads(body)["total"]) == (200, 1)
+        assert _get(f"{base}/healthz")[0] == 200
+        assert time.monotonic() - started < 5
+        hold = json.dumps({"scope": "customer", "value": "C-9", "reason": "audit"}).encode()
+        status, answer, _ = _raw_with_body(port, token, hold)
+        assert status == 201 and answer["value"] == "C-9"
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: " + b"x" * 10_000 + b"\r\n\r\n",
+         431, "headers_too_large"),
+        (b"GET /healthz HTTP/1.1\r\nHost: a\r\n"
+         + b"".join(b"X-%d: y\r\n" % i for i in range(200)) + b"\r\n",
+         431, "headers_too_large"),
+        (b"NOT A REQUEST LINE\r\n\r\n", 400, "bad_request"),
+        (b"GET /healthz HTTP/9.9\r\nHost: a\r\n\r\n", 400, "bad_request"),
+    ],
+)
+def test_errors_gunicorn_answers_itself_are_json(
+    served: tuple[str, str], request_bytes: bytes, status: int, code: str
+) -> None:
+    base, _ = served
+    answer_status, body, content_type = _raw(_port(base), request_bytes)
+    assert (answer_status, body["error"]["code"]) == (status, code)
+    assert set(body["error"]) == {"code", "message"} and body["error"]["message"]
+    assert content_type == "application/json"
+
+
+def test_a_kept_alive_connection_serves_request_after_request(served: tuple[str, str]) -> None:
+    import http.client
+
+    base, token = served
+    connection = http.client.HTTPConnection("127.0.0.1", _port(base), timeout=20)
+    try:
+        for q in ("kettle", "%E9%80%80%E6%AC%BE", "kettle"):  # the second is 退款
+            connection.request(
+                "GET", f"/api/v1/search?q={q}", headers={"Authorization": f"Bearer {token}"}
+            )
+            response = connection.getresponse()
+            assert response.status == 200
+            assert json.loads(response.read())["total"] == 1
+            assert response.getheader("Connection", "keep-alive").lower() != "close"
+        hold = json.dumps({"scope": "record", "value": "P-1", "reason": "kept"})
+        connection.request(
+            "POST", "/api/v1/holds", body=hold,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        assert connection.getresponse().status == 201
+    finally:
+        connection.close()
