@@ -19,6 +19,10 @@ class IndexUnavailable(IndexerError):
     code = "index_unavailable"
 
 
+class IndexMissing(IndexUnavailable):
+    """There is no index at all where the config names it (nothing says which is current)."""
+
+
 class AlreadyActive(IndexerError):
     """A record with the same id is already in the active database."""
 

@@ -61,7 +61,7 @@ from indexer.analysis import (
 )
 from indexer.columns import byte_strings
 from indexer.dates import parse_timestamp, to_micros
-from indexer.errors import BadQuery, IndexerError, IndexUnavailable
+from indexer.errors import BadQuery, IndexerError, IndexMissing, IndexUnavailable
 from indexer.mapped_files import install as install_mapped_files
 from indexer.merging import MergedSource, choose_merges, write_merged
 from indexer.query import CompiledQuery, compile_query, make_parser
@@ -418,10 +418,10 @@ class SearchIndex:
             raise IndexUnavailable(f"cannot open index at {directory}: {e}") from e
         try:
             self._period = self._load_meta(self._current_gen())["shard_period"]
-        except IndexUnavailable as e:
+        except IndexUnavailable:
             # Opened all the same (a lost CURRENT is not replaced by an empty index): searches
-            # answer index_unavailable and /healthz says why, until a rebuild mends it.
-            log.error("the index at %s cannot be read: %s", directory, e)
+            # answer index_unavailable (the server logs each) and /healthz says why, until a
+            # rebuild mends it.
             self._period = shard_period
         self._remove_unused_generations()  # a previous generation nobody reads any more
         self._parser = make_parser(build_schema())
@@ -481,6 +481,8 @@ class SearchIndex:
     def _current_gen(self) -> Path:
         try:
             name = (self.directory / "CURRENT").read_text(encoding="utf-8").strip()
+        except FileNotFoundError as e:
+            raise IndexMissing(f"no index at {self.directory}: {e}") from e
         except (OSError, UnicodeError) as e:
             raise IndexUnavailable(f"no index at {self.directory}: {e}") from e
         gen = self.directory / name
@@ -552,7 +554,7 @@ class SearchIndex:
             except IndexerError:
                 raise
             except Exception as e:  # a file of the index gone, cut short or garbled
-                log.error("the index cannot be read: %s: %s", type(e).__name__, e)
+                # (not logged here: the server logs its 503s, and verify says it once)
                 raise IndexUnavailable(
                     f"the index cannot be read: {type(e).__name__}: {e}"
                 ) from e
@@ -1307,7 +1309,7 @@ class SearchIndex:
         try:
             current = (self.directory / "CURRENT").read_text(encoding="utf-8").strip()
             folders = [p for p in self.directory.iterdir() if _GEN_RE.match(p.name)]
-        except OSError:
+        except (OSError, UnicodeError):  # no index, or a damaged CURRENT: keep every folder
             return
         for p in folders:
             if p.name == current or self._holds.holds(p):

@@ -9,6 +9,7 @@ from sqlalchemy import inspect
 from archive_store import ArchiveStore, Problem
 from archivist.active_db import AuditEntry
 from archivist.audit import iter_chain_problems
+from indexer.errors import IndexMissing
 from indexer.index import SearchIndex
 from indexer.indexing import MISSING_FROM_INDEX, check_index_agreement
 from indexer.services import Services
@@ -72,6 +73,8 @@ def check_index(store: ArchiveStore, index: SearchIndex) -> tuple[list[Problem],
         if damage:
             return [Problem(None, None, f"the index is damaged: {'; '.join(damage)}; {rebuild}")], 0
         problems, waiting = check_index_agreement(store, index)
+    except IndexMissing as e:
+        return [Problem(None, None, f"the index is missing ({e}); {rebuild}")], 0
     except Exception as e:  # whatever reading it raised (Whoosh's own errors included)
         reason = f"{type(e).__name__}: {e}"
         return [Problem(None, None, f"the index is damaged ({reason}); {rebuild}")], 0
