@@ -30,8 +30,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, inspect, select, text
+from sqlalchemy import create_engine, delete, inspect, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from archive_store.backup import (
@@ -53,7 +54,16 @@ from archive_store.backup import (
     write_manifest,
     write_store_part,
 )
-from archivist.active_db import Base, JobRun, Lease, UTCDateTime, count_active, utcnow
+from archivist.active_db import (
+    AuditEntry,
+    Base,
+    JobRun,
+    Lease,
+    UTCDateTime,
+    count_active,
+    utcnow,
+)
+from archivist.audit import iter_chain_problems
 from archivist.config import Config
 from archivist.records import format_utc
 from indexer.indexing import rebuild_index
@@ -198,7 +208,23 @@ def verify_backup(folder: Path) -> list[str]:
     for problem in verify_store_copy(folder):
         where = f"record {problem.record_id}: " if problem.record_id else ""
         problems.append(f"archive: {where}{problem.reason}")
+    if (folder / ACTIVE_DB).is_file():
+        problems.extend(f"{ACTIVE_DB}: {p}" for p in _audit_chain_problems(folder / ACTIVE_DB))
     return problems
+
+
+def _audit_chain_problems(path: Path) -> list[str]:
+    """Breaks in the backed-up audit log's hash chain (read-only; the file is not changed)."""
+    engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+    try:
+        if not inspect(engine).has_table(AuditEntry.__tablename__):
+            return []
+        with Session(engine) as session:
+            return list(iter_chain_problems(session))
+    except SQLAlchemyError as e:
+        return [f"cannot be read: {e}"]
+    finally:
+        engine.dispose()
 
 
 def load_metadata(folder: Path) -> dict[str, Any]:

@@ -324,3 +324,33 @@ def test_backup_after_disposal_drops_replaced_segment_generations(
     with Services.open(fresh) as again:
         assert again.store.counts()["purged"] == 200
         assert verify_all(again).problems == []
+
+
+def test_backup_verify_names_an_edited_audit_entry_even_with_the_manifest_redone(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    from archive_store.backup import hash_file, write_manifest
+    from archivist.audit import AuditEvent, write_audit
+
+    archived(*_records(make_record, 0, 5))
+    write_audit(services.sessions, [
+        AuditEvent(utcnow(), "helpdesk", "search", "refund"),
+        AuditEvent(utcnow(), "helpdesk", "export", "refund"),
+    ])
+    folder = tmp_path / "backup"
+    create_backup(services, folder, utcnow())
+    assert verify_backup(folder) == []
+    conn = sqlite3.connect(folder / "active.db")
+    conn.execute("UPDATE audit_log SET target = 'nothing' WHERE action = 'export'")
+    conn.commit()
+    conn.close()
+    manifest = load_manifest(folder)
+    manifest["active.db"] = hash_file(folder / "active.db")
+    write_manifest(folder, manifest)
+
+    problems = verify_backup(folder)
+
+    assert len(problems) == 1 and problems[0].startswith("active.db: audit log: entry ")
+    assert problems[0].endswith("was changed after it was written")
