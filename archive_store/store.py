@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
-from archive_store import segment
+from archive_store import keyring, segment
 from archive_store.catalog import (
     RECORD_COLUMNS,
     build_catalog_entry,
@@ -39,6 +39,7 @@ from archive_store.catalog import (
     snapshot,
     transaction,
 )
+from archive_store.codec import FrameCodec
 from archive_store.errors import (
     AlreadyArchived,
     ArchiveStoreError,
@@ -53,7 +54,7 @@ from archive_store.models import ArchiveItem, CatalogEntry, HistoryEvent, Proble
 from archive_store.verify import verify_store
 
 DEFAULT_SEGMENT_MAX_BYTES = 64 * 2**20
-STATES = ("archived", "restored", "purged")
+STATES = ("archived", "restored", "purged", "erased")
 
 _ENTRY_INSERT = (
     "INSERT INTO entries (seq, segment_id, offset, length, type, record_id, version, event, at, "
@@ -89,9 +90,12 @@ class _Target:
 class _Appender:
     """Places the frames of one write operation in the active segment, rolling over when full."""
 
-    def __init__(self, segments_dir: Path, conn: sqlite3.Connection, max_bytes: int) -> None:
+    def __init__(
+        self, segments_dir: Path, conn: sqlite3.Connection, max_bytes: int, codec: FrameCodec
+    ) -> None:
         self._dir = segments_dir
         self._max = max_bytes
+        self.sealing = keyring.load_sealing(conn, codec)
         last = conn.execute(
             "SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1"
         ).fetchone()
@@ -126,17 +130,27 @@ class _Appender:
         self.active.sealed = True
         self._open_new(self.active.segment_id + 1)
 
-    def add(self, envelope: dict[str, Any], encoded: dict[str, bytes] | None = None) -> _Placed:
+    def add(
+        self,
+        envelope: dict[str, Any],
+        encoded: dict[str, bytes] | None = None,
+        key_id: int | None = None,
+    ) -> _Placed:
         """Give an envelope its seq and prev, frame it and place it; nothing is written yet.
 
         :param envelope: the envelope without `seq` and `prev`
         :param encoded: members whose canonical JSON the caller already has (the record)
+        :param key_id: the data key to seal it with (default: the shared key)
         """
         seq = self.seq + 1
         envelope = {**envelope, "seq": seq, "prev": self.prev}
         data = segment.canonical_object(envelope, encoded or {})
         entry_hash = segment.sha256_hex(data)
-        frame = segment.build_frame(data)
+        sealing = self.sealing
+        frame = segment.build_frame(
+            data, sealing.codec, sealing.shared_key if key_id is None else key_id,
+            sealing.dict_id,
+        )
         target = self.active
         if target.end > 0 and target.end + len(frame) > self._max:
             self.seal_active()
@@ -223,11 +237,14 @@ def recover_tail(segments_dir: Path, segment_id: int, generation: int, end: int)
 class ArchiveStore:
     """The append-only archive: segment files for content, a SQLite catalog as commit point."""
 
-    def __init__(self, directory: Path, segment_max_bytes: int) -> None:
+    def __init__(
+        self, directory: Path, segment_max_bytes: int, key: bytes | None = None
+    ) -> None:
         """Use `ArchiveStore.open` instead; this only sets fields.
 
         :param directory: the store folder
         :param segment_max_bytes: size at which a segment is sealed
+        :param key: the archive key (see `crypto`), or None for a store kept unencrypted
         """
         if segment_max_bytes < 1:
             raise ValueError("segment_max_bytes must be positive")
@@ -239,6 +256,11 @@ class ArchiveStore:
         self._move_lock = SharedLock(self.directory / "move.lock")
         self._index_lock = ProcessLock(self.directory / "index.lock")
         self._closed = False
+        self._codec = FrameCodec(
+            key,
+            lambda key_id: keyring.load_wrapped_key(self._db(), key_id),
+            lambda dict_id: keyring.load_dictionary(self._db(), dict_id),
+        )
         self._reset_process_state()
 
     def _reset_process_state(self) -> None:
@@ -252,19 +274,28 @@ class ArchiveStore:
 
     @classmethod
     def open(
-        cls, directory: Path, *, segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES
+        cls,
+        directory: Path,
+        *,
+        segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES,
+        key: bytes | None = None,
     ) -> ArchiveStore:
         """Open the store in `directory`, creating its folders and catalog if missing.
 
+        A store once written with a key needs that key: a missing or wrong one raises
+        `KeyMissing` or `WrongKey` before anything is written.
+
         :param directory: the store folder
         :param segment_max_bytes: size at which the active segment is sealed (default 64 MiB)
+        :param key: the archive key; None keeps new frames unencrypted (a store without a key)
         """
         directory = Path(directory)
         (directory / "segments").mkdir(parents=True, exist_ok=True)
-        store = cls(directory, segment_max_bytes)
+        store = cls(directory, segment_max_bytes, key)
         try:
             with store._locked():
                 conn = store._db()
+                keyring.check_archive_key(conn, store._codec)
                 create_schema(conn)
                 store._remove_orphans(conn)
                 store._trim_active_tail(conn)
@@ -367,13 +398,16 @@ class ArchiveStore:
             appender: _Appender | None = None
             try:
                 with transaction(conn, durable):
-                    appender = _Appender(self._segments_dir, conn, self.segment_max_bytes)
+                    appender = _Appender(
+                        self._segments_dir, conn, self.segment_max_bytes, self._codec
+                    )
                     yield conn, appender
                     appender.write(conn)  # frames durable before the commit names them
                     crash_point("store.frames_written")
             except BaseException:
                 if appender is not None:
                     appender.undo()
+                self._codec.clear_keys()  # a key made by the rolled-back write may be cached
                 raise
             crash_point("store.catalog_committed")
 
@@ -451,6 +485,13 @@ class ArchiveStore:
 
         results: dict[str, StoredEntry] = {}
         with self._write() as (conn, appender):
+            sealing = appender.sealing
+            keys = keyring.customer_keys(
+                conn, sealing, (i.customer_id for i, *_ in prepared if i.customer_id is not None)
+            )
+            keyring.train_if_due(
+                conn, sealing, [(i.customer_id or i.record_id, e) for i, e, *_ in prepared]
+            )
             existing = load_records(conn, seen)
             restoring: set[str] = set()
             for item, _, sha, _, _ in prepared:
@@ -484,7 +525,7 @@ class ArchiveStore:
                     "at": at_text,
                     "actor": actor,
                     "sha256": sha,
-                }, {"record": encoded})
+                }, {"record": encoded}, sealing.key_for(keys, item.customer_id))
                 entry_rows.append((
                     placed.seq, placed.segment_id, placed.offset, placed.length, "record",
                     item.record_id, version, None, at_text, actor, sha, placed.entry_hash,
@@ -686,7 +727,9 @@ class ArchiveStore:
                 if appender.active.segment_id in redact:
                     appender.seal_active()
                 for segment_id in sorted(redact):
-                    old, new = self._compact(conn, segment_id, redact[segment_id])
+                    old, new = self._compact(
+                        conn, segment_id, redact[segment_id], appender.sealing
+                    )
                     old_files.append(old)
                     new_files.append(new)
                 changes = [
@@ -711,7 +754,7 @@ class ArchiveStore:
         return purged
 
     def _compact(
-        self, conn: sqlite3.Connection, segment_id: int, redact: set[int]
+        self, conn: sqlite3.Connection, segment_id: int, redact: set[int], sealing: keyring.Sealing
     ) -> tuple[Path, Path]:
         """Write the next generation of a segment with some record entries redacted.
 
@@ -747,7 +790,7 @@ class ArchiveStore:
                     "sha256": entry["sha256"],
                     "entry_hash": entry["entry_hash"],
                     "prev": entry["prev_hash"],
-                }))
+                }), sealing.codec, sealing.shared_key)
                 kind = "redacted"
             else:
                 frame = data[entry["offset"] : entry["offset"] + entry["length"]]
@@ -789,11 +832,11 @@ class ArchiveStore:
             ).fetchone()
             if row is None:
                 raise RecordNotFound(f"record {record_id} was never archived")
-            if row["state"] == "purged":
-                raise RecordNotFound(f"record {record_id} was purged")
+            if row["state"] in ("purged", "erased"):
+                raise RecordNotFound(f"record {record_id} was {row['state']}")
             try:
                 with open(self._path(row["segment_id"], row["generation"]), "rb") as f:
-                    envelope = segment.read_frame(f, row["offset"], row["length"])
+                    envelope = segment.read_frame(f, row["offset"], row["length"], self._codec)
             except FileNotFoundError:
                 continue  # disposal replaced this generation meanwhile: look it up again
             except SegmentCorrupt as e:
@@ -900,8 +943,8 @@ class ArchiveStore:
         :param state: `archived` or `restored` (purged records have no content left)
         """
         _check_state(state)
-        if state == "purged":
-            raise ValueError("purged records have no content to iterate")
+        if state in ("purged", "erased"):
+            raise ValueError(f"{state} records have no content to iterate")
         select = (
             f"SELECT {', '.join('r.' + c.strip() for c in RECORD_COLUMNS.split(','))}, "
             "e.offset AS e_offset, e.length AS e_length, e.entry_hash AS e_hash, "
@@ -935,7 +978,9 @@ class ArchiveStore:
                     yield entry, record
                     continue
                 try:
-                    envelope = segment.read_frame(f, row["e_offset"], row["e_length"])
+                    envelope = segment.read_frame(
+                        f, row["e_offset"], row["e_length"], self._codec
+                    )
                 except SegmentCorrupt as e:
                     raise SegmentCorrupt(f"record {record_id}: {e}") from e
                 record = check_record(
@@ -986,7 +1031,9 @@ class ArchiveStore:
         """Recheck every frame, checksum and the hash chain against the catalog; read-only."""
         if self._closed:
             raise ArchiveStoreError("the archive store is closed")
-        return verify_store(self._catalog_path, self._segments_dir, self._lock_path)
+        return verify_store(
+            self._catalog_path, self._segments_dir, self._lock_path, self._codec
+        )
 
 
 def _check_state(state: str) -> None:

@@ -15,7 +15,8 @@ from typing import Any, BinaryIO
 
 from archive_store import segment
 from archive_store.catalog import connect
-from archive_store.errors import SegmentCorrupt
+from archive_store.codec import FrameCodec
+from archive_store.errors import ArchiveStoreError
 from archive_store.models import Problem
 
 _FIELDS = {
@@ -25,12 +26,15 @@ _FIELDS = {
 }
 
 
-def verify_store(catalog_path: Path, segments_dir: Path, lock_path: Path) -> list[Problem]:
+def verify_store(
+    catalog_path: Path, segments_dir: Path, lock_path: Path, codec: FrameCodec | None = None
+) -> list[Problem]:
     """Check every entry and segment file; returns the problems found (empty if sound).
 
     :param catalog_path: the store's `catalog.db`
     :param segments_dir: the store's `segments/` folder
     :param lock_path: the store's `.lock`, held shared only while the snapshot is taken
+    :param codec: the store's codec, to open sealed frames
     """
     conn = connect(catalog_path)
     try:
@@ -38,7 +42,7 @@ def verify_store(catalog_path: Path, segments_dir: Path, lock_path: Path) -> lis
             conn.execute("BEGIN")
             stack.callback(conn.execute, "COMMIT")
             files, sizes, segments = _take_snapshot(conn, segments_dir, lock_path, stack)
-            return _check(conn, files, sizes, segments)
+            return _check(conn, files, sizes, segments, codec)
     finally:
         conn.close()
 
@@ -82,6 +86,7 @@ def _check(
     files: dict[int, BinaryIO | None],
     sizes: dict[int, int],
     segments: dict[int, sqlite3.Row],
+    codec: FrameCodec | None,
 ) -> list[Problem]:
     problems: list[Problem] = []
 
@@ -105,7 +110,7 @@ def _check(
         row["record_id"]: row["seq"]
         for row in conn.execute(
             "SELECT record_id, MAX(seq) AS seq FROM entries WHERE type = 'event' "
-            "AND event = 'purged' GROUP BY record_id"
+            "AND event IN ('purged', 'erased') GROUP BY record_id"
         )
     }
     expected_prev = segment.ZERO_HASH
@@ -126,7 +131,8 @@ def _check(
         expected_prev, previous_seq = entry["entry_hash"], entry["seq"]
         previous = (record_id, segment_id)
         if entry["type"] == "redacted" and purge_seq.get(record_id, 0) < entry["seq"]:
-            report(record_id, segment_id, f"seq {entry['seq']}: redacted with no purged event")
+            report(record_id, segment_id,
+                   f"seq {entry['seq']}: redacted with no purged or erased event")
         seg = segments.get(segment_id)
         if seg is None:
             report(record_id, segment_id, f"seq {entry['seq']}: segment not in the catalog")
@@ -142,9 +148,9 @@ def _check(
         if entry["offset"] + entry["length"] > seg["end_offset"]:
             report(record_id, segment_id, f"seq {entry['seq']}: beyond the segment's end")
         try:
-            envelope = segment.read_frame(f, entry["offset"], entry["length"])
+            envelope = segment.read_frame(f, entry["offset"], entry["length"], codec)
             value = segment.parse_envelope(envelope)
-        except SegmentCorrupt as e:
+        except ArchiveStoreError as e:  # damaged, or sealed with a key that is gone
             report(record_id, segment_id, f"seq {entry['seq']}: {e}")
             continue
         for reason in _check_envelope(entry, envelope, value):
@@ -159,7 +165,7 @@ def _check(
         "AS e_record, e.version AS e_version, e.sha256 AS e_sha256, e.segment_id AS e_segment "
         "FROM records r LEFT JOIN entries e ON e.seq = r.seq"
     ):
-        expected_type = "redacted" if row["state"] == "purged" else "record"
+        expected_type = "redacted" if row["state"] in ("purged", "erased") else "record"
         if (row["e_record"], row["e_version"], row["e_sha256"], row["e_segment"], row["type"]) != (
             row["record_id"], row["version"], row["sha256"], row["segment_id"], expected_type
         ):
