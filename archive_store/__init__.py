@@ -1,4 +1,5 @@
-"""The append-only archive store: compressed, hash-chained segments and a SQLite catalog."""
+"""The append-only archive store: encrypted, compressed, hash-chained segments and a SQLite
+catalog."""
 
 from archive_store.errors import (
     AlreadyArchived,
@@ -8,7 +9,14 @@ from archive_store.errors import (
     RestoreInProgress,
     SegmentCorrupt,
 )
-from archive_store.models import ArchiveItem, CatalogEntry, HistoryEvent, Problem, StoredEntry
+from archive_store.models import (
+    ArchiveItem,
+    CatalogEntry,
+    ErasedRecord,
+    HistoryEvent,
+    Problem,
+    StoredEntry,
+)
 from archive_store.store import ArchiveStore
 
 __all__ = [
@@ -17,6 +25,7 @@ __all__ = [
     "ArchiveStore",
     "ArchiveStoreError",
     "CatalogEntry",
+    "ErasedRecord",
     "HistoryEvent",
     "NotArchived",
     "Problem",

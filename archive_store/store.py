@@ -50,7 +50,14 @@ from archive_store.errors import (
 )
 from archive_store.faults import crash_point
 from archive_store.locks import ProcessLock, SharedLock
-from archive_store.models import ArchiveItem, CatalogEntry, HistoryEvent, Problem, StoredEntry
+from archive_store.models import (
+    ArchiveItem,
+    CatalogEntry,
+    ErasedRecord,
+    HistoryEvent,
+    Problem,
+    StoredEntry,
+)
 from archive_store.verify import verify_store
 
 DEFAULT_SEGMENT_MAX_BYTES = 64 * 2**20
@@ -752,6 +759,108 @@ class ArchiveStore:
         if old_files:
             segment.fsync_directory(self._segments_dir)
         return purged
+
+    def erase(
+        self,
+        record_ids: Sequence[str],
+        at: datetime,
+        actor: str,
+        customer_id: str | None = None,
+    ) -> list[ErasedRecord]:
+        """Erase records on request, whatever their state: every version's content leaves the
+        segment files (rewritten with `redacted` frames, as disposal does), each gains an
+        `erased` event with its hash, and the catalog forgets their customer. With
+        `customer_id`, that customer's data key is destroyed too, so a copy of their frames
+        made before (a backup) cannot be opened with this store's keys any more.
+
+        Records already purged or erased are left as they are; a record with a move in
+        progress raises `RestoreInProgress` and nothing is erased.
+
+        :param record_ids: the records to erase
+        :param at: when (aware)
+        :param actor: who erases them
+        :param customer_id: the customer whose records these are, when erasing a customer
+        """
+        at_text = format_time(at)
+        old_files: list[Path] = []
+        new_files: list[Path] = []
+        erased: list[ErasedRecord] = []
+        try:
+            with self._write() as (conn, appender):
+                self._remove_orphans(conn)
+                rows = sorted(
+                    (row for row in load_records(conn, record_ids).values()
+                     if row["state"] in ("archived", "restored")),
+                    key=lambda r: r["record_id"],
+                )
+                moving = [row["record_id"] for row in rows if row["pending"] is not None]
+                if moving:
+                    raise RestoreInProgress(
+                        f"record {moving[0]} has a move in progress; erase it once it is done"
+                    )
+                redact: dict[int, set[int]] = {}  # segment_id -> seqs of record entries
+                for chunk in chunked(row["record_id"] for row in rows):
+                    for entry in conn.execute(
+                        "SELECT seq, segment_id FROM entries WHERE type = 'record' "
+                        f"AND record_id IN ({placeholders(len(chunk))})",
+                        chunk,
+                    ):
+                        redact.setdefault(entry["segment_id"], set()).add(entry["seq"])
+                if appender.active.segment_id in redact:
+                    appender.seal_active()
+                for segment_id in sorted(redact):
+                    old, new = self._compact(
+                        conn, segment_id, redact[segment_id], appender.sealing
+                    )
+                    old_files.append(old)
+                    new_files.append(new)
+                for row in rows:
+                    seq = self._append_event(conn, appender, row, "erased", at_text, actor)
+                    conn.execute(
+                        "UPDATE records SET state = 'erased', purged_at = ?, pending = NULL, "
+                        "indexed = 0, state_seq = ?, customer_id = NULL WHERE record_id = ?",
+                        (at_text, seq, row["record_id"]),
+                    )
+                    erased.append(ErasedRecord(row["record_id"], row["sha256"], row["state"]))
+                if customer_id is not None:
+                    conn.execute(
+                        "UPDATE records SET customer_id = NULL WHERE customer_id = ?",
+                        (customer_id,),
+                    )
+                    keyring.destroy_customer_key(conn, customer_id)
+        except BaseException:
+            for path in new_files:
+                path.unlink(missing_ok=True)
+            raise
+        for path in old_files:
+            path.unlink(missing_ok=True)  # a crash before this: removed as an orphan on open
+        if old_files:
+            segment.fsync_directory(self._segments_dir)
+        self._codec.clear_keys()
+        # The WAL still holds the pages as they were before; copy them back and empty it.
+        self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return erased
+
+    def find_customer_records(self, customer_id: str) -> list[str]:
+        """The ids of a customer's archived and restored records (for erasure).
+
+        :param customer_id: the customer
+        """
+        return [
+            row[0] for row in self._db().execute(
+                "SELECT record_id FROM records WHERE customer_id = ? "
+                "AND state IN ('archived', 'restored') ORDER BY record_id",
+                (customer_id,),
+            )
+        ]
+
+    def iter_customer_ids(self) -> Iterator[str]:
+        """Every customer id the catalog still knows (records and data keys)."""
+        rows = self._db().execute(
+            "SELECT customer_id FROM records WHERE customer_id IS NOT NULL UNION "
+            "SELECT customer_id FROM data_keys WHERE customer_id IS NOT NULL"
+        ).fetchall()
+        yield from (row[0] for row in rows)
 
     def _compact(
         self, conn: sqlite3.Connection, segment_id: int, redact: set[int], sealing: keyring.Sealing

@@ -1100,8 +1100,11 @@ class SearchIndex:
         if merge:
             self._merge_shard(ix)
 
-    def _merge_shard(self, ix: windex.Index) -> bool:
+    def _merge_shard(self, ix: windex.Index, picks: list[int] | None = None) -> bool:
         """Merge a shard's segments if the policy picks any (under _write_lock).
+
+        :param picks: merge these segments (by position) instead of the policy's choice; one
+            segment alone is rewritten without its deleted documents.
 
         The merged segment is written beside the shard holding no lock on it, in a thread at
         the index workers' lower priority: restores and other writers go on meanwhile. Then,
@@ -1110,7 +1113,8 @@ class SearchIndex:
         nothing changes.
         """
         segments = ix._segments()
-        picks = choose_merges(0, [(s.doc_count_all(), s.deleted_count()) for s in segments])
+        if picks is None:
+            picks = choose_merges(0, [(s.doc_count_all(), s.deleted_count()) for s in segments])
         if not picks:
             return False
         shard = Path(ix.storage.folder)
@@ -1160,6 +1164,56 @@ class SearchIndex:
             if merged:
                 self._bump(gen)
         return merged
+
+    def erase(self, record_ids: Iterable[str]) -> int:
+        """Remove records and rewrite every segment holding any copy of them, live or deleted;
+        returns how many segments were rewritten.
+
+        A deleted document's terms, postings and stored fields stay in its segment's files
+        until that segment is rewritten, so erasure cannot stop at marking it deleted: each
+        segment that ever held one of the records is merged into a new one without them (or
+        dropped, if nothing else in it is live), and Whoosh removes the old files.
+
+        :param record_ids: the records to erase.
+        """
+        self._check_open()
+        ids = list(dict.fromkeys(record_ids))
+        wanted = {rid.encode("utf-8") for rid in ids}
+        if not wanted:
+            return 0
+        self.delete(ids)
+        rewritten = 0
+        with self._write_lock:
+            gen = self._current_gen()
+            for name in self._shard_names(gen):
+                ix = self._shard_index(gen, name)
+                segments = ix._segments()
+                holding: set[str] = set()
+                for segment in segments:
+                    reader = SegmentReader(ix.storage, ix.schema, segment)
+                    try:
+                        if _segment_id_set(reader) & wanted:
+                            holding.add(segment.segid)
+                    finally:
+                        reader.close()
+                empty = {s.segid for s in segments if s.segid in holding and s.doc_count() == 0}
+                if empty:
+                    self._drop_segments(ix, empty)
+                    rewritten += len(empty)
+                picks = [
+                    i for i, segment in enumerate(ix._segments())
+                    if segment.segid in holding - empty
+                ]
+                if picks and self._merge_shard(ix, picks):
+                    rewritten += len(picks)
+            if rewritten:
+                self._bump(gen)
+        return rewritten
+
+    def _drop_segments(self, ix: windex.Index, segids: set[str]) -> None:
+        """Take segments with no live document out of a shard; Whoosh deletes their files."""
+        writer = open_writer(ix, frozenset(), timeout=60.0)
+        writer.commit(mergetype=lambda w, segments: [s for s in segments if s.segid not in segids])
 
     def _remember_ids(self, writer: Any) -> None:
         ids = getattr(writer, "segment_ids", None)

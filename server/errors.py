@@ -19,6 +19,7 @@ from archive_store import (
 )
 from archivist.errors import ArchivistError, HoldError, InvalidRecord
 from archivist.tokens import TokenError
+from indexer.erasure import OnHold
 from indexer.errors import AlreadyActive, BadQuery, IndexerError, IndexUnavailable
 from server.schemas import describe_errors
 
@@ -35,6 +36,7 @@ STATUS: dict[type[Exception], int] = {
     AlreadyArchived: 409,
     AlreadyActive: 409,
     HoldError: 409,
+    OnHold: 409,
     IndexUnavailable: 503,
 }
 
