@@ -154,10 +154,13 @@ class _Appender:
         data = segment.canonical_object(envelope, encoded or {})
         entry_hash = segment.sha256_hex(data)
         sealing = self.sealing
-        frame = segment.build_frame(
-            data, sealing.codec, sealing.shared_key if key_id is None else key_id,
-            sealing.dict_id,
-        )
+        if sealing.shared_key or sealing.dict_id:
+            frame = segment.build_frame(
+                data, sealing.codec, sealing.shared_key if key_id is None else key_id,
+                sealing.dict_id,
+            )
+        else:  # a store without a key, before it has a dictionary: frames as they always were
+            frame = segment.build_frame(data)
         target = self.active
         if target.end > 0 and target.end + len(frame) > self._max:
             self.seal_active()
@@ -899,7 +902,7 @@ class ArchiveStore:
                     "sha256": entry["sha256"],
                     "entry_hash": entry["entry_hash"],
                     "prev": entry["prev_hash"],
-                }), sealing.codec, sealing.shared_key)
+                }), sealing.codec if sealing.shared_key else None, sealing.shared_key)
                 kind = "redacted"
             else:
                 frame = data[entry["offset"] : entry["offset"] + entry["length"]]

@@ -39,6 +39,7 @@ ACTIONS = (
     "hold_add",
     "hold_remove",
     "dispose",
+    "erase",
 )
 _APPEND_TRIES = 5
 

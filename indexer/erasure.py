@@ -23,13 +23,13 @@ import hashlib
 import json
 import logging
 import os
+import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import func, select
 
 from archive_store import ArchiveStore
 from archivist.active_db import ActiveRecord
@@ -187,15 +187,23 @@ def wipe_free_pages(services: Services) -> None:
     the operator's to vacuum.)
     """
     engine = services.engine
-    if engine.url.get_backend_name() != "sqlite":
+    if engine.url.get_backend_name() != "sqlite" or not engine.url.database:
         return
+    engine.dispose()  # pooled connections would keep old WAL frames in use
     try:
-        with engine.connect() as conn:
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            conn.execute(text("VACUUM"))
-            conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
-    except OperationalError as e:  # busy: say so; the next erasure or a VACUUM retries
+        conn = sqlite3.connect(engine.url.database, timeout=60, isolation_level=None)
+        try:
+            conn.execute("PRAGMA secure_delete=ON")
+            conn.execute("VACUUM")
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as e:  # say so; the next erasure, or a VACUUM by hand, retries
         log.warning("could not VACUUM the active database after erasure: %s", e)
+        return
+    if busy:
+        log.warning("the active database's WAL is in use by another process: it is emptied "
+                    "at that process's next checkpoint")
 
 
 def append_ledger(path: Path, entry: dict[str, Any]) -> None:
