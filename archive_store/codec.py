@@ -1,7 +1,8 @@
 """How an entry becomes the payload of a sealed frame and back: compress, then encrypt.
 
 A sealed frame's payload is `struct.pack("<II", key_id, dict_id)` and then, when `key_id` is not
-0, AES-GCM (nonce, ciphertext, tag) of the zstd-compressed envelope, with those 8 bytes as
+0, AES-GCM (nonce, ciphertext, tag) of the zstd-compressed envelope (its hex hashes packed as
+binary first, see `pack_hashes`), with those 8 bytes as
 associated data; `dict_id` 0 means compressed without a dictionary. Data keys and dictionaries
 are looked up in the catalog the first time a process meets their id, then cached.
 """
@@ -22,6 +23,51 @@ from archive_store.crypto import KeyDestroyed, seal, unseal, unwrap_key
 from archive_store.errors import SegmentCorrupt
 
 PAYLOAD_HEADER = struct.Struct("<II")
+
+
+_PREV = b'"prev":"'
+_SHA = b',"sha256":"'
+_HEX = frozenset(b"0123456789abcdef")
+
+
+def pack_hashes(envelope: bytes) -> bytes:
+    """Move the envelope's two hex hashes (`prev` and `sha256`) out of the text as 64 bytes of
+    binary in front: random hex is most of what a dictionary cannot compress in an envelope.
+
+    The first `"prev":"` is the top-level member (keys are sorted and `prev` comes before the
+    only nested object, `record`) and the last `,"sha256":"` is too (it comes after it); any
+    other envelope is kept as it is, behind a 0 byte.
+
+    :param envelope: canonical JSON bytes of one envelope
+    """
+    p = envelope.find(_PREV) + len(_PREV)
+    h = envelope.rfind(_SHA) + len(_SHA)
+    if p < len(_PREV) or h < len(_SHA) or h < p + 64:
+        return b"\0" + envelope
+    prev, sha = envelope[p : p + 64], envelope[h : h + 64]
+    if not (_HEX.issuperset(prev) and _HEX.issuperset(sha)) or envelope[h + 64 : h + 65] != b'"':
+        return b"\0" + envelope
+    if envelope[p + 64 : p + 65] != b'"':
+        return b"\0" + envelope
+    return (
+        b"\1" + bytes.fromhex(prev.decode()) + bytes.fromhex(sha.decode())
+        + envelope[:p] + envelope[p + 64 : h] + envelope[h + 64 :]
+    )
+
+
+def unpack_hashes(packed: bytes) -> bytes:
+    """Undo `pack_hashes`.
+
+    :param packed: what `pack_hashes` returned
+    """
+    if packed[:1] != b"\1":
+        return packed[1:]
+    prev, sha, text = packed[1:33].hex().encode(), packed[33:65].hex().encode(), packed[65:]
+    p = text.find(_PREV) + len(_PREV)
+    h = text.rfind(_SHA) + len(_SHA)
+    if p < len(_PREV) or h < len(_SHA):
+        raise SegmentCorrupt("sealed frame lost its hash members")
+    return text[:p] + prev + text[p:h] + sha + text[h:]
 
 
 def dictionary_id(data: bytes) -> int:
@@ -129,7 +175,7 @@ class FrameCodec:
         """
         header = PAYLOAD_HEADER.pack(key_id, dict_id)
         self._dictionary(dict_id)
-        body = compression.compress(envelope, dict_id)
+        body = compression.compress(pack_hashes(envelope), dict_id)
         if key_id:
             body = seal(self._key(key_id), body, header)
         return header + body
@@ -150,6 +196,6 @@ class FrameCodec:
                 raise SegmentCorrupt("frame does not decrypt (damaged, or not this key)") from None
         try:
             self._dictionary(dict_id)
-            return compression.decompress(body, dict_id)
+            return unpack_hashes(compression.decompress(body, dict_id))
         except zstandard.ZstdError as e:
             raise SegmentCorrupt(f"frame does not decompress: {e}") from e

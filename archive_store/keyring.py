@@ -86,6 +86,9 @@ def load_sealing(conn: sqlite3.Connection, codec: FrameCodec) -> Sealing:
                 "INSERT INTO meta (key, value) VALUES ('key_check', ?)",
                 (make_key_check(codec.archive).hex(),),
             )
+            if conn.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is None:
+                # encrypted from its first entry: `reseal` has nothing to do, ever
+                conn.execute("INSERT INTO meta (key, value) VALUES ('all_sealed', '1')")
         cursor = conn.execute(
             "INSERT INTO data_keys (customer_id, wrapped) VALUES (NULL, ?)",
             (wrap_key(codec.archive, make_key()),),

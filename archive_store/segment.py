@@ -144,6 +144,14 @@ def build_frame(
     return HEADER.pack(SEALED_MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
+def is_sealed(frame: bytes) -> bool:
+    """True if a frame is encrypted (a sealed frame with a data key).
+
+    :param frame: header plus payload
+    """
+    return frame[:4] == SEALED_MAGIC and frame[HEADER.size : HEADER.size + 4] != b"\0\0\0\0"
+
+
 def decode_frame(frame: bytes, codec: FrameCodec | None = None) -> bytes:
     """Check a whole frame's header and crc and return its decompressed envelope bytes.
 

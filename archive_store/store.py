@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
-from archive_store import keyring, segment
+from archive_store import compression, keyring, segment
 from archive_store.catalog import (
     RECORD_COLUMNS,
     build_catalog_entry,
@@ -40,6 +40,7 @@ from archive_store.catalog import (
     transaction,
 )
 from archive_store.codec import FrameCodec
+from archive_store.crypto import KeyMissing
 from archive_store.errors import (
     AlreadyArchived,
     ArchiveStoreError,
@@ -58,6 +59,7 @@ from archive_store.models import (
     Problem,
     StoredEntry,
 )
+from archive_store.segment import iter_frames
 from archive_store.verify import verify_store
 
 DEFAULT_SEGMENT_MAX_BYTES = 64 * 2**20
@@ -499,9 +501,14 @@ class ArchiveStore:
             keys = keyring.customer_keys(
                 conn, sealing, (i.customer_id for i, *_ in prepared if i.customer_id is not None)
             )
-            keyring.train_if_due(
-                conn, sealing, [(i.customer_id or i.record_id, e) for i, e, *_ in prepared]
-            )
+            keyring.train_if_due(conn, sealing, [
+                # what the codec compresses: the envelope with its hashes packed out
+                (i.customer_id or i.record_id, segment.canonical_object({
+                    "type": "record", "record_id": i.record_id, "version": 1, "at": at_text,
+                    "actor": actor, "sha256": "", "seq": 0, "prev": "",
+                }, {"record": e}))
+                for i, e, *_ in prepared[:compression.SAMPLE_RECORDS]
+            ])
             existing = load_records(conn, seen)
             restoring: set[str] = set()
             for item, _, sha, _, _ in prepared:
@@ -856,6 +863,99 @@ class ArchiveStore:
                 (customer_id,),
             )
         ]
+
+    def reseal(self) -> int:
+        """Seal the frames written before the store had a key (re-encrypt old segments).
+
+        Each segment holding such a frame is rewritten as a new generation, the same envelopes
+        sealed with their data keys, so hashes and the chain do not change; one catalog commit
+        switches over, as in disposal. Returns how many frames were sealed (0 once done).
+        """
+        if not self._codec.encrypted:
+            raise KeyMissing("the store was opened without a key: nothing to seal with")
+        if self._db().execute(
+            "SELECT 1 FROM meta WHERE key = 'all_sealed' AND value = '1'"
+        ).fetchone():
+            return 0
+        sealed = 0
+        old_files: list[Path] = []
+        new_files: list[Path] = []
+        try:
+            with self._write() as (conn, appender):
+                self._remove_orphans(conn)
+                for seg in conn.execute(
+                    "SELECT segment_id FROM segments ORDER BY segment_id"
+                ).fetchall():
+                    if appender.active.segment_id == seg["segment_id"]:
+                        if not self._has_unsealed(conn, seg["segment_id"]):
+                            continue
+                        appender.seal_active()
+                    count, paths = self._reseal_segment(conn, seg["segment_id"], appender.sealing)
+                    if paths is not None:
+                        old_files.append(paths[0])
+                        new_files.append(paths[1])
+                    sealed += count
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('all_sealed', '1')")
+        except BaseException:
+            for path in new_files:
+                path.unlink(missing_ok=True)
+            raise
+        for path in old_files:
+            path.unlink(missing_ok=True)
+        if old_files:
+            segment.fsync_directory(self._segments_dir)
+        return sealed
+
+    def _has_unsealed(self, conn: sqlite3.Connection, segment_id: int) -> bool:
+        seg = conn.execute(
+            "SELECT generation, end_offset FROM segments WHERE segment_id = ?", (segment_id,)
+        ).fetchone()
+        with open(self._path(segment_id, seg["generation"]), "rb") as f:
+            return any(not segment.is_sealed(frame) for _, frame in iter_frames(f))
+
+    def _reseal_segment(
+        self, conn: sqlite3.Connection, segment_id: int, sealing: keyring.Sealing
+    ) -> tuple[int, tuple[Path, Path] | None]:
+        """Write the next generation of a segment with every unsealed frame sealed."""
+        seg = conn.execute(
+            "SELECT generation, end_offset FROM segments WHERE segment_id = ?", (segment_id,)
+        ).fetchone()
+        old_path = self._path(segment_id, seg["generation"])
+        with open(old_path, "rb") as f:
+            data = f.read(seg["end_offset"])
+        if len(data) < seg["end_offset"]:
+            raise SegmentCorrupt(f"segment {segment_id} is shorter than committed")
+        frames: list[bytes] = []
+        updates: list[tuple[int, int, int]] = []
+        offset = count = 0
+        for entry in conn.execute(
+            "SELECT seq, offset, length, type FROM entries WHERE segment_id = ? ORDER BY seq",
+            (segment_id,),
+        ).fetchall():
+            frame = data[entry["offset"] : entry["offset"] + entry["length"]]
+            if not segment.is_sealed(frame):
+                envelope = segment.decode_frame(frame, self._codec)
+                key_id = sealing.shared_key
+                if entry["type"] == "record":
+                    customer = segment.parse_envelope(envelope)["record"].get("customer_id")
+                    if isinstance(customer, str):
+                        key_id = keyring.customer_keys(conn, sealing, [customer])[customer]
+                frame = segment.build_frame(envelope, sealing.codec, key_id, sealing.dict_id)
+                count += 1
+            frames.append(frame)
+            updates.append((offset, len(frame), entry["seq"]))
+            offset += len(frame)
+        if not count:
+            return 0, None
+        new_path = self._path(segment_id, seg["generation"] + 1)
+        new_path.unlink(missing_ok=True)
+        segment.write_file(new_path, frames)
+        conn.executemany("UPDATE entries SET offset = ?, length = ? WHERE seq = ?", updates)
+        conn.execute(
+            "UPDATE segments SET generation = ?, end_offset = ?, sealed = 1 WHERE segment_id = ?",
+            (seg["generation"] + 1, offset, segment_id),
+        )
+        return count, (old_path, new_path)
 
     def iter_customer_ids(self) -> Iterator[str]:
         """Every customer id the catalog still knows (records and data keys)."""

@@ -106,9 +106,11 @@ def main() -> None:
 @config_option
 def init(config: Config) -> None:
     """Create the databases and folders named in the config (idempotent)."""
-    with Services.open(config, create=True):
-        pass
+    with Services.open(config, create=True) as services:
+        sealed = services.store.reseal()  # entries archived before encryption at rest
     click.echo(f"initialised {config.path}")
+    if sealed:
+        click.echo(f"encrypted {sealed} entries archived before encryption at rest")
 
 
 @main.command("import")
