@@ -957,6 +957,14 @@ class ArchiveStore:
         )
         return count, (old_path, new_path)
 
+    def open_frame(self, frame: bytes) -> bytes:
+        """The envelope bytes of one whole frame of this store's segment files, decrypted and
+        decompressed (for tools and tests that read segment files directly).
+
+        :param frame: header plus payload
+        """
+        return segment.decode_frame(frame, self._codec)
+
     def iter_customer_ids(self) -> Iterator[str]:
         """Every customer id the catalog still knows (records and data keys)."""
         rows = self._db().execute(

@@ -165,3 +165,14 @@ def test_a_dictionary_is_trained_and_compresses_records_below_the_raw_json(
         assert store.verify() == []
     with ArchiveStore.open(tmp_path / "a", key=key) as reopened:
         assert reopened.get(records[5]["id"]) == records[5]
+
+
+def test_serve_refuses_to_start_with_a_wrong_key(config_path: Path) -> None:
+    archivist("init", "--config", str(config_path))
+    wrong = {KEY_ENV: base64.b64encode(make_key()).decode()}
+    result = archivist("serve", "--port", "0", "--config", str(config_path), env=wrong)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: the archive key does not open this archive (wrong key file or "
+        "ARCHIVIST_ARCHIVE_KEY); nothing was read or written"
+    ]
