@@ -87,6 +87,22 @@ RECORD_COLUMNS = (
 )
 
 
+def pack_hash(hex_text: str) -> bytes:
+    """A SHA-256 as the catalog keeps it: 32 bytes, not 64 hex characters.
+
+    :param hex_text: the hash in hex
+    """
+    return bytes.fromhex(hex_text)
+
+
+def hash_hex(value: str | bytes) -> str:
+    """A catalog hash as hex; catalogs written before hashes were binary hold hex text.
+
+    :param value: what a hash column holds
+    """
+    return value.hex() if isinstance(value, bytes) else value
+
+
 def format_time(value: datetime) -> str:
     """Format an aware datetime as `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` in UTC.
 
@@ -276,7 +292,7 @@ def build_catalog_entry(row: sqlite3.Row) -> CatalogEntry:
         state=row["state"],
         version=row["version"],
         segment_id=row["segment_id"],
-        sha256=row["sha256"],
+        sha256=hash_hex(row["sha256"]),
         archived_at=parse_time(row["archived_at"]),
         restored_at=parse_time(row["restored_at"]) if row["restored_at"] else None,
         purged_at=parse_time(row["purged_at"]) if row["purged_at"] else None,

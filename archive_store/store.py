@@ -31,9 +31,11 @@ from archive_store.catalog import (
     create_schema,
     epoch_micros,
     format_time,
+    hash_hex,
     iter_keyset,
     load_record,
     load_records,
+    pack_hash,
     parse_time,
     placeholders,
     snapshot,
@@ -109,7 +111,7 @@ class _Appender:
             "SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1"
         ).fetchone()
         self.seq: int = last["seq"] if last else 0
-        self.prev: str = last["entry_hash"] if last else segment.ZERO_HASH
+        self.prev: str = hash_hex(last["entry_hash"]) if last else segment.ZERO_HASH
         self.targets: list[_Target] = []
         self.new_files: list[Path] = []
         row = conn.execute(
@@ -517,7 +519,7 @@ class ArchiveStore:
                     continue
                 if row["pending"] == "insert_active":
                     restoring.add(item.record_id)
-                elif row["sha256"] != sha:
+                elif hash_hex(row["sha256"]) != sha:
                     raise AlreadyArchived(
                         f"record {item.record_id} is already archived with other content"
                     )
@@ -543,13 +545,14 @@ class ArchiveStore:
                     "actor": actor,
                     "sha256": sha,
                 }, {"record": encoded}, sealing.key_for(keys, item.customer_id))
+                packed = pack_hash(sha)
                 entry_rows.append((
                     placed.seq, placed.segment_id, placed.offset, placed.length, "record",
-                    item.record_id, version, None, at_text, actor, sha, placed.entry_hash,
-                    placed.prev_hash,
+                    item.record_id, version, None, at_text, actor, packed,
+                    pack_hash(placed.entry_hash), pack_hash(placed.prev_hash),
                 ))
                 record_rows.append((
-                    item.record_id, version, placed.seq, placed.segment_id, sha, at_text,
+                    item.record_id, version, placed.seq, placed.segment_id, packed, at_text,
                     item.category, item.customer_id, created_text, updated_text,
                     epoch_micros(item.updated_at), placed.seq,
                 ))
@@ -572,7 +575,10 @@ class ArchiveStore:
             "WHERE seq = ?",
             (seq,),
         ).fetchone()
-        return StoredEntry(*row)
+        return StoredEntry(
+            row["seq"], row["record_id"], row["segment_id"], row["offset"], row["length"],
+            hash_hex(row["sha256"]), hash_hex(row["entry_hash"]),
+        )
 
     def clear_pending(self, record_ids: Iterable[str]) -> None:
         """Clear the `delete_active` mark once the active database no longer holds the records.
@@ -657,12 +663,13 @@ class ArchiveStore:
             "event": event,
             "at": at_text,
             "actor": actor,
-            "sha256": row["sha256"],
+            "sha256": hash_hex(row["sha256"]),
         })
         conn.execute(_ENTRY_INSERT, (
             placed.seq, placed.segment_id, placed.offset, placed.length, "event",
-            row["record_id"], row["version"], event, at_text, actor, row["sha256"],
-            placed.entry_hash, placed.prev_hash,
+            row["record_id"], row["version"], event, at_text, actor,
+            pack_hash(hash_hex(row["sha256"])), pack_hash(placed.entry_hash),
+            pack_hash(placed.prev_hash),
         ))
         return placed.seq
 
@@ -831,7 +838,9 @@ class ArchiveStore:
                         "indexed = 0, state_seq = ?, customer_id = NULL WHERE record_id = ?",
                         (at_text, seq, row["record_id"]),
                     )
-                    erased.append(ErasedRecord(row["record_id"], row["sha256"], row["state"]))
+                    erased.append(
+                        ErasedRecord(row["record_id"], hash_hex(row["sha256"]), row["state"])
+                    )
                 if customer_id is not None:
                     conn.execute(
                         "UPDATE records SET customer_id = NULL WHERE customer_id = ?",
@@ -1007,9 +1016,9 @@ class ArchiveStore:
                     "seq": entry["seq"],
                     "record_id": entry["record_id"],
                     "version": entry["version"],
-                    "sha256": entry["sha256"],
-                    "entry_hash": entry["entry_hash"],
-                    "prev": entry["prev_hash"],
+                    "sha256": hash_hex(entry["sha256"]),
+                    "entry_hash": hash_hex(entry["entry_hash"]),
+                    "prev": hash_hex(entry["prev_hash"]),
                 }), sealing.codec if sealing.shared_key else None, sealing.shared_key)
                 kind = "redacted"
             else:
@@ -1061,7 +1070,10 @@ class ArchiveStore:
                 continue  # disposal replaced this generation meanwhile: look it up again
             except SegmentCorrupt as e:
                 raise SegmentCorrupt(f"record {record_id}: {e}") from e
-            return check_record(record_id, envelope, row["seq"], row["entry_hash"], row["sha256"])
+            return check_record(
+                record_id, envelope, row["seq"], hash_hex(row["entry_hash"]),
+                hash_hex(row["sha256"]),
+            )
         raise SegmentCorrupt(f"record {record_id}: its segment file is missing")
 
     def info(self, record_id: str) -> CatalogEntry:
@@ -1204,7 +1216,8 @@ class ArchiveStore:
                 except SegmentCorrupt as e:
                     raise SegmentCorrupt(f"record {record_id}: {e}") from e
                 record = check_record(
-                    record_id, envelope, row["seq"], row["e_hash"], row["sha256"]
+                    record_id, envelope, row["seq"], hash_hex(row["e_hash"]),
+                    hash_hex(row["sha256"]),
                 )
                 yield build_catalog_entry(row), record
         finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from archive_store import segment
-from archive_store.catalog import connect
+from archive_store.catalog import connect, hash_hex
 from archive_store.codec import FrameCodec
 from archive_store.errors import ArchiveStoreError
 from archive_store.models import Problem
@@ -121,14 +121,14 @@ def _check(
         record_id, segment_id = entry["record_id"], entry["segment_id"]
         if entry["seq"] != previous_seq + 1:
             report(record_id, segment_id, f"seq {entry['seq']} follows seq {previous_seq}")
-        if entry["prev_hash"] != expected_prev:
+        if hash_hex(entry["prev_hash"]) != expected_prev:
             # The link breaks after the previous entry: its hash is not what the chain goes on
             # from, so that entry (not this one, whose own frame agrees with its row) is named.
             blamed_id, blamed_segment = previous if previous_seq else (record_id, segment_id)
             report(blamed_id, blamed_segment, f"seq {previous_seq}: its entry hash is not the "
                    f"prev of the next entry (seq {entry['seq']}); the chain is broken")
         # The catalog's hashes carry the chain on, so a damaged frame is blamed on itself only.
-        expected_prev, previous_seq = entry["entry_hash"], entry["seq"]
+        expected_prev, previous_seq = hash_hex(entry["entry_hash"]), entry["seq"]
         previous = (record_id, segment_id)
         if entry["type"] == "redacted" and purge_seq.get(record_id, 0) < entry["seq"]:
             report(record_id, segment_id,
@@ -166,8 +166,10 @@ def _check(
         "FROM records r LEFT JOIN entries e ON e.seq = r.seq"
     ):
         expected_type = "redacted" if row["state"] in ("purged", "erased") else "record"
-        if (row["e_record"], row["e_version"], row["e_sha256"], row["e_segment"], row["type"]) != (
-            row["record_id"], row["version"], row["sha256"], row["segment_id"], expected_type
+        e_sha = None if row["e_sha256"] is None else hash_hex(row["e_sha256"])
+        if (row["e_record"], row["e_version"], e_sha, row["e_segment"], row["type"]) != (
+            row["record_id"], row["version"], hash_hex(row["sha256"]), row["segment_id"],
+            expected_type
         ):
             report(row["record_id"], row["segment_id"], "catalog row does not match its entry")
     return problems
@@ -184,8 +186,8 @@ def _check_envelope(entry: sqlite3.Row, envelope: bytes, value: dict[str, Any]) 
     expected: dict[str, Any] = {
         "seq": entry["seq"],
         "record_id": entry["record_id"],
-        "sha256": entry["sha256"],
-        "prev": entry["prev_hash"],
+        "sha256": hash_hex(entry["sha256"]),
+        "prev": hash_hex(entry["prev_hash"]),
     }
     if kind in ("record", "redacted"):
         expected["version"] = entry["version"]
@@ -198,13 +200,13 @@ def _check_envelope(entry: sqlite3.Row, envelope: bytes, value: dict[str, Any]) 
         reasons.append(f"envelope {', '.join(differ)} differ from the catalog")
     # A redacted frame cannot be rehashed (its content is gone); it carries the original hash.
     actual = str(value.get("entry_hash")) if kind == "redacted" else segment.sha256_hex(envelope)
-    if actual != entry["entry_hash"]:
+    if actual != hash_hex(entry["entry_hash"]):
         reasons.append("entry hash does not match the catalog (content changed)")
     if kind == "record":
         try:
             sha = segment.sha256_hex(segment.canonical_json(value.get("record")))
         except (TypeError, ValueError):
             sha = ""
-        if sha != entry["sha256"]:
+        if sha != hash_hex(entry["sha256"]):
             reasons.append("record sha256 does not match (record content changed)")
     return reasons
