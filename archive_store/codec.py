@@ -27,7 +27,6 @@ PAYLOAD_HEADER = struct.Struct("<II")
 
 _PREV = b'"prev":"'
 _SHA = b',"sha256":"'
-_HEX = frozenset(b"0123456789abcdef")
 
 
 def pack_hashes(envelope: bytes) -> bytes:
@@ -45,14 +44,15 @@ def pack_hashes(envelope: bytes) -> bytes:
     if p < len(_PREV) or h < len(_SHA) or h < p + 64:
         return b"\0" + envelope
     prev, sha = envelope[p : p + 64], envelope[h : h + 64]
-    if not (_HEX.issuperset(prev) and _HEX.issuperset(sha)) or envelope[h + 64 : h + 65] != b'"':
+    if envelope[p + 64 : p + 65] != b'"' or envelope[h + 64 : h + 65] != b'"':
         return b"\0" + envelope
-    if envelope[p + 64 : p + 65] != b'"':
+    try:
+        binary = bytes.fromhex(prev.decode("ascii")) + bytes.fromhex(sha.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
         return b"\0" + envelope
-    return (
-        b"\1" + bytes.fromhex(prev.decode()) + bytes.fromhex(sha.decode())
-        + envelope[:p] + envelope[p + 64 : h] + envelope[h + 64 :]
-    )
+    if binary.hex().encode() != prev + sha:  # only lowercase hex comes back as it was
+        return b"\0" + envelope
+    return b"\1" + binary + envelope[:p] + envelope[p + 64 : h] + envelope[h + 64 :]
 
 
 def unpack_hashes(packed: bytes) -> bytes:

@@ -121,12 +121,15 @@ def customer_keys(
             found[row[0]] = row[1]
     for customer_id in wanted:
         if customer_id not in found:
+            data_key = make_key()
             cursor = conn.execute(
                 "INSERT INTO data_keys (customer_id, wrapped) VALUES (?, ?)",
-                (customer_id, wrap_key(archive, make_key())),
+                (customer_id, wrap_key(archive, data_key)),
             )
             assert cursor.lastrowid is not None
             found[customer_id] = cursor.lastrowid
+            # (if the write rolls back, the store forgets every cached key)
+            sealing.codec.add_key(cursor.lastrowid, data_key)
     return found
 
 
