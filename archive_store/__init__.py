@@ -1,4 +1,5 @@
-"""The append-only archive store: compressed, hash-chained segments and a SQLite catalog."""
+"""The append-only archive store: encrypted, compressed, hash-chained segments and a SQLite
+catalog."""
 
 from archive_store.errors import (
     AlreadyArchived,
@@ -9,7 +10,14 @@ from archive_store.errors import (
     SegmentCorrupt,
     StoreReadOnly,
 )
-from archive_store.models import ArchiveItem, CatalogEntry, HistoryEvent, Problem, StoredEntry
+from archive_store.models import (
+    ArchiveItem,
+    CatalogEntry,
+    ErasedRecord,
+    HistoryEvent,
+    Problem,
+    StoredEntry,
+)
 from archive_store.store import ArchiveStore
 
 __all__ = [
@@ -18,6 +26,7 @@ __all__ = [
     "ArchiveStore",
     "ArchiveStoreError",
     "CatalogEntry",
+    "ErasedRecord",
     "HistoryEvent",
     "NotArchived",
     "Problem",

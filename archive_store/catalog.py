@@ -49,7 +49,7 @@ CREATE INDEX IF NOT EXISTS entries_record ON entries (record_id, seq);
 CREATE INDEX IF NOT EXISTS entries_segment ON entries (segment_id, seq);
 CREATE TABLE IF NOT EXISTS records (
     record_id TEXT PRIMARY KEY,
-    state TEXT NOT NULL CHECK (state IN ('archived', 'restored', 'purged')),
+    state TEXT NOT NULL CHECK (state IN ('archived', 'restored', 'purged', 'erased')),
     version INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     segment_id INTEGER NOT NULL,
@@ -70,12 +70,37 @@ CREATE INDEX IF NOT EXISTS records_state ON records (state, seq);
 CREATE INDEX IF NOT EXISTS records_unindexed ON records (state_seq) WHERE indexed = 0;
 CREATE INDEX IF NOT EXISTS records_pending ON records (record_id) WHERE pending IS NOT NULL;
 CREATE INDEX IF NOT EXISTS records_updated ON records (updated_at_us);
+CREATE TABLE IF NOT EXISTS data_keys (
+    key_id INTEGER PRIMARY KEY,
+    customer_id TEXT UNIQUE,           -- NULL: the shared key (meta shared_key_id)
+    wrapped BLOB                       -- sealed with the archive key, NULL once erased
+);
+CREATE TABLE IF NOT EXISTS dictionaries (
+    dict_id INTEGER PRIMARY KEY,       -- from the content (codec.dictionary_id)
+    data BLOB NOT NULL                 -- sealed with the archive key
+);
 """
 
 RECORD_COLUMNS = (
     "record_id, state, version, seq, segment_id, sha256, archived_at, restored_at, purged_at, "
     "category, customer_id, created_at, updated_at, updated_at_us, pending, indexed, state_seq"
 )
+
+
+def pack_hash(hex_text: str) -> bytes:
+    """A SHA-256 as the catalog keeps it: 32 bytes, not 64 hex characters.
+
+    :param hex_text: the hash in hex
+    """
+    return bytes.fromhex(hex_text)
+
+
+def hash_hex(value: str | bytes) -> str:
+    """A catalog hash as hex; catalogs written before hashes were binary hold hex text.
+
+    :param value: what a hash column holds
+    """
+    return value.hex() if isinstance(value, bytes) else value
 
 
 def format_time(value: datetime) -> str:
@@ -128,6 +153,9 @@ def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: the catalog indexes stay in memory
     conn.execute("PRAGMA wal_autocheckpoint=10000")  # checkpoint every ~40 MiB of WAL, not 4
     conn.execute("PRAGMA journal_size_limit=4194304")  # then shrink the WAL file to 4 MiB
+    # Deleted rows are overwritten with zeros, not left in free pages: an erased customer's
+    # id and data key must not survive in the file.
+    conn.execute("PRAGMA secure_delete=ON")
     return conn
 
 
@@ -157,6 +185,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
     """
     conn.execute("PRAGMA journal_mode=WAL")
     with transaction(conn):
+        _allow_erased_state(conn)
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
@@ -164,6 +193,26 @@ def create_schema(conn: sqlite3.Connection) -> None:
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
             (SCHEMA_VERSION,),
         )
+
+
+def _allow_erased_state(conn: sqlite3.Connection) -> None:
+    """Catalogs made before erasure existed refuse the `erased` state in their CHECK
+    constraint: rebuild their `records` table once, keeping every row."""
+    row = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'records'"
+    ).fetchone()
+    if row is None or "'erased'" in row[0]:
+        return
+    conn.execute("ALTER TABLE records RENAME TO records_before_erasure")
+    for name in ("records_state", "records_unindexed", "records_pending", "records_updated"):
+        conn.execute(f"DROP INDEX IF EXISTS {name}")
+    table = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS records") :]
+    conn.execute(table[: table.index(";")])
+    columns = ", ".join(
+        r[1] for r in conn.execute("PRAGMA table_info(records_before_erasure)").fetchall()
+    )
+    conn.execute(f"INSERT INTO records ({columns}) SELECT {columns} FROM records_before_erasure")
+    conn.execute("DROP TABLE records_before_erasure")
 
 
 @contextmanager
@@ -266,7 +315,7 @@ def build_catalog_entry(row: sqlite3.Row) -> CatalogEntry:
         state=row["state"],
         version=row["version"],
         segment_id=row["segment_id"],
-        sha256=row["sha256"],
+        sha256=hash_hex(row["sha256"]),
         archived_at=parse_time(row["archived_at"]),
         restored_at=parse_time(row["restored_at"]) if row["restored_at"] else None,
         purged_at=parse_time(row["purged_at"]) if row["purged_at"] else None,

@@ -53,8 +53,17 @@ class CatalogEntry:
 
 
 @dataclass(frozen=True)
+class ErasedRecord:
+    """One record erasure removed: its id, its hash and the state it was in."""
+
+    record_id: str
+    sha256: str
+    state: str
+
+
+@dataclass(frozen=True)
 class HistoryEvent:
-    """One step in a record's life: `archived`, `restored` or `purged`."""
+    """One step in a record's life: `archived`, `restored`, `purged` or `erased`."""
 
     at: datetime
     event: str

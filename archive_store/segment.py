@@ -1,8 +1,11 @@
-"""One segment file: length- and crc-framed, zstd-compressed JSON envelopes.
+"""One segment file: length- and crc-framed, compressed and sealed JSON envelopes.
 
-A frame is `struct.pack("<4sII", b"ARCH", len(payload), crc32(payload))` followed by the payload,
-the zstd-compressed canonical JSON of one envelope. Frames are only ever appended, and every
-append is flushed and fsynced before the caller commits the catalog that makes it visible.
+A frame is `struct.pack("<4sII", magic, len(payload), crc32(payload))` followed by the payload.
+Magic `ARC2` (a sealed frame): the payload is what `codec.FrameCodec.encode` makes, the envelope
+compressed with the store's dictionary and encrypted with a data key. Magic `ARCH` (frames
+written before encryption at rest, still read): the zstd-compressed canonical JSON of one
+envelope. Frames are only ever appended, and every append is flushed and fsynced before the
+caller commits the catalog that makes it visible.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from typing import Any, BinaryIO
 import orjson
 import zstandard
 
+from archive_store.codec import FrameCodec
 from archive_store.errors import SegmentCorrupt
 
 MAGIC = b"ARCH"
+SEALED_MAGIC = b"ARC2"
 HEADER = struct.Struct("<4sII")
 ZERO_HASH = "0" * 64
 # Measured on 1-2 KB record envelopes (English + Chinese): zstd-3 compresses at ~80-95 MB/s and
@@ -122,30 +127,51 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return codec
 
 
-def build_frame(envelope: bytes) -> bytes:
-    """Compress an envelope and wrap it in a frame header.
+def build_frame(
+    envelope: bytes, codec: FrameCodec | None = None, key_id: int = 0, dict_id: int = 0
+) -> bytes:
+    """Compress (and seal) an envelope and wrap it in a frame header.
 
     :param envelope: the canonical JSON bytes of one envelope
+    :param codec: the store's codec; None writes an unsealed `ARCH` frame
+    :param key_id: the data key to seal with (0: not sealed)
+    :param dict_id: the compression dictionary (0: none)
     """
-    payload = _compressor().compress(envelope)
-    return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+    if codec is None:
+        payload = _compressor().compress(envelope)
+        return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+    payload = codec.encode(envelope, key_id, dict_id)
+    return HEADER.pack(SEALED_MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
-def decode_frame(frame: bytes) -> bytes:
+def is_sealed(frame: bytes) -> bool:
+    """True if a frame is encrypted (a sealed frame with a data key).
+
+    :param frame: header plus payload
+    """
+    return frame[:4] == SEALED_MAGIC and frame[HEADER.size : HEADER.size + 4] != b"\0\0\0\0"
+
+
+def decode_frame(frame: bytes, codec: FrameCodec | None = None) -> bytes:
     """Check a whole frame's header and crc and return its decompressed envelope bytes.
 
     :param frame: header plus payload, exactly one frame
+    :param codec: the store's codec (needed for sealed frames)
     """
     if len(frame) < HEADER.size:
         raise SegmentCorrupt(f"frame is {len(frame)} bytes, shorter than its header")
     magic, size, crc = HEADER.unpack_from(frame)
-    if magic != MAGIC:
+    if magic != MAGIC and magic != SEALED_MAGIC:
         raise SegmentCorrupt("frame header has a bad magic number")
     payload = frame[HEADER.size :]
     if size != len(payload):
         raise SegmentCorrupt(f"frame header says {size} payload bytes, found {len(payload)}")
     if zlib.crc32(payload) != crc:
         raise SegmentCorrupt("frame crc32 does not match its payload")
+    if magic == SEALED_MAGIC:
+        if codec is None:
+            raise SegmentCorrupt("frame is sealed and no codec was given to open it")
+        return codec.decode(payload)
     try:
         return _decompressor().decompress(payload, max_output_size=MAX_PAYLOAD)
     except zstandard.ZstdError as e:
@@ -166,12 +192,15 @@ def parse_envelope(envelope: bytes) -> dict[str, Any]:
     return value
 
 
-def read_frame(f: BinaryIO, offset: int, length: int) -> bytes:
+def read_frame(
+    f: BinaryIO, offset: int, length: int, codec: FrameCodec | None = None
+) -> bytes:
     """Read the frame at `offset` and return its decompressed envelope bytes.
 
     :param f: a segment file opened for binary reading
     :param offset: where the frame starts
     :param length: the frame's total length (header plus payload), as the catalog records it
+    :param codec: the store's codec (needed for sealed frames)
     """
     f.seek(offset)
     frame = f.read(length)
@@ -179,7 +208,7 @@ def read_frame(f: BinaryIO, offset: int, length: int) -> bytes:
         raise SegmentCorrupt(
             f"segment ends inside the frame at offset {offset} ({len(frame)} of {length} bytes)"
         )
-    return decode_frame(frame)
+    return decode_frame(frame, codec)
 
 
 def iter_frames(f: BinaryIO, end: int | None = None) -> Iterator[tuple[int, bytes]]:
@@ -197,7 +226,7 @@ def iter_frames(f: BinaryIO, end: int | None = None) -> Iterator[tuple[int, byte
         if len(header) < HEADER.size:
             return
         magic, size, _ = HEADER.unpack(header)
-        if magic != MAGIC:
+        if magic != MAGIC and magic != SEALED_MAGIC:
             return
         payload = f.read(size)
         if len(payload) < size:

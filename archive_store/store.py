@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
-from archive_store import segment
+from archive_store import compression, keyring, segment
 from archive_store.catalog import (
     RECORD_COLUMNS,
     build_catalog_entry,
@@ -31,14 +31,18 @@ from archive_store.catalog import (
     create_schema,
     epoch_micros,
     format_time,
+    hash_hex,
     iter_keyset,
     load_record,
     load_records,
+    pack_hash,
     parse_time,
     placeholders,
     snapshot,
     transaction,
 )
+from archive_store.codec import FrameCodec
+from archive_store.crypto import KeyMissing
 from archive_store.errors import (
     AlreadyArchived,
     ArchiveStoreError,
@@ -50,11 +54,19 @@ from archive_store.errors import (
 )
 from archive_store.faults import crash_point
 from archive_store.locks import ProcessLock, SharedLock
-from archive_store.models import ArchiveItem, CatalogEntry, HistoryEvent, Problem, StoredEntry
+from archive_store.models import (
+    ArchiveItem,
+    CatalogEntry,
+    ErasedRecord,
+    HistoryEvent,
+    Problem,
+    StoredEntry,
+)
+from archive_store.segment import iter_frames
 from archive_store.verify import verify_store
 
 DEFAULT_SEGMENT_MAX_BYTES = 64 * 2**20
-STATES = ("archived", "restored", "purged")
+STATES = ("archived", "restored", "purged", "erased")
 
 _ENTRY_INSERT = (
     "INSERT INTO entries (seq, segment_id, offset, length, type, record_id, version, event, at, "
@@ -90,14 +102,17 @@ class _Target:
 class _Appender:
     """Places the frames of one write operation in the active segment, rolling over when full."""
 
-    def __init__(self, segments_dir: Path, conn: sqlite3.Connection, max_bytes: int) -> None:
+    def __init__(
+        self, segments_dir: Path, conn: sqlite3.Connection, max_bytes: int, codec: FrameCodec
+    ) -> None:
         self._dir = segments_dir
         self._max = max_bytes
+        self.sealing = keyring.load_sealing(conn, codec)
         last = conn.execute(
             "SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1"
         ).fetchone()
         self.seq: int = last["seq"] if last else 0
-        self.prev: str = last["entry_hash"] if last else segment.ZERO_HASH
+        self.prev: str = hash_hex(last["entry_hash"]) if last else segment.ZERO_HASH
         self.targets: list[_Target] = []
         self.new_files: list[Path] = []
         row = conn.execute(
@@ -127,17 +142,30 @@ class _Appender:
         self.active.sealed = True
         self._open_new(self.active.segment_id + 1)
 
-    def add(self, envelope: dict[str, Any], encoded: dict[str, bytes] | None = None) -> _Placed:
+    def add(
+        self,
+        envelope: dict[str, Any],
+        encoded: dict[str, bytes] | None = None,
+        key_id: int | None = None,
+    ) -> _Placed:
         """Give an envelope its seq and prev, frame it and place it; nothing is written yet.
 
         :param envelope: the envelope without `seq` and `prev`
         :param encoded: members whose canonical JSON the caller already has (the record)
+        :param key_id: the data key to seal it with (default: the shared key)
         """
         seq = self.seq + 1
         envelope = {**envelope, "seq": seq, "prev": self.prev}
         data = segment.canonical_object(envelope, encoded or {})
         entry_hash = segment.sha256_hex(data)
-        frame = segment.build_frame(data)
+        sealing = self.sealing
+        if sealing.shared_key or sealing.dict_id:
+            frame = segment.build_frame(
+                data, sealing.codec, sealing.shared_key if key_id is None else key_id,
+                sealing.dict_id,
+            )
+        else:  # a store without a key, before it has a dictionary: frames as they always were
+            frame = segment.build_frame(data)
         target = self.active
         if target.end > 0 and target.end + len(frame) > self._max:
             self.seal_active()
@@ -224,11 +252,14 @@ def recover_tail(segments_dir: Path, segment_id: int, generation: int, end: int)
 class ArchiveStore:
     """The append-only archive: segment files for content, a SQLite catalog as commit point."""
 
-    def __init__(self, directory: Path, segment_max_bytes: int) -> None:
+    def __init__(
+        self, directory: Path, segment_max_bytes: int, key: bytes | None = None
+    ) -> None:
         """Use `ArchiveStore.open` instead; this only sets fields.
 
         :param directory: the store folder
         :param segment_max_bytes: size at which a segment is sealed
+        :param key: the archive key (see `crypto`), or None for a store kept unencrypted
         """
         if segment_max_bytes < 1:
             raise ValueError("segment_max_bytes must be positive")
@@ -241,6 +272,11 @@ class ArchiveStore:
         self._index_lock = ProcessLock(self.directory / "index.lock")
         self._closed = False
         self.read_only = False
+        self._codec = FrameCodec(
+            key,
+            lambda key_id: keyring.load_wrapped_key(self._db(), key_id),
+            lambda dict_id: keyring.load_dictionary(self._db(), dict_id),
+        )
         self._reset_process_state()
 
     def _reset_process_state(self) -> None:
@@ -254,21 +290,30 @@ class ArchiveStore:
 
     @classmethod
     def open(
-        cls, directory: Path, *, segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES
+        cls,
+        directory: Path,
+        *,
+        segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES,
+        key: bytes | None = None,
     ) -> ArchiveStore:
         """Open the store in `directory`, creating its folders and catalog if missing.
 
+        A store once written with a key needs that key: a missing or wrong one raises
+        `KeyMissing` or `WrongKey` before anything is written.
+
         :param directory: the store folder
         :param segment_max_bytes: size at which the active segment is sealed (default 64 MiB)
+        :param key: the archive key; None keeps new frames unencrypted (a store without a key)
         """
         directory = Path(directory)
         if (directory / "catalog.db").is_file() and not os.access(directory, os.W_OK):
-            return cls._open_read_only(directory, segment_max_bytes)
+            return cls._open_read_only(directory, segment_max_bytes, key)
         (directory / "segments").mkdir(parents=True, exist_ok=True)
-        store = cls(directory, segment_max_bytes)
+        store = cls(directory, segment_max_bytes, key)
         try:
             with store._locked():
                 conn = store._db()
+                keyring.check_archive_key(conn, store._codec)
                 create_schema(conn)
                 store._remove_orphans(conn)
                 store._trim_active_tail(conn)
@@ -279,13 +324,17 @@ class ArchiveStore:
         return store
 
     @classmethod
-    def _open_read_only(cls, directory: Path, segment_max_bytes: int) -> ArchiveStore:
+    def _open_read_only(
+        cls, directory: Path, segment_max_bytes: int, key: bytes | None
+    ) -> ArchiveStore:
         """A store on a folder this process may not write (a read-only mount, a copy kept
         for audits): reads work, every write raises `StoreReadOnly`. Nothing is repaired."""
-        store = cls(directory, segment_max_bytes)
+        store = cls(directory, segment_max_bytes, key)
         store.read_only = True
         try:
-            store._db().execute("SELECT 1 FROM records LIMIT 1").fetchall()
+            conn = store._db()
+            conn.execute("SELECT 1 FROM records LIMIT 1").fetchall()
+            keyring.check_archive_key(conn, store._codec)
         except BaseException:
             store.close()
             raise
@@ -395,13 +444,16 @@ class ArchiveStore:
             appender: _Appender | None = None
             try:
                 with transaction(conn, durable):
-                    appender = _Appender(self._segments_dir, conn, self.segment_max_bytes)
+                    appender = _Appender(
+                        self._segments_dir, conn, self.segment_max_bytes, self._codec
+                    )
                     yield conn, appender
                     appender.write(conn)  # frames durable before the commit names them
                     crash_point("store.frames_written")
             except BaseException:
                 if appender is not None:
                     appender.undo()
+                self._codec.clear_keys()  # a key made by the rolled-back write may be cached
                 raise
             crash_point("store.catalog_committed")
 
@@ -479,6 +531,18 @@ class ArchiveStore:
 
         results: dict[str, StoredEntry] = {}
         with self._write() as (conn, appender):
+            sealing = appender.sealing
+            keys = keyring.customer_keys(
+                conn, sealing, (i.customer_id for i, *_ in prepared if i.customer_id is not None)
+            )
+            keyring.train_if_due(conn, sealing, [
+                # what the codec compresses: the envelope with its hashes packed out
+                (i.customer_id or i.record_id, segment.canonical_object({
+                    "type": "record", "record_id": i.record_id, "version": 1, "at": at_text,
+                    "actor": actor, "sha256": "", "seq": 0, "prev": "",
+                }, {"record": e}))
+                for i, e, *_ in prepared[:compression.SAMPLE_RECORDS]
+            ])
             existing = load_records(conn, seen)
             restoring: set[str] = set()
             for item, _, sha, _, _ in prepared:
@@ -487,7 +551,7 @@ class ArchiveStore:
                     continue
                 if row["pending"] == "insert_active":
                     restoring.add(item.record_id)
-                elif row["sha256"] != sha:
+                elif hash_hex(row["sha256"]) != sha:
                     raise AlreadyArchived(
                         f"record {item.record_id} is already archived with other content"
                     )
@@ -512,14 +576,15 @@ class ArchiveStore:
                     "at": at_text,
                     "actor": actor,
                     "sha256": sha,
-                }, {"record": encoded})
+                }, {"record": encoded}, sealing.key_for(keys, item.customer_id))
+                packed = pack_hash(sha)
                 entry_rows.append((
                     placed.seq, placed.segment_id, placed.offset, placed.length, "record",
-                    item.record_id, version, None, at_text, actor, sha, placed.entry_hash,
-                    placed.prev_hash,
+                    item.record_id, version, None, at_text, actor, packed,
+                    pack_hash(placed.entry_hash), pack_hash(placed.prev_hash),
                 ))
                 record_rows.append((
-                    item.record_id, version, placed.seq, placed.segment_id, sha, at_text,
+                    item.record_id, version, placed.seq, placed.segment_id, packed, at_text,
                     item.category, item.customer_id, created_text, updated_text,
                     epoch_micros(item.updated_at), placed.seq,
                 ))
@@ -542,7 +607,10 @@ class ArchiveStore:
             "WHERE seq = ?",
             (seq,),
         ).fetchone()
-        return StoredEntry(*row)
+        return StoredEntry(
+            row["seq"], row["record_id"], row["segment_id"], row["offset"], row["length"],
+            hash_hex(row["sha256"]), hash_hex(row["entry_hash"]),
+        )
 
     def clear_pending(self, record_ids: Iterable[str]) -> None:
         """Clear the `delete_active` mark once the active database no longer holds the records.
@@ -627,12 +695,13 @@ class ArchiveStore:
             "event": event,
             "at": at_text,
             "actor": actor,
-            "sha256": row["sha256"],
+            "sha256": hash_hex(row["sha256"]),
         })
         conn.execute(_ENTRY_INSERT, (
             placed.seq, placed.segment_id, placed.offset, placed.length, "event",
-            row["record_id"], row["version"], event, at_text, actor, row["sha256"],
-            placed.entry_hash, placed.prev_hash,
+            row["record_id"], row["version"], event, at_text, actor,
+            pack_hash(hash_hex(row["sha256"])), pack_hash(placed.entry_hash),
+            pack_hash(placed.prev_hash),
         ))
         return placed.seq
 
@@ -714,7 +783,9 @@ class ArchiveStore:
                 if appender.active.segment_id in redact:
                     appender.seal_active()
                 for segment_id in sorted(redact):
-                    old, new = self._compact(conn, segment_id, redact[segment_id])
+                    old, new = self._compact(
+                        conn, segment_id, redact[segment_id], appender.sealing
+                    )
                     old_files.append(old)
                     new_files.append(new)
                 changes = [
@@ -738,8 +809,213 @@ class ArchiveStore:
             segment.fsync_directory(self._segments_dir)
         return purged
 
+    def erase(
+        self,
+        record_ids: Sequence[str],
+        at: datetime,
+        actor: str,
+        customer_id: str | None = None,
+    ) -> list[ErasedRecord]:
+        """Erase records on request, whatever their state: every version's content leaves the
+        segment files (rewritten with `redacted` frames, as disposal does), each gains an
+        `erased` event with its hash, and the catalog forgets their customer. With
+        `customer_id`, that customer's data key is destroyed too, so a copy of their frames
+        made before (a backup) cannot be opened with this store's keys any more.
+
+        Records already purged or erased are left as they are; a record with a move in
+        progress raises `RestoreInProgress` and nothing is erased.
+
+        :param record_ids: the records to erase
+        :param at: when (aware)
+        :param actor: who erases them
+        :param customer_id: the customer whose records these are, when erasing a customer
+        """
+        at_text = format_time(at)
+        old_files: list[Path] = []
+        new_files: list[Path] = []
+        erased: list[ErasedRecord] = []
+        try:
+            with self._write() as (conn, appender):
+                self._remove_orphans(conn)
+                rows = sorted(
+                    (row for row in load_records(conn, record_ids).values()
+                     if row["state"] in ("archived", "restored")),
+                    key=lambda r: r["record_id"],
+                )
+                moving = [row["record_id"] for row in rows if row["pending"] is not None]
+                if moving:
+                    raise RestoreInProgress(
+                        f"record {moving[0]} has a move in progress; erase it once it is done"
+                    )
+                redact: dict[int, set[int]] = {}  # segment_id -> seqs of record entries
+                for chunk in chunked(row["record_id"] for row in rows):
+                    for entry in conn.execute(
+                        "SELECT seq, segment_id FROM entries WHERE type = 'record' "
+                        f"AND record_id IN ({placeholders(len(chunk))})",
+                        chunk,
+                    ):
+                        redact.setdefault(entry["segment_id"], set()).add(entry["seq"])
+                if appender.active.segment_id in redact:
+                    appender.seal_active()
+                for segment_id in sorted(redact):
+                    old, new = self._compact(
+                        conn, segment_id, redact[segment_id], appender.sealing
+                    )
+                    old_files.append(old)
+                    new_files.append(new)
+                for row in rows:
+                    seq = self._append_event(conn, appender, row, "erased", at_text, actor)
+                    conn.execute(
+                        "UPDATE records SET state = 'erased', purged_at = ?, pending = NULL, "
+                        "indexed = 0, state_seq = ?, customer_id = NULL WHERE record_id = ?",
+                        (at_text, seq, row["record_id"]),
+                    )
+                    erased.append(
+                        ErasedRecord(row["record_id"], hash_hex(row["sha256"]), row["state"])
+                    )
+                if customer_id is not None:
+                    conn.execute(
+                        "UPDATE records SET customer_id = NULL WHERE customer_id = ?",
+                        (customer_id,),
+                    )
+                    keyring.destroy_customer_key(conn, customer_id)
+        except BaseException:
+            for path in new_files:
+                path.unlink(missing_ok=True)
+            raise
+        for path in old_files:
+            path.unlink(missing_ok=True)  # a crash before this: removed as an orphan on open
+        if old_files:
+            segment.fsync_directory(self._segments_dir)
+        self._codec.clear_keys()
+        # The WAL still holds the pages as they were before; copy them back and empty it.
+        self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return erased
+
+    def find_customer_records(self, customer_id: str) -> list[str]:
+        """The ids of a customer's archived and restored records (for erasure).
+
+        :param customer_id: the customer
+        """
+        return [
+            row[0] for row in self._db().execute(
+                "SELECT record_id FROM records WHERE customer_id = ? "
+                "AND state IN ('archived', 'restored') ORDER BY record_id",
+                (customer_id,),
+            )
+        ]
+
+    def reseal(self) -> int:
+        """Seal the frames written before the store had a key (re-encrypt old segments).
+
+        Each segment holding such a frame is rewritten as a new generation, the same envelopes
+        sealed with their data keys, so hashes and the chain do not change; one catalog commit
+        switches over, as in disposal. Returns how many frames were sealed (0 once done).
+        """
+        if not self._codec.encrypted:
+            raise KeyMissing("the store was opened without a key: nothing to seal with")
+        if self._db().execute(
+            "SELECT 1 FROM meta WHERE key = 'all_sealed' AND value = '1'"
+        ).fetchone():
+            return 0
+        sealed = 0
+        old_files: list[Path] = []
+        new_files: list[Path] = []
+        try:
+            with self._write() as (conn, appender):
+                self._remove_orphans(conn)
+                for seg in conn.execute(
+                    "SELECT segment_id FROM segments ORDER BY segment_id"
+                ).fetchall():
+                    if appender.active.segment_id == seg["segment_id"]:
+                        if not self._has_unsealed(conn, seg["segment_id"]):
+                            continue
+                        appender.seal_active()
+                    count, paths = self._reseal_segment(conn, seg["segment_id"], appender.sealing)
+                    if paths is not None:
+                        old_files.append(paths[0])
+                        new_files.append(paths[1])
+                    sealed += count
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('all_sealed', '1')")
+        except BaseException:
+            for path in new_files:
+                path.unlink(missing_ok=True)
+            raise
+        for path in old_files:
+            path.unlink(missing_ok=True)
+        if old_files:
+            segment.fsync_directory(self._segments_dir)
+        return sealed
+
+    def _has_unsealed(self, conn: sqlite3.Connection, segment_id: int) -> bool:
+        seg = conn.execute(
+            "SELECT generation, end_offset FROM segments WHERE segment_id = ?", (segment_id,)
+        ).fetchone()
+        with open(self._path(segment_id, seg["generation"]), "rb") as f:
+            return any(not segment.is_sealed(frame) for _, frame in iter_frames(f))
+
+    def _reseal_segment(
+        self, conn: sqlite3.Connection, segment_id: int, sealing: keyring.Sealing
+    ) -> tuple[int, tuple[Path, Path] | None]:
+        """Write the next generation of a segment with every unsealed frame sealed."""
+        seg = conn.execute(
+            "SELECT generation, end_offset FROM segments WHERE segment_id = ?", (segment_id,)
+        ).fetchone()
+        old_path = self._path(segment_id, seg["generation"])
+        with open(old_path, "rb") as f:
+            data = f.read(seg["end_offset"])
+        if len(data) < seg["end_offset"]:
+            raise SegmentCorrupt(f"segment {segment_id} is shorter than committed")
+        frames: list[bytes] = []
+        updates: list[tuple[int, int, int]] = []
+        offset = count = 0
+        for entry in conn.execute(
+            "SELECT seq, offset, length, type FROM entries WHERE segment_id = ? ORDER BY seq",
+            (segment_id,),
+        ).fetchall():
+            frame = data[entry["offset"] : entry["offset"] + entry["length"]]
+            if not segment.is_sealed(frame):
+                envelope = segment.decode_frame(frame, self._codec)
+                key_id = sealing.shared_key
+                if entry["type"] == "record":
+                    customer = segment.parse_envelope(envelope)["record"].get("customer_id")
+                    if isinstance(customer, str):
+                        key_id = keyring.customer_keys(conn, sealing, [customer])[customer]
+                frame = segment.build_frame(envelope, sealing.codec, key_id, sealing.dict_id)
+                count += 1
+            frames.append(frame)
+            updates.append((offset, len(frame), entry["seq"]))
+            offset += len(frame)
+        if not count:
+            return 0, None
+        new_path = self._path(segment_id, seg["generation"] + 1)
+        new_path.unlink(missing_ok=True)
+        segment.write_file(new_path, frames)
+        conn.executemany("UPDATE entries SET offset = ?, length = ? WHERE seq = ?", updates)
+        conn.execute(
+            "UPDATE segments SET generation = ?, end_offset = ?, sealed = 1 WHERE segment_id = ?",
+            (seg["generation"] + 1, offset, segment_id),
+        )
+        return count, (old_path, new_path)
+
+    def open_frame(self, frame: bytes) -> bytes:
+        """The envelope bytes of one whole frame of this store's segment files, decrypted and
+        decompressed (for tools and tests that read segment files directly).
+
+        :param frame: header plus payload
+        """
+        return segment.decode_frame(frame, self._codec)
+
+    def iter_customer_ids(self) -> Iterator[str]:
+        """Every customer id the catalog still knows (records and data keys)."""
+        rows = self._db().execute(
+            "SELECT customer_id FROM records WHERE customer_id IS NOT NULL UNION "
+            "SELECT customer_id FROM data_keys WHERE customer_id IS NOT NULL"
+        ).fetchall()
+        yield from (row[0] for row in rows)
+
     def _compact(
-        self, conn: sqlite3.Connection, segment_id: int, redact: set[int]
+        self, conn: sqlite3.Connection, segment_id: int, redact: set[int], sealing: keyring.Sealing
     ) -> tuple[Path, Path]:
         """Write the next generation of a segment with some record entries redacted.
 
@@ -772,10 +1048,10 @@ class ArchiveStore:
                     "seq": entry["seq"],
                     "record_id": entry["record_id"],
                     "version": entry["version"],
-                    "sha256": entry["sha256"],
-                    "entry_hash": entry["entry_hash"],
-                    "prev": entry["prev_hash"],
-                }))
+                    "sha256": hash_hex(entry["sha256"]),
+                    "entry_hash": hash_hex(entry["entry_hash"]),
+                    "prev": hash_hex(entry["prev_hash"]),
+                }), sealing.codec if sealing.shared_key else None, sealing.shared_key)
                 kind = "redacted"
             else:
                 frame = data[entry["offset"] : entry["offset"] + entry["length"]]
@@ -817,16 +1093,19 @@ class ArchiveStore:
             ).fetchone()
             if row is None:
                 raise RecordNotFound(f"record {record_id} was never archived")
-            if row["state"] == "purged":
-                raise RecordNotFound(f"record {record_id} was purged")
+            if row["state"] in ("purged", "erased"):
+                raise RecordNotFound(f"record {record_id} was {row['state']}")
             try:
                 with open(self._path(row["segment_id"], row["generation"]), "rb") as f:
-                    envelope = segment.read_frame(f, row["offset"], row["length"])
+                    envelope = segment.read_frame(f, row["offset"], row["length"], self._codec)
             except FileNotFoundError:
                 continue  # disposal replaced this generation meanwhile: look it up again
             except SegmentCorrupt as e:
                 raise SegmentCorrupt(f"record {record_id}: {e}") from e
-            return check_record(record_id, envelope, row["seq"], row["entry_hash"], row["sha256"])
+            return check_record(
+                record_id, envelope, row["seq"], hash_hex(row["entry_hash"]),
+                hash_hex(row["sha256"]),
+            )
         raise SegmentCorrupt(f"record {record_id}: its segment file is missing")
 
     def info(self, record_id: str) -> CatalogEntry:
@@ -928,8 +1207,8 @@ class ArchiveStore:
         :param state: `archived` or `restored` (purged records have no content left)
         """
         _check_state(state)
-        if state == "purged":
-            raise ValueError("purged records have no content to iterate")
+        if state in ("purged", "erased"):
+            raise ValueError(f"{state} records have no content to iterate")
         select = (
             f"SELECT {', '.join('r.' + c.strip() for c in RECORD_COLUMNS.split(','))}, "
             "e.offset AS e_offset, e.length AS e_length, e.entry_hash AS e_hash, "
@@ -963,11 +1242,14 @@ class ArchiveStore:
                     yield entry, record
                     continue
                 try:
-                    envelope = segment.read_frame(f, row["e_offset"], row["e_length"])
+                    envelope = segment.read_frame(
+                        f, row["e_offset"], row["e_length"], self._codec
+                    )
                 except SegmentCorrupt as e:
                     raise SegmentCorrupt(f"record {record_id}: {e}") from e
                 record = check_record(
-                    record_id, envelope, row["seq"], row["e_hash"], row["sha256"]
+                    record_id, envelope, row["seq"], hash_hex(row["e_hash"]),
+                    hash_hex(row["sha256"]),
                 )
                 yield build_catalog_entry(row), record
         finally:
@@ -1031,7 +1313,7 @@ class ArchiveStore:
             raise ArchiveStoreError("the archive store is closed")
         lock = None if self.read_only else self._lock_path
         return verify_store(
-            self._catalog_path, self._segments_dir, lock, read_only=self.read_only
+            self._catalog_path, self._segments_dir, lock, self._codec, read_only=self.read_only
         )
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from archive_store import segment
-from archive_store.catalog import connect
-from archive_store.errors import SegmentCorrupt
+from archive_store.catalog import connect, hash_hex
+from archive_store.codec import FrameCodec
+from archive_store.errors import ArchiveStoreError
 from archive_store.models import Problem
 
 _FIELDS = {
@@ -26,7 +27,12 @@ _FIELDS = {
 
 
 def verify_store(
-    catalog_path: Path, segments_dir: Path, lock_path: Path | None, *, read_only: bool = False
+    catalog_path: Path,
+    segments_dir: Path,
+    lock_path: Path | None,
+    codec: FrameCodec | None = None,
+    *,
+    read_only: bool = False,
 ) -> list[Problem]:
     """Check every entry and segment file; returns the problems found (empty if sound).
 
@@ -34,6 +40,7 @@ def verify_store(
     :param segments_dir: the store's `segments/` folder
     :param lock_path: the store's `.lock`, held shared only while the snapshot is taken; None
         for a read-only folder, where no writer can run
+    :param codec: the store's codec, to open sealed frames
     :param read_only: open the catalog read-only
     """
     conn = connect(catalog_path, read_only=read_only)
@@ -42,7 +49,7 @@ def verify_store(
             conn.execute("BEGIN")
             stack.callback(conn.execute, "COMMIT")
             files, sizes, segments = _take_snapshot(conn, segments_dir, lock_path, stack)
-            return _check(conn, files, sizes, segments)
+            return _check(conn, files, sizes, segments, codec)
     finally:
         conn.close()
 
@@ -88,6 +95,7 @@ def _check(
     files: dict[int, BinaryIO | None],
     sizes: dict[int, int],
     segments: dict[int, sqlite3.Row],
+    codec: FrameCodec | None,
 ) -> list[Problem]:
     problems: list[Problem] = []
 
@@ -111,7 +119,7 @@ def _check(
         row["record_id"]: row["seq"]
         for row in conn.execute(
             "SELECT record_id, MAX(seq) AS seq FROM entries WHERE type = 'event' "
-            "AND event = 'purged' GROUP BY record_id"
+            "AND event IN ('purged', 'erased') GROUP BY record_id"
         )
     }
     expected_prev = segment.ZERO_HASH
@@ -122,17 +130,18 @@ def _check(
         record_id, segment_id = entry["record_id"], entry["segment_id"]
         if entry["seq"] != previous_seq + 1:
             report(record_id, segment_id, f"seq {entry['seq']} follows seq {previous_seq}")
-        if entry["prev_hash"] != expected_prev:
+        if hash_hex(entry["prev_hash"]) != expected_prev:
             # The link breaks after the previous entry: its hash is not what the chain goes on
             # from, so that entry (not this one, whose own frame agrees with its row) is named.
             blamed_id, blamed_segment = previous if previous_seq else (record_id, segment_id)
             report(blamed_id, blamed_segment, f"seq {previous_seq}: its entry hash is not the "
                    f"prev of the next entry (seq {entry['seq']}); the chain is broken")
         # The catalog's hashes carry the chain on, so a damaged frame is blamed on itself only.
-        expected_prev, previous_seq = entry["entry_hash"], entry["seq"]
+        expected_prev, previous_seq = hash_hex(entry["entry_hash"]), entry["seq"]
         previous = (record_id, segment_id)
         if entry["type"] == "redacted" and purge_seq.get(record_id, 0) < entry["seq"]:
-            report(record_id, segment_id, f"seq {entry['seq']}: redacted with no purged event")
+            report(record_id, segment_id,
+                   f"seq {entry['seq']}: redacted with no purged or erased event")
         seg = segments.get(segment_id)
         if seg is None:
             report(record_id, segment_id, f"seq {entry['seq']}: segment not in the catalog")
@@ -148,9 +157,9 @@ def _check(
         if entry["offset"] + entry["length"] > seg["end_offset"]:
             report(record_id, segment_id, f"seq {entry['seq']}: beyond the segment's end")
         try:
-            envelope = segment.read_frame(f, entry["offset"], entry["length"])
+            envelope = segment.read_frame(f, entry["offset"], entry["length"], codec)
             value = segment.parse_envelope(envelope)
-        except SegmentCorrupt as e:
+        except ArchiveStoreError as e:  # damaged, or sealed with a key that is gone
             report(record_id, segment_id, f"seq {entry['seq']}: {e}")
             continue
         for reason in _check_envelope(entry, envelope, value):
@@ -165,9 +174,11 @@ def _check(
         "AS e_record, e.version AS e_version, e.sha256 AS e_sha256, e.segment_id AS e_segment "
         "FROM records r LEFT JOIN entries e ON e.seq = r.seq"
     ):
-        expected_type = "redacted" if row["state"] == "purged" else "record"
-        if (row["e_record"], row["e_version"], row["e_sha256"], row["e_segment"], row["type"]) != (
-            row["record_id"], row["version"], row["sha256"], row["segment_id"], expected_type
+        expected_type = "redacted" if row["state"] in ("purged", "erased") else "record"
+        e_sha = None if row["e_sha256"] is None else hash_hex(row["e_sha256"])
+        if (row["e_record"], row["e_version"], e_sha, row["e_segment"], row["type"]) != (
+            row["record_id"], row["version"], hash_hex(row["sha256"]), row["segment_id"],
+            expected_type
         ):
             report(row["record_id"], row["segment_id"], "catalog row does not match its entry")
     return problems
@@ -184,8 +195,8 @@ def _check_envelope(entry: sqlite3.Row, envelope: bytes, value: dict[str, Any]) 
     expected: dict[str, Any] = {
         "seq": entry["seq"],
         "record_id": entry["record_id"],
-        "sha256": entry["sha256"],
-        "prev": entry["prev_hash"],
+        "sha256": hash_hex(entry["sha256"]),
+        "prev": hash_hex(entry["prev_hash"]),
     }
     if kind in ("record", "redacted"):
         expected["version"] = entry["version"]
@@ -198,13 +209,13 @@ def _check_envelope(entry: sqlite3.Row, envelope: bytes, value: dict[str, Any]) 
         reasons.append(f"envelope {', '.join(differ)} differ from the catalog")
     # A redacted frame cannot be rehashed (its content is gone); it carries the original hash.
     actual = str(value.get("entry_hash")) if kind == "redacted" else segment.sha256_hex(envelope)
-    if actual != entry["entry_hash"]:
+    if actual != hash_hex(entry["entry_hash"]):
         reasons.append("entry hash does not match the catalog (content changed)")
     if kind == "record":
         try:
             sha = segment.sha256_hex(segment.canonical_json(value.get("record")))
         except (TypeError, ValueError):
             sha = ""
-        if sha != entry["sha256"]:
+        if sha != hash_hex(entry["sha256"]):
             reasons.append("record sha256 does not match (record content changed)")
     return reasons

@@ -41,6 +41,7 @@ ACTIONS = (
     "dispose",
     "backup",
     "recover",
+    "erase",
 )
 _APPEND_TRIES = 5
 

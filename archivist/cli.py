@@ -26,6 +26,7 @@ from archivist.records import format_utc
 from archivist.tokens import ROLES, create_token, list_tokens, revoke_token
 from indexer.backup import create_backup, recover_backup, verify_backup
 from indexer.demo import demo_admin_token, load_demo
+from indexer.erasure import audit_details, audit_target, erase_records
 from indexer.errors import IndexerError
 from indexer.indexing import rebuild_index
 from indexer.jobs import run_archive_job, run_dispose_job, run_index_job
@@ -112,9 +113,11 @@ def main() -> None:
 @config_option
 def init(config: Config) -> None:
     """Create the databases and folders named in the config (idempotent)."""
-    with Services.open(config, create=True):
-        pass
+    with Services.open(config, create=True) as services:
+        sealed = services.store.reseal()  # entries archived before encryption at rest
     click.echo(f"initialised {config.path}")
+    if sealed:
+        click.echo(f"encrypted {sealed} entries archived before encryption at rest")
 
 
 @main.command("import")
@@ -176,6 +179,33 @@ def _audited(
         raise
     finally:
         write_audit(services.sessions, [AuditEvent(at, "cli", action, target, outcome, details)])
+
+
+@main.command()
+@click.option("--customer", default=None, help="Erase every archived record of this customer.")
+@click.option("--record", "record_id", default=None, help="Erase this one archived record.")
+@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@click.option("--dry-run", is_flag=True, help="Only print how many records would be erased.")
+@config_option
+def erase(
+    customer: str | None, record_id: str | None, reason: str, dry_run: bool, config: Config
+) -> None:
+    """Erase archived records on request (GDPR/CCPA): their text is gone from every file."""
+    if (customer is None) == (record_id is None):
+        raise click.UsageError("give exactly one of --customer ID and --record ID")
+    if not reason.strip():
+        raise click.UsageError("--reason must not be empty")
+    with Services.open(config) as services:
+        target = audit_target(customer, record_id)
+        with _audited(services, "erase", target, {"reason": reason}) as details:
+            report = erase_records(
+                services, customer_id=customer, record_id=record_id, actor="cli",
+                at=utcnow(), dry_run=dry_run,
+            )
+            details.update(audit_details(report, customer))
+    click.echo(f"would erase {report.erased}" if dry_run else f"erased {report.erased}")
+    click.echo(f"still active: {report.active_remaining} record(s) of this customer in the "
+               "active database (the CRM's to erase)")
 
 
 @main.group()

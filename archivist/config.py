@@ -91,6 +91,7 @@ class Config:
     archive_dir: Path
     index_dir: Path
     retention: RetentionRules
+    key_file: Path = Path("archive.key")  # the archive key (encryption at rest)
     kinds: tuple[str, ...] = DEFAULT_KINDS
     shard_period: str = "year"
     segment_max_bytes: int = 64 * 2**20
@@ -210,6 +211,7 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
             _get(active, "url", str, "sqlite:///data/active.db", "active"), base
         ),
         archive_dir=base / _get(archive, "dir", str, "data/archive", "archive"),
+        key_file=base / _get(archive, "key_file", str, "archive.key", "archive"),
         index_dir=base / _get(index, "dir", str, "data/index", "index"),
         retention=_retention(_table(data, "retention")),
         kinds=tuple(kinds),

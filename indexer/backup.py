@@ -66,6 +66,7 @@ from archivist.active_db import (
 from archivist.audit import iter_chain_problems
 from archivist.config import Config
 from archivist.records import format_utc
+from indexer.erasure import apply_erasure_ledger
 from indexer.indexing import rebuild_index
 from indexer.reconcile import reconcile_pending
 from indexer.services import Services
@@ -282,24 +283,18 @@ def recover_backup(
         shutil.copyfile(folder / ACTIVE_DB, database)
         with open(database, "rb+") as f:
             os.fsync(f.fileno())
-    after_recover(config)
     with Services.open(config, create=True) as services:
         with services.sessions.begin() as session:
             session.execute(delete(Lease))
         reconcile_pending(services.sessions, services.store, at)
+        # What was erased after the backup was taken stays erased: the ledger lives beside the
+        # key file, outside every backup. Before the rebuild, so its text never reaches the index.
+        apply_erasure_ledger(services, at)
         indexed = rebuild_index(services.store, services.index)
         counts = services.store.counts()
         with services.read_sessions.begin() as session:
             active = count_active(session)
     return RecoverReport(active, counts["archived"], indexed, str(metadata.get("created_at")))
-
-
-def after_recover(config: Config) -> None:
-    """Steps that must follow the files of a backup into place, before anything reads them.
-
-    This is where the erasure ledger (kept beside the key file, outside the archive folder) is
-    applied, so that what was erased after the backup was taken stays erased.
-    """
 
 
 def last_backup(services: Services) -> JobRun | None:

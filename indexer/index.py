@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import fcntl
+import functools
 import itertools
 import json
 import logging
@@ -134,11 +135,15 @@ def _utc_text(value: str) -> str:
     return format_utc(parse_timestamp(value))
 
 
-def build_document(record: dict[str, Any], archived_at: datetime) -> dict[str, Any]:
+def build_document(
+    record: dict[str, Any], archived_at: datetime, store_text: bool = True
+) -> dict[str, Any]:
     """Turn a record and its archive time into the field values of one Whoosh document.
 
     :param record: the record as imported (contract JSON object).
     :param archived_at: when it was archived (aware).
+    :param store_text: keep the subject and the start of the body as stored fields; False
+        stores None for both, and hits read them from the encrypted archive store instead.
     """
     created = _utc_text(record["created_at"])
     updated = _utc_text(record["updated_at"])
@@ -162,12 +167,12 @@ def build_document(record: dict[str, Any], archived_at: datetime) -> dict[str, A
             record["category"],
             record.get("customer_id"),
             record.get("owner"),
-            subject,
+            subject if store_text else None,
             record.get("status") or "",
             created,
             updated,
             archived,
-            body[:SNIPPET_SOURCE_CHARS],
+            body[:SNIPPET_SOURCE_CHARS] if store_text else None,
         ),
     }
     if record.get("customer_id") is not None:
@@ -366,8 +371,14 @@ class _Snapshot:
 class SearchIndex:
     """The archive's search index: time shards of Whoosh indexes, searched as one."""
 
-    def __init__(self, directory: Path, shard_period: str, worker_nice: int = 0) -> None:
+    def __init__(
+        self, directory: Path, shard_period: str, worker_nice: int = 0, store_text: bool = True
+    ) -> None:
         self.directory = Path(directory)
+        self._store_text = store_text
+        # record id -> (subject, body): where hits read the text of documents that do not
+        # store it (see build_document); set by whoever opens the archive store beside it.
+        self.text_source: Callable[[str], tuple[str, str] | None] | None = None
         self._period = shard_period
         self._worker_nice = worker_nice
         self._background = _Background(worker_nice)
@@ -396,20 +407,28 @@ class SearchIndex:
 
     @classmethod
     def open(
-        cls, directory: Path, *, shard_period: str = "year", worker_nice: int = 0
+        cls,
+        directory: Path,
+        *,
+        shard_period: str = "year",
+        worker_nice: int = 0,
+        store_text: bool = True,
     ) -> SearchIndex:
         """Open the index in a directory, creating an empty one if missing.
 
         :param directory: the index folder.
         :param shard_period: ``year`` or ``month`` for a new index (an existing one keeps its own).
         :param worker_nice: niceness of the processes that analyse records for it.
+        :param store_text: for a new generation (a new index or a rebuild): keep record text
+            in stored fields; False leaves it to `text_source` (an existing generation keeps
+            what it was made with).
         """
         if shard_period not in PERIODS:
             raise IndexerError(f"shard_period must be one of {', '.join(PERIODS)}")
         directory = Path(directory)
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            self = cls(directory, shard_period, worker_nice)
+            self = cls(directory, shard_period, worker_nice, store_text)
             fresh = not any(_GEN_RE.match(p.name) for p in directory.iterdir())
             if fresh and not (directory / "CURRENT").exists():
                 gen = self._new_generation(shard_period)
@@ -436,6 +455,8 @@ class SearchIndex:
         gen.mkdir()
         self._holds.take(gen, new=True)  # not yet CURRENT: nobody may take it for unused
         meta: dict[str, Any] = {"shard_period": period}
+        if not self._store_text:
+            meta["stored_text"] = False
         if pair_terms is not None:
             meta["pair_terms"] = pair_terms
         _write_atomic(gen / "META", json.dumps(meta))
@@ -667,8 +688,9 @@ class SearchIndex:
     def _run(self, snap: _Snapshot, query: SearchQuery, started: float) -> SearchPage:
         readers = [v.cache.searcher.reader() for v in snap.views]
         compiled = compile_query(query.q, self._parser, readers)
+        load_hit = functools.partial(_load_hit, text_source=self.text_source)
         return run_search(
-            snap.views, query, compiled, snap.stats, _load_hit, started, self._turns.checkpoint
+            snap.views, query, compiled, snap.stats, load_hit, started, self._turns.checkpoint
         )
 
     def keep_fresh(self, interval: float = 0.5) -> None:
@@ -786,7 +808,10 @@ class SearchIndex:
                     docnum = None if view is None else view.cache.searcher.document_number(id=rid)
                     if view is not None and docnum is not None:
                         score = ordered.scores[i] if ordered.scores is not None else 0.0
-                        hits.append(_load_hit(view, docnum, score, compiled, snippet=False))
+                        hits.append(_load_hit(
+                            view, docnum, score, compiled, snippet=False,
+                            text_source=self.text_source,
+                        ))
             yield from hits
 
     def iter_ids(self) -> Iterator[str]:
@@ -850,13 +875,16 @@ class SearchIndex:
             return 0
         with self._write_lock:
             gen = self._current_gen()
-            period = self._load_meta(gen)["shard_period"]
+            meta = self._load_meta(gen)
+            period, store_text = meta["shard_period"], meta.get("stored_text", True)
             by_shard: dict[str, list[dict[str, Any]]] = {}
             home: dict[str, str] = {}
             first = set(first_versions)
             for record, archived_at in batch.values():
                 name = _record_shard(record, period)
-                by_shard.setdefault(name, []).append(build_document(record, archived_at))
+                by_shard.setdefault(name, []).append(
+                    build_document(record, archived_at, store_text)
+                )
                 if record["id"] in first:
                     home[record["id"]] = name
             holders = self._find_ids(gen, list(batch), home)
@@ -998,8 +1026,11 @@ class SearchIndex:
                 _parallel_build(gen, period, noted(), None, False, root, self._worker_nice)
             else:
                 pair_terms = self._chosen_pair_terms(gen)
+                store_text = self._load_meta(gen).get("stored_text", True)
                 self._background.run(
-                    lambda: _write_parts(_shard_batches(noted(), period), root, "w0", pair_terms)
+                    lambda: _write_parts(
+                        _shard_batches(noted(), period), root, "w0", pair_terms, store_text
+                    )
                 )
             with self._write_lock:
                 self._background.run(lambda: self._read_segment_ids(gen))
@@ -1193,8 +1224,11 @@ class SearchIndex:
         if merge:
             self._merge_shard(ix)
 
-    def _merge_shard(self, ix: windex.Index) -> bool:
+    def _merge_shard(self, ix: windex.Index, picks: list[int] | None = None) -> bool:
         """Merge a shard's segments if the policy picks any (under _write_lock).
+
+        :param picks: merge these segments (by position) instead of the policy's choice; one
+            segment alone is rewritten without its deleted documents.
 
         The merged segment is written beside the shard holding no lock on it, in a thread at
         the index workers' lower priority: restores and other writers go on meanwhile. Then,
@@ -1203,7 +1237,8 @@ class SearchIndex:
         nothing changes.
         """
         segments = ix._segments()
-        picks = choose_merges(0, [(s.doc_count_all(), s.deleted_count()) for s in segments])
+        if picks is None:
+            picks = choose_merges(0, [(s.doc_count_all(), s.deleted_count()) for s in segments])
         if not picks:
             return False
         shard = Path(ix.storage.folder)
@@ -1253,6 +1288,56 @@ class SearchIndex:
             if merged:
                 self._bump(gen)
         return merged
+
+    def erase(self, record_ids: Iterable[str]) -> int:
+        """Remove records and rewrite every segment holding any copy of them, live or deleted;
+        returns how many segments were rewritten.
+
+        A deleted document's terms, postings and stored fields stay in its segment's files
+        until that segment is rewritten, so erasure cannot stop at marking it deleted: each
+        segment that ever held one of the records is merged into a new one without them (or
+        dropped, if nothing else in it is live), and Whoosh removes the old files.
+
+        :param record_ids: the records to erase.
+        """
+        self._check_open()
+        ids = list(dict.fromkeys(record_ids))
+        wanted = {rid.encode("utf-8") for rid in ids}
+        if not wanted:
+            return 0
+        self.delete(ids)
+        rewritten = 0
+        with self._write_lock:
+            gen = self._current_gen()
+            for name in self._shard_names(gen):
+                ix = self._shard_index(gen, name)
+                segments = ix._segments()
+                holding: set[str] = set()
+                for segment in segments:
+                    reader = SegmentReader(ix.storage, ix.schema, segment)
+                    try:
+                        if _segment_id_set(reader) & wanted:
+                            holding.add(segment.segid)
+                    finally:
+                        reader.close()
+                empty = {s.segid for s in segments if s.segid in holding and s.doc_count() == 0}
+                if empty:
+                    self._drop_segments(ix, empty)
+                    rewritten += len(empty)
+                picks = [
+                    i for i, segment in enumerate(ix._segments())
+                    if segment.segid in holding - empty
+                ]
+                if picks and self._merge_shard(ix, picks):
+                    rewritten += len(picks)
+            if rewritten:
+                self._bump(gen)
+        return rewritten
+
+    def _drop_segments(self, ix: windex.Index, segids: set[str]) -> None:
+        """Take segments with no live document out of a shard; Whoosh deletes their files."""
+        writer = open_writer(ix, frozenset(), timeout=60.0)
+        writer.commit(mergetype=lambda w, segments: [s for s in segments if s.segid not in segids])
 
     def _remember_ids(self, writer: Any) -> None:
         ids = getattr(writer, "segment_ids", None)
@@ -1637,12 +1722,21 @@ def open_writer(ix: windex.Index, pair_terms: frozenset[bytes], **kwargs: Any) -
 
 
 def _load_hit(
-    view: ShardView, docnum: int, score: float, compiled: CompiledQuery, snippet: bool = True
+    view: ShardView,
+    docnum: int,
+    score: float,
+    compiled: CompiledQuery,
+    snippet: bool = True,
+    text_source: Callable[[str], tuple[str, str] | None] | None = None,
 ) -> SearchHit:
     stored = view.cache.searcher.stored_fields(docnum)["stored"]
     (rid, kind, category, customer_id, owner, subject, status, created, updated, archived, body) = (
         stored
     )
+    if subject is None:  # the text is in the archive store only: one read of the record
+        texts = text_source(rid) if text_source is not None else None
+        subject, body = texts if texts is not None else ("", "")
+        body = body[:SNIPPET_SOURCE_CHARS]
     text = ""
     if snippet:
         text = (
@@ -1682,7 +1776,9 @@ def run_build_worker() -> None:
             yield item
 
     try:
-        count = _write_parts(batches(), parts_root, f"w{worker}", pair_terms)
+        count = _write_parts(
+            batches(), parts_root, f"w{worker}", pair_terms, meta.get("stored_text", True)
+        )
         print(json.dumps({"ok": True, "count": count}), flush=True)
     except BaseException as e:  # report, the parent raises
         print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}), flush=True)
@@ -1693,6 +1789,7 @@ def _write_parts(
     parts_root: Path,
     part: str,
     pair_terms: frozenset[bytes],
+    store_text: bool = True,
 ) -> int:
     """Write batches of one shard's records each as segments under ``parts_root/<shard>/<part>``;
     returns how many records were written."""
@@ -1711,7 +1808,7 @@ def _write_parts(
                     ix = windex.create_in(str(path), build_schema())
                 writer = writers[name] = open_writer(ix, pair_terms)
             for record, archived_at in batch:
-                _add_record(writer, build_document(record, archived_at))
+                _add_record(writer, build_document(record, archived_at, store_text))
             count += len(batch)
             buffered += len(batch)
             if buffered > WORKER_BUFFERED_DOCS:

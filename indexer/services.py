@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from archive_store import ArchiveStore
+from archive_store import ArchiveStore, ArchiveStoreError
+from archive_store.crypto import KEY_ENV, load_key, make_key_file
 from archivist.active_db import create_schema, make_engine, make_read_sessions, make_sessions
 from archivist.config import Config
 from indexer.errors import IndexUnavailable
 from indexer.index import SearchIndex
+
+
+def make_text_source(store: ArchiveStore) -> Callable[[str], tuple[str, str] | None]:
+    """Where search hits read a record's subject and body: the encrypted archive store, so
+    that the index keeps no record text in stored fields (one seek per hit)."""
+
+    def load_texts(record_id: str) -> tuple[str, str] | None:
+        try:
+            record = store.get(record_id)
+        except ArchiveStoreError:  # purged, erased or restored meanwhile, or damaged: no text
+            return None
+        return str(record.get("subject") or ""), str(record.get("body") or "")
+
+    return load_texts
 
 
 @dataclass
@@ -32,25 +49,41 @@ class Services:
     ) -> Services:
         """Open the active database, the archive store and the index named in the config.
 
-        :param create: create missing tables and folders (what `archivist init` does).
+        :param create: create missing tables and folders, and the archive key file (what
+            `archivist init` does).
         :param broken_index_ok: an index that cannot be opened is left unopened rather than
             refused (for `verify`, which reports it): every use of it raises the reason.
+        :raises KeyMissing, WrongKey: before anything is written.
         """
+        env_key = os.environ.get(KEY_ENV)
+        if create and not env_key:
+            make_key_file(config.key_file)
+        key = load_key(config.key_file, env_key)
         engine = make_engine(config.active_url)
+        try:
+            store = ArchiveStore.open(
+                config.archive_dir, segment_max_bytes=config.segment_max_bytes, key=key
+            )
+        except BaseException:
+            engine.dispose()
+            raise
         if create:
             create_schema(engine)
-        store = ArchiveStore.open(config.archive_dir, segment_max_bytes=config.segment_max_bytes)
         try:
             index = SearchIndex.open(
                 config.index_dir,
                 shard_period=config.shard_period,
                 worker_nice=config.index_worker_nice,
+                store_text=False,
             )
         except IndexUnavailable:
             if not broken_index_ok:
                 store.close()
                 raise
-            index = SearchIndex(config.index_dir, config.shard_period, config.index_worker_nice)
+            index = SearchIndex(
+                config.index_dir, config.shard_period, config.index_worker_nice, store_text=False
+            )
+        index.text_source = make_text_source(store)
         sessions, read_sessions = make_sessions(engine), make_read_sessions(engine)
         return cls(config, engine, sessions, store, index, read_sessions)
 

@@ -56,7 +56,7 @@ def verify_all(services: Services) -> VerifyResult:
     problems.extend(index_problems)
     problems.extend(verify_audit_log(services))
     counts = services.store.counts()
-    records = counts["archived"] + counts["restored"] + counts["purged"]
+    records = counts["archived"] + counts["restored"] + counts["purged"] + counts["erased"]
     return VerifyResult(problems, records, waiting, counts["pending"])
 
 

@@ -32,6 +32,7 @@ from archivist.holds import Hold, add_hold, list_holds, remove_hold
 from archivist.records import Record, format_utc
 from archivist.tokens import TokenInfo
 from archivist.web_sessions import end_web_session, find_web_session, start_web_session
+from indexer.erasure import ErasureReport, audit_details, audit_target, erase_records
 from indexer.restore import restore_record
 from indexer.search import SearchHit, SearchPage, SearchQuery
 from indexer.services import Services
@@ -144,7 +145,7 @@ def read_record(actor: Actor, record_id: str) -> RecordView:
     store = actor.services.store
     with audited(actor, "read", record_id, {}, wait=False) as entry:
         info = store.info(record_id)
-        record = None if info.state == "purged" else store.get(record_id)
+        record = None if info.state in ("purged", "erased") else store.get(record_id)
         entry.details["state"] = info.state
         return RecordView(record, info, store.history(record_id))
 
@@ -159,6 +160,20 @@ def restore(actor: Actor, record_id: str) -> RestoreResult:
             services.sessions, services.store, services.index, record_id, actor.name, actor.now()
         )
     return RestoreResult(record.id)
+
+
+def erase(
+    actor: Actor, customer_id: str | None, record_id: str | None, reason: str, dry_run: bool
+) -> ErasureReport:
+    """Erasure on request; the audit entry keeps counts and hashes, never content."""
+    target = audit_target(customer_id, record_id)
+    with audited(actor, "erase", target, {"reason": reason}, wait=True) as entry:
+        report = erase_records(
+            actor.services, customer_id=customer_id, record_id=record_id, actor=actor.name,
+            at=actor.now(), dry_run=dry_run,
+        )
+        entry.details.update(audit_details(report, customer_id))
+    return report
 
 
 def stats(actor: Actor) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from server.schemas import (
     ChecksumSchema,
     DisposalArgsSchema,
     DisposalPageSchema,
+    EraseResultSchema,
+    EraseSchema,
     HoldListSchema,
     HoldSchema,
     RecordViewSchema,
@@ -78,6 +80,20 @@ def restore(record_id: str) -> Any:
     """Put an archived record back into the active database."""
     result = actions.restore(actor(), record_id)
     return RestoreResultSchema().dump(result)
+
+
+@bp.post("/erase")
+@require_role("admin")
+def erase() -> Any:
+    """Erase a customer's or one record's archived text for good (GDPR/CCPA)."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    data = EraseSchema().load(body)
+    report = actions.erase(
+        actor(), data["customer_id"], data["record_id"], data["reason"].strip(), data["dry_run"]
+    )
+    return EraseResultSchema().dump(report)
 
 
 @bp.get("/export.csv")

@@ -22,6 +22,7 @@ from archive_store import (
 )
 from archivist.errors import ArchivistError, HoldError, InvalidRecord, MomentOutOfRange
 from archivist.tokens import TokenError
+from indexer.erasure import OnHold
 from indexer.errors import AlreadyActive, BadQuery, IndexerError, IndexUnavailable
 from server.schemas import describe_errors
 
@@ -39,6 +40,7 @@ STATUS: dict[type[Exception], int] = {
     AlreadyArchived: 409,
     AlreadyActive: 409,
     HoldError: 409,
+    OnHold: 409,
     IndexUnavailable: 503,
     SegmentCorrupt: 503,  # the archived copy is damaged: named, logged, nothing changed
 }

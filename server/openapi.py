@@ -112,6 +112,15 @@ def build_openapi() -> dict[str, Any]:
                 [_RECORD_ID],
             )
         },
+        "/api/v1/erase": {
+            "post": _operation(
+                "Erase a customer's or one record's archived text for good (GDPR/CCPA)",
+                "admin",
+                _json(schemas.EraseResultSchema, "Erased (or, in a dry run, would be)"),
+                ("400", *_AUTH, "404", "409"),
+                body=schemas.EraseSchema,
+            )
+        },
         "/api/v1/export.csv": {
             "get": _operation(
                 "Every matching record as CSV, streamed",

@@ -245,6 +245,31 @@ class RecordViewSchema(Schema):
     history = fields.List(fields.Nested(HistoryEventSchema))
 
 
+class EraseSchema(Schema):
+    """Body of `POST /erase`: `customer_id` or `record_id`, a reason, and `dry_run`."""
+
+    customer_id = fields.String(validate=Length(min=1, max=256), load_default=None)
+    record_id = fields.String(validate=Length(min=1, max=128), load_default=None)
+    reason = fields.String(required=True, validate=Length(min=1, max=500))
+    dry_run = fields.Boolean(load_default=False)
+
+    @validates_schema
+    def _check_target(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if (data.get("customer_id") is None) == (data.get("record_id") is None):
+            raise ValidationError("give exactly one of customer_id and record_id")
+        if not data.get("reason", "x").strip():
+            raise ValidationError("an erasure needs a reason", field_name="reason")
+
+
+class EraseResultSchema(Schema):
+    """Response of `POST /erase`."""
+
+    erased = fields.Integer()
+    ids = fields.List(fields.String())
+    active_remaining = fields.Integer()
+    dry_run = fields.Boolean()
+
+
 class RestoreResultSchema(Schema):
     """Response of `POST /records/<id>/restore`."""
 

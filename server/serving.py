@@ -21,6 +21,7 @@ from gunicorn.app.base import BaseApplication
 
 from archivist.active_db import create_schema, make_engine
 from archivist.config import Config
+from indexer.services import Services
 from server import close_app, create_app
 from server.http_worker import ArchivistWorker
 
@@ -57,6 +58,9 @@ def serve(
 
     :param on_ready: called with the base URL once the socket listens.
     """
+    # A missing or wrong archive key stops the server here, with one line, rather than as a
+    # 500 on every request.
+    Services.open(config).close()
     # Once, before the fork, so that worker processes never race to create tables.
     engine = make_engine(config.active_url)
     try:

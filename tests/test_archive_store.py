@@ -29,7 +29,10 @@ from archive_store import (
     RecordNotFound,
     RestoreInProgress,
     SegmentCorrupt,
+    segment,
 )
+from archive_store.codec import FrameCodec
+from archive_store.segment import iter_frames
 
 AT = datetime(2026, 1, 1, 2, 0, tzinfo=UTC)
 SMALL = 8 * 1024
@@ -123,15 +126,10 @@ def entry_location(store_dir: Path, record_id: str) -> tuple[Path, int, int]:
 
 
 def decoded_frames(path: Path) -> list[bytes]:
-    """Every frame of a segment file, decompressed."""
-    data = path.read_bytes()
-    frames, offset = [], 0
-    while offset < len(data):
-        _, size, _ = struct.unpack_from("<4sII", data, offset)
-        payload = data[offset + 12 : offset + 12 + size]
-        frames.append(zstandard.ZstdDecompressor().decompress(payload))
-        offset += 12 + size
-    return frames
+    """Every frame of a segment file of a store without a key, decompressed."""
+    codec = FrameCodec(None, lambda key_id: None, lambda dict_id: None)
+    with path.open("rb") as f:
+        return [segment.decode_frame(frame, codec) for _, frame in iter_frames(f)]
 
 
 def named(problems: list[Any]) -> set[str]:
@@ -169,7 +167,7 @@ def test_archive_batch_round_trip(store: ArchiveStore) -> None:
         ("archived", "archive-job", AT)
     ]
     assert store.counts() == {
-        "archived": 3, "restored": 0, "purged": 0, "indexed": 0, "pending": 3,
+        "archived": 3, "restored": 0, "purged": 0, "erased": 0, "indexed": 0, "pending": 3,
     }
     assert store.verify() == []
 
@@ -763,11 +761,11 @@ def forge_entry(store_dir: Path, record_id: str) -> bytes:
     """
     path, offset, length = entry_location(store_dir, record_id)
     data = path.read_bytes()
-    envelope = zstandard.ZstdDecompressor().decompress(data[offset + 12 : offset + length])
+    codec = FrameCodec(None, lambda key_id: None, lambda dict_id: None)
+    envelope = segment.decode_frame(data[offset : offset + length], codec)
     edited = envelope.replace(b"approved it", b"denied it, twice", 1)
     assert edited != envelope
-    payload = zstandard.ZstdCompressor(level=3).compress(edited)
-    frame = struct.pack("<4sII", b"ARCH", len(payload), zlib.crc32(payload)) + payload
+    frame = segment.build_frame(edited, codec)
     path.write_bytes(data[:offset] + frame + data[offset + length :])
     shift = len(frame) - length
     (row,) = catalog_rows(

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from archive_store import RecordNotFound
-from archive_store.segment import decode_frame, iter_frames
+from archive_store.segment import iter_frames
 from archivist.active_db import find_active, utcnow
 from archivist.holds import add_hold, remove_hold
 from archivist.importer import import_lines
@@ -37,7 +37,7 @@ def decoded_entries(services):
     for path in sorted((services.config.archive_dir / "segments").iterdir()):
         with path.open("rb") as f:
             for _, frame in iter_frames(f):
-                yield decode_frame(frame)
+                yield services.store.open_frame(frame)
 
 
 def active_ids(services, ids):

@@ -1,0 +1,272 @@
+"""Erasure on request (GDPR/CCPA): a customer's or a record's archived text, gone for good.
+
+`erase_records` erases every archived version of the records (archived, restored, earlier
+versions of a re-archived record) from every file Archivist keeps: the store's segments are
+rewritten without them and the customer's data key is destroyed, the index segments that held
+them are rewritten, and SQLite's free pages and write-ahead logs are wiped. Each record keeps an
+`erased` event with its hash, so `verify` still passes. Refused, erasing nothing, when a legal
+hold covers any of them.
+
+Backups taken before an erasure still hold the erased records. So each erasure is first written
+to the *erasure ledger*, a JSON Lines file beside the archive key file (`<key_file>.erasures`,
+outside the archive folder and never part of a backup), holding ids and hashes only. After a
+backup is recovered, the recovery calls::
+
+    apply_erasure_ledger(services: Services, at: datetime) -> int
+
+which erases again every ledgered record the recovered files still hold, and returns how many.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from archive_store import ArchiveStore
+from archivist.active_db import ActiveRecord
+from archivist.holds import load_hold_set
+from indexer.errors import IndexerError
+from indexer.services import Services
+
+log = logging.getLogger(__name__)
+LEDGER_SUFFIX = ".erasures"
+
+
+class OnHold(IndexerError):
+    """A legal hold covers a record the erasure would remove."""
+
+    code = "on_hold"
+
+
+@dataclass(frozen=True)
+class ErasureReport:
+    """What an erasure removed (or, in a dry run, would remove)."""
+
+    erased: int
+    ids: list[str]
+    active_remaining: int
+    dry_run: bool
+    hashes: list[str] = field(default_factory=list)  # each erased record's sha256, for audit
+
+
+def customer_hash(customer_id: str) -> str:
+    """The SHA-256 of a customer id: how the ledger and the audit log name an erased customer.
+
+    :param customer_id: the customer
+    """
+    return hashlib.sha256(customer_id.encode("utf-8")).hexdigest()
+
+
+def ledger_path(key_file: Path) -> Path:
+    """The erasure ledger beside the archive key file.
+
+    :param key_file: `[archive] key_file`
+    """
+    return key_file.with_name(key_file.name + LEDGER_SUFFIX)
+
+
+def erase_records(
+    services: Services,
+    *,
+    customer_id: str | None = None,
+    record_id: str | None = None,
+    actor: str,
+    at: datetime,
+    dry_run: bool = False,
+) -> ErasureReport:
+    """Erase a customer's archived records, or one archived record, for good.
+
+    :param services: the installation
+    :param customer_id: erase every archived record of this customer
+    :param record_id: or erase this one record (every archived version of it)
+    :param actor: who erases (stamped on the `erased` events)
+    :param at: when (aware, the real clock)
+    :param dry_run: only say what would be erased
+    :raises OnHold: a legal hold covers one of them; nothing is erased
+    :raises RecordNotFound: `record_id` was never archived
+    """
+    if (customer_id is None) == (record_id is None):
+        raise ValueError("give exactly one of customer_id and record_id")
+    store = services.store
+    if record_id is not None:
+        info = store.info(record_id)  # RecordNotFound if never archived
+        ids = [record_id] if info.state in ("archived", "restored") else []
+        owner = info.customer_id
+    else:
+        ids = store.find_customer_records(customer_id or "")
+        owner = customer_id
+    entries = store.entries(ids)
+    with services.sessions.begin() as session:
+        holds = load_hold_set(session)
+        held = sorted(
+            e.record_id for e in entries.values()
+            if holds.covers(e.record_id, e.customer_id, e.category)
+        )
+        if customer_id is not None and customer_id in holds.customer_ids:
+            held = held or [f"customer {customer_id}"]
+        if held:
+            raise OnHold(f"{held[0]} is on legal hold; nothing was erased")
+        active = 0
+        if owner is not None:
+            active = session.scalar(
+                select(func.count()).select_from(ActiveRecord)
+                .where(ActiveRecord.customer_id == owner)
+            ) or 0
+        elif record_id is not None:
+            active = session.scalar(
+                select(func.count()).select_from(ActiveRecord).where(ActiveRecord.id == record_id)
+            ) or 0
+    hashes = [entries[i].sha256 for i in ids if i in entries]
+    if dry_run:
+        return ErasureReport(len(ids), ids, active, True, hashes)
+    # Ledger first: if anything below fails, a recovery still erases what was asked for.
+    append_ledger(ledger_path(services.config.key_file), {
+        "at": at.isoformat(),
+        "customer_sha256": customer_hash(customer_id) if customer_id is not None else None,
+        "records": [[i, entries[i].sha256] for i in ids if i in entries],
+    })
+    erased = store.erase(ids, at, actor, customer_id=customer_id)
+    erase_from_index(services, [e.record_id for e in erased])
+    wipe_free_pages(services)
+    return ErasureReport(
+        len(erased), [e.record_id for e in erased], active, False, [e.sha256 for e in erased]
+    )
+
+
+def audit_details(report: ErasureReport, customer_id: str | None) -> dict[str, Any]:
+    """What the audit log keeps of an erasure: counts and hashes, never content.
+
+    :param report: the erasure's report
+    :param customer_id: the customer erased, if any (kept as its hash)
+    """
+    details: dict[str, Any] = {
+        "erased": report.erased,
+        "active_remaining": report.active_remaining,
+        "dry_run": report.dry_run,
+        "sha256": report.hashes,
+    }
+    if customer_id is not None:
+        details["customer_sha256"] = customer_hash(customer_id)
+    return details
+
+
+def audit_target(customer_id: str | None, record_id: str | None) -> str:
+    """The audit entry's target: the record id, or the customer by hash.
+
+    :param customer_id: the customer erased, if any
+    :param record_id: the record erased, if any
+    """
+    if customer_id is not None:
+        return f"customer:{customer_hash(customer_id)}"
+    return record_id or ""
+
+
+def erase_from_index(services: Services, record_ids: list[str]) -> None:
+    """Take records out of the index and rewrite the index segments that held them."""
+    store = services.store
+    with store.indexing():
+        services.index.erase(record_ids)
+        entries = store.entries(record_ids)
+        store.mark_indexed((e.record_id, e.version, e.state) for e in entries.values())
+
+
+def wipe_free_pages(services: Services) -> None:
+    """Rewrite the embedded SQLite database so no free page or WAL frame keeps old rows.
+
+    Archived records were deleted from the active table when they moved; SQLite leaves
+    deleted rows' bytes in free pages until the file is rewritten. (A PostgreSQL database is
+    the operator's to vacuum.)
+    """
+    engine = services.engine
+    if engine.url.get_backend_name() != "sqlite" or not engine.url.database:
+        return
+    engine.dispose()  # pooled connections would keep old WAL frames in use
+    try:
+        conn = sqlite3.connect(engine.url.database, timeout=60, isolation_level=None)
+        try:
+            conn.execute("PRAGMA secure_delete=ON")
+            conn.execute("VACUUM")
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as e:  # say so; the next erasure, or a VACUUM by hand, retries
+        log.warning("could not VACUUM the active database after erasure: %s", e)
+        return
+    if busy:
+        log.warning("the active database's WAL is in use by another process: it is emptied "
+                    "at that process's next checkpoint")
+
+
+def append_ledger(path: Path, entry: dict[str, Any]) -> None:
+    """Append one erasure to the ledger and fsync it (mode 0600).
+
+    :param path: the ledger file
+    :param entry: ids and hashes only, never content
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, json.dumps(entry, sort_keys=True).encode("utf-8") + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_ledger(path: Path) -> list[dict[str, Any]]:
+    """Every erasure in the ledger, oldest first (none if there is no ledger).
+
+    :param path: the ledger file
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _customer_ids_by_hash(store: ArchiveStore, hashes: set[str]) -> dict[str, str]:
+    return {
+        customer_hash(c): c for c in store.iter_customer_ids() if customer_hash(c) in hashes
+    }
+
+
+def apply_erasure_ledger(services: Services, at: datetime) -> int:
+    """Erase again, after a backup was recovered, every ledgered record it brought back.
+
+    Called by `archivist backup recover` once the files are in place: the ledger lives beside
+    the key file, outside what a backup holds, so it lists erasures made after the backup too.
+    Returns how many records were erased again (0 when the backup was taken after them all).
+
+    :param services: the recovered installation
+    :param at: when (aware, the real clock)
+    """
+    store = services.store
+    ledger = load_ledger(ledger_path(services.config.key_file))
+    by_hash = _customer_ids_by_hash(
+        store, {e["customer_sha256"] for e in ledger if e.get("customer_sha256")}
+    )
+    erased_ids: list[str] = []
+    for entry in ledger:
+        ids = [record_id for record_id, _sha in entry.get("records", [])]
+        customer_id = by_hash.get(entry.get("customer_sha256") or "")
+        if customer_id is not None:
+            ids = sorted(set(ids) | set(store.find_customer_records(customer_id)))
+        erased_ids.extend(
+            e.record_id for e in store.erase(ids, at, "erasure-ledger", customer_id=customer_id)
+        )
+    # The recovered index may hold records erased before the backup too (a later rebuild,
+    # a copy from elsewhere): rewrite whatever holds any ledgered id.
+    everything = [rid for e in ledger for rid, _sha in e.get("records", [])]
+    if everything:
+        erase_from_index(services, everything)
+        wipe_free_pages(services)
+    return len(erased_ids)

@@ -1,0 +1,183 @@
+"""Erasure on request: a customer's archived text leaves every file Archivist keeps."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from archivist.active_db import utcnow
+from archivist.holds import add_hold
+from indexer.erasure import OnHold, apply_erasure_ledger, erase_records, ledger_path
+from indexer.indexing import sync_index
+from indexer.restore import restore_record
+from indexer.search import SearchQuery
+from indexer.services import Services
+from indexer.verification import verify_all
+from tests.test_cli import archivist
+
+MARKER = b"zorblaxquintle"
+EMAIL = b"erin.erasure@example.org"
+RESTORED_MARKER = b"quoffelbrandt"
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def files_holding(folder: Path, needle: bytes) -> list[Path]:
+    """Every file under a folder whose bytes contain `needle` (what `grep -r` would find)."""
+    return [p for p in folder.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith(("-shm",))
+    }
+
+
+@pytest.fixture
+def erasable(services: Services, archived: Any, make_record: Any) -> dict[str, Any]:
+    """Other customers' records, and customer C-ERASE's with a marker word and an e-mail address;
+    one of theirs was archived and then restored (its archived version stays in the segments)."""
+    others = [
+        make_record(id=f"O-{i:03d}", customer_id=f"C{i % 7:03d}",
+                    body=f"Parcel {i} arrived damaged; refund approved by agent {i % 5}.")
+        for i in range(60)
+    ]
+    theirs = [
+        make_record(id=f"E-{i:03d}", customer_id="C-ERASE", subject=f"Call {i}",
+                    body=f"Customer {EMAIL.decode()} mentioned {MARKER.decode()} again.")
+        for i in range(5)
+    ]
+    restored = make_record(id="E-RST", customer_id="C-ERASE",
+                           body=f"Note {RESTORED_MARKER.decode()} for {EMAIL.decode()}")
+    archived(*others, *theirs, restored)
+    restore_record(services.sessions, services.store, services.index, "E-RST", "admin", NOW)
+    sync_index(services.store, services.index)
+    return {"theirs": [r["id"] for r in theirs], "restored": "E-RST"}
+
+
+def test_archived_text_is_not_in_the_archive_folder(services: Services, erasable: Any) -> None:
+    archive = services.config.archive_dir
+    assert services.store.get("E-000")["body"].count(MARKER.decode()) == 1
+    assert files_holding(archive, MARKER) == []
+    assert files_holding(archive, EMAIL) == []
+
+
+def test_erasing_a_customer_leaves_no_trace_in_any_file(
+    services: Services, erasable: Any, config_path: Path
+) -> None:
+    result = archivist("erase", "--customer", "C-ERASE", "--reason", "GDPR request 17",
+                       "--config", str(config_path))
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "erased 6"
+    assert "still active: 1 record(s)" in lines[1]  # E-RST, restored, is the CRM's to erase
+    data = config_path.parent / "data"
+    for folder in (services.config.archive_dir, services.config.index_dir):
+        assert files_holding(folder, MARKER) == []
+        assert files_holding(folder, EMAIL) == []
+        assert files_holding(folder, RESTORED_MARKER) == []
+    # the database folder: the active copy of E-RST holds the e-mail, but no erased text does
+    assert files_holding(data, MARKER) == []
+    with Services.open(services.config) as fresh:
+        assert fresh.index.search(SearchQuery(q=MARKER.decode())).total == 0
+        assert fresh.index.search(SearchQuery(customer_id="C-ERASE")).total == 0
+        assert fresh.index.search(SearchQuery(q="refund")).total == 60
+        result_verify = verify_all(fresh)
+        assert result_verify.problems == []
+        info = fresh.store.info("E-000")
+        assert info.state == "erased" and info.customer_id is None
+        assert [e.event for e in fresh.store.history("E-RST")] == [
+            "archived", "restored", "erased"
+        ]
+    assert archivist("verify", "--config", str(config_path)).returncode == 0
+
+
+def test_erase_dry_run_changes_nothing(services: Services, erasable: Any) -> None:
+    before = folder_digest(services.config.archive_dir / "segments")
+    report = erase_records(services, customer_id="C-ERASE", actor="t", at=NOW, dry_run=True)
+    assert (report.erased, report.dry_run, report.active_remaining) == (6, True, 1)
+    assert sorted(report.ids) == sorted([*erasable["theirs"], "E-RST"])
+    assert folder_digest(services.config.archive_dir / "segments") == before
+    assert services.store.info("E-000").state == "archived"
+
+
+def test_held_customer_is_refused_and_nothing_changes(services: Services, erasable: Any) -> None:
+    with services.sessions.begin() as session:
+        add_hold(session, "customer", "C-ERASE", "litigation", utcnow())
+    before = folder_digest(services.config.archive_dir / "segments")
+
+    with pytest.raises(OnHold):
+        erase_records(services, customer_id="C-ERASE", actor="t", at=NOW)
+
+    assert folder_digest(services.config.archive_dir / "segments") == before
+    assert services.store.info("E-000").state == "archived"
+    assert services.index.search(SearchQuery(q=MARKER.decode())).total == 5
+    assert not ledger_path(services.config.key_file).exists()
+
+
+def test_erase_api_and_the_record_view(client: Any, admin_headers: Any, erasable: Any) -> None:
+    held = client.post("/api/v1/erase", headers=admin_headers,
+                       json={"record_id": "E-001", "reason": "asked", "dry_run": True})
+    assert held.status_code == 200
+    assert held.json == {"erased": 1, "ids": ["E-001"], "active_remaining": 1, "dry_run": True}
+
+    done = client.post("/api/v1/erase", headers=admin_headers,
+                       json={"record_id": "E-001", "reason": "asked"})
+    view = client.get("/api/v1/records/E-001", headers=admin_headers).json
+
+    assert done.json["erased"] == 1 and done.json["dry_run"] is False
+    assert view["record"] is None and view["archive"]["state"] == "erased"
+    assert [h["event"] for h in view["history"]] == ["archived", "erased"]
+    bad = client.post("/api/v1/erase", headers=admin_headers, json={"reason": "no target"})
+    assert bad.status_code == 400 and bad.json["error"]["code"]
+    audit = client.get("/api/v1/audit?action=erase", headers=admin_headers).json
+    details = [e["details"] for e in audit["entries"] if e["outcome"] == "ok"]
+    assert any(d.get("erased") == 1 and len(d["sha256"]) == 1 for d in details)
+    assert MARKER.decode() not in json.dumps(audit)
+
+
+def test_erase_api_refuses_a_held_record_with_409(
+    client: Any, admin_headers: Any, services: Services, erasable: Any
+) -> None:
+    with services.sessions.begin() as session:
+        add_hold(session, "record", "E-002", "litigation", utcnow())
+    response = client.post("/api/v1/erase", headers=admin_headers,
+                           json={"customer_id": "C-ERASE", "reason": "asked"})
+    assert response.status_code == 409
+    assert response.json["error"]["code"] == "on_hold"
+    assert services.store.info("E-002").state == "archived"
+
+
+def test_ledger_erases_again_what_a_recovered_copy_brings_back(
+    services: Services, erasable: Any, tmp_path: Path
+) -> None:
+    # A copy of the archive and index taken before the erasure, as a backup would hold them.
+    import shutil
+
+    saved = tmp_path / "saved"
+    shutil.copytree(services.config.archive_dir, saved / "archive")
+    shutil.copytree(services.config.index_dir, saved / "index")
+    erase_records(services, customer_id="C-ERASE", actor="t", at=NOW)
+    ledger = ledger_path(services.config.key_file).read_text()
+    assert MARKER.decode() not in ledger and "C-ERASE" not in ledger
+    config = services.config
+    services.close()
+    shutil.rmtree(config.archive_dir)
+    shutil.rmtree(config.index_dir)
+    shutil.copytree(saved / "archive", config.archive_dir)
+    shutil.copytree(saved / "index", config.index_dir)
+
+    with Services.open(config) as recovered:
+        assert recovered.store.info("E-000").state == "archived"  # the old copy is back
+        assert apply_erasure_ledger(recovered, NOW) == 6
+        assert recovered.index.search(SearchQuery(q=MARKER.decode())).total == 0
+        assert verify_all(recovered).problems == []
+    for folder in (config.archive_dir, config.index_dir):
+        assert files_holding(folder, MARKER) == []
+        assert files_holding(folder, EMAIL) == []
