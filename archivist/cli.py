@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
-from functools import wraps
+from functools import partial, wraps
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -28,6 +28,7 @@ from indexer.demo import load_demo
 from indexer.errors import IndexerError
 from indexer.indexing import rebuild_index
 from indexer.jobs import run_archive_job, run_dispose_job, run_index_job
+from indexer.processes import find_archived_parents
 from indexer.services import Services
 from indexer.stats import collect_stats
 from indexer.verification import verify_all
@@ -122,6 +123,7 @@ def import_(file: BinaryIO, config: Config) -> None:
             services.store.find_archived,
             config.kinds,
             on_error=lambda error: click.echo(str(error), err=True),
+            find_archived_parents=partial(find_archived_parents, services.store),
         )
     click.echo(f"imported {report.imported}, rejected {report.rejected}")
 
@@ -136,6 +138,10 @@ def archive(as_of: datetime | None, dry_run: bool, config: Config) -> None:
         report = run_archive_job(services, as_of or utcnow(), dry_run=dry_run)
     if dry_run:
         _print_by_category("would archive", report.archived, report.by_category)
+        if report.held_back:
+            click.echo(
+                f"held back {report.held_back} processes (a record not aged, or on hold)"
+            )
     else:
         click.echo(f"archived {report.archived}, indexed {report.indexed}")
 

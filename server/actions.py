@@ -21,6 +21,7 @@ from archivist.active_db import utcnow
 from archivist.audit import AuditEvent, AuditFilter, AuditPage, AuditWriter, list_audit
 from archivist.holds import Hold, add_hold, list_holds, remove_hold
 from archivist.records import Record
+from indexer.processes import ProcessView, view_process
 from indexer.restore import restore_record
 from indexer.search import SearchHit, SearchPage, SearchQuery
 from indexer.services import Services
@@ -57,6 +58,7 @@ class RecordView:
     record: dict[str, Any] | None
     archive: CatalogEntry
     history: list[HistoryEvent]
+    process: ProcessView
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ def describe_query(query: SearchQuery) -> dict[str, Any]:
         ("kind", list(query.kinds)),
         ("customer_id", query.customer_id),
         ("owner", query.owner),
+        ("process", query.process),
         ("from", None if query.date_from is None else query.date_from.isoformat()),
         ("to", None if query.date_to is None else query.date_to.isoformat()),
     ):
@@ -129,13 +132,16 @@ def search(actor: Actor, query: SearchQuery) -> SearchPage:
 
 
 def read_record(actor: Actor, record_id: str) -> RecordView:
-    """A record with its archive state and history."""
-    store = actor.services.store
+    """A record with its archive state, history and process."""
+    services = actor.services
+    store = services.store
     with audited(actor, "read", record_id, {}, wait=False) as entry:
         info = store.info(record_id)
         record = None if info.state == "purged" else store.get(record_id)
         entry.details["state"] = info.state
-        return RecordView(record, info, store.history(record_id))
+        with services.read_sessions.begin() as session:
+            process = view_process(session, store, record_id)
+        return RecordView(record, info, store.history(record_id), process)
 
 
 def restore(actor: Actor, record_id: str) -> RestoreResult:
