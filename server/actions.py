@@ -22,7 +22,7 @@ from archivist.audit import AuditEvent, AuditFilter, AuditPage, AuditWriter, lis
 from archivist.holds import Hold, add_hold, list_holds, remove_hold
 from archivist.records import Record
 from indexer.processes import ProcessView, view_process
-from indexer.restore import restore_record
+from indexer.restore import BulkRestoreReport, restore_many, restore_process
 from indexer.search import SearchHit, SearchPage, SearchQuery
 from indexer.services import Services
 from indexer.stats import collect_stats
@@ -63,10 +63,11 @@ class RecordView:
 
 @dataclass(frozen=True)
 class RestoreResult:
-    """What a restore did."""
+    """What a restore did: the record asked for, and every record of its process restored."""
 
     id: str
     state: str = "restored"
+    restored: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -144,16 +145,53 @@ def read_record(actor: Actor, record_id: str) -> RecordView:
         return RecordView(record, info, store.history(record_id), process)
 
 
-def restore(actor: Actor, record_id: str) -> RestoreResult:
-    """One-click restore: back to the active database, out of search; waits for the audit entry."""
+def restore(actor: Actor, record_id: str, reason: str | None = None) -> RestoreResult:
+    """One-click restore of a record's whole process: back to the active database, out of
+    search; one audit entry names every record restored, and it is waited for."""
     services = actor.services
+    details: dict[str, Any] = {} if reason is None else {"reason": reason}
     # An admin waits, and a restore is a few milliseconds of work: this process's searches
     # pause meanwhile (for up to a limit, see Turns.urgent) rather than share the core with it.
-    with services.index.urgent(), audited(actor, "restore", record_id, {}, wait=True):
-        record: Record = restore_record(
-            services.sessions, services.store, services.index, record_id, actor.name, actor.now()
+    with services.index.urgent(), audited(actor, "restore", record_id, details, wait=True) as e:
+        records: list[Record] = restore_process(
+            services.sessions, services.store, services.index, record_id, actor.name,
+            actor.now(), reason,
         )
-    return RestoreResult(record.id)
+        e.details["restored"] = [r.id for r in records]
+    return RestoreResult(record_id, restored=[r.id for r in records])
+
+
+def bulk_restore(
+    actor: Actor,
+    reason: str,
+    *,
+    ids: list[str] | None = None,
+    query: SearchQuery | None = None,
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+    limit: int | None = None,
+) -> BulkRestoreReport:
+    """Restore archived records, given by id or by a search, with the rest of their
+    processes; one audit entry names every record restored."""
+    services = actor.services
+    details: dict[str, Any] = {"reason": reason, "dry_run": dry_run}
+    if query is not None:
+        details["search"] = describe_query(query)
+    target = "search" if query is not None else "ids"
+    with audited(actor, "restore", target, details, wait=True) as entry:
+        if query is not None:
+            ids = [hit.id for hit in services.index.iter_hits(query)]
+        report = restore_many(
+            services.sessions, services.store, services.index, ids or [], actor.name,
+            actor.now(), reason, dry_run=dry_run, limit=limit, progress=progress,
+        )
+        entry.details.update(
+            matched=report.matched, processes=report.processes,
+            skipped=len(report.skipped),
+        )
+        if not dry_run:
+            entry.details["restored"] = report.restored
+    return report
 
 
 def stats(actor: Actor) -> dict[str, Any]:

@@ -249,6 +249,47 @@ class RestoreResultSchema(Schema):
 
     id = fields.String()
     state = fields.String()
+    restored = fields.List(fields.String(), metadata={"description": "every record restored"})
+
+
+class RestoreBodySchema(Schema):
+    """Body of `POST /records/<id>/restore` (optional)."""
+
+    reason = fields.String(validate=Length(min=1, max=500))
+
+
+class BulkRestoreBodySchema(Schema):
+    """Body of `POST /restore`: ids or a search, a reason, and whether to only count."""
+
+    ids = fields.List(fields.String(validate=Length(min=1, max=128)))
+    search = fields.Dict(keys=fields.String())
+    reason = fields.String(required=True, validate=Length(min=1, max=500))
+    dry_run = fields.Boolean(load_default=False)
+
+    @validates_schema
+    def _check_target(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if ("ids" in data) == ("search" in data):
+            raise ValidationError("give either 'ids' or 'search'", field_name="ids")
+        if not data.get("reason", "x").strip():
+            raise ValidationError("a restore needs a reason", field_name="reason")
+
+
+class SkippedSchema(Schema):
+    """A record a bulk restore skipped, and why."""
+
+    id = fields.String()
+    code = fields.String()
+
+
+class BulkRestoreResultSchema(Schema):
+    """Response of `POST /restore`."""
+
+    matched = fields.Integer()
+    restored = fields.Function(lambda r: len(r.restored))
+    processes = fields.Integer()
+    ids = fields.Function(lambda r: r.restored[:1000])
+    skipped = fields.List(fields.Nested(SkippedSchema))
+    dry_run = fields.Boolean()
 
 
 class AuditEntrySchema(Schema):
