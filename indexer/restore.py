@@ -132,7 +132,7 @@ def restore_many(
     dry_run: bool = False,
     limit: int | None = None,
     batch_size: int = BULK_BATCH,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> BulkRestoreReport:
     """Restore these archived records with the rest of their processes, a batch at a time.
 
@@ -140,7 +140,8 @@ def restore_many(
     `already_active`, `not_archived`, `restore_in_progress`); the others are restored.
 
     :param limit: more matching ids than this raises `TooMany`, and nothing is restored.
-    :param progress: called with the number of records each batch restored.
+    :param progress: called after each batch with the records it restored and the total
+        planned (the matching records with the rest of their processes).
     """
     ids = list(dict.fromkeys(record_ids))
     if limit is not None and len(ids) > limit:
@@ -151,6 +152,7 @@ def restore_many(
     report = BulkRestoreReport(matched=len(ids), dry_run=dry_run)
     groups, skipped = _plan_groups(sessions, store, ids)
     report.skipped.extend(skipped)
+    planned = sum(len(group) for group in groups)
     if dry_run:
         report.restored = [i for group in groups for i in group]
         report.processes = len(groups)
@@ -169,7 +171,7 @@ def restore_many(
             report.processes += len(batch) - len(problems)
             report.skipped.extend(problems)
             if progress is not None:
-                progress(len(restored))
+                progress(len(restored), planned)
             batch, size = [], 0
     return report
 

@@ -168,7 +168,7 @@ def bulk_restore(
     ids: list[str] | None = None,
     query: SearchQuery | None = None,
     dry_run: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
     limit: int | None = None,
 ) -> BulkRestoreReport:
     """Restore archived records, given by id or by a search, with the rest of their
