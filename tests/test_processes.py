@@ -229,3 +229,29 @@ def test_a_child_added_to_an_archived_process_joins_it(services, make_record):
     later = AS_OF + timedelta(days=400)
     assert run_archive_job(services, later).archived == 1
     assert services.store.find_archived(["A", "A-1"]) == {"A", "A-1"}
+
+
+def test_reconcile_keeps_a_process_whole_when_the_crm_changed_one_record(
+    services, make_record
+):
+    """A crash after the store write, before the delete; the CRM then updates one record of
+    the process: reconcile keeps the whole process active, not just the changed record."""
+    from archivist.active_db import upsert_records
+    from archivist.records import parse_record
+    from indexer.archiver import _item
+    from indexer.reconcile import reconcile_pending
+
+    records = [rec(make_record, "W"), rec(make_record, "W-1", parent="W"),
+               rec(make_record, "W-2", parent="W")]
+    load(services, records)
+    services.store.archive_batch(
+        [_item(parse_record(r)) for r in records], utcnow(), "archiver"
+    )  # ... and the archiver dies here
+    changed = {**records[2], "updated_at": iso(AS_OF), "body": "the customer wrote again"}
+    with services.sessions.begin() as session:
+        upsert_records(session, [parse_record(changed)])
+    reconcile_pending(services.sessions, services.store, utcnow())
+    assert active_ids(services, ["W", "W-1", "W-2"]) == {"W", "W-1", "W-2"}
+    assert services.store.find_archived(["W", "W-1", "W-2"]) == set()
+    assert list(services.store.iter_pending()) == []
+    assert services.store.verify() == []
