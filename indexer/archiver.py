@@ -30,7 +30,14 @@ from archivist.active_db import (
     select_records,
 )
 from archivist.holds import load_hold_set
-from archivist.processes import ACTIVE, Process, find_processes, find_roots, may_archive
+from archivist.processes import (
+    ACTIVE,
+    Member,
+    Process,
+    find_processes,
+    find_roots,
+    may_archive,
+)
 from archivist.records import Record, format_utc
 from archivist.retention import RetentionRules, archive_cutoff
 from indexer.processes import ArchivistSource
@@ -100,7 +107,7 @@ def archive_due_records(
             cursor = plan.cursor
             if not plan.processes:
                 continue
-            moved = _archive_processes(sessions, store, plan.processes, archived_at)
+            moved = _archive_processes(sessions, store, plan.processes, archived_at, plan.read)
             archived += len(moved)
             by_category.update(record.category for record in moved)
             if index_batch is not None:
@@ -143,6 +150,7 @@ class _Plan:
 
     processes: list[Process]
     cursor: tuple[datetime, str]
+    read: dict[str, Record] = field(default_factory=dict)  # records the scan already read
 
 
 def _plan_batch(
@@ -167,19 +175,41 @@ def _plan_batch(
             ActiveRecord.updated_at_utc > at, ActiveRecord.id > last_id
         )
     stmt = (
-        select(ActiveRecord.id, ActiveRecord.updated_at_utc)
+        select(*record_columns())
         .where(where)
         .order_by(ActiveRecord.updated_at_utc, ActiveRecord.id)
         .limit(batch_size)
     )
-    seeds = list(session.execute(stmt))
-    if not seeds:
+    read = {r.id: r for r in select_records(session, stmt)}
+    if not read:
         return None
+    seeds = [(r.id, r.updated) for r in read.values()]
     holds = load_hold_set(session)
     source = ArchivistSource(session, store)
-    roots = find_roots(source, [seed_id for seed_id, _ in seeds])
-    wanted = [seed_id for seed_id, _ in seeds if roots.get(seed_id) not in decided]
-    processes = {p.root: p for p in find_processes(source, wanted)}
+    # Most records are processes of their own (no parent, no children): those need no walk,
+    # only a look at the catalog for a restore time (the restore grace).
+    lone_ids = [i for i, r in read.items() if r.parent_id is None]
+    if lone_ids:
+        linked = {link.parent_id for link in find_child_links(session, lone_ids)}
+        linked.update(e.parent_id for e in store.child_entries(lone_ids))
+        lone_ids = [i for i in lone_ids if i not in linked]
+    catalog = store.entries(lone_ids)
+    processes: dict[str, Process] = {}
+    roots: dict[str, str] = {}
+    for record_id in lone_ids:
+        entry = catalog.get(record_id)
+        if entry is not None and entry.state == "archived":
+            continue  # a move of it is under way: left to the general path below
+        r = read[record_id]
+        restored_at = entry.restored_at if entry is not None else None
+        member = Member(r.id, None, ACTIVE, r.category, r.customer_id, r.updated, restored_at)
+        processes[record_id] = Process(record_id, (member,))
+        roots[record_id] = record_id
+    others = [seed_id for seed_id, _ in seeds if seed_id not in roots]
+    if others:
+        roots.update(find_roots(source, others))
+        wanted = [seed_id for seed_id in others if roots.get(seed_id) not in decided]
+        processes.update((p.root, p) for p in find_processes(source, wanted))
     chosen: list[Process] = []
     size = 0
     cursor = (seeds[-1][1], seeds[-1][0])
@@ -196,7 +226,7 @@ def _plan_batch(
         if size >= batch_size:  # the rest of this page is read again by the next batch
             cursor = (seed_at, seed_id)
             break
-    return _Plan(chosen, cursor)
+    return _Plan(chosen, cursor, read)
 
 
 def _archive_processes(
@@ -204,6 +234,7 @@ def _archive_processes(
     store: ArchiveStore,
     processes: list[Process],
     archived_at: datetime,
+    read: dict[str, Record],
 ) -> list[Record]:
     # Three short steps, none holding the active database's write lock across the store's
     # write, so restores and audit entries need not wait for the whole batch: read the
@@ -212,8 +243,13 @@ def _archive_processes(
     # it) is kept active whole: its records get a `restored` event instead of being deleted.
     with store.moving():  # shared with restores; reconcile waits for it
         ids = [m.id for p in processes for m in p.in_state(ACTIVE)]
-        with sessions.begin() as session:
-            by_id = {r.id: r for r in _load_records(session, ids)}
+        # Records the plan did not read (other members of processes) are read now; a record
+        # read then that the CRM changed since is caught before the delete.
+        by_id = {i: read[i] for i in ids if i in read}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            with sessions.begin() as session:
+                by_id.update((r.id, r) for r in _load_records(session, missing))
         crash_point("archive.before_store")
         items = [_item(by_id[i]) for i in ids if i in by_id]
         stored = store.archive_batch(items, archived_at, ACTOR)
