@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Protocol
 
 from archivist.holds import HoldSet
@@ -66,7 +67,14 @@ class Process:
 
     def in_state(self, state: str) -> list[Member]:
         """The members in one state."""
+        if state == ACTIVE:
+            return self.active
         return [m for m in self.members if m.state == state]
+
+    @cached_property
+    def active(self) -> list[Member]:
+        """The members in the active database (asked for often by the archive job)."""
+        return [m for m in self.members if m.state == ACTIVE]
 
 
 def find_roots(source: ProcessSource, ids: Iterable[str]) -> dict[str, str]:

@@ -38,7 +38,7 @@ from archivist.processes import (
     find_roots,
     may_archive,
 )
-from archivist.records import Record, format_utc
+from archivist.records import Record
 from archivist.retention import RetentionRules, archive_cutoff
 from indexer.processes import ArchivistSource
 from indexer.reconcile import reconcile_pending
@@ -306,7 +306,7 @@ def _unchanged_processes(
             or m.id not in read
             or (link := now.get(m.id)) is None
             or link.parent_id != read[m.id].parent_id
-            or format_utc(link.updated_at) != format_utc(read[m.id].updated)
+            or link.updated_at != read[m.id].updated
             or m.id in spoiled
             or (m.parent_id in active_parents)
             for m in active
