@@ -73,6 +73,12 @@ _ENTRY_INSERT = (
     "actor, sha256, entry_hash, prev_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
+_EVENT_INSERT = (
+    "INSERT INTO entries (seq, segment_id, offset, length, type, record_id, version, event, at, "
+    "actor, sha256, entry_hash, prev_hash, reason) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
 
 @dataclass
 class _Placed:
@@ -586,7 +592,7 @@ class ArchiveStore:
                 record_rows.append((
                     item.record_id, version, placed.seq, placed.segment_id, packed, at_text,
                     item.category, item.customer_id, created_text, updated_text,
-                    epoch_micros(item.updated_at), placed.seq,
+                    epoch_micros(item.updated_at), placed.seq, item.parent_id,
                 ))
                 results[item.record_id] = StoredEntry(
                     placed.seq, item.record_id, placed.segment_id, placed.offset, placed.length,
@@ -596,7 +602,7 @@ class ArchiveStore:
             conn.executemany(
                 f"INSERT OR REPLACE INTO records ({RECORD_COLUMNS}) "
                 "VALUES (?, 'archived', ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, "
-                "'delete_active', 0, ?)",
+                "'delete_active', 0, ?, ?)",
                 record_rows,
             )
         return [results[item.record_id] for item, *_ in prepared if item.record_id in results]
@@ -667,6 +673,116 @@ class ArchiveStore:
                 (at_text, seq, record_id),
             )
 
+    def begin_restores(self, groups: Sequence[Sequence[str]]) -> list[tuple[str, str] | None]:
+        """Mark whole groups (processes) `insert_active` in one catalog commit, each group
+        all or nothing: one record not archived, or with a move in progress, leaves its group
+        unmarked.
+
+        :param groups: the record ids of each group
+        :returns: per group, None when marked, else `(record_id, code)` of the first obstacle
+            (`not_found`, `not_archived` or `restore_in_progress`)
+        """
+        results: list[tuple[str, str] | None] = []
+        with self._write_catalog() as conn:
+            rows = load_records(conn, [i for group in groups for i in group])
+            marked: list[str] = []
+            for group in groups:
+                problem: tuple[str, str] | None = None
+                for record_id in group:
+                    row = rows.get(record_id)
+                    if row is None:
+                        problem = (record_id, RecordNotFound.code)
+                    elif row["state"] != "archived":
+                        problem = (record_id, NotArchived.code)
+                    elif row["pending"] is not None:
+                        problem = (record_id, RestoreInProgress.code)
+                    if problem is not None:
+                        break
+                results.append(problem)
+                if problem is None:
+                    marked.extend(group)
+            for chunk in chunked(marked):
+                conn.execute(
+                    "UPDATE records SET pending = 'insert_active' "
+                    f"WHERE record_id IN ({placeholders(len(chunk))})",
+                    chunk,
+                )
+        return results
+
+    def complete_restores(
+        self, record_ids: Sequence[str], at: datetime, actor: str, reason: str | None = None
+    ) -> None:
+        """Record that these records are live in the active database again, in one write:
+        a `restored` event each (with the reason), all committed together.
+
+        :param record_ids: records marked by `begin_restores` whose insert has committed
+        :param at: when (aware)
+        :param actor: who restored them
+        :param reason: why, kept in each record's history
+        """
+        if not record_ids:
+            return
+        at_text = format_time(at)
+        with self._write(durable=False) as (conn, appender):
+            rows = load_records(conn, record_ids)
+            changes = []
+            entry_rows = []
+            for record_id in record_ids:
+                row = rows.get(record_id)
+                if row is None:
+                    raise RecordNotFound(f"record {record_id} was never archived")
+                if row["state"] != "archived":
+                    raise NotArchived(f"record {record_id} is {row['state']}, not archived")
+                envelope = {
+                    "type": "event", "record_id": record_id, "event": "restored",
+                    "at": at_text, "actor": actor, "sha256": row["sha256"],
+                }
+                if reason is not None:
+                    envelope["reason"] = reason
+                placed = appender.add(envelope)
+                entry_rows.append((
+                    placed.seq, placed.segment_id, placed.offset, placed.length, "event",
+                    record_id, row["version"], "restored", at_text, actor, row["sha256"],
+                    placed.entry_hash, placed.prev_hash, reason,
+                ))
+                changes.append((at_text, placed.seq, record_id))
+            conn.executemany(_EVENT_INSERT, entry_rows)
+            conn.executemany(
+                "UPDATE records SET state = 'restored', restored_at = ?, pending = NULL, "
+                "indexed = 0, state_seq = ? WHERE record_id = ?",
+                changes,
+            )
+
+    def abort_restores(self, record_ids: Sequence[str]) -> None:
+        """Give up restores begun with `begin_restores`; the records stay archived.
+
+        :param record_ids: the records whose restore failed
+        """
+        with self._write_catalog() as conn:
+            for chunk in chunked(dict.fromkeys(record_ids)):
+                conn.execute(
+                    "UPDATE records SET pending = NULL WHERE pending = 'insert_active' "
+                    f"AND record_id IN ({placeholders(len(chunk))})",
+                    chunk,
+                )
+
+    def child_entries(self, parent_ids: Iterable[str]) -> list[CatalogEntry]:
+        """The catalog rows of records whose `parent_id` is one of these ids.
+
+        :param parent_ids: the parents
+        """
+        conn = self._db()
+        out: list[CatalogEntry] = []
+        for chunk in chunked(dict.fromkeys(parent_ids)):
+            out.extend(
+                build_catalog_entry(row) for row in conn.execute(
+                    f"SELECT {RECORD_COLUMNS} FROM records "
+                    f"WHERE parent_id IN ({placeholders(len(chunk))})",
+                    chunk,
+                )
+            )
+        return out
+
     def abort_restore(self, record_id: str) -> None:
         """Give up a restore begun with `begin_restore`; the record stays archived.
 
@@ -688,21 +804,27 @@ class ArchiveStore:
         event: str,
         at_text: str,
         actor: str,
+        reason: str | None = None,
     ) -> int:
-        placed = appender.add({
+        envelope = {
             "type": "event",
             "record_id": row["record_id"],
             "event": event,
             "at": at_text,
             "actor": actor,
             "sha256": hash_hex(row["sha256"]),
-        })
+        }
+        if reason is not None:
+            envelope["reason"] = reason
+        placed = appender.add(envelope)
         conn.execute(_ENTRY_INSERT, (
             placed.seq, placed.segment_id, placed.offset, placed.length, "event",
             row["record_id"], row["version"], event, at_text, actor,
             pack_hash(hash_hex(row["sha256"])), pack_hash(placed.entry_hash),
             pack_hash(placed.prev_hash),
         ))
+        if reason is not None:
+            conn.execute("UPDATE entries SET reason = ? WHERE seq = ?", (reason, placed.seq))
         return placed.seq
 
     def mark_indexed(self, items: Iterable[tuple[str, int] | tuple[str, int, str]]) -> None:
@@ -1108,6 +1230,53 @@ class ArchiveStore:
             )
         raise SegmentCorrupt(f"record {record_id}: its segment file is missing")
 
+    def get_many(self, record_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Several records exactly as archived, each segment file opened once (for bulk
+        restores); ids never archived or purged are left out.
+
+        :param record_ids: the records
+        """
+        conn = self._db()
+        rows: list[sqlite3.Row] = []
+        for chunk in chunked(dict.fromkeys(record_ids)):
+            rows.extend(conn.execute(
+                "SELECT r.record_id, r.state, r.seq, r.sha256, e.segment_id, e.offset, "
+                "e.length, e.entry_hash, s.generation FROM records r "
+                "JOIN entries e ON e.seq = r.seq JOIN segments s ON s.segment_id = e.segment_id "
+                f"WHERE r.record_id IN ({placeholders(len(chunk))}) AND r.state != 'purged'",
+                chunk,
+            ))
+        rows.sort(key=lambda r: (r["segment_id"], r["offset"]))
+        out: dict[str, dict[str, Any]] = {}
+        current: tuple[int, int] | None = None
+        f: BinaryIO | None = None
+        try:
+            for row in rows:
+                key = (row["segment_id"], row["generation"])
+                if key != current:
+                    if f is not None:
+                        f.close()
+                    current = key
+                    try:
+                        f = open(self._path(*key), "rb", buffering=2**20)
+                    except FileNotFoundError:
+                        f = None  # replaced by disposal meanwhile: look it up again
+                record_id = row["record_id"]
+                if f is None:
+                    out[record_id] = self.get(record_id)
+                    continue
+                try:
+                    envelope = segment.read_frame(f, row["offset"], row["length"])
+                except SegmentCorrupt as e:
+                    raise SegmentCorrupt(f"record {record_id}: {e}") from e
+                out[record_id] = check_record(
+                    record_id, envelope, row["seq"], row["entry_hash"], row["sha256"]
+                )
+        finally:
+            if f is not None:
+                f.close()
+        return out
+
     def info(self, record_id: str) -> CatalogEntry:
         """The catalog's view of a record (state, version, times, pending, indexed).
 
@@ -1121,7 +1290,7 @@ class ArchiveStore:
         :param record_id: the record
         """
         rows = self._db().execute(
-            "SELECT type, event, at, actor FROM entries WHERE record_id = ? ORDER BY seq",
+            "SELECT type, event, at, actor, reason FROM entries WHERE record_id = ? ORDER BY seq",
             (record_id,),
         ).fetchall()
         if not rows:
@@ -1131,6 +1300,7 @@ class ArchiveStore:
                 parse_time(row["at"]),
                 row["event"] if row["type"] == "event" else "archived",
                 row["actor"],
+                row["reason"],
             )
             for row in rows
         ]

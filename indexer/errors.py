@@ -27,3 +27,9 @@ class AlreadyActive(IndexerError):
     """A record with the same id is already in the active database."""
 
     code = "already_active"
+
+
+class TooMany(IndexerError):
+    """A bulk request matches more records than one request may change."""
+
+    code = "too_many"

@@ -60,7 +60,7 @@ from indexer.analysis import (
     index_term_positions,
     pair_postings,
 )
-from indexer.columns import byte_strings
+from indexer.columns import byte_strings, live_docnums
 from indexer.dates import parse_timestamp, to_micros
 from indexer.errors import BadQuery, IndexerError, IndexMissing, IndexUnavailable
 from indexer.mapped_files import install as install_mapped_files
@@ -89,6 +89,7 @@ SNIPPET_SOURCE_CHARS = 10_000
 _BATCH = 500
 WORKER_BUFFERED_DOCS = 300_000  # documents a rebuild worker holds in memory (~3.5 KiB each)
 PAIR_SAMPLE = 20_000  # records a rebuild reads before choosing the pair terms
+_BULK_IDS = 64  # ids to delete from which a segment's id column is read whole
 _READ_IDS_COST = 200  # one id look-up in a segment costs about as much as reading 200 ids
 _WARM_QUERIES = 16  # the latest distinct queries run again after a change (keep_fresh)
 # Seconds at most that the searches of a process with a freshener go without an indexing
@@ -140,7 +141,9 @@ def build_document(
 ) -> dict[str, Any]:
     """Turn a record and its archive time into the field values of one Whoosh document.
 
-    :param record: the record as imported (contract JSON object).
+    :param record: the record as imported (contract JSON object), with the root of its process
+        as `process_id` when the indexer knows it (a record never carries that field itself);
+        without it the record is taken as its own root.
     :param archived_at: when it was archived (aware).
     :param store_text: keep the subject and the start of the body as stored fields; False
         stores None for both, and hits read them from the encrypted archive store instead.
@@ -150,6 +153,7 @@ def build_document(
     archived = format_utc(archived_at)
     body = record.get("body") or ""
     subject = record.get("subject") or ""
+    process_id = record.get("process_id") or record["id"]
     doc: dict[str, Any] = {
         "id": record["id"],
         "kind": record["kind"],
@@ -173,12 +177,17 @@ def build_document(
             updated,
             archived,
             body[:SNIPPET_SOURCE_CHARS] if store_text else None,
+            record.get("parent_id"),
+            process_id,
         ),
     }
     if record.get("customer_id") is not None:
         doc["customer_id"] = record["customer_id"]
     if record.get("owner") is not None:
         doc["owner"] = record["owner"]
+    if record.get("parent_id") is not None:
+        doc["parent_id"] = record["parent_id"]
+    doc["process_id"] = process_id
     return doc
 
 
@@ -971,6 +980,17 @@ class SearchIndex:
                 offsets = list(
                     itertools.accumulate((s.doc_count_all() for s in toc.segments), initial=0)
                 )
+                if len(rids) >= _BULK_IDS:  # a bulk restore: one column read per segment
+                    wanted = {rid.encode("utf-8") for rid in rids}
+                    by_segid = {s.segid: s for s in toc.segments}
+                    for leaf, _base in searcher.reader().leaf_readers():
+                        segment = leaf.segment()
+                        if segment is None or segment.segid not in by_segid:
+                            continue
+                        for docnums in live_docnums(leaf, wanted).values():
+                            for docnum in docnums:
+                                by_segid[segment.segid].delete_document(docnum)
+                    rids = []
                 for rid in rids:
                     for docnum in searcher.document_numbers(id=rid):
                         i = bisect.bisect_right(offsets, docnum) - 1
@@ -1160,6 +1180,14 @@ class SearchIndex:
                     seg_ids = _segment_id_set(leaf)
                 known[segid] = seg_ids
                 hits.update(b for b in wanted if b in seg_ids)  # (not &: it walks seg_ids)
+            if len(hits) >= _BULK_IDS:  # one column read per segment, not a look-up per id
+                live: set[bytes] = set()
+                for leaf, _base in searcher.reader().leaf_readers():
+                    if leaf.segment() is not None:
+                        live.update(live_docnums(leaf, hits))
+                for btext in sorted(live):
+                    found.setdefault(wanted[btext], []).append(name)
+                continue
             for btext in sorted(hits):
                 rid = wanted[btext]
                 if searcher.document_number(id=rid) is not None:
@@ -1731,12 +1759,14 @@ def _load_hit(
 ) -> SearchHit:
     stored = view.cache.searcher.stored_fields(docnum)["stored"]
     (rid, kind, category, customer_id, owner, subject, status, created, updated, archived, body) = (
-        stored
+        stored[:11]
     )
     if subject is None:  # the text is in the archive store only: one read of the record
         texts = text_source(rid) if text_source is not None else None
         subject, body = texts if texts is not None else ("", "")
         body = body[:SNIPPET_SOURCE_CHARS]
+    # documents indexed before processes existed store 11 values: no parent, their own root
+    parent_id, process_id = stored[11:13] if len(stored) >= 13 else (None, rid)
     text = ""
     if snippet:
         text = (
@@ -1755,6 +1785,8 @@ def _load_hit(
         created_at=created,
         updated_at=updated,
         archived_at=archived,
+        parent_id=parent_id,
+        process_id=process_id,
         score=round(score, 6),
         snippet=text,
     )

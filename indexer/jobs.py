@@ -33,9 +33,13 @@ def run_archive_job(
     """Run the archiving job once (or preview it) and record the run."""
     config = services.config
     if dry_run:
-        with services.sessions.begin() as session:
-            by_category = preview_archive(session, config.retention, as_of)
-        return ArchiveReport(sum(by_category.values()), 0, by_category, dry_run=True)
+        with services.read_sessions.begin() as session:
+            by_category, held_back = preview_archive(
+                session, services.store, config.retention, as_of, config.batch_size
+            )
+        return ArchiveReport(
+            sum(by_category.values()), 0, by_category, dry_run=True, held_back=held_back
+        )
     with _recorded(services, "archive") as run:
         # A crashed run's moves and index changes first: its records become searchable now,
         # and count as indexed by this run.

@@ -12,7 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from archive_store import ArchiveStore
 from archivist.active_db import delete_records, find_active
+from archivist.processes import find_processes
 from archivist.records import record_from_json
+from indexer.processes import ArchivistSource
 
 ACTOR = "reconcile"
 
@@ -30,13 +32,27 @@ def _settle(sessions: sessionmaker[Session], store: ArchiveStore, now: datetime)
     settled_delete: list[str] = []
     with sessions.begin() as session:
         active = find_active(session, [entry.record_id for entry in pending])
+        archived_of = {e.record_id: record_from_json(store.get(e.record_id)) for e in pending}
+        changed = [
+            e.record_id for e in pending
+            if e.pending == "delete_active"
+            and (current := active.get(e.record_id)) is not None
+            and current != archived_of[e.record_id]
+        ]
+        # A process is moved whole or not at all: if the CRM changed one of its records
+        # meanwhile, the others stay active with it.
+        keep_whole: set[str] = set()
+        if changed:
+            for process in find_processes(ArchivistSource(session, store), changed):
+                keep_whole.update(process.ids)
         for entry in pending:
-            archived = record_from_json(store.get(entry.record_id))
+            archived = archived_of[entry.record_id]
             current = active.get(entry.record_id)
             if entry.pending == "delete_active":
                 if current is None:  # the delete committed; only the mark is left
                     settled_delete.append(entry.record_id)
-                elif current == archived:  # archived, not yet deleted: finish the move
+                elif current == archived and entry.record_id not in keep_whole:
+                    # archived, not yet deleted: finish the move
                     delete_records(session, [(current.id, current.updated_at)])
                     settled_delete.append(entry.record_id)
                 else:  # the CRM changed it meanwhile: the active version is the live one

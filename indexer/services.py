@@ -11,7 +11,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from archive_store import ArchiveStore, ArchiveStoreError
 from archive_store.crypto import KEY_ENV, load_key, make_key_file
-from archivist.active_db import create_schema, make_engine, make_read_sessions, make_sessions
+from archivist.active_db import (
+    create_schema,
+    make_engine,
+    make_read_sessions,
+    make_sessions,
+    upgrade_schema,
+)
 from archivist.config import Config
 from indexer.errors import IndexUnavailable
 from indexer.index import SearchIndex
@@ -69,6 +75,8 @@ class Services:
             raise
         if create:
             create_schema(engine)
+        else:
+            upgrade_schema(engine)  # a database from before `parent_id` gains the column
         try:
             index = SearchIndex.open(
                 config.index_dir,

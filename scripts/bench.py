@@ -14,6 +14,7 @@ import os
 import sqlite3
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from archivist.importer import import_lines
 from indexer.archiver import archive_due_records
 from indexer.index import SearchIndex
 from indexer.indexing import rebuild_index, sync_index
+from indexer.restore import restore_many, restore_process
 from indexer.search import SearchQuery
 from indexer.services import Services
 
@@ -135,6 +137,62 @@ def bench_hit_page(services: Services, folder: Path, runs: int = 30) -> dict[str
         stored.close()
 
 
+def bench_bulk_restore(
+    corpus: Path, count: int, baseline_count: int, folder: Path
+) -> dict[str, float]:
+    """Bulk restore of `count` archived records (batched) with searches running beside it,
+    against one-by-one restores (`restore_process` per record) in the same installation."""
+    with make_installation(folder) as services:
+        with corpus.open("rb") as lines:
+            import_lines(
+                itertools.islice(lines, count + baseline_count),
+                services.sessions,
+                services.store.find_archived,
+            )
+        archive_due_records(
+            services.sessions, services.store, services.config.retention, AS_OF, utcnow()
+        )
+        sync_index(services.store, services.index)
+        ids = [entry.record_id for entry in services.store.iter_catalog(state="archived")]
+        bulk_ids, one_by_one = ids[:count], ids[count : count + baseline_count]
+        latencies: list[float] = []
+        done = threading.Event()
+
+        def search_meanwhile() -> None:
+            queries = itertools.cycle(["refund", "退款", "invoice", "shipping delayed"])
+            while not done.is_set():
+                started = time.perf_counter()
+                services.index.search(SearchQuery(q=next(queries)))
+                latencies.append(time.perf_counter() - started)
+                time.sleep(0.05)  # a user's pace, in this process (the server has its own)
+
+        searcher = threading.Thread(target=search_meanwhile)
+        searcher.start()
+        reports = []
+        cpu_started = time.thread_time()  # this thread's CPU: the restore, not the searches
+        bulk_seconds = timed(lambda: reports.append(restore_many(
+            services.sessions, services.store, services.index, bulk_ids, "bench", utcnow(),
+            "benchmark",
+        )))
+        bulk_cpu = time.thread_time() - cpu_started
+        done.set()
+        searcher.join()
+        assert len(reports[0].restored) == count, reports[0].skipped[:3]
+        single_seconds = timed(lambda: [
+            restore_process(services.sessions, services.store, services.index, record_id,
+                            "bench", utcnow(), "benchmark")
+            for record_id in one_by_one
+        ])
+    return {
+        "bulk": count / bulk_seconds,
+        "bulk_cpu": count / bulk_cpu,
+        "single": baseline_count / single_seconds,
+        "searches": len(latencies),
+        "search_p50_ms": 1000 * statistics.median(latencies) if latencies else 0.0,
+        "search_max_ms": 1000 * max(latencies) if latencies else 0.0,
+    }
+
+
 def folder_bytes(folder: Path) -> int:
     """Bytes of every file under a folder."""
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
@@ -170,7 +228,13 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--index-records", type=int, default=20_000)
+    parser.add_argument("--restore-records", type=int, default=20_000)
+    parser.add_argument("--restore-baseline", type=int, default=500)
+    parser.add_argument("--only", choices=["all", "restore"], default="all")
     args = parser.parse_args()
+    if args.only == "restore":
+        print_bulk_restore(args)
+        return
     with tempfile.TemporaryDirectory(prefix="archivist-bench-") as tmp:
         root = Path(tmp)
         corpus = root / "corpus.jsonl"
@@ -220,6 +284,32 @@ def main() -> None:
         f"(text read from the encrypted store) | {indexing['hits_stored']:.1f} / "
         f"{indexing['hits_stored_p95']:.1f} (text in the index's stored fields) | "
         f"{indexing['hits_store'] / indexing['hits_stored']:.2f} |"
+    )
+
+    print_bulk_restore(args)
+
+
+def print_bulk_restore(args: argparse.Namespace) -> None:
+    """Bulk restore beside one-by-one restores, the median of `--repeat` runs."""
+    count, baseline = args.restore_records, args.restore_baseline
+    with tempfile.TemporaryDirectory(prefix="archivist-bench-") as tmp:
+        root = Path(tmp)
+        corpus = root / "corpus.jsonl"
+        write_corpus(corpus, count + baseline)
+        runs = [
+            bench_bulk_restore(corpus, count, baseline, root / f"restore{i}")
+            for i in range(args.repeat)
+        ]
+    med = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    print(
+        f"| bulk restore, {count:,} records (records/s) | {med['bulk']:,.0f} | "
+        f"{med['single']:,.0f} (one restore per record, {baseline:,}) | "
+        f"{med['bulk'] / med['single']:.1f} |"
+    )
+    print(f"| bulk restore per CPU-second of its thread (records/s) | {med['bulk_cpu']:,.0f} | | |")
+    print(
+        f"| searches answered during the bulk restore | {med['searches']:,.0f} "
+        f"(median {med['search_p50_ms']:.0f} ms, slowest {med['search_max_ms']:.0f} ms) | | |"
     )
 
 

@@ -33,7 +33,8 @@ from archivist.records import Record, format_utc
 from archivist.tokens import TokenInfo
 from archivist.web_sessions import end_web_session, find_web_session, start_web_session
 from indexer.erasure import ErasureReport, audit_details, audit_target, erase_records
-from indexer.restore import restore_record
+from indexer.processes import ProcessView, view_process
+from indexer.restore import BulkRestoreReport, restore_many, restore_process
 from indexer.search import SearchHit, SearchPage, SearchQuery
 from indexer.services import Services
 from indexer.stats import collect_stats
@@ -69,14 +70,16 @@ class RecordView:
     record: dict[str, Any] | None
     archive: CatalogEntry
     history: list[HistoryEvent]
+    process: ProcessView
 
 
 @dataclass(frozen=True)
 class RestoreResult:
-    """What a restore did."""
+    """What a restore did: the record asked for, and every record of its process restored."""
 
     id: str
     state: str = "restored"
+    restored: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,7 @@ def describe_query(query: SearchQuery) -> dict[str, Any]:
         ("kind", list(query.kinds)),
         ("customer_id", query.customer_id),
         ("owner", query.owner),
+        ("process", query.process),
         ("from", None if query.date_from is None else query.date_from.isoformat()),
         ("to", None if query.date_to is None else query.date_to.isoformat()),
     ):
@@ -141,25 +145,65 @@ def search(actor: Actor, query: SearchQuery) -> SearchPage:
 
 
 def read_record(actor: Actor, record_id: str) -> RecordView:
-    """A record with its archive state and history."""
-    store = actor.services.store
+    """A record with its archive state, history and process."""
+    services = actor.services
+    store = services.store
     with audited(actor, "read", record_id, {}, wait=False) as entry:
         info = store.info(record_id)
         record = None if info.state in ("purged", "erased") else store.get(record_id)
         entry.details["state"] = info.state
-        return RecordView(record, info, store.history(record_id))
+        with services.read_sessions.begin() as session:
+            process = view_process(session, store, record_id)
+        return RecordView(record, info, store.history(record_id), process)
 
 
-def restore(actor: Actor, record_id: str) -> RestoreResult:
-    """One-click restore: back to the active database, out of search; waits for the audit entry."""
+def restore(actor: Actor, record_id: str, reason: str | None = None) -> RestoreResult:
+    """One-click restore of a record's whole process: back to the active database, out of
+    search; one audit entry names every record restored, and it is waited for."""
     services = actor.services
+    details: dict[str, Any] = {} if reason is None else {"reason": reason}
     # An admin waits, and a restore is a few milliseconds of work: this process's searches
     # pause meanwhile (for up to a limit, see Turns.urgent) rather than share the core with it.
-    with services.index.urgent(), audited(actor, "restore", record_id, {}, wait=True):
-        record: Record = restore_record(
-            services.sessions, services.store, services.index, record_id, actor.name, actor.now()
+    with services.index.urgent(), audited(actor, "restore", record_id, details, wait=True) as e:
+        records: list[Record] = restore_process(
+            services.sessions, services.store, services.index, record_id, actor.name,
+            actor.now(), reason,
         )
-    return RestoreResult(record.id)
+        e.details["restored"] = [r.id for r in records]
+    return RestoreResult(record_id, restored=[r.id for r in records])
+
+
+def bulk_restore(
+    actor: Actor,
+    reason: str,
+    *,
+    ids: list[str] | None = None,
+    query: SearchQuery | None = None,
+    dry_run: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    limit: int | None = None,
+) -> BulkRestoreReport:
+    """Restore archived records, given by id or by a search, with the rest of their
+    processes; one audit entry names every record restored."""
+    services = actor.services
+    details: dict[str, Any] = {"reason": reason, "dry_run": dry_run}
+    if query is not None:
+        details["search"] = describe_query(query)
+    target = "search" if query is not None else "ids"
+    with audited(actor, "restore", target, details, wait=True) as entry:
+        if query is not None:
+            ids = [hit.id for hit in services.index.iter_hits(query)]
+        report = restore_many(
+            services.sessions, services.store, services.index, ids or [], actor.name,
+            actor.now(), reason, dry_run=dry_run, limit=limit, progress=progress,
+        )
+        entry.details.update(
+            matched=report.matched, processes=report.processes,
+            skipped=len(report.skipped),
+        )
+        if not dry_run:
+            entry.details["restored"] = report.restored
+    return report
 
 
 def erase(

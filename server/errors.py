@@ -23,7 +23,7 @@ from archive_store import (
 from archivist.errors import ArchivistError, HoldError, InvalidRecord, MomentOutOfRange
 from archivist.tokens import TokenError
 from indexer.erasure import OnHold
-from indexer.errors import AlreadyActive, BadQuery, IndexerError, IndexUnavailable
+from indexer.errors import AlreadyActive, BadQuery, IndexerError, IndexUnavailable, TooMany
 from server.schemas import describe_errors
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 # Looked up along the exception's class hierarchy; a domain error not listed here is a 500.
 STATUS: dict[type[Exception], int] = {
     BadQuery: 400,
+    TooMany: 400,
     InvalidRecord: 400,
     MomentOutOfRange: 400,
     TokenError: 400,

@@ -105,7 +105,7 @@ def build_openapi() -> dict[str, Any]:
         },
         "/api/v1/records/{record_id}/restore": {
             "post": _operation(
-                "Restore an archived record to the active database",
+                "Restore an archived record and the rest of its process to the active database",
                 "admin",
                 _json(schemas.RestoreResultSchema, "Restored"),
                 (*_AUTH, "404", "409"),
@@ -119,6 +119,16 @@ def build_openapi() -> dict[str, Any]:
                 _json(schemas.EraseResultSchema, "Erased (or, in a dry run, would be)"),
                 ("400", *_AUTH, "404", "409"),
                 body=schemas.EraseSchema,
+            )
+        },
+        "/api/v1/restore": {
+            "post": _operation(
+                "Restore archived records, by ids or by a search, with the rest of their "
+                "processes (`too_many` above `server.max_bulk_restore`)",
+                "admin",
+                _json(schemas.BulkRestoreResultSchema, "Restored, or counted in a dry run"),
+                ("400", *_AUTH),
+                body=schemas.BulkRestoreBodySchema,
             )
         },
         "/api/v1/export.csv": {
