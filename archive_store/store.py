@@ -735,15 +735,16 @@ class ArchiveStore:
                     raise NotArchived(f"record {record_id} is {row['state']}, not archived")
                 envelope = {
                     "type": "event", "record_id": record_id, "event": "restored",
-                    "at": at_text, "actor": actor, "sha256": row["sha256"],
+                    "at": at_text, "actor": actor, "sha256": hash_hex(row["sha256"]),
                 }
                 if reason is not None:
                     envelope["reason"] = reason
                 placed = appender.add(envelope)
                 entry_rows.append((
                     placed.seq, placed.segment_id, placed.offset, placed.length, "event",
-                    record_id, row["version"], "restored", at_text, actor, row["sha256"],
-                    placed.entry_hash, placed.prev_hash, reason,
+                    record_id, row["version"], "restored", at_text, actor,
+                    pack_hash(hash_hex(row["sha256"])), pack_hash(placed.entry_hash),
+                    pack_hash(placed.prev_hash), reason,
                 ))
                 changes.append((at_text, placed.seq, record_id))
             conn.executemany(_EVENT_INSERT, entry_rows)
@@ -1243,7 +1244,8 @@ class ArchiveStore:
                 "SELECT r.record_id, r.state, r.seq, r.sha256, e.segment_id, e.offset, "
                 "e.length, e.entry_hash, s.generation FROM records r "
                 "JOIN entries e ON e.seq = r.seq JOIN segments s ON s.segment_id = e.segment_id "
-                f"WHERE r.record_id IN ({placeholders(len(chunk))}) AND r.state != 'purged'",
+                f"WHERE r.record_id IN ({placeholders(len(chunk))}) "
+                "AND r.state NOT IN ('purged', 'erased')",
                 chunk,
             ))
         rows.sort(key=lambda r: (r["segment_id"], r["offset"]))
@@ -1266,11 +1268,14 @@ class ArchiveStore:
                     out[record_id] = self.get(record_id)
                     continue
                 try:
-                    envelope = segment.read_frame(f, row["offset"], row["length"])
+                    envelope = segment.read_frame(
+                        f, row["offset"], row["length"], self._codec
+                    )
                 except SegmentCorrupt as e:
                     raise SegmentCorrupt(f"record {record_id}: {e}") from e
                 out[record_id] = check_record(
-                    record_id, envelope, row["seq"], row["entry_hash"], row["sha256"]
+                    record_id, envelope, row["seq"], hash_hex(row["entry_hash"]),
+                    hash_hex(row["sha256"]),
                 )
         finally:
             if f is not None:

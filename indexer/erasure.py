@@ -34,7 +34,9 @@ from sqlalchemy import func, select
 from archive_store import ArchiveStore
 from archivist.active_db import ActiveRecord
 from archivist.holds import load_hold_set
+from archivist.processes import find_processes, is_held
 from indexer.errors import IndexerError
+from indexer.processes import ArchivistSource
 from indexer.services import Services
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,13 @@ def erase_records(
         )
         if customer_id is not None and customer_id in holds.customer_ids:
             held = held or [f"customer {customer_id}"]
+        if not held and ids:  # a hold on any record of a process holds all of it
+            source = ArchivistSource(session, store)
+            held = [
+                f"the process {p.root} (of {sorted(set(p.ids) & set(ids))[0]})"
+                for p in find_processes(source, ids)
+                if is_held(p, holds)
+            ]
         if held:
             raise OnHold(f"{held[0]} is on legal hold; nothing was erased")
         active = 0

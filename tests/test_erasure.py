@@ -121,6 +121,23 @@ def test_held_customer_is_refused_and_nothing_changes(services: Services, erasab
     assert not ledger_path(services.config.key_file).exists()
 
 
+def test_a_hold_on_another_record_of_the_process_refuses_the_erasure(
+    services: Services, archived: Any, make_record: Any
+) -> None:
+    case = make_record(id="P-CASE", customer_id="C-OTHER", body="case of a shared process")
+    message = make_record(id="P-MSG", customer_id="C-ERASE2", parent_id="P-CASE",
+                          body=f"message {MARKER.decode()}")
+    archived(case, message)
+    with services.sessions.begin() as session:
+        add_hold(session, "record", "P-CASE", "litigation", utcnow())
+
+    with pytest.raises(OnHold, match="P-CASE"):
+        erase_records(services, customer_id="C-ERASE2", actor="t", at=NOW)
+
+    assert services.store.info("P-MSG").state == "archived"
+    assert services.index.search(SearchQuery(q=MARKER.decode())).total == 1
+
+
 def test_erase_api_and_the_record_view(client: Any, admin_headers: Any, erasable: Any) -> None:
     held = client.post("/api/v1/erase", headers=admin_headers,
                        json={"record_id": "E-001", "reason": "asked", "dry_run": True})
