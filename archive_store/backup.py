@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from archive_store import segment
+from archive_store import keyring, segment
+from archive_store.catalog import connect
+from archive_store.codec import FrameCodec
 from archive_store.errors import ArchiveStoreError
 from archive_store.models import Problem
 from archive_store.store import ArchiveStore
@@ -335,20 +337,32 @@ def remove_unlisted(folder: Path, keep: set[str]) -> None:
             path.unlink()
 
 
-def verify_store_copy(folder: Path) -> list[Problem]:
+def verify_store_copy(folder: Path, key: bytes | None = None) -> list[Problem]:
     """Check the backed-up archive's checksums and hash chain, without writing into `folder`.
 
     :param folder: the backup folder
+    :param key: the archive key, to open sealed frames (a backup never holds it)
     """
     store_folder = folder / STORE_FOLDER
     catalog = store_folder / CATALOG
     if not catalog.is_file():
         return [Problem(None, None, f"{STORE_FOLDER}/{CATALOG} is missing")]
     with tempfile.TemporaryDirectory() as scratch:
+        lookups: sqlite3.Connection | None = None
         try:
-            return verify_store(catalog, store_folder / SEGMENTS, Path(scratch) / ".lock")
+            lookups = connect(catalog, read_only=True)
+            conn = lookups
+            codec = FrameCodec(
+                key,
+                lambda key_id: keyring.load_wrapped_key(conn, key_id),
+                lambda dict_id: keyring.load_dictionary(conn, dict_id),
+            )
+            return verify_store(catalog, store_folder / SEGMENTS, Path(scratch) / ".lock", codec)
         except sqlite3.DatabaseError as e:
             return [Problem(None, None, f"{STORE_FOLDER}/{CATALOG} cannot be read: {e}")]
+        finally:
+            if lookups is not None:
+                lookups.close()
 
 
 def install_store(folder: Path, store_dir: Path) -> None:

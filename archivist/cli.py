@@ -18,6 +18,7 @@ import click
 from tqdm import tqdm
 
 from archive_store import ArchiveStoreError
+from archive_store.crypto import KEY_ENV, load_key
 from archivist.active_db import create_schema, utcnow
 from archivist.audit import AuditEvent, write_audit
 from archivist.config import Config, default_config_path, load_config
@@ -406,11 +407,17 @@ def backup_create(folder: Path, config: Config) -> None:
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-    help="Accepted like everywhere; a backup verifies on its own.",
+    help="The installation whose archive key opens the backup's sealed records "
+         "(default: $ARCHIVIST_CONFIG, else ./config.toml).",
 )
 def backup_verify(folder: Path, config_path: Path | None) -> None:
     """Check every file of the backup in FOLDER against its manifest, and its archive's chain."""
-    problems = verify_backup(folder)
+    env_key = os.environ.get(KEY_ENV)
+    path = config_path or default_config_path()
+    key = None
+    if env_key or path.exists():
+        key = load_key(load_config(path).key_file, env_key)
+    problems = verify_backup(folder, key)
     if problems:
         for problem in problems:
             click.echo(problem, err=True)

@@ -54,6 +54,7 @@ from archive_store.backup import (
     write_manifest,
     write_store_part,
 )
+from archive_store.crypto import KEY_ENV, load_key
 from archivist.active_db import (
     AuditEntry,
     Base,
@@ -194,11 +195,13 @@ def _create(services: Services, folder: Path, at: datetime) -> BackupReport:
                         snapshot.archived)
 
 
-def verify_backup(folder: Path) -> list[str]:
+def verify_backup(folder: Path, key: bytes | None) -> list[str]:
     """Every problem of a backup folder, one line each: files against the manifest, then the
     backed-up archive's checksums and hash chain. Empty when the backup is sound.
 
     :param folder: the backup folder
+    :param key: the archive key, to open the sealed frames (never in a backup); None for an
+        archive kept without encryption
     """
     folder = Path(folder)
     problems = check_manifest(folder)
@@ -206,7 +209,7 @@ def verify_backup(folder: Path) -> list[str]:
         return problems
     if f"{STORE_FOLDER}/catalog.db" not in load_manifest(folder):
         problems.append(f"missing: {STORE_FOLDER}/catalog.db is not in the manifest")
-    for problem in verify_store_copy(folder):
+    for problem in verify_store_copy(folder, key):
         where = f"record {problem.record_id}: " if problem.record_id else ""
         problems.append(f"archive: {where}{problem.reason}")
     if (folder / ACTIVE_DB).is_file():
@@ -252,7 +255,7 @@ def recover_backup(
     :param force: replace an installation that holds records
     """
     folder = Path(folder)
-    problems = verify_backup(folder)
+    problems = verify_backup(folder, load_key(config.key_file, os.environ.get(KEY_ENV)))
     if problems:
         raise BackupDamaged(f"backup {folder} does not verify: {problems[0]}"
                             + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from archive_store.backup import load_manifest
+from archive_store.crypto import load_key
 from archivist.active_db import ActiveRecord, utcnow
 from archivist.config import load_config
 from archivist.tokens import create_token
@@ -66,10 +68,17 @@ def _places(services: Services) -> tuple[set[str], set[str]]:
     return active, archived
 
 
+def archive_key(services: Services) -> bytes:
+    """The installation's archive key (never inside a backup)."""
+    return load_key(services.config.key_file)
+
+
 def _fresh_config(tmp_path: Path, name: str) -> Any:
     folder = tmp_path / name
     folder.mkdir()
     (folder / "config.toml").write_text(CONFIG_TEXT)
+    # the archive key travels apart from backups, as a recovery rehearsal carries it
+    shutil.copy2(tmp_path / "archive.key", folder / "archive.key")
     config = load_config(folder / "config.toml")
     with Services.open(config, create=True):
         pass
@@ -89,7 +98,7 @@ def test_backup_recovers_into_a_fresh_installation_with_the_same_answers(
     report = create_backup(services, tmp_path / "backup", utcnow())
 
     assert report.records == 300 and report.archived == 299 and report.active == 1
-    assert verify_backup(tmp_path / "backup") == []
+    assert verify_backup(tmp_path / "backup", archive_key(services)) == []
     assert not any((tmp_path / "backup" / "archive").glob("*.key"))
     fresh = _fresh_config(tmp_path, "fresh")
     recovered = recover_backup(fresh, tmp_path / "backup", utcnow())
@@ -115,15 +124,16 @@ def test_backup_verify_names_a_flipped_byte_and_a_missing_file(
     data[200] ^= 0x01
     segment.write_bytes(bytes(data))
 
-    problems = verify_backup(folder)
+    problems = verify_backup(folder, archive_key(services))
 
     name = f"archive/segments/{segment.name}"
     assert f"damaged: {name} (SHA-256 differs from the manifest)" in problems
     assert any(p.startswith("archive: record B-") for p in problems)  # the chain names the record
     (folder / "active.db").unlink()
-    assert "missing: active.db" in verify_backup(folder)
+    assert "missing: active.db" in verify_backup(folder, archive_key(services))
     result = subprocess.run(
-        [sys.executable, "-m", "archivist", "backup", "verify", str(folder)],
+        [sys.executable, "-m", "archivist", "backup", "verify", str(folder),
+         "--config", str(services.config.path)],
         capture_output=True, text=True,
     )
     assert result.returncode == 1
@@ -179,7 +189,7 @@ def test_second_backup_copies_only_what_is_new(
             assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), name
             unchanged += 1
     assert unchanged >= len(sealed) - 1  # only the segment that was active may have grown
-    assert verify_backup(folder) == []
+    assert verify_backup(folder, archive_key(services)) == []
     assert second.records == 500
 
 
@@ -318,7 +328,7 @@ def test_backup_after_disposal_drops_replaced_segment_generations(
     assert after != before and report.files >= len(after - before)
     gone = before - after  # replaced by disposal's next generation
     assert gone and not any((folder / n).exists() for n in gone)
-    assert verify_backup(folder) == []
+    assert verify_backup(folder, archive_key(services)) == []
     fresh = _fresh_config(tmp_path, "fresh")
     recover_backup(fresh, folder, utcnow())
     with Services.open(fresh) as again:
@@ -341,7 +351,7 @@ def test_backup_verify_names_an_edited_audit_entry_even_with_the_manifest_redone
     ])
     folder = tmp_path / "backup"
     create_backup(services, folder, utcnow())
-    assert verify_backup(folder) == []
+    assert verify_backup(folder, archive_key(services)) == []
     conn = sqlite3.connect(folder / "active.db")
     conn.execute("UPDATE audit_log SET target = 'nothing' WHERE action = 'export'")
     conn.commit()
@@ -350,7 +360,7 @@ def test_backup_verify_names_an_edited_audit_entry_even_with_the_manifest_redone
     manifest["active.db"] = hash_file(folder / "active.db")
     write_manifest(folder, manifest)
 
-    problems = verify_backup(folder)
+    problems = verify_backup(folder, archive_key(services))
 
     assert len(problems) == 1 and problems[0].startswith("active.db: audit log: entry ")
     assert problems[0].endswith("was changed after it was written")

@@ -72,6 +72,8 @@ def _recover(backup: Path, folder: Path) -> Path:
     folder.mkdir()
     config = folder / "config.toml"
     config.write_text(CONFIG_TEXT)
+    # the archive key is never in a backup: a recovery brings it along from where it is kept
+    shutil.copy2(folder.parent / "archive.key", folder / "archive.key")
     assert _cli("init", "--config", str(config)).returncode == 0
     result = _cli("backup", "recover", str(backup), "--config", str(config))
     assert result.returncode == 0, result.stderr
@@ -201,7 +203,7 @@ def test_backup_under_load_recovers_consistently(
         f"no backup was taken while the worker archived: {archived_counts}"
     )
     for number, backup in enumerate(backups):
-        assert _cli("backup", "verify", str(backup)).returncode == 0
+        assert _cli("backup", "verify", str(backup), "--config", str(config_path)).returncode == 0
         config = _recover(backup, tmp_path / f"recovered-{number}")
         active, archived_ids, answers = _places(config)
         assert not active & archived_ids, "a record both active and archived"
