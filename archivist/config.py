@@ -12,6 +12,7 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from archivist.crm_mapping import TableMapping, parse_table_mappings
 from archivist.errors import ConfigError
 from archivist.retention import RetentionPolicy, RetentionRules
 
@@ -61,6 +62,7 @@ class Config:
     index_worker_nice: int = 10  # niceness of the index's analysing processes
     server: ServerConfig = field(default_factory=ServerConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    tables: tuple[TableMapping, ...] = ()  # [[active.table]]: the CRM's own tables, if mapped
 
 
 def default_config_path() -> Path:
@@ -136,6 +138,7 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
         index_worker_nice=_niceness(index),
         server=server_config,
         worker=worker_config,
+        tables=parse_table_mappings(active.get("table"), path.name),
     )
 
 
