@@ -19,6 +19,7 @@ from archive_store import ArchiveStoreError
 from archivist.active_db import create_schema, utcnow
 from archivist.audit import AuditEvent, write_audit
 from archivist.config import Config, default_config_path, load_config
+from archivist.crm_mapping import check_import_allowed
 from archivist.errors import ArchivistError
 from archivist.holds import add_hold, list_holds, remove_hold
 from archivist.importer import import_lines
@@ -115,6 +116,7 @@ def init(config: Config) -> None:
 @config_option
 def import_(file: BinaryIO, config: Config) -> None:
     """Upsert records from a JSON Lines FILE (- for stdin) into the active database."""
+    check_import_allowed(config.tables)
     with Services.open(config) as services:
         report = import_lines(
             file,
@@ -138,6 +140,8 @@ def archive(as_of: datetime | None, dry_run: bool, config: Config) -> None:
         _print_by_category("would archive", report.archived, report.by_category)
     else:
         click.echo(f"archived {report.archived}, indexed {report.indexed}")
+    for constraint, count in report.blocked_by.items():
+        click.echo(f"blocked {count}: still referenced through {constraint}", err=True)
 
 
 @main.command()

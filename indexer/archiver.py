@@ -51,6 +51,8 @@ class ArchiveReport:
     indexed: int = 0
     by_category: dict[str, int] = field(default_factory=dict)
     dry_run: bool = False
+    blocked: int = 0  # records left in the CRM's tables because something else references them
+    blocked_by: dict[str, int] = field(default_factory=dict)  # constraint name -> records
 
 
 def archive_due_records(

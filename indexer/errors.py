@@ -23,3 +23,9 @@ class AlreadyActive(IndexerError):
     """A record with the same id is already in the active database."""
 
     code = "already_active"
+
+
+class RestoreRefused(IndexerError):
+    """The CRM's tables refuse restored rows (a constraint other than their own key)."""
+
+    code = "restore_refused"

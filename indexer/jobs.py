@@ -14,6 +14,7 @@ from archivist.active_db import JobRun, utcnow
 from archivist.audit import AuditEvent, write_audit
 from archivist.records import format_utc
 from indexer.archiver import ArchiveReport, archive_due_records, preview_archive
+from indexer.crm_archiver import CrmArchiveReport, archive_crm_tables
 from indexer.disposal import DisposalReport, dispose_due_records
 from indexer.indexing import sync_index
 from indexer.services import Services
@@ -30,6 +31,8 @@ def run_archive_job(
 ) -> ArchiveReport:
     """Run the archiving job once (or preview it) and record the run."""
     config = services.config
+    if services.crm is not None:
+        return _run_crm_archive_job(services, as_of, dry_run=dry_run, should_stop=should_stop)
     if dry_run:
         with services.sessions.begin() as session:
             by_category = preview_archive(session, config.retention, as_of)
@@ -50,6 +53,52 @@ def run_archive_job(
         run.archived, run.indexed = report.archived, report.indexed
     log.info("archive job: archived %d, indexed %d", report.archived, report.indexed)
     return report
+
+
+def _run_crm_archive_job(
+    services: Services, as_of: datetime, *, dry_run: bool, should_stop: Callable[[], bool]
+) -> ArchiveReport:
+    """The archive job over the CRM's own tables (`[[active.table]]`)."""
+    assert services.crm is not None
+    config = services.config
+
+    def run(job_run_id: int | None) -> CrmArchiveReport:
+        assert services.crm is not None
+        return archive_crm_tables(
+            services.sessions,
+            services.store,
+            services.crm,
+            services.crm_refs,
+            config.retention,
+            as_of,
+            utcnow(),
+            batch_size=config.batch_size,
+            index_batch=lambda batch: sync_index(
+                services.store, services.index, known={r["id"]: r for r, _ in batch}
+            ),
+            should_stop=should_stop,
+            job_run_id=job_run_id,
+            dry_run=dry_run,
+        )
+
+    if dry_run:
+        crm_report = run(None)
+    else:
+        with _recorded(services, "archive") as job_run:
+            crm_report = run(job_run.id)
+            job_run.archived, job_run.indexed = crm_report.archived, crm_report.indexed
+        log.info(
+            "archive job: archived %d, indexed %d, blocked %d",
+            crm_report.archived, crm_report.indexed, crm_report.blocked,
+        )
+    return ArchiveReport(
+        crm_report.archived,
+        crm_report.indexed,
+        dict(sorted(crm_report.by_category.items())),
+        dry_run=dry_run,
+        blocked=crm_report.blocked,
+        blocked_by=dict(sorted(crm_report.blocked_by.items())),
+    )
 
 
 def run_dispose_job(

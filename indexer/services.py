@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from archive_store import ArchiveStore
 from archivist.active_db import create_schema, make_engine, make_read_sessions, make_sessions
 from archivist.config import Config
+from archivist.crm_rows import CrmTables, ForeignKeyRef, inspect_foreign_keys, open_crm_tables
 from indexer.index import SearchIndex
 
 
@@ -24,6 +25,10 @@ class Services:
     index: SearchIndex
     read_sessions: sessionmaker[Session]
     """For transactions that only read (see ``make_read_sessions``)."""
+    crm: CrmTables | None = None
+    """The CRM's own tables, when `[[active.table]]` maps them (checked at open)."""
+    crm_refs: tuple[ForeignKeyRef, ...] = ()
+    """Foreign keys from outside the mapping onto mapped tables: they block an archive."""
 
     @classmethod
     def open(cls, config: Config, *, create: bool = False) -> Services:
@@ -41,7 +46,16 @@ class Services:
             worker_nice=config.index_worker_nice,
         )
         sessions, read_sessions = make_sessions(engine), make_read_sessions(engine)
-        return cls(config, engine, sessions, store, index, read_sessions)
+        services = cls(config, engine, sessions, store, index, read_sessions)
+        if config.tables:
+            try:
+                with engine.connect() as connection:
+                    services.crm = open_crm_tables(connection, config.tables)
+                    services.crm_refs = tuple(inspect_foreign_keys(connection, services.crm))
+            except BaseException:
+                services.close()
+                raise
+        return services
 
     def close(self) -> None:
         """Release files and connections."""

@@ -21,6 +21,7 @@ from archivist.active_db import utcnow
 from archivist.audit import AuditEvent, AuditFilter, AuditPage, AuditWriter, list_audit
 from archivist.holds import Hold, add_hold, list_holds, remove_hold
 from archivist.records import Record
+from indexer.crm_restore import restore_crm_process
 from indexer.restore import restore_record
 from indexer.search import SearchHit, SearchPage, SearchQuery
 from indexer.services import Services
@@ -143,6 +144,13 @@ def restore(actor: Actor, record_id: str) -> RestoreResult:
     services = actor.services
     # An admin waits, and a restore is a few milliseconds of work: this process's searches
     # pause meanwhile (for up to a limit, see Turns.urgent) rather than share the core with it.
+    if services.crm is not None:  # the CRM's own tables: the whole process goes back
+        with services.index.urgent(), audited(actor, "restore", record_id, {}, wait=True):
+            restore_crm_process(
+                services.sessions, services.store, services.index, services.crm, record_id,
+                actor.name, actor.now(),
+            )
+        return RestoreResult(record_id)
     with services.index.urgent(), audited(actor, "restore", record_id, {}, wait=True):
         record: Record = restore_record(
             services.sessions, services.store, services.index, record_id, actor.name, actor.now()

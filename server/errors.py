@@ -19,7 +19,13 @@ from archive_store import (
 )
 from archivist.errors import ArchivistError, HoldError, InvalidRecord
 from archivist.tokens import TokenError
-from indexer.errors import AlreadyActive, BadQuery, IndexerError, IndexUnavailable
+from indexer.errors import (
+    AlreadyActive,
+    BadQuery,
+    IndexerError,
+    IndexUnavailable,
+    RestoreRefused,
+)
 from server.schemas import describe_errors
 
 log = logging.getLogger(__name__)
@@ -34,6 +40,7 @@ STATUS: dict[type[Exception], int] = {
     RestoreInProgress: 409,
     AlreadyArchived: 409,
     AlreadyActive: 409,
+    RestoreRefused: 409,
     HoldError: 409,
     IndexUnavailable: 503,
 }
