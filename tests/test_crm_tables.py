@@ -64,7 +64,8 @@ def run_sql(url: str, sql: str) -> None:
 
     engine = create_engine(url)
     with engine.begin() as connection:
-        connection.exec_driver_sql(sql)
+        # straight to psycopg without parameters, so a % in the SQL is just a %
+        connection.connection.driver_connection.execute(sql)  # type: ignore[union-attr]
     engine.dispose()
 
 
