@@ -85,6 +85,17 @@ class TableMapping:
         return self.name.rsplit(".", 1)[-1]
 
 
+def table_for_id(mappings: tuple[TableMapping, ...], record_id: str) -> str | None:
+    """The CRM table a record id came from (by the longest id_prefix it begins with)."""
+    best: TableMapping | None = None
+    for mapping in mappings:
+        if record_id.startswith(mapping.id_prefix) and (
+            best is None or len(mapping.id_prefix) > len(best.id_prefix)
+        ):
+            best = mapping
+    return None if best is None else best.name
+
+
 def parse_table_mappings(value: Any, config_name: str) -> tuple[TableMapping, ...]:
     """Check the shape of the `[[active.table]]` entries (everything but the live database).
 

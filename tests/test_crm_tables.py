@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from archivist.active_db import utcnow
 from archivist.config import load_config
@@ -49,8 +49,6 @@ def pg_server():
 @pytest.fixture
 def pg_url(pg_server: str):
     """An empty public schema for each test."""
-    from sqlalchemy import create_engine
-
     engine = create_engine(pg_server)
     with engine.begin() as connection:
         connection.execute(text("DROP SCHEMA public CASCADE"))
@@ -60,8 +58,6 @@ def pg_url(pg_server: str):
 
 
 def run_sql(url: str, sql: str) -> None:
-    from sqlalchemy import create_engine
-
     engine = create_engine(url)
     with engine.begin() as connection:
         # straight to psycopg without parameters, so a % in the SQL is just a %
@@ -260,9 +256,7 @@ def test_crm_archive_leaves_a_row_the_crm_changed_after_it_was_read(crm, monkeyp
          "[[active.table]] #1 (cases): column 'amount' (NUMERIC(12, 2)) cannot hold subject"),
         (('id_prefix = "note:"', 'id_prefix = "msg:"'),
          "[[active.table]] #3 (notes): id_prefix 'msg:' is also the id_prefix of #2"),
-        (('parent = { column = "case_id", table = "cases" }\n\n[[active.table]]\nname = "notes"',
-          'parent = { column = "case_id", table = "tickets" }\n\n[[active.table]]\n'
-          'name = "notes"'),
+        (('table = "cases" }   # parent_id', 'table = "tickets" }   # parent_id'),
          "[[active.table]] #2 (case_messages): parent table 'tickets' is not mapped"),
         (('key = "msg_id"', 'key = "case_id"'),
          "[[active.table]] #2 (case_messages): key 'case_id' must be the table's one-column "
@@ -309,10 +303,69 @@ def test_crm_import_is_refused_when_tables_are_mapped(tmp_path, pg_url):
 
 
 def test_crm_readme_example_runs_as_written(tmp_path, pg_url):
+    from click.testing import CliRunner
+
+    from archivist.cli import main
+
+    readme = (EXAMPLE.parent.parent / "README.md").read_text()
+    assert (EXAMPLE / "mapping.toml").read_text().split("\n\n", 1)[1].strip() in readme
     run_sql(pg_url, (EXAMPLE / "schema.sql").read_text())
     run_sql(pg_url, (EXAMPLE / "data.sql").read_text())
-    with Services.open(load_config(write_config(tmp_path, pg_url)), create=True) as services:
-        report = run_archive_job(services, datetime(2026, 12, 1, tzinfo=UTC))
-        assert report.archived == 4  # cases 1 and 2, a message, a note
-        assert report.blocked_by == {"attachments_message_id_fkey": 2}
-        assert services.index.search(SearchQuery(q="refund")).total >= 3
+    path = tmp_path / "crm.toml"
+    path.write_text(
+        f'[active]\nurl = "{pg_url}"\n[archive]\ndir = "crm-data/archive"\n'
+        '[index]\ndir = "crm-data/index"\n' + (EXAMPLE / "mapping.toml").read_text()
+    )
+    run = lambda *args: CliRunner().invoke(main, [*args, "--config", str(path)])  # noqa: E731
+    assert run("init").exit_code == 0
+
+    blocked = "blocked 2: still referenced through attachments_message_id_fkey"
+    for args, shown in [
+        (("archive", "--dry-run"), "would archive 4\n  billing: 3\n  support: 1\n"),
+        (("archive",), "archived 4, indexed 4\n"),
+    ]:
+        result = run(*args)
+        assert result.exit_code == 0, result.output
+        assert result.stdout == shown
+        assert result.stderr.strip() == blocked
+        lines = [line.strip().removeprefix("#").strip() for line in readme.splitlines()]
+        assert all(line.strip() in lines for line in shown.strip().split("\n"))
+    engine = create_engine(pg_url)
+    with engine.connect() as connection:
+        assert connection.scalars(text("SELECT id FROM cases ORDER BY id")).all() == [3, 4]
+    engine.dispose()
+    with Services.open(load_config(path)) as services:
+        assert services.index.search(SearchQuery(q="refund")).total == 4
+        restored = restore_crm_process(services.sessions, services.store, services.index,
+                                       services.crm, "note:1", "me", utcnow())
+        assert len(restored) == 4
+
+
+
+def test_crm_search_page_and_record_show_the_table_and_restore_over_http(crm):
+    from server import close_app, create_app
+    from tests.conftest import _token_headers
+    from tests.test_ui_pages import _sign_in
+
+    run_archive_job(crm, utcnow())
+    headers = _token_headers(crm, "admin")
+    app = create_app(crm.config)
+    app.config["TESTING"] = True
+    try:
+        client = app.test_client()
+        body = client.get("/api/v1/records/case:11", headers=headers).json
+        assert body["record"]["attributes"]["table"] == "cases"
+        _sign_in(client, headers)
+        page = client.get("/search?q=refund").get_data(as_text=True)
+        assert '<span class="tag tag-table" title="CRM table">cases</span>' in page
+        page = client.get("/records/note:1").get_data(as_text=True)
+        assert '<dt>CRM table</dt><dd class="mono">notes</dd>' in page
+
+        response = client.post("/api/v1/records/note:1/restore", headers=headers)
+        assert response.status_code == 200
+        assert set(snapshot(crm)) >= PROCESS_A
+        response = client.post("/api/v1/records/case:10/restore", headers=headers)
+        assert response.status_code == 409
+        assert response.json["error"]["code"] == "not_archived"
+    finally:
+        close_app(app)
