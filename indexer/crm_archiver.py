@@ -391,7 +391,11 @@ def move_processes(
         crash_point("archive.after_store")
         # a process one of whose records is being restored stays whole where it is
         whole = [p for p in processes if all(rid in stored for rid in p.record_ids)]
-        kept = [rid for p in processes if p not in whole for rid in p.record_ids if rid in stored]
+        whole_roots = {p.root_id for p in whole}
+        kept = [
+            rid for p in processes if p.root_id not in whole_roots
+            for rid in p.record_ids if rid in stored
+        ]
         with sessions.begin() as session:
             outcome = delete_processes(session, whole)
             crash_point("archive.after_delete")
@@ -417,54 +421,82 @@ class DeleteOutcome:
 
 
 def delete_processes(session: Session, processes: list[CrmProcess]) -> DeleteOutcome:
-    """Delete the rows of each process as they were stored, children before parents, each
-    process under its own SAVEPOINT: a process the CRM changed meanwhile, or whose delete a
-    foreign key refuses, stays whole."""
+    """Delete the rows of each process as they were stored, children before parents.
+
+    The rows are locked and compared with what was stored first: a process the CRM changed
+    meanwhile stays whole. The rest are deleted together under one SAVEPOINT; if a foreign key
+    refuses that, each process is deleted under its own, so the one refused stays whole and
+    the others go.
+    """
     outcome = DeleteOutcome()
+    changed = _changed(session, processes)
     for process in processes:
+        if process.root_id in changed:
+            log.info("process %s changed while it was archived; it stays active",
+                     process.root_id)
+            outcome.kept.extend(process.record_ids)
+    unchanged = [p for p in processes if p.root_id not in changed]
+    try:
+        with session.begin_nested():
+            _delete_rows(session, unchanged)
+    except IntegrityError:
+        pass
+    else:
+        outcome.deleted.extend(rid for p in unchanged for rid in p.record_ids)
+        return outcome
+    for process in unchanged:
         try:
             with session.begin_nested():
-                if not _unchanged(session, process):
-                    log.info("process %s changed while it was archived; it stays active",
-                             process.root_id)
-                    outcome.kept.extend(process.record_ids)
-                    continue
-                for row in reversed(process.rows):  # deepest first
-                    table = row.table
-                    session.execute(table.table.delete().where(table.key_column == row.key))
-                add_members(session, [(rid, process.root_id) for rid in process.record_ids])
+                _delete_rows(session, [process])
         except IntegrityError as e:
             diag = getattr(e.orig, "diag", None)
             constraint = getattr(diag, "constraint_name", None) or "?"
             referencing = getattr(diag, "table_name", None) or "?"
             outcome.blocked[process.root_id] = (constraint, referencing)
             outcome.kept.extend(process.record_ids)
-            continue
         else:
-            if process.record_ids[0] not in outcome.kept:
-                outcome.deleted.extend(process.record_ids)
+            outcome.deleted.extend(process.record_ids)
     return outcome
 
 
-def _unchanged(session: Session, process: CrmProcess) -> bool:
-    """Lock the process's rows and check they are still exactly as stored."""
-    by_table: dict[CrmTable, list[CrmRow]] = defaultdict(list)
-    for row in process.rows:
-        by_table[row.table].append(row)
+def _delete_rows(session: Session, processes: list[CrmProcess]) -> None:
+    """Delete the processes' rows deepest first (children before parents, across tables), a
+    statement per depth and table; remember which process each row left with."""
+    depth_of: dict[tuple[int, CrmTable], list[Any]] = defaultdict(list)
+    for process in processes:
+        depths = {row.record_id: _depth(row.record_id, {r.record_id: r for r in process.rows})
+                  for row in process.rows}
+        for row in process.rows:
+            depth_of[(depths[row.record_id], row.table)].append(row.key)
+    for (_, crm_table), keys in sorted(depth_of.items(), key=lambda item: -item[0][0]):
+        for chunk in _chunks(keys):
+            session.execute(crm_table.table.delete().where(crm_table.key_column.in_(chunk)))
+    add_members(session, [(rid, p.root_id) for p in processes for rid in p.record_ids])
+
+
+def _changed(session: Session, processes: list[CrmProcess]) -> set[str]:
+    """Lock the processes' rows; the roots of those no longer exactly as stored."""
+    by_table: dict[CrmTable, list[tuple[CrmRow, str]]] = defaultdict(list)
+    for process in processes:
+        for row in process.rows:
+            by_table[row.table].append((row, process.root_id))
+    changed: set[str] = set()
     for crm_table, rows in by_table.items():
-        stmt = (
-            select(*crm_table.select_columns())
-            .where(crm_table.key_column.in_([r.key for r in rows]))
-            .with_for_update()
-        )
-        current = {
-            crm_table.record_id(v[crm_table.mapping.key]): row_to_record(crm_table, dict(v))
-            for v in session.execute(stmt).mappings()
-        }
-        for row in rows:
+        current: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks([row.key for row, _ in rows]):
+            stmt = (
+                select(*crm_table.select_columns())
+                .where(crm_table.key_column.in_(chunk))
+                .with_for_update()
+            )
+            for values in session.execute(stmt).mappings():
+                record = row_to_record(crm_table, dict(values))
+                current[record["id"]] = record
+        for row, root in rows:
+            # a row the CRM deleted meanwhile is gone either way: its archived copy stands
             if current.get(row.record_id, row.record) != row.record:
-                return False
-    return True
+                changed.add(root)
+    return changed
 
 
 def reconcile_crm_pending(

@@ -63,6 +63,12 @@ CREATE TABLE attachments (
     content     bytea
 );
 
+-- Foreign keys are checked on every delete of the row they reference: index their columns.
+CREATE INDEX cases_parent_case_id ON cases (parent_case_id);
+CREATE INDEX case_messages_case_id ON case_messages (case_id);
+CREATE INDEX notes_case_id ON notes (case_id);
+CREATE INDEX attachments_message_id ON attachments (message_id);
+
 -- Every insert and update of a case is logged, and stamped: created_stamp once, when not given;
 -- modified_stamp on every update.
 CREATE TABLE case_log (
