@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS entries (
     actor TEXT NOT NULL,
     sha256 TEXT NOT NULL,
     entry_hash TEXT NOT NULL,
-    prev_hash TEXT NOT NULL
+    prev_hash TEXT NOT NULL,
+    reason TEXT  -- an event's reason (a restore's), as in its frame
 );
 CREATE INDEX IF NOT EXISTS entries_record ON entries (record_id, seq);
 CREATE INDEX IF NOT EXISTS entries_segment ON entries (segment_id, seq);
@@ -64,17 +65,23 @@ CREATE TABLE IF NOT EXISTS records (
     updated_at_us INTEGER NOT NULL,
     pending TEXT CHECK (pending IS NULL OR pending IN ('delete_active', 'insert_active')),
     indexed INTEGER NOT NULL DEFAULT 0,
-    state_seq INTEGER NOT NULL  -- seq of the entry that set the current state
+    state_seq INTEGER NOT NULL,  -- seq of the entry that set the current state
+    parent_id TEXT  -- the record's `parent_id`: processes are looked up without reading segments
 );
 CREATE INDEX IF NOT EXISTS records_state ON records (state, seq);
 CREATE INDEX IF NOT EXISTS records_unindexed ON records (state_seq) WHERE indexed = 0;
 CREATE INDEX IF NOT EXISTS records_pending ON records (record_id) WHERE pending IS NOT NULL;
 CREATE INDEX IF NOT EXISTS records_updated ON records (updated_at_us);
 """
+# After the columns an older catalog lacks were added (see `create_schema`).
+_LATE_INDEXES = """
+CREATE INDEX IF NOT EXISTS records_parent ON records (parent_id) WHERE parent_id IS NOT NULL;
+"""
 
 RECORD_COLUMNS = (
     "record_id, state, version, seq, segment_id, sha256, archived_at, restored_at, purged_at, "
-    "category, customer_id, created_at, updated_at, updated_at_us, pending, indexed, state_seq"
+    "category, customer_id, created_at, updated_at, updated_at_us, pending, indexed, state_seq, "
+    "parent_id"
 )
 
 
@@ -135,6 +142,15 @@ def create_schema(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA journal_mode=WAL")
     with transaction(conn):
         for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        columns = {row["name"] for row in conn.execute("PRAGMA table_info(records)")}
+        if "parent_id" not in columns:  # a catalog from before processes
+            conn.execute("ALTER TABLE records ADD COLUMN parent_id TEXT")
+        columns = {row["name"] for row in conn.execute("PRAGMA table_info(entries)")}
+        if "reason" not in columns:  # a catalog from before reasons on events
+            conn.execute("ALTER TABLE entries ADD COLUMN reason TEXT")
+        for statement in _LATE_INDEXES.split(";"):
             if statement.strip():
                 conn.execute(statement)
         conn.execute(
@@ -253,6 +269,7 @@ def build_catalog_entry(row: sqlite3.Row) -> CatalogEntry:
         updated_at=parse_time(row["updated_at"]),
         pending=row["pending"],
         indexed=bool(row["indexed"]),
+        parent_id=row["parent_id"],
     )
 
 

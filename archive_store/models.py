@@ -17,6 +17,7 @@ class ArchiveItem:
     customer_id: str | None
     created_at: datetime
     updated_at: datetime
+    parent_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class CatalogEntry:
     updated_at: datetime
     pending: str | None
     indexed: bool
+    parent_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class HistoryEvent:
     at: datetime
     event: str
     actor: str
+    reason: str | None = None
 
 
 @dataclass(frozen=True)

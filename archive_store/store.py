@@ -493,7 +493,7 @@ class ArchiveStore:
                 record_rows.append((
                     item.record_id, version, placed.seq, placed.segment_id, sha, at_text,
                     item.category, item.customer_id, created_text, updated_text,
-                    epoch_micros(item.updated_at), placed.seq,
+                    epoch_micros(item.updated_at), placed.seq, item.parent_id,
                 ))
                 results[item.record_id] = StoredEntry(
                     placed.seq, item.record_id, placed.segment_id, placed.offset, placed.length,
@@ -503,7 +503,7 @@ class ArchiveStore:
             conn.executemany(
                 f"INSERT OR REPLACE INTO records ({RECORD_COLUMNS}) "
                 "VALUES (?, 'archived', ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, "
-                "'delete_active', 0, ?)",
+                "'delete_active', 0, ?, ?)",
                 record_rows,
             )
         return [results[item.record_id] for item, *_ in prepared if item.record_id in results]
@@ -571,6 +571,103 @@ class ArchiveStore:
                 (at_text, seq, record_id),
             )
 
+    def begin_restores(self, groups: Sequence[Sequence[str]]) -> list[tuple[str, str] | None]:
+        """Mark whole groups (processes) `insert_active` in one catalog commit, each group
+        all or nothing: one record not archived, or with a move in progress, leaves its group
+        unmarked.
+
+        :param groups: the record ids of each group
+        :returns: per group, None when marked, else `(record_id, code)` of the first obstacle
+            (`not_found`, `not_archived` or `restore_in_progress`)
+        """
+        results: list[tuple[str, str] | None] = []
+        with self._write_catalog() as conn:
+            rows = load_records(conn, [i for group in groups for i in group])
+            marked: list[str] = []
+            for group in groups:
+                problem: tuple[str, str] | None = None
+                for record_id in group:
+                    row = rows.get(record_id)
+                    if row is None:
+                        problem = (record_id, RecordNotFound.code)
+                    elif row["state"] != "archived":
+                        problem = (record_id, NotArchived.code)
+                    elif row["pending"] is not None:
+                        problem = (record_id, RestoreInProgress.code)
+                    if problem is not None:
+                        break
+                results.append(problem)
+                if problem is None:
+                    marked.extend(group)
+            for chunk in chunked(marked):
+                conn.execute(
+                    "UPDATE records SET pending = 'insert_active' "
+                    f"WHERE record_id IN ({placeholders(len(chunk))})",
+                    chunk,
+                )
+        return results
+
+    def complete_restores(
+        self, record_ids: Sequence[str], at: datetime, actor: str, reason: str | None = None
+    ) -> None:
+        """Record that these records are live in the active database again, in one write:
+        a `restored` event each (with the reason), all committed together.
+
+        :param record_ids: records marked by `begin_restores` whose insert has committed
+        :param at: when (aware)
+        :param actor: who restored them
+        :param reason: why, kept in each record's history
+        """
+        if not record_ids:
+            return
+        at_text = format_time(at)
+        with self._write(durable=False) as (conn, appender):
+            rows = load_records(conn, record_ids)
+            changes = []
+            for record_id in record_ids:
+                row = rows.get(record_id)
+                if row is None:
+                    raise RecordNotFound(f"record {record_id} was never archived")
+                if row["state"] != "archived":
+                    raise NotArchived(f"record {record_id} is {row['state']}, not archived")
+                seq = self._append_event(conn, appender, row, "restored", at_text, actor, reason)
+                changes.append((at_text, seq, record_id))
+            conn.executemany(
+                "UPDATE records SET state = 'restored', restored_at = ?, pending = NULL, "
+                "indexed = 0, state_seq = ? WHERE record_id = ?",
+                changes,
+            )
+
+    def abort_restores(self, record_ids: Sequence[str]) -> None:
+        """Give up restores begun with `begin_restores`; the records stay archived.
+
+        :param record_ids: the records whose restore failed
+        """
+        with self._write_catalog() as conn:
+            for chunk in chunked(dict.fromkeys(record_ids)):
+                conn.execute(
+                    "UPDATE records SET pending = NULL WHERE pending = 'insert_active' "
+                    f"AND record_id IN ({placeholders(len(chunk))})",
+                    chunk,
+                )
+
+    def child_entries(self, parent_ids: Iterable[str]) -> list[CatalogEntry]:
+        """The catalog rows of records whose `parent_id` is one of these ids.
+
+        :param parent_ids: the parents
+        """
+        conn = self._db()
+        out: list[CatalogEntry] = []
+        for chunk in chunked(dict.fromkeys(parent_ids)):
+            out.extend(
+                build_catalog_entry(row) for row in conn.execute(
+                    f"SELECT {RECORD_COLUMNS} FROM records "
+                    f"WHERE parent_id IN ({placeholders(len(chunk))})",
+                    chunk,
+                )
+            )
+        return out
+
     def abort_restore(self, record_id: str) -> None:
         """Give up a restore begun with `begin_restore`; the record stays archived.
 
@@ -592,20 +689,26 @@ class ArchiveStore:
         event: str,
         at_text: str,
         actor: str,
+        reason: str | None = None,
     ) -> int:
-        placed = appender.add({
+        envelope = {
             "type": "event",
             "record_id": row["record_id"],
             "event": event,
             "at": at_text,
             "actor": actor,
             "sha256": row["sha256"],
-        })
+        }
+        if reason is not None:
+            envelope["reason"] = reason
+        placed = appender.add(envelope)
         conn.execute(_ENTRY_INSERT, (
             placed.seq, placed.segment_id, placed.offset, placed.length, "event",
             row["record_id"], row["version"], event, at_text, actor, row["sha256"],
             placed.entry_hash, placed.prev_hash,
         ))
+        if reason is not None:
+            conn.execute("UPDATE entries SET reason = ? WHERE seq = ?", (reason, placed.seq))
         return placed.seq
 
     def mark_indexed(self, items: Iterable[tuple[str, int] | tuple[str, int, str]]) -> None:
@@ -814,7 +917,7 @@ class ArchiveStore:
         :param record_id: the record
         """
         rows = self._db().execute(
-            "SELECT type, event, at, actor FROM entries WHERE record_id = ? ORDER BY seq",
+            "SELECT type, event, at, actor, reason FROM entries WHERE record_id = ? ORDER BY seq",
             (record_id,),
         ).fetchall()
         if not rows:
@@ -824,6 +927,7 @@ class ArchiveStore:
                 parse_time(row["at"]),
                 row["event"] if row["type"] == "event" else "archived",
                 row["actor"],
+                row["reason"],
             )
             for row in rows
         ]

@@ -173,7 +173,8 @@ def _check_envelope(entry: sqlite3.Row, envelope: bytes, value: dict[str, Any]) 
     reasons: list[str] = []
     if value.get("type") != kind:
         return [f"entry is a {value.get('type')!r} frame, the catalog says {kind!r}"]
-    if set(value) != set(_FIELDS[kind]):
+    optional = {"reason"} if kind == "event" else set()  # a restore's reason, when given
+    if set(value) - optional != set(_FIELDS[kind]):
         reasons.append("envelope fields are not those of its type")
     expected: dict[str, Any] = {
         "seq": entry["seq"],
@@ -187,6 +188,7 @@ def _check_envelope(entry: sqlite3.Row, envelope: bytes, value: dict[str, Any]) 
         expected.update(at=entry["at"], actor=entry["actor"])
     if kind == "event":
         expected["event"] = entry["event"]
+        expected["reason"] = entry["reason"] if "reason" in entry.keys() else None
     differ = sorted(key for key, want in expected.items() if value.get(key) != want)
     if differ:
         reasons.append(f"envelope {', '.join(differ)} differ from the catalog")

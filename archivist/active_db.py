@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Engine,
     Index,
@@ -26,6 +28,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -73,16 +76,21 @@ class ActiveRecord(Base):
     updated_at: Mapped[str] = mapped_column(String(32))
     updated_at_utc: Mapped[datetime] = mapped_column(UTCDateTime)  # for age comparisons
     attributes: Mapped[str | None] = mapped_column(Text)  # JSON text, kept verbatim
+    parent_id: Mapped[str | None] = mapped_column(String(128))
+    # Whether the record came with a `parent_id` field at all (null included), so that one
+    # imported without it is given back without it.
+    has_parent_id: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
     __table_args__ = (
         Index("ix_active_category_updated", "category", "updated_at_utc"),
         Index("ix_active_updated", "updated_at_utc"),
         Index("ix_active_customer", "customer_id"),
+        Index("ix_active_parent", "parent_id"),
     )
 
     def to_record(self) -> Record:
         """The Record this row holds."""
-        return _row_to_record({c: getattr(self, c) for c in (*_RECORD_COLUMNS, "attributes")})
+        return _row_to_record({c: getattr(self, c) for c in (*_RECORD_COLUMNS, *_EXTRA_COLUMNS)})
 
 
 ACTIVE_TABLE = cast(Table, ActiveRecord.__table__)  # Core statements: no ORM objects per row
@@ -139,6 +147,7 @@ _RECORD_COLUMNS = (
     "created_at",
     "updated_at",
 )
+_EXTRA_COLUMNS = ("attributes", "parent_id", "has_parent_id")  # after them, in Record's order
 
 
 def make_engine(url: str) -> Engine:
@@ -205,6 +214,31 @@ def make_read_sessions(engine: Engine) -> sessionmaker[Session]:
 def create_schema(engine: Engine) -> None:
     """Create every table that does not exist yet (idempotent)."""
     Base.metadata.create_all(engine)
+    upgrade_schema(engine)
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Add the columns and indexes a database made by an older version lacks (idempotent)."""
+    inspector = inspect(engine)
+    if not inspector.has_table(ACTIVE_TABLE.name):
+        return
+    present = {column["name"] for column in inspector.get_columns(ACTIVE_TABLE.name)}
+    missing = [name for name in ("parent_id", "has_parent_id") if name not in present]
+    if not missing:
+        return
+    with engine.begin() as connection:
+        if "parent_id" in missing:
+            connection.exec_driver_sql(
+                f"ALTER TABLE {ACTIVE_TABLE.name} ADD COLUMN parent_id VARCHAR(128)"
+            )
+        if "has_parent_id" in missing:
+            connection.exec_driver_sql(
+                f"ALTER TABLE {ACTIVE_TABLE.name} "
+                "ADD COLUMN has_parent_id BOOLEAN NOT NULL DEFAULT FALSE"
+            )
+        connection.exec_driver_sql(
+            f"CREATE INDEX IF NOT EXISTS ix_active_parent ON {ACTIVE_TABLE.name} (parent_id)"
+        )
 
 
 def record_row_values(record: Record) -> dict[str, Any]:
@@ -216,6 +250,8 @@ def record_row_values(record: Record) -> dict[str, Any]:
         if record.attributes is None
         else json.dumps(record.attributes, ensure_ascii=False, separators=(",", ":"))
     )
+    values["parent_id"] = record.parent_id
+    values["has_parent_id"] = record.has_parent_id or record.parent_id is not None
     return values
 
 
@@ -284,7 +320,7 @@ def find_active_ids(session: Session, record_ids: Sequence[str]) -> list[str]:
 
 def record_columns() -> list[Any]:
     """The columns a Record is built from, in `Record`'s field order (for `select_records`)."""
-    return [ACTIVE_TABLE.c[name] for name in (*_RECORD_COLUMNS, "attributes")]
+    return [ACTIVE_TABLE.c[name] for name in (*_RECORD_COLUMNS, *_EXTRA_COLUMNS)]
 
 
 def select_records(session: Session, stmt: Select[Any]) -> list[Record]:
@@ -292,8 +328,9 @@ def select_records(session: Session, stmt: Select[Any]) -> list[Record]:
     records = []
     for row in session.execute(stmt):
         fields: list[Any] = list(row)
-        if fields[-1] is not None:
-            fields[-1] = json.loads(fields[-1])
+        if fields[-3] is not None:
+            fields[-3] = json.loads(fields[-3])
+        fields[-1] = bool(fields[-1])
         records.append(Record(*fields))
     return records
 
@@ -302,6 +339,8 @@ def _row_to_record(row: Any) -> Record:
     value: dict[str, Any] = {c: row[c] for c in _RECORD_COLUMNS}
     if row["attributes"] is not None:
         value["attributes"] = json.loads(row["attributes"])
+    if row["has_parent_id"] or row["parent_id"] is not None:
+        value["parent_id"] = row["parent_id"]
     return record_from_json(value)
 
 
@@ -352,3 +391,52 @@ class AuditEntry(Base):
         Index("ix_audit_actor_at", "actor", "at"),
         Index("ix_audit_action_at", "action", "at"),
     )
+
+
+@dataclass(frozen=True)
+class ActiveLink:
+    """What process look-ups need of an active row: its place in the tree and its age."""
+
+    id: str
+    parent_id: str | None
+    category: str
+    customer_id: str | None
+    updated_at: datetime
+
+
+_LINK_COLUMNS = (
+    ActiveRecord.id,
+    ActiveRecord.parent_id,
+    ActiveRecord.category,
+    ActiveRecord.customer_id,
+    ActiveRecord.updated_at_utc,
+)
+
+
+def find_links(session: Session, record_ids: Iterable[str]) -> dict[str, ActiveLink]:
+    """The active rows among these ids, as links, by id."""
+    found: dict[str, ActiveLink] = {}
+    ids = list(dict.fromkeys(record_ids))
+    for start in range(0, len(ids), 500):
+        stmt = select(*_LINK_COLUMNS).where(ActiveRecord.id.in_(ids[start : start + 500]))
+        for row in session.execute(stmt):
+            found[row[0]] = ActiveLink(*row)
+    return found
+
+
+def find_child_links(session: Session, parent_ids: Iterable[str]) -> list[ActiveLink]:
+    """The active rows whose `parent_id` is one of these ids."""
+    found: list[ActiveLink] = []
+    ids = list(dict.fromkeys(parent_ids))
+    for start in range(0, len(ids), 500):
+        stmt = select(*_LINK_COLUMNS).where(ActiveRecord.parent_id.in_(ids[start : start + 500]))
+        found.extend(ActiveLink(*row) for row in session.execute(stmt))
+    return found
+
+
+def insert_records(session: Session, records: Sequence[Record]) -> None:
+    """Insert records in one statement; fails with IntegrityError if an id is already active."""
+    if records:
+        session.connection().execute(
+            ACTIVE_TABLE.insert(), [record_row_values(r) for r in records]
+        )

@@ -9,11 +9,13 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
-from functools import wraps
+from functools import partial, wraps
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import parse_qs
 
 import click
+from tqdm import tqdm
 
 from archive_store import ArchiveStoreError
 from archivist.active_db import create_schema, utcnow
@@ -25,14 +27,18 @@ from archivist.holds import add_hold, list_holds, remove_hold
 from archivist.importer import import_lines
 from archivist.records import format_utc
 from archivist.tokens import ROLES, create_token, list_tokens, revoke_token
+from indexer.crm_restore import restore_crm_many
 from indexer.demo import load_demo
 from indexer.errors import IndexerError
 from indexer.indexing import rebuild_index
 from indexer.jobs import run_archive_job, run_dispose_job, run_index_job
+from indexer.processes import find_archived_parents
+from indexer.restore import restore_many
 from indexer.services import Services
 from indexer.stats import collect_stats
 from indexer.verification import verify_all
 from indexer.worker import run as run_worker
+from server.schemas import SearchArgsSchema, load_search_query
 from server.serving import run_worker_process
 from server.serving import serve as serve_app
 
@@ -124,6 +130,7 @@ def import_(file: BinaryIO, config: Config) -> None:
             services.store.find_archived,
             config.kinds,
             on_error=lambda error: click.echo(str(error), err=True),
+            find_archived_parents=partial(find_archived_parents, services.store),
         )
     click.echo(f"imported {report.imported}, rejected {report.rejected}")
 
@@ -138,6 +145,10 @@ def archive(as_of: datetime | None, dry_run: bool, config: Config) -> None:
         report = run_archive_job(services, as_of or utcnow(), dry_run=dry_run)
     if dry_run:
         _print_by_category("would archive", report.archived, report.by_category)
+        if report.held_back:
+            click.echo(
+                f"held back {report.held_back} processes (a record not aged, or on hold)"
+            )
     else:
         click.echo(f"archived {report.archived}, indexed {report.indexed}")
     for constraint, count in report.blocked_by.items():
@@ -173,6 +184,64 @@ def _audited(
         raise
     finally:
         write_audit(services.sessions, [AuditEvent(at, "cli", action, target, outcome, details)])
+
+
+@main.command()
+@click.argument("ids", nargs=-1)
+@click.option("--search", "search", default=None, metavar="PARAMS",
+              help="Restore what this search matches: /api/v1/search parameters, "
+                   "e.g. 'q=refund&category=billing'.")
+@click.option("--reason", required=True, help="Why (kept in each record's history).")
+@click.option("--dry-run", is_flag=True, help="Only count what would be restored.")
+@config_option
+def restore(
+    ids: tuple[str, ...], search: str | None, reason: str, dry_run: bool, config: Config
+) -> None:
+    """Restore archived records, and the rest of their processes, to the active database."""
+    if bool(ids) == (search is not None):
+        raise click.UsageError("give record ids or --search PARAMS, not both")
+    if not reason.strip() or len(reason) > 500:
+        raise click.UsageError("--reason must be 1-500 characters")
+    query = None
+    if search is not None:
+        params = parse_qs(search, keep_blank_values=True)
+        args = {
+            k: v if k in SearchArgsSchema.LIST_FIELDS else v[0] for k, v in params.items()
+        }
+        query = load_search_query(args, config.server.max_query_length, export=True)
+    details: dict[str, Any] = {"reason": reason, "dry_run": dry_run}
+    with Services.open(config) as services, tqdm(
+        unit=" records", file=sys.stderr, disable=dry_run, leave=False
+    ) as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done)
+
+        with _audited(services, "restore", "search" if query else "ids", details) as audit:
+            record_ids = list(ids)
+            if query is not None:
+                audit["search"] = search
+                record_ids = [hit.id for hit in services.index.iter_hits(query)]
+            if services.crm is not None:  # the CRM's own tables
+                report = restore_crm_many(
+                    services.sessions, services.store, services.index, services.crm,
+                    record_ids, "cli", utcnow(), reason.strip(), dry_run=dry_run,
+                    progress=advance,
+                )
+            else:
+                report = restore_many(
+                    services.sessions, services.store, services.index, record_ids, "cli",
+                    utcnow(), reason.strip(), dry_run=dry_run, progress=advance,
+                )
+            audit.update(matched=report.matched, processes=report.processes,
+                         skipped=len(report.skipped))
+            if not dry_run:
+                audit["restored"] = report.restored
+    for skipped in report.skipped:
+        click.echo(f"skipped {skipped.id}: {skipped.code}", err=True)
+    verb = "would restore" if dry_run else "restored"
+    click.echo(f"{verb} {len(report.restored)} ({report.processes} processes)")
 
 
 @main.group()

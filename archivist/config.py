@@ -44,6 +44,7 @@ class ServerConfig:
     token_cache_seconds: int = 5
     secret_key: str | None = None  # signs the web UI's session cookie; None: a key file
     secure_cookies: bool = False  # mark the session cookie Secure (serve over HTTPS)
+    max_bulk_restore: int = 10_000  # records one `POST /restore` may match (the CLI: no limit)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
         token_cache_seconds=_non_negative(server, "token_cache_seconds", 5, "server"),
         secret_key=_get(server, "secret_key", str, "", "server") or None,
         secure_cookies=_get(server, "secure_cookies", bool, False, "server"),
+        max_bulk_restore=_positive(server, "max_bulk_restore", 10_000, "server"),
     )
     return Config(
         path=path,

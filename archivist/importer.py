@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from archivist.active_db import upsert_records
+from archivist.active_db import find_links, upsert_records
 from archivist.errors import InvalidRecord
 from archivist.records import Record, parse_record
 
@@ -45,6 +45,7 @@ def import_lines(
     find_archived: Callable[[Collection[str]], set[str]],
     kinds: Collection[str] | None = None,
     on_error: Callable[[LineError], None] | None = None,
+    find_archived_parents: Callable[[Collection[str]], dict[str, str | None]] | None = None,
 ) -> ImportReport:
     """Upsert every valid line into the active database in one transaction.
 
@@ -54,6 +55,8 @@ def import_lines(
     :param find_archived: returns which of the given ids are archived; those are refused, since
         an id lives in exactly one place.
     :param on_error: called with each rejected line as it is found.
+    :param find_archived_parents: the `parent_id` of those of the given ids that are archived
+        (or restored), so that a line closing a cycle through the archive is refused too.
     """
     report = ImportReport()
     seen: dict[str, int] = {}
@@ -73,9 +76,20 @@ def import_lines(
                 reject(number, f"id {record.id!r} is archived; restore it before changing it")
                 del seen[record.id]
             else:
-                keep.append(record)
-        upsert_records(session, keep)
-        report.imported += len(keep)
+                keep.append((number, record))
+        parents = _ParentLookup(session, find_archived_parents)
+        parents.prefetch(record.parent_id for _, record in keep)
+        accepted = []
+        for number, record in keep:
+            if record.parent_id is not None and parents.reaches(record.parent_id, record.id):
+                reject(number, f"parent_id {record.parent_id!r} would close a cycle: "
+                       f"{record.id!r} is already one of its ancestors")
+                del seen[record.id]
+                continue
+            parents.set(record.id, record.parent_id)
+            accepted.append(record)
+        upsert_records(session, accepted)
+        report.imported += len(accepted)
         batch.clear()
 
     with sessions.begin() as session:
@@ -105,3 +119,53 @@ def import_lines(
                 flush(session)
         flush(session)
     return report
+
+
+class _ParentLookup:
+    """`parent_id`s as they stand during an import: this file's accepted lines over what the
+    active database and the archive already hold, fetched a tree level at a time."""
+
+    def __init__(
+        self,
+        session: Session,
+        find_archived_parents: Callable[[Collection[str]], dict[str, str | None]] | None,
+    ) -> None:
+        self._session = session
+        self._archived = find_archived_parents
+        self._parent: dict[str, str | None] = {}
+
+    def prefetch(self, ids: Iterable[str | None]) -> None:
+        """Fetch the parent chains above these ids (None and unknown ids end a chain)."""
+        frontier = {i for i in ids if i is not None and i not in self._parent}
+        while frontier:
+            found: dict[str, str | None] = {
+                i: link.parent_id for i, link in find_links(self._session, frontier).items()
+            }
+            if self._archived is not None:
+                rest = frontier - found.keys()
+                if rest:
+                    found.update(self._archived(rest))
+            for record_id in frontier:
+                self._parent[record_id] = found.get(record_id)
+            frontier = {
+                p for p in found.values() if p is not None and p not in self._parent
+            }
+
+    def set(self, record_id: str, parent_id: str | None) -> None:
+        """An accepted line's parent, which later lines see."""
+        self._parent[record_id] = parent_id
+        if parent_id is not None and parent_id not in self._parent:
+            self.prefetch([parent_id])
+
+    def reaches(self, start: str, target: str) -> bool:
+        """True when walking up from `start` arrives at `target`."""
+        current: str | None = start
+        seen: set[str] = set()
+        while current is not None and current not in seen:
+            if current == target:
+                return True
+            seen.add(current)
+            if current not in self._parent:
+                self.prefetch([current])
+            current = self._parent.get(current)
+        return False

@@ -17,7 +17,7 @@ _FRACTION = re.compile(r"T\d{2}:?\d{2}:?\d{2}[.,]\d")
 _TEXT_FIELDS = ("kind", "category", "subject", "body", "status")
 _OPTIONAL_TEXT_FIELDS = ("customer_id", "owner")
 _TIME_FIELDS = ("created_at", "updated_at")
-FIELDS = ("id", *_TEXT_FIELDS, *_OPTIONAL_TEXT_FIELDS, *_TIME_FIELDS, "attributes")
+FIELDS = ("id", *_TEXT_FIELDS, *_OPTIONAL_TEXT_FIELDS, *_TIME_FIELDS, "attributes", "parent_id")
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,10 @@ class Record:
     created_at: str
     updated_at: str
     attributes: Mapping[str, Any] | None = None
+    parent_id: str | None = None
+    has_parent_id: bool = False
+    """Whether the record carries a `parent_id` field at all (a null one included): a record
+    imported without it is given back without it."""
 
     @property
     def created(self) -> datetime:
@@ -62,6 +66,8 @@ class Record:
         }
         if self.attributes is not None:
             value["attributes"] = self.attributes
+        if self.has_parent_id or self.parent_id is not None:
+            value["parent_id"] = self.parent_id
         return value
 
 
@@ -116,6 +122,15 @@ def parse_record(obj: Any, kinds: Collection[str] | None = None) -> Record:
         except ValueError:
             raise InvalidRecord("attributes contain NaN or Infinity (not JSON)") from None
     values["attributes"] = attributes
+    if "parent_id" in obj:
+        parent_id = _required(obj, "parent_id", (str, type(None)))
+        if parent_id is not None:
+            if not ID_PATTERN.fullmatch(parent_id) or ".." in parent_id:
+                raise InvalidRecord(f"parent_id is not a valid record id: {parent_id[:140]!r}")
+            if parent_id == record_id:
+                raise InvalidRecord("parent_id must not be the record's own id")
+        values["parent_id"] = parent_id
+        values["has_parent_id"] = True
     return Record(**values)
 
 
@@ -156,6 +171,7 @@ def parse_utc(text: str) -> datetime:
 def record_from_json(value: Mapping[str, Any]) -> Record:
     """Rebuild a Record from a JSON value that was validated before (e.g. read from the archive)."""
     fields: dict[str, Any] = {name: value.get(name) for name in FIELDS}
+    fields["has_parent_id"] = "parent_id" in value
     return Record(**fields)
 
 

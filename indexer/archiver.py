@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive_store import ArchiveItem, ArchiveStore
@@ -24,12 +24,16 @@ from archive_store.faults import crash_point
 from archivist.active_db import (
     ActiveRecord,
     delete_records,
+    find_child_links,
+    find_links,
     record_columns,
     select_records,
 )
 from archivist.holds import load_hold_set
-from archivist.records import Record
+from archivist.processes import ACTIVE, Process, find_processes, find_roots, may_archive
+from archivist.records import Record, format_utc
 from archivist.retention import RetentionRules, archive_cutoff
+from indexer.processes import ArchivistSource
 from indexer.reconcile import reconcile_pending
 
 ACTOR = "archiver"
@@ -53,6 +57,8 @@ class ArchiveReport:
     dry_run: bool = False
     blocked: int = 0  # records left in the CRM's tables because something else references them
     blocked_by: dict[str, int] = field(default_factory=dict)  # constraint name -> records
+    held_back: int = 0
+    """Processes with an aged record left active: a record of theirs not aged, or held."""
 
 
 def archive_due_records(
@@ -67,7 +73,11 @@ def archive_due_records(
     index_every: int = INDEX_EVERY,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> ArchiveReport:
-    """Archive every aged record not under legal hold, batch by batch.
+    """Archive every process whose active records are all aged and none is held, batch by batch.
+
+    A batch holds whole processes only (one larger than `batch_size` is a batch of its own),
+    written to the store in one commit and deleted from the active database in one
+    transaction, so no run and no crash leaves a process split.
 
     :param as_of: the job's "now" for retention ages.
     :param archived_at: the time stamped on the archived entries (the real clock).
@@ -79,12 +89,20 @@ def archive_due_records(
     archived = indexed = 0
     by_category: Counter[str] = Counter()
     to_index: list[tuple[Record, datetime]] = []
+    held_back: set[str] = set()  # roots of processes this run leaves active
     # One policy group at a time, so each batch is an index range scan, not a table scan.
     for aged in _aged_groups(rules, as_of):
+        cursor: tuple[datetime, str] | None = None
         while not should_stop():
-            moved = _archive_one_batch(sessions, store, aged, archived_at, batch_size)
-            if not moved:
+            with sessions.begin() as session:
+                plan = _plan_batch(session, store, rules, as_of, aged, cursor, batch_size,
+                                   held_back)
+            if plan is None:
                 break
+            cursor = plan.cursor
+            if not plan.processes:
+                continue
+            moved = _archive_processes(sessions, store, plan.processes, archived_at)
             archived += len(moved)
             by_category.update(record.category for record in moved)
             if index_batch is not None:
@@ -94,57 +112,174 @@ def archive_due_records(
                     to_index = []
     if index_batch is not None and to_index:
         indexed += index_batch(to_index)
-    return ArchiveReport(archived, indexed, dict(sorted(by_category.items())))
+    return ArchiveReport(archived, indexed, dict(sorted(by_category.items())),
+                         held_back=len(held_back))
 
 
-def preview_archive(session: Session, rules: RetentionRules, as_of: datetime) -> dict[str, int]:
-    """How many records an archive run at `as_of` would move, by category."""
+def preview_archive(
+    session: Session, store: ArchiveStore, rules: RetentionRules, as_of: datetime,
+    batch_size: int = 1000,
+) -> tuple[dict[str, int], int]:
+    """What an archive run at `as_of` would move, by category, and how many processes with an
+    aged record it would hold back (a record of theirs not aged, in restore grace, or held)."""
+    by_category: Counter[str] = Counter()
+    decided: set[str] = set()  # roots: held back, or counted as moving
+    moving = 0
+    for aged in _aged_groups(rules, as_of):
+        cursor: tuple[datetime, str] | None = None
+        while True:
+            plan = _plan_batch(session, store, rules, as_of, aged, cursor, batch_size, decided)
+            if plan is None:
+                break
+            cursor = plan.cursor
+            for process in plan.processes:
+                decided.add(process.root)
+                moving += 1
+                by_category.update(m.category for m in process.in_state(ACTIVE))
+    return dict(sorted(by_category.items())), len(decided) - moving
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One batch: whole processes ready to move, and where the next batch's scan starts."""
+
+    processes: list[Process]
+    cursor: tuple[datetime, str]
+
+
+def _plan_batch(
+    session: Session,
+    store: ArchiveStore,
+    rules: RetentionRules,
+    as_of: datetime,
+    aged: ColumnElement[bool],
+    cursor: tuple[datetime, str] | None,
+    batch_size: int,
+    decided: set[str],
+) -> _Plan | None:
+    """Read the next aged, unheld records after `cursor` and the processes they belong to.
+
+    Processes that may not move are added to `decided` (their roots) and left out; None
+    when the scan is done.
+    """
+    where = aged & _not_held(session)
+    if cursor is not None:
+        at, last_id = cursor
+        where = where & (ActiveRecord.updated_at_utc >= at) & or_(
+            ActiveRecord.updated_at_utc > at, ActiveRecord.id > last_id
+        )
     stmt = (
-        select(ActiveRecord.category, func.count())
-        .where(or_(*_aged_groups(rules, as_of)) & _not_held(session))
-        .group_by(ActiveRecord.category)
-        .order_by(ActiveRecord.category)
+        select(ActiveRecord.id, ActiveRecord.updated_at_utc)
+        .where(where)
+        .order_by(ActiveRecord.updated_at_utc, ActiveRecord.id)
+        .limit(batch_size)
     )
-    return {category: count for category, count in session.execute(stmt)}
+    seeds = list(session.execute(stmt))
+    if not seeds:
+        return None
+    holds = load_hold_set(session)
+    source = ArchivistSource(session, store)
+    roots = find_roots(source, [seed_id for seed_id, _ in seeds])
+    wanted = [seed_id for seed_id, _ in seeds if roots.get(seed_id) not in decided]
+    processes = {p.root: p for p in find_processes(source, wanted)}
+    chosen: list[Process] = []
+    size = 0
+    cursor = (seeds[-1][1], seeds[-1][0])
+    for seed_id, seed_at in seeds:
+        root = roots.get(seed_id)
+        if root is None or root in decided or root not in processes:
+            continue
+        process = processes.pop(root)
+        if not may_archive(process, rules, holds, as_of):
+            decided.add(root)
+            continue
+        chosen.append(process)
+        size += len(process.in_state(ACTIVE))
+        if size >= batch_size:  # the rest of this page is read again by the next batch
+            cursor = (seed_at, seed_id)
+            break
+    return _Plan(chosen, cursor)
 
 
-def _archive_one_batch(
+def _archive_processes(
     sessions: sessionmaker[Session],
     store: ArchiveStore,
-    aged: ColumnElement[bool],
+    processes: list[Process],
     archived_at: datetime,
-    batch_size: int,
 ) -> list[Record]:
     # Three short steps, none holding the active database's write lock across the store's
-    # write, so restores and audit entries need not wait for the whole batch: read the batch,
-    # write it to the store (marked `pending` delete), delete the active rows still as read.
-    # A row the CRM changed meanwhile is not deleted, and reconcile settles it.
+    # write, so restores and audit entries need not wait for the whole batch: read the
+    # records, write them to the store (marked `pending` delete), delete the active rows still
+    # as read. A process the CRM changed meanwhile (a record updated, added or restored into
+    # it) is kept active whole: its records get a `restored` event instead of being deleted.
     with store.moving():  # shared with restores; reconcile waits for it
+        ids = [m.id for p in processes for m in p.in_state(ACTIVE)]
         with sessions.begin() as session:
-            stmt = (
-                select(*record_columns())
-                .where(aged & _not_held(session))
-                .order_by(ActiveRecord.updated_at_utc)
-                .limit(batch_size)
-            )
-            records = select_records(session, stmt)
-        if not records:
-            return []
+            by_id = {r.id: r for r in _load_records(session, ids)}
         crash_point("archive.before_store")
-        stored = store.archive_batch([_item(r) for r in records], archived_at, ACTOR)
+        items = [_item(by_id[i]) for i in ids if i in by_id]
+        stored = store.archive_batch(items, archived_at, ACTOR)
         crash_point("archive.after_store")
         # (a record being restored is left out by the store, and stays active)
         moving = {entry.record_id for entry in stored}
         with sessions.begin() as session:
-            deleted = delete_records(
-                session, [(r.id, r.updated_at) for r in records if r.id in moving]
-            )
+            whole = _unchanged_processes(session, processes, by_id, moving)
+            versions = [
+                (by_id[m.id].id, by_id[m.id].updated_at)
+                for p in whole for m in p.in_state(ACTIVE)
+            ]
+            deleted = delete_records(session, versions)
             crash_point("archive.after_delete")
         crash_point("archive.after_commit")
         store.clear_pending(deleted)
-    if len(deleted) != len(moving):
-        reconcile_pending(sessions, store, archived_at)
-    return [r for r in records if r.id in deleted]
+        kept = sorted(moving - deleted)
+        if kept:  # archived, but their process changed before the delete: they stay active
+            store.complete_restores(kept, archived_at, ACTOR, KEPT_ACTIVE)
+    return [by_id[i] for i in ids if i in deleted]
+
+
+KEPT_ACTIVE = "the process changed in the active database while it was being archived"
+
+
+def _load_records(session: Session, ids: list[str]) -> list[Record]:
+    records: list[Record] = []
+    for start in range(0, len(ids), 500):
+        stmt = select(*record_columns()).where(ActiveRecord.id.in_(ids[start : start + 500]))
+        records.extend(select_records(session, stmt))
+    return records
+
+
+def _unchanged_processes(
+    session: Session, processes: list[Process], read: dict[str, Record], moving: set[str]
+) -> list[Process]:
+    """The processes whose active records are all still as read and all in the store, with no
+    active record outside the batch linked to them (a record added or restored meanwhile)."""
+    ids = [m.id for p in processes for m in p.in_state(ACTIVE)]
+    batch = set(ids)
+    now = find_links(session, ids)
+    children = find_child_links(session, ids)
+    outside_parents = {
+        m.parent_id for p in processes for m in p.in_state(ACTIVE)
+        if m.parent_id is not None and m.parent_id not in batch
+    }
+    active_parents = set(find_links(session, outside_parents)) if outside_parents else set()
+    spoiled = {link.parent_id for link in children if link.id not in batch}
+    whole: list[Process] = []
+    for process in processes:
+        active = process.in_state(ACTIVE)
+        if any(
+            m.id not in moving
+            or m.id not in read
+            or (link := now.get(m.id)) is None
+            or link.parent_id != read[m.id].parent_id
+            or format_utc(link.updated_at) != format_utc(read[m.id].updated)
+            or m.id in spoiled
+            or (m.parent_id in active_parents)
+            for m in active
+        ):
+            continue
+        whole.append(process)
+    return whole
 
 
 def _aged_groups(rules: RetentionRules, as_of: datetime) -> list[ColumnElement[bool]]:
@@ -174,4 +309,5 @@ def _item(record: Record) -> ArchiveItem:
         customer_id=record.customer_id,
         created_at=record.created,
         updated_at=record.updated,
+        parent_id=record.parent_id,
     )

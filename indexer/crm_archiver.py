@@ -83,6 +83,7 @@ class CrmArchiveReport:
     archived: int = 0
     indexed: int = 0
     blocked: int = 0
+    held_back: int = 0  # processes with an aged row left active: a row not aged, or held
     by_category: Counter[str] = field(default_factory=Counter)
     blocked_by: Counter[str] = field(default_factory=Counter)  # constraint -> records
 
@@ -134,6 +135,7 @@ def archive_crm_tables(
             for process in processes:
                 decided.update(process.record_ids)
             due = _due(processes, store, rules, as_of, holds)
+            report.held_back += len(processes) - len(due)
             with sessions.begin() as session:
                 blocked = _referenced(session, due, refs)
             movable = [p for p in due if p.root_id not in blocked]
@@ -302,7 +304,7 @@ def _due(
                 ok = False
                 break
             try:
-                parse_record({k: v for k, v in record.items() if k != "parent_id"})
+                parse_record(record)
             except InvalidRecord as e:
                 log.warning("row %s is not archived: %s", row.record_id, e)
                 ok = False
@@ -552,6 +554,7 @@ def _item(record: dict[str, Any]) -> ArchiveItem:
         customer_id=record["customer_id"],
         created_at=parse_utc(record["created_at"]),
         updated_at=parse_utc(record["updated_at"]),
+        parent_id=record.get("parent_id"),
     )
 
 

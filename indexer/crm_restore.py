@@ -11,7 +11,7 @@ interrupted.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from itertools import groupby
 from typing import Any
@@ -20,13 +20,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from archive_store import ArchiveStore, NotArchived, RecordNotFound
+from archive_store import ArchiveStore, NotArchived, RecordNotFound, RestoreInProgress
 from archive_store.faults import crash_point
 from archivist.crm_ledger import process_members, remove_members
 from archivist.crm_rows import CrmTable, CrmTables, insert_statement, record_to_row
 from indexer.crm_archiver import CrmRow, group_processes, reconcile_crm_pending
-from indexer.errors import AlreadyActive, RestoreRefused
+from indexer.errors import AlreadyActive, RestoreRefused, TooMany
 from indexer.index import SearchIndex
+from indexer.restore import BulkRestoreReport, Skipped
 
 
 def restore_crm_process(
@@ -37,61 +38,123 @@ def restore_crm_process(
     record_id: str,
     actor: str,
     now: datetime,
+    reason: str | None = None,
 ) -> list[str]:
     """Restore an archived record and every archived record of its process into the CRM's
-    tables; returns the ids restored, root first.
+    tables; returns the ids restored, parents before children.
 
     :raises RecordNotFound: the id was never archived.
     :raises NotArchived: it is restored or purged already.
     :raises RestoreInProgress: another restore of it is under way.
     :raises AlreadyActive: a key of the process is taken again in the CRM's tables.
+    :raises RestoreRefused: the tables refuse a row for another reason (a constraint).
     """
-    store.info(record_id)  # RecordNotFound before anything else
+    entry = store.info(record_id)  # RecordNotFound before anything else
+    if entry.state != "archived":
+        raise NotArchived(f"record {record_id} is {entry.state}, not archived")
     with sessions.begin() as session:
         members = process_members(session, record_id)
+    # members restored or purged on their own since are not brought back with the rest
+    entries = store.entries(members)
+    group = [m for m in members if m in entries and entries[m].state == "archived"]
     unsettled: Exception | None = None
     restored: list[str] = []
     with store.moving():
-        entries = {}
-        try:
-            for member in members:
-                try:
-                    entries[member] = store.begin_restore(member)
-                except (NotArchived, RecordNotFound):
-                    if member == record_id:
-                        raise
-                    # restored or purged on its own: the rest of the process still comes back
-        except BaseException:
-            for member in entries:
-                store.abort_restore(member)
-            raise
-        rows = _rows(crm, {m: store.get(m) for m in entries})
+        problem = store.begin_restores([group])[0]
+        if problem is not None:
+            failed, code = problem
+            error = {"not_found": RecordNotFound, "not_archived": NotArchived}.get(
+                code, RestoreInProgress
+            )
+            raise error(f"record {failed!r} cannot be restored ({code}); "
+                        f"nothing of the process of {record_id!r} was restored")
+        rows = _rows(crm, {m: store.get(m) for m in group})
         ordered = [row for process in group_processes(rows) for row in process.rows]
         try:
             with sessions.begin() as session:
                 _insert(session, ordered)
-                remove_members(session, entries)
+                remove_members(session, group)
                 crash_point("restore.after_insert")
         except (AlreadyActive, RestoreRefused):
-            for member in entries:
-                store.abort_restore(member)
+            store.abort_restores(group)
             raise
         except Exception as e:
             unsettled = e
         else:
             crash_point("restore.after_commit")
-            for row in ordered:
-                store.complete_restore(row.record_id, now, actor)
             restored = [row.record_id for row in ordered]
+            store.complete_restores(restored, now, actor, reason)
     if unsettled is not None:
         reconcile_crm_pending(sessions, store, crm, now)
         raise unsettled
     if index is not None:  # leave search now, not at the next catch-up
+        current = store.entries(restored)
         with store.indexing():
-            current = [store.get(rid) for rid in restored]
-            index.delete(restored, current=current)
-            store.mark_indexed([(rid, entries[rid].version, "restored") for rid in restored])
+            index.delete(restored, current=[row.record for row in ordered])
+            store.mark_indexed([(rid, current[rid].version, "restored") for rid in restored])
     return restored
+
+
+def restore_crm_many(
+    sessions: sessionmaker[Session],
+    store: ArchiveStore,
+    index: SearchIndex | None,
+    crm: CrmTables,
+    record_ids: Iterable[str],
+    actor: str,
+    now: datetime,
+    reason: str,
+    *,
+    dry_run: bool = False,
+    limit: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> BulkRestoreReport:
+    """Restore these archived records with the rest of their processes, a process at a time;
+    the records that cannot be restored are skipped and listed with their code."""
+    ids = list(dict.fromkeys(record_ids))
+    if limit is not None and len(ids) > limit:
+        raise TooMany(
+            f"{len(ids)} records match, more than the {limit} one request may restore; "
+            "narrow the search or use `archivist restore`"
+        )
+    report = BulkRestoreReport(matched=len(ids), dry_run=dry_run)
+    entries = store.entries(ids)
+    groups: dict[str, list[str]] = {}
+    with sessions.begin() as session:
+        for record_id in ids:
+            entry = entries.get(record_id)
+            code = (
+                "not_found" if entry is None
+                else "already_active" if entry.state == "restored"
+                else "not_archived" if entry.state != "archived"
+                else "restore_in_progress" if entry.pending is not None
+                else None
+            )
+            if code is not None:
+                report.skipped.append(Skipped(record_id, code))
+                continue
+            members = process_members(session, record_id)
+            if not any(record_id in group for group in groups.values()):
+                groups[record_id] = members
+    planned = sum(len(group) for group in groups.values())
+    if dry_run:
+        report.restored = [i for group in groups.values() for i in group]
+        report.processes = len(groups)
+        return report
+    for record_id in groups:
+        try:
+            restored = restore_crm_process(
+                sessions, store, index, crm, record_id, actor, now, reason
+            )
+        except (AlreadyActive, RestoreRefused, NotArchived, RecordNotFound,
+                RestoreInProgress) as e:
+            report.skipped.append(Skipped(record_id, e.code))
+            continue
+        report.restored.extend(restored)
+        report.processes += 1
+        if progress is not None:
+            progress(len(restored), planned)
+    return report
 
 
 def _rows(crm: CrmTables, records: dict[str, dict[str, Any]]) -> list[CrmRow]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 from archivist.active_db import count_active
 from archivist.demo_data import generate_records
 from archivist.importer import import_lines
 from indexer.jobs import run_archive_job
+from indexer.processes import find_archived_parents
 from indexer.services import Services
 
 
@@ -30,6 +32,11 @@ def load_demo(services: Services, count: int, now: datetime) -> DemoSetup:
     if active or counts["archived"] or counts["restored"] or counts["purged"]:
         return DemoSetup(loaded=False)
     lines = (json.dumps(r, ensure_ascii=False).encode() for r in generate_records(count, now=now))
-    report = import_lines(lines, services.sessions, services.store.find_archived)
+    report = import_lines(
+        lines,
+        services.sessions,
+        services.store.find_archived,
+        find_archived_parents=partial(find_archived_parents, services.store),
+    )
     archived = run_archive_job(services, now)
     return DemoSetup(True, report.imported, archived.archived)

@@ -10,10 +10,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from archive_store import ArchiveStore
 from archivist.holds import load_hold_set
+from archivist.processes import find_processes, may_dispose
 from archivist.retention import RetentionRules, disposal_cutoff, is_due_for_disposal
+from indexer.processes import ArchivistSource
 
 ACTOR = "disposal"
 PURGE_CHUNK = 5000
+PROCESS_CHUNK = 1000  # candidates whose processes are looked up together
 
 
 @dataclass(frozen=True)
@@ -28,19 +31,37 @@ class DisposalReport:
 def find_due_for_disposal(
     sessions: sessionmaker[Session], store: ArchiveStore, rules: RetentionRules, as_of: datetime
 ) -> list[tuple[str, str]]:
-    """(record id, category) of every archived record past its keep time and not on hold."""
+    """(record id, category) of every archived record whose whole process may be disposed of:
+    every archived record of it past its keep time, and none of its records on hold."""
+    return sorted(pair for group in find_due_processes(sessions, store, rules, as_of)
+                  for pair in group)
+
+
+def find_due_processes(
+    sessions: sessionmaker[Session], store: ArchiveStore, rules: RetentionRules, as_of: datetime
+) -> list[list[tuple[str, str]]]:
+    """The archived records of each process that may be disposed of, a list per process."""
     with sessions.begin() as session:
         holds = load_hold_set(session)
-    policies = [rules.default, *rules.categories.values()]
-    latest_cutoff = max(disposal_cutoff(policy, as_of) for policy in policies)
-    due = []
-    for entry in store.iter_catalog(state="archived", updated_before=latest_cutoff):
-        policy = rules.policy_for(entry.category)
-        if not is_due_for_disposal(entry.updated_at, policy, as_of):
-            continue
-        if holds.covers(entry.record_id, entry.customer_id, entry.category):
-            continue
-        due.append((entry.record_id, entry.category))
+        policies = [rules.default, *rules.categories.values()]
+        latest_cutoff = max(disposal_cutoff(policy, as_of) for policy in policies)
+        candidates: list[str] = []
+        for entry in store.iter_catalog(state="archived", updated_before=latest_cutoff):
+            policy = rules.policy_for(entry.category)
+            if not is_due_for_disposal(entry.updated_at, policy, as_of):
+                continue
+            if holds.covers(entry.record_id, entry.customer_id, entry.category):
+                continue
+            candidates.append(entry.record_id)
+        due: list[list[tuple[str, str]]] = []
+        decided: set[str] = set()
+        source = ArchivistSource(session, store)
+        for start in range(0, len(candidates), PROCESS_CHUNK):
+            chunk = [i for i in candidates[start : start + PROCESS_CHUNK] if i not in decided]
+            for process in find_processes(source, chunk):
+                decided.update(process.ids)
+                if may_dispose(process, rules, holds, as_of):
+                    due.append([(m.id, m.category) for m in process.in_state("archived")])
     return due
 
 
@@ -57,12 +78,20 @@ def dispose_due_records(
 
     :param purged_at: the time stamped on the `purged` events (the real clock).
     """
-    due = find_due_for_disposal(sessions, store, rules, as_of)
+    groups = find_due_processes(sessions, store, rules, as_of)
+    due = [pair for group in groups for pair in group]
     by_category = dict(sorted(Counter(category for _, category in due).items()))
     if dry_run:
         return DisposalReport(len(due), by_category, dry_run=True)
     purged = 0
-    ids = [record_id for record_id, _ in due]
-    for start in range(0, len(ids), PURGE_CHUNK):
-        purged += store.purge(ids[start : start + PURGE_CHUNK], purged_at, ACTOR)
+    # Whole processes per purge: a crash between two purges never leaves one half disposed.
+    chunk: list[str] = []
+    for group in groups:
+        chunk.extend(record_id for record_id, _ in group)
+        if len(chunk) >= PURGE_CHUNK:
+            purged += store.purge(chunk, purged_at, ACTOR)
+            chunk = []
+    if chunk:
+        purged += store.purge(chunk, purged_at, ACTOR)
     return DisposalReport(purged, by_category)
+

@@ -133,7 +133,9 @@ def _utc_text(value: str) -> str:
 def build_document(record: dict[str, Any], archived_at: datetime) -> dict[str, Any]:
     """Turn a record and its archive time into the field values of one Whoosh document.
 
-    :param record: the record as imported (contract JSON object).
+    :param record: the record as imported (contract JSON object), with the root of its process
+        as `process_id` when the indexer knows it (a record never carries that field itself);
+        without it the record is taken as its own root.
     :param archived_at: when it was archived (aware).
     """
     created = _utc_text(record["created_at"])
@@ -141,6 +143,7 @@ def build_document(record: dict[str, Any], archived_at: datetime) -> dict[str, A
     archived = format_utc(archived_at)
     body = record.get("body") or ""
     subject = record.get("subject") or ""
+    process_id = record.get("process_id") or record["id"]
     doc: dict[str, Any] = {
         "id": record["id"],
         "kind": record["kind"],
@@ -164,12 +167,17 @@ def build_document(record: dict[str, Any], archived_at: datetime) -> dict[str, A
             updated,
             archived,
             body[:SNIPPET_SOURCE_CHARS],
+            record.get("parent_id"),
+            process_id,
         ),
     }
     if record.get("customer_id") is not None:
         doc["customer_id"] = record["customer_id"]
     if record.get("owner") is not None:
         doc["owner"] = record["owner"]
+    if record.get("parent_id") is not None:
+        doc["parent_id"] = record["parent_id"]
+    doc["process_id"] = process_id
     return doc
 
 
@@ -1497,8 +1505,10 @@ def _load_hit(
 ) -> SearchHit:
     stored = view.cache.searcher.stored_fields(docnum)["stored"]
     (rid, kind, category, customer_id, owner, subject, status, created, updated, archived, body) = (
-        stored
+        stored[:11]
     )
+    # documents indexed before processes existed store 11 values: no parent, their own root
+    parent_id, process_id = stored[11:13] if len(stored) >= 13 else (None, rid)
     text = ""
     if snippet:
         text = (
@@ -1517,6 +1527,8 @@ def _load_hit(
         created_at=created,
         updated_at=updated,
         archived_at=archived,
+        parent_id=parent_id,
+        process_id=process_id,
         score=round(score, 6),
         snippet=text,
     )

@@ -22,6 +22,7 @@ from archive_store.errors import RecordNotFound
 from archive_store.faults import crash_point
 from archive_store.models import CatalogEntry
 from indexer.index import SearchIndex
+from indexer.processes import with_process_ids
 
 CATCH_UP_BATCH = 500  # one batch holds the index lock; restores wait at most that long
 BULK_MIN = 1  # records to add from which they are staged (SearchIndex.stage)
@@ -64,11 +65,11 @@ def sync_index(
             entries = store.iter_unindexed(batch_size)
             if not entries:
                 break
-            docs = [
-                (known.get(e.record_id) or store.get(e.record_id), e.archived_at)
-                for e in entries
-                if e.state == "archived"
-            ]
+            adding = [e for e in entries if e.state == "archived"]
+            records = with_process_ids(
+                store, (known.get(e.record_id) or store.get(e.record_id) for e in adding)
+            )
+            docs = [(record, e.archived_at) for record, e in zip(records, adding, strict=True)]
             index.add(
                 docs, first_versions=[e.record_id for e in entries if e.version == 1], merge=False
             )
@@ -95,11 +96,15 @@ def _add_staged(
     """
 
     def docs() -> Iterator[tuple[dict[str, Any], datetime]]:
-        for e in adds:  # read while the index workers write
-            try:
-                yield known.get(e.record_id) or store.get(e.record_id), e.archived_at
-            except RecordNotFound:
-                continue  # purged since: the check below leaves it out
+        for start in range(0, len(adds), 1000):  # read while the index workers write
+            found: list[tuple[dict[str, Any], datetime]] = []
+            for e in adds[start : start + 1000]:
+                try:
+                    found.append((known.get(e.record_id) or store.get(e.record_id), e.archived_at))
+                except RecordNotFound:
+                    continue  # purged since: the check below leaves it out
+            records = with_process_ids(store, (record for record, _ in found))
+            yield from zip(records, (at for _, at in found), strict=True)
 
     staged = index.stage(docs(), processes=len(adds) >= BULK_PROCESSES)
     if staged is None:
@@ -146,7 +151,9 @@ def rebuild_index(store: ArchiveStore, index: SearchIndex, *, progress: bool = F
     """
     start = store.last_seq()
     total = store.counts()["archived"]
-    records = ((record, entry.archived_at) for entry, record in store.iter_records("archived"))
+    records = _with_processes(
+        store, ((record, entry.archived_at) for entry, record in store.iter_records("archived"))
+    )
     count = index.rebuild(records, total=total, progress=progress)
     with store.indexing():  # no index change + mark may straddle this reset
         store.mark_rebuilt(start)
@@ -178,3 +185,19 @@ def check_index_agreement(store: ArchiveStore, index: SearchIndex) -> tuple[list
     for record_id in sorted(indexed):
         problems.append(Problem(record_id, None, "in the index but never archived"))
     return problems, waiting
+
+
+def _with_processes(
+    store: ArchiveStore, items: Iterator[tuple[dict[str, Any], datetime]]
+) -> Iterator[tuple[dict[str, Any], datetime]]:
+    """The items with each record's process root added, looked up a thousand at a time."""
+    chunk: list[tuple[dict[str, Any], datetime]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= 1000:
+            yield from zip(with_process_ids(store, (r for r, _ in chunk)),
+                           (at for _, at in chunk), strict=True)
+            chunk = []
+    if chunk:
+        yield from zip(with_process_ids(store, (r for r, _ in chunk)),
+                       (at for _, at in chunk), strict=True)

@@ -34,9 +34,13 @@ def run_archive_job(
     if services.crm is not None:
         return _run_crm_archive_job(services, as_of, dry_run=dry_run, should_stop=should_stop)
     if dry_run:
-        with services.sessions.begin() as session:
-            by_category = preview_archive(session, config.retention, as_of)
-        return ArchiveReport(sum(by_category.values()), 0, by_category, dry_run=True)
+        with services.read_sessions.begin() as session:
+            by_category, held_back = preview_archive(
+                session, services.store, config.retention, as_of, config.batch_size
+            )
+        return ArchiveReport(
+            sum(by_category.values()), 0, by_category, dry_run=True, held_back=held_back
+        )
     with _recorded(services, "archive") as run:
         report = archive_due_records(
             services.sessions,
@@ -98,6 +102,7 @@ def _run_crm_archive_job(
         dry_run=dry_run,
         blocked=crm_report.blocked,
         blocked_by=dict(sorted(crm_report.blocked_by.items())),
+        held_back=crm_report.held_back,
     )
 
 

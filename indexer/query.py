@@ -19,7 +19,9 @@ MAX_QUERY_CHARS = 1000
 MAX_TERMS = 64
 MAX_EXPANSION = 1000
 MAX_SCAN = 20_000
-QUERY_FIELDS = frozenset({"subject", "body", "customer_id", "owner", "id"})
+QUERY_FIELDS = frozenset(
+    {"subject", "body", "customer_id", "owner", "id", "parent_id", "process_id"}
+)
 
 
 @dataclass

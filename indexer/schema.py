@@ -7,7 +7,7 @@ from whoosh import columns, fields, formats
 from indexer.analysis import ArchivePositions, ArchiveTokenizer, PairTokenizer
 
 TEXT_FIELDS = ("subject", "body")
-EXACT_FIELDS = ("id", "kind", "category", "customer_id", "owner")
+EXACT_FIELDS = ("id", "kind", "category", "customer_id", "owner", "parent_id", "process_id")
 DATE_FIELDS = ("created_at", "updated_at", "archived_at")
 
 
@@ -65,6 +65,8 @@ def build_schema() -> fields.Schema:
         category=fields.ID(sortable=True),
         customer_id=fields.ID(),
         owner=fields.ID(),
+        parent_id=fields.ID(),
+        process_id=fields.ID(),  # the root of the record's process
         subject=build_text_field(),
         body=build_text_field(),
         subject_pairs=build_pair_field(),

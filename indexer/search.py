@@ -48,6 +48,7 @@ class SearchQuery:
     kinds: tuple[str, ...] = ()
     customer_id: str | None = None
     owner: str | None = None
+    process: str | None = None
     date_from: datetime | None = None
     date_to: datetime | None = None
     date_field: str = "created_at"
@@ -72,6 +73,8 @@ class SearchHit:
     archived_at: str
     score: float
     snippet: str
+    parent_id: str | None = None
+    process_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,11 @@ def _match_shard(
             narrow(dates >= lo)
         if hi is not None:
             narrow(dates <= hi)
-    for fieldname, value in (("customer_id", query.customer_id), ("owner", query.owner)):
+    for fieldname, value in (
+        ("customer_id", query.customer_id),
+        ("owner", query.owner),
+        ("process_id", query.process),
+    ):
         if value is not None:
             allowed = Evaluator(cache, None, scored=False)._term(fieldname, value)
             narrow(member(docs, allowed.docs))

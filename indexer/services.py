@@ -8,7 +8,13 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive_store import ArchiveStore
-from archivist.active_db import create_schema, make_engine, make_read_sessions, make_sessions
+from archivist.active_db import (
+    create_schema,
+    make_engine,
+    make_read_sessions,
+    make_sessions,
+    upgrade_schema,
+)
 from archivist.config import Config
 from archivist.crm_rows import CrmTables, ForeignKeyRef, inspect_foreign_keys, open_crm_tables
 from indexer.index import SearchIndex
@@ -39,6 +45,8 @@ class Services:
         engine = make_engine(config.active_url)
         if create:
             create_schema(engine)
+        else:
+            upgrade_schema(engine)  # a database from before `parent_id` gains the column
         store = ArchiveStore.open(config.archive_dir, segment_max_bytes=config.segment_max_bytes)
         index = SearchIndex.open(
             config.index_dir,

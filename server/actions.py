@@ -21,8 +21,9 @@ from archivist.active_db import utcnow
 from archivist.audit import AuditEvent, AuditFilter, AuditPage, AuditWriter, list_audit
 from archivist.holds import Hold, add_hold, list_holds, remove_hold
 from archivist.records import Record
-from indexer.crm_restore import restore_crm_process
-from indexer.restore import restore_record
+from indexer.crm_restore import restore_crm_many, restore_crm_process
+from indexer.processes import ProcessView, view_process
+from indexer.restore import BulkRestoreReport, restore_many, restore_process
 from indexer.search import SearchHit, SearchPage, SearchQuery
 from indexer.services import Services
 from indexer.stats import collect_stats
@@ -58,14 +59,16 @@ class RecordView:
     record: dict[str, Any] | None
     archive: CatalogEntry
     history: list[HistoryEvent]
+    process: ProcessView
 
 
 @dataclass(frozen=True)
 class RestoreResult:
-    """What a restore did."""
+    """What a restore did: the record asked for, and every record of its process restored."""
 
     id: str
     state: str = "restored"
+    restored: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,7 @@ def describe_query(query: SearchQuery) -> dict[str, Any]:
         ("kind", list(query.kinds)),
         ("customer_id", query.customer_id),
         ("owner", query.owner),
+        ("process", query.process),
         ("from", None if query.date_from is None else query.date_from.isoformat()),
         ("to", None if query.date_to is None else query.date_to.isoformat()),
     ):
@@ -130,32 +134,82 @@ def search(actor: Actor, query: SearchQuery) -> SearchPage:
 
 
 def read_record(actor: Actor, record_id: str) -> RecordView:
-    """A record with its archive state and history."""
-    store = actor.services.store
+    """A record with its archive state, history and process."""
+    services = actor.services
+    store = services.store
     with audited(actor, "read", record_id, {}, wait=False) as entry:
         info = store.info(record_id)
         record = None if info.state == "purged" else store.get(record_id)
         entry.details["state"] = info.state
-        return RecordView(record, info, store.history(record_id))
+        with services.read_sessions.begin() as session:
+            process = view_process(session, store, record_id)
+        return RecordView(record, info, store.history(record_id), process)
 
 
-def restore(actor: Actor, record_id: str) -> RestoreResult:
-    """One-click restore: back to the active database, out of search; waits for the audit entry."""
+def restore(actor: Actor, record_id: str, reason: str | None = None) -> RestoreResult:
+    """One-click restore of a record's whole process: back to the active database, out of
+    search; one audit entry names every record restored, and it is waited for."""
     services = actor.services
+    details: dict[str, Any] = {} if reason is None else {"reason": reason}
     # An admin waits, and a restore is a few milliseconds of work: this process's searches
     # pause meanwhile (for up to a limit, see Turns.urgent) rather than share the core with it.
-    if services.crm is not None:  # the CRM's own tables: the whole process goes back
-        with services.index.urgent(), audited(actor, "restore", record_id, {}, wait=True):
-            restore_crm_process(
+    if services.crm is not None:  # the CRM's own tables: the whole process goes back there
+        with services.index.urgent(), audited(
+            actor, "restore", record_id, details, wait=True
+        ) as e:
+            ids = restore_crm_process(
                 services.sessions, services.store, services.index, services.crm, record_id,
-                actor.name, actor.now(),
+                actor.name, actor.now(), reason,
             )
-        return RestoreResult(record_id)
-    with services.index.urgent(), audited(actor, "restore", record_id, {}, wait=True):
-        record: Record = restore_record(
-            services.sessions, services.store, services.index, record_id, actor.name, actor.now()
+            e.details["restored"] = ids
+        return RestoreResult(record_id, restored=ids)
+    with services.index.urgent(), audited(actor, "restore", record_id, details, wait=True) as e:
+        records: list[Record] = restore_process(
+            services.sessions, services.store, services.index, record_id, actor.name,
+            actor.now(), reason,
         )
-    return RestoreResult(record.id)
+        e.details["restored"] = [r.id for r in records]
+    return RestoreResult(record_id, restored=[r.id for r in records])
+
+
+def bulk_restore(
+    actor: Actor,
+    reason: str,
+    *,
+    ids: list[str] | None = None,
+    query: SearchQuery | None = None,
+    dry_run: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    limit: int | None = None,
+) -> BulkRestoreReport:
+    """Restore archived records, given by id or by a search, with the rest of their
+    processes; one audit entry names every record restored."""
+    services = actor.services
+    details: dict[str, Any] = {"reason": reason, "dry_run": dry_run}
+    if query is not None:
+        details["search"] = describe_query(query)
+    target = "search" if query is not None else "ids"
+    with audited(actor, "restore", target, details, wait=True) as entry:
+        if query is not None:
+            ids = [hit.id for hit in services.index.iter_hits(query)]
+        if services.crm is not None:  # the CRM's own tables
+            report = restore_crm_many(
+                services.sessions, services.store, services.index, services.crm, ids or [],
+                actor.name, actor.now(), reason, dry_run=dry_run, limit=limit,
+                progress=progress,
+            )
+        else:
+            report = restore_many(
+                services.sessions, services.store, services.index, ids or [], actor.name,
+                actor.now(), reason, dry_run=dry_run, limit=limit, progress=progress,
+            )
+        entry.details.update(
+            matched=report.matched, processes=report.processes,
+            skipped=len(report.skipped),
+        )
+        if not dry_run:
+            entry.details["restored"] = report.restored
+    return report
 
 
 def stats(actor: Actor) -> dict[str, Any]:

@@ -14,11 +14,15 @@ from server.errors import BadRequest
 from server.schemas import (
     AuditArgsSchema,
     AuditPageSchema,
+    BulkRestoreBodySchema,
+    BulkRestoreResultSchema,
     ChecksumSchema,
     HoldListSchema,
     HoldSchema,
     RecordViewSchema,
+    RestoreBodySchema,
     RestoreResultSchema,
+    SearchArgsSchema,
     SearchPageSchema,
     StatsSchema,
     args_to_dict,
@@ -72,9 +76,36 @@ def record(record_id: str) -> Any:
 @bp.post("/records/<record_id>/restore")
 @require_role("admin")
 def restore(record_id: str) -> Any:
-    """Put an archived record back into the active database."""
-    result = actions.restore(actor(), record_id)
+    """Put an archived record and the rest of its process back into the active database."""
+    body = request.get_json(silent=True) if request.data else {}
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    data = RestoreBodySchema().load(body)
+    result = actions.restore(actor(), record_id, data.get("reason"))
     return RestoreResultSchema().dump(result)
+
+
+@bp.post("/restore")
+@require_role("admin")
+def bulk_restore() -> Any:
+    """Restore archived records, by ids or by a search, with the rest of their processes."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    data = BulkRestoreBodySchema().load(body)
+    services = current_app.extensions["archivist"]
+    query = None
+    if "search" in data:
+        search = {  # a single category or kind may be given as a string
+            k: [v] if k in SearchArgsSchema.LIST_FIELDS and isinstance(v, str) else v
+            for k, v in data["search"].items()
+        }
+        query = load_search_query(search, services.config.server.max_query_length, export=True)
+    report = actions.bulk_restore(
+        actor(), data["reason"].strip(), ids=data.get("ids"), query=query,
+        dry_run=data["dry_run"], limit=services.config.server.max_bulk_restore,
+    )
+    return BulkRestoreResultSchema().dump(report)
 
 
 @bp.get("/export.csv")

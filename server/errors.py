@@ -25,6 +25,7 @@ from indexer.errors import (
     IndexerError,
     IndexUnavailable,
     RestoreRefused,
+    TooMany,
 )
 from server.schemas import describe_errors
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 # Looked up along the exception's class hierarchy; a domain error not listed here is a 500.
 STATUS: dict[type[Exception], int] = {
     BadQuery: 400,
+    TooMany: 400,
     InvalidRecord: 400,
     TokenError: 400,
     RecordNotFound: 404,

@@ -73,6 +73,9 @@ class SearchArgsSchema(Schema):
     kind = fields.List(fields.String(validate=Length(min=1, max=64)))
     customer_id = fields.String(validate=Length(min=1, max=256))
     owner = fields.String(validate=Length(min=1, max=256))
+    process = fields.String(
+        validate=Length(min=1, max=128), metadata={"description": "a process's root id"}
+    )
     date_from = Bound(data_key="from")
     date_to = Bound(data_key="to")
     date_field = fields.String(load_default="created_at", validate=OneOf(DATE_FIELDS))
@@ -100,6 +103,7 @@ class SearchArgsSchema(Schema):
             kinds=tuple(data.get("kind", ())),
             customer_id=data.get("customer_id"),
             owner=data.get("owner"),
+            process=data.get("process"),
             date_from=date_from,
             date_to=date_to,
             date_field=data["date_field"],
@@ -174,6 +178,8 @@ class HitSchema(Schema):
     created_at = fields.String()
     updated_at = fields.String()
     archived_at = fields.String()
+    parent_id = fields.String(allow_none=True)
+    process_id = fields.String(allow_none=True)
     score = fields.Float()
     snippet = fields.String(metadata={"description": "HTML-escaped; matches in <mark>"})
 
@@ -209,6 +215,24 @@ class HistoryEventSchema(Schema):
     at = UtcTimestamp()
     event = fields.String()
     actor = fields.String()
+    reason = fields.String(allow_none=True)
+
+
+class ProcessNodeSchema(Schema):
+    """One record of a process."""
+
+    id = fields.String()
+    parent_id = fields.String(allow_none=True)
+    kind = fields.String(allow_none=True)
+    subject = fields.String(allow_none=True)
+    state = fields.String(metadata={"description": "active, archived, restored or purged"})
+
+
+class ProcessSchema(Schema):
+    """A record's process: its root and up to 1,000 of its records, parents first."""
+
+    root = fields.String()
+    records = fields.List(fields.Nested(ProcessNodeSchema))
 
 
 class RecordViewSchema(Schema):
@@ -217,6 +241,7 @@ class RecordViewSchema(Schema):
     record = fields.Dict(allow_none=True)
     archive = fields.Nested(ArchiveInfoSchema)
     history = fields.List(fields.Nested(HistoryEventSchema))
+    process = fields.Nested(ProcessSchema)
 
 
 class RestoreResultSchema(Schema):
@@ -224,6 +249,47 @@ class RestoreResultSchema(Schema):
 
     id = fields.String()
     state = fields.String()
+    restored = fields.List(fields.String(), metadata={"description": "every record restored"})
+
+
+class RestoreBodySchema(Schema):
+    """Body of `POST /records/<id>/restore` (optional)."""
+
+    reason = fields.String(validate=Length(min=1, max=500))
+
+
+class BulkRestoreBodySchema(Schema):
+    """Body of `POST /restore`: ids or a search, a reason, and whether to only count."""
+
+    ids = fields.List(fields.String(validate=Length(min=1, max=128)))
+    search = fields.Dict(keys=fields.String())
+    reason = fields.String(required=True, validate=Length(min=1, max=500))
+    dry_run = fields.Boolean(load_default=False)
+
+    @validates_schema
+    def _check_target(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if ("ids" in data) == ("search" in data):
+            raise ValidationError("give either 'ids' or 'search'", field_name="ids")
+        if not data.get("reason", "x").strip():
+            raise ValidationError("a restore needs a reason", field_name="reason")
+
+
+class SkippedSchema(Schema):
+    """A record a bulk restore skipped, and why."""
+
+    id = fields.String()
+    code = fields.String()
+
+
+class BulkRestoreResultSchema(Schema):
+    """Response of `POST /restore`."""
+
+    matched = fields.Integer()
+    restored = fields.Function(lambda r: len(r.restored))
+    processes = fields.Integer()
+    ids = fields.Function(lambda r: r.restored[:1000])
+    skipped = fields.List(fields.Nested(SkippedSchema))
+    dry_run = fields.Boolean()
 
 
 class AuditEntrySchema(Schema):

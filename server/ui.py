@@ -637,7 +637,8 @@ def admin() -> Any:
             as_of = parse_bound(as_of_text, end=False)
         except BadQuery as e:
             error = str(e)
-    archive_preview = run_archive_job(services, as_of, dry_run=True).by_category
+    archive_report = run_archive_job(services, as_of, dry_run=True)
+    archive_preview = archive_report.by_category
     dispose_preview = run_dispose_job(services, as_of, dry_run=True).by_category
     rules = config.retention
     names = sorted(set(rules.categories) | set(archive_preview) | set(dispose_preview))
@@ -659,6 +660,7 @@ def admin() -> Any:
         default_policy=rules.default,
         policies=policies,
         archive_total=sum(archive_preview.values()),
+        held_back=archive_report.held_back,
         dispose_total=sum(dispose_preview.values()),
         as_of=as_of,
         as_of_text=as_of_text or as_of.strftime("%Y-%m-%d"),

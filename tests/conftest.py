@@ -145,13 +145,20 @@ def agent_headers(services: Any) -> dict[str, str]:
 def archived(services: Any) -> Callable[..., list[dict[str, Any]]]:
     """Import records into the active database and run the archive job over them (and index)."""
     from datetime import datetime
+    from functools import partial
 
     from archivist.importer import import_lines
     from indexer.jobs import run_archive_job
+    from indexer.processes import find_archived_parents
 
     def archive(*records: dict[str, Any]) -> list[dict[str, Any]]:
         lines = [json.dumps(r, ensure_ascii=False).encode("utf-8") for r in records]
-        report = import_lines(lines, services.sessions, services.store.find_archived)
+        report = import_lines(
+            lines,
+            services.sessions,
+            services.store.find_archived,
+            find_archived_parents=partial(find_archived_parents, services.store),
+        )
         assert report.rejected == 0, report.errors
         run_archive_job(services, datetime.fromisoformat(ARCHIVE_AS_OF))
         return list(records)

@@ -369,3 +369,24 @@ def test_crm_search_page_and_record_show_the_table_and_restore_over_http(crm):
         assert response.json["error"]["code"] == "not_archived"
     finally:
         close_app(app)
+
+
+def test_crm_cli_restore_brings_back_whole_processes_and_lists_the_rest(crm):
+    from click.testing import CliRunner
+
+    from archivist.cli import main
+
+    before = snapshot(crm)
+    run_archive_job(crm, utcnow())
+    args = ["restore", "note:1", "case:20", "--reason", "audit request",
+            "--config", str(crm.config.path)]
+
+    result = CliRunner().invoke(main, args)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "restored 5 (1 processes)\n"
+    assert "skipped case:20: not_found" in result.stderr
+    assert snapshot(crm) == before
+    assert [h.reason for h in crm.store.history("case:11") if h.event == "restored"] == [
+        "audit request"
+    ]

@@ -133,7 +133,9 @@ def test_serve_drives_search_record_restore_export_over_http(served: tuple[str, 
     assert [r["id"] for r in rows] == ["P-2"]
 
     status, body, _ = _get(f"{base}/api/v1/records/P-1/restore", token, method="POST")
-    assert (status, json.loads(body)) == (200, {"id": "P-1", "state": "restored"})
+    assert (status, json.loads(body)) == (
+        200, {"id": "P-1", "state": "restored", "restored": ["P-1"]}
+    )
     status, body, _ = _get(f"{base}/api/v1/records/P-1/restore", token, method="POST")
     assert status == 409
     status, body, _ = _get(f"{base}/api/v1/search?q=kettle", token)

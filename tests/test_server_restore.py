@@ -40,7 +40,7 @@ def test_restore_round_trip(
 
     response = client.post("/api/v1/records/RT-1/restore", headers=admin_headers)
     assert response.status_code == 200
-    assert response.get_json() == {"id": "RT-1", "state": "restored"}
+    assert response.get_json() == {"id": "RT-1", "state": "restored", "restored": ["RT-1"]}
 
     with services.sessions.begin() as session:
         restored = find_active(session, ["RT-1"])["RT-1"]

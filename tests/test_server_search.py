@@ -62,6 +62,8 @@ def test_search_response_has_the_contract_shape(
         "created_at",
         "updated_at",
         "archived_at",
+        "parent_id",
+        "process_id",
         "score",
         "snippet",
     }
