@@ -36,7 +36,9 @@ from sqlalchemy import (
     Text,
     bindparam,
     cast,
+    func,
     inspect,
+    select,
     types,
 )
 from sqlalchemy.dialects import postgresql
@@ -152,6 +154,13 @@ class CrmTables:
         for crm_table in self.tables:
             visit(crm_table)
         return ordered
+
+
+def count_crm_rows(session: Any, crm_tables: CrmTables) -> int:
+    """How many rows the mapped tables hold: the active records, when tables are mapped."""
+    return sum(
+        session.scalar(select(func.count()).select_from(t.table)) or 0 for t in crm_tables.tables
+    )
 
 
 def open_crm_tables(connection: Connection, mappings: Sequence[TableMapping]) -> CrmTables:

@@ -158,6 +158,10 @@ def test_crm_archive_moves_exactly_the_aged_unheld_unreferenced_processes(crm):
     assert report.blocked_by == {"attachments_message_id_fkey": 2}
     after = snapshot(crm)
     assert set(before) - set(after) == PROCESS_A
+    from indexer.stats import collect_stats
+
+    stats = collect_stats(crm)
+    assert (stats["active"], stats["archived"]) == (len(after), len(PROCESS_A))
     assert crm.store.find_archived(before) == PROCESS_A
     with crm.sessions.begin() as session:
         blocks = session.query(JobRunBlock).all()
