@@ -111,3 +111,74 @@ def generate_records(
                 "tags": rng.sample(["vip", "urgent", "b2b", "new"], 2),
             }
         yield record
+
+
+SHOWCASE_ROOT = "REC-00000042"
+
+
+def generate_demo_records(count: int, *, now: datetime, seed: int = 7) -> Iterator[dict[str, Any]]:
+    """The demo data set: `count` generated records grouped into processes (a process record
+    with its tickets, messages and notes), plus one showcase process, all aged, rooted at
+    `REC-00000042` with invoice `INV-2023-004512` in it, that the README's examples use.
+    """
+    rng = random.Random(seed)
+    root_of_block: dict[int, str] = {}
+    for record in generate_records(count, seed=seed, now=now):
+        n = int(record["id"][4:])
+        if n == 42:
+            continue  # the showcase process takes this id
+        block = n // 8
+        if n % 8 == 0:
+            record["kind"] = "process"
+            root_of_block[block] = record["id"]
+        elif block in root_of_block and rng.random() < 0.8:
+            record["parent_id"] = root_of_block[block]
+            record["kind"] = rng.choice(("ticket", "communication", "note"))
+        yield record
+    yield from _showcase(now)
+
+
+def _showcase(now: datetime) -> list[dict[str, Any]]:
+    """One complete, aged process: a refund case with a ticket, messages (English and
+    Chinese) and notes."""
+    base = now - timedelta(days=800)
+
+    def at(days: int) -> str:
+        return format_utc((base + timedelta(days=days)).replace(microsecond=0))
+
+    def record(record_id: str, kind: str, subject: str, body: str, day: int,
+               parent: str | None, **extra: Any) -> dict[str, Any]:  # fmt: skip
+        value: dict[str, Any] = {
+            "id": record_id, "kind": kind, "category": "billing", "customer_id": "C00042",
+            "owner": extra.get("owner", "team-billing"), "subject": subject, "body": body,
+            "status": extra.get("status", "closed"), "created_at": at(day),
+            "updated_at": at(day + 1),
+        }
+        if parent is not None:
+            value["parent_id"] = parent
+        return value
+
+    root = SHOWCASE_ROOT
+    ticket = f"{root}-T1"
+    return [
+        record(root, "process", "Refund case: invoice INV-2023-004512 charged twice",
+               "Li Wei (li.wei@example.com, +86 138 0013 8000) was charged twice for invoice "
+               "INV-2023-004512. Refund the duplicate payment and confirm in writing.", 0, None,
+               status="resolved"),
+        record(ticket, "ticket", "Duplicate charge on INV-2023-004512",
+               "Billing ticket for the duplicate payment of invoice INV-2023-004512.", 1, root),
+        record(f"{root}-M1", "communication", "Charged twice for my invoice",
+               "Hello, my card was charged twice for invoice INV-2023-004512. Please refund "
+               "one of the payments. Li Wei", 1, ticket),
+        record(f"{root}-M2", "communication", "发票 INV-2023-004512 重复扣款",
+               "您好，发票 INV-2023-004512 被重复扣款，请退款。联系电话 +86 138 0013 8000。", 2,
+               ticket, owner="wang.fang"),
+        record(f"{root}-M3", "communication", "Refund issued",
+               "We refunded the duplicate payment for invoice INV-2023-004512; it reaches your "
+               "card within five working days.", 5, ticket),
+        record(f"{root}-N1", "note", "Finance checked the ledger",
+               "Finance confirmed the double booking of INV-2023-004512 and approved the refund.",
+               3, root, owner="chen.jing"),
+        record(f"{root}-N2", "note", "财务备注",
+               "财务部门已核对发票金额，同意退款。", 4, root, owner="chen.jing"),
+    ]

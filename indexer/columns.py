@@ -9,6 +9,7 @@ is read through Whoosh as before.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -88,3 +89,24 @@ def live_docs(reader: Any) -> Docs:
         keep[deleted[deleted < n]] = False
         parts.append(np.flatnonzero(keep).astype(np.int64) + base)
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def live_docnums(leaf: Any, wanted: Iterable[bytes]) -> dict[bytes, list[int]]:
+    """Return the segment-local numbers of the live documents whose id is wanted.
+
+    One read of the id column and one vectorised membership test, instead of a term look-up
+    per id: what a bulk restore's thousands of deletions need.
+
+    :param leaf: a Whoosh segment reader whose schema has the sortable ``id`` field.
+    :param wanted: UTF-8 encoded ids.
+    """
+    size = leaf.segment().doc_count_all()
+    ids = byte_strings(leaf.column_reader("id", translate=False), size)
+    targets = np.array(sorted(set(wanted)), dtype=bytes)
+    if not size or not len(targets):
+        return {}
+    found: dict[bytes, list[int]] = {}
+    for docnum in np.nonzero(np.isin(ids, targets))[0].tolist():
+        if not leaf.is_deleted(docnum):
+            found.setdefault(ids[docnum].tobytes().rstrip(b"\0"), []).append(docnum)
+    return found

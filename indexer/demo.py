@@ -8,7 +8,7 @@ from datetime import datetime
 from functools import partial
 
 from archivist.active_db import count_active
-from archivist.demo_data import generate_records
+from archivist.demo_data import generate_demo_records
 from archivist.importer import import_lines
 from indexer.jobs import run_archive_job
 from indexer.processes import find_archived_parents
@@ -31,7 +31,8 @@ def load_demo(services: Services, count: int, now: datetime) -> DemoSetup:
     counts = services.store.counts()
     if active or counts["archived"] or counts["restored"] or counts["purged"]:
         return DemoSetup(loaded=False)
-    lines = (json.dumps(r, ensure_ascii=False).encode() for r in generate_records(count, now=now))
+    records = generate_demo_records(count, now=now)
+    lines = (json.dumps(r, ensure_ascii=False).encode() for r in records)
     report = import_lines(
         lines,
         services.sessions,

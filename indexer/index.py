@@ -58,7 +58,7 @@ from indexer.analysis import (
     index_term_positions,
     pair_postings,
 )
-from indexer.columns import byte_strings
+from indexer.columns import byte_strings, live_docnums
 from indexer.dates import parse_timestamp, to_micros
 from indexer.errors import IndexerError, IndexUnavailable
 from indexer.mapped_files import install as install_mapped_files
@@ -87,6 +87,7 @@ SNIPPET_SOURCE_CHARS = 10_000
 _BATCH = 500
 WORKER_BUFFERED_DOCS = 300_000  # documents a rebuild worker holds in memory (~3.5 KiB each)
 PAIR_SAMPLE = 20_000  # records a rebuild reads before choosing the pair terms
+_BULK_IDS = 64  # ids to delete from which a segment's id column is read whole
 _READ_IDS_COST = 200  # one id look-up in a segment costs about as much as reading 200 ids
 _WARM_QUERIES = 16  # the latest distinct queries run again after a change (keep_fresh)
 # Seconds at most that the searches of a process with a freshener go without an indexing
@@ -827,6 +828,17 @@ class SearchIndex:
                 offsets = list(
                     itertools.accumulate((s.doc_count_all() for s in toc.segments), initial=0)
                 )
+                if len(rids) >= _BULK_IDS:  # a bulk restore: one column read per segment
+                    wanted = {rid.encode("utf-8") for rid in rids}
+                    by_segid = {s.segid: s for s in toc.segments}
+                    for leaf, _base in searcher.reader().leaf_readers():
+                        segment = leaf.segment()
+                        if segment is None or segment.segid not in by_segid:
+                            continue
+                        for docnums in live_docnums(leaf, wanted).values():
+                            for docnum in docnums:
+                                by_segid[segment.segid].delete_document(docnum)
+                    rids = []
                 for rid in rids:
                     for docnum in searcher.document_numbers(id=rid):
                         i = bisect.bisect_right(offsets, docnum) - 1
@@ -1013,6 +1025,14 @@ class SearchIndex:
                     seg_ids = _segment_id_set(leaf)
                 known[segid] = seg_ids
                 hits.update(b for b in wanted if b in seg_ids)  # (not &: it walks seg_ids)
+            if len(hits) >= _BULK_IDS:  # one column read per segment, not a look-up per id
+                live: set[bytes] = set()
+                for leaf, _base in searcher.reader().leaf_readers():
+                    if leaf.segment() is not None:
+                        live.update(live_docnums(leaf, hits))
+                for btext in sorted(live):
+                    found.setdefault(wanted[btext], []).append(name)
+                continue
             for btext in sorted(hits):
                 rid = wanted[btext]
                 if searcher.document_number(id=rid) is not None:

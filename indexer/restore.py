@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from archive_store import ArchiveStore
 from archive_store.errors import NotArchived, RecordNotFound, RestoreInProgress
-from archivist.active_db import find_active_ids, insert_records
+from archive_store.faults import crash_point
+from archivist.active_db import find_active_ids, find_child_links, insert_records
 from archivist.processes import Process, find_processes
 from archivist.records import Record, record_from_json
 from indexer.errors import AlreadyActive, TooMany
@@ -205,7 +206,16 @@ def _plan_groups(
                     skipped.append(Skipped(record_id, RestoreInProgress.code))
                 else:
                     ready.append(record_id)
-            for process in find_processes(source, ready):
+            # A record with no parent and no children is a process of its own: no walk.
+            linked = {e.parent_id for e in store.child_entries(ready)}
+            linked.update(link.parent_id for link in find_child_links(session, ready))
+            alone = [i for i in ready if entries[i].parent_id is None and i not in linked]
+            for record_id in alone:
+                roots.add(record_id)
+                groups.append([record_id])
+            single = set(alone)
+            others = [i for i in ready if i not in single]
+            for process in find_processes(source, others) if others else []:
                 if process.root not in roots:
                     roots.add(process.root)
                     groups.append(_archived_ids(process))
@@ -230,13 +240,15 @@ def _restore_groups(
     unsettled: Exception | None = None
     with store.moving():  # shared: an archive batch may be moving other records meanwhile
         problems = store.begin_restores(groups)
+        crash_point("restore.after_mark")
         marked = []
         for group, problem in zip(groups, problems, strict=True):
             if problem is None:
                 marked.append(group)
             else:
                 skipped.append(Skipped(*problem))
-        records = {i: record_from_json(store.get(i)) for group in marked for i in group}
+        values = store.get_many([i for group in marked for i in group])
+        records = {i: record_from_json(values[i]) for group in marked for i in group}
         try:
             with sessions.begin() as session:
                 present = set(find_active_ids(session, list(records)))
@@ -248,6 +260,7 @@ def _restore_groups(
                     else:
                         skipped.append(Skipped(clash, AlreadyActive.code))
                 insert_records(session, [records[i] for group in keep for i in group])
+                crash_point("restore.before_insert_commit")
         except IntegrityError:  # inserted by the CRM between our check and our insert
             store.abort_restores(list(records))
             raise AlreadyActive(
@@ -262,6 +275,7 @@ def _restore_groups(
             dropped = [i for i in records if i not in kept]
             if dropped:
                 store.abort_restores(dropped)
+            crash_point("restore.after_insert")
             store.complete_restores(ids, now, actor, reason)
     if unsettled is not None:
         # The insert may or may not have committed (e.g. the connection dropped during

@@ -18,6 +18,7 @@ import sqlite3
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,7 +34,8 @@ from indexer.archiver import archive_due_records
 from indexer.crm_archiver import archive_crm_tables
 from indexer.crm_restore import restore_crm_process
 from indexer.indexing import rebuild_index, sync_index
-from indexer.restore import restore_record
+from indexer.restore import restore_many, restore_process
+from indexer.search import SearchQuery
 from indexer.services import Services
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,6 +112,59 @@ def bench_indexing(corpus: Path, count: int, folder: Path) -> dict[str, float]:
         incremental = count / timed(lambda: sync_index(services.store, services.index))
         rebuild = count / timed(lambda: rebuild_index(services.store, services.index))
     return {"incremental": incremental, "rebuild": rebuild}
+
+
+def bench_bulk_restore(
+    corpus: Path, count: int, baseline_count: int, folder: Path
+) -> dict[str, float]:
+    """Bulk restore of `count` archived records (batched) with searches running beside it,
+    against one-by-one restores (`restore_process` per record) in the same installation."""
+    with make_installation(folder) as services:
+        with corpus.open("rb") as lines:
+            import_lines(
+                itertools.islice(lines, count + baseline_count),
+                services.sessions,
+                services.store.find_archived,
+            )
+        archive_due_records(
+            services.sessions, services.store, services.config.retention, AS_OF, utcnow()
+        )
+        sync_index(services.store, services.index)
+        ids = [entry.record_id for entry in services.store.iter_catalog(state="archived")]
+        bulk_ids, one_by_one = ids[:count], ids[count : count + baseline_count]
+        latencies: list[float] = []
+        done = threading.Event()
+
+        def search_meanwhile() -> None:
+            queries = itertools.cycle(["refund", "退款", "invoice", "shipping delayed"])
+            while not done.is_set():
+                started = time.perf_counter()
+                services.index.search(SearchQuery(q=next(queries)))
+                latencies.append(time.perf_counter() - started)
+                time.sleep(0.05)  # a user's pace, in this process (the server has its own)
+
+        searcher = threading.Thread(target=search_meanwhile)
+        searcher.start()
+        reports = []
+        bulk_seconds = timed(lambda: reports.append(restore_many(
+            services.sessions, services.store, services.index, bulk_ids, "bench", utcnow(),
+            "benchmark",
+        )))
+        done.set()
+        searcher.join()
+        assert len(reports[0].restored) == count, reports[0].skipped[:3]
+        single_seconds = timed(lambda: [
+            restore_process(services.sessions, services.store, services.index, record_id,
+                            "bench", utcnow(), "benchmark")
+            for record_id in one_by_one
+        ])
+    return {
+        "bulk": count / bulk_seconds,
+        "single": baseline_count / single_seconds,
+        "searches": len(latencies),
+        "search_p50_ms": 1000 * statistics.median(latencies) if latencies else 0.0,
+        "search_max_ms": 1000 * max(latencies) if latencies else 0.0,
+    }
 
 
 def folder_bytes(folder: Path) -> int:
@@ -221,14 +276,24 @@ def bench_crm(count: int, folder: Path, restores: int) -> dict[str, float]:
             batch_size=services.config.batch_size,
         )))
         result["embedded_archive"] = report[0].archived / seconds
-        ids = [entry.record_id for _, entry in zip(
-            range(len(restored)), services.store.iter_catalog(state="archived"), strict=False
-        )]
-        seconds = timed(lambda: [
-            restore_record(services.sessions, services.store, None, rid, "bench", utcnow())
-            for rid in ids
-        ])
-        result["embedded_restore"] = len(ids) / seconds
+        # the same number of processes, one at a time, as over the CRM's tables
+        back: list[str] = []
+
+        def restore_processes() -> None:
+            processes = 0
+            for entry in services.store.iter_catalog(state="archived"):
+                if processes == restores:
+                    return
+                if services.store.info(entry.record_id).state != "archived":
+                    continue  # came back with a process restored before
+                back.extend(r.id for r in restore_process(
+                    services.sessions, services.store, None, entry.record_id, "bench", utcnow()
+                ))
+                processes += 1
+
+        seconds = timed(restore_processes)
+        result["embedded_restore"] = len(back) / seconds
+        result["embedded_restore_processes"] = restores / seconds
     return result
 
 
@@ -246,7 +311,8 @@ def print_crm(count: int, repeat: int, restores: int) -> None:
     )
     print(
         f"| restore (records/s) | {med['crm_restore']:,.0f} "
-        f"({med['crm_restore_processes']:,.0f} processes/s) | {med['embedded_restore']:,.0f} | "
+        f"({med['crm_restore_processes']:,.0f} processes/s) | {med['embedded_restore']:,.0f} "
+        f"({med['embedded_restore_processes']:,.0f} processes/s) | "
         f"{med['crm_restore'] / med['embedded_restore']:.2f} |"
     )
 
@@ -256,11 +322,17 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--index-records", type=int, default=20_000)
+    parser.add_argument("--restore-records", type=int, default=20_000)
+    parser.add_argument("--restore-baseline", type=int, default=500)
+    parser.add_argument("--only", choices=["all", "restore"], default="all")
     parser.add_argument("--crm", action="store_true", help="the CRM's own tables on PostgreSQL")
     parser.add_argument("--restores", type=int, default=1000)
     args = parser.parse_args()
     if args.crm:
         print_crm(args.records, args.repeat, args.restores)
+        return
+    if args.only == "restore":
+        print_bulk_restore(args)
         return
     with tempfile.TemporaryDirectory(prefix="archivist-bench-") as tmp:
         root = Path(tmp)
@@ -297,6 +369,31 @@ def main() -> None:
         f"| archive size incl. catalog vs raw JSON | {med['archive_bytes'] / raw_bytes:.2f} | "
         f"{med['baseline_bytes'] / raw_bytes:.2f} (gzip JSONL) | "
         f"{med['archive_bytes'] / med['baseline_bytes']:.2f} |"
+    )
+
+    print_bulk_restore(args)
+
+
+def print_bulk_restore(args: argparse.Namespace) -> None:
+    """Bulk restore beside one-by-one restores, the median of `--repeat` runs."""
+    count, baseline = args.restore_records, args.restore_baseline
+    with tempfile.TemporaryDirectory(prefix="archivist-bench-") as tmp:
+        root = Path(tmp)
+        corpus = root / "corpus.jsonl"
+        write_corpus(corpus, count + baseline)
+        runs = [
+            bench_bulk_restore(corpus, count, baseline, root / f"restore{i}")
+            for i in range(args.repeat)
+        ]
+    med = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    print(
+        f"| bulk restore, {count:,} records (records/s) | {med['bulk']:,.0f} | "
+        f"{med['single']:,.0f} (one restore per record, {baseline:,}) | "
+        f"{med['bulk'] / med['single']:.1f} |"
+    )
+    print(
+        f"| searches answered during the bulk restore | {med['searches']:,.0f} "
+        f"(median {med['search_p50_ms']:.0f} ms, slowest {med['search_max_ms']:.0f} ms) | | |"
     )
 
 

@@ -105,11 +105,21 @@ def build_openapi() -> dict[str, Any]:
         },
         "/api/v1/records/{record_id}/restore": {
             "post": _operation(
-                "Restore an archived record to the active database",
+                "Restore an archived record and the rest of its process to the active database",
                 "admin",
                 _json(schemas.RestoreResultSchema, "Restored"),
                 (*_AUTH, "404", "409"),
                 [_RECORD_ID],
+            )
+        },
+        "/api/v1/restore": {
+            "post": _operation(
+                "Restore archived records, by ids or by a search, with the rest of their "
+                "processes (`too_many` above `server.max_bulk_restore`)",
+                "admin",
+                _json(schemas.BulkRestoreResultSchema, "Restored, or counted in a dry run"),
+                ("400", *_AUTH),
+                body=schemas.BulkRestoreBodySchema,
             )
         },
         "/api/v1/export.csv": {

@@ -285,9 +285,14 @@ class BulkRestoreResultSchema(Schema):
     """Response of `POST /restore`."""
 
     matched = fields.Integer()
-    restored = fields.Function(lambda r: len(r.restored))
+    restored = fields.Function(
+        lambda r: len(r.restored), metadata={"type": "integer"}
+    )
     processes = fields.Integer()
-    ids = fields.Function(lambda r: r.restored[:1000])
+    ids = fields.Function(
+        lambda r: r.restored[:1000],
+        metadata={"type": "array", "items": {"type": "string"}, "description": "up to 1,000"},
+    )
     skipped = fields.List(fields.Nested(SkippedSchema))
     dry_run = fields.Boolean()
 

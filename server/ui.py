@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from flask import (
     Blueprint,
@@ -89,6 +89,7 @@ SEARCH_PARAMS = (
     "kind",
     "customer_id",
     "owner",
+    "process",
     "from",
     "to",
     "date_field",
@@ -491,6 +492,7 @@ def search() -> Any:
         sorts=[(s, SORT_LABELS.get(s, s)) for s in SORTS],
         per_page_choices=PER_PAGE_CHOICES,
         export_url=url_with("ui.export_csv", EXPORT_PARAMS),
+        search_qs=urlencode([(k, v) for k, v in args.items(multi=True) if k in EXPORT_PARAMS]),
         here=_here(),
     )
     return body, 400 if error else 200
@@ -524,12 +526,21 @@ def record(record_id: str) -> Any:
     back = _local_path(request.args.get("back"), "")
     if back and not back.startswith(url_for("ui.search")):
         back = ""
+    children: dict[str | None, list[Any]] = {}
+    ids = {node.id for node in view.process.records}
+    for node in view.process.records:
+        parent = node.parent_id if node.parent_id in ids else None
+        children.setdefault(parent, []).append(node)
+    to_restore = sum(1 for node in view.process.records if node.state == "archived")
     return render_template(
         "ui/record.html",
         view=view,
         record=view.record,
         archive=view.archive,
         history=view.history,
+        process=view.process,
+        process_children=children,
+        to_restore=to_restore,
         can_restore=me.allows("admin") and view.archive.state == "archived",
         back=back or url_for("ui.search"),
     )
@@ -538,16 +549,71 @@ def record(record_id: str) -> Any:
 @bp.post("/records/<record_id>/restore")
 @require_ui_role("admin")
 def restore(record_id: str) -> ResponseReturnValue:
-    """Restore an archived record to the active CRM, then show the record again."""
+    """Restore an archived record's process to the active CRM, then show the record again."""
+    reason = request.form.get("reason", "").strip()
+    if not reason or len(reason) > 500:
+        flash("The process was not restored: give a reason (1-500 characters).", "error")
+        return redirect(url_for("ui.record", record_id=record_id), 303)
     try:
-        actions.restore(_actor(), record_id)
+        result = actions.restore(_actor(), record_id, reason)
     except _DOMAIN_ERRORS as e:
         if status_of(e) >= 500:
             raise
         flash(f"The record was not restored: {e}", "error")
     else:
-        flash("Restored: the record is back in the active CRM.", "success")
+        n = len(result.restored)
+        flash(f"Restored: the process is back in the active CRM ({n} "
+              f"{'record' if n == 1 else 'records'}).", "success")
     return redirect(url_for("ui.record", record_id=record_id), 303)
+
+
+@bp.post("/restore")
+@require_ui_role("admin")
+def bulk_restore() -> ResponseReturnValue:
+    """Restore ticked search results, or everything a search matches (after a confirmation
+    page showing the dry run's count), with the rest of their processes."""
+    services = _services()
+    form = request.form
+    search = form.get("search", "")
+    back = url_for("ui.search") + (f"?{search}" if search else "")
+    reason = form.get("reason", "").strip()
+    mode = form.get("mode", "ids")
+    limit = services.config.server.max_bulk_restore
+    try:
+        query = None
+        ids = form.getlist("ids")
+        if mode == "search":
+            params = MultiDict(
+                [(k, v) for k, v in parse_qsl(search) if k in EXPORT_PARAMS and v.strip()]
+            )
+            query = load_search_query(params, services.config.server.max_query_length,
+                                      export=True)
+            ids = []
+            if not form.get("confirmed"):
+                plan = actions.bulk_restore(_actor(), reason or "preview", query=query,
+                                            dry_run=True, limit=limit)
+                return render_template("ui/restore_confirm.html", plan=plan, search=search,
+                                       reason=reason, back=back)
+        elif not ids:
+            flash("Nothing was restored: tick the records to restore first.", "error")
+            return redirect(back, 303)
+        if not reason or len(reason) > 500:
+            flash("Nothing was restored: give a reason (1-500 characters).", "error")
+            return redirect(back, 303)
+        report = actions.bulk_restore(_actor(), reason, ids=ids, query=query, limit=limit)
+    except _DOMAIN_ERRORS as e:
+        if status_of(e) >= 500:
+            raise
+        flash(f"Nothing was restored: {e}", "error")
+        return redirect(back, 303)
+    message = (f"Restored {len(report.restored):,} records ({report.processes:,} processes) "
+               "to the active CRM.")
+    if report.skipped:
+        message += " Skipped: " + ", ".join(
+            f"{s.id} ({s.code})" for s in report.skipped[:20]
+        ) + ("…" if len(report.skipped) > 20 else "")
+    flash(message, "success" if report.restored else "error")
+    return redirect(back, 303)
 
 
 # --- auditor: audit log -----------------------------------------------------------------------

@@ -103,3 +103,132 @@ def test_sigkill_during_archive_loses_and_doubles_nothing(tmp_path, config_path)
             assert len(services.store.history(record_id)) == 1
         assert list(services.store.iter_pending()) == []
         assert services.store.verify() == []
+
+
+# --- processes --------------------------------------------------------------------------------
+
+PROCESS_CRASH_POINTS = [
+    "archive.before_store",
+    "store.frames_written",
+    "store.catalog_committed",
+    "archive.after_store",
+    "archive.after_delete",
+    "archive.after_commit",
+]
+RESTORE_CRASH_POINTS = [
+    "restore.after_mark",
+    "restore.before_insert_commit",
+    "restore.after_insert",
+    "store.frames_written",
+    "store.catalog_committed",
+]
+
+
+def generate_processes(count: int, rng: random.Random, start: int = 0) -> list[list[dict]]:
+    """Processes of 1-200 records: a root, each other record under an earlier one. About one
+    in five has a young record, so the whole process stays active."""
+    records = list(generate_records(count, seed=rng.randint(0, 10**6), start=start))
+    processes: list[list[dict]] = []
+    i = 0
+    while i < len(records):
+        size = min(rng.choice([1, 1, 2, 5, 20, 60, 200, rng.randint(1, 200)]), len(records) - i)
+        group = records[i : i + size]
+        for n, record in enumerate(group):
+            record["updated_at"] = "2020-01-01T00:00:00Z"
+            if n:
+                record["parent_id"] = group[rng.randrange(n)]["id"]
+        if rng.random() < 0.2:
+            group[rng.randrange(size)]["updated_at"] = "2029-12-31T00:00:00Z"
+        processes.append(group)
+        i += size
+    return processes
+
+
+def check_processes_whole(config_path: Path, processes: list[list[dict]]) -> tuple[int, int]:
+    """Every process wholly active or wholly archived, nothing doubled or lost; verify clean.
+    Returns how many processes are archived and active."""
+    expected = {r["id"]: r for group in processes for r in group}
+    with Services.open(load_config(config_path)) as services:
+        with services.sessions.begin() as session:
+            active = find_active(session, expected)
+        archived = services.store.find_archived(expected)
+        assert not set(active) & set(archived), "a record is in both places"
+        assert set(active) | set(archived) == set(expected), "a record is in neither place"
+        counts = [0, 0]
+        for group in processes:
+            ids = {r["id"] for r in group}
+            assert ids <= archived or ids <= set(active), f"process {group[0]['id']} is split"
+            counts[0 if ids <= archived else 1] += 1
+        for record_id in archived:
+            assert services.store.get(record_id) == expected[record_id]
+        for record_id, record in active.items():
+            assert record.to_json() == expected[record_id]
+        assert list(services.store.iter_pending()) == []
+        assert services.store.verify() == []
+    return counts[0], counts[1]
+
+
+def test_sigkill_during_archive_keeps_processes_whole(tmp_path, config_path):
+    rng = random.Random(int(os.environ.get("CRASH_SEED", "4321")))
+    assert archivist(config_path, "init").returncode == 0
+    processes = generate_processes(6000, rng)
+    import_records(config_path, [r for g in processes for r in g], tmp_path)
+    for point in PROCESS_CRASH_POINTS:
+        env = {"ARCHIVIST_CRASH_AT": f"{point}:{rng.randint(1, 4)}"}
+        result = archivist(config_path, "archive", "--as-of", AS_OF, env=env)
+        assert result.returncode == -signal.SIGKILL, (point, result.stderr)
+    killed, extra = 0, 0
+    for _ in range(20):
+        if killed >= 4:
+            break
+        process = archivist(config_path, "archive", "--as-of", AS_OF, wait=False)
+        time.sleep(rng.uniform(0.3, 1.5))
+        process.send_signal(signal.SIGKILL)
+        if process.wait() == -signal.SIGKILL:
+            killed += 1
+        else:
+            fresh = generate_processes(1500, rng, start=200_000 + extra)
+            extra += 1500
+            processes.extend(fresh)
+            import_records(config_path, [r for g in fresh for r in g], tmp_path)
+    assert killed >= 3
+    result = archivist(config_path, "archive", "--as-of", AS_OF)
+    assert result.returncode == 0, result.stderr
+    archived, active = check_processes_whole(config_path, processes)
+    young = sum(any(r["updated_at"].startswith("2029") for r in g) for g in processes)
+    assert (archived, active) == (len(processes) - young, young)
+
+
+@pytest.mark.parametrize("mode", ["process", "bulk"])
+def test_sigkill_during_restore_keeps_processes_whole(tmp_path, config_path, mode):
+    rng = random.Random(int(os.environ.get("CRASH_SEED", "99")) + len(mode))
+    assert archivist(config_path, "init").returncode == 0
+    processes = generate_processes(5000, rng)
+    for group in processes:  # every process is archived first
+        for record in group:
+            record["updated_at"] = "2020-01-01T00:00:00Z"
+    import_records(config_path, [r for g in processes for r in g], tmp_path)
+    assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
+
+    def command() -> list[str]:
+        if mode == "process":
+            group = rng.choice(processes)
+            return ["restore", rng.choice(group)["id"], "--reason", "crash test"]
+        return ["restore", "--search", f"q={rng.choice(['refund', '退款', 'invoice'])}",
+                "--reason", "crash test"]
+
+    for point in RESTORE_CRASH_POINTS:
+        env = {"ARCHIVIST_CRASH_AT": f"{point}:1"}
+        result = archivist(config_path, *command(), env=env)
+        assert result.returncode in (-signal.SIGKILL, 0), (point, result.stderr)
+    for _ in range(4):
+        process = archivist(config_path, *command(), wait=False)
+        time.sleep(rng.uniform(0.2, 1.2))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    # the next run settles whatever a restore left half done; as of a date within the
+    # restores' grace, it archives none of them back
+    result = archivist(config_path, "archive", "--as-of", "2026-01-01")
+    assert result.returncode == 0, result.stderr
+    archived, active = check_processes_whole(config_path, processes)
+    assert active >= 1 and archived >= 1

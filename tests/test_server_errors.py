@@ -151,6 +151,7 @@ def test_openapi_document_lists_every_endpoint(client: Any, agent_headers: dict[
         "/api/v1/search",
         "/api/v1/records/{record_id}",
         "/api/v1/records/{record_id}/restore",
+        "/api/v1/restore",
         "/api/v1/export.csv",
         "/api/v1/export.csv.sha256",
         "/api/v1/audit",

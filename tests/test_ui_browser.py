@@ -151,6 +151,27 @@ KNOWN = [
         "2021-09-09T12:00:00Z",
         customer_id="C-7",
     ),
+    # a process: a case with a ticket, an English and a Chinese message, and a note
+    _record("PROC-1", "support", "process", "Warranty case", "Warranty claim opened, caseword.",
+            "2022-03-01T09:00:00Z"),
+    _record("PROC-1-T", "support", "ticket", "Replacement ticket", "Send a replacement.",
+            "2022-03-02T09:00:00Z", parent_id="PROC-1"),
+    _record("PROC-1-M1", "support", "communication", "Customer message",
+            "The device still fails after the update.", "2022-03-03T09:00:00Z",
+            parent_id="PROC-1-T"),
+    _record("PROC-1-M2", "support", "communication", "客户来信", "设备更新后仍然无法使用。",
+            "2022-03-04T09:00:00Z", parent_id="PROC-1-T"),
+    _record("PROC-1-N", "support", "note", "Internal note", "Approved by the team lead.",
+            "2022-03-05T09:00:00Z", parent_id="PROC-1"),
+    _record("TICK-1", "sales", "note", "First tickword note", "tickword one",
+            "2022-06-01T00:00:00Z"),
+    _record("TICK-2", "sales", "note", "Second tickword note", "tickword two",
+            "2022-06-02T00:00:00Z"),
+    _record("TICK-3", "sales", "note", "Third tickword note", "tickword three",
+            "2022-06-03T00:00:00Z"),
+    _record("ALL-1", "sales", "note", "Allword one", "allword", "2022-07-01T00:00:00Z"),
+    _record("ALL-1-C", "sales", "note", "Follow-up", "child", "2022-07-02T00:00:00Z",
+            parent_id="ALL-1"),
 ]
 
 
@@ -384,12 +405,13 @@ def test_ui_admin_restores_a_record(new_page: Any, site: Site) -> None:
         dialog.accept()
 
     page.on("dialog", answer)
-    page.get_by_role("button", name="Restore to active CRM").click()
+    page.get_by_test_id("restore-reason").fill("bank dispute reopened")
+    page.get_by_role("button", name="Restore this process: 1 record").click()
     page.wait_for_selector("[data-testid=restored-note]")
     assert questions and "RESTORE-1" in questions[0]
     assert "back in the active CRM" in page.locator(".flash-success").first.inner_text()
     assert page.get_by_test_id("state").inner_text().lower() == "restored"
-    assert page.get_by_role("button", name="Restore to active CRM").count() == 0
+    assert page.get_by_role("button", name=re.compile("Restore this process")).count() == 0
     assert [c.inner_text() for c in page.locator("table tbody tr td:nth-child(2)").all()] == [
         "archived",
         "restored",
@@ -407,6 +429,68 @@ def test_ui_admin_restores_a_record(new_page: Any, site: Site) -> None:
     assert shown_total(page) == 0 and hit_ids(page) == []
 
 
+def test_ui_admin_restores_a_process_from_a_record_page(new_page: Any, site: Site) -> None:
+    page = new_page("admin")
+    page.goto("/records/PROC-1-M2")
+    nodes = page.get_by_test_id("process-node")
+    assert nodes.count() == 5
+    tree = page.locator(".process-tree").first.inner_text()
+    assert "Warranty case" in tree and "客户来信" in tree and "Internal note" in tree
+    # the tree nests: the messages are inside the ticket's list
+    under_ticket = page.locator('[data-id="PROC-1-T"] [data-testid=process-node]')
+    assert [n.get_attribute("data-id") for n in under_ticket.all()] == ["PROC-1-M1", "PROC-1-M2"]
+    assert page.get_by_test_id("process-link").inner_text() == "PROC-1"
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.get_by_test_id("restore-reason").fill("customer reopened the case")
+    page.get_by_role("button", name="Restore this process: 5 records").click()
+    page.wait_for_selector("[data-testid=restored-note]")
+    assert "5 records" in page.locator(".flash-success").first.inner_text()
+    states = [n.get_attribute("data-state") for n in page.get_by_test_id("process-node").all()]
+    assert states == ["active"] * 5
+    assert "customer reopened the case" in page.locator("main").inner_text()
+    assert api_ids(site, "admin", process="PROC-1") == []
+    assert api_ids(site, "admin", q="caseword") == []
+
+
+def test_ui_admin_restores_ticked_results_and_a_whole_search(new_page: Any, site: Site) -> None:
+    page = new_page("admin")
+    page.goto("/search?q=tickword&sort=oldest")
+    assert hit_ids(page) == ["TICK-1", "TICK-2", "TICK-3"]
+    page.on("dialog", lambda dialog: dialog.accept())
+    ticks = page.get_by_test_id("tick")
+    ticks.nth(0).check()
+    ticks.nth(2).check()
+    page.get_by_test_id("bulk-reason").fill("reopened by sales")
+    page.get_by_test_id("restore-ticked").click()
+    page.wait_for_selector(".flash-success")
+    assert "Restored 2 records" in page.locator(".flash-success").first.inner_text()
+    assert hit_ids(page) == ["TICK-2"]
+    assert api_ids(site, "admin", q="tickword") == ["TICK-2"]
+
+    page.goto("/search?q=allword")
+    assert hit_ids(page) == ["ALL-1"]
+    page.get_by_test_id("restore-all").click()
+    page.wait_for_selector("[data-testid=restore-plan]")
+    plan = page.get_by_test_id("restore-plan").inner_text()
+    assert "matches 1 record" in plan and "restoring 2 archived records in 1 process" in plan
+    assert api_ids(site, "admin", q="allword") == ["ALL-1"]  # the dry run changed nothing
+    page.get_by_test_id("confirm-reason").fill("whole search")
+    page.get_by_test_id("confirm-restore").click()
+    page.wait_for_selector(".flash-success")
+    assert "Restored 2 records (1 processes)" in page.locator(".flash-success").first.inner_text()
+    assert api_ids(site, "admin", q="allword") == []
+
+
+def test_ui_agent_sees_no_restore_controls(new_page: Any) -> None:
+    page = new_page("agent")
+    page.goto("/search?q=refund")
+    assert page.get_by_test_id("tick").count() == 0
+    assert page.locator("#bulk-restore").count() == 0
+    page.goto("/records/ZH-1")
+    assert page.get_by_role("button", name=re.compile("Restore")).count() == 0
+    assert page.get_by_test_id("process-node").count() == 1
+
+
 def test_ui_admin_restore_dismissed_does_nothing(new_page: Any) -> None:
     page = new_page("admin")
     dismissed: list[str] = []
@@ -417,7 +501,8 @@ def test_ui_admin_restore_dismissed_does_nothing(new_page: Any) -> None:
 
     page.on("dialog", dismiss)
     page.goto("/records/EN-3")
-    page.get_by_role("button", name="Restore to active CRM").click()
+    page.get_by_test_id("restore-reason").fill("checking")
+    page.get_by_role("button", name=re.compile("Restore this process")).click()
     page.wait_for_timeout(300)
     assert dismissed
     page.reload()

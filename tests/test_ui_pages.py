@@ -131,13 +131,18 @@ def test_ui_restore_is_audited_and_idempotent_in_the_ui(
 
     _sign_in(client, admin_headers)
     csrf = _csrf(client, "/records/A-1")
-    response = client.post("/records/A-1/restore", data={"csrf_token": csrf})
+    no_reason = client.post("/records/A-1/restore", data={"csrf_token": csrf},
+                            follow_redirects=True)
+    assert "give a reason" in no_reason.get_data(as_text=True)
+    form = {"csrf_token": csrf, "reason": "customer asked"}
+    response = client.post("/records/A-1/restore", data=form)
     assert response.status_code == 303
     page = client.get("/records/A-1").get_data(as_text=True)
-    assert "back in the active CRM" in page and "Restore to active CRM" not in page
+    assert "back in the active CRM" in page and "Restore this process" not in page
+    assert "customer asked" in page
     with services.sessions.begin() as session:
         assert len(find_active(session, ["A-1"])) == 1
-    again = client.post("/records/A-1/restore", data={"csrf_token": csrf}, follow_redirects=True)
+    again = client.post("/records/A-1/restore", data=form, follow_redirects=True)
     assert "was not restored" in again.get_data(as_text=True)
     audit = client.get("/audit?action=restore").get_data(as_text=True)
     assert "test-admin" in audit and "A-1" in audit
