@@ -405,3 +405,25 @@ def test_crm_cli_restore_brings_back_whole_processes_and_lists_the_rest(crm):
     assert [h.reason for h in crm.store.history("case:11") if h.event == "restored"] == [
         "audit request"
     ]
+
+
+def test_crm_bulk_restore_over_http_restores_processes_and_skips_the_rest(crm):
+    from server import close_app, create_app
+    from tests.conftest import _token_headers
+
+    before = snapshot(crm)
+    run_archive_job(crm, utcnow())
+    headers = _token_headers(crm, "admin")
+    app = create_app(crm.config)
+    app.config["TESTING"] = True
+    try:
+        body = {"ids": ["case:11", "case:30"], "reason": "court order"}
+        response = app.test_client().post("/api/v1/restore", json=body, headers=headers)
+    finally:
+        close_app(app)
+
+    assert response.status_code == 200, response.json
+    assert response.json["processes"] == 1
+    assert set(response.json["ids"]) == PROCESS_A
+    assert response.json["skipped"] == [{"id": "case:30", "code": "not_found"}]
+    assert snapshot(crm) == before
