@@ -22,12 +22,14 @@ from archive_store.crypto import KEY_ENV, load_key
 from archivist.active_db import create_schema, utcnow
 from archivist.audit import AuditEvent, write_audit
 from archivist.config import Config, default_config_path, load_config
+from archivist.crm_mapping import check_import_allowed
 from archivist.errors import ArchivistError
 from archivist.holds import add_hold, list_holds, remove_hold
 from archivist.importer import import_lines
 from archivist.records import format_utc
 from archivist.tokens import ROLES, create_token, list_tokens, revoke_token
 from indexer.backup import create_backup, recover_backup, verify_backup
+from indexer.crm_restore import restore_crm_many
 from indexer.demo import demo_admin_token, load_demo
 from indexer.erasure import audit_details, audit_target, erase_records
 from indexer.errors import IndexerError
@@ -131,6 +133,7 @@ def init(config: Config) -> None:
 @config_option
 def import_(file: BinaryIO, config: Config) -> None:
     """Upsert records from a JSON Lines FILE (- for stdin) into the active database."""
+    check_import_allowed(config.tables)
     with Services.open(config) as services:
         report = import_lines(
             file,
@@ -159,6 +162,8 @@ def archive(as_of: datetime | None, dry_run: bool, config: Config) -> None:
             )
     else:
         click.echo(f"archived {report.archived}, indexed {report.indexed}")
+    for constraint, count in report.blocked_by.items():
+        click.echo(f"blocked {count}: still referenced through {constraint}", err=True)
 
 
 @main.command()
@@ -256,10 +261,17 @@ def restore(
             if query is not None:
                 audit["search"] = search
                 record_ids = [hit.id for hit in services.index.iter_hits(query)]
-            report = restore_many(
-                services.sessions, services.store, services.index, record_ids, "cli",
-                utcnow(), reason.strip(), dry_run=dry_run, progress=advance,
-            )
+            if services.crm is not None:  # the CRM's own tables
+                report = restore_crm_many(
+                    services.sessions, services.store, services.index, services.crm,
+                    record_ids, "cli", utcnow(), reason.strip(), dry_run=dry_run,
+                    progress=advance,
+                )
+            else:
+                report = restore_many(
+                    services.sessions, services.store, services.index, record_ids, "cli",
+                    utcnow(), reason.strip(), dry_run=dry_run, progress=advance,
+                )
             audit.update(matched=report.matched, processes=report.processes,
                          skipped=len(report.skipped))
             if not dry_run:

@@ -13,6 +13,7 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from archivist.crm_mapping import TableMapping, parse_table_mappings
 from archivist.errors import ConfigError
 from archivist.retention import RetentionPolicy, RetentionRules
 
@@ -101,6 +102,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
+    tables: tuple[TableMapping, ...] = ()  # [[active.table]]: the CRM's own tables, if mapped
 
 
 def default_config_path() -> Path:
@@ -224,6 +226,7 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
         server=server_config,
         worker=worker_config,
         backup=BackupConfig(max_age_days=_positive(backup, "max_age_days", 7, "backup")),
+        tables=parse_table_mappings(active.get("table"), path.name),
     )
 
 

@@ -62,6 +62,8 @@ class ArchiveReport:
     indexed: int = 0
     by_category: dict[str, int] = field(default_factory=dict)
     dry_run: bool = False
+    blocked: int = 0  # records left in the CRM's tables because something else references them
+    blocked_by: dict[str, int] = field(default_factory=dict)  # constraint name -> records
     held_back: int = 0
     """Processes with an aged record left active: a record of theirs not aged, or held."""
 

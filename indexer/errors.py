@@ -29,6 +29,12 @@ class AlreadyActive(IndexerError):
     code = "already_active"
 
 
+class RestoreRefused(IndexerError):
+    """The CRM's tables refuse restored rows (a constraint other than their own key)."""
+
+    code = "restore_refused"
+
+
 class TooMany(IndexerError):
     """A bulk request matches more records than one request may change."""
 

@@ -15,6 +15,7 @@ from archivist.active_db import JobRun, create_schema, utcnow
 from archivist.audit import AuditEvent, write_audit
 from archivist.records import Record, format_utc
 from indexer.archiver import ArchiveReport, archive_due_records, preview_archive
+from indexer.crm_archiver import CrmArchiveReport, archive_crm_tables
 from indexer.disposal import DisposalReport, dispose_due_records
 from indexer.indexing import sync_index
 from indexer.services import Services
@@ -32,6 +33,8 @@ def run_archive_job(
 ) -> ArchiveReport:
     """Run the archiving job once (or preview it) and record the run."""
     config = services.config
+    if services.crm is not None:
+        return _run_crm_archive_job(services, as_of, dry_run=dry_run, should_stop=should_stop)
     if dry_run:
         with services.read_sessions.begin() as session:
             by_category, held_back = preview_archive(
@@ -72,6 +75,53 @@ def run_archive_job(
         report = replace(report, indexed=run.indexed)
     log.info("archive job: archived %d, indexed %d", report.archived, report.indexed)
     return report
+
+
+def _run_crm_archive_job(
+    services: Services, as_of: datetime, *, dry_run: bool, should_stop: Callable[[], bool]
+) -> ArchiveReport:
+    """The archive job over the CRM's own tables (`[[active.table]]`)."""
+    assert services.crm is not None
+    config = services.config
+
+    def run(job_run_id: int | None) -> CrmArchiveReport:
+        assert services.crm is not None
+        return archive_crm_tables(
+            services.sessions,
+            services.store,
+            services.crm,
+            services.crm_refs,
+            config.retention,
+            as_of,
+            utcnow(),
+            batch_size=config.batch_size,
+            index_batch=lambda batch: sync_index(
+                services.store, services.index, known={r["id"]: r for r, _ in batch}
+            ),
+            should_stop=should_stop,
+            job_run_id=job_run_id,
+            dry_run=dry_run,
+        )
+
+    if dry_run:
+        crm_report = run(None)
+    else:
+        with _recorded(services, "archive") as job_run:
+            crm_report = run(job_run.id)
+            job_run.archived, job_run.indexed = crm_report.archived, crm_report.indexed
+        log.info(
+            "archive job: archived %d, indexed %d, blocked %d",
+            crm_report.archived, crm_report.indexed, crm_report.blocked,
+        )
+    return ArchiveReport(
+        crm_report.archived,
+        crm_report.indexed,
+        dict(sorted(crm_report.by_category.items())),
+        dry_run=dry_run,
+        blocked=crm_report.blocked,
+        blocked_by=dict(sorted(crm_report.blocked_by.items())),
+        held_back=crm_report.held_back,
+    )
 
 
 def run_dispose_job(

@@ -19,6 +19,7 @@ from archivist.active_db import (
     upgrade_schema,
 )
 from archivist.config import Config
+from archivist.crm_rows import CrmTables, ForeignKeyRef, inspect_foreign_keys, open_crm_tables
 from indexer.errors import IndexUnavailable
 from indexer.index import SearchIndex
 
@@ -48,6 +49,10 @@ class Services:
     index: SearchIndex
     read_sessions: sessionmaker[Session]
     """For transactions that only read (see ``make_read_sessions``)."""
+    crm: CrmTables | None = None
+    """The CRM's own tables, when `[[active.table]]` maps them (checked at open)."""
+    crm_refs: tuple[ForeignKeyRef, ...] = ()
+    """Foreign keys from outside the mapping onto mapped tables: they block an archive."""
 
     @classmethod
     def open(
@@ -93,7 +98,16 @@ class Services:
             )
         index.text_source = make_text_source(store)
         sessions, read_sessions = make_sessions(engine), make_read_sessions(engine)
-        return cls(config, engine, sessions, store, index, read_sessions)
+        services = cls(config, engine, sessions, store, index, read_sessions)
+        if config.tables:
+            try:
+                with engine.connect() as connection:
+                    services.crm = open_crm_tables(connection, config.tables)
+                    services.crm_refs = tuple(inspect_foreign_keys(connection, services.crm))
+            except BaseException:
+                services.close()
+                raise
+        return services
 
     def close(self) -> None:
         """Release files and connections."""

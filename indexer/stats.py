@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from archivist.active_db import count_active
+from archivist.crm_rows import count_crm_rows
 from archivist.records import format_utc
 from indexer.jobs import last_run
 from indexer.services import Services
@@ -13,7 +14,10 @@ from indexer.services import Services
 def collect_stats(services: Services) -> dict[str, Any]:
     """Counts of active, archived, indexed, restored and purged records, and the last run."""
     with services.read_sessions.begin() as session:
-        active = count_active(session)
+        active = (
+            count_active(session) if services.crm is None
+            else count_crm_rows(session, services.crm)
+        )
     counts = services.store.counts()
     run = last_run(services, "archive")
     return {

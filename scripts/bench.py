@@ -1,7 +1,10 @@
 """Benchmarks: import and archive throughput, archive size; each beside a baseline in one run.
 
 Usage: .venv/bin/python scripts/bench.py [--records 100000] [--repeat 3]
-Prints a markdown table of medians; docs/benchmarks.md keeps the figures.
+       .venv/bin/python scripts/bench.py --crm [--records 100000] [--repeat 3]
+Prints a markdown table of medians; docs/benchmarks.md keeps the figures. `--crm` measures
+archive and restore over the CRM's own tables on a throwaway PostgreSQL server (the README's
+example schema) beside the embedded default (Archivist's own table on SQLite).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import os
 import sqlite3
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -20,17 +24,22 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy import create_engine
+
 from archivist.active_db import utcnow
 from archivist.config import load_config
 from archivist.demo_data import generate_records
 from archivist.importer import import_lines
 from indexer.archiver import archive_due_records
+from indexer.crm_archiver import archive_crm_tables
+from indexer.crm_restore import restore_crm_process
 from indexer.index import SearchIndex
 from indexer.indexing import rebuild_index, sync_index
 from indexer.restore import restore_many, restore_process
 from indexer.search import SearchQuery
 from indexer.services import Services
 
+ROOT = Path(__file__).resolve().parent.parent
 AS_OF = datetime(2030, 1, 1, tzinfo=UTC)  # everything generated is aged by then
 
 
@@ -223,6 +232,126 @@ def baseline_archive(corpus: Path, path: Path) -> None:
         os.fsync(out.fileno())
 
 
+# `count` rows of the README's example schema, all aged: half cases (every fifth the child of
+# the case before), a quarter messages and a quarter notes, one of each per case of the first half.
+CRM_DATA = """
+INSERT INTO accounts (id, name) SELECT g, 'account ' || g FROM generate_series(1, 100) g;
+INSERT INTO cases (id, account_id, parent_case_id, queue, assignee, title, description, state,
+                   amount, opened_at, last_activity_at, tags, custom, raw_payload)
+SELECT g, g % 100 + 1, CASE WHEN g % 5 = 0 THEN g - 1 END,
+       (ARRAY['support', 'billing', 'sales'])[g % 3 + 1], 'agent' || g % 40,
+       'case ' || g || ' refund INV-2023-' || g, 'customer asks about order ' || g ||
+       ', refund requested; 客户要求退款', 'closed', g / 100.0,
+       '2023-01-01'::timestamptz + g * interval '1 minute',
+       '2023-02-01'::timestamptz + g * interval '1 second', ARRAY['t' || g % 7],
+       jsonb_build_object('g', g, 'x', 1.50), json_build_object('source', 'web')
+FROM generate_series(1, {cases}) g;
+INSERT INTO case_messages (msg_id, case_id, queue, subject, text, sent_at, ratings)
+SELECT md5(g::text)::uuid, g, 'support', 'Re: case ' || g, 'message body ' || g,
+       '2023-01-01'::timestamptz + g * interval '1 minute', ARRAY[g % 5, 5]
+FROM generate_series(1, {each}) g;
+INSERT INTO notes (id, case_id, author, body, written_at, minutes)
+SELECT g, g, 'agent' || g % 40, 'note ' || g, '2023-01-01'::timestamp + g * interval '1 minute',
+       g * 0.25
+FROM generate_series(1, {each}) g;
+"""
+
+
+def bench_crm(count: int, folder: Path, restores: int) -> dict[str, float]:
+    """Archive `count` mapped rows on PostgreSQL and restore `restores` processes, beside the
+    embedded default (the same number of records in Archivist's own table on SQLite)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.pg import run_postgres  # a throwaway server, as the tests start one
+
+    result: dict[str, float] = {}
+    with run_postgres() as url:
+        engine = create_engine(url)
+        with engine.begin() as connection:
+            driver = connection.connection.driver_connection
+            assert driver is not None
+            driver.execute((ROOT / "docs" / "crm-example" / "schema.sql").read_text())
+            driver.execute(CRM_DATA.format(cases=count // 2, each=count // 4))
+            connection.exec_driver_sql("ANALYZE")
+        folder.mkdir(parents=True)
+        config = folder / "crm.toml"
+        config.write_text(
+            f'[active]\nurl = "{url}"\n[archive]\ndir = "archive"\n[index]\ndir = "index"\n'
+            + (ROOT / "docs" / "crm-example" / "mapping.toml").read_text()
+        )
+        with Services.open(load_config(config), create=True) as services:
+            assert services.crm is not None
+            crm = services.crm
+            reports = []
+            seconds = timed(lambda: reports.append(archive_crm_tables(
+                services.sessions, services.store, crm, services.crm_refs,
+                services.config.retention, AS_OF, utcnow(),
+                batch_size=services.config.batch_size,
+            )))
+            assert reports[0].archived == count // 2 + 2 * (count // 4), reports[0]
+            result["crm_archive"] = reports[0].archived / seconds
+            restored: list[str] = []
+            seconds = timed(lambda: [
+                restored.extend(restore_crm_process(
+                    services.sessions, services.store, None, crm, f"case:{5 * i}", "bench",
+                    utcnow(),
+                ))
+                for i in range(1, restores + 1)
+            ])
+            result["crm_restore"] = len(restored) / seconds
+            result["crm_restore_processes"] = restores / seconds
+        engine.dispose()
+    with make_installation(folder / "embedded") as services:
+        corpus = folder / "corpus.jsonl"
+        write_corpus(corpus, count)
+        with corpus.open("rb") as lines:
+            import_lines(lines, services.sessions, services.store.find_archived)
+        report = []
+        seconds = timed(lambda: report.append(archive_due_records(
+            services.sessions, services.store, services.config.retention, AS_OF, utcnow(),
+            batch_size=services.config.batch_size,
+        )))
+        result["embedded_archive"] = report[0].archived / seconds
+        # the same number of processes, one at a time, as over the CRM's tables
+        back: list[str] = []
+
+        def restore_processes() -> None:
+            processes = 0
+            for entry in services.store.iter_catalog(state="archived"):
+                if processes == restores:
+                    return
+                if services.store.info(entry.record_id).state != "archived":
+                    continue  # came back with a process restored before
+                back.extend(r.id for r in restore_process(
+                    services.sessions, services.store, None, entry.record_id, "bench", utcnow()
+                ))
+                processes += 1
+
+        seconds = timed(restore_processes)
+        result["embedded_restore"] = len(back) / seconds
+        result["embedded_restore_processes"] = restores / seconds
+    return result
+
+
+def print_crm(count: int, repeat: int, restores: int) -> None:
+    """Run `bench_crm` `repeat` times and print the medians."""
+    with tempfile.TemporaryDirectory(prefix="archivist-bench-") as tmp:
+        runs = [bench_crm(count, Path(tmp) / f"run{i}", restores) for i in range(repeat)]
+    med = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    print(f"{count:,} rows, {restores:,} processes restored one at a time, median of {repeat}\n")
+    print("| step | CRM tables on PostgreSQL | embedded default (SQLite) | PostgreSQL / embedded |")
+    print("|---|---|---|---|")
+    print(
+        f"| archive (records/s) | {med['crm_archive']:,.0f} | {med['embedded_archive']:,.0f} | "
+        f"{med['crm_archive'] / med['embedded_archive']:.2f} |"
+    )
+    print(
+        f"| restore (records/s) | {med['crm_restore']:,.0f} "
+        f"({med['crm_restore_processes']:,.0f} processes/s) | {med['embedded_restore']:,.0f} "
+        f"({med['embedded_restore_processes']:,.0f} processes/s) | "
+        f"{med['crm_restore'] / med['embedded_restore']:.2f} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--records", type=int, default=100_000)
@@ -231,7 +360,12 @@ def main() -> None:
     parser.add_argument("--restore-records", type=int, default=20_000)
     parser.add_argument("--restore-baseline", type=int, default=500)
     parser.add_argument("--only", choices=["all", "restore"], default="all")
+    parser.add_argument("--crm", action="store_true", help="the CRM's own tables on PostgreSQL")
+    parser.add_argument("--restores", type=int, default=1000)
     args = parser.parse_args()
+    if args.crm:
+        print_crm(args.records, args.repeat, args.restores)
+        return
     if args.only == "restore":
         print_bulk_restore(args)
         return

@@ -32,6 +32,7 @@ from archivist.holds import Hold, add_hold, list_holds, remove_hold
 from archivist.records import Record, format_utc
 from archivist.tokens import TokenInfo
 from archivist.web_sessions import end_web_session, find_web_session, start_web_session
+from indexer.crm_restore import restore_crm_many, restore_crm_process
 from indexer.erasure import ErasureReport, audit_details, audit_target, erase_records
 from indexer.processes import ProcessView, view_process
 from indexer.restore import BulkRestoreReport, restore_many, restore_process
@@ -164,6 +165,16 @@ def restore(actor: Actor, record_id: str, reason: str | None = None) -> RestoreR
     details: dict[str, Any] = {} if reason is None else {"reason": reason}
     # An admin waits, and a restore is a few milliseconds of work: this process's searches
     # pause meanwhile (for up to a limit, see Turns.urgent) rather than share the core with it.
+    if services.crm is not None:  # the CRM's own tables: the whole process goes back there
+        with services.index.urgent(), audited(
+            actor, "restore", record_id, details, wait=True
+        ) as e:
+            ids = restore_crm_process(
+                services.sessions, services.store, services.index, services.crm, record_id,
+                actor.name, actor.now(), reason,
+            )
+            e.details["restored"] = ids
+        return RestoreResult(record_id, restored=ids)
     with services.index.urgent(), audited(actor, "restore", record_id, details, wait=True) as e:
         records: list[Record] = restore_process(
             services.sessions, services.store, services.index, record_id, actor.name,
@@ -193,10 +204,17 @@ def bulk_restore(
     with audited(actor, "restore", target, details, wait=True) as entry:
         if query is not None:
             ids = [hit.id for hit in services.index.iter_hits(query)]
-        report = restore_many(
-            services.sessions, services.store, services.index, ids or [], actor.name,
-            actor.now(), reason, dry_run=dry_run, limit=limit, progress=progress,
-        )
+        if services.crm is not None:  # the CRM's own tables
+            report = restore_crm_many(
+                services.sessions, services.store, services.index, services.crm, ids or [],
+                actor.name, actor.now(), reason, dry_run=dry_run, limit=limit,
+                progress=progress,
+            )
+        else:
+            report = restore_many(
+                services.sessions, services.store, services.index, ids or [], actor.name,
+                actor.now(), reason, dry_run=dry_run, limit=limit, progress=progress,
+            )
         entry.details.update(
             matched=report.matched, processes=report.processes,
             skipped=len(report.skipped),

@@ -23,7 +23,14 @@ from archive_store import (
 from archivist.errors import ArchivistError, HoldError, InvalidRecord, MomentOutOfRange
 from archivist.tokens import TokenError
 from indexer.erasure import OnHold
-from indexer.errors import AlreadyActive, BadQuery, IndexerError, IndexUnavailable, TooMany
+from indexer.errors import (
+    AlreadyActive,
+    BadQuery,
+    IndexerError,
+    IndexUnavailable,
+    RestoreRefused,
+    TooMany,
+)
 from server.schemas import describe_errors
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,7 @@ STATUS: dict[type[Exception], int] = {
     RestoreInProgress: 409,
     AlreadyArchived: 409,
     AlreadyActive: 409,
+    RestoreRefused: 409,
     HoldError: 409,
     OnHold: 409,
     IndexUnavailable: 503,

@@ -48,6 +48,7 @@ from archive_store import ArchiveStoreError
 from archivist.active_db import utcnow
 from archivist.audit import ACTIONS, AuditFilter
 from archivist.config import Config
+from archivist.crm_mapping import table_for_id
 from archivist.errors import ArchivistError
 from archivist.holds import SCOPES
 from archivist.tokens import TokenInfo
@@ -254,7 +255,13 @@ def _template_globals() -> dict[str, Any]:
         "search_url": search_url,
         "toggle_url": toggle_url,
         "url_with": url_with,
+        "source_table": source_table,
     }
+
+
+def source_table(record_id: str) -> str | None:
+    """The CRM table a record came from, when `[[active.table]]` maps tables."""
+    return table_for_id(_services().config.tables, record_id)
 
 
 @bp.context_processor

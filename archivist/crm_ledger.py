@@ -1,0 +1,88 @@
+"""Archivist's own bookkeeping for the CRM's tables, kept in the active database beside them.
+
+- `archived_process_members`: which process each archived CRM row left with, written in the
+  same transaction as the row's delete and removed in the same transaction as its restore, so
+  a restore finds every archived record of the process exactly as it left;
+- `job_run_blocks`: the rows an archive run left in place because something outside the mapping
+  still references them, with the constraint's name, beside the run's `job_runs` row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import BigInteger, Index, Integer, String, delete, insert, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from archivist.active_db import Base
+
+
+class ArchivedProcessMember(Base):
+    """One archived CRM row and the root of the process it was archived with."""
+
+    __tablename__ = "archived_process_members"
+
+    record_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    root_id: Mapped[str] = mapped_column(String(128))
+
+    __table_args__ = (Index("ix_archived_process_root", "root_id"),)
+
+
+class JobRunBlock(Base):
+    """A row an archive run did not move, and the foreign key that kept it."""
+
+    __tablename__ = "job_run_blocks"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    job_run_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    record_id: Mapped[str] = mapped_column(String(128))
+    constraint_name: Mapped[str] = mapped_column(String(256))
+    referencing_table: Mapped[str] = mapped_column(String(256))
+
+
+def add_members(session: Session, members: Sequence[tuple[str, str]]) -> None:
+    """Remember (record_id, root_id) pairs of rows that have just left for the archive."""
+    if not members:
+        return
+    ids = [record_id for record_id, _ in members]
+    session.execute(delete(ArchivedProcessMember).where(ArchivedProcessMember.record_id.in_(ids)))
+    session.execute(
+        insert(ArchivedProcessMember),
+        [{"record_id": record_id, "root_id": root_id} for record_id, root_id in members],
+    )
+
+
+def process_members(session: Session, record_id: str) -> list[str]:
+    """Every archived record of the process `record_id` was archived with (itself included)."""
+    root = session.scalar(
+        select(ArchivedProcessMember.root_id).where(ArchivedProcessMember.record_id == record_id)
+    )
+    if root is None:
+        return [record_id]
+    stmt = select(ArchivedProcessMember.record_id).where(ArchivedProcessMember.root_id == root)
+    members = list(session.scalars(stmt))
+    return members if record_id in members else [record_id, *members]
+
+
+def remove_members(session: Session, record_ids: Iterable[str]) -> None:
+    """Forget rows that are back in the CRM's tables."""
+    ids = list(record_ids)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        session.execute(
+            delete(ArchivedProcessMember).where(ArchivedProcessMember.record_id.in_(chunk))
+        )
+
+
+def record_blocks(
+    session: Session, job_run_id: int | None, blocks: Iterable[tuple[str, str, str]]
+) -> None:
+    """Write (record_id, constraint, referencing table) of the rows a run left in place."""
+    rows = [
+        {"job_run_id": job_run_id, "record_id": r, "constraint_name": c, "referencing_table": t}
+        for r, c, t in blocks
+    ]
+    if rows:
+        session.execute(insert(JobRunBlock), rows)

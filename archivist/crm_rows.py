@@ -1,0 +1,472 @@
+"""The CRM's own tables as active records: reflect the mapped tables, check the mapping against
+them, and turn a row into a record and back, exactly.
+
+A row becomes one record: the mapped columns fill the record's fields, every other column goes
+into `attributes` with its type, so that a restore writes back the same primary key and every
+column's value (`row_to_json` of the restored row equals the row before it left). The record's
+`attributes` hold:
+
+- `table`: the table the row came from (search and the UI show it);
+- `columns`: the value of every column not mapped to a record field, as JSON: integers, booleans
+  and text as such, numeric as exact text (its scale kept), floats as numbers, timestamps, dates
+  and times in ISO 8601, uuid as text, bytea in base64, arrays as lists; json, jsonb and any other
+  type in PostgreSQL's own text form (json keeps its exact text, jsonb its numbers' scale);
+- `types`: every column's codec (`integer`, `numeric`, `text`, `timestamptz`, `array:date`,
+  `text:JSONB`, ...), mapped columns included;
+- `fields`: which columns were mapped to which record field (the key to `id`, the parent column
+  to `parent_id`);
+- `nulls`: the columns that were SQL NULL (a NULL subject is restored as NULL, not as "").
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    MetaData,
+    Table,
+    Text,
+    bindparam,
+    cast,
+    func,
+    inspect,
+    select,
+    types,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import NoSuchTableError
+from sqlalchemy.sql.elements import ColumnElement
+
+from archivist.crm_mapping import TableMapping
+from archivist.errors import ConfigError
+from archivist.records import format_utc
+
+# Codecs a record field's column may have.
+_FIELD_CODECS = {
+    "kind": {"text"},
+    "category": {"text"},
+    "status": {"text"},
+    "subject": {"text"},
+    "body": {"text"},
+    "customer_id": {"text", "integer", "uuid"},
+    "owner": {"text", "integer", "uuid"},
+    "created_at": {"timestamptz", "timestamp"},
+    "updated_at": {"timestamptz", "timestamp"},
+}
+_KEY_CODECS = {"text", "integer", "uuid"}
+_TEXT_FIELDS = ("kind", "category", "status", "subject", "body")
+
+
+@dataclass(eq=False)  # one object per table: hashed and compared by identity
+class CrmTable:
+    """One mapped table, reflected from the live database."""
+
+    mapping: TableMapping
+    table: Table
+    codecs: dict[str, str]  # column -> codec
+    parent: CrmTable | None = None
+    children: list[CrmTable] = field(default_factory=list)
+    field_of: dict[str, str] = field(default_factory=dict)  # column -> the record field it fills
+
+    @property
+    def name(self) -> str:
+        """The table's name as the mapping gives it."""
+        return self.mapping.name
+
+    @property
+    def key_column(self) -> Column[Any]:
+        """The primary key column."""
+        return self.table.c[self.mapping.key]
+
+    @property
+    def updated_column(self) -> Column[Any]:
+        """The column `updated_at` comes from; a row's age is measured from it."""
+        column = self.mapping.fields["updated_at"].column
+        assert column is not None
+        return self.table.c[column]
+
+    @property
+    def parent_column(self) -> Column[Any] | None:
+        """The column naming the parent row, if the table has a parent."""
+        name = self.mapping.parent_column
+        return None if name is None else self.table.c[name]
+
+    def record_id(self, key: Any) -> str:
+        """The record id of the row with this key."""
+        return self.mapping.id_prefix + _key_text(key)
+
+    def key_of(self, record_id: str) -> Any:
+        """The key value a record id of this table names."""
+        text = record_id[len(self.mapping.id_prefix):]
+        return _decode_key(text, self.codecs[self.mapping.key])
+
+    def select_columns(self) -> list[ColumnElement[Any]]:
+        """Every column, those kept as text cast to text (so json keeps its exact text)."""
+        return [
+            cast(c, Text).label(c.name) if self.codecs[c.name].startswith("text:") else c
+            for c in self.table.columns
+        ]
+
+
+@dataclass
+class CrmTables:
+    """Every mapped table, checked against the live database."""
+
+    tables: list[CrmTable]
+
+    def __post_init__(self) -> None:
+        self.by_name = {t.name: t for t in self.tables}
+        # longest prefix first, so that "case:" never claims a "case:msg:" id
+        self._by_prefix = sorted(self.tables, key=lambda t: -len(t.mapping.id_prefix))
+
+    def table_of(self, record_id: str) -> CrmTable | None:
+        """The mapped table a record id belongs to, by its prefix."""
+        for crm_table in self._by_prefix:
+            if record_id.startswith(crm_table.mapping.id_prefix):
+                return crm_table
+        return None
+
+    def delete_order(self) -> list[CrmTable]:
+        """Children before parents: the order in which a process's rows are deleted."""
+        return list(reversed(self.insert_order()))
+
+    def insert_order(self) -> list[CrmTable]:
+        """Parents before children: the order in which a process's rows are inserted."""
+        ordered: list[CrmTable] = []
+        seen: set[str] = set()
+
+        def visit(crm_table: CrmTable) -> None:
+            if crm_table.name in seen:
+                return
+            seen.add(crm_table.name)
+            if crm_table.parent is not None:
+                visit(crm_table.parent)
+            ordered.append(crm_table)
+
+        for crm_table in self.tables:
+            visit(crm_table)
+        return ordered
+
+
+def count_crm_rows(session: Any, crm_tables: CrmTables) -> int:
+    """How many rows the mapped tables hold: the active records, when tables are mapped."""
+    return sum(
+        session.scalar(select(func.count()).select_from(t.table)) or 0 for t in crm_tables.tables
+    )
+
+
+def open_crm_tables(connection: Connection, mappings: Sequence[TableMapping]) -> CrmTables:
+    """Reflect the mapped tables and check every entry against them.
+
+    :raises ConfigError: one line naming the config entry: a table or column not found, a
+        column whose type cannot hold its field, a key that is not the primary key.
+    """
+    metadata = MetaData()
+    tables: list[CrmTable] = []
+    for mapping in mappings:
+        try:
+            table = Table(mapping.table, metadata, schema=mapping.schema, autoload_with=connection)
+        except NoSuchTableError:
+            raise ConfigError(f"{mapping.where}: table {mapping.name!r} not found") from None
+        tables.append(_check_table(mapping, table, connection))
+    by_name = {t.name: t for t in tables}
+    for crm_table in tables:
+        mapping = crm_table.mapping
+        if mapping.parent_table is None:
+            continue
+        parent = by_name[mapping.parent_table]
+        crm_table.parent = parent
+        parent.children.append(crm_table)
+        column = _column(crm_table, mapping.parent_column or "")
+        if crm_table.codecs[column] != parent.codecs[parent.mapping.key]:
+            raise ConfigError(
+                f"{mapping.where}: parent column {column!r} is "
+                f"{crm_table.codecs[column]}, but the key of {parent.name} is "
+                f"{parent.codecs[parent.mapping.key]}"
+            )
+        crm_table.field_of.setdefault(column, "parent_id")
+    return CrmTables(tables)
+
+
+def _check_table(mapping: TableMapping, table: Table, connection: Connection) -> CrmTable:
+    codecs: dict[str, str] = {}
+    for column in table.columns:
+        codecs[column.name] = codec_of(column.type)
+    crm_table = CrmTable(mapping, table, codecs)
+    key = _column(crm_table, mapping.key)
+    primary = [c.name for c in table.primary_key.columns]
+    if primary != [key]:
+        shown = ", ".join(primary) if primary else "none"
+        raise ConfigError(
+            f"{mapping.where}: key {key!r} must be the table's one-column primary key "
+            f"(its primary key: {shown})"
+        )
+    if codecs[key] not in _KEY_CODECS:
+        raise ConfigError(
+            f"{mapping.where}: key column {key!r} is {table.c[key].type}; "
+            "a key must be an integer, text or uuid"
+        )
+    crm_table.field_of[key] = "id"
+    for field_name, source in mapping.fields.items():
+        if source.column is None:
+            continue
+        column_name = _column(crm_table, source.column)
+        if codecs[column_name] not in _FIELD_CODECS[field_name]:
+            needed = " or ".join(sorted(_FIELD_CODECS[field_name]))
+            raise ConfigError(
+                f"{mapping.where}: column {column_name!r} ({table.c[column_name].type}) "
+                f"cannot hold {field_name} (it needs {needed})"
+            )
+        crm_table.field_of.setdefault(column_name, field_name)
+    return crm_table
+
+
+def _column(crm_table: CrmTable, name: str) -> str:
+    if name not in crm_table.table.c:
+        raise ConfigError(f"{crm_table.mapping.where}: column {name!r} not found")
+    return name
+
+
+def codec_of(sql_type: types.TypeEngine[Any]) -> str:
+    """How a column's values are kept in `attributes` (see the module docstring)."""
+    if isinstance(sql_type, types.ARRAY):
+        item = codec_of(sql_type.item_type)
+        return f"array:{item}" if not item.startswith("text:") else _as_text(sql_type)
+    if isinstance(sql_type, postgresql.JSON | postgresql.JSONB | types.JSON):
+        return _as_text(sql_type)
+    if isinstance(sql_type, types.Boolean):
+        return "boolean"
+    if isinstance(sql_type, types.Integer):
+        return "integer"
+    if isinstance(sql_type, types.Float):
+        return "float"
+    if isinstance(sql_type, types.Numeric):
+        return "numeric"
+    if isinstance(sql_type, types.DateTime):
+        return "timestamptz" if sql_type.timezone else "timestamp"
+    if isinstance(sql_type, types.Date):
+        return "date"
+    if isinstance(sql_type, types.Time) and not sql_type.timezone:
+        return "time"
+    if isinstance(sql_type, types.Uuid):
+        return "uuid"
+    if isinstance(sql_type, types.LargeBinary):
+        return "bytea"
+    if isinstance(sql_type, types.String) and not isinstance(sql_type, types.Enum):
+        return "text"
+    return _as_text(sql_type)
+
+
+def _as_text(sql_type: types.TypeEngine[Any]) -> str:
+    try:
+        name = sql_type.compile(dialect=postgresql.dialect())
+    except Exception:  # a type only its own dialect can name
+        name = type(sql_type).__name__.upper()
+    return f"text:{name}"
+
+
+def encode_value(value: Any, codec: str) -> Any:
+    """A column value as JSON, by its codec (NULL is recorded in `nulls`, not here)."""
+    if value is None:
+        return None
+    if codec.startswith("array:"):
+        return [encode_value(v, codec[6:]) for v in value]
+    if codec == "numeric":
+        return str(value)
+    if codec == "float":
+        return value if value == value and value not in (float("inf"), float("-inf")) else str(
+            value
+        )
+    if codec in ("timestamptz", "timestamp", "date", "time"):
+        return value.isoformat()
+    if codec == "uuid":
+        return str(value)
+    if codec == "bytea":
+        return base64.b64encode(bytes(value)).decode("ascii")
+    return value  # integer, boolean, text, text:<type>
+
+
+def decode_value(value: Any, codec: str) -> Any:
+    """The column value `encode_value` turned into `value`."""
+    if value is None:
+        return None
+    if codec.startswith("array:"):
+        return [decode_value(v, codec[6:]) for v in value]
+    if codec == "numeric":
+        return Decimal(value)
+    if codec == "float":
+        return float(value)
+    if codec in ("timestamptz", "timestamp"):
+        return datetime.fromisoformat(value)
+    if codec == "date":
+        return date.fromisoformat(value)
+    if codec == "time":
+        return time.fromisoformat(value)
+    if codec == "uuid":
+        return uuid.UUID(value)
+    if codec == "bytea":
+        return base64.b64decode(value)
+    return value
+
+
+def row_to_record(crm_table: CrmTable, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The record (its JSON value) a row of a mapped table becomes."""
+    mapping = crm_table.mapping
+    codecs = crm_table.codecs
+    record: dict[str, Any] = {"id": crm_table.record_id(row[mapping.key])}
+    for name, source in mapping.fields.items():
+        value = source.constant if source.column is None else row[source.column]
+        if name in ("created_at", "updated_at"):
+            record[name] = None if not isinstance(value, datetime) else _utc_text(value)
+        elif name in _TEXT_FIELDS:
+            record[name] = "" if value is None else str(value)
+        else:
+            record[name] = None if value is None else str(value)
+    for name in ("customer_id", "owner"):
+        record.setdefault(name, None)
+    for name in ("subject", "body"):
+        record.setdefault(name, "")
+    if crm_table.parent is not None and crm_table.mapping.parent_column is not None:
+        parent_key = row[crm_table.mapping.parent_column]
+        record["parent_id"] = (
+            None if parent_key is None else crm_table.parent.record_id(parent_key)
+        )
+    record["attributes"] = {
+        "table": crm_table.name,
+        "columns": {
+            name: encode_value(row[name], codec)
+            for name, codec in codecs.items()
+            if name not in crm_table.field_of
+        },
+        "types": dict(codecs),
+        "fields": dict(crm_table.field_of),
+        "nulls": [name for name in codecs if row[name] is None],
+    }
+    return record
+
+
+def record_to_row(crm_table: CrmTable, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The column values of the row an archived record came from (see `row_to_record`).
+
+    :raises ValueError: the record was not made from a row of this table, or the table lost a
+        column the row had.
+    """
+    attributes = record.get("attributes") or {}
+    if attributes.get("table") != crm_table.name or "types" not in attributes:
+        raise ValueError(f"record {record.get('id')!r} did not come from {crm_table.name}")
+    codecs: dict[str, str] = attributes["types"]
+    fields: dict[str, str] = attributes.get("fields", {})
+    nulls = set(attributes.get("nulls", ()))
+    columns: dict[str, Any] = attributes.get("columns", {})
+    missing = sorted(set(codecs) - set(crm_table.table.c.keys()))
+    if missing:
+        raise ValueError(f"table {crm_table.name} has no column {missing[0]!r} any more")
+    row: dict[str, Any] = {}
+    for name, codec in codecs.items():
+        if name in nulls:
+            row[name] = None
+        elif name not in fields:
+            row[name] = decode_value(columns.get(name), codec)
+        elif fields[name] == "id":
+            row[name] = crm_table.key_of(record["id"])
+        elif fields[name] == "parent_id":
+            parent = crm_table.parent
+            assert parent is not None
+            row[name] = parent.key_of(record["parent_id"])
+        else:
+            row[name] = _field_value(record[fields[name]], codec)
+    return row
+
+
+def insert_statement(crm_table: CrmTable, columns: Iterable[str]) -> Any:
+    """An INSERT of these columns that takes `record_to_row` values as `v_<column>` parameters
+    (columns kept as text are cast back to their own type by the database)."""
+    table = crm_table.table
+    values: dict[str, Any] = {}
+    for name in columns:
+        column = table.c[name]
+        if crm_table.codecs.get(name, "text:").startswith("text:"):
+            values[name] = cast(bindparam(f"v_{name}", type_=Text), column.type)
+        else:
+            values[name] = bindparam(f"v_{name}", type_=column.type)
+    return table.insert().values(values)
+
+
+def inspect_foreign_keys(connection: Connection, crm_tables: CrmTables) -> list[ForeignKeyRef]:
+    """Foreign keys that point at a mapped table from outside the mapping: from a table that is
+    not mapped, or through a column that is not the mapped parent column. A row such a key
+    references cannot be deleted, so it is not archived."""
+    inspector = inspect(connection)
+    mapped = {(t.table.schema, t.table.name): t for t in crm_tables.tables}
+    found: list[ForeignKeyRef] = []
+    schemas = {t.table.schema for t in crm_tables.tables}
+    for schema in schemas:
+        for table_name in inspector.get_table_names(schema=schema):
+            for fk in inspector.get_foreign_keys(table_name, schema=schema):
+                target = mapped.get((fk.get("referred_schema") or schema, fk["referred_table"]))
+                if target is None:
+                    continue
+                source = mapped.get((schema, table_name))
+                if (
+                    source is not None
+                    and source.parent is target
+                    and fk["constrained_columns"] == [source.mapping.parent_column]
+                    and fk["referred_columns"] == [target.mapping.key]
+                ):
+                    continue  # the mapped parent link: moved together with its process
+                name = table_name if schema is None else f"{schema}.{table_name}"
+                found.append(ForeignKeyRef(
+                    fk.get("name") or f"{name}_fkey", name, tuple(fk["constrained_columns"]),
+                    target, tuple(fk["referred_columns"]),
+                ))
+    return found
+
+
+@dataclass(frozen=True)
+class ForeignKeyRef:
+    """A foreign key from outside the mapping onto a mapped table."""
+
+    name: str
+    table: str  # the referencing table, "schema.table" when not in the default schema
+    columns: tuple[str, ...]
+    target: CrmTable
+    target_columns: tuple[str, ...]
+
+
+def _field_value(value: Any, codec: str) -> Any:
+    if value is None:
+        return None
+    if codec in ("timestamptz", "timestamp"):
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return moment if codec == "timestamptz" else moment.astimezone(UTC).replace(tzinfo=None)
+    if codec == "integer":
+        return int(value)
+    if codec == "uuid":
+        return uuid.UUID(value)
+    return value
+
+
+def _utc_text(value: datetime) -> str:
+    # a timestamp without time zone is taken to be UTC
+    moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return format_utc(moment)
+
+
+def _key_text(key: Any) -> str:
+    return str(key)
+
+
+def _decode_key(text: str, codec: str) -> Any:
+    if codec == "integer":
+        return int(text)
+    if codec == "uuid":
+        return uuid.UUID(text)
+    return text

@@ -1,0 +1,566 @@
+"""The archiving job over the CRM's own tables (`[[active.table]]`).
+
+Rows are moved by process: the tree their mapped parent columns make, across tables. A process
+moves when every row of it is aged (by its own category's policy, and a restored row not before
+its restore has aged too) and none is held; a row something outside the mapping still references
+keeps its whole process in place (`blocked`, with the constraint's name in the log and in
+`job_run_blocks`).
+
+The order is the one that makes moves from Archivist's own table crash-safe: the records are
+written to the store (marked `pending` delete) before the rows are deleted; the deletes of a batch
+commit in one transaction, each process under its own SAVEPOINT, children before parents; the
+marks are cleared after. `reconcile_crm_pending` settles whatever a crash interrupted, by looking
+at the rows themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Table, select, tuple_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from archive_store import ArchiveItem, ArchiveStore
+from archive_store.faults import crash_point
+from archivist.crm_ledger import add_members, record_blocks
+from archivist.crm_rows import CrmTable, CrmTables, ForeignKeyRef, row_to_record
+from archivist.errors import InvalidRecord
+from archivist.holds import load_hold_set
+from archivist.records import parse_record, parse_utc
+from archivist.retention import RetentionRules, archive_cutoff
+
+log = logging.getLogger(__name__)
+ACTOR = "archiver"
+RECONCILE_ACTOR = "reconcile"
+_CHUNK = 500
+
+IndexBatch = Callable[[Sequence[tuple[Any, datetime]]], int]
+
+
+@dataclass
+class CrmRow:
+    """One row of a mapped table and the record it becomes."""
+
+    table: CrmTable
+    key: Any
+    record: dict[str, Any]
+    values: dict[str, Any] = field(default_factory=dict, repr=False)  # the row as read
+
+    @property
+    def record_id(self) -> str:
+        """The row's record id."""
+        return str(self.record["id"])
+
+    @property
+    def parent_id(self) -> str | None:
+        """The record id of its parent row, if any."""
+        return self.record.get("parent_id")
+
+
+@dataclass
+class CrmProcess:
+    """The rows of one process, root first."""
+
+    root_id: str
+    rows: list[CrmRow]
+
+    @property
+    def record_ids(self) -> list[str]:
+        """The record ids of its rows."""
+        return [row.record_id for row in self.rows]
+
+
+@dataclass
+class CrmArchiveReport:
+    """What one run over the CRM's tables moved, and what it left because it is referenced."""
+
+    archived: int = 0
+    indexed: int = 0
+    blocked: int = 0
+    held_back: int = 0  # processes with an aged row left active: a row not aged, or held
+    by_category: Counter[str] = field(default_factory=Counter)
+    blocked_by: Counter[str] = field(default_factory=Counter)  # constraint -> records
+
+
+def archive_crm_tables(
+    sessions: sessionmaker[Session],
+    store: ArchiveStore,
+    crm: CrmTables,
+    refs: Sequence[ForeignKeyRef],
+    rules: RetentionRules,
+    as_of: datetime,
+    archived_at: datetime,
+    *,
+    batch_size: int = 1000,
+    index_batch: IndexBatch | None = None,
+    index_every: int = 20_000,
+    should_stop: Callable[[], bool] = lambda: False,
+    job_run_id: int | None = None,
+    dry_run: bool = False,
+) -> CrmArchiveReport:
+    """Archive every aged, unheld, unreferenced process of the mapped tables.
+
+    :param refs: foreign keys from outside the mapping (`inspect_foreign_keys`).
+    :param as_of: the job's "now" for retention ages; `archived_at` is stamped on the entries.
+    :param index_batch: hands archived records (JSON values) to the indexer.
+    :param job_run_id: the `job_runs` row the blocked rows are written beside.
+    :param dry_run: count what would move (in `by_category`) without moving anything.
+    """
+    if not dry_run:
+        reconcile_crm_pending(sessions, store, crm, archived_at)
+    report = CrmArchiveReport()
+    decided: set[str] = set()
+    to_index: list[tuple[Any, datetime]] = []
+    loosest = max(
+        archive_cutoff(policy, as_of) for policy in (rules.default, *rules.categories.values())
+    )
+    for crm_table in crm.tables:
+        after: Any = None
+        while not should_stop():
+            with sessions.begin() as session:
+                keys = _aged_keys(session, crm_table, loosest, after, batch_size)
+                if not keys:
+                    break
+                after = keys[-1]
+                seeds = [k for k in keys if crm_table.record_id(k) not in decided]
+                processes = load_processes(session, crm, {crm_table.name: seeds})
+                holds = load_hold_set(session)
+            processes = [p for p in processes if p.root_id not in decided]
+            for process in processes:
+                decided.update(process.record_ids)
+            due = _due(processes, store, rules, as_of, holds)
+            report.held_back += len(processes) - len(due)
+            with sessions.begin() as session:
+                blocked = _referenced(session, due, refs)
+            movable = [p for p in due if p.root_id not in blocked]
+            _report_blocked(sessions, report, due, blocked, job_run_id, dry_run)
+            if dry_run:
+                for process in movable:
+                    report.archived += len(process.rows)
+                    report.by_category.update(r.record["category"] for r in process.rows)
+                continue
+            moved = move_processes(sessions, store, movable, archived_at, report, job_run_id)
+            for process in moved:
+                report.archived += len(process.rows)
+                report.by_category.update(r.record["category"] for r in process.rows)
+                if index_batch is not None:
+                    to_index.extend((r.record, archived_at) for r in process.rows)
+            if index_batch is not None and len(to_index) >= index_every:
+                report.indexed += index_batch(to_index)
+                to_index = []
+    if index_batch is not None and to_index:
+        report.indexed += index_batch(to_index)
+    return report
+
+
+def _aged_keys(
+    session: Session, crm_table: CrmTable, cutoff: datetime, after: Any, limit: int
+) -> list[Any]:
+    updated = crm_table.updated_column
+    bound = cutoff if crm_table.codecs[updated.name] == "timestamptz" else _naive(cutoff)
+    key = crm_table.key_column
+    stmt = select(key).where(updated <= bound).order_by(key).limit(limit)
+    if after is not None:
+        stmt = stmt.where(key > after)
+    return list(session.scalars(stmt))
+
+
+def load_processes(
+    session: Session, crm: CrmTables, seeds: dict[str, list[Any]], *, lock: bool = False
+) -> list[CrmProcess]:
+    """The whole processes the seed rows (table name -> keys) belong to: up to each root
+    through the parent columns, then down to every descendant, across tables."""
+    rows: dict[str, CrmRow] = {}
+    frontier = _fetch(session, crm, {crm.by_name[n]: ks for n, ks in seeds.items()}, rows, lock)
+    while frontier:  # up: the parents not loaded yet
+        wanted: dict[CrmTable, list[Any]] = defaultdict(list)
+        for row in frontier:
+            parent = row.table.parent
+            if parent is not None and row.parent_id is not None and row.parent_id not in rows:
+                wanted[parent].append(parent.key_of(row.parent_id))
+        frontier = _fetch(session, crm, wanted, rows, lock)
+    frontier = list(rows.values())
+    while frontier:  # down: the children not loaded yet
+        found: list[CrmRow] = []
+        by_table: dict[CrmTable, list[Any]] = defaultdict(list)
+        for row in frontier:
+            by_table[row.table].append(row.key)
+        for parent, keys in by_table.items():
+            for child in parent.children:
+                column = child.parent_column
+                assert column is not None
+                for chunk in _chunks(keys):
+                    stmt = select(*child.select_columns()).where(column.in_(chunk))
+                    for values in session.execute(_locked(stmt, lock)).mappings():
+                        row = _row(child, values)
+                        if row.record_id not in rows:
+                            rows[row.record_id] = row
+                            found.append(row)
+        frontier = found
+    return group_processes(rows.values())
+
+
+def group_processes(rows: Iterable[CrmRow]) -> list[CrmProcess]:
+    """Split rows into processes by their parent ids, each root first, parents before children."""
+    by_id = {row.record_id: row for row in rows}
+    root_of: dict[str, str] = {}
+
+    def root(record_id: str) -> str:
+        path = []
+        current = record_id
+        while current not in root_of:
+            path.append(current)
+            parent = by_id[current].parent_id
+            if parent is None or parent not in by_id or parent in path:
+                root_of[current] = current
+                break
+            current = parent
+        found = root_of[current]
+        for step in path:
+            root_of[step] = found
+        return found
+
+    groups: dict[str, list[CrmRow]] = defaultdict(list)
+    for record_id in by_id:
+        groups[root(record_id)].append(by_id[record_id])
+    processes = []
+    for root_id, members in groups.items():
+        depth = {m.record_id: _depth(m.record_id, by_id) for m in members}
+        members.sort(key=lambda m: depth[m.record_id])
+        processes.append(CrmProcess(root_id, members))
+    return processes
+
+
+def _depth(record_id: str, by_id: dict[str, CrmRow]) -> int:
+    depth, seen = 0, {record_id}
+    parent = by_id[record_id].parent_id
+    while parent is not None and parent in by_id and parent not in seen:
+        seen.add(parent)
+        depth += 1
+        parent = by_id[parent].parent_id
+    return depth
+
+
+def _fetch(
+    session: Session,
+    crm: CrmTables,
+    wanted: dict[CrmTable, list[Any]],
+    rows: dict[str, CrmRow],
+    lock: bool,
+) -> list[CrmRow]:
+    found: list[CrmRow] = []
+    for crm_table, keys in wanted.items():
+        for chunk in _chunks(list(dict.fromkeys(keys))):
+            stmt = select(*crm_table.select_columns()).where(crm_table.key_column.in_(chunk))
+            for values in session.execute(_locked(stmt, lock)).mappings():
+                row = _row(crm_table, values)
+                if row.record_id not in rows:
+                    rows[row.record_id] = row
+                    found.append(row)
+    return found
+
+
+def _locked(stmt: Any, lock: bool) -> Any:
+    return stmt.with_for_update() if lock else stmt
+
+
+def _row(crm_table: CrmTable, values: Any) -> CrmRow:
+    return CrmRow(
+        crm_table, values[crm_table.mapping.key], row_to_record(crm_table, values), dict(values)
+    )
+
+
+def _due(
+    processes: list[CrmProcess],
+    store: ArchiveStore,
+    rules: RetentionRules,
+    as_of: datetime,
+    holds: Any,
+) -> list[CrmProcess]:
+    """The processes whose every row is aged (restore grace included), valid and unheld."""
+    catalog = store.entries(rid for p in processes for rid in p.record_ids)
+    due = []
+    for process in processes:
+        ok = True
+        for row in process.rows:
+            record = row.record
+            if record["updated_at"] is None:
+                ok = False
+                break
+            cutoff = archive_cutoff(rules.policy_for(record["category"]), as_of)
+            entry = catalog.get(row.record_id)
+            last = parse_utc(record["updated_at"])
+            if entry is not None and entry.state == "restored" and entry.restored_at is not None:
+                last = max(last, entry.restored_at)
+            if last > cutoff or holds.covers(
+                row.record_id, record["customer_id"], record["category"]
+            ):
+                ok = False
+                break
+            try:
+                parse_record(record)
+            except InvalidRecord as e:
+                log.warning("row %s is not archived: %s", row.record_id, e)
+                ok = False
+                break
+        if ok:
+            due.append(process)
+    return due
+
+
+def _referenced(
+    session: Session, processes: list[CrmProcess], refs: Sequence[ForeignKeyRef]
+) -> dict[str, tuple[str, str]]:
+    """Root id -> (constraint, referencing table) of the processes something outside the
+    mapping still references."""
+    blocked: dict[str, tuple[str, str]] = {}
+    by_target: dict[str, list[tuple[CrmRow, str]]] = defaultdict(list)
+    for process in processes:
+        for row in process.rows:
+            by_target[row.table.name].append((row, process.root_id))
+    for ref in refs:
+        targets = by_target.get(ref.target.name)
+        if not targets:
+            continue
+        table = ref.target.table.metadata.tables.get(ref.table)
+        if table is None:
+            schema, _, name = ref.table.rpartition(".")
+            table = Table(
+                name, ref.target.table.metadata, schema=schema or None,
+                autoload_with=session.connection(),
+            )
+        source_cols = [table.c[c] for c in ref.columns]
+        values: dict[tuple[Any, ...], str] = {}
+        for row, root in targets:
+            key = tuple(row.values[c] for c in ref.target_columns)
+            values[key] = root
+        for chunk in _chunks(list(values)):
+            lhs = source_cols[0] if len(source_cols) == 1 else tuple_(*source_cols)
+            rhs = [v[0] for v in chunk] if len(source_cols) == 1 else chunk
+            stmt = select(*source_cols).where(lhs.in_(rhs)).distinct()
+            for hit in session.execute(stmt):
+                root = values[tuple(hit)]
+                blocked.setdefault(root, (ref.name, ref.table))
+    return blocked
+
+
+def _report_blocked(
+    sessions: sessionmaker[Session],
+    report: CrmArchiveReport,
+    processes: list[CrmProcess],
+    blocked: dict[str, tuple[str, str]],
+    job_run_id: int | None,
+    dry_run: bool,
+) -> None:
+    rows: list[tuple[str, str, str]] = []
+    for process in processes:
+        if process.root_id not in blocked:
+            continue
+        constraint, table = blocked[process.root_id]
+        log.warning(
+            "process %s (%d rows) not archived: still referenced from %s through %s",
+            process.root_id, len(process.rows), table, constraint,
+        )
+        report.blocked += len(process.rows)
+        report.blocked_by[constraint] += len(process.rows)
+        rows.extend((rid, constraint, table) for rid in process.record_ids)
+    if rows and not dry_run:
+        with sessions.begin() as session:
+            record_blocks(session, job_run_id, rows)
+
+
+def move_processes(
+    sessions: sessionmaker[Session],
+    store: ArchiveStore,
+    processes: list[CrmProcess],
+    archived_at: datetime,
+    report: CrmArchiveReport | None = None,
+    job_run_id: int | None = None,
+) -> list[CrmProcess]:
+    """Store the processes, then delete their rows; returns the processes that moved."""
+    if not processes:
+        return []
+    with store.moving():  # shared with restores; reconcile waits for it
+        items = [_item(row.record) for p in processes for row in p.rows]
+        crash_point("archive.before_store")
+        stored = {entry.record_id for entry in store.archive_batch(items, archived_at, ACTOR)}
+        crash_point("archive.after_store")
+        # a process one of whose records is being restored stays whole where it is
+        whole = [p for p in processes if all(rid in stored for rid in p.record_ids)]
+        whole_roots = {p.root_id for p in whole}
+        kept = [
+            rid for p in processes if p.root_id not in whole_roots
+            for rid in p.record_ids if rid in stored
+        ]
+        with sessions.begin() as session:
+            outcome = delete_processes(session, whole)
+            crash_point("archive.after_delete")
+        crash_point("archive.after_commit")
+        store.clear_pending(outcome.deleted)
+        for record_id in [*kept, *outcome.kept]:
+            store.complete_restore(record_id, archived_at, ACTOR)  # the row is live: say so
+    if outcome.blocked and report is not None:
+        _report_blocked(
+            sessions, report, whole, outcome.blocked, job_run_id, dry_run=False
+        )
+    moved = set(outcome.deleted)
+    return [p for p in whole if p.root_id in moved]
+
+
+@dataclass
+class DeleteOutcome:
+    """What `delete_processes` did."""
+
+    deleted: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # changed meanwhile, or blocked
+    blocked: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def delete_processes(session: Session, processes: list[CrmProcess]) -> DeleteOutcome:
+    """Delete the rows of each process as they were stored, children before parents.
+
+    The rows are locked and compared with what was stored first: a process the CRM changed
+    meanwhile stays whole. The rest are deleted together under one SAVEPOINT; if a foreign key
+    refuses that, each process is deleted under its own, so the one refused stays whole and
+    the others go.
+    """
+    outcome = DeleteOutcome()
+    changed = _changed(session, processes)
+    for process in processes:
+        if process.root_id in changed:
+            log.info("process %s changed while it was archived; it stays active",
+                     process.root_id)
+            outcome.kept.extend(process.record_ids)
+    unchanged = [p for p in processes if p.root_id not in changed]
+    try:
+        with session.begin_nested():
+            _delete_rows(session, unchanged)
+    except IntegrityError:
+        pass
+    else:
+        outcome.deleted.extend(rid for p in unchanged for rid in p.record_ids)
+        return outcome
+    for process in unchanged:
+        try:
+            with session.begin_nested():
+                _delete_rows(session, [process])
+        except IntegrityError as e:
+            diag = getattr(e.orig, "diag", None)
+            constraint = getattr(diag, "constraint_name", None) or "?"
+            referencing = getattr(diag, "table_name", None) or "?"
+            outcome.blocked[process.root_id] = (constraint, referencing)
+            outcome.kept.extend(process.record_ids)
+        else:
+            outcome.deleted.extend(process.record_ids)
+    return outcome
+
+
+def _delete_rows(session: Session, processes: list[CrmProcess]) -> None:
+    """Delete the processes' rows deepest first (children before parents, across tables), a
+    statement per depth and table; remember which process each row left with."""
+    depth_of: dict[tuple[int, CrmTable], list[Any]] = defaultdict(list)
+    for process in processes:
+        depths = {row.record_id: _depth(row.record_id, {r.record_id: r for r in process.rows})
+                  for row in process.rows}
+        for row in process.rows:
+            depth_of[(depths[row.record_id], row.table)].append(row.key)
+    for (_, crm_table), keys in sorted(depth_of.items(), key=lambda item: -item[0][0]):
+        for chunk in _chunks(keys):
+            session.execute(crm_table.table.delete().where(crm_table.key_column.in_(chunk)))
+    add_members(session, [(rid, p.root_id) for p in processes for rid in p.record_ids])
+
+
+def _changed(session: Session, processes: list[CrmProcess]) -> set[str]:
+    """Lock the processes' rows; the roots of those no longer exactly as stored."""
+    by_table: dict[CrmTable, list[tuple[CrmRow, str]]] = defaultdict(list)
+    for process in processes:
+        for row in process.rows:
+            by_table[row.table].append((row, process.root_id))
+    changed: set[str] = set()
+    for crm_table, rows in by_table.items():
+        current: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks([row.key for row, _ in rows]):
+            stmt = (
+                select(*crm_table.select_columns())
+                .where(crm_table.key_column.in_(chunk))
+                .with_for_update()
+            )
+            for values in session.execute(stmt).mappings():
+                record = row_to_record(crm_table, dict(values))
+                current[record["id"]] = record
+        for row, root in rows:
+            # a row the CRM deleted meanwhile is gone either way: its archived copy stands
+            if current.get(row.record_id, row.record) != row.record:
+                changed.add(root)
+    return changed
+
+
+def reconcile_crm_pending(
+    sessions: sessionmaker[Session], store: ArchiveStore, crm: CrmTables, now: datetime
+) -> int:
+    """Settle every move a crash interrupted, by what the CRM's tables hold now: a record is
+    never both archived and in its table, nor in neither."""
+    with store.settling():
+        pending = list(store.iter_pending())
+        if not pending:
+            return 0
+        archived = {entry.record_id: store.get(entry.record_id) for entry in pending}
+        wanted: dict[str, list[Any]] = defaultdict(list)
+        for record_id in archived:
+            crm_table = crm.table_of(record_id)
+            if crm_table is not None:
+                wanted[crm_table.name].append(crm_table.key_of(record_id))
+        with sessions.begin() as session:
+            current: dict[str, CrmRow] = {}
+            _fetch(session, crm, {crm.by_name[n]: ks for n, ks in wanted.items()}, current, False)
+        cleared: list[str] = []
+        to_delete: list[CrmRow] = []
+        for entry in pending:
+            record = archived[entry.record_id]
+            row = current.get(entry.record_id)
+            if entry.pending == "delete_active":
+                if row is None:
+                    cleared.append(entry.record_id)
+                elif row.record == record:
+                    to_delete.append(row)
+                else:  # the CRM changed it meanwhile: the row is the live version
+                    store.complete_restore(entry.record_id, now, RECONCILE_ACTOR)
+            elif entry.pending == "insert_active":
+                if row is not None and row.record == record:
+                    store.complete_restore(entry.record_id, now, RECONCILE_ACTOR)
+                else:
+                    store.abort_restore(entry.record_id)
+        if to_delete:
+            with sessions.begin() as session:
+                outcome = delete_processes(session, group_processes(to_delete))
+            cleared.extend(outcome.deleted)
+            for record_id in outcome.kept:
+                store.complete_restore(record_id, now, RECONCILE_ACTOR)
+        store.clear_pending(cleared)
+        return len(pending)
+
+
+def _item(record: dict[str, Any]) -> ArchiveItem:
+    return ArchiveItem(
+        record_id=record["id"],
+        record=record,
+        category=record["category"],
+        customer_id=record["customer_id"],
+        created_at=parse_utc(record["created_at"]),
+        updated_at=parse_utc(record["updated_at"]),
+        parent_id=record.get("parent_id"),
+    )
+
+
+def _naive(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _chunks(values: list[Any]) -> list[list[Any]]:
+    return [values[i:i + _CHUNK] for i in range(0, len(values), _CHUNK)]

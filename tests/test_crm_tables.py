@@ -1,0 +1,429 @@
+"""Archive from the CRM's own tables and restore into them, on a real PostgreSQL server.
+
+The schema is the README's worked example (docs/crm-example/schema.sql and mapping.toml):
+accounts, cases with a parent case, case_messages and notes referencing cases ON DELETE RESTRICT,
+attachments (not mapped) referencing messages, a trigger stamping and logging every case write.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from archivist.active_db import utcnow
+from archivist.config import load_config
+from archivist.crm_ledger import JobRunBlock
+from archivist.errors import ConfigError
+from archivist.holds import add_hold
+from indexer.crm_restore import restore_crm_process
+from indexer.errors import AlreadyActive
+from indexer.jobs import run_archive_job
+from indexer.search import SearchQuery
+from indexer.services import Services
+from indexer.verification import verify_all
+from tests.pg import find_pg_bin, run_postgres
+
+if find_pg_bin() is None and not os.environ.get("ARCHIVIST_REQUIRE_POSTGRES"):
+    pytest.skip("PostgreSQL is not installed", allow_module_level=True)
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "crm-example"
+MAPPED = {"cases": "id", "case_messages": "msg_id", "notes": "id"}
+OLD = "2023-01-05 09:00:00+00"
+
+
+def msg(n: int) -> str:
+    return str(uuid.UUID(int=n))
+
+
+@pytest.fixture(scope="module")
+def pg_server():
+    with run_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_url(pg_server: str):
+    """An empty public schema for each test."""
+    engine = create_engine(pg_server)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    return pg_server
+
+
+def run_sql(url: str, sql: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        # straight to psycopg without parameters, so a % in the SQL is just a %
+        connection.connection.driver_connection.execute(sql)  # type: ignore[union-attr]
+    engine.dispose()
+
+
+def write_config(tmp_path: Path, url: str, mapping: str | None = None) -> Path:
+    path = tmp_path / "config.toml"
+    mapping = (EXAMPLE / "mapping.toml").read_text() if mapping is None else mapping
+    path.write_text(
+        f'[active]\nurl = "{url}"\n\n{mapping}\n'
+        '[archive]\ndir = "archive"\nbatch_size = 3\n[index]\ndir = "index"\n'
+        "[retention.default]\narchive_after_days = 365\n"
+    )
+    return path
+
+
+CASE_COLUMNS = (
+    "id, account_id, parent_case_id, queue, assignee, title, description, state, priority, "
+    "amount, score, escalated, due_on, opened_at, last_activity_at, local_opened, external_ref, "
+    "tags, custom, raw_payload, signature"
+)
+
+DATA = f"""
+INSERT INTO accounts (id, name, region) VALUES (1, 'Acme', 'EU'), (2, '华星科技', NULL),
+    (3, 'Held Inc', 'US');
+-- process A (aged, unheld): case 10 > case 11, messages on both, a note on 10
+INSERT INTO cases ({CASE_COLUMNS}) VALUES
+ (10, 1, NULL, 'billing', 'li.wei', 'Refund INV-2023-004512', '客户要求退款 refund', 'closed', 2,
+  120.50, 0.1, true, '2023-02-28', '{OLD}', '2023-02-01 10:00:00.123456+00',
+  '2023-01-05 09:00:00.000001', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+  ARRAY['refund', NULL, '退款'], '{{"n": 1.50, "b": [true, null]}}',
+  '{{"a":  1, "a": 2}}', '\\x00ff10'),
+ (11, 1, 10, 'billing', NULL, NULL, '', 'closed', 3,
+  NULL, NULL, false, NULL, '{OLD}', '2023-02-02 10:00:00+00', NULL, NULL, NULL, NULL, NULL, NULL);
+INSERT INTO case_messages (msg_id, case_id, queue, subject, text, sent_at, headers, ratings,
+                           sent_on) VALUES
+ ('{msg(1)}', 10, 'billing', 'Refund', 'Please refund.', '2023-01-05 09:01:00+00',
+  '{{"x-mailer": "crm"}}', ARRAY[[1, 2], [3, NULL]], ARRAY['2023-01-05'::date]),
+ ('{msg(2)}', 11, 'billing', NULL, 'Follow-up', '2023-01-06 09:01:00+00', NULL, NULL, NULL);
+INSERT INTO notes (id, case_id, author, body, written_at, minutes) VALUES
+ (1, 10, 'li.wei', 'approved', '2023-02-01 10:00:00', 15.250);
+-- process B (aged, but its message has an attachment): blocked
+INSERT INTO cases (id, account_id, queue, title, state, opened_at, last_activity_at) VALUES
+ (20, 2, 'support', 'Broken login', 'closed', '{OLD}', '{OLD}');
+INSERT INTO case_messages (msg_id, case_id, queue, text, sent_at) VALUES
+ ('{msg(20)}', 20, 'support', 'screenshot attached', '{OLD}');
+INSERT INTO attachments (id, message_id, file_name, content) VALUES
+ (1, '{msg(20)}', 'screen.png', '\\x89504e47');
+-- process C (aged, customer 3 on hold)
+INSERT INTO cases (id, account_id, queue, title, state, opened_at, last_activity_at) VALUES
+ (30, 3, 'support', 'Held', 'closed', '{OLD}', '{OLD}');
+-- process D (old case, recent message): stays whole
+INSERT INTO cases (id, account_id, queue, title, state, opened_at, last_activity_at) VALUES
+ (40, 1, 'support', 'Old case', 'open', '{OLD}', '{OLD}');
+INSERT INTO case_messages (msg_id, case_id, queue, text, sent_at) VALUES
+ ('{msg(40)}', 40, 'support', 'still going', now());
+-- process E: recent
+INSERT INTO cases (id, account_id, queue, title, state, opened_at, last_activity_at) VALUES
+ (50, 2, 'support', 'New', 'open', now(), now());
+"""
+
+PROCESS_A = {
+    "case:10", "case:11", f"msg:{msg(1)}", f"msg:{msg(2)}", "note:1",
+}
+
+
+def snapshot(services: Services) -> dict[str, str]:
+    """row_to_json of every row of every mapped table, by record id."""
+    rows: dict[str, str] = {}
+    prefixes = {"cases": "case:", "case_messages": "msg:", "notes": "note:"}
+    with services.engine.connect() as connection:
+        for table, key in MAPPED.items():
+            for row_key, as_json in connection.execute(
+                text(f"SELECT {key}::text, row_to_json(t)::text FROM {table} t")
+            ):
+                rows[prefixes[table] + row_key] = as_json
+    return rows
+
+
+@pytest.fixture
+def crm(tmp_path: Path, pg_url: str):
+    run_sql(pg_url, (EXAMPLE / "schema.sql").read_text())
+    run_sql(pg_url, DATA)
+    with Services.open(load_config(write_config(tmp_path, pg_url)), create=True) as services:
+        with services.sessions.begin() as session:
+            add_hold(session, "customer", "3", "litigation", utcnow())
+        yield services
+
+
+def test_crm_archive_moves_exactly_the_aged_unheld_unreferenced_processes(crm):
+    before = snapshot(crm)
+    report = run_archive_job(crm, utcnow())
+
+    assert report.archived == len(PROCESS_A)
+    assert report.blocked == 2
+    assert report.blocked_by == {"attachments_message_id_fkey": 2}
+    after = snapshot(crm)
+    assert set(before) - set(after) == PROCESS_A
+    from indexer.stats import collect_stats
+
+    stats = collect_stats(crm)
+    assert (stats["active"], stats["archived"]) == (len(after), len(PROCESS_A))
+    assert crm.store.find_archived(before) == PROCESS_A
+    with crm.sessions.begin() as session:
+        blocks = session.query(JobRunBlock).all()
+        assert {(b.record_id, b.constraint_name, b.referencing_table) for b in blocks} == {
+            ("case:20", "attachments_message_id_fkey", "attachments"),
+            (f"msg:{msg(20)}", "attachments_message_id_fkey", "attachments"),
+        }
+    page = crm.index.search(SearchQuery(q="退款"))
+    assert [hit.id for hit in page.hits] == ["case:10"]
+    record = crm.store.get("case:10")
+    assert record["customer_id"] == "1" and record["subject"] == "Refund INV-2023-004512"
+    assert record["attributes"]["table"] == "cases"
+    assert crm.store.get(f"msg:{msg(2)}")["parent_id"] == "case:11"
+    assert crm.store.get("case:11")["parent_id"] == "case:10"
+
+
+def test_crm_restore_rebuilds_every_row_exactly_and_fires_insert_triggers(crm):
+    before = snapshot(crm)
+    run_archive_job(crm, utcnow())
+    with crm.engine.connect() as connection:
+        logged = connection.scalar(text("SELECT count(*) FROM case_log WHERE op = 'INSERT'"))
+
+    restored = restore_crm_process(
+        crm.sessions, crm.store, crm.index, crm.crm, f"msg:{msg(2)}", "admin", utcnow()
+    )
+
+    assert set(restored) == PROCESS_A
+    assert restored.index("case:10") < restored.index("case:11") < restored.index(f"msg:{msg(2)}")
+    assert snapshot(crm) == before
+    assert {crm.store.info(rid).state for rid in PROCESS_A} == {"restored"}
+    assert crm.index.search(SearchQuery(q="退款")).total == 0
+    with crm.engine.connect() as connection:
+        assert connection.scalar(
+            text("SELECT count(*) FROM case_log WHERE op = 'INSERT'")
+        ) == logged + 2
+    assert verify_all(crm).problems == []
+
+
+def test_crm_restored_process_is_not_archived_again_within_its_grace(crm):
+    run_archive_job(crm, utcnow())
+    restore_crm_process(crm.sessions, crm.store, None, crm.crm, "note:1", "admin", utcnow())
+
+    assert run_archive_job(crm, utcnow()).archived == 0
+    later = run_archive_job(crm, utcnow() + timedelta(days=366))
+    assert later.archived >= len(PROCESS_A)
+    assert {crm.store.info(rid).state for rid in PROCESS_A} == {"archived"}
+
+
+def test_crm_restore_over_a_taken_key_is_already_active_and_writes_nothing(crm):
+    run_archive_job(crm, utcnow())
+    with crm.engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO cases (id, account_id, queue, state, opened_at, last_activity_at) "
+            "VALUES (11, 1, 'billing', 'open', now(), now())"
+        ))
+    before = snapshot(crm)
+
+    with pytest.raises(AlreadyActive):
+        restore_crm_process(crm.sessions, crm.store, crm.index, crm.crm, "case:10", "admin",
+                            utcnow())
+
+    assert snapshot(crm) == before
+    assert {crm.store.info(rid).state for rid in PROCESS_A} == {"archived"}
+    assert {crm.store.info(rid).pending for rid in PROCESS_A} == {None}
+
+
+def test_crm_archive_leaves_a_row_the_crm_changed_after_it_was_read(crm, monkeypatch):
+    import archive_store.store as store_module
+
+    original = store_module.ArchiveStore.archive_batch
+
+    def archive_then_crm_edits(self, items, at, actor):
+        stored = original(self, items, at, actor)
+        if any(item.record_id == "note:1" for item in items):
+            with crm.engine.begin() as connection:
+                connection.execute(text("UPDATE notes SET body = 'edited' WHERE id = 1"))
+        return stored
+
+    monkeypatch.setattr(store_module.ArchiveStore, "archive_batch", archive_then_crm_edits)
+    report = run_archive_job(crm, utcnow())
+
+    assert report.archived == 0
+    assert "note:1" in snapshot(crm) and "case:10" in snapshot(crm)
+    assert {crm.store.info(rid).state for rid in PROCESS_A} == {"restored"}
+    assert verify_all(crm).problems == []
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (('body = { column = "description" }', 'body = { column = "txt" }'),
+         '[[active.table]] #1 (cases): column \'txt\' not found'),
+        (('name = "notes"', 'name = "nots"'),
+         "[[active.table]] #3 (nots): table 'nots' not found"),
+        (('subject = { column = "title" }', 'subject = { column = "amount" }'),
+         "[[active.table]] #1 (cases): column 'amount' (NUMERIC(12, 2)) cannot hold subject"),
+        (('id_prefix = "note:"', 'id_prefix = "msg:"'),
+         "[[active.table]] #3 (notes): id_prefix 'msg:' is also the id_prefix of #2"),
+        (('table = "cases" }   # parent_id', 'table = "tickets" }   # parent_id'),
+         "[[active.table]] #2 (case_messages): parent table 'tickets' is not mapped"),
+        (('key = "msg_id"', 'key = "case_id"'),
+         "[[active.table]] #2 (case_messages): key 'case_id' must be the table's one-column "
+         "primary key"),
+        (('updated_at = { column = "written_at" }', 'updated_at = { column = "author" }'),
+         "[[active.table]] #3 (notes): column 'author' (TEXT) cannot hold updated_at"),
+        (('parent = { column = "parent_case_id", table = "cases" }',
+          'parent = { column = "queue", table = "cases" }'),
+         "[[active.table]] #1 (cases): parent column 'queue' is text, but the key of cases is "
+         "integer"),
+    ],
+)
+def test_crm_bad_mapping_is_a_one_line_error_naming_the_entry(tmp_path, pg_url, edit, message):
+    run_sql(pg_url, (EXAMPLE / "schema.sql").read_text())
+    mapping = (EXAMPLE / "mapping.toml").read_text()
+    old, new = edit
+    assert mapping.count(old) == 1
+    path = write_config(tmp_path, pg_url, mapping.replace(old, new))
+
+    with pytest.raises(ConfigError) as error:
+        Services.open(load_config(path)).close()
+
+    assert "\n" not in str(error.value)
+    assert str(error.value).startswith("config.toml: ")
+    assert message in str(error.value)
+
+
+def test_crm_mapping_key_typo_is_a_one_line_error_naming_it(tmp_path, pg_url):
+    mapping = (EXAMPLE / "mapping.toml").read_text()
+    typo = mapping.replace('key = "msg_id"', 'key = "msg_id"\nkee = 1')
+    path = write_config(tmp_path, pg_url, typo)
+
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+
+    message = str(error.value)
+    assert "\n" not in message
+    assert "active.table" in message and "'kee'" in message and "'key'" in message
+
+
+def test_crm_import_is_refused_when_tables_are_mapped(tmp_path, pg_url):
+    from click.testing import CliRunner
+
+    from archivist.cli import main
+
+    run_sql(pg_url, (EXAMPLE / "schema.sql").read_text())
+    path = write_config(tmp_path, pg_url)
+    lines = tmp_path / "in.jsonl"
+    lines.write_text("{}\n")
+
+    result = CliRunner().invoke(main, ["import", str(lines), "--config", str(path)])
+
+    assert result.exit_code != 0
+    assert "import is refused" in result.output
+
+
+def test_crm_readme_example_runs_as_written(tmp_path, pg_url):
+    from click.testing import CliRunner
+
+    from archivist.cli import main
+
+    readme = (EXAMPLE.parent.parent / "README.md").read_text()
+    assert (EXAMPLE / "mapping.toml").read_text().split("\n\n", 1)[1].strip() in readme
+    run_sql(pg_url, (EXAMPLE / "schema.sql").read_text())
+    run_sql(pg_url, (EXAMPLE / "data.sql").read_text())
+    path = tmp_path / "crm.toml"
+    path.write_text(
+        f'[active]\nurl = "{pg_url}"\n[archive]\ndir = "crm-data/archive"\n'
+        '[index]\ndir = "crm-data/index"\n' + (EXAMPLE / "mapping.toml").read_text()
+    )
+    run = lambda *args: CliRunner().invoke(main, [*args, "--config", str(path)])  # noqa: E731
+    assert run("init").exit_code == 0
+
+    blocked = "blocked 2: still referenced through attachments_message_id_fkey"
+    for args, shown in [
+        (("archive", "--dry-run"), "would archive 4\n  billing: 3\n  support: 1\n"),
+        (("archive",), "archived 4, indexed 4\n"),
+    ]:
+        result = run(*args)
+        assert result.exit_code == 0, result.output
+        assert result.stdout == shown
+        assert result.stderr.strip() == blocked
+        lines = [line.strip().removeprefix("#").strip() for line in readme.splitlines()]
+        assert all(line.strip() in lines for line in shown.strip().split("\n"))
+    engine = create_engine(pg_url)
+    with engine.connect() as connection:
+        assert connection.scalars(text("SELECT id FROM cases ORDER BY id")).all() == [3, 4]
+    engine.dispose()
+    with Services.open(load_config(path)) as services:
+        assert services.index.search(SearchQuery(q="refund")).total == 4
+        restored = restore_crm_process(services.sessions, services.store, services.index,
+                                       services.crm, "note:1", "me", utcnow())
+        assert len(restored) == 4
+
+
+
+def test_crm_search_page_and_record_show_the_table_and_restore_over_http(crm):
+    from server import close_app, create_app
+    from tests.conftest import _token_headers
+    from tests.test_ui_pages import _sign_in
+
+    run_archive_job(crm, utcnow())
+    headers = _token_headers(crm, "admin")
+    app = create_app(crm.config)
+    app.config["TESTING"] = True
+    try:
+        client = app.test_client()
+        body = client.get("/api/v1/records/case:11", headers=headers).json
+        assert body["record"]["attributes"]["table"] == "cases"
+        _sign_in(client, headers)
+        page = client.get("/search?q=refund").get_data(as_text=True)
+        assert '<span class="tag tag-table" title="CRM table">cases</span>' in page
+        page = client.get("/records/note:1").get_data(as_text=True)
+        assert '<dt>CRM table</dt><dd class="mono">notes</dd>' in page
+
+        response = client.post("/api/v1/records/note:1/restore", headers=headers)
+        assert response.status_code == 200
+        assert set(snapshot(crm)) >= PROCESS_A
+        response = client.post("/api/v1/records/case:10/restore", headers=headers)
+        assert response.status_code == 409
+        assert response.json["error"]["code"] == "not_archived"
+    finally:
+        close_app(app)
+
+
+def test_crm_cli_restore_brings_back_whole_processes_and_lists_the_rest(crm):
+    from click.testing import CliRunner
+
+    from archivist.cli import main
+
+    before = snapshot(crm)
+    run_archive_job(crm, utcnow())
+    args = ["restore", "note:1", "case:20", "--reason", "audit request",
+            "--config", str(crm.config.path)]
+
+    result = CliRunner().invoke(main, args)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "restored 5 (1 processes)\n"
+    assert "skipped case:20: not_found" in result.stderr
+    assert snapshot(crm) == before
+    assert [h.reason for h in crm.store.history("case:11") if h.event == "restored"] == [
+        "audit request"
+    ]
+
+
+def test_crm_bulk_restore_over_http_restores_processes_and_skips_the_rest(crm):
+    from server import close_app, create_app
+    from tests.conftest import _token_headers
+
+    before = snapshot(crm)
+    run_archive_job(crm, utcnow())
+    headers = _token_headers(crm, "admin")
+    app = create_app(crm.config)
+    app.config["TESTING"] = True
+    try:
+        body = {"ids": ["case:11", "case:30"], "reason": "court order"}
+        response = app.test_client().post("/api/v1/restore", json=body, headers=headers)
+    finally:
+        close_app(app)
+
+    assert response.status_code == 200, response.json
+    assert response.json["processes"] == 1
+    assert set(response.json["ids"]) == PROCESS_A
+    assert response.json["skipped"] == [{"id": "case:30", "code": "not_found"}]
+    assert snapshot(crm) == before
