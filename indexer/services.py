@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from archive_store import ArchiveStore
 from archivist.active_db import create_schema, make_engine, make_read_sessions, make_sessions
 from archivist.config import Config
-from indexer.index import SearchIndex
+from indexer.whoosh.index import SearchIndex
 
 
 @dataclass

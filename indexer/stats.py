@@ -6,7 +6,7 @@ from typing import Any
 
 from archivist.active_db import count_active
 from archivist.records import format_utc
-from indexer.jobs import last_run
+from indexer.jobs.runs import last_run
 from indexer.services import Services
 
 

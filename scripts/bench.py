@@ -23,8 +23,8 @@ from archivist.active_db import utcnow
 from archivist.config import load_config
 from archivist.demo_data import generate_records
 from archivist.importer import import_lines
-from indexer.archiver import archive_due_records
-from indexer.indexing import rebuild_index, sync_index
+from indexer.jobs.archiver import archive_due_records
+from indexer.jobs.indexing import rebuild_index, sync_index
 from indexer.services import Services
 
 AS_OF = datetime(2030, 1, 1, tzinfo=UTC)  # everything generated is aged by then

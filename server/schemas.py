@@ -25,10 +25,10 @@ from marshmallow.validate import Length, OneOf, Range
 from archivist.audit import ACTIONS, AuditFilter
 from archivist.holds import SCOPES
 from archivist.records import format_utc
-from indexer.dates import parse_bound
 from indexer.errors import BadQuery
-from indexer.schema import DATE_FIELDS
-from indexer.search import MAX_PER_PAGE, SORTS, SearchQuery
+from indexer.search.dates import parse_bound
+from indexer.whoosh.schema import DATE_FIELDS
+from indexer.whoosh.search import MAX_PER_PAGE, SORTS, SearchQuery
 
 MAX_PAGE = 100_000
 

@@ -147,7 +147,7 @@ def archived(services: Any) -> Callable[..., list[dict[str, Any]]]:
     from datetime import datetime
 
     from archivist.importer import import_lines
-    from indexer.jobs import run_archive_job
+    from indexer.jobs.runs import run_archive_job
 
     def archive(*records: dict[str, Any]) -> list[dict[str, Any]]:
         lines = [json.dumps(r, ensure_ascii=False).encode("utf-8") for r in records]

@@ -11,7 +11,7 @@ import pytest
 from archivist.config import load_config
 from archivist.errors import ConfigError
 from archivist.retention import RetentionPolicy
-from indexer.index import SearchIndex, _start_worker
+from indexer.whoosh.index import SearchIndex, _start_worker
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,9 @@ import pytest
 from whoosh import index as windex
 from whoosh.reading import SegmentReader
 
-from indexer import index as index_module
-from indexer.index import SearchIndex, open_writer
-from indexer.merging import (
+from indexer.whoosh import index as index_module
+from indexer.whoosh.index import SearchIndex, open_writer
+from indexer.whoosh.merging import (
     MERGE_FACTOR,
     MERGE_KEEP_DOCS,
     MERGE_MAX_DOCS,
@@ -20,7 +20,7 @@ from indexer.merging import (
     choose_merges,
     stitch_segments,
 )
-from indexer.search import SearchQuery
+from indexer.whoosh.search import SearchQuery
 from tests.test_search import CORPUS, word
 
 

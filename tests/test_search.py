@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from whoosh import index as windex
 
-import indexer.index
-from indexer.analysis import iter_tokens, stem
-from indexer.dates import parse_bound, to_micros
+import indexer.whoosh.index
 from indexer.errors import BadQuery
-from indexer.index import SearchIndex
-from indexer.search import SearchPage, SearchQuery
+from indexer.search.dates import parse_bound, to_micros
+from indexer.whoosh.analysis import iter_tokens, stem
+from indexer.whoosh.index import SearchIndex
+from indexer.whoosh.search import SearchPage, SearchQuery
 
 UTC = UTC
 CATEGORIES = ["support", "sales", "billing", "finance", "medical"]
@@ -497,7 +497,7 @@ def test_an_index_kept_fresh_shows_deletions_at_once_and_new_segments_once_warme
     reader.check_readable()  # (the health check does not take them either)
     assert reader.search(SearchQuery()).total == 9
     # once they have waited too long, searches take them as they are
-    monkeypatch.setattr(indexer.index, "_ADDITIONS_WAIT", 0.0)
+    monkeypatch.setattr(indexer.whoosh.index, "_ADDITIONS_WAIT", 0.0)
     page = reader.search(SearchQuery(per_page=100))
     assert page.total == 19 and gone not in {h.id for h in page.hits}
     reader.close()
@@ -507,7 +507,8 @@ def test_an_index_kept_fresh_shows_deletions_at_once_and_new_segments_once_warme
 def test_an_index_kept_fresh_warms_new_segments_up_then_searches_use_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(indexer.index, "_ADDITIONS_WAIT", 3600.0)  # only the freshener adopts
+    # only the freshener adopts
+    monkeypatch.setattr(indexer.whoosh.index, "_ADDITIONS_WAIT", 3600.0)
     reader = SearchIndex.open(tmp_path)
     writer = SearchIndex.open(tmp_path)
     writer.add(_before_2021(0, 10))

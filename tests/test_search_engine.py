@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 from whoosh import index as windex
 
-from indexer import matchsets
-from indexer.analysis import iter_tokens
-from indexer.dates import parse_timestamp
-from indexer.evaluate import Evaluator
-from indexer.index import SearchIndex, shard_key
-from indexer.postings import POSTING_CACHE, PostingCache
-from indexer.query import CompiledQuery, compile_query
-from indexer.schema import PAIR_FIELDS, build_schema
-from indexer.search import SearchQuery
-from indexer.shards import TERM_CACHE, _alike_documents
-from indexer.snippets import make_snippet
+from indexer.search.dates import parse_timestamp
+from indexer.whoosh import matchsets
+from indexer.whoosh.analysis import iter_tokens
+from indexer.whoosh.evaluate import Evaluator
+from indexer.whoosh.index import SearchIndex, shard_key
+from indexer.whoosh.postings import POSTING_CACHE, PostingCache
+from indexer.whoosh.query import CompiledQuery, compile_query
+from indexer.whoosh.schema import PAIR_FIELDS, build_schema
+from indexer.whoosh.search import SearchQuery
+from indexer.whoosh.shards import TERM_CACHE, _alike_documents
+from indexer.whoosh.snippets import make_snippet
 from tests.test_search import (
     AND,
     AT,

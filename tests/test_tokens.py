@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from archivist.active_db import ApiToken, utcnow
-from archivist.cli import main
 from archivist.tokens import TokenError, create_token, find_token, list_tokens, revoke_token
+from cli.commands import main
 
 
 def test_token_is_stored_only_as_its_hash(services: Any) -> None:

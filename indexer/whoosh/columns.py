@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from whoosh.columns import NumericColumn, VarBytesColumn
 
-from indexer.postings import Docs
+from indexer.whoosh.postings import Docs
 
 _MAX_WIDTH = 256  # longest value decoded in bulk; longer ones are read one by one
 _INTEGER_CODES = "bBhHiIqQ"  # struct and numpy agree on these sizes

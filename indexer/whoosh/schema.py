@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from whoosh import columns, fields, formats
 
-from indexer.analysis import ArchivePositions, ArchiveTokenizer, PairTokenizer
+from indexer.whoosh.analysis import ArchivePositions, ArchiveTokenizer, PairTokenizer
 
 TEXT_FIELDS = ("subject", "body")
 EXACT_FIELDS = ("id", "kind", "category", "customer_id", "owner")

@@ -10,10 +10,10 @@ from typing import Any
 from whoosh import query as wq
 from whoosh.qparser import MultifieldParser, QueryParserError
 
-from indexer.analysis import normalize_query_text, stem
 from indexer.errors import BadQuery
-from indexer.expansion import prefix_terms
-from indexer.schema import TEXT_FIELDS
+from indexer.whoosh.analysis import normalize_query_text, stem
+from indexer.whoosh.expansion import prefix_terms
+from indexer.whoosh.schema import TEXT_FIELDS
 
 MAX_QUERY_CHARS = 1000
 MAX_TERMS = 64

@@ -17,8 +17,8 @@ from archive_store import ArchiveStore
 from archivist.active_db import find_active, insert_record
 from archivist.records import Record, record_from_json
 from indexer.errors import AlreadyActive
-from indexer.index import SearchIndex
-from indexer.reconcile import reconcile_pending
+from indexer.jobs.reconcile import reconcile_pending
+from indexer.whoosh.index import SearchIndex
 
 
 def restore_record(

@@ -18,11 +18,11 @@ from whoosh.codec.whoosh3 import (
 from whoosh.searching import Searcher
 from whoosh.util.numeric import byte_to_length
 
-from indexer.columns import byte_strings, live_docs, numeric_values, ordinals
-from indexer.dates import YEAR0, YEAR_STARTS
-from indexer.lru import SizedLru
-from indexer.postings import Docs, Floats
-from indexer.schema import DATE_FIELDS, date_column
+from indexer.search.dates import YEAR0, YEAR_STARTS
+from indexer.whoosh.columns import byte_strings, live_docs, numeric_values, ordinals
+from indexer.whoosh.lru import SizedLru
+from indexer.whoosh.postings import Docs, Floats
+from indexer.whoosh.schema import DATE_FIELDS, date_column
 
 
 class GlobalStats:

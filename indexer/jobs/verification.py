@@ -9,7 +9,7 @@ from sqlalchemy import inspect
 from archive_store import Problem
 from archivist.active_db import AuditEntry
 from archivist.audit import iter_chain_problems
-from indexer.indexing import check_index_agreement
+from indexer.jobs.indexing import check_index_agreement
 from indexer.services import Services
 
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from archivist.active_db import count_active
 from archivist.demo_data import generate_records
 from archivist.importer import import_lines
-from indexer.jobs import run_archive_job
+from indexer.jobs.runs import run_archive_job
 from indexer.services import Services
 
 

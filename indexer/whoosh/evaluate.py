@@ -11,10 +11,10 @@ import numpy as np
 import numpy.typing as npt
 from whoosh import query as wq
 
-from indexer.analysis import ArchivePositions, pair_term
 from indexer.errors import BadQuery
-from indexer.expansion import prefix_terms
-from indexer.matchsets import (
+from indexer.whoosh.analysis import ArchivePositions, pair_term
+from indexer.whoosh.expansion import prefix_terms
+from indexer.whoosh.matchsets import (
     AnyMatches,
     Matches,
     both,
@@ -26,7 +26,7 @@ from indexer.matchsets import (
     union,
     without,
 )
-from indexer.postings import (
+from indexer.whoosh.postings import (
     NO_DOCS,
     NO_SCORES,
     Block,
@@ -35,9 +35,9 @@ from indexer.postings import (
     cached_leaf_postings,
     position_keys,
 )
-from indexer.query import MAX_SCAN, MAX_TERMS
-from indexer.schema import TEXT_FIELDS, pair_field
-from indexer.shards import BM25_K1, GlobalStats, ShardCache
+from indexer.whoosh.query import MAX_SCAN, MAX_TERMS
+from indexer.whoosh.schema import TEXT_FIELDS, pair_field
+from indexer.whoosh.shards import BM25_K1, GlobalStats, ShardCache
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from indexer.postings import NO_DOCS, NO_SCORES, Docs, Floats
+from indexer.whoosh.postings import NO_DOCS, NO_SCORES, Docs, Floats
 
 DENSE_SHARE = 16
 """A set of at least 1/DENSE_SHARE of the shard's documents is held dense."""

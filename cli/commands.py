@@ -24,13 +24,13 @@ from archivist.holds import add_hold, list_holds, remove_hold
 from archivist.importer import import_lines
 from archivist.records import format_utc
 from archivist.tokens import ROLES, create_token, list_tokens, revoke_token
-from indexer.demo import load_demo
 from indexer.errors import IndexerError
-from indexer.indexing import rebuild_index
-from indexer.jobs import run_archive_job, run_dispose_job, run_index_job
+from indexer.jobs.demo import load_demo
+from indexer.jobs.indexing import rebuild_index
+from indexer.jobs.runs import run_archive_job, run_dispose_job, run_index_job
+from indexer.jobs.verification import verify_all
 from indexer.services import Services
 from indexer.stats import collect_stats
-from indexer.verification import verify_all
 from indexer.worker import run as run_worker
 from server.serving import run_worker_process
 from server.serving import serve as serve_app

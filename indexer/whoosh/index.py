@@ -50,7 +50,9 @@ from whoosh.reading import SegmentReader
 from whoosh.util.filelock import try_for
 
 from archivist.records import format_utc
-from indexer.analysis import (
+from indexer.errors import IndexerError, IndexUnavailable
+from indexer.search.dates import parse_timestamp, to_micros
+from indexer.whoosh.analysis import (
     SINGLE_POSITION_VALUES,
     ArchivePositions,
     PairTokenizer,
@@ -58,16 +60,21 @@ from indexer.analysis import (
     index_term_positions,
     pair_postings,
 )
-from indexer.columns import byte_strings
-from indexer.dates import parse_timestamp, to_micros
-from indexer.errors import IndexerError, IndexUnavailable
-from indexer.mapped_files import install as install_mapped_files
-from indexer.merging import MergedSource, choose_merges, write_merged
-from indexer.query import CompiledQuery, compile_query, make_parser
-from indexer.readers import close_replaced, open_searcher, open_without_additions
-from indexer.schema import build_schema
-from indexer.search import SearchHit, SearchPage, SearchQuery, order_matches, run_search, validate
-from indexer.segment_format import (
+from indexer.whoosh.columns import byte_strings
+from indexer.whoosh.mapped_files import install as install_mapped_files
+from indexer.whoosh.merging import MergedSource, choose_merges, write_merged
+from indexer.whoosh.query import CompiledQuery, compile_query, make_parser
+from indexer.whoosh.readers import close_replaced, open_searcher, open_without_additions
+from indexer.whoosh.schema import build_schema
+from indexer.whoosh.search import (
+    SearchHit,
+    SearchPage,
+    SearchQuery,
+    order_matches,
+    run_search,
+    validate,
+)
+from indexer.whoosh.segment_format import (
     EXTENT,
     PACK_INT,
     SMALL_BLOCK,
@@ -75,9 +82,9 @@ from indexer.segment_format import (
     TermTable,
     compress,
 )
-from indexer.shards import GlobalStats, ShardCache, ShardView
-from indexer.snippets import make_snippet, plain_snippet
-from indexer.turns import Turns
+from indexer.whoosh.shards import GlobalStats, ShardCache, ShardView
+from indexer.whoosh.snippets import make_snippet, plain_snippet
+from indexer.whoosh.turns import Turns
 
 PERIODS = ("year", "month")
 _T = TypeVar("_T")
@@ -1615,7 +1622,7 @@ def _start_worker(
     # was started, and no fork of a possibly multi-threaded server process.
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    code = "from indexer.index import run_build_worker; run_build_worker()"
+    code = "from indexer.whoosh.index import run_build_worker; run_build_worker()"
     return subprocess.Popen(
         [sys.executable, "-c", code, str(gen), period, str(worker), str(parts_root), str(nice)],
         stdin=subprocess.PIPE,

@@ -50,12 +50,12 @@ from archivist.config import Config
 from archivist.errors import ArchivistError
 from archivist.holds import SCOPES
 from archivist.tokens import TokenInfo
-from indexer.dates import parse_bound
 from indexer.errors import BadQuery, IndexerError
-from indexer.jobs import last_run, run_archive_job, run_dispose_job
-from indexer.schema import DATE_FIELDS
-from indexer.search import SORTS, SearchQuery
+from indexer.jobs.runs import last_run, run_archive_job, run_dispose_job
+from indexer.search.dates import parse_bound
 from indexer.services import Services
+from indexer.whoosh.schema import DATE_FIELDS
+from indexer.whoosh.search import SORTS, SearchQuery
 from server import actions
 from server.auth import TokenLookup
 from server.errors import request_id, status_of
@@ -74,8 +74,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 bp = Blueprint(
     "ui",
     __name__,
-    template_folder="templates",
-    static_folder="static",
+    template_folder="../templates",
+    static_folder="../static",
     static_url_path="/assets",
 )
 

@@ -19,12 +19,12 @@ from whoosh.codec.whoosh3 import (
 )
 from whoosh.reading import TermNotFound
 
-from indexer.lru import SizedLru
+from indexer.whoosh.lru import SizedLru
 
 #
 # Whoosh matchers cost ~20 us per posting in Python (scorer objects, per-document length column
 # reads). For exact totals and facets every matching document is needed anyway, so queries are
-# evaluated as numpy set algebra (indexer.matchsets) over postings read here a whole block at
+# evaluated as numpy set algebra (indexer.whoosh.matchsets) over postings read here a whole block at
 # a time, and BM25 is computed from cached per-document field lengths. A document's score is
 # the sum of its matching terms' BM25 (as Whoosh's Or/And do), added in the same order as
 # Whoosh would, so that equal documents get bit-equal scores. A phrase scores as BM25 of its

@@ -392,4 +392,4 @@ class PairTokenizer(Tokenizer):  # type: ignore[misc]
         return hash(type(self))
 
     def __call__(self, value: str, **kwargs: Any) -> Iterator[Token]:  # noqa: D102
-        raise NotImplementedError("word pairs are written by indexer.index, not by Whoosh")
+        raise NotImplementedError("word pairs are written by indexer.whoosh.index, not by Whoosh")

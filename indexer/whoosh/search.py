@@ -26,14 +26,14 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
-from indexer.dates import to_micros
 from indexer.errors import BadQuery
-from indexer.evaluate import Evaluator
-from indexer.matchsets import member
-from indexer.postings import Docs, Floats
-from indexer.query import CompiledQuery
-from indexer.schema import DATE_FIELDS
-from indexer.shards import GlobalStats, ShardCache, ShardView
+from indexer.search.dates import to_micros
+from indexer.whoosh.evaluate import Evaluator
+from indexer.whoosh.matchsets import member
+from indexer.whoosh.postings import Docs, Floats
+from indexer.whoosh.query import CompiledQuery
+from indexer.whoosh.schema import DATE_FIELDS
+from indexer.whoosh.shards import GlobalStats, ShardCache, ShardView
 
 MAX_PER_PAGE = 100
 SORTS = ("relevance", "newest", "oldest")

@@ -21,7 +21,7 @@ from archive_store import ArchiveStore, Problem
 from archive_store.errors import RecordNotFound
 from archive_store.faults import crash_point
 from archive_store.models import CatalogEntry
-from indexer.index import SearchIndex
+from indexer.whoosh.index import SearchIndex
 
 CATCH_UP_BATCH = 500  # one batch holds the index lock; restores wait at most that long
 BULK_MIN = 1  # records to add from which they are staged (SearchIndex.stage)

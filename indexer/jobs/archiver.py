@@ -30,7 +30,7 @@ from archivist.active_db import (
 from archivist.holds import load_hold_set
 from archivist.records import Record
 from archivist.retention import RetentionRules, archive_cutoff
-from indexer.reconcile import reconcile_pending
+from indexer.jobs.reconcile import reconcile_pending
 
 ACTOR = "archiver"
 

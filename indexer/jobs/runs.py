@@ -13,9 +13,9 @@ from sqlalchemy import select
 from archivist.active_db import JobRun, utcnow
 from archivist.audit import AuditEvent, write_audit
 from archivist.records import format_utc
-from indexer.archiver import ArchiveReport, archive_due_records, preview_archive
-from indexer.disposal import DisposalReport, dispose_due_records
-from indexer.indexing import sync_index
+from indexer.jobs.archiver import ArchiveReport, archive_due_records, preview_archive
+from indexer.jobs.disposal import DisposalReport, dispose_due_records
+from indexer.jobs.indexing import sync_index
 from indexer.services import Services
 
 log = logging.getLogger(__name__)

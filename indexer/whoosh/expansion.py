@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from itertools import islice
 from typing import Any
 
-from indexer.lru import SizedLru
+from indexer.whoosh.lru import SizedLru
 
 _SEGMENT_TERMS: SizedLru[tuple[bytes, ...]] = SizedLru(
     16 << 20, lambda terms: sum(len(t) + 40 for t in terms) + 100

@@ -43,7 +43,14 @@ from whoosh.codec.whoosh3 import (
 from whoosh.columns import CompressedBytesColumn, VarBytesColumn
 from whoosh.util.numeric import byte_to_length
 
-from indexer.segment_format import EXTENT, PACK_INT, SMALL_BLOCK, TERMINFO, TermTable, compress
+from indexer.whoosh.segment_format import (
+    EXTENT,
+    PACK_INT,
+    SMALL_BLOCK,
+    TERMINFO,
+    TermTable,
+    compress,
+)
 
 MERGE_FLOOR = 500  # documents; tier 0 holds segments under ten times this
 MERGE_FACTOR = 10  # segments of one tier that are merged together

@@ -5,8 +5,8 @@ from __future__ import annotations
 import html
 import re
 
-from indexer.analysis import iter_tokens
-from indexer.query import CompiledQuery
+from indexer.whoosh.analysis import iter_tokens
+from indexer.whoosh.query import CompiledQuery
 
 SNIPPET_CHARS = 200
 

@@ -1,0 +1,1 @@
+"""The engine-neutral search API: queries, pages, hits, date bounds, and the engine protocol."""
