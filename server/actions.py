@@ -22,9 +22,9 @@ from archivist.audit import AuditEvent, AuditFilter, AuditPage, AuditWriter, lis
 from archivist.holds import Hold, add_hold, list_holds, remove_hold
 from archivist.records import Record
 from indexer.jobs.restore import restore_record
+from indexer.search import SearchHit, SearchPage, SearchQuery
 from indexer.services import Services
 from indexer.stats import collect_stats
-from indexer.whoosh.search import SearchHit, SearchPage, SearchQuery
 
 EXPORT_COLUMNS = (
     "id",

@@ -7,7 +7,7 @@ from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, Response, current_app, request, stream_with_context
 
-from indexer.whoosh.search import SearchQuery
+from indexer.search import SearchQuery
 from server import actions
 from server.auth import current_token, require_role
 from server.errors import BadRequest

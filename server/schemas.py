@@ -26,9 +26,8 @@ from archivist.audit import ACTIONS, AuditFilter
 from archivist.holds import SCOPES
 from archivist.records import format_utc
 from indexer.errors import BadQuery
+from indexer.search import DATE_FIELDS, MAX_PER_PAGE, SORTS, SearchQuery
 from indexer.search.dates import parse_bound
-from indexer.whoosh.schema import DATE_FIELDS
-from indexer.whoosh.search import MAX_PER_PAGE, SORTS, SearchQuery
 
 MAX_PAGE = 100_000
 

@@ -16,8 +16,8 @@ from indexer.jobs.archiver import archive_due_records
 from indexer.jobs.indexing import check_index_agreement, rebuild_index, sync_index
 from indexer.jobs.restore import restore_record
 from indexer.jobs.runs import run_archive_job, run_dispose_job
+from indexer.search import SearchQuery
 from indexer.services import Services
-from indexer.whoosh.search import SearchQuery
 
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
 

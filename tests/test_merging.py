@@ -10,6 +10,7 @@ import pytest
 from whoosh import index as windex
 from whoosh.reading import SegmentReader
 
+from indexer.search import SearchQuery
 from indexer.whoosh import index as index_module
 from indexer.whoosh.index import SearchIndex, open_writer
 from indexer.whoosh.merging import (
@@ -20,7 +21,6 @@ from indexer.whoosh.merging import (
     choose_merges,
     stitch_segments,
 )
-from indexer.whoosh.search import SearchQuery
 from tests.test_search import CORPUS, word
 
 

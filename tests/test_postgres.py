@@ -23,8 +23,8 @@ from archivist.leases import acquire_lease
 from indexer.jobs.reconcile import reconcile_pending
 from indexer.jobs.restore import restore_record
 from indexer.jobs.runs import run_archive_job
+from indexer.search import SearchQuery
 from indexer.services import Services
-from indexer.whoosh.search import SearchQuery
 from tests.pg import find_pg_bin, run_postgres
 
 if find_pg_bin() is None and not os.environ.get("ARCHIVIST_REQUIRE_POSTGRES"):

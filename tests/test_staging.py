@@ -19,8 +19,8 @@ from indexer.jobs import indexing
 from indexer.jobs.archiver import archive_due_records
 from indexer.jobs.indexing import BULK_MIN, check_index_agreement, rebuild_index, sync_index
 from indexer.jobs.restore import restore_record
+from indexer.search import SearchQuery
 from indexer.whoosh.index import SearchIndex
-from indexer.whoosh.search import SearchQuery
 from tests.test_indexing import load
 from tests.test_search import CORPUS
 

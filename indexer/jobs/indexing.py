@@ -21,7 +21,7 @@ from archive_store import ArchiveStore, Problem
 from archive_store.errors import RecordNotFound
 from archive_store.faults import crash_point
 from archive_store.models import CatalogEntry
-from indexer.whoosh.index import SearchIndex
+from indexer.search import SearchEngine
 
 CATCH_UP_BATCH = 500  # one batch holds the index lock; restores wait at most that long
 BULK_MIN = 1  # records to add from which they are staged (SearchIndex.stage)
@@ -31,7 +31,7 @@ BULK_MAX = 20_000  # records staged at once (held in memory, sent to the index w
 
 def sync_index(
     store: ArchiveStore,
-    index: SearchIndex,
+    index: SearchEngine,
     *,
     known: Mapping[str, dict[str, Any]] | None = None,
     batch_size: int = CATCH_UP_BATCH,
@@ -82,7 +82,7 @@ def sync_index(
 
 def _add_staged(
     store: ArchiveStore,
-    index: SearchIndex,
+    index: SearchEngine,
     adds: list[CatalogEntry],
     known: Mapping[str, dict[str, Any]],
 ) -> int | None:
@@ -137,7 +137,7 @@ def _add_staged(
     return done
 
 
-def rebuild_index(store: ArchiveStore, index: SearchIndex, *, progress: bool = False) -> int:
+def rebuild_index(store: ArchiveStore, index: SearchEngine, *, progress: bool = False) -> int:
     """Build the whole index afresh from the archive store alone, swap it in, then catch up.
 
     The store is read without holding the move lock, so archiving and restores go on; every
@@ -154,7 +154,7 @@ def rebuild_index(store: ArchiveStore, index: SearchIndex, *, progress: bool = F
     return count
 
 
-def check_index_agreement(store: ArchiveStore, index: SearchIndex) -> tuple[list[Problem], int]:
+def check_index_agreement(store: ArchiveStore, index: SearchEngine) -> tuple[list[Problem], int]:
     """Compare the index with the catalog: same ids, same state.
 
     Returns the problems and how many archived records still wait for catch-up (not a problem:

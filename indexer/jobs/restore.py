@@ -18,13 +18,13 @@ from archivist.active_db import find_active, insert_record
 from archivist.records import Record, record_from_json
 from indexer.errors import AlreadyActive
 from indexer.jobs.reconcile import reconcile_pending
-from indexer.whoosh.index import SearchIndex
+from indexer.search import SearchEngine
 
 
 def restore_record(
     sessions: sessionmaker[Session],
     store: ArchiveStore,
-    index: SearchIndex | None,
+    index: SearchEngine | None,
     record_id: str,
     actor: str,
     now: datetime,

@@ -52,6 +52,7 @@ from whoosh.util.filelock import try_for
 from archivist.records import format_utc
 from indexer.errors import IndexerError, IndexUnavailable
 from indexer.search.dates import parse_timestamp, to_micros
+from indexer.search.types import SearchHit, SearchPage, SearchQuery, validate
 from indexer.whoosh.analysis import (
     SINGLE_POSITION_VALUES,
     ArchivePositions,
@@ -61,19 +62,13 @@ from indexer.whoosh.analysis import (
     pair_postings,
 )
 from indexer.whoosh.columns import byte_strings
+from indexer.whoosh.errors import translate_errors, translate_iter_errors
 from indexer.whoosh.mapped_files import install as install_mapped_files
 from indexer.whoosh.merging import MergedSource, choose_merges, write_merged
 from indexer.whoosh.query import CompiledQuery, compile_query, make_parser
 from indexer.whoosh.readers import close_replaced, open_searcher, open_without_additions
 from indexer.whoosh.schema import build_schema
-from indexer.whoosh.search import (
-    SearchHit,
-    SearchPage,
-    SearchQuery,
-    order_matches,
-    run_search,
-    validate,
-)
+from indexer.whoosh.search import order_matches, run_search
 from indexer.whoosh.segment_format import (
     EXTENT,
     PACK_INT,
@@ -335,6 +330,7 @@ class SearchIndex:
     # --- opening and layout -------------------------------------------------------------
 
     @classmethod
+    @translate_errors
     def open(
         cls, directory: Path, *, shard_period: str = "year", worker_nice: int = 0
     ) -> SearchIndex:
@@ -546,6 +542,7 @@ class SearchIndex:
                     close_replaced(v.cache.searcher, searcher)
         self._snapshot = snap
 
+    @translate_errors
     def search(self, query: SearchQuery) -> SearchPage:
         """Run a search and return one page with the exact total and facets.
 
@@ -654,6 +651,7 @@ class SearchIndex:
         short, and someone waits on it), for up to a tenth of a second."""
         return self._turns.urgent()
 
+    @translate_iter_errors
     def iter_hits(self, query: SearchQuery, chunk: int = 500) -> Iterator[SearchHit]:
         """Every matching record, in the query's order, without snippets (for exports).
 
@@ -684,6 +682,7 @@ class SearchIndex:
                         hits.append(_load_hit(view, docnum, score, compiled, snippet=False))
             yield from hits
 
+    @translate_iter_errors
     def iter_ids(self) -> Iterator[str]:
         """Yield every indexed record id (for checking the index against the store)."""
         self._check_open()
@@ -692,13 +691,15 @@ class SearchIndex:
             ids = [v.cache.record_id(d) for v in snap.views for d in v.cache.live_docs.tolist()]
         yield from ids
 
+    @translate_errors
     def check_readable(self) -> None:
         """Open this process's searchers as a search would (the health check); raises
-        IndexUnavailable or Whoosh's errors if the index cannot be read."""
+        IndexUnavailable if the index cannot be read."""
         self._check_open()
         with self._turns.turn():
             self._current_snapshot()
 
+    @translate_errors
     def doc_count(self) -> int:
         """Return the number of indexed records."""
         self._check_open()
@@ -708,6 +709,7 @@ class SearchIndex:
 
     # --- writing --------------------------------------------------------------------------
 
+    @translate_errors
     def add(
         self,
         docs: Iterable[tuple[dict[str, Any], datetime]],
@@ -767,6 +769,7 @@ class SearchIndex:
             self._bump(gen)
         return len(batch)
 
+    @translate_errors
     def delete(self, record_ids: Iterable[str], current: Iterable[dict[str, Any]] = ()) -> int:
         """Remove records from the index; returns how many were indexed.
 
@@ -797,6 +800,7 @@ class SearchIndex:
                 self._bump(gen)
         return len(holders)
 
+    @translate_errors
     def prepare_deletes(self) -> None:
         """Open every shard's id look-up searcher now, so that the first restore after start
         does not (a reader per segment: about 150 ms at 1,000,000 records). No-op without an
@@ -838,6 +842,7 @@ class SearchIndex:
 
     # --- adding in parallel -------------------------------------------------------------
 
+    @translate_errors
     def stage(
         self, docs: Iterable[tuple[dict[str, Any], datetime]], *, processes: bool = True
     ) -> StagedRecords | None:
@@ -891,6 +896,7 @@ class SearchIndex:
             raise
         return StagedRecords(gen, root, shards)
 
+    @translate_errors
     def attach(
         self,
         staged: StagedRecords,
@@ -968,6 +974,7 @@ class SearchIndex:
             if shards is None:
                 self.discard(staged)
 
+    @translate_errors
     def discard(self, staged: StagedRecords) -> None:
         """Remove staged segments that were not attached."""
         _remove_stage(staged.root)
@@ -1121,6 +1128,7 @@ class SearchIndex:
         finally:
             _remove_stage(folder)
 
+    @translate_errors
     def merge_segments(self) -> int:
         """Merge small segments in every shard as the policy says; returns how many merged.
 
@@ -1144,6 +1152,7 @@ class SearchIndex:
 
     # --- rebuild ----------------------------------------------------------------------------
 
+    @translate_errors
     def rebuild(
         self,
         docs: Iterable[tuple[dict[str, Any], datetime]],

@@ -8,7 +8,6 @@ from indexer.whoosh.analysis import ArchivePositions, ArchiveTokenizer, PairToke
 
 TEXT_FIELDS = ("subject", "body")
 EXACT_FIELDS = ("id", "kind", "category", "customer_id", "owner")
-DATE_FIELDS = ("created_at", "updated_at", "archived_at")
 
 
 def pair_field(name: str) -> str:

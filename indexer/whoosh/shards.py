@@ -19,10 +19,11 @@ from whoosh.searching import Searcher
 from whoosh.util.numeric import byte_to_length
 
 from indexer.search.dates import YEAR0, YEAR_STARTS
+from indexer.search.types import DATE_FIELDS
 from indexer.whoosh.columns import byte_strings, live_docs, numeric_values, ordinals
 from indexer.whoosh.lru import SizedLru
 from indexer.whoosh.postings import Docs, Floats
-from indexer.whoosh.schema import DATE_FIELDS, date_column
+from indexer.whoosh.schema import date_column
 
 
 class GlobalStats:

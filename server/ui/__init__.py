@@ -52,10 +52,9 @@ from archivist.holds import SCOPES
 from archivist.tokens import TokenInfo
 from indexer.errors import BadQuery, IndexerError
 from indexer.jobs.runs import last_run, run_archive_job, run_dispose_job
+from indexer.search import DATE_FIELDS, SORTS, SearchQuery
 from indexer.search.dates import parse_bound
 from indexer.services import Services
-from indexer.whoosh.schema import DATE_FIELDS
-from indexer.whoosh.search import SORTS, SearchQuery
 from server import actions
 from server.auth import TokenLookup
 from server.errors import request_id, status_of
