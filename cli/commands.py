@@ -25,16 +25,10 @@ from archivist.importer import import_lines
 from archivist.records import format_utc
 from archivist.tokens import ROLES, create_token, list_tokens, revoke_token
 from indexer.errors import IndexerError
-from indexer.jobs.demo import load_demo
-from indexer.jobs.indexing import rebuild_index
-from indexer.jobs.runs import run_archive_job, run_dispose_job, run_index_job
-from indexer.jobs.verification import verify_all
 from indexer.services import Services
-from indexer.stats import collect_stats
-from indexer.worker import run as run_worker
-from server.serving import run_worker_process
-from server.serving import serve as serve_app
 
+# Commands import the layers they use inside their own bodies: `archivist --help` and short
+# commands then start without loading the search engine, Flask or APScheduler.
 DOMAIN_ERRORS: tuple[type[Exception], ...] = (ArchivistError, ArchiveStoreError, IndexerError)
 
 
@@ -132,6 +126,7 @@ def import_(file: BinaryIO, config: Config) -> None:
 @config_option
 def archive(as_of: datetime | None, dry_run: bool, config: Config) -> None:
     """Move every aged record not on legal hold into the archive and index it."""
+    from indexer.jobs.runs import run_archive_job
     with Services.open(config) as services:
         report = run_archive_job(services, as_of or utcnow(), dry_run=dry_run)
     if dry_run:
@@ -146,6 +141,7 @@ def archive(as_of: datetime | None, dry_run: bool, config: Config) -> None:
 @config_option
 def dispose(as_of: datetime | None, dry_run: bool, config: Config) -> None:
     """Purge archived records past their keep time and not on legal hold."""
+    from indexer.jobs.runs import run_dispose_job
     as_of = as_of or utcnow()
     with Services.open(config) as services:
         report = run_dispose_job(services, as_of, dry_run=dry_run, actor="cli")
@@ -242,6 +238,8 @@ def hold_list(config: Config) -> None:
 @config_option
 def index(rebuild: bool, config: Config) -> None:
     """Index what is archived but not yet indexed."""
+    from indexer.jobs.indexing import rebuild_index
+    from indexer.jobs.runs import run_index_job
     with Services.open(config) as services:
         if rebuild:
             count = rebuild_index(services.store, services.index, progress=sys.stderr.isatty())
@@ -255,6 +253,7 @@ def index(rebuild: bool, config: Config) -> None:
 @config_option
 def worker(archive_now: bool, config: Config) -> None:
     """Run the scheduled jobs (blocking) until SIGTERM or Ctrl-C."""
+    from indexer.worker import run as run_worker
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -265,6 +264,7 @@ def worker(archive_now: bool, config: Config) -> None:
 @config_option
 def stats(config: Config) -> None:
     """Print the counts of /api/v1/stats as JSON."""
+    from indexer.stats import collect_stats
     with Services.open(config) as services:
         click.echo(json.dumps(collect_stats(services), indent=2))
 
@@ -273,6 +273,7 @@ def stats(config: Config) -> None:
 @config_option
 def verify(config: Config) -> None:
     """Check archive checksums, the hash chain, and that catalog and index agree."""
+    from indexer.jobs.verification import verify_all
     with Services.open(config) as services:
         result = verify_all(services)
     click.echo(result.summary())
@@ -347,6 +348,7 @@ def _log_to_stderr() -> None:
 @config_option
 def serve(host: str | None, port: int | None, config: Config) -> None:
     """Serve the HTTP API on gunicorn until SIGTERM or Ctrl-C."""
+    from server.serving import serve as serve_app
     _log_to_stderr()
     serve_app(config, host, port, on_ready=lambda url: click.echo(f"serving on {url}"))
 
@@ -365,6 +367,10 @@ def serve(host: str | None, port: int | None, config: Config) -> None:
 @config_option
 def demo(count: int, host: str | None, port: int | None, config: Config) -> None:
     """Showcase: init, load demo data, archive it, then serve and run the worker until Ctrl-C."""
+    from indexer.jobs.demo import load_demo
+    from indexer.stats import collect_stats
+    from server.serving import run_worker_process
+    from server.serving import serve as serve_app
     now = utcnow()
     with Services.open(config, create=True) as services:
         setup = load_demo(services, count, now)
