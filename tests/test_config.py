@@ -11,7 +11,8 @@ import pytest
 from archivist.config import load_config
 from archivist.errors import ConfigError
 from archivist.retention import RetentionPolicy
-from indexer.whoosh.index import SearchIndex, _start_worker
+from indexer.whoosh.index import SearchIndex
+from indexer.whoosh.workers import start_worker
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +75,7 @@ def test_index_workers_run_at_the_configured_niceness(tmp_path, make_record):
     index = SearchIndex.open(config.index_dir, worker_nice=config.index_worker_nice)
     index.add([(make_record(), datetime(2021, 1, 1, tzinfo=UTC))])  # chooses the pair terms
     gen = index._current_gen()
-    proc = _start_worker(gen, "year", 0, tmp_path / "parts", config.index_worker_nice)
+    proc = start_worker(gen, "year", 0, tmp_path / "parts", config.index_worker_nice)
     try:
         deadline = time.monotonic() + 30
         nice = None

@@ -17,8 +17,9 @@ from indexer.search import SearchQuery
 from indexer.search.dates import parse_timestamp
 from indexer.whoosh import matchsets
 from indexer.whoosh.analysis import iter_tokens
+from indexer.whoosh.documents import shard_key
 from indexer.whoosh.evaluate import Evaluator
-from indexer.whoosh.index import SearchIndex, shard_key
+from indexer.whoosh.index import SearchIndex
 from indexer.whoosh.postings import POSTING_CACHE, PostingCache
 from indexer.whoosh.query import CompiledQuery, compile_query
 from indexer.whoosh.schema import PAIR_FIELDS, build_schema

@@ -15,79 +15,68 @@ joined into one Whoosh index (one TOC listing both), and CURRENT is swapped.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import itertools
 import json
 import logging
-import operator
 import os
-import pickle
-import queue
 import re
 import shutil
-import subprocess
-import sys
 import threading
 import time
-import types
 import uuid
-from array import array
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from whoosh import index as windex
-from whoosh.analysis import IDTokenizer
-from whoosh.codec.whoosh3 import LENGTHS_COLUMN, WHOOSH3_HEADER_MAGIC, _lenfield
-from whoosh.filedb.filestore import FileStorage
-from whoosh.formats import Existence
 from whoosh.index import TOC, LockError
-from whoosh.reading import SegmentReader
 from whoosh.util.filelock import try_for
 
-from archivist.records import format_utc
 from indexer.errors import IndexerError, IndexUnavailable
-from indexer.search.dates import parse_timestamp, to_micros
 from indexer.search.types import SearchHit, SearchPage, SearchQuery, validate
 from indexer.whoosh.analysis import (
-    SINGLE_POSITION_VALUES,
-    ArchivePositions,
-    PairTokenizer,
     choose_pair_terms,
-    index_term_positions,
-    pair_postings,
 )
 from indexer.whoosh.columns import byte_strings
+from indexer.whoosh.documents import (
+    build_document,
+    load_hit,
+    record_shard,
+    record_texts,
+    shard_bounds,
+)
 from indexer.whoosh.errors import translate_errors, translate_iter_errors
 from indexer.whoosh.mapped_files import install as install_mapped_files
-from indexer.whoosh.merging import MergedSource, choose_merges, write_merged
-from indexer.whoosh.query import CompiledQuery, compile_query, make_parser
+from indexer.whoosh.merging import choose_merges
+from indexer.whoosh.query import compile_query, make_parser
 from indexer.whoosh.readers import close_replaced, open_searcher, open_without_additions
 from indexer.whoosh.schema import build_schema
 from indexer.whoosh.search import order_matches, run_search
-from indexer.whoosh.segment_format import (
-    EXTENT,
-    PACK_INT,
-    SMALL_BLOCK,
-    TERMINFO,
-    TermTable,
-    compress,
+from indexer.whoosh.segment_writer import add_record, open_writer, write_merge
+from indexer.whoosh.shards import ShardCache, ShardView
+from indexer.whoosh.snapshots import Snapshot, stat_key, write_atomic
+from indexer.whoosh.staging import (
+    STAGED_DIR,
+    StagedRecords,
+    delete_unkept,
+    remove_abandoned_stages,
+    remove_stage,
 )
-from indexer.whoosh.shards import GlobalStats, ShardCache, ShardView
-from indexer.whoosh.snippets import make_snippet, plain_snippet
 from indexer.whoosh.turns import Turns
+from indexer.whoosh.workers import (
+    Background,
+    join_parts,
+    move_segment_files,
+    parallel_build,
+    shard_batches,
+    write_parts,
+)
 
 PERIODS = ("year", "month")
-_T = TypeVar("_T")
 _SHARD_RE = {"year": re.compile(r"^\d{4}$"), "month": re.compile(r"^\d{4}-\d{2}$")}
 _GEN_RE = re.compile(r"^g(\d{6})$")
-SNIPPET_SOURCE_CHARS = 10_000
-_BATCH = 500
-WORKER_BUFFERED_DOCS = 300_000  # documents a rebuild worker holds in memory (~3.5 KiB each)
 PAIR_SAMPLE = 20_000  # records a rebuild reads before choosing the pair terms
 _READ_IDS_COST = 200  # one id look-up in a segment costs about as much as reading 200 ids
 _WARM_QUERIES = 16  # the latest distinct queries run again after a change (keep_fresh)
@@ -96,207 +85,13 @@ _WARM_QUERIES = 16  # the latest distinct queries run again after a change (keep
 _ADDITIONS_WAIT = 10.0
 log = logging.getLogger(__name__)
 
-
-def shard_key(created_at: datetime, period: str) -> str:
-    """Return the shard name of a ``created_at`` time.
-
-    :param created_at: an aware datetime.
-    :param period: ``year`` or ``month``.
-    """
-    created_at = created_at.astimezone(UTC)
-    if period == "year":
-        return f"{created_at.year:04d}"
-    return f"{created_at.year:04d}-{created_at.month:02d}"
-
-
-def shard_bounds(name: str) -> tuple[int, int]:
-    """Return the first and last microsecond (epoch) of a shard's period.
-
-    :param name: the shard name, ``2023`` or ``2023-05``.
-    """
-    if len(name) == 4:
-        y = int(name)
-        lo = datetime(y, 1, 1, tzinfo=UTC)
-        hi = datetime(y + 1, 1, 1, tzinfo=UTC)
-    else:
-        y, m = int(name[:4]), int(name[5:7])
-        lo = datetime(y, m, 1, tzinfo=UTC)
-        hi = datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=UTC)
-    return to_micros(lo), to_micros(hi) - 1
-
-
-def _utc_text(value: str) -> str:
-    """Return a record timestamp in the contract's UTC format (unchanged when already so)."""
-    if value.endswith("Z"):
-        return value
-    return format_utc(parse_timestamp(value))
-
-
-def build_document(record: dict[str, Any], archived_at: datetime) -> dict[str, Any]:
-    """Turn a record and its archive time into the field values of one Whoosh document.
-
-    :param record: the record as imported (contract JSON object).
-    :param archived_at: when it was archived (aware).
-    """
-    created = _utc_text(record["created_at"])
-    updated = _utc_text(record["updated_at"])
-    archived = format_utc(archived_at)
-    body = record.get("body") or ""
-    subject = record.get("subject") or ""
-    doc: dict[str, Any] = {
-        "id": record["id"],
-        "kind": record["kind"],
-        "category": record["category"],
-        "subject": subject,
-        "body": body,
-        "subject_pairs": subject,
-        "body_pairs": body,
-        "created_us": to_micros(parse_timestamp(created)),
-        "updated_us": to_micros(parse_timestamp(updated)),
-        "archived_us": to_micros(archived_at),
-        "stored": (
-            record["id"],
-            record["kind"],
-            record["category"],
-            record.get("customer_id"),
-            record.get("owner"),
-            subject,
-            record.get("status") or "",
-            created,
-            updated,
-            archived,
-            body[:SNIPPET_SOURCE_CHARS],
-        ),
-    }
-    if record.get("customer_id") is not None:
-        doc["customer_id"] = record["customer_id"]
-    if record.get("owner") is not None:
-        doc["owner"] = record["owner"]
-    return doc
-
-
-def _texts(records: Iterable[dict[str, Any]]) -> Iterator[str]:
-    """Yield the subject and body of records (for choosing pair terms)."""
-    for record in records:
-        yield record.get("subject") or ""
-        yield record.get("body") or ""
+install_mapped_files()  # see mapped_files: segment files are read in place, not copied
 
 
 def _segment_id_set(leaf: Any) -> frozenset[bytes]:
     """Return the ids of a segment's documents (deleted ones included), UTF-8 encoded."""
     column = leaf.column_reader("id", translate=False)
     return frozenset(byte_strings(column, leaf.segment().doc_count_all()).tolist())
-
-
-def _record_shard(record: dict[str, Any], period: str) -> str:
-    created = record["created_at"]
-    if created.endswith("Z") and len(created) >= 10:
-        return created[:4] if period == "year" else created[:7]
-    return shard_key(parse_timestamp(created), period)
-
-
-def _write_atomic(path: Path, text: str, durable: bool = True) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        if durable:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _stat_key(path: Path) -> str | None:
-    # Content, not mtime: two commits within the file system's timestamp granularity would
-    # otherwise look like one.
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        return None
-
-
-install_mapped_files()
-
-
-_STAGED = "_staged"  # folder of a generation where stage() writes
-
-
-@dataclass
-class StagedRecords:
-    """Segments written by :meth:`SearchIndex.stage`, not yet part of any shard."""
-
-    gen: Path
-    root: Path
-    shards: dict[str, list[str]]  # shard name -> the record ids staged for it
-
-
-def _delete_unkept(ix: windex.Index, segment: Any, keep: Collection[str]) -> int:
-    """Mark the documents of a staged segment whose ids are not in ``keep`` deleted.
-
-    Returns how many are kept.
-    """
-    reader = SegmentReader(ix.storage, ix.schema, segment)
-    try:
-        ids = list(reader.column_reader("id", translate=False))
-    finally:
-        reader.close()
-    kept = 0
-    for docnum, rid in enumerate(ids):
-        if rid.decode("utf-8") in keep:
-            kept += 1
-        else:
-            segment.delete_document(docnum)
-    return kept
-
-
-def _remove_abandoned_stages(root: Path) -> None:
-    """Remove staging folders of processes that are gone (a crash between stage and attach)."""
-    if not root.is_dir():
-        return
-    for path in root.iterdir():
-        pid = path.name.split("-", 1)[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _remove_stage(folder: Path) -> None:
-    """Remove a staging folder, and the folder of stages if no other is left."""
-    shutil.rmtree(folder, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        folder.parent.rmdir()
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class _Snapshot:
-    """Searchers and caches for one state of the index.
-
-    ``partial`` names the shards whose searcher leaves out segments added since ``pending``
-    (a monotonic time), or that are left out themselves (see ``SearchIndex.keep_fresh``).
-    """
-
-    def __init__(
-        self,
-        gen: Path,
-        key: tuple[Any, ...],
-        views: list[ShardView],
-        partial: frozenset[str] = frozenset(),
-        pending: float | None = None,
-    ) -> None:
-        self.gen = gen
-        self.key = key
-        self.views = views
-        self.stats = GlobalStats([v.cache for v in views])
-        self.partial = partial
-        self.pending = pending if partial else None
 
 
 class SearchIndex:
@@ -306,12 +101,12 @@ class SearchIndex:
         self.directory = Path(directory)
         self._period = shard_period
         self._worker_nice = worker_nice
-        self._background = _Background(worker_nice)
+        self._background = Background(worker_nice)
         self._lock = threading.RLock()
         self._turns = Turns()
         self._shard_lists: dict[str, tuple[int, list[str]]] = {}
         self._write_lock = threading.Lock()
-        self._snapshot: _Snapshot | None = None
+        self._snapshot: Snapshot | None = None
         self._indexes: dict[tuple[str, str], windex.Index] = {}
         # Record ids per segment id (segments never change; deletions live in the TOC), so that
         # an add need not look every id up in every segment: about 80 bytes per indexed record.
@@ -348,7 +143,7 @@ class SearchIndex:
             self = cls(directory, shard_period, worker_nice)
             if not (directory / "CURRENT").exists():
                 gen = self._new_generation(shard_period)
-                _write_atomic(directory / "CURRENT", gen.name)
+                write_atomic(directory / "CURRENT", gen.name)
             self._period = self._load_meta(self._current_gen())["shard_period"]
         except OSError as e:
             raise IndexUnavailable(f"cannot open index at {directory}: {e}") from e
@@ -365,8 +160,8 @@ class SearchIndex:
         meta: dict[str, Any] = {"shard_period": period}
         if pair_terms is not None:
             meta["pair_terms"] = pair_terms
-        _write_atomic(gen / "META", json.dumps(meta))
-        _write_atomic(gen / "STAMP", "0")
+        write_atomic(gen / "META", json.dumps(meta))
+        write_atomic(gen / "STAMP", "0")
         return gen
 
     @staticmethod
@@ -393,8 +188,8 @@ class SearchIndex:
         if str(gen) not in self._pair_sets:
             meta = self._load_meta(gen)
             if "pair_terms" not in meta:
-                meta["pair_terms"] = choose_pair_terms(_texts(sample))
-                _write_atomic(gen / "META", json.dumps(meta))
+                meta["pair_terms"] = choose_pair_terms(record_texts(sample))
+                write_atomic(gen / "META", json.dumps(meta))
         return self._chosen_pair_terms(gen)
 
     def _current_gen(self) -> Path:
@@ -442,17 +237,17 @@ class SearchIndex:
         """Tell searchers in every process that the generation's shards changed. Not fsynced:
         after a crash, every process opens the shards afresh whatever the stamp says."""
         stamp = f"{time.time_ns()} {os.getpid()} {uuid.uuid4().hex}"
-        _write_atomic(gen / "STAMP", stamp, durable=False)
+        write_atomic(gen / "STAMP", stamp, durable=False)
 
     # --- searching ------------------------------------------------------------------------
 
-    def _current_snapshot(self) -> _Snapshot:
+    def _current_snapshot(self) -> Snapshot:
         """Return searchers for the current state, refreshing what changed since last time.
 
         With a freshener running, an indexing batch's new segments are left out until it has
         warmed them up (for at most ``_ADDITIONS_WAIT`` seconds); deletions show at once.
         """
-        current = _stat_key(self.directory / "CURRENT")
+        current = stat_key(self.directory / "CURRENT")
         with self._lock:
             snap = self._snapshot
             overdue = (
@@ -466,7 +261,7 @@ class SearchIndex:
             self._snapshot = self._open_snapshot(snap, defer=defer, install=True)
             return self._snapshot
 
-    def _whole_snapshot(self) -> _Snapshot:
+    def _whole_snapshot(self) -> Snapshot:
         """The current state with nothing left out (for counts and checks)."""
         snap = self._current_snapshot()
         if snap.pending is None:
@@ -477,12 +272,12 @@ class SearchIndex:
 
     def _open_snapshot(
         self,
-        snap: _Snapshot | None,
+        snap: Snapshot | None,
         *,
         defer: bool,
         install: bool,
         take: Collection[str] = (),
-    ) -> _Snapshot:
+    ) -> Snapshot:
         """Open searchers for the index's state, reusing ``snap``'s where a shard is unchanged.
 
         :param defer: leave out segments and shards added since ``snap`` (deletions in the
@@ -490,9 +285,9 @@ class SearchIndex:
         :param install: the result replaces ``snap`` now, so that searchers it no longer uses
             are closed; otherwise :meth:`_install` does that later.
         """
-        current = _stat_key(self.directory / "CURRENT")
+        current = stat_key(self.directory / "CURRENT")
         gen = self._current_gen()
-        full_key = (current, _stat_key(gen / "STAMP"))
+        full_key = (current, stat_key(gen / "STAMP"))
         same_gen = snap is not None and snap.gen == gen
         old = {v.name: v for v in snap.views} if snap is not None and same_gen else {}
         left_out = snap.partial if snap is not None and same_gen else frozenset()
@@ -529,9 +324,9 @@ class SearchIndex:
             for v in snap.views:
                 v.cache.searcher.close()
         pending = (snap.pending if snap is not None else None) or time.monotonic()
-        return _Snapshot(gen, full_key, views, frozenset(partial), pending)
+        return Snapshot(gen, full_key, views, frozenset(partial), pending)
 
-    def _install(self, snap: _Snapshot) -> None:
+    def _install(self, snap: Snapshot) -> None:
         """Make ``snap`` (opened with ``install=False``) the one searches use (under _lock)."""
         installed = self._snapshot
         if installed is not None:
@@ -560,11 +355,11 @@ class SearchIndex:
                 del self._recent[next(iter(self._recent))]
             return self._run(self._current_snapshot(), query, started)
 
-    def _run(self, snap: _Snapshot, query: SearchQuery, started: float) -> SearchPage:
+    def _run(self, snap: Snapshot, query: SearchQuery, started: float) -> SearchPage:
         readers = [v.cache.searcher.reader() for v in snap.views]
         compiled = compile_query(query.q, self._parser, readers)
         return run_search(
-            snap.views, query, compiled, snap.stats, _load_hit, started, self._turns.checkpoint
+            snap.views, query, compiled, snap.stats, load_hit, started, self._turns.checkpoint
         )
 
     def keep_fresh(self, interval: float = 0.5) -> None:
@@ -632,19 +427,19 @@ class SearchIndex:
             installed = self._snapshot
             if installed is None or installed.gen != warm.gen or installed.pending is None:
                 return  # searches opened the whole index meanwhile
-            if self._changed(warm, _stat_key(self.directory / "CURRENT")):
+            if self._changed(warm, stat_key(self.directory / "CURRENT")):
                 warm = self._open_snapshot(warm, defer=False, install=False)
             self._install(warm)
 
     def _stale(self) -> bool:
         """Whether searches would reopen shards now (False before the first search)."""
         snap = self._snapshot
-        return snap is not None and self._changed(snap, _stat_key(self.directory / "CURRENT"))
+        return snap is not None and self._changed(snap, stat_key(self.directory / "CURRENT"))
 
     @staticmethod
-    def _changed(snap: _Snapshot, current: str | None) -> bool:
+    def _changed(snap: Snapshot, current: str | None) -> bool:
         """Whether the index changed since ``snap`` (``current``: CURRENT's stat key now)."""
-        return snap.key[0] != current or snap.key[1] != _stat_key(snap.gen / "STAMP")
+        return snap.key[0] != current or snap.key[1] != stat_key(snap.gen / "STAMP")
 
     def urgent(self) -> AbstractContextManager[None]:
         """A block that runs before any further step of this process's searches (a restore:
@@ -679,7 +474,7 @@ class SearchIndex:
                     docnum = None if view is None else view.cache.searcher.document_number(id=rid)
                     if view is not None and docnum is not None:
                         score = ordered.scores[i] if ordered.scores is not None else 0.0
-                        hits.append(_load_hit(view, docnum, score, compiled, snippet=False))
+                        hits.append(load_hit(view, docnum, score, compiled, snippet=False))
             yield from hits
 
     @translate_iter_errors
@@ -740,7 +535,7 @@ class SearchIndex:
             home: dict[str, str] = {}
             first = set(first_versions)
             for record, archived_at in batch.values():
-                name = _record_shard(record, period)
+                name = record_shard(record, period)
                 by_shard.setdefault(name, []).append(build_document(record, archived_at))
                 if record["id"] in first:
                     home[record["id"]] = name
@@ -753,7 +548,7 @@ class SearchIndex:
                     for doc in documents:
                         if name in holders.get(doc["id"], ()):
                             writer.delete_by_term("id", doc["id"])
-                        _add_record(writer, doc)
+                        add_record(writer, doc)
                 except BaseException:
                     writer.cancel()
                     raise
@@ -786,7 +581,7 @@ class SearchIndex:
             gen = self._current_gen()
             period = self._load_meta(gen)["shard_period"]
             wanted = set(ids)
-            home = {r["id"]: _record_shard(r, period) for r in current if r["id"] in wanted}
+            home = {r["id"]: record_shard(r, period) for r in current if r["id"] in wanted}
             holders = self._find_ids(gen, ids, home)
             elsewhere = [rid for rid in home if rid not in holders]
             if elsewhere:  # not indexed yet, or a copy the rule above does not account for
@@ -875,19 +670,19 @@ class SearchIndex:
 
         def noted() -> Iterator[tuple[dict[str, Any], datetime]]:
             for record, archived_at in stream:
-                shards.setdefault(_record_shard(record, period), []).append(record["id"])
+                shards.setdefault(record_shard(record, period), []).append(record["id"])
                 yield record, archived_at
 
-        _remove_abandoned_stages(gen / _STAGED)
-        root = gen / _STAGED / f"{os.getpid()}-{uuid.uuid4().hex}"
+        remove_abandoned_stages(gen / STAGED_DIR)
+        root = gen / STAGED_DIR / f"{os.getpid()}-{uuid.uuid4().hex}"
         root.mkdir(parents=True)
         try:
             if processes:
-                _parallel_build(gen, period, noted(), None, False, root, self._worker_nice)
+                parallel_build(gen, period, noted(), None, False, root, self._worker_nice)
             else:
                 pair_terms = self._chosen_pair_terms(gen)
                 self._background.run(
-                    lambda: _write_parts(_shard_batches(noted(), period), root, "w0", pair_terms)
+                    lambda: write_parts(shard_batches(noted(), period), root, "w0", pair_terms)
                 )
             with self._write_lock:
                 self._background.run(lambda: self._read_segment_ids(gen))
@@ -952,9 +747,9 @@ class SearchIndex:
                         for part in sorted((staged.root / name).iterdir()):
                             part_ix = windex.open_dir(str(part))
                             for segment in part_ix._segments():
-                                left = _delete_unkept(part_ix, segment, keep)
+                                left = delete_unkept(part_ix, segment, keep)
                                 if left:  # else its files go with the staging folder
-                                    _move_segment_files(part, gen / name, segment)
+                                    move_segment_files(part, gen / name, segment)
                                     segments.append(segment)
                                     count += left
                             part_ix.close()
@@ -977,7 +772,7 @@ class SearchIndex:
     @translate_errors
     def discard(self, staged: StagedRecords) -> None:
         """Remove staged segments that were not attached."""
-        _remove_stage(staged.root)
+        remove_stage(staged.root)
 
     def _find_ids(
         self, gen: Path, ids: list[str], home: Mapping[str, str] | None = None
@@ -1097,11 +892,11 @@ class SearchIndex:
         if not picks:
             return False
         shard = Path(ix.storage.folder)
-        folder = shard.parent / _STAGED / f"{os.getpid()}-merge-{uuid.uuid4().hex}"
+        folder = shard.parent / STAGED_DIR / f"{os.getpid()}-merge-{uuid.uuid4().hex}"
         folder.mkdir(parents=True)
         try:
             merged, sources = self._background.run(
-                lambda: _write_merge(ix, [segments[i] for i in picks], folder)
+                lambda: write_merge(ix, [segments[i] for i in picks], folder)
             )
             writer = open_writer(ix, frozenset(), timeout=60.0)
             try:
@@ -1112,7 +907,7 @@ class SearchIndex:
                 for source in sources:
                     for docnum in set(current[source.segid].deleted_docs()) - source.deleted:
                         merged.delete_document(source.new_number(docnum))
-                _move_segment_files(folder, shard, merged)
+                move_segment_files(folder, shard, merged)
             except BaseException:
                 writer.cancel()
                 raise
@@ -1126,7 +921,7 @@ class SearchIndex:
                 self._segment_ids[merged.segid] = frozenset[bytes]().union(*known)
             return True
         finally:
-            _remove_stage(folder)
+            remove_stage(folder)
 
     @translate_errors
     def merge_segments(self) -> int:
@@ -1171,11 +966,11 @@ class SearchIndex:
         self._check_open()
         stream = iter(docs)
         head = list(itertools.islice(stream, PAIR_SAMPLE))
-        pair_terms = choose_pair_terms(_texts(record for record, _at in head))
+        pair_terms = choose_pair_terms(record_texts(record for record, _at in head))
         with self._write_lock:
             gen = self._new_generation(self._period, pair_terms)
             try:
-                count = _parallel_build(
+                count = parallel_build(
                     gen,
                     self._period,
                     itertools.chain(head, stream),
@@ -1184,13 +979,13 @@ class SearchIndex:
                     gen / "_parts",
                     self._worker_nice,
                 )
-                _join_parts(gen)
+                join_parts(gen)
             except BaseException:
                 shutil.rmtree(gen, ignore_errors=True)
                 raise
-            _write_atomic(gen / "STAMP", f"{time.time_ns()} {os.getpid()}")
+            write_atomic(gen / "STAMP", f"{time.time_ns()} {os.getpid()}")
             old = self._current_gen()
-            _write_atomic(self.directory / "CURRENT", gen.name)
+            write_atomic(self.directory / "CURRENT", gen.name)
             self._remove_old_generations(keep={gen.name, old.name})
         return count
 
@@ -1229,589 +1024,4 @@ class SearchIndex:
         self.close()
 
 
-class _MemoryPool:
-    """The postings of the segment being written, grouped by field and term in memory.
 
-    Stands in for Whoosh's PostingPool, which pickles every posting into sorted run files and
-    merges them back through a heap: that, and the generic per-posting path around it, was
-    over half of indexing time. Postings of one term arrive in increasing document order
-    (documents are numbered as they are added, merged segments after them), so nothing needs
-    sorting but the terms, once, when the segment is flushed.
-    """
-
-    def __init__(self) -> None:
-        self.fields: dict[str, dict[bytes, tuple[array[int], array[float], list[bytes]]]] = {}
-
-    def terms(self, fieldname: str) -> dict[bytes, tuple[array[int], array[float], list[bytes]]]:
-        """Return the term table of a field."""
-        terms = self.fields.get(fieldname)
-        if terms is None:
-            terms = self.fields[fieldname] = {}
-        return terms
-
-    def postings(
-        self, fieldname: str, btext: bytes
-    ) -> tuple[array[int], array[float], list[bytes]]:
-        """Return a term's buffered document numbers, weights and values, made if new."""
-        terms = self.terms(fieldname)
-        entry = terms.get(btext)
-        if entry is None:
-            entry = terms[btext] = (array("I"), array("f"), [])
-        return entry
-
-    def add(self, item: tuple[str, bytes, int, float, bytes | None]) -> None:
-        """Add one ``(fieldname, btext, docnum, weight, value)`` posting (Whoosh merges)."""
-        fieldname, btext, docnum, weight, value = item
-        entry = self.postings(fieldname, btext)
-        entry[0].append(docnum)
-        entry[1].append(weight)
-        if value:
-            entry[2].append(value)
-
-    def cleanup(self) -> None:
-        """Drop the buffered postings."""
-        self.fields.clear()
-
-
-def _add_record(writer: Any, doc: dict[str, Any]) -> None:
-    """SegmentWriter.add_document for our schema, straight into the writer's _MemoryPool.
-
-    Same segment content as ``add_document(**doc)``: each text is analysed by
-    :func:`index_term_positions` once (its word-pair field reuses the result), and ID fields
-    (one whole term each) skip the analyzer. Fields the shard's schema lacks are skipped: a
-    shard made before the word-pair fields existed keeps its schema.
-    """
-    schema = writer.schema
-    pool: _MemoryPool = writer.pool
-    docnum = writer.docnum
-    # Analyse first: a failure here leaves neither the pool nor the per-document writer touched.
-    entries: list[tuple[str, Any, Any, Any]] = []
-    analysed: dict[str, dict[bytes, list[int]]] = {}
-    for fieldname in sorted(doc):
-        value = doc[fieldname]
-        if value is None or fieldname not in schema:
-            continue
-        field = schema[fieldname]
-        postings: Any = None
-        if field.indexed:
-            fmt = field.format
-            if type(fmt) is ArchivePositions:
-                postings = analysed[value] = index_term_positions(value)
-            elif type(field.analyzer) is PairTokenizer:
-                positions = analysed.get(value)
-                if positions is None:
-                    positions = index_term_positions(value)
-                postings = pair_postings(positions, writer.pair_terms)
-            elif type(fmt) is Existence and type(field.analyzer) is IDTokenizer:
-                postings = ((value.encode("utf-8"), 1, fmt.field_boost, b""),)
-            else:
-                postings = list(field.index(value))
-        entries.append((fieldname, field, value, postings))
-    pdw = writer.perdocwriter
-    columns = pdw._colwriters
-    pdw.start_doc(docnum)
-    single = SINGLE_POSITION_VALUES
-    nsingle = len(single)
-    for fieldname, field, value, postings in entries:
-        length = 0
-        if postings is not None:
-            terms = pool.terms(fieldname)
-            if type(postings) is dict:
-                encode = field.format.encode
-                for btext, poslist in postings.items():
-                    entry = terms.get(btext)
-                    if entry is None:
-                        entry = terms[btext] = (array("I"), array("f"), [])
-                    n = len(poslist)
-                    entry[0].append(docnum)
-                    entry[1].append(n)
-                    p = poslist[0]
-                    entry[2].append(single[p] if n == 1 and p < nsingle else encode(poslist))
-                    length += n
-                if not field.scorable:
-                    length = 0
-            else:
-                scorable = field.scorable
-                for btext, freq, weight, vbytes in postings:
-                    entry = terms.get(btext)
-                    if entry is None:
-                        entry = terms[btext] = (array("I"), array("f"), [])
-                    entry[0].append(docnum)
-                    entry[1].append(weight)
-                    if vbytes:
-                        entry[2].append(vbytes)
-                    if scorable:
-                        length += freq
-        pdw.add_field(fieldname, field, value if field.stored else None, length)
-        column = field.column_type
-        if column:
-            cw = columns.get(fieldname)
-            if cw is None:
-                pdw.add_column_value(fieldname, column, field.to_column_value(value))
-            else:
-                cw.add(docnum, field.to_column_value(value))
-    pdw.finish_doc()
-    writer._added = True
-    writer.docnum += 1
-
-
-def _doc_length_bytes(pdr: Any, fieldname: str, doccount: int) -> bytes | None:
-    """Return a field's length byte per document of a new segment (Whoosh's lengths column).
-
-    The bytes order like the lengths they stand for, and Whoosh's block and term statistics
-    store lengths as these bytes, so they are used as they are.
-    """
-    reader = pdr._cached_reader(_lenfield(fieldname), LENGTHS_COLUMN)
-    if reader is None:
-        return None
-    got = bytes(reader)
-    return got + bytes(doccount - len(got))
-
-
-def _write_field(
-    fw: Any,
-    terms: dict[bytes, tuple[array[int], array[float], list[bytes]]],
-    lengths: bytes | None,
-) -> None:
-    """Write one field's posting lists and term infos as W3FieldWriter would, a field at a time.
-
-    The bytes are those of Whoosh's W3PostingsWriter and OrderedHashWriter, except for
-    compression: a block whose pickled data is under SMALL_BLOCK bytes is stored uncompressed
-    (flag 0 in its header, which the reader honours; zlib would not make it smaller), others
-    through :func:`segment_format.compress`. Output is gathered in memory and written once per
-    field.
-    """
-    postfile = fw._postfile
-    table = TermTable(fw)
-    limit = fw._codec._blocklimit
-    comp = fw._codec._compression
-    fixed = fw._format.fixed_value_size()
-    pack_values = fixed is None or fixed < 0
-    dumps = pickle.dumps
-    pack_int = PACK_INT
-    out: list[bytes] = []
-    offset = postfile.tell()
-    for btext in sorted(terms):
-        docs, weights, values = terms[btext]
-        start = offset
-        out.append(WHOOSH3_HEADER_MAGIC)
-        offset += 4
-        total = 0.0
-        maxweight = 0.0
-        minlength = 0  # length bytes, 0 for none
-        maxlength = 0
-        n = len(docs)
-        for i in range(0, n, limit):
-            ids = docs[i : i + limit] if n > limit else docs
-            ws = weights[i : i + limit] if n > limit else weights
-            count = len(ids)
-            first = ws[0]
-            if count == 1:
-                deltas: tuple[int, ...] = (ids[0],)
-                miniw: Any = None if first == 1.0 else first
-                bmax = first
-                bsum = first
-            else:
-                deltas = tuple([ids[0], *map(operator.sub, ids[1:], ids)])
-                if first == 1.0 and ws.count(1.0) == count:
-                    miniw = None
-                elif ws.count(first) == count:
-                    miniw = first
-                else:
-                    miniw = tuple(ws)
-                bmax = max(ws)
-                bsum = sum(ws)
-            if pack_values:
-                miniv: Any = tuple(values[i : i + limit])
-            elif fixed == 0:
-                miniv = None
-            else:
-                miniv = b"".join(values[i : i + limit])
-            data = dumps((deltas, miniw, miniv), 2)
-            bcomp = comp if len(data) >= SMALL_BLOCK else 0
-            if bcomp:
-                data = compress(data, bcomp)
-            bmin = bmaxlen = 0
-            if lengths is not None:
-                if count == 1:
-                    bmin = bmaxlen = lengths[ids[0]]
-                else:
-                    ls = [x for x in map(lengths.__getitem__, ids) if x]
-                    if ls:
-                        bmin = min(ls)
-                        bmaxlen = max(ls)
-            info = dumps((count, ids[-1], bmax, bcomp, bmin, bmaxlen), 2)
-            size = len(info) + len(data)
-            out.append(pack_int(-size if i + limit >= n else size))
-            out.append(info)
-            out.append(data)
-            offset += 4 + size
-            total += bsum
-            if bmin and (not minlength or bmin < minlength):
-                minlength = bmin
-            if bmaxlen > maxlength:
-                maxlength = bmaxlen
-            if bmax > maxweight:
-                maxweight = bmax
-        value = TERMINFO.pack(
-            False,
-            total,
-            n,
-            minlength,
-            maxlength,
-            maxweight,
-            docs[0],
-            docs[-1],
-        ) + EXTENT.pack(start, offset - start)
-        table.add(btext, value)
-    postfile.write(b"".join(out))
-    table.flush()
-
-
-def _flush_pool(writer: Any) -> None:
-    """SegmentWriter._flush_segment from a _MemoryPool, a whole field at a time."""
-    writer.perdocwriter.close()
-    pdr = writer.per_document_reader()
-    doccount = writer.docnum
-    fw = writer.fieldwriter
-    pool: _MemoryPool = writer.pool
-    schema = writer.schema
-    writer.segment_ids = frozenset(pool.fields.get("id", ())) | getattr(
-        writer, "merged_ids", frozenset()
-    )
-    try:
-        for fieldname in sorted(pool.fields):
-            if fieldname not in schema:
-                continue
-            fw.start_field(fieldname, schema[fieldname])
-            lengths = _doc_length_bytes(pdr, fieldname, doccount)
-            _write_field(fw, pool.fields[fieldname], lengths)
-            fw.finish_field()
-            pool.fields[fieldname] = {}
-    finally:
-        pdr.close()
-    fw.close()
-
-
-def open_writer(ix: windex.Index, pair_terms: frozenset[bytes], **kwargs: Any) -> Any:
-    """Open a Whoosh writer on a shard that buffers postings in memory (see _MemoryPool).
-
-    Add documents with :func:`_add_record`; Whoosh's own ``add_document`` would bypass the pool.
-
-    :param ix: the shard index.
-    :param pair_terms: the generation's pair terms (see ``analysis.choose_pair_terms``).
-    """
-    writer = ix.writer(**kwargs)
-    writer.pool = _MemoryPool()
-    writer.pair_terms = pair_terms
-    writer._flush_segment = types.MethodType(_flush_pool, writer)
-    return writer
-
-
-def _load_hit(
-    view: ShardView, docnum: int, score: float, compiled: CompiledQuery, snippet: bool = True
-) -> SearchHit:
-    stored = view.cache.searcher.stored_fields(docnum)["stored"]
-    (rid, kind, category, customer_id, owner, subject, status, created, updated, archived, body) = (
-        stored
-    )
-    text = ""
-    if snippet:
-        text = (
-            make_snippet(body, "body", compiled)
-            or make_snippet(subject, "subject", compiled)
-            or plain_snippet(body)
-        )
-    return SearchHit(
-        id=rid,
-        kind=kind,
-        category=category,
-        customer_id=customer_id,
-        owner=owner,
-        subject=subject,
-        status=status,
-        created_at=created,
-        updated_at=updated,
-        archived_at=archived,
-        score=round(score, 6),
-        snippet=text,
-    )
-
-
-# --- parallel rebuild ---------------------------------------------------------------------------
-
-
-def run_build_worker() -> None:
-    """Entry point of a rebuild worker process: pickled batches on stdin, a JSON line out."""
-    gen, worker, parts_root = sys.argv[1], int(sys.argv[3]), Path(sys.argv[4])
-    _lower_priority(0, int(sys.argv[5]))
-    meta = json.loads((Path(gen) / "META").read_text(encoding="utf-8"))
-    pair_terms = frozenset(t.encode("utf-8") for t in meta["pair_terms"])
-    inbox = sys.stdin.buffer
-
-    def batches() -> Iterator[tuple[str, list[tuple[dict[str, Any], datetime]]]]:
-        while (item := pickle.load(inbox)) is not None:
-            yield item
-
-    try:
-        count = _write_parts(batches(), parts_root, f"w{worker}", pair_terms)
-        print(json.dumps({"ok": True, "count": count}), flush=True)
-    except BaseException as e:  # report, the parent raises
-        print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}), flush=True)
-
-
-def _write_parts(
-    batches: Iterable[tuple[str, list[tuple[dict[str, Any], datetime]]]],
-    parts_root: Path,
-    part: str,
-    pair_terms: frozenset[bytes],
-) -> int:
-    """Write batches of one shard's records each as segments under ``parts_root/<shard>/<part>``;
-    returns how many records were written."""
-    writers: dict[str, Any] = {}
-    buffered = 0
-    count = 0
-    try:
-        for name, batch in batches:
-            writer = writers.get(name)
-            if writer is None:
-                path = parts_root / name / part
-                path.mkdir(parents=True, exist_ok=True)
-                if windex.exists_in(str(path)):
-                    ix = windex.open_dir(str(path))
-                else:
-                    ix = windex.create_in(str(path), build_schema())
-                writer = writers[name] = open_writer(ix, pair_terms)
-            for record, archived_at in batch:
-                _add_record(writer, build_document(record, archived_at))
-            count += len(batch)
-            buffered += len(batch)
-            if buffered > WORKER_BUFFERED_DOCS:
-                # Bound memory: the fullest shard gets a segment now and starts another.
-                name = max(writers, key=lambda n: writers[n].doc_count())
-                buffered -= writers[name].doc_count()
-                writers.pop(name).commit(merge=False)
-        while writers:
-            writers.popitem()[1].commit(merge=False)
-    except BaseException:
-        for writer in writers.values():
-            try:
-                writer.cancel()
-            except Exception:  # noqa: BLE001 - best effort cleanup
-                pass
-        raise
-    return count
-
-
-def _shard_batches(
-    docs: Iterable[tuple[dict[str, Any], datetime]], period: str
-) -> Iterator[tuple[str, list[tuple[dict[str, Any], datetime]]]]:
-    """Group records into batches of one shard's records each (ids checked unique)."""
-    buffers: dict[str, list[tuple[dict[str, Any], datetime]]] = {}
-    seen: set[str] = set()
-    for record, archived_at in docs:
-        if record["id"] in seen:
-            raise IndexerError(f"duplicate record id in rebuild input: {record['id']}")
-        seen.add(record["id"])
-        name = _record_shard(record, period)
-        buf = buffers.setdefault(name, [])
-        buf.append((record, archived_at))
-        if len(buf) >= _BATCH:
-            yield name, buf
-            buffers[name] = []
-    for name, buf in buffers.items():
-        if buf:
-            yield name, buf
-
-
-def _start_worker(
-    gen: Path, period: str, worker: int, parts_root: Path, nice: int
-) -> subprocess.Popen[bytes]:
-    # A plain subprocess (not multiprocessing): no dependence on how the parent's __main__
-    # was started, and no fork of a possibly multi-threaded server process.
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    code = "from indexer.whoosh.index import run_build_worker; run_build_worker()"
-    return subprocess.Popen(
-        [sys.executable, "-c", code, str(gen), period, str(worker), str(parts_root), str(nice)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=env,
-    )
-
-
-def _feed(proc: subprocess.Popen[bytes], batches: queue.Queue[Any], failed: list[str]) -> None:
-    """Feeder thread: move batches from the shared queue into one worker's stdin."""
-    assert proc.stdin is not None
-    while True:
-        item = batches.get()
-        try:
-            if not failed or item is None:
-                pickle.dump(item, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-        except OSError as e:  # the worker died; its report says why
-            failed.append(str(e))
-        if item is None:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
-            return
-
-
-def _parallel_build(
-    gen: Path,
-    period: str,
-    docs: Iterable[tuple[dict[str, Any], datetime]],
-    total: int | None,
-    progress: bool,
-    parts_root: Path,
-    nice: int,
-    workers: int = 2,
-) -> int:
-    """Feed batches to worker processes (whichever is free); each writes its segments of each
-    shard under ``parts_root/<shard>/w<worker>``.
-
-    :param nice: the workers' niceness. They hold no lock, so running them below the server's
-        priority slows nothing but themselves: on a busy machine searches get the cores first.
-    """
-    procs = [_start_worker(gen, period, i, parts_root, nice) for i in range(workers)]
-    batches: queue.Queue[Any] = queue.Queue(maxsize=8 * workers)
-    failed: list[str] = []
-    feeders = [
-        threading.Thread(target=_feed, args=(p, batches, failed), daemon=True) for p in procs
-    ]
-    for t in feeders:
-        t.start()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, unit="rec", desc="rebuild")
-    count = 0
-    try:
-        for name, buf in _shard_batches(docs, period):
-            batches.put((name, buf))
-            count += len(buf)
-            if bar is not None:
-                bar.update(len(buf))
-            if failed:
-                break
-    finally:
-        for _ in procs:
-            batches.put(None)
-        for t in feeders:
-            t.join()
-    errors = list(failed)
-    for p in procs:
-        assert p.stdout is not None
-        out = p.stdout.read()
-        p.stdout.close()
-        p.wait()
-        lines = out.decode("utf-8", "replace").strip().splitlines()
-        report = json.loads(lines[-1]) if lines else {"ok": False, "error": "no report"}
-        if not report.get("ok") or p.returncode:
-            errors.append(str(report.get("error") or f"exit {p.returncode}"))
-    if bar is not None:
-        bar.close()
-    if errors:
-        raise IndexerError("index workers failed: " + "; ".join(errors))
-    return count
-
-
-def _join_parts(gen: Path) -> None:
-    """Make each shard one Whoosh index holding the segments every worker wrote for it."""
-    parts_root = gen / "_parts"
-    if not parts_root.exists():
-        return
-    for shard_dir in sorted(parts_root.iterdir()):
-        parts = sorted(p for p in shard_dir.iterdir() if windex.exists_in(str(p)))
-        target = gen / shard_dir.name
-        target.mkdir()
-        storage = FileStorage(str(target))
-        segments = []
-        schema = None
-        for part in parts:
-            ix = windex.open_dir(str(part))
-            schema = ix.schema
-            segs = ix._segments()
-            for seg in segs:
-                _move_segment_files(part, target, seg)
-            segments.extend(segs)
-            ix.close()
-        assert schema is not None
-        TOC(schema, segments, 1).write(storage, windex._DEF_INDEX_NAME)
-    shutil.rmtree(parts_root)
-
-
-def _write_merge(
-    ix: windex.Index, segments: list[Any], folder: Path
-) -> tuple[Any, list[MergedSource]]:
-    """Write segments of a shard merged into one, as the only segment of a new index in
-    ``folder``; returns that segment and where each source's documents went."""
-    target = windex.create_in(str(folder), ix.schema)
-    writer = open_writer(target, frozenset())  # a merge analyses nothing
-    readers = [SegmentReader(ix.storage, ix.schema, segment) for segment in segments]
-    try:
-        sources = write_merged(writer, readers)
-        writer.commit(merge=False)
-    except BaseException:
-        if not writer.is_closed:
-            writer.cancel()
-        raise
-    finally:
-        for reader in readers:
-            reader.close()
-    (merged,) = target._segments()
-    target.close()
-    return merged, sources
-
-
-class _Background:
-    """One thread, at the index workers' niceness, for index work nothing waits on but its
-    caller (staging a few records, writing a merge).
-
-    On Linux niceness is per thread, so the process's other threads keep theirs; elsewhere the
-    work runs at the process's priority. The thread lives as long as the index, so that what
-    it opens per thread (the archive store's connection) is opened once.
-    """
-
-    def __init__(self, nice: int) -> None:
-        self._nice = nice
-        self._pool: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-
-    def run(self, work: Callable[[], _T]) -> _T:
-        """Run ``work`` on the background thread and wait for it (inline if called from it)."""
-        if threading.current_thread().name.startswith("index-background"):
-            return work()
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(
-                    1, thread_name_prefix="index-background", initializer=self._lower_priority
-                )
-            pool = self._pool
-        return pool.submit(work).result()
-
-    def close(self) -> None:
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
-
-    def _lower_priority(self) -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            _lower_priority(threading.get_native_id(), self._nice)
-
-
-def _lower_priority(who: int, nice: int) -> None:
-    """Set the niceness of a process (0: this one) or, on Linux, a thread, never raising it."""
-    if nice > os.getpriority(os.PRIO_PROCESS, who):
-        os.setpriority(os.PRIO_PROCESS, who, nice)
-
-
-def _move_segment_files(source: Path, target: Path, segment: Any) -> None:
-    """Move one segment's files from one Whoosh index folder to another (same file system)."""
-    prefix = f"{segment.indexname}_{segment.segid}"
-    for fname in os.listdir(source):
-        if fname.startswith(prefix):
-            os.replace(source / fname, target / fname)
