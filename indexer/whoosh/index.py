@@ -10,6 +10,10 @@ Layout on disk::
 A rebuild writes a new generation beside the live one with two worker processes, each writing
 its own segment of every shard it receives documents for; the two segments of a shard are then
 joined into one Whoosh index (one TOC listing both), and CURRENT is swapped.
+
+Around the class: ``documents`` (record <-> Whoosh document), ``segment_writer`` (how a segment
+is written), ``workers`` (rebuild processes, background thread), ``staging`` (segments written
+aside), ``snapshots`` (what searches see) and ``errors`` (Whoosh's exceptions made ours).
 """
 
 from __future__ import annotations
