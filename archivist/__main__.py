@@ -1,5 +1,5 @@
 """`python -m archivist` runs the `archivist` command."""
 
-from archivist.cli import main
+from cli.commands import main
 
 main()

@@ -36,7 +36,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from archivist.records import Record, record_from_json
+from archivist.records import RECORD_FIELDS, Record, record_from_json
 from archivist.sqlite_writers import QueuedConnection, connection_factory
 
 
@@ -135,18 +135,7 @@ class Lease(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-_RECORD_COLUMNS = (
-    "id",
-    "kind",
-    "category",
-    "customer_id",
-    "owner",
-    "subject",
-    "body",
-    "status",
-    "created_at",
-    "updated_at",
-)
+_RECORD_COLUMNS = RECORD_FIELDS
 _EXTRA_COLUMNS = ("attributes", "parent_id", "has_parent_id")  # after them, in Record's order
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,7 +22,10 @@ from archivist.active_db import (
 from archivist.config import Config
 from archivist.crm_rows import CrmTables, ForeignKeyRef, inspect_foreign_keys, open_crm_tables
 from indexer.errors import IndexUnavailable
-from indexer.index import SearchIndex
+from indexer.search import SearchEngine
+
+OpenIndex = Callable[[Config, ArchiveStore, bool], SearchEngine]
+"""Opens a search engine for an installation: (config, its store, broken_ok)."""
 
 
 def make_text_source(store: ArchiveStore) -> Callable[[str], tuple[str, str] | None]:
@@ -38,6 +42,48 @@ def make_text_source(store: ArchiveStore) -> Callable[[str], tuple[str, str] | N
     return load_texts
 
 
+def open_search_engine(
+    config: Config, store: ArchiveStore, broken_ok: bool = False
+) -> SearchEngine:
+    """Open the search engine named by the config: the one place that picks an engine.
+
+    The engine's package is imported here, on first use, so that commands that never search
+    (``stats``, ``hold``, ``import``) do not load it.
+
+    :param store: where hits read their text (the index keeps none in plain text)
+    :param broken_ok: an index that cannot be opened is left unopened rather than refused
+        (for `verify`, which reports it): every use of it raises the reason.
+    """
+    from indexer.whoosh.index import SearchIndex
+
+    try:
+        index = SearchIndex.open(
+            config.index_dir,
+            shard_period=config.shard_period,
+            worker_nice=config.index_worker_nice,
+            store_text=False,
+        )
+    except IndexUnavailable:
+        if not broken_ok:
+            raise
+        index = SearchIndex(
+            config.index_dir, config.shard_period, config.index_worker_nice, store_text=False
+        )
+    index.text_source = make_text_source(store)
+    return index
+
+
+def _open_crm_tables(
+    engine: Engine, config: Config
+) -> tuple[CrmTables | None, tuple[ForeignKeyRef, ...]]:
+    """The CRM's mapped tables, checked against the live database (none when not mapped)."""
+    if not config.tables:
+        return None, ()
+    with engine.connect() as connection:
+        crm = open_crm_tables(connection, config.tables)
+        return crm, tuple(inspect_foreign_keys(connection, crm))
+
+
 @dataclass
 class Services:
     """Everything a command, the worker or the web app needs, opened once from a config."""
@@ -46,32 +92,44 @@ class Services:
     engine: Engine
     sessions: sessionmaker[Session]
     store: ArchiveStore
-    index: SearchIndex
     read_sessions: sessionmaker[Session]
     """For transactions that only read (see ``make_read_sessions``)."""
+    open_index: OpenIndex = open_search_engine
+    """How the search engine is opened (tests hold every engine to one suite this way)."""
+    broken_index_ok: bool = False
     crm: CrmTables | None = None
     """The CRM's own tables, when `[[active.table]]` maps them (checked at open)."""
     crm_refs: tuple[ForeignKeyRef, ...] = ()
     """Foreign keys from outside the mapping onto mapped tables: they block an archive."""
+    _index: SearchEngine | None = None
+    _index_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def open(
-        cls, config: Config, *, create: bool = False, broken_index_ok: bool = False
+        cls,
+        config: Config,
+        *,
+        create: bool = False,
+        broken_index_ok: bool = False,
+        open_index: OpenIndex = open_search_engine,
     ) -> Services:
-        """Open the active database, the archive store and the index named in the config.
+        """Open the active database and the archive store named in the config; the search
+        index opens on first use.
 
         :param create: create missing tables and folders, and the archive key file (what
             `archivist init` does).
         :param broken_index_ok: an index that cannot be opened is left unopened rather than
             refused (for `verify`, which reports it): every use of it raises the reason.
+        :param open_index: opens the search engine (default: the one the config names).
         :raises KeyMissing, WrongKey: before anything is written.
         """
-        env_key = os.environ.get(KEY_ENV)
-        if create and not env_key:
-            make_key_file(config.key_file)
-        key = load_key(config.key_file, env_key)
         engine = make_engine(config.active_url)
         try:
+            crm, crm_refs = _open_crm_tables(engine, config)  # a bad mapping: before all else
+            env_key = os.environ.get(KEY_ENV)
+            if create and not env_key:
+                make_key_file(config.key_file)
+            key = load_key(config.key_file, env_key)
             store = ArchiveStore.open(
                 config.archive_dir, segment_max_bytes=config.segment_max_bytes, key=key
             )
@@ -82,36 +140,32 @@ class Services:
             create_schema(engine)
         else:
             upgrade_schema(engine)  # a database from before `parent_id` gains the column
-        try:
-            index = SearchIndex.open(
-                config.index_dir,
-                shard_period=config.shard_period,
-                worker_nice=config.index_worker_nice,
-                store_text=False,
-            )
-        except IndexUnavailable:
-            if not broken_index_ok:
-                store.close()
-                raise
-            index = SearchIndex(
-                config.index_dir, config.shard_period, config.index_worker_nice, store_text=False
-            )
-        index.text_source = make_text_source(store)
         sessions, read_sessions = make_sessions(engine), make_read_sessions(engine)
-        services = cls(config, engine, sessions, store, index, read_sessions)
-        if config.tables:
+        services = cls(
+            config, engine, sessions, store, read_sessions, open_index, broken_index_ok
+        )
+        services.crm, services.crm_refs = crm, crm_refs
+        if create:
             try:
-                with engine.connect() as connection:
-                    services.crm = open_crm_tables(connection, config.tables)
-                    services.crm_refs = tuple(inspect_foreign_keys(connection, services.crm))
+                services.index  # noqa: B018 (opening it creates its folder)
             except BaseException:
                 services.close()
                 raise
         return services
 
+    @property
+    def index(self) -> SearchEngine:
+        """The search engine, opened on first use."""
+        if self._index is None:
+            with self._index_lock:
+                if self._index is None:
+                    self._index = self.open_index(self.config, self.store, self.broken_index_ok)
+        return self._index
+
     def close(self) -> None:
         """Release files and connections."""
-        self.index.close()
+        if self._index is not None:
+            self._index.close()
         self.store.close()
         self.engine.dispose()
 

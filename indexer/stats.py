@@ -7,7 +7,7 @@ from typing import Any
 from archivist.active_db import count_active
 from archivist.crm_rows import count_crm_rows
 from archivist.records import format_utc
-from indexer.jobs import last_run
+from indexer.jobs.runs import last_run
 from indexer.services import Services
 
 

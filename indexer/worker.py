@@ -1,4 +1,4 @@
-"""The worker: APScheduler wiring only; the jobs themselves live in `indexer.jobs`.
+"""The worker: APScheduler wiring only; the jobs themselves live in `indexer.jobs.runs`.
 
 Each job runs under a lease in the active database, so two worker processes never run the same
 job at once. SIGTERM (or Ctrl-C) lets the running batch finish, then the worker exits.
@@ -24,9 +24,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 from archivist.active_db import utcnow
 from archivist.config import Config
 from archivist.leases import acquire_lease, lease_held, release_lease
-from indexer.jobs import run_archive_job, run_dispose_job, run_index_job
+from indexer.jobs.runs import run_archive_job, run_dispose_job, run_index_job
+from indexer.jobs.settling import settle_leftovers
 from indexer.services import Services
-from indexer.settling import settle_leftovers
 
 log = logging.getLogger(__name__)
 LEASE_TTL = timedelta(minutes=5)

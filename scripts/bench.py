@@ -30,14 +30,14 @@ from archivist.active_db import utcnow
 from archivist.config import load_config
 from archivist.demo_data import generate_records
 from archivist.importer import import_lines
-from indexer.archiver import archive_due_records
-from indexer.crm_archiver import archive_crm_tables
-from indexer.crm_restore import restore_crm_process
-from indexer.index import SearchIndex
-from indexer.indexing import rebuild_index, sync_index
-from indexer.restore import restore_many, restore_process
+from indexer.jobs.archiver import archive_due_records
+from indexer.jobs.crm_archiver import archive_crm_tables
+from indexer.jobs.crm_restore import restore_crm_process
+from indexer.jobs.indexing import rebuild_index, sync_index
+from indexer.jobs.restore import restore_many, restore_process
 from indexer.search import SearchQuery
 from indexer.services import Services
+from indexer.whoosh.index import SearchIndex
 
 ROOT = Path(__file__).resolve().parent.parent
 AS_OF = datetime(2030, 1, 1, tzinfo=UTC)  # everything generated is aged by then

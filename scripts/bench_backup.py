@@ -18,8 +18,8 @@ from bench import AS_OF, folder_bytes, make_installation, write_corpus  # script
 from archivist.active_db import utcnow
 from archivist.config import load_config
 from archivist.importer import import_lines
-from indexer.archiver import archive_due_records
-from indexer.backup import create_backup, recover_backup, verify_backup
+from indexer.jobs.archiver import archive_due_records
+from indexer.jobs.backup import create_backup, recover_backup, verify_backup
 from indexer.services import Services
 
 

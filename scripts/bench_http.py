@@ -39,8 +39,8 @@ from archivist.config import ServerConfig, load_config
 from archivist.demo_data import generate_records
 from archivist.importer import import_lines
 from archivist.tokens import create_token
-from indexer.archiver import archive_due_records
-from indexer.indexing import rebuild_index
+from indexer.jobs.archiver import archive_due_records
+from indexer.jobs.indexing import rebuild_index
 from indexer.services import Services
 
 GENERATED_AT = datetime(2026, 1, 1, tzinfo=UTC)

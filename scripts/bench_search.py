@@ -28,9 +28,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from indexer.dates import parse_bound  # noqa: E402
-from indexer.index import SearchIndex  # noqa: E402
 from indexer.search import SearchQuery  # noqa: E402
+from indexer.search.dates import parse_bound  # noqa: E402
+from indexer.whoosh.index import SearchIndex  # noqa: E402
 
 UTC = UTC
 CATEGORIES = ["support", "sales", "billing", "finance", "medical"]

@@ -32,10 +32,10 @@ from archivist.holds import Hold, add_hold, list_holds, remove_hold
 from archivist.records import Record, format_utc
 from archivist.tokens import TokenInfo
 from archivist.web_sessions import end_web_session, find_web_session, start_web_session
-from indexer.crm_restore import restore_crm_many, restore_crm_process
-from indexer.erasure import ErasureReport, audit_details, audit_target, erase_records
+from indexer.jobs.crm_restore import restore_crm_many, restore_crm_process
+from indexer.jobs.erasure import ErasureReport, audit_details, audit_target, erase_records
+from indexer.jobs.restore import BulkRestoreReport, restore_many, restore_process
 from indexer.processes import ProcessView, view_process
-from indexer.restore import BulkRestoreReport, restore_many, restore_process
 from indexer.search import SearchHit, SearchPage, SearchQuery
 from indexer.services import Services
 from indexer.stats import collect_stats

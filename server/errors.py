@@ -22,7 +22,6 @@ from archive_store import (
 )
 from archivist.errors import ArchivistError, HoldError, InvalidRecord, MomentOutOfRange
 from archivist.tokens import TokenError
-from indexer.erasure import OnHold
 from indexer.errors import (
     AlreadyActive,
     BadQuery,
@@ -31,6 +30,7 @@ from indexer.errors import (
     RestoreRefused,
     TooMany,
 )
+from indexer.jobs.erasure import OnHold
 from server.schemas import describe_errors
 
 log = logging.getLogger(__name__)

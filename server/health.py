@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from indexer.errors import IndexerError
-from indexer.index_files import check_index_files
 from indexer.services import Services
 
 
@@ -23,10 +22,9 @@ def check_health(services: Services) -> str | None:
     except Exception as e:
         return f"database cannot be read: {type(e).__name__}: {str(e)[:200]}"
     try:
-        # (not a count: that would take an archive run's new segments before they are warm)
+        # (not a count: that would take an archive run's new segments before they are warm;
+        # it also checks the files as the next process to start would open them)
         services.index.check_readable()
-        # the files, as the next process to start would open them
-        check_index_files(services.index.directory)
     except IndexerError as e:
         return f"index cannot be read: {str(e)[:200]}"
     except Exception as e:  # Whoosh's own errors, missing files

@@ -26,10 +26,9 @@ from archivist.audit import ACTIONS, AuditFilter
 from archivist.disposals import DisposalFilter
 from archivist.holds import SCOPES
 from archivist.records import format_utc
-from indexer.dates import parse_bound
 from indexer.errors import BadQuery
-from indexer.schema import DATE_FIELDS
-from indexer.search import MAX_PER_PAGE, SORTS, SearchQuery
+from indexer.search import DATE_FIELDS, MAX_PER_PAGE, SORTS, SearchQuery
+from indexer.search.dates import parse_bound
 
 MAX_PAGE = 100_000
 

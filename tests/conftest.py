@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 from archivist.config import Config, load_config
+from indexer.search import SearchEngine
 from indexer.services import Services
 from server import close_app, create_app
+from tests.engines import ENGINES
 
 CONFIG_TEXT = """
 [active]
@@ -53,10 +55,31 @@ def config(config_path: Path) -> Config:
     return load_config(config_path)
 
 
+@pytest.fixture(scope="module", params=sorted(ENGINES))
+def engine_name(request: pytest.FixtureRequest) -> str:
+    """The search engine a test runs against (the conformance suite: see tests/engines.py)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def services(config: Config) -> Iterator[Services]:
+def open_engine(engine_name: str) -> Iterator[Callable[[Path], SearchEngine]]:
+    """Opens the engine under test in a folder; closes what it opened after the test."""
+    opened: list[SearchEngine] = []
+
+    def open_dir(path: Path) -> SearchEngine:
+        opened.append(ENGINES[engine_name].open_dir(path))
+        return opened[-1]
+
+    yield open_dir
+    for engine in reversed(opened):
+        engine.close()
+
+
+@pytest.fixture
+def services(config: Config, engine_name: str) -> Iterator[Services]:
     """Database, sessions, store and index of the tmp_path installation, created fresh."""
-    with Services.open(config, create=True) as services:
+    open_index = ENGINES[engine_name].open_for
+    with Services.open(config, create=True, open_index=open_index) as services:
         yield services
 
 
@@ -148,7 +171,7 @@ def archived(services: Any) -> Callable[..., list[dict[str, Any]]]:
     from functools import partial
 
     from archivist.importer import import_lines
-    from indexer.jobs import run_archive_job
+    from indexer.jobs.runs import run_archive_job
     from indexer.processes import find_archived_parents
 
     def archive(*records: dict[str, Any]) -> list[dict[str, Any]]:

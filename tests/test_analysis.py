@@ -2,7 +2,7 @@
 
 import pytest
 
-from indexer.analysis import index_positions, iter_tokens, normalize_query_text, stem
+from indexer.whoosh.analysis import index_positions, iter_tokens, normalize_query_text, stem
 
 
 def terms(text: str, mode: str = "index") -> set[str]:

@@ -12,8 +12,8 @@ from archive_store.segment import iter_frames
 from archivist.active_db import find_active, utcnow
 from archivist.holds import add_hold, remove_hold
 from archivist.importer import import_lines
-from indexer.archiver import archive_due_records
-from indexer.jobs import run_archive_job, run_dispose_job
+from indexer.jobs.archiver import archive_due_records
+from indexer.jobs.runs import run_archive_job, run_dispose_job
 
 AS_OF = datetime(2026, 6, 1, 0, 0, tzinfo=UTC)
 
@@ -165,7 +165,7 @@ def test_rerun_archives_nothing_twice(services, make_record):
 
 
 def test_restored_record_that_ages_again_is_archived_as_a_new_version(services, make_record):
-    from indexer.restore import restore_record
+    from indexer.jobs.restore import restore_record
 
     record = load(services, [make_record(id="RA", updated_at="2020-01-01T00:00:00Z")])[0]
     run_archive_job(services, AS_OF)

@@ -19,8 +19,8 @@ from archivist.audit import (
     list_audit,
     write_audit,
 )
-from archivist.cli import main
-from indexer.verification import verify_all
+from cli.commands import main
+from indexer.jobs.verification import verify_all
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

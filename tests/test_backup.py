@@ -20,17 +20,17 @@ from archive_store.crypto import load_key
 from archivist.active_db import ActiveRecord, utcnow
 from archivist.config import load_config
 from archivist.tokens import create_token
-from indexer.backup import (
+from indexer.jobs.backup import (
     InstallationNotEmpty,
     backup_status,
     create_backup,
     recover_backup,
     verify_backup,
 )
-from indexer.restore import restore_record
+from indexer.jobs.restore import restore_record
+from indexer.jobs.verification import verify_all
 from indexer.search import SearchQuery
 from indexer.services import Services
-from indexer.verification import verify_all
 from tests.conftest import CONFIG_TEXT
 
 QUERIES = ("refund", "退款", "INV-2023-000002", "")
@@ -206,7 +206,7 @@ def test_recover_is_refused_into_an_installation_with_records_unless_forced(
 
         lines = [json.dumps(r).encode() for r in _records(make_record, 1000, 5)]
         import_lines(lines, target.sessions, target.store.find_archived)
-        from indexer.jobs import run_archive_job
+        from indexer.jobs.runs import run_archive_job
 
         run_archive_job(target, datetime(2026, 1, 1, tzinfo=UTC))
 
@@ -254,7 +254,7 @@ def test_backup_of_own_tables_when_the_active_database_is_not_embedded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The `tables/` form (used for PostgreSQL), exercised here on SQLite by its own path."""
-    import indexer.backup as backup
+    import indexer.jobs.backup as backup
 
     archived(*_records(make_record, 0, 10))
     from archivist.holds import add_hold
@@ -301,7 +301,7 @@ def test_two_backups_into_one_folder_at_once_are_refused(
     services: Services, tmp_path: Path
 ) -> None:
     from archive_store.backup import BackupError
-    from indexer.backup import _writing
+    from indexer.jobs.backup import _writing
 
     folder = tmp_path / "backup"
     folder.mkdir()
@@ -318,7 +318,7 @@ def test_backup_after_disposal_drops_replaced_segment_generations(
     folder = tmp_path / "backup"
     create_backup(services, folder, utcnow())
     before = {n for n in load_manifest(folder) if n.startswith("archive/segments/")}
-    from indexer.jobs import run_dispose_job
+    from indexer.jobs.runs import run_dispose_job
 
     assert run_dispose_job(services, datetime(2030, 1, 1, tzinfo=UTC)).purged == 200
 

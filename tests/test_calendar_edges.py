@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from archivist.active_db import find_active
-from indexer.dates import to_micros
-from indexer.index import SearchIndex, shard_bounds
 from indexer.search import SearchQuery
+from indexer.search.dates import to_micros
+from indexer.whoosh.index import SearchIndex, shard_bounds
 from tests.conftest import write_jsonl
 from tests.test_cli import archivist
 

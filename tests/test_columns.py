@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 from whoosh.codec.whoosh3 import LENGTHS_COLUMN, _lenfield
 
-from indexer.columns import byte_strings, live_docs, numeric_values, ordinals
-from indexer.index import SearchIndex
-from indexer.schema import DATE_FIELDS, date_column
 from indexer.search import SearchQuery
-from indexer.shards import _date_id_order, _merge_orders
+from indexer.search.types import DATE_FIELDS
+from indexer.whoosh.columns import byte_strings, live_docs, numeric_values, ordinals
+from indexer.whoosh.index import SearchIndex
+from indexer.whoosh.schema import date_column
+from indexer.whoosh.shards import _date_id_order, _merge_orders
 from tests.test_search import CORPUS
 
 

@@ -13,7 +13,8 @@ import pytest
 from archivist.config import load_config
 from archivist.errors import ConfigError
 from archivist.retention import RetentionPolicy
-from indexer.index import SearchIndex, _start_worker
+from indexer.whoosh.index import SearchIndex
+from indexer.whoosh.workers import start_worker
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,7 +77,7 @@ def test_index_workers_run_at_the_configured_niceness(tmp_path, make_record):
     index = SearchIndex.open(config.index_dir, worker_nice=config.index_worker_nice)
     index.add([(make_record(), datetime(2021, 1, 1, tzinfo=UTC))])  # chooses the pair terms
     gen = index._current_gen()
-    proc = _start_worker(gen, "year", 0, tmp_path / "parts", config.index_worker_nice)
+    proc = start_worker(gen, "year", 0, tmp_path / "parts", config.index_worker_nice)
     try:
         deadline = time.monotonic() + 30
         nice = None
@@ -133,6 +134,9 @@ def test_config_accepts_every_key_of_the_contract(tmp_path):
 [records]
 kinds = ["note", "ticket"]
 
+[backup]
+max_age_days = 3
+
 [[active.table]]
 name = "cases"
 key = "id"
@@ -161,7 +165,7 @@ parent = { column = "case_id", table = "cases" }
     )
     text = path.read_text().replace(
         '[archive]\ndir = "data/archive"\n',
-        '[archive]\ndir = "data/archive"\nkey_file = "keys/archive.key"\n'
+        '[archive]\ndir = "data/archive"\n'  # (config.toml names key_file already)
         "segment_max_bytes = 1048576\nbatch_size = 100\n",
     ).replace(
         "port = 8080\n",

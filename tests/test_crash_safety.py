@@ -20,7 +20,7 @@ import pytest
 from archivist.active_db import find_active, utcnow
 from archivist.config import load_config
 from archivist.demo_data import generate_records
-from indexer.restore import restore_record
+from indexer.jobs.restore import restore_record
 from indexer.search import SearchQuery
 from indexer.services import Services
 

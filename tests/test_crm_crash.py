@@ -139,7 +139,7 @@ def test_crm_sigkill_during_archive_and_restore_loses_and_doubles_nothing(crm_co
             "import sys; from archivist.config import load_config; "
             "from archivist.active_db import utcnow; "
             "from indexer.services import Services; "
-            "from indexer.crm_restore import restore_crm_process\n"
+            "from indexer.jobs.crm_restore import restore_crm_process\n"
             "with Services.open(load_config(sys.argv[1])) as s:\n"
             "    restore_crm_process(s.sessions, s.store, s.index, s.crm, sys.argv[2], 'admin',"
             " utcnow())\n"

@@ -20,12 +20,12 @@ from archivist.config import load_config
 from archivist.crm_ledger import JobRunBlock
 from archivist.errors import ConfigError
 from archivist.holds import add_hold
-from indexer.crm_restore import restore_crm_process
 from indexer.errors import AlreadyActive
-from indexer.jobs import run_archive_job
+from indexer.jobs.crm_restore import restore_crm_process
+from indexer.jobs.runs import run_archive_job
+from indexer.jobs.verification import verify_all
 from indexer.search import SearchQuery
 from indexer.services import Services
-from indexer.verification import verify_all
 from tests.pg import find_pg_bin, run_postgres
 
 if find_pg_bin() is None and not os.environ.get("ARCHIVIST_REQUIRE_POSTGRES"):
@@ -304,7 +304,7 @@ def test_crm_mapping_key_typo_is_a_one_line_error_naming_it(tmp_path, pg_url):
 def test_crm_import_is_refused_when_tables_are_mapped(tmp_path, pg_url):
     from click.testing import CliRunner
 
-    from archivist.cli import main
+    from cli.commands import main
 
     run_sql(pg_url, (EXAMPLE / "schema.sql").read_text())
     path = write_config(tmp_path, pg_url)
@@ -320,7 +320,7 @@ def test_crm_import_is_refused_when_tables_are_mapped(tmp_path, pg_url):
 def test_crm_readme_example_runs_as_written(tmp_path, pg_url):
     from click.testing import CliRunner
 
-    from archivist.cli import main
+    from cli.commands import main
 
     readme = (EXAMPLE.parent.parent / "README.md").read_text()
     assert (EXAMPLE / "mapping.toml").read_text().split("\n\n", 1)[1].strip() in readme
@@ -389,7 +389,7 @@ def test_crm_search_page_and_record_show_the_table_and_restore_over_http(crm):
 def test_crm_cli_restore_brings_back_whole_processes_and_lists_the_rest(crm):
     from click.testing import CliRunner
 
-    from archivist.cli import main
+    from cli.commands import main
 
     before = snapshot(crm)
     run_archive_job(crm, utcnow())

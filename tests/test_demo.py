@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from archivist.demo_data import SHOWCASE_ROOT, generate_demo_records
-from indexer.demo import load_demo
+from indexer.jobs.demo import load_demo
 
 
 def test_demo_records_form_processes():

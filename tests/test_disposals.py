@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from archivist.active_db import utcnow
 from archivist.disposals import DisposalFilter, DueRecord, list_disposals, note_due
-from indexer.jobs import run_dispose_job
+from indexer.jobs.runs import run_dispose_job
 
 AS_OF = datetime(2029, 6, 1, tzinfo=UTC)
 

@@ -12,12 +12,12 @@ import pytest
 
 from archivist.active_db import utcnow
 from archivist.holds import add_hold
-from indexer.erasure import OnHold, apply_erasure_ledger, erase_records, ledger_path
-from indexer.indexing import sync_index
-from indexer.restore import restore_record
+from indexer.jobs.erasure import OnHold, apply_erasure_ledger, erase_records, ledger_path
+from indexer.jobs.indexing import sync_index
+from indexer.jobs.restore import restore_record
+from indexer.jobs.verification import verify_all
 from indexer.search import SearchQuery
 from indexer.services import Services
-from indexer.verification import verify_all
 from tests.test_cli import archivist
 
 MARKER = b"zorblaxquintle"

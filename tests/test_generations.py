@@ -6,10 +6,10 @@ import json
 from datetime import UTC, datetime
 
 from archivist.importer import import_lines
-from indexer.index import SearchIndex
-from indexer.indexing import rebuild_index
-from indexer.jobs import run_archive_job
+from indexer.jobs.indexing import rebuild_index
+from indexer.jobs.runs import run_archive_job
 from indexer.search import SearchQuery
+from indexer.whoosh.index import SearchIndex
 
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
 

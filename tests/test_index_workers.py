@@ -95,7 +95,7 @@ import sys, threading
 from datetime import UTC, datetime
 from pathlib import Path
 from indexer.errors import IndexerError
-from indexer.index import SearchIndex
+from indexer.whoosh.index import SearchIndex
 
 def record(i, **over):
     r = {"id": f"R{i}", "kind": "note", "category": "support", "customer_id": None,

@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 from archivist.active_db import find_active, utcnow
 from archivist.config import load_config
 from archivist.importer import import_lines
-from indexer.archiver import archive_due_records
-from indexer.indexing import check_index_agreement, rebuild_index, sync_index
-from indexer.jobs import run_archive_job, run_dispose_job
-from indexer.restore import restore_record
+from indexer.jobs.archiver import archive_due_records
+from indexer.jobs.indexing import check_index_agreement, rebuild_index, sync_index
+from indexer.jobs.restore import restore_record
+from indexer.jobs.runs import run_archive_job, run_dispose_job
 from indexer.search import SearchQuery
 from indexer.services import Services
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from indexer.mapped_files import MappedFile
+from indexer.whoosh.mapped_files import MappedFile
 
 OPS = st.lists(
     st.one_of(

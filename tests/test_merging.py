@@ -10,9 +10,10 @@ import pytest
 from whoosh import index as windex
 from whoosh.reading import SegmentReader
 
-from indexer import index as index_module
-from indexer.index import SearchIndex, open_writer
-from indexer.merging import (
+from indexer.search import SearchQuery
+from indexer.whoosh import index as index_module
+from indexer.whoosh.index import SearchIndex, open_writer
+from indexer.whoosh.merging import (
     MERGE_FACTOR,
     MERGE_KEEP_DOCS,
     MERGE_MAX_DOCS,
@@ -20,7 +21,6 @@ from indexer.merging import (
     choose_merges,
     stitch_segments,
 )
-from indexer.search import SearchQuery
 from tests.test_search import CORPUS, word
 
 
@@ -229,7 +229,7 @@ def test_deletions_made_while_a_merge_is_written_are_carried_over(
     gone = alive[1::5]
     written = []
 
-    original = index_module._write_merge
+    original = index_module.write_merge
 
     def write_then_delete(*args: Any) -> Any:
         got = original(*args)
@@ -238,7 +238,7 @@ def test_deletions_made_while_a_merge_is_written_are_carried_over(
         written.append(got)
         return got
 
-    monkeypatch.setattr(index_module, "_write_merge", write_then_delete)
+    monkeypatch.setattr(index_module, "write_merge", write_then_delete)
     assert ix.merge_segments() > 0
     assert written
     after = _segment_sizes(tmp_path / "ix")
@@ -265,8 +265,8 @@ def test_a_merge_whose_sources_were_merged_meanwhile_changes_nothing(
             other.merge_segments()  # commits first, replacing the same sources
         return got
 
-    original = index_module._write_merge
-    monkeypatch.setattr(index_module, "_write_merge", write_then_merge_elsewhere)
+    original = index_module.write_merge
+    monkeypatch.setattr(index_module, "write_merge", write_then_merge_elsewhere)
     ix.merge_segments()
     assert calls
     ids = list(ix.iter_ids())

@@ -20,9 +20,9 @@ from archivist.config import load_config
 from archivist.holds import add_hold
 from archivist.importer import import_lines
 from archivist.leases import acquire_lease
-from indexer.jobs import run_archive_job
-from indexer.reconcile import reconcile_pending
-from indexer.restore import restore_record
+from indexer.jobs.reconcile import reconcile_pending
+from indexer.jobs.restore import restore_record
+from indexer.jobs.runs import run_archive_job
 from indexer.search import SearchQuery
 from indexer.services import Services
 from tests.pg import find_pg_bin, run_postgres

@@ -14,7 +14,7 @@ from archivist.active_db import find_active
 from archivist.errors import InvalidRecord
 from archivist.importer import import_lines
 from archivist.records import parse_record
-from indexer.jobs import run_archive_job
+from indexer.jobs.runs import run_archive_job
 from indexer.processes import find_archived_parents
 from indexer.services import Services
 

@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from archivist.active_db import find_active, utcnow
-from archivist.cli import main
 from archivist.importer import import_lines
-from indexer.jobs import run_archive_job
+from cli.commands import main
+from indexer.jobs.restore import restore_process
+from indexer.jobs.runs import run_archive_job
 from indexer.processes import find_archived_parents
-from indexer.restore import restore_process
 
 PROCESS = ["CASE-9", "TKT-9", "MSG-9a", "MSG-9b", "NOTE-9"]
 

@@ -13,7 +13,7 @@ from archivist.active_db import find_active, utcnow
 from archivist.holds import add_hold
 from archivist.importer import import_lines
 from archivist.retention import RetentionPolicy, RetentionRules
-from indexer.jobs import run_archive_job, run_dispose_job
+from indexer.jobs.runs import run_archive_job, run_dispose_job
 from indexer.processes import find_archived_parents
 
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
@@ -238,8 +238,8 @@ def test_reconcile_keeps_a_process_whole_when_the_crm_changed_one_record(
     the process: reconcile keeps the whole process active, not just the changed record."""
     from archivist.active_db import upsert_records
     from archivist.records import parse_record
-    from indexer.archiver import _item
-    from indexer.reconcile import reconcile_pending
+    from indexer.jobs.archiver import _item
+    from indexer.jobs.reconcile import reconcile_pending
 
     records = [rec(make_record, "W"), rec(make_record, "W-1", parent="W"),
                rec(make_record, "W-2", parent="W")]

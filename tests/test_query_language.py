@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from indexer.errors import BadQuery
-from indexer.index import SearchIndex
-from indexer.query import QUERY_FIELDS
 from indexer.search import SearchQuery
+from indexer.whoosh.index import SearchIndex
+from indexer.whoosh.query import QUERY_FIELDS
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -17,10 +17,10 @@ from archivist.active_db import utcnow
 from archivist.config import load_config
 from archivist.importer import import_lines
 from archivist.tokens import create_token
-from indexer.jobs import run_archive_job
+from indexer.jobs.runs import run_archive_job
+from indexer.jobs.verification import verify_all
 from indexer.services import Services
 from indexer.stats import collect_stats
-from indexer.verification import verify_all
 from server import close_app, create_app
 
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)

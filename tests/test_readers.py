@@ -9,7 +9,7 @@ from whoosh import fields
 from whoosh import index as windex
 from whoosh.writing import CLEAR
 
-from indexer.readers import close_replaced, open_searcher
+from indexer.whoosh.readers import close_replaced, open_searcher
 
 SCHEMA = fields.Schema(id=fields.ID(stored=True, unique=True), body=fields.TEXT(stored=True))
 

@@ -6,8 +6,16 @@ from typing import Any
 
 import pytest
 
+from archivist.active_db import ActiveRecord
 from archivist.errors import InvalidRecord
-from archivist.records import MAX_BODY_BYTES, canonical_timestamp, parse_record
+from archivist.records import (
+    FIELDS,
+    MAX_BODY_BYTES,
+    RECORD_FIELDS,
+    Record,
+    canonical_timestamp,
+    parse_record,
+)
 
 
 def test_parse_record_keeps_every_field_and_attributes_verbatim(make_record):
@@ -92,3 +100,18 @@ def test_text_that_cannot_be_stored_is_rejected(make_record, overrides, reason):
 
 def test_early_years_keep_four_digits():
     assert canonical_timestamp("0005-03-01T00:00:00Z") == "0005-03-01T00:00:00Z"
+
+
+def test_record_fields_are_the_one_list_the_model_and_active_table_follow() -> None:
+    assert FIELDS == (*RECORD_FIELDS, "attributes", "parent_id")
+    # (and whether `parent_id` was given at all: a record imported without it is given back so)
+    assert tuple(Record.__dataclass_fields__) == (*FIELDS, "has_parent_id")
+    assert {c.name for c in ActiveRecord.__table__.columns} >= set(FIELDS)
+    record = parse_record(
+        {
+            "id": "F1", "kind": "note", "category": "support", "customer_id": None,
+            "owner": None, "subject": "", "body": "b", "status": "open",
+            "created_at": "2021-01-01T00:00:00Z", "updated_at": "2021-01-01T00:00:00Z",
+        }
+    )
+    assert list(record.to_json()) == list(RECORD_FIELDS)

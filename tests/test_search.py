@@ -6,7 +6,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 from whoosh import index as windex
 
-import indexer.index
-from indexer.analysis import iter_tokens, stem
-from indexer.dates import parse_bound, to_micros
+import indexer.whoosh.index
 from indexer.errors import BadQuery
-from indexer.index import SearchIndex
-from indexer.search import SearchPage, SearchQuery
+from indexer.search import SearchEngine, SearchPage, SearchQuery
+from indexer.search.dates import parse_bound, to_micros
+from indexer.whoosh.analysis import iter_tokens, stem
+from indexer.whoosh.index import SearchIndex
+from tests.engines import ENGINES
 
 UTC = UTC
 CATEGORIES = ["support", "sales", "billing", "finance", "medical"]
@@ -205,7 +206,7 @@ def brute_facets(ids: list[str], date_field: str) -> dict[str, dict[str, int]]:
     }
 
 
-def all_pages(index: SearchIndex, query: SearchQuery) -> tuple[list[str], list[SearchPage]]:
+def all_pages(index: SearchEngine, query: SearchQuery) -> tuple[list[str], list[SearchPage]]:
     pages = []
     ids: list[str] = []
     page = 1
@@ -219,11 +220,13 @@ def all_pages(index: SearchIndex, query: SearchQuery) -> tuple[list[str], list[S
 
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory: pytest.TempPathFactory) -> SearchIndex:
-    ix = SearchIndex.open(tmp_path_factory.mktemp("ix"))
+def index(tmp_path_factory: pytest.TempPathFactory, engine_name: str) -> Iterator[SearchEngine]:
+    """The corpus indexed by the engine under test, in batches as the archive job adds them."""
+    ix = ENGINES[engine_name].open_dir(tmp_path_factory.mktemp("ix"))
     for i in range(0, len(CORPUS), 700):
         ix.add(CORPUS[i : i + 700])
-    return ix
+    yield ix
+    ix.close()
 
 
 Y2021 = (datetime(2021, 1, 1, tzinfo=UTC), parse_bound("2021-12-31", end=True))
@@ -298,7 +301,7 @@ CASES: list[tuple[str, SearchQuery, Pred | None]] = [
 @pytest.mark.parametrize(("name", "query", "pred"), CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("sort", ["relevance", "newest", "oldest"])
 def test_search_matches_brute_force(
-    index: SearchIndex, name: str, query: SearchQuery, pred: Pred | None, sort: str
+    index: SearchEngine, name: str, query: SearchQuery, pred: Pred | None, sort: str
 ) -> None:
     query = SearchQuery(**{**query.__dict__, "sort": sort, "per_page": 100})
     expected = brute(query, pred)
@@ -318,7 +321,7 @@ def test_search_matches_brute_force(
         assert scored == sorted(scored, key=lambda s: (-s[0], s[1]))
 
 
-def test_search_date_bounds_are_inclusive_at_exact_edges(index: SearchIndex) -> None:
+def test_search_date_bounds_are_inclusive_at_exact_edges(index: SearchEngine) -> None:
     rid = "R00100"
     created = datetime.fromisoformat(BY_ID[rid][0]["created_at"])
     for lo, hi in [(created, created), (created, None), (None, created)]:
@@ -333,7 +336,7 @@ def test_search_date_bounds_are_inclusive_at_exact_edges(index: SearchIndex) -> 
     assert rid not in [h.id for h in index.search(just_after).hits]
 
 
-def test_search_date_only_to_covers_the_whole_day(index: SearchIndex) -> None:
+def test_search_date_only_to_covers_the_whole_day(index: SearchEngine) -> None:
     rid = "R00200"
     day = BY_ID[rid][0]["created_at"][:10]
     q = SearchQuery(date_from=parse_bound(day, end=False), date_to=parse_bound(day, end=True))
@@ -349,8 +352,10 @@ def test_parse_bound_rejects_bad_input(text: str) -> None:
         parse_bound(text, end=False)
 
 
-def test_snippet_escapes_html_and_marks_matches(tmp_path: Path) -> None:
-    ix = SearchIndex.open(tmp_path)
+def test_snippet_escapes_html_and_marks_matches(
+    tmp_path: Path, open_engine: Callable[[Path], SearchEngine]
+) -> None:
+    ix = open_engine(tmp_path)
     body = 'refund <script>alert("x")</script> <img src=x onerror=alert(1)> & more refunds'
     record = {**CORPUS[0][0], "id": "X1", "body": body, "subject": "hello"}
     ix.add([(record, AT)])
@@ -362,7 +367,7 @@ def test_snippet_escapes_html_and_marks_matches(tmp_path: Path) -> None:
     assert "<" not in without_marks and ">" not in without_marks
 
 
-def test_hit_carries_the_record_fields(index: SearchIndex) -> None:
+def test_hit_carries_the_record_fields(index: SearchEngine) -> None:
     record, at = BY_ID["R00007"]
     hit = index.search(SearchQuery(q="id:R00007")).hits[0]
     assert (hit.id, hit.kind, hit.category, hit.customer_id, hit.owner) == (
@@ -376,7 +381,7 @@ def test_hit_carries_the_record_fields(index: SearchIndex) -> None:
     assert hit.archived_at == at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def test_relevance_is_the_same_whatever_the_sharding(tmp_path: Path, index: SearchIndex) -> None:
+def test_relevance_is_the_same_whatever_the_sharding(tmp_path: Path, index: SearchEngine) -> None:
     monthly = SearchIndex.open(tmp_path, shard_period="month")
     monthly.add(CORPUS)
     for q in ["refund invoice", "退款", '"refund request"', "warranty OR 发票"]:
@@ -386,8 +391,10 @@ def test_relevance_is_the_same_whatever_the_sharding(tmp_path: Path, index: Sear
         assert (a.total, a.facets) == (b.total, b.facets)
 
 
-def test_upsert_and_delete_across_shards(tmp_path: Path) -> None:
-    ix = SearchIndex.open(tmp_path)
+def test_upsert_and_delete_across_shards(
+    tmp_path: Path, open_engine: Callable[[Path], SearchEngine]
+) -> None:
+    ix = open_engine(tmp_path)
     record = {
         **CORPUS[0][0],
         "id": "MOVE",
@@ -497,7 +504,7 @@ def test_an_index_kept_fresh_shows_deletions_at_once_and_new_segments_once_warme
     reader.check_readable()  # (the health check does not take them either)
     assert reader.search(SearchQuery()).total == 9
     # once they have waited too long, searches take them as they are
-    monkeypatch.setattr(indexer.index, "_ADDITIONS_WAIT", 0.0)
+    monkeypatch.setattr(indexer.whoosh.index, "_ADDITIONS_WAIT", 0.0)
     page = reader.search(SearchQuery(per_page=100))
     assert page.total == 19 and gone not in {h.id for h in page.hits}
     reader.close()
@@ -507,7 +514,8 @@ def test_an_index_kept_fresh_shows_deletions_at_once_and_new_segments_once_warme
 def test_an_index_kept_fresh_warms_new_segments_up_then_searches_use_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(indexer.index, "_ADDITIONS_WAIT", 3600.0)  # only the freshener adopts
+    # only the freshener adopts
+    monkeypatch.setattr(indexer.whoosh.index, "_ADDITIONS_WAIT", 3600.0)
     reader = SearchIndex.open(tmp_path)
     writer = SearchIndex.open(tmp_path)
     writer.add(_before_2021(0, 10))
@@ -527,8 +535,10 @@ def test_an_index_kept_fresh_warms_new_segments_up_then_searches_use_them(
     writer.close()
 
 
-def test_rebuild_gives_the_same_results_as_incremental(tmp_path: Path, index: SearchIndex) -> None:
-    rebuilt = SearchIndex.open(tmp_path)
+def test_rebuild_gives_the_same_results_as_incremental(
+    tmp_path: Path, index: SearchEngine, open_engine: Callable[[Path], SearchEngine]
+) -> None:
+    rebuilt = open_engine(tmp_path)
     rebuilt.add(CORPUS[:5])  # replaced wholesale by the rebuild
     assert rebuilt.rebuild(iter(CORPUS), total=len(CORPUS)) == len(CORPUS)
     assert sorted(rebuilt.iter_ids()) == sorted(BY_ID)
@@ -545,10 +555,12 @@ def test_rebuild_gives_the_same_results_as_incremental(tmp_path: Path, index: Se
         ]
 
 
-def test_search_keeps_working_while_reopened_after_rebuild(tmp_path: Path) -> None:
-    ix = SearchIndex.open(tmp_path)
+def test_search_keeps_working_while_reopened_after_rebuild(
+    tmp_path: Path, open_engine: Callable[[Path], SearchEngine]
+) -> None:
+    ix = open_engine(tmp_path)
     ix.add(CORPUS[:50])
-    other = SearchIndex.open(tmp_path)
+    other = open_engine(tmp_path)
     assert other.search(SearchQuery()).total == 50
     ix.rebuild(iter(CORPUS[:80]))
     assert other.search(SearchQuery()).total == 80
@@ -592,13 +604,13 @@ def test_costly_or_bad_queries_are_refused_fast(big_vocabulary: SearchIndex, q: 
     assert time.perf_counter() - started < 1.0
 
 
-def test_small_prefix_query_runs(big_vocabulary: SearchIndex, index: SearchIndex) -> None:
+def test_small_prefix_query_runs(big_vocabulary: SearchIndex, index: SearchEngine) -> None:
     page = index.search(SearchQuery(q="warrant*", per_page=5))
     assert page.total == len(brute(SearchQuery(), word("warranty")))
     assert "<mark>warranty</mark>" in page.hits[0].snippet
 
 
-def test_a_prefix_of_a_word_finds_and_marks_its_forms(index: SearchIndex) -> None:
+def test_a_prefix_of_a_word_finds_and_marks_its_forms(index: SearchEngine) -> None:
     page = index.search(SearchQuery(q="escalat*", per_page=100))
     assert page.total == len(brute(SearchQuery(), word("escalate"))) > 0
     marked = {
@@ -619,12 +631,12 @@ def test_a_prefix_of_a_word_finds_and_marks_its_forms(index: SearchIndex) -> Non
         SearchQuery(date_field="deleted_at"),
     ],
 )
-def test_bad_parameters_are_refused(index: SearchIndex, query: SearchQuery) -> None:
+def test_bad_parameters_are_refused(index: SearchEngine, query: SearchQuery) -> None:
     with pytest.raises(BadQuery):
         index.search(query)
 
 
-def test_concurrent_searches_agree(index: SearchIndex) -> None:
+def test_concurrent_searches_agree(index: SearchEngine) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     queries = [SearchQuery(q=q) for q in ["refund", "退款", "invoice", "warranty OR repair"]] * 10
@@ -634,6 +646,6 @@ def test_concurrent_searches_agree(index: SearchIndex) -> None:
     assert got == expected
 
 
-def test_unmatched_punctuation_query_matches_nothing(index: SearchIndex) -> None:
+def test_unmatched_punctuation_query_matches_nothing(index: SearchEngine) -> None:
     assert index.search(SearchQuery(q="!!!")).total == 0
     assert re.fullmatch(r"\d+(\.\d+)?", str(index.search(SearchQuery(q="!!!")).took_ms))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -11,17 +12,19 @@ import numpy as np
 import pytest
 from whoosh import index as windex
 
-from indexer import matchsets
-from indexer.analysis import iter_tokens
-from indexer.dates import parse_timestamp
-from indexer.evaluate import Evaluator
-from indexer.index import SearchIndex, shard_key
-from indexer.postings import POSTING_CACHE, PostingCache
-from indexer.query import CompiledQuery, compile_query
-from indexer.schema import PAIR_FIELDS, build_schema
+from indexer.errors import IndexUnavailable
 from indexer.search import SearchQuery
-from indexer.shards import TERM_CACHE, _alike_documents
-from indexer.snippets import make_snippet
+from indexer.search.dates import parse_timestamp
+from indexer.whoosh import matchsets
+from indexer.whoosh.analysis import iter_tokens
+from indexer.whoosh.documents import shard_key
+from indexer.whoosh.evaluate import Evaluator
+from indexer.whoosh.index import SearchIndex
+from indexer.whoosh.postings import POSTING_CACHE, PostingCache
+from indexer.whoosh.query import CompiledQuery, compile_query
+from indexer.whoosh.schema import PAIR_FIELDS, build_schema
+from indexer.whoosh.shards import TERM_CACHE, _alike_documents
+from indexer.whoosh.snippets import make_snippet
 from tests.test_search import (
     AND,
     AT,
@@ -535,3 +538,30 @@ def test_a_shard_another_process_creates_is_found_by_deletes(tmp_path: Path) -> 
     assert "NEW-1" not in set(other.iter_ids()) and "NEW-1" not in set(ix.iter_ids())
     ix.close()
     other.close()
+
+
+# Whoosh leaves the damaged TOC's file for the garbage collector when it cannot read it.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_search_engine_damaged_shard_raises_index_unavailable_not_whoosh_errors(
+    tmp_path: Path,
+) -> None:
+    ix = SearchIndex.open(tmp_path)
+    ix.add(CORPUS[:20])
+    ix.close()
+    for toc in tmp_path.rglob("*.toc"):
+        toc.write_bytes(b"garbage")
+    ix = SearchIndex.open(tmp_path)
+    try:
+        for call in (
+            ix.check_readable,
+            lambda: ix.search(SearchQuery(q="refund")),
+            lambda: list(ix.iter_ids()),
+            ix.doc_count,
+        ):
+            with pytest.raises(IndexUnavailable, match="search index failed") as raised:
+                call()
+            assert type(raised.value.__cause__).__module__.startswith("whoosh")
+            del raised
+    finally:
+        ix.close()
+        gc.collect()  # collect the leaked files here, where their warning is expected

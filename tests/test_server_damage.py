@@ -150,7 +150,7 @@ def test_server_starts_on_a_damaged_index_and_says_so(
 def test_a_rebuild_mends_an_index_that_lost_its_current_file(
     services: Any, admin_headers: dict[str, str], corpus: None
 ) -> None:
-    from indexer.indexing import rebuild_index
+    from indexer.jobs.indexing import rebuild_index
     from indexer.services import Services
 
     _damage(services, "delete CURRENT")

@@ -17,7 +17,7 @@ from typing import Any
 from archivist.active_db import find_active, upsert_records
 from archivist.records import parse_record
 from archivist.sqlite_writers import writers_lock_path
-from indexer.reconcile import reconcile_pending
+from indexer.jobs.reconcile import reconcile_pending
 
 
 def test_restore_round_trip(

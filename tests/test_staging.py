@@ -15,12 +15,12 @@ import pytest
 
 from archivist.active_db import utcnow
 from archivist.demo_data import generate_records
-from indexer import indexing
-from indexer.archiver import archive_due_records
-from indexer.index import SearchIndex
-from indexer.indexing import BULK_MIN, check_index_agreement, rebuild_index, sync_index
-from indexer.restore import restore_record
+from indexer.jobs import indexing
+from indexer.jobs.archiver import archive_due_records
+from indexer.jobs.indexing import BULK_MIN, check_index_agreement, rebuild_index, sync_index
+from indexer.jobs.restore import restore_record
 from indexer.search import SearchQuery
+from indexer.whoosh.index import SearchIndex
 from tests.test_indexing import load
 from tests.test_search import CORPUS
 

@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from archivist.active_db import ApiToken, utcnow
-from archivist.cli import main
 from archivist.tokens import (
     TokenError,
     create_token,
@@ -21,6 +20,7 @@ from archivist.tokens import (
     replace_token,
     revoke_token,
 )
+from cli.commands import main
 
 
 def test_token_is_stored_only_as_its_hash(services: Any) -> None:

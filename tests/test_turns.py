@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from indexer.turns import Turns
+from indexer.whoosh.turns import Turns
 
 
 def wait_until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]

@@ -198,7 +198,7 @@ def _install(root: Path) -> tuple[Path, dict[str, str]]:
     from archivist.demo_data import generate_records
     from archivist.importer import import_lines
     from archivist.tokens import create_token
-    from indexer.jobs import run_archive_job
+    from indexer.jobs.runs import run_archive_job
     from indexer.services import Services
 
     config_path = root / "config.toml"

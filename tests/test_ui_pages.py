@@ -12,7 +12,7 @@ import pytest
 
 from archivist.config import load_config
 from server import close_app, create_app
-from server.ui import load_secret_key, secret_key_path
+from server.ui.session import load_secret_key, secret_key_path
 
 
 def _secret(headers: dict[str, str]) -> str:

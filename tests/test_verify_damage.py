@@ -13,8 +13,8 @@ import pytest
 from archivist.active_db import utcnow
 from archivist.config import load_config
 from archivist.importer import import_lines
-from indexer.archiver import archive_due_records
-from indexer.jobs import run_archive_job
+from indexer.jobs.archiver import archive_due_records
+from indexer.jobs.runs import run_archive_job
 from indexer.services import Services
 
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)

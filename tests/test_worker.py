@@ -18,8 +18,8 @@ from archivist.config import load_config
 from archivist.demo_data import generate_records
 from archivist.importer import import_lines
 from archivist.leases import acquire_lease, release_lease
-from indexer.archiver import archive_due_records
-from indexer.jobs import run_archive_job
+from indexer.jobs.archiver import archive_due_records
+from indexer.jobs.runs import run_archive_job
 from indexer.services import Services
 from indexer.worker import LEASE_TTL, MISFIRE_GRACE_SECONDS, Worker, build_scheduler
 

@@ -1,0 +1,1 @@
+"""The `archivist` command: it wires every layer, so it sits above them all."""

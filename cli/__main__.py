@@ -1,0 +1,5 @@
+"""`python -m cli` runs the `archivist` command."""
+
+from cli.commands import main
+
+main()

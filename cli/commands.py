@@ -1,0 +1,571 @@
+"""The `archivist` command: each command parses, loads the config and calls one function."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, time
+from functools import partial, wraps
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import parse_qs
+
+import click
+
+from archive_store import ArchiveStoreError
+from archive_store.crypto import KEY_ENV, load_key
+from archivist.active_db import create_schema, utcnow
+from archivist.audit import AuditEvent, write_audit
+from archivist.config import Config, default_config_path, load_config
+from archivist.crm_mapping import check_import_allowed
+from archivist.errors import ArchivistError
+from archivist.holds import add_hold, list_holds, remove_hold
+from archivist.importer import import_lines
+from archivist.records import format_utc
+from archivist.tokens import ROLES, create_token, list_tokens, revoke_token
+from indexer.errors import IndexerError
+from indexer.services import Services
+
+# Commands import the layers they use inside their own bodies: `archivist --help` and short
+# commands then start without loading the search engine, Flask or APScheduler.
+DOMAIN_ERRORS: tuple[type[Exception], ...] = (ArchivistError, ArchiveStoreError, IndexerError)
+
+
+class ArchivistGroup(click.Group):
+    """A click group that turns domain errors into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DOMAIN_ERRORS as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+        except click.BadParameter as e:  # one line, as every other refusal
+            click.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(2)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a bug or an environment problem: still one line, exit 2
+            if os.environ.get("ARCHIVIST_DEBUG"):
+                raise
+            click.echo(f"error: unexpected {type(e).__name__}: {e} "
+                       "(set ARCHIVIST_DEBUG=1 for the traceback)", err=True)
+            sys.exit(2)
+
+
+def config_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add `--config PATH` to a command and pass the loaded Config as `config`."""
+
+    @click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Config file (default: $ARCHIVIST_CONFIG, else ./config.toml).",
+    )
+    @wraps(command)
+    def wrapper(*args: Any, config_path: Path | None, **kwargs: Any) -> Any:
+        return command(*args, config=load_config(config_path or default_config_path()), **kwargs)
+
+    return wrapper
+
+
+class MomentType(click.ParamType):
+    """An ISO date (its midnight UTC) or an ISO datetime (UTC if it has no offset)."""
+
+    name = "WHEN"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            if len(value) == 10:
+                return datetime.combine(date.fromisoformat(value), time(), tzinfo=UTC)
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO date or datetime", param, ctx)
+        try:
+            return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        except OverflowError:  # 9999-12-31T23:59:59-14:00 is in year 10000 in UTC
+            self.fail(f"{value!r} is outside the years 1-9999 in UTC", param, ctx)
+
+
+WHEN = MomentType()
+
+
+@click.group(cls=ArchivistGroup)
+def main() -> None:
+    """Archivist: the archive next to your CRM."""
+
+
+@main.command()
+@config_option
+def init(config: Config) -> None:
+    """Create the databases and folders named in the config (idempotent)."""
+    with Services.open(config, create=True) as services:
+        sealed = services.store.reseal()  # entries archived before encryption at rest
+    click.echo(f"initialised {config.path}")
+    if sealed:
+        click.echo(f"encrypted {sealed} entries archived before encryption at rest")
+
+
+@main.command("import")
+@click.argument("file", type=click.File("rb"))
+@config_option
+def import_(file: BinaryIO, config: Config) -> None:
+    """Upsert records from a JSON Lines FILE (- for stdin) into the active database."""
+    from indexer.processes import find_archived_parents
+
+    check_import_allowed(config.tables)
+    with Services.open(config) as services:
+        report = import_lines(
+            file,
+            services.sessions,
+            services.store.find_archived,
+            config.kinds,
+            on_error=lambda error: click.echo(str(error), err=True),
+            find_archived_parents=partial(find_archived_parents, services.store),
+        )
+    click.echo(f"imported {report.imported}, rejected {report.rejected}")
+
+
+@main.command()
+@click.option("--as-of", type=WHEN, default=None, help="Run as if now were WHEN.")
+@click.option("--dry-run", is_flag=True, help="Only print what would move, by category.")
+@config_option
+def archive(as_of: datetime | None, dry_run: bool, config: Config) -> None:
+    """Move every aged record not on legal hold into the archive and index it."""
+    from indexer.jobs.runs import run_archive_job
+    with Services.open(config) as services:
+        report = run_archive_job(services, as_of or utcnow(), dry_run=dry_run)
+    if dry_run:
+        _print_by_category("would archive", report.archived, report.by_category)
+        if report.held_back:
+            click.echo(
+                f"held back {report.held_back} processes (a record not aged, or on hold)"
+            )
+    else:
+        click.echo(f"archived {report.archived}, indexed {report.indexed}")
+    for constraint, count in report.blocked_by.items():
+        click.echo(f"blocked {count}: still referenced through {constraint}", err=True)
+
+
+@main.command()
+@click.option("--as-of", type=WHEN, default=None, help="Run as if now were WHEN.")
+@click.option("--dry-run", is_flag=True, help="Only print what would be purged, by category.")
+@config_option
+def dispose(as_of: datetime | None, dry_run: bool, config: Config) -> None:
+    """Purge archived records past their keep time and not on legal hold."""
+    from indexer.jobs.runs import run_dispose_job
+    as_of = as_of or utcnow()
+    with Services.open(config) as services:
+        report = run_dispose_job(services, as_of, dry_run=dry_run, actor="cli")
+    if dry_run:
+        _print_by_category("would purge", report.purged, report.by_category)
+    else:
+        click.echo(f"purged {report.purged}")
+
+
+@contextmanager
+def _audited(
+    services: Services, action: str, target: str, details: dict[str, Any]
+) -> Iterator[dict[str, Any]]:
+    """Record a CLI action in the audit log (actor `cli`) with its outcome."""
+    at, outcome, details = utcnow(), "ok", dict(details)
+    create_schema(services.engine)  # an installation from before the audit log
+    try:
+        yield details
+    except Exception as e:
+        outcome = getattr(e, "code", "error")
+        raise
+    finally:
+        write_audit(services.sessions, [AuditEvent(at, "cli", action, target, outcome, details)])
+
+
+@main.command()
+@click.option("--customer", default=None, help="Erase every archived record of this customer.")
+@click.option("--record", "record_id", default=None, help="Erase this one archived record.")
+@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@click.option("--dry-run", is_flag=True, help="Only print how many records would be erased.")
+@config_option
+def erase(
+    customer: str | None, record_id: str | None, reason: str, dry_run: bool, config: Config
+) -> None:
+    """Erase archived records on request (GDPR/CCPA): their text is gone from every file."""
+    from indexer.jobs.erasure import audit_details, audit_target, erase_records
+    if (customer is None) == (record_id is None):
+        raise click.UsageError("give exactly one of --customer ID and --record ID")
+    if not reason.strip():
+        raise click.UsageError("--reason must not be empty")
+    with Services.open(config) as services:
+        target = audit_target(customer, record_id)
+        with _audited(services, "erase", target, {"reason": reason}) as details:
+            report = erase_records(
+                services, customer_id=customer, record_id=record_id, actor="cli",
+                at=utcnow(), dry_run=dry_run,
+            )
+            details.update(audit_details(report, customer))
+    click.echo(f"would erase {report.erased}" if dry_run else f"erased {report.erased}")
+    click.echo(f"still active: {report.active_remaining} record(s) of this customer in the "
+               "active database (the CRM's to erase)")
+
+
+@main.command()
+@click.argument("ids", nargs=-1)
+@click.option("--search", "search", default=None, metavar="PARAMS",
+              help="Restore what this search matches: /api/v1/search parameters, "
+                   "e.g. 'q=refund&category=billing'.")
+@click.option("--reason", required=True, help="Why (kept in each record's history).")
+@click.option("--dry-run", is_flag=True, help="Only count what would be restored.")
+@config_option
+def restore(
+    ids: tuple[str, ...], search: str | None, reason: str, dry_run: bool, config: Config
+) -> None:
+    """Restore archived records, and the rest of their processes, to the active database."""
+    from tqdm import tqdm
+
+    from indexer.jobs.crm_restore import restore_crm_many
+    from indexer.jobs.restore import restore_many
+    from server.schemas import SearchArgsSchema, load_search_query
+    if bool(ids) == (search is not None):
+        raise click.UsageError("give record ids or --search PARAMS, not both")
+    if not reason.strip() or len(reason) > 500:
+        raise click.UsageError("--reason must be 1-500 characters")
+    query = None
+    if search is not None:
+        params = parse_qs(search, keep_blank_values=True)
+        args = {
+            k: v if k in SearchArgsSchema.LIST_FIELDS else v[0] for k, v in params.items()
+        }
+        query = load_search_query(args, config.server.max_query_length, export=True)
+    details: dict[str, Any] = {"reason": reason, "dry_run": dry_run}
+    with Services.open(config) as services, tqdm(
+        unit=" records", file=sys.stderr, disable=dry_run, leave=False
+    ) as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done)
+
+        with _audited(services, "restore", "search" if query else "ids", details) as audit:
+            record_ids = list(ids)
+            if query is not None:
+                audit["search"] = search
+                record_ids = [hit.id for hit in services.index.iter_hits(query)]
+            if services.crm is not None:  # the CRM's own tables
+                report = restore_crm_many(
+                    services.sessions, services.store, services.index, services.crm,
+                    record_ids, "cli", utcnow(), reason.strip(), dry_run=dry_run,
+                    progress=advance,
+                )
+            else:
+                report = restore_many(
+                    services.sessions, services.store, services.index, record_ids, "cli",
+                    utcnow(), reason.strip(), dry_run=dry_run, progress=advance,
+                )
+            audit.update(matched=report.matched, processes=report.processes,
+                         skipped=len(report.skipped))
+            if not dry_run:
+                audit["restored"] = report.restored
+    for skipped in report.skipped:
+        click.echo(f"skipped {skipped.id}: {skipped.code}", err=True)
+    verb = "would restore" if dry_run else "restored"
+    click.echo(f"{verb} {len(report.restored)} ({report.processes} processes)")
+
+
+
+@main.group()
+def hold() -> None:
+    """Legal holds: a held record is neither archived nor disposed."""
+
+
+def _hold_target(record: str | None, customer: str | None, category: str | None) -> tuple[str, str]:
+    given = [
+        (s, v)
+        for s, v in (("record", record), ("customer", customer), ("category", category))
+        if v is not None
+    ]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of --record, --customer or --category")
+    return given[0]
+
+
+def _hold_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("--category", default=None, help="A whole category.")(command)
+    command = click.option("--customer", default=None, help="Every record of a customer.")(command)
+    return click.option("--record", default=None, help="One record id.")(command)
+
+
+@hold.command("add")
+@_hold_options
+@click.option("--reason", required=True, help="Why the hold is placed (shown in listings).")
+@config_option
+def hold_add(
+    record: str | None, customer: str | None, category: str | None, reason: str, config: Config
+) -> None:
+    """Place a legal hold."""
+    scope, value = _hold_target(record, customer, category)
+    details = {"scope": scope, "reason": reason}
+    with Services.open(config) as services:
+        with _audited(services, "hold_add", f"{scope}:{value}", details):
+            with services.sessions.begin() as session:
+                add_hold(session, scope, value, reason, utcnow())
+    click.echo(f"hold placed on {scope} {value}")
+
+
+@hold.command("remove")
+@_hold_options
+@config_option
+def hold_remove(
+    record: str | None, customer: str | None, category: str | None, config: Config
+) -> None:
+    """Lift a legal hold."""
+    scope, value = _hold_target(record, customer, category)
+    with Services.open(config) as services:
+        with _audited(services, "hold_remove", f"{scope}:{value}", {"scope": scope}):
+            with services.sessions.begin() as session:
+                remove_hold(session, scope, value)
+    click.echo(f"hold lifted from {scope} {value}")
+
+
+@hold.command("list")
+@config_option
+def hold_list(config: Config) -> None:
+    """List the legal holds in force."""
+    with Services.open(config) as services, services.sessions.begin() as session:
+        holds = list_holds(session)
+    for h in holds:
+        click.echo(f"{h.scope}\t{h.value}\t{h.created_at:%Y-%m-%dT%H:%M:%SZ}\t{h.reason}")
+    if not holds:
+        click.echo("no legal holds")
+
+
+@main.command()
+@click.option("--rebuild", is_flag=True, help="Rebuild every index from the archive store alone.")
+@config_option
+def index(rebuild: bool, config: Config) -> None:
+    """Index what is archived but not yet indexed."""
+    from indexer.jobs.indexing import rebuild_index
+    from indexer.jobs.runs import run_index_job
+    with Services.open(config, broken_index_ok=rebuild) as services:
+        if rebuild:
+            count = rebuild_index(services.store, services.index, progress=sys.stderr.isatty())
+            click.echo(f"rebuilt, indexed {count}")
+        else:
+            click.echo(f"indexed {run_index_job(services)}")
+
+
+@main.command()
+@click.option("--archive-now", is_flag=True, help="Also run the archive job once at start.")
+@config_option
+def worker(archive_now: bool, config: Config) -> None:
+    """Run the scheduled jobs (blocking) until SIGTERM or Ctrl-C."""
+    from indexer.worker import run as run_worker
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    run_worker(config, archive_now=archive_now)
+
+
+@main.command()
+@config_option
+def stats(config: Config) -> None:
+    """Print the counts of /api/v1/stats as JSON."""
+    from indexer.stats import collect_stats
+    with Services.open(config) as services:
+        click.echo(json.dumps(collect_stats(services), indent=2))
+
+
+@main.command()
+@config_option
+def verify(config: Config) -> None:
+    """Check archive checksums, the hash chain, and that catalog and index agree."""
+    from indexer.jobs.verification import verify_all
+    with Services.open(config, broken_index_ok=True) as services:
+        result = verify_all(services)
+    click.echo(result.summary())
+    if result.problems:
+        for problem in result.problems:
+            click.echo(str(problem), err=True)
+        if result.damaged_ids():
+            click.echo("damaged or missing: " + " ".join(result.damaged_ids()), err=True)
+        sys.exit(1)
+
+
+@main.group()
+def backup() -> None:
+    """Backups: create one online, verify one, recover an installation from one."""
+
+
+@backup.command("create")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@config_option
+def backup_create(folder: Path, config: Config) -> None:
+    """Back up everything Archivist keeps into FOLDER, while the server and worker run."""
+    from indexer.jobs.backup import create_backup
+    with Services.open(config) as services:
+        with _audited(services, "backup", str(folder.absolute()), {}) as details:
+            report = create_backup(services, folder, utcnow())
+            details.update(records=report.records, files=report.files, bytes=report.bytes)
+    click.echo(
+        f"backed up {report.records} records, {report.files} files, {report.bytes} bytes copied"
+    )
+
+
+@backup.command("verify")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="The installation whose archive key opens the backup's sealed records "
+         "(default: $ARCHIVIST_CONFIG, else ./config.toml).",
+)
+def backup_verify(folder: Path, config_path: Path | None) -> None:
+    """Check every file of the backup in FOLDER against its manifest, and its archive's chain."""
+    from indexer.jobs.backup import verify_backup
+    env_key = os.environ.get(KEY_ENV)
+    path = config_path or default_config_path()
+    key = None
+    if env_key or path.exists():
+        key = load_key(load_config(path).key_file, env_key)
+    problems = verify_backup(folder, key)
+    if problems:
+        for problem in problems:
+            click.echo(problem, err=True)
+        click.echo(f"backup {folder} is damaged: {len(problems)} problems", err=True)
+        sys.exit(1)
+    click.echo(f"ok: backup {folder} verifies")
+
+
+@backup.command("recover")
+@click.argument("folder", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace an installation that holds records.")
+@config_option
+def backup_recover(folder: Path, force: bool, config: Config) -> None:
+    """Make the installation of --config what the backup in FOLDER holds (stop serve first)."""
+    from indexer.jobs.backup import recover_backup
+    report = recover_backup(config, folder, utcnow(), force=force)
+    with Services.open(config) as services:
+        details = {"backup_created_at": report.created_at, "active": report.active,
+                   "archived": report.archived, "force": force}
+        with _audited(services, "recover", str(folder.absolute()), details):
+            pass
+    click.echo(
+        f"recovered the backup of {report.created_at}: {report.active} active, "
+        f"{report.archived} archived, indexed {report.indexed}"
+    )
+
+
+def _print_by_category(verb: str, total: int, by_category: dict[str, int]) -> None:
+    click.echo(f"{verb} {total}")
+    for category, count in by_category.items():
+        click.echo(f"  {category}: {count}")
+
+
+@main.group()
+def token() -> None:
+    """API tokens of the HTTP server (roles: agent, auditor, admin)."""
+
+
+@token.command("create")
+@click.option("--role", type=click.Choice(ROLES), required=True, help="What the token may do.")
+@click.option("--name", required=True, help="A unique name; the audit log shows it.")
+@config_option
+def token_create(role: str, name: str, config: Config) -> None:
+    """Create a token and print it once; only its SHA-256 is stored."""
+    with Services.open(config) as services:
+        create_schema(services.engine)
+        with services.sessions.begin() as session:
+            secret = create_token(session, name, role, utcnow())
+    click.echo(secret)
+    click.echo(f"token {name!r} ({role}) created; it is shown only this once", err=True)
+
+
+@token.command("list")
+@config_option
+def token_list(config: Config) -> None:
+    """List the tokens (never their secrets)."""
+    with Services.open(config) as services:
+        create_schema(services.engine)
+        with services.sessions.begin() as session:
+            tokens = list_tokens(session)
+    for t in tokens:
+        revoked = "" if t.revoked_at is None else f"\trevoked {format_utc(t.revoked_at)}"
+        click.echo(f"{t.name}\t{t.role}\t{format_utc(t.created_at)}{revoked}")
+    if not tokens:
+        click.echo("no tokens")
+
+
+@token.command("revoke")
+@click.argument("name")
+@config_option
+def token_revoke(name: str, config: Config) -> None:
+    """Revoke the token NAME (the server notices within seconds)."""
+    with Services.open(config) as services:
+        create_schema(services.engine)
+        with services.sessions.begin() as session:
+            revoke_token(session, name, utcnow())
+    click.echo(f"token {name!r} revoked")
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on (default: server.host).")
+@click.option("--port", type=int, default=None, help="Port to listen on (default: server.port).")
+@config_option
+def serve(host: str | None, port: int | None, config: Config) -> None:
+    """Serve the HTTP API on gunicorn until SIGTERM or Ctrl-C."""
+    from server.serving import serve as serve_app
+    _log_to_stderr()
+    serve_app(config, host, port, on_ready=lambda url: click.echo(f"serving on {url}"))
+
+
+@main.command()
+@click.option(
+    "--records",
+    "count",
+    type=click.IntRange(1, 2_000_000),
+    default=5000,
+    show_default=True,
+    help="How many demo records to generate.",
+)
+@click.option("--host", default=None, help="Address to listen on (default: server.host).")
+@click.option("--port", type=int, default=None, help="Port to listen on (default: server.port).")
+@config_option
+def demo(count: int, host: str | None, port: int | None, config: Config) -> None:
+    """Showcase: init, load demo data, archive it, then serve and run the worker until Ctrl-C."""
+    from indexer.jobs.demo import demo_admin_token, load_demo
+    from indexer.stats import collect_stats
+    from server.serving import run_worker_process
+    from server.serving import serve as serve_app
+    now = utcnow()
+    with Services.open(config, create=True) as services:
+        setup = load_demo(services, count, now)
+        if setup.loaded:
+            click.echo(f"demo data: imported {setup.imported}, archived {setup.archived}")
+        else:
+            click.echo("demo data already loaded; using it as it is")
+        click.echo(json.dumps(collect_stats(services), indent=2))
+        secret = demo_admin_token(services, now)
+    _log_to_stderr()
+
+    def ready(url: str) -> None:
+        click.echo(f"\nArchivist is running at {url}  (Ctrl-C stops it)")
+        click.echo(f"admin token: {secret}")
+        click.echo(
+            f'try: curl -H "Authorization: Bearer {secret}" "{url}/api/v1/search?q=refund"\n',
+            nl=True,
+        )
+
+    with run_worker_process(config.path):
+        serve_app(config, host, port, on_ready=ready)

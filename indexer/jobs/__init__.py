@@ -1,0 +1,1 @@
+"""What the worker and the CLI run: archive, restore, dispose, reconcile, index catch-up."""

@@ -1,0 +1,420 @@
+"""Backup and recovery of a whole installation: archive store, active database, own tables.
+
+A backup folder holds `archive/` (the store, see `archive_store.backup`), the active database
+and `backup.json`, all listed with their SHA-256 in `MANIFEST`. With the embedded SQLite active
+database, `active.db` is a copy of the whole file (active records, legal holds, API tokens, job
+runs, audit log, disposal list); with any other database, `tables/*.jsonl` hold Archivist's own
+tables and the CRM's records stay the CRM's to back up.
+
+Consistency: the active database and the catalog are copied while the store's move lock is held
+alone (`settling`), so no record is between the two places: each is in exactly one of them in
+the backup. Archive runs and restores wait for those copies (seconds), not for the segments,
+which are copied afterwards from files opened at the same moment.
+
+The search index is not backed up: recovery rebuilds it from the store, which is what a backup
+can prove sound (the index has no checksums of its own) and keeps backups at about the store's
+size.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, delete, inspect, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from archive_store.backup import (
+    MANIFEST,
+    STORE_FOLDER,
+    BackupDamaged,
+    BackupError,
+    CopyTally,
+    check_manifest,
+    copy_sqlite,
+    hash_file,
+    install_store,
+    keep_if_changed,
+    load_manifest,
+    remove_unlisted,
+    snapshot_closing,
+    take_store_snapshot,
+    verify_store_copy,
+    write_manifest,
+    write_store_part,
+)
+from archive_store.crypto import KEY_ENV, load_key
+from archivist.active_db import (
+    AuditEntry,
+    Base,
+    JobRun,
+    Lease,
+    UTCDateTime,
+    count_active,
+    utcnow,
+)
+from archivist.audit import iter_chain_problems
+from archivist.config import Config
+from archivist.records import format_utc
+from indexer.jobs.erasure import apply_erasure_ledger
+from indexer.jobs.indexing import rebuild_index
+from indexer.jobs.reconcile import reconcile_pending
+from indexer.services import Services
+
+FORMAT = 1
+METADATA = "backup.json"
+ACTIVE_DB = "active.db"
+TABLES_FOLDER = "tables"
+# Archivist's own tables, copied on their own when the active database is not embedded SQLite.
+# Leases are left out on purpose: a recovered installation starts with no job running.
+OWN_TABLES = ("legal_holds", "api_tokens", "job_runs", "audit_log", "disposals")
+JOB = "backup"
+
+
+class InstallationNotEmpty(BackupError):
+    """Recovery was asked into an installation that already holds records."""
+
+    code = "installation_not_empty"
+
+
+@dataclass(frozen=True)
+class BackupReport:
+    """What `backup create` did: records the backup holds, files and bytes it copied."""
+
+    records: int
+    files: int
+    bytes: int
+    active: int
+    archived: int
+
+
+@dataclass(frozen=True)
+class RecoverReport:
+    """What `backup recover` put in place."""
+
+    active: int
+    archived: int
+    indexed: int
+    created_at: str
+
+
+def sqlite_path(active_url: str) -> Path | None:
+    """The file of an embedded SQLite active database, or None for any other database."""
+    url = make_url(active_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def create_backup(services: Services, folder: Path, at: datetime) -> BackupReport:
+    """Back up the installation into `folder`, online, copying only what changed.
+
+    The old manifest is removed first: a run that stops half-way leaves a folder that `verify`
+    calls unfinished, and the next run copies everything again.
+
+    :param services: the installation, open
+    :param folder: the backup folder (created if missing)
+    :param at: the time stamped on the backup
+    """
+    folder = Path(folder)
+    (folder / STORE_FOLDER).mkdir(parents=True, exist_ok=True)
+    with _writing(folder):
+        return _create(services, folder, at)
+
+
+@contextmanager
+def _writing(folder: Path) -> Iterator[None]:
+    """One `backup create` at a time per folder: two would mix their files."""
+    fd = os.open(folder / ".backup.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BackupError(f"another backup is being written into {folder}") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _create(services: Services, folder: Path, at: datetime) -> BackupReport:
+    previous = load_manifest(folder)
+    (folder / MANIFEST).unlink(missing_ok=True)
+    run = _start_run(services, at)
+    tally = CopyTally()
+    database = sqlite_path(services.config.active_url)
+    try:
+        fresh_active = folder / (ACTIVE_DB + ".partial")
+        with services.store.settling():  # no move under way: active + catalog agree
+            snapshot = take_store_snapshot(
+                services.store, folder / STORE_FOLDER / "catalog.db.partial"
+            )
+            try:
+                if database is not None:
+                    copy_sqlite(database, fresh_active)
+                else:
+                    table_files = _dump_tables(services, folder)
+            except BaseException:
+                snapshot.close()
+                raise
+        with snapshot_closing(snapshot):
+            write_store_part(snapshot, folder, previous, tally)
+        if database is not None:
+            keep_if_changed(folder, ACTIVE_DB, fresh_active, previous, tally)
+            active = _count_active_copy(folder / ACTIVE_DB)
+        else:
+            for name, fresh in table_files.items():
+                keep_if_changed(folder, name, fresh, previous, tally)
+            active = 0
+        metadata = {
+            "format": FORMAT,
+            "created_at": format_utc(at),
+            "active_database": "sqlite" if database is not None else "tables",
+            "active": active,
+            "archived": snapshot.archived,
+        }
+        (folder / METADATA).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        tally.hashes[METADATA] = hash_file(folder / METADATA)
+        write_manifest(folder, tally.hashes)
+        remove_unlisted(folder, set(tally.hashes))
+    except BaseException as e:
+        _finish_run(services, run, f"{type(e).__name__}: {e}")
+        raise
+    _finish_run(services, run, None, records=active + snapshot.archived)
+    return BackupReport(active + snapshot.archived, tally.files, tally.bytes, active,
+                        snapshot.archived)
+
+
+def verify_backup(folder: Path, key: bytes | None) -> list[str]:
+    """Every problem of a backup folder, one line each: files against the manifest, then the
+    backed-up archive's checksums and hash chain. Empty when the backup is sound.
+
+    :param folder: the backup folder
+    :param key: the archive key, to open the sealed frames (never in a backup); None for an
+        archive kept without encryption
+    """
+    folder = Path(folder)
+    problems = check_manifest(folder)
+    if any(p.startswith(f"missing: {MANIFEST}") for p in problems):
+        return problems
+    if f"{STORE_FOLDER}/catalog.db" not in load_manifest(folder):
+        problems.append(f"missing: {STORE_FOLDER}/catalog.db is not in the manifest")
+    for problem in verify_store_copy(folder, key):
+        where = f"record {problem.record_id}: " if problem.record_id else ""
+        problems.append(f"archive: {where}{problem.reason}")
+    if (folder / ACTIVE_DB).is_file():
+        problems.extend(f"{ACTIVE_DB}: {p}" for p in _audit_chain_problems(folder / ACTIVE_DB))
+    return problems
+
+
+def _audit_chain_problems(path: Path) -> list[str]:
+    """Breaks in the backed-up audit log's hash chain (read-only; the file is not changed)."""
+    engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+    try:
+        if not inspect(engine).has_table(AuditEntry.__tablename__):
+            return []
+        with Session(engine) as session:
+            return list(iter_chain_problems(session))
+    except SQLAlchemyError as e:
+        return [f"cannot be read: {e}"]
+    finally:
+        engine.dispose()
+
+
+def load_metadata(folder: Path) -> dict[str, Any]:
+    """The backup's `backup.json`."""
+    try:
+        value: dict[str, Any] = json.loads((Path(folder) / METADATA).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise BackupDamaged(f"{folder}: {METADATA} cannot be read: {e}") from None
+    return value
+
+
+def recover_backup(
+    config: Config, folder: Path, at: datetime, *, force: bool = False
+) -> RecoverReport:
+    """Make the installation of `config` what the backup in `folder` holds.
+
+    Refused if the backup does not verify, or if the installation holds records already (unless
+    `force`). The server and the worker must be stopped. Afterwards: the store and the active
+    database as backed up, moves a crash left pending settled, and the index rebuilt.
+
+    :param config: the installation to recover into
+    :param folder: the backup folder
+    :param at: the time stamped on whatever reconcile settles
+    :param force: replace an installation that holds records
+    """
+    folder = Path(folder)
+    problems = verify_backup(folder, load_key(config.key_file, os.environ.get(KEY_ENV)))
+    if problems:
+        raise BackupDamaged(f"backup {folder} does not verify: {problems[0]}"
+                            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    metadata = load_metadata(folder)
+    database = sqlite_path(config.active_url)
+    if metadata.get("active_database") == "sqlite" and database is None:
+        raise BackupError(
+            "this backup holds an embedded SQLite active database; recover it into an "
+            "installation whose [active] url is a sqlite:/// file"
+        )
+    with Services.open(config, create=True) as services:
+        counts = services.store.counts()
+        held = counts["archived"] + counts["restored"] + counts["purged"]
+        with services.read_sessions.begin() as session:
+            active = count_active(session)
+        if (held or active) and not force:
+            raise InstallationNotEmpty(
+                f"the installation of {config.path} already holds {held} archived and {active} "
+                "active records; recover into an empty one, or pass --force to replace them"
+            )
+        if database is None:
+            _load_tables(services, folder)
+    install_store(folder, config.archive_dir)
+    if database is not None:
+        for suffix in ("-wal", "-shm", "-journal"):
+            Path(str(database) + suffix).unlink(missing_ok=True)  # a stale WAL would replay
+        database.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / ACTIVE_DB, database)
+        with open(database, "rb+") as f:
+            os.fsync(f.fileno())
+    with Services.open(config, create=True) as services:
+        with services.sessions.begin() as session:
+            session.execute(delete(Lease))
+        reconcile_pending(services.sessions, services.store, at)
+        # What was erased after the backup was taken stays erased: the ledger lives beside the
+        # key file, outside every backup. Before the rebuild, so its text never reaches the index.
+        apply_erasure_ledger(services, at)
+        indexed = rebuild_index(services.store, services.index)
+        counts = services.store.counts()
+        with services.read_sessions.begin() as session:
+            active = count_active(session)
+    return RecoverReport(active, counts["archived"], indexed, str(metadata.get("created_at")))
+
+
+def last_backup(services: Services) -> JobRun | None:
+    """The most recent backup that finished without error, if any."""
+    with services.read_sessions.begin() as session:
+        stmt = (
+            select(JobRun)
+            .where(JobRun.job == JOB, JobRun.finished_at.is_not(None), JobRun.error.is_(None))
+            .order_by(JobRun.id.desc())
+            .limit(1)
+        )
+        return session.scalars(stmt).first()
+
+
+@dataclass(frozen=True)
+class BackupStatus:
+    """What the admin page says about backups: the last one, and whether it is too old."""
+
+    last_finished_at: datetime | None
+    last_records: int
+    max_age_days: int
+    overdue: bool
+
+
+def backup_status(services: Services, now: datetime) -> BackupStatus:
+    """The last finished backup and whether none is younger than `[backup] max_age_days`."""
+    max_age = services.config.backup.max_age_days
+    run = last_backup(services)
+    finished = run.finished_at if run is not None else None
+    overdue = finished is None or finished < now - timedelta(days=max_age)
+    return BackupStatus(finished, run.archived if run is not None else 0, max_age, overdue)
+
+
+def _start_run(services: Services, at: datetime) -> JobRun:
+    with services.sessions.begin() as session:
+        run = JobRun(job=JOB, started_at=at, archived=0, purged=0, indexed=0)
+        session.add(run)
+    return run
+
+
+def _finish_run(services: Services, run: JobRun, error: str | None, records: int = 0) -> None:
+    run.finished_at, run.error, run.archived = utcnow(), error, records
+    with services.sessions.begin() as session:
+        session.merge(run)
+
+
+def _count_active_copy(path: Path) -> int:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = conn.execute(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'active_records'"
+        ).fetchone()
+        if not row[0]:
+            return 0
+        return int(conn.execute("SELECT COUNT(*) FROM active_records").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _own_tables(services: Services) -> list[Any]:
+    present = set(inspect(services.engine).get_table_names())
+    return [t for t in Base.metadata.sorted_tables if t.name in OWN_TABLES and t.name in present]
+
+
+def _dump_tables(services: Services, folder: Path) -> dict[str, Path]:
+    """Write each of Archivist's own tables as JSON Lines (`.partial` files); one snapshot."""
+    (folder / TABLES_FOLDER).mkdir(exist_ok=True)
+    written: dict[str, Path] = {}
+    with services.read_sessions.begin() as session:
+        for table in _own_tables(services):
+            fresh = folder / TABLES_FOLDER / f"{table.name}.jsonl.partial"
+            with open(fresh, "w", encoding="utf-8") as f:
+                for row in session.execute(select(table).order_by(*table.primary_key.columns)):
+                    values = {
+                        key: value.isoformat() if isinstance(value, datetime) else value
+                        for key, value in row._mapping.items()
+                    }
+                    f.write(json.dumps(values, ensure_ascii=False, sort_keys=True) + "\n")
+            written[f"{TABLES_FOLDER}/{table.name}.jsonl"] = fresh
+    return written
+
+
+def _load_tables(services: Services, folder: Path) -> None:
+    """Replace Archivist's own tables with the backed-up rows, in one transaction."""
+    with services.sessions.begin() as session:
+        tables = _own_tables(services)
+        for table in reversed(tables):
+            session.execute(delete(table))
+        for table in tables:
+            path = folder / TABLES_FOLDER / f"{table.name}.jsonl"
+            if not path.is_file():
+                continue
+            times = {c.name for c in table.columns if isinstance(c.type, UTCDateTime)}
+            rows = []
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    values = json.loads(line)
+                    for name in times & values.keys():
+                        if values[name] is not None:
+                            values[name] = datetime.fromisoformat(values[name])
+                    rows.append(values)
+            if rows:
+                session.execute(table.insert(), rows)
+            _advance_sequence(session, table)
+
+
+def _advance_sequence(session: Session, table: Any) -> None:
+    """On PostgreSQL, move a serial key's sequence past the rows inserted with their ids."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    for column in table.primary_key.columns:
+        if column.autoincrement is True or (
+            column.autoincrement == "auto" and column.type.python_type is int
+        ):
+            session.execute(
+                text(
+                    f"SELECT setval(pg_get_serial_sequence('{table.name}', '{column.name}'), "
+                    f"COALESCE((SELECT MAX({column.name}) FROM {table.name}), 0) + 1, false)"
+                )
+            )

@@ -1,0 +1,224 @@
+"""Restore into the CRM's own tables: an archived process goes back as the rows it was.
+
+Every archived record of the process is marked `pending` insert first; the rows are inserted in
+one transaction, parents before children, with the same primary key and every column written
+explicitly (so column defaults do not apply; INSERT triggers fire, as for any insert, and may
+change what is written). A key taken again by the CRM meanwhile makes the whole process
+`already_active`, with nothing written. `reconcile_crm_pending` settles a restore a crash
+interrupted.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from itertools import groupby
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from archive_store import ArchiveStore, NotArchived, RecordNotFound, RestoreInProgress
+from archive_store.faults import crash_point
+from archivist.crm_ledger import process_members, remove_members
+from archivist.crm_rows import CrmTable, CrmTables, insert_statement, record_to_row
+from indexer.errors import AlreadyActive, RestoreRefused, TooMany
+from indexer.jobs.crm_archiver import CrmRow, group_processes, reconcile_crm_pending
+from indexer.jobs.restore import BulkRestoreReport, Skipped
+from indexer.search import SearchEngine
+
+
+def restore_crm_process(
+    sessions: sessionmaker[Session],
+    store: ArchiveStore,
+    index: SearchEngine | None,
+    crm: CrmTables,
+    record_id: str,
+    actor: str,
+    now: datetime,
+    reason: str | None = None,
+) -> list[str]:
+    """Restore an archived record and every archived record of its process into the CRM's
+    tables; returns the ids restored, parents before children.
+
+    :raises RecordNotFound: the id was never archived.
+    :raises NotArchived: it is restored or purged already.
+    :raises RestoreInProgress: another restore of it is under way.
+    :raises AlreadyActive: a key of the process is taken again in the CRM's tables.
+    :raises RestoreRefused: the tables refuse a row for another reason (a constraint).
+    """
+    entry = store.info(record_id)  # RecordNotFound before anything else
+    if entry.state != "archived":
+        raise NotArchived(f"record {record_id} is {entry.state}, not archived")
+    with sessions.begin() as session:
+        members = process_members(session, record_id)
+    # members restored or purged on their own since are not brought back with the rest
+    entries = store.entries(members)
+    group = [m for m in members if m in entries and entries[m].state == "archived"]
+    unsettled: Exception | None = None
+    restored: list[str] = []
+    with store.moving():
+        problem = store.begin_restores([group])[0]
+        if problem is not None:
+            failed, code = problem
+            error = {"not_found": RecordNotFound, "not_archived": NotArchived}.get(
+                code, RestoreInProgress
+            )
+            raise error(f"record {failed!r} cannot be restored ({code}); "
+                        f"nothing of the process of {record_id!r} was restored")
+        rows = _rows(crm, {m: store.get(m) for m in group})
+        ordered = [row for process in group_processes(rows) for row in process.rows]
+        try:
+            with sessions.begin() as session:
+                _insert(session, ordered)
+                remove_members(session, group)
+                crash_point("restore.after_insert")
+        except (AlreadyActive, RestoreRefused):
+            store.abort_restores(group)
+            raise
+        except Exception as e:
+            unsettled = e
+        else:
+            crash_point("restore.after_commit")
+            restored = [row.record_id for row in ordered]
+            store.complete_restores(restored, now, actor, reason)
+    if unsettled is not None:
+        reconcile_crm_pending(sessions, store, crm, now)
+        raise unsettled
+    if index is not None:  # leave search now, not at the next catch-up
+        current = store.entries(restored)
+        with store.indexing():
+            index.delete(restored, current=[row.record for row in ordered])
+            store.mark_indexed([(rid, current[rid].version, "restored") for rid in restored])
+    return restored
+
+
+def restore_crm_many(
+    sessions: sessionmaker[Session],
+    store: ArchiveStore,
+    index: SearchEngine | None,
+    crm: CrmTables,
+    record_ids: Iterable[str],
+    actor: str,
+    now: datetime,
+    reason: str,
+    *,
+    dry_run: bool = False,
+    limit: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> BulkRestoreReport:
+    """Restore these archived records with the rest of their processes, a process at a time;
+    the records that cannot be restored are skipped and listed with their code."""
+    ids = list(dict.fromkeys(record_ids))
+    if limit is not None and len(ids) > limit:
+        raise TooMany(
+            f"{len(ids)} records match, more than the {limit} one request may restore; "
+            "narrow the search or use `archivist restore`"
+        )
+    report = BulkRestoreReport(matched=len(ids), dry_run=dry_run)
+    entries = store.entries(ids)
+    groups: dict[str, list[str]] = {}
+    with sessions.begin() as session:
+        for record_id in ids:
+            entry = entries.get(record_id)
+            code = (
+                "not_found" if entry is None
+                else "already_active" if entry.state == "restored"
+                else "not_archived" if entry.state != "archived"
+                else "restore_in_progress" if entry.pending is not None
+                else None
+            )
+            if code is not None:
+                report.skipped.append(Skipped(record_id, code))
+                continue
+            members = process_members(session, record_id)
+            if not any(record_id in group for group in groups.values()):
+                groups[record_id] = members
+    planned = sum(len(group) for group in groups.values())
+    if dry_run:
+        report.restored = [i for group in groups.values() for i in group]
+        report.processes = len(groups)
+        return report
+    for record_id in groups:
+        try:
+            restored = restore_crm_process(
+                sessions, store, index, crm, record_id, actor, now, reason
+            )
+        except (AlreadyActive, RestoreRefused, NotArchived, RecordNotFound,
+                RestoreInProgress) as e:
+            report.skipped.append(Skipped(record_id, e.code))
+            continue
+        report.restored.extend(restored)
+        report.processes += 1
+        if progress is not None:
+            progress(len(restored), planned)
+    return report
+
+
+def _rows(crm: CrmTables, records: dict[str, dict[str, Any]]) -> list[CrmRow]:
+    rows = []
+    for record_id, record in records.items():
+        crm_table = crm.table_of(record_id)
+        if crm_table is None:
+            raise RestoreRefused(f"record {record_id!r} belongs to no mapped table")
+        rows.append(CrmRow(crm_table, crm_table.key_of(record_id), record))
+    return rows
+
+
+def _insert(session: Session, rows: Sequence[CrmRow]) -> None:
+    """Insert the rows (parents first, as ordered); refuse the lot if any key is taken."""
+    by_table: dict[CrmTable, list[CrmRow]] = defaultdict(list)
+    for row in rows:
+        by_table[row.table].append(row)
+    for crm_table, members in by_table.items():
+        keys = [row.key for row in members]
+        key_column = crm_table.key_column
+        for start in range(0, len(keys), 500):
+            stmt = select(key_column).where(key_column.in_(keys[start:start + 500]))
+            taken = session.scalars(stmt).first()
+            if taken is not None:
+                raise AlreadyActive(
+                    f"record {crm_table.record_id(taken)!r}: {crm_table.name} holds a row with "
+                    "its key again; the process was not restored over it"
+                )
+    depth = {row.record_id: _depth(row, rows) for row in rows}
+    ordered = sorted(rows, key=lambda row: depth[row.record_id])  # stable: parents first
+    for (_, crm_table), group in groupby(ordered, key=lambda r: (depth[r.record_id], r.table)):
+        members = list(group)
+        try:
+            values = [record_to_row(crm_table, row.record) for row in members]
+        except ValueError as e:
+            raise RestoreRefused(str(e)) from None
+        def columns_of(value: dict[str, Any]) -> tuple[str, ...]:
+            return tuple(value)
+
+        for columns, same in groupby(values, key=columns_of):
+            params = [{f"v_{k}": v for k, v in row.items()} for row in same]
+            try:
+                session.execute(insert_statement(crm_table, columns), params)
+            except IntegrityError as e:
+                raise _refusal(e, crm_table) from None
+
+
+def _depth(row: CrmRow, rows: Sequence[CrmRow]) -> int:
+    parents = {r.record_id: r.parent_id for r in rows}
+    depth, parent = 0, row.parent_id
+    while parent is not None and parent in parents and depth <= len(rows):
+        depth, parent = depth + 1, parents[parent]
+    return depth
+
+
+def _refusal(e: IntegrityError, crm_table: CrmTable) -> Exception:
+    diag = getattr(e.orig, "diag", None)
+    constraint = getattr(diag, "constraint_name", None) or "a constraint"
+    if getattr(e.orig, "sqlstate", None) == "23505":  # unique_violation
+        return AlreadyActive(
+            f"{crm_table.name} refuses a row of the process ({constraint} is taken); "
+            "the process was not restored"
+        )
+    return RestoreRefused(
+        f"{crm_table.name} refuses a row of the process ({constraint}); "
+        "the process was not restored"
+    )

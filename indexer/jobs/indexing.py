@@ -1,0 +1,208 @@
+"""Keep the search index in step with the archive store, exactly once.
+
+The catalog's `indexed` flag is cleared in the same commit that changes a record's state
+(archived, restored, purged), and set again only after the index committed the matching change
+for that state and version. A crash in between leaves the flag clear, so the next catch-up
+redoes the (idempotent) index change; a state change that happens meanwhile is never masked.
+
+Records to add are staged: written as segments with no lock held (by both cores when there
+are many), then attached under the lock after checking which are still unchanged. Only
+removals (and indexes from before the current schema) are written under the lock. Merging
+small segments runs after the lock is released.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
+from archive_store import ArchiveStore, Problem
+from archive_store.errors import RecordNotFound
+from archive_store.faults import crash_point
+from archive_store.models import CatalogEntry
+from indexer.processes import with_process_ids
+from indexer.search import SearchEngine
+
+CATCH_UP_BATCH = 500  # one batch holds the index lock; restores wait at most that long
+BULK_MIN = 1  # records to add from which they are staged (SearchIndex.stage)
+BULK_PROCESSES = 20_000  # records to stage from which both cores (two processes) write them
+BULK_MAX = 20_000  # records staged at once (held in memory, sent to the index workers)
+MISSING_FROM_INDEX = "archived but missing from the index"
+
+
+def sync_index(
+    store: ArchiveStore,
+    index: SearchEngine,
+    *,
+    known: Mapping[str, dict[str, Any]] | None = None,
+    batch_size: int = CATCH_UP_BATCH,
+    bulk_min: int = BULK_MIN,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Apply every pending change to the index; returns how many records it indexed or removed.
+
+    With at least ``bulk_min`` records to add (0: never), up to ``BULK_MAX`` of them are first
+    written without any lock (:func:`_add_staged`); the rest goes in batches of ``batch_size``,
+    each read, written and marked under the index lock.
+
+    :param known: record JSON values the caller already holds (a batch it just archived), so
+        they need not be read back from the store.
+    """
+    known = known or {}
+    done = 0
+    while not should_stop():
+        if bulk_min:
+            adds = [e for e in store.iter_unindexed(BULK_MAX) if e.state == "archived"]
+            if len(adds) >= bulk_min:
+                added = _add_staged(store, index, adds, known)
+                if added is not None:
+                    done += added
+                    continue
+                bulk_min = 0  # shards from before the current schema: one batch at a time
+        # Read, write and mark as one step: a restore or purge in between would otherwise let
+        # a stale add put a record that left the archive back into search.
+        with store.indexing():
+            entries = store.iter_unindexed(batch_size)
+            if not entries:
+                break
+            adding = [e for e in entries if e.state == "archived"]
+            records = with_process_ids(
+                store, (known.get(e.record_id) or store.get(e.record_id) for e in adding)
+            )
+            docs = [(record, e.archived_at) for record, e in zip(records, adding, strict=True)]
+            index.add(
+                docs, first_versions=[e.record_id for e in entries if e.version == 1], merge=False
+            )
+            index.delete(e.record_id for e in entries if e.state != "archived")
+            crash_point("index.before_mark")
+            store.mark_indexed((e.record_id, e.version, e.state) for e in entries)
+        index.merge_segments()  # outside the store's lock: restores need not wait for it
+        done += len(entries)
+    return done
+
+
+def _add_staged(
+    store: ArchiveStore,
+    index: SearchEngine,
+    adds: list[CatalogEntry],
+    known: Mapping[str, dict[str, Any]],
+) -> int | None:
+    """Stage archived records, then attach and mark those still unchanged.
+
+    Staging takes no lock, so restores and purges go on meanwhile. Then, one shard at a time
+    under the index lock, a record whose state or version changed since it was read is left
+    out (marked deleted in its new segment) and stays unindexed for the next round. Returns
+    how many were indexed, or None if the index cannot stage these records.
+    """
+
+    def docs() -> Iterator[tuple[dict[str, Any], datetime]]:
+        for start in range(0, len(adds), 1000):  # read while the index workers write
+            found: list[tuple[dict[str, Any], datetime]] = []
+            for e in adds[start : start + 1000]:
+                try:
+                    found.append((known.get(e.record_id) or store.get(e.record_id), e.archived_at))
+                except RecordNotFound:
+                    continue  # purged since: the check below leaves it out
+            records = with_process_ids(store, (record for record, _ in found))
+            yield from zip(records, (at for _, at in found), strict=True)
+
+    staged = index.stage(docs(), processes=len(adds) >= BULK_PROCESSES)
+    if staged is None:
+        return None
+    crash_point("index.staged")
+    by_id = {e.record_id: e for e in adds}
+    done = 0
+    try:
+        # One shard at a time, each a short hold of the index lock: a restore waits for at
+        # most one shard's attach.
+        for name, ids in sorted(staged.shards.items()):
+            with store.indexing():
+                now = store.entries(ids)
+                still = [
+                    e
+                    for e in (by_id[rid] for rid in ids)
+                    if (c := now.get(e.record_id)) is not None
+                    and (c.state, c.version, c.indexed) == ("archived", e.version, False)
+                ]
+                attached = index.attach(
+                    staged,
+                    {e.record_id for e in still},
+                    first_versions=[e.record_id for e in still if e.version == 1],
+                    merge=False,
+                    shards=[name],
+                )
+                if attached is None:  # rebuilt meanwhile: the rebuild's catch-up sees to them
+                    return done
+                crash_point("index.before_mark")
+                store.mark_indexed((e.record_id, e.version, e.state) for e in still)
+                done += len(still)
+    finally:
+        index.discard(staged)
+    index.merge_segments()  # outside the store's lock: restores need not wait for it
+    return done
+
+
+def rebuild_index(store: ArchiveStore, index: SearchEngine, *, progress: bool = False) -> int:
+    """Build the whole index afresh from the archive store alone, swap it in, then catch up.
+
+    The store is read without holding the move lock, so archiving and restores go on; every
+    change after the starting point is marked unindexed once the new index is live, and the
+    catch-up applies it there.
+    """
+    start = store.last_seq()
+    total = store.counts()["archived"]
+    records = _with_processes(
+        store, ((record, entry.archived_at) for entry, record in store.iter_records("archived"))
+    )
+    count = index.rebuild(records, total=total, progress=progress)
+    with store.indexing():  # no index change + mark may straddle this reset
+        store.mark_rebuilt(start)
+    sync_index(store, index)
+    return count
+
+
+def check_index_agreement(store: ArchiveStore, index: SearchEngine) -> tuple[list[Problem], int]:
+    """Compare the index with the catalog: same ids, same state.
+
+    Returns the problems and how many records still wait for catch-up: archived ones not in
+    the index yet, restored or purged ones still in it. Not problems: the catalog knows the
+    index does not reflect them yet, and the next catch-up (or job run) applies them.
+    """
+    indexed = set(index.iter_ids())
+    problems: list[Problem] = []
+    waiting = 0
+    for entry in store.iter_catalog():
+        in_index = entry.record_id in indexed
+        indexed.discard(entry.record_id)
+        if entry.state == "archived" and not in_index:
+            if entry.indexed:
+                problems.append(Problem(entry.record_id, None, MISSING_FROM_INDEX))
+            else:
+                waiting += 1
+        elif entry.state != "archived" and in_index:
+            if entry.indexed:
+                problems.append(
+                    Problem(entry.record_id, None, f"{entry.state} but still in the index")
+                )
+            else:
+                waiting += 1
+    for record_id in sorted(indexed):
+        problems.append(Problem(record_id, None, "in the index but never archived"))
+    return problems, waiting
+
+
+def _with_processes(
+    store: ArchiveStore, items: Iterator[tuple[dict[str, Any], datetime]]
+) -> Iterator[tuple[dict[str, Any], datetime]]:
+    """The items with each record's process root added, looked up a thousand at a time."""
+    chunk: list[tuple[dict[str, Any], datetime]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= 1000:
+            yield from zip(with_process_ids(store, (r for r, _ in chunk)),
+                           (at for _, at in chunk), strict=True)
+            chunk = []
+    if chunk:
+        yield from zip(with_process_ids(store, (r for r, _ in chunk)),
+                       (at for _, at in chunk), strict=True)

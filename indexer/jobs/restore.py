@@ -1,0 +1,320 @@
+"""Restore: put archived processes back into the active database, each exactly once and whole.
+
+Restoring any archived record restores every archived record of its process, as one
+recoverable operation: the store marks them all `pending` in one commit; the active inserts
+commit in one transaction; then one store write appends a `restored` event to each. A crash
+anywhere is settled by `reconcile_pending`, which looks at the active database: the inserts
+either all committed or none did. Two restores reaching one process: the second finds the
+marks (or the new state) and fails with a 409-class error. Bulk restores run the same steps
+for many processes a batch at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from archive_store import ArchiveStore
+from archive_store.errors import NotArchived, RecordNotFound, RestoreInProgress
+from archive_store.faults import crash_point
+from archivist.active_db import find_active_ids, find_child_links, insert_records
+from archivist.processes import Process, find_processes
+from archivist.records import Record, record_from_json
+from indexer.errors import AlreadyActive, IndexUnavailable, TooMany
+from indexer.jobs.reconcile import reconcile_pending
+from indexer.processes import ArchivistSource, process_of
+from indexer.search import SearchEngine
+
+log = logging.getLogger(__name__)
+
+ARCHIVED = "archived"
+BULK_BATCH = 2000  # records restored per step of a bulk restore
+_ERRORS = {
+    RecordNotFound.code: RecordNotFound,
+    NotArchived.code: NotArchived,
+    RestoreInProgress.code: RestoreInProgress,
+    AlreadyActive.code: AlreadyActive,
+}
+
+_REASONS = {
+    RecordNotFound.code: "was never archived",
+    NotArchived.code: "is not archived",
+    RestoreInProgress.code: "has a move in progress",
+    AlreadyActive.code: "already exists in the active database; it was not restored over it",
+}
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A requested record that could not be restored, and why (an error code)."""
+
+    id: str
+    code: str
+
+
+@dataclass
+class BulkRestoreReport:
+    """What a bulk restore did (or, in a dry run, would do)."""
+
+    matched: int = 0
+    restored: list[str] = field(default_factory=list)
+    processes: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    dry_run: bool = False
+
+
+def restore_record(
+    sessions: sessionmaker[Session],
+    store: ArchiveStore,
+    index: SearchEngine | None,
+    record_id: str,
+    actor: str,
+    now: datetime,
+    reason: str | None = None,
+) -> Record:
+    """Restore an archived record with the rest of its process; returns the record itself."""
+    restored = restore_process(sessions, store, index, record_id, actor, now, reason)
+    return next(r for r in restored if r.id == record_id)
+
+
+def restore_process(
+    sessions: sessionmaker[Session],
+    store: ArchiveStore,
+    index: SearchEngine | None,
+    record_id: str,
+    actor: str,
+    now: datetime,
+    reason: str | None = None,
+) -> list[Record]:
+    """Restore every archived record of a record's process and drop them from search.
+
+    :raises RecordNotFound: the id was never archived.
+    :raises NotArchived: it is restored or purged already.
+    :raises RestoreInProgress: another restore of it (or of its process) is under way.
+    :raises AlreadyActive: the active database already holds a record with one of the ids.
+    """
+    try:
+        return _restore_process(sessions, store, index, record_id, actor, now, reason)
+    except RestoreInProgress:
+        # The mark may be a crashed run's leftover rather than a move under way: settle
+        # (which waits for moves under way to end), then try once more.
+        reconcile_pending(sessions, store, now)
+        return _restore_process(sessions, store, index, record_id, actor, now, reason)
+
+
+def _restore_process(
+    sessions: sessionmaker[Session],
+    store: ArchiveStore,
+    index: SearchEngine | None,
+    record_id: str,
+    actor: str,
+    now: datetime,
+    reason: str | None,
+) -> list[Record]:
+    entry = store.info(record_id)
+    if entry.state != ARCHIVED:
+        raise NotArchived(f"record {record_id} is {entry.state}, not archived")
+    with sessions.begin() as session:
+        process = process_of(session, store, record_id)
+    group = _archived_ids(process) if process is not None else [record_id]
+    if record_id not in group:  # archived a moment ago by a batch still moving it
+        raise RestoreInProgress(f"record {record_id} has a move in progress")
+    restored, skipped = _restore_groups(sessions, store, index, [group], actor, now, reason)
+    if skipped:
+        problem = skipped[0]
+        why = _REASONS.get(problem.code, problem.code)
+        raise _ERRORS.get(problem.code, RestoreInProgress)(
+            f"record {problem.id!r} {why}; nothing of the process of {record_id!r} was restored"
+        )
+    # A batch of the archive job may have moved the rest of the process meanwhile: bring it
+    # back too, so the process is not left split.
+    with sessions.begin() as session:
+        again = process_of(session, store, record_id)
+    rest = _archived_ids(again) if again is not None else []
+    if rest:
+        more, _ = _restore_groups(sessions, store, index, [rest], actor, now, reason)
+        restored.extend(more)
+    return restored
+
+
+def restore_many(
+    sessions: sessionmaker[Session],
+    store: ArchiveStore,
+    index: SearchEngine | None,
+    record_ids: Iterable[str],
+    actor: str,
+    now: datetime,
+    reason: str,
+    *,
+    dry_run: bool = False,
+    limit: int | None = None,
+    batch_size: int = BULK_BATCH,
+    progress: Callable[[int, int], None] | None = None,
+) -> BulkRestoreReport:
+    """Restore these archived records with the rest of their processes, a batch at a time.
+
+    Records that cannot be restored are skipped and listed with a code (`not_found`,
+    `already_active`, `not_archived`, `restore_in_progress`); the others are restored.
+
+    :param limit: more matching ids than this raises `TooMany`, and nothing is restored.
+    :param progress: called after each batch with the records it restored and the total
+        planned (the matching records with the rest of their processes).
+    """
+    ids = list(dict.fromkeys(record_ids))
+    if limit is not None and len(ids) > limit:
+        raise TooMany(
+            f"{len(ids)} records match, more than the {limit} one request may restore; "
+            "narrow the search or use `archivist restore`"
+        )
+    report = BulkRestoreReport(matched=len(ids), dry_run=dry_run)
+    groups, skipped = _plan_groups(sessions, store, ids)
+    report.skipped.extend(skipped)
+    planned = sum(len(group) for group in groups)
+    if dry_run:
+        report.restored = [i for group in groups for i in group]
+        report.processes = len(groups)
+        return report
+    batch: list[list[str]] = []
+    size = 0
+    for group in [*groups, None]:
+        if group is not None:
+            batch.append(group)
+            size += len(group)
+        if batch and (group is None or size >= batch_size):
+            restored, problems = _restore_groups(
+                sessions, store, index, batch, actor, now, reason
+            )
+            report.restored.extend(r.id for r in restored)
+            report.processes += len(batch) - len(problems)
+            report.skipped.extend(problems)
+            if progress is not None:
+                progress(len(restored), planned)
+            batch, size = [], 0
+    return report
+
+
+def _archived_ids(process: Process) -> list[str]:
+    return [m.id for m in process.members if m.state == ARCHIVED]
+
+
+def _plan_groups(
+    sessions: sessionmaker[Session], store: ArchiveStore, ids: list[str]
+) -> tuple[list[list[str]], list[Skipped]]:
+    """The archived records of the ids' processes, a group per process, and the ids skipped."""
+    groups: list[list[str]] = []
+    skipped: list[Skipped] = []
+    roots: set[str] = set()
+    with sessions.begin() as session:
+        source = ArchivistSource(session, store)
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start : start + 1000]
+            entries = store.entries(chunk)
+            ready = []
+            for record_id in chunk:
+                entry = entries.get(record_id)
+                if entry is None:
+                    skipped.append(Skipped(record_id, RecordNotFound.code))
+                elif entry.state == "restored":
+                    skipped.append(Skipped(record_id, AlreadyActive.code))
+                elif entry.state != ARCHIVED:
+                    skipped.append(Skipped(record_id, NotArchived.code))
+                elif entry.pending is not None:
+                    skipped.append(Skipped(record_id, RestoreInProgress.code))
+                else:
+                    ready.append(record_id)
+            # A record with no parent and no children is a process of its own: no walk.
+            linked = {e.parent_id for e in store.child_entries(ready)}
+            linked.update(link.parent_id for link in find_child_links(session, ready))
+            alone = [i for i in ready if entries[i].parent_id is None and i not in linked]
+            for record_id in alone:
+                roots.add(record_id)
+                groups.append([record_id])
+            single = set(alone)
+            others = [i for i in ready if i not in single]
+            for process in find_processes(source, others) if others else []:
+                if process.root not in roots:
+                    roots.add(process.root)
+                    groups.append(_archived_ids(process))
+    return groups, skipped
+
+
+def _restore_groups(
+    sessions: sessionmaker[Session],
+    store: ArchiveStore,
+    index: SearchEngine | None,
+    groups: Sequence[list[str]],
+    actor: str,
+    now: datetime,
+    reason: str | None,
+) -> tuple[list[Record], list[Skipped]]:
+    """Restore whole groups (processes) in one pass: mark, insert, complete, leave search.
+
+    A group with any record that cannot be restored is skipped whole (its first obstacle is
+    returned), the others are restored.
+    """
+    skipped: list[Skipped] = []
+    unsettled: Exception | None = None
+    with store.moving():  # shared: an archive batch may be moving other records meanwhile
+        problems = store.begin_restores(groups)
+        crash_point("restore.after_mark")
+        marked = []
+        for group, problem in zip(groups, problems, strict=True):
+            if problem is None:
+                marked.append(group)
+            else:
+                skipped.append(Skipped(*problem))
+        values = store.get_many([i for group in marked for i in group])
+        records = {i: record_from_json(values[i]) for group in marked for i in group}
+        try:
+            with sessions.begin() as session:
+                present = set(find_active_ids(session, list(records)))
+                keep = []
+                for group in marked:
+                    clash = next((i for i in group if i in present), None)
+                    if clash is None:
+                        keep.append(group)
+                    else:
+                        skipped.append(Skipped(clash, AlreadyActive.code))
+                insert_records(session, [records[i] for group in keep for i in group])
+                crash_point("restore.before_insert_commit")
+        except IntegrityError:  # inserted by the CRM between our check and our insert
+            store.abort_restores(list(records))
+            raise AlreadyActive(
+                "a record being restored appeared in the active database meanwhile; "
+                "nothing of this batch was restored"
+            ) from None
+        except Exception as e:
+            unsettled = e
+        else:
+            ids = [i for group in keep for i in group]
+            kept = set(ids)
+            dropped = [i for i in records if i not in kept]
+            if dropped:
+                store.abort_restores(dropped)
+            crash_point("restore.after_insert")
+            store.complete_restores(ids, now, actor, reason)
+    if unsettled is not None:
+        # The insert may or may not have committed (e.g. the connection dropped during
+        # COMMIT): reconcile looks at the active database and settles it, now or later. It
+        # holds the move lock alone, so only once this restore has let go of it.
+        reconcile_pending(sessions, store, now)
+        raise unsettled
+    restored = [records[i] for i in ids]
+    if index is not None and restored:  # leave search now, not at the next catch-up
+        entries = store.entries(ids)
+        try:
+            with store.indexing():
+                index.delete(ids, current=[r.to_json() for r in restored])
+                store.mark_indexed(
+                    (i, entries[i].version, "restored") for i in ids if i in entries
+                )
+        except (IndexUnavailable, OSError, EOFError) as e:  # files of the index lost or cut
+            # Restored all the same: the catalog still marks them unindexed, so the catch-up
+            # drops them from search once the index can be written again.
+            log.error("%d records restored, but the index cannot be written: %s", len(ids), e)
+    return restored, skipped

@@ -1,0 +1,199 @@
+"""The jobs the worker and the CLI run, each recorded as a `JobRun` for stats."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from archivist.active_db import JobRun, create_schema, utcnow
+from archivist.audit import AuditEvent, write_audit
+from archivist.records import Record, format_utc
+from indexer.jobs.archiver import ArchiveReport, archive_due_records, preview_archive
+from indexer.jobs.crm_archiver import CrmArchiveReport, archive_crm_tables
+from indexer.jobs.disposal import DisposalReport, dispose_due_records
+from indexer.jobs.indexing import sync_index
+from indexer.jobs.settling import settle_leftovers
+from indexer.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def run_archive_job(
+    services: Services,
+    as_of: datetime,
+    *,
+    dry_run: bool = False,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> ArchiveReport:
+    """Run the archiving job once (or preview it) and record the run."""
+    config = services.config
+    if services.crm is not None:
+        return _run_crm_archive_job(services, as_of, dry_run=dry_run, should_stop=should_stop)
+    if dry_run:
+        with services.read_sessions.begin() as session:
+            by_category, held_back = preview_archive(
+                session, services.store, config.retention, as_of, config.batch_size
+            )
+        return ArchiveReport(
+            sum(by_category.values()), 0, by_category, dry_run=True, held_back=held_back
+        )
+    with _recorded(services, "archive") as run:
+        # A crashed run's moves and index changes first: its records become searchable now,
+        # and count as indexed by this run.
+        settled = settle_leftovers(
+            services.sessions, services.store, services.index, utcnow(), should_stop=should_stop
+        )
+        run.indexed = settled.indexed
+
+        def index_batch(batch: Sequence[tuple[Record, datetime]]) -> int:
+            indexed = sync_index(
+                services.store, services.index, known={r.id: r.to_json() for r, _ in batch}
+            )
+            run.indexed += indexed  # counted as it happens: a failed run still says what it did
+            return indexed
+
+        def moved(count: int) -> None:
+            run.archived += count
+
+        report = archive_due_records(
+            services.sessions,
+            services.store,
+            config.retention,
+            as_of,
+            utcnow(),
+            batch_size=config.batch_size,
+            index_batch=index_batch,
+            on_moved=moved,
+            should_stop=should_stop,
+        )
+        report = replace(report, indexed=run.indexed)
+    log.info("archive job: archived %d, indexed %d", report.archived, report.indexed)
+    return report
+
+
+def _run_crm_archive_job(
+    services: Services, as_of: datetime, *, dry_run: bool, should_stop: Callable[[], bool]
+) -> ArchiveReport:
+    """The archive job over the CRM's own tables (`[[active.table]]`)."""
+    assert services.crm is not None
+    config = services.config
+
+    def run(job_run_id: int | None) -> CrmArchiveReport:
+        assert services.crm is not None
+        return archive_crm_tables(
+            services.sessions,
+            services.store,
+            services.crm,
+            services.crm_refs,
+            config.retention,
+            as_of,
+            utcnow(),
+            batch_size=config.batch_size,
+            index_batch=lambda batch: sync_index(
+                services.store, services.index, known={r["id"]: r for r, _ in batch}
+            ),
+            should_stop=should_stop,
+            job_run_id=job_run_id,
+            dry_run=dry_run,
+        )
+
+    if dry_run:
+        crm_report = run(None)
+    else:
+        with _recorded(services, "archive") as job_run:
+            crm_report = run(job_run.id)
+            job_run.archived, job_run.indexed = crm_report.archived, crm_report.indexed
+        log.info(
+            "archive job: archived %d, indexed %d, blocked %d",
+            crm_report.archived, crm_report.indexed, crm_report.blocked,
+        )
+    return ArchiveReport(
+        crm_report.archived,
+        crm_report.indexed,
+        dict(sorted(crm_report.by_category.items())),
+        dry_run=dry_run,
+        blocked=crm_report.blocked,
+        blocked_by=dict(sorted(crm_report.blocked_by.items())),
+        held_back=crm_report.held_back,
+    )
+
+
+def run_dispose_job(
+    services: Services, as_of: datetime, *, dry_run: bool = False, actor: str = "worker"
+) -> DisposalReport:
+    """Run disposal once (or preview it); a real run is recorded and audited as `actor`."""
+    if dry_run:
+        return dispose_due_records(
+            services.sessions,
+            services.store,
+            services.config.retention,
+            as_of,
+            utcnow(),
+            dry_run=True,
+        )
+    started_at, outcome = utcnow(), "ok"
+    details: dict[str, Any] = {"as_of": format_utc(as_of)}
+    try:
+        with _recorded(services, "dispose") as run:
+            create_schema(services.engine)  # the disposal list, in installations from before it
+            settle_leftovers(services.sessions, services.store, services.index, utcnow())
+
+            def purged(count: int) -> None:
+                run.purged = details["purged"] = run.purged + count
+
+            report = dispose_due_records(
+                services.sessions,
+                services.store,
+                services.config.retention,
+                as_of,
+                utcnow(),
+                run_by=actor,
+                on_purged=purged,
+            )
+            run.purged = details["purged"] = report.purged
+            sync_index(services.store, services.index)  # purged records leave search now
+    except Exception as e:
+        outcome = getattr(e, "code", "error")
+        raise
+    finally:
+        event = AuditEvent(started_at, actor, "dispose", "archive", outcome, details)
+        write_audit(services.sessions, [event])
+    log.info("dispose job: purged %d", report.purged)
+    return report
+
+
+def run_index_job(services: Services, *, should_stop: Callable[[], bool] = lambda: False) -> int:
+    """Index whatever is archived but not yet indexed (and drop what left the archive)."""
+    indexed = sync_index(services.store, services.index, should_stop=should_stop)
+    if indexed:
+        log.info("index job: indexed %d", indexed)
+    return indexed
+
+
+def last_run(services: Services, job: str = "archive") -> JobRun | None:
+    """The most recent run of a job, finished or not."""
+    with services.read_sessions.begin() as session:
+        stmt = select(JobRun).where(JobRun.job == job).order_by(JobRun.id.desc()).limit(1)
+        return session.scalars(stmt).first()
+
+
+@contextmanager
+def _recorded(services: Services, job: str) -> Iterator[JobRun]:
+    with services.sessions.begin() as session:
+        run = JobRun(job=job, started_at=utcnow(), archived=0, purged=0, indexed=0)
+        session.add(run)
+    try:
+        yield run
+    except BaseException as e:
+        run.error = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        run.finished_at = utcnow()
+        with services.sessions.begin() as session:
+            session.merge(run)

@@ -1,0 +1,97 @@
+"""`archivist verify`: the store's checksums and chain, index agreement, the audit chain."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import inspect
+
+from archive_store import ArchiveStore, Problem
+from archivist.active_db import AuditEntry
+from archivist.audit import iter_chain_problems
+from indexer.errors import IndexMissing
+from indexer.jobs.indexing import MISSING_FROM_INDEX, check_index_agreement
+from indexer.search import SearchEngine
+from indexer.services import Services
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Every problem found, and how much was checked."""
+
+    problems: list[Problem]
+    records: int
+    waiting_for_index: int = 0
+    unsettled_moves: int = 0
+
+    def damaged_ids(self) -> list[str]:
+        """The distinct record ids named by a problem, sorted."""
+        return sorted({p.record_id for p in self.problems if p.record_id is not None})
+
+    def summary(self) -> str:
+        """One line for people."""
+        lag = []
+        if self.waiting_for_index:
+            lag.append(
+                f"{self.waiting_for_index} records wait for index catch-up (search does not "
+                "show their latest state yet; `archivist index` or the next job run applies it)"
+            )
+        if self.unsettled_moves:
+            lag.append(
+                f"{self.unsettled_moves} moves an earlier run left unfinished (the next job "
+                "run settles them)"
+            )
+        waiting = "".join(f"; {item}" for item in lag)
+        if not self.problems:
+            return f"ok: {self.records} records checked, no problems{waiting}"
+        damaged = len(self.damaged_ids())
+        where = f" in {damaged} records" if damaged else ""
+        return f"{len(self.problems)} problems{where} ({self.records} records checked){waiting}"
+
+
+def verify_all(services: Services) -> VerifyResult:
+    """Check the archive store end to end, index agreement, and the audit log's hash chain."""
+    problems = services.store.verify()
+    index_problems, waiting = check_index(services.store, services.index)
+    problems.extend(index_problems)
+    problems.extend(verify_audit_log(services))
+    counts = services.store.counts()
+    records = counts["archived"] + counts["restored"] + counts["purged"] + counts["erased"]
+    return VerifyResult(problems, records, waiting, counts["pending"])
+
+
+def check_index(store: ArchiveStore, index: SearchEngine) -> tuple[list[Problem], int]:
+    """The index's agreement with the catalog; a missing or damaged index is one problem.
+
+    Every id the index lacks is named only while the rest of it is sound: an index that cannot
+    be read, or that lacks every record it should hold, is one line saying so (the archive
+    itself is fine, and `archivist index --rebuild` builds the index again from it).
+    """
+    rebuild = "`archivist index --rebuild` rebuilds it from the archive"
+    try:
+        damage = index.find_damage()
+        if damage:
+            return [Problem(None, None, f"the index is damaged: {'; '.join(damage)}; {rebuild}")], 0
+        problems, waiting = check_index_agreement(store, index)
+    except IndexMissing as e:
+        return [Problem(None, None, f"the index is missing ({e}); {rebuild}")], 0
+    except Exception as e:  # whatever reading it raised (Whoosh's own errors included)
+        reason = f"{type(e).__name__}: {e}"
+        return [Problem(None, None, f"the index is damaged ({reason}); {rebuild}")], 0
+    missing = sum(1 for p in problems if p.reason == MISSING_FROM_INDEX)
+    if missing > 1 and missing == store.counts()["indexed"]:
+        others = [p for p in problems if p.reason != MISSING_FROM_INDEX]
+        line = (
+            f"the index is missing: none of the {missing} records it should hold is in it; "
+            f"{rebuild}"
+        )
+        return [Problem(None, None, line), *others], waiting
+    return problems, waiting
+
+
+def verify_audit_log(services: Services) -> list[Problem]:
+    """The breaks in the audit log's hash chain: an edited, inserted or deleted entry."""
+    if not inspect(services.engine).has_table(AuditEntry.__tablename__):
+        return []  # an installation from before the audit log: nothing to check yet
+    with services.sessions.begin() as session:
+        return [Problem(None, None, reason) for reason in iter_chain_problems(session)]

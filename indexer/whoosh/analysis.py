@@ -1,0 +1,421 @@
+"""Text analysis: English stemming, Chinese words and bigrams, whole identifiers, in one stream.
+
+Every text token is produced by :func:`iter_tokens`. The same function serves indexing, query
+parsing, snippets and the brute-force tests, so what is indexed and what is searched agree.
+
+Token rules (index mode):
+
+* English and other alphabetic words are lowercased and reduced with Snowball English
+  (Porter2): refund/refunds/refunded -> ``refund``, escalate/escalated/escalation -> ``escal``,
+  ship/shipped/shipping -> ``ship``. Stop words are kept so that phrases stay exact.
+* Words joined by ``. _ - : / ' +`` (``INV-2023-004512``, ``li.wei``, ``v2.3``) are emitted whole
+  (lowercased, not stemmed) and as their parts (stemmed), all at the same position, so that a
+  phrase containing an identifier still lines up. E-mail addresses are emitted whole, plus their
+  local part and domain whole, plus the parts. Digit groups joined by separators with at least
+  7 digits (``+86 138 0013 8000``, ``138-0013-8000``) are emitted as the digits alone
+  (``8613800138000``) besides the groups. A number written with its country code
+  (``+86 138 0013 8000``, ``+86-138-0013-8000``, ``+8613800138000``) is also emitted as it is
+  dialled inside its country (``13800138000``, ``013800138000``), so that it is found typed
+  without the country code.
+* A run of Chinese characters is indexed as overlapping bigrams at consecutive positions (so a
+  query word of two or more characters, searched as a bigram phrase, finds exactly the texts that
+  contain it, even inside compounds the segmenter glues together) plus the segmenter's words of
+  three or more characters and its one-character words, stacked on the bigram where they start.
+
+In query mode, an identifier yields only its whole form and a Chinese run only its bigrams
+(one-character run: the character), so a typed identifier or Chinese word maps to one term or
+one phrase.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Iterable, Iterator
+from collections.abc import Set as AbstractSet
+from typing import Any
+
+import rjieba
+import Stemmer
+from whoosh.analysis import Token, Tokenizer
+from whoosh.formats import Positions
+
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD = rf"[^\W_{_CJK}]+"
+
+# Order matters: an e-mail before a compound word, a spaced phone number before its groups.
+_CHUNK_RE = re.compile(
+    rf"(?P<email>[A-Za-z0-9._%+-]*[A-Za-z0-9]@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)"
+    rf"|(?P<phone>(?<![\w+.-])(?:\+\d{{1,4}}(?: \d{{2,5}}){{1,5}}|\d{{2,5}}(?: \d{{2,5}}){{2,5}}"
+    rf"|\+\d{{1,4}}(?:-\d{{2,5}}){{1,5}}|\+\d{{7,15}})"
+    rf"(?![\w@]|[.:/-]\w))"
+    rf"|(?P<cjk>[{_CJK}]+)"
+    rf"|(?P<word>{_WORD}(?:[._:/'+-]{_WORD})*)"
+)
+_PART_RE = re.compile(_WORD)
+_PHONE_QUERY_RE = re.compile(
+    r"(?<![\w+.:-])(?:\+\d{1,4}(?: \d{2,5}){1,5}|\d{2,5}(?: \d{2,5}){2,5})(?![\w@*?~]|[.:/-]\w)"
+)
+_DIGITISH_RE = re.compile(r"\+?[\d.\- ()]+")
+_MIN_PHONE_DIGITS = 7
+# ITU-T E.164 country codes of one and two digits; every other code has three. The codes are
+# prefix-free, so the digits after a "+" name their country code unambiguously.
+_SHORT_COUNTRY_CODES = frozenset(
+    "1 7 20 27 30 31 32 33 34 36 39 40 41 43 44 45 46 47 48 49 51 52 53 54 55 56 57 58 "
+    "60 61 62 63 64 65 66 81 82 84 86 90 91 92 93 94 95 98".split()
+)
+
+_stemmer = Stemmer.Stemmer("english")
+_stem_cache: dict[str, str] = {}
+_STEM_CACHE_MAX = 500_000
+
+
+def stem(word: str) -> str:
+    """Return the Snowball English stem of a lowercased word (cached).
+
+    :param word: a lowercased word.
+    """
+    s = _stem_cache.get(word)
+    if s is None:
+        if word.isdigit() or len(word) < 3:
+            s = word
+        else:
+            s = _stemmer.stemWord(word)
+        if len(_stem_cache) < _STEM_CACHE_MAX:
+            _stem_cache[word] = s
+    return s
+
+
+def _digits_only(text: str) -> str | None:
+    """Return the digits of a phone-like text, or None when it is not phone-like."""
+    if not _DIGITISH_RE.fullmatch(text):
+        return None
+    digits = "".join(ch for ch in text if ch.isdigit())
+    return digits if len(digits) >= _MIN_PHONE_DIGITS else None
+
+
+def _national_forms(chunk: str, digits: str) -> list[str]:
+    """Return how a phone number written with its country code is dialled inside its
+    country: the national number (``+86 138 0013 8000``: ``13800138000``) and, with the
+    trunk prefix most countries use, ``0`` and the national number. None without a ``+``."""
+    if not chunk.startswith("+"):
+        return []
+    size = next((n for n in (1, 2) if digits[:n] in _SHORT_COUNTRY_CODES), 3)
+    national = digits[size:]
+    if len(national) < _MIN_PHONE_DIGITS:
+        return []
+    return [national] if national.startswith("0") else [national, "0" + national]
+
+
+def _segment(run: str) -> list[str]:
+    return rjieba.cut(run)  # type: ignore[no-any-return]
+
+
+def iter_tokens(
+    text: str, mode: str = "index", start_pos: int = 0
+) -> Iterator[tuple[str, int, int, int]]:
+    """Yield ``(term, position, startchar, endchar)`` for every token of a text.
+
+    :param text: the text to analyse.
+    :param mode: ``"index"`` for documents, ``"query"`` for query words (whole identifiers only,
+        Chinese bigrams only).
+    :param start_pos: the position of the first token.
+    """
+    query = mode == "query"
+    pos = start_pos
+    for m in _CHUNK_RE.finditer(text):
+        kind = m.lastgroup
+        chunk = m.group()
+        start = m.start()
+        if kind == "word":
+            if chunk.isalnum():
+                yield stem(chunk.lower()), pos, start, m.end()
+                pos += 1
+                continue
+            lower = chunk.lower()
+            whole = _digits_only(lower) or lower
+            yield whole, pos, start, m.end()
+            if not query:
+                for part in _PART_RE.finditer(lower):
+                    p = stem(part.group())
+                    if p != whole:
+                        yield p, pos, start + part.start(), start + part.end()
+            pos += 1
+        elif kind == "cjk":
+            n = len(chunk)
+            if n == 1:
+                yield chunk, pos, start, start + 1
+                pos += 1
+                continue
+            if query:
+                for i in range(n - 1):
+                    yield chunk[i : i + 2], pos + i, start + i, start + i + 2
+                pos += n - 1
+                continue
+            extra: dict[int, list[tuple[int, str]]] = {}
+            offset = 0
+            for word in _segment(chunk):
+                w = len(word)
+                if w == 1 or w >= 3:
+                    extra.setdefault(min(offset, n - 2), []).append((offset, word))
+                offset += w
+            for i in range(n - 1):
+                yield chunk[i : i + 2], pos + i, start + i, start + i + 2
+                for wstart, word in extra.get(i, ()):
+                    yield word, pos + i, start + wstart, start + wstart + len(word)
+            pos += n - 1
+        elif kind == "phone":
+            digits = _digits_only(chunk)
+            if digits is None:
+                for part in _PART_RE.finditer(chunk):
+                    yield part.group(), pos, start + part.start(), start + part.end()
+                    pos += 1
+                continue
+            yield digits, pos, start, m.end()
+            if not query:
+                for national in _national_forms(chunk, digits):
+                    yield national, pos, start, m.end()
+                for part in _PART_RE.finditer(chunk):
+                    if part.group() != digits:
+                        yield part.group(), pos, start + part.start(), start + part.end()
+            pos += 1
+        else:  # email
+            lower = chunk.lower()
+            yield lower, pos, start, m.end()
+            if not query:
+                local, _, domain = lower.rpartition("@")
+                seen = {lower}
+                for extra_term in (local, domain):
+                    if extra_term not in seen:
+                        seen.add(extra_term)
+                        yield extra_term, pos, start, m.end()
+                for part in _PART_RE.finditer(lower):
+                    p = stem(part.group())
+                    if p not in seen:
+                        seen.add(p)
+                        yield p, pos, start + part.start(), start + part.end()
+            pos += 1
+
+
+# A chunk's index terms depend on its text alone (the kinds cannot overlap: a phone number has a
+# space or a leading +, an e-mail an @, a word neither), so they are worked out once per distinct
+# chunk. Chunks of many terms (Chinese runs, mostly unique) are not kept: they filled the cache.
+# The regex is _CHUNK_RE without the group names, so that findall returns whole chunks.
+_CHUNK_TEXT_RE = re.compile(re.sub(r"\(\?P<\w+>", "(?:", _CHUNK_RE.pattern))
+_CHUNK_CACHE_MAX = 300_000
+_CHUNK_CACHE_TERMS = 4
+_chunk_cache: dict[str, tuple[tuple[tuple[str, bytes, int], ...], int]] = {}
+
+
+def _chunk_terms(chunk: str) -> tuple[tuple[tuple[str, bytes, int], ...], int]:
+    """Return a chunk's ``(term, utf-8 term, position offset)`` in :func:`iter_tokens` order, and
+    how many positions the chunk takes."""
+    got = _chunk_cache.get(chunk)
+    if got is None:
+        terms = tuple((t, t.encode("utf-8"), pos) for t, pos, _s, _e in iter_tokens(chunk))
+        got = (terms, max((pos for _t, _b, pos in terms), default=-1) + 1)
+        if len(terms) <= _CHUNK_CACHE_TERMS and len(_chunk_cache) < _CHUNK_CACHE_MAX:
+            _chunk_cache[chunk] = got
+    return got
+
+
+def index_term_positions(text: str) -> dict[bytes, list[int]]:
+    """Return each UTF-8 term of a document text with its sorted, distinct positions.
+
+    The same as :func:`index_positions`, keyed the way Whoosh stores terms.
+
+    :param text: the text to analyse.
+    """
+    poses: dict[bytes, list[int]] = {}
+    pos = 0
+    cache = _chunk_cache
+    for chunk in _CHUNK_TEXT_RE.findall(text):
+        entry = cache.get(chunk) or _chunk_terms(chunk)
+        terms, width = entry
+        for _t, term, offset in terms:
+            p = pos + offset
+            lst = poses.get(term)
+            if lst is None:
+                poses[term] = [p]
+            elif lst[-1] != p:
+                lst.append(p)
+        pos += width
+    return poses
+
+
+def index_positions(text: str) -> dict[str, list[int]]:
+    """Return each term of a document text with its sorted, distinct positions.
+
+    :param text: the text to analyse.
+    """
+    return {t.decode("utf-8"): p for t, p in index_term_positions(text).items()}
+
+
+def normalize_query_text(q: str) -> str:
+    """Rewrite spaced phone numbers in a query string into the single token the index holds.
+
+    Whoosh's parser splits on whitespace before analysis, so ``+86 138 0013 8000`` would become
+    four words; it becomes ``8613800138000`` here.
+
+    :param q: the raw query string.
+    """
+
+    def repl(m: re.Match[str]) -> str:
+        return _digits_only(m.group()) or m.group()
+
+    return _PHONE_QUERY_RE.sub(repl, q)
+
+
+class ArchiveTokenizer(Tokenizer):  # type: ignore[misc]
+    """Whoosh tokenizer over :func:`iter_tokens` (the whole analyzer for subject and body)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ArchiveTokenizer)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def __call__(  # noqa: D102
+        self,
+        value: str,
+        positions: bool = False,
+        chars: bool = False,
+        keeporiginal: bool = False,
+        removestops: bool = True,
+        start_pos: int = 0,
+        start_char: int = 0,
+        tokenize: bool = True,
+        mode: str = "",
+        **kwargs: Any,
+    ) -> Iterator[Token]:
+        t = Token(positions, chars, removestops=removestops, mode=mode, **kwargs)
+        for term, pos, s, e in iter_tokens(value, "query" if mode == "query" else "index"):
+            t.text = term
+            t.boost = 1.0
+            t.stopped = False
+            if keeporiginal:
+                t.original = value[s:e]
+            if positions:
+                t.pos = start_pos + pos
+            if chars:
+                t.startchar = start_char + s
+                t.endchar = start_char + e
+            yield t
+
+
+class ArchivePositions(Positions):  # type: ignore[misc]
+    """Positions format that indexes through :func:`index_positions`, skipping Token objects."""
+
+    def word_values(self, value: str, analyzer: Any, **kwargs: Any) -> Iterator[Any]:
+        """Yield ``(term, frequency, weight, encoded positions)`` for a document text."""
+        fb = self.field_boost
+        encode = self.encode
+        single = SINGLE_POSITION_VALUES
+        for w, poslist in index_positions(value).items():
+            n = len(poslist)
+            if n == 1 and poslist[0] < len(single):
+                # Most terms occur once in a document; their encoding is precomputed.
+                yield w, 1, fb, single[poslist[0]]
+            else:
+                yield w, n, n * fb, encode(poslist)
+
+
+SINGLE_POSITION_VALUES = [Positions().encode([p]) for p in range(4096)]
+"""The Positions value of a term found once, at position ``i`` (most terms of a document)."""
+
+
+# --- word pairs, for phrases ------------------------------------------------------------------
+#
+# A phrase of common words (``"please update"``) needs the positions of every document holding
+# both words: hundreds of thousands of posting values to decode. So each text field has a
+# companion field of word pairs: for every position p, each term at p joined by a space to
+# each term at p + 1, with how many times that pair occurs. A two-word phrase is then one
+# posting list, exactly, and a longer one starts from the documents holding all its pairs.
+#
+# Only the frequent terms pair up: the index's most frequent alphabetic terms, chosen once per
+# index generation from its first records. A phrase with a rarer word has few candidate
+# documents, so positions are cheap for it, while pairing every term multiplied the vocabulary
+# (at 1,000,000 records of Zipf-distributed words the index grew 2.4 times and a rebuild
+# worker held 5 GB).
+
+PAIR_SEPARATOR = b" "
+PAIR_TERMS = 400
+"""How many of the most frequent terms take part in word pairs."""
+_PACK_FREQ = [struct.pack("!I", n) for n in range(256)]
+
+
+def choose_pair_terms(texts: Iterable[str], limit: int = PAIR_TERMS) -> list[str]:
+    """Return the terms that pair up: the most frequent alphabetic terms of some texts.
+
+    Terms are ranked by how many texts hold them (then by the term, so the choice is
+    deterministic); a term must be in at least two texts.
+
+    :param texts: sample texts (subjects and bodies).
+    :param limit: how many terms at most.
+    """
+    counts: dict[bytes, int] = {}
+    for text in texts:
+        for term in index_term_positions(text):
+            counts[term] = counts.get(term, 0) + 1
+    ranked = sorted(
+        (t for t, n in counts.items() if n >= 2 and t.decode("utf-8").isalpha()),
+        key=lambda t: (-counts[t], t),
+    )
+    return [t.decode("utf-8") for t in ranked[:limit]]
+
+
+def pair_term(first: bytes, second: bytes) -> bytes:
+    """Return the pair-field term of two adjacent terms."""
+    return first + PAIR_SEPARATOR + second
+
+
+def pair_counts(positions: dict[bytes, list[int]], terms: AbstractSet[bytes]) -> dict[bytes, int]:
+    """Return each word pair of a text with how often it occurs.
+
+    :param positions: the text's terms and positions, from :func:`index_term_positions`.
+    :param terms: the terms that pair up (UTF-8).
+    """
+    at: dict[int, list[bytes]] = {}
+    for term, poslist in positions.items():
+        if term in terms:
+            for p in poslist:
+                got = at.get(p)
+                if got is None:
+                    at[p] = [term]
+                else:
+                    got.append(term)
+    counts: dict[bytes, int] = {}
+    for p, firsts in at.items():
+        seconds = at.get(p + 1)
+        if seconds is None:
+            continue
+        for a in firsts:
+            for b in seconds:
+                key = a + PAIR_SEPARATOR + b
+                counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def pair_postings(
+    positions: dict[bytes, list[int]], terms: AbstractSet[bytes]
+) -> list[tuple[bytes, int, float, bytes]]:
+    """Return a text's word pairs as ``(term, frequency, weight, Frequency value)`` postings."""
+    pack = _PACK_FREQ
+    return [
+        (term, n, float(n), pack[n] if n < 256 else struct.pack("!I", n))
+        for term, n in pair_counts(positions, terms).items()
+    ]
+
+
+class PairTokenizer(Tokenizer):  # type: ignore[misc]
+    """Marks the word-pair fields. Their postings depend on the index's pair terms, so they are
+    written by the index writer, never by Whoosh's own ``add_document``."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PairTokenizer)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def __call__(self, value: str, **kwargs: Any) -> Iterator[Token]:  # noqa: D102
+        raise NotImplementedError("word pairs are written by indexer.whoosh.index, not by Whoosh")

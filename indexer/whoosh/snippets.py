@@ -1,0 +1,69 @@
+"""HTML-escaped snippets with `<mark>` around what a query matched."""
+
+from __future__ import annotations
+
+import html
+import re
+
+from indexer.whoosh.analysis import iter_tokens
+from indexer.whoosh.query import CompiledQuery
+
+SNIPPET_CHARS = 200
+
+
+def _match_spans(text: str, terms: set[str], patterns: list[re.Pattern[str]]) -> list[list[int]]:
+    spans: list[list[int]] = []
+    for term, _pos, s, e in iter_tokens(text):
+        if spans and s >= spans[0][0] + SNIPPET_CHARS:
+            break  # past any snippet window (bodies run to 1 MiB)
+        if term in terms or (patterns and any(p.fullmatch(term) for p in patterns)):
+            if spans and s <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], e)
+            else:
+                spans.append([s, e])
+    return spans
+
+
+def make_snippet(text: str, fieldname: str, compiled: CompiledQuery) -> str | None:
+    """Return an HTML-escaped excerpt of text with matches in ``<mark>``, or None if none match.
+
+    :param text: the stored text.
+    :param fieldname: ``subject`` or ``body``.
+    :param compiled: the query, for its terms.
+    """
+    terms = compiled.terms.get(fieldname, set())
+    patterns = [p for f, p in compiled.prefixes if f == fieldname]
+    if not terms and not patterns:
+        return None
+    spans = _match_spans(text, terms, patterns)
+    if not spans:
+        return None
+    first = spans[0][0]
+    begin = max(0, first - SNIPPET_CHARS // 4)
+    if begin:
+        space = text.rfind(" ", begin - 20, first)
+        begin = space + 1 if space >= 0 else begin
+    end = min(len(text), begin + SNIPPET_CHARS)
+    out = ["…" if begin else ""]
+    cur = begin
+    for s, e in spans:
+        if s >= end:
+            break
+        e = min(e, end)
+        out.append(html.escape(text[cur:s]))
+        out.append("<mark>" + html.escape(text[s:e]) + "</mark>")
+        cur = e
+    out.append(html.escape(text[cur:end]))
+    if end < len(text):
+        out.append("…")
+    return "".join(out)
+
+
+def plain_snippet(text: str) -> str:
+    """Return the HTML-escaped start of a text.
+
+    :param text: the stored text.
+    """
+    if len(text) <= SNIPPET_CHARS:
+        return html.escape(text)
+    return html.escape(text[:SNIPPET_CHARS]) + "…"

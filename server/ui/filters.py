@@ -1,0 +1,110 @@
+"""Template helpers of the web UI: filters, URL builders, and the parameters each page keeps."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import (
+    current_app,
+    request,
+    url_for,
+)
+from werkzeug.datastructures import MultiDict
+
+from archivist.crm_mapping import table_for_id
+
+PER_PAGE_CHOICES = (10, 20, 50, 100)
+SEARCH_PARAMS = (
+    "q",
+    "category",
+    "kind",
+    "customer_id",
+    "owner",
+    "process",
+    "from",
+    "to",
+    "date_field",
+    "sort",
+    "page",
+    "per_page",
+)
+EXPORT_PARAMS = tuple(p for p in SEARCH_PARAMS if p not in ("page", "per_page"))
+AUDIT_PARAMS = ("from", "to", "actor", "action", "page", "per_page")
+DATE_FIELD_LABELS = {
+    "created_at": "Created",
+    "updated_at": "Last updated",
+    "archived_at": "Archived",
+}
+SORT_LABELS = {"relevance": "Relevance", "newest": "Newest first", "oldest": "Oldest first"}
+
+
+def format_when(value: datetime | str | None) -> str:
+    """A timestamp for people: `2024-03-05 14:07 UTC` (empty for None)."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    else:
+        moment = value
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def pretty_json(value: Any) -> str:
+    """JSON for reading: indented, non-ASCII kept (escaped by the template, like all text)."""
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+def compact_json(value: Any) -> str:
+    """JSON on one line, non-ASCII kept."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(", ", ": "))
+
+
+def current_args(names: Iterable[str]) -> MultiDict[str, str]:
+    """This request's parameters among `names`, without empty values."""
+    allowed = set(names)
+    return MultiDict(
+        [(k, v) for k, v in request.args.items(multi=True) if k in allowed and v.strip()]
+    )
+
+
+def url_with(endpoint: str, names: Iterable[str], **changes: Any) -> str:
+    """The URL of `endpoint` with this request's `names` parameters, some changed.
+
+    A change to None removes the parameter; a list sets every value of it.
+    """
+    args = current_args(names)
+    for key, value in changes.items():
+        args.poplist(key)
+        if value is None:
+            continue
+        for item in value if isinstance(value, list | tuple) else [value]:
+            args.add(key, str(item))
+    query = urlencode(list(args.items(multi=True)))
+    return url_for(endpoint) + (f"?{query}" if query else "")
+
+
+def search_url(**changes: Any) -> str:
+    """The search page with the current search, some parameters changed (page reset)."""
+    changes.setdefault("page", None)
+    return url_with("ui.search", SEARCH_PARAMS, **changes)
+
+
+def toggle_url(name: str, value: str) -> str:
+    """The current search with `value` added to or removed from the list parameter `name`."""
+    values = request.args.getlist(name)
+    values = [v for v in values if v != value] if value in values else [*values, value]
+    return search_url(**{name: values})
+
+
+def source_table(record_id: str) -> str | None:
+    """The CRM table a record came from, when `[[active.table]]` maps tables."""
+    return table_for_id(current_app.extensions["archivist"].config.tables, record_id)

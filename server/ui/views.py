@@ -1,0 +1,389 @@
+"""The web UI's pages: search, export, a record and its restore, the audit log, admin."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from flask import (
+    Response,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
+from flask.typing import ResponseReturnValue
+from marshmallow import ValidationError
+from werkzeug.datastructures import MultiDict
+
+from archivist.audit import ACTIONS, AuditFilter
+from archivist.holds import SCOPES
+from archivist.tokens import TokenInfo
+from indexer.errors import BadQuery
+from indexer.jobs.backup import backup_status
+from indexer.jobs.runs import last_run, run_archive_job, run_dispose_job
+from indexer.search import DATE_FIELDS, SORTS, SearchQuery
+from indexer.search.dates import parse_bound
+from indexer.services import Services
+from server import actions
+from server.errors import status_of
+from server.schemas import (
+    AuditArgsSchema,
+    HoldSchema,
+    args_to_dict,
+    describe_errors,
+    load_search_query,
+)
+from server.ui import bp
+from server.ui.filters import (
+    AUDIT_PARAMS,
+    DATE_FIELD_LABELS,
+    EXPORT_PARAMS,
+    PER_PAGE_CHOICES,
+    SEARCH_PARAMS,
+    SORT_LABELS,
+    current_args,
+    url_with,
+)
+from server.ui.session import (
+    DOMAIN_ERRORS,
+    current_path,
+    local_path,
+    require_ui_role,
+)
+
+
+def _actor() -> actions.Actor:
+    ext = current_app.extensions
+    token: TokenInfo = g.ui_token
+    return actions.Actor(token.name, ext["archivist"], ext["archivist_audit"])
+
+
+def _services() -> Services:
+    services: Services = current_app.extensions["archivist"]
+    return services
+
+
+def _canonical_redirect(names: Iterable[str]) -> ResponseReturnValue | None:
+    """Redirect to the same page without empty or unknown parameters (tidy, bookmarkable URLs)."""
+    kept = list(current_args(names).items(multi=True))
+    if len(kept) == len(list(request.args.items(multi=True))):
+        return None
+    query = urlencode(kept)
+    return redirect(request.path + (f"?{query}" if query else ""))
+
+
+# --- search, export ---------------------------------------------------------------------------
+
+
+_known_lock = threading.Lock()
+
+
+def known_categories(services: Services) -> list[str]:
+    """Every category in the index (facets of the match-all search), cached for a minute."""
+    now = time.monotonic()
+    cache: dict[str, tuple[float, list[str]]] = current_app.extensions.setdefault(
+        "archivist_ui_cache", {}
+    )
+    with _known_lock:
+        hit = cache.get("categories")
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    page = services.index.search(SearchQuery(per_page=1))
+    names = sorted(page.facets.get("category", {}))
+    with _known_lock:
+        cache["categories"] = (now + 60.0, names)
+    return names
+
+
+@bp.get("/search")
+@require_ui_role("agent")
+def search() -> Any:
+    """Search the archive; the whole state of the page is in the URL."""
+    tidy = _canonical_redirect(SEARCH_PARAMS)
+    if tidy is not None:
+        return tidy
+    services = _services()
+    args = current_args(SEARCH_PARAMS)
+    error = None
+    page = None
+    try:
+        query = load_search_query(args, services.config.server.max_query_length)
+        page = actions.search(_actor(), query)
+    except BadQuery as e:
+        error = str(e)
+    selected = {"category": args.getlist("category"), "kind": args.getlist("kind")}
+    categories = sorted(
+        set(known_categories(services))
+        | set(services.config.retention.categories)
+        | set(selected["category"])
+    )
+    kinds = sorted(set(services.config.kinds) | set(selected["kind"]))
+    pages = 0
+    if page is not None:
+        pages = max(1, math.ceil(page.total / page.per_page))
+    body = render_template(
+        "ui/search.html",
+        args=args,
+        page=page,
+        pages=pages,
+        error=error,
+        selected=selected,
+        categories=categories,
+        kinds=kinds,
+        date_fields=[(f, DATE_FIELD_LABELS.get(f, f)) for f in DATE_FIELDS],
+        sorts=[(s, SORT_LABELS.get(s, s)) for s in SORTS],
+        per_page_choices=PER_PAGE_CHOICES,
+        export_url=url_with("ui.export_csv", EXPORT_PARAMS),
+        search_qs=urlencode([(k, v) for k, v in args.items(multi=True) if k in EXPORT_PARAMS]),
+        here=current_path(),
+    )
+    return body, 400 if error else 200
+
+
+@bp.get("/search/export.csv")
+@require_ui_role("auditor")
+def export_csv() -> Response:
+    """Every record of the current search as CSV, streamed (the same export as the API's)."""
+    services = _services()
+    args = current_args(EXPORT_PARAMS)
+    query = load_search_query(args, services.config.server.max_query_length, export=True)
+    chunks = actions.export(_actor(), query)
+    filename = actions.export_filename(query)
+    return Response(
+        stream_with_context(chunks),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+# --- one record, restore ----------------------------------------------------------------------
+
+
+@bp.get("/records/<record_id>")
+@require_ui_role("agent")
+def record(record_id: str) -> Any:
+    """One archived record: its fields, archive facts and history."""
+    view = actions.read_record(_actor(), record_id)
+    me: TokenInfo = g.ui_token
+    back = local_path(request.args.get("back"), "")
+    if back and not back.startswith(url_for("ui.search")):
+        back = ""
+    children: dict[str | None, list[Any]] = {}
+    ids = {node.id for node in view.process.records}
+    for node in view.process.records:
+        parent = node.parent_id if node.parent_id in ids else None
+        children.setdefault(parent, []).append(node)
+    to_restore = sum(1 for node in view.process.records if node.state == "archived")
+    return render_template(
+        "ui/record.html",
+        view=view,
+        record=view.record,
+        archive=view.archive,
+        history=view.history,
+        process=view.process,
+        process_children=children,
+        to_restore=to_restore,
+        can_restore=me.allows("admin") and view.archive.state == "archived",
+        back=back or url_for("ui.search"),
+    )
+
+
+@bp.post("/records/<record_id>/restore")
+@require_ui_role("admin")
+def restore(record_id: str) -> ResponseReturnValue:
+    """Restore an archived record's process to the active CRM, then show the record again."""
+    reason = request.form.get("reason", "").strip()
+    if not reason or len(reason) > 500:
+        flash("The process was not restored: give a reason (1-500 characters).", "error")
+        return redirect(url_for("ui.record", record_id=record_id), 303)
+    try:
+        result = actions.restore(_actor(), record_id, reason)
+    except DOMAIN_ERRORS as e:
+        if status_of(e) >= 500:
+            raise
+        flash(f"The record was not restored: {e}", "error")
+    else:
+        n = len(result.restored)
+        flash(f"Restored: the process is back in the active CRM ({n} "
+              f"{'record' if n == 1 else 'records'}).", "success")
+    return redirect(url_for("ui.record", record_id=record_id), 303)
+
+
+@bp.post("/restore")
+@require_ui_role("admin")
+def bulk_restore() -> ResponseReturnValue:
+    """Restore ticked search results, or everything a search matches (after a confirmation
+    page showing the dry run's count), with the rest of their processes."""
+    services = _services()
+    form = request.form
+    search = form.get("search", "")
+    back = url_for("ui.search") + (f"?{search}" if search else "")
+    reason = form.get("reason", "").strip()
+    mode = form.get("mode", "ids")
+    limit = services.config.server.max_bulk_restore
+    try:
+        query = None
+        ids = form.getlist("ids")
+        if mode == "search":
+            params = MultiDict(
+                [(k, v) for k, v in parse_qsl(search) if k in EXPORT_PARAMS and v.strip()]
+            )
+            query = load_search_query(params, services.config.server.max_query_length,
+                                      export=True)
+            ids = []
+            if not form.get("confirmed"):
+                plan = actions.bulk_restore(_actor(), reason or "preview", query=query,
+                                            dry_run=True, limit=limit)
+                return render_template("ui/restore_confirm.html", plan=plan, search=search,
+                                       reason=reason, back=back)
+        elif not ids:
+            flash("Nothing was restored: tick the records to restore first.", "error")
+            return redirect(back, 303)
+        if not reason or len(reason) > 500:
+            flash("Nothing was restored: give a reason (1-500 characters).", "error")
+            return redirect(back, 303)
+        report = actions.bulk_restore(_actor(), reason, ids=ids, query=query, limit=limit)
+    except DOMAIN_ERRORS as e:
+        if status_of(e) >= 500:
+            raise
+        flash(f"Nothing was restored: {e}", "error")
+        return redirect(back, 303)
+    message = (f"Restored {len(report.restored):,} records ({report.processes:,} processes) "
+               "to the active CRM.")
+    if report.skipped:
+        message += " Skipped: " + ", ".join(
+            f"{s.id} ({s.code})" for s in report.skipped[:20]
+        ) + ("…" if len(report.skipped) > 20 else "")
+    flash(message, "success" if report.restored else "error")
+    return redirect(back, 303)
+
+
+# --- auditor: audit log -----------------------------------------------------------------------
+
+
+@bp.get("/audit")
+@require_ui_role("auditor")
+def audit() -> Any:
+    """The audit log, filtered by time, actor and action."""
+    tidy = _canonical_redirect(AUDIT_PARAMS)
+    if tidy is not None:
+        return tidy
+    args = current_args(AUDIT_PARAMS)
+    error = None
+    try:
+        selection: AuditFilter = AuditArgsSchema().load(args_to_dict(args, ()))
+    except ValidationError as e:
+        error = describe_errors(e.messages)
+        selection = AuditFilter()
+    page = actions.read_audit(_actor(), selection)
+    pages = max(1, math.ceil(page.total / page.per_page))
+    body = render_template(
+        "ui/audit.html", args=args, page=page, pages=pages, error=error, actions=ACTIONS
+    )
+    return body, 400 if error else 200
+
+
+# --- admin: holds, retention, jobs ------------------------------------------------------------
+
+
+@bp.get("/admin/holds")
+@require_ui_role("admin")
+def holds() -> str:
+    """The legal holds in force, with forms to add and lift them."""
+    return render_template("ui/holds.html", holds=actions.holds(_actor()), scopes=SCOPES)
+
+
+@bp.post("/admin/holds")
+@require_ui_role("admin")
+def add_hold() -> ResponseReturnValue:
+    """Place a legal hold (scope, value, reason)."""
+    form = {k: request.form.get(k, "") for k in ("scope", "value", "reason")}
+    form["value"] = form["value"].strip()
+    try:
+        data = HoldSchema().load(form)
+        actions.place_hold(_actor(), data["scope"], data["value"], data["reason"].strip())
+    except ValidationError as e:
+        flash(f"The hold was not placed: {describe_errors(e.messages)}", "error")
+    except DOMAIN_ERRORS as e:
+        if status_of(e) >= 500:
+            raise
+        flash(f"The hold was not placed: {e}", "error")
+    else:
+        flash(f"Legal hold placed on {data['scope']} {data['value']}.", "success")
+    return redirect(url_for("ui.holds"), 303)
+
+
+@bp.post("/admin/holds/remove")
+@require_ui_role("admin")
+def remove_hold() -> ResponseReturnValue:
+    """Lift a legal hold."""
+    scope = request.form.get("scope", "")
+    value = request.form.get("value", "")
+    try:
+        actions.lift_hold(_actor(), scope, value)
+    except DOMAIN_ERRORS as e:
+        if status_of(e) >= 500:
+            raise
+        flash(f"The hold was not lifted: {e}", "error")
+    else:
+        flash(f"Legal hold on {scope} {value} lifted.", "success")
+    return redirect(url_for("ui.holds"), 303)
+
+
+@bp.get("/admin")
+@require_ui_role("admin")
+def admin() -> Any:
+    """Counts, the worker's last runs, the retention policies and a preview of the next runs."""
+    services = _services()
+    config = services.config
+    error = None
+    now = datetime.now(UTC)
+    as_of = now
+    as_of_text = request.args.get("as_of", "").strip()
+    if as_of_text:
+        try:
+            as_of = parse_bound(as_of_text, end=False)
+        except BadQuery as e:
+            error = str(e)
+    archive_report = run_archive_job(services, as_of, dry_run=True)
+    archive_preview = archive_report.by_category
+    dispose_preview = run_dispose_job(services, as_of, dry_run=True).by_category
+    rules = config.retention
+    names = sorted(set(rules.categories) | set(archive_preview) | set(dispose_preview))
+    policies = [
+        {
+            "category": name,
+            "own": name in rules.categories,
+            "policy": rules.policy_for(name),
+            "archive": archive_preview.get(name, 0),
+            "dispose": dispose_preview.get(name, 0),
+        }
+        for name in names
+    ]
+    runs = [(job, last_run(services, job)) for job in ("archive", "dispose")]
+    body = render_template(
+        "ui/admin.html",
+        stats=actions.stats(_actor()),
+        runs=runs,
+        backup=backup_status(services, now),
+        default_policy=rules.default,
+        policies=policies,
+        archive_total=sum(archive_preview.values()),
+        held_back=archive_report.held_back,
+        dispose_total=sum(dispose_preview.values()),
+        as_of=as_of,
+        as_of_text=as_of_text or as_of.strftime("%Y-%m-%d"),
+        worker=config.worker,
+        error=error,
+    )
+    return body, 400 if error else 200
