@@ -193,10 +193,6 @@ def test_ui_bad_query_is_a_400_page_on_search_and_export(
     assert "on our side" not in response.get_data(as_text=True)
 
 
-@pytest.mark.xfail(
-    reason="the query parser refuses a doubled NOT with BadQuery in its own change",
-    strict=False,
-)
 @pytest.mark.parametrize("q", ["NOT NOT a", "a NOT NOT b"])
 def test_doubled_not_is_400_on_every_http_path(
     client: Any, auditor_headers: dict[str, str], q: str
