@@ -38,6 +38,17 @@ def make_text_source(store: ArchiveStore) -> Callable[[str], tuple[str, str] | N
     return load_texts
 
 
+def _open_crm_tables(
+    engine: Engine, config: Config
+) -> tuple[CrmTables | None, tuple[ForeignKeyRef, ...]]:
+    """The CRM's mapped tables, checked against the live database (none when not mapped)."""
+    if not config.tables:
+        return None, ()
+    with engine.connect() as connection:
+        crm = open_crm_tables(connection, config.tables)
+        return crm, tuple(inspect_foreign_keys(connection, crm))
+
+
 @dataclass
 class Services:
     """Everything a command, the worker or the web app needs, opened once from a config."""
@@ -66,12 +77,13 @@ class Services:
             refused (for `verify`, which reports it): every use of it raises the reason.
         :raises KeyMissing, WrongKey: before anything is written.
         """
-        env_key = os.environ.get(KEY_ENV)
-        if create and not env_key:
-            make_key_file(config.key_file)
-        key = load_key(config.key_file, env_key)
         engine = make_engine(config.active_url)
         try:
+            crm, crm_refs = _open_crm_tables(engine, config)  # a bad mapping: before all else
+            env_key = os.environ.get(KEY_ENV)
+            if create and not env_key:
+                make_key_file(config.key_file)
+            key = load_key(config.key_file, env_key)
             store = ArchiveStore.open(
                 config.archive_dir, segment_max_bytes=config.segment_max_bytes, key=key
             )
@@ -99,14 +111,7 @@ class Services:
         index.text_source = make_text_source(store)
         sessions, read_sessions = make_sessions(engine), make_read_sessions(engine)
         services = cls(config, engine, sessions, store, index, read_sessions)
-        if config.tables:
-            try:
-                with engine.connect() as connection:
-                    services.crm = open_crm_tables(connection, config.tables)
-                    services.crm_refs = tuple(inspect_foreign_keys(connection, services.crm))
-            except BaseException:
-                services.close()
-                raise
+        services.crm, services.crm_refs = crm, crm_refs
         return services
 
     def close(self) -> None:

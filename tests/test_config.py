@@ -133,6 +133,9 @@ def test_config_accepts_every_key_of_the_contract(tmp_path):
 [records]
 kinds = ["note", "ticket"]
 
+[backup]
+max_age_days = 3
+
 [[active.table]]
 name = "cases"
 key = "id"
@@ -161,7 +164,7 @@ parent = { column = "case_id", table = "cases" }
     )
     text = path.read_text().replace(
         '[archive]\ndir = "data/archive"\n',
-        '[archive]\ndir = "data/archive"\nkey_file = "keys/archive.key"\n'
+        '[archive]\ndir = "data/archive"\n'  # (config.toml names key_file already)
         "segment_max_bytes = 1048576\nbatch_size = 100\n",
     ).replace(
         "port = 8080\n",

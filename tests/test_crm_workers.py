@@ -42,7 +42,8 @@ def test_crm_two_workers_run_the_archive_job_once(tmp_path: Path):
             folder = tmp_path / machine
             folder.mkdir()
             path = write_config(folder, url)
-            shared = f'dir = "{tmp_path / "archive"}"'
+            # one archive, and so one archive key, shared by both machines
+            shared = f'dir = "{tmp_path / "archive"}"\nkey_file = "{tmp_path / "archive.key"}"'
             path.write_text(path.read_text().replace('dir = "archive"', shared)
                             .replace("batch_size = 3", "batch_size = 100")
                             .replace('[index]\ndir = "index"', f'[index]\ndir = "{tmp_path}/ix"'))
