@@ -202,8 +202,15 @@ def make_read_sessions(engine: Engine) -> sessionmaker[Session]:
 
 def create_schema(engine: Engine) -> None:
     """Create every table that does not exist yet (idempotent)."""
+    register_all_tables()
     Base.metadata.create_all(engine)
     upgrade_schema(engine)
+
+
+def register_all_tables() -> None:
+    """Make every table of Archivist's known to `Base.metadata`, including those declared beside
+    the code that uses them (imported here, not at the top: they import this module)."""
+    from archivist import crm_ledger, web_sessions  # noqa: F401
 
 
 def upgrade_schema(engine: Engine) -> None:

@@ -39,6 +39,14 @@ def test_init_is_idempotent_and_creates_what_the_config_names(config_path):
     assert (folder / "data" / "index").is_dir()
 
 
+def test_init_creates_every_table_even_those_declared_beside_their_code(installed):
+    """`init` loads only what it needs; the tables of web sessions and of the CRM tables'
+    archive runs must exist all the same."""
+    with sqlite3.connect(installed.parent / "data" / "active.db") as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"web_sessions", "archived_process_members", "job_run_blocks", "disposals"} <= tables
+
+
 def test_import_reports_bad_lines_and_prints_the_summary(installed, tmp_path, make_record):
     path = write_jsonl(tmp_path / "in.jsonl", [make_record(id="ok1"), "{nope",
                                                 make_record(id="bad/id"), make_record(id="ok2")])

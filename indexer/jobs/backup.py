@@ -62,6 +62,7 @@ from archivist.active_db import (
     Lease,
     UTCDateTime,
     count_active,
+    register_all_tables,
     utcnow,
 )
 from archivist.audit import iter_chain_problems
@@ -78,7 +79,11 @@ ACTIVE_DB = "active.db"
 TABLES_FOLDER = "tables"
 # Archivist's own tables, copied on their own when the active database is not embedded SQLite.
 # Leases are left out on purpose: a recovered installation starts with no job running.
-OWN_TABLES = ("legal_holds", "api_tokens", "job_runs", "audit_log", "disposals")
+OWN_TABLES = (
+    "legal_holds", "api_tokens", "job_runs", "audit_log", "disposals",
+    # with the CRM's tables mapped: which records left together, and what blocked a run
+    "archived_process_members", "job_run_blocks",
+)
 JOB = "backup"
 
 
@@ -358,6 +363,7 @@ def _count_active_copy(path: Path) -> int:
 
 
 def _own_tables(services: Services) -> list[Any]:
+    register_all_tables()
     present = set(inspect(services.engine).get_table_names())
     return [t for t in Base.metadata.sorted_tables if t.name in OWN_TABLES and t.name in present]
 
