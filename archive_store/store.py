@@ -894,23 +894,8 @@ class ArchiveStore:
                 ]
                 if not rows:
                     return 0
-                targets = {row["record_id"] for row in rows}
-                redact: dict[int, set[int]] = {}  # segment_id -> seqs of record entries
-                for chunk in chunked(targets):
-                    for entry in conn.execute(
-                        "SELECT seq, segment_id FROM entries WHERE type = 'record' "
-                        f"AND record_id IN ({placeholders(len(chunk))})",
-                        chunk,
-                    ):
-                        redact.setdefault(entry["segment_id"], set()).add(entry["seq"])
-                if appender.active.segment_id in redact:
-                    appender.seal_active()
-                for segment_id in sorted(redact):
-                    old, new = self._compact(
-                        conn, segment_id, redact[segment_id], appender.sealing
-                    )
-                    old_files.append(old)
-                    new_files.append(new)
+                self._redact(conn, appender, [row["record_id"] for row in rows],
+                             old_files, new_files)
                 changes = [
                     (at_text, self._append_event(conn, appender, row, "purged", at_text, actor),
                      row["record_id"])
@@ -931,6 +916,32 @@ class ArchiveStore:
         if old_files:
             segment.fsync_directory(self._segments_dir)
         return purged
+
+    def _redact(
+        self,
+        conn: sqlite3.Connection,
+        appender: _Appender,
+        record_ids: Sequence[str],
+        old_files: list[Path],
+        new_files: list[Path],
+    ) -> None:
+        """Rewrite every segment holding a version of these records as a new generation with
+        those entries replaced by `redacted` frames; the caller's commit switches over, and it
+        deletes `old_files` after it (or `new_files` if it fails)."""
+        redact: dict[int, set[int]] = {}  # segment_id -> seqs of record entries
+        for chunk in chunked(record_ids):
+            for entry in conn.execute(
+                "SELECT seq, segment_id FROM entries WHERE type = 'record' "
+                f"AND record_id IN ({placeholders(len(chunk))})",
+                chunk,
+            ):
+                redact.setdefault(entry["segment_id"], set()).add(entry["seq"])
+        if appender.active.segment_id in redact:
+            appender.seal_active()
+        for segment_id in sorted(redact):
+            old, new = self._compact(conn, segment_id, redact[segment_id], appender.sealing)
+            old_files.append(old)
+            new_files.append(new)
 
     def erase(
         self,
@@ -970,22 +981,8 @@ class ArchiveStore:
                     raise RestoreInProgress(
                         f"record {moving[0]} has a move in progress; erase it once it is done"
                     )
-                redact: dict[int, set[int]] = {}  # segment_id -> seqs of record entries
-                for chunk in chunked(row["record_id"] for row in rows):
-                    for entry in conn.execute(
-                        "SELECT seq, segment_id FROM entries WHERE type = 'record' "
-                        f"AND record_id IN ({placeholders(len(chunk))})",
-                        chunk,
-                    ):
-                        redact.setdefault(entry["segment_id"], set()).add(entry["seq"])
-                if appender.active.segment_id in redact:
-                    appender.seal_active()
-                for segment_id in sorted(redact):
-                    old, new = self._compact(
-                        conn, segment_id, redact[segment_id], appender.sealing
-                    )
-                    old_files.append(old)
-                    new_files.append(new)
+                self._redact(conn, appender, [row["record_id"] for row in rows],
+                             old_files, new_files)
                 for row in rows:
                     seq = self._append_event(conn, appender, row, "erased", at_text, actor)
                     conn.execute(
