@@ -230,8 +230,7 @@ def restore(
     """Restore archived records, and the rest of their processes, to the active database."""
     from tqdm import tqdm
 
-    from indexer.jobs.crm_restore import restore_crm_many
-    from indexer.jobs.restore import restore_many
+    from indexer.jobs.bulk_restore import restore_in_bulk
     from server.schemas import SearchArgsSchema, load_search_query
     if bool(ids) == (search is not None):
         raise click.UsageError("give record ids or --search PARAMS, not both")
@@ -258,17 +257,10 @@ def restore(
             if query is not None:
                 audit["search"] = search
                 record_ids = [hit.id for hit in services.index.iter_hits(query)]
-            if services.crm is not None:  # the CRM's own tables
-                report = restore_crm_many(
-                    services.sessions, services.store, services.index, services.crm,
-                    record_ids, "cli", utcnow(), reason.strip(), dry_run=dry_run,
-                    progress=advance,
-                )
-            else:
-                report = restore_many(
-                    services.sessions, services.store, services.index, record_ids, "cli",
-                    utcnow(), reason.strip(), dry_run=dry_run, progress=advance,
-                )
+            report = restore_in_bulk(
+                services, record_ids, "cli", utcnow(), reason.strip(), dry_run=dry_run,
+                progress=advance,
+            )
             audit.update(matched=report.matched, processes=report.processes,
                          skipped=len(report.skipped))
             if not dry_run:

@@ -32,9 +32,10 @@ from archivist.holds import Hold, add_hold, list_holds, remove_hold
 from archivist.records import Record, format_utc
 from archivist.tokens import TokenInfo
 from archivist.web_sessions import end_web_session, find_web_session, start_web_session
-from indexer.jobs.crm_restore import restore_crm_many, restore_crm_process
+from indexer.jobs.bulk_restore import restore_in_bulk
+from indexer.jobs.crm_restore import restore_crm_process
 from indexer.jobs.erasure import ErasureReport, audit_details, audit_target, erase_records
-from indexer.jobs.restore import BulkRestoreReport, restore_many, restore_process
+from indexer.jobs.restore import BulkRestoreReport, restore_process
 from indexer.processes import ProcessView, view_process
 from indexer.search import SearchHit, SearchPage, SearchQuery
 from indexer.services import Services
@@ -204,17 +205,10 @@ def bulk_restore(
     with audited(actor, "restore", target, details, wait=True) as entry:
         if query is not None:
             ids = [hit.id for hit in services.index.iter_hits(query)]
-        if services.crm is not None:  # the CRM's own tables
-            report = restore_crm_many(
-                services.sessions, services.store, services.index, services.crm, ids or [],
-                actor.name, actor.now(), reason, dry_run=dry_run, limit=limit,
-                progress=progress,
-            )
-        else:
-            report = restore_many(
-                services.sessions, services.store, services.index, ids or [], actor.name,
-                actor.now(), reason, dry_run=dry_run, limit=limit, progress=progress,
-            )
+        report = restore_in_bulk(
+            services, ids or [], actor.name, actor.now(), reason, dry_run=dry_run,
+            limit=limit, progress=progress,
+        )
         entry.details.update(
             matched=report.matched, processes=report.processes,
             skipped=len(report.skipped),
