@@ -40,6 +40,7 @@ from archivist.processes import (
 )
 from archivist.records import Record
 from archivist.retention import RetentionRules, archive_cutoff
+from indexer.jobs.collector import collector_paused
 from indexer.jobs.reconcile import reconcile_pending
 from indexer.processes import ArchivistSource
 
@@ -104,15 +105,18 @@ def archive_due_records(
     for aged in _aged_groups(rules, as_of):
         cursor: tuple[datetime, str] | None = None
         while not should_stop():
-            with sessions.begin() as session:
-                plan = _plan_batch(session, store, rules, as_of, aged, cursor, batch_size,
-                                   held_back)
-            if plan is None:
-                break
-            cursor = plan.cursor
-            if not plan.processes:
-                continue
-            moved = _archive_processes(sessions, store, plan.processes, archived_at, plan.read)
+            with collector_paused():
+                with sessions.begin() as session:
+                    plan = _plan_batch(session, store, rules, as_of, aged, cursor, batch_size,
+                                       held_back)
+                if plan is None:
+                    break
+                cursor = plan.cursor
+                if not plan.processes:
+                    continue
+                moved = _archive_processes(
+                    sessions, store, plan.processes, archived_at, plan.read
+                )
             archived += len(moved)
             if on_moved is not None:
                 on_moved(len(moved))
