@@ -26,6 +26,7 @@ from archivist.active_db import find_active_ids, find_child_links, insert_record
 from archivist.processes import Process, find_processes
 from archivist.records import Record, record_from_json
 from indexer.errors import AlreadyActive, IndexUnavailable, TooMany
+from indexer.jobs.collector import collector_paused
 from indexer.jobs.reconcile import reconcile_pending
 from indexer.processes import ArchivistSource, process_of
 from indexer.search import SearchEngine
@@ -186,9 +187,10 @@ def restore_many(
             batch.append(group)
             size += len(group)
         if batch and (group is None or size >= batch_size):
-            restored, problems = _restore_groups(
-                sessions, store, index, batch, actor, now, reason
-            )
+            with collector_paused():
+                restored, problems = _restore_groups(
+                    sessions, store, index, batch, actor, now, reason
+                )
             report.restored.extend(r.id for r in restored)
             report.processes += len(batch) - len(problems)
             report.skipped.extend(problems)
