@@ -32,11 +32,12 @@ from archivist.holds import Hold, add_hold, list_holds, remove_hold
 from archivist.records import Record, format_utc
 from archivist.tokens import TokenInfo
 from archivist.web_sessions import end_web_session, find_web_session, start_web_session
+from indexer.crm_view import view_record_process
 from indexer.jobs.bulk_restore import restore_in_bulk
 from indexer.jobs.crm_restore import restore_crm_process
 from indexer.jobs.erasure import ErasureReport, audit_details, audit_target, erase_records
 from indexer.jobs.restore import BulkRestoreReport, restore_process
-from indexer.processes import ProcessView, view_process
+from indexer.processes import ProcessView
 from indexer.search import SearchHit, SearchPage, SearchQuery
 from indexer.services import Services
 from indexer.stats import collect_stats
@@ -155,7 +156,7 @@ def read_record(actor: Actor, record_id: str) -> RecordView:
         record = None if info.state in ("purged", "erased") else store.get(record_id)
         entry.details["state"] = info.state
         with services.read_sessions.begin() as session:
-            process = view_process(session, store, record_id)
+            process = view_record_process(session, store, services.crm, record_id)
         return RecordView(record, info, store.history(record_id), process)
 
 
