@@ -309,6 +309,37 @@ def load_records(conn: sqlite3.Connection, record_ids: Iterable[str]) -> dict[st
     return found
 
 
+def reindex_descendants(conn: sqlite3.Connection, parent_ids: Iterable[str]) -> int:
+    """Clear `indexed` on the indexed archived descendants of these records; returns how many.
+
+    A record archived before its parent (the parent imported later) was indexed with itself, or
+    its highest archived ancestor, as its process's root; archiving an ancestor changes that
+    root, so the next catch-up indexes them again with the new one.
+
+    :param conn: a catalog connection inside the write transaction that archives the parents
+    :param parent_ids: the records just archived
+    """
+    seen = set(parent_ids)
+    frontier = list(seen)
+    cleared = 0
+    while frontier:
+        children: list[str] = []
+        for chunk in chunked(frontier):
+            children.extend(row[0] for row in conn.execute(
+                f"SELECT record_id FROM records WHERE parent_id IN ({placeholders(len(chunk))})",
+                chunk,
+            ))
+        frontier = [child for child in dict.fromkeys(children) if child not in seen]
+        seen.update(frontier)
+        for chunk in chunked(frontier):
+            cleared += conn.execute(
+                "UPDATE records SET indexed = 0 WHERE state = 'archived' AND indexed = 1 "
+                f"AND record_id IN ({placeholders(len(chunk))})",
+                chunk,
+            ).rowcount
+    return cleared
+
+
 def load_record(conn: sqlite3.Connection, record_id: str) -> sqlite3.Row | None:
     """The `records` row of one id, or None.
 

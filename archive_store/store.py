@@ -38,6 +38,7 @@ from archive_store.catalog import (
     pack_hash,
     parse_time,
     placeholders,
+    reindex_descendants,
     snapshot,
     transaction,
 )
@@ -605,6 +606,7 @@ class ArchiveStore:
                 "'delete_active', 0, ?, ?)",
                 record_rows,
             )
+            reindex_descendants(conn, (row[0] for row in record_rows))
         return [results[item.record_id] for item, *_ in prepared if item.record_id in results]
 
     def _stored_entry(self, conn: sqlite3.Connection, seq: int) -> StoredEntry:

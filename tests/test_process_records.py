@@ -168,3 +168,24 @@ def test_record_view_lists_the_process(client, agent_headers, tree, services, ma
         {"id": "LONER", "parent_id": None, "kind": "communication", "subject": "On its own",
          "state": "archived"}
     ]}
+
+
+def test_records_archived_before_their_parent_join_its_process_in_search(
+    services, archived, make_record
+):
+    from indexer.search import SearchQuery
+
+    # The messages come first, their case and ticket only later (an import in pieces).
+    archived(
+        make_record(id="LATE-MSG-1", parent_id="LATE-TKT", subject="first"),
+        make_record(id="LATE-MSG-2", parent_id="LATE-MSG-1", subject="reply"),
+    )
+    assert services.index.search(SearchQuery(process="LATE-CASE")).total == 0
+    archived(make_record(id="LATE-TKT", kind="ticket", parent_id="LATE-CASE"))
+    archived(make_record(id="LATE-CASE", kind="process"))
+
+    page = services.index.search(SearchQuery(process="LATE-CASE", per_page=100))
+    assert {hit.id for hit in page.hits} == {"LATE-CASE", "LATE-TKT", "LATE-MSG-1", "LATE-MSG-2"}
+    assert {hit.process_id for hit in page.hits} == {"LATE-CASE"}
+    assert services.index.search(SearchQuery(process="LATE-MSG-1")).total == 0
+    assert services.index.search(SearchQuery()).total == 4  # re-indexed, not indexed twice
