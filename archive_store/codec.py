@@ -2,7 +2,7 @@
 
 A sealed frame's payload is `struct.pack("<II", key_id, dict_id)` and then, when `key_id` is not
 0, AES-GCM (nonce, ciphertext, tag) of the zstd-compressed envelope (its hex hashes packed as
-binary first, see `pack_hashes`), with those 8 bytes as
+binary, or recomputed, see `pack_hashes`), with those 8 bytes as
 associated data; `dict_id` 0 means compressed without a dictionary. Data keys and dictionaries
 are looked up in the catalog the first time a process meets their id, then cached.
 """
@@ -27,32 +27,59 @@ PAYLOAD_HEADER = struct.Struct("<II")
 
 _PREV = b'"prev":"'
 _SHA = b',"sha256":"'
+_RECORD = b'"record":'
+_RECORD_END = b',"record_id":"'
+
+# What follows the flag byte of a packed envelope:
+_KEPT = b"\0"  # the envelope as it is
+_BOTH = b"\1"  # prev and sha256 (64 bytes), then the envelope without them
+_PREV_ONLY = b"\2"  # prev (32 bytes), then the envelope without either: sha256 is recomputed
 
 
 def pack_hashes(envelope: bytes) -> bytes:
-    """Move the envelope's two hex hashes (`prev` and `sha256`) out of the text as 64 bytes of
-    binary in front: random hex is most of what a dictionary cannot compress in an envelope.
+    """Move the envelope's two hex hashes (`prev` and `sha256`) out of the text: random hex is
+    most of what a dictionary cannot compress in an envelope.
 
     The first `"prev":"` is the top-level member (keys are sorted and `prev` comes before the
-    only nested object, `record`) and the last `,"sha256":"` is too (it comes after it); any
-    other envelope is kept as it is, behind a 0 byte.
+    only nested object, `record`) and the last `,"sha256":"` is too (it comes after it). A
+    record entry's `sha256` is the hash of its `record` member, so it is not stored at all but
+    recomputed on the way back; the packed form is checked to give the very envelope back
+    before it is used. Any other envelope keeps its hashes as 64 bytes of binary in front, or
+    is kept as it is.
 
     :param envelope: canonical JSON bytes of one envelope
     """
     p = envelope.find(_PREV) + len(_PREV)
     h = envelope.rfind(_SHA) + len(_SHA)
     if p < len(_PREV) or h < len(_SHA) or h < p + 64:
-        return b"\0" + envelope
+        return _KEPT + envelope
     prev, sha = envelope[p : p + 64], envelope[h : h + 64]
     if envelope[p + 64 : p + 65] != b'"' or envelope[h + 64 : h + 65] != b'"':
-        return b"\0" + envelope
+        return _KEPT + envelope
     try:
         binary = bytes.fromhex(prev.decode("ascii")) + bytes.fromhex(sha.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
-        return b"\0" + envelope
+        return _KEPT + envelope
     if binary.hex().encode() != prev + sha:  # only lowercase hex comes back as it was
-        return b"\0" + envelope
-    return b"\1" + binary + envelope[:p] + envelope[p + 64 : h] + envelope[h + 64 :]
+        return _KEPT + envelope
+    text = envelope[:p] + envelope[p + 64 : h] + envelope[h + 64 :]
+    shorter = _PREV_ONLY + binary[:32] + text
+    if _record_sha(text) == binary[32:] and unpack_hashes(shorter) == envelope:
+        return shorter
+    return _BOTH + binary + text
+
+
+def _record_sha(text: bytes) -> bytes | None:
+    """The sha256 of the `record` member of an envelope text, or None if it has none.
+
+    `record` sorts right before `record_id`, whose member is a string; the last unescaped
+    `,"record_id":"` is the top-level one, as no member after it holds an object.
+    """
+    start = text.find(_RECORD)
+    end = text.rfind(_RECORD_END)
+    if start < 0 or end < start + len(_RECORD):
+        return None
+    return hashlib.sha256(text[start + len(_RECORD) : end]).digest()
 
 
 def unpack_hashes(packed: bytes) -> bytes:
@@ -60,14 +87,24 @@ def unpack_hashes(packed: bytes) -> bytes:
 
     :param packed: what `pack_hashes` returned
     """
-    if packed[:1] != b"\1":
+    flag = packed[:1]
+    if flag == _KEPT:
         return packed[1:]
-    prev, sha, text = packed[1:33].hex().encode(), packed[33:65].hex().encode(), packed[65:]
+    if flag == _BOTH and len(packed) >= 65:
+        prev, sha, text = packed[1:33], packed[33:65], packed[65:]
+    elif flag == _PREV_ONLY and len(packed) >= 33:
+        prev, text = packed[1:33], packed[33:]
+        recomputed = _record_sha(text)
+        if recomputed is None:
+            raise SegmentCorrupt("sealed frame lost its record member")
+        sha = recomputed
+    else:
+        raise SegmentCorrupt(f"sealed frame has an unknown hash packing {flag!r}")
     p = text.find(_PREV) + len(_PREV)
     h = text.rfind(_SHA) + len(_SHA)
-    if p < len(_PREV) or h < len(_SHA):
+    if p < len(_PREV) or h < len(_SHA) or h < p:
         raise SegmentCorrupt("sealed frame lost its hash members")
-    return text[:p] + prev + text[p:h] + sha + text[h:]
+    return text[:p] + prev.hex().encode() + text[p:h] + sha.hex().encode() + text[h:]
 
 
 def dictionary_id(data: bytes) -> int:
