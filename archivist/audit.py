@@ -1,7 +1,10 @@
 """The audit log: who searched, read, exported, restored, held or disposed what, and when.
 
 Append-only and hash chained: each entry stores the hash of the entry before it and its own
-hash over its content, so editing or deleting an entry breaks the chain (`verify_audit_chain`).
+hash over its content, so editing or deleting an entry breaks the chain (`iter_chain_problems`).
+One change is allowed: an erasure blanks the target and details of the entries whose query text
+named the erased customer (`blank_entries`), keeping their hashes, and a later entry of the
+chain lists them (`BLANKED_KEY` in its details); a blanked entry no entry lists is a break.
 An appender reads the head and inserts `seq = head + 1` in one transaction; on SQLite that
 transaction holds the write lock (BEGIN IMMEDIATE), elsewhere a concurrent appender collides on
 the primary key and retries, so the chain never forks.
@@ -17,12 +20,12 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -44,6 +47,9 @@ ACTIONS = (
     "erase",
 )
 _APPEND_TRIES = 5
+BLANKED_TARGET = "(erased)"
+BLANKED_DETAILS = '{"erased":true}'  # canonical_details({"erased": True})
+BLANKED_KEY = "audit_blanked"  # in an entry's details: the seqs of the entries it blanked
 
 
 @dataclass(frozen=True)
@@ -195,9 +201,15 @@ def list_audit(session: Session, selection: AuditFilter) -> AuditPage:
 
 
 def iter_chain_problems(session: Session, batch_size: int = 1000) -> Iterator[str]:
-    """Yield one line per break in the chain: an edited, inserted or deleted entry."""
+    """Yield one line per break in the chain: an edited, inserted or deleted entry.
+
+    A blanked entry (see `blank_entries`) cannot be rehashed, as its content is gone: it must
+    still be linked by its hashes, and a later entry must list it as blanked.
+    """
     expected_seq, prev_hash = 1, GENESIS_HASH
     last = 0
+    blanked: list[int] = []
+    listed: set[int] = set()
     while True:
         rows = list(
             session.scalars(
@@ -208,19 +220,93 @@ def iter_chain_problems(session: Session, batch_size: int = 1000) -> Iterator[st
             )
         )
         if not rows:
-            return
+            break
         for r in rows:
             if r.seq != expected_seq:
                 yield f"audit log: entries {expected_seq}..{r.seq - 1} are missing"
             if r.prev_hash != prev_hash:
                 yield f"audit log: entry {r.seq} does not follow the entry before it"
-            recomputed = compute_entry_hash(
-                r.seq, r.at, r.actor, r.action, r.target, r.outcome, r.details, r.prev_hash
-            )
-            if recomputed != r.entry_hash:
-                yield f"audit log: entry {r.seq} was changed after it was written"
+            if r.target == BLANKED_TARGET and r.details == BLANKED_DETAILS:
+                blanked.append(r.seq)
+            else:
+                recomputed = compute_entry_hash(
+                    r.seq, r.at, r.actor, r.action, r.target, r.outcome, r.details, r.prev_hash
+                )
+                if recomputed != r.entry_hash:
+                    yield f"audit log: entry {r.seq} was changed after it was written"
+                if BLANKED_KEY in r.details:
+                    seqs = json.loads(r.details).get(BLANKED_KEY)
+                    if isinstance(seqs, list):
+                        listed.update(s for s in seqs if isinstance(s, int) and s < r.seq)
             expected_seq, prev_hash = r.seq + 1, r.entry_hash
         last = rows[-1].seq
+    for seq in blanked:
+        if seq not in listed:
+            yield f"audit log: entry {seq} was blanked, and no erasure lists it"
+
+
+def blank_entries(session: Session, entries: Iterable[tuple[int, str]]) -> list[int]:
+    """Blank the target and details of entries (an erasure's), keeping their hashes.
+
+    An entry is blanked only if it still has the hash it was listed with: a log recovered from
+    an older backup may hold other entries under the same seqs. Returns the seqs blanked now
+    (the caller lists them in an entry of its own, in the same transaction).
+
+    :param session: the caller's transaction
+    :param entries: (seq, entry_hash) of each entry to blank
+    """
+    wanted = dict(entries)
+    done: list[int] = []
+    seqs = sorted(wanted)
+    for start in range(0, len(seqs), 500):
+        chunk = seqs[start : start + 500]
+        rows = session.execute(
+            select(AuditEntry.seq, AuditEntry.entry_hash, AuditEntry.details).where(
+                AuditEntry.seq.in_(chunk)
+            )
+        ).all()
+        match = [
+            seq for seq, entry_hash, details in rows
+            if wanted[seq] == entry_hash and details != BLANKED_DETAILS
+        ]
+        if match:
+            session.execute(
+                update(AuditEntry)
+                .where(AuditEntry.seq.in_(match))
+                .values(target=BLANKED_TARGET, details=BLANKED_DETAILS)
+            )
+            done.extend(match)
+    return sorted(done)
+
+
+def write_blanking(
+    sessions: sessionmaker[Session],
+    entries: Sequence[tuple[int, str]],
+    at: datetime,
+    actor: str,
+    target: str,
+) -> list[int]:
+    """Blank entries and list them in a new `erase` entry, in one transaction (retried like
+    `write_audit`); returns the seqs blanked (none: nothing is appended).
+
+    :param sessions: the active database's sessions
+    :param entries: (seq, entry_hash) of each entry to blank
+    :param at: when
+    :param actor: who erases
+    :param target: the erasure's audit target
+    """
+    for attempt in range(_APPEND_TRIES):
+        try:
+            with sessions.begin() as session:
+                blanked = blank_entries(session, entries)
+                if blanked:
+                    event = AuditEvent(at, actor, "erase", target, "ok", {BLANKED_KEY: blanked})
+                    append_audit(session, [event])
+                return blanked
+        except (IntegrityError, OperationalError):
+            if attempt == _APPEND_TRIES - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def audit_head(session: Session) -> tuple[int, str]:

@@ -224,6 +224,7 @@ def erase(
 ) -> ErasureReport:
     """Erasure on request; the audit entry keeps counts and hashes, never content."""
     target = audit_target(customer_id, record_id)
+    actor.audit.flush()  # this process's searches so far are in the log, to be blanked if need be
     with audited(actor, "erase", target, {"reason": reason}, wait=True) as entry:
         report = erase_records(
             actor.services, customer_id=customer_id, record_id=record_id, actor=actor.name,

@@ -198,3 +198,100 @@ def test_ledger_erases_again_what_a_recovered_copy_brings_back(
     for folder in (config.archive_dir, config.index_dir):
         assert files_holding(folder, MARKER) == []
         assert files_holding(folder, EMAIL) == []
+
+
+def audited_searches(client: Any, headers: dict[str, str]) -> None:
+    """An agent's searches: by the marker, the e-mail address, the customer, and a common word."""
+    for params in ({"q": MARKER.decode()}, {"q": f"from {EMAIL.decode()}"},
+                   {"customer_id": "C-ERASE"}, {"q": "refund"}):
+        assert client.get("/api/v1/search", headers=headers, query_string=params).status_code == 200
+    assert client.get("/api/v1/audit", headers=headers).status_code == 200  # waits for them
+
+
+def search_entries(services: Services) -> list[Any]:
+    from archivist.active_db import AuditEntry
+
+    with services.read_sessions.begin() as session:
+        return [
+            (e.seq, e.target, json.loads(e.details)) for e in session.query(AuditEntry)
+            .filter(AuditEntry.action == "search").order_by(AuditEntry.seq)
+        ]
+
+
+def test_audited_searches_that_named_the_customer_are_blanked(
+    client: Any, admin_headers: Any, services: Services, erasable: Any, config_path: Path
+) -> None:
+    audited_searches(client, admin_headers)
+    before = search_entries(services)
+    assert [t for _, t, _ in before] == [MARKER.decode(), f"from {EMAIL.decode()}", "", "refund"]
+    data = config_path.parent / "data"
+    assert files_holding(data, MARKER) != []  # the audit log holds what was typed
+
+    done = client.post("/api/v1/erase", headers=admin_headers,
+                       json={"customer_id": "C-ERASE", "reason": "GDPR request 18"})
+
+    assert done.status_code == 200 and done.json["erased"] == 6
+    after = search_entries(services)
+    assert [(t, d) for _, t, d in after[:3]] == [("(erased)", {"erased": True})] * 3
+    assert after[3][1] == "refund" and after[3][2]["q"] == "refund"  # names no one: kept
+    assert files_holding(data, MARKER) == []
+    audit = client.get("/api/v1/audit?action=erase", headers=admin_headers).json
+    listing = [e["details"] for e in audit["entries"] if "audit_blanked" in e["details"]]
+    assert listing == [{"audit_blanked": [seq for seq, _, _ in before[:3]]}]
+    assert any(e["details"].get("audit_entries_blanked") == 3 for e in audit["entries"])
+    assert verify_all(services).problems == []
+    ledger = ledger_path(services.config.key_file).read_text()
+    assert MARKER.decode() not in ledger and EMAIL.decode() not in ledger
+
+
+def test_a_blanked_audit_entry_no_erasure_lists_breaks_the_chain(
+    client: Any, admin_headers: Any, services: Services, erasable: Any
+) -> None:
+    from archivist.audit import blank_entries
+
+    audited_searches(client, admin_headers)
+    seq, _, _ = search_entries(services)[3]
+    with services.sessions.begin() as session:
+        from archivist.active_db import AuditEntry
+
+        entry_hash = session.get(AuditEntry, seq).entry_hash
+        assert blank_entries(session, [(seq, entry_hash)]) == [seq]
+        assert blank_entries(session, [(seq - 1, "0" * 64)]) == []  # not the listed entry
+    assert [p.reason for p in verify_all(services).problems] == [
+        f"audit log: entry {seq} was blanked, and no erasure lists it"
+    ]
+
+
+def test_a_recovered_copy_of_the_audit_log_is_blanked_again(
+    app: Any, client: Any, admin_headers: Any, services: Services, erasable: Any, tmp_path: Path
+) -> None:
+    import shutil
+    import sqlite3
+
+    from server import close_app
+
+    audited_searches(client, admin_headers)
+    database = Path(services.engine.url.database or "")
+    saved = tmp_path / "saved.db"
+    source = sqlite3.connect(database)
+    source.execute(f"VACUUM INTO '{saved}'")  # a consistent copy, as a backup takes it
+    source.close()
+    shutil.copytree(services.config.archive_dir, tmp_path / "saved-archive")
+    assert client.post("/api/v1/erase", headers=admin_headers,
+                       json={"customer_id": "C-ERASE", "reason": "asked"}).status_code == 200
+    config = services.config
+    services.close()
+    close_app(app)
+    for suffix in ("-wal", "-shm"):
+        Path(str(database) + suffix).unlink(missing_ok=True)
+    shutil.copyfile(saved, database)
+    shutil.rmtree(config.archive_dir)
+    shutil.copytree(tmp_path / "saved-archive", config.archive_dir)
+    assert files_holding(database.parent, MARKER) != []
+
+    with Services.open(config) as recovered:
+        assert apply_erasure_ledger(recovered, NOW) == 6
+        entries = search_entries(recovered)
+        assert [t for _, t, _ in entries] == ["(erased)", "(erased)", "(erased)", "refund"]
+        assert verify_all(recovered).problems == []
+    assert files_holding(database.parent, MARKER) == []

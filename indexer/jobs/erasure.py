@@ -7,14 +7,18 @@ them are rewritten, and SQLite's free pages and write-ahead logs are wiped. Each
 `erased` event with its hash, so `verify` still passes. Refused, erasing nothing, when a legal
 hold covers any of them.
 
+Searches and exports whose audited query text named the erased records are blanked in the
+audit log (see `erasure_audit`), and an `erase` entry lists them.
+
 Backups taken before an erasure still hold the erased records. So each erasure is first written
 to the *erasure ledger*, a JSON Lines file beside the archive key file (`<key_file>.erasures`,
-outside the archive folder and never part of a backup), holding ids and hashes only. After a
-backup is recovered, the recovery calls::
+outside the archive folder and never part of a backup), holding ids and hashes only (of the
+records, and of the audit entries it blanked). After a backup is recovered, the recovery calls::
 
     apply_erasure_ledger(services: Services, at: datetime) -> int
 
-which erases again every ledgered record the recovered files still hold, and returns how many.
+which erases again every ledgered record the recovered files still hold (and blanks the ledgered
+audit entries), and returns how many records.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import json
 import logging
 import os
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,11 +36,13 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from archive_store import ArchiveStore
+from archive_store import ArchiveStore, ArchiveStoreError
 from archivist.active_db import ActiveRecord
+from archivist.audit import write_blanking
 from archivist.holds import load_hold_set
 from archivist.processes import find_processes, is_held
 from indexer.errors import IndexerError
+from indexer.jobs.erasure_audit import entries_naming
 from indexer.processes import ArchivistSource
 from indexer.services import Services
 
@@ -58,6 +65,7 @@ class ErasureReport:
     active_remaining: int
     dry_run: bool
     hashes: list[str] = field(default_factory=list)  # each erased record's sha256, for audit
+    audit_blanked: list[int] = field(default_factory=list)  # audit entries that named them
 
 
 def customer_hash(customer_id: str) -> str:
@@ -143,12 +151,64 @@ def erase_records(
         "customer_sha256": customer_hash(customer_id) if customer_id is not None else None,
         "records": [[i, entries[i].sha256] for i in ids if i in entries],
     })
+    records = readable_records(store, ids)  # their words, for the audited queries naming them
     erased = store.erase(ids, at, actor, customer_id=customer_id)
     erase_from_index(services, [e.record_id for e in erased])
+    blanked = blank_audit_entries(
+        services, records, customer_id, at, actor, audit_target(customer_id, record_id)
+    )
     wipe_free_pages(services)
     return ErasureReport(
-        len(erased), [e.record_id for e in erased], active, False, [e.sha256 for e in erased]
+        len(erased), [e.record_id for e in erased], active, False, [e.sha256 for e in erased],
+        blanked,
     )
+
+
+def readable_records(store: ArchiveStore, ids: list[str]) -> list[dict[str, Any]]:
+    """The records that can still be read; a damaged one is erased all the same, unread.
+
+    :param store: the archive store
+    :param ids: the records about to be erased
+    """
+    try:
+        return list(store.get_many(ids).values())
+    except ArchiveStoreError:
+        out = []
+        for record_id in ids:
+            try:
+                out.append(store.get(record_id))
+            except ArchiveStoreError:
+                log.warning("record %s cannot be read; its words are not looked for in the "
+                            "audit log", record_id)
+        return out
+
+
+def blank_audit_entries(
+    services: Services,
+    records: Iterable[dict[str, Any]],
+    customer_id: str | None,
+    at: datetime,
+    actor: str,
+    target: str,
+) -> list[int]:
+    """Blank the audited searches and exports whose query named the erased records (ledgered
+    first, so a recovered backup blanks them too); returns their seqs.
+
+    :param services: the installation, its index already without the records
+    :param records: the erased records as they were archived
+    :param customer_id: the erased customer, if any
+    :param at: when
+    :param actor: who erases
+    :param target: the erasure's audit target
+    """
+    with services.read_sessions.begin() as session:
+        naming = entries_naming(session, records, customer_id, services.index)
+    if not naming:
+        return []
+    append_ledger(ledger_path(services.config.key_file), {
+        "at": at.isoformat(), "audit": [[seq, entry_hash] for seq, entry_hash in naming],
+    })
+    return write_blanking(services.sessions, naming, at, actor, target)
 
 
 def audit_details(report: ErasureReport, customer_id: str | None) -> dict[str, Any]:
@@ -165,6 +225,8 @@ def audit_details(report: ErasureReport, customer_id: str | None) -> dict[str, A
     }
     if customer_id is not None:
         details["customer_sha256"] = customer_hash(customer_id)
+    if report.audit_blanked:
+        details["audit_entries_blanked"] = len(report.audit_blanked)
     return details
 
 
@@ -277,5 +339,8 @@ def apply_erasure_ledger(services: Services, at: datetime) -> int:
     everything = [rid for e in ledger for rid, _sha in e.get("records", [])]
     if everything:
         erase_from_index(services, everything)
+    audit = [(seq, entry_hash) for e in ledger for seq, entry_hash in e.get("audit", [])]
+    blanked = write_blanking(services.sessions, audit, at, "erasure-ledger", "ledger")
+    if everything or blanked:
         wipe_free_pages(services)
     return len(erased_ids)

@@ -1,0 +1,131 @@
+"""Which audit entries name an erased customer, so an erasure can blank them.
+
+Searches and exports are audited with the query that was typed: after an erasure, a search for
+the customer's e-mail address or a word of their text would keep that text in the audit log.
+An entry names the erased records when its query text holds the customer's id, or a word of the
+erased records that no archived record holds any more (the index finds nothing for it once they
+are gone): their e-mail addresses, phone numbers, names, unusual words. Words the remaining
+archive holds too ("refund", "invoice") do not identify anyone, and stay.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from archivist.active_db import AuditEntry
+from archivist.audit import BLANKED_DETAILS
+from indexer.errors import BadQuery
+from indexer.search import SearchEngine, SearchQuery
+
+QUERY_ACTIONS = ("search", "export")
+_SPLIT = re.compile(r"[\s\"'()\[\]{}<>,;!?|+]+")
+_STRIP = ".:-*~^"
+MIN_WORD = 3
+
+
+def record_text(records: Iterable[dict[str, Any]]) -> str:
+    """Every string of the records, lowercased, one per line: what their words are found in.
+
+    :param records: the erased records as they were archived
+    """
+    parts: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            parts.append(value.lower())
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    for record in records:
+        walk(record)
+    return "\n".join(parts)
+
+
+def query_words(target: str, details: str) -> set[str]:
+    """The words typed into an audited search or export, lowercased.
+
+    :param target: the entry's target (the query text)
+    :param details: the entry's details JSON (its `q` and filters)
+    """
+    texts = [target]
+    try:
+        value = json.loads(details)
+    except ValueError:
+        value = {}
+    if isinstance(value, dict):
+        texts.extend(str(value[k]) for k in ("q", "customer_id") if value.get(k))
+    words = set()
+    for text in texts:
+        for word in _SPLIT.split(text.lower()):
+            word = word.strip(_STRIP)
+            if len(word) >= MIN_WORD:
+                words.add(word)
+    return words
+
+
+class _Identifying:
+    """Decides, once per word, whether a word names the erased records."""
+
+    def __init__(self, text: str, customer_id: str | None, index: SearchEngine) -> None:
+        self._text = text
+        self._words = {w.strip(_STRIP) for w in _SPLIT.split(text)}
+        self._customer = customer_id.lower() if customer_id else None
+        self._index = index
+        self._known: dict[str, bool] = {}
+
+    def __call__(self, word: str) -> bool:
+        known = self._known.get(word)
+        if known is None:
+            known = self._known[word] = self._decide(word)
+        return known
+
+    def _decide(self, word: str) -> bool:
+        if word == self._customer:
+            return True
+        # Whole words for spaced scripts; Chinese runs have no spaces, so any part of one.
+        in_text = word in self._text if not word.isascii() else word in self._words
+        if not in_text:
+            return False
+        try:
+            return self._index.search(SearchQuery(q=word, per_page=1)).total == 0
+        except BadQuery:
+            return False
+
+
+def entries_naming(
+    session: Session,
+    records: Iterable[dict[str, Any]],
+    customer_id: str | None,
+    index: SearchEngine,
+) -> list[tuple[int, str]]:
+    """(seq, entry_hash) of each audited search or export whose query names erased records.
+
+    Call it once the records are out of the index.
+
+    :param session: a session on the active database
+    :param records: the erased records as they were archived
+    :param customer_id: the erased customer, if a customer was erased
+    :param index: the search index, without the erased records
+    """
+    identifying = _Identifying(record_text(records), customer_id, index)
+    found: list[tuple[int, str]] = []
+    rows = session.execute(
+        select(AuditEntry.seq, AuditEntry.entry_hash, AuditEntry.target, AuditEntry.details)
+        .where(AuditEntry.action.in_(QUERY_ACTIONS), AuditEntry.details != BLANKED_DETAILS)
+        .order_by(AuditEntry.seq)
+        .execution_options(yield_per=1000)
+    )
+    for seq, entry_hash, target, details in rows:
+        if any(identifying(word) for word in query_words(target, details)):
+            found.append((seq, entry_hash))
+    return found
