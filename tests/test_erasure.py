@@ -295,3 +295,13 @@ def test_a_recovered_copy_of_the_audit_log_is_blanked_again(
         assert [t for _, t, _ in entries] == ["(erased)", "(erased)", "(erased)", "refund"]
         assert verify_all(recovered).problems == []
     assert files_holding(database.parent, MARKER) == []
+
+
+def test_the_words_of_an_audited_query() -> None:
+    from indexer.jobs.erasure_audit import query_words
+
+    details = json.dumps({"q": "ignored: the target is read", "customer_id": "C7"})
+    words = query_words('subject:Zorb* "Li.Wei@example.com" +86 138 a', details)
+    assert words == {"subject", "zorb", "li.wei@example.com", "138", "c7"} | {
+        "ignored", "the", "target", "read"
+    }

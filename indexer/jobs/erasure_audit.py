@@ -24,7 +24,7 @@ from indexer.errors import BadQuery
 from indexer.search import SearchEngine, SearchQuery
 
 QUERY_ACTIONS = ("search", "export")
-_SPLIT = re.compile(r"[\s\"'()\[\]{}<>,;!?|+]+")
+_SPLIT = re.compile(r"[\s\"'()\[\]{}<>,;:!?|+=]+")
 _STRIP = ".:-*~^"
 MIN_WORD = 3
 
@@ -58,13 +58,16 @@ def query_words(target: str, details: str) -> set[str]:
     :param details: the entry's details JSON (its `q` and filters)
     """
     texts = [target]
+    words = set()
     try:
         value = json.loads(details)
     except ValueError:
         value = {}
     if isinstance(value, dict):
-        texts.extend(str(value[k]) for k in ("q", "customer_id") if value.get(k))
-    words = set()
+        if value.get("q"):
+            texts.append(str(value["q"]))
+        if value.get("customer_id"):  # a filter: the whole id, however short
+            words.add(str(value["customer_id"]).lower())
     for text in texts:
         for word in _SPLIT.split(text.lower()):
             word = word.strip(_STRIP)
