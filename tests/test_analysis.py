@@ -2,7 +2,13 @@
 
 import pytest
 
-from indexer.whoosh.analysis import index_positions, iter_tokens, normalize_query_text, stem
+from indexer.whoosh.analysis import (
+    choose_pair_terms,
+    index_positions,
+    iter_tokens,
+    normalize_query_text,
+    stem,
+)
 
 
 def terms(text: str, mode: str = "index") -> set[str]:
@@ -79,3 +85,14 @@ def test_mixed_text_keeps_character_offsets() -> None:
 def test_normalize_query_text_leaves_other_syntax_alone() -> None:
     assert normalize_query_text('refund AND "+86 138 0013 8000"') == 'refund AND "8613800138000"'
     assert normalize_query_text("2023 AND 2024") == "2023 AND 2024"
+
+
+def test_pair_terms_are_words_of_at_least_three_customers() -> None:
+    """The chosen terms are written in plain text in the index's META file, which erasure does
+    not rewrite: a word of one customer's records, however frequent, is never chosen."""
+    texts = [("C1", f"Refund for zorblax order {i}") for i in range(50)]
+    texts += [("C2", "refund parcel"), ("C3", "refund parcel"), ("C3", "parcel refund")]
+    chosen = choose_pair_terms(texts)
+    assert chosen == ["refund"]  # zorblax and order: one customer; parcel: two
+    texts.append(("C4", "parcel"))
+    assert choose_pair_terms(texts) == ["refund", "parcel"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -220,7 +221,8 @@ STACKED_PHRASES = [
 def _stacked_corpus() -> list[tuple[dict[str, Any], datetime]]:
     base = CORPUS[0][0]
     extra = [
-        ({**base, "id": f"P{i:04d}", "subject": "note", "body": body}, AT)
+        ({**base, "id": f"P{i:04d}", "customer_id": f"C{i % 7}", "subject": "note", "body": body},
+         AT)
         for i, body in enumerate(STACKED_BODIES * 3)
     ]
     return list(CORPUS[:1200]) + extra
@@ -565,3 +567,41 @@ def test_search_engine_damaged_shard_raises_index_unavailable_not_whoosh_errors(
     finally:
         ix.close()
         gc.collect()  # collect the leaked files here, where their warning is expected
+
+
+def test_erasure_drops_the_erased_words_from_the_pair_terms(tmp_path: Path) -> None:
+    """A generation whose pair terms list one customer's word (chosen before pair terms needed
+    three customers) loses it when that customer's records are erased; phrases still match."""
+    base = CORPUS[0][0]
+    docs = [
+        ({**base, "id": f"Z{i}", "customer_id": "C-Z", "subject": "note",
+          "body": f"zorblax parcel refund {i}"}, AT) for i in range(30)
+    ] + [
+        ({**base, "id": f"K{i}", "customer_id": f"C{i}", "subject": "note",
+          "body": f"parcel refund approved {i}"}, AT) for i in range(30)
+    ]
+    ix = SearchIndex.open(tmp_path / "ix")
+    gen = ix._current_gen()
+    meta = ix._load_meta(gen)
+    meta["pair_terms"] = ["zorblax", "parcel", "refund"]  # as an older choice could be
+    (gen / "META").write_text(json.dumps(meta))
+    ix.add(docs)
+    other = SearchIndex.open(tmp_path / "ix")  # another process, its pair terms read before
+    assert other.search(SearchQuery(q='"parcel refund"')).total == 60
+    assert b"zorblax" in other._chosen_pair_terms(gen)
+
+    ix.erase([f"Z{i}" for i in range(30)])
+
+    assert json.loads((gen / "META").read_text())["pair_terms"] == ["parcel", "refund"]
+    files = [p for p in (tmp_path / "ix").rglob("*") if p.is_file()]
+    assert [p for p in files if b"zorblax" in p.read_bytes()] == []
+    for index in (ix, other):
+        assert index._chosen_pair_terms(gen) == {b"parcel", b"refund"}
+        assert index.search(SearchQuery(q='"parcel refund"')).total == 30
+        assert index.search(SearchQuery(q="zorblax")).total == 0
+    ix.add([({**base, "id": "Z99", "customer_id": "C-Y", "subject": "note",
+              "body": "zorblax parcel again"}, AT)])
+    for index in (ix, other):
+        assert index.search(SearchQuery(q='"zorblax parcel"')).total == 1
+    ix.close()
+    other.close()

@@ -344,21 +344,38 @@ PAIR_TERMS = 400
 _PACK_FREQ = [struct.pack("!I", n) for n in range(256)]
 
 
-def choose_pair_terms(texts: Iterable[str], limit: int = PAIR_TERMS) -> list[str]:
+PAIR_TERM_OWNERS = 3
+"""How many customers' records a term must be in to pair up (see ``choose_pair_terms``)."""
+
+
+def choose_pair_terms(
+    texts: Iterable[tuple[str, str]], limit: int = PAIR_TERMS
+) -> list[str]:
     """Return the terms that pair up: the most frequent alphabetic terms of some texts.
 
     Terms are ranked by how many texts hold them (then by the term, so the choice is
-    deterministic); a term must be in at least two texts.
+    deterministic); a term must be in the texts of at least ``PAIR_TERM_OWNERS`` customers.
+    The chosen terms are written in the generation's META file, which erasure does not
+    rewrite: a word particular to one customer (a name, an e-mail address's parts) must never
+    be among them.
 
-    :param texts: sample texts (subjects and bodies).
+    :param texts: (owner, text) of sample texts (subjects and bodies); the owner is the
+        record's customer, or the record itself when it has none.
     :param limit: how many terms at most.
     """
     counts: dict[bytes, int] = {}
-    for text in texts:
+    owners: dict[bytes, set[str]] = {}
+    for owner, text in texts:
         for term in index_term_positions(text):
             counts[term] = counts.get(term, 0) + 1
+            seen = owners.setdefault(term, set())
+            if len(seen) < PAIR_TERM_OWNERS:
+                seen.add(owner)
     ranked = sorted(
-        (t for t, n in counts.items() if n >= 2 and t.decode("utf-8").isalpha()),
+        (
+            t for t, n in counts.items()
+            if len(owners[t]) >= PAIR_TERM_OWNERS and t.decode("utf-8").isalpha()
+        ),
         key=lambda t: (-counts[t], t),
     )
     return [t.decode("utf-8") for t in ranked[:limit]]

@@ -109,11 +109,13 @@ def build_document(
     return doc
 
 
-def record_texts(records: Iterable[dict[str, Any]]) -> Iterator[str]:
-    """Yield the subject and body of records (for choosing pair terms)."""
+def record_texts(records: Iterable[dict[str, Any]]) -> Iterator[tuple[str, str]]:
+    """Yield the subject and body of records with their owner, the customer or else the record
+    (for choosing pair terms)."""
     for record in records:
-        yield record.get("subject") or ""
-        yield record.get("body") or ""
+        owner = str(record.get("customer_id") or record.get("id") or "")
+        yield owner, record.get("subject") or ""
+        yield owner, record.get("body") or ""
 
 
 def record_shard(record: dict[str, Any], period: str) -> str:

@@ -60,7 +60,7 @@ from indexer.whoosh.mapped_files import install as install_mapped_files
 from indexer.whoosh.merging import choose_merges
 from indexer.whoosh.query import compile_query, make_parser
 from indexer.whoosh.readers import close_replaced, open_searcher, open_without_additions
-from indexer.whoosh.schema import build_schema
+from indexer.whoosh.schema import TEXT_FIELDS, build_schema
 from indexer.whoosh.search import order_matches, run_search
 from indexer.whoosh.segment_writer import add_record, open_writer, write_merge
 from indexer.whoosh.shards import ShardCache, ShardView
@@ -143,7 +143,9 @@ class SearchIndex:
         # Searchers for looking ids up before writes (used under _write_lock), kept while
         # their shard is unchanged: opening one per shard cost most of a restore's delete.
         self._id_searchers: dict[tuple[str, str], Any] = {}
-        self._pair_sets: dict[str, frozenset[bytes]] = {}
+        # Each generation's pair terms, with the META file's identity they were read from
+        # (an erasure drops the words no document holds any more).
+        self._pair_sets: dict[str, tuple[tuple[int, int, int], frozenset[bytes]]] = {}
         self._parser: Any = None
         self._closed = False
         self._recent: dict[SearchQuery, None] = {}  # the latest distinct queries, oldest first
@@ -226,13 +228,18 @@ class SearchIndex:
 
     def _chosen_pair_terms(self, gen: Path) -> frozenset[bytes]:
         """Return the generation's pair terms, none if not chosen yet (nothing is written)."""
+        try:
+            st = (gen / "META").stat()
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            key = (0, 0, 0)  # _load_meta says what is wrong
         got = self._pair_sets.get(str(gen))
-        if got is None:
+        if got is None or got[0] != key:
             chosen = self._load_meta(gen).get("pair_terms")
             if chosen is None:
                 return frozenset()
-            got = self._pair_sets[str(gen)] = frozenset(t.encode("utf-8") for t in chosen)
-        return got
+            got = self._pair_sets[str(gen)] = (key, frozenset(t.encode("utf-8") for t in chosen))
+        return got[1]
 
     def _pair_terms(self, gen: Path, sample: Iterable[dict[str, Any]]) -> frozenset[bytes]:
         """Return the generation's pair terms, choosing them from ``sample`` if not chosen yet.
@@ -1121,8 +1128,31 @@ class SearchIndex:
                 if picks and self._merge_shard(ix, picks):
                     rewritten += len(picks)
             if rewritten:
+                self._drop_dead_pair_terms(gen)
                 self._bump(gen)
         return rewritten
+
+    def _drop_dead_pair_terms(self, gen: Path) -> None:
+        """Drop from the generation's pair terms (written in plain text in its META file) the
+        words no document holds any more: after an erasure, the erased customer's own words.
+
+        Pair terms are chosen among words of several customers (``choose_pair_terms``), but a
+        generation made before that rule, or whose other holders are gone, may list one. A
+        dropped word is no longer paired by writers; phrases with it are answered from positions.
+        """
+        chosen = self._chosen_pair_terms(gen)
+        alive: set[bytes] = set()
+        for name in self._shard_names(gen):
+            with self._shard_index(gen, name).reader() as reader:
+                alive.update(
+                    term for term in chosen - alive
+                    if any((field, term) in reader for field in TEXT_FIELDS)
+                )
+        dead = chosen - alive
+        if dead:
+            meta = self._load_meta(gen)
+            meta["pair_terms"] = [t for t in meta["pair_terms"] if t.encode("utf-8") not in dead]
+            write_atomic(gen / "META", json.dumps(meta))
 
     def _drop_segments(self, ix: windex.Index, segids: set[str]) -> None:
         """Take segments with no live document out of a shard; Whoosh deletes their files."""
