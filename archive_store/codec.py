@@ -63,9 +63,9 @@ def pack_hashes(envelope: bytes) -> bytes:
     if binary.hex().encode() != prev + sha:  # only lowercase hex comes back as it was
         return _KEPT + envelope
     text = envelope[:p] + envelope[p + 64 : h] + envelope[h + 64 :]
-    shorter = _PREV_ONLY + binary[:32] + text
-    if _record_sha(text) == binary[32:] and unpack_hashes(shorter) == envelope:
-        return shorter
+    sha_bytes = _record_sha(text)
+    if sha_bytes == binary[32:] and _insert_hashes(text, binary[:32], sha_bytes) == envelope:
+        return _PREV_ONLY + binary[:32] + text
     return _BOTH + binary + text
 
 
@@ -100,6 +100,11 @@ def unpack_hashes(packed: bytes) -> bytes:
         sha = recomputed
     else:
         raise SegmentCorrupt(f"sealed frame has an unknown hash packing {flag!r}")
+    return _insert_hashes(text, prev, sha)
+
+
+def _insert_hashes(text: bytes, prev: bytes, sha: bytes) -> bytes:
+    """Put the two hashes back, as hex, into an envelope text they were taken out of."""
     p = text.find(_PREV) + len(_PREV)
     h = text.rfind(_SHA) + len(_SHA)
     if p < len(_PREV) or h < len(_SHA) or h < p:

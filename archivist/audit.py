@@ -295,6 +295,8 @@ def write_blanking(
     :param actor: who erases
     :param target: the erasure's audit target
     """
+    if not entries:
+        return []
     for attempt in range(_APPEND_TRIES):
         try:
             with sessions.begin() as session:
