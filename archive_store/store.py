@@ -1247,8 +1247,46 @@ class ArchiveStore:
                 "AND r.state NOT IN ('purged', 'erased')",
                 chunk,
             ))
-        rows.sort(key=lambda r: (r["segment_id"], r["offset"]))
-        out: dict[str, dict[str, Any]] = {}
+        return {
+            row["record_id"]: self.get(row["record_id"]) if record is None else record
+            for row, record in self._read_rows(rows)
+        }
+
+    def versions(self, record_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """Every archived version of these records as it was archived, oldest first: what
+        erasing them takes out of the segments (a restored and re-archived record has several).
+        Purged and erased records have none left.
+
+        :param record_ids: the records
+        """
+        ids = list(dict.fromkeys(record_ids))
+        for _ in range(3):
+            conn = self._db()
+            rows: list[sqlite3.Row] = []
+            with snapshot(conn):
+                for chunk in chunked(ids):
+                    rows.extend(conn.execute(
+                        "SELECT e.record_id, e.seq, e.sha256, e.segment_id, e.offset, e.length, "
+                        "e.entry_hash, s.generation FROM entries e "
+                        "JOIN records r ON r.record_id = e.record_id "
+                        "JOIN segments s ON s.segment_id = e.segment_id "
+                        f"WHERE e.record_id IN ({placeholders(len(chunk))}) "
+                        "AND e.type = 'record' AND r.state IN ('archived', 'restored')",
+                        chunk,
+                    ))
+            read = list(self._read_rows(rows))
+            if all(record is not None for _, record in read):
+                read.sort(key=lambda item: item[0]["seq"])
+                return [record for _, record in read if record is not None]
+            # disposal replaced a generation meanwhile: look them up again
+        raise SegmentCorrupt("a segment file of these records is missing")
+
+    def _read_rows(
+        self, rows: list[sqlite3.Row]
+    ) -> Iterator[tuple[sqlite3.Row, dict[str, Any] | None]]:
+        """Read and check the record entries these catalog rows name, in file order, each
+        segment file opened once; None for a row whose segment file was replaced meanwhile."""
+        rows = sorted(rows, key=lambda r: (r["segment_id"], r["offset"]))
         current: tuple[int, int] | None = None
         f: BinaryIO | None = None
         try:
@@ -1261,25 +1299,22 @@ class ArchiveStore:
                     try:
                         f = open(self._path(*key), "rb", buffering=2**20)
                     except FileNotFoundError:
-                        f = None  # replaced by disposal meanwhile: look it up again
-                record_id = row["record_id"]
+                        f = None
                 if f is None:
-                    out[record_id] = self.get(record_id)
+                    yield row, None
                     continue
+                record_id = row["record_id"]
                 try:
-                    envelope = segment.read_frame(
-                        f, row["offset"], row["length"], self._codec
-                    )
+                    envelope = segment.read_frame(f, row["offset"], row["length"], self._codec)
                 except SegmentCorrupt as e:
                     raise SegmentCorrupt(f"record {record_id}: {e}") from e
-                out[record_id] = check_record(
+                yield row, check_record(
                     record_id, envelope, row["seq"], hash_hex(row["entry_hash"]),
                     hash_hex(row["sha256"]),
                 )
         finally:
             if f is not None:
                 f.close()
-        return out
 
     def info(self, record_id: str) -> CatalogEntry:
         """The catalog's view of a record (state, version, times, pending, indexed).

@@ -286,6 +286,23 @@ def test_versions_after_restore_and_rearchive(store: ArchiveStore) -> None:
     assert store.verify() == []
 
 
+
+def test_versions_are_every_archived_version_oldest_first(store: ArchiveStore) -> None:
+    archive_ids(store, ["V-1", "V-2"], body="first version")
+    store.clear_pending(["V-1", "V-2"])
+    store.begin_restore("V-1")
+    store.complete_restore("V-1", AT + timedelta(days=1), "admin")
+    changed = make_item("V-1", body="second version")
+    store.archive_batch([changed], AT + timedelta(days=400), "job")
+    store.purge(["V-2"], AT + timedelta(days=500), "disposal")
+
+    versions = store.versions(["V-1", "V-2", "NEVER"])
+
+    assert [(v["id"], v["body"]) for v in versions] == [
+        ("V-1", "first version"), ("V-1", "second version"),
+    ]
+
+
 # -- segments -----------------------------------------------------------------------------
 
 

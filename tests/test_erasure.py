@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +245,40 @@ def test_audited_searches_that_named_the_customer_are_blanked(
     assert MARKER.decode() not in ledger and EMAIL.decode() not in ledger
 
 
+
+def test_prefix_fuzzy_and_partial_words_and_earlier_versions_are_blanked_too(
+    client: Any, admin_headers: Any, services: Services, erasable: Any, archived: Any,
+    make_record: Any,
+) -> None:
+    from archivist.active_db import ActiveRecord
+    from indexer.jobs.runs import run_archive_job
+
+    archived(make_record(id="E-OLD", customer_id="C-ERASE", body="Ask for plumbrickton again."))
+    restore_record(services.sessions, services.store, services.index, "E-OLD", "admin", NOW)
+    with services.sessions.begin() as session:
+        session.get(ActiveRecord, "E-OLD").body = "Nothing to say."
+    after_grace = utcnow() + timedelta(days=366)
+    assert run_archive_job(services, after_grace).archived == 2  # E-OLD and E-RST, again
+    sync_index(services.store, services.index)
+    assert services.store.info("E-OLD").version == 2
+    assert services.store.info("E-OLD").version == 2
+    naming = ["zorblax*", "zorbl?xquintle", "zorblaxquintla~", "erin.erasure", "plumbrickton"]
+    kept = ["refu*", "refnd~", "zorblax"]  # others' words; and not a whole word of theirs
+    for q in naming + kept:
+        assert client.get("/api/v1/search", headers=admin_headers,
+                          query_string={"q": q}).status_code == 200
+    assert client.get("/api/v1/audit", headers=admin_headers).status_code == 200
+
+    done = client.post("/api/v1/erase", headers=admin_headers,
+                       json={"customer_id": "C-ERASE", "reason": "asked"})
+
+    assert done.status_code == 200 and done.json["erased"] == 7
+    assert [t for _, t, _ in search_entries(services)] == ["(erased)"] * len(naming) + kept
+    data = Path(services.engine.url.database or "").parent
+    assert files_holding(data, b"plumbrickton") == []
+    assert verify_all(services).problems == []
+
+
 def test_a_blanked_audit_entry_no_erasure_lists_breaks_the_chain(
     client: Any, admin_headers: Any, services: Services, erasable: Any
 ) -> None:
@@ -302,7 +336,17 @@ def test_the_words_of_an_audited_query() -> None:
     from indexer.jobs.erasure_audit import query_words
 
     details = json.dumps({"q": "ignored: the target is read", "customer_id": "C7"})
-    words = query_words('subject:Zorb* "Li.Wei@example.com" +86 138 a', details)
-    assert words == {"subject", "zorb", "li.wei@example.com", "138", "c7"} | {
-        "ignored", "the", "target", "read"
-    }
+    words = query_words('subject:Zorb* "Li.Wei@example.com" +86 138 a wei~2 z?r* lin^2', details)
+    assert words == {
+        "subject", "zorb*", "li.wei@example.com", "138", "c7", "wei~2", "lin"
+    } | {"ignored", "the", "target", "read"}  # `z?r*` has two letters only
+
+
+def test_words_within_an_edit_distance() -> None:
+    from indexer.jobs.erasure_audit import within_distance
+
+    assert within_distance("zorblaxquintle", "zorblaxquintla", 1)
+    assert within_distance("zorblaxquintle", "zorblaxqintle", 1)  # a letter left out
+    assert not within_distance("zorblaxquintle", "zorblaxqintla", 1)
+    assert within_distance("zorblaxquintle", "zorblaxqintla", 2)
+    assert not within_distance("refund", "refunding", 2)

@@ -165,18 +165,19 @@ def erase_records(
 
 
 def readable_records(store: ArchiveStore, ids: list[str]) -> list[dict[str, Any]]:
-    """The records that can still be read; a damaged one is erased all the same, unread.
+    """Every archived version of the records that can still be read (earlier versions of a
+    re-archived record too); a damaged one is erased all the same, unread.
 
     :param store: the archive store
     :param ids: the records about to be erased
     """
     try:
-        return list(store.get_many(ids).values())
+        return store.versions(ids)
     except ArchiveStoreError:
         out = []
         for record_id in ids:
             try:
-                out.append(store.get(record_id))
+                out.extend(store.versions([record_id]))
             except ArchiveStoreError:
                 log.warning("record %s cannot be read; its words are not looked for in the "
                             "audit log", record_id)

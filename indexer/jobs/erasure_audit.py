@@ -3,9 +3,10 @@
 Searches and exports are audited with the query that was typed: after an erasure, a search for
 the customer's e-mail address or a word of their text would keep that text in the audit log.
 An entry names the erased records when its query text holds the customer's id, or a word of the
-erased records that no archived record holds any more (the index finds nothing for it once they
-are gone): their e-mail addresses, phone numbers, names, unusual words. Words the remaining
-archive holds too ("refund", "invoice") do not identify anyone, and stay.
+erased records (of any archived version of them) that no archived record holds any more (the index
+finds nothing for it once they are gone): their e-mail addresses or a part of one, phone numbers,
+names, unusual words, or a prefix, wildcard or fuzzy word that matched one of those. Words the
+remaining archive holds too ("refund", "invoice") do not identify anyone, and stay.
 """
 
 from __future__ import annotations
@@ -24,9 +25,14 @@ from indexer.errors import BadQuery
 from indexer.search import SearchEngine, SearchQuery
 
 QUERY_ACTIONS = ("search", "export")
-_SPLIT = re.compile(r"[\s\"'()\[\]{}<>,;:!?|+=]+")
-_STRIP = ".:-*~^"
-MIN_WORD = 3
+_SPLIT = re.compile(r"[\s\"'()\[\]{}<>,;:!|+=]+")
+_STRIP = ".:-^"
+_BOOST = re.compile(r"\^[\d.]*$")
+_FUZZY = re.compile(r"~(\d*)$")  # `word~` or `word~2`: words within that edit distance
+_WILDCARDS = re.compile(r"[*?]")
+_PART = re.compile(r"[a-z0-9]+")  # what a whole part of a word is, in spaced scripts
+MIN_WORD = 3  # letters and digits typed, wildcards not counted
+MAX_FUZZY = 3
 
 
 def record_text(records: Iterable[dict[str, Any]]) -> str:
@@ -70,8 +76,8 @@ def query_words(target: str, details: str) -> set[str]:
             words.add(str(value["customer_id"]).lower())
     for text in texts:
         for word in _SPLIT.split(text.lower()):
-            word = word.strip(_STRIP)
-            if len(word) >= MIN_WORD:
+            word = _BOOST.sub("", word).strip(_STRIP)
+            if len(_WILDCARDS.sub("", _FUZZY.sub("", word))) >= MIN_WORD:
                 words.add(word)
     return words
 
@@ -81,7 +87,7 @@ class _Identifying:
 
     def __init__(self, text: str, customer_id: str | None, index: SearchEngine) -> None:
         self._text = text
-        self._words = {w.strip(_STRIP) for w in _SPLIT.split(text)}
+        self._words = set(text.split()) | set(_PART.findall(text))
         self._customer = customer_id.lower() if customer_id else None
         self._index = index
         self._known: dict[str, bool] = {}
@@ -95,14 +101,53 @@ class _Identifying:
     def _decide(self, word: str) -> bool:
         if word == self._customer:
             return True
-        # Whole words for spaced scripts; Chinese runs have no spaces, so any part of one.
-        in_text = word in self._text if not word.isascii() else word in self._words
+        fuzzy = _FUZZY.search(word)
+        if fuzzy:
+            base, limit = word[: fuzzy.start()], min(int(fuzzy.group(1) or 1), MAX_FUZZY)
+            in_text = any(within_distance(base, other, limit) for other in self._words)
+        else:
+            in_text = self._occurs(word)
         if not in_text:
             return False
         try:
             return self._index.search(SearchQuery(q=word, per_page=1)).total == 0
         except BadQuery:
             return False
+
+    def _occurs(self, word: str) -> bool:
+        """Whether the erased text holds the word (wildcards matching) as a whole word or a
+        whole part of one (`erin.k` of `erin.k@example.org`); in Chinese, which has no
+        spaces, anywhere."""
+        if _PART.fullmatch(word):  # the usual case, answered without a scan of the text
+            return word in self._words
+        pattern = "".join(
+            r"\S*" if c == "*" else r"\S" if c == "?" else re.escape(c) for c in word
+        )
+        if word.isascii():
+            pattern = rf"(?<![a-z0-9]){pattern}(?![a-z0-9])"
+        return re.search(pattern, self._text) is not None
+
+
+def within_distance(a: str, b: str, limit: int) -> bool:
+    """Whether `b` is at most `limit` insertions, deletions or substitutions away from `a`.
+
+    :param a: a word
+    :param b: another word
+    :param limit: the largest edit distance that counts
+    """
+    if abs(len(a) - len(b)) > limit:
+        return False
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(min(
+                previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)
+            ))
+        if min(current) > limit:
+            return False
+        previous = current
+    return previous[-1] <= limit
 
 
 def entries_naming(
