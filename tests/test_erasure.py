@@ -246,7 +246,7 @@ def test_audited_searches_that_named_the_customer_are_blanked(
 
 
 
-def test_prefix_fuzzy_and_partial_words_and_earlier_versions_are_blanked_too(
+def test_prefix_and_partial_words_and_earlier_versions_are_blanked_too(
     client: Any, admin_headers: Any, services: Services, erasable: Any, archived: Any,
     make_record: Any,
 ) -> None:
@@ -262,8 +262,8 @@ def test_prefix_fuzzy_and_partial_words_and_earlier_versions_are_blanked_too(
     sync_index(services.store, services.index)
     assert services.store.info("E-OLD").version == 2
     assert services.store.info("E-OLD").version == 2
-    naming = ["zorblax*", "zorbl?xquintle", "zorblaxquintla~", "erin.erasure", "plumbrickton"]
-    kept = ["refu*", "refnd~", "zorblax"]  # others' words; and not a whole word of theirs
+    naming = ["zorblax*", "zorbl?xquintle", "erin.erasure", "plumbrickton"]
+    kept = ["refu*", "zorblax"]  # others' words; and not a whole word of theirs
     for q in naming + kept:
         assert client.get("/api/v1/search", headers=admin_headers,
                           query_string={"q": q}).status_code == 200
@@ -338,15 +338,6 @@ def test_the_words_of_an_audited_query() -> None:
     details = json.dumps({"q": "ignored: the target is read", "customer_id": "C7"})
     words = query_words('subject:Zorb* "Li.Wei@example.com" +86 138 a wei~2 z?r* lin^2', details)
     assert words == {
-        "subject", "zorb*", "li.wei@example.com", "138", "c7", "wei~2", "lin"
+        "subject", "zorb*", "li.wei@example.com", "138", "c7", "wei", "lin"
     } | {"ignored", "the", "target", "read"}  # `z?r*` has two letters only
 
-
-def test_words_within_an_edit_distance() -> None:
-    from indexer.jobs.erasure_audit import within_distance
-
-    assert within_distance("zorblaxquintle", "zorblaxquintla", 1)
-    assert within_distance("zorblaxquintle", "zorblaxqintle", 1)  # a letter left out
-    assert not within_distance("zorblaxquintle", "zorblaxqintla", 1)
-    assert within_distance("zorblaxquintle", "zorblaxqintla", 2)
-    assert not within_distance("refund", "refunding", 2)

@@ -5,7 +5,7 @@ the customer's e-mail address or a word of their text would keep that text in th
 An entry names the erased records when its query text holds the customer's id, or a word of the
 erased records (of any archived version of them) that no archived record holds any more (the index
 finds nothing for it once they are gone): their e-mail addresses or a part of one, phone numbers,
-names, unusual words, or a prefix, wildcard or fuzzy word that matched one of those. Words the
+names, unusual words, or a prefix or wildcard word that matched one of those. Words the
 remaining archive holds too ("refund", "invoice") do not identify anyone, and stay.
 """
 
@@ -25,14 +25,12 @@ from indexer.errors import BadQuery
 from indexer.search import SearchEngine, SearchQuery
 
 QUERY_ACTIONS = ("search", "export")
-_SPLIT = re.compile(r"[\s\"'()\[\]{}<>,;:!|+=]+")
+_SPLIT = re.compile(r"[\s\"'()\[\]{}<>,;:!|+=~]+")
 _STRIP = ".:-^"
 _BOOST = re.compile(r"\^[\d.]*$")
-_FUZZY = re.compile(r"~(\d*)$")  # `word~` or `word~2`: words within that edit distance
 _WILDCARDS = re.compile(r"[*?]")
 _PART = re.compile(r"[a-z0-9]+")  # what a whole part of a word is, in spaced scripts
 MIN_WORD = 3  # letters and digits typed, wildcards not counted
-MAX_FUZZY = 3
 
 
 def record_text(records: Iterable[dict[str, Any]]) -> str:
@@ -77,7 +75,7 @@ def query_words(target: str, details: str) -> set[str]:
     for text in texts:
         for word in _SPLIT.split(text.lower()):
             word = _BOOST.sub("", word).strip(_STRIP)
-            if len(_WILDCARDS.sub("", _FUZZY.sub("", word))) >= MIN_WORD:
+            if len(_WILDCARDS.sub("", word)) >= MIN_WORD:
                 words.add(word)
     return words
 
@@ -101,13 +99,7 @@ class _Identifying:
     def _decide(self, word: str) -> bool:
         if word == self._customer:
             return True
-        fuzzy = _FUZZY.search(word)
-        if fuzzy:
-            base, limit = word[: fuzzy.start()], min(int(fuzzy.group(1) or 1), MAX_FUZZY)
-            in_text = any(within_distance(base, other, limit) for other in self._words)
-        else:
-            in_text = self._occurs(word)
-        if not in_text:
+        if not self._occurs(word):
             return False
         try:
             return self._index.search(SearchQuery(q=word, per_page=1)).total == 0
@@ -126,28 +118,6 @@ class _Identifying:
         if word.isascii():
             pattern = rf"(?<![a-z0-9]){pattern}(?![a-z0-9])"
         return re.search(pattern, self._text) is not None
-
-
-def within_distance(a: str, b: str, limit: int) -> bool:
-    """Whether `b` is at most `limit` insertions, deletions or substitutions away from `a`.
-
-    :param a: a word
-    :param b: another word
-    :param limit: the largest edit distance that counts
-    """
-    if abs(len(a) - len(b)) > limit:
-        return False
-    previous = list(range(len(b) + 1))
-    for i, char_a in enumerate(a, 1):
-        current = [i]
-        for j, char_b in enumerate(b, 1):
-            current.append(min(
-                previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)
-            ))
-        if min(current) > limit:
-            return False
-        previous = current
-    return previous[-1] <= limit
 
 
 def entries_naming(
