@@ -1,8 +1,9 @@
 """A record's process for the record view when the CRM's own tables are mapped.
 
 The archive knows the rows a process was archived with; once they are restored, or when the
-CRM adds rows to a restored process, the live rows are in the CRM's tables, which Archivist's
-own active table never holds. So the view reads them there, and shows them `active`.
+CRM adds rows to a restored process (or, in tables without foreign keys, under a row still
+archived), the live rows are in the CRM's tables, which Archivist's own active table never
+holds. So the view reads them there, and shows them `active`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from archive_store import ArchiveStore
-from archivist.crm_rows import CrmTables
+from archivist.crm_rows import CrmTable, CrmTables
 from archivist.processes import ACTIVE
-from indexer.jobs.crm_archiver import CrmRow, load_processes
+from indexer.jobs.crm_archiver import CrmRow, load_children, load_processes
 from indexer.processes import MAX_PROCESS_VIEW, ProcessNode, ProcessView, view_process
 
 
@@ -30,10 +31,15 @@ def view_record_process(
     if crm is None:
         return view
     seeds: dict[str, list[Any]] = defaultdict(list)
+    archived: dict[CrmTable, list[Any]] = defaultdict(list)
     for node in view.records:
         crm_table = crm.table_of(node.id)
-        if crm_table is not None and node.state != "archived":
-            seeds[crm_table.name].append(crm_table.key_of(node.id))
+        if crm_table is None:
+            continue
+        key = crm_table.key_of(node.id)
+        (archived[crm_table] if node.state == "archived" else seeds[crm_table.name]).append(key)
+    for row in load_children(session, archived):  # live rows the CRM added under archived ones
+        seeds[row.table.name].append(row.key)
     if not seeds:
         return view
     live = {row.record_id: row for p in load_processes(session, crm, seeds) for row in p.rows}

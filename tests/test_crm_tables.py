@@ -429,26 +429,31 @@ def test_crm_bulk_restore_over_http_restores_processes_and_skips_the_rest(crm):
     assert snapshot(crm) == before
 
 
-def test_crm_record_view_lists_the_process_rows_back_in_the_crm_as_active(crm):
+def record_view(services: Services, record_id: str) -> dict:
+    """The record view's JSON, as the HTTP API answers it."""
     from server import close_app, create_app
     from tests.conftest import _token_headers
 
+    headers = _token_headers(services, "admin")
+    app = create_app(services.config)
+    app.config["TESTING"] = True
+    try:
+        response = app.test_client().get(f"/api/v1/records/{record_id}", headers=headers)
+    finally:
+        close_app(app)
+    assert response.status_code == 200, response.json
+    return response.json
+
+
+def test_crm_record_view_lists_the_process_rows_back_in_the_crm_as_active(crm):
     run_archive_job(crm, utcnow())
     restore_crm_process(crm.sessions, crm.store, crm.index, crm.crm, "note:1", "admin", utcnow())
     # the CRM goes on with the case: a message the archive never saw
     run_sql(crm.config.active_url, f"""
         INSERT INTO case_messages (msg_id, case_id, queue, subject, text, sent_at) VALUES
          ('{msg(3)}', 11, 'billing', 'Thanks', 'Resolved, thanks', now());""")
-    headers = _token_headers(crm, "admin")
-    app = create_app(crm.config)
-    app.config["TESTING"] = True
-    try:
-        response = app.test_client().get(f"/api/v1/records/msg:{msg(2)}", headers=headers)
-    finally:
-        close_app(app)
 
-    assert response.status_code == 200, response.json
-    process = response.json["process"]
+    process = record_view(crm, f"msg:{msg(2)}")["process"]
     assert process["root"] == "case:10"
     states = {node["id"]: node["state"] for node in process["records"]}
     assert states == {record_id: "active" for record_id in PROCESS_A | {f"msg:{msg(3)}"}}
@@ -456,3 +461,21 @@ def test_crm_record_view_lists_the_process_rows_back_in_the_crm_as_active(crm):
     assert (new["parent_id"], new["subject"]) == ("case:11", "Thanks")
     ids = [node["id"] for node in process["records"]]
     assert ids.index("case:10") < ids.index("case:11") < ids.index(f"msg:{msg(3)}")
+
+
+def test_crm_record_view_lists_rows_the_crm_added_under_an_archived_case(crm):
+    run_archive_job(crm, utcnow())
+    # without the foreign key, the CRM can add a message to a case that was archived
+    run_sql(crm.config.active_url, f"""
+        ALTER TABLE case_messages DROP CONSTRAINT case_messages_case_id_fkey;
+        INSERT INTO case_messages (msg_id, case_id, queue, subject, text, sent_at) VALUES
+         ('{msg(3)}', 11, 'billing', 'Again', 'Still waiting', now());""")
+
+    process = record_view(crm, f"msg:{msg(2)}")["process"]
+
+    states = {node["id"]: node["state"] for node in process["records"]}
+    assert states == {record_id: "archived" for record_id in PROCESS_A} | {
+        f"msg:{msg(3)}": "active"
+    }
+    new = next(node for node in process["records"] if node["id"] == f"msg:{msg(3)}")
+    assert (new["parent_id"], new["subject"]) == ("case:11", "Again")

@@ -187,23 +187,40 @@ def load_processes(
         frontier = _fetch(session, crm, wanted, rows, lock)
     frontier = list(rows.values())
     while frontier:  # down: the children not loaded yet
-        found: list[CrmRow] = []
         by_table: dict[CrmTable, list[Any]] = defaultdict(list)
         for row in frontier:
             by_table[row.table].append(row.key)
-        for parent, keys in by_table.items():
-            for child in parent.children:
-                column = child.parent_column
-                assert column is not None
-                for chunk in _chunks(keys):
-                    stmt = select(*child.select_columns()).where(column.in_(chunk))
-                    for values in session.execute(_locked(stmt, lock)).mappings():
-                        row = _row(child, values)
-                        if row.record_id not in rows:
-                            rows[row.record_id] = row
-                            found.append(row)
+        found: list[CrmRow] = []
+        for row in load_children(session, by_table, lock=lock):
+            if row.record_id not in rows:
+                rows[row.record_id] = row
+                found.append(row)
         frontier = found
     return group_processes(rows.values())
+
+
+def load_children(
+    session: Session, parents: dict[CrmTable, list[Any]], *, lock: bool = False
+) -> list[CrmRow]:
+    """The rows whose parent column names one of these parents (table -> keys): their
+    children, in every mapped child table. The parents themselves need not be in the CRM.
+
+    :param session: a session on the CRM's database
+    :param parents: the parents' table and keys
+    :param lock: lock the rows read (`FOR UPDATE`)
+    """
+    found: list[CrmRow] = []
+    for parent, keys in parents.items():
+        for child in parent.children:
+            column = child.parent_column
+            assert column is not None
+            for chunk in _chunks(keys):
+                stmt = select(*child.select_columns()).where(column.in_(chunk))
+                found.extend(
+                    _row(child, values)
+                    for values in session.execute(_locked(stmt, lock)).mappings()
+                )
+    return found
 
 
 def group_processes(rows: Iterable[CrmRow]) -> list[CrmProcess]:
