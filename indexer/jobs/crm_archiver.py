@@ -34,6 +34,7 @@ from archivist.errors import InvalidRecord
 from archivist.holds import load_hold_set
 from archivist.records import parse_record, parse_utc
 from archivist.retention import RetentionRules, archive_cutoff
+from indexer.jobs.collector import collector_paused
 
 log = logging.getLogger(__name__)
 ACTOR = "archiver"
@@ -123,37 +124,38 @@ def archive_crm_tables(
     for crm_table in crm.tables:
         after: Any = None
         while not should_stop():
-            with sessions.begin() as session:
-                keys = _aged_keys(session, crm_table, loosest, after, batch_size)
-                if not keys:
-                    break
-                after = keys[-1]
-                seeds = [k for k in keys if crm_table.record_id(k) not in decided]
-                processes = load_processes(session, crm, {crm_table.name: seeds})
-                holds = load_hold_set(session)
-            processes = [p for p in processes if p.root_id not in decided]
-            for process in processes:
-                decided.update(process.record_ids)
-            due = _due(processes, store, rules, as_of, holds)
-            report.held_back += len(processes) - len(due)
-            with sessions.begin() as session:
-                blocked = _referenced(session, due, refs)
-            movable = [p for p in due if p.root_id not in blocked]
-            _report_blocked(sessions, report, due, blocked, job_run_id, dry_run)
-            if dry_run:
-                for process in movable:
+            with collector_paused():  # one batch's rows live until it ends
+                with sessions.begin() as session:
+                    keys = _aged_keys(session, crm_table, loosest, after, batch_size)
+                    if not keys:
+                        break
+                    after = keys[-1]
+                    seeds = [k for k in keys if crm_table.record_id(k) not in decided]
+                    processes = load_processes(session, crm, {crm_table.name: seeds})
+                    holds = load_hold_set(session)
+                processes = [p for p in processes if p.root_id not in decided]
+                for process in processes:
+                    decided.update(process.record_ids)
+                due = _due(processes, store, rules, as_of, holds)
+                report.held_back += len(processes) - len(due)
+                with sessions.begin() as session:
+                    blocked = _referenced(session, due, refs)
+                movable = [p for p in due if p.root_id not in blocked]
+                _report_blocked(sessions, report, due, blocked, job_run_id, dry_run)
+                if dry_run:
+                    for process in movable:
+                        report.archived += len(process.rows)
+                        report.by_category.update(r.record["category"] for r in process.rows)
+                    continue
+                moved = move_processes(sessions, store, movable, archived_at, report, job_run_id)
+                for process in moved:
                     report.archived += len(process.rows)
                     report.by_category.update(r.record["category"] for r in process.rows)
-                continue
-            moved = move_processes(sessions, store, movable, archived_at, report, job_run_id)
-            for process in moved:
-                report.archived += len(process.rows)
-                report.by_category.update(r.record["category"] for r in process.rows)
-                if index_batch is not None:
-                    to_index.extend((r.record, archived_at) for r in process.rows)
-            if index_batch is not None and len(to_index) >= index_every:
-                report.indexed += index_batch(to_index)
-                to_index = []
+                    if index_batch is not None:
+                        to_index.extend((r.record, archived_at) for r in process.rows)
+                if index_batch is not None and len(to_index) >= index_every:
+                    report.indexed += index_batch(to_index)
+                    to_index = []
     if index_batch is not None and to_index:
         report.indexed += index_batch(to_index)
     return report
