@@ -17,12 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from archivist.active_db import find_active, utcnow
+from archivist.active_db import AuditEntry, find_active, utcnow
+from archivist.audit import AuditEvent, write_audit
 from archivist.config import load_config
 from archivist.demo_data import generate_records
+from indexer.jobs.erasure import ledger_path
 from indexer.jobs.restore import restore_record
 from indexer.search import SearchQuery
 from indexer.services import Services
+from tests.test_erasure import files_holding
 
 pytestmark = pytest.mark.slow
 AS_OF = "2030-01-01"
@@ -350,3 +353,46 @@ def test_sigkill_during_restore_keeps_processes_whole(tmp_path, config_path, mod
     assert result.returncode == 0, result.stderr
     archived, active = check_processes_whole(config_path, processes)
     assert active >= 1 and archived >= 1
+
+
+@pytest.mark.parametrize(("point", "rerun"), [
+    ("erase.after_store", ["archive", "--as-of", AS_OF]),
+    ("store.catalog_committed", ["erase", "--customer", "C-OTHER", "--reason", "asked too"]),
+])
+def test_an_erasure_killed_half_way_is_finished_by_the_next_run(
+    config_path, make_record, point, rerun
+):
+    marker = b"vexquorblint"
+    theirs = [
+        make_record(id=f"X{i}", customer_id="C-GONE", body=f"Note {marker.decode()} {i}",
+                    updated_at="2020-01-02T00:00:00Z")
+        for i in range(5)
+    ]
+    installed(config_path, theirs + aged_records(make_record, 20))
+    assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
+    config = load_config(config_path)
+    with Services.open(config) as services:  # an agent searched for them: the log holds it
+        (seq,) = write_audit(services.sessions, [AuditEvent(
+            utcnow(), "agent", "search", marker.decode(), details={"q": marker.decode()}
+        )])
+    data = config_path.parent / "data"  # the database, the archive and the index
+    assert files_holding(data, marker) != []
+
+    killed = archivist(config_path, "erase", "--customer", "C-GONE", "--reason", "asked",
+                       env={"ARCHIVIST_CRASH_AT": f"{point}:1"})
+    assert killed.returncode == -signal.SIGKILL
+    assert files_holding(config.index_dir, marker) != []  # the store's part done, not the rest
+
+    result = archivist(config_path, *rerun)
+
+    assert result.returncode == 0, result.stderr
+    assert files_holding(data, marker) == []
+    with Services.open(config) as services:
+        assert {services.store.info(f"X{i}").state for i in range(5)} == {"erased"}
+        with services.read_sessions.begin() as session:
+            assert session.get(AuditEntry, seq).target == "(erased)"
+    assert archivist(config_path, "verify").returncode == 0
+    ledger = [json.loads(line) for line in ledger_path(config.key_file).read_text().splitlines()]
+    assert {"done": ledger[0]["id"]} in ledger
+    again = archivist(config_path, "erase", "--customer", "C-GONE", "--reason", "asked")
+    assert again.stdout.decode().splitlines()[0] == "erased 0"

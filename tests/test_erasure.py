@@ -139,6 +139,24 @@ def test_a_hold_on_another_record_of_the_process_refuses_the_erasure(
     assert services.index.search(SearchQuery(q=MARKER.decode())).total == 1
 
 
+
+def test_an_erasure_refused_for_a_move_under_way_is_not_finished_later(
+    services: Services, erasable: Any
+) -> None:
+    from archive_store import RestoreInProgress
+    from indexer.jobs.erasure import finish_interrupted_erasures, load_ledger
+
+    services.store.begin_restore("E-000")  # a restore under way
+    with pytest.raises(RestoreInProgress):
+        erase_records(services, customer_id="C-ERASE", actor="admin", at=NOW)
+    services.store.abort_restore("E-000")
+
+    assert finish_interrupted_erasures(services, NOW) == 0
+    assert {services.store.info(i).state for i in erasable["theirs"]} == {"archived"}
+    ledger = load_ledger(ledger_path(services.config.key_file))
+    assert ledger[-1] == {"done": ledger[0]["id"]}
+
+
 def test_erase_api_and_the_record_view(client: Any, admin_headers: Any, erasable: Any) -> None:
     held = client.post("/api/v1/erase", headers=admin_headers,
                        json={"record_id": "E-001", "reason": "asked", "dry_run": True})

@@ -13,12 +13,16 @@ audit log (see `erasure_audit`), and an `erase` entry lists them.
 Backups taken before an erasure still hold the erased records. So each erasure is first written
 to the *erasure ledger*, a JSON Lines file beside the archive key file (`<key_file>.erasures`,
 outside the archive folder and never part of a backup), holding ids and hashes only (of the
-records, and of the audit entries it blanked). After a backup is recovered, the recovery calls::
+records, and of the audit entries to blank), and a `done` line once it finished. After a backup
+is recovered, the recovery calls::
 
     apply_erasure_ledger(services: Services, at: datetime) -> int
 
 which erases again every ledgered record the recovered files still hold (and blanks the ledgered
-audit entries), and returns how many records.
+audit entries), and returns how many records. An erasure with no `done` line stopped half-way;
+`finish_interrupted_erasures` (run by the next erasure and the next archive run) does the same for
+it alone. Erasures hold a lock file beside the ledger, so a finisher never mistakes one under way
+for one interrupted.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +42,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from archive_store import ArchiveStore, ArchiveStoreError
+from archive_store import ArchiveStore, ArchiveStoreError, CatalogEntry, RestoreInProgress
+from archive_store.faults import crash_point
+from archive_store.locks import ProcessLock
 from archivist.active_db import ActiveRecord
 from archivist.audit import write_blanking
 from archivist.holds import load_hold_set
@@ -106,6 +114,30 @@ def erase_records(
     """
     if (customer_id is None) == (record_id is None):
         raise ValueError("give exactly one of customer_id and record_id")
+    if dry_run:
+        plan = _plan(services, customer_id, record_id)
+        return ErasureReport(len(plan.ids), plan.ids, plan.active, True, plan.hashes)
+    with _erasing(ledger_path(services.config.key_file)) as path:
+        _finish_interrupted(services, path, at)  # first: it may erase some of these
+        plan = _plan(services, customer_id, record_id)
+        return _erase(services, plan, customer_id, record_id, actor, at, path)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What an erasure is to remove, once no hold stands in its way."""
+
+    ids: list[str]
+    entries: dict[str, CatalogEntry]
+    active: int  # the records still in the active database (the CRM's to erase)
+
+    @property
+    def hashes(self) -> list[str]:
+        return [self.entries[i].sha256 for i in self.ids if i in self.entries]
+
+
+def _plan(services: Services, customer_id: str | None, record_id: str | None) -> _Plan:
+    """The records to erase; raises `OnHold` if a legal hold covers any of them."""
     store = services.store
     if record_id is not None:
         info = store.info(record_id)  # RecordNotFound if never archived
@@ -142,25 +174,52 @@ def erase_records(
             active = session.scalar(
                 select(func.count()).select_from(ActiveRecord).where(ActiveRecord.id == record_id)
             ) or 0
-    hashes = [entries[i].sha256 for i in ids if i in entries]
-    if dry_run:
-        return ErasureReport(len(ids), ids, active, True, hashes)
-    # Ledger first: if anything below fails, a recovery still erases what was asked for.
-    append_ledger(ledger_path(services.config.key_file), {
+    return _Plan(ids, entries, active)
+
+
+def _erase(
+    services: Services,
+    plan: _Plan,
+    customer_id: str | None,
+    record_id: str | None,
+    actor: str,
+    at: datetime,
+    path: Path,
+) -> ErasureReport:
+    """The erasure itself, every step ledgered first (the caller holds the erasure lock)."""
+    store, ids = services.store, plan.ids
+    records = readable_records(store, ids)  # their words, for the audited queries naming them
+    with services.read_sessions.begin() as session:
+        naming, looked = entries_naming(session, records, customer_id, ids, services.index)
+    # Ledger first: if anything below fails or the process dies, `finish_interrupted_erasures`
+    # (the next erasure or archive run) and a recovery still do what was asked for.
+    erasure_id = uuid.uuid4().hex
+    append_ledger(path, {
+        "id": erasure_id,
         "at": at.isoformat(),
         "customer_sha256": customer_hash(customer_id) if customer_id is not None else None,
-        "records": [[i, entries[i].sha256] for i in ids if i in entries],
+        "records": [[i, plan.entries[i].sha256] for i in ids if i in plan.entries],
+        "audit": [[seq, entry_hash] for seq, entry_hash in naming],
     })
-    records = readable_records(store, ids)  # their words, for the audited queries naming them
-    erased = store.erase(ids, at, actor, customer_id=customer_id)
+    try:
+        erased = store.erase(ids, at, actor, customer_id=customer_id)
+    except RestoreInProgress:
+        append_ledger(path, {"done": erasure_id})  # refused, nothing erased: nothing to finish
+        raise
+    crash_point("erase.after_store")
     erase_from_index(services, [e.record_id for e in erased])
-    blanked = blank_audit_entries(
-        services, records, customer_id, at, actor, audit_target(customer_id, record_id)
+    with services.read_sessions.begin() as session:  # searches audited meanwhile
+        later, _ = entries_naming(session, records, customer_id, ids, services.index, looked)
+    if later:
+        append_ledger(path, {"id": erasure_id, "audit": [[seq, h] for seq, h in later]})
+    blanked = write_blanking(
+        services.sessions, naming + later, at, actor, audit_target(customer_id, record_id)
     )
     wipe_free_pages(services)
+    append_ledger(path, {"done": erasure_id})
     return ErasureReport(
-        len(erased), [e.record_id for e in erased], active, False, [e.sha256 for e in erased],
-        blanked,
+        len(erased), [e.record_id for e in erased], plan.active, False,
+        [e.sha256 for e in erased], blanked,
     )
 
 
@@ -182,34 +241,6 @@ def readable_records(store: ArchiveStore, ids: list[str]) -> list[dict[str, Any]
                 log.warning("record %s cannot be read; its words are not looked for in the "
                             "audit log", record_id)
         return out
-
-
-def blank_audit_entries(
-    services: Services,
-    records: Iterable[dict[str, Any]],
-    customer_id: str | None,
-    at: datetime,
-    actor: str,
-    target: str,
-) -> list[int]:
-    """Blank the audited searches and exports whose query named the erased records (ledgered
-    first, so a recovered backup blanks them too); returns their seqs.
-
-    :param services: the installation, its index already without the records
-    :param records: the erased records as they were archived
-    :param customer_id: the erased customer, if any
-    :param at: when
-    :param actor: who erases
-    :param target: the erasure's audit target
-    """
-    with services.read_sessions.begin() as session:
-        naming = entries_naming(session, records, customer_id, services.index)
-    if not naming:
-        return []
-    append_ledger(ledger_path(services.config.key_file), {
-        "at": at.isoformat(), "audit": [[seq, entry_hash] for seq, entry_hash in naming],
-    })
-    return write_blanking(services.sessions, naming, at, actor, target)
 
 
 def audit_details(report: ErasureReport, customer_id: str | None) -> dict[str, Any]:
@@ -321,8 +352,61 @@ def apply_erasure_ledger(services: Services, at: datetime) -> int:
     :param services: the recovered installation
     :param at: when (aware, the real clock)
     """
-    store = services.store
     ledger = load_ledger(ledger_path(services.config.key_file))
+    return _apply(services, [e for e in ledger if "done" not in e], at)
+
+
+def finish_interrupted_erasures(services: Services, at: datetime) -> int:
+    """Finish each erasure the ledger lists as begun and not done: the process died (or
+    failed) between its ledger line and its end, so its records may still be in the store or
+    the index, or the audited searches naming them not blanked yet. Returns how many records
+    it erased; reads the ledger only, and changes nothing, when every erasure finished.
+
+    :param services: the installation
+    :param at: when (aware, the real clock)
+    """
+    path = ledger_path(services.config.key_file)
+    if not _unfinished(load_ledger(path)):
+        return 0
+    with _erasing(path):  # waits for an erasure under way, whose line is not done yet
+        return _finish_interrupted(services, path, at)
+
+
+def _unfinished(ledger: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    done = {e["done"] for e in ledger if "done" in e}
+    return [e for e in ledger if e.get("id") and e["id"] not in done]
+
+
+def _finish_interrupted(services: Services, path: Path, at: datetime) -> int:
+    """`finish_interrupted_erasures`, with the erasure lock held."""
+    unfinished = _unfinished(load_ledger(path))
+    if not unfinished:
+        return 0
+    erased = _apply(services, unfinished, at)
+    for erasure_id in dict.fromkeys(e["id"] for e in unfinished):
+        append_ledger(path, {"done": erasure_id})
+    log.warning("finished %d interrupted erasure(s): %d record(s) erased now",
+                len({e["id"] for e in unfinished}), erased)
+    return erased
+
+
+@contextmanager
+def _erasing(path: Path) -> Iterator[Path]:
+    """Hold the erasure lock (beside the ledger): one erasure at a time across processes, so
+    a finisher never takes an erasure under way for an interrupted one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = ProcessLock(path.with_name(path.name + ".lock"))
+    try:
+        with lock:
+            yield path
+    finally:
+        lock.close()
+
+
+def _apply(services: Services, ledger: list[dict[str, Any]], at: datetime) -> int:
+    """Do again what these ledger lines asked for, wherever it is not done yet: erase the
+    records the store still holds, take them out of the index, blank the audit entries."""
+    store = services.store
     by_hash = _customer_ids_by_hash(
         store, {e["customer_sha256"] for e in ledger if e.get("customer_sha256")}
     )
@@ -332,11 +416,13 @@ def apply_erasure_ledger(services: Services, at: datetime) -> int:
         customer_id = by_hash.get(entry.get("customer_sha256") or "")
         if customer_id is not None:
             ids = sorted(set(ids) | set(store.find_customer_records(customer_id)))
-        erased_ids.extend(
-            e.record_id for e in store.erase(ids, at, "erasure-ledger", customer_id=customer_id)
-        )
-    # The recovered index may hold records erased before the backup too (a later rebuild,
-    # a copy from elsewhere): rewrite whatever holds any ledgered id.
+        if ids or customer_id is not None:
+            erased_ids.extend(
+                e.record_id
+                for e in store.erase(ids, at, "erasure-ledger", customer_id=customer_id)
+            )
+    # The index may hold records erased earlier too (a later rebuild, a copy from elsewhere,
+    # a process that died before it rewrote the index): rewrite whatever holds any of them.
     everything = [rid for e in ledger for rid, _sha in e.get("records", [])]
     if everything:
         erase_from_index(services, everything)

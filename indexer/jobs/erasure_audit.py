@@ -3,10 +3,11 @@
 Searches and exports are audited with the query that was typed: after an erasure, a search for
 the customer's e-mail address or a word of their text would keep that text in the audit log.
 An entry names the erased records when its query text holds the customer's id, or a word of the
-erased records (of any archived version of them) that no archived record holds any more (the index
-finds nothing for it once they are gone): their e-mail addresses or a part of one, phone numbers,
-names, unusual words, or a prefix or wildcard word that matched one of those. Words the
-remaining archive holds too ("refund", "invoice") do not identify anyone, and stay.
+erased records (of any archived version of them) that no other archived record holds (the index
+finds none but theirs for it, so the answer is the same before the erasure and after it): their
+e-mail addresses or a part of one, phone numbers, names, unusual words, or a prefix or wildcard
+word that matched one of those. Words the remaining archive holds too ("refund", "invoice") do
+not identify anyone, and stay.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from archivist.active_db import AuditEntry
@@ -83,10 +84,14 @@ def query_words(target: str, details: str) -> set[str]:
 class _Identifying:
     """Decides, once per word, whether a word names the erased records."""
 
-    def __init__(self, text: str, customer_id: str | None, index: SearchEngine) -> None:
+    def __init__(
+        self, text: str, customer_id: str | None, record_ids: Iterable[str], index: SearchEngine
+    ) -> None:
         self._text = text
         self._words = set(text.split()) | set(_PART.findall(text))
         self._customer = customer_id.lower() if customer_id else None
+        self._customer_id = customer_id
+        self._ids = set(record_ids)
         self._index = index
         self._known: dict[str, bool] = {}
 
@@ -102,9 +107,23 @@ class _Identifying:
         if not self._occurs(word):
             return False
         try:
-            return self._index.search(SearchQuery(q=word, per_page=1)).total == 0
+            return self._finds_only_theirs(word)
         except BadQuery:
             return False
+
+    def _finds_only_theirs(self, word: str) -> bool:
+        """Whether every record the index finds for the word is an erased one: true before
+        the erasure as after it (when it finds none)."""
+        total = self._index.search(SearchQuery(q=word, per_page=1)).total
+        if total == 0:
+            return True
+        if total > len(self._ids):
+            return False
+        if self._customer_id is not None:  # the customer's archived records are all erased
+            theirs = SearchQuery(q=word, customer_id=self._customer_id, per_page=1)
+            return self._index.search(theirs).total == total
+        hits = self._index.search(SearchQuery(q=word, per_page=total)).hits
+        return all(hit.id in self._ids for hit in hits)
 
     def _occurs(self, word: str) -> bool:
         """Whether the erased text holds the word (wildcards matching) as a whole word or a
@@ -124,26 +143,36 @@ def entries_naming(
     session: Session,
     records: Iterable[dict[str, Any]],
     customer_id: str | None,
+    record_ids: Iterable[str],
     index: SearchEngine,
-) -> list[tuple[int, str]]:
-    """(seq, entry_hash) of each audited search or export whose query names erased records.
+    after: int = 0,
+) -> tuple[list[tuple[int, str]], int]:
+    """(seq, entry_hash) of each audited search or export whose query names erased records,
+    and the last seq looked at.
 
-    Call it once the records are out of the index.
+    Call it before the records leave the index, or after: a word names them when the index
+    finds nothing but their records for it.
 
     :param session: a session on the active database
     :param records: the erased records as they were archived
-    :param customer_id: the erased customer, if a customer was erased
-    :param index: the search index, without the erased records
+    :param customer_id: the erased customer, if a customer is erased
+    :param record_ids: the erased records' ids
+    :param index: the search index
+    :param after: look only at entries after this seq (written since an earlier look)
     """
-    identifying = _Identifying(record_text(records), customer_id, index)
+    identifying = _Identifying(record_text(records), customer_id, record_ids, index)
+    last = session.scalar(select(func.max(AuditEntry.seq))) or 0
     found: list[tuple[int, str]] = []
     rows = session.execute(
         select(AuditEntry.seq, AuditEntry.entry_hash, AuditEntry.target, AuditEntry.details)
-        .where(AuditEntry.action.in_(QUERY_ACTIONS), AuditEntry.details != BLANKED_DETAILS)
+        .where(
+            AuditEntry.seq > after, AuditEntry.seq <= last,
+            AuditEntry.action.in_(QUERY_ACTIONS), AuditEntry.details != BLANKED_DETAILS,
+        )
         .order_by(AuditEntry.seq)
         .execution_options(yield_per=1000)
     )
     for seq, entry_hash, target, details in rows:
         if any(identifying(word) for word in query_words(target, details)):
             found.append((seq, entry_hash))
-    return found
+    return found, max(last, after)

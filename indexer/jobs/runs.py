@@ -17,6 +17,7 @@ from archivist.records import Record, format_utc
 from indexer.jobs.archiver import ArchiveReport, archive_due_records, preview_archive
 from indexer.jobs.crm_archiver import CrmArchiveReport, archive_crm_tables
 from indexer.jobs.disposal import DisposalReport, dispose_due_records
+from indexer.jobs.erasure import finish_interrupted_erasures
 from indexer.jobs.indexing import sync_index
 from indexer.jobs.settling import settle_leftovers
 from indexer.services import Services
@@ -33,6 +34,8 @@ def run_archive_job(
 ) -> ArchiveReport:
     """Run the archiving job once (or preview it) and record the run."""
     config = services.config
+    if not dry_run:  # an erasure a crash left half-done is finished before anything moves
+        finish_interrupted_erasures(services, utcnow())
     if services.crm is not None:
         return _run_crm_archive_job(services, as_of, dry_run=dry_run, should_stop=should_stop)
     if dry_run:
