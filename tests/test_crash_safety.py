@@ -391,6 +391,11 @@ def test_an_erasure_killed_half_way_is_finished_by_the_next_run(
         assert {services.store.info(f"X{i}").state for i in range(5)} == {"erased"}
         with services.read_sessions.begin() as session:
             assert session.get(AuditEntry, seq).target == "(erased)"
+            finished = session.query(AuditEntry).filter(
+                AuditEntry.details.contains("interrupted_erasures_finished")
+            ).one()
+            assert (finished.actor, finished.action) == ("erasure-ledger", "erase")
+            assert json.loads(finished.details)["interrupted_erasures_finished"] == 1
     assert archivist(config_path, "verify").returncode == 0
     ledger = [json.loads(line) for line in ledger_path(config.key_file).read_text().splitlines()]
     assert {"done": ledger[0]["id"]} in ledger

@@ -46,7 +46,7 @@ from archive_store import ArchiveStore, ArchiveStoreError, CatalogEntry, Restore
 from archive_store.faults import crash_point
 from archive_store.locks import ProcessLock
 from archivist.active_db import ActiveRecord
-from archivist.audit import write_blanking
+from archivist.audit import AuditEvent, write_audit, write_blanking
 from archivist.holds import load_hold_set
 from archivist.processes import find_processes, is_held
 from indexer.errors import IndexerError
@@ -56,6 +56,7 @@ from indexer.services import Services
 
 log = logging.getLogger(__name__)
 LEDGER_SUFFIX = ".erasures"
+LEDGER_ACTOR = "erasure-ledger"  # who erases (and blanks) again what the ledger lists
 
 
 class OnHold(IndexerError):
@@ -383,10 +384,15 @@ def _finish_interrupted(services: Services, path: Path, at: datetime) -> int:
     if not unfinished:
         return 0
     erased = _apply(services, unfinished, at)
-    for erasure_id in dict.fromkeys(e["id"] for e in unfinished):
+    finished = list(dict.fromkeys(e["id"] for e in unfinished))
+    write_audit(services.sessions, [AuditEvent(
+        at, LEDGER_ACTOR, "erase", "ledger", "ok",
+        {"interrupted_erasures_finished": len(finished), "erased": erased},
+    )])
+    for erasure_id in finished:
         append_ledger(path, {"done": erasure_id})
     log.warning("finished %d interrupted erasure(s): %d record(s) erased now",
-                len({e["id"] for e in unfinished}), erased)
+                len(finished), erased)
     return erased
 
 
@@ -419,7 +425,7 @@ def _apply(services: Services, ledger: list[dict[str, Any]], at: datetime) -> in
         if ids or customer_id is not None:
             erased_ids.extend(
                 e.record_id
-                for e in store.erase(ids, at, "erasure-ledger", customer_id=customer_id)
+                for e in store.erase(ids, at, LEDGER_ACTOR, customer_id=customer_id)
             )
     # The index may hold records erased earlier too (a later rebuild, a copy from elsewhere,
     # a process that died before it rewrote the index): rewrite whatever holds any of them.
@@ -427,7 +433,7 @@ def _apply(services: Services, ledger: list[dict[str, Any]], at: datetime) -> in
     if everything:
         erase_from_index(services, everything)
     audit = [(seq, entry_hash) for e in ledger for seq, entry_hash in e.get("audit", [])]
-    blanked = write_blanking(services.sessions, audit, at, "erasure-ledger", "ledger")
+    blanked = write_blanking(services.sessions, audit, at, LEDGER_ACTOR, "ledger")
     if everything or blanked:
         wipe_free_pages(services)
     return len(erased_ids)
