@@ -21,7 +21,7 @@ from archivist.active_db import AuditEntry, find_active, utcnow
 from archivist.audit import AuditEvent, write_audit
 from archivist.config import load_config
 from archivist.demo_data import generate_records
-from indexer.jobs.erasure import ledger_path
+from indexer.jobs.erasure import ledger_path, load_ledger
 from indexer.jobs.restore import restore_record
 from indexer.search import SearchQuery
 from indexer.services import Services
@@ -392,12 +392,44 @@ def test_an_erasure_killed_half_way_is_finished_by_the_next_run(
         with services.read_sessions.begin() as session:
             assert session.get(AuditEntry, seq).target == "(erased)"
             finished = session.query(AuditEntry).filter(
-                AuditEntry.details.contains("interrupted_erasures_finished")
+                AuditEntry.details.contains("interrupted_erasure_finished")
             ).one()
             assert (finished.actor, finished.action) == ("erasure-ledger", "erase")
-            assert json.loads(finished.details)["interrupted_erasures_finished"] == 1
+            assert json.loads(finished.details)["interrupted_erasure_finished"] == ledger_id(
+                config
+            )
     assert archivist(config_path, "verify").returncode == 0
-    ledger = [json.loads(line) for line in ledger_path(config.key_file).read_text().splitlines()]
-    assert {"done": ledger[0]["id"]} in ledger
+    assert {"done": ledger_id(config)} in load_ledger(ledger_path(config.key_file))
     again = archivist(config_path, "erase", "--customer", "C-GONE", "--reason", "asked")
     assert again.stdout.decode().splitlines()[0] == "erased 0"
+
+
+def ledger_id(config) -> str:
+    """The id of the first erasure in the ledger."""
+    return str(load_ledger(ledger_path(config.key_file))[0]["id"])
+
+
+def test_an_interrupted_erasure_waits_for_a_restore_under_way(config_path, make_record):
+    theirs = [
+        make_record(id=f"X{i}", customer_id="C-GONE", updated_at="2020-01-02T00:00:00Z")
+        for i in range(3)
+    ]
+    installed(config_path, theirs)
+    assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
+    killed = archivist(config_path, "erase", "--customer", "C-GONE", "--reason", "asked",
+                       env={"ARCHIVIST_CRASH_AT": "store.frames_written:1"})
+    assert killed.returncode == -signal.SIGKILL
+    config = load_config(config_path)
+    with Services.open(config) as services:
+        services.store.begin_restore("X0")  # as a restore that crashed would leave it
+
+    first = archivist(config_path, "archive", "--as-of", AS_OF)  # settles the restore after
+
+    assert first.returncode == 0, first.stderr
+    assert "waits for a restore" in first.stderr.decode()
+    assert {"done": ledger_id(config)} not in load_ledger(ledger_path(config.key_file))
+    second = archivist(config_path, "archive", "--as-of", AS_OF)
+    assert second.returncode == 0, second.stderr
+    with Services.open(config) as services:
+        assert {services.store.info(f"X{i}").state for i in range(3)} == {"erased"}
+    assert {"done": ledger_id(config)} in load_ledger(ledger_path(config.key_file))

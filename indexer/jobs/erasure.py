@@ -380,20 +380,24 @@ def _unfinished(ledger: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _finish_interrupted(services: Services, path: Path, at: datetime) -> int:
     """`finish_interrupted_erasures`, with the erasure lock held."""
-    unfinished = _unfinished(load_ledger(path))
-    if not unfinished:
-        return 0
-    erased = _apply(services, unfinished, at)
-    finished = list(dict.fromkeys(e["id"] for e in unfinished))
-    write_audit(services.sessions, [AuditEvent(
-        at, LEDGER_ACTOR, "erase", "ledger", "ok",
-        {"interrupted_erasures_finished": len(finished), "erased": erased},
-    )])
-    for erasure_id in finished:
+    lines: dict[str, list[dict[str, Any]]] = {}
+    for entry in _unfinished(load_ledger(path)):
+        lines.setdefault(entry["id"], []).append(entry)
+    total = 0
+    for erasure_id, entries in lines.items():
+        try:
+            erased = _apply(services, entries, at)
+        except RestoreInProgress as e:  # a restore under way: the next run tries again
+            log.warning("an interrupted erasure waits for a restore to finish: %s", e)
+            continue
+        write_audit(services.sessions, [AuditEvent(
+            at, LEDGER_ACTOR, "erase", "ledger", "ok",
+            {"interrupted_erasure_finished": erasure_id, "erased": erased},
+        )])
         append_ledger(path, {"done": erasure_id})
-    log.warning("finished %d interrupted erasure(s): %d record(s) erased now",
-                len(finished), erased)
-    return erased
+        log.warning("finished an interrupted erasure: %d record(s) erased now", erased)
+        total += erased
+    return total
 
 
 @contextmanager
