@@ -338,6 +338,8 @@ def load_ledger(path: Path) -> list[dict[str, Any]]:
 
 
 def _customer_ids_by_hash(store: ArchiveStore, hashes: set[str]) -> dict[str, str]:
+    if not hashes:  # record erasures only: no need to read every customer id
+        return {}
     return {
         customer_hash(c): c for c in store.iter_customer_ids() if customer_hash(c) in hashes
     }
