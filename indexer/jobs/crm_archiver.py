@@ -148,14 +148,14 @@ def archive_crm_tables(
                         report.by_category.update(r.record["category"] for r in process.rows)
                     continue
                 moved = move_processes(sessions, store, movable, archived_at, report, job_run_id)
-                for process in moved:
-                    report.archived += len(process.rows)
-                    report.by_category.update(r.record["category"] for r in process.rows)
-                    if index_batch is not None:
-                        to_index.extend((r.record, archived_at) for r in process.rows)
-                if index_batch is not None and len(to_index) >= index_every:
-                    report.indexed += index_batch(to_index)
-                    to_index = []
+            for process in moved:
+                report.archived += len(process.rows)
+                report.by_category.update(r.record["category"] for r in process.rows)
+                if index_batch is not None:
+                    to_index.extend((r.record, archived_at) for r in process.rows)
+            if index_batch is not None and len(to_index) >= index_every:
+                report.indexed += index_batch(to_index)
+                to_index = []
     if index_batch is not None and to_index:
         report.indexed += index_batch(to_index)
     return report
