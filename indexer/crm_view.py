@@ -37,7 +37,10 @@ def view_record_process(
         if crm_table is None:
             continue
         key = crm_table.key_of(node.id)
-        (archived[crm_table] if node.state == "archived" else seeds[crm_table.name]).append(key)
+        if node.state == "archived":
+            archived[crm_table].append(key)
+        else:
+            seeds[crm_table.name].append(key)
     for row in load_children(session, archived):  # live rows the CRM added under archived ones
         seeds[row.table.name].append(row.key)
     if not seeds:

@@ -50,7 +50,7 @@ from archivist.audit import AuditEvent, write_audit, write_blanking
 from archivist.holds import load_hold_set
 from archivist.processes import find_processes, is_held
 from indexer.errors import IndexerError
-from indexer.jobs.erasure_audit import entries_naming
+from indexer.jobs.erasure_audit import NamingWords, entries_naming
 from indexer.processes import ArchivistSource
 from indexer.services import Services
 
@@ -189,9 +189,10 @@ def _erase(
 ) -> ErasureReport:
     """The erasure itself, every step ledgered first (the caller holds the erasure lock)."""
     store, ids = services.store, plan.ids
-    records = readable_records(store, ids)  # their words, for the audited queries naming them
+    # Their words (of every readable version), for the audited queries naming them.
+    words = NamingWords(readable_records(store, ids), customer_id, ids, services.index)
     with services.read_sessions.begin() as session:
-        naming, looked = entries_naming(session, records, customer_id, ids, services.index)
+        naming, looked = entries_naming(session, words)
     # Ledger first: if anything below fails or the process dies, `finish_interrupted_erasures`
     # (the next erasure or archive run) and a recovery still do what was asked for.
     erasure_id = uuid.uuid4().hex
@@ -210,7 +211,7 @@ def _erase(
     crash_point("erase.after_store")
     erase_from_index(services, [e.record_id for e in erased])
     with services.read_sessions.begin() as session:  # searches audited meanwhile
-        later, _ = entries_naming(session, records, customer_id, ids, services.index, looked)
+        later, _ = entries_naming(session, words, looked)
     if later:
         append_ledger(path, {"id": erasure_id, "audit": [[seq, h] for seq, h in later]})
     blanked = write_blanking(

@@ -81,13 +81,24 @@ def query_words(target: str, details: str) -> set[str]:
     return words
 
 
-class _Identifying:
-    """Decides, once per word, whether a word names the erased records."""
+class NamingWords:
+    """Decides, once per word, whether a word names the erased records. The answer is the
+    same before the records leave the index and after, so one instance serves both looks."""
 
     def __init__(
-        self, text: str, customer_id: str | None, record_ids: Iterable[str], index: SearchEngine
+        self,
+        records: Iterable[dict[str, Any]],
+        customer_id: str | None,
+        record_ids: Iterable[str],
+        index: SearchEngine,
     ) -> None:
-        self._text = text
+        """
+        :param records: the erased records as they were archived
+        :param customer_id: the erased customer, if a customer is erased
+        :param record_ids: the erased records' ids
+        :param index: the search index
+        """
+        self._text = text = record_text(records)
         self._words = set(text.split()) | set(_PART.findall(text))
         self._customer = customer_id.lower() if customer_id else None
         self._customer_id = customer_id
@@ -140,27 +151,15 @@ class _Identifying:
 
 
 def entries_naming(
-    session: Session,
-    records: Iterable[dict[str, Any]],
-    customer_id: str | None,
-    record_ids: Iterable[str],
-    index: SearchEngine,
-    after: int = 0,
+    session: Session, naming: NamingWords, after: int = 0
 ) -> tuple[list[tuple[int, str]], int]:
     """(seq, entry_hash) of each audited search or export whose query names erased records,
     and the last seq looked at.
 
-    Call it before the records leave the index, or after: a word names them when the index
-    finds nothing but their records for it.
-
     :param session: a session on the active database
-    :param records: the erased records as they were archived
-    :param customer_id: the erased customer, if a customer is erased
-    :param record_ids: the erased records' ids
-    :param index: the search index
+    :param naming: the words that name the erased records
     :param after: look only at entries after this seq (written since an earlier look)
     """
-    identifying = _Identifying(record_text(records), customer_id, record_ids, index)
     last = session.scalar(select(func.max(AuditEntry.seq))) or 0
     found: list[tuple[int, str]] = []
     rows = session.execute(
@@ -173,6 +172,6 @@ def entries_naming(
         .execution_options(yield_per=1000)
     )
     for seq, entry_hash, target, details in rows:
-        if any(identifying(word) for word in query_words(target, details)):
+        if any(naming(word) for word in query_words(target, details)):
             found.append((seq, entry_hash))
     return found, max(last, after)
