@@ -38,6 +38,9 @@ def test_scheduler_runs_each_job_on_its_trigger_one_at_a_time(services):
         assert job.misfire_grace_time == MISFIRE_GRACE_SECONDS
 
 
+SKIPPED = b"archive job skipped: another worker holds its lease"
+
+
 def start_worker(config_path, log_path):
     command = [sys.executable, "-m", "archivist", "worker", "--archive-now",
                "--config", str(config_path)]
@@ -78,6 +81,10 @@ def test_two_workers_share_jobs_and_sigterm_loses_nothing(tmp_path, config_path)
             wait_for(lambda: services.store.counts()["archived"] >= 1000)
             busy = next(w for w in workers if f":{w.pid}:" in holder)
             idle = next(w for w in workers if w is not busy)
+            # SIGTERM only once the idle worker has met the lease: a worker slow to start
+            # would otherwise find it free after the busy one stops, and rightly run the job
+            idle_log = tmp_path / f"worker{workers.index(idle)}.log"
+            wait_for(lambda: SKIPPED in idle_log.read_bytes())
             busy.send_signal(signal.SIGTERM)
             assert busy.wait(timeout=120) == 0
         finally:
@@ -102,7 +109,7 @@ def test_two_workers_share_jobs_and_sigterm_loses_nothing(tmp_path, config_path)
         assert counts["pending"] == 0
         assert services.store.verify() == []
         log = b"".join((tmp_path / f"worker{i}.log").read_bytes() for i in range(2))
-        assert b"archive job skipped: another worker holds its lease" in log
+        assert SKIPPED in log
         assert b"finishing the current batch, then stopping" in log
 
 
