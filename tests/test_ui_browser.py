@@ -324,6 +324,22 @@ def api_ids(site: Site, role: str, **params: Any) -> list[str]:
         number += 1
 
 
+def wait_until_audited(site: Site, action: str, target: str, timeout: float = 30) -> None:
+    """Wait until the audit log has an entry of `ui-agent` for this action and target."""
+    query = urllib.parse.urlencode({"actor": "ui-agent", "action": action, "per_page": 100})
+    request = urllib.request.Request(
+        f"{site.url}/api/v1/audit?{query}",
+        headers={"Authorization": f"Bearer {site.tokens['auditor']}"},
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            if any(target in e["target"] for e in json.load(response)["entries"]):
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"no audited {action} of {target!r} within {timeout} s")
+
+
 def shown_total(page: Any) -> int:
     return int(re.sub(r"\D", "", page.get_by_test_id("total").inner_text()))
 
@@ -637,6 +653,10 @@ def test_ui_auditor_reads_the_audit_log(new_page: Any, site: Site) -> None:
     agent = new_page("agent")
     agent.goto("/search?q=shipment")
     agent.goto("/records/EN-3")
+    # Searches and reads are audited without waiting (the entry is committed moments later, by
+    # the server process that answered): wait until both are in the log, then read it as a user.
+    wait_until_audited(site, "read", "EN-3")
+    wait_until_audited(site, "search", "shipment")
     page = new_page("auditor")
     page.get_by_role("link", name="Audit log").click()
     page.get_by_label("Actor (token name)").fill("ui-agent")

@@ -70,21 +70,22 @@ def test_two_workers_share_jobs_and_sigterm_loses_nothing(tmp_path, config_path)
     config = load_config(config_path)
 
     with Services.open(config) as services:
-        workers = [start_worker(config_path, tmp_path / f"worker{i}.log") for i in range(2)]
+        busy = start_worker(config_path, tmp_path / "worker0.log")
+        workers = [busy]
         try:
             def archive_lease_holder():
                 with services.sessions.begin() as session:
                     lease = session.get(Lease, "archive")
                     return lease.holder if lease else None
 
-            holder = wait_for(archive_lease_holder)
+            assert f":{busy.pid}:" in wait_for(archive_lease_holder)
             wait_for(lambda: services.store.counts()["archived"] >= 1000)
-            busy = next(w for w in workers if f":{w.pid}:" in holder)
-            idle = next(w for w in workers if w is not busy)
-            # SIGTERM only once the idle worker has met the lease: a worker slow to start
-            # would otherwise find it free after the busy one stops, and rightly run the job
-            idle_log = tmp_path / f"worker{workers.index(idle)}.log"
-            wait_for(lambda: SKIPPED in idle_log.read_bytes())
+            # The second worker starts while the first, lease in hand, waits between two
+            # batches: however slow the machine, it meets the lease and skips the job.
+            with services.store.settling():
+                idle = start_worker(config_path, tmp_path / "worker1.log")
+                workers.append(idle)
+                wait_for(lambda: SKIPPED in (tmp_path / "worker1.log").read_bytes())
             busy.send_signal(signal.SIGTERM)
             assert busy.wait(timeout=120) == 0
         finally:
