@@ -1,7 +1,8 @@
 """Crash safety: SIGKILL `archivist archive` mid-run, rerun, and nothing is lost or doubled.
 
 Kills land both at named crash points (inside each step: store write, catalog commit, active
-delete, pending cleanup) and at random moments chosen by the clock.
+delete, pending cleanup) and at random moments chosen by the clock, counted from the run's first
+change to the catalog (not from its start, which a loaded machine can stretch past the kill).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -58,6 +60,35 @@ def import_records(config_path: Path, records: list[dict], tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
 
 
+def catalog_state(config_path: Path) -> tuple[int, int]:
+    """The catalog's last entry and its count of pending marks: they change as a move runs."""
+    catalog = (load_config(config_path).archive_dir / "catalog.db").resolve()
+    conn = sqlite3.connect(f"{catalog.as_uri()}?mode=ro", uri=True, timeout=60)
+    try:
+        last = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM entries").fetchone()[0]
+        pending = conn.execute(
+            "SELECT COUNT(*) FROM records WHERE pending IS NOT NULL"
+        ).fetchone()[0]
+    finally:
+        conn.close()
+    return last, pending
+
+
+def kill_after_it_starts(
+    process: subprocess.Popen[bytes], config_path: Path, delay: float
+) -> int:
+    """SIGKILL `process` `delay` seconds after its first change to the catalog (at once if it
+    ends before changing anything); returns its exit code."""
+    before = catalog_state(config_path)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and catalog_state(config_path) == before:
+        assert time.monotonic() < deadline, "the run changed nothing in two minutes"
+        time.sleep(0.01)
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    return process.wait()
+
+
 def test_sigkill_during_archive_loses_and_doubles_nothing(tmp_path, config_path):
     rng = random.Random(int(os.environ.get("CRASH_SEED", "1234")))
     assert archivist(config_path, "init").returncode == 0
@@ -80,9 +111,7 @@ def test_sigkill_during_archive_loses_and_doubles_nothing(tmp_path, config_path)
         if killed_at_random >= 6:
             break
         process = archivist(config_path, "archive", "--as-of", AS_OF, wait=False)
-        time.sleep(rng.uniform(0.4, 2.0))
-        process.send_signal(signal.SIGKILL)
-        if process.wait() == -signal.SIGKILL:
+        if kill_after_it_starts(process, config_path, rng.uniform(0, 1.5)) == -signal.SIGKILL:
             killed_at_random += 1
         else:  # it finished first: give the next run fresh work to be killed in
             fresh = list(generate_records(3000, seed=12, start=100_000 + extra))
@@ -185,6 +214,32 @@ def test_restore_of_a_record_a_killed_archive_left_pending(config_path, make_rec
         assert list(services.store.iter_pending()) == []
         with services.sessions.begin() as session:
             assert set(find_active(session, [f"K{i:04d}" for i in range(50)])) == {"K0007"}
+
+
+@pytest.mark.parametrize(("point", "restored", "skipped"), [
+    ("restore.after_mark", b"restored 2 (2 processes)", b""),  # rolled back, then restored
+    ("restore.after_insert", b"restored 0 (0 processes)", b"already_active"),  # completed
+], ids=["after_mark", "after_insert"])
+def test_a_restore_retried_after_a_killed_one_settles_it_at_once(
+    config_path, make_record, point, restored, skipped
+):
+    """A killed restore leaves its records marked `pending`; the retry settles that leftover
+    itself instead of refusing them as `restore_in_progress` until the next archive run."""
+    installed(config_path, aged_records(make_record, 20))
+    assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
+    ids = ["K0003", "K0004"]
+    killed = archivist(config_path, "restore", *ids, "--reason", "first try",
+                       env={"ARCHIVIST_CRASH_AT": f"{point}:1"})
+    assert killed.returncode == -signal.SIGKILL
+    retried = archivist(config_path, "restore", *ids, "--reason", "second try")
+    assert retried.returncode == 0, retried.stderr
+    assert restored in retried.stdout
+    assert b"restore_in_progress" not in retried.stderr and skipped in retried.stderr
+    with Services.open(load_config(config_path)) as services:
+        with services.sessions.begin() as session:
+            assert set(find_active(session, [f"K{i:04d}" for i in range(20)])) == set(ids)
+        assert services.store.counts()["pending"] == 0
+        assert services.store.verify() == []
 
 
 def test_worker_start_settles_a_killed_archive(config_path, make_record, tmp_path):
@@ -303,9 +358,7 @@ def test_sigkill_during_archive_keeps_processes_whole(tmp_path, config_path):
         if killed >= 4:
             break
         process = archivist(config_path, "archive", "--as-of", AS_OF, wait=False)
-        time.sleep(rng.uniform(0.3, 1.5))
-        process.send_signal(signal.SIGKILL)
-        if process.wait() == -signal.SIGKILL:
+        if kill_after_it_starts(process, config_path, rng.uniform(0, 1.2)) == -signal.SIGKILL:
             killed += 1
         else:
             fresh = generate_processes(1500, rng, start=200_000 + extra)
@@ -344,9 +397,7 @@ def test_sigkill_during_restore_keeps_processes_whole(tmp_path, config_path, mod
         assert result.returncode in (-signal.SIGKILL, 0), (point, result.stderr)
     for _ in range(4):
         process = archivist(config_path, *command(), wait=False)
-        time.sleep(rng.uniform(0.2, 1.2))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        kill_after_it_starts(process, config_path, rng.uniform(0, 0.3))
     # the next run settles whatever a restore left half done; as of a date within the
     # restores' grace, it archives none of them back
     result = archivist(config_path, "archive", "--as-of", "2026-01-01")

@@ -8,15 +8,17 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
+from archivist.active_db import utcnow
 from archivist.config import load_config
+from indexer.jobs.crm_restore import restore_crm_process
 from indexer.services import Services
 from tests.pg import find_pg_bin, run_postgres
+from tests.test_crash_safety import kill_after_it_starts
 from tests.test_crm_tables import EXAMPLE, run_sql, write_config
 
 if find_pg_bin() is None and not os.environ.get("ARCHIVIST_REQUIRE_POSTGRES"):
@@ -122,9 +124,7 @@ def test_crm_sigkill_during_archive_and_restore_loses_and_doubles_nothing(crm_co
         assert result.returncode == -signal.SIGKILL, (point, result.stderr)
     for _ in range(3):
         process = archivist(config_path, "archive", "--as-of", AS_OF, wait=False)
-        time.sleep(rng.uniform(0.5, 2.0))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        kill_after_it_starts(process, config_path, rng.uniform(0, 1.5))
     result = archivist(config_path, "archive", "--as-of", AS_OF)
     assert result.returncode == 0, result.stderr
     left = check_one_place(config_path, url, original)
@@ -154,3 +154,33 @@ def test_crm_sigkill_during_archive_and_restore_loses_and_doubles_nothing(crm_co
     assert "note:1" not in left  # killed before its insert committed: still archived
     for case in (2, 3):  # committed: back, whole, as before
         assert {f"case:{case}", f"note:{case}"} <= set(left)
+
+
+def test_crm_restores_retried_after_killed_ones_settle_them_at_once(crm_config):
+    """A restore killed before its insert committed leaves its records marked `pending`; a
+    retry, one process (as the API's one-click restore) or in bulk (as the CLI), settles that
+    leftover itself instead of refusing them as `restore_in_progress` until the next archive
+    run."""
+    config_path, url = crm_config
+    original = rows(url)
+    assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
+    env = {"ARCHIVIST_CRASH_AT": "restore.after_insert:1"}
+
+    def killed_restore(case: int) -> None:
+        killed = archivist(config_path, "restore", f"case:{case}", "--reason", "first", env=env)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        assert f"case:{case}" not in rows(url)
+
+    killed_restore(3)
+    retried = archivist(config_path, "restore", "case:3", "--reason", "again")
+    assert retried.returncode == 0, retried.stderr
+    assert b"restore_in_progress" not in retried.stderr
+    assert retried.stdout.startswith(b"restored 3 ")  # the case, its message and its note
+
+    killed_restore(1)
+    with Services.open(load_config(config_path)) as services:
+        restored = restore_crm_process(services.sessions, services.store, services.index,
+                                       services.crm, "case:1", "admin", utcnow(), "again")
+    assert {"case:1", "note:1"} <= set(restored)
+    left = check_one_place(config_path, url, original)
+    assert {"case:1", "note:1", "case:3", "note:3"} <= set(left)

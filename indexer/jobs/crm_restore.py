@@ -49,6 +49,25 @@ def restore_crm_process(
     :raises AlreadyActive: a key of the process is taken again in the CRM's tables.
     :raises RestoreRefused: the tables refuse a row for another reason (a constraint).
     """
+    try:
+        return _restore_crm_process(sessions, store, index, crm, record_id, actor, now, reason)
+    except RestoreInProgress:
+        # The mark may be a crashed run's leftover rather than a move under way: settle
+        # (which waits for moves under way to end), then try once more.
+        reconcile_crm_pending(sessions, store, crm, now)
+        return _restore_crm_process(sessions, store, index, crm, record_id, actor, now, reason)
+
+
+def _restore_crm_process(
+    sessions: sessionmaker[Session],
+    store: ArchiveStore,
+    index: SearchEngine | None,
+    crm: CrmTables,
+    record_id: str,
+    actor: str,
+    now: datetime,
+    reason: str | None,
+) -> list[str]:
     entry = store.info(record_id)  # RecordNotFound before anything else
     if entry.state != "archived":
         raise NotArchived(f"record {record_id} is {entry.state}, not archived")
@@ -119,6 +138,11 @@ def restore_crm_many(
         )
     report = BulkRestoreReport(matched=len(ids), dry_run=dry_run)
     entries = store.entries(ids)
+    if not dry_run and any(e.pending is not None for e in entries.values()):
+        # A mark may be a crashed run's leftover rather than a move under way: settle (which
+        # waits for moves under way to end) before planning, as a single restore does.
+        reconcile_crm_pending(sessions, store, crm, now)
+        entries = store.entries(ids)
     groups: dict[str, list[str]] = {}
     with sessions.begin() as session:
         for record_id in ids:

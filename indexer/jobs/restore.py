@@ -174,6 +174,11 @@ def restore_many(
         )
     report = BulkRestoreReport(matched=len(ids), dry_run=dry_run)
     groups, skipped = _plan_groups(sessions, store, ids)
+    if not dry_run and any(s.code == RestoreInProgress.code for s in skipped):
+        # A mark may be a crashed run's leftover rather than a move under way: settle (which
+        # waits for moves under way to end) and plan again, as a single restore does.
+        reconcile_pending(sessions, store, now)
+        groups, skipped = _plan_groups(sessions, store, ids)
     report.skipped.extend(skipped)
     planned = sum(len(group) for group in groups)
     if dry_run:
