@@ -18,6 +18,8 @@ from archivist.errors import ConfigError
 from archivist.retention import RetentionPolicy, RetentionRules
 
 DEFAULT_KINDS = ("communication", "process", "transaction", "ticket", "note")
+QUERY_LENGTH_LIMIT = 10_000
+"""The longest ``q`` the search engine takes at all; `server.max_query_length` may not exceed it."""
 
 _RETENTION_KEYS = ("archive_after_days", "keep_years")
 
@@ -202,7 +204,7 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
         processes=_positive(server, "processes", 2, "server"),
         threads=_positive(server, "threads", ServerConfig.threads, "server"),
         rate_limit_per_minute=_positive(server, "rate_limit_per_minute", 600, "server"),
-        max_query_length=_positive(server, "max_query_length", 1000, "server"),
+        max_query_length=_query_length(server),
         max_request_bytes=_positive(server, "max_request_bytes", 2**20, "server"),
         token_cache_seconds=_non_negative(server, "token_cache_seconds", 5, "server"),
         secret_key=_get(server, "secret_key", str, "", "server") or None,
@@ -295,6 +297,15 @@ def _non_negative(table: dict[str, Any], key: str, default: int, where: str) -> 
     value: int = _get(table, key, int, default, where)
     if value < 0:
         raise ConfigError(f"{where}.{key} must not be negative, got {value}")
+    return value
+
+
+def _query_length(server: dict[str, Any]) -> int:
+    value = _positive(server, "max_query_length", 1000, "server")
+    if value > QUERY_LENGTH_LIMIT:
+        raise ConfigError(
+            f"server.max_query_length must be at most {QUERY_LENGTH_LIMIT}, got {value}"
+        )
     return value
 
 

@@ -53,6 +53,7 @@ def test_non_sqlite_urls_are_kept_as_they_are(tmp_path):
         ("[worker]\narchive_cron = 'every day'\n", "worker.archive_cron is not a crontab"),
         ("[server]\nport = true\n", "server.port must be an integer"),
         ("[index]\nworker_nice = 25\n", "index.worker_nice must be between 0 and 19"),
+        ("[server]\nmax_query_length = 10001\n", "server.max_query_length must be at most"),
         ("[active\n", "cannot read config"),
     ],
 )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+
+from server import close_app, create_app
 
 
 @pytest.fixture
@@ -154,3 +157,22 @@ def test_searches_are_audited_with_query_filters_and_total(
     assert entry["details"]["q"] == "refund"
     assert entry["details"]["category"] == ["support"]
     assert entry["details"]["total"] == 1
+
+
+def test_max_query_length_is_the_longest_q_taken(
+    services: Any, agent_headers: dict[str, str], corpus: None
+) -> None:
+    """`server.max_query_length` above the default lets longer queries through, up to itself."""
+    server = dataclasses.replace(services.config.server, max_query_length=2000)
+    app = create_app(dataclasses.replace(services.config, server=server))
+    try:
+        client = app.test_client()
+        q = "refund OR " + "x" * 1490  # 1,500 characters, more than the default 1,000
+        response = client.get("/api/v1/search", query_string={"q": q}, headers=agent_headers)
+        assert _ids(response) == {"EN-1", "EN-2"}
+        response = client.get("/api/v1/search", query_string={"q": "a" * 2001},
+                              headers=agent_headers)
+        assert response.status_code == 400
+        assert "2000" in response.get_json()["error"]["message"]
+    finally:
+        close_app(app)

@@ -10,12 +10,12 @@ from typing import Any
 from whoosh import query as wq
 from whoosh.qparser import MultifieldParser, QueryParserError
 
+from archivist.config import QUERY_LENGTH_LIMIT
 from indexer.errors import BadQuery
 from indexer.whoosh.analysis import normalize_query_text, stem
 from indexer.whoosh.expansion import prefix_terms
 from indexer.whoosh.schema import TEXT_FIELDS
 
-MAX_QUERY_CHARS = 1000
 MAX_TERMS = 64
 MAX_EXPANSION = 1000
 MAX_SCAN = 20_000
@@ -167,8 +167,8 @@ def compile_query(text: str, parser: MultifieldParser, readers: Sequence[Any]) -
     :param parser: the parser from :func:`make_parser`.
     :param readers: one Whoosh reader per shard, to count wildcard and range expansions.
     """
-    if len(text) > MAX_QUERY_CHARS:
-        raise BadQuery(f"query longer than {MAX_QUERY_CHARS} characters")
+    if len(text) > QUERY_LENGTH_LIMIT:  # callers hold `q` to `server.max_query_length` first
+        raise BadQuery(f"query longer than {QUERY_LENGTH_LIMIT} characters")
     text = text.strip()
     if not text:
         return CompiledQuery(None, {}, [])
