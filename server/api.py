@@ -82,7 +82,8 @@ def record(record_id: str) -> Any:
 @require_role("admin")
 def restore(record_id: str) -> Any:
     """Put an archived record and the rest of its process back into the active database."""
-    body = request.get_json(silent=True) if request.data else {}
+    # the raw body: `request.data` is empty for a form-encoded one, whose reason would be lost
+    body = request.get_json(silent=True) if request.get_data(cache=True) else {}
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     data = RestoreBodySchema().load(body)

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from archivist.active_db import find_active, upsert_records
 from archivist.records import parse_record
 from archivist.sqlite_writers import writers_lock_path
@@ -62,6 +64,33 @@ def test_restore_round_trip(
 def _search_ids(client: Any, headers: dict[str, str], q: str) -> list[str]:
     body = client.get("/api/v1/search", query_string={"q": q}, headers=headers).get_json()
     return [h["id"] for h in body["hits"]]
+
+
+@pytest.mark.parametrize("content_type", [
+    "application/x-www-form-urlencoded", "text/plain", "multipart/form-data; boundary=x",
+])
+def test_a_restore_body_that_is_not_json_is_refused_with_nothing_restored(
+    client: Any,
+    admin_headers: dict[str, str],
+    archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+    content_type: str,
+) -> None:
+    """A reason sent in a body that is not JSON (curl -d labels it a form) would be lost."""
+    archived(make_record(id="CT-1"))
+    response = client.post(
+        "/api/v1/records/CT-1/restore", data='{"reason": "asked by the customer"}',
+        headers={**admin_headers, "Content-Type": content_type},
+    )
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "bad_request"
+    view = client.get("/api/v1/records/CT-1", headers=admin_headers).get_json()
+    assert view["archive"]["state"] == "archived"
+    response = client.post("/api/v1/records/CT-1/restore", json={"reason": "asked by them"},
+                           headers=admin_headers)
+    assert response.status_code == 200
+    view = client.get("/api/v1/records/CT-1", headers=admin_headers).get_json()
+    assert view["history"][-1]["reason"] == "asked by them"
 
 
 def test_restore_of_a_never_archived_id_is_404(client: Any, admin_headers: dict[str, str]) -> None:
