@@ -126,11 +126,12 @@ class ProcessView:
 
 def view_process(session: Session, store: ArchiveStore, record_id: str) -> ProcessView:
     """The process of a record for display: each member's kind and subject from wherever it
-    lives now (a purged one has none left), and its state (`active` once in the active
+    lives now (a purged or erased one has none left), and its state (`active` once in the active
     database again)."""
     process = process_of(session, store, record_id)
-    if process is None:  # purged, so no longer known: a process of itself
-        return ProcessView(record_id, [ProcessNode(record_id, None, None, None, "purged")])
+    if process is None:  # purged or erased, so no longer known: a process of itself
+        state = store.info(record_id).state
+        return ProcessView(record_id, [ProcessNode(record_id, None, None, None, state)])
     members = process.members[:MAX_PROCESS_VIEW]
     active = find_active(session, [m.id for m in members if m.state == ACTIVE])
     nodes: list[ProcessNode] = []

@@ -170,6 +170,9 @@ def test_erase_api_and_the_record_view(client: Any, admin_headers: Any, erasable
     assert done.json["erased"] == 1 and done.json["dry_run"] is False
     assert view["record"] is None and view["archive"]["state"] == "erased"
     assert [h["event"] for h in view["history"]] == ["archived", "erased"]
+    assert view["process"] == {"root": "E-001", "records": [
+        {"id": "E-001", "parent_id": None, "kind": None, "subject": None, "state": "erased"}
+    ]}
     bad = client.post("/api/v1/erase", headers=admin_headers, json={"reason": "no target"})
     assert bad.status_code == 400 and bad.json["error"]["code"]
     audit = client.get("/api/v1/audit?action=erase", headers=admin_headers).json
