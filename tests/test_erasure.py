@@ -362,3 +362,33 @@ def test_the_words_of_an_audited_query() -> None:
         "subject", "zorb*", "li.wei@example.com", "138", "c7", "wei", "lin"
     } | {"ignored", "the", "target", "read"}  # `z?r*` has two letters only
 
+
+
+def test_erasing_a_year_shards_last_records_leaves_search_and_verify_whole(
+    services: Services, archived: Any, make_record: Any, client: Any, agent_headers: Any
+) -> None:
+    """A shard whose every document is erased has no segment left; search, verify and later
+    additions to that year go on as with any other shard."""
+    archived(
+        make_record(id="Y-2019", customer_id="C-LONE", body="solitary walrus",
+                    created_at="2019-03-01T00:00:00Z", updated_at="2019-03-02T00:00:00Z"),
+        make_record(id="Y-2021", customer_id="C-OTHER", body="solitary heron",
+                    created_at="2021-03-01T00:00:00Z", updated_at="2021-03-02T00:00:00Z"),
+    )
+    assert erase_records(services, customer_id="C-LONE", actor="t", at=NOW).erased == 1
+
+    def search(q: str) -> dict[str, Any]:
+        response = client.get("/api/v1/search", query_string={"q": q}, headers=agent_headers)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return response.get_json()
+
+    found = search("solitary")
+    assert [h["id"] for h in found["hits"]] == ["Y-2021"]
+    assert found["facets"]["year"] == {"2021": 1}
+    assert search("walrus")["total"] == 0
+    assert verify_all(services).problems == []
+    archived(make_record(id="Y-2019b", customer_id="C-NEW", body="solitary walrus again",
+                         created_at="2019-04-01T00:00:00Z", updated_at="2019-04-02T00:00:00Z"))
+    assert [h["id"] for h in search("walrus")["hits"]] == ["Y-2019b"]
+    assert search("solitary")["facets"]["year"] == {"2019": 1, "2021": 1}
+    assert verify_all(services).problems == []

@@ -159,7 +159,7 @@ class ShardCache:
         self._all_facets: dict[str, dict[str, dict[str, int]]] = {}
         kept = previous._parts if previous is not None else {}
         self._parts = {}
-        for (leaf, _base), key in zip(reader.leaf_readers(), self.segments, strict=True):
+        for leaf, key in zip(_leaves(reader), self.segments, strict=True):
             part = kept.get(key)
             if part is None:
                 part = _SegmentColumns(leaf)
@@ -507,10 +507,17 @@ def _alike_documents(
     return count
 
 
+def _leaves(reader: Any) -> list[Any]:
+    """A reader's segment readers. A shard left with no segment at all (its last documents
+    erased, and merged away) is read through Whoosh's empty reader, which has no columns and
+    no documents: it has no segment here."""
+    return [leaf for leaf, _base in reader.leaf_readers() if leaf.doc_count_all()]
+
+
 def _segments_of(reader: Any) -> tuple[tuple[Any, int], ...]:
     """Identify a reader's segments and their document counts (deleted ones included)."""
     out = []
-    for leaf, _base in reader.leaf_readers():
+    for leaf in _leaves(reader):
         segment = leaf.segment() if hasattr(leaf, "segment") else None
         out.append((segment.segid if segment is not None else id(leaf), leaf.doc_count_all()))
     return tuple(out)
