@@ -373,6 +373,7 @@ def build_catalog_entry(row: sqlite3.Row) -> CatalogEntry:
         pending=row["pending"],
         indexed=bool(row["indexed"]),
         parent_id=row["parent_id"],
+        seq=row["seq"],
     )
 
 

@@ -52,6 +52,7 @@ class CatalogEntry:
     pending: str | None
     indexed: bool
     parent_id: str | None = None
+    seq: int = 0  # the current version's entry: a version archived later has a larger one
 
 
 @dataclass(frozen=True)

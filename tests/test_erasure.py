@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from archivist.active_db import utcnow
+from archivist.config import load_config
 from archivist.holds import add_hold
 from indexer.jobs.erasure import OnHold, apply_erasure_ledger, erase_records, ledger_path
 from indexer.jobs.indexing import sync_index
@@ -392,3 +394,51 @@ def test_erasing_a_year_shards_last_records_leaves_search_and_verify_whole(
     assert [h["id"] for h in search("walrus")["hits"]] == ["Y-2019b"]
     assert search("solitary")["facets"]["year"] == {"2019": 1, "2021": 1}
     assert verify_all(services).problems == []
+
+
+def test_recovering_a_backup_taken_after_an_erasure_keeps_what_was_archived_since(
+    tmp_path: Path, config_path: Path, make_record: Any
+) -> None:
+    """The ledger erases again only what each erasure found: a backup taken after it holds
+    records archived since (a new record of the erased customer, an erased id archived
+    again), and recovering it must bring them back whole, with the customer's new key."""
+    def cli(*args: str, config: Path = config_path) -> str:
+        result = archivist(*args, "--config", str(config))
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def imported(name: str, *records: dict[str, Any]) -> None:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        cli("import", str(path))
+
+    old = {"created_at": "2020-01-01T00:00:00Z", "updated_at": "2020-01-02T00:00:00Z"}
+    cli("init")
+    imported("first.jsonl",
+             make_record(id="R1", customer_id="CA", body="first words of R1", **old),
+             make_record(id="K1", customer_id="CK", body="first words of K1", **old))
+    cli("archive", "--as-of", "2025-01-01")
+    cli("restore", "R1", "--reason", "back to work")
+    cli("erase", "--record", "R1", "--reason", "asked")  # its active copy is the CRM's
+    cli("erase", "--customer", "CK", "--reason", "asked")
+    imported("later.jsonl", make_record(
+        id="K2", customer_id="CK", body="a new case of theirs", created_at="2021-01-01T00:00:00Z",
+        updated_at="2021-01-02T00:00:00Z"))
+    assert cli("archive", "--as-of", "2028-01-01").startswith("archived 2,")
+    cli("backup", "create", str(tmp_path / "backup"))
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.toml").write_text(config_path.read_text())
+    for key_file in config_path.parent.glob("archive.key*"):  # the key and its ledger
+        shutil.copy2(key_file, fresh / key_file.name)
+    cli("init", config=fresh / "config.toml")
+    cli("backup", "recover", str(tmp_path / "backup"), config=fresh / "config.toml")
+    cli("verify", config=fresh / "config.toml")
+    with Services.open(load_config(fresh / "config.toml")) as recovered:
+        assert {i: e.state for i, e in recovered.store.entries(["R1", "K1", "K2"]).items()} == {
+            "R1": "archived", "K1": "erased", "K2": "archived"}
+        assert recovered.store.get("K2")["body"] == "a new case of theirs"
+        assert recovered.store.get("R1")["body"] == "first words of R1"
+        found = recovered.index.search(SearchQuery(q="words OR case"))
+        assert sorted(h.id for h in found.hits) == ["K2", "R1"]

@@ -199,6 +199,7 @@ def _erase(
     append_ledger(path, {
         "id": erasure_id,
         "at": at.isoformat(),
+        "seq": store.last_seq(),  # what it finds is older: see `_apply`
         "customer_sha256": customer_hash(customer_id) if customer_id is not None else None,
         "records": [[i, plan.entries[i].sha256] for i in ids if i in plan.entries],
         "audit": [[seq, entry_hash] for seq, entry_hash in naming],
@@ -403,6 +404,21 @@ def _finish_interrupted(services: Services, path: Path, at: datetime) -> int:
     return total
 
 
+def _older_than_the_erasure(
+    store: ArchiveStore, ids: list[str], customer_id: str | None, seq: int
+) -> tuple[list[str], str | None]:
+    """What an erasure ledgered at catalog entry `seq` may erase in this catalog: the versions
+    it found, not one archived since (a record of the customer's archived later, an erased id
+    archived again), which a backup taken after it holds. If the customer has one, their data
+    key is a newer one than the erasure destroyed: it stays.
+    """
+    current = store.entries(ids)
+    later = {i for i, e in current.items() if e.seq > seq}
+    if customer_id is not None and any(current[i].customer_id == customer_id for i in later):
+        customer_id = None
+    return [i for i in ids if i not in later], customer_id
+
+
 @contextmanager
 def _erasing(path: Path) -> Iterator[Path]:
     """Hold the erasure lock (beside the ledger): one erasure at a time across processes, so
@@ -429,14 +445,22 @@ def _apply(services: Services, ledger: list[dict[str, Any]], at: datetime) -> in
         customer_id = by_hash.get(entry.get("customer_sha256") or "")
         if customer_id is not None:
             ids = sorted(set(ids) | set(store.find_customer_records(customer_id)))
+        if entry.get("seq") is not None:  # (lines written before it was ledgered: all of them)
+            ids, customer_id = _older_than_the_erasure(store, ids, customer_id, entry["seq"])
         if ids or customer_id is not None:
             erased_ids.extend(
                 e.record_id
                 for e in store.erase(ids, at, LEDGER_ACTOR, customer_id=customer_id)
             )
     # The index may hold records erased earlier too (a later rebuild, a copy from elsewhere,
-    # a process that died before it rewrote the index): rewrite whatever holds any of them.
-    everything = [rid for e in ledger for rid, _sha in e.get("records", [])]
+    # a process that died before it rewrote the index): rewrite whatever holds any of them,
+    # but not an id archived again since, whose new version is searchable as it should be.
+    ledgered = sorted({rid for e in ledger for rid, _sha in e.get("records", [])})
+    current = store.entries(ledgered)
+    everything = [
+        rid for rid in ledgered
+        if rid not in current or current[rid].state not in ("archived", "restored")
+    ]
     if everything:
         erase_from_index(services, everything)
     audit = [(seq, entry_hash) for e in ledger for seq, entry_hash in e.get("audit", [])]
