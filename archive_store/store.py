@@ -295,6 +295,11 @@ class ArchiveStore:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
 
+    @staticmethod
+    def exists_in(directory: Path) -> bool:
+        """Whether `directory` holds a store (its catalog), as `open` would otherwise make one."""
+        return (Path(directory) / "catalog.db").is_file()
+
     @classmethod
     def open(
         cls,

@@ -29,3 +29,9 @@ class MomentOutOfRange(ArchivistError):
     """A job's `as_of` is so early that a retention period reaches back before year 1."""
 
     code = "bad_as_of"
+
+
+class NotInitialised(ArchivistError):
+    """The config names an installation that `archivist init` has not created yet."""
+
+    code = "not_initialised"

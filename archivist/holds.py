@@ -85,10 +85,14 @@ def remove_hold(session: Session, scope: str, value: str) -> None:
         raise HoldError(f"{scope} {value!r} is not on hold")
 
 
-def list_holds(session: Session) -> list[Hold]:
-    """Every hold in force, oldest first."""
-    rows = session.scalars(select(LegalHold).order_by(LegalHold.created_at, LegalHold.id))
-    return [Hold(r.scope, r.value, r.reason, r.created_at) for r in rows]
+def list_holds(
+    session: Session, scope: str | None = None, value: str | None = None
+) -> list[Hold]:
+    """Every hold in force, oldest first; only those on `value` in `scope` when given."""
+    query = select(LegalHold).order_by(LegalHold.created_at, LegalHold.id)
+    if scope is not None:
+        query = query.where(LegalHold.scope == scope, LegalHold.value == value)
+    return [Hold(r.scope, r.value, r.reason, r.created_at) for r in session.scalars(query)]
 
 
 def load_hold_set(session: Session) -> HoldSet:

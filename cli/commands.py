@@ -44,7 +44,7 @@ class ArchivistGroup(click.Group):
         except DOMAIN_ERRORS as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
-        except click.BadParameter as e:  # one line, as every other refusal
+        except click.UsageError as e:  # one line, as every other refusal (not click's usage)
             click.echo(f"error: {e.format_message()}", err=True)
             sys.exit(2)
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
@@ -52,7 +52,8 @@ class ArchivistGroup(click.Group):
         except Exception as e:  # a bug or an environment problem: still one line, exit 2
             if os.environ.get("ARCHIVIST_DEBUG"):
                 raise
-            click.echo(f"error: unexpected {type(e).__name__}: {e} "
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            click.echo(f"error: unexpected {type(e).__name__}: {first_line} "
                        "(set ARCHIVIST_DEBUG=1 for the traceback)", err=True)
             sys.exit(2)
 
@@ -233,7 +234,7 @@ def restore(
     from indexer.jobs.bulk_restore import restore_in_bulk
     from server.schemas import SearchArgsSchema, load_search_query
     if bool(ids) == (search is not None):
-        raise click.UsageError("give record ids or --search PARAMS, not both")
+        raise click.UsageError("give record ids or --search PARAMS (one of them, not both)")
     if not reason.strip() or len(reason) > 500:
         raise click.UsageError("--reason must be 1-500 characters")
     query = None
@@ -327,11 +328,16 @@ def hold_remove(
 
 
 @hold.command("list")
+@_hold_options
 @config_option
-def hold_list(config: Config) -> None:
-    """List the legal holds in force."""
+def hold_list(
+    record: str | None, customer: str | None, category: str | None, config: Config
+) -> None:
+    """List the legal holds in force (only those on one record, customer or category)."""
+    given = record is not None or customer is not None or category is not None
+    scope, value = _hold_target(record, customer, category) if given else (None, None)
     with Services.open(config) as services, services.sessions.begin() as session:
-        holds = list_holds(session)
+        holds = list_holds(session, scope, value)
     for h in holds:
         click.echo(f"{h.scope}\t{h.value}\t{h.created_at:%Y-%m-%dT%H:%M:%SZ}\t{h.reason}")
     if not holds:

@@ -21,6 +21,7 @@ from archivist.active_db import (
 )
 from archivist.config import Config
 from archivist.crm_rows import CrmTables, ForeignKeyRef, inspect_foreign_keys, open_crm_tables
+from archivist.errors import NotInitialised
 from indexer.errors import IndexUnavailable
 from indexer.search import SearchEngine
 
@@ -126,6 +127,10 @@ class Services:
         engine = make_engine(config.active_url)
         try:
             crm, crm_refs = _open_crm_tables(engine, config)  # a bad mapping: before all else
+            if not create and not ArchiveStore.exists_in(config.archive_dir):
+                raise NotInitialised(
+                    f"no archive in {config.archive_dir}: run `archivist init` first"
+                )
             env_key = os.environ.get(KEY_ENV)
             if create and not env_key:
                 make_key_file(config.key_file)

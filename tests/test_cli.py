@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sqlite3
@@ -91,6 +92,14 @@ def test_holds_round_trip(installed):
     assert add.returncode == 0
     listed = archivist("hold", "list", "--config", str(installed)).stdout
     assert listed.startswith("customer\tC9\t") and listed.rstrip().endswith("\tcase 17")
+    assert archivist("hold", "add", "--category", "medical", "--reason", "audit 3",
+                     "--config", str(installed)).returncode == 0
+    one = archivist("hold", "list", "--customer", "C9", "--config", str(installed)).stdout
+    assert one == listed
+    none = archivist("hold", "list", "--record", "C9", "--config", str(installed)).stdout
+    assert none == "no legal holds\n"
+    assert archivist("hold", "remove", "--category", "medical",
+                     "--config", str(installed)).returncode == 0
     again = archivist("hold", "add", "--customer", "C9", "--reason", "x",
                       "--config", str(installed))
     assert again.returncode == 1
@@ -102,6 +111,44 @@ def test_holds_round_trip(installed):
     both = archivist("hold", "add", "--customer", "C9", "--record", "r", "--reason", "x",
                      "--config", str(installed))
     assert both.returncode != 0 and "exactly one of" in both.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ("restore", "R1", "--search", "q=x", "--reason", "r"),
+    ("restore", "--reason", "r"),
+    ("restore", "R1", "--reason", ""),
+    ("erase", "--reason", "x"),
+    ("erase", "--customer", "A", "--record", "B", "--reason", "x"),
+    ("hold", "add", "--reason", "x"),
+    ("hold", "list", "--customer", "A", "--record", "B"),
+    ("archive", "--bogus"),
+    ("restore", "R1"),
+    ("no-such-command",),
+])
+def test_a_usage_error_is_one_line_on_stderr(installed, args):
+    result = archivist(*args, "--config", str(installed))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("args", [
+    ("stats",), ("import", "-"), ("archive",), ("hold", "add", "--customer", "C1", "--reason", "x"),
+    ("token", "create", "--role", "admin", "--name", "x"), ("restore", "R1", "--reason", "r"),
+])
+def test_a_command_before_init_says_so_in_one_line_and_writes_nothing(tmp_path, args):
+    """Even with the archive key in the environment (which spares the key file's check)."""
+    (tmp_path / "config.toml").write_text(
+        '[active]\nurl = "sqlite:///data/active.db"\n[archive]\ndir = "data/archive"\n'
+        '[index]\ndir = "data/index"\n'
+    )
+    key = base64.b64encode(os.urandom(32)).decode()
+    result = archivist(*args, "--config", str(tmp_path / "config.toml"),
+                       env={"ARCHIVIST_ARCHIVE_KEY": key}, stdin=b"")
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith("run `archivist init` first")
+    assert result.stderr.count("\n") == 1
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [tmp_path / "config.toml"]
 
 
 def test_verify_names_exactly_the_damaged_record(installed, tmp_path, make_record):
