@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
@@ -94,6 +95,8 @@ def import_lines(
 
     with sessions.begin() as session:
         for number, raw in enumerate(lines, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):  # files saved on Windows
+                raw = raw[len(codecs.BOM_UTF8):]
             if not raw.strip():
                 continue
             try:

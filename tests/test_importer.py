@@ -70,6 +70,16 @@ def test_import_upserts_an_existing_active_record(services, make_record):
         assert find_active(session, ["U1"])["U1"].subject == "second"
 
 
+def test_import_reads_a_file_that_starts_with_a_byte_order_mark(services, make_record):
+    lines = [json.dumps(make_record(id=f"B{i}")).encode() for i in range(2)]
+    bom = b"\xef\xbb\xbf"
+    report = import_lines([bom + lines[0], lines[1], bom + lines[0]], services.sessions,
+                          services.store.find_archived)
+    assert report.imported == 2  # the first line's mark is the file's; a later one is not
+    assert [(e.line, e.reason.split(":")[0]) for e in report.errors] == [(3, "malformed JSON")]
+    assert active_ids(services) == ["B0", "B1"]
+
+
 def test_import_refuses_an_id_that_is_archived(services, make_record):
     from archive_store import ArchiveItem
     from archivist.records import parse_record
