@@ -970,6 +970,7 @@ class ArchiveStore:
         :param at: when (aware)
         :param actor: who erases them
         :param customer_id: the customer whose records these are, when erasing a customer
+            (every record of theirs the catalog holds is erased, listed or not)
         """
         at_text = format_time(at)
         old_files: list[Path] = []
@@ -978,8 +979,15 @@ class ArchiveStore:
         try:
             with self._write() as (conn, appender):
                 self._remove_orphans(conn)
+                wanted = list(record_ids)
+                if customer_id is not None:
+                    # and any of theirs archived since the caller looked: the data key
+                    # destroyed below is theirs too, so none may stay archived without it
+                    wanted.extend(row[0] for row in conn.execute(
+                        "SELECT record_id FROM records WHERE customer_id = ? "
+                        "AND state IN ('archived', 'restored')", (customer_id,)))
                 rows = sorted(
-                    (row for row in load_records(conn, record_ids).values()
+                    (row for row in load_records(conn, wanted).values()
                      if row["state"] in ("archived", "restored")),
                     key=lambda r: r["record_id"],
                 )

@@ -1028,3 +1028,18 @@ def test_canonical_json_refuses_nan_and_infinities_anywhere(bad) -> None:
 
     with pytest.raises(ValueError, match="not JSON compliant"):
         canonical_json(bad)
+
+
+def test_a_customer_erasure_takes_every_record_of_theirs_listed_or_not(
+    store: ArchiveStore,
+) -> None:
+    """A record of the customer's archived after the caller listed them shares the data key
+    the erasure destroys: it is erased with the rest, never left archived without its key."""
+    items = [make_item("CE-1"), make_item("CE-2"), make_item("OT-1", customer_id="C-9")]
+    store.archive_batch(items, AT, "archive-job")
+    store.clear_pending(["CE-1", "CE-2", "OT-1"])
+    erased = store.erase(["CE-1"], AT, "admin", customer_id="C-17")
+    assert sorted(e.record_id for e in erased) == ["CE-1", "CE-2"]
+    assert {i: e.state for i, e in store.entries(["CE-1", "CE-2", "OT-1"]).items()} == {
+        "CE-1": "erased", "CE-2": "erased", "OT-1": "archived"}
+    assert store.verify() == []
