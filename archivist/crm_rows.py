@@ -402,16 +402,17 @@ def insert_statement(crm_table: CrmTable, columns: Iterable[str]) -> Any:
 
 def inspect_foreign_keys(connection: Connection, crm_tables: CrmTables) -> list[ForeignKeyRef]:
     """Foreign keys that point at a mapped table from outside the mapping: from a table that is
-    not mapped, or through a column that is not the mapped parent column. A row such a key
-    references cannot be deleted, so it is not archived."""
+    not mapped (in any schema of the database), or through a column that is not the mapped
+    parent column. A row such a key references cannot be deleted, so it is not archived."""
     inspector = inspect(connection)
-    mapped = {(t.table.schema, t.table.name): t for t in crm_tables.tables}
+    default = inspector.default_schema_name
+    mapped = {(t.table.schema or default, t.table.name): t for t in crm_tables.tables}
     found: list[ForeignKeyRef] = []
-    schemas = {t.table.schema for t in crm_tables.tables}
-    for schema in schemas:
-        for table_name in inspector.get_table_names(schema=schema):
-            for fk in inspector.get_foreign_keys(table_name, schema=schema):
-                target = mapped.get((fk.get("referred_schema") or schema, fk["referred_table"]))
+    for schema in inspector.get_schema_names():
+        keys = inspector.get_multi_foreign_keys(schema=schema)
+        for (_schema, table_name), fks in sorted(keys.items()):
+            for fk in fks:
+                target = mapped.get((fk.get("referred_schema") or default, fk["referred_table"]))
                 if target is None:
                     continue
                 source = mapped.get((schema, table_name))
@@ -422,7 +423,7 @@ def inspect_foreign_keys(connection: Connection, crm_tables: CrmTables) -> list[
                     and fk["referred_columns"] == [target.mapping.key]
                 ):
                     continue  # the mapped parent link: moved together with its process
-                name = table_name if schema is None else f"{schema}.{table_name}"
+                name = table_name if schema == default else f"{schema}.{table_name}"
                 found.append(ForeignKeyRef(
                     fk.get("name") or f"{name}_fkey", name, tuple(fk["constrained_columns"]),
                     target, tuple(fk["referred_columns"]),

@@ -479,3 +479,35 @@ def test_crm_record_view_lists_rows_the_crm_added_under_an_archived_case(crm):
     }
     new = next(node for node in process["records"] if node["id"] == f"msg:{msg(3)}")
     assert (new["parent_id"], new["subject"]) == ("case:11", "Again")
+
+
+@pytest.mark.parametrize("on_delete", ["CASCADE", "SET NULL"])
+def test_crm_a_reference_from_another_schema_blocks_the_row_whatever_its_on_delete(
+    tmp_path: Path, pg_url: str, on_delete: str
+):
+    """A table in another schema referencing a mapped row (`ON DELETE CASCADE` would delete
+    its own rows with it, `SET NULL` change them) blocks that row's process like any other."""
+    run_sql(pg_url, (EXAMPLE / "schema.sql").read_text())
+    run_sql(pg_url, DATA)
+    run_sql(pg_url, f"""
+        CREATE SCHEMA reporting;
+        CREATE TABLE reporting.case_refs (
+            id int PRIMARY KEY, case_id bigint REFERENCES cases (id) ON DELETE {on_delete});
+        INSERT INTO reporting.case_refs VALUES (1, 10);
+    """)
+    try:
+        with Services.open(load_config(write_config(tmp_path, pg_url)), create=True) as services:
+            report = run_archive_job(services, utcnow())
+            assert not services.store.find_archived(PROCESS_A)
+            assert report.blocked_by == {
+                "attachments_message_id_fkey": 2, "case_refs_case_id_fkey": len(PROCESS_A)}
+            with services.engine.connect() as connection:
+                assert connection.execute(
+                    text("SELECT id, case_id FROM reporting.case_refs")
+                ).all() == [(1, 10)]
+            with services.sessions.begin() as session:
+                blocks = {(b.record_id, b.constraint_name, b.referencing_table)
+                          for b in session.query(JobRunBlock).all()}
+            assert ("case:10", "case_refs_case_id_fkey", "reporting.case_refs") in blocks
+    finally:
+        run_sql(pg_url, "DROP SCHEMA reporting CASCADE")
