@@ -228,6 +228,25 @@ def test_crm_restore_over_a_taken_key_is_already_active_and_writes_nothing(crm):
     assert {crm.store.info(rid).pending for rid in PROCESS_A} == {None}
 
 
+def test_crm_a_key_used_again_stays_in_the_crm_and_the_rest_is_archived(crm):
+    """An id lives in one place: an aged row the CRM made with an archived row's key stays
+    where it is, and the run goes on with every other process."""
+    run_archive_job(crm, utcnow())
+    with crm.engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO cases (id, account_id, queue, title, state, opened_at, last_activity_at)"
+            " VALUES (11, 2, 'support', 'Reused key', 'closed', '2020-01-01', '2020-01-01'),"
+            " (60, 2, 'support', 'Another old case', 'closed', '2020-01-01', '2020-01-01')"
+        ))
+    report = run_archive_job(crm, utcnow())
+    assert report.archived == 1 and crm.store.find_archived(["case:60"]) == {"case:60"}
+    assert crm.store.get("case:11")["subject"] != "Reused key"  # the archived one, unchanged
+    with crm.engine.connect() as connection:
+        assert connection.execute(text("SELECT title FROM cases WHERE id = 11")).scalar() == (
+            "Reused key")
+    assert crm.store.verify() == []
+
+
 def test_crm_archive_leaves_a_row_the_crm_changed_after_it_was_read(crm, monkeypatch):
     import archive_store.store as store_module
 

@@ -314,6 +314,11 @@ def _due(
                 break
             cutoff = archive_cutoff(rules.policy_for(record["category"]), as_of)
             entry = catalog.get(row.record_id)
+            if entry is not None and entry.state == "archived" and entry.pending is None:
+                # the CRM used an archived row's key again: an id lives in one place only
+                log.warning("row %s is not archived: its id is archived already", row.record_id)
+                ok = False
+                break
             last = parse_utc(record["updated_at"])
             if entry is not None and entry.state == "restored" and entry.restored_at is not None:
                 last = max(last, entry.restored_at)
