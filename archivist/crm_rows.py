@@ -163,6 +163,33 @@ def count_crm_rows(session: Any, crm_tables: CrmTables) -> int:
     )
 
 
+def count_customer_rows(session: Any, crm_tables: CrmTables, customer_id: str) -> int:
+    """How many rows of the mapped tables are a customer's (by the record field they fill)."""
+    total = 0
+    for crm_table in crm_tables.tables:
+        source = crm_table.mapping.fields.get("customer_id")
+        if source is None or (source.column is None and source.constant != customer_id):
+            continue
+        query = select(func.count()).select_from(crm_table.table)
+        if source.column is not None:
+            query = query.where(cast(crm_table.table.c[source.column], Text) == customer_id)
+        total += session.scalar(query) or 0
+    return total
+
+
+def count_record_rows(session: Any, crm_tables: CrmTables, record_id: str) -> int:
+    """1 if a mapped table holds the row a record id names, else 0."""
+    crm_table = crm_tables.table_of(record_id)
+    if crm_table is None:
+        return 0
+    try:
+        key = crm_table.key_of(record_id)
+    except ValueError:  # not a key of that table at all
+        return 0
+    query = select(func.count()).select_from(crm_table.table)
+    return session.scalar(query.where(crm_table.key_column == key)) or 0
+
+
 def open_crm_tables(connection: Connection, mappings: Sequence[TableMapping]) -> CrmTables:
     """Reflect the mapped tables and check every entry against them.
 

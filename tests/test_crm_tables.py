@@ -22,6 +22,7 @@ from archivist.errors import ConfigError
 from archivist.holds import add_hold
 from indexer.errors import AlreadyActive
 from indexer.jobs.crm_restore import restore_crm_process
+from indexer.jobs.erasure import erase_records
 from indexer.jobs.runs import run_archive_job
 from indexer.jobs.verification import verify_all
 from indexer.search import SearchQuery
@@ -245,6 +246,24 @@ def test_crm_a_key_used_again_stays_in_the_crm_and_the_rest_is_archived(crm):
         assert connection.execute(text("SELECT title FROM cases WHERE id = 11")).scalar() == (
             "Reused key")
     assert crm.store.verify() == []
+
+
+def test_crm_erasure_counts_the_customers_rows_still_in_the_crm(crm):
+    """`active_remaining`: the customer's rows the CRM's own tables still hold (its to erase),
+    by the column the mapping takes `customer_id` from; for a record without a customer, its
+    own row."""
+    run_archive_job(crm, utcnow())  # process A (account 1) leaves; case 40 (account 1) stays
+
+    def still_active(**target: str) -> int:
+        report = erase_records(crm, **target, actor="t", at=utcnow(), dry_run=True)
+        return report.active_remaining
+
+    assert still_active(customer_id="1") == 1  # case 40
+    assert still_active(record_id="case:10") == 1  # its customer's: case 40
+    assert still_active(record_id=f"msg:{msg(1)}") == 0  # no customer: its own row, archived
+    restore_crm_process(crm.sessions, crm.store, crm.index, crm.crm, "case:10", "t", utcnow())
+    assert still_active(customer_id="1") == 3  # cases 10, 11 and 40
+    assert still_active(record_id=f"msg:{msg(1)}") == 1
 
 
 def test_crm_archive_leaves_a_row_the_crm_changed_after_it_was_read(crm, monkeypatch):

@@ -41,12 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from archive_store import ArchiveStore, ArchiveStoreError, CatalogEntry, RestoreInProgress
 from archive_store.faults import crash_point
 from archive_store.locks import ProcessLock
 from archivist.active_db import ActiveRecord
 from archivist.audit import AuditEvent, write_audit, write_blanking
+from archivist.crm_rows import CrmTables, count_customer_rows, count_record_rows
 from archivist.holds import load_hold_set
 from archivist.processes import find_processes, is_held
 from indexer.errors import IndexerError
@@ -165,17 +167,28 @@ def _plan(services: Services, customer_id: str | None, record_id: str | None) ->
             ]
         if held:
             raise OnHold(f"{held[0]} is on legal hold; nothing was erased")
-        active = 0
-        if owner is not None:
-            active = session.scalar(
-                select(func.count()).select_from(ActiveRecord)
-                .where(ActiveRecord.customer_id == owner)
-            ) or 0
-        elif record_id is not None:
-            active = session.scalar(
-                select(func.count()).select_from(ActiveRecord).where(ActiveRecord.id == record_id)
-            ) or 0
+        active = _still_active(session, services.crm, owner, record_id)
     return _Plan(ids, entries, active)
+
+
+def _still_active(
+    session: Session, crm: CrmTables | None, owner: str | None, record_id: str | None
+) -> int:
+    """The customer's records (or the one record) in the active database: the CRM's to erase.
+    With the CRM's own tables mapped, those are their rows."""
+    if owner is not None:
+        if crm is not None:
+            return count_customer_rows(session, crm, owner)
+        return session.scalar(
+            select(func.count()).select_from(ActiveRecord).where(ActiveRecord.customer_id == owner)
+        ) or 0
+    if record_id is None:
+        return 0
+    if crm is not None:
+        return count_record_rows(session, crm, record_id)
+    return session.scalar(
+        select(func.count()).select_from(ActiveRecord).where(ActiveRecord.id == record_id)
+    ) or 0
 
 
 def _erase(
