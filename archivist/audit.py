@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from archivist.active_db import AuditEntry
@@ -97,6 +97,16 @@ class AuditPage:
     page: int
     per_page: int
     entries: list[AuditRecord]
+
+
+def audit_outcome(error: BaseException) -> str:
+    """The outcome an audit entry gives an action that failed: the code of one of Archivist's
+    own errors (`not_found`, `on_hold`, ...), else `error`. A database library's codes mean
+    nothing to an auditor, and some are None, which the log cannot hold."""
+    code = getattr(error, "code", None)
+    if isinstance(error, SQLAlchemyError) or not isinstance(code, str) or not code:
+        return "error"
+    return code
 
 
 def canonical_details(details: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
@@ -42,7 +43,7 @@ from sqlalchemy import (
     types,
 )
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import NoSuchTableError
+from sqlalchemy.exc import NoSuchTableError, SAWarning
 from sqlalchemy.sql.elements import ColumnElement
 
 from archivist.crm_mapping import TableMapping
@@ -200,7 +201,12 @@ def open_crm_tables(connection: Connection, mappings: Sequence[TableMapping]) ->
     tables: list[CrmTable] = []
     for mapping in mappings:
         try:
-            table = Table(mapping.table, metadata, schema=mapping.schema, autoload_with=connection)
+            with warnings.catch_warnings():
+                # "did not recognize type": such a column is kept in the database's text form
+                warnings.simplefilter("ignore", SAWarning)
+                table = Table(
+                    mapping.table, metadata, schema=mapping.schema, autoload_with=connection
+                )
         except NoSuchTableError:
             raise ConfigError(f"{mapping.where}: table {mapping.name!r} not found") from None
         tables.append(_check_table(mapping, table, connection))
@@ -420,7 +426,11 @@ def insert_statement(crm_table: CrmTable, columns: Iterable[str]) -> Any:
     values: dict[str, Any] = {}
     for name in columns:
         column = table.c[name]
-        if crm_table.codecs.get(name, "text:").startswith("text:"):
+        if isinstance(column.type, types.NullType):
+            # a type SQLAlchemy does not know (point, xml, a composite): no CAST can be
+            # written for it, so the text goes untyped and the database reads it as the column's
+            values[name] = bindparam(f"v_{name}")
+        elif crm_table.codecs.get(name, "text:").startswith("text:"):
             values[name] = cast(bindparam(f"v_{name}", type_=Text), column.type)
         else:
             values[name] = bindparam(f"v_{name}", type_=column.type)

@@ -19,7 +19,7 @@ import click
 from archive_store import ArchiveStoreError
 from archive_store.crypto import KEY_ENV, load_key
 from archivist.active_db import create_schema, utcnow
-from archivist.audit import AuditEvent, write_audit
+from archivist.audit import AuditEvent, audit_outcome, write_audit
 from archivist.config import Config, default_config_path, load_config
 from archivist.crm_mapping import check_import_allowed
 from archivist.errors import ArchivistError
@@ -183,7 +183,7 @@ def _audited(
     try:
         yield details
     except Exception as e:
-        outcome = getattr(e, "code", "error")
+        outcome = audit_outcome(e)
         raise
     finally:
         write_audit(services.sessions, [AuditEvent(at, "cli", action, target, outcome, details)])

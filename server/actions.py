@@ -18,7 +18,14 @@ from typing import Any
 
 from archive_store import CatalogEntry, HistoryEvent
 from archivist.active_db import utcnow
-from archivist.audit import AuditEvent, AuditFilter, AuditPage, AuditWriter, list_audit
+from archivist.audit import (
+    AuditEvent,
+    AuditFilter,
+    AuditPage,
+    AuditWriter,
+    audit_outcome,
+    list_audit,
+)
 from archivist.disposals import (
     CSV_COLUMNS as DISPOSAL_COLUMNS,
 )
@@ -111,7 +118,7 @@ def audited(
     try:
         yield entry
     except Exception as e:
-        entry.outcome = getattr(e, "code", "error")
+        entry.outcome = audit_outcome(e)
         raise
     finally:
         event = AuditEvent(at, actor.name, action, target, entry.outcome, entry.details)

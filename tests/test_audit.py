@@ -158,3 +158,17 @@ def test_cli_hold_changes_and_disposal_are_audited(services: Any, config_path: P
     ]
     assert entries[0].details == {"as_of": "2026-01-01T00:00:00Z", "purged": 0}
     assert _problems(services) == []
+
+
+def test_a_failed_action_is_audited_with_its_own_code_or_error() -> None:
+    """A database library's error (whose code may be None, which the log cannot hold) is
+    audited as `error`, so the entry is written and the real error is not hidden behind it."""
+    from sqlalchemy.exc import IntegrityError, StatementError
+
+    from archive_store import RecordNotFound
+    from archivist.audit import audit_outcome
+
+    assert audit_outcome(RecordNotFound("R1")) == "not_found"
+    assert audit_outcome(IntegrityError("INSERT", {}, Exception("duplicate"))) == "error"
+    assert audit_outcome(StatementError("compile", "INSERT", {}, Exception("NullType"))) == "error"
+    assert audit_outcome(ValueError("x")) == "error"
