@@ -520,6 +520,26 @@ def test_crm_record_view_lists_rows_the_crm_added_under_an_archived_case(crm):
     assert (new["parent_id"], new["subject"]) == ("case:11", "Again")
 
 
+@pytest.mark.parametrize("held", ["case:10", f"msg:{msg(1)}", None])
+def test_crm_a_hold_on_an_archived_record_holds_rows_the_crm_added_under_its_process(
+    crm, held
+):
+    """A row the CRM adds under an archived case (no foreign key) is of that case's process:
+    a hold on any archived record of it (the root, or another message) keeps the row active."""
+    run_archive_job(crm, utcnow())
+    run_sql(crm.config.active_url, f"""
+        ALTER TABLE case_messages DROP CONSTRAINT case_messages_case_id_fkey;
+        INSERT INTO case_messages (msg_id, case_id, queue, subject, text, sent_at) VALUES
+         ('{msg(3)}', 11, 'billing', 'Again', 'Still waiting', '2020-01-01');""")
+    if held is not None:
+        with crm.sessions.begin() as session:
+            add_hold(session, "record", held, "litigation", utcnow())
+    report = run_archive_job(crm, utcnow())
+    archived = crm.store.find_archived([f"msg:{msg(3)}"])
+    assert archived == (set() if held is not None else {f"msg:{msg(3)}"})
+    assert report.archived == (0 if held is not None else 1)
+
+
 @pytest.mark.parametrize("on_delete", ["CASCADE", "SET NULL"])
 def test_crm_a_reference_from_another_schema_blocks_the_row_whatever_its_on_delete(
     tmp_path: Path, pg_url: str, on_delete: str

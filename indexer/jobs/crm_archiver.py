@@ -333,9 +333,37 @@ def _due(
                 log.warning("row %s is not archived: %s", row.record_id, e)
                 ok = False
                 break
+        if ok and _held_through_the_archive(store, process, holds):
+            ok = False
         if ok:
             due.append(process)
     return due
+
+
+def _held_through_the_archive(store: ArchiveStore, process: CrmProcess, holds: Any) -> bool:
+    """Whether a hold covers a record of the process that already left the CRM: rows the CRM
+    added under an archived row (a table without a foreign key lets it) belong to that row's
+    process, and a hold on any record of a process holds all of it."""
+    parent_id = process.rows[0].parent_id  # the root's: a row outside the CRM, if any
+    top: str | None = None
+    seen: set[str] = set()
+    while parent_id is not None and parent_id not in seen:  # up to the archived root
+        seen.add(parent_id)
+        entry = store.entries([parent_id]).get(parent_id)
+        if entry is None or entry.state not in ("archived", "restored"):
+            break
+        top, parent_id = parent_id, entry.parent_id
+    if top is None:
+        return False
+    relatives = list(store.entries([top]).values())
+    frontier, known = [top], {top}
+    while frontier:  # and down to every archived record of its process
+        children = [e for e in store.child_entries(frontier) if e.record_id not in known]
+        children = [e for e in children if e.state in ("archived", "restored")]
+        known.update(e.record_id for e in children)
+        relatives.extend(children)
+        frontier = [e.record_id for e in children]
+    return any(holds.covers(e.record_id, e.customer_id, e.category) for e in relatives)
 
 
 def _referenced(
