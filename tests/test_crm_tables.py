@@ -540,6 +540,27 @@ def test_crm_a_hold_on_an_archived_record_holds_rows_the_crm_added_under_its_pro
     assert report.archived == (0 if held is not None else 1)
 
 
+@pytest.mark.parametrize("restored", ["case:10", f"msg:{msg(3)}"])
+def test_crm_restore_brings_back_rows_archived_later_under_the_process(crm, restored):
+    """A row the CRM added under an archived case (no foreign key), archived by a later run,
+    is of that case's process: restoring any record of it brings back all of it."""
+    run_archive_job(crm, utcnow())
+    run_sql(crm.config.active_url, f"""
+        ALTER TABLE case_messages DROP CONSTRAINT case_messages_case_id_fkey;
+        INSERT INTO case_messages (msg_id, case_id, queue, subject, text, sent_at) VALUES
+         ('{msg(3)}', 11, 'billing', 'Again', 'Still waiting', '2020-01-01');""")
+    assert run_archive_job(crm, utcnow()).archived == 1
+    everything = PROCESS_A | {f"msg:{msg(3)}"}
+
+    back = restore_crm_process(crm.sessions, crm.store, crm.index, crm.crm, restored, "t",
+                               utcnow())
+
+    assert set(back) == everything
+    assert set(snapshot(crm)) >= everything
+    assert {crm.store.info(rid).state for rid in everything} == {"restored"}
+    assert crm.store.verify() == []
+
+
 @pytest.mark.parametrize("on_delete", ["CASCADE", "SET NULL"])
 def test_crm_a_reference_from_another_schema_blocks_the_row_whatever_its_on_delete(
     tmp_path: Path, pg_url: str, on_delete: str

@@ -26,7 +26,7 @@ from sqlalchemy import Table, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from archive_store import ArchiveItem, ArchiveStore
+from archive_store import ArchiveItem, ArchiveStore, CatalogEntry
 from archive_store.faults import crash_point
 from archivist.crm_ledger import add_members, record_blocks
 from archivist.crm_rows import CrmTable, CrmTables, ForeignKeyRef, row_to_record
@@ -345,25 +345,41 @@ def _held_through_the_archive(store: ArchiveStore, process: CrmProcess, holds: A
     added under an archived row (a table without a foreign key lets it) belong to that row's
     process, and a hold on any record of a process holds all of it."""
     parent_id = process.rows[0].parent_id  # the root's: a row outside the CRM, if any
-    top: str | None = None
-    seen: set[str] = set()
-    while parent_id is not None and parent_id not in seen:  # up to the archived root
-        seen.add(parent_id)
-        entry = store.entries([parent_id]).get(parent_id)
-        if entry is None or entry.state not in ("archived", "restored"):
-            break
-        top, parent_id = parent_id, entry.parent_id
-    if top is None:
+    if parent_id is None:
         return False
-    relatives = list(store.entries([top]).values())
-    frontier, known = [top], {top}
-    while frontier:  # and down to every archived record of its process
-        children = [e for e in store.child_entries(frontier) if e.record_id not in known]
-        children = [e for e in children if e.state in ("archived", "restored")]
-        known.update(e.record_id for e in children)
-        relatives.extend(children)
-        frontier = [e.record_id for e in children]
+    relatives = archived_tree(store, parent_id, ("archived", "restored"))
     return any(holds.covers(e.record_id, e.customer_id, e.category) for e in relatives)
+
+
+def archived_tree(
+    store: ArchiveStore, record_id: str, states: tuple[str, ...] = ("archived",)
+) -> list[CatalogEntry]:
+    """The records of a record's process that the archive holds in one of `states`, as their
+    `parent_id` links make it: up from the record while the parent is there, then down to
+    every descendant there. Empty if the record itself is not there in one of `states`."""
+    def held(record_ids: list[str]) -> dict[str, CatalogEntry]:
+        return {i: e for i, e in store.entries(record_ids).items() if e.state in states}
+
+    top = held([record_id]).get(record_id)
+    if top is None:
+        return []
+    seen = {record_id}
+    while top.parent_id is not None and top.parent_id not in seen:
+        parent = held([top.parent_id]).get(top.parent_id)
+        if parent is None:
+            break
+        seen.add(parent.record_id)
+        top = parent
+    tree, frontier, known = [top], [top.record_id], {top.record_id}
+    while frontier:
+        children = [
+            e for e in store.child_entries(frontier)
+            if e.state in states and e.record_id not in known
+        ]
+        known.update(e.record_id for e in children)
+        tree.extend(children)
+        frontier = [e.record_id for e in children]
+    return tree
 
 
 def _referenced(

@@ -25,7 +25,12 @@ from archive_store.faults import crash_point
 from archivist.crm_ledger import process_members, remove_members
 from archivist.crm_rows import CrmTable, CrmTables, insert_statement, record_to_row
 from indexer.errors import AlreadyActive, RestoreRefused, TooMany
-from indexer.jobs.crm_archiver import CrmRow, group_processes, reconcile_crm_pending
+from indexer.jobs.crm_archiver import (
+    CrmRow,
+    archived_tree,
+    group_processes,
+    reconcile_crm_pending,
+)
 from indexer.jobs.restore import BulkRestoreReport, Skipped
 from indexer.search import SearchEngine
 
@@ -72,7 +77,7 @@ def _restore_crm_process(
     if entry.state != "archived":
         raise NotArchived(f"record {record_id} is {entry.state}, not archived")
     with sessions.begin() as session:
-        members = process_members(session, record_id)
+        members = _process(session, store, record_id)
     # members restored or purged on their own since are not brought back with the rest
     entries = store.entries(members)
     group = [m for m in members if m in entries and entries[m].state == "archived"]
@@ -157,7 +162,7 @@ def restore_crm_many(
             if code is not None:
                 report.skipped.append(Skipped(record_id, code))
                 continue
-            members = process_members(session, record_id)
+            members = _process(session, store, record_id)
             if not any(record_id in group for group in groups.values()):
                 groups[record_id] = members
     planned = sum(len(group) for group in groups.values())
@@ -179,6 +184,14 @@ def restore_crm_many(
         if progress is not None:
             progress(len(restored), planned)
     return report
+
+
+def _process(session: Session, store: ArchiveStore, record_id: str) -> list[str]:
+    """The records of an archived record's process: those that left the CRM with it, and
+    those archived before or after under the same root (a table without a foreign key lets
+    the CRM add rows under an archived one)."""
+    tree = [entry.record_id for entry in archived_tree(store, record_id)]
+    return list(dict.fromkeys([*process_members(session, record_id), *tree]))
 
 
 def _rows(crm: CrmTables, records: dict[str, dict[str, Any]]) -> list[CrmRow]:
