@@ -636,3 +636,20 @@ def _site_rows(services: Services) -> list[tuple]:
     with services.engine.connect() as connection:
         return [tuple(r) for r in connection.execute(
             text("SELECT id, geo::text, doc::text, tag FROM sites ORDER BY id"))]
+
+
+def test_crm_tables_named_with_and_without_their_schema_are_one_mapping(
+    tmp_path: Path, pg_url: str
+):
+    """`public.cases` and `notes` name tables of one schema: the notes' mapped parent key is
+    the mapping's own link, not a reference from outside it."""
+    run_sql(pg_url, (EXAMPLE / "schema.sql").read_text())
+    run_sql(pg_url, DATA)
+    mapping = (EXAMPLE / "mapping.toml").read_text().replace(
+        'name = "cases"', 'name = "public.cases"').replace(
+        'table = "cases"', 'table = "public.cases"')
+    assert 'name = "notes"' in mapping
+    with Services.open(load_config(write_config(tmp_path, pg_url, mapping)), create=True) as crm:
+        report = run_archive_job(crm, utcnow())
+        assert report.blocked_by == {"attachments_message_id_fkey": 2}
+        assert crm.store.find_archived(PROCESS_A) == PROCESS_A
