@@ -36,9 +36,12 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    case,
     cast,
     func,
     inspect,
+    null,
+    or_,
     select,
     types,
 )
@@ -76,6 +79,7 @@ class CrmTable:
     parent: CrmTable | None = None
     children: list[CrmTable] = field(default_factory=list)
     field_of: dict[str, str] = field(default_factory=dict)  # column -> the record field it fills
+    dialect: str = "postgresql"  # the database's (SQLAlchemy's name for it)
 
     @property
     def name(self) -> str:
@@ -110,11 +114,26 @@ class CrmTable:
         return _decode_key(text, self.codecs[self.mapping.key])
 
     def select_columns(self) -> list[ColumnElement[Any]]:
-        """Every column, those kept as text cast to text (so json keeps its exact text)."""
-        return [
-            cast(c, Text).label(c.name) if self.codecs[c.name].startswith("text:") else c
-            for c in self.table.columns
-        ]
+        """Every column, those kept as text cast to text (so json keeps its exact text).
+
+        On PostgreSQL a date or timestamp may be `infinity` or BC, which Python cannot hold:
+        such a value is read as NULL, and the row's `OUT_OF_RANGE` column says so (see
+        `out_of_range`), so that the row is left where it is rather than failing the read.
+        """
+        columns: list[ColumnElement[Any]] = []
+        unreadable = []
+        for c in self.table.columns:
+            if self.codecs[c.name].startswith("text:"):
+                columns.append(cast(c, Text).label(c.name))
+            elif self.dialect == "postgresql" and self.codecs[c.name] in _DATE_CODECS:
+                readable = func.isfinite(c) & (func.extract("year", c) > 0)
+                columns.append(case((readable, c), else_=null()).label(c.name))
+                unreadable.append(c.isnot(None) & ~readable)
+            else:
+                columns.append(c)
+        if unreadable:
+            columns.append(or_(*unreadable).label(OUT_OF_RANGE))
+        return columns
 
 
 @dataclass
@@ -155,6 +174,12 @@ class CrmTables:
         for crm_table in self.tables:
             visit(crm_table)
         return ordered
+
+
+def out_of_range(values: Mapping[str, Any]) -> bool:
+    """Whether a row read with `select_columns` held a date or time Python cannot (`infinity`,
+    a BC year), read as NULL: such a row is not archived, its value could not come back."""
+    return bool(values.get(OUT_OF_RANGE))
 
 
 def count_crm_rows(session: Any, crm_tables: CrmTables) -> int:
@@ -233,7 +258,7 @@ def _check_table(mapping: TableMapping, table: Table, connection: Connection) ->
     codecs: dict[str, str] = {}
     for column in table.columns:
         codecs[column.name] = codec_of(column.type)
-    crm_table = CrmTable(mapping, table, codecs)
+    crm_table = CrmTable(mapping, table, codecs, dialect=connection.dialect.name)
     key = _column(crm_table, mapping.key)
     primary = [c.name for c in table.primary_key.columns]
     if primary != [key]:
@@ -296,6 +321,10 @@ def codec_of(sql_type: types.TypeEngine[Any]) -> str:
     if isinstance(sql_type, types.String) and not isinstance(sql_type, types.Enum):
         return "text"
     return _as_text(sql_type)
+
+
+_DATE_CODECS = frozenset({"timestamp", "timestamptz", "date"})
+OUT_OF_RANGE = "archivist_out_of_range"  # the label of `select_columns`'s extra column
 
 
 def _as_text(sql_type: types.TypeEngine[Any]) -> str:

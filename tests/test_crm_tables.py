@@ -653,3 +653,38 @@ def test_crm_tables_named_with_and_without_their_schema_are_one_mapping(
         report = run_archive_job(crm, utcnow())
         assert report.blocked_by == {"attachments_message_id_fkey": 2}
         assert crm.store.find_archived(PROCESS_A) == PROCESS_A
+
+
+def test_crm_an_infinite_or_bc_date_leaves_its_row_and_the_run_goes_on(
+    tmp_path: Path, pg_url: str
+):
+    """PostgreSQL's `infinity` and BC dates have no Python value: such a row stays in the CRM
+    (its value could not come back as it is), and every other row is archived."""
+    run_sql(pg_url, """
+        CREATE TABLE events (id bigint PRIMARY KEY, queue text NOT NULL, at timestamptz NOT NULL,
+                             until timestamptz, since date, tag text);
+        INSERT INTO events VALUES
+          (1, 'support', '2020-01-01', 'infinity', NULL, 'forever'),
+          (2, 'support', '2020-01-01', NULL, '0044-03-15 BC', 'ides'),
+          (3, 'support', '-infinity', NULL, NULL, 'always'),
+          (4, 'support', '2020-01-01', '2021-01-01', '2019-12-31', 'plain');
+    """)
+    mapping = (
+        '[[active.table]]\nname = "events"\nkey = "id"\nid_prefix = "ev:"\nkind = "note"\n'
+        'category = { column = "queue" }\nstatus = "open"\nsubject = { column = "tag" }\n'
+        'created_at = { column = "at" }\nupdated_at = { column = "at" }\n'
+    )
+    with Services.open(load_config(write_config(tmp_path, pg_url, mapping)), create=True) as crm:
+        assert run_archive_job(crm, utcnow(), dry_run=True).archived == 1
+        report = run_archive_job(crm, utcnow())
+        assert report.archived == 1
+        assert crm.store.find_archived(["ev:1", "ev:2", "ev:3", "ev:4"]) == {"ev:4"}
+        with crm.engine.connect() as connection:
+            assert connection.execute(
+                text("SELECT id, until::text, since::text FROM events ORDER BY id")
+            ).all() == [(1, "infinity", None), (2, None, "0044-03-15 BC"), (3, None, None)]
+        restore_crm_process(crm.sessions, crm.store, crm.index, crm.crm, "ev:4", "t", utcnow())
+        with crm.engine.connect() as connection:
+            assert connection.execute(
+                text("SELECT until, since FROM events WHERE id = 4")
+            ).one()[1].isoformat() == "2019-12-31"

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from archive_store import ArchiveItem, ArchiveStore, CatalogEntry
 from archive_store.faults import crash_point
 from archivist.crm_ledger import add_members, record_blocks
-from archivist.crm_rows import CrmTable, CrmTables, ForeignKeyRef, row_to_record
+from archivist.crm_rows import CrmTable, CrmTables, ForeignKeyRef, out_of_range, row_to_record
 from archivist.errors import InvalidRecord
 from archivist.holds import load_hold_set
 from archivist.records import parse_record, parse_utc
@@ -309,6 +309,11 @@ def _due(
         ok = True
         for row in process.rows:
             record = row.record
+            if out_of_range(row.values):
+                log.warning("row %s is not archived: it holds an infinite or BC date, which "
+                            "could not come back as it is", row.record_id)
+                ok = False
+                break
             if record["updated_at"] is None:
                 ok = False
                 break
