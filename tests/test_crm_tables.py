@@ -607,11 +607,7 @@ def test_crm_columns_of_types_sqlalchemy_does_not_know_restore_over_http(
         INSERT INTO sites VALUES (1, 'support', '2020-01-01', '(1.5,2)', '<a>b</a>', 'one'),
                                  (2, 'support', '2020-01-01', NULL, NULL, 'two');
     """)
-    mapping = (
-        '[[active.table]]\nname = "sites"\nkey = "id"\nid_prefix = "site:"\nkind = "note"\n'
-        'category = { column = "queue" }\nstatus = "open"\nsubject = { column = "tag" }\n'
-        'created_at = { column = "at" }\nupdated_at = { column = "at" }\n'
-    )
+    mapping = note_table_mapping("sites", "site:")
     config = load_config(write_config(tmp_path, pg_url, mapping))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "did not recognize type" on every command
@@ -669,11 +665,7 @@ def test_crm_an_infinite_or_bc_date_leaves_its_row_and_the_run_goes_on(
           (3, 'support', '-infinity', NULL, NULL, 'always'),
           (4, 'support', '2020-01-01', '2021-01-01', '2019-12-31', 'plain');
     """)
-    mapping = (
-        '[[active.table]]\nname = "events"\nkey = "id"\nid_prefix = "ev:"\nkind = "note"\n'
-        'category = { column = "queue" }\nstatus = "open"\nsubject = { column = "tag" }\n'
-        'created_at = { column = "at" }\nupdated_at = { column = "at" }\n'
-    )
+    mapping = note_table_mapping("events", "ev:")
     with Services.open(load_config(write_config(tmp_path, pg_url, mapping)), create=True) as crm:
         assert run_archive_job(crm, utcnow(), dry_run=True).archived == 1
         report = run_archive_job(crm, utcnow())
@@ -688,3 +680,13 @@ def test_crm_an_infinite_or_bc_date_leaves_its_row_and_the_run_goes_on(
             assert connection.execute(
                 text("SELECT until, since FROM events WHERE id = 4")
             ).one()[1].isoformat() == "2019-12-31"
+
+
+def note_table_mapping(table: str, id_prefix: str) -> str:
+    """One `[[active.table]]` entry for a test table of notes: `id`, `queue`, `at`, `tag`."""
+    return (
+        f'[[active.table]]\nname = "{table}"\nkey = "id"\nid_prefix = "{id_prefix}"\n'
+        'kind = "note"\ncategory = { column = "queue" }\nstatus = "open"\n'
+        'subject = { column = "tag" }\ncreated_at = { column = "at" }\n'
+        'updated_at = { column = "at" }\n'
+    )
