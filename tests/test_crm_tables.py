@@ -21,7 +21,7 @@ from archivist.config import load_config
 from archivist.crm_ledger import JobRunBlock
 from archivist.errors import ConfigError
 from archivist.holds import add_hold
-from indexer.errors import AlreadyActive
+from indexer.errors import AlreadyActive, RestoreRefused
 from indexer.jobs.crm_restore import restore_crm_process
 from indexer.jobs.erasure import erase_records
 from indexer.jobs.runs import run_archive_job
@@ -228,6 +228,27 @@ def test_crm_restore_over_a_taken_key_is_already_active_and_writes_nothing(crm):
     assert snapshot(crm) == before
     assert {crm.store.info(rid).state for rid in PROCESS_A} == {"archived"}
     assert {crm.store.info(rid).pending for rid in PROCESS_A} == {None}
+
+
+def test_crm_restore_refused_by_another_unique_column_is_restore_refused(crm):
+    """Only a clash on the key is `already_active`; another unique column the CRM filled
+    with the archived row's value meanwhile refuses the restore, and nothing is written."""
+    run_archive_job(crm, utcnow())
+    title = crm.store.get("case:10")["subject"]
+    with crm.engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO cases (id, account_id, queue, title, state, opened_at, last_activity_at)"
+            " VALUES (90, 1, 'billing', :title, 'open', now(), now())"
+        ), {"title": title})
+        connection.execute(text("CREATE UNIQUE INDEX cases_title_unique ON cases (title)"))
+    before = snapshot(crm)
+
+    with pytest.raises(RestoreRefused, match="cases_title_unique"):
+        restore_crm_process(crm.sessions, crm.store, crm.index, crm.crm, "case:10", "admin",
+                            utcnow())
+
+    assert snapshot(crm) == before
+    assert {crm.store.info(rid).state for rid in PROCESS_A} == {"archived"}
 
 
 def test_crm_a_key_used_again_stays_in_the_crm_and_the_rest_is_archived(crm):

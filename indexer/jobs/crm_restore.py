@@ -250,7 +250,12 @@ def _depth(row: CrmRow, rows: Sequence[CrmRow]) -> int:
 def _refusal(e: IntegrityError, crm_table: CrmTable) -> Exception:
     diag = getattr(e.orig, "diag", None)
     constraint = getattr(diag, "constraint_name", None) or "a constraint"
-    if getattr(e.orig, "sqlstate", None) == "23505":  # unique_violation
+    key_constraint = crm_table.table.primary_key.name
+    # The keys were checked free just before: a clash on the key itself is a row the CRM made
+    # meanwhile (`already_active`); any other unique column is a refusal like a `CHECK`.
+    if getattr(e.orig, "sqlstate", None) == "23505" and (
+        key_constraint is None or constraint == key_constraint
+    ):
         return AlreadyActive(
             f"{crm_table.name} refuses a row of the process ({constraint} is taken); "
             "the process was not restored"
