@@ -9,8 +9,9 @@ column's value (`row_to_json` of the restored row equals the row before it left)
 - `table`: the table the row came from (search and the UI show it);
 - `columns`: the value of every column not mapped to a record field, as JSON: integers, booleans
   and text as such, numeric as exact text (its scale kept), floats as numbers, timestamps, dates
-  and times in ISO 8601, uuid as text, bytea in base64, arrays as lists; json, jsonb and any other
-  type in PostgreSQL's own text form (json keeps its exact text, jsonb its numbers' scale);
+  and times in ISO 8601, uuid as text, bytea in base64; arrays, json, jsonb and any other type in
+  PostgreSQL's own text form (an array keeps its dimensions and bounds, json its exact text,
+  jsonb its numbers' scale);
 - `types`: every column's codec (`integer`, `numeric`, `text`, `timestamptz`, `array:date`,
   `text:JSONB`, ...), mapped columns included;
 - `fields`: which columns were mapped to which record field (the key to `id`, the parent column
@@ -295,10 +296,7 @@ def _column(crm_table: CrmTable, name: str) -> str:
 
 def codec_of(sql_type: types.TypeEngine[Any]) -> str:
     """How a column's values are kept in `attributes` (see the module docstring)."""
-    if isinstance(sql_type, types.ARRAY):
-        item = codec_of(sql_type.item_type)
-        return f"array:{item}" if not item.startswith("text:") else _as_text(sql_type)
-    if isinstance(sql_type, postgresql.JSON | postgresql.JSONB | types.JSON):
+    if isinstance(sql_type, types.ARRAY | postgresql.JSON | postgresql.JSONB | types.JSON):
         return _as_text(sql_type)
     if isinstance(sql_type, types.Boolean):
         return "boolean"
@@ -339,8 +337,6 @@ def encode_value(value: Any, codec: str) -> Any:
     """A column value as JSON, by its codec (NULL is recorded in `nulls`, not here)."""
     if value is None:
         return None
-    if codec.startswith("array:"):
-        return [encode_value(v, codec[6:]) for v in value]
     if codec == "numeric":
         return str(value)
     if codec == "float":
@@ -360,7 +356,7 @@ def decode_value(value: Any, codec: str) -> Any:
     """The column value `encode_value` turned into `value`."""
     if value is None:
         return None
-    if codec.startswith("array:"):
+    if codec.startswith("array:"):  # archived when arrays were kept as lists of values
         return [decode_value(v, codec[6:]) for v in value]
     if codec == "numeric":
         return Decimal(value)
@@ -448,9 +444,21 @@ def record_to_row(crm_table: CrmTable, record: Mapping[str, Any]) -> dict[str, A
     return row
 
 
-def insert_statement(crm_table: CrmTable, columns: Iterable[str]) -> Any:
-    """An INSERT of these columns that takes `record_to_row` values as `v_<column>` parameters
-    (columns kept as text are cast back to their own type by the database)."""
+def text_columns(record: Mapping[str, Any]) -> frozenset[str]:
+    """The columns an archived record keeps in PostgreSQL's text form (by the codecs it was
+    archived with, which may be older than the table's today)."""
+    codecs: dict[str, str] = (record.get("attributes") or {}).get("types", {})
+    return frozenset(name for name, codec in codecs.items() if codec.startswith("text:"))
+
+
+def insert_statement(
+    crm_table: CrmTable, columns: Iterable[str], as_text: frozenset[str]
+) -> Any:
+    """An INSERT of these columns that takes `record_to_row` values as `v_<column>` parameters.
+
+    :param as_text: the columns whose values are PostgreSQL's text form (see `text_columns`),
+        cast back to their own type by the database
+    """
     table = crm_table.table
     values: dict[str, Any] = {}
     for name in columns:
@@ -459,7 +467,7 @@ def insert_statement(crm_table: CrmTable, columns: Iterable[str]) -> Any:
             # a type SQLAlchemy does not know (point, xml, a composite): no CAST can be
             # written for it, so the text goes untyped and the database reads it as the column's
             values[name] = bindparam(f"v_{name}")
-        elif crm_table.codecs.get(name, "text:").startswith("text:"):
+        elif name in as_text:
             values[name] = cast(bindparam(f"v_{name}", type_=Text), column.type)
         else:
             values[name] = bindparam(f"v_{name}", type_=column.type)

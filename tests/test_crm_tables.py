@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, text
 from archivist.active_db import utcnow
 from archivist.config import load_config
 from archivist.crm_ledger import JobRunBlock
+from archivist.crm_rows import insert_statement, record_to_row, text_columns
 from archivist.errors import ConfigError
 from archivist.holds import add_hold
 from indexer.errors import AlreadyActive, RestoreRefused
@@ -701,6 +702,66 @@ def test_crm_an_infinite_or_bc_date_leaves_its_row_and_the_run_goes_on(
             assert connection.execute(
                 text("SELECT until, since FROM events WHERE id = 4")
             ).one()[1].isoformat() == "2019-12-31"
+
+
+def test_crm_arrays_of_any_shape_come_back_exactly(tmp_path: Path, pg_url: str):
+    """Arrays are kept in PostgreSQL's text form: several dimensions, bounds other than 1,
+    NULL elements and `infinity` in a date array all come back as they were."""
+    run_sql(pg_url, """
+        CREATE TABLE arr (id bigint PRIMARY KEY, queue text NOT NULL, at timestamptz NOT NULL,
+                          ints int[], dates date[], texts text[], tag text);
+        INSERT INTO arr VALUES
+          (1, 'support', '2020-01-01', '{{1,2},{3,4}}', '{{2020-01-01,infinity}}', '{{a,b}}',
+           'dims'),
+          (2, 'support', '2020-01-01', '[0:1]={5,6}', '[0:0]={2020-01-01}', '[2:2]={x}', 'lb'),
+          (3, 'support', '2020-01-01', '{NULL,1}', '{}', '{NULL,"a b","{c}"}', 'nulls');
+    """)
+    rows = "SELECT id, ints::text, dates::text, texts::text FROM arr ORDER BY id"
+    config = load_config(write_config(tmp_path, pg_url, note_table_mapping("arr", "a:")))
+    with Services.open(config, create=True) as crm:
+        with crm.engine.connect() as connection:
+            before = connection.execute(text(rows)).all()
+        assert run_archive_job(crm, utcnow()).archived == 3
+        for record_id in ("a:1", "a:2", "a:3"):
+            restore_crm_process(crm.sessions, crm.store, crm.index, crm.crm, record_id, "t",
+                                utcnow())
+        with crm.engine.connect() as connection:
+            assert connection.execute(text(rows)).all() == before
+
+
+def test_crm_an_array_archived_as_a_list_of_values_still_restores(
+    tmp_path: Path, pg_url: str
+):
+    """Records archived when arrays were kept as JSON lists (codec `array:<item>`) go back
+    through the column's own type."""
+    run_sql(pg_url, """
+        CREATE TABLE arr (id bigint PRIMARY KEY, queue text NOT NULL, at timestamptz NOT NULL,
+                          dates date[], tag text);
+    """)
+    config = load_config(write_config(tmp_path, pg_url, note_table_mapping("arr", "a:")))
+    with Services.open(config, create=True) as crm:
+        crm_table = crm.crm.table_of("a:7")
+        record = {
+            "id": "a:7", "category": "support", "subject": "old", "created_at":
+            "2020-01-01T00:00:00Z", "updated_at": "2020-01-01T00:00:00Z",
+            "attributes": {
+                "table": "arr",
+                "types": {"id": "integer", "queue": "text", "at": "timestamptz",
+                          "dates": "array:date", "tag": "text"},
+                "fields": {"id": "id", "queue": "category", "at": "created_at",
+                           "tag": "subject"},
+                "columns": {"dates": ["2020-01-02", "2021-03-04"]},
+                "nulls": [],
+            },
+        }
+        row = record_to_row(crm_table, record)
+        with crm.engine.begin() as connection:
+            connection.execute(
+                insert_statement(crm_table, tuple(row), text_columns(record)),
+                [{f"v_{k}": v for k, v in row.items()}],
+            )
+            assert connection.execute(text("SELECT dates::text FROM arr")).scalar() == (
+                "{2020-01-02,2021-03-04}")
 
 
 def note_table_mapping(table: str, id_prefix: str) -> str:

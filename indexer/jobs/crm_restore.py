@@ -23,7 +23,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from archive_store import ArchiveStore, NotArchived, RecordNotFound, RestoreInProgress
 from archive_store.faults import crash_point
 from archivist.crm_ledger import process_members, remove_members
-from archivist.crm_rows import CrmTable, CrmTables, insert_statement, record_to_row
+from archivist.crm_rows import (
+    CrmTable,
+    CrmTables,
+    insert_statement,
+    record_to_row,
+    text_columns,
+)
 from indexer.errors import AlreadyActive, RestoreRefused, TooMany
 from indexer.jobs.crm_archiver import (
     CrmRow,
@@ -225,16 +231,20 @@ def _insert(session: Session, rows: Sequence[CrmRow]) -> None:
     for (_, crm_table), group in groupby(ordered, key=lambda r: (depth[r.record_id], r.table)):
         members = list(group)
         try:
-            values = [record_to_row(crm_table, row.record) for row in members]
+            values = [
+                (record_to_row(crm_table, row.record), text_columns(row.record))
+                for row in members
+            ]
         except ValueError as e:
             raise RestoreRefused(str(e)) from None
-        def columns_of(value: dict[str, Any]) -> tuple[str, ...]:
-            return tuple(value)
 
-        for columns, same in groupby(values, key=columns_of):
-            params = [{f"v_{k}": v for k, v in row.items()} for row in same]
+        def shape(value: tuple[dict[str, Any], frozenset[str]]) -> tuple[Any, ...]:
+            return tuple(value[0]), value[1]
+
+        for (columns, as_text), same in groupby(values, key=shape):
+            params = [{f"v_{k}": v for k, v in row.items()} for row, _ in same]
             try:
-                session.execute(insert_statement(crm_table, columns), params)
+                session.execute(insert_statement(crm_table, columns, as_text), params)
             except IntegrityError as e:
                 raise _refusal(e, crm_table) from None
 
