@@ -69,6 +69,18 @@ from archive_store.verify import verify_store
 DEFAULT_SEGMENT_MAX_BYTES = 64 * 2**20
 STATES = ("archived", "restored", "purged", "erased")
 
+# A customer's archived and restored records (see `ArchiveStore.find_customer_records`).
+_CUSTOMER_RECORDS = """
+WITH RECURSIVE theirs (record_id) AS (
+    SELECT record_id FROM records WHERE customer_id = ?
+    UNION
+    SELECT r.record_id FROM records r JOIN theirs t ON r.parent_id = t.record_id
+    WHERE r.customer_id IS NULL
+)
+SELECT r.record_id FROM theirs JOIN records r USING (record_id)
+WHERE r.state IN ('archived', 'restored') ORDER BY r.record_id
+"""
+
 _ENTRY_INSERT = (
     "INSERT INTO entries (seq, segment_id, offset, length, type, record_id, version, event, at, "
     "actor, sha256, entry_hash, prev_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -983,9 +995,9 @@ class ArchiveStore:
                 if customer_id is not None:
                     # and any of theirs archived since the caller looked: the data key
                     # destroyed below is theirs too, so none may stay archived without it
-                    wanted.extend(row[0] for row in conn.execute(
-                        "SELECT record_id FROM records WHERE customer_id = ? "
-                        "AND state IN ('archived', 'restored')", (customer_id,)))
+                    wanted.extend(
+                        row[0] for row in conn.execute(_CUSTOMER_RECORDS, (customer_id,))
+                    )
                 rows = sorted(
                     (row for row in load_records(conn, wanted).values()
                      if row["state"] in ("archived", "restored")),
@@ -1028,17 +1040,13 @@ class ArchiveStore:
         return erased
 
     def find_customer_records(self, customer_id: str) -> list[str]:
-        """The ids of a customer's archived and restored records (for erasure).
+        """The ids of a customer's archived and restored records (for erasure): those naming
+        the customer, and the records of their processes that name no customer (a case's
+        messages and notes), which belong to the customer of their nearest ancestor naming one.
 
         :param customer_id: the customer
         """
-        return [
-            row[0] for row in self._db().execute(
-                "SELECT record_id FROM records WHERE customer_id = ? "
-                "AND state IN ('archived', 'restored') ORDER BY record_id",
-                (customer_id,),
-            )
-        ]
+        return [row[0] for row in self._db().execute(_CUSTOMER_RECORDS, (customer_id,))]
 
     def reseal(self) -> int:
         """Seal the frames written before the store had a key (re-encrypt old segments).

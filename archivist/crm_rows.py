@@ -191,17 +191,48 @@ def count_crm_rows(session: Any, crm_tables: CrmTables) -> int:
 
 
 def count_customer_rows(session: Any, crm_tables: CrmTables, customer_id: str) -> int:
-    """How many rows of the mapped tables are a customer's (by the record field they fill)."""
-    total = 0
+    """How many rows of the mapped tables are a customer's: those whose `customer_id` names
+    the customer, and the rows under them that name no customer (a case's messages and
+    notes), as erasure counts records."""
+    theirs: dict[str, set[Any]] = {}
+    frontier: list[tuple[CrmTable, list[Any]]] = []
     for crm_table in crm_tables.tables:
         source = crm_table.mapping.fields.get("customer_id")
         if source is None or (source.column is None and source.constant != customer_id):
             continue
-        query = select(func.count()).select_from(crm_table.table)
+        query = select(crm_table.key_column)
         if source.column is not None:
             query = query.where(cast(crm_table.table.c[source.column], Text) == customer_id)
-        total += session.scalar(query) or 0
-    return total
+        keys = list(session.scalars(query))
+        theirs.setdefault(crm_table.name, set()).update(keys)
+        frontier.append((crm_table, keys))
+    while frontier:
+        parent, parent_keys = frontier.pop()
+        for child in parent.children:
+            seen = theirs.setdefault(child.name, set())
+            new = [k for k in _unnamed_children(session, child, parent_keys) if k not in seen]
+            seen.update(new)
+            if new:
+                frontier.append((child, new))
+    return sum(len(keys) for keys in theirs.values())
+
+
+def _unnamed_children(session: Any, child: CrmTable, parent_keys: Sequence[Any]) -> list[Any]:
+    """The keys of a table's rows under these parent rows that name no customer."""
+    source = child.mapping.fields.get("customer_id")
+    if source is not None and source.column is None:
+        return []  # every row names the table's constant customer
+    parent_column = child.parent_column
+    assert parent_column is not None
+    found: list[Any] = []
+    for start in range(0, len(parent_keys), 500):
+        query = select(child.key_column).where(
+            parent_column.in_(parent_keys[start:start + 500])
+        )
+        if source is not None and source.column is not None:
+            query = query.where(child.table.c[source.column].is_(None))
+        found.extend(session.scalars(query))
+    return found
 
 
 def count_record_rows(session: Any, crm_tables: CrmTables, record_id: str) -> int:

@@ -273,19 +273,22 @@ def test_crm_a_key_used_again_stays_in_the_crm_and_the_rest_is_archived(crm):
 
 def test_crm_erasure_counts_the_customers_rows_still_in_the_crm(crm):
     """`active_remaining`: the customer's rows the CRM's own tables still hold (its to erase),
-    by the column the mapping takes `customer_id` from; for a record without a customer, its
-    own row."""
+    by the column the mapping takes `customer_id` from, with the rows under them that name no
+    customer (their messages and notes); for a record without a customer, its own row. The
+    erasure itself takes the archived ones the same way."""
     run_archive_job(crm, utcnow())  # process A (account 1) leaves; case 40 (account 1) stays
 
     def still_active(**target: str) -> int:
         report = erase_records(crm, **target, actor="t", at=utcnow(), dry_run=True)
         return report.active_remaining
 
-    assert still_active(customer_id="1") == 1  # case 40
-    assert still_active(record_id="case:10") == 1  # its customer's: case 40
+    assert still_active(customer_id="1") == 2  # case 40 and its message
+    assert still_active(record_id="case:10") == 2  # its customer's: the same
     assert still_active(record_id=f"msg:{msg(1)}") == 0  # no customer: its own row, archived
+    assert sorted(erase_records(crm, customer_id="1", actor="t", at=utcnow(),
+                                dry_run=True).ids) == sorted(PROCESS_A)
     restore_crm_process(crm.sessions, crm.store, crm.index, crm.crm, "case:10", "t", utcnow())
-    assert still_active(customer_id="1") == 3  # cases 10, 11 and 40
+    assert still_active(customer_id="1") == 7  # cases 10, 11 and 40, their messages, the note
     assert still_active(record_id=f"msg:{msg(1)}") == 1
 
 

@@ -142,6 +142,40 @@ def test_a_hold_on_another_record_of_the_process_refuses_the_erasure(
 
 
 
+def test_erasing_a_customer_takes_the_records_of_their_processes_that_name_no_customer(
+    services: Services, archived: Any, make_record: Any
+) -> None:
+    """A case's messages and notes often name no customer (the CRM keeps the customer on the
+    case): they are the customer's of their nearest ancestor naming one. A record of the
+    process naming another customer is that customer's, and stays."""
+    case = make_record(id="P-CASE", customer_id="C-PROC", body="a case")
+    message = make_record(id="P-MSG", customer_id=None, parent_id="P-CASE",
+                          body=f"from {EMAIL.decode()}: {MARKER.decode()}")
+    note = make_record(id="P-NOTE", customer_id=None, parent_id="P-MSG",
+                       body=f"note on {MARKER.decode()}")
+    theirs = make_record(id="P-OTHER", customer_id="C-ELSE", parent_id="P-CASE",
+                         body="another customer's reply, quoffelbrandt")
+    unrelated = make_record(id="U-1", customer_id=None, body="no customer, no process")
+    recent = {"created_at": "2025-12-01T00:00:00Z", "updated_at": "2025-12-30T00:00:00Z"}
+    live_case = make_record(id="L-CASE", customer_id="C-PROC", **recent)
+    live_message = make_record(id="L-MSG", customer_id=None, parent_id="L-CASE", **recent)
+    archived(case, message, note, theirs, unrelated, live_case, live_message)
+    folders = [services.config.archive_dir, services.config.index_dir]
+
+    dry = erase_records(services, customer_id="C-PROC", actor="t", at=NOW, dry_run=True)
+    report = erase_records(services, customer_id="C-PROC", actor="t", at=NOW)
+
+    assert sorted(dry.ids) == sorted(report.ids) == ["P-CASE", "P-MSG", "P-NOTE"]
+    assert dry.active_remaining == report.active_remaining == 2  # the live case, its message
+    assert {i: services.store.info(i).state for i in ("P-OTHER", "U-1")} == {
+        "P-OTHER": "archived", "U-1": "archived"}
+    assert [p for f in folders for p in files_holding(f, MARKER)] == []
+    assert [p for f in folders for p in files_holding(f, EMAIL)] == []
+    assert services.index.search(SearchQuery(q=MARKER.decode())).total == 0
+    assert services.index.search(SearchQuery(q="quoffelbrandt")).total == 1
+    assert verify_all(services).problems == []
+
+
 def test_an_erasure_refused_for_a_move_under_way_is_not_finished_later(
     services: Services, erasable: Any
 ) -> None:

@@ -179,9 +179,16 @@ def _still_active(
     if owner is not None:
         if crm is not None:
             return count_customer_rows(session, crm, owner)
-        return session.scalar(
-            select(func.count()).select_from(ActiveRecord).where(ActiveRecord.customer_id == owner)
-        ) or 0
+        # theirs, and the records under them that name no customer (as the store counts)
+        theirs = select(ActiveRecord.id).where(ActiveRecord.customer_id == owner).cte(
+            "theirs", recursive=True
+        )
+        theirs = theirs.union(
+            select(ActiveRecord.id)
+            .join(theirs, ActiveRecord.parent_id == theirs.c.id)
+            .where(ActiveRecord.customer_id.is_(None))
+        )
+        return session.scalar(select(func.count()).select_from(theirs)) or 0
     if record_id is None:
         return 0
     if crm is not None:
