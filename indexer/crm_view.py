@@ -48,7 +48,7 @@ def view_record_process(
     live = {row.record_id: row for p in load_processes(session, crm, seeds) for row in p.rows}
     nodes = [_active(live.pop(node.id)) if node.id in live else node for node in view.records]
     nodes.extend(_active(row) for row in live.values())  # added by the CRM after the restore
-    return ProcessView(view.root, _parents_first(nodes)[:MAX_PROCESS_VIEW])
+    return ProcessView(view.root, _parents_first(nodes)[:MAX_PROCESS_VIEW], view.archived)
 
 
 def _active(row: CrmRow) -> ProcessNode:

@@ -122,6 +122,7 @@ class ProcessView:
 
     root: str
     records: list[ProcessNode]
+    archived: int = 0  # of the whole process, listed or not: what a restore would bring back
 
 
 def view_process(session: Session, store: ArchiveStore, record_id: str) -> ProcessView:
@@ -147,4 +148,5 @@ def view_process(session: Session, store: ArchiveStore, record_id: str) -> Proce
             value = {}
         nodes.append(ProcessNode(member.id, member.parent_id, value.get("kind"),
                                  value.get("subject"), member.state))
-    return ProcessView(process.root, nodes)
+    archived = sum(1 for member in process.members if member.state == "archived")
+    return ProcessView(process.root, nodes, archived)

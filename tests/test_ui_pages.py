@@ -148,6 +148,47 @@ def test_ui_restore_is_audited_and_idempotent_in_the_ui(
     assert "test-admin" in audit and "A-1" in audit
 
 
+def test_ui_restore_button_counts_the_whole_process_not_the_listed_part(
+    client: Any, admin_headers: Any, archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    """The record page lists 1,000 records of a process; the button and its confirmation say
+    how many the restore really brings back."""
+    archived(make_record(id="BIG-ROOT"),
+             *(make_record(id=f"BIG-{i:05d}", parent_id="BIG-ROOT") for i in range(1050)))
+    _sign_in(client, admin_headers)
+    page = client.get("/records/BIG-00005").get_data(as_text=True)
+    assert "The first 1,000 records of the process." in page
+    assert "Restore this process: 1051 records" in page
+    assert "(1051 records)" in page
+
+
+def test_ui_links_with_control_characters_go_to_a_safe_page_not_a_500(
+    client: Any, admin_headers: Any, corpus: None
+) -> None:
+    csrf = _csrf(client)
+    response = client.post("/sign-in", data={
+        "token": _secret(admin_headers), "csrf_token": csrf, "next": "/records/A-1\r\nX: 1"})
+    assert (response.status_code, response.headers["Location"]) == (303, "/search")
+    form = {"csrf_token": _csrf(client, "/search"), "mode": "ids", "ids": ["A-1"],
+            "reason": "r", "search": "q=a\nb"}
+    response = client.post("/restore", data=form)
+    assert response.status_code == 303 and "\n" not in response.headers["Location"]
+
+
+def test_ui_signing_in_again_ends_the_session_before(
+    client: Any, admin_headers: Any, agent_headers: Any
+) -> None:
+    _sign_in(client, admin_headers)
+    admin_cookie = client.get_cookie("archivist_session")
+    assert admin_cookie is not None and client.get("/admin").status_code == 200
+    _sign_in(client, agent_headers)
+    assert client.get("/admin").status_code == 403
+    client.set_cookie("archivist_session", admin_cookie.value)  # a copy of the admin cookie
+    response = client.get("/admin")
+    assert response.status_code == 302 and "/sign-in" in response.headers["Location"]
+
+
 def test_ui_holds_round_trip(client: Any, admin_headers: Any) -> None:
     _sign_in(client, admin_headers)
     csrf = _csrf(client, "/admin/holds")

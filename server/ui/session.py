@@ -236,8 +236,14 @@ def current_path() -> str:
 
 
 def local_path(target: str | None, default: str) -> str:
-    """`target` if it is a path on this site (no scheme, no host), else `default`."""
+    """`target` if it is a path on this site (no scheme, no host), else `default`.
+
+    Control characters are refused outright: `urlsplit` drops tabs and newlines before it
+    looks, and a redirect cannot carry them.
+    """
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return default
+    if not target.isprintable():
         return default
     parts = urlsplit(target)
     return default if parts.scheme or parts.netloc else target
@@ -272,6 +278,9 @@ def sign_in() -> Any:
     if session_id is None:  # revoked a moment ago
         error = "That token is unknown or revoked."
         return render_template("ui/sign_in.html", next_url=next_url, error=error), 401
+    previous = session.get("sid")
+    if isinstance(previous, str) and previous:  # signing in again ends the one before
+        actions.close_web_session(current_app.extensions["archivist"], previous)
     session.clear()  # no fixation: a fresh session (and CSRF token) for the signed-in user
     session.permanent = True
     session["sid"] = session_id

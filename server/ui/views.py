@@ -183,7 +183,6 @@ def record(record_id: str) -> Any:
     for node in view.process.records:
         parent = node.parent_id if node.parent_id in ids else None
         children.setdefault(parent, []).append(node)
-    to_restore = sum(1 for node in view.process.records if node.state == "archived")
     return render_template(
         "ui/record.html",
         view=view,
@@ -192,7 +191,7 @@ def record(record_id: str) -> Any:
         history=view.history,
         process=view.process,
         process_children=children,
-        to_restore=to_restore,
+        to_restore=view.process.archived,
         can_restore=me.allows("admin") and view.archive.state == "archived",
         back=back or url_for("ui.search"),
     )
@@ -227,6 +226,8 @@ def bulk_restore() -> ResponseReturnValue:
     services = _services()
     form = request.form
     search = form.get("search", "")
+    if not search.isprintable():  # a query string never holds a raw control character
+        search = ""
     back = url_for("ui.search") + (f"?{search}" if search else "")
     reason = form.get("reason", "").strip()
     mode = form.get("mode", "ids")
