@@ -30,14 +30,19 @@ class HoldSet:
 
     record_ids: frozenset[str] = frozenset()
     customer_ids: frozenset[str] = frozenset()
-    categories: frozenset[str] = frozenset()
+    categories: frozenset[str] = frozenset()  # as placed
+    folded_categories: frozenset[str] = frozenset()  # casefolded
 
     def covers(self, record_id: str, customer_id: str | None, category: str) -> bool:
-        """True when any hold applies to a record with these attributes."""
+        """True when any hold applies to a record with these attributes.
+
+        A category hold covers the category whatever its case, as a category filter of a
+        search finds it (`billing` holds `Billing` too): a hold errs on the side of keeping.
+        """
         return (
             record_id in self.record_ids
             or (customer_id is not None and customer_id in self.customer_ids)
-            or category in self.categories
+            or category.casefold() in self.folded_categories
         )
 
     def exclusion(
@@ -46,7 +51,8 @@ class HoldSet:
         customer_column: InstrumentedAttribute[str | None],
         category_column: InstrumentedAttribute[str],
     ) -> ColumnElement[bool]:
-        """A SQL condition that is true for rows no hold covers."""
+        """A SQL condition that is false for rows a hold covers, a category hold as placed
+        (SQL has no `casefold`): rows of another case pass, and `covers` then keeps them."""
         conditions: list[ColumnElement[bool]] = []
         if self.record_ids:
             conditions.append(id_column.not_in(sorted(self.record_ids)))
@@ -104,6 +110,7 @@ def load_hold_set(session: Session) -> HoldSet:
         record_ids=frozenset(by_scope["record"]),
         customer_ids=frozenset(by_scope["customer"]),
         categories=frozenset(by_scope["category"]),
+        folded_categories=frozenset(c.casefold() for c in by_scope["category"]),
     )
 
 

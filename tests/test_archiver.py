@@ -134,6 +134,30 @@ def test_holds_stop_archiving_and_disposal(services, make_record):
     assert services.store.verify() == []
 
 
+def test_a_category_hold_holds_the_category_whatever_its_case(services, make_record):
+    """Search finds `Billing` for `category=billing`; a hold placed on what was searched must
+    keep both spellings from archiving and from disposal."""
+    old = iso(AS_OF - timedelta(days=4000))
+    load(services, [
+        make_record(id="upper", category="Billing", updated_at=old),
+        make_record(id="lower", category="billing", updated_at=old),
+        make_record(id="other", category="support", updated_at=old),
+    ])
+    with services.sessions.begin() as session:
+        add_hold(session, "category", "billing", "regulator request", utcnow())
+    assert run_archive_job(services, AS_OF, dry_run=True).by_category == {"support": 1}
+    assert run_archive_job(services, AS_OF).archived == 1
+    assert active_ids(services, ["upper", "lower", "other"]) == {"upper", "lower"}
+
+    with services.sessions.begin() as session:
+        remove_hold(session, "category", "billing")
+    assert run_archive_job(services, AS_OF).archived == 2
+    with services.sessions.begin() as session:
+        add_hold(session, "category", "BILLING", "a new claim", utcnow())
+    assert run_dispose_job(services, AS_OF).purged == 1  # past the default 5 years
+    assert {services.store.info(i).state for i in ("upper", "lower")} == {"archived"}
+
+
 def test_disposal_boundary_is_exact_and_purges_for_good(services, make_record):
     boundary = AS_OF.replace(year=AS_OF.year - 7)  # finance keeps 7 years
     load(
