@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -68,6 +69,8 @@ class HoldSet:
 def add_hold(session: Session, scope: str, value: str, reason: str, at: datetime) -> Hold:
     """Place a hold; placing the same hold twice is an error that names the first one."""
     _check(scope, value)
+    if control_character_in(value):  # (one placed before this check can still be lifted)
+        raise HoldError(f"a hold value must not contain control characters: {value!r}")
     if not reason.strip():
         raise HoldError("a legal hold needs a reason")
     existing = session.scalar(
@@ -112,6 +115,15 @@ def load_hold_set(session: Session) -> HoldSet:
         categories=frozenset(by_scope["category"]),
         folded_categories=frozenset(c.casefold() for c in by_scope["category"]),
     )
+
+
+def control_character_in(value: str) -> bool:
+    """Whether a hold value holds a control character (a pasted newline, a NUL).
+
+    Such a hold would match nothing it was meant for, and a web form could not send it back
+    to lift it.
+    """
+    return any(unicodedata.category(c) == "Cc" for c in value)
 
 
 def _check(scope: str, value: str) -> None:

@@ -111,6 +111,9 @@ def test_holds_round_trip(installed):
     both = archivist("hold", "add", "--customer", "C9", "--record", "r", "--reason", "x",
                      "--config", str(installed))
     assert both.returncode != 0 and "exactly one of" in both.stderr
+    tab = archivist("hold", "add", "--customer", "C9\t", "--reason", "x",
+                    "--config", str(installed))
+    assert tab.returncode == 1 and "control characters" in tab.stderr
 
 
 @pytest.mark.parametrize("args", [

@@ -74,6 +74,13 @@ def test_bad_hold_body_is_400(client: Any, admin_headers: dict[str, str]) -> Non
         assert _error(response)["code"] == "bad_request"
     response = client.post("/api/v1/holds", data=b"{not json", headers=admin_headers)
     assert response.status_code == 400
+    # a pasted newline would make a hold that matches nothing and a form cannot lift
+    for value in ("C00042\n", "C\x00"):
+        body = {"scope": "customer", "value": value, "reason": "r"}
+        response = client.post("/api/v1/holds", json=body, headers=admin_headers)
+        assert response.status_code == 400
+        assert "control characters" in response.get_data(as_text=True)
+    assert client.get("/api/v1/holds", headers=admin_headers).get_json()["holds"] == []
 
 
 def test_holds_are_placed_listed_lifted_and_audited(
