@@ -493,7 +493,7 @@ def test_ui_admin_restores_ticked_results_and_a_whole_search(new_page: Any, site
     page.get_by_test_id("confirm-reason").fill("whole search")
     page.get_by_test_id("confirm-restore").click()
     page.wait_for_selector(".flash-success")
-    assert "Restored 2 records (1 processes)" in page.locator(".flash-success").first.inner_text()
+    assert "Restored 2 records (1 process)" in page.locator(".flash-success").first.inner_text()
     assert api_ids(site, "admin", q="allword") == []
 
 
@@ -718,6 +718,26 @@ def test_ui_controls_have_labels_and_pages_fit_a_phone(new_page: Any, site: Site
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 375, (path, width)
         page.context.close()
+
+
+def test_ui_a_long_reason_wraps_on_a_phone(new_page: Any, site: Site) -> None:
+    """A reason is free text, often a pasted link: the holds table wraps it at phone width
+    (and its hidden column label stays inside the table)."""
+    reason = "see https://crm.example.com/tickets/2026/12/refund-dispute-INV-2023-004512-appeal"
+    headers = {"Authorization": f"Bearer {site.tokens['admin']}",
+               "Content-Type": "application/json"}
+    body = json.dumps({"scope": "customer", "value": "C-WRAP", "reason": reason}).encode()
+    urllib.request.urlopen(urllib.request.Request(
+        f"{site.url}/api/v1/holds", data=body, headers=headers, method="POST"), timeout=30)
+    try:
+        page = new_page("admin", width=375, height=740)
+        page.goto("/admin/holds")
+        assert page.locator("tr", has_text="C-WRAP").count() == 1
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    finally:
+        urllib.request.urlopen(urllib.request.Request(
+            f"{site.url}/api/v1/holds/customer/C-WRAP", headers=headers, method="DELETE"),
+            timeout=30)
 
 
 def test_ui_keyboard_only_search(new_page: Any) -> None:

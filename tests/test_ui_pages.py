@@ -189,6 +189,40 @@ def test_ui_signing_in_again_ends_the_session_before(
     assert response.status_code == 302 and "/sign-in" in response.headers["Location"]
 
 
+def test_ui_search_form_keeps_a_bookmarked_search_as_it_is(
+    client: Any, agent_headers: Any, corpus: None
+) -> None:
+    """Pressing Search again must not cut a bound's time or drop an unusual page size."""
+    _sign_in(client, agent_headers)
+    page = client.get(
+        "/search?q=refund&from=2019-06-15T12:00:00Z&to=2020-06-20&per_page=5"
+    ).get_data(as_text=True)
+    assert 'name="from" type="text" value="2019-06-15T12:00:00Z"' in page
+    assert 'name="to" type="date" value="2020-06-20"' in page
+    assert '<option value="5" selected>' in page
+
+
+def test_ui_admin_as_of_errors_name_the_parameter(client: Any, admin_headers: Any) -> None:
+    _sign_in(client, admin_headers)
+    for value in ("9999-12-31T23:59:59-14:00", "1" * 5000):
+        response = client.get("/admin", query_string={"as_of": value})
+        assert response.status_code == 400
+        assert "as_of: " in response.get_data(as_text=True)
+
+
+def test_ui_audit_log_links_only_entries_naming_a_record(
+    client: Any, admin_headers: Any, corpus: None
+) -> None:
+    _sign_in(client, admin_headers)
+    csrf = _csrf(client, "/search")
+    client.post("/restore", data={"csrf_token": csrf, "mode": "ids", "ids": ["A-2"],
+                                  "reason": "bulk"})
+    client.post("/records/A-1/restore", data={"csrf_token": csrf, "reason": "one"})
+    page = client.get("/audit?action=restore").get_data(as_text=True)
+    assert '<a href="/records/A-1">A-1</a>' in page
+    assert '<a href="/records/ids">' not in page and ">ids</td>" in page
+
+
 def test_ui_holds_round_trip(client: Any, admin_headers: Any) -> None:
     _sign_in(client, admin_headers)
     csrf = _csrf(client, "/admin/holds")

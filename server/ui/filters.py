@@ -58,6 +58,11 @@ def format_when(value: datetime | str | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def counted(n: int, noun: str) -> str:
+    """`1 record`, `1,051 records`: a count and its noun (plural in -s)."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def pretty_json(value: Any) -> str:
     """JSON for reading: indented, non-ASCII kept (escaped by the template, like all text)."""
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)

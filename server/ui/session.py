@@ -43,6 +43,7 @@ from server.limits import RateLimiter
 from server.ui import bp
 from server.ui.filters import (
     compact_json,
+    counted,
     format_when,
     pretty_json,
     search_url,
@@ -78,6 +79,7 @@ def _configure_app(state: BlueprintSetupState) -> None:
         PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS),
     )
     app.jinja_env.filters["utc"] = format_when
+    app.jinja_env.filters["counted"] = counted
     app.jinja_env.filters["pretty_json"] = pretty_json
     app.jinja_env.filters["compact_json"] = compact_json
 

@@ -31,7 +31,7 @@ from archivist.tokens import TokenInfo
 from indexer.errors import BadQuery
 from indexer.jobs.backup import backup_status
 from indexer.jobs.runs import last_run, run_archive_job, run_dispose_job
-from indexer.search import DATE_FIELDS, SORTS, SearchQuery
+from indexer.search import DATE_FIELDS, MAX_PER_PAGE, SORTS, SearchQuery
 from indexer.search.dates import parse_bound
 from indexer.services import Services
 from server import actions
@@ -51,6 +51,7 @@ from server.ui.filters import (
     PER_PAGE_CHOICES,
     SEARCH_PARAMS,
     SORT_LABELS,
+    counted,
     current_args,
     url_with,
 )
@@ -105,6 +106,14 @@ def known_categories(services: Services) -> list[str]:
     return names
 
 
+def _per_page_choices(current: str) -> list[int]:
+    """The page sizes offered, with the one in the URL (a bookmark's) among them."""
+    choices = set(PER_PAGE_CHOICES)
+    if current.isdecimal() and len(current) <= 4 and 1 <= int(current) <= MAX_PER_PAGE:
+        choices.add(int(current))
+    return sorted(choices)
+
+
 @bp.get("/search")
 @require_ui_role("agent")
 def search() -> Any:
@@ -142,7 +151,7 @@ def search() -> Any:
         kinds=kinds,
         date_fields=[(f, DATE_FIELD_LABELS.get(f, f)) for f in DATE_FIELDS],
         sorts=[(s, SORT_LABELS.get(s, s)) for s in SORTS],
-        per_page_choices=PER_PAGE_CHOICES,
+        per_page_choices=_per_page_choices(args.get("per_page", "")),
         export_url=url_with("ui.export_csv", EXPORT_PARAMS),
         search_qs=urlencode([(k, v) for k, v in args.items(multi=True) if k in EXPORT_PARAMS]),
         here=current_path(),
@@ -259,8 +268,8 @@ def bulk_restore() -> ResponseReturnValue:
             raise
         flash(f"Nothing was restored: {e}", "error")
         return redirect(back, 303)
-    message = (f"Restored {len(report.restored):,} records ({report.processes:,} processes) "
-               "to the active CRM.")
+    message = (f"Restored {counted(len(report.restored), 'record')} "
+               f"({counted(report.processes, 'process')}) to the active CRM.")
     if report.skipped:
         message += " Skipped: " + ", ".join(
             f"{s.id} ({s.code})" for s in report.skipped[:20]
@@ -351,11 +360,13 @@ def admin() -> Any:
     now = datetime.now(UTC)
     as_of = now
     as_of_text = request.args.get("as_of", "").strip()
-    if as_of_text:
+    if len(as_of_text) > 64:
+        error = "as_of: longer than 64 characters"
+    elif as_of_text:
         try:
             as_of = parse_bound(as_of_text, end=False)
         except BadQuery as e:
-            error = str(e)
+            error = f"as_of: {e}"
     archive_report = run_archive_job(services, as_of, dry_run=True)
     archive_preview = archive_report.by_category
     dispose_preview = run_dispose_job(services, as_of, dry_run=True).by_category
