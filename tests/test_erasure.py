@@ -14,7 +14,14 @@ import pytest
 from archivist.active_db import utcnow
 from archivist.config import load_config
 from archivist.holds import add_hold
-from indexer.jobs.erasure import OnHold, apply_erasure_ledger, erase_records, ledger_path
+from indexer.jobs.erasure import (
+    OnHold,
+    append_ledger,
+    apply_erasure_ledger,
+    erase_records,
+    ledger_path,
+    load_ledger,
+)
 from indexer.jobs.indexing import sync_index
 from indexer.jobs.restore import restore_record
 from indexer.jobs.verification import verify_all
@@ -274,6 +281,17 @@ def search_entries(services: Services) -> list[Any]:
             (e.seq, e.target, json.loads(e.details)) for e in session.query(AuditEntry)
             .filter(AuditEntry.action == "search").order_by(AuditEntry.seq)
         ]
+
+
+def test_a_torn_ledger_line_is_ended_and_skipped_not_fatal(tmp_path: Path) -> None:
+    """A crash (or a full disk) mid-append leaves part of a line: the next append starts a new
+    line, and reading the ledger skips the torn one rather than stopping every later job."""
+    path = tmp_path / "archive.key.erasures"
+    append_ledger(path, {"id": "a", "records": [["R-1", "0" * 64]]})
+    with path.open("ab") as f:
+        f.write(b'{"id": "b", "records": [["R-2"')  # torn
+    append_ledger(path, {"done": "a"})
+    assert load_ledger(path) == [{"id": "a", "records": [["R-1", "0" * 64]]}, {"done": "a"}]
 
 
 def test_audited_searches_that_named_the_customer_are_blanked(

@@ -339,10 +339,20 @@ def append_ledger(path: Path, entry: dict[str, Any]) -> None:
     :param entry: ids and hashes only, never content
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    line = json.dumps(entry, sort_keys=True).encode("utf-8") + b"\n"
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, json.dumps(entry, sort_keys=True).encode("utf-8") + b"\n")
-        os.fsync(fd)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":  # a line torn by a crash: end it
+            line = b"\n" + line
+        try:
+            written = 0
+            while written < len(line):  # a full disk may take part of it: not a line then
+                written += os.write(fd, line[written:])
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, size)  # no torn line: the erasure fails before it erases
+            raise
     finally:
         os.close(fd)
 
@@ -356,7 +366,15 @@ def load_ledger(path: Path) -> list[dict[str, Any]]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         return []
-    return [json.loads(line) for line in lines if line.strip()]
+    entries = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except ValueError:  # torn by a crash or a full disk before this file was fsynced
+            log.warning("%s: line %d is not a whole erasure; skipped", path, number)
+    return entries
 
 
 def _customer_ids_by_hash(store: ArchiveStore, hashes: set[str]) -> dict[str, str]:
