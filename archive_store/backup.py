@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from archive_store import keyring, segment
-from archive_store.catalog import connect
+from archive_store.catalog import connect, hash_hex
 from archive_store.codec import FrameCodec
 from archive_store.errors import ArchiveStoreError
 from archive_store.models import Problem
@@ -43,6 +43,7 @@ SEGMENTS = "segments"
 _NOT_COPIED = {".lock", "move.lock", "index.lock", "catalog.db-wal", "catalog.db-shm",
                "catalog.db-journal"}
 _CHUNK = 2**20
+_PARTIALS = {"active.db.partial", "backup.json.partial", "MANIFEST.partial"}  # a run's own
 
 
 class BackupError(ArchiveStoreError):
@@ -89,6 +90,34 @@ class StoreSnapshot:
     def close(self) -> None:
         """Close the segment files."""
         self._stack.close()
+
+    def head(self) -> list[object]:
+        """The catalog's last entry as `[seq, entry hash]` (`[0, ""]` for an empty store)."""
+        conn = sqlite3.connect(self.catalog_copy)
+        try:
+            row = conn.execute(
+                "SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+        finally:
+            conn.close()
+        return [0, ""] if row is None else [row[0], hash_hex(row[1])]
+
+    def descends_from(self, head: object) -> bool:
+        """Whether this catalog's history holds the entry `head` (from an earlier `head()`):
+        if so, every segment file an earlier backup copied from it is a prefix of the file
+        of that name now. A store recovered from an older backup, then written to, or
+        another installation, is not."""
+        if not (isinstance(head, list) and len(head) == 2 and isinstance(head[0], int)):
+            return False
+        seq, entry_hash = head
+        if seq == 0:
+            return True
+        conn = sqlite3.connect(self.catalog_copy)
+        try:
+            row = conn.execute("SELECT entry_hash FROM entries WHERE seq = ?", (seq,)).fetchone()
+        finally:
+            conn.close()
+        return row is not None and hash_hex(row[0]) == entry_hash
 
 
 def hash_file(path: Path) -> str:
@@ -251,16 +280,22 @@ def copy_segments(
         name = f"{STORE_FOLDER}/{SEGMENTS}/{source.name}"
         target = target_dir / source.name
         have = target.stat().st_size if name in previous and target.is_file() else -1
+        if 0 <= have <= source.length and hash_file(target) != previous[name]:
+            have = -1  # the copy was damaged since: copied again whole
         if have == source.length:
             tally.hashes[name] = previous[name]
             continue
         # Same name, same file: segments only grow until a compaction writes a new generation
-        # (a new name), so what the backup holds is a prefix and only the tail is missing.
+        # (a new name), so what the backup holds is a prefix and only the tail is missing
+        # (the caller checked that the store's history goes on from the previous backup's).
         start = have if 0 <= have < source.length else 0
-        if start == 0:
-            target.unlink(missing_ok=True)
-        with open(target, "r+b" if start else "wb") as out:
-            out.seek(start)
+        # A new file renamed over the old one, never an append in place: an older backup
+        # kept as hard links (`cp -al`) shares the old file, and must keep its bytes.
+        fresh = target_dir / (source.name + ".partial")
+        with open(fresh, "wb") as out:
+            if start:
+                with open(target, "rb") as kept:
+                    shutil.copyfileobj(kept, out, _CHUNK)
             source.file.seek(start)
             remaining = source.length - start
             while remaining:
@@ -272,6 +307,7 @@ def copy_segments(
             out.truncate(source.length)
             out.flush()
             os.fsync(out.fileno())
+        os.replace(fresh, target)
         tally.files += 1
         tally.bytes += source.length - start
         tally.hashes[name] = hash_file(target)
@@ -328,7 +364,8 @@ def remove_unlisted(folder: Path, keep: set[str]) -> None:
     :param keep: the manifest's paths
     """
     for path in folder.glob("*.partial"):  # left by a run that stopped half-way
-        path.unlink()
+        if path.name in _PARTIALS:
+            path.unlink()
     for path in folder.rglob("*"):
         if not path.is_file():
             continue

@@ -364,3 +364,90 @@ def test_backup_verify_names_an_edited_audit_entry_even_with_the_manifest_redone
 
     assert len(problems) == 1 and problems[0].startswith("active.db: audit log: entry ")
     assert problems[0].endswith("was changed after it was written")
+
+
+def test_backup_into_the_installation_or_a_folder_of_other_files_is_refused(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path
+) -> None:
+    """A backup run deletes what its manifest does not list: it never writes into the
+    installation's own folders, nor into a folder that holds other files and no backup."""
+    from archive_store.backup import BackupError
+
+    archived(*_records(make_record, 0, 20))
+    config = services.config
+    for folder in (config.archive_dir.parent, config.archive_dir, config.archive_dir / "x",
+                   config.index_dir):
+        before = sorted(p for p in config.archive_dir.parent.rglob("*"))
+        with pytest.raises(BackupError, match="overlaps the installation"):
+            create_backup(services, folder, utcnow())
+        assert sorted(p for p in config.archive_dir.parent.rglob("*")) == before
+    usb = tmp_path / "usb"
+    (usb / "archive" / "photos").mkdir(parents=True)
+    (usb / "archive" / "photos" / "img1.jpg").write_bytes(b"x")
+    (usb / "movie.partial").write_bytes(b"x")
+    with pytest.raises(BackupError, match="holds other files and no backup"):
+        create_backup(services, usb, utcnow())
+    assert (usb / "archive" / "photos" / "img1.jpg").exists() and (usb / "movie.partial").exists()
+    assert verify_all(services).problems == []
+
+
+def test_an_older_backup_kept_as_hard_links_stays_whole(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path
+) -> None:
+    """`cp -al` keeps older backups cheaply: the next run must not write through the links."""
+    archived(*_records(make_record, 0, 200))
+    folder, old = tmp_path / "backup", tmp_path / "backup.old"
+    create_backup(services, folder, utcnow())
+    subprocess.run(["cp", "-al", str(folder), str(old)], check=True)
+    archived(*_records(make_record, 200, 10))
+    create_backup(services, folder, utcnow())
+    key = archive_key(services)
+    assert verify_backup(old, key) == [] and verify_backup(folder, key) == []
+    assert json.loads((old / "backup.json").read_text())["archived"] == 200
+    # a copy damaged since the run that made it (a new file: the old backup keeps its own)
+    sealed = sorted(n for n in load_manifest(folder) if n.startswith("archive/segments/"))[0]
+    data = bytearray((folder / sealed).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / sealed).unlink()
+    (folder / sealed).write_bytes(bytes(data))
+    create_backup(services, folder, utcnow())
+    assert verify_backup(folder, key) == [] and verify_backup(old, key) == []
+
+
+def test_a_backup_after_the_store_was_recovered_and_written_copies_it_again(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path
+) -> None:
+    """A store recovered from an older backup and written to since holds segments with the
+    names the folder's copies have and other bytes: those copies are not trusted."""
+    from archivist.importer import import_lines
+    from indexer.jobs.runs import run_archive_job
+    from tests.conftest import ARCHIVE_AS_OF
+
+    archived(*_records(make_record, 0, 100))
+    first, folder = tmp_path / "first", tmp_path / "backup"
+    create_backup(services, first, utcnow())
+    archived(*_records(make_record, 100, 50))
+    create_backup(services, folder, utcnow())
+    other = _fresh_config(tmp_path, "other")
+    recover_backup(other, first, utcnow(), force=True)
+    with Services.open(other) as again:
+        lines = [json.dumps(make_record(id=f"N-{n:05d}", body=_body(n))).encode()
+                 for n in range(58)]
+        assert import_lines(lines, again.sessions, again.store.find_archived).rejected == 0
+        run_archive_job(again, datetime.fromisoformat(ARCHIVE_AS_OF))
+        sealed = sorted(n for n in load_manifest(folder) if n.startswith("archive/segments/"))
+        live = again.config.archive_dir / "segments" / sealed[-1].rsplit("/", 1)[1]
+        # the same name, longer than the folder's copy: an append would splice two histories
+        assert live.stat().st_size > (folder / sealed[-1]).stat().st_size
+
+        report = create_backup(again, folder, utcnow())
+
+        assert verify_backup(folder, archive_key(again)) == []
+        assert report.archived == 158
+    third = _fresh_config(tmp_path, "third")
+    recover_backup(third, folder, utcnow())
+    with Services.open(third) as recovered:
+        assert verify_all(recovered).problems == []
+        archived_ids = {e.record_id for e in recovered.store.iter_catalog(state="archived")}
+        assert "N-00057" in archived_ids and "B-00099" in archived_ids
+        assert "B-00100" not in archived_ids

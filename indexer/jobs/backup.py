@@ -133,9 +133,39 @@ def create_backup(services: Services, folder: Path, at: datetime) -> BackupRepor
     :param at: the time stamped on the backup
     """
     folder = Path(folder)
+    _check_folder(services.config, folder)
     (folder / STORE_FOLDER).mkdir(parents=True, exist_ok=True)
     with _writing(folder):
         return _create(services, folder, at)
+
+
+def _previous_head(folder: Path) -> object:
+    """The catalog head the folder's last backup recorded (None if it has none)."""
+    try:
+        return json.loads((folder / METADATA).read_text(encoding="utf-8")).get("catalog_head")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _check_folder(config: Config, folder: Path) -> None:
+    """Refuse a folder that is (or holds, or lies in) the installation's own files, and a
+    folder that holds other files and no backup: a backup run deletes what it does not list."""
+    target = folder.resolve()
+    own = [("archive folder", config.archive_dir), ("index folder", config.index_dir),
+           ("archive key file", config.key_file)]
+    database = sqlite_path(config.active_url)
+    if database is not None:
+        own.append(("active database", database))
+    for label, path in own:
+        path = path.resolve()
+        if target == path or path.is_relative_to(target) or target.is_relative_to(path):
+            raise BackupError(f"{folder} overlaps the installation's {label} ({path}): "
+                              "back up into a folder of its own")
+    if target.is_dir() and any(target.iterdir()) and not any(
+        (target / name).exists() for name in (MANIFEST, METADATA, ".backup.lock")
+    ):
+        raise BackupError(f"{folder} holds other files and no backup: back up into an empty "
+                          "folder or an earlier backup")
 
 
 @contextmanager
@@ -173,6 +203,9 @@ def _create(services: Services, folder: Path, at: datetime) -> BackupReport:
                 snapshot.close()
                 raise
         with snapshot_closing(snapshot):
+            head = snapshot.head()
+            if previous and not snapshot.descends_from(_previous_head(folder)):
+                previous = {}  # another history (a recovered store, another archive): copy all
             write_store_part(snapshot, folder, previous, tally)
         if database is not None:
             keep_if_changed(folder, ACTIVE_DB, fresh_active, previous, tally)
@@ -187,8 +220,12 @@ def _create(services: Services, folder: Path, at: datetime) -> BackupReport:
             "active_database": "sqlite" if database is not None else "tables",
             "active": active,
             "archived": snapshot.archived,
+            "catalog_head": head,  # the next run checks that the store goes on from here
         }
-        (folder / METADATA).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        fresh_metadata = folder / (METADATA + ".partial")
+        fresh_metadata.write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        # renamed over, never written in place: a hard-linked older backup keeps its own
+        os.replace(fresh_metadata, folder / METADATA)
         tally.hashes[METADATA] = hash_file(folder / METADATA)
         write_manifest(folder, tally.hashes)
         remove_unlisted(folder, set(tally.hashes))
