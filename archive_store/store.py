@@ -888,6 +888,15 @@ class ArchiveStore:
         row = self._db().execute("SELECT MAX(seq) FROM entries").fetchone()
         return int(row[0] or 0)
 
+    def entry_hash_at(self, seq: int) -> str | None:
+        """The hash of the entry at `seq` (None if there is none): which history of the store
+        this is, since a store recovered from an older backup numbers its new entries again.
+
+        :param seq: an entry's seq
+        """
+        row = self._db().execute("SELECT entry_hash FROM entries WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else hash_hex(row[0])
+
     def purge(self, record_ids: Sequence[str], at: datetime, actor: str) -> int:
         """Dispose of archived records for good: their content leaves the segment files.
 

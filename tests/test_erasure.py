@@ -494,3 +494,42 @@ def test_recovering_a_backup_taken_after_an_erasure_keeps_what_was_archived_sinc
         assert recovered.store.get("R1")["body"] == "first words of R1"
         found = recovered.index.search(SearchQuery(q="words OR case"))
         assert sorted(h.id for h in found.hits) == ["K2", "R1"]
+
+
+def test_after_a_recovery_rewinds_the_store_the_ledger_keeps_what_was_archived_since(
+    tmp_path: Path, config_path: Path, make_record: Any
+) -> None:
+    """A store recovered from a backup older than an erasure numbers its new entries again,
+    below the erasure's: a record of the erased customer archived after that recovery is not
+    one the erasure found, and a backup of it recovers it whole."""
+    def cli(*args: str, config: Path = config_path) -> str:
+        result = archivist(*args, "--config", str(config))
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def imported(name: str, *records: dict[str, Any]) -> None:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        cli("import", str(path))
+
+    old = {"created_at": "2020-01-01T00:00:00Z", "updated_at": "2020-01-02T00:00:00Z"}
+    cli("init")
+    imported("first.jsonl", *(make_record(id=f"A{n}", customer_id="CA", **old) for n in range(5)))
+    cli("archive", "--as-of", "2025-01-01")
+    cli("backup", "create", str(tmp_path / "before"))
+    imported("more.jsonl",
+             *(make_record(id=f"K{n}", customer_id="CK", body=f"old words {n}", **old)
+               for n in range(20)))
+    cli("archive", "--as-of", "2025-01-01")
+    cli("erase", "--customer", "CK", "--reason", "asked")  # its ledger line: seq 25 or so
+    cli("backup", "recover", str(tmp_path / "before"), "--force")  # back to 5 entries
+    imported("new.jsonl", make_record(id="NEW", customer_id="CK", body="their new case", **old))
+    cli("archive", "--as-of", "2025-01-01")  # entry 6: below the erasure's last entry
+    cli("backup", "create", str(tmp_path / "after"))
+    cli("backup", "recover", str(tmp_path / "after"), "--force")
+
+    cli("verify")
+    with Services.open(load_config(config_path)) as recovered:
+        assert recovered.store.info("NEW").state == "archived"
+        assert recovered.store.get("NEW")["body"] == "their new case"
+        assert recovered.index.search(SearchQuery(q="old words")).total == 0

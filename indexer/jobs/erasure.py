@@ -216,10 +216,12 @@ def _erase(
     # Ledger first: if anything below fails or the process dies, `finish_interrupted_erasures`
     # (the next erasure or archive run) and a recovery still do what was asked for.
     erasure_id = uuid.uuid4().hex
+    seq = store.last_seq()
     append_ledger(path, {
         "id": erasure_id,
         "at": at.isoformat(),
-        "seq": store.last_seq(),  # what it finds is older: see `_apply`
+        "seq": seq,  # what it finds is older: see `_older_than_the_erasure`
+        "head": store.entry_hash_at(seq),
         "customer_sha256": customer_hash(customer_id) if customer_id is not None else None,
         "records": [[i, plan.entries[i].sha256] for i in ids if i in plan.entries],
         "audit": [[seq, entry_hash] for seq, entry_hash in naming],
@@ -443,15 +445,24 @@ def _finish_interrupted(services: Services, path: Path, at: datetime) -> int:
 
 
 def _older_than_the_erasure(
-    store: ArchiveStore, ids: list[str], customer_id: str | None, seq: int
+    store: ArchiveStore, ids: list[str], customer_id: str | None, line: dict[str, Any]
 ) -> tuple[list[str], str | None]:
     """What an erasure ledgered at catalog entry `seq` may erase in this catalog: the versions
     it found, not one archived since (a record of the customer's archived later, an erased id
     archived again), which a backup taken after it holds. If the customer has one, their data
     key is a newer one than the erasure destroyed: it stays.
+
+    Seqs tell only within the history the erasure saw: a store recovered from an older backup
+    numbers its new entries again. So where this catalog does not hold the erasure's last entry
+    (`head`), a version is older when it was archived before the erasure's time.
     """
     current = store.entries(ids)
-    later = {i for i, e in current.items() if e.seq > seq}
+    seq, head = line["seq"], line.get("head")
+    if head is None or store.entry_hash_at(seq) == head:  # (lines without one: seqs)
+        later = {i for i, e in current.items() if e.seq > seq}
+    else:
+        at = datetime.fromisoformat(line["at"])
+        later = {i for i, e in current.items() if e.archived_at > at}
     if customer_id is not None and any(current[i].customer_id == customer_id for i in later):
         customer_id = None
     return [i for i in ids if i not in later], customer_id
@@ -484,7 +495,7 @@ def _apply(services: Services, ledger: list[dict[str, Any]], at: datetime) -> in
         if customer_id is not None:
             ids = sorted(set(ids) | set(store.find_customer_records(customer_id)))
         if entry.get("seq") is not None:  # (lines written before it was ledgered: all of them)
-            ids, customer_id = _older_than_the_erasure(store, ids, customer_id, entry["seq"])
+            ids, customer_id = _older_than_the_erasure(store, ids, customer_id, entry)
         if ids or customer_id is not None:
             erased_ids.extend(
                 e.record_id
