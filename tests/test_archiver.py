@@ -188,6 +188,33 @@ def test_rerun_archives_nothing_twice(services, make_record):
     assert services.store.counts()["archived"] == 450
 
 
+def test_a_record_changed_while_moving_stays_active_even_with_its_time_kept(
+    services, make_record, monkeypatch
+):
+    """An import may change a record and keep its `updated_at`: if it lands while the record's
+    batch is moving, the change must not be deleted with the copy archived before it."""
+    from archive_store import ArchiveStore
+
+    old = "2020-01-01T00:00:00Z"
+    load(services, [make_record(id=f"M{i}", updated_at=old, body="ORIGINAL") for i in range(3)])
+    edited = make_record(id="M1", updated_at=old, body="EDITED", category="medical")
+    original = ArchiveStore.archive_batch
+
+    def the_crm_edits_then_archive(self, items, at, actor):
+        load(services, [edited])  # after the batch was read, before the store's write
+        return original(self, items, at, actor)
+
+    monkeypatch.setattr(ArchiveStore, "archive_batch", the_crm_edits_then_archive)
+    assert run_archive_job(services, AS_OF).archived == 2
+
+    with services.sessions.begin() as session:
+        kept = find_active(session, ["M0", "M1", "M2"])
+    assert set(kept) == {"M1"} and kept["M1"].body == "EDITED"
+    assert kept["M1"].category == "medical"
+    assert services.store.info("M1").state == "restored"  # its archived copy is not current
+    assert services.store.verify() == []
+
+
 def test_restored_record_that_ages_again_is_archived_as_a_new_version(services, make_record):
     from indexer.jobs.restore import restore_record
 

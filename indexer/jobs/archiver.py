@@ -286,10 +286,12 @@ def _archive_processes(
 KEPT_ACTIVE = "the process changed in the active database while it was being archived"
 
 
-def _load_records(session: Session, ids: list[str]) -> list[Record]:
+def _load_records(session: Session, ids: list[str], for_update: bool = False) -> list[Record]:
     records: list[Record] = []
     for start in range(0, len(ids), 500):
         stmt = select(*record_columns()).where(ActiveRecord.id.in_(ids[start : start + 500]))
+        if for_update:
+            stmt = stmt.with_for_update()
         records.extend(select_records(session, stmt))
     return records
 
@@ -298,10 +300,15 @@ def _unchanged_processes(
     session: Session, processes: list[Process], read: dict[str, Record], moving: set[str]
 ) -> list[Process]:
     """The processes whose active records are all still as read and all in the store, with no
-    active record outside the batch linked to them (a record added or restored meanwhile)."""
+    active record outside the batch linked to them (a record added or restored meanwhile).
+
+    "As read" is the whole record, not only its `updated_at`: an import may change a record
+    and keep its time. The rows are read again locked (SQLite's write transaction; `FOR
+    UPDATE` elsewhere), so none changes between this look and the delete.
+    """
     ids = [m.id for p in processes for m in p.in_state(ACTIVE)]
     batch = set(ids)
-    now = find_links(session, ids)
+    now = {r.id: r for r in _load_records(session, ids, for_update=True)}
     children = find_child_links(session, ids)
     outside_parents = {
         m.parent_id for p in processes for m in p.in_state(ACTIVE)
@@ -315,9 +322,7 @@ def _unchanged_processes(
         if any(
             m.id not in moving
             or m.id not in read
-            or (link := now.get(m.id)) is None
-            or link.parent_id != read[m.id].parent_id
-            or link.updated_at != read[m.id].updated
+            or now.get(m.id) != read[m.id]
             or m.id in spoiled
             or (m.parent_id in active_parents)
             for m in active
