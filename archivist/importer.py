@@ -110,6 +110,9 @@ def import_lines(
             except RecursionError:
                 reject(number, "malformed JSON: nested too deeply")
                 continue
+            except ValueError:  # (after JSONDecodeError, one of them) an integer too long
+                reject(number, "a number has more than 4300 digits (too long to read)")
+                continue
             except InvalidRecord as e:
                 reject(number, str(e))
                 continue

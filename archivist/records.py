@@ -110,7 +110,7 @@ def parse_record(obj: Any, kinds: Collection[str] | None = None) -> Record:
         )
     try:  # lone surrogates cannot be stored or given back as UTF-8
         body_bytes = len(values["body"].encode("utf-8"))
-        for name in ("subject", *_OPTIONAL_TEXT_FIELDS):
+        for name in (*_TEXT_FIELDS, *_OPTIONAL_TEXT_FIELDS):
             if values[name] is not None:
                 values[name].encode("utf-8")
     except UnicodeEncodeError:

@@ -44,11 +44,16 @@ def test_import_keeps_good_lines_and_reports_each_bad_one(services, make_record)
         "",  # blank: ignored
         "[1, 2]",  # 13: not an object
         good[2],
+        '{"id": "N", "attributes": {"n": ' + "9" * 5000 + "}}",  # 15: a number too long
+        json.dumps(make_record(id="S1", category="x\ud800")),  # 16: a lone surrogate (\u-escaped)
+        json.dumps(make_record(id="S2", status="\ud800")),  # 17: the same
     ]
     report = run_import(services, lines)
     assert report.imported == 3
     reasons = {e.line: e.reason for e in report.errors}
-    assert sorted(reasons) == [2, 3, 4, 5, 6, 7, 9, 10, 11, 13]
+    assert sorted(reasons) == [2, 3, 4, 5, 6, 7, 9, 10, 11, 13, 15, 16, 17]
+    assert "more than 4300 digits" in reasons[15]
+    assert "invalid Unicode" in reasons[16] and "invalid Unicode" in reasons[17]
     assert "malformed JSON" in reasons[2]
     assert "missing field 'status'" in reasons[3]
     assert "subject must be a string" in reasons[4]
