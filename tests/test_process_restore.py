@@ -229,3 +229,37 @@ def test_a_restored_process_sticks_until_its_grace_ends(services, make_record):
     assert run_archive_job(services, grace_ends).archived == 2
     assert services.store.find_archived(["G", "G-1"]) == {"G", "G-1"}
     assert services.store.get("G-1") == records[1]  # updated_at itself never changed
+
+
+def test_a_bulk_restore_brings_back_what_an_archive_batch_moved_after_its_plan(
+    services, make_record, monkeypatch
+):
+    """A late reply to an archived case is archived by a run while a bulk restore of the case
+    is under way: the restore brings it back too, so no process is left split."""
+    import indexer.jobs.restore as restore_module
+    from indexer.jobs.restore import restore_many
+
+    old = "2020-01-02T00:00:00Z"
+    as_of = datetime(2026, 1, 1, tzinfo=UTC)
+    load = partial(import_lines, sessions=services.sessions,
+                   find_archived=services.store.find_archived,
+                   find_archived_parents=partial(find_archived_parents, services.store))
+    load([json.dumps(make_record(id=f"P{i}", updated_at=old)).encode() for i in range(3)])
+    run_archive_job(services, as_of)
+    load([json.dumps(make_record(id=f"K{i}", parent_id=f"P{i}", updated_at=old)).encode()
+          for i in range(3)])
+    plan = restore_module._plan_groups
+
+    def plan_then_an_archive_run(*args):
+        planned = plan(*args)
+        assert run_archive_job(services, as_of).archived == 3  # the replies leave meanwhile
+        return planned
+
+    monkeypatch.setattr(restore_module, "_plan_groups", plan_then_an_archive_run)
+    report = restore_many(services.sessions, services.store, services.index,
+                          ["P0", "P1", "P2"], "admin", utcnow(), "bulk")
+
+    everything = [f"{p}{i}" for p in "PK" for i in range(3)]
+    assert sorted(report.restored) == sorted(everything)
+    assert set(active(services, everything)) == set(everything)
+    assert services.store.find_archived(everything) == set()

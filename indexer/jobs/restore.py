@@ -202,7 +202,39 @@ def restore_many(
             if progress is not None:
                 progress(len(restored), planned)
             batch, size = [], 0
+    # A batch of the archive job may have moved more of these processes meanwhile (a record
+    # still active when they were planned): bring those back too, as a single restore does.
+    rest = _left_behind(sessions, store, report.restored)
+    if rest:
+        with collector_paused():
+            restored, _ = _restore_groups(sessions, store, index, rest, actor, now, reason)
+        report.restored.extend(r.id for r in restored)
     return report
+
+
+def _left_behind(
+    sessions: sessionmaker[Session], store: ArchiveStore, restored: list[str]
+) -> list[list[str]]:
+    """The records still archived in the processes of these restored records, a group per
+    process (records of their own, with no parent and no children, need no walk)."""
+    groups: list[list[str]] = []
+    roots: set[str] = set()
+    with sessions.begin() as session:
+        source = ArchivistSource(session, store)
+        for start in range(0, len(restored), 1000):
+            chunk = restored[start : start + 1000]
+            entries = store.entries(chunk)
+            linked = {e.parent_id for e in store.child_entries(chunk)}
+            walk = [
+                i for i in chunk
+                if i in linked or (i in entries and entries[i].parent_id is not None)
+            ]
+            for process in find_processes(source, walk) if walk else []:
+                rest = _archived_ids(process)
+                if rest and process.root not in roots:
+                    roots.add(process.root)
+                    groups.append(rest)
+    return groups
 
 
 def _archived_ids(process: Process) -> list[str]:
