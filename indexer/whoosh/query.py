@@ -86,6 +86,32 @@ def _check_fields(q: str) -> None:
         )
 
 
+# The fields holding whole identifiers, whose values may themselves hold colons.
+_ID_FIELDS = ("customer_id", "owner", "id", "parent_id", "process_id")
+_ID_VALUE = re.compile(
+    r"(?<![\w.:@+/'-])(" + "|".join(_ID_FIELDS) + r"):([^\s()\"]*:[^\s()\"]*)"
+)
+
+
+def _quote_id_values(q: str) -> str:
+    """Quote an identifier field's value that holds a colon (``id:tenant:case:42``): Whoosh's
+    parser would read ``case:42`` as the field and value, a search for another record.
+
+    :raises BadQuery: such a value with a wildcard, which quotes would make literal
+    """
+    def quoted(m: re.Match[str]) -> str:
+        if "*" in m.group(2) or "?" in m.group(2):
+            if m.group(2).count(":") == 1:  # (``id:case:4*`` reads as meant)
+                return m.group(0)
+            raise BadQuery(
+                f"{m.group(0)!r}: an identifier with a colon cannot take a wildcard"
+            )
+        return f'{m.group(1)}:"{m.group(2)}"'
+
+    parts = re.split(r'("[^"]*")', q)  # text outside quotes, then a quoted text, and so on
+    return "".join(p if i % 2 else _ID_VALUE.sub(quoted, p) for i, p in enumerate(parts))
+
+
 def _check_operators(q: str) -> None:
     """Refuse an operator without its operands: ``refund AND``, ``OR refund``, ``NOT NOT a``.
 
@@ -177,6 +203,7 @@ def compile_query(text: str, parser: MultifieldParser, readers: Sequence[Any]) -
     _check_syntax(text)
     _check_fields(text)
     _check_operators(text)
+    text = _quote_id_values(text)
     text = normalize_query_text(text)
     try:
         parsed = parser.parse(text)
