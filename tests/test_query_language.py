@@ -41,6 +41,9 @@ REFUSED = [
     "refund NOT NOT invoice",
     "refund AND NOT NOT invoice",
     "id:tenant:case:7*",  # a wildcard in an identifier with two colons
+    "refund~1",  # fuzzy terms: refused, not silently empty
+    "refnd~2",
+    "(refund~)",
 ]
 
 ACCEPTED = {
@@ -59,6 +62,7 @@ ACCEPTED = {
     "customer_id:eu:acme:9": {"tenant:case:77"},
     "id:case:7*": {"case:77"},
     "id:a:b:c": set(),
+    '"refund~1"': set(),  # quoted: just text
 }
 
 PHONES = ["138 0013 8000", "13800138000", "013800138000", "+86 138 0013 8000", "+8613800138000"]

@@ -45,6 +45,8 @@ _FILTER_PARAMETERS = frozenset({"kind", "category", "created_at", "updated_at", 
 _BINARY_OPERATORS = frozenset({"AND", "OR", "ANDNOT", "ANDMAYBE"})
 _QUERY_TOKEN = re.compile(r'"[^"]*"|[()]|[^\s()"]+')
 _BAD_WILDCARD = re.compile(r"(?:^|[\s(:])[*?]")
+# Whoosh's fuzzy syntax, which this parser does not have: it would search `refund 1` instead.
+_FUZZY = re.compile(r"(?<=\w)~\d*(?=[\s)]|$)")
 
 
 def _check_syntax(q: str) -> None:
@@ -66,6 +68,8 @@ def _check_syntax(q: str) -> None:
         raise BadQuery("unbalanced parenthesis")
     if _BAD_WILDCARD.search(q):
         raise BadQuery("a wildcard cannot start a term")
+    if _FUZZY.search(_QUOTED.sub('""', q)):
+        raise BadQuery("fuzzy terms (word~ or word~2) are not supported: try a prefix (word*)")
 
 
 def _check_fields(q: str) -> None:
