@@ -443,13 +443,19 @@ class ErrorSchema(Schema):
 
 
 def args_to_dict(args: Mapping[str, Any], list_fields: Iterable[str]) -> dict[str, Any]:
-    """Query parameters as a plain dict: repeatable ones as lists, others their first value."""
+    """Query parameters as a plain dict: repeatable ones as lists, others their one value.
+
+    :raises ValidationError: a parameter that is not repeatable given twice (`q=a&q=b`):
+        taking the first would act on part of what was asked, a bulk restore included
+    """
     getlist = getattr(args, "getlist", None)
     lists = set(list_fields)
     out: dict[str, Any] = {}
     for key in args:
         if key in lists and getlist is not None:
             out[key] = getlist(key)
+        elif getlist is not None and len(getlist(key)) > 1:
+            raise ValidationError({key: ["given more than once; give it once"]})
         else:
             out[key] = args[key]
     return out

@@ -204,3 +204,19 @@ def test_doubled_not_is_400_on_every_http_path(
     _sign_in(client, auditor_headers)
     for path in ("/search", "/search/export.csv"):
         assert client.get(f"{path}?q={quote(q)}").status_code == 400, path
+
+
+@pytest.mark.parametrize("path", ["/api/v1/search", "/api/v1/export.csv", "/api/v1/audit",
+                                  "/api/v1/disposals"])
+def test_a_parameter_given_twice_is_400_not_its_first_value(
+    client: Any, admin_headers: dict[str, str], path: str
+) -> None:
+    """`q=refund&q=invoice` taken as `q=refund` would act on part of what was asked (a bulk
+    restore by that search too)."""
+    name = "q" if "audit" not in path and "disposals" not in path else "from"
+    response = client.get(f"{path}?{name}=2020-01-01&{name}=2021-01-01", headers=admin_headers)
+    assert response.status_code == 400
+    assert "given more than once" in _error(response)["message"]
+    response = client.post("/api/v1/restore", headers=admin_headers, json={
+        "search": {"q": "refund"}, "reason": "r", "dry_run": True})
+    assert response.status_code == 200
