@@ -312,6 +312,22 @@ class ArchiveStore:
         """Whether `directory` holds a store (its catalog), as `open` would otherwise make one."""
         return (Path(directory) / "catalog.db").is_file()
 
+    @staticmethod
+    def is_encrypted_in(directory: Path) -> bool:
+        """Whether `directory` holds a store sealed with an archive key (its catalog keeps the
+        key's check value), which only that key opens."""
+        if not ArchiveStore.exists_in(directory):
+            return False
+        conn = connect(Path(directory) / "catalog.db", read_only=True)
+        try:
+            return conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+            ).fetchone() is not None and conn.execute(
+                "SELECT 1 FROM meta WHERE key = 'key_check'"
+            ).fetchone() is not None
+        finally:
+            conn.close()
+
     @classmethod
     def open(
         cls,

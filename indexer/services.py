@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive_store import ArchiveStore, ArchiveStoreError
-from archive_store.crypto import KEY_ENV, load_key, make_key_file
+from archive_store.crypto import KEY_ENV, KeyMissing, load_key, make_key_file
 from archivist.active_db import (
     create_schema,
     make_engine,
@@ -132,6 +132,13 @@ class Services:
                     f"no archive in {config.archive_dir}: run `archivist init` first"
                 )
             env_key = os.environ.get(KEY_ENV)
+            if not env_key and not config.key_file.exists() and (
+                ArchiveStore.is_encrypted_in(config.archive_dir)
+            ):  # (`init` must not make a new key: it would not open it, yet pass for its own)
+                raise KeyMissing(
+                    f"the archive in {config.archive_dir} is encrypted and its key file "
+                    f"{config.key_file} is missing: put the key back, or give {KEY_ENV}"
+                )
             if create and not env_key:
                 make_key_file(config.key_file)
             key = load_key(config.key_file, env_key)

@@ -100,6 +100,27 @@ def test_missing_key_file_is_a_clear_error(config: Any, make_record: Any) -> Non
         Services.open(config)
 
 
+def test_missing_key_of_an_encrypted_archive_is_not_replaced_by_init(
+    config_path: Path, tmp_path: Path, make_record: Any
+) -> None:
+    """`init` makes a key for a new archive only: for one already sealed, a new key would not
+    open it, and every later command would say the key is wrong instead of missing."""
+    archivist("init", "--config", str(config_path))
+    archivist("import", str(write_jsonl(tmp_path / "a.jsonl", [make_record(id="W-1")])),
+              "--config", str(config_path))
+    archivist("archive", "--as-of", "2026-01-01", "--config", str(config_path))
+    key_file = config_path.parent / "archive.key"
+    key_file.rename(tmp_path / "kept-safe.key")
+
+    for command in (("init",), ("stats",)):
+        result = archivist(*command, "--config", str(config_path))
+        assert result.returncode == 1, command
+        assert result.stderr.count("\n") == 1 and "put the key back" in result.stderr
+        assert not key_file.exists()
+    (tmp_path / "kept-safe.key").rename(key_file)
+    assert archivist("stats", "--config", str(config_path)).returncode == 0
+
+
 def test_store_written_with_a_key_refuses_none_and_another(tmp_path: Path) -> None:
     key = make_key()
     with ArchiveStore.open(tmp_path / "a", key=key) as store:
