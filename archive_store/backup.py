@@ -394,6 +394,10 @@ def verify_store_copy(folder: Path, key: bytes | None = None) -> list[Problem]:
                 lambda key_id: keyring.load_wrapped_key(conn, key_id),
                 lambda dict_id: keyring.load_dictionary(conn, dict_id),
             )
+            try:  # one line for a wrong or missing key, not one per sealed record
+                keyring.check_archive_key(conn, codec)
+            except ArchiveStoreError as e:
+                return [Problem(None, None, f"cannot be checked: {e}")]
             return verify_store(catalog, store_folder / SEGMENTS, Path(scratch) / ".lock", codec)
         except sqlite3.DatabaseError as e:
             return [Problem(None, None, f"{STORE_FOLDER}/{CATALOG} cannot be read: {e}")]

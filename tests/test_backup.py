@@ -451,3 +451,20 @@ def test_a_backup_after_the_store_was_recovered_and_written_copies_it_again(
         archived_ids = {e.record_id for e in recovered.store.iter_catalog(state="archived")}
         assert "N-00057" in archived_ids and "B-00099" in archived_ids
         assert "B-00100" not in archived_ids
+
+
+def test_backup_verify_with_a_wrong_or_no_key_says_so_once(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path
+) -> None:
+    """A key that does not open the backup is one problem, not one per sealed record that
+    would call a sound backup damaged."""
+    from archive_store.crypto import make_key
+
+    archived(*_records(make_record, 0, 200))
+    folder = tmp_path / "backup"
+    create_backup(services, folder, utcnow())
+    for key in (make_key(), None):
+        problems = verify_backup(folder, key)
+        assert len(problems) == 1, problems
+        assert problems[0].startswith("archive: cannot be checked: ")
+    assert verify_backup(folder, archive_key(services)) == []
