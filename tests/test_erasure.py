@@ -533,3 +533,23 @@ def test_after_a_recovery_rewinds_the_store_the_ledger_keeps_what_was_archived_s
         assert recovered.store.info("NEW").state == "archived"
         assert recovered.store.get("NEW")["body"] == "their new case"
         assert recovered.index.search(SearchQuery(q="old words")).total == 0
+
+
+def test_an_erasure_with_the_index_unavailable_erases_nothing(
+    config_path: Path, tmp_path: Path, make_record: Any
+) -> None:
+    """Refused before the store is touched: erased records the index still held, under an
+    audit entry with no counts, would be worse than a clear refusal."""
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(make_record(id="X1", customer_id="CX", body="x words")) + "\n")
+    for args in (("init",), ("import", str(path)), ("archive", "--as-of", "2026-01-01")):
+        assert archivist(*args, "--config", str(config_path)).returncode == 0
+    (config_path.parent / "data" / "index" / "CURRENT").unlink()
+
+    result = archivist("erase", "--customer", "CX", "--reason", "asked",
+                       "--config", str(config_path))
+
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    with Services.open(load_config(config_path), broken_index_ok=True) as services:
+        assert services.store.info("X1").state == "archived"
+        assert not ledger_path(services.config.key_file).exists()

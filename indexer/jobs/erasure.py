@@ -120,6 +120,7 @@ def erase_records(
     if dry_run:
         plan = _plan(services, customer_id, record_id)
         return ErasureReport(len(plan.ids), plan.ids, plan.active, True, plan.hashes)
+    services.index.check_readable()  # an index it could not rewrite: refused before all else
     with _erasing(ledger_path(services.config.key_file)) as path:
         _finish_interrupted(services, path, at)  # first: it may erase some of these
         plan = _plan(services, customer_id, record_id)
