@@ -745,7 +745,13 @@ class ArchiveStore:
         return results
 
     def complete_restores(
-        self, record_ids: Sequence[str], at: datetime, actor: str, reason: str | None = None
+        self,
+        record_ids: Sequence[str],
+        at: datetime,
+        actor: str,
+        reason: str | None = None,
+        *,
+        grace: bool = True,
     ) -> None:
         """Record that these records are live in the active database again, in one write:
         a `restored` event each (with the reason), all committed together.
@@ -754,6 +760,9 @@ class ArchiveStore:
         :param at: when (aware)
         :param actor: who restored them
         :param reason: why, kept in each record's history
+        :param grace: keep `at` as the records' restore time, from which the restore grace
+            runs; False for records that never left (the archive job kept them active): their
+            history has the event, and they age by their own `updated_at`
         """
         if not record_ids:
             return
@@ -781,7 +790,7 @@ class ArchiveStore:
                     pack_hash(hash_hex(row["sha256"])), pack_hash(placed.entry_hash),
                     pack_hash(placed.prev_hash), reason,
                 ))
-                changes.append((at_text, placed.seq, record_id))
+                changes.append((at_text if grace else None, placed.seq, record_id))
             conn.executemany(_EVENT_INSERT, entry_rows)
             conn.executemany(
                 "UPDATE records SET state = 'restored', restored_at = ?, pending = NULL, "

@@ -212,6 +212,11 @@ def test_a_record_changed_while_moving_stays_active_even_with_its_time_kept(
     assert set(kept) == {"M1"} and kept["M1"].body == "EDITED"
     assert kept["M1"].category == "medical"
     assert services.store.info("M1").state == "restored"  # its archived copy is not current
+    assert services.store.info("M1").restored_at is None  # never left: no restore grace
+    monkeypatch.setattr(ArchiveStore, "archive_batch", original)
+    assert run_archive_job(services, AS_OF).archived == 1  # settled by the next run
+    assert services.store.get("M1")["body"] == "EDITED"
+    assert [e.event for e in services.store.history("M1")] == ["archived", "restored", "archived"]
     assert services.store.verify() == []
 
 

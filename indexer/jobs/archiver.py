@@ -279,7 +279,7 @@ def _archive_processes(
         store.clear_pending(deleted)
         kept = sorted(moving - deleted)
         if kept:  # archived, but their process changed before the delete: they stay active
-            store.complete_restores(kept, archived_at, ACTOR, KEPT_ACTIVE)
+            store.complete_restores(kept, archived_at, ACTOR, KEPT_ACTIVE, grace=False)
     return [by_id[i] for i in ids if i in deleted]
 
 

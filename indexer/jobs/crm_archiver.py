@@ -34,6 +34,7 @@ from archivist.errors import InvalidRecord
 from archivist.holds import load_hold_set
 from archivist.records import parse_record, parse_utc
 from archivist.retention import RetentionRules, archive_cutoff
+from indexer.jobs.archiver import KEPT_ACTIVE
 from indexer.jobs.collector import collector_paused
 
 log = logging.getLogger(__name__)
@@ -476,8 +477,9 @@ def move_processes(
             crash_point("archive.after_delete")
         crash_point("archive.after_commit")
         store.clear_pending(outcome.deleted)
-        for record_id in [*kept, *outcome.kept]:
-            store.complete_restore(record_id, archived_at, ACTOR)  # the row is live: say so
+        # the rows are live: say so (no restore grace, they never left)
+        store.complete_restores([*kept, *outcome.kept], archived_at, ACTOR, KEPT_ACTIVE,
+                                grace=False)
     if outcome.blocked and report is not None:
         _report_blocked(
             sessions, report, whole, outcome.blocked, job_run_id, dry_run=False
