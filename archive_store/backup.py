@@ -406,11 +406,13 @@ def verify_store_copy(folder: Path, key: bytes | None = None) -> list[Problem]:
                 lookups.close()
 
 
-def install_store(folder: Path, store_dir: Path) -> None:
+def install_store(folder: Path, store_dir: Path, listed: set[str]) -> None:
     """Replace the store in `store_dir` with the backed-up one (the store must not be open).
 
     :param folder: the backup folder
     :param store_dir: the installation's archive folder
+    :param listed: the manifest's paths: a file the backup holds but does not list (put there
+        after it was made) is not the backup's, and is not installed
     """
     source = folder / STORE_FOLDER
     (store_dir / SEGMENTS).mkdir(parents=True, exist_ok=True)
@@ -420,7 +422,7 @@ def install_store(folder: Path, store_dir: Path) -> None:
         if path.is_file():
             path.unlink()
     for path in sorted(source.rglob("*")):
-        if path.is_file():
+        if path.is_file() and path.relative_to(folder).as_posix() in listed:
             target = store_dir / path.relative_to(source)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)

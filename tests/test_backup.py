@@ -468,3 +468,32 @@ def test_backup_verify_with_a_wrong_or_no_key_says_so_once(
         assert len(problems) == 1, problems
         assert problems[0].startswith("archive: cannot be checked: ")
     assert verify_backup(folder, archive_key(services)) == []
+
+
+def test_a_backup_missing_what_it_says_it_holds_is_refused_before_anything_is_replaced(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path
+) -> None:
+    """`active.db` removed with its manifest line still leaves a backup that says it holds an
+    embedded database: verify names it, and recover replaces nothing. A file put into the
+    backup's archive folder afterwards (not in the manifest) is never installed."""
+    from archive_store.backup import write_manifest
+
+    archived(*_records(make_record, 0, 30))
+    folder = tmp_path / "backup"
+    create_backup(services, folder, utcnow())
+    (folder / "archive" / "stray.bin").write_bytes(b"not the backup's")
+    assert verify_backup(folder, archive_key(services)) == []
+    other = _fresh_config(tmp_path, "other")
+    recover_backup(other, folder, utcnow())
+    assert not (other.archive_dir / "stray.bin").exists()
+
+    manifest = load_manifest(folder)
+    del manifest["active.db"]
+    (folder / "active.db").unlink()
+    write_manifest(folder, manifest)
+    assert verify_backup(folder, archive_key(services)) == [
+        "missing: active.db is not in the manifest"]
+    third = _fresh_config(tmp_path, "third")
+    from archive_store.backup import BackupDamaged
+    with pytest.raises(BackupDamaged, match="active.db"):
+        recover_backup(third, folder, utcnow())

@@ -80,7 +80,7 @@ TABLES_FOLDER = "tables"
 # Archivist's own tables, copied on their own when the active database is not embedded SQLite.
 # Leases are left out on purpose: a recovered installation starts with no job running.
 OWN_TABLES = (
-    "legal_holds", "api_tokens", "job_runs", "audit_log", "disposals",
+    "legal_holds", "api_tokens", "job_runs", "audit_log", "disposals",  # (always: these five)
     # with the CRM's tables mapped: which records left together, and what blocked a run
     "archived_process_members", "job_run_blocks",
 )
@@ -249,8 +249,20 @@ def verify_backup(folder: Path, key: bytes | None) -> list[str]:
     problems = check_manifest(folder)
     if any(p.startswith(f"missing: {MANIFEST}") for p in problems):
         return problems
-    if f"{STORE_FOLDER}/catalog.db" not in load_manifest(folder):
+    listed = load_manifest(folder)
+    if f"{STORE_FOLDER}/catalog.db" not in listed:
         problems.append(f"missing: {STORE_FOLDER}/catalog.db is not in the manifest")
+    try:
+        kind = load_metadata(folder).get("active_database")
+    except BackupDamaged as e:
+        problems.append(str(e))
+        kind = None
+    # what recovery needs of the active side, for the database the backup says it holds
+    needed = [ACTIVE_DB] if kind == "sqlite" else [
+        f"{TABLES_FOLDER}/{name}.jsonl" for name in OWN_TABLES[:5]
+    ] if kind == "tables" else []
+    problems.extend(f"missing: {name} is not in the manifest" for name in needed
+                    if name not in listed)
     for problem in verify_store_copy(folder, key):
         where = f"record {problem.record_id}: " if problem.record_id else ""
         problems.append(f"archive: {where}{problem.reason}")
@@ -320,7 +332,7 @@ def recover_backup(
             )
         if database is None:
             _load_tables(services, folder)
-    install_store(folder, config.archive_dir)
+    install_store(folder, config.archive_dir, set(load_manifest(folder)))
     if database is not None:
         for suffix in ("-wal", "-shm", "-journal"):
             Path(str(database) + suffix).unlink(missing_ok=True)  # a stale WAL would replay
