@@ -553,3 +553,27 @@ def test_an_erasure_with_the_index_unavailable_erases_nothing(
     with Services.open(load_config(config_path), broken_index_ok=True) as services:
         assert services.store.info("X1").state == "archived"
         assert not ledger_path(services.config.key_file).exists()
+
+
+def test_phone_numbers_in_any_form_and_inflected_words_are_blanked_too(
+    client: Any, admin_headers: Any, services: Services, archived: Any, make_record: Any,
+) -> None:
+    """A search finds a phone number however it is typed, and a word by its stem: the
+    audited query names the customer in each of those forms, so each is blanked."""
+    archived(
+        make_record(id="PH-1", customer_id="C-PH", body="Call +86 138 0013 0015 re quoffeling."),
+        *(make_record(id=f"PH-O{i}", customer_id=f"C-O{i}", body="refund call +86 139 0000 0000")
+          for i in range(3)),
+    )
+    naming = ["13800130015", "+8613800130015", "138-0013-0015", "013800130015", "quoffels"]
+    kept = ["refunds", "13900000000"]  # others' words, others' number
+    for q in naming + kept:
+        response = client.get("/api/v1/search", headers=admin_headers, query_string={"q": q})
+        assert response.status_code == 200 and response.json["total"] >= 1, q
+
+    done = client.post("/api/v1/erase", headers=admin_headers,
+                       json={"customer_id": "C-PH", "reason": "asked"})
+
+    assert done.status_code == 200 and done.json["erased"] == 1
+    assert [t for _, t, _ in search_entries(services)] == ["(erased)"] * len(naming) + kept
+    assert verify_all(services).problems == []

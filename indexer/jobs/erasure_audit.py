@@ -100,6 +100,9 @@ class NamingWords:
         """
         self._text = text = record_text(records)
         self._words = set(text.split()) | set(_PART.findall(text))
+        # as the index has them: stems (`words` finds `word`), and phone numbers as digits in
+        # every form a search for them takes (`138-0013-8000`, `+8613800138000`, `013800138000`)
+        self._terms = index.terms_of(text)
         self._customer = customer_id.lower() if customer_id else None
         self._customer_id = customer_id
         self._ids = set(record_ids)
@@ -140,8 +143,14 @@ class NamingWords:
         """Whether the erased text holds the word (wildcards matching) as a whole word or a
         whole part of one (`erin.k` of `erin.k@example.org`); in Chinese, which has no
         spaces, anywhere."""
-        if _PART.fullmatch(word):  # the usual case, answered without a scan of the text
-            return word in self._words
+        if word in self._words:  # the usual case, answered without a scan of the text
+            return True
+        if not _WILDCARDS.search(word):
+            terms = self._index.terms_of(word, query=True)
+            if terms and terms <= self._terms:
+                return True
+        if _PART.fullmatch(word):
+            return False
         pattern = "".join(
             r"\S*" if c == "*" else r"\S" if c == "?" else re.escape(c) for c in word
         )

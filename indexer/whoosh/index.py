@@ -46,6 +46,7 @@ from indexer.errors import BadQuery, IndexerError, IndexMissing, IndexUnavailabl
 from indexer.search.types import SearchHit, SearchPage, SearchQuery, validate
 from indexer.whoosh.analysis import (
     choose_pair_terms,
+    iter_tokens,
 )
 from indexer.whoosh.columns import byte_strings, live_docnums
 from indexer.whoosh.documents import (
@@ -582,6 +583,11 @@ class SearchIndex:
             snap = self._whole_snapshot()
             ids = [v.cache.record_id(d) for v in snap.views for d in v.cache.live_docs.tolist()]
         yield from ids
+
+    def terms_of(self, text: str, *, query: bool = False) -> set[str]:
+        """The terms the index makes of a text (see `SearchEngine.terms_of`)."""
+        mode = "query" if query else "index"
+        return {term for term, _pos, _start, _end in iter_tokens(text, mode)}
 
     @translate_errors
     def check_readable(self) -> None:
