@@ -206,3 +206,29 @@ def test_api_filters_ignore_case_and_finds_phones_without_country_code(
     assert ids(category="Billing") == {"P-1", "P-2"}
     assert ids(q="138 0013 8000") == {"P-1", "P-2", "P-3"}
     assert ids(q="13800138000", category="billing") == {"P-1", "P-2"}
+
+
+GLUED = [
+    ("Email:li.wei9@example.com", "li.wei9@example.com"),
+    ("user:li.wei11@example.com", "li.wei11@example.com"),
+    ("mail:li.wei5@example.com;li.wei6@example.com", "li.wei5@example.com"),
+    ("Re:INV-2023-000060 refund", "INV-2023-000060"),
+    ("INV-2023-000070's amount", "INV-2023-000070"),
+    ("INV-2023-000010/INV-2023-000011", "INV-2023-000011"),
+    ("致电+86 138 0013 8004", "+86 138 0013 8004"),
+    ("请拨打+86 138 0013 8001，谢谢", "+86 138 0013 8001"),
+    ("请拨打+86 138 0013 8002谢谢", "13800138002"),
+]
+
+
+@pytest.mark.parametrize(("body", "q"), GLUED, ids=[q for _b, q in GLUED])
+def test_an_identifier_glued_to_a_label_or_to_chinese_is_found_typed_whole(
+    tmp_path: Path, make_record: Callable[..., dict[str, Any]], body: str, q: str
+) -> None:
+    index = SearchIndex.open(tmp_path / "index")
+    try:
+        index.add([(make_record(id="G-1", body=body), AT),
+                   (make_record(id="G-2", body="an unrelated note"), AT)])
+        assert _ids(index, q=q) == {"G-1"}
+    finally:
+        index.close()

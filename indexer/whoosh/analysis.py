@@ -44,14 +44,22 @@ _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _WORD = rf"[^\W_{_CJK}]+"
 
 # Order matters: an e-mail before a compound word, a spaced phone number before its groups.
+# An identifier glued to a label or to Chinese text is still found whole: a word does not run on
+# over ":" or "/" into an e-mail address (`Email:li.wei@example.com`), and a phone number may
+# follow a Chinese character (`致电+86 138 0013 8000`).
+_EMAIL_AHEAD = r"(?![A-Za-z0-9._%+-]*[A-Za-z0-9]@[A-Za-z0-9-]+\.)"
 _CHUNK_RE = re.compile(
     rf"(?P<email>[A-Za-z0-9._%+-]*[A-Za-z0-9]@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)"
-    rf"|(?P<phone>(?<![\w+.-])(?:\+\d{{1,4}}(?: \d{{2,5}}){{1,5}}|\d{{2,5}}(?: \d{{2,5}}){{2,5}}"
+    rf"|(?P<phone>(?<![+.-])(?<![^\W{_CJK}])"
+    rf"(?:\+\d{{1,4}}(?: \d{{2,5}}){{1,5}}|\d{{2,5}}(?: \d{{2,5}}){{2,5}}"
     rf"|\+\d{{1,4}}(?:-\d{{2,5}}){{1,5}}|\+\d{{7,15}})"
-    rf"(?![\w@]|[.:/-]\w))"
+    rf"(?![^\W{_CJK}]|@|[.:/-]\w))"
     rf"|(?P<cjk>[{_CJK}]+)"
-    rf"|(?P<word>{_WORD}(?:[._:/'+-]{_WORD})*)"
+    rf"|(?P<word>{_WORD}(?:[._'+-]{_WORD}|[:/]{_EMAIL_AHEAD}{_WORD})*)"
 )
+# Where an identifier sits inside a longer compound (`Re:INV-2023-000060`, `INV-1's`, `A-1/A-2`)
+_LABEL_SEPARATORS = re.compile(r"[:/']")
+_COMPOUND = re.compile(r"[._+-]")
 _PART_RE = re.compile(_WORD)
 _PHONE_QUERY_RE = re.compile(
     r"(?<![\w+.:-])(?:\+\d{1,4}(?: \d{2,5}){1,5}|\d{2,5}(?: \d{2,5}){2,5})(?![\w@*?~]|[.:/-]\w)"
@@ -136,9 +144,15 @@ def iter_tokens(
             whole = _digits_only(lower) or lower
             yield whole, pos, start, m.end()
             if not query:
+                seen = {whole}
+                for piece in _LABEL_SEPARATORS.split(lower):  # each identifier inside, whole
+                    if piece not in seen and _COMPOUND.search(piece):
+                        seen.add(piece)
+                        at = start + lower.index(piece)
+                        yield _digits_only(piece) or piece, pos, at, at + len(piece)
                 for part in _PART_RE.finditer(lower):
                     p = stem(part.group())
-                    if p != whole:
+                    if p not in seen:
                         yield p, pos, start + part.start(), start + part.end()
             pos += 1
         elif kind == "cjk":
