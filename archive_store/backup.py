@@ -40,8 +40,8 @@ CATALOG = "catalog.db"
 SEGMENTS = "segments"
 # Files of a live store that are not part of its state: locks, and SQLite's WAL companions
 # (`VACUUM INTO` reads committed WAL content into the copy).
-_NOT_COPIED = {".lock", "move.lock", "index.lock", "catalog.db-wal", "catalog.db-shm",
-               "catalog.db-journal"}
+_NOT_COPIED = {".lock", "move.lock", "index.lock", "dispose.lock", "catalog.db-wal",
+               "catalog.db-shm", "catalog.db-journal"}
 _CHUNK = 2**20
 _PARTIALS = {"active.db.partial", "backup.json.partial", "MANIFEST.partial"}  # a run's own
 

@@ -289,6 +289,7 @@ class ArchiveStore:
         self._lock_path = self.directory / ".lock"
         self._move_lock = SharedLock(self.directory / "move.lock")
         self._index_lock = ProcessLock(self.directory / "index.lock")
+        self._dispose_lock = ProcessLock(self.directory / "dispose.lock")
         self._closed = False
         self.read_only = False
         self._codec = FrameCodec(
@@ -395,6 +396,7 @@ class ArchiveStore:
             os.close(self._lock_fd)
             self._lock_fd = None
         self._index_lock.close()
+        self._dispose_lock.close()
 
     def moving(self) -> AbstractContextManager[None]:
         """The lock, held shared, under which records move between the active database and
@@ -423,6 +425,13 @@ class ArchiveStore:
         """
         self._require_writable()
         return self._index_lock
+
+    def disposing(self) -> ProcessLock:
+        """The lock one disposal run holds from its first purge to its last, across threads and
+        processes: a second run waits, so it never takes the first one's unconfirmed
+        disposal-list rows for a crashed run's."""
+        self._require_writable()
+        return self._dispose_lock
 
     def _require_writable(self) -> None:
         if self.read_only:
@@ -928,7 +937,8 @@ class ArchiveStore:
         Each segment holding any version of them is rewritten as a new generation with those
         entries replaced by `redacted` frames (same hash, so the chain still verifies), a
         `purged` event is appended per record, and one catalog commit switches over. A crash
-        anywhere leaves either the old or the new state. Records not archived are skipped.
+        anywhere leaves either the old or the new state. Records not archived are skipped, and
+        so are records a move is under way for (a restore putting them back: they stay whole).
 
         :param record_ids: the records to purge
         :param at: when (aware)
@@ -943,7 +953,7 @@ class ArchiveStore:
                 self._remove_orphans(conn)
                 rows = [
                     row for row in load_records(conn, record_ids).values()
-                    if row["state"] == "archived"
+                    if row["state"] == "archived" and row["pending"] is None
                 ]
                 if not rows:
                     return 0

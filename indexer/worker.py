@@ -49,7 +49,9 @@ class Worker:
 
     def dispose(self) -> None:
         """Disposal at the end of retention."""
-        self._leased("dispose", lambda keep: run_dispose_job(self.services, utcnow()))
+        self._leased(
+            "dispose", lambda keep: run_dispose_job(self.services, utcnow(), should_stop=keep)
+        )
 
     def settle(self) -> None:
         """At start: settle what an earlier crash left (unfinished moves, index changes).

@@ -112,3 +112,87 @@ def test_auditor_reads_and_exports_the_list_and_an_agent_may_not(
     assert bad.status_code == 400 and bad.json["error"]["code"]
     unknown = client.get("/api/v1/disposals?colour=red", headers=auditor_headers)
     assert unknown.status_code == 400
+
+
+def _old(make_record, n, **fields):
+    return [make_record(id=f"D-{i:03d}", customer_id=f"C{i % 4}", updated_at="2020-01-02T00:00:00Z",
+                        **fields) for i in range(n)]
+
+
+def test_a_hold_placed_while_a_run_goes_on_keeps_its_records_from_the_next_chunk_on(
+    services, archived, make_record, monkeypatch
+):
+    import indexer.jobs.disposal as disposal
+    from archivist.holds import add_hold
+
+    archived(*_old(make_record, 40))
+    monkeypatch.setattr(disposal, "PURGE_CHUNK", 10)
+    first: set[str] = set()
+
+    def placed_after_the_first_chunk(count):
+        if not first:
+            first.update(e.record_id for e in services.store.iter_catalog(state="purged"))
+            with services.sessions.begin() as session:
+                add_hold(session, "customer", "C1", "litigation", utcnow())
+
+    report = disposal.dispose_due_records(
+        services.sessions, services.store, services.config.retention, AS_OF, utcnow(),
+        on_purged=placed_after_the_first_chunk)
+
+    held = {f"D-{i:03d}" for i in range(40) if i % 4 == 1}
+    purged = {e.record_id for e in services.store.iter_catalog(state="purged")}
+    assert len(first) == 10 and held - first  # the hold came with held records still due
+    assert purged & held == first & held  # only what the first chunk took before the hold
+    assert report.purged == len(purged) == 40 - len(held - first)
+    assert {d.record_id for d in _listed(services)} == purged
+
+
+def test_a_run_stops_between_chunks_when_asked(services, archived, make_record, monkeypatch):
+    import indexer.jobs.disposal as disposal
+
+    archived(*_old(make_record, 30))
+    monkeypatch.setattr(disposal, "PURGE_CHUNK", 10)
+    report = disposal.dispose_due_records(
+        services.sessions, services.store, services.config.retention, AS_OF, utcnow(),
+        should_stop=lambda: True)
+    assert report.purged == 10
+    assert len(list(services.store.iter_catalog(state="archived"))) == 20
+
+
+def test_disposal_runs_take_turns_and_the_list_holds_every_purge(
+    services, archived, make_record
+):
+    """A second run must not take a live run's unconfirmed list rows for a crashed run's:
+    runs take turns on the store's disposal lock."""
+    import threading
+
+    from indexer.jobs.disposal import dispose_due_records
+
+    archived(*_old(make_record, 20))
+    done = threading.Event()
+
+    def run():
+        dispose_due_records(services.sessions, services.store, services.config.retention,
+                            AS_OF, utcnow())
+        done.set()
+
+    with services.store.disposing():  # another run holds it
+        thread = threading.Thread(target=run)
+        thread.start()
+        assert not done.wait(1.0)
+    thread.join(60)
+    assert done.is_set()
+    purged = {e.record_id for e in services.store.iter_catalog(state="purged")}
+    assert len(purged) == 20 and {d.record_id for d in _listed(services)} == purged
+
+
+def test_a_record_being_restored_is_not_purged(services, archived, make_record):
+    """Restore and disposal race: the restore's mark keeps the record whole, so it is back in
+    the active database and nowhere listed as purged, never both."""
+    archived(*_old(make_record, 2))
+    assert services.store.begin_restores([["D-000"]]) == [None]
+    assert services.store.purge(["D-000", "D-001"], utcnow(), "disposal") == 1
+    assert services.store.info("D-000").state == "archived"
+    services.store.complete_restores(["D-000"], utcnow(), "admin")
+    assert services.store.info("D-000").state == "restored"
+    assert services.store.info("D-001").state == "purged"

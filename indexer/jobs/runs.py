@@ -128,9 +128,17 @@ def _run_crm_archive_job(
 
 
 def run_dispose_job(
-    services: Services, as_of: datetime, *, dry_run: bool = False, actor: str = "worker"
+    services: Services,
+    as_of: datetime,
+    *,
+    dry_run: bool = False,
+    actor: str = "worker",
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> DisposalReport:
-    """Run disposal once (or preview it); a real run is recorded and audited as `actor`."""
+    """Run disposal once (or preview it); a real run is recorded and audited as `actor`.
+
+    :param should_stop: asked between chunks of purges (the worker's stop signal)
+    """
     if dry_run:
         return dispose_due_records(
             services.sessions,
@@ -158,6 +166,7 @@ def run_dispose_job(
                 utcnow(),
                 run_by=actor,
                 on_purged=purged,
+                should_stop=should_stop,
             )
             run.purged = details["purged"] = report.purged
             sync_index(services.store, services.index)  # purged records leave search now
