@@ -293,10 +293,18 @@ def _positive(table: dict[str, Any], key: str, default: int, where: str) -> int:
     return value
 
 
+# Retention periods reach back from a run's `as_of`: beyond these a cut-off would fall before
+# year 1 and every run (of every category) would fail, so the config refuses them at load.
+RETENTION_LIMITS = {"archive_after_days": 365_000, "keep_years": 1000}
+
+
 def _non_negative(table: dict[str, Any], key: str, default: int, where: str) -> int:
     value: int = _get(table, key, int, default, where)
     if value < 0:
         raise ConfigError(f"{where}.{key} must not be negative, got {value}")
+    limit = RETENTION_LIMITS.get(key)
+    if limit is not None and value > limit:
+        raise ConfigError(f"{where}.{key} must be at most {limit:,}, got {value}")
     return value
 
 

@@ -54,6 +54,11 @@ def test_non_sqlite_urls_are_kept_as_they_are(tmp_path):
         ("[server]\nport = true\n", "server.port must be an integer"),
         ("[index]\nworker_nice = 25\n", "index.worker_nice must be between 0 and 19"),
         ("[server]\nmax_query_length = 10001\n", "server.max_query_length must be at most"),
+        # beyond these a cut-off falls before year 1: every run would fail, not the config
+        ("[retention.category.legal]\nkeep_years = 3000\n",
+         "retention.category.legal.keep_years must be at most 1,000, got 3000"),
+        ("[retention.default]\narchive_after_days = 1000000\n",
+         "retention.default.archive_after_days must be at most 365,000"),
         ("[active\n", "cannot read config"),
     ],
 )
