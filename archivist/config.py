@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from archivist.crm_mapping import TableMapping, parse_table_mappings
+from archivist.crontab import cron_trigger
 from archivist.errors import ConfigError
 from archivist.retention import RetentionPolicy, RetentionRules
 
@@ -326,7 +326,7 @@ def _niceness(index: dict[str, Any]) -> int:
 
 def _cron(expression: str, key: str) -> str:
     try:
-        CronTrigger.from_crontab(expression, timezone="UTC")
+        cron_trigger(expression)
     except ValueError as e:
         raise ConfigError(f"worker.{key} is not a crontab expression: {e}") from None
     return expression

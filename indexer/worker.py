@@ -13,18 +13,18 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any
 
 from apscheduler.schedulers.blocking import BlockingScheduler
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from archivist.active_db import utcnow
 from archivist.config import Config
+from archivist.crontab import cron_trigger
 from archivist.leases import acquire_lease, lease_held, release_lease
-from indexer.jobs.runs import run_archive_job, run_dispose_job, run_index_job
+from indexer.jobs.runs import last_run, run_archive_job, run_dispose_job, run_index_job
 from indexer.jobs.settling import settle_leftovers
 from indexer.services import Services
 
@@ -115,14 +115,14 @@ def build_scheduler(config: Config, worker: Worker) -> BlockingScheduler:
     }
     scheduler.add_job(
         worker.archive,
-        CronTrigger.from_crontab(config.worker.archive_cron, timezone="UTC"),
+        cron_trigger(config.worker.archive_cron),
         id="archive",
         name="archive",
         **options,
     )
     scheduler.add_job(
         worker.dispose,
-        CronTrigger.from_crontab(config.worker.dispose_cron, timezone="UTC"),
+        cron_trigger(config.worker.dispose_cron),
         id="dispose",
         name="dispose",
         **options,
@@ -138,6 +138,32 @@ def build_scheduler(config: Config, worker: Worker) -> BlockingScheduler:
     return scheduler
 
 
+def missed_jobs(config: Config, services: Services, now: datetime) -> list[str]:
+    """The scheduled jobs (archive, dispose) whose last fire time fell within the misfire
+    grace before `now` with no run of theirs since: the worker was not running then (the
+    machine was down). A scheduler that was running catches up by itself; one just started
+    knows no earlier fire time, so the worker asks.
+
+    :param now: the worker's start
+    """
+    missed = []
+    since = now - timedelta(seconds=MISFIRE_GRACE_SECONDS)
+    for job, crontab in (("archive", config.worker.archive_cron),
+                         ("dispose", config.worker.dispose_cron)):
+        trigger = cron_trigger(crontab)
+        fire = trigger.get_next_fire_time(None, since)
+        latest = None
+        while fire is not None and fire <= now:  # the last fire time up to now
+            latest = fire
+            fire = trigger.get_next_fire_time(fire, fire + timedelta(seconds=1))
+        if latest is None:
+            continue
+        previous = last_run(services, job)
+        if previous is None or previous.started_at < latest:
+            missed.append(job)
+    return missed
+
+
 def run(config: Config, *, archive_now: bool = False) -> None:
     """Run the worker until SIGTERM or Ctrl-C; the current batch finishes first.
 
@@ -146,6 +172,9 @@ def run(config: Config, *, archive_now: bool = False) -> None:
     with Services.open(config) as services:
         worker = Worker(services)
         scheduler = build_scheduler(config, worker)
+        for job in missed_jobs(config, services, utcnow()):  # "still runs, once"
+            log.info("%s job: its run at the last scheduled time was missed; running it now", job)
+            scheduler.modify_job(job, next_run_time=utcnow())
         if archive_now:
             scheduler.modify_job("archive", next_run_time=utcnow())
 

@@ -30,12 +30,60 @@ def test_scheduler_runs_each_job_on_its_trigger_one_at_a_time(services):
     assert set(jobs) == {"archive", "dispose", "index"}
     assert isinstance(jobs["archive"].trigger, CronTrigger)
     assert str(jobs["archive"].trigger) == str(CronTrigger.from_crontab("0 2 * * *", "UTC"))
-    assert str(jobs["dispose"].trigger) == str(CronTrigger.from_crontab("30 3 * * 0", "UTC"))
+    # cron's day 0 is Sunday (APScheduler's own numbering starts on Monday)
+    assert str(jobs["dispose"].trigger) == str(CronTrigger(
+        month="*", day="*", day_of_week="sun", hour="3", minute="30", timezone="UTC"))
     assert isinstance(jobs["index"].trigger, IntervalTrigger)
     assert jobs["index"].trigger.interval.total_seconds() == 60
     for job in jobs.values():
         assert (job.max_instances, job.coalesce) == (1, True)
         assert job.misfire_grace_time == MISFIRE_GRACE_SECONDS
+
+
+def test_a_run_missed_while_the_worker_was_down_runs_once_at_start(services):
+    """Archive at 02:00, dispose Sundays 03:30: a worker started at 02:40 (within the hour's
+    grace) runs the archive job it missed, and not twice; at 03:10 nothing is missed."""
+    from datetime import UTC, datetime
+
+    from indexer.worker import missed_jobs
+
+    sunday = datetime(2026, 11, 29, tzinfo=UTC)
+    assert missed_jobs(services.config, services, sunday.replace(hour=2, minute=40)) == [
+        "archive"]
+    assert missed_jobs(services.config, services, sunday.replace(hour=3, minute=10)) == []
+    assert missed_jobs(services.config, services, sunday.replace(hour=3, minute=45)) == [
+        "dispose"]
+    with services.sessions.begin() as session:  # the archive job ran after 02:00
+        session.add(JobRun(job="archive", started_at=sunday.replace(hour=2, minute=5),
+                           archived=0, purged=0, indexed=0))
+    assert missed_jobs(services.config, services, sunday.replace(hour=2, minute=40)) == []
+
+
+@pytest.mark.parametrize(("crontab", "days"), [
+    ("30 3 * * 0", "Sun"), ("30 3 * * 7", "Sun"), ("30 3 * * 1-5", "Mon Tue Wed Thu Fri"),
+    ("30 3 * * 5-7", "Sun Fri Sat"), ("30 3 * * */2", "Sun Tue Thu Sat"),
+    ("30 3 * * sat,sun", "Sun Sat"), ("30 3 * * *", "Sun Mon Tue Wed Thu Fri Sat"),
+])
+def test_crontab_days_of_the_week_are_cron_s(crontab, days):
+    """`0` and `7` are Sunday, as in cron: the days it fires in one week, from a Sunday."""
+    from datetime import UTC, datetime, timedelta
+
+    from archivist.crontab import cron_trigger
+
+    trigger, fires = cron_trigger(crontab), []
+    moment = datetime(2026, 11, 29, tzinfo=UTC)  # a Sunday
+    while (fire := trigger.get_next_fire_time(None, moment)) < datetime(2026, 12, 6, tzinfo=UTC):
+        fires.append(fire.strftime("%a"))
+        moment = fire + timedelta(seconds=1)
+    assert " ".join(fires) == days
+
+
+def test_bad_crontab_days_are_refused():
+    from archivist.crontab import cron_trigger
+
+    for crontab in ("30 3 * * 8", "30 3 * * 5-2", "30 3 * * fun", "30 3 * *"):
+        with pytest.raises(ValueError):
+            cron_trigger(crontab)
 
 
 SKIPPED = b"archive job skipped: another worker holds its lease"
