@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -448,12 +449,9 @@ def test_erasing_a_year_shards_last_records_leaves_search_and_verify_whole(
     assert verify_all(services).problems == []
 
 
-def test_recovering_a_backup_taken_after_an_erasure_keeps_what_was_archived_since(
-    tmp_path: Path, config_path: Path, make_record: Any
-) -> None:
-    """The ledger erases again only what each erasure found: a backup taken after it holds
-    records archived since (a new record of the erased customer, an erased id archived
-    again), and recovering it must bring them back whole, with the customer's new key."""
+def cli_steps(tmp_path: Path, config_path: Path) -> tuple[Callable[..., str], Callable[..., None]]:
+    """`cli(*args, config=...)` runs a command that must succeed and returns its output;
+    `imported(name, *records)` writes the records to a file and imports it."""
     def cli(*args: str, config: Path = config_path) -> str:
         result = archivist(*args, "--config", str(config))
         assert result.returncode == 0, result.stderr
@@ -464,6 +462,16 @@ def test_recovering_a_backup_taken_after_an_erasure_keeps_what_was_archived_sinc
         path.write_text("".join(json.dumps(r) + "\n" for r in records))
         cli("import", str(path))
 
+    return cli, imported
+
+
+def test_recovering_a_backup_taken_after_an_erasure_keeps_what_was_archived_since(
+    tmp_path: Path, config_path: Path, make_record: Any
+) -> None:
+    """The ledger erases again only what each erasure found: a backup taken after it holds
+    records archived since (a new record of the erased customer, an erased id archived
+    again), and recovering it must bring them back whole, with the customer's new key."""
+    cli, imported = cli_steps(tmp_path, config_path)
     old = {"created_at": "2020-01-01T00:00:00Z", "updated_at": "2020-01-02T00:00:00Z"}
     cli("init")
     imported("first.jsonl",
@@ -502,16 +510,7 @@ def test_after_a_recovery_rewinds_the_store_the_ledger_keeps_what_was_archived_s
     """A store recovered from a backup older than an erasure numbers its new entries again,
     below the erasure's: a record of the erased customer archived after that recovery is not
     one the erasure found, and a backup of it recovers it whole."""
-    def cli(*args: str, config: Path = config_path) -> str:
-        result = archivist(*args, "--config", str(config))
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    def imported(name: str, *records: dict[str, Any]) -> None:
-        path = tmp_path / name
-        path.write_text("".join(json.dumps(r) + "\n" for r in records))
-        cli("import", str(path))
-
+    cli, imported = cli_steps(tmp_path, config_path)
     old = {"created_at": "2020-01-01T00:00:00Z", "updated_at": "2020-01-02T00:00:00Z"}
     cli("init")
     imported("first.jsonl", *(make_record(id=f"A{n}", customer_id="CA", **old) for n in range(5)))
