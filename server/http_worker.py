@@ -191,7 +191,11 @@ class ArchivistWorker(ThreadWorker):  # type: ignore[misc]
             except (KeyError, ValueError, OSError):
                 pass
             if conn.head:  # it started a request: tell it why it is closed
-                message = f"the request was not complete within {HEAD_SECONDS:g} s"
+                if conn.head_end is not None and conn.body_length:
+                    message = (f"the request body was not complete within {BODY_SECONDS:g} s "
+                               "of its head")
+                else:
+                    message = f"the request was not complete within {HEAD_SECONDS:g} s"
                 _send_quietly(conn.sock, _json_response(408, "Request Timeout", message))
             self._close(conn)
             dropped += 1

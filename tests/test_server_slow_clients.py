@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from server.http_worker import HEAD_SECONDS
+from server.http_worker import BODY_SECONDS, HEAD_SECONDS
 from tests.test_server_process import _get, _serve
 
 pytestmark = pytest.mark.slow
@@ -113,6 +113,15 @@ def test_searches_answer_while_140_clients_stop_half_way_through_a_body(
         hold = json.dumps({"scope": "customer", "value": "C-9", "reason": "audit"}).encode()
         status, answer, _ = _raw_with_body(port, token, hold)
         assert status == 201 and answer["value"] == "C-9"
+        # A body that never comes is told so, with the body's own time limit.
+        stalled[0].settimeout(BODY_SECONDS + 15)
+        reply = b""
+        while chunk := stalled[0].recv(65536):
+            reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 ")
+        assert f"body was not complete within {BODY_SECONDS:g} s" in (
+            json.loads(body)["error"]["message"])
     finally:
         for sock in stalled:
             sock.close()
