@@ -134,6 +134,23 @@ def test_holds_stop_archiving_and_disposal(services, make_record):
     assert services.store.verify() == []
 
 
+def test_a_preview_counts_processes_a_hold_keeps_back(services, make_record):
+    """`archive --dry-run` and the admin page say how many processes stay for a hold too, not
+    only those with a record not aged yet."""
+    old = iso(AS_OF - timedelta(days=4000))
+    load(services, [
+        make_record(id="H1", customer_id="C-HOLD", updated_at=old),
+        make_record(id="H2", category="legal", customer_id=None, updated_at=old),
+        make_record(id="F1", customer_id=None, updated_at=old),
+    ])
+    with services.sessions.begin() as session:
+        add_hold(session, "customer", "C-HOLD", "litigation", utcnow())
+        add_hold(session, "category", "legal", "regulator", utcnow())
+    preview = run_archive_job(services, AS_OF, dry_run=True)
+    assert (preview.archived, preview.held_back) == (1, 2)
+    assert run_archive_job(services, AS_OF).archived == 1
+
+
 def test_a_category_hold_holds_the_category_whatever_its_case(services, make_record):
     """Search finds `Billing` for `category=billing`; a hold placed on what was searched must
     keep both spellings from archiving and from disposal."""

@@ -144,7 +144,8 @@ def preview_archive(
     for aged in _aged_groups(rules, as_of):
         cursor: tuple[datetime, str] | None = None
         while True:
-            plan = _plan_batch(session, store, rules, as_of, aged, cursor, batch_size, decided)
+            plan = _plan_batch(session, store, rules, as_of, aged, cursor, batch_size, decided,
+                               skip_held=False)  # held ones are read, to be counted
             if plan is None:
                 break
             cursor = plan.cursor
@@ -173,13 +174,17 @@ def _plan_batch(
     cursor: tuple[datetime, str] | None,
     batch_size: int,
     decided: set[str],
+    skip_held: bool = True,
 ) -> _Plan | None:
-    """Read the next aged, unheld records after `cursor` and the processes they belong to.
+    """Read the next aged records after `cursor` and the processes they belong to.
 
     Processes that may not move are added to `decided` (their roots) and left out; None
     when the scan is done.
+
+    :param skip_held: leave out records a hold covers from the read itself (a run: they cannot
+        move); a preview reads them, so that their processes count as held back
     """
-    where = aged & _not_held(session)
+    where = aged & _not_held(session) if skip_held else aged
     if cursor is not None:
         at, last_id = cursor
         where = where & (ActiveRecord.updated_at_utc >= at) & or_(
