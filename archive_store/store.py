@@ -70,15 +70,29 @@ DEFAULT_SEGMENT_MAX_BYTES = 64 * 2**20
 STATES = ("archived", "restored", "purged", "erased")
 
 # A customer's archived and restored records (see `ArchiveStore.find_customer_records`).
+# (An erased record has forgotten its customer: the walk does not go through it, and `erase`
+# first hands its customer on to the records below it that name none, see `_UNNAMED_BELOW`.)
 _CUSTOMER_RECORDS = """
 WITH RECURSIVE theirs (record_id) AS (
     SELECT record_id FROM records WHERE customer_id = ?
     UNION
     SELECT r.record_id FROM records r JOIN theirs t ON r.parent_id = t.record_id
-    WHERE r.customer_id IS NULL
+    WHERE r.customer_id IS NULL AND r.state != 'erased'
 )
 SELECT r.record_id FROM theirs JOIN records r USING (record_id)
 WHERE r.state IN ('archived', 'restored') ORDER BY r.record_id
+"""
+# The records below one (its children, theirs, ...) that name no customer: the customer of that
+# record is theirs, written into them before the record is erased and forgets it.
+_UNNAMED_BELOW = """
+WITH RECURSIVE below (record_id) AS (
+    SELECT record_id FROM records
+    WHERE parent_id = ? AND customer_id IS NULL AND state != 'erased'
+    UNION
+    SELECT r.record_id FROM records r JOIN below b ON r.parent_id = b.record_id
+    WHERE r.customer_id IS NULL AND r.state != 'erased'
+)
+UPDATE records SET customer_id = ? WHERE record_id IN (SELECT record_id FROM below)
 """
 
 _ENTRY_INSERT = (
@@ -1054,6 +1068,9 @@ class ArchiveStore:
                     )
                 self._redact(conn, appender, [row["record_id"] for row in rows],
                              old_files, new_files)
+                for row in rows:
+                    if row["customer_id"] is not None and customer_id is None:
+                        conn.execute(_UNNAMED_BELOW, (row["record_id"], row["customer_id"]))
                 for row in rows:
                     seq = self._append_event(conn, appender, row, "erased", at_text, actor)
                     conn.execute(

@@ -184,6 +184,24 @@ def test_erasing_a_customer_takes_the_records_of_their_processes_that_name_no_cu
     assert verify_all(services).problems == []
 
 
+def test_after_a_record_is_erased_alone_the_records_below_it_stay_its_customer_s(
+    services: Services, archived: Any, make_record: Any
+) -> None:
+    """An erased record forgets its customer; the records below it that name none stay that
+    customer's, and never become the customer's above it."""
+    archived(make_record(id="W-CASE", customer_id="D", body="a case of D's"),
+             make_record(id="W-TKT", customer_id="C", parent_id="W-CASE", body="C's ticket"),
+             make_record(id="W-NOTE", customer_id=None, parent_id="W-TKT", body="a note"))
+    erase_records(services, record_id="W-TKT", actor="t", at=NOW)
+
+    def would_erase(customer: str) -> list[str]:
+        return erase_records(services, customer_id=customer, actor="t", at=NOW,
+                             dry_run=True).ids
+
+    assert would_erase("C") == ["W-NOTE"]
+    assert would_erase("D") == ["W-CASE"]
+
+
 def test_an_erasure_refused_for_a_move_under_way_is_not_finished_later(
     services: Services, erasable: Any
 ) -> None:
