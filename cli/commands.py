@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, time
 from functools import partial, wraps
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import parse_qs
+from urllib.parse import parse_qsl
 
 import click
 
@@ -230,19 +230,20 @@ def restore(
 ) -> None:
     """Restore archived records, and the rest of their processes, to the active database."""
     from tqdm import tqdm
+    from werkzeug.datastructures import MultiDict
 
     from indexer.jobs.bulk_restore import restore_in_bulk
-    from server.schemas import SearchArgsSchema, load_search_query
+    from server.schemas import load_search_query
     if bool(ids) == (search is not None):
         raise click.UsageError("give record ids or --search PARAMS (one of them, not both)")
     if not reason.strip() or len(reason) > 500:
         raise click.UsageError("--reason must be 1-500 characters")
     query = None
     if search is not None:
-        params = parse_qs(search, keep_blank_values=True)
-        args = {
-            k: v if k in SearchArgsSchema.LIST_FIELDS else v[0] for k, v in params.items()
-        }
+        try:  # as the API reads a query string: repeats kept (and refused where not a list)
+            args = MultiDict(parse_qsl(search, keep_blank_values=True, errors="strict"))
+        except UnicodeDecodeError:
+            raise click.UsageError("--search is not UTF-8 once %-decoded") from None
         query = load_search_query(args, config.server.max_query_length, export=True)
     details: dict[str, Any] = {"reason": reason, "dry_run": dry_run}
     with Services.open(config) as services, tqdm(

@@ -205,6 +205,11 @@ def test_cli_restore_by_search_and_ids(config_path, services, case):
     assert set(active(services, PROCESS)) == set(PROCESS)
     usage = runner.invoke(main, ["restore", "--reason", "x", "--config", str(config_path)])
     assert usage.exit_code != 0
+    # read as the API reads a query string: a repeat refused, not its first taken
+    for search, message in (("q=&q=refund", "given more than once"), ("q=%FF", "UTF-8")):
+        refused = runner.invoke(main, ["restore", "--search", search, "--reason", "x",
+                                       "--dry-run", "--config", str(config_path)])
+        assert refused.exit_code != 0 and message in refused.stderr, refused.output
 
 
 def test_a_restored_process_sticks_until_its_grace_ends(services, make_record):
