@@ -327,7 +327,8 @@ def keep_if_changed(
     """
     digest = hash_file(fresh)
     target = folder / name
-    if previous.get(name) == digest and target.is_file():
+    # (the copy kept is rehashed: one damaged since the last run is replaced)
+    if previous.get(name) == digest and target.is_file() and hash_file(target) == digest:
         fresh.unlink()
     else:
         os.replace(fresh, target)

@@ -404,12 +404,13 @@ def test_an_older_backup_kept_as_hard_links_stays_whole(
     key = archive_key(services)
     assert verify_backup(old, key) == [] and verify_backup(folder, key) == []
     assert json.loads((old / "backup.json").read_text())["archived"] == 200
-    # a copy damaged since the run that made it (a new file: the old backup keeps its own)
+    # copies damaged since the run that made them (new files: the old backup keeps its own)
     sealed = sorted(n for n in load_manifest(folder) if n.startswith("archive/segments/"))[0]
-    data = bytearray((folder / sealed).read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (folder / sealed).unlink()
-    (folder / sealed).write_bytes(bytes(data))
+    for name in (sealed, "archive/catalog.db"):
+        data = bytearray((folder / name).read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (folder / name).unlink()
+        (folder / name).write_bytes(bytes(data))
     create_backup(services, folder, utcnow())
     assert verify_backup(folder, key) == [] and verify_backup(old, key) == []
 

@@ -145,11 +145,12 @@ def iter_tokens(
             yield whole, pos, start, m.end()
             if not query:
                 seen = {whole}
+                at = start
                 for piece in _LABEL_SEPARATORS.split(lower):  # each identifier inside, whole
                     if piece not in seen and _COMPOUND.search(piece):
                         seen.add(piece)
-                        at = start + lower.index(piece)
                         yield _digits_only(piece) or piece, pos, at, at + len(piece)
+                    at += len(piece) + 1  # (and its one-character separator)
                 for part in _PART_RE.finditer(lower):
                     p = stem(part.group())
                     if p not in seen:
