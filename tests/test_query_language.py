@@ -63,6 +63,7 @@ ACCEPTED = {
     "id:case:7*": {"case:77"},
     "id:a:b:c": set(),
     '"refund~1"': set(),  # quoted: just text
+    "3~4": set(),  # numbers: text, not a fuzzy term
 }
 
 PHONES = ["138 0013 8000", "13800138000", "013800138000", "+86 138 0013 8000", "+8613800138000"]

@@ -223,6 +223,13 @@ def test_ui_audit_log_links_only_entries_naming_a_record(
     assert '<a href="/records/ids">' not in page and ">ids</td>" in page
 
 
+def test_ui_counts_read_in_the_singular_and_the_plural() -> None:
+    from server.ui.filters import counted
+
+    assert [counted(1, "record"), counted(1051, "record"), counted(3, "process"),
+            counted(1, "process")] == ["1 record", "1,051 records", "3 processes", "1 process"]
+
+
 def test_ui_holds_round_trip(client: Any, admin_headers: Any) -> None:
     _sign_in(client, admin_headers)
     csrf = _csrf(client, "/admin/holds")

@@ -45,8 +45,9 @@ _FILTER_PARAMETERS = frozenset({"kind", "category", "created_at", "updated_at", 
 _BINARY_OPERATORS = frozenset({"AND", "OR", "ANDNOT", "ANDMAYBE"})
 _QUERY_TOKEN = re.compile(r'"[^"]*"|[()]|[^\s()"]+')
 _BAD_WILDCARD = re.compile(r"(?:^|[\s(:])[*?]")
-# Whoosh's fuzzy syntax, which this parser does not have: it would search `refund 1` instead.
-_FUZZY = re.compile(r"(?<=\w)~\d*(?=[\s)]|$)")
+# Whoosh's fuzzy syntax after a word, which this parser does not have: it would search
+# `refund 1` instead (`3~4`, a range of numbers, is text).
+_FUZZY = re.compile(r"(?<=[^\W\d_])~\d*(?=[\s)]|$)")
 
 
 def _check_syntax(q: str) -> None:

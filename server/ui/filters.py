@@ -59,8 +59,9 @@ def format_when(value: datetime | str | None) -> str:
 
 
 def counted(n: int, noun: str) -> str:
-    """`1 record`, `1,051 records`: a count and its noun (plural in -s)."""
-    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+    """`1 record`, `1,051 records`, `2 processes`: a count and its noun."""
+    plural = noun + ("es" if noun.endswith("s") else "s")
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {plural}"
 
 
 def pretty_json(value: Any) -> str:
