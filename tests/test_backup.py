@@ -381,6 +381,9 @@ def test_backup_into_the_installation_or_a_folder_of_other_files_is_refused(
         with pytest.raises(BackupError, match="overlaps the installation"):
             create_backup(services, folder, utcnow())
         assert sorted(p for p in config.archive_dir.parent.rglob("*")) == before
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(BackupError, match="a link to nothing"):
+        create_backup(services, tmp_path / "gone", utcnow())
     usb = tmp_path / "usb"
     (usb / "archive" / "photos").mkdir(parents=True)
     (usb / "archive" / "photos" / "img1.jpg").write_bytes(b"x")
@@ -498,3 +501,8 @@ def test_a_backup_missing_what_it_says_it_holds_is_refused_before_anything_is_re
     from archive_store.backup import BackupDamaged
     with pytest.raises(BackupDamaged, match="active.db"):
         recover_backup(third, folder, utcnow())
+    third.key_file.unlink()  # a machine the key was not copied to
+    from archive_store.crypto import KeyMissing
+    with pytest.raises(KeyMissing, match="the archive key the backup was made with"):
+        recover_backup(third, folder, utcnow())
+    assert not third.key_file.exists()

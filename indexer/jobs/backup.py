@@ -54,7 +54,7 @@ from archive_store.backup import (
     write_manifest,
     write_store_part,
 )
-from archive_store.crypto import KEY_ENV, load_key
+from archive_store.crypto import KEY_ENV, KeyMissing, load_key
 from archivist.active_db import (
     AuditEntry,
     Base,
@@ -150,6 +150,8 @@ def _previous_head(folder: Path) -> object:
 def _check_folder(config: Config, folder: Path) -> None:
     """Refuse a folder that is (or holds, or lies in) the installation's own files, and a
     folder that holds other files and no backup: a backup run deletes what it does not list."""
+    if folder.is_symlink() and not folder.exists():
+        raise BackupError(f"{folder} is a link to nothing: back up into a folder")
     target = folder.resolve()
     own = [("archive folder", config.archive_dir), ("index folder", config.index_dir),
            ("archive key file", config.key_file)]
@@ -309,6 +311,11 @@ def recover_backup(
     :param force: replace an installation that holds records
     """
     folder = Path(folder)
+    if not os.environ.get(KEY_ENV) and not config.key_file.exists():
+        raise KeyMissing(  # (not `init`: a new key would not open the backup)
+            f"recovering needs the archive key the backup was made with: copy it to "
+            f"{config.key_file}, with its erasure ledger beside it, or give {KEY_ENV}"
+        )
     problems = verify_backup(folder, load_key(config.key_file, os.environ.get(KEY_ENV)))
     if problems:
         raise BackupDamaged(f"backup {folder} does not verify: {problems[0]}"
