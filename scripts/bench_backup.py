@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bench import AS_OF, folder_bytes, make_installation, write_corpus  # scripts/bench.py
 
+from archive_store.crypto import load_key
 from archivist.active_db import utcnow
 from archivist.config import load_config
 from archivist.importer import import_lines
@@ -66,7 +67,7 @@ def main() -> None:
                 note("again", time.perf_counter() - start)
                 note("again_bytes", again.bytes)
                 start = time.perf_counter()
-                problems = verify_backup(root / f"full{i}")
+                problems = verify_backup(root / f"full{i}", load_key(services.config.key_file))
                 note("verify", time.perf_counter() - start)
                 assert problems == [], problems
             backup_bytes = folder_bytes(root / "full0")
@@ -82,6 +83,7 @@ def main() -> None:
             target = root / f"recovered{i}"
             target.mkdir()
             (target / "config.toml").write_text((ours / "config.toml").read_text())
+            shutil.copy2(ours / "archive.key", target / "archive.key")  # the backup's key
             config = load_config(target / "config.toml")
             with Services.open(config, create=True):
                 pass
