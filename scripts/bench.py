@@ -24,6 +24,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import _checkout  # noqa: F401  (first: this checkout's code, not an installed one)
 from sqlalchemy import create_engine
 
 from archivist.active_db import utcnow

@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _checkout  # noqa: F401  (first: this checkout's code, not an installed one)
 from bench import AS_OF, folder_bytes, make_installation, write_corpus  # scripts/bench.py
 
 from archive_store.crypto import load_key

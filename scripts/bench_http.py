@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import _checkout  # noqa: F401  (first: this checkout's code, not an installed one)
+
 from archivist.active_db import utcnow
 from archivist.config import ServerConfig, load_config
 from archivist.demo_data import generate_records
