@@ -952,7 +952,7 @@ class ArchiveStore:
         entries replaced by `redacted` frames (same hash, so the chain still verifies), a
         `purged` event is appended per record, and one catalog commit switches over. A crash
         anywhere leaves either the old or the new state. Records not archived are skipped, and
-        so are records a move is under way for (a restore putting them back: they stay whole).
+        so are records a restore is putting back (`insert_active`): they stay whole.
 
         :param record_ids: the records to purge
         :param at: when (aware)
@@ -967,7 +967,7 @@ class ArchiveStore:
                 self._remove_orphans(conn)
                 rows = [
                     row for row in load_records(conn, record_ids).values()
-                    if row["state"] == "archived" and row["pending"] is None
+                    if row["state"] == "archived" and row["pending"] != "insert_active"
                 ]
                 if not rows:
                     return 0

@@ -75,18 +75,25 @@ def test_searches_and_healthz_answer_while_500_clients_send_half_a_request(
             assert _get(f"{base}/healthz")[0] == 200
             assert time.monotonic() - started < 5
         # A client that never finishes its request is told so, then closed.
-        slow[0].settimeout(HEAD_SECONDS + 15)
-        answer = b""
-        while chunk := slow[0].recv(65536):
-            answer += chunk
-        head, _, body = answer.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 408 ")
-        assert json.loads(body)["error"]["code"] == "request_timeout"
+        error = _timed_out_answer(slow[0], HEAD_SECONDS + 15)
+        assert error["code"] == "request_timeout"
     finally:
         for sock in slow:
             sock.close()
     status, body, _ = _get(f"{base}/api/v1/search?q=kettle", token)
     assert status == 200
+
+
+def _timed_out_answer(sock: socket.socket, wait: float) -> dict[str, str]:
+    """The error of the 408 a server sends a client that did not finish, read to the close."""
+    sock.settimeout(wait)
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    error: dict[str, str] = json.loads(body)["error"]
+    return error
 
 
 def test_searches_answer_while_140_clients_stop_half_way_through_a_body(
@@ -114,14 +121,8 @@ def test_searches_answer_while_140_clients_stop_half_way_through_a_body(
         status, answer, _ = _raw_with_body(port, token, hold)
         assert status == 201 and answer["value"] == "C-9"
         # A body that never comes is told so, with the body's own time limit.
-        stalled[0].settimeout(BODY_SECONDS + 15)
-        reply = b""
-        while chunk := stalled[0].recv(65536):
-            reply += chunk
-        head, _, body = reply.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 408 ")
-        assert f"body was not complete within {BODY_SECONDS:g} s" in (
-            json.loads(body)["error"]["message"])
+        error = _timed_out_answer(stalled[0], BODY_SECONDS + 15)
+        assert f"body was not complete within {BODY_SECONDS:g} s" in error["message"]
     finally:
         for sock in stalled:
             sock.close()
