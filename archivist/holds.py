@@ -5,6 +5,7 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 
 from sqlalchemy import ColumnElement, and_, delete, or_, select, true
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -32,7 +33,11 @@ class HoldSet:
     record_ids: frozenset[str] = frozenset()
     customer_ids: frozenset[str] = frozenset()
     categories: frozenset[str] = frozenset()  # as placed
-    folded_categories: frozenset[str] = frozenset()  # casefolded
+
+    @cached_property
+    def folded_categories(self) -> frozenset[str]:
+        """The category holds casefolded, as `covers` compares them."""
+        return frozenset(c.casefold() for c in self.categories)
 
     def covers(self, record_id: str, customer_id: str | None, category: str) -> bool:
         """True when any hold applies to a record with these attributes.
@@ -113,7 +118,6 @@ def load_hold_set(session: Session) -> HoldSet:
         record_ids=frozenset(by_scope["record"]),
         customer_ids=frozenset(by_scope["customer"]),
         categories=frozenset(by_scope["category"]),
-        folded_categories=frozenset(c.casefold() for c in by_scope["category"]),
     )
 
 

@@ -79,8 +79,9 @@ ACTIVE_DB = "active.db"
 TABLES_FOLDER = "tables"
 # Archivist's own tables, copied on their own when the active database is not embedded SQLite.
 # Leases are left out on purpose: a recovered installation starts with no job running.
+ALWAYS_TABLES = ("legal_holds", "api_tokens", "job_runs", "audit_log", "disposals")
 OWN_TABLES = (
-    "legal_holds", "api_tokens", "job_runs", "audit_log", "disposals",  # (always: these five)
+    *ALWAYS_TABLES,
     # with the CRM's tables mapped: which records left together, and what blocked a run
     "archived_process_members", "job_run_blocks",
 )
@@ -260,9 +261,11 @@ def verify_backup(folder: Path, key: bytes | None) -> list[str]:
         problems.append(str(e))
         kind = None
     # what recovery needs of the active side, for the database the backup says it holds
-    needed = [ACTIVE_DB] if kind == "sqlite" else [
-        f"{TABLES_FOLDER}/{name}.jsonl" for name in OWN_TABLES[:5]
-    ] if kind == "tables" else []
+    needed: list[str] = []
+    if kind == "sqlite":
+        needed = [ACTIVE_DB]
+    elif kind == "tables":
+        needed = [f"{TABLES_FOLDER}/{name}.jsonl" for name in ALWAYS_TABLES]
     problems.extend(f"missing: {name} is not in the manifest" for name in needed
                     if name not in listed)
     for problem in verify_store_copy(folder, key):
