@@ -12,6 +12,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from archivist.active_db import LegalHold
 from archivist.errors import HoldError
+from archivist.records import valid_record_id
 
 SCOPES = ("record", "customer", "category")
 
@@ -74,8 +75,9 @@ class HoldSet:
 def add_hold(session: Session, scope: str, value: str, reason: str, at: datetime) -> Hold:
     """Place a hold; placing the same hold twice is an error that names the first one."""
     _check(scope, value)
-    if control_character_in(value):  # (one placed before this check can still be lifted)
-        raise HoldError(f"a hold value must not contain control characters: {value!r}")
+    problem = hold_value_problem(scope, value)  # (one placed before a check can be lifted)
+    if problem is not None:
+        raise HoldError(f"{problem}: {value!r}")
     if not reason.strip():
         raise HoldError("a legal hold needs a reason")
     existing = session.scalar(
@@ -121,13 +123,20 @@ def load_hold_set(session: Session) -> HoldSet:
     )
 
 
-def control_character_in(value: str) -> bool:
-    """Whether a hold value holds a control character (a pasted newline, a NUL).
+def hold_value_problem(scope: str, value: str) -> str | None:
+    """Why a hold on this value would match nothing it was meant for, or None if it can.
 
-    Such a hold would match nothing it was meant for, and a web form could not send it back
-    to lift it.
+    A pasted newline, a NUL or a space around the value makes a hold that holds nothing while
+    it looks in force (and a web form could not send a control character back to lift it);
+    a record hold must name a possible record id.
     """
-    return any(unicodedata.category(c) == "Cc" for c in value)
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        return "a hold value must not contain control characters"
+    if value != value.strip():
+        return "a hold value must not begin or end with a space"
+    if scope == "record" and not valid_record_id(value):
+        return "a record hold must name a record id (A-Z a-z 0-9 . _ : -)"
+    return None
 
 
 def _check(scope: str, value: str) -> None:

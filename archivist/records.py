@@ -79,6 +79,11 @@ class Record:
         return value
 
 
+def valid_record_id(text: str) -> bool:
+    """Whether `text` can be a record's id: the contract's characters, no `..`."""
+    return ID_PATTERN.fullmatch(text) is not None and ".." not in text
+
+
 def parse_record(obj: Any, kinds: Collection[str] | None = None) -> Record:
     """Validate one decoded JSON value and return the Record it describes.
 
@@ -91,7 +96,7 @@ def parse_record(obj: Any, kinds: Collection[str] | None = None) -> Record:
     if unknown:
         raise InvalidRecord(f"unknown field {unknown[0]!r}")
     record_id = _required(obj, "id", str)
-    if not ID_PATTERN.fullmatch(record_id) or ".." in record_id:
+    if not valid_record_id(record_id):
         raise InvalidRecord(
             "id must be 1-128 characters of A-Z a-z 0-9 . _ : - without '..', "
             f"got {record_id[:140]!r}"
@@ -138,7 +143,7 @@ def parse_record(obj: Any, kinds: Collection[str] | None = None) -> Record:
     if "parent_id" in obj:
         parent_id = _required(obj, "parent_id", (str, type(None)))
         if parent_id is not None:
-            if not ID_PATTERN.fullmatch(parent_id) or ".." in parent_id:
+            if not valid_record_id(parent_id):
                 raise InvalidRecord(f"parent_id is not a valid record id: {parent_id[:140]!r}")
             if parent_id == record_id:
                 raise InvalidRecord("parent_id must not be the record's own id")

@@ -24,7 +24,7 @@ from marshmallow.validate import Length, OneOf, Range
 
 from archivist.audit import ACTIONS, AuditFilter
 from archivist.disposals import DisposalFilter
-from archivist.holds import SCOPES, control_character_in
+from archivist.holds import SCOPES, hold_value_problem
 from archivist.records import format_utc
 from indexer.errors import BadQuery
 from indexer.search import DATE_FIELDS, MAX_PER_PAGE, SORTS, SearchQuery
@@ -182,8 +182,9 @@ class HoldSchema(Schema):
     def _check_reason(self, data: dict[str, Any], **kwargs: Any) -> None:
         if not data.get("reason", "x").strip():
             raise ValidationError("a legal hold needs a reason", field_name="reason")
-        if control_character_in(data.get("value", "")):
-            raise ValidationError("must not contain control characters", field_name="value")
+        problem = hold_value_problem(data.get("scope", ""), data.get("value", ""))
+        if problem is not None:
+            raise ValidationError(problem, field_name="value")
 
 
 class HoldListSchema(Schema):

@@ -114,6 +114,14 @@ def test_holds_round_trip(installed):
     tab = archivist("hold", "add", "--customer", "C9\t", "--reason", "x",
                     "--config", str(installed))
     assert tab.returncode == 1 and "control characters" in tab.stderr
+    # a hold that looks in force but could match no record is refused, not placed
+    spaced = archivist("hold", "add", "--customer", "C9 ", "--reason", "x",
+                       "--config", str(installed))
+    assert spaced.returncode == 1 and "begin or end with a space" in spaced.stderr
+    not_an_id = archivist("hold", "add", "--record", "REC 1", "--reason", "x",
+                          "--config", str(installed))
+    assert not_an_id.returncode == 1 and "must name a record id" in not_an_id.stderr
+    assert archivist("hold", "list", "--config", str(installed)).stdout == "no legal holds\n"
 
 
 @pytest.mark.parametrize("args", [

@@ -80,6 +80,13 @@ def test_bad_hold_body_is_400(client: Any, admin_headers: dict[str, str]) -> Non
         response = client.post("/api/v1/holds", json=body, headers=admin_headers)
         assert response.status_code == 400
         assert "control characters" in response.get_data(as_text=True)
+    for scope, value, reason in (("customer", " C00042", "begin or end with a space"),
+                                 ("category", "billing ", "begin or end with a space"),
+                                 ("record", "REC/1", "must name a record id")):
+        body = {"scope": scope, "value": value, "reason": "r"}
+        response = client.post("/api/v1/holds", json=body, headers=admin_headers)
+        assert response.status_code == 400
+        assert reason in response.get_data(as_text=True)
     assert client.get("/api/v1/holds", headers=admin_headers).get_json()["holds"] == []
 
 
