@@ -30,6 +30,7 @@ from archive_store import keyring, segment
 from archive_store.catalog import connect, hash_hex
 from archive_store.codec import FrameCodec
 from archive_store.errors import ArchiveStoreError
+from archive_store.faults import crash_point
 from archive_store.models import Problem
 from archive_store.store import ArchiveStore
 from archive_store.verify import verify_store
@@ -43,6 +44,7 @@ SEGMENTS = "segments"
 _NOT_COPIED = {".lock", "move.lock", "index.lock", "dispose.lock", "catalog.db-wal",
                "catalog.db-shm", "catalog.db-journal"}
 _CHUNK = 2**20
+STAGING = ".recovering"  # inside the archive folder: a recovery's copy before it is installed
 _PARTIALS = {"active.db.partial", "backup.json.partial", "MANIFEST.partial"}  # a run's own
 
 
@@ -407,8 +409,12 @@ def verify_store_copy(folder: Path, key: bytes | None = None) -> list[Problem]:
                 lookups.close()
 
 
-def install_store(folder: Path, store_dir: Path, listed: set[str]) -> None:
-    """Replace the store in `store_dir` with the backed-up one (the store must not be open).
+def stage_store(folder: Path, store_dir: Path, listed: set[str]) -> Path:
+    """Copy the backed-up store into a staging folder inside `store_dir`; returns it.
+
+    Everything a recovery writes is written here first, so a full disk or a crash fails it
+    with the installation's own store untouched; `install_staged_store` then only deletes and
+    renames, which need no space. A staging folder a failed recovery left is replaced.
 
     :param folder: the backup folder
     :param store_dir: the installation's archive folder
@@ -416,21 +422,47 @@ def install_store(folder: Path, store_dir: Path, listed: set[str]) -> None:
         after it was made) is not the backup's, and is not installed
     """
     source = folder / STORE_FOLDER
+    staged = store_dir / STAGING
+    shutil.rmtree(staged, ignore_errors=True)
+    (staged / SEGMENTS).mkdir(parents=True)
+    try:
+        for path in sorted(source.rglob("*")):
+            if path.is_file() and path.relative_to(folder).as_posix() in listed:
+                target = staged / path.relative_to(source)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                crash_point("recover.stage_file")
+                shutil.copyfile(path, target)
+                with open(target, "rb+") as f:
+                    os.fsync(f.fileno())
+        for directory in sorted({p.parent for p in staged.rglob("*")} | {staged}):
+            segment.fsync_directory(directory)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return staged
+
+
+def install_staged_store(staged: Path, store_dir: Path) -> None:
+    """Replace the store in `store_dir` with the one `stage_store` staged (the store must not
+    be open): the old catalog and segments are deleted, the staged files renamed into place.
+
+    :param staged: what `stage_store` returned
+    :param store_dir: the installation's archive folder
+    """
     (store_dir / SEGMENTS).mkdir(parents=True, exist_ok=True)
     for name in ("catalog.db", "catalog.db-wal", "catalog.db-shm", "catalog.db-journal"):
         (store_dir / name).unlink(missing_ok=True)
     for path in (store_dir / SEGMENTS).iterdir():
         if path.is_file():
             path.unlink()
-    for path in sorted(source.rglob("*")):
-        if path.is_file() and path.relative_to(folder).as_posix() in listed:
-            target = store_dir / path.relative_to(source)
+    for path in sorted(staged.rglob("*")):
+        if path.is_file():
+            target = store_dir / path.relative_to(staged)
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-            with open(target, "rb+") as f:
-                os.fsync(f.fileno())
+            os.replace(path, target)
     segment.fsync_directory(store_dir / SEGMENTS)
     segment.fsync_directory(store_dir)
+    shutil.rmtree(staged)
 
 
 @contextmanager

@@ -193,13 +193,8 @@ def test_second_backup_copies_only_what_is_new(
     assert second.records == 500
 
 
-def test_recover_is_refused_into_an_installation_with_records_unless_forced(
-    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path,
-    config_path: Path,
-) -> None:
-    archived(*_records(make_record, 0, 30))
-    folder = tmp_path / "backup"
-    create_backup(services, folder, utcnow())
+def _installation_with_records(tmp_path: Path, make_record: Any) -> Any:
+    """Another installation with five records of its own archived."""
     other = _fresh_config(tmp_path, "other")
     with Services.open(other) as target:
         from archivist.importer import import_lines
@@ -209,6 +204,26 @@ def test_recover_is_refused_into_an_installation_with_records_unless_forced(
         from indexer.jobs.runs import run_archive_job
 
         run_archive_job(target, datetime(2026, 1, 1, tzinfo=UTC))
+    return other
+
+
+def _recover_cli(folder: Path, config: Any, *args: str,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "archivist", "backup", "recover", str(folder),
+         "--config", str(config.path), *args],
+        capture_output=True, text=True, env=None if env is None else {**os.environ, **env},
+    )
+
+
+def test_recover_is_refused_into_an_installation_with_records_unless_forced(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path,
+    config_path: Path,
+) -> None:
+    archived(*_records(make_record, 0, 30))
+    folder = tmp_path / "backup"
+    create_backup(services, folder, utcnow())
+    other = _installation_with_records(tmp_path, make_record)
 
     with pytest.raises(InstallationNotEmpty, match="--force"):
         recover_backup(other, folder, utcnow())
@@ -216,16 +231,40 @@ def test_recover_is_refused_into_an_installation_with_records_unless_forced(
         assert {e.record_id for e in target.store.iter_catalog()} == {
             f"B-{n:05d}" for n in range(1000, 1005)
         }
-    cli = subprocess.run(
-        [sys.executable, "-m", "archivist", "backup", "recover", str(folder),
-         "--config", str(other.path)],
-        capture_output=True, text=True,
-    )
+    cli = _recover_cli(folder, other)
     assert cli.returncode == 1 and "--force" in cli.stderr and cli.stderr.count("\n") == 1
 
     recover_backup(other, folder, utcnow(), force=True)
     with Services.open(other) as target:
         assert len(list(target.store.iter_catalog())) == 30
+        assert verify_all(target).problems == []
+
+
+def test_a_forced_recovery_that_runs_out_of_disk_leaves_the_installation_as_it_was(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path,
+) -> None:
+    archived(*_records(make_record, 0, 30))
+    folder = tmp_path / "backup"
+    create_backup(services, folder, utcnow())
+    other = _installation_with_records(tmp_path, make_record)
+    with Services.open(other) as target:
+        before = _places(target), _answers(target)
+    assert len(before[0][1]) == 5
+
+    # the disk fills while the backup's second file is copied in
+    full = _recover_cli(folder, other, "--force", env={"ARCHIVIST_FAIL_AT": "recover.stage_file:2"})
+    assert full.returncode != 0 and full.stderr.count("\n") == 1
+    assert "No space left on device" in full.stderr
+    with Services.open(other) as target:
+        assert (_places(target), _answers(target)) == before
+        assert verify_all(target).problems == []
+    assert not (other.archive_dir / ".recovering").exists()
+    assert not list((other.path.parent / "data").glob("*.recovering"))
+
+    assert _recover_cli(folder, other, "--force").returncode == 0
+    with Services.open(other) as target:
+        active, archived_ids = _places(target)
+        assert archived_ids == {f"B-{n:05d}" for n in range(30)} and not active
         assert verify_all(target).problems == []
 
 

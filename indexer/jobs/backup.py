@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from archive_store.backup import (
     MANIFEST,
+    STAGING,
     STORE_FOLDER,
     BackupDamaged,
     BackupError,
@@ -44,18 +45,21 @@ from archive_store.backup import (
     check_manifest,
     copy_sqlite,
     hash_file,
-    install_store,
+    install_staged_store,
     keep_if_changed,
     load_manifest,
     remove_unlisted,
     snapshot_closing,
+    stage_store,
     take_store_snapshot,
     verify_store_copy,
     write_manifest,
     write_store_part,
 )
 from archive_store.crypto import KEY_ENV, KeyMissing, load_key
+from archive_store.segment import fsync_directory
 from archivist.active_db import (
+    ACTIVE_TABLE,
     AuditEntry,
     Base,
     JobRun,
@@ -81,11 +85,15 @@ TABLES_FOLDER = "tables"
 # Leases are left out on purpose: a recovered installation starts with no job running.
 ALWAYS_TABLES = ("legal_holds", "api_tokens", "job_runs", "audit_log", "disposals")
 OWN_TABLES = (
+    # the active records themselves, backed up in the same moment as the store (on PostgreSQL
+    # the active database is Archivist's; empty when the CRM's own tables are mapped)
+    ACTIVE_TABLE.name,
     *ALWAYS_TABLES,
     # with the CRM's tables mapped: which records left together, and what blocked a run
     "archived_process_members", "job_run_blocks",
 )
 JOB = "backup"
+_ROWS_PER_BATCH = 2000  # rows a table dump fetches, or a recovery inserts, at a time
 
 
 class InstallationNotEmpty(BackupError):
@@ -201,7 +209,7 @@ def _create(services: Services, folder: Path, at: datetime) -> BackupReport:
                 if database is not None:
                     copy_sqlite(database, fresh_active)
                 else:
-                    table_files = _dump_tables(services, folder)
+                    table_files, active = _dump_tables(services, folder)
             except BaseException:
                 snapshot.close()
                 raise
@@ -216,7 +224,6 @@ def _create(services: Services, folder: Path, at: datetime) -> BackupReport:
         else:
             for name, fresh in table_files.items():
                 keep_if_changed(folder, name, fresh, previous, tally)
-            active = 0
         metadata = {
             "format": FORMAT,
             "created_at": format_utc(at),
@@ -340,16 +347,30 @@ def recover_backup(
                 f"the installation of {config.path} already holds {held} archived and {active} "
                 "active records; recover into an empty one, or pass --force to replace them"
             )
-        if database is None:
-            _load_tables(services, folder)
-    install_store(folder, config.archive_dir, set(load_manifest(folder)))
-    if database is not None:
+    # Every byte is copied before anything of the installation is replaced: a full disk fails
+    # the recovery here and leaves the installation as it was.
+    staged = stage_store(folder, config.archive_dir, set(load_manifest(folder)))
+    staged_database = None if database is None else database.with_name(database.name + STAGING)
+    try:
+        if staged_database is not None:
+            staged_database.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / ACTIVE_DB, staged_database)
+            with open(staged_database, "rb+") as f:
+                os.fsync(f.fileno())
+        else:
+            with Services.open(config) as services:
+                _load_tables(services, folder)  # one transaction: all rows or none
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        if staged_database is not None:
+            staged_database.unlink(missing_ok=True)
+        raise
+    install_staged_store(staged, config.archive_dir)
+    if database is not None and staged_database is not None:
         for suffix in ("-wal", "-shm", "-journal"):
             Path(str(database) + suffix).unlink(missing_ok=True)  # a stale WAL would replay
-        database.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(folder / ACTIVE_DB, database)
-        with open(database, "rb+") as f:
-            os.fsync(f.fileno())
+        os.replace(staged_database, database)
+        fsync_directory(database.parent)
     with Services.open(config, create=True) as services:
         with services.sessions.begin() as session:
             session.execute(delete(Lease))
@@ -427,22 +448,28 @@ def _own_tables(services: Services) -> list[Any]:
     return [t for t in Base.metadata.sorted_tables if t.name in OWN_TABLES and t.name in present]
 
 
-def _dump_tables(services: Services, folder: Path) -> dict[str, Path]:
-    """Write each of Archivist's own tables as JSON Lines (`.partial` files); one snapshot."""
+def _dump_tables(services: Services, folder: Path) -> tuple[dict[str, Path], int]:
+    """Write each of Archivist's own tables as JSON Lines (`.partial` files) from one snapshot;
+    returns them and how many active records they hold."""
     (folder / TABLES_FOLDER).mkdir(exist_ok=True)
     written: dict[str, Path] = {}
+    active = 0
     with services.read_sessions.begin() as session:
+        if services.engine.dialect.name == "postgresql":  # every table as of one moment
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         for table in _own_tables(services):
             fresh = folder / TABLES_FOLDER / f"{table.name}.jsonl.partial"
+            query = select(table).order_by(*table.primary_key.columns)
             with open(fresh, "w", encoding="utf-8") as f:
-                for row in session.execute(select(table).order_by(*table.primary_key.columns)):
+                for row in session.execute(query.execution_options(yield_per=_ROWS_PER_BATCH)):
                     values = {
                         key: value.isoformat() if isinstance(value, datetime) else value
                         for key, value in row._mapping.items()
                     }
                     f.write(json.dumps(values, ensure_ascii=False, sort_keys=True) + "\n")
+                    active += table.name == ACTIVE_TABLE.name
             written[f"{TABLES_FOLDER}/{table.name}.jsonl"] = fresh
-    return written
+    return written, active
 
 
 def _load_tables(services: Services, folder: Path) -> None:
@@ -456,7 +483,7 @@ def _load_tables(services: Services, folder: Path) -> None:
             if not path.is_file():
                 continue
             times = {c.name for c in table.columns if isinstance(c.type, UTCDateTime)}
-            rows = []
+            rows: list[dict[str, Any]] = []
             with open(path, encoding="utf-8") as f:
                 for line in f:
                     values = json.loads(line)
@@ -464,6 +491,9 @@ def _load_tables(services: Services, folder: Path) -> None:
                         if values[name] is not None:
                             values[name] = datetime.fromisoformat(values[name])
                     rows.append(values)
+                    if len(rows) >= _ROWS_PER_BATCH:
+                        session.execute(table.insert(), rows)
+                        rows = []
             if rows:
                 session.execute(table.insert(), rows)
             _advance_sequence(session, table)
