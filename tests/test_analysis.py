@@ -82,6 +82,15 @@ def test_mixed_text_keeps_character_offsets() -> None:
             assert text[s:e] == "ABC-1"
 
 
+def test_offsets_inside_an_identifier_survive_letters_that_lower_to_two() -> None:
+    # "İ".lower() is two characters: offsets into the lowered word must be mapped back, or
+    # every highlight after it lands one character late
+    text = "İİ-order:INV-2024-7 refund"
+    spans = {text[s:e] for _term, _pos, s, e in iter_tokens(text)}
+    assert {"INV-2024-7", "INV", "2024", "7", "order", "refund"} <= spans
+    assert all(span for span in spans)
+
+
 def test_normalize_query_text_leaves_other_syntax_alone() -> None:
     assert normalize_query_text('refund AND "+86 138 0013 8000"') == 'refund AND "8613800138000"'
     assert normalize_query_text("2023 AND 2024") == "2023 AND 2024"

@@ -119,6 +119,20 @@ def _segment(run: str) -> list[str]:
     return rjieba.cut(run)  # type: ignore[no-any-return]
 
 
+def _lowered_offsets(chunk: str) -> list[int]:
+    """For each index into `chunk.lower()` (and its end), the index into `chunk` it came from."""
+    offsets = [i for i, c in enumerate(chunk) for _ in c.lower()]
+    offsets.append(len(chunk))
+    return offsets
+
+
+def _in_text(start: int, at_char: list[int] | None, i: int, end: bool = False) -> int:
+    """The text offset of index `i` into a lowered chunk that begins at `start`."""
+    if at_char is None:
+        return start + i
+    return start + (at_char[i - 1] + 1 if end and i else at_char[i])
+
+
 def iter_tokens(
     text: str, mode: str = "index", start_pos: int = 0
 ) -> Iterator[tuple[str, int, int, int]]:
@@ -144,17 +158,22 @@ def iter_tokens(
             whole = _digits_only(lower) or lower
             yield whole, pos, start, m.end()
             if not query:
+                # offsets into `lower` are offsets into the text only while lowering keeps
+                # every character one character long (`İ` becomes two)
+                at_char = _lowered_offsets(chunk) if len(lower) != len(chunk) else None
                 seen = {whole}
-                at = start
+                at = 0
                 for piece in _LABEL_SEPARATORS.split(lower):  # each identifier inside, whole
                     if piece not in seen and _COMPOUND.search(piece):
                         seen.add(piece)
-                        yield _digits_only(piece) or piece, pos, at, at + len(piece)
+                        yield (_digits_only(piece) or piece, pos, _in_text(start, at_char, at),
+                               _in_text(start, at_char, at + len(piece), end=True))
                     at += len(piece) + 1  # (and its one-character separator)
                 for part in _PART_RE.finditer(lower):
                     p = stem(part.group())
                     if p not in seen:
-                        yield p, pos, start + part.start(), start + part.end()
+                        yield (p, pos, _in_text(start, at_char, part.start()),
+                               _in_text(start, at_char, part.end(), end=True))
             pos += 1
         elif kind == "cjk":
             n = len(chunk)
