@@ -50,6 +50,8 @@ _APPEND_TRIES = 5
 BLANKED_TARGET = "(erased)"
 BLANKED_DETAILS = '{"erased":true}'  # canonical_details({"erased": True})
 BLANKED_KEY = "audit_blanked"  # in an entry's details: the seqs of the entries it blanked
+# ... and beside them, by seq, the hash of what each blanked entry keeps (`kept_fields_hash`)
+KEPT_KEY = "audit_blanked_kept"
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,18 @@ def compute_entry_hash(
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def kept_fields_hash(
+    seq: int, at: datetime, actor: str, action: str, outcome: str, entry_hash: str
+) -> str:
+    """The SHA-256 over what a blanked entry keeps. Its own hash covers the text it no longer
+    has; the erasure that blanks it lists this one, so the time, actor, action and outcome it
+    kept stay checked."""
+    content = [seq, at.astimezone(UTC).isoformat(timespec="microseconds"), actor, action,
+               outcome, entry_hash]
+    text = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def append_audit(session: Session, events: Sequence[AuditEvent]) -> list[int]:
     """Append events at the head of the chain, in the caller's transaction; returns their seqs."""
     head = session.execute(
@@ -218,8 +232,9 @@ def iter_chain_problems(session: Session, batch_size: int = 1000) -> Iterator[st
     """
     expected_seq, prev_hash = 1, GENESIS_HASH
     last = 0
-    blanked: list[int] = []
+    blanked: dict[int, str] = {}  # seq -> the hash of what it kept
     listed: set[int] = set()
+    listed_kept: dict[int, str] = {}
     while True:
         rows = list(
             session.scalars(
@@ -237,7 +252,9 @@ def iter_chain_problems(session: Session, batch_size: int = 1000) -> Iterator[st
             if r.prev_hash != prev_hash:
                 yield f"audit log: entry {r.seq} does not follow the entry before it"
             if r.target == BLANKED_TARGET and r.details == BLANKED_DETAILS:
-                blanked.append(r.seq)
+                blanked[r.seq] = kept_fields_hash(
+                    r.seq, r.at, r.actor, r.action, r.outcome, r.entry_hash
+                )
             else:
                 recomputed = compute_entry_hash(
                     r.seq, r.at, r.actor, r.action, r.target, r.outcome, r.details, r.prev_hash
@@ -245,14 +262,22 @@ def iter_chain_problems(session: Session, batch_size: int = 1000) -> Iterator[st
                 if recomputed != r.entry_hash:
                     yield f"audit log: entry {r.seq} was changed after it was written"
                 if BLANKED_KEY in r.details:
-                    seqs = json.loads(r.details).get(BLANKED_KEY)
+                    details = json.loads(r.details)
+                    seqs = details.get(BLANKED_KEY)
                     if isinstance(seqs, list):
                         listed.update(s for s in seqs if isinstance(s, int) and s < r.seq)
+                    kept = details.get(KEPT_KEY)  # (erasures before it was listed have none)
+                    if isinstance(kept, dict):
+                        listed_kept.update(
+                            (int(s), h) for s, h in kept.items() if s.isdigit() and int(s) < r.seq
+                        )
             expected_seq, prev_hash = r.seq + 1, r.entry_hash
         last = rows[-1].seq
-    for seq in blanked:
+    for seq, kept_hash in blanked.items():
         if seq not in listed:
             yield f"audit log: entry {seq} was blanked, and no erasure lists it"
+        elif seq in listed_kept and listed_kept[seq] != kept_hash:
+            yield f"audit log: entry {seq} was changed after it was blanked"
 
 
 def blank_entries(session: Session, entries: Iterable[tuple[int, str]]) -> list[int]:
@@ -312,7 +337,19 @@ def write_blanking(
             with sessions.begin() as session:
                 blanked = blank_entries(session, entries)
                 if blanked:
-                    event = AuditEvent(at, actor, "erase", target, "ok", {BLANKED_KEY: blanked})
+                    kept = {
+                        str(row.seq): kept_fields_hash(
+                            row.seq, row.at, row.actor, row.action, row.outcome, row.entry_hash
+                        )
+                        for start in range(0, len(blanked), 500)
+                        for row in session.scalars(
+                            select(AuditEntry).where(
+                                AuditEntry.seq.in_(blanked[start : start + 500])
+                            )
+                        )
+                    }
+                    details = {BLANKED_KEY: blanked, KEPT_KEY: kept}
+                    event = AuditEvent(at, actor, "erase", target, "ok", details)
                     append_audit(session, [event])
                 return blanked
         except (IntegrityError, OperationalError):

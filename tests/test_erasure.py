@@ -332,7 +332,8 @@ def test_audited_searches_that_named_the_customer_are_blanked(
     assert files_holding(data, MARKER) == []
     audit = client.get("/api/v1/audit?action=erase", headers=admin_headers).json
     listing = [e["details"] for e in audit["entries"] if "audit_blanked" in e["details"]]
-    assert listing == [{"audit_blanked": [seq for seq, _, _ in before[:3]]}]
+    assert [d["audit_blanked"] for d in listing] == [[seq for seq, _, _ in before[:3]]]
+    assert sorted(listing[0]["audit_blanked_kept"]) == sorted(str(s) for s, _, _ in before[:3])
     assert any(e["details"].get("audit_entries_blanked") == 3 for e in audit["entries"])
     assert verify_all(services).problems == []
     ledger = ledger_path(services.config.key_file).read_text()
@@ -389,6 +390,66 @@ def test_a_blanked_audit_entry_no_erasure_lists_breaks_the_chain(
     assert [p.reason for p in verify_all(services).problems] == [
         f"audit log: entry {seq} was blanked, and no erasure lists it"
     ]
+
+
+def test_what_a_blanked_entry_keeps_is_still_checked(
+    client: Any, admin_headers: Any, services: Services, erasable: Any
+) -> None:
+    from archivist.active_db import AuditEntry
+
+    audited_searches(client, admin_headers)
+    seq, _, _ = search_entries(services)[0]
+    assert client.post("/api/v1/erase", headers=admin_headers,
+                       json={"customer_id": "C-ERASE", "reason": "asked"}).status_code == 200
+    assert search_entries(services)[0][1] == "(erased)"
+    assert verify_all(services).problems == []
+    with services.sessions.begin() as session:  # its actor, action and outcome are rewritten
+        entry = session.get(AuditEntry, seq)
+        entry.actor, entry.action, entry.outcome = "auditor", "read", "forbidden"
+    assert [p.reason for p in verify_all(services).problems] == [
+        f"audit log: entry {seq} was changed after it was blanked"
+    ]
+
+
+def test_restores_and_holds_that_named_the_customer_are_blanked(
+    client: Any, admin_headers: Any, services: Services, erasable: Any, config_path: Path
+) -> None:
+    from archivist.active_db import AuditEntry
+
+    hold = {"scope": "customer", "value": "C-ERASE",
+            "reason": f"complaint by {EMAIL.decode()}"}
+    assert client.post("/api/v1/holds", json=hold, headers=admin_headers).status_code == 201
+    assert client.delete("/api/v1/holds/customer/C-ERASE",
+                         headers=admin_headers).status_code in (200, 204)
+    other_hold = {"scope": "customer", "value": "C001", "reason": "litigation 7"}
+    assert client.post("/api/v1/holds", json=other_hold, headers=admin_headers).status_code == 201
+    for search in ({"q": MARKER.decode()}, {"customer_id": "C-ERASE"}, {"q": "refund"}):
+        body = {"search": search, "reason": "checking", "dry_run": True}
+        assert client.post("/api/v1/restore", json=body,
+                           headers=admin_headers).status_code == 200
+    body = {"ids": ["O-001"], "reason": f"asked by {EMAIL.decode()}", "dry_run": True}
+    assert client.post("/api/v1/restore", json=body, headers=admin_headers).status_code == 200
+
+    def entries() -> list[tuple[str, str]]:
+        with services.read_sessions.begin() as session:
+            return [(e.action, e.target) for e in session.query(AuditEntry).filter(
+                AuditEntry.action.in_(("restore", "hold_add", "hold_remove"))
+            ).order_by(AuditEntry.seq)]
+
+    assert client.post("/api/v1/erase", headers=admin_headers,
+                       json={"customer_id": "C-ERASE", "reason": "asked"}).status_code == 200
+
+    assert entries() == [
+        ("hold_add", "(erased)"), ("hold_remove", "(erased)"), ("hold_add", "customer:C001"),
+        ("restore", "(erased)"), ("restore", "(erased)"), ("restore", "search"),
+        ("restore", "(erased)"),
+    ]
+    data = config_path.parent / "data"
+    assert files_holding(data, MARKER) == []
+    with services.read_sessions.begin() as session:  # (E-RST, active, still holds the address)
+        assert not [e.seq for e in session.query(AuditEntry)
+                    if EMAIL.decode() in e.target + e.details or "C-ERASE" in e.target]
+    assert verify_all(services).problems == []
 
 
 def test_a_recovered_copy_of_the_audit_log_is_blanked_again(

@@ -1,8 +1,10 @@
 """Which audit entries name an erased customer, so an erasure can blank them.
 
-Searches and exports are audited with the query that was typed: after an erasure, a search for
-the customer's e-mail address or a word of their text would keep that text in the audit log.
-An entry names the erased records when its query text holds the customer's id, or a word of the
+Searches and exports are audited with the query that was typed, restores and legal holds with
+their reasons (a bulk restore with its search, a hold with the customer it holds): after an
+erasure, a search for the customer's e-mail address or a word of their text would keep that text
+in the audit log. An entry names the erased records when its typed text holds the customer's
+id, or a word of the
 erased records (of any archived version of them) that no other archived record holds (the index
 finds none but theirs for it, so the answer is the same before the erasure and after it): their
 e-mail addresses or a part of one, phone numbers, names, unusual words, or a prefix or wildcard
@@ -25,7 +27,9 @@ from archivist.audit import BLANKED_DETAILS
 from indexer.errors import BadQuery
 from indexer.search import SearchEngine, SearchQuery
 
-QUERY_ACTIONS = ("search", "export")
+# Entries that hold typed text: searches and exports (their query), restores (a reason, and a
+# bulk restore's search), legal holds (the value held, and a reason).
+QUERY_ACTIONS = ("search", "export", "restore", "hold_add", "hold_remove")
 _SPLIT = re.compile(r"[\s\"'()\[\]{}<>,;:!|+=~]+")
 _STRIP = ".:-^"
 _BOOST = re.compile(r"\^[\d.]*$")
@@ -56,23 +60,38 @@ def record_text(records: Iterable[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
-def query_words(target: str, details: str) -> set[str]:
-    """The words typed into an audited search or export, lowercased.
+def query_words(target: str, details: str, action: str = "search") -> set[str]:
+    """The words typed into an audited entry, lowercased: a search's or export's query, a
+    bulk restore's search, a restore's or a hold's reason, the customer a hold names.
 
-    :param target: the entry's target (the query text)
-    :param details: the entry's details JSON (its `q` and filters)
+    :param target: the entry's target (a search's query text, a hold's `scope:value`)
+    :param details: the entry's details JSON (its `q` and filters, a `search`, a `reason`)
+    :param action: the entry's action
     """
-    texts = [target]
+    texts = [target] if action in ("search", "export") else []
     words = set()
     try:
         value = json.loads(details)
     except ValueError:
         value = {}
-    if isinstance(value, dict):
-        if value.get("q"):
-            texts.append(str(value["q"]))
-        if value.get("customer_id"):  # a filter: the whole id, however short
-            words.add(str(value["customer_id"]).lower())
+    if not isinstance(value, dict):
+        value = {}
+    queries = [value, value.get("search")]
+    for query in queries:
+        if not isinstance(query, dict):
+            continue
+        if query.get("q"):
+            texts.append(str(query["q"]))
+        if query.get("customer_id"):  # a filter: the whole id, however short
+            words.add(str(query["customer_id"]).lower())
+    if value.get("reason"):
+        texts.append(str(value["reason"]))
+    if action in ("hold_add", "hold_remove"):
+        scope, _, held = target.partition(":")
+        if scope == "customer":
+            words.add(held.lower())
+        elif scope == "category":
+            texts.append(held)
     for text in texts:
         for word in _SPLIT.split(text.lower()):
             word = _BOOST.sub("", word).strip(_STRIP)
@@ -162,8 +181,8 @@ class NamingWords:
 def entries_naming(
     session: Session, naming: NamingWords, after: int = 0
 ) -> tuple[list[tuple[int, str]], int]:
-    """(seq, entry_hash) of each audited search or export whose query names erased records,
-    and the last seq looked at.
+    """(seq, entry_hash) of each audited entry whose typed text names erased records (see
+    `QUERY_ACTIONS`), and the last seq looked at.
 
     :param session: a session on the active database
     :param naming: the words that name the erased records
@@ -172,7 +191,8 @@ def entries_naming(
     last = session.scalar(select(func.max(AuditEntry.seq))) or 0
     found: list[tuple[int, str]] = []
     rows = session.execute(
-        select(AuditEntry.seq, AuditEntry.entry_hash, AuditEntry.target, AuditEntry.details)
+        select(AuditEntry.seq, AuditEntry.entry_hash, AuditEntry.action, AuditEntry.target,
+               AuditEntry.details)
         .where(
             AuditEntry.seq > after, AuditEntry.seq <= last,
             AuditEntry.action.in_(QUERY_ACTIONS), AuditEntry.details != BLANKED_DETAILS,
@@ -180,7 +200,7 @@ def entries_naming(
         .order_by(AuditEntry.seq)
         .execution_options(yield_per=1000)
     )
-    for seq, entry_hash, target, details in rows:
-        if any(naming(word) for word in query_words(target, details)):
+    for seq, entry_hash, action, target, details in rows:
+        if any(naming(word) for word in query_words(target, details, action)):
             found.append((seq, entry_hash))
     return found, max(last, after)
