@@ -487,6 +487,27 @@ def test_a_recovered_copy_of_the_audit_log_is_blanked_again(
     assert files_holding(database.parent, MARKER) == []
 
 
+def test_chinese_names_and_words_of_records_naming_no_customer_are_blanked_too(
+    client: Any, admin_headers: Any, services: Services, archived: Any, make_record: Any
+) -> None:
+    others = [make_record(id=f"O-{i}", customer_id="C-OTHER", body="客户要求退款。")
+              for i in range(3)]
+    case = make_record(id="CASE-1", customer_id="C-LI", body="李伟 来电。")
+    # a message of their case: it names no customer, and counts as theirs through the case
+    message = make_record(id="MSG-1", customer_id=None, parent_id="CASE-1",
+                          body="Reply to flurbix.q@example.net: 我们会处理退款。")
+    archived(*others, case, message)
+    for q in ("李伟", "退款", "flurbix.q@example.net"):
+        assert client.get("/api/v1/search", headers=admin_headers,
+                          query_string={"q": q}).json["total"] >= 1
+
+    assert client.post("/api/v1/erase", headers=admin_headers,
+                       json={"customer_id": "C-LI", "reason": "asked"}).json["erased"] == 2
+
+    assert [t for _, t, _ in search_entries(services)] == ["(erased)", "退款", "(erased)"]
+    assert verify_all(services).problems == []
+
+
 def test_the_words_of_an_audited_query() -> None:
     from indexer.jobs.erasure_audit import query_words
 

@@ -36,6 +36,8 @@ _BOOST = re.compile(r"\^[\d.]*$")
 _WILDCARDS = re.compile(r"[*?]")
 _PART = re.compile(r"[a-z0-9]+")  # what a whole part of a word is, in spaced scripts
 MIN_WORD = 3  # letters and digits typed, wildcards not counted
+MIN_CJK_WORD = 2  # ... in Chinese, where two characters make a word or a name (李伟)
+_CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
 def record_text(records: Iterable[dict[str, Any]]) -> str:
@@ -95,7 +97,8 @@ def query_words(target: str, details: str, action: str = "search") -> set[str]:
     for text in texts:
         for word in _SPLIT.split(text.lower()):
             word = _BOOST.sub("", word).strip(_STRIP)
-            if len(_WILDCARDS.sub("", word)) >= MIN_WORD:
+            typed = len(_WILDCARDS.sub("", word))
+            if typed >= (MIN_CJK_WORD if _CJK.search(word) else MIN_WORD):
                 words.add(word)
     return words
 
@@ -123,7 +126,6 @@ class NamingWords:
         # every form a search for them takes (`138-0013-8000`, `+8613800138000`, `013800138000`)
         self._terms = index.terms_of(text)
         self._customer = customer_id.lower() if customer_id else None
-        self._customer_id = customer_id
         self._ids = set(record_ids)
         self._index = index
         self._known: dict[str, bool] = {}
@@ -152,11 +154,9 @@ class NamingWords:
             return True
         if total > len(self._ids):
             return False
-        if self._customer_id is not None:  # the customer's archived records are all erased
-            theirs = SearchQuery(q=word, customer_id=self._customer_id, per_page=1)
-            return self._index.search(theirs).total == total
-        hits = self._index.search(SearchQuery(q=word, per_page=total)).hits
-        return all(hit.id in self._ids for hit in hits)
+        # (not a `customer_id` filter: a record of theirs may name no customer itself, a
+        # message of their case that counts as theirs through it)
+        return all(hit.id in self._ids for hit in self._index.iter_hits(SearchQuery(q=word)))
 
     def _occurs(self, word: str) -> bool:
         """Whether the erased text holds the word (wildcards matching) as a whole word or a
