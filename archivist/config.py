@@ -200,7 +200,7 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
     )
     server_config = ServerConfig(
         host=_get(server, "host", str, "127.0.0.1", "server"),
-        port=_get(server, "port", int, 8080, "server"),
+        port=_port(server),
         processes=_positive(server, "processes", 2, "server"),
         threads=_positive(server, "threads", ServerConfig.threads, "server"),
         rate_limit_per_minute=_positive(server, "rate_limit_per_minute", 600, "server"),
@@ -283,6 +283,13 @@ def _get(table: dict[str, Any], key: str, kind: type, default: Any, where: str) 
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         expected = {int: "an integer", str: "a string"}.get(kind, kind.__name__)
         raise ConfigError(f"{where}.{key} must be {expected}, got {value!r}")
+    return value
+
+
+def _port(server: dict[str, Any]) -> int:
+    value: int = _get(server, "port", int, 8080, "server")
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"server.port must be between 0 and 65535, got {value}")
     return value
 
 

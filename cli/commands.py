@@ -233,7 +233,7 @@ def restore(
     from werkzeug.datastructures import MultiDict
 
     from indexer.jobs.bulk_restore import restore_in_bulk
-    from server.schemas import load_search_query
+    from server.schemas import load_restore_query
     if bool(ids) == (search is not None):
         raise click.UsageError("give record ids or --search PARAMS (one of them, not both)")
     if not reason.strip() or len(reason) > 500:
@@ -244,7 +244,7 @@ def restore(
             args = MultiDict(parse_qsl(search, keep_blank_values=True, errors="strict"))
         except UnicodeDecodeError:
             raise click.UsageError("--search is not UTF-8 once %-decoded") from None
-        query = load_search_query(args, config.server.max_query_length, export=True)
+        query = load_restore_query(args, config.server.max_query_length)
     details: dict[str, Any] = {"reason": reason, "dry_run": dry_run}
     with Services.open(config) as services, tqdm(
         unit=" records", file=sys.stderr, disable=dry_run, leave=False
@@ -520,7 +520,8 @@ def _log_to_stderr() -> None:
 
 @main.command()
 @click.option("--host", default=None, help="Address to listen on (default: server.host).")
-@click.option("--port", type=int, default=None, help="Port to listen on (default: server.port).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Port to listen on (default: server.port).")
 @config_option
 def serve(host: str | None, port: int | None, config: Config) -> None:
     """Serve the HTTP API on gunicorn until SIGTERM or Ctrl-C."""
@@ -539,7 +540,8 @@ def serve(host: str | None, port: int | None, config: Config) -> None:
     help="How many demo records to generate.",
 )
 @click.option("--host", default=None, help="Address to listen on (default: server.host).")
-@click.option("--port", type=int, default=None, help="Port to listen on (default: server.port).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Port to listen on (default: server.port).")
 @config_option
 def demo(count: int, host: str | None, port: int | None, config: Config) -> None:
     """Showcase: init, load demo data, archive it, then serve and run the worker until Ctrl-C."""

@@ -140,6 +140,8 @@ def describe_query(query: SearchQuery) -> dict[str, Any]:
         if value:
             out[name] = value
     out["date_field"] = query.date_field
+    if query.sort:  # (it decides an export's row order, and so its SHA-256)
+        out["sort"] = query.sort
     return out
 
 

@@ -31,6 +31,7 @@ from server.schemas import (
     SearchPageSchema,
     StatsSchema,
     args_to_dict,
+    load_restore_query,
     load_search_query,
 )
 
@@ -120,7 +121,7 @@ def bulk_restore() -> Any:
             k: [v] if k in SearchArgsSchema.LIST_FIELDS and isinstance(v, str) else v
             for k, v in data["search"].items()
         }
-        query = load_search_query(search, services.config.server.max_query_length, export=True)
+        query = load_restore_query(search, services.config.server.max_query_length)
     report = actions.bulk_restore(
         actor(), data["reason"].strip(), ids=data.get("ids"), query=query,
         dry_run=data["dry_run"], limit=services.config.server.max_bulk_restore,

@@ -62,6 +62,16 @@ def _bounds(data: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
     return date_from, date_to
 
 
+class JsonBoolean(fields.Boolean):
+    """`true` or `false` only: `"no"` or `0` read as false would make a real run of what was
+    meant as a dry run."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("must be true or false")
+        return value
+
+
 class SearchArgsSchema(Schema):
     """Parameters of `GET /search` and `GET /export.csv`."""
 
@@ -114,10 +124,9 @@ class SearchArgsSchema(Schema):
 
 
 class ExportArgsSchema(SearchArgsSchema):
-    """Parameters of `GET /export.csv`: the search filters; paging does not apply."""
-
-    class Meta:
-        exclude = ("page", "per_page")
+    """Parameters of `GET /export.csv` and of a restore by search: the search's parameters,
+    taken as for `GET /search` so that a search's URL can be reused; every match is exported
+    or restored, so `page` and `per_page` are checked but do not apply."""
 
 
 class AuditArgsSchema(Schema):
@@ -278,7 +287,7 @@ class EraseSchema(Schema):
     customer_id = fields.String(validate=Length(min=1, max=256), load_default=None)
     record_id = fields.String(validate=Length(min=1, max=128), load_default=None)
     reason = fields.String(required=True, validate=Length(min=1, max=500))
-    dry_run = fields.Boolean(load_default=False)
+    dry_run = JsonBoolean(load_default=False)
 
     @validates_schema
     def _check_target(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -317,7 +326,7 @@ class BulkRestoreBodySchema(Schema):
     ids = fields.List(fields.String(validate=Length(min=1, max=128)))
     search = fields.Dict(keys=fields.String())
     reason = fields.String(required=True, validate=Length(min=1, max=500))
-    dry_run = fields.Boolean(load_default=False)
+    dry_run = JsonBoolean(load_default=False)
 
     @validates_schema
     def _check_target(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -479,6 +488,16 @@ def load_search_query(
     except ValidationError as e:
         raise BadQuery(describe_errors(e.messages)) from None
     return query
+
+
+def load_restore_query(args: Mapping[str, Any], max_query_length: int) -> SearchQuery:
+    """A restore's search: loaded as an export's, but `page` and `per_page` are refused, not
+    ignored: a restore by search restores every match, and "page 2" must not restore the rest."""
+    for name in ("page", "per_page"):
+        if name in args:
+            raise BadQuery(f"{name}: a restore by search restores every match; "
+                           "page and per_page do not apply")
+    return load_search_query(args, max_query_length, export=True)
 
 
 def describe_errors(messages: Any, prefix: str = "") -> str:

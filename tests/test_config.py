@@ -52,6 +52,7 @@ def test_non_sqlite_urls_are_kept_as_they_are(tmp_path):
         ("[retention.category.finance]\nkeep_years = 'seven'\n", "must be an integer"),
         ("[worker]\narchive_cron = 'every day'\n", "worker.archive_cron is not a crontab"),
         ("[server]\nport = true\n", "server.port must be an integer"),
+        ("[server]\nport = 99999\n", "server.port must be between 0 and 65535, got 99999"),
         ("[index]\nworker_nice = 25\n", "index.worker_nice must be between 0 and 19"),
         ("[server]\nmax_query_length = 10001\n", "server.max_query_length must be at most"),
         # beyond these a cut-off falls before year 1: every run would fail, not the config

@@ -176,12 +176,26 @@ def test_bulk_restore_over_the_limit_is_too_many(
         {"ids": ["X"], "search": {}, "reason": "r"},
         {"search": {"sort": "sideways"}, "reason": "r"},
         {"search": {"page": 2}, "reason": "r"},
+        # "no" or 0 taken for false would make a real run of what was meant as a dry run
+        {"ids": ["X"], "reason": "r", "dry_run": "no"},
+        {"ids": ["X"], "reason": "r", "dry_run": 0},
     ],
 )
 def test_bulk_restore_bad_bodies_are_400(client, admin_headers, body):
     response = client.post("/api/v1/restore", json=body, headers=admin_headers)
     assert response.status_code == 400, response.json
     assert set(response.json["error"]) == {"code", "message"}
+
+
+def test_a_restore_by_search_says_why_it_takes_no_page(client, admin_headers):
+    body = {"search": {"q": "refund", "per_page": 5}, "reason": "r"}
+    response = client.post("/api/v1/restore", json=body, headers=admin_headers)
+    assert response.status_code == 400
+    assert response.json["error"]["message"] == (
+        "per_page: a restore by search restores every match; page and per_page do not apply"
+    )
+    erase = {"customer_id": "C1", "reason": "r", "dry_run": "yes"}
+    assert client.post("/api/v1/erase", json=erase, headers=admin_headers).status_code == 400
 
 
 def test_bulk_restore_is_for_admins(client, agent_headers, auditor_headers):

@@ -346,6 +346,12 @@ def test_search_date_only_to_covers_the_whole_day(index: SearchEngine) -> None:
     assert parse_bound(day, end=True).strftime("%H:%M:%S.%f") == "23:59:59.999999"
 
 
+@pytest.mark.parametrize("text", ["20210615", "2021-W24-2", " 2021-06-15 "])
+def test_a_date_alone_in_any_iso_form_is_a_whole_day(text: str) -> None:
+    assert parse_bound(text, end=False) == datetime(2021, 6, 15, tzinfo=UTC)
+    assert parse_bound(text, end=True) == datetime(2021, 6, 15, 23, 59, 59, 999999, tzinfo=UTC)
+
+
 @pytest.mark.parametrize("text", ["2021-13-01", "yesterday", "2021-01-01T25:00"])
 def test_parse_bound_rejects_bad_input(text: str) -> None:
     with pytest.raises(BadQuery):

@@ -108,6 +108,22 @@ def test_export_checksum_matches_the_bytes_and_the_audit_log(
     assert sent["details"]["rows"] == 125
 
 
+def test_the_audit_log_holds_what_an_export_s_checksum_depends_on(
+    client: Any, auditor_headers: dict[str, str], many: list[Any]
+) -> None:
+    """Row order follows `sort`: the entry must hold it to check the checksum again; a search's
+    URL (with its page) can be exported as it is."""
+    body = client.get("/api/v1/export.csv?q=refund&sort=oldest&page=2&per_page=5",
+                      headers=auditor_headers).get_data()
+    audit = client.get("/api/v1/audit?action=export", headers=auditor_headers).get_json()
+    details = audit["entries"][0]["details"]
+    assert details["sort"] == "oldest" and details["rows"] == 125
+    params = {k: v for k, v in details.items() if k in ("q", "sort", "date_field")}
+    again = client.get("/api/v1/export.csv.sha256", query_string=params,
+                       headers=auditor_headers).get_json()
+    assert again["sha256"] == details["sha256"] == hashlib.sha256(body).hexdigest()
+
+
 def test_abandoned_export_is_audited_as_aborted(
     client: Any, auditor_headers: dict[str, str], many: list[Any]
 ) -> None:

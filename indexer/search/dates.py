@@ -39,11 +39,13 @@ def parse_bound(text: str, end: bool) -> datetime:
     :param end: True for the upper (``to``) bound.
     """
     text = text.strip()
+    try:  # a date alone in any ISO form (`2023-06-15`, `20230615`, `2023-W24-4`)
+        d = date.fromisoformat(text)
+    except ValueError:
+        pass
+    else:
+        return datetime.combine(d, dtime.max if end else dtime.min, tzinfo=UTC)
     try:
-        if len(text) == 10:
-            d = date.fromisoformat(text)
-            t = dtime.max if end else dtime.min
-            return datetime.combine(d, t, tzinfo=UTC)
         value = datetime.fromisoformat(text)
     except ValueError as e:
         raise BadQuery(f"not an ISO date or datetime: {text[:40]!r}") from e
