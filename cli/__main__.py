@@ -2,4 +2,4 @@
 
 from cli.commands import main
 
-main()
+main(prog_name="archivist")

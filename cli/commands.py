@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
 from functools import partial, wraps
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn, cast
 from urllib.parse import parse_qsl
 
 import click
@@ -36,7 +36,16 @@ DOMAIN_ERRORS: tuple[type[Exception], ...] = (ArchivistError, ArchiveStoreError,
 
 
 class ArchivistGroup(click.Group):
-    """A click group that turns domain errors into one line on stderr and exit status 1."""
+    """A click group that turns domain errors into one line on stderr and exit status 1, and
+    usage errors (its own and its commands') into one line and exit status 2."""
+
+    group_class = type  # its subgroups (`hold`, `backup`, `token`) are ArchivistGroups too
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            _usage_error(e)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -44,9 +53,8 @@ class ArchivistGroup(click.Group):
         except DOMAIN_ERRORS as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
-        except click.UsageError as e:  # one line, as every other refusal (not click's usage)
-            click.echo(f"error: {e.format_message()}", err=True)
-            sys.exit(2)
+        except click.UsageError as e:
+            _usage_error(e)
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
         except Exception as e:  # a bug or an environment problem: still one line, exit 2
@@ -56,6 +64,18 @@ class ArchivistGroup(click.Group):
             click.echo(f"error: unexpected {type(e).__name__}: {first_line} "
                        "(set ARCHIVIST_DEBUG=1 for the traceback)", err=True)
             sys.exit(2)
+
+
+def _usage_error(e: click.UsageError) -> NoReturn:
+    """One line, as every other refusal (not click's usage text, nor a whole help page)."""
+    if isinstance(e, click.exceptions.NoArgsIsHelpError) and e.ctx is not None:
+        group = cast(click.Group, e.ctx.command)
+        names = ", ".join(group.list_commands(e.ctx))
+        message = f"missing command, one of: {names} (see {e.ctx.command_path} --help)"
+    else:
+        message = e.format_message()
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
 
 
 def config_option(command: Callable[..., Any]) -> Callable[..., Any]:

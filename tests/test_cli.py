@@ -124,6 +124,18 @@ def test_holds_round_trip(installed):
     assert archivist("hold", "list", "--config", str(installed)).stdout == "no legal holds\n"
 
 
+@pytest.mark.parametrize("args", [(), ("hold",), ("backup",), ("token",),
+                                  ("--config", "config.toml", "stats")])
+def test_a_missing_command_or_a_misplaced_option_is_one_line_too(args):
+    result = archivist(*args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    if args[:1] == ("hold",):
+        assert result.stderr == (
+            "error: missing command, one of: add, list, remove (see archivist hold --help)\n"
+        )
+
+
 @pytest.mark.parametrize("args", [
     ("restore", "R1", "--search", "q=x", "--reason", "r"),
     ("restore", "--reason", "r"),
