@@ -266,6 +266,18 @@ def upsert_records(session: Session, records: Sequence[Record]) -> None:
     )
 
 
+def lock_active(session: Session, record_ids: Sequence[str]) -> None:
+    """Hold these ids' active rows until the transaction ends, so that no archive batch can
+    delete one between a caller's check and its write (on SQLite the write transaction's lock,
+    taken at its first statement, already holds every row)."""
+    ids = list(record_ids)
+    for start in range(0, len(ids), 500):
+        query = select(ACTIVE_TABLE.c.id).where(ACTIVE_TABLE.c.id.in_(ids[start : start + 500]))
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update()
+        session.execute(query).all()
+
+
 def insert_record(session: Session, record: Record) -> None:
     """Insert one record; fails with IntegrityError if its id is already active."""
     session.add(ActiveRecord(**record_row_values(record)))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from archivist.active_db import find_links, upsert_records
+from archivist.active_db import find_links, lock_active, upsert_records
 from archivist.errors import InvalidRecord
 from archivist.records import Record, parse_record
 
@@ -70,6 +70,9 @@ def import_lines(
             on_error(error)
 
     def flush(session: Session) -> None:
+        # Rows held first: an archive batch that moved one of them after the check below, and
+        # before the upsert, would leave the record archived and active again.
+        lock_active(session, [record.id for _, record in batch])
         archived = find_archived([record.id for _, record in batch])
         keep = []
         for number, record in batch:

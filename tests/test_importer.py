@@ -122,3 +122,51 @@ def test_failed_import_writes_nothing(services, make_record):
     with pytest.raises(RuntimeError):
         import_lines(raw, services.sessions, broken)
     assert active_ids(services) == []
+
+
+def test_an_import_racing_an_archive_run_never_leaves_a_record_in_both_places(
+    services, make_record
+):
+    """The import checks which ids are archived, then writes: an archive batch that moved one
+    of them in between would leave it archived and active again, for good."""
+    import threading
+    from datetime import UTC, datetime
+
+    from indexer.jobs.runs import run_archive_job
+
+    run_import(services, [make_record(id="RACE-1", body="first")])
+    checked, archived_meanwhile = threading.Event(), threading.Event()
+
+    def slow_find_archived(ids):
+        found = services.store.find_archived(ids)
+        checked.set()
+        archived_meanwhile.wait(timeout=3)  # (times out with the rows held: the run waits)
+        return found
+
+    line = json.dumps(make_record(id="RACE-1", body="second")).encode()
+    result = {}
+    importer = threading.Thread(target=lambda: result.update(report=import_lines(
+        [line], services.sessions, slow_find_archived, services.config.kinds)))
+    importer.start()
+    assert checked.wait(timeout=10)
+    runner = threading.Thread(
+        target=lambda: result.update(run=run_archive_job(services, datetime(2030, 1, 1, tzinfo=UTC)))
+    )
+    runner.start()
+    runner.join(timeout=2)
+    archived_meanwhile.set()
+    importer.join(timeout=60)
+    runner.join(timeout=60)
+
+    assert result["report"].imported == 1
+    active = find_active_ids(services, ["RACE-1"])
+    in_archive = services.store.find_archived(["RACE-1"])
+    assert len(active) + len(in_archive) == 1, (active, in_archive)
+    if active:  # kept active with the import's text: the run saw the change and left it
+        with services.sessions.begin() as session:
+            assert find_active(session, ["RACE-1"])["RACE-1"].body == "second"
+
+
+def find_active_ids(services, ids):
+    with services.sessions.begin() as session:
+        return set(find_active(session, ids))

@@ -178,3 +178,44 @@ def test_postgres_backup_recovers_into_another_database(
         # the recovered rows keep their times: a later run archives them by their age
         run_archive_job(target, datetime(2028, 1, 1, tzinfo=UTC))
         assert target.store.info("PB-young").state == "archived"
+
+
+def test_postgres_import_racing_an_archive_run_never_leaves_a_record_in_both_places(
+    pg_services, make_record
+):
+    """On PostgreSQL the import holds the rows it checks (`FOR UPDATE`): an archive batch
+    cannot delete one between the import's check and its write."""
+    import threading
+
+    from archivist.active_db import find_active
+
+    services = pg_services
+    load(services, [make_record(id="RACE-1", body="first")])
+    checked, archived_meanwhile = threading.Event(), threading.Event()
+
+    def slow_find_archived(ids):
+        found = services.store.find_archived(ids)
+        checked.set()
+        archived_meanwhile.wait(timeout=3)
+        return found
+
+    line = json.dumps(make_record(id="RACE-1", body="second")).encode()
+    result = {}
+    importer = threading.Thread(target=lambda: result.update(
+        report=import_lines([line], services.sessions, slow_find_archived)))
+    importer.start()
+    assert checked.wait(timeout=10)
+    runner = threading.Thread(target=lambda: result.update(run=run_archive_job(services, AS_OF)))
+    runner.start()
+    runner.join(timeout=2)
+    archived_meanwhile.set()
+    importer.join(timeout=60)
+    runner.join(timeout=60)
+
+    assert result["report"].imported == 1 and "run" in result
+    with services.sessions.begin() as session:
+        active = find_active(session, ["RACE-1"])
+    in_archive = services.store.find_archived(["RACE-1"])
+    assert len(active) + len(in_archive) == 1, (active, in_archive)
+    if active:
+        assert active["RACE-1"].body == "second"
