@@ -16,6 +16,11 @@ from archivist.errors import ArchivistError
 
 ROLES = ("agent", "auditor", "admin")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._@:-]{1,128}")
+# The actors Archivist's own commands and jobs write into audit entries and histories: a token
+# (whose name is its actor) must not pass for one of them.
+SYSTEM_ACTORS = frozenset(
+    {"cli", "worker", "archiver", "reconcile", "disposal", "erasure-ledger"}
+)
 
 
 class TokenError(ArchivistError):
@@ -49,6 +54,9 @@ def create_token(session: Session, name: str, role: str, at: datetime) -> str:
         raise TokenError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     if not NAME_PATTERN.fullmatch(name):
         raise TokenError("a token name is 1-128 characters of letters, digits and ._@:-")
+    if name.lower() in SYSTEM_ACTORS:
+        raise TokenError(f"{name!r} is the name Archivist's own {name.lower()} writes in the "
+                         "audit log; give the token another name")
     if session.scalar(select(ApiToken.id).where(ApiToken.name == name)) is not None:
         raise TokenError(f"a token named {name!r} exists already (revoked ones keep their name)")
     secret = secrets.token_urlsafe(32)

@@ -149,8 +149,9 @@ def test_an_import_racing_an_archive_run_never_leaves_a_record_in_both_places(
         [line], services.sessions, slow_find_archived, services.config.kinds)))
     importer.start()
     assert checked.wait(timeout=10)
+    as_of = datetime(2030, 1, 1, tzinfo=UTC)
     runner = threading.Thread(
-        target=lambda: result.update(run=run_archive_job(services, datetime(2030, 1, 1, tzinfo=UTC)))
+        target=lambda: result.update(run=run_archive_job(services, as_of))
     )
     runner.start()
     runner.join(timeout=2)

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from archivist.active_db import ApiToken, utcnow
 from archivist.tokens import (
+    SYSTEM_ACTORS,
     TokenError,
     create_token,
     find_token,
@@ -58,6 +59,20 @@ def test_revoked_token_is_not_found(services: Any) -> None:
 def test_bad_role_or_name_is_refused(services: Any, name: str, role: str) -> None:
     with services.sessions.begin() as session, pytest.raises(TokenError):
         create_token(session, name, role, utcnow())
+
+
+def test_a_token_cannot_take_the_name_of_archivist_s_own_actors(services: Any) -> None:
+    """Its name is its actor in the audit log and in histories: `cli` or `archiver` would
+    make its actions look like the command line's or the archive job's."""
+    from indexer.jobs import archiver, crm_archiver, disposal, erasure, reconcile, runs
+
+    own = {archiver.ACTOR, crm_archiver.ACTOR, crm_archiver.RECONCILE_ACTOR, disposal.ACTOR,
+           erasure.LEDGER_ACTOR, reconcile.ACTOR, "cli",
+           runs.run_dispose_job.__kwdefaults__["actor"]}
+    assert own <= SYSTEM_ACTORS
+    for name in (*sorted(own), "CLI", "Archiver"):
+        with services.sessions.begin() as session, pytest.raises(TokenError, match="audit log"):
+            create_token(session, name, "admin", utcnow())
 
 
 def test_duplicate_name_and_unknown_revoke_are_refused(services: Any) -> None:
