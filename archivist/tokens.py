@@ -7,12 +7,14 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from archivist.active_db import ApiToken
 from archivist.errors import ArchivistError
+from archivist.ledgers import append_entry, read_entries
 
 ROLES = ("agent", "auditor", "admin")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._@:-]{1,128}")
@@ -65,17 +67,22 @@ def create_token(session: Session, name: str, role: str, at: datetime) -> str:
     return secret
 
 
-def replace_token(session: Session, name: str, role: str, at: datetime) -> str:
+def replace_token(
+    session: Session, name: str, role: str, at: datetime, ledger: Path
+) -> str:
     """Give the token `name` a new secret (creating it if need be) and return the secret.
 
     The old secret stops working, and so do the web sessions opened with it: for a token
     that is handed out again and again under one name, such as the demo's admin token.
+
+    :param ledger: the revocation ledger (`revocation_ledger_path`), which lists the old secret
     """
     row = session.scalar(select(ApiToken).where(ApiToken.name == name))
     if row is None:
         return create_token(session, name, role, at)
     if role not in ROLES:
         raise TokenError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    append_entry(ledger, {"revoked": row.token_sha256})
     secret = secrets.token_urlsafe(32)
     row.role = role
     row.token_sha256 = hash_token(secret)
@@ -99,11 +106,42 @@ def list_tokens(session: Session) -> list[TokenInfo]:
     return [TokenInfo(r.name, r.role, r.created_at, r.revoked_at) for r in rows]
 
 
-def revoke_token(session: Session, name: str, at: datetime) -> None:
-    """Revoke a token by name; it stops working (the server notices within seconds)."""
+def revoke_token(session: Session, name: str, at: datetime, ledger: Path) -> None:
+    """Revoke a token by name; it stops working (the server notices within seconds).
+
+    :param ledger: the revocation ledger (`revocation_ledger_path`): written first, so that a
+        backup taken before the revocation does not bring the token back when recovered
+    """
     row = session.scalar(select(ApiToken).where(ApiToken.name == name))
     if row is None:
         raise TokenError(f"no token named {name!r}")
     if row.revoked_at is not None:
         raise TokenError(f"token {name!r} is revoked already")
+    append_entry(ledger, {"revoked": row.token_sha256})
     row.revoked_at = at
+
+
+def revocation_ledger_path(key_file: Path) -> Path:
+    """The ledger of revoked token secrets, beside the archive key file (like the erasure
+    ledger, outside every backup).
+
+    :param key_file: `[archive] key_file`
+    """
+    return key_file.with_name(key_file.name + ".revoked")
+
+
+def apply_revocation_ledger(session: Session, ledger: Path, at: datetime) -> int:
+    """Revoke again, after a backup was recovered, every token whose secret the ledger lists
+    as revoked since; returns how many.
+
+    :param session: a write session on the recovered active database
+    :param ledger: the revocation ledger
+    :param at: when
+    """
+    revoked = {e["revoked"] for e in read_entries(ledger) if isinstance(e.get("revoked"), str)}
+    count = 0
+    for row in session.scalars(select(ApiToken).where(ApiToken.revoked_at.is_(None))):
+        if row.token_sha256 in revoked:
+            row.revoked_at = at
+            count += 1
+    return count

@@ -26,7 +26,13 @@ from archivist.errors import ArchivistError
 from archivist.holds import add_hold, list_holds, remove_hold
 from archivist.importer import import_lines
 from archivist.records import format_utc
-from archivist.tokens import ROLES, create_token, list_tokens, revoke_token
+from archivist.tokens import (
+    ROLES,
+    create_token,
+    list_tokens,
+    revocation_ledger_path,
+    revoke_token,
+)
 from indexer.errors import IndexerError
 from indexer.services import Services
 
@@ -528,7 +534,7 @@ def token_revoke(name: str, config: Config) -> None:
     with Services.open(config) as services:
         create_schema(services.engine)
         with services.sessions.begin() as session:
-            revoke_token(session, name, utcnow())
+            revoke_token(session, name, utcnow(), revocation_ledger_path(config.key_file))
     click.echo(f"token {name!r} revoked")
 
 

@@ -268,6 +268,38 @@ def test_a_forced_recovery_that_runs_out_of_disk_leaves_the_installation_as_it_w
         assert verify_all(target).problems == []
 
 
+def test_a_recovery_keeps_tokens_revoked_since_the_backup_revoked_and_ends_web_sessions(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path,
+    client: Any, admin_headers: dict[str, str], config_path: Path,
+) -> None:
+    from archivist.tokens import find_token
+    from archivist.web_sessions import WebSession
+    from tests.test_ui_pages import _sign_in
+
+    archived(*_records(make_record, 0, 5))
+    with services.sessions.begin() as session:
+        leaked = create_token(session, "ops", "admin", utcnow())
+        kept = create_token(session, "ops-2", "admin", utcnow())
+    _sign_in(client, admin_headers)
+    folder = tmp_path / "backup"
+    create_backup(services, folder, utcnow())
+    revoked = subprocess.run(
+        [sys.executable, "-m", "archivist", "token", "revoke", "ops", "--config",
+         str(config_path)], capture_output=True, text=True,
+    )
+    assert revoked.returncode == 0, revoked.stderr
+
+    other = _fresh_config(tmp_path, "other")  # the key, and the ledgers beside it
+    for ledger in tmp_path.glob("archive.key.*"):
+        shutil.copy2(ledger, other.path.parent / ledger.name)
+    recover_backup(other, folder, utcnow())
+
+    with Services.open(other) as target, target.sessions.begin() as session:
+        assert find_token(session, leaked) is None  # not back from before its revocation
+        assert find_token(session, kept) is not None
+        assert session.query(WebSession).count() == 0
+
+
 def test_admin_status_warns_without_a_recent_backup(
     services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path,
     client: Any, admin_headers: dict[str, str],

@@ -107,7 +107,7 @@ def test_revoked_token_is_refused(services: Any, admin_headers: dict[str, str]) 
         client = app.test_client()
         assert client.get("/api/v1/stats", headers=admin_headers).status_code == 200
         with services.sessions.begin() as session:
-            revoke_token(session, "test-admin", utcnow())
+            revoke_token(session, "test-admin", utcnow(), ledger(services))
         assert client.get("/api/v1/stats", headers=admin_headers).status_code == 401
     finally:
         close_app(app)
@@ -161,3 +161,10 @@ def test_reads_do_not_wait_for_a_writers_lock(
         reader.join(15)
         assert not reader.is_alive(), "a read waited for the write lock"
     assert answers == {"search": 200, "stats": 200}
+
+
+def ledger(services: Any) -> Any:
+    """The installation's revocation ledger, beside its key file."""
+    from archivist.tokens import revocation_ledger_path
+
+    return revocation_ledger_path(services.config.key_file)

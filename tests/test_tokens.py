@@ -47,7 +47,7 @@ def test_roles_include_the_lower_ones(services: Any) -> None:
 def test_revoked_token_is_not_found(services: Any) -> None:
     with services.sessions.begin() as session:
         secret = create_token(session, "bob", "admin", utcnow())
-        revoke_token(session, "bob", utcnow())
+        revoke_token(session, "bob", utcnow(), ledger(services))
         assert find_token(session, secret) is None
         assert find_token(session, "made-up") is None
         assert list_tokens(session)[0].revoked_at is not None
@@ -81,7 +81,7 @@ def test_duplicate_name_and_unknown_revoke_are_refused(services: Any) -> None:
     with services.sessions.begin() as session, pytest.raises(TokenError, match="exists"):
         create_token(session, "carol", "admin", utcnow())
     with services.sessions.begin() as session, pytest.raises(TokenError, match="no token"):
-        revoke_token(session, "dave", utcnow())
+        revoke_token(session, "dave", utcnow(), ledger(services))
 
 
 def test_cli_token_create_list_revoke(services: Any, config_path: Path) -> None:
@@ -113,10 +113,17 @@ def test_cli_token_create_list_revoke(services: Any, config_path: Path) -> None:
 def test_replace_token_gives_a_new_secret_under_the_same_name(services: Any) -> None:
     at = datetime(2026, 3, 1, tzinfo=UTC)
     with services.sessions.begin() as session:
-        first = replace_token(session, "demo-admin", "admin", at)
-        revoke_token(session, "demo-admin", at)
-        second = replace_token(session, "demo-admin", "admin", at)
+        first = replace_token(session, "demo-admin", "admin", at, ledger(services))
+        revoke_token(session, "demo-admin", at, ledger(services))
+        second = replace_token(session, "demo-admin", "admin", at, ledger(services))
         assert find_token(session, first) is None
         live = find_token(session, second)
         assert live is not None and (live.name, live.role) == ("demo-admin", "admin")
         assert [t.name for t in list_tokens(session)] == ["demo-admin"]
+
+
+def ledger(services: Any) -> Any:
+    """The installation's revocation ledger, beside its key file."""
+    from archivist.tokens import revocation_ledger_path
+
+    return revocation_ledger_path(services.config.key_file)

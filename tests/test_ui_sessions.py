@@ -70,7 +70,7 @@ def test_revoking_the_token_ends_its_sessions(
 ) -> None:
     cookie = _sign_in(client, agent_headers)
     with services.sessions.begin() as session:
-        revoke_token(session, "test-agent", datetime.now(UTC))
+        revoke_token(session, "test-agent", datetime.now(UTC), ledger(services))
     assert _browser(app, cookie).get("/search").status_code == 302
 
 
@@ -86,3 +86,10 @@ def test_web_session_expires_and_ends(services: Any, agent_headers: dict[str, st
         assert find_web_session(session, session_id, at + timedelta(hours=12)) is None
         end_web_session(session, session_id)
         assert find_web_session(session, session_id, at + timedelta(hours=1)) is None
+
+
+def ledger(services: Any) -> Any:
+    """The installation's revocation ledger, beside its key file."""
+    from archivist.tokens import revocation_ledger_path
+
+    return revocation_ledger_path(services.config.key_file)

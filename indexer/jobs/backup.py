@@ -72,6 +72,8 @@ from archivist.active_db import (
 from archivist.audit import iter_chain_problems
 from archivist.config import Config
 from archivist.records import format_utc
+from archivist.tokens import apply_revocation_ledger, revocation_ledger_path
+from archivist.web_sessions import WebSession
 from indexer.jobs.erasure import apply_erasure_ledger
 from indexer.jobs.indexing import rebuild_index
 from indexer.jobs.reconcile import reconcile_pending
@@ -378,6 +380,11 @@ def recover_backup(
         # What was erased after the backup was taken stays erased: the ledger lives beside the
         # key file, outside every backup. Before the rebuild, so its text never reaches the index.
         apply_erasure_ledger(services, at)
+        with services.sessions.begin() as session:
+            # Tokens revoked since the backup stay revoked; every browser signs in again (a
+            # session signed out since would otherwise be live again).
+            apply_revocation_ledger(session, revocation_ledger_path(config.key_file), at)
+            session.execute(delete(WebSession))
         indexed = rebuild_index(services.store, services.index)
         counts = services.store.counts()
         with services.read_sessions.begin() as session:

@@ -10,7 +10,12 @@ from functools import partial
 from archivist.active_db import count_active
 from archivist.demo_data import generate_demo_records
 from archivist.importer import import_lines
-from archivist.tokens import list_tokens, replace_token, revoke_token
+from archivist.tokens import (
+    list_tokens,
+    replace_token,
+    revocation_ledger_path,
+    revoke_token,
+)
 from indexer.jobs.runs import run_archive_job
 from indexer.processes import find_archived_parents
 from indexer.services import Services
@@ -52,9 +57,10 @@ def demo_admin_token(services: Services, now: datetime) -> str:
 
     Tokens that earlier versions made on every start (`demo-admin-<time>`) are revoked.
     """
+    ledger = revocation_ledger_path(services.config.key_file)
     with services.sessions.begin() as session:
         for token in list_tokens(session):
             stamp = token.name.removeprefix(f"{DEMO_TOKEN_NAME}-")
             if stamp != token.name and stamp.isdigit() and token.revoked_at is None:
-                revoke_token(session, token.name, now)
-        return replace_token(session, DEMO_TOKEN_NAME, "admin", now)
+                revoke_token(session, token.name, now, ledger)
+        return replace_token(session, DEMO_TOKEN_NAME, "admin", now, ledger)

@@ -28,9 +28,7 @@ for one interrupted.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -50,6 +48,7 @@ from archivist.active_db import ActiveRecord
 from archivist.audit import AuditEvent, write_audit, write_blanking
 from archivist.crm_rows import CrmTables, count_customer_rows, count_record_rows
 from archivist.holds import load_hold_set
+from archivist.ledgers import append_entry, read_entries
 from archivist.processes import find_processes, is_held
 from indexer.errors import IndexerError
 from indexer.jobs.erasure_audit import NamingWords, entries_naming
@@ -335,49 +334,10 @@ def wipe_free_pages(services: Services) -> None:
                     "at that process's next checkpoint")
 
 
-def append_ledger(path: Path, entry: dict[str, Any]) -> None:
-    """Append one erasure to the ledger and fsync it (mode 0600).
-
-    :param path: the ledger file
-    :param entry: ids and hashes only, never content
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(entry, sort_keys=True).encode("utf-8") + b"\n"
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":  # a line torn by a crash: end it
-            line = b"\n" + line
-        try:
-            written = 0
-            while written < len(line):  # a full disk may take part of it: not a line then
-                written += os.write(fd, line[written:])
-            os.fsync(fd)
-        except OSError:
-            os.ftruncate(fd, size)  # no torn line: the erasure fails before it erases
-            raise
-    finally:
-        os.close(fd)
-
-
-def load_ledger(path: Path) -> list[dict[str, Any]]:
-    """Every erasure in the ledger, oldest first (none if there is no ledger).
-
-    :param path: the ledger file
-    """
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return []
-    entries = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            entries.append(json.loads(line))
-        except ValueError:  # torn by a crash or a full disk before this file was fsynced
-            log.warning("%s: line %d is not a whole erasure; skipped", path, number)
-    return entries
+# The erasure ledger's lines, written whole or not at all (a full disk fails the erasure before
+# it erases), and read back skipping a line a crash tore.
+append_ledger = append_entry
+load_ledger = read_entries
 
 
 def _customer_ids_by_hash(store: ArchiveStore, hashes: set[str]) -> dict[str, str]:
