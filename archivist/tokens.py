@@ -100,6 +100,18 @@ def find_token(session: Session, secret: str) -> TokenInfo | None:
     return TokenInfo(row.name, row.role, row.created_at)
 
 
+def token_is_live(session: Session, name: str) -> bool:
+    """Whether the token `name` exists and is not revoked (a long export asks again).
+
+    :param session: a session on the active database
+    :param name: the token's name
+    """
+    revoked = session.execute(
+        select(ApiToken.revoked_at).where(ApiToken.name == name)
+    ).first()
+    return revoked is not None and revoked[0] is None
+
+
 def list_tokens(session: Session) -> list[TokenInfo]:
     """Every token, revoked ones included, oldest first."""
     rows = session.scalars(select(ApiToken).order_by(ApiToken.created_at, ApiToken.id))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import time as time_module
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from archivist.disposals import (
 )
 from archivist.holds import Hold, add_hold, list_holds, remove_hold
 from archivist.records import Record, format_utc
-from archivist.tokens import TokenInfo
+from archivist.tokens import TokenInfo, token_is_live
 from archivist.web_sessions import end_web_session, find_web_session, start_web_session
 from indexer.crm_view import view_record_process
 from indexer.jobs.bulk_restore import restore_in_bulk
@@ -71,6 +72,12 @@ class Actor:
     services: Services
     audit: AuditWriter
     now: Callable[[], datetime] = utcnow
+    recheck_seconds: float = 5.0  # how often a long stream asks whether the token still lives
+
+    def still_allowed(self) -> bool:
+        """Whether the token is still live: a revocation ends a stream under way too."""
+        with self.services.read_sessions.begin() as session:
+            return token_is_live(session, self.name)
 
 
 @dataclass(frozen=True)
@@ -397,8 +404,14 @@ def _export_stream(actor: Actor, query: SearchQuery) -> Iterator[bytes]:
     size = 0
     with audited(actor, "export", query.q, describe_query(query), wait=True) as entry:
         counter = _Counter(actor.services.index.iter_hits(query))
+        next_check = time_module.monotonic() + actor.recheck_seconds
         try:
             for chunk in iter_csv(iter(counter)):
+                if time_module.monotonic() >= next_check:
+                    if not actor.still_allowed():  # revoked meanwhile: the stream ends here
+                        entry.outcome = "revoked"
+                        return
+                    next_check = time_module.monotonic() + actor.recheck_seconds
                 digest.update(chunk)
                 size += len(chunk)
                 yield chunk

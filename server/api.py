@@ -42,7 +42,9 @@ _SEARCH_PAGE = SearchPageSchema()  # built once: construction costs about a mill
 def actor() -> actions.Actor:
     """The acting token and the app's services."""
     ext = current_app.extensions
-    return actions.Actor(current_token().name, ext["archivist"], ext["archivist_audit"])
+    services = ext["archivist"]
+    return actions.Actor(current_token().name, services, ext["archivist_audit"],
+                         recheck_seconds=services.config.server.token_cache_seconds)
 
 
 def search_query(*, export: bool = False) -> SearchQuery:

@@ -132,3 +132,41 @@ def test_abandoned_export_is_audited_as_aborted(
     response.close()
     audit = client.get("/api/v1/audit?action=export", headers=auditor_headers).get_json()
     assert audit["entries"][0]["outcome"] == "aborted"
+
+
+def test_an_export_under_way_stops_when_its_token_is_revoked(
+    services: Any, archived: Callable[..., Any], make_record: Callable[..., dict[str, Any]],
+    admin_headers: dict[str, str],
+) -> None:
+    """A revoked token stops working for requests under way too: a long export ends at its
+    next check, and the audit log says why."""
+    import dataclasses
+
+    from archivist.active_db import utcnow
+    from archivist.tokens import revocation_ledger_path, revoke_token
+    from server import create_app
+    from tests.conftest import close_app
+
+    archived(*[make_record(id=f"BIG-{n:04d}", subject=f"{n} " + "long subject " * 80)
+               for n in range(400)])  # about 400 KiB of CSV: several chunks
+    server = dataclasses.replace(services.config.server, token_cache_seconds=0)
+    app = create_app(dataclasses.replace(services.config, server=server))
+    try:
+        client = app.test_client()
+        response = client.get("/api/v1/export.csv", headers=admin_headers, buffered=False)
+        chunks = iter(response.response)
+        received = next(chunks)
+        with services.sessions.begin() as session:
+            revoke_token(session, "test-admin", utcnow(),
+                         revocation_ledger_path(services.config.key_file))
+        received += b"".join(chunks)
+        response.close()
+        rows = list(csv.DictReader(io.StringIO(received.decode("utf-8"))))
+        assert 0 < len(rows) < 400
+        with services.read_sessions.begin() as session:
+            from archivist.active_db import AuditEntry
+
+            entry = session.query(AuditEntry).filter(AuditEntry.action == "export").one()
+        assert entry.outcome == "revoked"
+    finally:
+        close_app(app)

@@ -66,7 +66,9 @@ from server.ui.session import (
 def _actor() -> actions.Actor:
     ext = current_app.extensions
     token: TokenInfo = g.ui_token
-    return actions.Actor(token.name, ext["archivist"], ext["archivist_audit"])
+    services = ext["archivist"]
+    return actions.Actor(token.name, services, ext["archivist_audit"],
+                         recheck_seconds=services.config.server.token_cache_seconds)
 
 
 def _services() -> Services:
