@@ -6,6 +6,7 @@ store's commit point. WAL mode lets readers in other threads and processes carry
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -153,6 +154,8 @@ def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
     if read_only:
         conn = _connect_read_only(path)
     else:
+        if not path.exists():  # private (customer ids, sealed keys); its WAL alike
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA synchronous=FULL")

@@ -7,6 +7,7 @@ runs, the worker's lease), so that one database URL configures everything.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -148,6 +149,8 @@ def make_engine(url: str) -> Engine:
     if parsed.database and parsed.database != ":memory:":
         database = Path(parsed.database).absolute()
         database.parent.mkdir(parents=True, exist_ok=True)
+        if not database.exists():  # private (token hashes, the audit log); its WAL alike
+            os.close(os.open(database, os.O_CREAT | os.O_WRONLY, 0o600))
         connect_args["factory"] = connection_factory(database)
     engine = create_engine(url, connect_args=connect_args)
 

@@ -56,6 +56,10 @@ def test_init_makes_a_private_key_file_and_no_text_reaches_the_archive(
     key_file = config_path.parent / "archive.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert len(base64.b64decode(key_file.read_text())) == 32
+    # the databases too: token hashes and the audit log; customer ids and sealed data keys
+    data = config_path.parent / "data"
+    for database in (data / "active.db", data / "archive" / "catalog.db"):
+        assert stat.S_IMODE(database.stat().st_mode) == 0o600, database
     records = [make_record(id=f"K-{i}", body=f"{MARKER} li.wei@example.com {i}")
                for i in range(30)]
     archivist("import", str(write_jsonl(tmp_path / "in.jsonl", records)),
