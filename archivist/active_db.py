@@ -6,8 +6,8 @@ runs, the worker's lease), so that one database URL configures everything.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -149,8 +149,6 @@ def make_engine(url: str) -> Engine:
     if parsed.database and parsed.database != ":memory:":
         database = Path(parsed.database).absolute()
         database.parent.mkdir(parents=True, exist_ok=True)
-        if not database.exists():  # private (token hashes, the audit log); its WAL alike
-            os.close(os.open(database, os.O_CREAT | os.O_WRONLY, 0o600))
         connect_args["factory"] = connection_factory(database)
     engine = create_engine(url, connect_args=connect_args)
 
@@ -208,6 +206,13 @@ def create_schema(engine: Engine) -> None:
     register_all_tables()
     Base.metadata.create_all(engine)
     upgrade_schema(engine)
+    database = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
+    if database and database != ":memory:":  # private: token hashes, the audit log
+        for suffix in ("", "-wal", "-shm"):
+            path = Path(database + suffix)
+            with contextlib.suppress(OSError):  # (another owner's file is left as it is)
+                if path.stat().st_mode & 0o077:
+                    path.chmod(0o600)
 
 
 def register_all_tables() -> None:
