@@ -80,8 +80,9 @@ class Record:
 
 
 def valid_record_id(text: str) -> bool:
-    """Whether `text` can be a record's id: the contract's characters, no `..`."""
-    return ID_PATTERN.fullmatch(text) is not None and ".." not in text
+    """Whether `text` can be a record's id: the contract's characters; not `.` or `..` alone,
+    which a URL path (`/records/<id>`) cannot carry: clients resolve them away."""
+    return ID_PATTERN.fullmatch(text) is not None and text not in (".", "..")
 
 
 def parse_record(obj: Any, kinds: Collection[str] | None = None) -> Record:
@@ -98,7 +99,7 @@ def parse_record(obj: Any, kinds: Collection[str] | None = None) -> Record:
     record_id = _required(obj, "id", str)
     if not valid_record_id(record_id):
         raise InvalidRecord(
-            "id must be 1-128 characters of A-Z a-z 0-9 . _ : - without '..', "
+            "id must be 1-128 characters of A-Z a-z 0-9 . _ : - (not '.' or '..' alone), "
             f"got {record_id[:140]!r}"
         )
     values: dict[str, Any] = {"id": record_id}

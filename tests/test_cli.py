@@ -56,7 +56,7 @@ def test_import_reports_bad_lines_and_prints_the_summary(installed, tmp_path, ma
     assert result.stdout.strip() == "imported 2, rejected 2"
     assert result.stderr.splitlines() == [
         "line 2: malformed JSON: Expecting property name enclosed in double quotes at column 2",
-        "line 3: id must be 1-128 characters of A-Z a-z 0-9 . _ : - without '..', "
+        "line 3: id must be 1-128 characters of A-Z a-z 0-9 . _ : - (not '.' or '..' alone), "
         "got 'bad/id'",
     ]
 

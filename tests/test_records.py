@@ -49,7 +49,8 @@ def test_timestamps_are_stored_in_utc(given, expected):
     ("overrides", "reason"),
     [
         ({"id": "a/b"}, "id must be"),
-        ({"id": "a..b"}, "id must be"),
+        ({"id": ".."}, "id must be"),  # (`a..b` is an id: the contract's characters)
+        ({"id": "."}, "id must be"),
         ({"id": ""}, "id must be"),
         ({"id": "x" * 129}, "id must be"),
         ({"id": 5}, "id must be a string"),
@@ -115,3 +116,15 @@ def test_record_fields_are_the_one_list_the_model_and_active_table_follow() -> N
         }
     )
     assert list(record.to_json()) == list(RECORD_FIELDS)
+
+
+def test_every_id_of_the_contract_s_characters_is_an_id(
+    client, admin_headers, archived, make_record
+):
+    """`[A-Za-z0-9._:-]{1,128}`: dots in a row too, and such a record can be read by URL."""
+    from archivist.records import parse_record
+
+    assert parse_record(make_record(id="INV..2024:a.b")).id == "INV..2024:a.b"
+    archived(make_record(id="case..7", body="dots in a row"))
+    response = client.get("/api/v1/records/case..7", headers=admin_headers)
+    assert response.status_code == 200 and response.json["record"]["id"] == "case..7"
