@@ -37,7 +37,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from archivist.records import RECORD_FIELDS, Record, record_from_json
+from archivist.records import MAX_CHARS, RECORD_FIELDS, Record, record_from_json
 from archivist.sqlite_writers import QueuedConnection, connection_factory
 
 
@@ -66,13 +66,13 @@ class ActiveRecord(Base):
     __tablename__ = "active_records"
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(64))
-    category: Mapped[str] = mapped_column(String(128))
-    customer_id: Mapped[str | None] = mapped_column(String(256))
-    owner: Mapped[str | None] = mapped_column(String(256))
+    kind: Mapped[str] = mapped_column(String(MAX_CHARS["kind"]))
+    category: Mapped[str] = mapped_column(String(MAX_CHARS["category"]))
+    customer_id: Mapped[str | None] = mapped_column(String(MAX_CHARS["customer_id"]))
+    owner: Mapped[str | None] = mapped_column(String(MAX_CHARS["owner"]))
     subject: Mapped[str] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(MAX_CHARS["status"]))
     created_at: Mapped[str] = mapped_column(String(32))  # canonical text, as given back
     updated_at: Mapped[str] = mapped_column(String(32))
     updated_at_utc: Mapped[datetime] = mapped_column(UTCDateTime)  # for age comparisons
@@ -422,7 +422,7 @@ class Disposal(Base):
     run_id: Mapped[str] = mapped_column(String(32))
     record_id: Mapped[str] = mapped_column(String(128))
     sha256: Mapped[str] = mapped_column(String(64))
-    category: Mapped[str] = mapped_column(String(128))
+    category: Mapped[str] = mapped_column(String(MAX_CHARS["category"]))
     policy: Mapped[str] = mapped_column(String(160))  # `default` or `category.<name>`
     keep_years: Mapped[int] = mapped_column(Integer)
     as_of: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -21,6 +21,8 @@ _FRACTION = re.compile(r"T\d{2}:?\d{2}:?\d{2}[.,]\d")
 _TEXT_FIELDS = ("kind", "category", "subject", "body", "status")
 _OPTIONAL_TEXT_FIELDS = ("customer_id", "owner")
 _TIME_FIELDS = ("created_at", "updated_at")
+# The longest values the active database's columns take (and the search filters accept).
+MAX_CHARS = {"kind": 64, "category": 128, "status": 64, "customer_id": 256, "owner": 256}
 RECORD_FIELDS = (
     "id",
     "kind",
@@ -110,6 +112,9 @@ def parse_record(obj: Any, kinds: Collection[str] | None = None) -> Record:
     for name in ("kind", "category", "status"):
         if not values[name]:
             raise InvalidRecord(f"{name} must not be empty")
+    for name, limit in MAX_CHARS.items():
+        if values[name] is not None and len(values[name]) > limit:
+            raise InvalidRecord(f"{name} is longer than {limit} characters")
     if kinds is not None and values["kind"] not in kinds:
         raise InvalidRecord(
             f"kind must be one of {', '.join(sorted(kinds))}, got {values['kind']!r}"

@@ -55,6 +55,11 @@ def test_timestamps_are_stored_in_utc(given, expected):
         ({"id": "x" * 129}, "id must be"),
         ({"id": 5}, "id must be a string"),
         ({"kind": "letter"}, "kind must be one of"),
+        # the active database's columns (and the search filters) take no longer values
+        ({"customer_id": "C" * 257}, "customer_id is longer than 256 characters"),
+        ({"category": "c" * 129}, "category is longer than 128 characters"),
+        ({"owner": "o" * 257}, "owner is longer than 256 characters"),
+        ({"status": "s" * 65}, "status is longer than 64 characters"),
         ({"category": ""}, "category must not be empty"),
         ({"customer_id": 12}, "customer_id must be a string or null"),
         ({"subject": None}, "subject must be a string"),
