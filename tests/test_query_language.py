@@ -233,3 +233,21 @@ def test_an_identifier_glued_to_a_label_or_to_chinese_is_found_typed_whole(
         assert _ids(index, q=q) == {"G-1"}
     finally:
         index.close()
+
+
+@pytest.mark.parametrize("q", ["致电+86 138 0013 8000", "请拨打+86 138 0013 8000，谢谢"])
+def test_a_phone_number_glued_to_chinese_is_read_in_the_query_as_in_the_text(
+    tmp_path: Path, make_record: Callable[..., dict[str, Any]], q: str
+) -> None:
+    """Pasted as the records have it: the number is one identifier, the Chinese before it a
+    word of its own; not "致电 before any +86 number, and 138 0013 8000 anywhere"."""
+    index = SearchIndex.open(tmp_path / "index")
+    try:
+        index.add([
+            (make_record(id="G-1", body="致电+86 138 0013 8000，请拨打+86 138 0013 8000，谢谢"), AT),
+            # both halves, but not together: another number after 致电
+            (make_record(id="G-2", body="call +86 138 0013 8000; 致电+86-139-1234-5678"), AT),
+        ])
+        assert _ids(index, q=q) == {"G-1"}
+    finally:
+        index.close()

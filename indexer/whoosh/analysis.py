@@ -61,8 +61,11 @@ _CHUNK_RE = re.compile(
 _LABEL_SEPARATORS = re.compile(r"[:/']")
 _COMPOUND = re.compile(r"[._+-]")
 _PART_RE = re.compile(_WORD)
+# ... as the index reads it: also glued to Chinese text (`致电+86 138 0013 8000`)
 _PHONE_QUERY_RE = re.compile(
-    r"(?<![\w+.:-])(?:\+\d{1,4}(?: \d{2,5}){1,5}|\d{2,5}(?: \d{2,5}){2,5})(?![\w@*?~]|[.:/-]\w)"
+    rf"(?:(?P<cjk>[{_CJK}]+)|(?<![+.:-])(?<![^\W{_CJK}]))"
+    r"(?P<phone>\+\d{1,4}(?: \d{2,5}){1,5}|\d{2,5}(?: \d{2,5}){2,5})"
+    rf"(?![^\W{_CJK}]|[@*?~]|[.:/-]\w)"
 )
 _DIGITISH_RE = re.compile(r"\+?[\d.\- ()]+")
 _MIN_PHONE_DIGITS = 7
@@ -295,7 +298,17 @@ def normalize_query_text(q: str) -> str:
     """
 
     def repl(m: re.Match[str]) -> str:
-        return _digits_only(m.group()) or m.group()
+        digits = _digits_only(m.group("phone"))
+        if digits is None:
+            return m.group()
+        chinese = m.group("cjk")
+        if not chinese:
+            return digits
+        # Glued to the Chinese before it, as pasted from a record: the two together, as a
+        # phrase (within the user's own quotes, already one)
+        if q.count('"', 0, m.start()) % 2:
+            return f"{chinese} {digits}"
+        return f'"{chinese} {digits}"'
 
     return _PHONE_QUERY_RE.sub(repl, q)
 
