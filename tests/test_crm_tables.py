@@ -352,6 +352,53 @@ def test_crm_bad_mapping_is_a_one_line_error_naming_the_entry(tmp_path, pg_url, 
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (('kind = "note"', 'kind = "memo"'),
+         "[[active.table]] #3 (notes): kind 'memo' is not one of [records] kinds"),
+        (('parent = { column = "parent_case_id", table = "cases" }',
+          'parent = { column = "id", table = "cases" }'),
+         "[[active.table]] #1 (cases): parent column 'id' is the key itself"),
+    ],
+)
+def test_crm_mapping_mistakes_no_row_could_pass_are_refused_at_start(
+    tmp_path, pg_url, edit, message
+):
+    """A kind the installation does not allow, or a table that would be every row's own
+    parent, is a config error naming the entry, not a run that archives nothing (or the
+    wrong thing) without a word."""
+    run_sql(pg_url, (EXAMPLE / "schema.sql").read_text())
+    mapping = (EXAMPLE / "mapping.toml").read_text()
+    old, new = edit
+    assert mapping.count(old) == 1
+    path = write_config(tmp_path, pg_url, mapping.replace(old, new))
+
+    with pytest.raises(ConfigError) as error:
+        Services.open(load_config(path)).close()
+
+    assert "\n" not in str(error.value)
+    assert message in str(error.value)
+
+
+def test_crm_a_row_whose_kind_column_is_not_an_allowed_kind_stays_in_the_crm(
+    tmp_path: Path, pg_url: str, caplog
+):
+    run_sql(pg_url, """
+        CREATE TABLE memos (id bigint PRIMARY KEY, queue text NOT NULL, sort text NOT NULL,
+                            at timestamptz NOT NULL, tag text);
+        INSERT INTO memos VALUES (1, 'support', 'note', '2020-01-01', 'fine'),
+                                 (2, 'support', 'memo', '2020-01-01', 'unknown kind');
+    """)
+    mapping = note_table_mapping("memos", "m:").replace(
+        'kind = "note"', 'kind = { column = "sort" }')
+    with Services.open(load_config(write_config(tmp_path, pg_url, mapping)), create=True) as crm:
+        report = run_archive_job(crm, utcnow())
+        assert report.archived == 1
+        assert crm.store.find_archived(["m:1", "m:2"]) == {"m:1"}
+    assert "row m:2 is not archived: kind must be one of" in caplog.text
+
+
 def test_crm_mapping_key_typo_is_a_one_line_error_naming_it(tmp_path, pg_url):
     mapping = (EXAMPLE / "mapping.toml").read_text()
     typo = mapping.replace('key = "msg_id"', 'key = "msg_id"\nkee = 1')

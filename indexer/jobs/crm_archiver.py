@@ -105,6 +105,7 @@ def archive_crm_tables(
     should_stop: Callable[[], bool] = lambda: False,
     job_run_id: int | None = None,
     dry_run: bool = False,
+    kinds: tuple[str, ...] | None = None,
 ) -> CrmArchiveReport:
     """Archive every aged, unheld, unreferenced process of the mapped tables.
 
@@ -113,6 +114,8 @@ def archive_crm_tables(
     :param index_batch: hands archived records (JSON values) to the indexer.
     :param job_run_id: the `job_runs` row the blocked rows are written beside.
     :param dry_run: count what would move (in `by_category`) without moving anything.
+    :param kinds: the kinds a record may have (`[records] kinds`); a row of another kind
+        stays in the CRM, logged. None allows any.
     """
     if not dry_run:
         reconcile_crm_pending(sessions, store, crm, archived_at)
@@ -137,7 +140,7 @@ def archive_crm_tables(
                 processes = [p for p in processes if p.root_id not in decided]
                 for process in processes:
                     decided.update(process.record_ids)
-                due = _due(processes, store, rules, as_of, holds)
+                due = _due(processes, store, rules, as_of, holds, kinds)
                 report.held_back += len(processes) - len(due)
                 with sessions.begin() as session:
                     blocked = _referenced(session, due, refs)
@@ -302,6 +305,7 @@ def _due(
     rules: RetentionRules,
     as_of: datetime,
     holds: Any,
+    kinds: tuple[str, ...] | None = None,
 ) -> list[CrmProcess]:
     """The processes whose every row is aged (restore grace included), valid and unheld."""
     catalog = store.entries(rid for p in processes for rid in p.record_ids)
@@ -334,7 +338,7 @@ def _due(
                 ok = False
                 break
             try:
-                parse_record(record)
+                parse_record(record, kinds)
             except InvalidRecord as e:
                 log.warning("row %s is not archived: %s", row.record_id, e)
                 ok = False

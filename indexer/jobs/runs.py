@@ -104,6 +104,7 @@ def _run_crm_archive_job(
             should_stop=should_stop,
             job_run_id=job_run_id,
             dry_run=dry_run,
+            kinds=config.kinds,
         )
 
     if dry_run:
