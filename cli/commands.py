@@ -155,6 +155,8 @@ def archive(as_of: datetime | None, dry_run: bool, config: Config) -> None:
         click.echo(f"archived {report.archived}, indexed {report.indexed}")
     for constraint, count in report.blocked_by.items():
         click.echo(f"blocked {count}: still referenced through {constraint}", err=True)
+    for reason, count in report.refused_by.items():
+        click.echo(f"refused {count}: {reason}", err=True)
 
 
 @main.command()

@@ -399,6 +399,121 @@ def test_crm_a_row_whose_kind_column_is_not_an_allowed_kind_stays_in_the_crm(
     assert "row m:2 is not archived: kind must be one of" in caplog.text
 
 
+LOCKED_ITEMS = """
+    CREATE TABLE items (id bigint PRIMARY KEY, queue text NOT NULL, at timestamptz NOT NULL,
+                        tag text, locked boolean NOT NULL DEFAULT false);
+    INSERT INTO items VALUES (1, 'support', '2020-01-01', 'locked', true),
+                             (2, 'support', '2020-01-01', 'free', false),
+                             (3, 'support', '2020-01-01', 'free too', false);
+"""
+KEEPS_LOCKED_ROWS = {
+    "trigger": """
+        CREATE FUNCTION keep_locked() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF OLD.locked THEN RETURN NULL; END IF;
+          RETURN OLD;
+        END $$;
+        CREATE TRIGGER items_keep BEFORE DELETE ON items FOR EACH ROW
+            EXECUTE FUNCTION keep_locked();
+    """,
+    "rule": "CREATE RULE items_keep AS ON DELETE TO items WHERE OLD.locked DO INSTEAD NOTHING;",
+    "raise": """
+        CREATE FUNCTION refuse_locked() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF OLD.locked THEN RAISE EXCEPTION 'item % is locked', OLD.id; END IF;
+          RETURN OLD;
+        END $$;
+        CREATE TRIGGER items_refuse BEFORE DELETE ON items FOR EACH ROW
+            EXECUTE FUNCTION refuse_locked();
+    """,
+}
+
+
+@pytest.fixture(params=sorted(KEEPS_LOCKED_ROWS))
+def locked_items(request, tmp_path: Path, pg_url: str):
+    """Three aged rows of `items`; the CRM refuses to delete the locked one (a trigger that
+    keeps it silently, a DO INSTEAD NOTHING rule, or a trigger that raises)."""
+    run_sql(pg_url, LOCKED_ITEMS + KEEPS_LOCKED_ROWS[request.param])
+    config = load_config(write_config(tmp_path, pg_url, note_table_mapping("items", "i:")))
+    with Services.open(config, create=True) as services:
+        yield request.param, services
+
+
+def _item_ids(services: Services) -> list[int]:
+    with services.engine.connect() as connection:
+        return list(connection.scalars(text("SELECT id FROM items ORDER BY id")))
+
+
+def test_crm_a_row_the_crm_refuses_to_delete_stays_active_and_is_not_archived(locked_items):
+    """A row kept by a DELETE trigger or rule, or one whose DELETE raises, is in one place
+    only: its table. Its archived copy is undone in the same run, the run says why and goes
+    on with the other rows, and later runs do the same without failing."""
+    how, crm = locked_items
+
+    report = run_archive_job(crm, utcnow())
+
+    assert report.archived == 2
+    assert report.refused == 1
+    [(reason, count)] = report.refused_by.items()
+    assert count == 1 and reason.startswith("items: ")
+    assert ("item 1 is locked" if how == "raise" else "DELETE trigger or rule") in reason
+    assert _item_ids(crm) == [1]
+    assert crm.store.find_archived(["i:1", "i:2", "i:3"]) == {"i:2", "i:3"}
+    assert crm.store.info("i:1").state == "restored"
+    assert list(crm.store.iter_pending()) == []
+    with crm.sessions.begin() as session:
+        blocks = {(b.record_id, b.referencing_table) for b in session.query(JobRunBlock).all()}
+    assert blocks == {("i:1", "items")}
+    assert verify_all(crm).problems == []
+
+    again = run_archive_job(crm, utcnow())
+    assert (again.archived, again.refused) == (0, 1)
+    assert _item_ids(crm) == [1]
+    assert crm.store.find_archived(["i:1"]) == set()
+    assert list(crm.store.iter_pending()) == []
+
+
+def test_crm_cli_archive_says_why_a_row_was_refused(locked_items):
+    from click.testing import CliRunner
+
+    from cli.commands import main
+
+    how, crm = locked_items
+    result = CliRunner().invoke(main, ["archive", "--config", str(crm.config.path)])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("archived 2, ")
+    assert result.stderr.startswith("refused 1: items: ")
+    assert crm.index.search(SearchQuery(q="locked")).total == 0
+
+
+def test_crm_a_delete_left_pending_that_the_crm_refuses_is_settled_as_active(locked_items):
+    """A move a crash interrupted after the store wrote the record: settling it tries the
+    delete again, and when the CRM refuses it the row stays, its archived copy undone,
+    instead of failing every later run."""
+    from archive_store import ArchiveItem
+    from archivist.records import parse_utc
+    from indexer.jobs.crm_archiver import load_processes
+
+    _, crm = locked_items
+    with crm.sessions.begin() as session:
+        [process] = load_processes(session, crm.crm, {"items": [1]})
+    record = process.rows[0].record
+    crm.store.archive_batch([ArchiveItem(
+        record_id="i:1", record=record, category=record["category"], customer_id=None,
+        created_at=parse_utc(record["created_at"]), updated_at=parse_utc(record["updated_at"]),
+    )], utcnow(), "archiver")
+    assert [e.pending for e in crm.store.iter_pending()] == ["delete_active"]
+
+    report = run_archive_job(crm, utcnow())
+
+    assert report.archived == 2
+    assert _item_ids(crm) == [1]
+    assert crm.store.find_archived(["i:1"]) == set()
+    assert list(crm.store.iter_pending()) == []
+    assert verify_all(crm).problems == []
+
+
 def test_crm_mapping_key_typo_is_a_one_line_error_naming_it(tmp_path, pg_url):
     mapping = (EXAMPLE / "mapping.toml").read_text()
     typo = mapping.replace('key = "msg_id"', 'key = "msg_id"\nkee = 1')
@@ -822,3 +937,4 @@ def note_table_mapping(table: str, id_prefix: str) -> str:
         'subject = { column = "tag" }\ncreated_at = { column = "at" }\n'
         'updated_at = { column = "at" }\n'
     )
+

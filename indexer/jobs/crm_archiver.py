@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table, select, tuple_
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive_store import ArchiveItem, ArchiveStore, CatalogEntry
@@ -88,6 +88,8 @@ class CrmArchiveReport:
     held_back: int = 0  # processes with an aged row left active: a row not aged, or held
     by_category: Counter[str] = field(default_factory=Counter)
     blocked_by: Counter[str] = field(default_factory=Counter)  # constraint -> records
+    refused: int = 0  # records left active because the CRM refused their DELETE
+    refused_by: Counter[str] = field(default_factory=Counter)  # "table: reason" -> records
 
 
 def archive_crm_tables(
@@ -488,8 +490,29 @@ def move_processes(
         _report_blocked(
             sessions, report, whole, outcome.blocked, job_run_id, dry_run=False
         )
+    if outcome.refused and report is not None:
+        _report_refused(sessions, report, whole, outcome.refused, job_run_id)
     moved = set(outcome.deleted)
     return [p for p in whole if p.root_id in moved]
+
+
+def _report_refused(
+    sessions: sessionmaker[Session],
+    report: CrmArchiveReport,
+    processes: list[CrmProcess],
+    refused: dict[str, tuple[str, str]],
+    job_run_id: int | None,
+) -> None:
+    rows: list[tuple[str, str, str]] = []
+    for process in processes:
+        if process.root_id not in refused:
+            continue
+        table, reason = refused[process.root_id]
+        report.refused += len(process.rows)
+        report.refused_by[f"{table}: {reason}"] += len(process.rows)
+        rows.extend((rid, reason[:256], table) for rid in process.record_ids)
+    with sessions.begin() as session:
+        record_blocks(session, job_run_id, rows)
 
 
 @dataclass
@@ -497,8 +520,18 @@ class DeleteOutcome:
     """What `delete_processes` did."""
 
     deleted: list[str] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)  # changed meanwhile, or blocked
+    kept: list[str] = field(default_factory=list)  # changed meanwhile, blocked or refused
     blocked: dict[str, tuple[str, str]] = field(default_factory=dict)
+    refused: dict[str, tuple[str, str]] = field(default_factory=dict)  # root -> (table, why)
+
+
+class _DeleteRefused(Exception):
+    """The CRM did not delete a row of the process: a DELETE trigger or rule kept it, or the
+    DELETE failed (a trigger raised)."""
+
+    def __init__(self, table: str, reason: str) -> None:
+        super().__init__(f"{table}: {reason}")
+        self.table, self.reason = table, reason
 
 
 def delete_processes(session: Session, processes: list[CrmProcess]) -> DeleteOutcome:
@@ -506,11 +539,11 @@ def delete_processes(session: Session, processes: list[CrmProcess]) -> DeleteOut
 
     The rows are locked and compared with what was stored first: a process the CRM changed
     meanwhile stays whole. The rest are deleted together under one SAVEPOINT; if a foreign key
-    refuses that, each process is deleted under its own, so the one refused stays whole and
-    the others go.
+    or the CRM (a trigger, a rule) refuses that, each process is deleted under its own, so the
+    one refused stays whole and the others go.
     """
     outcome = DeleteOutcome()
-    changed = _changed(session, processes)
+    changed, present = _changed(session, processes)
     for process in processes:
         if process.root_id in changed:
             log.info("process %s changed while it was archived; it stays active",
@@ -519,8 +552,8 @@ def delete_processes(session: Session, processes: list[CrmProcess]) -> DeleteOut
     unchanged = [p for p in processes if p.root_id not in changed]
     try:
         with session.begin_nested():
-            _delete_rows(session, unchanged)
-    except IntegrityError:
+            _delete_rows(session, unchanged, present)
+    except (IntegrityError, _DeleteRefused):
         pass
     else:
         outcome.deleted.extend(rid for p in unchanged for rid in p.record_ids)
@@ -528,21 +561,31 @@ def delete_processes(session: Session, processes: list[CrmProcess]) -> DeleteOut
     for process in unchanged:
         try:
             with session.begin_nested():
-                _delete_rows(session, [process])
+                _delete_rows(session, [process], present)
         except IntegrityError as e:
             diag = getattr(e.orig, "diag", None)
             constraint = getattr(diag, "constraint_name", None) or "?"
             referencing = getattr(diag, "table_name", None) or "?"
             outcome.blocked[process.root_id] = (constraint, referencing)
             outcome.kept.extend(process.record_ids)
+        except _DeleteRefused as e:
+            log.warning("process %s (%d rows) not archived: %s refuses its DELETE: %s",
+                        process.root_id, len(process.rows), e.table, e.reason)
+            outcome.refused[process.root_id] = (e.table, e.reason)
+            outcome.kept.extend(process.record_ids)
         else:
             outcome.deleted.extend(process.record_ids)
     return outcome
 
 
-def _delete_rows(session: Session, processes: list[CrmProcess]) -> None:
+def _delete_rows(session: Session, processes: list[CrmProcess], present: set[str]) -> None:
     """Delete the processes' rows deepest first (children before parents, across tables), a
-    statement per depth and table; remember which process each row left with."""
+    statement per depth and table; remember which process each row left with.
+
+    :param present: the record ids of the rows locked in the table (a row the CRM deleted
+        meanwhile is not deleted again)
+    :raises _DeleteRefused: a row present was not deleted, or the DELETE failed
+    """
     depth_of: dict[tuple[int, CrmTable], list[Any]] = defaultdict(list)
     for process in processes:
         depths = {row.record_id: _depth(row.record_id, {r.record_id: r for r in process.rows})
@@ -551,17 +594,44 @@ def _delete_rows(session: Session, processes: list[CrmProcess]) -> None:
             depth_of[(depths[row.record_id], row.table)].append(row.key)
     for (_, crm_table), keys in sorted(depth_of.items(), key=lambda item: -item[0][0]):
         for chunk in _chunks(keys):
-            session.execute(crm_table.table.delete().where(crm_table.key_column.in_(chunk)))
+            expected = sum(crm_table.record_id(key) in present for key in chunk)
+            deleted = _delete_keys(session, crm_table, chunk)
+            if deleted != expected:
+                raise _DeleteRefused(crm_table.name, "a DELETE trigger or rule kept the row")
     add_members(session, [(rid, p.root_id) for p in processes for rid in p.record_ids])
 
 
-def _changed(session: Session, processes: list[CrmProcess]) -> set[str]:
-    """Lock the processes' rows; the roots of those no longer exactly as stored."""
+def _delete_keys(session: Session, crm_table: CrmTable, keys: list[Any]) -> int:
+    """DELETE these rows; how many the database says it deleted."""
+    try:
+        result = session.execute(
+            crm_table.table.delete().where(crm_table.key_column.in_(keys))
+        )
+    except IntegrityError:
+        raise
+    except DBAPIError as e:  # a trigger raised, say; a lost connection is no refusal
+        if e.connection_invalidated:
+            raise
+        raise _DeleteRefused(crm_table.name, database_message(e)) from e
+    return int(getattr(result, "rowcount", 0))
+
+
+def database_message(e: DBAPIError) -> str:
+    """The database's own one-line message of an error (without the SQL)."""
+    diag = getattr(e.orig, "diag", None)
+    message = getattr(diag, "message_primary", None) or str(e.orig).strip()
+    return message.splitlines()[0] if message else type(e.orig).__name__
+
+
+def _changed(session: Session, processes: list[CrmProcess]) -> tuple[set[str], set[str]]:
+    """Lock the processes' rows; the roots of those no longer exactly as stored, and the
+    record ids of the rows still there."""
     by_table: dict[CrmTable, list[tuple[CrmRow, str]]] = defaultdict(list)
     for process in processes:
         for row in process.rows:
             by_table[row.table].append((row, process.root_id))
     changed: set[str] = set()
+    present: set[str] = set()
     for crm_table, rows in by_table.items():
         current: dict[str, dict[str, Any]] = {}
         for chunk in _chunks([row.key for row, _ in rows]):
@@ -577,7 +647,8 @@ def _changed(session: Session, processes: list[CrmProcess]) -> set[str]:
             # a row the CRM deleted meanwhile is gone either way: its archived copy stands
             if current.get(row.record_id, row.record) != row.record:
                 changed.add(root)
-    return changed
+        present.update(current)
+    return changed, present
 
 
 def reconcile_crm_pending(
@@ -619,7 +690,7 @@ def reconcile_crm_pending(
             with sessions.begin() as session:
                 outcome = delete_processes(session, group_processes(to_delete))
             cleared.extend(outcome.deleted)
-            for record_id in outcome.kept:
+            for record_id in outcome.kept:  # changed, blocked or refused: it stays active
                 store.complete_restore(record_id, now, RECONCILE_ACTOR)
         store.clear_pending(cleared)
         return len(pending)

@@ -114,8 +114,8 @@ def _run_crm_archive_job(
             crm_report = run(job_run.id)
             job_run.archived, job_run.indexed = crm_report.archived, crm_report.indexed
         log.info(
-            "archive job: archived %d, indexed %d, blocked %d",
-            crm_report.archived, crm_report.indexed, crm_report.blocked,
+            "archive job: archived %d, indexed %d, blocked %d, refused %d",
+            crm_report.archived, crm_report.indexed, crm_report.blocked, crm_report.refused,
         )
     return ArchiveReport(
         crm_report.archived,
@@ -124,6 +124,8 @@ def _run_crm_archive_job(
         dry_run=dry_run,
         blocked=crm_report.blocked,
         blocked_by=dict(sorted(crm_report.blocked_by.items())),
+        refused=crm_report.refused,
+        refused_by=dict(sorted(crm_report.refused_by.items())),
         held_back=crm_report.held_back,
     )
 
