@@ -938,3 +938,121 @@ def note_table_mapping(table: str, id_prefix: str) -> str:
         'updated_at = { column = "at" }\n'
     )
 
+
+GENERATED = """
+    CREATE TABLE tickets (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, queue text NOT NULL,
+        at timestamptz NOT NULL, tag text);
+    CREATE TABLE orders (
+        id serial PRIMARY KEY, queue text NOT NULL, at timestamptz NOT NULL, tag text,
+        net numeric(10, 2) NOT NULL, gross numeric(10, 2) GENERATED ALWAYS AS (net * 1.2) STORED);
+    INSERT INTO tickets (queue, at, tag) VALUES ('support', '2020-01-01', 'identity row');
+    INSERT INTO orders (queue, at, tag, net) VALUES ('support', '2020-01-01', 'generated', 10);
+"""
+GENERATED_ROWS = (
+    "SELECT 't:' || id, row_to_json(t)::text FROM tickets t "
+    "UNION ALL SELECT 'o:' || id, row_to_json(o)::text FROM orders o"
+)
+
+
+def _api(services: Services, method: str, path: str, **kwargs):
+    """One request to the HTTP API as an admin."""
+    from archivist.tokens import create_token
+    from server import close_app, create_app
+
+    with services.sessions.begin() as session:
+        secret = create_token(session, f"admin-{uuid.uuid4().hex}", "admin", utcnow())
+    app = create_app(services.config)
+    app.config["TESTING"] = True
+    try:
+        return app.test_client().open(
+            path, method=method, headers={"Authorization": f"Bearer {secret}"}, **kwargs
+        )
+    finally:
+        close_app(app)
+
+
+@pytest.fixture
+def generated(tmp_path: Path, pg_url: str):
+    run_sql(pg_url, GENERATED)
+    mapping = note_table_mapping("tickets", "t:") + "\n" + note_table_mapping("orders", "o:")
+    with Services.open(load_config(write_config(tmp_path, pg_url, mapping)), create=True) as crm:
+        yield crm
+
+
+def _rows(services: Services, sql: str) -> dict[str, str]:
+    with services.engine.connect() as connection:
+        return dict(connection.execute(text(sql)).all())
+
+
+@pytest.mark.parametrize("how", ["single", "bulk"])
+def test_crm_identity_keys_and_generated_columns_restore_as_they_were(generated, how):
+    """An identity key GENERATED ALWAYS is written back as it was (OVERRIDING SYSTEM VALUE);
+    a generated column is not written, the database computes it again."""
+    before = _rows(generated, GENERATED_ROWS)
+    assert run_archive_job(generated, utcnow()).archived == 2
+    assert _rows(generated, GENERATED_ROWS) == {}
+
+    if how == "single":
+        for record_id in ("t:1", "o:1"):
+            response = _api(generated, "POST", f"/api/v1/records/{record_id}/restore")
+            assert response.status_code == 200, response.json
+    else:
+        body = {"ids": ["t:1", "o:1"], "reason": "check"}
+        response = _api(generated, "POST", "/api/v1/restore", json=body)
+        assert response.status_code == 200, response.json
+        assert response.json["skipped"] == []
+
+    assert _rows(generated, GENERATED_ROWS) == before
+    assert {generated.store.info(rid).state for rid in ("t:1", "o:1")} == {"restored"}
+
+
+def test_crm_a_restore_insert_the_database_fails_is_restore_refused_over_http(generated):
+    """Any database error on a restore's INSERT (here a trigger that raises) is a 409
+    `restore_refused` with the database's reason, and a skip in a bulk restore: nothing is
+    written, the records stay archived."""
+    assert run_archive_job(generated, utcnow()).archived == 2
+    run_sql(generated.config.active_url, """
+        CREATE FUNCTION no_back_dating() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'back-dated ticket %', NEW.id; END $$;
+        CREATE TRIGGER tickets_no_back_dating BEFORE INSERT ON tickets FOR EACH ROW
+            EXECUTE FUNCTION no_back_dating();
+    """)
+
+    response = _api(generated, "POST", "/api/v1/records/t:1/restore")
+    assert response.status_code == 409, response.json
+    assert response.json["error"]["code"] == "restore_refused"
+    assert "back-dated ticket 1" in response.json["error"]["message"]
+    body = {"ids": ["t:1", "o:1"], "reason": "check"}
+    response = _api(generated, "POST", "/api/v1/restore", json=body)
+    assert response.status_code == 200, response.json
+    assert response.json["skipped"] == [{"id": "t:1", "code": "restore_refused"}]
+
+    assert list(_rows(generated, GENERATED_ROWS)) == ["o:1"]
+    assert generated.store.find_archived(["t:1"]) == {"t:1"}
+    assert list(generated.store.iter_pending()) == []
+
+
+def test_crm_a_restored_row_an_insert_trigger_skips_is_restore_refused(generated):
+    """A BEFORE INSERT trigger returning NULL writes nothing: the restore is refused, not
+    reported done with the row in neither place."""
+    assert run_archive_job(generated, utcnow()).archived == 2
+    run_sql(generated.config.active_url, """
+        CREATE FUNCTION skip_old() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF NEW.at < now() - interval '1 year' THEN RETURN NULL; END IF;
+          RETURN NEW;
+        END $$;
+        CREATE TRIGGER tickets_skip BEFORE INSERT ON tickets FOR EACH ROW
+            EXECUTE FUNCTION skip_old();
+    """)
+
+    with pytest.raises(RestoreRefused, match="tickets"):
+        restore_crm_process(generated.sessions, generated.store, generated.index, generated.crm,
+                            "t:1", "admin", utcnow())
+
+    assert _rows(generated, GENERATED_ROWS) == {}
+    assert generated.store.find_archived(["t:1"]) == {"t:1"}
+    assert list(generated.store.iter_pending()) == []
+    response = _api(generated, "POST", "/api/v1/records/t:1/restore")
+    assert response.status_code == 409 and response.json["error"]["code"] == "restore_refused"

@@ -29,7 +29,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from archive_store import ArchiveItem, ArchiveStore, CatalogEntry
 from archive_store.faults import crash_point
 from archivist.crm_ledger import add_members, record_blocks
-from archivist.crm_rows import CrmTable, CrmTables, ForeignKeyRef, out_of_range, row_to_record
+from archivist.crm_rows import (
+    CrmTable,
+    CrmTables,
+    ForeignKeyRef,
+    database_reason,
+    out_of_range,
+    row_to_record,
+)
 from archivist.errors import InvalidRecord
 from archivist.holds import load_hold_set
 from archivist.records import parse_record, parse_utc
@@ -612,15 +619,8 @@ def _delete_keys(session: Session, crm_table: CrmTable, keys: list[Any]) -> int:
     except DBAPIError as e:  # a trigger raised, say; a lost connection is no refusal
         if e.connection_invalidated:
             raise
-        raise _DeleteRefused(crm_table.name, database_message(e)) from e
+        raise _DeleteRefused(crm_table.name, database_reason(e)) from e
     return int(getattr(result, "rowcount", 0))
-
-
-def database_message(e: DBAPIError) -> str:
-    """The database's own one-line message of an error (without the SQL)."""
-    diag = getattr(e.orig, "diag", None)
-    message = getattr(diag, "message_primary", None) or str(e.orig).strip()
-    return message.splitlines()[0] if message else type(e.orig).__name__
 
 
 def _changed(session: Session, processes: list[CrmProcess]) -> tuple[set[str], set[str]]:
