@@ -11,6 +11,7 @@ import os
 import uuid
 import warnings
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -1056,3 +1057,111 @@ def test_crm_a_restored_row_an_insert_trigger_skips_is_restore_refused(generated
     assert list(generated.store.iter_pending()) == []
     response = _api(generated, "POST", "/api/v1/records/t:1/restore")
     assert response.status_code == 409 and response.json["error"]["code"] == "restore_refused"
+
+
+def test_crm_a_running_worker_archives_from_the_tables_as_they_are_now(crm):
+    """A worker reflects the CRM's tables when it starts; the CRM then adds a column and a
+    table that references cases `ON DELETE CASCADE`. The worker's next run keeps the new
+    column's value and leaves the referenced case (and the row referencing it) alone."""
+    from indexer.worker import Worker
+
+    worker = Worker(crm)  # as `archivist worker` holds its services for weeks
+    run_sql(crm.config.active_url, """
+        ALTER TABLE cases ADD COLUMN vip_note text;
+        CREATE TABLE invoices (id bigint PRIMARY KEY,
+                               case_id bigint REFERENCES cases (id) ON DELETE CASCADE);
+        INSERT INTO cases (id, account_id, queue, title, state, opened_at, last_activity_at,
+                           vip_note)
+        VALUES (60, 1, 'billing', 'invoiced', 'closed', '2020-01-01', '2020-01-02', 'keep me'),
+               (61, 1, 'billing', 'plain', 'closed', '2020-01-01', '2020-01-02', 'VIP');
+        INSERT INTO invoices VALUES (1, 60);
+    """)
+
+    worker.archive()
+
+    with crm.engine.connect() as connection:
+        assert connection.scalars(text("SELECT case_id FROM invoices")).all() == [60]
+        assert connection.scalars(text("SELECT id FROM cases WHERE id >= 60")).all() == [60]
+    assert crm.store.find_archived(["case:60", "case:61"]) == {"case:61"}
+    assert crm.store.get("case:61")["attributes"]["columns"]["vip_note"] == "VIP"
+    with crm.sessions.begin() as session:
+        blocks = {(b.record_id, b.constraint_name) for b in session.query(JobRunBlock).all()}
+    assert ("case:60", "invoices_case_id_fkey") in blocks
+
+
+def test_crm_a_running_server_restores_into_the_tables_as_they_are_now(crm):
+    """`archivist serve` reflects the tables when it starts. A row archived with a column the
+    CRM added since is restored with it; while the CRM has dropped a column an archived row
+    had, its restore is a 409 `restore_refused` naming the column, and nothing is left
+    pending; once the column is back the same server restores it."""
+    from archivist.tokens import create_token
+    from server import close_app, create_app
+
+    run_archive_job(crm, utcnow())
+    with crm.sessions.begin() as session:
+        secret = create_token(session, "server-admin", "admin", utcnow())
+    headers = {"Authorization": f"Bearer {secret}"}
+    app = create_app(crm.config)
+    app.config["TESTING"] = True
+    try:
+        client = app.test_client()
+        run_sql(crm.config.active_url, """
+            ALTER TABLE cases ADD COLUMN vip_note text;
+            INSERT INTO cases (id, account_id, queue, title, state, opened_at, last_activity_at,
+                               vip_note)
+            VALUES (61, 1, 'billing', 'plain', 'closed', '2020-01-01', '2020-01-02', 'VIP');
+        """)
+        with Services.open(crm.config) as fresh:  # `archivist archive` from the CLI
+            assert run_archive_job(fresh, utcnow()).archived == 1
+        response = client.post("/api/v1/records/case:61/restore", headers=headers)
+        assert response.status_code == 200, response.json
+        with crm.engine.connect() as connection:
+            assert connection.scalar(text("SELECT vip_note FROM cases WHERE id = 61")) == "VIP"
+
+        run_sql(crm.config.active_url, "ALTER TABLE notes DROP COLUMN minutes")
+        response = client.post("/api/v1/records/note:1/restore", headers=headers)
+        assert response.status_code == 409, response.json
+        assert response.json["error"]["code"] == "restore_refused"
+        assert "minutes" in response.json["error"]["message"]
+        assert list(crm.store.iter_pending()) == []
+        assert crm.store.find_archived(PROCESS_A) == PROCESS_A
+
+        run_sql(crm.config.active_url, "ALTER TABLE notes ADD COLUMN minutes numeric(6, 3)")
+        response = client.post("/api/v1/records/note:1/restore", headers=headers)
+        assert response.status_code == 200, response.json
+        assert set(response.json["restored"]) == PROCESS_A
+    finally:
+        close_app(app)
+    with crm.engine.connect() as connection:
+        assert connection.scalar(text("SELECT minutes FROM notes WHERE id = 1")) == Decimal(
+            "15.250")
+
+
+def test_crm_a_restore_after_a_mapped_column_is_gone_is_restore_refused(crm):
+    """A mapped column the CRM dropped while the server runs makes the mapping not fit: a
+    restore, one or in bulk, says so (409 `restore_refused`, the entry and column named) and
+    writes nothing."""
+    from archivist.tokens import create_token
+    from server import close_app, create_app
+
+    run_archive_job(crm, utcnow())
+    with crm.sessions.begin() as session:
+        secret = create_token(session, "server-admin", "admin", utcnow())
+    headers = {"Authorization": f"Bearer {secret}"}
+    app = create_app(crm.config)
+    app.config["TESTING"] = True
+    try:
+        client = app.test_client()
+        run_sql(crm.config.active_url, "ALTER TABLE notes DROP COLUMN author")
+        one = client.post("/api/v1/records/note:1/restore", headers=headers)
+        bulk = client.post("/api/v1/restore", headers=headers,
+                           json={"ids": ["note:1"], "reason": "check"})
+    finally:
+        close_app(app)
+
+    for response in (one, bulk):
+        assert response.status_code == 409, response.json
+        assert response.json["error"]["code"] == "restore_refused"
+        assert "(notes): column 'author' not found" in response.json["error"]["message"]
+    assert list(crm.store.iter_pending()) == []
+    assert crm.store.find_archived(PROCESS_A) == PROCESS_A

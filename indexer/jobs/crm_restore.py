@@ -33,6 +33,7 @@ from archivist.crm_rows import (
     record_to_row,
     text_columns,
 )
+from archivist.errors import ConfigError
 from indexer.errors import AlreadyActive, RestoreRefused, TooMany
 from indexer.jobs.crm_archiver import (
     CrmRow,
@@ -42,6 +43,22 @@ from indexer.jobs.crm_archiver import (
 )
 from indexer.jobs.restore import BulkRestoreReport, Skipped
 from indexer.search import SearchEngine
+from indexer.services import Services
+
+
+def current_crm_tables(services: Services) -> CrmTables:
+    """The mapped tables as the CRM has them now, for a restore: the rows go back into the
+    columns the tables have today, not those they had when the server or worker started.
+
+    :raises RestoreRefused: the mapping no longer fits the tables (a mapped table or column
+        is gone).
+    """
+    try:
+        crm, _ = services.reflect_crm()
+    except ConfigError as e:
+        raise RestoreRefused(f"the CRM's tables no longer fit the mapping: {e}") from None
+    assert crm is not None
+    return crm
 
 
 def restore_crm_process(

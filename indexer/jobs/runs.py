@@ -83,17 +83,17 @@ def run_archive_job(
 def _run_crm_archive_job(
     services: Services, as_of: datetime, *, dry_run: bool, should_stop: Callable[[], bool]
 ) -> ArchiveReport:
-    """The archive job over the CRM's own tables (`[[active.table]]`)."""
-    assert services.crm is not None
+    """The archive job over the CRM's own tables (`[[active.table]]`), as they are now."""
     config = services.config
+    crm, refs = services.reflect_crm(refs=True)
+    assert crm is not None
 
     def run(job_run_id: int | None) -> CrmArchiveReport:
-        assert services.crm is not None
         return archive_crm_tables(
             services.sessions,
             services.store,
-            services.crm,
-            services.crm_refs,
+            crm,
+            refs,
             config.retention,
             as_of,
             utcnow(),
