@@ -270,7 +270,8 @@ def restore(
             if not dry_run:
                 audit["restored"] = report.restored
     for skipped in report.skipped:
-        click.echo(f"skipped {skipped.id}: {skipped.code}", err=True)
+        why = f" ({skipped.reason})" if skipped.reason else ""
+        click.echo(f"skipped {skipped.id}: {skipped.code}{why}", err=True)
     verb = "would restore" if dry_run else "restored"
     click.echo(f"{verb} {len(report.restored)} ({report.processes} processes)")
 

@@ -1059,6 +1059,28 @@ def test_crm_a_restored_row_an_insert_trigger_skips_is_restore_refused(generated
     assert response.status_code == 409 and response.json["error"]["code"] == "restore_refused"
 
 
+def test_crm_cli_restore_prints_why_a_process_was_refused(generated):
+    from click.testing import CliRunner
+
+    from cli.commands import main
+
+    assert run_archive_job(generated, utcnow()).archived == 2
+    run_sql(generated.config.active_url, """
+        CREATE FUNCTION no_back_dating() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'back-dated ticket %', NEW.id; END $$;
+        CREATE TRIGGER tickets_no_back_dating BEFORE INSERT ON tickets FOR EACH ROW
+            EXECUTE FUNCTION no_back_dating();
+    """)
+    args = ["restore", "t:1", "--reason", "check", "--config", str(generated.config.path)]
+
+    result = CliRunner().invoke(main, args)
+
+    assert result.exit_code == 0, result.output
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("skipped ")]
+    assert line.startswith("skipped t:1: restore_refused (tickets refuses a row")
+    assert "back-dated ticket 1" in line
+
+
 def test_crm_a_running_worker_archives_from_the_tables_as_they_are_now(crm):
     """A worker reflects the CRM's tables when it starts; the CRM then adds a column and a
     table that references cases `ON DELETE CASCADE`. The worker's next run keeps the new

@@ -203,7 +203,7 @@ def restore_crm_many(
             )
         except (AlreadyActive, RestoreRefused, NotArchived, RecordNotFound,
                 RestoreInProgress) as e:
-            report.skipped.append(Skipped(record_id, e.code))
+            report.skipped.append(Skipped(record_id, e.code, str(e)))
             continue
         report.restored.extend(restored)
         report.processes += 1
