@@ -228,7 +228,7 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
         server=server_config,
         worker=worker_config,
         backup=BackupConfig(max_age_days=_positive(backup, "max_age_days", 7, "backup")),
-        tables=parse_table_mappings(active.get("table"), path.name),
+        tables=parse_table_mappings(active.get("table"), path.name, tuple(kinds)),
     )
 
 

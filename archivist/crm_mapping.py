@@ -96,9 +96,12 @@ def table_for_id(mappings: tuple[TableMapping, ...], record_id: str) -> str | No
     return None if best is None else best.name
 
 
-def parse_table_mappings(value: Any, config_name: str) -> tuple[TableMapping, ...]:
+def parse_table_mappings(
+    value: Any, config_name: str, kinds: tuple[str, ...] | None = None
+) -> tuple[TableMapping, ...]:
     """Check the shape of the `[[active.table]]` entries (everything but the live database).
 
+    :param kinds: the `[records] kinds` a constant `kind` must be one of (None: any)
     :raises ConfigError: one line naming the file, the entry and the bad key.
     """
     if value is None:
@@ -106,6 +109,9 @@ def parse_table_mappings(value: Any, config_name: str) -> tuple[TableMapping, ..
     if not isinstance(value, list):
         raise ConfigError(f"{config_name}: active.table must be written [[active.table]]")
     mappings = [_parse_entry(entry, i, config_name) for i, entry in enumerate(value, 1)]
+    for mapping in mappings:
+        _check_kind(mapping, kinds)
+        _check_parent_is_not_the_key(mapping)
     by_name: dict[str, TableMapping] = {}
     by_prefix: dict[str, TableMapping] = {}
     for mapping in mappings:
@@ -134,6 +140,27 @@ def parse_table_mappings(value: Any, config_name: str) -> tuple[TableMapping, ..
                 "(add a [[active.table]] entry for it)"
             )
     return tuple(mappings)
+
+
+def _check_kind(mapping: TableMapping, kinds: tuple[str, ...] | None) -> None:
+    """A constant kind outside `[records] kinds` would make every row of the table a record
+    the installation does not allow."""
+    kind = mapping.fields["kind"].constant
+    if kinds is not None and kind is not None and kind not in kinds:
+        raise ConfigError(
+            f"{mapping.where}: kind {kind!r} is not one of [records] kinds "
+            f"({', '.join(kinds)})"
+        )
+
+
+def _check_parent_is_not_the_key(mapping: TableMapping) -> None:
+    """A table whose parent column is its own key makes every row its own parent: no
+    process could ever be formed, so nothing of it would ever be archived."""
+    if mapping.parent_table == mapping.name and mapping.parent_column == mapping.key:
+        raise ConfigError(
+            f"{mapping.where}: parent column {mapping.key!r} is the key itself; every row "
+            "would be its own parent (name the column that holds the parent's key)"
+        )
 
 
 def _parse_entry(entry: Any, position: int, config_name: str) -> TableMapping:

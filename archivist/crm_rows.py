@@ -47,7 +47,10 @@ from sqlalchemy import (
     types,
 )
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import NoSuchTableError, SAWarning
+from sqlalchemy.exc import DBAPIError, NoSuchTableError, SAWarning
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
 from archivist.crm_mapping import TableMapping
@@ -482,18 +485,30 @@ def text_columns(record: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(name for name, codec in codecs.items() if codec.startswith("text:"))
 
 
+def insert_values(crm_table: CrmTable, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of a `record_to_row` row a restore writes: all but the generated columns
+    (`GENERATED ALWAYS AS (...) STORED`), which the database computes again."""
+    table = crm_table.table
+    return {name: value for name, value in row.items() if table.c[name].computed is None}
+
+
 def insert_statement(
     crm_table: CrmTable, columns: Iterable[str], as_text: frozenset[str]
 ) -> Any:
     """An INSERT of these columns that takes `record_to_row` values as `v_<column>` parameters.
+
+    An identity key `GENERATED ALWAYS` gets its archived value too (`OVERRIDING SYSTEM VALUE`):
+    a restored row keeps its key.
 
     :param as_text: the columns whose values are PostgreSQL's text form (see `text_columns`),
         cast back to their own type by the database
     """
     table = crm_table.table
     values: dict[str, Any] = {}
+    overriding = False
     for name in columns:
         column = table.c[name]
+        overriding = overriding or (column.identity is not None and bool(column.identity.always))
         if isinstance(column.type, types.NullType):
             # a type SQLAlchemy does not know (point, xml, a composite): no CAST can be
             # written for it, so the text goes untyped and the database reads it as the column's
@@ -502,7 +517,28 @@ def insert_statement(
             values[name] = cast(bindparam(f"v_{name}", type_=Text), column.type)
         else:
             values[name] = bindparam(f"v_{name}", type_=column.type)
-    return table.insert().values(values)
+    return (_OverridingInsert(table) if overriding else table.insert()).values(values)
+
+
+class _OverridingInsert(Insert):
+    """An INSERT that writes the given values into identity columns `GENERATED ALWAYS`."""
+
+    inherit_cache = True
+
+
+@compiles(_OverridingInsert, "postgresql")
+def _compile_overriding(insert: _OverridingInsert, compiler: SQLCompiler, **kw: Any) -> str:
+    # SQLAlchemy has no clause for it: PostgreSQL wants it between the column list and VALUES
+    sql = compiler.visit_insert(insert, **kw)
+    head, values, tail = sql.partition(") VALUES (")
+    return f"{head}) OVERRIDING SYSTEM VALUE VALUES ({tail}" if values else sql
+
+
+def database_reason(e: DBAPIError) -> str:
+    """The database's own one-line message of an error (without the SQL)."""
+    diag = getattr(e.orig, "diag", None)
+    message = getattr(diag, "message_primary", None) or str(e.orig).strip()
+    return message.splitlines()[0] if message else type(e.orig).__name__
 
 
 def inspect_foreign_keys(connection: Connection, crm_tables: CrmTables) -> list[ForeignKeyRef]:

@@ -181,6 +181,8 @@ def archive(as_of: datetime | None, dry_run: bool, config: Config) -> None:
         click.echo(f"archived {report.archived}, indexed {report.indexed}")
     for constraint, count in report.blocked_by.items():
         click.echo(f"blocked {count}: still referenced through {constraint}", err=True)
+    for reason, count in report.refused_by.items():
+        click.echo(f"refused {count}: {reason}", err=True)
 
 
 @main.command()
@@ -294,7 +296,8 @@ def restore(
             if not dry_run:
                 audit["restored"] = report.restored
     for skipped in report.skipped:
-        click.echo(f"skipped {skipped.id}: {skipped.code}", err=True)
+        why = f" ({skipped.reason})" if skipped.reason else ""
+        click.echo(f"skipped {skipped.id}: {skipped.code}{why}", err=True)
     verb = "would restore" if dry_run else "restored"
     click.echo(f"{verb} {len(report.restored)} ({report.processes} processes)")
 

@@ -75,14 +75,15 @@ def open_search_engine(
 
 
 def _open_crm_tables(
-    engine: Engine, config: Config
+    engine: Engine, config: Config, *, refs: bool = True
 ) -> tuple[CrmTables | None, tuple[ForeignKeyRef, ...]]:
-    """The CRM's mapped tables, checked against the live database (none when not mapped)."""
+    """The CRM's mapped tables, checked against the live database (none when not mapped),
+    and with `refs` the foreign keys onto them from outside the mapping."""
     if not config.tables:
         return None, ()
     with engine.connect() as connection:
         crm = open_crm_tables(connection, config.tables)
-        return crm, tuple(inspect_foreign_keys(connection, crm))
+        return crm, tuple(inspect_foreign_keys(connection, crm)) if refs else ()
 
 
 @dataclass
@@ -99,7 +100,8 @@ class Services:
     """How the search engine is opened (tests hold every engine to one suite this way)."""
     broken_index_ok: bool = False
     crm: CrmTables | None = None
-    """The CRM's own tables, when `[[active.table]]` maps them (checked at open)."""
+    """The CRM's own tables, when `[[active.table]]` maps them, as they were at open (moves
+    use `reflect_crm`: the CRM may change its tables while a worker or server runs)."""
     crm_refs: tuple[ForeignKeyRef, ...] = ()
     """Foreign keys from outside the mapping onto mapped tables: they block an archive."""
     _index: SearchEngine | None = None
@@ -164,6 +166,18 @@ class Services:
                 services.close()
                 raise
         return services
+
+    def reflect_crm(
+        self, *, refs: bool = False
+    ) -> tuple[CrmTables | None, tuple[ForeignKeyRef, ...]]:
+        """The CRM's mapped tables as the database has them now, checked against the mapping
+        again, and with `refs` the foreign keys onto them from outside the mapping: what an
+        archive run or a restore works from, so that a column or a referencing table the CRM
+        added after these services opened is neither lost nor cascaded into.
+
+        :raises ConfigError: the mapping no longer fits the tables (a table or column gone).
+        """
+        return _open_crm_tables(self.engine, self.config, refs=refs)
 
     @property
     def index(self) -> SearchEngine:

@@ -42,7 +42,7 @@ from archivist.tokens import TokenInfo, token_is_live
 from archivist.web_sessions import end_web_session, find_web_session, start_web_session
 from indexer.crm_view import view_record_process
 from indexer.jobs.bulk_restore import restore_in_bulk
-from indexer.jobs.crm_restore import restore_crm_process
+from indexer.jobs.crm_restore import current_crm_tables, restore_crm_process
 from indexer.jobs.erasure import ErasureReport, audit_details, audit_target, erase_records
 from indexer.jobs.restore import BulkRestoreReport, restore_process
 from indexer.processes import ProcessView
@@ -188,8 +188,8 @@ def restore(actor: Actor, record_id: str, reason: str | None = None) -> RestoreR
             actor, "restore", record_id, details, wait=True
         ) as e:
             ids = restore_crm_process(
-                services.sessions, services.store, services.index, services.crm, record_id,
-                actor.name, actor.now(), reason,
+                services.sessions, services.store, services.index,
+                current_crm_tables(services), record_id, actor.name, actor.now(), reason,
             )
             e.details["restored"] = ids
         return RestoreResult(record_id, restored=ids)

@@ -139,7 +139,7 @@ def test_config_accepts_every_key_of_the_contract(tmp_path):
         (REPO / "config.toml").read_text()
         + """
 [records]
-kinds = ["note", "ticket"]
+kinds = ["note", "ticket", "process", "communication"]
 
 [backup]
 max_age_days = 3

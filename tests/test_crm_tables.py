@@ -11,6 +11,7 @@ import os
 import uuid
 import warnings
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -350,6 +351,168 @@ def test_crm_bad_mapping_is_a_one_line_error_naming_the_entry(tmp_path, pg_url, 
     assert "\n" not in str(error.value)
     assert str(error.value).startswith("config.toml: ")
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (('kind = "note"', 'kind = "memo"'),
+         "[[active.table]] #3 (notes): kind 'memo' is not one of [records] kinds"),
+        (('parent = { column = "parent_case_id", table = "cases" }',
+          'parent = { column = "id", table = "cases" }'),
+         "[[active.table]] #1 (cases): parent column 'id' is the key itself"),
+    ],
+)
+def test_crm_mapping_mistakes_no_row_could_pass_are_refused_at_start(
+    tmp_path, pg_url, edit, message
+):
+    """A kind the installation does not allow, or a table that would be every row's own
+    parent, is a config error naming the entry, not a run that archives nothing (or the
+    wrong thing) without a word."""
+    run_sql(pg_url, (EXAMPLE / "schema.sql").read_text())
+    mapping = (EXAMPLE / "mapping.toml").read_text()
+    old, new = edit
+    assert mapping.count(old) == 1
+    path = write_config(tmp_path, pg_url, mapping.replace(old, new))
+
+    with pytest.raises(ConfigError) as error:
+        Services.open(load_config(path)).close()
+
+    assert "\n" not in str(error.value)
+    assert message in str(error.value)
+
+
+def test_crm_a_row_whose_kind_column_is_not_an_allowed_kind_stays_in_the_crm(
+    tmp_path: Path, pg_url: str, caplog
+):
+    run_sql(pg_url, """
+        CREATE TABLE memos (id bigint PRIMARY KEY, queue text NOT NULL, sort text NOT NULL,
+                            at timestamptz NOT NULL, tag text);
+        INSERT INTO memos VALUES (1, 'support', 'note', '2020-01-01', 'fine'),
+                                 (2, 'support', 'memo', '2020-01-01', 'unknown kind');
+    """)
+    mapping = note_table_mapping("memos", "m:").replace(
+        'kind = "note"', 'kind = { column = "sort" }')
+    with Services.open(load_config(write_config(tmp_path, pg_url, mapping)), create=True) as crm:
+        report = run_archive_job(crm, utcnow())
+        assert report.archived == 1
+        assert crm.store.find_archived(["m:1", "m:2"]) == {"m:1"}
+    assert "row m:2 is not archived: kind must be one of" in caplog.text
+
+
+LOCKED_ITEMS = """
+    CREATE TABLE items (id bigint PRIMARY KEY, queue text NOT NULL, at timestamptz NOT NULL,
+                        tag text, locked boolean NOT NULL DEFAULT false);
+    INSERT INTO items VALUES (1, 'support', '2020-01-01', 'locked', true),
+                             (2, 'support', '2020-01-01', 'free', false),
+                             (3, 'support', '2020-01-01', 'free too', false);
+"""
+KEEPS_LOCKED_ROWS = {
+    "trigger": """
+        CREATE FUNCTION keep_locked() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF OLD.locked THEN RETURN NULL; END IF;
+          RETURN OLD;
+        END $$;
+        CREATE TRIGGER items_keep BEFORE DELETE ON items FOR EACH ROW
+            EXECUTE FUNCTION keep_locked();
+    """,
+    "rule": "CREATE RULE items_keep AS ON DELETE TO items WHERE OLD.locked DO INSTEAD NOTHING;",
+    "raise": """
+        CREATE FUNCTION refuse_locked() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF OLD.locked THEN RAISE EXCEPTION 'item % is locked', OLD.id; END IF;
+          RETURN OLD;
+        END $$;
+        CREATE TRIGGER items_refuse BEFORE DELETE ON items FOR EACH ROW
+            EXECUTE FUNCTION refuse_locked();
+    """,
+}
+
+
+@pytest.fixture(params=sorted(KEEPS_LOCKED_ROWS))
+def locked_items(request, tmp_path: Path, pg_url: str):
+    """Three aged rows of `items`; the CRM refuses to delete the locked one (a trigger that
+    keeps it silently, a DO INSTEAD NOTHING rule, or a trigger that raises)."""
+    run_sql(pg_url, LOCKED_ITEMS + KEEPS_LOCKED_ROWS[request.param])
+    config = load_config(write_config(tmp_path, pg_url, note_table_mapping("items", "i:")))
+    with Services.open(config, create=True) as services:
+        yield request.param, services
+
+
+def _item_ids(services: Services) -> list[int]:
+    with services.engine.connect() as connection:
+        return list(connection.scalars(text("SELECT id FROM items ORDER BY id")))
+
+
+def test_crm_a_row_the_crm_refuses_to_delete_stays_active_and_is_not_archived(locked_items):
+    """A row kept by a DELETE trigger or rule, or one whose DELETE raises, is in one place
+    only: its table. Its archived copy is undone in the same run, the run says why and goes
+    on with the other rows, and later runs do the same without failing."""
+    how, crm = locked_items
+
+    report = run_archive_job(crm, utcnow())
+
+    assert report.archived == 2
+    assert report.refused == 1
+    [(reason, count)] = report.refused_by.items()
+    assert count == 1 and reason.startswith("items: ")
+    assert ("item 1 is locked" if how == "raise" else "DELETE trigger or rule") in reason
+    assert _item_ids(crm) == [1]
+    assert crm.store.find_archived(["i:1", "i:2", "i:3"]) == {"i:2", "i:3"}
+    assert crm.store.info("i:1").state == "restored"
+    assert list(crm.store.iter_pending()) == []
+    with crm.sessions.begin() as session:
+        blocks = {(b.record_id, b.referencing_table) for b in session.query(JobRunBlock).all()}
+    assert blocks == {("i:1", "items")}
+    assert verify_all(crm).problems == []
+
+    again = run_archive_job(crm, utcnow())
+    assert (again.archived, again.refused) == (0, 1)
+    assert _item_ids(crm) == [1]
+    assert crm.store.find_archived(["i:1"]) == set()
+    assert list(crm.store.iter_pending()) == []
+
+
+def test_crm_cli_archive_says_why_a_row_was_refused(locked_items):
+    from click.testing import CliRunner
+
+    from cli.commands import main
+
+    how, crm = locked_items
+    result = CliRunner().invoke(main, ["archive", "--config", str(crm.config.path)])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("archived 2, ")
+    assert result.stderr.startswith("refused 1: items: ")
+    assert crm.index.search(SearchQuery(q="locked")).total == 0
+
+
+def test_crm_a_delete_left_pending_that_the_crm_refuses_is_settled_as_active(locked_items):
+    """A move a crash interrupted after the store wrote the record: settling it tries the
+    delete again, and when the CRM refuses it the row stays, its archived copy undone,
+    instead of failing every later run."""
+    from archive_store import ArchiveItem
+    from archivist.records import parse_utc
+    from indexer.jobs.crm_archiver import load_processes
+
+    _, crm = locked_items
+    with crm.sessions.begin() as session:
+        [process] = load_processes(session, crm.crm, {"items": [1]})
+    record = process.rows[0].record
+    crm.store.archive_batch([ArchiveItem(
+        record_id="i:1", record=record, category=record["category"], customer_id=None,
+        created_at=parse_utc(record["created_at"]), updated_at=parse_utc(record["updated_at"]),
+    )], utcnow(), "archiver")
+    assert [e.pending for e in crm.store.iter_pending()] == ["delete_active"]
+
+    report = run_archive_job(crm, utcnow())
+
+    assert report.archived == 2
+    assert _item_ids(crm) == [1]
+    assert crm.store.find_archived(["i:1"]) == set()
+    assert list(crm.store.iter_pending()) == []
+    assert verify_all(crm).problems == []
 
 
 def test_crm_mapping_key_typo_is_a_one_line_error_naming_it(tmp_path, pg_url):
@@ -775,3 +938,252 @@ def note_table_mapping(table: str, id_prefix: str) -> str:
         'subject = { column = "tag" }\ncreated_at = { column = "at" }\n'
         'updated_at = { column = "at" }\n'
     )
+
+
+GENERATED = """
+    CREATE TABLE tickets (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, queue text NOT NULL,
+        at timestamptz NOT NULL, tag text);
+    CREATE TABLE orders (
+        id serial PRIMARY KEY, queue text NOT NULL, at timestamptz NOT NULL, tag text,
+        net numeric(10, 2) NOT NULL, gross numeric(10, 2) GENERATED ALWAYS AS (net * 1.2) STORED);
+    INSERT INTO tickets (queue, at, tag) VALUES ('support', '2020-01-01', 'identity row');
+    INSERT INTO orders (queue, at, tag, net) VALUES ('support', '2020-01-01', 'generated', 10);
+"""
+GENERATED_ROWS = (
+    "SELECT 't:' || id, row_to_json(t)::text FROM tickets t "
+    "UNION ALL SELECT 'o:' || id, row_to_json(o)::text FROM orders o"
+)
+
+
+def _api(services: Services, method: str, path: str, **kwargs):
+    """One request to the HTTP API as an admin."""
+    from archivist.tokens import create_token
+    from server import close_app, create_app
+
+    with services.sessions.begin() as session:
+        secret = create_token(session, f"admin-{uuid.uuid4().hex}", "admin", utcnow())
+    app = create_app(services.config)
+    app.config["TESTING"] = True
+    try:
+        return app.test_client().open(
+            path, method=method, headers={"Authorization": f"Bearer {secret}"}, **kwargs
+        )
+    finally:
+        close_app(app)
+
+
+@pytest.fixture
+def generated(tmp_path: Path, pg_url: str):
+    run_sql(pg_url, GENERATED)
+    mapping = note_table_mapping("tickets", "t:") + "\n" + note_table_mapping("orders", "o:")
+    with Services.open(load_config(write_config(tmp_path, pg_url, mapping)), create=True) as crm:
+        yield crm
+
+
+def _rows(services: Services, sql: str) -> dict[str, str]:
+    with services.engine.connect() as connection:
+        return dict(connection.execute(text(sql)).all())
+
+
+@pytest.mark.parametrize("how", ["single", "bulk"])
+def test_crm_identity_keys_and_generated_columns_restore_as_they_were(generated, how):
+    """An identity key GENERATED ALWAYS is written back as it was (OVERRIDING SYSTEM VALUE);
+    a generated column is not written, the database computes it again."""
+    before = _rows(generated, GENERATED_ROWS)
+    assert run_archive_job(generated, utcnow()).archived == 2
+    assert _rows(generated, GENERATED_ROWS) == {}
+
+    if how == "single":
+        for record_id in ("t:1", "o:1"):
+            response = _api(generated, "POST", f"/api/v1/records/{record_id}/restore")
+            assert response.status_code == 200, response.json
+    else:
+        body = {"ids": ["t:1", "o:1"], "reason": "check"}
+        response = _api(generated, "POST", "/api/v1/restore", json=body)
+        assert response.status_code == 200, response.json
+        assert response.json["skipped"] == []
+
+    assert _rows(generated, GENERATED_ROWS) == before
+    assert {generated.store.info(rid).state for rid in ("t:1", "o:1")} == {"restored"}
+
+
+def test_crm_a_restore_insert_the_database_fails_is_restore_refused_over_http(generated):
+    """Any database error on a restore's INSERT (here a trigger that raises) is a 409
+    `restore_refused` with the database's reason, and a skip in a bulk restore: nothing is
+    written, the records stay archived."""
+    assert run_archive_job(generated, utcnow()).archived == 2
+    run_sql(generated.config.active_url, """
+        CREATE FUNCTION no_back_dating() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'back-dated ticket %', NEW.id; END $$;
+        CREATE TRIGGER tickets_no_back_dating BEFORE INSERT ON tickets FOR EACH ROW
+            EXECUTE FUNCTION no_back_dating();
+    """)
+
+    response = _api(generated, "POST", "/api/v1/records/t:1/restore")
+    assert response.status_code == 409, response.json
+    assert response.json["error"]["code"] == "restore_refused"
+    assert "back-dated ticket 1" in response.json["error"]["message"]
+    body = {"ids": ["t:1", "o:1"], "reason": "check"}
+    response = _api(generated, "POST", "/api/v1/restore", json=body)
+    assert response.status_code == 200, response.json
+    assert response.json["skipped"] == [{"id": "t:1", "code": "restore_refused"}]
+
+    assert list(_rows(generated, GENERATED_ROWS)) == ["o:1"]
+    assert generated.store.find_archived(["t:1"]) == {"t:1"}
+    assert list(generated.store.iter_pending()) == []
+
+
+def test_crm_a_restored_row_an_insert_trigger_skips_is_restore_refused(generated):
+    """A BEFORE INSERT trigger returning NULL writes nothing: the restore is refused, not
+    reported done with the row in neither place."""
+    assert run_archive_job(generated, utcnow()).archived == 2
+    run_sql(generated.config.active_url, """
+        CREATE FUNCTION skip_old() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF NEW.at < now() - interval '1 year' THEN RETURN NULL; END IF;
+          RETURN NEW;
+        END $$;
+        CREATE TRIGGER tickets_skip BEFORE INSERT ON tickets FOR EACH ROW
+            EXECUTE FUNCTION skip_old();
+    """)
+
+    with pytest.raises(RestoreRefused, match="tickets"):
+        restore_crm_process(generated.sessions, generated.store, generated.index, generated.crm,
+                            "t:1", "admin", utcnow())
+
+    assert _rows(generated, GENERATED_ROWS) == {}
+    assert generated.store.find_archived(["t:1"]) == {"t:1"}
+    assert list(generated.store.iter_pending()) == []
+    response = _api(generated, "POST", "/api/v1/records/t:1/restore")
+    assert response.status_code == 409 and response.json["error"]["code"] == "restore_refused"
+
+
+def test_crm_cli_restore_prints_why_a_process_was_refused(generated):
+    from click.testing import CliRunner
+
+    from cli.commands import main
+
+    assert run_archive_job(generated, utcnow()).archived == 2
+    run_sql(generated.config.active_url, """
+        CREATE FUNCTION no_back_dating() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'back-dated ticket %', NEW.id; END $$;
+        CREATE TRIGGER tickets_no_back_dating BEFORE INSERT ON tickets FOR EACH ROW
+            EXECUTE FUNCTION no_back_dating();
+    """)
+    args = ["restore", "t:1", "--reason", "check", "--config", str(generated.config.path)]
+
+    result = CliRunner().invoke(main, args)
+
+    assert result.exit_code == 0, result.output
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("skipped ")]
+    assert line.startswith("skipped t:1: restore_refused (tickets refuses a row")
+    assert "back-dated ticket 1" in line
+
+
+def test_crm_a_running_worker_archives_from_the_tables_as_they_are_now(crm):
+    """A worker reflects the CRM's tables when it starts; the CRM then adds a column and a
+    table that references cases `ON DELETE CASCADE`. The worker's next run keeps the new
+    column's value and leaves the referenced case (and the row referencing it) alone."""
+    from indexer.worker import Worker
+
+    worker = Worker(crm)  # as `archivist worker` holds its services for weeks
+    run_sql(crm.config.active_url, """
+        ALTER TABLE cases ADD COLUMN vip_note text;
+        CREATE TABLE invoices (id bigint PRIMARY KEY,
+                               case_id bigint REFERENCES cases (id) ON DELETE CASCADE);
+        INSERT INTO cases (id, account_id, queue, title, state, opened_at, last_activity_at,
+                           vip_note)
+        VALUES (60, 1, 'billing', 'invoiced', 'closed', '2020-01-01', '2020-01-02', 'keep me'),
+               (61, 1, 'billing', 'plain', 'closed', '2020-01-01', '2020-01-02', 'VIP');
+        INSERT INTO invoices VALUES (1, 60);
+    """)
+
+    worker.archive()
+
+    with crm.engine.connect() as connection:
+        assert connection.scalars(text("SELECT case_id FROM invoices")).all() == [60]
+        assert connection.scalars(text("SELECT id FROM cases WHERE id >= 60")).all() == [60]
+    assert crm.store.find_archived(["case:60", "case:61"]) == {"case:61"}
+    assert crm.store.get("case:61")["attributes"]["columns"]["vip_note"] == "VIP"
+    with crm.sessions.begin() as session:
+        blocks = {(b.record_id, b.constraint_name) for b in session.query(JobRunBlock).all()}
+    assert ("case:60", "invoices_case_id_fkey") in blocks
+
+
+def test_crm_a_running_server_restores_into_the_tables_as_they_are_now(crm):
+    """`archivist serve` reflects the tables when it starts. A row archived with a column the
+    CRM added since is restored with it; while the CRM has dropped a column an archived row
+    had, its restore is a 409 `restore_refused` naming the column, and nothing is left
+    pending; once the column is back the same server restores it."""
+    from archivist.tokens import create_token
+    from server import close_app, create_app
+
+    run_archive_job(crm, utcnow())
+    with crm.sessions.begin() as session:
+        secret = create_token(session, "server-admin", "admin", utcnow())
+    headers = {"Authorization": f"Bearer {secret}"}
+    app = create_app(crm.config)
+    app.config["TESTING"] = True
+    try:
+        client = app.test_client()
+        run_sql(crm.config.active_url, """
+            ALTER TABLE cases ADD COLUMN vip_note text;
+            INSERT INTO cases (id, account_id, queue, title, state, opened_at, last_activity_at,
+                               vip_note)
+            VALUES (61, 1, 'billing', 'plain', 'closed', '2020-01-01', '2020-01-02', 'VIP');
+        """)
+        with Services.open(crm.config) as fresh:  # `archivist archive` from the CLI
+            assert run_archive_job(fresh, utcnow()).archived == 1
+        response = client.post("/api/v1/records/case:61/restore", headers=headers)
+        assert response.status_code == 200, response.json
+        with crm.engine.connect() as connection:
+            assert connection.scalar(text("SELECT vip_note FROM cases WHERE id = 61")) == "VIP"
+
+        run_sql(crm.config.active_url, "ALTER TABLE notes DROP COLUMN minutes")
+        response = client.post("/api/v1/records/note:1/restore", headers=headers)
+        assert response.status_code == 409, response.json
+        assert response.json["error"]["code"] == "restore_refused"
+        assert "minutes" in response.json["error"]["message"]
+        assert list(crm.store.iter_pending()) == []
+        assert crm.store.find_archived(PROCESS_A) == PROCESS_A
+
+        run_sql(crm.config.active_url, "ALTER TABLE notes ADD COLUMN minutes numeric(6, 3)")
+        response = client.post("/api/v1/records/note:1/restore", headers=headers)
+        assert response.status_code == 200, response.json
+        assert set(response.json["restored"]) == PROCESS_A
+    finally:
+        close_app(app)
+    with crm.engine.connect() as connection:
+        assert connection.scalar(text("SELECT minutes FROM notes WHERE id = 1")) == Decimal(
+            "15.250")
+
+
+def test_crm_a_restore_after_a_mapped_column_is_gone_is_restore_refused(crm):
+    """A mapped column the CRM dropped while the server runs makes the mapping not fit: a
+    restore, one or in bulk, says so (409 `restore_refused`, the entry and column named) and
+    writes nothing."""
+    from archivist.tokens import create_token
+    from server import close_app, create_app
+
+    run_archive_job(crm, utcnow())
+    with crm.sessions.begin() as session:
+        secret = create_token(session, "server-admin", "admin", utcnow())
+    headers = {"Authorization": f"Bearer {secret}"}
+    app = create_app(crm.config)
+    app.config["TESTING"] = True
+    try:
+        client = app.test_client()
+        run_sql(crm.config.active_url, "ALTER TABLE notes DROP COLUMN author")
+        one = client.post("/api/v1/records/note:1/restore", headers=headers)
+        bulk = client.post("/api/v1/restore", headers=headers,
+                           json={"ids": ["note:1"], "reason": "check"})
+    finally:
+        close_app(app)
+
+    for response in (one, bulk):
+        assert response.status_code == 409, response.json
+        assert response.json["error"]["code"] == "restore_refused"
+        assert "(notes): column 'author' not found" in response.json["error"]["message"]
+    assert list(crm.store.iter_pending()) == []
+    assert crm.store.find_archived(PROCESS_A) == PROCESS_A

@@ -65,6 +65,8 @@ class ArchiveReport:
     dry_run: bool = False
     blocked: int = 0  # records left in the CRM's tables because something else references them
     blocked_by: dict[str, int] = field(default_factory=dict)  # constraint name -> records
+    refused: int = 0  # records left in the CRM's tables because it refused their DELETE
+    refused_by: dict[str, int] = field(default_factory=dict)  # "table: reason" -> records
     held_back: int = 0
     """Processes with an aged record left active: a record of theirs not aged, or held."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from indexer.jobs.crm_restore import restore_crm_many
+from indexer.jobs.crm_restore import current_crm_tables, restore_crm_many
 from indexer.jobs.restore import BulkRestoreReport, restore_many
 from indexer.services import Services
 
@@ -29,7 +29,8 @@ def restore_in_bulk(
     """
     if services.crm is not None:
         return restore_crm_many(
-            services.sessions, services.store, services.index, services.crm, record_ids,
+            services.sessions, services.store, services.index, current_crm_tables(services),
+            record_ids,
             actor, now, reason, dry_run=dry_run, limit=limit, progress=progress,
         )
     return restore_many(

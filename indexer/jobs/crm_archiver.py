@@ -23,13 +23,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table, select, tuple_
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive_store import ArchiveItem, ArchiveStore, CatalogEntry
 from archive_store.faults import crash_point
 from archivist.crm_ledger import add_members, record_blocks
-from archivist.crm_rows import CrmTable, CrmTables, ForeignKeyRef, out_of_range, row_to_record
+from archivist.crm_rows import (
+    CrmTable,
+    CrmTables,
+    ForeignKeyRef,
+    database_reason,
+    out_of_range,
+    row_to_record,
+)
 from archivist.errors import InvalidRecord
 from archivist.holds import load_hold_set
 from archivist.records import parse_record, parse_utc
@@ -88,6 +95,8 @@ class CrmArchiveReport:
     held_back: int = 0  # processes with an aged row left active: a row not aged, or held
     by_category: Counter[str] = field(default_factory=Counter)
     blocked_by: Counter[str] = field(default_factory=Counter)  # constraint -> records
+    refused: int = 0  # records left active because the CRM refused their DELETE
+    refused_by: Counter[str] = field(default_factory=Counter)  # "table: reason" -> records
 
 
 def archive_crm_tables(
@@ -105,6 +114,7 @@ def archive_crm_tables(
     should_stop: Callable[[], bool] = lambda: False,
     job_run_id: int | None = None,
     dry_run: bool = False,
+    kinds: tuple[str, ...] | None = None,
 ) -> CrmArchiveReport:
     """Archive every aged, unheld, unreferenced process of the mapped tables.
 
@@ -113,6 +123,8 @@ def archive_crm_tables(
     :param index_batch: hands archived records (JSON values) to the indexer.
     :param job_run_id: the `job_runs` row the blocked rows are written beside.
     :param dry_run: count what would move (in `by_category`) without moving anything.
+    :param kinds: the kinds a record may have (`[records] kinds`); a row of another kind
+        stays in the CRM, logged. None allows any.
     """
     if not dry_run:
         reconcile_crm_pending(sessions, store, crm, archived_at)
@@ -137,7 +149,7 @@ def archive_crm_tables(
                 processes = [p for p in processes if p.root_id not in decided]
                 for process in processes:
                     decided.update(process.record_ids)
-                due = _due(processes, store, rules, as_of, holds)
+                due = _due(processes, store, rules, as_of, holds, kinds)
                 report.held_back += len(processes) - len(due)
                 with sessions.begin() as session:
                     blocked = _referenced(session, due, refs)
@@ -302,6 +314,7 @@ def _due(
     rules: RetentionRules,
     as_of: datetime,
     holds: Any,
+    kinds: tuple[str, ...] | None = None,
 ) -> list[CrmProcess]:
     """The processes whose every row is aged (restore grace included), valid and unheld."""
     catalog = store.entries(rid for p in processes for rid in p.record_ids)
@@ -334,7 +347,7 @@ def _due(
                 ok = False
                 break
             try:
-                parse_record(record)
+                parse_record(record, kinds)
             except InvalidRecord as e:
                 log.warning("row %s is not archived: %s", row.record_id, e)
                 ok = False
@@ -484,8 +497,29 @@ def move_processes(
         _report_blocked(
             sessions, report, whole, outcome.blocked, job_run_id, dry_run=False
         )
+    if outcome.refused and report is not None:
+        _report_refused(sessions, report, whole, outcome.refused, job_run_id)
     moved = set(outcome.deleted)
     return [p for p in whole if p.root_id in moved]
+
+
+def _report_refused(
+    sessions: sessionmaker[Session],
+    report: CrmArchiveReport,
+    processes: list[CrmProcess],
+    refused: dict[str, tuple[str, str]],
+    job_run_id: int | None,
+) -> None:
+    rows: list[tuple[str, str, str]] = []
+    for process in processes:
+        if process.root_id not in refused:
+            continue
+        table, reason = refused[process.root_id]
+        report.refused += len(process.rows)
+        report.refused_by[f"{table}: {reason}"] += len(process.rows)
+        rows.extend((rid, reason[:256], table) for rid in process.record_ids)
+    with sessions.begin() as session:
+        record_blocks(session, job_run_id, rows)
 
 
 @dataclass
@@ -493,8 +527,18 @@ class DeleteOutcome:
     """What `delete_processes` did."""
 
     deleted: list[str] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)  # changed meanwhile, or blocked
+    kept: list[str] = field(default_factory=list)  # changed meanwhile, blocked or refused
     blocked: dict[str, tuple[str, str]] = field(default_factory=dict)
+    refused: dict[str, tuple[str, str]] = field(default_factory=dict)  # root -> (table, why)
+
+
+class _DeleteRefused(Exception):
+    """The CRM did not delete a row of the process: a DELETE trigger or rule kept it, or the
+    DELETE failed (a trigger raised)."""
+
+    def __init__(self, table: str, reason: str) -> None:
+        super().__init__(f"{table}: {reason}")
+        self.table, self.reason = table, reason
 
 
 def delete_processes(session: Session, processes: list[CrmProcess]) -> DeleteOutcome:
@@ -502,11 +546,11 @@ def delete_processes(session: Session, processes: list[CrmProcess]) -> DeleteOut
 
     The rows are locked and compared with what was stored first: a process the CRM changed
     meanwhile stays whole. The rest are deleted together under one SAVEPOINT; if a foreign key
-    refuses that, each process is deleted under its own, so the one refused stays whole and
-    the others go.
+    or the CRM (a trigger, a rule) refuses that, each process is deleted under its own, so the
+    one refused stays whole and the others go.
     """
     outcome = DeleteOutcome()
-    changed = _changed(session, processes)
+    changed, present = _changed(session, processes)
     for process in processes:
         if process.root_id in changed:
             log.info("process %s changed while it was archived; it stays active",
@@ -515,8 +559,8 @@ def delete_processes(session: Session, processes: list[CrmProcess]) -> DeleteOut
     unchanged = [p for p in processes if p.root_id not in changed]
     try:
         with session.begin_nested():
-            _delete_rows(session, unchanged)
-    except IntegrityError:
+            _delete_rows(session, unchanged, present)
+    except (IntegrityError, _DeleteRefused):
         pass
     else:
         outcome.deleted.extend(rid for p in unchanged for rid in p.record_ids)
@@ -524,21 +568,31 @@ def delete_processes(session: Session, processes: list[CrmProcess]) -> DeleteOut
     for process in unchanged:
         try:
             with session.begin_nested():
-                _delete_rows(session, [process])
+                _delete_rows(session, [process], present)
         except IntegrityError as e:
             diag = getattr(e.orig, "diag", None)
             constraint = getattr(diag, "constraint_name", None) or "?"
             referencing = getattr(diag, "table_name", None) or "?"
             outcome.blocked[process.root_id] = (constraint, referencing)
             outcome.kept.extend(process.record_ids)
+        except _DeleteRefused as e:
+            log.warning("process %s (%d rows) not archived: %s refuses its DELETE: %s",
+                        process.root_id, len(process.rows), e.table, e.reason)
+            outcome.refused[process.root_id] = (e.table, e.reason)
+            outcome.kept.extend(process.record_ids)
         else:
             outcome.deleted.extend(process.record_ids)
     return outcome
 
 
-def _delete_rows(session: Session, processes: list[CrmProcess]) -> None:
+def _delete_rows(session: Session, processes: list[CrmProcess], present: set[str]) -> None:
     """Delete the processes' rows deepest first (children before parents, across tables), a
-    statement per depth and table; remember which process each row left with."""
+    statement per depth and table; remember which process each row left with.
+
+    :param present: the record ids of the rows locked in the table (a row the CRM deleted
+        meanwhile is not deleted again)
+    :raises _DeleteRefused: a row present was not deleted, or the DELETE failed
+    """
     depth_of: dict[tuple[int, CrmTable], list[Any]] = defaultdict(list)
     for process in processes:
         depths = {row.record_id: _depth(row.record_id, {r.record_id: r for r in process.rows})
@@ -547,17 +601,37 @@ def _delete_rows(session: Session, processes: list[CrmProcess]) -> None:
             depth_of[(depths[row.record_id], row.table)].append(row.key)
     for (_, crm_table), keys in sorted(depth_of.items(), key=lambda item: -item[0][0]):
         for chunk in _chunks(keys):
-            session.execute(crm_table.table.delete().where(crm_table.key_column.in_(chunk)))
+            expected = sum(crm_table.record_id(key) in present for key in chunk)
+            deleted = _delete_keys(session, crm_table, chunk)
+            if deleted != expected:
+                raise _DeleteRefused(crm_table.name, "a DELETE trigger or rule kept the row")
     add_members(session, [(rid, p.root_id) for p in processes for rid in p.record_ids])
 
 
-def _changed(session: Session, processes: list[CrmProcess]) -> set[str]:
-    """Lock the processes' rows; the roots of those no longer exactly as stored."""
+def _delete_keys(session: Session, crm_table: CrmTable, keys: list[Any]) -> int:
+    """DELETE these rows; how many the database says it deleted."""
+    try:
+        result = session.execute(
+            crm_table.table.delete().where(crm_table.key_column.in_(keys))
+        )
+    except IntegrityError:
+        raise
+    except DBAPIError as e:  # a trigger raised, say; a lost connection is no refusal
+        if e.connection_invalidated:
+            raise
+        raise _DeleteRefused(crm_table.name, database_reason(e)) from e
+    return int(getattr(result, "rowcount", 0))
+
+
+def _changed(session: Session, processes: list[CrmProcess]) -> tuple[set[str], set[str]]:
+    """Lock the processes' rows; the roots of those no longer exactly as stored, and the
+    record ids of the rows still there."""
     by_table: dict[CrmTable, list[tuple[CrmRow, str]]] = defaultdict(list)
     for process in processes:
         for row in process.rows:
             by_table[row.table].append((row, process.root_id))
     changed: set[str] = set()
+    present: set[str] = set()
     for crm_table, rows in by_table.items():
         current: dict[str, dict[str, Any]] = {}
         for chunk in _chunks([row.key for row, _ in rows]):
@@ -573,7 +647,8 @@ def _changed(session: Session, processes: list[CrmProcess]) -> set[str]:
             # a row the CRM deleted meanwhile is gone either way: its archived copy stands
             if current.get(row.record_id, row.record) != row.record:
                 changed.add(root)
-    return changed
+        present.update(current)
+    return changed, present
 
 
 def reconcile_crm_pending(
@@ -615,7 +690,7 @@ def reconcile_crm_pending(
             with sessions.begin() as session:
                 outcome = delete_processes(session, group_processes(to_delete))
             cleared.extend(outcome.deleted)
-            for record_id in outcome.kept:
+            for record_id in outcome.kept:  # changed, blocked or refused: it stays active
                 store.complete_restore(record_id, now, RECONCILE_ACTOR)
         store.clear_pending(cleared)
         return len(pending)

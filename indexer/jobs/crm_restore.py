@@ -2,10 +2,11 @@
 
 Every archived record of the process is marked `pending` insert first; the rows are inserted in
 one transaction, parents before children, with the same primary key and every column written
-explicitly (so column defaults do not apply; INSERT triggers fire, as for any insert, and may
-change what is written). A key taken again by the CRM meanwhile makes the whole process
-`already_active`, with nothing written. `reconcile_crm_pending` settles a restore a crash
-interrupted.
+explicitly but the generated ones (so column defaults do not apply; INSERT triggers fire, as
+for any insert, and may change what is written). A key taken again by the CRM meanwhile makes
+the whole process `already_active`; any other refusal of the database, or a row not in its
+table after its INSERT, `restore_refused`; either way with nothing written.
+`reconcile_crm_pending` settles a restore a crash interrupted.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from itertools import groupby
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive_store import ArchiveStore, NotArchived, RecordNotFound, RestoreInProgress
@@ -26,10 +27,13 @@ from archivist.crm_ledger import process_members, remove_members
 from archivist.crm_rows import (
     CrmTable,
     CrmTables,
+    database_reason,
     insert_statement,
+    insert_values,
     record_to_row,
     text_columns,
 )
+from archivist.errors import ConfigError
 from indexer.errors import AlreadyActive, RestoreRefused, TooMany
 from indexer.jobs.crm_archiver import (
     CrmRow,
@@ -39,6 +43,22 @@ from indexer.jobs.crm_archiver import (
 )
 from indexer.jobs.restore import BulkRestoreReport, Skipped
 from indexer.search import SearchEngine
+from indexer.services import Services
+
+
+def current_crm_tables(services: Services) -> CrmTables:
+    """The mapped tables as the CRM has them now, for a restore: the rows go back into the
+    columns the tables have today, not those they had when the server or worker started.
+
+    :raises RestoreRefused: the mapping no longer fits the tables (a mapped table or column
+        is gone).
+    """
+    try:
+        crm, _ = services.reflect_crm()
+    except ConfigError as e:
+        raise RestoreRefused(f"the CRM's tables no longer fit the mapping: {e}") from None
+    assert crm is not None
+    return crm
 
 
 def restore_crm_process(
@@ -183,7 +203,7 @@ def restore_crm_many(
             )
         except (AlreadyActive, RestoreRefused, NotArchived, RecordNotFound,
                 RestoreInProgress) as e:
-            report.skipped.append(Skipped(record_id, e.code))
+            report.skipped.append(Skipped(record_id, e.code, str(e)))
             continue
         report.restored.extend(restored)
         report.processes += 1
@@ -211,28 +231,50 @@ def _rows(crm: CrmTables, records: dict[str, dict[str, Any]]) -> list[CrmRow]:
 
 
 def _insert(session: Session, rows: Sequence[CrmRow]) -> None:
-    """Insert the rows (parents first, as ordered); refuse the lot if any key is taken."""
+    """Insert the rows (parents first, as ordered); refuse the lot if any key is taken, if
+    the database refuses a row, or if a row is not in its table afterwards."""
     by_table: dict[CrmTable, list[CrmRow]] = defaultdict(list)
     for row in rows:
         by_table[row.table].append(row)
     for crm_table, members in by_table.items():
-        keys = [row.key for row in members]
-        key_column = crm_table.key_column
-        for start in range(0, len(keys), 500):
-            stmt = select(key_column).where(key_column.in_(keys[start:start + 500]))
-            taken = session.scalars(stmt).first()
-            if taken is not None:
-                raise AlreadyActive(
-                    f"record {crm_table.record_id(taken)!r}: {crm_table.name} holds a row with "
-                    "its key again; the process was not restored over it"
-                )
+        taken = _present_keys(session, crm_table, [row.key for row in members])
+        if taken:
+            raise AlreadyActive(
+                f"record {crm_table.record_id(taken[0])!r}: {crm_table.name} holds a row with "
+                "its key again; the process was not restored over it"
+            )
+    _insert_rows(session, rows)
+    for crm_table, members in by_table.items():
+        there = {crm_table.record_id(k) for k in _present_keys(
+            session, crm_table, [row.key for row in members])}
+        missing = [row.record_id for row in members if row.record_id not in there]
+        if missing:  # a BEFORE INSERT trigger returned NULL, or changed the key
+            raise RestoreRefused(
+                f"{crm_table.name} did not keep the restored row of record {missing[0]!r} "
+                "(an INSERT trigger or rule skipped or changed it); the process was not restored"
+            )
+
+
+def _present_keys(session: Session, crm_table: CrmTable, keys: list[Any]) -> list[Any]:
+    """Which of these keys the table holds."""
+    key_column = crm_table.key_column
+    found: list[Any] = []
+    for start in range(0, len(keys), 500):
+        stmt = select(key_column).where(key_column.in_(keys[start:start + 500]))
+        found.extend(session.scalars(stmt))
+    return found
+
+
+def _insert_rows(session: Session, rows: Sequence[CrmRow]) -> None:
+    """INSERT the rows, a statement per depth, table and shape of row."""
     depth = {row.record_id: _depth(row, rows) for row in rows}
     ordered = sorted(rows, key=lambda row: depth[row.record_id])  # stable: parents first
     for (_, crm_table), group in groupby(ordered, key=lambda r: (depth[r.record_id], r.table)):
         members = list(group)
         try:
             values = [
-                (record_to_row(crm_table, row.record), text_columns(row.record))
+                (insert_values(crm_table, record_to_row(crm_table, row.record)),
+                 text_columns(row.record))
                 for row in members
             ]
         except ValueError as e:
@@ -247,6 +289,13 @@ def _insert(session: Session, rows: Sequence[CrmRow]) -> None:
                 session.execute(insert_statement(crm_table, columns, as_text), params)
             except IntegrityError as e:
                 raise _refusal(e, crm_table) from None
+            except DBAPIError as e:  # a trigger raised, a type the value no longer fits, ...
+                if e.connection_invalidated:
+                    raise
+                raise RestoreRefused(
+                    f"{crm_table.name} refuses a row of the process ({database_reason(e)}); "
+                    "the process was not restored"
+                ) from None
 
 
 def _depth(row: CrmRow, rows: Sequence[CrmRow]) -> int:

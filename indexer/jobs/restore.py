@@ -52,10 +52,12 @@ _REASONS = {
 
 @dataclass(frozen=True)
 class Skipped:
-    """A requested record that could not be restored, and why (an error code)."""
+    """A requested record that could not be restored, and why (an error code, and the error's
+    message when there is more to say than the code)."""
 
     id: str
     code: str
+    reason: str = ""
 
 
 @dataclass

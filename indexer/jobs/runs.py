@@ -83,17 +83,17 @@ def run_archive_job(
 def _run_crm_archive_job(
     services: Services, as_of: datetime, *, dry_run: bool, should_stop: Callable[[], bool]
 ) -> ArchiveReport:
-    """The archive job over the CRM's own tables (`[[active.table]]`)."""
-    assert services.crm is not None
+    """The archive job over the CRM's own tables (`[[active.table]]`), as they are now."""
     config = services.config
+    crm, refs = services.reflect_crm(refs=True)
+    assert crm is not None
 
     def run(job_run_id: int | None) -> CrmArchiveReport:
-        assert services.crm is not None
         return archive_crm_tables(
             services.sessions,
             services.store,
-            services.crm,
-            services.crm_refs,
+            crm,
+            refs,
             config.retention,
             as_of,
             utcnow(),
@@ -104,6 +104,7 @@ def _run_crm_archive_job(
             should_stop=should_stop,
             job_run_id=job_run_id,
             dry_run=dry_run,
+            kinds=config.kinds,
         )
 
     if dry_run:
@@ -113,8 +114,8 @@ def _run_crm_archive_job(
             crm_report = run(job_run.id)
             job_run.archived, job_run.indexed = crm_report.archived, crm_report.indexed
         log.info(
-            "archive job: archived %d, indexed %d, blocked %d",
-            crm_report.archived, crm_report.indexed, crm_report.blocked,
+            "archive job: archived %d, indexed %d, blocked %d, refused %d",
+            crm_report.archived, crm_report.indexed, crm_report.blocked, crm_report.refused,
         )
     return ArchiveReport(
         crm_report.archived,
@@ -123,6 +124,8 @@ def _run_crm_archive_job(
         dry_run=dry_run,
         blocked=crm_report.blocked,
         blocked_by=dict(sorted(crm_report.blocked_by.items())),
+        refused=crm_report.refused,
+        refused_by=dict(sorted(crm_report.refused_by.items())),
         held_back=crm_report.held_back,
     )
 
