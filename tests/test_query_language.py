@@ -244,7 +244,8 @@ def test_a_phone_number_glued_to_chinese_is_read_in_the_query_as_in_the_text(
     index = SearchIndex.open(tmp_path / "index")
     try:
         index.add([
-            (make_record(id="G-1", body="致电+86 138 0013 8000，请拨打+86 138 0013 8000，谢谢"), AT),
+            (make_record(id="G-1", body="致电+86 138 0013 8000，"
+                                        "请拨打+86 138 0013 8000，谢谢"), AT),
             # both halves, but not together: another number after 致电
             (make_record(id="G-2", body="call +86 138 0013 8000; 致电+86-139-1234-5678"), AT),
         ])
