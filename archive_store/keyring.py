@@ -11,11 +11,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from archive_store import compression
-from archive_store.catalog import chunked, placeholders
+from archive_store.catalog import chunked, placeholders, transaction
 from archive_store.codec import FrameCodec, dictionary_id
 from archive_store.crypto import (
     KEY_ENV,
     KeyMissing,
+    WrongKey,
     check_key,
     make_key,
     make_key_check,
@@ -67,6 +68,38 @@ def check_archive_key(conn: sqlite3.Connection, codec: FrameCodec) -> None:
     if codec.archive is None:
         raise KeyMissing(f"this archive is encrypted: its key file or {KEY_ENV} is needed")
     check_key(codec.archive, bytes.fromhex(stored))
+
+
+def rebind_empty_archive(conn: sqlite3.Connection, codec: FrameCodec) -> None:
+    """Let an archive that holds no entry yet take the key it is given.
+
+    `init` makes a key and binds the new catalog to it; a user who then puts the key of a
+    backup in its place, to recover that backup, must not find the empty archive locked to the
+    first key. Nothing was sealed with it but the catalog's key check and unused data keys,
+    which are dropped; an archive with any entry keeps refusing another key.
+
+    :param conn: a catalog connection, with the store's write lock held
+    :param codec: the codec holding the key given
+    """
+    stored = _meta(conn, "key_check") if _has_table(conn, "meta") else None
+    if codec.archive is None or stored is None or not _has_table(conn, "entries"):
+        return
+    try:
+        check_key(codec.archive, bytes.fromhex(stored))
+        return
+    except WrongKey:
+        if conn.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is not None:
+            return  # (check_archive_key refuses it)
+    with transaction(conn):
+        conn.execute("DELETE FROM meta WHERE key IN ('key_check', 'shared_key_id', 'all_sealed')")
+        conn.execute("DELETE FROM data_keys")
+        conn.execute("DELETE FROM dictionaries")
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone() is not None
 
 
 def load_sealing(conn: sqlite3.Connection, codec: FrameCodec) -> Sealing:

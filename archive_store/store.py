@@ -350,6 +350,7 @@ class ArchiveStore:
         *,
         segment_max_bytes: int = DEFAULT_SEGMENT_MAX_BYTES,
         key: bytes | None = None,
+        take_key_if_empty: bool = False,
     ) -> ArchiveStore:
         """Open the store in `directory`, creating its folders and catalog if missing.
 
@@ -359,6 +360,8 @@ class ArchiveStore:
         :param directory: the store folder
         :param segment_max_bytes: size at which the active segment is sealed (default 64 MiB)
         :param key: the archive key; None keeps new frames unencrypted (a store without a key)
+        :param take_key_if_empty: a store that holds no entry yet takes this key even if it
+            was made with another (see `keyring.rebind_empty_archive`; for a recovery)
         """
         directory = Path(directory)
         if (directory / "catalog.db").is_file() and not os.access(directory, os.W_OK):
@@ -368,6 +371,8 @@ class ArchiveStore:
         try:
             with store._locked():
                 conn = store._db()
+                if take_key_if_empty:
+                    keyring.rebind_empty_archive(conn, store._codec)
                 keyring.check_archive_key(conn, store._codec)
                 create_schema(conn)
                 store._remove_orphans(conn)

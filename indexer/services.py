@@ -115,6 +115,7 @@ class Services:
         create: bool = False,
         broken_index_ok: bool = False,
         open_index: OpenIndex = open_search_engine,
+        take_key_if_empty: bool = False,
     ) -> Services:
         """Open the active database and the archive store named in the config; the search
         index opens on first use.
@@ -124,6 +125,8 @@ class Services:
         :param broken_index_ok: an index that cannot be opened is left unopened rather than
             refused (for `verify`, which reports it): every use of it raises the reason.
         :param open_index: opens the search engine (default: the one the config names).
+        :param take_key_if_empty: an archive that holds no entry yet takes the key given even
+            if `init` made it with another (a recovery is about to replace it anyway).
         :raises KeyMissing, WrongKey: before anything is written.
         """
         engine = make_engine(config.active_url)
@@ -145,7 +148,8 @@ class Services:
                 make_key_file(config.key_file)
             key = load_key(config.key_file, env_key)
             store = ArchiveStore.open(
-                config.archive_dir, segment_max_bytes=config.segment_max_bytes, key=key
+                config.archive_dir, segment_max_bytes=config.segment_max_bytes, key=key,
+                take_key_if_empty=take_key_if_empty,
             )
         except BaseException:
             engine.dispose()

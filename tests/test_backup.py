@@ -300,6 +300,31 @@ def test_a_recovery_keeps_tokens_revoked_since_the_backup_revoked_and_ends_web_s
         assert session.query(WebSession).count() == 0
 
 
+def test_recover_into_an_installation_init_made_before_the_backup_s_key_was_copied_in(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path,
+) -> None:
+    """`init` made a key of its own; the backup's key copied over it then must open the
+    backup, and the empty archive, which nothing was sealed into yet, takes it."""
+    archived(*_records(make_record, 0, 10))
+    folder = tmp_path / "backup"
+    create_backup(services, folder, utcnow())
+    late = tmp_path / "late"
+    late.mkdir()
+    (late / "config.toml").write_text(CONFIG_TEXT)
+    config = load_config(late / "config.toml")
+    init = subprocess.run([sys.executable, "-m", "archivist", "init", "--config", str(config.path)],
+                          capture_output=True, text=True)  # a key of its own, bound
+    assert init.returncode == 0, init.stderr
+    shutil.copy2(tmp_path / "archive.key", late / "archive.key")
+
+    report = recover_backup(config, folder, utcnow())
+
+    assert report.archived == 10
+    with Services.open(config) as target:
+        assert verify_all(target).problems == []
+        assert _answers(target) == _answers(services)
+
+
 def test_admin_status_warns_without_a_recent_backup(
     services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path,
     client: Any, admin_headers: dict[str, str],

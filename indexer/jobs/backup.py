@@ -339,7 +339,9 @@ def recover_backup(
             "this backup holds an embedded SQLite active database; recover it into an "
             "installation whose [active] url is a sqlite:/// file"
         )
-    with Services.open(config, create=True) as services:
+    # (an installation `init` made before the backup's key was copied in holds nothing sealed
+    # with its own key: it takes the backup's)
+    with Services.open(config, create=True, take_key_if_empty=True) as services:
         counts = services.store.counts()
         held = counts["archived"] + counts["restored"] + counts["purged"]
         with services.read_sessions.begin() as session:
