@@ -1187,3 +1187,32 @@ def test_crm_a_restore_after_a_mapped_column_is_gone_is_restore_refused(crm):
         assert "(notes): column 'author' not found" in response.json["error"]["message"]
     assert list(crm.store.iter_pending()) == []
     assert crm.store.find_archived(PROCESS_A) == PROCESS_A
+
+
+def test_crm_recovering_a_backup_older_than_rows_archived_since_is_refused_unless_forced(
+    crm, tmp_path
+):
+    """The CRM's tables are not in the backup: rows archived after it was taken would be in
+    neither place once it is recovered (the archive folder lost, say). The live ledger of
+    rows that left tells: the recovery refuses, naming them, unless --force."""
+    import shutil
+
+    from indexer.jobs.backup import BackupError, create_backup, recover_backup
+
+    folder = tmp_path / "backup"
+    create_backup(crm, folder, utcnow())  # before anything was archived
+    run_archive_job(crm, utcnow())
+    assert crm.store.find_archived(PROCESS_A) == PROCESS_A
+
+    second = tmp_path / "second"  # a new archive folder beside the same CRM database
+    second.mkdir()
+    shutil.copy2(tmp_path / "archive.key", second / "archive.key")
+    config = load_config(write_config(second, crm.config.active_url))
+    with pytest.raises(BackupError, match=r"5 CRM rows left their tables .* case:10"):
+        recover_backup(config, folder, utcnow())
+    with crm.sessions.begin() as session:  # the ledger of what left is untouched
+        from archivist.crm_ledger import ArchivedProcessMember
+
+        assert {m.record_id for m in session.query(ArchivedProcessMember)} == PROCESS_A
+
+    recover_backup(config, folder, utcnow(), force=True)

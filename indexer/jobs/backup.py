@@ -71,6 +71,7 @@ from archivist.active_db import (
 )
 from archivist.audit import iter_chain_problems
 from archivist.config import Config
+from archivist.crm_ledger import ArchivedProcessMember
 from archivist.records import format_utc
 from archivist.tokens import apply_revocation_ledger, revocation_ledger_path
 from archivist.web_sessions import WebSession
@@ -351,6 +352,8 @@ def recover_backup(
                 f"the installation of {config.path} already holds {held} archived and {active} "
                 "active records; recover into an empty one, or pass --force to replace them"
             )
+        if services.crm is not None and not force:
+            _refuse_losing_crm_rows(services, folder)
     # Every byte is copied before anything of the installation is replaced: a full disk fails
     # the recovery here and leaves the installation as it was.
     staged = stage_store(folder, config.archive_dir, set(load_manifest(folder)))
@@ -392,6 +395,34 @@ def recover_backup(
         with services.read_sessions.begin() as session:
             active = count_active(session)
     return RecoverReport(active, counts["archived"], indexed, str(metadata.get("created_at")))
+
+
+def _refuse_losing_crm_rows(services: Services, folder: Path) -> None:
+    """With the CRM's own tables mapped, refuse a backup that does not hold every row the live
+    ledger says left the CRM for the archive: rows archived after the backup was taken are in
+    neither place once it is recovered. Raises `BackupError` naming how many."""
+    with services.read_sessions.begin() as session:
+        members = list(session.scalars(select(ArchivedProcessMember.record_id)))
+    if not members:
+        return
+    catalog = sqlite3.connect(f"file:{folder / STORE_FOLDER / 'catalog.db'}?mode=ro", uri=True)
+    try:
+        held: set[str] = set()
+        for start in range(0, len(members), 500):
+            chunk = members[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            held.update(row[0] for row in catalog.execute(
+                f"SELECT record_id FROM records WHERE record_id IN ({marks})", chunk
+            ))
+    finally:
+        catalog.close()
+    missing = [m for m in members if m not in held]
+    if missing:
+        raise BackupError(
+            f"{len(missing)} CRM rows left their tables for the archive after this backup was "
+            f"taken (first: {sorted(missing)[0]}); recovering it would leave them in neither "
+            "place: recover a newer backup, or pass --force to accept losing them"
+        )
 
 
 def last_backup(services: Services) -> JobRun | None:
