@@ -35,6 +35,12 @@ class RestoreRefused(IndexerError):
     code = "restore_refused"
 
 
+class CrmTablesChanged(IndexerError):
+    """The CRM's tables no longer fit the mapping (a mapped table or column is gone)."""
+
+    code = "crm_tables_changed"
+
+
 class TooMany(IndexerError):
     """A bulk request matches more records than one request may change."""
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+
 from archive_store import CatalogEntry, HistoryEvent
 from archivist.active_db import utcnow
 from archivist.audit import (
@@ -36,11 +38,13 @@ from archivist.disposals import (
     iter_disposals,
     list_disposals,
 )
+from archivist.errors import ConfigError
 from archivist.holds import Hold, add_hold, list_holds, remove_hold
 from archivist.records import Record, format_utc
 from archivist.tokens import TokenInfo, token_is_live
 from archivist.web_sessions import end_web_session, find_web_session, start_web_session
 from indexer.crm_view import view_record_process
+from indexer.errors import CrmTablesChanged
 from indexer.jobs.bulk_restore import restore_in_bulk
 from indexer.jobs.crm_restore import current_crm_tables, restore_crm_process
 from indexer.jobs.erasure import ErasureReport, audit_details, audit_target, erase_records
@@ -171,9 +175,25 @@ def read_record(actor: Actor, record_id: str) -> RecordView:
         info = store.info(record_id)
         record = None if info.state in ("purged", "erased") else store.get(record_id)
         entry.details["state"] = info.state
-        with services.read_sessions.begin() as session:
-            process = view_record_process(session, store, services.crm, record_id)
+        process = _process_view(services, record_id)
         return RecordView(record, info, store.history(record_id), process)
+
+
+def _process_view(services: Services, record_id: str) -> ProcessView:
+    """The record's process with its live rows, read from the CRM's tables as the services
+    found them; if the CRM changed them since (a column dropped), as they are now."""
+    with services.read_sessions.begin() as session:
+        try:
+            return view_record_process(session, services.store, services.crm, record_id)
+        except DBAPIError as e:
+            if services.crm is None or e.connection_invalidated:
+                raise
+    try:
+        crm, _ = services.reflect_crm()
+    except ConfigError as e:
+        raise CrmTablesChanged(f"the CRM's tables no longer fit the mapping: {e}") from None
+    with services.read_sessions.begin() as session:
+        return view_record_process(session, services.store, crm, record_id)
 
 
 def restore(actor: Actor, record_id: str, reason: str | None = None) -> RestoreResult:

@@ -25,6 +25,7 @@ from archivist.tokens import TokenError
 from indexer.errors import (
     AlreadyActive,
     BadQuery,
+    CrmTablesChanged,
     IndexerError,
     IndexUnavailable,
     RestoreRefused,
@@ -51,6 +52,7 @@ STATUS: dict[type[Exception], int] = {
     HoldError: 409,
     OnHold: 409,
     IndexUnavailable: 503,
+    CrmTablesChanged: 503,  # the mapping needs fixing: named, nothing changed
     SegmentCorrupt: 503,  # the archived copy is damaged: named, logged, nothing changed
 }
 

@@ -1216,3 +1216,26 @@ def test_crm_recovering_a_backup_older_than_rows_archived_since_is_refused_unles
         assert {m.record_id for m in session.query(ArchivedProcessMember)} == PROCESS_A
 
     recover_backup(config, folder, utcnow(), force=True)
+
+
+def test_crm_a_running_server_reads_a_record_page_after_the_crm_drops_a_column(crm):
+    """The record page shows the process's live rows from the CRM's tables: read as the
+    tables are now, not as the server found them when it started."""
+    from archivist.tokens import create_token
+    from server import close_app, create_app
+
+    run_archive_job(crm, utcnow())
+    with crm.sessions.begin() as session:
+        secret = create_token(session, "server-agent", "agent", utcnow())
+    headers = {"Authorization": f"Bearer {secret}"}
+    app = create_app(crm.config)
+    app.config["TESTING"] = True
+    try:
+        client = app.test_client()
+        assert client.get("/api/v1/records/case:10", headers=headers).status_code == 200
+        run_sql(crm.config.active_url, "ALTER TABLE cases DROP COLUMN score")
+        response = client.get("/api/v1/records/case:10", headers=headers)
+        assert response.status_code == 200, response.json
+        assert response.json["record"]["id"] == "case:10"
+    finally:
+        close_app(app)
