@@ -1034,8 +1034,8 @@ class SearchIndex:
         The merged segment is written beside the shard holding no lock on it, in a thread at
         the index workers' lower priority: restores and other writers go on meanwhile. Then,
         under the shard's write lock, documents deleted meanwhile in its sources are marked
-        deleted in it too, and it replaces them in one commit. If a source is gone by then,
-        nothing changes.
+        deleted in it too, and it replaces them in one commit. If a source is gone by then
+        (another process merged it meanwhile), nothing changes.
         """
         segments = ix._segments()
         if picks is None:
@@ -1046,9 +1046,13 @@ class SearchIndex:
         folder = shard.parent / STAGED_DIR / f"{os.getpid()}-merge-{uuid.uuid4().hex}"
         folder.mkdir(parents=True)
         try:
-            merged, sources = self._background.run(
-                lambda: write_merge(ix, [segments[i] for i in picks], folder)
-            )
+            try:
+                merged, sources = self._background.run(
+                    lambda: write_merge(ix, [segments[i] for i in picks], folder)
+                )
+            except FileNotFoundError as e:  # another process merged a source away meanwhile
+                log.info("merge in %s skipped: a source segment is gone (%s)", shard, e)
+                return False
             writer = open_writer(ix, frozenset(), timeout=60.0)
             try:
                 current = {segment.segid: segment for segment in writer.segments}
