@@ -230,6 +230,8 @@ def erase(
     from indexer.jobs.erasure import audit_details, audit_target, erase_records
     if (customer is None) == (record_id is None):
         raise click.UsageError("give exactly one of --customer ID and --record ID")
+    if customer == "" or record_id == "":
+        raise click.UsageError("--customer and --record need a value, not an empty one")
     if not reason.strip():
         raise click.UsageError("--reason must not be empty")
     with Services.open(config) as services:

@@ -142,6 +142,7 @@ def test_a_missing_command_or_a_misplaced_option_is_one_line_too(args):
     ("restore", "R1", "--reason", ""),
     ("erase", "--reason", "x"),
     ("erase", "--customer", "A", "--record", "B", "--reason", "x"),
+    ("erase", "--customer", "", "--reason", "x"),
     ("hold", "add", "--reason", "x"),
     ("hold", "list", "--customer", "A", "--record", "B"),
     ("archive", "--bogus"),
