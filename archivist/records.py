@@ -87,10 +87,14 @@ def valid_record_id(text: str) -> bool:
     return ID_PATTERN.fullmatch(text) is not None and text not in (".", "..")
 
 
-def parse_record(obj: Any, kinds: Collection[str] | None = None) -> Record:
+def parse_record(
+    obj: Any, kinds: Collection[str] | None = None, *, column_limits: bool = True
+) -> Record:
     """Validate one decoded JSON value and return the Record it describes.
 
     :param kinds: the allowed `kind` values; None allows any.
+    :param column_limits: refuse values longer than the active database's columns take
+        (`MAX_CHARS`); a row of the CRM's own tables is held to its own columns instead.
     :raises InvalidRecord: with a reason naming the first bad field.
     """
     if not isinstance(obj, dict):
@@ -112,7 +116,7 @@ def parse_record(obj: Any, kinds: Collection[str] | None = None) -> Record:
     for name in ("kind", "category", "status"):
         if not values[name]:
             raise InvalidRecord(f"{name} must not be empty")
-    for name, limit in MAX_CHARS.items():
+    for name, limit in MAX_CHARS.items() if column_limits else ():
         if values[name] is not None and len(values[name]) > limit:
             raise InvalidRecord(f"{name} is longer than {limit} characters")
     if kinds is not None and values["kind"] not in kinds:

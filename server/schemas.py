@@ -192,7 +192,7 @@ class HoldSchema(Schema):
         if not data.get("reason", "x").strip():
             raise ValidationError("a legal hold needs a reason", field_name="reason")
         problem = hold_value_problem(data.get("scope", ""), data.get("value", ""))
-        if problem is not None:
+        if problem is not None and "reason" in data:  # placing one: a hold lifted is as it is
             raise ValidationError(problem, field_name="value")
 
 

@@ -1239,3 +1239,17 @@ def test_crm_a_running_server_reads_a_record_page_after_the_crm_drops_a_column(c
         assert response.json["record"]["id"] == "case:10"
     finally:
         close_app(app)
+
+
+def test_crm_rows_are_held_to_their_own_columns_not_to_archivist_s(crm):
+    """The length limits of Archivist's own active table (a status of 64 characters) are
+    not the CRM's: a row with a longer state is archived like any other."""
+    long_state = "closed after review by the regional escalation board, pending nothing"
+    assert len(long_state) > 64
+    run_sql(crm.config.active_url, f"""
+        INSERT INTO cases (id, account_id, queue, title, state, opened_at, last_activity_at)
+        VALUES (62, 1, 'support', 'long state', '{long_state}', '{OLD}', '{OLD}');
+    """)
+    run_archive_job(crm, utcnow())
+    assert crm.store.find_archived(["case:62"]) == {"case:62"}
+    assert crm.store.get("case:62")["status"] == long_state

@@ -423,6 +423,10 @@ def test_restores_and_holds_that_named_the_customer_are_blanked(
                          headers=admin_headers).status_code in (200, 204)
     other_hold = {"scope": "customer", "value": "C001", "reason": "litigation 7"}
     assert client.post("/api/v1/holds", json=other_hold, headers=admin_headers).status_code == 201
+    # a category names no one, even one whose name only their text holds ("Call 3")
+    category_hold = {"scope": "category", "value": "call", "reason": "regulator 2024"}
+    assert client.post("/api/v1/holds", json=category_hold,
+                       headers=admin_headers).status_code == 201
     for search in ({"q": MARKER.decode()}, {"customer_id": "C-ERASE"}, {"q": "refund"}):
         body = {"search": search, "reason": "checking", "dry_run": True}
         assert client.post("/api/v1/restore", json=body,
@@ -441,6 +445,7 @@ def test_restores_and_holds_that_named_the_customer_are_blanked(
 
     assert entries() == [
         ("hold_add", "(erased)"), ("hold_remove", "(erased)"), ("hold_add", "customer:C001"),
+        ("hold_add", "category:call"),
         ("restore", "(erased)"), ("restore", "(erased)"), ("restore", "search"),
         ("restore", "(erased)"),
     ]

@@ -90,6 +90,20 @@ def test_bad_hold_body_is_400(client: Any, admin_headers: dict[str, str]) -> Non
     assert client.get("/api/v1/holds", headers=admin_headers).get_json()["holds"] == []
 
 
+def test_a_hold_placed_before_its_value_was_checked_can_still_be_lifted(
+    client: Any, admin_headers: dict[str, str], services: Any
+) -> None:
+    from archivist.active_db import LegalHold, utcnow
+
+    with services.sessions.begin() as session:  # as an earlier version could place them
+        session.add(LegalHold(scope="customer", value=" C1", reason="r", created_at=utcnow()))
+        session.add(LegalHold(scope="record", value="R/1", reason="r", created_at=utcnow()))
+    for path in ("/api/v1/holds/customer/%20C1", "/api/v1/holds/record/R%2F1"):
+        response = client.delete(path, headers=admin_headers)
+        assert response.status_code == 204, response.get_data(as_text=True)
+    assert client.get("/api/v1/holds", headers=admin_headers).get_json()["holds"] == []
+
+
 def test_holds_are_placed_listed_lifted_and_audited(
     client: Any, admin_headers: dict[str, str]
 ) -> None:

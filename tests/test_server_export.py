@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -145,6 +146,7 @@ def test_an_export_under_way_stops_when_its_token_is_revoked(
     from archivist.active_db import utcnow
     from archivist.tokens import revocation_ledger_path, revoke_token
     from server import create_app
+    from server.actions import ExportRevoked
     from tests.conftest import close_app
 
     archived(*[make_record(id=f"BIG-{n:04d}", subject=f"{n} " + "long subject " * 80)
@@ -159,7 +161,9 @@ def test_an_export_under_way_stops_when_its_token_is_revoked(
         with services.sessions.begin() as session:
             revoke_token(session, "test-admin", utcnow(),
                          revocation_ledger_path(services.config.key_file))
-        received += b"".join(chunks)
+        with pytest.raises(ExportRevoked):  # the server breaks the connection off
+            for chunk in chunks:
+                received += chunk
         response.close()
         rows = list(csv.DictReader(io.StringIO(received.decode("utf-8"))))
         assert 0 < len(rows) < 400
@@ -167,6 +171,10 @@ def test_an_export_under_way_stops_when_its_token_is_revoked(
             from archivist.active_db import AuditEntry
 
             entry = session.query(AuditEntry).filter(AuditEntry.action == "export").one()
+        details = json.loads(entry.details)
         assert entry.outcome == "revoked"
+        # the entry holds what was sent: rows, bytes and hash agree with what arrived
+        assert (details["rows"], details["bytes"]) == (len(rows), len(received))
+        assert details["sha256"] == hashlib.sha256(received).hexdigest()
     finally:
         close_app(app)

@@ -347,7 +347,7 @@ def _due(
                 ok = False
                 break
             try:
-                parse_record(record, kinds)
+                parse_record(record, kinds, column_limits=False)
             except InvalidRecord as e:
                 log.warning("row %s is not archived: %s", row.record_id, e)
                 ok = False

@@ -90,10 +90,8 @@ def query_words(target: str, details: str, action: str = "search") -> set[str]:
         texts.append(str(value["reason"]))
     if action in ("hold_add", "hold_remove"):
         scope, _, held = target.partition(":")
-        if scope == "customer":
+        if scope == "customer":  # (a category names no one; a record id is not personal)
             words.add(held.lower())
-        elif scope == "category":
-            texts.append(held)
     for text in texts:
         for word in _SPLIT.split(text.lower()):
             word = _BOOST.sub("", word).strip(_STRIP)
