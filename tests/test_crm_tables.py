@@ -1253,3 +1253,31 @@ def test_crm_rows_are_held_to_their_own_columns_not_to_archivist_s(crm):
     run_archive_job(crm, utcnow())
     assert crm.store.find_archived(["case:62"]) == {"case:62"}
     assert crm.store.get("case:62")["status"] == long_state
+
+
+def test_crm_rows_restored_after_the_backup_are_restored_once_it_is_recovered(crm, tmp_path):
+    """Archived in the backup, back in the CRM's tables since: once the backup is recovered
+    they are marked restored, never both archived and live."""
+    import shutil
+
+    from indexer.jobs.backup import create_backup, recover_backup
+
+    run_archive_job(crm, utcnow())
+    folder = tmp_path / "backup"
+    create_backup(crm, folder, utcnow())
+    restore_crm_process(crm.sessions, crm.store, crm.index, crm.crm, "case:10", "admin", utcnow())
+    live = snapshot(crm)
+    assert PROCESS_A <= set(live)
+
+    second = tmp_path / "second"
+    second.mkdir()
+    shutil.copy2(tmp_path / "archive.key", second / "archive.key")
+    config = load_config(write_config(second, crm.config.active_url))
+    recover_backup(config, folder, utcnow())
+
+    with Services.open(config) as target:
+        assert {target.store.info(rid).state for rid in PROCESS_A} == {"restored"}
+        assert target.store.find_archived(PROCESS_A) == set()
+        assert target.index.search(SearchQuery(q="退款")).total == 0
+        assert verify_all(target).problems == []
+        assert snapshot(target) == live

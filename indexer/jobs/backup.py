@@ -71,12 +71,13 @@ from archivist.active_db import (
 )
 from archivist.audit import iter_chain_problems
 from archivist.config import Config
-from archivist.crm_ledger import ArchivedProcessMember
+from archivist.crm_ledger import ArchivedProcessMember, remove_members
 from archivist.records import format_utc
 from archivist.tokens import apply_revocation_ledger, revocation_ledger_path
 from archivist.web_sessions import WebSession
 from indexer.jobs.erasure import apply_erasure_ledger
 from indexer.jobs.indexing import rebuild_index
+from indexer.jobs.reconcile import ACTOR as RECONCILE_ACTOR
 from indexer.jobs.reconcile import reconcile_pending
 from indexer.services import Services
 
@@ -385,6 +386,8 @@ def recover_backup(
         # What was erased after the backup was taken stays erased: the ledger lives beside the
         # key file, outside every backup. Before the rebuild, so its text never reaches the index.
         apply_erasure_ledger(services, at)
+        if services.crm is not None:
+            _mark_live_crm_rows_restored(services, at)
         with services.sessions.begin() as session:
             # Tokens revoked since the backup stay revoked; every browser signs in again (a
             # session signed out since would otherwise be live again).
@@ -395,6 +398,35 @@ def recover_backup(
         with services.read_sessions.begin() as session:
             active = count_active(session)
     return RecoverReport(active, counts["archived"], indexed, str(metadata.get("created_at")))
+
+
+def _mark_live_crm_rows_restored(services: Services, at: datetime) -> int:
+    """With the CRM's own tables, a row restored into its table after the backup was taken is
+    archived in the recovered store and live in the CRM: it is marked restored (the CRM holds
+    it), so that no record is in both places. Returns how many."""
+    crm = services.crm
+    assert crm is not None
+    by_table: dict[Any, list[str]] = {}
+    for entry in services.store.iter_catalog(state="archived"):
+        crm_table = crm.table_of(entry.record_id)
+        if crm_table is not None:
+            by_table.setdefault(crm_table, []).append(entry.record_id)
+    live: list[str] = []
+    with services.read_sessions.begin() as session:
+        for crm_table, record_ids in by_table.items():
+            for start in range(0, len(record_ids), 500):
+                keys = [crm_table.key_of(rid) for rid in record_ids[start : start + 500]]
+                found = session.scalars(
+                    select(crm_table.key_column).where(crm_table.key_column.in_(keys))
+                )
+                live.extend(crm_table.record_id(key) for key in found)
+    if live:
+        services.store.complete_restores(
+            live, at, RECONCILE_ACTOR, "live in the CRM's tables when a backup was recovered"
+        )
+        with services.sessions.begin() as session:
+            remove_members(session, live)
+    return len(live)
 
 
 def _refuse_losing_crm_rows(services: Services, folder: Path) -> None:
@@ -421,7 +453,8 @@ def _refuse_losing_crm_rows(services: Services, folder: Path) -> None:
         raise BackupError(
             f"{len(missing)} CRM rows left their tables for the archive after this backup was "
             f"taken (first: {sorted(missing)[0]}); recovering it would leave them in neither "
-            "place: recover a newer backup, or pass --force to accept losing them"
+            "place (unless they were disposed of or erased since): recover a newer backup, or "
+            "pass --force to accept losing them"
         )
 
 
