@@ -71,13 +71,12 @@ from archivist.active_db import (
 )
 from archivist.audit import iter_chain_problems
 from archivist.config import Config
-from archivist.crm_ledger import ArchivedProcessMember, remove_members
 from archivist.records import format_utc
 from archivist.tokens import apply_revocation_ledger, revocation_ledger_path
 from archivist.web_sessions import WebSession
+from indexer.jobs.crm_recovery import mark_live_crm_rows_restored, refuse_losing_crm_rows
 from indexer.jobs.erasure import apply_erasure_ledger
 from indexer.jobs.indexing import rebuild_index
-from indexer.jobs.reconcile import ACTOR as RECONCILE_ACTOR
 from indexer.jobs.reconcile import reconcile_pending
 from indexer.services import Services
 
@@ -354,7 +353,7 @@ def recover_backup(
                 "active records; recover into an empty one, or pass --force to replace them"
             )
         if services.crm is not None and not force:
-            _refuse_losing_crm_rows(services, folder)
+            refuse_losing_crm_rows(services, folder / STORE_FOLDER / "catalog.db")
     # Every byte is copied before anything of the installation is replaced: a full disk fails
     # the recovery here and leaves the installation as it was.
     staged = stage_store(folder, config.archive_dir, set(load_manifest(folder)))
@@ -387,7 +386,7 @@ def recover_backup(
         # key file, outside every backup. Before the rebuild, so its text never reaches the index.
         apply_erasure_ledger(services, at)
         if services.crm is not None:
-            _mark_live_crm_rows_restored(services, at)
+            mark_live_crm_rows_restored(services, at)
         with services.sessions.begin() as session:
             # Tokens revoked since the backup stay revoked; every browser signs in again (a
             # session signed out since would otherwise be live again).
@@ -398,64 +397,6 @@ def recover_backup(
         with services.read_sessions.begin() as session:
             active = count_active(session)
     return RecoverReport(active, counts["archived"], indexed, str(metadata.get("created_at")))
-
-
-def _mark_live_crm_rows_restored(services: Services, at: datetime) -> int:
-    """With the CRM's own tables, a row restored into its table after the backup was taken is
-    archived in the recovered store and live in the CRM: it is marked restored (the CRM holds
-    it), so that no record is in both places. Returns how many."""
-    crm = services.crm
-    assert crm is not None
-    by_table: dict[Any, list[str]] = {}
-    for entry in services.store.iter_catalog(state="archived"):
-        crm_table = crm.table_of(entry.record_id)
-        if crm_table is not None:
-            by_table.setdefault(crm_table, []).append(entry.record_id)
-    live: list[str] = []
-    with services.read_sessions.begin() as session:
-        for crm_table, record_ids in by_table.items():
-            for start in range(0, len(record_ids), 500):
-                keys = [crm_table.key_of(rid) for rid in record_ids[start : start + 500]]
-                found = session.scalars(
-                    select(crm_table.key_column).where(crm_table.key_column.in_(keys))
-                )
-                live.extend(crm_table.record_id(key) for key in found)
-    if live:
-        services.store.complete_restores(
-            live, at, RECONCILE_ACTOR, "live in the CRM's tables when a backup was recovered"
-        )
-        with services.sessions.begin() as session:
-            remove_members(session, live)
-    return len(live)
-
-
-def _refuse_losing_crm_rows(services: Services, folder: Path) -> None:
-    """With the CRM's own tables mapped, refuse a backup that does not hold every row the live
-    ledger says left the CRM for the archive: rows archived after the backup was taken are in
-    neither place once it is recovered. Raises `BackupError` naming how many."""
-    with services.read_sessions.begin() as session:
-        members = list(session.scalars(select(ArchivedProcessMember.record_id)))
-    if not members:
-        return
-    catalog = sqlite3.connect(f"file:{folder / STORE_FOLDER / 'catalog.db'}?mode=ro", uri=True)
-    try:
-        held: set[str] = set()
-        for start in range(0, len(members), 500):
-            chunk = members[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
-            held.update(row[0] for row in catalog.execute(
-                f"SELECT record_id FROM records WHERE record_id IN ({marks})", chunk
-            ))
-    finally:
-        catalog.close()
-    missing = [m for m in members if m not in held]
-    if missing:
-        raise BackupError(
-            f"{len(missing)} CRM rows left their tables for the archive after this backup was "
-            f"taken (first: {sorted(missing)[0]}); recovering it would leave them in neither "
-            "place (unless they were disposed of or erased since): recover a newer backup, or "
-            "pass --force to accept losing them"
-        )
 
 
 def last_backup(services: Services) -> JobRun | None:

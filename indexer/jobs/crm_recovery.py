@@ -1,0 +1,78 @@
+"""A recovery beside the CRM's own tables: the CRM's rows are not in a backup, so what moved
+between the CRM and the archive since the backup was taken is checked against the live tables
+and the live ledger of rows that left them (`archived_process_members`)."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from archive_store.backup import BackupError
+from archivist.crm_ledger import ArchivedProcessMember, remove_members
+from indexer.jobs.reconcile import ACTOR as RECONCILE_ACTOR
+from indexer.services import Services
+
+
+def mark_live_crm_rows_restored(services: Services, at: datetime) -> int:
+    """With the CRM's own tables, a row restored into its table after the backup was taken is
+    archived in the recovered store and live in the CRM: it is marked restored (the CRM holds
+    it), so that no record is in both places. Returns how many."""
+    crm = services.crm
+    assert crm is not None
+    by_table: dict[Any, list[str]] = {}
+    for entry in services.store.iter_catalog(state="archived"):
+        crm_table = crm.table_of(entry.record_id)
+        if crm_table is not None:
+            by_table.setdefault(crm_table, []).append(entry.record_id)
+    live: list[str] = []
+    with services.read_sessions.begin() as session:
+        for crm_table, record_ids in by_table.items():
+            for start in range(0, len(record_ids), 500):
+                keys = [crm_table.key_of(rid) for rid in record_ids[start : start + 500]]
+                found = session.scalars(
+                    select(crm_table.key_column).where(crm_table.key_column.in_(keys))
+                )
+                live.extend(crm_table.record_id(key) for key in found)
+    if live:
+        services.store.complete_restores(
+            live, at, RECONCILE_ACTOR, "live in the CRM's tables when a backup was recovered"
+        )
+        with services.sessions.begin() as session:
+            remove_members(session, live)
+    return len(live)
+
+
+def refuse_losing_crm_rows(services: Services, catalog_path: Path) -> None:
+    """With the CRM's own tables mapped, refuse a backup that does not hold every row the live
+    ledger says left the CRM for the archive: rows archived after the backup was taken are in
+    neither place once it is recovered. Raises `BackupError` naming how many.
+
+    :param catalog_path: the backup's `catalog.db`
+    """
+    with services.read_sessions.begin() as session:
+        members = list(session.scalars(select(ArchivedProcessMember.record_id)))
+    if not members:
+        return
+    catalog = sqlite3.connect(f"file:{catalog_path}?mode=ro", uri=True)
+    try:
+        held: set[str] = set()
+        for start in range(0, len(members), 500):
+            chunk = members[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            held.update(row[0] for row in catalog.execute(
+                f"SELECT record_id FROM records WHERE record_id IN ({marks})", chunk
+            ))
+    finally:
+        catalog.close()
+    missing = [m for m in members if m not in held]
+    if missing:
+        raise BackupError(
+            f"{len(missing)} CRM rows left their tables for the archive after this backup was "
+            f"taken (first: {sorted(missing)[0]}); recovering it would leave them in neither "
+            "place (unless they were disposed of or erased since): recover a newer backup, or "
+            "pass --force to accept losing them"
+        )
