@@ -77,10 +77,14 @@ class Actor:
     audit: AuditWriter
     now: Callable[[], datetime] = utcnow
     recheck_seconds: float = 5.0  # how often a long stream asks whether the token still lives
+    web_session_id: str | None = None  # a browser's: signing out ends its streams too
 
     def still_allowed(self) -> bool:
-        """Whether the token is still live: a revocation ends a stream under way too."""
+        """Whether the token (and the browser's session) is still live: a revocation or a
+        sign-out ends a stream under way too."""
         with self.services.read_sessions.begin() as session:
+            if self.web_session_id is not None:
+                return find_web_session(session, self.web_session_id, self.now()) is not None
             return token_is_live(session, self.name)
 
 

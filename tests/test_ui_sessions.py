@@ -88,6 +88,44 @@ def test_web_session_expires_and_ends(services: Any, agent_headers: dict[str, st
         assert find_web_session(session, session_id, at + timedelta(hours=1)) is None
 
 
+def test_signing_out_ends_an_export_under_way_in_that_browser(
+    services: Any, archived: Any, make_record: Any, auditor_headers: dict[str, str]
+) -> None:
+    import dataclasses
+
+    import pytest
+
+    from archivist.active_db import AuditEntry
+    from archivist.web_sessions import WebSession
+    from server import create_app
+    from server.actions import ExportRevoked
+    from tests.conftest import close_app
+
+    archived(*[make_record(id=f"BIG-{n:04d}", subject=f"{n} " + "long subject " * 80)
+               for n in range(400)])  # several chunks of CSV
+    server = dataclasses.replace(services.config.server, token_cache_seconds=0)
+    app = create_app(dataclasses.replace(services.config, server=server))
+    try:
+        client = app.test_client()
+        _sign_in(client, auditor_headers)
+        response = client.get("/search/export.csv", buffered=False)
+        assert response.status_code == 200
+        chunks = iter(response.response)
+        received = next(chunks)
+        with services.sessions.begin() as session:  # signed out (from another tab, say)
+            session.query(WebSession).delete()
+        with pytest.raises(ExportRevoked):
+            for chunk in chunks:
+                received += chunk
+        response.close()
+        assert received.count(b"\r\n") < 401
+        with services.read_sessions.begin() as session:
+            entry = session.query(AuditEntry).filter(AuditEntry.action == "export").one()
+        assert entry.outcome == "revoked"
+    finally:
+        close_app(app)
+
+
 def ledger(services: Any) -> Any:
     """The installation's revocation ledger, beside its key file."""
     from archivist.tokens import revocation_ledger_path

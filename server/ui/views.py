@@ -18,6 +18,7 @@ from flask import (
     redirect,
     render_template,
     request,
+    session,
     stream_with_context,
     url_for,
 )
@@ -68,7 +69,8 @@ def _actor() -> actions.Actor:
     token: TokenInfo = g.ui_token
     services = ext["archivist"]
     return actions.Actor(token.name, services, ext["archivist_audit"],
-                         recheck_seconds=services.config.server.token_cache_seconds)
+                         recheck_seconds=services.config.server.token_cache_seconds,
+                         web_session_id=session.get("sid"))
 
 
 def _services() -> Services:
