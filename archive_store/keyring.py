@@ -57,10 +57,7 @@ def check_archive_key(conn: sqlite3.Connection, codec: FrameCodec) -> None:
     :param conn: a catalog connection (read only here)
     :param codec: the codec holding the key given, if any
     """
-    has_meta = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
-    ).fetchone()
-    if not has_meta:
+    if not _has_table(conn, "meta"):
         return
     stored = _meta(conn, "key_check")
     if stored is None:

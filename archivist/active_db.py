@@ -279,11 +279,10 @@ def lock_active(session: Session, record_ids: Sequence[str]) -> None:
     delete one between a caller's check and its write (on SQLite the write transaction's lock,
     taken at its first statement, already holds every row)."""
     ids = list(record_ids)
+    for_update = session.get_bind().dialect.name == "postgresql"
     for start in range(0, len(ids), 500):
         query = select(ACTIVE_TABLE.c.id).where(ACTIVE_TABLE.c.id.in_(ids[start : start + 500]))
-        if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update()
-        session.execute(query).all()
+        session.execute(query.with_for_update() if for_update else query).all()
 
 
 def insert_record(session: Session, record: Record) -> None:

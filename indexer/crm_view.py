@@ -11,13 +11,37 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from archive_store import ArchiveStore
 from archivist.crm_rows import CrmTable, CrmTables
+from archivist.errors import ConfigError
 from archivist.processes import ACTIVE
+from indexer.errors import CrmTablesChanged
 from indexer.jobs.crm_archiver import CrmRow, load_children, load_processes
 from indexer.processes import MAX_PROCESS_VIEW, ProcessNode, ProcessView, view_process
+from indexer.services import Services
+
+
+def view_record_process_now(services: Services, record_id: str) -> ProcessView:
+    """The record's process with its live rows, read from the CRM's tables as the services
+    found them; if the CRM changed them since (a column dropped), as they are now.
+
+    :raises CrmTablesChanged: the mapping no longer fits the tables
+    """
+    with services.read_sessions.begin() as session:
+        try:
+            return view_record_process(session, services.store, services.crm, record_id)
+        except DBAPIError as e:
+            if services.crm is None or e.connection_invalidated:
+                raise
+    try:
+        crm, _ = services.reflect_crm()
+    except ConfigError as e:
+        raise CrmTablesChanged(f"the CRM's tables no longer fit the mapping: {e}") from None
+    with services.read_sessions.begin() as session:
+        return view_record_process(session, services.store, crm, record_id)
 
 
 def view_record_process(

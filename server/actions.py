@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError
-
 from archive_store import CatalogEntry, HistoryEvent
 from archivist.active_db import utcnow
 from archivist.audit import (
@@ -38,13 +36,11 @@ from archivist.disposals import (
     iter_disposals,
     list_disposals,
 )
-from archivist.errors import ConfigError
 from archivist.holds import Hold, add_hold, list_holds, remove_hold
 from archivist.records import Record, format_utc
 from archivist.tokens import TokenInfo, token_is_live
 from archivist.web_sessions import end_web_session, find_web_session, start_web_session
-from indexer.crm_view import view_record_process
-from indexer.errors import CrmTablesChanged
+from indexer.crm_view import view_record_process_now
 from indexer.jobs.bulk_restore import restore_in_bulk
 from indexer.jobs.crm_restore import current_crm_tables, restore_crm_process
 from indexer.jobs.erasure import ErasureReport, audit_details, audit_target, erase_records
@@ -179,25 +175,8 @@ def read_record(actor: Actor, record_id: str) -> RecordView:
         info = store.info(record_id)
         record = None if info.state in ("purged", "erased") else store.get(record_id)
         entry.details["state"] = info.state
-        process = _process_view(services, record_id)
+        process = view_record_process_now(services, record_id)
         return RecordView(record, info, store.history(record_id), process)
-
-
-def _process_view(services: Services, record_id: str) -> ProcessView:
-    """The record's process with its live rows, read from the CRM's tables as the services
-    found them; if the CRM changed them since (a column dropped), as they are now."""
-    with services.read_sessions.begin() as session:
-        try:
-            return view_record_process(session, services.store, services.crm, record_id)
-        except DBAPIError as e:
-            if services.crm is None or e.connection_invalidated:
-                raise
-    try:
-        crm, _ = services.reflect_crm()
-    except ConfigError as e:
-        raise CrmTablesChanged(f"the CRM's tables no longer fit the mapping: {e}") from None
-    with services.read_sessions.begin() as session:
-        return view_record_process(session, services.store, crm, record_id)
 
 
 def restore(actor: Actor, record_id: str, reason: str | None = None) -> RestoreResult:
@@ -434,7 +413,8 @@ def _export_stream(actor: Actor, query: SearchQuery) -> Iterator[bytes]:
             for chunk in iter_csv(iter(counter)):
                 if time_module.monotonic() >= next_check:
                     if not actor.still_allowed():
-                        raise ExportRevoked(f"token {actor.name!r} was revoked during the export")
+                        raise ExportRevoked(f"token {actor.name!r} was revoked, or its browser "
+                                            "signed out, during the export")
                     next_check = time_module.monotonic() + actor.recheck_seconds
                 digest.update(chunk)
                 size += len(chunk)
@@ -448,7 +428,8 @@ def _export_stream(actor: Actor, query: SearchQuery) -> Iterator[bytes]:
 
 
 class ExportRevoked(Exception):
-    """The token of an export under way was revoked. Raised out of the stream, so the server
+    """The token of an export under way was revoked (or the browser's session ended). Raised
+    out of the stream, so the server
     breaks the connection off: the client sees a download cut short, not a shorter CSV that
     looks whole."""
 
