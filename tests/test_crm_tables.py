@@ -1195,6 +1195,44 @@ def test_crm_recovering_a_backup_older_than_rows_archived_since_is_refused_unles
     recover_backup(config, folder, utcnow(), force=True)
 
 
+@pytest.mark.parametrize("how", ["dispose", "erase"])
+def test_crm_rows_disposed_of_or_erased_since_the_backup_do_not_refuse_its_recovery(
+    crm, tmp_path, how
+):
+    """Rows that left the CRM's tables after the backup was taken and were then disposed of
+    or erased are in neither place on purpose: the ledger of rows that left forgets them, and
+    the recovery of the older backup goes on without --force."""
+    import shutil
+
+    from archivist.crm_ledger import ArchivedProcessMember
+    from indexer.jobs.backup import create_backup, recover_backup
+    from indexer.jobs.disposal import dispose_due_records
+
+    folder = tmp_path / "backup"
+    create_backup(crm, folder, utcnow())  # before anything was archived
+    run_archive_job(crm, utcnow())
+    assert crm.store.find_archived(PROCESS_A) == PROCESS_A
+    if how == "dispose":
+        report = dispose_due_records(
+            crm.sessions, crm.store, crm.config.retention,
+            utcnow() + timedelta(days=365 * 30), utcnow(),
+        )
+        assert report.purged == len(PROCESS_A)
+    else:
+        erase_records(crm, customer_id="1", actor="admin", at=utcnow())
+    assert {crm.store.info(rid).state for rid in PROCESS_A} == {
+        "purged" if how == "dispose" else "erased"
+    }
+    with crm.sessions.begin() as session:
+        assert session.query(ArchivedProcessMember).count() == 0
+
+    second = tmp_path / "second"
+    second.mkdir()
+    shutil.copy2(tmp_path / "archive.key", second / "archive.key")
+    config = load_config(write_config(second, crm.config.active_url))
+    recover_backup(config, folder, utcnow())  # no --force needed
+
+
 def test_crm_a_running_server_reads_a_record_page_after_the_crm_drops_a_column(crm):
     """The record page shows the process's live rows from the CRM's tables: read as the
     tables are now, not as the server found them when it started."""

@@ -73,6 +73,5 @@ def refuse_losing_crm_rows(services: Services, catalog_path: Path) -> None:
         raise BackupError(
             f"{len(missing)} CRM rows left their tables for the archive after this backup was "
             f"taken (first: {sorted(missing)[0]}); recovering it would leave them in neither "
-            "place (unless they were disposed of or erased since): recover a newer backup, or "
-            "pass --force to accept losing them"
+            "place: recover a newer backup, or pass --force to accept losing them"
         )

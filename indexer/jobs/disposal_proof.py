@@ -4,6 +4,8 @@ The due records are noted (unconfirmed) before the store purges them and confirm
 commit with the store's own purge time; records the store left alone (restored or purged
 meanwhile) are dropped from the list. A crash in between leaves unconfirmed rows, which the
 next run settles from the catalog, so the list holds exactly the records that were purged.
+A purged CRM row is forgotten by the ledger of rows that left the CRM's tables in the same
+transaction that confirms it: it is in neither place on purpose.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive_store import ArchiveStore
+from archivist.crm_ledger import remove_members
 from archivist.disposals import DueRecord, confirm_purged, note_due, unconfirmed
 from archivist.retention import RetentionRules
 
@@ -84,3 +87,4 @@ def _confirm(
     }
     with sessions.begin() as session:
         confirm_purged(session, run_id, purged, [i for i in record_ids if i not in purged])
+        remove_members(session, purged)

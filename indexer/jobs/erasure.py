@@ -46,6 +46,7 @@ from archive_store.faults import crash_point
 from archive_store.locks import ProcessLock
 from archivist.active_db import ActiveRecord
 from archivist.audit import AuditEvent, write_audit, write_blanking
+from archivist.crm_ledger import remove_members
 from archivist.crm_rows import CrmTables, count_customer_rows, count_record_rows
 from archivist.holds import load_hold_set
 from archivist.ledgers import append_entry, read_entries
@@ -232,6 +233,7 @@ def _erase(
         append_ledger(path, {"done": erasure_id})  # refused, nothing erased: nothing to finish
         raise
     crash_point("erase.after_store")
+    forget_erased_crm_rows(services, ids)
     erase_from_index(services, [e.record_id for e in erased])
     with services.read_sessions.begin() as session:  # searches audited meanwhile
         later, _ = entries_naming(session, words, looked)
@@ -296,6 +298,14 @@ def audit_target(customer_id: str | None, record_id: str | None) -> str:
     if customer_id is not None:
         return f"customer:{customer_hash(customer_id)}"
     return record_id or ""
+
+
+def forget_erased_crm_rows(services: Services, record_ids: list[str]) -> None:
+    """Take the erased ones of these records out of the ledger of rows that left the CRM's
+    tables: they are in neither place on purpose, and a recovery must not count them lost."""
+    erased = [i for i, e in services.store.entries(record_ids).items() if e.state == "erased"]
+    with services.sessions.begin() as session:
+        remove_members(session, erased)
 
 
 def erase_from_index(services: Services, record_ids: list[str]) -> None:
@@ -466,6 +476,7 @@ def _apply(services: Services, ledger: list[dict[str, Any]], at: datetime) -> in
     # a process that died before it rewrote the index): rewrite whatever holds any of them,
     # but not an id archived again since, whose new version is searchable as it should be.
     ledgered = sorted({rid for e in ledger for rid, _sha in e.get("records", [])})
+    forget_erased_crm_rows(services, sorted(set(ledgered) | set(erased_ids)))
     current = store.entries(ledgered)
     everything = [
         rid for rid in ledgered
