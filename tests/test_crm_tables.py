@@ -444,11 +444,22 @@ def test_crm_a_row_the_crm_refuses_to_delete_stays_active_and_is_not_archived(lo
     assert blocks == {("i:1", "items")}
     assert verify_all(crm).problems == []
 
-    again = run_archive_job(crm, utcnow())
-    assert (again.archived, again.refused) == (0, 1)
-    assert _item_ids(crm) == [1]
-    assert crm.store.find_archived(["i:1"]) == set()
-    assert list(crm.store.iter_pending()) == []
+    history = crm.store.history("i:1")
+    last_seq = crm.store.last_seq()
+    for _ in range(2):  # refused again: reported, and not stored and undone once more
+        again = run_archive_job(crm, utcnow())
+        assert (again.archived, again.refused) == (0, 1)
+        assert _item_ids(crm) == [1]
+        assert crm.store.find_archived(["i:1"]) == set()
+        assert list(crm.store.iter_pending()) == []
+        assert (crm.store.last_seq(), crm.store.history("i:1")) == (last_seq, history)
+
+    # once the CRM lets the row go, it moves like any other
+    run_sql(crm.config.active_url, "UPDATE items SET locked = false WHERE id = 1")
+    assert run_archive_job(crm, utcnow()).archived == 1
+    assert _item_ids(crm) == []
+    assert crm.store.find_archived(["i:1"]) == {"i:1"}
+    assert verify_all(crm).problems == []
 
 
 def test_crm_cli_archive_says_why_a_row_was_refused(locked_items):

@@ -160,6 +160,7 @@ def archive_crm_tables(
                         report.archived += len(process.rows)
                         report.by_category.update(r.record["category"] for r in process.rows)
                     continue
+                movable = _skip_still_refused(sessions, store, movable, report, job_run_id)
                 moved = move_processes(sessions, store, movable, archived_at, report, job_run_id)
             for process in moved:
                 report.archived += len(process.rows)
@@ -520,6 +521,46 @@ def _report_refused(
         rows.extend((rid, reason[:256], table) for rid in process.record_ids)
     with sessions.begin() as session:
         record_blocks(session, job_run_id, rows)
+
+
+def _skip_still_refused(
+    sessions: sessionmaker[Session],
+    store: ArchiveStore,
+    processes: list[CrmProcess],
+    report: CrmArchiveReport,
+    job_run_id: int | None,
+) -> list[CrmProcess]:
+    """The processes to move, less those the CRM refused to delete last time and still does.
+
+    A refusal is only found by deleting, after the records were stored; storing and undoing
+    them again every run would grow the store and their histories for nothing. So a process
+    with a row kept active by the run that stored it is first deleted in a transaction that
+    is rolled back (its triggers' writes with it): refused again, it is reported and not
+    stored; deleted, it moves as usual (the trigger or rule was changed since).
+    """
+    catalog = store.entries(rid for p in processes for rid in p.record_ids)
+    suspect = [
+        p for p in processes
+        if any(_kept_active_when_stored(catalog.get(rid)) for rid in p.record_ids)
+    ]
+    if not suspect:
+        return processes
+    session = sessions()
+    try:
+        outcome = delete_processes(session, suspect)
+    finally:
+        session.rollback()
+        session.close()
+    if outcome.refused:
+        _report_refused(sessions, report, suspect, outcome.refused, job_run_id)
+    return [p for p in processes if p.root_id not in outcome.refused]
+
+
+def _kept_active_when_stored(entry: CatalogEntry | None) -> bool:
+    """Whether the run that stored this version left its row in the CRM (restored with no
+    restore time, as only the archive job restores): the CRM changed it or refused its
+    delete."""
+    return entry is not None and entry.state == "restored" and entry.restored_at is None
 
 
 @dataclass
