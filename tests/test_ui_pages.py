@@ -124,6 +124,30 @@ def test_ui_roles_hide_and_refuse(
     assert client.get("/admin").status_code == 403
 
 
+def test_ui_export_started_from_another_site_is_refused_and_not_audited(
+    client: Any, auditor_headers: Any, corpus: None, services: Any
+) -> None:
+    """The session cookie rides along when another site sends the browser to the export
+    link; such an export would run, audited in the user's name, without a click here."""
+    from archivist.audit import AuditFilter, list_audit
+
+    _sign_in(client, auditor_headers)
+    for site in ("cross-site", "same-site"):
+        response = client.get("/search/export.csv?q=refund", headers={"Sec-Fetch-Site": site})
+        assert response.status_code == 403, site
+        assert "another site" in response.get_data(as_text=True)
+    with services.read_sessions.begin() as session:
+        assert list_audit(session, AuditFilter(action="export")).total == 0
+
+    for site in ("same-origin", "none", None):  # a click here, a typed URL, an older browser
+        headers = {"Sec-Fetch-Site": site} if site else {}
+        response = client.get("/search/export.csv?q=refund", headers=headers)
+        assert response.status_code == 200, site
+        assert "A-1" in response.get_data(as_text=True)
+    with services.read_sessions.begin() as session:  # only the three started here
+        assert list_audit(session, AuditFilter(action="export")).total == 3
+
+
 def test_ui_restore_is_audited_and_idempotent_in_the_ui(
     client: Any, admin_headers: Any, auditor_headers: Any, corpus: None, services: Any
 ) -> None:

@@ -200,6 +200,21 @@ def _error_page(e: Exception) -> tuple[str, int]:
     return render_template("ui/error.html", status=status, message=message), status
 
 
+def started_here(view: F) -> F:
+    """Refuse a GET that does work in the user's name (an export) when another site started
+    it: the session cookie rides along on a cross-site navigation (`SameSite=Lax`), so a page
+    elsewhere could run an export, audited under the user's name, without a click here.
+    Browsers say where a request came from in `Sec-Fetch-Site`; one without it is let in."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
+            abort(403, "Start this from Archivist's own pages, not from a link on another site.")
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def require_ui_role(role: str) -> Callable[[F], F]:
     """Let a request through only for a signed-in token whose role includes `role`."""
 

@@ -61,6 +61,7 @@ from server.ui.session import (
     current_path,
     local_path,
     require_ui_role,
+    started_here,
 )
 
 
@@ -165,6 +166,7 @@ def search() -> Any:
 
 @bp.get("/search/export.csv")
 @require_ui_role("auditor")
+@started_here
 def export_csv() -> Response:
     """Every record of the current search as CSV, streamed (the same export as the API's)."""
     services = _services()
