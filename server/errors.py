@@ -168,6 +168,11 @@ def register_error_handlers(app: Flask) -> None:
     @app.after_request
     def _send_request_id(response: Response) -> Response:
         response.headers["X-Request-Id"] = request_id()
+        # Answers hold archived customer data (JSON, CSV, error bodies echoing it): kept out
+        # of every cache. The UI's stylesheet and script may be cached.
+        if request.endpoint != "ui.static":
+            response.headers.setdefault("Cache-Control", "no-store")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
 
     @app.errorhandler(ApiError)

@@ -32,6 +32,29 @@ def test_wrong_method_is_json_405(client: Any, admin_headers: dict[str, str]) ->
     assert "GET" in response.headers["Allow"]
 
 
+def test_every_answer_but_the_ui_s_static_files_is_kept_out_of_caches(
+    client: Any, agent_headers: dict[str, str], archived: Any, make_record: Any
+) -> None:
+    """Records, searches and even errors echo archived customer data: no cache may keep
+    them (a shared proxy, a browser's disk cache)."""
+    archived(make_record(id="N-1", body="private words"))
+    answers = [
+        client.get("/api/v1/records/N-1", headers=agent_headers),
+        client.get("/api/v1/search?q=private", headers=agent_headers),
+        client.get("/api/v1/records/N-2", headers=agent_headers),
+        client.put("/api/v1/search", headers=agent_headers),
+        client.get("/records/N-1/restore"),  # a UI path that only takes POST: a 405
+    ]
+    for response in answers:
+        assert response.headers["Cache-Control"] == "no-store", response.request.path
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert [r.status_code for r in answers] == [200, 200, 404, 405, 405]
+    stylesheet = client.get("/assets/ui.css")
+    stylesheet.close()
+    assert stylesheet.status_code == 200
+    assert "no-store" not in stylesheet.headers.get("Cache-Control", "")
+
+
 def test_too_large_body_is_json_413(services: Any, admin_headers: dict[str, str]) -> None:
     server = dataclasses.replace(services.config.server, max_request_bytes=1024)
     app = create_app(dataclasses.replace(services.config, server=server))
