@@ -1565,6 +1565,14 @@ class ArchiveStore:
         ).fetchall()
         return [build_catalog_entry(row) for row in rows]
 
+    def categories(self) -> set[str]:
+        """The categories of the records archived or restored (a hold on any still reaches
+        them)."""
+        rows = self._db().execute(
+            "SELECT DISTINCT category FROM records WHERE state IN ('archived', 'restored')"
+        )
+        return {row[0] for row in rows}
+
     def counts(self) -> dict[str, int]:
         """Counts for stats: archived, restored, purged, indexed (and archived), pending."""
         conn = self._db()

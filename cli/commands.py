@@ -34,6 +34,7 @@ from archivist.tokens import (
     revoke_token,
 )
 from indexer.errors import IndexerError
+from indexer.hold_reach import NO_RECORD_HELD, hold_reaches_a_record
 from indexer.services import Services
 
 # Commands import the layers they use inside their own bodies: `archivist --help` and short
@@ -341,7 +342,10 @@ def hold_add(
         with _audited(services, "hold_add", f"{scope}:{value}", details):
             with services.sessions.begin() as session:
                 add_hold(session, scope, value, reason, utcnow())
+        reaches = hold_reaches_a_record(services, scope, value)
     click.echo(f"hold placed on {scope} {value}")
+    if not reaches:
+        click.echo("warning: " + NO_RECORD_HELD.format(scope=scope), err=True)
 
 
 @hold.command("remove")

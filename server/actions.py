@@ -40,6 +40,7 @@ from archivist.holds import Hold, add_hold, list_holds, remove_hold
 from archivist.records import Record, format_utc
 from archivist.tokens import TokenInfo, token_is_live
 from archivist.web_sessions import end_web_session, find_web_session, start_web_session
+from indexer import hold_reach
 from indexer.crm_view import view_record_process_now
 from indexer.jobs.bulk_restore import restore_in_bulk
 from indexer.jobs.crm_restore import current_crm_tables, restore_crm_process
@@ -319,6 +320,11 @@ def place_hold(actor: Actor, scope: str, value: str, reason: str) -> Hold:
     with audited(actor, "hold_add", f"{scope}:{value}", details, wait=True):
         with actor.services.sessions.begin() as session:
             return add_hold(session, scope, value, reason, actor.now())
+
+
+def hold_reaches_a_record(actor: Actor, scope: str, value: str) -> bool:
+    """Whether a hold on this value names any record, archived or active, now."""
+    return hold_reach.hold_reaches_a_record(actor.services, scope, value)
 
 
 def lift_hold(actor: Actor, scope: str, value: str) -> None:

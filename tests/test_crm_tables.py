@@ -1244,6 +1244,25 @@ def test_crm_rows_disposed_of_or_erased_since_the_backup_do_not_refuse_its_recov
     recover_backup(config, folder, utcnow())  # no --force needed
 
 
+def test_crm_a_hold_reaches_rows_in_the_crm_s_tables_and_in_the_archive(crm):
+    """Placing a hold says when it holds nothing: for the CRM's tables that is their rows (by
+    key, by the customer column and the rows under them, by a category column or constant)."""
+    from indexer.hold_reach import hold_reaches_a_record
+
+    run_archive_job(crm, utcnow())
+    reaches = {
+        ("record", "case:10"): True,  # archived
+        ("record", "case:40"): True,  # in the CRM
+        ("record", "case:999"): False,
+        ("customer", "1"): True,
+        ("customer", "2"): True,  # only in the CRM
+        ("customer", "99"): False,
+        ("category", "SUPPORT"): True,  # a column, casefolded
+        ("category", "support\u200b"): False,
+    }
+    assert {k: hold_reaches_a_record(crm, *k) for k in reaches} == reaches
+
+
 def test_crm_a_running_server_reads_a_record_page_after_the_crm_drops_a_column(crm):
     """The record page shows the process's live rows from the CRM's tables: read as the
     tables are now, not as the server found them when it started."""
