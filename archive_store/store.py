@@ -426,13 +426,13 @@ class ArchiveStore:
         (`begin_restore` refuses a record with a mark; `archive_batch` leaves out a record
         being restored).
         """
-        self._require_writable()
+        self.require_writable()
         return self._move_lock.shared()
 
     def settling(self) -> AbstractContextManager[None]:
         """The same lock held alone: while reconcile settles `pending` marks, no move is under
         way whose mark it would mistake for one a crash left behind."""
-        self._require_writable()
+        self.require_writable()
         return self._move_lock.exclusive()
 
     def indexing(self) -> ProcessLock:
@@ -442,17 +442,18 @@ class ArchiveStore:
         one step, so an index change based on a state read earlier can never land after a
         newer one (a stale add would put a restored record back into search).
         """
-        self._require_writable()
+        self.require_writable()
         return self._index_lock
 
     def disposing(self) -> ProcessLock:
         """The lock one disposal run holds from its first purge to its last, across threads and
         processes: a second run waits, so it never takes the first one's unconfirmed
         disposal-list rows for a crashed run's."""
-        self._require_writable()
+        self.require_writable()
         return self._dispose_lock
 
-    def _require_writable(self) -> None:
+    def require_writable(self) -> None:
+        """Raise `StoreReadOnly` when the archive folder cannot be written."""
         if self.read_only:
             raise StoreReadOnly(
                 f"the archive folder {self.directory} is read-only: search, stats and verify "
@@ -490,7 +491,7 @@ class ArchiveStore:
         """The exclusive write lock: a thread lock, then flock on `.lock` for other processes."""
         if self._pid != os.getpid():
             self._reset_process_state()
-        self._require_writable()
+        self.require_writable()
         with self._thread_lock:
             if self._lock_fd is None:
                 self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)

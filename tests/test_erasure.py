@@ -219,6 +219,35 @@ def test_an_erasure_refused_for_a_move_under_way_is_not_finished_later(
     assert ledger[-1] == {"done": ledger[0]["id"]}
 
 
+def test_an_interrupted_erasure_is_not_finished_over_a_hold_placed_since(
+    services: Services, erasable: Any
+) -> None:
+    """A hold refuses an erasure with nothing erased; one that stopped half-way and was held
+    since is not finished either (the finisher says so in the audit log and the ledger)."""
+    from archivist.audit import AuditFilter, list_audit
+    from indexer.jobs.erasure import finish_interrupted_erasures
+
+    path = ledger_path(services.config.key_file)
+    append_ledger(path, {  # what an erasure ledgers first, before the process died
+        "id": "e1", "at": NOW.isoformat(), "seq": services.store.last_seq(),
+        "head": services.store.entry_hash_at(services.store.last_seq()),
+        "customer_sha256": None,
+        "records": [[i, services.store.info(i).sha256] for i in erasable["theirs"][:2]],
+        "audit": [],
+    })
+    with services.sessions.begin() as session:
+        add_hold(session, "record", erasable["theirs"][1], "litigation", utcnow())
+
+    assert finish_interrupted_erasures(services, NOW) == 0
+    assert {services.store.info(i).state for i in erasable["theirs"][:2]} == {"archived"}
+    assert load_ledger(path)[-1] == {"done": "e1", "on_hold": True}
+    with services.read_sessions.begin() as session:
+        [entry] = list_audit(session, AuditFilter(action="erase")).entries
+    assert entry.outcome == "on_hold"
+    assert entry.details["held"] == erasable["theirs"][1]
+    assert finish_interrupted_erasures(services, NOW) == 0  # done: not tried again
+
+
 def test_erase_api_and_the_record_view(client: Any, admin_headers: Any, erasable: Any) -> None:
     held = client.post("/api/v1/erase", headers=admin_headers,
                        json={"record_id": "E-001", "reason": "asked", "dry_run": True})

@@ -107,3 +107,19 @@ def test_writing_to_a_read_only_archive_folder_is_a_clear_error(config_path, arc
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: the archive folder {archived} is read-only")
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_an_erasure_refused_by_a_read_only_archive_is_not_finished_later(
+    config_path, archived
+):
+    """Refused before it began: no ledger line asks a later run to finish it (where a hold
+    placed meanwhile would not have stopped it)."""
+    with read_only(archived):
+        result = archivist(config_path, "erase", "--record", "RO1", "--reason", "GDPR")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: the archive folder {archived} is read-only")
+    ledger = Path(str(load_config(config_path).key_file) + ".erasures")
+    assert not ledger.exists() or ledger.read_text() == ""
+    assert archivist(config_path, "archive", "--as-of", "2030-01-01").returncode == 0
+    with Services.open(load_config(config_path)) as services:
+        assert services.store.info("RO1").state == "archived"

@@ -120,7 +120,10 @@ def erase_records(
     if dry_run:
         plan = _plan(services, customer_id, record_id)
         return ErasureReport(len(plan.ids), plan.ids, plan.active, True, plan.hashes)
-    services.index.check_readable()  # an index it could not rewrite: refused before all else
+    # refused before all else, and before the ledger asks for it to be finished later: an
+    # archive folder it cannot write, an index it could not rewrite
+    services.store.require_writable()
+    services.index.check_readable()
     with _erasing(ledger_path(services.config.key_file)) as path:
         _finish_interrupted(services, path, at)  # first: it may erase some of these
         plan = _plan(services, customer_id, record_id)
@@ -152,24 +155,34 @@ def _plan(services: Services, customer_id: str | None, record_id: str | None) ->
         owner = customer_id
     entries = store.entries(ids)
     with services.sessions.begin() as session:
-        holds = load_hold_set(session)
-        held = sorted(
-            e.record_id for e in entries.values()
-            if holds.covers(e.record_id, e.customer_id, e.category)
-        )
-        if customer_id is not None and customer_id in holds.customer_ids:
-            held = held or [f"customer {customer_id}"]
-        if not held and ids:  # a hold on any record of a process holds all of it
-            source = ArchivistSource(session, store)
-            held = [
-                f"the process {p.root} (of {sorted(set(p.ids) & set(ids))[0]})"
-                for p in find_processes(source, ids)
-                if is_held(p, holds)
-            ]
-        if held:
-            raise OnHold(f"{held[0]} is on legal hold; nothing was erased")
+        held = _first_held(session, store, entries, customer_id)
+        if held is not None:
+            raise OnHold(f"{held} is on legal hold; nothing was erased")
         active = _still_active(session, services.crm, owner, record_id)
     return _Plan(ids, entries, active)
+
+
+def _first_held(
+    session: Session, store: ArchiveStore, entries: dict[str, CatalogEntry],
+    customer_id: str | None,
+) -> str | None:
+    """What a legal hold covers among the records an erasure would remove (or the customer
+    it names), or None: a record, the customer, or a process any of them belongs to."""
+    holds = load_hold_set(session)
+    held = sorted(
+        e.record_id for e in entries.values()
+        if holds.covers(e.record_id, e.customer_id, e.category)
+    )
+    if held:
+        return held[0]
+    if customer_id is not None and customer_id in holds.customer_ids:
+        return f"customer {customer_id}"
+    ids = sorted(entries)
+    source = ArchivistSource(session, store)
+    for process in find_processes(source, ids) if ids else []:
+        if is_held(process, holds):  # a hold on any record of a process holds all of it
+            return f"the process {process.root} (of {sorted(set(process.ids) & set(ids))[0]})"
+    return None
 
 
 def _still_active(
@@ -400,6 +413,15 @@ def _finish_interrupted(services: Services, path: Path, at: datetime) -> int:
         lines.setdefault(entry["id"], []).append(entry)
     total = 0
     for erasure_id, entries in lines.items():
+        held = _held_since(services, entries)
+        if held is not None:  # a hold placed since: it refuses the rest, as it would anew
+            write_audit(services.sessions, [AuditEvent(
+                at, LEDGER_ACTOR, "erase", "ledger", "on_hold",
+                {"interrupted_erasure_not_finished": erasure_id, "held": held},
+            )])
+            append_ledger(path, {"done": erasure_id, "on_hold": True})
+            log.warning("an interrupted erasure was not finished: %s is on legal hold", held)
+            continue
         try:
             erased = _apply(services, entries, at)
         except RestoreInProgress as e:  # a restore under way: the next run tries again
@@ -452,14 +474,15 @@ def _erasing(path: Path) -> Iterator[Path]:
         lock.close()
 
 
-def _apply(services: Services, ledger: list[dict[str, Any]], at: datetime) -> int:
-    """Do again what these ledger lines asked for, wherever it is not done yet: erase the
-    records the store still holds, take them out of the index, blank the audit entries."""
-    store = services.store
+def _targets(
+    store: ArchiveStore, ledger: list[dict[str, Any]]
+) -> list[tuple[list[str], str | None]]:
+    """For each ledger line, the records it still asks to erase in this store and the customer
+    whose data key goes with them (None: the key stays)."""
     by_hash = _customer_ids_by_hash(
         store, {e["customer_sha256"] for e in ledger if e.get("customer_sha256")}
     )
-    erased_ids: list[str] = []
+    targets = []
     for entry in ledger:
         ids = [record_id for record_id, _sha in entry.get("records", [])]
         customer_id = by_hash.get(entry.get("customer_sha256") or "")
@@ -467,6 +490,31 @@ def _apply(services: Services, ledger: list[dict[str, Any]], at: datetime) -> in
             ids = sorted(set(ids) | set(store.find_customer_records(customer_id)))
         if entry.get("seq") is not None:  # (lines written before it was ledgered: all of them)
             ids, customer_id = _older_than_the_erasure(store, ids, customer_id, entry)
+        targets.append((ids, customer_id))
+    return targets
+
+
+def _held_since(services: Services, ledger: list[dict[str, Any]]) -> str | None:
+    """What a legal hold placed since an interrupted erasure began covers among the records
+    it would still erase, or None."""
+    store = services.store
+    for ids, customer_id in _targets(store, ledger):
+        live = {i: e for i, e in store.entries(ids).items() if e.state in ("archived", "restored")}
+        if not live:
+            continue
+        with services.read_sessions.begin() as session:
+            held = _first_held(session, store, live, customer_id)
+        if held is not None:
+            return held
+    return None
+
+
+def _apply(services: Services, ledger: list[dict[str, Any]], at: datetime) -> int:
+    """Do again what these ledger lines asked for, wherever it is not done yet: erase the
+    records the store still holds, take them out of the index, blank the audit entries."""
+    store = services.store
+    erased_ids: list[str] = []
+    for ids, customer_id in _targets(store, ledger):
         if ids or customer_id is not None:
             erased_ids.extend(
                 e.record_id
