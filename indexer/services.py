@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from archive_store import ArchiveStore, ArchiveStoreError
+from archive_store import ArchiveStore, RecordNotFound
 from archive_store.crypto import KEY_ENV, KeyMissing, load_key, make_key_file
 from archivist.active_db import (
     create_schema,
@@ -36,8 +36,10 @@ def make_text_source(store: ArchiveStore) -> Callable[[str], tuple[str, str] | N
     def load_texts(record_id: str) -> tuple[str, str] | None:
         try:
             record = store.get(record_id)
-        except ArchiveStoreError:  # purged, erased or restored meanwhile, or damaged: no text
+        except RecordNotFound:  # purged or erased meanwhile: no text
             return None
+        # a damaged or missing segment raises (`SegmentCorrupt`): a blank hit or export row
+        # would pass for the record's real text
         return str(record.get("subject") or ""), str(record.get("body") or "")
 
     return load_texts

@@ -113,6 +113,35 @@ def test_deleted_segment_is_503_on_read_and_on_healthz(
     assert "segment 1 is missing" in health.get_json()["reason"]
 
 
+@pytest.mark.parametrize("damage", ["garble", "delete"])
+def test_search_and_export_over_a_damaged_segment_fail_rather_than_show_blank_text(
+    services: Any, client: Any, auditor_headers: dict[str, str], corpus: None, damage: str
+) -> None:
+    """Hits and export rows read their text from the store: a damaged or missing segment is a
+    503 naming the record, and an export breaks off audited as such, never blank text that
+    passes for the record's own (with a checksum to match)."""
+    import json
+
+    from archivist.active_db import AuditEntry
+
+    for path in _segment_files(services):
+        _garble(path) if damage == "garble" else path.unlink()
+    response = client.get("/api/v1/search?q=refund", headers=auditor_headers)
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "segment_corrupt"
+    assert "D-" in response.get_json()["error"]["message"]
+
+    # (the rows of the first chunk are read before the answer starts: a 503 too; later
+    # ones break the download off, as a revocation does)
+    response = client.get("/api/v1/export.csv?q=refund", headers=auditor_headers)
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "segment_corrupt"
+    with services.read_sessions.begin() as session:
+        entry = session.query(AuditEntry).filter(AuditEntry.action == "export").one()
+    assert entry.outcome == "segment_corrupt"
+    assert json.loads(entry.details)["rows"] == 0
+
+
 @pytest.mark.parametrize("what", INDEX_DAMAGE)
 def test_healthz_sees_index_damage_done_while_serving(
     services: Any, client: Any, admin_headers: dict[str, str], corpus: None, what: str
