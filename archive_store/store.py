@@ -80,8 +80,8 @@ WITH RECURSIVE theirs (record_id) AS (
     WHERE r.customer_id IS NULL AND r.state != 'erased'
 )
 SELECT r.record_id FROM theirs JOIN records r USING (record_id)
-WHERE r.state IN ('archived', 'restored') ORDER BY r.record_id
-"""
+WHERE r.state IN ({states}) ORDER BY r.record_id
+"""  # {states}: placeholders for the states wanted
 # The records below one (its children, theirs, ...) that name no customer: the customer of that
 # record is theirs, written into them before the record is erased and forgets it.
 _UNNAMED_BELOW = """
@@ -937,6 +937,19 @@ class ArchiveStore:
                 (up_to_seq,),
             )
 
+    def gone_since(self, after_seq: int) -> list[str]:
+        """The records purged or erased after entry `after_seq`: an index written from what
+        was read before must not keep their words (see `indexer.jobs.indexing`).
+
+        :param after_seq: a `last_seq()` taken earlier
+        """
+        rows = self._db().execute(
+            "SELECT record_id FROM records WHERE state IN ('purged', 'erased') AND state_seq > ?"
+            " ORDER BY record_id",
+            (after_seq,),
+        )
+        return [row[0] for row in rows]
+
     def last_seq(self) -> int:
         """The seq of the newest committed entry (0 for an empty store)."""
         row = self._db().execute("SELECT MAX(seq) FROM entries").fetchone()
@@ -1060,7 +1073,10 @@ class ArchiveStore:
                     # and any of theirs archived since the caller looked: the data key
                     # destroyed below is theirs too, so none may stay archived without it
                     wanted.extend(
-                        row[0] for row in conn.execute(_CUSTOMER_RECORDS, (customer_id,))
+                        row[0] for row in conn.execute(
+                            _CUSTOMER_RECORDS.format(states="?, ?"),
+                            (customer_id, "archived", "restored"),
+                        )
                     )
                 rows = sorted(
                     (row for row in load_records(conn, wanted).values()
@@ -1106,14 +1122,19 @@ class ArchiveStore:
         self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return erased
 
-    def find_customer_records(self, customer_id: str) -> list[str]:
-        """The ids of a customer's archived and restored records (for erasure): those naming
-        the customer, and the records of their processes that name no customer (a case's
-        messages and notes), which belong to the customer of their nearest ancestor naming one.
+    def find_customer_records(
+        self, customer_id: str, states: tuple[str, ...] = ("archived", "restored")
+    ) -> list[str]:
+        """The ids of a customer's records in these states (for erasure: archived and
+        restored): those naming the customer, and the records of their processes that name no
+        customer (a case's messages and notes), which belong to the customer of their nearest
+        ancestor naming one.
 
         :param customer_id: the customer
+        :param states: the states to list
         """
-        return [row[0] for row in self._db().execute(_CUSTOMER_RECORDS, (customer_id,))]
+        query = _CUSTOMER_RECORDS.format(states=placeholders(len(states)))
+        return [row[0] for row in self._db().execute(query, (customer_id, *states))]
 
     def reseal(self) -> int:
         """Seal the frames written before the store had a key (re-encrypt old segments).

@@ -109,6 +109,106 @@ def test_erasing_a_customer_leaves_no_trace_in_any_file(
     assert archivist("verify", "--config", str(config_path)).returncode == 0
 
 
+@pytest.fixture
+def few_among_many(services: Services, archived: Any, make_record: Any) -> list[str]:
+    """60 finance records (kept 7 years) and, in the same index segment, 5 support records
+    (kept 5) of customer C-ERASE with the marker: few enough that removing them alone does
+    not make the merge policy rewrite their segment."""
+    archived(
+        *[make_record(id=f"F-{i:03d}", category="finance", customer_id=f"C{i % 7:03d}",
+                      body=f"Invoice {i} paid; refund declined.") for i in range(60)],
+        *[make_record(id=f"S-{i}", customer_id="C-ERASE",
+                      body=f"Customer {EMAIL.decode()} mentioned {MARKER.decode()}.")
+          for i in range(5)],
+    )
+    assert files_holding(services.config.index_dir, MARKER[:-1])  # the index keeps stems
+    return [f"S-{i}" for i in range(5)]
+
+
+def test_disposal_takes_the_records_words_out_of_the_index_files_too(
+    services: Services, few_among_many: list[str]
+) -> None:
+    """A removed document's words stay in its index segment until the segment is rewritten:
+    disposal rewrites the segments that held what it purged."""
+    from indexer.jobs.runs import run_dispose_job
+
+    report = run_dispose_job(services, NOW, actor="cli")  # support is due, finance is not
+    assert report.purged == 5
+    assert files_holding(services.config.index_dir, MARKER[:-1]) == []
+    assert files_holding(services.config.index_dir, EMAIL) == []
+    assert services.index.search(SearchQuery(q="refund")).total == 60
+    assert verify_all(services).problems == []
+
+
+def test_erasing_a_customer_whose_records_were_disposed_of_scrubs_the_index_files(
+    services: Services, few_among_many: list[str]
+) -> None:
+    """Purged (their content gone from the store), but their words may still be in index
+    segments, as deleted documents: the customer's erasure rewrites those segments too."""
+    services.store.purge(few_among_many, utcnow(), "disposal")
+    sync_index(services.store, services.index)  # out of search, still in the files
+    assert files_holding(services.config.index_dir, MARKER[:-1])
+
+    report = erase_records(services, customer_id="C-ERASE", actor="admin", at=NOW)
+    assert report.ids == []  # nothing of theirs was left in the store to erase
+    assert files_holding(services.config.index_dir, MARKER[:-1]) == []
+    assert files_holding(services.config.index_dir, EMAIL) == []
+    assert services.index.search(SearchQuery(q="refund")).total == 60
+
+
+def test_an_erasure_while_the_archive_job_stages_index_segments_leaves_no_words_behind(
+    services: Services, archived: Any, make_record: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The archive job writes new index segments without a lock: records erased meanwhile
+    are in them. Attached, they are only marked deleted there, so the job rewrites them."""
+    from indexer.whoosh.index import SearchIndex
+
+    stage = SearchIndex.stage
+
+    def stage_then_erase(self: SearchIndex, docs: Any, **kwargs: Any) -> Any:
+        staged = stage(self, docs, **kwargs)
+        erase_records(services, customer_id="C-LATE", actor="admin", at=NOW)
+        return staged
+
+    monkeypatch.setattr(SearchIndex, "stage", stage_then_erase)
+    archived(
+        *[make_record(id=f"L-{i}", customer_id="C-LATE", body=f"{MARKER.decode()} {i}")
+          for i in range(3)],
+        *[make_record(id=f"K-{i:03d}", body=f"refund {i}") for i in range(60)],
+    )
+    monkeypatch.undo()
+    assert {services.store.info(f"L-{i}").state for i in range(3)} == {"erased"}
+    assert files_holding(services.config.index_dir, MARKER[:-1]) == []
+    assert services.index.search(SearchQuery(q="refund")).total == 60
+    assert verify_all(services).problems == []
+
+
+def test_an_erasure_while_the_index_is_rebuilt_leaves_no_words_in_the_new_index(
+    services: Services, erasable: Any, config_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild reads the store without a lock and swaps its new index in at the end: an
+    erasure in between (another process) rewrote the old index only, so the rebuild scrubs
+    the new one of what was purged or erased since it began reading."""
+    import indexer.jobs.indexing as indexing
+    from indexer.jobs.indexing import rebuild_index
+
+    read = indexing._with_processes
+
+    def read_then_erase(store: Any, docs: Any) -> Any:
+        yield from read(store, docs)  # every record read, the new index not swapped in yet
+        result = archivist("erase", "--customer", "C-ERASE", "--reason", "GDPR",
+                           "--config", str(config_path))
+        assert result.returncode == 0, result.stderr
+
+    monkeypatch.setattr(indexing, "_with_processes", read_then_erase)
+    rebuild_index(services.store, services.index)
+    assert services.store.info("E-000").state == "erased"
+    assert files_holding(services.config.index_dir, MARKER[:-1]) == []
+    assert files_holding(services.config.index_dir, RESTORED_MARKER[:-1]) == []
+    assert services.index.search(SearchQuery(q="refund")).total == 60
+    assert verify_all(services).problems == []
+
+
 def test_erase_dry_run_changes_nothing(services: Services, erasable: Any) -> None:
     before = folder_digest(services.config.archive_dir / "segments")
     report = erase_records(services, customer_id="C-ERASE", actor="t", at=NOW, dry_run=True)

@@ -137,6 +137,7 @@ class _Plan:
     ids: list[str]
     entries: dict[str, CatalogEntry]
     active: int  # the records still in the active database (the CRM's to erase)
+    purged: list[str] = field(default_factory=list)  # disposed of: their words may be indexed
 
     @property
     def hashes(self) -> list[str]:
@@ -149,9 +150,11 @@ def _plan(services: Services, customer_id: str | None, record_id: str | None) ->
     if record_id is not None:
         info = store.info(record_id)  # RecordNotFound if never archived
         ids = [record_id] if info.state in ("archived", "restored") else []
+        purged = [record_id] if info.state == "purged" else []
         owner = info.customer_id
     else:
         ids = store.find_customer_records(customer_id or "")
+        purged = store.find_customer_records(customer_id or "", ("purged",))
         owner = customer_id
     entries = store.entries(ids)
     with services.sessions.begin() as session:
@@ -159,7 +162,7 @@ def _plan(services: Services, customer_id: str | None, record_id: str | None) ->
         if held is not None:
             raise OnHold(f"{held} is on legal hold; nothing was erased")
         active = _still_active(session, services.crm, owner, record_id)
-    return _Plan(ids, entries, active)
+    return _Plan(ids, entries, active, purged)
 
 
 def _first_held(
@@ -247,7 +250,8 @@ def _erase(
         raise
     crash_point("erase.after_store")
     forget_erased_crm_rows(services, ids)
-    erase_from_index(services, [e.record_id for e in erased])
+    # the disposed-of records too: their content left the store, not yet the index's files
+    erase_from_index(services, [e.record_id for e in erased] + plan.purged)
     with services.read_sessions.begin() as session:  # searches audited meanwhile
         later, _ = entries_naming(session, words, looked)
     if later:
@@ -514,7 +518,10 @@ def _apply(services: Services, ledger: list[dict[str, Any]], at: datetime) -> in
     records the store still holds, take them out of the index, blank the audit entries."""
     store = services.store
     erased_ids: list[str] = []
+    purged_ids: list[str] = []
     for ids, customer_id in _targets(store, ledger):
+        if customer_id is not None:  # disposed of since the copy was made: out of its index
+            purged_ids.extend(store.find_customer_records(customer_id, ("purged",)))
         if ids or customer_id is not None:
             erased_ids.extend(
                 e.record_id
@@ -529,7 +536,7 @@ def _apply(services: Services, ledger: list[dict[str, Any]], at: datetime) -> in
     everything = [
         rid for rid in ledgered
         if rid not in current or current[rid].state not in ("archived", "restored")
-    ]
+    ] + purged_ids
     if everything:
         erase_from_index(services, everything)
     audit = [(seq, entry_hash) for e in ledger for seq, entry_hash in e.get("audit", [])]

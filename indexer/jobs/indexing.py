@@ -9,11 +9,16 @@ Records to add are staged: written as segments with no lock held (by both cores 
 are many), then attached under the lock after checking which are still unchanged. Only
 removals (and indexes from before the current schema) are written under the lock. Merging
 small segments runs after the lock is released.
+
+A removal only marks a document deleted: its words stay in its segment's files until that is
+rewritten. Records purged or erased while segments holding them were written without the lock
+(staged, or a rebuild) are therefore scrubbed afterwards (`scrub_gone_since`): each segment
+holding one is rewritten without it, as an erasure does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -107,6 +112,7 @@ def _add_staged(
             records = with_process_ids(store, (record for record, _ in found))
             yield from zip(records, (at for _, at in found), strict=True)
 
+    start = store.last_seq()
     staged = index.stage(docs(), processes=len(adds) >= BULK_PROCESSES)
     if staged is None:
         return None
@@ -137,10 +143,30 @@ def _add_staged(
                 crash_point("index.before_mark")
                 store.mark_indexed((e.record_id, e.version, e.state) for e in still)
                 done += len(still)
+        scrub_gone_since(store, index, start, among=by_id)
     finally:
         index.discard(staged)
     index.merge_segments()  # outside the store's lock: restores need not wait for it
     return done
+
+
+def scrub_gone_since(
+    store: ArchiveStore, index: SearchEngine, after_seq: int, among: Collection[str] = ()
+) -> int:
+    """Rewrite the index segments holding records purged or erased after entry `after_seq`,
+    so their words leave the index's files and not only its answers; returns how many
+    segments were rewritten.
+
+    :param after_seq: `store.last_seq()` taken before the index was written from the store
+    :param among: only these records (the ones written), if given
+    """
+    gone = store.gone_since(after_seq)
+    if among:
+        gone = [record_id for record_id in gone if record_id in among]
+    if not gone:
+        return 0
+    with store.indexing():
+        return index.erase(gone)
 
 
 def rebuild_index(store: ArchiveStore, index: SearchEngine, *, progress: bool = False) -> int:
@@ -159,6 +185,7 @@ def rebuild_index(store: ArchiveStore, index: SearchEngine, *, progress: bool = 
     with store.indexing():  # no index change + mark may straddle this reset
         store.mark_rebuilt(start)
     sync_index(store, index)
+    scrub_gone_since(store, index, start)  # purged or erased while the rebuild read them
     return count
 
 

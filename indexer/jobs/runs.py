@@ -18,7 +18,7 @@ from indexer.jobs.archiver import ArchiveReport, archive_due_records, preview_ar
 from indexer.jobs.crm_archiver import CrmArchiveReport, archive_crm_tables
 from indexer.jobs.disposal import DisposalReport, dispose_due_records
 from indexer.jobs.erasure import finish_interrupted_erasures
-from indexer.jobs.indexing import sync_index
+from indexer.jobs.indexing import scrub_gone_since, sync_index
 from indexer.jobs.settling import settle_leftovers
 from indexer.services import Services
 
@@ -158,6 +158,8 @@ def run_dispose_job(
             create_schema(services.engine)  # the disposal list, in installations from before it
             settle_leftovers(services.sessions, services.store, services.index, utcnow())
 
+            start = services.store.last_seq()
+
             def purged(count: int) -> None:
                 run.purged = details["purged"] = run.purged + count
 
@@ -173,6 +175,8 @@ def run_dispose_job(
             )
             run.purged = details["purged"] = report.purged
             sync_index(services.store, services.index)  # purged records leave search now
+            # ... and the index's files: their words stay in a segment until it is rewritten
+            scrub_gone_since(services.store, services.index, start)
     except Exception as e:
         outcome = getattr(e, "code", "error")
         raise
