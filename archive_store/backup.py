@@ -21,7 +21,7 @@ import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -399,14 +399,30 @@ def verify_store_copy(folder: Path, key: bytes | None = None) -> list[Problem]:
             )
             try:  # one line for a wrong or missing key, not one per sealed record
                 keyring.check_archive_key(conn, codec)
-            except ArchiveStoreError as e:
-                return [Problem(None, None, f"cannot be checked: {e}")]
+            except ArchiveStoreError as e:  # not damage: the backup may be sound
+                return [Problem(None, None, f"cannot be checked: {e} (give the archive key "
+                                            "the backup was made with)")]
             return verify_store(catalog, store_folder / SEGMENTS, Path(scratch) / ".lock", codec)
         except sqlite3.DatabaseError as e:
             return [Problem(None, None, f"{STORE_FOLDER}/{CATALOG} cannot be read: {e}")]
         finally:
             if lookups is not None:
                 lookups.close()
+
+
+def make_private(folder: Path) -> None:
+    """Owner-only modes for a folder and everything in it: a backup holds the catalog, token
+    hashes, the audit log's searches and (embedded) the active records in plain text.
+
+    :param folder: the folder
+    """
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        private = 0o700 if path.is_dir() else 0o600
+        with suppress(OSError):  # (another owner's file is left as it is)
+            if path.stat().st_mode & 0o777 != private:
+                path.chmod(private)
 
 
 def stage_store(folder: Path, store_dir: Path, listed: set[str]) -> Path:
@@ -432,6 +448,7 @@ def stage_store(folder: Path, store_dir: Path, listed: set[str]) -> Path:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 crash_point("recover.stage_file")
                 shutil.copyfile(path, target)
+                target.chmod(0o600)  # private, as the store's own files
                 with open(target, "rb+") as f:
                     os.fsync(f.fileno())
         for directory in sorted({p.parent for p in staged.rglob("*")} | {staged}):

@@ -471,7 +471,7 @@ def backup_verify(folder: Path, config_path: Path | None) -> None:
     if problems:
         for problem in problems:
             click.echo(problem, err=True)
-        click.echo(f"backup {folder} is damaged: {len(problems)} problems", err=True)
+        click.echo(f"backup {folder} does not verify: {len(problems)} problems", err=True)
         sys.exit(1)
     click.echo(f"ok: backup {folder} verifies")
 
@@ -486,13 +486,17 @@ def backup_recover(folder: Path, force: bool, config: Config) -> None:
     report = recover_backup(config, folder, utcnow(), force=force)
     with Services.open(config) as services:
         details = {"backup_created_at": report.created_at, "active": report.active,
-                   "archived": report.archived, "force": force}
+                   "archived": report.archived, "force": force,
+                   "crm_rows_lost": report.crm_rows_lost}
         with _audited(services, "recover", str(folder.absolute()), details):
             pass
     click.echo(
         f"recovered the backup of {report.created_at}: {report.active} active, "
         f"{report.archived} archived, indexed {report.indexed}"
     )
+    if report.crm_rows_lost:
+        click.echo(f"warning: {report.crm_rows_lost} CRM rows that left their tables after the "
+                   "backup was taken are in neither place", err=True)
 
 
 def _print_by_category(verb: str, total: int, by_category: dict[str, int]) -> None:

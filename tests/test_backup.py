@@ -233,6 +233,8 @@ def test_recover_is_refused_into_an_installation_with_records_unless_forced(
         }
     cli = _recover_cli(folder, other)
     assert cli.returncode == 1 and "--force" in cli.stderr and cli.stderr.count("\n") == 1
+    assert "already holds 0 active records and 5 in its archive (5 archived, 0 restored, " \
+        "0 purged)" in cli.stderr
 
     recover_backup(other, folder, utcnow(), force=True)
     with Services.open(other) as target:
@@ -568,6 +570,51 @@ def test_backup_verify_with_a_wrong_or_no_key_says_so_once(
         assert len(problems) == 1, problems
         assert problems[0].startswith("archive: cannot be checked: ")
     assert verify_backup(folder, archive_key(services)) == []
+
+
+def test_backup_verify_with_another_installation_s_key_does_not_call_the_backup_damaged(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path
+) -> None:
+    archived(*_records(make_record, 0, 20))
+    folder = tmp_path / "backup"
+    create_backup(services, folder, utcnow())
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.toml").write_text(CONFIG_TEXT)
+    with Services.open(load_config(other / "config.toml"), create=True):
+        pass  # an installation with its own new key
+    result = subprocess.run(
+        [sys.executable, "-m", "archivist", "backup", "verify", str(folder),
+         "--config", str(other / "config.toml")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 1
+    assert "give the archive key the backup was made with" in result.stderr
+    assert "damaged" not in result.stderr
+    assert result.stderr.splitlines()[-1] == f"backup {folder} does not verify: 1 problems"
+
+
+def test_a_backup_and_what_a_recovery_installs_are_private_to_their_owner(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path
+) -> None:
+    """The backup holds token hashes, the audit log and the active records in plain text."""
+    archived(*_records(make_record, 0, 20))
+    folder = tmp_path / "backup"
+    old_umask = os.umask(0o022)
+    try:
+        create_backup(services, folder, utcnow())
+        fresh = _fresh_config(tmp_path, "fresh")
+        (fresh.archive_dir / "catalog.db").chmod(0o644)  # so that only a recovery makes it 0600
+        recover_backup(fresh, folder, utcnow(), force=True)
+    finally:
+        os.umask(old_umask)
+    modes = {p: p.stat().st_mode & 0o777 for p in [folder, *folder.rglob("*")]}
+    assert modes and all(
+        mode == (0o700 if path.is_dir() else 0o600) for path, mode in modes.items()
+    ), {str(p): oct(m) for p, m in modes.items()}
+    assert (fresh.archive_dir / "catalog.db").stat().st_mode & 0o077 == 0
+    database = fresh.archive_dir.parent / "active.db"
+    assert database.stat().st_mode & 0o077 == 0
 
 
 def test_a_backup_missing_what_it_says_it_holds_is_refused_before_anything_is_replaced(

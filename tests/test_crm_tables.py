@@ -1206,6 +1206,26 @@ def test_crm_recovering_a_backup_older_than_rows_archived_since_is_refused_unles
     recover_backup(config, folder, utcnow(), force=True)
 
 
+def test_crm_recovering_over_the_same_installation_names_the_rows_it_would_lose(
+    crm, tmp_path
+):
+    """Recovering over the installation itself (the usual disaster) needs --force for the
+    records it holds: the refusal names the CRM rows that would be in neither place too, and
+    a forced recovery says how many it lost."""
+    from indexer.jobs.backup import InstallationNotEmpty, create_backup, recover_backup
+
+    folder = tmp_path / "backup"
+    create_backup(crm, folder, utcnow())  # before anything was archived
+    run_archive_job(crm, utcnow())
+    config = crm.config
+    crm.close()
+    with pytest.raises(InstallationNotEmpty, match=r"5 CRM rows left their tables .* case:10.*"
+                                                   r"--force to replace them and lose those"):
+        recover_backup(config, folder, utcnow())
+    report = recover_backup(config, folder, utcnow(), force=True)
+    assert report.crm_rows_lost == 5
+
+
 @pytest.mark.parametrize("how", ["dispose", "erase"])
 def test_crm_rows_disposed_of_or_erased_since_the_backup_do_not_refuse_its_recovery(
     crm, tmp_path, how

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -48,6 +49,7 @@ from archive_store.backup import (
     install_staged_store,
     keep_if_changed,
     load_manifest,
+    make_private,
     remove_unlisted,
     snapshot_closing,
     stage_store,
@@ -74,12 +76,17 @@ from archivist.config import Config
 from archivist.records import format_utc
 from archivist.tokens import apply_revocation_ledger, revocation_ledger_path
 from archivist.web_sessions import WebSession
-from indexer.jobs.crm_recovery import mark_live_crm_rows_restored, refuse_losing_crm_rows
+from indexer.jobs.crm_recovery import (
+    crm_rows_lost_by,
+    describe_lost_crm_rows,
+    mark_live_crm_rows_restored,
+)
 from indexer.jobs.erasure import apply_erasure_ledger
 from indexer.jobs.indexing import rebuild_index
 from indexer.jobs.reconcile import reconcile_pending
 from indexer.services import Services
 
+log = logging.getLogger(__name__)
 FORMAT = 1
 METADATA = "backup.json"
 ACTIVE_DB = "active.db"
@@ -124,6 +131,7 @@ class RecoverReport:
     archived: int
     indexed: int
     created_at: str
+    crm_rows_lost: int = 0  # forced: CRM rows archived after the backup, now in neither place
 
 
 def sqlite_path(active_url: str) -> Path | None:
@@ -242,6 +250,7 @@ def _create(services: Services, folder: Path, at: datetime) -> BackupReport:
         tally.hashes[METADATA] = hash_file(folder / METADATA)
         write_manifest(folder, tally.hashes)
         remove_unlisted(folder, set(tally.hashes))
+        make_private(folder)
     except BaseException as e:
         _finish_run(services, run, f"{type(e).__name__}: {e}")
         raise
@@ -347,13 +356,25 @@ def recover_backup(
         held = counts["archived"] + counts["restored"] + counts["purged"]
         with services.read_sessions.begin() as session:
             active = count_active(session)
+        lost = []
+        if services.crm is not None:
+            lost = crm_rows_lost_by(services, folder / STORE_FOLDER / "catalog.db")
         if (held or active) and not force:
             raise InstallationNotEmpty(
-                f"the installation of {config.path} already holds {held} archived and {active} "
-                "active records; recover into an empty one, or pass --force to replace them"
+                f"the installation of {config.path} already holds {active} active records and "
+                f"{held} in its archive ({counts['archived']} archived, {counts['restored']} "
+                f"restored, {counts['purged']} purged)"
+                + (f"; and {describe_lost_crm_rows(lost)}" if lost else "")
+                + ": recover into an empty one, or pass --force to replace them"
+                + (" and lose those rows" if lost else "")
             )
-        if services.crm is not None and not force:
-            refuse_losing_crm_rows(services, folder / STORE_FOLDER / "catalog.db")
+        if lost and not force:
+            raise BackupError(
+                f"{describe_lost_crm_rows(lost)}: recover a newer backup, or pass --force to "
+                "accept losing them"
+            )
+        if lost:
+            log.warning("recovery forced: %s", describe_lost_crm_rows(lost))
     # Every byte is copied before anything of the installation is replaced: a full disk fails
     # the recovery here and leaves the installation as it was.
     staged = stage_store(folder, config.archive_dir, set(load_manifest(folder)))
@@ -362,6 +383,7 @@ def recover_backup(
         if staged_database is not None:
             staged_database.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(folder / ACTIVE_DB, staged_database)
+            staged_database.chmod(0o600)
             with open(staged_database, "rb+") as f:
                 os.fsync(f.fileno())
         else:
@@ -396,7 +418,9 @@ def recover_backup(
         counts = services.store.counts()
         with services.read_sessions.begin() as session:
             active = count_active(session)
-    return RecoverReport(active, counts["archived"], indexed, str(metadata.get("created_at")))
+    return RecoverReport(
+        active, counts["archived"], indexed, str(metadata.get("created_at")), len(lost)
+    )
 
 
 def last_backup(services: Services) -> JobRun | None:

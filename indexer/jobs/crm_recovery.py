@@ -11,7 +11,6 @@ from typing import Any
 
 from sqlalchemy import select
 
-from archive_store.backup import BackupError
 from archivist.crm_ledger import ArchivedProcessMember, remove_members
 from indexer.jobs.reconcile import ACTOR as RECONCILE_ACTOR
 from indexer.services import Services
@@ -46,17 +45,17 @@ def mark_live_crm_rows_restored(services: Services, at: datetime) -> int:
     return len(live)
 
 
-def refuse_losing_crm_rows(services: Services, catalog_path: Path) -> None:
-    """With the CRM's own tables mapped, refuse a backup that does not hold every row the live
-    ledger says left the CRM for the archive: rows archived after the backup was taken are in
-    neither place once it is recovered. Raises `BackupError` naming how many.
+def crm_rows_lost_by(services: Services, catalog_path: Path) -> list[str]:
+    """With the CRM's own tables mapped, the rows the live ledger says left the CRM for the
+    archive that the backup does not hold: archived after it was taken, they are in neither
+    place once it is recovered. Sorted record ids.
 
     :param catalog_path: the backup's `catalog.db`
     """
     with services.read_sessions.begin() as session:
         members = list(session.scalars(select(ArchivedProcessMember.record_id)))
     if not members:
-        return
+        return []
     catalog = sqlite3.connect(f"file:{catalog_path}?mode=ro", uri=True)
     try:
         held: set[str] = set()
@@ -68,10 +67,12 @@ def refuse_losing_crm_rows(services: Services, catalog_path: Path) -> None:
             ))
     finally:
         catalog.close()
-    missing = [m for m in members if m not in held]
-    if missing:
-        raise BackupError(
-            f"{len(missing)} CRM rows left their tables for the archive after this backup was "
-            f"taken (first: {sorted(missing)[0]}); recovering it would leave them in neither "
-            "place: recover a newer backup, or pass --force to accept losing them"
-        )
+    return sorted(m for m in members if m not in held)
+
+
+def describe_lost_crm_rows(lost: list[str]) -> str:
+    """What recovering would lose of the CRM's rows, in a sentence."""
+    return (
+        f"{len(lost)} CRM rows left their tables for the archive after this backup was "
+        f"taken (first: {lost[0]}); recovering it would leave them in neither place"
+    )
