@@ -654,7 +654,7 @@ class ArchiveStore:
                 ))
                 record_rows.append((
                     item.record_id, version, placed.seq, placed.segment_id, packed, at_text,
-                    item.category, item.customer_id, created_text, updated_text,
+                    item.category, _customer_of(item, row), created_text, updated_text,
                     epoch_micros(item.updated_at), placed.seq, item.parent_id,
                 ))
                 results[item.record_id] = StoredEntry(
@@ -1641,6 +1641,17 @@ class ArchiveStore:
         return verify_store(
             self._catalog_path, self._segments_dir, lock, self._codec, read_only=self.read_only
         )
+
+
+def _customer_of(item: ArchiveItem, earlier: sqlite3.Row | None) -> str | None:
+    """The customer the catalog keeps for a record archived (again): its own, or, for one
+    naming none under the same parent, the customer its earlier version was handed when the
+    record above it was erased alone (that record no longer names anyone to inherit from)."""
+    if item.customer_id is not None or earlier is None:
+        return item.customer_id
+    if earlier["parent_id"] == item.parent_id:
+        return earlier["customer_id"]
+    return None
 
 
 def _check_state(state: str) -> None:

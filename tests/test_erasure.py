@@ -302,6 +302,30 @@ def test_after_a_record_is_erased_alone_the_records_below_it_stay_its_customer_s
     assert would_erase("D") == ["W-CASE"]
 
 
+def test_records_below_an_erased_one_stay_its_customer_s_when_archived_again(
+    services: Services, archived: Any, make_record: Any
+) -> None:
+    """Restored and archived again, the records below an erased record still name no
+    customer themselves and no longer reach one above: they keep the customer they were
+    handed, so that customer's erasure still takes them."""
+    from indexer.jobs.restore import restore_process
+    from indexer.jobs.runs import run_archive_job
+
+    archived(make_record(id="Q-CASE", customer_id="C-Q", body="a case"),
+             make_record(id="Q-MSG", customer_id=None, parent_id="Q-CASE",
+                         body=f"write to {EMAIL.decode()}"),
+             make_record(id="Q-NOTE", customer_id=None, parent_id="Q-MSG", body="a note"))
+    erase_records(services, record_id="Q-CASE", actor="t", at=NOW)
+    restore_process(services.sessions, services.store, services.index, "Q-NOTE", "t", NOW)
+    run_archive_job(services, NOW + timedelta(days=800))  # past the restore grace: again
+    assert {services.store.info(i).version for i in ("Q-MSG", "Q-NOTE")} == {2}
+
+    report = erase_records(services, customer_id="C-Q", actor="t", at=NOW)
+    assert report.ids == ["Q-MSG", "Q-NOTE"]
+    assert files_holding(services.config.archive_dir, EMAIL) == []
+    assert files_holding(services.config.index_dir, EMAIL) == []
+
+
 def test_an_erasure_refused_for_a_move_under_way_is_not_finished_later(
     services: Services, erasable: Any
 ) -> None:
