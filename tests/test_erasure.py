@@ -326,6 +326,25 @@ def test_records_below_an_erased_one_stay_its_customer_s_when_archived_again(
     assert files_holding(services.config.index_dir, EMAIL) == []
 
 
+def test_an_erasure_counts_the_records_a_restore_brought_back_while_it_began(
+    services: Services, erasable: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore that ends after the erasure counted the active records (and before it
+    erased): those records are the CRM's to erase too, and the count says so."""
+    from archive_store import ArchiveStore
+
+    erase = ArchiveStore.erase
+
+    def restore_first(self: ArchiveStore, *args: Any, **kwargs: Any) -> Any:
+        restore_record(services.sessions, services.store, services.index, "E-000", "t", NOW)
+        return erase(self, *args, **kwargs)
+
+    monkeypatch.setattr(ArchiveStore, "erase", restore_first)
+    report = erase_records(services, customer_id="C-ERASE", actor="admin", at=NOW)
+    assert report.erased == 6
+    assert report.active_remaining == 2  # E-RST, and E-000 restored meanwhile
+
+
 def test_an_erasure_refused_for_a_move_under_way_is_not_finished_later(
     services: Services, erasable: Any
 ) -> None:

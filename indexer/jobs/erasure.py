@@ -138,6 +138,7 @@ class _Plan:
     entries: dict[str, CatalogEntry]
     active: int  # the records still in the active database (the CRM's to erase)
     purged: list[str] = field(default_factory=list)  # disposed of: their words may be indexed
+    owner: str | None = None  # the customer whose active records are counted
 
     @property
     def hashes(self) -> list[str]:
@@ -162,7 +163,7 @@ def _plan(services: Services, customer_id: str | None, record_id: str | None) ->
         if held is not None:
             raise OnHold(f"{held} is on legal hold; nothing was erased")
         active = _still_active(session, services.crm, owner, record_id)
-    return _Plan(ids, entries, active, purged)
+    return _Plan(ids, entries, active, purged, owner)
 
 
 def _first_held(
@@ -249,6 +250,8 @@ def _erase(
         append_ledger(path, {"done": erasure_id})  # refused, nothing erased: nothing to finish
         raise
     crash_point("erase.after_store")
+    with services.read_sessions.begin() as session:  # again: a restore may have ended since
+        active = _still_active(session, services.crm, plan.owner, record_id)
     forget_erased_crm_rows(services, ids)
     # the disposed-of records too: their content left the store, not yet the index's files
     erase_from_index(services, [e.record_id for e in erased] + plan.purged)
@@ -262,7 +265,7 @@ def _erase(
     wipe_free_pages(services)
     append_ledger(path, {"done": erasure_id})
     return ErasureReport(
-        len(erased), [e.record_id for e in erased], plan.active, False,
+        len(erased), [e.record_id for e in erased], active, False,
         [e.sha256 for e in erased], blanked,
     )
 
