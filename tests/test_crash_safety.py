@@ -23,7 +23,7 @@ from archivist.active_db import AuditEntry, find_active, utcnow
 from archivist.audit import AuditEvent, write_audit
 from archivist.config import load_config
 from archivist.demo_data import generate_records
-from indexer.jobs.erasure import ledger_path, load_ledger
+from indexer.jobs.erasure import customer_hash, ledger_path, load_ledger
 from indexer.jobs.restore import restore_record
 from indexer.search import SearchQuery
 from indexer.services import Services
@@ -446,9 +446,13 @@ def test_an_erasure_killed_half_way_is_finished_by_the_next_run(
                 AuditEntry.details.contains("interrupted_erasure_finished")
             ).one()
             assert (finished.actor, finished.action) == ("erasure-ledger", "erase")
-            assert json.loads(finished.details)["interrupted_erasure_finished"] == ledger_id(
-                config
-            )
+            details = json.loads(finished.details)
+            assert details["interrupted_erasure_finished"] == ledger_id(config)
+            # what the killed erasure's own entry would have said: who, and what it erased
+            assert details["begun_by"] == "cli"
+            assert len(details["sha256"]) == 5
+            assert details["customer_sha256"] == customer_hash("C-GONE")
+            assert finished.target == f"customer:{customer_hash('C-GONE')}"
     assert archivist(config_path, "verify").returncode == 0
     assert {"done": ledger_id(config)} in load_ledger(ledger_path(config.key_file))
     again = archivist(config_path, "erase", "--customer", "C-GONE", "--reason", "asked")

@@ -238,6 +238,7 @@ def _erase(
     append_ledger(path, {
         "id": erasure_id,
         "at": at.isoformat(),
+        "actor": actor,
         "seq": seq,  # what it finds is older: see `_older_than_the_erasure`
         "head": store.entry_hash_at(seq),
         "customer_sha256": customer_hash(customer_id) if customer_id is not None else None,
@@ -408,6 +409,29 @@ def finish_interrupted_erasures(services: Services, at: datetime) -> int:
         return _finish_interrupted(services, path, at)
 
 
+def _what_was_asked(lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the audit log keeps of an erasure that stopped half-way (its own entry was never
+    written): who began it and when, and the hashes of what it was to erase (some of which it
+    may have erased itself before it stopped)."""
+    first = lines[0]
+    asked: dict[str, Any] = {
+        "begun_at": first.get("at"),
+        "begun_by": first.get("actor"),  # (ledger lines older than this field: None)
+        "sha256": [sha for line in lines for _rid, sha in line.get("records", [])],
+    }
+    if first.get("customer_sha256"):
+        asked["customer_sha256"] = first["customer_sha256"]
+    return asked
+
+
+def _ledgered_target(lines: list[dict[str, Any]]) -> str:
+    """The target an erasure's own audit entry would have had, from its ledger lines."""
+    if lines[0].get("customer_sha256"):
+        return f"customer:{lines[0]['customer_sha256']}"
+    records = lines[0].get("records", [])
+    return records[0][0] if len(records) == 1 else "ledger"
+
+
 def _unfinished(ledger: list[dict[str, Any]]) -> list[dict[str, Any]]:
     done = {e["done"] for e in ledger if "done" in e}
     return [e for e in ledger if e.get("id") and e["id"] not in done]
@@ -435,8 +459,9 @@ def _finish_interrupted(services: Services, path: Path, at: datetime) -> int:
             log.warning("an interrupted erasure waits for a restore to finish: %s", e)
             continue
         write_audit(services.sessions, [AuditEvent(
-            at, LEDGER_ACTOR, "erase", "ledger", "ok",
-            {"interrupted_erasure_finished": erasure_id, "erased": erased},
+            at, LEDGER_ACTOR, "erase", _ledgered_target(entries), "ok",
+            {"interrupted_erasure_finished": erasure_id, "erased": erased,
+             **_what_was_asked(entries)},
         )])
         append_ledger(path, {"done": erasure_id})
         log.warning("finished an interrupted erasure: %d record(s) erased now", erased)
