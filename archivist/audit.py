@@ -442,10 +442,19 @@ class AuditWriter:
         try:
             if events:
                 write_audit(self._sessions, events)
-        except BaseException as e:  # handed to the waiting callers; never kills the thread
-            log.exception("could not write %d audit entries", len(events))
-            for p in batch:
-                p.error = e
+        except BaseException:  # one at a time, so that one entry the database refuses
+            for p in batch:    # takes no other with it
+                self._write_one(p)
         finally:
             for p in batch:
                 p.done.set()
+
+    def _write_one(self, pending: _Pending) -> None:
+        if pending.event is None:
+            return
+        try:
+            write_audit(self._sessions, [pending.event])
+        except BaseException as e:  # handed to the waiting caller; never kills the thread
+            log.exception("could not write an audit entry (%s %s)",
+                          pending.event.actor, pending.event.action)
+            pending.error = e

@@ -10,7 +10,7 @@ from flask import Blueprint, Response, current_app, request, stream_with_context
 from indexer.search import SearchQuery
 from server import actions
 from server.auth import current_token, require_role
-from server.bodies import load_json_object
+from server.bodies import load_json_body, load_json_object
 from server.errors import BadRequest
 from server.schemas import (
     AuditArgsSchema,
@@ -86,9 +86,7 @@ def record(record_id: str) -> Any:
 def restore(record_id: str) -> Any:
     """Put an archived record and the rest of its process back into the active database."""
     # the raw body: `request.data` is empty for a form-encoded one, whose reason would be lost
-    body = request.get_json(silent=True) if request.get_data(cache=True) else {}
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
+    body = load_json_body() if request.get_data(cache=True) else {}
     data = RestoreBodySchema().load(body)
     result = actions.restore(actor(), record_id, data.get("reason"))
     return RestoreResultSchema().dump(result)
@@ -98,10 +96,7 @@ def restore(record_id: str) -> Any:
 @require_role("admin")
 def erase() -> Any:
     """Erase a customer's or one record's archived text for good (GDPR/CCPA)."""
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    data = EraseSchema().load(body)
+    data = EraseSchema().load(load_json_body())
     report = actions.erase(
         actor(), data["customer_id"], data["record_id"], data["reason"].strip(), data["dry_run"]
     )
@@ -112,10 +107,7 @@ def erase() -> Any:
 @require_role("admin")
 def bulk_restore() -> Any:
     """Restore archived records, by ids or by a search, with the rest of their processes."""
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    data = BulkRestoreBodySchema().load(body)
+    data = BulkRestoreBodySchema().load(load_json_body())
     services = current_app.extensions["archivist"]
     query = None
     if "search" in data:

@@ -1,8 +1,9 @@
 """JSON request bodies: parsed with a depth limit, and text that is really text.
 
 Python's JSON decoder accepts a lone surrogate escape (`"\\ud800"`), which no database or
-file can store as UTF-8, and recurses once per nesting level, so a body nested 100,000 deep
-ends in a RecursionError. Both are refused here as a 400, before any handler sees the body.
+file can store as UTF-8, and a NUL (`"\\u0000"`), which PostgreSQL's text cannot hold, and
+recurses once per nesting level, so a body nested 100,000 deep ends in a RecursionError. All
+are refused here as a 400, before any handler sees the body.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def check_json_value(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
         if isinstance(item, str):
             if _SURROGATE.search(item):
                 raise ValueError("a string holds a lone surrogate (\\ud800-\\udfff), not text")
+            if "\x00" in item:  # PostgreSQL's text cannot hold one: the audit entry would fail
+                raise ValueError("a string holds a NUL character (\\u0000)")
         elif isinstance(item, dict | list):
             if depth > max_depth:
                 raise ValueError(f"nested deeper than {max_depth} levels")
@@ -48,6 +51,14 @@ class StrictJSONProvider(DefaultJSONProvider):
             raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
         check_json_value(value)
         return value
+
+
+def load_json_body() -> dict[str, Any]:
+    """`load_json_object` of a body sent as JSON (`Content-Type: application/json`): a reason
+    sent as a form (`curl -d`) would otherwise be read as no reason at all."""
+    if not request.is_json:
+        raise BadRequest("the body must be a JSON object (Content-Type: application/json)")
+    return load_json_object()
 
 
 def load_json_object() -> dict[str, Any]:

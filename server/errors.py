@@ -164,6 +164,17 @@ def register_error_handlers(app: Flask) -> None:
                 environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
         except UnicodeError:
             raise werkzeug.exceptions.BadRequest("the path is not valid UTF-8") from None
+        # A NUL in a parameter or form field: PostgreSQL's text cannot hold one, so the
+        # request's audit entry (which names what was asked) could not be written.
+        if "\x00" in request.path:
+            raise werkzeug.exceptions.BadRequest("the path holds a NUL character")
+        fields = [request.args]
+        if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            request.get_data(cache=True)  # first: the raw body stays readable after the parse
+            fields.append(request.form)
+        for values in fields:
+            if any("\x00" in k or "\x00" in v for k, v in values.items(multi=True)):
+                raise werkzeug.exceptions.BadRequest("a parameter holds a NUL character")
 
     @app.after_request
     def _send_request_id(response: Response) -> Response:

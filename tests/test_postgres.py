@@ -219,3 +219,65 @@ def test_postgres_import_racing_an_archive_run_never_leaves_a_record_in_both_pla
     assert len(active) + len(in_archive) == 1, (active, in_archive)
     if active:
         assert active["RACE-1"].body == "second"
+
+
+def test_postgres_an_audit_entry_the_database_refuses_takes_no_other_with_it(pg_services):
+    """PostgreSQL's text cannot hold a NUL: such an entry fails alone, the rest of its batch
+    is written (a search naming a NUL must not leave other requests unaudited)."""
+    from archivist.active_db import AuditEntry
+    from archivist.audit import AuditEvent, AuditWriter, iter_chain_problems
+
+    with pg_services.engine.begin() as connection:
+        connection.execute(text("TRUNCATE audit_log"))
+    writer = AuditWriter(pg_services.sessions)
+    events = [AuditEvent(utcnow(), "agent", "search", target)
+              for target in ("before", "bad\x00one", "after")]
+    with writer._cond:  # all three queued before the writer's thread takes them: one batch
+        for event in events:
+            writer.record(event, wait=False)
+    writer.close()
+    with pg_services.read_sessions.begin() as session:
+        targets = [e.target for e in session.query(AuditEntry).order_by(AuditEntry.seq)]
+        assert list(iter_chain_problems(session)) == []
+    assert targets == ["before", "after"]
+
+
+def test_postgres_a_nul_in_any_request_text_is_a_400_not_an_unaudited_answer(
+    pg_services, make_record
+):
+    from archivist.active_db import AuditEntry
+    from archivist.tokens import create_token
+    from server import close_app, create_app
+
+    load(pg_services, [make_record(id="N-1", updated_at="2020-01-02T00:00:00Z")])
+    run_archive_job(pg_services, datetime(2026, 1, 1, tzinfo=UTC))
+    with pg_services.sessions.begin() as session:
+        secret = create_token(session, "nul-admin", "admin", utcnow())
+    headers = {"Authorization": f"Bearer {secret}"}
+    app = create_app(pg_services.config)
+    try:
+        client = app.test_client()
+        answers = [
+            client.get("/api/v1/search?q=refund%00x", headers=headers),
+            client.get("/api/v1/search?customer_id=C%001", headers=headers),
+            client.get("/api/v1/export.csv?q=a%00b", headers=headers),
+            client.get("/api/v1/records/N%001", headers=headers),
+            client.post("/api/v1/records/N-1/restore", json={"reason": "a\x00b"},
+                        headers=headers),
+            client.post("/api/v1/erase", json={"record_id": "N-1", "reason": "x\x00"},
+                        headers=headers),
+            client.post("/api/v1/holds", data={"scope": "record", "value": "N-1",
+                                               "reason": "x\x00"}, headers=headers),
+        ]
+        for response in answers:
+            assert response.status_code == 400, response.request.path
+            assert "NUL" in response.get_json()["error"]["message"]
+        assert client.get("/api/v1/search?q=refund", headers=headers).status_code == 200
+        app.extensions["archivist_audit"].flush()
+    finally:
+        close_app(app)
+    with pg_services.read_sessions.begin() as session:
+        actions = [e.action for e in session.query(AuditEntry).filter(
+            AuditEntry.actor == "nul-admin")]
+    assert actions == ["search"]  # the one request answered is audited
+    assert pg_services.store.info("N-1").state == "archived"
