@@ -221,10 +221,11 @@ def _left_behind(
     process (records of their own, with no parent and no children, need no walk)."""
     groups: list[list[str]] = []
     roots: set[str] = set()
+    walked: set[str] = set()  # members of the processes walked: one walk per process
     with sessions.begin() as session:
         source = ArchivistSource(session, store)
         for start in range(0, len(restored), 1000):
-            chunk = restored[start : start + 1000]
+            chunk = [i for i in restored[start : start + 1000] if i not in walked]
             entries = store.entries(chunk)
             linked = {e.parent_id for e in store.child_entries(chunk)}
             walk = [
@@ -232,6 +233,7 @@ def _left_behind(
                 if i in linked or (i in entries and entries[i].parent_id is not None)
             ]
             for process in find_processes(source, walk) if walk else []:
+                walked.update(m.id for m in process.members)
                 rest = _archived_ids(process)
                 if rest and process.root not in roots:
                     roots.add(process.root)
@@ -250,6 +252,7 @@ def _plan_groups(
     groups: list[list[str]] = []
     skipped: list[Skipped] = []
     roots: set[str] = set()
+    walked: set[str] = set()  # members of the processes walked: one walk per process
     with sessions.begin() as session:
         source = ArchivistSource(session, store)
         for start in range(0, len(ids), 1000):
@@ -276,8 +279,9 @@ def _plan_groups(
                 roots.add(record_id)
                 groups.append([record_id])
             single = set(alone)
-            others = [i for i in ready if i not in single]
+            others = [i for i in ready if i not in single and i not in walked]
             for process in find_processes(source, others) if others else []:
+                walked.update(m.id for m in process.members)
                 if process.root not in roots:
                     roots.add(process.root)
                     groups.append(_archived_ids(process))
