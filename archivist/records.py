@@ -12,6 +12,10 @@ from typing import Any
 from archivist.errors import InvalidRecord
 
 MAX_BODY_BYTES = 2**20
+# The subject is shown whole in every search hit and export row, and attributes travel with
+# the record everywhere: bounded, so that no one record makes a page or an export huge.
+MAX_SUBJECT_BYTES = 2**16
+MAX_ATTRIBUTES_BYTES = 4 * 2**20
 # Objects and arrays inside one another in `attributes`, the attributes object itself counted.
 # CRM data nests a few levels; hundreds of levels reach the recursion limits of the tools a
 # record passes through (pickling to the index workers, JSON encoders).
@@ -132,6 +136,8 @@ def parse_record(
         raise InvalidRecord("text contains invalid Unicode (lone surrogates)") from None
     if body_bytes > MAX_BODY_BYTES:
         raise InvalidRecord(f"body is larger than {MAX_BODY_BYTES} bytes")
+    if len(values["subject"].encode("utf-8")) > MAX_SUBJECT_BYTES:
+        raise InvalidRecord(f"subject is larger than {MAX_SUBJECT_BYTES} bytes")
     for name in _TIME_FIELDS:
         values[name] = canonical_timestamp(_required(obj, name, str), name)
     attributes = obj.get("attributes")
@@ -144,11 +150,13 @@ def parse_record(
                 "(objects and arrays inside one another)"
             )
         try:
-            json.dumps(attributes, ensure_ascii=False, allow_nan=False).encode("utf-8")
+            encoded = json.dumps(attributes, ensure_ascii=False, allow_nan=False).encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidRecord("attributes contain invalid Unicode (lone surrogates)") from None
         except ValueError:
             raise InvalidRecord("attributes contain NaN or Infinity (not JSON)") from None
+        if len(encoded) > MAX_ATTRIBUTES_BYTES:
+            raise InvalidRecord(f"attributes are larger than {MAX_ATTRIBUTES_BYTES} bytes as JSON")
     values["attributes"] = attributes
     if "parent_id" in obj:
         parent_id = _required(obj, "parent_id", (str, type(None)))

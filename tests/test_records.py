@@ -10,7 +10,9 @@ from archivist.active_db import ActiveRecord
 from archivist.errors import InvalidRecord
 from archivist.records import (
     FIELDS,
+    MAX_ATTRIBUTES_BYTES,
     MAX_BODY_BYTES,
+    MAX_SUBJECT_BYTES,
     RECORD_FIELDS,
     Record,
     canonical_timestamp,
@@ -72,6 +74,10 @@ def test_timestamps_are_stored_in_utc(given, expected):
         ({"colour": "red"}, "unknown field 'colour'"),
         ({"body": "x" * (MAX_BODY_BYTES + 1)}, "body is larger than"),
         ({"body": "退" * (MAX_BODY_BYTES // 3 + 1)}, "body is larger than"),
+        ({"subject": "s" * (MAX_SUBJECT_BYTES + 1)}, "subject is larger than 65536 bytes"),
+        ({"subject": "退" * (MAX_SUBJECT_BYTES // 3 + 1)}, "subject is larger than"),
+        ({"attributes": {"blob": "a" * MAX_ATTRIBUTES_BYTES}},
+         "attributes are larger than 4194304 bytes as JSON"),
     ],
 )
 def test_parse_record_rejects_with_a_reason(make_record, overrides: dict[str, Any], reason: str):
@@ -89,6 +95,12 @@ def test_parse_record_names_a_missing_field(make_record, field):
 
 def test_body_of_exactly_one_mebibyte_is_accepted(make_record):
     assert len(parse_record(make_record(body="x" * MAX_BODY_BYTES)).body) == MAX_BODY_BYTES
+
+
+def test_subject_and_attributes_at_their_limits_are_accepted(make_record):
+    attributes = {"blob": "a" * (MAX_ATTRIBUTES_BYTES - len('{"blob": ""}'))}
+    record = parse_record(make_record(subject="s" * MAX_SUBJECT_BYTES, attributes=attributes))
+    assert len(record.subject) == MAX_SUBJECT_BYTES and record.attributes == attributes
 
 
 @pytest.mark.parametrize(
