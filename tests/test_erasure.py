@@ -685,6 +685,19 @@ def test_chinese_names_and_words_of_records_naming_no_customer_are_blanked_too(
     assert verify_all(services).problems == []
 
 
+def test_the_erased_text_is_read_in_pieces_that_cut_no_word() -> None:
+    """A large customer's words are gathered a piece of their text at a time; no piece ends
+    inside a line, so no word is cut in two."""
+    from indexer.jobs.erasure_audit import _pieces
+
+    text = "\n".join(f"word{i} 退款{i} erin.k{i}@example.org" for i in range(100_000))
+    pieces = list(_pieces(text, size=2**16))
+    assert "".join(pieces) == text and len(pieces) > 10
+    assert all(piece.endswith("\n") for piece in pieces[:-1])
+    words = {w for piece in pieces for w in piece.split()}
+    assert words == set(text.split())
+
+
 def test_the_words_of_an_audited_query() -> None:
     from indexer.jobs.erasure_audit import query_words
 

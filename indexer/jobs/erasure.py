@@ -271,24 +271,27 @@ def _erase(
     )
 
 
-def readable_records(store: ArchiveStore, ids: list[str]) -> list[dict[str, Any]]:
+def readable_records(store: ArchiveStore, ids: list[str]) -> Iterator[dict[str, Any]]:
     """Every archived version of the records that can still be read (earlier versions of a
-    re-archived record too); a damaged one is erased all the same, unread.
+    re-archived record too), read 1,000 records at a time so that a large customer's are never
+    all in memory at once; a damaged one is erased all the same, unread.
 
     :param store: the archive store
     :param ids: the records about to be erased
     """
-    try:
-        return store.versions(ids)
-    except ArchiveStoreError:
-        out = []
-        for record_id in ids:
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start : start + 1000]
+        try:
+            yield from store.versions(chunk)
+            continue
+        except ArchiveStoreError:
+            pass
+        for record_id in chunk:
             try:
-                out.extend(store.versions([record_id]))
+                yield from store.versions([record_id])
             except ArchiveStoreError:
                 log.warning("record %s cannot be read; its words are not looked for in the "
                             "audit log", record_id)
-        return out
 
 
 def audit_details(report: ErasureReport, customer_id: str | None) -> dict[str, Any]:

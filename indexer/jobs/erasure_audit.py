@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from sqlalchemy import func, select
@@ -60,6 +60,17 @@ def record_text(records: Iterable[dict[str, Any]]) -> str:
     for record in records:
         walk(record)
     return "\n".join(parts)
+
+
+def _pieces(text: str, size: int = 2**20) -> Iterator[str]:
+    """The text in pieces of about `size` characters, each ending at a line's end (a record's
+    strings are lines: no word is cut)."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start + size)
+        end = len(text) if end < 0 else end + 1
+        yield text[start:end]
+        start = end
 
 
 def query_words(target: str, details: str, action: str = "search") -> set[str]:
@@ -119,10 +130,14 @@ class NamingWords:
         :param index: the search index
         """
         self._text = text = record_text(records)
-        self._words = set(text.split()) | set(_PART.findall(text))
+        self._words: set[str] = set()
         # as the index has them: stems (`words` finds `word`), and phone numbers as digits in
         # every form a search for them takes (`138-0013-8000`, `+8613800138000`, `013800138000`)
-        self._terms = index.terms_of(text)
+        self._terms: set[str] = set()
+        for piece in _pieces(text):  # a piece at a time: a large customer's words all at once
+            self._words.update(piece.split())  # would take many times the text's size
+            self._words.update(_PART.findall(piece))
+            self._terms |= index.terms_of(piece)
         self._customer = customer_id.lower() if customer_id else None
         self._ids = set(record_ids)
         self._index = index
