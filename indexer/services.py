@@ -45,6 +45,20 @@ def make_text_source(store: ArchiveStore) -> Callable[[str], tuple[str, str] | N
     return load_texts
 
 
+def make_texts_source(store: ArchiveStore) -> Callable[[list[str]], dict[str, tuple[str, str]]]:
+    """`make_text_source` for many hits at once (an export): each segment file is opened
+    once and read in file order; records purged or erased meanwhile are left out, a damaged
+    or missing segment raises as for one."""
+
+    def load_many(record_ids: list[str]) -> dict[str, tuple[str, str]]:
+        return {
+            record_id: (str(record.get("subject") or ""), str(record.get("body") or ""))
+            for record_id, record in store.get_many(record_ids).items()
+        }
+
+    return load_many
+
+
 def open_search_engine(
     config: Config, store: ArchiveStore, broken_ok: bool = False
 ) -> SearchEngine:
@@ -73,6 +87,7 @@ def open_search_engine(
             config.index_dir, config.shard_period, config.index_worker_nice, store_text=False
         )
     index.text_source = make_text_source(store)
+    index.texts_source = make_texts_source(store)
     return index
 
 

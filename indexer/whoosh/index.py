@@ -128,6 +128,8 @@ class SearchIndex:
         # record id -> (subject, body): where hits read the text of documents that do not
         # store it (see build_document); set by whoever opens the archive store beside it.
         self.text_source: Callable[[str], tuple[str, str] | None] | None = None
+        # ... and for many record ids at once (iter_hits reads its hits a chunk at a time)
+        self.texts_source: Callable[[list[str]], dict[str, tuple[str, str]]] | None = None
         self._period = shard_period
         self._worker_nice = worker_nice
         self._background = Background(worker_nice)
@@ -560,10 +562,15 @@ class SearchIndex:
             compiled = compile_query(query.q, self._parser, readers)
             ordered = order_matches(snap.views, query, compiled, snap.stats)
         for start in range(0, len(ordered), chunk):
+            end = min(start + chunk, len(ordered))
+            text_source = self.text_source
+            if self.texts_source is not None:  # the chunk's texts in one pass over the store
+                texts = self.texts_source([ordered.record_ids[i] for i in range(start, end)])
+                text_source = texts.get
             with self._turns.turn():
                 views = {v.name: v for v in self._current_snapshot().views}
                 hits = []
-                for i in range(start, min(start + chunk, len(ordered))):
+                for i in range(start, end):
                     view = views.get(ordered.shard_names[ordered.shards[i]])
                     rid = ordered.record_ids[i]
                     docnum = None if view is None else view.cache.searcher.document_number(id=rid)
@@ -571,7 +578,7 @@ class SearchIndex:
                         score = ordered.scores[i] if ordered.scores is not None else 0.0
                         hits.append(load_hit(
                             view, docnum, score, compiled, snippet=False,
-                            text_source=self.text_source,
+                            text_source=text_source,
                         ))
             yield from hits
 
