@@ -1074,7 +1074,7 @@ class ArchiveStore:
                     # destroyed below is theirs too, so none may stay archived without it
                     wanted.extend(
                         row[0] for row in conn.execute(
-                            _CUSTOMER_RECORDS.format(states="?, ?"),
+                            _CUSTOMER_RECORDS.format(states=placeholders(2)),
                             (customer_id, "archived", "restored"),
                         )
                     )

@@ -150,7 +150,7 @@ def register_error_handlers(app: Flask) -> None:
         request_id()
 
     @app.before_request
-    def _check_path_encoding() -> None:
+    def _check_request_text() -> None:
         # Bytes of the path that are not UTF-8 would become U+FFFD on their way to the view,
         # which would then look up a record id nobody sent. (An HTTPException, so
         # that the web pages answer with their own error page.)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -141,6 +144,23 @@ def snapshot(services: Services) -> dict[str, str]:
             ):
                 rows[prefixes[table] + row_key] = as_json
     return rows
+
+
+@contextmanager
+def http_client(services: Services, role: str = "admin") -> Iterator[tuple[Any, dict[str, str]]]:
+    """A test client of the installation's app and the headers of a token with this role."""
+    from archivist.tokens import create_token
+    from server import close_app, create_app
+
+    with services.sessions.begin() as session:
+        secret = create_token(session, f"{role}-{uuid.uuid4().hex}", role, utcnow())
+    headers = {"Authorization": f"Bearer {secret}"}
+    app = create_app(services.config)
+    app.config["TESTING"] = True
+    try:
+        yield app.test_client(), headers
+    finally:
+        close_app(app)
 
 
 @pytest.fixture
@@ -573,16 +593,10 @@ def test_crm_readme_example_runs_as_written(tmp_path, pg_url):
 
 
 def test_crm_search_page_and_record_show_the_table_and_restore_over_http(crm):
-    from server import close_app, create_app
-    from tests.conftest import _token_headers
     from tests.test_ui_pages import _sign_in
 
     run_archive_job(crm, utcnow())
-    headers = _token_headers(crm, "admin")
-    app = create_app(crm.config)
-    app.config["TESTING"] = True
-    try:
-        client = app.test_client()
+    with http_client(crm) as (client, headers):
         body = client.get("/api/v1/records/case:11", headers=headers).json
         assert body["record"]["attributes"]["table"] == "cases"
         _sign_in(client, headers)
@@ -597,8 +611,6 @@ def test_crm_search_page_and_record_show_the_table_and_restore_over_http(crm):
         response = client.post("/api/v1/records/case:10/restore", headers=headers)
         assert response.status_code == 409
         assert response.json["error"]["code"] == "not_archived"
-    finally:
-        close_app(app)
 
 
 def test_crm_cli_restore_brings_back_whole_processes_and_lists_the_rest(crm):
@@ -623,19 +635,11 @@ def test_crm_cli_restore_brings_back_whole_processes_and_lists_the_rest(crm):
 
 
 def test_crm_bulk_restore_over_http_restores_processes_and_skips_the_rest(crm):
-    from server import close_app, create_app
-    from tests.conftest import _token_headers
-
     before = snapshot(crm)
     run_archive_job(crm, utcnow())
-    headers = _token_headers(crm, "admin")
-    app = create_app(crm.config)
-    app.config["TESTING"] = True
-    try:
+    with http_client(crm) as (client, headers):
         body = {"ids": ["case:11", "case:30"], "reason": "court order"}
-        response = app.test_client().post("/api/v1/restore", json=body, headers=headers)
-    finally:
-        close_app(app)
+        response = client.post("/api/v1/restore", json=body, headers=headers)
 
     assert response.status_code == 200, response.json
     assert response.json["processes"] == 1
@@ -646,16 +650,8 @@ def test_crm_bulk_restore_over_http_restores_processes_and_skips_the_rest(crm):
 
 def record_view(services: Services, record_id: str) -> dict:
     """The record view's JSON, as the HTTP API answers it."""
-    from server import close_app, create_app
-    from tests.conftest import _token_headers
-
-    headers = _token_headers(services, "admin")
-    app = create_app(services.config)
-    app.config["TESTING"] = True
-    try:
-        response = app.test_client().get(f"/api/v1/records/{record_id}", headers=headers)
-    finally:
-        close_app(app)
+    with http_client(services) as (client, headers):
+        response = client.get(f"/api/v1/records/{record_id}", headers=headers)
     assert response.status_code == 200, response.json
     return response.json
 
@@ -946,19 +942,8 @@ GENERATED_ROWS = (
 
 def _api(services: Services, method: str, path: str, **kwargs):
     """One request to the HTTP API as an admin."""
-    from archivist.tokens import create_token
-    from server import close_app, create_app
-
-    with services.sessions.begin() as session:
-        secret = create_token(session, f"admin-{uuid.uuid4().hex}", "admin", utcnow())
-    app = create_app(services.config)
-    app.config["TESTING"] = True
-    try:
-        return app.test_client().open(
-            path, method=method, headers={"Authorization": f"Bearer {secret}"}, **kwargs
-        )
-    finally:
-        close_app(app)
+    with http_client(services) as (client, headers):
+        return client.open(path, method=method, headers=headers, **kwargs)
 
 
 @pytest.fixture
@@ -1104,17 +1089,8 @@ def test_crm_a_running_server_restores_into_the_tables_as_they_are_now(crm):
     CRM added since is restored with it; while the CRM has dropped a column an archived row
     had, its restore is a 409 `restore_refused` naming the column, and nothing is left
     pending; once the column is back the same server restores it."""
-    from archivist.tokens import create_token
-    from server import close_app, create_app
-
     run_archive_job(crm, utcnow())
-    with crm.sessions.begin() as session:
-        secret = create_token(session, "server-admin", "admin", utcnow())
-    headers = {"Authorization": f"Bearer {secret}"}
-    app = create_app(crm.config)
-    app.config["TESTING"] = True
-    try:
-        client = app.test_client()
+    with http_client(crm) as (client, headers):
         run_sql(crm.config.active_url, """
             ALTER TABLE cases ADD COLUMN vip_note text;
             INSERT INTO cases (id, account_id, queue, title, state, opened_at, last_activity_at,
@@ -1140,8 +1116,6 @@ def test_crm_a_running_server_restores_into_the_tables_as_they_are_now(crm):
         response = client.post("/api/v1/records/note:1/restore", headers=headers)
         assert response.status_code == 200, response.json
         assert set(response.json["restored"]) == PROCESS_A
-    finally:
-        close_app(app)
     with crm.engine.connect() as connection:
         assert connection.scalar(text("SELECT minutes FROM notes WHERE id = 1")) == Decimal(
             "15.250")
@@ -1151,23 +1125,12 @@ def test_crm_a_restore_after_a_mapped_column_is_gone_is_restore_refused(crm):
     """A mapped column the CRM dropped while the server runs makes the mapping not fit: a
     restore, one or in bulk, says so (409 `restore_refused`, the entry and column named) and
     writes nothing."""
-    from archivist.tokens import create_token
-    from server import close_app, create_app
-
     run_archive_job(crm, utcnow())
-    with crm.sessions.begin() as session:
-        secret = create_token(session, "server-admin", "admin", utcnow())
-    headers = {"Authorization": f"Bearer {secret}"}
-    app = create_app(crm.config)
-    app.config["TESTING"] = True
-    try:
-        client = app.test_client()
+    with http_client(crm) as (client, headers):
         run_sql(crm.config.active_url, "ALTER TABLE notes DROP COLUMN author")
         one = client.post("/api/v1/records/note:1/restore", headers=headers)
         bulk = client.post("/api/v1/restore", headers=headers,
                            json={"ids": ["note:1"], "reason": "check"})
-    finally:
-        close_app(app)
 
     for response in (one, bulk):
         assert response.status_code == 409, response.json
@@ -1286,24 +1249,13 @@ def test_crm_a_hold_reaches_rows_in_the_crm_s_tables_and_in_the_archive(crm):
 def test_crm_a_running_server_reads_a_record_page_after_the_crm_drops_a_column(crm):
     """The record page shows the process's live rows from the CRM's tables: read as the
     tables are now, not as the server found them when it started."""
-    from archivist.tokens import create_token
-    from server import close_app, create_app
-
     run_archive_job(crm, utcnow())
-    with crm.sessions.begin() as session:
-        secret = create_token(session, "server-agent", "agent", utcnow())
-    headers = {"Authorization": f"Bearer {secret}"}
-    app = create_app(crm.config)
-    app.config["TESTING"] = True
-    try:
-        client = app.test_client()
+    with http_client(crm, "agent") as (client, headers):
         assert client.get("/api/v1/records/case:10", headers=headers).status_code == 200
         run_sql(crm.config.active_url, "ALTER TABLE cases DROP COLUMN score")
         response = client.get("/api/v1/records/case:10", headers=headers)
         assert response.status_code == 200, response.json
         assert response.json["record"]["id"] == "case:10"
-    finally:
-        close_app(app)
 
 
 def test_crm_rows_are_held_to_their_own_columns_not_to_archivist_s(crm):
