@@ -132,6 +132,20 @@ class _Target:
     frames: list[bytes] = field(default_factory=list)
 
 
+@dataclass
+class SegmentSwap:
+    """The segment files of one write's rewritten segments: the generations it replaces and
+    the ones it wrote."""
+
+    old_files: list[Path] = field(default_factory=list)
+    new_files: list[Path] = field(default_factory=list)
+
+    def add(self, old: Path, new: Path) -> None:
+        """One segment rewritten: `old` goes once the write commits, `new` if it fails."""
+        self.old_files.append(old)
+        self.new_files.append(new)
+
+
 class _Appender:
     """Places the frames of one write operation in the active segment, rolling over when full."""
 
@@ -525,6 +539,23 @@ class ArchiveStore:
                 self._codec.clear_keys()  # a key made by the rolled-back write may be cached
                 raise
             crash_point("store.catalog_committed")
+
+    @contextmanager
+    def _swapping_segments(self) -> Iterator[SegmentSwap]:
+        """Collect the segments a write rewrites as a new generation: once the block ends
+        (after the write's commit) the old files are deleted, or, if it fails, the new ones.
+        A crash in between leaves orphans, which the next write removes."""
+        swap = SegmentSwap()
+        try:
+            yield swap
+        except BaseException:
+            for path in swap.new_files:
+                path.unlink(missing_ok=True)
+            raise
+        for path in swap.old_files:
+            path.unlink(missing_ok=True)
+        if swap.old_files:
+            segment.fsync_directory(self._segments_dir)
 
     @contextmanager
     def _write_catalog(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -978,39 +1009,27 @@ class ArchiveStore:
         :param actor: who disposes of them
         """
         at_text = format_time(at)
-        old_files: list[Path] = []
-        new_files: list[Path] = []
         purged = 0
-        try:
-            with self._write() as (conn, appender):
-                self._remove_orphans(conn)
-                rows = [
-                    row for row in load_records(conn, record_ids).values()
-                    if row["state"] == "archived" and row["pending"] != "insert_active"
-                ]
-                if not rows:
-                    return 0
-                self._redact(conn, appender, [row["record_id"] for row in rows],
-                             old_files, new_files)
-                changes = [
-                    (at_text, self._append_event(conn, appender, row, "purged", at_text, actor),
-                     row["record_id"])
-                    for row in sorted(rows, key=lambda r: r["record_id"])
-                ]
-                conn.executemany(
-                    "UPDATE records SET state = 'purged', purged_at = ?, pending = NULL, "
-                    "indexed = 0, state_seq = ? WHERE record_id = ?",
-                    changes,
-                )
-                purged = len(rows)
-        except BaseException:
-            for path in new_files:
-                path.unlink(missing_ok=True)
-            raise
-        for path in old_files:
-            path.unlink(missing_ok=True)  # a crash before this: removed as an orphan on open
-        if old_files:
-            segment.fsync_directory(self._segments_dir)
+        with self._swapping_segments() as swap, self._write() as (conn, appender):
+            self._remove_orphans(conn)
+            rows = [
+                row for row in load_records(conn, record_ids).values()
+                if row["state"] == "archived" and row["pending"] != "insert_active"
+            ]
+            if not rows:
+                return 0
+            self._redact(conn, appender, [row["record_id"] for row in rows], swap)
+            changes = [
+                (at_text, self._append_event(conn, appender, row, "purged", at_text, actor),
+                 row["record_id"])
+                for row in sorted(rows, key=lambda r: r["record_id"])
+            ]
+            conn.executemany(
+                "UPDATE records SET state = 'purged', purged_at = ?, pending = NULL, "
+                "indexed = 0, state_seq = ? WHERE record_id = ?",
+                changes,
+            )
+            purged = len(rows)
         return purged
 
     def _redact(
@@ -1018,12 +1037,10 @@ class ArchiveStore:
         conn: sqlite3.Connection,
         appender: _Appender,
         record_ids: Sequence[str],
-        old_files: list[Path],
-        new_files: list[Path],
+        swap: SegmentSwap,
     ) -> None:
         """Rewrite every segment holding a version of these records as a new generation with
-        those entries replaced by `redacted` frames; the caller's commit switches over, and it
-        deletes `old_files` after it (or `new_files` if it fails)."""
+        those entries replaced by `redacted` frames; the caller's commit switches over."""
         redact: dict[int, set[int]] = {}  # segment_id -> seqs of record entries
         for chunk in chunked(record_ids):
             for entry in conn.execute(
@@ -1035,9 +1052,7 @@ class ArchiveStore:
         if appender.active.segment_id in redact:
             appender.seal_active()
         for segment_id in sorted(redact):
-            old, new = self._compact(conn, segment_id, redact[segment_id], appender.sealing)
-            old_files.append(old)
-            new_files.append(new)
+            swap.add(*self._compact(conn, segment_id, redact[segment_id], appender.sealing))
 
     def erase(
         self,
@@ -1062,61 +1077,49 @@ class ArchiveStore:
             (every record of theirs the catalog holds is erased, listed or not)
         """
         at_text = format_time(at)
-        old_files: list[Path] = []
-        new_files: list[Path] = []
         erased: list[ErasedRecord] = []
-        try:
-            with self._write() as (conn, appender):
-                self._remove_orphans(conn)
-                wanted = list(record_ids)
-                if customer_id is not None:
-                    # and any of theirs archived since the caller looked: the data key
-                    # destroyed below is theirs too, so none may stay archived without it
-                    wanted.extend(
-                        row[0] for row in conn.execute(
-                            _CUSTOMER_RECORDS.format(states=placeholders(2)),
-                            (customer_id, "archived", "restored"),
-                        )
+        with self._swapping_segments() as swap, self._write() as (conn, appender):
+            self._remove_orphans(conn)
+            wanted = list(record_ids)
+            if customer_id is not None:
+                # and any of theirs archived since the caller looked: the data key
+                # destroyed below is theirs too, so none may stay archived without it
+                wanted.extend(
+                    row[0] for row in conn.execute(
+                        _CUSTOMER_RECORDS.format(states=placeholders(2)),
+                        (customer_id, "archived", "restored"),
                     )
-                rows = sorted(
-                    (row for row in load_records(conn, wanted).values()
-                     if row["state"] in ("archived", "restored")),
-                    key=lambda r: r["record_id"],
                 )
-                moving = [row["record_id"] for row in rows if row["pending"] is not None]
-                if moving:
-                    raise RestoreInProgress(
-                        f"record {moving[0]} has a move in progress; erase it once it is done"
-                    )
-                self._redact(conn, appender, [row["record_id"] for row in rows],
-                             old_files, new_files)
-                for row in rows:
-                    if row["customer_id"] is not None and customer_id is None:
-                        conn.execute(_UNNAMED_BELOW, (row["record_id"], row["customer_id"]))
-                for row in rows:
-                    seq = self._append_event(conn, appender, row, "erased", at_text, actor)
-                    conn.execute(
-                        "UPDATE records SET state = 'erased', purged_at = ?, pending = NULL, "
-                        "indexed = 0, state_seq = ?, customer_id = NULL WHERE record_id = ?",
-                        (at_text, seq, row["record_id"]),
-                    )
-                    erased.append(
-                        ErasedRecord(row["record_id"], hash_hex(row["sha256"]), row["state"])
-                    )
-                if customer_id is not None:
-                    conn.execute(
-                        "UPDATE records SET customer_id = NULL WHERE customer_id = ?",
-                        (customer_id,),
-                    )
-                    keyring.destroy_customer_key(conn, customer_id)
-        except BaseException:
-            for path in new_files:
-                path.unlink(missing_ok=True)
-            raise
-        for path in old_files:
-            path.unlink(missing_ok=True)  # a crash before this: removed as an orphan on open
-        if old_files:
-            segment.fsync_directory(self._segments_dir)
+            rows = sorted(
+                (row for row in load_records(conn, wanted).values()
+                 if row["state"] in ("archived", "restored")),
+                key=lambda r: r["record_id"],
+            )
+            moving = [row["record_id"] for row in rows if row["pending"] is not None]
+            if moving:
+                raise RestoreInProgress(
+                    f"record {moving[0]} has a move in progress; erase it once it is done"
+                )
+            self._redact(conn, appender, [row["record_id"] for row in rows], swap)
+            for row in rows:
+                if row["customer_id"] is not None and customer_id is None:
+                    conn.execute(_UNNAMED_BELOW, (row["record_id"], row["customer_id"]))
+            for row in rows:
+                seq = self._append_event(conn, appender, row, "erased", at_text, actor)
+                conn.execute(
+                    "UPDATE records SET state = 'erased', purged_at = ?, pending = NULL, "
+                    "indexed = 0, state_seq = ?, customer_id = NULL WHERE record_id = ?",
+                    (at_text, seq, row["record_id"]),
+                )
+                erased.append(
+                    ErasedRecord(row["record_id"], hash_hex(row["sha256"]), row["state"])
+                )
+            if customer_id is not None:
+                conn.execute(
+                    "UPDATE records SET customer_id = NULL WHERE customer_id = ?",
+                    (customer_id,),
+                )
+                keyring.destroy_customer_key(conn, customer_id)
         self._codec.clear_keys()
         # The WAL still holds the pages as they were before; copy them back and empty it.
         self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -1150,32 +1153,20 @@ class ArchiveStore:
         ).fetchone():
             return 0
         sealed = 0
-        old_files: list[Path] = []
-        new_files: list[Path] = []
-        try:
-            with self._write() as (conn, appender):
-                self._remove_orphans(conn)
-                for seg in conn.execute(
-                    "SELECT segment_id FROM segments ORDER BY segment_id"
-                ).fetchall():
-                    if appender.active.segment_id == seg["segment_id"]:
-                        if not self._has_unsealed(conn, seg["segment_id"]):
-                            continue
-                        appender.seal_active()
-                    count, paths = self._reseal_segment(conn, seg["segment_id"], appender.sealing)
-                    if paths is not None:
-                        old_files.append(paths[0])
-                        new_files.append(paths[1])
-                    sealed += count
-                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('all_sealed', '1')")
-        except BaseException:
-            for path in new_files:
-                path.unlink(missing_ok=True)
-            raise
-        for path in old_files:
-            path.unlink(missing_ok=True)
-        if old_files:
-            segment.fsync_directory(self._segments_dir)
+        with self._swapping_segments() as swap, self._write() as (conn, appender):
+            self._remove_orphans(conn)
+            for seg in conn.execute(
+                "SELECT segment_id FROM segments ORDER BY segment_id"
+            ).fetchall():
+                if appender.active.segment_id == seg["segment_id"]:
+                    if not self._has_unsealed(conn, seg["segment_id"]):
+                        continue
+                    appender.seal_active()
+                count, paths = self._reseal_segment(conn, seg["segment_id"], appender.sealing)
+                if paths is not None:
+                    swap.add(*paths)
+                sealed += count
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('all_sealed', '1')")
         return sealed
 
     def _has_unsealed(self, conn: sqlite3.Connection, segment_id: int) -> bool:
