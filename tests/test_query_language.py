@@ -119,6 +119,36 @@ def test_query_accepts_operators_quoted_colons_and_known_fields(
     assert _ids(index, q=q) == expected
 
 
+WILDCARDS = {
+    "refun?": {"W-1", "W-2"},
+    "r?fund": {"W-1", "W-2"},
+    "ref*nd": {"W-1", "W-2"},
+    "zo?b*": {"W-1"},
+    "zor*ax": {"W-1"},
+    "INV-2020-00451?": {"W-2"},
+    "inv-2020-004*2": {"W-2"},
+    "subject:zo?b*": set(),
+    "refun? AND NOT zorbl?x": {"W-2"},
+    "zorbl?x AND refund": {"W-1"},
+}
+
+
+@pytest.mark.parametrize(("q", "expected"), list(WILDCARDS.items()), ids=list(WILDCARDS))
+def test_a_wildcard_inside_a_word_matches_the_words_it_stands_for(
+    tmp_path: Path, make_record: Callable[..., dict[str, Any]], q: str, expected: set[str]
+) -> None:
+    index = SearchIndex.open(tmp_path / "index")
+    try:
+        index.add([
+            (make_record(id="W-1", subject="A note", body="refund for zorblax"), AT),
+            (make_record(id="W-2", subject="Billing", body="refunded INV-2020-004512"), AT),
+            (make_record(id="W-3", subject="Other", body="a reference to nothing"), AT),
+        ])
+        assert _ids(index, q=q) == expected
+    finally:
+        index.close()
+
+
 @pytest.mark.parametrize("q", PHONES)
 def test_phone_numbers_are_found_with_or_without_the_country_code(
     index: SearchIndex, q: str

@@ -313,6 +313,9 @@ def normalize_query_text(q: str) -> str:
     return _PHONE_QUERY_RE.sub(repl, q)
 
 
+_WILDCARD_CHARS = re.compile(r"[*?]")
+
+
 class ArchiveTokenizer(Tokenizer):  # type: ignore[misc]
     """Whoosh tokenizer over :func:`iter_tokens` (the whole analyzer for subject and body)."""
 
@@ -336,6 +339,16 @@ class ArchiveTokenizer(Tokenizer):  # type: ignore[misc]
         **kwargs: Any,
     ) -> Iterator[Token]:
         t = Token(positions, chars, removestops=removestops, mode=mode, **kwargs)
+        if not tokenize and _WILDCARD_CHARS.search(value):
+            # A wildcard word (`refun?`, `zo?b*`, `ref*nd`): the parser hands it over whole, to
+            # be matched against the index's terms; split, its parts would make a phrase.
+            t.text, t.boost, t.stopped = value.lower(), 1.0, False
+            if positions:
+                t.pos = start_pos
+            if chars:
+                t.startchar, t.endchar = start_char, start_char + len(value)
+            yield t
+            return
         for term, pos, s, e in iter_tokens(value, "query" if mode == "query" else "index"):
             t.text = term
             t.boost = 1.0
