@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, select, tuple_
+from sqlalchemy import Table, select, text, tuple_
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -127,7 +127,7 @@ def archive_crm_tables(
         stays in the CRM, logged. None allows any.
     """
     if not dry_run:
-        reconcile_crm_pending(sessions, store, crm, archived_at)
+        reconcile_crm_pending(sessions, store, crm, archived_at, refs)
     report = CrmArchiveReport()
     decided: set[str] = set()
     to_index: list[tuple[Any, datetime]] = []
@@ -161,7 +161,9 @@ def archive_crm_tables(
                         report.by_category.update(r.record["category"] for r in process.rows)
                     continue
                 movable = _skip_still_refused(sessions, store, movable, report, job_run_id)
-                moved = move_processes(sessions, store, movable, archived_at, report, job_run_id)
+                moved = move_processes(
+                    sessions, store, movable, archived_at, report, job_run_id, refs
+                )
             for process in moved:
                 report.archived += len(process.rows)
                 report.by_category.update(r.record["category"] for r in process.rows)
@@ -470,8 +472,12 @@ def move_processes(
     archived_at: datetime,
     report: CrmArchiveReport | None = None,
     job_run_id: int | None = None,
+    refs: Sequence[ForeignKeyRef] = (),
 ) -> list[CrmProcess]:
-    """Store the processes, then delete their rows; returns the processes that moved."""
+    """Store the processes, then delete their rows; returns the processes that moved.
+
+    :param refs: foreign keys from outside the mapping, checked again once the rows are locked
+    """
     if not processes:
         return []
     with store.moving():  # shared with restores; reconcile waits for it
@@ -486,9 +492,7 @@ def move_processes(
             rid for p in processes if p.root_id not in whole_roots
             for rid in p.record_ids if rid in stored
         ]
-        with sessions.begin() as session:
-            outcome = delete_processes(session, whole)
-            crash_point("archive.after_delete")
+        outcome = delete_and_commit(sessions, whole, refs)
         crash_point("archive.after_commit")
         store.clear_pending(outcome.deleted)
         # the rows are live: say so (no restore grace, they never left)
@@ -547,7 +551,7 @@ def _skip_still_refused(
         return processes
     session = sessions()
     try:
-        outcome = delete_processes(session, suspect)
+        outcome = delete_processes(session, suspect, refs=())
     finally:
         session.rollback()
         session.close()
@@ -582,25 +586,48 @@ class _DeleteRefused(Exception):
         self.table, self.reason = table, reason
 
 
-def delete_processes(session: Session, processes: list[CrmProcess]) -> DeleteOutcome:
+def delete_and_commit(
+    sessions: sessionmaker[Session],
+    processes: list[CrmProcess],
+    refs: Sequence[ForeignKeyRef] = (),
+) -> DeleteOutcome:
+    """`delete_processes` in a transaction of its own."""
+    with sessions.begin() as session:
+        outcome = delete_processes(session, processes, refs)
+        crash_point("archive.after_delete")
+    return outcome
+
+
+def delete_processes(
+    session: Session, processes: list[CrmProcess], refs: Sequence[ForeignKeyRef] = ()
+) -> DeleteOutcome:
     """Delete the rows of each process as they were stored, children before parents.
 
-    The rows are locked and compared with what was stored first: a process the CRM changed
-    meanwhile stays whole. The rest are deleted together under one SAVEPOINT; if a foreign key
-    or the CRM (a trigger, a rule) refuses that, each process is deleted under its own, so the
-    one refused stays whole and the others go.
+    The rows are locked and looked at again first: a process the CRM changed meanwhile (a row
+    changed, deleted or re-keyed, a child row added) stays whole, and so does one that something
+    outside the mapping (`refs`) started to reference (an `ON DELETE CASCADE` would have taken
+    that row with it, unseen). The rest are deleted together under one SAVEPOINT; if a foreign
+    key or the CRM (a trigger, a rule, a deferred check) refuses that, each process is deleted
+    under its own, so the one refused stays whole and the others go.
     """
     outcome = DeleteOutcome()
-    changed, present = _changed(session, processes)
+    changed = _changed(session, processes)
+    changed |= _grown(session, processes)
     for process in processes:
         if process.root_id in changed:
             log.info("process %s changed while it was archived; it stays active",
                      process.root_id)
             outcome.kept.extend(process.record_ids)
     unchanged = [p for p in processes if p.root_id not in changed]
+    for root, reference in _referenced(session, unchanged, refs).items():
+        outcome.blocked[root] = reference
+    for process in unchanged:
+        if process.root_id in outcome.blocked:
+            outcome.kept.extend(process.record_ids)
+    unchanged = [p for p in unchanged if p.root_id not in outcome.blocked]
     try:
         with session.begin_nested():
-            _delete_rows(session, unchanged, present)
+            _delete_rows(session, unchanged)
     except (IntegrityError, _DeleteRefused):
         pass
     else:
@@ -609,7 +636,7 @@ def delete_processes(session: Session, processes: list[CrmProcess]) -> DeleteOut
     for process in unchanged:
         try:
             with session.begin_nested():
-                _delete_rows(session, [process], present)
+                _delete_rows(session, [process])
         except IntegrityError as e:
             diag = getattr(e.orig, "diag", None)
             constraint = getattr(diag, "constraint_name", None) or "?"
@@ -626,13 +653,12 @@ def delete_processes(session: Session, processes: list[CrmProcess]) -> DeleteOut
     return outcome
 
 
-def _delete_rows(session: Session, processes: list[CrmProcess], present: set[str]) -> None:
+def _delete_rows(session: Session, processes: list[CrmProcess]) -> None:
     """Delete the processes' rows deepest first (children before parents, across tables), a
-    statement per depth and table; remember which process each row left with.
+    statement per depth and table; remember which process each row left with. The rows are
+    locked, and there (`_changed`).
 
-    :param present: the record ids of the rows locked in the table (a row the CRM deleted
-        meanwhile is not deleted again)
-    :raises _DeleteRefused: a row present was not deleted, or the DELETE failed
+    :raises _DeleteRefused: a row was not deleted, or the DELETE failed
     """
     depth_of: dict[tuple[int, CrmTable], list[Any]] = defaultdict(list)
     for process in processes:
@@ -642,10 +668,9 @@ def _delete_rows(session: Session, processes: list[CrmProcess], present: set[str
             depth_of[(depths[row.record_id], row.table)].append(row.key)
     for (_, crm_table), keys in sorted(depth_of.items(), key=lambda item: -item[0][0]):
         for chunk in _chunks(keys):
-            expected = sum(crm_table.record_id(key) in present for key in chunk)
-            deleted = _delete_keys(session, crm_table, chunk)
-            if deleted != expected:
+            if _delete_keys(session, crm_table, chunk) != len(chunk):
                 raise _DeleteRefused(crm_table.name, "a DELETE trigger or rule kept the row")
+    _run_deferred_checks(session, sorted({table.name for _, table in depth_of}))
     add_members(session, [(rid, p.root_id) for p in processes for rid in p.record_ids])
 
 
@@ -664,15 +689,48 @@ def _delete_keys(session: Session, crm_table: CrmTable, keys: list[Any]) -> int:
     return int(getattr(result, "rowcount", 0))
 
 
-def _changed(session: Session, processes: list[CrmProcess]) -> tuple[set[str], set[str]]:
-    """Lock the processes' rows; the roots of those no longer exactly as stored, and the
-    record ids of the rows still there."""
+def _run_deferred_checks(session: Session, tables: list[str]) -> None:
+    """Run now the checks PostgreSQL would defer to the commit (deferred foreign keys and
+    constraint triggers), so that one refusing a process's delete fails its SAVEPOINT, not the
+    whole batch's commit.
+
+    :param tables: the tables the deletes were in, to name in a refusal
+    :raises _DeleteRefused: a deferred trigger raised
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    try:
+        session.execute(text("SET CONSTRAINTS ALL IMMEDIATE"))
+    except IntegrityError:
+        raise
+    except DBAPIError as e:
+        if e.connection_invalidated:
+            raise
+        raise _DeleteRefused(", ".join(tables), database_reason(e)) from e
+
+
+def _grown(session: Session, processes: list[CrmProcess]) -> set[str]:
+    """The roots of processes under whose rows the CRM added a row to a mapped child table
+    since the processes were read."""
+    root_of = {row.record_id: p.root_id for p in processes for row in p.rows}
+    parents: dict[CrmTable, list[Any]] = defaultdict(list)
+    for process in processes:
+        for row in process.rows:
+            parents[row.table].append(row.key)
+    grown: set[str] = set()
+    for child in load_children(session, parents):
+        if child.record_id not in root_of and child.parent_id in root_of:
+            grown.add(root_of[child.parent_id])
+    return grown
+
+
+def _changed(session: Session, processes: list[CrmProcess]) -> set[str]:
+    """Lock the processes' rows; the roots of those no longer exactly as stored."""
     by_table: dict[CrmTable, list[tuple[CrmRow, str]]] = defaultdict(list)
     for process in processes:
         for row in process.rows:
             by_table[row.table].append((row, process.root_id))
     changed: set[str] = set()
-    present: set[str] = set()
     for crm_table, rows in by_table.items():
         current: dict[str, dict[str, Any]] = {}
         for chunk in _chunks([row.key for row, _ in rows]):
@@ -685,18 +743,25 @@ def _changed(session: Session, processes: list[CrmProcess]) -> tuple[set[str], s
                 record = row_to_record(crm_table, dict(values))
                 current[record["id"]] = record
         for row, root in rows:
-            # a row the CRM deleted meanwhile is gone either way: its archived copy stands
-            if current.get(row.record_id, row.record) != row.record:
+            # deleted or re-keyed by the CRM meanwhile counts as changed: archived, its copy
+            # could come back beside the row's new key, or undo the CRM's delete
+            if current.get(row.record_id) != row.record:
                 changed.add(root)
-        present.update(current)
-    return changed, present
+    return changed
 
 
 def reconcile_crm_pending(
-    sessions: sessionmaker[Session], store: ArchiveStore, crm: CrmTables, now: datetime
+    sessions: sessionmaker[Session],
+    store: ArchiveStore,
+    crm: CrmTables,
+    now: datetime,
+    refs: Sequence[ForeignKeyRef] = (),
 ) -> int:
     """Settle every move a crash interrupted, by what the CRM's tables hold now: a record is
-    never both archived and in its table, nor in neither."""
+    never both archived and in its table, nor in neither.
+
+    :param refs: foreign keys from outside the mapping, checked before a row is deleted
+    """
     with store.settling():
         pending = list(store.iter_pending())
         if not pending:
@@ -728,8 +793,7 @@ def reconcile_crm_pending(
                 else:
                     store.abort_restore(entry.record_id)
         if to_delete:
-            with sessions.begin() as session:
-                outcome = delete_processes(session, group_processes(to_delete))
+            outcome = delete_and_commit(sessions, group_processes(to_delete), refs)
             cleared.extend(outcome.deleted)
             for record_id in outcome.kept:  # changed, blocked or refused: it stays active
                 store.complete_restore(record_id, now, RECONCILE_ACTOR)
