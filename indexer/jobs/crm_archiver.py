@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table, select, text, tuple_
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive_store import ArchiveItem, ArchiveStore, CatalogEntry
@@ -144,8 +144,8 @@ def archive_crm_tables(
                         break
                     after = keys[-1]
                     seeds = [k for k in keys if crm_table.record_id(k) not in decided]
-                    processes = load_processes(session, crm, {crm_table.name: seeds})
                     holds = load_hold_set(session)
+                processes = _load_readable(sessions, crm, crm_table, seeds)
                 processes = [p for p in processes if p.root_id not in decided]
                 for process in processes:
                     decided.update(process.record_ids)
@@ -215,6 +215,47 @@ def load_processes(
                 found.append(row)
         frontier = found
     return group_processes(rows.values())
+
+
+def _load_readable(
+    sessions: sessionmaker[Session], crm: CrmTables, crm_table: CrmTable, seeds: list[Any]
+) -> list[CrmProcess]:
+    """The processes of these rows of `crm_table`. If a value in one of them cannot be read
+    (a date the driver cannot parse, text that is not UTF-8, ...), each row's process is read
+    alone, and a process that cannot be read stays in the CRM, logged, rather than failing the
+    run."""
+    try:
+        with sessions.begin() as session:
+            return load_processes(session, crm, {crm_table.name: seeds})
+    except Exception as e:
+        if not _unreadable(e):
+            raise
+    processes: dict[str, CrmProcess] = {}
+    read: set[str] = set()
+    for seed in seeds:
+        record_id = crm_table.record_id(seed)
+        if record_id in read:
+            continue
+        try:
+            with sessions.begin() as session:
+                found = load_processes(session, crm, {crm_table.name: [seed]})
+        except Exception as e:
+            if not _unreadable(e):
+                raise
+            log.warning("row %s is not archived: a row of its process holds a value that "
+                        "cannot be read (%s: %s)", record_id, type(e).__name__, e)
+            continue
+        for process in found:
+            processes[process.root_id] = process
+            read.update(process.record_ids)
+    return list(processes.values())
+
+
+def _unreadable(error: Exception) -> bool:
+    """Whether reading rows failed on a value rather than on the database."""
+    if isinstance(error, ValueError | TypeError | DataError):
+        return True
+    return isinstance(error, OperationalError) and "decode" in str(error.orig)
 
 
 def load_children(
