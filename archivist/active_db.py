@@ -140,9 +140,25 @@ _RECORD_COLUMNS = RECORD_FIELDS
 _EXTRA_COLUMNS = ("attributes", "parent_id", "has_parent_id")  # after them, in Record's order
 
 
+def _postgresql_engine(url: str) -> Engine:
+    """An engine whose sessions print dates as ISO 8601 whatever the server's or database's
+    `DateStyle` (the driver reads no other), leaving the order it reads typed dates in."""
+    engine = create_engine(url, pool_pre_ping=True)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET DateStyle TO ISO")
+        dbapi_connection.commit()
+
+    return engine
+
+
 def make_engine(url: str) -> Engine:
     """Create an engine; SQLite gets WAL, full sync, a busy timeout and immediate transactions."""
     parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        return _postgresql_engine(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     connect_args: dict[str, Any] = {"timeout": 60}

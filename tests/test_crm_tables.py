@@ -1309,3 +1309,35 @@ def test_crm_rows_restored_after_the_backup_are_restored_once_it_is_recovered(cr
         assert target.index.search(SearchQuery(q="退款")).total == 0
         assert verify_all(target).problems == []
         assert snapshot(target) == live
+
+
+@pytest.fixture
+def sql_datestyle(pg_url: str) -> Iterator[str]:
+    """The test database set to print dates as `SQL, DMY` (05/01/2023 09:00:00 UTC)."""
+    alter = (
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I {}', current_database()); END $$"
+    )
+    run_sql(pg_url, alter.format("SET DateStyle = ''SQL, DMY''"))
+    try:
+        yield pg_url
+    finally:
+        run_sql(pg_url, alter.format("RESET DateStyle"))
+
+
+def test_crm_a_database_printing_dates_in_another_style_archives_and_restores(
+    tmp_path: Path, sql_datestyle: str
+) -> None:
+    run_sql(sql_datestyle, (EXAMPLE / "schema.sql").read_text())
+    run_sql(sql_datestyle, DATA)
+    config = load_config(write_config(tmp_path, sql_datestyle))
+    with Services.open(config, create=True) as services:
+        with services.sessions.begin() as session:
+            add_hold(session, "customer", "3", "litigation", utcnow())
+        before = snapshot(services)
+        assert run_archive_job(services, utcnow()).archived == len(PROCESS_A)
+        restore_crm_process(
+            services.sessions, services.store, services.index, services.crm, "case:10",
+            "tester", utcnow(),
+        )
+        after = snapshot(services)
+    assert {rid: after[rid] for rid in PROCESS_A} == {rid: before[rid] for rid in PROCESS_A}
