@@ -167,7 +167,9 @@ def _unknown(key: str, value: Any, allowed: tuple[str, ...], shown: str, path: P
         where = "at the top level" if not shown else (
             f"in {shown}" if shown.startswith("[") else f"in [{shown}]"
         )
-        what = f"unknown {'table' if isinstance(value, dict) else 'key'} {key!r} {where}"
+        # in an [[active.table]] entry a dict is a field's inline table: still a key there
+        table = isinstance(value, dict) and not shown.startswith("[[")
+        what = f"unknown {'table' if table else 'key'} {key!r} {where}"
         hint = f"; did you mean {guess[0]!r}?" if guess else ""
     known = ", ".join(k for k in allowed if k != "*")
     raise ConfigError(f"{path}: {what}{hint} (known: {known})")

@@ -259,7 +259,15 @@ def open_crm_tables(connection: Connection, mappings: Sequence[TableMapping]) ->
     """
     metadata = MetaData()
     tables: list[CrmTable] = []
+    default_schema = inspect(connection).default_schema_name
+    mapped: dict[tuple[str | None, str], TableMapping] = {}  # (schema, name) -> its entry
     for mapping in mappings:
+        same = mapped.setdefault((mapping.schema or default_schema, mapping.table), mapping)
+        if same is not mapping:  # each row would be two records, one of them "restored"
+            raise ConfigError(
+                f"{mapping.where}: table {mapping.name!r} is mapped already, by "
+                f"[[active.table]] #{same.position} ({same.name})"
+            )
         try:
             with warnings.catch_warnings():
                 # "did not recognize type": such a column is kept in the database's text form

@@ -119,6 +119,8 @@ TYPO_CASES = [
     ("colour = 'blue'\n", "unknown key 'colour' at the top level"),
     ("[[active.table]]\nname = 'cases'\nkye = 'id'\n",
      "unknown key 'kye' in [[active.table]] entry 1; did you mean 'key'?"),
+    ("[[active.table]]\nname = 'cases'\nsubjct = { column = 'title' }\n",
+     "unknown key 'subjct' in [[active.table]] entry 1; did you mean 'subject'?"),
 ]
 
 

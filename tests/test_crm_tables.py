@@ -362,6 +362,9 @@ def test_crm_archive_leaves_a_row_the_crm_changed_after_it_was_read(crm, monkeyp
         (('parent = { column = "parent_case_id", table = "cases" }',
           'parent = { column = "id", table = "cases" }'),
          "[[active.table]] #1 (cases): parent column 'id' is the key itself"),
+        (('name = "notes"', 'name = "public.cases"'),
+         "[[active.table]] #3 (public.cases): table 'public.cases' is mapped already, by "
+         "[[active.table]] #1 (cases)"),
     ],
 )
 def test_crm_bad_mapping_is_a_one_line_error_naming_the_entry(tmp_path, pg_url, edit, message):
