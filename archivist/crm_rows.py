@@ -16,12 +16,19 @@ column's value (`row_to_json` of the restored row equals the row before it left)
   `text:JSONB`, ...), mapped columns included;
 - `fields`: which columns were mapped to which record field (the key to `id`, the parent column
   to `parent_id`);
-- `nulls`: the columns that were SQL NULL (a NULL subject is restored as NULL, not as "").
+- `nulls`: the columns that were SQL NULL (a NULL subject is restored as NULL, not as "");
+- `stored` (a SQLite table's rows only): SQLite keeps any value in any column (a JSON column's
+  text, `'yes'` in a BOOLEAN, text in a BLOB), so there every column but the key and the parent
+  column is read as SQLite stored it and written back the same way, not through its declared
+  type: `columns` holds those values (a blob as `{"blob": base64}`), and `stored` the mapped
+  columns' own values wherever the record's field differs from them (a `DATETIME`'s text as
+  written, an integer `customer_id`).
 """
 
 from __future__ import annotations
 
 import base64
+import math
 import uuid
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -44,6 +51,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    type_coerce,
     types,
 )
 from sqlalchemy.dialects import postgresql
@@ -117,6 +125,11 @@ class CrmTable:
         text = record_id[len(self.mapping.id_prefix):]
         return _decode_key(text, self.codecs[self.mapping.key])
 
+    def typed_columns(self) -> frozenset[str]:
+        """The columns read and written through their declared type even on SQLite: the key
+        and the parent column, which make record ids."""
+        return frozenset(c for c in (self.mapping.key, self.mapping.parent_column) if c)
+
     def select_columns(self) -> list[ColumnElement[Any]]:
         """Every column, those kept as text cast to text (so json keeps its exact text).
 
@@ -126,8 +139,11 @@ class CrmTable:
         """
         columns: list[ColumnElement[Any]] = []
         unreadable = []
+        typed = self.typed_columns()
         for c in self.table.columns:
-            if self.codecs[c.name].startswith("text:"):
+            if self.dialect == "sqlite" and c.name not in typed:
+                columns.append(type_coerce(c, types.NullType()).label(c.name))  # as stored
+            elif self.codecs[c.name].startswith("text:"):
                 columns.append(cast(c, Text).label(c.name))
             elif self.dialect == "postgresql" and self.codecs[c.name] in _DATE_CODECS:
                 readable = func.isfinite(c) & (func.extract("year", c) > 0)
@@ -300,7 +316,8 @@ def open_crm_tables(connection: Connection, mappings: Sequence[TableMapping]) ->
 def _check_table(mapping: TableMapping, table: Table, connection: Connection) -> CrmTable:
     codecs: dict[str, str] = {}
     for column in table.columns:
-        codecs[column.name] = codec_of(column.type)
+        # plain str: a reflected name is a str subclass, which orjson will not take as a key
+        codecs[str(column.name)] = codec_of(column.type)
     crm_table = CrmTable(mapping, table, codecs, dialect=connection.dialect.name)
     key = _column(crm_table, mapping.key)
     primary = [c.name for c in table.primary_key.columns]
@@ -421,9 +438,14 @@ def row_to_record(crm_table: CrmTable, row: Mapping[str, Any]) -> dict[str, Any]
     """The record (its JSON value) a row of a mapped table becomes."""
     mapping = crm_table.mapping
     codecs = crm_table.codecs
+    as_stored = crm_table.dialect == "sqlite"
     record: dict[str, Any] = {"id": crm_table.record_id(row[mapping.key])}
     for name, source in mapping.fields.items():
         value = source.constant if source.column is None else row[source.column]
+        if as_stored and isinstance(value, str) and name in ("created_at", "updated_at"):
+            value = _stored_moment(value)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
         if name in ("created_at", "updated_at"):
             record[name] = None if not isinstance(value, datetime) else _utc_text(value)
         elif name in _TEXT_FIELDS:
@@ -439,10 +461,11 @@ def row_to_record(crm_table: CrmTable, row: Mapping[str, Any]) -> dict[str, Any]
         record["parent_id"] = (
             None if parent_key is None else crm_table.parent.record_id(parent_key)
         )
+    encode = (lambda value, _codec: encode_stored(value)) if as_stored else encode_value
     record["attributes"] = {
         "table": crm_table.name,
         "columns": {
-            name: encode_value(row[name], codec)
+            name: encode(row[name], codec)
             for name, codec in codecs.items()
             if name not in crm_table.field_of
         },
@@ -450,7 +473,42 @@ def row_to_record(crm_table: CrmTable, row: Mapping[str, Any]) -> dict[str, Any]
         "fields": dict(crm_table.field_of),
         "nulls": [name for name in codecs if row[name] is None],
     }
+    if as_stored:
+        record["attributes"]["stored"] = {
+            name: encode_stored(row[name])
+            for name, field_name in crm_table.field_of.items()
+            if name not in crm_table.typed_columns()
+            and not _same_value(row[name], record[field_name])
+        }
     return record
+
+
+def encode_stored(value: Any) -> Any:
+    """A value as SQLite stored it (integer, real, text, blob), as JSON."""
+    if isinstance(value, bytes):
+        return {"blob": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"real": repr(value)}
+    return value
+
+
+def decode_stored(value: Any) -> Any:
+    """The value `encode_stored` turned into `value`."""
+    if isinstance(value, dict):
+        return base64.b64decode(value["blob"]) if "blob" in value else float(value["real"])
+    return value
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b
+
+
+def _stored_moment(text: str) -> datetime | None:
+    """A date and time as SQLite holds it (ISO 8601 text), or None if it is not one."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def record_to_row(crm_table: CrmTable, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -469,10 +527,15 @@ def record_to_row(crm_table: CrmTable, record: Mapping[str, Any]) -> dict[str, A
     missing = sorted(set(codecs) - set(crm_table.table.c.keys()))
     if missing:
         raise ValueError(f"table {crm_table.name} has no column {missing[0]!r} any more")
+    stored: dict[str, Any] | None = attributes.get("stored")
     row: dict[str, Any] = {}
     for name, codec in codecs.items():
         if name in nulls:
             row[name] = None
+        elif stored is not None and name in stored:
+            row[name] = decode_stored(stored[name])
+        elif stored is not None and name not in fields:
+            row[name] = decode_stored(columns.get(name))
         elif name not in fields:
             row[name] = decode_value(columns.get(name), codec)
         elif fields[name] == "id":
@@ -481,6 +544,8 @@ def record_to_row(crm_table: CrmTable, record: Mapping[str, Any]) -> dict[str, A
             parent = crm_table.parent
             assert parent is not None
             row[name] = parent.key_of(record["parent_id"])
+        elif stored is not None:
+            row[name] = record[fields[name]]
         else:
             row[name] = _field_value(record[fields[name]], codec)
     return row
@@ -489,8 +554,16 @@ def record_to_row(crm_table: CrmTable, record: Mapping[str, Any]) -> dict[str, A
 def text_columns(record: Mapping[str, Any]) -> frozenset[str]:
     """The columns an archived record keeps in PostgreSQL's text form (by the codecs it was
     archived with, which may be older than the table's today)."""
-    codecs: dict[str, str] = (record.get("attributes") or {}).get("types", {})
+    attributes = record.get("attributes") or {}
+    if "stored" in attributes:  # every value as SQLite stored it: none to cast
+        return frozenset()
+    codecs: dict[str, str] = attributes.get("types", {})
     return frozenset(name for name, codec in codecs.items() if codec.startswith("text:"))
+
+
+def stored_as_is(record: Mapping[str, Any]) -> bool:
+    """Whether the record keeps its row's values as SQLite stored them (`stored`)."""
+    return "stored" in (record.get("attributes") or {})
 
 
 def insert_values(crm_table: CrmTable, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -501,7 +574,7 @@ def insert_values(crm_table: CrmTable, row: Mapping[str, Any]) -> dict[str, Any]
 
 
 def insert_statement(
-    crm_table: CrmTable, columns: Iterable[str], as_text: frozenset[str]
+    crm_table: CrmTable, columns: Iterable[str], as_text: frozenset[str], as_stored: bool = False
 ) -> Any:
     """An INSERT of these columns that takes `record_to_row` values as `v_<column>` parameters.
 
@@ -510,14 +583,19 @@ def insert_statement(
 
     :param as_text: the columns whose values are PostgreSQL's text form (see `text_columns`),
         cast back to their own type by the database
+    :param as_stored: the values are as SQLite stored them (see `stored_as_is`): written as
+        they are, but for the key and the parent column
     """
     table = crm_table.table
     values: dict[str, Any] = {}
     overriding = False
+    typed = crm_table.typed_columns()
     for name in columns:
         column = table.c[name]
         overriding = overriding or (column.identity is not None and bool(column.identity.always))
-        if isinstance(column.type, types.NullType):
+        if as_stored and name not in typed:
+            values[name] = bindparam(f"v_{name}", type_=_AsStored())
+        elif isinstance(column.type, types.NullType):
             # a type SQLAlchemy does not know (point, xml, a composite): no CAST can be
             # written for it, so the text goes untyped and the database reads it as the column's
             values[name] = bindparam(f"v_{name}")
@@ -526,6 +604,16 @@ def insert_statement(
         else:
             values[name] = bindparam(f"v_{name}", type_=column.type)
     return (_OverridingInsert(table) if overriding else table.insert()).values(values)
+
+
+class _AsStored(types.UserDefinedType[Any]):
+    """A value handed to the database as it is, whatever the column's declared type (an
+    untyped parameter would take the column's type, and its conversions)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:  # (never used in DDL)
+        return "BLOB"
 
 
 class _OverridingInsert(Insert):

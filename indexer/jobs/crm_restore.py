@@ -31,6 +31,7 @@ from archivist.crm_rows import (
     insert_statement,
     insert_values,
     record_to_row,
+    stored_as_is,
     text_columns,
 )
 from archivist.errors import ConfigError
@@ -274,19 +275,21 @@ def _insert_rows(session: Session, rows: Sequence[CrmRow]) -> None:
         try:
             values = [
                 (insert_values(crm_table, record_to_row(crm_table, row.record)),
-                 text_columns(row.record))
+                 text_columns(row.record), stored_as_is(row.record))
                 for row in members
             ]
         except ValueError as e:
             raise RestoreRefused(str(e)) from None
 
-        def shape(value: tuple[dict[str, Any], frozenset[str]]) -> tuple[Any, ...]:
-            return tuple(value[0]), value[1]
+        def shape(value: tuple[dict[str, Any], frozenset[str], bool]) -> tuple[Any, ...]:
+            return tuple(value[0]), value[1], value[2]
 
-        for (columns, as_text), same in groupby(values, key=shape):
-            params = [{f"v_{k}": v for k, v in row.items()} for row, _ in same]
+        for (columns, as_text, as_stored), same in groupby(values, key=shape):
+            params = [{f"v_{k}": v for k, v in row.items()} for row, _, _ in same]
             try:
-                session.execute(insert_statement(crm_table, columns, as_text), params)
+                session.execute(
+                    insert_statement(crm_table, columns, as_text, as_stored), params
+                )
             except IntegrityError as e:
                 raise _refusal(e, crm_table) from None
             except DBAPIError as e:  # a trigger raised, a type the value no longer fits, ...
