@@ -293,12 +293,24 @@ def upsert_records(session: Session, records: Sequence[Record]) -> None:
 def lock_active(session: Session, record_ids: Sequence[str]) -> None:
     """Hold these ids' active rows until the transaction ends, so that no archive batch can
     delete one between a caller's check and its write (on SQLite the write transaction's lock,
-    taken at its first statement, already holds every row)."""
-    ids = list(record_ids)
+    taken at its first statement, already holds every row).
+
+    Rows are locked in the order of their ids, as an archive batch locks its own (see
+    `LOCK_ORDER`): two transactions that lock some of the same rows then never wait for each
+    other at once.
+    """
+    ids = sorted(set(record_ids))
     for_update = session.get_bind().dialect.name == "postgresql"
     for start in range(0, len(ids), 500):
         query = select(ACTIVE_TABLE.c.id).where(ACTIVE_TABLE.c.id.in_(ids[start : start + 500]))
-        session.execute(query.with_for_update() if for_update else query).all()
+        if for_update:
+            query = query.order_by(LOCK_ORDER).with_for_update()
+        session.execute(query).all()
+
+
+LOCK_ORDER = ACTIVE_TABLE.c.id
+"""The order every transaction locks active rows in (`FOR UPDATE`), chunk after chunk: by id.
+PostgreSQL locks a chunk's rows in its `ORDER BY` order."""
 
 
 def insert_record(session: Session, record: Record) -> None:

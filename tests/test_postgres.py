@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -281,3 +282,48 @@ def test_postgres_a_nul_in_any_request_text_is_a_400_not_an_unaudited_answer(
             AuditEntry.actor == "nul-admin")]
     assert actions == ["search"]  # the one request answered is audited
     assert pg_services.store.info("N-1").state == "archived"
+
+
+def test_postgres_rows_are_locked_in_one_order_whatever_order_they_are_given_in(
+    pg_services, make_record
+):
+    """An import locks its file's rows 500 at a time; an archive batch locks its own. Each
+    locks in id order, so neither can hold a later row while waiting for an earlier one the
+    other holds (PostgreSQL would kill one of them as a deadlock)."""
+    import threading
+
+    from sqlalchemy.exc import OperationalError
+
+    from archivist.active_db import lock_active
+
+    services = pg_services
+    ids = [f"L-{n:04d}" for n in range(600)]
+    load(services, [make_record(id=i) for i in ids])
+    holder = services.sessions()
+    holder.execute(text("SET lock_timeout = '10s'"))
+    holder.execute(text("SELECT id FROM active_records WHERE id = 'L-0000' FOR UPDATE")).all()
+
+    def lock_all_in_file_order() -> None:  # (the file lists them last to first)
+        with services.sessions.begin() as session:
+            lock_active(session, list(reversed(ids)))
+
+    locker = threading.Thread(target=lock_all_in_file_order)
+    locker.start()
+    try:
+        with services.engine.connect() as watcher:  # until the locker waits for L-0000
+            for _ in range(200):
+                waiting = watcher.execute(
+                    text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar_one()
+                watcher.commit()
+                if waiting:
+                    break
+                time.sleep(0.05)
+        try:  # a row the locker would hold by now, had it locked the file's first chunk first
+            holder.execute(
+                text("SELECT id FROM active_records WHERE id = 'L-0599' FOR UPDATE")).all()
+        except OperationalError as e:
+            pytest.fail(f"the two transactions waited for each other: {e.orig}")
+    finally:
+        holder.rollback()
+        holder.close()
+        locker.join(timeout=30)

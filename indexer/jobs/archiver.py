@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from archive_store import ArchiveItem, ArchiveStore
 from archive_store.faults import crash_point
 from archivist.active_db import (
+    LOCK_ORDER,
     ActiveRecord,
     delete_records,
     find_child_links,
@@ -295,10 +296,12 @@ KEPT_ACTIVE = "the process changed in the active database while it was being arc
 
 def _load_records(session: Session, ids: list[str], for_update: bool = False) -> list[Record]:
     records: list[Record] = []
+    if for_update:
+        ids = sorted(ids)  # locked in the one order every transaction locks rows in
     for start in range(0, len(ids), 500):
         stmt = select(*record_columns()).where(ActiveRecord.id.in_(ids[start : start + 500]))
         if for_update:
-            stmt = stmt.with_for_update()
+            stmt = stmt.order_by(LOCK_ORDER).with_for_update()
         records.extend(select_records(session, stmt))
     return records
 
