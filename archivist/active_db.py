@@ -124,6 +124,7 @@ class JobRun(Base):
     purged: Mapped[int] = mapped_column(Integer, default=0)
     indexed: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    runner: Mapped[str | None] = mapped_column(String(300))  # `host:pid` of its process
 
 
 class Lease(Base):
@@ -242,6 +243,9 @@ def upgrade_schema(engine: Engine) -> None:
     inspector = inspect(engine)
     if not inspector.has_table(ACTIVE_TABLE.name):
         return
+    if "runner" not in {column["name"] for column in inspector.get_columns("job_runs")}:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE job_runs ADD COLUMN runner VARCHAR(300)")
     present = {column["name"] for column in inspector.get_columns(ACTIVE_TABLE.name)}
     missing = [name for name in ("parent_id", "has_parent_id") if name not in present]
     if not missing:

@@ -7,9 +7,7 @@ job at once. SIGTERM (or Ctrl-C) lets the running batch finish, then the worker 
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import threading
 import uuid
 from collections.abc import Callable
@@ -23,8 +21,14 @@ from apscheduler.triggers.interval import IntervalTrigger
 from archivist.active_db import utcnow
 from archivist.config import Config
 from archivist.crontab import cron_trigger
-from archivist.leases import acquire_lease, lease_held, release_lease
-from indexer.jobs.runs import last_run, run_archive_job, run_dispose_job, run_index_job
+from archivist.leases import acquire_lease, lease_held, release_lease, this_process
+from indexer.jobs.runs import (
+    last_run,
+    run_archive_job,
+    run_dispose_job,
+    run_index_job,
+    was_interrupted,
+)
 from indexer.jobs.settling import settle_leftovers
 from indexer.services import Services
 
@@ -38,7 +42,7 @@ class Worker:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.holder = f"{this_process()}:{uuid.uuid4().hex[:8]}"
         self.stopping = threading.Event()
 
     def archive(self) -> None:
@@ -159,7 +163,7 @@ def missed_jobs(config: Config, services: Services, now: datetime) -> list[str]:
         if latest is None:
             continue
         previous = last_run(services, job)
-        if previous is None or previous.started_at < latest:
+        if previous is None or previous.started_at < latest or was_interrupted(previous):
             missed.append(job)
     return missed
 

@@ -19,7 +19,8 @@ from archivist.demo_data import generate_records
 from archivist.importer import import_lines
 from archivist.leases import acquire_lease, release_lease
 from indexer.jobs.archiver import archive_due_records
-from indexer.jobs.runs import run_archive_job
+from indexer.jobs.indexing import sync_index
+from indexer.jobs.runs import INTERRUPTED, last_run, run_archive_job, run_index_job
 from indexer.services import Services
 from indexer.worker import LEASE_TTL, MISFIRE_GRACE_SECONDS, Worker, build_scheduler
 
@@ -182,3 +183,82 @@ def test_index_catch_up_waits_while_an_archive_job_runs(services):
         release_lease(session, "archive", "other-worker")
     worker.index()
     assert services.store.counts()["indexed"] == 30
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_is_followed_at_once_and_its_run_says_so(
+    tmp_path, config_path
+):
+    """SIGKILL leaves the archive lease with a dead holder and its run unfinished: a worker
+    started next on this host takes the lease at once (not after its 5 minutes), runs the job
+    to the end, and the killed run is recorded as interrupted, with what it had archived."""
+    subprocess.run([sys.executable, "-m", "archivist", "init", "--config", str(config_path)],
+                   check=True)
+    records = list(generate_records(20_000, seed=5))
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    subprocess.run([sys.executable, "-m", "archivist", "import", str(corpus),
+                    "--config", str(config_path)], check=True, capture_output=True)
+
+    with Services.open(load_config(config_path)) as services:
+        def recorded_archived() -> int:
+            with services.sessions.begin() as session:
+                run = session.scalars(select(JobRun).order_by(JobRun.id)).first()
+                return 0 if run is None else run.archived
+
+        killed = start_worker(config_path, tmp_path / "worker0.log")
+        try:
+            wait_for(recorded_archived)  # written as the run goes, batch by batch
+        finally:
+            killed.send_signal(signal.SIGKILL)
+            killed.wait(timeout=60)
+        with services.sessions.begin() as session:
+            assert session.get(Lease, "archive") is not None  # never given back
+        interrupted = last_run(services)
+        assert interrupted is not None and interrupted.error == INTERRUPTED
+        assert interrupted.archived > 0 and interrupted.finished_at is None
+
+        follower = start_worker(config_path, tmp_path / "worker1.log")
+        try:
+            def run_after_it_finished() -> bool:
+                run = last_run(services)
+                return run is not None and run.id > interrupted.id and run.finished_at is not None
+            wait_for(run_after_it_finished, timeout=LEASE_TTL.total_seconds() / 2)
+        finally:
+            follower.send_signal(signal.SIGTERM)
+            assert follower.wait(timeout=120) == 0
+        assert SKIPPED not in (tmp_path / "worker1.log").read_bytes()
+        with services.sessions.begin() as session:
+            runs = session.scalars(
+                select(JobRun).where(JobRun.job == "archive").order_by(JobRun.id)).all()
+        assert runs[0].error == INTERRUPTED and runs[0].finished_at is not None
+        assert runs[-1].error is None
+        counts = services.store.counts()
+        with services.sessions.begin() as session:
+            assert count_active(session) + counts["archived"] == 20_000
+        assert counts["pending"] == 0 and counts["indexed"] == counts["archived"]
+        assert run_archive_job(services, utcnow(), dry_run=True).archived == 0
+        assert services.store.verify() == []
+
+
+def test_a_stopping_run_leaves_the_index_to_the_catch_up(services):
+    """Stopped between batches (SIGTERM), a run does not index what it moved since its last
+    hand-over to the indexer: the worker exits within seconds; the catch-up indexes them."""
+    records = [json.dumps(r).encode() for r in generate_records(30, seed=6)]
+    import_lines(records, services.sessions, services.store.find_archived)
+    asked = []
+
+    def stop_after_one_batch() -> bool:
+        asked.append(True)
+        return len(asked) > 1
+
+    report = archive_due_records(
+        services.sessions, services.store, services.config.retention, utcnow(), utcnow(),
+        batch_size=10, should_stop=stop_after_one_batch,
+        index_batch=lambda batch: sync_index(
+            services.store, services.index, known={r.id: r.to_json() for r, _ in batch}),
+    )
+
+    assert report.archived > 0 and report.indexed == 0
+    assert services.store.counts()["indexed"] == 0
+    assert run_index_job(services) == report.archived

@@ -97,17 +97,20 @@ def archive_due_records(
         It gets them once at least ``index_every`` have been moved, and the rest at the end.
     :param on_moved: told how many records each batch moved, as soon as it has moved them
         (so a run that fails later still records what it did).
-    :param should_stop: checked between batches; True ends the run after the current batch.
+    :param should_stop: checked between batches; True ends the run after the current batch,
+        leaving what it moved since the last hand-over to the indexer to the index catch-up
+        (the worker's, or the next run's), so that a stopping worker exits within seconds.
     """
     reconcile_pending(sessions, store, archived_at)
     archived = indexed = 0
     by_category: Counter[str] = Counter()
     to_index: list[tuple[Record, datetime]] = []
     held_back: set[str] = set()  # roots of processes this run leaves active
+    stopped = False
     # One policy group at a time, so each batch is an index range scan, not a table scan.
     for aged in _aged_groups(rules, as_of):
         cursor: tuple[datetime, str] | None = None
-        while not should_stop():
+        while not (stopped := should_stop()):
             with collector_paused():
                 with sessions.begin() as session:
                     plan = _plan_batch(session, store, rules, as_of, aged, cursor, batch_size,
@@ -129,7 +132,9 @@ def archive_due_records(
                 if len(to_index) >= index_every:
                     indexed += index_batch(to_index)
                     to_index = []
-    if index_batch is not None and to_index:
+        if stopped:
+            break
+    if index_batch is not None and to_index and not stopped:
         indexed += index_batch(to_index)
     return ArchiveReport(archived, indexed, dict(sorted(by_category.items())),
                          held_back=len(held_back))

@@ -134,9 +134,10 @@ def archive_crm_tables(
     loosest = max(
         archive_cutoff(policy, as_of) for policy in (rules.default, *rules.categories.values())
     )
+    stopped = False
     for crm_table in crm.tables:
         after: Any = None
-        while not should_stop():
+        while not (stopped := should_stop()):
             with collector_paused():  # one batch's rows live until it ends
                 with sessions.begin() as session:
                     keys = _aged_keys(session, crm_table, loosest, after, batch_size)
@@ -172,7 +173,9 @@ def archive_crm_tables(
             if index_batch is not None and len(to_index) >= index_every:
                 report.indexed += index_batch(to_index)
                 to_index = []
-    if index_batch is not None and to_index:
+        if stopped:  # (the rest is left to the index catch-up, as in `archive_due_records`)
+            break
+    if index_batch is not None and to_index and not stopped:
         report.indexed += index_batch(to_index)
     return report
 

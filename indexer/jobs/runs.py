@@ -9,10 +9,11 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from archivist.active_db import JobRun, create_schema, utcnow
 from archivist.audit import AuditEvent, write_audit
+from archivist.leases import process_gone, this_process
 from archivist.records import Record, format_utc
 from indexer.jobs.archiver import ArchiveReport, archive_due_records, preview_archive
 from indexer.jobs.crm_archiver import CrmArchiveReport, archive_crm_tables
@@ -46,7 +47,8 @@ def run_archive_job(
         return ArchiveReport(
             sum(by_category.values()), 0, by_category, dry_run=True, held_back=held_back
         )
-    with _recorded(services, "archive") as run:
+    with _recorded(services, "archive") as progress:
+        run = progress.run
         # A crashed run's moves and index changes first: its records become searchable now,
         # and count as indexed by this run.
         settled = settle_leftovers(
@@ -63,6 +65,7 @@ def run_archive_job(
 
         def moved(count: int) -> None:
             run.archived += count
+            progress.save()
 
         report = archive_due_records(
             services.sessions,
@@ -110,7 +113,8 @@ def _run_crm_archive_job(
     if dry_run:
         crm_report = run(None)
     else:
-        with _recorded(services, "archive") as job_run:
+        with _recorded(services, "archive") as progress:
+            job_run = progress.run
             crm_report = run(job_run.id)
             job_run.archived, job_run.indexed = crm_report.archived, crm_report.indexed
         log.info(
@@ -154,7 +158,8 @@ def run_dispose_job(
     started_at, outcome = utcnow(), "ok"
     details: dict[str, Any] = {"as_of": format_utc(as_of)}
     try:
-        with _recorded(services, "dispose") as run:
+        with _recorded(services, "dispose") as progress:
+            run = progress.run
             create_schema(services.engine)  # the disposal list, in installations from before it
             settle_leftovers(services.sessions, services.store, services.index, utcnow())
 
@@ -162,6 +167,7 @@ def run_dispose_job(
 
             def purged(count: int) -> None:
                 run.purged = details["purged"] = run.purged + count
+                progress.save()
 
             report = dispose_due_records(
                 services.sessions,
@@ -196,23 +202,67 @@ def run_index_job(services: Services, *, should_stop: Callable[[], bool] = lambd
 
 
 def last_run(services: Services, job: str = "archive") -> JobRun | None:
-    """The most recent run of a job, finished or not."""
+    """The most recent run of a job, finished or not; one whose process ended before it
+    finished (killed) says so in its `error`."""
     with services.read_sessions.begin() as session:
         stmt = select(JobRun).where(JobRun.job == job).order_by(JobRun.id.desc()).limit(1)
-        return session.scalars(stmt).first()
+        run = session.scalars(stmt).first()
+    if run is not None and _interrupted(run):
+        run.error = INTERRUPTED
+    return run
+
+
+INTERRUPTED = (
+    "interrupted: its process ended before the run finished (killed, or the machine stopped)"
+)
+MAX_ERROR = 2000  # characters of a run's error kept (a database error can quote 500 parameters)
+
+
+def was_interrupted(run: JobRun) -> bool:
+    """Whether the run's process ended before the run finished."""
+    return run.error == INTERRUPTED or _interrupted(run)
+
+
+def _interrupted(run: JobRun) -> bool:
+    return run.finished_at is None and run.runner is not None and process_gone(run.runner)
 
 
 @contextmanager
-def _recorded(services: Services, job: str) -> Iterator[JobRun]:
+def _recorded(services: Services, job: str) -> Iterator[_Progress]:
+    """Record a run of the job; what it has done so far is written as it goes (`saved`), so
+    that a run killed half-way still says what it did, and the next run marks it interrupted."""
     with services.sessions.begin() as session:
-        run = JobRun(job=job, started_at=utcnow(), archived=0, purged=0, indexed=0)
+        for earlier in session.scalars(
+            select(JobRun).where(JobRun.job == job, JobRun.finished_at.is_(None))
+        ):
+            if _interrupted(earlier):
+                earlier.finished_at, earlier.error = utcnow(), INTERRUPTED
+        run = JobRun(job=job, started_at=utcnow(), archived=0, purged=0, indexed=0,
+                     runner=this_process())
         session.add(run)
+    progress = _Progress(services, run)
     try:
-        yield run
+        yield progress
     except BaseException as e:
-        run.error = f"{type(e).__name__}: {e}"
+        run.error = f"{type(e).__name__}: {e}"[:MAX_ERROR]
         raise
     finally:
         run.finished_at = utcnow()
         with services.sessions.begin() as session:
             session.merge(run)
+
+
+class _Progress:
+    """A run's counts, kept in its `JobRun` and written to the database by `save`."""
+
+    def __init__(self, services: Services, run: JobRun) -> None:
+        self._services, self.run = services, run
+
+    def save(self) -> None:
+        """Write the counts so far (one small UPDATE, between batches)."""
+        run = self.run
+        with self._services.sessions.begin() as session:
+            session.execute(
+                update(JobRun).where(JobRun.id == run.id)
+                .values(archived=run.archived, purged=run.purged, indexed=run.indexed)
+            )
