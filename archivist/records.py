@@ -123,6 +123,11 @@ def parse_record(
     for name, limit in MAX_CHARS.items() if column_limits else ():
         if values[name] is not None and len(values[name]) > limit:
             raise InvalidRecord(f"{name} is longer than {limit} characters")
+    for name in (*_TEXT_FIELDS, *_OPTIONAL_TEXT_FIELDS) if column_limits else ():
+        # PostgreSQL's text cannot hold one; refused on every database, so that a file is
+        # taken or refused the same way on both (`attributes` keeps it, as JSON's \u0000)
+        if values[name] is not None and "\x00" in values[name]:
+            raise InvalidRecord(f"{name} holds a NUL character (\\u0000)")
     if kinds is not None and values["kind"] not in kinds:
         raise InvalidRecord(
             f"kind must be one of {', '.join(sorted(kinds))}, got {values['kind']!r}"

@@ -171,3 +171,33 @@ def test_an_import_racing_an_archive_run_never_leaves_a_record_in_both_places(
 def find_active_ids(services, ids):
     with services.sessions.begin() as session:
         return set(find_active(session, ids))
+
+
+NUL_LINES = [
+    {"id": "N-good-1"},
+    {"id": "N-body", "body": "a\x00b"},
+    {"id": "N-subject", "subject": "x\x00"},
+    {"id": "N-owner", "owner": "o\x00"},
+    {"id": "N-attributes", "attributes": {"note": "kept\x00as JSON"}},
+    {"id": "N-good-2"},
+]
+
+
+def check_nul_lines_are_refused_one_by_one(services, make_record) -> None:
+    """A NUL in a text field is refused with its line number (PostgreSQL's text cannot hold
+    one; every database refuses it alike); the other lines are kept, `attributes` too."""
+    lines = [json.dumps(make_record(**fields)) for fields in NUL_LINES]
+    report = run_import(services, lines)
+    assert report.imported == 3
+    assert [(e.line, e.reason) for e in report.errors] == [
+        (2, "body holds a NUL character (\\u0000)"),
+        (3, "subject holds a NUL character (\\u0000)"),
+        (4, "owner holds a NUL character (\\u0000)"),
+    ]
+    with services.sessions.begin() as session:
+        kept = find_active(session, ["N-good-1", "N-attributes", "N-good-2"])
+    assert kept["N-attributes"].attributes == {"note": "kept\x00as JSON"}
+
+
+def test_import_refuses_a_nul_in_a_text_field_line_by_line(services, make_record):
+    check_nul_lines_are_refused_one_by_one(services, make_record)

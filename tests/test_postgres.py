@@ -327,3 +327,9 @@ def test_postgres_rows_are_locked_in_one_order_whatever_order_they_are_given_in(
         holder.rollback()
         holder.close()
         locker.join(timeout=30)
+
+
+def test_postgres_import_refuses_a_nul_in_a_text_field_line_by_line(pg_services, make_record):
+    from tests.test_importer import check_nul_lines_are_refused_one_by_one
+
+    check_nul_lines_are_refused_one_by_one(pg_services, make_record)
