@@ -120,14 +120,22 @@ def load_config(path: Path | str) -> Config:
     """
     path = Path(path).resolve()
     try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
+        # utf-8-sig: a byte order mark (as Windows editors write) is not part of the TOML
+        data = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"cannot read config {path}: not UTF-8 text ({e.reason} at byte "
+                          f"{e.start})") from None
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"cannot read config {path}: {e}") from None
     check_known_keys(data, path)
-    return build_config(data, path)
+    try:
+        return build_config(data, path)
+    except ConfigError as e:  # a value's error: name the file, as the key checks do
+        if str(e).startswith((f"{path}:", f"{path.name}:")):
+            raise
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def check_known_keys(data: dict[str, Any], path: Path) -> None:
@@ -198,7 +206,7 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
         dispose_cron=_cron(
             _get(worker, "dispose_cron", str, "30 3 * * 0", "worker"), "dispose_cron"
         ),
-        index_interval_seconds=_positive(worker, "index_interval_seconds", 60, "worker"),
+        index_interval_seconds=_index_interval(worker),
     )
     server_config = ServerConfig(
         host=_get(server, "host", str, "127.0.0.1", "server"),
@@ -292,6 +300,19 @@ def _port(server: dict[str, Any]) -> int:
     value: int = _get(server, "port", int, 8080, "server")
     if not 0 <= value <= 65535:
         raise ConfigError(f"server.port must be between 0 and 65535, got {value}")
+    return value
+
+
+MAX_INDEX_INTERVAL = 7 * 86_400  # a week: the scheduler cannot place much longer intervals
+
+
+def _index_interval(worker: dict[str, Any]) -> int:
+    value = _positive(worker, "index_interval_seconds", 60, "worker")
+    if value > MAX_INDEX_INTERVAL:
+        raise ConfigError(
+            f"worker.index_interval_seconds must be at most {MAX_INDEX_INTERVAL:,} (a week), "
+            f"got {value:,}"
+        )
     return value
 
 

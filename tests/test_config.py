@@ -61,13 +61,24 @@ def test_non_sqlite_urls_are_kept_as_they_are(tmp_path):
         ("[retention.default]\narchive_after_days = 1000000\n",
          "retention.default.archive_after_days must be at most 365,000"),
         ("[active\n", "cannot read config"),
+        # the scheduler cannot place an interval much longer: the worker failed at start
+        ("[worker]\nindex_interval_seconds = 400000000000\n",
+         "worker.index_interval_seconds must be at most 604,800"),
     ],
 )
 def test_bad_values_are_named(tmp_path, text, message):
     path = tmp_path / "c.toml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError) as error:
         load_config(path)
+    assert str(path) in str(error.value)  # the file, as for an unknown key
+    assert message in str(error.value)
+
+
+def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_bytes(b"\xef\xbb\xbf[retention.default]\nkeep_years = 9\n")
+    assert load_config(path).retention.default.keep_years == 9
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
