@@ -6,6 +6,7 @@ import difflib
 import os
 import tomllib
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -356,7 +357,11 @@ def _niceness(index: dict[str, Any]) -> int:
 
 def _cron(expression: str, key: str) -> str:
     try:
-        cron_trigger(expression)
+        trigger = cron_trigger(expression)
     except ValueError as e:
         raise ConfigError(f"worker.{key} is not a crontab expression: {e}") from None
+    now = datetime.now(UTC)
+    if trigger.get_next_fire_time(None, now) is None:  # 30 February: the job would never run
+        raise ConfigError(f"worker.{key} = {expression!r} names no day that exists: it would "
+                          "never run")
     return expression

@@ -4,8 +4,10 @@ APScheduler 3's `CronTrigger.from_crontab` numbers the days of the week from Mon
 cron numbers them from Sunday (0 or 7): `30 3 * * 0` would run on Mondays, `* * * * 1-5` from
 Tuesday to Saturday. So the day-of-week field is read here, as cron does, and handed over as
 day names. And where cron runs on either day when both the day of the month and the day of the
-week are given (`30 3 1 * 0`: the 1st, and every Sunday), APScheduler wants both: such an
-expression becomes two triggers, either of which fires.
+week are restricted (`30 3 1 * 0`: the 1st, and every Sunday), APScheduler wants both: such an
+expression becomes two triggers, either of which fires. As in cron, a day field that starts
+with `*` (`*/2`) does not count as restricted: then both must hold (`0 2 */2 * mon` runs on
+Mondays that fall on an odd day of the month).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def cron_trigger(expression: str) -> BaseTrigger:
         return CronTrigger(minute=minute, hour=hour, day=day, month=month,
                            day_of_week=weekdays, timezone="UTC")
 
-    if day != "*" and weekdays != "*":  # cron: on either
+    if not day.startswith("*") and not day_of_week.startswith("*"):  # cron: on either
         return OrTrigger([trigger(day, "*"), trigger("*", weekdays)])
     return trigger(day, weekdays)
 

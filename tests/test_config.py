@@ -64,6 +64,8 @@ def test_non_sqlite_urls_are_kept_as_they_are(tmp_path):
         # the scheduler cannot place an interval much longer: the worker failed at start
         ("[worker]\nindex_interval_seconds = 400000000000\n",
          "worker.index_interval_seconds must be at most 604,800"),
+        ("[worker]\ndispose_cron = '0 0 30 2 *'\n",
+         "worker.dispose_cron = '0 0 30 2 *' names no day that exists: it would never run"),
     ],
 )
 def test_bad_values_are_named(tmp_path, text, message):

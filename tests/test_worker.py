@@ -66,6 +66,8 @@ def test_a_run_missed_while_the_worker_was_down_runs_once_at_start(services):
     ("30 3 * * sat,sun", "Sun Sat"), ("30 3 * * *", "Sun Mon Tue Wed Thu Fri Sat"),
     ("30 3 * * 7-7", "Sun"), ("30 3 * * 1-7/2", "Sun Mon Wed Fri"),
     ("30 3 1 * 3", "Tue Wed"),  # the 1st (a Tuesday here) or a Wednesday: cron's either
+    # a day field starting with `*` is not a restriction to cron: both must hold then
+    ("30 3 */2 * 2", "Tue"), ("30 3 1 * */1", "Tue"),
 ])
 def test_crontab_days_of_the_week_are_cron_s(crontab, days):
     """`0` and `7` are Sunday, as in cron: the days it fires in one week, from a Sunday."""
