@@ -45,6 +45,7 @@ ACTIONS = (
     "backup",
     "recover",
     "erase",
+    "denied",  # a request its token's role does not allow (outcome `forbidden`)
 )
 _APPEND_TRIES = 5
 BLANKED_TARGET = "(erased)"

@@ -42,6 +42,7 @@ from archivist.tokens import TokenInfo, token_is_live
 from archivist.web_sessions import end_web_session, find_web_session, start_web_session
 from indexer import hold_reach
 from indexer.crm_view import view_record_process_now
+from indexer.errors import BadQuery
 from indexer.jobs.bulk_restore import restore_in_bulk
 from indexer.jobs.crm_restore import current_crm_tables, restore_crm_process
 from indexer.jobs.erasure import ErasureReport, audit_details, audit_target, erase_records
@@ -155,6 +156,15 @@ def describe_query(query: SearchQuery) -> dict[str, Any]:
     if query.sort:  # (it decides an export's row order, and so its SHA-256)
         out["sort"] = query.sort
     return out
+
+
+def audit_refused_query(actor: Actor, action: str, q: str, error: BadQuery) -> None:
+    """Record a search or an export refused for its parameters (a date that does not exist,
+    a page out of range) before it ran: outcome `bad_query`, as for a query refused later."""
+    details = {"q": q, "error": str(error)}
+    actor.audit.record(
+        AuditEvent(actor.now(), actor.name, action, q, "bad_query", details), wait=False
+    )
 
 
 def search(actor: Actor, query: SearchQuery) -> SearchPage:

@@ -7,6 +7,7 @@ from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, Response, current_app, request, stream_with_context
 
+from indexer.errors import BadQuery
 from indexer.search import SearchQuery
 from server import actions
 from server.auth import current_token, require_role
@@ -50,7 +51,12 @@ def actor() -> actions.Actor:
 def search_query(*, export: bool = False) -> SearchQuery:
     """This request's search parameters (a bad one raises `BadQuery`)."""
     max_length = current_app.extensions["archivist"].config.server.max_query_length
-    return load_search_query(request.args, max_length, export=export)
+    try:
+        return load_search_query(request.args, max_length, export=export)
+    except BadQuery as e:
+        action = "export" if export else "search"
+        actions.audit_refused_query(actor(), action, request.args.get("q", ""), e)
+        raise
 
 
 @bp.before_request

@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 from flask import current_app, g, request
 from sqlalchemy.orm import Session, sessionmaker
 
+from archivist.active_db import utcnow
+from archivist.audit import AuditEvent
 from archivist.tokens import ROLES, TokenInfo, find_token
 from server.errors import Forbidden, RateLimited, Unauthorized, request_id
 from server.limits import RateLimiter
@@ -94,6 +96,13 @@ def _refuse(status: int, reason: str, name: str | None = None) -> None:
     )
 
 
+def audit_denied(token: TokenInfo, role: str) -> None:
+    """Record in the audit log that the token tried what its role does not allow."""
+    event = AuditEvent(utcnow(), token.name, "denied", f"{request.method} {request.path}",
+                       "forbidden", {"needs": role, "role": token.role})
+    current_app.extensions["archivist_audit"].record(event, wait=False)
+
+
 def require_role(role: str) -> Callable[[F], F]:
     """Let a request through only with a live token whose role includes `role`."""
     if role not in ROLES:
@@ -105,6 +114,7 @@ def require_role(role: str) -> Callable[[F], F]:
             token = _authenticate()
             if not token.allows(role):
                 _refuse(403, f"needs role {role}, has {token.role}", token.name)
+                audit_denied(token, role)
                 raise Forbidden(f"this needs the {role} role; the token has {token.role}")
             limiter: RateLimiter = current_app.extensions["archivist_limiter"]
             wait = limiter.take(token.name)

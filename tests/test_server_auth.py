@@ -168,3 +168,44 @@ def ledger(services: Any) -> Any:
     from archivist.tokens import revocation_ledger_path
 
     return revocation_ledger_path(services.config.key_file)
+
+
+def _audit_rows(client: Any, headers: dict[str, str], action: str) -> list[dict[str, Any]]:
+    response = client.get(f"/api/v1/audit?action={action}&per_page=100", headers=headers)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()["entries"]
+
+
+def test_a_request_the_token_s_role_does_not_allow_is_audited(
+    client: Any, agent_headers: dict[str, str], auditor_headers: dict[str, str]
+) -> None:
+    assert client.get("/api/v1/export.csv", headers=agent_headers).status_code == 403
+    response = client.post("/api/v1/records/R-1/restore", headers=auditor_headers)
+    assert response.status_code == 403
+
+    denied = _audit_rows(client, auditor_headers, "denied")
+    assert [(e["actor"], e["target"], e["outcome"]) for e in reversed(denied)] == [
+        ("test-agent", "GET /api/v1/export.csv", "forbidden"),
+        ("test-auditor", "POST /api/v1/records/R-1/restore", "forbidden"),
+    ]
+    assert denied[0]["details"] == {"needs": "admin", "role": "auditor"}
+
+
+@pytest.mark.parametrize(("path", "action"), [
+    ("/api/v1/search?q=refund&from=2023-02-30", "search"),
+    ("/api/v1/search?q=refund&per_page=0", "search"),
+    ("/api/v1/export.csv?q=refund&from=2023-02-30", "export"),
+    ("/api/v1/export.csv.sha256?q=refund&sort=bad", "export"),
+])
+def test_a_search_or_export_refused_for_its_parameters_is_audited(
+    client: Any, auditor_headers: dict[str, str], path: str, action: str
+) -> None:
+    response = client.get(path, headers=auditor_headers)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "bad_query"
+
+    [entry] = _audit_rows(client, auditor_headers, action)
+    assert (entry["actor"], entry["target"], entry["outcome"]) == (
+        "test-auditor", "refund", "bad_query",
+    )
+    assert entry["details"]["error"] == response.get_json()["error"]["message"]

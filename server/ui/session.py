@@ -37,7 +37,7 @@ from archivist.errors import ArchivistError
 from archivist.tokens import TokenInfo
 from indexer.errors import IndexerError
 from server import actions
-from server.auth import TokenLookup
+from server.auth import TokenLookup, audit_denied
 from server.errors import request_id, status_of
 from server.limits import RateLimiter
 from server.ui import bp
@@ -236,6 +236,7 @@ def require_ui_role(role: str) -> Callable[[F], F]:
                     role,
                     token.role,
                 )
+                audit_denied(token, role)
                 abort(403, f"This needs the {role} role; you are signed in as {token.role}.")
             limiter: RateLimiter = current_app.extensions["archivist_limiter"]
             if limiter.take(token.name) is not None:

@@ -133,9 +133,14 @@ def search() -> Any:
     page = None
     try:
         query = load_search_query(args, services.config.server.max_query_length)
-        page = actions.search(_actor(), query)
     except BadQuery as e:
+        actions.audit_refused_query(_actor(), "search", args.get("q", ""), e)
         error = str(e)
+    else:
+        try:
+            page = actions.search(_actor(), query)
+        except BadQuery as e:
+            error = str(e)
     selected = {"category": args.getlist("category"), "kind": args.getlist("kind")}
     categories = sorted(
         set(known_categories(services))
@@ -172,7 +177,11 @@ def export_csv() -> Response:
     """Every record of the current search as CSV, streamed (the same export as the API's)."""
     services = _services()
     args = current_args(EXPORT_PARAMS)
-    query = load_search_query(args, services.config.server.max_query_length, export=True)
+    try:
+        query = load_search_query(args, services.config.server.max_query_length, export=True)
+    except BadQuery as e:
+        actions.audit_refused_query(_actor(), "export", args.get("q", ""), e)
+        raise
     chunks = actions.export(_actor(), query)
     filename = actions.export_filename(query)
     return Response(
