@@ -135,7 +135,8 @@ def _conditions(selection: DisposalFilter) -> list[ColumnElement[bool]]:
     if selection.date_to is not None:
         conditions.append(Disposal.purged_at <= selection.date_to)
     if selection.category is not None:
-        conditions.append(Disposal.category == selection.category)
+        # any case, as search's category filter
+        conditions.append(func.lower(Disposal.category) == selection.category.lower())
     if selection.run_id is not None:
         conditions.append(Disposal.run_id == selection.run_id)
     return conditions

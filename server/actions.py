@@ -293,10 +293,21 @@ def export_disposals(actor: Actor, selection: DisposalFilter) -> Iterator[bytes]
         if value is not None
     }
     with audited(actor, "export", "disposals", details, wait=True) as entry:
-        rows = 0
+        rows = size = 0
+        digest = hashlib.sha256()
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\r\n")
         writer.writerow(DISPOSAL_COLUMNS)
+
+        def chunk() -> bytes:
+            nonlocal size
+            data = buffer.getvalue().encode("utf-8")
+            buffer.seek(0)
+            buffer.truncate()
+            digest.update(data)
+            size += len(data)
+            return data
+
         try:
             with actor.services.read_sessions.begin() as session:
                 for item in iter_disposals(session, selection):
@@ -307,15 +318,13 @@ def export_disposals(actor: Actor, selection: DisposalFilter) -> Iterator[bytes]
                     ])
                     rows += 1
                     if buffer.tell() > 65536:
-                        yield buffer.getvalue().encode("utf-8")
-                        buffer.seek(0)
-                        buffer.truncate()
-            yield buffer.getvalue().encode("utf-8")
+                        yield chunk()
+            yield chunk()
         except GeneratorExit:
             entry.outcome = "aborted"
             raise
-        finally:
-            entry.details["rows"] = rows
+        finally:  # as an export's: what was sent, to check the file against
+            entry.details.update(rows=rows, bytes=size, sha256=digest.hexdigest())
 
 
 def holds(actor: Actor) -> list[Hold]:

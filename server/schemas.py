@@ -391,7 +391,7 @@ class DisposalSchema(Schema):
     as_of = UtcTimestamp()
     purged_at = UtcTimestamp()
     actor = fields.String()
-    run_id = fields.String(data_key="run")
+    run_id = fields.String()  # (as the CSV's column; the filter is `run`)
 
 
 class DisposalPageSchema(Schema):

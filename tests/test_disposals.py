@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from datetime import UTC, datetime
 
@@ -96,15 +97,26 @@ def test_auditor_reads_and_exports_the_list_and_an_agent_may_not(
     assert {d["record_id"] for d in both} == {"gone-1", "gone-2"}
     assert set(both[0]) == {
         "record_id", "sha256", "category", "policy", "keep_years", "as_of", "purged_at",
-        "actor", "run",
+        "actor", "run_id",  # as the CSV's columns
     }
-    billing = client.get("/api/v1/disposals?category=billing", headers=auditor_headers).json
-    assert [d["record_id"] for d in billing["disposals"]] == ["gone-2"]
+    for category in ("billing", "BILLING"):  # any case, as search's filter
+        billing = client.get(f"/api/v1/disposals?category={category}",
+                             headers=auditor_headers).json
+        assert [d["record_id"] for d in billing["disposals"]] == ["gone-2"]
+    run_id = billing["disposals"][0]["run_id"]
+    by_run = client.get(f"/api/v1/disposals?run={run_id}", headers=auditor_headers).json
+    assert by_run["total"] == 2
 
     exported = client.get("/api/v1/disposals.csv", headers=auditor_headers)
     assert exported.status_code == 200 and exported.mimetype == "text/csv"
     rows = list(csv.DictReader(io.StringIO(exported.get_data(as_text=True))))
     assert sorted(r["record_id"] for r in rows) == ["gone-1", "gone-2"]
+    [audited] = client.get("/api/v1/audit?action=export",
+                           headers=auditor_headers).json["entries"]
+    assert audited["target"] == "disposals"  # checkable against the file, as an export is
+    assert audited["details"]["rows"] == 2
+    assert audited["details"]["bytes"] == len(exported.data)
+    assert audited["details"]["sha256"] == hashlib.sha256(exported.data).hexdigest()
 
     assert client.get("/api/v1/disposals", headers=agent_headers).status_code == 403
     assert client.get("/api/v1/disposals.csv", headers=agent_headers).status_code == 403
