@@ -220,3 +220,14 @@ def test_a_parameter_given_twice_is_400_not_its_first_value(
     response = client.post("/api/v1/restore", headers=admin_headers, json={
         "search": {"q": "refund"}, "reason": "r", "dry_run": True})
     assert response.status_code == 200
+
+
+def test_a_time_offset_whose_plus_was_not_escaped_gets_a_hint(client, agent_headers):
+    """`from=2020-02-29T00:00:00+08:00` typed into a URL: its `+` arrives as a space."""
+    response = client.get("/api/v1/search?from=2020-02-29T00:00:00+08:00",
+                          headers=agent_headers)
+    assert response.status_code == 400
+    assert "write a '+' in a URL as %2B" in response.get_json()["error"]["message"]
+    escaped = client.get("/api/v1/search?from=2020-02-29T00:00:00%2B08:00",
+                         headers=agent_headers)
+    assert escaped.status_code == 200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 
@@ -29,6 +30,9 @@ def parse_timestamp(text: str) -> datetime:
     return value.astimezone(UTC)
 
 
+_SPACED_OFFSET = re.compile(r"\d \d{2}(:?\d{2})?$")
+
+
 def parse_bound(text: str, end: bool) -> datetime:
     """Parse a ``from``/``to`` bound: an ISO date or datetime, as aware UTC.
 
@@ -48,7 +52,10 @@ def parse_bound(text: str, end: bool) -> datetime:
     try:
         value = datetime.fromisoformat(text)
     except ValueError as e:
-        raise BadQuery(f"not an ISO date or datetime: {text[:40]!r}") from e
+        hint = ""
+        if _SPACED_OFFSET.search(text):  # `+08:00` sent bare in a query string
+            hint = "; write a '+' in a URL as %2B (a bare '+' reads as a space)"
+        raise BadQuery(f"not an ISO date or datetime: {text[:40]!r}{hint}") from e
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     try:
