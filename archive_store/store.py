@@ -1587,7 +1587,8 @@ class ArchiveStore:
         return {row[0] for row in rows}
 
     def counts(self) -> dict[str, int]:
-        """Counts for stats: archived, restored, purged, indexed (and archived), pending."""
+        """Counts for stats: archived, restored, purged, indexed (and archived), pending, and
+        moving (archived, but their move out of the active database not finished)."""
         conn = self._db()
         with snapshot(conn):
             result = {
@@ -1601,6 +1602,10 @@ class ArchiveStore:
             ).fetchone()[0]
             result["pending"] = conn.execute(
                 "SELECT COUNT(*) FROM records WHERE pending IS NOT NULL"
+            ).fetchone()[0]
+            result["moving"] = conn.execute(
+                "SELECT COUNT(*) FROM records WHERE pending = 'delete_active' "
+                "AND state = 'archived'"
             ).fetchone()[0]
         return result
 

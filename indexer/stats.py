@@ -12,17 +12,22 @@ from indexer.services import Services
 
 
 def collect_stats(services: Services) -> dict[str, Any]:
-    """Counts of active, archived, indexed, restored and purged records, and the last run."""
+    """Counts of active, archived, indexed, restored and purged records, and the last run.
+
+    A record whose move is under way (stored, its active row not deleted yet, or left so by a
+    crash until the next run settles it) counts as active only, where it still is: never in
+    both counts.
+    """
+    counts = services.store.counts()
     with services.read_sessions.begin() as session:
         active = (
             count_active(session) if services.crm is None
             else count_crm_rows(session, services.crm)
         )
-    counts = services.store.counts()
     run = last_run(services, "archive")
     return {
         "active": active,
-        "archived": counts["archived"],
+        "archived": counts["archived"] - counts["moving"],
         "indexed": counts["indexed"],
         "restored": counts["restored"],
         "purged": counts["purged"],

@@ -316,3 +316,25 @@ def test_a_run_hands_its_batches_to_the_indexer_together(services, make_record):
     assert run(1, 20_000) == [["F1", "F2", "F3", "M1", "M2", "M3", "S1", "S2", "S3"]]
     # whenever at least 3 are waiting (here after each group's two batches)
     assert run(4, 3) == [["F4", "F5", "F6"], ["M4", "M5", "M6"], ["S4", "S5", "S6"]]
+
+
+def test_stats_count_a_record_whose_move_is_unfinished_as_active_only(services, make_record):
+    """Stored and marked pending, its active row not deleted yet (a batch under way, or one
+    a crash cut off): the record is in the active database still, and counted there only."""
+    from archive_store import ArchiveItem
+    from archivist.importer import import_lines
+    from archivist.records import parse_record
+    from indexer.stats import collect_stats
+
+    lines = [json.dumps(make_record(id=f"M-{n}")).encode() for n in range(3)]
+    import_lines(lines, services.sessions, services.store.find_archived)
+    record = parse_record(make_record(id="M-0"))
+    services.store.archive_batch([ArchiveItem(
+        record.id, record.to_json(), record.category, record.customer_id, record.created,
+        record.updated,
+    )], record.updated, "archiver")
+    assert [e.pending for e in services.store.iter_pending()] == ["delete_active"]
+
+    stats = collect_stats(services)
+
+    assert (stats["active"], stats["archived"]) == (3, 0)
