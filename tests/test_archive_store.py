@@ -168,6 +168,7 @@ def test_archive_batch_round_trip(store: ArchiveStore) -> None:
     ]
     assert store.counts() == {
         "archived": 3, "restored": 0, "purged": 0, "erased": 0, "indexed": 0, "pending": 3,
+        "moving": 3,  # stored, their active rows not deleted yet
     }
     assert store.verify() == []
 

@@ -204,7 +204,7 @@ def test_bad_config_is_one_line_and_non_zero(tmp_path):
     result = archivist("stats", "--config", str(bad))
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
-        "error: retention.default.keep_years must not be negative, got -3"]
+        f"error: {bad}: retention.default.keep_years must not be negative, got -3"]
 
 
 def test_verify_names_a_record_missing_from_the_index(installed, tmp_path, make_record):
