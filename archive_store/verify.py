@@ -10,11 +10,12 @@ import fcntl
 import os
 import sqlite3
 from contextlib import ExitStack
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from archive_store import segment
-from archive_store.catalog import connect, hash_hex
+from archive_store.catalog import connect, epoch_micros, hash_hex
 from archive_store.codec import FrameCodec
 from archive_store.errors import ArchiveStoreError
 from archive_store.models import Problem
@@ -126,7 +127,7 @@ def _check(
     previous_seq = 0
     previous: tuple[str | None, int | None] = (None, None)
     next_offset: dict[int, int] = {}
-    for entry in conn.execute("SELECT * FROM entries ORDER BY seq"):
+    for entry in conn.execute(_ENTRIES_WITH_RECORDS):
         record_id, segment_id = entry["record_id"], entry["segment_id"]
         if entry["seq"] != previous_seq + 1:
             report(record_id, segment_id, f"seq {entry['seq']} follows seq {previous_seq}")
@@ -164,6 +165,9 @@ def _check(
             continue
         for reason in _check_envelope(entry, envelope, value):
             report(record_id, segment_id, f"seq {entry['seq']}: {reason}")
+        if entry["type"] == "record":
+            for reason in _check_record_row(entry, value.get("record")):
+                report(record_id, segment_id, f"seq {entry['seq']}: {reason}")
 
     for segment_id, end in next_offset.items():
         if end != segments[segment_id]["end_offset"]:
@@ -182,6 +186,54 @@ def _check(
         ):
             report(row["record_id"], row["segment_id"], "catalog row does not match its entry")
     return problems
+
+
+# Each entry with the catalog row of its record (an index look-up each, by primary key).
+_ENTRIES_WITH_RECORDS = (
+    "SELECT e.*, r.record_id AS r_id, r.seq AS r_seq, r.state AS r_state, "
+    "r.category AS r_category, r.created_at AS r_created, r.updated_at AS r_updated, "
+    "r.updated_at_us AS r_updated_us, r.customer_id AS r_customer, r.parent_id AS r_parent "
+    "FROM entries e LEFT JOIN records r ON r.record_id = e.record_id ORDER BY e.seq"
+)
+
+
+def _check_record_row(entry: sqlite3.Row, record: Any) -> list[str]:
+    """What the catalog row of a record entry's record says otherwise than the sealed record.
+
+    The row's category, times, customer and parent decide disposal, holds, erasure and
+    processes, so an edit to one must show here, and so must a row that is gone.
+    """
+    if entry["r_id"] is None:
+        return ["the catalog has no row for this record"]
+    if entry["r_seq"] != entry["seq"] or entry["r_state"] not in ("archived", "restored"):
+        return []  # an earlier version, or content gone: the row speaks of another entry
+    if not isinstance(record, dict):
+        return []  # (reported by the envelope's checks)
+    differ = []
+    if entry["r_category"] != record.get("category"):
+        differ.append("category")
+    for column, name in (("r_created", "created_at"), ("r_updated", "updated_at")):
+        if name in record and _moment(entry[column]) != _moment(record[name]):
+            differ.append(name)
+    updated = _moment(record.get("updated_at"))
+    if updated is not None and entry["r_updated_us"] != epoch_micros(updated):
+        differ.append("updated_at_us")
+    if entry["r_parent"] != record.get("parent_id"):
+        differ.append("parent_id")
+    customer = record.get("customer_id")
+    # (a row may name a customer its record does not: one handed on by an erasure above it)
+    if customer is not None and entry["r_customer"] != customer:
+        differ.append("customer_id")
+    if differ:
+        return [f"catalog {', '.join(differ)} differ from the sealed record"]
+    return []
+
+
+def _moment(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def _check_envelope(entry: sqlite3.Row, envelope: bytes, value: dict[str, Any]) -> list[str]:

@@ -1044,3 +1044,44 @@ def test_a_customer_erasure_takes_every_record_of_theirs_listed_or_not(
     assert {i: e.state for i, e in store.entries(["CE-1", "CE-2", "OT-1"]).items()} == {
         "CE-1": "erased", "CE-2": "erased", "OT-1": "archived"}
     assert store.verify() == []
+
+
+CATALOG_EDITS = {
+    "category": "UPDATE records SET category = 'medical' WHERE record_id = 'T-1'",
+    "updated_at": "UPDATE records SET updated_at = '2000-01-01T00:00:00Z', "
+                  "updated_at_us = 946684800000000 WHERE record_id = 'T-1'",
+    "customer_id": "UPDATE records SET customer_id = 'C999' WHERE record_id = 'T-1'",
+    "parent_id": "UPDATE records SET parent_id = 'T-2' WHERE record_id = 'T-1'",
+    "the catalog has no row": "DELETE FROM records WHERE record_id = 'T-1'",
+}
+
+
+@pytest.mark.parametrize("edit", sorted(CATALOG_EDITS))
+def test_verify_names_a_catalog_row_edited_or_deleted_behind_the_store(
+    store: ArchiveStore, store_dir: Path, edit: str
+) -> None:
+    """The catalog row's category, times, customer and parent decide disposal, holds, erasure
+    and processes: each must agree with the sealed record (a row edited so that a record is
+    disposed of years early, or dropped so that a recovery loses it, is damage)."""
+    store.archive_batch([make_item("T-1"), make_item("T-2")], AT, "archive-job")
+    assert store.verify() == []
+    conn = sqlite3.connect(store_dir / "catalog.db")
+    with conn:
+        conn.execute(CATALOG_EDITS[edit])
+    conn.close()
+
+    [problem] = store.verify()
+
+    assert problem.record_id == "T-1" and edit in problem.reason
+
+
+def test_verify_takes_a_customer_handed_on_by_an_erasure_above(
+    store: ArchiveStore, store_dir: Path
+) -> None:
+    """A record naming no customer may be handed its parent's (see `erase`)."""
+    store.archive_batch([make_item("T-1", customer_id=None)], AT, "archive-job")
+    conn = sqlite3.connect(store_dir / "catalog.db")
+    with conn:
+        conn.execute("UPDATE records SET customer_id = 'C1' WHERE record_id = 'T-1'")
+    conn.close()
+    assert store.verify() == []
