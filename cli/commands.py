@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 import click
 
 from archive_store import ArchiveStoreError
-from archive_store.crypto import KEY_ENV, load_key
+from archive_store.crypto import KEY_ENV, KeyMissing, load_key
 from archivist.active_db import create_schema, utcnow
 from archivist.audit import AuditEvent, audit_outcome, write_audit
 from archivist.config import Config, default_config_path, load_config
@@ -466,7 +466,11 @@ def backup_verify(folder: Path, config_path: Path | None) -> None:
     path = config_path or default_config_path()
     key = None
     if env_key or path.exists():
-        key = load_key(load_config(path).key_file, env_key)
+        try:
+            key = load_key(load_config(path).key_file, env_key)
+        except KeyMissing as e:  # (not `init`: a new key would not open this backup)
+            raise KeyMissing(f"{e.args[0].partition(':')[0]}: give the key the backup was "
+                             f"made with (put the file back, or set {KEY_ENV})") from None
     problems = verify_backup(folder, key)
     if problems:
         for problem in problems:

@@ -649,3 +649,22 @@ def test_a_backup_missing_what_it_says_it_holds_is_refused_before_anything_is_re
     with pytest.raises(KeyMissing, match="the archive key the backup was made with"):
         recover_backup(third, folder, utcnow())
     assert not third.key_file.exists()
+
+
+def test_backup_verify_with_the_key_file_missing_asks_for_the_backup_s_key(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path
+) -> None:
+    """Not `archivist init`, which would make a new key that cannot open the backup."""
+    archived(*_records(make_record, 0, 5))
+    folder = tmp_path / "backup"
+    create_backup(services, folder, utcnow())
+    services.config.key_file.rename(tmp_path / "key-put-away")
+    result = subprocess.run(
+        [sys.executable, "-m", "archivist", "backup", "verify", str(folder),
+         "--config", str(services.config.path)],
+        capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                             if k != "ARCHIVIST_ARCHIVE_KEY"},
+    )
+    assert result.returncode != 0
+    assert "give the key the backup was made with" in result.stderr
+    assert "archivist init" not in result.stderr
