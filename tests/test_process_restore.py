@@ -282,3 +282,18 @@ def test_a_bulk_restore_brings_back_what_an_archive_batch_moved_after_its_plan(
     assert sorted(report.restored) == sorted(everything)
     assert set(active(services, everything)) == set(everything)
     assert services.store.find_archived(everything) == set()
+
+
+def test_a_skipped_process_is_named_by_the_ids_asked_for_in_it() -> None:
+    """Another restore marked the process's root: the skip names what this caller asked for
+    (a child of that process), not the root it never sent."""
+    from indexer.jobs.restore import Skipped, _as_requested
+
+    groups = [["W", "W-c1", "W-c2", "W-c3"], ["K1"]]
+    problems = [Skipped("W", "restore_in_progress")]
+    assert _as_requested(problems, groups, ["W-c2", "K1", "W-c3"]) == [
+        Skipped("W-c2", "restore_in_progress"), Skipped("W-c3", "restore_in_progress"),
+    ]
+    assert _as_requested([Skipped("K1", "already_active")], groups, ["K1"]) == [
+        Skipped("K1", "already_active"),
+    ]

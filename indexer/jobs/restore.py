@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from sqlalchemy.exc import IntegrityError
@@ -200,7 +200,7 @@ def restore_many(
                 )
             report.restored.extend(r.id for r in restored)
             report.processes += len(batch) - len(problems)
-            report.skipped.extend(problems)
+            report.skipped.extend(_as_requested(problems, batch, ids))
             if progress is not None:
                 progress(len(restored), planned)
             batch, size = [], 0
@@ -212,6 +212,20 @@ def restore_many(
             restored, _ = _restore_groups(sessions, store, index, rest, actor, now, reason)
         report.restored.extend(r.id for r in restored)
     return report
+
+
+def _as_requested(
+    problems: list[Skipped], groups: list[list[str]], requested: list[str]
+) -> list[Skipped]:
+    """The skipped groups named by the ids the caller asked for in them: a group's obstacle
+    may be another record of its process (its root, marked by another restore)."""
+    wanted = set(requested)
+    group_of = {i: group for group in groups for i in group}
+    named: list[Skipped] = []
+    for problem in problems:
+        asked = [i for i in group_of.get(problem.id, [problem.id]) if i in wanted]
+        named.extend(replace(problem, id=i) for i in asked or [problem.id])
+    return named
 
 
 def _left_behind(
