@@ -111,15 +111,20 @@ def wait_for(condition, timeout=120.0):
     raise AssertionError("timed out")
 
 
-@pytest.mark.slow
-def test_two_workers_share_jobs_and_sigterm_loses_nothing(tmp_path, config_path):
+def install_with_records(tmp_path, config_path, seed: int) -> None:
+    """`archivist init`, then `archivist import` of 20,000 generated records."""
     subprocess.run([sys.executable, "-m", "archivist", "init", "--config", str(config_path)],
                    check=True)
-    records = list(generate_records(20_000, seed=3))
+    records = list(generate_records(20_000, seed=seed))
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     subprocess.run([sys.executable, "-m", "archivist", "import", str(corpus),
                     "--config", str(config_path)], check=True, capture_output=True)
+
+
+@pytest.mark.slow
+def test_two_workers_share_jobs_and_sigterm_loses_nothing(tmp_path, config_path):
+    install_with_records(tmp_path, config_path, seed=3)
     config = load_config(config_path)
 
     with Services.open(config) as services:
@@ -194,13 +199,7 @@ def test_a_worker_killed_mid_run_is_followed_at_once_and_its_run_says_so(
     """SIGKILL leaves the archive lease with a dead holder and its run unfinished: a worker
     started next on this host takes the lease at once (not after its 5 minutes), runs the job
     to the end, and the killed run is recorded as interrupted, with what it had archived."""
-    subprocess.run([sys.executable, "-m", "archivist", "init", "--config", str(config_path)],
-                   check=True)
-    records = list(generate_records(20_000, seed=5))
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    subprocess.run([sys.executable, "-m", "archivist", "import", str(corpus),
-                    "--config", str(config_path)], check=True, capture_output=True)
+    install_with_records(tmp_path, config_path, seed=5)
 
     with Services.open(load_config(config_path)) as services:
         def recorded_archived() -> int:
