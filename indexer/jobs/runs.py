@@ -229,7 +229,7 @@ def _interrupted(run: JobRun) -> bool:
 
 @contextmanager
 def _recorded(services: Services, job: str) -> Iterator[_Progress]:
-    """Record a run of the job; what it has done so far is written as it goes (`saved`), so
+    """Record a run of the job; what it has done so far is written as it goes (`save`), so
     that a run killed half-way still says what it did, and the next run marks it interrupted."""
     with services.sessions.begin() as session:
         for earlier in session.scalars(
