@@ -149,6 +149,33 @@ def test_a_wildcard_inside_a_word_matches_the_words_it_stands_for(
         index.close()
 
 
+POSSESSIVES = {
+    "client's": {"S-2", "S-3"},
+    "customer's": {"S-1", "S-4"},
+    '"the customer\'s complaint"': {"S-1", "S-4"},
+    "INV-7's": {"S-3", "S-5"},
+    "it's": {"S-4"},
+}
+
+
+@pytest.mark.parametrize(("q", "expected"), list(POSSESSIVES.items()), ids=list(POSSESSIVES))
+def test_a_possessive_finds_the_word_it_is_formed_from(
+    tmp_path: Path, make_record: Callable[..., dict[str, Any]], q: str, expected: set[str]
+) -> None:
+    index = SearchIndex.open(tmp_path / "index")
+    try:
+        index.add([
+            (make_record(id="S-1", subject="A", body="the customer's complaint"), AT),
+            (make_record(id="S-2", subject="B", body="a note for the client"), AT),
+            (make_record(id="S-3", subject="C", body="the clients' INV-7's total"), AT),
+            (make_record(id="S-4", subject="D", body="it is the customer complaint"), AT),
+            (make_record(id="S-5", subject="E", body="see INV-7 today"), AT),
+        ])
+        assert _ids(index, q=q) == expected
+    finally:
+        index.close()
+
+
 @pytest.mark.parametrize("q", PHONES)
 def test_phone_numbers_are_found_with_or_without_the_country_code(
     index: SearchIndex, q: str

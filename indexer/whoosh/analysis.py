@@ -24,7 +24,7 @@ Token rules (index mode):
 
 In query mode, an identifier yields only its whole form and a Chinese run only its bigrams
 (one-character run: the character), so a typed identifier or Chinese word maps to one term or
-one phrase.
+one phrase; a possessive ``'s`` is dropped first (``client's`` searches ``client``).
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ _PHONE_QUERY_RE = re.compile(
     r"(?P<phone>\+\d{1,4}(?: \d{2,5}){1,5}|\d{2,5}(?: \d{2,5}){2,5})"
     rf"(?![^\W{_CJK}]|[@*?~]|[.:/-]\w)"
 )
+_POSSESSIVE = ("'s", "'S")
 _DIGITISH_RE = re.compile(r"\+?[\d.\- ()]+")
 _MIN_PHONE_DIGITS = 7
 # ITU-T E.164 country codes of one and two digits; every other code has three. The codes are
@@ -153,6 +154,10 @@ def iter_tokens(
         chunk = m.group()
         start = m.start()
         if kind == "word":
+            if query and chunk[-2:] in _POSSESSIVE:
+                # `client's` asks for the client: the word's own terms (the index holds them
+                # for `client's` too, at the same position), not the possessive form alone
+                chunk = chunk[:-2]
             if chunk.isalnum():
                 yield stem(chunk.lower()), pos, start, m.end()
                 pos += 1
