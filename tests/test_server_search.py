@@ -107,6 +107,26 @@ def test_snippets_are_escaped(
     assert "<mark>refund</mark>" in snippet
 
 
+@pytest.mark.parametrize(
+    ("q", "marked"),
+    [("zebraquokka", "zebraquokka"), ("refunds", "refunded"), ("退款", "退款"), ("INV-7", "INV-7")],
+)
+def test_a_match_far_into_a_long_body_is_marked_in_its_snippet(
+    client: Any,
+    agent_headers: dict[str, str],
+    archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+    q: str,
+    marked: str,
+) -> None:
+    filler = "with the usual words " * 40_000  # 840,000 characters before the match
+    archived(make_record(id="LONG-1", body=filler + "we refunded 退款 INV-7 zebraquokka. The end"))
+    hit = client.get(f"/api/v1/search?q={q}", headers=agent_headers).get_json()["hits"][0]
+    assert hit["id"] == "LONG-1"
+    assert f"<mark>{marked}</mark>" in hit["snippet"]
+    assert hit["snippet"].startswith("…")
+
+
 BAD_PARAMETERS = [
     "sort=sideways",
     "per_page=1000",

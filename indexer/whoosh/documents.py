@@ -11,7 +11,7 @@ from indexer.search.dates import parse_timestamp, to_micros
 from indexer.search.types import SearchHit
 from indexer.whoosh.query import CompiledQuery
 from indexer.whoosh.shards import ShardView
-from indexer.whoosh.snippets import make_snippet, plain_snippet
+from indexer.whoosh.snippets import make_long_snippet, make_snippet, plain_snippet
 
 SNIPPET_SOURCE_CHARS = 10_000
 
@@ -146,13 +146,12 @@ def load_hit(
     if subject is None:  # the text is in the archive store only: one read of the record
         texts = text_source(rid) if text_source is not None else None
         subject, body = texts if texts is not None else ("", "")
-        body = body[:SNIPPET_SOURCE_CHARS]
     # documents indexed before processes existed store 11 values: no parent, their own root
     parent_id, process_id = stored[11:13] if len(stored) >= 13 else (None, rid)
     text = ""
     if snippet:
         text = (
-            make_snippet(body, "body", compiled)
+            make_long_snippet(body, "body", compiled, SNIPPET_SOURCE_CHARS)
             or make_snippet(subject, "subject", compiled)
             or plain_snippet(body)
         )

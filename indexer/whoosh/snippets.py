@@ -59,6 +59,44 @@ def make_snippet(text: str, fieldname: str, compiled: CompiledQuery) -> str | No
     return "".join(out)
 
 
+def make_long_snippet(
+    text: str, fieldname: str, compiled: CompiledQuery, head: int, tries: int = 20
+) -> str | None:
+    """``make_snippet`` for a text of any length (bodies run to 1 MiB): its first ``head``
+    characters, else around the first later place where a query term occurs literally and is
+    a match there.
+
+    Analysing a whole long text for every hit would cost too much, so beyond the head only the
+    windows around literal occurrences of the terms are analysed, at most ``tries`` of them. A
+    match found only by a stem that is not a prefix of its word, or by a wildcard, stays
+    unmarked past the head.
+
+    :param head: how many characters are searched by analysis alone.
+    :param tries: how many windows are analysed beyond the head.
+    """
+    found = make_snippet(text[:head], fieldname, compiled)
+    if found is not None or len(text) <= head:
+        return found
+    lowered = text.lower()
+    if len(lowered) != len(text):  # (offsets would not line up)
+        return None
+    terms = [t for t in compiled.terms.get(fieldname, ()) if t]
+    at = head - SNIPPET_CHARS
+    for _ in range(tries):
+        hits = [i for t in terms if (i := lowered.find(t, at)) >= 0]
+        if not hits:
+            return None
+        at = min(hits)
+        start = max(0, at - SNIPPET_CHARS)
+        space = text.rfind(" ", start, at)
+        start = space + 1 if space >= 0 else start
+        window = make_snippet(text[start : at + SNIPPET_CHARS * 2], fieldname, compiled)
+        if window is not None:
+            return window if window.startswith("…") else "…" + window
+        at += 1
+    return None
+
+
 def plain_snippet(text: str) -> str:
     """Return the HTML-escaped start of a text.
 
