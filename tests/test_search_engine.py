@@ -605,3 +605,43 @@ def test_erasure_drops_the_erased_words_from_the_pair_terms(tmp_path: Path) -> N
         assert index.search(SearchQuery(q='"zorblax parcel"')).total == 1
     ix.close()
     other.close()
+
+
+def test_an_index_written_before_the_engine_moved_packages_still_opens(tmp_path: Path) -> None:
+    # Such an index's table of contents names the tokenizers' old module, `indexer.analysis`.
+    index = SearchIndex.open(tmp_path / "index")
+    index.add([(CORPUS[0][0], CORPUS[0][1])])
+    index.close()
+    tocs = list((tmp_path / "index").rglob("*.toc"))
+    assert tocs
+    for toc in tocs:
+        toc.write_bytes(_with_schema_module_renamed(toc.read_bytes()))
+    index = SearchIndex.open(tmp_path / "index")
+    try:
+        assert [h.id for h in index.search(SearchQuery(q=f"id:{CORPUS[0][0]['id']}")).hits] == [
+            CORPUS[0][0]["id"]
+        ]
+    finally:
+        index.close()
+
+
+def _with_schema_module_renamed(toc: bytes) -> bytes:
+    """A Whoosh table of contents whose pickled schema names `indexer.analysis`."""
+    start = 14  # three one-byte varints, two ints, three one-byte varints: then the schema
+    length, shift, at = 0, 0, start
+    while True:  # Whoosh's varint: 7 bits a byte, least significant first
+        byte = toc[at]
+        length |= (byte & 0x7F) << shift
+        at, shift = at + 1, shift + 7
+        if not byte & 0x80:
+            break
+    schema = toc[at : at + length]
+    assert schema.startswith(b"\x80") and b"cindexer.whoosh.analysis\n" in schema
+    renamed = schema.replace(b"cindexer.whoosh.analysis\n", b"cindexer.analysis\n")
+    size, varint = len(renamed), b""
+    while True:
+        varint += bytes([(size & 0x7F) | (0x80 if size > 0x7F else 0)])
+        size >>= 7
+        if not size:
+            break
+    return toc[:start] + varint + renamed + toc[at + length :]
