@@ -615,7 +615,9 @@ def test_an_index_written_before_the_engine_moved_packages_still_opens(tmp_path:
     tocs = list((tmp_path / "index").rglob("*.toc"))
     assert tocs
     for toc in tocs:
-        toc.write_bytes(_with_schema_module_renamed(toc.read_bytes()))
+        toc.write_bytes(
+            rename_schema_module(toc.read_bytes(), b"indexer.whoosh.analysis", b"indexer.analysis")
+        )
     index = SearchIndex.open(tmp_path / "index")
     try:
         assert [h.id for h in index.search(SearchQuery(q=f"id:{CORPUS[0][0]['id']}")).hits] == [
@@ -625,8 +627,8 @@ def test_an_index_written_before_the_engine_moved_packages_still_opens(tmp_path:
         index.close()
 
 
-def _with_schema_module_renamed(toc: bytes) -> bytes:
-    """A Whoosh table of contents whose pickled schema names `indexer.analysis`."""
+def rename_schema_module(toc: bytes, old: bytes, new: bytes) -> bytes:
+    """A Whoosh table of contents whose pickled schema names module `new` instead of `old`."""
     start = 14  # three one-byte varints, two ints, three one-byte varints: then the schema
     length, shift, at = 0, 0, start
     while True:  # Whoosh's varint: 7 bits a byte, least significant first
@@ -636,8 +638,8 @@ def _with_schema_module_renamed(toc: bytes) -> bytes:
         if not byte & 0x80:
             break
     schema = toc[at : at + length]
-    assert schema.startswith(b"\x80") and b"cindexer.whoosh.analysis\n" in schema
-    renamed = schema.replace(b"cindexer.whoosh.analysis\n", b"cindexer.analysis\n")
+    assert schema.startswith(b"\x80") and b"c" + old + b"\n" in schema
+    renamed = schema.replace(b"c" + old + b"\n", b"c" + new + b"\n")
     size, varint = len(renamed), b""
     while True:
         varint += bytes([(size & 0x7F) | (0x80 if size > 0x7F else 0)])

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
+from indexer.search import SearchQuery
 from server import close_app, create_app
+from tests.test_search_engine import rename_schema_module
 
 # Whoosh leaves a file open when it fails to read a garbled one (its error path, not ours).
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -58,6 +60,11 @@ def _damage(services: Any, what: str) -> None:
             os.utime(path, (hour_ago, hour_ago))
     elif what == "garble .toc":
         _index_file(services, "*.toc").write_bytes(b"\x80\x04garbage")
+    elif what == ".toc naming a missing module":
+        for toc in index_dir.rglob("*.toc"):
+            toc.write_bytes(
+                rename_schema_module(toc.read_bytes(), b"indexer.whoosh.analysis", b"gone.away")
+            )
     elif what == "delete .seg":
         _index_file(services, "*.seg").unlink()
     elif what == "truncate .seg":
@@ -74,6 +81,7 @@ INDEX_DAMAGE = [
     "garble META",
     "delete .toc",
     "garble .toc",
+    ".toc naming a missing module",
     "delete .seg",
     "truncate .seg",
 ]
@@ -193,3 +201,27 @@ def test_a_rebuild_mends_an_index_that_lost_its_current_file(
         assert search.get_json()["total"] == 5
     finally:
         close_app(app)
+
+
+@pytest.mark.parametrize("what", INDEX_DAMAGE)
+def test_a_restore_over_a_damaged_index_restores_and_says_so(
+    services: Any, admin_headers: dict[str, str], corpus: None, what: str
+) -> None:
+    from indexer.jobs.indexing import rebuild_index
+    from indexer.services import Services
+
+    _damage(services, what)
+    app = create_app(services.config)
+    try:
+        response = app.test_client().post(
+            "/api/v1/records/D-1/restore", json={"reason": "reopened"}, headers=admin_headers
+        )
+    finally:
+        close_app(app)
+    assert response.status_code == 200, (what, response.get_json())
+    assert response.get_json()["restored"] == ["D-1"]
+    assert services.store.info("D-1").state == "restored"
+    with Services.open(services.config) as fresh:  # once the index is mended, D-1 is not in it
+        rebuild_index(fresh.store, fresh.index)
+        hits = fresh.index.search(SearchQuery(q="refund", per_page=100)).hits
+        assert sorted(h.id for h in hits) == ["D-0", "D-2", "D-3", "D-4"]

@@ -42,6 +42,7 @@ from indexer.jobs.crm_archiver import (
     group_processes,
     reconcile_crm_pending,
 )
+from indexer.jobs.indexing import drop_restored
 from indexer.jobs.restore import BulkRestoreReport, Skipped
 from indexer.search import SearchEngine
 from indexer.services import Services
@@ -138,11 +139,8 @@ def _restore_crm_process(
     if unsettled is not None:
         reconcile_crm_pending(sessions, store, crm, now)
         raise unsettled
-    if index is not None:  # leave search now, not at the next catch-up
-        current = store.entries(restored)
-        with store.indexing():
-            index.delete(restored, current=[row.record for row in ordered])
-            store.mark_indexed([(rid, current[rid].version, "restored") for rid in restored])
+    if index is not None:
+        drop_restored(store, index, [row.record for row in ordered])
     return restored
 
 

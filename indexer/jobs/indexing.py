@@ -18,7 +18,8 @@ holding one is rewritten without it, as an erasure does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping
+import logging
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +35,32 @@ BULK_MIN = 1  # records to add from which they are staged (SearchIndex.stage)
 BULK_PROCESSES = 20_000  # records to stage from which both cores (two processes) write them
 BULK_MAX = 20_000  # records staged at once (held in memory, sent to the index workers)
 MISSING_FROM_INDEX = "archived but missing from the index"
+
+log = logging.getLogger(__name__)
+
+
+def drop_restored(
+    store: ArchiveStore, index: SearchEngine, restored: Sequence[dict[str, Any]]
+) -> None:
+    """Take records a restore has just committed out of search now, not at the next catch-up.
+
+    The restore has happened whatever this meets: if the index cannot be written (its files
+    lost, cut or unreadable), the error is logged and the catalog still marks the records
+    unindexed, so the catch-up drops them once the index can be written again.
+
+    :param restored: the restored records, as archived (their `created_at` finds their shard)
+    """
+    ids = [r["id"] for r in restored]
+    try:
+        entries = store.entries(ids)
+        with store.indexing():
+            index.delete(ids, current=list(restored))
+            store.mark_indexed((i, entries[i].version, "restored") for i in ids if i in entries)
+    except Exception as e:
+        log.error(
+            "%d records restored, but the index cannot be written: %s: %s",
+            len(ids), type(e).__name__, str(e),  # (not `e`: its traceback holds open files)
+        )
 
 
 def sync_index(

@@ -25,8 +25,9 @@ from archive_store.faults import crash_point
 from archivist.active_db import find_active_ids, find_child_links, insert_records
 from archivist.processes import Process, find_processes
 from archivist.records import Record, record_from_json
-from indexer.errors import AlreadyActive, IndexUnavailable, TooMany
+from indexer.errors import AlreadyActive, TooMany
 from indexer.jobs.collector import collector_paused
+from indexer.jobs.indexing import drop_restored
 from indexer.jobs.reconcile import reconcile_pending
 from indexer.processes import ArchivistSource, process_of
 from indexer.search import SearchEngine
@@ -364,16 +365,6 @@ def _restore_groups(
         reconcile_pending(sessions, store, now)
         raise unsettled
     restored = [records[i] for i in ids]
-    if index is not None and restored:  # leave search now, not at the next catch-up
-        entries = store.entries(ids)
-        try:
-            with store.indexing():
-                index.delete(ids, current=[r.to_json() for r in restored])
-                store.mark_indexed(
-                    (i, entries[i].version, "restored") for i in ids if i in entries
-                )
-        except (IndexUnavailable, OSError, EOFError) as e:  # files of the index lost or cut
-            # Restored all the same: the catalog still marks them unindexed, so the catch-up
-            # drops them from search once the index can be written again.
-            log.error("%d records restored, but the index cannot be written: %s", len(ids), e)
+    if index is not None and restored:
+        drop_restored(store, index, [r.to_json() for r in restored])
     return restored, skipped
