@@ -41,7 +41,7 @@ CATALOG = "catalog.db"
 SEGMENTS = "segments"
 # Files of a live store that are not part of its state: locks, and SQLite's WAL companions
 # (`VACUUM INTO` reads committed WAL content into the copy).
-_NOT_COPIED = {".lock", "move.lock", "index.lock", "dispose.lock", "catalog.db-wal",
+_NOT_COPIED = {".lock", "move.lock", "index.lock", "dispose.lock", "archive.lock", "catalog.db-wal",
                "catalog.db-shm", "catalog.db-journal"}
 _CHUNK = 2**20
 STAGING = ".recovering"  # inside the archive folder: a recovery's copy before it is installed

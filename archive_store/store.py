@@ -318,6 +318,7 @@ class ArchiveStore:
         self._move_lock = SharedLock(self.directory / "move.lock")
         self._index_lock = ProcessLock(self.directory / "index.lock")
         self._dispose_lock = ProcessLock(self.directory / "dispose.lock")
+        self._archive_lock = ProcessLock(self.directory / "archive.lock")
         self._closed = False
         self.read_only = False
         self._codec = FrameCodec(
@@ -430,6 +431,7 @@ class ArchiveStore:
             self._lock_fd = None
         self._index_lock.close()
         self._dispose_lock.close()
+        self._archive_lock.close()
 
     def moving(self) -> AbstractContextManager[None]:
         """The lock, held shared, under which records move between the active database and
@@ -465,6 +467,17 @@ class ArchiveStore:
         disposal-list rows for a crashed run's."""
         self.require_writable()
         return self._dispose_lock
+
+    def archiving(self) -> ProcessLock:
+        """The lock each archive batch holds from choosing its records to deleting them from the
+        active database, across threads and processes.
+
+        Two archive runs may overlap (the worker's and an `archivist archive`): without it, a
+        run would plan records the other is moving, then find their rows gone before its own
+        delete and take them for records the CRM changed.
+        """
+        self.require_writable()
+        return self._archive_lock
 
     def require_writable(self) -> None:
         """Raise `StoreReadOnly` when the archive folder cannot be written."""

@@ -237,6 +237,37 @@ def test_a_record_changed_while_moving_stays_active_even_with_its_time_kept(
     assert services.store.verify() == []
 
 
+def test_two_archive_runs_at_once_never_leave_a_record_in_neither_place(
+    services, make_record, monkeypatch
+):
+    """The worker's run and an `archivist archive` may start together: the second must not
+    take rows the first has just moved for rows the CRM changed, and mark them restored."""
+    import threading
+
+    from archive_store import ArchiveStore
+
+    old = "2020-01-01T00:00:00Z"
+    load(services, [make_record(id=f"T{i}", updated_at=old) for i in range(6)])
+    original = ArchiveStore.moving
+    second: list[threading.Thread] = []
+
+    def another_run_meanwhile(self):
+        if not second:  # the first run's first batch, planned but not moving yet
+            second.append(threading.Thread(target=run_archive_job, args=(services, AS_OF)))
+            second[0].start()
+            second[0].join(timeout=5)  # it finishes, or waits for this batch to end
+        return original(self)
+
+    monkeypatch.setattr(ArchiveStore, "moving", another_run_meanwhile)
+    run_archive_job(services, AS_OF)
+    second[0].join()
+
+    ids = [f"T{i}" for i in range(6)]
+    assert active_ids(services, ids) == set()
+    assert {i: services.store.info(i).state for i in ids} == dict.fromkeys(ids, "archived")
+    assert services.store.verify() == []
+
+
 def test_restored_record_that_ages_again_is_archived_as_a_new_version(services, make_record):
     from indexer.jobs.restore import restore_record
 

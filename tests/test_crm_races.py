@@ -152,3 +152,29 @@ def test_a_row_the_crm_deletes_or_renumbers_while_it_moves_is_not_archived(crm):
     }
     assert crm.store.get("case:20")["subject"] == "case two"
     assert verify_all(crm).problems == []
+
+
+def test_two_archive_runs_at_once_never_leave_a_row_in_neither_place(crm, monkeypatch):
+    """The worker's run and an `archivist archive` overlapping: the second must not take the
+    rows the first has just moved for rows the CRM deleted, and mark them restored."""
+    from archive_store import ArchiveStore
+
+    original = ArchiveStore.moving
+    second: list[threading.Thread] = []
+
+    def another_run_meanwhile(self):
+        if not second:  # the first run's first batch, planned but not moving yet
+            second.append(threading.Thread(target=run_archive_job, args=(crm, utcnow())))
+            second[0].start()
+            second[0].join(timeout=10)  # it finishes, or waits for this batch to end
+        return original(self)
+
+    monkeypatch.setattr(ArchiveStore, "moving", another_run_meanwhile)
+    run_archive_job(crm, utcnow())
+    second[0].join()
+
+    ids = ["case:1", "case:2", "case:3", "msg:10"]
+    assert _ids(crm, "SELECT id FROM cases") == []
+    assert _ids(crm, "SELECT id FROM msgs") == []
+    assert {i: crm.store.info(i).state for i in ids} == dict.fromkeys(ids, "archived")
+    assert verify_all(crm).problems == []

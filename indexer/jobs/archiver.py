@@ -111,7 +111,7 @@ def archive_due_records(
     for aged in _aged_groups(rules, as_of):
         cursor: tuple[datetime, str] | None = None
         while not (stopped := should_stop()):
-            with collector_paused():
+            with store.archiving(), collector_paused():
                 with sessions.begin() as session:
                     plan = _plan_batch(session, store, rules, as_of, aged, cursor, batch_size,
                                        held_back)

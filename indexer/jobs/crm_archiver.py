@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -138,7 +139,9 @@ def archive_crm_tables(
     for crm_table in crm.tables:
         after: Any = None
         while not (stopped := should_stop()):
-            with collector_paused():  # one batch's rows live until it ends
+            # (one batch at a time with any other archive run: see ArchiveStore.archiving)
+            batch_lock = store.archiving() if not dry_run else nullcontext()
+            with batch_lock, collector_paused():  # one batch's rows live until it ends
                 with sessions.begin() as session:
                     keys = _aged_keys(session, crm_table, loosest, after, batch_size)
                     if not keys:
