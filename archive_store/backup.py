@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from archive_store import keyring, segment
-from archive_store.catalog import connect, hash_hex
+from archive_store.catalog import connect, hash_hex, upgraded_copy
 from archive_store.codec import FrameCodec
 from archive_store.errors import ArchiveStoreError
 from archive_store.faults import crash_point
@@ -390,6 +390,7 @@ def verify_store_copy(folder: Path, key: bytes | None = None) -> list[Problem]:
     with tempfile.TemporaryDirectory() as scratch:
         lookups: sqlite3.Connection | None = None
         try:
+            catalog = upgraded_copy(catalog, Path(scratch))  # (a backup an earlier version made)
             lookups = connect(catalog, read_only=True)
             conn = lookups
             codec = FrameCodec(

@@ -7,6 +7,7 @@ store's commit point. WAL mode lets readers in other threads and processes carry
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -212,6 +213,62 @@ def create_schema(conn: sqlite3.Connection) -> None:
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
             (SCHEMA_VERSION,),
         )
+
+
+def is_current(conn: sqlite3.Connection) -> bool:
+    """True when `create_schema` has nothing to add: a catalog an earlier version made lacks
+    tables, columns, indexes or the `erased` state this code reads.
+
+    :param conn: a catalog connection (read-only will do)
+    """
+    fresh = sqlite3.connect(":memory:")
+    fresh.row_factory = sqlite3.Row
+    try:
+        create_schema(fresh)
+        return _shape(fresh) <= _shape(conn) and _allows_erased(conn)
+    finally:
+        fresh.close()
+
+
+def upgraded_copy(path: Path, scratch: Path) -> Path:
+    """The catalog at `path` if it is current, else a copy of it in `scratch`, upgraded (a
+    backup an earlier version made is checked and read without being written to).
+
+    :param path: a `catalog.db` file, not in use by a store
+    :param scratch: an empty folder to copy it into
+    """
+    conn = connect(path, read_only=True)
+    try:
+        if is_current(conn):
+            return path
+    finally:
+        conn.close()
+    copy = scratch / path.name
+    shutil.copyfile(path, copy)
+    conn = connect(copy)
+    try:
+        create_schema(conn)
+    finally:
+        conn.close()
+    return copy
+
+
+def _shape(conn: sqlite3.Connection) -> set[tuple[str, str]]:
+    """Each table's columns, as (table, column), and each index, as ("index", name)."""
+    shape: set[tuple[str, str]] = set()
+    for row in conn.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"):
+        if row[0] == "table":
+            shape.update((row[1], c[1]) for c in conn.execute(f"PRAGMA table_info({row[1]})"))
+        elif row[0] == "index":
+            shape.add(("index", row[1]))
+    return shape
+
+
+def _allows_erased(conn: sqlite3.Connection) -> bool:
+    row = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'records'"
+    ).fetchone()
+    return row is not None and "'erased'" in row[0]
 
 
 def _allow_erased_state(conn: sqlite3.Connection) -> None:
