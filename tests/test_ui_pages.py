@@ -254,6 +254,30 @@ def test_ui_counts_read_in_the_singular_and_the_plural() -> None:
             counted(1, "process")] == ["1 record", "1,051 records", "3 processes", "1 process"]
 
 
+def test_ui_times_read_with_four_digit_years() -> None:
+    from datetime import UTC, datetime
+
+    from server.ui.filters import format_when
+
+    assert format_when("0001-01-01T00:00:00Z") == "0001-01-01 00:00 UTC"
+    assert format_when(datetime(987, 6, 5, 4, 3, tzinfo=UTC)) == "0987-06-05 04:03 UTC"
+    assert format_when("2024-03-05T22:07:00+08:00") == "2024-03-05 14:07 UTC"
+
+
+def test_ui_a_bad_audit_filter_shows_no_entries_rather_than_the_whole_log(
+    client: Any, admin_headers: Any, corpus: None
+) -> None:
+    _sign_in(client, admin_headers)
+    client.get("/search?q=refund")  # (an entry the unfiltered log would show)
+    for query in ("from=2026-12-06&to=2026-12-01&action=restore", "from=bogus", "action=nope"):
+        response = client.get(f"/audit?{query}")
+        page = response.get_data(as_text=True)
+        assert response.status_code == 400, query
+        assert "<strong>0</strong> entries" in page, query
+        assert "correct the filter above" in page and "<td>search</td>" not in page, query
+    assert "<td>search</td>" in client.get("/audit").get_data(as_text=True)
+
+
 def test_ui_holds_round_trip(client: Any, admin_headers: Any) -> None:
     _sign_in(client, admin_headers)
     csrf = _csrf(client, "/admin/holds")

@@ -55,7 +55,8 @@ def format_when(value: datetime | str | None) -> str:
         moment = value
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    moment = moment.astimezone(UTC)
+    return f"{moment.year:04d}-{moment:%m-%d %H:%M} UTC"  # (%Y leaves year 1 unpadded)
 
 
 def counted(n: int, noun: str) -> str:

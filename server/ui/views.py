@@ -26,7 +26,7 @@ from flask.typing import ResponseReturnValue
 from marshmallow import ValidationError
 from werkzeug.datastructures import MultiDict
 
-from archivist.audit import ACTIONS, AuditFilter
+from archivist.audit import ACTIONS, AuditFilter, AuditPage
 from archivist.holds import SCOPES
 from archivist.tokens import TokenInfo
 from indexer.errors import BadQuery
@@ -308,10 +308,9 @@ def audit() -> Any:
     error = None
     try:
         selection: AuditFilter = AuditArgsSchema().load(args_to_dict(args, ()))
-    except ValidationError as e:
+    except ValidationError as e:  # no rows: the whole log under the form would pass for an answer
         error = describe_errors(e.messages)
-        selection = AuditFilter()
-    page = actions.read_audit(_actor(), selection)
+    page = AuditPage(0, 1, 50, []) if error is not None else actions.read_audit(_actor(), selection)
     pages = max(1, math.ceil(page.total / page.per_page))
     body = render_template(
         "ui/audit.html", args=args, page=page, pages=pages, error=error, actions=ACTIONS
@@ -412,7 +411,7 @@ def admin() -> Any:
         held_back=archive_report.held_back,
         dispose_total=sum(dispose_preview.values()),
         as_of=as_of,
-        as_of_text=as_of_text or as_of.strftime("%Y-%m-%d"),
+        as_of_text=as_of_text or as_of.date().isoformat(),
         worker=config.worker,
         error=error,
     )
