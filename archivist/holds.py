@@ -80,11 +80,10 @@ def add_hold(session: Session, scope: str, value: str, reason: str, at: datetime
         raise HoldError(f"{problem}: {value!r}")
     if not reason.strip():
         raise HoldError("a legal hold needs a reason")
-    existing = session.scalar(
-        select(LegalHold).where(LegalHold.scope == scope, LegalHold.value == value)
-    )
+    existing = next(iter(_same_holds(session, scope, value)), None)
     if existing is not None:
-        raise HoldError(f"{scope} {value!r} is already on hold: {existing.reason}")
+        spelled = "" if existing.value == value else f" (as {existing.value!r})"
+        raise HoldError(f"{scope} {value!r} is already on hold{spelled}: {existing.reason}")
     row = LegalHold(scope=scope, value=value, reason=reason.strip(), created_at=at)
     session.add(row)
     session.flush()
@@ -94,21 +93,31 @@ def add_hold(session: Session, scope: str, value: str, reason: str, at: datetime
 def remove_hold(session: Session, scope: str, value: str) -> None:
     """Lift a hold; lifting one that does not exist is an error."""
     _check(scope, value)
-    result = session.execute(
-        delete(LegalHold).where(LegalHold.scope == scope, LegalHold.value == value)
-    )
-    if not result.rowcount:  # type: ignore[attr-defined]
+    ids = [row.id for row in _same_holds(session, scope, value)]
+    if not ids:
         raise HoldError(f"{scope} {value!r} is not on hold")
+    session.execute(delete(LegalHold).where(LegalHold.id.in_(ids)))
+
+
+def _same_holds(session: Session, scope: str, value: str) -> list[LegalHold]:
+    """The holds placed on this value: for a category, whatever its case, as a category hold
+    covers its category whatever the case (`BILLING` is `billing` placed again)."""
+    query = select(LegalHold).where(LegalHold.scope == scope).order_by(LegalHold.id)
+    if scope != "category":
+        return list(session.scalars(query.where(LegalHold.value == value)))
+    folded = value.casefold()
+    return [row for row in session.scalars(query) if row.value.casefold() == folded]
 
 
 def list_holds(
     session: Session, scope: str | None = None, value: str | None = None
 ) -> list[Hold]:
     """Every hold in force, oldest first; only those on `value` in `scope` when given."""
-    query = select(LegalHold).order_by(LegalHold.created_at, LegalHold.id)
-    if scope is not None:
-        query = query.where(LegalHold.scope == scope, LegalHold.value == value)
-    return [Hold(r.scope, r.value, r.reason, r.created_at) for r in session.scalars(query)]
+    if scope is not None and value is not None:
+        rows = sorted(_same_holds(session, scope, value), key=lambda r: (r.created_at, r.id))
+    else:
+        rows = list(session.scalars(select(LegalHold).order_by(LegalHold.created_at, LegalHold.id)))
+    return [Hold(r.scope, r.value, r.reason, r.created_at) for r in rows]
 
 
 def load_hold_set(session: Session) -> HoldSet:
@@ -135,7 +144,7 @@ def hold_value_problem(scope: str, value: str) -> str | None:
     if value != value.strip():
         return "a hold value must not begin or end with a space"
     if scope == "record" and not valid_record_id(value):
-        return "a record hold must name a record id (A-Z a-z 0-9 . _ : -)"
+        return "a record hold must name a record id (1-128 characters of A-Z a-z 0-9 . _ : -)"
     return None
 
 

@@ -148,6 +148,33 @@ def test_holds_are_placed_listed_lifted_and_audited(
     ]
 
 
+def test_a_category_hold_is_one_hold_whatever_the_case_it_is_placed_or_lifted_in(
+    client: Any, admin_headers: dict[str, str]
+) -> None:
+    hold = {"scope": "category", "value": "BILLING", "reason": "audit 7"}
+    assert client.post("/api/v1/holds", json=hold, headers=admin_headers).status_code == 201
+    again = client.post("/api/v1/holds", json={**hold, "value": "billing"}, headers=admin_headers)
+    assert again.status_code == 409 and _error(again)["code"] == "bad_hold"
+    assert "(as 'BILLING')" in _error(again)["message"]
+    listed = client.get("/api/v1/holds", headers=admin_headers).get_json()["holds"]
+    assert [h["value"] for h in listed] == ["BILLING"]
+    lifted = client.delete("/api/v1/holds/category/Billing", headers=admin_headers)
+    assert lifted.status_code == 204, lifted.get_data(as_text=True)
+    assert client.get("/api/v1/holds", headers=admin_headers).get_json()["holds"] == []
+    # a customer or record hold stays exact: ids are not words
+    hold = {"scope": "customer", "value": "C042", "reason": "r"}
+    assert client.post("/api/v1/holds", json=hold, headers=admin_headers).status_code == 201
+    assert client.delete("/api/v1/holds/customer/c042", headers=admin_headers).status_code == 409
+
+
+def test_a_record_hold_on_an_id_too_long_says_how_long_one_may_be(
+    client: Any, admin_headers: dict[str, str]
+) -> None:
+    hold = {"scope": "record", "value": "x" * 129, "reason": "r"}
+    response = client.post("/api/v1/holds", json=hold, headers=admin_headers)
+    assert response.status_code == 400 and "1-128 characters" in _error(response)["message"]
+
+
 def test_healthz_is_503_when_the_index_is_missing(services: Any, client: Any) -> None:
     assert client.get("/healthz").status_code == 200
     shutil.rmtree(services.config.index_dir)
