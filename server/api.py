@@ -71,6 +71,21 @@ def _check_query_encoding() -> None:
             raise BadRequest("the query string is not valid UTF-8") from None
 
 
+# Endpoints that take no query parameters: one sent to them is refused, as on the others, not
+# ignored (a client sending `?page=2` or a misspelt filter learns it had no effect).
+_WITHOUT_PARAMETERS = frozenset({
+    "api.record", "api.restore", "api.erase", "api.bulk_restore", "api.stats", "api.holds",
+    "api.place_hold", "api.lift_hold", "api.openapi",
+})
+
+
+@bp.before_request
+def _refuse_parameters_nowhere_taken() -> None:
+    if request.args and request.endpoint in _WITHOUT_PARAMETERS:
+        names = ", ".join(sorted(request.args))
+        raise BadRequest(f"unknown parameters: {names} (this endpoint takes none)")
+
+
 @bp.get("/search")
 @require_role("agent")
 def search() -> Any:

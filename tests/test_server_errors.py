@@ -167,6 +167,29 @@ def test_a_category_hold_is_one_hold_whatever_the_case_it_is_placed_or_lifted_in
     assert client.delete("/api/v1/holds/customer/c042", headers=admin_headers).status_code == 409
 
 
+def test_a_parameter_sent_to_an_endpoint_that_takes_none_is_refused_and_nothing_done(
+    client: Any, admin_headers: dict[str, str], services: Any,
+    archived: Any, make_record: Any,
+) -> None:
+    archived(make_record(id="U-1"))
+    hold = {"scope": "customer", "value": "C9", "reason": "r"}
+    for method, path, body in [
+        ("GET", "/api/v1/stats?x=1", None),
+        ("GET", "/api/v1/holds?scope=customer", None),
+        ("GET", "/api/v1/records/U-1?page=2", None),
+        ("GET", "/api/v1/openapi.json?v=3", None),
+        ("POST", "/api/v1/holds?x=1", hold),
+        ("POST", "/api/v1/records/U-1/restore?dry_run=1", {"reason": "r"}),
+        ("POST", "/api/v1/restore?x=1", {"ids": ["U-1"], "reason": "r"}),
+        ("POST", "/api/v1/erase?dry_run=true", {"record_id": "U-1", "reason": "r"}),
+    ]:
+        response = client.open(path, method=method, json=body, headers=admin_headers)
+        assert response.status_code == 400, path
+        assert "takes none" in _error(response)["message"], path
+    assert client.get("/api/v1/holds", headers=admin_headers).get_json()["holds"] == []
+    assert services.store.info("U-1").state == "archived"
+
+
 def test_a_record_hold_on_an_id_too_long_says_how_long_one_may_be(
     client: Any, admin_headers: dict[str, str]
 ) -> None:
