@@ -404,6 +404,9 @@ def test_erase_api_and_the_record_view(client: Any, admin_headers: Any, erasable
     assert done.json["erased"] == 1 and done.json["dry_run"] is False
     assert view["record"] is None and view["archive"]["state"] == "erased"
     assert [h["event"] for h in view["history"]] == ["archived", "erased"]
+    # named for what it was: erased, not disposed of
+    assert view["archive"]["purged_at"] is None
+    assert view["archive"]["erased_at"] == view["history"][-1]["at"]
     assert view["process"] == {"root": "E-001", "records": [
         {"id": "E-001", "parent_id": None, "kind": None, "subject": None, "state": "erased"}
     ]}
