@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, Response, current_app, request, stream_with_context
 
@@ -57,18 +56,6 @@ def search_query(*, export: bool = False) -> SearchQuery:
         action = "export" if export else "search"
         actions.audit_refused_query(actor(), action, request.args.get("q", ""), e)
         raise
-
-
-@bp.before_request
-def _check_query_encoding() -> None:
-    # Werkzeug decodes parameters leniently (bad bytes become U+FFFD); refuse them instead, so
-    # nothing searches for or records text the client did not send.
-    raw = request.query_string
-    if raw:
-        try:
-            unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRequest("the query string is not valid UTF-8") from None
 
 
 # Endpoints that take no query parameters: one sent to them is refused, as on the others, not

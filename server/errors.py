@@ -164,6 +164,15 @@ def register_error_handlers(app: Flask) -> None:
                 environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
         except UnicodeError:
             raise werkzeug.exceptions.BadRequest("the path is not valid UTF-8") from None
+        # Werkzeug decodes parameters leniently (bad bytes become U+FFFD): refused instead, so
+        # nothing searches for or records text the client did not send.
+        if request.query_string:
+            try:
+                unquote_to_bytes(request.query_string.replace(b"+", b" ")).decode("utf-8")
+            except UnicodeDecodeError:
+                raise werkzeug.exceptions.BadRequest(
+                    "the query string is not valid UTF-8"
+                ) from None
         # A NUL in a parameter or form field: PostgreSQL's text cannot hold one, so the
         # request's audit entry (which names what was asked) could not be written.
         if "\x00" in request.path:

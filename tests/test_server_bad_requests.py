@@ -168,6 +168,16 @@ def test_ui_path_that_is_not_utf8_is_a_400_page(
     assert "not valid UTF-8" in response.get_data(as_text=True)
 
 
+@pytest.mark.parametrize("path", ["/search?q=refund%FF", "/audit?actor=%C3%28"])
+def test_ui_query_string_that_is_not_utf8_is_a_400_page(
+    client: Any, admin_headers: dict[str, str], path: str
+) -> None:
+    _sign_in(client, admin_headers)
+    response = client.get(path)
+    assert response.status_code == 400
+    assert "query string is not valid UTF-8" in response.get_data(as_text=True)
+
+
 @pytest.mark.parametrize("q", ["kind:note", "\"unclosed", "(a"])
 @pytest.mark.parametrize(
     "path", ["/api/v1/search", "/api/v1/export.csv", "/api/v1/export.csv.sha256"]

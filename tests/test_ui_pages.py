@@ -278,6 +278,25 @@ def test_ui_a_bad_audit_filter_shows_no_entries_rather_than_the_whole_log(
     assert "<td>search</td>" in client.get("/audit").get_data(as_text=True)
 
 
+def test_ui_a_page_past_the_end_says_so_and_leads_back(
+    client: Any, admin_headers: Any, corpus: None
+) -> None:
+    _sign_in(client, admin_headers)
+    page = client.get("/search?q=refund&page=99").get_data(as_text=True)
+    assert "past the last page" in page and "No archived record matches" not in page
+    assert 'href="/search?q=refund&amp;page=1"' in page or 'href="/search?q=refund"' in page
+    assert "No archived record matches" in client.get("/search?q=zzzqqq").get_data(as_text=True)
+
+
+def test_ui_bulk_restore_asks_for_its_reason_before_the_ticks_are_sent(
+    client: Any, admin_headers: Any, corpus: None
+) -> None:
+    _sign_in(client, admin_headers)
+    page = client.get("/search?q=refund").get_data(as_text=True)
+    reason = re.search(r'<input[^>]*data-testid="bulk-reason"[^>]*>', page)
+    assert reason is not None and " required" in reason.group()
+
+
 def test_ui_holds_round_trip(client: Any, admin_headers: Any) -> None:
     _sign_in(client, admin_headers)
     csrf = _csrf(client, "/admin/holds")
