@@ -297,6 +297,26 @@ def test_ui_bulk_restore_asks_for_its_reason_before_the_ticks_are_sent(
     assert reason is not None and " required" in reason.group()
 
 
+def test_ui_a_restore_keeps_the_record_page_s_way_back_to_its_search(
+    client: Any, admin_headers: Any, corpus: None
+) -> None:
+    _sign_in(client, admin_headers)
+    back = "/search?q=refund&sort=oldest"
+    page = client.get("/records/A-1", query_string={"back": back}).get_data(as_text=True)
+    assert 'name="back" value="/search?q=refund&amp;sort=oldest"' in page
+    csrf = _csrf(client, "/search")
+    done = client.post("/records/A-1/restore",
+                       data={"csrf_token": csrf, "reason": "reopened", "back": back})
+    assert done.status_code == 303
+    page = client.get(done.headers["Location"]).get_data(as_text=True)
+    assert "Restored: the process is back" in page
+    assert '<a href="/search?q=refund&amp;sort=oldest">← Back to search</a>' in page
+    # a way back elsewhere than this site's search is not followed
+    done = client.post("/records/A-2/restore", data={
+        "csrf_token": csrf, "reason": "r", "back": "https://elsewhere.example/search"})
+    assert "elsewhere" not in done.headers["Location"]
+
+
 def test_ui_holds_round_trip(client: Any, admin_headers: Any) -> None:
     _sign_in(client, admin_headers)
     csrf = _csrf(client, "/admin/holds")

@@ -200,9 +200,7 @@ def record(record_id: str) -> Any:
     """One archived record: its fields, archive facts and history."""
     view = actions.read_record(_actor(), record_id)
     me: TokenInfo = g.ui_token
-    back = local_path(request.args.get("back"), "")
-    if back and not back.startswith(url_for("ui.search")):
-        back = ""
+    back = _search_back(request.args.get("back"))
     children: dict[str | None, list[Any]] = {}
     ids = {node.id for node in view.process.records}
     for node in view.process.records:
@@ -227,9 +225,12 @@ def record(record_id: str) -> Any:
 def restore(record_id: str) -> ResponseReturnValue:
     """Restore an archived record's process to the active CRM, then show the record again."""
     reason = request.form.get("reason", "").strip()
+    # back to the record's page, which keeps its way back to the search it was opened from
+    again = url_for("ui.record", record_id=record_id, back=_search_back(request.form.get("back"))
+                    or None)
     if not reason or len(reason) > 500:
         flash("The process was not restored: give a reason (1-500 characters).", "error")
-        return redirect(url_for("ui.record", record_id=record_id), 303)
+        return redirect(again, 303)
     try:
         result = actions.restore(_actor(), record_id, reason)
     except DOMAIN_ERRORS as e:
@@ -240,7 +241,13 @@ def restore(record_id: str) -> ResponseReturnValue:
         n = len(result.restored)
         flash(f"Restored: the process is back in the active CRM ({n} "
               f"{'record' if n == 1 else 'records'}).", "success")
-    return redirect(url_for("ui.record", record_id=record_id), 303)
+    return redirect(again, 303)
+
+
+def _search_back(value: str | None) -> str:
+    """A link back to a search page of this site, from a request's `back`; else empty."""
+    back = local_path(value, "")
+    return back if back.startswith(url_for("ui.search")) else ""
 
 
 @bp.post("/restore")
