@@ -176,6 +176,23 @@ def test_a_possessive_finds_the_word_it_is_formed_from(
         index.close()
 
 
+def test_the_term_limit_counts_what_was_typed_not_once_per_field_searched(
+    index: SearchIndex,
+) -> None:
+    words = [f"w{i}" for i in range(64)]
+    assert _ids(index, q=" ".join(words)) == set()  # 64 words: run, not refused
+    anyof = " OR ".join(["refund", *words[:63]])
+    assert _ids(index, q=anyof) == {"P-1", "P-2", "P-3", "case:77"}
+    chinese = (
+        "您好我在上个月购买的手机出现了问题屏幕经常闪烁"
+        "而且电池很快就没电了请问可以退款吗谢谢您的帮助"
+    )
+    assert 40 < len(chinese) <= 65
+    assert _ids(index, q=chinese) == set()  # its two-character pairs: one phrase
+    with pytest.raises(BadQuery, match="more than 64 terms"):
+        index.search(SearchQuery(q=" ".join(words + ["w64"])))
+
+
 @pytest.mark.parametrize("q", PHONES)
 def test_phone_numbers_are_found_with_or_without_the_country_code(
     index: SearchIndex, q: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -218,7 +219,9 @@ def compile_query(text: str, parser: MultifieldParser, readers: Sequence[Any]) -
     parsed = _with_stems(parsed.normalize(), readers)
     terms: dict[str, set[str]] = {}
     prefixes: list[tuple[str, re.Pattern[str]]] = []
-    nterms = 0
+    # Counted per field: a typed word is searched in subject and body both, and the limit is
+    # on what the user typed (a Chinese run counts each of its two-character pairs).
+    nterms: Counter[str | None] = Counter()
     for leaf in _leaves(parsed):
         if getattr(leaf, "error", None):
             raise BadQuery(f"cannot parse query: {leaf.error}")
@@ -235,18 +238,18 @@ def compile_query(text: str, parser: MultifieldParser, readers: Sequence[Any]) -
             _check_expansion(leaf, readers)
             if fieldname in TEXT_FIELDS:
                 prefixes.append((fieldname, _pattern_of(leaf)))
-            nterms += 1
+            nterms[fieldname] += 1
         elif isinstance(leaf, wq.Phrase):
-            nterms += len(leaf.words)
+            nterms[fieldname] += len(leaf.words)
             terms.setdefault(leaf.fieldname, set()).update(leaf.words)
         elif isinstance(leaf, wq.Term):
-            nterms += 1
+            nterms[fieldname] += 1
             terms.setdefault(leaf.fieldname, set()).add(leaf.text)
         else:
             raise BadQuery(f"unsupported query part: {type(leaf).__name__}")
-    if nterms > MAX_TERMS:
+    if max(nterms.values(), default=0) > MAX_TERMS:
         raise BadQuery(f"more than {MAX_TERMS} terms")
-    if nterms == 0:
+    if sum(nterms.values()) == 0:
         # e.g. only punctuation or only operators: nothing can match.
         return CompiledQuery(wq.NullQuery, terms, prefixes)
     return CompiledQuery(parsed, terms, prefixes)
