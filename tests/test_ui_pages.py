@@ -317,6 +317,18 @@ def test_ui_a_restore_keeps_the_record_page_s_way_back_to_its_search(
     assert "elsewhere" not in done.headers["Location"]
 
 
+def test_ui_a_customer_filter_pasted_with_spaces_finds_the_customer(
+    client: Any, admin_headers: Any, archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    archived(make_record(id="CU-1", customer_id="C03135", body="refund"))
+    _sign_in(client, admin_headers)
+    tidy = client.get("/search?customer_id=C03135%20")
+    assert tidy.status_code == 302 and tidy.headers["Location"].endswith("?customer_id=C03135")
+    page = client.get(tidy.headers["Location"]).get_data(as_text=True)
+    assert "CU-1" in page
+
+
 def test_ui_holds_round_trip(client: Any, admin_headers: Any) -> None:
     _sign_in(client, admin_headers)
     csrf = _csrf(client, "/admin/holds")

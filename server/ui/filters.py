@@ -75,11 +75,17 @@ def compact_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(", ", ": "))
 
 
+# Identifier filters typed or pasted into a form: a space around one is never meant (the holds
+# form trims its value alike), and would silently match nothing.
+_TRIMMED = frozenset({"customer_id", "owner", "actor"})
+
+
 def current_args(names: Iterable[str]) -> MultiDict[str, str]:
-    """This request's parameters among `names`, without empty values."""
+    """This request's parameters among `names`, without empty values, identifiers trimmed."""
     allowed = set(names)
     return MultiDict(
-        [(k, v) for k, v in request.args.items(multi=True) if k in allowed and v.strip()]
+        [(k, v.strip() if k in _TRIMMED else v)
+         for k, v in request.args.items(multi=True) if k in allowed and v.strip()]
     )
 
 

@@ -83,7 +83,7 @@ def _services() -> Services:
 def _canonical_redirect(names: Iterable[str]) -> ResponseReturnValue | None:
     """Redirect to the same page without empty or unknown parameters (tidy, bookmarkable URLs)."""
     kept = list(current_args(names).items(multi=True))
-    if len(kept) == len(list(request.args.items(multi=True))):
+    if kept == list(request.args.items(multi=True)):
         return None
     query = urlencode(kept)
     return redirect(request.path + (f"?{query}" if query else ""))
