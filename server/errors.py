@@ -142,6 +142,11 @@ def request_id() -> str:
     return rid
 
 
+def _is_page_path(path: str) -> bool:
+    """A path a person opens in a browser: not the API's, not the health check's."""
+    return not (path.startswith("/api/") or path == "/api" or path == "/healthz")
+
+
 def register_error_handlers(app: Flask) -> None:
     """Answer every error, Flask's own included, with the contract's JSON error body."""
 
@@ -219,14 +224,17 @@ def register_error_handlers(app: Flask) -> None:
         app.register_error_handler(base, _domain_error)
 
     @app.errorhandler(HTTPException)
-    def _http_error(e: HTTPException) -> tuple[dict[str, Any], int, dict[str, str]]:
+    def _http_error(e: HTTPException) -> Any:
         status = e.code or 500
         if status >= 500:
             return (*_unexpected(e), {})
-        code = _HTTP_CODES.get(status, "bad_request")
         headers = {}
         if status == 405 and e.valid_methods:  # type: ignore[attr-defined]
             headers["Allow"] = ", ".join(e.valid_methods)  # type: ignore[attr-defined]
+        page = app.extensions.get("archivist_error_page")
+        if page is not None and _is_page_path(request.path):
+            return (*page(e), headers)
+        code = _HTTP_CODES.get(status, "bad_request")
         message = e.description or e.name
         if status == 404:
             message = f"no such endpoint: {request.path}"

@@ -178,6 +178,23 @@ def test_ui_query_string_that_is_not_utf8_is_a_400_page(
     assert "query string is not valid UTF-8" in response.get_data(as_text=True)
 
 
+def test_ui_a_page_address_no_route_answers_is_a_page_the_api_s_stay_json(
+    client: Any, admin_headers: dict[str, str]
+) -> None:
+    _sign_in(client, admin_headers)
+    missing = client.get("/nonexistent")
+    assert missing.status_code == 404 and missing.mimetype == "text/html"
+    assert "There is no such page." in missing.get_data(as_text=True)
+    reopened = client.get("/restore")  # a form's address, opened again from the address bar
+    assert reopened.status_code == 405 and reopened.mimetype == "text/html"
+    assert "POST" in reopened.headers["Allow"]
+    assert "cannot be opened on its own" in reopened.get_data(as_text=True)
+    api = client.get("/api/v1/nonexistent", headers=admin_headers)
+    assert api.status_code == 404 and _error(api)["code"] == "not_found"
+    api = client.get("/api/v1/erase", headers=admin_headers)
+    assert api.status_code == 405 and _error(api)["code"] == "method_not_allowed"
+
+
 @pytest.mark.parametrize("q", ["kind:note", "\"unclosed", "(a"])
 @pytest.mark.parametrize(
     "path", ["/api/v1/search", "/api/v1/export.csv", "/api/v1/export.csv.sha256"]

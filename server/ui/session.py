@@ -182,6 +182,13 @@ def _security_headers(response: Response) -> Response:
     return response
 
 
+@bp.record_once
+def _offer_error_page(state: Any) -> None:
+    # For a page path no route of this site matched (or not with this method): a person who
+    # typed it or reopened a form's address gets a page, not the API's JSON.
+    state.app.extensions["archivist_error_page"] = _error_page
+
+
 @bp.errorhandler(Exception)
 def _error_page(e: Exception) -> tuple[str, int]:
     if isinstance(e, HTTPException):
@@ -189,6 +196,9 @@ def _error_page(e: Exception) -> tuple[str, int]:
         message = e.description or e.name
         if status == 404:
             message = "There is no such page."
+        elif status == 405:
+            message = ("This address is where a form sends its answer; it cannot be opened "
+                       "on its own. Go back to the page the form was on.")
     elif isinstance(e, DOMAIN_ERRORS):
         status = status_of(e)
         message = str(e)
