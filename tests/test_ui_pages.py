@@ -284,7 +284,7 @@ def test_ui_a_page_past_the_end_says_so_and_leads_back(
     _sign_in(client, admin_headers)
     page = client.get("/search?q=refund&page=99").get_data(as_text=True)
     assert "past the last page" in page and "No archived record matches" not in page
-    assert 'href="/search?q=refund&amp;page=1"' in page or 'href="/search?q=refund"' in page
+    assert 'href="/search?q=refund&amp;page=1"' in page
     assert "No archived record matches" in client.get("/search?q=zzzqqq").get_data(as_text=True)
 
 
