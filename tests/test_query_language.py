@@ -193,6 +193,41 @@ def test_the_term_limit_counts_what_was_typed_not_once_per_field_searched(
         index.search(SearchQuery(q=" ".join(words + ["w64"])))
 
 
+FULL_WIDTH = {
+    "INV-2023-004512": {"F-1", "F-2"},
+    "ＩＮＶ－２０２３－００４５１２": {"F-1", "F-2"},
+    "li.wei@example.com": {"F-1", "F-2"},
+    "ｌｉ．ｗｅｉ＠ｅｘａｍｐｌｅ．ｃｏｍ": {"F-1", "F-2"},
+    "ABC123": {"F-1", "F-2"},
+    "ＲＥＦＵＮＤＳ": {"F-2"},
+    "退款　ＡＢＣ１２３": {"F-1"},
+}
+
+
+@pytest.mark.parametrize(("q", "expected"), list(FULL_WIDTH.items()), ids=list(FULL_WIDTH))
+def test_full_width_letters_and_digits_are_their_ascii_selves(
+    tmp_path: Path, make_record: Callable[..., dict[str, Any]], q: str, expected: set[str]
+) -> None:
+    index = SearchIndex.open(tmp_path / "index")
+    try:
+        index.add([
+            (make_record(id="F-1", subject="退款", body=(
+                "订单ＩＮＶ－２０２３－００４５１２，"
+                "邮箱ｌｉ．ｗｅｉ＠ｅｘａｍｐｌｅ．ｃｏｍ"
+                "　ＡＢＣ１２３"
+            )), AT),
+            (make_record(id="F-2", subject="Refunded",
+                         body="Invoice INV-2023-004512 for li.wei@example.com, code abc123"), AT),
+        ])
+        page = index.search(SearchQuery(q=q, per_page=100))
+        assert {hit.id for hit in page.hits} == expected
+        if "F-1" in expected and q.startswith(("INV", "ＩＮＶ")):
+            snippet = next(h.snippet for h in page.hits if h.id == "F-1")
+            assert "<mark>ＩＮＶ－２０２３－００４５１２</mark>" in snippet
+    finally:
+        index.close()
+
+
 @pytest.mark.parametrize("q", PHONES)
 def test_phone_numbers_are_found_with_or_without_the_country_code(
     index: SearchIndex, q: str
