@@ -130,7 +130,8 @@ def parse_time(text: str) -> datetime:
 
     :param text: `YYYY-MM-DDTHH:MM:SS[.ffffff]Z`
     """
-    return datetime.fromisoformat(text).astimezone(UTC)
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo is UTC else value.astimezone(UTC)  # skip the no-op conversion
 
 
 def epoch_micros(value: datetime) -> int:

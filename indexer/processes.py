@@ -36,9 +36,13 @@ class ArchivistSource:
 
     def children(self, ids: Collection[str]) -> list[Member]:
         """The known records whose `parent_id` is one of these ids."""
-        child_ids = {link.id for link in find_child_links(self.session, ids)}
-        child_ids.update(e.record_id for e in self.store.child_entries(ids))
-        return list(self.members(child_ids).values())
+        links = {link.id: link for link in find_child_links(self.session, ids)}
+        entries = {e.record_id: e for e in self.store.child_entries(ids)}
+        # A child known on one side only may still be known on the other under another parent
+        # (re-imported elsewhere after a restore): look that side up for those ids alone.
+        links.update(find_links(self.session, entries.keys() - links.keys()))
+        entries.update(self.store.entries(links.keys() - entries.keys()))
+        return list(_combine(links, entries).values())
 
 
 def _combine(
