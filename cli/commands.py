@@ -303,6 +303,9 @@ def restore(
         click.echo(f"skipped {skipped.id}: {skipped.code}{why}", err=True)
     verb = "would restore" if dry_run else "restored"
     click.echo(f"{verb} {len(report.restored)} ({report.processes} processes)")
+    if report.skipped and not report.restored:  # a script must not read "done" here
+        click.echo(f"error: nothing {verb.split()[-1]}: every record was skipped", err=True)
+        sys.exit(1)
 
 
 

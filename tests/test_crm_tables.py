@@ -1062,7 +1062,8 @@ def test_crm_cli_restore_prints_why_a_process_was_refused(generated):
 
     result = CliRunner().invoke(main, args)
 
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # nothing was restored
+    assert result.stdout == "restored 0 (0 processes)\n"
     [line] = [x for x in result.stderr.splitlines() if x.startswith("skipped ")]
     assert line.startswith("skipped t:1: restore_refused (tickets refuses a row")
     assert "back-dated ticket 1" in line

@@ -217,6 +217,13 @@ def test_cli_restore_by_search_and_ids(config_path, services, case):
     assert done.stdout.strip() == "restored 5 (1 processes)"
     assert "skipped NOPE: not_found" in done.stderr
     assert set(active(services, PROCESS)) == set(PROCESS)
+    # every record given skipped: nothing restored is a failure a script can see
+    again = runner.invoke(main, ["restore", "NOTE-9", "NOPE", "--reason", "again",
+                                 "--config", str(config_path)])
+    assert again.exit_code == 1, again.output
+    assert again.stdout.strip() == "restored 0 (0 processes)"
+    assert "skipped NOTE-9: already_active" in again.stderr
+    assert again.stderr.strip().endswith("error: nothing restored: every record was skipped")
     usage = runner.invoke(main, ["restore", "--reason", "x", "--config", str(config_path)])
     assert usage.exit_code != 0
     # read as the API reads a query string: a repeat refused, not its first taken
