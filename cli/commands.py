@@ -478,7 +478,8 @@ def backup_verify(folder: Path, config_path: Path | None) -> None:
     if problems:
         for problem in problems:
             click.echo(problem, err=True)
-        click.echo(f"backup {folder} does not verify: {len(problems)} problems", err=True)
+        noun = "problem" if len(problems) == 1 else "problems"
+        click.echo(f"backup {folder} does not verify: {len(problems)} {noun}", err=True)
         sys.exit(1)
     click.echo(f"ok: backup {folder} verifies")
 

@@ -591,7 +591,7 @@ def test_backup_verify_with_another_installation_s_key_does_not_call_the_backup_
     assert result.returncode == 1
     assert "give the archive key the backup was made with" in result.stderr
     assert "damaged" not in result.stderr
-    assert result.stderr.splitlines()[-1] == f"backup {folder} does not verify: 1 problems"
+    assert result.stderr.splitlines()[-1] == f"backup {folder} does not verify: 1 problem"
 
 
 def test_a_backup_and_what_a_recovery_installs_are_private_to_their_owner(

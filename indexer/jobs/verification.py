@@ -46,7 +46,9 @@ class VerifyResult:
             return f"ok: {self.records} records checked, no problems{waiting}"
         damaged = len(self.damaged_ids())
         where = f" in {damaged} records" if damaged else ""
-        return f"{len(self.problems)} problems{where} ({self.records} records checked){waiting}"
+        count = len(self.problems)
+        noun = "problem" if count == 1 else "problems"
+        return f"{count} {noun}{where} ({self.records} records checked){waiting}"
 
 
 def verify_all(services: Services) -> VerifyResult:
