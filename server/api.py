@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request, stream_with_context
 
 from indexer.errors import BadQuery
+from indexer.hold_reach import NO_RECORD_HELD
 from indexer.search import SearchQuery
 from server import actions
 from server.auth import current_token, require_role
@@ -24,6 +25,7 @@ from server.schemas import (
     EraseSchema,
     HoldListSchema,
     HoldSchema,
+    PlacedHoldSchema,
     RecordViewSchema,
     RestoreBodySchema,
     RestoreResultSchema,
@@ -208,7 +210,10 @@ def place_hold() -> Any:
     """Place a legal hold: `{"scope", "value", "reason"}`."""
     data = HoldSchema().load(load_json_object())
     hold = actions.place_hold(actor(), data["scope"], data["value"], data["reason"].strip())
-    return HoldSchema().dump(hold), 201
+    placed = PlacedHoldSchema().dump(hold)
+    if not actions.hold_reaches_a_record(actor(), data["scope"], data["value"]):
+        placed["warning"] = NO_RECORD_HELD.format(scope=data["scope"])
+    return placed, 201
 
 
 @bp.delete("/holds/<scope>/<path:value>")

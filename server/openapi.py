@@ -199,7 +199,7 @@ def build_openapi() -> dict[str, Any]:
             "post": _operation(
                 "Place a legal hold",
                 "admin",
-                {"201": _json(schemas.HoldSchema, "Placed")},
+                {"201": _json(schemas.PlacedHoldSchema, "Placed")},
                 ("400", *_AUTH, "409"),
                 body=schemas.HoldSchema,
             ),

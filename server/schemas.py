@@ -196,6 +196,12 @@ class HoldSchema(Schema):
             raise ValidationError(problem, field_name="value")
 
 
+class PlacedHoldSchema(HoldSchema):
+    """Response of `POST /holds`: the hold, and a warning when it holds no record yet."""
+
+    warning = fields.String(dump_only=True)
+
+
 class HoldListSchema(Schema):
     """Response of `GET /holds`."""
 

@@ -89,3 +89,15 @@ def test_the_cli_warns_on_stderr_when_a_placed_hold_holds_nothing(
         assert {(h.scope, h.value) for h in list_holds(session)} == {
             ("customer", "CX"), ("category", "finance")
         }
+
+
+def test_the_api_answers_a_placed_hold_that_holds_nothing_with_a_warning(
+    client: Any, admin_headers: Any, records: None
+) -> None:
+    body = {"scope": "customer", "value": "C042", "reason": "litigation"}
+    typo = client.post("/api/v1/holds", json=body, headers=admin_headers)
+    assert typo.status_code == 201
+    assert typo.json["value"] == "C042"
+    assert typo.json["warning"].startswith("No record, archived or active, has that customer")
+    found = client.post("/api/v1/holds", json={**body, "value": "CE"}, headers=admin_headers)
+    assert found.status_code == 201 and "warning" not in found.json
