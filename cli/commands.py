@@ -304,7 +304,8 @@ def restore(
     verb = "would restore" if dry_run else "restored"
     click.echo(f"{verb} {len(report.restored)} ({report.processes} processes)")
     if report.skipped and not report.restored:  # a script must not read "done" here
-        click.echo(f"error: nothing {verb.split()[-1]}: every record was skipped", err=True)
+        nothing = "nothing would be restored" if dry_run else "nothing restored"
+        click.echo(f"error: {nothing}: every record was skipped", err=True)
         sys.exit(1)
 
 

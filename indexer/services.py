@@ -22,7 +22,7 @@ from archivist.active_db import (
 from archivist.config import Config
 from archivist.crm_rows import CrmTables, ForeignKeyRef, inspect_foreign_keys, open_crm_tables
 from archivist.errors import NotInitialised
-from indexer.errors import IndexUnavailable
+from indexer.errors import IndexMissing, IndexUnavailable
 from indexer.search import SearchEngine
 
 OpenIndex = Callable[[Config, ArchiveStore, bool], SearchEngine]
@@ -69,10 +69,20 @@ def open_search_engine(
 
     :param store: where hits read their text (the index keeps none in plain text)
     :param broken_ok: an index that cannot be opened is left unopened rather than refused
-        (for `verify`, which reports it): every use of it raises the reason.
+        (for `verify`, which reports it): every use of it raises the reason; a missing one
+        is made empty (for `index --rebuild`).
+    :raises IndexMissing: the folder holds no index while the catalog says records are in one
     """
     from indexer.whoosh.index import SearchIndex
 
+    if not broken_ok and not SearchIndex.exists_in(config.index_dir):
+        indexed = store.counts()["indexed"]
+        if indexed:  # an empty index made here would answer every search with nothing
+            raise IndexMissing(
+                f"there is no index in {config.index_dir}, yet {indexed} archived records "
+                "were indexed (a folder deleted, or a volume not mounted): mount or restore "
+                "it, or run `archivist index --rebuild`"
+            )
     try:
         index = SearchIndex.open(
             config.index_dir,

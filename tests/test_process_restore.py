@@ -224,6 +224,13 @@ def test_cli_restore_by_search_and_ids(config_path, services, case):
     assert again.stdout.strip() == "restored 0 (0 processes)"
     assert "skipped NOTE-9: already_active" in again.stderr
     assert again.stderr.strip().endswith("error: nothing restored: every record was skipped")
+    dry_again = runner.invoke(main, ["restore", "NOTE-9", "--reason", "again", "--dry-run",
+                                     "--config", str(config_path)])
+    assert dry_again.exit_code == 1, dry_again.output
+    assert dry_again.stdout.strip() == "would restore 0 (0 processes)"
+    assert dry_again.stderr.strip().endswith(
+        "error: nothing would be restored: every record was skipped"
+    )
     usage = runner.invoke(main, ["restore", "--reason", "x", "--config", str(config_path)])
     assert usage.exit_code != 0
     # read as the API reads a query string: a repeat refused, not its first taken

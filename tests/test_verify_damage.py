@@ -86,6 +86,41 @@ def test_verify_says_once_that_the_index_is_missing_or_damaged(installed, name, 
     assert archivist(installed, "verify").returncode == 0
 
 
+def test_a_deleted_index_folder_is_refused_not_replaced_by_an_empty_index(installed):
+    """An index folder gone (deleted, or its volume not mounted) is not made again empty: that
+    index would answer every search with nothing, and `archive` and `index` would add to it as
+    if it were whole."""
+    import shutil
+
+    from server import close_app, create_app
+    from tests.conftest import _token_headers
+
+    index_dir = installed.parent / "data" / "index"
+    shutil.rmtree(index_dir)
+    for command in (["index"], ["archive"], ["init"]):
+        result = archivist(installed, *command)
+        assert result.returncode == 1, (command, result.stdout)
+        assert result.stderr.startswith(f"error: there is no index in {index_dir}, yet 40 "), (
+            command, result.stderr)
+        assert "archivist index --rebuild" in result.stderr
+        assert not index_dir.exists(), command
+    with Services.open(load_config(installed)) as services:
+        app = create_app(services.config)
+        try:
+            client = app.test_client()
+            response = client.get("/api/v1/search?q=", headers=_token_headers(services, "agent"))
+            assert response.status_code == 503, response.get_json()
+            assert response.get_json()["error"]["code"] == "index_unavailable"
+            assert client.get("/healthz").status_code == 503
+        finally:
+            close_app(app)
+    assert not index_dir.exists()
+
+    assert archivist(installed, "index", "--rebuild").stdout.strip() == "rebuilt, indexed 40"
+    assert archivist(installed, "verify").returncode == 0
+    assert archivist(installed, "index").stdout.strip() == "indexed 0"
+
+
 @pytest.mark.parametrize("damage", ["delete", "flip"])
 def test_verify_names_the_records_of_a_damaged_archive_segment(installed, damage):
     segments = sorted((installed.parent / "data" / "archive" / "segments").glob("*.seg"))

@@ -158,6 +158,20 @@ class SearchIndex:
 
     # --- opening and layout -------------------------------------------------------------
 
+    @staticmethod
+    def exists_in(directory: Path) -> bool:
+        """Whether the folder holds an index (sound or not), as opposed to nothing at all.
+
+        :param directory: the index folder
+        """
+        directory = Path(directory)
+        if (directory / "CURRENT").exists():
+            return True
+        try:
+            return any(_GEN_RE.match(p.name) for p in directory.iterdir())
+        except FileNotFoundError:
+            return False
+
     @classmethod
     @translate_errors
     def open(
