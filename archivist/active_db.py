@@ -155,8 +155,12 @@ def _postgresql_engine(url: str) -> Engine:
     return engine
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine; SQLite gets WAL, full sync, a busy timeout and immediate transactions."""
+def make_engine(url: str, *, create: bool = False) -> Engine:
+    """Create an engine; SQLite gets WAL, full sync, a busy timeout and immediate transactions.
+
+    :param create: make the SQLite file's folder if missing (`archivist init`); a command
+        before `init` leaves no empty folder behind
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
         return _postgresql_engine(url)
@@ -165,7 +169,8 @@ def make_engine(url: str) -> Engine:
     connect_args: dict[str, Any] = {"timeout": 60}
     if parsed.database and parsed.database != ":memory:":
         database = Path(parsed.database).absolute()
-        database.parent.mkdir(parents=True, exist_ok=True)
+        if create:
+            database.parent.mkdir(parents=True, exist_ok=True)
         connect_args["factory"] = connection_factory(database)
     engine = create_engine(url, connect_args=connect_args)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from archivist.crm_mapping import TableMapping, parse_table_mappings
 from archivist.crontab import cron_trigger
@@ -239,7 +239,7 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
         server=server_config,
         worker=worker_config,
         backup=BackupConfig(max_age_days=_positive(backup, "max_age_days", 7, "backup")),
-        tables=parse_table_mappings(active.get("table"), path.name, tuple(kinds)),
+        tables=parse_table_mappings(active.get("table"), str(path), tuple(kinds)),
     )
 
 
@@ -270,16 +270,34 @@ def _retention(table: dict[str, Any]) -> RetentionRules:
     return RetentionRules(default=default, categories=categories)
 
 
+# Drivers installed with Archivist; another SQLAlchemy URL works once its driver is installed.
+_SHIPPED_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql+psycopg")
+
+
 def _resolve_db_url(url: str, base: Path) -> str:
     try:
         parsed = make_url(url)
     except ArgumentError as e:
         raise ConfigError(f"active.url is not a database URL: {e}") from None
+    if parsed.drivername not in _SHIPPED_DRIVERS:
+        _check_driver(parsed.drivername)
     database = parsed.database
     if parsed.get_backend_name() == "sqlite" and database and database != ":memory:":
         if not Path(database).is_absolute():
             return parsed.set(database=str(base / database)).render_as_string(hide_password=False)
     return url
+
+
+def _check_driver(drivername: str) -> None:
+    """Refuse a URL whose database driver cannot be loaded, saying what to write instead
+    (`postgresql://` means psycopg2, which is not installed; Archivist uses psycopg 3)."""
+    try:
+        make_url(f"{drivername}://").get_dialect().import_dbapi()
+    except (ImportError, NoSuchModuleError) as e:
+        raise ConfigError(
+            f"active.url: no database driver for {drivername!r} is installed ({e}); "
+            "write sqlite:///PATH, or postgresql+psycopg://USER@HOST/DB for PostgreSQL"
+        ) from None
 
 
 def _table(data: dict[str, Any], name: str) -> dict[str, Any]:

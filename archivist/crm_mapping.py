@@ -202,6 +202,7 @@ def _parse_entry(entry: Any, position: int, config_name: str) -> TableMapping:
     parent_column = parent_table = None
     if "parent" in entry:
         parent = entry["parent"]
+        _check_inline_keys(parent, ("column", "table"), f"{where}: parent")
         if (
             not isinstance(parent, dict)
             or set(parent) != {"column", "table"}
@@ -219,9 +220,24 @@ def _parse_entry(entry: Any, position: int, config_name: str) -> TableMapping:
 def _field_source(value: Any, where: str) -> FieldSource:
     if isinstance(value, str):
         return FieldSource(constant=value)
+    _check_inline_keys(value, ("column",), where)
     if isinstance(value, dict) and set(value) == {"column"} and isinstance(value["column"], str):
         return FieldSource(column=value["column"])
     raise ConfigError(f"{where} must be a constant string or {{ column = \"...\" }}, got {value!r}")
+
+
+def _check_inline_keys(value: Any, allowed: tuple[str, ...], where: str) -> None:
+    """Refuse a key an inline table (`{ column = "..." }`) does not take, naming it: a typo
+    there must be as plain as one anywhere else in the file."""
+    if not isinstance(value, dict):
+        return
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        hint = _closest(unknown[0], allowed)
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r}" + (f"; did you mean {hint!r}?" if hint else "")
+            + f" (known: {', '.join(allowed)})"
+        )
 
 
 def _closest(word: str, choices: tuple[str, ...]) -> str | None:

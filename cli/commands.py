@@ -15,6 +15,7 @@ from typing import Any, BinaryIO, NoReturn, cast
 from urllib.parse import parse_qsl
 
 import click
+from sqlalchemy.exc import OperationalError
 
 from archive_store import ArchiveStoreError
 from archive_store.crypto import KEY_ENV, KeyMissing, load_key
@@ -64,13 +65,19 @@ class ArchivistGroup(click.Group):
             _usage_error(e)
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
+        except OperationalError as e:  # the active database down, unreachable, refusing us
+            click.echo(f"error: the active database: {_first_line(str(e.orig or e))}", err=True)
+            sys.exit(1)
         except Exception as e:  # a bug or an environment problem: still one line, exit 2
             if os.environ.get("ARCHIVIST_DEBUG"):
                 raise
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            click.echo(f"error: unexpected {type(e).__name__}: {first_line} "
+            click.echo(f"error: unexpected {type(e).__name__}: {_first_line(str(e))} "
                        "(set ARCHIVIST_DEBUG=1 for the traceback)", err=True)
             sys.exit(2)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
 
 
 def _usage_error(e: click.UsageError) -> NoReturn:

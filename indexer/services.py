@@ -156,7 +156,7 @@ class Services:
             if `init` made it with another (a recovery is about to replace it anyway).
         :raises KeyMissing, WrongKey: before anything is written.
         """
-        engine = make_engine(config.active_url)
+        engine = make_engine(config.active_url, create=create)
         try:
             crm, crm_refs = _open_crm_tables(engine, config)  # a bad mapping: before all else
             if not create and not ArchiveStore.exists_in(config.archive_dir):

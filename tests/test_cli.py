@@ -172,7 +172,7 @@ def test_a_command_before_init_says_so_in_one_line_and_writes_nothing(tmp_path, 
     assert result.returncode == 1
     assert result.stderr.strip().endswith("run `archivist init` first")
     assert result.stderr.count("\n") == 1
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [tmp_path / "config.toml"]
+    assert list(tmp_path.rglob("*")) == [tmp_path / "config.toml"]  # not even a folder
 
 
 def test_verify_names_exactly_the_damaged_record(installed, tmp_path, make_record):
@@ -196,6 +196,16 @@ def test_verify_names_exactly_the_damaged_record(installed, tmp_path, make_recor
     result = archivist("verify", "--config", str(installed))
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1] == f"damaged or missing: {record_id}"
+
+
+def test_an_active_database_out_of_reach_is_one_line_and_exit_1(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[active]\nurl = "postgresql+psycopg://nobody@127.0.0.1:1/crm"\n')
+    for command in ("init", "stats"):  # (init made the archive `stats` needs first)
+        result = archivist(command, "--config", str(config))
+        assert result.returncode == 1, command
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith("error: the active database: connection failed: ")
 
 
 def test_bad_config_is_one_line_and_non_zero(tmp_path):

@@ -66,6 +66,11 @@ def test_non_sqlite_urls_are_kept_as_they_are(tmp_path):
          "worker.index_interval_seconds must be at most 604,800"),
         ("[worker]\ndispose_cron = '0 0 30 2 *'\n",
          "worker.dispose_cron = '0 0 30 2 *' names no day that exists: it would never run"),
+        # a driver that is not installed: said at start, with what to write instead
+        ("[active]\nurl = 'postgresql://me@localhost/crm'\n",
+         "active.url: no database driver for 'postgresql' is installed (No module named "
+         "'psycopg2'); write sqlite:///PATH, or postgresql+psycopg://"),
+        ("[active]\nurl = 'nosuchdb://x'\n", "active.url: no database driver for 'nosuchdb'"),
     ],
 )
 def test_bad_values_are_named(tmp_path, text, message):
@@ -117,6 +122,7 @@ def test_index_workers_run_at_the_configured_niceness(tmp_path, make_record):
         index.close()
 
 
+CASES_ENTRY = "[[active.table]]\nname = 'cases'\nkey = 'id'\nid_prefix = 'case:'\nkind = 'ticket'\n"
 TYPO_CASES = [
     ("[retention.category.finance]\nkeep_year = 7\n",
      "unknown key 'keep_year' in [retention.category.finance]; did you mean 'keep_years'?"),
@@ -134,6 +140,14 @@ TYPO_CASES = [
      "unknown key 'kye' in [[active.table]] entry 1; did you mean 'key'?"),
     ("[[active.table]]\nname = 'cases'\nsubjct = { column = 'title' }\n",
      "unknown key 'subjct' in [[active.table]] entry 1; did you mean 'subject'?"),
+    # inside a field's or the parent's inline table
+    (CASES_ENTRY + "category = { column = 'queue', colum = 'x' }\n",
+     "[[active.table]] #1 (cases): category: unknown key 'colum'; did you mean 'column'? "
+     "(known: column)"),
+    (CASES_ENTRY + "category = 'support'\nstatus = 'open'\ncreated_at = { column = 'at' }\n"
+     "updated_at = { column = 'at' }\nparent = { column = 'case_id', tabel = 'cases' }\n",
+     "[[active.table]] #1 (cases): parent: unknown key 'tabel'; did you mean 'table'? "
+     "(known: column, table)"),
 ]
 
 
