@@ -133,7 +133,8 @@ class CrmTable:
     def select_columns(self) -> list[ColumnElement[Any]]:
         """Every column, those kept as text cast to text (so json keeps its exact text).
 
-        On PostgreSQL a date or timestamp may be `infinity` or BC, which Python cannot hold:
+        On PostgreSQL a date or timestamp may be `infinity`, BC or past year 9999 (in the
+        session's time zone or in UTC), which Python cannot hold:
         such a value is read as NULL, and the row's `OUT_OF_RANGE` column says so (see
         `out_of_range`), so that the row is left where it is rather than failing the read.
         """
@@ -146,7 +147,10 @@ class CrmTable:
             elif self.codecs[c.name].startswith("text:"):
                 columns.append(cast(c, Text).label(c.name))
             elif self.dialect == "postgresql" and self.codecs[c.name] in _DATE_CODECS:
-                readable = func.isfinite(c) & (func.extract("year", c) > 0)
+                readable = func.isfinite(c) & func.extract("year", c).between(1, 9999)
+                if self.codecs[c.name] == "timestamptz":  # read in the session's zone, via UTC
+                    in_utc = func.timezone("UTC", c)
+                    readable = readable & func.extract("year", in_utc).between(1, 9999)
                 columns.append(case((readable, c), else_=null()).label(c.name))
                 unreadable.append(c.isnot(None) & ~readable)
             else:

@@ -154,6 +154,26 @@ def test_a_row_the_crm_deletes_or_renumbers_while_it_moves_is_not_archived(crm):
     assert verify_all(crm).problems == []
 
 
+def test_an_infinite_date_the_crm_writes_while_it_moves_keeps_the_row_as_written(crm):
+    """`infinity` has no Python value and reads as NULL: written into a moving case's column
+    (NULL when the job read it), it must not look unchanged and be deleted with the case,
+    which would archive (and later restore) NULL in its place."""
+    run_sql(crm.config.active_url, "ALTER TABLE cases ADD COLUMN due date")
+    crm.crm, crm.crm_refs = crm.reflect_crm(refs=True)
+    with committed_once_the_job_waits(
+        crm.config.active_url, "UPDATE cases SET due = 'infinity' WHERE id = 1"
+    ):
+        report = run_archive_job(crm, utcnow())
+
+    assert _ids(crm, "SELECT due::text FROM cases") == ["infinity"]
+    assert _ids(crm, "SELECT id FROM msgs") == [10]
+    assert crm.store.find_archived(["case:1", "msg:10", "case:2", "case:3"]) == {
+        "case:2", "case:3",
+    }
+    assert report.archived == 2
+    assert verify_all(crm).problems == []
+
+
 def test_two_archive_runs_at_once_never_leave_a_row_in_neither_place(crm, monkeypatch):
     """The worker's run and an `archivist archive` overlapping: the second must not take the
     rows the first has just moved for rows the CRM deleted, and mark them restored."""

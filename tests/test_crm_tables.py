@@ -234,6 +234,23 @@ def test_crm_restored_process_is_not_archived_again_within_its_grace(crm):
     assert {crm.store.info(rid).state for rid in PROCESS_A} == {"archived"}
 
 
+def test_crm_an_erased_restored_process_keeps_its_grace(crm):
+    """Erasing the archived versions of a restored process leaves its rows in the CRM, and
+    their restore grace with them: the next run does not archive them again at once."""
+    run_archive_job(crm, utcnow())
+    restore_crm_process(crm.sessions, crm.store, None, crm.crm, "note:1", "admin", utcnow())
+    for record_id in PROCESS_A:
+        erase_records(crm, record_id=record_id, actor="admin", at=utcnow())
+    assert {crm.store.info(rid).state for rid in PROCESS_A} == {"erased"}
+
+    assert run_archive_job(crm, utcnow(), dry_run=True).archived == 0
+    assert run_archive_job(crm, utcnow()).archived == 0
+    assert {crm.store.info(rid).state for rid in PROCESS_A} == {"erased"}
+    later = run_archive_job(crm, utcnow() + timedelta(days=366))
+    assert later.archived >= len(PROCESS_A)
+    assert {crm.store.info(rid).state for rid in PROCESS_A} == {"archived"}
+
+
 def test_crm_restore_over_a_taken_key_is_already_active_and_writes_nothing(crm):
     run_archive_job(crm, utcnow())
     with crm.engine.begin() as connection:
@@ -378,7 +395,7 @@ def test_crm_bad_mapping_is_a_one_line_error_naming_the_entry(tmp_path, pg_url, 
         Services.open(load_config(path)).close()
 
     assert "\n" not in str(error.value)
-    assert str(error.value).startswith("config.toml: ")
+    assert str(error.value).startswith(f"{path.resolve()}: ")  # the file, as everywhere
     assert message in str(error.value)
 
 
@@ -812,6 +829,37 @@ def test_crm_columns_of_types_sqlalchemy_does_not_know_restore_over_http(
         finally:
             close_app(app)
         assert _site_rows(services) == before
+
+
+def test_crm_a_time_past_9999_where_the_session_reads_it_leaves_its_row(
+    tmp_path: Path, pg_url: str
+):
+    """9999-12-31 23:00-05 is year 10000 in UTC: read in a New York session it has no Python
+    value. Its row stays in the CRM (held back, dry run and real run alike), the rest moves."""
+    alter = "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I {}', current_database()); END $$"
+    run_sql(pg_url, alter.format("SET TimeZone = ''America/New_York''"))
+    try:
+        run_sql(pg_url, """
+            CREATE TABLE events (id bigint PRIMARY KEY, queue text NOT NULL,
+                                 at timestamptz NOT NULL, until timestamptz, tag text);
+            INSERT INTO events VALUES
+              (1, 'support', '2020-01-01', '9999-12-31 23:00-05', 'late'),
+              (2, 'support', '2020-01-01', '9999-12-31 03:00-05', 'in range'),
+              (3, 'support', '2020-01-01', NULL, 'plain');
+        """)
+        mapping = note_table_mapping("events", "ev:")
+        config = load_config(write_config(tmp_path, pg_url, mapping))
+        with Services.open(config, create=True) as crm:
+            dry = run_archive_job(crm, utcnow(), dry_run=True)
+            assert (dry.archived, dry.held_back) == (2, 1)
+            assert run_archive_job(crm, utcnow()).archived == 2
+            assert crm.store.find_archived(["ev:1", "ev:2", "ev:3"]) == {"ev:2", "ev:3"}
+            with crm.engine.connect() as connection:
+                assert connection.execute(
+                    text("SELECT id, (until AT TIME ZONE 'UTC')::text FROM events")
+                ).all() == [(1, "10000-01-01 04:00:00")]
+    finally:
+        run_sql(pg_url, alter.format("RESET TimeZone"))
 
 
 def _site_rows(services: Services) -> list[tuple]:

@@ -259,7 +259,8 @@ def _load_readable(
 
 def _unreadable(error: Exception) -> bool:
     """Whether reading rows failed on a value rather than on the database."""
-    if isinstance(error, ValueError | TypeError | DataError):
+    # (OverflowError: a time in range where the session reads it, past year 9999 in UTC)
+    if isinstance(error, ValueError | TypeError | OverflowError | DataError):
         return True
     return isinstance(error, OperationalError) and "decode" in str(error.orig)
 
@@ -374,8 +375,8 @@ def _due(
         for row in process.rows:
             record = row.record
             if out_of_range(row.values):
-                log.warning("row %s is not archived: it holds an infinite or BC date, which "
-                            "could not come back as it is", row.record_id)
+                log.warning("row %s is not archived: it holds an infinite, BC or post-9999 "
+                            "date, which could not come back as it is", row.record_id)
                 ok = False
                 break
             if record["updated_at"] is None:
@@ -389,7 +390,11 @@ def _due(
                 ok = False
                 break
             last = parse_utc(record["updated_at"])
-            if entry is not None and entry.state == "restored" and entry.restored_at is not None:
+            # (an erasure of the archived versions leaves the active row its restore grace)
+            if (
+                entry is not None and entry.state in ("restored", "erased")
+                and entry.restored_at is not None
+            ):
                 last = max(last, entry.restored_at)
             if last > cutoff or holds.covers(
                 row.record_id, record["customer_id"], record["category"]
@@ -779,16 +784,19 @@ def _changed(session: Session, processes: list[CrmProcess]) -> set[str]:
             by_table[row.table].append((row, process.root_id))
     changed: set[str] = set()
     for crm_table, rows in by_table.items():
-        current: dict[str, dict[str, Any]] = {}
+        current: dict[str, dict[str, Any] | None] = {}
         for chunk in _chunks([row.key for row, _ in rows]):
             stmt = (
                 select(*crm_table.select_columns())
                 .where(crm_table.key_column.in_(chunk))
                 .with_for_update()
             )
-            for values in session.execute(stmt).mappings():
-                record = row_to_record(crm_table, dict(values))
-                current[record["id"]] = record
+            for mapping in session.execute(stmt).mappings():
+                values = dict(mapping)
+                record = row_to_record(crm_table, values)
+                # an infinite or BC date the CRM wrote meanwhile reads as NULL: the row is not
+                # as stored, and could not come back as it is now
+                current[record["id"]] = None if out_of_range(values) else record
         for row, root in rows:
             # deleted or re-keyed by the CRM meanwhile counts as changed: archived, its copy
             # could come back beside the row's new key, or undo the CRM's delete
@@ -830,7 +838,7 @@ def reconcile_crm_pending(
             if entry.pending == "delete_active":
                 if row is None:
                     cleared.append(entry.record_id)
-                elif row.record == record:
+                elif row.record == record and not out_of_range(row.values):
                     to_delete.append(row)
                 else:  # the CRM changed it meanwhile: the row is the live version
                     store.complete_restore(entry.record_id, now, RECONCILE_ACTOR)
