@@ -679,6 +679,27 @@ def test_crm_bulk_restore_over_http_restores_processes_and_skips_the_rest(crm):
     assert snapshot(crm) == before
 
 
+def test_crm_bulk_restore_lists_every_id_asked_for_in_a_process_it_skips(crm):
+    """Two ids of one process asked for, and the process refused (a key of it taken again in
+    the CRM): both are listed as skipped, not only the one the process was planned from."""
+    run_archive_job(crm, utcnow())
+    with crm.engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO cases (id, account_id, queue, state, opened_at, last_activity_at) "
+            "VALUES (11, 1, 'billing', 'open', now(), now())"
+        ))
+    with http_client(crm) as (client, headers):
+        body = {"ids": ["case:10", "note:1", "case:30"], "reason": "court order"}
+        response = client.post("/api/v1/restore", json=body, headers=headers)
+
+    assert response.status_code == 200, response.json
+    assert (response.json["matched"], response.json["restored"]) == (3, 0)
+    assert [(s["id"], s["code"]) for s in response.json["skipped"]] == [
+        ("case:30", "not_found"), ("case:10", "already_active"), ("note:1", "already_active"),
+    ]
+    assert crm.store.find_archived(PROCESS_A) == PROCESS_A
+
+
 def record_view(services: Services, record_id: str) -> dict:
     """The record view's JSON, as the HTTP API answers it."""
     with http_client(services) as (client, headers):

@@ -174,6 +174,7 @@ def restore_crm_many(
         reconcile_crm_pending(sessions, store, crm, now)
         entries = store.entries(ids)
     groups: dict[str, list[str]] = {}
+    asked: dict[str, list[str]] = {}  # the requested ids of each group, by its first one
     with sessions.begin() as session:
         for record_id in ids:
             entry = entries.get(record_id)
@@ -187,9 +188,12 @@ def restore_crm_many(
             if code is not None:
                 report.skipped.append(Skipped(record_id, code))
                 continue
-            members = _process(session, store, record_id)
-            if not any(record_id in group for group in groups.values()):
-                groups[record_id] = members
+            owner = next((key for key, group in groups.items() if record_id in group), None)
+            if owner is not None:
+                asked[owner].append(record_id)
+                continue
+            groups[record_id] = _process(session, store, record_id)
+            asked[record_id] = [record_id]
     planned = sum(len(group) for group in groups.values())
     if dry_run:
         report.restored = [i for group in groups.values() for i in group]
@@ -202,7 +206,8 @@ def restore_crm_many(
             )
         except (AlreadyActive, RestoreRefused, NotArchived, RecordNotFound,
                 RestoreInProgress) as e:
-            report.skipped.append(Skipped(record_id, e.code, str(e)))
+            # every id asked for in the process is listed: none of it was restored
+            report.skipped.extend(Skipped(i, e.code, str(e)) for i in asked[record_id])
             continue
         report.restored.extend(restored)
         report.processes += 1
