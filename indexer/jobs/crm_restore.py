@@ -175,6 +175,7 @@ def restore_crm_many(
         entries = store.entries(ids)
     groups: dict[str, list[str]] = {}
     asked: dict[str, list[str]] = {}  # the requested ids of each group, by its first one
+    group_of: dict[str, str] = {}  # each planned member's group
     with sessions.begin() as session:
         for record_id in ids:
             entry = entries.get(record_id)
@@ -188,11 +189,12 @@ def restore_crm_many(
             if code is not None:
                 report.skipped.append(Skipped(record_id, code))
                 continue
-            owner = next((key for key, group in groups.items() if record_id in group), None)
-            if owner is not None:
-                asked[owner].append(record_id)
+            if record_id in group_of:
+                asked[group_of[record_id]].append(record_id)
                 continue
             groups[record_id] = _process(session, store, record_id)
+            for member in groups[record_id]:
+                group_of.setdefault(member, record_id)
             asked[record_id] = [record_id]
     planned = sum(len(group) for group in groups.values())
     if dry_run:
