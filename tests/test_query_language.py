@@ -228,6 +228,44 @@ def test_full_width_letters_and_digits_are_their_ascii_selves(
         index.close()
 
 
+COMPOSED = "Café Müller, Nguyễn, 한국"  # one character for each accented letter
+DECOMPOSED = "Cafe\u0301 Mu\u0308ller, Nguye\u0302\u0303n, \u1112\u1161\u11ab\u1100\u116e\u11a8"
+ACCENTS = {
+    "café": {"A-1", "A-2"},
+    "cafe\u0301": {"A-1", "A-2"},
+    "müller": {"A-1", "A-2"},
+    "mu\u0308ller": {"A-1", "A-2"},
+    '"Nguye\u0302\u0303n"': {"A-1", "A-2"},
+    "nguyễn": {"A-1", "A-2"},
+    "한국": {"A-1", "A-2"},
+    "caf*": {"A-1", "A-2", "A-3"},
+    "cafe\u0301*": {"A-1", "A-2"},
+    "cafe": {"A-3"},
+}
+
+
+@pytest.mark.parametrize(("q", "expected"), list(ACCENTS.items()), ids=list(ACCENTS))
+def test_an_accent_typed_as_its_own_character_finds_the_same_records(
+    tmp_path: Path, make_record: Callable[..., dict[str, Any]], q: str, expected: set[str]
+) -> None:
+    index = SearchIndex.open(tmp_path / "index")
+    try:
+        index.add([
+            (make_record(id="A-1", subject="Visit", body=f"Met at {COMPOSED} today"), AT),
+            (make_record(id="A-2", subject="Visit", body=f"Met at {DECOMPOSED} today"), AT),
+            (make_record(id="A-3", subject="Visit", body="Met at the cafe today"), AT),
+        ])
+        page = index.search(SearchQuery(q=q, per_page=100))
+        assert {hit.id for hit in page.hits} == expected
+        if q.startswith("cafe\u0301") and not q.endswith("*"):
+            # the mark covers the word as each record spells it
+            snippets = {h.id: h.snippet for h in page.hits}
+            assert "<mark>Café</mark>" in snippets["A-1"]
+            assert "<mark>Cafe\u0301</mark>" in snippets["A-2"]
+    finally:
+        index.close()
+
+
 @pytest.mark.parametrize("q", PHONES)
 def test_phone_numbers_are_found_with_or_without_the_country_code(
     index: SearchIndex, q: str

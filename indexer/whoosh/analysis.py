@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 import struct
+import unicodedata
 from collections.abc import Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from typing import Any
@@ -157,6 +158,49 @@ def fold_width(text: str) -> str:
     return _FULL_WIDTH.sub(lambda run: run.group().translate(_TO_ASCII), text)
 
 
+def fold_text(text: str) -> str:
+    """The text as it is analysed: full-width forms as ASCII, then composed (Unicode NFC).
+
+    An accented letter typed as one character (`é`) or as a letter and a combining accent
+    (`e` + U+0301) is then the same term, in the index and in queries.
+
+    :param text: any text
+    """
+    if text.isascii():
+        return text
+    return unicodedata.normalize("NFC", fold_width(text))
+
+
+def _composed(text: str) -> tuple[str, list[int] | None, list[int] | None]:
+    """`fold_text` of a text and, when composing changed it, where each of its characters
+    came from: ``starts[k]`` and ``ends[k]`` bound the run of `text` that became character k.
+
+    Each run is a character and what composes with it (combining marks, Hangul jamo), so
+    offsets into the composed text map back onto whole runs of the text a snippet shows.
+    """
+    folded = fold_width(text)
+    if folded.isascii() or unicodedata.is_normalized("NFC", folded):
+        return folded, None, None
+    nfc = unicodedata.normalize
+    out: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    i, n = 0, len(folded)
+    while i < n:
+        j = i + 1
+        piece = nfc("NFC", folded[i])
+        while j < n:
+            longer = nfc("NFC", folded[i : j + 1])
+            if not unicodedata.combining(folded[j]) and len(longer) > len(piece):
+                break  # a character of its own
+            piece, j = longer, j + 1
+        out.append(piece)
+        starts.extend([i] * len(piece))
+        ends.extend([j] * len(piece))
+        i = j
+    return "".join(out), starts, ends
+
+
 def iter_tokens(
     text: str, mode: str = "index", start_pos: int = 0
 ) -> Iterator[tuple[str, int, int, int]]:
@@ -167,9 +211,19 @@ def iter_tokens(
         Chinese bigrams only).
     :param start_pos: the position of the first token.
     """
+    composed, starts, ends = _composed(text)
+    if starts is None or ends is None:
+        yield from _iter_tokens(composed, mode, start_pos)
+        return
+    for term, pos, s, e in _iter_tokens(composed, mode, start_pos):
+        yield term, pos, starts[s], ends[e - 1] if e else 0
+
+
+def _iter_tokens(text: str, mode: str, start_pos: int) -> Iterator[tuple[str, int, int, int]]:
+    """`iter_tokens` of a text already folded (`fold_text`): its offsets are into that text."""
     query = mode == "query"
     pos = start_pos
-    for m in _CHUNK_RE.finditer(fold_width(text)):
+    for m in _CHUNK_RE.finditer(text):
         kind = m.lastgroup
         chunk = m.group()
         start = m.start()
@@ -291,7 +345,7 @@ def index_term_positions(text: str) -> dict[bytes, list[int]]:
     poses: dict[bytes, list[int]] = {}
     pos = 0
     cache = _chunk_cache
-    for chunk in _CHUNK_TEXT_RE.findall(fold_width(text)):
+    for chunk in _CHUNK_TEXT_RE.findall(fold_text(text)):
         entry = cache.get(chunk) or _chunk_terms(chunk)
         terms, width = entry
         for _t, term, offset in terms:

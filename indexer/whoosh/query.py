@@ -13,7 +13,7 @@ from whoosh.qparser import MultifieldParser, QueryParserError
 
 from archivist.config import QUERY_LENGTH_LIMIT
 from indexer.errors import BadQuery
-from indexer.whoosh.analysis import fold_width, normalize_query_text, stem
+from indexer.whoosh.analysis import fold_text, normalize_query_text, stem
 from indexer.whoosh.expansion import prefix_terms
 from indexer.whoosh.schema import TEXT_FIELDS
 
@@ -201,7 +201,7 @@ def compile_query(text: str, parser: MultifieldParser, readers: Sequence[Any]) -
     """
     if len(text) > QUERY_LENGTH_LIMIT:  # callers hold `q` to `server.max_query_length` first
         raise BadQuery(f"query longer than {QUERY_LENGTH_LIMIT} characters")
-    text = fold_width(text).strip()  # (typed with a Chinese input method: the same query)
+    text = fold_text(text).strip()  # (typed with a Chinese input method: the same query)
     if not text:
         return CompiledQuery(None, {}, [])
     if text.count("*") + text.count("?") > 20:
