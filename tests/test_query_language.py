@@ -273,6 +273,43 @@ def test_phone_numbers_are_found_with_or_without_the_country_code(
     assert _ids(index, q=q) == {"P-1", "P-2", "P-3"}
 
 
+BRACKETED = {
+    "(555) 123-4567": {"U-1", "U-2", "U-3", "U-4"},
+    "555-123-4567": {"U-1", "U-2", "U-3", "U-4"},
+    "5551234567": {"U-1", "U-2", "U-3", "U-4"},
+    "555.123.4567": {"U-1", "U-2", "U-3", "U-4"},
+    "123-4567": {"U-1", "U-4"},  # without the area code
+    "+1 (555) 123-4567": {"U-4"},
+    "(010) 8888 6666": {"U-5"},
+    "01088886666": {"U-5"},
+    "8888 6666": {"U-5"},
+    "refund (555) 123-4567": {"U-1"},
+}
+
+
+@pytest.mark.parametrize(("q", "expected"), list(BRACKETED.items()), ids=list(BRACKETED))
+def test_a_number_with_its_area_code_in_brackets_is_found_by_its_digits(
+    tmp_path: Path, make_record: Callable[..., dict[str, Any]], q: str, expected: set[str]
+) -> None:
+    index = SearchIndex.open(tmp_path / "index")
+    try:
+        index.add([
+            (make_record(id="U-1", body="refund, call (555) 123-4567 after 5pm"), AT),
+            (make_record(id="U-2", body="call 555-123-4567"), AT),
+            (make_record(id="U-3", body="call 5551234567"), AT),
+            (make_record(id="U-4", body="call +1 (555)123-4567"), AT),
+            (make_record(id="U-5", body="致电(010) 8888 6666"), AT),
+            (make_record(id="U-6", body="see (2023) report, items (1) 22 33"), AT),
+        ])
+        page = index.search(SearchQuery(q=q, per_page=100))
+        assert {hit.id for hit in page.hits} == expected
+        if q == "5551234567":
+            snippet = next(h.snippet for h in page.hits if h.id == "U-1")
+            assert "<mark>(555) 123-4567</mark>" in snippet
+    finally:
+        index.close()
+
+
 def test_category_and_kind_filters_ignore_case(index: SearchIndex) -> None:
     assert _ids(index, categories=("BILLING",)) == {"P-1", "P-2"}
     assert _ids(index, categories=("billing", "FINANCE")) == {"P-1", "P-2", "C-1"}

@@ -16,7 +16,8 @@ Token rules (index mode):
   (``8613800138000``) besides the groups. A number written with its country code
   (``+86 138 0013 8000``, ``+86-138-0013-8000``, ``+8613800138000``) is also emitted as it is
   dialled inside its country (``13800138000``, ``013800138000``), so that it is found typed
-  without the country code.
+  without the country code. An area code in brackets (``(555) 123-4567``) is read the same way
+  (``5551234567``), and the number after it alone (``1234567``) is emitted too.
 * A run of Chinese characters is indexed as overlapping bigrams at consecutive positions (so a
   query word of two or more characters, searched as a bigram phrase, finds exactly the texts that
   contain it, even inside compounds the segmenter glues together) plus the segmenter's words of
@@ -49,10 +50,13 @@ _WORD = rf"[^\W_{_CJK}]+"
 # over ":" or "/" into an e-mail address (`Email:li.wei@example.com`), and a phone number may
 # follow a Chinese character (`致电+86 138 0013 8000`).
 _EMAIL_AHEAD = r"(?![A-Za-z0-9._%+-]*[A-Za-z0-9]@[A-Za-z0-9-]+\.)"
+# An area code in brackets (`(555) 123-4567`, `+1 (555) 123-4567`, `(010) 8888 6666`)
+_BRACKETED = r"(?:\+\d{1,4} ?)?\(\d{1,5}\) ?\d{2,5}(?:[ -]\d{2,5}){0,3}"
 _CHUNK_RE = re.compile(
     rf"(?P<email>[A-Za-z0-9._%+-]*[A-Za-z0-9]@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)"
     rf"|(?P<phone>(?<![+.-])(?<![^\W{_CJK}])"
-    rf"(?:\+\d{{1,4}}(?: \d{{2,5}}){{1,5}}|\d{{2,5}}(?: \d{{2,5}}){{2,5}}"
+    rf"(?:{_BRACKETED}"
+    rf"|\+\d{{1,4}}(?: \d{{2,5}}){{1,5}}|\d{{2,5}}(?: \d{{2,5}}){{2,5}}"
     rf"|\+\d{{1,4}}(?:-\d{{2,5}}){{1,5}}|\+\d{{7,15}})"
     rf"(?![^\W{_CJK}]|@|[.:/-]\w))"
     rf"|(?P<cjk>[{_CJK}]+)"
@@ -65,7 +69,7 @@ _PART_RE = re.compile(_WORD)
 # ... as the index reads it: also glued to Chinese text (`致电+86 138 0013 8000`)
 _PHONE_QUERY_RE = re.compile(
     rf"(?:(?P<cjk>[{_CJK}]+)|(?<![+.:-])(?<![^\W{_CJK}]))"
-    r"(?P<phone>\+\d{1,4}(?: \d{2,5}){1,5}|\d{2,5}(?: \d{2,5}){2,5})"
+    rf"(?P<phone>{_BRACKETED}|\+\d{{1,4}}(?: \d{{2,5}}){{1,5}}|\d{{2,5}}(?: \d{{2,5}}){{2,5}})"
     rf"(?![^\W{_CJK}]|[@*?~]|[.:/-]\w)"
 )
 _POSSESSIVE = ("'s", "'S")
@@ -118,6 +122,16 @@ def _national_forms(chunk: str, digits: str) -> list[str]:
     if len(national) < _MIN_PHONE_DIGITS:
         return []
     return [national] if national.startswith("0") else [national, "0" + national]
+
+
+def _local_number(chunk: str) -> str | None:
+    """The digits after a bracketed area code (`(555) 123-4567`: ``1234567``), so that the
+    number typed without its area code finds it; None when there is none or it is too short."""
+    _area, bracket, rest = chunk.partition(")")
+    if not bracket:
+        return None
+    digits = "".join(ch for ch in rest if ch.isdigit())
+    return digits if len(digits) >= _MIN_PHONE_DIGITS else None
 
 
 def _segment(run: str) -> list[str]:
@@ -291,6 +305,9 @@ def _iter_tokens(text: str, mode: str, start_pos: int) -> Iterator[tuple[str, in
             if not query:
                 for national in _national_forms(chunk, digits):
                     yield national, pos, start, m.end()
+                local = _local_number(chunk)
+                if local is not None and local != digits:
+                    yield local, pos, start, m.end()
                 for part in _PART_RE.finditer(chunk):
                     if part.group() != digits:
                         yield part.group(), pos, start + part.start(), start + part.end()
