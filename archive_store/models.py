@@ -54,6 +54,17 @@ class CatalogEntry:
     parent_id: str | None = None
     seq: int = 0  # the current version's entry: a version archived later has a larger one
 
+    # The catalog keeps one time for a disposal and an erasure: each is named for what it was.
+    @property
+    def disposed_at(self) -> datetime | None:
+        """When the record was disposed of (purged at the end of its retention), else None."""
+        return self.purged_at if self.state == "purged" else None
+
+    @property
+    def erased_at(self) -> datetime | None:
+        """When the record was erased on request, else None."""
+        return self.purged_at if self.state == "erased" else None
+
 
 @dataclass(frozen=True)
 class ErasedRecord:

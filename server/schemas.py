@@ -240,20 +240,14 @@ class SearchPageSchema(Schema):
     )
 
 
-def _when_in(info: Any, state: str) -> str | None:
-    """The catalog's `purged_at` of a record in `state` (purged or erased), else None."""
-    return format_utc(info.purged_at) if info.state == state and info.purged_at else None
-
-
 class ArchiveInfoSchema(Schema):
     """Where and in what state a record is archived."""
 
     state = fields.String()
     archived_at = UtcTimestamp()
     restored_at = UtcTimestamp(allow_none=True)
-    # The catalog keeps one time for a disposal and an erasure: each is named for what it was.
-    purged_at = fields.Function(lambda info: _when_in(info, "purged"), allow_none=True)
-    erased_at = fields.Function(lambda info: _when_in(info, "erased"), allow_none=True)
+    purged_at = UtcTimestamp(attribute="disposed_at", allow_none=True)
+    erased_at = UtcTimestamp(allow_none=True)
     segment = fields.Integer(attribute="segment_id")
     version = fields.Integer()
     sha256 = fields.String()

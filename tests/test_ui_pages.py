@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,26 @@ def test_ui_unknown_record_is_a_404_page(client: Any, agent_headers: Any) -> Non
     response = client.get("/records/NOPE-1")
     assert response.status_code == 404
     assert response.mimetype == "text/html"
+
+
+def test_ui_record_page_names_a_disposal_and_an_erasure_each_for_what_it_was(
+    client: Any, admin_headers: Any, services: Any, corpus: None
+) -> None:
+    services.store.purge(["A-1"], datetime(2031, 2, 3, 4, 5, 6, tzinfo=UTC), "disposer")
+    services.store.erase(["A-2"], datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC), "admin")
+    _sign_in(client, admin_headers)
+
+    disposed = client.get("/records/A-1")
+    erased = client.get("/records/A-2")
+
+    assert disposed.status_code == 200 and erased.status_code == 200
+    disposed_page, erased_page = disposed.get_data(as_text=True), erased.get_data(as_text=True)
+    assert "was disposed of 2031-02-03" in disposed_page
+    assert "<dt>Disposed</dt><dd>2031-02-03" in disposed_page
+    assert "<dt>Erased</dt>" not in disposed_page
+    assert "was erased on request 2031-05-06" in erased_page
+    assert "<dt>Erased</dt><dd>2031-05-06" in erased_page
+    assert "<dt>Disposed</dt>" not in erased_page
 
 
 def test_ui_roles_hide_and_refuse(
