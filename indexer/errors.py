@@ -23,6 +23,10 @@ class IndexMissing(IndexUnavailable):
     """There is no index at all where the config names it (nothing says which is current)."""
 
 
+class IndexOutdated(IndexUnavailable):
+    """The index was built by an earlier version and cannot answer this query as asked."""
+
+
 class AlreadyActive(IndexerError):
     """A record with the same id is already in the active database."""
 

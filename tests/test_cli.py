@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -230,3 +231,86 @@ def test_verify_names_a_record_missing_from_the_index(installed, tmp_path, make_
     assert result.returncode == 1
     assert "X7: archived but missing from the index" in result.stderr
     assert result.stderr.splitlines()[-1] == "damaged or missing: X7"
+
+
+def test_an_index_built_before_processes_is_named_by_verify_and_rebuilt_by_init(
+    installed, tmp_path, make_record
+):
+    """An installation upgraded from a version without processes: its index shards lack the
+    process fields, and records archived since were added to them without those fields."""
+    from whoosh import index as windex
+
+    from indexer.whoosh.index import SearchIndex
+    from indexer.whoosh.schema import build_schema
+
+    old_index = SearchIndex.open(installed.parent / "data" / "index")
+    schema = build_schema()
+    for name in ("parent_id", "process_id"):
+        schema.remove(name)
+    shard = old_index._current_gen() / "2025"
+    shard.mkdir()
+    windex.create_in(str(shard), schema)
+    old_index.close()
+    at = "2025-03-01T00:00:00Z"
+    write_jsonl(tmp_path / "in.jsonl", [
+        make_record(id="P-1", created_at=at, updated_at=at),
+        make_record(id="P-1-a", parent_id="P-1", created_at=at, updated_at=at),
+        make_record(id="Q-1", created_at=at, updated_at=at),
+    ])
+    archivist("import", str(tmp_path / "in.jsonl"), "--config", str(installed))
+    archived = archivist("archive", "--as-of", "2027-06-01", "--config", str(installed))
+    assert archived.stdout.strip() == "archived 3, indexed 3"
+    by_process = ("restore", "--search", "process=P-1", "--reason", "r", "--dry-run",
+                  "--config", str(installed))
+
+    refused = archivist(*by_process)
+    verified = archivist("verify", "--config", str(installed))
+
+    outdated = ("the index was built by an earlier version: it has no parent_id and "
+                "process_id fields, so it cannot search by process")
+    assert refused.returncode == 1 and outdated in refused.stderr  # not "would restore 0"
+    assert verified.returncode == 1 and outdated in verified.stderr
+    init = archivist("init", "--config", str(installed))
+    assert init.returncode == 0
+    assert init.stdout.startswith("rebuilding the search index: it was built by an earlier")
+    assert archivist(*by_process).stdout.strip() == "would restore 2 (1 processes)"
+    assert archivist("verify", "--config", str(installed)).returncode == 0
+    assert archivist("init", "--config", str(installed)).stdout.startswith("initialised")
+
+
+def test_an_index_keeping_record_text_is_named_by_verify_and_rebuilt_without_it_by_init(
+    installed, tmp_path, make_record
+):
+    """An index made before encryption at rest kept each record's subject and the start of its
+    body as stored fields, in plain text, beside the encrypted archive."""
+    from whoosh import index as windex
+
+    from indexer.whoosh.index import SearchIndex
+
+    index_dir = installed.parent / "data" / "index"
+    shutil.rmtree(index_dir)
+    SearchIndex.open(index_dir).close()  # as an earlier version made it: text kept
+    phrase = "the quarterly figures of Zephyr Holdings"
+    write_jsonl(tmp_path / "in.jsonl", [make_record(id=f"T{i}", subject=phrase) for i in range(3)])
+    archivist("import", str(tmp_path / "in.jsonl"), "--config", str(installed))
+    archivist("archive", "--as-of", "2027-06-01", "--config", str(installed))
+
+    def kept() -> list[str]:
+        """The subjects the live generation keeps as stored fields (the index's term
+        dictionary has the words; stored fields would have the text as written)."""
+        gen = index_dir / (index_dir / "CURRENT").read_text().strip()
+        subjects = []
+        for shard in sorted(p for p in gen.iterdir() if windex.exists_in(str(p))):
+            with windex.open_dir(str(shard)).searcher() as searcher:
+                subjects += [f["stored"][5] for f in searcher.all_stored_fields()]
+        return [s for s in subjects if s is not None]
+
+    assert kept() == [phrase] * 3
+    verified = archivist("verify", "--config", str(installed))
+    assert verified.returncode == 1
+    assert ("the index was built by an earlier version: it keeps record text in plain text in "
+            "its stored fields; `archivist index --rebuild` rebuilds it") in verified.stderr
+    init = archivist("init", "--config", str(installed))
+    assert init.stdout.startswith("rebuilding the search index: it was built by an earlier")
+    assert kept() == []
+    assert archivist("verify", "--config", str(installed)).returncode == 0

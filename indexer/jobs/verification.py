@@ -63,7 +63,8 @@ def verify_all(services: Services) -> VerifyResult:
 
 
 def check_index(store: ArchiveStore, index: SearchEngine) -> tuple[list[Problem], int]:
-    """The index's agreement with the catalog; a missing or damaged index is one problem.
+    """The index's agreement with the catalog and its fitness to answer every query; a
+    missing or damaged index is one problem, and so is one built by an earlier version.
 
     Every id the index lacks is named only while the rest of it is sound: an index that cannot
     be read, or that lacks every record it should hold, is one line saying so (the archive
@@ -74,7 +75,10 @@ def check_index(store: ArchiveStore, index: SearchEngine) -> tuple[list[Problem]
         damage = index.find_damage()
         if damage:
             return [Problem(None, None, f"the index is damaged: {'; '.join(damage)}; {rebuild}")], 0
+        outdated = index.outdated()
         problems, waiting = check_index_agreement(store, index)
+        if outdated is not None:
+            problems.insert(0, Problem(None, None, f"the index {outdated}; {rebuild}"))
     except IndexMissing as e:
         return [Problem(None, None, f"the index is missing ({e}); {rebuild}")], 0
     except Exception as e:  # whatever reading it raised (Whoosh's own errors included)

@@ -68,6 +68,11 @@ class SearchEngine(Protocol):
         empty when nothing is."""
         ...
 
+    def outdated(self) -> str | None:
+        """Why the index cannot answer every query as this version would (built by an earlier
+        one: `index --rebuild` makes it anew), or None (verify, init)."""
+        ...
+
     def terms_of(self, text: str, *, query: bool = False) -> set[str]:
         """The terms the index makes of a text: as a record's (``query=False``), or as a
         query word's (stems, a phone number's digits) — what a search for it looks up."""

@@ -42,7 +42,13 @@ from whoosh.index import TOC, LockError
 from whoosh.reading import SegmentReader
 from whoosh.util.filelock import try_for
 
-from indexer.errors import BadQuery, IndexerError, IndexMissing, IndexUnavailable
+from indexer.errors import (
+    BadQuery,
+    IndexerError,
+    IndexMissing,
+    IndexOutdated,
+    IndexUnavailable,
+)
 from indexer.search.types import SearchHit, SearchPage, SearchQuery, validate
 from indexer.whoosh.analysis import (
     choose_pair_terms,
@@ -59,7 +65,7 @@ from indexer.whoosh.documents import (
 from indexer.whoosh.errors import is_whoosh_error, translate_errors, translate_iter_errors
 from indexer.whoosh.mapped_files import install as install_mapped_files
 from indexer.whoosh.merging import choose_merges
-from indexer.whoosh.query import compile_query, make_parser
+from indexer.whoosh.query import CompiledQuery, compile_query, make_parser
 from indexer.whoosh.readers import close_replaced, open_searcher, open_without_additions
 from indexer.whoosh.schema import TEXT_FIELDS, build_schema
 from indexer.whoosh.search import order_matches, run_search
@@ -96,6 +102,21 @@ _ADDITIONS_WAIT = 10.0
 log = logging.getLogger(__name__)
 
 install_mapped_files()  # see mapped_files: segment files are read in place, not copied
+
+_PROCESS_FIELDS = ("parent_id", "process_id")
+REBUILD_HINT = "`archivist index --rebuild` rebuilds it from the archive"
+
+
+def _without_processes(readers: Sequence[Any]) -> str | None:
+    """Why shards built before processes cannot answer by process, or None if none is."""
+    missing = sorted({f for r in readers for f in _PROCESS_FIELDS if f not in r.schema})
+    if not missing:
+        return None
+    fields = " and ".join(missing) + (" fields" if len(missing) > 1 else " field")
+    return f"it has no {fields}, so it cannot search by process"
+
+
+EARLIER = "was built by an earlier version"
 
 
 def _segment_id_set(leaf: Any) -> frozenset[bytes]:
@@ -461,9 +482,19 @@ class SearchIndex:
                 del self._recent[next(iter(self._recent))]
             return page
 
+    def _compile(self, query: SearchQuery, readers: Sequence[Any]) -> CompiledQuery:
+        """The query's text compiled; refused if it asks for processes of shards that have
+        none (an index from before them would answer nothing, as if there were none)."""
+        compiled = compile_query(query.q, self._parser, readers)
+        if query.process is not None or any(f in compiled.fields for f in _PROCESS_FIELDS):
+            reason = _without_processes(readers)
+            if reason is not None:
+                raise IndexOutdated(f"the index {EARLIER}: {reason}; {REBUILD_HINT}")
+        return compiled
+
     def _run(self, snap: Snapshot, query: SearchQuery, started: float) -> SearchPage:
         readers = [v.cache.searcher.reader() for v in snap.views]
-        compiled = compile_query(query.q, self._parser, readers)
+        compiled = self._compile(query, readers)
         hit_loader = functools.partial(load_hit, text_source=self.text_source)
         return run_search(
             snap.views, query, compiled, snap.stats, hit_loader, started, self._turns.checkpoint
@@ -573,7 +604,7 @@ class SearchIndex:
         with self._turns.turn():
             snap = self._current_snapshot()
             readers = [v.cache.searcher.reader() for v in snap.views]
-            compiled = compile_query(query.q, self._parser, readers)
+            compiled = self._compile(query, readers)
             ordered = order_matches(snap.views, query, compiled, snap.stats)
         for start in range(0, len(ordered), chunk):
             end = min(start + chunk, len(ordered))
@@ -636,6 +667,21 @@ class SearchIndex:
             for p in sorted(gen.iterdir())
             if pattern.match(p.name) and not windex.exists_in(str(p))
         ]
+
+    @translate_errors
+    def outdated(self) -> str | None:
+        """Why the index falls short of what this version makes (it was built by an earlier
+        one: before processes, or keeping record text in plain text), or None."""
+        self._check_open()
+        with self._turns.turn():
+            snap = self._whole_snapshot()
+            readers = [v.cache.searcher.reader() for v in snap.views]
+            reasons = [_without_processes(readers)]
+            plain = self._load_meta(self._current_gen()).get("stored_text", True)
+            if plain and not self._store_text and any(r.doc_count_all() for r in readers):
+                reasons.append("it keeps record text in plain text in its stored fields")
+        found = [r for r in reasons if r is not None]
+        return f"{EARLIER}: {', and '.join(found)}" if found else None
 
     @translate_errors
     def doc_count(self) -> int:

@@ -34,6 +34,7 @@ class CompiledQuery:
     query: wq.Query | None
     terms: dict[str, set[str]]
     prefixes: list[tuple[str, re.Pattern[str]]]
+    fields: frozenset[str] = frozenset()  # every field the query looks in
 
 
 # ``name:`` right before a value is a field reference, as Whoosh's parser reads it; a name must
@@ -222,12 +223,15 @@ def compile_query(text: str, parser: MultifieldParser, readers: Sequence[Any]) -
     # Counted per field: a typed word is searched in subject and body both, and the limit is
     # on what the user typed (a Chinese run counts each of its two-character pairs).
     nterms: Counter[str | None] = Counter()
+    named: set[str] = set()
     for leaf in _leaves(parsed):
         if getattr(leaf, "error", None):
             raise BadQuery(f"cannot parse query: {leaf.error}")
         if leaf is wq.NullQuery or isinstance(leaf, wq.qcore._NullQuery):
             continue
         fieldname = leaf.field() if hasattr(leaf, "field") else None
+        if fieldname is not None:
+            named.add(fieldname)
         if isinstance(leaf, wq.Every):
             raise BadQuery("a query matching everything: leave q empty instead")
         if fieldname is not None and fieldname not in QUERY_FIELDS:
@@ -251,8 +255,8 @@ def compile_query(text: str, parser: MultifieldParser, readers: Sequence[Any]) -
         raise BadQuery(f"more than {MAX_TERMS} terms")
     if sum(nterms.values()) == 0:
         # e.g. only punctuation or only operators: nothing can match.
-        return CompiledQuery(wq.NullQuery, terms, prefixes)
-    return CompiledQuery(parsed, terms, prefixes)
+        return CompiledQuery(wq.NullQuery, terms, prefixes, frozenset(named))
+    return CompiledQuery(parsed, terms, prefixes, frozenset(named))
 
 
 def _pattern_of(leaf: wq.Query) -> re.Pattern[str]:
