@@ -6,6 +6,7 @@ store's commit point. WAL mode lets readers in other threads and processes carry
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -158,6 +159,8 @@ def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
     else:
         if not path.exists():  # private (customer ids, sealed keys); its WAL alike
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        else:
+            _make_private(path)
         conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA synchronous=FULL")
@@ -169,6 +172,16 @@ def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
     # id and data key must not survive in the file.
     conn.execute("PRAGMA secure_delete=ON")
     return conn
+
+
+def _make_private(path: Path) -> None:
+    """Mode 0600 for a catalog made before it was private (an earlier version made it with
+    the umask's mode), and for its WAL files; another owner's files are left as they are."""
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            private = Path(f"{path}{suffix}")
+            if private.stat().st_mode & 0o077:
+                private.chmod(0o600)
 
 
 def _connect_read_only(path: Path) -> sqlite3.Connection:

@@ -50,6 +50,20 @@ def magics(store_dir: Path) -> list[bytes]:
     return out
 
 
+def test_init_makes_the_databases_of_an_earlier_version_private(config_path: Path) -> None:
+    """An earlier version made its databases with the umask's mode (0644 here)."""
+    assert archivist("init", "--config", str(config_path)).returncode == 0
+    data = config_path.parent / "data"
+    databases = [data / "active.db", data / "archive" / "catalog.db"]
+    for database in databases:
+        database.chmod(0o644)
+
+    assert archivist("init", "--config", str(config_path)).returncode == 0
+
+    for database in databases:
+        assert stat.S_IMODE(database.stat().st_mode) == 0o600, database
+
+
 def test_init_makes_a_private_key_file_and_no_text_reaches_the_archive(
     config_path: Path, tmp_path: Path, make_record: Any
 ) -> None:
