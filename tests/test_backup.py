@@ -234,7 +234,7 @@ def test_recover_is_refused_into_an_installation_with_records_unless_forced(
     cli = _recover_cli(folder, other)
     assert cli.returncode == 1 and "--force" in cli.stderr and cli.stderr.count("\n") == 1
     assert "already holds 0 active records and 5 in its archive (5 archived, 0 restored, " \
-        "0 purged)" in cli.stderr
+        "0 purged, 0 erased)" in cli.stderr
 
     recover_backup(other, folder, utcnow(), force=True)
     with Services.open(other) as target:

@@ -353,7 +353,7 @@ def recover_backup(
     # with its own key: it takes the backup's)
     with Services.open(config, create=True, take_key_if_empty=True) as services:
         counts = services.store.counts()
-        held = counts["archived"] + counts["restored"] + counts["purged"]
+        held = counts["archived"] + counts["restored"] + counts["purged"] + counts["erased"]
         with services.read_sessions.begin() as session:
             active = count_active(session)
         lost = []
@@ -363,7 +363,7 @@ def recover_backup(
             raise InstallationNotEmpty(
                 f"the installation of {config.path} already holds {active} active records and "
                 f"{held} in its archive ({counts['archived']} archived, {counts['restored']} "
-                f"restored, {counts['purged']} purged)"
+                f"restored, {counts['purged']} purged, {counts['erased']} erased)"
                 + (f"; and {describe_lost_crm_rows(lost)}" if lost else "")
                 + ": recover into an empty one, or pass --force to replace them"
                 + (" and lose those rows" if lost else "")

@@ -32,23 +32,29 @@ class VerifyResult:
         """One line for people."""
         lag = []
         if self.waiting_for_index:
+            records = "record waits" if self.waiting_for_index == 1 else "records wait"
             lag.append(
-                f"{self.waiting_for_index} records wait for index catch-up (search does not "
+                f"{self.waiting_for_index} {records} for index catch-up (search does not "
                 "show their latest state yet; `archivist index` or the next job run applies it)"
             )
         if self.unsettled_moves:
+            moves = "move" if self.unsettled_moves == 1 else "moves"
             lag.append(
-                f"{self.unsettled_moves} moves an earlier run left unfinished (the next job "
+                f"{self.unsettled_moves} {moves} an earlier run left unfinished (the next job "
                 "run settles them)"
             )
         waiting = "".join(f"; {item}" for item in lag)
         if not self.problems:
-            return f"ok: {self.records} records checked, no problems{waiting}"
+            return f"ok: {_records(self.records)} checked, no problems{waiting}"
         damaged = len(self.damaged_ids())
-        where = f" in {damaged} records" if damaged else ""
+        where = f" in {_records(damaged)}" if damaged else ""
         count = len(self.problems)
         noun = "problem" if count == 1 else "problems"
-        return f"{count} {noun}{where} ({self.records} records checked){waiting}"
+        return f"{count} {noun}{where} ({_records(self.records)} checked){waiting}"
+
+
+def _records(count: int) -> str:
+    return f"{count} record" if count == 1 else f"{count} records"
 
 
 def verify_all(services: Services) -> VerifyResult:
