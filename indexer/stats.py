@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from archivist.active_db import count_active
+from archivist.active_db import count_active, find_active_ids
 from archivist.crm_rows import count_crm_rows
 from archivist.records import format_utc
 from indexer.jobs.runs import last_run
@@ -15,19 +15,25 @@ def collect_stats(services: Services) -> dict[str, Any]:
     """Counts of active, archived, indexed, restored and purged records, and the last run.
 
     A record whose move is under way (stored, its active row not deleted yet, or left so by a
-    crash until the next run settles it) counts as active only, where it still is: never in
-    both counts.
+    crash until the next run settles it) counts where its row is: as active while the row is
+    still there, else as archived; never in both counts, nor in neither.
     """
     counts = services.store.counts()
     with services.read_sessions.begin() as session:
-        active = (
-            count_active(session) if services.crm is None
-            else count_crm_rows(session, services.crm)
-        )
+        if services.crm is None:
+            active = count_active(session)
+            # a crash after the active delete committed leaves only the mark: archived then
+            moving = [
+                e.record_id for e in services.store.iter_pending()
+                if e.pending == "delete_active" and e.state == "archived"
+            ]
+            still_active = len(find_active_ids(session, moving))
+        else:
+            active, still_active = count_crm_rows(session, services.crm), counts["moving"]
     run = last_run(services, "archive")
     return {
         "active": active,
-        "archived": counts["archived"] - counts["moving"],
+        "archived": counts["archived"] - still_active,
         "indexed": counts["indexed"],
         "restored": counts["restored"],
         "purged": counts["purged"],

@@ -218,8 +218,8 @@ def test_restore_of_a_record_a_killed_archive_left_pending(config_path, make_rec
 
 @pytest.mark.parametrize(("point", "restored", "skipped", "status"), [
     ("restore.after_mark", b"restored 2 (2 processes)", b"", 0),  # rolled back, then restored
-    # completed by the killed run: this one restores nothing, every record is skipped
-    ("restore.after_insert", b"restored 0 (0 processes)", b"already_active", 1),
+    # its insert committed, not its `restored` events: the retry completes it, and says so
+    ("restore.after_insert", b"restored 2 (2 processes)", b"", 0),
 ], ids=["after_mark", "after_insert"])
 def test_a_restore_retried_after_a_killed_one_settles_it_at_once(
     config_path, make_record, point, restored, skipped, status
@@ -241,6 +241,61 @@ def test_a_restore_retried_after_a_killed_one_settles_it_at_once(
             assert set(find_active(session, [f"K{i:04d}" for i in range(20)])) == set(ids)
         assert services.store.counts()["pending"] == 0
         assert services.store.verify() == []
+        in_search = {hit.id for hit in services.index.iter_hits(SearchQuery())}
+        assert in_search == {f"K{i:04d}" for i in range(20)} - set(ids)  # out of search now
+
+
+def test_a_single_restore_retried_after_a_killed_one_completes_it(config_path, make_record):
+    """The one-click restore (the API's, one process) of a record whose restore was killed
+    after its insert committed: it completes that restore and returns the record."""
+    installed(config_path, aged_records(make_record, 5))
+    assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
+    killed = archivist(config_path, "restore", "K0003", "--reason", "first try",
+                       env={"ARCHIVIST_CRASH_AT": "restore.after_insert:1"})
+    assert killed.returncode == -signal.SIGKILL
+
+    with Services.open(load_config(config_path)) as services:
+        record = restore_record(services.sessions, services.store, services.index, "K0003",
+                                "admin", utcnow(), "second try")
+
+        assert record.id == "K0003"
+        assert services.store.info("K0003").state == "restored"
+        assert "K0003" not in {h.id for h in services.index.iter_hits(SearchQuery())}
+
+
+def test_erasing_after_a_killed_restore_settles_it_instead_of_refusing(config_path, make_record):
+    """The killed restore's insert committed; the erasure settles the move (the record is
+    active) and erases its archived version, rather than refusing it as a move in progress."""
+    installed(config_path, aged_records(make_record, 5))
+    assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
+    killed = archivist(config_path, "restore", "K0002", "--reason", "first try",
+                       env={"ARCHIVIST_CRASH_AT": "restore.after_insert:1"})
+    assert killed.returncode == -signal.SIGKILL
+
+    erased = archivist(config_path, "erase", "--record", "K0002", "--reason", "asked")
+
+    assert erased.returncode == 0, erased.stderr
+    assert erased.stdout.startswith(b"erased 1")
+    with Services.open(load_config(config_path)) as services:
+        assert services.store.info("K0002").state == "erased"
+        assert services.store.counts()["pending"] == 0
+        with services.sessions.begin() as session:
+            assert set(find_active(session, ["K0002"])) == {"K0002"}  # the CRM's to erase
+
+
+@pytest.mark.parametrize("point", ["archive.after_store", "archive.after_commit"])
+def test_stats_after_a_killed_archive_count_each_record_once(config_path, make_record, point):
+    """Killed before its active delete, the batch's records count as active; killed after it
+    committed, as archived (only the mark is left): each in one count, never in neither."""
+    installed(config_path, aged_records(make_record, 30))
+    killed = archivist(config_path, "archive", "--as-of", AS_OF,
+                       env={"ARCHIVIST_CRASH_AT": f"{point}:1"})
+    assert killed.returncode == -signal.SIGKILL
+
+    stats = json.loads(archivist(config_path, "stats").stdout)
+
+    assert stats["active"] + stats["archived"] == 30
+    assert stats["archived"] == (30 if point == "archive.after_commit" else 0)
 
 
 def test_worker_start_settles_a_killed_archive(config_path, make_record, tmp_path):

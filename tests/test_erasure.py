@@ -349,11 +349,15 @@ def test_an_erasure_refused_for_a_move_under_way_is_not_finished_later(
     services: Services, erasable: Any
 ) -> None:
     from archive_store import RestoreInProgress
-    from indexer.jobs.erasure import finish_interrupted_erasures, load_ledger
+    from indexer.jobs.erasure import _erase, _plan, finish_interrupted_erasures, load_ledger
 
-    services.store.begin_restore("E-000")  # a restore under way
+    # A restore that begins once the erasure has planned (a mark found while planning is
+    # settled first, waiting for a move under way to end): the store refuses the erasure.
+    plan = _plan(services, "C-ERASE", None)
+    services.store.begin_restore("E-000")
     with pytest.raises(RestoreInProgress):
-        erase_records(services, customer_id="C-ERASE", actor="admin", at=NOW)
+        _erase(services, plan, "C-ERASE", None, "admin", NOW,
+               ledger_path(services.config.key_file))
     services.store.abort_restore("E-000")
 
     assert finish_interrupted_erasures(services, NOW) == 0

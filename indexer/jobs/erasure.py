@@ -53,6 +53,7 @@ from archivist.ledgers import append_entry, read_entries
 from archivist.processes import find_processes, is_held
 from indexer.errors import IndexerError
 from indexer.jobs.erasure_audit import NamingWords, entries_naming
+from indexer.jobs.reconcile import reconcile_pending
 from indexer.processes import ArchivistSource
 from indexer.services import Services
 
@@ -127,6 +128,10 @@ def erase_records(
     with _erasing(ledger_path(services.config.key_file)) as path:
         _finish_interrupted(services, path, at)  # first: it may erase some of these
         plan = _plan(services, customer_id, record_id)
+        if any(entry.pending is not None for entry in plan.entries.values()):
+            # a move a crash left unfinished (or one under way, which settling waits for)
+            reconcile_pending(services.sessions, services.store, at)
+            plan = _plan(services, customer_id, record_id)
         return _erase(services, plan, customer_id, record_id, actor, at, path)
 
 

@@ -6,6 +6,7 @@ active database reached decides how the move ends, so a record is never in both 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,17 +20,33 @@ from indexer.processes import ArchivistSource
 ACTOR = "reconcile"
 
 
+@dataclass(frozen=True)
+class Settlement:
+    """What settling pending moves did."""
+
+    moves: int  # records whose pending mark it settled
+    restored: list[str]  # the records whose interrupted restore it completed
+
+
 def reconcile_pending(sessions: sessionmaker[Session], store: ArchiveStore, now: datetime) -> int:
     """Settle every pending move; returns how many records it settled."""
+    return settle_pending(sessions, store, now).moves
+
+
+def settle_pending(
+    sessions: sessionmaker[Session], store: ArchiveStore, now: datetime
+) -> Settlement:
+    """Settle every pending move, saying which interrupted restores it completed."""
     with store.settling():  # moves under way finish first, and no new one begins
         return _settle(sessions, store, now)
 
 
-def _settle(sessions: sessionmaker[Session], store: ArchiveStore, now: datetime) -> int:
+def _settle(sessions: sessionmaker[Session], store: ArchiveStore, now: datetime) -> Settlement:
     pending = list(store.iter_pending())
     if not pending:
-        return 0
+        return Settlement(0, [])
     settled_delete: list[str] = []
+    restored: list[str] = []
     with sessions.begin() as session:
         active = find_active(session, [entry.record_id for entry in pending])
         archived_of = {e.record_id: record_from_json(store.get(e.record_id)) for e in pending}
@@ -60,7 +77,8 @@ def _settle(sessions: sessionmaker[Session], store: ArchiveStore, now: datetime)
             elif entry.pending == "insert_active":
                 if current == archived:  # the restore reached the active database
                     store.complete_restore(entry.record_id, now, ACTOR)
+                    restored.append(entry.record_id)
                 else:
                     store.abort_restore(entry.record_id)
     store.clear_pending(settled_delete)
-    return len(pending)
+    return Settlement(len(pending), restored)

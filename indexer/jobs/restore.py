@@ -28,7 +28,7 @@ from archivist.records import Record, record_from_json
 from indexer.errors import AlreadyActive, TooMany
 from indexer.jobs.collector import collector_paused
 from indexer.jobs.indexing import drop_restored
-from indexer.jobs.reconcile import reconcile_pending
+from indexer.jobs.reconcile import reconcile_pending, settle_pending
 from indexer.processes import ArchivistSource, process_of
 from indexer.search import SearchEngine
 
@@ -107,8 +107,38 @@ def restore_process(
     except RestoreInProgress:
         # The mark may be a crashed run's leftover rather than a move under way: settle
         # (which waits for moves under way to end), then try once more.
-        reconcile_pending(sessions, store, now)
+        completed = _settle(sessions, store, index, now)
+        finished, _ = _asked_of(sessions, store, completed, [record_id])
+        if finished:  # an interrupted restore of this process: this one completed it
+            return [record_from_json(store.get(i)) for i in finished]
         return _restore_process(sessions, store, index, record_id, actor, now, reason)
+
+
+def _settle(
+    sessions: sessionmaker[Session], store: ArchiveStore, index: SearchEngine | None,
+    now: datetime,
+) -> list[str]:
+    """Settle pending moves, taking the records whose interrupted restore this completed out
+    of search now (not at the next catch-up); returns their ids."""
+    completed = settle_pending(sessions, store, now).restored
+    if index is not None and completed:
+        drop_restored(store, index, list(store.get_many(completed).values()))
+    return completed
+
+
+def _asked_of(
+    sessions: sessionmaker[Session], store: ArchiveStore, completed: list[str], asked: list[str]
+) -> tuple[list[str], int]:
+    """Those of the completed restores that belong to the processes of the ids asked for,
+    and how many processes they make."""
+    done = set(completed)
+    hit = [i for i in asked if i in done]
+    if not hit:
+        return [], 0
+    with sessions.begin() as session:
+        processes = find_processes(ArchivistSource(session, store), hit)
+    members = {i for process in processes for i in process.ids}
+    return [i for i in completed if i in members], len(processes)
 
 
 def _restore_process(
@@ -179,9 +209,15 @@ def restore_many(
     groups, skipped = _plan_groups(sessions, store, ids)
     if not dry_run and any(s.code == RestoreInProgress.code for s in skipped):
         # A mark may be a crashed run's leftover rather than a move under way: settle (which
-        # waits for moves under way to end) and plan again, as a single restore does.
-        reconcile_pending(sessions, store, now)
+        # waits for moves under way to end) and plan again, as a single restore does. An
+        # interrupted restore of the processes asked for is completed: restored by this one.
+        completed = _settle(sessions, store, index, now)
         groups, skipped = _plan_groups(sessions, store, ids)
+        finished, processes = _asked_of(sessions, store, completed, ids)
+        report.restored.extend(finished)
+        report.processes += processes
+        done = set(finished)
+        skipped = [s for s in skipped if s.id not in done]
     report.skipped.extend(skipped)
     planned = sum(len(group) for group in groups)
     if dry_run:
