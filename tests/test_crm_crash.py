@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, text
 from archivist.active_db import utcnow
 from archivist.config import load_config
 from indexer.jobs.crm_restore import restore_crm_process
+from indexer.search import SearchQuery
 from indexer.services import Services
 from tests.pg import find_pg_bin, run_postgres
 from tests.test_crash_safety import kill_after_it_starts
@@ -182,5 +183,40 @@ def test_crm_restores_retried_after_killed_ones_settle_them_at_once(crm_config):
         restored = restore_crm_process(services.sessions, services.store, services.index,
                                        services.crm, "case:1", "admin", utcnow(), "again")
     assert {"case:1", "note:1"} <= set(restored)
+    left = check_one_place(config_path, url, original)
+    assert {"case:1", "note:1", "case:3", "note:3"} <= set(left)
+
+
+def test_crm_restores_retried_after_ones_killed_once_committed_complete_them(crm_config):
+    """Killed after the rows went back into the CRM's tables but before their `restored`
+    events: the retry (in bulk, as the CLI; one process, as the API) completes that restore,
+    counts it as its own and takes the records out of search at once."""
+    config_path, url = crm_config
+    original = rows(url)
+    assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
+    env = {"ARCHIVIST_CRASH_AT": "restore.after_commit:1"}
+
+    def killed_restore(case: int) -> None:
+        killed = archivist(config_path, "restore", f"case:{case}", "--reason", "first", env=env)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        assert f"case:{case}" in rows(url)  # committed
+
+    def in_search(services: Services, case: int) -> set[str]:
+        query = SearchQuery(process=f"case:{case}")
+        return {hit.id for hit in services.index.iter_hits(query)}
+
+    killed_restore(3)
+    retried = archivist(config_path, "restore", "case:3", "--reason", "again")
+    assert retried.returncode == 0, retried.stderr
+    assert retried.stdout.startswith(b"restored 3 (1 processes)")
+    assert b"skipped" not in retried.stderr and b"error" not in retried.stderr
+
+    killed_restore(1)
+    with Services.open(load_config(config_path)) as services:
+        restored = restore_crm_process(services.sessions, services.store, services.index,
+                                       services.crm, "case:1", "admin", utcnow(), "again")
+        assert {"case:1", "note:1"} <= set(restored)
+        assert in_search(services, 1) == set() and in_search(services, 3) == set()
+        assert services.store.info("case:3").state == "restored"
     left = check_one_place(config_path, url, original)
     assert {"case:1", "note:1", "case:3", "note:3"} <= set(left)

@@ -44,6 +44,7 @@ from archivist.records import parse_record, parse_utc
 from archivist.retention import RetentionRules, archive_cutoff
 from indexer.jobs.archiver import KEPT_ACTIVE
 from indexer.jobs.collector import collector_paused
+from indexer.jobs.reconcile import Settlement
 
 log = logging.getLogger(__name__)
 ACTOR = "archiver"
@@ -811,7 +812,7 @@ def reconcile_crm_pending(
     crm: CrmTables,
     now: datetime,
     refs: Sequence[ForeignKeyRef] = (),
-) -> int:
+) -> Settlement:
     """Settle every move a crash interrupted, by what the CRM's tables hold now: a record is
     never both archived and in its table, nor in neither.
 
@@ -820,7 +821,8 @@ def reconcile_crm_pending(
     with store.settling():
         pending = list(store.iter_pending())
         if not pending:
-            return 0
+            return Settlement(0, [])
+        restored: list[str] = []
         archived = {entry.record_id: store.get(entry.record_id) for entry in pending}
         wanted: dict[str, list[Any]] = defaultdict(list)
         for record_id in archived:
@@ -845,6 +847,7 @@ def reconcile_crm_pending(
             elif entry.pending == "insert_active":
                 if row is not None and row.record == record:
                     store.complete_restore(entry.record_id, now, RECONCILE_ACTOR)
+                    restored.append(entry.record_id)
                 else:
                     store.abort_restore(entry.record_id)
         if to_delete:
@@ -853,7 +856,7 @@ def reconcile_crm_pending(
             for record_id in outcome.kept:  # changed, blocked or refused: it stays active
                 store.complete_restore(record_id, now, RECONCILE_ACTOR)
         store.clear_pending(cleared)
-        return len(pending)
+        return Settlement(len(pending), restored)
 
 
 def _item(record: dict[str, Any]) -> ArchiveItem:

@@ -43,6 +43,7 @@ from indexer.jobs.crm_archiver import (
     reconcile_crm_pending,
 )
 from indexer.jobs.indexing import drop_restored
+from indexer.jobs.reconcile import restores_asked_for
 from indexer.jobs.restore import BulkRestoreReport, Skipped
 from indexer.search import SearchEngine
 from indexer.services import Services
@@ -87,8 +88,23 @@ def restore_crm_process(
     except RestoreInProgress:
         # The mark may be a crashed run's leftover rather than a move under way: settle
         # (which waits for moves under way to end), then try once more.
-        reconcile_crm_pending(sessions, store, crm, now)
+        completed = _settle(sessions, store, index, crm, now)
+        finished = restores_asked_for(store, completed, [record_id])
+        if finished:  # an interrupted restore of this process: this one completed it
+            return finished[0]
         return _restore_crm_process(sessions, store, index, crm, record_id, actor, now, reason)
+
+
+def _settle(
+    sessions: sessionmaker[Session], store: ArchiveStore, index: SearchEngine | None,
+    crm: CrmTables, now: datetime,
+) -> list[str]:
+    """Settle pending moves, taking the records whose interrupted restore this completed out
+    of search now (not at the next catch-up); returns their ids."""
+    completed = reconcile_crm_pending(sessions, store, crm, now).restored
+    if index is not None and completed:
+        drop_restored(store, index, list(store.get_many(completed).values()))
+    return completed
 
 
 def _restore_crm_process(
@@ -168,16 +184,24 @@ def restore_crm_many(
         )
     report = BulkRestoreReport(matched=len(ids), dry_run=dry_run)
     entries = store.entries(ids)
+    finished: set[str] = set()
     if not dry_run and any(e.pending is not None for e in entries.values()):
         # A mark may be a crashed run's leftover rather than a move under way: settle (which
-        # waits for moves under way to end) before planning, as a single restore does.
-        reconcile_crm_pending(sessions, store, crm, now)
+        # waits for moves under way to end) before planning, as a single restore does. An
+        # interrupted restore of the processes asked for is completed: restored by this one.
+        completed = _settle(sessions, store, index, crm, now)
+        for group in restores_asked_for(store, completed, ids):
+            report.restored.extend(group)
+            report.processes += 1
+            finished.update(group)
         entries = store.entries(ids)
     groups: dict[str, list[str]] = {}
     asked: dict[str, list[str]] = {}  # the requested ids of each group, by its first one
     group_of: dict[str, str] = {}  # each planned member's group
     with sessions.begin() as session:
         for record_id in ids:
+            if record_id in finished:
+                continue
             entry = entries.get(record_id)
             code = (
                 "not_found" if entry is None

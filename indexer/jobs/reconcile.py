@@ -6,6 +6,7 @@ active database reached decides how the move ends, so a record is never in both 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -26,6 +27,35 @@ class Settlement:
 
     moves: int  # records whose pending mark it settled
     restored: list[str]  # the records whose interrupted restore it completed
+
+
+def restores_asked_for(
+    store: ArchiveStore, completed: list[str], asked: Iterable[str]
+) -> list[list[str]]:
+    """The interrupted restores a settling completed that the ids asked for belong to, one
+    group per process (a restore brings a process back whole: its records are joined by
+    their parent links).
+
+    :param completed: the ids whose restore the settling completed (`Settlement.restored`)
+    :param asked: the ids a restore was asked for
+    """
+    done = set(completed)
+    wanted = done.intersection(asked)
+    if not wanted:
+        return []
+    parents = {i: e.parent_id for i, e in store.entries(completed).items()}
+
+    def root(record_id: str) -> str:
+        seen = {record_id}
+        while (parent := parents.get(record_id)) in done and parent not in seen:
+            seen.add(parent)
+            record_id = parent
+        return record_id
+
+    groups: dict[str, list[str]] = {}
+    for record_id in completed:
+        groups.setdefault(root(record_id), []).append(record_id)
+    return [group for group in groups.values() if wanted.intersection(group)]
 
 
 def reconcile_pending(sessions: sessionmaker[Session], store: ArchiveStore, now: datetime) -> int:

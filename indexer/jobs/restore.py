@@ -28,7 +28,7 @@ from archivist.records import Record, record_from_json
 from indexer.errors import AlreadyActive, TooMany
 from indexer.jobs.collector import collector_paused
 from indexer.jobs.indexing import drop_restored
-from indexer.jobs.reconcile import reconcile_pending, settle_pending
+from indexer.jobs.reconcile import reconcile_pending, restores_asked_for, settle_pending
 from indexer.processes import ArchivistSource, process_of
 from indexer.search import SearchEngine
 
@@ -108,9 +108,9 @@ def restore_process(
         # The mark may be a crashed run's leftover rather than a move under way: settle
         # (which waits for moves under way to end), then try once more.
         completed = _settle(sessions, store, index, now)
-        finished, _ = _asked_of(sessions, store, completed, [record_id])
+        finished = restores_asked_for(store, completed, [record_id])
         if finished:  # an interrupted restore of this process: this one completed it
-            return [record_from_json(store.get(i)) for i in finished]
+            return [record_from_json(store.get(i)) for i in finished[0]]
         return _restore_process(sessions, store, index, record_id, actor, now, reason)
 
 
@@ -124,21 +124,6 @@ def _settle(
     if index is not None and completed:
         drop_restored(store, index, list(store.get_many(completed).values()))
     return completed
-
-
-def _asked_of(
-    sessions: sessionmaker[Session], store: ArchiveStore, completed: list[str], asked: list[str]
-) -> tuple[list[str], int]:
-    """Those of the completed restores that belong to the processes of the ids asked for,
-    and how many processes they make."""
-    done = set(completed)
-    hit = [i for i in asked if i in done]
-    if not hit:
-        return [], 0
-    with sessions.begin() as session:
-        processes = find_processes(ArchivistSource(session, store), hit)
-    members = {i for process in processes for i in process.ids}
-    return [i for i in completed if i in members], len(processes)
 
 
 def _restore_process(
@@ -213,10 +198,10 @@ def restore_many(
         # interrupted restore of the processes asked for is completed: restored by this one.
         completed = _settle(sessions, store, index, now)
         groups, skipped = _plan_groups(sessions, store, ids)
-        finished, processes = _asked_of(sessions, store, completed, ids)
-        report.restored.extend(finished)
-        report.processes += processes
-        done = set(finished)
+        finished = restores_asked_for(store, completed, ids)
+        report.restored.extend(i for group in finished for i in group)
+        report.processes += len(finished)
+        done = set(report.restored)
         skipped = [s for s in skipped if s.id not in done]
     report.skipped.extend(skipped)
     planned = sum(len(group) for group in groups)
