@@ -157,57 +157,31 @@ def test_crm_sigkill_during_archive_and_restore_loses_and_doubles_nothing(crm_co
         assert {f"case:{case}", f"note:{case}"} <= set(left)
 
 
-def test_crm_restores_retried_after_killed_ones_settle_them_at_once(crm_config):
-    """A restore killed before its insert committed leaves its records marked `pending`; a
-    retry, one process (as the API's one-click restore) or in bulk (as the CLI), settles that
-    leftover itself instead of refusing them as `restore_in_progress` until the next archive
-    run."""
+@pytest.mark.parametrize("point", ["restore.after_insert", "restore.after_commit"])
+def test_crm_restores_retried_after_killed_ones_settle_them_at_once(crm_config, point):
+    """A killed restore leaves its records marked `pending`; a retry, one process (as the
+    API's one-click restore) or in bulk (as the CLI), settles that leftover itself instead of
+    refusing them as `restore_in_progress` until the next archive run. Killed before its rows
+    went back into the CRM's tables, the retry restores them; killed after, before their
+    `restored` events, it completes that restore and counts it as its own. Either way the
+    records leave search at once."""
     config_path, url = crm_config
     original = rows(url)
     assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
-    env = {"ARCHIVIST_CRASH_AT": "restore.after_insert:1"}
+    env = {"ARCHIVIST_CRASH_AT": f"{point}:1"}
 
     def killed_restore(case: int) -> None:
         killed = archivist(config_path, "restore", f"case:{case}", "--reason", "first", env=env)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
-        assert f"case:{case}" not in rows(url)
-
-    killed_restore(3)
-    retried = archivist(config_path, "restore", "case:3", "--reason", "again")
-    assert retried.returncode == 0, retried.stderr
-    assert b"restore_in_progress" not in retried.stderr
-    assert retried.stdout.startswith(b"restored 3 ")  # the case, its message and its note
-
-    killed_restore(1)
-    with Services.open(load_config(config_path)) as services:
-        restored = restore_crm_process(services.sessions, services.store, services.index,
-                                       services.crm, "case:1", "admin", utcnow(), "again")
-    assert {"case:1", "note:1"} <= set(restored)
-    left = check_one_place(config_path, url, original)
-    assert {"case:1", "note:1", "case:3", "note:3"} <= set(left)
-
-
-def test_crm_restores_retried_after_ones_killed_once_committed_complete_them(crm_config):
-    """Killed after the rows went back into the CRM's tables but before their `restored`
-    events: the retry (in bulk, as the CLI; one process, as the API) completes that restore,
-    counts it as its own and takes the records out of search at once."""
-    config_path, url = crm_config
-    original = rows(url)
-    assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
-    env = {"ARCHIVIST_CRASH_AT": "restore.after_commit:1"}
-
-    def killed_restore(case: int) -> None:
-        killed = archivist(config_path, "restore", f"case:{case}", "--reason", "first", env=env)
-        assert killed.returncode == -signal.SIGKILL, killed.stderr
-        assert f"case:{case}" in rows(url)  # committed
+        assert (f"case:{case}" in rows(url)) == (point == "restore.after_commit")
 
     def in_search(services: Services, case: int) -> set[str]:
-        query = SearchQuery(process=f"case:{case}")
-        return {hit.id for hit in services.index.iter_hits(query)}
+        return {hit.id for hit in services.index.iter_hits(SearchQuery(process=f"case:{case}"))}
 
     killed_restore(3)
     retried = archivist(config_path, "restore", "case:3", "--reason", "again")
     assert retried.returncode == 0, retried.stderr
+    # the case, its message and its note
     assert retried.stdout.startswith(b"restored 3 (1 processes)")
     assert b"skipped" not in retried.stderr and b"error" not in retried.stderr
 
