@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from indexer.errors import BadQuery
-from indexer.search import SearchQuery
+from indexer.search import SearchPage, SearchQuery
 from indexer.whoosh.index import SearchIndex
 from indexer.whoosh.query import QUERY_FIELDS
 
@@ -93,6 +93,16 @@ def _ids(index: SearchIndex, **query: Any) -> set[str]:
     return {hit.id for hit in index.search(SearchQuery(per_page=100, **query)).hits}
 
 
+def _search_fresh(tmp_path: Path, records: list[dict[str, Any]], q: str) -> SearchPage:
+    """One query over a fresh index of these records."""
+    index = SearchIndex.open(tmp_path / "index")
+    try:
+        index.add([(record, AT) for record in records])
+        return index.search(SearchQuery(q=q, per_page=100))
+    finally:
+        index.close()
+
+
 @pytest.mark.parametrize("q", REFUSED)
 def test_query_refuses_unknown_fields_ranges_and_dangling_operators(
     index: SearchIndex, q: str
@@ -162,18 +172,14 @@ POSSESSIVES = {
 def test_a_possessive_finds_the_word_it_is_formed_from(
     tmp_path: Path, make_record: Callable[..., dict[str, Any]], q: str, expected: set[str]
 ) -> None:
-    index = SearchIndex.open(tmp_path / "index")
-    try:
-        index.add([
-            (make_record(id="S-1", subject="A", body="the customer's complaint"), AT),
-            (make_record(id="S-2", subject="B", body="a note for the client"), AT),
-            (make_record(id="S-3", subject="C", body="the clients' INV-7's total"), AT),
-            (make_record(id="S-4", subject="D", body="it is the customer complaint"), AT),
-            (make_record(id="S-5", subject="E", body="see INV-7 today"), AT),
-        ])
-        assert _ids(index, q=q) == expected
-    finally:
-        index.close()
+    page = _search_fresh(tmp_path, [
+        make_record(id="S-1", subject="A", body="the customer's complaint"),
+        make_record(id="S-2", subject="B", body="a note for the client"),
+        make_record(id="S-3", subject="C", body="the clients' INV-7's total"),
+        make_record(id="S-4", subject="D", body="it is the customer complaint"),
+        make_record(id="S-5", subject="E", body="see INV-7 today"),
+    ], q)
+    assert {hit.id for hit in page.hits} == expected
 
 
 def test_the_term_limit_counts_what_was_typed_not_once_per_field_searched(
@@ -208,24 +214,19 @@ FULL_WIDTH = {
 def test_full_width_letters_and_digits_are_their_ascii_selves(
     tmp_path: Path, make_record: Callable[..., dict[str, Any]], q: str, expected: set[str]
 ) -> None:
-    index = SearchIndex.open(tmp_path / "index")
-    try:
-        index.add([
-            (make_record(id="F-1", subject="退款", body=(
-                "订单ＩＮＶ－２０２３－００４５１２，"
-                "邮箱ｌｉ．ｗｅｉ＠ｅｘａｍｐｌｅ．ｃｏｍ"
-                "　ＡＢＣ１２３"
-            )), AT),
-            (make_record(id="F-2", subject="Refunded",
-                         body="Invoice INV-2023-004512 for li.wei@example.com, code abc123"), AT),
-        ])
-        page = index.search(SearchQuery(q=q, per_page=100))
-        assert {hit.id for hit in page.hits} == expected
-        if "F-1" in expected and q.startswith(("INV", "ＩＮＶ")):
-            snippet = next(h.snippet for h in page.hits if h.id == "F-1")
-            assert "<mark>ＩＮＶ－２０２３－００４５１２</mark>" in snippet
-    finally:
-        index.close()
+    page = _search_fresh(tmp_path, [
+        make_record(id="F-1", subject="退款", body=(
+            "订单ＩＮＶ－２０２３－００４５１２，"
+            "邮箱ｌｉ．ｗｅｉ＠ｅｘａｍｐｌｅ．ｃｏｍ"
+            "　ＡＢＣ１２３"
+        )),
+        make_record(id="F-2", subject="Refunded",
+                    body="Invoice INV-2023-004512 for li.wei@example.com, code abc123"),
+    ], q)
+    assert {hit.id for hit in page.hits} == expected
+    if "F-1" in expected and q.startswith(("INV", "ＩＮＶ")):
+        snippet = next(h.snippet for h in page.hits if h.id == "F-1")
+        assert "<mark>ＩＮＶ－２０２３－００４５１２</mark>" in snippet
 
 
 COMPOSED = "Café Müller, Nguyễn, 한국"  # one character for each accented letter
@@ -248,22 +249,17 @@ ACCENTS = {
 def test_an_accent_typed_as_its_own_character_finds_the_same_records(
     tmp_path: Path, make_record: Callable[..., dict[str, Any]], q: str, expected: set[str]
 ) -> None:
-    index = SearchIndex.open(tmp_path / "index")
-    try:
-        index.add([
-            (make_record(id="A-1", subject="Visit", body=f"Met at {COMPOSED} today"), AT),
-            (make_record(id="A-2", subject="Visit", body=f"Met at {DECOMPOSED} today"), AT),
-            (make_record(id="A-3", subject="Visit", body="Met at the cafe today"), AT),
-        ])
-        page = index.search(SearchQuery(q=q, per_page=100))
-        assert {hit.id for hit in page.hits} == expected
-        if q.startswith("cafe\u0301") and not q.endswith("*"):
-            # the mark covers the word as each record spells it
-            snippets = {h.id: h.snippet for h in page.hits}
-            assert "<mark>Café</mark>" in snippets["A-1"]
-            assert "<mark>Cafe\u0301</mark>" in snippets["A-2"]
-    finally:
-        index.close()
+    page = _search_fresh(tmp_path, [
+        make_record(id="A-1", subject="Visit", body=f"Met at {COMPOSED} today"),
+        make_record(id="A-2", subject="Visit", body=f"Met at {DECOMPOSED} today"),
+        make_record(id="A-3", subject="Visit", body="Met at the cafe today"),
+    ], q)
+    assert {hit.id for hit in page.hits} == expected
+    if q.startswith("cafe\u0301") and not q.endswith("*"):
+        # the mark covers the word as each record spells it
+        snippets = {h.id: h.snippet for h in page.hits}
+        assert "<mark>Café</mark>" in snippets["A-1"]
+        assert "<mark>Cafe\u0301</mark>" in snippets["A-2"]
 
 
 @pytest.mark.parametrize("q", PHONES)
@@ -291,23 +287,18 @@ BRACKETED = {
 def test_a_number_with_its_area_code_in_brackets_is_found_by_its_digits(
     tmp_path: Path, make_record: Callable[..., dict[str, Any]], q: str, expected: set[str]
 ) -> None:
-    index = SearchIndex.open(tmp_path / "index")
-    try:
-        index.add([
-            (make_record(id="U-1", body="refund, call (555) 123-4567 after 5pm"), AT),
-            (make_record(id="U-2", body="call 555-123-4567"), AT),
-            (make_record(id="U-3", body="call 5551234567"), AT),
-            (make_record(id="U-4", body="call +1 (555)123-4567"), AT),
-            (make_record(id="U-5", body="致电(010) 8888 6666"), AT),
-            (make_record(id="U-6", body="see (2023) report, items (1) 22 33"), AT),
-        ])
-        page = index.search(SearchQuery(q=q, per_page=100))
-        assert {hit.id for hit in page.hits} == expected
-        if q == "5551234567":
-            snippet = next(h.snippet for h in page.hits if h.id == "U-1")
-            assert "<mark>(555) 123-4567</mark>" in snippet
-    finally:
-        index.close()
+    page = _search_fresh(tmp_path, [
+        make_record(id="U-1", body="refund, call (555) 123-4567 after 5pm"),
+        make_record(id="U-2", body="call 555-123-4567"),
+        make_record(id="U-3", body="call 5551234567"),
+        make_record(id="U-4", body="call +1 (555)123-4567"),
+        make_record(id="U-5", body="致电(010) 8888 6666"),
+        make_record(id="U-6", body="see (2023) report, items (1) 22 33"),
+    ], q)
+    assert {hit.id for hit in page.hits} == expected
+    if q == "5551234567":
+        snippet = next(h.snippet for h in page.hits if h.id == "U-1")
+        assert "<mark>(555) 123-4567</mark>" in snippet
 
 
 def test_category_and_kind_filters_ignore_case(index: SearchIndex) -> None:
