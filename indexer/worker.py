@@ -71,7 +71,8 @@ class Worker:
         self._leased(
             "index",
             lambda keep: settle_leftovers(
-                services.sessions, services.store, services.index, utcnow(), should_stop=keep
+                services.sessions, services.store, services.index, utcnow(),
+                crm=services.crm, refs=services.crm_refs, should_stop=keep,
             ),
         )
 

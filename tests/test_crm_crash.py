@@ -194,3 +194,23 @@ def test_crm_restores_retried_after_killed_ones_settle_them_at_once(crm_config, 
         assert services.store.info("case:3").state == "restored"
     left = check_one_place(config_path, url, original)
     assert {"case:1", "note:1", "case:3", "note:3"} <= set(left)
+
+
+@pytest.mark.parametrize("point", ["archive.after_store", "restore.after_commit"])
+def test_crm_dispose_after_a_killed_move_settles_it_by_the_crm_tables(crm_config, point):
+    """Disposal (and the worker at start) settles what a killed move left before anything
+    else, by the rows in the CRM's own tables, not by Archivist's own table (empty then)."""
+    config_path, url = crm_config
+    original = rows(url)
+    env = {"ARCHIVIST_CRASH_AT": f"{point}:1"}
+    if point.startswith("archive"):
+        killed = archivist(config_path, "archive", "--as-of", AS_OF, env=env)
+    else:
+        assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
+        killed = archivist(config_path, "restore", "case:3", "--reason", "first", env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+    disposed = archivist(config_path, "dispose", "--as-of", AS_OF)
+
+    assert disposed.returncode == 0, disposed.stderr
+    check_one_place(config_path, url, original)

@@ -53,7 +53,7 @@ from archivist.ledgers import append_entry, read_entries
 from archivist.processes import find_processes, is_held
 from indexer.errors import IndexerError
 from indexer.jobs.erasure_audit import NamingWords, entries_naming
-from indexer.jobs.reconcile import reconcile_pending
+from indexer.jobs.settling import reconcile_moves
 from indexer.processes import ArchivistSource
 from indexer.services import Services
 
@@ -130,7 +130,9 @@ def erase_records(
         plan = _plan(services, customer_id, record_id)
         if any(entry.pending is not None for entry in plan.entries.values()):
             # a move a crash left unfinished (or one under way, which settling waits for)
-            reconcile_pending(services.sessions, services.store, at)
+            reconcile_moves(
+                services.sessions, services.store, at, services.crm, services.crm_refs
+            )
             plan = _plan(services, customer_id, record_id)
         return _erase(services, plan, customer_id, record_id, actor, at, path)
 

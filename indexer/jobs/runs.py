@@ -161,7 +161,10 @@ def run_dispose_job(
         with _recorded(services, "dispose") as progress:
             run = progress.run
             create_schema(services.engine)  # the disposal list, in installations from before it
-            settle_leftovers(services.sessions, services.store, services.index, utcnow())
+            settle_leftovers(
+                services.sessions, services.store, services.index, utcnow(),
+                crm=services.crm, refs=services.crm_refs,
+            )
 
             start = services.store.last_seq()
 
