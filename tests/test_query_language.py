@@ -280,6 +280,10 @@ BRACKETED = {
     "01088886666": {"U-5"},
     "8888 6666": {"U-5"},
     "refund (555) 123-4567": {"U-1"},
+    "01088886666 OR 5551234568": {"U-5", "U-7"},  # a local number written in one piece
+    '"500 000 items"': {"U-6"},  # a number in brackets before it is no area code
+    "0123456789": {"U-6"},
+    "(2023) 1234": {"U-6"},
 }
 
 
@@ -293,7 +297,9 @@ def test_a_number_with_its_area_code_in_brackets_is_found_by_its_digits(
         make_record(id="U-3", body="call 5551234567"),
         make_record(id="U-4", body="call +1 (555)123-4567"),
         make_record(id="U-5", body="致电(010) 8888 6666"),
-        make_record(id="U-6", body="see (2023) report, items (1) 22 33"),
+        make_record(id="U-6", body="see (2023) 1234 report, (12) 500 000 items, "
+                    "call (1) 01 23 45 67 89"),
+        make_record(id="U-7", body="call (555) 1234568"),
     ], q)
     assert {hit.id for hit in page.hits} == expected
     if q == "5551234567":

@@ -119,7 +119,8 @@ def test_a_match_far_into_a_long_body_is_marked_in_its_snippet(
     q: str,
     marked: str,
 ) -> None:
-    filler = "with the usual words " * 40_000  # 840,000 characters before the match
+    # 840,000 characters before the match, after an accent typed as its own character
+    filler = "Cafe\u0301 visit, " + "with the usual words " * 40_000
     archived(make_record(id="LONG-1", body=filler + "we refunded 退款 INV-7 zebraquokka. The end"))
     hit = client.get(f"/api/v1/search?q={q}", headers=agent_headers).get_json()["hits"][0]
     assert hit["id"] == "LONG-1"

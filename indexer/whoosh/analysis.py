@@ -50,8 +50,11 @@ _WORD = rf"[^\W_{_CJK}]+"
 # over ":" or "/" into an e-mail address (`Email:li.wei@example.com`), and a phone number may
 # follow a Chinese character (`致电+86 138 0013 8000`).
 _EMAIL_AHEAD = r"(?![A-Za-z0-9._%+-]*[A-Za-z0-9]@[A-Za-z0-9-]+\.)"
-# An area code in brackets (`(555) 123-4567`, `+1 (555) 123-4567`, `(010) 8888 6666`)
-_BRACKETED = r"(?:\+\d{1,4} ?)?\(\d{1,5}\) ?\d{2,5}(?:[ -]\d{2,5}){0,3}"
+# An area code in brackets (`(555) 123-4567`, `+1 (555) 123-4567`, `(010) 8888 6666`,
+# `(010) 88886666`): two to five digits, then a local number as one is written (three or four
+# digits and four more, or seven or eight together), so that `(1) 22 33` (a list) or
+# `(2023) 1234` is not read as a number.
+_BRACKETED = r"(?:\+\d{1,4} ?)?\(\d{2,5}\) ?(?:\d{3,4}[ -]\d{4}|\d{7,8})(?!\d)"
 _CHUNK_RE = re.compile(
     rf"(?P<email>[A-Za-z0-9._%+-]*[A-Za-z0-9]@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)"
     rf"|(?P<phone>(?<![+.-])(?<![^\W{_CJK}])"
@@ -309,7 +312,7 @@ def _iter_tokens(text: str, mode: str, start_pos: int) -> Iterator[tuple[str, in
                 if local is not None and local != digits:
                     yield local, pos, start, m.end()
                 for part in _PART_RE.finditer(chunk):
-                    if part.group() != digits:
+                    if part.group() not in (digits, local):
                         yield part.group(), pos, start + part.start(), start + part.end()
             pos += 1
         else:  # email

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import re
 
-from indexer.whoosh.analysis import fold_text, iter_tokens
+from indexer.whoosh.analysis import fold_width, iter_tokens
 from indexer.whoosh.query import CompiledQuery
 
 SNIPPET_CHARS = 200
@@ -77,7 +77,8 @@ def make_long_snippet(
     found = make_snippet(text[:head], fieldname, compiled)
     if found is not None or len(text) <= head:
         return found
-    lowered = fold_text(text).lower()  # as the terms were analysed
+    # as the terms were analysed, but not composed: offsets must stay those of the text
+    lowered = fold_width(text).lower()
     if len(lowered) != len(text):  # (offsets would not line up)
         return None
     terms = [t for t in compiled.terms.get(fieldname, ()) if t]
