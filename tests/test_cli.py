@@ -314,3 +314,19 @@ def test_an_index_keeping_record_text_is_named_by_verify_and_rebuilt_without_it_
     assert init.stdout.startswith("rebuilding the search index: it was built by an earlier")
     assert kept() == []
     assert archivist("verify", "--config", str(installed)).returncode == 0
+
+
+def test_init_over_a_damaged_index_still_initialises_and_verify_names_it(
+    installed, tmp_path, make_record
+):
+    write_jsonl(tmp_path / "in.jsonl", [make_record(id=f"D{i}") for i in range(5)])
+    archivist("import", str(tmp_path / "in.jsonl"), "--config", str(installed))
+    archivist("archive", "--as-of", "2027-06-01", "--config", str(installed))
+    (installed.parent / "data" / "index" / "CURRENT").unlink()
+
+    init = archivist("init", "--config", str(installed))
+    verified = archivist("verify", "--config", str(installed))
+
+    assert init.returncode == 0, init.stderr
+    assert init.stdout.strip() == f"initialised {installed}"
+    assert verified.returncode == 1 and "archivist index --rebuild" in verified.stderr
