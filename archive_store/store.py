@@ -1604,23 +1604,21 @@ class ArchiveStore:
         moving (archived, but their move out of the active database not finished)."""
         conn = self._db()
         with snapshot(conn):
-            result = {
-                state: conn.execute(
-                    "SELECT COUNT(*) FROM records WHERE state = ?", (state,)
-                ).fetchone()[0]
-                for state in STATES
-            }
-            result["indexed"] = conn.execute(
-                "SELECT COUNT(*) FROM records WHERE indexed = 1 AND state = 'archived'"
-            ).fetchone()[0]
-            result["pending"] = conn.execute(
-                "SELECT COUNT(*) FROM records WHERE pending IS NOT NULL"
-            ).fetchone()[0]
-            result["moving"] = conn.execute(
-                "SELECT COUNT(*) FROM records WHERE pending = 'delete_active' "
-                "AND state = 'archived'"
-            ).fetchone()[0]
-        return result
+            return _counts(conn)
+
+    def counts_and_moving(self) -> tuple[dict[str, int], list[str]]:
+        """`counts()` and the ids it counts as moving, read at one moment (stats: whether a
+        moving record still counts as active depends on the active database)."""
+        conn = self._db()
+        with snapshot(conn):
+            result = _counts(conn)
+            moving = [
+                row[0] for row in conn.execute(
+                    "SELECT record_id FROM records WHERE pending = 'delete_active' "
+                    "AND state = 'archived'"
+                )
+            ]
+        return result, moving
 
     def check_readable(self) -> None:
         """Read one catalog row, raising if the catalog cannot be read: the cheap check for
@@ -1695,3 +1693,21 @@ def check_record(
         raise SegmentCorrupt(f"record {record_id}: sha256 does not match the catalog")
     record: dict[str, Any] = value["record"]
     return record
+
+
+def _counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """`ArchiveStore.counts`, inside a read transaction the caller holds."""
+    result = {
+        state: conn.execute("SELECT COUNT(*) FROM records WHERE state = ?", (state,)).fetchone()[0]
+        for state in STATES
+    }
+    result["indexed"] = conn.execute(
+        "SELECT COUNT(*) FROM records WHERE indexed = 1 AND state = 'archived'"
+    ).fetchone()[0]
+    result["pending"] = conn.execute(
+        "SELECT COUNT(*) FROM records WHERE pending IS NOT NULL"
+    ).fetchone()[0]
+    result["moving"] = conn.execute(
+        "SELECT COUNT(*) FROM records WHERE pending = 'delete_active' AND state = 'archived'"
+    ).fetchone()[0]
+    return result

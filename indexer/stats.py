@@ -16,17 +16,16 @@ def collect_stats(services: Services) -> dict[str, Any]:
 
     A record whose move is under way (stored, its active row not deleted yet, or left so by a
     crash until the next run settles it) counts where its row is: as active while the row is
-    still there, else as archived; never in both counts, nor in neither.
+    still there, else as archived. (With the CRM's own tables, such a record counts as active
+    only, so one whose row a crashed run had deleted counts in neither until a run settles it.)
     """
-    counts = services.store.counts()
+    # The catalog first, then the active database in one read: a record the catalog counts
+    # as moving is counted where its row is then, so a batch moving meanwhile is not counted
+    # twice, and one whose active delete committed before a crash is counted as archived.
+    counts, moving = services.store.counts_and_moving()
     with services.read_sessions.begin() as session:
         if services.crm is None:
             active = count_active(session)
-            # a crash after the active delete committed leaves only the mark: archived then
-            moving = [
-                e.record_id for e in services.store.iter_pending()
-                if e.pending == "delete_active" and e.state == "archived"
-            ]
             still_active = len(find_active_ids(session, moving))
         else:
             active, still_active = count_crm_rows(session, services.crm), counts["moving"]
