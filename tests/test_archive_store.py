@@ -1085,3 +1085,28 @@ def test_verify_takes_a_customer_handed_on_by_an_erasure_above(
         conn.execute("UPDATE records SET customer_id = 'C1' WHERE record_id = 'T-1'")
     conn.close()
     assert store.verify() == []
+
+
+def test_restores_a_settling_completed_are_grouped_by_the_process_they_belong_to(
+    store: ArchiveStore,
+) -> None:
+    """Two children of a root that never left the active database, and a process of its own
+    (a root and its child), all restored when the restoring process was killed."""
+    from dataclasses import replace
+
+    from indexer.jobs.reconcile import restores_asked_for
+
+    items = [
+        replace(make_item("C-1"), parent_id="ROOT"),
+        replace(make_item("C-2"), parent_id="ROOT"),
+        make_item("P-1"),
+        replace(make_item("P-1-a"), parent_id="P-1"),
+        replace(make_item("X-1"), parent_id="C-2"),  # still archived: not completed
+    ]
+    store.archive_batch(items, AT, "archive-job")
+    completed = ["C-1", "C-2", "P-1", "P-1-a"]
+
+    assert restores_asked_for(store, completed, ["C-1"]) == [["C-1", "C-2"]]
+    assert restores_asked_for(store, completed, ["P-1-a", "C-2"]) == [["C-1", "C-2"],
+                                                                    ["P-1", "P-1-a"]]
+    assert restores_asked_for(store, completed, ["X-1", "NOPE"]) == []

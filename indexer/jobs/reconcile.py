@@ -33,21 +33,26 @@ def restores_asked_for(
     store: ArchiveStore, completed: list[str], asked: Iterable[str]
 ) -> list[list[str]]:
     """The interrupted restores a settling completed that the ids asked for belong to, one
-    group per process (a restore brings a process back whole: its records are joined by
-    their parent links).
+    group per process (a restore brings a process back whole): the completed records grouped
+    by the root their parent links in the catalog lead to (the last parent named, when the
+    root never left the active database).
 
     :param completed: the ids whose restore the settling completed (`Settlement.restored`)
     :param asked: the ids a restore was asked for
     """
-    done = set(completed)
-    wanted = done.intersection(asked)
+    wanted = set(completed).intersection(asked)
     if not wanted:
         return []
-    parents = {i: e.parent_id for i, e in store.entries(completed).items()}
+    parents: dict[str, str | None] = {}
+    looking = set(completed)
+    while looking:
+        found = store.entries(looking)
+        parents.update((i, found[i].parent_id if i in found else None) for i in looking)
+        looking = {p for p in parents.values() if p is not None and p not in parents}
 
     def root(record_id: str) -> str:
         seen = {record_id}
-        while (parent := parents.get(record_id)) in done and parent not in seen:
+        while (parent := parents.get(record_id)) is not None and parent not in seen:
             seen.add(parent)
             record_id = parent
         return record_id
