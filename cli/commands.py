@@ -143,18 +143,14 @@ def main() -> None:
 @config_option
 def init(config: Config) -> None:
     """Create the databases and folders named in the config (idempotent)."""
-    from indexer.errors import IndexUnavailable
-    from indexer.jobs.indexing import rebuild_index
+    from indexer.jobs.indexing import rebuild_if_outdated
 
     with Services.open(config, create=True) as services:
         sealed = services.store.reseal()  # entries archived before encryption at rest
-        try:
-            outdated = services.index.outdated()  # an index built by an earlier version
-        except IndexUnavailable:  # missing or damaged: `verify` says so, and how to rebuild
-            outdated = None
-        if outdated is not None:
-            click.echo(f"rebuilding the search index: it {outdated}")
-            rebuild_index(services.store, services.index)
+        rebuild_if_outdated(
+            services.store, services.index,
+            lambda reason: click.echo(f"rebuilding the search index: it {reason}"),
+        )
     click.echo(f"initialised {config.path}")
     if sealed:
         click.echo(f"encrypted {sealed} entries archived before encryption at rest")

@@ -44,7 +44,7 @@ from indexer.jobs.crm_archiver import (
 )
 from indexer.jobs.indexing import drop_restored
 from indexer.jobs.reconcile import restores_asked_for
-from indexer.jobs.restore import BulkRestoreReport, Skipped
+from indexer.jobs.restore import BulkRestoreReport, Skipped, out_of_search
 from indexer.search import SearchEngine
 from indexer.services import Services
 
@@ -99,12 +99,9 @@ def _settle(
     sessions: sessionmaker[Session], store: ArchiveStore, index: SearchEngine | None,
     crm: CrmTables, now: datetime,
 ) -> list[str]:
-    """Settle pending moves, taking the records whose interrupted restore this completed out
-    of search now (not at the next catch-up); returns their ids."""
-    completed = reconcile_crm_pending(sessions, store, crm, now).restored
-    if index is not None and completed:
-        drop_restored(store, index, list(store.get_many(completed).values()))
-    return completed
+    """Settle pending moves; returns the records whose interrupted restore this completed,
+    out of search already."""
+    return out_of_search(store, index, reconcile_crm_pending(sessions, store, crm, now).restored)
 
 
 def _restore_crm_process(

@@ -27,6 +27,7 @@ from archive_store import ArchiveStore, Problem
 from archive_store.errors import RecordNotFound
 from archive_store.faults import crash_point
 from archive_store.models import CatalogEntry
+from indexer.errors import IndexUnavailable
 from indexer.processes import with_process_ids
 from indexer.search import SearchEngine
 
@@ -214,6 +215,23 @@ def rebuild_index(store: ArchiveStore, index: SearchEngine, *, progress: bool = 
     sync_index(store, index)
     scrub_gone_since(store, index, start)  # purged or erased while the rebuild read them
     return count
+
+
+def rebuild_if_outdated(
+    store: ArchiveStore, index: SearchEngine, announce: Callable[[str], None] = lambda _: None
+) -> bool:
+    """Rebuild an index an earlier version built (see `SearchEngine.outdated`), after telling
+    `announce` why; returns whether it did. A missing or damaged index is left as it is, for
+    `verify` to name and `index --rebuild` to make again."""
+    try:
+        reason = index.outdated()
+    except IndexUnavailable:
+        return False
+    if reason is None:
+        return False
+    announce(reason)
+    rebuild_index(store, index)
+    return True
 
 
 def check_index_agreement(store: ArchiveStore, index: SearchEngine) -> tuple[list[Problem], int]:

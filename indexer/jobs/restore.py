@@ -107,20 +107,18 @@ def restore_process(
     except RestoreInProgress:
         # The mark may be a crashed run's leftover rather than a move under way: settle
         # (which waits for moves under way to end), then try once more.
-        completed = _settle(sessions, store, index, now)
+        completed = out_of_search(store, index, settle_pending(sessions, store, now).restored)
         finished = restores_asked_for(store, completed, [record_id])
         if finished:  # an interrupted restore of this process: this one completed it
             return [record_from_json(store.get(i)) for i in finished[0]]
         return _restore_process(sessions, store, index, record_id, actor, now, reason)
 
 
-def _settle(
-    sessions: sessionmaker[Session], store: ArchiveStore, index: SearchEngine | None,
-    now: datetime,
+def out_of_search(
+    store: ArchiveStore, index: SearchEngine | None, completed: list[str]
 ) -> list[str]:
-    """Settle pending moves, taking the records whose interrupted restore this completed out
-    of search now (not at the next catch-up); returns their ids."""
-    completed = settle_pending(sessions, store, now).restored
+    """Take the records whose interrupted restore a settling completed out of search now,
+    not at the next catch-up; returns their ids."""
     if index is not None and completed:
         drop_restored(store, index, list(store.get_many(completed).values()))
     return completed
@@ -196,7 +194,7 @@ def restore_many(
         # A mark may be a crashed run's leftover rather than a move under way: settle (which
         # waits for moves under way to end) and plan again, as a single restore does. An
         # interrupted restore of the processes asked for is completed: restored by this one.
-        completed = _settle(sessions, store, index, now)
+        completed = out_of_search(store, index, settle_pending(sessions, store, now).restored)
         groups, skipped = _plan_groups(sessions, store, ids)
         finished = restores_asked_for(store, completed, ids)
         report.restored.extend(i for group in finished for i in group)
