@@ -13,6 +13,7 @@ theirs in the dictionary either.
 from __future__ import annotations
 
 import threading
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 import zstandard
@@ -116,32 +117,25 @@ def shared_runs(samples: Sequence[tuple[str, bytes]]) -> list[bytes]:
     :param samples: `(owner, bytes)`: the owner is the customer id, or the record id when the
         record has no customer
     """
-    owners_of: dict[bytes, set[str] | int] = {}
+    windows_of: defaultdict[str, set[bytes]] = defaultdict(set)
     for owner, data in samples:
-        for window in {data[i : i + WINDOW] for i in range(len(data) - WINDOW + 1)}:
-            seen = owners_of.get(window)
-            if seen is None:
-                owners_of[window] = {owner}
-            elif isinstance(seen, set):
-                seen.add(owner)
-                if len(seen) >= MIN_CUSTOMERS:
-                    owners_of[window] = MIN_CUSTOMERS  # enough: stop growing the set
-    common = {w for w, seen in owners_of.items() if not isinstance(seen, set)}
+        windows_of[owner].update(data[i : i + WINDOW] for i in range(len(data) - WINDOW + 1))
+    owners = Counter[bytes]()
+    for windows in windows_of.values():
+        owners.update(windows)
+    common = {window for window, count in owners.items() if count >= MIN_CUSTOMERS}
     runs: list[bytes] = []
     for _, data in samples:
-        keep = bytearray(len(data))
+        start = end = -1  # the run being grown: data[start:end]
         for i in range(len(data) - WINDOW + 1):
             if data[i : i + WINDOW] in common:
-                keep[i : i + WINDOW] = b"\x01" * WINDOW
-        start = None
-        for i, flag in enumerate(keep):
-            if flag and start is None:
-                start = i
-            elif not flag and start is not None:
-                runs.append(data[start:i])
-                start = None
-        if start is not None:
-            runs.append(data[start:])
+                if i > end:  # a gap before this window: the run so far is complete
+                    if end > start:
+                        runs.append(data[start:end])
+                    start = i
+                end = i + WINDOW
+        if end > start:
+            runs.append(data[start:end])
     return runs
 
 

@@ -648,14 +648,15 @@ class ArchiveStore:
             keys = keyring.customer_keys(
                 conn, sealing, (i.customer_id for i, *_ in prepared if i.customer_id is not None)
             )
-            keyring.train_if_due(conn, sealing, [
-                # what the codec compresses: the envelope with its hashes packed out
-                (i.customer_id or i.record_id, segment.canonical_object({
-                    "type": "record", "record_id": i.record_id, "version": 1, "at": at_text,
-                    "actor": actor, "sha256": "", "seq": 0, "prev": "",
-                }, {"record": e}))
-                for i, e, *_ in prepared[:compression.SAMPLE_RECORDS]
-            ])
+            if not sealing.dict_id:  # trained once per store: no samples to build after that
+                keyring.train_if_due(conn, sealing, [
+                    # what the codec compresses: the envelope with its hashes packed out
+                    (i.customer_id or i.record_id, segment.canonical_object({
+                        "type": "record", "record_id": i.record_id, "version": 1, "at": at_text,
+                        "actor": actor, "sha256": "", "seq": 0, "prev": "",
+                    }, {"record": e}))
+                    for i, e, *_ in prepared[:compression.SAMPLE_RECORDS]
+                ])
             existing = load_records(conn, seen)
             restoring: set[str] = set()
             for item, _, sha, _, _ in prepared:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from archive_store import ArchiveItem, ArchiveStore
+from archive_store import ArchiveItem, ArchiveStore, compression
 from archive_store.crypto import KEY_ENV, KeyMissing, WrongKey, make_key
 from archive_store.segment import MAGIC, SEALED_MAGIC, iter_frames
 from archivist.demo_data import generate_records
@@ -216,6 +216,20 @@ def test_a_dictionary_is_trained_and_compresses_records_below_the_raw_json(
         assert store.verify() == []
     with ArchiveStore.open(tmp_path / "a", key=key) as reopened:
         assert reopened.get(records[5]["id"]) == records[5]
+
+
+def test_the_dictionary_learns_only_runs_three_customers_share() -> None:
+    common = b"<common-envelope-part>"
+    samples = [
+        ("c-1", b"alice@example.com" + common + b"Wanda Marker"),
+        ("c-1", b"alice@example.com" + common),  # the same customer twice counts once
+        ("c-2", b"bob@example.net" + common + b"alice@example.com"),
+        ("c-3", common + b"|" + common),
+        ("c-4", b"xx"),  # shorter than a window: nothing to keep
+    ]
+    runs = compression.shared_runs(samples)
+    assert runs == [common, common, common, common, common]
+    assert not any(b"alice" in run or b"Marker" in run for run in runs)
 
 
 def test_serve_refuses_to_start_with_a_wrong_key(config_path: Path) -> None:
