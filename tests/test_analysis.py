@@ -91,6 +91,16 @@ def test_offsets_inside_an_identifier_survive_letters_that_lower_to_two() -> Non
     assert all(span for span in spans)
 
 
+def test_a_long_run_of_combining_marks_keeps_the_offsets_after_it() -> None:
+    # a letter with thousands of marks (as some spam writes it) is one character of the text,
+    # composed once; what follows keeps its offsets into the text as written
+    text = "za" + "\u0301" * 5_000 + " cafe\u0301 INV-7"
+    spans = {term: text[s:e] for term, _pos, s, e in iter_tokens(text)}
+    assert spans["café"] == "cafe\u0301"
+    assert spans["inv-7"] == "INV-7"
+    assert spans["z\u00e1"] == "za" + "\u0301" * 5_000
+
+
 def test_normalize_query_text_leaves_other_syntax_alone() -> None:
     assert normalize_query_text('refund AND "+86 138 0013 8000"') == 'refund AND "8613800138000"'
     assert normalize_query_text("2023 AND 2024") == "2023 AND 2024"

@@ -278,12 +278,17 @@ BRACKETED = {
     "+1 (555) 123-4567": {"U-4"},
     "(010) 8888 6666": {"U-5"},
     "01088886666": {"U-5"},
-    "8888 6666": {"U-5"},
+    "8888 6666": {"U-5", "U-8"},
     "refund (555) 123-4567": {"U-1"},
     "01088886666 OR 5551234568": {"U-5", "U-7"},  # a local number written in one piece
     '"500 000 items"': {"U-6"},  # a number in brackets before it is no area code
     "0123456789": {"U-6"},
     "(2023) 1234": {"U-6"},
+    '"2020 2021"': {"U-6"},  # years after a year in brackets keep their phrase
+    '"(2019) 2020"': {"U-6"},
+    "(0755) 8888 6666": {"U-8"},
+    "11987654321": {"U-8"},  # a five-digit local part (a Brazilian mobile)
+    "98765-4321": {"U-8"},
 }
 
 
@@ -298,8 +303,9 @@ def test_a_number_with_its_area_code_in_brackets_is_found_by_its_digits(
         make_record(id="U-4", body="call +1 (555)123-4567"),
         make_record(id="U-5", body="致电(010) 8888 6666"),
         make_record(id="U-6", body="see (2023) 1234 report, (12) 500 000 items, "
-                    "call (1) 01 23 45 67 89"),
+                    "call (1) 01 23 45 67 89, years (2019) 2020 2021 audited"),
         make_record(id="U-7", body="call (555) 1234568"),
+        make_record(id="U-8", body="call (0755) 8888 6666 or (11) 98765-4321"),
     ], q)
     assert {hit.id for hit in page.hits} == expected
     if q == "5551234567":

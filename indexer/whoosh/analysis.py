@@ -51,10 +51,13 @@ _WORD = rf"[^\W_{_CJK}]+"
 # follow a Chinese character (`致电+86 138 0013 8000`).
 _EMAIL_AHEAD = r"(?![A-Za-z0-9._%+-]*[A-Za-z0-9]@[A-Za-z0-9-]+\.)"
 # An area code in brackets (`(555) 123-4567`, `+1 (555) 123-4567`, `(010) 8888 6666`,
-# `(010) 88886666`): two to five digits, then a local number as one is written (three or four
-# digits and four more, or seven or eight together), so that `(1) 22 33` (a list) or
-# `(2023) 1234` is not read as a number.
-_BRACKETED = r"(?:\+\d{1,4} ?)?\(\d{2,5}\) ?(?:\d{3,4}[ -]\d{4}|\d{7,8})(?!\d)"
+# `(0755) 88886666`, `(11) 98765-4321`): two or three digits, or four or five after a trunk
+# `0`, then a local number as one is written (three to five digits and four more, or seven or
+# eight together), so that `(1) 22 33` (a list), `(2023) 1234` or `(2019) 2020 2021` (years)
+# is not read as a number.
+_BRACKETED = (
+    r"(?:\+\d{1,4} ?)?\((?:\d{2,3}|0\d{3,4})\) ?(?:\d{3,5}[ -]\d{4}|\d{7,8})(?!\d)"
+)
 _CHUNK_RE = re.compile(
     rf"(?P<email>[A-Za-z0-9._%+-]*[A-Za-z0-9]@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)"
     rf"|(?P<phone>(?<![+.-])(?<![^\W{_CJK}])"
@@ -205,12 +208,15 @@ def _composed(text: str) -> tuple[str, list[int] | None, list[int] | None]:
     i, n = 0, len(folded)
     while i < n:
         j = i + 1
-        piece = nfc("NFC", folded[i])
-        while j < n:
-            longer = nfc("NFC", folded[i : j + 1])
-            if not unicodedata.combining(folded[j]) and len(longer) > len(piece):
-                break  # a character of its own
-            piece, j = longer, j + 1
+        while True:
+            # Combining marks always join the run; they are skipped over without composing
+            # at each one, so a long run of them costs one composition, not one per mark.
+            while j < n and unicodedata.combining(folded[j]):
+                j += 1
+            piece = nfc("NFC", folded[i:j])
+            if j == n or len(nfc("NFC", folded[i : j + 1])) > len(piece):
+                break  # the next character is one of its own
+            j += 1  # it composed with the run (Hangul jamo)
         out.append(piece)
         starts.extend([i] * len(piece))
         ends.extend([j] * len(piece))
