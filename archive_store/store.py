@@ -1608,14 +1608,15 @@ class ArchiveStore:
             return _counts(conn)
 
     def counts_and_moving(self) -> tuple[dict[str, int], list[str]]:
-        """`counts()` and the ids it counts as moving, read at one moment (stats: whether a
-        moving record still counts as active depends on the active database)."""
+        """`counts()` and the archived records with a move under way (out of the active
+        database or back into it), read at one moment: stats count each where its active row
+        is then."""
         conn = self._db()
         with snapshot(conn):
             result = _counts(conn)
             moving = [
                 row[0] for row in conn.execute(
-                    "SELECT record_id FROM records WHERE pending = 'delete_active' "
+                    "SELECT record_id FROM records WHERE pending IS NOT NULL "
                     "AND state = 'archived'"
                 )
             ]
@@ -1707,8 +1708,5 @@ def _counts(conn: sqlite3.Connection) -> dict[str, int]:
     ).fetchone()[0]
     result["pending"] = conn.execute(
         "SELECT COUNT(*) FROM records WHERE pending IS NOT NULL"
-    ).fetchone()[0]
-    result["moving"] = conn.execute(
-        "SELECT COUNT(*) FROM records WHERE pending = 'delete_active' AND state = 'archived'"
     ).fetchone()[0]
     return result

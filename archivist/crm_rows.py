@@ -213,6 +213,23 @@ def count_crm_rows(session: Any, crm_tables: CrmTables) -> int:
     )
 
 
+def find_crm_ids(session: Any, crm_tables: CrmTables, record_ids: Iterable[str]) -> set[str]:
+    """Those of these records whose rows are in their mapped tables: the live ones."""
+    by_table: dict[CrmTable, list[Any]] = {}
+    for record_id in dict.fromkeys(record_ids):
+        crm_table = crm_tables.table_of(record_id)
+        if crm_table is not None:
+            by_table.setdefault(crm_table, []).append(crm_table.key_of(record_id))
+    live: set[str] = set()
+    for crm_table, keys in by_table.items():
+        for start in range(0, len(keys), 500):
+            query = select(crm_table.key_column).where(
+                crm_table.key_column.in_(keys[start : start + 500])
+            )
+            live.update(crm_table.record_id(key) for key in session.scalars(query))
+    return live
+
+
 def count_customer_rows(session: Any, crm_tables: CrmTables, customer_id: str) -> int:
     """How many rows of the mapped tables are a customer's: those whose `customer_id` names
     the customer, and the rows under them that name no customer (a case's messages and

@@ -129,8 +129,6 @@ class Services:
     crm: CrmTables | None = None
     """The CRM's own tables, when `[[active.table]]` maps them, as they were at open (moves
     use `reflect_crm`: the CRM may change its tables while a worker or server runs)."""
-    crm_refs: tuple[ForeignKeyRef, ...] = ()
-    """Foreign keys from outside the mapping onto mapped tables: they block an archive."""
     _index: SearchEngine | None = None
     _index_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -158,7 +156,7 @@ class Services:
         """
         engine = make_engine(config.active_url, create=create)
         try:
-            crm, crm_refs = _open_crm_tables(engine, config)  # a bad mapping: before all else
+            crm, _ = _open_crm_tables(engine, config, refs=False)  # a bad mapping: first
             if not create and not ArchiveStore.exists_in(config.archive_dir):
                 raise NotInitialised(
                     f"no archive in {config.archive_dir}: run `archivist init` first"
@@ -189,7 +187,7 @@ class Services:
         services = cls(
             config, engine, sessions, store, read_sessions, open_index, broken_index_ok
         )
-        services.crm, services.crm_refs = crm, crm_refs
+        services.crm = crm
         if create:
             try:
                 services.index  # noqa: B018 (opening it creates its folder)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from archivist.active_db import count_active, find_active_ids
-from archivist.crm_rows import count_crm_rows
+from archivist.crm_rows import count_crm_rows, find_crm_ids
 from archivist.records import format_utc
 from indexer.jobs.runs import last_run
 from indexer.services import Services
@@ -14,10 +14,10 @@ from indexer.services import Services
 def collect_stats(services: Services) -> dict[str, Any]:
     """Counts of active, archived, indexed, restored and purged records, and the last run.
 
-    A record whose move is under way (stored, its active row not deleted yet, or left so by a
-    crash until the next run settles it) counts where its row is: as active while the row is
-    still there, else as archived. (With the CRM's own tables, such a record counts as active
-    only, so one whose row a crashed run had deleted counts in neither until a run settles it.)
+    A record whose move is under way, either way (archived, its active row not deleted yet;
+    or restored, its row inserted before the catalog says so; or left so by a crash until the
+    next run settles it), counts where its row is: as active while the row is there, else as
+    archived. The same holds with the CRM's own tables, by their rows.
     """
     # The catalog first, then the active database in one read: a record the catalog counts
     # as moving is counted where its row is then, so a batch moving meanwhile is not counted
@@ -28,7 +28,8 @@ def collect_stats(services: Services) -> dict[str, Any]:
             active = count_active(session)
             still_active = len(find_active_ids(session, moving))
         else:
-            active, still_active = count_crm_rows(session, services.crm), counts["moving"]
+            active = count_crm_rows(session, services.crm)
+            still_active = len(find_crm_ids(session, services.crm, moving))
     run = last_run(services, "archive")
     return {
         "active": active,

@@ -72,7 +72,7 @@ class Worker:
             "index",
             lambda keep: settle_leftovers(
                 services.sessions, services.store, services.index, utcnow(),
-                crm=services.crm, refs=services.crm_refs, should_stop=keep,
+                crm=services.reflect_crm()[0], should_stop=keep,
             ),
         )
 

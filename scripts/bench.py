@@ -283,10 +283,11 @@ def bench_crm(count: int, folder: Path, restores: int) -> dict[str, float]:
         )
         with Services.open(load_config(config), create=True) as services:
             assert services.crm is not None
-            crm = services.crm
+            crm, refs = services.reflect_crm(refs=True)
+            assert crm is not None
             reports = []
             seconds = timed(lambda: reports.append(archive_crm_tables(
-                services.sessions, services.store, crm, services.crm_refs,
+                services.sessions, services.store, crm, refs,
                 services.config.retention, AS_OF, utcnow(),
                 batch_size=services.config.batch_size,
             )))

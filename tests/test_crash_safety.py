@@ -298,6 +298,22 @@ def test_stats_after_a_killed_archive_count_each_record_once(config_path, make_r
     assert stats["archived"] == (30 if point == "archive.after_commit" else 0)
 
 
+@pytest.mark.parametrize("point", ["restore.after_mark", "restore.after_insert"])
+def test_stats_after_a_killed_restore_count_each_record_once(config_path, make_record, point):
+    """Killed before its insert, the restore's records still count as archived; killed after
+    it committed, as active (their rows are back, the catalog not told yet)."""
+    installed(config_path, aged_records(make_record, 30))
+    assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
+    killed = archivist(config_path, "restore", "K0002", "--reason", "first try",
+                       env={"ARCHIVIST_CRASH_AT": f"{point}:1"})
+    assert killed.returncode == -signal.SIGKILL
+
+    stats = json.loads(archivist(config_path, "stats").stdout)
+
+    assert stats["active"] + stats["archived"] == 30
+    assert stats["active"] == (1 if point == "restore.after_insert" else 0)
+
+
 def test_worker_start_settles_a_killed_archive(config_path, make_record, tmp_path):
     installed(config_path, aged_records(make_record, 50))
     killed = archivist(config_path, "archive", "--as-of", AS_OF,

@@ -159,7 +159,7 @@ def test_an_infinite_date_the_crm_writes_while_it_moves_keeps_the_row_as_written
     (NULL when the job read it), it must not look unchanged and be deleted with the case,
     which would archive (and later restore) NULL in its place."""
     run_sql(crm.config.active_url, "ALTER TABLE cases ADD COLUMN due date")
-    crm.crm, crm.crm_refs = crm.reflect_crm(refs=True)
+    crm.crm, _ = crm.reflect_crm()
     with committed_once_the_job_waits(
         crm.config.active_url, "UPDATE cases SET due = 'infinity' WHERE id = 1"
     ):

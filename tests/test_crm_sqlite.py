@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -11,9 +13,11 @@ import pytest
 from archivist.active_db import utcnow
 from archivist.config import load_config
 from indexer.jobs.crm_restore import restore_crm_many as restore_many
-from indexer.jobs.runs import run_archive_job
+from indexer.jobs.runs import run_archive_job, run_dispose_job
 from indexer.jobs.verification import verify_all
 from indexer.services import Services
+from indexer.stats import collect_stats
+from tests.test_cli import archivist
 
 MAPPING = """
 [[active.table]]
@@ -128,3 +132,129 @@ def test_a_row_holding_a_value_that_cannot_be_read_stays_and_the_run_goes_on(
     for record_id in ("note:2", "note:3"):
         assert f"row {record_id} is not archived" in caplog.text
     assert verify_all(unreadable).problems == []
+
+
+CASES_AND_NOTES = """
+[[active.table]]
+name = "cases"
+key = "id"
+id_prefix = "case:"
+kind = "ticket"
+category = { column = "queue" }
+subject = { column = "title" }
+status = "closed"
+created_at = { column = "at" }
+updated_at = { column = "at" }
+
+[[active.table]]
+name = "notes"
+key = "id"
+id_prefix = "note:"
+kind = "note"
+category = { column = "queue" }
+body = { column = "body" }
+status = "closed"
+created_at = { column = "at" }
+updated_at = { column = "at" }
+parent = { column = "case_id", table = "cases" }
+"""
+
+
+def killed_mid_archive(tmp_path: Path, point: str = "archive.after_store") -> tuple[Path, Path]:
+    """Two aged cases with two notes each in a SQLite CRM, and an `archivist archive` killed
+    at `point`: by default once it stored them, before it deleted their rows."""
+    database = tmp_path / "crm.db"
+    with sqlite3.connect(database) as connection:
+        connection.executescript("""
+            CREATE TABLE cases (id INTEGER PRIMARY KEY, queue TEXT NOT NULL, title TEXT,
+                                at DATETIME NOT NULL);
+            CREATE TABLE notes (id INTEGER PRIMARY KEY, case_id INTEGER REFERENCES cases(id),
+                                queue TEXT NOT NULL, body TEXT, at DATETIME NOT NULL);
+            INSERT INTO cases VALUES (1, 'support', 'case 1', '2020-01-05 09:00:00'),
+                                     (2, 'support', 'case 2', '2020-01-05 09:00:00');
+            INSERT INTO notes VALUES (1, 1, 'support', 'a', '2020-01-05 09:00:00'),
+                                     (2, 1, 'support', 'b', '2020-01-05 09:00:00'),
+                                     (3, 2, 'support', 'c', '2020-01-05 09:00:00'),
+                                     (4, 2, 'support', 'd', '2020-01-05 09:00:00');
+        """)
+    connection.close()
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[active]\nurl = "sqlite:///{database}"\n{CASES_AND_NOTES}\n'
+        '[archive]\ndir = "archive"\n[index]\ndir = "index"\n'
+        "[retention.default]\narchive_after_days = 365\n"
+    )
+    assert archivist("init", "--config", str(config)).returncode == 0
+    killed = archivist("archive", "--config", str(config),
+                       env={"ARCHIVIST_CRASH_AT": f"{point}:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    return config, database
+
+
+def where_each_is(config: Path, database: Path) -> dict[str, str]:
+    """`active` or `archived` for every record, asserting none is in both places or neither."""
+    with sqlite3.connect(database) as connection:
+        active = {f"case:{i}" for (i,) in connection.execute("SELECT id FROM cases")}
+        active |= {f"note:{i}" for (i,) in connection.execute("SELECT id FROM notes")}
+    connection.close()
+    everyone = {"case:1", "case:2", "note:1", "note:2", "note:3", "note:4"}
+    with Services.open(load_config(config)) as services:
+        archived = services.store.find_archived(everyone)
+        assert list(services.store.iter_pending()) == []
+    assert not active & archived and active | archived == everyone
+    return {i: "active" if i in active else "archived" for i in sorted(everyone)}
+
+
+def test_settling_keeps_a_process_whole_when_the_crm_changed_its_root(tmp_path: Path) -> None:
+    config, database = killed_mid_archive(tmp_path)
+    with sqlite3.connect(database) as connection:
+        connection.execute("UPDATE cases SET title = 'changed by the CRM' WHERE id = 1")
+    connection.close()
+
+    disposed = archivist("dispose", "--as-of", "2021-01-01", "--config", str(config))
+
+    assert disposed.returncode == 0, disposed.stderr
+    assert where_each_is(config, database) == {
+        "case:1": "active", "note:1": "active", "note:2": "active",  # the changed process
+        "case:2": "archived", "note:3": "archived", "note:4": "archived",
+    }
+
+
+def test_settling_reads_the_tables_referencing_the_crm_when_it_deletes(tmp_path: Path) -> None:
+    """A worker started before the CRM added a table whose rows cascade from a case: its
+    settling must not delete the case, and with it rows that were never archived."""
+    config, database = killed_mid_archive(tmp_path)
+    with Services.open(load_config(config)) as services:  # a worker started before ...
+        with sqlite3.connect(database) as connection:  # ... the CRM added attachments
+            connection.executescript("""
+                CREATE TABLE attachments (id INTEGER PRIMARY KEY, name TEXT,
+                    case_id INTEGER NOT NULL REFERENCES cases(id) ON DELETE CASCADE);
+                INSERT INTO attachments VALUES (1, 'contract.pdf', 1);
+            """)
+        connection.close()
+        run_dispose_job(services, datetime(2021, 1, 1, tzinfo=UTC))
+
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("SELECT name FROM attachments").fetchall() == [
+            ("contract.pdf",)
+        ]
+    connection.close()
+    assert where_each_is(config, database) == {
+        "case:1": "active", "note:1": "active", "note:2": "active",  # referenced: it stays
+        "case:2": "archived", "note:3": "archived", "note:4": "archived",
+    }
+
+
+@pytest.mark.parametrize(("point", "archived"), [
+    ("archive.after_store", 0),  # the rows are still in the CRM
+    ("archive.after_commit", 6),  # their delete committed, the catalog not told yet
+])
+def test_stats_after_a_killed_crm_archive_count_each_record_once(
+    tmp_path: Path, point: str, archived: int
+) -> None:
+    config, _database = killed_mid_archive(tmp_path, point)
+
+    with Services.open(load_config(config)) as services:
+        stats = collect_stats(services)
+
+    assert (stats["active"], stats["archived"]) == (6 - archived, archived)

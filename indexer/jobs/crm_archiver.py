@@ -35,6 +35,7 @@ from archivist.crm_rows import (
     CrmTables,
     ForeignKeyRef,
     database_reason,
+    inspect_foreign_keys,
     out_of_range,
     row_to_record,
 )
@@ -129,7 +130,7 @@ def archive_crm_tables(
         stays in the CRM, logged. None allows any.
     """
     if not dry_run:
-        reconcile_crm_pending(sessions, store, crm, archived_at, refs)
+        reconcile_crm_pending(sessions, store, crm, archived_at)
     report = CrmArchiveReport()
     decided: set[str] = set()
     to_index: list[tuple[Any, datetime]] = []
@@ -811,12 +812,16 @@ def reconcile_crm_pending(
     store: ArchiveStore,
     crm: CrmTables,
     now: datetime,
-    refs: Sequence[ForeignKeyRef] = (),
 ) -> Settlement:
     """Settle every move a crash interrupted, by what the CRM's tables hold now: a record is
     never both archived and in its table, nor in neither.
 
-    :param refs: foreign keys from outside the mapping, checked before a row is deleted
+    A process is moved whole or not at all: if the CRM changed one of its rows meanwhile, the
+    others stay active with it. The foreign keys onto the mapped tables from outside the
+    mapping are read when rows are about to be deleted, so that a table the CRM added since
+    `crm` was read cannot lose rows to an `ON DELETE CASCADE`.
+
+    :param crm: the mapped tables, read as recently as the caller could (`reflect_crm`)
     """
     with store.settling():
         pending = list(store.iter_pending())
@@ -824,14 +829,21 @@ def reconcile_crm_pending(
             return Settlement(0, [])
         restored: list[str] = []
         archived = {entry.record_id: store.get(entry.record_id) for entry in pending}
-        wanted: dict[str, list[Any]] = defaultdict(list)
-        for record_id in archived:
-            crm_table = crm.table_of(record_id)
-            if crm_table is not None:
-                wanted[crm_table.name].append(crm_table.key_of(record_id))
+        current: dict[str, CrmRow] = {}
         with sessions.begin() as session:
-            current: dict[str, CrmRow] = {}
+            wanted = _keys_by_table(crm, archived)
             _fetch(session, crm, {crm.by_name[n]: ks for n, ks in wanted.items()}, current, False)
+        changed = [
+            entry.record_id for entry in pending
+            if entry.pending == "delete_active"
+            and (row := current.get(entry.record_id)) is not None
+            and (row.record != archived[entry.record_id] or out_of_range(row.values))
+        ]
+        keep_whole: set[str] = set()
+        if changed:
+            with sessions.begin() as session:
+                for process in load_processes(session, crm, _keys_by_table(crm, changed)):
+                    keep_whole.update(process.record_ids)
         cleared: list[str] = []
         to_delete: list[CrmRow] = []
         for entry in pending:
@@ -840,9 +852,9 @@ def reconcile_crm_pending(
             if entry.pending == "delete_active":
                 if row is None:
                     cleared.append(entry.record_id)
-                elif row.record == record and not out_of_range(row.values):
+                elif entry.record_id not in keep_whole:
                     to_delete.append(row)
-                else:  # the CRM changed it meanwhile: the row is the live version
+                else:  # its process changed in the CRM meanwhile: the rows are live
                     store.complete_restore(entry.record_id, now, RECONCILE_ACTOR)
             elif entry.pending == "insert_active":
                 if row is not None and row.record == record:
@@ -851,12 +863,24 @@ def reconcile_crm_pending(
                 else:
                     store.abort_restore(entry.record_id)
         if to_delete:
+            with sessions.begin() as session:
+                refs = inspect_foreign_keys(session.connection(), crm)
             outcome = delete_and_commit(sessions, group_processes(to_delete), refs)
             cleared.extend(outcome.deleted)
             for record_id in outcome.kept:  # changed, blocked or refused: it stays active
                 store.complete_restore(record_id, now, RECONCILE_ACTOR)
         store.clear_pending(cleared)
         return Settlement(len(pending), restored)
+
+
+def _keys_by_table(crm: CrmTables, record_ids: Iterable[str]) -> dict[str, list[Any]]:
+    """The keys of these records' rows, by the name of the mapped table each belongs to."""
+    keys: dict[str, list[Any]] = defaultdict(list)
+    for record_id in record_ids:
+        crm_table = crm.table_of(record_id)
+        if crm_table is not None:
+            keys[crm_table.name].append(crm_table.key_of(record_id))
+    return keys
 
 
 def _item(record: dict[str, Any]) -> ArchiveItem:

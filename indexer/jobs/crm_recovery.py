@@ -7,11 +7,11 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import select
 
 from archivist.crm_ledger import ArchivedProcessMember, remove_members
+from archivist.crm_rows import find_crm_ids
 from indexer.jobs.reconcile import ACTOR as RECONCILE_ACTOR
 from indexer.services import Services
 
@@ -22,20 +22,9 @@ def mark_live_crm_rows_restored(services: Services, at: datetime) -> int:
     it), so that no record is in both places. Returns how many."""
     crm = services.crm
     assert crm is not None
-    by_table: dict[Any, list[str]] = {}
-    for entry in services.store.iter_catalog(state="archived"):
-        crm_table = crm.table_of(entry.record_id)
-        if crm_table is not None:
-            by_table.setdefault(crm_table, []).append(entry.record_id)
-    live: list[str] = []
+    archived = [entry.record_id for entry in services.store.iter_catalog(state="archived")]
     with services.read_sessions.begin() as session:
-        for crm_table, record_ids in by_table.items():
-            for start in range(0, len(record_ids), 500):
-                keys = [crm_table.key_of(rid) for rid in record_ids[start : start + 500]]
-                found = session.scalars(
-                    select(crm_table.key_column).where(crm_table.key_column.in_(keys))
-                )
-                live.extend(crm_table.record_id(key) for key in found)
+        live = sorted(find_crm_ids(session, crm, archived))
     if live:
         services.store.complete_restores(
             live, at, RECONCILE_ACTOR, "live in the CRM's tables when a backup was recovered"

@@ -163,7 +163,7 @@ def run_dispose_job(
             create_schema(services.engine)  # the disposal list, in installations from before it
             settle_leftovers(
                 services.sessions, services.store, services.index, utcnow(),
-                crm=services.crm, refs=services.crm_refs,
+                crm=services.reflect_crm()[0],
             )
 
             start = services.store.last_seq()

@@ -9,14 +9,14 @@ first, so a crash is repaired by whatever runs next, not only by `archivist inde
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive_store import ArchiveStore
-from archivist.crm_rows import CrmTables, ForeignKeyRef
+from archivist.crm_rows import CrmTables
 from indexer.jobs.crm_archiver import reconcile_crm_pending
 from indexer.jobs.indexing import sync_index
 from indexer.jobs.reconcile import reconcile_pending
@@ -38,17 +38,15 @@ def reconcile_moves(
     store: ArchiveStore,
     now: datetime,
     crm: CrmTables | None = None,
-    refs: Sequence[ForeignKeyRef] = (),
 ) -> int:
     """Settle every pending move by where the installation keeps its active records: the
     CRM's own tables when mapped (Archivist's own table is empty then), else that table.
 
-    :param crm: the CRM's mapped tables, if any
-    :param refs: foreign keys onto them from outside the mapping
+    :param crm: the CRM's mapped tables as they are now (`Services.reflect_crm`), if any
     :returns: how many records it settled
     """
     if crm is not None:
-        return reconcile_crm_pending(sessions, store, crm, now, refs).moves
+        return reconcile_crm_pending(sessions, store, crm, now).moves
     return reconcile_pending(sessions, store, now)
 
 
@@ -59,7 +57,6 @@ def settle_leftovers(
     now: datetime,
     *,
     crm: CrmTables | None = None,
-    refs: Sequence[ForeignKeyRef] = (),
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Settled:
     """Finish interrupted moves, then apply every index change the index does not reflect.
@@ -67,10 +64,10 @@ def settle_leftovers(
     Cheap when there is nothing to settle (two indexed catalog queries).
 
     :param now: the real clock, stamped on restores that reconcile completes.
-    :param crm: the CRM's mapped tables, if any (see `reconcile_moves`), and `refs`
+    :param crm: the CRM's mapped tables as they are now, if any (see `reconcile_moves`)
     :param should_stop: checked between index batches (a stopping worker).
     """
-    moves = reconcile_moves(sessions, store, now, crm, refs)
+    moves = reconcile_moves(sessions, store, now, crm)
     indexed = sync_index(store, index, should_stop=should_stop)
     if moves or indexed:
         log.info("settled an earlier run's leftovers: %d moves, %d index changes", moves, indexed)
