@@ -19,12 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from archive_store.errors import NotArchived
 from archivist.active_db import AuditEntry, find_active, utcnow
 from archivist.audit import AuditEvent, write_audit
 from archivist.config import load_config
 from archivist.demo_data import generate_records
 from indexer.jobs.erasure import customer_hash, ledger_path, load_ledger
-from indexer.jobs.restore import restore_record
+from indexer.jobs.restore import restore_process, restore_record
 from indexer.search import SearchQuery
 from indexer.services import Services
 from tests.test_erasure import files_holding
@@ -312,6 +313,43 @@ def test_stats_after_a_killed_restore_count_each_record_once(config_path, make_r
 
     assert stats["active"] + stats["archived"] == 30
     assert stats["active"] == (1 if point == "restore.after_insert" else 0)
+
+
+def test_a_retried_restore_takes_a_killed_ones_records_out_of_search(config_path, make_record):
+    """Killed after the catalog marked the records restored, before they left the index:
+    they are found until a retry says they are active and takes them out of search."""
+    installed(config_path, aged_records(make_record, 30))
+    assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
+    killed = archivist(config_path, "restore", "K0002", "K0003", "--reason", "first try",
+                       env={"ARCHIVIST_CRASH_AT": "restore.before_index:1"})
+    assert killed.returncode == -signal.SIGKILL
+    assert {"K0002", "K0003"} <= searchable(config_path)
+
+    retried = archivist(config_path, "restore", "K0002", "K0003", "--reason", "again")
+
+    assert retried.returncode == 1  # nothing left to restore ...
+    assert "skipped K0003: already_active" in retried.stderr.decode()
+    found = searchable(config_path)  # ... but out of search now
+    assert not {"K0002", "K0003"} & found and len(found) == 28
+
+
+def test_a_one_click_restore_after_a_killed_one_takes_its_process_out_of_search(
+    config_path, make_record
+):
+    records = aged_records(make_record, 5)
+    records[3]["parent_id"] = "K0002"
+    installed(config_path, records)
+    assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
+    killed = archivist(config_path, "restore", "K0002", "--reason", "first try",
+                       env={"ARCHIVIST_CRASH_AT": "restore.before_index:1"})
+    assert killed.returncode == -signal.SIGKILL
+    assert {"K0002", "K0003"} <= searchable(config_path)
+
+    with Services.open(load_config(config_path)) as services, pytest.raises(NotArchived):
+        restore_process(services.sessions, services.store, services.index, "K0003", "admin",
+                        utcnow())
+
+    assert searchable(config_path) == {"K0000", "K0001", "K0004"}
 
 
 def test_worker_start_settles_a_killed_archive(config_path, make_record, tmp_path):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
+from indexer.errors import AlreadyActive
 from indexer.jobs.crm_restore import current_crm_tables, restore_crm_many
-from indexer.jobs.restore import BulkRestoreReport, restore_many
+from indexer.jobs.restore import BulkRestoreReport, drop_unindexed_restores, restore_many
 from indexer.services import Services
 
 
@@ -28,12 +29,19 @@ def restore_in_bulk(
     :param progress: called after each step with the records it restored and the total.
     """
     if services.crm is not None:
-        return restore_crm_many(
+        report = restore_crm_many(
             services.sessions, services.store, services.index, current_crm_tables(services),
             record_ids,
             actor, now, reason, dry_run=dry_run, limit=limit, progress=progress,
         )
-    return restore_many(
-        services.sessions, services.store, services.index, record_ids, actor, now, reason,
-        dry_run=dry_run, limit=limit, progress=progress,
-    )
+    else:
+        report = restore_many(
+            services.sessions, services.store, services.index, record_ids, actor, now, reason,
+            dry_run=dry_run, limit=limit, progress=progress,
+        )
+    if not dry_run:  # restored by a killed restore, maybe, and still found
+        drop_unindexed_restores(
+            services.store, services.index,
+            [s.id for s in report.skipped if s.code == AlreadyActive.code],
+        )
+    return report

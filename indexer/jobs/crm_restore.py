@@ -44,7 +44,12 @@ from indexer.jobs.crm_archiver import (
 )
 from indexer.jobs.indexing import drop_restored
 from indexer.jobs.reconcile import restores_asked_for
-from indexer.jobs.restore import BulkRestoreReport, Skipped, out_of_search
+from indexer.jobs.restore import (
+    BulkRestoreReport,
+    Skipped,
+    drop_unindexed_restores,
+    out_of_search,
+)
 from indexer.search import SearchEngine
 from indexer.services import Services
 
@@ -116,6 +121,9 @@ def _restore_crm_process(
 ) -> list[str]:
     entry = store.info(record_id)  # RecordNotFound before anything else
     if entry.state != "archived":
+        if entry.state == "restored":  # by a killed restore, maybe, its process still found
+            with sessions.begin() as session:
+                drop_unindexed_restores(store, index, _process(session, store, record_id))
         raise NotArchived(f"record {record_id} is {entry.state}, not archived")
     with sessions.begin() as session:
         members = _process(session, store, record_id)
@@ -149,6 +157,7 @@ def _restore_crm_process(
             crash_point("restore.after_commit")
             restored = [row.record_id for row in ordered]
             store.complete_restores(restored, now, actor, reason)
+            crash_point("restore.before_index")
     if unsettled is not None:
         reconcile_crm_pending(sessions, store, crm, now)
         raise unsettled

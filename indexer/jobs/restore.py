@@ -124,6 +124,24 @@ def out_of_search(
     return completed
 
 
+def drop_unindexed_restores(
+    store: ArchiveStore, index: SearchEngine | None, record_ids: Iterable[str]
+) -> None:
+    """Take those of these records that are restored but still in search out of it now.
+
+    A restore killed after the catalog marked its records restored, before it took them out
+    of the index, leaves them found until the next catch-up; a retry finds them restored
+    (`already_active`) and would restore nothing, so it takes them out of search here.
+    """
+    if index is None:
+        return
+    entries = store.entries(record_ids)
+    out_of_search(store, index, [
+        record_id for record_id, entry in entries.items()
+        if entry.state == "restored" and not entry.indexed
+    ])
+
+
 def _restore_process(
     sessions: sessionmaker[Session],
     store: ArchiveStore,
@@ -135,6 +153,12 @@ def _restore_process(
 ) -> list[Record]:
     entry = store.info(record_id)
     if entry.state != ARCHIVED:
+        if entry.state == "restored":  # by a killed restore, maybe, its process still found
+            with sessions.begin() as session:
+                process = process_of(session, store, record_id)
+            drop_unindexed_restores(
+                store, index, [m.id for m in process.members] if process else [record_id]
+            )
         raise NotArchived(f"record {record_id} is {entry.state}, not archived")
     with sessions.begin() as session:
         process = process_of(session, store, record_id)
@@ -377,6 +401,7 @@ def _restore_groups(
                 store.abort_restores(dropped)
             crash_point("restore.after_insert")
             store.complete_restores(ids, now, actor, reason)
+            crash_point("restore.before_index")
     if unsettled is not None:
         # The insert may or may not have committed (e.g. the connection dropped during
         # COMMIT): reconcile looks at the active database and settles it, now or later. It
