@@ -9,6 +9,7 @@ index) after the fork.
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -21,11 +22,18 @@ from gunicorn.app.base import BaseApplication
 
 from archivist.active_db import create_schema, make_engine
 from archivist.config import Config
+from archivist.errors import ArchivistError
 from indexer.services import Services
 from server import close_app, create_app
 from server.http_worker import ArchivistWorker
 
 log = logging.getLogger(__name__)
+
+
+class CannotListen(ArchivistError):
+    """The address to serve on is taken, or not this machine's."""
+
+    code = "cannot_listen"
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -59,8 +67,11 @@ def serve(
     :param on_ready: called with the base URL once the socket listens.
     """
     # A missing or wrong archive key stops the server here, with one line, rather than as a
-    # 500 on every request.
+    # 500 on every request; so does an address it cannot listen on.
     Services.open(config).close()
+    host = host or config.server.host
+    port = config.server.port if port is None else port
+    check_can_listen(host, port)
     # Once, before the fork, so that worker processes never race to create tables.
     engine = make_engine(config.active_url)
     try:
@@ -84,7 +95,7 @@ def serve(
             close_app(app)
 
     options: dict[str, Any] = {
-        "bind": f"{host or config.server.host}:{config.server.port if port is None else port}",
+        "bind": f"{host}:{port}",
         "workers": config.server.processes,
         # gthread, reading request heads without a thread and under a deadline (slow clients)
         "worker_class": ArchivistWorker,
@@ -103,6 +114,24 @@ def serve(
         "worker_exit": worker_exit,
     }
     _Gunicorn(config, options).run()  # returns by SystemExit after SIGTERM or Ctrl-C
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Raise `CannotListen` if the address is taken or not this machine's: gunicorn would
+    retry for seconds, then stop with a dozen log lines and no reason a script can read.
+
+    :param host: the address to listen on
+    :param port: its port (0: any free one, always possible)
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+            probe.bind(address)
+    except OSError as e:  # (socket.gaierror included: a host name that does not resolve)
+        raise CannotListen(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 @contextmanager

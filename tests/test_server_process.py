@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from tests.test_cli import archivist
+
 pytestmark = pytest.mark.slow
 
 
@@ -206,3 +208,19 @@ def test_demo_serves_with_a_worker_until_interrupted(tmp_path: Path, config_path
     for pid in children:
         with pytest.raises(ProcessLookupError):
             os.kill(int(pid), 0)
+
+
+def test_serve_on_a_port_already_taken_says_so_in_one_line(config_path: Path) -> None:
+    assert archivist("init", "--config", str(config_path)).returncode == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = archivist("serve", "--host", "127.0.0.1", "--port", str(port),
+                           "--config", str(config_path))
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
