@@ -44,6 +44,10 @@ REFUSED = [
     "refund~1",  # fuzzy terms: refused, not silently empty
     "refnd~2",
     "(refund~)",
+    "subject:",  # a field without its value, and empty brackets: refused, not silently empty
+    "refund (subject: )",
+    "()",
+    "refund ( )",
 ]
 
 ACCEPTED = {

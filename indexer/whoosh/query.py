@@ -42,6 +42,10 @@ class CompiledQuery:
 # Inside a word (``case:12``, ``id:case:12``) a colon joins an identifier's parts.
 _FIELD_REF = re.compile(r"(?<![\w.:@+/'-])([A-Za-z_]\w*):(?=[^\s/])")
 _QUOTED = re.compile(r'"[^"]*"')
+# A field with nothing after its colon (`subject:` at the end, `(subject:)`), and `()`: Whoosh
+# would search them as nothing and answer no record rather than say the query is incomplete.
+_EMPTY_FIELD = re.compile(r"(?<![\w.:@+/'-])([A-Za-z_]\w*):\s*(?=\)|$)")
+_EMPTY_GROUP = re.compile(r"\(\s*\)")
 # Filters that have their own parameter, named in the refusal of ``kind:note`` and the like.
 _FILTER_PARAMETERS = frozenset({"kind", "category", "created_at", "updated_at", "archived_at"})
 _BINARY_OPERATORS = frozenset({"AND", "OR", "ANDNOT", "ANDMAYBE"})
@@ -71,8 +75,14 @@ def _check_syntax(q: str) -> None:
         raise BadQuery("unbalanced parenthesis")
     if _BAD_WILDCARD.search(q):
         raise BadQuery("a wildcard cannot start a term")
-    if _FUZZY.search(_QUOTED.sub('""', q)):
+    unquoted = _QUOTED.sub('""', q)
+    if _FUZZY.search(unquoted):
         raise BadQuery("fuzzy terms (word~ or word~2) are not supported: try a prefix (word*)")
+    if _EMPTY_GROUP.search(unquoted):
+        raise BadQuery("empty parentheses: put terms inside them, or leave them out")
+    empty = _EMPTY_FIELD.search(unquoted)
+    if empty is not None and empty.group(1) in QUERY_FIELDS:
+        raise BadQuery(f"{empty.group(1)}: needs a value after the colon")
 
 
 def _check_fields(q: str) -> None:
