@@ -8,6 +8,7 @@ index) after the fork.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import subprocess
@@ -81,7 +82,7 @@ def serve(
 
     def when_ready(arbiter: Any) -> None:
         address = arbiter.LISTENERS[0].sock.getsockname()
-        url = f"http://{address[0]}:{address[1]}"
+        url = f"http://{bind_address(address[0], address[1])}"
         log.info(
             "serving on %s with %d processes of %d threads",
             url, config.server.processes, config.server.threads,
@@ -95,7 +96,7 @@ def serve(
             close_app(app)
 
     options: dict[str, Any] = {
-        "bind": f"{host}:{port}",
+        "bind": bind_address(host, port),
         "workers": config.server.processes,
         # gthread, reading request heads without a thread and under a deadline (slow clients)
         "worker_class": ArchivistWorker,
@@ -120,18 +121,41 @@ def check_can_listen(host: str, port: int) -> None:
     """Raise `CannotListen` if the address is taken or not this machine's: gunicorn would
     retry for seconds, then stop with a dozen log lines and no reason a script can read.
 
-    :param host: the address to listen on
+    The probe binds as gunicorn will: IPv6 for an IPv6 address (`[::]`, `::1`), else IPv4
+    (a host name too), with `SO_REUSEADDR`.
+
+    :param host: the address to listen on (`""`: every interface)
     :param port: its port (0: any free one, always possible)
     """
+    bare = _unbracketed(host)
+    family = socket.AF_INET6 if _is_ipv6(bare) else socket.AF_INET
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
-            probe.bind(address)
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((bare, port))
     except OSError as e:  # (socket.gaierror included: a host name that does not resolve)
         raise CannotListen(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+def bind_address(host: str, port: int) -> str:
+    """gunicorn's `bind` for an address: an IPv6 one in brackets (`::` as `[::]:8080`).
+
+    :param host: the address, with or without brackets
+    :param port: its port
+    """
+    bare = _unbracketed(host)
+    return f"[{bare}]:{port}" if _is_ipv6(bare) else f"{bare}:{port}"
+
+
+def _unbracketed(host: str) -> str:
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:  # a host name, or "" for every interface
+        return False
 
 
 @contextmanager

@@ -224,3 +224,24 @@ def test_serve_on_a_port_already_taken_says_so_in_one_line(config_path: Path) ->
     assert result.stderr.strip().splitlines() == [
         f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
     ]
+
+
+def test_serve_listens_on_an_ipv6_address_given_with_or_without_brackets(
+    config_path: Path,
+) -> None:
+    assert archivist("init", "--config", str(config_path)).returncode == 0
+    for host in ("::1", "[::1]"):
+        port = _free_port()
+        with subprocess.Popen(
+            _archivist("serve", "--host", host, "--port", str(port), "--config",
+                       str(config_path)),
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        ) as process:
+            try:
+                assert process.stdout is not None
+                said = process.stdout.readline().decode().strip()
+                assert said == f"serving on http://[::1]:{port}"
+                _wait_healthy(f"http://[::1]:{port}", process)
+            finally:
+                process.send_signal(signal.SIGTERM)
+                assert process.wait(timeout=30) == 0
