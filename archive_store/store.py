@@ -1516,6 +1516,13 @@ class ArchiveStore:
                     out[entry.record_id] = entry
         return out
 
+    def has_pending(self) -> bool:
+        """Whether any record has a move in progress (one indexed look-up)."""
+        row = self._db().execute(
+            "SELECT 1 FROM records WHERE pending IS NOT NULL LIMIT 1"
+        ).fetchone()
+        return row is not None
+
     def iter_pending(self) -> Iterator[CatalogEntry]:
         """Stream the records with a move in progress (`delete_active` or `insert_active`)."""
         select = f"SELECT {RECORD_COLUMNS} FROM records"

@@ -16,9 +16,7 @@ from sqlalchemy.orm import Session
 
 from archive_store import ArchiveStore
 from archivist.crm_rows import CrmTable, CrmTables
-from archivist.errors import ConfigError
 from archivist.processes import ACTIVE
-from indexer.errors import CrmTablesChanged
 from indexer.jobs.crm_archiver import CrmRow, load_children, load_processes
 from indexer.processes import MAX_PROCESS_VIEW, ProcessNode, ProcessView, view_process
 from indexer.services import Services
@@ -36,10 +34,7 @@ def view_record_process_now(services: Services, record_id: str) -> ProcessView:
         except DBAPIError as e:
             if services.crm is None or e.connection_invalidated:
                 raise
-    try:
-        crm, _ = services.reflect_crm()
-    except ConfigError as e:
-        raise CrmTablesChanged(f"the CRM's tables no longer fit the mapping: {e}") from None
+    crm = services.crm_tables_now()
     with services.read_sessions.begin() as session:
         return view_record_process(session, services.store, crm, record_id)
 

@@ -21,8 +21,8 @@ from archivist.active_db import (
 )
 from archivist.config import Config
 from archivist.crm_rows import CrmTables, ForeignKeyRef, inspect_foreign_keys, open_crm_tables
-from archivist.errors import NotInitialised
-from indexer.errors import IndexMissing, IndexUnavailable
+from archivist.errors import ConfigError, NotInitialised
+from indexer.errors import CrmTablesChanged, IndexMissing, IndexUnavailable
 from indexer.search import SearchEngine
 
 OpenIndex = Callable[[Config, ArchiveStore, bool], SearchEngine]
@@ -207,6 +207,19 @@ class Services:
         :raises ConfigError: the mapping no longer fits the tables (a table or column gone).
         """
         return _open_crm_tables(self.engine, self.config, refs=refs)
+
+    def crm_tables_now(self) -> CrmTables:
+        """The CRM's mapped tables as they are now (see `reflect_crm`), for a job that moves
+        rows; only with `[[active.table]]`.
+
+        :raises CrmTablesChanged: the mapping no longer fits the tables
+        """
+        try:
+            crm, _ = self.reflect_crm()
+        except ConfigError as e:
+            raise CrmTablesChanged(f"the CRM's tables no longer fit the mapping: {e}") from None
+        assert crm is not None, "not an installation on the CRM's own tables"
+        return crm
 
     @property
     def index(self) -> SearchEngine:

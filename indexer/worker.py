@@ -70,10 +70,7 @@ class Worker:
         services = self.services
         self._leased(
             "index",
-            lambda keep: settle_leftovers(
-                services.sessions, services.store, services.index, utcnow(),
-                crm=services.reflect_crm()[0], should_stop=keep,
-            ),
+            lambda keep: settle_leftovers(services, utcnow(), should_stop=keep),
         )
 
     def index(self) -> None:

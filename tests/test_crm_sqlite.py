@@ -12,7 +12,9 @@ import pytest
 
 from archivist.active_db import utcnow
 from archivist.config import load_config
+from indexer.errors import CrmTablesChanged
 from indexer.jobs.crm_restore import restore_crm_many as restore_many
+from indexer.jobs.erasure import erase_records
 from indexer.jobs.runs import run_archive_job, run_dispose_job
 from indexer.jobs.verification import verify_all
 from indexer.services import Services
@@ -258,3 +260,36 @@ def test_stats_after_a_killed_crm_archive_count_each_record_once(
         stats = collect_stats(services)
 
     assert (stats["active"], stats["archived"]) == (6 - archived, archived)
+
+
+def test_disposal_with_nothing_to_settle_does_not_need_the_tables_to_fit(tmp_path: Path) -> None:
+    config, database = killed_mid_archive(tmp_path)
+    assert archivist("archive", "--config", str(config)).returncode == 0  # settled
+    with Services.open(load_config(config)) as services:  # a worker started before ...
+        with sqlite3.connect(database) as connection:  # ... the CRM dropped a mapped column
+            connection.execute("ALTER TABLE cases DROP COLUMN title")
+        connection.close()
+
+        report = run_dispose_job(services, datetime(2040, 1, 1, tzinfo=UTC))
+
+    assert report.purged == 6
+
+
+def test_a_move_to_settle_on_tables_that_no_longer_fit_is_refused_by_name(
+    tmp_path: Path,
+) -> None:
+    """A server or worker opened before the CRM dropped a mapped column (a command started
+    after it refuses the config at once): nothing is settled, nothing erased."""
+    config, database = killed_mid_archive(tmp_path)
+    with Services.open(load_config(config)) as services:
+        with sqlite3.connect(database) as connection:
+            connection.execute("ALTER TABLE cases DROP COLUMN title")
+        connection.close()
+
+        with pytest.raises(CrmTablesChanged, match="no longer fit the mapping"):
+            run_dispose_job(services, datetime(2021, 1, 1, tzinfo=UTC))
+        with pytest.raises(CrmTablesChanged, match="no longer fit the mapping"):
+            erase_records(services, record_id="case:2", actor="admin", at=utcnow())
+
+        assert len(list(services.store.iter_pending())) == 6
+        assert services.store.info("case:2").state == "archived"

@@ -130,7 +130,7 @@ def erase_records(
         plan = _plan(services, customer_id, record_id)
         if any(entry.pending is not None for entry in plan.entries.values()):
             # a move a crash left unfinished (or one under way, which settling waits for)
-            reconcile_moves(services.sessions, services.store, at, services.reflect_crm()[0])
+            reconcile_moves(services, at)
             plan = _plan(services, customer_id, record_id)
         return _erase(services, plan, customer_id, record_id, actor, at, path)
 

@@ -51,9 +51,7 @@ def run_archive_job(
         run = progress.run
         # A crashed run's moves and index changes first: its records become searchable now,
         # and count as indexed by this run.
-        settled = settle_leftovers(
-            services.sessions, services.store, services.index, utcnow(), should_stop=should_stop
-        )
+        settled = settle_leftovers(services, utcnow(), should_stop=should_stop)
         run.indexed = settled.indexed
 
         def index_batch(batch: Sequence[tuple[Record, datetime]]) -> int:
@@ -161,10 +159,7 @@ def run_dispose_job(
         with _recorded(services, "dispose") as progress:
             run = progress.run
             create_schema(services.engine)  # the disposal list, in installations from before it
-            settle_leftovers(
-                services.sessions, services.store, services.index, utcnow(),
-                crm=services.reflect_crm()[0],
-            )
+            settle_leftovers(services, utcnow())
 
             start = services.store.last_seq()
 

@@ -13,14 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy.orm import Session, sessionmaker
-
-from archive_store import ArchiveStore
-from archivist.crm_rows import CrmTables
 from indexer.jobs.crm_archiver import reconcile_crm_pending
 from indexer.jobs.indexing import sync_index
 from indexer.jobs.reconcile import reconcile_pending
-from indexer.search import SearchEngine
+from indexer.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -33,30 +29,27 @@ class Settled:
     indexed: int = 0
 
 
-def reconcile_moves(
-    sessions: sessionmaker[Session],
-    store: ArchiveStore,
-    now: datetime,
-    crm: CrmTables | None = None,
-) -> int:
+def reconcile_moves(services: Services, now: datetime) -> int:
     """Settle every pending move by where the installation keeps its active records: the
-    CRM's own tables when mapped (Archivist's own table is empty then), else that table.
+    CRM's own tables when mapped (Archivist's own table is empty then), read as they are now,
+    else that table.
 
-    :param crm: the CRM's mapped tables as they are now (`Services.reflect_crm`), if any
     :returns: how many records it settled
+    :raises CrmTablesChanged: a move to settle, and the mapping no longer fits the tables
     """
-    if crm is not None:
-        return reconcile_crm_pending(sessions, store, crm, now).moves
-    return reconcile_pending(sessions, store, now)
+    if services.crm is None:
+        return reconcile_pending(services.sessions, services.store, now)
+    if not services.store.has_pending():
+        return 0  # (the tables need not be read, nor fit the mapping)
+    return reconcile_crm_pending(
+        services.sessions, services.store, services.crm_tables_now(), now
+    ).moves
 
 
 def settle_leftovers(
-    sessions: sessionmaker[Session],
-    store: ArchiveStore,
-    index: SearchEngine,
+    services: Services,
     now: datetime,
     *,
-    crm: CrmTables | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Settled:
     """Finish interrupted moves, then apply every index change the index does not reflect.
@@ -64,11 +57,10 @@ def settle_leftovers(
     Cheap when there is nothing to settle (two indexed catalog queries).
 
     :param now: the real clock, stamped on restores that reconcile completes.
-    :param crm: the CRM's mapped tables as they are now, if any (see `reconcile_moves`)
     :param should_stop: checked between index batches (a stopping worker).
     """
-    moves = reconcile_moves(sessions, store, now, crm)
-    indexed = sync_index(store, index, should_stop=should_stop)
+    moves = reconcile_moves(services, now)
+    indexed = sync_index(services.store, services.index, should_stop=should_stop)
     if moves or indexed:
         log.info("settled an earlier run's leftovers: %d moves, %d index changes", moves, indexed)
     return Settled(moves, indexed)
