@@ -352,6 +352,29 @@ def test_a_one_click_restore_after_a_killed_one_takes_its_process_out_of_search(
     assert searchable(config_path) == {"K0000", "K0001", "K0004"}
 
 
+def test_a_killed_restore_whose_row_was_changed_since_is_completed_not_undone(
+    config_path, make_record
+):
+    """The restore's insert committed and the row was edited before anything settled it:
+    the row is the live version, so the record is restored, not archived as well."""
+    installed(config_path, aged_records(make_record, 5))
+    assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
+    killed = archivist(config_path, "restore", "K0002", "--reason", "first try",
+                       env={"ARCHIVIST_CRASH_AT": "restore.after_insert:1"})
+    assert killed.returncode == -signal.SIGKILL
+    active = load_config(config_path).active_url.removeprefix("sqlite:///")
+    with sqlite3.connect(active) as connection:
+        connection.execute("UPDATE active_records SET body = 'edited' WHERE id = 'K0002'")
+    connection.close()
+
+    assert archivist(config_path, "dispose", "--as-of", "2021-01-01").returncode == 0  # settles
+
+    with Services.open(load_config(config_path)) as services:
+        assert services.store.info("K0002").state == "restored"
+        with services.sessions.begin() as session:
+            assert find_active(session, ["K0002"])["K0002"].body == "edited"
+
+
 def test_worker_start_settles_a_killed_archive(config_path, make_record, tmp_path):
     installed(config_path, aged_records(make_record, 50))
     killed = archivist(config_path, "archive", "--as-of", AS_OF,

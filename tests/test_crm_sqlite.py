@@ -162,9 +162,9 @@ parent = { column = "case_id", table = "cases" }
 """
 
 
-def killed_mid_archive(tmp_path: Path, point: str = "archive.after_store") -> tuple[Path, Path]:
-    """Two aged cases with two notes each in a SQLite CRM, and an `archivist archive` killed
-    at `point`: by default once it stored them, before it deleted their rows."""
+def cases_and_notes(tmp_path: Path) -> tuple[Path, Path]:
+    """An installation on a SQLite CRM of two aged cases with two notes each; its config and
+    database."""
     database = tmp_path / "crm.db"
     with sqlite3.connect(database) as connection:
         connection.executescript("""
@@ -187,10 +187,25 @@ def killed_mid_archive(tmp_path: Path, point: str = "archive.after_store") -> tu
         "[retention.default]\narchive_after_days = 365\n"
     )
     assert archivist("init", "--config", str(config)).returncode == 0
+    return config, database
+
+
+def killed_mid_archive(tmp_path: Path, point: str = "archive.after_store") -> tuple[Path, Path]:
+    """`cases_and_notes` and an `archivist archive` killed at `point`: by default once it
+    stored them, before it deleted their rows."""
+    config, database = cases_and_notes(tmp_path)
     killed = archivist("archive", "--config", str(config),
                        env={"ARCHIVIST_CRASH_AT": f"{point}:1"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     return config, database
+
+
+def run_in_crm(database: Path, *statements: str) -> None:
+    """The CRM's own writes (no foreign key enforced: SQLite's default)."""
+    with sqlite3.connect(database) as connection:
+        for statement in statements:
+            connection.execute(statement)
+    connection.close()
 
 
 def where_each_is(config: Path, database: Path) -> dict[str, str]:
@@ -218,6 +233,40 @@ def test_settling_keeps_a_process_whole_when_the_crm_changed_its_root(tmp_path: 
     assert disposed.returncode == 0, disposed.stderr
     assert where_each_is(config, database) == {
         "case:1": "active", "note:1": "active", "note:2": "active",  # the changed process
+        "case:2": "archived", "note:3": "archived", "note:4": "archived",
+    }
+
+
+def test_settling_keeps_a_process_whole_when_the_crm_deleted_its_root_and_changed_a_row(
+    tmp_path: Path,
+) -> None:
+    config, database = killed_mid_archive(tmp_path)
+    run_in_crm(database, "DELETE FROM cases WHERE id = 1",
+               "UPDATE notes SET body = 'changed by the CRM' WHERE id = 1")
+
+    disposed = archivist("dispose", "--as-of", "2021-01-01", "--config", str(config))
+
+    assert disposed.returncode == 0, disposed.stderr
+    assert where_each_is(config, database) == {
+        "case:1": "archived",  # deleted by the CRM: only the archive has it
+        "note:1": "active", "note:2": "active",  # the rest of the changed process
+        "case:2": "archived", "note:3": "archived", "note:4": "archived",
+    }
+
+
+def test_a_killed_restore_whose_row_the_crm_changed_since_is_completed(tmp_path: Path) -> None:
+    config, database = cases_and_notes(tmp_path)
+    assert archivist("archive", "--config", str(config)).returncode == 0
+    killed = archivist("restore", "case:1", "--reason", "asked", "--config", str(config),
+                       env={"ARCHIVIST_CRASH_AT": "restore.after_commit:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    run_in_crm(database, "UPDATE notes SET body = 'changed by the CRM' WHERE id = 1")
+
+    disposed = archivist("dispose", "--as-of", "2021-01-01", "--config", str(config))
+
+    assert disposed.returncode == 0, disposed.stderr
+    assert where_each_is(config, database) == {
+        "case:1": "active", "note:1": "active", "note:2": "active",
         "case:2": "archived", "note:3": "archived", "note:4": "archived",
     }
 

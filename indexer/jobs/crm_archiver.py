@@ -41,11 +41,13 @@ from archivist.crm_rows import (
 )
 from archivist.errors import InvalidRecord
 from archivist.holds import load_hold_set
+from archivist.processes import find_processes
 from archivist.records import parse_record, parse_utc
 from archivist.retention import RetentionRules, archive_cutoff
 from indexer.jobs.archiver import KEPT_ACTIVE
 from indexer.jobs.collector import collector_paused
 from indexer.jobs.reconcile import Settlement
+from indexer.processes import CatalogSource
 
 log = logging.getLogger(__name__)
 ACTOR = "archiver"
@@ -817,9 +819,10 @@ def reconcile_crm_pending(
     never both archived and in its table, nor in neither.
 
     A process is moved whole or not at all: if the CRM changed one of its rows meanwhile, the
-    others stay active with it. The foreign keys onto the mapped tables from outside the
-    mapping are read when rows are about to be deleted, so that a table the CRM added since
-    `crm` was read cannot lose rows to an `ON DELETE CASCADE`.
+    others stay active with it (its processes are the catalog's, as they were archived). The
+    foreign keys onto the mapped tables from outside the mapping are read when rows are about
+    to be deleted, so that a table the CRM added since `crm` was read cannot lose rows to an
+    `ON DELETE CASCADE`.
 
     :param crm: the mapped tables, read as recently as the caller could (`reflect_crm`)
     """
@@ -840,14 +843,12 @@ def reconcile_crm_pending(
             and (row.record != archived[entry.record_id] or out_of_range(row.values))
         ]
         keep_whole: set[str] = set()
-        if changed:
-            with sessions.begin() as session:
-                for process in load_processes(session, crm, _keys_by_table(crm, changed)):
-                    keep_whole.update(process.record_ids)
+        if changed:  # by the catalog's links: the CRM may have deleted a row between them
+            for process in find_processes(CatalogSource(store), changed):
+                keep_whole.update(member.id for member in process.members)
         cleared: list[str] = []
         to_delete: list[CrmRow] = []
         for entry in pending:
-            record = archived[entry.record_id]
             row = current.get(entry.record_id)
             if entry.pending == "delete_active":
                 if row is None:
@@ -857,7 +858,9 @@ def reconcile_crm_pending(
                 else:  # its process changed in the CRM meanwhile: the rows are live
                     store.complete_restore(entry.record_id, now, RECONCILE_ACTOR)
             elif entry.pending == "insert_active":
-                if row is not None and row.record == record:
+                # The restore reached the CRM (changed there since, it is still the live
+                # row): done. Otherwise it never did: undone.
+                if row is not None:
                     store.complete_restore(entry.record_id, now, RECONCILE_ACTOR)
                     restored.append(entry.record_id)
                 else:

@@ -110,7 +110,9 @@ def _settle(sessions: sessionmaker[Session], store: ArchiveStore, now: datetime)
                 else:  # the CRM changed it meanwhile: the active version is the live one
                     store.complete_restore(entry.record_id, now, ACTOR)
             elif entry.pending == "insert_active":
-                if current == archived:  # the restore reached the active database
+                # The restore reached the active database (changed there since, it is still
+                # the live version): done. Otherwise it never did: undone.
+                if current is not None:
                     store.complete_restore(entry.record_id, now, ACTOR)
                     restored.append(entry.record_id)
                 else:
