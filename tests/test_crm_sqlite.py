@@ -10,13 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from archive_store.errors import NotArchived
 from archivist.active_db import utcnow
 from archivist.config import load_config
 from indexer.errors import CrmTablesChanged
 from indexer.jobs.crm_restore import restore_crm_many as restore_many
+from indexer.jobs.crm_restore import restore_crm_process
 from indexer.jobs.erasure import erase_records
 from indexer.jobs.runs import run_archive_job, run_dispose_job
 from indexer.jobs.verification import verify_all
+from indexer.search import SearchQuery
 from indexer.services import Services
 from indexer.stats import collect_stats
 from tests.test_cli import archivist
@@ -342,3 +345,20 @@ def test_a_move_to_settle_on_tables_that_no_longer_fit_is_refused_by_name(
 
         assert len(list(services.store.iter_pending())) == 6
         assert services.store.info("case:2").state == "archived"
+
+
+def test_a_retry_takes_a_killed_restores_whole_process_out_of_search(tmp_path: Path) -> None:
+    config, _database = cases_and_notes(tmp_path)
+    assert archivist("archive", "--config", str(config)).returncode == 0
+    killed = archivist("restore", "case:1", "--reason", "asked", "--config", str(config),
+                       env={"ARCHIVIST_CRASH_AT": "restore.before_index:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+    with Services.open(load_config(config)) as services:
+        assert len(list(services.index.iter_hits(SearchQuery()))) == 6  # still found
+        with pytest.raises(NotArchived):
+            restore_crm_process(services.sessions, services.store, services.index,
+                                services.crm_tables_now(), "note:2", "admin", utcnow())
+
+        found = {hit.id for hit in services.index.iter_hits(SearchQuery())}
+    assert found == {"case:2", "note:3", "note:4"}

@@ -39,7 +39,7 @@ def restore_in_bulk(
             services.sessions, services.store, services.index, record_ids, actor, now, reason,
             dry_run=dry_run, limit=limit, progress=progress,
         )
-    if not dry_run:  # restored by a killed restore, maybe, and still found
+    if not dry_run:  # restored by a killed restore, maybe, and still found with its process
         drop_unindexed_restores(
             services.store, services.index,
             [s.id for s in report.skipped if s.code == AlreadyActive.code],

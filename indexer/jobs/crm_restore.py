@@ -121,9 +121,7 @@ def _restore_crm_process(
 ) -> list[str]:
     entry = store.info(record_id)  # RecordNotFound before anything else
     if entry.state != "archived":
-        if entry.state == "restored":  # by a killed restore, maybe, its process still found
-            with sessions.begin() as session:
-                drop_unindexed_restores(store, index, _process(session, store, record_id))
+        drop_unindexed_restores(store, index, [record_id])
         raise NotArchived(f"record {record_id} is {entry.state}, not archived")
     with sessions.begin() as session:
         members = _process(session, store, record_id)

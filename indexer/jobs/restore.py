@@ -19,7 +19,7 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from archive_store import ArchiveStore
+from archive_store import ArchiveStore, CatalogEntry
 from archive_store.errors import NotArchived, RecordNotFound, RestoreInProgress
 from archive_store.faults import crash_point
 from archivist.active_db import find_active_ids, find_child_links, insert_records
@@ -29,7 +29,7 @@ from indexer.errors import AlreadyActive, TooMany
 from indexer.jobs.collector import collector_paused
 from indexer.jobs.indexing import drop_restored
 from indexer.jobs.reconcile import reconcile_pending, restores_asked_for, settle_pending
-from indexer.processes import ArchivistSource, process_of
+from indexer.processes import ArchivistSource, CatalogSource, process_of
 from indexer.search import SearchEngine
 
 log = logging.getLogger(__name__)
@@ -127,19 +127,25 @@ def out_of_search(
 def drop_unindexed_restores(
     store: ArchiveStore, index: SearchEngine | None, record_ids: Iterable[str]
 ) -> None:
-    """Take those of these records that are restored but still in search out of it now.
+    """Take the processes of these records out of search if a killed restore left them there.
 
     A restore killed after the catalog marked its records restored, before it took them out
     of the index, leaves them found until the next catch-up; a retry finds them restored
-    (`already_active`) and would restore nothing, so it takes them out of search here.
+    (`already_active`) and would restore nothing. Their processes are looked up by the
+    catalog's links, which a restore keeps, wherever the active records live.
     """
-    if index is None:
+    ids = list(record_ids)
+    if index is None or not any(_left_in_search(e) for e in store.entries(ids).values()):
         return
-    entries = store.entries(record_ids)
+    members = {m.id for p in find_processes(CatalogSource(store), ids) for m in p.members}
     out_of_search(store, index, [
-        record_id for record_id, entry in entries.items()
-        if entry.state == "restored" and not entry.indexed
+        record_id for record_id, entry in store.entries(members).items()
+        if _left_in_search(entry)
     ])
+
+
+def _left_in_search(entry: CatalogEntry) -> bool:
+    return entry.state == "restored" and not entry.indexed
 
 
 def _restore_process(
@@ -153,12 +159,7 @@ def _restore_process(
 ) -> list[Record]:
     entry = store.info(record_id)
     if entry.state != ARCHIVED:
-        if entry.state == "restored":  # by a killed restore, maybe, its process still found
-            with sessions.begin() as session:
-                process = process_of(session, store, record_id)
-            drop_unindexed_restores(
-                store, index, [m.id for m in process.members] if process else [record_id]
-            )
+        drop_unindexed_restores(store, index, [record_id])
         raise NotArchived(f"record {record_id} is {entry.state}, not archived")
     with sessions.begin() as session:
         process = process_of(session, store, record_id)
