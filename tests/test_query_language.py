@@ -48,6 +48,7 @@ REFUSED = [
     "refund (subject: )",
     "()",
     "refund ( )",
+    "refund (note: ) subject:",  # the second, a field's, is empty
 ]
 
 ACCEPTED = {
@@ -293,6 +294,8 @@ BRACKETED = {
     "(0755) 8888 6666": {"U-8"},
     "11987654321": {"U-8"},  # a five-digit local part (a Brazilian mobile)
     "98765-4321": {"U-8"},
+    "4962215438210": {"U-8"},  # a four-digit area code after a country code has no trunk 0
+    "062215438210": {"U-8"},
 }
 
 
@@ -309,7 +312,8 @@ def test_a_number_with_its_area_code_in_brackets_is_found_by_its_digits(
         make_record(id="U-6", body="see (2023) 1234 report, (12) 500 000 items, "
                     "call (1) 01 23 45 67 89, years (2019) 2020 2021 audited"),
         make_record(id="U-7", body="call (555) 1234568"),
-        make_record(id="U-8", body="call (0755) 8888 6666 or (11) 98765-4321"),
+        make_record(id="U-8", body="call (0755) 8888 6666 or (11) 98765-4321, "
+                    "in Germany +49 (6221) 5438210"),
     ], q)
     assert {hit.id for hit in page.hits} == expected
     if q == "5551234567":
@@ -443,3 +447,13 @@ def test_a_phone_number_glued_to_chinese_is_read_in_the_query_as_in_the_text(
         assert _ids(index, q=q) == {"G-1"}
     finally:
         index.close()
+
+
+def test_a_word_with_empty_brackets_is_searched_as_the_word(
+    tmp_path: Path, make_record: Callable[..., dict[str, Any]]
+) -> None:
+    page = _search_fresh(tmp_path, [
+        make_record(id="F-1", body="the log shows printf() twice"),
+        make_record(id="F-2", body="no such call"),
+    ], "printf()")
+    assert {hit.id for hit in page.hits} == {"F-1"}

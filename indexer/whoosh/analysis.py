@@ -51,12 +51,13 @@ _WORD = rf"[^\W_{_CJK}]+"
 # follow a Chinese character (`致电+86 138 0013 8000`).
 _EMAIL_AHEAD = r"(?![A-Za-z0-9._%+-]*[A-Za-z0-9]@[A-Za-z0-9-]+\.)"
 # An area code in brackets (`(555) 123-4567`, `+1 (555) 123-4567`, `(010) 8888 6666`,
-# `(0755) 88886666`, `(11) 98765-4321`): two or three digits, or four or five after a trunk
-# `0`, then a local number as one is written (three to five digits and four more, or seven or
-# eight together), so that `(1) 22 33` (a list), `(2023) 1234` or `(2019) 2020 2021` (years)
-# is not read as a number.
+# `(0755) 88886666`, `(11) 98765-4321`, `+49 (6221) 1234567`): two or three digits, or four
+# or five after a trunk `0` or a country code, then a local number as one is written (three
+# to five digits and four more, or seven or eight together), so that `(1) 22 33` (a list),
+# `(2023) 1234` or `(2019) 2020 2021` (years) is not read as a number.
 _BRACKETED = (
-    r"(?:\+\d{1,4} ?)?\((?:\d{2,3}|0\d{3,4})\) ?(?:\d{3,5}[ -]\d{4}|\d{7,8})(?!\d)"
+    r"(?:\+\d{1,4} ?\(\d{2,5}\)|\((?:\d{2,3}|0\d{3,4})\))"
+    r" ?(?:\d{3,5}[ -]\d{4}|\d{7,8})(?!\d)"
 )
 _CHUNK_RE = re.compile(
     rf"(?P<email>[A-Za-z0-9._%+-]*[A-Za-z0-9]@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)"
