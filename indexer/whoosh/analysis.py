@@ -210,8 +210,7 @@ def _composed(text: str) -> tuple[str, list[int] | None, list[int] | None]:
     while i < n:
         j = i + 1
         while True:
-            # Combining marks always join the run; they are skipped over without composing
-            # at each one, so a long run of them costs one composition, not one per mark.
+            # Combining marks always join the run: skipped over, then the run composed once.
             while j < n and unicodedata.combining(folded[j]):
                 j += 1
             piece = nfc("NFC", folded[i:j])
