@@ -355,9 +355,13 @@ def test_a_one_click_restore_after_a_killed_one_takes_its_process_out_of_search(
 def test_a_killed_restore_whose_row_was_changed_since_is_completed_not_undone(
     config_path, make_record
 ):
-    """The restore's insert committed and the row was edited before anything settled it:
-    the row is the live version, so the record is restored, not archived as well."""
-    installed(config_path, aged_records(make_record, 5))
+    """The restore's insert committed and a row was edited before anything settled it: the
+    other record of its process, found as archived, proves the restore reached the active
+    database, so the edited row is the live version and the record restored, not archived as
+    well."""
+    records = aged_records(make_record, 5)
+    records[3]["parent_id"] = "K0002"
+    installed(config_path, records)
     assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
     killed = archivist(config_path, "restore", "K0002", "--reason", "first try",
                        env={"ARCHIVIST_CRASH_AT": "restore.after_insert:1"})
@@ -371,6 +375,7 @@ def test_a_killed_restore_whose_row_was_changed_since_is_completed_not_undone(
 
     with Services.open(load_config(config_path)) as services:
         assert services.store.info("K0002").state == "restored"
+        assert services.store.info("K0003").state == "restored"
         with services.sessions.begin() as session:
             assert find_active(session, ["K0002"])["K0002"].body == "edited"
 

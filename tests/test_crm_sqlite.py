@@ -274,6 +274,28 @@ def test_a_killed_restore_whose_row_the_crm_changed_since_is_completed(tmp_path:
     }
 
 
+def test_a_killed_restore_whose_key_the_crm_gave_another_row_is_undone(tmp_path: Path) -> None:
+    """The restore's insert never committed; the CRM then gave the case's key to a new case.
+    That row is not the archived case: the restore is undone and the process stays archived,
+    rather than the case marked restored over a row that is not it."""
+    config, database = cases_and_notes(tmp_path)
+    assert archivist("archive", "--config", str(config)).returncode == 0
+    killed = archivist("restore", "case:1", "--reason", "asked", "--config", str(config),
+                       env={"ARCHIVIST_CRASH_AT": "restore.after_insert:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    run_in_crm(database, "INSERT INTO cases VALUES (1, 'sales', 'a new case', "
+                         "'2026-01-05 09:00:00')")
+
+    disposed = archivist("dispose", "--as-of", "2021-01-01", "--config", str(config))
+
+    assert disposed.returncode == 0, disposed.stderr
+    with Services.open(load_config(config)) as services:
+        states = {i: services.store.info(i).state for i in ("case:1", "note:1", "note:2")}
+        assert states == {"case:1": "archived", "note:1": "archived", "note:2": "archived"}
+        assert list(services.store.iter_pending()) == []
+        assert services.store.get("case:1")["subject"] == "case 1"
+
+
 def test_settling_reads_the_tables_referencing_the_crm_when_it_deletes(tmp_path: Path) -> None:
     """A worker started before the CRM added a table whose rows cascade from a case: its
     settling must not delete the case, and with it rows that were never archived."""

@@ -46,7 +46,7 @@ from archivist.records import parse_record, parse_utc
 from archivist.retention import RetentionRules, archive_cutoff
 from indexer.jobs.archiver import KEPT_ACTIVE
 from indexer.jobs.collector import collector_paused
-from indexer.jobs.reconcile import Settlement
+from indexer.jobs.reconcile import Settlement, restores_that_reached
 from indexer.processes import CatalogSource
 
 log = logging.getLogger(__name__)
@@ -846,6 +846,10 @@ def reconcile_crm_pending(
         if changed:  # by the catalog's links: the CRM may have deleted a row between them
             for process in find_processes(CatalogSource(store), changed):
                 keep_whole.update(member.id for member in process.members)
+        reached = restores_that_reached(store, {
+            e.record_id: current[e.record_id].record == archived[e.record_id]
+            for e in pending if e.pending == "insert_active" and e.record_id in current
+        })
         cleared: list[str] = []
         to_delete: list[CrmRow] = []
         for entry in pending:
@@ -858,9 +862,7 @@ def reconcile_crm_pending(
                 else:  # its process changed in the CRM meanwhile: the rows are live
                     store.complete_restore(entry.record_id, now, RECONCILE_ACTOR)
             elif entry.pending == "insert_active":
-                # The restore reached the CRM (changed there since, it is still the live
-                # row): done. Otherwise it never did: undone.
-                if row is not None:
+                if entry.record_id in reached:  # the restore reached the CRM's tables
                     store.complete_restore(entry.record_id, now, RECONCILE_ACTOR)
                     restored.append(entry.record_id)
                 else:

@@ -16,7 +16,7 @@ from archive_store import ArchiveStore
 from archivist.active_db import delete_records, find_active
 from archivist.processes import find_processes
 from archivist.records import record_from_json
-from indexer.processes import ArchivistSource
+from indexer.processes import ArchivistSource, CatalogSource
 
 ACTOR = "reconcile"
 
@@ -63,6 +63,26 @@ def restores_asked_for(
     return [group for group in groups.values() if wanted.intersection(group)]
 
 
+def restores_that_reached(store: ArchiveStore, inserting: dict[str, bool]) -> set[str]:
+    """Of the records an interrupted restore was putting back whose id has an active row, those
+    the restore did put back.
+
+    A row equal to its archived copy is the restore's own. A changed one may be the restore's,
+    edited since, or another record that took the id: a process goes back in one transaction,
+    so another record of its process found as archived proves its restore committed.
+
+    :param inserting: each such id, and whether its row equals its archived copy
+    """
+    reached = {record_id for record_id, same in inserting.items() if same}
+    if len(reached) == len(inserting):
+        return reached
+    for process in find_processes(CatalogSource(store), list(inserting)):
+        ids = {member.id for member in process.members}
+        if ids & reached:
+            reached |= ids & inserting.keys()
+    return reached
+
+
 def reconcile_pending(sessions: sessionmaker[Session], store: ArchiveStore, now: datetime) -> int:
     """Settle every pending move; returns how many records it settled."""
     return settle_pending(sessions, store, now).moves
@@ -97,6 +117,10 @@ def _settle(sessions: sessionmaker[Session], store: ArchiveStore, now: datetime)
         if changed:
             for process in find_processes(ArchivistSource(session, store), changed):
                 keep_whole.update(process.ids)
+        reached = restores_that_reached(store, {
+            e.record_id: active[e.record_id] == archived_of[e.record_id]
+            for e in pending if e.pending == "insert_active" and e.record_id in active
+        })
         for entry in pending:
             archived = archived_of[entry.record_id]
             current = active.get(entry.record_id)
@@ -110,9 +134,7 @@ def _settle(sessions: sessionmaker[Session], store: ArchiveStore, now: datetime)
                 else:  # the CRM changed it meanwhile: the active version is the live one
                     store.complete_restore(entry.record_id, now, ACTOR)
             elif entry.pending == "insert_active":
-                # The restore reached the active database (changed there since, it is still
-                # the live version): done. Otherwise it never did: undone.
-                if current is not None:
+                if entry.record_id in reached:  # the restore reached the active database
                     store.complete_restore(entry.record_id, now, ACTOR)
                     restored.append(entry.record_id)
                 else:
