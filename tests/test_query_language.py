@@ -49,6 +49,8 @@ REFUSED = [
     "()",
     "refund ( )",
     "refund (note: ) subject:",  # the second, a field's, is empty
+    "refund OR()",
+    "refund NOT()",
 ]
 
 ACCEPTED = {

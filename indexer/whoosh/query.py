@@ -45,7 +45,7 @@ _QUOTED = re.compile(r'"[^"]*"')
 # A field with nothing after its colon (`subject:` at the end, `(subject:)`), and `()`: Whoosh
 # would search them as nothing and answer no record rather than say the query is incomplete.
 _EMPTY_FIELD = re.compile(r"(?<![\w.:@+/'-])([A-Za-z_]\w*):\s*(?=\)|$)")
-_EMPTY_GROUP = re.compile(r"(?<!\w)\(\s*\)")  # (`printf()` is a word with its brackets)
+_EMPTY_GROUP = re.compile(r"(\w*)\(\s*\)")  # (`printf()` is a word with its brackets)
 # Filters that have their own parameter, named in the refusal of ``kind:note`` and the like.
 _FILTER_PARAMETERS = frozenset({"kind", "category", "created_at", "updated_at", "archived_at"})
 _BINARY_OPERATORS = frozenset({"AND", "OR", "ANDNOT", "ANDMAYBE"})
@@ -78,8 +78,9 @@ def _check_syntax(q: str) -> None:
     unquoted = _QUOTED.sub('""', q)
     if _FUZZY.search(unquoted):
         raise BadQuery("fuzzy terms (word~ or word~2) are not supported: try a prefix (word*)")
-    if _EMPTY_GROUP.search(unquoted):
-        raise BadQuery("empty parentheses: put terms inside them, or leave them out")
+    for group in _EMPTY_GROUP.finditer(unquoted):
+        if group.group(1) in ("", "NOT", *_BINARY_OPERATORS):
+            raise BadQuery("empty parentheses: put terms inside them, or leave them out")
     for empty in _EMPTY_FIELD.finditer(unquoted):
         if empty.group(1) in QUERY_FIELDS:
             raise BadQuery(f"{empty.group(1)}: needs a value after the colon")
