@@ -213,15 +213,21 @@ def count_crm_rows(session: Any, crm_tables: CrmTables) -> int:
     )
 
 
-def find_crm_ids(session: Any, crm_tables: CrmTables, record_ids: Iterable[str]) -> set[str]:
-    """Those of these records whose rows are in their mapped tables: the live ones."""
-    by_table: dict[CrmTable, list[Any]] = {}
+def keys_by_table(crm_tables: CrmTables, record_ids: Iterable[str]) -> dict[CrmTable, list[Any]]:
+    """The keys of these records' rows, by the mapped table each belongs to (each id once;
+    ids of no mapped table left out)."""
+    keys: dict[CrmTable, list[Any]] = {}
     for record_id in dict.fromkeys(record_ids):
         crm_table = crm_tables.table_of(record_id)
         if crm_table is not None:
-            by_table.setdefault(crm_table, []).append(crm_table.key_of(record_id))
+            keys.setdefault(crm_table, []).append(crm_table.key_of(record_id))
+    return keys
+
+
+def find_crm_ids(session: Any, crm_tables: CrmTables, record_ids: Iterable[str]) -> set[str]:
+    """Those of these records whose rows are in their mapped tables: the live ones."""
     live: set[str] = set()
-    for crm_table, keys in by_table.items():
+    for crm_table, keys in keys_by_table(crm_tables, record_ids).items():
         for start in range(0, len(keys), 500):
             query = select(crm_table.key_column).where(
                 crm_table.key_column.in_(keys[start : start + 500])

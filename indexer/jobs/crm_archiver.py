@@ -36,6 +36,7 @@ from archivist.crm_rows import (
     ForeignKeyRef,
     database_reason,
     inspect_foreign_keys,
+    keys_by_table,
     out_of_range,
     row_to_record,
 )
@@ -834,8 +835,7 @@ def reconcile_crm_pending(
         archived = {entry.record_id: store.get(entry.record_id) for entry in pending}
         current: dict[str, CrmRow] = {}
         with sessions.begin() as session:
-            wanted = _keys_by_table(crm, archived)
-            _fetch(session, crm, {crm.by_name[n]: ks for n, ks in wanted.items()}, current, False)
+            _fetch(session, crm, keys_by_table(crm, archived), current, False)
         changed = [
             entry.record_id for entry in pending
             if entry.pending == "delete_active"
@@ -876,16 +876,6 @@ def reconcile_crm_pending(
                 store.complete_restore(record_id, now, RECONCILE_ACTOR)
         store.clear_pending(cleared)
         return Settlement(len(pending), restored)
-
-
-def _keys_by_table(crm: CrmTables, record_ids: Iterable[str]) -> dict[str, list[Any]]:
-    """The keys of these records' rows, by the name of the mapped table each belongs to."""
-    keys: dict[str, list[Any]] = defaultdict(list)
-    for record_id in record_ids:
-        crm_table = crm.table_of(record_id)
-        if crm_table is not None:
-            keys[crm_table.name].append(crm_table.key_of(record_id))
-    return keys
 
 
 def _item(record: dict[str, Any]) -> ArchiveItem:
