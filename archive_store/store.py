@@ -1608,8 +1608,8 @@ class ArchiveStore:
         return {row[0] for row in rows}
 
     def counts(self) -> dict[str, int]:
-        """Counts for stats: archived, restored, purged, indexed (and archived), pending, and
-        moving (archived, but their move out of the active database not finished)."""
+        """Counts for stats: archived, restored, purged, erased, indexed (and archived), and
+        pending (a move under way, either way)."""
         conn = self._db()
         with snapshot(conn):
             return _counts(conn)
