@@ -333,16 +333,22 @@ def test_a_retried_restore_takes_a_killed_ones_records_out_of_search(config_path
     assert not {"K0002", "K0003"} & found and len(found) == 28
 
 
-def test_a_one_click_restore_after_a_killed_one_takes_its_process_out_of_search(
-    config_path, make_record
-):
+def killed_process_restore(config_path: Path, make_record, point: str) -> None:
+    """Five aged records archived, K0003 a child of K0002, and a restore of that process
+    killed at `point`."""
     records = aged_records(make_record, 5)
     records[3]["parent_id"] = "K0002"
     installed(config_path, records)
     assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
     killed = archivist(config_path, "restore", "K0002", "--reason", "first try",
-                       env={"ARCHIVIST_CRASH_AT": "restore.before_index:1"})
+                       env={"ARCHIVIST_CRASH_AT": f"{point}:1"})
     assert killed.returncode == -signal.SIGKILL
+
+
+def test_a_one_click_restore_after_a_killed_one_takes_its_process_out_of_search(
+    config_path, make_record
+):
+    killed_process_restore(config_path, make_record, "restore.before_index")
     assert {"K0002", "K0003"} <= searchable(config_path)
 
     with Services.open(load_config(config_path)) as services, pytest.raises(NotArchived):
@@ -359,13 +365,7 @@ def test_a_killed_restore_whose_row_was_changed_since_is_completed_not_undone(
     other record of its process, found as archived, proves the restore reached the active
     database, so the edited row is the live version and the record restored, not archived as
     well."""
-    records = aged_records(make_record, 5)
-    records[3]["parent_id"] = "K0002"
-    installed(config_path, records)
-    assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
-    killed = archivist(config_path, "restore", "K0002", "--reason", "first try",
-                       env={"ARCHIVIST_CRASH_AT": "restore.after_insert:1"})
-    assert killed.returncode == -signal.SIGKILL
+    killed_process_restore(config_path, make_record, "restore.after_insert")
     active = load_config(config_path).active_url.removeprefix("sqlite:///")
     with sqlite3.connect(active) as connection:
         connection.execute("UPDATE active_records SET body = 'edited' WHERE id = 'K0002'")

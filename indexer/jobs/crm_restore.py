@@ -34,8 +34,7 @@ from archivist.crm_rows import (
     stored_as_is,
     text_columns,
 )
-from archivist.errors import ConfigError
-from indexer.errors import AlreadyActive, RestoreRefused, TooMany
+from indexer.errors import AlreadyActive, CrmTablesChanged, RestoreRefused, TooMany
 from indexer.jobs.crm_archiver import (
     CrmRow,
     archived_tree,
@@ -62,11 +61,9 @@ def current_crm_tables(services: Services) -> CrmTables:
         is gone).
     """
     try:
-        crm, _ = services.reflect_crm()
-    except ConfigError as e:
-        raise RestoreRefused(f"the CRM's tables no longer fit the mapping: {e}") from None
-    assert crm is not None
-    return crm
+        return services.crm_tables_now()
+    except CrmTablesChanged as e:
+        raise RestoreRefused(str(e)) from None
 
 
 def restore_crm_process(
