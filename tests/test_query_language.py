@@ -323,6 +323,63 @@ def test_a_number_with_its_area_code_in_brackets_is_found_by_its_digits(
         assert "<mark>(555) 123-4567</mark>" in snippet
 
 
+TRUNK_IN_BRACKETS = {
+    "+44 (0)20 7946 0958": {"T-1", "T-2"},
+    "+44 20 7946 0958": {"T-1", "T-2"},
+    "442079460958": {"T-1", "T-2"},
+    "020 7946 0958": {"T-1", "T-2"},  # as dialled inside the country, with its trunk 0
+    "2079460958": {"T-1", "T-2"},
+    "+44(0)2079460958": {"T-1", "T-2"},
+    "+41 (0)44 668 18 00": {"T-3"},
+    "0446681800": {"T-3"},
+    "+49 (0) 6221 5438210": {"T-3"},
+    "4962215438210": {"T-3"},
+    "4402079460958": set(),  # the bracketed 0 is not dialled after the country code
+    '"(0)20 7946"': set(),  # one number, not words
+    "7946 0958": {"T-1"},  # its groups are still words
+}
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"), list(TRUNK_IN_BRACKETS.items()), ids=list(TRUNK_IN_BRACKETS)
+)
+def test_a_trunk_zero_in_brackets_is_dialled_without_it_from_abroad_and_with_it_at_home(
+    tmp_path: Path, make_record: Callable[..., dict[str, Any]], q: str, expected: set[str]
+) -> None:
+    page = _search_fresh(tmp_path, [
+        make_record(id="T-1", body="London office: +44 (0)20 7946 0958, ask for Sam"),
+        make_record(id="T-2", body="call +44(0)2079460958"),
+        make_record(id="T-3", body="Zürich +41 (0)44 668 18 00, Heidelberg +49 (0) 6221 5438210"),
+        make_record(id="T-4", body="call 020 7946 0959 about the 44 items"),
+    ], q)
+    assert {hit.id for hit in page.hits} == expected
+    if q == "442079460958":
+        snippet = next(h.snippet for h in page.hits if h.id == "T-1")
+        assert "<mark>+44 (0)20 7946 0958</mark>" in snippet
+
+
+NO_COUNTRY_CODE = {
+    '"2020 2021"': {"N-1"},  # years after a sign and a year in brackets keep their phrase
+    "3201920202021": set(),
+    '"+3 (2019) 2020 2021"': {"N-1"},
+    "+35 123 4567": {"N-2"},  # no country code is 35: its groups are words
+    "351211234567": {"N-3"},  # Portugal's 351 is one
+    "211234567": {"N-3"},
+}
+
+
+@pytest.mark.parametrize(("q", "expected"), list(NO_COUNTRY_CODE.items()), ids=list(NO_COUNTRY_CODE))
+def test_digits_after_a_plus_sign_are_a_phone_number_only_after_a_country_code(
+    tmp_path: Path, make_record: Callable[..., dict[str, Any]], q: str, expected: set[str]
+) -> None:
+    page = _search_fresh(tmp_path, [
+        make_record(id="N-1", body="goal difference +3 (2019) 2020 2021 seasons"),
+        make_record(id="N-2", body="stock +35 123 4567 units"),
+        make_record(id="N-3", body="Lisbon +351 21 123 4567"),
+    ], q)
+    assert {hit.id for hit in page.hits} == expected
+
+
 def test_category_and_kind_filters_ignore_case(index: SearchIndex) -> None:
     assert _ids(index, categories=("BILLING",)) == {"P-1", "P-2"}
     assert _ids(index, categories=("billing", "FINANCE")) == {"P-1", "P-2", "C-1"}

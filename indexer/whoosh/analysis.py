@@ -59,10 +59,15 @@ _BRACKETED = (
     r"(?:\+\d{1,4} ?\(\d{2,5}\)|\((?:\d{2,3}|0\d{3,4})\))"
     r" ?(?:\d{3,5}[ -]\d{4}|\d{7,8})(?!\d)"
 )
+# The trunk prefix in brackets after the country code (`+44 (0)20 7946 0958`,
+# `+41 (0)44 668 18 00`, `+49(0)62215438210`): dialled from abroad without the `0`, at home
+# with it; its digits are those of the number without the bracket (see `_phone_digits`).
+_TRUNK_BRACKETED = r"\+\d{1,4} ?\(0\) ?(?:\d{1,5}(?:[ -]\d{2,8}){1,4}|\d{6,12})(?!\d)"
+_TRUNK = "(0)"
 _CHUNK_RE = re.compile(
     rf"(?P<email>[A-Za-z0-9._%+-]*[A-Za-z0-9]@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)"
     rf"|(?P<phone>(?<![+.-])(?<![^\W{_CJK}])"
-    rf"(?:{_BRACKETED}"
+    rf"(?:{_BRACKETED}|{_TRUNK_BRACKETED}"
     rf"|\+\d{{1,4}}(?: \d{{2,5}}){{1,5}}|\d{{2,5}}(?: \d{{2,5}}){{2,5}}"
     rf"|\+\d{{1,4}}(?:-\d{{2,5}}){{1,5}}|\+\d{{7,15}})"
     rf"(?![^\W{_CJK}]|@|[.:/-]\w))"
@@ -76,12 +81,14 @@ _PART_RE = re.compile(_WORD)
 # ... as the index reads it: also glued to Chinese text (`致电+86 138 0013 8000`)
 _PHONE_QUERY_RE = re.compile(
     rf"(?:(?P<cjk>[{_CJK}]+)|(?<![+.:-])(?<![^\W{_CJK}]))"
-    rf"(?P<phone>{_BRACKETED}|\+\d{{1,4}}(?: \d{{2,5}}){{1,5}}|\d{{2,5}}(?: \d{{2,5}}){{2,5}})"
+    rf"(?P<phone>{_BRACKETED}|{_TRUNK_BRACKETED}"
+    rf"|\+\d{{1,4}}(?: \d{{2,5}}){{1,5}}|\d{{2,5}}(?: \d{{2,5}}){{2,5}})"
     rf"(?![^\W{_CJK}]|[@*?~]|[.:/-]\w)"
 )
 _POSSESSIVE = ("'s", "'S")
 _DIGITISH_RE = re.compile(r"\+?[\d.\- ()]+")
 _MIN_PHONE_DIGITS = 7
+_LEADING_DIGITS = re.compile(r"\+(\d+)")
 # ITU-T E.164 country codes of one and two digits; every other code has three. The codes are
 # prefix-free, so the digits after a "+" name their country code unambiguously.
 _SHORT_COUNTRY_CODES = frozenset(
@@ -118,6 +125,25 @@ def _digits_only(text: str) -> str | None:
     return digits if len(digits) >= _MIN_PHONE_DIGITS else None
 
 
+def _phone_digits(chunk: str) -> str | None:
+    """The digits a phone number is dialled with: `+44 (0)20 7946 0958` without its bracketed
+    trunk `0` (``442079460958``); None when it is not phone-like, or its `+` is followed by
+    no country code (`+3 (2019) 2020 2021`)."""
+    if chunk.startswith("+") and not _has_country_code(chunk):
+        return None
+    return _digits_only(chunk.replace(_TRUNK, "", 1))
+
+
+def _has_country_code(chunk: str) -> bool:
+    """Whether the digits written after the `+` (up to a space, dash or bracket) can begin with
+    a country code: one of the short codes, or three digits (no code starts with `0`)."""
+    lead = _LEADING_DIGITS.match(chunk)
+    digits = lead.group(1) if lead else ""
+    if digits[:1] in _SHORT_COUNTRY_CODES or digits[:2] in _SHORT_COUNTRY_CODES:
+        return True
+    return len(digits) >= 3 and not digits.startswith("0")
+
+
 def _national_forms(chunk: str, digits: str) -> list[str]:
     """Return how a phone number written with its country code is dialled inside its
     country: the national number (``+86 138 0013 8000``: ``13800138000``) and, with the
@@ -135,7 +161,7 @@ def _local_number(chunk: str) -> str | None:
     """The digits after a bracketed area code (`(555) 123-4567`: ``1234567``), so that the
     number typed without its area code finds it; None when there is none or it is too short."""
     _area, bracket, rest = chunk.partition(")")
-    if not bracket:
+    if not bracket or _TRUNK in chunk:  # a bracketed trunk `0` is no area code
         return None
     digits = "".join(ch for ch in rest if ch.isdigit())
     return digits if len(digits) >= _MIN_PHONE_DIGITS else None
@@ -304,7 +330,7 @@ def _iter_tokens(text: str, mode: str, start_pos: int) -> Iterator[tuple[str, in
                     yield word, pos + i, start + wstart, start + wstart + len(word)
             pos += n - 1
         elif kind == "phone":
-            digits = _digits_only(chunk)
+            digits = _phone_digits(chunk)
             if digits is None:
                 for part in _PART_RE.finditer(chunk):
                     yield part.group(), pos, start + part.start(), start + part.end()
@@ -403,7 +429,7 @@ def normalize_query_text(q: str) -> str:
     """
 
     def repl(m: re.Match[str]) -> str:
-        digits = _digits_only(m.group("phone"))
+        digits = _phone_digits(m.group("phone"))
         if digits is None:
             return m.group()
         chinese = m.group("cjk")
