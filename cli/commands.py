@@ -36,6 +36,7 @@ from archivist.tokens import (
 )
 from indexer.errors import IndexerError
 from indexer.hold_reach import NO_RECORD_HELD, hold_reaches_a_record
+from indexer.process_search import iter_process_hits
 from indexer.services import Services
 
 # Commands import the layers they use inside their own bodies: `archivist --help` and short
@@ -302,7 +303,7 @@ def restore(
             record_ids = list(ids)
             if query is not None:
                 audit["search"] = search
-                record_ids = [hit.id for hit in services.index.iter_hits(query)]
+                record_ids = [hit.id for hit in iter_process_hits(services, query)]
             report = restore_in_bulk(
                 services, record_ids, "cli", utcnow(), reason.strip(), dry_run=dry_run,
                 progress=advance,

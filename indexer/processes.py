@@ -109,6 +109,41 @@ def with_process_ids(
     return [{**r, "process_id": roots.get(r["id"], r["id"])} for r in records]
 
 
+def index_roots(session: Session, store: ArchiveStore, root_id: str) -> tuple[str, ...]:
+    """The roots the index gives the archived records of the process whose root is `root_id`.
+
+    The index is built from the archive alone, so it roots a record at its top archived (or
+    restored) ancestor. That is the process's root unless the root is only in the active
+    database (a parent imported after its children were archived): then each archived part
+    has its own top. Empty when `root_id` is not the root of a process.
+    """
+    entry = store.entries([root_id]).get(root_id)
+    if entry is not None and entry.state == "archived" and entry.parent_id is None:
+        return (root_id,)  # nearly always: the archive holds the whole tree from its root
+    process = process_of(session, store, root_id)
+    if process is None or process.root != root_id:
+        return ()
+    archived = [m.id for m in process.members if m.state == "archived"]
+    tops = find_roots(CatalogSource(store), archived) if archived else {}
+    return tuple(sorted(set(tops.values())))
+
+
+def process_roots(
+    session: Session, store: ArchiveStore, tops: Collection[str]
+) -> dict[str, str]:
+    """The process root of each index root among `tops` whose own parent is known outside the
+    archive (see `index_roots`); the others are their process's root already.
+
+    :param tops: roots as the index holds them (a hit's `process_id`)
+    """
+    entries = store.entries(list(tops))
+    above = [i for i, e in entries.items() if e.parent_id is not None]
+    if not above:
+        return {}
+    roots = find_roots(ArchivistSource(session, store), above)
+    return {top: root for top, root in roots.items() if root != top}
+
+
 @dataclass(frozen=True)
 class ProcessNode:
     """One record of a process as the record view lists it."""

@@ -47,6 +47,7 @@ from indexer.jobs.bulk_restore import restore_in_bulk
 from indexer.jobs.crm_restore import current_crm_tables, restore_crm_process
 from indexer.jobs.erasure import ErasureReport, audit_details, audit_target, erase_records
 from indexer.jobs.restore import BulkRestoreReport, restore_process
+from indexer.process_search import iter_process_hits, search_processes
 from indexer.processes import ProcessView
 from indexer.search import SearchHit, SearchPage, SearchQuery
 from indexer.services import Services
@@ -173,7 +174,7 @@ def search(actor: Actor, query: SearchQuery) -> SearchPage:
     details.update(sort=query.sort, page=query.page, per_page=query.per_page)
     # Not waited for: a search should not queue behind an archive batch's write lock.
     with audited(actor, "search", query.q, details, wait=False) as entry:
-        page = actor.services.index.search(query)
+        page = search_processes(actor.services, query)
         entry.details["total"] = page.total
     return page
 
@@ -235,7 +236,7 @@ def bulk_restore(
     target = "search" if query is not None else "ids"
     with audited(actor, "restore", target, details, wait=True) as entry:
         if query is not None:
-            ids = [hit.id for hit in services.index.iter_hits(query)]
+            ids = [hit.id for hit in iter_process_hits(services, query)]
         report = restore_in_bulk(
             services, ids or [], actor.name, actor.now(), reason, dry_run=dry_run,
             limit=limit, progress=progress,
@@ -431,7 +432,7 @@ def _export_stream(actor: Actor, query: SearchQuery) -> Iterator[bytes]:
     digest = hashlib.sha256()
     size = 0
     with audited(actor, "export", query.q, describe_query(query), wait=True) as entry:
-        counter = _Counter(actor.services.index.iter_hits(query))
+        counter = _Counter(iter_process_hits(actor.services, query))
         next_check = time_module.monotonic() + actor.recheck_seconds
         rows = 0  # in the chunks handed on (the counter is a chunk ahead)
         try:
@@ -467,7 +468,7 @@ def export_checksum(actor: Actor, query: SearchQuery) -> ExportChecksum:
     details["checksum_only"] = True
     with audited(actor, "export", query.q, details, wait=False) as entry:
         digest = hashlib.sha256()
-        counter = _Counter(actor.services.index.iter_hits(query))
+        counter = _Counter(iter_process_hits(actor.services, query))
         size = 0
         for chunk in iter_csv(iter(counter)):
             digest.update(chunk)

@@ -189,3 +189,47 @@ def test_records_archived_before_their_parent_join_its_process_in_search(
     assert {hit.process_id for hit in page.hits} == {"LATE-CASE"}
     assert services.index.search(SearchQuery(process="LATE-MSG-1")).total == 0
     assert services.index.search(SearchQuery()).total == 4  # re-indexed, not indexed twice
+
+
+def test_records_under_a_parent_only_in_the_active_database_are_searched_by_its_process(
+    client, agent_headers, auditor_headers, admin_headers, services, archived, make_record
+):
+    # Two threads archived first; their case arrives later and is young, so it stays active.
+    archived(
+        make_record(id="EARLY-MSG-1", parent_id="NEW-CASE", subject="first thread"),
+        make_record(id="EARLY-MSG-2", parent_id="EARLY-MSG-1", subject="its reply"),
+        make_record(id="EARLY-MSG-3", parent_id="NEW-CASE", subject="second thread"),
+        make_record(id="ELSEWHERE", subject="another process"),
+    )
+    young = make_record(id="NEW-CASE", kind="process", updated_at="2025-12-30T00:00:00Z")
+    assert load(services, [young]).rejected == 0
+    run_archive_job(services, AS_OF)
+    with services.sessions.begin() as session:
+        assert set(find_active(session, ["NEW-CASE"])) == {"NEW-CASE"}
+    record = client.get("/api/v1/records/EARLY-MSG-2", headers=agent_headers).json
+    assert record["process"]["root"] == "NEW-CASE"
+
+    threads = {"EARLY-MSG-1", "EARLY-MSG-2", "EARLY-MSG-3"}
+    found = hit_ids(client, agent_headers, "process=NEW-CASE")
+    assert set(found) == threads
+    assert {hit["process_id"] for hit in found.values()} == {"NEW-CASE"}
+    assert set(hit_ids(client, agent_headers, "q=reply&process=NEW-CASE")) == {"EARLY-MSG-2"}
+    everything = hit_ids(client, agent_headers, "")
+    assert {i: everything[i]["process_id"] for i in threads} == dict.fromkeys(threads, "NEW-CASE")
+    assert everything["ELSEWHERE"]["process_id"] == "ELSEWHERE"
+    # a thread's first message is not the root of a process
+    assert hit_ids(client, agent_headers, "process=EARLY-MSG-1") == {}
+
+    export = client.get("/api/v1/export.csv?process=NEW-CASE", headers=auditor_headers)
+    assert sorted(line.split(",")[0] for line in export.data.decode().splitlines()[1:]) == sorted(
+        threads
+    )
+    response = client.post(
+        "/api/v1/restore", headers=admin_headers,
+        json={"search": {"process": "NEW-CASE"}, "reason": "case reopened"},
+    )
+    assert response.status_code == 200, response.json
+    assert sorted(response.json["ids"]) == sorted(threads)
+    with services.sessions.begin() as session:
+        assert set(find_active(session, [*threads, "NEW-CASE"])) == {*threads, "NEW-CASE"}
+    assert hit_ids(client, agent_headers, "process=NEW-CASE") == {}

@@ -368,7 +368,9 @@ NO_COUNTRY_CODE = {
 }
 
 
-@pytest.mark.parametrize(("q", "expected"), list(NO_COUNTRY_CODE.items()), ids=list(NO_COUNTRY_CODE))
+@pytest.mark.parametrize(
+    ("q", "expected"), list(NO_COUNTRY_CODE.items()), ids=list(NO_COUNTRY_CODE)
+)
 def test_digits_after_a_plus_sign_are_a_phone_number_only_after_a_country_code(
     tmp_path: Path, make_record: Callable[..., dict[str, Any]], q: str, expected: set[str]
 ) -> None:

@@ -29,6 +29,15 @@ class SearchQuery:
     sort: str | None = None
     page: int = 1
     per_page: int = 20
+    # The roots the index holds for `process` (`indexer.processes.index_roots`): more than one
+    # when the process's root is only in the active database. None: `process` itself.
+    process_roots: tuple[str, ...] | None = None
+
+    def wanted_roots(self) -> tuple[str, ...] | None:
+        """The `process_id` values a hit may have, or None when any will do."""
+        if self.process_roots is not None:
+            return self.process_roots
+        return None if self.process is None else (self.process,)
 
 
 @dataclass(frozen=True)

@@ -486,7 +486,9 @@ class SearchIndex:
         """The query's text compiled; refused if it asks for processes of shards that have
         none (an index from before them would answer nothing, as if there were none)."""
         compiled = compile_query(query.q, self._parser, readers)
-        if query.process is not None or any(f in compiled.fields for f in _PROCESS_FIELDS):
+        if query.wanted_roots() is not None or any(
+            f in compiled.fields for f in _PROCESS_FIELDS
+        ):
             reason = _without_processes(readers)
             if reason is not None:
                 raise IndexOutdated(f"the index {EARLIER}: {reason}; {REBUILD_HINT}")

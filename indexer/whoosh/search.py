@@ -105,14 +105,15 @@ def _match_shard(
             narrow(dates >= lo)
         if hi is not None:
             narrow(dates <= hi)
-    for fieldname, value in (
-        ("customer_id", query.customer_id),
-        ("owner", query.owner),
-        ("process_id", query.process),
-    ):
+    for fieldname, value in (("customer_id", query.customer_id), ("owner", query.owner)):
         if value is not None:
             allowed = Evaluator(cache, None, scored=False)._term(fieldname, value)
             narrow(member(docs, allowed.docs))
+    roots = query.wanted_roots()
+    if roots is not None:
+        terms = Evaluator(cache, None, scored=False)
+        in_roots = [terms._term("process_id", root).docs for root in roots]
+        narrow(member(docs, np.unique(np.concatenate(in_roots)) if in_roots else docs[:0]))
     for values, names, ords in (
         (query.categories, cache.cat_names, cache.cat_ord),
         (query.kinds, cache.kind_names, cache.kind_ord),
