@@ -27,9 +27,8 @@ def search_processes(services: Services, query: SearchQuery) -> SearchPage:
     page = services.index.search(resolve_process(services, query))
     if services.crm is not None or not any(hit.parent_id is not None for hit in page.hits):
         return page
-    tops = {hit.process_id for hit in page.hits if hit.parent_id is not None}
-    with services.read_sessions.begin() as session:
-        roots = process_roots(session, services.store, {t for t in tops if t is not None})
+    tops = {hit.process_id for hit in page.hits if hit.parent_id is not None and hit.process_id}
+    roots = process_roots(services.read_sessions, services.store, tops)
     if not roots:
         return page
     hits = [
@@ -49,6 +48,5 @@ def resolve_process(services: Services, query: SearchQuery) -> SearchQuery:
     """The query with the index's roots for its `process` filter, if it has one."""
     if query.process is None or services.crm is not None:
         return query
-    with services.read_sessions.begin() as session:
-        roots = index_roots(session, services.store, query.process)
+    roots = index_roots(services.read_sessions, services.store, query.process)
     return replace(query, process_roots=roots)

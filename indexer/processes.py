@@ -13,7 +13,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from archive_store import ArchiveStore, ArchiveStoreError, CatalogEntry
 from archivist.active_db import ActiveLink, find_active, find_child_links, find_links
@@ -109,7 +109,9 @@ def with_process_ids(
     return [{**r, "process_id": roots.get(r["id"], r["id"])} for r in records]
 
 
-def index_roots(session: Session, store: ArchiveStore, root_id: str) -> tuple[str, ...]:
+def index_roots(
+    sessions: sessionmaker[Session], store: ArchiveStore, root_id: str
+) -> tuple[str, ...]:
     """The roots the index gives the archived records of the process whose root is `root_id`.
 
     The index is built from the archive alone, so it roots a record at its top archived (or
@@ -120,7 +122,8 @@ def index_roots(session: Session, store: ArchiveStore, root_id: str) -> tuple[st
     entry = store.entries([root_id]).get(root_id)
     if entry is not None and entry.state == "archived" and entry.parent_id is None:
         return (root_id,)  # nearly always: the archive holds the whole tree from its root
-    process = process_of(session, store, root_id)
+    with sessions.begin() as session:
+        process = process_of(session, store, root_id)
     if process is None or process.root != root_id:
         return ()
     archived = [m.id for m in process.members if m.state == "archived"]
@@ -129,7 +132,7 @@ def index_roots(session: Session, store: ArchiveStore, root_id: str) -> tuple[st
 
 
 def process_roots(
-    session: Session, store: ArchiveStore, tops: Collection[str]
+    sessions: sessionmaker[Session], store: ArchiveStore, tops: Collection[str]
 ) -> dict[str, str]:
     """The process root of each index root among `tops` whose own parent is known outside the
     archive (see `index_roots`); the others are their process's root already.
@@ -140,7 +143,8 @@ def process_roots(
     above = [i for i, e in entries.items() if e.parent_id is not None]
     if not above:
         return {}
-    roots = find_roots(ArchivistSource(session, store), above)
+    with sessions.begin() as session:
+        roots = find_roots(ArchivistSource(session, store), above)
     return {top: root for top, root in roots.items() if root != top}
 
 
