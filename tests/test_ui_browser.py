@@ -169,6 +169,9 @@ KNOWN = [
             "2022-06-02T00:00:00Z"),
     _record("TICK-3", "sales", "note", "Third tickword note", "tickword three",
             "2022-06-03T00:00:00Z"),
+    # every field at its longest, without a space to break at
+    _record("WIDE-1", "cat-" + "x" * 124, "note", "Widthword " + "w" * 300, "widthword",
+            "2022-08-01T00:00:00Z", customer_id="CUST-" + "9" * 251, owner="o." + "y" * 254),
     _record("ALL-1", "sales", "note", "Allword one", "allword", "2022-07-01T00:00:00Z"),
     _record("ALL-1-C", "sales", "note", "Follow-up", "child", "2022-07-02T00:00:00Z",
             parent_id="ALL-1"),
@@ -737,6 +740,39 @@ def test_ui_a_long_reason_wraps_on_a_phone(new_page: Any, site: Site) -> None:
     finally:
         urllib.request.urlopen(urllib.request.Request(
             f"{site.url}/api/v1/holds/customer/C-WRAP", headers=headers, method="DELETE"),
+            timeout=30)
+
+
+def test_ui_the_longest_values_wrap_rather_than_widen_a_page(new_page: Any, site: Site) -> None:
+    """Ids, categories, owners, hold values and audit targets may be long and have no space:
+    each page wraps them rather than pushing its buttons out (at phone width a table of many
+    columns scrolls inside its own box, by design, but the page itself never widens)."""
+    headers = {"Authorization": f"Bearer {site.tokens['admin']}",
+               "Content-Type": "application/json"}
+    value = "CUST-" + "7" * 250
+    body = json.dumps({"scope": "customer", "value": value, "reason": "wide"}).encode()
+    urllib.request.urlopen(urllib.request.Request(
+        f"{site.url}/api/v1/holds", data=body, headers=headers, method="POST"), timeout=30)
+    long_query = ",".join(f"user{i}@example.com" for i in range(12))
+    api_ids(site, "agent", q=long_query)
+    wait_until_audited(site, "search", long_query)
+    try:
+        for width in (1280, 375):
+            page = new_page("admin", width=width, height=800)
+            for path in ("/search?q=widthword", "/records/WIDE-1", "/admin/holds", "/audit",
+                         "/admin"):
+                page.goto(path)
+                if path == "/search?q=widthword":
+                    assert hit_ids(page) == ["WIDE-1"]
+                shown = page.evaluate("document.documentElement.scrollWidth")
+                assert shown <= width, (path, width, shown)
+                for button in page.locator("main button:visible").all() if width > 1000 else ():
+                    box = button.bounding_box()
+                    assert box is not None and box["x"] + box["width"] <= width, (path, width)
+            page.context.close()
+    finally:
+        urllib.request.urlopen(urllib.request.Request(
+            f"{site.url}/api/v1/holds/customer/{value}", headers=headers, method="DELETE"),
             timeout=30)
 
 

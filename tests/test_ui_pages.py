@@ -350,6 +350,54 @@ def test_ui_a_customer_filter_pasted_with_spaces_finds_the_customer(
     assert "CU-1" in page
 
 
+def _chips(page: str, label: str) -> dict[str, tuple[int, str]]:
+    """The facet chips of one row: name -> (count, link)."""
+    row = re.search(rf'facet-label">{label}</span>(.*?)</div>', page, re.S)
+    assert row, page[:500]
+    found = re.findall(r'<a class="chip[^"]*" href="([^"]+)"[^>]*>([^<]+?) <span class="count">'
+                       r"(\d+)</span>", row.group(1))
+    return {name: (int(count), href.replace("&amp;", "&")) for href, name, count in found}
+
+
+def _total(client: Any, link: str) -> int:
+    page = client.get(link).get_data(as_text=True)
+    match = re.search(r'data-testid="total">\s*([\d,]+)', page)
+    assert match, page[:500]
+    return int(match.group(1).replace(",", ""))
+
+
+def test_ui_a_facet_chip_counts_what_its_link_shows(
+    client: Any, agent_headers: Any, archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    archived(
+        make_record(id="F-1", category="Billing", created_at="2020-03-01T00:00:00Z"),
+        make_record(id="F-2", category="billing", created_at="2020-09-01T00:00:00Z"),
+        make_record(id="F-3", category="billing", created_at="2021-02-01T00:00:00Z"),
+        make_record(id="F-4", category="support", created_at="2020-11-01T00:00:00Z"),
+    )
+    _sign_in(client, agent_headers)
+    page = client.get("/search").get_data(as_text=True)
+    categories = _chips(page, "Category")
+    assert {name: count for name, (count, _) in categories.items()} == {"billing": 3, "support": 1}
+    for count, link in categories.values():
+        assert _total(client, link) == count
+    # the filter box is one box too, ticked whichever spelling the URL has
+    filtered = client.get("/search?category=Billing").get_data(as_text=True)
+    assert len(re.findall(r'name="category" value="billing"', filtered, re.I)) == 1
+    assert re.search(r'name="category" value="Billing" checked', filtered)
+    assert "category=" not in _chips(filtered, "Category")["Billing"][1]  # its chip unticks
+
+    # a year chip keeps the dates asked for
+    page = client.get("/search?from=2020-06-01&to=2021-03-01").get_data(as_text=True)
+    years = _chips(page, "Year")
+    assert {year: count for year, (count, _) in years.items()} == {"2020": 2, "2021": 1}
+    assert "from=2020-06-01" in years["2020"][1] and "to=2020-12-31" in years["2020"][1]
+    assert "from=2021-01-01" in years["2021"][1] and "to=2021-03-01" in years["2021"][1]
+    for count, link in years.values():
+        assert _total(client, link) == count
+
+
 def test_ui_holds_round_trip(client: Any, admin_headers: Any) -> None:
     _sign_in(client, admin_headers)
     csrf = _csrf(client, "/admin/holds")

@@ -112,9 +112,11 @@ def search_url(**changes: Any) -> str:
 
 
 def toggle_url(name: str, value: str) -> str:
-    """The current search with `value` added to or removed from the list parameter `name`."""
+    """The current search with `value` added to or removed from the list parameter `name`
+    (in any case: category and kind filters ignore it)."""
     values = request.args.getlist(name)
-    values = [v for v in values if v != value] if value in values else [*values, value]
+    kept = [v for v in values if v.casefold() != value.casefold()]
+    values = kept if len(kept) < len(values) else [*values, value]
     return search_url(**{name: values})
 
 

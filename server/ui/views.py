@@ -45,7 +45,7 @@ from server.schemas import (
     describe_errors,
     load_search_query,
 )
-from server.ui import bp
+from server.ui import bp, facets
 from server.ui.filters import (
     AUDIT_PARAMS,
     DATE_FIELD_LABELS,
@@ -142,12 +142,19 @@ def search() -> Any:
         except BadQuery as e:
             error = str(e)
     selected = {"category": args.getlist("category"), "kind": args.getlist("kind")}
-    categories = sorted(
-        set(known_categories(services))
-        | set(services.config.retention.categories)
-        | set(selected["category"])
-    )
-    kinds = sorted(set(services.config.kinds) | set(selected["kind"]))
+    counts = page.facets if page is not None else {}
+    offered = {
+        "category": [*known_categories(services), *services.config.retention.categories],
+        "kind": list(services.config.kinds),
+    }
+    boxes = {
+        f: facets.choices(offered[f], counts.get(f, {}), selected[f]) for f in ("category", "kind")
+    }
+    chips = {f: facets.chips(counts.get(f, {}), selected[f]) for f in ("category", "kind")}
+    years = {
+        year: (count, facets.year_bounds(year, query, args))
+        for year, count in counts.get("year", {}).items()
+    }
     pages = 0
     if page is not None:
         pages = max(1, math.ceil(page.total / page.per_page))
@@ -157,9 +164,9 @@ def search() -> Any:
         page=page,
         pages=pages,
         error=error,
-        selected=selected,
-        categories=categories,
-        kinds=kinds,
+        boxes=boxes,
+        chips=chips,
+        years=years,
         date_fields=[(f, DATE_FIELD_LABELS.get(f, f)) for f in DATE_FIELDS],
         sorts=[(s, SORT_LABELS.get(s, s)) for s in SORTS],
         per_page_choices=_per_page_choices(args.get("per_page", "")),
