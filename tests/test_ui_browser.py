@@ -776,6 +776,22 @@ def test_ui_the_longest_values_wrap_rather_than_widen_a_page(new_page: Any, site
             timeout=30)
 
 
+def test_ui_pages_load_without_a_console_error(new_page: Any) -> None:
+    page = new_page("admin")
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text)
+            if message.type == "error" else None)
+    failed: list[str] = []
+    page.on("requestfailed", lambda request: failed.append(request.url))
+    page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
+    for path in ("/search?q=refund", "/records/EN-1", "/audit", "/admin/holds", "/admin"):
+        page.goto(path)
+        page.wait_for_load_state("networkidle")
+    assert errors == [] and failed == []
+    icon = page.evaluate("document.querySelector('link[rel=icon]').href")
+    assert page.request.get(icon).ok
+
+
 def test_ui_keyboard_only_search(new_page: Any) -> None:
     page = new_page("agent")
     page.keyboard.press("Tab")
