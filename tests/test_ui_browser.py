@@ -798,6 +798,11 @@ def test_ui_keyboard_only_search(new_page: Any) -> None:
     page.goto("/search?q=refund")
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to results"
+    page.keyboard.press("Enter")
+    page.keyboard.press("Tab")  # the next stop is among the results
+    assert page.evaluate("document.activeElement.closest('#results') !== null")
     page.locator("#q").fill("")
     page.locator("#q").focus()
     page.keyboard.type("invoice")
