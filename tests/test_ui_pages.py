@@ -387,6 +387,10 @@ def test_ui_a_facet_chip_counts_what_its_link_shows(
     assert len(re.findall(r'name="category" value="billing"', filtered, re.I)) == 1
     assert re.search(r'name="category" value="Billing" checked', filtered)
     assert "category=" not in _chips(filtered, "Category")["Billing"][1]  # its chip unticks
+    # a filter no record or policy names is shown ticked all the same, so it can be unticked
+    nothing = client.get("/search?category=Nowhere&kind=weird").get_data(as_text=True)
+    assert re.search(r'name="category" value="Nowhere" checked', nothing)
+    assert re.search(r'name="kind" value="weird" checked', nothing)
 
     # a year chip keeps the dates asked for
     page = client.get("/search?from=2020-06-01&to=2021-03-01").get_data(as_text=True)

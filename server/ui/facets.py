@@ -28,12 +28,14 @@ def choices(
 ) -> list[Choice]:
     """One choice per name whatever its case, sorted by name.
 
-    :param names: every name to offer (spellings may repeat in other cases)
+    :param names: every name to offer (spellings may repeat in other cases); the names in the
+        URL are offered too, so that a filter no record has can still be seen and unticked
     :param counts: the facet counts of the current results, by spelling
     :param selected: the names in the URL
     """
     return sorted(
-        _fold([*names, *counts], counts, selected), key=lambda c: (c.name.casefold(), c.name)
+        _fold([*names, *counts, *selected], counts, selected),
+        key=lambda c: (c.name.casefold(), c.name),
     )
 
 
