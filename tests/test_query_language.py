@@ -337,6 +337,13 @@ TRUNK_IN_BRACKETS = {
     "4402079460958": set(),  # the bracketed 0 is not dialled after the country code
     '"(0)20 7946"': set(),  # one number, not words
     "7946 0958": {"T-1"},  # its groups are still words
+    # a one-digit area code, as France, Belgium and Austria write it
+    "+33 (0)1 23 45 67 89": {"T-5", "T-6"},
+    "+33 1 23 45 67 89": {"T-5", "T-6"},
+    "01 23 45 67 89": {"T-5", "T-6"},
+    "23 45 67 89": {"T-5", "T-6"},  # without the area code
+    "+43 1 234 56 78": {"T-7"},
+    "012345678": {"T-7"},
 }
 
 
@@ -351,6 +358,9 @@ def test_a_trunk_zero_in_brackets_is_dialled_without_it_from_abroad_and_with_it_
         make_record(id="T-2", body="call +44(0)2079460958"),
         make_record(id="T-3", body="Zürich +41 (0)44 668 18 00, Heidelberg +49 (0) 6221 5438210"),
         make_record(id="T-4", body="call 020 7946 0959 about the 44 items"),
+        make_record(id="T-5", body="Paris : +33 (0)1 23 45 67 89"),
+        make_record(id="T-6", body="Paris : +33 1 23 45 67 89"),
+        make_record(id="T-7", body="Wien +43 (0)1 234 56 78, 1 5 10 20 items"),
     ], q)
     assert {hit.id for hit in page.hits} == expected
     if q == "442079460958":
@@ -362,22 +372,26 @@ NO_COUNTRY_CODE = {
     '"2020 2021"': {"N-1"},  # years after a sign and a year in brackets keep their phrase
     "3201920202021": set(),
     '"+3 (2019) 2020 2021"': {"N-1"},
-    "+35 123 4567": {"N-2"},  # no country code is 35: its groups are words
+    "+35 123 4567": {"N-2"},
+    "351234567": {"N-2"},  # without a year in brackets, any sign and digits are dialled
     "351211234567": {"N-3"},  # Portugal's 351 is one
     "211234567": {"N-3"},
+    "88005553535": {"N-4"},  # a sign before a trunk prefix is still a phone number's
+    "00442079460958": {"N-4"},
 }
 
 
 @pytest.mark.parametrize(
     ("q", "expected"), list(NO_COUNTRY_CODE.items()), ids=list(NO_COUNTRY_CODE)
 )
-def test_digits_after_a_plus_sign_are_a_phone_number_only_after_a_country_code(
+def test_a_sign_and_a_year_in_brackets_are_a_phone_number_only_after_a_country_code(
     tmp_path: Path, make_record: Callable[..., dict[str, Any]], q: str, expected: set[str]
 ) -> None:
     page = _search_fresh(tmp_path, [
         make_record(id="N-1", body="goal difference +3 (2019) 2020 2021 seasons"),
         make_record(id="N-2", body="stock +35 123 4567 units"),
         make_record(id="N-3", body="Lisbon +351 21 123 4567"),
+        make_record(id="N-4", body="call +8 800 555 35 35 or +0044 20 7946 0958"),
     ], q)
     assert {hit.id for hit in page.hits} == expected
 

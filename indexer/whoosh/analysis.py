@@ -64,10 +64,13 @@ _BRACKETED = (
 # with it; its digits are those of the number without the bracket (see `_phone_digits`).
 _TRUNK_BRACKETED = r"\+\d{1,4} ?\(0\) ?(?:\d{1,5}(?:[ -]\d{2,8}){1,4}|\d{6,12})(?!\d)"
 _TRUNK = "(0)"
+# A one-digit area code after the country code (`+33 1 23 45 67 89`, `+43 1 234 56 78`,
+# `+32 2 123 45 67`): then at least three groups, so that `+1 5 items` stays words.
+_ONE_DIGIT_AREA = r"\+\d{1,4} \d(?: \d{2,5}){3,5}(?!\d)"
 _CHUNK_RE = re.compile(
     rf"(?P<email>[A-Za-z0-9._%+-]*[A-Za-z0-9]@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)"
     rf"|(?P<phone>(?<![+.-])(?<![^\W{_CJK}])"
-    rf"(?:{_BRACKETED}|{_TRUNK_BRACKETED}"
+    rf"(?:{_BRACKETED}|{_TRUNK_BRACKETED}|{_ONE_DIGIT_AREA}"
     rf"|\+\d{{1,4}}(?: \d{{2,5}}){{1,5}}|\d{{2,5}}(?: \d{{2,5}}){{2,5}}"
     rf"|\+\d{{1,4}}(?:-\d{{2,5}}){{1,5}}|\+\d{{7,15}})"
     rf"(?![^\W{_CJK}]|@|[.:/-]\w))"
@@ -81,7 +84,7 @@ _PART_RE = re.compile(_WORD)
 # ... as the index reads it: also glued to Chinese text (`致电+86 138 0013 8000`)
 _PHONE_QUERY_RE = re.compile(
     rf"(?:(?P<cjk>[{_CJK}]+)|(?<![+.:-])(?<![^\W{_CJK}]))"
-    rf"(?P<phone>{_BRACKETED}|{_TRUNK_BRACKETED}"
+    rf"(?P<phone>{_BRACKETED}|{_TRUNK_BRACKETED}|{_ONE_DIGIT_AREA}"
     rf"|\+\d{{1,4}}(?: \d{{2,5}}){{1,5}}|\d{{2,5}}(?: \d{{2,5}}){{2,5}})"
     rf"(?![^\W{_CJK}]|[@*?~]|[.:/-]\w)"
 )
@@ -89,6 +92,9 @@ _POSSESSIVE = ("'s", "'S")
 _DIGITISH_RE = re.compile(r"\+?[\d.\- ()]+")
 _MIN_PHONE_DIGITS = 7
 _LEADING_DIGITS = re.compile(r"\+(\d+)")
+_GROUPS = re.compile(r"\d+")
+_ONE_DIGIT_AREA_RE = re.compile(_ONE_DIGIT_AREA)
+_LONG_AREA_AFTER_SIGN = re.compile(r"\+\d+ ?\(\d{4,5}\)")  # `+49 (6221)`, or `+3 (2019)`
 # ITU-T E.164 country codes of one and two digits; every other code has three. The codes are
 # prefix-free, so the digits after a "+" name their country code unambiguously.
 _SHORT_COUNTRY_CODES = frozenset(
@@ -127,9 +133,9 @@ def _digits_only(text: str) -> str | None:
 
 def _phone_digits(chunk: str) -> str | None:
     """The digits a phone number is dialled with: `+44 (0)20 7946 0958` without its bracketed
-    trunk `0` (``442079460958``); None when it is not phone-like, or its `+` is followed by
-    no country code (`+3 (2019) 2020 2021`)."""
-    if chunk.startswith("+") and not _has_country_code(chunk):
+    trunk `0` (``442079460958``); None when it is not phone-like, or when a sign and a year
+    in brackets only look like a country and an area code (`+3 (2019) 2020 2021`)."""
+    if _LONG_AREA_AFTER_SIGN.match(chunk) and not _has_country_code(chunk):
         return None
     return _digits_only(chunk.replace(_TRUNK, "", 1))
 
@@ -158,12 +164,19 @@ def _national_forms(chunk: str, digits: str) -> list[str]:
 
 
 def _local_number(chunk: str) -> str | None:
-    """The digits after a bracketed area code (`(555) 123-4567`: ``1234567``), so that the
-    number typed without its area code finds it; None when there is none or it is too short."""
-    _area, bracket, rest = chunk.partition(")")
-    if not bracket or _TRUNK in chunk:  # a bracketed trunk `0` is no area code
+    """The digits after the area code, so that the number typed without it finds it: after a
+    bracketed one (`(555) 123-4567`: ``1234567``), or the first group after a bracketed trunk
+    `0` (`+33 (0)1 23 45 67 89`: ``23456789``) or a one-digit one (`+33 1 23 45 67 89`); None
+    when there is none or it is too short."""
+    if _TRUNK in chunk:
+        groups = _GROUPS.findall(chunk.partition(_TRUNK)[2])[1:]
+    elif ")" in chunk:
+        groups = _GROUPS.findall(chunk.partition(")")[2])
+    elif _ONE_DIGIT_AREA_RE.fullmatch(chunk):
+        groups = _GROUPS.findall(chunk)[2:]
+    else:
         return None
-    digits = "".join(ch for ch in rest if ch.isdigit())
+    digits = "".join(groups)
     return digits if len(digits) >= _MIN_PHONE_DIGITS else None
 
 
