@@ -84,6 +84,15 @@ WHERE r.state IN ({states}) ORDER BY r.record_id
 """  # {states}: placeholders for the states wanted
 # The records below one (its children, theirs, ...) that name no customer: the customer of that
 # record is theirs, written into them before the record is erased and forgets it.
+_TREE = """
+WITH RECURSIVE tree(id) AS (
+    SELECT ?
+    UNION
+    SELECT r.record_id FROM records r JOIN tree ON r.parent_id = tree.id
+    WHERE r.state IN ('archived', 'restored')
+)
+SELECT id FROM tree
+"""
 _UNNAMED_BELOW = """
 WITH RECURSIVE below (record_id) AS (
     SELECT record_id FROM records
@@ -902,6 +911,14 @@ class ArchiveStore:
             )
         return out
 
+    def tree_ids(self, root_id: str) -> list[str]:
+        """The id of `root_id` and of every archived or restored record linked below it, at any
+        depth (the part of a process the catalog holds under it).
+
+        :param root_id: the record at the top
+        """
+        return [row[0] for row in self._db().execute(_TREE, (root_id,))]
+
     def abort_restore(self, record_id: str) -> None:
         """Give up a restore begun with `begin_restore`; the record stays archived.
 
@@ -1128,6 +1145,8 @@ class ArchiveStore:
                 erased.append(
                     ErasedRecord(row["record_id"], hash_hex(row["sha256"]), row["state"])
                 )
+            # A process loses the erased records: those archived below them get a new root.
+            reindex_descendants(conn, [row["record_id"] for row in rows])
             if customer_id is not None:
                 conn.execute(
                     "UPDATE records SET customer_id = NULL WHERE customer_id = ?",

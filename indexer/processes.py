@@ -115,20 +115,29 @@ def index_roots(
     """The roots the index gives the archived records of the process whose root is `root_id`.
 
     The index is built from the archive alone, so it roots a record at its top archived (or
-    restored) ancestor. That is the process's root unless the root is only in the active
-    database (a parent imported after its children were archived): then each archived part
-    has its own top. Empty when `root_id` is not the root of a process.
+    restored) ancestor. That is the process's root unless a record of the process is only in
+    the active database (a parent imported after its children were archived): each archived
+    part below it has its own top. The process is walked to find them, as the record view
+    walks it. Empty when `root_id` is not the root of a process.
     """
     entry = store.entries([root_id]).get(root_id)
-    if entry is not None and entry.state == "archived" and entry.parent_id is None:
-        return (root_id,)  # nearly always: the archive holds the whole tree from its root
     with sessions.begin() as session:
+        if entry is not None and entry.state == "archived":
+            if entry.parent_id is not None and _known(session, store, entry.parent_id):
+                return ()  # its parent is in the process: not its root
+            if not find_child_links(session, store.tree_ids(root_id)):
+                return (root_id,)  # nearly always: no active record below its archived tree
         process = process_of(session, store, root_id)
     if process is None or process.root != root_id:
         return ()
     archived = [m.id for m in process.members if m.state == "archived"]
     tops = find_roots(CatalogSource(store), archived) if archived else {}
     return tuple(sorted(set(tops.values())))
+
+
+def _known(session: Session, store: ArchiveStore, record_id: str) -> bool:
+    """Whether Archivist knows this record (active, archived or restored)."""
+    return bool(ArchivistSource(session, store).members([record_id]))
 
 
 def process_roots(

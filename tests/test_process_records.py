@@ -233,3 +233,43 @@ def test_records_under_a_parent_only_in_the_active_database_are_searched_by_its_
     with services.sessions.begin() as session:
         assert set(find_active(session, [*threads, "NEW-CASE"])) == {*threads, "NEW-CASE"}
     assert hit_ids(client, agent_headers, "process=NEW-CASE") == {}
+
+
+def test_a_process_archived_around_an_active_record_is_searched_whole(
+    client, agent_headers, services, archived, make_record
+):
+    # The case and the thread were archived apart; the ticket joining them came later.
+    archived(
+        make_record(id="TOP", kind="process", subject="the case"),
+        make_record(id="LOW-1", parent_id="MID", subject="first message"),
+        make_record(id="LOW-2", parent_id="LOW-1", subject="its reply"),
+    )
+    young = make_record(id="MID", kind="ticket", parent_id="TOP", updated_at="2025-12-30T00:00:00Z")
+    assert load(services, [young]).rejected == 0
+    found = hit_ids(client, agent_headers, "process=TOP")
+    assert set(found) == {"TOP", "LOW-1", "LOW-2"}
+    assert {hit["process_id"] for hit in found.values()} == {"TOP"}
+
+
+def test_erasing_a_root_leaves_each_branch_a_process_of_its_own_in_search(
+    client, agent_headers, admin_headers, services, archived, make_record
+):
+    archived(
+        make_record(id="ROOT", kind="process", subject="the case"),
+        make_record(id="LEFT-1", parent_id="ROOT", subject="left"),
+        make_record(id="LEFT-2", parent_id="LEFT-1", subject="left reply"),
+        make_record(id="RIGHT-1", parent_id="ROOT", subject="right"),
+    )
+    response = client.post(
+        "/api/v1/erase", headers=admin_headers, json={"record_id": "ROOT", "reason": "asked"}
+    )
+    assert response.status_code == 200, response.json
+    everything = hit_ids(client, agent_headers, "")
+    assert {i: h["process_id"] for i, h in everything.items()} == {
+        "LEFT-1": "LEFT-1", "LEFT-2": "LEFT-1", "RIGHT-1": "RIGHT-1"
+    }
+    assert set(hit_ids(client, agent_headers, "process=LEFT-1")) == {"LEFT-1", "LEFT-2"}
+    assert set(hit_ids(client, agent_headers, "process=RIGHT-1")) == {"RIGHT-1"}
+    assert hit_ids(client, agent_headers, "process=ROOT") == {}
+    page = client.get("/api/v1/records/LEFT-2", headers=agent_headers).json
+    assert page["process"]["root"] == "LEFT-1"

@@ -53,6 +53,7 @@ from archivist.ledgers import append_entry, read_entries
 from archivist.processes import find_processes, is_held
 from indexer.errors import IndexerError
 from indexer.jobs.erasure_audit import NamingWords, entries_naming
+from indexer.jobs.indexing import sync_index
 from indexer.jobs.settling import reconcile_moves
 from indexer.processes import ArchivistSource
 from indexer.services import Services
@@ -338,12 +339,14 @@ def forget_erased_crm_rows(services: Services, record_ids: list[str]) -> None:
 
 
 def erase_from_index(services: Services, record_ids: list[str]) -> None:
-    """Take records out of the index and rewrite the index segments that held them."""
+    """Take records out of the index and rewrite the index segments that held them, then
+    index again the records archived below them, whose process lost its root."""
     store = services.store
     with store.indexing():
         services.index.erase(record_ids)
         entries = store.entries(record_ids)
         store.mark_indexed((e.record_id, e.version, e.state) for e in entries.values())
+    sync_index(store, services.index)
 
 
 def wipe_free_pages(services: Services) -> None:
