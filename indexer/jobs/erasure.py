@@ -346,7 +346,7 @@ def erase_from_index(services: Services, record_ids: list[str]) -> None:
         services.index.erase(record_ids)
         entries = store.entries(record_ids)
         store.mark_indexed((e.record_id, e.version, e.state) for e in entries.values())
-    sync_index(store, services.index)
+    sync_index(store, services.index, bulk_min=0)  # no staging: one may be under way
 
 
 def wipe_free_pages(services: Services) -> None:
