@@ -82,8 +82,7 @@ WITH RECURSIVE theirs (record_id) AS (
 SELECT r.record_id FROM theirs JOIN records r USING (record_id)
 WHERE r.state IN ({states}) ORDER BY r.record_id
 """  # {states}: placeholders for the states wanted
-# The records below one (its children, theirs, ...) that name no customer: the customer of that
-# record is theirs, written into them before the record is erased and forgets it.
+# The ids of a record and of the archived or restored records linked below it.
 _TREE = """
 WITH RECURSIVE tree(id) AS (
     SELECT ?
@@ -93,6 +92,8 @@ WITH RECURSIVE tree(id) AS (
 )
 SELECT id FROM tree
 """
+# The records below one (its children, theirs, ...) that name no customer: the customer of that
+# record is theirs, written into them before the record is erased and forgets it.
 _UNNAMED_BELOW = """
 WITH RECURSIVE below (record_id) AS (
     SELECT record_id FROM records

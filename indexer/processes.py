@@ -117,8 +117,10 @@ def index_roots(
     The index is built from the archive alone, so it roots a record at its top archived (or
     restored) ancestor. That is the process's root unless a record of the process is only in
     the active database (a parent imported after its children were archived): each archived
-    part below it has its own top. The process is walked to find them, as the record view
-    walks it. Empty when `root_id` is not the root of a process.
+    part below it has its own top. Those are found by walking the process, as the record view
+    does, but only when an active record hangs below the root's archived tree (the catalog's
+    links, one query): a walk of a large process takes seconds. Empty when `root_id` is not
+    the root of a process.
     """
     entry = store.entries([root_id]).get(root_id)
     with sessions.begin() as session:
