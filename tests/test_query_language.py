@@ -396,6 +396,45 @@ def test_a_sign_and_a_year_in_brackets_are_a_phone_number_only_after_a_country_c
     assert {hit.id for hit in page.hits} == expected
 
 
+SUBSCRIBER_IN_ONE_GROUP = {
+    "+44 7700 900123": {"S-1"},
+    "+447700900123": {"S-1"},
+    "07700 900123": {"S-1", "S-4"},  # as dialled at home, written in two groups
+    "07700900123": {"S-1", "S-4"},
+    "7700900123": {"S-1"},
+    "+49 30 12345678": {"S-2"},
+    "030 12345678": {"S-2"},
+    "493012345678": {"S-2"},
+    "12345678": {"S-2"},  # its groups are still words
+    "010 88886666": {"S-3"},
+    "01088886666": {"S-3"},
+    "447700900124": {"S-5"},
+    "07700 900124": {"S-5"},
+    '"0 12345"': {"S-6"},  # no area code: words, phrases kept
+    '"2 123456"': {"S-6"},
+}
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"), list(SUBSCRIBER_IN_ONE_GROUP.items()), ids=list(SUBSCRIBER_IN_ONE_GROUP)
+)
+def test_a_subscriber_number_written_in_one_group_is_read_as_a_phone_number(
+    tmp_path: Path, make_record: Callable[..., dict[str, Any]], q: str, expected: set[str]
+) -> None:
+    page = _search_fresh(tmp_path, [
+        make_record(id="S-1", body="UK mobile +44 7700 900123, thanks"),
+        make_record(id="S-2", body="Berlin office +49 30 12345678"),
+        make_record(id="S-3", body="北京办公室 010 88886666"),
+        make_record(id="S-4", body="call 07700 900123 after six"),
+        make_record(id="S-5", body="ring +44-7700-900124"),
+        make_record(id="S-6", body="order 0 12345 and 2 123456 units"),
+    ], q)
+    assert {hit.id for hit in page.hits} == expected
+    if q == "07700900123":
+        snippet = next(h.snippet for h in page.hits if h.id == "S-4")
+        assert "<mark>07700 900123</mark>" in snippet
+
+
 def test_category_and_kind_filters_ignore_case(index: SearchIndex) -> None:
     assert _ids(index, categories=("BILLING",)) == {"P-1", "P-2"}
     assert _ids(index, categories=("billing", "FINANCE")) == {"P-1", "P-2", "C-1"}

@@ -67,12 +67,18 @@ _TRUNK = "(0)"
 # A one-digit area code after the country code (`+33 1 23 45 67 89`, `+43 1 234 56 78`,
 # `+32 2 123 45 67`): then at least three groups, so that `+1 5 items` stays words.
 _ONE_DIGIT_AREA = r"\+\d{1,4} \d(?: \d{2,5}){3,5}(?!\d)"
+# After a country code, the groups as they are written: the subscriber's number may be one
+# group of up to eight digits (`+44 7700 900123`, `+49 30 12345678`, `+86 10 88886666`).
+_SPACED_AFTER_SIGN = r"\+\d{1,4}(?: \d{2,5}){0,4} \d{2,8}"
+_DASHED_AFTER_SIGN = r"\+\d{1,4}(?:-\d{2,5}){0,4}-\d{2,8}"
+# As dialled at home: three or more groups, or the trunk `0` and an area code before the
+# subscriber's number in one group (`07700 900123`, `030 12345678`, `0755 88886666`).
+_SPACED_AT_HOME = r"\d{2,5}(?: \d{2,5}){2,5}|0\d{1,4} \d{5,8}"
 _CHUNK_RE = re.compile(
     rf"(?P<email>[A-Za-z0-9._%+-]*[A-Za-z0-9]@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)"
     rf"|(?P<phone>(?<![+.-])(?<![^\W{_CJK}])"
     rf"(?:{_BRACKETED}|{_TRUNK_BRACKETED}|{_ONE_DIGIT_AREA}"
-    rf"|\+\d{{1,4}}(?: \d{{2,5}}){{1,5}}|\d{{2,5}}(?: \d{{2,5}}){{2,5}}"
-    rf"|\+\d{{1,4}}(?:-\d{{2,5}}){{1,5}}|\+\d{{7,15}})"
+    rf"|{_SPACED_AFTER_SIGN}|{_SPACED_AT_HOME}|{_DASHED_AFTER_SIGN}|\+\d{{7,15}})"
     rf"(?![^\W{_CJK}]|@|[.:/-]\w))"
     rf"|(?P<cjk>[{_CJK}]+)"
     rf"|(?P<word>{_WORD}(?:[._'+-]{_WORD}|[:/]{_EMAIL_AHEAD}{_WORD})*)"
@@ -85,7 +91,7 @@ _PART_RE = re.compile(_WORD)
 _PHONE_QUERY_RE = re.compile(
     rf"(?:(?P<cjk>[{_CJK}]+)|(?<![+.:-])(?<![^\W{_CJK}]))"
     rf"(?P<phone>{_BRACKETED}|{_TRUNK_BRACKETED}|{_ONE_DIGIT_AREA}"
-    rf"|\+\d{{1,4}}(?: \d{{2,5}}){{1,5}}|\d{{2,5}}(?: \d{{2,5}}){{2,5}})"
+    rf"|{_SPACED_AFTER_SIGN}|{_SPACED_AT_HOME})"
     rf"(?![^\W{_CJK}]|[@*?~]|[.:/-]\w)"
 )
 _POSSESSIVE = ("'s", "'S")
