@@ -97,7 +97,6 @@ _PHONE_QUERY_RE = re.compile(
 _POSSESSIVE = ("'s", "'S")
 _DIGITISH_RE = re.compile(r"\+?[\d.\- ()]+")
 _MIN_PHONE_DIGITS = 7
-_LEADING_DIGITS = re.compile(r"\+(\d+)")
 _GROUPS = re.compile(r"\d+")
 _ONE_DIGIT_AREA_RE = re.compile(_ONE_DIGIT_AREA)
 _LONG_AREA_AFTER_SIGN = re.compile(r"\+\d+ ?\(\d{4,5}\)")  # `+49 (6221)`, or `+3 (2019)`
@@ -149,8 +148,8 @@ def _phone_digits(chunk: str) -> str | None:
 def _has_country_code(chunk: str) -> bool:
     """Whether the digits written after the `+` (up to a space, dash or bracket) can begin with
     a country code: one of the short codes, or three digits (no code starts with `0`)."""
-    lead = _LEADING_DIGITS.match(chunk)
-    digits = lead.group(1) if lead else ""
+    lead = _GROUPS.search(chunk)  # the chunk begins with the sign and these digits
+    digits = lead.group() if lead else ""
     if digits[:1] in _SHORT_COUNTRY_CODES or digits[:2] in _SHORT_COUNTRY_CODES:
         return True
     return len(digits) >= 3 and not digits.startswith("0")
