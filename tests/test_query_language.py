@@ -412,6 +412,15 @@ SUBSCRIBER_IN_ONE_GROUP = {
     "07700 900124": {"S-5"},
     '"0 12345"': {"S-6"},  # no area code: words, phrases kept
     '"2 123456"': {"S-6"},
+    # a number after a phone number stays its own
+    "13800138000": {"S-7"},
+    "+86 138 0013 8000 123456": {"S-7"},
+    # a sign and a long group without a country code and ten digits are an amount
+    '"15 250000 points"': {"S-8"},
+    '"price 5 100000"': {"S-8"},
+    # a date or label before a slash is a word, in a query as in the text
+    "05/01 123456": {"S-9"},
+    '"05/01 123456"': {"S-9"},
 }
 
 
@@ -428,6 +437,9 @@ def test_a_subscriber_number_written_in_one_group_is_read_as_a_phone_number(
         make_record(id="S-4", body="call 07700 900123 after six"),
         make_record(id="S-5", body="ring +44-7700-900124"),
         make_record(id="S-6", body="order 0 12345 and 2 123456 units"),
+        make_record(id="S-7", body="phone +86 138 0013 8000 123456 ticket"),
+        make_record(id="S-8", body="score +15 250000 points, price +5 100000"),
+        make_record(id="S-9", body="ref 05/01 123456"),
     ], q)
     assert {hit.id for hit in page.hits} == expected
     if q == "07700900123":

@@ -67,18 +67,22 @@ _TRUNK = "(0)"
 # A one-digit area code after the country code (`+33 1 23 45 67 89`, `+43 1 234 56 78`,
 # `+32 2 123 45 67`): then at least three groups, so that `+1 5 items` stays words.
 _ONE_DIGIT_AREA = r"\+\d{1,4} \d(?: \d{2,5}){3,5}(?!\d)"
-# After a country code, the groups as they are written: the subscriber's number may be one
-# group of up to eight digits (`+44 7700 900123`, `+49 30 12345678`, `+86 10 88886666`).
-_SPACED_AFTER_SIGN = r"\+\d{1,4}(?: \d{2,5}){0,4} \d{2,8}"
-_DASHED_AFTER_SIGN = r"\+\d{1,4}(?:-\d{2,5}){0,4}-\d{2,8}"
+# After a country code, the subscriber's number in one group of six to eight digits, directly
+# or after one area-code group (`+44 7700 900123`, `+49 30 12345678`, `+44-7700-900123`): read
+# first, so that it is not cut after the area code; only a number of ten digits or more after
+# a country code counts (see `_phone_digits`), so `+5 100000` or `+15 250000` stays an amount.
+# Any longer run of groups is read group by group, so a number after it stays its own.
+_LONG_SUBSCRIBER = r"\+\d{1,4}(?: \d{1,5})? \d{6,8}(?!\d)|\+\d{1,4}(?:-\d{1,5})?-\d{6,8}(?!\d)"
+_MIN_LONG_SUBSCRIBER_DIGITS = 10
 # As dialled at home: three or more groups, or the trunk `0` and an area code before the
-# subscriber's number in one group (`07700 900123`, `030 12345678`, `0755 88886666`).
-_SPACED_AT_HOME = r"\d{2,5}(?: \d{2,5}){2,5}|0\d{1,4} \d{5,8}"
+# subscriber's number in one group, nine digits or more (`07700 900123`, `030 12345678`).
+_SPACED_AT_HOME = r"\d{2,5}(?: \d{2,5}){2,5}|0\d{2,4} \d{6,8}|0\d \d{7,8}"
 _CHUNK_RE = re.compile(
     rf"(?P<email>[A-Za-z0-9._%+-]*[A-Za-z0-9]@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)"
     rf"|(?P<phone>(?<![+.-])(?<![^\W{_CJK}])"
-    rf"(?:{_BRACKETED}|{_TRUNK_BRACKETED}|{_ONE_DIGIT_AREA}"
-    rf"|{_SPACED_AFTER_SIGN}|{_SPACED_AT_HOME}|{_DASHED_AFTER_SIGN}|\+\d{{7,15}})"
+    rf"(?:{_BRACKETED}|{_TRUNK_BRACKETED}|{_ONE_DIGIT_AREA}|{_LONG_SUBSCRIBER}"
+    rf"|\+\d{{1,4}}(?: \d{{2,5}}){{1,5}}|{_SPACED_AT_HOME}"
+    rf"|\+\d{{1,4}}(?:-\d{{2,5}}){{1,5}}|\+\d{{7,15}})"
     rf"(?![^\W{_CJK}]|@|[.:/-]\w))"
     rf"|(?P<cjk>[{_CJK}]+)"
     rf"|(?P<word>{_WORD}(?:[._'+-]{_WORD}|[:/]{_EMAIL_AHEAD}{_WORD})*)"
@@ -89,9 +93,9 @@ _COMPOUND = re.compile(r"[._+-]")
 _PART_RE = re.compile(_WORD)
 # ... as the index reads it: also glued to Chinese text (`致电+86 138 0013 8000`)
 _PHONE_QUERY_RE = re.compile(
-    rf"(?:(?P<cjk>[{_CJK}]+)|(?<![+.:-])(?<![^\W{_CJK}]))"
-    rf"(?P<phone>{_BRACKETED}|{_TRUNK_BRACKETED}|{_ONE_DIGIT_AREA}"
-    rf"|{_SPACED_AFTER_SIGN}|{_SPACED_AT_HOME})"
+    rf"(?:(?P<cjk>[{_CJK}]+)|(?<![+.:-])(?<!\w/)(?<![^\W{_CJK}]))"
+    rf"(?P<phone>{_BRACKETED}|{_TRUNK_BRACKETED}|{_ONE_DIGIT_AREA}|{_LONG_SUBSCRIBER}"
+    rf"|\+\d{{1,4}}(?: \d{{2,5}}){{1,5}}|{_SPACED_AT_HOME})"
     rf"(?![^\W{_CJK}]|[@*?~]|[.:/-]\w)"
 )
 _POSSESSIVE = ("'s", "'S")
@@ -99,6 +103,7 @@ _DIGITISH_RE = re.compile(r"\+?[\d.\- ()]+")
 _MIN_PHONE_DIGITS = 7
 _GROUPS = re.compile(r"\d+")
 _ONE_DIGIT_AREA_RE = re.compile(_ONE_DIGIT_AREA)
+_LONG_SUBSCRIBER_RE = re.compile(_LONG_SUBSCRIBER)
 _LONG_AREA_AFTER_SIGN = re.compile(r"\+\d+ ?\(\d{4,5}\)")  # `+49 (6221)`, or `+3 (2019)`
 # ITU-T E.164 country codes of one and two digits; every other code has three. The codes are
 # prefix-free, so the digits after a "+" name their country code unambiguously.
@@ -139,10 +144,15 @@ def _digits_only(text: str) -> str | None:
 def _phone_digits(chunk: str) -> str | None:
     """The digits a phone number is dialled with: `+44 (0)20 7946 0958` without its bracketed
     trunk `0` (``442079460958``); None when it is not phone-like, or when a sign and a year
-    in brackets only look like a country and an area code (`+3 (2019) 2020 2021`)."""
+    in brackets only look like a country and an area code (`+3 (2019) 2020 2021`), or a sign
+    and a long group are too short or lack a country code to be a number (`+15 250000`)."""
     if _LONG_AREA_AFTER_SIGN.match(chunk) and not _has_country_code(chunk):
         return None
-    return _digits_only(chunk.replace(_TRUNK, "", 1))
+    digits = _digits_only(chunk.replace(_TRUNK, "", 1))
+    if digits is not None and _LONG_SUBSCRIBER_RE.fullmatch(chunk):
+        if len(digits) < _MIN_LONG_SUBSCRIBER_DIGITS or not _has_country_code(chunk):
+            return None
+    return digits
 
 
 def _has_country_code(chunk: str) -> bool:
