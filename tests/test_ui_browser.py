@@ -172,6 +172,9 @@ KNOWN = [
     # every field at its longest, without a space to break at
     _record("WIDE-1", "cat-" + "x" * 124, "note", "Widthword " + "w" * 300, "widthword",
             "2022-08-01T00:00:00Z", customer_id="CUST-" + "9" * 251, owner="o." + "y" * 254),
+    # a subject of thousands of characters, with spaces to wrap at
+    _record("LONG-1", "sales", "note", "Longsubjectword " + "lorem ipsum dolor " * 400,
+            "longbodyword", "2022-08-02T00:00:00Z", customer_id="C-LONG"),
     _record("ALL-1", "sales", "note", "Allword one", "allword", "2022-07-01T00:00:00Z"),
     _record("ALL-1-C", "sales", "note", "Follow-up", "child", "2022-07-02T00:00:00Z",
             parent_id="ALL-1"),
@@ -774,6 +777,27 @@ def test_ui_the_longest_values_wrap_rather_than_widen_a_page(new_page: Any, site
         urllib.request.urlopen(urllib.request.Request(
             f"{site.url}/api/v1/holds/customer/{value}", headers=headers, method="DELETE"),
             timeout=30)
+
+
+def test_ui_a_very_long_subject_leaves_the_restore_button_in_view(new_page: Any) -> None:
+    """The heading shows the start of a subject of thousands of characters, so the record's
+    controls stay on the first screen; the whole subject is one click away."""
+    page = new_page("admin", width=1280, height=800)
+    page.goto("/records/LONG-1")
+    button = page.get_by_test_id("restore-process")
+    box = button.bounding_box()
+    assert box is not None and box["y"] + box["height"] <= 800, box
+    heading = page.locator("h1").inner_text()
+    assert heading.startswith("Longsubjectword lorem") and heading.endswith("…")
+    assert len(heading) <= 301
+    whole = page.get_by_test_id("full-subject")
+    assert not whole.locator("p").is_visible()
+    whole.locator("summary").click()
+    shown = whole.locator("p").inner_text()
+    assert shown == ("Longsubjectword " + "lorem ipsum dolor " * 400).strip()
+    page.goto("/records/TICK-1")  # a short subject: whole in the heading, nothing to open
+    assert page.locator("h1").inner_text() == "First tickword note"
+    assert page.get_by_test_id("full-subject").count() == 0
 
 
 def test_ui_pages_load_without_a_console_error(new_page: Any) -> None:
