@@ -347,34 +347,6 @@ def test_admin_status_warns_without_a_recent_backup(
     assert backup_status(services, utcnow() + timedelta(days=8)).overdue  # default: 7 days
 
 
-def test_backup_of_own_tables_when_the_active_database_is_not_embedded(
-    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The `tables/` form (used for PostgreSQL), exercised here on SQLite by its own path."""
-    import indexer.jobs.backup as backup
-
-    archived(*_records(make_record, 0, 10))
-    from archivist.holds import add_hold
-
-    with services.sessions.begin() as session:
-        add_hold(session, "customer", "C3", "litigation", utcnow())
-    monkeypatch.setattr(backup, "sqlite_path", lambda url: None)
-    folder = tmp_path / "backup"
-    report = create_backup(services, folder, utcnow())
-    assert report.archived == 10
-    assert "tables/legal_holds.jsonl" in load_manifest(folder)
-    assert "active.db" not in load_manifest(folder)
-
-    fresh = _fresh_config(tmp_path, "fresh")
-    recover_backup(fresh, folder, utcnow())
-    with Services.open(fresh) as again, again.sessions.begin() as session:
-        from archivist.holds import list_holds
-
-        assert [(h.scope, h.value) for h in list_holds(session)] == [("customer", "C3")]
-        assert again.store.counts()["archived"] == 10
-
-
 def test_backup_create_prints_the_contract_line(
     services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path,
     config_path: Path,

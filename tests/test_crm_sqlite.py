@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import signal
 import sqlite3
 from collections.abc import Iterator
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from archive_store.backup import hash_file, load_manifest, write_manifest
 from archive_store.errors import NotArchived
 from archivist.active_db import utcnow
 from archivist.config import load_config
@@ -384,3 +387,66 @@ def test_a_retry_takes_a_killed_restores_whole_process_out_of_search(tmp_path: P
 
         found = {hit.id for hit in services.index.iter_hits(SearchQuery())}
     assert found == {"case:2", "note:3", "note:4"}
+
+
+def _as_an_earlier_version_made_it(folder: Path, database: Path) -> None:
+    """Turn a backup into what one of CRM tables in a SQLite file held before: a copy of the
+    whole file (the CRM's tables with it) in place of Archivist's own tables."""
+    shutil.rmtree(folder / "tables", ignore_errors=True)  # (an earlier version made none)
+    with sqlite3.connect(database) as source, sqlite3.connect(folder / "active.db") as copy:
+        source.backup(copy)
+    source.close()
+    copy.close()
+    metadata = json.loads((folder / "backup.json").read_text())
+    (folder / "backup.json").write_text(json.dumps({**metadata, "active_database": "sqlite"}))
+    manifest = {k: v for k, v in load_manifest(folder).items() if not k.startswith("tables/")}
+    for name in ("active.db", "backup.json"):
+        manifest[name] = hash_file(folder / name)
+    write_manifest(folder, manifest)
+
+
+@pytest.mark.parametrize("made_by", ["this version", "an earlier version"])
+def test_a_recovery_leaves_the_crm_s_own_rows_in_its_sqlite_file_as_they_are(
+    tmp_path: Path, made_by: str
+) -> None:
+    """The CRM's tables in a SQLite file are the CRM's: a backup holds Archivist's own tables
+    from it, and a recovery (forced, over the same installation) brings those back and leaves
+    what the CRM wrote since; so does a backup an earlier version made of the whole file."""
+    config, database = cases_and_notes(tmp_path)
+    assert archivist("archive", "--config", str(config)).returncode == 0
+    hold = ("--category", "legal", "--config", str(config))
+    assert archivist("hold", "add", *hold, "--reason", "kept").returncode == 0
+    folder = tmp_path / "backup"
+    created = archivist("backup", "create", str(folder), "--config", str(config))
+    assert created.returncode == 0, created.stderr
+    if made_by == "this version":
+        assert "active.db" not in load_manifest(folder)
+        assert "tables/legal_holds.jsonl" in load_manifest(folder)
+    else:
+        _as_an_earlier_version_made_it(folder, database)
+    assert archivist("backup", "verify", str(folder), "--config", str(config)).returncode == 0
+    run_in_crm(database, "INSERT INTO cases VALUES (9, 'support', 'opened since', "
+                         "'2026-11-30 09:00:00')",
+               "INSERT INTO notes VALUES (9, 9, 'support', 'new', '2026-11-30 09:00:00')")
+    assert archivist("hold", "remove", *hold).returncode == 0
+
+    refused = archivist("backup", "recover", str(folder), "--config", str(config))
+    assert refused.returncode != 0
+    assert "already holds 6 in its archive" in refused.stderr, refused.stderr
+    recovered = archivist("backup", "recover", str(folder), "--force", "--config", str(config))
+
+    assert recovered.returncode == 0, recovered.stderr
+    assert ": 2 active, 6 archived, indexed 6" in recovered.stdout
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("SELECT id, title FROM cases").fetchall() == [
+            (9, "opened since")]
+        assert connection.execute("SELECT id, body FROM notes").fetchall() == [(9, "new")]
+    connection.close()
+    held = archivist("hold", "list", "--config", str(config))
+    assert "legal" in held.stdout, held.stdout  # Archivist's own tables, as backed up
+    assert archivist("verify", "--config", str(config)).returncode == 0
+    with Services.open(load_config(config)) as services:
+        assert services.store.find_archived({"case:1", "case:2", "note:1", "note:2", "note:3",
+                                             "note:4", "case:9", "note:9"}) == {
+            "case:1", "case:2", "note:1", "note:2", "note:3", "note:4"}
+        assert collect_stats(services)["active"] == 2

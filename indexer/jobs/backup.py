@@ -3,8 +3,9 @@
 A backup folder holds `archive/` (the store, see `archive_store.backup`), the active database
 and `backup.json`, all listed with their SHA-256 in `MANIFEST`. With the embedded SQLite active
 database, `active.db` is a copy of the whole file (active records, legal holds, API tokens, job
-runs, audit log, disposal list); with any other database, `tables/*.jsonl` hold Archivist's own
-tables and the CRM's records stay the CRM's to back up.
+runs, audit log, disposal list); with any other database, and with the CRM's own tables mapped
+(in a SQLite file too), `tables/*.jsonl` hold Archivist's own tables and the CRM's records stay
+the CRM's to back up: a recovery never puts the CRM's rows back as they were.
 
 Consistency: the active database and the catalog are copied while the store's move lock is held
 alone (`settling`), so no record is between the two places: each is in exactly one of them in
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, delete, inspect, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -73,6 +74,7 @@ from archivist.active_db import (
 )
 from archivist.audit import iter_chain_problems
 from archivist.config import Config
+from archivist.crm_rows import count_crm_rows
 from archivist.records import format_utc
 from archivist.tokens import apply_revocation_ledger, revocation_ledger_path
 from archivist.web_sessions import WebSession
@@ -142,6 +144,12 @@ def sqlite_path(active_url: str) -> Path | None:
     return Path(url.database)
 
 
+def whole_file_database(config: Config) -> Path | None:
+    """The SQLite file a backup copies whole: the embedded active database, whose every table
+    is Archivist's. A file holding the CRM's own tables (mapped) is the CRM's: None."""
+    return None if config.tables else sqlite_path(config.active_url)
+
+
 def create_backup(services: Services, folder: Path, at: datetime) -> BackupReport:
     """Back up the installation into `folder`, online, copying only what changed.
 
@@ -209,7 +217,7 @@ def _create(services: Services, folder: Path, at: datetime) -> BackupReport:
     (folder / MANIFEST).unlink(missing_ok=True)
     run = _start_run(services, at)
     tally = CopyTally()
-    database = sqlite_path(services.config.active_url)
+    database = whole_file_database(services.config)
     try:
         fresh_active = folder / (ACTIVE_DB + ".partial")
         with services.store.settling():  # no move under way: active + catalog agree
@@ -343,11 +351,16 @@ def recover_backup(
         raise BackupDamaged(f"backup {folder} does not verify: {problems[0]}"
                             + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     metadata = load_metadata(folder)
-    database = sqlite_path(config.active_url)
-    if metadata.get("active_database") == "sqlite" and database is None:
+    # The file is replaced only by a copy of a whole embedded database; otherwise Archivist's
+    # own tables are loaded from the backup (its `tables/`, or its copy of such a file).
+    database = whole_file_database(config)
+    if metadata.get("active_database") != "sqlite":
+        database = None
+    if config.tables and metadata.get("active"):
         raise BackupError(
-            "this backup holds an embedded SQLite active database; recover it into an "
-            "installation whose [active] url is a sqlite:/// file"
+            f"this backup holds {metadata['active']} active records of Archivist's own table; "
+            "this installation maps the CRM's own tables ([[active.table]]): recover it into "
+            "an installation without them"
         )
     # (an installation `init` made before the backup's key was copied in holds nothing sealed
     # with its own key: it takes the backup's)
@@ -355,13 +368,14 @@ def recover_backup(
         counts = services.store.counts()
         held = counts["archived"] + counts["restored"] + counts["purged"] + counts["erased"]
         with services.read_sessions.begin() as session:
-            active = count_active(session)
+            active = count_active(session)  # (the CRM's rows, if mapped, are not replaced)
         lost = []
         if services.crm is not None:
             lost = crm_rows_lost_by(services, folder / STORE_FOLDER / "catalog.db")
         if (held or active) and not force:
+            holds = "" if services.crm is not None else f"{active} active records and "
             raise InstallationNotEmpty(
-                f"the installation of {config.path} already holds {active} active records and "
+                f"the installation of {config.path} already holds {holds}"
                 f"{held} in its archive ({counts['archived']} archived, {counts['restored']} "
                 f"restored, {counts['purged']} purged, {counts['erased']} erased)"
                 + (f"; and {describe_lost_crm_rows(lost)}" if lost else "")
@@ -416,8 +430,9 @@ def recover_backup(
             session.execute(delete(WebSession))
         indexed = rebuild_index(services.store, services.index)
         counts = services.store.counts()
-        with services.read_sessions.begin() as session:
-            active = count_active(session)
+        with services.read_sessions.begin() as session:  # as `stats` counts them
+            active = (count_active(session) if services.crm is None
+                      else count_crm_rows(session, services.crm))
     return RecoverReport(
         active, counts["archived"], indexed, str(metadata.get("created_at")), len(lost)
     )
@@ -512,29 +527,51 @@ def _dump_tables(services: Services, folder: Path) -> tuple[dict[str, Path], int
 
 def _load_tables(services: Services, folder: Path) -> None:
     """Replace Archivist's own tables with the backed-up rows, in one transaction."""
-    with services.sessions.begin() as session:
-        tables = _own_tables(services)
-        for table in reversed(tables):
-            session.execute(delete(table))
-        for table in tables:
-            path = folder / TABLES_FOLDER / f"{table.name}.jsonl"
-            if not path.is_file():
-                continue
-            times = {c.name for c in table.columns if isinstance(c.type, UTCDateTime)}
-            rows: list[dict[str, Any]] = []
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    values = json.loads(line)
-                    for name in times & values.keys():
-                        if values[name] is not None:
-                            values[name] = datetime.fromisoformat(values[name])
+    copy = folder / ACTIVE_DB
+    source = (
+        create_engine(f"sqlite:///file:{copy}?mode=ro&uri=true") if copy.is_file() else None
+    )
+    try:
+        with services.sessions.begin() as session:
+            tables = _own_tables(services)
+            for table in reversed(tables):
+                session.execute(delete(table))
+            for table in tables:
+                rows: list[dict[str, Any]] = []
+                for values in _backed_up_rows(folder, table, source):
                     rows.append(values)
                     if len(rows) >= _ROWS_PER_BATCH:
                         session.execute(table.insert(), rows)
                         rows = []
-            if rows:
-                session.execute(table.insert(), rows)
-            _advance_sequence(session, table)
+                if rows:
+                    session.execute(table.insert(), rows)
+                _advance_sequence(session, table)
+    finally:
+        if source is not None:
+            source.dispose()
+
+
+def _backed_up_rows(folder: Path, table: Any, source: Engine | None) -> Iterator[dict[str, Any]]:
+    """One of Archivist's own tables as the backup holds it: its JSON Lines file, or the
+    table in the backup's copy of a whole SQLite file (`source`: one a backup of CRM tables
+    in such a file held before it kept Archivist's own tables alone)."""
+    if source is not None:
+        if inspect(source).has_table(table.name):
+            with source.connect() as connection:
+                for row in connection.execute(select(table)):
+                    yield dict(row._mapping)
+        return
+    path = folder / TABLES_FOLDER / f"{table.name}.jsonl"
+    if not path.is_file():
+        return
+    times = {c.name for c in table.columns if isinstance(c.type, UTCDateTime)}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            values = json.loads(line)
+            for name in times & values.keys():
+                if values[name] is not None:
+                    values[name] = datetime.fromisoformat(values[name])
+            yield values
 
 
 def _advance_sequence(session: Session, table: Any) -> None:
