@@ -67,7 +67,7 @@ def erasable(services: Services, archived: Any, make_record: Any) -> dict[str, A
     archived(*others, *theirs, restored)
     restore_record(services.sessions, services.store, services.index, "E-RST", "admin", NOW)
     sync_index(services.store, services.index)
-    return {"theirs": [r["id"] for r in theirs], "restored": "E-RST"}
+    return {"theirs": [r["id"] for r in theirs], "restored": "E-RST", "make": make_record}
 
 
 def test_archived_text_is_not_in_the_archive_folder(services: Services, erasable: Any) -> None:
@@ -873,3 +873,49 @@ def test_phone_numbers_in_any_form_and_inflected_words_are_blanked_too(
     assert done.status_code == 200 and done.json["erased"] == 1
     assert [t for _, t, _ in search_entries(services)] == ["(erased)"] * len(naming) + kept
     assert verify_all(services).problems == []
+
+
+def test_the_readme_s_statement_deletes_the_customer_s_active_rows_of_the_embedded_default(
+    services: Services, erasable: Any, config_path: Path
+) -> None:
+    """With the embedded default, `import` never deletes: the README's statement removes the
+    rows the erasure counted as still active, and the erasure run again leaves no byte of
+    them in the database folder."""
+    import re
+    import sqlite3
+
+    from archivist.importer import import_lines
+
+    recent = {"created_at": "2026-05-01T00:00:00Z", "updated_at": "2026-05-02T00:00:00Z"}
+    lines = [json.dumps(r).encode() for r in (
+        {**erasable["make"](id="A-CASE", customer_id="C-ERASE", body=f"open {EMAIL.decode()}"),
+         **recent},
+        {**erasable["make"](id="A-NOTE", customer_id=None, parent_id="A-CASE",
+                            body="a note naming no customer"), **recent},
+        {**erasable["make"](id="A-OTHER", customer_id="C-KEEP", body="someone else"), **recent},
+    )]
+    assert import_lines(lines, services.sessions, services.store.find_archived).rejected == 0
+    first = archivist("erase", "--customer", "C-ERASE", "--reason", "GDPR",
+                      "--config", str(config_path))
+    assert first.returncode == 0, first.stderr
+    assert "still active: 3 record(s)" in first.stdout  # E-RST, A-CASE and A-NOTE
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    statement = re.search(r"```sql\n(WITH RECURSIVE theirs.*?)```", readme, re.S)
+    assert statement is not None
+    database = config_path.parent / "data" / "active.db"
+    with sqlite3.connect(database) as connection:
+        connection.execute(statement.group(1).replace("C-1042", "C-ERASE"))
+    connection.close()
+
+    again = archivist("erase", "--customer", "C-ERASE", "--reason", "GDPR",
+                      "--config", str(config_path))
+
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[0] == "erased 0"
+    assert "still active: 0 record(s)" in again.stdout
+    assert files_holding(config_path.parent / "data", EMAIL) == []
+    with sqlite3.connect(database) as connection:
+        left = {i for (i,) in connection.execute("SELECT id FROM active_records")}
+    connection.close()
+    assert left == {"A-OTHER"}
+    assert archivist("verify", "--config", str(config_path)).returncode == 0
