@@ -35,7 +35,7 @@ from archivist.tokens import (
     revoke_token,
 )
 from indexer.errors import IndexerError
-from indexer.hold_reach import NO_RECORD_HELD, hold_reaches_a_record
+from indexer.hold_reach import hold_reaches_a_record, no_record_held
 from indexer.process_search import iter_process_hits
 from indexer.services import Services
 
@@ -363,7 +363,7 @@ def hold_add(
         reaches = hold_reaches_a_record(services, scope, value)
     click.echo(f"hold placed on {scope} {value}")
     if not reaches:
-        click.echo("warning: " + NO_RECORD_HELD.format(scope=scope), err=True)
+        click.echo("warning: " + no_record_held(scope, value), err=True)
 
 
 @hold.command("remove")

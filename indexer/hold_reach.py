@@ -12,10 +12,19 @@ from archivist.active_db import ActiveRecord
 from archivist.crm_rows import CrmTables, count_customer_rows, count_record_rows
 from indexer.services import Services
 
-NO_RECORD_HELD = (
-    "No record, archived or active, has that {scope} now, so the hold holds nothing yet: "
-    "check the value for a typo or an invisible character pasted with it."
-)
+
+def no_record_held(scope: str, value: str) -> str:
+    """The warning for a hold that reaches no record; the value is quoted as Python writes
+    it, so that an invisible character pasted with it shows (`'C-1042\\u200b'`).
+
+    :param scope: `record`, `customer` or `category`
+    :param value: the hold's value
+    """
+    what = "id" if scope == "record" else scope
+    return (
+        f"No record, archived or active, has that {what} ({value!r}) now, so the hold holds "
+        "nothing yet: check the value for a typo or an invisible character pasted with it."
+    )
 
 
 def hold_reaches_a_record(services: Services, scope: str, value: str) -> bool:

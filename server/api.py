@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request, stream_with_context
 
 from indexer.errors import BadQuery
-from indexer.hold_reach import NO_RECORD_HELD
+from indexer.hold_reach import no_record_held
 from indexer.search import SearchQuery
 from server import actions
 from server.auth import current_token, require_role
@@ -212,7 +212,7 @@ def place_hold() -> Any:
     hold = actions.place_hold(actor(), data["scope"], data["value"], data["reason"].strip())
     placed = PlacedHoldSchema().dump(hold)
     if not actions.hold_reaches_a_record(actor(), data["scope"], data["value"]):
-        placed["warning"] = NO_RECORD_HELD.format(scope=data["scope"])
+        placed["warning"] = no_record_held(data["scope"], data["value"])
     return placed, 201
 
 

@@ -82,12 +82,20 @@ def test_the_cli_warns_on_stderr_when_a_placed_hold_holds_nothing(
 
     typo = hold("--customer", "CX")
     assert typo.returncode == 0 and typo.stdout == "hold placed on customer CX\n"
-    assert typo.stderr.startswith("warning: No record, archived or active, has that customer")
+    assert typo.stderr.startswith(
+        "warning: No record, archived or active, has that customer ('CX') now")
+    pasted = hold("--customer", "CE\u200b")  # with a zero-width space: shown, not invisible
+    assert pasted.stderr.startswith(
+        "warning: No record, archived or active, has that customer ('CE\\u200b') now")
+    mistyped = hold("--record", "R-404")
+    assert mistyped.stderr.startswith(
+        "warning: No record, archived or active, has that id ('R-404') now")
     found = hold("--category", "finance")
     assert found.returncode == 0 and found.stderr == ""
     with services.read_sessions.begin() as session:
         assert {(h.scope, h.value) for h in list_holds(session)} == {
-            ("customer", "CX"), ("category", "finance")
+            ("customer", "CX"), ("customer", "CE\u200b"), ("record", "R-404"),
+            ("category", "finance"),
         }
 
 
@@ -98,6 +106,7 @@ def test_the_api_answers_a_placed_hold_that_holds_nothing_with_a_warning(
     typo = client.post("/api/v1/holds", json=body, headers=admin_headers)
     assert typo.status_code == 201
     assert typo.json["value"] == "C042"
-    assert typo.json["warning"].startswith("No record, archived or active, has that customer")
+    assert typo.json["warning"].startswith(
+        "No record, archived or active, has that customer ('C042') now")
     found = client.post("/api/v1/holds", json={**body, "value": "CE"}, headers=admin_headers)
     assert found.status_code == 201 and "warning" not in found.json

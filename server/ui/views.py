@@ -30,7 +30,7 @@ from archivist.audit import ACTIONS, AuditFilter, AuditPage
 from archivist.holds import SCOPES
 from archivist.tokens import TokenInfo
 from indexer.errors import BadQuery
-from indexer.hold_reach import NO_RECORD_HELD
+from indexer.hold_reach import no_record_held
 from indexer.jobs.backup import backup_status
 from indexer.jobs.runs import last_run, run_archive_job, run_dispose_job
 from indexer.search import DATE_FIELDS, MAX_PER_PAGE, SORTS, SearchQuery
@@ -360,7 +360,7 @@ def add_hold() -> ResponseReturnValue:
     else:
         flash(f"Legal hold placed on {data['scope']} {data['value']}.", "success")
         if not actions.hold_reaches_a_record(_actor(), data["scope"], data["value"]):
-            flash(NO_RECORD_HELD.format(scope=data["scope"]), "error")
+            flash(no_record_held(data["scope"], data["value"]), "error")
     return redirect(url_for("ui.holds"), 303)
 
 
