@@ -636,6 +636,29 @@ def test_restores_and_holds_that_named_the_customer_are_blanked(
     assert verify_all(services).problems == []
 
 
+def test_command_line_restores_by_search_that_named_the_customer_are_blanked(
+    services: Services, erasable: Any, config_path: Path
+) -> None:
+    """`archivist restore --search` audits the search as typed (a query string), not as the
+    API's object: the erasure reads it too."""
+    from archivist.active_db import AuditEntry
+
+    for search in (f"q={MARKER.decode()}", "customer_id=C-ERASE", "q=refund"):
+        run = archivist("restore", "--search", search, "--reason", "checking", "--dry-run",
+                        "--config", str(config_path))
+        assert run.returncode == 0, run.stderr
+
+    erased = archivist("erase", "--customer", "C-ERASE", "--reason", "asked",
+                       "--config", str(config_path))
+
+    assert erased.returncode == 0, erased.stderr
+    with services.read_sessions.begin() as session:
+        restores = [json.loads(e.details).get("search") for e in session.query(AuditEntry)
+                    .filter(AuditEntry.action == "restore").order_by(AuditEntry.seq)]
+    assert restores == [None, None, "q=refund"]  # the first two blanked, the third kept
+    assert files_holding(config_path.parent / "data", MARKER) == []
+
+
 def test_a_recovered_copy_of_the_audit_log_is_blanked_again(
     app: Any, client: Any, admin_headers: Any, services: Services, erasable: Any, tmp_path: Path
 ) -> None:

@@ -18,6 +18,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
+from urllib.parse import parse_qsl
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -89,7 +90,10 @@ def query_words(target: str, details: str, action: str = "search") -> set[str]:
         value = {}
     if not isinstance(value, dict):
         value = {}
-    queries = [value, value.get("search")]
+    search = value.get("search")
+    if isinstance(search, str):  # the command line's `restore --search`, as typed
+        search = dict(parse_qsl(search, keep_blank_values=True))
+    queries = [value, search]
     for query in queries:
         if not isinstance(query, dict):
             continue
