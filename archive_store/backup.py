@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import sqlite3
@@ -45,6 +46,10 @@ _NOT_COPIED = {".lock", "move.lock", "index.lock", "dispose.lock", "archive.lock
                "catalog.db-shm", "catalog.db-journal"}
 _CHUNK = 2**20
 STAGING = ".recovering"  # inside the archive folder: a recovery's copy before it is installed
+# Inside the archive folder from the moment a recovery begins to replace the installation
+# until every step after it (the erasure ledger, revoked tokens, the index) is done: the backup
+# it came from, so that nothing else opens a half-replaced installation.
+RECOVERING = "RECOVERING"
 _PARTIALS = {"active.db.partial", "backup.json.partial", "MANIFEST.partial"}  # a run's own
 
 
@@ -52,6 +57,12 @@ class BackupError(ArchiveStoreError):
     """A backup cannot be made, read or recovered."""
 
     code = "backup_error"
+
+
+class RecoveryInterrupted(BackupError):
+    """A recovery stopped after it began to replace the installation: it is half replaced."""
+
+    code = "recovery_interrupted"
 
 
 class BackupDamaged(BackupError):
@@ -458,6 +469,44 @@ def stage_store(folder: Path, store_dir: Path, listed: set[str]) -> Path:
         shutil.rmtree(staged, ignore_errors=True)
         raise
     return staged
+
+
+def mark_recovering(store_dir: Path, backup: Path) -> None:
+    """Say, durably, that a recovery from `backup` is replacing the installation.
+
+    :param store_dir: the installation's archive folder
+    :param backup: the backup folder
+    """
+    fresh = store_dir / (RECOVERING + ".partial")
+    fresh.write_text(json.dumps({"backup": str(backup.resolve())}) + "\n", encoding="utf-8")
+    with open(fresh, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(fresh, store_dir / RECOVERING)
+    segment.fsync_directory(store_dir)
+
+
+def interrupted_recovery(store_dir: Path) -> str | None:
+    """The backup a recovery that did not finish was made from, or None.
+
+    :param store_dir: the installation's archive folder
+    """
+    try:
+        text = (store_dir / RECOVERING).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        return str(json.loads(text)["backup"])
+    except (ValueError, KeyError, TypeError):
+        return "(unreadable)"  # torn: a recovery began all the same
+
+
+def end_recovering(store_dir: Path) -> None:
+    """The recovery finished: the installation is whole again.
+
+    :param store_dir: the installation's archive folder
+    """
+    (store_dir / RECOVERING).unlink(missing_ok=True)
+    segment.fsync_directory(store_dir)
 
 
 def install_staged_store(staged: Path, store_dir: Path) -> None:

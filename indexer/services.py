@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive_store import ArchiveStore, RecordNotFound
+from archive_store.backup import RecoveryInterrupted, interrupted_recovery
 from archive_store.crypto import KEY_ENV, KeyMissing, load_key, make_key_file
 from archivist.active_db import (
     create_schema,
@@ -141,6 +142,7 @@ class Services:
         broken_index_ok: bool = False,
         open_index: OpenIndex = open_search_engine,
         take_key_if_empty: bool = False,
+        recovering: bool = False,
     ) -> Services:
         """Open the active database and the archive store named in the config; the search
         index opens on first use.
@@ -152,8 +154,18 @@ class Services:
         :param open_index: opens the search engine (default: the one the config names).
         :param take_key_if_empty: an archive that holds no entry yet takes the key given even
             if `init` made it with another (a recovery is about to replace it anyway).
+        :param recovering: opened by `backup recover`, which may find its own interrupted run.
         :raises KeyMissing, WrongKey: before anything is written.
+        :raises RecoveryInterrupted: a recovery began to replace the installation and did not
+            finish; only `backup recover` may open it.
         """
+        source = None if recovering else interrupted_recovery(config.archive_dir)
+        if source is not None:
+            raise RecoveryInterrupted(
+                f"a recovery from the backup {source} stopped half-way: the installation in "
+                f"{config.archive_dir} is partly replaced; run `archivist backup recover "
+                f"{source} --config {config.path}` again to finish it"
+            )
         engine = make_engine(config.active_url, create=create)
         try:
             crm, _ = _open_crm_tables(engine, config, refs=False)  # a bad mapping: first

@@ -942,3 +942,47 @@ def test_the_readme_s_statement_deletes_the_customer_s_active_rows_of_the_embedd
     connection.close()
     assert left == {"A-OTHER"}
     assert archivist("verify", "--config", str(config_path)).returncode == 0
+
+
+@pytest.mark.parametrize("point", ["recover.installed", "store.frames_written"])
+def test_a_recovery_killed_before_the_ledger_is_applied_is_finished_and_nothing_else_opens_it(
+    tmp_path: Path, config_path: Path, make_record: Any, point: str
+) -> None:
+    """Killed once the backup's store is in place but before the erasure ledger is applied
+    again (or while it is), the installation holds erased text: every other command refuses
+    it, naming the recovery to run again, and that run finishes it without --force."""
+    import signal
+
+    cli, imported = cli_steps(tmp_path, config_path)
+    old = {"created_at": "2020-01-01T00:00:00Z", "updated_at": "2020-01-02T00:00:00Z"}
+    cli("init")
+    imported("first.jsonl",
+             *(make_record(id=f"K{n}", customer_id="CK", body=f"{MARKER.decode()} {n}", **old)
+               for n in range(3)),
+             make_record(id="A1", customer_id="CA", body="refund for A1", **old))
+    cli("archive", "--as-of", "2025-01-01")
+    backup = tmp_path / "backup"
+    cli("backup", "create", str(backup))
+    cli("erase", "--customer", "CK", "--reason", "asked")
+
+    killed = archivist("backup", "recover", str(backup), "--force", "--config", str(config_path),
+                       env={"ARCHIVIST_CRASH_AT": f"{point}:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+    for command in (["index", "--rebuild"], ["verify"], ["archive"], ["stats"],
+                    ["erase", "--customer", "CK", "--reason", "again", "--dry-run"]):
+        refused = archivist(*command, "--config", str(config_path))
+        assert refused.returncode == 1, (command, refused.stdout)
+        assert "stopped half-way" in refused.stderr, refused.stderr
+        assert f"archivist backup recover {backup}" in refused.stderr
+    again = archivist("backup", "recover", str(backup), "--config", str(config_path))
+    assert again.returncode == 0, again.stderr
+    cli("verify")
+    data = config_path.parent / "data"
+    assert files_holding(data / "archive", MARKER) == []
+    assert files_holding(data / "index", MARKER[:-1]) == []
+    with Services.open(load_config(config_path)) as recovered:
+        assert {e.state for e in recovered.store.entries(["K0", "K1", "K2"]).values()} == {
+            "erased"}
+        assert recovered.index.search(SearchQuery(q=MARKER.decode())).total == 0
+        assert [h.id for h in recovered.index.search(SearchQuery(q="refund")).hits] == ["A1"]

@@ -46,11 +46,14 @@ from archive_store.backup import (
     CopyTally,
     check_manifest,
     copy_sqlite,
+    end_recovering,
     hash_file,
     install_staged_store,
+    interrupted_recovery,
     keep_if_changed,
     load_manifest,
     make_private,
+    mark_recovering,
     remove_unlisted,
     snapshot_closing,
     stage_store,
@@ -60,6 +63,7 @@ from archive_store.backup import (
     write_store_part,
 )
 from archive_store.crypto import KEY_ENV, KeyMissing, load_key
+from archive_store.faults import crash_point
 from archive_store.segment import fsync_directory
 from archivist.active_db import (
     ACTIVE_TABLE,
@@ -362,9 +366,77 @@ def recover_backup(
             "this installation maps the CRM's own tables ([[active.table]]): recover it into "
             "an installation without them"
         )
+    # A run of its own that stopped half-way left the installation partly replaced: this run
+    # replaces it all again, whatever it holds (and nothing else may open it meanwhile).
+    unfinished = interrupted_recovery(config.archive_dir) is not None
+    lost = 0 if unfinished else _refuse_unless_empty(config, folder, force)
+    # Every byte is copied before anything of the installation is replaced: a full disk fails
+    # the recovery here and leaves the installation as it was.
+    staged = stage_store(folder, config.archive_dir, set(load_manifest(folder)))
+    staged_database = None if database is None else database.with_name(database.name + STAGING)
+    try:
+        if staged_database is not None:
+            staged_database.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / ACTIVE_DB, staged_database)
+            staged_database.chmod(0o600)
+            with open(staged_database, "rb+") as f:
+                os.fsync(f.fileno())
+        # From here on the installation is replaced: until the last step below is done, only
+        # a recovery may open it (the erasure ledger is not applied yet, for one).
+        mark_recovering(config.archive_dir, folder)
+        if staged_database is None:
+            with Services.open(config, recovering=True) as services:
+                _load_tables(services, folder)  # one transaction: all rows or none
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        if staged_database is not None:
+            staged_database.unlink(missing_ok=True)
+        if not unfinished:  # (nothing was replaced: `_load_tables` is all or nothing)
+            end_recovering(config.archive_dir)
+        raise
+    install_staged_store(staged, config.archive_dir)
+    if database is not None and staged_database is not None:
+        for suffix in ("-wal", "-shm", "-journal"):
+            Path(str(database) + suffix).unlink(missing_ok=True)  # a stale WAL would replay
+        os.replace(staged_database, database)
+        fsync_directory(database.parent)
+    crash_point("recover.installed")
+    with Services.open(config, create=True, recovering=True) as services:
+        with services.sessions.begin() as session:
+            session.execute(delete(Lease))
+        reconcile_pending(services.sessions, services.store, at)
+        # What was erased after the backup was taken stays erased: the ledger lives beside the
+        # key file, outside every backup. Before the rebuild, so its text never reaches the index.
+        apply_erasure_ledger(services, at)
+        if services.crm is not None:
+            mark_live_crm_rows_restored(services, at)
+        with services.sessions.begin() as session:
+            # Tokens revoked since the backup stay revoked; every browser signs in again (a
+            # session signed out since would otherwise be live again).
+            apply_revocation_ledger(session, revocation_ledger_path(config.key_file), at)
+            session.execute(delete(WebSession))
+        # Whole again: an index rebuild that fails or is killed is done again by
+        # `archivist index --rebuild`, from a store nothing erased is back in.
+        end_recovering(config.archive_dir)
+        indexed = rebuild_index(services.store, services.index)
+        counts = services.store.counts()
+        with services.read_sessions.begin() as session:  # as `stats` counts them
+            active = (count_active(session) if services.crm is None
+                      else count_crm_rows(session, services.crm))
+    return RecoverReport(
+        active, counts["archived"], indexed, str(metadata.get("created_at")), lost
+    )
+
+
+def _refuse_unless_empty(config: Config, folder: Path, force: bool) -> int:
+    """Refuse to replace an installation that holds records, and (with the CRM's tables
+    mapped) one whose CRM rows the backup would lose, unless `force`; returns how many CRM
+    rows a forced recovery loses."""
     # (an installation `init` made before the backup's key was copied in holds nothing sealed
     # with its own key: it takes the backup's)
-    with Services.open(config, create=True, take_key_if_empty=True) as services:
+    with Services.open(
+        config, create=True, take_key_if_empty=True, recovering=True
+    ) as services:
         counts = services.store.counts()
         held = counts["archived"] + counts["restored"] + counts["purged"] + counts["erased"]
         with services.read_sessions.begin() as session:
@@ -389,53 +461,7 @@ def recover_backup(
             )
         if lost:
             log.warning("recovery forced: %s", describe_lost_crm_rows(lost))
-    # Every byte is copied before anything of the installation is replaced: a full disk fails
-    # the recovery here and leaves the installation as it was.
-    staged = stage_store(folder, config.archive_dir, set(load_manifest(folder)))
-    staged_database = None if database is None else database.with_name(database.name + STAGING)
-    try:
-        if staged_database is not None:
-            staged_database.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(folder / ACTIVE_DB, staged_database)
-            staged_database.chmod(0o600)
-            with open(staged_database, "rb+") as f:
-                os.fsync(f.fileno())
-        else:
-            with Services.open(config) as services:
-                _load_tables(services, folder)  # one transaction: all rows or none
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        if staged_database is not None:
-            staged_database.unlink(missing_ok=True)
-        raise
-    install_staged_store(staged, config.archive_dir)
-    if database is not None and staged_database is not None:
-        for suffix in ("-wal", "-shm", "-journal"):
-            Path(str(database) + suffix).unlink(missing_ok=True)  # a stale WAL would replay
-        os.replace(staged_database, database)
-        fsync_directory(database.parent)
-    with Services.open(config, create=True) as services:
-        with services.sessions.begin() as session:
-            session.execute(delete(Lease))
-        reconcile_pending(services.sessions, services.store, at)
-        # What was erased after the backup was taken stays erased: the ledger lives beside the
-        # key file, outside every backup. Before the rebuild, so its text never reaches the index.
-        apply_erasure_ledger(services, at)
-        if services.crm is not None:
-            mark_live_crm_rows_restored(services, at)
-        with services.sessions.begin() as session:
-            # Tokens revoked since the backup stay revoked; every browser signs in again (a
-            # session signed out since would otherwise be live again).
-            apply_revocation_ledger(session, revocation_ledger_path(config.key_file), at)
-            session.execute(delete(WebSession))
-        indexed = rebuild_index(services.store, services.index)
-        counts = services.store.counts()
-        with services.read_sessions.begin() as session:  # as `stats` counts them
-            active = (count_active(session) if services.crm is None
-                      else count_crm_rows(session, services.crm))
-    return RecoverReport(
-        active, counts["archived"], indexed, str(metadata.get("created_at")), len(lost)
-    )
+        return len(lost)
 
 
 def last_backup(services: Services) -> JobRun | None:
