@@ -126,6 +126,35 @@ def test_ui_record_page_names_a_disposal_and_an_erasure_each_for_what_it_was(
     assert "<dt>Disposed</dt>" not in erased_page
 
 
+def test_ui_record_page_says_when_a_disposed_or_erased_id_is_active_again(
+    client: Any, admin_headers: Any, services: Any, corpus: None
+) -> None:
+    """Restored before its erasure, or made anew by the CRM after its disposal: the archive's
+    facts stay what they were, and the page says the id is in the active CRM now."""
+    from archivist.active_db import upsert_records, utcnow
+    from archivist.records import parse_record
+    from indexer.jobs.erasure import erase_records
+    from indexer.jobs.restore import restore_record
+
+    restore_record(services.sessions, services.store, services.index, "A-2", "admin", utcnow())
+    erase_records(services, record_id="A-2", actor="admin", at=utcnow())
+    services.store.purge(["A-1"], datetime(2031, 2, 3, 4, 5, 6, tzinfo=UTC), "disposer")
+    with services.sessions.begin() as session:
+        upsert_records(session, [parse_record({
+            "id": "A-1", "kind": "note", "category": "support", "customer_id": "C9",
+            "owner": None, "subject": "made anew", "body": "new", "status": "open",
+            "created_at": "2031-03-01T00:00:00Z", "updated_at": "2031-03-01T00:00:00Z"})])
+    _sign_in(client, admin_headers)
+
+    for record_id, said in (("A-2", "was erased on request"), ("A-1", "was disposed of")):
+        page = client.get(f"/records/{record_id}").get_data(as_text=True)
+        assert said in page
+        assert "a record with this id is in the active CRM now" in page, record_id
+    services.store.purge(["A-3"], datetime(2031, 2, 3, 4, 5, 6, tzinfo=UTC), "disposer")
+    page = client.get("/records/A-3").get_data(as_text=True)
+    assert "was disposed of" in page and "in the active CRM now" not in page
+
+
 def test_ui_roles_hide_and_refuse(
     client: Any, agent_headers: Any, auditor_headers: Any, corpus: None
 ) -> None:
