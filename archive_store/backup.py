@@ -47,9 +47,10 @@ _NOT_COPIED = {".lock", "move.lock", "index.lock", "dispose.lock", "archive.lock
 _CHUNK = 2**20
 STAGING = ".recovering"  # inside the archive folder: a recovery's copy before it is installed
 # Inside the archive folder from the moment a recovery begins to replace the installation
-# until every step after it (the erasure ledger, revoked tokens, the index) is done: the backup
-# it came from, so that nothing else opens a half-replaced installation.
+# until the erasure and revocation ledgers are applied again: the backup it came from, so that
+# nothing else opens a half-replaced installation. One recovery at a time holds RECOVER_LOCK.
 RECOVERING = "RECOVERING"
+RECOVER_LOCK = "recover.lock"
 _PARTIALS = {"active.db.partial", "backup.json.partial", "MANIFEST.partial"}  # a run's own
 
 
@@ -471,22 +472,46 @@ def stage_store(folder: Path, store_dir: Path, listed: set[str]) -> Path:
     return staged
 
 
-def mark_recovering(store_dir: Path, backup: Path) -> None:
+@contextmanager
+def recovering_alone(store_dir: Path) -> Iterator[None]:
+    """Hold the installation's recovery lock: a second recovery at once is refused, and a
+    `RECOVERING` file found while holding it was left by one that stopped.
+
+    :param store_dir: the installation's archive folder (made if missing)
+    """
+    store_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(store_dir / RECOVER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BackupError(
+                f"another recovery of the installation in {store_dir} is running"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def mark_recovering(store_dir: Path, backup: Path, **details: object) -> None:
     """Say, durably, that a recovery from `backup` is replacing the installation.
 
     :param store_dir: the installation's archive folder
     :param backup: the backup folder
+    :param details: what a run that finishes this one reports too (JSON values)
     """
     fresh = store_dir / (RECOVERING + ".partial")
-    fresh.write_text(json.dumps({"backup": str(backup.resolve())}) + "\n", encoding="utf-8")
+    fresh.write_text(json.dumps({"backup": str(backup.resolve()), **details}) + "\n",
+                     encoding="utf-8")
     with open(fresh, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(fresh, store_dir / RECOVERING)
     segment.fsync_directory(store_dir)
 
 
-def interrupted_recovery(store_dir: Path) -> str | None:
-    """The backup a recovery that did not finish was made from, or None.
+def interrupted_recovery(store_dir: Path) -> dict[str, object] | None:
+    """What `mark_recovering` wrote for a recovery that did not finish (its `backup` and
+    details), or None.
 
     :param store_dir: the installation's archive folder
     """
@@ -495,9 +520,12 @@ def interrupted_recovery(store_dir: Path) -> str | None:
     except FileNotFoundError:
         return None
     try:
-        return str(json.loads(text)["backup"])
-    except (ValueError, KeyError, TypeError):
-        return "(unreadable)"  # torn: a recovery began all the same
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict) or not isinstance(value.get("backup"), str):
+        return {"backup": "DIR"}  # (written whole by a rename, so not expected)
+    return value
 
 
 def end_recovering(store_dir: Path) -> None:

@@ -159,8 +159,9 @@ class Services:
         :raises RecoveryInterrupted: a recovery began to replace the installation and did not
             finish; only `backup recover` may open it.
         """
-        source = None if recovering else interrupted_recovery(config.archive_dir)
-        if source is not None:
+        stopped = None if recovering else interrupted_recovery(config.archive_dir)
+        if stopped is not None:
+            source = stopped["backup"]
             raise RecoveryInterrupted(
                 f"a recovery from the backup {source} stopped half-way: the installation in "
                 f"{config.archive_dir} is partly replaced; run `archivist backup recover "

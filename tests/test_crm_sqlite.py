@@ -389,12 +389,32 @@ def test_a_retry_takes_a_killed_restores_whole_process_out_of_search(tmp_path: P
     assert found == {"case:2", "note:3", "note:4"}
 
 
+def test_a_second_recovery_at_once_is_refused(tmp_path: Path) -> None:
+    """Two recoveries of one installation at once would mix their files: the second is
+    refused while the first holds the recovery lock."""
+    from archive_store.backup import recovering_alone
+
+    config, _database = cases_and_notes(tmp_path)
+    folder = tmp_path / "backup"
+    assert archivist("backup", "create", str(folder), "--config", str(config)).returncode == 0
+    with recovering_alone(load_config(config).archive_dir):  # a recovery under way
+        second = archivist("backup", "recover", str(folder), "--force", "--config", str(config))
+    assert second.returncode == 1
+    assert "another recovery of the installation" in second.stderr, second.stderr
+    assert archivist("verify", "--config", str(config)).returncode == 0  # nothing was replaced
+
 def _as_an_earlier_version_made_it(folder: Path, database: Path) -> None:
     """Turn a backup into what one of CRM tables in a SQLite file held before: a copy of the
     whole file (the CRM's tables with it) in place of Archivist's own tables."""
     shutil.rmtree(folder / "tables", ignore_errors=True)  # (an earlier version made none)
     with sqlite3.connect(database) as source, sqlite3.connect(folder / "active.db") as copy:
         source.backup(copy)
+        # ... without the columns added since (before processes, before a run's runner)
+        copy.executescript(
+            "DROP INDEX ix_active_parent; ALTER TABLE active_records DROP COLUMN parent_id;"
+            "ALTER TABLE active_records DROP COLUMN has_parent_id;"
+            "ALTER TABLE job_runs DROP COLUMN runner;"
+        )
     source.close()
     copy.close()
     metadata = json.loads((folder / "backup.json").read_text())

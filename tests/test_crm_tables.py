@@ -1273,6 +1273,35 @@ def test_crm_recovering_over_the_same_installation_names_the_rows_it_would_lose(
     assert report.crm_rows_lost == 5
 
 
+def test_crm_a_forced_recovery_killed_half_way_is_finished_by_a_rerun_that_reports_its_loss(
+    crm, tmp_path
+):
+    """Killed once it began replacing the installation, a forced recovery is finished by
+    running it again (no --force needed, nothing else opens the installation meanwhile), and
+    that run reports the CRM rows the first one found lost: the first wrote no audit entry."""
+    import signal
+
+    from indexer.jobs.backup import create_backup
+    from tests.test_cli import archivist
+
+    folder = tmp_path / "backup"
+    create_backup(crm, folder, utcnow())  # before anything was archived
+    run_archive_job(crm, utcnow())
+    config = crm.config
+    crm.close()
+    recover = ("backup", "recover", str(folder), "--config", str(config.path))
+    killed = archivist(*recover, "--force", env={"ARCHIVIST_CRASH_AT": "recover.installed:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    refused = archivist("stats", "--config", str(config.path))
+    assert refused.returncode == 1 and "stopped half-way" in refused.stderr
+
+    again = archivist(*recover)
+
+    assert again.returncode == 0, again.stderr
+    assert "warning: 5 CRM rows that left their tables after the backup" in again.stderr
+    assert archivist("verify", "--config", str(config.path)).returncode == 0
+
+
 @pytest.mark.parametrize("how", ["dispose", "erase"])
 def test_crm_rows_disposed_of_or_erased_since_the_backup_do_not_refuse_its_recovery(
     crm, tmp_path, how

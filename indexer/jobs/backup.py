@@ -54,6 +54,7 @@ from archive_store.backup import (
     load_manifest,
     make_private,
     mark_recovering,
+    recovering_alone,
     remove_unlisted,
     snapshot_closing,
     stage_store,
@@ -337,7 +338,9 @@ def recover_backup(
 
     Refused if the backup does not verify, or if the installation holds records already (unless
     `force`). The server and the worker must be stopped. Afterwards: the store and the active
-    database as backed up, moves a crash left pending settled, and the index rebuilt.
+    database as backed up, moves a crash left pending settled, and the index rebuilt. A
+    recovery that stopped after it began to replace the installation (its `RECOVERING` file
+    says so; nothing else opens the installation then) is done again whole, without refusal.
 
     :param config: the installation to recover into
     :param folder: the backup folder
@@ -366,10 +369,20 @@ def recover_backup(
             "this installation maps the CRM's own tables ([[active.table]]): recover it into "
             "an installation without them"
         )
-    # A run of its own that stopped half-way left the installation partly replaced: this run
-    # replaces it all again, whatever it holds (and nothing else may open it meanwhile).
-    unfinished = interrupted_recovery(config.archive_dir) is not None
-    lost = 0 if unfinished else _refuse_unless_empty(config, folder, force)
+    with recovering_alone(config.archive_dir):
+        return _recover(config, folder, metadata, database, at, force)
+
+
+def _recover(
+    config: Config, folder: Path, metadata: dict[str, Any], database: Path | None,
+    at: datetime, force: bool,
+) -> RecoverReport:
+    """`recover_backup` once the backup verified, holding the recovery lock."""
+    # A run that stopped half-way left the installation partly replaced: this one replaces it
+    # all again, whatever it holds, and reports the CRM rows that run found lost.
+    earlier = interrupted_recovery(config.archive_dir)
+    lost = (_refuse_unless_empty(config, folder, force) if earlier is None
+            else int(str(earlier.get("crm_rows_lost") or 0)))
     # Every byte is copied before anything of the installation is replaced: a full disk fails
     # the recovery here and leaves the installation as it was.
     staged = stage_store(folder, config.archive_dir, set(load_manifest(folder)))
@@ -383,15 +396,16 @@ def recover_backup(
                 os.fsync(f.fileno())
         # From here on the installation is replaced: until the last step below is done, only
         # a recovery may open it (the erasure ledger is not applied yet, for one).
-        mark_recovering(config.archive_dir, folder)
+        mark_recovering(config.archive_dir, folder, crm_rows_lost=lost)
         if staged_database is None:
             with Services.open(config, recovering=True) as services:
-                _load_tables(services, folder)  # one transaction: all rows or none
+                # one transaction: all rows or none
+                _load_tables(services, folder, metadata.get("active_database") == "sqlite")
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         if staged_database is not None:
             staged_database.unlink(missing_ok=True)
-        if not unfinished:  # (nothing was replaced: `_load_tables` is all or nothing)
+        if earlier is None:  # (nothing was replaced: `_load_tables` is all or nothing)
             end_recovering(config.archive_dir)
         raise
     install_staged_store(staged, config.archive_dir)
@@ -551,12 +565,14 @@ def _dump_tables(services: Services, folder: Path) -> tuple[dict[str, Path], int
     return written, active
 
 
-def _load_tables(services: Services, folder: Path) -> None:
-    """Replace Archivist's own tables with the backed-up rows, in one transaction."""
+def _load_tables(services: Services, folder: Path, from_copy: bool) -> None:
+    """Replace Archivist's own tables with the backed-up rows, in one transaction.
+
+    :param from_copy: read them from the backup's copy of a whole SQLite file (`active.db`),
+        not from its `tables/`
+    """
     copy = folder / ACTIVE_DB
-    source = (
-        create_engine(f"sqlite:///file:{copy}?mode=ro&uri=true") if copy.is_file() else None
-    )
+    source = create_engine(f"sqlite:///file:{copy}?mode=ro&uri=true") if from_copy else None
     try:
         with services.sessions.begin() as session:
             tables = _own_tables(services)
@@ -582,9 +598,13 @@ def _backed_up_rows(folder: Path, table: Any, source: Engine | None) -> Iterator
     table in the backup's copy of a whole SQLite file (`source`: one a backup of CRM tables
     in such a file held before it kept Archivist's own tables alone)."""
     if source is not None:
-        if inspect(source).has_table(table.name):
+        inspector = inspect(source)
+        if inspector.has_table(table.name):
+            # a copy an older version made lacks the newer columns: they take their defaults
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            columns = [column for column in table.columns if column.name in present]
             with source.connect() as connection:
-                for row in connection.execute(select(table)):
+                for row in connection.execute(select(*columns)):
                     yield dict(row._mapping)
         return
     path = folder / TABLES_FOLDER / f"{table.name}.jsonl"
