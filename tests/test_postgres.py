@@ -181,6 +181,55 @@ def test_postgres_backup_recovers_into_another_database(
         assert target.store.info("PB-young").state == "archived"
 
 
+def test_a_backup_of_the_embedded_database_recovers_onto_postgresql(
+    services, archived, make_record, pg_url, tmp_path
+):
+    """A backup holds the embedded SQLite database as a copy of the file; recovered into an
+    installation on PostgreSQL, Archivist's tables (active records among them) are read from
+    that copy."""
+    from sqlalchemy import create_engine, select
+
+    from archive_store.backup import load_manifest
+    from archivist.active_db import ActiveRecord
+    from archivist.holds import list_holds
+    from indexer.jobs.backup import create_backup, recover_backup
+    from indexer.jobs.verification import verify_all
+
+    archived(
+        *[make_record(id=f"EB-{i}", body=f"refund EB {i}") for i in range(12)],
+        make_record(id="EB-young", body="refund pending", updated_at="2025-12-30T00:00:00Z"),
+    )
+    with services.sessions.begin() as session:
+        add_hold(session, "customer", "C-EB", "litigation 9", utcnow())
+    folder = tmp_path / "backup"
+    create_backup(services, folder, utcnow())
+    assert "active.db" in load_manifest(folder)
+
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text("DROP DATABASE IF EXISTS fromsqlite"))
+        connection.execute(text("CREATE DATABASE fromsqlite"))
+    admin.dispose()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.toml").write_text(
+        f'[active]\nurl = "{pg_url.replace("/archivist?", "/fromsqlite?")}"\n'
+        '[archive]\ndir = "archive"\n[index]\ndir = "index"\n'
+    )
+    (other / "archive.key").write_bytes(services.config.key_file.read_bytes())
+    config = load_config(other / "config.toml")
+
+    report = recover_backup(config, folder, utcnow())
+
+    assert (report.active, report.archived) == (1, 12)
+    with Services.open(config) as target:
+        with target.sessions.begin() as session:
+            assert list(session.scalars(select(ActiveRecord.id))) == ["EB-young"]
+            assert [(h.scope, h.value) for h in list_holds(session)] == [("customer", "C-EB")]
+        assert target.index.search(SearchQuery(q="refund")).total == 12
+        assert verify_all(target).problems == []
+
+
 def test_postgres_import_racing_an_archive_run_never_leaves_a_record_in_both_places(
     pg_services, make_record
 ):
