@@ -394,8 +394,8 @@ def _recover(
             staged_database.chmod(0o600)
             with open(staged_database, "rb+") as f:
                 os.fsync(f.fileno())
-        # From here on the installation is replaced: until the last step below is done, only
-        # a recovery may open it (the erasure ledger is not applied yet, for one).
+        # From here on the installation is replaced: until the erasure and revocation ledgers
+        # are applied again below, only a recovery may open it.
         mark_recovering(config.archive_dir, folder, crm_rows_lost=lost)
         if staged_database is None:
             with Services.open(config, recovering=True) as services:

@@ -71,7 +71,7 @@ _ONE_DIGIT_AREA = r"\+\d{1,4} \d(?: \d{2,5}){3,5}(?!\d)"
 # or after one area-code group (`+44 7700 900123`, `+49 30 12345678`, `+44-7700-900123`): read
 # first, so that it is not cut after the area code; only a number of ten digits or more after
 # a country code counts (see `_phone_digits`), so `+5 100000` or `+15 250000` stays an amount.
-# Any longer run of groups is read group by group, so a number after it stays its own.
+# A longer run of groups is left to the forms after it, so a number after one stays its own.
 _LONG_SUBSCRIBER = r"\+\d{1,4}(?: \d{1,5})? \d{6,8}(?!\d)|\+\d{1,4}(?:-\d{1,5})?-\d{6,8}(?!\d)"
 _MIN_LONG_SUBSCRIBER_DIGITS = 10
 # As dialled at home: three or more groups, or the trunk `0` and an area code before the
