@@ -40,17 +40,18 @@ MANIFEST = "MANIFEST"
 STORE_FOLDER = "archive"
 CATALOG = "catalog.db"
 SEGMENTS = "segments"
-# Files of a live store that are not part of its state: locks, and SQLite's WAL companions
-# (`VACUUM INTO` reads committed WAL content into the copy).
-_NOT_COPIED = {".lock", "move.lock", "index.lock", "dispose.lock", "archive.lock", "catalog.db-wal",
-               "catalog.db-shm", "catalog.db-journal"}
-_CHUNK = 2**20
 STAGING = ".recovering"  # inside the archive folder: a recovery's copy before it is installed
 # Inside the archive folder from the moment a recovery begins to replace the installation
 # until the erasure and revocation ledgers are applied again: the backup it came from, so that
 # nothing else opens a half-replaced installation. One recovery at a time holds RECOVER_LOCK.
 RECOVERING = "RECOVERING"
 RECOVER_LOCK = "recover.lock"
+# Files of a live store that are not part of its state: locks, a recovery's marks, and
+# SQLite's WAL companions (`VACUUM INTO` reads committed WAL content into the copy).
+_NOT_COPIED = {".lock", "move.lock", "index.lock", "dispose.lock", "archive.lock", RECOVER_LOCK,
+               RECOVERING, RECOVERING + ".partial", "catalog.db-wal", "catalog.db-shm",
+               "catalog.db-journal"}
+_CHUNK = 2**20
 _PARTIALS = {"active.db.partial", "backup.json.partial", "MANIFEST.partial"}  # a run's own
 
 

@@ -111,6 +111,10 @@ def test_backup_recovers_into_a_fresh_installation_with_the_same_answers(
             from archivist.tokens import find_token
 
             assert find_token(session, secret) is not None  # tokens travel with the backup
+        # a recovery's lock and marks are not the store's state: a backup of it holds neither
+        assert not (fresh.archive_dir / "RECOVERING").exists()
+        create_backup(again, tmp_path / "again", utcnow())
+    assert [name for name in load_manifest(tmp_path / "again") if "recover" in name.lower()] == []
 
 
 def test_backup_verify_names_a_flipped_byte_and_a_missing_file(
