@@ -494,6 +494,36 @@ def recovering_alone(store_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def discard_stale_staging(store_dir: Path, *staged_files: Path) -> None:
+    """Delete what a recovery killed before it replaced anything left staged: a copy of the
+    backup's store (and of its database), which may hold what was erased since. Only with no
+    `RECOVERING` file (nothing of it was installed) and no recovery running.
+
+    :param store_dir: the installation's archive folder
+    :param staged_files: other files a recovery stages (the embedded database's copy)
+    """
+    staged = store_dir / STAGING
+    if not staged.exists() and not any(path.exists() for path in staged_files):
+        return
+    if (store_dir / RECOVERING).exists():
+        return  # a recovery that stopped half-way: its run again replaces them
+    try:
+        fd = os.open(store_dir / RECOVER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return  # a folder this process may not write: nothing of it to delete either
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # a recovery is staging right now
+        shutil.rmtree(staged, ignore_errors=True)
+        for path in staged_files:
+            with suppress(OSError):
+                path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
 def mark_recovering(store_dir: Path, backup: Path, **details: object) -> None:
     """Say, durably, that a recovery from `backup` is replacing the installation.
 

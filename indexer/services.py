@@ -6,12 +6,18 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive_store import ArchiveStore, RecordNotFound
-from archive_store.backup import RecoveryInterrupted, interrupted_recovery
+from archive_store.backup import (
+    STAGING,
+    RecoveryInterrupted,
+    discard_stale_staging,
+    interrupted_recovery,
+)
 from archive_store.crypto import KEY_ENV, KeyMissing, load_key, make_key_file
 from archivist.active_db import (
     create_schema,
@@ -102,6 +108,14 @@ def open_search_engine(
     return index
 
 
+def _staged_database(engine: Engine) -> list[Path]:
+    """Where a recovery stages its copy of an embedded SQLite database (beside the file)."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return []
+    return [Path(url.database + STAGING)]
+
+
 def _open_crm_tables(
     engine: Engine, config: Config, *, refs: bool = True
 ) -> tuple[CrmTables | None, tuple[ForeignKeyRef, ...]]:
@@ -168,6 +182,8 @@ class Services:
                 f"{source} --config {config.path}` again to finish it"
             )
         engine = make_engine(config.active_url, create=create)
+        if not recovering:
+            discard_stale_staging(config.archive_dir, *_staged_database(engine))
         try:
             crm, _ = _open_crm_tables(engine, config, refs=False)  # a bad mapping: first
             if not create and not ArchiveStore.exists_in(config.archive_dir):

@@ -964,6 +964,8 @@ def test_a_recovery_killed_before_the_ledger_is_applied_is_finished_and_nothing_
     backup = tmp_path / "backup"
     cli("backup", "create", str(backup))
     cli("erase", "--customer", "CK", "--reason", "asked")
+    later = tmp_path / "later"
+    cli("backup", "create", str(later))
 
     killed = archivist("backup", "recover", str(backup), "--force", "--config", str(config_path),
                        env={"ARCHIVIST_CRASH_AT": f"{point}:1"})
@@ -975,6 +977,9 @@ def test_a_recovery_killed_before_the_ledger_is_applied_is_finished_and_nothing_
         assert refused.returncode == 1, (command, refused.stdout)
         assert "stopped half-way" in refused.stderr, refused.stderr
         assert f"archivist backup recover {backup}" in refused.stderr
+    other = archivist("backup", "recover", str(later), "--config", str(config_path))
+    assert other.returncode == 1  # another backup is a choice of its own: --force
+    assert f"a recovery from the backup {backup} stopped half-way" in other.stderr
     again = archivist("backup", "recover", str(backup), "--config", str(config_path))
     assert again.returncode == 0, again.stderr
     cli("verify")
@@ -986,3 +991,38 @@ def test_a_recovery_killed_before_the_ledger_is_applied_is_finished_and_nothing_
             "erased"}
         assert recovered.index.search(SearchQuery(q=MARKER.decode())).total == 0
         assert [h.id for h in recovered.index.search(SearchQuery(q="refund")).hits] == ["A1"]
+
+
+def test_a_copy_a_recovery_killed_while_staging_left_is_deleted_before_anything_opens(
+    tmp_path: Path, config_path: Path, make_record: Any
+) -> None:
+    """Killed while it copied the backup beside the installation (nothing replaced yet), a
+    recovery leaves that copy, which may hold what was erased since: the next command to
+    open the installation deletes it, and the installation is as it was."""
+    import signal
+
+    cli, imported = cli_steps(tmp_path, config_path)
+    old = {"created_at": "2020-01-01T00:00:00Z", "updated_at": "2020-01-02T00:00:00Z"}
+    cli("init")
+    imported("first.jsonl",
+             *(make_record(id=f"K{n}", customer_id="C-ERASE-ME", body=f"words {n}", **old)
+               for n in range(3)),
+             make_record(id="A1", customer_id="CA", body="refund for A1", **old))
+    cli("archive", "--as-of", "2025-01-01")
+    backup = tmp_path / "backup"
+    cli("backup", "create", str(backup))
+    cli("erase", "--customer", "C-ERASE-ME", "--reason", "asked")
+    archive = config_path.parent / "data" / "archive"
+    assert files_holding(archive, b"C-ERASE-ME") == []
+
+    killed = archivist("backup", "recover", str(backup), "--force", "--config", str(config_path),
+                       env={"ARCHIVIST_CRASH_AT": "recover.stage_file:2"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert files_holding(archive, b"C-ERASE-ME")  # the backup's catalog, staged
+
+    stats = json.loads(cli("stats"))
+
+    assert (stats["archived"], stats["active"]) == (1, 0)
+    assert files_holding(archive, b"C-ERASE-ME") == []
+    assert not (archive / ".recovering").exists()
+    cli("verify")

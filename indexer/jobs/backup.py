@@ -379,10 +379,24 @@ def _recover(
 ) -> RecoverReport:
     """`recover_backup` once the backup verified, holding the recovery lock."""
     # A run that stopped half-way left the installation partly replaced: this one replaces it
-    # all again, whatever it holds, and reports the CRM rows that run found lost.
+    # all again, whatever it holds, and reports the CRM rows that run found lost (from the
+    # same backup; another one is a choice of its own, and what it loses cannot be counted
+    # any more: the live ledger may be the first backup's by now).
     earlier = interrupted_recovery(config.archive_dir)
-    lost = (_refuse_unless_empty(config, folder, force) if earlier is None
-            else int(str(earlier.get("crm_rows_lost") or 0)))
+    if earlier is None:
+        lost = _refuse_unless_empty(config, folder, force)
+    elif earlier["backup"] == str(folder.resolve()):
+        lost = int(str(earlier.get("crm_rows_lost") or 0))
+    elif not force:
+        raise BackupError(
+            f"a recovery from the backup {earlier['backup']} stopped half-way: run it again "
+            f"with that backup, or pass --force to recover {folder} instead (with the CRM's "
+            "tables mapped, the rows that loses are not counted then)"
+        )
+    else:
+        lost = 0
+        log.warning("recovering %s over a recovery from %s that stopped half-way",
+                    folder, earlier["backup"])
     # Every byte is copied before anything of the installation is replaced: a full disk fails
     # the recovery here and leaves the installation as it was.
     staged = stage_store(folder, config.archive_dir, set(load_manifest(folder)))
