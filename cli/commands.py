@@ -506,13 +506,7 @@ def backup_verify(folder: Path, config_path: Path | None) -> None:
 def backup_recover(folder: Path, force: bool, config: Config) -> None:
     """Make the installation of --config what the backup in FOLDER holds (stop serve first)."""
     from indexer.jobs.backup import recover_backup
-    report = recover_backup(config, folder, utcnow(), force=force)
-    with Services.open(config) as services:
-        details = {"backup_created_at": report.created_at, "active": report.active,
-                   "archived": report.archived, "force": force,
-                   "crm_rows_lost": report.crm_rows_lost}
-        with _audited(services, "recover", str(folder.absolute()), details):
-            pass
+    report = recover_backup(config, folder, utcnow(), force=force)  # (it audits itself)
     click.echo(
         f"recovered the backup of {report.created_at}: {report.active} active, "
         f"{report.archived} archived, indexed {report.indexed}"

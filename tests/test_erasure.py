@@ -1026,3 +1026,34 @@ def test_a_copy_a_recovery_killed_while_staging_left_is_deleted_before_anything_
     assert files_holding(archive, b"C-ERASE-ME") == []
     assert not (archive / ".recovering").exists()
     cli("verify")
+
+
+def test_a_recovery_killed_in_its_index_rebuild_is_on_record_and_a_rebuild_finishes_it(
+    tmp_path: Path, config_path: Path, make_record: Any
+) -> None:
+    """Once the ledgers are applied again the installation is whole: a recovery killed in its
+    index rebuild has its audit entry already, and `index --rebuild` is all that is left."""
+    import signal
+
+    from archivist.audit import AuditFilter, list_audit
+
+    cli, imported = cli_steps(tmp_path, config_path)
+    old = {"created_at": "2020-01-01T00:00:00Z", "updated_at": "2020-01-02T00:00:00Z"}
+    cli("init")
+    imported("first.jsonl", *(make_record(id=f"A{n}", body=f"refund {n}", **old)
+                              for n in range(5)))
+    cli("archive", "--as-of", "2025-01-01")
+    backup = tmp_path / "backup"
+    cli("backup", "create", str(backup))
+
+    killed = archivist("backup", "recover", str(backup), "--force", "--config", str(config_path),
+                       env={"ARCHIVIST_CRASH_AT": "recover.before_index:1"})
+
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with Services.open(load_config(config_path)) as services:
+        with services.read_sessions.begin() as session:
+            entries = list_audit(session, AuditFilter(action="recover")).entries
+        assert [(e.outcome, e.details["archived"], e.details["force"]) for e in entries] == [
+            ("ok", 5, True)]
+    cli("index", "--rebuild")
+    cli("verify")

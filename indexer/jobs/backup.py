@@ -77,7 +77,7 @@ from archivist.active_db import (
     register_all_tables,
     utcnow,
 )
-from archivist.audit import iter_chain_problems
+from archivist.audit import AuditEvent, iter_chain_problems, write_audit
 from archivist.config import Config
 from archivist.crm_rows import count_crm_rows
 from archivist.records import format_utc
@@ -332,7 +332,7 @@ def load_metadata(folder: Path) -> dict[str, Any]:
 
 
 def recover_backup(
-    config: Config, folder: Path, at: datetime, *, force: bool = False
+    config: Config, folder: Path, at: datetime, *, force: bool = False, actor: str = "cli"
 ) -> RecoverReport:
     """Make the installation of `config` what the backup in `folder` holds.
 
@@ -346,6 +346,7 @@ def recover_backup(
     :param folder: the backup folder
     :param at: the time stamped on whatever reconcile settles
     :param force: replace an installation that holds records
+    :param actor: who recovers, in the audit log of the recovered installation
     """
     folder = Path(folder)
     if not os.environ.get(KEY_ENV) and not config.key_file.exists():
@@ -370,12 +371,12 @@ def recover_backup(
             "an installation without them"
         )
     with recovering_alone(config.archive_dir):
-        return _recover(config, folder, metadata, database, at, force)
+        return _recover(config, folder, metadata, database, at, force, actor)
 
 
 def _recover(
     config: Config, folder: Path, metadata: dict[str, Any], database: Path | None,
-    at: datetime, force: bool,
+    at: datetime, force: bool, actor: str,
 ) -> RecoverReport:
     """`recover_backup` once the backup verified, holding the recovery lock."""
     # A run that stopped half-way left the installation partly replaced: this one replaces it
@@ -443,14 +444,22 @@ def _recover(
             # session signed out since would otherwise be live again).
             apply_revocation_ledger(session, revocation_ledger_path(config.key_file), at)
             session.execute(delete(WebSession))
-        # Whole again: an index rebuild that fails or is killed is done again by
-        # `archivist index --rebuild`, from a store nothing erased is back in.
-        end_recovering(config.archive_dir)
-        indexed = rebuild_index(services.store, services.index)
         counts = services.store.counts()
         with services.read_sessions.begin() as session:  # as `stats` counts them
             active = (count_active(session) if services.crm is None
                       else count_crm_rows(session, services.crm))
+        # Audited before the installation is whole again, so that a recovery is on record
+        # even if the index rebuild below is killed.
+        details = {"backup_created_at": str(metadata.get("created_at")), "active": active,
+                   "archived": counts["archived"], "force": force, "crm_rows_lost": lost}
+        write_audit(services.sessions, [
+            AuditEvent(utcnow(), actor, "recover", str(folder.absolute()), "ok", details)
+        ])
+        # Whole again: an index rebuild that fails or is killed is done again by
+        # `archivist index --rebuild`, from a store nothing erased is back in.
+        end_recovering(config.archive_dir)
+        crash_point("recover.before_index")
+        indexed = rebuild_index(services.store, services.index)
     return RecoverReport(
         active, counts["archived"], indexed, str(metadata.get("created_at")), lost
     )
