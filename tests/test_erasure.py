@@ -944,6 +944,25 @@ def test_the_readme_s_statement_deletes_the_customer_s_active_rows_of_the_embedd
     assert archivist("verify", "--config", str(config_path)).returncode == 0
 
 
+def backed_up_then_erased(
+    tmp_path: Path, config_path: Path, make_record: Any, customer: str
+) -> tuple[Callable[..., str], Path]:
+    """An installation of three archived records of `customer` (with the marker word) and one
+    of another, backed up into `tmp_path/backup`, then `customer` erased; `cli` and the backup."""
+    cli, imported = cli_steps(tmp_path, config_path)
+    old = {"created_at": "2020-01-01T00:00:00Z", "updated_at": "2020-01-02T00:00:00Z"}
+    cli("init")
+    imported("first.jsonl",
+             *(make_record(id=f"K{n}", customer_id=customer, body=f"{MARKER.decode()} {n}", **old)
+               for n in range(3)),
+             make_record(id="A1", customer_id="CA", body="refund for A1", **old))
+    cli("archive", "--as-of", "2025-01-01")
+    backup = tmp_path / "backup"
+    cli("backup", "create", str(backup))
+    cli("erase", "--customer", customer, "--reason", "asked")
+    return cli, backup
+
+
 @pytest.mark.parametrize("point", ["recover.installed", "store.frames_written"])
 def test_a_recovery_killed_before_the_ledger_is_applied_is_finished_and_nothing_else_opens_it(
     tmp_path: Path, config_path: Path, make_record: Any, point: str
@@ -953,17 +972,7 @@ def test_a_recovery_killed_before_the_ledger_is_applied_is_finished_and_nothing_
     it, naming the recovery to run again, and that run finishes it without --force."""
     import signal
 
-    cli, imported = cli_steps(tmp_path, config_path)
-    old = {"created_at": "2020-01-01T00:00:00Z", "updated_at": "2020-01-02T00:00:00Z"}
-    cli("init")
-    imported("first.jsonl",
-             *(make_record(id=f"K{n}", customer_id="CK", body=f"{MARKER.decode()} {n}", **old)
-               for n in range(3)),
-             make_record(id="A1", customer_id="CA", body="refund for A1", **old))
-    cli("archive", "--as-of", "2025-01-01")
-    backup = tmp_path / "backup"
-    cli("backup", "create", str(backup))
-    cli("erase", "--customer", "CK", "--reason", "asked")
+    cli, backup = backed_up_then_erased(tmp_path, config_path, make_record, "CK")
     later = tmp_path / "later"
     cli("backup", "create", str(later))
 
@@ -1001,17 +1010,7 @@ def test_a_copy_a_recovery_killed_while_staging_left_is_deleted_before_anything_
     open the installation deletes it, and the installation is as it was."""
     import signal
 
-    cli, imported = cli_steps(tmp_path, config_path)
-    old = {"created_at": "2020-01-01T00:00:00Z", "updated_at": "2020-01-02T00:00:00Z"}
-    cli("init")
-    imported("first.jsonl",
-             *(make_record(id=f"K{n}", customer_id="C-ERASE-ME", body=f"words {n}", **old)
-               for n in range(3)),
-             make_record(id="A1", customer_id="CA", body="refund for A1", **old))
-    cli("archive", "--as-of", "2025-01-01")
-    backup = tmp_path / "backup"
-    cli("backup", "create", str(backup))
-    cli("erase", "--customer", "C-ERASE-ME", "--reason", "asked")
+    cli, backup = backed_up_then_erased(tmp_path, config_path, make_record, "C-ERASE-ME")
     archive = config_path.parent / "data" / "archive"
     assert files_holding(archive, b"C-ERASE-ME") == []
 
