@@ -473,6 +473,29 @@ def stage_store(folder: Path, store_dir: Path, listed: set[str]) -> Path:
     return staged
 
 
+def staged_copy(path: Path) -> Path:
+    """Where a recovery stages its copy of a file it replaces (the embedded database), beside it.
+
+    :param path: the file
+    """
+    return path.with_name(path.name + STAGING)
+
+
+@contextmanager
+def _recover_lock(store_dir: Path) -> Iterator[bool]:
+    """Try the installation's recovery lock, without waiting: whether it is held."""
+    fd = os.open(store_dir / RECOVER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+        else:
+            yield True
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def recovering_alone(store_dir: Path) -> Iterator[None]:
     """Hold the installation's recovery lock: a second recovery at once is refused, and a
@@ -481,47 +504,29 @@ def recovering_alone(store_dir: Path) -> Iterator[None]:
     :param store_dir: the installation's archive folder (made if missing)
     """
     store_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(store_dir / RECOVER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BackupError(
-                f"another recovery of the installation in {store_dir} is running"
-            ) from None
+    with _recover_lock(store_dir) as held:
+        if not held:
+            raise BackupError(f"another recovery of the installation in {store_dir} is running")
         yield
-    finally:
-        os.close(fd)
 
 
-def discard_stale_staging(store_dir: Path, *staged_files: Path) -> None:
+def discard_stale_staging(store_dir: Path, database: Path | None) -> None:
     """Delete what a recovery killed before it replaced anything left staged: a copy of the
     backup's store (and of its database), which may hold what was erased since. Only with no
     `RECOVERING` file (nothing of it was installed) and no recovery running.
 
     :param store_dir: the installation's archive folder
-    :param staged_files: other files a recovery stages (the embedded database's copy)
+    :param database: the SQLite active database a recovery may have staged a copy of, if any
     """
-    staged = store_dir / STAGING
-    if not staged.exists() and not any(path.exists() for path in staged_files):
-        return
-    if (store_dir / RECOVERING).exists():
-        return  # a recovery that stopped half-way: its run again replaces them
-    try:
-        fd = os.open(store_dir / RECOVER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError:
-        return  # a folder this process may not write: nothing of it to delete either
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return  # a recovery is staging right now
-        shutil.rmtree(staged, ignore_errors=True)
-        for path in staged_files:
-            with suppress(OSError):
+    staged = [store_dir / STAGING] + ([] if database is None else [staged_copy(database)])
+    if not any(path.exists() for path in staged) or (store_dir / RECOVERING).exists():
+        return  # (a recovery that stopped half-way: its run again replaces them)
+    # (a folder this process may not write has nothing of it to delete either)
+    with suppress(OSError), _recover_lock(store_dir) as held:
+        if held:  # (else a recovery is staging right now)
+            shutil.rmtree(staged[0], ignore_errors=True)
+            for path in staged[1:]:
                 path.unlink(missing_ok=True)
-    finally:
-        os.close(fd)
 
 
 def mark_recovering(store_dir: Path, backup: Path, **details: object) -> None:

@@ -155,6 +155,17 @@ def _postgresql_engine(url: str) -> Engine:
     return engine
 
 
+def sqlite_path(active_url: str) -> Path | None:
+    """The file of a SQLite active database, or None for any other database.
+
+    :param active_url: the `[active] url`
+    """
+    url = make_url(active_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
 def make_engine(url: str, *, create: bool = False) -> Engine:
     """Create an engine; SQLite gets WAL, full sync, a busy timeout and immediate transactions.
 

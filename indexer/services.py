@@ -6,14 +6,12 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive_store import ArchiveStore, RecordNotFound
 from archive_store.backup import (
-    STAGING,
     RecoveryInterrupted,
     discard_stale_staging,
     interrupted_recovery,
@@ -24,6 +22,7 @@ from archivist.active_db import (
     make_engine,
     make_read_sessions,
     make_sessions,
+    sqlite_path,
     upgrade_schema,
 )
 from archivist.config import Config
@@ -108,13 +107,6 @@ def open_search_engine(
     return index
 
 
-def _staged_database(engine: Engine) -> list[Path]:
-    """Where a recovery stages its copy of an embedded SQLite database (beside the file)."""
-    url = engine.url
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return []
-    return [Path(url.database + STAGING)]
-
 
 def _open_crm_tables(
     engine: Engine, config: Config, *, refs: bool = True
@@ -183,7 +175,7 @@ class Services:
             )
         engine = make_engine(config.active_url, create=create)
         if not recovering:
-            discard_stale_staging(config.archive_dir, *_staged_database(engine))
+            discard_stale_staging(config.archive_dir, sqlite_path(config.active_url))
         try:
             crm, _ = _open_crm_tables(engine, config, refs=False)  # a bad mapping: first
             if not create and not ArchiveStore.exists_in(config.archive_dir):

@@ -33,13 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, delete, inspect, select, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from archive_store.backup import (
     MANIFEST,
-    STAGING,
     STORE_FOLDER,
     BackupDamaged,
     BackupError,
@@ -58,6 +57,7 @@ from archive_store.backup import (
     remove_unlisted,
     snapshot_closing,
     stage_store,
+    staged_copy,
     take_store_snapshot,
     verify_store_copy,
     write_manifest,
@@ -75,6 +75,7 @@ from archivist.active_db import (
     UTCDateTime,
     count_active,
     register_all_tables,
+    sqlite_path,
     utcnow,
 )
 from archivist.audit import AuditEvent, iter_chain_problems, write_audit
@@ -139,14 +140,6 @@ class RecoverReport:
     indexed: int
     created_at: str
     crm_rows_lost: int = 0  # forced: CRM rows archived after the backup, now in neither place
-
-
-def sqlite_path(active_url: str) -> Path | None:
-    """The file of an embedded SQLite active database, or None for any other database."""
-    url = make_url(active_url)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    return Path(url.database)
 
 
 def whole_file_database(config: Config) -> Path | None:
@@ -401,7 +394,7 @@ def _recover(
     # Every byte is copied before anything of the installation is replaced: a full disk fails
     # the recovery here and leaves the installation as it was.
     staged = stage_store(folder, config.archive_dir, set(load_manifest(folder)))
-    staged_database = None if database is None else database.with_name(database.name + STAGING)
+    staged_database = None if database is None else staged_copy(database)
     try:
         if staged_database is not None:
             staged_database.parent.mkdir(parents=True, exist_ok=True)
