@@ -177,6 +177,8 @@ class Services:
         if not recovering:
             discard_stale_staging(config.archive_dir, sqlite_path(config.active_url))
         try:
+            if create:  # an unreachable database: refused before any folder or key is made
+                engine.connect().close()
             crm, _ = _open_crm_tables(engine, config, refs=False)  # a bad mapping: first
             if not create and not ArchiveStore.exists_in(config.archive_dir):
                 raise NotInitialised(

@@ -201,12 +201,22 @@ def test_verify_names_exactly_the_damaged_record(installed, tmp_path, make_recor
 
 def test_an_active_database_out_of_reach_is_one_line_and_exit_1(tmp_path):
     config = tmp_path / "c.toml"
-    config.write_text('[active]\nurl = "postgresql+psycopg://nobody@127.0.0.1:1/crm"\n')
-    for command in ("init", "stats"):  # (init made the archive `stats` needs first)
-        result = archivist(command, "--config", str(config))
-        assert result.returncode == 1, command
-        assert result.stderr.count("\n") == 1, result.stderr
-        assert result.stderr.startswith("error: the active database: connection failed: ")
+    out_of_reach = '[active]\nurl = "postgresql+psycopg://nobody@127.0.0.1:1/crm"\n'
+    config.write_text(out_of_reach)
+    result = archivist("init", "--config", str(config))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: the active database: connection failed: ")
+    # nothing made: no archive folder, no key a later `init` would have to match
+    assert sorted(tmp_path.rglob("*")) == [config]
+
+    config.write_text("")  # an installation on the embedded default, then its database gone
+    assert archivist("init", "--config", str(config)).returncode == 0
+    config.write_text(out_of_reach)
+    result = archivist("stats", "--config", str(config))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: the active database: connection failed: ")
 
 
 def test_bad_config_is_one_line_and_non_zero(tmp_path):
