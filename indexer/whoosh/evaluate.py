@@ -28,11 +28,9 @@ from indexer.whoosh.matchsets import (
 )
 from indexer.whoosh.postings import (
     NO_DOCS,
-    NO_SCORES,
     Block,
     Docs,
     Floats,
-    cached_leaf_postings,
     position_keys,
 )
 from indexer.whoosh.query import MAX_SCAN, MAX_TERMS
@@ -121,32 +119,8 @@ class Evaluator:
     ) -> tuple[Docs, Floats]:
         """Return a term's live documents in this shard and their weights (term frequencies)."""
         if blocks is None:
-            return self.cache.term_postings(
-                fieldname, btext, lambda start: self._read_postings(fieldname, btext, None, start)
-            )
-        return self._read_postings(fieldname, btext, blocks)
-
-    def _read_postings(
-        self, fieldname: str, btext: bytes, blocks: list[Block] | None, start: int = 0
-    ) -> tuple[Docs, Floats]:
-        """:param start: read only the segments from this document number on."""
-        ids_parts: list[Docs] = []
-        w_parts: list[Floats] = []
-        for leaf, base in self.reader.leaf_readers():
-            if base < start:
-                continue
-            lids, lw = cached_leaf_postings(leaf, fieldname, btext, base, blocks)
-            if len(lids):
-                ids_parts.append(lids)
-                w_parts.append(lw)
-        if not ids_parts:
-            return NO_DOCS, NO_SCORES
-        ids = ids_parts[0] if len(ids_parts) == 1 else np.concatenate(ids_parts)
-        weights = w_parts[0] if len(w_parts) == 1 else np.concatenate(w_parts)
-        if self.cache.live_mask is not None:
-            live = self.cache.live_mask[ids]
-            ids, weights = ids[live], weights[live]
-        return ids, weights
+            return self.cache.live_postings(fieldname, btext)
+        return self.cache.read_postings(fieldname, btext, blocks)
 
     def _bm25(self, fieldname: str, idf: float, docs: Docs, freqs: Floats) -> Floats:
         """Return BM25 scores of documents from a frequency per document and an idf."""

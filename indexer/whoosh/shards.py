@@ -21,34 +21,48 @@ from whoosh.util.numeric import byte_to_length
 from indexer.search.types import DATE_FIELDS
 from indexer.whoosh.columns import byte_strings, live_docs, numeric_values, ordinals
 from indexer.whoosh.lru import SizedLru
-from indexer.whoosh.postings import Docs, Floats
+from indexer.whoosh.postings import (
+    NO_DOCS,
+    NO_SCORES,
+    Block,
+    Docs,
+    Floats,
+    cached_leaf_postings,
+)
 from indexer.whoosh.schema import date_column
 
 
 class GlobalStats:
-    """Collection statistics summed over every shard, computed lazily per term."""
+    """Collection statistics summed over every shard, computed lazily per term.
+
+    They count live documents only, as the index would hold them if it were built afresh:
+    documents deleted (restored, disposed of, erased) but not yet merged away must not weigh
+    in, or the same archive would score differently before and after a merge, a rebuild or a
+    recovery from a backup.
+    """
 
     def __init__(self, caches: Sequence[ShardCache]) -> None:
         self._caches = caches
-        self._readers = [c.searcher.reader() for c in caches]
-        self.doc_count = sum(r.doc_count_all() for r in self._readers) or 1
+        self.doc_count = sum(len(c.live_docs) for c in caches) or 1
         self._avgfl: dict[str, float] = {}
         self._df: dict[tuple[str, bytes], int] = {}
 
     def avg_field_length(self, fieldname: str) -> float:
-        """Return the average length of a field over all shards."""
+        """Return the average length of a field over all shards' live documents."""
         v = self._avgfl.get(fieldname)
         if v is None:
-            total = sum(r.field_length(fieldname) for r in self._readers)
+            total = sum(c.live_length_total(fieldname) for c in self._caches)
             v = self._avgfl[fieldname] = (total / self.doc_count) or 1.0
         return v
 
     def idf(self, fieldname: str, btext: bytes) -> float:
-        """Return the BM25 idf of a term over all shards."""
+        """Return the BM25 idf of a term over all shards' live documents."""
         key = (fieldname, btext)
         df = self._df.get(key)
         if df is None:
-            df = self._df[key] = sum(c.doc_frequency(fieldname, btext) for c in self._caches)
+            df = self._df[key] = sum(
+                c.live_doc_frequency(fieldname, btext) for c in self._caches
+            )
         n = self.doc_count
         return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
 
@@ -145,6 +159,7 @@ class ShardCache:
         # document frequencies (deleted documents included), valid while the segments are
         # the same
         self._df: dict[tuple[str, bytes], int] = {}
+        self._live_length_totals: dict[str, float] = {}
         self.live_docs: Docs = live_docs(reader)
         # None when nothing is deleted (the usual case): no mask to apply.
         self.live_mask: npt.NDArray[np.bool_] | None = None
@@ -231,6 +246,59 @@ class ShardCache:
                 self._df.clear()
             self._df[key] = got
         return got
+
+    def live_doc_frequency(self, fieldname: str, btext: bytes) -> int:
+        """Return how many of the shard's live documents hold a term."""
+        if self.live_mask is None:  # nothing deleted: the terms' own counts
+            return self.doc_frequency(fieldname, btext)
+        return len(self.live_postings(fieldname, btext)[0])
+
+    def live_length_total(self, fieldname: str) -> float:
+        """Return the summed length of a text field over the shard's live documents.
+
+        From the per-document lengths (as BM25 normalises each document), whole numbers: the
+        sum is exact in any order, so a rebuilt index sums to the same.
+        """
+        got = self._live_length_totals.get(fieldname)
+        if got is None:
+            lengths = self.lengths(fieldname)
+            live = lengths if self.live_mask is None else lengths[self.live_docs]
+            got = self._live_length_totals[fieldname] = float(live.sum())
+        return got
+
+    def live_postings(self, fieldname: str, btext: bytes) -> tuple[Docs, Floats]:
+        """Return a term's live documents in this shard and their weights (term frequencies),
+        kept in :data:`TERM_CACHE`."""
+        return self.term_postings(
+            fieldname, btext, lambda start: self.read_postings(fieldname, btext, None, start)
+        )
+
+    def read_postings(
+        self, fieldname: str, btext: bytes, blocks: list[Block] | None, start: int = 0
+    ) -> tuple[Docs, Floats]:
+        """Return a term's live documents in this shard and their weights, read from its
+        segments.
+
+        :param blocks: where to also keep the postings' blocks (for positions), if anywhere
+        :param start: read only the segments from this document number on.
+        """
+        ids_parts: list[Docs] = []
+        w_parts: list[Floats] = []
+        for leaf, base in self.searcher.reader().leaf_readers():
+            if base < start:
+                continue
+            lids, lw = cached_leaf_postings(leaf, fieldname, btext, base, blocks)
+            if len(lids):
+                ids_parts.append(lids)
+                w_parts.append(lw)
+        if not ids_parts:
+            return NO_DOCS, NO_SCORES
+        ids = ids_parts[0] if len(ids_parts) == 1 else np.concatenate(ids_parts)
+        weights = w_parts[0] if len(w_parts) == 1 else np.concatenate(w_parts)
+        if self.live_mask is not None:
+            live = self.live_mask[ids]
+            ids, weights = ids[live], weights[live]
+        return ids, weights
 
     def term_postings(
         self, fieldname: str, btext: bytes, read: Callable[[int], tuple[Docs, Floats]]
