@@ -51,6 +51,7 @@ REFUSED = [
     "refund (note: ) subject:",  # the second, a field's, is empty
     "refund OR()",
     "refund NOT()",
+    "NOT -refund",  # NOT NOT
 ]
 
 ACCEPTED = {
@@ -70,6 +71,12 @@ ACCEPTED = {
     "id:case:7*": {"case:77"},
     "id:a:b:c": set(),
     '"refund~1"': set(),  # quoted: just text
+    # a minus starting a term is NOT, as in web search; inside a word or quotes it is text
+    "refund -call": {"case:77"},
+    "refund -(call OR note)": {"case:77"},
+    '-"another tenant" -refund': {"C-1"},
+    'customer_id:eu:acme:9 -call': {"tenant:case:77"},
+    '"refund -call"': {"P-1", "P-2", "P-3"},
     "3~4": set(),  # numbers: text, not a fuzzy term
 }
 

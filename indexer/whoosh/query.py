@@ -86,6 +86,18 @@ def _check_syntax(q: str) -> None:
             raise BadQuery(f"{empty.group(1)}: needs a value after the colon")
 
 
+# ``-word`` as web search engines read it: NOT word. Only a minus that starts a term (after the
+# start, a space or an opening parenthesis) and comes before a letter, a quote or a group:
+# ``INV-2023``, ``-120.00`` and a minus inside quotes stay text.
+_MINUS = re.compile(r'"[^"]*"|(?:^|(?<=[\s(]))-(?=[^\W\d_]|["(])')
+
+
+def _minus_as_not(q: str) -> str:
+    """Read ``refund -chargeback`` as ``refund NOT chargeback``: Whoosh's parser would drop the
+    minus and search for both words, the opposite of what was asked."""
+    return _MINUS.sub(lambda m: m.group(0) if m.group(0).startswith('"') else "NOT ", q)
+
+
 def _check_fields(q: str) -> None:
     """Refuse a ``field:value`` whose field ``q`` cannot search, naming those it can.
 
@@ -219,6 +231,7 @@ def compile_query(text: str, parser: MultifieldParser, readers: Sequence[Any]) -
     if text.count("*") + text.count("?") > 20:
         raise BadQuery("too many wildcards")
     _check_syntax(text)
+    text = _minus_as_not(text)
     _check_fields(text)
     _check_operators(text)
     text = _quote_id_values(text)
