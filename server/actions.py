@@ -46,7 +46,7 @@ from indexer.errors import BadQuery
 from indexer.jobs.bulk_restore import restore_in_bulk
 from indexer.jobs.crm_restore import current_crm_tables, restore_crm_process
 from indexer.jobs.erasure import ErasureReport, audit_details, audit_target, erase_records
-from indexer.jobs.restore import BulkRestoreReport, restore_process
+from indexer.jobs.restore import BulkRestoreReport, PlanChanged, restore_process
 from indexer.process_search import iter_process_hits, search_processes
 from indexer.processes import ProcessView
 from indexer.search import SearchHit, SearchPage, SearchQuery
@@ -226,9 +226,14 @@ def bulk_restore(
     dry_run: bool = False,
     progress: Callable[[int, int], None] | None = None,
     limit: int | None = None,
+    confirmed_plan: str | None = None,
 ) -> BulkRestoreReport:
     """Restore archived records, given by id or by a search, with the rest of their
-    processes; one audit entry names every record restored."""
+    processes; one audit entry names every record restored.
+
+    :param confirmed_plan: the `plan_digest` of the dry run a person confirmed: restore only
+        if the plan is still that one, else raise `PlanChanged` with the plan now.
+    """
     services = actor.services
     details: dict[str, Any] = {"reason": reason, "dry_run": dry_run}
     if query is not None:
@@ -237,6 +242,16 @@ def bulk_restore(
     with audited(actor, "restore", target, details, wait=True) as entry:
         if query is not None:
             ids = [hit.id for hit in iter_process_hits(services, query)]
+        if confirmed_plan is not None and not dry_run:
+            plan = restore_in_bulk(
+                services, ids or [], actor.name, actor.now(), reason, dry_run=True, limit=limit
+            )
+            if plan.plan_digest != confirmed_plan:
+                raise PlanChanged(
+                    "the records this would restore changed since the confirmation "
+                    f"(now {len(plan.restored)}): nothing was restored", plan
+                )
+            ids = plan.restored  # exactly the records confirmed (and their processes')
         report = restore_in_bulk(
             services, ids or [], actor.name, actor.now(), reason, dry_run=dry_run,
             limit=limit, progress=progress,

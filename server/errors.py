@@ -32,6 +32,7 @@ from indexer.errors import (
     TooMany,
 )
 from indexer.jobs.erasure import OnHold
+from indexer.jobs.restore import PlanChanged
 from server.schemas import describe_errors
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ STATUS: dict[type[Exception], int] = {
     RestoreInProgress: 409,
     AlreadyArchived: 409,
     AlreadyActive: 409,
+    PlanChanged: 409,
     RestoreRefused: 409,
     HoldError: 409,
     OnHold: 409,

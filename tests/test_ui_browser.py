@@ -478,12 +478,17 @@ def test_ui_admin_restores_ticked_results_and_a_whole_search(new_page: Any, site
     page = new_page("admin")
     page.goto("/search?q=tickword&sort=oldest")
     assert hit_ids(page) == ["TICK-1", "TICK-2", "TICK-3"]
-    page.on("dialog", lambda dialog: dialog.accept())
     ticks = page.get_by_test_id("tick")
     ticks.nth(0).check()
     ticks.nth(2).check()
     page.get_by_test_id("bulk-reason").fill("reopened by sales")
     page.get_by_test_id("restore-ticked").click()
+    page.wait_for_selector("[data-testid=restore-plan]")  # the count first, on a page
+    plan = page.get_by_test_id("restore-plan").inner_text()
+    assert "You ticked 2 records: restoring 2 archived records in 2 processes" in plan
+    assert api_ids(site, "admin", q="tickword") == ["TICK-1", "TICK-2", "TICK-3"]
+    assert page.get_by_test_id("confirm-reason").input_value() == "reopened by sales"
+    page.get_by_test_id("confirm-restore").click()
     page.wait_for_selector(".flash-success")
     assert "Restored 2 records" in page.locator(".flash-success").first.inner_text()
     assert hit_ids(page) == ["TICK-2"]

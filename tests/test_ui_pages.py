@@ -27,6 +27,15 @@ def _csrf(client: Any, path: str = "/sign-in") -> str:
     return match.group(1)
 
 
+def _bulk_restore(client: Any, **form: Any) -> Any:
+    """Ask for a bulk restore, then confirm the count its confirmation page shows."""
+    page = client.post("/restore", data=form)
+    assert page.status_code == 200, page.status_code
+    confirm = re.search(r'name="plan" value="([0-9a-f]{64})"', page.get_data(as_text=True))
+    assert confirm, page.get_data(as_text=True)[:2000]
+    return client.post("/restore", data={**form, "plan": confirm.group(1), "confirmed": "1"})
+
+
 def _sign_in(client: Any, headers: dict[str, str]) -> None:
     response = client.post(
         "/sign-in", data={"token": _secret(headers), "csrf_token": _csrf(client)}
@@ -246,8 +255,56 @@ def test_ui_links_with_control_characters_go_to_a_safe_page_not_a_500(
     assert (response.status_code, response.headers["Location"]) == (303, "/search")
     form = {"csrf_token": _csrf(client, "/search"), "mode": "ids", "ids": ["A-1"],
             "reason": "r", "search": "q=a\nb"}
-    response = client.post("/restore", data=form)
+    response = _bulk_restore(client, **form)
     assert response.status_code == 303 and "\n" not in response.headers["Location"]
+
+
+def test_ui_bulk_restore_restores_only_what_its_confirmation_counted(
+    client: Any, admin_headers: Any, archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    """A search's records archived after its confirmation page was shown are not restored
+    with the ones it counted: the page comes back with the new count, nothing restored."""
+    archived(make_record(id="CNT-1", customer_id="C-CNT", body="countword"))
+    _sign_in(client, admin_headers)
+    csrf = _csrf(client, "/search")
+    form = {"csrf_token": csrf, "mode": "search", "search": "q=countword", "reason": "r"}
+    page = client.post("/restore", data=form).get_data(as_text=True)
+    assert "The search matches 1 record: restoring 1 archived record" in page
+    shown = re.search(r'name="plan" value="([0-9a-f]{64})"', page)
+    assert shown
+    archived(*(make_record(id=f"CNT-{n}", customer_id="C-CNT", body="countword")
+               for n in range(2, 12)))  # meanwhile, the archive job
+    confirmed = {**form, "plan": shown.group(1), "confirmed": "1"}
+    again = client.post("/restore", data=confirmed).get_data(as_text=True)
+    assert 'data-testid="plan-changed"' in again
+    assert "The search matches 11 records: restoring 11 archived records" in again
+    assert "nothing was restored" in again
+    assert _archived_ids(client, "countword") == {f"CNT-{n}" for n in range(1, 12)}
+    done = _bulk_restore(client, **form)  # confirming the new count restores them
+    assert done.status_code == 303
+    assert _archived_ids(client, "countword") == set()
+
+
+def test_ui_restore_ticked_shows_the_whole_processes_count_first(
+    client: Any, admin_headers: Any, archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    archived(make_record(id="TK-ROOT", body="tickroot"),
+             *(make_record(id=f"TK-{n}", parent_id="TK-ROOT", body="child") for n in range(5)))
+    _sign_in(client, admin_headers)
+    form = {"csrf_token": _csrf(client, "/search"), "mode": "ids", "ids": ["TK-ROOT"],
+            "search": "q=tickroot"}
+    page = client.post("/restore", data=form).get_data(as_text=True)
+    assert "You ticked 1 record: restoring 6 archived records in 1 process" in page
+    assert _archived_ids(client, "tickroot") == {"TK-ROOT"}  # only counted so far
+    assert _bulk_restore(client, **form, reason="r").status_code == 303
+    assert _archived_ids(client, "tickroot OR child") == set()
+
+
+def _archived_ids(client: Any, q: str) -> set[str]:
+    page = client.get("/search", query_string={"q": q, "per_page": 100}).get_data(as_text=True)
+    return set(re.findall(r'class="hit-title"><a href="/records/([^"?]+)[?"]', page))
 
 
 def test_ui_signing_in_again_ends_the_session_before(
@@ -289,8 +346,7 @@ def test_ui_audit_log_links_only_entries_naming_a_record(
 ) -> None:
     _sign_in(client, admin_headers)
     csrf = _csrf(client, "/search")
-    client.post("/restore", data={"csrf_token": csrf, "mode": "ids", "ids": ["A-2"],
-                                  "reason": "bulk"})
+    _bulk_restore(client, csrf_token=csrf, mode="ids", ids=["A-2"], reason="bulk")
     client.post("/records/A-1/restore", data={"csrf_token": csrf, "reason": "one"})
     page = client.get("/audit?action=restore").get_data(as_text=True)
     assert '<a href="/records/A-1">A-1</a>' in page

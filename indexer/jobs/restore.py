@@ -11,6 +11,7 @@ for many processes a batch at a time.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,7 +26,7 @@ from archive_store.faults import crash_point
 from archivist.active_db import find_active_ids, find_child_links, insert_records
 from archivist.processes import Process, find_processes
 from archivist.records import Record, record_from_json
-from indexer.errors import AlreadyActive, TooMany
+from indexer.errors import AlreadyActive, IndexerError, TooMany
 from indexer.jobs.collector import collector_paused
 from indexer.jobs.indexing import drop_restored
 from indexer.jobs.reconcile import reconcile_pending, restores_asked_for, settle_pending
@@ -70,6 +71,23 @@ class BulkRestoreReport:
     processes: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     dry_run: bool = False
+
+    @property
+    def plan_digest(self) -> str:
+        """Names which records this restore takes back: a confirmation shows a dry run's
+        count, and the restore it confirms goes ahead only if its plan still has this digest."""
+        return hashlib.sha256("\n".join(sorted(self.restored)).encode()).hexdigest()
+
+
+class PlanChanged(IndexerError):
+    """The records a confirmed bulk restore would take back are not those the confirmation
+    showed (records archived, restored or erased since): nothing was restored."""
+
+    code = "plan_changed"
+
+    def __init__(self, message: str, plan: BulkRestoreReport) -> None:
+        super().__init__(message)
+        self.plan = plan  # the restore's plan now (a dry run's report), to confirm again
 
 
 def restore_record(

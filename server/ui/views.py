@@ -32,6 +32,7 @@ from archivist.tokens import TokenInfo
 from indexer.errors import BadQuery
 from indexer.hold_reach import no_record_held
 from indexer.jobs.backup import backup_status
+from indexer.jobs.restore import BulkRestoreReport, PlanChanged
 from indexer.jobs.runs import last_run, run_archive_job, run_dispose_job
 from indexer.search import DATE_FIELDS, MAX_PER_PAGE, SORTS, SearchQuery
 from indexer.search.dates import parse_bound
@@ -260,8 +261,9 @@ def _search_back(value: str | None) -> str:
 @bp.post("/restore")
 @require_ui_role("admin")
 def bulk_restore() -> ResponseReturnValue:
-    """Restore ticked search results, or everything a search matches (after a confirmation
-    page showing the dry run's count), with the rest of their processes."""
+    """Restore ticked search results, or everything a search matches, with the rest of their
+    processes: first a confirmation page with the dry run's count, then, once confirmed, the
+    restore of exactly what that page counted (`PlanChanged` shows the page again)."""
     services = _services()
     form = request.form
     search = form.get("search", "")
@@ -269,11 +271,16 @@ def bulk_restore() -> ResponseReturnValue:
         search = ""
     back = url_for("ui.search") + (f"?{search}" if search else "")
     reason = form.get("reason", "").strip()
-    mode = form.get("mode", "ids")
+    mode = "search" if form.get("mode") == "search" else "ids"
     limit = services.config.server.max_bulk_restore
+    ids = form.getlist("ids")
+
+    def confirmation(plan: BulkRestoreReport, changed: bool = False) -> str:
+        return render_template("ui/restore_confirm.html", plan=plan, search=search, mode=mode,
+                               ids=ids, reason=reason, back=back, changed=changed)
+
     try:
         query = None
-        ids = form.getlist("ids")
         if mode == "search":
             params = MultiDict(
                 [(k, v) for k, v in parse_qsl(search) if k in EXPORT_PARAMS and v.strip()]
@@ -281,18 +288,20 @@ def bulk_restore() -> ResponseReturnValue:
             query = load_search_query(params, services.config.server.max_query_length,
                                       export=True)
             ids = []
-            if not form.get("confirmed"):
-                plan = actions.bulk_restore(_actor(), reason or "preview", query=query,
-                                            dry_run=True, limit=limit)
-                return render_template("ui/restore_confirm.html", plan=plan, search=search,
-                                       reason=reason, back=back)
         elif not ids:
             flash("Nothing was restored: tick the records to restore first.", "error")
             return redirect(back, 303)
+        if not form.get("confirmed"):
+            return confirmation(actions.bulk_restore(
+                _actor(), reason, ids=ids, query=query, dry_run=True, limit=limit
+            ))
         if not reason or len(reason) > 500:
             flash("Nothing was restored: give a reason (1-500 characters).", "error")
             return redirect(back, 303)
-        report = actions.bulk_restore(_actor(), reason, ids=ids, query=query, limit=limit)
+        report = actions.bulk_restore(_actor(), reason, ids=ids, query=query, limit=limit,
+                                      confirmed_plan=form.get("plan", ""))
+    except PlanChanged as e:
+        return confirmation(e.plan, changed=True)
     except DOMAIN_ERRORS as e:
         if status_of(e) >= 500:
             raise
