@@ -392,6 +392,11 @@ def test_ui_a_page_past_the_end_says_so_and_leads_back(
     assert "past the last page" in page and "No archived record matches" not in page
     assert 'href="/search?q=refund&amp;page=1"' in page
     assert "No archived record matches" in client.get("/search?q=zzzqqq").get_data(as_text=True)
+    paged = client.get("/search?per_page=1&page=99").get_data(as_text=True)  # 3 pages
+    assert "past the last page" in paged and "Page 99 of 3" not in paged
+    audit = client.get("/audit?page=9999").get_data(as_text=True)
+    assert "Page 9,999 is past the last page of these entries" in audit
+    assert "No entries match" not in audit and 'href="/audit?page=1"' in audit
 
 
 def test_ui_bulk_restore_asks_for_its_reason_before_the_ticks_are_sent(
