@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -118,6 +119,27 @@ def list_holds(
     else:
         rows = list(session.scalars(select(LegalHold).order_by(LegalHold.created_at, LegalHold.id)))
     return [Hold(r.scope, r.value, r.reason, r.created_at) for r in rows]
+
+
+def holds_covering(
+    session: Session, records: Iterable[tuple[str, str | None, str]]
+) -> list[Hold]:
+    """The holds in force on any of these records (a process's), given as (id, customer id,
+    category), on one of their customers or categories (whatever its case), oldest first:
+    what keeps them from disposal and erasure."""
+    ids: set[str] = set()
+    customers: set[str | None] = set()
+    categories: set[str] = set()
+    for record_id, customer_id, category in records:
+        ids.add(record_id)
+        customers.add(customer_id)
+        categories.add(category.casefold())
+    return [
+        hold for hold in list_holds(session)
+        if (hold.scope == "record" and hold.value in ids)
+        or (hold.scope == "customer" and hold.value in customers)
+        or (hold.scope == "category" and hold.value.casefold() in categories)
+    ]
 
 
 def load_hold_set(session: Session) -> HoldSet:

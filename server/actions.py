@@ -36,7 +36,7 @@ from archivist.disposals import (
     iter_disposals,
     list_disposals,
 )
-from archivist.holds import Hold, add_hold, list_holds, remove_hold
+from archivist.holds import Hold, add_hold, holds_covering, list_holds, remove_hold
 from archivist.records import Record, format_utc
 from archivist.tokens import TokenInfo, token_is_live
 from archivist.web_sessions import end_web_session, find_web_session, start_web_session
@@ -341,6 +341,17 @@ def export_disposals(actor: Actor, selection: DisposalFilter) -> Iterator[bytes]
             raise
         finally:  # as an export's: what was sent, to check the file against
             entry.details.update(rows=rows, bytes=size, sha256=digest.hexdigest())
+
+
+def holds_on(actor: Actor, view: RecordView) -> list[Hold]:
+    """The legal holds that keep a record's process: on one of its archived records, or on
+    one's customer or category."""
+    ids = {node.id for node in view.process.records} | {view.archive.record_id}
+    members = actor.services.store.entries(ids).values()
+    with actor.services.read_sessions.begin() as session:
+        return holds_covering(
+            session, ((e.record_id, e.customer_id, e.category) for e in members)
+        )
 
 
 def holds(actor: Actor) -> list[Hold]:

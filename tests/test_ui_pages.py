@@ -508,6 +508,29 @@ def test_ui_holds_round_trip(client: Any, admin_headers: Any) -> None:
     assert "lifted" in page.get_data(as_text=True)
 
 
+def test_ui_record_page_names_the_holds_that_keep_its_process(
+    client: Any, admin_headers: Any, archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    archived(make_record(id="H-ROOT", customer_id="C-HELD"),
+             make_record(id="H-KID", parent_id="H-ROOT", customer_id="C-OTHER"),
+             make_record(id="H-FREE", customer_id="C-FREE", category="billing"))
+    _sign_in(client, admin_headers)
+    csrf = _csrf(client, "/admin/holds")
+    for scope, value, reason in (("customer", "C-HELD", "litigation 12"),
+                                 ("category", "BILLING", "tax audit")):
+        client.post("/admin/holds", data={"csrf_token": csrf, "scope": scope, "value": value,
+                                          "reason": reason})
+    kid = client.get("/records/H-KID").get_data(as_text=True)  # its root's customer is held
+    assert 'data-testid="hold-note"' in kid and "litigation 12" in kid
+    assert "tax audit" not in kid
+    free = client.get("/records/H-FREE").get_data(as_text=True)  # billing, whatever the case
+    assert "tax audit" in free and "litigation 12" not in free
+    client.post("/admin/holds/remove", data={"csrf_token": csrf, "scope": "category",
+                                             "value": "BILLING"})
+    assert 'data-testid="hold-note"' not in client.get("/records/H-FREE").get_data(as_text=True)
+
+
 def test_ui_admin_page_previews_the_next_runs(
     client: Any, admin_headers: Any, corpus: None
 ) -> None:

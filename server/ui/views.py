@@ -224,6 +224,8 @@ def record(record_id: str) -> Any:
         process_children=children,
         to_restore=view.process.archived,
         can_restore=me.allows("admin") and view.archive.state == "archived",
+        holds=(actions.holds_on(_actor(), view)
+               if view.archive.state in ("archived", "restored") else []),
         back=back or url_for("ui.search"),
     )
 
