@@ -380,6 +380,51 @@ def test_a_killed_restore_whose_row_was_changed_since_is_completed_not_undone(
             assert find_active(session, ["K0002"])["K0002"].body == "edited"
 
 
+def test_a_killed_restore_whose_row_was_deleted_since_is_completed_not_split(
+    config_path, make_record
+):
+    """The restore's insert committed, then one of its rows was deleted by hand: the other
+    record of its process, found as archived, proves the restore reached the active database,
+    so the deleted one is restored too, not left archived apart from its process."""
+    killed_process_restore(config_path, make_record, "restore.after_insert")
+    active = load_config(config_path).active_url.removeprefix("sqlite:///")
+    with sqlite3.connect(active) as connection:
+        connection.execute("DELETE FROM active_records WHERE id = 'K0003'")
+    connection.close()
+
+    assert archivist(config_path, "dispose", "--as-of", "2021-01-01").returncode == 0  # settles
+
+    with Services.open(load_config(config_path)) as services:
+        assert services.store.info("K0002").state == "restored"
+        assert services.store.info("K0003").state == "restored"
+
+
+def test_a_killed_archive_whose_process_changed_keeps_a_deleted_row_with_it(
+    config_path, make_record
+):
+    """Killed after storing, before deleting: then one row of a process was edited and another
+    deleted by hand. The process stays active whole: the deleted row's copy is not left
+    archived apart from it."""
+    records = aged_records(make_record, 5)
+    records[3]["parent_id"] = "K0002"
+    installed(config_path, records)
+    killed = archivist(config_path, "archive", "--as-of", AS_OF,
+                       env={"ARCHIVIST_CRASH_AT": "archive.after_store:1"})
+    assert killed.returncode == -signal.SIGKILL
+    active = load_config(config_path).active_url.removeprefix("sqlite:///")
+    with sqlite3.connect(active) as connection:
+        connection.execute("DELETE FROM active_records WHERE id = 'K0003'")
+        connection.execute("UPDATE active_records SET body = 'edited' WHERE id = 'K0002'")
+    connection.close()
+
+    assert archivist(config_path, "dispose", "--as-of", "2021-01-01").returncode == 0  # settles
+
+    with Services.open(load_config(config_path)) as services:
+        assert services.store.info("K0002").state == "restored"
+        assert services.store.info("K0003").state == "restored"
+        assert services.store.info("K0004").state == "archived"  # untouched: its move ends
+
+
 def test_worker_start_settles_a_killed_archive(config_path, make_record, tmp_path):
     installed(config_path, aged_records(make_record, 50))
     killed = archivist(config_path, "archive", "--as-of", AS_OF,

@@ -214,3 +214,75 @@ def test_crm_dispose_after_a_killed_move_settles_it_by_the_crm_tables(crm_config
 
     assert disposed.returncode == 0, disposed.stderr
     check_one_place(config_path, url, original)
+
+
+def test_crm_a_killed_archive_then_a_crm_delete_splits_no_process(crm_config):
+    """Killed after storing a batch, before deleting its rows; the CRM then deletes one row of
+    a stored process and edits another. The next run keeps that process in the CRM whole: the
+    deleted row's copy is not left archived beside it (a split the next runs would not heal)."""
+    config_path, url = crm_config
+    original = rows(url)
+    env = {"ARCHIVIST_CRASH_AT": "archive.after_store:1"}
+    killed = archivist(config_path, "archive", "--as-of", AS_OF, env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with Services.open(load_config(config_path)) as services:
+        pending = {e.record_id for e in services.store.iter_pending()}
+    case = min(int(r.split(":")[1]) for r in pending if r.startswith("note:"))
+    assert f"case:{case}" in pending
+    run_sql(url, f"DELETE FROM notes WHERE id = {case};"
+                 f"UPDATE cases SET title = 'edited' WHERE id = {case};")
+
+    rerun = archivist(config_path, "archive", "--as-of", AS_OF)
+
+    assert rerun.returncode == 0, rerun.stderr
+    with Services.open(load_config(config_path)) as services:
+        assert services.store.info(f"note:{case}").state == "restored"
+        assert services.store.info(f"case:{case}").state == "restored"
+        hits = services.index.iter_hits(SearchQuery(process=f"case:{case}"))
+        assert [hit.id for hit in hits] == []
+    del original[f"note:{case}"]  # the CRM's own delete
+    original[f"case:{case}"] = rows(url)[f"case:{case}"]  # and its edit
+    check_one_place(config_path, url, original)
+
+
+def test_crm_a_retried_restore_completes_a_row_the_crm_deleted_since(crm_config):
+    """Killed after its rows went back, before the catalog said so; the CRM then deletes one of
+    them. The retry completes the whole restore: that record is not left archived beside the
+    rest of its process, back in the CRM."""
+    config_path, url = crm_config
+    original = rows(url)
+    assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
+    env = {"ARCHIVIST_CRASH_AT": "restore.after_commit:1"}
+    killed = archivist(config_path, "restore", "case:3", "--reason", "first", env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    before = rows(url)
+    message = next(r for r in before if r.startswith("msg:") and '"case_id":3,' in before[r])
+    run_sql(url, "DELETE FROM case_messages WHERE case_id = 3;")
+
+    retried = archivist(config_path, "restore", "case:3", "--reason", "again")
+
+    assert retried.returncode == 0, retried.stderr
+    with Services.open(load_config(config_path)) as services:
+        assert services.store.info(message).state == "restored"
+        assert services.store.info("note:3").state == "restored"
+    del original[message]
+    check_one_place(config_path, url, original)
+
+
+def test_crm_archive_run_indexes_what_a_killed_run_left_unindexed(crm_config):
+    config_path, url = crm_config
+    env = {"ARCHIVIST_CRASH_AT": "archive.after_commit:1"}
+    killed = archivist(config_path, "archive", "--as-of", AS_OF, env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with Services.open(load_config(config_path)) as services:
+        left = services.store.counts()
+    assert left["archived"] > left["indexed"]
+
+    rerun = archivist(config_path, "archive", "--as-of", "2000-01-01")  # nothing new is aged
+
+    assert rerun.returncode == 0, rerun.stderr
+    waiting = left["archived"] - left["indexed"]
+    assert rerun.stdout.decode().strip() == f"archived 0, indexed {waiting}"
+    with Services.open(load_config(config_path)) as services:
+        counts = services.store.counts()
+        assert counts["indexed"] == counts["archived"]

@@ -47,7 +47,7 @@ from archivist.records import parse_record, parse_utc
 from archivist.retention import RetentionRules, archive_cutoff
 from indexer.jobs.archiver import KEPT_ACTIVE
 from indexer.jobs.collector import collector_paused
-from indexer.jobs.reconcile import Settlement, restores_that_reached
+from indexer.jobs.reconcile import Settlement, live_processes, restores_that_reached
 from indexer.processes import CatalogSource
 
 log = logging.getLogger(__name__)
@@ -846,17 +846,19 @@ def reconcile_crm_pending(
         if changed:  # by the catalog's links: the CRM may have deleted a row between them
             for process in find_processes(CatalogSource(store), changed):
                 keep_whole.update(member.id for member in process.members)
+        inserting = [e.record_id for e in pending if e.pending == "insert_active"]
         reached = restores_that_reached(store, {
-            e.record_id: current[e.record_id].record == archived[e.record_id]
-            for e in pending if e.pending == "insert_active" and e.record_id in current
-        })
+            record_id: current[record_id].record == archived[record_id]
+            for record_id in inserting if record_id in current
+        }, missing=[record_id for record_id in inserting if record_id not in current])
         cleared: list[str] = []
+        gone: list[str] = []  # archived, and deleted from its table (by the move, or the CRM)
         to_delete: list[CrmRow] = []
         for entry in pending:
             row = current.get(entry.record_id)
             if entry.pending == "delete_active":
                 if row is None:
-                    cleared.append(entry.record_id)
+                    gone.append(entry.record_id)
                 elif entry.record_id not in keep_whole:
                     to_delete.append(row)
                 else:  # its process changed in the CRM meanwhile: the rows are live
@@ -874,6 +876,12 @@ def reconcile_crm_pending(
             cleared.extend(outcome.deleted)
             for record_id in outcome.kept:  # changed, blocked or refused: it stays active
                 store.complete_restore(record_id, now, RECONCILE_ACTOR)
+            keep_whole |= live_processes(store, outcome.kept)
+        for record_id in gone:
+            if record_id in keep_whole:  # deleted by the CRM; the rest of its process stays
+                store.complete_restore(record_id, now, RECONCILE_ACTOR)
+            else:
+                cleared.append(record_id)
         store.clear_pending(cleared)
         return Settlement(len(pending), restored)
 

@@ -63,24 +63,41 @@ def restores_asked_for(
     return [group for group in groups.values() if wanted.intersection(group)]
 
 
-def restores_that_reached(store: ArchiveStore, inserting: dict[str, bool]) -> set[str]:
-    """Of the records an interrupted restore was putting back whose id has an active row, those
-    the restore did put back.
+def restores_that_reached(
+    store: ArchiveStore, inserting: dict[str, bool], missing: Iterable[str] = ()
+) -> set[str]:
+    """Of the records an interrupted restore was putting back, those the restore did put back.
 
     A row equal to its archived copy is the restore's own. A changed one may be the restore's,
     edited since, or another record that took the id: a process goes back in one transaction,
-    so another record of its process found as archived proves its restore committed.
+    so another record of its process found as archived proves its restore committed. A record
+    of such a process with no row went back too, and was deleted by the CRM since: its restore
+    is over (left archived, its process would be split between the CRM and the archive).
 
-    :param inserting: each such id, and whether its row equals its archived copy
+    :param inserting: each such id with an active row, and whether it equals its archived copy
+    :param missing: each such id without an active row
     """
+    missing = set(missing)
     reached = {record_id for record_id, same in inserting.items() if same}
-    if len(reached) == len(inserting):
+    if len(reached) == len(inserting) and not (reached and missing):
         return reached
-    for process in find_processes(CatalogSource(store), list(inserting)):
+    candidates = inserting.keys() | missing
+    for process in find_processes(CatalogSource(store), sorted(candidates)):
         ids = {member.id for member in process.members}
         if ids & reached:
-            reached |= ids & inserting.keys()
+            reached |= ids & candidates
     return reached
+
+
+def live_processes(store: ArchiveStore, kept: Iterable[str]) -> set[str]:
+    """Every record of the processes (by the catalog's links) of records a settling keeps
+    active: a move is whole or not at all, so a record of theirs whose row the CRM deleted
+    meanwhile is not left archived beside them."""
+    kept = list(kept)
+    if not kept:
+        return set()
+    return {m.id for process in find_processes(CatalogSource(store), kept)
+            for m in process.members}
 
 
 def reconcile_pending(sessions: sessionmaker[Session], store: ArchiveStore, now: datetime) -> int:
@@ -117,15 +134,19 @@ def _settle(sessions: sessionmaker[Session], store: ArchiveStore, now: datetime)
         if changed:
             for process in find_processes(ArchivistSource(session, store), changed):
                 keep_whole.update(process.ids)
+        inserting = [e.record_id for e in pending if e.pending == "insert_active"]
         reached = restores_that_reached(store, {
-            e.record_id: active[e.record_id] == archived_of[e.record_id]
-            for e in pending if e.pending == "insert_active" and e.record_id in active
-        })
+            record_id: active[record_id] == archived_of[record_id]
+            for record_id in inserting if record_id in active
+        }, missing=[record_id for record_id in inserting if record_id not in active])
         for entry in pending:
             archived = archived_of[entry.record_id]
             current = active.get(entry.record_id)
             if entry.pending == "delete_active":
-                if current is None:  # the delete committed; only the mark is left
+                if current is None and entry.record_id in keep_whole:
+                    # deleted by hand while the rest of its process stays active with it
+                    store.complete_restore(entry.record_id, now, ACTOR)
+                elif current is None:  # the delete committed; only the mark is left
                     settled_delete.append(entry.record_id)
                 elif current == archived and entry.record_id not in keep_whole:
                     # archived, not yet deleted: finish the move

@@ -113,7 +113,10 @@ def _run_crm_archive_job(
     else:
         with _recorded(services, "archive") as progress:
             job_run = progress.run
+            # as over Archivist's own table: a crashed run's moves and index changes first
+            settled = settle_leftovers(services, utcnow(), should_stop=should_stop)
             crm_report = run(job_run.id)
+            crm_report.indexed += settled.indexed
             job_run.archived, job_run.indexed = crm_report.archived, crm_report.indexed
         log.info(
             "archive job: archived %d, indexed %d, blocked %d, refused %d",
