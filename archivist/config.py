@@ -210,7 +210,7 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
         index_interval_seconds=_index_interval(worker),
     )
     server_config = ServerConfig(
-        host=_get(server, "host", str, "127.0.0.1", "server"),
+        host=_host(server),
         port=_port(server),
         processes=_positive(server, "processes", 2, "server"),
         threads=_positive(server, "threads", ServerConfig.threads, "server"),
@@ -282,7 +282,15 @@ def _resolve_db_url(url: str, base: Path) -> str:
     if parsed.drivername not in _SHIPPED_DRIVERS:
         _check_driver(parsed.drivername)
     database = parsed.database
-    if parsed.get_backend_name() == "sqlite" and database and database != ":memory:":
+    in_memory = not database or database == ":memory:" or "mode=memory" in str(database)
+    if parsed.get_backend_name() == "sqlite" and (
+        in_memory or parsed.query.get("mode") == "memory"
+    ):  # each command would start from an empty database, and forget it at exit
+        raise ConfigError(
+            "active.url: an in-memory SQLite database keeps nothing from one command to the "
+            "next: give a file, sqlite:///PATH"
+        )
+    if parsed.get_backend_name() == "sqlite" and database:
         if not Path(database).is_absolute():
             return parsed.set(database=str(base / database)).render_as_string(hide_password=False)
     return url
@@ -312,6 +320,16 @@ def _get(table: dict[str, Any], key: str, kind: type, default: Any, where: str) 
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         expected = {int: "an integer", str: "a string"}.get(kind, kind.__name__)
         raise ConfigError(f"{where}.{key} must be {expected}, got {value!r}")
+    return value
+
+
+def _host(server: dict[str, Any]) -> str:
+    value: str = _get(server, "host", str, "127.0.0.1", "server")
+    if not value.strip():  # a server given "" listens on every interface
+        raise ConfigError(
+            "server.host is empty: give the address to listen on (127.0.0.1 for this machine "
+            "only, 0.0.0.0 for every interface)"
+        )
     return value
 
 

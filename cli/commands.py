@@ -574,8 +574,15 @@ def _log_to_stderr() -> None:
     )
 
 
+def _not_empty(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.strip():  # "" would listen on every interface
+        raise click.BadParameter("empty: give the address to listen on (e.g. 127.0.0.1)")
+    return value
+
+
 @main.command()
-@click.option("--host", default=None, help="Address to listen on (default: server.host).")
+@click.option("--host", default=None, callback=_not_empty,
+              help="Address to listen on (default: server.host).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
               help="Port to listen on (default: server.port).")
 @config_option
@@ -595,7 +602,8 @@ def serve(host: str | None, port: int | None, config: Config) -> None:
     show_default=True,
     help="How many demo records to generate.",
 )
-@click.option("--host", default=None, help="Address to listen on (default: server.host).")
+@click.option("--host", default=None, callback=_not_empty,
+              help="Address to listen on (default: server.host).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
               help="Port to listen on (default: server.port).")
 @config_option

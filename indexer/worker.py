@@ -172,6 +172,9 @@ def run(config: Config, *, archive_now: bool = False) -> None:
     :param archive_now: also run the archive job once right away (used by the demo).
     """
     with Services.open(config) as services:
+        # an index that cannot be opened (a volume not mounted) stops the worker here, in one
+        # line, rather than failing every job with a traceback
+        services.index  # noqa: B018
         worker = Worker(services)
         scheduler = build_scheduler(config, worker)
         for job in missed_jobs(config, services, utcnow()):  # "still runs, once"

@@ -68,8 +68,10 @@ def serve(
     :param on_ready: called with the base URL once the socket listens.
     """
     # A missing or wrong archive key stops the server here, with one line, rather than as a
-    # 500 on every request; so does an address it cannot listen on.
-    Services.open(config).close()
+    # 500 on every request; so do an index that cannot be opened (a volume not mounted) and
+    # an address it cannot listen on.
+    with Services.open(config) as services:
+        services.index  # noqa: B018 (opening it is the check)
     host = host or config.server.host
     port = config.server.port if port is None else port
     check_can_listen(host, port)

@@ -71,6 +71,14 @@ def test_non_sqlite_urls_are_kept_as_they_are(tmp_path):
          "active.url: no database driver for 'postgresql' is installed (No module named "
          "'psycopg2'); write sqlite:///PATH, or postgresql+psycopg://"),
         ("[active]\nurl = 'nosuchdb://x'\n", "active.url: no database driver for 'nosuchdb'"),
+        # nothing would persist from one command to the next
+        ("[active]\nurl = 'sqlite:///:memory:'\n", "active.url: an in-memory SQLite database"),
+        ("[active]\nurl = 'sqlite://'\n", "active.url: an in-memory SQLite database"),
+        ("[active]\nurl = 'sqlite:///file:a?mode=memory&uri=true'\n",
+         "active.url: an in-memory SQLite database"),
+        # "" would listen on every interface
+        ("[server]\nhost = ''\n", "server.host is empty"),
+        ("[server]\nhost = '  '\n", "server.host is empty"),
     ],
 )
 def test_bad_values_are_named(tmp_path, text, message):

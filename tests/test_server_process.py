@@ -226,6 +226,33 @@ def test_serve_on_a_port_already_taken_says_so_in_one_line(config_path: Path) ->
     ]
 
 
+def test_serve_and_worker_refuse_an_index_they_cannot_open_and_an_empty_host_in_one_line(
+    config_path: Path, tmp_path: Path, make_record: Callable[..., dict[str, Any]]
+) -> None:
+    """An index folder not mounted: one line and exit 1 before any worker starts (the workers
+    failed to boot, each with a traceback, and requests went unanswered); an empty `--host`
+    would listen on every interface."""
+    from tests.conftest import write_jsonl
+
+    assert archivist("init", "--config", str(config_path)).returncode == 0
+    records = write_jsonl(tmp_path / "in.jsonl", [make_record(id="S-1")])
+    assert archivist("import", str(records), "--config", str(config_path)).returncode == 0
+    assert archivist("archive", "--config", str(config_path)).returncode == 0
+    config_path.write_text(config_path.read_text().replace('dir = "data/index"',
+                                                           'dir = "data/not-mounted"'))
+
+    result = archivist("serve", "--port", "0", "--config", str(config_path))
+
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: there is no index in "), lines
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    worker = archivist("worker", "--config", str(config_path))  # stops at start the same way
+    assert worker.returncode == 1 and worker.stderr.startswith("error: there is no index in ")
+    empty = archivist("serve", "--host", "", "--port", "0", "--config", str(config_path))
+    assert empty.returncode == 2 and "--host" in empty.stderr and "empty" in empty.stderr
+
+
 def test_serve_listens_on_an_ipv6_address_given_with_or_without_brackets(
     config_path: Path,
 ) -> None:
