@@ -227,9 +227,9 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
         active_url=_resolve_db_url(
             _get(active, "url", str, "sqlite:///data/active.db", "active"), base
         ),
-        archive_dir=base / _get(archive, "dir", str, "data/archive", "archive"),
-        key_file=base / _get(archive, "key_file", str, "archive.key", "archive"),
-        index_dir=base / _get(index, "dir", str, "data/index", "index"),
+        archive_dir=base / _path(archive, "dir", "data/archive", "archive"),
+        key_file=base / _path(archive, "key_file", "archive.key", "archive"),
+        index_dir=base / _path(index, "dir", "data/index", "index"),
         retention=_retention(_table(data, "retention")),
         kinds=tuple(kinds),
         shard_period=shard_period,
@@ -320,6 +320,13 @@ def _get(table: dict[str, Any], key: str, kind: type, default: Any, where: str) 
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         expected = {int: "an integer", str: "a string"}.get(kind, kind.__name__)
         raise ConfigError(f"{where}.{key} must be {expected}, got {value!r}")
+    return value
+
+
+def _path(table: dict[str, Any], key: str, default: str, where: str) -> str:
+    value: str = _get(table, key, str, default, where)
+    if not value.strip() or "\0" in value:  # "" is the config's own folder; NUL no path holds
+        raise ConfigError(f"{where}.{key} must be a path, got {value!r}")
     return value
 
 

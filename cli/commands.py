@@ -69,6 +69,12 @@ class ArchivistGroup(click.Group):
         except OperationalError as e:  # the active database down, unreachable, refusing us
             click.echo(f"error: the active database: {_first_line(str(e.orig or e))}", err=True)
             sys.exit(1)
+        except OSError as e:  # a folder that is a file, a path not there, no permission, no space
+            if os.environ.get("ARCHIVIST_DEBUG"):
+                raise
+            where = f": {e.filename}" if e.filename else ""
+            click.echo(f"error: {e.strerror or _first_line(str(e))}{where}", err=True)
+            sys.exit(1)
         except Exception as e:  # a bug or an environment problem: still one line, exit 2
             if os.environ.get("ARCHIVIST_DEBUG"):
                 raise

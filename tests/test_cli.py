@@ -219,6 +219,16 @@ def test_an_active_database_out_of_reach_is_one_line_and_exit_1(tmp_path):
     assert result.stderr.startswith("error: the active database: connection failed: ")
 
 
+def test_a_folder_that_is_a_file_is_one_line_naming_it(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[archive]\ndir = "c.toml"\n')  # the archive "folder" is the config
+    for command in ("init", "stats"):
+        result = archivist(command, "--config", str(config))
+        assert result.returncode == 1, command
+        assert result.stderr.startswith("error: Not a directory: "), result.stderr
+        assert "c.toml" in result.stderr and result.stderr.count("\n") == 1
+
+
 def test_bad_config_is_one_line_and_non_zero(tmp_path):
     bad = tmp_path / "c.toml"
     bad.write_text("[retention.default]\nkeep_years = -3\n")

@@ -76,6 +76,8 @@ def test_non_sqlite_urls_are_kept_as_they_are(tmp_path):
         ("[active]\nurl = 'sqlite://'\n", "active.url: an in-memory SQLite database"),
         ("[active]\nurl = 'sqlite:///file:a?mode=memory&uri=true'\n",
          "active.url: an in-memory SQLite database"),
+        ('[index]\ndir = "data/i\\u0000dx"\n', "index.dir must be a path, got 'data/i\\x00dx'"),
+        ("[archive]\nkey_file = ''\n", "archive.key_file must be a path, got ''"),
         # "" would listen on every interface
         ("[server]\nhost = ''\n", "server.host is empty"),
         ("[server]\nhost = '  '\n", "server.host is empty"),
