@@ -173,9 +173,16 @@ class Services:
                 f"{config.archive_dir} is partly replaced; run `archivist backup recover "
                 f"{source} --config {config.path}` again to finish it"
             )
+        database = sqlite_path(config.active_url)
+        if not (create or recovering) and database is not None and not database.exists():
+            # (connecting would make an empty one, and then fail on the tables it lacks)
+            raise NotInitialised(
+                f"no active database at {database}: check [active] url, or run "
+                "`archivist init` first"
+            )
         engine = make_engine(config.active_url, create=create)
         if not recovering:
-            discard_stale_staging(config.archive_dir, sqlite_path(config.active_url))
+            discard_stale_staging(config.archive_dir, database)
         try:
             if create:  # an unreachable database: refused before any folder or key is made
                 engine.connect().close()

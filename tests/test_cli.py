@@ -229,6 +229,21 @@ def test_a_folder_that_is_a_file_is_one_line_naming_it(tmp_path):
         assert "c.toml" in result.stderr and result.stderr.count("\n") == 1
 
 
+def test_a_missing_active_database_file_is_named_not_made_anew(installed):
+    """A typo in `[active] url`, or the file gone: connecting would make an empty database
+    (the CRM's tables then reported missing, or every active record silently gone)."""
+    database = installed.parent / "data" / "active.db"
+    database.unlink()
+    for command in ("stats", "archive"):
+        result = archivist(command, "--config", str(installed))
+        assert result.returncode == 1, command
+        assert result.stderr == (f"error: no active database at {database}: check [active] "
+                                 "url, or run `archivist init` first\n")
+        assert not database.exists()
+    assert archivist("init", "--config", str(installed)).returncode == 0
+    assert archivist("stats", "--config", str(installed)).returncode == 0
+
+
 def test_bad_config_is_one_line_and_non_zero(tmp_path):
     bad = tmp_path / "c.toml"
     bad.write_text("[retention.default]\nkeep_years = -3\n")
