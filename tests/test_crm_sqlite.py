@@ -214,8 +214,12 @@ def run_in_crm(database: Path, *statements: str) -> None:
     connection.close()
 
 
-def where_each_is(config: Path, database: Path) -> dict[str, str]:
-    """`active` or `archived` for every record, asserting none is in both places or neither."""
+def where_each_is(
+    config: Path, database: Path, deleted_by_crm: frozenset[str] = frozenset()
+) -> dict[str, str]:
+    """`active` or `archived` for every record, asserting none is in both places or neither
+    but those the CRM deleted itself, whose stored copies are then `restored` (gone from the
+    CRM with the rest of their process kept there, as in an uncrashed run)."""
     with sqlite3.connect(database) as connection:
         active = {f"case:{i}" for (i,) in connection.execute("SELECT id FROM cases")}
         active |= {f"note:{i}" for (i,) in connection.execute("SELECT id FROM notes")}
@@ -224,8 +228,15 @@ def where_each_is(config: Path, database: Path) -> dict[str, str]:
     with Services.open(load_config(config)) as services:
         archived = services.store.find_archived(everyone)
         assert list(services.store.iter_pending()) == []
-    assert not active & archived and active | archived == everyone
-    return {i: "active" if i in active else "archived" for i in sorted(everyone)}
+        gone = everyone - active - archived
+        assert {i: services.store.info(i).state for i in gone} == dict.fromkeys(
+            deleted_by_crm, "restored"
+        )
+    assert not active & archived and active | archived | deleted_by_crm == everyone
+    return {
+        i: "active" if i in active else "archived" if i in archived else "restored"
+        for i in sorted(everyone)
+    }
 
 
 def test_settling_keeps_a_process_whole_when_the_crm_changed_its_root(tmp_path: Path) -> None:
@@ -253,8 +264,11 @@ def test_settling_keeps_a_process_whole_when_the_crm_deleted_its_root_and_change
     disposed = archivist("dispose", "--as-of", "2021-01-01", "--config", str(config))
 
     assert disposed.returncode == 0, disposed.stderr
-    assert where_each_is(config, database) == {
-        "case:1": "archived",  # deleted by the CRM: only the archive has it
+    # The process stays in the CRM whole, as the CRM left it: its root, which the CRM deleted,
+    # is not left archived apart from it (a process split for good, and a restore of the root
+    # would undo the CRM's delete); its stored copy stays readable, marked restored.
+    assert where_each_is(config, database, deleted_by_crm=frozenset({"case:1"})) == {
+        "case:1": "restored",
         "note:1": "active", "note:2": "active",  # the rest of the changed process
         "case:2": "archived", "note:3": "archived", "note:4": "archived",
     }
