@@ -367,6 +367,31 @@ def test_cached_posting_lists_give_the_same_results(
     ix.close()
 
 
+def test_a_search_on_a_snapshot_outlives_its_replacement(tmp_path: Path) -> None:
+    """A search paused at a checkpoint (a restore's deletion goes first) or the freshener's
+    warm-up runs on a snapshot that another step of the same process then replaces: the
+    readers of a segment gone meanwhile stay open for it (they were closed under it, and the
+    search failed with a 503)."""
+    ix = SearchIndex.open(tmp_path / "ix")
+    first, second = CORPUS[:400], CORPUS[400:800]
+    ix.add(first, merge=False)
+    ix.add(second, merge=False)
+    query = SearchQuery(q="refund OR invoice", per_page=100)
+    before = ix.search(query)
+    paused = ix._current_snapshot()
+    other = SearchIndex.open(tmp_path / "ix")  # another process: its segment goes away whole
+    assert other.delete([r["id"] for r, _at in first]) == len(first)
+    other.merge_segments()
+    other.close()
+    replacing = ix._current_snapshot()  # as the urgent step's own search would
+    assert replacing is not paused
+    page = ix._run(paused, query, 0.0)  # the paused search goes on, on what it had
+    assert [h.id for h in page.hits] == [h.id for h in before.hits]
+    assert page.total == before.total
+    assert {h.id for h in ix.search(query).hits} <= {r["id"] for r, _at in second}
+    ix.close()
+
+
 def test_term_cache_answers_repeats_and_follows_deletions(tmp_path: Path) -> None:
     """A term's gathered postings and scores are kept per shard cache: a repeated query takes
     them from the cache (shared, so read-only), and a deletion, which gives the shard a new

@@ -40,6 +40,7 @@ from typing import Any
 from whoosh import index as windex
 from whoosh.index import TOC, LockError
 from whoosh.reading import SegmentReader
+from whoosh.searching import Searcher
 from whoosh.util.filelock import try_for
 
 from indexer.errors import (
@@ -66,7 +67,13 @@ from indexer.whoosh.errors import is_whoosh_error, translate_errors, translate_i
 from indexer.whoosh.mapped_files import install as install_mapped_files
 from indexer.whoosh.merging import choose_merges
 from indexer.whoosh.query import CompiledQuery, compile_query, make_parser
-from indexer.whoosh.readers import close_replaced, open_searcher, open_without_additions
+from indexer.whoosh.readers import (
+    close_all,
+    close_replaced,
+    open_searcher,
+    open_without_additions,
+    replaced_segments,
+)
 from indexer.whoosh.schema import TEXT_FIELDS, build_schema
 from indexer.whoosh.search import order_matches, run_search
 from indexer.whoosh.segment_writer import add_record, open_writer, write_merge
@@ -99,6 +106,9 @@ _WARM_QUERIES = 16  # the latest distinct queries run again after a change (keep
 # Seconds at most that the searches of a process with a freshener go without an indexing
 # batch's new segments while the freshener warms them up (keep_fresh).
 _ADDITIONS_WAIT = 10.0
+# Seconds a replaced searcher's readers stay open for searches still on it (a search runs in
+# one turn, pausing only for urgent work; the freshener's warm-up of one batch, a few seconds).
+_RETIRED_GRACE = 60.0
 log = logging.getLogger(__name__)
 
 install_mapped_files()  # see mapped_files: segment files are read in place, not copied
@@ -159,6 +169,9 @@ class SearchIndex:
         self._shard_lists: dict[str, tuple[int, list[str]]] = {}
         self._write_lock = threading.Lock()
         self._snapshot: Snapshot | None = None
+        # Searchers a newer snapshot replaced, with when: what they hold that is not shared
+        # is closed once no search can still be on them (see _retire).
+        self._retired: list[tuple[float, Searcher, Searcher | None]] = []
         self._indexes: dict[tuple[str, str], windex.Index] = {}
         # Record ids per segment id (segments never change; deletions live in the TOC), so that
         # an add need not look every id up in every segment: about 80 bytes per indexed record.
@@ -437,13 +450,13 @@ class SearchIndex:
             if searcher is None:
                 searcher = open_searcher(ix, previous_searcher)
             if previous_searcher is not None and install:
-                close_replaced(previous_searcher, searcher)
+                self._retire(previous_searcher, searcher)
             lo, hi = shard_bounds(name)
             previous = view.cache if view is not None else None
             views.append(ShardView(name, lo, hi, ShardCache(searcher, previous), pair_terms))
         if install and snap is not None and not same_gen:
             for v in snap.views:
-                v.cache.searcher.close()
+                self._retire(v.cache.searcher, None)
             self._holds.release_except(gen)  # done with the previous generation
             self._remove_unused_generations()
         pending = (snap.pending if snap is not None else None) or time.monotonic()
@@ -457,8 +470,33 @@ class SearchIndex:
             for v in installed.views:
                 searcher = kept.get(v.name)
                 if searcher is not v.cache.searcher:
-                    close_replaced(v.cache.searcher, searcher)
+                    self._retire(v.cache.searcher, searcher)
         self._snapshot = snap
+
+    def _retire(self, old: Searcher, new: Searcher | None) -> None:
+        """Close, in a while, what a searcher replaced by ``new`` holds that ``new`` does not.
+
+        Not at once: a search paused at a checkpoint (while a restore's deletion goes first)
+        and the freshener's warm-up run on snapshots opened before, and may share their
+        readers; closing those under them failed the search (`ReaderClosed`, a 503). A
+        replaced reader is closed after ``_RETIRED_GRACE`` seconds, and only once no installed
+        snapshot reads its segment. Call under ``_lock``.
+        """
+        now = time.monotonic()
+        self._retired.append((now, old, new))
+        in_use = {
+            leaf.segment().segid
+            for v in (self._snapshot.views if self._snapshot is not None else ())
+            for leaf, _base in v.cache.searcher.reader().leaf_readers()
+            if isinstance(leaf, SegmentReader)
+        }
+        keep: list[tuple[float, Searcher, Searcher | None]] = []
+        for retired_at, searcher, successor in self._retired:
+            if now - retired_at < _RETIRED_GRACE or replaced_segments(searcher, successor) & in_use:
+                keep.append((retired_at, searcher, successor))
+            else:
+                close_replaced(searcher, successor)
+        self._retired = keep
 
     @translate_errors
     def search(self, query: SearchQuery) -> SearchPage:
@@ -1321,9 +1359,12 @@ class SearchIndex:
         if self._freshener is not None:
             self._freshener.join()
         with self._lock:
-            if self._snapshot is not None:
-                for v in self._snapshot.views:
-                    v.cache.searcher.close()
+            installed = self._snapshot.views if self._snapshot is not None else []
+            close_all([
+                *(v.cache.searcher for v in installed),
+                *(searcher for _at, searcher, _successor in self._retired),
+            ])
+            self._retired = []
             self._snapshot = None
             self._close_id_searchers()
             self._indexes.clear()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from whoosh import index as windex
@@ -26,7 +27,7 @@ def open_searcher(ix: windex.FileIndex, previous: Searcher | None = None) -> Sea
     """
     for attempt in range(10):
         try:
-            toc = ix._read_toc()
+            toc = _read_toc(ix)
             old = _leaves_by_segment(previous)
             readers = []
             for segment in toc.segments:
@@ -53,7 +54,7 @@ def open_without_additions(ix: windex.FileIndex, previous: Searcher) -> Searcher
     A server process warms an indexing batch's new segments up before its searches use them
     (see ``SearchIndex.keep_fresh``); meanwhile a restore's deletion must still show at once.
     """
-    toc = ix._read_toc()
+    toc = _read_toc(ix)
     leaves = [leaf for leaf, _base in previous.reader().leaf_readers()]
     if not leaves or not all(isinstance(leaf, SegmentReader) for leaf in leaves):
         return None
@@ -68,6 +69,20 @@ def open_without_additions(ix: windex.FileIndex, previous: Searcher) -> Searcher
     return _searcher(ix, toc, readers)
 
 
+def _read_toc(ix: windex.FileIndex) -> Any:
+    """The index's latest table of contents. A writer in another process that commits between
+    Whoosh's listing of the tables and its reading of the latest removes that one: read the
+    next latest then (it failed the search with a 503)."""
+    for attempt in range(10):
+        try:
+            return ix._read_toc()
+        except FileNotFoundError:
+            if attempt == 9:
+                raise
+            time.sleep(0.01)
+    raise AssertionError("unreachable")
+
+
 def _searcher(ix: windex.FileIndex, toc: Any, readers: list[SegmentReader]) -> Searcher:
     """A searcher over the segment readers of one table of contents, in its order."""
     reader: Any
@@ -78,6 +93,23 @@ def _searcher(ix: windex.FileIndex, toc: Any, readers: list[SegmentReader]) -> S
     else:
         reader = MultiReader(readers, generation=toc.generation)
     return Searcher(reader, fromindex=ix)
+
+
+def close_all(searchers: Iterable[Searcher]) -> None:
+    """Close these searchers, each segment's readers once: readers of one segment in several
+    of them share their open files (see ``_with_segment``)."""
+    closed: set[str] = set()
+    for searcher in searchers:
+        for segid, leaf in _leaves_by_segment(searcher).items():
+            if segid not in closed and not leaf.is_closed:
+                leaf.close()
+            closed.add(segid)
+        searcher.is_closed = True
+
+
+def replaced_segments(old: Searcher, new: Searcher | None) -> set[str]:
+    """The segments whose readers :func:`close_replaced` would close."""
+    return set(_leaves_by_segment(old)) - set(_leaves_by_segment(new))
 
 
 def close_replaced(old: Searcher, new: Searcher | None) -> None:
