@@ -26,6 +26,9 @@ def create_app(config: Config | None = None) -> Flask:
     """Build the Flask app around one set of services (database, store, index)."""
     config = config or load_config(default_config_path())
     app = Flask(__name__)
+    # `records/x%2F/restore` arrives as `records/x//restore`: merged, it was redirected (308,
+    # method and body kept) to the restore of another record, `x`. No id holds a slash.
+    app.url_map.merge_slashes = False
     app.json = StrictJSONProvider(app)  # too deep or lone surrogates: 400, not a 500
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_request_bytes
     services = Services.open(config)

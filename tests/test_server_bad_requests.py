@@ -258,3 +258,16 @@ def test_a_time_offset_whose_plus_was_not_escaped_gets_a_hint(client, agent_head
     escaped = client.get("/api/v1/search?from=2020-02-29T00:00:00%2B08:00",
                          headers=agent_headers)
     assert escaped.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["x%2F", "x%2F%2F", "..%2Fx", "%2Fx"])
+def test_an_id_with_an_encoded_slash_is_a_json_404_not_a_redirect_to_another_record(
+    client: Any, admin_headers: dict[str, str], archived: Any, make_record: Any, path: str
+) -> None:
+    archived(make_record(id="x"))
+    response = client.post(f"/api/v1/records/{path}/restore", json={"reason": "r"},
+                           headers=admin_headers)
+    assert response.status_code == 404, response.headers.get("Location")
+    assert _error(response)["code"] == "not_found"
+    record = client.get("/api/v1/records/x", headers=admin_headers).get_json()
+    assert record["archive"]["state"] == "archived"  # not restored by a followed redirect
