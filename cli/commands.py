@@ -298,7 +298,8 @@ def restore(
         query = load_restore_query(args, config.server.max_query_length)
     details: dict[str, Any] = {"reason": reason, "dry_run": dry_run}
     with Services.open(config) as services, tqdm(
-        unit=" records", file=sys.stderr, disable=dry_run, leave=False
+        # shown after a second: a refused search says so alone on stderr, in one line
+        unit=" records", file=sys.stderr, disable=dry_run, leave=False, delay=1.0
     ) as bar:
 
         def advance(done: int, total: int) -> None:

@@ -244,6 +244,13 @@ def test_a_missing_active_database_file_is_named_not_made_anew(installed):
     assert archivist("stats", "--config", str(installed)).returncode == 0
 
 
+def test_a_restore_by_a_refused_search_says_so_in_one_clean_line(installed):
+    result = archivist("restore", "--search", "q=*a", "--reason", "x",
+                       "--config", str(installed))
+    assert result.returncode == 1
+    assert result.stderr == "error: a wildcard cannot start a term\n"  # no progress bar drawn
+
+
 def test_bad_config_is_one_line_and_non_zero(tmp_path):
     bad = tmp_path / "c.toml"
     bad.write_text("[retention.default]\nkeep_years = -3\n")
