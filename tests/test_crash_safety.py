@@ -358,6 +358,22 @@ def test_a_one_click_restore_after_a_killed_one_takes_its_process_out_of_search(
     assert searchable(config_path) == {"K0000", "K0001", "K0004"}
 
 
+def in_active_db(config_path: Path, *statements: str) -> None:
+    """Change the active database by hand, as a user's SQL would."""
+    active = load_config(config_path).active_url.removeprefix("sqlite:///")
+    with sqlite3.connect(active) as connection:
+        for statement in statements:
+            connection.execute(statement)
+    connection.close()
+
+
+def settled_states(config_path: Path, *record_ids: str) -> list[str]:
+    """Settle what a killed move left (a dispose run does first), then these records' states."""
+    assert archivist(config_path, "dispose", "--as-of", "2021-01-01").returncode == 0
+    with Services.open(load_config(config_path)) as services:
+        return [services.store.info(record_id).state for record_id in record_ids]
+
+
 def test_a_killed_restore_whose_row_was_changed_since_is_completed_not_undone(
     config_path, make_record
 ):
@@ -366,16 +382,10 @@ def test_a_killed_restore_whose_row_was_changed_since_is_completed_not_undone(
     database, so the edited row is the live version and the record restored, not archived as
     well."""
     killed_process_restore(config_path, make_record, "restore.after_insert")
-    active = load_config(config_path).active_url.removeprefix("sqlite:///")
-    with sqlite3.connect(active) as connection:
-        connection.execute("UPDATE active_records SET body = 'edited' WHERE id = 'K0002'")
-    connection.close()
+    in_active_db(config_path, "UPDATE active_records SET body = 'edited' WHERE id = 'K0002'")
 
-    assert archivist(config_path, "dispose", "--as-of", "2021-01-01").returncode == 0  # settles
-
+    assert settled_states(config_path, "K0002", "K0003") == ["restored", "restored"]
     with Services.open(load_config(config_path)) as services:
-        assert services.store.info("K0002").state == "restored"
-        assert services.store.info("K0003").state == "restored"
         with services.sessions.begin() as session:
             assert find_active(session, ["K0002"])["K0002"].body == "edited"
 
@@ -387,16 +397,9 @@ def test_a_killed_restore_whose_row_was_deleted_since_is_completed_not_split(
     record of its process, found as archived, proves the restore reached the active database,
     so the deleted one is restored too, not left archived apart from its process."""
     killed_process_restore(config_path, make_record, "restore.after_insert")
-    active = load_config(config_path).active_url.removeprefix("sqlite:///")
-    with sqlite3.connect(active) as connection:
-        connection.execute("DELETE FROM active_records WHERE id = 'K0003'")
-    connection.close()
+    in_active_db(config_path, "DELETE FROM active_records WHERE id = 'K0003'")
 
-    assert archivist(config_path, "dispose", "--as-of", "2021-01-01").returncode == 0  # settles
-
-    with Services.open(load_config(config_path)) as services:
-        assert services.store.info("K0002").state == "restored"
-        assert services.store.info("K0003").state == "restored"
+    assert settled_states(config_path, "K0002", "K0003") == ["restored", "restored"]
 
 
 def test_a_killed_archive_whose_process_changed_keeps_a_deleted_row_with_it(
@@ -411,18 +414,13 @@ def test_a_killed_archive_whose_process_changed_keeps_a_deleted_row_with_it(
     killed = archivist(config_path, "archive", "--as-of", AS_OF,
                        env={"ARCHIVIST_CRASH_AT": "archive.after_store:1"})
     assert killed.returncode == -signal.SIGKILL
-    active = load_config(config_path).active_url.removeprefix("sqlite:///")
-    with sqlite3.connect(active) as connection:
-        connection.execute("DELETE FROM active_records WHERE id = 'K0003'")
-        connection.execute("UPDATE active_records SET body = 'edited' WHERE id = 'K0002'")
-    connection.close()
+    in_active_db(config_path, "DELETE FROM active_records WHERE id = 'K0003'",
+                 "UPDATE active_records SET body = 'edited' WHERE id = 'K0002'")
 
-    assert archivist(config_path, "dispose", "--as-of", "2021-01-01").returncode == 0  # settles
-
-    with Services.open(load_config(config_path)) as services:
-        assert services.store.info("K0002").state == "restored"
-        assert services.store.info("K0003").state == "restored"
-        assert services.store.info("K0004").state == "archived"  # untouched: its move ends
+    # K0004, untouched, ends its move
+    assert settled_states(config_path, "K0002", "K0003", "K0004") == [
+        "restored", "restored", "archived"
+    ]
 
 
 def test_worker_start_settles_a_killed_archive(config_path, make_record, tmp_path):
