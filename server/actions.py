@@ -37,6 +37,7 @@ from archivist.disposals import (
     list_disposals,
 )
 from archivist.holds import Hold, add_hold, holds_covering, list_holds, remove_hold
+from archivist.processes import find_processes
 from archivist.records import Record, format_utc
 from archivist.tokens import TokenInfo, token_is_live
 from archivist.web_sessions import end_web_session, find_web_session, start_web_session
@@ -48,7 +49,7 @@ from indexer.jobs.crm_restore import current_crm_tables, restore_crm_process
 from indexer.jobs.erasure import ErasureReport, audit_details, audit_target, erase_records
 from indexer.jobs.restore import BulkRestoreReport, PlanChanged, restore_process
 from indexer.process_search import iter_process_hits, search_processes
-from indexer.processes import ProcessView
+from indexer.processes import ArchivistSource, ProcessView
 from indexer.search import SearchHit, SearchPage, SearchQuery
 from indexer.services import Services
 from indexer.stats import collect_stats
@@ -251,7 +252,6 @@ def bulk_restore(
                     "the records this would restore changed since the confirmation "
                     f"(now {len(plan.restored)}): nothing was restored", plan
                 )
-            ids = plan.restored  # exactly the records confirmed (and their processes')
         report = restore_in_bulk(
             services, ids or [], actor.name, actor.now(), reason, dry_run=dry_run,
             limit=limit, progress=progress,
@@ -344,14 +344,16 @@ def export_disposals(actor: Actor, selection: DisposalFilter) -> Iterator[bytes]
 
 
 def holds_on(actor: Actor, view: RecordView) -> list[Hold]:
-    """The legal holds that keep a record's process: on one of its archived records, or on
-    one's customer or category."""
-    ids = {node.id for node in view.process.records} | {view.archive.record_id}
-    members = actor.services.store.entries(ids).values()
-    with actor.services.read_sessions.begin() as session:
-        return holds_covering(
-            session, ((e.record_id, e.customer_id, e.category) for e in members)
-        )
+    """The legal holds that keep a record's process: on one of its records (archived or
+    active), or on one's customer or category."""
+    services = actor.services
+    with services.read_sessions.begin() as session:
+        source = ArchivistSource(session, services.store)  # as disposal and erasure see it
+        members = [
+            m for process in find_processes(source, [view.archive.record_id])
+            for m in process.members
+        ]
+        return holds_covering(session, ((m.id, m.customer_id, m.category) for m in members))
 
 
 def holds(actor: Actor) -> list[Hold]:

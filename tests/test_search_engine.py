@@ -392,6 +392,28 @@ def test_a_search_on_a_snapshot_outlives_its_replacement(tmp_path: Path) -> None
     ix.close()
 
 
+def test_a_replaced_generations_readers_are_closed_once_their_grace_is_over(
+    tmp_path: Path,
+) -> None:
+    """After a rebuild elsewhere, the old generation's files are deleted: the next searches
+    close their readers once no search can still be on them, not at the next change only."""
+    ix = SearchIndex.open(tmp_path / "ix")
+    ix.add(CORPUS[:300])
+    query = SearchQuery(q="refund", per_page=5)
+    ix.search(query)
+    old_leaves = [leaf for v in ix._current_snapshot().views
+                  for leaf, _base in v.cache.searcher.reader().leaf_readers()]
+    other = SearchIndex.open(tmp_path / "ix")
+    other.rebuild(CORPUS[:300])  # a new generation; the old one's folder is removed
+    other.close()
+    ix.search(query)
+    assert ix._retired and not any(leaf.is_closed for leaf in old_leaves)  # in their grace
+    ix._retired_grace = 0.0
+    ix.search(query)
+    assert ix._retired == [] and all(leaf.is_closed for leaf in old_leaves)
+    ix.close()
+
+
 def test_term_cache_answers_repeats_and_follows_deletions(tmp_path: Path) -> None:
     """A term's gathered postings and scores are kept per shard cache: a repeated query takes
     them from the cache (shared, so read-only), and a deletion, which gives the shard a new

@@ -302,6 +302,60 @@ def test_ui_restore_ticked_shows_the_whole_processes_count_first(
     assert _archived_ids(client, "tickroot OR child") == set()
 
 
+def test_ui_a_confirmed_restore_counts_its_limit_as_the_dry_run_did(
+    config_path: Path, services: Any, archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    """`max_bulk_restore` counts the records asked for, not their processes' other records:
+    what the confirmation page offered is restored when confirmed."""
+    from tests.conftest import _token_headers
+
+    config_path.write_text(config_path.read_text() + "\n[server]\nmax_bulk_restore = 3\n")
+    archived(make_record(id="LIM-ROOT", body="limitroot"),
+             *(make_record(id=f"LIM-{n}", parent_id="LIM-ROOT", body="kid") for n in range(4)))
+    app = create_app(load_config(config_path))
+    try:
+        client = app.test_client()
+        _sign_in(client, _token_headers(services, "admin"))
+        form = {"csrf_token": _csrf(client, "/search"), "mode": "ids", "ids": ["LIM-ROOT"],
+                "search": "q=limitroot", "reason": "r"}
+        page = client.post("/restore", data=form).get_data(as_text=True)
+        assert "You ticked 1 record: restoring 5 archived records in 1 process" in page
+        done = _bulk_restore(client, **form)
+        assert "Restored 5 records (1 process)" in client.get(
+            done.headers["Location"]).get_data(as_text=True)
+    finally:
+        close_app(app)
+    assert services.store.find_archived(["LIM-ROOT", *(f"LIM-{n}" for n in range(4))]) == set()
+
+
+def test_ui_record_page_names_a_hold_on_an_active_record_of_its_process(
+    client: Any, admin_headers: Any, services: Any, archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    """A child imported under an archived root stays active; a hold on its customer keeps
+    the whole process from disposal and erasure, so the root's page says so."""
+    import json
+    from functools import partial
+
+    from archivist.importer import import_lines
+    from indexer.processes import find_archived_parents
+
+    archived(make_record(id="HA-ROOT", customer_id="C-ARCH"))
+    child = make_record(id="HA-KID", parent_id="HA-ROOT", customer_id="C-LIVE",
+                        updated_at="2999-01-01T00:00:00Z")
+    report = import_lines([json.dumps(child).encode()], services.sessions,
+                          services.store.find_archived,
+                          find_archived_parents=partial(find_archived_parents, services.store))
+    assert report.rejected == 0
+    _sign_in(client, admin_headers)
+    client.post("/admin/holds", data={"csrf_token": _csrf(client, "/admin/holds"),
+                                      "scope": "customer", "value": "C-LIVE",
+                                      "reason": "litigation 9"})
+    page = client.get("/records/HA-ROOT").get_data(as_text=True)
+    assert 'data-testid="hold-note"' in page and "litigation 9" in page
+
+
 def _archived_ids(client: Any, q: str) -> set[str]:
     page = client.get("/search", query_string={"q": q, "per_page": 100}).get_data(as_text=True)
     return set(re.findall(r'class="hit-title"><a href="/records/([^"?]+)[?"]', page))

@@ -172,6 +172,7 @@ class SearchIndex:
         # Searchers a newer snapshot replaced, with when: what they hold that is not shared
         # is closed once no search can still be on them (see _retire).
         self._retired: list[tuple[float, Searcher, Searcher | None]] = []
+        self._retired_grace = _RETIRED_GRACE
         self._indexes: dict[tuple[str, str], windex.Index] = {}
         # Record ids per segment id (segments never change; deletions live in the TOC), so that
         # an add need not look every id up in every segment: about 80 bytes per indexed record.
@@ -368,6 +369,7 @@ class SearchIndex:
         """
         current = stat_key(self.directory / "CURRENT")
         with self._lock:
+            self._close_retired()
             snap = self._snapshot
             overdue = (
                 snap is not None
@@ -478,12 +480,18 @@ class SearchIndex:
 
         Not at once: a search paused at a checkpoint (while a restore's deletion goes first)
         and the freshener's warm-up run on snapshots opened before, and may share their
-        readers; closing those under them failed the search (`ReaderClosed`, a 503). A
-        replaced reader is closed after ``_RETIRED_GRACE`` seconds, and only once no installed
-        snapshot reads its segment. Call under ``_lock``.
+        readers; closing those under them failed the search (`ReaderClosed`, a 503). See
+        :meth:`_close_retired`. Call under ``_lock``.
         """
+        self._retired.append((time.monotonic(), old, new))
+
+    def _close_retired(self) -> None:
+        """Close the readers replaced ``_RETIRED_GRACE`` seconds ago or more whose segment no
+        installed snapshot reads. Called by every search and the freshener, so that a replaced
+        generation's deleted files are not held open until the next change. Under ``_lock``."""
         now = time.monotonic()
-        self._retired.append((now, old, new))
+        if not self._retired or now - self._retired[0][0] < self._retired_grace:
+            return  # (the oldest first)
         in_use = {
             leaf.segment().segid
             for v in (self._snapshot.views if self._snapshot is not None else ())
@@ -492,7 +500,9 @@ class SearchIndex:
         }
         keep: list[tuple[float, Searcher, Searcher | None]] = []
         for retired_at, searcher, successor in self._retired:
-            if now - retired_at < _RETIRED_GRACE or replaced_segments(searcher, successor) & in_use:
+            if now - retired_at < self._retired_grace or (
+                replaced_segments(searcher, successor) & in_use
+            ):
                 keep.append((retired_at, searcher, successor))
             else:
                 close_replaced(searcher, successor)
@@ -563,6 +573,8 @@ class SearchIndex:
 
     def _freshen(self, interval: float) -> None:
         while not self._stop_freshening.wait(interval):
+            with self._lock:
+                self._close_retired()
             try:
                 stale = self._stale()
                 if stale:
