@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -55,12 +56,15 @@ def make_key() -> bytes:
 
 
 def make_key_file(path: Path) -> bool:
-    """Create the archive key file (mode 0600) if it is missing; True if it was created.
+    """Create the archive key file (mode 0600) if it is missing, else make it private again if
+    others may read it; True if it was created.
 
     :param path: the key file (`[archive] key_file`)
     """
     path = Path(path)
     if path.exists():
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:  # copied with the umask's mode, say
+            path.chmod(0o600)
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
     text = base64.b64encode(make_key()).decode() + "\n"

@@ -50,11 +50,12 @@ def magics(store_dir: Path) -> list[bytes]:
     return out
 
 
-def test_init_makes_the_databases_of_an_earlier_version_private(config_path: Path) -> None:
+def test_init_makes_the_databases_and_key_of_an_earlier_version_private(config_path: Path) -> None:
     """An earlier version made its databases with the umask's mode (0644 here)."""
     assert archivist("init", "--config", str(config_path)).returncode == 0
     data = config_path.parent / "data"
-    databases = [data / "active.db", data / "archive" / "catalog.db"]
+    databases = [data / "active.db", data / "archive" / "catalog.db",
+                 config_path.parent / "archive.key"]  # and a key file copied with 0644
     for database in databases:
         database.chmod(0o644)
 
