@@ -62,6 +62,16 @@ def _bounds(data: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
     return date_from, date_to
 
 
+class PageNumber(fields.Integer):
+    """A page or page size as ASCII digits: `int()` would also take `٣`, `３`, ` 3` or `1_0`."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+            raise ValidationError("Not a valid integer.")
+        result: int = super()._deserialize(value, attr, data, **kwargs)
+        return result
+
+
 class JsonBoolean(fields.Boolean):
     """`true` or `false` only: `"no"` or `0` read as false would make a real run of what was
     meant as a dry run."""
@@ -90,8 +100,8 @@ class SearchArgsSchema(Schema):
     date_to = Bound(data_key="to")
     date_field = fields.String(load_default="created_at", validate=OneOf(DATE_FIELDS))
     sort = fields.String(validate=OneOf(SORTS))
-    page = fields.Integer(load_default=1, validate=Range(min=1, max=MAX_PAGE))
-    per_page = fields.Integer(load_default=20, validate=Range(min=1, max=MAX_PER_PAGE))
+    page = PageNumber(load_default=1, validate=Range(min=1, max=MAX_PAGE))
+    per_page = PageNumber(load_default=20, validate=Range(min=1, max=MAX_PER_PAGE))
 
     LIST_FIELDS = ("category", "kind")
 
@@ -136,8 +146,8 @@ class AuditArgsSchema(Schema):
     date_to = Bound(data_key="to")
     actor = fields.String(validate=Length(min=1, max=128))
     action = fields.String(validate=OneOf(ACTIONS))
-    page = fields.Integer(load_default=1, validate=Range(min=1, max=MAX_PAGE))
-    per_page = fields.Integer(load_default=50, validate=Range(min=1, max=MAX_PER_PAGE))
+    page = PageNumber(load_default=1, validate=Range(min=1, max=MAX_PAGE))
+    per_page = PageNumber(load_default=50, validate=Range(min=1, max=MAX_PER_PAGE))
 
     LIST_FIELDS: tuple[str, ...] = ()
 
@@ -161,8 +171,8 @@ class DisposalArgsSchema(Schema):
     date_to = Bound(data_key="to")
     category = fields.String(validate=Length(min=1, max=128))
     run_id = fields.String(data_key="run", validate=Length(min=1, max=32))
-    page = fields.Integer(load_default=1, validate=Range(min=1, max=MAX_PAGE))
-    per_page = fields.Integer(load_default=50, validate=Range(min=1, max=MAX_PER_PAGE))
+    page = PageNumber(load_default=1, validate=Range(min=1, max=MAX_PAGE))
+    per_page = PageNumber(load_default=50, validate=Range(min=1, max=MAX_PER_PAGE))
 
     LIST_FIELDS: tuple[str, ...] = ()
 
