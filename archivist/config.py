@@ -281,18 +281,17 @@ def _resolve_db_url(url: str, base: Path) -> str:
         raise ConfigError(f"active.url is not a database URL: {e}") from None
     if parsed.drivername not in _SHIPPED_DRIVERS:
         _check_driver(parsed.drivername)
-    database = parsed.database
-    in_memory = not database or database == ":memory:" or "mode=memory" in str(database)
-    if parsed.get_backend_name() == "sqlite" and (
-        in_memory or parsed.query.get("mode") == "memory"
-    ):  # each command would start from an empty database, and forget it at exit
+    if parsed.get_backend_name() != "sqlite":
+        return url
+    database = parsed.database or ":memory:"
+    if database == ":memory:" or "mode=memory" in database or parsed.query.get("mode") == "memory":
+        # each command would start from an empty database, and forget it at exit
         raise ConfigError(
             "active.url: an in-memory SQLite database keeps nothing from one command to the "
             "next: give a file, sqlite:///PATH"
         )
-    if parsed.get_backend_name() == "sqlite" and database:
-        if not Path(database).is_absolute():
-            return parsed.set(database=str(base / database)).render_as_string(hide_password=False)
+    if not Path(database).is_absolute():
+        return parsed.set(database=str(base / database)).render_as_string(hide_password=False)
     return url
 
 

@@ -125,27 +125,25 @@ def holds_covering(
     session: Session, records: Iterable[tuple[str, str | None, str]]
 ) -> list[Hold]:
     """The holds in force on any of these records (a process's), given as (id, customer id,
-    category), on one of their customers or categories (whatever its case), oldest first:
-    what keeps them from disposal and erasure."""
-    ids: set[str] = set()
-    customers: set[str | None] = set()
-    categories: set[str] = set()
-    for record_id, customer_id, category in records:
-        ids.add(record_id)
-        customers.add(customer_id)
-        categories.add(category.casefold())
-    return [
-        hold for hold in list_holds(session)
-        if (hold.scope == "record" and hold.value in ids)
-        or (hold.scope == "customer" and hold.value in customers)
-        or (hold.scope == "category" and hold.value.casefold() in categories)
-    ]
+    category), by the rule of `HoldSet.covers`, oldest first: what keeps them from disposal
+    and erasure."""
+    records = list(records)
+    held = []
+    for hold in list_holds(session):
+        alone = _hold_set([(hold.scope, hold.value)])
+        if any(alone.covers(*record) for record in records):
+            held.append(hold)
+    return held
 
 
 def load_hold_set(session: Session) -> HoldSet:
     """The holds in force, ready for `covers` checks and SQL exclusions."""
+    return _hold_set(session.execute(select(LegalHold.scope, LegalHold.value)).tuples())
+
+
+def _hold_set(holds: Iterable[tuple[str, str]]) -> HoldSet:
     by_scope: dict[str, set[str]] = {scope: set() for scope in SCOPES}
-    for scope, value in session.execute(select(LegalHold.scope, LegalHold.value)):
+    for scope, value in holds:
         by_scope[scope].add(value)
     return HoldSet(
         record_ids=frozenset(by_scope["record"]),

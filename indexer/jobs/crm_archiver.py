@@ -42,13 +42,11 @@ from archivist.crm_rows import (
 )
 from archivist.errors import InvalidRecord
 from archivist.holds import load_hold_set
-from archivist.processes import find_processes
 from archivist.records import parse_record, parse_utc
 from archivist.retention import RetentionRules, archive_cutoff
 from indexer.jobs.archiver import KEPT_ACTIVE
 from indexer.jobs.collector import collector_paused
 from indexer.jobs.reconcile import Settlement, live_processes, restores_that_reached
-from indexer.processes import CatalogSource
 
 log = logging.getLogger(__name__)
 ACTOR = "archiver"
@@ -842,10 +840,8 @@ def reconcile_crm_pending(
             and (row := current.get(entry.record_id)) is not None
             and (row.record != archived[entry.record_id] or out_of_range(row.values))
         ]
-        keep_whole: set[str] = set()
-        if changed:  # by the catalog's links: the CRM may have deleted a row between them
-            for process in find_processes(CatalogSource(store), changed):
-                keep_whole.update(member.id for member in process.members)
+        # by the catalog's links: the CRM may have deleted a row between them
+        keep_whole = live_processes(store, changed)
         inserting = [e.record_id for e in pending if e.pending == "insert_active"]
         reached = restores_that_reached(store, {
             record_id: current[record_id].record == archived[record_id]

@@ -73,6 +73,7 @@ from indexer.whoosh.readers import (
     open_searcher,
     open_without_additions,
     replaced_segments,
+    segment_ids,
 )
 from indexer.whoosh.schema import TEXT_FIELDS, build_schema
 from indexer.whoosh.search import order_matches, run_search
@@ -492,12 +493,8 @@ class SearchIndex:
         now = time.monotonic()
         if not self._retired or now - self._retired[0][0] < self._retired_grace:
             return  # (the oldest first)
-        in_use = {
-            leaf.segment().segid
-            for v in (self._snapshot.views if self._snapshot is not None else ())
-            for leaf, _base in v.cache.searcher.reader().leaf_readers()
-            if isinstance(leaf, SegmentReader)
-        }
+        views = self._snapshot.views if self._snapshot is not None else []
+        in_use = set().union(*(segment_ids(v.cache.searcher) for v in views))
         keep: list[tuple[float, Searcher, Searcher | None]] = []
         for retired_at, searcher, successor in self._retired:
             if now - retired_at < self._retired_grace or (

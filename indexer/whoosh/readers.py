@@ -107,9 +107,14 @@ def close_all(searchers: Iterable[Searcher]) -> None:
         searcher.is_closed = True
 
 
+def segment_ids(searcher: Searcher | None) -> set[str]:
+    """The ids of the segments a searcher reads."""
+    return set(_leaves_by_segment(searcher))
+
+
 def replaced_segments(old: Searcher, new: Searcher | None) -> set[str]:
     """The segments whose readers :func:`close_replaced` would close."""
-    return set(_leaves_by_segment(old)) - set(_leaves_by_segment(new))
+    return segment_ids(old) - segment_ids(new)
 
 
 def close_replaced(old: Searcher, new: Searcher | None) -> None:
