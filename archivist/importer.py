@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from archivist.active_db import find_links, lock_active, upsert_records
 from archivist.errors import InvalidRecord
+from archivist.json_objects import DuplicateKey, unique_keys
 from archivist.records import Record, parse_record
 
 BATCH_SIZE = 2000
@@ -103,17 +104,21 @@ def import_lines(
             if not raw.strip():
                 continue
             try:
-                record = parse_record(json.loads(raw.decode("utf-8")), kinds)
+                value = json.loads(raw.decode("utf-8"), object_pairs_hook=unique_keys)
+                record = parse_record(value, kinds)
             except UnicodeDecodeError as e:
                 reject(number, f"not valid UTF-8 ({e.reason} at byte {e.start})")
                 continue
             except json.JSONDecodeError as e:
                 reject(number, f"malformed JSON: {e.msg} at column {e.colno}")
                 continue
+            except DuplicateKey as e:
+                reject(number, f"malformed JSON: {e}")
+                continue
             except RecursionError:
                 reject(number, "malformed JSON: nested too deeply")
                 continue
-            except ValueError:  # (after JSONDecodeError, one of them) an integer too long
+            except ValueError:  # after JSONDecodeError and DuplicateKey: an integer too long
                 reject(number, "a number has more than 4300 digits (too long to read)")
                 continue
             except InvalidRecord as e:

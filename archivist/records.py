@@ -21,7 +21,7 @@ MAX_ATTRIBUTES_BYTES = 4 * 2**20
 # record passes through (pickling to the index workers, JSON encoders).
 MAX_ATTRIBUTE_DEPTH = 64
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_FRACTION = re.compile(r"T\d{2}:?\d{2}:?\d{2}[.,]\d")
+_FRACTION = re.compile(r"T\d{2}:?\d{2}:?\d{2}[.,](\d+)")
 _TEXT_FIELDS = ("kind", "category", "subject", "body", "status")
 _OPTIONAL_TEXT_FIELDS = ("customer_id", "owner")
 _TIME_FIELDS = ("created_at", "updated_at")
@@ -210,7 +210,14 @@ def canonical_timestamp(text: str, name: str = "timestamp") -> str:
         moment = moment.astimezone(UTC)
     except OverflowError:
         raise InvalidRecord(f"{name} is out of range: {text[:60]!r}") from None
-    return format_utc(moment, fractions=bool(_FRACTION.search(text.upper())))
+    fraction = _FRACTION.search(text.upper())
+    if fraction is not None and len(fraction.group(1).rstrip("0")) > 6:
+        # Python would drop the digits past the sixth: a different time than the one given.
+        raise InvalidRecord(
+            f"{name} is more precise than a microsecond (at most 6 digits after the "
+            f"seconds): {text[:60]!r}"
+        )
+    return format_utc(moment, fractions=fraction is not None)
 
 
 def format_utc(moment: datetime, fractions: bool | None = None) -> str:

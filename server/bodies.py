@@ -14,6 +14,7 @@ from typing import Any
 from flask import current_app, request
 from flask.json.provider import DefaultJSONProvider
 
+from archivist.json_objects import unique_keys
 from server.errors import BadRequest
 
 MAX_JSON_DEPTH = 64
@@ -44,7 +45,9 @@ class StrictJSONProvider(DefaultJSONProvider):
     """Flask's JSON provider, refusing what `check_json_value` refuses (a ValueError: 400)."""
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        """Parse JSON text; too deep or not text is a ValueError, as any other bad JSON."""
+        """Parse JSON text; too deep, not text or a key named twice in one object is a
+        ValueError, as any other bad JSON."""
+        kwargs.setdefault("object_pairs_hook", unique_keys)
         try:
             value = super().loads(s, **kwargs)
         except RecursionError:

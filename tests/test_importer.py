@@ -201,3 +201,34 @@ def check_nul_lines_are_refused_one_by_one(services, make_record) -> None:
 
 def test_import_refuses_a_nul_in_a_text_field_line_by_line(services, make_record):
     check_nul_lines_are_refused_one_by_one(services, make_record)
+
+
+def test_import_refuses_a_key_named_twice_line_by_line(services, make_record):
+    good = json.dumps(make_record(id="K1", customer_id="C-1"))
+    twice = good[:-1] + ', "customer_id": "C-2"}'  # which customer is meant?
+    nested = json.dumps(make_record(id="K3", attributes={"amount": 1})).replace(
+        '"amount": 1', '"amount": 1, "amount": 2'
+    )
+    report = run_import(services, [good.replace("K1", "K0"), twice, nested])
+    assert report.imported == 1
+    reasons = {e.line: e.reason for e in report.errors}
+    assert reasons == {
+        2: "malformed JSON: the key 'customer_id' appears twice in one object",
+        3: "malformed JSON: the key 'amount' appears twice in one object",
+    }
+    assert active_ids(services) == ["K0"]
+
+
+def test_import_refuses_a_time_more_precise_than_a_microsecond(services, make_record):
+    lines = [
+        make_record(id="N1", created_at="2023-01-02T03:04:05.123456789Z"),
+        make_record(id="N2", updated_at="2023-01-02T03:04:05.1234560000+01:00"),
+    ]
+    report = run_import(services, lines)
+    assert [(e.line, e.reason) for e in report.errors] == [
+        (1, "created_at is more precise than a microsecond (at most 6 digits after the "
+            "seconds): '2023-01-02T03:04:05.123456789Z'")
+    ]
+    with services.sessions.begin() as session:
+        stored = find_active(session, ["N2"])["N2"].to_json()
+    assert stored["updated_at"] == "2023-01-02T02:04:05.123456Z"  # zeros past the sixth: kept

@@ -117,6 +117,24 @@ def test_json_body_with_a_lone_surrogate_is_400(
     assert client.get("/api/v1/holds", headers=admin_headers).get_json()["holds"] == []
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"scope": "customer", "value": "C-1", "value": "C-2", "reason": "x"}',
+        b'{"scope": "customer", "value": "C-1", "reason": "x", "reason": "y"}',
+    ],
+)
+def test_json_body_naming_a_key_twice_is_400(
+    client: Any, admin_headers: dict[str, str], body: bytes
+) -> None:
+    response = client.post(
+        "/api/v1/holds", data=body, headers={**admin_headers, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert "appears twice in one object" in _error(response)["message"]
+    assert client.get("/api/v1/holds", headers=admin_headers).get_json()["holds"] == []
+
+
 @pytest.mark.parametrize("opening", [b"[", b'{"a":'])
 def test_json_body_nested_100000_deep_is_400(
     client: Any, admin_headers: dict[str, str], opening: bytes
