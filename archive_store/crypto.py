@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 import stat
 from pathlib import Path
@@ -21,6 +22,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from archive_store.errors import ArchiveStoreError
+
+logger = logging.getLogger(__name__)
 
 KEY_ENV = "ARCHIVIST_ARCHIVE_KEY"
 KEY_BYTES = 32
@@ -111,7 +114,24 @@ def load_key(key_file: Path, env_value: str | None = None) -> bytes:
         ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise KeyMissing(f"cannot read archive key file {key_file}: {e}") from None
-    return decode_key(text, str(key_file))
+    key = decode_key(text, str(key_file))
+    _warn_if_shared(Path(key_file))
+    return key
+
+
+def _warn_if_shared(key_file: Path) -> None:
+    """Warn when others may read the key file. Not refused: a secret mounted by an
+    orchestrator is often group- or world-readable inside its container by default."""
+    try:
+        mode = stat.S_IMODE(key_file.stat().st_mode)
+    except OSError:
+        return
+    if mode & 0o077:
+        logger.warning(
+            "archive key file %s may be read by other users (mode %04o): whoever reads it "
+            "can open the archive; make it private with `chmod 600 %s`",
+            key_file, mode, key_file,
+        )
 
 
 def seal(key: AESGCM, data: bytes, aad: bytes) -> bytes:

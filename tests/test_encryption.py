@@ -65,6 +65,21 @@ def test_init_makes_the_databases_and_key_of_an_earlier_version_private(config_p
         assert stat.S_IMODE(database.stat().st_mode) == 0o600, database
 
 
+def test_a_command_warns_of_a_key_file_others_may_read(config_path: Path) -> None:
+    assert archivist("init", "--config", str(config_path)).returncode == 0
+    key_file = config_path.parent / "archive.key"
+    quiet = archivist("stats", "--config", str(config_path))
+    assert quiet.returncode == 0 and "key file" not in quiet.stderr
+
+    key_file.chmod(0o644)  # copied without its mode, or mounted so
+    shared = archivist("stats", "--config", str(config_path))
+
+    assert shared.returncode == 0, shared.stderr
+    assert f"archive key file {key_file} may be read by other users (mode 0644)" in shared.stderr
+    assert f"chmod 600 {key_file}" in shared.stderr
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o644  # only `init` changes it
+
+
 def test_init_makes_a_private_key_file_and_no_text_reaches_the_archive(
     config_path: Path, tmp_path: Path, make_record: Any
 ) -> None:
