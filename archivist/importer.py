@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -15,6 +16,9 @@ from archivist.json_objects import DuplicateKey, unique_keys
 from archivist.records import Record, parse_record
 
 BATCH_SIZE = 2000
+# Far above the longest valid line (a 1 MiB body and 4 MiB of attributes, even written with
+# \u escapes), so that a file that is not JSON Lines is refused without reading a line whole.
+MAX_LINE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -41,8 +45,24 @@ class ImportReport:
         return len(self.errors)
 
 
+def read_lines(file: BinaryIO, max_bytes: int = MAX_LINE_BYTES) -> Iterator[bytes | None]:
+    """The lines of a binary file, None for one longer than `max_bytes`: its rest is skipped
+    a piece at a time, never held in memory whole.
+
+    :param file: a file opened for reading bytes
+    :param max_bytes: the longest line given back, its line break not counted
+    """
+    while line := file.readline(max_bytes + 1):
+        if len(line) > max_bytes and line[-1:] != b"\n":
+            while line and line[-1:] != b"\n":
+                line = file.readline(2**20)
+            yield None
+        else:
+            yield line
+
+
 def import_lines(
-    lines: Iterable[bytes],
+    lines: Iterable[bytes | None],
     sessions: sessionmaker[Session],
     find_archived: Callable[[Collection[str]], set[str]],
     kinds: Collection[str] | None = None,
@@ -53,7 +73,8 @@ def import_lines(
 
     A bad line is reported and skipped; if anything unexpected fails, nothing is written.
 
-    :param lines: raw lines of a JSON Lines file (bytes, so bad UTF-8 is reported per line).
+    :param lines: raw lines of a JSON Lines file (bytes, so bad UTF-8 is reported per line);
+        None for a line too long to read (see `read_lines`).
     :param find_archived: returns which of the given ids are archived; those are refused, since
         an id lives in exactly one place.
     :param on_error: called with each rejected line as it is found.
@@ -99,6 +120,9 @@ def import_lines(
 
     with sessions.begin() as session:
         for number, raw in enumerate(lines, start=1):
+            if raw is None:
+                reject(number, f"longer than {MAX_LINE_BYTES // 2**20} MiB: not a record")
+                continue
             if number == 1 and raw.startswith(codecs.BOM_UTF8):  # files saved on Windows
                 raw = raw[len(codecs.BOM_UTF8):]
             if not raw.strip():

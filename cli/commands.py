@@ -25,7 +25,7 @@ from archivist.config import Config, default_config_path, load_config
 from archivist.crm_mapping import check_import_allowed
 from archivist.errors import ArchivistError
 from archivist.holds import add_hold, list_holds, remove_hold
-from archivist.importer import import_lines
+from archivist.importer import import_lines, read_lines
 from archivist.records import format_utc
 from archivist.tokens import (
     ROLES,
@@ -173,7 +173,7 @@ def import_(file: BinaryIO, config: Config) -> None:
     check_import_allowed(config.tables)
     with Services.open(config) as services:
         report = import_lines(
-            file,
+            read_lines(file),
             services.sessions,
             services.store.find_archived,
             config.kinds,

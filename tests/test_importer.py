@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from archivist.active_db import ActiveRecord, find_active
-from archivist.importer import import_lines
+from archivist.importer import MAX_LINE_BYTES, import_lines, read_lines
 from archivist.records import MAX_BODY_BYTES
 
 
@@ -232,3 +232,30 @@ def test_import_refuses_a_time_more_precise_than_a_microsecond(services, make_re
     with services.sessions.begin() as session:
         stored = find_active(session, ["N2"])["N2"].to_json()
     assert stored["updated_at"] == "2023-01-02T02:04:05.123456Z"  # zeros past the sixth: kept
+
+
+def test_a_line_too_long_is_refused_without_being_read_whole(services, make_record, tmp_path):
+    path = tmp_path / "records.jsonl"
+    with path.open("wb") as f:
+        f.write(json.dumps(make_record(id="L1")).encode() + b"\n")
+        f.write(b'{"id": "L2", "body": "' + b"x" * (MAX_LINE_BYTES + 10) + b'"}\n')
+        f.write(json.dumps(make_record(id="L3")).encode())  # no line break at the end
+
+    with path.open("rb") as f:
+        longest = max(len(line or b"") for line in read_lines(f, max_bytes=1000))
+    assert longest <= 1001  # the long line's pieces are dropped, never joined
+    with path.open("rb") as f:
+        report = import_lines(read_lines(f), services.sessions, services.store.find_archived)
+
+    assert report.imported == 2
+    assert [(e.line, e.reason) for e in report.errors] == [
+        (2, f"longer than {MAX_LINE_BYTES // 2**20} MiB: not a record")
+    ]
+    assert active_ids(services) == ["L1", "L3"]
+
+
+def test_read_lines_keeps_a_line_of_exactly_the_limit(tmp_path):
+    path = tmp_path / "lines"
+    path.write_bytes(b"a" * 10 + b"\n" + b"b" * 11 + b"\n" + b"c" * 10)
+    with path.open("rb") as f:
+        assert list(read_lines(f, max_bytes=10)) == [b"a" * 10 + b"\n", None, b"c" * 10]
