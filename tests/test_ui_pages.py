@@ -644,3 +644,130 @@ def test_ui_secret_key_from_config(config_path: Path, services: Any) -> None:
         assert app.config["SESSION_COOKIE_SECURE"] is True
     finally:
         close_app(app)
+
+
+def test_ui_sign_out_from_an_older_tab_still_ends_the_session(
+    client: Any, admin_headers: Any
+) -> None:
+    _sign_in(client, admin_headers)
+    old_tab = _csrf(client, "/search")
+    _sign_in(client, admin_headers)  # signed in again in another tab: a new form token
+    assert _csrf(client, "/search") != old_tab
+
+    response = client.post("/sign-out", data={"csrf_token": old_tab})
+
+    assert response.status_code == 303 and response.headers["Location"] == "/sign-in"
+    again = client.get("/search")
+    assert again.status_code == 302 and "/sign-in" in again.headers["Location"]
+
+
+def test_ui_a_sign_in_form_from_before_another_tab_signed_in_asks_again(
+    client: Any, agent_headers: Any
+) -> None:
+    second_tab = _csrf(client)  # both tabs show the sign-in page
+    _sign_in(client, agent_headers)  # the first tab signs in: a fresh session
+
+    stale = client.post("/sign-in", data={"token": _secret(agent_headers),
+                                          "csrf_token": second_tab, "next": "/audit"})
+
+    assert stale.status_code == 400
+    page = stale.get_data(as_text=True)
+    assert "The sign-in form was out of date" in page and 'value="/audit"' in page
+    fresh = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert fresh is not None and fresh.group(1) != second_tab
+    signed_in = client.post("/sign-in", data={"token": _secret(agent_headers),
+                                              "csrf_token": fresh.group(1)})
+    assert signed_in.status_code == 303
+
+
+def test_ui_a_refused_form_token_page_still_says_who_is_signed_in(
+    client: Any, admin_headers: Any
+) -> None:
+    _sign_in(client, admin_headers)
+    response = client.post("/admin/holds", data={
+        "csrf_token": "stale", "scope": "customer", "value": "C9", "reason": "r"})
+    assert response.status_code == 403
+    page = response.get_data(as_text=True)
+    assert "security token is missing or out of date" in page and "test-admin" in page
+    assert "C9" not in client.get("/admin/holds").get_data(as_text=True)
+
+
+def test_ui_a_process_search_shows_its_filter_and_keeps_it_when_refined(
+    client: Any, agent_headers: Any, archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    archived(
+        make_record(id="P-1", body="refund asked"),
+        make_record(id="P-1-M", parent_id="P-1", body="refund done"),
+        make_record(id="Q-1", body="refund elsewhere"),
+    )
+    _sign_in(client, agent_headers)
+    page = client.get("/search?process=P-1").get_data(as_text=True)
+    assert "2 records" in page
+    assert "Only the records of process" in page
+    assert '<input type="hidden" name="process" value="P-1">' in page  # sent with the form
+    assert re.search(r'<a class="chip chip-on" href="/search"[^>]*>Show every process</a>', page)
+    refined = client.get("/search?q=refund&process=P-1").get_data(as_text=True)
+    assert "2 records" in refined and "Q-1" not in refined
+
+
+def test_ui_the_audit_and_admin_forms_keep_a_bound_with_a_time(
+    client: Any, admin_headers: Any
+) -> None:
+    _sign_in(client, admin_headers)
+    moment = "2026-12-06T01:59:40.388355Z"
+    page = client.get("/audit", query_string={"from": moment, "to": moment}).get_data(
+        as_text=True)
+    assert f'name="from" type="text" value="{moment}"' in page
+    assert f'name="to" type="text" value="{moment}"' in page
+    assert 'name="from" type="date" value="2026-12-06"' in client.get(
+        "/audit?from=2026-12-06").get_data(as_text=True)
+    admin = client.get("/admin", query_string={"as_of": "2031-01-01T12:00:00Z"})
+    assert 'name="as_of" type="text" value="2031-01-01T12:00:00Z"' in admin.get_data(
+        as_text=True)
+
+
+def test_ui_admin_preview_too_early_for_a_policy_shows_the_page_with_the_error(
+    client: Any, admin_headers: Any
+) -> None:
+    _sign_in(client, admin_headers)
+    response = client.get("/admin", query_string={"as_of": "0001-01-01"})
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert "as_of: as_of 0001-01-01 minus" in page and "is before year 1" in page
+    assert 'id="as_of"' in page and "Preview" in page  # the form, to correct it
+
+
+def test_ui_a_refused_hold_keeps_what_was_typed(client: Any, admin_headers: Any) -> None:
+    _sign_in(client, admin_headers)
+    form = {"csrf_token": _csrf(client, "/admin/holds"), "scope": "record",
+            "value": "REC 00000042", "reason": "litigation 2024-117, counsel J. Doe"}
+    response = client.post("/admin/holds", data=form)
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert "The hold was not placed" in page
+    assert '<option value="record" selected>' in page
+    assert 'value="REC 00000042"' in page
+    assert 'value="litigation 2024-117, counsel J. Doe"' in page
+
+
+def test_ui_bulk_restore_and_process_links_keep_the_page_of_the_search(
+    client: Any, admin_headers: Any, archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    archived(
+        make_record(id="T-1", body="refund"),
+        make_record(id="T-1-M", parent_id="T-1", body="refund note"),
+        *(make_record(id=f"T-{i}", body="refund") for i in range(2, 6)),
+    )
+    _sign_in(client, admin_headers)
+    page = client.get("/search?q=refund&per_page=10&page=1").get_data(as_text=True)
+    assert '<input type="hidden" name="search" value="q=refund&amp;per_page=10&amp;page=1">' in page
+    done = _bulk_restore(client, csrf_token=_csrf(client, "/search"), mode="search",
+                         search="q=refund&per_page=10&page=1", reason="reopened")
+    assert done.headers["Location"] == "/search?q=refund&per_page=10&page=1"
+
+    archived(make_record(id="U-1", body="x"), make_record(id="U-1-M", parent_id="U-1", body="y"))
+    back = "/search?q=x&sort=oldest"
+    record = client.get("/records/U-1", query_string={"back": back}).get_data(as_text=True)
+    assert 'href="/records/U-1-M?back=/search?q%3Dx%26sort%3Doldest"' in record

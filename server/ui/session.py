@@ -147,17 +147,6 @@ def _signed_in() -> dict[str, Any]:
 
 
 @bp.before_request
-def _check_csrf() -> None:
-    if request.method in ("GET", "HEAD", "OPTIONS"):
-        return
-    expected = session.get("csrf")
-    given = request.form.get("csrf_token", "")
-    if not isinstance(expected, str) or not hmac.compare_digest(expected, given):
-        log.warning("request %s: CSRF token missing or wrong on %s", request_id(), request.path)
-        abort(403, "The form's security token is missing or out of date. Reload and try again.")
-
-
-@bp.before_request
 def _load_signed_in_token() -> None:
     g.ui_token = None
     session_id = session.get("sid")
@@ -168,6 +157,28 @@ def _load_signed_in_token() -> None:
         session.pop("sid", None)
         return
     g.ui_token = info
+
+
+@bp.before_request
+def _check_csrf() -> ResponseReturnValue | None:
+    """Refuse a form another site may have sent. After `_load_signed_in_token`, so that the
+    refusal's page still says who is signed in."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return None
+    if request.endpoint == "ui.sign_out":
+        # Always allowed: a form from an older tab must still end the session, and another
+        # site signing someone out can do no more than that.
+        return None
+    expected = session.get("csrf")
+    given = request.form.get("csrf_token", "")
+    if isinstance(expected, str) and hmac.compare_digest(expected, given):
+        return None
+    log.warning("request %s: CSRF token missing or wrong on %s", request_id(), request.path)
+    if request.endpoint == "ui.sign_in":  # a sign-in page from before another tab signed in
+        next_url = local_path(request.values.get("next"), url_for("ui.search"))
+        error = "The sign-in form was out of date (signed in or out in another tab): sign in again."
+        return render_template("ui/sign_in.html", next_url=next_url, error=error), 400
+    abort(403, "The form's security token is missing or out of date. Reload and try again.")
 
 
 @bp.after_request

@@ -27,10 +27,12 @@ from marshmallow import ValidationError
 from werkzeug.datastructures import MultiDict
 
 from archivist.audit import ACTIONS, AuditFilter, AuditPage
+from archivist.errors import MomentOutOfRange
 from archivist.holds import SCOPES
 from archivist.tokens import TokenInfo
 from indexer.errors import BadQuery
 from indexer.hold_reach import no_record_held
+from indexer.jobs.archiver import ArchiveReport
 from indexer.jobs.backup import backup_status
 from indexer.jobs.restore import BulkRestoreReport, PlanChanged
 from indexer.jobs.runs import last_run, run_archive_job, run_dispose_job
@@ -172,7 +174,8 @@ def search() -> Any:
         sorts=[(s, SORT_LABELS.get(s, s)) for s in SORTS],
         per_page_choices=_per_page_choices(args.get("per_page", "")),
         export_url=url_with("ui.export_csv", EXPORT_PARAMS),
-        search_qs=urlencode([(k, v) for k, v in args.items(multi=True) if k in EXPORT_PARAMS]),
+        # the bulk restore's way back: the same page of the same search
+        search_qs=urlencode(list(args.items(multi=True))),
         here=current_path(),
     )
     return body, 400 if error else 200
@@ -350,7 +353,13 @@ def audit() -> Any:
 @require_ui_role("admin")
 def holds() -> str:
     """The legal holds in force, with forms to add and lift them."""
-    return render_template("ui/holds.html", holds=actions.holds(_actor()), scopes=SCOPES)
+    return _holds_page()
+
+
+def _holds_page(refused: dict[str, str] | None = None) -> str:
+    """The holds page; `refused` is the form of a hold just refused, shown again."""
+    return render_template("ui/holds.html", holds=actions.holds(_actor()), scopes=SCOPES,
+                           refused=refused)
 
 
 @bp.post("/admin/holds")
@@ -364,14 +373,15 @@ def add_hold() -> ResponseReturnValue:
         actions.place_hold(_actor(), data["scope"], data["value"], data["reason"].strip())
     except ValidationError as e:
         flash(f"The hold was not placed: {describe_errors(e.messages)}", "error")
+        return _holds_page(refused=form), 400
     except DOMAIN_ERRORS as e:
         if status_of(e) >= 500:
             raise
         flash(f"The hold was not placed: {e}", "error")
-    else:
-        flash(f"Legal hold placed on {data['scope']} {data['value']}.", "success")
-        if not actions.hold_reaches_a_record(_actor(), data["scope"], data["value"]):
-            flash(no_record_held(data["scope"], data["value"]), "error")
+        return _holds_page(refused=form), status_of(e)
+    flash(f"Legal hold placed on {data['scope']} {data['value']}.", "success")
+    if not actions.hold_reaches_a_record(_actor(), data["scope"], data["value"]):
+        flash(no_record_held(data["scope"], data["value"]), "error")
     return redirect(url_for("ui.holds"), 303)
 
 
@@ -409,9 +419,17 @@ def admin() -> Any:
             as_of = parse_bound(as_of_text, end=False)
         except BadQuery as e:
             error = f"as_of: {e}"
-    archive_report = run_archive_job(services, as_of, dry_run=True)
+    def previews(moment: datetime) -> tuple[ArchiveReport, dict[str, int]]:
+        return (run_archive_job(services, moment, dry_run=True),
+                run_dispose_job(services, moment, dry_run=True).by_category)
+
+    try:
+        archive_report, dispose_preview = previews(as_of)
+    except MomentOutOfRange as e:  # so early that a policy reaches before year 1
+        error = f"as_of: {e}"
+        as_of = now
+        archive_report, dispose_preview = previews(as_of)
     archive_preview = archive_report.by_category
-    dispose_preview = run_dispose_job(services, as_of, dry_run=True).by_category
     rules = config.retention
     names = sorted(set(rules.categories) | set(archive_preview) | set(dispose_preview))
     policies = [
