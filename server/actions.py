@@ -240,6 +240,8 @@ def bulk_restore(
     if query is not None:
         details["search"] = describe_query(query)
     target = "search" if query is not None else "ids"
+    if query is None:
+        details["ids"] = list(ids or [])  # what was asked, as the restored ids are below
     with audited(actor, "restore", target, details, wait=True) as entry:
         if query is not None:
             ids = [hit.id for hit in iter_process_hits(services, query)]
@@ -259,6 +261,7 @@ def bulk_restore(
         entry.details.update(
             matched=report.matched, processes=report.processes,
             skipped=len(report.skipped),
+            skipped_ids={s.id: s.code for s in report.skipped},
         )
         if not dry_run:
             entry.details["restored"] = report.restored

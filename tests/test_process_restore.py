@@ -134,6 +134,11 @@ def test_bulk_restore_by_ids_lists_skipped_records(client, admin_headers, servic
     assert {s["id"]: s["code"] for s in second["skipped"]} == {
         "OTHER": "already_active", "NEVER": "not_found"
     }
+    audit = client.get("/api/v1/audit?action=restore", headers=admin_headers).json["entries"]
+    assert [(e["target"], e["details"]["ids"], e["details"]["skipped_ids"]) for e in audit] == [
+        ("ids", ["OTHER", "NEVER", "OTHER"], {"OTHER": "already_active", "NEVER": "not_found"}),
+        ("ids", ["OTHER", "NEVER", "OTHER"], {"NEVER": "not_found"}),
+    ]  # an auditor sees what was asked and what was not done, not counts alone
 
 
 def test_bulk_restore_over_the_limit_is_too_many(
