@@ -365,6 +365,11 @@ def holds(actor: Actor) -> list[Hold]:
         return list_holds(session)
 
 
+def archived_ever(actor: Actor, record_ids: list[str]) -> set[str]:
+    """Those of the ids the archive knows, in any state: each has a record page."""
+    return set(actor.services.store.entries(record_ids))
+
+
 def place_hold(actor: Actor, scope: str, value: str, reason: str) -> Hold:
     """Place a legal hold, audited."""
     details = {"scope": scope, "reason": reason}

@@ -771,3 +771,22 @@ def test_ui_bulk_restore_and_process_links_keep_the_page_of_the_search(
     back = "/search?q=x&sort=oldest"
     record = client.get("/records/U-1", query_string={"back": back}).get_data(as_text=True)
     assert 'href="/records/U-1-M?back=/search?q%3Dx%26sort%3Doldest"' in record
+
+
+def test_ui_no_link_leads_to_the_page_of_a_record_never_archived(
+    client: Any, admin_headers: Any, corpus: None
+) -> None:
+    _sign_in(client, admin_headers)
+    assert client.get("/records/NOPE").status_code == 404  # a read of it, audited not_found
+    client.get("/records/A-1")
+    audit = client.get("/audit?action=read").get_data(as_text=True)
+    assert '<a href="/records/A-1">A-1</a>' in audit
+    assert ">NOPE</td>" in audit and 'href="/records/NOPE"' not in audit
+
+    csrf = _csrf(client, "/admin/holds")
+    for value in ("A-2", "ACTIVE-ONLY"):
+        client.post("/admin/holds", data={"csrf_token": csrf, "scope": "record",
+                                          "value": value, "reason": "case 9"})
+    holds = client.get("/admin/holds").get_data(as_text=True)
+    assert '<a href="/records/A-2">A-2</a>' in holds
+    assert "ACTIVE-ONLY" in holds and 'href="/records/ACTIVE-ONLY"' not in holds

@@ -358,8 +358,12 @@ def holds() -> str:
 
 def _holds_page(refused: dict[str, str] | None = None) -> str:
     """The holds page; `refused` is the form of a hold just refused, shown again."""
-    return render_template("ui/holds.html", holds=actions.holds(_actor()), scopes=SCOPES,
-                           refused=refused)
+    held = actions.holds(_actor())
+    # a record hold links to the record's page only if it has one (a held active record,
+    # never archived, has none)
+    with_pages = actions.archived_ever(_actor(), [h.value for h in held if h.scope == "record"])
+    return render_template("ui/holds.html", holds=held, scopes=SCOPES, refused=refused,
+                           with_pages=with_pages)
 
 
 @bp.post("/admin/holds")
