@@ -67,7 +67,7 @@ class PageNumber(fields.Integer):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
         if isinstance(value, str) and not (value.isascii() and value.isdigit()):
-            raise ValidationError("Not a valid integer.")
+            raise ValidationError("must be a whole number in digits 0-9")
         result: int = super()._deserialize(value, attr, data, **kwargs)
         return result
 

@@ -291,7 +291,7 @@ def test_an_id_with_an_encoded_slash_is_a_json_404_not_a_redirect_to_another_rec
     assert record["archive"]["state"] == "archived"  # not restored by a followed redirect
 
 
-@pytest.mark.parametrize("value", ["%D9%A3", "%EF%BC%92", "1_0", "+2", "%202"])
+@pytest.mark.parametrize("value", ["%D9%A3", "%EF%BC%92", "1_0", "+2", "%202", "-1"])
 def test_a_page_number_in_other_digits_is_400(
     client: Any, agent_headers: dict[str, str], value: str
 ) -> None:
@@ -301,5 +301,6 @@ def test_a_page_number_in_other_digits_is_400(
         assert response.status_code == 400, (name, value)
         assert _error(response)["code"] == _error(zero)["code"], (name, value)  # as out of range
         assert name in _error(response)["message"], (name, value)
+        assert "must be a whole number in digits 0-9" in _error(response)["message"]
     ok = client.get("/api/v1/search?page=2&per_page=3", headers=agent_headers)
     assert ok.status_code == 200 and ok.get_json()["per_page"] == 3

@@ -249,7 +249,7 @@ def restore(record_id: str) -> ResponseReturnValue:
     except DOMAIN_ERRORS as e:
         if status_of(e) >= 500:
             raise
-        flash(f"The record was not restored: {e}", "error")
+        flash(f"The process was not restored: {e}", "error")
     else:
         n = len(result.restored)
         flash(f"Restored: the process is back in the active CRM ({n} "
