@@ -745,6 +745,12 @@ def test_ui_a_long_reason_wraps_on_a_phone(new_page: Any, site: Site) -> None:
         page.goto("/admin/holds")
         assert page.locator("tr", has_text="C-WRAP").count() == 1
         assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        lift = page.locator("tr", has_text="C-WRAP").get_by_role("button", name=re.compile("Lift"))
+        box = lift.bounding_box()  # in view, not in a table scrolled sideways
+        assert box is not None and 0 <= box["x"] and box["x"] + box["width"] <= 375, box
+        labels = page.locator("tr", has_text="C-WRAP").locator("td").evaluate_all(
+            "cells => cells.map(c => getComputedStyle(c, '::before').content)")
+        assert labels[:4] == ['"Scope: "', '"Value: "', '"Reason: "', '"Since: "'], labels
     finally:
         urllib.request.urlopen(urllib.request.Request(
             f"{site.url}/api/v1/holds/customer/C-WRAP", headers=headers, method="DELETE"),
