@@ -790,3 +790,18 @@ def test_ui_no_link_leads_to_the_page_of_a_record_never_archived(
     holds = client.get("/admin/holds").get_data(as_text=True)
     assert '<a href="/records/A-2">A-2</a>' in holds
     assert "ACTIVE-ONLY" in holds and 'href="/records/ACTIVE-ONLY"' not in holds
+
+
+def test_ui_the_process_tree_links_a_restored_record_to_its_page(
+    client: Any, admin_headers: Any, archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]], services: Any,
+) -> None:
+    archived(make_record(id="R-1", body="a"), make_record(id="R-1-M", parent_id="R-1", body="b"))
+    _sign_in(client, admin_headers)
+    client.post("/records/R-1/restore", data={"csrf_token": _csrf(client, "/search"),
+                                              "reason": "reopened"})
+    page = client.get("/records/R-1").get_data(as_text=True)
+    assert "restored" in page.lower()
+    current = '<a class="mono" href="/records/R-1?back=/search" aria-current="page">'
+    assert current in page
+    assert '<a class="mono" href="/records/R-1-M?back=/search"' in page  # active, restored

@@ -225,6 +225,9 @@ def record(record_id: str) -> Any:
         history=view.history,
         process=view.process,
         process_children=children,
+        # an active record restored earlier still has its page here (history, restore)
+        with_pages=actions.archived_ever(
+            _actor(), [n.id for n in view.process.records if n.state == "active"]),
         to_restore=view.process.archived,
         can_restore=me.allows("admin") and view.archive.state == "archived",
         holds=(actions.holds_on(_actor(), view)
