@@ -65,6 +65,14 @@ def make_texts_source(store: ArchiveStore) -> Callable[[list[str]], dict[str, tu
     return load_many
 
 
+def search_index_exists(config: Config) -> bool:
+    """Whether the configured index folder holds an index (`verify` looks before opening
+    one: opening makes an empty index where there is none)."""
+    from indexer.whoosh.index import SearchIndex
+
+    return SearchIndex.exists_in(config.index_dir)
+
+
 def open_search_engine(
     config: Config, store: ArchiveStore, broken_ok: bool = False
 ) -> SearchEngine:
@@ -81,7 +89,7 @@ def open_search_engine(
     """
     from indexer.whoosh.index import SearchIndex
 
-    if not broken_ok and not SearchIndex.exists_in(config.index_dir):
+    if not broken_ok and not search_index_exists(config):
         indexed = store.counts()["indexed"]
         if indexed:  # an empty index made here would answer every search with nothing
             raise IndexMissing(

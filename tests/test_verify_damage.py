@@ -104,6 +104,11 @@ def test_a_deleted_index_folder_is_refused_not_replaced_by_an_empty_index(instal
             command, result.stderr)
         assert "archivist index --rebuild" in result.stderr
         assert not index_dir.exists(), command
+    checked = archivist(installed, "verify")
+    assert checked.returncode == 1
+    assert checked.stderr.startswith(
+        f"the index is missing: there is no index in {index_dir}, yet 40 records were indexed")
+    assert not index_dir.exists()  # not made again, empty, for a server to search
     with Services.open(load_config(installed)) as services:
         app = create_app(services.config)
         try:

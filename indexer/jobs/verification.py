@@ -12,7 +12,7 @@ from archivist.audit import iter_chain_problems
 from indexer.errors import IndexMissing
 from indexer.jobs.indexing import MISSING_FROM_INDEX, check_index_agreement
 from indexer.search import SearchEngine
-from indexer.services import Services
+from indexer.services import Services, search_index_exists
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,17 @@ def _records(count: int) -> str:
 def verify_all(services: Services) -> VerifyResult:
     """Check the archive store end to end, index agreement, and the audit log's hash chain."""
     problems = services.store.verify()
-    index_problems, waiting = check_index(services.store, services.index)
-    problems.extend(index_problems)
+    waiting = 0
+    indexed = services.store.counts()["indexed"]
+    if search_index_exists(services.config) or not indexed:
+        index_problems, waiting = check_index(services.store, services.index)
+        problems.extend(index_problems)
+    else:  # not opened: that would make an empty index, which a server would then search
+        problems.append(Problem(None, None, (
+            f"the index is missing: there is no index in {services.config.index_dir}, yet "
+            f"{_records(indexed)} were indexed (a folder deleted, or a volume not mounted); "
+            "mount or restore it, or `archivist index --rebuild` rebuilds it from the archive"
+        )))
     problems.extend(verify_audit_log(services))
     counts = services.store.counts()
     records = counts["archived"] + counts["restored"] + counts["purged"] + counts["erased"]
