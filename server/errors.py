@@ -9,6 +9,7 @@ from urllib.parse import unquote_to_bytes
 
 import werkzeug.exceptions
 from flask import Flask, Response, g, request
+from gunicorn.http.errors import NoMoreData, ParseException
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -209,6 +210,15 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ClientTooSlow)
     def _client_too_slow(e: ClientTooSlow) -> tuple[dict[str, Any], int]:
         return error_body(e.code, str(e)), e.status
+
+    @app.errorhandler(ParseException)
+    @app.errorhandler(NoMoreData)
+    def _malformed_body(e: Exception) -> tuple[dict[str, Any], int, dict[str, str]]:
+        # Raised by the server's reads of a body sent in bad chunks (a chunk size that is not
+        # hex, a missing line break) or cut short: the client's error. The rest of the
+        # connection cannot be read as a next request, so it is closed.
+        message = f"the request body is malformed ({type(e).__name__}: {e})"
+        return error_body("bad_request", message[:300]), 400, {"Connection": "close"}
 
     @app.errorhandler(ValidationError)
     def _validation_error(e: ValidationError) -> tuple[dict[str, Any], int]:

@@ -172,3 +172,24 @@ def test_a_kept_alive_connection_serves_request_after_request(served: tuple[str,
         assert connection.getresponse().status == 201
     finally:
         connection.close()
+
+
+def test_a_body_in_malformed_chunks_is_400_not_500(served: tuple[str, str]) -> None:
+    base, token = served
+    for path in ("/api/v1/restore", "/api/v1/erase", "/api/v1/holds"):
+        for chunks in (
+            b"zz\r\n{}\r\n0\r\n\r\n",  # a chunk size that is not hex
+            b"-1\r\n{}\r\n0\r\n\r\n",  # nor negative
+            b"2\r\n{}xx0\r\n\r\n",  # no line break after the chunk
+        ):
+            status, body, content_type = _raw(
+                _port(base),
+                f"POST {path} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n".encode()
+                + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + chunks,
+            )
+            assert (status, body["error"]["code"]) == (400, "bad_request"), (path, chunks, body)
+            assert body["error"]["message"].startswith("the request body is malformed")
+            assert content_type == "application/json"
+    assert _get(f"{base}/healthz")[0] == 200
+    assert json.loads(_get(f"{base}/api/v1/holds", token)[1])["holds"] == []  # none placed
