@@ -26,7 +26,7 @@ def check_health(services: Services) -> str | None:
         # it also checks the files as the next process to start would open them)
         services.index.check_readable()
     except IndexerError as e:
-        return f"index cannot be read: {str(e)[:200]}"
+        return f"index cannot be read: {str(e).removeprefix('the index cannot be read: ')[:200]}"
     except Exception as e:  # Whoosh's own errors, missing files
         return f"index cannot be read: {type(e).__name__}: {str(e)[:200]}"
     try:

@@ -50,11 +50,17 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Flask:
-        app = create_app(self._config)
-        index = app.extensions["archivist"].index
-        index.prepare_deletes()  # before the first restore
-        index.keep_fresh()
-        return app
+        return worker_app(self._config)
+
+
+def worker_app(config: Config) -> Flask:
+    """The app of one server process, its index warmed up and kept fresh (a damaged index
+    still gives an app: searches answer 503 with the reason, restores go on)."""
+    app = create_app(config)
+    index = app.extensions["archivist"].index
+    index.prepare_deletes()  # before the first restore
+    index.keep_fresh()
+    return app
 
 
 def serve(

@@ -14,6 +14,7 @@ import pytest
 
 from indexer.search import SearchQuery
 from server import close_app, create_app
+from server.serving import worker_app
 from tests.test_search_engine import rename_schema_module
 
 # Whoosh leaves a file open when it fails to read a garbled one (its error path, not ours).
@@ -167,7 +168,7 @@ def test_server_starts_on_a_damaged_index_and_says_so(
     services: Any, admin_headers: dict[str, str], corpus: None, what: str
 ) -> None:
     _damage(services, what)
-    app = create_app(services.config)  # no exception: it boots
+    app = worker_app(services.config)  # no exception: it boots as a server process does
     try:
         client = app.test_client()
         health = client.get("/healthz")

@@ -840,15 +840,17 @@ class SearchIndex:
     def prepare_deletes(self) -> None:
         """Open every shard's id look-up searcher now, so that the first restore after start
         does not (a reader per segment: about 150 ms at 1,000,000 records). No-op without an
-        index."""
+        index; a damaged one is left for searches to report (503 with the reason) and for
+        restores to go on without it, rather than stopping the server at start."""
         self._check_open()
         with self._write_lock:
             try:
                 gen = self._current_gen()
-            except IndexUnavailable:
-                return
-            for name in self._shard_names(gen):
-                self._id_searcher(gen, name)
+                for name in self._shard_names(gen):
+                    self._id_searcher(gen, name)
+            except Exception as e:  # noqa: BLE001 (a warm-up: any damage is the searches' to report)
+                log.error("the index cannot be read (%s): searches answer index_unavailable "
+                          "until `archivist index --rebuild`", e)
 
     def _delete_in(self, gen: Path, by_shard: dict[str, list[str]]) -> None:
         """Mark records deleted shard by shard, each in a commit that writes only a new table
