@@ -95,3 +95,26 @@ def test_a_reopened_reader_shares_the_open_files_of_a_kept_segment(tmp_path: Pat
     assert second.document_number(id="R003") is None
     assert second.document_number(id="R004") == 4
     close_replaced(second, None)
+
+
+def test_two_replaced_searchers_sharing_a_segment_s_files_close_them_once(
+    tmp_path: Path,
+) -> None:
+    """Two searchers retired one after another read one segment through readers sharing
+    their files; once a merge drops the segment, each is closed without failing."""
+    ix = windex.create_in(str(tmp_path), SCHEMA)
+    add(ix, range(0, 10))
+    first = open_searcher(ix)
+    delete(ix, "R003")
+    second = open_searcher(ix, first)  # the same segment, its files shared with `first`
+    ix.writer().commit(optimize=True)  # merged away: a new segment
+    third = open_searcher(ix, second)
+    assert not set(s.segid for s in first.reader().segments()) & {
+        s.segid for s in third.reader().segments()}
+
+    close_replaced(first, third)
+    close_replaced(second, third)  # its reader's files are already closed
+
+    assert first.reader().is_closed and second.reader().is_closed
+    assert third.document_number(id="R004") is not None
+    close_replaced(third, None)

@@ -501,8 +501,11 @@ class SearchIndex:
                 replaced_segments(searcher, successor) & in_use
             ):
                 keep.append((retired_at, searcher, successor))
-            else:
+                continue
+            try:
                 close_replaced(searcher, successor)
+            except Exception:  # housekeeping: never the search's failure, never retried
+                log.exception("closing a replaced index reader failed; it is left to the GC")
         self._retired = keep
 
     @translate_errors

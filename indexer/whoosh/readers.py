@@ -98,13 +98,22 @@ def _searcher(ix: windex.FileIndex, toc: Any, readers: list[SegmentReader]) -> S
 def close_all(searchers: Iterable[Searcher]) -> None:
     """Close these searchers, each segment's readers once: readers of one segment in several
     of them share their open files (see ``_with_segment``)."""
-    closed: set[str] = set()
     for searcher in searchers:
-        for segid, leaf in _leaves_by_segment(searcher).items():
-            if segid not in closed and not leaf.is_closed:
-                leaf.close()
-            closed.add(segid)
+        for leaf in _leaves_by_segment(searcher).values():
+            _close_leaf(leaf)
         searcher.is_closed = True
+
+
+def _close_leaf(leaf: SegmentReader) -> None:
+    """Close a segment's reader, unless a reader sharing its files (see ``_with_segment``)
+    closed them before: then it is only marked closed (Whoosh refuses to close a file twice)."""
+    if leaf.is_closed:
+        return
+    term_table = getattr(getattr(leaf, "_terms", None), "_tindex", None)
+    if getattr(term_table, "is_closed", False):
+        leaf.is_closed = True
+        return
+    leaf.close()
 
 
 def segment_ids(searcher: Searcher | None) -> set[str]:
@@ -121,8 +130,8 @@ def close_replaced(old: Searcher, new: Searcher | None) -> None:
     """Close what a replaced searcher holds that its successor does not share."""
     kept = set(_leaves_by_segment(new)) if new is not None else set()
     for segid, leaf in _leaves_by_segment(old).items():
-        if segid not in kept and not leaf.is_closed:
-            leaf.close()
+        if segid not in kept:
+            _close_leaf(leaf)
     old.is_closed = True
 
 
