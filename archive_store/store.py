@@ -1381,10 +1381,15 @@ class ArchiveStore:
                 "AND r.state NOT IN ('purged', 'erased')",
                 chunk,
             ))
-        return {
-            row["record_id"]: self.get(row["record_id"]) if record is None else record
-            for row, record in self._read_rows(rows)
-        }
+        found: dict[str, dict[str, Any]] = {}
+        for row, record in self._read_rows(rows):
+            if record is None:  # its segment replaced meanwhile (by a disposal): read it again
+                try:
+                    record = self.get(row["record_id"])
+                except RecordNotFound:  # purged or erased meanwhile, as if before
+                    continue
+            found[row["record_id"]] = record
+        return found
 
     def versions(self, record_ids: Iterable[str]) -> list[dict[str, Any]]:
         """Every archived version of these records as it was archived, oldest first: what

@@ -1109,3 +1109,24 @@ def test_restores_a_settling_completed_are_grouped_by_the_process_they_belong_to
     assert restores_asked_for(store, completed, ["P-1-a", "C-2"]) == [["C-1", "C-2"],
                                                                     ["P-1", "P-1-a"]]
     assert restores_asked_for(store, completed, ["X-1", "NOPE"]) == []
+
+
+def test_get_many_leaves_out_a_record_purged_while_it_read(
+    store_dir: Path, small_store: ArchiveStore
+) -> None:
+    """A disposal in another process, between the catalog rows read and the segment files
+    opened, rewrites the segment: the purged record is left out, as if purged before."""
+    ids = [f"G-{i}" for i in range(6)]
+    archive_ids(small_store, ids)
+
+    class PurgedMeanwhile(ArchiveStore):
+        def _read_rows(self, rows: Any) -> Any:
+            with ArchiveStore.open(store_dir) as other:  # another process's disposal
+                assert other.purge(["G-2"], AT, "dispose") == 1
+            return super()._read_rows(rows)
+
+    with PurgedMeanwhile.open(store_dir, segment_max_bytes=SMALL) as racing:
+        found = racing.get_many(ids)
+
+    assert sorted(found) == ["G-0", "G-1", "G-3", "G-4", "G-5"]
+    assert found["G-3"]["id"] == "G-3"
