@@ -316,3 +316,24 @@ def test_a_skipped_process_is_named_by_the_ids_asked_for_in_it() -> None:
     assert _as_requested([Skipped("K1", "already_active")], groups, ["K1"]) == [
         Skipped("K1", "already_active"),
     ]
+
+
+def test_a_process_archived_again_during_a_bulk_restore_is_counted_once(services, case):
+    """An archive run between a bulk restore's batch and its last look for records left
+    behind moves the process out again; it is brought back, and listed once."""
+    from indexer.jobs.restore import restore_many
+
+    now = utcnow()
+    again: list[int] = []
+
+    def archive_run_meanwhile(_done: int, _planned: int) -> None:
+        later = now + timedelta(days=3650)  # past the restore grace
+        again.append(run_archive_job(services, later).archived)
+
+    report = restore_many(services.sessions, services.store, services.index, ["MSG-9a"],
+                          "test", now, "reopened", progress=archive_run_meanwhile)
+
+    assert again == [len(PROCESS)]  # the whole process had left again
+    assert sorted(report.restored) == sorted(PROCESS)  # each once
+    assert sorted(active(services, PROCESS)) == sorted(PROCESS)
+    assert services.store.verify() == []

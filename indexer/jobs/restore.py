@@ -274,6 +274,8 @@ def restore_many(
         with collector_paused():
             restored, _ = _restore_groups(sessions, store, index, rest, actor, now, reason)
         report.restored.extend(r.id for r in restored)
+        # a record restored, archived again meanwhile and restored again is listed once
+        report.restored = list(dict.fromkeys(report.restored))
     return report
 
 
