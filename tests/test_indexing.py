@@ -230,3 +230,26 @@ def test_prepare_deletes_opens_the_id_lookups_a_restore_needs(config, make_recor
             )
             assert bool(opened) is not prepare  # (without it, the restore opens readers)
             assert found(services, f"id:P{int(prepare)}") == []
+
+
+def test_a_restore_s_late_removal_leaves_a_record_archived_again_in_search(
+    services, make_record
+):
+    """A restore commits, then (before it takes its records out of search) an archive run
+    moves the record out again and its catch-up indexes it: the restore's removal, coming
+    last, must not take the archived record out of search."""
+    from indexer.jobs.indexing import drop_restored
+
+    load(services, [make_record(id="L1", body="warranty claim", updated_at="2020-01-01T00:00:00Z")])
+    run_archive_job(services, AS_OF)
+    as_archived = services.store.get("L1")
+    restore_record(services.sessions, services.store, services.index, "L1", "admin", utcnow())
+    later = datetime(2040, 1, 1, tzinfo=UTC)  # past the restore grace
+    assert run_archive_job(services, later).indexed == 1
+    assert found(services, "warranty") == ["L1"]
+
+    drop_restored(services.store, services.index, [as_archived])  # the restore's, late
+
+    assert found(services, "warranty") == ["L1"]
+    assert services.store.info("L1").state == "archived"
+    assert check_index_agreement(services.store, services.index) == ([], 0)

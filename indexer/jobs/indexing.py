@@ -51,16 +51,20 @@ def drop_restored(
 
     :param restored: the restored records, as archived (their `created_at` finds their shard)
     """
-    ids = [r["id"] for r in restored]
     try:
-        entries = store.entries(ids)
         with store.indexing():
-            index.delete(ids, current=list(restored))
-            store.mark_indexed((i, entries[i].version, "restored") for i in ids if i in entries)
+            # Read under the lock: a record archived again since its restore (and indexed by
+            # a catch-up meanwhile) stays in search.
+            entries = store.entries(r["id"] for r in restored)
+            gone = [r for r in restored
+                    if r["id"] in entries and entries[r["id"]].state != "archived"]
+            ids = [r["id"] for r in gone]
+            index.delete(ids, current=gone)
+            store.mark_indexed((i, entries[i].version, "restored") for i in ids)
     except Exception as e:
         log.error(
             "%d records restored, but the index cannot be written: %s: %s",
-            len(ids), type(e).__name__, str(e),  # (not `e`: its traceback holds open files)
+            len(restored), type(e).__name__, str(e),  # (not `e`: its traceback holds open files)
         )
 
 
