@@ -99,6 +99,23 @@ def test_restore_of_a_never_archived_id_is_404(client: Any, admin_headers: dict[
     assert response.get_json()["error"]["code"] == "not_found"
 
 
+def test_restore_of_an_active_record_never_archived_is_409(
+    client: Any, admin_headers: dict[str, str], services: Any,
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    with services.sessions.begin() as session:
+        upsert_records(session, [parse_record(make_record(id="ACT-1"))])
+    response = client.post("/api/v1/records/ACT-1/restore", headers=admin_headers)
+    assert response.status_code == 409
+    error = response.get_json()["error"]
+    assert error == {"code": "already_active",
+                     "message": "record ACT-1 is in the active database and was never archived"}
+    bulk = client.post("/api/v1/restore", headers=admin_headers,
+                       json={"ids": ["ACT-1", "NOPE-1"], "reason": "check"}).get_json()
+    assert bulk["skipped"] == [{"id": "ACT-1", "code": "already_active"},
+                               {"id": "NOPE-1", "code": "not_found"}]
+
+
 def test_restore_twice_is_409_not_archived(
     client: Any,
     admin_headers: dict[str, str],

@@ -175,7 +175,15 @@ def _restore_process(
     now: datetime,
     reason: str | None,
 ) -> list[Record]:
-    entry = store.info(record_id)
+    try:
+        entry = store.info(record_id)
+    except RecordNotFound:
+        with sessions.begin() as session:
+            if find_active_ids(session, [record_id]):  # not archived, as a restored one
+                raise AlreadyActive(
+                    f"record {record_id} is in the active database and was never archived"
+                ) from None
+        raise
     if entry.state != ARCHIVED:
         drop_unindexed_restores(store, index, [record_id])
         raise NotArchived(f"record {record_id} is {entry.state}, not archived")
@@ -337,11 +345,13 @@ def _plan_groups(
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
             entries = store.entries(chunk)
+            active = set(find_active_ids(session, [i for i in chunk if i not in entries]))
             ready = []
             for record_id in chunk:
                 entry = entries.get(record_id)
-                if entry is None:
-                    skipped.append(Skipped(record_id, RecordNotFound.code))
+                if entry is None:  # never archived: active (as a restored one) or unknown
+                    code = AlreadyActive.code if record_id in active else RecordNotFound.code
+                    skipped.append(Skipped(record_id, code))
                 elif entry.state == "restored":
                     skipped.append(Skipped(record_id, AlreadyActive.code))
                 elif entry.state != ARCHIVED:
