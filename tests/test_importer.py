@@ -223,11 +223,13 @@ def test_import_refuses_a_time_more_precise_than_a_microsecond(services, make_re
     lines = [
         make_record(id="N1", created_at="2023-01-02T03:04:05.123456789Z"),
         make_record(id="N2", updated_at="2023-01-02T03:04:05.1234560000+01:00"),
+        make_record(id="N3", created_at="2023-01-02 03:04:05Z"),  # a space for the T
     ]
     report = run_import(services, lines)
     assert [(e.line, e.reason) for e in report.errors] == [
         (1, "created_at is more precise than a microsecond (at most 6 digits after the "
-            "seconds): '2023-01-02T03:04:05.123456789Z'")
+            "seconds): '2023-01-02T03:04:05.123456789Z'"),
+        (3, "created_at needs a 'T' between the date and the time: '2023-01-02 03:04:05Z'"),
     ]
     with services.sessions.begin() as session:
         stored = find_active(session, ["N2"])["N2"].to_json()
