@@ -280,6 +280,39 @@ def test_recover_is_refused_into_an_installation_with_records_unless_forced(
         assert verify_all(target).problems == []
 
 
+def test_a_forced_recovery_replaces_an_installation_sealed_with_another_key(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path,
+) -> None:
+    archived(*_records(make_record, 0, 30))
+    folder = tmp_path / "backup"
+    create_backup(services, folder, utcnow())
+    other = _installation_with_records(tmp_path, make_record)
+    (other.path.parent / "archive.key").unlink()
+    shutil.rmtree(other.archive_dir)  # made again below with a key of its own
+    with Services.open(other, create=True) as target:
+        assert archive_key(target) != archive_key(services)
+        from archivist.importer import import_lines
+        from indexer.jobs.runs import run_archive_job
+
+        lines = [json.dumps(r).encode() for r in _records(make_record, 2000, 3)]
+        import_lines(lines, target.sessions, target.store.find_archived)
+        assert run_archive_job(target, datetime(2026, 1, 1, tzinfo=UTC)).archived == 3
+    # the backup's key is put in place, as a recovery needs
+    shutil.copy2(tmp_path / "archive.key", other.path.parent / "archive.key")
+
+    refused = _recover_cli(folder, other)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert "sealed with another key than the backup's" in refused.stderr
+    assert "--force" in refused.stderr
+    forced = _recover_cli(folder, other, "--force")
+
+    assert forced.returncode == 0, forced.stderr
+    with Services.open(other) as target:
+        assert {e.record_id for e in target.store.iter_catalog()} == {
+            f"B-{n:05d}" for n in range(30)}
+        assert verify_all(target).problems == []
+
+
 def test_a_forced_recovery_that_runs_out_of_disk_leaves_the_installation_as_it_was(
     services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path,
 ) -> None:

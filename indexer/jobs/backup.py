@@ -63,7 +63,7 @@ from archive_store.backup import (
     write_manifest,
     write_store_part,
 )
-from archive_store.crypto import KEY_ENV, KeyMissing, load_key
+from archive_store.crypto import KEY_ENV, KeyMissing, WrongKey, load_key
 from archive_store.faults import crash_point
 from archive_store.segment import fsync_directory
 from archivist.active_db import (
@@ -464,9 +464,26 @@ def _refuse_unless_empty(config: Config, folder: Path, force: bool) -> int:
     rows a forced recovery loses."""
     # (an installation `init` made before the backup's key was copied in holds nothing sealed
     # with its own key: it takes the backup's)
-    with Services.open(
-        config, create=True, take_key_if_empty=True, recovering=True
-    ) as services:
+    try:
+        services = Services.open(config, create=True, take_key_if_empty=True, recovering=True)
+    except WrongKey as e:
+        # Its archive is sealed with another key than the backup's (which the key file now
+        # holds): it cannot be counted, only replaced.
+        if not force:
+            raise InstallationNotEmpty(
+                f"the installation of {config.path} holds an archive sealed with another key "
+                f"than the backup's ({e}): recover into an empty one, or pass --force to "
+                "replace it"
+            ) from None
+        if config.tables:  # the CRM rows the backup would lose are counted through it
+            raise BackupError(
+                f"the archive in {config.archive_dir} is sealed with another key than the "
+                "backup's, so the CRM rows a recovery would lose cannot be counted: move that "
+                "folder away first, then recover"
+            ) from None
+        log.warning("recovery forced over an archive sealed with another key: %s", e)
+        return 0
+    with services:
         counts = services.store.counts()
         held = counts["archived"] + counts["restored"] + counts["purged"] + counts["erased"]
         with services.read_sessions.begin() as session:
