@@ -475,11 +475,13 @@ def _refuse_unless_empty(config: Config, folder: Path, force: bool) -> int:
                 f"than the backup's ({e}): recover into an empty one, or pass --force to "
                 "replace it"
             ) from None
-        if config.tables:  # the CRM rows the backup would lose are counted through it
+        if whole_file_database(config) is None:
+            # Another database (the CRM's tables, or PostgreSQL) is read through the
+            # installation, which this key cannot open.
             raise BackupError(
                 f"the archive in {config.archive_dir} is sealed with another key than the "
-                "backup's, so the CRM rows a recovery would lose cannot be counted: move that "
-                "folder away first, then recover"
+                "backup's, and its active database is read through it: move that folder "
+                "away first, then recover"
             ) from None
         log.warning("recovery forced over an archive sealed with another key: %s", e)
         return 0
