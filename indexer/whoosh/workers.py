@@ -54,7 +54,10 @@ def run_build_worker() -> None:
         )
         print(json.dumps({"ok": True, "count": count}), flush=True)
     except BaseException as e:  # report, the parent raises
-        print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}), flush=True)
+        try:
+            print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}), flush=True)
+        except OSError:  # the parent is gone (killed): nobody to report to, nothing to print
+            os._exit(1)
 
 
 def write_parts(
