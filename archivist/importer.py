@@ -77,19 +77,26 @@ def import_lines(
         None for a line too long to read (see `read_lines`).
     :param find_archived: returns which of the given ids are archived; those are refused, since
         an id lives in exactly one place.
-    :param on_error: called with each rejected line as it is found.
+    :param on_error: called with each rejected line, in line order, once the batch of lines
+        it is in has been checked.
     :param find_archived_parents: the `parent_id` of those of the given ids that are archived
         (or restored), so that a line closing a cycle through the archive is refused too.
     """
     report = ImportReport()
     seen: dict[str, int] = {}
     batch: list[tuple[int, Record]] = []
+    unreported: list[LineError] = []  # until the batch they are in is checked: in line order
 
     def reject(number: int, reason: str) -> None:
-        error = LineError(number, reason)
-        report.errors.append(error)
+        unreported.append(LineError(number, reason))
+
+    def report_errors() -> None:
+        unreported.sort(key=lambda error: error.line)
+        report.errors.extend(unreported)
         if on_error is not None:
-            on_error(error)
+            for error in unreported:
+                on_error(error)
+        unreported.clear()
 
     def flush(session: Session) -> None:
         # Rows held first: an archive batch that moved one of them after the check below, and
@@ -117,6 +124,7 @@ def import_lines(
         upsert_records(session, accepted)
         report.imported += len(accepted)
         batch.clear()
+        report_errors()
 
     with sessions.begin() as session:
         for number, raw in enumerate(lines, start=1):
