@@ -58,7 +58,7 @@ def _bounds(data: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
             raise ValidationError(str(e), field_name=name) from None
     date_from, date_to = found["date_from"], found["date_to"]
     if date_from is not None and date_to is not None and date_from > date_to:
-        raise ValidationError("'from' is after 'to'", field_name="from")
+        raise ValidationError("later than 'to': nothing can match", field_name="from")
     return date_from, date_to
 
 

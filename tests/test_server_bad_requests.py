@@ -304,3 +304,12 @@ def test_a_page_number_in_other_digits_is_400(
         assert "must be a whole number in digits 0-9" in _error(response)["message"]
     ok = client.get("/api/v1/search?page=2&per_page=3", headers=agent_headers)
     assert ok.status_code == 200 and ok.get_json()["per_page"] == 3
+
+
+def test_a_from_after_to_says_so_in_one_phrase(
+    client: Any, agent_headers: dict[str, str]
+) -> None:
+    response = client.get("/api/v1/search?from=2024-02-01&to=2024-01-01", headers=agent_headers)
+    assert response.status_code == 400
+    assert _error(response) == {"code": "bad_query",
+                                "message": "from: later than 'to': nothing can match"}
