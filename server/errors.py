@@ -119,6 +119,10 @@ class ClientTooSlow(TimeoutError):
     code = "request_timeout"
 
 
+# What the server raises reading a body sent in malformed chunks, or cut short: a 400.
+MALFORMED_BODY = (ParseException, NoMoreData)
+
+
 def code_for_status(status: int) -> str:
     """The error code of a plain HTTP refusal (`headers_too_large` for 431, ...)."""
     return _HTTP_CODES.get(status, "bad_request" if status < 500 else "internal_error")
@@ -213,12 +217,12 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ParseException)
     @app.errorhandler(NoMoreData)
-    def _malformed_body(e: Exception) -> tuple[dict[str, Any], int, dict[str, str]]:
+    def _malformed_body(e: Exception) -> tuple[dict[str, Any], int]:
         # Raised by the server's reads of a body sent in bad chunks (a chunk size that is not
-        # hex, a missing line break) or cut short: the client's error. The rest of the
-        # connection cannot be read as a next request, so it is closed.
+        # hex, a missing line break) or cut short: the client's error (gunicorn then closes
+        # the connection, whose rest cannot be read as a next request).
         message = f"the request body is malformed ({type(e).__name__}: {e})"
-        return error_body("bad_request", message[:300]), 400, {"Connection": "close"}
+        return error_body("bad_request", message[:300]), 400
 
     @app.errorhandler(ValidationError)
     def _validation_error(e: ValidationError) -> tuple[dict[str, Any], int]:

@@ -191,5 +191,15 @@ def test_a_body_in_malformed_chunks_is_400_not_500(served: tuple[str, str]) -> N
             assert (status, body["error"]["code"]) == (400, "bad_request"), (path, chunks, body)
             assert body["error"]["message"].startswith("the request body is malformed")
             assert content_type == "application/json"
+    for form in ("/sign-in", "/sign-out", "/admin/holds"):  # the web UI's forms: a page
+        with socket.create_connection(("127.0.0.1", _port(base)), timeout=20) as sock:
+            sock.sendall(f"POST {form} HTTP/1.1\r\nHost: a\r\n".encode()
+                         + b"Content-Type: application/x-www-form-urlencoded\r\n"
+                         + b"Transfer-Encoding: chunked\r\n\r\nzz\r\ntoken=x\r\n0\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400 "), (form, answer[:200])
+        assert b"malformed pieces" in answer, form
     assert _get(f"{base}/healthz")[0] == 200
     assert json.loads(_get(f"{base}/api/v1/holds", token)[1])["holds"] == []  # none placed

@@ -38,7 +38,7 @@ from archivist.tokens import TokenInfo
 from indexer.errors import IndexerError
 from server import actions
 from server.auth import TokenLookup, audit_denied
-from server.errors import request_id, status_of
+from server.errors import MALFORMED_BODY, request_id, status_of
 from server.limits import RateLimiter
 from server.ui import bp
 from server.ui.filters import (
@@ -213,6 +213,8 @@ def _error_page(e: Exception) -> tuple[str, int]:
     elif isinstance(e, DOMAIN_ERRORS):
         status = status_of(e)
         message = str(e)
+    elif isinstance(e, MALFORMED_BODY):
+        status, message = 400, "The form was sent in malformed pieces (a broken connection?)."
     else:
         status = 500
     if status >= 500 and status != 503:
