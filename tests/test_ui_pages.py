@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
+from archivist.active_db import upsert_records
 from archivist.config import load_config
+from archivist.records import parse_record
 from server import close_app, create_app
 from server.ui.session import load_secret_key, secret_key_path
 
@@ -774,7 +776,7 @@ def test_ui_bulk_restore_and_process_links_keep_the_page_of_the_search(
 
 
 def test_ui_no_link_leads_to_the_page_of_a_record_never_archived(
-    client: Any, admin_headers: Any, corpus: None
+    client: Any, admin_headers: Any, corpus: None, make_record: Callable[..., dict[str, Any]]
 ) -> None:
     _sign_in(client, admin_headers)
     assert client.get("/records/NOPE").status_code == 404  # a read of it, audited not_found
@@ -782,6 +784,13 @@ def test_ui_no_link_leads_to_the_page_of_a_record_never_archived(
     audit = client.get("/audit?action=read").get_data(as_text=True)
     assert '<a href="/records/A-1">A-1</a>' in audit
     assert ">NOPE</td>" in audit and 'href="/records/NOPE"' not in audit
+    services = client.application.extensions["archivist"]
+    with services.sessions.begin() as session:  # active, never archived: restore is refused
+        upsert_records(session, [parse_record(make_record(id="ACT-9"))])
+    csrf = _csrf(client, "/search")
+    client.post("/records/ACT-9/restore", data={"csrf_token": csrf, "reason": "r"})
+    restores = client.get("/audit?action=restore").get_data(as_text=True)
+    assert ">ACT-9</td>" in restores and 'href="/records/ACT-9"' not in restores
 
     csrf = _csrf(client, "/admin/holds")
     for value in ("A-2", "ACTIVE-ONLY"):

@@ -343,8 +343,11 @@ def audit() -> Any:
         error = describe_errors(e.messages)
     page = AuditPage(0, 1, 50, []) if error is not None else actions.read_audit(_actor(), selection)
     pages = max(1, math.ceil(page.total / page.per_page))
+    # a target links to its record's page only if there is one (an id never archived has none)
+    with_pages = actions.archived_ever(_actor(), [e.target for e in page.entries if e.target])
     body = render_template(
-        "ui/audit.html", args=args, page=page, pages=pages, error=error, actions=ACTIONS
+        "ui/audit.html", args=args, page=page, pages=pages, error=error, actions=ACTIONS,
+        with_pages=with_pages,
     )
     return body, 400 if error else 200
 
