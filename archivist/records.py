@@ -204,7 +204,7 @@ def canonical_timestamp(text: str, name: str = "timestamp") -> str:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidRecord(f"{name} is not an ISO 8601 date-time: {text[:60]!r}") from None
-    if " " in text.strip():  # read by Python, but not the contract's form
+    if "T" not in text.upper() and " " in text.strip():  # a space for the T
         raise InvalidRecord(f"{name} needs a 'T' between the date and the time: {text[:60]!r}")
     if "T" not in text.upper() or moment.tzinfo is None or moment.utcoffset() is None:
         raise InvalidRecord(f"{name} needs a time and a UTC offset or 'Z': {text[:60]!r}")

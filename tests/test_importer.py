@@ -224,6 +224,7 @@ def test_import_refuses_a_time_more_precise_than_a_microsecond(services, make_re
         make_record(id="N1", created_at="2023-01-02T03:04:05.123456789Z"),
         make_record(id="N2", updated_at="2023-01-02T03:04:05.1234560000+01:00"),
         make_record(id="N3", created_at="2023-01-02 03:04:05Z"),  # a space for the T
+        make_record(id="N4", created_at="2023-01-02T03:04:05 +01:00"),  # read as before
     ]
     report = run_import(services, lines)
     assert [(e.line, e.reason) for e in report.errors] == [
@@ -234,6 +235,8 @@ def test_import_refuses_a_time_more_precise_than_a_microsecond(services, make_re
     with services.sessions.begin() as session:
         stored = find_active(session, ["N2"])["N2"].to_json()
     assert stored["updated_at"] == "2023-01-02T02:04:05.123456Z"  # zeros past the sixth: kept
+    with services.sessions.begin() as session:
+        assert find_active(session, ["N4"])["N4"].to_json()["created_at"] == "2023-01-02T02:04:05Z"
 
 
 def test_a_line_too_long_is_refused_without_being_read_whole(services, make_record, tmp_path):
