@@ -378,7 +378,7 @@ def _recover(
     # any more: the live ledger may be the first backup's by now).
     earlier = interrupted_recovery(config.archive_dir)
     if earlier is None:
-        lost = _refuse_unless_empty(config, folder, force)
+        lost = _refuse_unless_empty(config, folder, force, loads_tables=database is None)
     elif earlier["backup"] == str(folder.resolve()):
         lost = int(str(earlier.get("crm_rows_lost") or 0))
     elif not force:
@@ -458,10 +458,14 @@ def _recover(
     )
 
 
-def _refuse_unless_empty(config: Config, folder: Path, force: bool) -> int:
+def _refuse_unless_empty(config: Config, folder: Path, force: bool, *, loads_tables: bool) -> int:
     """Refuse to replace an installation that holds records, and (with the CRM's tables
     mapped) one whose CRM rows the backup would lose, unless `force`; returns how many CRM
-    rows a forced recovery loses."""
+    rows a forced recovery loses.
+
+    :param loads_tables: the recovery loads the backup's tables through the installation
+        (rather than putting a whole SQLite file in place)
+    """
     # (an installation `init` made before the backup's key was copied in holds nothing sealed
     # with its own key: it takes the backup's)
     try:
@@ -475,8 +479,8 @@ def _refuse_unless_empty(config: Config, folder: Path, force: bool) -> int:
                 f"than the backup's ({e}): recover into an empty one, or pass --force to "
                 "replace it"
             ) from None
-        if whole_file_database(config) is None:
-            # Another database (the CRM's tables, or PostgreSQL) is read through the
+        if loads_tables or config.tables:
+            # The backup's tables are loaded, or the CRM's rows counted, through the
             # installation, which this key cannot open.
             raise BackupError(
                 f"the archive in {config.archive_dir} is sealed with another key than the "
