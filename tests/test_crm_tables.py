@@ -658,7 +658,7 @@ def test_crm_cli_restore_brings_back_whole_processes_and_lists_the_rest(crm):
 
     assert result.exit_code == 0, result.output
     assert result.stdout == "restored 5 (1 processes)\n"
-    assert "skipped case:20: not_found" in result.stderr
+    assert "skipped case:20: already_active" in result.stderr  # in the CRM, never archived
     assert snapshot(crm) == before
     assert [h.reason for h in crm.store.history("case:11") if h.event == "restored"] == [
         "audit request"
@@ -669,13 +669,19 @@ def test_crm_bulk_restore_over_http_restores_processes_and_skips_the_rest(crm):
     before = snapshot(crm)
     run_archive_job(crm, utcnow())
     with http_client(crm) as (client, headers):
-        body = {"ids": ["case:11", "case:30"], "reason": "court order"}
+        body = {"ids": ["case:11", "case:30", "case:99"], "reason": "court order"}
         response = client.post("/api/v1/restore", json=body, headers=headers)
+        one = client.post("/api/v1/records/case:30/restore", json={"reason": "r"},
+                          headers=headers)
 
     assert response.status_code == 200, response.json
     assert response.json["processes"] == 1
     assert set(response.json["ids"]) == PROCESS_A
-    assert response.json["skipped"] == [{"id": "case:30", "code": "not_found"}]
+    assert response.json["skipped"] == [  # held in the CRM, never archived; unknown
+        {"id": "case:30", "code": "already_active"}, {"id": "case:99", "code": "not_found"}]
+    assert one.status_code == 409 and one.json["error"] == {
+        "code": "already_active",
+        "message": "record case:30 is in the CRM's tables and was never archived"}
     assert snapshot(crm) == before
 
 
@@ -695,7 +701,8 @@ def test_crm_bulk_restore_lists_every_id_asked_for_in_a_process_it_skips(crm):
     assert response.status_code == 200, response.json
     assert (response.json["matched"], response.json["restored"]) == (3, 0)
     assert [(s["id"], s["code"]) for s in response.json["skipped"]] == [
-        ("case:30", "not_found"), ("case:10", "already_active"), ("note:1", "already_active"),
+        ("case:30", "already_active"), ("case:10", "already_active"),
+        ("note:1", "already_active"),
     ]
     assert crm.store.find_archived(PROCESS_A) == PROCESS_A
 

@@ -28,6 +28,7 @@ from archivist.crm_rows import (
     CrmTable,
     CrmTables,
     database_reason,
+    find_crm_ids,
     insert_statement,
     insert_values,
     record_to_row,
@@ -116,7 +117,15 @@ def _restore_crm_process(
     now: datetime,
     reason: str | None,
 ) -> list[str]:
-    entry = store.info(record_id)  # RecordNotFound before anything else
+    try:
+        entry = store.info(record_id)  # RecordNotFound before anything else
+    except RecordNotFound:
+        with sessions.begin() as session:
+            if find_crm_ids(session, crm, [record_id]):  # not archived, as a restored one
+                raise AlreadyActive(
+                    f"record {record_id} is in the CRM's tables and was never archived"
+                ) from None
+        raise
     if entry.state != "archived":
         drop_unindexed_restores(store, index, [record_id])
         raise NotArchived(f"record {record_id} is {entry.state}, not archived")
@@ -200,12 +209,13 @@ def restore_crm_many(
     asked: dict[str, list[str]] = {}  # the requested ids of each group, by its first one
     group_of: dict[str, str] = {}  # each planned member's group
     with sessions.begin() as session:
+        live = find_crm_ids(session, crm, [i for i in ids if i not in entries])
         for record_id in ids:
             if record_id in finished:
                 continue
             entry = entries.get(record_id)
             code = (
-                "not_found" if entry is None
+                ("already_active" if record_id in live else "not_found") if entry is None
                 else "already_active" if entry.state == "restored"
                 else "not_archived" if entry.state != "archived"
                 else "restore_in_progress" if entry.pending is not None

@@ -115,10 +115,11 @@ def restore_process(
 ) -> list[Record]:
     """Restore every archived record of a record's process and drop them from search.
 
-    :raises RecordNotFound: the id was never archived.
+    :raises RecordNotFound: no record has the id (never archived, not active).
     :raises NotArchived: it is restored or purged already.
     :raises RestoreInProgress: another restore of it (or of its process) is under way.
-    :raises AlreadyActive: the active database already holds a record with one of the ids.
+    :raises AlreadyActive: the active database already holds a record with one of the ids
+        (the id's own included, never archived).
     """
     try:
         return _restore_process(sessions, store, index, record_id, actor, now, reason)
