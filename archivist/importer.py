@@ -89,6 +89,8 @@ def import_lines(
 
     def reject(number: int, reason: str) -> None:
         unreported.append(LineError(number, reason))
+        if not batch:  # no line before it still to check: say so now
+            report_errors()
 
     def report_errors() -> None:
         unreported.sort(key=lambda error: error.line)
@@ -128,6 +130,8 @@ def import_lines(
 
     with sessions.begin() as session:
         for number, raw in enumerate(lines, start=1):
+            if batch and number - batch[0][0] >= BATCH_SIZE:
+                flush(session)  # a batch spans so many lines at most: errors wait no longer
             if raw is None:
                 reject(number, f"longer than {MAX_LINE_BYTES // 2**20} MiB: not a record")
                 continue

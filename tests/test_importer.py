@@ -264,3 +264,24 @@ def test_read_lines_keeps_a_line_of_exactly_the_limit(tmp_path):
     path.write_bytes(b"a" * 10 + b"\n" + b"b" * 11 + b"\n" + b"c" * 10)
     with path.open("rb") as f:
         assert list(read_lines(f, max_bytes=10)) == [b"a" * 10 + b"\n", None, b"c" * 10]
+
+
+def test_import_reports_bad_lines_while_it_reads_on(services, make_record):
+    """Errors come in line order, yet without waiting for the end of a long file of bad lines:
+    at once when no good line before them waits to be checked, else within a batch's span."""
+    errors = []
+
+    def lines():
+        yield b"not json"
+        assert [e.line for e in errors] == [1]  # said before line 2 is read
+        yield json.dumps(make_record(id="OK-1")).encode()  # waits to be checked
+        for number in range(3, 2100):
+            if number == 2050:
+                assert errors[1].line == 3  # within the span of a batch
+            yield b"{bad"
+
+    report = import_lines(lines(), services.sessions, services.store.find_archived,
+                          on_error=errors.append)
+
+    assert report.imported == 1 and report.rejected == 2098
+    assert [e.line for e in errors] == [1, *range(3, 2100)]
