@@ -77,7 +77,7 @@ def test_a_command_warns_of_a_key_file_others_may_read(config_path: Path) -> Non
     assert shared.returncode == 0, shared.stderr
     assert f"archive key file {key_file} may be read by other users (mode 0644)" in shared.stderr
     assert f"chmod 600 {key_file}" in shared.stderr
-    assert stat.S_IMODE(key_file.stat().st_mode) == 0o644  # only `init` changes it
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o644  # a command that reads it: unchanged
 
 
 def test_init_makes_a_private_key_file_and_no_text_reaches_the_archive(
