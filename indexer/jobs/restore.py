@@ -207,7 +207,8 @@ def _restore_process(
     rest = _archived_ids(again) if again is not None else []
     if rest:
         more, _ = _restore_groups(sessions, store, index, [rest], actor, now, reason)
-        restored.extend(more)
+        # a record restored, archived again meanwhile and restored again is listed once
+        restored = list({r.id: r for r in [*restored, *more]}.values())
     return restored
 
 
