@@ -111,6 +111,7 @@ _ADDITIONS_WAIT = 10.0
 # one turn, pausing only for urgent work; the freshener's warm-up of one batch, a few seconds).
 _RETIRED_GRACE = 60.0
 log = logging.getLogger(__name__)
+_ERASE_ROUNDS = 10  # looks at a shard an erasure takes at most (see `erase`)
 
 install_mapped_files()  # see mapped_files: segment files are read in place, not copied
 
@@ -1239,28 +1240,51 @@ class SearchIndex:
             gen = self._current_gen()
             for name in self._shard_names(gen):
                 ix = self._shard_index(gen, name)
-                segments = ix._segments()
-                holding: set[str] = set()
-                for segment in segments:
-                    reader = SegmentReader(ix.storage, ix.schema, segment)
+                # Another process may merge this shard meanwhile (its merges take no store
+                # lock): a segment listed may be gone when read, or merged with copies of the
+                # records still in it. Look again until no segment holds any.
+                for _ in range(_ERASE_ROUNDS):
                     try:
-                        if _segment_id_set(reader) & wanted:
-                            holding.add(segment.segid)
-                    finally:
-                        reader.close()
-                empty = {s.segid for s in segments if s.segid in holding and s.doc_count() == 0}
-                if empty:
-                    self._drop_segments(ix, empty)
-                    rewritten += len(empty)
-                picks = [
-                    i for i, segment in enumerate(ix._segments())
-                    if segment.segid in holding - empty
-                ]
-                if picks and self._merge_shard(ix, picks):
-                    rewritten += len(picks)
+                        count = self._erase_in_shard(ix, wanted)
+                    except FileNotFoundError:
+                        continue
+                    if count is None:
+                        break
+                    rewritten += count
+                else:
+                    raise IndexUnavailable(
+                        f"cannot erase from index shard {name}: its segments kept changing "
+                        f"under {_ERASE_ROUNDS} attempts; run the erasure again"
+                    )
             if rewritten:
                 self._drop_dead_pair_terms(gen)
                 self._bump(gen)
+        return rewritten
+
+    def _erase_in_shard(self, ix: windex.Index, wanted: set[bytes]) -> int | None:
+        """Rewrite (or drop) the segments of a shard holding any copy of the `wanted` ids;
+        returns how many, None when none holds one. Under ``_write_lock``."""
+        segments = ix._segments()
+        holding: set[str] = set()
+        for segment in segments:
+            reader = SegmentReader(ix.storage, ix.schema, segment)
+            try:
+                if _segment_id_set(reader) & wanted:
+                    holding.add(segment.segid)
+            finally:
+                reader.close()
+        if not holding:
+            return None
+        rewritten = 0
+        empty = {s.segid for s in segments if s.segid in holding and s.doc_count() == 0}
+        if empty:
+            self._drop_segments(ix, empty)
+            rewritten += len(empty)
+        picks = [
+            i for i, segment in enumerate(ix._segments()) if segment.segid in holding - empty
+        ]
+        if picks and self._merge_shard(ix, picks):
+            rewritten += len(picks)
         return rewritten
 
     def _drop_dead_pair_terms(self, gen: Path) -> None:
