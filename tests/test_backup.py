@@ -245,6 +245,16 @@ def _installation_with_records(tmp_path: Path, make_record: Any) -> Any:
     return other
 
 
+def _backup_and_another_installation(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path
+) -> tuple[Path, Any]:
+    """A backup of 30 archived records, and another installation with five of its own."""
+    archived(*_records(make_record, 0, 30))
+    folder = tmp_path / "backup"
+    create_backup(services, folder, utcnow())
+    return folder, _installation_with_records(tmp_path, make_record)
+
+
 def _recover_cli(folder: Path, config: Any, *args: str,
                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -258,10 +268,7 @@ def test_recover_is_refused_into_an_installation_with_records_unless_forced(
     services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path,
     config_path: Path,
 ) -> None:
-    archived(*_records(make_record, 0, 30))
-    folder = tmp_path / "backup"
-    create_backup(services, folder, utcnow())
-    other = _installation_with_records(tmp_path, make_record)
+    folder, other = _backup_and_another_installation(services, archived, make_record, tmp_path)
 
     with pytest.raises(InstallationNotEmpty, match="--force"):
         recover_backup(other, folder, utcnow())
@@ -283,10 +290,7 @@ def test_recover_is_refused_into_an_installation_with_records_unless_forced(
 def test_a_forced_recovery_replaces_an_installation_sealed_with_another_key(
     services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path,
 ) -> None:
-    archived(*_records(make_record, 0, 30))
-    folder = tmp_path / "backup"
-    create_backup(services, folder, utcnow())
-    other = _installation_with_records(tmp_path, make_record)
+    folder, other = _backup_and_another_installation(services, archived, make_record, tmp_path)
     (other.path.parent / "archive.key").unlink()
     shutil.rmtree(other.archive_dir)  # made again below with a key of its own
     with Services.open(other, create=True) as target:
@@ -316,10 +320,7 @@ def test_a_forced_recovery_replaces_an_installation_sealed_with_another_key(
 def test_a_forced_recovery_that_runs_out_of_disk_leaves_the_installation_as_it_was(
     services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path,
 ) -> None:
-    archived(*_records(make_record, 0, 30))
-    folder = tmp_path / "backup"
-    create_backup(services, folder, utcnow())
-    other = _installation_with_records(tmp_path, make_record)
+    folder, other = _backup_and_another_installation(services, archived, make_record, tmp_path)
     with Services.open(other) as target:
         before = _places(target), _answers(target)
     assert len(before[0][1]) == 5
