@@ -1247,6 +1247,7 @@ class SearchIndex:
                     try:
                         count = self._erase_in_shard(ix, wanted)
                     except FileNotFoundError:
+                        time.sleep(0.05)  # (as `open_searcher` does) the merge commits
                         continue
                     if count is None:
                         break
