@@ -41,6 +41,22 @@ keep_years = 10
 """
 
 
+def pin_worker_schedule(config_path: Path) -> None:
+    """Give a config whose worker a test starts its scheduled runs twelve hours from now: the
+    defaults (archive daily at 02:00, dispose Sundays at 03:30) would otherwise fire, or be
+    caught up within their grace hour, when a test happens to run then (a disposal purging
+    the test's records)."""
+    from datetime import UTC, datetime
+
+    text = config_path.read_text()
+    if "[worker]" in text:
+        return
+    hour = (datetime.now(UTC).hour + 12) % 24
+    config_path.write_text(
+        text + f"\n[worker]\narchive_cron = '0 {hour} * * *'\ndispose_cron = '30 {hour} * * *'\n"
+    )
+
+
 @pytest.fixture
 def config_path(tmp_path: Path) -> Path:
     """A config file whose data lives under tmp_path."""

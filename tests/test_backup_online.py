@@ -25,7 +25,7 @@ from archivist.importer import import_lines
 from indexer.search import SearchQuery
 from indexer.services import Services
 from server import close_app, create_app
-from tests.conftest import CONFIG_TEXT
+from tests.conftest import CONFIG_TEXT, pin_worker_schedule
 from tests.test_server_process import _free_port, _get, _wait_healthy
 
 pytestmark = pytest.mark.slow
@@ -112,6 +112,7 @@ def test_backup_under_load_recovers_consistently(
     # Small batches: the worker's run is hundreds of moves long, so backups land inside it.
     text = config_path.read_text().replace("batch_size = 200", "batch_size = 10")
     config_path.write_text(text + "\n[server]\nprocesses = 1\nthreads = 8\n")
+    pin_worker_schedule(config_path)
     token = _cli("token", "create", "--role", "admin", "--name", "ops",
                  "--config", str(config_path)).stdout.strip()
 

@@ -28,6 +28,7 @@ from indexer.jobs.erasure import customer_hash, ledger_path, load_ledger
 from indexer.jobs.restore import restore_process, restore_record
 from indexer.search import SearchQuery
 from indexer.services import Services
+from tests.conftest import pin_worker_schedule
 from tests.test_erasure import files_holding
 
 pytestmark = pytest.mark.slow
@@ -428,6 +429,7 @@ def test_worker_start_settles_a_killed_archive(config_path, make_record, tmp_pat
     killed = archivist(config_path, "archive", "--as-of", AS_OF,
                        env={"ARCHIVIST_CRASH_AT": "archive.after_store:1"})
     assert killed.returncode == -signal.SIGKILL
+    pin_worker_schedule(config_path)
     config = load_config(config_path)
     log = (tmp_path / "worker.log").open("wb")
     worker = subprocess.Popen(

@@ -23,6 +23,7 @@ from indexer.jobs.indexing import sync_index
 from indexer.jobs.runs import INTERRUPTED, last_run, run_archive_job, run_index_job
 from indexer.services import Services
 from indexer.worker import LEASE_TTL, MISFIRE_GRACE_SECONDS, Worker, build_scheduler
+from tests.conftest import pin_worker_schedule
 
 
 def test_scheduler_runs_each_job_on_its_trigger_one_at_a_time(services):
@@ -95,6 +96,7 @@ SKIPPED = b"archive job skipped: another worker holds its lease"
 
 
 def start_worker(config_path, log_path):
+    pin_worker_schedule(config_path)
     command = [sys.executable, "-m", "archivist", "worker", "--archive-now",
                "--config", str(config_path)]
     with log_path.open("wb") as log:
