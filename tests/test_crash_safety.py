@@ -671,3 +671,22 @@ def test_an_interrupted_erasure_waits_for_a_restore_under_way(config_path, make_
     with Services.open(config) as services:
         assert {services.store.info(f"X{i}").state for i in range(3)} == {"erased"}
     assert {"done": ledger_id(config)} in load_ledger(ledger_path(config.key_file))
+
+
+def test_the_index_workers_of_a_killed_rebuild_exit_quietly(config_path, make_record):
+    """A rebuild killed while its two index workers write: they see their input end and exit
+    without printing tracebacks onto the dead command's stderr (which a service's log keeps)."""
+    # past the 20,000 records a rebuild reads before it starts the workers
+    installed(config_path, aged_records(make_record, 22_000))
+    assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
+
+    killed = archivist(config_path, "index", "--rebuild",
+                       env={"ARCHIVIST_CRASH_AT": "index.rebuild_read:21"})
+
+    # The output is read to its end: every worker, which shares the stderr, has exited.
+    assert killed.returncode == -signal.SIGKILL
+    assert killed.stderr.decode() == ""
+    assert len(searchable(config_path)) == 22_000  # the live index was never touched
+    rebuilt = archivist(config_path, "index", "--rebuild")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert archivist(config_path, "verify").stdout.decode().startswith("ok: 22000 records")
