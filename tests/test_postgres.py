@@ -382,3 +382,64 @@ def test_postgres_import_refuses_a_nul_in_a_text_field_line_by_line(pg_services,
     from tests.test_importer import check_nul_lines_are_refused_one_by_one
 
     check_nul_lines_are_refused_one_by_one(pg_services, make_record)
+
+
+def test_a_forced_recovery_onto_postgresql_over_an_archive_sealed_with_another_key(
+    pg_services, pg_url, make_record, tmp_path
+):
+    """On PostgreSQL the backup's tables are loaded through the installation, which an archive
+    sealed with another key cannot open: a forced recovery says to move that archive away and
+    changes nothing; once it is moved, the recovery replaces the installation."""
+    from sqlalchemy import create_engine, select
+
+    from archive_store.backup import BackupError
+    from archivist.active_db import ActiveRecord
+    from indexer.jobs.backup import create_backup, recover_backup
+    from indexer.jobs.verification import verify_all
+
+    services = pg_services
+    load(services, [make_record(id=f"PK-{i}", body="refund", updated_at="2021-01-01T00:00:00Z")
+                    for i in range(5)])
+    run_archive_job(services, AS_OF)
+    folder = tmp_path / "backup"
+    create_backup(services, folder, utcnow())
+
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text("DROP DATABASE IF EXISTS sealed_other"))
+        connection.execute(text("CREATE DATABASE sealed_other"))
+    admin.dispose()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.toml").write_text(
+        f'[active]\nurl = "{pg_url.replace("/archivist?", "/sealed_other?")}"\n'
+        '[archive]\ndir = "archive"\n[index]\ndir = "index"\n'
+    )
+    config = load_config(other / "config.toml")
+    with Services.open(config, create=True) as target:  # a key of its own
+        load(target, [*[make_record(id=f"OT-{i}", updated_at="2021-01-01T00:00:00Z")
+                        for i in range(3)],
+                      make_record(id="OT-young", updated_at="2026-05-30T00:00:00Z")])
+        assert run_archive_job(target, AS_OF).archived == 3
+    assert (other / "archive.key").read_bytes() != (tmp_path / "archive.key").read_bytes()
+    (other / "archive.key").write_bytes((tmp_path / "archive.key").read_bytes())
+    catalog = (other / "archive" / "catalog.db").read_bytes()
+
+    with pytest.raises(BackupError, match="move that folder away first"):
+        recover_backup(config, folder, utcnow(), force=True)
+
+    assert (other / "archive" / "catalog.db").read_bytes() == catalog
+    check = create_engine(pg_url.replace("/archivist?", "/sealed_other?"))
+    with check.connect() as connection:
+        assert connection.execute(text("SELECT id FROM active_records")).scalars().all() == [
+            "OT-young"]
+    check.dispose()
+
+    (other / "archive").rename(other / "archive.old")
+    recover_backup(config, folder, utcnow(), force=True)
+    with Services.open(config) as target:
+        assert sorted(e.record_id for e in target.store.iter_catalog()) == [
+            f"PK-{i}" for i in range(5)]
+        with target.sessions.begin() as session:
+            assert list(session.scalars(select(ActiveRecord.id))) == []
+        assert verify_all(target).problems == []
