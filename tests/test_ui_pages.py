@@ -729,6 +729,18 @@ def test_ui_the_audit_and_admin_forms_keep_a_bound_with_a_time(
         as_text=True)
 
 
+@pytest.mark.parametrize("typed", ["bogus", "2031-02-30", "20310101"])
+def test_ui_a_bound_that_is_no_plain_date_is_shown_as_typed_with_its_error(
+    client: Any, admin_headers: Any, typed: str
+) -> None:
+    """A date box shows a value that is not a plain date empty: such a value gets a text box,
+    so the page's error names what is there to correct."""
+    _sign_in(client, admin_headers)
+    for url, name in [("/admin", "as_of"), ("/audit", "from"), ("/search", "to")]:
+        page = client.get(url, query_string={name: typed}).get_data(as_text=True)
+        assert f'name="{name}" type="text" value="{typed}"' in page, url
+
+
 def test_ui_admin_preview_too_early_for_a_policy_shows_the_page_with_the_error(
     client: Any, admin_headers: Any
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -57,6 +57,18 @@ def format_when(value: datetime | str | None) -> str:
         moment = moment.replace(tzinfo=UTC)
     moment = moment.astimezone(UTC)
     return f"{moment.year:04d}-{moment:%m-%d %H:%M} UTC"  # (%Y leaves year 1 unpadded)
+
+
+def date_input_type(value: str) -> str:
+    """The type of a form box holding `value`: `date` for nothing or a plain date, `text` for
+    anything else (a time, a typo), which a browser's date box would show empty."""
+    if not value:
+        return "date"
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        return "text"
+    return "date" if len(value) == 10 else "text"  # (not the basic form, 20240101)
 
 
 def counted(n: int, noun: str) -> str:

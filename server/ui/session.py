@@ -44,6 +44,7 @@ from server.ui import bp
 from server.ui.filters import (
     compact_json,
     counted,
+    date_input_type,
     format_when,
     pretty_json,
     search_url,
@@ -80,6 +81,7 @@ def _configure_app(state: BlueprintSetupState) -> None:
     )
     app.jinja_env.filters["utc"] = format_when
     app.jinja_env.filters["counted"] = counted
+    app.jinja_env.filters["date_input_type"] = date_input_type
     app.jinja_env.filters["pretty_json"] = pretty_json
     app.jinja_env.filters["compact_json"] = compact_json
 
