@@ -27,9 +27,7 @@ class ProcessLock:
         self._pid = os.getpid()
 
     def __enter__(self) -> ProcessLock:
-        if self._pid != os.getpid():  # forked: the parent's state is not ours
-            self._thread_lock, self._depth, self._fd = threading.RLock(), 0, None
-            self._pid = os.getpid()
+        self._forget_if_forked()
         self._thread_lock.acquire()
         if self._depth == 0:
             try:
@@ -50,6 +48,38 @@ class ProcessLock:
         if self._depth == 0 and self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._thread_lock.release()
+
+    @contextmanager
+    def held_if_free(self) -> Iterator[bool]:
+        """Hold the lock if nobody else does, never waiting; yields whether it is held."""
+        self._forget_if_forked()
+        if not self._thread_lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._fd
+            if self._depth == 0:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # another process holds it
+                    yield False
+                    return
+            self._depth += 1
+            try:
+                yield True
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def _forget_if_forked(self) -> None:
+        if self._pid != os.getpid():  # forked: the parent's state is not ours
+            self._thread_lock, self._depth, self._fd = threading.RLock(), 0, None
+            self._pid = os.getpid()
 
     def close(self) -> None:
         """Close the lock file (the lock must not be held)."""

@@ -120,10 +120,11 @@ def confirm_purged(
         )
 
 
-def unconfirmed(session: Session) -> list[tuple[str, str]]:
+def unconfirmed(session: Session, limit: int | None = None) -> list[tuple[str, str]]:
     """`(run_id, record_id)` of rows a crashed run left between note and confirmation."""
     rows = session.execute(
         select(Disposal.run_id, Disposal.record_id).where(Disposal.purged_at.is_(None))
+        .limit(limit)
     )
     return [(run_id, record_id) for run_id, record_id in rows]
 

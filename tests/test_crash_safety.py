@@ -196,10 +196,23 @@ def test_purged_records_leave_search_at_the_next_job_after_a_killed_dispose(
     assert check.returncode == 0
     assert "300 records wait for index catch-up" in check.stdout.decode()
 
+    assert disposal_list(config_path) == set()  # purged, not yet listed
+
     result = archivist(config_path, *rerun)
     assert result.returncode == 0, result.stderr
     assert searchable(config_path) == set()
     assert "wait for index catch-up" not in archivist(config_path, "verify").stdout.decode()
+    # whichever job runs next lists what the killed run purged
+    assert disposal_list(config_path) == {f"K{i:04d}" for i in range(300)}
+
+
+def disposal_list(config_path: Path) -> set[str]:
+    from archivist.disposals import DisposalFilter, list_disposals
+
+    with Services.open(load_config(config_path)) as services:
+        with services.sessions.begin() as session:
+            page = list_disposals(session, DisposalFilter(per_page=1000))
+    return {d.record_id for d in page.disposals}
 
 
 def test_restore_of_a_record_a_killed_archive_left_pending(config_path, make_record):

@@ -80,6 +80,60 @@ def test_rows_a_crash_left_unconfirmed_are_settled_by_the_next_run(
     assert [(d.record_id, d.run_id) for d in listed] == [("purged-then-crash", "crashed-run")]
 
 
+def test_an_archive_run_settles_the_list_but_leaves_a_live_run_s_rows_alone(
+    services, archived, make_record
+):
+    """Any job settles the rows a crashed disposal left, but not while a disposal run holds
+    the store's disposal lock (in this or another process): those rows are that run's."""
+    import subprocess
+    import sys
+    import threading
+
+    from indexer.jobs.runs import run_archive_job
+
+    archived(make_record(id="purged-then-crash", updated_at="2020-01-02T00:00:00Z"))
+    entry = services.store.info("purged-then-crash")
+    with services.sessions.begin() as session:
+        note_due(session, "crashed-run", [
+            DueRecord("purged-then-crash", entry.sha256, "support", "default", 5)
+        ], AS_OF, "worker")
+    services.store.purge(["purged-then-crash"], utcnow(), "disposal")
+
+    holder = subprocess.Popen(  # a disposal run under way in another process
+        [sys.executable, "-c",
+         "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+         str(services.store.directory / "dispose.lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        run_archive_job(services, datetime(2026, 1, 1, tzinfo=UTC))
+        assert _listed(services) == []  # left to the run under way
+    finally:
+        holder.communicate("")
+
+    held, release = threading.Event(), threading.Event()
+
+    def disposal_thread() -> None:  # a run under way in another thread of this process
+        with services.store.disposing():
+            held.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=disposal_thread)
+    thread.start()
+    try:
+        assert held.wait(60)
+        run_archive_job(services, datetime(2026, 1, 1, tzinfo=UTC))
+        assert _listed(services) == []
+    finally:
+        release.set()
+        thread.join(60)
+    run_archive_job(services, datetime(2026, 1, 1, tzinfo=UTC))
+    assert [(d.record_id, d.run_id) for d in _listed(services)] == [
+        ("purged-then-crash", "crashed-run")]
+
+
 def test_auditor_reads_and_exports_the_list_and_an_agent_may_not(
     services, archived, make_record, client, auditor_headers, agent_headers
 ):

@@ -1,9 +1,10 @@
 """Settle what an earlier crash left behind, before a job does anything new.
 
-A run killed part-way can leave moves half done (records marked `pending` in the store) and
+A run killed part-way can leave moves half done (records marked `pending` in the store),
 index changes not applied yet (archived records not searchable, restored or purged ones still
-found). Every job run (archive, dispose, restore, the worker's start) calls `settle_leftovers`
-first, so a crash is repaired by whatever runs next, not only by `archivist index`.
+found) and disposal-list rows unconfirmed (records purged, not yet listed). Every job run
+(archive, dispose, restore, the worker's start) calls `settle_leftovers` first, so a crash is
+repaired by whatever runs next, not only by `archivist index`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import inspect
+
+from archivist.active_db import Disposal
+from archivist.disposals import unconfirmed
 from indexer.jobs.crm_archiver import reconcile_crm_pending
+from indexer.jobs.disposal_proof import settle_disposal_list
 from indexer.jobs.indexing import sync_index
 from indexer.jobs.reconcile import reconcile_pending
 from indexer.services import Services
@@ -23,10 +29,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Settled:
-    """What settling found to finish: moves settled, index changes applied."""
+    """What settling found to finish: moves settled, index changes applied, disposal-list
+    rows confirmed or dropped."""
 
     moves: int = 0
     indexed: int = 0
+    disposals: int = 0
 
 
 def reconcile_moves(services: Services, now: datetime) -> int:
@@ -61,6 +69,25 @@ def settle_leftovers(
     """
     moves = reconcile_moves(services, now)
     indexed = sync_index(services.store, services.index, should_stop=should_stop)
-    if moves or indexed:
-        log.info("settled an earlier run's leftovers: %d moves, %d index changes", moves, indexed)
-    return Settled(moves, indexed)
+    disposals = settle_disposals(services)
+    if moves or indexed or disposals:
+        log.info(
+            "settled an earlier run's leftovers: %d moves, %d index changes, %d disposal-list "
+            "rows", moves, indexed, disposals,
+        )
+    return Settled(moves, indexed, disposals)
+
+
+def settle_disposals(services: Services) -> int:
+    """Complete the disposal list a killed disposal run left unconfirmed (its records purged,
+    or not), unless a disposal run is under way: those rows are its own.
+
+    :returns: how many rows it settled
+    """
+    if services.store.read_only or not inspect(services.engine).has_table(Disposal.__tablename__):
+        return 0  # (a database from before the disposal list: nothing to settle)
+    with services.read_sessions.begin() as session:
+        if not unconfirmed(session, limit=1):
+            return 0
+    with services.store.disposing().held_if_free() as free:
+        return settle_disposal_list(services.sessions, services.store) if free else 0
