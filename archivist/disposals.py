@@ -129,18 +129,27 @@ def unconfirmed(session: Session, limit: int | None = None) -> list[tuple[str, s
     return [(run_id, record_id) for run_id, record_id in rows]
 
 
-def _conditions(selection: DisposalFilter) -> list[ColumnElement[bool]]:
+def _conditions(session: Session, selection: DisposalFilter) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = [Disposal.purged_at.is_not(None)]
     if selection.date_from is not None:
         conditions.append(Disposal.purged_at >= selection.date_from)
     if selection.date_to is not None:
         conditions.append(Disposal.purged_at <= selection.date_to)
     if selection.category is not None:
-        # any case, as search's category filter
-        conditions.append(func.lower(Disposal.category) == selection.category.lower())
+        conditions.append(Disposal.category.in_(_spellings(session, selection.category)))
     if selection.run_id is not None:
         conditions.append(Disposal.run_id == selection.run_id)
     return conditions
+
+
+def _spellings(session: Session, category: str) -> list[str]:
+    """The categories in the list that are `category` in any case, as search's category filter
+    and holds compare them (case-folded: SQL's `lower()` folds only ASCII letters in SQLite)."""
+    wanted = category.casefold()
+    return [
+        name for name in session.scalars(select(Disposal.category).distinct())
+        if name.casefold() == wanted
+    ]
 
 
 def _entry(row: Disposal) -> DisposalEntry:
@@ -153,7 +162,7 @@ def _entry(row: Disposal) -> DisposalEntry:
 
 def list_disposals(session: Session, selection: DisposalFilter) -> DisposalPage:
     """One page of the purged records that match, newest first."""
-    conditions = _conditions(selection)
+    conditions = _conditions(session, selection)
     total = session.scalar(select(func.count()).select_from(Disposal).where(*conditions)) or 0
     rows = session.scalars(
         select(Disposal)
@@ -168,13 +177,15 @@ def list_disposals(session: Session, selection: DisposalFilter) -> DisposalPage:
 def iter_disposals(
     session: Session, selection: DisposalFilter, batch_size: int = 1000
 ) -> Iterator[DisposalEntry]:
-    """Every purged record that matches (paging ignored), oldest first, in batches by id."""
-    last = 0
+    """Every purged record that matches (paging ignored), newest first as `list_disposals`
+    gives them, in batches by id."""
+    conditions = _conditions(session, selection)
+    last: int | None = None
     while True:
         rows = list(session.scalars(
             select(Disposal)
-            .where(*_conditions(selection), Disposal.id > last)
-            .order_by(Disposal.id)
+            .where(*conditions, *([] if last is None else [Disposal.id < last]))
+            .order_by(Disposal.id.desc())
             .limit(batch_size)
         ))
         yield from (_entry(r) for r in rows)

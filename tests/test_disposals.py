@@ -134,6 +134,25 @@ def test_an_archive_run_settles_the_list_but_leaves_a_live_run_s_rows_alone(
         ("purged-then-crash", "crashed-run")]
 
 
+def test_the_category_filter_takes_any_case_of_letters_beyond_ascii(
+    services, archived, make_record, client, auditor_headers
+):
+    archived(*[
+        make_record(id=f"gone-{n}", category=category, updated_at="2020-01-02T00:00:00Z")
+        for n, category in enumerate(["MÉDICAL", "médical", "Médical", "medical"])
+    ])
+    run_dispose_job(services, AS_OF)
+
+    for asked in ("médical", "MÉDICAL"):
+        page = client.get("/api/v1/disposals", query_string={"category": asked},
+                          headers=auditor_headers).json
+        assert sorted(d["record_id"] for d in page["disposals"]) == ["gone-0", "gone-1", "gone-2"]
+        exported = client.get("/api/v1/disposals.csv", query_string={"category": asked},
+                              headers=auditor_headers).get_data(as_text=True)
+        assert sorted(r["record_id"] for r in csv.DictReader(io.StringIO(exported))) == [
+            "gone-0", "gone-1", "gone-2"]
+
+
 def test_auditor_reads_and_exports_the_list_and_an_agent_may_not(
     services, archived, make_record, client, auditor_headers, agent_headers
 ):
@@ -164,7 +183,7 @@ def test_auditor_reads_and_exports_the_list_and_an_agent_may_not(
     exported = client.get("/api/v1/disposals.csv", headers=auditor_headers)
     assert exported.status_code == 200 and exported.mimetype == "text/csv"
     rows = list(csv.DictReader(io.StringIO(exported.get_data(as_text=True))))
-    assert sorted(r["record_id"] for r in rows) == ["gone-1", "gone-2"]
+    assert [r["record_id"] for r in rows] == [d["record_id"] for d in both]  # newest first too
     [audited] = client.get("/api/v1/audit?action=export",
                            headers=auditor_headers).json["entries"]
     assert audited["target"] == "disposals"  # checkable against the file, as an export is
