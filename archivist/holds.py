@@ -13,7 +13,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from archivist.active_db import LegalHold
 from archivist.errors import HoldError
-from archivist.records import valid_record_id
+from archivist.records import MAX_CHARS, valid_record_id
 
 SCOPES = ("record", "customer", "category")
 
@@ -165,6 +165,9 @@ def hold_value_problem(scope: str, value: str) -> str | None:
         return "a hold value must not begin or end with a space"
     if scope == "record" and not valid_record_id(value):
         return "a record hold must name a record id (1-128 characters of A-Z a-z 0-9 . _ : -)"
+    limit = MAX_CHARS.get("customer_id" if scope == "customer" else scope)
+    if limit is not None and len(value) > limit:  # no record could name it
+        return f"a {scope} hold value must be at most {limit} characters, as a record's {scope}"
     return None
 
 

@@ -122,6 +122,10 @@ def test_holds_round_trip(installed):
     not_an_id = archivist("hold", "add", "--record", "REC 1", "--reason", "x",
                           "--config", str(installed))
     assert not_an_id.returncode == 1 and "must name a record id" in not_an_id.stderr
+    for scope, limit in (("--customer", 256), ("--category", 128)):  # as the API's
+        too_long = archivist("hold", "add", scope, "x" * (limit + 1), "--reason", "x",
+                             "--config", str(installed))
+        assert too_long.returncode == 1 and f"at most {limit} characters" in too_long.stderr
     assert archivist("hold", "list", "--config", str(installed)).stdout == "no legal holds\n"
 
 
