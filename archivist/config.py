@@ -5,8 +5,9 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from archivist.crm_mapping import TableMapping, parse_table_mappings
 from archivist.crontab import cron_trigger
 from archivist.errors import ConfigError
+from archivist.records import MAX_CHARS
 from archivist.retention import RetentionPolicy, RetentionRules
 
 DEFAULT_KINDS = ("communication", "process", "transaction", "ticket", "note")
@@ -259,6 +261,9 @@ def _retention(table: dict[str, Any]) -> RetentionRules:
         raise ConfigError("[retention.category] must hold one table per category")
     for name, own in category_tables.items():
         where = f"retention.category.{name}"
+        problem = _category_name_problem(name)
+        if problem is not None:  # no record could have it: the table would never apply
+            raise ConfigError(f"[retention.category.{name!r}]: {problem}")
         if not isinstance(own, dict):
             raise ConfigError(f"[{where}] must be a table")
         categories[name] = RetentionPolicy(
@@ -268,6 +273,18 @@ def _retention(table: dict[str, Any]) -> RetentionRules:
             keep_years=_non_negative(own, "keep_years", default.keep_years, where),
         )
     return RetentionRules(default=default, categories=categories)
+
+
+def _category_name_problem(name: str) -> str | None:
+    if not name.strip():
+        return "a category name must not be empty"
+    if name != name.strip():
+        return "a category name must not begin or end with a space"
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        return "a category name must not contain control characters"
+    if len(name) > MAX_CHARS["category"]:
+        return f"a category name must be at most {MAX_CHARS['category']} characters"
+    return None
 
 
 # Drivers installed with Archivist; another SQLAlchemy URL works once its driver is installed.
@@ -318,8 +335,15 @@ def _get(table: dict[str, Any], key: str, kind: type, default: Any, where: str) 
     value = table.get(key, default)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         expected = {int: "an integer", str: "a string"}.get(kind, kind.__name__)
-        raise ConfigError(f"{where}.{key} must be {expected}, got {value!r}")
+        raise ConfigError(f"{where}.{key} must be {expected}, got {_shown(value)}")
     return value
+
+
+def _shown(value: Any) -> str:
+    """A TOML value as the file has it: a date or a time as written there, not as Python's."""
+    if isinstance(value, datetime | date | time):
+        return f"the {type(value).__name__} {value.isoformat()}"
+    return repr(value)
 
 
 def _path(table: dict[str, Any], key: str, default: str, where: str) -> str:

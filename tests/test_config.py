@@ -81,6 +81,16 @@ def test_non_sqlite_urls_are_kept_as_they_are(tmp_path):
         # "" would listen on every interface
         ("[server]\nhost = ''\n", "server.host is empty"),
         ("[server]\nhost = '  '\n", "server.host is empty"),
+        # a date is named as the file writes it, not as Python's repr
+        ("[retention.default]\nkeep_years = 1979-05-27\n",
+         "retention.default.keep_years must be an integer, got the date 1979-05-27"),
+        # a retention table no record's category could ever match
+        ('[retention.category.""]\nkeep_years = 7\n',
+         "[retention.category.'']: a category name must not be empty"),
+        ('[retention.category." finance"]\nkeep_years = 7\n',
+         "[retention.category.' finance']: a category name must not begin or end with a space"),
+        (f'[retention.category.{"f" * 129}]\nkeep_years = 7\n',
+         "a category name must be at most 128 characters"),
     ],
 )
 def test_bad_values_are_named(tmp_path, text, message):
