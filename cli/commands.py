@@ -18,7 +18,7 @@ import click
 from sqlalchemy.exc import OperationalError
 
 from archive_store import ArchiveStoreError
-from archive_store.crypto import KEY_ENV, KeyMissing, load_key
+from archive_store.crypto import KEY_ENV, KeyMissing, decode_key, load_key
 from archivist.active_db import create_schema, utcnow
 from archivist.audit import AuditEvent, audit_outcome, write_audit
 from archivist.config import Config, default_config_path, load_config
@@ -489,10 +489,12 @@ def backup_verify(folder: Path, config_path: Path | None) -> None:
     from indexer.jobs.backup import verify_backup
     env_key = os.environ.get(KEY_ENV)
     path = config_path or default_config_path()
-    key = None
-    if env_key or path.exists():
+    named = config_path is not None or bool(os.environ.get("ARCHIVIST_CONFIG"))
+    key = decode_key(env_key, KEY_ENV) if env_key else None  # (no installation needed)
+    if named or path.exists():  # (a config named and missing is an error, as for any command)
+        config = load_config(path)
         try:
-            key = load_key(load_config(path).key_file, env_key)
+            key = load_key(config.key_file, env_key)
         except KeyMissing as e:  # (not `init`: a new key would not open this backup)
             raise KeyMissing(f"{e.args[0].partition(':')[0]}: give the key the backup was "
                              f"made with (put the file back, or set {KEY_ENV})") from None

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from archive_store.backup import load_manifest
-from archive_store.crypto import load_key
+from archive_store.crypto import KEY_ENV, load_key
 from archivist.active_db import ActiveRecord, utcnow
 from archivist.config import load_config
 from archivist.tokens import create_token
@@ -176,6 +176,32 @@ def test_backup_verify_names_a_flipped_byte_and_a_missing_file(
     )
     assert result.returncode == 1
     assert name in result.stderr and "missing: active.db" in result.stderr
+
+
+def test_backup_verify_with_a_config_named_and_missing_says_so(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path
+) -> None:
+    """As every command: a config named on the command line or in ARCHIVIST_CONFIG must be
+    there (it went on without a key, and called the archive unreadable); the key alone, in the
+    environment, checks a backup with no installation at all."""
+    archived(*_records(make_record, 0, 20))
+    folder = tmp_path / "backup"
+    create_backup(services, folder, utcnow())
+    missing = tmp_path / "nowhere" / "config.toml"
+    env = {k: v for k, v in os.environ.items() if k not in ("ARCHIVIST_CONFIG", KEY_ENV)}
+
+    def verify(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "archivist", "backup", "verify", str(folder), *args],
+            capture_output=True, text=True, cwd=tmp_path, env={**env, **extra},
+        )
+
+    for result in (verify("--config", str(missing)), verify(ARCHIVIST_CONFIG=str(missing))):
+        assert result.returncode == 1
+        assert str(missing) in result.stderr and "archive: cannot be checked" not in result.stderr
+    key = (tmp_path / "archive.key").read_text().strip()
+    alone = verify(**{KEY_ENV: key})
+    assert alone.returncode == 0, alone.stderr
 
 
 def test_recover_refuses_a_damaged_backup(
