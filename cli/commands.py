@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -69,6 +70,12 @@ class ArchivistGroup(click.Group):
         except OperationalError as e:  # the active database down, unreachable, refusing us
             click.echo(f"error: the active database: {_first_line(str(e.orig or e))}", err=True)
             sys.exit(1)
+        except BrokenPipeError:
+            if not _stdout_closed():
+                raise
+            # the reader went away (`| head`): nothing to say, and nobody to say it to
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except OSError as e:  # a folder that is a file, a path not there, no permission, no space
             if os.environ.get("ARCHIVIST_DEBUG"):
                 raise
@@ -81,6 +88,16 @@ class ArchivistGroup(click.Group):
             click.echo(f"error: unexpected {type(e).__name__}: {_first_line(str(e))} "
                        "(set ARCHIVIST_DEBUG=1 for the traceback)", err=True)
             sys.exit(2)
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has closed it."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError):
+        return False
 
 
 def _first_line(text: str) -> str:

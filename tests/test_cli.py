@@ -376,3 +376,16 @@ def test_init_over_a_damaged_index_still_initialises_and_verify_names_it(
     assert init.returncode == 0, init.stderr
     assert init.stdout.strip() == f"initialised {installed}"
     assert verified.returncode == 1 and "archivist index --rebuild" in verified.stderr
+
+
+def test_output_cut_off_by_its_reader_ends_quietly(installed):
+    """`archivist ... | head -1`: the reader goes away; no error line about a broken pipe."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "archivist", "dispose", "--dry-run", "--config", str(installed)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    process.stdout.close()  # before it writes its first line
+    with process.stderr:
+        stderr = process.stderr.read().decode()
+    assert process.wait(60) == 1
+    assert stderr == ""
