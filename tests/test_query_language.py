@@ -125,6 +125,14 @@ def test_query_refuses_unknown_fields_ranges_and_dangling_operators(
         index.search(SearchQuery(q=q))
 
 
+@pytest.mark.parametrize("q", ["id:tenant:case:7*", "id:tenant:case:*", "id:tenant:ca?e:77"])
+def test_a_wildcard_in_an_identifier_with_two_colons_is_refused_saying_so(
+    index: SearchIndex, q: str
+) -> None:
+    with pytest.raises(BadQuery, match="an identifier with a colon cannot take a wildcard"):
+        index.search(SearchQuery(q=q))
+
+
 @pytest.mark.parametrize("q", ["foo:bar", "subject_pairs:x", "kind:note"])
 def test_unknown_field_is_refused_naming_every_field_q_can_search(
     index: SearchIndex, q: str

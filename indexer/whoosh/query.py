@@ -73,7 +73,11 @@ def _check_syntax(q: str) -> None:
         raise BadQuery("unbalanced quote")
     if depth:
         raise BadQuery("unbalanced parenthesis")
-    if _BAD_WILDCARD.search(q):
+    bad = _BAD_WILDCARD.search(q)
+    if bad:
+        for value in _ID_VALUE.finditer(q):  # `id:tenant:case:*`: say what is refused there
+            if value.start(2) <= bad.start() < value.end(2) and value.group(2).count(":") > 1:
+                raise BadQuery(_ID_WILDCARD.format(value.group(0)))
         raise BadQuery("a wildcard cannot start a term")
     unquoted = _QUOTED.sub('""', q)
     if _FUZZY.search(unquoted):
@@ -123,6 +127,9 @@ _ID_VALUE = re.compile(
 )
 
 
+_ID_WILDCARD = "{!r}: an identifier with a colon cannot take a wildcard"
+
+
 def _quote_id_values(q: str) -> str:
     """Quote an identifier field's value that holds a colon (``id:tenant:case:42``): Whoosh's
     parser would read ``case:42`` as the field and value, a search for another record.
@@ -133,9 +140,7 @@ def _quote_id_values(q: str) -> str:
         if "*" in m.group(2) or "?" in m.group(2):
             if m.group(2).count(":") == 1:  # (``id:case:4*`` reads as meant)
                 return m.group(0)
-            raise BadQuery(
-                f"{m.group(0)!r}: an identifier with a colon cannot take a wildcard"
-            )
+            raise BadQuery(_ID_WILDCARD.format(m.group(0)))
         return f'{m.group(1)}:"{m.group(2)}"'
 
     parts = re.split(r'("[^"]*")', q)  # text outside quotes, then a quoted text, and so on
