@@ -40,7 +40,7 @@ class CompiledQuery:
 # ``name:`` right before a value is a field reference, as Whoosh's parser reads it; a name must
 # start with a letter (``10:30`` is a time) and a colon before ``/`` is a URL's (``http://``).
 # Inside a word (``case:12``, ``id:case:12``) a colon joins an identifier's parts.
-_FIELD_REF = re.compile(r"(?<![\w.:@+/'-])([A-Za-z_]\w*):(?=[^\s/])")
+_FIELD_REF = re.compile(r"(?<![\w.:@+/'*?-])([A-Za-z_]\w*):(?=[^\s/])")
 _QUOTED = re.compile(r'"[^"]*"')
 # A field with nothing after its colon (`subject:` at the end, `(subject:)`), and `()`: Whoosh
 # would search them as nothing and answer no record rather than say the query is incomplete.
