@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -703,3 +704,55 @@ def test_the_index_workers_of_a_killed_rebuild_exit_quietly(config_path, make_re
     rebuilt = archivist(config_path, "index", "--rebuild")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert archivist(config_path, "verify").stdout.decode().startswith("ok: 22000 records")
+
+
+def dead_pid() -> int:
+    """The id of a process that has ended (what a killed run's folders are named by)."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, check=True)
+    return int(done.stdout)
+
+
+def test_a_killed_archives_staged_segments_leave_at_the_next_erasure(config_path, make_record):
+    installed(config_path, [make_record(id="T0", customer_id="C1")])
+    assert archivist(config_path, "archive", "--as-of", "2026-01-01").returncode == 0
+    import_records(config_path, [make_record(
+        id="X1", customer_id="CX-1", body="xylophonequark xena@example.com"
+    )], config_path.parent)
+    killed = archivist(config_path, "archive", "--as-of", "2026-01-01",
+                       env={"ARCHIVIST_CRASH_AT": "index.staged:1"})
+    assert killed.returncode == -signal.SIGKILL
+    index_dir = load_config(config_path).index_dir
+    (staged,) = {p.parent for p in files_holding(index_dir, b"xena@example.com")}
+    assert "_staged" in staged.parts
+    # a merge a killed run left half-written, and one a live process is writing
+    gen = index_dir / (index_dir / "CURRENT").read_text().strip()
+    merging = gen / "_staged" / f"{dead_pid()}-merge-{os.urandom(4).hex()}"
+    shutil.copytree(staged, merging)
+    live = gen / "_staged" / f"{os.getpid()}-merge-{os.urandom(4).hex()}"
+    shutil.copytree(staged, live)
+
+    result = archivist(config_path, "erase", "--customer", "CX-1", "--reason", "gdpr")
+
+    assert result.returncode == 0, result.stderr
+    assert files_holding(config_path.parent / "data", b"xena@example.com") == [
+        p for p in files_holding(live, b"xena@example.com")
+    ] != []  # a running process's merge is its own (it checks for erasures before attaching)
+    assert not merging.exists()
+    for command in (["archive", "--as-of", "2026-01-01"], ["index"], ["verify"]):
+        assert archivist(config_path, *command).returncode == 0
+
+
+def test_a_job_with_nothing_to_index_removes_a_killed_runs_merge(config_path, make_record):
+    installed(config_path, [make_record(id="T0", customer_id="C1", body="xylophonequark")])
+    assert archivist(config_path, "archive", "--as-of", "2026-01-01").returncode == 0
+    index_dir = load_config(config_path).index_dir
+    (shard,) = {p.parent for p in files_holding(index_dir, b"xylophonequark")}
+    merging = shard.parent / "_staged" / f"{dead_pid()}-merge-{os.urandom(4).hex()}"
+    shutil.copytree(shard, merging / "w0")
+
+    result = archivist(config_path, "dispose", "--as-of", "2021-01-01")  # purges nothing
+
+    assert result.returncode == 0, result.stderr
+    assert not merging.exists()
+    assert files_holding(index_dir, b"xylophonequark") != []  # the live shard keeps its own

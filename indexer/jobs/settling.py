@@ -2,7 +2,8 @@
 
 A run killed part-way can leave moves half done (records marked `pending` in the store),
 index changes not applied yet (archived records not searchable, restored or purged ones still
-found) and disposal-list rows unconfirmed (records purged, not yet listed). Every job run
+found), disposal-list rows unconfirmed (records purged, not yet listed) and index segments
+written aside and never attached (which may hold records erased since). Every job run
 (archive, dispose, restore, the worker's start) calls `settle_leftovers` first, so a crash is
 repaired by whatever runs next, not only by `archivist index`.
 """
@@ -68,6 +69,7 @@ def settle_leftovers(
     :param should_stop: checked between index batches (a stopping worker).
     """
     moves = reconcile_moves(services, now)
+    services.index.remove_abandoned()  # a killed run's staged segments and merges
     indexed = sync_index(services.store, services.index, should_stop=should_stop)
     disposals = settle_disposals(services)
     if moves or indexed or disposals:

@@ -165,6 +165,11 @@ class SearchEngine(Protocol):
         """
         ...
 
+    def remove_abandoned(self) -> None:
+        """Drop what processes that are gone wrote aside and never attached (a batch staged,
+        a merge), since it may hold records erased or purged since. Cheap when there is none."""
+        ...
+
     # --- serving hooks (an engine without background work may make them no-ops) -----------
 
     def urgent(self) -> AbstractContextManager[None]:

@@ -1035,6 +1035,19 @@ class SearchIndex:
         """Remove staged segments that were not attached."""
         remove_stage(staged.root)
 
+    @translate_errors
+    def remove_abandoned(self) -> None:
+        """Remove the staged segments and unfinished merges of processes that are gone (killed
+        between stage and attach, or mid-merge), in every generation: nothing else removes them
+        until the next stage, and they may hold the words of records erased since."""
+        self._check_open()
+        try:
+            folders = [p for p in self.directory.iterdir() if _GEN_RE.match(p.name)]
+        except OSError:  # no index folder (yet): nothing left behind
+            return
+        for gen in folders:
+            remove_abandoned_stages(gen / STAGED_DIR)
+
     def _find_ids(
         self, gen: Path, ids: list[str], home: Mapping[str, str] | None = None
     ) -> dict[str, list[str]]:
@@ -1230,6 +1243,7 @@ class SearchIndex:
         :param record_ids: the records to erase.
         """
         self._check_open()
+        self.remove_abandoned()  # a killed run's staged copies of them are not in any shard
         ids = list(dict.fromkeys(record_ids))
         wanted = {rid.encode("utf-8") for rid in ids}
         if not wanted:
