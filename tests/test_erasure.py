@@ -1056,3 +1056,40 @@ def test_a_recovery_killed_in_its_index_rebuild_is_on_record_and_a_rebuild_finis
             ("ok", 5, True)]
     cli("index", "--rebuild")
     cli("verify")
+
+
+def deleted_files_open_holding(needle: bytes) -> list[str]:
+    """The files this process holds open that were deleted and still hold `needle` (what
+    `ls -l /proc/<pid>/fd | grep deleted` and a `grep -a` on each would find)."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = fd.readlink()
+            if str(target).endswith(" (deleted)") and needle in fd.read_bytes():
+                found.append(str(target))
+        except OSError:  # closed meanwhile (the directory listing's own fd)
+            continue
+    return found
+
+
+def test_a_searching_process_lets_go_of_index_files_an_erasure_elsewhere_deleted(
+    services: Services, erasable: Any, config_path: Path
+) -> None:
+    """A server's searches and id look-ups (the restore above) opened the segments holding the
+    customer's words; once another process erased them, the next searches close those files
+    rather than keep them readable until this process writes to the index again."""
+    index = services.index
+    assert index.search(SearchQuery(q=MARKER.decode())).total == 5
+    assert index.delete(["NOT-INDEXED"]) == 0  # an id look-up in every shard, as a restore's
+
+    result = archivist("erase", "--customer", "C-ERASE", "--reason", "GDPR request 17",
+                       "--config", str(config_path))
+    assert result.returncode == 0, result.stderr
+    assert files_holding(services.config.index_dir, EMAIL) == []
+
+    index._retired_grace = 0.0  # (replaced search readers wait a while for searches on them)
+    for _ in range(2):
+        assert index.search(SearchQuery(q=MARKER.decode())).total == 0
+    assert deleted_files_open_holding(EMAIL) == []
+    assert deleted_files_open_holding(MARKER[:-1]) == []
+    assert index.search(SearchQuery(q="refund")).total == 60

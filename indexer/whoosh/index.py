@@ -382,7 +382,7 @@ class SearchIndex:
                 return snap
             defer = self._freshener is not None and not overdue
             try:
-                self._snapshot = self._open_snapshot(snap, defer=defer, install=True)
+                self._snapshot = snap = self._open_snapshot(snap, defer=defer, install=True)
             except IndexerError:
                 raise
             except Exception as e:  # a file of the index gone, cut short or garbled
@@ -392,7 +392,8 @@ class SearchIndex:
                 raise IndexUnavailable(
                     f"the index cannot be read: {type(e).__name__}: {e}"
                 ) from e
-            return self._snapshot
+        self._refresh_id_searchers()  # the index changed: theirs may hold replaced segments
+        return snap
 
     def _whole_snapshot(self) -> Snapshot:
         """The current state with nothing left out (for counts and checks)."""
@@ -1141,6 +1142,41 @@ class SearchIndex:
                 close_replaced(searcher, fresh)
             searcher = self._id_searchers[key] = fresh
         return searcher
+
+    def _refresh_id_searchers(self) -> None:
+        """Bring the id look-up searchers up to date once the index changed, closing their
+        readers of segments that are gone and those of a replaced generation.
+
+        Else a process that searches but seldom writes (a server) kept the files of segments
+        another process merged away or erased open, deleted but readable, with the erased
+        records' words in them, until its own next write. Skipped while this process writes:
+        its writer brings them up to date itself.
+        """
+        if not self._write_lock.acquire(blocking=False):
+            return
+        try:
+            try:
+                current = str(self._current_gen())
+            except IndexUnavailable:
+                current = None
+            for key, searcher in list(self._id_searchers.items()):
+                try:
+                    if key[0] == current and searcher.up_to_date():
+                        continue
+                    self._id_searchers.pop(key)
+                    if key[0] == current:
+                        fresh = open_searcher(self._shard_index(Path(key[0]), key[1]), searcher)
+                        close_replaced(searcher, fresh)
+                        self._id_searchers[key] = fresh
+                    else:
+                        searcher.close()
+                except Exception:  # housekeeping: the next write opens what it needs
+                    log.warning("could not refresh the id look-up searcher of shard %s", key[1],
+                                exc_info=True)
+                    with contextlib.suppress(Exception):
+                        searcher.close()
+        finally:
+            self._write_lock.release()
 
     def _close_id_searchers(self, keep: set[tuple[str, str]] | None = None) -> None:
         for key in [k for k in self._id_searchers if keep is None or k not in keep]:
