@@ -236,12 +236,15 @@ def find_crm_ids(session: Any, crm_tables: CrmTables, record_ids: Iterable[str])
     return live
 
 
-def count_customer_rows(session: Any, crm_tables: CrmTables, customer_id: str) -> int:
+def count_customer_rows(
+    session: Any, crm_tables: CrmTables, customer_id: str, archived: Iterable[str] = ()
+) -> int:
     """How many rows of the mapped tables are a customer's: those whose `customer_id` names
-    the customer, and the rows under them that name no customer (a case's messages and
-    notes), as erasure counts records."""
+    the customer, and the rows under them, or under one of the customer's `archived` records
+    (whose rows left the tables), that name no customer (a case's messages and notes), as
+    erasure counts records."""
     theirs: dict[str, set[Any]] = {}
-    frontier: list[tuple[CrmTable, list[Any]]] = []
+    frontier: list[tuple[CrmTable, list[Any]]] = list(keys_by_table(crm_tables, archived).items())
     for crm_table in crm_tables.tables:
         source = crm_table.mapping.fields.get("customer_id")
         if source is None or (source.column is None and source.constant != customer_id):

@@ -1093,3 +1093,47 @@ def test_a_searching_process_lets_go_of_index_files_an_erasure_elsewhere_deleted
     assert deleted_files_open_holding(EMAIL) == []
     assert deleted_files_open_holding(MARKER[:-1]) == []
     assert index.search(SearchQuery(q="refund")).total == 60
+
+
+def test_a_late_message_of_an_erased_customers_case_is_theirs_when_archived_later(
+    config_path: Path, make_record: Any, tmp_path: Path
+) -> None:
+    """A reply to an erased customer's case, still active when they were erased, names no
+    customer and its case no longer names one: it is theirs all the same, counted as still
+    active, and erased by the next erasure once archived."""
+    def run(*args: str) -> str:
+        result = archivist(*args, "--config", str(config_path))
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def imported(*records: dict[str, Any]) -> None:
+        path = tmp_path / f"{records[0]['id']}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        run("import", str(path))
+
+    run("init")
+    imported(make_record(id="L1", customer_id="CL-4", body="case"),
+             make_record(id="L1-m", customer_id=None, parent_id="L1",
+                         body="first message lara@example.com"))
+    run("archive", "--as-of", "2026-01-01")
+    imported(make_record(id="L1-late", customer_id=None, parent_id="L1",
+                         body="late reply from lara@example.com",
+                         created_at="2026-10-30T00:00:00Z", updated_at="2026-11-01T00:00:00Z"))
+
+    dry = run("erase", "--customer", "CL-4", "--reason", "gdpr", "--dry-run").splitlines()
+    first = run("erase", "--customer", "CL-4", "--reason", "gdpr").splitlines()
+    assert (dry[0], first[0]) == ("would erase 2", "erased 2")
+    assert "still active: 1 record(s)" in dry[1] and "still active: 1 record(s)" in first[1]
+
+    run("archive", "--as-of", "2028-01-01")  # the CRM kept it: it ages and is archived
+    assert run("erase", "--customer", "CL-4", "--reason", "gdpr",
+               "--dry-run").splitlines()[0] == "would erase 1"
+    second = run("erase", "--customer", "CL-4", "--reason", "gdpr").splitlines()
+    assert second[0] == "erased 1" and "still active: 0 record(s)" in second[1]
+    config = load_config(config_path)
+    for folder in (config.archive_dir, config.index_dir):
+        assert files_holding(folder, b"lara@example.com") == []
+    with Services.open(config) as services:
+        assert services.index.search(SearchQuery(q="lara")).total == 0
+        assert services.store.info("L1-late").state == "erased"
+    run("verify")

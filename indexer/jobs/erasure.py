@@ -31,7 +31,7 @@ import hashlib
 import logging
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -145,6 +145,9 @@ class _Plan:
     active: int  # the records still in the active database (the CRM's to erase)
     purged: list[str] = field(default_factory=list)  # disposed of: their words may be indexed
     owner: str | None = None  # the customer whose active records are counted
+    # every record of the owner's the catalog knows of, in any state: active records naming
+    # no customer below one of them are the owner's too
+    above: list[str] = field(default_factory=list)
 
     @property
     def hashes(self) -> list[str]:
@@ -159,17 +162,57 @@ def _plan(services: Services, customer_id: str | None, record_id: str | None) ->
         ids = [record_id] if info.state in ("archived", "restored") else []
         purged = [record_id] if info.state == "purged" else []
         owner = info.customer_id
+        above = [record_id] if owner is not None else []
     else:
         ids = store.find_customer_records(customer_id or "")
         purged = store.find_customer_records(customer_id or "", ("purged",))
         owner = customer_id
+        # archived below records of theirs erased before: the catalog forgot whose those were
+        erased_before = _erased_before(services, customer_id or "")
+        inherited = _unnamed_below(store, erased_before)
+        ids = sorted(set(ids) | {e.record_id for e in inherited if e.state != "purged"})
+        purged = sorted(set(purged) | {e.record_id for e in inherited if e.state == "purged"})
+        above = sorted(set(ids) | set(purged) | set(erased_before))
     entries = store.entries(ids)
     with services.sessions.begin() as session:
         held = _first_held(session, store, entries, customer_id)
         if held is not None:
             raise OnHold(f"{held} is on legal hold; nothing was erased")
-        active = _still_active(session, services.crm, owner, record_id)
-    return _Plan(ids, entries, active, purged, owner)
+        active = _still_active(session, services.crm, owner, record_id, above)
+    return _Plan(ids, entries, active, purged, owner, above)
+
+
+def _erased_before(services: Services, customer_id: str) -> list[str]:
+    """The records earlier erasures of this customer erased (or were to erase), from the
+    erasure ledger: the catalog forgets an erased record's customer."""
+    wanted = customer_hash(customer_id)
+    ledger = load_ledger(ledger_path(services.config.key_file))
+    ids = {e["id"] for e in ledger if e.get("id") and e.get("customer_sha256") == wanted}
+    return sorted({
+        record_id for e in ledger if e.get("id") in ids
+        for record_id, _sha in e.get("records", [])
+    })
+
+
+def _unnamed_below(store: ArchiveStore, record_ids: list[str]) -> list[CatalogEntry]:
+    """The catalog's records below these that name no customer and are not erased, at any
+    depth (through such records only): they are the customer of these records'.
+
+    A record of a process archived after its customer was erased (a late reply to their
+    case) names no customer, and its parent, erased, no longer names one to inherit from.
+    """
+    seen = set(record_ids)
+    found: list[CatalogEntry] = []
+    frontier = list(record_ids)
+    while frontier:
+        below = [
+            e for e in store.child_entries(frontier)
+            if e.customer_id is None and e.state != "erased" and e.record_id not in seen
+        ]
+        seen.update(e.record_id for e in below)
+        found.extend(below)
+        frontier = [e.record_id for e in below]
+    return found
 
 
 def _first_held(
@@ -196,23 +239,19 @@ def _first_held(
 
 
 def _still_active(
-    session: Session, crm: CrmTables | None, owner: str | None, record_id: str | None
+    session: Session,
+    crm: CrmTables | None,
+    owner: str | None,
+    record_id: str | None,
+    above: Collection[str] = (),
 ) -> int:
     """The customer's records (or the one record) in the active database: the CRM's to erase.
-    With the CRM's own tables mapped, those are their rows."""
+    With the CRM's own tables mapped, those are their rows. `above`: the customer's records
+    the catalog knows of; the active records under them that name no customer are theirs."""
     if owner is not None:
         if crm is not None:
-            return count_customer_rows(session, crm, owner)
-        # theirs, and the records under them that name no customer (as the store counts)
-        theirs = select(ActiveRecord.id).where(ActiveRecord.customer_id == owner).cte(
-            "theirs", recursive=True
-        )
-        theirs = theirs.union(
-            select(ActiveRecord.id)
-            .join(theirs, ActiveRecord.parent_id == theirs.c.id)
-            .where(ActiveRecord.customer_id.is_(None))
-        )
-        return session.scalar(select(func.count()).select_from(theirs)) or 0
+            return count_customer_rows(session, crm, owner, above)
+        return len(_active_theirs(session, owner, above))
     if record_id is None:
         return 0
     if crm is not None:
@@ -220,6 +259,23 @@ def _still_active(
     return session.scalar(
         select(func.count()).select_from(ActiveRecord).where(ActiveRecord.id == record_id)
     ) or 0
+
+
+def _active_theirs(session: Session, owner: str, above: Collection[str]) -> set[str]:
+    """The ids of the active records naming the customer, and of those under them, or under
+    one of `above` (theirs in the catalog), that name no customer (as the store counts)."""
+    theirs = set(session.scalars(select(ActiveRecord.id).where(ActiveRecord.customer_id == owner)))
+    frontier = sorted(theirs | set(above))
+    while frontier:
+        below: set[str] = set()
+        for start in range(0, len(frontier), 500):
+            below.update(session.scalars(select(ActiveRecord.id).where(
+                ActiveRecord.parent_id.in_(frontier[start : start + 500]),
+                ActiveRecord.customer_id.is_(None),
+            )))
+        frontier = sorted(below - theirs)
+        theirs |= below
+    return theirs
 
 
 def _erase(
@@ -258,7 +314,7 @@ def _erase(
         raise
     crash_point("erase.after_store")
     with services.read_sessions.begin() as session:  # again: a restore may have ended since
-        active = _still_active(session, services.crm, plan.owner, record_id)
+        active = _still_active(session, services.crm, plan.owner, record_id, plan.above)
     forget_erased_crm_rows(services, ids)
     # the disposed-of records too: their content left the store, not yet the index's files
     erase_from_index(services, [e.record_id for e in erased] + plan.purged)
