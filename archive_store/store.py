@@ -105,6 +105,10 @@ WITH RECURSIVE below (record_id) AS (
 UPDATE records SET customer_id = ? WHERE record_id IN (SELECT record_id FROM below)
 """
 
+# What an erased record's history shows for the reason an event of it had: the text may name
+# the person, so it leaves the catalog and the segments with the record.
+ERASED_REASON = "(erased)"
+
 _ENTRY_INSERT = (
     "INSERT INTO entries (seq, segment_id, offset, length, type, record_id, version, event, at, "
     "actor, sha256, entry_hash, prev_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -1070,13 +1074,22 @@ class ArchiveStore:
         appender: _Appender,
         record_ids: Sequence[str],
         swap: SegmentSwap,
+        *,
+        reasons: bool = False,
     ) -> None:
         """Rewrite every segment holding a version of these records as a new generation with
-        those entries replaced by `redacted` frames; the caller's commit switches over."""
-        redact: dict[int, set[int]] = {}  # segment_id -> seqs of record entries
+        those entries replaced by `redacted` frames; the caller's commit switches over.
+
+        With `reasons`, their events that carry a reason (typed text, which may name the
+        person) are redacted too: those frames are sealed with the shared key, not the
+        customer's, so destroying the customer's key would not make them unreadable."""
+        kinds = "(type = 'record' OR (type = 'event' AND reason IS NOT NULL))" if reasons else (
+            "type = 'record'"
+        )
+        redact: dict[int, set[int]] = {}  # segment_id -> seqs of the entries to redact
         for chunk in chunked(record_ids):
             for entry in conn.execute(
-                "SELECT seq, segment_id FROM entries WHERE type = 'record' "
+                f"SELECT seq, segment_id FROM entries WHERE {kinds} "
                 f"AND record_id IN ({placeholders(len(chunk))})",
                 chunk,
             ):
@@ -1095,7 +1108,9 @@ class ArchiveStore:
     ) -> list[ErasedRecord]:
         """Erase records on request, whatever their state: every version's content leaves the
         segment files (rewritten with `redacted` frames, as disposal does), each gains an
-        `erased` event with its hash, and the catalog forgets their customer. With
+        `erased` event with its hash, and the catalog forgets their customer. The reasons of
+        their events (a restore's, typed text) leave the catalog and the segments too, and
+        their history shows `(erased)` in their place. With
         `customer_id`, that customer's data key is destroyed too, so a copy of their frames
         made before (a backup) cannot be opened with this store's keys any more.
 
@@ -1132,7 +1147,15 @@ class ArchiveStore:
                 raise RestoreInProgress(
                     f"record {moving[0]} has a move in progress; erase it once it is done"
                 )
-            self._redact(conn, appender, [row["record_id"] for row in rows], swap)
+            self._redact(conn, appender, [row["record_id"] for row in rows], swap, reasons=True)
+            # The catalog's copy of those reasons goes too (secure_delete zeroes the old bytes;
+            # the checkpoint below empties the WAL); the history keeps each event, blanked.
+            for chunk in chunked([row["record_id"] for row in rows]):
+                conn.execute(
+                    "UPDATE entries SET reason = ? WHERE reason IS NOT NULL "
+                    f"AND record_id IN ({placeholders(len(chunk))})",
+                    (ERASED_REASON, *chunk),
+                )
             for row in rows:
                 if row["customer_id"] is not None and customer_id is None:
                     conn.execute(_UNNAMED_BELOW, (row["record_id"], row["customer_id"]))
@@ -1476,7 +1499,7 @@ class ArchiveStore:
         return [
             HistoryEvent(
                 parse_time(row["at"]),
-                row["event"] if row["type"] == "event" else "archived",
+                row["event"] or "archived",  # (an event redacted by an erasure keeps its name)
                 row["actor"],
                 row["reason"],
             )

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from archive_store.segment import iter_frames
 from archivist.active_db import utcnow
 from archivist.config import load_config
 from archivist.holds import add_hold
@@ -1137,3 +1138,56 @@ def test_a_late_message_of_an_erased_customers_case_is_theirs_when_archived_late
         assert services.index.search(SearchQuery(q="lara")).total == 0
         assert services.store.info("L1-late").state == "erased"
     run("verify")
+
+
+def test_a_restore_s_reason_naming_the_customer_leaves_the_catalog_and_segments_with_them(
+    tmp_path: Path, config_path: Path, make_record: Any, client: Any, admin_headers: Any
+) -> None:
+    """A restore's typed reason is kept in its event (catalog and segment frame, sealed with
+    the shared key): erasing the customer blanks it, and so does recovering a backup taken
+    before the erasure. The history still shows the event."""
+    cli, imported = cli_steps(tmp_path, config_path)
+    address = b"jane.doe@example.com"
+    old = {"created_at": "2020-01-01T00:00:00Z", "updated_at": "2020-01-02T00:00:00Z"}
+    cli("init")
+    imported("t1.jsonl",
+             make_record(id="T1", customer_id="CR-1", body=f"contact {address.decode()}", **old),
+             make_record(id="A1", customer_id="CA", body="refund for A1", **old))
+    cli("archive", "--as-of", "2026-01-01")
+    cli("restore", "T1", "--reason", f"reopened for {address.decode()}")
+    cli("restore", "A1", "--reason", "checked by the team")
+    cli("archive", "--as-of", "2028-01-01")
+    cli("backup", "create", str(tmp_path / "backup"))
+    data = config_path.parent / "data"
+    assert files_holding(data / "archive", b"jane.doe") != []  # the catalog holds the reason
+
+    cli("erase", "--customer", "CR-1", "--reason", "gdpr")
+
+    assert files_holding(data, b"jane.doe") == []
+    cli("verify")
+    view = client.get("/api/v1/records/T1", headers=admin_headers).json
+    assert [(h["event"], h["reason"]) for h in view["history"]] == [
+        ("archived", None), ("restored", "(erased)"), ("archived", None), ("erased", None)
+    ]
+    with Services.open(load_config(config_path)) as live:
+        opened = []  # every frame, opened with the archive key (the event's is the shared key's)
+        for path in sorted((data / "archive" / "segments").iterdir()):
+            with path.open("rb") as f:
+                opened.extend(live.store.open_frame(frame) for _, frame in iter_frames(f))
+        assert opened and not [frame for frame in opened if b"jane.doe" in frame]
+        assert b"checked by the team" in b"".join(opened)  # another customer's reason stays
+        assert [e.reason for e in live.store.history("A1")][1] == "checked by the team"
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.toml").write_text(config_path.read_text())
+    for key_file in config_path.parent.glob("archive.key*"):  # the key and its ledger
+        shutil.copy2(key_file, fresh / key_file.name)
+    cli("init", config=fresh / "config.toml")
+    cli("backup", "recover", str(tmp_path / "backup"), config=fresh / "config.toml")
+    cli("verify", config=fresh / "config.toml")
+    assert files_holding(fresh / "data", b"jane.doe") == []
+    with Services.open(load_config(fresh / "config.toml")) as recovered:
+        assert [(e.event, e.reason) for e in recovered.store.history("T1")] == [
+            ("archived", None), ("restored", "(erased)"), ("archived", None), ("erased", None)
+        ]
