@@ -1191,3 +1191,40 @@ def test_a_restore_s_reason_naming_the_customer_leaves_the_catalog_and_segments_
         assert [(e.event, e.reason) for e in recovered.store.history("T1")] == [
             ("archived", None), ("restored", "(erased)"), ("archived", None), ("erased", None)
         ]
+
+
+def test_queries_refused_for_their_wildcards_that_could_name_the_customer_are_blanked(
+    client: Any, admin_headers: Any, services: Services, archived: Any, make_record: Any,
+    config_path: Path,
+) -> None:
+    """A query refused as a query (a leading wildcard) was audited as typed, but what it would
+    have found cannot be asked: it is blanked when a piece of it between its wildcards is
+    part of their text, and kept when it is not."""
+    from archivist.active_db import AuditEntry
+
+    archived(
+        make_record(id="T1", customer_id="CR-2",
+                    body="contact quillimber jane.roe@example.com"),
+        *[make_record(id=f"O-{i}", customer_id="C-OTHER", body=f"refund {i} approved")
+          for i in range(5)],
+    )
+    run = archivist("restore", "--search", "q=*jane.roe@example.com", "--reason", "r",
+                    "--dry-run", "--config", str(config_path))
+    assert run.returncode != 0 and "wildcard" in run.stderr  # refused, and audited
+    naming = ["*quillimber", "?uillimber", "*oe@example.co", "*xquillimber"]
+    kept = ["*efund", "*zzqqx"]
+    for q in naming + kept:
+        response = client.get("/api/v1/search", headers=admin_headers, query_string={"q": q})
+        assert response.status_code == 400, q
+
+    assert client.post("/api/v1/erase", headers=admin_headers,
+                       json={"customer_id": "CR-2", "reason": "asked"}).status_code == 200
+
+    assert [t for _, t, _ in search_entries(services)] == ["(erased)"] * len(naming) + kept
+    with services.read_sessions.begin() as session:
+        restores = [e.details for e in session.query(AuditEntry)
+                    .filter(AuditEntry.action == "restore")]
+    assert restores and not [d for d in restores if "jane.roe" in d]
+    assert files_holding(config_path.parent / "data", b"jane.roe") == []
+    assert files_holding(config_path.parent / "data", b"quillimber") == []
+    assert verify_all(services).problems == []

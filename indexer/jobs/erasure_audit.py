@@ -156,12 +156,38 @@ class NamingWords:
     def _decide(self, word: str) -> bool:
         if word == self._customer:
             return True
-        if not self._occurs(word):
-            return False
         try:
-            return self._finds_only_theirs(word)
+            if self._occurs(word):
+                return self._finds_only_theirs(word)
+        except BadQuery:  # it cannot be run, so what it finds is unknown: their text holds it
+            return True
+        # A query refused for its wildcards (`*jane.roe@example.com`, `?uibble`) was audited
+        # as typed; what it would have found cannot be asked, so it is blanked when it could
+        # name them: an erasure rather blanks an unrunnable query than leaves their address.
+        return bool(_WILDCARDS.search(word)) and self._could_name(word) and self._refused(word)
+
+    def _could_name(self, word: str) -> bool:
+        """Whether a piece of the word between its wildcards is part of their text or of a
+        term the index has of it, or holds a word of theirs that only their records have."""
+        for piece in _WILDCARDS.split(word):
+            piece = piece.strip(_STRIP)
+            if len(piece) < (MIN_CJK_WORD if _CJK.search(piece) else MIN_WORD):
+                continue
+            if piece in self._text or any(piece in term for term in self._terms):
+                return True
+            if any(
+                MIN_WORD <= len(theirs) < len(piece) and theirs in piece and self(theirs)
+                for theirs in self._words | self._terms
+            ):
+                return True
+        return False
+
+    def _refused(self, word: str) -> bool:
+        try:
+            self._index.search(SearchQuery(q=word, per_page=1))
         except BadQuery:
-            return False
+            return True
+        return False
 
     def _finds_only_theirs(self, word: str) -> bool:
         """Whether every record the index finds for the word is an erased one: true before
