@@ -1228,3 +1228,27 @@ def test_queries_refused_for_their_wildcards_that_could_name_the_customer_are_bl
     assert files_holding(config_path.parent / "data", b"jane.roe") == []
     assert files_holding(config_path.parent / "data", b"quillimber") == []
     assert verify_all(services).problems == []
+
+
+def test_an_audited_search_whose_owner_filter_names_the_customer_is_blanked(
+    client: Any, admin_headers: Any, services: Services, archived: Any, make_record: Any
+) -> None:
+    """The owner filter is typed text too (here the customer's address); a kind or a
+    category is the CRM's own name for a kind of record, and names no one."""
+    archived(
+        make_record(id="T1", customer_id="CR-3", body="contact vera+news@example.com"),
+        *[make_record(id=f"O-{i}", customer_id="C-OTHER", owner="carol",
+                      body=f"refund {i} approved") for i in range(5)],
+    )
+    for params in ({"owner": "vera+news@example.com"}, {"owner": "carol"},
+                   {"kind": "communication", "category": "support"}):
+        response = client.get("/api/v1/search", headers=admin_headers, query_string=params)
+        assert response.status_code == 200, params
+
+    assert client.post("/api/v1/erase", headers=admin_headers,
+                       json={"customer_id": "CR-3", "reason": "asked"}).status_code == 200
+
+    details = [d for _, _, d in search_entries(services)]
+    assert details[0] == {"erased": True}
+    assert details[1]["owner"] == "carol" and details[2]["kind"] == ["communication"]
+    assert verify_all(services).problems == []

@@ -75,8 +75,9 @@ def _pieces(text: str, size: int = 2**20) -> Iterator[str]:
 
 
 def query_words(target: str, details: str, action: str = "search") -> set[str]:
-    """The words typed into an audited entry, lowercased: a search's or export's query, a
-    bulk restore's search, a restore's or a hold's reason, the customer a hold names.
+    """The words typed into an audited entry, lowercased: a search's or export's query and
+    its customer and owner filters, a bulk restore's search, a restore's or a hold's reason,
+    the customer a hold names.
 
     :param target: the entry's target (a search's query text, a hold's `scope:value`)
     :param details: the entry's details JSON (its `q` and filters, a `search`, a `reason`)
@@ -101,6 +102,10 @@ def query_words(target: str, details: str, action: str = "search") -> set[str]:
             texts.append(str(query["q"]))
         if query.get("customer_id"):  # a filter: the whole id, however short
             words.add(str(query["customer_id"]).lower())
+        if query.get("owner"):  # a filter too, which may be their address (kind, category:
+            owner = str(query["owner"])  # the CRM's own names, not personal)
+            words.add(owner.lower())
+            texts.append(owner)
     if value.get("reason"):
         texts.append(str(value["reason"]))
     if action in ("hold_add", "hold_remove"):
