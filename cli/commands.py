@@ -540,6 +540,11 @@ def backup_recover(folder: Path, force: bool, config: Config) -> None:
     if report.crm_rows_lost:
         click.echo(f"warning: {report.crm_rows_lost} CRM rows that left their tables after the "
                    "backup was taken are in neither place", err=True)
+    if report.missing_erasure_ledger is not None:
+        click.echo(f"warning: no erasure ledger at {report.missing_erasure_ledger}: erasures "
+                   "made after the backup was taken are made again only from it, so their "
+                   "records may be back; copy it there with the key and recover again with "
+                   "--force", err=True)
 
 
 def _print_by_category(verb: str, total: int, by_category: dict[str, int]) -> None:

@@ -1252,3 +1252,42 @@ def test_an_audited_search_whose_owner_filter_names_the_customer_is_blanked(
     assert details[0] == {"erased": True}
     assert details[1]["owner"] == "carol" and details[2]["kind"] == ["communication"]
     assert verify_all(services).problems == []
+
+
+def test_recovering_with_the_key_in_the_environment_and_no_ledger_warns_of_erasures_undone(
+    tmp_path: Path, config_path: Path, make_record: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The erasure ledger lives beside the key file: given the key in ARCHIVIST_ARCHIVE_KEY
+    with no ledger there, a recovery cannot make again an erasure made after the backup. It
+    goes on, and says so in one line; with the ledger copied there, it erases them again."""
+    cli, backup = backed_up_then_erased(tmp_path, config_path, make_record, "CK")
+    key = (config_path.parent / "archive.key").read_text().strip()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.toml").write_text(config_path.read_text())
+    environment = {"ARCHIVIST_ARCHIVE_KEY": key}
+    monkeypatch.setenv("ARCHIVIST_ARCHIVE_KEY", key)
+
+    def states() -> set[str]:
+        with Services.open(load_config(fresh / "config.toml")) as services:
+            return {e.state for e in services.store.entries(["K0", "K1", "K2"]).values()}
+
+    recovered = archivist("backup", "recover", str(backup),
+                          "--config", str(fresh / "config.toml"), env=environment)
+
+    assert recovered.returncode == 0, recovered.stderr
+    warnings = [line for line in recovered.stderr.splitlines() if "erasure ledger" in line]
+    assert warnings == [
+        f"warning: no erasure ledger at {fresh / 'archive.key.erasures'}: erasures made after "
+        "the backup was taken are made again only from it, so their records may be back; copy "
+        "it there with the key and recover again with --force"
+    ]
+    assert states() == {"archived"}  # what it warns of: the erased records are back
+
+    shutil.copy2(config_path.parent / "archive.key.erasures", fresh / "archive.key.erasures")
+    again = archivist("backup", "recover", str(backup), "--force",
+                      "--config", str(fresh / "config.toml"), env=environment)
+
+    assert again.returncode == 0, again.stderr
+    assert "erasure ledger" not in again.stderr
+    assert states() == {"erased"}

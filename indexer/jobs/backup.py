@@ -89,7 +89,7 @@ from indexer.jobs.crm_recovery import (
     describe_lost_crm_rows,
     mark_live_crm_rows_restored,
 )
-from indexer.jobs.erasure import apply_erasure_ledger
+from indexer.jobs.erasure import apply_erasure_ledger, ledger_path
 from indexer.jobs.indexing import rebuild_index
 from indexer.jobs.reconcile import reconcile_pending
 from indexer.services import Services
@@ -140,6 +140,10 @@ class RecoverReport:
     indexed: int
     created_at: str
     crm_rows_lost: int = 0  # forced: CRM rows archived after the backup, now in neither place
+    # The erasure ledger that was looked for and not found: erasures made after the backup
+    # was taken could not be made again (the key given in the environment, the ledger left
+    # behind), so their records may be back.
+    missing_erasure_ledger: Path | None = None
 
 
 def whole_file_database(config: Config) -> Path | None:
@@ -429,6 +433,8 @@ def _recover(
         reconcile_pending(services.sessions, services.store, at)
         # What was erased after the backup was taken stays erased: the ledger lives beside the
         # key file, outside every backup. Before the rebuild, so its text never reaches the index.
+        erasures = ledger_path(config.key_file)
+        missing_ledger = None if erasures.exists() else erasures
         apply_erasure_ledger(services, at)
         if services.crm is not None:
             mark_live_crm_rows_restored(services, at)
@@ -444,7 +450,8 @@ def _recover(
         # Audited before the installation is whole again, so that a recovery is on record
         # even if the index rebuild below is killed.
         details = {"backup_created_at": str(metadata.get("created_at")), "active": active,
-                   "archived": counts["archived"], "force": force, "crm_rows_lost": lost}
+                   "archived": counts["archived"], "force": force, "crm_rows_lost": lost,
+                   "erasure_ledger_found": missing_ledger is None}
         write_audit(services.sessions, [
             AuditEvent(utcnow(), actor, "recover", str(folder.absolute()), "ok", details)
         ])
@@ -454,7 +461,8 @@ def _recover(
         crash_point("recover.before_index")
         indexed = rebuild_index(services.store, services.index)
     return RecoverReport(
-        active, counts["archived"], indexed, str(metadata.get("created_at")), lost
+        active, counts["archived"], indexed, str(metadata.get("created_at")), lost,
+        missing_ledger,
     )
 
 
