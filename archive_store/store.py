@@ -1147,10 +1147,17 @@ class ArchiveStore:
                 raise RestoreInProgress(
                     f"record {moving[0]} has a move in progress; erase it once it is done"
                 )
-            self._redact(conn, appender, [row["record_id"] for row in rows], swap, reasons=True)
+            reasoned = [row["record_id"] for row in rows]
+            if customer_id is not None:  # theirs disposed of before keep their events' reasons
+                reasoned.extend(
+                    row[0] for row in conn.execute(
+                        _CUSTOMER_RECORDS.format(states=placeholders(1)), (customer_id, "purged")
+                    )
+                )
+            self._redact(conn, appender, reasoned, swap, reasons=True)
             # The catalog's copy of those reasons goes too (secure_delete zeroes the old bytes;
             # the checkpoint below empties the WAL); the history keeps each event, blanked.
-            for chunk in chunked([row["record_id"] for row in rows]):
+            for chunk in chunked(reasoned):
                 conn.execute(
                     "UPDATE entries SET reason = ? WHERE reason IS NOT NULL "
                     f"AND record_id IN ({placeholders(len(chunk))})",

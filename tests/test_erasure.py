@@ -1291,3 +1291,31 @@ def test_recovering_with_the_key_in_the_environment_and_no_ledger_warns_of_erasu
     assert again.returncode == 0, again.stderr
     assert "erasure ledger" not in again.stderr
     assert states() == {"erased"}
+
+
+def test_a_restore_s_reason_on_a_record_disposed_of_since_leaves_with_its_customer(
+    tmp_path: Path, config_path: Path, make_record: Any
+) -> None:
+    """A record disposed of keeps its history, a restore's reason included: erasing its
+    customer later blanks that reason too."""
+    cli, imported = cli_steps(tmp_path, config_path)
+    old = {"created_at": "2020-01-01T00:00:00Z", "updated_at": "2020-01-02T00:00:00Z"}
+    cli("init")
+    imported("t1.jsonl",
+             make_record(id="T1", customer_id="CR-1", body="contact jane.doe@example.com", **old),
+             make_record(id="A1", customer_id="CA", body="refund for A1", **old))
+    cli("archive", "--as-of", "2026-01-01")
+    cli("restore", "T1", "--reason", "reopened for jane.doe@example.com")
+    cli("archive", "--as-of", "2028-01-01")
+    assert cli("dispose", "--as-of", "2028-01-01").startswith("purged 2")
+    data = config_path.parent / "data"
+    assert files_holding(data / "archive", b"jane.doe") != []
+
+    cli("erase", "--customer", "CR-1", "--reason", "gdpr")
+
+    assert files_holding(data / "archive", b"jane.doe") == []
+    cli("verify")
+    with Services.open(load_config(config_path)) as services:
+        assert [(e.event, e.reason) for e in services.store.history("T1")] == [
+            ("archived", None), ("restored", "(erased)"), ("archived", None), ("purged", None)
+        ]
