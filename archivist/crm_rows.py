@@ -9,11 +9,12 @@ column's value (`row_to_json` of the restored row equals the row before it left)
 - `table`: the table the row came from (search and the UI show it);
 - `columns`: the value of every column not mapped to a record field, as JSON: integers, booleans
   and text as such, numeric as exact text (its scale kept), floats as numbers, timestamps, dates
-  and times in ISO 8601, uuid as text, bytea in base64; arrays, json, jsonb and any other type in
+  and times in ISO 8601, uuid as text, bytea in base64, PostgreSQL's char(n) (`bpchar`) without
+  the trailing spaces that pad it; arrays, json, jsonb and any other type in
   PostgreSQL's own text form (an array keeps its dimensions and bounds, json its exact text,
   jsonb its numbers' scale);
-- `types`: every column's codec (`integer`, `numeric`, `text`, `timestamptz`, `array:date`,
-  `text:JSONB`, ...), mapped columns included;
+- `types`: every column's codec (`integer`, `numeric`, `text`, `bpchar`, `timestamptz`,
+  `array:date`, `text:JSONB`, ...), mapped columns included;
 - `fields`: which columns were mapped to which record field (the key to `id`, the parent column
   to `parent_id`);
 - `nulls`: the columns that were SQL NULL (a NULL subject is restored as NULL, not as "");
@@ -67,17 +68,17 @@ from archivist.records import format_utc
 
 # Codecs a record field's column may have.
 _FIELD_CODECS = {
-    "kind": {"text"},
-    "category": {"text"},
-    "status": {"text"},
-    "subject": {"text"},
-    "body": {"text"},
-    "customer_id": {"text", "integer", "uuid"},
-    "owner": {"text", "integer", "uuid"},
+    "kind": {"text", "bpchar"},
+    "category": {"text", "bpchar"},
+    "status": {"text", "bpchar"},
+    "subject": {"text", "bpchar"},
+    "body": {"text", "bpchar"},
+    "customer_id": {"text", "bpchar", "integer", "uuid"},
+    "owner": {"text", "bpchar", "integer", "uuid"},
     "created_at": {"timestamptz", "timestamp"},
     "updated_at": {"timestamptz", "timestamp"},
 }
-_KEY_CODECS = {"text", "integer", "uuid"}
+_KEY_CODECS = {"text", "bpchar", "integer", "uuid"}
 _TEXT_FIELDS = ("kind", "category", "status", "subject", "body")
 
 
@@ -118,7 +119,7 @@ class CrmTable:
 
     def record_id(self, key: Any) -> str:
         """The record id of the row with this key."""
-        return self.mapping.id_prefix + _key_text(key)
+        return self.mapping.id_prefix + _key_text(key, self.codecs[self.mapping.key])
 
     def key_of(self, record_id: str) -> Any:
         """The key value a record id of this table names."""
@@ -333,7 +334,7 @@ def open_crm_tables(connection: Connection, mappings: Sequence[TableMapping]) ->
         crm_table.parent = parent
         parent.children.append(crm_table)
         column = _column(crm_table, mapping.parent_column or "")
-        if crm_table.codecs[column] != parent.codecs[parent.mapping.key]:
+        if _key_kind(crm_table.codecs[column]) != _key_kind(parent.codecs[parent.mapping.key]):
             raise ConfigError(
                 f"{mapping.where}: parent column {column!r} is "
                 f"{crm_table.codecs[column]}, but the key of {parent.name} is "
@@ -345,9 +346,11 @@ def open_crm_tables(connection: Connection, mappings: Sequence[TableMapping]) ->
 
 def _check_table(mapping: TableMapping, table: Table, connection: Connection) -> CrmTable:
     codecs: dict[str, str] = {}
+    padded = connection.dialect.name == "postgresql"  # SQLite keeps a char(n) value as written
     for column in table.columns:
+        codec = codec_of(column.type)
         # plain str: a reflected name is a str subclass, which orjson will not take as a key
-        codecs[str(column.name)] = codec_of(column.type)
+        codecs[str(column.name)] = "text" if codec == "bpchar" and not padded else codec
     crm_table = CrmTable(mapping, table, codecs, dialect=connection.dialect.name)
     key = _column(crm_table, mapping.key)
     primary = [c.name for c in table.primary_key.columns]
@@ -405,6 +408,8 @@ def codec_of(sql_type: types.TypeEngine[Any]) -> str:
         return "uuid"
     if isinstance(sql_type, types.LargeBinary):
         return "bytea"
+    if isinstance(sql_type, types.CHAR):
+        return "bpchar"
     if isinstance(sql_type, types.String) and not isinstance(sql_type, types.Enum):
         return "text"
     return _as_text(sql_type)
@@ -438,7 +443,7 @@ def encode_value(value: Any, codec: str) -> Any:
         return str(value)
     if codec == "bytea":
         return base64.b64encode(bytes(value)).decode("ascii")
-    return value  # integer, boolean, text, text:<type>
+    return value  # integer, boolean, text, bpchar (read trimmed), text:<type>
 
 
 def decode_value(value: Any, codec: str) -> Any:
@@ -469,6 +474,7 @@ def row_to_record(crm_table: CrmTable, row: Mapping[str, Any]) -> dict[str, Any]
     mapping = crm_table.mapping
     codecs = crm_table.codecs
     as_stored = crm_table.dialect == "sqlite"
+    row = _unpadded(codecs, row)
     record: dict[str, Any] = {"id": crm_table.record_id(row[mapping.key])}
     for name, source in mapping.fields.items():
         value = source.constant if source.column is None else row[source.column]
@@ -511,6 +517,20 @@ def row_to_record(crm_table: CrmTable, row: Mapping[str, Any]) -> dict[str, Any]
             and not _same_value(row[name], record[field_name])
         }
     return record
+
+
+def _unpadded(codecs: Mapping[str, str], row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The row with its char(n) values right-trimmed of spaces. PostgreSQL pads them and holds
+    the padding insignificant (a cast to text drops it, writing the value back pads it again):
+    read as they are, `'C1        '` would match no hold, retention rule or search for `C1`."""
+    padded = [name for name, codec in codecs.items() if codec == "bpchar"]
+    if not padded:
+        return row
+    trimmed = dict(row)
+    for name in padded:
+        if isinstance(trimmed.get(name), str):
+            trimmed[name] = trimmed[name].rstrip(" ")
+    return trimmed
 
 
 def encode_stored(value: Any) -> Any:
@@ -728,8 +748,13 @@ def _utc_text(value: datetime) -> str:
     return format_utc(moment)
 
 
-def _key_text(key: Any) -> str:
-    return str(key)
+def _key_text(key: Any, codec: str) -> str:
+    return str(key).rstrip(" ") if codec == "bpchar" else str(key)
+
+
+def _key_kind(codec: str) -> str:
+    """A key codec, char(n) taken as text: either may reference the other."""
+    return "text" if codec == "bpchar" else codec
 
 
 def _decode_key(text: str, codec: str) -> Any:

@@ -23,12 +23,12 @@ from sqlalchemy import create_engine, text
 from archivist.active_db import utcnow
 from archivist.config import load_config
 from archivist.crm_ledger import JobRunBlock
-from archivist.crm_rows import insert_statement, record_to_row, text_columns
+from archivist.crm_rows import count_customer_rows, insert_statement, record_to_row, text_columns
 from archivist.errors import ConfigError
 from archivist.holds import add_hold
 from indexer.errors import AlreadyActive, RestoreRefused
 from indexer.jobs.crm_restore import restore_crm_process
-from indexer.jobs.erasure import erase_records
+from indexer.jobs.erasure import OnHold, erase_records
 from indexer.jobs.runs import run_archive_job
 from indexer.jobs.verification import verify_all
 from indexer.search import SearchQuery
@@ -1466,3 +1466,85 @@ def test_crm_rows_with_floats_written_with_an_exponent_verify(tmp_path: Path, pg
         assert run_archive_job(services, utcnow()).archived == 2
         assert services.store.get("r:1")["attributes"]["columns"]["value"] == 1e-07
         assert verify_all(services).problems == []
+
+
+PADDED_MAPPING = """[[active.table]]
+name = "padded"
+key = "id"
+id_prefix = "p:"
+kind = "note"
+category = { column = "cat" }
+customer_id = { column = "cust" }
+status = "open"
+subject = { column = "tag" }
+created_at = { column = "upd" }
+updated_at = { column = "upd" }
+
+[[active.table]]
+name = "coded"
+key = "code"
+id_prefix = "k:"
+kind = "note"
+category = "support"
+status = "open"
+created_at = { column = "upd" }
+updated_at = { column = "upd" }
+
+[retention.category.finance]
+archive_after_days = 180
+"""
+
+
+def test_crm_char_columns_are_matched_without_their_padding_and_restore_as_they_were(
+    tmp_path: Path, pg_url: str
+):
+    """PostgreSQL pads a char(n) value with spaces and ignores them (casting it to text drops
+    them, writing it back pads it again): a row's customer and category are read without
+    them, so holds, retention, erasure and search find them, and the row comes back the same."""
+    run_sql(pg_url, """
+        CREATE TABLE padded (id int PRIMARY KEY, cust char(10), cat char(10) NOT NULL,
+                             upd timestamptz NOT NULL, tag char(6), code char(4));
+        INSERT INTO padded VALUES
+          (1, 'C1', 'finance', now() - interval '200 days', 'one', 'x'),
+          (2, 'C2', 'support', '2020-01-01', 'two', NULL),
+          (3, 'C3', 'support', '2020-01-01', 'three', ' y '),
+          (4, 'C4', 'support', now() - interval '200 days', 'four', NULL);
+        CREATE TABLE coded (code char(6) PRIMARY KEY, upd timestamptz NOT NULL);
+        INSERT INTO coded VALUES ('K1', '2020-01-01');
+    """)
+    rows = ("SELECT 'p:' || id, row_to_json(t)::text FROM padded t "
+            "UNION ALL SELECT 'k:' || code::text, row_to_json(c)::text FROM coded c")
+    config = load_config(write_config(tmp_path, pg_url, PADDED_MAPPING))
+    with Services.open(config, create=True) as crm:
+        before = _rows(crm, rows)
+        with crm.sessions.begin() as session:
+            add_hold(session, "customer", "C2", "litigation", utcnow())
+        with crm.read_sessions.begin() as session:
+            assert count_customer_rows(session, crm.crm, "C1") == 1
+
+        report = run_archive_job(crm, utcnow())
+
+        assert report.archived == 3
+        assert crm.store.find_archived(["p:1", "p:2", "p:3", "p:4", "k:K1"]) == {
+            "p:1", "p:3", "k:K1"}
+        record = crm.store.get("p:1")
+        assert (record["customer_id"], record["category"], record["subject"]) == (
+            "C1", "finance", "one")
+        assert record["attributes"]["columns"]["code"] == "x"
+        assert crm.store.get("p:3")["attributes"]["columns"]["code"] == " y"
+        assert [h.id for h in crm.index.search(SearchQuery(q="customer_id:C1")).hits] == ["p:1"]
+        assert erase_records(crm, customer_id="C1", actor="t", at=utcnow(),
+                             dry_run=True).ids == ["p:1"]
+        with crm.read_sessions.begin() as session:
+            assert count_customer_rows(session, crm.crm, "C2") == 1
+        with pytest.raises(OnHold):
+            erase_records(crm, customer_id="C2", actor="t", at=utcnow())
+        assert erase_records(crm, customer_id="C3", actor="t", at=utcnow()).ids == ["p:3"]
+
+        for record_id in ("p:1", "k:K1"):
+            restore_crm_process(crm.sessions, crm.store, crm.index, crm.crm, record_id, "t",
+                                utcnow())
+        after = _rows(crm, rows)
+        assert after == {k: v for k, v in before.items() if k != "p:3"}
+        assert '"cust":"C1        "' in after["p:1"]
+        assert verify_all(crm).problems == []
