@@ -219,7 +219,9 @@ def test_crm_dispose_after_a_killed_move_settles_it_by_the_crm_tables(crm_config
 def test_crm_a_killed_archive_then_a_crm_delete_splits_no_process(crm_config):
     """Killed after storing a batch, before deleting its rows; the CRM then deletes one row of
     a stored process and edits another. The next run keeps that process in the CRM whole: the
-    deleted row's copy is not left archived beside it (a split the next runs would not heal)."""
+    deleted row's copy is not left archived beside it (a split the next runs would not heal).
+    Kept as rows that never left (no restore grace), the rest of it is aged still, so that run
+    then archives it whole as the CRM has it now."""
     config_path, url = crm_config
     original = rows(url)
     env = {"ARCHIVIST_CRASH_AT": "archive.after_store:1"}
@@ -231,17 +233,26 @@ def test_crm_a_killed_archive_then_a_crm_delete_splits_no_process(crm_config):
     assert f"case:{case}" in pending
     run_sql(url, f"DELETE FROM notes WHERE id = {case};"
                  f"UPDATE cases SET title = 'edited' WHERE id = {case};")
+    edited = rows(url)
+    process = {r for r in edited if r.split(":")[1] == str(case)} | {
+        f"msg:{r.split(':', 1)[1]}" for r in edited
+        if r.startswith("msg:") and f'"case_id":{case},' in edited[r]
+    }
+    assert len(process) >= 2 and f"case:{case}" in process and f"note:{case}" not in process
 
     rerun = archivist(config_path, "archive", "--as-of", AS_OF)
 
     assert rerun.returncode == 0, rerun.stderr
     with Services.open(load_config(config_path)) as services:
         assert services.store.info(f"note:{case}").state == "restored"
-        assert services.store.info(f"case:{case}").state == "restored"
-        hits = services.index.iter_hits(SearchQuery(process=f"case:{case}"))
-        assert [hit.id for hit in hits] == []
+        assert [h.event for h in services.store.history(f"case:{case}")] == [
+            "archived", "restored", "archived"]
+        assert services.store.get(f"case:{case}")["subject"] == "edited"
+        hit_ids = {hit.id for hit in services.index.iter_hits(SearchQuery(process=f"case:{case}"))}
+        assert f"note:{case}" not in hit_ids and process <= hit_ids
+        assert services.store.find_archived(process) == process
     del original[f"note:{case}"]  # the CRM's own delete
-    original[f"case:{case}"] = rows(url)[f"case:{case}"]  # and its edit
+    original[f"case:{case}"] = edited[f"case:{case}"]  # and its edit
     check_one_place(config_path, url, original)
 
 

@@ -1548,3 +1548,26 @@ def test_crm_char_columns_are_matched_without_their_padding_and_restore_as_they_
         assert after == {k: v for k, v in before.items() if k != "p:3"}
         assert '"cust":"C1        "' in after["p:1"]
         assert verify_all(crm).problems == []
+
+
+def test_crm_a_process_the_crm_edits_after_a_failed_move_stays_active_without_grace(
+    crm, monkeypatch
+):
+    """A move that failed once its records were stored is settled by the next run: a process
+    the CRM changed meanwhile stays in the CRM as the rows it never left, aged by their own
+    `updated_at` (no restore grace), so that run archives it again as it is now."""
+    monkeypatch.setattr("archive_store.faults._passes", {})  # counted per process
+    monkeypatch.setenv("ARCHIVIST_FAIL_AT", "archive.after_store:1")
+    with pytest.raises(OSError):
+        run_archive_job(crm, utcnow())
+    monkeypatch.delenv("ARCHIVIST_FAIL_AT")
+    assert {e.record_id for e in crm.store.iter_pending()} == PROCESS_A
+    run_sql(crm.config.active_url, "UPDATE notes SET body = body || ' (edited)' WHERE id = 1")
+
+    report = run_archive_job(crm, utcnow())
+
+    assert report.archived == len(PROCESS_A)
+    assert crm.store.find_archived(PROCESS_A) == PROCESS_A
+    assert crm.store.get("note:1")["body"] == "approved (edited)"
+    assert {e.restored_at for e in crm.store.entries(PROCESS_A).values()} == {None}
+    assert verify_all(crm).problems == []

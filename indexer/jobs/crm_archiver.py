@@ -818,7 +818,8 @@ def reconcile_crm_pending(
     never both archived and in its table, nor in neither.
 
     A process is moved whole or not at all: if the CRM changed one of its rows meanwhile, the
-    others stay active with it (its processes are the catalog's, as they were archived). The
+    others stay active with it (its processes are the catalog's, as they were archived), as
+    rows that never left: no restore grace, they age by their own `updated_at`. The
     foreign keys onto the mapped tables from outside the mapping are read when rows are about
     to be deleted, so that a table the CRM added since `crm` was read cannot lose rows to an
     `ON DELETE CASCADE`.
@@ -849,6 +850,7 @@ def reconcile_crm_pending(
         }, missing=[record_id for record_id in inserting if record_id not in current])
         cleared: list[str] = []
         gone: list[str] = []  # archived, and deleted from its table (by the move, or the CRM)
+        kept: list[str] = []  # its process stays in the CRM: the rows never left
         to_delete: list[CrmRow] = []
         for entry in pending:
             row = current.get(entry.record_id)
@@ -858,7 +860,7 @@ def reconcile_crm_pending(
                 elif entry.record_id not in keep_whole:
                     to_delete.append(row)
                 else:  # its process changed in the CRM meanwhile: the rows are live
-                    store.complete_restore(entry.record_id, now, RECONCILE_ACTOR)
+                    kept.append(entry.record_id)
             elif entry.pending == "insert_active":
                 if entry.record_id in reached:  # the restore reached the CRM's tables
                     store.complete_restore(entry.record_id, now, RECONCILE_ACTOR)
@@ -870,14 +872,15 @@ def reconcile_crm_pending(
                 refs = inspect_foreign_keys(session.connection(), crm)
             outcome = delete_and_commit(sessions, group_processes(to_delete), refs)
             cleared.extend(outcome.deleted)
-            for record_id in outcome.kept:  # changed, blocked or refused: it stays active
-                store.complete_restore(record_id, now, RECONCILE_ACTOR)
+            kept.extend(outcome.kept)  # changed, blocked or refused: it stays active
             keep_whole |= live_processes(store, outcome.kept)
         for record_id in gone:
             if record_id in keep_whole:  # deleted by the CRM; the rest of its process stays
-                store.complete_restore(record_id, now, RECONCILE_ACTOR)
+                kept.append(record_id)
             else:
                 cleared.append(record_id)
+        # as an uncrashed run says so: live, with no restore grace, since they never left
+        store.complete_restores(kept, now, RECONCILE_ACTOR, KEPT_ACTIVE, grace=False)
         store.clear_pending(cleared)
         return Settlement(len(pending), restored)
 
