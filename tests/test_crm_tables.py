@@ -1571,3 +1571,27 @@ def test_crm_a_process_the_crm_edits_after_a_failed_move_stays_active_without_gr
     assert crm.store.get("note:1")["body"] == "approved (edited)"
     assert {e.restored_at for e in crm.store.entries(PROCESS_A).values()} == {None}
     assert verify_all(crm).problems == []
+
+
+@pytest.mark.parametrize("fault", ["ARCHIVIST_FAIL_AT", "ARCHIVIST_CRASH_AT"])
+def test_crm_a_run_that_fails_or_is_killed_part_way_records_what_it_archived(crm, fault):
+    """A full disk, or a kill, at the third batch that stores anything: stats' last run counts
+    the records the first two batches moved (process A, then case 60), as over Archivist's
+    own table."""
+    import json
+
+    from tests.test_cli import archivist
+
+    run_sql(crm.config.active_url, f"""
+        INSERT INTO cases (id, account_id, queue, title, state, opened_at, last_activity_at)
+        VALUES (60, 1, 'support', 'sixty', 'closed', '{OLD}', '{OLD}'),
+               (61, 1, 'support', 'sixty-one', 'closed', '{OLD}', '{OLD}');
+    """)
+    config = str(crm.config.path)
+    run = archivist("archive", "--config", config, env={fault: "archive.before_store:3"})
+    assert run.returncode != 0
+
+    stats = json.loads(archivist("stats", "--config", config).stdout)
+    assert crm.store.find_archived([*PROCESS_A, "case:60", "case:61"]) == {*PROCESS_A, "case:60"}
+    assert stats["last_run"]["archived"] == len(PROCESS_A) + 1
+    assert stats["last_run"]["error"]

@@ -115,6 +115,7 @@ def archive_crm_tables(
     batch_size: int = 1000,
     index_batch: IndexBatch | None = None,
     index_every: int = 20_000,
+    on_moved: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     job_run_id: int | None = None,
     dry_run: bool = False,
@@ -125,6 +126,8 @@ def archive_crm_tables(
     :param refs: foreign keys from outside the mapping (`inspect_foreign_keys`).
     :param as_of: the job's "now" for retention ages; `archived_at` is stamped on the entries.
     :param index_batch: hands archived records (JSON values) to the indexer.
+    :param on_moved: told how many records each batch moved, as soon as it has moved them
+        (so a run that fails later still records what it did).
     :param job_run_id: the `job_runs` row the blocked rows are written beside.
     :param dry_run: count what would move (in `by_category`) without moving anything.
     :param kinds: the kinds a record may have (`[records] kinds`); a row of another kind
@@ -176,6 +179,8 @@ def archive_crm_tables(
                 report.by_category.update(r.record["category"] for r in process.rows)
                 if index_batch is not None:
                     to_index.extend((r.record, archived_at) for r in process.rows)
+            if on_moved is not None and moved:
+                on_moved(sum(len(process.rows) for process in moved))
             if index_batch is not None and len(to_index) >= index_every:
                 report.indexed += index_batch(to_index)
                 to_index = []

@@ -89,7 +89,20 @@ def _run_crm_archive_job(
     crm, refs = services.reflect_crm(refs=True)
     assert crm is not None
 
-    def run(job_run_id: int | None) -> CrmArchiveReport:
+    def run(job_run_id: int | None, progress: _Progress | None = None) -> CrmArchiveReport:
+        def index_batch(batch: Sequence[tuple[Any, datetime]]) -> int:
+            indexed = sync_index(
+                services.store, services.index, known={r["id"]: r for r, _ in batch}
+            )
+            if progress is not None:  # counted as it happens: a failed run says what it did
+                progress.run.indexed += indexed
+            return indexed
+
+        def moved(count: int) -> None:
+            assert progress is not None
+            progress.run.archived += count
+            progress.save()
+
         return archive_crm_tables(
             services.sessions,
             services.store,
@@ -99,9 +112,8 @@ def _run_crm_archive_job(
             as_of,
             utcnow(),
             batch_size=config.batch_size,
-            index_batch=lambda batch: sync_index(
-                services.store, services.index, known={r["id"]: r for r, _ in batch}
-            ),
+            index_batch=index_batch,
+            on_moved=None if progress is None else moved,
             should_stop=should_stop,
             job_run_id=job_run_id,
             dry_run=dry_run,
@@ -115,7 +127,8 @@ def _run_crm_archive_job(
             job_run = progress.run
             # as over Archivist's own table: a crashed run's moves and index changes first
             settled = settle_leftovers(services, utcnow(), should_stop=should_stop)
-            crm_report = run(job_run.id)
+            job_run.indexed = settled.indexed
+            crm_report = run(job_run.id, progress)
             crm_report.indexed += settled.indexed
             job_run.archived, job_run.indexed = crm_report.archived, crm_report.indexed
         log.info(
