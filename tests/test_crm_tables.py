@@ -1595,3 +1595,29 @@ def test_crm_a_run_that_fails_or_is_killed_part_way_records_what_it_archived(crm
     assert crm.store.find_archived([*PROCESS_A, "case:60", "case:61"]) == {*PROCESS_A, "case:60"}
     assert stats["last_run"]["archived"] == len(PROCESS_A) + 1
     assert stats["last_run"]["error"]
+
+
+def test_crm_a_row_without_an_updated_at_keeps_its_process_and_says_why(
+    tmp_path: Path, pg_url: str, caplog
+):
+    """A row whose updated_at column is NULL has no age: its process stays in the CRM, and
+    each run logs the row once, as for any other row it cannot archive."""
+    run_sql(pg_url, """
+        CREATE TABLE steps (id bigint PRIMARY KEY, up bigint REFERENCES steps, queue text NOT NULL,
+                            at timestamptz NOT NULL, upd timestamptz, tag text);
+        INSERT INTO steps VALUES (1, NULL, 'support', '2020-01-01', '2020-01-01', 'root'),
+                                 (2, 1, 'support', '2020-01-01', NULL, 'no age'),
+                                 (3, NULL, 'support', '2020-01-01', '2020-01-01', 'alone');
+    """)
+    mapping = note_table_mapping("steps", "s:").replace(
+        'updated_at = { column = "at" }',
+        'updated_at = { column = "upd" }\nparent = { column = "up", table = "steps" }')
+    with Services.open(load_config(write_config(tmp_path, pg_url, mapping)), create=True) as crm:
+        for run in (1, 2):
+            report = run_archive_job(crm, utcnow())
+            assert crm.store.find_archived(["s:1", "s:2", "s:3"]) == {"s:3"}
+            assert report.held_back == 1
+            logged = [r.getMessage() for r in caplog.records if "row s:2 " in r.getMessage()]
+            assert logged == [
+                "row s:2 is not archived: its updated_at column (upd) is NULL, so it has no age"
+            ] * run

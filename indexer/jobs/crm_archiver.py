@@ -388,6 +388,11 @@ def _due(
                 ok = False
                 break
             if record["updated_at"] is None:
+                column = row.table.updated_column.name
+                # (SQLite keeps any value: text that is no date and time has no age either)
+                what = "NULL" if row.values.get(column) is None else "not a date and time"
+                log.warning("row %s is not archived: its updated_at column (%s) is %s, so it "
+                            "has no age", row.record_id, column, what)
                 ok = False
                 break
             cutoff = archive_cutoff(rules.policy_for(record["category"]), as_of)
