@@ -436,6 +436,13 @@ def test_a_killed_archive_whose_process_changed_keeps_a_deleted_row_with_it(
     assert settled_states(config_path, "K0002", "K0003", "K0004") == [
         "restored", "restored", "archived"
     ]
+    # as a run that did not crash: no restore grace (the records never left), so the next
+    # run archives the edited process again by its own age
+    with Services.open(load_config(config_path)) as services:
+        assert services.store.info("K0002").restored_at is None
+    rerun = archivist(config_path, "archive", "--as-of", AS_OF)
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.decode().startswith("archived 1,")  # K0002; K0003 was deleted
 
 
 def test_worker_start_settles_a_killed_archive(config_path, make_record, tmp_path):

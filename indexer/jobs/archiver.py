@@ -42,7 +42,7 @@ from archivist.processes import (
 from archivist.records import Record
 from archivist.retention import RetentionRules, archive_cutoff
 from indexer.jobs.collector import collector_paused
-from indexer.jobs.reconcile import reconcile_pending
+from indexer.jobs.reconcile import KEPT_ACTIVE, reconcile_pending
 from indexer.processes import ArchivistSource
 
 ACTOR = "archiver"
@@ -296,7 +296,6 @@ def _archive_processes(
     return [by_id[i] for i in ids if i in deleted]
 
 
-KEPT_ACTIVE = "the process changed in the active database while it was being archived"
 
 
 def _load_records(session: Session, ids: list[str], for_update: bool = False) -> list[Record]:

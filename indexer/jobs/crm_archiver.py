@@ -44,9 +44,8 @@ from archivist.errors import InvalidRecord
 from archivist.holds import load_hold_set
 from archivist.records import parse_record, parse_utc
 from archivist.retention import RetentionRules, archive_cutoff
-from indexer.jobs.archiver import KEPT_ACTIVE
 from indexer.jobs.collector import collector_paused
-from indexer.jobs.reconcile import Settlement, live_processes, restores_that_reached
+from indexer.jobs.reconcile import KEPT_ACTIVE, Settlement, live_processes, restores_that_reached
 
 log = logging.getLogger(__name__)
 ACTOR = "archiver"

@@ -100,6 +100,9 @@ def live_processes(store: ArchiveStore, kept: Iterable[str]) -> set[str]:
             for m in process.members}
 
 
+KEPT_ACTIVE = "the process changed in the active database while it was being archived"
+
+
 def reconcile_pending(sessions: sessionmaker[Session], store: ArchiveStore, now: datetime) -> int:
     """Settle every pending move; returns how many records it settled."""
     return settle_pending(sessions, store, now).moves
@@ -118,6 +121,7 @@ def _settle(sessions: sessionmaker[Session], store: ArchiveStore, now: datetime)
     if not pending:
         return Settlement(0, [])
     settled_delete: list[str] = []
+    kept: list[str] = []  # their process stays active: the records never left
     restored: list[str] = []
     with sessions.begin() as session:
         active = find_active(session, [entry.record_id for entry in pending])
@@ -145,7 +149,7 @@ def _settle(sessions: sessionmaker[Session], store: ArchiveStore, now: datetime)
             if entry.pending == "delete_active":
                 if current is None and entry.record_id in keep_whole:
                     # deleted by hand while the rest of its process stays active with it
-                    store.complete_restore(entry.record_id, now, ACTOR)
+                    kept.append(entry.record_id)
                 elif current is None:  # the delete committed; only the mark is left
                     settled_delete.append(entry.record_id)
                 elif current == archived and entry.record_id not in keep_whole:
@@ -153,12 +157,14 @@ def _settle(sessions: sessionmaker[Session], store: ArchiveStore, now: datetime)
                     delete_records(session, [(current.id, current.updated_at)])
                     settled_delete.append(entry.record_id)
                 else:  # the CRM changed it meanwhile: the active version is the live one
-                    store.complete_restore(entry.record_id, now, ACTOR)
+                    kept.append(entry.record_id)
             elif entry.pending == "insert_active":
                 if entry.record_id in reached:  # the restore reached the active database
                     store.complete_restore(entry.record_id, now, ACTOR)
                     restored.append(entry.record_id)
                 else:
                     store.abort_restore(entry.record_id)
+    # as a run that did not crash says so: live, with no restore grace, since they never left
+    store.complete_restores(kept, now, ACTOR, KEPT_ACTIVE, grace=False)
     store.clear_pending(settled_delete)
     return Settlement(len(pending), restored)
