@@ -327,6 +327,25 @@ def group_processes(rows: Iterable[CrmRow]) -> list[CrmProcess]:
     return processes
 
 
+def _parent_loop(process: CrmProcess) -> list[str]:
+    """The rows of a process whose parents lead back to them through other rows, if any.
+
+    A foreign key checked at the end of each statement lets the CRM make such a loop (rows
+    inserted or updated together), and deleting them together works; a restore inserts the
+    rows parents first, one row at a time, and could never insert them back.
+    """
+    parents = {row.record_id: row.parent_id for row in process.rows}
+    for start in parents:
+        path = [start]
+        current = parents[start]
+        while current is not None and current in parents and current not in path:
+            path.append(current)
+            current = parents[current]
+        if current == start and len(path) > 1:  # (a row its own parent goes back alone)
+            return path
+    return []
+
+
 def _depth(record_id: str, by_id: dict[str, CrmRow]) -> int:
     depth, seen = 0, {record_id}
     parent = by_id[record_id].parent_id
@@ -378,6 +397,12 @@ def _due(
     catalog = store.entries(rid for p in processes for rid in p.record_ids)
     due = []
     for process in processes:
+        loop = _parent_loop(process)
+        if loop:
+            log.warning("process %s (%d rows) not archived: rows %s are each other's parents in "
+                        "a loop, which a restore could not insert back", process.root_id,
+                        len(process.rows), ", ".join(loop))
+            continue
         ok = True
         for row in process.rows:
             record = row.record
