@@ -786,6 +786,20 @@ def cli_steps(tmp_path: Path, config_path: Path) -> tuple[Callable[..., str], Ca
     return cli, imported
 
 
+def recovered_beside(tmp_path: Path, config_path: Path, cli: Callable[..., str]) -> Path:
+    """Recover `tmp_path/backup` into a fresh installation (its key and erasure ledger copied
+    from `config_path`'s) through the commands, check it verifies; returns its folder."""
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "config.toml").write_text(config_path.read_text())
+    for key_file in config_path.parent.glob("archive.key*"):  # the key and its ledger
+        shutil.copy2(key_file, fresh / key_file.name)
+    cli("init", config=fresh / "config.toml")
+    cli("backup", "recover", str(tmp_path / "backup"), config=fresh / "config.toml")
+    cli("verify", config=fresh / "config.toml")
+    return fresh
+
+
 def test_recovering_a_backup_taken_after_an_erasure_keeps_what_was_archived_since(
     tmp_path: Path, config_path: Path, make_record: Any
 ) -> None:
@@ -808,14 +822,7 @@ def test_recovering_a_backup_taken_after_an_erasure_keeps_what_was_archived_sinc
     assert cli("archive", "--as-of", "2028-01-01").startswith("archived 2,")
     cli("backup", "create", str(tmp_path / "backup"))
 
-    fresh = tmp_path / "fresh"
-    fresh.mkdir()
-    (fresh / "config.toml").write_text(config_path.read_text())
-    for key_file in config_path.parent.glob("archive.key*"):  # the key and its ledger
-        shutil.copy2(key_file, fresh / key_file.name)
-    cli("init", config=fresh / "config.toml")
-    cli("backup", "recover", str(tmp_path / "backup"), config=fresh / "config.toml")
-    cli("verify", config=fresh / "config.toml")
+    fresh = recovered_beside(tmp_path, config_path, cli)
     with Services.open(load_config(fresh / "config.toml")) as recovered:
         assert {i: e.state for i, e in recovered.store.entries(["R1", "K1", "K2"]).items()} == {
             "R1": "archived", "K1": "erased", "K2": "archived"}
@@ -1178,14 +1185,7 @@ def test_a_restore_s_reason_naming_the_customer_leaves_the_catalog_and_segments_
         assert b"checked by the team" in b"".join(opened)  # another customer's reason stays
         assert [e.reason for e in live.store.history("A1")][1] == "checked by the team"
 
-    fresh = tmp_path / "fresh"
-    fresh.mkdir()
-    (fresh / "config.toml").write_text(config_path.read_text())
-    for key_file in config_path.parent.glob("archive.key*"):  # the key and its ledger
-        shutil.copy2(key_file, fresh / key_file.name)
-    cli("init", config=fresh / "config.toml")
-    cli("backup", "recover", str(tmp_path / "backup"), config=fresh / "config.toml")
-    cli("verify", config=fresh / "config.toml")
+    fresh = recovered_beside(tmp_path, config_path, cli)
     assert files_holding(fresh / "data", b"jane.doe") == []
     with Services.open(load_config(fresh / "config.toml")) as recovered:
         assert [(e.event, e.reason) for e in recovered.store.history("T1")] == [

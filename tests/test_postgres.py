@@ -53,6 +53,25 @@ def pg_services(tmp_path: Path, pg_url: str):
         yield services
 
 
+def on_new_database(pg_url: str, name: str, folder: Path, more_config: str = "") -> Path:
+    """Write `folder/config.toml` for an installation over a new, empty database `name` of the
+    test's server; returns the config's path."""
+    from sqlalchemy import create_engine
+
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    folder.mkdir()
+    path = folder / "config.toml"
+    path.write_text(
+        f'[active]\nurl = "{pg_url.replace("/archivist?", f"/{name}?")}"\n'
+        f'[archive]\ndir = "archive"\n[index]\ndir = "index"\n{more_config}'
+    )
+    return path
+
+
 def load(services, records):
     lines = [json.dumps(r, ensure_ascii=False).encode() for r in records]
     report = import_lines(lines, services.sessions, services.store.find_archived)
@@ -126,7 +145,7 @@ def test_postgres_backup_recovers_into_another_database(
 ):
     """On PostgreSQL the backup holds Archivist's own tables as rows; a recovery into an
     empty database brings back the active records, holds and archive, and the same answers."""
-    from sqlalchemy import create_engine, select
+    from sqlalchemy import select
 
     from archivist.active_db import ActiveRecord
     from archivist.holds import list_holds
@@ -158,18 +177,9 @@ def test_postgres_backup_recovers_into_another_database(
     folder = tmp_path / "backup"
     create_backup(services, folder, utcnow())
 
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text("DROP DATABASE IF EXISTS recovered"))
-        connection.execute(text("CREATE DATABASE recovered"))
-    admin.dispose()
-    other_url = pg_url.replace("/archivist?", "/recovered?")
     other = tmp_path / "other"
-    other.mkdir()
-    (other / "config.toml").write_text(
-        f'[active]\nurl = "{other_url}"\n[archive]\ndir = "archive"\n[index]\ndir = "index"\n'
-        "[retention.category.finance]\narchive_after_days = 180\n"
-    )
+    on_new_database(pg_url, "recovered", other,
+                    "[retention.category.finance]\narchive_after_days = 180\n")
     (other / "archive.key").write_bytes((tmp_path / "archive.key").read_bytes())
     config = load_config(other / "config.toml")
     recover_backup(config, folder, utcnow())
@@ -187,7 +197,7 @@ def test_a_backup_of_the_embedded_database_recovers_onto_postgresql(
     """A backup holds the embedded SQLite database as a copy of the file; recovered into an
     installation on PostgreSQL, Archivist's tables (active records among them) are read from
     that copy."""
-    from sqlalchemy import create_engine, select
+    from sqlalchemy import select
 
     from archive_store.backup import load_manifest
     from archivist.active_db import ActiveRecord
@@ -205,17 +215,8 @@ def test_a_backup_of_the_embedded_database_recovers_onto_postgresql(
     create_backup(services, folder, utcnow())
     assert "active.db" in load_manifest(folder)
 
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text("DROP DATABASE IF EXISTS fromsqlite"))
-        connection.execute(text("CREATE DATABASE fromsqlite"))
-    admin.dispose()
     other = tmp_path / "other"
-    other.mkdir()
-    (other / "config.toml").write_text(
-        f'[active]\nurl = "{pg_url.replace("/archivist?", "/fromsqlite?")}"\n'
-        '[archive]\ndir = "archive"\n[index]\ndir = "index"\n'
-    )
+    on_new_database(pg_url, "fromsqlite", other)
     (other / "archive.key").write_bytes(services.config.key_file.read_bytes())
     config = load_config(other / "config.toml")
 
@@ -404,17 +405,8 @@ def test_a_forced_recovery_onto_postgresql_over_an_archive_sealed_with_another_k
     folder = tmp_path / "backup"
     create_backup(services, folder, utcnow())
 
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text("DROP DATABASE IF EXISTS sealed_other"))
-        connection.execute(text("CREATE DATABASE sealed_other"))
-    admin.dispose()
     other = tmp_path / "other"
-    other.mkdir()
-    (other / "config.toml").write_text(
-        f'[active]\nurl = "{pg_url.replace("/archivist?", "/sealed_other?")}"\n'
-        '[archive]\ndir = "archive"\n[index]\ndir = "index"\n'
-    )
+    on_new_database(pg_url, "sealed_other", other)
     config = load_config(other / "config.toml")
     with Services.open(config, create=True) as target:  # a key of its own
         load(target, [*[make_record(id=f"OT-{i}", updated_at="2021-01-01T00:00:00Z")
