@@ -1652,3 +1652,44 @@ def test_crm_rows_that_are_each_other_s_parents_stay_in_the_crm_and_say_why(
         )
         with crm.engine.connect() as connection:
             assert connection.scalars(text("SELECT id FROM loops ORDER BY id")).all() == [1, 2, 3]
+
+
+def test_crm_a_text_parent_column_finds_its_char_keyed_parent(tmp_path: Path, pg_url: str):
+    """A child's text column naming a char(n) key holds the value without its padding: the
+    child is found under its parent, so an aged case with a young message stays in the CRM
+    whole, and moves with it once both are aged."""
+    run_sql(pg_url, """
+        CREATE TABLE kcases (code char(8) PRIMARY KEY, upd timestamptz NOT NULL);
+        CREATE TABLE kmsgs (id int PRIMARY KEY, case_code text, upd timestamptz NOT NULL);
+        INSERT INTO kcases VALUES ('K1', '2020-01-01'), ('K2', '2020-01-01');
+        INSERT INTO kmsgs VALUES (1, 'K1', now()), (2, 'K2', '2020-01-01');
+    """)
+    mapping = """[[active.table]]
+name = "kcases"
+key = "code"
+id_prefix = "case:"
+kind = "ticket"
+category = "support"
+status = "open"
+created_at = { column = "upd" }
+updated_at = { column = "upd" }
+
+[[active.table]]
+name = "kmsgs"
+key = "id"
+id_prefix = "msg:"
+kind = "note"
+category = "support"
+status = "open"
+created_at = { column = "upd" }
+updated_at = { column = "upd" }
+parent = { column = "case_code", table = "kcases" }
+"""
+    with Services.open(load_config(write_config(tmp_path, pg_url, mapping)), create=True) as crm:
+        run_archive_job(crm, utcnow())
+        assert crm.store.find_archived(["case:K1", "msg:1", "case:K2", "msg:2"]) == {
+            "case:K2", "msg:2"}
+        assert crm.store.info("msg:2").parent_id == "case:K2"
+        with crm.engine.connect() as connection:
+            assert connection.scalars(text("SELECT code FROM kcases")).all() == ["K1      "]
+            assert connection.scalars(text("SELECT id FROM kmsgs")).all() == [1]

@@ -380,9 +380,10 @@ def _locked(stmt: Any, lock: bool) -> Any:
 
 
 def _row(crm_table: CrmTable, values: Any) -> CrmRow:
-    return CrmRow(
-        crm_table, values[crm_table.mapping.key], row_to_record(crm_table, values), dict(values)
-    )
+    record = row_to_record(crm_table, values)
+    # the key as its record id names it: a char(n) key without its padding, so that a text
+    # parent column of a child holding the same value finds it
+    return CrmRow(crm_table, crm_table.key_of(record["id"]), record, dict(values))
 
 
 def _due(
