@@ -1105,6 +1105,7 @@ class ArchiveStore:
         at: datetime,
         actor: str,
         customer_id: str | None = None,
+        reasons_of: Sequence[str] = (),
     ) -> list[ErasedRecord]:
         """Erase records on request, whatever their state: every version's content leaves the
         segment files (rewritten with `redacted` frames, as disposal does), each gains an
@@ -1122,6 +1123,8 @@ class ArchiveStore:
         :param actor: who erases them
         :param customer_id: the customer whose records these are, when erasing a customer
             (every record of theirs the catalog holds is erased, listed or not)
+        :param reasons_of: records disposed of before that are the customer's too, naming
+            no customer themselves: their events' reasons go as well
         """
         at_text = format_time(at)
         erased: list[ErasedRecord] = []
@@ -1148,6 +1151,7 @@ class ArchiveStore:
                     f"record {moving[0]} has a move in progress; erase it once it is done"
                 )
             reasoned = [row["record_id"] for row in rows]
+            reasoned.extend(reasons_of)
             if customer_id is not None:  # theirs disposed of before keep their events' reasons
                 reasoned.extend(
                     row[0] for row in conn.execute(

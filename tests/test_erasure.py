@@ -1147,6 +1147,66 @@ def test_a_late_message_of_an_erased_customers_case_is_theirs_when_archived_late
     run("verify")
 
 
+def test_a_late_message_under_a_case_disposed_of_before_the_erasure_is_theirs_too(
+    config_path: Path, make_record: Any, tmp_path: Path
+) -> None:
+    """The case was disposed of, then a reply came in under it; erasing the customer counts
+    the reply as still active, and the next erasure finds it once archived (through the
+    ledger, which keeps the disposed case), with a restore reason of it naming them."""
+    cli, imported = cli_steps(tmp_path, config_path)
+    cli("init")
+    imported("case.jsonl", make_record(id="L1", customer_id="CL-4", body="case",
+                                       updated_at="2020-01-02T00:00:00Z"))
+    cli("archive", "--as-of", "2021-01-01")
+    assert cli("dispose", "--as-of", "2030-01-01").startswith("purged 1")
+    imported("late.jsonl", make_record(id="L1-late", customer_id=None, parent_id="L1",
+                                       body="late reply from lara@example.com",
+                                       updated_at="2026-11-01T00:00:00Z"))
+
+    first = cli("erase", "--customer", "CL-4", "--reason", "gdpr").splitlines()
+    assert first[0] == "erased 0" and "still active: 1 record(s)" in first[1]
+
+    cli("archive", "--as-of", "2028-01-01")
+    cli("restore", "L1-late", "--reason", "reopened for lara@example.com")
+    cli("archive", "--as-of", "2040-01-01")  # past the restore grace
+    assert cli("erase", "--customer", "CL-4", "--reason", "gdpr",
+               "--dry-run").splitlines()[0] == "would erase 1"
+    second = cli("erase", "--customer", "CL-4", "--reason", "gdpr").splitlines()
+    assert second[0] == "erased 1" and "still active: 0 record(s)" in second[1]
+    config = load_config(config_path)
+    for folder in (config.archive_dir, config.index_dir):
+        assert files_holding(folder, b"lara@example.com") == []
+    with Services.open(config) as services:
+        assert services.index.search(SearchQuery(q="lara")).total == 0
+    cli("verify")
+
+
+def test_a_restore_reason_of_a_late_message_disposed_of_since_leaves_with_its_customer(
+    config_path: Path, make_record: Any, tmp_path: Path
+) -> None:
+    """As above, but the reply was restored with a reason naming the person, archived again
+    and disposed of before the customer's next erasure: that erasure blanks the reason."""
+    cli, imported = cli_steps(tmp_path, config_path)
+    cli("init")
+    imported("case.jsonl", make_record(id="L1", customer_id="CL-4", body="case",
+                                       updated_at="2020-01-02T00:00:00Z"))
+    cli("archive", "--as-of", "2021-01-01")
+    cli("dispose", "--as-of", "2030-01-01")
+    imported("late.jsonl", make_record(id="L1-late", customer_id=None, parent_id="L1",
+                                       body="late reply", updated_at="2026-11-01T00:00:00Z"))
+    cli("erase", "--customer", "CL-4", "--reason", "gdpr")
+    cli("archive", "--as-of", "2028-01-01")
+    cli("restore", "L1-late", "--reason", "reopened for lara@example.com")
+    cli("archive", "--as-of", "2040-01-01")
+    assert cli("dispose", "--as-of", "2060-01-01").startswith("purged 1")
+    assert files_holding(load_config(config_path).archive_dir, b"lara@example.com") != []
+
+    cli("erase", "--customer", "CL-4", "--reason", "gdpr")
+
+    assert files_holding(load_config(config_path).archive_dir, b"lara@example.com") == []
+    cli("verify")
+
+
 def test_a_restore_s_reason_naming_the_customer_leaves_the_catalog_and_segments_with_them(
     tmp_path: Path, config_path: Path, make_record: Any, client: Any, admin_headers: Any
 ) -> None:

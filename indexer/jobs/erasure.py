@@ -190,7 +190,7 @@ def _erased_before(services: Services, customer_id: str) -> list[str]:
     ids = {e["id"] for e in ledger if e.get("id") and e.get("customer_sha256") == wanted}
     return sorted({
         record_id for e in ledger if e.get("id") in ids
-        for record_id, _sha in e.get("records", [])
+        for record_id in [*(i for i, _sha in e.get("records", [])), *e.get("purged", [])]
     })
 
 
@@ -305,10 +305,13 @@ def _erase(
         "head": store.entry_hash_at(seq),
         "customer_sha256": customer_hash(customer_id) if customer_id is not None else None,
         "records": [[i, plan.entries[i].sha256] for i in ids if i in plan.entries],
+        # disposed of before: a later erasure of the customer finds what was archived below
+        # them since, and a recovery blanks their events' reasons
+        "purged": plan.purged,
         "audit": [[seq, entry_hash] for seq, entry_hash in naming],
     })
     try:
-        erased = store.erase(ids, at, actor, customer_id=customer_id)
+        erased = store.erase(ids, at, actor, customer_id=customer_id, reasons_of=plan.purged)
     except RestoreInProgress:
         append_ledger(path, {"done": erasure_id})  # refused, nothing erased: nothing to finish
         raise
@@ -575,9 +578,10 @@ def _erasing(path: Path) -> Iterator[Path]:
 
 def _targets(
     store: ArchiveStore, ledger: list[dict[str, Any]]
-) -> list[tuple[list[str], str | None]]:
-    """For each ledger line, the records it still asks to erase in this store and the customer
-    whose data key goes with them (None: the key stays)."""
+) -> list[tuple[list[str], str | None, list[str]]]:
+    """For each ledger line, the records it still asks to erase in this store, the customer
+    whose data key goes with them (None: the key stays) and the records disposed of before
+    whose events' reasons go too."""
     by_hash = _customer_ids_by_hash(
         store, {e["customer_sha256"] for e in ledger if e.get("customer_sha256")}
     )
@@ -589,7 +593,7 @@ def _targets(
             ids = sorted(set(ids) | set(store.find_customer_records(customer_id)))
         if entry.get("seq") is not None:  # (lines written before it was ledgered: all of them)
             ids, customer_id = _older_than_the_erasure(store, ids, customer_id, entry)
-        targets.append((ids, customer_id))
+        targets.append((ids, customer_id, list(entry.get("purged", []))))
     return targets
 
 
@@ -597,7 +601,7 @@ def _held_since(services: Services, ledger: list[dict[str, Any]]) -> str | None:
     """What a legal hold placed since an interrupted erasure began covers among the records
     it would still erase, or None."""
     store = services.store
-    for ids, customer_id in _targets(store, ledger):
+    for ids, customer_id, _purged in _targets(store, ledger):
         live = {i: e for i, e in store.entries(ids).items() if e.state in ("archived", "restored")}
         if not live:
             continue
@@ -614,13 +618,14 @@ def _apply(services: Services, ledger: list[dict[str, Any]], at: datetime) -> in
     store = services.store
     erased_ids: list[str] = []
     purged_ids: list[str] = []
-    for ids, customer_id in _targets(store, ledger):
+    for ids, customer_id, purged in _targets(store, ledger):
         if customer_id is not None:  # disposed of since the copy was made: out of its index
             purged_ids.extend(store.find_customer_records(customer_id, ("purged",)))
-        if ids or customer_id is not None:
+        if ids or customer_id is not None or purged:
             erased_ids.extend(
-                e.record_id
-                for e in store.erase(ids, at, LEDGER_ACTOR, customer_id=customer_id)
+                e.record_id for e in store.erase(
+                    ids, at, LEDGER_ACTOR, customer_id=customer_id, reasons_of=purged
+                )
             )
     # The index may hold records erased earlier too (a later rebuild, a copy from elsewhere,
     # a process that died before it rewrote the index): rewrite whatever holds any of them,
