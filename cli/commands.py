@@ -70,13 +70,11 @@ class ArchivistGroup(click.Group):
         except OperationalError as e:  # the active database down, unreachable, refusing us
             click.echo(f"error: the active database: {_first_line(str(e.orig or e))}", err=True)
             sys.exit(1)
-        except BrokenPipeError:
-            if not _stdout_closed():
-                raise
-            # the reader went away (`| head`): nothing to say, and nobody to say it to
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(1)
         except OSError as e:  # a folder that is a file, a path not there, no permission, no space
+            if isinstance(e, BrokenPipeError) and _stdout_closed():
+                # the reader went away (`| head`): nothing to say, and nobody to say it to
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                sys.exit(1)
             if os.environ.get("ARCHIVIST_DEBUG"):
                 raise
             where = f": {e.filename}" if e.filename else ""
