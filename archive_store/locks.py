@@ -63,7 +63,10 @@ class ProcessLock:
             if self._depth == 0:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    taken = True
                 except BlockingIOError:  # another process holds it
+                    taken = False
+                if not taken:  # (outside the except: the caller's errors are not chained to it)
                     yield False
                     return
             self._depth += 1
