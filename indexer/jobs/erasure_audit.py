@@ -147,6 +147,7 @@ class NamingWords:
             self._words.update(piece.split())  # would take many times the text's size
             self._words.update(_PART.findall(piece))
             self._terms |= index.terms_of(piece)
+        self._words_and_terms = self._words | self._terms
         self._customer = customer_id.lower() if customer_id else None
         self._ids = set(record_ids)
         self._index = index
@@ -169,7 +170,8 @@ class NamingWords:
         # A query refused for its wildcards (`*jane.roe@example.com`, `?uibble`) was audited
         # as typed; what it would have found cannot be asked, so it is blanked when it could
         # name them: an erasure rather blanks an unrunnable query than leaves their address.
-        return bool(_WILDCARDS.search(word)) and self._could_name(word) and self._refused(word)
+        # (refused first: a search is cheap, scanning their whole text for each piece is not)
+        return bool(_WILDCARDS.search(word)) and self._refused(word) and self._could_name(word)
 
     def _could_name(self, word: str) -> bool:
         """Whether a piece of the word between its wildcards is part of their text or of a
@@ -182,7 +184,7 @@ class NamingWords:
                 return True
             if any(
                 MIN_WORD <= len(theirs) < len(piece) and theirs in piece and self(theirs)
-                for theirs in self._words | self._terms
+                for theirs in self._words_and_terms
             ):
                 return True
         return False
