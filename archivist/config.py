@@ -232,7 +232,7 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
         archive_dir=base / _path(archive, "dir", "data/archive", "archive"),
         key_file=base / _path(archive, "key_file", "archive.key", "archive"),
         index_dir=base / _path(index, "dir", "data/index", "index"),
-        retention=_retention(_table(data, "retention")),
+        retention=_retention(_table(data, "retention"), crm_tables=bool(active.get("table"))),
         kinds=tuple(kinds),
         shard_period=shard_period,
         segment_max_bytes=_positive(archive, "segment_max_bytes", 64 * 2**20, "archive"),
@@ -245,7 +245,9 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
     )
 
 
-def _retention(table: dict[str, Any]) -> RetentionRules:
+def _retention(table: dict[str, Any], *, crm_tables: bool = False) -> RetentionRules:
+    """The retention rules; `crm_tables`: records come from the CRM's own tables, whose
+    categories are held to their columns, not to Archivist's record format."""
     default_table = table.get("default", {})
     if not isinstance(default_table, dict):
         raise ConfigError("[retention.default] must be a table")
@@ -261,7 +263,7 @@ def _retention(table: dict[str, Any]) -> RetentionRules:
         raise ConfigError("[retention.category] must hold one table per category")
     for name, own in category_tables.items():
         where = f"retention.category.{name}"
-        problem = _category_name_problem(name)
+        problem = _category_name_problem(name, crm_tables)
         if problem is not None:  # no record could have it: the table would never apply
             raise ConfigError(f"[retention.category.{name!r}]: {problem}")
         if not isinstance(own, dict):
@@ -275,9 +277,11 @@ def _retention(table: dict[str, Any]) -> RetentionRules:
     return RetentionRules(default=default, categories=categories)
 
 
-def _category_name_problem(name: str) -> str | None:
+def _category_name_problem(name: str, crm_tables: bool) -> str | None:
     if not name.strip():
         return "a category name must not be empty"
+    if crm_tables:  # (a CRM's column may hold what Archivist's own records may not)
+        return None
     if name != name.strip():
         return "a category name must not begin or end with a space"
     if any(unicodedata.category(c) == "Cc" for c in name):

@@ -167,7 +167,7 @@ def hold_value_problem(scope: str, value: str) -> str | None:
         return "a record hold must name a record id (1-128 characters of A-Z a-z 0-9 . _ : -)"
     limit = MAX_CHARS.get("customer_id" if scope == "customer" else scope)
     if limit is not None and len(value) > limit:  # no record could name it
-        return f"a {scope} hold value must be at most {limit} characters, as a record's {scope}"
+        return f"a {scope} hold value must be at most {limit} characters"
     return None
 
 

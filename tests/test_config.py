@@ -102,6 +102,20 @@ def test_bad_values_are_named(tmp_path, text, message):
     assert message in str(error.value)
 
 
+def test_over_the_crm_s_tables_a_category_is_held_to_its_column_only(tmp_path):
+    """A CRM's category column may hold what Archivist's own records may not (a space around
+    it, more than 128 characters): a retention table for such a category loads."""
+    path = tmp_path / "c.toml"
+    name = " finance" + "x" * 130
+    path.write_text(f"{CASES_ENTRY}category = {{ column = 'queue' }}\nstatus = 'open'\n"
+                    "created_at = { column = 'at' }\nupdated_at = { column = 'at' }\n"
+                    f'[retention.category."{name}"]\nkeep_years = 7\n')
+    assert load_config(path).retention.categories[name].keep_years == 7
+    path.write_text(path.read_text().replace(f'"{name}"', '""'))
+    with pytest.raises(ConfigError, match="a category name must not be empty"):
+        load_config(path)
+
+
 def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path):
     path = tmp_path / "c.toml"
     path.write_bytes(b"\xef\xbb\xbf[retention.default]\nkeep_years = 9\n")
