@@ -281,3 +281,17 @@ def test_a_record_being_restored_is_not_purged(services, archived, make_record):
     services.store.complete_restores(["D-000"], utcnow(), "admin")
     assert services.store.info("D-000").state == "restored"
     assert services.store.info("D-001").state == "purged"
+
+
+def test_a_database_from_before_the_category_index_gains_it_at_start(services):
+    """The category filter reads the list's spellings of a category through an index: a
+    database made before it has it added when an installation opens it."""
+    from sqlalchemy import inspect
+
+    from indexer.services import Services
+
+    with services.engine.begin() as connection:
+        connection.exec_driver_sql("DROP INDEX ix_disposals_category")
+    with Services.open(services.config) as again:
+        names = {i["name"] for i in inspect(again.engine).get_indexes("disposals")}
+    assert "ix_disposals_category" in names
