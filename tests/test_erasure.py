@@ -1103,6 +1103,22 @@ def test_a_searching_process_lets_go_of_index_files_an_erasure_elsewhere_deleted
     assert index.search(SearchQuery(q="refund")).total == 60
 
 
+def late_reply_erased_again(cli: Callable[..., str], config_path: Path) -> None:
+    """Erase customer CL-4 again, now that their late reply L1-late is archived: the dry run
+    and the erasure find it, and no file of the archive or index holds its words after."""
+    assert cli("erase", "--customer", "CL-4", "--reason", "gdpr",
+               "--dry-run").splitlines()[0] == "would erase 1"
+    second = cli("erase", "--customer", "CL-4", "--reason", "gdpr").splitlines()
+    assert second[0] == "erased 1" and "still active: 0 record(s)" in second[1]
+    config = load_config(config_path)
+    for folder in (config.archive_dir, config.index_dir):
+        assert files_holding(folder, b"lara@example.com") == []
+    with Services.open(config) as services:
+        assert services.index.search(SearchQuery(q="lara")).total == 0
+        assert services.store.info("L1-late").state == "erased"
+    cli("verify")
+
+
 def test_a_late_message_of_an_erased_customers_case_is_theirs_when_archived_later(
     config_path: Path, make_record: Any, tmp_path: Path
 ) -> None:
@@ -1134,17 +1150,7 @@ def test_a_late_message_of_an_erased_customers_case_is_theirs_when_archived_late
     assert "still active: 1 record(s)" in dry[1] and "still active: 1 record(s)" in first[1]
 
     run("archive", "--as-of", "2028-01-01")  # the CRM kept it: it ages and is archived
-    assert run("erase", "--customer", "CL-4", "--reason", "gdpr",
-               "--dry-run").splitlines()[0] == "would erase 1"
-    second = run("erase", "--customer", "CL-4", "--reason", "gdpr").splitlines()
-    assert second[0] == "erased 1" and "still active: 0 record(s)" in second[1]
-    config = load_config(config_path)
-    for folder in (config.archive_dir, config.index_dir):
-        assert files_holding(folder, b"lara@example.com") == []
-    with Services.open(config) as services:
-        assert services.index.search(SearchQuery(q="lara")).total == 0
-        assert services.store.info("L1-late").state == "erased"
-    run("verify")
+    late_reply_erased_again(run, config_path)
 
 
 def test_a_late_message_under_a_case_disposed_of_before_the_erasure_is_theirs_too(
@@ -1169,16 +1175,7 @@ def test_a_late_message_under_a_case_disposed_of_before_the_erasure_is_theirs_to
     cli("archive", "--as-of", "2028-01-01")
     cli("restore", "L1-late", "--reason", "reopened for lara@example.com")
     cli("archive", "--as-of", "2040-01-01")  # past the restore grace
-    assert cli("erase", "--customer", "CL-4", "--reason", "gdpr",
-               "--dry-run").splitlines()[0] == "would erase 1"
-    second = cli("erase", "--customer", "CL-4", "--reason", "gdpr").splitlines()
-    assert second[0] == "erased 1" and "still active: 0 record(s)" in second[1]
-    config = load_config(config_path)
-    for folder in (config.archive_dir, config.index_dir):
-        assert files_holding(folder, b"lara@example.com") == []
-    with Services.open(config) as services:
-        assert services.index.search(SearchQuery(q="lara")).total == 0
-    cli("verify")
+    late_reply_erased_again(cli, config_path)
 
 
 def test_a_restore_reason_of_a_late_message_disposed_of_since_leaves_with_its_customer(
