@@ -1204,6 +1204,35 @@ def test_a_restore_reason_of_a_late_message_disposed_of_since_leaves_with_its_cu
     cli("verify")
 
 
+def test_the_audited_restores_of_erased_records_are_blanked_whatever_their_reason_says(
+    config_path: Path, make_record: Any, tmp_path: Path
+) -> None:
+    """A restore's reason may name the person in words their records never held, and a
+    record disposed of since has no text left to compare with: the audit entries of restores
+    that brought back only erased records are blanked; one that restored another customer's
+    record too keeps its entry."""
+    cli, imported = cli_steps(tmp_path, config_path)
+    cli("init")
+    imported("r.jsonl",
+             make_record(id="T1", customer_id="CR-1", body="hello",
+                         updated_at="2020-01-02T00:00:00Z"),
+             make_record(id="T2", customer_id="CR-2", body="other",
+                         updated_at="2020-01-02T00:00:00Z"))
+    cli("archive", "--as-of", "2021-01-01")
+    cli("restore", "T1", "--reason", "reopened for jane.doe@example.com")
+    cli("restore", "T2", "--reason", "checked for zed.other@example.com")
+    cli("archive", "--as-of", "2040-01-01")
+    cli("dispose", "--as-of", "2060-01-01")
+    data = config_path.parent / "data"
+    assert files_holding(data, b"jane.doe@example.com") != []
+
+    cli("erase", "--record", "T1", "--reason", "gdpr")
+
+    assert files_holding(data, b"jane.doe@example.com") == []
+    assert files_holding(data, b"zed.other@example.com") != []  # another's restore stays
+    cli("verify")
+
+
 def test_a_restore_s_reason_naming_the_customer_leaves_the_catalog_and_segments_with_them(
     tmp_path: Path, config_path: Path, make_record: Any, client: Any, admin_headers: Any
 ) -> None:

@@ -290,7 +290,10 @@ def _erase(
     """The erasure itself, every step ledgered first (the caller holds the erasure lock)."""
     store, ids = services.store, plan.ids
     # Their words (of every readable version), for the audited queries naming them.
-    words = NamingWords(readable_records(store, ids), customer_id, ids, services.index)
+    # (the disposed-of ones too: a restore of theirs in the audit log is the person's)
+    words = NamingWords(
+        readable_records(store, ids), customer_id, [*ids, *plan.purged], services.index
+    )
     with services.read_sessions.begin() as session:
         naming, looked = entries_naming(session, words)
     # Ledger first: if anything below fails or the process dies, `finish_interrupted_erasures`

@@ -153,6 +153,11 @@ class NamingWords:
         self._index = index
         self._known: dict[str, bool] = {}
 
+    def erases(self, record_id: str) -> bool:
+        """Whether the record is one of those erased (a restore of it is theirs, whatever its
+        reason says)."""
+        return record_id in self._ids
+
     def __call__(self, word: str) -> bool:
         known = self._known.get(word)
         if known is None:
@@ -228,11 +233,27 @@ class NamingWords:
         return re.search(pattern, self._text) is not None
 
 
+def _restored_only(naming: NamingWords, target: str, details: str) -> bool:
+    """Whether an audited restore brought back only erased records (by id, or a process of
+    them): its reason is about them, and may name the person in words their records never
+    held. A restore that brought others back too keeps its entry unless its words name them."""
+    try:
+        value = json.loads(details)
+    except ValueError:
+        return False
+    restored = value.get("restored") if isinstance(value, dict) else None
+    ids = {str(i) for i in restored} if isinstance(restored, list) else set()
+    if target not in ("ids", "search"):  # a one-click restore names its record
+        ids.add(target)
+    return bool(ids) and all(naming.erases(i) for i in ids)
+
+
 def entries_naming(
     session: Session, naming: NamingWords, after: int = 0
 ) -> tuple[list[tuple[int, str]], int]:
     """(seq, entry_hash) of each audited entry whose typed text names erased records (see
-    `QUERY_ACTIONS`), and the last seq looked at.
+    `QUERY_ACTIONS`), or that restored only erased records (see `_restored_only`), and the
+    last seq looked at.
 
     :param session: a session on the active database
     :param naming: the words that name the erased records
@@ -251,6 +272,8 @@ def entries_naming(
         .execution_options(yield_per=1000)
     )
     for seq, entry_hash, action, target, details in rows:
-        if any(naming(word) for word in query_words(target, details, action)):
+        if (action == "restore" and _restored_only(naming, target, details)) or any(
+            naming(word) for word in query_words(target, details, action)
+        ):
             found.append((seq, entry_hash))
     return found, max(last, after)
