@@ -335,14 +335,18 @@ def _parent_loop(process: CrmProcess) -> list[str]:
     rows parents first, one row at a time, and could never insert them back.
     """
     parents = {row.record_id: row.parent_id for row in process.rows}
-    for start in parents:
-        path = [start]
-        current = parents[start]
-        while current is not None and current in parents and current not in path:
+    walk_of: dict[str, int] = {}  # each row is walked once (a reply chain may be long)
+    for walk, start in enumerate(parents):
+        path: list[str] = []
+        current: str | None = start
+        while current in parents and current not in walk_of:
+            walk_of[current] = walk
             path.append(current)
             current = parents[current]
-        if current == start and len(path) > 1:  # (a row its own parent goes back alone)
-            return path
+        if current is not None and walk_of.get(current) == walk:  # back into this walk
+            loop = path[path.index(current):]
+            if len(loop) > 1:  # (a row its own parent goes back alone)
+                return loop
     return []
 
 
