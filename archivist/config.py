@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
-import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -17,7 +16,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from archivist.crm_mapping import TableMapping, parse_table_mappings
 from archivist.crontab import cron_trigger
 from archivist.errors import ConfigError
-from archivist.records import MAX_CHARS
+from archivist.records import MAX_CHARS, typed_value_problem
 from archivist.retention import RetentionPolicy, RetentionRules
 
 DEFAULT_KINDS = ("communication", "process", "transaction", "ticket", "note")
@@ -282,10 +281,9 @@ def _category_name_problem(name: str, crm_tables: bool) -> str | None:
         return "a category name must not be empty"
     if crm_tables:  # (a CRM's column may hold what Archivist's own records may not)
         return None
-    if name != name.strip():
-        return "a category name must not begin or end with a space"
-    if any(unicodedata.category(c) == "Cc" for c in name):
-        return "a category name must not contain control characters"
+    typed = typed_value_problem(name)
+    if typed is not None:
+        return f"a category name {typed}"
     if len(name) > MAX_CHARS["category"]:
         return f"a category name must be at most {MAX_CHARS['category']} characters"
     return None

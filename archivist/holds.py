@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,7 +12,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from archivist.active_db import LegalHold
 from archivist.errors import HoldError
-from archivist.records import MAX_CHARS, valid_record_id
+from archivist.records import MAX_CHARS, typed_value_problem, valid_record_id
 
 SCOPES = ("record", "customer", "category")
 
@@ -159,10 +158,9 @@ def hold_value_problem(scope: str, value: str) -> str | None:
     it looks in force (and a web form could not send a control character back to lift it);
     a record hold must name a possible record id.
     """
-    if any(unicodedata.category(c) == "Cc" for c in value):
-        return "a hold value must not contain control characters"
-    if value != value.strip():
-        return "a hold value must not begin or end with a space"
+    typed = typed_value_problem(value)
+    if typed is not None:
+        return f"a hold value {typed}"
     if scope == "record" and not valid_record_id(value):
         return "a record hold must name a record id (1-128 characters of A-Z a-z 0-9 . _ : -)"
     limit = MAX_CHARS.get("customer_id" if scope == "customer" else scope)

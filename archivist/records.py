@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -83,6 +84,17 @@ class Record:
         if self.has_parent_id or self.parent_id is not None:
             value["parent_id"] = self.parent_id
         return value
+
+
+def typed_value_problem(value: str) -> str | None:
+    """Why a value typed to match a record's field (a hold's, a retention table's name) would
+    match nothing while it looks right: a control character (a pasted newline) or a space at
+    either end; None if neither. Said as the rest of a sentence: "a hold value " + it."""
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        return "must not contain control characters"
+    if value != value.strip():
+        return "must not begin or end with a space"
+    return None
 
 
 def valid_record_id(text: str) -> bool:
