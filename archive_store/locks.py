@@ -57,27 +57,28 @@ class ProcessLock:
             yield False
             return
         try:
-            if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            fd = self._fd
-            if self._depth == 0:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    taken = True
-                except BlockingIOError:  # another process holds it
-                    taken = False
-                if not taken:  # (outside the except: the caller's errors are not chained to it)
-                    yield False
-                    return
-            self._depth += 1
-            try:
-                yield True
-            finally:
-                self._depth -= 1
-                if self._depth == 0:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
+            taken = self._depth > 0 or self._try_flock()
+        except BaseException:
             self._thread_lock.release()
+            raise
+        if not taken:
+            self._thread_lock.release()
+            yield False
+            return
+        self._depth += 1
+        try:
+            yield True
+        finally:
+            self.__exit__(None, None, None)
+
+    def _try_flock(self) -> bool:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another process holds it
+            return False
+        return True
 
     def _forget_if_forked(self) -> None:
         if self._pid != os.getpid():  # forked: the parent's state is not ours
