@@ -462,6 +462,39 @@ def test_a_subscriber_number_written_in_one_group_is_read_as_a_phone_number(
         assert "<mark>07700 900123</mark>" in snippet
 
 
+NEXT_TO_ANOTHER_NUMBER = {
+    "+86 138 0013 8000": {"N-1", "N-2", "N-5"},  # written without it: no country to read
+    "13800138000": {"N-1", "N-2", "N-3", "N-4", "N-5"},
+    '"138 0013 8000"': {"N-1", "N-2", "N-3", "N-4", "N-5"},
+    "139 0000 1111": {"N-4"},
+    "+44 20 7946 0958": {"N-6"},
+    "020 7946 0958": {"N-6"},
+    # the whole run is still found as written
+    "+86 138 0013 8000 2023": {"N-2"},
+}
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"), list(NEXT_TO_ANOTHER_NUMBER.items()), ids=list(NEXT_TO_ANOTHER_NUMBER)
+)
+def test_a_phone_number_next_to_another_number_is_found(
+    tmp_path: Path, make_record: Callable[..., dict[str, Any]], q: str, expected: set[str]
+) -> None:
+    page = _search_fresh(tmp_path, [
+        make_record(id="N-1", body="Call +86 138 0013 8000 please"),
+        make_record(id="N-2", body="Tel +86 138 0013 8000 2023 contract"),
+        make_record(id="N-3", body="Order 4411 138 0013 8000"),
+        make_record(id="N-4", body="Phones: 138 0013 8000 139 0000 1111"),
+        make_record(id="N-5", body="Amount 120 paid, call +86 138 0013 8000 10 times"),
+        make_record(id="N-6", body="London +44 20 7946 0958 2023"),
+        make_record(id="N-7", body="Order 4411 139 0013 8000"),
+    ], q)
+    assert {hit.id for hit in page.hits} == expected
+    if q == "13800138000":  # the snippet marks the number, not its neighbours
+        snippet = next(h.snippet for h in page.hits if h.id == "N-3")
+        assert "4411 <mark>138 0013 8000</mark>" in snippet
+
+
 def test_category_and_kind_filters_ignore_case(index: SearchIndex) -> None:
     assert _ids(index, categories=("BILLING",)) == {"P-1", "P-2"}
     assert _ids(index, categories=("billing", "FINANCE")) == {"P-1", "P-2", "C-1"}

@@ -17,7 +17,9 @@ Token rules (index mode):
   (``+86 138 0013 8000``, ``+86-138-0013-8000``, ``+8613800138000``) is also emitted as it is
   dialled inside its country (``13800138000``, ``013800138000``), so that it is found typed
   without the country code. An area code in brackets (``(555) 123-4567``) is read the same way
-  (``5551234567``), and the number after it alone (``1234567``) is emitted too.
+  (``5551234567``), and the number after it alone (``1234567``) is emitted too. A run of
+  groups may hold a number next to another (``+86 138 0013 8000 2023``): every shorter run of
+  two or more of its groups with at least 7 digits is emitted too.
 * A run of Chinese characters is indexed as overlapping bigrams at consecutive positions (so a
   query word of two or more characters, searched as a bigram phrase, finds exactly the texts that
   contain it, even inside compounds the segmenter glues together) plus the segmenter's words of
@@ -195,6 +197,34 @@ def _local_number(chunk: str) -> str | None:
     return digits if len(digits) >= _MIN_PHONE_DIGITS else None
 
 
+def _numbers_inside(chunk: str) -> Iterator[tuple[str, int, int]]:
+    """The numbers a run of digit groups may hold besides the whole: a phone number written
+    next to another number (`+86 138 0013 8000 2023`, `4411 138 0013 8000`, two numbers in a
+    row) is read as one long run, so that every shorter run of two or more of its groups with
+    seven digits or more is found too. A run from the sign is read as `_phone_digits` reads a
+    number, with its national forms. Yields ``(digits, start, end)``, offsets into the chunk;
+    a chunk with brackets holds none (its brackets already say where its number is)."""
+    if "(" in chunk:
+        return
+    groups = list(_GROUPS.finditer(chunk))
+    signed = chunk.startswith("+")
+    for i in range(len(groups)):
+        for j in range(i + 2, len(groups) + 1):
+            if i == 0 and j == len(groups):
+                continue  # the whole chunk
+            begin, end = groups[i].start(), groups[j - 1].end()
+            if i == 0 and signed:
+                digits = _phone_digits(chunk[:end])
+                if digits is not None:
+                    yield digits, 0, end
+                    for national in _national_forms(chunk[:end], digits):
+                        yield national, 0, end
+                continue
+            digits = "".join(g.group() for g in groups[i:j])
+            if len(digits) >= _MIN_PHONE_DIGITS:
+                yield digits, begin, end
+
+
 def _segment(run: str) -> list[str]:
     return rjieba.cut(run)  # type: ignore[no-any-return]
 
@@ -366,11 +396,18 @@ def _iter_tokens(text: str, mode: str, start_pos: int) -> Iterator[tuple[str, in
                 continue
             yield digits, pos, start, m.end()
             if not query:
+                seen = {digits}
                 for national in _national_forms(chunk, digits):
+                    seen.add(national)
                     yield national, pos, start, m.end()
                 local = _local_number(chunk)
-                if local is not None and local != digits:
+                if local is not None and local not in seen:
+                    seen.add(local)
                     yield local, pos, start, m.end()
+                for number, a, b in _numbers_inside(chunk):
+                    if number not in seen:
+                        seen.add(number)
+                        yield number, pos, start + a, start + b
                 for part in _PART_RE.finditer(chunk):
                     if part.group() not in (digits, local):
                         yield part.group(), pos, start + part.start(), start + part.end()
