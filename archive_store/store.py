@@ -1038,7 +1038,10 @@ class ArchiveStore:
         entries replaced by `redacted` frames (same hash, so the chain still verifies), a
         `purged` event is appended per record, and one catalog commit switches over. A crash
         anywhere leaves either the old or the new state. Records not archived are skipped, and
-        so are records a restore is putting back (`insert_active`): they stay whole.
+        so are records in the middle of a move, whichever way (`pending`): an archive batch's,
+        whose rows are not yet deleted from the active database, and a restore's. Purged, the
+        first would be listed as disposed of while its rows stayed active; both stay whole, and
+        the move's settling decides where they are.
 
         :param record_ids: the records to purge
         :param at: when (aware)
@@ -1050,7 +1053,7 @@ class ArchiveStore:
             self._remove_orphans(conn)
             rows = [
                 row for row in load_records(conn, record_ids).values()
-                if row["state"] == "archived" and row["pending"] != "insert_active"
+                if row["state"] == "archived" and row["pending"] is None
             ]
             if not rows:
                 return 0

@@ -137,7 +137,10 @@ def named(problems: list[Any]) -> set[str]:
 
 
 def archive_ids(store: ArchiveStore, ids: list[str], **overrides: Any) -> None:
+    """Archive these records and end their move, as the archive job does once their active
+    rows are deleted (a record still marked `pending` is left alone by a purge)."""
     store.archive_batch([make_item(i, **overrides) for i in ids], AT, "archive-job")
+    store.clear_pending(ids)
 
 
 # -- round trip ---------------------------------------------------------------------------
@@ -438,7 +441,7 @@ def test_abandoned_new_segment_file_is_overwritten_not_appended_to(
 
 
 def test_restore_protocol(store: ArchiveStore) -> None:
-    archive_ids(store, ["X-1", "X-2"])
+    store.archive_batch([make_item(i) for i in ("X-1", "X-2")], AT, "archive-job")
     with pytest.raises(RestoreInProgress):
         store.begin_restore("X-1")  # the archive job has not finished its move yet
     store.clear_pending(["X-1", "X-2"])
@@ -579,6 +582,7 @@ def test_purge_removes_content_from_segments(small_store: ArchiveStore, store_di
     archive_ids(small_store, ids)
     victim_body = "SECRET-MEDICAL-NOTE 病历 " * 3
     small_store.archive_batch([make_item("P-secret", body=victim_body)], AT, "job")
+    small_store.clear_pending(["P-secret"])
     archive_ids(small_store, ["P-after-1", "P-after-2"])
     path, _, _ = entry_location(store_dir, "P-secret")
     neighbours = [
@@ -622,6 +626,8 @@ def test_purge_redacts_every_version(small_store: ArchiveStore, store_dir: Path)
     small_store.complete_restore("Q-1", AT, "admin")
     archive_ids(small_store, [f"Q-fill-{i}" for i in range(10)])
     small_store.archive_batch([make_item("Q-1", body="second version BETA")], AT, "job")
+    assert small_store.purge(["Q-1"], AT, "dispose") == 0  # still moving: its rows are active
+    small_store.clear_pending(["Q-1"])
 
     assert small_store.purge(["Q-1"], AT, "dispose") == 1
 

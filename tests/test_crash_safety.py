@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from archivist.active_db import AuditEntry, find_active, utcnow
 from archivist.audit import AuditEvent, write_audit
 from archivist.config import load_config
 from archivist.demo_data import generate_records
+from indexer.jobs.disposal_proof import purge_with_proof
 from indexer.jobs.erasure import customer_hash, ledger_path, load_ledger
 from indexer.jobs.restore import restore_process, restore_record
 from indexer.search import SearchQuery
@@ -230,6 +232,34 @@ def test_restore_of_a_record_a_killed_archive_left_pending(config_path, make_rec
         assert list(services.store.iter_pending()) == []
         with services.sessions.begin() as session:
             assert set(find_active(session, [f"K{i:04d}" for i in range(50)])) == {"K0007"}
+
+
+def test_a_disposal_leaves_records_in_the_middle_of_a_move_alone(config_path, make_record):
+    """A disposal chunk that meets records an archive run has stored but not yet deleted from
+    the active database (a killed run's here; a live run's look the same to it) purges none:
+    purged, they would be listed as disposed of while their rows stay active."""
+    installed(config_path, aged_records(make_record, 20))
+    killed = archivist(config_path, "archive", "--as-of", AS_OF,
+                       env={"ARCHIVIST_CRASH_AT": "archive.after_store:1"})
+    assert killed.returncode == -signal.SIGKILL
+    ids = [f"K{i:04d}" for i in range(20)]
+    with Services.open(load_config(config_path)) as services:
+        due = purge_with_proof(services.sessions, services.store, ids, services.config.retention,
+                               datetime(2031, 1, 1, tzinfo=UTC), utcnow(), "disposal", "cli")
+        assert due == 0
+        assert services.store.counts()["pending"] == 20
+        assert {services.store.info(i).state for i in ids} == {"archived"}
+        with services.sessions.begin() as session:
+            assert set(find_active(session, ids)) == set(ids)
+    assert disposal_list(config_path) == set()
+    # the next run settles the move first, then disposes of them, listed
+    result = archivist(config_path, "dispose", "--as-of", "2031-01-01")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().strip() == "purged 20"
+    assert disposal_list(config_path) == set(ids)
+    with Services.open(load_config(config_path)) as services:
+        with services.sessions.begin() as session:
+            assert find_active(session, ids) == {}
 
 
 @pytest.mark.parametrize(("point", "restored", "skipped", "status"), [
