@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, func, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -48,6 +48,7 @@ ACTIONS = (
     "denied",  # a request its token's role does not allow (outcome `forbidden`)
 )
 _APPEND_TRIES = 5
+_HEAD_LOCK_KEY = 0x4152_4348_4155_4454  # PostgreSQL advisory lock of the chain's head
 BLANKED_TARGET = "(erased)"
 BLANKED_DETAILS = '{"erased":true}'  # canonical_details({"erased": True})
 BLANKED_KEY = "audit_blanked"  # in an entry's details: the seqs of the entries it blanked
@@ -138,8 +139,8 @@ def compute_entry_hash(
         details,
         prev_hash,
     ]
-    text = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    canonical = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def kept_fields_hash(
@@ -150,12 +151,20 @@ def kept_fields_hash(
     kept stay checked."""
     content = [seq, at.astimezone(UTC).isoformat(timespec="microseconds"), actor, action,
                outcome, entry_hash]
-    text = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    canonical = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def append_audit(session: Session, events: Sequence[AuditEvent]) -> list[int]:
-    """Append events at the head of the chain, in the caller's transaction; returns their seqs."""
+    """Append events at the head of the chain, in the caller's transaction; returns their seqs.
+
+    On PostgreSQL appenders take turns on a transaction-scoped advisory lock before they read
+    the head: under READ COMMITTED, every process appending at once (each server worker, the
+    CLI, the worker) read the same head, and all but one failed on its seq, retried and, with
+    enough of them, gave up. SQLite's write lock already makes them take turns.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _HEAD_LOCK_KEY})
     head = session.execute(
         select(AuditEntry.seq, AuditEntry.entry_hash).order_by(AuditEntry.seq.desc()).limit(1)
     ).first()

@@ -293,6 +293,37 @@ def test_postgres_an_audit_entry_the_database_refuses_takes_no_other_with_it(pg_
     assert targets == ["before", "after"]
 
 
+def test_postgres_many_racing_audit_writers_all_append(pg_services):
+    """Processes appending at once (each server worker, the CLI, the worker) all read the same
+    head under READ COMMITTED: appends take turns, so none gives up after its retries."""
+    import threading
+
+    from archivist.active_db import AuditEntry
+    from archivist.audit import AuditEvent, iter_chain_problems, write_audit
+
+    with pg_services.engine.begin() as connection:
+        connection.execute(text("TRUNCATE audit_log"))
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for n in range(60):
+                write_audit(pg_services.sessions,
+                            [AuditEvent(utcnow(), f"writer{t}", "search", f"q{n}")])
+        except BaseException as e:  # the test reads them below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with pg_services.read_sessions.begin() as session:
+        assert session.query(AuditEntry).count() == 12 * 60
+        assert list(iter_chain_problems(session)) == []
+
+
 def test_postgres_a_nul_in_any_request_text_is_a_400_not_an_unaudited_answer(
     pg_services, make_record
 ):
