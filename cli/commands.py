@@ -159,6 +159,7 @@ WHEN = MomentType()
 @click.group(cls=ArchivistGroup)
 def main() -> None:
     """Archivist: the archive next to your CRM."""
+    _log_warnings_as_lines()
 
 
 @main.command()
@@ -441,9 +442,7 @@ def index(rebuild: bool, config: Config) -> None:
 def worker(archive_now: bool, config: Config) -> None:
     """Run the scheduled jobs (blocking) until SIGTERM or Ctrl-C."""
     from indexer.worker import run as run_worker
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _log_to_stderr()
     run_worker(config, archive_now=archive_now)
 
 
@@ -597,7 +596,35 @@ def token_revoke(name: str, config: Config) -> None:
     click.echo(f"token {name!r} revoked")
 
 
+_WARNING_LINES = "archivist-warning-lines"
+
+
+class _LineFormatter(logging.Formatter):
+    """A logged warning as the commands' own lines say one: `warning: ...`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {super().format(record)}"
+
+
+def _log_warnings_as_lines() -> None:
+    """What the layers below log as a warning (a key file others may read) reads as the
+    commands' own warnings, one `warning: ...` line on stderr; logging set up already (a
+    test's capture) is left as it is."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler()  # (stderr as it is now: click's test runner swaps it)
+    handler.set_name(_WARNING_LINES)
+    handler.setFormatter(_LineFormatter())
+    root.addHandler(handler)
+
+
 def _log_to_stderr() -> None:
+    """The long-running commands log with time, level and logger, from INFO up."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if handler.get_name() == _WARNING_LINES:
+            root.removeHandler(handler)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

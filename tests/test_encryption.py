@@ -75,7 +75,8 @@ def test_a_command_warns_of_a_key_file_others_may_read(config_path: Path) -> Non
     shared = archivist("stats", "--config", str(config_path))
 
     assert shared.returncode == 0, shared.stderr
-    assert f"archive key file {key_file} may be read by other users (mode 0644)" in shared.stderr
+    warning = f"warning: archive key file {key_file} may be read by other users (mode 0644)"
+    assert shared.stderr.startswith(warning), shared.stderr  # as every other warning reads
     assert f"chmod 600 {key_file}" in shared.stderr
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o644  # a command that reads it: unchanged
 
