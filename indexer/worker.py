@@ -33,6 +33,9 @@ from indexer.jobs.settling import settle_leftovers
 from indexer.services import Services
 
 log = logging.getLogger(__name__)
+# APScheduler logs each job's adding, start and success at INFO: lines about the scheduler that
+# would bury the jobs' own. Its warnings and errors (a misfire, a job that raised) still show.
+SCHEDULER_LOG_LEVEL = logging.WARNING
 LEASE_TTL = timedelta(minutes=5)
 MISFIRE_GRACE_SECONDS = 3600
 
@@ -171,6 +174,7 @@ def run(config: Config, *, archive_now: bool = False) -> None:
 
     :param archive_now: also run the archive job once right away (used by the demo).
     """
+    logging.getLogger("apscheduler").setLevel(SCHEDULER_LOG_LEVEL)
     with Services.open(config) as services:
         # an index that cannot be opened (a volume not mounted) stops the worker here, in one
         # line, rather than failing every job with a traceback

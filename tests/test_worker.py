@@ -113,6 +113,22 @@ def wait_for(condition, timeout=120.0):
     raise AssertionError("timed out")
 
 
+def test_a_worker_logs_its_jobs_without_the_scheduler_s_chatter(tmp_path, config_path):
+    subprocess.run([sys.executable, "-m", "archivist", "init", "--config", str(config_path)],
+                   check=True, capture_output=True)
+    log_path = tmp_path / "worker.log"
+    worker = start_worker(config_path, log_path)  # its archive job runs at once
+    try:
+        wait_for(lambda: b"archive job: archived 0, indexed 0" in log_path.read_bytes())
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=120) == 0
+    log = log_path.read_text()
+    assert "INFO indexer.worker: worker " in log and " started" in log
+    assert "finishing the current batch, then stopping" in log and " stopped" in log
+    assert "Adding job tentatively" not in log and "apscheduler" not in log, log
+
+
 def install_with_records(tmp_path, config_path, seed: int) -> None:
     """`archivist init`, then `archivist import` of 20,000 generated records."""
     subprocess.run([sys.executable, "-m", "archivist", "init", "--config", str(config_path)],
