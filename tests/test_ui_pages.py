@@ -397,6 +397,26 @@ def test_ui_admin_as_of_errors_name_the_parameter(client: Any, admin_headers: An
         assert "as_of: " in response.get_data(as_text=True)
 
 
+def test_ui_admin_shows_no_preview_for_an_as_of_it_refused(
+    client: Any, admin_headers: Any, corpus: None
+) -> None:
+    """A preview for now under the error would pass for the answer to the date asked for."""
+    _sign_in(client, admin_headers)
+    shown = client.get("/admin", query_string={"as_of": "2040-01-01"})
+    assert shown.status_code == 200
+    page = shown.get_data(as_text=True)
+    assert "counted as if the job ran at 2040-01-01 00:00 UTC" in page
+    assert 'id="held-back"' in page and "<tfoot>" in page and "no-preview" not in page
+    for value in ("garbage", "0001-01-02"):  # unreadable; so early a policy reaches year 0
+        refused = client.get("/admin", query_string={"as_of": value})
+        page = refused.get_data(as_text=True)
+        assert refused.status_code == 400, value
+        assert "as_of: " in page and 'data-testid="no-preview"' in page, value
+        assert "counted as if" not in page and 'id="held-back"' not in page, value
+        assert "<tfoot>" not in page, value
+        assert f'value="{value}"' in page  # kept in its box to be corrected
+
+
 def test_ui_audit_log_links_only_entries_naming_a_record(
     client: Any, admin_headers: Any, corpus: None
 ) -> None:

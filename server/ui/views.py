@@ -429,17 +429,17 @@ def admin() -> Any:
             as_of = parse_bound(as_of_text, end=False)
         except BadQuery as e:
             error = f"as_of: {e}"
-    def previews(moment: datetime) -> tuple[ArchiveReport, dict[str, int]]:
-        return (run_archive_job(services, moment, dry_run=True),
-                run_dispose_job(services, moment, dry_run=True).by_category)
-
-    try:
-        archive_report, dispose_preview = previews(as_of)
-    except MomentOutOfRange as e:  # so early that a policy reaches before year 1
-        error = f"as_of: {e}"
-        as_of = now
-        archive_report, dispose_preview = previews(as_of)
-    archive_preview = archive_report.by_category
+    # no preview under an error: one for another moment would pass for the answer asked for
+    archive_report: ArchiveReport | None = None
+    dispose_preview: dict[str, int] = {}
+    if error is None:
+        try:
+            archive_report = run_archive_job(services, as_of, dry_run=True)
+            dispose_preview = run_dispose_job(services, as_of, dry_run=True).by_category
+        except MomentOutOfRange as e:  # so early that a policy reaches before year 1
+            error = f"as_of: {e}"
+            archive_report = None
+    archive_preview = archive_report.by_category if archive_report is not None else {}
     rules = config.retention
     names = sorted(set(rules.categories) | set(archive_preview) | set(dispose_preview))
     policies = [
@@ -461,7 +461,8 @@ def admin() -> Any:
         default_policy=rules.default,
         policies=policies,
         archive_total=sum(archive_preview.values()),
-        held_back=archive_report.held_back,
+        preview=archive_report is not None,
+        held_back=archive_report.held_back if archive_report is not None else 0,
         dispose_total=sum(dispose_preview.values()),
         as_of=as_of,
         as_of_text=as_of_text or as_of.date().isoformat(),
