@@ -9,7 +9,7 @@ import select
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, time
+from datetime import datetime
 from functools import partial, wraps
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn, cast
@@ -35,9 +35,10 @@ from archivist.tokens import (
     revocation_ledger_path,
     revoke_token,
 )
-from indexer.errors import IndexerError
+from indexer.errors import BadQuery, IndexerError
 from indexer.hold_reach import hold_reaches_a_record, no_record_held
 from indexer.process_search import iter_process_hits
+from indexer.search.dates import parse_bound
 from indexer.services import Services
 
 # Commands import the layers they use inside their own bodies: `archivist --help` and short
@@ -141,16 +142,10 @@ class MomentType(click.ParamType):
     ) -> datetime:
         if isinstance(value, datetime):
             return value
-        try:
-            if len(value) == 10:
-                return datetime.combine(date.fromisoformat(value), time(), tzinfo=UTC)
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            self.fail(f"{value!r} is not an ISO date or datetime", param, ctx)
-        try:
-            return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-        except OverflowError:  # 9999-12-31T23:59:59-14:00 is in year 10000 in UTC
-            self.fail(f"{value!r} is outside the years 1-9999 in UTC", param, ctx)
+        try:  # read as the API reads a `from` bound
+            return parse_bound(value, end=False)
+        except BadQuery as e:
+            self.fail(str(e), param, ctx)
 
 
 WHEN = MomentType()

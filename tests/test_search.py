@@ -358,6 +358,26 @@ def test_parse_bound_rejects_bad_input(text: str) -> None:
         parse_bound(text, end=False)
 
 
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("2023-02-30", "not a date on the calendar: '2023-02-30' (February 2023 has 28 days)"),
+        ("2024-02-30", "(February 2024 has 29 days)"),
+        ("20230431T10:00", "not a date on the calendar: '20230431T10:00' (April 2023 has 30 days)"),
+        ("2023-02-30 10:00+08:00", "(February 2023 has 28 days)"),
+        ("2023-13-01", "(months are 01 to 12)"),
+        ("2023-04-00", "(days of the month start at 01)"),
+        ("0000-01-01", "(years start at 0001)"),
+        ("yesterday", "not an ISO date or datetime: 'yesterday'"),
+        ("2023-02-28T25:00", "not an ISO date or datetime"),  # the date is fine
+    ],
+)
+def test_parse_bound_says_when_a_date_is_not_on_the_calendar(text: str, says: str) -> None:
+    with pytest.raises(BadQuery) as refused:
+        parse_bound(text, end=False)
+    assert says in str(refused.value)
+
+
 def test_snippet_escapes_html_and_marks_matches(
     tmp_path: Path, open_engine: Callable[[Path], SearchEngine]
 ) -> None:

@@ -79,8 +79,56 @@ def test_cli_as_of_at_the_edges_of_the_calendar_is_a_one_line_error(
     )
     assert result.returncode != 0
     assert result.stderr.splitlines() == [
-        f"error: Invalid value for '--as-of': '{moment}' is outside the years 1-9999 in UTC"
+        f"error: Invalid value for '--as-of': outside the years 1-9999 in UTC: '{moment}'"
     ]
+
+
+# ISO in shape, on no calendar: said so, not "not an ISO date" (which sends one to the format)
+OFF_CALENDAR = "not a date on the calendar: '2023-02-30' (February 2023 has 28 days)"
+
+
+@pytest.mark.parametrize("name", ["from", "to"])
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("/api/v1/search", "bad_query"),
+        ("/api/v1/export.csv", "bad_query"),
+        ("/api/v1/audit", "bad_request"),
+    ],
+)
+def test_api_a_date_not_on_the_calendar_is_400_saying_so(
+    client: Any, admin_headers: dict[str, str], path: str, code: str, name: str
+) -> None:
+    response = client.get(f"{path}?{name}=2023-02-30", headers=admin_headers)
+    assert response.status_code == 400
+    error = _error(response)
+    assert error["code"] == code
+    assert name in error["message"] and OFF_CALENDAR in error["message"], error
+
+
+@pytest.mark.parametrize(
+    "page", ["/search?from=", "/search?to=", "/audit?from=", "/audit?to=", "/admin?as_of="]
+)
+def test_ui_a_date_not_on_the_calendar_is_a_400_page_saying_so(
+    client: Any, admin_headers: dict[str, str], page: str
+) -> None:
+    _sign_in(client, admin_headers)
+    response = client.get(page + "2023-02-30")
+    assert response.status_code == 400
+    assert OFF_CALENDAR.replace("'", "&#39;") in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("command", ["archive", "dispose"])
+def test_cli_as_of_not_on_the_calendar_is_a_one_line_error(
+    config_path: Path, command: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "archivist", command, "--as-of", "2023-02-30", "--dry-run",
+         "--config", str(config_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"error: Invalid value for '--as-of': {OFF_CALENDAR}"]
 
 
 def test_cli_as_of_whose_retention_reaches_before_year_one_is_a_one_line_error(
