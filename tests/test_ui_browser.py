@@ -734,6 +734,29 @@ def test_ui_controls_have_labels_and_pages_fit_a_phone(new_page: Any, site: Site
         page.context.close()
 
 
+def test_ui_the_sort_choices_read_whole(new_page: Any) -> None:
+    """The sort box is as wide as its longest choice needs (the default's was cut off at
+    "Default (relevance for a …" beside the results), and a phone still does not scroll
+    sideways; what the default means is said beside the box."""
+    for width in (1280, 390):
+        page = new_page("agent", width=width, height=844)
+        page.goto("/search?q=refund")
+        shown, needed = page.evaluate("""() => {
+            const sort = document.getElementById('sort');
+            const shown = sort.getBoundingClientRect().width;
+            sort.style.width = 'auto';  // as wide as its longest choice needs
+            const needed = sort.getBoundingClientRect().width;
+            sort.style.width = '';
+            return [shown, needed];
+        }""")
+        assert shown >= needed, (width, shown, needed)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        note = page.locator("#sort-default")
+        assert note.is_visible() and "relevance for a query, else newest" in note.inner_text()
+        assert page.get_by_label("Sort by").get_attribute("aria-describedby") == "sort-default"
+        page.context.close()
+
+
 def test_ui_a_long_reason_wraps_on_a_phone(new_page: Any, site: Site) -> None:
     """A reason is free text, often a pasted link: the holds table wraps it at phone width
     (and its hidden column label stays inside the table)."""
