@@ -259,7 +259,7 @@ def erase(
     customer: str | None, record_id: str | None, reason: str, dry_run: bool, config: Config
 ) -> None:
     """Erase archived records on request (GDPR/CCPA): their text is gone from every file."""
-    from indexer.jobs.erasure import audit_details, audit_target, erase_records
+    from indexer.jobs.erasure import audit_details, audit_target, erase_records, nothing_to_erase
     if (customer is None) == (record_id is None):
         raise click.UsageError("give exactly one of --customer ID and --record ID")
     if customer == "" or record_id == "":
@@ -277,6 +277,8 @@ def erase(
     click.echo(f"would erase {report.erased}" if dry_run else f"erased {report.erased}")
     click.echo(f"still active: {report.active_remaining} record(s) of this customer in the "
                "active database (the CRM's to erase)")
+    if customer is not None and not report.known:
+        click.echo("warning: " + nothing_to_erase(customer, dry_run), err=True)
 
 
 @main.command()

@@ -12,19 +12,27 @@ from archivist.active_db import ActiveRecord
 from archivist.crm_rows import CrmTables, count_customer_rows, count_record_rows
 from indexer.services import Services
 
+CHECK_THE_VALUE = "check the value for a typo or an invisible character pasted with it."
+
+
+def no_record_with(scope: str, value: str) -> str:
+    """How a warning about a value that matches nothing begins; the value is quoted as Python
+    writes it, so that an invisible character pasted with it shows (`'C-1042\\u200b'`).
+
+    :param scope: `record`, `customer` or `category`
+    :param value: the value typed
+    """
+    what = "id" if scope == "record" else scope
+    return f"No record, archived or active, has that {what} ({value!r})"
+
 
 def no_record_held(scope: str, value: str) -> str:
-    """The warning for a hold that reaches no record; the value is quoted as Python writes
-    it, so that an invisible character pasted with it shows (`'C-1042\\u200b'`).
+    """The warning for a hold that reaches no record.
 
     :param scope: `record`, `customer` or `category`
     :param value: the hold's value
     """
-    what = "id" if scope == "record" else scope
-    return (
-        f"No record, archived or active, has that {what} ({value!r}) now, so the hold holds "
-        "nothing yet: check the value for a typo or an invisible character pasted with it."
-    )
+    return f"{no_record_with(scope, value)} now, so the hold holds nothing yet: {CHECK_THE_VALUE}"
 
 
 def hold_reaches_a_record(services: Services, scope: str, value: str) -> bool:

@@ -16,6 +16,7 @@ from archive_store.segment import iter_frames
 from archivist.active_db import utcnow
 from archivist.config import load_config
 from archivist.holds import add_hold
+from archivist.importer import import_lines
 from indexer.jobs.erasure import (
     OnHold,
     append_ledger,
@@ -69,6 +70,37 @@ def erasable(services: Services, archived: Any, make_record: Any) -> dict[str, A
     restore_record(services.sessions, services.store, services.index, "E-RST", "admin", NOW)
     sync_index(services.store, services.index)
     return {"theirs": [r["id"] for r in theirs], "restored": "E-RST", "make": make_record}
+
+
+def test_erasing_a_customer_no_record_has_or_had_warns_of_a_typo(
+    services: Services, archived: Any, make_record: Any, config_path: Path
+) -> None:
+    """As a hold on a value that matches nothing does: `erased 0` alone reads as done."""
+    archived(make_record(id="T-GONE", customer_id="C-GONE"))
+    recent = {"created_at": "2026-05-01T00:00:00Z", "updated_at": "2026-05-02T00:00:00Z"}
+    line = json.dumps({**make_record(id="T-ACTIVE", customer_id="C-ACTIVE"), **recent})
+    assert import_lines([line.encode()], services.sessions, services.store.find_archived
+                        ).rejected == 0
+    still = "still active: 0 record(s) of this customer in the active database (the CRM's to erase)"
+
+    def erase(customer: str, *args: str) -> tuple[list[str], str]:
+        result = archivist("erase", "--customer", customer, "--reason", "asked", *args,
+                           "--config", str(config_path))
+        assert result.returncode == 0, result.stderr
+        return result.stdout.splitlines(), result.stderr
+
+    for args, outcome in ((["--dry-run"], "would be"), ([], "was")):
+        out, err = erase("C-1O42", *args)  # a letter O for the zero
+        assert out == ["would erase 0" if args else "erased 0", still]
+        assert err.splitlines() == [
+            "warning: No record, archived or active, has that customer ('C-1O42') now or had it "
+            f"before, so nothing {outcome} erased: check the value for a typo or an invisible "
+            "character pasted with it."
+        ]
+    assert erase("C-GONE", "--dry-run") == (["would erase 1", still], "")
+    assert erase("C-ACTIVE", "--dry-run")[1] == ""  # active only: the CRM's, but known
+    assert erase("C-GONE") == (["erased 1", still], "")
+    assert erase("C-GONE") == (["erased 0", still], "")  # erased before: the ledger knows
 
 
 def test_archived_text_is_not_in_the_archive_folder(services: Services, erasable: Any) -> None:

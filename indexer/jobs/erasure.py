@@ -52,6 +52,7 @@ from archivist.holds import load_hold_set
 from archivist.ledgers import append_entry, read_entries
 from archivist.processes import find_processes, is_held
 from indexer.errors import IndexerError
+from indexer.hold_reach import CHECK_THE_VALUE, no_record_with
 from indexer.jobs.erasure_audit import NamingWords, entries_naming
 from indexer.jobs.indexing import sync_index
 from indexer.jobs.settling import reconcile_moves
@@ -79,6 +80,8 @@ class ErasureReport:
     dry_run: bool
     hashes: list[str] = field(default_factory=list)  # each erased record's sha256, for audit
     audit_blanked: list[int] = field(default_factory=list)  # audit entries that named them
+    # False when no record, in any state or active, has or had the customer: a typo, most likely
+    known: bool = True
 
 
 def customer_hash(customer_id: str) -> str:
@@ -87,6 +90,18 @@ def customer_hash(customer_id: str) -> str:
     :param customer_id: the customer
     """
     return hashlib.sha256(customer_id.encode("utf-8")).hexdigest()
+
+
+def nothing_to_erase(customer_id: str, dry_run: bool) -> str:
+    """The warning for an erasure of a customer no record has or had (`ErasureReport.known`),
+    worded as a hold's on a value that matches nothing.
+
+    :param customer_id: the customer asked for
+    :param dry_run: whether it was a dry run
+    """
+    outcome = "nothing would be erased" if dry_run else "nothing was erased"
+    return (f"{no_record_with('customer', customer_id)} now or had it before, so {outcome}: "
+            f"{CHECK_THE_VALUE}")
 
 
 def ledger_path(key_file: Path) -> Path:
@@ -121,7 +136,8 @@ def erase_records(
         raise ValueError("give exactly one of customer_id and record_id")
     if dry_run:
         plan = _plan(services, customer_id, record_id)
-        return ErasureReport(len(plan.ids), plan.ids, plan.active, True, plan.hashes)
+        return ErasureReport(len(plan.ids), plan.ids, plan.active, True, plan.hashes,
+                             known=plan.known)
     # refused before all else, and before the ledger asks for it to be finished later: an
     # archive folder it cannot write, an index it could not rewrite
     services.store.require_writable()
@@ -148,10 +164,16 @@ class _Plan:
     # every record of the owner's the catalog knows of, in any state: active records naming
     # no customer below one of them are the owner's too
     above: list[str] = field(default_factory=list)
+    record_id: str | None = None  # the one record asked for, if one (archived once, or refused)
 
     @property
     def hashes(self) -> list[str]:
         return [self.entries[i].sha256 for i in self.ids if i in self.entries]
+
+    @property
+    def known(self) -> bool:
+        """Whether any record, archived (in any state since) or active, is the target's."""
+        return bool(self.record_id or self.ids or self.purged or self.above or self.active)
 
 
 def _plan(services: Services, customer_id: str | None, record_id: str | None) -> _Plan:
@@ -179,7 +201,7 @@ def _plan(services: Services, customer_id: str | None, record_id: str | None) ->
         if held is not None:
             raise OnHold(f"{held} is on legal hold; nothing was erased")
         active = _still_active(session, services.crm, owner, record_id, above)
-    return _Plan(ids, entries, active, purged, owner, above)
+    return _Plan(ids, entries, active, purged, owner, above, record_id)
 
 
 def _erased_before(services: Services, customer_id: str) -> list[str]:
@@ -335,7 +357,7 @@ def _erase(
     append_ledger(path, {"done": erasure_id})
     return ErasureReport(
         len(erased), [e.record_id for e in erased], active, False,
-        [e.sha256 for e in erased], blanked,
+        [e.sha256 for e in erased], blanked, known=plan.known or bool(active),
     )
 
 
