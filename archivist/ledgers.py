@@ -41,6 +41,21 @@ def append_entry(path: Path, entry: dict[str, Any]) -> None:
         os.close(fd)
 
 
+def create_ledger(path: Path) -> bool:
+    """Create the ledger, empty (mode 0600), if it is missing; True if it was created. An
+    existing ledger is left as it is.
+
+    :param path: the ledger file
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
 def read_entries(path: Path) -> list[dict[str, Any]]:
     """Every entry of the ledger, oldest first (none if there is no ledger); a line torn by a
     crash or a full disk, before the file was fsynced, is skipped.

@@ -31,7 +31,7 @@ from indexer.jobs.restore import restore_record
 from indexer.jobs.verification import verify_all
 from indexer.search import SearchQuery
 from indexer.services import Services
-from tests.conftest import CONFIG_TEXT
+from tests.conftest import CONFIG_TEXT, write_jsonl
 
 QUERIES = ("refund", "退款", "INV-2023-000002", "")
 
@@ -771,3 +771,44 @@ def test_a_backup_an_earlier_version_made_verifies_and_recovers(
     with Services.open(fresh) as again:
         assert verify_all(again).problems == []
         assert _answers(again) == expected
+
+
+@pytest.mark.parametrize("copied", ["archive.key*", "archive.key"])
+def test_a_rehearsal_as_the_readme_shows_warns_of_no_erasure_ledger_only_when_left_behind(
+    tmp_path: Path, make_record: Any, copied: str
+) -> None:
+    """The README's rehearsal copies `archive.key*` before `init`: from an installation that
+    never erased anything, that copies the (empty) erasure ledger too, so the recovery has no
+    ledger to warn of; leaving the ledger behind still warns."""
+    live = tmp_path / "live"
+    live.mkdir()
+    (live / "config.toml").write_text(
+        CONFIG_TEXT.replace('dir = "data/archive"\n',
+                            'dir = "data/archive"\nkey_file = "data/keys/archive.key"\n'))
+    records = write_jsonl(tmp_path / "r.jsonl", _records(make_record, 0, 6))
+
+    def cli(*args: str, config: Path = live / "config.toml") -> str:
+        result = subprocess.run([sys.executable, "-m", "archivist", *args, "--config",
+                                 str(config)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result.stderr
+
+    for args in (("init",), ("import", str(records)), ("archive", "--as-of", "2026-01-01"),
+                 ("backup", "create", str(tmp_path / "backup")),
+                 ("backup", "verify", str(tmp_path / "backup"))):
+        cli(*args)
+    rehearsal = tmp_path / "rehearsal"
+    (rehearsal / "data" / "keys").mkdir(parents=True)
+    shutil.copy2(live / "config.toml", rehearsal / "config.toml")
+    for key_file in (live / "data" / "keys").glob(copied):
+        shutil.copy2(key_file, rehearsal / "data" / "keys" / key_file.name)
+    cli("init", config=rehearsal / "config.toml")
+
+    stderr = cli("backup", "recover", str(tmp_path / "backup"), config=rehearsal / "config.toml")
+
+    ledger = rehearsal / "data" / "keys" / "archive.key.erasures"
+    if copied == "archive.key*":
+        assert stderr == ""
+    else:
+        assert stderr.startswith(f"warning: no erasure ledger at {ledger}: "), stderr
+    cli("verify", config=rehearsal / "config.toml")

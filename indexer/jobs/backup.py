@@ -81,6 +81,7 @@ from archivist.active_db import (
 from archivist.audit import AuditEvent, iter_chain_problems, write_audit
 from archivist.config import Config
 from archivist.crm_rows import count_crm_rows
+from archivist.ledgers import create_ledger
 from archivist.records import format_utc
 from archivist.tokens import apply_revocation_ledger, revocation_ledger_path
 from archivist.web_sessions import WebSession
@@ -141,8 +142,9 @@ class RecoverReport:
     created_at: str
     crm_rows_lost: int = 0  # forced: CRM rows archived after the backup, now in neither place
     # The erasure ledger that was looked for and not found: erasures made after the backup
-    # was taken could not be made again (the key given in the environment, the ledger left
-    # behind), so their records may be back.
+    # was taken could not be made again (the key copied, or given in the environment, and the
+    # ledger left behind: `backup create` makes it before the first erasure), so their records
+    # may be back.
     missing_erasure_ledger: Path | None = None
 
 
@@ -156,7 +158,9 @@ def create_backup(services: Services, folder: Path, at: datetime) -> BackupRepor
     """Back up the installation into `folder`, online, copying only what changed.
 
     The old manifest is removed first: a run that stops half-way leaves a folder that `verify`
-    calls unfinished, and the next run copies everything again.
+    calls unfinished, and the next run copies everything again. The erasure ledger is created
+    beside the key file if no erasure made it yet, so that a copy of the key and its ledgers
+    taken for a recovery holds it, and a recovery that finds none knows it was not copied.
 
     :param services: the installation, open
     :param folder: the backup folder (created if missing)
@@ -164,9 +168,22 @@ def create_backup(services: Services, folder: Path, at: datetime) -> BackupRepor
     """
     folder = Path(folder)
     _check_folder(services.config, folder)
+    _create_erasure_ledger(services.config)
     (folder / STORE_FOLDER).mkdir(parents=True, exist_ok=True)
     with _writing(folder):
         return _create(services, folder, at)
+
+
+def _create_erasure_ledger(config: Config) -> None:
+    """The erasure ledger, empty, where erasures write it (beside `[archive] key_file`, with
+    the key given in the environment too). A folder it cannot be made in fails no backup:
+    an erasure would fail there as well, and a recovery warns that it found no ledger."""
+    path = ledger_path(config.key_file)
+    try:
+        create_ledger(path)
+    except OSError as e:
+        log.warning("cannot create the erasure ledger %s (%s): a recovery of this backup will "
+                    "warn that it finds none", path, e)
 
 
 def _previous_head(folder: Path) -> object:
