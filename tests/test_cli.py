@@ -378,6 +378,34 @@ def test_init_over_a_damaged_index_still_initialises_and_verify_names_it(
     assert verified.returncode == 1 and "archivist index --rebuild" in verified.stderr
 
 
+def test_archive_with_the_index_s_current_file_lost_moves_nothing_and_says_to_rebuild(
+    installed, tmp_path, make_record
+):
+    """Records moved into the store could not be indexed: refused before anything moves, in
+    the line `verify` gives, whether there is anything to move or not."""
+    index_dir = installed.parent / "data" / "index"
+    (index_dir / "CURRENT").unlink()
+    expected = (
+        f"the index is missing (no index at {index_dir}: [Errno 2] No such file or directory: "
+        f"'{index_dir / 'CURRENT'}'); `archivist index --rebuild` rebuilds it from the archive"
+    )
+
+    nothing = archivist("archive", "--as-of", "2027-06-01", "--config", str(installed))
+    write_jsonl(tmp_path / "in.jsonl", [make_record(id=f"M{i}") for i in range(3)])
+    archivist("import", str(tmp_path / "in.jsonl"), "--config", str(installed))
+    some = archivist("archive", "--as-of", "2027-06-01", "--config", str(installed))
+    verified = archivist("verify", "--config", str(installed))
+
+    for result in (nothing, some):
+        assert (result.returncode, result.stdout) == (1, "")
+        assert result.stderr.splitlines() == [f"error: {expected}"]
+    assert verified.returncode == 1 and expected in verified.stderr.splitlines()
+    stats = json.loads(archivist("stats", "--config", str(installed)).stdout)
+    assert (stats["active"], stats["archived"]) == (3, 0)
+    with sqlite3.connect(installed.parent / "data" / "archive" / "catalog.db") as conn:
+        assert conn.execute("SELECT count(*) FROM entries").fetchone() == (0,)
+
+
 def test_output_cut_off_by_its_reader_ends_quietly(installed):
     """`archivist ... | head -1`: the reader goes away; no error line about a broken pipe."""
     process = subprocess.Popen(

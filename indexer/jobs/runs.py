@@ -21,6 +21,7 @@ from indexer.jobs.disposal import DisposalReport, dispose_due_records
 from indexer.jobs.erasure import finish_interrupted_erasures
 from indexer.jobs.indexing import scrub_gone_since, sync_index
 from indexer.jobs.settling import settle_leftovers
+from indexer.jobs.verification import require_readable_index
 from indexer.services import Services
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,15 @@ def run_archive_job(
     dry_run: bool = False,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> ArchiveReport:
-    """Run the archiving job once (or preview it) and record the run."""
+    """Run the archiving job once (or preview it) and record the run.
+
+    :raises IndexUnavailable: the index is missing or damaged; nothing was moved
+    """
     config = services.config
-    if not dry_run:  # an erasure a crash left half-done is finished before anything moves
+    if not dry_run:
+        # Refused before anything moves: records moved into the store could not be indexed.
+        require_readable_index(services.index)
+        # an erasure a crash left half-done is finished before anything moves
         finish_interrupted_erasures(services, utcnow())
     if services.crm is not None:
         return _run_crm_archive_job(services, as_of, dry_run=dry_run, should_stop=should_stop)

@@ -9,7 +9,7 @@ from sqlalchemy import inspect
 from archive_store import ArchiveStore, Problem
 from archivist.active_db import AuditEntry
 from archivist.audit import iter_chain_problems
-from indexer.errors import IndexMissing
+from indexer.errors import IndexMissing, IndexUnavailable
 from indexer.jobs.indexing import MISSING_FROM_INDEX, check_index_agreement
 from indexer.search import SearchEngine
 from indexer.services import Services, search_index_exists
@@ -77,6 +77,34 @@ def verify_all(services: Services) -> VerifyResult:
     return VerifyResult(problems, records, waiting, counts["pending"])
 
 
+REBUILD = "`archivist index --rebuild` rebuilds it from the archive"
+
+
+def describe_unreadable_index(error: Exception) -> str:
+    """The one line `verify` gives for an index that cannot be read: missing or damaged, and
+    how to make it again (the archive itself is fine)."""
+    if isinstance(error, IndexMissing):
+        return f"the index is missing ({error}); {REBUILD}"
+    return f"the index is damaged ({type(error).__name__}: {error}); {REBUILD}"
+
+
+def require_readable_index(index: SearchEngine) -> None:
+    """Refuse, before a job moves anything, an index whose files are missing or damaged: the
+    records it moved could not be indexed (searches would miss them until a rebuild).
+
+    :param index: the installation's search engine
+    :raises IndexUnavailable: what `verify` says of it, in one line
+    """
+    try:
+        # as `verify` looks first; it reads the files only (searchers opened here would keep
+        # the generation they read from being freed by a rebuild, in the worker for a day)
+        damage = index.find_damage()
+    except Exception as e:  # whatever reading it raised (Whoosh's own errors included)
+        raise IndexUnavailable(describe_unreadable_index(e)) from None
+    if damage:
+        raise IndexUnavailable(f"the index is damaged: {'; '.join(damage)}; {REBUILD}")
+
+
 def check_index(store: ArchiveStore, index: SearchEngine) -> tuple[list[Problem], int]:
     """The index's agreement with the catalog and its fitness to answer every query; a
     missing or damaged index is one problem, and so is one built by an earlier version.
@@ -85,7 +113,7 @@ def check_index(store: ArchiveStore, index: SearchEngine) -> tuple[list[Problem]
     be read, or that lacks every record it should hold, is one line saying so (the archive
     itself is fine, and `archivist index --rebuild` builds the index again from it).
     """
-    rebuild = "`archivist index --rebuild` rebuilds it from the archive"
+    rebuild = REBUILD
     try:
         damage = index.find_damage()
         if damage:
@@ -94,11 +122,8 @@ def check_index(store: ArchiveStore, index: SearchEngine) -> tuple[list[Problem]
         problems, waiting = check_index_agreement(store, index)
         if outdated is not None:
             problems.insert(0, Problem(None, None, f"the index {outdated}; {rebuild}"))
-    except IndexMissing as e:
-        return [Problem(None, None, f"the index is missing ({e}); {rebuild}")], 0
     except Exception as e:  # whatever reading it raised (Whoosh's own errors included)
-        reason = f"{type(e).__name__}: {e}"
-        return [Problem(None, None, f"the index is damaged ({reason}); {rebuild}")], 0
+        return [Problem(None, None, describe_unreadable_index(e))], 0
     missing = sum(1 for p in problems if p.reason == MISSING_FROM_INDEX)
     if missing > 1 and missing == store.counts()["indexed"]:
         others = [p for p in problems if p.reason != MISSING_FROM_INDEX]
