@@ -209,6 +209,35 @@ def test_ui_export_started_from_another_site_is_refused_and_not_audited(
         assert list_audit(session, AuditFilter(action="export")).total == 3
 
 
+def test_ui_export_without_sec_fetch_headers_is_judged_by_its_origin_then_its_referer(
+    client: Any, auditor_headers: Any, corpus: None, services: Any
+) -> None:
+    """Over plain HTTP (and in older browsers) no `Sec-Fetch-Site` is sent: the `Origin`, else
+    the `Referer`, says whether another site sent the browser to the export link."""
+    from archivist.audit import AuditFilter, list_audit
+
+    _sign_in(client, auditor_headers)
+    for headers in ({"Referer": "http://evil.example/"}, {"Origin": "http://evil.example"},
+                    {"Origin": "null"},
+                    {"Origin": "http://evil.example", "Referer": "http://localhost/search"},
+                    {"Referer": "http://localhost.evil.example/search?q=refund"}):
+        response = client.get("/search/export.csv?q=refund", headers=headers)
+        assert response.status_code == 403, headers
+        assert "another site" in response.get_data(as_text=True)
+    with services.read_sessions.begin() as session:
+        assert list_audit(session, AuditFilter(action="export")).total == 0
+
+    for headers in ({"Referer": "http://localhost/search?q=refund"},
+                    {"Origin": "http://localhost"},
+                    {"Referer": "https://localhost/search?q=refund"},  # TLS ended by a proxy
+                    {"Sec-Fetch-Site": "same-origin", "Referer": "http://evil.example/"}):
+        response = client.get("/search/export.csv?q=refund", headers=headers)
+        assert response.status_code == 200, headers
+        assert "A-1" in response.get_data(as_text=True)
+    with services.read_sessions.begin() as session:
+        assert list_audit(session, AuditFilter(action="export")).total == 4
+
+
 def test_ui_restore_is_audited_and_idempotent_in_the_ui(
     client: Any, admin_headers: Any, auditor_headers: Any, corpus: None, services: Any
 ) -> None:

@@ -228,16 +228,34 @@ def _error_page(e: Exception) -> tuple[str, int]:
 def started_here(view: F) -> F:
     """Refuse a GET that does work in the user's name (an export) when another site started
     it: the session cookie rides along on a cross-site navigation (`SameSite=Lax`), so a page
-    elsewhere could run an export, audited under the user's name, without a click here.
-    Browsers say where a request came from in `Sec-Fetch-Site`; one without it is let in."""
+    elsewhere could run an export, audited under the user's name, without a click here."""
 
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
+        if started_elsewhere():
             abort(403, "Start this from Archivist's own pages, not from a link on another site.")
         return view(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def started_elsewhere() -> bool:
+    """Whether the browser says another site started this request.
+
+    `Sec-Fetch-Site` says so where the browser sends it; browsers send none over plain HTTP
+    (except to localhost), and older ones none at all, so then the `Origin`, else the `Referer`,
+    is compared with the host this request was sent to (not the scheme: behind a proxy that
+    ends TLS, the server sees HTTP). An unreadable one (`Origin: null`) counts as another
+    site's; a request with none of them (a typed address, a referrer withheld) is let in.
+    """
+    site = request.headers.get("Sec-Fetch-Site")
+    if site:
+        return site in ("cross-site", "same-site")
+    for header in ("Origin", "Referer"):
+        value = request.headers.get(header)
+        if value:
+            return urlsplit(value).netloc.lower() != request.host.lower()
+    return False
 
 
 def require_ui_role(role: str) -> Callable[[F], F]:
