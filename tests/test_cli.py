@@ -378,7 +378,7 @@ def test_init_over_a_damaged_index_still_initialises_and_verify_names_it(
     assert verified.returncode == 1 and "archivist index --rebuild" in verified.stderr
 
 
-def test_archive_with_the_index_s_current_file_lost_moves_nothing_and_says_to_rebuild(
+def test_jobs_with_the_index_s_current_file_lost_move_nothing_and_say_to_rebuild(
     installed, tmp_path, make_record
 ):
     """Records moved into the store could not be indexed: refused before anything moves, in
@@ -395,8 +395,12 @@ def test_archive_with_the_index_s_current_file_lost_moves_nothing_and_says_to_re
     archivist("import", str(tmp_path / "in.jsonl"), "--config", str(installed))
     some = archivist("archive", "--as-of", "2027-06-01", "--config", str(installed))
     verified = archivist("verify", "--config", str(installed))
+    # the index's catch-up and an erasure need it too, and say so the same way
+    catch_up = archivist("index", "--config", str(installed))
+    erased = archivist("erase", "--customer", "C1", "--reason", "asked",
+                       "--config", str(installed))
 
-    for result in (nothing, some):
+    for result in (nothing, some, catch_up, erased):
         assert (result.returncode, result.stdout) == (1, "")
         assert result.stderr.splitlines() == [f"error: {expected}"]
     assert verified.returncode == 1 and expected in verified.stderr.splitlines()

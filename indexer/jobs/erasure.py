@@ -51,11 +51,12 @@ from archivist.crm_rows import CrmTables, count_customer_rows, count_record_rows
 from archivist.holds import load_hold_set
 from archivist.ledgers import append_entry, read_entries
 from archivist.processes import find_processes, is_held
-from indexer.errors import IndexerError
+from indexer.errors import IndexerError, IndexUnavailable
 from indexer.hold_reach import CHECK_THE_VALUE, no_record_with
 from indexer.jobs.erasure_audit import NamingWords, entries_naming
 from indexer.jobs.indexing import sync_index
 from indexer.jobs.settling import reconcile_moves
+from indexer.jobs.verification import describe_unreadable_index
 from indexer.processes import ArchivistSource
 from indexer.services import Services
 
@@ -141,7 +142,10 @@ def erase_records(
     # refused before all else, and before the ledger asks for it to be finished later: an
     # archive folder it cannot write, an index it could not rewrite
     services.store.require_writable()
-    services.index.check_readable()
+    try:
+        services.index.check_readable()
+    except IndexUnavailable as e:  # said as `verify` says it, with the way to mend it
+        raise IndexUnavailable(describe_unreadable_index(e)) from None
     with _erasing(ledger_path(services.config.key_file)) as path:
         _finish_interrupted(services, path, at)  # first: it may erase some of these
         plan = _plan(services, customer_id, record_id)

@@ -215,7 +215,11 @@ def run_dispose_job(
 
 
 def run_index_job(services: Services, *, should_stop: Callable[[], bool] = lambda: False) -> int:
-    """Index whatever is archived but not yet indexed (and drop what left the archive)."""
+    """Index whatever is archived but not yet indexed (and drop what left the archive).
+
+    :raises IndexUnavailable: the index is missing or damaged (`archivist index --rebuild`)
+    """
+    require_readable_index(services.index)
     indexed = sync_index(services.store, services.index, should_stop=should_stop)
     if indexed:
         log.info("index job: indexed %d", indexed)
