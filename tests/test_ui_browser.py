@@ -19,6 +19,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -197,11 +198,10 @@ def _free_port() -> int:
         return port
 
 
-def _install(root: Path) -> tuple[Path, dict[str, str]]:
-    """A real installation: init, import known and generated records, archive, tokens."""
+def _install(root: Path, records: list[dict[str, Any]]) -> tuple[Path, dict[str, str]]:
+    """A real installation: init, import these records, archive, tokens."""
     from archivist.active_db import utcnow
     from archivist.config import load_config
-    from archivist.demo_data import generate_records
     from archivist.importer import import_lines
     from archivist.tokens import create_token
     from indexer.jobs.runs import run_archive_job
@@ -209,7 +209,6 @@ def _install(root: Path) -> tuple[Path, dict[str, str]]:
 
     config_path = root / "config.toml"
     config_path.write_text(CONFIG_TEXT)
-    records = [*KNOWN, *generate_records(80, seed=11)]
     lines = [json.dumps(r, ensure_ascii=False).encode("utf-8") for r in records]
     with Services.open(load_config(config_path), create=True) as services:
         report = import_lines(lines, services.sessions, services.store.find_archived)
@@ -225,8 +224,23 @@ def _install(root: Path) -> tuple[Path, dict[str, str]]:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """`archivist serve` as a real process on a free port, over a loaded installation."""
+    from archivist.demo_data import generate_records
+
     root = tmp_path_factory.mktemp("ui-site")
-    config_path, tokens = _install(root)
+    yield from _serving(root, [*KNOWN, *generate_records(80, seed=11)])
+
+
+@contextmanager
+def _serving_site(root: Path, records: list[dict[str, Any]]) -> Iterator[Site]:
+    """`_serving` as a context manager, for a test of its own installation."""
+    root.mkdir(parents=True, exist_ok=True)
+    yield from _serving(root, records)
+
+
+def _serving(root: Path, records: list[dict[str, Any]]) -> Iterator[Site]:
+    """An installation of these records under `root`, served by `archivist serve` as a real
+    process on a free port until the generator is closed."""
+    config_path, tokens = _install(root, records)
     port = _free_port()
     out = root / "serve.out"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -282,6 +296,14 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def new_page(browser: Any, site: Site) -> Iterator[Any]:
     """A factory of pages, each in its own context (cookies), optionally signed in."""
+    with _pages(browser, site) as make:
+        yield make
+
+
+@contextmanager
+def _pages(browser: Any, site: Site) -> Iterator[Any]:
+    """A factory of pages of a site, each in its own context (cookies), optionally signed
+    in; every context is closed at the end."""
     contexts = []
 
     def make(role: str | None = None, width: int = 1280, height: int = 900) -> Any:
@@ -877,16 +899,23 @@ def test_ui_keyboard_only_search(new_page: Any) -> None:
     page.wait_for_url(re.compile(r"/records/"))
 
 
-def test_ui_screenshots(new_page: Any, tmp_path: Path) -> None:
-    target = Path(os.environ.get("ARCHIVIST_SCREENSHOTS") or tmp_path)
+def test_ui_screenshots(browser: Any, tmp_path: Path) -> None:
+    """The README's pictures, of the demo's data set (`archivist demo`) and its refund case."""
+    from archivist.demo_data import generate_demo_records
+
+    target = Path(os.environ.get("ARCHIVIST_SCREENSHOTS") or tmp_path / "shots")
     target.mkdir(parents=True, exist_ok=True)
     shots = {
         "ui-search.png": ("/search?q=refund OR 退款", 1280, 900),
-        "ui-record.png": ("/records/EN-1", 1280, 900),
+        "ui-record.png": ("/records/REC-00000042-M2", 1280, 900),
         "ui-search-phone.png": ("/search?q=退款", 390, 844),
     }
-    for name, (path, width, height) in shots.items():
-        page = new_page("admin" if "record" in name else "auditor", width=width, height=height)
-        page.goto(path)
-        page.screenshot(path=str(target / name), full_page=False)
-        assert (target / name).stat().st_size > 10_000
+    records = list(generate_demo_records(300, now=datetime.fromisoformat(ARCHIVE_AS_OF)))
+    with _serving_site(tmp_path / "demo", records) as demo, _pages(browser, demo) as new_page:
+        for name, (path, width, height) in shots.items():
+            page = new_page("admin" if "record" in name else "auditor", width=width,
+                            height=height)
+            page.goto(path)
+            assert page.locator("h1").count() == 1  # a page of the site, not an error
+            page.screenshot(path=str(target / name), full_page=False)
+            assert (target / name).stat().st_size > 10_000
