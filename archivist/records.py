@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 import re
 import unicodedata
@@ -207,6 +208,34 @@ def _nesting_depth(value: Any) -> int:
     return deepest
 
 
+# a date in the ISO shape (`2023-02-30`, `20230230`), alone or before its time
+_ISO_DATE = re.compile(r"(\d{4})(-?)(\d{2})\2(\d{2})(?=$|[Tt ])")
+_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
+           "September", "October", "November", "December")
+
+
+def calendar_problem(text: str) -> str | None:
+    """Why a date written in the ISO shape is on no calendar (`February 2023 has 28 days`);
+    None when it is a real date or not in that shape at all.
+
+    :param text: a date, or a datetime beginning with its date.
+    """
+    match = _ISO_DATE.match(text)
+    if match is None:
+        return None
+    year, month, day = int(match[1]), int(match[3]), int(match[4])
+    if year == 0:
+        return "years start at 0001"
+    if not 1 <= month <= 12:
+        return "months are 01 to 12"
+    days = calendar.monthrange(year, month)[1]
+    if day == 0:
+        return "days of the month start at 01"
+    if day > days:
+        return f"{_MONTHS[month - 1]} {year} has {days} days"
+    return None
+
+
 def canonical_timestamp(text: str, name: str = "timestamp") -> str:
     """Normalise an ISO 8601 timestamp with an offset to `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` (UTC).
 
@@ -215,6 +244,11 @@ def canonical_timestamp(text: str, name: str = "timestamp") -> str:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
+        problem = calendar_problem(text)
+        if problem is not None:
+            raise InvalidRecord(
+                f"{name} is not a date on the calendar: {text[:60]!r} ({problem})"
+            ) from None
         raise InvalidRecord(f"{name} is not an ISO 8601 date-time: {text[:60]!r}") from None
     if "T" not in text.upper() and " " in text.strip():  # a space for the T
         raise InvalidRecord(f"{name} needs a 'T' between the date and the time: {text[:60]!r}")

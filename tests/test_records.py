@@ -68,7 +68,12 @@ def test_timestamps_are_stored_in_utc(given, expected):
         ({"created_at": "2023-05-01"}, "created_at needs a time"),
         ({"updated_at": "2023-05-01T10:00:00"}, "updated_at needs a time"),
         ({"updated_at": "yesterday"}, "updated_at is not an ISO 8601"),
-        ({"updated_at": "2023-02-30T10:00:00Z"}, "updated_at is not an ISO 8601"),
+        ({"updated_at": "2023-02-30T10:00:00Z"},
+         r"updated_at is not a date on the calendar: '2023-02-30T10:00:00Z' "
+         r"\(February 2023 has 28 days\)"),
+        ({"created_at": "2024-13-01T10:00:00Z"}, r"created_at is not a date on the calendar: "
+         r"'2024-13-01T10:00:00Z' \(months are 01 to 12\)"),
+        ({"updated_at": "2023-02-28T25:00:00Z"}, "updated_at is not an ISO 8601"),
         ({"attributes": [1, 2]}, "attributes must be a JSON object"),
         ({"attributes": None}, "attributes must be a JSON object"),
         ({"colour": "red"}, "unknown field 'colour'"),

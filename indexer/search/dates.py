@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import calendar
 import re
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 
+from archivist.records import calendar_problem
 from indexer.errors import BadQuery
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -32,34 +32,6 @@ def parse_timestamp(text: str) -> datetime:
 
 
 _SPACED_OFFSET = re.compile(r"\d \d{2}(:?\d{2})?$")
-# a date in the ISO shape (`2023-02-30`, `20230230`), alone or before its time
-_ISO_DATE = re.compile(r"(\d{4})(-?)(\d{2})\2(\d{2})(?=$|[Tt ])")
-_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
-           "September", "October", "November", "December")
-
-
-def calendar_problem(text: str) -> str | None:
-    """Why a date written in the ISO shape is on no calendar (`February 2023 has 28 days`);
-    None when it is a real date or not in that shape at all.
-
-    :param text: a date, or a datetime beginning with its date.
-    """
-    match = _ISO_DATE.match(text)
-    if match is None:
-        return None
-    year, month, day = int(match[1]), int(match[3]), int(match[4])
-    if year == 0:
-        return "years start at 0001"
-    if not 1 <= month <= 12:
-        return "months are 01 to 12"
-    days = calendar.monthrange(year, month)[1]
-    if day == 0:
-        return "days of the month start at 01"
-    if day > days:
-        return f"{_MONTHS[month - 1]} {year} has {days} days"
-    return None
-
-
 def parse_bound(text: str, end: bool) -> datetime:
     """Parse a ``from``/``to`` bound: an ISO date or datetime, as aware UTC.
 
