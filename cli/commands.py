@@ -539,6 +539,11 @@ def backup_recover(folder: Path, force: bool, config: Config) -> None:
                    "made after the backup was taken are made again only from it, so their "
                    "records may be back; copy it there with the key and recover again with "
                    "--force", err=True)
+    if report.missing_revocation_ledger is not None:
+        click.echo(f"warning: no revocation ledger at {report.missing_revocation_ledger}: "
+                   "tokens revoked after the backup was taken are revoked again only from it, "
+                   "so they may work again; copy it there with the key and recover again with "
+                   "--force", err=True)
 
 
 def _print_by_category(verb: str, total: int, by_category: dict[str, int]) -> None:

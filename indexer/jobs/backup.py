@@ -146,6 +146,8 @@ class RecoverReport:
     # ledger left behind: `backup create` makes it before the first erasure), so their records
     # may be back.
     missing_erasure_ledger: Path | None = None
+    # ... and the revocation ledger: tokens revoked after the backup was taken work again
+    missing_revocation_ledger: Path | None = None
 
 
 def whole_file_database(config: Config) -> Path | None:
@@ -158,9 +160,10 @@ def create_backup(services: Services, folder: Path, at: datetime) -> BackupRepor
     """Back up the installation into `folder`, online, copying only what changed.
 
     The old manifest is removed first: a run that stops half-way leaves a folder that `verify`
-    calls unfinished, and the next run copies everything again. The erasure ledger is created
-    beside the key file if no erasure made it yet, so that a copy of the key and its ledgers
-    taken for a recovery holds it, and a recovery that finds none knows it was not copied.
+    calls unfinished, and the next run copies everything again. The erasure and revocation
+    ledgers are created beside the key file if nothing wrote them yet, so that a copy of the
+    key and its ledgers taken for a recovery holds them, and a recovery that finds one missing
+    knows it was not copied.
 
     :param services: the installation, open
     :param folder: the backup folder (created if missing)
@@ -168,22 +171,23 @@ def create_backup(services: Services, folder: Path, at: datetime) -> BackupRepor
     """
     folder = Path(folder)
     _check_folder(services.config, folder)
-    _create_erasure_ledger(services.config)
+    _create_ledgers(services.config)
     (folder / STORE_FOLDER).mkdir(parents=True, exist_ok=True)
     with _writing(folder):
         return _create(services, folder, at)
 
 
-def _create_erasure_ledger(config: Config) -> None:
-    """The erasure ledger, empty, where erasures write it (beside `[archive] key_file`, with
-    the key given in the environment too). A folder it cannot be made in fails no backup:
-    an erasure would fail there as well, and a recovery warns that it found no ledger."""
-    path = ledger_path(config.key_file)
-    try:
-        create_ledger(path)
-    except OSError as e:
-        log.warning("cannot create the erasure ledger %s (%s): a recovery of this backup will "
-                    "warn that it finds none", path, e)
+def _create_ledgers(config: Config) -> None:
+    """The erasure and revocation ledgers, empty, where erasures and token revocations write
+    them (beside `[archive] key_file`, with the key given in the environment too). A folder
+    they cannot be made in fails no backup: an erasure would fail there as well, and a
+    recovery warns that it found no ledger."""
+    for path in (ledger_path(config.key_file), revocation_ledger_path(config.key_file)):
+        try:
+            create_ledger(path)
+        except OSError as e:
+            log.warning("cannot create the ledger %s (%s): a recovery of this backup will "
+                        "warn that it finds none", path, e)
 
 
 def _previous_head(folder: Path) -> object:
@@ -458,7 +462,9 @@ def _recover(
         with services.sessions.begin() as session:
             # Tokens revoked since the backup stay revoked; every browser signs in again (a
             # session signed out since would otherwise be live again).
-            apply_revocation_ledger(session, revocation_ledger_path(config.key_file), at)
+            revocations = revocation_ledger_path(config.key_file)
+            missing_revocations = None if revocations.exists() else revocations
+            apply_revocation_ledger(session, revocations, at)
             session.execute(delete(WebSession))
         counts = services.store.counts()
         with services.read_sessions.begin() as session:  # as `stats` counts them
@@ -468,7 +474,8 @@ def _recover(
         # even if the index rebuild below is killed.
         details = {"backup_created_at": str(metadata.get("created_at")), "active": active,
                    "archived": counts["archived"], "force": force, "crm_rows_lost": lost,
-                   "erasure_ledger_found": missing_ledger is None}
+                   "erasure_ledger_found": missing_ledger is None,
+                   "revocation_ledger_found": missing_revocations is None}
         write_audit(services.sessions, [
             AuditEvent(utcnow(), actor, "recover", str(folder.absolute()), "ok", details)
         ])
@@ -479,7 +486,7 @@ def _recover(
         indexed = rebuild_index(services.store, services.index)
     return RecoverReport(
         active, counts["archived"], indexed, str(metadata.get("created_at")), lost,
-        missing_ledger,
+        missing_ledger, missing_revocations,
     )
 
 
