@@ -191,7 +191,12 @@ def register_error_handlers(app: Flask) -> None:
             raise werkzeug.exceptions.BadRequest("the path holds a NUL character")
         fields = [request.args]
         if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            request.get_data(cache=True)  # first: the raw body stays readable after the parse
+            body = request.get_data(cache=True)  # first: the raw body stays readable after
+            if request.mimetype == "application/x-www-form-urlencoded":  # the parse
+                try:  # (bad bytes there are kept as the `%FF` text the client sent)
+                    unquote_to_bytes(body.replace(b"+", b" ")).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise werkzeug.exceptions.BadRequest("the form is not valid UTF-8") from None
             fields.append(request.form)
         for values in fields:
             if any("\x00" in k or "\x00" in v for k, v in values.items(multi=True)):

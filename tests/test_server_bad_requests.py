@@ -231,6 +231,26 @@ def test_ui_query_string_that_is_not_utf8_is_a_400_page(
     assert "query string is not valid UTF-8" in response.get_data(as_text=True)
 
 
+def test_ui_form_that_is_not_utf8_is_a_400_page_and_changes_nothing(
+    client: Any, admin_headers: dict[str, str], services: Any
+) -> None:
+    """A form field's bytes that are not UTF-8 were kept as the `%FF` text sent: a hold was
+    placed on customer `C%FF1`. Refused as a query string's are."""
+    from archivist.holds import list_holds
+
+    _sign_in(client, admin_headers)
+    page = client.get("/admin/holds").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert csrf
+    body = f"csrf_token={csrf.group(1)}&scope=customer&value=C%FF1&reason=r%FE".encode()
+    response = client.post("/admin/holds", data=body,
+                           content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 400
+    assert "the form is not valid UTF-8" in response.get_data(as_text=True)
+    with services.sessions.begin() as session:
+        assert list_holds(session) == []
+
+
 def test_ui_a_page_address_no_route_answers_is_a_page_the_api_s_stay_json(
     client: Any, admin_headers: dict[str, str]
 ) -> None:
