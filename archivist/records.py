@@ -22,7 +22,8 @@ MAX_ATTRIBUTES_BYTES = 4 * 2**20
 # CRM data nests a few levels; hundreds of levels reach the recursion limits of the tools a
 # record passes through (pickling to the index workers, JSON encoders).
 MAX_ATTRIBUTE_DEPTH = 64
-ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+MAX_ID_LENGTH = 128
+ID_PATTERN = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_ID_LENGTH}}}")
 _FRACTION = re.compile(r"T\d{2}:?\d{2}:?\d{2}[.,](\d+)")
 _TEXT_FIELDS = ("kind", "category", "subject", "body", "status")
 _OPTIONAL_TEXT_FIELDS = ("customer_id", "owner")

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from archivist.active_db import upsert_records
+from archivist.audit import AuditFilter, list_audit
 from archivist.config import load_config
 from archivist.records import parse_record
 from server import close_app, create_app
@@ -315,6 +316,35 @@ def test_ui_bulk_restore_restores_only_what_its_confirmation_counted(
     done = _bulk_restore(client, **form)  # confirming the new count restores them
     assert done.status_code == 303
     assert _archived_ids(client, "countword") == set()
+
+
+@pytest.mark.parametrize(("form", "said"), [
+    # a typo'd filter was dropped: the search matched every archived record
+    ({"mode": "search", "search": "customer_idd=C-ONE"},
+     "Nothing was restored: the search has no parameter &#39;customer_idd&#39;."),
+    ({"mode": "search", "search": "zzz"},
+     "Nothing was restored: the search has no parameter &#39;zzz&#39;."),
+    ({"mode": "ids", "ids": ["x" * 129]},
+     "Nothing was restored: a record id has 1 to 128 characters."),
+], ids=["misspelt-filter", "no-filter", "long-id"])
+def test_ui_bulk_restore_refuses_what_the_search_page_never_sends(
+    client: Any, admin_headers: Any, services: Any, archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]], form: dict[str, Any], said: str,
+) -> None:
+    """The API refuses an unknown search parameter and an id no record can have; the page's
+    form did neither: it counted every archived record for a misspelt filter, and wrote a
+    100,000-character id twice into the audit log."""
+    archived(make_record(id="ONE-1", customer_id="C-ONE"), make_record(id="TWO-1"))
+    _sign_in(client, admin_headers)
+    data = {"csrf_token": _csrf(client, "/search"), "reason": "r", **form}
+    for step in ({}, {"confirmed": "1", "plan": "0" * 64}):
+        response = client.post("/restore", data={**data, **step}, follow_redirects=True)
+        assert said in response.get_data(as_text=True)
+    states = {i: e.state for i, e in services.store.entries(["ONE-1", "TWO-1"]).items()}
+    assert states == {"ONE-1": "archived", "TWO-1": "archived"}
+    client.application.extensions["archivist_audit"].flush()
+    with services.sessions.begin() as session:
+        assert list_audit(session, AuditFilter(action="restore")).total == 0
 
 
 def test_ui_restore_ticked_shows_the_whole_processes_count_first(

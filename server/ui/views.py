@@ -29,6 +29,7 @@ from werkzeug.datastructures import MultiDict
 from archivist.audit import ACTIONS, AuditFilter, AuditPage
 from archivist.errors import MomentOutOfRange
 from archivist.holds import SCOPES
+from archivist.records import MAX_ID_LENGTH
 from archivist.tokens import TokenInfo
 from indexer.errors import BadQuery
 from indexer.hold_reach import no_record_held
@@ -287,6 +288,17 @@ def bulk_restore() -> ResponseReturnValue:
         return render_template("ui/restore_confirm.html", plan=plan, search=search, mode=mode,
                                ids=ids, reason=reason, back=back, changed=changed)
 
+    # What the search page sends holds only its own parameters and record ids: anything else
+    # was not sent from it (a dropped parameter would widen the search to more records).
+    unknown = sorted({k for k, _ in parse_qsl(search, keep_blank_values=True)}
+                     - set(SEARCH_PARAMS))
+    if mode == "search" and unknown:
+        flash(f"Nothing was restored: the search has no parameter {unknown[0]!r}.", "error")
+        return redirect(back, 303)
+    if mode == "ids" and any(not 1 <= len(i) <= MAX_ID_LENGTH for i in ids):
+        flash(f"Nothing was restored: a record id has 1 to {MAX_ID_LENGTH} characters.",
+              "error")
+        return redirect(back, 303)
     try:
         query = None
         if mode == "search":
