@@ -207,7 +207,8 @@ def archive(as_of: datetime | None, dry_run: bool, config: Config) -> None:
         _print_by_category("would archive", report.archived, report.by_category)
         if report.held_back:
             click.echo(
-                f"held back {report.held_back} processes (a record not aged, or on hold)"
+                f"held back {report.held_back} processes (a record not aged, in its restore "
+                "grace, or on hold)"
             )
     else:
         click.echo(f"archived {report.archived}, indexed {report.indexed}")

@@ -421,3 +421,21 @@ def test_output_cut_off_by_its_reader_ends_quietly(installed):
         stderr = process.stderr.read().decode()
     assert process.wait(60) == 1
     assert stderr == ""
+
+
+def test_archive_dry_run_says_why_a_restored_process_is_held_back(installed, tmp_path, make_record):
+    """Restored, a process stays active for its restore grace: the dry run counts it held back,
+    and says that is one of the reasons."""
+    write_jsonl(tmp_path / "in.jsonl", [make_record(id="X", updated_at="2013-01-01T00:00:00Z")])
+    archivist("import", str(tmp_path / "in.jsonl"), "--config", str(installed))
+    archivist("archive", "--as-of", "2015-01-01", "--config", str(installed))
+    restored = archivist("restore", "X", "--reason", "asked", "--config", str(installed))
+    assert restored.returncode == 0, restored.stderr
+
+    preview = archivist("archive", "--as-of", "2016-01-01", "--dry-run", "--config",
+                        str(installed))
+
+    assert preview.stdout.splitlines() == [
+        "would archive 0",
+        "held back 1 processes (a record not aged, in its restore grace, or on hold)",
+    ]
