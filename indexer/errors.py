@@ -19,6 +19,10 @@ class IndexUnavailable(IndexerError):
     code = "index_unavailable"
 
 
+REBUILD_HINT = "`archivist index --rebuild` rebuilds it from the archive"
+"""How a missing or damaged index is mended, said after what is wrong with it."""
+
+
 class IndexMissing(IndexUnavailable):
     """There is no index at all where the config names it (nothing says which is current)."""
 

@@ -9,7 +9,7 @@ from sqlalchemy import inspect
 from archive_store import ArchiveStore, Problem
 from archivist.active_db import AuditEntry
 from archivist.audit import iter_chain_problems
-from indexer.errors import IndexMissing, IndexUnavailable
+from indexer.errors import REBUILD_HINT, IndexMissing, IndexUnavailable
 from indexer.jobs.indexing import MISSING_FROM_INDEX, check_index_agreement
 from indexer.search import SearchEngine
 from indexer.services import Services, search_index_exists
@@ -77,15 +77,20 @@ def verify_all(services: Services) -> VerifyResult:
     return VerifyResult(problems, records, waiting, counts["pending"])
 
 
-REBUILD = "`archivist index --rebuild` rebuilds it from the archive"
-
-
 def describe_unreadable_index(error: Exception) -> str:
     """The one line `verify` gives for an index that cannot be read: missing or damaged, and
-    how to make it again (the archive itself is fine)."""
+    how to make it again (the archive itself is fine), unless the error says so already (the
+    check of the index's files does)."""
     if isinstance(error, IndexMissing):
-        return f"the index is missing ({error}); {REBUILD}"
-    return f"the index is damaged ({type(error).__name__}: {error}); {REBUILD}"
+        said = f"the index is missing ({error})"
+    else:
+        said = f"the index is damaged ({type(error).__name__}: {error})"
+    return said if "archivist index --rebuild" in str(error) else f"{said}; {REBUILD_HINT}"
+
+
+def _damaged(damage: list[str]) -> str:
+    """The line for what `SearchEngine.find_damage` found."""
+    return f"the index is damaged: {'; '.join(damage)}; {REBUILD_HINT}"
 
 
 def require_readable_index(index: SearchEngine) -> None:
@@ -102,7 +107,7 @@ def require_readable_index(index: SearchEngine) -> None:
     except Exception as e:  # whatever reading it raised (Whoosh's own errors included)
         raise IndexUnavailable(describe_unreadable_index(e)) from None
     if damage:
-        raise IndexUnavailable(f"the index is damaged: {'; '.join(damage)}; {REBUILD}")
+        raise IndexUnavailable(_damaged(damage))
 
 
 def check_index(store: ArchiveStore, index: SearchEngine) -> tuple[list[Problem], int]:
@@ -113,15 +118,14 @@ def check_index(store: ArchiveStore, index: SearchEngine) -> tuple[list[Problem]
     be read, or that lacks every record it should hold, is one line saying so (the archive
     itself is fine, and `archivist index --rebuild` builds the index again from it).
     """
-    rebuild = REBUILD
     try:
         damage = index.find_damage()
         if damage:
-            return [Problem(None, None, f"the index is damaged: {'; '.join(damage)}; {rebuild}")], 0
+            return [Problem(None, None, _damaged(damage))], 0
         outdated = index.outdated()
         problems, waiting = check_index_agreement(store, index)
         if outdated is not None:
-            problems.insert(0, Problem(None, None, f"the index {outdated}; {rebuild}"))
+            problems.insert(0, Problem(None, None, f"the index {outdated}; {REBUILD_HINT}"))
     except Exception as e:  # whatever reading it raised (Whoosh's own errors included)
         return [Problem(None, None, describe_unreadable_index(e))], 0
     missing = sum(1 for p in problems if p.reason == MISSING_FROM_INDEX)
@@ -129,7 +133,7 @@ def check_index(store: ArchiveStore, index: SearchEngine) -> tuple[list[Problem]
         others = [p for p in problems if p.reason != MISSING_FROM_INDEX]
         line = (
             f"the index is missing: none of the {missing} records it should hold is in it; "
-            f"{rebuild}"
+            f"{REBUILD_HINT}"
         )
         return [Problem(None, None, line), *others], waiting
     return problems, waiting

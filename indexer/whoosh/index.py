@@ -44,6 +44,7 @@ from whoosh.searching import Searcher
 from whoosh.util.filelock import try_for
 
 from indexer.errors import (
+    REBUILD_HINT,
     BadQuery,
     IndexerError,
     IndexMissing,
@@ -116,7 +117,6 @@ _ERASE_ROUNDS = 10  # looks at a shard an erasure takes at most (see `erase`)
 install_mapped_files()  # see mapped_files: segment files are read in place, not copied
 
 _PROCESS_FIELDS = ("parent_id", "process_id")
-REBUILD_HINT = "`archivist index --rebuild` rebuilds it from the archive"
 
 
 def _without_processes(readers: Sequence[Any]) -> str | None:
