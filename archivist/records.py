@@ -237,6 +237,32 @@ def calendar_problem(text: str) -> str | None:
     return None
 
 
+_ISO_CLOCK = re.compile(r"\d{4}(-?)\d{2}\1\d{2}[Tt ](\d{2})(?::?(\d{2})(?::?(\d{2}))?)?")
+
+
+def clock_problem(text: str) -> str | None:
+    """Why the time of day in an ISO datetime is on no clock (`hours are 00 to 23`); None when
+    it is a real time or not in that shape at all.
+
+    :param text: a datetime, its date first.
+    """
+    match = _ISO_CLOCK.match(text)
+    if match is None:
+        return None
+    hours, minutes, seconds = (int(part) if part else 0 for part in match.group(2, 3, 4))
+    if hours == 24:
+        return "hours are 00 to 23: midnight at the end of a day is 00:00 of the next"
+    if hours > 23:
+        return "hours are 00 to 23"
+    if minutes > 59:
+        return "minutes are 00 to 59"
+    if seconds == 60:
+        return "seconds are 00 to 59: a leap second cannot be kept, write :59"
+    if seconds > 60:
+        return "seconds are 00 to 59"
+    return None
+
+
 def canonical_timestamp(text: str, name: str = "timestamp") -> str:
     """Normalise an ISO 8601 timestamp with an offset to `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` (UTC).
 
@@ -249,6 +275,11 @@ def canonical_timestamp(text: str, name: str = "timestamp") -> str:
         if problem is not None:
             raise InvalidRecord(
                 f"{name} is not a date on the calendar: {text[:60]!r} ({problem})"
+            ) from None
+        problem = clock_problem(text)
+        if problem is not None:
+            raise InvalidRecord(
+                f"{name} is not a time on the clock: {text[:60]!r} ({problem})"
             ) from None
         raise InvalidRecord(f"{name} is not an ISO 8601 date-time: {text[:60]!r}") from None
     if "T" not in text.upper() and " " in text.strip():  # a space for the T

@@ -73,7 +73,9 @@ def test_timestamps_are_stored_in_utc(given, expected):
          r"\(February 2023 has 28 days\)"),
         ({"created_at": "2024-13-01T10:00:00Z"}, r"created_at is not a date on the calendar: "
          r"'2024-13-01T10:00:00Z' \(months are 01 to 12\)"),
-        ({"updated_at": "2023-02-28T25:00:00Z"}, "updated_at is not an ISO 8601"),
+        ({"updated_at": "2023-02-28T25:00:00Z"}, r"updated_at is not a time on the clock: "
+         r"'2023-02-28T25:00:00Z' \(hours are 00 to 23\)"),
+        ({"updated_at": "2016-12-31T23:59:60Z"}, r"\(seconds are 00 to 59: a leap second"),
         ({"attributes": [1, 2]}, "attributes must be a JSON object"),
         ({"attributes": None}, "attributes must be a JSON object"),
         ({"colour": "red"}, "unknown field 'colour'"),

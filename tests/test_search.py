@@ -369,7 +369,11 @@ def test_parse_bound_rejects_bad_input(text: str) -> None:
         ("2023-04-00", "(days of the month start at 01)"),
         ("0000-01-01", "(years start at 0001)"),
         ("yesterday", "not an ISO date or datetime: 'yesterday'"),
-        ("2023-02-28T25:00", "not an ISO date or datetime"),  # the date is fine
+        ("2023-02-28T25:00", "not a time on the clock: '2023-02-28T25:00' (hours are 00 to 23)"),
+        ("2023-02-28T24:00Z", "(hours are 00 to 23: midnight at the end of a day is 00:00 of"),
+        ("20230228T1261", "(minutes are 00 to 59)"),
+        ("2023-02-28 23:59:60+08:00", "(seconds are 00 to 59: a leap second cannot be kept"),
+        ("2023-02-28T1:00", "not an ISO date or datetime"),  # no clock's shape
     ],
 )
 def test_parse_bound_says_when_a_date_is_not_on_the_calendar(text: str, says: str) -> None:

@@ -6,7 +6,7 @@ import re
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 
-from archivist.records import calendar_problem
+from archivist.records import calendar_problem, clock_problem
 from indexer.errors import BadQuery
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -54,6 +54,9 @@ def parse_bound(text: str, end: bool) -> datetime:
         problem = calendar_problem(text)
         if problem is not None:
             raise BadQuery(f"not a date on the calendar: {text[:40]!r} ({problem})") from e
+        problem = clock_problem(text)
+        if problem is not None:
+            raise BadQuery(f"not a time on the clock: {text[:40]!r} ({problem})") from e
         hint = ""
         if _SPACED_OFFSET.search(text):  # `+08:00` sent bare in a query string
             hint = "; write a '+' in a URL as %2B (a bare '+' reads as a space)"
