@@ -31,6 +31,7 @@ from sqlalchemy import (
     func,
     inspect,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -341,6 +342,18 @@ def lock_active(session: Session, record_ids: Sequence[str]) -> None:
         if for_update:
             query = query.order_by(LOCK_ORDER).with_for_update()
         session.execute(query).all()
+
+
+def take_turns(session: Session, key: int) -> None:
+    """Wait until no other transaction holds `key`, then hold it until this one ends.
+
+    PostgreSQL's transaction-scoped advisory lock; on SQLite the write transaction's lock
+    already makes writers take turns.
+
+    :param key: the turn's 64-bit name (each kind of turn has its own)
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 LOCK_ORDER = ACTIVE_TABLE.c.id

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, text, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from archivist.active_db import AuditEntry
+from archivist.active_db import AuditEntry, take_turns
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +163,7 @@ def append_audit(session: Session, events: Sequence[AuditEvent]) -> list[int]:
     CLI, the worker) read the same head, and all but one failed on its seq, retried and, with
     enough of them, gave up. SQLite's write lock already makes them take turns.
     """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _HEAD_LOCK_KEY})
+    take_turns(session, _HEAD_LOCK_KEY)
     head = session.execute(
         select(AuditEntry.seq, AuditEntry.entry_hash).order_by(AuditEntry.seq.desc()).limit(1)
     ).first()

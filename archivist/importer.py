@@ -10,12 +10,15 @@ from typing import BinaryIO
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from archivist.active_db import find_links, lock_active, upsert_records
+from archivist.active_db import find_links, lock_active, take_turns, upsert_records
 from archivist.errors import InvalidRecord
 from archivist.json_objects import DuplicateKey, unique_keys
 from archivist.records import Record, parse_record
 
 BATCH_SIZE = 2000
+# Imports take turns: each checks its lines' parents against what is committed, so two at once
+# could each accept one half of a cycle (A under B in one file, B under A in the other).
+_IMPORT_TURN_KEY = 0x4152_4348_494D_504F
 # Far above the longest valid line (a 1 MiB body and 4 MiB of attributes, even written with
 # \u escapes), so that a file that is not JSON Lines is refused without reading a line whole.
 MAX_LINE_BYTES = 64 * 2**20
@@ -129,6 +132,7 @@ def import_lines(
         report_errors()
 
     with sessions.begin() as session:
+        take_turns(session, _IMPORT_TURN_KEY)
         for number, raw in enumerate(lines, start=1):
             if batch and number - batch[0][0] >= BATCH_SIZE:
                 flush(session)  # a batch spans so many lines at most: errors wait no longer
@@ -160,6 +164,8 @@ def import_lines(
             except InvalidRecord as e:
                 reject(number, str(e))
                 continue
+            if record.id in seen and batch and seen[record.id] >= batch[0][0]:
+                flush(session)  # the earlier line may yet be refused: then this one stands
             if record.id in seen:
                 reject(number, f"duplicate id {record.id!r} (first on line {seen[record.id]})")
                 continue

@@ -272,6 +272,45 @@ def test_postgres_import_racing_an_archive_run_never_leaves_a_record_in_both_pla
         assert active["RACE-1"].body == "second"
 
 
+def test_postgres_two_imports_at_once_cannot_each_close_half_a_cycle(pg_services, make_record):
+    """Each import checks its parents against what is committed: one that started while
+    another had not committed yet waits for it, and then sees the other's parent."""
+    import threading
+
+    from archivist.importer import BATCH_SIZE
+
+    services = pg_services
+    load(services, [make_record(id="CX"), make_record(id="CY")])
+    first_checked, go_on = threading.Event(), threading.Event()
+
+    def first_file():
+        yield json.dumps(make_record(id="CX", parent_id="CY")).encode()
+        yield from [b""] * BATCH_SIZE  # blank lines: CX's batch is checked and written...
+        first_checked.set()
+        go_on.wait(timeout=10)  # ... but not committed until the second import had its go
+
+    reports = {}
+    first = threading.Thread(target=lambda: reports.update(
+        first=import_lines(first_file(), services.sessions, services.store.find_archived)))
+    first.start()
+    assert first_checked.wait(timeout=30)
+    line = json.dumps(make_record(id="CY", parent_id="CX")).encode()
+    second = threading.Thread(target=lambda: reports.update(
+        second=import_lines([line], services.sessions, services.store.find_archived)))
+    second.start()
+    second.join(timeout=2)
+    go_on.set()
+    first.join(timeout=60)
+    second.join(timeout=60)
+
+    assert reports["first"].imported == 1 and reports["first"].rejected == 0
+    assert reports["second"].imported == 0
+    assert "would close a cycle" in reports["second"].errors[0].reason
+    with services.sessions.begin() as session:
+        active = find_active(session, ["CX", "CY"])
+    assert (active["CX"].parent_id, active["CY"].parent_id) == ("CY", None)
+
+
 def test_postgres_an_audit_entry_the_database_refuses_takes_no_other_with_it(pg_services):
     """PostgreSQL's text cannot hold a NUL: such an entry fails alone, the rest of its batch
     is written (a search naming a NUL must not leave other requests unaudited)."""

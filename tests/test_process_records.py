@@ -82,6 +82,25 @@ def test_import_rejects_a_cycle_with_its_line_number(services, make_record):
     assert again.rejected == 1 and "cycle" in again.errors[0].reason
 
 
+def test_a_line_repeating_the_id_of_a_refused_line_is_imported(services, make_record):
+    """The earlier line with the id was refused (it closed a cycle): the later one is the only
+    line with that id, not a duplicate of a line that was never imported."""
+    report = load(services, [
+        make_record(id="Q1", parent_id="Q2"),
+        make_record(id="Q2", parent_id="Q1"),  # closes Q1 -> Q2 -> Q1
+        make_record(id="Q2", subject="the root"),
+    ])
+    assert [(e.line, "cycle" in e.reason) for e in report.errors] == [(2, True)]
+    assert report.imported == 2
+    with services.sessions.begin() as session:
+        active = find_active(session, ["Q1", "Q2"])
+    assert active["Q1"].parent_id == "Q2"
+    assert active["Q2"].parent_id is None and active["Q2"].subject == "the root"
+    # a repeat of an id whose first line stands is still a duplicate
+    again = load(services, [make_record(id="Q3"), make_record(id="Q3", subject="twice")])
+    assert [e.reason for e in again.errors] == ["duplicate id 'Q3' (first on line 1)"]
+
+
 def test_import_rejects_a_cycle_through_the_archive(services, make_record):
     # X is archived with a parent that was unknown then; Y becomes that parent and points at X
     assert load(services, [make_record(id="X", parent_id="Y")]).rejected == 0
