@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from archivist.active_db import find_links, lock_active, take_turns, upsert_records
 from archivist.errors import InvalidRecord
-from archivist.json_objects import DuplicateKey, unique_keys
-from archivist.records import Record, parse_record
+from archivist.json_objects import DuplicateKey, InexactNumber, exact_float, unique_keys
+from archivist.records import MAX_ATTRIBUTE_DEPTH, Record, parse_record
 
 BATCH_SIZE = 2000
 # Imports take turns: each checks its lines' parents against what is committed, so two at once
@@ -144,7 +144,9 @@ def import_lines(
             if not raw.strip():
                 continue
             try:
-                value = json.loads(raw.decode("utf-8"), object_pairs_hook=unique_keys)
+                value = json.loads(
+                    raw.decode("utf-8"), object_pairs_hook=unique_keys, parse_float=exact_float
+                )
                 record = parse_record(value, kinds)
             except UnicodeDecodeError as e:
                 reject(number, f"not valid UTF-8 ({e.reason} at byte {e.start})")
@@ -156,7 +158,11 @@ def import_lines(
                 reject(number, f"malformed JSON: {e}")
                 continue
             except RecursionError:
-                reject(number, "malformed JSON: nested too deeply")
+                reject(number, f"objects and arrays are nested far more than {MAX_ATTRIBUTE_DEPTH} "
+                       "levels deep (one inside another)")
+                continue
+            except InexactNumber as e:
+                reject(number, str(e))
                 continue
             except ValueError:  # after JSONDecodeError and DuplicateKey: an integer too long
                 reject(number, "a number has more than 4300 digits (too long to read)")

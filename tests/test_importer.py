@@ -220,6 +220,33 @@ def test_import_refuses_a_key_named_twice_line_by_line(services, make_record):
     assert active_ids(services) == ["K0"]
 
 
+def test_import_refuses_a_number_it_could_not_keep_as_written(services, make_record):
+    """Attributes are kept verbatim: a number a double would round, or make 0 or infinite, is
+    refused with its line, not stored as another number."""
+    def line(record_id, number):
+        return json.dumps(make_record(id=record_id, attributes={"n": 0})).replace(
+            '"n": 0', f'"n": {number}')
+
+    kept = {"E1": "1.5", "E2": "1E+2", "E3": "0.30000000000000004", "E4": "-2.5e-300",
+            "E5": "123456789012345678901234567890"}  # an integer: kept exactly, however long
+    refused = {"F1": "3.14159265358979323846", "F2": "12345678901234567890.5",
+               "F3": "1.5e-400", "F4": "1e400", "F5": "-1e400"}
+    lines = [line(i, n) for i, n in kept.items()] + [line(i, n) for i, n in refused.items()]
+    report = run_import(services, lines + ['{"id": "D", "a": ' + "[" * 10_000 + "]" * 10_000 + "}"])
+    reasons = {e.line: e.reason for e in report.errors}
+    assert "3.14159265358979323846 has more digits than a double keeps" in reasons[6]
+    assert "12345678901234567890.5 has more digits" in reasons[7]
+    assert "1.5e-400 is too small" in reasons[8]
+    assert "1e400 is too large" in reasons[9] and "-1e400 is too large" in reasons[10]
+    assert all("write it as a string to keep it exactly" in reasons[n] for n in range(6, 11))
+    assert reasons[11].startswith("objects and arrays are nested far more than 64 levels deep")
+    assert active_ids(services) == sorted(kept)
+    with services.sessions.begin() as session:
+        active = find_active(session, list(kept))
+    assert [active[i].to_json()["attributes"]["n"] for i in kept] == [
+        1.5, 100.0, 0.30000000000000004, -2.5e-300, 123456789012345678901234567890]
+
+
 def test_import_refuses_a_time_more_precise_than_a_microsecond(services, make_record):
     lines = [
         make_record(id="N1", created_at="2023-01-02T03:04:05.123456789Z"),
