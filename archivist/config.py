@@ -298,6 +298,12 @@ def _resolve_db_url(url: str, base: Path) -> str:
         parsed = make_url(url)
     except ArgumentError as e:
         raise ConfigError(f"active.url is not a database URL: {e}") from None
+    except ValueError as e:  # SQLAlchemy reads the port as it parses: `host:notaport`, `[::1`
+        raise ConfigError(
+            f"active.url is not a database URL: its host and port cannot be read ({e})"
+        ) from None
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise ConfigError(f"active.url: port {parsed.port} is not 1 to 65535")
     if parsed.drivername not in _SHIPPED_DRIVERS:
         _check_driver(parsed.drivername)
     if parsed.get_backend_name() != "sqlite":

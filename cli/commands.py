@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, NoReturn, cast
 from urllib.parse import parse_qsl
 
 import click
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError, OperationalError
 
 from archive_store import ArchiveStoreError
 from archive_store.crypto import KEY_ENV, KeyMissing, decode_key, load_key
@@ -71,6 +71,13 @@ class ArchivistGroup(click.Group):
         except OperationalError as e:  # the active database down, unreachable, refusing us
             click.echo(f"error: the active database: {_first_line(str(e.orig or e))}", err=True)
             sys.exit(1)
+        except DatabaseError as e:
+            if type(e) is not DatabaseError:  # an integrity or programming error: a bug
+                _unexpected(e)
+            # what SQLite says of a file that is not a database, or a damaged one
+            click.echo(f"error: the active database (active.url): {_first_line(str(e.orig or e))}",
+                       err=True)
+            sys.exit(1)
         except OSError as e:  # a folder that is a file, a path not there, no permission, no space
             if isinstance(e, BrokenPipeError) and _stdout_closed():
                 # the reader went away (`| head`): nothing to say, and nobody to say it to
@@ -82,11 +89,16 @@ class ArchivistGroup(click.Group):
             click.echo(f"error: {e.strerror or _first_line(str(e))}{where}", err=True)
             sys.exit(1)
         except Exception as e:  # a bug or an environment problem: still one line, exit 2
-            if os.environ.get("ARCHIVIST_DEBUG"):
-                raise
-            click.echo(f"error: unexpected {type(e).__name__}: {_first_line(str(e))} "
-                       "(set ARCHIVIST_DEBUG=1 for the traceback)", err=True)
-            sys.exit(2)
+            _unexpected(e)
+
+
+def _unexpected(e: Exception) -> NoReturn:
+    """Report an error nobody foresaw in one line (exit 2), or raise it with ARCHIVIST_DEBUG."""
+    if os.environ.get("ARCHIVIST_DEBUG"):
+        raise e
+    click.echo(f"error: unexpected {type(e).__name__}: {_first_line(str(e))} "
+               "(set ARCHIVIST_DEBUG=1 for the traceback)", err=True)
+    sys.exit(2)
 
 
 def _stdout_closed() -> bool:

@@ -223,6 +223,21 @@ def test_an_active_database_out_of_reach_is_one_line_and_exit_1(tmp_path):
     assert result.stderr.startswith("error: the active database: connection failed: ")
 
 
+def test_an_active_database_file_that_is_no_database_is_one_line_and_exit_1(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[active]\nurl = "sqlite:///c.toml"\n')  # the database "file" is the config
+    result = archivist("init", "--config", str(config))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == "error: the active database (active.url): file is not a database\n"
+    # an installation whose database file was overwritten
+    config.write_text('[active]\nurl = "sqlite:///active.db"\n')
+    assert archivist("init", "--config", str(config)).returncode == 0
+    (tmp_path / "active.db").write_bytes(b"not a database " * 1000)
+    result = archivist("stats", "--config", str(config))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == "error: the active database (active.url): file is not a database\n"
+
+
 def test_a_folder_that_is_a_file_is_one_line_naming_it(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text('[archive]\ndir = "c.toml"\n')  # the archive "folder" is the config

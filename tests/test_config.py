@@ -71,6 +71,13 @@ def test_non_sqlite_urls_are_kept_as_they_are(tmp_path):
          "active.url: no database driver for 'postgresql' is installed (No module named "
          "'psycopg2'); write sqlite:///PATH, or postgresql+psycopg://"),
         ("[active]\nurl = 'nosuchdb://x'\n", "active.url: no database driver for 'nosuchdb'"),
+        # SQLAlchemy reads the port while it parses the URL
+        ("[active]\nurl = 'postgresql+psycopg://u@127.0.0.1:notaport/x'\n",
+         "active.url is not a database URL: its host and port cannot be read (invalid literal"),
+        ("[active]\nurl = 'postgresql+psycopg://u@[::1/x'\n",
+         "active.url is not a database URL: its host and port cannot be read"),
+        ("[active]\nurl = 'postgresql+psycopg://u@db:99999/x'\n",
+         "active.url: port 99999 is not 1 to 65535"),
         # nothing would persist from one command to the next
         ("[active]\nurl = 'sqlite:///:memory:'\n", "active.url: an in-memory SQLite database"),
         ("[active]\nurl = 'sqlite://'\n", "active.url: an in-memory SQLite database"),
