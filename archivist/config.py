@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -273,7 +274,22 @@ def _retention(table: dict[str, Any], *, crm_tables: bool = False) -> RetentionR
             ),
             keep_years=_non_negative(own, "keep_years", default.keep_years, where),
         )
+    for where, policy in [("retention.default", default)] + [
+        (f"retention.category.{name}", policy) for name, policy in categories.items()
+    ]:
+        _warn_of_retention_ending_while_active(where, policy)
     return RetentionRules(default=default, categories=categories)
+
+
+def _warn_of_retention_ending_while_active(where: str, policy: RetentionPolicy) -> None:
+    """Say so when a record's retention would end before it is even archived: disposal only
+    reaches archived records, so such records would stay active past their retention."""
+    if policy.archive_after_days > policy.keep_years * 366:
+        log.warning(
+            "%s: archive_after_days = %d is longer than keep_years = %d: a record would stay "
+            "active past the end of its retention, and be due for disposal as soon as it is "
+            "archived", where, policy.archive_after_days, policy.keep_years,
+        )
 
 
 def _category_name_problem(name: str, crm_tables: bool) -> str | None:
@@ -400,6 +416,7 @@ def _positive(table: dict[str, Any], key: str, default: int, where: str) -> int:
 
 # Retention periods reach back from a run's `as_of`: beyond these a cut-off would fall before
 # year 1 and every run (of every category) would fail, so the config refuses them at load.
+log = logging.getLogger(__name__)
 RETENTION_LIMITS = {"archive_after_days": 365_000, "keep_years": 1000}
 
 

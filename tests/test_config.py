@@ -29,6 +29,29 @@ def test_sample_config_loads_with_contract_policies():
     assert config.retention.policy_for("medical") == RetentionPolicy(365, 10)
 
 
+def test_a_retention_ending_before_records_are_archived_is_warned_of(tmp_path, caplog):
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "[retention.default]\narchive_after_days = 3650\nkeep_years = 1\n"
+        "[retention.category.short]\narchive_after_days = 30\nkeep_years = 0\n"
+        "[retention.category.fine]\narchive_after_days = 366\nkeep_years = 1\n"
+    )
+    with caplog.at_level("WARNING", logger="archivist.config"):
+        load_config(path)
+    assert [r.getMessage() for r in caplog.records] == [
+        "retention.default: archive_after_days = 3650 is longer than keep_years = 1: a record "
+        "would stay active past the end of its retention, and be due for disposal as soon as it "
+        "is archived",
+        "retention.category.short: archive_after_days = 30 is longer than keep_years = 0: a "
+        "record would stay active past the end of its retention, and be due for disposal as "
+        "soon as it is archived",
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="archivist.config"):
+        load_config(REPO / "config.toml")
+    assert caplog.records == []
+
+
 def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch):
     folder = tmp_path / "etc"
     folder.mkdir()
