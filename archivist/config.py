@@ -196,9 +196,7 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
     worker = _table(data, "worker")
     records = _table(data, "records")
     backup = _table(data, "backup")
-    kinds = records.get("kinds", list(DEFAULT_KINDS))
-    if not (isinstance(kinds, list) and kinds and all(isinstance(k, str) and k for k in kinds)):
-        raise ConfigError("records.kinds must be a non-empty list of strings")
+    kinds = _kinds(records, crm_tables=bool(active.get("table")))
     shard_period = _get(index, "shard_period", str, "year", "index")
     if shard_period not in ("year", "month"):
         raise ConfigError("index.shard_period must be 'year' or 'month'")
@@ -290,6 +288,35 @@ def _warn_of_retention_ending_while_active(where: str, policy: RetentionPolicy) 
             "active past the end of its retention, and be due for disposal as soon as it is "
             "archived", where, policy.archive_after_days, policy.keep_years,
         )
+
+
+def _kinds(records: dict[str, Any], *, crm_tables: bool) -> list[str]:
+    """`records.kinds`; `crm_tables`: kinds come from the CRM's own columns, held to nothing
+    but being there, as categories are."""
+    kinds = records.get("kinds", list(DEFAULT_KINDS))
+    if not (isinstance(kinds, list) and kinds and all(isinstance(k, str) and k for k in kinds)):
+        raise ConfigError("records.kinds must be a non-empty list of strings")
+    for kind in kinds:
+        problem = _kind_problem(kind, crm_tables)
+        if problem is not None:  # no record could have it: it would only mislead
+            raise ConfigError(f"records.kinds: {kind[:80]!r} {problem}")
+    repeated = [kind for kind in kinds if kinds.count(kind) > 1]
+    if repeated:
+        raise ConfigError(f"records.kinds names {repeated[0][:80]!r} twice")
+    return kinds
+
+
+def _kind_problem(kind: str, crm_tables: bool) -> str | None:
+    if not kind.strip():
+        return "is blank"
+    if crm_tables:
+        return None
+    typed = typed_value_problem(kind)
+    if typed is not None:
+        return typed
+    if len(kind) > MAX_CHARS["kind"]:
+        return f"is longer than {MAX_CHARS['kind']} characters, which no record's kind may be"
+    return None
 
 
 def _category_name_problem(name: str, crm_tables: bool) -> str | None:

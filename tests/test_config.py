@@ -94,6 +94,13 @@ def test_non_sqlite_urls_are_kept_as_they_are(tmp_path):
          "active.url: no database driver for 'postgresql' is installed (No module named "
          "'psycopg2'); write sqlite:///PATH, or postgresql+psycopg://"),
         ("[active]\nurl = 'nosuchdb://x'\n", "active.url: no database driver for 'nosuchdb'"),
+        # kinds no record could have
+        ("[records]\nkinds = ['note', ' spaced ']\n",
+         "records.kinds: ' spaced ' must not begin or end with a space"),
+        (f"[records]\nkinds = ['note', '{'k' * 65}']\n",
+         "is longer than 64 characters, which no record's kind may be"),
+        ("[records]\nkinds = ['note', '  ']\n", "records.kinds: '  ' is blank"),
+        ("[records]\nkinds = ['note', 'ticket', 'note']\n", "records.kinds names 'note' twice"),
         # SQLAlchemy reads the port while it parses the URL
         ("[active]\nurl = 'postgresql+psycopg://u@127.0.0.1:notaport/x'\n",
          "active.url is not a database URL: its host and port cannot be read (invalid literal"),
