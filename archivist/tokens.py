@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from archivist.active_db import ApiToken
 from archivist.errors import ArchivistError
@@ -140,6 +140,25 @@ def revocation_ledger_path(key_file: Path) -> Path:
     :param key_file: `[archive] key_file`
     """
     return key_file.with_name(key_file.name + ".revoked")
+
+
+def ledger_earlier_revocations(sessions: sessionmaker[Session], ledger: Path) -> int:
+    """List in the revocation ledger every revoked token it does not list yet (revoked by a
+    version that kept no ledger); returns how many. A ledger is made only if there are some:
+    its absence beside a copied key is what tells a recovery the ledger was not copied.
+
+    :param sessions: sessions on the active database
+    :param ledger: the revocation ledger
+    """
+    listed = {e["revoked"] for e in read_entries(ledger) if isinstance(e.get("revoked"), str)}
+    with sessions.begin() as session:
+        revoked = session.scalars(
+            select(ApiToken.token_sha256).where(ApiToken.revoked_at.is_not(None))
+        ).all()
+    missing = sorted(set(revoked) - listed)
+    for token_sha256 in missing:
+        append_entry(ledger, {"revoked": token_sha256})
+    return len(missing)
 
 
 def apply_revocation_ledger(session: Session, ledger: Path, at: datetime) -> int:

@@ -31,6 +31,7 @@ from archivist.records import format_utc
 from archivist.tokens import (
     ROLES,
     create_token,
+    ledger_earlier_revocations,
     list_tokens,
     revocation_ledger_path,
     revoke_token,
@@ -177,6 +178,8 @@ def init(config: Config) -> None:
 
     with Services.open(config, create=True) as services:
         sealed = services.store.reseal()  # entries archived before encryption at rest
+        # tokens revoked by a version that kept no revocation ledger
+        ledger_earlier_revocations(services.sessions, revocation_ledger_path(config.key_file))
         rebuild_if_outdated(
             services.store, services.index,
             lambda reason: click.echo(f"rebuilding the search index: it {reason}"),

@@ -400,6 +400,43 @@ def test_a_recovery_keeps_tokens_revoked_since_the_backup_revoked_and_ends_web_s
         assert session.query(WebSession).count() == 0
 
 
+@pytest.mark.parametrize("then", ["init", "backup"])
+def test_a_token_revoked_by_a_version_without_a_revocation_ledger_stays_revoked_on_recovery(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path,
+    config_path: Path, then: str,
+) -> None:
+    """An earlier version revoked tokens in the database alone: `init` after the upgrade, or
+    the next backup, lists them in the ledger, so a backup from before stays without them."""
+    from archivist.active_db import ApiToken
+    from archivist.tokens import find_token, revocation_ledger_path
+
+    archived(*_records(make_record, 0, 5))
+    with services.sessions.begin() as session:
+        late = create_token(session, "late", "agent", utcnow())
+    before = tmp_path / "before"
+    create_backup(services, before, utcnow())
+    ledger = revocation_ledger_path(services.config.key_file)
+    ledger.unlink()  # the earlier version kept none, and revoked in the database only
+    with services.sessions.begin() as session:
+        session.execute(ApiToken.__table__.update().values(revoked_at=utcnow()))
+
+    if then == "init":
+        command = ["init", "--config", str(config_path)]
+    else:
+        command = ["backup", "create", str(tmp_path / "after"), "--config", str(config_path)]
+    ran = subprocess.run([sys.executable, "-m", "archivist", *command],
+                         capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    assert ledger.exists()
+
+    other = _fresh_config(tmp_path, "other")  # the key, and the ledgers beside it
+    for copied in tmp_path.glob("archive.key.*"):
+        shutil.copy2(copied, other.path.parent / copied.name)
+    recover_backup(other, before, utcnow())
+    with Services.open(other) as target, target.sessions.begin() as session:
+        assert find_token(session, late) is None
+
+
 def test_recover_into_an_installation_init_made_before_the_backup_s_key_was_copied_in(
     services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path,
 ) -> None:

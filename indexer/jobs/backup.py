@@ -83,7 +83,11 @@ from archivist.config import Config
 from archivist.crm_rows import count_crm_rows
 from archivist.ledgers import create_ledger
 from archivist.records import format_utc
-from archivist.tokens import apply_revocation_ledger, revocation_ledger_path
+from archivist.tokens import (
+    apply_revocation_ledger,
+    ledger_earlier_revocations,
+    revocation_ledger_path,
+)
 from archivist.web_sessions import WebSession
 from indexer.jobs.crm_recovery import (
     crm_rows_lost_by,
@@ -163,7 +167,7 @@ def create_backup(services: Services, folder: Path, at: datetime) -> BackupRepor
     calls unfinished, and the next run copies everything again. The erasure and revocation
     ledgers are created beside the key file if nothing wrote them yet, so that a copy of the
     key and its ledgers taken for a recovery holds them, and a recovery that finds one missing
-    knows it was not copied.
+    knows it was not copied; tokens an earlier version revoked without a ledger are listed.
 
     :param services: the installation, open
     :param folder: the backup folder (created if missing)
@@ -172,6 +176,7 @@ def create_backup(services: Services, folder: Path, at: datetime) -> BackupRepor
     folder = Path(folder)
     _check_folder(services.config, folder)
     _create_ledgers(services.config)
+    ledger_earlier_revocations(services.sessions, revocation_ledger_path(services.config.key_file))
     (folder / STORE_FOLDER).mkdir(parents=True, exist_ok=True)
     with _writing(folder):
         return _create(services, folder, at)
