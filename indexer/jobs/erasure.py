@@ -213,9 +213,11 @@ def _erased_before(services: Services, customer_id: str) -> list[str]:
     erasure ledger: the catalog forgets an erased record's customer."""
     wanted = customer_hash(customer_id)
     ledger = load_ledger(ledger_path(services.config.key_file))
+    # An erasure's later lines carry its id alone; an earlier version wrote one line, no id.
     ids = {e["id"] for e in ledger if e.get("id") and e.get("customer_sha256") == wanted}
     return sorted({
-        record_id for e in ledger if e.get("id") in ids
+        record_id for e in ledger
+        if (e.get("id") in ids if e.get("id") else e.get("customer_sha256") == wanted)
         for record_id in [*(i for i, _sha in e.get("records", [])), *e.get("purged", [])]
     })
 
