@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 from archivist.importer import import_lines
@@ -50,13 +52,40 @@ def test_a_reader_keeps_the_previous_generation_until_it_lets_go(services, make_
         reader.close()
 
 
-def test_a_generation_left_by_a_closed_reader_goes_at_the_next_open(services, make_record):
+def test_a_generation_goes_when_its_last_reader_closes(services, make_record):
     archive(services, make_record)
     index_dir = services.index.directory
     reader = SearchIndex.open(index_dir)
     reader.search(SearchQuery(q="parcel"))
     rebuild_index(services.store, services.index)
-    reader.close()  # ended without searching again (a process that exited)
+    assert generations(index_dir) == ["g000001", "g000002"]
+    reader.close()  # ended without searching again
+    assert generations(index_dir) == ["g000002"]
+
+
+def test_a_generation_left_by_a_reader_that_died_goes_at_the_next_open(services, make_record):
+    archive(services, make_record)
+    index_dir = services.index.directory
+    with subprocess.Popen(
+        [sys.executable, "-c", _READ_THEN_DIE, str(index_dir)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    ) as reader:
+        assert reader.stdout is not None
+        assert reader.stdout.readline() == "reading\n"
+        rebuild_index(services.store, services.index)
+        reader.communicate("die\n", timeout=30)
+    assert reader.returncode == 0  # exited without closing anything
     assert generations(index_dir) == ["g000001", "g000002"]
     SearchIndex.open(index_dir).close()
     assert generations(index_dir) == ["g000002"]
+
+
+_READ_THEN_DIE = """
+import os, sys
+from indexer.search import SearchQuery
+from indexer.whoosh.index import SearchIndex
+SearchIndex.open(sys.argv[1]).search(SearchQuery(q="parcel"))
+print("reading", flush=True)
+sys.stdin.readline()
+os._exit(0)
+"""

@@ -1460,6 +1460,7 @@ class SearchIndex:
             self._holds.release_except(None)
             self._closed = True
         self._background.close()
+        self._remove_unused_generations()  # one this process was the last to read
 
     def _check_open(self) -> None:
         if self._closed:
