@@ -263,13 +263,21 @@ def clock_problem(text: str) -> str | None:
     return None
 
 
+def upper_zulu(text: str) -> str:
+    """A time ending in RFC 3339's lowercase `z` with `Z` instead, which Python reads.
+
+    :param text: an ISO date-time
+    """
+    return text[:-1] + "Z" if text.endswith("z") else text
+
+
 def canonical_timestamp(text: str, name: str = "timestamp") -> str:
     """Normalise an ISO 8601 timestamp with an offset to `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` (UTC).
 
     :raises InvalidRecord: when the text is not an ISO 8601 date-time with an offset or `Z`.
     """
     try:
-        moment = datetime.fromisoformat(text)
+        moment = datetime.fromisoformat(upper_zulu(text))
     except ValueError:
         problem = calendar_problem(text)
         if problem is not None:

@@ -41,6 +41,7 @@ def test_parse_record_without_attributes_gives_none_back(make_record):
         ("2023-05-01T10:00:00.25-01:00", "2023-05-01T11:00:00.250000Z"),
         ("2023-05-01T10:00:00.000Z", "2023-05-01T10:00:00.000000Z"),
         ("2024-01-01T00:30:00+01:00", "2023-12-31T23:30:00Z"),
+        ("2023-05-01t10:00:00z", "2023-05-01T10:00:00Z"),  # RFC 3339 allows lowercase
     ],
 )
 def test_timestamps_are_stored_in_utc(given, expected):

@@ -352,6 +352,10 @@ def test_a_date_alone_in_any_iso_form_is_a_whole_day(text: str) -> None:
     assert parse_bound(text, end=True) == datetime(2021, 6, 15, 23, 59, 59, 999999, tzinfo=UTC)
 
 
+def test_parse_bound_reads_rfc_3339_lowercase():
+    assert parse_bound("2021-06-15t10:00:00z", end=False) == datetime(2021, 6, 15, 10, tzinfo=UTC)
+
+
 @pytest.mark.parametrize("text", ["2021-13-01", "yesterday", "2021-01-01T25:00"])
 def test_parse_bound_rejects_bad_input(text: str) -> None:
     with pytest.raises(BadQuery):

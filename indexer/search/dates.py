@@ -6,7 +6,7 @@ import re
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 
-from archivist.records import calendar_problem, clock_problem
+from archivist.records import calendar_problem, clock_problem, upper_zulu
 from indexer.errors import BadQuery
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -49,7 +49,7 @@ def parse_bound(text: str, end: bool) -> datetime:
     else:
         return datetime.combine(d, dtime.max if end else dtime.min, tzinfo=UTC)
     try:
-        value = datetime.fromisoformat(text)
+        value = datetime.fromisoformat(upper_zulu(text))
     except ValueError as e:
         problem = calendar_problem(text)
         if problem is not None:
