@@ -495,15 +495,26 @@ def _search_args_schema(max_query_length: int, export: bool) -> SearchArgsSchema
     return cls(max_query_length=max_query_length)
 
 
+class BadSearchParameters(BadQuery):
+    """Search parameters refused before the search runs; `params` names those at fault (a
+    form marks their fields, not the query box)."""
+
+    def __init__(self, message: str, params: Iterable[str]) -> None:
+        super().__init__(message)
+        self.params = tuple(params)
+
+
 def load_search_query(
     args: Mapping[str, Any], max_query_length: int, *, export: bool = False
 ) -> SearchQuery:
-    """Load search parameters; any bad one is a `BadQuery` (400 `bad_query`) naming it."""
+    """Load search parameters; any bad one is a `BadSearchParameters` (400 `bad_query`)
+    naming it."""
     schema = _search_args_schema(max_query_length, export)
     try:
         query: SearchQuery = schema.load(args_to_dict(args, SearchArgsSchema.LIST_FIELDS))
     except ValidationError as e:
-        raise BadQuery(describe_errors(e.messages)) from None
+        params = e.messages if isinstance(e.messages, dict) else {}
+        raise BadSearchParameters(describe_errors(e.messages), params) from None
     return query
 
 

@@ -6,6 +6,7 @@ import multiprocessing
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,32 @@ def _bulk_restore(client: Any, **form: Any) -> Any:
     confirm = re.search(r'name="plan" value="([0-9a-f]{64})"', page.get_data(as_text=True))
     assert confirm, page.get_data(as_text=True)[:2000]
     return client.post("/restore", data={**form, "plan": confirm.group(1), "confirmed": "1"})
+
+
+def _elements_by_id(page: str) -> dict[str, dict[str, str]]:
+    """The attributes of every element of a page that has an id, by its id."""
+    found: dict[str, dict[str, str]] = {}
+
+    class Reader(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            named = {k: v or "" for k, v in attrs}
+            if "id" in named:
+                found[named["id"]] = {"tag": tag, **named}
+
+    Reader().feed(page)
+    return found
+
+
+def _tied_to_error(page: str, error_id: str) -> set[str]:
+    """The ids of the fields a page marks invalid; each must be described by the message
+    `error_id`, which the page must have, and no valid field may be."""
+    elements = _elements_by_id(page)
+    assert error_id in elements, page[:2000]
+    invalid = {i for i, e in elements.items() if e.get("aria-invalid") == "true"}
+    described = {i for i, e in elements.items()
+                 if error_id in e.get("aria-describedby", "").split()}
+    assert described == invalid, (invalid, described)
+    return invalid
 
 
 def _sign_in(client: Any, headers: dict[str, str]) -> None:
@@ -101,6 +128,34 @@ def test_ui_bad_query_is_shown_not_a_500(client: Any, agent_headers: Any, corpus
     response = client.get("/search?q=%22unclosed&per_page=1000")
     assert response.status_code == 400
     assert "could not run" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(("query", "at_fault"), [
+    ("from=2024-01-01&to=2023-01-01", "from"),
+    ("from=2023-02-30", "from"),
+    ("to=bogus", "to"),
+    ("per_page=1000", "per_page"),
+    ("sort=sideways", "sort"),
+    ("q=%22unclosed", "q"),
+    ("q=refund&q=kettle", "q"),
+])
+def test_ui_a_refused_search_marks_the_field_at_fault_and_says_it_did_not_run(
+    client: Any, agent_headers: Any, corpus: None, query: str, at_fault: str
+) -> None:
+    """The query box was marked invalid (and described by the message) whatever was wrong,
+    a date or the page size included; the page had no heading and a search's title."""
+    _sign_in(client, agent_headers)
+    response = client.get(f"/search?{query}")
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert _tied_to_error(page, "search-error") == {at_fault}
+    assert re.findall(r"<h1[^>]*>([^<]*)</h1>", page) == ["The search could not be run"]
+    assert "<title>The search could not be run – " in page
+    if at_fault == "sort":  # its note still describes it too
+        assert _elements_by_id(page)["sort"]["aria-describedby"] == "search-error sort-default"
+    fine = client.get("/search?q=refund").get_data(as_text=True)
+    assert "aria-invalid" not in fine and 'id="search-error"' not in fine
+    assert "could not be run" not in fine
 
 
 def test_ui_empty_parameters_are_dropped_from_the_url(client: Any, agent_headers: Any) -> None:

@@ -44,6 +44,7 @@ from server import actions
 from server.errors import status_of
 from server.schemas import (
     AuditArgsSchema,
+    BadSearchParameters,
     HoldSchema,
     args_to_dict,
     describe_errors,
@@ -134,17 +135,20 @@ def search() -> Any:
     services = _services()
     args = current_args(SEARCH_PARAMS)
     error = None
+    invalid: tuple[str, ...] = ()  # the parameters at fault, whose fields the page marks
     page = None
     try:
         query = load_search_query(args, services.config.server.max_query_length)
     except BadQuery as e:
         actions.audit_refused_query(_actor(), "search", args.get("q", ""), e)
         error = str(e)
+        invalid = e.params if isinstance(e, BadSearchParameters) else ("q",)
     else:
         try:
             page = actions.search(_actor(), query)
-        except BadQuery as e:
+        except BadQuery as e:  # the engine's: the query itself cannot be run
             error = str(e)
+            invalid = ("q",)
     selected = {"category": args.getlist("category"), "kind": args.getlist("kind")}
     counts = page.facets if page is not None else {}
     offered = {
@@ -168,6 +172,7 @@ def search() -> Any:
         page=page,
         pages=pages,
         error=error,
+        invalid=invalid,
         boxes=boxes,
         chips=chips,
         years=years,
