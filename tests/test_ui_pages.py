@@ -110,6 +110,42 @@ def test_ui_bad_token_is_refused(client: Any) -> None:
     assert "unknown or revoked" in response.get_data(as_text=True)
 
 
+def test_ui_form_errors_are_tied_to_the_fields_at_fault(
+    client: Any, admin_headers: Any
+) -> None:
+    """Each refused form marks its field invalid and has it described by the message (the
+    sign-in box was marked but not described; the others were not marked at all)."""
+    refused = client.post("/sign-in", data={"token": "nope", "csrf_token": _csrf(client)})
+    page = refused.get_data(as_text=True)
+    assert _tied_to_error(page, "sign-in-error") == {"token"}
+    assert "unknown or revoked" in page
+    assert "aria-invalid" not in client.get("/sign-in").get_data(as_text=True)
+
+    _sign_in(client, admin_headers)
+    csrf = _csrf(client, "/admin/holds")
+    hold = {"csrf_token": csrf, "scope": "customer", "value": "C9", "reason": "case 7"}
+    client.post("/admin/holds", data=hold)
+    for form, at_fault, said in (
+        (hold, "h-value", "already on hold"),  # refused by the rules of holds
+        ({**hold, "scope": "record", "value": "REC 1"}, "h-value", "must name a record id"),
+        ({**hold, "value": "C10", "reason": "  "}, "h-reason", "needs a reason"),
+    ):
+        page = client.post("/admin/holds", data=form).get_data(as_text=True)
+        assert _tied_to_error(page, "hold-error") == {at_fault}, said
+        assert said in page
+    assert "aria-invalid" not in client.get("/admin/holds").get_data(as_text=True)
+
+    for query, at_fault in (("from=2023-13-01", "a-from"), ("to=bogus", "a-to"),
+                            ("action=nope", "a-action")):
+        page = client.get(f"/audit?{query}").get_data(as_text=True)
+        assert _tied_to_error(page, "audit-error") == {at_fault}, query
+    assert "aria-invalid" not in client.get("/audit").get_data(as_text=True)
+
+    page = client.get("/admin?as_of=2025-02-30").get_data(as_text=True)
+    assert _tied_to_error(page, "as-of-error") == {"as_of"}
+    assert "aria-invalid" not in client.get("/admin").get_data(as_text=True)
+
+
 def test_ui_search_escapes_everything_but_the_snippet_marks(
     client: Any, agent_headers: Any, corpus: None
 ) -> None:

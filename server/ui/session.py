@@ -330,7 +330,8 @@ def sign_in() -> Any:
     if info is None:
         log.warning("request %s: UI sign-in with an unknown or revoked token", request_id())
         error = "That token is unknown or revoked."
-        return render_template("ui/sign_in.html", next_url=next_url, error=error), 401
+        return render_template("ui/sign_in.html", next_url=next_url, error=error,
+                               bad_token=True), 401
     # The cookie holds a server-side session id, never the token: a copied cookie is not a
     # copied API token, and signing out ends it.
     session_id = actions.open_web_session(
@@ -338,7 +339,8 @@ def sign_in() -> Any:
     )
     if session_id is None:  # revoked a moment ago
         error = "That token is unknown or revoked."
-        return render_template("ui/sign_in.html", next_url=next_url, error=error), 401
+        return render_template("ui/sign_in.html", next_url=next_url, error=error,
+                               bad_token=True), 401
     previous = session.get("sid")
     if isinstance(previous, str) and previous:  # signing in again ends the one before
         actions.close_web_session(current_app.extensions["archivist"], previous)

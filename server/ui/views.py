@@ -354,17 +354,19 @@ def audit() -> Any:
         return tidy
     args = current_args(AUDIT_PARAMS)
     error = None
+    invalid: list[str] = []  # the parameters at fault, whose fields the page marks
     try:
         selection: AuditFilter = AuditArgsSchema().load(args_to_dict(args, ()))
     except ValidationError as e:  # no rows: the whole log under the form would pass for an answer
         error = describe_errors(e.messages)
+        invalid = list(e.messages) if isinstance(e.messages, dict) else []
     page = AuditPage(0, 1, 50, []) if error is not None else actions.read_audit(_actor(), selection)
     pages = max(1, math.ceil(page.total / page.per_page))
     # a target links to its record's page only if there is one (an id never archived has none)
     with_pages = actions.archived_ever(_actor(), [e.target for e in page.entries if e.target])
     body = render_template(
-        "ui/audit.html", args=args, page=page, pages=pages, error=error, actions=ACTIONS,
-        with_pages=with_pages,
+        "ui/audit.html", args=args, page=page, pages=pages, error=error, invalid=invalid,
+        actions=ACTIONS, with_pages=with_pages,
     )
     return body, 400 if error else 200
 
@@ -379,14 +381,16 @@ def holds() -> str:
     return _holds_page()
 
 
-def _holds_page(refused: dict[str, str] | None = None) -> str:
-    """The holds page; `refused` is the form of a hold just refused, shown again."""
+def _holds_page(refused: dict[str, str] | None = None, error: str | None = None,
+                invalid: Iterable[str] = ()) -> str:
+    """The holds page; `refused` is the form of a hold just refused, shown again with the
+    `error` saying why and its fields at fault (`invalid`) marked."""
     held = actions.holds(_actor())
     # a record hold links to the record's page only if it has one (a held active record,
     # never archived, has none)
     with_pages = actions.archived_ever(_actor(), [h.value for h in held if h.scope == "record"])
     return render_template("ui/holds.html", holds=held, scopes=SCOPES, refused=refused,
-                           with_pages=with_pages)
+                           error=error, invalid=list(invalid), with_pages=with_pages)
 
 
 @bp.post("/admin/holds")
@@ -399,13 +403,15 @@ def add_hold() -> ResponseReturnValue:
         data = HoldSchema().load(form)
         actions.place_hold(_actor(), data["scope"], data["value"], data["reason"].strip())
     except ValidationError as e:
-        flash(f"The hold was not placed: {describe_errors(e.messages)}", "error")
-        return _holds_page(refused=form), 400
+        error = f"The hold was not placed: {describe_errors(e.messages)}"
+        invalid = list(e.messages) if isinstance(e.messages, dict) else []
+        return _holds_page(refused=form, error=error, invalid=invalid), 400
     except DOMAIN_ERRORS as e:
         if status_of(e) >= 500:
             raise
-        flash(f"The hold was not placed: {e}", "error")
-        return _holds_page(refused=form), status_of(e)
+        # what the domain refuses here is the value (on hold already, or one no record has)
+        error = f"The hold was not placed: {e}"
+        return _holds_page(refused=form, error=error, invalid=["value"]), status_of(e)
     flash(f"Legal hold placed on {data['scope']} {data['value']}.", "success")
     if not actions.hold_reaches_a_record(_actor(), data["scope"], data["value"]):
         flash(no_record_held(data["scope"], data["value"]), "error")
