@@ -372,6 +372,45 @@ def shown_total(page: Any) -> int:
     return int(re.sub(r"\D", "", page.get_by_test_id("total").inner_text()))
 
 
+def contrast(one: str, other: str) -> float:
+    """The WCAG contrast ratio of two opaque CSS colours as the browser gives them (`rgb(…)`)."""
+
+    def luminance(css: str) -> float:
+        channels = [int(c) / 255 for c in re.findall(r"\d+", css)[:3]]
+        r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+                   for c in channels)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    light, dark = sorted((luminance(one), luminance(other)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+# The colour an element is drawn on: the background of the nearest box behind it that has one.
+BACKDROP_JS = """(e, own) => {
+    for (let node = own ? e : e.parentElement; node; node = node.parentElement) {
+        const bg = getComputedStyle(node).backgroundColor;
+        if (bg !== 'rgba(0, 0, 0, 0)' && bg !== 'transparent') return bg;
+    }
+    return 'rgb(255, 255, 255)';
+}"""
+FOCUS_JS = """e => {
+    const s = getComputedStyle(e);
+    const inside = parseFloat(s.outlineOffset) < 0;  // drawn on the element's own background
+    return {name: e.id || e.className || e.tagName, style: s.outlineStyle,
+            width: parseFloat(s.outlineWidth), color: s.outlineColor,
+            backdrop: (BACKDROP)(e, inside), topbar: e.closest('.topbar') !== null};
+}""".replace("BACKDROP", BACKDROP_JS)
+
+
+def tab_through(page: Any, presses: int) -> list[dict[str, Any]]:
+    """Press Tab `presses` times; the focus outline of each element reached."""
+    reached = []
+    for _ in range(presses):
+        page.keyboard.press("Tab")
+        reached.append(page.evaluate_handle("document.activeElement").evaluate(FOCUS_JS))
+    return reached
+
+
 # --- the tests the issue asks for -------------------------------------------------------------
 
 
@@ -876,6 +915,27 @@ def test_ui_pages_load_without_a_console_error(new_page: Any) -> None:
     assert errors == [] and failed == []
     icon = page.evaluate("document.querySelector('link[rel=icon]').href")
     assert page.request.get(icon).ok
+
+
+def test_ui_focus_is_an_outline_seen_on_white_on_the_page_and_on_the_top_bar(
+    new_page: Any,
+) -> None:
+    """The focus ring was a translucent shadow: 2.05:1 on white, 1.50:1 on the dark top bar,
+    and gone in forced colours (which drop shadows but keep outlines)."""
+    page = new_page("admin")
+    page.goto("/search?q=refund")
+    reached = tab_through(page, 30)
+    assert {r["topbar"] for r in reached} == {True, False}  # the top bar and the page
+    backdrops = {r["backdrop"] for r in reached}
+    assert {"rgb(255, 255, 255)", "rgb(246, 247, 249)", "rgb(24, 32, 44)"} <= backdrops
+    for ring in reached:
+        assert ring["style"] == "solid" and ring["width"] >= 2, ring
+        assert contrast(ring["color"], ring["backdrop"]) >= 3, ring
+
+    page.emulate_media(forced_colors="active")
+    page.goto("/search?q=refund")
+    for ring in tab_through(page, 12):
+        assert ring["style"] != "none" and ring["width"] >= 2, ring
 
 
 def test_ui_keyboard_only_search(new_page: Any) -> None:
