@@ -938,6 +938,25 @@ def test_ui_focus_is_an_outline_seen_on_white_on_the_page_and_on_the_top_bar(
         assert ring["style"] != "none" and ring["width"] >= 2, ring
 
 
+def test_ui_form_fields_have_edges_seen_on_white_and_on_the_page(new_page: Any) -> None:
+    """A box's border against its own white and against what surrounds it (WCAG 1.4.11):
+    #b9c0cb was 1.83:1 on white."""
+    page = new_page("admin")
+    for path, fields in (
+        ("/search?q=refund", ("#q", "#customer_id", "#from", "#date_field", "#sort")),
+        ("/admin/holds", ("#h-scope", "#h-value", "#h-reason")),
+        ("/audit", ("#a-from", "#a-actor", "#a-action")),
+        ("/admin", ("#as_of",)),
+    ):
+        page.goto(path)
+        for field in fields:
+            edge, inside, outside = page.locator(field).evaluate(
+                "(e) => [getComputedStyle(e).borderTopColor, getComputedStyle(e).backgroundColor,"
+                f" ({BACKDROP_JS})(e, false)]")
+            for neighbour in (inside, outside):
+                assert contrast(edge, neighbour) >= 3, (path, field, edge, neighbour)
+
+
 def test_ui_keyboard_only_search(new_page: Any) -> None:
     page = new_page("agent")
     assert page.evaluate("document.activeElement.id") == "q"  # signed in: type at once
