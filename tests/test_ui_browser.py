@@ -802,6 +802,8 @@ def test_ui_the_sort_choices_read_whole(new_page: Any) -> None:
     for width in (1280, 390):
         page = new_page("agent", width=width, height=844)
         page.goto("/search?q=refund")
+        if width < 760:  # a phone folds the filters above the results
+            page.get_by_text("Filters", exact=True).click()
         shown, needed = page.evaluate("""() => {
             const sort = document.getElementById('sort');
             const shown = sort.getBoundingClientRect().width;
@@ -955,6 +957,43 @@ def test_ui_form_fields_have_edges_seen_on_white_and_on_the_page(new_page: Any) 
                 f" ({BACKDROP_JS})(e, false)]")
             for neighbour in (inside, outside):
                 assert contrast(edge, neighbour) >= 3, (path, field, edge, neighbour)
+
+
+def test_ui_a_phone_shows_the_search_page_in_the_order_the_keyboard_goes(new_page: Any) -> None:
+    """The filters come first in the page; a phone showed them below every result, so Tab went
+    from the help link down past the results to them, then back up. Now they come first there
+    too, folded, and the first result is still on the first screen."""
+    page = new_page("agent", width=375, height=740)
+    page.goto("/search?q=refund")
+    tops = page.evaluate("""() => [...document.querySelectorAll(
+            'main a[href], main button, main input, main select, main summary')]
+        .filter(e => e.checkVisibility({visibilityProperty: true}))
+        .map(e => [e.id || e.textContent.trim().slice(0, 30), e.getBoundingClientRect().top])""")
+    for (before, above), (after, below) in zip(tops, tops[1:], strict=False):
+        assert below >= above - 1, (before, above, after, below)  # each further down, or beside
+    folded = page.get_by_text("Filters", exact=True)
+    first_hit = page.locator(".hit-title a").first
+    assert first_hit.bounding_box()["y"] < 740
+    assert not page.get_by_label("Customer id").is_visible()
+    page.locator(".help summary").focus()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Filters"
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.closest('#results') !== null")
+    folded.click()  # opened, the filters stay above the results
+    customer = page.get_by_label("Customer id")
+    assert customer.is_visible()
+    assert customer.bounding_box()["y"] < first_hit.bounding_box()["y"]
+    # a refused filter is shown open, to be corrected
+    page.goto("/search?q=refund&from=2023-02-30")
+    assert page.get_by_label("From").is_visible()
+
+    wide = new_page("agent")  # beside the results, open, without a summary to fold them
+    wide.goto("/search?q=refund")
+    assert wide.get_by_label("Customer id").is_visible()
+    assert not wide.get_by_text("Filters", exact=True).is_visible()
+    filters, results = (wide.locator(f"#{name}").bounding_box() for name in ("filters", "results"))
+    assert filters["x"] + filters["width"] <= results["x"] and filters["y"] <= results["y"]
 
 
 def test_ui_keyboard_only_search(new_page: Any) -> None:

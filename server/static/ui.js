@@ -1,6 +1,18 @@
 // Archivist web UI: the little JavaScript it has. Everything works without it, except that
-// the confirmation of a restore or a lifted hold falls back to no question asked.
+// the confirmation of a restore or a lifted hold falls back to no question asked, and that a
+// phone shows the search filters open above the results.
 "use strict";
+
+// The search filters come before the results, on a phone too (so the keyboard meets them where
+// they are shown): folded there, so the results stay near the top; open beside the results.
+const narrow = window.matchMedia("(max-width: 760px)");
+const fitFolds = () => {
+  for (const fold of document.querySelectorAll("details[data-fold-narrow]")) {
+    fold.open = !narrow.matches;
+  }
+};
+fitFolds();
+narrow.addEventListener("change", fitFolds);
 
 document.addEventListener("submit", (event) => {
   const form = event.target;
