@@ -795,6 +795,33 @@ def test_ui_controls_have_labels_and_pages_fit_a_phone(new_page: Any, site: Site
         page.context.close()
 
 
+def test_ui_tables_scroll_in_named_regions_the_keyboard_reaches(new_page: Any) -> None:
+    """At 320 px a record page scrolled sideways: its History table was not in the box that
+    lets a table scroll on its own. Each such box is a named region in the Tab order, so the
+    keyboard can scroll it."""
+    for path in ("/records/EN-1", "/records/PROC-1-M2", "/audit", "/admin", "/admin/holds"):
+        page = new_page("admin", width=320, height=700)
+        page.goto(path)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 320, (path, width)
+        outside = page.evaluate("[...document.querySelectorAll('main table')]"
+                                ".filter(t => !t.closest('.table-wrap')).length")
+        assert outside == 0, path
+        for box in page.locator(".table-wrap").all():
+            name = box.get_attribute("aria-label")
+            assert box.get_attribute("role") == "region" and name, path
+            assert box.get_attribute("tabindex") == "0", path
+            assert page.get_by_role("region", name=name, exact=True).count() == 1, (path, name)
+        page.context.close()
+    page = new_page("auditor", width=320, height=700)
+    page.goto("/audit")
+    log = page.get_by_role("region", name="Audit log entries")
+    log.focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    assert log.evaluate("e => e.scrollLeft") > 0
+
+
 def test_ui_the_sort_choices_read_whole(new_page: Any) -> None:
     """The sort box is as wide as its longest choice needs (the default's was cut off at
     "Default (relevance for a …" beside the results), and a phone still does not scroll
