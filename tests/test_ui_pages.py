@@ -209,6 +209,27 @@ def test_ui_unknown_record_is_a_404_page(client: Any, agent_headers: Any) -> Non
     assert response.mimetype == "text/html"
 
 
+def test_ui_a_page_not_found_or_not_to_open_keeps_the_signed_in_header(
+    client: Any, agent_headers: Any, corpus: None
+) -> None:
+    """A 404 or 405 page showed a signed-in user no menu, no name and only a Sign in link, as
+    if signed out; the 403 and missing-record pages showed them."""
+    for path, status in (("/nope", 404), ("/records/A-1/restore", 405)):
+        response = client.get(path)
+        page = response.get_data(as_text=True)
+        assert response.status_code == status, path
+        assert "Signed in as" not in page and 'href="/sign-in"' in page, path
+    _sign_in(client, agent_headers)
+    for path, status in (("/nope", 404), ("/records/A-1/restore", 405),
+                         ("/records/NOPE-1", 404), ("/admin", 403)):
+        response = client.get(path)
+        page = response.get_data(as_text=True)
+        assert response.status_code == status, path
+        assert 'data-testid="who"' in page and "test-agent" in page, path
+        assert '<nav class="nav" aria-label="Main">' in page, path
+        assert ">Back to search</a>" in page and 'href="/sign-in"' not in page, path
+
+
 def test_ui_record_page_names_a_disposal_and_an_erasure_each_for_what_it_was(
     client: Any, admin_headers: Any, services: Any, corpus: None
 ) -> None:

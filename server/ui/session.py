@@ -222,7 +222,12 @@ def _error_page(e: Exception) -> tuple[str, int]:
     if status >= 500 and status != 503:
         log.error("request %s %s %s failed", request_id(), request.method, request.path, exc_info=e)
         message = f"Something went wrong on our side (request id {request_id()})."
-    return render_template("ui/error.html", status=status, message=message), status
+    if "ui_token" not in g and status < 500:
+        # a path no page of this site has (404), or not with this method (405): no page's
+        # steps ran, so who is signed in is looked up here, for the page's header and links
+        _load_signed_in_token()
+    return render_template("ui/error.html", status=status, message=message,
+                           me=g.get("ui_token")), status
 
 
 def started_here(view: F) -> F:
