@@ -154,7 +154,7 @@ def test_ui_search_escapes_everything_but_the_snippet_marks(
     assert "<img" not in page and "<script>x()" not in page
     assert "&lt;b&gt;x&lt;/b&gt;" in page
     page = client.get("/search?q=退款").get_data(as_text=True)
-    assert "<mark>退款</mark>" in page
+    assert '<mark><span lang="zh">退款</span></mark>' in page  # marked Chinese, inside the mark
     record = client.get("/records/A-3").get_data(as_text=True)
     assert "&lt;script&gt;x()&lt;/script&gt;&lt;img onerror=&#34;y&#34;&gt;" in record
 
@@ -598,6 +598,53 @@ def test_ui_audit_log_links_only_entries_naming_a_record(
     page = client.get("/audit?action=restore").get_data(as_text=True)
     assert '<a href="/records/A-1">A-1</a>' in page
     assert '<a href="/records/ids">' not in page and ">ids</td>" in page
+
+
+def test_ui_chinese_text_is_marked_as_chinese_wherever_record_text_is_shown(
+    client: Any, admin_headers: Any, archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    """The pages are `lang="en"`: Chinese subjects, bodies and snippets were read as English."""
+    archived(make_record(id="Z-1", subject="客户申请退款", body="客户要求退款。\nrefund <b>",
+                         status="已关闭", attributes={"渠道": "微信"}),
+             make_record(id="Z-1-M", parent_id="Z-1", subject="回复", body="已退款"))
+    _sign_in(client, admin_headers)
+    search = client.get("/search?q=退款").get_data(as_text=True)
+    assert '>客户申请退款</a>' not in search
+    assert '<span lang="zh">客户申请退款</span></a>' in search
+    assert '<p class="snippet"><span lang="zh">客户要求</span><mark>' in search
+    record = client.get("/records/Z-1").get_data(as_text=True)
+    for shown in ('<h1><span lang="zh">客户申请退款</span></h1>',
+                  '<span lang="zh">客户要求退款。</span>\nrefund &lt;b&gt;</div>',
+                  '<dt>Status</dt><dd><span lang="zh">已关闭</span></dd>',
+                  '&#34;<span lang="zh">渠道</span>&#34;: &#34;<span lang="zh">微信</span>&#34;',
+                  '<bdi><span lang="zh">回复</span></bdi>'):
+        assert shown in record, shown
+    assert "<title>客户申请退款 · Archivist</title>" in record  # (a title holds no markup)
+
+
+def test_ui_chinese_runs_are_marked_and_nothing_else_changes() -> None:
+    from markupsafe import Markup, escape
+
+    from server.ui.filters import mark_chinese
+
+    def zh(text: str) -> str:
+        return f'<span lang="zh">{text}</span>'
+
+    assert mark_chinese("refund 退款，谢谢！ ok") == f"refund {zh('退款，谢谢！')} ok"
+    # CJK punctuation, a Han character beyond the first plane, fullwidth forms
+    assert mark_chinese("「发票」𠀋ＩＮＶ－１") == zh("「发票」𠀋ＩＮＶ－１")
+    # text is escaped first; markup (a snippet) is kept, its marks around their own runs
+    assert mark_chinese('<b>退款</b> & "x"') == (
+        f"&lt;b&gt;{zh('退款')}&lt;/b&gt; &amp; &#34;x&#34;")
+    assert mark_chinese(Markup("客户<mark>退款</mark>了 &amp; more")) == (
+        f"{zh('客户')}<mark>{zh('退款')}</mark>{zh('了')} &amp; more")
+    # nothing else changes: without its spans, the result is the escaped text
+    for text in ("plain <i>ASCII</i> & 'quotes'", "カタカナ 한국어 café", "混合 mixed\n文本", ""):
+        marked = mark_chinese(text)
+        assert isinstance(marked, Markup)
+        assert re.sub(r'<span lang="zh">|</span>', "", marked) == escape(text)
+    assert mark_chinese("カタカナ 한국어 café") == "カタカナ 한국어 café"  # not Chinese
 
 
 def test_ui_counts_read_in_the_singular_and_the_plural() -> None:

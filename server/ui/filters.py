@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from typing import Any
@@ -13,6 +14,7 @@ from flask import (
     request,
     url_for,
 )
+from markupsafe import Markup, escape
 from werkzeug.datastructures import MultiDict
 
 from archivist.crm_mapping import table_for_id
@@ -69,6 +71,25 @@ def date_input_type(value: str) -> str:
     except ValueError:
         return "text"
     return "date" if len(value) == 10 else "text"  # (not the basic form, 20240101)
+
+
+# Han ideographs (every extension, radicals, compatibility forms), CJK symbols and punctuation,
+# Bopomofo and the fullwidth forms: the characters of Chinese text. (Kana and Hangul are not.)
+_CHINESE = re.compile(
+    "[\u2e80-\u2fff\u3000-\u303f\u3100-\u312f\u31a0-\u31bf\u3400-\u4dbf\u4e00-\u9fff"
+    "\uf900-\ufaff\ufe30-\ufe4f\uff01-\uff60\uffe0-\uffe6\U00020000-\U000323af]+"
+)
+
+
+def mark_chinese(text: str) -> Markup:
+    """`text`, escaped unless it is markup already, with each run of Chinese characters in
+    `<span lang="zh">`: the pages are English, and a screen reader reads Chinese as Chinese only
+    where it is marked so.
+
+    Markup (a snippet with its `<mark>`s) is kept as it is: its tags and entities are ASCII, so
+    no run reaches into one.
+    """
+    return Markup(_CHINESE.sub(r'<span lang="zh">\g<0></span>', str(escape(text))))
 
 
 def counted(n: int, noun: str) -> str:

@@ -46,6 +46,7 @@ from server.ui.filters import (
     counted,
     date_input_type,
     format_when,
+    mark_chinese,
     pretty_json,
     search_url,
     source_table,
@@ -84,6 +85,7 @@ def _configure_app(state: BlueprintSetupState) -> None:
     app.jinja_env.filters["date_input_type"] = date_input_type
     app.jinja_env.filters["pretty_json"] = pretty_json
     app.jinja_env.filters["compact_json"] = compact_json
+    app.jinja_env.filters["zh"] = mark_chinese
 
 
 def secret_key_path(config: Config) -> Path:
