@@ -822,6 +822,24 @@ def test_ui_tables_scroll_in_named_regions_the_keyboard_reaches(new_page: Any) -
     assert log.evaluate("e => e.scrollLeft") > 0
 
 
+def test_ui_a_selected_filter_chip_says_it_is_selected_and_that_it_removes(
+    new_page: Any,
+) -> None:
+    """A selected chip was a link with aria-pressed, which means nothing on a link: its name
+    was only "billing 6"."""
+    page = new_page("agent")
+    page.goto("/search?category=billing")
+    chip = page.locator("a.chip-on")
+    assert chip.count() == 1 and chip.get_attribute("aria-pressed") is None
+    name = re.compile(r"^billing \d+ \(selected: remove this filter\)$")
+    assert page.get_by_role("link", name=name).count() == 1
+    assert chip.locator(".visually-hidden").count() == 1  # said, not shown
+    assert page.get_by_role("link", name=re.compile(r"^note \d+$")).count() == 1  # unselected
+    assert page.locator("[aria-pressed]").count() == 0
+    chip.click()
+    page.wait_for_url(re.compile(r"/search$"))
+
+
 def test_ui_the_sort_choices_read_whole(new_page: Any) -> None:
     """The sort box is as wide as its longest choice needs (the default's was cut off at
     "Default (relevance for a …" beside the results), and a phone still does not scroll
