@@ -762,6 +762,8 @@ def test_ui_a_facet_chip_counts_what_its_link_shows(
     )
     _sign_in(client, agent_headers)
     page = client.get("/search").get_data(as_text=True)
+    # the chips are a group named by its label (a plain div's label was not read)
+    assert '<div class="facets" role="group" aria-label="Refine by">' in page
     categories = _chips(page, "Category")
     assert {name: count for name, (count, _) in categories.items()} == {"billing": 3, "support": 1}
     for count, link in categories.values():
