@@ -840,6 +840,39 @@ def test_ui_a_selected_filter_chip_says_it_is_selected_and_that_it_removes(
     page.wait_for_url(re.compile(r"/search$"))
 
 
+def test_ui_the_outcome_of_a_form_takes_the_focus_on_the_page_it_leads_to(
+    new_page: Any,
+) -> None:
+    """The message a redirect brings (hold placed or lifted, a restore, signed out) was shown
+    with the focus left at the top of the page, so a screen reader did not read it."""
+
+    def focused() -> str:
+        page.wait_for_load_state()  # (the page's script has run)
+        return str(page.evaluate(
+            "document.activeElement.matches('[role=status], [role=alert]')"
+            " ? document.activeElement.textContent : ''"))
+
+    page = new_page("admin")
+    page.get_by_role("link", name="Legal holds").click()
+    page.get_by_label("Applies to").select_option("customer")
+    page.get_by_label("Record id, customer id or category").fill("C-FOCUS")
+    page.get_by_label("Reason").fill("focus check")
+    page.get_by_role("button", name="Place hold").click()
+    page.wait_for_selector(".flash-success")
+    assert "Legal hold placed on customer C-FOCUS" in focused()
+    page.keyboard.press("Tab")  # and the keyboard goes on from there, into the page
+    assert page.evaluate("document.activeElement.closest('main') !== null")
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.locator("tr", has_text="C-FOCUS").get_by_role("button", name=re.compile("Lift")).click()
+    page.wait_for_selector(".flash-success:has-text('lifted')")
+    assert "Legal hold on customer C-FOCUS lifted" in focused()
+    page.goto("/admin/holds")  # a page without a message keeps the focus where it was
+    assert focused() == ""
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url(re.compile(r"/sign-in"))
+    assert focused() == "You are signed out."
+
+
 def test_ui_the_sort_choices_read_whole(new_page: Any) -> None:
     """The sort box is as wide as its longest choice needs (the default's was cut off at
     "Default (relevance for a …" beside the results), and a phone still does not scroll

@@ -1,7 +1,15 @@
 // Archivist web UI: the little JavaScript it has. Everything works without it, except that
-// the confirmation of a restore or a lifted hold falls back to no question asked, and that a
-// phone shows the search filters open above the results.
+// the confirmation of a restore or a lifted hold falls back to no question asked, that the
+// outcome of a form is not given the focus, and that a phone shows the search filters open
+// above the results.
 "use strict";
+
+// The outcome of what was just done (restored, hold placed, signed out), shown on the page a
+// form led to, takes the focus: a screen reader reads it first, where the page would start.
+const outcome = document.querySelector("[data-flash]");
+if (outcome) {
+  outcome.focus();
+}
 
 // The search filters come before the results, on a phone too (so the keyboard meets them where
 // they are shown): folded there, so the results stay near the top; open beside the results.
