@@ -370,6 +370,12 @@ def archived_ever(actor: Actor, record_ids: list[str]) -> set[str]:
     return set(actor.services.store.entries(record_ids))
 
 
+def restored_already(actor: Actor, record_ids: list[str]) -> set[str]:
+    """Those of the ids whose archived record has been restored to the active CRM."""
+    entries = actor.services.store.entries(record_ids)
+    return {i for i, entry in entries.items() if entry.state == "restored"}
+
+
 def place_hold(actor: Actor, scope: str, value: str, reason: str) -> Hold:
     """Place a legal hold, audited."""
     details = {"scope": scope, "reason": reason}

@@ -430,6 +430,46 @@ def test_ui_bulk_restore_restores_only_what_its_confirmation_counted(
     assert _archived_ids(client, "countword") == set()
 
 
+def test_ui_a_bulk_restore_sent_again_says_its_records_were_already_restored(
+    client: Any, admin_headers: Any, archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    """Back to the confirmation and Restore again (the form sent twice) said the count had
+    changed and that the records "cannot be restored", never that they were restored."""
+    archived(make_record(id="AG-1", body="againword"),
+             make_record(id="AG-1-M", parent_id="AG-1", body="reply"),
+             make_record(id="AG-2", body="againword"), make_record(id="AG-3", body="againword"))
+    _sign_in(client, admin_headers)
+    form = {"csrf_token": _csrf(client, "/search"), "mode": "ids", "ids": ["AG-1", "AG-2"],
+            "search": "q=againword", "reason": "reopened"}
+    shown = client.post("/restore", data=form).get_data(as_text=True)
+    assert "You ticked 2 records: restoring 3 archived records in 2 processes" in shown
+    plan = re.search(r'name="plan" value="([0-9a-f]{64})"', shown)
+    assert plan is not None
+    confirmed = {**form, "plan": plan.group(1), "confirmed": "1"}
+    assert client.post("/restore", data=confirmed).status_code == 303
+
+    again = client.post("/restore", data=confirmed)
+    page = again.get_data(as_text=True)
+    assert "These records were already restored (2); nothing more to restore." in page
+    assert "You ticked 2 records: restoring 0 archived records in 0 processes" in page
+    assert "changed since the count was shown" not in page and "cannot be restored" not in page
+    assert 'data-testid="nothing-to-restore"' in page and 'name="confirmed"' not in page
+    assert _archived_ids(client, "againword") == {"AG-3"}
+
+    # ticked beside one still archived: that one is counted, the other said to be restored
+    form = {**form, "ids": ["AG-2", "AG-3"]}
+    page = client.post("/restore", data=form).get_data(as_text=True)
+    assert "You ticked 2 records: restoring 1 archived record in 1 process" in page
+    assert "1 was already restored and will be skipped." in page
+    assert "cannot be restored" not in page
+    # a record never archived still cannot be
+    page = client.post("/restore", data={**form, "ids": ["AG-2", "NOPE-9"]}).get_data(
+        as_text=True)
+    assert "1 cannot be restored and will be skipped." in page
+    assert "1 was already restored and will be skipped." in page
+
+
 @pytest.mark.parametrize(("form", "said"), [
     # a typo'd filter was dropped: the search matched every archived record
     ({"mode": "search", "search": "customer_idd=C-ONE"},

@@ -290,8 +290,13 @@ def bulk_restore() -> ResponseReturnValue:
     ids = form.getlist("ids")
 
     def confirmation(plan: BulkRestoreReport, changed: bool = False) -> str:
+        # a record skipped as restored already (as by this very form, sent again from the
+        # browser's history) is said to be so, not merely that it cannot be restored
+        restored = actions.restored_already(_actor(), [s.id for s in plan.skipped])
+        already = sum(1 for s in plan.skipped if s.id in restored)
         return render_template("ui/restore_confirm.html", plan=plan, search=search, mode=mode,
-                               ids=ids, reason=reason, back=back, changed=changed)
+                               ids=ids, reason=reason, back=back, changed=changed,
+                               already=already)
 
     # What the search page sends holds only its own parameters and record ids: anything else
     # was not sent from it (a dropped parameter would widen the search to more records).
