@@ -20,7 +20,7 @@ from archivist.importer import import_lines
 from archivist.leases import acquire_lease, release_lease
 from indexer.jobs.archiver import archive_due_records
 from indexer.jobs.indexing import sync_index
-from indexer.jobs.runs import INTERRUPTED, last_run, run_archive_job, run_index_job
+from indexer.jobs.runs import INTERRUPTED, STOPPED, last_run, run_archive_job, run_index_job
 from indexer.services import Services
 from indexer.worker import LEASE_TTL, MISFIRE_GRACE_SECONDS, Worker, build_scheduler
 from tests.conftest import pin_worker_schedule
@@ -59,6 +59,35 @@ def test_a_run_missed_while_the_worker_was_down_runs_once_at_start(services):
         session.add(JobRun(job="archive", started_at=sunday.replace(hour=2, minute=5),
                            archived=0, purged=0, indexed=0))
     assert missed_jobs(services.config, services, sunday.replace(hour=2, minute=40)) == []
+
+
+def test_a_run_stopped_before_it_finished_says_so_and_runs_again_at_start(
+    config_path, make_record
+):
+    """A worker stopping (SIGTERM) or losing its lease lets the batch finish and stops: the
+    run says it stopped before it finished, and a worker started next runs the job again."""
+    from datetime import timedelta
+
+    from archivist.importer import import_lines
+    from indexer.worker import missed_jobs
+
+    config_path.write_text(config_path.read_text() + "\n[worker]\narchive_cron = '* * * * *'\n")
+    with Services.open(load_config(config_path), create=True) as services:
+        lines = [json.dumps(make_record(id=f"S-{n:04d}")).encode() for n in range(500)]
+        import_lines(lines, services.sessions, services.store.find_archived)
+        stopped = run_archive_job(  # asked to stop once a batch (of 200) has moved
+            services, utcnow(), should_stop=lambda: services.store.counts()["archived"] > 0)
+        assert stopped.archived == 200
+        run = last_run(services)
+        assert run is not None and run.error == STOPPED and run.finished_at is not None
+        # (it began after the minute's fire time: only its stopping makes it missed)
+        assert missed_jobs(services.config, services, run.started_at + timedelta(seconds=1)) == [
+            "archive"]
+
+        assert run_archive_job(services, utcnow()).archived == 300
+        run = last_run(services)
+        assert run is not None and run.error is None
+        assert missed_jobs(services.config, services, run.started_at + timedelta(seconds=1)) == []
 
 
 @pytest.mark.parametrize(("crontab", "days"), [
@@ -178,7 +207,7 @@ def test_two_workers_share_jobs_and_sigterm_loses_nothing(tmp_path, config_path)
         counts = services.store.counts()
         # the idle worker found the lease taken and skipped: exactly one archive run
         assert len(runs) == 1
-        assert runs[0].finished_at is not None and runs[0].error is None
+        assert runs[0].finished_at is not None and runs[0].error == STOPPED  # by SIGTERM
         assert runs[0].archived == counts["archived"]
         assert counts["archived"] >= 1000
         assert run_archive_job(services, utcnow(), dry_run=True).archived > 0  # stopped early

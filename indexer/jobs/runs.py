@@ -56,6 +56,7 @@ def run_archive_job(
         )
     with _recorded(services, "archive") as progress:
         run = progress.run
+        should_stop = progress.watching(should_stop)
         # A crashed run's moves and index changes first: its records become searchable now,
         # and count as indexed by this run.
         settled = settle_leftovers(services, utcnow(), should_stop=should_stop)
@@ -132,6 +133,7 @@ def _run_crm_archive_job(
     else:
         with _recorded(services, "archive") as progress:
             job_run = progress.run
+            should_stop = progress.watching(should_stop)
             # as over Archivist's own table: a crashed run's moves and index changes first
             settled = settle_leftovers(services, utcnow(), should_stop=should_stop)
             job_run.indexed = settled.indexed
@@ -181,6 +183,7 @@ def run_dispose_job(
     try:
         with _recorded(services, "dispose") as progress:
             run = progress.run
+            should_stop = progress.watching(should_stop)
             create_schema(services.engine)  # the disposal list, in installations from before it
             settle_leftovers(services, utcnow())
 
@@ -240,12 +243,17 @@ def last_run(services: Services, job: str = "archive") -> JobRun | None:
 INTERRUPTED = (
     "interrupted: its process ended before the run finished (killed, or the machine stopped)"
 )
+STOPPED = (
+    "stopped before it finished: the worker was stopped, or lost the job's lease; the rest "
+    "waits for the next run"
+)
 MAX_ERROR = 2000  # characters of a run's error kept (a database error can quote 500 parameters)
 
 
 def was_interrupted(run: JobRun) -> bool:
-    """Whether the run's process ended before the run finished."""
-    return run.error == INTERRUPTED or _interrupted(run)
+    """Whether the run ended before it had done its work: its process ended, or it was
+    asked to stop (a worker stopping, or losing its lease, lets the batch finish and stops)."""
+    return run.error in (INTERRUPTED, STOPPED) or _interrupted(run)
 
 
 def _interrupted(run: JobRun) -> bool:
@@ -272,6 +280,9 @@ def _recorded(services: Services, job: str) -> Iterator[_Progress]:
         run.error = f"{type(e).__name__}: {e}"[:MAX_ERROR]
         raise
     finally:
+        if progress.stopped and run.error is None:
+            run.error = STOPPED
+            log.warning("%s job %s", job, STOPPED)
         run.finished_at = utcnow()
         with services.sessions.begin() as session:
             session.merge(run)
@@ -282,6 +293,16 @@ class _Progress:
 
     def __init__(self, services: Services, run: JobRun) -> None:
         self._services, self.run = services, run
+        self.stopped = False  # the run was asked to stop, and did, before it was done
+
+    def watching(self, should_stop: Callable[[], bool]) -> Callable[[], bool]:
+        """`should_stop`, noting when it says yes: the run then ends before its work is."""
+        def asked() -> bool:
+            if should_stop():
+                self.stopped = True
+                return True
+            return False
+        return asked
 
     def save(self) -> None:
         """Write the counts so far (one small UPDATE, between batches)."""
