@@ -58,6 +58,8 @@ def release_lease(session: Session, name: str, holder: str) -> None:
 
 
 def lease_held(session: Session, name: str, now: datetime) -> bool:
-    """Whether anyone holds the lease (it is taken and not expired)."""
-    stmt = select(Lease.name).where(Lease.name == name, Lease.expires_at >= now)
-    return session.scalar(stmt) is not None
+    """Whether anyone holds the lease: it is taken, not expired, and its holder's process has
+    not ended (killed, it never gave the lease back; `acquire_lease` takes it over)."""
+    stmt = select(Lease.holder).where(Lease.name == name, Lease.expires_at >= now)
+    holder = session.scalar(stmt)
+    return holder is not None and not process_gone(holder)

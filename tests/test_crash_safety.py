@@ -234,6 +234,29 @@ def test_restore_of_a_record_a_killed_archive_left_pending(config_path, make_rec
             assert set(find_active(session, [f"K{i:04d}" for i in range(50)])) == {"K0007"}
 
 
+def test_archivist_index_settles_the_moves_a_killed_archive_left(config_path, make_record):
+    """Records a killed run stored and did not yet delete are active and marked pending in the
+    store: `archivist index` (like the worker's catch-up) finishes their move and indexes
+    them, rather than leaving them in both places until the next archive run."""
+    installed(config_path, aged_records(make_record, 30))
+    killed = archivist(config_path, "archive", "--as-of", AS_OF,
+                       env={"ARCHIVIST_CRASH_AT": "archive.after_store:1"})
+    assert killed.returncode == -signal.SIGKILL
+    ids = [f"K{i:04d}" for i in range(30)]
+    with Services.open(load_config(config_path)) as services:
+        assert services.store.counts()["pending"] == 30
+
+    result = archivist(config_path, "index")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode() == "indexed 30\n"
+    with Services.open(load_config(config_path)) as services:
+        counts = services.store.counts()
+        assert (counts["pending"], counts["archived"], counts["indexed"]) == (0, 30, 30)
+        with services.sessions.begin() as session:
+            assert find_active(session, ids) == {}
+        assert services.index.search(SearchQuery(q="", per_page=100)).total == 30
+
+
 def test_a_disposal_leaves_records_in_the_middle_of_a_move_alone(config_path, make_record):
     """A disposal chunk that meets records an archive run has stored but not yet deleted from
     the active database (a killed run's here; a live run's look the same to it) purges none:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -236,6 +237,22 @@ def test_index_catch_up_waits_while_an_archive_job_runs(services):
     with services.sessions.begin() as session:
         release_lease(session, "archive", "other-worker")
     worker.index()
+    assert services.store.counts()["indexed"] == 30
+
+
+def test_index_catch_up_goes_on_when_the_archive_job_s_process_has_ended(services):
+    """A worker killed during its archive job never gave the lease back: the catch-up of a
+    worker on the same host does not wait 5 minutes for it to expire."""
+    records = [json.dumps(r).encode() for r in generate_records(30, seed=6)]
+    import_lines(records, services.sessions, services.store.find_archived)
+    archive_due_records(services.sessions, services.store, services.config.retention,
+                        utcnow().replace(year=2100), utcnow())
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    dead = f"{socket.gethostname()}:{ended.stdout.strip()}:0a1b2c3d"
+    with services.sessions.begin() as session:
+        assert acquire_lease(session, "archive", dead, utcnow(), LEASE_TTL)
+    Worker(services).index()
     assert services.store.counts()["indexed"] == 30
 
 

@@ -218,12 +218,14 @@ def run_dispose_job(
 
 
 def run_index_job(services: Services, *, should_stop: Callable[[], bool] = lambda: False) -> int:
-    """Index whatever is archived but not yet indexed (and drop what left the archive).
+    """Settle what a killed run left (its moves first: records stored and still active are
+    neither found twice nor restorable until then), then index whatever is archived but not
+    yet indexed (and drop what left the archive).
 
     :raises IndexUnavailable: the index is missing or damaged (`archivist index --rebuild`)
     """
     require_readable_index(services.index)
-    indexed = sync_index(services.store, services.index, should_stop=should_stop)
+    indexed = settle_leftovers(services, utcnow(), should_stop=should_stop).indexed
     if indexed:
         log.info("index job: indexed %d", indexed)
     return indexed
