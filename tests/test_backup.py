@@ -513,7 +513,11 @@ def test_two_backups_into_one_folder_at_once_are_refused(
     with _writing(folder):
         with pytest.raises(BackupError, match="another backup is being written"):
             create_backup(services, folder, utcnow())
+    (folder / ".backup.lock").touch()  # where an earlier version locked the folder
     assert create_backup(services, folder, utcnow()).files > 0
+    # the MANIFEST lists every other file the folder holds
+    held = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert held - {"MANIFEST"} == set(load_manifest(folder))
 
 
 def test_backup_after_disposal_drops_replaced_segment_generations(

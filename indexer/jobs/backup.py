@@ -220,21 +220,26 @@ def _check_folder(config: Config, folder: Path) -> None:
             raise BackupError(f"{folder} overlaps the installation's {label} ({path}): "
                               "back up into a folder of its own")
     if target.is_dir() and any(target.iterdir()) and not any(
-        (target / name).exists() for name in (MANIFEST, METADATA, ".backup.lock")
+        (target / name).exists() for name in (MANIFEST, METADATA, _OLD_LOCK_FILE)
     ):
         raise BackupError(f"{folder} holds other files and no backup: back up into an empty "
                           "folder or an earlier backup")
 
 
+_OLD_LOCK_FILE = ".backup.lock"  # where earlier versions locked a folder: not in MANIFEST
+
+
 @contextmanager
 def _writing(folder: Path) -> Iterator[None]:
-    """One `backup create` at a time per folder: two would mix their files."""
-    fd = os.open(folder / ".backup.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    """One `backup create` at a time per folder: two would mix their files. The folder itself
+    is locked, so that it holds nothing its MANIFEST does not list."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise BackupError(f"another backup is being written into {folder}") from None
+        (folder / _OLD_LOCK_FILE).unlink(missing_ok=True)
         yield
     finally:
         os.close(fd)
