@@ -15,15 +15,19 @@ from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any
 
+from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import select
 
-from archivist.active_db import utcnow
+from archivist.active_db import Lease, utcnow
 from archivist.config import Config
 from archivist.crontab import cron_trigger
 from archivist.leases import acquire_lease, lease_held, release_lease, this_process
 from indexer.jobs.runs import (
     last_run,
+    mark_abandoned,
     run_archive_job,
     run_dispose_job,
     run_index_job,
@@ -37,6 +41,7 @@ log = logging.getLogger(__name__)
 # would bury the jobs' own. Its warnings and errors (a misfire, a job that raised) still show.
 SCHEDULER_LOG_LEVEL = logging.WARNING
 LEASE_TTL = timedelta(minutes=5)
+FOLLOW_UP_MARGIN = timedelta(seconds=30)  # past a skipped job's lease, before looking again
 MISFIRE_GRACE_SECONDS = 3600
 
 
@@ -47,17 +52,63 @@ class Worker:
         self.services = services
         self.holder = f"{this_process()}:{uuid.uuid4().hex[:8]}"
         self.stopping = threading.Event()
+        # set by `build_scheduler`: a scheduled job skipped for another worker's lease is
+        # looked at again once that lease would have expired (see `follow_up`)
+        self.scheduler: BaseScheduler | None = None
+        self._running: dict[str, threading.Lock] = {}
 
     def archive(self) -> None:
         """The archive job, as if now were now."""
         self._leased(
-            "archive", lambda keep: run_archive_job(self.services, utcnow(), should_stop=keep)
+            "archive", lambda keep: run_archive_job(self.services, utcnow(), should_stop=keep),
+            follow_up=True,
         )
 
     def dispose(self) -> None:
         """Disposal at the end of retention."""
         self._leased(
-            "dispose", lambda keep: run_dispose_job(self.services, utcnow(), should_stop=keep)
+            "dispose", lambda keep: run_dispose_job(self.services, utcnow(), should_stop=keep),
+            follow_up=True,
+        )
+
+    def follow_up(self, name: str, other: str) -> None:
+        """Look again at a scheduled job skipped because the worker `other` held its lease:
+        if `other` stopped renewing it (its machine went down) before its run finished, that
+        run is marked interrupted and the job runs here now, rather than at its next fire time
+        (a day later for the nightly archive run).
+
+        :param name: `archive` or `dispose`
+        :param other: the lease holder met when the job was skipped
+        """
+        if self.stopping.is_set():
+            return
+        now = utcnow()
+        with self.services.read_sessions.begin() as session:
+            if lease_held(session, name, now):  # still renewed (or taken by another): later
+                self._look_again(name, session.scalar(
+                    select(Lease.holder).where(Lease.name == name)) or other)
+                return
+        previous = last_run(self.services, name)
+        if previous is not None and previous.finished_at is not None \
+                and not was_interrupted(previous) and previous.error is None:
+            return  # the other worker's run finished: nothing was missed
+        if previous is not None and previous.finished_at is None \
+                and other.startswith(f"{previous.runner}:"):
+            mark_abandoned(self.services, previous.id)
+            log.warning("%s job: worker %s stopped renewing its lease before its run "
+                        "finished; running it now", name, other)
+        else:
+            log.warning("%s job: the run worker %s was doing did not finish cleanly; running "
+                        "it now", name, other)
+        getattr(self, name)()
+
+    def _look_again(self, name: str, other: str) -> None:
+        if self.scheduler is None or self.stopping.is_set():
+            return
+        self.scheduler.add_job(
+            self.follow_up, DateTrigger(utcnow() + LEASE_TTL + FOLLOW_UP_MARGIN),
+            args=(name, other), id=f"{name}-follow-up", replace_existing=True,
+            misfire_grace_time=MISFIRE_GRACE_SECONDS,
         )
 
     def settle(self) -> None:
@@ -88,9 +139,28 @@ class Worker:
                 return
         self._leased("index", lambda keep: run_index_job(self.services, should_stop=keep))
 
-    def _leased(self, name: str, job: Callable[[Callable[[], bool]], Any]) -> None:
+    def _leased(
+        self, name: str, job: Callable[[Callable[[], bool]], Any], *, follow_up: bool = False
+    ) -> None:
+        running = self._running.setdefault(name, threading.Lock())
+        if not running.acquire(blocking=False):  # (a follow-up meeting its scheduled run)
+            log.info("%s job skipped: it is running in this worker already", name)
+            return
+        try:
+            self._leased_once(name, job, follow_up)
+        finally:
+            running.release()
+
+    def _leased_once(
+        self, name: str, job: Callable[[Callable[[], bool]], Any], follow_up: bool
+    ) -> None:
         if self.stopping.is_set() or not self._renew(name):
             log.info("%s job skipped: another worker holds its lease", name)
+            if follow_up and not self.stopping.is_set():
+                with self.services.read_sessions.begin() as session:
+                    other = session.scalar(select(Lease.holder).where(Lease.name == name))
+                if other is not None:
+                    self._look_again(name, other)
             return
 
         def should_stop() -> bool:
@@ -113,6 +183,7 @@ class Worker:
 def build_scheduler(config: Config, worker: Worker) -> BlockingScheduler:
     """The scheduler with the archive, dispose and index jobs on the configured triggers."""
     scheduler = BlockingScheduler(timezone="UTC")
+    worker.scheduler = scheduler
     options: dict[str, Any] = {
         "max_instances": 1,
         "coalesce": True,

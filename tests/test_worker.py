@@ -256,6 +256,49 @@ def test_index_catch_up_goes_on_when_the_archive_job_s_process_has_ended(service
     assert services.store.counts()["indexed"] == 30
 
 
+def test_a_job_skipped_for_a_worker_that_then_went_down_runs_once_its_lease_expires(
+    services, make_record
+):
+    """The nightly archive run of a worker on another machine held the lease, so this worker
+    skipped it; that machine went down mid-run. Once the lease has expired (not renewed),
+    the follow-up marks that run interrupted and runs the job here, not a day later."""
+    from datetime import timedelta
+
+    from archivist.importer import import_lines
+    from indexer.jobs.runs import ABANDONED
+
+    lines = [json.dumps(make_record(id=f"F-{n:03d}")).encode() for n in range(50)]
+    import_lines(lines, services.sessions, services.store.find_archived)
+    other = "machine-b:4242:abcd1234"
+    with services.sessions.begin() as session:
+        assert acquire_lease(session, "archive", other, utcnow(), LEASE_TTL)
+        session.add(JobRun(job="archive", started_at=utcnow(), archived=7, purged=0, indexed=0,
+                           runner="machine-b:4242"))
+    worker = Worker(services)
+    scheduler = build_scheduler(services.config, worker)
+
+    worker.archive()  # skipped: the lease is machine-b's; looked at again later
+    assert services.store.counts()["archived"] == 0
+    assert scheduler.get_job("archive-follow-up") is not None
+    scheduler.remove_job("archive-follow-up")
+    worker.follow_up("archive", other)  # still renewed: later again
+    assert services.store.counts()["archived"] == 0
+    assert scheduler.get_job("archive-follow-up") is not None
+
+    with services.sessions.begin() as session:  # machine-b stopped renewing it
+        session.get(Lease, "archive").expires_at = utcnow() - timedelta(seconds=1)
+    worker.follow_up("archive", other)
+    assert services.store.counts()["archived"] == 50
+    with services.sessions.begin() as session:
+        runs = session.scalars(select(JobRun).order_by(JobRun.id)).all()
+        assert [(r.runner.startswith("machine-b"), r.error) for r in runs] == [
+            (True, ABANDONED), (False, None)]
+
+    worker.follow_up("archive", other)  # its run is done now: nothing more
+    with services.sessions.begin() as session:
+        assert session.query(JobRun).count() == 2
+
+
 @pytest.mark.slow
 def test_a_worker_killed_mid_run_is_followed_at_once_and_its_run_says_so(
     tmp_path, config_path

@@ -249,13 +249,29 @@ STOPPED = (
     "stopped before it finished: the worker was stopped, or lost the job's lease; the rest "
     "waits for the next run"
 )
+ABANDONED = (
+    "interrupted: its worker stopped renewing the job's lease before the run finished "
+    "(killed, or its machine stopped)"
+)
 MAX_ERROR = 2000  # characters of a run's error kept (a database error can quote 500 parameters)
 
 
 def was_interrupted(run: JobRun) -> bool:
     """Whether the run ended before it had done its work: its process ended, or it was
     asked to stop (a worker stopping, or losing its lease, lets the batch finish and stops)."""
-    return run.error in (INTERRUPTED, STOPPED) or _interrupted(run)
+    return run.error in (INTERRUPTED, STOPPED, ABANDONED) or _interrupted(run)
+
+
+def mark_abandoned(services: Services, run_id: int) -> None:
+    """Mark a run unfinished whose worker, on another machine, let its lease expire.
+
+    :param run_id: the `JobRun`'s id; a run that has finished meanwhile is left as it is
+    """
+    with services.sessions.begin() as session:
+        session.execute(
+            update(JobRun).where(JobRun.id == run_id, JobRun.finished_at.is_(None))
+            .values(finished_at=utcnow(), error=ABANDONED)
+        )
 
 
 def _interrupted(run: JobRun) -> bool:
