@@ -218,11 +218,18 @@ def disposal_list(config_path: Path) -> set[str]:
     return {d.record_id for d in page.disposals}
 
 
-def test_restore_of_a_record_a_killed_archive_left_pending(config_path, make_record):
-    installed(config_path, aged_records(make_record, 50))
+def killed_mid_move(config_path: Path, make_record, count: int) -> list[str]:
+    """`count` aged records, then an archive run killed once it stored them and before it
+    deleted them from the active database: they are in the middle of their move."""
+    installed(config_path, aged_records(make_record, count))
     killed = archivist(config_path, "archive", "--as-of", AS_OF,
                        env={"ARCHIVIST_CRASH_AT": "archive.after_store:1"})
     assert killed.returncode == -signal.SIGKILL
+    return [f"K{i:04d}" for i in range(count)]
+
+
+def test_restore_of_a_record_a_killed_archive_left_pending(config_path, make_record):
+    killed_mid_move(config_path, make_record, 50)
     with Services.open(load_config(config_path)) as services:
         assert services.store.counts()["pending"] == 50  # archived and still active
         record = restore_record(services.sessions, services.store, services.index, "K0007",
@@ -238,11 +245,7 @@ def test_archivist_index_settles_the_moves_a_killed_archive_left(config_path, ma
     """Records a killed run stored and did not yet delete are active and marked pending in the
     store: `archivist index` (like the worker's catch-up) finishes their move and indexes
     them, rather than leaving them in both places until the next archive run."""
-    installed(config_path, aged_records(make_record, 30))
-    killed = archivist(config_path, "archive", "--as-of", AS_OF,
-                       env={"ARCHIVIST_CRASH_AT": "archive.after_store:1"})
-    assert killed.returncode == -signal.SIGKILL
-    ids = [f"K{i:04d}" for i in range(30)]
+    ids = killed_mid_move(config_path, make_record, 30)
     with Services.open(load_config(config_path)) as services:
         assert services.store.counts()["pending"] == 30
 
@@ -261,11 +264,7 @@ def test_a_disposal_leaves_records_in_the_middle_of_a_move_alone(config_path, ma
     """A disposal chunk that meets records an archive run has stored but not yet deleted from
     the active database (a killed run's here; a live run's look the same to it) purges none:
     purged, they would be listed as disposed of while their rows stay active."""
-    installed(config_path, aged_records(make_record, 20))
-    killed = archivist(config_path, "archive", "--as-of", AS_OF,
-                       env={"ARCHIVIST_CRASH_AT": "archive.after_store:1"})
-    assert killed.returncode == -signal.SIGKILL
-    ids = [f"K{i:04d}" for i in range(20)]
+    ids = killed_mid_move(config_path, make_record, 20)
     with Services.open(load_config(config_path)) as services:
         due = purge_with_proof(services.sessions, services.store, ids, services.config.retention,
                                datetime(2031, 1, 1, tzinfo=UTC), utcnow(), "disposal", "cli")

@@ -749,13 +749,18 @@ def test_ui_auditor_reads_the_audit_log(new_page: Any, site: Site) -> None:
     assert page.get_by_role("link", name="Legal holds").count() == 0
 
 
-def test_ui_admin_places_and_lifts_a_hold_and_sees_retention(new_page: Any) -> None:
-    page = new_page("admin")
+def place_customer_hold(page: Any, customer_id: str, reason: str) -> None:
+    """On the Legal holds page, place a hold on a customer as an admin would."""
     page.get_by_role("link", name="Legal holds").click()
     page.get_by_label("Applies to").select_option("customer")
-    page.get_by_label("Record id, customer id or category").fill("C-4242")
-    page.get_by_label("Reason").fill("litigation 2024-117")
+    page.get_by_label("Record id, customer id or category").fill(customer_id)
+    page.get_by_label("Reason").fill(reason)
     page.get_by_role("button", name="Place hold").click()
+
+
+def test_ui_admin_places_and_lifts_a_hold_and_sees_retention(new_page: Any) -> None:
+    page = new_page("admin")
+    place_customer_hold(page, "C-4242", "litigation 2024-117")
     assert "Legal hold placed" in page.locator(".flash-success").inner_text()
     row = page.locator("tr", has_text="C-4242")
     assert "litigation 2024-117" in row.inner_text()
@@ -853,11 +858,7 @@ def test_ui_the_outcome_of_a_form_takes_the_focus_on_the_page_it_leads_to(
             " ? document.activeElement.textContent : ''"))
 
     page = new_page("admin")
-    page.get_by_role("link", name="Legal holds").click()
-    page.get_by_label("Applies to").select_option("customer")
-    page.get_by_label("Record id, customer id or category").fill("C-FOCUS")
-    page.get_by_label("Reason").fill("focus check")
-    page.get_by_role("button", name="Place hold").click()
+    place_customer_hold(page, "C-FOCUS", "focus check")
     page.wait_for_selector(".flash-success")
     assert "Legal hold placed on customer C-FOCUS" in focused()
     page.keyboard.press("Tab")  # and the keyboard goes on from there, into the page
