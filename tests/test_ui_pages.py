@@ -874,6 +874,11 @@ def test_ui_admin_page_previews_the_next_runs(
     page = client.get("/admin?as_of=2040-01-01").get_data(as_text=True)
     assert "finance" in page and "Next disposal run would remove" in page
     assert client.get("/admin?as_of=someday").status_code == 400
+    # the archive run that archived the corpus ran here: the page says by which process
+    from archivist.leases import this_process
+
+    assert re.search(rf"<th scope=\"row\">archive</th>.*?<td>{re.escape(this_process())}</td>",
+                     page, re.S)
 
 
 def test_ui_responses_carry_security_headers(client: Any) -> None:
