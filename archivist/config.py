@@ -20,6 +20,8 @@ from archivist.errors import ConfigError
 from archivist.records import MAX_CHARS, typed_value_problem
 from archivist.retention import RetentionPolicy, RetentionRules
 
+log = logging.getLogger(__name__)
+
 DEFAULT_KINDS = ("communication", "process", "transaction", "ticket", "note")
 QUERY_LENGTH_LIMIT = 10_000
 """The longest ``q`` the search engine takes at all; `server.max_query_length` may not exceed it."""
@@ -443,7 +445,6 @@ def _positive(table: dict[str, Any], key: str, default: int, where: str) -> int:
 
 # Retention periods reach back from a run's `as_of`: beyond these a cut-off would fall before
 # year 1 and every run (of every category) would fail, so the config refuses them at load.
-log = logging.getLogger(__name__)
 RETENTION_LIMITS = {"archive_after_days": 365_000, "keep_years": 1000}
 
 
