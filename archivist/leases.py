@@ -57,9 +57,14 @@ def release_lease(session: Session, name: str, holder: str) -> None:
     session.execute(delete(Lease).where(Lease.name == name, Lease.holder == holder))
 
 
-def lease_held(session: Session, name: str, now: datetime) -> bool:
-    """Whether anyone holds the lease: it is taken, not expired, and its holder's process has
-    not ended (killed, it never gave the lease back; `acquire_lease` takes it over)."""
+def lease_holder(session: Session, name: str, now: datetime) -> str | None:
+    """Who holds the lease, or None: it must be taken, not expired, and its holder's process
+    must not have ended (killed, it never gave the lease back; `acquire_lease` takes it over)."""
     stmt = select(Lease.holder).where(Lease.name == name, Lease.expires_at >= now)
     holder = session.scalar(stmt)
-    return holder is not None and not process_gone(holder)
+    return holder if holder is not None and not process_gone(holder) else None
+
+
+def lease_held(session: Session, name: str, now: datetime) -> bool:
+    """Whether anyone holds the lease (see `lease_holder`)."""
+    return lease_holder(session, name, now) is not None

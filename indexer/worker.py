@@ -19,18 +19,23 @@ from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import select
 
-from archivist.active_db import Lease, utcnow
+from archivist.active_db import utcnow
 from archivist.config import Config
 from archivist.crontab import cron_trigger
-from archivist.leases import acquire_lease, lease_held, release_lease, this_process
+from archivist.leases import (
+    acquire_lease,
+    lease_held,
+    lease_holder,
+    release_lease,
+    this_process,
+)
 from indexer.jobs.runs import (
     last_run,
-    mark_abandoned,
     run_archive_job,
     run_dispose_job,
     run_index_job,
+    take_over_skipped_run,
     was_interrupted,
 )
 from indexer.jobs.settling import settle_leftovers
@@ -82,25 +87,12 @@ class Worker:
         """
         if self.stopping.is_set():
             return
-        now = utcnow()
         with self.services.read_sessions.begin() as session:
-            if lease_held(session, name, now):  # still renewed (or taken by another): later
-                self._look_again(name, session.scalar(
-                    select(Lease.holder).where(Lease.name == name)) or other)
-                return
-        previous = last_run(self.services, name)
-        if previous is not None and previous.finished_at is not None \
-                and not was_interrupted(previous) and previous.error is None:
-            return  # the other worker's run finished: nothing was missed
-        if previous is not None and previous.finished_at is None \
-                and other.startswith(f"{previous.runner}:"):
-            mark_abandoned(self.services, previous.id)
-            log.warning("%s job: worker %s stopped renewing its lease before its run "
-                        "finished; running it now", name, other)
-        else:
-            log.warning("%s job: the run worker %s was doing did not finish cleanly; running "
-                        "it now", name, other)
-        getattr(self, name)()
+            holder = lease_holder(session, name, utcnow())
+        if holder is not None:  # still renewed (or taken by another worker): later
+            self._look_again(name, holder)
+        elif take_over_skipped_run(self.services, name, other):
+            getattr(self, name)()
 
     def _look_again(self, name: str, other: str) -> None:
         if self.scheduler is None or self.stopping.is_set():
@@ -158,7 +150,7 @@ class Worker:
             log.info("%s job skipped: another worker holds its lease", name)
             if follow_up and not self.stopping.is_set():
                 with self.services.read_sessions.begin() as session:
-                    other = session.scalar(select(Lease.holder).where(Lease.name == name))
+                    other = lease_holder(session, name, utcnow())
                 if other is not None:
                     self._look_again(name, other)
             return

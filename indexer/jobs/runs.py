@@ -262,16 +262,32 @@ def was_interrupted(run: JobRun) -> bool:
     return run.error in (INTERRUPTED, STOPPED, ABANDONED) or _interrupted(run)
 
 
-def mark_abandoned(services: Services, run_id: int) -> None:
-    """Mark a run unfinished whose worker, on another machine, let its lease expire.
+def take_over_skipped_run(services: Services, job: str, other: str) -> bool:
+    """Whether a scheduled run, skipped because the worker `other` held the job's lease (free
+    again now), must run after all: `other`'s run did not finish cleanly. An unfinished run
+    of `other`'s (its machine went down; on another host its process cannot be looked at) is
+    marked interrupted.
 
-    :param run_id: the `JobRun`'s id; a run that has finished meanwhile is left as it is
+    :param job: `archive` or `dispose`
+    :param other: the lease holder met when the run was skipped (`host:pid:tag`)
     """
-    with services.sessions.begin() as session:
-        session.execute(
-            update(JobRun).where(JobRun.id == run_id, JobRun.finished_at.is_(None))
-            .values(finished_at=utcnow(), error=ABANDONED)
-        )
+    previous = last_run(services, job)
+    if previous is not None and previous.finished_at is not None \
+            and previous.error is None:
+        return False  # the other worker's run finished: nothing was missed
+    if previous is not None and previous.finished_at is None \
+            and other.startswith(f"{previous.runner}:"):
+        with services.sessions.begin() as session:
+            session.execute(
+                update(JobRun).where(JobRun.id == previous.id, JobRun.finished_at.is_(None))
+                .values(finished_at=utcnow(), error=ABANDONED)
+            )
+        log.warning("%s job: worker %s stopped renewing its lease before its run finished; "
+                    "running it now", job, other)
+    else:
+        log.warning("%s job: the run worker %s was doing did not finish cleanly; running it "
+                    "now", job, other)
+    return True
 
 
 def _interrupted(run: JobRun) -> bool:
