@@ -20,11 +20,12 @@ from indexer.whoosh import matchsets
 from indexer.whoosh.analysis import iter_tokens
 from indexer.whoosh.documents import shard_key
 from indexer.whoosh.evaluate import Evaluator
+from indexer.whoosh.expansion import _SEGMENT_TERMS
 from indexer.whoosh.index import SearchIndex
 from indexer.whoosh.postings import POSTING_CACHE, PostingCache
 from indexer.whoosh.query import CompiledQuery, compile_query
 from indexer.whoosh.schema import PAIR_FIELDS, build_schema
-from indexer.whoosh.shards import TERM_CACHE, _alike_documents
+from indexer.whoosh.shards import _SEGMENT_DF, TERM_CACHE, _alike_documents
 from indexer.whoosh.snippets import make_snippet
 from tests.test_search import (
     AND,
@@ -487,6 +488,49 @@ def test_term_cache_answers_repeats_and_follows_deletions(tmp_path: Path) -> Non
     assert [a.tolist() for a in got] == [a.tolist() for a in whole]
     assert starts == [alike]
     TERM_CACHE.clear()
+    ix.close()
+
+
+def test_caches_let_go_of_replaced_segments_and_caches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries that only a replaced segment or a shard's former cache could use are dropped at
+    the change, not left to fill the caches: after many batches, merges, deletions and the
+    same searches after each, every kept entry belongs to a live segment or cache."""
+    monkeypatch.setattr(POSTING_CACHE, "min_postings", 1)
+    for cache in (POSTING_CACHE._lru, _SEGMENT_DF, _SEGMENT_TERMS, TERM_CACHE):
+        cache.clear()
+    ix = SearchIndex.open(tmp_path / "ix")
+    queries = [SearchQuery(q=q, per_page=20) for q in ("refund", "invoice OR 退款", "refu*")]
+    ix.add(CORPUS[:600])
+    merged = 0
+    for n in range(12):
+        batch = CORPUS[600 + n * 30 : 630 + n * 30]
+        ix.add(batch, merge=False)
+        for query in queries:
+            ix.search(query)
+        if n % 3 == 2:
+            merged += ix.merge_segments()
+        if n % 4 == 3:
+            ix.delete([r["id"] for r, _at in batch[:5]])
+        for query in queries:
+            ix.search(query)
+    assert merged, "no segment was merged away: the test would show nothing"
+    caches = [view.cache for view in ix._current_snapshot().views]
+    live = {key[0] for cache in caches for key in cache.segments}
+    numbers = {n for c in caches for n in (c.number, *(a for a, _ in c._ancestors))}
+    for cache in (POSTING_CACHE._lru, _SEGMENT_DF, _SEGMENT_TERMS):
+        kept = {key[0] for key in cache._entries}
+        assert kept and kept <= live
+    kept_numbers = {key[0] for key in TERM_CACHE._entries}
+    assert kept_numbers and kept_numbers <= numbers
+    def answers() -> list[list[tuple[str, float]]]:
+        return [[(h.id, h.score) for h in ix.search(query).hits] for query in queries]
+
+    kept_answers = answers()  # what is kept answers as caches filled afresh do
+    for cache in (POSTING_CACHE._lru, _SEGMENT_DF, _SEGMENT_TERMS, TERM_CACHE):
+        cache.clear()
+    assert kept_answers == answers() and all(kept_answers)
     ix.close()
 
 

@@ -8,7 +8,7 @@ in one stay valid for as long as it lives.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from itertools import islice
 from typing import Any
 
@@ -31,6 +31,11 @@ def prefix_terms(reader: Any, fieldname: str, prefix: str | bytes, limit: int) -
     for leaf, _base in reader.leaf_readers():
         found.update(_segment_terms(leaf, fieldname, bprefix, limit))
     return sorted(found)
+
+
+def forget_segments(segids: Collection[Any]) -> None:
+    """Drop the terms kept for segments that are gone."""
+    _SEGMENT_TERMS.drop(lambda key: key[0] in segids)
 
 
 def _segment_terms(leaf: Any, fieldname: str, prefix: bytes, limit: int) -> Sequence[bytes]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 V = TypeVar("V")
 
@@ -55,6 +55,14 @@ class SizedLru(Generic[V]):
             while self.used > self.budget:
                 _key, (_old, old_size) = self._entries.popitem(last=False)
                 self.used -= old_size
+
+    def drop(self, stale: Callable[[Any], bool]) -> int:
+        """Drop every entry whose key is ``stale``; returns how many (a scan of every key)."""
+        with self._lock:
+            gone = [key for key in self._entries if stale(key)]
+            for key in gone:
+                self.used -= self._entries.pop(key)[1]
+        return len(gone)
 
     def clear(self) -> None:
         """Drop every entry."""

@@ -6,7 +6,7 @@ import io
 import pickle
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from itertools import accumulate
 from pickle import loads
 from typing import Any
@@ -236,6 +236,11 @@ class PostingCache:
         """Keep a posting list if it is long enough to be worth it."""
         if len(ids) >= self.min_postings:
             self._lru.put(key, ((ids - base).astype(np.int32), weights.astype(np.float32)))
+
+    def forget(self, segids: Collection[Any]) -> None:
+        """Drop the lists of segments that are gone (merged away, or their documents all
+        deleted): they would otherwise hold their share of the budget until they age out."""
+        self._lru.drop(lambda key: key[0] in segids)
 
     def clear(self) -> None:
         """Drop every entry."""

@@ -20,10 +20,12 @@ from whoosh.util.numeric import byte_to_length
 
 from indexer.search.types import DATE_FIELDS
 from indexer.whoosh.columns import byte_strings, live_docs, numeric_values, ordinals
+from indexer.whoosh.expansion import forget_segments
 from indexer.whoosh.lru import SizedLru
 from indexer.whoosh.postings import (
     NO_DOCS,
     NO_SCORES,
+    POSTING_CACHE,
     Block,
     Docs,
     Floats,
@@ -193,6 +195,8 @@ class ShardCache:
         if previous is not None and alike:
             older = ((n, min(c, alike)) for n, c in previous._ancestors)
             self._ancestors = ((previous.number, alike), *older)[:_MAX_ANCESTORS]
+        if previous is not None:
+            _forget_replaced(previous, self)
         if previous is not None and previous.segments == self.segments:
             # Same documents, some newly deleted: per-document values are unchanged.
             self._df = previous._df
@@ -580,6 +584,23 @@ def _leaves(reader: Any) -> list[Any]:
     erased, and merged away) is read through Whoosh's empty reader, which has no columns and
     no documents: it has no segment here."""
     return [leaf for leaf, _base in reader.leaf_readers() if leaf.doc_count_all()]
+
+
+def _forget_replaced(previous: ShardCache, current: ShardCache) -> None:
+    """Drop the process-wide cache entries that only a shard's former cache could use: those
+    of its segments gone since (merged away, or all their documents deleted) and its former
+    caches' term entries that the new one does not inherit. They would stay until evicted,
+    so that every index change left the caches fuller (a server's memory grew to their caps).
+    A search still running on the former cache only computes them again."""
+    gone = {key[0] for key in previous.segments} - {key[0] for key in current.segments}
+    if gone:
+        POSTING_CACHE.forget(gone)
+        _SEGMENT_DF.drop(lambda key: key[0] in gone)
+        forget_segments(gone)
+    lineage = {previous.number, *(number for number, _ in previous._ancestors)}
+    lineage -= {number for number, _ in current._ancestors}
+    if lineage:
+        TERM_CACHE.drop(lambda key: key[0] in lineage)
 
 
 def _segments_of(reader: Any) -> tuple[tuple[Any, int], ...]:
