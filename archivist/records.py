@@ -299,13 +299,23 @@ def canonical_timestamp(text: str, name: str = "timestamp") -> str:
     except OverflowError:
         raise InvalidRecord(f"{name} is out of range: {text[:60]!r}") from None
     fraction = _FRACTION.search(text.upper())
-    if fraction is not None and len(fraction.group(1).rstrip("0")) > 6:
+    if finer_than_microseconds(text):
         # Python would drop the digits past the sixth: a different time than the one given.
         raise InvalidRecord(
             f"{name} is more precise than a microsecond (at most 6 digits after the "
             f"seconds): {text[:60]!r}"
         )
     return format_utc(moment, fractions=fraction is not None)
+
+
+def finer_than_microseconds(text: str) -> bool:
+    """True when an ISO time gives digits past the sixth after the seconds (other than zeros),
+    which Python's parsing drops.
+
+    :param text: an ISO 8601 date-time as given
+    """
+    fraction = _FRACTION.search(text.upper())
+    return fraction is not None and len(fraction.group(1).rstrip("0")) > 6
 
 
 def format_utc(moment: datetime, fractions: bool | None = None) -> str:

@@ -134,6 +134,8 @@ def audited(
         yield entry
     except Exception as e:
         entry.outcome = audit_outcome(e)
+        if isinstance(e, BadQuery):  # the reason, as for a query refused before it ran
+            entry.details["error"] = str(e)
         raise
     finally:
         event = AuditEvent(at, actor.name, action, target, entry.outcome, entry.details)

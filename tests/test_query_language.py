@@ -52,6 +52,13 @@ REFUSED = [
     "refund OR()",
     "refund NOT()",
     "NOT -refund",  # NOT NOT
+    "refund --call",  # a minus after a minus, which Whoosh searched as the word
+    "refund --(call OR note)",
+    "-",  # a minus without its term, which matched nothing
+    "refund -",
+    "(refund -)",
+    '""',  # an empty phrase, which matched nothing
+    'refund " "',
 ]
 
 ACCEPTED = {
@@ -77,6 +84,8 @@ ACCEPTED = {
     '-"another tenant" -refund': {"C-1"},
     'customer_id:eu:acme:9 -call': {"tenant:case:77"},
     '"refund -call"': {"P-1", "P-2", "P-3"},
+    "refund - call": {"P-1", "P-2", "P-3"},  # a minus on its own between words is no term
+    '"--call"': {"P-1", "P-2", "P-3"},  # quoted: the text
     "3~4": set(),  # numbers: text, not a fuzzy term
 }
 
@@ -249,6 +258,36 @@ def test_full_width_letters_and_digits_are_their_ascii_selves(
     if "F-1" in expected and q.startswith(("INV", "ＩＮＶ")):
         snippet = next(h.snippet for h in page.hits if h.id == "F-1")
         assert "<mark>ＩＮＶ－２０２３－００４５１２</mark>" in snippet
+
+
+APOSTROPHES = {
+    "O'Brien": {"Q-1", "Q-2", "Q-3"},
+    "O\u2019Brien": {"Q-1", "Q-2", "Q-3"},  # as word processors and phones type it
+    "O\u02bcBrien": {"Q-1", "Q-2", "Q-3"},
+    "customer's": {"Q-1", "Q-2"},
+    "customer\u2019s": {"Q-1", "Q-2"},
+    '"customer refund"': {"Q-1", "Q-2"},
+    "\u2018refund\u2019": {"Q-1", "Q-2"},  # quotation marks around a word: the word
+    "don't": {"Q-2", "Q-3"},
+    "don\u2019t": {"Q-2", "Q-3"},
+}
+
+
+@pytest.mark.parametrize(("q", "expected"), list(APOSTROPHES.items()), ids=list(APOSTROPHES))
+def test_a_typographic_apostrophe_is_an_apostrophe(
+    tmp_path: Path, make_record: Callable[..., dict[str, Any]], q: str, expected: set[str]
+) -> None:
+    page = _search_fresh(tmp_path, [
+        make_record(id="Q-1", body="O'Brien asked about the customer's refund"),
+        make_record(
+            id="Q-2", body="O\u2019Brien asked about the customer\u2019s refund, don\u2019t wait"
+        ),
+        make_record(id="Q-3", body="O\u02bcBrien: don't"),
+    ], q)
+    assert {hit.id for hit in page.hits} == expected
+    if q == "O'Brien":  # the mark covers the name as the record writes it
+        snippet = next(h.snippet for h in page.hits if h.id == "Q-2")
+        assert "<mark>O\u2019Brien</mark>" in snippet
 
 
 COMPOSED = "Café Müller, Nguyễn, 한국"  # one character for each accented letter

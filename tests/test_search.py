@@ -352,6 +352,29 @@ def test_a_date_alone_in_any_iso_form_is_a_whole_day(text: str) -> None:
     assert parse_bound(text, end=True) == datetime(2021, 6, 15, 23, 59, 59, 999999, tzinfo=UTC)
 
 
+def test_a_bound_finer_than_a_microsecond_bounds_exactly_what_it_says(
+    index: SearchEngine,
+) -> None:
+    """Python drops the digits past the sixth: a `from` a fraction after a record's microsecond
+    took the record in, though it is before the bound."""
+    rid = "R00100"
+    created = datetime.fromisoformat(BY_ID[rid][0]["created_at"]).astimezone(UTC)
+    seconds = created.strftime("%Y-%m-%dT%H:%M:%S")
+    fraction = created.strftime("%f")
+    after = f"{seconds}.{fraction}4Z"  # a tenth of a microsecond past the record
+    assert parse_bound(after, end=False) == created + timedelta(microseconds=1)
+    assert parse_bound(after, end=True) == created  # a `to` there still takes it in
+    assert parse_bound(f"{seconds}.{fraction}0Z", end=False) == created  # a zero: the same time
+    ids = [h.id for h in index.search(SearchQuery(
+        date_from=parse_bound(after, end=False), date_to=created + timedelta(seconds=1)
+    )).hits]
+    assert rid not in ids
+    ids = [h.id for h in index.search(SearchQuery(
+        date_from=created, date_to=parse_bound(after, end=True)
+    )).hits]
+    assert rid in ids
+
+
 def test_parse_bound_reads_rfc_3339_lowercase():
     assert parse_bound("2021-06-15t10:00:00z", end=False) == datetime(2021, 6, 15, 10, tzinfo=UTC)
 

@@ -191,14 +191,19 @@ def test_a_request_the_token_s_role_does_not_allow_is_audited(
     assert denied[0]["details"] == {"needs": "admin", "role": "auditor"}
 
 
-@pytest.mark.parametrize(("path", "action"), [
-    ("/api/v1/search?q=refund&from=2023-02-30", "search"),
-    ("/api/v1/search?q=refund&per_page=0", "search"),
-    ("/api/v1/export.csv?q=refund&from=2023-02-30", "export"),
-    ("/api/v1/export.csv.sha256?q=refund&sort=bad", "export"),
+@pytest.mark.parametrize(("path", "action", "q"), [
+    ("/api/v1/search?q=refund&from=2023-02-30", "search", "refund"),
+    ("/api/v1/search?q=refund&per_page=0", "search", "refund"),
+    ("/api/v1/export.csv?q=refund&from=2023-02-30", "export", "refund"),
+    ("/api/v1/export.csv.sha256?q=refund&sort=bad", "export", "refund"),
+    # refused by the query's parser, once the search or export had begun
+    ("/api/v1/search?q=refund+foo:bar", "search", "refund foo:bar"),
+    ("/api/v1/search?q=refund+NOT+NOT+x", "search", "refund NOT NOT x"),
+    ("/api/v1/export.csv?q=refund+foo:bar", "export", "refund foo:bar"),
+    ("/api/v1/export.csv.sha256?q=refund+--x", "export", "refund --x"),
 ])
 def test_a_search_or_export_refused_for_its_parameters_is_audited(
-    client: Any, auditor_headers: dict[str, str], path: str, action: str
+    client: Any, auditor_headers: dict[str, str], path: str, action: str, q: str
 ) -> None:
     response = client.get(path, headers=auditor_headers)
     assert response.status_code == 400
@@ -206,6 +211,6 @@ def test_a_search_or_export_refused_for_its_parameters_is_audited(
 
     [entry] = _audit_rows(client, auditor_headers, action)
     assert (entry["actor"], entry["target"], entry["outcome"]) == (
-        "test-auditor", "refund", "bad_query",
+        "test-auditor", q, "bad_query",
     )
     assert entry["details"]["error"] == response.get_json()["error"]["message"]

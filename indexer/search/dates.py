@@ -6,7 +6,12 @@ import re
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 
-from archivist.records import calendar_problem, clock_problem, upper_zulu
+from archivist.records import (
+    calendar_problem,
+    clock_problem,
+    finer_than_microseconds,
+    upper_zulu,
+)
 from indexer.errors import BadQuery
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -36,7 +41,8 @@ def parse_bound(text: str, end: bool) -> datetime:
     """Parse a ``from``/``to`` bound: an ISO date or datetime, as aware UTC.
 
     A date alone means its first microsecond, or with ``end`` its last one, so that an inclusive
-    ``to`` covers the whole day. A datetime without offset is taken as UTC.
+    ``to`` covers the whole day. A datetime without offset is taken as UTC. A time finer than a
+    microsecond bounds what it says exactly, as records' times are kept to microseconds.
 
     :param text: the ISO date or datetime.
     :param end: True for the upper (``to``) bound.
@@ -64,6 +70,10 @@ def parse_bound(text: str, end: bool) -> datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     try:
+        if finer_than_microseconds(text) and not end:
+            # Python dropped the digits past the microsecond: a `from` then begins at the next
+            # microsecond, the first a record's time (kept to microseconds) can be at or after.
+            value += timedelta(microseconds=1)
         return value.astimezone(UTC)
     except OverflowError:  # e.g. 9999-12-31T23:59:59-14:00 is in year 10000 in UTC
         raise BadQuery(f"outside the years 1-9999 in UTC: {text[:40]!r}") from None

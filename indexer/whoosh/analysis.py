@@ -244,14 +244,18 @@ def _in_text(start: int, at_char: list[int] | None, i: int, end: bool = False) -
 
 
 # Full-width forms of ASCII (`ＩＮＶ－２０２３`, typed with a Chinese input method) and the
-# ideographic space read as their ASCII selves, one character for one, so that offsets into
-# the text stay right for snippets.
-_FULL_WIDTH = re.compile("[\uff01-\uff5e\u3000]+")
-_TO_ASCII = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
+# ideographic space read as their ASCII selves, and so do the typographic apostrophes that word
+# processors and phones put for `'` (`O’Brien`, `customer’s`), one character for one, so that
+# offsets into the text stay right for snippets.
+_FULL_WIDTH = re.compile("[\uff01-\uff5e\u3000\u2018\u2019\u02bc]+")
+_TO_ASCII = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {
+    0x3000: 0x20, 0x2018: 0x27, 0x2019: 0x27, 0x02BC: 0x27,
+}
 
 
 def fold_width(text: str) -> str:
-    """The text with full-width ASCII forms and the ideographic space as ASCII.
+    """The text with full-width ASCII forms, the ideographic space and typographic
+    apostrophes as ASCII.
 
     (Chinese text holds a full-width comma in most sentences: only the runs found are
     translated, which costs a fraction of translating the whole text.)

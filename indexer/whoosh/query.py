@@ -79,7 +79,16 @@ def _check_syntax(q: str) -> None:
             if value.start(2) <= bad.start() < value.end(2) and value.group(2).count(":") > 1:
                 raise BadQuery(_ID_WILDCARD.format(value.group(0)))
         raise BadQuery("a wildcard cannot start a term")
+    if any(not phrase.group()[1:-1].strip() for phrase in _QUOTED.finditer(q)):
+        raise BadQuery('an empty phrase (""): put words inside the quotes, or leave them out')
     unquoted = _QUOTED.sub('""', q)
+    if _DOUBLE_MINUS.search(unquoted):
+        raise BadQuery(
+            "a minus cannot follow a minus: write -word to leave a word out, or put the text "
+            'in quotes to search for it ("--word")'
+        )
+    if _TRAILING_MINUS.search(unquoted):
+        raise BadQuery("a minus needs a term after it")
     if _FUZZY.search(unquoted):
         raise BadQuery("fuzzy terms (word~ or word~2) are not supported: try a prefix (word*)")
     for group in _EMPTY_GROUP.finditer(unquoted):
@@ -94,6 +103,10 @@ def _check_syntax(q: str) -> None:
 # start, a space or an opening parenthesis) and comes before a letter, a quote or a group:
 # ``INV-2023``, ``-120.00`` and a minus inside quotes stay text.
 _MINUS = re.compile(r'"[^"]*"|(?:^|(?<=[\s(]))-(?=[^\W\d_]|["(])')
+# ... refused where it cannot mean that: doubled before a term (``--word``, which Whoosh would
+# search as the word), or with no term after it (``refund -``, ``-`` alone).
+_DOUBLE_MINUS = re.compile(r'(?:^|(?<=[\s(]))--+(?=[^\W\d_]|["(])')
+_TRAILING_MINUS = re.compile(r"(?:^|(?<=[\s(]))-+\s*(?=\)|$)")
 
 
 def _minus_as_not(q: str) -> str:
