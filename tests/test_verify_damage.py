@@ -126,6 +126,33 @@ def test_a_deleted_index_folder_is_refused_not_replaced_by_an_empty_index(instal
     assert archivist(installed, "index").stdout.strip() == "indexed 0"
 
 
+def test_a_failed_rebuild_of_a_deleted_index_leaves_no_empty_index_behind(installed):
+    """`index --rebuild` where the index folder is gone makes an empty index to build beside:
+    when the rebuild fails (here on a segment file that is missing), that empty index must go
+    too, or every command and the server would take it for the index and find nothing."""
+    import shutil
+
+    index_dir = installed.parent / "data" / "index"
+    shutil.rmtree(index_dir)
+    segment = sorted((installed.parent / "data" / "archive" / "segments").glob("*.seg"))[0]
+    aside = segment.with_name(segment.name + ".aside")
+    segment.rename(aside)
+    failed = archivist(installed, "index", "--rebuild")
+    assert failed.returncode == 1, failed.stdout
+    assert "segment" in failed.stderr and "unexpected" not in failed.stderr
+    aside.rename(segment)
+
+    assert not index_dir.exists()  # as before the rebuild: no index at all
+    for command in (["index"], ["init"]):
+        result = archivist(installed, *command)
+        assert result.returncode == 1, (command, result.stdout)
+        assert result.stderr.startswith(f"error: there is no index in {index_dir}, yet 40 "), (
+            command, result.stderr)
+    assert archivist(installed, "verify").stderr.startswith("the index is missing")
+    assert archivist(installed, "index", "--rebuild").stdout.strip() == "rebuilt, indexed 40"
+    assert archivist(installed, "verify").returncode == 0
+
+
 @pytest.mark.parametrize("damage", ["delete", "flip"])
 def test_verify_names_the_records_of_a_damaged_archive_segment(installed, damage):
     segments = sorted((installed.parent / "data" / "archive" / "segments").glob("*.seg"))

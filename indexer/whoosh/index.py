@@ -158,6 +158,10 @@ class SearchIndex:
     ) -> None:
         self.directory = Path(directory)
         self._store_text = store_text
+        # The generation `open` made because the folder held no index: a rebuild that fails
+        # takes it away again (see `_unmake_empty`).
+        self._made_empty: Path | None = None
+        self._made_folder = False
         # record id -> (subject, body): where hits read the text of documents that do not
         # store it (see build_document); set by whoever opens the archive store beside it.
         self.text_source: Callable[[str], tuple[str, str] | None] | None = None
@@ -232,12 +236,15 @@ class SearchIndex:
             raise IndexerError(f"shard_period must be one of {', '.join(PERIODS)}")
         directory = Path(directory)
         try:
+            made_folder = not directory.exists()
             directory.mkdir(parents=True, exist_ok=True)
             self = cls(directory, shard_period, worker_nice, store_text)
             fresh = not any(_GEN_RE.match(p.name) for p in directory.iterdir())
             if fresh and not (directory / "CURRENT").exists():
                 gen = self._new_generation(shard_period)
                 write_atomic(directory / "CURRENT", gen.name)
+                self._made_empty = gen
+                self._made_folder = made_folder
         except OSError as e:
             raise IndexUnavailable(f"cannot open index at {directory}: {e}") from e
         try:
@@ -1389,7 +1396,15 @@ class SearchIndex:
         :param progress: show a tqdm progress bar on stderr.
         """
         self._check_open()
-        stream = iter(docs)
+        try:
+            return self._rebuild(iter(docs), total, progress)
+        except BaseException:
+            self._unmake_empty()
+            raise
+
+    def _rebuild(
+        self, stream: Iterator[tuple[dict[str, Any], datetime]], total: int | None, progress: bool
+    ) -> int:
         head = list(itertools.islice(stream, PAIR_SAMPLE))
         pair_terms = choose_pair_terms(record_texts(record for record, _at in head))
         with self._write_lock:
@@ -1415,6 +1430,27 @@ class SearchIndex:
                     self._holds.release_except(gen)
             self._remove_unused_generations()
         return count
+
+    def _unmake_empty(self) -> None:
+        """After a failed rebuild, take away the empty index `open` made where there was none,
+        if nothing was added to it: left there, it would pass for the index and answer every
+        search with nothing, while commands refuse a missing one (see `open_search_engine`)."""
+        gen, self._made_empty = self._made_empty, None
+        if gen is None:
+            return
+        current = self.directory / "CURRENT"
+        try:
+            if current.read_text(encoding="utf-8").strip() != gen.name:
+                return
+            if any(part.is_dir() for part in gen.iterdir()):  # a shard: records were added
+                return
+            current.unlink()
+        except (OSError, UnicodeError):
+            return
+        shutil.rmtree(gen, ignore_errors=True)
+        if self._made_folder:
+            with contextlib.suppress(OSError):  # (not if anything else is in it)
+                self.directory.rmdir()
 
     def _remove_unused_generations(self) -> None:
         """Delete every generation but CURRENT that no process holds (see GenerationHolds)."""
