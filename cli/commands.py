@@ -708,3 +708,7 @@ def demo(count: int, host: str | None, port: int | None, config: Config) -> None
 
     with run_worker_process(config.path):
         serve_app(config, host, port, on_ready=ready)
+
+
+if __name__ == "__main__":  # `python -m cli.commands`, as `python -m archivist`
+    main(prog_name="archivist")

@@ -540,7 +540,8 @@ def _refuse_unless_empty(config: Config, folder: Path, force: bool, *, loads_tab
         if services.crm is not None:
             lost = crm_rows_lost_by(services, folder / STORE_FOLDER / "catalog.db")
         if (held or active) and not force:
-            holds = "" if services.crm is not None else f"{active} active records and "
+            noun = "record" if active == 1 else "records"
+            holds = "" if services.crm is not None else f"{active} active {noun} and "
             raise InstallationNotEmpty(
                 f"the installation of {config.path} already holds {holds}"
                 f"{held} in its archive ({counts['archived']} archived, {counts['restored']} "
