@@ -120,6 +120,39 @@ def test_a_row_the_crm_adds_under_a_moving_process_keeps_the_process_where_it_is
     assert run_archive_job(crm, utcnow()).archived == 0  # the new message is not aged
 
 
+@pytest.mark.parametrize(
+    ("moved_from", "cases_left", "archived"),
+    [(1, [1, 2, 4], {"case:3"}), (4, [2, 4], {"case:1", "msg:10", "case:3"})],
+    ids=["from-a-case-the-batch-moves", "from-a-case-left-active"],
+)
+def test_a_row_the_crm_moves_under_a_moving_process_keeps_the_process_where_it_is(
+    crm, moved_from, cases_left, archived
+):
+    """Message 11 moved to case 2 while the job moves case 2 (its foreign key cascades): case
+    2 stays in the CRM with it, and so does the case it left if the batch moves that one too
+    (its row changed). Message 11 is not deleted with case 2 while its only archived copy
+    still names the case it left."""
+    run_sql(crm.config.active_url, f"""
+        INSERT INTO cases VALUES (4, 'support', now(), 'case four');
+        INSERT INTO msgs VALUES (11, {moved_from}, 'support', '2020-01-01', 'to be moved');
+    """)
+    with committed_once_the_job_waits(
+        crm.config.active_url, "UPDATE msgs SET case_id = 2 WHERE id = 11"
+    ):
+        report = run_archive_job(crm, utcnow())
+
+    assert _ids(crm, "SELECT id FROM cases ORDER BY id") == cases_left
+    assert _ids(crm, "SELECT id FROM msgs WHERE case_id = 2") == [11]
+    everyone = ["case:1", "case:2", "case:3", "msg:10", "msg:11"]
+    assert crm.store.find_archived(everyone) == archived
+    assert report.archived == len(archived)
+    assert verify_all(crm).problems == []
+
+    assert run_archive_job(crm, utcnow()).archived == 5 - len(archived)  # all aged
+    assert crm.store.get("msg:11")["parent_id"] == "case:2"
+    assert _ids(crm, "SELECT id FROM msgs") == []
+
+
 def test_a_reference_the_crm_adds_from_outside_the_mapping_blocks_the_row(crm):
     """A watcher of case 2 (a table outside the mapping, ON DELETE CASCADE) added while the
     job moves the case: the case is blocked, and the watcher is not deleted with it."""

@@ -698,11 +698,11 @@ def delete_processes(
     """Delete the rows of each process as they were stored, children before parents.
 
     The rows are locked and looked at again first: a process the CRM changed meanwhile (a row
-    changed, deleted or re-keyed, a child row added) stays whole, and so does one that something
-    outside the mapping (`refs`) started to reference (an `ON DELETE CASCADE` would have taken
-    that row with it, unseen). The rest are deleted together under one SAVEPOINT; if a foreign
-    key or the CRM (a trigger, a rule, a deferred check) refuses that, each process is deleted
-    under its own, so the one refused stays whole and the others go.
+    changed, deleted or re-keyed, a child row added or moved in) stays whole, and so does one
+    that something outside the mapping (`refs`) started to reference (an `ON DELETE CASCADE`
+    would have taken that row with it, unseen). The rest are deleted together under one
+    SAVEPOINT; if a foreign key or the CRM (a trigger, a rule, a deferred check) refuses that,
+    each process is deleted under its own, so the one refused stays whole and the others go.
     """
     outcome = DeleteOutcome()
     changed = _changed(session, processes)
@@ -804,8 +804,13 @@ def _run_deferred_checks(session: Session, tables: list[str]) -> None:
 
 
 def _grown(session: Session, processes: list[CrmProcess]) -> set[str]:
-    """The roots of processes under whose rows the CRM added a row to a mapped child table
-    since the processes were read."""
+    """The roots of processes under whose rows the CRM added a row to a mapped child table, or
+    moved one there, since the processes were read.
+
+    A row moved in from another process of the batch counts too: the process it left stays
+    because the row changed, but deleting the one it joined would take the row with it (an
+    `ON DELETE CASCADE`), and the row's only archived copy would be the one before the move.
+    """
     root_of = {row.record_id: p.root_id for p in processes for row in p.rows}
     parents: dict[CrmTable, list[Any]] = defaultdict(list)
     for process in processes:
@@ -813,8 +818,11 @@ def _grown(session: Session, processes: list[CrmProcess]) -> set[str]:
             parents[row.table].append(row.key)
     grown: set[str] = set()
     for child in load_children(session, parents):
-        if child.record_id not in root_of and child.parent_id in root_of:
-            grown.add(root_of[child.parent_id])
+        if child.parent_id is None or child.parent_id not in root_of:
+            continue
+        root = root_of[child.parent_id]
+        if root_of.get(child.record_id) != root:
+            grown.add(root)
     return grown
 
 
