@@ -43,3 +43,11 @@ class StoreReadOnly(ArchiveStoreError):
     """The archive folder cannot be written: only reads (search, stats, verify) work."""
 
     code = "read_only"
+
+
+class CatalogBehind(ArchiveStoreError):
+    """The catalog ends before an entry the active database saw committed: it lost writes (its
+    WAL deleted, or an older copy put back), and nothing may write to the store until it is
+    whole again (the store would delete segment data only the lost writes name)."""
+
+    code = "catalog_behind"

@@ -357,6 +357,23 @@ class ArchiveStore:
         return (Path(directory) / "catalog.db").is_file()
 
     @staticmethod
+    def committed_head_in(directory: Path) -> int | None:
+        """The seq of the newest entry the catalog in `directory` holds (0 if none), read
+        without opening the store, whose opening tidies the segments after the catalog; None
+        when there is no catalog."""
+        if not ArchiveStore.exists_in(directory):
+            return None
+        conn = connect(Path(directory) / "catalog.db", read_only=True)
+        try:
+            if conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'entries'"
+            ).fetchone() is None:
+                return 0
+            return int(conn.execute("SELECT MAX(seq) FROM entries").fetchone()[0] or 0)
+        finally:
+            conn.close()
+
+    @staticmethod
     def is_encrypted_in(directory: Path) -> bool:
         """Whether `directory` holds a store sealed with an archive key (its catalog keeps the
         key's check value), which only that key opens."""

@@ -35,7 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -253,7 +253,7 @@ def create_schema(engine: Engine) -> None:
 def register_all_tables() -> None:
     """Make every table of Archivist's known to `Base.metadata`, including those declared beside
     the code that uses them (imported here, not at the top: they import this module)."""
-    from archivist import crm_ledger, web_sessions  # noqa: F401
+    from archivist import archive_head, crm_ledger, web_sessions  # noqa: F401
 
 
 def upgrade_schema(engine: Engine) -> None:
@@ -262,6 +262,10 @@ def upgrade_schema(engine: Engine) -> None:
     if not inspector.has_table(ACTIVE_TABLE.name):
         return
     _add_disposal_category_index(engine, inspector)
+    from archivist.archive_head import add_archive_head
+
+    with contextlib.suppress(OperationalError, IntegrityError):  # (read-only: a later start)
+        add_archive_head(engine)
     if "runner" not in {column["name"] for column in inspector.get_columns("job_runs")}:
         with engine.begin() as connection:
             connection.exec_driver_sql("ALTER TABLE job_runs ADD COLUMN runner VARCHAR(300)")

@@ -6,6 +6,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,6 +18,7 @@ from archive_store.backup import (
     interrupted_recovery,
 )
 from archive_store.crypto import KEY_ENV, KeyMissing, load_key, make_key_file
+from archive_store.errors import CatalogBehind
 from archivist.active_db import (
     create_schema,
     make_engine,
@@ -25,6 +27,7 @@ from archivist.active_db import (
     sqlite_path,
     upgrade_schema,
 )
+from archivist.archive_head import recorded_archive_head
 from archivist.config import Config
 from archivist.crm_rows import CrmTables, ForeignKeyRef, inspect_foreign_keys, open_crm_tables
 from archivist.errors import ConfigError, NotInitialised
@@ -114,6 +117,29 @@ def open_search_engine(
     index.texts_source = make_texts_source(store)
     return index
 
+
+
+def refuse_catalog_behind(engine: Engine, archive_dir: Path) -> None:
+    """Refuse an archive whose catalog ends before the newest entry an archive run saw it
+    commit (see `archivist.archive_head`), before the store is opened: opening it would take
+    the segment data of the lost writes for a crashed writer's leftovers and delete it.
+
+    :raises CatalogBehind: naming both ends and what to do
+    """
+    head = ArchiveStore.committed_head_in(archive_dir)
+    if head is None:
+        return
+    with engine.connect() as connection:
+        seen = recorded_archive_head(connection)
+    if seen > head:
+        raise CatalogBehind(
+            f"the archive catalog {archive_dir / 'catalog.db'} ends at entry {head}, but an "
+            f"archive run committed entry {seen} to it before deleting those records from the "
+            "active database: the catalog has lost its latest writes (its catalog.db-wal file "
+            "deleted, or an older copy of catalog.db put back), and the records of those "
+            "writes are in neither place. Nothing was changed: put the lost file back, or "
+            "recover the archive from a backup (`archivist backup recover DIR --force`)"
+        )
 
 
 def _open_crm_tables(
@@ -210,6 +236,8 @@ class Services:
             if create and not env_key:
                 make_key_file(config.key_file)
             key = load_key(config.key_file, env_key)
+            if not recovering:  # (a recovery replaces the catalog, and sets the head anew)
+                refuse_catalog_behind(engine, config.archive_dir)
             store = ArchiveStore.open(
                 config.archive_dir, segment_max_bytes=config.segment_max_bytes, key=key,
                 take_key_if_empty=take_key_if_empty,

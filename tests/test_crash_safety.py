@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from archive_store.errors import NotArchived
-from archivist.active_db import AuditEntry, find_active, utcnow
+from archivist.active_db import AuditEntry, count_active, find_active, utcnow
 from archivist.audit import AuditEvent, write_audit
 from archivist.config import load_config
 from archivist.demo_data import generate_records
@@ -815,3 +815,59 @@ def test_a_job_with_nothing_to_index_removes_a_killed_runs_merge(config_path, ma
     assert result.returncode == 0, result.stderr
     assert not merging.exists()
     assert files_holding(index_dir, b"xylophonequark") != []  # the live shard keeps its own
+
+
+@pytest.mark.parametrize("loss", ["wal deleted", "older copy put back"])
+def test_a_catalog_that_lost_committed_writes_is_refused_and_its_segments_kept(
+    config_path, make_record, tmp_path, loss
+):
+    """The catalog's WAL deleted after a crash (or an older copy of `catalog.db` put back):
+    the records of the lost writes are in neither place. Every command refuses before the
+    store is opened, which would take their segment data for a crashed writer's leftovers and
+    delete it; with the lost part put back, the next run settles everything."""
+    installed(config_path, aged_records(make_record, 300))
+    catalog = load_config(config_path).archive_dir / "catalog.db"
+    older = tmp_path / "older"
+    older.mkdir()
+    if loss == "older copy put back":  # a copy of the whole catalog before the run
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{catalog}{suffix}").exists():
+                shutil.copy2(f"{catalog}{suffix}", older / f"catalog.db{suffix}")
+    killed = archivist(config_path, "archive", "--as-of", AS_OF,
+                       env={"ARCHIVIST_CRASH_AT": "archive.after_commit:1"})
+    assert killed.returncode == -signal.SIGKILL
+    wal = Path(f"{catalog}-wal")
+    assert wal.stat().st_size > 0, "the run's commits should still be in the WAL"
+    lost = tmp_path / "lost"
+    lost.mkdir()
+    for suffix in ("", "-wal", "-shm"):
+        shutil.copy2(f"{catalog}{suffix}", lost / f"catalog.db{suffix}")
+        Path(f"{catalog}{suffix}").unlink()
+        if loss == "wal deleted" and suffix == "":
+            shutil.copy2(lost / "catalog.db", catalog)
+    if loss == "older copy put back":
+        for copy in older.iterdir():
+            shutil.copy2(copy, catalog.parent / copy.name)
+    segments = catalog.parent / "segments"
+    kept = {p.name: p.read_bytes() for p in segments.iterdir()}
+    assert kept, "the run should have written a segment"
+
+    for command in (["verify"], ["archive", "--as-of", AS_OF], ["stats"], ["init"]):
+        result = archivist(config_path, *command)
+        assert result.returncode == 1, (command, result.stdout)
+        message = result.stderr.decode()
+        assert message.startswith("error: the archive catalog "), (command, message)
+        assert "lost its latest writes" in message and "unexpected" not in message
+        assert {p.name: p.read_bytes() for p in segments.iterdir()} == kept, command
+
+    for suffix in ("", "-wal", "-shm"):  # the lost part put back
+        Path(f"{catalog}{suffix}").unlink(missing_ok=True)
+        shutil.copy2(lost / f"catalog.db{suffix}", f"{catalog}{suffix}")
+    rerun = archivist(config_path, "archive", "--as-of", AS_OF)
+    assert rerun.returncode == 0, rerun.stderr
+    checked = archivist(config_path, "verify")
+    assert checked.returncode == 0, checked.stderr
+    with Services.open(load_config(config_path)) as services:
+        assert services.store.counts()["archived"] == 300
+        with services.sessions.begin() as session:
+            assert count_active(session) == 0

@@ -417,6 +417,27 @@ def test_a_second_recovery_at_once_is_refused(tmp_path: Path) -> None:
     assert "another recovery of the installation" in second.stderr, second.stderr
     assert archivist("verify", "--config", str(config)).returncode == 0  # nothing was replaced
 
+def test_a_forced_recovery_of_an_older_backup_leaves_an_installation_that_opens(
+    tmp_path: Path,
+) -> None:
+    """The CRM database keeps how far the catalog had committed (an archive run's delete
+    writes it): recovering a backup taken before later runs sets it to the backup's catalog,
+    which would otherwise pass for one that lost its latest writes."""
+    config, database = cases_and_notes(tmp_path)
+    assert archivist("archive", "--config", str(config)).returncode == 0
+    folder = tmp_path / "backup"
+    assert archivist("backup", "create", str(folder), "--config", str(config)).returncode == 0
+    run_in_crm(database, "INSERT INTO cases VALUES (3, 'support', 'case 3', "
+                         "'2020-01-05 09:00:00')")
+    assert archivist("archive", "--config", str(config)).returncode == 0
+    recovered = archivist("backup", "recover", str(folder), "--force", "--config", str(config))
+    assert recovered.returncode == 0, recovered.stderr
+    for command in (["verify"], ["stats"], ["archive"]):
+        result = archivist(*command, "--config", str(config))
+        assert result.returncode == 0, (command, result.stderr)
+        assert "lost its latest writes" not in result.stderr
+
+
 def _as_an_earlier_version_made_it(folder: Path, database: Path) -> None:
     """Turn a backup into what one of CRM tables in a SQLite file held before: a copy of the
     whole file (the CRM's tables with it) in place of Archivist's own tables."""

@@ -30,6 +30,7 @@ from archivist.active_db import (
     record_columns,
     select_records,
 )
+from archivist.archive_head import note_archive_head
 from archivist.holds import load_hold_set
 from archivist.processes import (
     ACTIVE,
@@ -281,6 +282,7 @@ def _archive_processes(
         # (a record being restored is left out by the store, and stays active)
         moving = {entry.record_id for entry in stored}
         with sessions.begin() as session:
+            note_archive_head(session, store.last_seq())  # (see archivist.archive_head)
             whole = _unchanged_processes(session, processes, by_id, moving)
             versions = [
                 (by_id[m.id].id, by_id[m.id].updated_at)

@@ -78,6 +78,7 @@ from archivist.active_db import (
     sqlite_path,
     utcnow,
 )
+from archivist.archive_head import set_archive_head
 from archivist.audit import AuditEvent, iter_chain_problems, write_audit
 from archivist.config import Config
 from archivist.crm_rows import count_crm_rows
@@ -461,6 +462,8 @@ def _recover(
     with Services.open(config, create=True, recovering=True) as services:
         with services.sessions.begin() as session:
             session.execute(delete(Lease))
+            # the recovered catalog's end is the store's now (see archivist.archive_head)
+            set_archive_head(session, services.store.last_seq())
         reconcile_pending(services.sessions, services.store, at)
         # What was erased after the backup was taken stays erased: the ledger lives beside the
         # key file, outside every backup. Before the rebuild, so its text never reaches the index.

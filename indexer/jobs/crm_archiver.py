@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from archive_store import ArchiveItem, ArchiveStore, CatalogEntry
 from archive_store.faults import crash_point
+from archivist.archive_head import note_archive_head
 from archivist.crm_ledger import add_members, record_blocks
 from archivist.crm_rows import (
     CrmTable,
@@ -586,7 +587,7 @@ def move_processes(
             rid for p in processes if p.root_id not in whole_roots
             for rid in p.record_ids if rid in stored
         ]
-        outcome = delete_and_commit(sessions, whole, refs)
+        outcome = delete_and_commit(sessions, whole, refs, head=store.last_seq())
         crash_point("archive.after_commit")
         store.clear_pending(outcome.deleted)
         # the rows are live: say so (no restore grace, they never left)
@@ -684,9 +685,16 @@ def delete_and_commit(
     sessions: sessionmaker[Session],
     processes: list[CrmProcess],
     refs: Sequence[ForeignKeyRef] = (),
+    head: int | None = None,
 ) -> DeleteOutcome:
-    """`delete_processes` in a transaction of its own."""
+    """`delete_processes` in a transaction of its own.
+
+    :param head: the catalog's newest entry, committed before: recorded with the delete (see
+        `archivist.archive_head`)
+    """
     with sessions.begin() as session:
+        if head is not None:
+            note_archive_head(session, head)
         outcome = delete_processes(session, processes, refs)
         crash_point("archive.after_delete")
     return outcome
