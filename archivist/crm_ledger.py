@@ -2,7 +2,8 @@
 
 - `archived_process_members`: which process each archived CRM row left with, written in the
   same transaction as the row's delete and removed in the same transaction as its restore, so
-  a restore finds every archived record of the process exactly as it left;
+  a restore finds every archived record of the process exactly as it left, and settling a
+  move a crash interrupted can tell whether its transaction committed;
 - `job_run_blocks`: the rows an archive run left in place because something outside the mapping
   still references them, with the constraint's name, beside the run's `job_runs` row.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import BigInteger, Index, Integer, String, delete, insert, select
+from sqlalchemy import BigInteger, Index, Integer, String, delete, insert, inspect, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from archivist.active_db import Base
@@ -64,6 +65,22 @@ def process_members(session: Session, record_id: str) -> list[str]:
     stmt = select(ArchivedProcessMember.record_id).where(ArchivedProcessMember.root_id == root)
     members = list(session.scalars(stmt))
     return members if record_id in members else [record_id, *members]
+
+
+def find_members(session: Session, record_ids: Iterable[str]) -> set[str] | None:
+    """Which of these records the ledger holds: their delete committed, and no restore of them
+    has since. None in a database without the ledger (an installation from before it), where
+    it tells nothing."""
+    if not inspect(session.connection()).has_table(ArchivedProcessMember.__tablename__):
+        return None
+    ids = list(record_ids)
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        stmt = select(ArchivedProcessMember.record_id).where(
+            ArchivedProcessMember.record_id.in_(ids[start:start + 500])
+        )
+        found.update(session.scalars(stmt))
+    return found
 
 
 def remove_members(session: Session, record_ids: Iterable[str]) -> None:

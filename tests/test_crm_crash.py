@@ -96,15 +96,20 @@ def crm_config(tmp_path: Path):
         yield path, url
 
 
-def check_one_place(config_path: Path, url: str, original: dict[str, str]) -> dict[str, str]:
-    """Every row is in its table or archived, never both or neither; returns the rows left."""
+def check_one_place(
+    config_path: Path, url: str, original: dict[str, str], reused: frozenset[str] = frozenset()
+) -> dict[str, str]:
+    """Every row is in its table or archived, never both or neither; returns the rows left.
+
+    :param reused: ids the CRM gave a new row while the old one is archived (both are kept)
+    """
     left = rows(url)
     with Services.open(load_config(config_path)) as services:
         archived = services.store.find_archived(original)
-        assert not set(left) & archived, "a row is both archived and in its table"
+        assert not (set(left) & archived) - reused, "a row is both archived and in its table"
         assert set(left) | archived == set(original), "a row is neither archived nor in a table"
         assert list(services.store.iter_pending()) == []
-        for record_id in left:
+        for record_id in set(left) - reused:
             assert left[record_id] == original[record_id]
         for record_id in list(archived)[:200]:
             assert len([h for h in services.store.history(record_id)
@@ -254,6 +259,42 @@ def test_crm_a_killed_archive_then_a_crm_delete_splits_no_process(crm_config):
     del original[f"note:{case}"]  # the CRM's own delete
     original[f"case:{case}"] = edited[f"case:{case}"]  # and its edit
     check_one_place(config_path, url, original)
+
+
+def test_crm_a_key_used_again_after_a_killed_archive_leaves_its_process_archived(crm_config):
+    """Killed right after its delete committed; the CRM then gives a new note the key of a
+    note that run archived. The delete wrote the ledger of rows that left in its own
+    transaction, so the next run settles by it: the whole process stays archived, none of it
+    marked restored, and the new note stays in the CRM (a key used again while the old row is
+    archived)."""
+    config_path, url = crm_config
+    original = rows(url)
+    env = {"ARCHIVIST_CRASH_AT": "archive.after_commit:1"}
+    killed = archivist(config_path, "archive", "--as-of", AS_OF, env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with Services.open(load_config(config_path)) as services:
+        pending = {e.record_id for e in services.store.iter_pending()}
+    case = min(int(r.split(":")[1]) for r in pending if r.startswith("note:"))
+    process = {f"case:{case}", f"note:{case}"} | {
+        r for r in original if r.startswith("msg:") and f'"case_id":{case},' in original[r]
+    }
+    assert process <= pending and not process & set(rows(url))  # deleted, still marked
+    run_sql(url, "INSERT INTO notes (id, case_id, author, body, written_at) "
+                 f"VALUES ({case}, 10, 'agent', 'a new note', now());")  # case 10 is recent
+
+    rerun = archivist(config_path, "archive", "--as-of", AS_OF)
+
+    assert rerun.returncode == 0, rerun.stderr
+    with Services.open(load_config(config_path)) as services:
+        entries = services.store.entries(process)
+        assert {r: (e.state, e.pending) for r, e in entries.items()} == {
+            r: ("archived", None) for r in process}
+        assert services.store.get(f"note:{case}")["body"] == f"note {case}"
+        hit_ids = {hit.id for hit in services.index.iter_hits(SearchQuery(process=f"case:{case}"))}
+        assert process <= hit_ids
+    left = check_one_place(config_path, url, original, reused=frozenset({f"note:{case}"}))
+    assert '"body":"a new note"' in left[f"note:{case}"]
+    assert not (process - {f"note:{case}"}) & set(left)
 
 
 def test_crm_a_retried_restore_completes_a_row_the_crm_deleted_since(crm_config):

@@ -9,8 +9,9 @@ keeps its whole process in place (`blocked`, with the constraint's name in the l
 The order is the one that makes moves from Archivist's own table crash-safe: the records are
 written to the store (marked `pending` delete) before the rows are deleted; the deletes of a batch
 commit in one transaction, each process under its own SAVEPOINT, children before parents; the
-marks are cleared after. `reconcile_crm_pending` settles whatever a crash interrupted, by looking
-at the rows themselves.
+marks are cleared after. `reconcile_crm_pending` settles whatever a crash interrupted: by the
+ledger of rows that left (`archived_process_members`) where it tells, else by looking at the rows
+themselves.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from archive_store import ArchiveItem, ArchiveStore, CatalogEntry
 from archive_store.faults import crash_point
 from archivist.archive_head import note_archive_head
-from archivist.crm_ledger import add_members, record_blocks
+from archivist.crm_ledger import add_members, find_members, record_blocks
 from archivist.crm_rows import (
     CrmTable,
     CrmTables,
@@ -869,8 +870,13 @@ def reconcile_crm_pending(
     crm: CrmTables,
     now: datetime,
 ) -> Settlement:
-    """Settle every move a crash interrupted, by what the CRM's tables hold now: a record is
-    never both archived and in its table, nor in neither.
+    """Settle every move a crash interrupted: a record is never both archived and in its
+    table, nor in neither.
+
+    A record in the ledger of rows that left (`archived_process_members`, written in the
+    delete's transaction) left its table: the delete committed, and a row with its key now is
+    one the CRM added since, which stays (as an aged row whose key is archived does). Any other
+    move is settled by what the CRM's tables hold now.
 
     A process is moved whole or not at all: if the CRM changed one of its rows meanwhile, the
     others stay active with it (its processes are the catalog's, as they were archived), as
@@ -890,9 +896,11 @@ def reconcile_crm_pending(
         current: dict[str, CrmRow] = {}
         with sessions.begin() as session:
             _fetch(session, crm, keys_by_table(crm, archived), current, False)
+            left = find_members(session, archived) or set()
+        deleted = {e.record_id for e in pending if e.pending == "delete_active"} & left
         changed = [
             entry.record_id for entry in pending
-            if entry.pending == "delete_active"
+            if entry.pending == "delete_active" and entry.record_id not in deleted
             and (row := current.get(entry.record_id)) is not None
             and (row.record != archived[entry.record_id] or out_of_range(row.values))
         ]
@@ -910,7 +918,9 @@ def reconcile_crm_pending(
         for entry in pending:
             row = current.get(entry.record_id)
             if entry.pending == "delete_active":
-                if row is None:
+                if entry.record_id in deleted:  # whatever has its key now is the CRM's
+                    cleared.append(entry.record_id)
+                elif row is None:
                     gone.append(entry.record_id)
                 elif entry.record_id not in keep_whole:
                     to_delete.append(row)
