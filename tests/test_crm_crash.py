@@ -321,6 +321,63 @@ def test_crm_a_retried_restore_completes_a_row_the_crm_deleted_since(crm_config)
     check_one_place(config_path, url, original)
 
 
+def test_crm_a_killed_restore_stays_done_when_the_crm_then_edits_every_row(crm_config):
+    """Killed after its insert committed; the CRM then edits every row of the process, so
+    none is as it was archived. The insert took the records out of the ledger of rows that
+    left in its own transaction, so the next run completes the restore by it: the records are
+    restored and out of search, and the CRM's edits stay in its tables."""
+    config_path, url = crm_config
+    original = rows(url)
+    assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
+    env = {"ARCHIVIST_CRASH_AT": "restore.after_commit:1"}
+    killed = archivist(config_path, "restore", "case:3", "--reason", "first", env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    run_sql(url, "UPDATE cases SET description = description || ' reopened', "
+                 "last_activity_at = now() WHERE id = 3;"
+                 "UPDATE case_messages SET text = text || ' edited' WHERE case_id = 3;"
+                 "UPDATE notes SET body = body || ' edited' WHERE case_id = 3;")
+    edited = rows(url)
+    process = {r for r in edited if edited[r] != original[r]}
+    assert len(process) == 3 and {"case:3", "note:3"} <= process
+
+    settled = archivist(config_path, "archive", "--as-of", AS_OF)
+
+    assert settled.returncode == 0, settled.stderr
+    assert b"is not archived" not in settled.stderr
+    with Services.open(load_config(config_path)) as services:
+        entries = services.store.entries(process)
+        assert {r: (e.state, e.pending) for r, e in entries.items()} == {
+            r: ("restored", None) for r in process}
+        assert not {hit.id for hit in services.index.iter_hits(SearchQuery(process="case:3"))}
+    original.update({r: edited[r] for r in process})
+    check_one_place(config_path, url, original)
+
+
+def test_crm_a_killed_restore_of_records_the_ledger_lacks_is_undone(crm_config):
+    """Records archived while the ledger of rows that left was not kept (a backup that did not
+    hold it, recovered) are out of it whether a restore's insert committed or not: a restore
+    of them killed before its insert committed, with no row of theirs back in the CRM, is
+    undone rather than taken as done, and a retry brings them back."""
+    config_path, url = crm_config
+    original = rows(url)
+    assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
+    run_sql(url, "DELETE FROM archived_process_members WHERE root_id = 'case:3';")
+    env = {"ARCHIVIST_CRASH_AT": "restore.after_insert:1"}
+    killed = archivist(config_path, "restore", "case:3", "--reason", "first", env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+    settled = archivist(config_path, "archive", "--as-of", "2000-01-01")  # nothing new is aged
+
+    assert settled.returncode == 0, settled.stderr
+    with Services.open(load_config(config_path)) as services:
+        assert services.store.info("case:3").state == "archived"
+        assert services.store.info("note:3").state == "archived"
+    check_one_place(config_path, url, original)
+    retried = archivist(config_path, "restore", "case:3", "--reason", "again")
+    assert retried.returncode == 0, retried.stderr
+    assert {"case:3", "note:3"} <= set(check_one_place(config_path, url, original))
+
+
 def test_crm_archive_run_indexes_what_a_killed_run_left_unindexed(crm_config):
     config_path, url = crm_config
     env = {"ARCHIVIST_CRASH_AT": "archive.after_commit:1"}

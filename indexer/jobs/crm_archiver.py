@@ -44,10 +44,12 @@ from archivist.crm_rows import (
 )
 from archivist.errors import InvalidRecord
 from archivist.holds import load_hold_set
+from archivist.processes import find_processes
 from archivist.records import parse_record, parse_utc
 from archivist.retention import RetentionRules, archive_cutoff
 from indexer.jobs.collector import collector_paused
 from indexer.jobs.reconcile import KEPT_ACTIVE, Settlement, live_processes, restores_that_reached
+from indexer.processes import CatalogSource
 
 log = logging.getLogger(__name__)
 ACTOR = "archiver"
@@ -876,7 +878,9 @@ def reconcile_crm_pending(
     A record in the ledger of rows that left (`archived_process_members`, written in the
     delete's transaction) left its table: the delete committed, and a row with its key now is
     one the CRM added since, which stays (as an aged row whose key is archived does). Any other
-    move is settled by what the CRM's tables hold now.
+    delete is settled by what the CRM's tables hold now. An interrupted restore is settled by
+    the same ledger, which its insert clears in its own transaction (`_restores_committed`);
+    in a database without it (an installation from before it), by the rows.
 
     A process is moved whole or not at all: if the CRM changed one of its rows meanwhile, the
     others stay active with it (its processes are the catalog's, as they were archived), as
@@ -896,8 +900,8 @@ def reconcile_crm_pending(
         current: dict[str, CrmRow] = {}
         with sessions.begin() as session:
             _fetch(session, crm, keys_by_table(crm, archived), current, False)
-            left = find_members(session, archived) or set()
-        deleted = {e.record_id for e in pending if e.pending == "delete_active"} & left
+            left = find_members(session, archived)
+        deleted = {e.record_id for e in pending if e.pending == "delete_active"} & (left or set())
         changed = [
             entry.record_id for entry in pending
             if entry.pending == "delete_active" and entry.record_id not in deleted
@@ -907,10 +911,13 @@ def reconcile_crm_pending(
         # by the catalog's links: the CRM may have deleted a row between them
         keep_whole = live_processes(store, changed)
         inserting = [e.record_id for e in pending if e.pending == "insert_active"]
-        reached = restores_that_reached(store, {
-            record_id: current[record_id].record == archived[record_id]
-            for record_id in inserting if record_id in current
-        }, missing=[record_id for record_id in inserting if record_id not in current])
+        if left is not None:
+            reached = _restores_committed(store, inserting, set(current), left)
+        else:
+            reached = restores_that_reached(store, {
+                record_id: current[record_id].record == archived[record_id]
+                for record_id in inserting if record_id in current
+            }, missing=[record_id for record_id in inserting if record_id not in current])
         cleared: list[str] = []
         gone: list[str] = []  # archived, and deleted from its table (by the move, or the CRM)
         kept: list[str] = []  # its process stays in the CRM: the rows never left
@@ -948,6 +955,31 @@ def reconcile_crm_pending(
         store.complete_restores(kept, now, RECONCILE_ACTOR, KEPT_ACTIVE, grace=False)
         store.clear_pending(cleared)
         return Settlement(len(pending), restored)
+
+
+def _restores_committed(
+    store: ArchiveStore, inserting: list[str], present: set[str], left: set[str]
+) -> set[str]:
+    """Of the records an interrupted restore was putting back, those whose insert committed.
+
+    The insert takes a process's records out of the ledger of rows that left (`left`) in its
+    own transaction: a process (by the catalog's links) with a record still in it did not go
+    back, whatever row has that key now; one with none left in it did, however the CRM changed
+    or deleted its rows since. A record archived while the ledger was not kept (a recovered
+    backup that did not hold it) is out of it either way, so a row of the process must also be
+    in the CRM's tables: with none there, its records stay archived.
+
+    :param present: the records with a row in the CRM's tables now
+    """
+    if not inserting:
+        return set()
+    waiting = set(inserting)
+    reached: set[str] = set()
+    for process in find_processes(CatalogSource(store), sorted(waiting)):
+        ids = {member.id for member in process.members} & waiting
+        if ids & present and not ids & left:
+            reached |= ids
+    return reached
 
 
 def _item(record: dict[str, Any]) -> ArchiveItem:

@@ -6,7 +6,9 @@ explicitly but the generated ones (so column defaults do not apply; INSERT trigg
 for any insert, and may change what is written). A key taken again by the CRM meanwhile makes
 the whole process `already_active`; any other refusal of the database, or a row not in its
 table after its INSERT, `restore_refused`; either way with nothing written.
-`reconcile_crm_pending` settles a restore a crash interrupted.
+The insert's transaction also takes the records out of the ledger of rows that left
+(`archived_process_members`): `reconcile_crm_pending` settles a restore a crash interrupted by
+whether they are still in it.
 """
 
 from __future__ import annotations
