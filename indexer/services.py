@@ -126,12 +126,14 @@ def refuse_catalog_behind(engine: Engine, archive_dir: Path) -> None:
 
     :raises CatalogBehind: naming both ends and what to do
     """
-    head = ArchiveStore.committed_head_in(archive_dir)
-    if head is None:
+    if not ArchiveStore.exists_in(archive_dir):
         return
+    # The recorded head first: it never passes the catalog's end, so a run committing both
+    # between the two reads cannot make a whole catalog look behind.
     with engine.connect() as connection:
         seen = recorded_archive_head(connection)
-    if seen > head:
+    head = ArchiveStore.committed_head_in(archive_dir)
+    if head is not None and seen > head:
         raise CatalogBehind(
             f"the archive catalog {archive_dir / 'catalog.db'} ends at entry {head}, but an "
             f"archive run committed entry {seen} to it before deleting those records from the "
