@@ -20,6 +20,7 @@ from archive_store import (
     RecordNotFound,
     RestoreInProgress,
     SegmentCorrupt,
+    StoreReadOnly,
 )
 from archivist.errors import ArchivistError, HoldError, InvalidRecord, MomentOutOfRange
 from archivist.tokens import TokenError
@@ -57,6 +58,7 @@ STATUS: dict[type[Exception], int] = {
     IndexUnavailable: 503,
     CrmTablesChanged: 503,  # the mapping needs fixing: named, nothing changed
     SegmentCorrupt: 503,  # the archived copy is damaged: named, logged, nothing changed
+    StoreReadOnly: 503,  # the archive folder is mounted read-only: reads work, writes wait
 }
 
 _HTTP_CODES = {

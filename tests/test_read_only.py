@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -123,3 +124,69 @@ def test_an_erasure_refused_by_a_read_only_archive_is_not_finished_later(
     assert archivist(config_path, "archive", "--as-of", "2030-01-01").returncode == 0
     with Services.open(load_config(config_path)) as services:
         assert services.store.info("RO1").state == "archived"
+
+
+def _sign_in(client, secret: str) -> str:
+    """Sign the test client in to the web UI; the session's CSRF token."""
+    page = client.get("/sign-in").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    response = client.post("/sign-in", data={"token": secret, "csrf_token": csrf})
+    assert response.status_code == 303
+    page = client.get("/records/RO1").get_data(as_text=True)
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
+def test_the_server_refuses_writes_to_a_read_only_archive_folder_with_the_reason(
+    config_path, archived
+):
+    """Restores and erasures are a 503 `read_only` naming the folder, in the API and the web
+    UI alike, not a 500; holds (kept in the active database) and reads still work."""
+    config = load_config(config_path)
+    with Services.open(config) as services:
+        with services.sessions.begin() as session:
+            secret = create_token(session, "ro-admin", "admin", utcnow())
+    headers = {"Authorization": f"Bearer {secret}"}
+    with read_only(archived):
+        app = create_app(config)
+        try:
+            client = app.test_client()
+            refusals = [
+                client.post("/api/v1/records/RO1/restore", headers=headers,
+                            json={"reason": "back"}),
+                client.post("/api/v1/restore", headers=headers,
+                            json={"ids": ["RO2"], "reason": "back"}),
+                client.post("/api/v1/erase", headers=headers,
+                            json={"record_id": "RO3", "reason": "GDPR"}),
+            ]
+            for response in refusals:
+                assert response.status_code == 503, response.json
+                assert response.json["error"]["code"] == "read_only"
+                assert response.json["error"]["message"].startswith(
+                    f"the archive folder {archived} is read-only")
+
+            dry_runs = [
+                client.post("/api/v1/restore", headers=headers,
+                            json={"ids": ["RO2"], "reason": "back", "dry_run": True}),
+                client.post("/api/v1/erase", headers=headers,
+                            json={"record_id": "RO3", "reason": "GDPR", "dry_run": True}),
+            ]
+            assert [r.status_code for r in dry_runs] == [200, 200], [r.json for r in dry_runs]
+
+            placed = client.post("/api/v1/holds", headers=headers,
+                                 json={"scope": "record", "value": "RO4", "reason": "case"})
+            assert placed.status_code == 201, placed.json
+            assert client.delete("/api/v1/holds/record/RO4", headers=headers).status_code == 204
+            assert client.get("/api/v1/records/RO1", headers=headers).status_code == 200
+            assert client.get("/api/v1/stats", headers=headers).json["archived"] == 20
+            assert client.get("/healthz").status_code == 200
+
+            csrf = _sign_in(client, secret)
+            page = client.post("/records/RO1/restore",
+                               data={"reason": "back", "csrf_token": csrf})
+            assert page.status_code == 503
+            assert f"the archive folder {archived} is read-only" in page.get_data(as_text=True)
+            assert client.get("/admin").status_code == 200
+        finally:
+            close_app(app)
+    with Services.open(config) as services:
+        assert {services.store.info(f"RO{i}").state for i in (1, 2, 3)} == {"archived"}
