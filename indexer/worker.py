@@ -7,6 +7,7 @@ job at once. SIGTERM (or Ctrl-C) lets the running batch finish, then the worker 
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 import uuid
@@ -15,6 +16,7 @@ from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any
 
+from apscheduler.events import EVENT_SCHEDULER_STARTED, SchedulerEvent
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.date import DateTrigger
@@ -250,21 +252,71 @@ def run(config: Config, *, archive_now: bool = False) -> None:
         if archive_now:
             scheduler.modify_job("archive", next_run_time=utcnow())
 
-        # shutdown(wait=True) waits for running jobs, so it must not run in the signal handler
-        shutdown = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True})
-
-        def stop(signum: int, _frame: FrameType | None) -> None:
-            log.info("signal %d: finishing the current batch, then stopping", signum)
-            worker.stopping.set()
-            if scheduler.running and shutdown.ident is None:
-                shutdown.start()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        stop = StopOnSignal(worker, scheduler)
+        stop.install()
         log.info("worker %s started", worker.holder)
         worker.settle()  # before any scheduled job: a crash's leftovers first
-        if not worker.stopping.is_set():  # (a signal while settling: stop here)
+        if stop.may_start():  # (a signal while settling: stop here)
             scheduler.start()
-        if shutdown.ident is not None:
-            shutdown.join()  # the running job has finished its batch; now close the store
+        stop.wait()  # the running job has finished its batch; now close the store and exit
         log.info("worker %s stopped", worker.holder)
+
+
+class StopOnSignal:
+    """SIGTERM and SIGINT stop the worker once, however many arrive and however close together.
+
+    The handler only puts the signal in a queue: `SimpleQueue.put` is reentrant, so a second
+    signal interrupting the first one's handler cannot deadlock or start anything twice. A
+    thread takes the first signal from there, sets the worker's stop flag and shuts the
+    scheduler down, which waits for the running job (it cannot wait in the handler, which runs
+    on the main thread, the scheduler's).
+    """
+
+    def __init__(self, worker: Worker, scheduler: BlockingScheduler) -> None:
+        self.worker = worker
+        self.scheduler = scheduler
+        self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._decided = threading.Event()  # the scheduler started, or will not start
+        self._stopped = threading.Event()
+        scheduler.add_listener(self._started, EVENT_SCHEDULER_STARTED)
+        self._thread = threading.Thread(target=self._stop_on_first, name="stop-on-signal",
+                                        daemon=True)
+
+    def install(self) -> None:
+        """Handle SIGTERM and SIGINT (call from the main thread)."""
+        self._thread.start()
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def may_start(self) -> bool:
+        """Whether to start the scheduler: no stop was asked for (while settling) yet."""
+        if self.worker.stopping.is_set():
+            self._decided.set()
+            return False
+        return True
+
+    def wait(self) -> None:
+        """After the scheduler returned (or never started): wait until the stop is done, then
+        ignore stop signals while the worker closes and exits (Python gives a handled signal
+        its default action back as it exits: a second Ctrl-C landing then would kill it)."""
+        if self.worker.stopping.is_set():
+            self._stopped.wait()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals.put(signum)  # nothing else here: see the class's docstring
+
+    def _started(self, _event: SchedulerEvent) -> None:
+        self._decided.set()
+
+    def _stop_on_first(self) -> None:
+        signum = self._signals.get()
+        log.info("signal %d: finishing the current batch, then stopping", signum)
+        self.worker.stopping.set()
+        self._decided.wait()  # a stop asked for just before the scheduler started stops it
+        try:
+            if self.scheduler.running:
+                self.scheduler.shutdown(wait=True)
+        finally:
+            self._stopped.set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -370,3 +371,38 @@ def test_a_stopping_run_leaves_the_index_to_the_catch_up(services):
     assert report.archived > 0 and report.indexed == 0
     assert services.store.counts()["indexed"] == 0
     assert run_index_job(services) == report.archived
+
+
+def test_two_stop_signals_back_to_back_stop_the_worker_once_and_cleanly(tmp_path, config_path):
+    """Ctrl-C passed on twice (by `timeout` to the worker and to its process group): a second
+    signal arriving inside the first one's handling must neither start the stop twice (a
+    `KeyError` from a thread started twice, or a worker left running) nor deadlock it, and one
+    arriving as the worker exits must not kill it (exit status -2)."""
+    pin_worker_schedule(config_path)
+    subprocess.run([sys.executable, "-m", "archivist", "init", "--config", str(config_path)],
+                   check=True, capture_output=True)
+    command = [sys.executable, "-m", "archivist", "worker", "--config", str(config_path)]
+    for attempt in range(4):  # 20 workers, five at a time: most of a try is Python starting
+        logs = [tmp_path / f"worker-{attempt}-{n}.log" for n in range(5)]
+        workers = []
+        for log_path in logs:
+            with log_path.open("wb") as log:
+                workers.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log))
+        try:
+            for n, (worker, log_path) in enumerate(zip(workers, logs, strict=True)):
+                wait_for(lambda p=log_path: b" started" in p.read_bytes(), timeout=60)
+                # while it settles, as its scheduler starts, and once it runs
+                time.sleep([0.0, 0.05, 0.1, 0.2, 0.3][n])
+                os.kill(worker.pid, signal.SIGINT)
+                os.kill(worker.pid, signal.SIGINT)
+            for worker, log_path in zip(workers, logs, strict=True):
+                assert worker.wait(timeout=10) == 0, log_path.read_text()
+                log = log_path.read_text()
+                assert "Traceback" not in log and "Exception" not in log, log
+                assert "finishing the current batch, then stopping" in log, log
+                assert " stopped" in log, log
+        finally:
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.wait()
