@@ -537,6 +537,22 @@ def test_a_failed_run_records_what_it_moved(config_path, make_record):
     assert stats["last_run"]["finished_at"] is not None
 
 
+def test_a_run_failing_after_a_batch_left_the_active_database_counts_that_batch(
+    config_path, make_record
+):
+    """The disk fills as the store clears a batch's move marks, after its rows were deleted:
+    those records left the active database, so the failed run counts them too."""
+    installed(config_path, aged_records(make_record, 1000))
+    failed = archivist(config_path, "archive", "--as-of", AS_OF,
+                       env={"ARCHIVIST_FAIL_AT": "archive.after_commit:3"})
+    assert failed.returncode != 0
+    assert "No space left on device" in failed.stderr.decode()
+    stats = json.loads(archivist(config_path, "stats").stdout)
+    assert stats["active"] == 400  # batches of 200: the third left, then the run failed
+    assert stats["last_run"]["archived"] == 600
+    assert "No space left on device" in stats["last_run"]["error"]
+
+
 # --- processes --------------------------------------------------------------------------------
 
 PROCESS_CRASH_POINTS = [

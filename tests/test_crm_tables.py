@@ -1597,6 +1597,29 @@ def test_crm_a_run_that_fails_or_is_killed_part_way_records_what_it_archived(crm
     assert stats["last_run"]["error"]
 
 
+def test_crm_a_run_failing_after_a_batch_left_the_crm_counts_that_batch(crm):
+    """A full disk as the store clears the third batch's move marks, after its rows were
+    deleted: case 61 left the CRM, so the failed run counts it too."""
+    import json
+
+    from tests.test_cli import archivist
+
+    run_sql(crm.config.active_url, f"""
+        INSERT INTO cases (id, account_id, queue, title, state, opened_at, last_activity_at)
+        VALUES (60, 1, 'support', 'sixty', 'closed', '{OLD}', '{OLD}'),
+               (61, 1, 'support', 'sixty-one', 'closed', '{OLD}', '{OLD}');
+    """)
+    config = str(crm.config.path)
+    run = archivist("archive", "--config", config,
+                    env={"ARCHIVIST_FAIL_AT": "archive.after_commit:3"})
+    assert run.returncode != 0
+
+    stats = json.loads(archivist("stats", "--config", config).stdout)
+    assert crm.store.find_archived(["case:61"]) == {"case:61"}
+    assert stats["last_run"]["archived"] == len(PROCESS_A) + 2
+    assert "No space left on device" in stats["last_run"]["error"]
+
+
 def test_crm_a_row_without_an_updated_at_keeps_its_process_and_says_why(
     tmp_path: Path, pg_url: str, caplog
 ):

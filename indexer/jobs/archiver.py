@@ -96,8 +96,9 @@ def archive_due_records(
     :param archived_at: the time stamped on the archived entries (the real clock).
     :param index_batch: hands archived records to the indexer; returns how many it indexed.
         It gets them once at least ``index_every`` have been moved, and the rest at the end.
-    :param on_moved: told how many records each batch moved, as soon as it has moved them
-        (so a run that fails later still records what it did).
+    :param on_moved: told how many records each batch moved, as soon as their active rows are
+        deleted (so a run that fails later, even in that batch's last step, still records
+        what it did).
     :param should_stop: checked between batches; True ends the run after the current batch,
         leaving what it moved since the last hand-over to the indexer to the index catch-up
         (the worker's, or the next run's), so that a stopping worker exits within seconds.
@@ -122,11 +123,9 @@ def archive_due_records(
                 if not plan.processes:
                     continue
                 moved = _archive_processes(
-                    sessions, store, plan.processes, archived_at, plan.read
+                    sessions, store, plan.processes, archived_at, plan.read, on_moved
                 )
             archived += len(moved)
-            if on_moved is not None:
-                on_moved(len(moved))
             by_category.update(record.category for record in moved)
             if index_batch is not None:
                 to_index.extend((record, archived_at) for record in moved)
@@ -260,6 +259,7 @@ def _archive_processes(
     processes: list[Process],
     archived_at: datetime,
     read: dict[str, Record],
+    on_moved: Callable[[int], None] | None = None,
 ) -> list[Record]:
     # Three short steps, none holding the active database's write lock across the store's
     # write, so restores and audit entries need not wait for the whole batch: read the
@@ -290,12 +290,15 @@ def _archive_processes(
             ]
             deleted = delete_records(session, versions)
             crash_point("archive.after_delete")
+        moved = [by_id[i] for i in ids if i in deleted]
+        if on_moved is not None:  # told now: they have left the active database, whatever
+            on_moved(len(moved))  # fails below (a full disk clearing the marks)
         crash_point("archive.after_commit")
         store.clear_pending(deleted)
         kept = sorted(moving - deleted)
         if kept:  # archived, but their process changed before the delete: they stay active
             store.complete_restores(kept, archived_at, ACTOR, KEPT_ACTIVE, grace=False)
-    return [by_id[i] for i in ids if i in deleted]
+    return moved
 
 
 

@@ -175,15 +175,14 @@ def archive_crm_tables(
                     continue
                 movable = _skip_still_refused(sessions, store, movable, report, job_run_id)
                 moved = move_processes(
-                    sessions, store, movable, archived_at, report, job_run_id, refs
+                    sessions, store, movable, archived_at, report, job_run_id, refs,
+                    on_moved=on_moved,
                 )
             for process in moved:
                 report.archived += len(process.rows)
                 report.by_category.update(r.record["category"] for r in process.rows)
                 if index_batch is not None:
                     to_index.extend((r.record, archived_at) for r in process.rows)
-            if on_moved is not None and moved:
-                on_moved(sum(len(process.rows) for process in moved))
             if index_batch is not None and len(to_index) >= index_every:
                 report.indexed += index_batch(to_index)
                 to_index = []
@@ -571,10 +570,13 @@ def move_processes(
     report: CrmArchiveReport | None = None,
     job_run_id: int | None = None,
     refs: Sequence[ForeignKeyRef] = (),
+    on_moved: Callable[[int], None] | None = None,
 ) -> list[CrmProcess]:
     """Store the processes, then delete their rows; returns the processes that moved.
 
     :param refs: foreign keys from outside the mapping, checked again once the rows are locked
+    :param on_moved: told how many records moved once their rows are deleted, before the
+        store's last steps (which may fail: the run still counts them)
     """
     if not processes:
         return []
@@ -591,6 +593,9 @@ def move_processes(
             for rid in p.record_ids if rid in stored
         ]
         outcome = delete_and_commit(sessions, whole, refs, head=store.last_seq())
+        moved = [p for p in whole if p.root_id in set(outcome.deleted)]
+        if on_moved is not None and moved:
+            on_moved(sum(len(p.rows) for p in moved))
         crash_point("archive.after_commit")
         store.clear_pending(outcome.deleted)
         # the rows are live: say so (no restore grace, they never left)
@@ -602,8 +607,7 @@ def move_processes(
         )
     if outcome.refused and report is not None:
         _report_refused(sessions, report, whole, outcome.refused, job_run_id)
-    moved = set(outcome.deleted)
-    return [p for p in whole if p.root_id in moved]
+    return moved
 
 
 def _report_refused(
