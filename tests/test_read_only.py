@@ -190,3 +190,16 @@ def test_the_server_refuses_writes_to_a_read_only_archive_folder_with_the_reason
             close_app(app)
     with Services.open(config) as services:
         assert {services.store.info(f"RO{i}").state for i in (1, 2, 3)} == {"archived"}
+
+
+def test_a_restore_the_index_cannot_follow_says_so_as_a_warning(config_path, archived):
+    """The restore is done (exit 0); that search still shows the records until the index can
+    be written is a warning, not an `error:` line."""
+    index = config_path.parent / "data" / "index"
+    with read_only(index):
+        result = archivist(config_path, "restore", "RO1", "RO2", "--reason", "case 12")
+    assert result.returncode == 0, result.stderr
+    assert not [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "warning: 2 records restored, but the index cannot be written" in result.stderr
+    with Services.open(load_config(config_path)) as services:
+        assert services.store.info("RO1").state == "restored"

@@ -46,8 +46,9 @@ def drop_restored(
     """Take records a restore has just committed out of search now, not at the next catch-up.
 
     The restore has happened whatever this meets: if the index cannot be written (its files
-    lost, cut or unreadable), the error is logged and the catalog still marks the records
-    unindexed, so the catch-up drops them once the index can be written again.
+    lost, cut, unreadable or read-only), that is logged as a warning (the restore succeeded)
+    and the catalog still marks the records unindexed, so the catch-up drops them once the
+    index can be written again.
 
     :param restored: the restored records, as archived (their `created_at` finds their shard)
     """
@@ -62,7 +63,7 @@ def drop_restored(
             index.delete(ids, current=gone)
             store.mark_indexed((i, entries[i].version, "restored") for i in ids)
     except Exception as e:
-        log.error(
+        log.warning(
             "%d records restored, but the index cannot be written: %s: %s",
             len(restored), type(e).__name__, str(e),  # (not `e`: its traceback holds open files)
         )
