@@ -203,3 +203,19 @@ def test_a_restore_the_index_cannot_follow_says_so_as_a_warning(config_path, arc
     assert "warning: 2 records restored, but the index cannot be written" in result.stderr
     with Services.open(load_config(config_path)) as services:
         assert services.store.info("RO1").state == "restored"
+
+
+def test_a_backup_of_a_read_only_archive_folder_says_why_it_needs_to_write_there(
+    config_path, archived, tmp_path
+):
+    """A backup reads the archive, but locks it (files in that folder) so that no record moves
+    while the active database and the catalog are copied: refused, saying that, and before
+    anything is written into the backup folder."""
+    folder = tmp_path / "backup"
+    with read_only(archived):
+        result = archivist(config_path, "backup", "create", str(folder))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: the archive folder {archived} is read-only")
+    assert "a backup locks the archive" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert not folder.exists() or not any(folder.iterdir())

@@ -64,6 +64,7 @@ from archive_store.backup import (
     write_store_part,
 )
 from archive_store.crypto import KEY_ENV, KeyMissing, WrongKey, load_key
+from archive_store.errors import StoreReadOnly
 from archive_store.faults import crash_point
 from archive_store.segment import fsync_directory
 from archivist.active_db import (
@@ -173,14 +174,29 @@ def create_backup(services: Services, folder: Path, at: datetime) -> BackupRepor
     :param services: the installation, open
     :param folder: the backup folder (created if missing)
     :param at: the time stamped on the backup
+    :raises StoreReadOnly: the archive folder is read-only (see `_refuse_read_only`)
     """
     folder = Path(folder)
+    _refuse_read_only(services)
     _check_folder(services.config, folder)
     _create_ledgers(services.config)
     ledger_earlier_revocations(services.sessions, revocation_ledger_path(services.config.key_file))
     (folder / STORE_FOLDER).mkdir(parents=True, exist_ok=True)
     with _writing(folder):
         return _create(services, folder, at)
+
+
+def _refuse_read_only(services: Services) -> None:
+    """A backup only reads the archive, but takes the store's locks, files in the archive
+    folder opened for writing, so that no record moves between the active database and the
+    archive while both are copied: with that folder read-only it cannot."""
+    store = services.store
+    if store.read_only:
+        raise StoreReadOnly(
+            f"the archive folder {store.directory} is read-only: a backup locks the archive "
+            "(lock files in that folder) so that no record moves while the active database "
+            "and the catalog are copied; run it where the folder can be written"
+        )
 
 
 def _create_ledgers(config: Config) -> None:
