@@ -593,7 +593,8 @@ def move_processes(
             for rid in p.record_ids if rid in stored
         ]
         outcome = delete_and_commit(sessions, whole, refs, head=store.last_seq())
-        moved = [p for p in whole if p.root_id in set(outcome.deleted)]
+        deleted = set(outcome.deleted)
+        moved = [p for p in whole if p.root_id in deleted]
         if on_moved is not None and moved:
             on_moved(sum(len(p.rows) for p in moved))
         crash_point("archive.after_commit")
