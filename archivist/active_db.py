@@ -250,6 +250,38 @@ def create_schema(engine: Engine) -> None:
                     path.chmod(0o600)
 
 
+def find_archive_traces(engine: Engine) -> str | None:
+    """What the active database keeps of an archive's work, in words, or None: records its
+    job runs archived, purged or indexed, CRM rows its ledger says left for the archive,
+    disposals on record. An archive folder found without its catalog while any of these is
+    there is not a new installation but one whose archive is away (deleted, not mounted)."""
+    from archivist.crm_ledger import ArchivedProcessMember
+
+    tables = set(inspect(engine).get_table_names())
+    reader = engine.execution_options(**{_READ_ONLY: True})
+    with reader.connect() as connection:
+        if JobRun.__tablename__ in tables:
+            archived = connection.scalar(
+                select(func.coalesce(func.sum(JobRun.archived), 0)).where(JobRun.job == "archive")
+            )
+            if archived:
+                return f"the active database's job runs archived {archived} records"
+            worked = connection.scalar(select(func.count()).select_from(JobRun).where(
+                (JobRun.archived > 0) | (JobRun.purged > 0) | (JobRun.indexed > 0)
+            ))
+            if worked:
+                return f"the active database records {worked} job runs that moved records"
+        if ArchivedProcessMember.__tablename__ in tables:
+            members = connection.scalar(select(func.count()).select_from(ArchivedProcessMember))
+            if members:
+                return f"the active database's ledger holds {members} archived CRM rows"
+        if Disposal.__tablename__ in tables:
+            disposals = connection.scalar(select(func.count()).select_from(Disposal))
+            if disposals:
+                return f"the active database records {disposals} disposals"
+    return None
+
+
 def register_all_tables() -> None:
     """Make every table of Archivist's known to `Base.metadata`, including those declared beside
     the code that uses them (imported here, not at the top: they import this module)."""

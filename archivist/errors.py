@@ -35,3 +35,10 @@ class NotInitialised(ArchivistError):
     """The config names an installation that `archivist init` has not created yet."""
 
     code = "not_initialised"
+
+
+class ArchiveMissing(ArchivistError):
+    """The archive folder holds no archive, yet records were archived (a folder deleted, or
+    its volume not mounted): a new, empty one is not made in its place."""
+
+    code = "archive_missing"

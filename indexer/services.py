@@ -21,6 +21,7 @@ from archive_store.crypto import KEY_ENV, KeyMissing, load_key, make_key_file
 from archive_store.errors import CatalogBehind
 from archivist.active_db import (
     create_schema,
+    find_archive_traces,
     make_engine,
     make_read_sessions,
     make_sessions,
@@ -30,8 +31,8 @@ from archivist.active_db import (
 from archivist.archive_head import recorded_archive_head
 from archivist.config import Config
 from archivist.crm_rows import CrmTables, ForeignKeyRef, inspect_foreign_keys, open_crm_tables
-from archivist.errors import ConfigError, NotInitialised
-from indexer.errors import CrmTablesChanged, IndexMissing, IndexUnavailable
+from archivist.errors import ArchiveMissing, ConfigError, NotInitialised
+from indexer.errors import CrmTablesChanged, IndexerError, IndexMissing, IndexUnavailable
 from indexer.search import SearchEngine
 
 OpenIndex = Callable[[Config, ArchiveStore, bool], SearchEngine]
@@ -144,6 +145,46 @@ def refuse_catalog_behind(engine: Engine, archive_dir: Path) -> None:
         )
 
 
+def count_indexed_documents(config: Config) -> int:
+    """How many records the configured index holds, 0 if it holds none or cannot be read
+    (it is not made where there is none)."""
+    from indexer.whoosh.index import SearchIndex
+
+    if not search_index_exists(config):
+        return 0
+    try:
+        index = SearchIndex.open(config.index_dir, store_text=False)
+    except IndexerError:
+        return 0
+    try:
+        return index.doc_count()
+    except IndexerError:
+        return 0
+    finally:
+        index.close()
+
+
+def refuse_a_missing_archive(config: Config, engine: Engine) -> None:
+    """Refuse to go on without an archive catalog where records were archived before: the
+    index holds documents, or the active database remembers archive runs. A folder deleted
+    or a volume not mounted would otherwise be taken for a new installation, and what is
+    archived next would be hidden once the real archive is back.
+
+    :raises ArchiveMissing: with what says an archive was there
+    """
+    indexed = count_indexed_documents(config)
+    trace = (
+        f"the index in {config.index_dir} holds {indexed} archived records" if indexed
+        else find_archive_traces(engine)
+    )
+    if trace is not None:
+        raise ArchiveMissing(
+            f"there is no archive in {config.archive_dir}, yet {trace} (a folder deleted, or "
+            "a volume not mounted): mount or restore it (`archivist backup recover`); "
+            "nothing was created there"
+        )
+
+
 def _open_crm_tables(
     engine: Engine, config: Config, *, refs: bool = True
 ) -> tuple[CrmTables | None, tuple[ForeignKeyRef, ...]]:
@@ -223,10 +264,13 @@ class Services:
             if create:  # an unreachable database: refused before any folder or key is made
                 engine.connect().close()
             crm, _ = _open_crm_tables(engine, config, refs=False)  # a bad mapping: first
-            if not create and not ArchiveStore.exists_in(config.archive_dir):
-                raise NotInitialised(
-                    f"no archive in {config.archive_dir}: run `archivist init` first"
-                )
+            if not ArchiveStore.exists_in(config.archive_dir):
+                if not recovering:  # (a recovery puts the archive back from a backup)
+                    refuse_a_missing_archive(config, engine)
+                if not create:
+                    raise NotInitialised(
+                        f"no archive in {config.archive_dir}: run `archivist init` first"
+                    )
             env_key = os.environ.get(KEY_ENV)
             if not env_key and not config.key_file.exists() and (
                 ArchiveStore.is_encrypted_in(config.archive_dir)

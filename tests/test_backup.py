@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from sqlalchemy import select
 
 from archive_store.backup import load_manifest
 from archive_store.crypto import KEY_ENV, load_key
-from archivist.active_db import ActiveRecord, utcnow
+from archivist.active_db import ActiveRecord, sqlite_path, utcnow
 from archivist.config import load_config
 from archivist.tokens import create_token
 from indexer.jobs.backup import (
@@ -317,8 +319,15 @@ def test_a_forced_recovery_replaces_an_installation_sealed_with_another_key(
     services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path,
 ) -> None:
     folder, other = _backup_and_another_installation(services, archived, make_record, tmp_path)
+    # made again below with a key of its own, as a new installation (its index and job runs
+    # would say an archive was there)
     (other.path.parent / "archive.key").unlink()
-    shutil.rmtree(other.archive_dir)  # made again below with a key of its own
+    shutil.rmtree(other.archive_dir)
+    shutil.rmtree(other.index_dir)
+    database = sqlite_path(other.active_url)
+    assert database is not None
+    with closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute("DELETE FROM job_runs")
     with Services.open(other, create=True) as target:
         assert archive_key(target) != archive_key(services)
         from archivist.importer import import_lines

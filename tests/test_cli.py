@@ -263,6 +263,55 @@ def test_a_missing_active_database_file_is_named_not_made_anew(installed):
     assert archivist("stats", "--config", str(installed)).returncode == 0
 
 
+def test_an_archive_folder_gone_while_records_were_archived_is_not_made_anew(
+    installed, tmp_path, make_record
+):
+    """An archive volume not mounted leaves an empty mount point: `init` must not start a
+    second, empty archive there, nor `archive` move records into it."""
+    write_jsonl(tmp_path / "in.jsonl", [make_record(id=f"M{i:03d}") for i in range(20)])
+    archivist("import", str(tmp_path / "in.jsonl"), "--config", str(installed))
+    assert archivist("archive", "--as-of", "2026-01-01", "--config", str(installed)).stdout \
+        == "archived 20, indexed 20\n"
+    write_jsonl(tmp_path / "more.jsonl", [make_record(id=f"N{i:03d}") for i in range(5)])
+    archivist("import", str(tmp_path / "more.jsonl"), "--config", str(installed))
+    archive = installed.parent / "data" / "archive"
+    archive.rename(tmp_path / "away")
+    archive.mkdir()  # the mount point
+
+    for args in (("init",), ("stats",), ("verify",), ("archive", "--as-of", "2026-01-01"),
+                 ("index",)):
+        result = archivist(*args, "--config", str(installed))
+        assert result.returncode == 1, (args, result.stderr)
+        assert result.stderr == (
+            f"error: there is no archive in {archive}, yet the index in "
+            f"{installed.parent / 'data' / 'index'} holds 20 archived records (a folder "
+            "deleted, or a volume not mounted): mount or restore it (`archivist backup "
+            "recover`); nothing was created there\n"), args
+        assert list(archive.iterdir()) == []
+    shutil.rmtree(installed.parent / "data" / "index")  # the index gone too: the database says
+    result = archivist("init", "--config", str(installed))
+    assert result.returncode == 1 and "init" not in result.stderr
+    assert "yet the active database's job runs archived 20 records (a folder deleted, or a " \
+        "volume not mounted)" in result.stderr
+    assert list(archive.iterdir()) == []
+    assert not (installed.parent / "data" / "index").exists()
+
+    archive.rmdir()
+    (tmp_path / "away").rename(archive)  # mounted again: nothing lost, nothing hidden
+    assert archivist("index", "--rebuild", "--config", str(installed)).returncode == 0
+    assert archivist("verify", "--config", str(installed)).returncode == 0
+    stats = json.loads(archivist("stats", "--config", str(installed)).stdout)
+    assert stats["archived"] == 20 and stats["active"] == 5
+
+
+def test_an_archive_folder_gone_before_anything_was_archived_is_made_again(installed):
+    """Nothing says an archive held records: `init` makes it again, as on a new installation."""
+    shutil.rmtree(installed.parent / "data" / "archive")
+    assert "run `archivist init` first" in archivist("stats", "--config", str(installed)).stderr
+    assert archivist("init", "--config", str(installed)).returncode == 0
+    assert archivist("stats", "--config", str(installed)).returncode == 0
+
+
 def test_a_restore_by_a_refused_search_says_so_in_one_clean_line(installed):
     result = archivist("restore", "--search", "q=*a", "--reason", "x",
                        "--config", str(installed))
