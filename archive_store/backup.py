@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Any, BinaryIO
 
 from archive_store import keyring, segment
 from archive_store.catalog import connect, hash_hex, upgraded_copy
@@ -52,7 +52,10 @@ _NOT_COPIED = {".lock", "move.lock", "index.lock", "dispose.lock", "archive.lock
                RECOVERING, RECOVERING + ".partial", "catalog.db-wal", "catalog.db-shm",
                "catalog.db-journal"}
 _CHUNK = 2**20
-_PARTIALS = {"active.db.partial", "backup.json.partial", "MANIFEST.partial"}  # a run's own
+RUN_PARTIALS = {  # a run's own, and the journal SQLite keeps beside a copy while it writes it
+    f"{name}.partial{suffix}" for name in ("active.db", "backup.json", "MANIFEST")
+    for suffix in ("", "-journal")
+}
 
 
 class BackupError(ArchiveStoreError):
@@ -147,6 +150,18 @@ def hash_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def open_private(path: Path, mode: str = "wb") -> IO[Any]:
+    """Open a new file for writing, readable by its owner only from its first byte (a backup
+    holds the catalog and the audit log); one of that name a stopped run left is replaced.
+
+    :param path: the file
+    :param mode: `wb`, or `w` for UTF-8 text
+    """
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    return os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8")
+
+
 def load_manifest(folder: Path) -> dict[str, str]:
     """The manifest of a backup folder as `{path: sha256}`; empty if it has none.
 
@@ -172,7 +187,7 @@ def write_manifest(folder: Path, entries: dict[str, str]) -> None:
     :param entries: `{path relative to folder: sha256}`
     """
     temp = folder / (MANIFEST + ".partial")
-    with open(temp, "w", encoding="utf-8") as f:
+    with open_private(temp, "w") as f:
         for name in sorted(entries):
             f.write(f"{entries[name]}  {name}\n")
         f.flush()
@@ -202,24 +217,30 @@ def copy_sqlite(source: Path, target: Path) -> None:
     """Copy a live SQLite database as one consistent snapshot (`VACUUM INTO`).
 
     The copy is switched to rollback-journal mode, so reading it later (verify) creates no
-    `-wal`/`-shm` files in the backup folder.
+    `-wal`/`-shm` files in the backup folder. It is private (0600) from the start, and so is
+    its journal while it is written (SQLite gives a journal its database's mode).
 
     :param source: the database file (WAL mode, in use)
     :param target: the copy to write; replaced if it exists
+    :raises BackupError: the copy cannot be written (a full disk) or the source read
     """
-    target.unlink(missing_ok=True)
-    src = sqlite3.connect(source, timeout=60, isolation_level=None)
+    open_private(target).close()  # (VACUUM INTO writes into an empty file as into none)
     try:
-        # One read transaction of the source, live pages only: the free pages an archive run
-        # leaves in the active database are not copied (nor make an unchanged copy differ).
-        src.execute("VACUUM INTO ?", (str(target),))
-    finally:
-        src.close()
-    dst = sqlite3.connect(target, isolation_level=None)
-    try:
-        dst.execute("PRAGMA journal_mode=DELETE")
-    finally:
-        dst.close()
+        src = sqlite3.connect(source, timeout=60, isolation_level=None)
+        try:
+            # One read transaction of the source, live pages only: the free pages an archive
+            # run leaves in the active database are not copied (nor make an unchanged copy
+            # differ).
+            src.execute("VACUUM INTO ?", (str(target),))
+        finally:
+            src.close()
+        dst = sqlite3.connect(target, isolation_level=None)
+        try:
+            dst.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            dst.close()
+    except sqlite3.Error as e:
+        raise BackupError(f"cannot copy {source} to {target}: {e}") from e
     with open(target, "rb+") as f:
         os.fsync(f.fileno())
 
@@ -290,7 +311,7 @@ def copy_segments(
     :param tally: where the copied files and bytes are counted
     """
     target_dir = folder / STORE_FOLDER / SEGMENTS
-    target_dir.mkdir(parents=True, exist_ok=True)
+    target_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     for source in snapshot.segments:
         name = f"{STORE_FOLDER}/{SEGMENTS}/{source.name}"
         target = target_dir / source.name
@@ -307,7 +328,7 @@ def copy_segments(
         # A new file renamed over the old one, never an append in place: an older backup
         # kept as hard links (`cp -al`) shares the old file, and must keep its bytes.
         fresh = target_dir / (source.name + ".partial")
-        with open(fresh, "wb") as out:
+        with open_private(fresh) as out:
             if start:
                 with open(target, "rb") as kept:
                     shutil.copyfileobj(kept, out, _CHUNK)
@@ -366,7 +387,8 @@ def write_store_part(
     keep_if_changed(folder, f"{STORE_FOLDER}/{CATALOG}", snapshot.catalog_copy, previous, tally)
     for name, data in snapshot.extra_files.items():
         fresh = store_folder / (name + ".partial")
-        fresh.write_bytes(data)
+        with open_private(fresh) as f:
+            f.write(data)
         keep_if_changed(folder, f"{STORE_FOLDER}/{name}", fresh, previous, tally)
     copy_segments(snapshot, folder, previous, tally)
     segment.fsync_directory(store_folder)
@@ -380,7 +402,7 @@ def remove_unlisted(folder: Path, keep: set[str]) -> None:
     :param keep: the manifest's paths
     """
     for path in folder.glob("*.partial"):  # left by a run that stopped half-way
-        if path.name in _PARTIALS:
+        if path.name in RUN_PARTIALS:
             path.unlink()
     for path in folder.rglob("*"):
         if not path.is_file():

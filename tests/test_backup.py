@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -735,6 +737,73 @@ def test_a_backup_and_what_a_recovery_installs_are_private_to_their_owner(
     assert (fresh.archive_dir / "catalog.db").stat().st_mode & 0o077 == 0
     database = fresh.archive_dir.parent / "active.db"
     assert database.stat().st_mode & 0o077 == 0
+
+
+def _cli_with_file_limit(limit: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """`archivist ARGS` unable to grow any file past `limit` bytes, as on a full disk (the
+    write fails with EFBIG, its signal ignored, instead of ending the process)."""
+
+    def limit_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run([sys.executable, "-m", "archivist", *args], capture_output=True,
+                          text=True, preexec_fn=limit_files, timeout=300)
+
+
+def test_a_first_backup_stopped_by_a_full_disk_is_finished_by_the_next_run(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path
+) -> None:
+    """What the stopped run left is private, unfinished for `verify`, and the backup's own."""
+    archived(*_records(make_record, 0, 30))
+    folder = tmp_path / "bk"
+    config = str(services.config.path)
+    services.close()  # (its databases' write-ahead logs put back into their files)
+    # room for the installation's own small writes, not for the catalog's copy
+    stopped = _cli_with_file_limit(40_000, "backup", "create", str(folder), "--config", config)
+
+    assert stopped.returncode == 1, stopped.stderr
+    assert stopped.stderr.startswith(
+        f"error: cannot copy {services.config.archive_dir / 'catalog.db'} to "
+        f"{folder / 'archive' / 'catalog.db.partial'}: "), stopped.stderr
+    assert stopped.stderr.count("\n") == 1
+    left = [folder, *folder.rglob("*")]
+    assert {p.relative_to(folder).as_posix() for p in left} >= {".", "archive/catalog.db.partial"}
+    modes = {str(p): oct(p.stat().st_mode & 0o777) for p in left}
+    assert all(oct(0o700 if p.is_dir() else 0o600) == modes[str(p)] for p in left), modes
+    key = load_key(services.config.key_file)
+    assert verify_backup(folder, key) == [
+        "missing: MANIFEST (not a backup, or one that did not finish)"]
+
+    again = subprocess.run([sys.executable, "-m", "archivist", "backup", "create", str(folder),
+                            "--config", config], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("backed up 30 records")
+    assert verify_backup(folder, key) == []
+    assert not [p for p in folder.rglob("*") if ".partial" in p.name]
+
+
+def test_what_a_stopped_first_backup_left_is_taken_for_an_unfinished_backup(
+    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path
+) -> None:
+    """A folder holding only the copies a run writes before it keeps them (as a run that
+    wrote no `backup.json` yet left it) is written into; one more file of anyone else's is not."""
+    from archive_store.backup import BackupError
+
+    archived(*_records(make_record, 0, 10))
+    folder = tmp_path / "bk"
+    (folder / "archive").mkdir(parents=True)
+    for name in ("archive/catalog.db.partial", "archive/catalog.db.partial-journal",
+                 "active.db.partial"):
+        (folder / name).write_bytes(b"half")
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(BackupError, match="holds other files and no backup"):
+        create_backup(services, folder, utcnow())
+    (folder / "notes.txt").unlink()
+
+    assert create_backup(services, folder, utcnow()).records == 10
+    assert verify_backup(folder, load_key(services.config.key_file)) == []
+    assert not [p for p in folder.rglob("*") if ".partial" in p.name]
 
 
 def test_a_backup_missing_what_it_says_it_holds_is_refused_before_anything_is_replaced(

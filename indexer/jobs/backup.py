@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from archive_store.backup import (
     MANIFEST,
+    RUN_PARTIALS,
     STORE_FOLDER,
     BackupDamaged,
     BackupError,
@@ -53,6 +54,7 @@ from archive_store.backup import (
     load_manifest,
     make_private,
     mark_recovering,
+    open_private,
     recovering_alone,
     remove_unlisted,
     snapshot_closing,
@@ -181,9 +183,18 @@ def create_backup(services: Services, folder: Path, at: datetime) -> BackupRepor
     _check_folder(services.config, folder)
     _create_ledgers(services.config)
     ledger_earlier_revocations(services.sessions, revocation_ledger_path(services.config.key_file))
-    (folder / STORE_FOLDER).mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (folder / STORE_FOLDER).mkdir(mode=0o700, exist_ok=True)
     with _writing(folder):
-        return _create(services, folder, at)
+        make_private(folder)  # (what a stopped run left too, before anything is added)
+        _mark_unfinished(folder)
+        try:
+            return _create(services, folder, at)
+        except OSError as e:
+            if e.filename:  # (says which file already)
+                raise
+            raise BackupError(f"cannot write the backup in {folder}: "
+                              f"{e.strerror or e}") from e
 
 
 def _refuse_read_only(services: Services) -> None:
@@ -220,6 +231,38 @@ def _previous_head(folder: Path) -> object:
         return None
 
 
+def _mark_unfinished(folder: Path) -> None:
+    """Give a folder that holds no backup yet a `backup.json` that says one is being made:
+    a first run that stops half-way (a full disk) leaves a folder the next run recognises
+    as its own and writes into again, and that `verify` calls unfinished (no MANIFEST)."""
+    if (folder / METADATA).exists():
+        return
+    fresh = folder / (METADATA + ".partial")
+    with open_private(fresh, "w") as f:
+        f.write(json.dumps({"format": FORMAT, "finished": False}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(fresh, folder / METADATA)
+    fsync_directory(folder)
+
+
+def _holds_only_partial_copies(folder: Path) -> bool:
+    """Whether everything in the folder is a copy a backup run writes before it keeps it (a
+    `.partial` file, or the journal of one) where a run writes them: what a first run that
+    stopped half-way left, if it left no `backup.json`."""
+    for path in folder.rglob("*"):
+        name = path.relative_to(folder).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            if name not in (STORE_FOLDER, f"{STORE_FOLDER}/segments", TABLES_FOLDER):
+                return False
+        elif name not in RUN_PARTIALS and not (
+            name.startswith((f"{STORE_FOLDER}/", f"{TABLES_FOLDER}/"))
+            and name.endswith((".partial", ".partial-journal"))
+        ):
+            return False
+    return True
+
+
 def _check_folder(config: Config, folder: Path) -> None:
     """Refuse a folder that is (or holds, or lies in) the installation's own files, and a
     folder that holds other files and no backup: a backup run deletes what it does not list."""
@@ -238,7 +281,7 @@ def _check_folder(config: Config, folder: Path) -> None:
                               "back up into a folder of its own")
     if target.is_dir() and any(target.iterdir()) and not any(
         (target / name).exists() for name in (MANIFEST, METADATA, _OLD_LOCK_FILE)
-    ):
+    ) and not _holds_only_partial_copies(target):
         raise BackupError(f"{folder} holds other files and no backup: back up into an empty "
                           "folder or an earlier backup")
 
@@ -302,7 +345,8 @@ def _create(services: Services, folder: Path, at: datetime) -> BackupReport:
             "catalog_head": head,  # the next run checks that the store goes on from here
         }
         fresh_metadata = folder / (METADATA + ".partial")
-        fresh_metadata.write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        with open_private(fresh_metadata, "w") as f:
+            f.write(json.dumps(metadata, indent=2) + "\n")
         # renamed over, never written in place: a hard-linked older backup keeps its own
         os.replace(fresh_metadata, folder / METADATA)
         tally.hashes[METADATA] = hash_file(folder / METADATA)
@@ -645,7 +689,7 @@ def _own_tables(services: Services) -> list[Any]:
 def _dump_tables(services: Services, folder: Path) -> tuple[dict[str, Path], int]:
     """Write each of Archivist's own tables as JSON Lines (`.partial` files) from one snapshot;
     returns them and how many active records they hold."""
-    (folder / TABLES_FOLDER).mkdir(exist_ok=True)
+    (folder / TABLES_FOLDER).mkdir(mode=0o700, exist_ok=True)
     written: dict[str, Path] = {}
     active = 0
     with services.read_sessions.begin() as session:
@@ -654,7 +698,7 @@ def _dump_tables(services: Services, folder: Path) -> tuple[dict[str, Path], int
         for table in _own_tables(services):
             fresh = folder / TABLES_FOLDER / f"{table.name}.jsonl.partial"
             query = select(table).order_by(*table.primary_key.columns)
-            with open(fresh, "w", encoding="utf-8") as f:
+            with open_private(fresh, "w") as f:
                 for row in session.execute(query.execution_options(yield_per=_ROWS_PER_BATCH)):
                     values = {
                         key: value.isoformat() if isinstance(value, datetime) else value
