@@ -30,7 +30,7 @@ from typing import IO, Any, BinaryIO
 from archive_store import keyring, segment
 from archive_store.catalog import connect, hash_hex, upgraded_copy
 from archive_store.codec import FrameCodec
-from archive_store.errors import ArchiveStoreError
+from archive_store.errors import ArchiveStoreError, CatalogUnavailable
 from archive_store.faults import crash_point
 from archive_store.models import Problem
 from archive_store.store import ArchiveStore
@@ -435,6 +435,8 @@ def verify_store_copy(folder: Path, key: bytes | None = None) -> list[Problem]:
             )
             try:  # one line for a wrong or missing key, not one per sealed record
                 keyring.check_archive_key(conn, codec)
+            except CatalogUnavailable:
+                raise
             except ArchiveStoreError as e:  # not damage: the backup may be sound
                 return [Problem(None, None, f"cannot be checked: {e} (give the archive key "
                                             "the backup was made with)")]

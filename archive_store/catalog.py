@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from archive_store.errors import CatalogUnavailable
 from archive_store.models import CatalogEntry
 
 SCHEMA_VERSION = "1"
@@ -146,12 +147,75 @@ def epoch_micros(value: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+# What SQLite says of the file or the disk under it, not of the statement: reported as the
+# catalog's condition (`CatalogUnavailable`), naming the file.
+_FILE_ERRORS = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_PERM",
+                "SQLITE_READONLY", "SQLITE_NOTADB", "SQLITE_CORRUPT")
+
+
+def name_catalog_error(error: sqlite3.Error, path: Path) -> sqlite3.Error:
+    """The error as `CatalogUnavailable` naming the catalog file if it is the file's or the
+    disk's (full, unreadable, not a database), else the error itself.
+
+    :param error: what sqlite3 raised
+    :param path: the catalog file
+    """
+    if isinstance(error, CatalogUnavailable) or not str(
+        getattr(error, "sqlite_errorname", "")
+    ).startswith(_FILE_ERRORS):
+        return error
+    named = CatalogUnavailable(f"the archive catalog {path}: {error}")
+    named.sqlite_errorcode, named.sqlite_errorname = error.sqlite_errorcode, error.sqlite_errorname
+    return named
+
+
+class CatalogConnection(sqlite3.Connection):
+    """A catalog connection whose statements report a full disk, an I/O error or a file that
+    cannot be opened as `CatalogUnavailable` naming the catalog (rows fetched later are read
+    as from any connection: a statement has read its first page already)."""
+
+    path: Path
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.Error as e:
+            raise name_catalog_error(e, self.path) from e
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> sqlite3.Cursor:
+        try:
+            return super().executemany(sql, parameters)
+        except sqlite3.Error as e:
+            raise name_catalog_error(e, self.path) from e
+
+    def executescript(self, sql_script: str, /) -> sqlite3.Cursor:
+        try:
+            return super().executescript(sql_script)
+        except sqlite3.Error as e:
+            raise name_catalog_error(e, self.path) from e
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        except sqlite3.Error as e:
+            raise name_catalog_error(e, self.path) from e
+
+
 def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
     """Open the catalog in autocommit mode; transactions are begun explicitly.
 
     :param path: the `catalog.db` file
     :param read_only: open it read-only, for a store on a folder we may not write
+    :raises CatalogUnavailable: the file cannot be opened, or its first statements fail for
+        want of space or a readable file (so do later statements: see `CatalogConnection`)
     """
+    try:
+        return _connect(path, read_only)
+    except sqlite3.Error as e:
+        raise name_catalog_error(e, path) from e
+
+
+def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
     # check_same_thread=False only so that close() may run on another thread; each connection
     # is otherwise used by the one thread that opened it.
     if read_only:
@@ -161,7 +225,10 @@ def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         else:
             _make_private(path)
-        conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False,
+                               factory=CatalogConnection)
+    assert isinstance(conn, CatalogConnection)
+    conn.path = path
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=60000")
@@ -190,8 +257,10 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
     uri = path.resolve().as_uri()
     for mode in ("mode=ro", "immutable=1"):
         conn = sqlite3.connect(
-            f"{uri}?{mode}", uri=True, timeout=60, isolation_level=None, check_same_thread=False
+            f"{uri}?{mode}", uri=True, timeout=60, isolation_level=None, check_same_thread=False,
+            factory=CatalogConnection,
         )
+        conn.path = path
         try:
             conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
         except sqlite3.OperationalError:

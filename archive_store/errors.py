@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 
 class ArchiveStoreError(Exception):
     """Base class of every archive store error."""
@@ -51,3 +53,11 @@ class CatalogBehind(ArchiveStoreError):
     whole again (the store would delete segment data only the lost writes name)."""
 
     code = "catalog_behind"
+
+
+class CatalogUnavailable(ArchiveStoreError, sqlite3.OperationalError):
+    """The catalog file cannot be opened, read or written (a full disk, an I/O error, no
+    permission, not a database); its message names the file. Still a `sqlite3` error, for
+    callers that handle those."""
+
+    code = "catalog_unavailable"

@@ -19,6 +19,7 @@ import struct
 import threading
 import zlib
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -264,7 +265,7 @@ def append_frames(path: Path, start: int, frames: Iterable[bytes]) -> list[int]:
     offsets: list[int] = []
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
-        with os.fdopen(fd, "wb", closefd=False) as f:
+        with _naming(path), os.fdopen(fd, "wb", closefd=False) as f:
             f.seek(start)
             position = start
             for frame in frames:
@@ -278,13 +279,25 @@ def append_frames(path: Path, start: int, frames: Iterable[bytes]) -> list[int]:
     return offsets
 
 
+@contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """A write's error (a full disk, a file-size limit) names the file it was writing: the
+    error alone names none."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e
+
+
 def write_file(path: Path, frames: Iterable[bytes]) -> None:
     """Write a new segment file from scratch, then fsync it and its folder.
 
     :param path: the file to create; it must not exist
     :param frames: the frames, in order
     """
-    with open(path, "xb") as f:
+    with _naming(path), open(path, "xb") as f:
         for frame in frames:
             f.write(frame)
         f.flush()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import resource
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -310,6 +312,54 @@ def test_an_archive_folder_gone_before_anything_was_archived_is_made_again(insta
     assert "run `archivist init` first" in archivist("stats", "--config", str(installed)).stderr
     assert archivist("init", "--config", str(installed)).returncode == 0
     assert archivist("stats", "--config", str(installed)).returncode == 0
+
+
+def archivist_on_a_full_disk(limit: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """`archivist ARGS` unable to grow any file past `limit` bytes, as on a full disk (the
+    write fails with EFBIG, its signal ignored, instead of ending the process)."""
+
+    def limit_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run([sys.executable, "-m", "archivist", *args], capture_output=True,
+                            text=True, preexec_fn=limit_files, timeout=300)
+    return result
+
+
+def test_a_full_disk_under_the_archive_is_one_line_naming_the_file(
+    installed, tmp_path, make_record
+):
+    """Neither a bug (exit 2, "unexpected") nor a move half made: the records stay active."""
+    write_jsonl(tmp_path / "in.jsonl", [make_record(id=f"F{i:03d}", body="refund " * 3)
+                                        for i in range(400)])
+    archivist("import", str(tmp_path / "in.jsonl"), "--config", str(installed))
+    archive = installed.parent / "data" / "archive"
+    for limit, said in (
+        (1_000, f"error: the archive catalog {archive / 'catalog.db'}: disk I/O error\n"),
+        (45_000, f"error: File too large: {archive / 'segments' / '000001.0.seg'}\n"),
+        (120_000, f"error: the archive catalog {archive / 'catalog.db'}: "),
+    ):
+        full = archivist_on_a_full_disk(limit, "archive", "--as-of", "2026-01-01",
+                                        "--config", str(installed))
+        assert (full.returncode, full.stdout) == (1, ""), (limit, full.stderr)
+        assert full.stderr.startswith(said) and full.stderr.count("\n") == 1, full.stderr
+    stats = archivist_on_a_full_disk(1_000, "stats", "--config", str(installed))
+    assert stats.returncode == 1 and stats.stderr.startswith("error: the archive catalog ")
+
+    assert json.loads(archivist("stats", "--config", str(installed)).stdout)["active"] == 400
+    result = archivist("archive", "--as-of", "2026-01-01", "--config", str(installed))
+    assert result.stdout == "archived 400, indexed 400\n"
+    assert archivist("verify", "--config", str(installed)).returncode == 0
+
+
+def test_an_unreadable_archive_catalog_is_one_line_naming_it(installed):
+    catalog = installed.parent / "data" / "archive" / "catalog.db"
+    catalog.write_bytes(os.urandom(8192))
+    for command in ("stats", "verify"):
+        result = archivist(command, "--config", str(installed))
+        assert (result.returncode, result.stderr) == (
+            1, f"error: the archive catalog {catalog}: file is not a database\n"), command
 
 
 def test_a_restore_by_a_refused_search_says_so_in_one_clean_line(installed):
