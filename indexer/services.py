@@ -127,14 +127,16 @@ def refuse_catalog_behind(engine: Engine, archive_dir: Path) -> None:
 
     :raises CatalogBehind: naming both ends and what to do
     """
-    if not ArchiveStore.exists_in(archive_dir):
+    head = ArchiveStore.committed_head_in(archive_dir)
+    if head is None:
         return
-    # The recorded head first: it never passes the catalog's end, so a run committing both
-    # between the two reads cannot make a whole catalog look behind.
     with engine.connect() as connection:
         seen = recorded_archive_head(connection)
-    head = ArchiveStore.committed_head_in(archive_dir)
-    if head is not None and seen > head:
+    if seen > head:
+        # Read again: the recorded head never passes the catalog's end, so one read after it
+        # is behind only if the catalog lost writes, not because a run committed meanwhile.
+        head = ArchiveStore.committed_head_in(archive_dir) or 0
+    if seen > head:
         raise CatalogBehind(
             f"the archive catalog {archive_dir / 'catalog.db'} ends at entry {head}, but an "
             f"archive run committed entry {seen} to it before deleting those records from the "
