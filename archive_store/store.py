@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -363,15 +363,12 @@ class ArchiveStore:
         when there is no catalog."""
         if not ArchiveStore.exists_in(directory):
             return None
-        conn = connect(Path(directory) / "catalog.db", read_only=True)
-        try:
+        with closing(connect(Path(directory) / "catalog.db", read_only=True)) as conn:
             if conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'entries'"
             ).fetchone() is None:
                 return 0
             return int(conn.execute("SELECT MAX(seq) FROM entries").fetchone()[0] or 0)
-        finally:
-            conn.close()
 
     @staticmethod
     def is_encrypted_in(directory: Path) -> bool:
@@ -379,15 +376,12 @@ class ArchiveStore:
         key's check value), which only that key opens."""
         if not ArchiveStore.exists_in(directory):
             return False
-        conn = connect(Path(directory) / "catalog.db", read_only=True)
-        try:
+        with closing(connect(Path(directory) / "catalog.db", read_only=True)) as conn:
             return conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
             ).fetchone() is not None and conn.execute(
                 "SELECT 1 FROM meta WHERE key = 'key_check'"
             ).fetchone() is not None
-        finally:
-            conn.close()
 
     @classmethod
     def open(
