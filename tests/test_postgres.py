@@ -47,9 +47,15 @@ def pg_services(tmp_path: Path, pg_url: str):
         f'[active]\nurl = "{pg_url}"\n[archive]\ndir = "archive"\nbatch_size = 100\n'
         '[index]\ndir = "index"\n[retention.category.finance]\narchive_after_days = 180\n'
     )
+    # A fresh schema for each test's installation: what an earlier test archived there (its
+    # job runs, the archive's recorded head) would stand for an archive this one has lost.
+    from sqlalchemy import create_engine
+
+    admin = create_engine(pg_url)
+    with admin.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    admin.dispose()
     with Services.open(load_config(config_path), create=True) as services:
-        with services.engine.begin() as connection:
-            connection.execute(text("TRUNCATE active_records, legal_holds, leases, job_runs"))
         yield services
 
 
