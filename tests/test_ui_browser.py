@@ -824,6 +824,9 @@ def test_ui_tables_scroll_in_named_regions_the_keyboard_reaches(new_page: Any) -
     log.focus()
     page.keyboard.press("ArrowRight")
     page.keyboard.press("ArrowRight")
+    # (Chromium scrolls for a key smoothly, over a few frames: a loaded machine may not have
+    # drawn the first one yet when the key press returns)
+    page.wait_for_function("e => e.scrollLeft > 0", arg=log.element_handle(), timeout=5000)
     assert log.evaluate("e => e.scrollLeft") > 0
 
 
