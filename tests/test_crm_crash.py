@@ -221,6 +221,17 @@ def test_crm_dispose_after_a_killed_move_settles_it_by_the_crm_tables(crm_config
     check_one_place(config_path, url, original)
 
 
+def killed_archive(config_path: Path, point: str) -> tuple[set[str], int]:
+    """An archive run killed at `point`: the records it left marked, and the first case with
+    a note among them."""
+    killed = archivist(config_path, "archive", "--as-of", AS_OF,
+                       env={"ARCHIVIST_CRASH_AT": f"{point}:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with Services.open(load_config(config_path)) as services:
+        pending = {e.record_id for e in services.store.iter_pending()}
+    return pending, min(int(r.split(":")[1]) for r in pending if r.startswith("note:"))
+
+
 def test_crm_a_killed_archive_then_a_crm_delete_splits_no_process(crm_config):
     """Killed after storing a batch, before deleting its rows; the CRM then deletes one row of
     a stored process and edits another. The next run keeps that process in the CRM whole: the
@@ -229,12 +240,7 @@ def test_crm_a_killed_archive_then_a_crm_delete_splits_no_process(crm_config):
     then archives it whole as the CRM has it now."""
     config_path, url = crm_config
     original = rows(url)
-    env = {"ARCHIVIST_CRASH_AT": "archive.after_store:1"}
-    killed = archivist(config_path, "archive", "--as-of", AS_OF, env=env)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    with Services.open(load_config(config_path)) as services:
-        pending = {e.record_id for e in services.store.iter_pending()}
-    case = min(int(r.split(":")[1]) for r in pending if r.startswith("note:"))
+    pending, case = killed_archive(config_path, "archive.after_store")
     assert f"case:{case}" in pending
     run_sql(url, f"DELETE FROM notes WHERE id = {case};"
                  f"UPDATE cases SET title = 'edited' WHERE id = {case};")
@@ -269,12 +275,7 @@ def test_crm_a_key_used_again_after_a_killed_archive_leaves_its_process_archived
     archived)."""
     config_path, url = crm_config
     original = rows(url)
-    env = {"ARCHIVIST_CRASH_AT": "archive.after_commit:1"}
-    killed = archivist(config_path, "archive", "--as-of", AS_OF, env=env)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    with Services.open(load_config(config_path)) as services:
-        pending = {e.record_id for e in services.store.iter_pending()}
-    case = min(int(r.split(":")[1]) for r in pending if r.startswith("note:"))
+    pending, case = killed_archive(config_path, "archive.after_commit")
     process = {f"case:{case}", f"note:{case}"} | {
         r for r in original if r.startswith("msg:") and f'"case_id":{case},' in original[r]
     }
