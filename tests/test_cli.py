@@ -355,6 +355,26 @@ def test_a_full_disk_under_the_archive_is_one_line_naming_the_file(
     assert archivist("verify", "--config", str(installed)).returncode == 0
 
 
+def test_a_full_disk_under_a_rebuild_is_one_line_naming_the_index_folder(
+    installed, tmp_path, make_record
+):
+    """Each index worker's own reason once, the folder it wrote named, no broken pipes; the
+    index in use stays whole."""
+    write_jsonl(tmp_path / "in.jsonl", [make_record(id=f"F{i:04d}", body=f"refund word{i} " * 20)
+                                        for i in range(3000)])
+    archivist("import", str(tmp_path / "in.jsonl"), "--config", str(installed))
+    assert archivist("archive", "--as-of", "2026-01-01", "--config", str(installed)).returncode == 0
+    index = installed.parent / "data" / "index"
+
+    full = archivist_on_a_full_disk(300_000, "index", "--rebuild", "--config", str(installed))
+    assert (full.returncode, full.stdout) == (1, ""), full.stderr
+    assert full.stderr.startswith("error: index workers failed: OSError: [Errno 27] File too large"
+                                  f" (writing {index / 'g000002'})\n"), full.stderr
+    assert "Broken pipe" not in full.stderr and full.stderr.count("File too large") == 1
+    assert sorted(p.name for p in index.iterdir()) == ["CURRENT", "g000001"]
+    assert archivist("verify", "--config", str(installed)).returncode == 0
+
+
 def test_an_unreadable_archive_catalog_is_one_line_naming_it(installed):
     catalog = installed.parent / "data" / "archive" / "catalog.db"
     catalog.write_bytes(os.urandom(8192))

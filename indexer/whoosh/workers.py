@@ -145,6 +145,9 @@ def start_worker(
     )
 
 
+WORKER_GONE = "an index worker stopped taking batches"
+
+
 def _feed(proc: subprocess.Popen[bytes], batches: queue.Queue[Any], failed: list[str]) -> None:
     """Feeder thread: move batches from the shared queue into one worker's stdin.
 
@@ -166,12 +169,12 @@ def _feed(proc: subprocess.Popen[bytes], batches: queue.Queue[Any], failed: list
                 continue
             try:
                 proc.stdin.write(data)
-            except OSError as e:  # the worker died; its report says why
-                failed.append(str(e))
+            except OSError:  # the worker died; its report says why
+                failed.append(WORKER_GONE)
         if not failed:
             proc.stdin.write(pickle.dumps(None))  # the end: the worker commits its segments
-    except OSError as e:
-        failed.append(str(e))
+    except OSError:
+        failed.append(WORKER_GONE)
     except BaseException as e:  # noqa: BLE001 - this thread must not die silently
         failed.append(f"index feeder failed: {type(e).__name__}: {e}")
         raise
@@ -247,7 +250,7 @@ def parallel_build(
         if bar is not None:
             bar.close()
         raise
-    errors = list(failed)
+    errors: list[str] = []
     for p in procs:
         assert p.stdout is not None
         out = p.stdout.read()
@@ -259,9 +262,19 @@ def parallel_build(
             errors.append(str(report.get("error") or f"exit {p.returncode}"))
     if bar is not None:
         bar.close()
-    if errors:
-        raise IndexerError("index workers failed: " + "; ".join(errors))
+    if errors or failed:
+        raise IndexerError(_failure(failed, errors, gen))
     return count
+
+
+def _failure(failed: list[str], reports: list[str], gen: Path) -> str:
+    """One message for a failed build: each distinct reason once, the folder written named.
+
+    A worker that failed makes its feeder's writes fail too (a broken pipe): that says nothing
+    more than the worker's own report, which is kept instead.
+    """
+    reasons = [f for f in failed if not (reports and f == WORKER_GONE)] + reports
+    return f"index workers failed: {'; '.join(dict.fromkeys(reasons))} (writing {gen})"
 
 
 def join_parts(gen: Path) -> None:
