@@ -460,13 +460,24 @@ def test_an_index_built_before_processes_is_named_by_verify_and_rebuilt_by_init(
     assert archivist("init", "--config", str(installed)).stdout.startswith("initialised")
 
 
+def kept_subjects(index_dir: Path) -> list[str]:
+    """The subjects the live generation keeps as stored fields (the index's term dictionary has
+    the words; stored fields would have the text as written)."""
+    from whoosh import index as windex
+
+    gen = index_dir / (index_dir / "CURRENT").read_text().strip()
+    subjects = []
+    for shard in sorted(p for p in gen.iterdir() if windex.exists_in(str(p))):
+        with windex.open_dir(str(shard)).searcher() as searcher:
+            subjects += [f["stored"][5] for f in searcher.all_stored_fields()]
+    return [s for s in subjects if s is not None]
+
+
 def test_an_index_keeping_record_text_is_named_by_verify_and_rebuilt_without_it_by_init(
     installed, tmp_path, make_record
 ):
     """An index made before encryption at rest kept each record's subject and the start of its
     body as stored fields, in plain text, beside the encrypted archive."""
-    from whoosh import index as windex
-
     from indexer.whoosh.index import SearchIndex
 
     index_dir = installed.parent / "data" / "index"
@@ -477,24 +488,34 @@ def test_an_index_keeping_record_text_is_named_by_verify_and_rebuilt_without_it_
     archivist("import", str(tmp_path / "in.jsonl"), "--config", str(installed))
     archivist("archive", "--as-of", "2027-06-01", "--config", str(installed))
 
-    def kept() -> list[str]:
-        """The subjects the live generation keeps as stored fields (the index's term
-        dictionary has the words; stored fields would have the text as written)."""
-        gen = index_dir / (index_dir / "CURRENT").read_text().strip()
-        subjects = []
-        for shard in sorted(p for p in gen.iterdir() if windex.exists_in(str(p))):
-            with windex.open_dir(str(shard)).searcher() as searcher:
-                subjects += [f["stored"][5] for f in searcher.all_stored_fields()]
-        return [s for s in subjects if s is not None]
-
-    assert kept() == [phrase] * 3
+    assert kept_subjects(index_dir) == [phrase] * 3
     verified = archivist("verify", "--config", str(installed))
     assert verified.returncode == 1
     assert ("the index was built by an earlier version: it keeps record text in plain text in "
             "its stored fields; `archivist index --rebuild` rebuilds it") in verified.stderr
     init = archivist("init", "--config", str(installed))
     assert init.stdout.startswith("rebuilding the search index: it was built by an earlier")
-    assert kept() == []
+    assert kept_subjects(index_dir) == []
+    assert archivist("verify", "--config", str(installed)).returncode == 0
+
+
+def test_an_empty_index_of_an_earlier_version_is_rebuilt_by_init_before_records_keep_text(
+    installed, tmp_path, make_record
+):
+    """An index made before encryption at rest but holding no record yet (nothing archived,
+    or the only run crashed before indexing) still writes text into the records indexed later."""
+    from indexer.whoosh.index import SearchIndex
+
+    index_dir = installed.parent / "data" / "index"
+    shutil.rmtree(index_dir)
+    SearchIndex.open(index_dir).close()  # as an earlier version made it: text kept
+    init = archivist("init", "--config", str(installed))
+    assert init.stdout.startswith("rebuilding the search index: it was built by an earlier")
+
+    write_jsonl(tmp_path / "in.jsonl", [make_record(id="E1", subject="Zephyr Holdings")])
+    archivist("import", str(tmp_path / "in.jsonl"), "--config", str(installed))
+    archivist("archive", "--as-of", "2027-06-01", "--config", str(installed))
+    assert kept_subjects(index_dir) == []
     assert archivist("verify", "--config", str(installed)).returncode == 0
 
 

@@ -739,7 +739,8 @@ class SearchIndex:
             readers = [v.cache.searcher.reader() for v in snap.views]
             reasons = [_without_processes(readers)]
             plain = self._load_meta(self._current_gen()).get("stored_text", True)
-            if plain and not self._store_text and any(r.doc_count_all() for r in readers):
+            # An empty one too: records indexed into it later would keep their text as well.
+            if plain and not self._store_text:
                 reasons.append("it keeps record text in plain text in its stored fields")
         found = [r for r in reasons if r is not None]
         return f"{EARLIER}: {', and '.join(found)}" if found else None
