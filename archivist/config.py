@@ -283,12 +283,21 @@ def _retention(table: dict[str, Any], *, crm_tables: bool = False) -> RetentionR
 
 def _warn_of_retention_ending_while_active(where: str, policy: RetentionPolicy) -> None:
     """Say so when a record's retention would end before it is even archived: disposal only
-    reaches archived records, so such records would stay active past their retention."""
-    if policy.archive_after_days > policy.keep_years * 366:
+    reaches archived records, so such records would stay active past their retention.
+
+    That is so for some records once `archive_after_days` is longer than the shortest span of
+    `keep_years` calendar years: 365 days each, with a leap day in every four.
+    """
+    if policy.archive_after_days > policy.keep_years * 365 + policy.keep_years // 4:
         log.warning(
             "%s: archive_after_days = %d is longer than keep_years = %d: a record would stay "
             "active past the end of its retention, and be due for disposal as soon as it is "
             "archived", where, policy.archive_after_days, policy.keep_years,
+        )
+    elif policy.keep_years == 0:
+        log.warning(
+            "%s: keep_years = 0: a record is due for disposal as soon as it is archived, and "
+            "purged by the next disposal run", where,
         )
 
 

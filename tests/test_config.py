@@ -34,7 +34,12 @@ def test_a_retention_ending_before_records_are_archived_is_warned_of(tmp_path, c
     path.write_text(
         "[retention.default]\narchive_after_days = 3650\nkeep_years = 1\n"
         "[retention.category.short]\narchive_after_days = 30\nkeep_years = 0\n"
-        "[retention.category.fine]\narchive_after_days = 366\nkeep_years = 1\n"
+        "[retention.category.fine]\narchive_after_days = 365\nkeep_years = 1\n"
+        # longer than 1 year in three years of four, than 2 years always
+        "[retention.category.leap]\narchive_after_days = 366\nkeep_years = 1\n"
+        "[retention.category.two]\narchive_after_days = 732\nkeep_years = 2\n"
+        "[retention.category.fine2]\narchive_after_days = 730\nkeep_years = 2\n"
+        "[retention.category.none]\narchive_after_days = 0\nkeep_years = 0\n"
     )
     with caplog.at_level("WARNING", logger="archivist.config"):
         load_config(path)
@@ -45,6 +50,14 @@ def test_a_retention_ending_before_records_are_archived_is_warned_of(tmp_path, c
         "retention.category.short: archive_after_days = 30 is longer than keep_years = 0: a "
         "record would stay active past the end of its retention, and be due for disposal as "
         "soon as it is archived",
+        "retention.category.leap: archive_after_days = 366 is longer than keep_years = 1: a "
+        "record would stay active past the end of its retention, and be due for disposal as "
+        "soon as it is archived",
+        "retention.category.two: archive_after_days = 732 is longer than keep_years = 2: a "
+        "record would stay active past the end of its retention, and be due for disposal as "
+        "soon as it is archived",
+        "retention.category.none: keep_years = 0: a record is due for disposal as soon as it is "
+        "archived, and purged by the next disposal run",
     ]
     caplog.clear()
     with caplog.at_level("WARNING", logger="archivist.config"):
