@@ -39,7 +39,7 @@ from archivist.tokens import (
 from indexer.errors import BadQuery, IndexerError
 from indexer.hold_reach import hold_reaches_a_record, no_record_held
 from indexer.process_search import iter_process_hits
-from indexer.search.dates import parse_bound
+from indexer.search.dates import parse_moment
 from indexer.services import Services
 
 # Commands import the layers they use inside their own bodies: `archivist --help` and short
@@ -155,8 +155,8 @@ class MomentType(click.ParamType):
     ) -> datetime:
         if isinstance(value, datetime):
             return value
-        try:  # read as the API reads a `from` bound
-            return parse_bound(value, end=False)
+        try:
+            return parse_moment(value)
         except BadQuery as e:
             self.fail(str(e), param, ctx)
 

@@ -70,6 +70,27 @@ def test_import_reads_stdin_and_config_from_the_environment(installed, make_reco
     assert result.stdout.strip() == "imported 1, rejected 0"
 
 
+def test_an_as_of_finer_than_a_microsecond_takes_no_record_after_it(
+    installed, tmp_path, make_record
+):
+    """`as_of` is the upper end of what is aged or due: the digits past the microsecond are
+    dropped, not rounded up to take in a record a fraction of a microsecond after the cutoff."""
+    at = "2025-01-01T00:00:00.000002Z"
+    write_jsonl(tmp_path / "in.jsonl", [make_record(id="NS", created_at=at, updated_at=at)])
+    archivist("import", str(tmp_path / "in.jsonl"), "--config", str(installed))
+
+    def dry(command: str, as_of: str) -> str:
+        return archivist(command, "--as-of", as_of, "--dry-run", "--config",
+                         str(installed)).stdout.splitlines()[0]
+
+    # aged at 365 days, kept 5 years (from updated_at)
+    assert dry("archive", "2026-01-01T00:00:00.0000019Z") == "would archive 0"
+    assert dry("archive", "2026-01-01T00:00:00.000002Z") == "would archive 1"
+    archivist("archive", "--as-of", "2027-01-01", "--config", str(installed))
+    assert dry("dispose", "2030-01-01T00:00:00.0000019Z") == "would purge 0"
+    assert dry("dispose", "2030-01-01T00:00:00.000002Z") == "would purge 1"
+
+
 def test_archive_dry_run_then_archive_then_stats(installed, tmp_path, make_record):
     write_jsonl(tmp_path / "in.jsonl", [
         make_record(id="a", category="finance", updated_at="2025-01-01T00:00:00Z"),

@@ -77,3 +77,19 @@ def parse_bound(text: str, end: bool) -> datetime:
         return value.astimezone(UTC)
     except OverflowError:  # e.g. 9999-12-31T23:59:59-14:00 is in year 10000 in UTC
         raise BadQuery(f"outside the years 1-9999 in UTC: {text[:40]!r}") from None
+
+
+def parse_moment(text: str) -> datetime:
+    """Parse a job's ``as_of``: an ISO date (its midnight) or datetime (UTC if without offset).
+
+    Digits past the microsecond are dropped rather than rounded up as for a ``from``: a record is
+    aged (or due) when its time is at or before a cutoff reckoned from ``as_of``, so ``as_of`` is
+    an upper bound, and a record's time (kept to microseconds) just after it must not count.
+
+    :param text: the ISO date or datetime.
+    """
+    try:
+        date.fromisoformat(text.strip())
+    except ValueError:
+        return parse_bound(text, end=True)
+    return parse_bound(text, end=False)

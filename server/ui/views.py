@@ -38,7 +38,7 @@ from indexer.jobs.backup import backup_status
 from indexer.jobs.restore import BulkRestoreReport, PlanChanged
 from indexer.jobs.runs import last_run, run_archive_job, run_dispose_job
 from indexer.search import DATE_FIELDS, MAX_PER_PAGE, SORTS, SearchQuery
-from indexer.search.dates import parse_bound
+from indexer.search.dates import parse_moment
 from indexer.services import Services
 from server import actions
 from server.errors import status_of
@@ -454,7 +454,7 @@ def admin() -> Any:
         error = "as_of: longer than 64 characters"
     elif as_of_text:
         try:
-            as_of = parse_bound(as_of_text, end=False)
+            as_of = parse_moment(as_of_text)
         except BadQuery as e:
             error = f"as_of: {e}"
     # no preview under an error: one for another moment would pass for the answer asked for
