@@ -127,6 +127,8 @@ class JobRun(Base):
     indexed: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     runner: Mapped[str | None] = mapped_column(String(300))  # `host:pid` of its process
+    # the moment it ran as (`--as-of`); NULL in runs recorded before it was kept
+    as_of: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Lease(Base):
@@ -298,9 +300,14 @@ def upgrade_schema(engine: Engine) -> None:
 
     with contextlib.suppress(OperationalError, IntegrityError):  # (read-only: a later start)
         add_archive_head(engine)
-    if "runner" not in {column["name"] for column in inspector.get_columns("job_runs")}:
+    run_columns = {column["name"] for column in inspector.get_columns("job_runs")}
+    if "runner" not in run_columns:
         with engine.begin() as connection:
             connection.exec_driver_sql("ALTER TABLE job_runs ADD COLUMN runner VARCHAR(300)")
+    if "as_of" not in run_columns:
+        time_type = DateTime().compile(dialect=engine.dialect)
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"ALTER TABLE job_runs ADD COLUMN as_of {time_type}")
     present = {column["name"] for column in inspector.get_columns(ACTIVE_TABLE.name)}
     missing = [name for name in ("parent_id", "has_parent_id") if name not in present]
     if not missing:

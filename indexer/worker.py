@@ -34,6 +34,7 @@ from archivist.leases import (
 )
 from indexer.jobs.runs import (
     last_run,
+    ran_since,
     run_archive_job,
     run_dispose_job,
     run_index_job,
@@ -229,7 +230,7 @@ def missed_jobs(config: Config, services: Services, now: datetime) -> list[str]:
         if latest is None:
             continue
         previous = last_run(services, job)
-        if previous is None or previous.started_at < latest or was_interrupted(previous):
+        if previous is None or was_interrupted(previous) or not ran_since(services, job, latest):
             missed.append(job)
     return missed
 

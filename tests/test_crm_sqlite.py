@@ -444,11 +444,11 @@ def _as_an_earlier_version_made_it(folder: Path, database: Path) -> None:
     shutil.rmtree(folder / "tables", ignore_errors=True)  # (an earlier version made none)
     with sqlite3.connect(database) as source, sqlite3.connect(folder / "active.db") as copy:
         source.backup(copy)
-        # ... without the columns added since (before processes, before a run's runner)
+        # ... without the columns added since (before processes, before a run's runner and as_of)
         copy.executescript(
             "DROP INDEX ix_active_parent; ALTER TABLE active_records DROP COLUMN parent_id;"
             "ALTER TABLE active_records DROP COLUMN has_parent_id;"
-            "ALTER TABLE job_runs DROP COLUMN runner;"
+            "ALTER TABLE job_runs DROP COLUMN runner; ALTER TABLE job_runs DROP COLUMN as_of;"
         )
     source.close()
     copy.close()

@@ -63,6 +63,39 @@ def test_a_run_missed_while_the_worker_was_down_runs_once_at_start(services):
     assert missed_jobs(services.config, services, sunday.replace(hour=2, minute=40)) == []
 
 
+def test_a_backfill_run_since_the_fire_time_does_not_stand_for_the_missed_run(services):
+    """A command run after 02:00 `--as-of` an earlier moment did not archive what became due at
+    02:00: the worker started at 02:40 still runs the archive job; a run as of 02:00 or later,
+    or one recorded before runs kept their `as_of`, stands for it."""
+    from datetime import UTC, datetime
+
+    from indexer.worker import missed_jobs
+
+    sunday = datetime(2026, 11, 29, tzinfo=UTC)
+    started = sunday.replace(hour=2, minute=5)
+
+    def ran(as_of: datetime | None) -> list[str]:
+        with services.sessions.begin() as session:
+            session.add(JobRun(job="archive", started_at=started, archived=0, purged=0,
+                               indexed=0, as_of=as_of))
+        return missed_jobs(services.config, services, sunday.replace(hour=2, minute=40))
+
+    assert ran(datetime(2020, 1, 1, tzinfo=UTC)) == ["archive"]
+    assert ran(sunday.replace(hour=1, minute=59)) == ["archive"]
+    assert ran(sunday.replace(hour=2)) == []
+    with services.sessions.begin() as session:
+        session.query(JobRun).filter(JobRun.as_of >= sunday).delete()
+    assert ran(None) == []
+
+
+def test_a_job_run_records_the_moment_it_ran_as(services):
+    from datetime import UTC, datetime
+
+    run_archive_job(services, datetime(2021, 3, 4, 5, 6, 7, 8, tzinfo=UTC))
+    run = last_run(services)
+    assert run is not None and run.as_of == datetime(2021, 3, 4, 5, 6, 7, 8, tzinfo=UTC)
+
+
 def test_a_run_stopped_before_it_finished_says_so_and_runs_again_at_start(
     config_path, make_record
 ):

@@ -9,7 +9,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from archivist.active_db import JobRun, create_schema, utcnow
 from archivist.audit import AuditEvent, write_audit
@@ -54,7 +54,7 @@ def run_archive_job(
         return ArchiveReport(
             sum(by_category.values()), 0, by_category, dry_run=True, held_back=held_back
         )
-    with _recorded(services, "archive") as progress:
+    with _recorded(services, "archive", as_of) as progress:
         run = progress.run
         should_stop = progress.watching(should_stop)
         # A crashed run's moves and index changes first: its records become searchable now,
@@ -131,7 +131,7 @@ def _run_crm_archive_job(
     if dry_run:
         crm_report = run(None)
     else:
-        with _recorded(services, "archive") as progress:
+        with _recorded(services, "archive", as_of) as progress:
             job_run = progress.run
             should_stop = progress.watching(should_stop)
             # as over Archivist's own table: a crashed run's moves and index changes first
@@ -181,7 +181,7 @@ def run_dispose_job(
     started_at, outcome = utcnow(), "ok"
     details: dict[str, Any] = {"as_of": format_utc(as_of)}
     try:
-        with _recorded(services, "dispose") as progress:
+        with _recorded(services, "dispose", as_of) as progress:
             run = progress.run
             should_stop = progress.watching(should_stop)
             create_schema(services.engine)  # the disposal list, in installations from before it
@@ -242,6 +242,19 @@ def last_run(services: Services, job: str = "archive") -> JobRun | None:
     return run
 
 
+def ran_since(services: Services, job: str, moment: datetime) -> bool:
+    """Whether a run of the job started at or after `moment` and ran as of it or later: a
+    command run since with an earlier `--as-of` (a backfill) did not do that moment's work.
+    Runs recorded before their `as_of` was kept count by their start alone."""
+    with services.read_sessions.begin() as session:
+        stmt = select(JobRun.id).where(
+            JobRun.job == job,
+            JobRun.started_at >= moment,
+            or_(JobRun.as_of.is_(None), JobRun.as_of >= moment),
+        ).limit(1)
+        return session.scalar(stmt) is not None
+
+
 INTERRUPTED = (
     "interrupted: its process ended before the run finished (killed, or the machine stopped)"
 )
@@ -295,7 +308,7 @@ def _interrupted(run: JobRun) -> bool:
 
 
 @contextmanager
-def _recorded(services: Services, job: str) -> Iterator[_Progress]:
+def _recorded(services: Services, job: str, as_of: datetime) -> Iterator[_Progress]:
     """Record a run of the job; what it has done so far is written as it goes (`save`), so
     that a run killed half-way still says what it did, and the next run marks it interrupted."""
     with services.sessions.begin() as session:
@@ -305,7 +318,7 @@ def _recorded(services: Services, job: str) -> Iterator[_Progress]:
             if _interrupted(earlier):
                 earlier.finished_at, earlier.error = utcnow(), INTERRUPTED
         run = JobRun(job=job, started_at=utcnow(), archived=0, purged=0, indexed=0,
-                     runner=this_process())
+                     runner=this_process(), as_of=as_of)
         session.add(run)
     progress = _Progress(services, run)
     try:
