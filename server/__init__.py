@@ -13,7 +13,7 @@ from archivist.config import Config, default_config_path, load_config
 from indexer.services import Services
 from server import api, ui
 from server.auth import TokenLookup
-from server.bodies import StrictJSONProvider
+from server.bodies import LimitedRequest, StrictJSONProvider
 from server.errors import register_error_handlers
 from server.health import check_health
 from server.limits import RateLimiter
@@ -29,6 +29,7 @@ def create_app(config: Config | None = None) -> Flask:
     # `records/x%2F/restore` arrives as `records/x//restore`: merged, it was redirected (308,
     # method and body kept) to the restore of another record, `x`. No id holds a slash.
     app.url_map.merge_slashes = False
+    app.request_class = LimitedRequest  # a chunked body past the limit: 413, not cut short
     app.json = StrictJSONProvider(app)  # too deep or lone surrogates: 400, not a 500
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_request_bytes
     services = Services.open(config)

@@ -1,4 +1,9 @@
-"""JSON request bodies: parsed with a depth limit, and text that is really text.
+"""Request bodies: no longer than `server.max_request_bytes`, chunked or not; JSON parsed with
+a depth limit, and text that is really text.
+
+Werkzeug reads a body sent without a length (`Transfer-Encoding: chunked`) up to the limit and
+then stops, as if the body ended there: JSON that is whole within the limit would be obeyed,
+the rest never seen. Here one byte past the limit is a 413, as a Content-Length over it is.
 
 Python's JSON decoder accepts a lone surrogate escape (`"\\ud800"`), which no database or
 file can store as UTF-8, and a NUL (`"\\u0000"`), which PostgreSQL's text cannot hold, and
@@ -9,10 +14,13 @@ are refused here as a 400, before any handler sees the body.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import IO, Any, cast
 
-from flask import current_app, request
+from flask import Request, current_app, request
 from flask.json.provider import DefaultJSONProvider
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.utils import cached_property
+from werkzeug.wsgi import LimitedStream
 
 from archivist.json_objects import unique_keys
 from server.errors import BadRequest
@@ -39,6 +47,34 @@ def check_json_value(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
                 stack.extend((v, depth + 1) for v in item.values())
             else:
                 stack.extend((v, depth + 1) for v in item)
+
+
+class _AtMost(LimitedStream):
+    """A body without a length, read to its end: a byte past `limit` is a 413."""
+
+    def __init__(self, stream: IO[bytes], limit: int) -> None:
+        super().__init__(stream, limit + 1, is_max=True)  # +1: the byte past it, if sent
+        self._max = limit
+
+    def readinto(self, b: bytearray) -> int | None:  # type: ignore[override]
+        """Read into `b`; past the limit, `RequestEntityTooLarge`."""
+        size = super().readinto(b)
+        if self.tell() > self._max:
+            raise RequestEntityTooLarge()
+        return size
+
+
+class LimitedRequest(Request):
+    """Flask's request, whose body is refused past `MAX_CONTENT_LENGTH` however it is sent."""
+
+    @cached_property
+    def stream(self) -> IO[bytes]:
+        """The body; one sent in chunks longer than the limit is a 413 once read that far."""
+        limit = self.max_content_length
+        if (limit is not None and self.content_length is None
+                and "wsgi.input_terminated" in self.environ):  # a server that reads chunks
+            return cast(IO[bytes], _AtMost(self.environ["wsgi.input"], limit))
+        return super().stream
 
 
 class StrictJSONProvider(DefaultJSONProvider):

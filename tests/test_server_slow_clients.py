@@ -203,3 +203,46 @@ def test_a_body_in_malformed_chunks_is_400_not_500(served: tuple[str, str]) -> N
         assert b"malformed pieces" in answer, form
     assert _get(f"{base}/healthz")[0] == 200
     assert json.loads(_get(f"{base}/api/v1/holds", token)[1])["holds"] == []  # none placed
+
+
+def _chunked(path: str, token: str, body: bytes, chunk: int = 65536) -> bytes:
+    """A POST of `body` as JSON in chunks of `chunk` bytes, then the last chunk."""
+    pieces = b"".join(
+        b"%x\r\n" % len(body[i:i + chunk]) + body[i:i + chunk] + b"\r\n"
+        for i in range(0, len(body), chunk)
+    )
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n".encode()
+        + f"Authorization: Bearer {token}\r\n".encode()
+        + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + pieces + b"0\r\n\r\n"
+    )
+
+
+def test_a_chunked_body_over_the_limit_is_413_and_nothing_is_done(
+    served: tuple[str, str],
+) -> None:
+    base, token = served
+    port = _port(base)
+    limit = 1 << 20  # server.max_request_bytes by default
+    # JSON that is whole within the limit, then more: cut off at the limit it would be obeyed.
+    hold = json.dumps({"scope": "record", "value": "P-1", "reason": "x"}).encode()
+    restore = json.dumps({"ids": ["P-2"], "reason": "x"}).encode()
+    for path, body in (
+        ("/api/v1/holds", hold + b" " * (2 * limit) + b"GARBAGE"),
+        ("/api/v1/restore", restore + b" " * (2 * limit) + b"GARBAGE"),
+        ("/api/v1/holds", b'{"reason": "' + b"x" * (2 * limit) + b'"}'),
+        ("/api/v1/holds", hold + b" " * (limit + 1 - len(hold))),  # one byte over
+    ):
+        status, answer, content_type = _raw(port, _chunked(path, token, body))
+        assert (status, answer["error"]["code"]) == (413, "payload_too_large"), (path, answer)
+        assert content_type == "application/json"
+    # Up to the limit, a chunked body is read as one with a Content-Length.
+    status, answer, _ = _raw(
+        port, _chunked("/api/v1/holds", token, hold + b" " * (limit - len(hold)))
+    )
+    assert (status, answer["value"]) == (201, "P-1")
+    holds = json.loads(_get(f"{base}/api/v1/holds", token)[1])["holds"]
+    assert [h["value"] for h in holds] == ["P-1"]  # the one within the limit only
+    status, body, _ = _get(f"{base}/api/v1/records/P-2", token)
+    assert json.loads(body)["archive"]["state"] == "archived"  # nor was P-2 restored
