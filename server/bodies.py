@@ -4,6 +4,8 @@ a depth limit, and text that is really text.
 Werkzeug reads a body sent without a length (`Transfer-Encoding: chunked`) up to the limit and
 then stops, as if the body ended there: JSON that is whole within the limit would be obeyed,
 the rest never seen. Here one byte past the limit is a 413, as a Content-Length over it is.
+It also made a client that stops sending a body (`ClientTooSlow`, a TimeoutError) a 400 "client
+disconnected"; here it stays a 408.
 
 Python's JSON decoder accepts a lone surrogate escape (`"\\ud800"`), which no database or
 file can store as UTF-8, and a NUL (`"\\u0000"`), which PostgreSQL's text cannot hold, and
@@ -23,7 +25,7 @@ from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
 from archivist.json_objects import unique_keys
-from server.errors import BadRequest
+from server.errors import BadRequest, ClientTooSlow
 
 MAX_JSON_DEPTH = 64
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -49,8 +51,9 @@ def check_json_value(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
                 stack.extend((v, depth + 1) for v in item)
 
 
-class _AtMost(LimitedStream):
-    """A body without a length, read to its end: a byte past `limit` is a 413."""
+class _Body(LimitedStream):
+    """A body read from a server that ends it (gunicorn: at its Content-Length or last chunk),
+    to that end: a byte past `limit` is a 413, and a client too slow stays a 408."""
 
     def __init__(self, stream: IO[bytes], limit: int) -> None:
         super().__init__(stream, limit + 1, is_max=True)  # +1: the byte past it, if sent
@@ -63,6 +66,13 @@ class _AtMost(LimitedStream):
             raise RequestEntityTooLarge()
         return size
 
+    def on_disconnect(self, error: Exception | None = None) -> None:
+        """A read that failed: werkzeug makes every OSError a 400 "client disconnected"; a
+        client that stopped sending (a TimeoutError) is a 408 instead."""
+        if isinstance(error, ClientTooSlow):
+            raise error
+        super().on_disconnect(error)
+
 
 class LimitedRequest(Request):
     """Flask's request, whose body is refused past `MAX_CONTENT_LENGTH` however it is sent."""
@@ -71,9 +81,11 @@ class LimitedRequest(Request):
     def stream(self) -> IO[bytes]:
         """The body; one sent in chunks longer than the limit is a 413 once read that far."""
         limit = self.max_content_length
-        if (limit is not None and self.content_length is None
-                and "wsgi.input_terminated" in self.environ):  # a server that reads chunks
-            return cast(IO[bytes], _AtMost(self.environ["wsgi.input"], limit))
+        length = self.content_length
+        if limit is not None and "wsgi.input_terminated" in self.environ:
+            if length is not None and length > limit:
+                raise RequestEntityTooLarge()
+            return cast(IO[bytes], _Body(self.environ["wsgi.input"], limit))
         return super().stream
 
 

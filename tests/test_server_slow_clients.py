@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from server.http_worker import BODY_SECONDS, HEAD_SECONDS
+from server.http_worker import BODY_READ_SECONDS, BODY_SECONDS, HEAD_SECONDS, MAX_BUFFERED_BODY
 from tests.test_server_process import _get, _serve
 
 pytestmark = pytest.mark.slow
@@ -246,3 +246,48 @@ def test_a_chunked_body_over_the_limit_is_413_and_nothing_is_done(
     assert [h["value"] for h in holds] == ["P-1"]  # the one within the limit only
     status, body, _ = _get(f"{base}/api/v1/records/P-2", token)
     assert json.loads(body)["archive"]["state"] == "archived"  # nor was P-2 restored
+
+
+@pytest.fixture
+def served_large_bodies(
+    services: Any,
+    config_path: Path,
+    archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> Iterator[tuple[str, str]]:
+    """`served`, taking bodies larger than the worker reads before a thread takes them."""
+    with config_path.open("a") as config:
+        config.write(f"\n[server]\nmax_request_bytes = {4 * MAX_BUFFERED_BODY}\n")
+    yield from _serve(config_path, archived, make_record)
+
+
+def test_a_chunked_or_large_body_that_stops_arriving_is_408(
+    served_large_bodies: tuple[str, str],
+) -> None:
+    base, token = served_large_bodies
+    port = _port(base)
+    head = (
+        b"POST /api/v1/holds HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+        + f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n".encode()
+    )
+    stalled = []
+    try:
+        for request in (
+            head + b'Transfer-Encoding: chunked\r\n\r\n8\r\n{"scope"\r\n',
+            # too large to be read before a thread takes it: the thread reads it
+            head + b"Content-Length: %d\r\n\r\n{\"scope\"" % (MAX_BUFFERED_BODY + 10),
+        ):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+            sock.sendall(request)
+            stalled.append(sock)
+        for sock in stalled:
+            error = _timed_out_answer(sock, BODY_READ_SECONDS + 15)
+            assert error == {
+                "code": "request_timeout",
+                "message": f"the request body did not arrive (nothing for "
+                           f"{BODY_READ_SECONDS:g} s)",
+            }
+    finally:
+        for sock in stalled:
+            sock.close()
+    assert json.loads(_get(f"{base}/api/v1/holds", token)[1])["holds"] == []
