@@ -178,3 +178,27 @@ def test_an_export_under_way_stops_when_its_token_is_revoked(
         assert details["sha256"] == hashlib.sha256(received).hexdigest()
     finally:
         close_app(app)
+
+
+def test_head_of_an_export_answers_its_headers_without_running_it(
+    client: Any, auditor_headers: dict[str, str], many: list[Any], services: Any
+) -> None:
+    from archivist.audit import AuditFilter, list_audit
+
+    url = "/api/v1/export.csv?q=refund&from=2021-03-01"
+    response = client.head(url, headers=auditor_headers)
+    response.close()  # as a server does once it has answered
+    assert response.status_code == 200
+    assert response.get_data() == b""
+    sent = client.get(url, headers=auditor_headers)
+    assert len(_rows(sent)) == 104
+    for name in ("Content-Type", "Content-Disposition", "Cache-Control"):
+        assert response.headers[name] == sent.headers[name]
+    assert "Content-Length" not in response.headers  # unknown before the export runs
+    # the same refusals as a GET's
+    assert client.head("/api/v1/export.csv?sort=nope", headers=auditor_headers).status_code == 400
+    assert client.head("/api/v1/export.csv?q=refund").status_code == 401
+    with services.read_sessions.begin() as session:  # the GET's export only: a HEAD sent none
+        entries = list_audit(session, AuditFilter(action="export")).entries
+    assert [(e.outcome, e.details["rows"]) for e in entries
+            if e.outcome != "bad_query"] == [("ok", 104)]

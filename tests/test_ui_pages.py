@@ -351,6 +351,23 @@ def test_ui_export_without_sec_fetch_headers_is_judged_by_its_origin_then_its_re
         assert list_audit(session, AuditFilter(action="export")).total == 4
 
 
+def test_ui_head_of_an_export_answers_its_headers_without_running_it(
+    client: Any, auditor_headers: Any, corpus: None, services: Any
+) -> None:
+    from archivist.audit import AuditFilter, list_audit
+
+    _sign_in(client, auditor_headers)
+    response = client.head("/search/export.csv?q=refund")
+    response.close()  # as a server does once it has answered
+    assert (response.status_code, response.mimetype) == (200, "text/csv")
+    assert response.get_data() == b"" and "Content-Length" not in response.headers
+    assert response.headers["Content-Disposition"].startswith(
+        'attachment; filename="archivist-export_'
+    )
+    with services.read_sessions.begin() as session:
+        assert list_audit(session, AuditFilter(action="export")).total == 0
+
+
 def test_ui_restore_is_audited_and_idempotent_in_the_ui(
     client: Any, admin_headers: Any, auditor_headers: Any, corpus: None, services: Any
 ) -> None:

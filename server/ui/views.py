@@ -41,6 +41,7 @@ from indexer.search import DATE_FIELDS, MAX_PER_PAGE, SORTS, SearchQuery
 from indexer.search.dates import parse_moment
 from indexer.services import Services
 from server import actions
+from server.api import head_or
 from server.errors import status_of
 from server.schemas import (
     AuditArgsSchema,
@@ -191,7 +192,8 @@ def search() -> Any:
 @require_ui_role("auditor")
 @started_here
 def export_csv() -> Response:
-    """Every record of the current search as CSV, streamed (the same export as the API's)."""
+    """Every record of the current search as CSV, streamed (the same export as the API's);
+    to a HEAD, the headers alone."""
     services = _services()
     args = current_args(EXPORT_PARAMS)
     try:
@@ -199,10 +201,9 @@ def export_csv() -> Response:
     except BadQuery as e:
         actions.audit_refused_query(_actor(), "export", args.get("q", ""), e)
         raise
-    chunks = actions.export(_actor(), query)
     filename = actions.export_filename(query)
     return Response(
-        stream_with_context(chunks),
+        head_or(lambda: stream_with_context(actions.export(_actor(), query))),
         mimetype="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
