@@ -284,7 +284,8 @@ def erase(
         raise click.UsageError("--reason must not be empty")
     with Services.open(config) as services:
         target = audit_target(customer, record_id)
-        with _audited(services, "erase", target, {"reason": reason}) as details:
+        asked = {"reason": reason, "dry_run": dry_run}  # a dry run refused is marked one too
+        with _audited(services, "erase", target, asked) as details:
             report = erase_records(
                 services, customer_id=customer, record_id=record_id, actor="cli",
                 at=utcnow(), dry_run=dry_run,

@@ -276,7 +276,9 @@ def erase(
     """Erasure on request; the audit entry keeps counts and hashes, never content."""
     target = audit_target(customer_id, record_id)
     actor.audit.flush()  # this process's searches so far are in the log, to be blanked if need be
-    with audited(actor, "erase", target, {"reason": reason}, wait=True) as entry:
+    # dry_run given at once: a dry run refused (not_found, on_hold) is audited as one too
+    details = {"reason": reason, "dry_run": dry_run}
+    with audited(actor, "erase", target, details, wait=True) as entry:
         report = erase_records(
             actor.services, customer_id=customer_id, record_id=record_id, actor=actor.name,
             at=actor.now(), dry_run=dry_run,

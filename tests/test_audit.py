@@ -172,3 +172,53 @@ def test_a_failed_action_is_audited_with_its_own_code_or_error() -> None:
     assert audit_outcome(IntegrityError("INSERT", {}, Exception("duplicate"))) == "error"
     assert audit_outcome(StatementError("compile", "INSERT", {}, Exception("NullType"))) == "error"
     assert audit_outcome(ValueError("x")) == "error"
+
+
+def test_refused_dry_runs_are_audited_as_dry_runs(
+    services: Any, client: Any, admin_headers: dict[str, str], archived: Any,
+    make_record: Any, config_path: Path,
+) -> None:
+    from archivist.active_db import utcnow
+    from archivist.holds import add_hold
+
+    archived(make_record(id="D-1", customer_id="C-D"), make_record(id="D-2", customer_id="C-D"))
+    with services.sessions.begin() as session:
+        add_hold(session, "record", "D-1", "litigation", utcnow())
+    answers = [
+        client.post("/api/v1/erase", headers=admin_headers,
+                    json={"record_id": "NOPE", "reason": "asked", "dry_run": True}),
+        client.post("/api/v1/erase", headers=admin_headers,
+                    json={"customer_id": "C-D", "reason": "asked", "dry_run": True}),
+        client.post("/api/v1/erase", headers=admin_headers,
+                    json={"record_id": "D-1", "reason": "asked"}),
+    ]
+    assert [a.status_code for a in answers] == [404, 409, 409]
+    cli = CliRunner().invoke(main, ["erase", "--record", "D-1", "--reason", "asked",
+                                    "--dry-run", "--config", str(config_path)])
+    assert cli.exit_code == 1
+    with services.sessions.begin() as session:
+        entries = list_audit(session, AuditFilter(action="erase")).entries
+    assert [(e.actor, e.outcome, e.details["dry_run"]) for e in reversed(entries)] == [
+        ("test-admin", "not_found", True),
+        ("test-admin", "on_hold", True),
+        ("test-admin", "on_hold", False),
+        ("cli", "on_hold", True),
+    ]
+    # a restore's dry run refused is marked too
+    import dataclasses
+
+    from server import close_app, create_app
+
+    server = dataclasses.replace(services.config.server, max_bulk_restore=1)
+    app = create_app(dataclasses.replace(services.config, server=server))
+    try:
+        refused = app.test_client().post(
+            "/api/v1/restore", headers=admin_headers,
+            json={"ids": ["D-1", "D-2"], "reason": "asked", "dry_run": True},
+        )
+    finally:
+        close_app(app)
+    assert refused.status_code == 400 and refused.json["error"]["code"] == "too_many"
+    with services.sessions.begin() as session:
+        [entry] = list_audit(session, AuditFilter(action="restore")).entries
+    assert (entry.outcome, entry.details["dry_run"]) == ("too_many", True)
