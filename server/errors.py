@@ -143,11 +143,16 @@ def status_of(error: Exception) -> int:
     return 500
 
 
+def new_request_id() -> str:
+    """A fresh request id (sent as `X-Request-Id`)."""
+    return uuid.uuid4().hex[:16]
+
+
 def request_id() -> str:
     """This request's id (also sent as `X-Request-Id` and written to the log)."""
     rid = getattr(g, "request_id", None)
     if rid is None:
-        rid = g.request_id = uuid.uuid4().hex[:16]
+        rid = g.request_id = new_request_id()
     return rid
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from gunicorn.workers.base import Worker
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from server.errors import ClientTooSlow, code_for_status, error_body
+from server.errors import ClientTooSlow, code_for_status, error_body, new_request_id
 
 log = logging.getLogger(__name__)
 
@@ -278,12 +278,19 @@ def _small_body_length(head: bytes) -> int:
 
 
 def _json_response(status: int, reason: str, message: str) -> bytes:
+    """An error answer made here, not by the app: with a request id, as the app's are, logged
+    with what it says."""
     body = json.dumps(error_body(code_for_status(status), message)).encode("utf-8")
+    rid = new_request_id()
+    log.info("request %s: %d %s", rid, status, message)
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
         "Connection: close\r\n"
         "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"X-Request-Id: {rid}\r\n"
+        "Cache-Control: no-store\r\n"
+        "X-Content-Type-Options: nosniff\r\n\r\n"
     )
     return head.encode("latin-1") + body
 

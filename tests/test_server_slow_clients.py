@@ -4,6 +4,7 @@ closes them; gunicorn's own refusals are the contract's JSON errors."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -32,8 +33,10 @@ def _port(base: str) -> int:
     return int(base.rsplit(":", 1)[1])
 
 
-def _raw(port: int, request: bytes, timeout: float = 20) -> tuple[int, dict[str, Any], str]:
-    """Send raw bytes; return the status, the JSON body and the Content-Type of the answer."""
+def _raw(
+    port: int, request: bytes, timeout: float = 20
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Send raw bytes; return the status, the JSON body and the headers of the answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(request)
         data = b""
@@ -42,10 +45,12 @@ def _raw(port: int, request: bytes, timeout: float = 20) -> tuple[int, dict[str,
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     headers = dict(line.split(": ", 1) for line in lines[1:])
-    return int(lines[0].split(" ")[1]), json.loads(body), headers["Content-Type"]
+    return int(lines[0].split(" ")[1]), json.loads(body), headers
 
 
-def _raw_with_body(port: int, token: str, body: bytes) -> tuple[int, dict[str, Any], str]:
+def _raw_with_body(
+    port: int, token: str, body: bytes
+) -> tuple[int, dict[str, Any], dict[str, str]]:
     return _raw(
         port,
         b"POST /api/v1/holds HTTP/1.1\r\nHost: archivist\r\nConnection: close\r\n"
@@ -92,6 +97,7 @@ def _timed_out_answer(sock: socket.socket, wait: float) -> dict[str, str]:
         answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 ")
+    assert re.search(rb"\r\nX-Request-Id: [0-9a-f]{16}\r\n", head + b"\r\n"), head
     error: dict[str, str] = json.loads(body)["error"]
     return error
 
@@ -144,10 +150,11 @@ def test_errors_gunicorn_answers_itself_are_json(
     served: tuple[str, str], request_bytes: bytes, status: int, code: str
 ) -> None:
     base, _ = served
-    answer_status, body, content_type = _raw(_port(base), request_bytes)
+    answer_status, body, headers = _raw(_port(base), request_bytes)
     assert (answer_status, body["error"]["code"]) == (status, code)
     assert set(body["error"]) == {"code", "message"} and body["error"]["message"]
-    assert content_type == "application/json"
+    assert headers["Content-Type"] == "application/json"
+    assert re.fullmatch("[0-9a-f]{16}", headers["X-Request-Id"])
 
 
 def test_a_kept_alive_connection_serves_request_after_request(served: tuple[str, str]) -> None:
@@ -182,7 +189,7 @@ def test_a_body_in_malformed_chunks_is_400_not_500(served: tuple[str, str]) -> N
             b"-1\r\n{}\r\n0\r\n\r\n",  # nor negative
             b"2\r\n{}xx0\r\n\r\n",  # no line break after the chunk
         ):
-            status, body, content_type = _raw(
+            status, body, headers = _raw(
                 _port(base),
                 f"POST {path} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n".encode()
                 + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -190,7 +197,7 @@ def test_a_body_in_malformed_chunks_is_400_not_500(served: tuple[str, str]) -> N
             )
             assert (status, body["error"]["code"]) == (400, "bad_request"), (path, chunks, body)
             assert body["error"]["message"].startswith("the request body is malformed")
-            assert content_type == "application/json"
+            assert headers["Content-Type"] == "application/json"
     for form in ("/sign-in", "/sign-out", "/admin/holds"):  # the web UI's forms: a page
         with socket.create_connection(("127.0.0.1", _port(base)), timeout=20) as sock:
             sock.sendall(f"POST {form} HTTP/1.1\r\nHost: a\r\n".encode()
@@ -234,9 +241,9 @@ def test_a_chunked_body_over_the_limit_is_413_and_nothing_is_done(
         ("/api/v1/holds", b'{"reason": "' + b"x" * (2 * limit) + b'"}'),
         ("/api/v1/holds", hold + b" " * (limit + 1 - len(hold))),  # one byte over
     ):
-        status, answer, content_type = _raw(port, _chunked(path, token, body))
+        status, answer, headers = _raw(port, _chunked(path, token, body))
         assert (status, answer["error"]["code"]) == (413, "payload_too_large"), (path, answer)
-        assert content_type == "application/json"
+        assert headers["Content-Type"] == "application/json"
     # Up to the limit, a chunked body is read as one with a Content-Length.
     status, answer, _ = _raw(
         port, _chunked("/api/v1/holds", token, hold + b" " * (limit - len(hold)))
