@@ -12,7 +12,7 @@ from archivist.audit import AuditWriter
 from archivist.config import Config, default_config_path, load_config
 from indexer.services import Services
 from server import api, ui
-from server.auth import TokenLookup
+from server.auth import TokenLookup, refuse_unrouted_without_token
 from server.bodies import LimitedRequest, StrictJSONProvider
 from server.errors import register_error_handlers
 from server.health import check_health
@@ -45,6 +45,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(api.bp, url_prefix="/api/v1")
     app.register_blueprint(ui.bp)
     register_error_handlers(app)
+    app.before_request(refuse_unrouted_without_token)  # after the request's own checks
 
     @app.get("/healthz")
     def healthz() -> Any:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from flask import current_app, g, request
 from sqlalchemy.orm import Session, sessionmaker
+from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from archivist.active_db import utcnow
 from archivist.audit import AuditEvent
@@ -82,6 +83,15 @@ def _authenticate() -> TokenInfo:
             {"WWW-Authenticate": 'Bearer realm="archivist", error="invalid_token"'},
         )
     return info
+
+
+def refuse_unrouted_without_token() -> None:
+    """Check the token of an API request no route takes as asked, before Flask answers it
+    405 or 404: every API path needs a token, so one without is told 401, as anywhere else,
+    rather than which methods or endpoints there are. (A view checks its own token.)"""
+    unrouted = isinstance(request.routing_exception, MethodNotAllowed | NotFound)
+    if unrouted and (request.path == "/api/v1" or request.path.startswith("/api/v1/")):
+        _authenticate()
 
 
 def _refuse(status: int, reason: str, name: str | None = None) -> None:

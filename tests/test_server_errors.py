@@ -32,6 +32,30 @@ def test_wrong_method_is_json_405(client: Any, admin_headers: dict[str, str]) ->
     assert "GET" in response.headers["Allow"]
 
 
+def test_an_api_path_no_route_takes_is_401_without_a_token(
+    client: Any, agent_headers: dict[str, str]
+) -> None:
+    """The token is checked before the method and the path: a client without one learns
+    nothing of the API's endpoints, and is told what it lacks."""
+    for method, path in (("PUT", "/api/v1/search"), ("GET", "/api/v1/erase"),
+                         ("DELETE", "/api/v1/holds"), ("GET", "/api/v1/nothing-here"),
+                         ("GET", "/api/v1")):
+        for headers in ({}, {"Authorization": "Bearer not-a-token"}):
+            response = client.open(path, method=method, headers=headers)
+            assert response.status_code == 401, (method, path, headers)
+            assert _error(response)["code"] == "unauthorized"
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+            assert "Allow" not in response.headers
+    # with a token (of any role: the method is wrong whoever asks), the 405 and its Allow
+    for method, path, allowed in (("PUT", "/api/v1/search", {"GET", "HEAD", "OPTIONS"}),
+                                  ("GET", "/api/v1/erase", {"OPTIONS", "POST"})):
+        response = client.open(path, method=method, headers=agent_headers)
+        assert response.status_code == 405
+        assert set(response.headers["Allow"].split(", ")) == allowed
+    assert client.get("/api/v1/nothing-here", headers=agent_headers).status_code == 404
+    assert client.get("/nothing-here").status_code == 404  # a page: no token asked
+
+
 def test_every_answer_but_the_ui_s_static_files_is_kept_out_of_caches(
     client: Any, agent_headers: dict[str, str], archived: Any, make_record: Any
 ) -> None:
