@@ -13,13 +13,24 @@ from archivist.records import ID_PATTERN
 from server import schemas
 
 _ERRORS = {
-    "400": "Bad parameter or query (`bad_query`, `bad_request`)",
+    "400": "Bad parameter, query or body (`bad_query`, `bad_request`, `too_many`)",
     "401": "Missing, unknown or revoked token",
     "403": "The token's role does not allow this",
-    "404": "Not found",
-    "409": "Conflict with the record's state",
+    "404": "No such archived record (`not_found`)",
+    "409": "Conflict with the record's state or the holds (`not_archived`, "
+           "`restore_in_progress`, `already_active`, `restore_refused`, `on_hold`, `bad_hold`)",
+    "413": "The body is longer than `server.max_request_bytes` (`payload_too_large`)",
     "429": "Rate limit of the token exceeded",
+    "503": "The index, a damaged archive segment, a read-only archive folder or CRM tables "
+           "that no longer fit the mapping (`index_unavailable`, `segment_corrupt`, "
+           "`read_only`, `crm_tables_changed`); nothing was changed",
 }
+# Answers any request may get, whatever its endpoint: in the document's description.
+_ANY_REQUEST = (
+    "Any request may also be answered 405 (a method the endpoint does not take, with `Allow`), "
+    "408 (a request not sent in time), 414 or 431 (a request line or headers too long); "
+    "an `/api/v1` request without a live token is 401 first."
+)
 
 
 def _json(schema: type[Schema] | str, description: str) -> dict[str, Any]:
@@ -30,12 +41,19 @@ def _operation(
     summary: str,
     role: str | None,
     ok: dict[str, Any],
-    errors: tuple[str, ...],
+    errors: tuple[str, ...] = (),
     parameters: list[dict[str, Any]] | None = None,
     body: type[Schema] | None = None,
+    body_required: bool = True,
 ) -> dict[str, Any]:
-    responses: dict[str, Any] = {"200": ok} if "description" in ok else ok
-    for status in errors:
+    """One operation, answering `ok`, `errors` and, with a `role`, what every API endpoint
+    answers: 400 (its parameters are checked), 401, 429, and 403 above the agent role (every
+    token has that one)."""
+    responses: dict[str, Any] = {"200": ok} if "description" in ok else dict(ok)
+    statuses = set(errors)
+    if role is not None:
+        statuses |= {"400", "401", "429"} | ({"403"} if role != "agent" else set())
+    for status in sorted(statuses):
         responses[status] = _json("Error", _ERRORS[status])
     op: dict[str, Any] = {"summary": summary, "responses": responses}
     if role is not None:
@@ -45,7 +63,7 @@ def _operation(
         op["parameters"] = parameters
     if body is not None:
         op["requestBody"] = {
-            "required": True,
+            "required": body_required,
             "content": {"application/json": {"schema": body}},
         }
     return op
@@ -57,7 +75,6 @@ _RECORD_ID = {
     "required": True,
     "schema": {"type": "string", "pattern": f"^{ID_PATTERN.pattern}$"},
 }
-_AUTH = ("401", "403", "429")
 
 
 def build_openapi() -> dict[str, Any]:
@@ -67,7 +84,8 @@ def build_openapi() -> dict[str, Any]:
         version="1.0.0",
         openapi_version="3.0.3",
         plugins=[MarshmallowPlugin()],
-        info={"description": "Search, read, export and restore archived CRM records."},
+        info={"description": "Search, read, export and restore archived CRM records. "
+              + _ANY_REQUEST},
     )
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     spec.components.schema("Error", schema=schemas.ErrorSchema)
@@ -90,7 +108,7 @@ def build_openapi() -> dict[str, Any]:
                 "Search the archive",
                 "agent",
                 _json(schemas.SearchPageSchema, "One page of hits, the total and facets"),
-                ("400", *_AUTH),
+                ("503",),
                 search_args,
             )
         },
@@ -99,7 +117,7 @@ def build_openapi() -> dict[str, Any]:
                 "An archived record, its archive state and its history",
                 "agent",
                 _json(schemas.RecordViewSchema, "The record"),
-                (*_AUTH, "404"),
+                ("404", "503"),
                 [_RECORD_ID],
             )
         },
@@ -108,8 +126,10 @@ def build_openapi() -> dict[str, Any]:
                 "Restore an archived record and the rest of its process to the active database",
                 "admin",
                 _json(schemas.RestoreResultSchema, "Restored"),
-                (*_AUTH, "404", "409"),
+                ("404", "409", "413", "503"),
                 [_RECORD_ID],
+                body=schemas.RestoreBodySchema,
+                body_required=False,
             )
         },
         "/api/v1/erase": {
@@ -117,7 +137,7 @@ def build_openapi() -> dict[str, Any]:
                 "Erase a customer's or one record's archived text for good (GDPR/CCPA)",
                 "admin",
                 _json(schemas.EraseResultSchema, "Erased (or, in a dry run, would be)"),
-                ("400", *_AUTH, "404", "409"),
+                ("404", "409", "413", "503"),
                 body=schemas.EraseSchema,
             )
         },
@@ -127,7 +147,7 @@ def build_openapi() -> dict[str, Any]:
                 "processes (`too_many` above `server.max_bulk_restore`)",
                 "admin",
                 _json(schemas.BulkRestoreResultSchema, "Restored, or counted in a dry run"),
-                ("400", *_AUTH),
+                ("409", "413", "503"),
                 body=schemas.BulkRestoreBodySchema,
             )
         },
@@ -139,7 +159,7 @@ def build_openapi() -> dict[str, Any]:
                     "description": "CSV with a header row",
                     "content": {"text/csv": {"schema": {"type": "string"}}},
                 },
-                ("400", *_AUTH),
+                ("503",),
                 export_args,
             )
         },
@@ -148,7 +168,7 @@ def build_openapi() -> dict[str, Any]:
                 "SHA-256 of what /export.csv sends for the same parameters",
                 "auditor",
                 _json(schemas.ChecksumSchema, "Checksum"),
-                ("400", *_AUTH),
+                ("503",),
                 export_args,
             )
         },
@@ -157,7 +177,7 @@ def build_openapi() -> dict[str, Any]:
                 "The audit log, newest first",
                 "auditor",
                 _json(schemas.AuditPageSchema, "One page of entries"),
-                ("400", *_AUTH),
+                (),
                 [{"in": "query", "schema": schemas.AuditArgsSchema}],
             )
         },
@@ -166,7 +186,7 @@ def build_openapi() -> dict[str, Any]:
                 "Proof of disposal: the records disposal runs purged, newest first",
                 "auditor",
                 _json(schemas.DisposalPageSchema, "One page of purged records"),
-                ("400", *_AUTH),
+                (),
                 [{"in": "query", "schema": schemas.DisposalArgsSchema}],
             )
         },
@@ -177,7 +197,7 @@ def build_openapi() -> dict[str, Any]:
                 {"description": "CSV with a header row: "
                  "record_id, sha256, category, policy, keep_years, as_of, purged_at, actor, run",
                  "content": {"text/csv": {"schema": {"type": "string"}}}},
-                ("400", *_AUTH),
+                (),
                 [{"in": "query", "schema": schemas.DisposalArgsSchema}],
             )
         },
@@ -186,7 +206,7 @@ def build_openapi() -> dict[str, Any]:
                 "Counts and the last worker run",
                 "agent",
                 _json(schemas.StatsSchema, "Counts"),
-                _AUTH,
+                (),
             )
         },
         "/api/v1/holds": {
@@ -194,13 +214,13 @@ def build_openapi() -> dict[str, Any]:
                 "The legal holds in force",
                 "admin",
                 _json(schemas.HoldListSchema, "Holds"),
-                _AUTH,
+                (),
             ),
             "post": _operation(
                 "Place a legal hold",
                 "admin",
                 {"201": _json(schemas.PlacedHoldSchema, "Placed")},
-                ("400", *_AUTH, "409"),
+                ("409", "413"),
                 body=schemas.HoldSchema,
             ),
         },
@@ -209,7 +229,7 @@ def build_openapi() -> dict[str, Any]:
                 "Lift a legal hold",
                 "admin",
                 {"204": {"description": "Lifted"}},
-                ("400", *_AUTH, "404", "409"),
+                ("409",),
                 [
                     {
                         "in": "path",
@@ -231,7 +251,7 @@ def build_openapi() -> dict[str, Any]:
                 "This document",
                 "agent",
                 {"200": {"description": "OpenAPI 3 document"}},
-                _AUTH,
+                (),
             )
         },
     }
