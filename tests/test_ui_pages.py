@@ -861,6 +861,55 @@ def test_ui_holds_round_trip(client: Any, admin_headers: Any) -> None:
     assert "lifted" in page.get_data(as_text=True)
 
 
+def test_ui_admin_forms_refuse_a_field_given_twice_and_do_nothing(
+    client: Any, admin_headers: Any, corpus: None, services: Any
+) -> None:
+    """A field sent twice (by hand, or a tampered form) was taken at its first value: a hold
+    on `sales` placed when `sales` and `billing` were asked. Refused as the API refuses it."""
+    from werkzeug.datastructures import MultiDict
+
+    from archivist.active_db import find_active
+    from archivist.holds import list_holds
+
+    _sign_in(client, admin_headers)
+    csrf = _csrf(client, "/admin/holds")
+    twice = [("csrf_token", csrf), ("scope", "category"), ("value", "sales"),
+             ("value", "billing"), ("reason", "case 7")]
+    response = client.post("/admin/holds", data=MultiDict(twice))
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert "The hold was not placed: value: given more than once; give it once" in page
+    assert _tied_to_error(page, "hold-error") == {"h-value"}
+    client.post("/admin/holds", data={"csrf_token": csrf, "scope": "category",
+                                      "value": "sales", "reason": "case 7"})
+    lift = MultiDict([("csrf_token", csrf), ("scope", "category"), ("value", "sales"),
+                      ("value", "billing")])
+    page = client.post("/admin/holds/remove", data=lift, follow_redirects=True)
+    assert "The hold was not lifted: value: given more than once" in page.get_data(as_text=True)
+    with services.read_sessions.begin() as session:
+        assert [(h.scope, h.value) for h in list_holds(session)] == [("category", "sales")]
+
+    csrf = _csrf(client, "/records/A-1")
+    restore = MultiDict([("csrf_token", csrf), ("reason", "asked"), ("reason", "other")])
+    page = client.post("/records/A-1/restore", data=restore, follow_redirects=True)
+    assert "The process was not restored: reason: given more than once" in (
+        page.get_data(as_text=True))
+    bulk = MultiDict([("csrf_token", csrf), ("mode", "ids"), ("mode", "search"),
+                      ("ids", "A-1"), ("ids", "A-2"), ("reason", "asked")])
+    page = client.post("/restore", data=bulk, follow_redirects=True)
+    assert "Nothing was restored: mode: given more than once" in page.get_data(as_text=True)
+    with services.read_sessions.begin() as session:
+        assert find_active(session, ["A-1", "A-2"]) == {}
+
+    response = client.get("/admin?as_of=2026-01-01&as_of=2027-01-01")
+    assert response.status_code == 400
+    assert "as_of: given more than once; give it once" in response.get_data(as_text=True)
+    response = client.get("/admin?as_of=2026-01-01&foo=1")  # tidied away, as on other pages
+    assert (response.status_code, response.headers["Location"]) == (
+        302, "/admin?as_of=2026-01-01"
+    )
+
+
 def test_ui_record_page_names_the_holds_that_keep_its_process(
     client: Any, admin_headers: Any, archived: Callable[..., Any],
     make_record: Callable[..., dict[str, Any]],

@@ -95,6 +95,17 @@ def _canonical_redirect(names: Iterable[str]) -> ResponseReturnValue | None:
     return redirect(request.path + (f"?{query}" if query else ""))
 
 
+def given_twice(fields: MultiDict[str, str], names: Iterable[str]) -> str | None:
+    """The first of `names` sent more than once, or None: a form reads a field's first value,
+    and would act on part of what was sent (refused, as the API refuses it)."""
+    return next((name for name in names if len(fields.getlist(name)) > 1), None)
+
+
+def said_twice(name: str) -> str:
+    """The refusal of a field sent more than once, in the API's words."""
+    return f"{name}: given more than once; give it once"
+
+
 # --- search, export ---------------------------------------------------------------------------
 
 
@@ -251,6 +262,10 @@ def restore(record_id: str) -> ResponseReturnValue:
     # back to the record's page, which keeps its way back to the search it was opened from
     again = url_for("ui.record", record_id=record_id, back=_search_back(request.form.get("back"))
                     or None)
+    twice = given_twice(request.form, ("reason", "back"))
+    if twice is not None:
+        flash(f"The process was not restored: {said_twice(twice)}.", "error")
+        return redirect(again, 303)
     if not reason or len(reason) > 500:
         flash("The process was not restored: give a reason (1-500 characters).", "error")
         return redirect(again, 303)
@@ -303,6 +318,10 @@ def bulk_restore() -> ResponseReturnValue:
     # was not sent from it (a dropped parameter would widen the search to more records).
     unknown = sorted({k for k, _ in parse_qsl(search, keep_blank_values=True)}
                      - set(SEARCH_PARAMS))
+    twice = given_twice(form, ("search", "reason", "mode", "confirmed", "plan"))
+    if twice is not None:
+        flash(f"Nothing was restored: {said_twice(twice)}.", "error")
+        return redirect(back, 303)
     if mode == "search" and unknown:
         flash(f"Nothing was restored: the search has no parameter {unknown[0]!r}.", "error")
         return redirect(back, 303)
@@ -405,6 +424,10 @@ def add_hold() -> ResponseReturnValue:
     """Place a legal hold (scope, value, reason)."""
     form = {k: request.form.get(k, "") for k in ("scope", "value", "reason")}
     form["value"] = form["value"].strip()
+    twice = given_twice(request.form, form)
+    if twice is not None:
+        error = f"The hold was not placed: {said_twice(twice)}"
+        return _holds_page(refused=form, error=error, invalid=[twice]), 400
     try:
         data = HoldSchema().load(form)
         actions.place_hold(_actor(), data["scope"], data["value"], data["reason"].strip())
@@ -430,6 +453,10 @@ def remove_hold() -> ResponseReturnValue:
     """Lift a legal hold."""
     scope = request.form.get("scope", "")
     value = request.form.get("value", "")
+    twice = given_twice(request.form, ("scope", "value"))
+    if twice is not None:
+        flash(f"The hold was not lifted: {said_twice(twice)}.", "error")
+        return redirect(url_for("ui.holds"), 303)
     try:
         actions.lift_hold(_actor(), scope, value)
     except DOMAIN_ERRORS as e:
@@ -445,13 +472,18 @@ def remove_hold() -> ResponseReturnValue:
 @require_ui_role("admin")
 def admin() -> Any:
     """Counts, the worker's last runs, the retention policies and a preview of the next runs."""
+    tidy = _canonical_redirect(("as_of",))
+    if tidy is not None:
+        return tidy
     services = _services()
     config = services.config
-    error = None
     now = datetime.now(UTC)
     as_of = now
     as_of_text = request.args.get("as_of", "").strip()
-    if len(as_of_text) > 64:
+    error = None
+    if given_twice(request.args, ("as_of",)):
+        error = said_twice("as_of")
+    elif len(as_of_text) > 64:
         error = "as_of: longer than 64 characters"
     elif as_of_text:
         try:
