@@ -300,6 +300,9 @@ def upgrade_schema(engine: Engine) -> None:
 
     with contextlib.suppress(OperationalError, IntegrityError):  # (read-only: a later start)
         add_archive_head(engine)
+    from archivist.crm_ledger import add_seq_column
+
+    add_seq_column(engine)
     run_columns = {column["name"] for column in inspector.get_columns("job_runs")}
     if "runner" not in run_columns:
         with engine.begin() as connection:

@@ -1,9 +1,11 @@
 """Archivist's own bookkeeping for the CRM's tables, kept in the active database beside them.
 
-- `archived_process_members`: which process each archived CRM row left with, written in the
-  same transaction as the row's delete and removed in the same transaction as its restore, so
-  a restore finds every archived record of the process exactly as it left, and settling a
-  move a crash interrupted can tell whether its transaction committed;
+- `archived_process_members`: which process each archived CRM row left with, and the catalog
+  entry (`seq`) of the version it left as, written in the same transaction as the row's delete
+  and removed in the same transaction as its restore, so a restore finds every archived record
+  of the process exactly as it left, and settling a move a crash interrupted can tell whether
+  its transaction committed: an entry of another version (one since disposed of or erased, or
+  one an earlier version wrote without its `seq`) tells nothing about this move;
 - `job_run_blocks`: the rows an archive run left in place because something outside the mapping
   still references them, with the constraint's name, beside the run's `job_runs` row.
 """
@@ -13,18 +15,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import BigInteger, Index, Integer, String, delete, insert, inspect, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from archivist.active_db import Base
 
 
 class ArchivedProcessMember(Base):
-    """One archived CRM row and the root of the process it was archived with."""
+    """One archived CRM row, the root of the process it was archived with, and the catalog
+    entry of the version it left as (None in an entry an earlier version wrote)."""
 
     __tablename__ = "archived_process_members"
 
     record_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     root_id: Mapped[str] = mapped_column(String(128))
+    seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
     __table_args__ = (Index("ix_archived_process_root", "root_id"),)
 
@@ -43,15 +49,39 @@ class JobRunBlock(Base):
     referencing_table: Mapped[str] = mapped_column(String(256))
 
 
-def add_members(session: Session, members: Sequence[tuple[str, str]]) -> None:
-    """Remember (record_id, root_id) pairs of rows that have just left for the archive."""
+def add_seq_column(engine: Engine) -> None:
+    """Give a ledger an earlier version made the `seq` column (idempotent); its entries keep
+    none, and tell nothing about a move to settle."""
+    name = ArchivedProcessMember.__tablename__
+    if not _lacks_seq(engine):
+        return
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN seq BIGINT")
+    except DBAPIError:
+        if _lacks_seq(engine):
+            raise  # (not a process starting at the same moment that added it first)
+
+
+def _lacks_seq(engine: Engine) -> bool:
+    inspector = inspect(engine)
+    name = ArchivedProcessMember.__tablename__
+    return inspector.has_table(name) and "seq" not in {
+        column["name"] for column in inspector.get_columns(name)
+    }
+
+
+def add_members(session: Session, members: Sequence[tuple[str, str, int | None]]) -> None:
+    """Remember (record_id, root_id, seq) of rows that have just left for the archive, `seq`
+    the catalog entry of the version each left as."""
     if not members:
         return
-    ids = [record_id for record_id, _ in members]
+    ids = [record_id for record_id, _, _ in members]
     session.execute(delete(ArchivedProcessMember).where(ArchivedProcessMember.record_id.in_(ids)))
     session.execute(
         insert(ArchivedProcessMember),
-        [{"record_id": record_id, "root_id": root_id} for record_id, root_id in members],
+        [{"record_id": record_id, "root_id": root_id, "seq": seq}
+         for record_id, root_id, seq in members],
     )
 
 
@@ -67,19 +97,19 @@ def process_members(session: Session, record_id: str) -> list[str]:
     return members if record_id in members else [record_id, *members]
 
 
-def find_members(session: Session, record_ids: Iterable[str]) -> set[str] | None:
-    """Which of these records the ledger holds: their delete committed, and no restore of them
-    has since. None in a database without the ledger (an installation from before it), where
-    it tells nothing."""
+def find_members(session: Session, record_ids: Iterable[str]) -> dict[str, int | None] | None:
+    """Which of these records the ledger holds, with the catalog entry of the version each
+    left as: that version's delete committed, and no restore of them has since. None in a
+    database without the ledger (an installation from before it), where it tells nothing."""
     if not inspect(session.connection()).has_table(ArchivedProcessMember.__tablename__):
         return None
     ids = list(record_ids)
-    found: set[str] = set()
+    found: dict[str, int | None] = {}
     for start in range(0, len(ids), 500):
-        stmt = select(ArchivedProcessMember.record_id).where(
+        stmt = select(ArchivedProcessMember.record_id, ArchivedProcessMember.seq).where(
             ArchivedProcessMember.record_id.in_(ids[start:start + 500])
         )
-        found.update(session.scalars(stmt))
+        found.update((record_id, seq) for record_id, seq in session.execute(stmt))
     return found
 
 

@@ -505,3 +505,62 @@ def test_a_recovery_leaves_the_crm_s_own_rows_in_its_sqlite_file_as_they_are(
                                              "note:4", "case:9", "note:9"}) == {
             "case:1", "case:2", "note:1", "note:2", "note:3", "note:4"}
         assert collect_stats(services)["active"] == 2
+
+
+def _disposed_with_the_ledger_an_earlier_version_left(
+    config: Path, database: Path, seq_of: str
+) -> None:
+    """Archive and dispose of every row of `cases_and_notes`, then put back the ledger entries
+    an earlier version left behind when it disposed of rows (without the version they left
+    as), or with `seq_of="disposed"` ones naming the version since disposed of."""
+    assert archivist("archive", "--config", str(config)).returncode == 0
+    with Services.open(load_config(config)) as services:
+        seqs = {i: services.store.info(i).seq for i in ("case:1", "case:2", "note:1",
+                                                       "note:2", "note:3", "note:4")}
+    disposed = archivist("dispose", "--as-of", "2099-01-01", "--config", str(config))
+    assert disposed.returncode == 0, disposed.stderr
+    roots = {"case:1": "case:1", "note:1": "case:1", "note:2": "case:1",
+             "case:2": "case:2", "note:3": "case:2", "note:4": "case:2"}
+    if seq_of == "disposed":
+        run_in_crm(database, *(
+            "INSERT INTO archived_process_members (record_id, root_id, seq) "
+            f"VALUES ('{i}', '{root}', {seqs[i]})" for i, root in roots.items()
+        ))
+    else:  # the ledger as an earlier version made it, which the next start upgrades
+        run_in_crm(
+            database, "DROP TABLE archived_process_members",
+            "CREATE TABLE archived_process_members (record_id VARCHAR(128) NOT NULL "
+            "PRIMARY KEY, root_id VARCHAR(128) NOT NULL)",
+            "CREATE INDEX ix_archived_process_root ON archived_process_members (root_id)",
+            *(f"INSERT INTO archived_process_members VALUES ('{i}', '{root}')"
+              for i, root in roots.items()),
+        )
+
+
+@pytest.mark.parametrize("seq_of", ["none", "disposed"])
+def test_a_killed_archive_of_a_disposed_record_s_key_used_again_is_settled_by_the_rows(
+    tmp_path: Path, seq_of: str
+) -> None:
+    """A ledger entry left from a disposed record's move says nothing about the move of the
+    new row the CRM gave its key: a run killed before that row's delete leaves the row to be
+    deleted by the next run, not in its table and archived at once."""
+    config, database = cases_and_notes(tmp_path)
+    _disposed_with_the_ledger_an_earlier_version_left(config, database, seq_of)
+    run_in_crm(database, "INSERT INTO cases VALUES (1, 'support', 'a new case 1', "
+                         "'2021-03-01 09:00:00')")
+    killed = archivist("archive", "--config", str(config),
+                       env={"ARCHIVIST_CRASH_AT": "archive.after_store:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+    settled = archivist("archive", "--config", str(config))
+
+    assert settled.returncode == 0, settled.stderr
+    with sqlite3.connect(database) as connection:
+        assert connection.execute("SELECT id FROM cases").fetchall() == []
+    connection.close()
+    with Services.open(load_config(config)) as services:
+        entry = services.store.info("case:1")
+        assert (entry.state, entry.version, entry.pending) == ("archived", 2, None)
+        assert services.store.get("case:1")["subject"] == "a new case 1"
+        stats = collect_stats(services)
+    assert (stats["active"], stats["archived"]) == (0, 1)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -583,7 +583,10 @@ def move_processes(
     with store.moving():  # shared with restores; reconcile waits for it
         items = [_item(row.record) for p in processes for row in p.rows]
         crash_point("archive.before_store")
-        stored = {entry.record_id for entry in store.archive_batch(items, archived_at, ACTOR)}
+        stored = {
+            entry.record_id: entry.seq
+            for entry in store.archive_batch(items, archived_at, ACTOR)
+        }
         crash_point("archive.after_store")
         # a process one of whose records is being restored stays whole where it is
         whole = [p for p in processes if all(rid in stored for rid in p.record_ids)]
@@ -592,7 +595,7 @@ def move_processes(
             rid for p in processes if p.root_id not in whole_roots
             for rid in p.record_ids if rid in stored
         ]
-        outcome = delete_and_commit(sessions, whole, refs, head=store.last_seq())
+        outcome = delete_and_commit(sessions, whole, stored, refs, head=store.last_seq())
         deleted = set(outcome.deleted)
         moved = [p for p in whole if p.root_id in deleted]
         if on_moved is not None and moved:
@@ -654,7 +657,7 @@ def _skip_still_refused(
         return processes
     session = sessions()
     try:
-        outcome = delete_processes(session, suspect, refs=())
+        outcome = delete_processes(session, suspect, {}, refs=())
     finally:
         session.rollback()
         session.close()
@@ -692,6 +695,7 @@ class _DeleteRefused(Exception):
 def delete_and_commit(
     sessions: sessionmaker[Session],
     processes: list[CrmProcess],
+    seqs: Mapping[str, int],
     refs: Sequence[ForeignKeyRef] = (),
     head: int | None = None,
 ) -> DeleteOutcome:
@@ -703,13 +707,16 @@ def delete_and_commit(
     with sessions.begin() as session:
         if head is not None:
             note_archive_head(session, head)
-        outcome = delete_processes(session, processes, refs)
+        outcome = delete_processes(session, processes, seqs, refs)
         crash_point("archive.after_delete")
     return outcome
 
 
 def delete_processes(
-    session: Session, processes: list[CrmProcess], refs: Sequence[ForeignKeyRef] = ()
+    session: Session,
+    processes: list[CrmProcess],
+    seqs: Mapping[str, int],
+    refs: Sequence[ForeignKeyRef] = (),
 ) -> DeleteOutcome:
     """Delete the rows of each process as they were stored, children before parents.
 
@@ -719,6 +726,9 @@ def delete_processes(
     would have taken that row with it, unseen). The rest are deleted together under one
     SAVEPOINT; if a foreign key or the CRM (a trigger, a rule, a deferred check) refuses that,
     each process is deleted under its own, so the one refused stays whole and the others go.
+
+    :param seqs: the catalog entry of the version each record was stored as, for the ledger
+        of rows that left (a trial delete rolled back may pass none)
     """
     outcome = DeleteOutcome()
     changed = _changed(session, processes)
@@ -737,7 +747,7 @@ def delete_processes(
     unchanged = [p for p in unchanged if p.root_id not in outcome.blocked]
     try:
         with session.begin_nested():
-            _delete_rows(session, unchanged)
+            _delete_rows(session, unchanged, seqs)
     except (IntegrityError, _DeleteRefused):
         pass
     else:
@@ -746,7 +756,7 @@ def delete_processes(
     for process in unchanged:
         try:
             with session.begin_nested():
-                _delete_rows(session, [process])
+                _delete_rows(session, [process], seqs)
         except IntegrityError as e:
             diag = getattr(e.orig, "diag", None)
             constraint = getattr(diag, "constraint_name", None) or "?"
@@ -763,10 +773,12 @@ def delete_processes(
     return outcome
 
 
-def _delete_rows(session: Session, processes: list[CrmProcess]) -> None:
+def _delete_rows(
+    session: Session, processes: list[CrmProcess], seqs: Mapping[str, int]
+) -> None:
     """Delete the processes' rows deepest first (children before parents, across tables), a
-    statement per depth and table; remember which process each row left with. The rows are
-    locked, and there (`_changed`).
+    statement per depth and table; remember which process each row left with, as which
+    version (`seqs`). The rows are locked, and there (`_changed`).
 
     :raises _DeleteRefused: a row was not deleted, or the DELETE failed
     """
@@ -781,7 +793,9 @@ def _delete_rows(session: Session, processes: list[CrmProcess]) -> None:
             if _delete_keys(session, crm_table, chunk) != len(chunk):
                 raise _DeleteRefused(crm_table.name, "a DELETE trigger or rule kept the row")
     _run_deferred_checks(session, sorted({table.name for _, table in depth_of}))
-    add_members(session, [(rid, p.root_id) for p in processes for rid in p.record_ids])
+    add_members(session, [
+        (rid, p.root_id, seqs.get(rid)) for p in processes for rid in p.record_ids
+    ])
 
 
 def _delete_keys(session: Session, crm_table: CrmTable, keys: list[Any]) -> int:
@@ -881,11 +895,14 @@ def reconcile_crm_pending(
     table, nor in neither.
 
     A record in the ledger of rows that left (`archived_process_members`, written in the
-    delete's transaction) left its table: the delete committed, and a row with its key now is
-    one the CRM added since, which stays (as an aged row whose key is archived does). Any other
-    delete is settled by what the CRM's tables hold now. An interrupted restore is settled by
-    the same ledger, which its insert clears in its own transaction (`_restores_committed`);
-    in a database without it (an installation from before it), by the rows.
+    delete's transaction) as the version being moved left its table: the delete committed, and
+    a row with its key now is one the CRM added since, which stays (as an aged row whose key is
+    archived does). An entry of another version (one disposed of or erased since, whose key
+    the CRM used again, or one an earlier version wrote without its version) tells nothing
+    about this move. Any other delete is settled by what the CRM's tables hold now. An
+    interrupted restore is settled by the same ledger, which its insert clears in its own
+    transaction (`_restores_committed`); in a database without it (an installation from
+    before it), by the rows.
 
     A process is moved whole or not at all: if the CRM changed one of its rows meanwhile, the
     others stay active with it (its processes are the catalog's, as they were archived), as
@@ -906,7 +923,11 @@ def reconcile_crm_pending(
         with sessions.begin() as session:
             _fetch(session, crm, keys_by_table(crm, archived), current, False)
             left = find_members(session, archived)
-        deleted = {e.record_id for e in pending if e.pending == "delete_active"} & (left or set())
+        deleted = {
+            e.record_id for e in pending
+            if e.pending == "delete_active" and left is not None
+            and e.record_id in left and left[e.record_id] == e.seq
+        }
         changed = [
             entry.record_id for entry in pending
             if entry.pending == "delete_active" and entry.record_id not in deleted
@@ -917,7 +938,7 @@ def reconcile_crm_pending(
         keep_whole = live_processes(store, changed)
         inserting = [e.record_id for e in pending if e.pending == "insert_active"]
         if left is not None:
-            reached = _restores_committed(store, inserting, set(current), left)
+            reached = _restores_committed(store, inserting, set(current), set(left))
         else:
             reached = restores_that_reached(store, {
                 record_id: current[record_id].record == archived[record_id]
@@ -947,7 +968,8 @@ def reconcile_crm_pending(
         if to_delete:
             with sessions.begin() as session:
                 refs = inspect_foreign_keys(session.connection(), crm)
-            outcome = delete_and_commit(sessions, group_processes(to_delete), refs)
+            seqs = {entry.record_id: entry.seq for entry in pending}
+            outcome = delete_and_commit(sessions, group_processes(to_delete), seqs, refs)
             cleared.extend(outcome.deleted)
             kept.extend(outcome.kept)  # changed, blocked or refused: it stays active
             keep_whole |= live_processes(store, outcome.kept)
