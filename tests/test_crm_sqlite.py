@@ -564,3 +564,27 @@ def test_a_killed_archive_of_a_disposed_record_s_key_used_again_is_settled_by_th
         assert services.store.get("case:1")["subject"] == "a new case 1"
         stats = collect_stats(services)
     assert (stats["active"], stats["archived"]) == (0, 1)
+
+
+def test_a_recovery_does_not_count_rows_an_earlier_version_disposed_of_as_lost(
+    tmp_path: Path,
+) -> None:
+    """Rows disposed of since the backup was taken are in neither place on purpose, also
+    where an earlier version left them in the ledger of rows that left: only the row archived
+    since is counted lost, by the refusal and by the forced recovery."""
+    config, database = cases_and_notes(tmp_path)
+    folder = tmp_path / "backup"
+    assert archivist("backup", "create", str(folder), "--config", str(config)).returncode == 0
+    _disposed_with_the_ledger_an_earlier_version_left(config, database, "none")
+    run_in_crm(database, "INSERT INTO cases VALUES (3, 'support', 'case 3', "
+                         "'2020-01-05 09:00:00')")
+    assert archivist("archive", "--config", str(config)).returncode == 0
+
+    refused = archivist("backup", "recover", str(folder), "--config", str(config))
+    recovered = archivist("backup", "recover", str(folder), "--force", "--config", str(config))
+
+    assert refused.returncode != 0
+    assert "and 1 CRM rows left their tables" in refused.stderr, refused.stderr
+    assert "(first: case:3)" in refused.stderr
+    assert recovered.returncode == 0, recovered.stderr
+    assert "warning: 1 CRM rows that left their tables" in recovered.stderr, recovered.stderr

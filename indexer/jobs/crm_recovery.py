@@ -37,12 +37,20 @@ def mark_live_crm_rows_restored(services: Services, at: datetime) -> int:
 def crm_rows_lost_by(services: Services, catalog_path: Path) -> list[str]:
     """With the CRM's own tables mapped, the rows the live ledger says left the CRM for the
     archive that the backup does not hold: archived after it was taken, they are in neither
-    place once it is recovered. Sorted record ids.
+    place once it is recovered. Rows disposed of or erased since are in neither place on
+    purpose, and not counted. Sorted record ids.
 
     :param catalog_path: the backup's `catalog.db`
     """
     with services.read_sessions.begin() as session:
         members = list(session.scalars(select(ArchivedProcessMember.record_id)))
+    # (an earlier version kept rows it disposed of or erased in the ledger; a row the live
+    # catalog lacks is counted, as where the archive itself was lost)
+    gone = {
+        record_id for record_id, entry in services.store.entries(members).items()
+        if entry.state in ("purged", "erased")
+    }
+    members = sorted(m for m in members if m not in gone)
     if not members:
         return []
     catalog = sqlite3.connect(f"file:{catalog_path}?mode=ro", uri=True)
@@ -56,7 +64,7 @@ def crm_rows_lost_by(services: Services, catalog_path: Path) -> list[str]:
             ))
     finally:
         catalog.close()
-    return sorted(m for m in members if m not in held)
+    return [m for m in members if m not in held]
 
 
 def describe_lost_crm_rows(lost: list[str]) -> str:
