@@ -588,3 +588,38 @@ def test_a_recovery_does_not_count_rows_an_earlier_version_disposed_of_as_lost(
     assert "(first: case:3)" in refused.stderr
     assert recovered.returncode == 0, recovered.stderr
     assert "warning: 1 CRM rows that left their tables" in recovered.stderr, recovered.stderr
+
+
+def test_a_recovery_counts_rows_restored_in_the_backup_and_archived_again_since_as_lost(
+    tmp_path: Path,
+) -> None:
+    """A row the backup holds restored is expected in the CRM after the recovery: archived
+    again since, it is in neither place then, and counted with the rows archived since, by
+    the refusal and by the forced recovery."""
+    config, database = cases_and_notes(tmp_path)
+    assert archivist("archive", "--config", str(config)).returncode == 0
+    restored = archivist("restore", "case:1", "--reason", "reopen", "--config", str(config))
+    assert restored.returncode == 0, restored.stderr
+    folder = tmp_path / "backup"
+    assert archivist("backup", "create", str(folder), "--config", str(config)).returncode == 0
+    run_in_crm(database, "INSERT INTO cases VALUES (3, 'support', 'case 3', "
+                         "'2020-01-05 09:00:00')")
+    later = f"{utcnow().year + 2}-01-01"  # the restored rows have aged again
+    assert archivist("archive", "--as-of", later, "--config", str(config)).returncode == 0
+    with Services.open(load_config(config)) as services:
+        again = services.store.find_archived({"case:1", "note:1", "note:2", "case:3"})
+    assert again == {"case:1", "note:1", "note:2", "case:3"}
+
+    refused = archivist("backup", "recover", str(folder), "--config", str(config))
+    recovered = archivist("backup", "recover", str(folder), "--force", "--config", str(config))
+
+    assert refused.returncode != 0
+    assert "and 4 CRM rows left their tables" in refused.stderr, refused.stderr
+    assert recovered.returncode == 0, recovered.stderr
+    assert "warning: 4 CRM rows that left their tables" in recovered.stderr, recovered.stderr
+    with sqlite3.connect(database) as connection:  # the loss the warning counts
+        assert connection.execute("SELECT id FROM cases").fetchall() == []
+        assert connection.execute("SELECT id FROM notes").fetchall() == []
+    connection.close()
+    with Services.open(load_config(config)) as services:
+        assert services.store.find_archived(again) == set()

@@ -36,9 +36,11 @@ def mark_live_crm_rows_restored(services: Services, at: datetime) -> int:
 
 def crm_rows_lost_by(services: Services, catalog_path: Path) -> list[str]:
     """With the CRM's own tables mapped, the rows the live ledger says left the CRM for the
-    archive that the backup does not hold: archived after it was taken, they are in neither
-    place once it is recovered. Rows disposed of or erased since are in neither place on
-    purpose, and not counted. Sorted record ids.
+    archive that the backup does not hold archived: they are in neither place once it is
+    recovered. Besides the rows archived after it was taken, that is a row the backup holds
+    restored (in the CRM then, and expected there after the recovery) that left again since.
+    Rows disposed of or erased since are in neither place on purpose, and not counted. Sorted
+    record ids.
 
     :param catalog_path: the backup's `catalog.db`
     """
@@ -60,7 +62,8 @@ def crm_rows_lost_by(services: Services, catalog_path: Path) -> list[str]:
             chunk = members[start : start + 500]
             marks = ", ".join("?" * len(chunk))
             held.update(row[0] for row in catalog.execute(
-                f"SELECT record_id FROM records WHERE record_id IN ({marks})", chunk
+                "SELECT record_id FROM records WHERE state = 'archived' "
+                f"AND record_id IN ({marks})", chunk
             ))
     finally:
         catalog.close()
