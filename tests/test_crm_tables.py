@@ -1309,6 +1309,22 @@ def test_crm_a_forced_recovery_killed_half_way_is_finished_by_a_rerun_that_repor
     assert archivist("verify", "--config", str(config.path)).returncode == 0
 
 
+def test_crm_a_ledger_made_before_it_named_versions_gains_them_on_postgresql(crm, pg_url):
+    """The ledger of rows that left, as an earlier version made it (no `seq`), gains the
+    column when the installation opens, and a run notes the version each row left as."""
+    from archivist.active_db import upgrade_schema
+    from archivist.crm_ledger import ArchivedProcessMember
+
+    run_sql(pg_url, "ALTER TABLE archived_process_members DROP COLUMN seq")
+    upgrade_schema(crm.engine)
+    upgrade_schema(crm.engine)  # (idempotent)
+    run_archive_job(crm, utcnow())
+
+    with crm.sessions.begin() as session:
+        seqs = {m.record_id: m.seq for m in session.query(ArchivedProcessMember)}
+    assert seqs == {record_id: crm.store.info(record_id).seq for record_id in PROCESS_A}
+
+
 @pytest.mark.parametrize("how", ["dispose", "erase"])
 def test_crm_rows_disposed_of_or_erased_since_the_backup_do_not_refuse_its_recovery(
     crm, tmp_path, how
