@@ -818,16 +818,20 @@ def cli_steps(tmp_path: Path, config_path: Path) -> tuple[Callable[..., str], Ca
     return cli, imported
 
 
-def recovered_beside(tmp_path: Path, config_path: Path, cli: Callable[..., str]) -> Path:
-    """Recover `tmp_path/backup` into a fresh installation (its key and erasure ledger copied
-    from `config_path`'s) through the commands, check it verifies; returns its folder."""
-    fresh = tmp_path / "fresh"
+def recovered_beside(
+    tmp_path: Path, config_path: Path, cli: Callable[..., str], backup: str = "backup",
+    into: str = "fresh",
+) -> Path:
+    """Recover `tmp_path/<backup>` into a fresh installation `tmp_path/<into>` (its key and
+    erasure ledger copied from `config_path`'s) through the commands, check it verifies;
+    returns its folder."""
+    fresh = tmp_path / into
     fresh.mkdir()
     (fresh / "config.toml").write_text(config_path.read_text())
     for key_file in config_path.parent.glob("archive.key*"):  # the key and its ledger
         shutil.copy2(key_file, fresh / key_file.name)
     cli("init", config=fresh / "config.toml")
-    cli("backup", "recover", str(tmp_path / "backup"), config=fresh / "config.toml")
+    cli("backup", "recover", str(tmp_path / backup), config=fresh / "config.toml")
     cli("verify", config=fresh / "config.toml")
     return fresh
 
@@ -862,6 +866,95 @@ def test_recovering_a_backup_taken_after_an_erasure_keeps_what_was_archived_sinc
         assert recovered.store.get("R1")["body"] == "first words of R1"
         found = recovered.index.search(SearchQuery(q="words OR case"))
         assert sorted(h.id for h in found.hits) == ["K2", "R1"]
+
+
+def test_records_disposed_of_before_their_erasure_end_erased_in_any_backup_that_holds_them(
+    tmp_path: Path, config_path: Path, make_record: Any
+) -> None:
+    """An erasure of records disposal purged before asks for whatever version a backup holds:
+    recovering a backup from before their archiving, while archived, while restored, after
+    their disposal or after the erasure leaves each verifying, with their text gone where it
+    still held it and their events' reasons blanked. By record and by customer."""
+    cli, imported = cli_steps(tmp_path, config_path)
+    old = {"created_at": "2012-01-01T00:00:00Z", "updated_at": "2012-01-02T00:00:00Z"}
+    cli("init")
+    imported("records.jsonl",
+             make_record(id="R2", customer_id="C2", body="kept for the audit",
+                         created_at="2011-01-01T00:00:00Z", updated_at="2011-01-02T00:00:00Z"),
+             make_record(id="R1", customer_id="C1", body="old case", **old),
+             make_record(id="R1-M1", customer_id=None, parent_id="R1",
+                         body=f"{MARKER.decode()} from {EMAIL.decode()}", **old),
+             make_record(id="P1", customer_id="C9", body="their case", **old),
+             make_record(id="P1-M1", customer_id=None, parent_id="P1",
+                         body=f"{RESTORED_MARKER.decode()} of theirs", **old))
+    cli("archive", "--as-of", "2012-06-01")  # R2 only
+    cli("hold", "add", "--record", "R2", "--reason", "audit")  # no backup is empty
+    cli("backup", "create", str(tmp_path / "absent"))
+    assert cli("archive", "--as-of", "2013-06-01").startswith("archived 4,")
+    cli("backup", "create", str(tmp_path / "archived"))
+    cli("restore", "R1-M1", "P1", "--reason", f"reopened for {EMAIL.decode()}")
+    cli("backup", "create", str(tmp_path / "restored"))
+    cli("archive", "--as-of", "2040-01-01")  # past the restore's grace
+    assert cli("dispose", "--as-of", "2040-01-01").startswith("purged 4")
+    cli("backup", "create", str(tmp_path / "purged"))
+    assert cli("erase", "--record", "R1-M1", "--reason", "asked").startswith("erased 0")
+    assert cli("erase", "--customer", "C9", "--reason", "asked").startswith("erased 0")
+    cli("backup", "create", str(tmp_path / "after"))
+
+    ids = ["R1", "R1-M1", "P1", "P1-M1"]
+    expected = {  # (R1's, then those erased); R1 itself was never asked for
+        "absent": None,
+        "archived": ("archived", "erased"),
+        "restored": ("restored", "erased"),
+        "purged": ("purged", "purged"),
+        "after": ("purged", "purged"),
+    }
+    for backup, states in expected.items():
+        fresh = recovered_beside(tmp_path, config_path, cli, backup, f"into_{backup}")
+        with Services.open(load_config(fresh / "config.toml")) as recovered:
+            store = recovered.store
+            found = {i: e.state for i, e in store.entries(ids).items()}
+            if states is None:
+                assert found == {}, backup
+                continue
+            assert found == {"R1": states[0], **dict.fromkeys(ids[1:], states[1])}, backup
+            assert store.versions(ids[1:]) == [], backup
+            for record_id in ids[1:]:
+                reasons = [e.reason for e in store.history(record_id) if e.reason is not None]
+                assert reasons in ([], ["(erased)"]), (backup, record_id, reasons)
+            for word in (MARKER, RESTORED_MARKER):
+                assert recovered.index.search(SearchQuery(q=word.decode())).total == 0
+            assert store.info("R2").state == "archived"
+        for word in (MARKER, EMAIL, RESTORED_MARKER):
+            assert files_holding(fresh / "data" / "index", word[:-1]) == [], (backup, word)
+
+
+def test_a_backup_holding_an_erased_record_disposed_of_keeps_no_reason_naming_the_person(
+    tmp_path: Path, config_path: Path, make_record: Any
+) -> None:
+    """The erasure found the record archived again after a disposal; a backup from between
+    holds it disposed of, with the reason of a restore before: recovering it blanks the
+    reason, as the erasure did."""
+    cli, imported = cli_steps(tmp_path, config_path)
+    cli("init")
+    imported("first.jsonl", make_record(id="K1", customer_id="CK", body="first words",
+                                        updated_at="2012-01-02T00:00:00Z"))
+    cli("archive", "--as-of", "2013-06-01")
+    cli("restore", "K1", "--reason", f"reopened for {EMAIL.decode()}")
+    cli("archive", "--as-of", "2040-01-01")  # past the restore's grace
+    assert cli("dispose", "--as-of", "2040-01-01").startswith("purged 1")
+    cli("backup", "create", str(tmp_path / "backup"))
+    imported("again.jsonl", make_record(id="K1", customer_id="CK", body="second words",
+                                        updated_at="2039-01-02T00:00:00Z"))
+    assert cli("archive", "--as-of", "2041-01-01").startswith("archived 1,")
+    assert cli("erase", "--record", "K1", "--reason", "asked").startswith("erased 1")
+
+    fresh = recovered_beside(tmp_path, config_path, cli)
+    with Services.open(load_config(fresh / "config.toml")) as recovered:
+        assert [(e.event, e.reason) for e in recovered.store.history("K1")] == [
+            ("archived", None), ("restored", "(erased)"), ("archived", None), ("purged", None)
+        ]
+    assert files_holding(fresh / "data" / "archive", EMAIL) == []
 
 
 def test_after_a_recovery_rewinds_the_store_the_ledger_keeps_what_was_archived_since(

@@ -611,20 +611,34 @@ def _targets(
     store: ArchiveStore, ledger: list[dict[str, Any]]
 ) -> list[tuple[list[str], str | None, list[str]]]:
     """For each ledger line, the records it still asks to erase in this store, the customer
-    whose data key goes with them (None: the key stays) and the records disposed of before
-    whose events' reasons go too."""
+    whose data key goes with them (None: the key stays) and the records disposed of whose
+    events' reasons go too.
+
+    A recovered store may hold a record in another state than the erasure found it in: one
+    the line lists as disposed of may be archived or restored there (the backup was made
+    before its disposal), and it is erased then as the records the line lists are; one the
+    line lists as erased may be purged there, and then only its events' reasons are left to
+    go. A version archived since the erasure stays whole, whatever the line lists it as.
+    """
     by_hash = _customer_ids_by_hash(
         store, {e["customer_sha256"] for e in ledger if e.get("customer_sha256")}
     )
     targets = []
     for entry in ledger:
-        ids = [record_id for record_id, _sha in entry.get("records", [])]
+        ids = {record_id for record_id, _sha in entry.get("records", [])}
+        ids.update(entry.get("purged", []))
         customer_id = by_hash.get(entry.get("customer_sha256") or "")
         if customer_id is not None:
-            ids = sorted(set(ids) | set(store.find_customer_records(customer_id)))
+            ids.update(store.find_customer_records(customer_id))
+        wanted = sorted(ids)
         if entry.get("seq") is not None:  # (lines written before it was ledgered: all of them)
-            ids, customer_id = _older_than_the_erasure(store, ids, customer_id, entry)
-        targets.append((ids, customer_id, list(entry.get("purged", []))))
+            wanted, customer_id = _older_than_the_erasure(store, wanted, customer_id, entry)
+        states = {i: e.state for i, e in store.entries(wanted).items()}
+        targets.append((
+            [i for i in wanted if states.get(i) in ("archived", "restored")],
+            customer_id,
+            [i for i in wanted if states.get(i) == "purged"],
+        ))
     return targets
 
 
