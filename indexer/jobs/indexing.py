@@ -215,6 +215,7 @@ def rebuild_index(store: ArchiveStore, index: SearchEngine, *, progress: bool = 
         store, ((record, entry.archived_at) for entry, record in store.iter_records("archived"))
     )
     count = index.rebuild(_read_points(records), total=total, progress=progress)
+    crash_point("index.rebuild_swapped")
     with store.indexing():  # no index change + mark may straddle this reset
         store.mark_rebuilt(start)
     sync_index(store, index)
