@@ -1603,11 +1603,13 @@ class ArchiveStore:
             yield build_catalog_entry(row)
 
     def iter_records(
-        self, state: str = "archived"
+        self, state: str = "archived", up_to_seq: int | None = None
     ) -> Iterator[tuple[CatalogEntry, dict[str, Any]]]:
         """Stream `(entry, record)` in segment order, reading each segment sequentially.
 
         :param state: `archived` or `restored` (purged records have no content left)
+        :param up_to_seq: only the records whose current version is at or before this entry:
+            one restored and archived again while this reads is then never read twice
         """
         _check_state(state)
         if state in ("purged", "erased"):
@@ -1619,10 +1621,15 @@ class ArchiveStore:
             "FROM records r JOIN entries e ON e.seq = r.seq "
             "JOIN segments s ON s.segment_id = e.segment_id"
         )
+        where = ["r.state = ?"]
+        params: list[Any] = [state]
+        if up_to_seq is not None:
+            where.append("r.seq <= ?")
+            params.append(up_to_seq)
         current: tuple[int, int] | None = None
         f: BinaryIO | None = None
         try:
-            for row in iter_keyset(self._db(), select, ["r.state = ?"], [state], "r.seq"):
+            for row in iter_keyset(self._db(), select, where, params, "r.seq"):
                 key = (row["e_segment"], row["s_generation"])
                 if key != current:
                     if f is not None:
@@ -1640,7 +1647,7 @@ class ArchiveStore:
                     except RecordNotFound:
                         continue  # purged meanwhile
                     entry = self.info(record_id)
-                    if entry.state != state:
+                    if entry.state != state or (up_to_seq is not None and entry.seq > up_to_seq):
                         continue
                     yield entry, record
                     continue

@@ -781,6 +781,40 @@ def test_the_index_workers_of_a_killed_rebuild_exit_quietly(config_path, make_re
     assert archivist(config_path, "verify").stdout.decode().startswith("ok: 22000 records")
 
 
+def wait_until_stopped(process: subprocess.Popen[bytes]) -> None:
+    """Wait for `process` to stop itself (`ARCHIVIST_STOP_AT`); fails if it ends instead."""
+    deadline = time.monotonic() + 120
+    stat = Path(f"/proc/{process.pid}/stat")
+    while stat.read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert process.poll() is None, "it ended before reaching its stop"
+        assert time.monotonic() < deadline, "it did not reach its stop in two minutes"
+        time.sleep(0.02)
+
+
+def test_a_record_restored_and_archived_again_while_a_rebuild_reads_is_indexed_once(
+    config_path, make_record
+):
+    installed(config_path, [
+        make_record(id="B0", body="parcel returned", updated_at="2020-01-02T00:00:00Z"),
+        *aged_records(make_record, 1999),
+    ])
+    assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
+    rebuild = archivist(config_path, "index", "--rebuild", wait=False,
+                        env={"ARCHIVIST_STOP_AT": "index.rebuild_read:2"})  # read them all
+    try:
+        wait_until_stopped(rebuild)
+        restored = archivist(config_path, "restore", "B0", "--reason", "asked")
+        assert restored.returncode == 0, restored.stderr
+        archived = archivist(config_path, "archive", "--as-of", AS_OF)  # aged again by then
+        assert archived.stdout.decode().startswith("archived 1,"), archived.stderr
+    finally:
+        rebuild.send_signal(signal.SIGCONT)
+
+    assert rebuild.wait() == 0  # not "duplicate record id in rebuild input: B0"
+    assert len(searchable(config_path)) == 2000
+    assert archivist(config_path, "verify").stdout.decode().startswith("ok: 2000 records")
+
+
 def dead_pid() -> int:
     """The id of a process that has ended (what a killed run's folders are named by)."""
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],

@@ -205,15 +205,15 @@ def scrub_gone_since(
 def rebuild_index(store: ArchiveStore, index: SearchEngine, *, progress: bool = False) -> int:
     """Build the whole index afresh from the archive store alone, swap it in, then catch up.
 
-    The store is read without holding the move lock, so archiving and restores go on; every
-    change after the starting point is marked unindexed once the new index is live, and the
-    catch-up applies it there.
+    The store is read without holding the move lock, so archiving and restores go on; the
+    records archived after the starting point are not read, and every change after it is
+    marked unindexed once the new index is live, so the catch-up applies it there.
     """
     start = store.last_seq()
     total = store.counts()["archived"]
-    records = _with_processes(
-        store, ((record, entry.archived_at) for entry, record in store.iter_records("archived"))
-    )
+    # (what is archived after `start` is the catch-up's, so none is read twice)
+    archived = store.iter_records("archived", up_to_seq=start)
+    records = _with_processes(store, ((record, entry.archived_at) for entry, record in archived))
     count = index.rebuild(_read_points(records), total=total, progress=progress)
     crash_point("index.rebuild_swapped")
     with store.indexing():  # no index change + mark may straddle this reset
