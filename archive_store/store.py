@@ -1028,6 +1028,19 @@ class ArchiveStore:
         )
         return [row[0] for row in rows]
 
+    def restored_since(self, after_seq: int) -> list[str]:
+        """The records restored after entry `after_seq` (and still restored): an index
+        written from what was read before must not find them.
+
+        :param after_seq: a `last_seq()` taken earlier
+        """
+        rows = self._db().execute(
+            "SELECT record_id FROM records WHERE state = 'restored' AND state_seq > ?"
+            " ORDER BY record_id",
+            (after_seq,),
+        )
+        return [row[0] for row in rows]
+
     def last_seq(self) -> int:
         """The seq of the newest committed entry (0 for an empty store)."""
         row = self._db().execute("SELECT MAX(seq) FROM entries").fetchone()

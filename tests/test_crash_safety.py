@@ -815,6 +815,49 @@ def test_a_record_restored_and_archived_again_while_a_rebuild_reads_is_indexed_o
     assert archivist(config_path, "verify").stdout.decode().startswith("ok: 2000 records")
 
 
+def test_a_rebuild_killed_as_it_goes_live_keeps_nothing_erased_or_restored(
+    config_path, make_record
+):
+    """Records are erased, restored and archived while `index --rebuild` runs (after it read
+    them), and it is killed just after its new index went live: no erased word is in any index
+    file, the restored record is out of search, and the next catch-up indexes the rest."""
+    gone = [make_record(id=f"A{i}", customer_id="C-GONE",
+                        body="zqmarkx parcel for gone.customer@example.org",
+                        updated_at="2020-01-02T00:00:00Z") for i in range(3)]
+    back = make_record(id="B0", customer_id="C-BACK", body="parcel returned",
+                       updated_at="2020-01-02T00:00:00Z")
+    installed(config_path, [*gone, back, *aged_records(make_record, 1996)])
+    assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
+    # stopped once it read the last of the 2,000 records, killed once it swapped its index in
+    rebuild = archivist(config_path, "index", "--rebuild", wait=False, env={
+        "ARCHIVIST_STOP_AT": "index.rebuild_read:2",
+        "ARCHIVIST_CRASH_AT": "index.rebuild_swapped:1",
+    })
+    try:
+        wait_until_stopped(rebuild)
+        erased = archivist(config_path, "erase", "--customer", "C-GONE", "--reason", "asked")
+        assert erased.returncode == 0, erased.stderr
+        restored = archivist(config_path, "restore", "B0", "--reason", "asked")
+        assert restored.returncode == 0, restored.stderr
+        import_records(config_path, aged_records(make_record, 5, prefix="L"),
+                       config_path.parent)
+        assert archivist(config_path, "archive").returncode == 0  # (B0 is not aged again)
+    finally:
+        rebuild.send_signal(signal.SIGCONT)
+    assert rebuild.wait() == -signal.SIGKILL
+
+    index_dir = load_config(config_path).index_dir
+    assert (index_dir / "CURRENT").read_text() == "g000002"  # live, its catch-up not recorded
+    assert files_holding(index_dir, b"zqmark") == []
+    assert files_holding(index_dir, b"gone.customer") == []
+    assert "B0" not in searchable(config_path)
+    caught_up = archivist(config_path, "index")
+    assert caught_up.returncode == 0, caught_up.stderr
+    assert {f"L{i:04d}" for i in range(5)} <= searchable(config_path)
+    assert len(searchable(config_path)) == 2001
+    assert archivist(config_path, "verify").stdout.decode().startswith("ok: 2005 records")
+
+
 def dead_pid() -> int:
     """The id of a process that has ended (what a killed run's folders are named by)."""
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],

@@ -12,14 +12,17 @@ small segments runs after the lock is released.
 
 A removal only marks a document deleted: its words stay in its segment's files until that is
 rewritten. Records purged or erased while segments holding them were written without the lock
-(staged, or a rebuild) are therefore scrubbed afterwards (`scrub_gone_since`): each segment
-holding one is rewritten without it, as an erasure does.
+(staged) are therefore scrubbed afterwards (`scrub_gone_since`): each segment holding one is
+rewritten without it, as an erasure does. A rebuild does the same in its new index before it
+swaps it in (`rebuild_index`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +32,7 @@ from archive_store.faults import crash_point
 from archive_store.models import CatalogEntry
 from indexer.errors import IndexUnavailable
 from indexer.processes import with_process_ids
-from indexer.search import SearchEngine
+from indexer.search import RebuildReplay, SearchEngine
 
 CATCH_UP_BATCH = 500  # one batch holds the index lock; restores wait at most that long
 BULK_MIN = 1  # records to add from which they are staged (SearchIndex.stage)
@@ -88,6 +91,7 @@ def sync_index(
         they need not be read back from the store.
     """
     known = known or {}
+    finish_rebuild(store, index)
     done = 0
     while not should_stop():
         if bulk_min:
@@ -205,22 +209,65 @@ def scrub_gone_since(
 def rebuild_index(store: ArchiveStore, index: SearchEngine, *, progress: bool = False) -> int:
     """Build the whole index afresh from the archive store alone, swap it in, then catch up.
 
-    The store is read without holding the move lock, so archiving and restores go on; the
-    records archived after the starting point are not read, and every change after it is
-    marked unindexed once the new index is live, so the catch-up applies it there.
+    The store is read without holding any lock, so archiving, restores and erasures go on, on
+    the live index; the records archived after the starting point are not read. Under the
+    index lock, the records restored, purged or erased since the starting point are taken out
+    of the new index (the purged and erased ones out of its files), it is swapped in, and
+    every change since the starting point is marked unindexed, so that the catch-up applies
+    the rest there (records archived meanwhile). Killed after the swap and before that mark,
+    the new index keeps a note of the starting point, and the next catch-up marks them
+    (`finish_rebuild`).
     """
     start = store.last_seq()
+    note = json.dumps({"seq": start, "head": store.entry_hash_at(start)})
     total = store.counts()["archived"]
     # (what is archived after `start` is the catch-up's, so none is read twice)
     archived = store.iter_records("archived", up_to_seq=start)
     records = _with_processes(store, ((record, entry.archived_at) for entry, record in archived))
-    count = index.rebuild(_read_points(records), total=total, progress=progress)
-    crash_point("index.rebuild_swapped")
-    with store.indexing():  # no index change + mark may straddle this reset
-        store.mark_rebuilt(start)
+
+    @contextmanager
+    def going_live() -> Iterator[RebuildReplay]:
+        # Held from reading what left the archive to the mark: an erasure or restore either
+        # is read here, or changes the index after the swap, which is then the new one.
+        with store.indexing():
+            yield RebuildReplay(store.restored_since(start), store.gone_since(start), note)
+            crash_point("index.rebuild_swapped")
+            store.mark_rebuilt(start)
+
+    count = index.rebuild(
+        _read_points(records), total=total, progress=progress, going_live=going_live
+    )
     sync_index(store, index)
-    scrub_gone_since(store, index, start)  # purged or erased while the rebuild read them
     return count
+
+
+def finish_rebuild(store: ArchiveStore, index: SearchEngine) -> bool:
+    """Mark unindexed what changed since a rebuild began, if it was killed after its index
+    went live and before it did so; returns whether one was (a small file read when not).
+
+    What it had taken out of its index before the swap stays out; the records archived
+    meanwhile, marked indexed in the index it replaced, are then indexed by the catch-up.
+    """
+    if index.unfinished_rebuild() is None:
+        return False
+    with store.indexing():
+        note = index.unfinished_rebuild()  # (another process may have finished it meanwhile)
+        if note is None:
+            return False
+        try:
+            began = json.loads(note)
+            start, head = int(began["seq"]), began["head"]
+        except (ValueError, TypeError, KeyError):
+            start, head = -1, "unreadable"
+        if store.entry_hash_at(start) == head:
+            store.mark_rebuilt(start)
+        else:  # (recovered from a backup since, the recovery rebuilds the index itself)
+            log.warning("the note of an index rebuild killed before its catch-up is unreadable "
+                        "or names another history of the archive; if `archivist verify` finds "
+                        "records missing from the index, `archivist index --rebuild` mends it")
+        index.rebuild_finished(note)
+    log.info("recorded the catch-up of an index rebuild killed as it went live")
+    return True
 
 
 def _read_points(

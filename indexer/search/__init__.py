@@ -4,7 +4,7 @@ Callers (jobs, server, CLI) import from here and never from an engine's own pack
 """
 
 from indexer.errors import BadQuery, IndexerError, IndexUnavailable
-from indexer.search.engine import ArchivedRecord, SearchEngine, StagedBatch
+from indexer.search.engine import ArchivedRecord, RebuildReplay, SearchEngine, StagedBatch
 from indexer.search.types import (
     DATE_FIELDS,
     MAX_PER_PAGE,
@@ -23,6 +23,7 @@ __all__ = [
     "BadQuery",
     "IndexUnavailable",
     "IndexerError",
+    "RebuildReplay",
     "SearchEngine",
     "SearchHit",
     "SearchPage",

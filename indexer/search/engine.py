@@ -12,8 +12,9 @@ time it was archived. An engine keeps at most one copy of each record id.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -21,6 +22,19 @@ from indexer.search.types import SearchHit, SearchPage, SearchQuery
 
 ArchivedRecord = tuple[dict[str, Any], datetime]
 """A record's JSON value and the time it was archived: what an engine indexes."""
+
+
+@dataclass(frozen=True)
+class RebuildReplay:
+    """What a rebuilt index takes in before it replaces the live one: the records that left
+    the archive after the rebuild read them, and a note of the catch-up still to record."""
+
+    removed: Sequence[str]
+    """restored since: out of search"""
+    erased: Sequence[str]
+    """purged or erased since: out of search and out of every file of the index"""
+    note: str
+    """kept with the new index until the catch-up is recorded (see `unfinished_rebuild`)"""
 
 
 class StagedBatch(Protocol):
@@ -117,13 +131,33 @@ class SearchEngine(Protocol):
         ...
 
     def rebuild(
-        self, docs: Iterable[ArchivedRecord], total: int | None = None, progress: bool = False
+        self,
+        docs: Iterable[ArchivedRecord],
+        total: int | None = None,
+        progress: bool = False,
+        *,
+        going_live: Callable[[], AbstractContextManager[RebuildReplay]] | None = None,
     ) -> int:
         """Build a fresh index from every record and swap it in whole; returns how many.
 
         :param docs: every record to index.
         :param total: how many there are, for the progress bar.
         :param progress: show a progress bar on stderr.
+        :param going_live: entered once the new index is complete: the records it yields
+            leave the new index, which then replaces the live one, all inside it; its note
+            stays with the new index until it is left without an error.
+        """
+        ...
+
+    def unfinished_rebuild(self) -> str | None:
+        """The note of a rebuild whose index went live but whose ``going_live`` was never left
+        (killed in between), or None."""
+        ...
+
+    def rebuild_finished(self, note: str) -> None:
+        """Drop the note `unfinished_rebuild` returned, once its catch-up is recorded.
+
+        :param note: the note, as returned (a newer rebuild's is kept).
         """
         ...
 

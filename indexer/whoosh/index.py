@@ -6,10 +6,13 @@ Layout on disk::
     <directory>/g000001/META     {"shard_period": "year"}
     <directory>/g000001/STAMP    rewritten after every commit; searchers refresh when it changes
     <directory>/g000001/2023/    one Whoosh index per period of created_at ("2023" or "2023-05")
+    <directory>/g000001/REBUILT  only while a rebuild that swapped it in has not recorded its
+                                 catch-up (see `rebuild`)
 
 A rebuild writes a new generation beside the live one with two worker processes, each writing
 its own segment of every shard it receives documents for; the two segments of a shard are then
-joined into one Whoosh index (one TOC listing both), and CURRENT is swapped.
+joined into one Whoosh index (one TOC listing both); the records that left the archive since
+they were read are taken out of it, and CURRENT is swapped.
 
 Around the class: ``documents`` (record <-> Whoosh document), ``segment_writer`` (how a segment
 is written), ``workers`` (rebuild processes, background thread), ``staging`` (segments written
@@ -51,6 +54,7 @@ from indexer.errors import (
     IndexOutdated,
     IndexUnavailable,
 )
+from indexer.search.engine import RebuildReplay
 from indexer.search.types import SearchHit, SearchPage, SearchQuery, validate
 from indexer.whoosh.analysis import (
     choose_pair_terms,
@@ -101,6 +105,7 @@ from indexer.whoosh.workers import (
 PERIODS = ("year", "month")
 _SHARD_RE = {"year": re.compile(r"^\d{4}$"), "month": re.compile(r"^\d{4}-\d{2}$")}
 _GEN_RE = re.compile(r"^g(\d{6})$")
+REBUILD_NOTE = "REBUILT"  # a generation's file while its rebuild's catch-up is unrecorded
 PAIR_SAMPLE = 20_000  # records a rebuild reads before choosing the pair terms
 _BULK_IDS = 64  # ids to delete from which a segment's id column is read whole
 _READ_IDS_COST = 200  # one id look-up in a segment costs about as much as reading 200 ids
@@ -828,25 +833,30 @@ class SearchIndex:
             each is looked for there first, and in the other shards only if it is not there.
         """
         self._check_open()
+        with self._write_lock:
+            return self._delete_from(self._current_gen(), record_ids, current)
+
+    def _delete_from(
+        self, gen: Path, record_ids: Iterable[str], current: Iterable[dict[str, Any]] = ()
+    ) -> int:
+        """`delete` in one generation (under _write_lock)."""
         ids = list(dict.fromkeys(record_ids))
         if not ids:
             return 0
-        with self._write_lock:
-            gen = self._current_gen()
-            period = self._load_meta(gen)["shard_period"]
-            wanted = set(ids)
-            home = {r["id"]: record_shard(r, period) for r in current if r["id"] in wanted}
-            holders = self._find_ids(gen, ids, home)
-            elsewhere = [rid for rid in home if rid not in holders]
-            if elsewhere:  # not indexed yet, or a copy the rule above does not account for
-                holders.update(self._find_ids(gen, elsewhere))
-            by_shard: dict[str, list[str]] = {}
-            for rid, names in holders.items():
-                for name in names:
-                    by_shard.setdefault(name, []).append(rid)
-            self._delete_in(gen, by_shard)
-            if by_shard:
-                self._bump(gen)
+        period = self._load_meta(gen)["shard_period"]
+        wanted = set(ids)
+        home = {r["id"]: record_shard(r, period) for r in current if r["id"] in wanted}
+        holders = self._find_ids(gen, ids, home)
+        elsewhere = [rid for rid in home if rid not in holders]
+        if elsewhere:  # not indexed yet, or a copy the rule above does not account for
+            holders.update(self._find_ids(gen, elsewhere))
+        by_shard: dict[str, list[str]] = {}
+        for rid, names in holders.items():
+            for name in names:
+                by_shard.setdefault(name, []).append(rid)
+        self._delete_in(gen, by_shard)
+        if by_shard:
+            self._bump(gen)
         return len(holders)
 
     @translate_errors
@@ -1288,36 +1298,39 @@ class SearchIndex:
         """
         self._check_open()
         self.remove_abandoned()  # a killed run's staged copies of them are not in any shard
+        with self._write_lock:
+            return self._erase_from(self._current_gen(), record_ids)
+
+    def _erase_from(self, gen: Path, record_ids: Iterable[str]) -> int:
+        """`erase` in one generation (under _write_lock)."""
         ids = list(dict.fromkeys(record_ids))
         wanted = {rid.encode("utf-8") for rid in ids}
         if not wanted:
             return 0
-        self.delete(ids)
+        self._delete_from(gen, ids)
         rewritten = 0
-        with self._write_lock:
-            gen = self._current_gen()
-            for name in self._shard_names(gen):
-                ix = self._shard_index(gen, name)
-                # Another process may merge this shard meanwhile (its merges take no store
-                # lock): a segment listed may be gone when read, or merged with copies of the
-                # records still in it. Look again until no segment holds any.
-                for _ in range(_ERASE_ROUNDS):
-                    try:
-                        count = self._erase_in_shard(ix, wanted)
-                    except FileNotFoundError:
-                        time.sleep(0.05)  # (as `open_searcher` does) the merge commits
-                        continue
-                    if count is None:
-                        break
-                    rewritten += count
-                else:
-                    raise IndexUnavailable(
-                        f"cannot erase from index shard {name}: its segments kept changing "
-                        f"under {_ERASE_ROUNDS} attempts; run the erasure again"
-                    )
-            if rewritten:
-                self._drop_dead_pair_terms(gen)
-                self._bump(gen)
+        for name in self._shard_names(gen):
+            ix = self._shard_index(gen, name)
+            # Another process may merge this shard meanwhile (its merges take no store
+            # lock): a segment listed may be gone when read, or merged with copies of the
+            # records still in it. Look again until no segment holds any.
+            for _ in range(_ERASE_ROUNDS):
+                try:
+                    count = self._erase_in_shard(ix, wanted)
+                except FileNotFoundError:
+                    time.sleep(0.05)  # (as `open_searcher` does) the merge commits
+                    continue
+                if count is None:
+                    break
+                rewritten += count
+            else:
+                raise IndexUnavailable(
+                    f"cannot erase from index shard {name}: its segments kept changing "
+                    f"under {_ERASE_ROUNDS} attempts; run the erasure again"
+                )
+        if rewritten:
+            self._drop_dead_pair_terms(gen)
+            self._bump(gen)
         return rewritten
 
     def _erase_in_shard(self, ix: windex.Index, wanted: set[bytes]) -> int | None:
@@ -1386,6 +1399,8 @@ class SearchIndex:
         docs: Iterable[tuple[dict[str, Any], datetime]],
         total: int | None = None,
         progress: bool = False,
+        *,
+        going_live: Callable[[], AbstractContextManager[RebuildReplay]] | None = None,
     ) -> int:
         """Build a fresh index from ``docs`` beside the live one and swap it in when complete.
 
@@ -1395,22 +1410,34 @@ class SearchIndex:
         :param docs: ``(record, archived_at)`` pairs, every record to index.
         :param total: how many docs there are, for the progress bar.
         :param progress: show a tqdm progress bar on stderr.
+        :param going_live: entered once the new generation is complete (the caller takes its
+            lock there, see `indexing.rebuild_index`): the records it yields are deleted from
+            the new generation (the erased ones rewritten out of its segments) before CURRENT
+            names it, so no search ever sees them there. Its note is written into the
+            generation before the swap and removed once the block is left without an error:
+            a process killed in between leaves it for `unfinished_rebuild`.
         """
         self._check_open()
         try:
-            return self._rebuild(iter(docs), total, progress)
+            return self._rebuild(iter(docs), total, progress, going_live)
         except BaseException:
             self._unmake_empty()
             raise
 
     def _rebuild(
-        self, stream: Iterator[tuple[dict[str, Any], datetime]], total: int | None, progress: bool
+        self,
+        stream: Iterator[tuple[dict[str, Any], datetime]],
+        total: int | None,
+        progress: bool,
+        going_live: Callable[[], AbstractContextManager[RebuildReplay]] | None,
     ) -> int:
         head = list(itertools.islice(stream, PAIR_SAMPLE))
         pair_terms = choose_pair_terms(record_texts(record for record, _at in head))
+        live = False
         with self._write_lock:
             gen = self._new_generation(self._period, pair_terms)
-            try:
+        try:
+            with self._write_lock:
                 count = parallel_build(
                     gen,
                     self._period,
@@ -1421,16 +1448,63 @@ class SearchIndex:
                     self._worker_nice,
                 )
                 join_parts(gen)
-            except BaseException:
+            if going_live is None:
+                with self._write_lock:
+                    self._swap_in(gen)
+                    live = True
+            else:
+                # (the caller's lock first, then this process's write lock, as every writer
+                # takes them: the new generation is held, so no process deletes it meanwhile)
+                with going_live() as replay, self._write_lock:
+                    self._delete_from(gen, replay.removed)
+                    self._erase_from(gen, replay.erased)
+                    write_atomic(gen / REBUILD_NOTE, replay.note)
+                    self._swap_in(gen)
+                    live = True
+                (gen / REBUILD_NOTE).unlink()
+        except BaseException:
+            if not live:
                 shutil.rmtree(gen, ignore_errors=True)
-                raise
-            write_atomic(gen / "STAMP", f"{time.time_ns()} {os.getpid()}")
-            write_atomic(self.directory / "CURRENT", gen.name)
+            raise
+        with self._write_lock:
             with self._lock:
                 if self._snapshot is None or self._snapshot.gen == gen:
                     self._holds.release_except(gen)
             self._remove_unused_generations()
         return count
+
+    def _swap_in(self, gen: Path) -> None:
+        """Make a complete generation the live one (under _write_lock)."""
+        write_atomic(gen / "STAMP", f"{time.time_ns()} {os.getpid()}")
+        write_atomic(self.directory / "CURRENT", gen.name)
+
+    @translate_errors
+    def unfinished_rebuild(self) -> str | None:
+        """The note of a rebuild whose generation went live but whose ``going_live`` block was
+        never left (killed in between), or None; None too without a readable index (what reads
+        it says what is wrong)."""
+        self._check_open()
+        try:
+            gen = self._current_gen()
+        except IndexUnavailable:
+            return None
+        try:
+            return (gen / REBUILD_NOTE).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeError) as e:
+            raise IndexUnavailable(f"cannot read {gen.name}/{REBUILD_NOTE}: {e}") from e
+
+    @translate_errors
+    def rebuild_finished(self, note: str) -> None:
+        """Remove the live generation's rebuild note, if it is still ``note``.
+
+        :param note: what `unfinished_rebuild` returned.
+        """
+        self._check_open()
+        if self.unfinished_rebuild() == note:
+            with contextlib.suppress(FileNotFoundError):
+                (self._current_gen() / REBUILD_NOTE).unlink()
 
     def _unmake_empty(self) -> None:
         """After a failed rebuild, take away the empty index `open` made where there was none,
