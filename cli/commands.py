@@ -480,8 +480,11 @@ def verify(config: Config) -> None:
     if result.problems:
         for problem in result.problems:
             click.echo(str(problem), err=True)
-        if result.damaged_ids():
-            click.echo("damaged or missing: " + " ".join(result.damaged_ids()), err=True)
+        if result.missing_ids():
+            click.echo("damaged or missing: " + " ".join(result.missing_ids()), err=True)
+        if result.searchable_ids():
+            click.echo("in the index though not archived (`archivist index --rebuild` takes "
+                       "them out): " + " ".join(result.searchable_ids()), err=True)
         sys.exit(1)
 
 

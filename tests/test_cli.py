@@ -436,6 +436,31 @@ def test_verify_names_a_record_missing_from_the_index(installed, tmp_path, make_
     assert result.stderr.splitlines()[-1] == "damaged or missing: X7"
 
 
+def test_verify_names_a_restored_record_the_index_still_holds_apart_from_damage(
+    installed, tmp_path, make_record
+):
+    write_jsonl(tmp_path / "in.jsonl", [make_record(id=f"X{i}") for i in range(20)])
+    archivist("import", str(tmp_path / "in.jsonl"), "--config", str(installed))
+    archivist("archive", "--as-of", "2026-01-01", "--config", str(installed))
+    from archivist.config import load_config
+    from indexer.services import Services
+
+    with Services.open(load_config(installed)) as services:
+        record, archived_at = services.store.get("X7"), services.store.info("X7").archived_at
+    assert archivist("restore", "X7", "--reason", "x", "--config", str(installed)).returncode == 0
+    with Services.open(load_config(installed)) as services:
+        services.index.add([(record, archived_at)])  # back in, behind the catalog's back
+    result = archivist("verify", "--config", str(installed))
+    assert result.returncode == 1
+    assert "X7: restored but still in the index" in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "in the index though not archived (`archivist index --rebuild` takes them out): X7"
+    )
+    assert "damaged or missing" not in result.stderr
+    assert archivist("index", "--rebuild", "--config", str(installed)).returncode == 0
+    assert archivist("verify", "--config", str(installed)).returncode == 0
+
+
 def test_an_index_built_before_processes_is_named_by_verify_and_rebuilt_by_init(
     installed, tmp_path, make_record
 ):

@@ -851,6 +851,8 @@ def test_a_rebuild_killed_as_it_goes_live_keeps_nothing_erased_or_restored(
     assert files_holding(index_dir, b"zqmark") == []
     assert files_holding(index_dir, b"gone.customer") == []
     assert "B0" not in searchable(config_path)
+    verified = archivist(config_path, "verify").stdout.decode()
+    assert verified.startswith("ok: 2005 records checked, no problems; 5 records wait for index")
     caught_up = archivist(config_path, "index")
     assert caught_up.returncode == 0, caught_up.stderr
     assert {f"L{i:04d}" for i in range(5)} <= searchable(config_path)

@@ -39,6 +39,8 @@ BULK_MIN = 1  # records to add from which they are staged (SearchIndex.stage)
 BULK_PROCESSES = 20_000  # records to stage from which both cores (two processes) write them
 BULK_MAX = 20_000  # records staged at once (held in memory, sent to the index workers)
 MISSING_FROM_INDEX = "archived but missing from the index"
+STILL_IN_INDEX = "but still in the index"  # after the state: "erased but still in the index"
+NEVER_ARCHIVED = "in the index but never archived"
 
 log = logging.getLogger(__name__)
 
@@ -254,12 +256,8 @@ def finish_rebuild(store: ArchiveStore, index: SearchEngine) -> bool:
         note = index.unfinished_rebuild()  # (another process may have finished it meanwhile)
         if note is None:
             return False
-        try:
-            began = json.loads(note)
-            start, head = int(began["seq"]), began["head"]
-        except (ValueError, TypeError, KeyError):
-            start, head = -1, "unreadable"
-        if store.entry_hash_at(start) == head:
+        start = _rebuild_start(store, note)
+        if start is not None:
             store.mark_rebuilt(start)
         else:  # (recovered from a backup since, the recovery rebuilds the index itself)
             log.warning("the note of an index rebuild killed before its catch-up is unreadable "
@@ -268,6 +266,17 @@ def finish_rebuild(store: ArchiveStore, index: SearchEngine) -> bool:
         index.rebuild_finished(note)
     log.info("recorded the catch-up of an index rebuild killed as it went live")
     return True
+
+
+def _rebuild_start(store: ArchiveStore, note: str) -> int | None:
+    """The starting point a rebuild's note names, None if it is unreadable or names another
+    history of the store (one recovered from a backup since)."""
+    try:
+        began = json.loads(note)
+        start, head = int(began["seq"]), began["head"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    return start if store.entry_hash_at(start) == head else None
 
 
 def _read_points(
@@ -303,8 +312,11 @@ def check_index_agreement(store: ArchiveStore, index: SearchEngine) -> tuple[lis
 
     Returns the problems and how many records still wait for catch-up: archived ones not in
     the index yet, restored or purged ones still in it. Not problems: the catalog knows the
-    index does not reflect them yet, and the next catch-up (or job run) applies them.
+    index does not reflect them yet, and the next catch-up (or job run) applies them. So do
+    the records archived during a rebuild killed as its index went live (`finish_rebuild`).
     """
+    note = index.unfinished_rebuild()
+    rebuilt_from = _rebuild_start(store, note) if note is not None else None
     indexed = set(index.iter_ids())
     problems: list[Problem] = []
     waiting = 0
@@ -312,19 +324,17 @@ def check_index_agreement(store: ArchiveStore, index: SearchEngine) -> tuple[lis
         in_index = entry.record_id in indexed
         indexed.discard(entry.record_id)
         if entry.state == "archived" and not in_index:
-            if entry.indexed:
+            if entry.indexed and (rebuilt_from is None or entry.seq <= rebuilt_from):
                 problems.append(Problem(entry.record_id, None, MISSING_FROM_INDEX))
             else:
                 waiting += 1
         elif entry.state != "archived" and in_index:
             if entry.indexed:
-                problems.append(
-                    Problem(entry.record_id, None, f"{entry.state} but still in the index")
-                )
+                problems.append(Problem(entry.record_id, None, f"{entry.state} {STILL_IN_INDEX}"))
             else:
                 waiting += 1
     for record_id in sorted(indexed):
-        problems.append(Problem(record_id, None, "in the index but never archived"))
+        problems.append(Problem(record_id, None, NEVER_ARCHIVED))
     return problems, waiting
 
 

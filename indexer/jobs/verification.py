@@ -10,7 +10,12 @@ from archive_store import ArchiveStore, Problem
 from archivist.active_db import AuditEntry
 from archivist.audit import iter_chain_problems
 from indexer.errors import REBUILD_HINT, IndexMissing, IndexUnavailable
-from indexer.jobs.indexing import MISSING_FROM_INDEX, check_index_agreement
+from indexer.jobs.indexing import (
+    MISSING_FROM_INDEX,
+    NEVER_ARCHIVED,
+    STILL_IN_INDEX,
+    check_index_agreement,
+)
 from indexer.search import SearchEngine
 from indexer.services import Services, search_index_exists
 
@@ -27,6 +32,23 @@ class VerifyResult:
     def damaged_ids(self) -> list[str]:
         """The distinct record ids named by a problem, sorted."""
         return sorted({p.record_id for p in self.problems if p.record_id is not None})
+
+    def searchable_ids(self) -> list[str]:
+        """The distinct record ids the index holds though the archive does not hold them as
+        archived (restored, disposed of, erased, or never archived), sorted."""
+        return sorted({
+            p.record_id for p in self.problems
+            if p.record_id is not None and p.reason.endswith((STILL_IN_INDEX, NEVER_ARCHIVED))
+        })
+
+    def missing_ids(self) -> list[str]:
+        """The distinct record ids named by any other problem (damaged in the store, or
+        missing from it or from the index), sorted."""
+        return sorted({
+            p.record_id for p in self.problems
+            if p.record_id is not None
+            and not p.reason.endswith((STILL_IN_INDEX, NEVER_ARCHIVED))
+        })
 
     def summary(self) -> str:
         """One line for people."""
