@@ -29,6 +29,7 @@ from archivist.demo_data import generate_records
 from indexer.jobs.disposal_proof import purge_with_proof
 from indexer.jobs.erasure import customer_hash, ledger_path, load_ledger
 from indexer.jobs.restore import restore_process, restore_record
+from indexer.jobs.runs import run_index_job
 from indexer.search import SearchQuery
 from indexer.services import Services
 from tests.conftest import pin_worker_schedule
@@ -858,6 +859,38 @@ def test_a_rebuild_killed_as_it_goes_live_keeps_nothing_erased_or_restored(
     assert {f"L{i:04d}" for i in range(5)} <= searchable(config_path)
     assert len(searchable(config_path)) == 2001
     assert archivist(config_path, "verify").stdout.decode().startswith("ok: 2005 records")
+
+
+def test_a_rebuild_killed_before_its_swap_leaves_no_erased_word_past_the_next_index_job(
+    config_path, make_record
+):
+    """A rebuild read a customer's records, they were erased, and it was killed with its new
+    index complete but not live: that folder goes at the worker's next index job, not only
+    when a process next opens the index."""
+    gone = [make_record(id=f"A{i}", customer_id="C-GONE", body="zqmarkx parcel",
+                        updated_at="2020-01-02T00:00:00Z") for i in range(3)]
+    installed(config_path, [*gone, *aged_records(make_record, 1997)])
+    assert archivist(config_path, "archive", "--as-of", AS_OF).returncode == 0
+    rebuild = archivist(config_path, "index", "--rebuild", wait=False, env={
+        "ARCHIVIST_STOP_AT": "index.rebuild_read:2",
+        "ARCHIVIST_CRASH_AT": "index.rebuild_built:1",
+    })
+    try:
+        wait_until_stopped(rebuild)
+        erased = archivist(config_path, "erase", "--customer", "C-GONE", "--reason", "asked")
+        assert erased.returncode == 0, erased.stderr
+        worker = Services.open(load_config(config_path))  # a worker's, open all along
+        assert worker.index.search(SearchQuery(q="parcel")).total == 1997
+    finally:
+        rebuild.send_signal(signal.SIGCONT)
+    assert rebuild.wait() == -signal.SIGKILL
+    index_dir = load_config(config_path).index_dir
+    with worker:
+        assert files_holding(index_dir / "g000002", b"zqmark")  # read before the erasure
+        run_index_job(worker)
+        assert sorted(p.name for p in index_dir.glob("g*")) == ["g000001"]
+        assert files_holding(index_dir, b"zqmark") == []
+        assert len({hit.id for hit in worker.index.iter_hits(SearchQuery(q="parcel"))}) == 1997
 
 
 def dead_pid() -> int:

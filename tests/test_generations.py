@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import shutil
 import subprocess
 import sys
+import threading
+import time
 from datetime import UTC, datetime
 
 from archivist.importer import import_lines
@@ -12,6 +17,7 @@ from indexer.jobs.indexing import rebuild_index
 from indexer.jobs.runs import run_archive_job
 from indexer.search import SearchQuery
 from indexer.whoosh.index import SearchIndex
+from indexer.whoosh.snapshots import GenerationHolds
 
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -84,8 +90,26 @@ _READ_THEN_DIE = """
 import os, sys
 from indexer.search import SearchQuery
 from indexer.whoosh.index import SearchIndex
+from indexer.whoosh.snapshots import GenerationHolds
 SearchIndex.open(sys.argv[1]).search(SearchQuery(q="parcel"))
 print("reading", flush=True)
 sys.stdin.readline()
 os._exit(0)
 """
+
+
+def test_a_new_generation_deleted_as_it_was_taken_is_not_held(tmp_path):
+    """A process deleting generations nobody holds may find a rebuild's before the rebuild
+    holds it: the rebuild then sees it go, and makes another."""
+    gen = tmp_path / "g000002"
+    gen.mkdir()
+    fd = os.open(gen / "HOLD", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as the deleter holds it, in another process
+    taken: list[bool] = []
+    taker = threading.Thread(target=lambda: taken.append(GenerationHolds().take(gen, new=True)))
+    taker.start()
+    time.sleep(0.2)  # waiting for the deleter
+    shutil.rmtree(gen)
+    os.close(fd)
+    taker.join(timeout=30)
+    assert taken == [False]

@@ -229,6 +229,7 @@ def rebuild_index(store: ArchiveStore, index: SearchEngine, *, progress: bool = 
 
     @contextmanager
     def going_live() -> Iterator[RebuildReplay]:
+        crash_point("index.rebuild_built")  # (the new index complete, not live yet)
         # Held from reading what left the archive to the mark: an erasure or restore either
         # is read here, or changes the index after the swap, which is then the new one.
         with store.indexing():

@@ -265,12 +265,16 @@ class SearchIndex:
 
     def _new_generation(self, period: str, pair_terms: list[str] | None = None) -> Path:
         """Create an empty generation; ``pair_terms`` None leaves them to its first records."""
-        numbers = [
-            int(m.group(1)) for p in self.directory.iterdir() if (m := _GEN_RE.match(p.name))
-        ]
-        gen = self.directory / f"g{max(numbers, default=0) + 1:06d}"
-        gen.mkdir()
-        self._holds.take(gen, new=True)  # not yet CURRENT: nobody may take it for unused
+        while True:
+            numbers = [
+                int(m.group(1)) for p in self.directory.iterdir() if (m := _GEN_RE.match(p.name))
+            ]
+            gen = self.directory / f"g{max(numbers, default=0) + 1:06d}"
+            gen.mkdir()
+            # Not yet CURRENT: nobody may take it for unused. False: another process took it
+            # for a dead rebuild's just before, and deleted it.
+            if self._holds.take(gen, new=True):
+                break
         meta: dict[str, Any] = {"shard_period": period}
         if not self._store_text:
             meta["stored_text"] = False
@@ -1057,8 +1061,10 @@ class SearchIndex:
     @translate_errors
     def remove_abandoned(self) -> None:
         """Remove the staged segments and unfinished merges of processes that are gone (killed
-        between stage and attach, or mid-merge), in every generation: nothing else removes them
-        until the next stage, and they may hold the words of records erased since."""
+        between stage and attach, or mid-merge), in every generation, and the generations no
+        process reads (a rebuild's killed before its swap): nothing else removes them until the
+        next stage or the next process to open the index, and they may hold the words of
+        records erased since."""
         self._check_open()
         try:
             folders = [p for p in self.directory.iterdir() if _GEN_RE.match(p.name)]
@@ -1066,6 +1072,8 @@ class SearchIndex:
             return
         for gen in folders:
             remove_abandoned_stages(gen / STAGED_DIR)
+        if len(folders) > 1:
+            self._remove_unused_generations()
 
     def _find_ids(
         self, gen: Path, ids: list[str], home: Mapping[str, str] | None = None

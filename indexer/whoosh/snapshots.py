@@ -65,7 +65,9 @@ class GenerationHolds:
         except OSError:  # a read-only index folder: nobody can delete it either
             return True
         fcntl.flock(fd, fcntl.LOCK_SH)  # waits while a deleter holds it
-        if not new and not (gen / "META").exists():  # deleted while we waited
+        # Deleted while we waited? (A new one has no META yet: then its HOLD file is unlinked.)
+        gone = os.fstat(fd).st_nlink == 0 if new else not (gen / "META").exists()
+        if gone:
             os.close(fd)
             return False
         self._fds[str(gen)] = fd
