@@ -396,7 +396,10 @@ def test_an_erasure_refused_for_a_move_under_way_is_not_finished_later(
     assert finish_interrupted_erasures(services, NOW) == 0
     assert {services.store.info(i).state for i in erasable["theirs"]} == {"archived"}
     ledger = load_ledger(ledger_path(services.config.key_file))
-    assert ledger[-1] == {"done": ledger[0]["id"]}
+    assert ledger[-1] == {"done": ledger[0]["id"], "refused": "restore_in_progress"}
+    # A recovery applies the ledger: this erasure erased nothing, so it erases nothing there.
+    assert apply_erasure_ledger(services, NOW) == 0
+    assert {services.store.info(i).state for i in erasable["theirs"]} == {"archived"}
 
 
 def test_an_interrupted_erasure_is_not_finished_over_a_hold_placed_since(
@@ -426,6 +429,9 @@ def test_an_interrupted_erasure_is_not_finished_over_a_hold_placed_since(
     assert entry.outcome == "on_hold"
     assert entry.details["held"] == erasable["theirs"][1]
     assert finish_interrupted_erasures(services, NOW) == 0  # done: not tried again
+    # Nor by a recovery: the held records were never erased.
+    assert apply_erasure_ledger(services, NOW) == 0
+    assert {services.store.info(i).state for i in erasable["theirs"][:2]} == {"archived"}
 
 
 def test_erase_api_and_the_record_view(client: Any, admin_headers: Any, erasable: Any) -> None:

@@ -344,7 +344,8 @@ def _erase(
     try:
         erased = store.erase(ids, at, actor, customer_id=customer_id, reasons_of=plan.purged)
     except RestoreInProgress:
-        append_ledger(path, {"done": erasure_id})  # refused, nothing erased: nothing to finish
+        # refused, nothing erased: nothing to finish, nor to erase again on a recovery
+        append_ledger(path, {"done": erasure_id, "refused": RestoreInProgress.code})
         raise
     crash_point("erase.after_store")
     with services.read_sessions.begin() as session:  # again: a restore may have ended since
@@ -491,7 +492,8 @@ def apply_erasure_ledger(services: Services, at: datetime) -> int:
     :param at: when (aware, the real clock)
     """
     ledger = load_ledger(ledger_path(services.config.key_file))
-    return _apply(services, [e for e in ledger if "done" not in e], at)
+    return _apply(services, [e for e in ledger if "done" not in e and
+                             e.get("id") not in _not_carried_out(ledger)], at)
 
 
 def finish_interrupted_erasures(services: Services, at: datetime) -> int:
@@ -531,6 +533,12 @@ def _ledgered_target(lines: list[dict[str, Any]]) -> str:
         return f"customer:{lines[0]['customer_sha256']}"
     records = lines[0].get("records", [])
     return records[0][0] if len(records) == 1 else "ledger"
+
+
+def _not_carried_out(ledger: list[dict[str, Any]]) -> set[str]:
+    """The erasures that erased nothing: refused by a move under way once ledgered, or left
+    unfinished over a hold placed since (the finisher found records of theirs still whole)."""
+    return {e["done"] for e in ledger if "done" in e and (e.get("refused") or e.get("on_hold"))}
 
 
 def _unfinished(ledger: list[dict[str, Any]]) -> list[dict[str, Any]]:
