@@ -266,6 +266,9 @@ def register_error_handlers(app: Flask) -> None:
         message = e.description or e.name
         if status == 404:
             message = f"no such endpoint: {request.path}"
+        elif status == 413:
+            message = f"the request body is over {app.config['MAX_CONTENT_LENGTH']:,} bytes " \
+                "(server.max_request_bytes)"
         return error_body(code, message), status, headers
 
     @app.errorhandler(Exception)

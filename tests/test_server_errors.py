@@ -90,6 +90,9 @@ def test_too_large_body_is_json_413(services: Any, admin_headers: dict[str, str]
         )
         assert response.status_code == 413
         assert _error(response)["code"] == "payload_too_large"
+        assert _error(response)["message"] == (
+            "the request body is over 1,024 bytes (server.max_request_bytes)"
+        )
     finally:
         close_app(app)
 

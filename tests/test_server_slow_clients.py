@@ -243,6 +243,7 @@ def test_a_chunked_body_over_the_limit_is_413_and_nothing_is_done(
     ):
         status, answer, headers = _raw(port, _chunked(path, token, body))
         assert (status, answer["error"]["code"]) == (413, "payload_too_large"), (path, answer)
+        assert "over 1,048,576 bytes" in answer["error"]["message"]
         assert headers["Content-Type"] == "application/json"
     # Up to the limit, a chunked body is read as one with a Content-Length.
     status, answer, _ = _raw(
