@@ -66,8 +66,10 @@ class PageNumber(fields.Integer):
     """A page or page size as ASCII digits: `int()` would also take `٣`, `３`, ` 3` or `1_0`."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
-        if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        digits = value.removeprefix("-") if isinstance(value, str) else ""
+        if isinstance(value, str) and not (digits.isascii() and digits.isdigit()):
             raise ValidationError("must be a whole number in digits 0-9")
+        # (a negative one is left to the field's range, whose message names the bounds)
         result: int = super()._deserialize(value, attr, data, **kwargs)
         return result
 

@@ -346,7 +346,7 @@ def test_an_id_with_an_encoded_slash_is_a_json_404_not_a_redirect_to_another_rec
     assert record["archive"]["state"] == "archived"  # not restored by a followed redirect
 
 
-@pytest.mark.parametrize("value", ["%D9%A3", "%EF%BC%92", "1_0", "+2", "%202", "-1"])
+@pytest.mark.parametrize("value", ["%D9%A3", "%EF%BC%92", "1_0", "+2", "%202", "--1", "-%D9%A3"])
 def test_a_page_number_in_other_digits_is_400(
     client: Any, agent_headers: dict[str, str], value: str
 ) -> None:
@@ -359,6 +359,16 @@ def test_a_page_number_in_other_digits_is_400(
         assert "must be a whole number in digits 0-9" in _error(response)["message"]
     ok = client.get("/api/v1/search?page=2&per_page=3", headers=agent_headers)
     assert ok.status_code == 200 and ok.get_json()["per_page"] == 3
+
+
+def test_a_negative_page_number_is_400_naming_the_bounds(
+    client: Any, agent_headers: dict[str, str]
+) -> None:
+    for name, bounds in (("page", "greater than or equal to 1"),
+                         ("per_page", "greater than or equal to 1 and less than or equal to")):
+        response = client.get(f"/api/v1/search?{name}=-1", headers=agent_headers)
+        assert response.status_code == 400, name
+        assert name in _error(response)["message"] and bounds in _error(response)["message"]
 
 
 def test_a_from_after_to_says_so_in_one_phrase(
