@@ -474,6 +474,19 @@ def export(actor: Actor, query: SearchQuery) -> Iterator[bytes]:
     return chunks()
 
 
+def check_export(actor: Actor, query: SearchQuery) -> None:
+    """Refuse a query the index cannot parse as the export would, without running the export
+    (a `HEAD` of it): only a refusal is audited, as `bad_query`.
+
+    :raises BadQuery: the query does not parse, or names what the index cannot search
+    """
+    try:
+        next(iter_process_hits(actor.services, query), None)
+    except BadQuery as e:
+        audit_refused_query(actor, "export", query.q, e)
+        raise
+
+
 def _export_stream(actor: Actor, query: SearchQuery) -> Iterator[bytes]:
     digest = hashlib.sha256()
     size = 0
@@ -481,6 +494,7 @@ def _export_stream(actor: Actor, query: SearchQuery) -> Iterator[bytes]:
         counter = _Counter(iter_process_hits(actor.services, query))
         next_check = time_module.monotonic() + actor.recheck_seconds
         rows = 0  # in the chunks handed on (the counter is a chunk ahead)
+        made = True  # whether the audit entry describes what was sent
         try:
             for chunk in iter_csv(iter(counter)):
                 if time_module.monotonic() >= next_check:
@@ -495,8 +509,16 @@ def _export_stream(actor: Actor, query: SearchQuery) -> Iterator[bytes]:
         except GeneratorExit:
             entry.outcome = "aborted"
             raise
+        except BaseException:
+            # Refused before a byte was made (a query the index cannot parse): no rows, size
+            # or hash, which would pass for an empty file sent.
+            made = size > 0
+            raise
+        else:
+            made = True
         finally:
-            entry.details.update(rows=rows, bytes=size, sha256=digest.hexdigest())
+            if made:
+                entry.details.update(rows=rows, bytes=size, sha256=digest.hexdigest())
 
 
 class ExportRevoked(Exception):

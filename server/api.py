@@ -141,7 +141,8 @@ def export_csv() -> Response:
     query = search_query(export=True)
     filename = actions.export_filename(query)
     return Response(
-        head_or(lambda: stream_with_context(actions.export(actor(), query))),
+        head_or(lambda: stream_with_context(actions.export(actor(), query)),
+                lambda: actions.check_export(actor(), query)),
         mimetype="text/csv",
         headers={
             "Content-Disposition": f'attachment; filename="{filename}"',
@@ -150,11 +151,15 @@ def export_csv() -> Response:
     )
 
 
-def head_or(stream: Callable[[], Iterator[bytes]]) -> Iterator[bytes]:
+def head_or(stream: Callable[[], Iterator[bytes]], check: Callable[[], None]) -> Iterator[bytes]:
     """The body of a streamed answer, or to a HEAD none, without running what makes it: a
     HEAD would otherwise run an export (audited) whose rows the server then drops unsent.
+    A HEAD still runs `check`, which refuses what the GET would refuse before its first byte.
     (An iterator, not `()`: an empty sequence would be answered `Content-Length: 0`.)"""
-    return iter(()) if request.method == "HEAD" else stream()
+    if request.method != "HEAD":
+        return stream()
+    check()
+    return iter(())
 
 
 @bp.get("/export.csv.sha256")

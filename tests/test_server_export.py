@@ -202,3 +202,21 @@ def test_head_of_an_export_answers_its_headers_without_running_it(
         entries = list_audit(session, AuditFilter(action="export")).entries
     assert [(e.outcome, e.details["rows"]) for e in entries
             if e.outcome != "bad_query"] == [("ok", 104)]
+
+
+@pytest.mark.parametrize("q", ["(", "refund AND", '"unclosed', "x)"])
+def test_head_of_an_export_refuses_a_query_the_get_refuses_and_audits_it(
+    client: Any, auditor_headers: dict[str, str], many: list[Any], services: Any, q: str
+) -> None:
+    from archivist.audit import AuditFilter, list_audit
+
+    for method in (client.get, client.head):
+        response = method("/api/v1/export.csv", query_string={"q": q}, headers=auditor_headers)
+        response.close()
+        assert response.status_code == 400, (method, q)
+    assert client.get("/api/v1/audit", headers=auditor_headers).status_code == 200  # waits
+    with services.read_sessions.begin() as session:
+        entries = list_audit(session, AuditFilter(action="export")).entries
+    assert [e.outcome for e in entries] == ["bad_query", "bad_query"]
+    for entry in entries:  # refused before a byte: nothing that passes for an empty file sent
+        assert not {"rows", "bytes", "sha256"} & set(entry.details), entry.details

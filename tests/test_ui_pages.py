@@ -366,6 +366,13 @@ def test_ui_head_of_an_export_answers_its_headers_without_running_it(
     )
     with services.read_sessions.begin() as session:
         assert list_audit(session, AuditFilter(action="export")).total == 0
+    refused = client.head("/search/export.csv?q=refund%20AND")  # as its GET is
+    refused.close()
+    assert refused.status_code == 400
+    client.get("/audit")  # waits for the audit entries under way
+    with services.read_sessions.begin() as session:
+        [entry] = list_audit(session, AuditFilter(action="export")).entries
+    assert entry.outcome == "bad_query"
 
 
 def test_ui_restore_is_audited_and_idempotent_in_the_ui(

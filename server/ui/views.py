@@ -214,7 +214,8 @@ def export_csv() -> Response:
         raise
     filename = actions.export_filename(query)
     return Response(
-        head_or(lambda: stream_with_context(actions.export(_actor(), query))),
+        head_or(lambda: stream_with_context(actions.export(_actor(), query)),
+                lambda: actions.check_export(_actor(), query)),
         mimetype="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
