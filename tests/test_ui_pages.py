@@ -494,6 +494,10 @@ def test_ui_a_bulk_restore_sent_again_says_its_records_were_already_restored(
     assert "1 was already restored and will be skipped." in page
 
 
+_CONTROL = ("Nothing was restored: the search holds a control character, which the search page "
+            "never sends.")
+
+
 @pytest.mark.parametrize(("form", "said"), [
     # a typo'd filter was dropped: the search matched every archived record
     ({"mode": "search", "search": "customer_idd=C-ONE"},
@@ -502,7 +506,11 @@ def test_ui_a_bulk_restore_sent_again_says_its_records_were_already_restored(
      "Nothing was restored: the search has no parameter &#39;zzz&#39;."),
     ({"mode": "ids", "ids": ["x" * 129]},
      "Nothing was restored: a record id has 1 to 128 characters."),
-], ids=["misspelt-filter", "no-filter", "long-id"])
+    # a control character was read as no search at all: every archived record counted
+    ({"mode": "search", "search": "q=ONE\x07"}, _CONTROL),
+    ({"mode": "search", "search": "customer_id=C-ONE\t"}, _CONTROL),
+    ({"mode": "search", "search": "customer_id=C\x7f"}, _CONTROL),
+], ids=["misspelt-filter", "no-filter", "long-id", "bell", "tab", "delete"])
 def test_ui_bulk_restore_refuses_what_the_search_page_never_sends(
     client: Any, admin_headers: Any, services: Any, archived: Callable[..., Any],
     make_record: Callable[..., dict[str, Any]], form: dict[str, Any], said: str,

@@ -298,9 +298,7 @@ def bulk_restore() -> ResponseReturnValue:
     services = _services()
     form = request.form
     search = form.get("search", "")
-    if not search.isprintable():  # a query string never holds a raw control character
-        search = ""
-    back = url_for("ui.search") + (f"?{search}" if search else "")
+    back = url_for("ui.search") + (f"?{search}" if search and search.isprintable() else "")
     reason = form.get("reason", "").strip()
     mode = "search" if form.get("mode") == "search" else "ids"
     limit = services.config.server.max_bulk_restore
@@ -320,6 +318,10 @@ def bulk_restore() -> ResponseReturnValue:
     unknown = sorted({k for k, _ in parse_qsl(search, keep_blank_values=True)}
                      - set(SEARCH_PARAMS))
     twice = given_twice(form, ("search", "reason", "mode", "confirmed", "plan"))
+    if not search.isprintable():  # a query string never holds a raw control character
+        flash("Nothing was restored: the search holds a control character, which the search "
+              "page never sends.", "error")
+        return redirect(back, 303)
     if twice is not None:
         flash(f"Nothing was restored: {said_twice(twice)}.", "error")
         return redirect(back, 303)
