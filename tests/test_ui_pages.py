@@ -250,6 +250,20 @@ def test_ui_record_page_names_a_disposal_and_an_erasure_each_for_what_it_was(
     assert "<dt>Disposed</dt>" not in erased_page
 
 
+def test_ui_a_customer_id_with_a_direction_changing_character_shows_it(
+    client: Any, admin_headers: Any, archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    """`\u202eCUST-9` was drawn as `9-TSUC`: the same as a customer of that id."""
+    archived(make_record(id="BIDI-1", customer_id="\u202eCUST-9", body="bidimarker"))
+    _sign_in(client, admin_headers)
+    record = client.get("/records/BIDI-1").get_data(as_text=True)
+    hits = client.get("/search?q=bidimarker").get_data(as_text=True)
+    for page in (record, hits):
+        assert ">\\u202eCUST-9</a>" in page
+        assert "\u202e" not in page.replace("%E2%80%AE", "")  # (the link's query keeps it)
+
+
 def test_ui_record_page_says_when_a_disposed_or_erased_id_is_active_again(
     client: Any, admin_headers: Any, services: Any, corpus: None
 ) -> None:
@@ -872,6 +886,15 @@ def test_ui_holds_round_trip(client: Any, admin_headers: Any) -> None:
     page = client.post("/admin/holds", data=blank, follow_redirects=True).get_data(as_text=True)
     assert "needs a reason" in page
     lift = {"csrf_token": csrf, "scope": "customer", "value": "C9"}
+    page = client.post("/admin/holds/remove", data=lift, follow_redirects=True)
+    assert "lifted" in page.get_data(as_text=True)
+    # A value with a direction-changing character is shown with it, not drawn as `54000C`.
+    form = {**form, "value": "\u202eC00045"}
+    page = client.post("/admin/holds", data=form, follow_redirects=True).get_data(as_text=True)
+    assert "Legal hold placed" in page
+    assert ">\\u202eC00045</td>" in page and "Lift the hold on customer \\u202eC00045?" in page
+    assert 'name="value" value="\u202eC00045"' in page  # the form lifts the value as it is
+    lift = {**lift, "value": "\u202eC00045"}
     page = client.post("/admin/holds/remove", data=lift, follow_redirects=True)
     assert "lifted" in page.get_data(as_text=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from typing import Any
@@ -90,6 +91,21 @@ def mark_chinese(text: str) -> Markup:
     no run reaches into one.
     """
     return Markup(_CHINESE.sub(r'<span lang="zh">\g<0></span>', str(escape(text))))
+
+
+def show_invisible(value: str) -> str:
+    """An id, customer or category with each invisible or direction-changing character written
+    as its code (`\u202eC00045`, not `54000C` drawn right to left): a value that differs
+    from another only by one must not look the same.
+
+    :param value: the text of one value, as stored
+    """
+    return "".join(
+        f"\\u{ord(ch):04x}" if unicodedata.category(ch) in _INVISIBLE else ch for ch in value
+    )
+
+
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn"})
 
 
 def counted(n: int, noun: str) -> str:

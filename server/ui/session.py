@@ -49,6 +49,7 @@ from server.ui.filters import (
     mark_chinese,
     pretty_json,
     search_url,
+    show_invisible,
     source_table,
     toggle_url,
     url_with,
@@ -86,6 +87,7 @@ def _configure_app(state: BlueprintSetupState) -> None:
     app.jinja_env.filters["pretty_json"] = pretty_json
     app.jinja_env.filters["compact_json"] = compact_json
     app.jinja_env.filters["zh"] = mark_chinese
+    app.jinja_env.filters["visible"] = show_invisible
 
 
 def secret_key_path(config: Config) -> Path:

@@ -319,9 +319,11 @@ def bulk_restore() -> ResponseReturnValue:
                      - set(SEARCH_PARAMS))
     twice = given_twice(form, ("search", "reason", "mode", "confirmed", "plan"))
     if not search.isprintable():  # a query string never holds a raw control character
-        flash("Nothing was restored: the search holds a control character, which the search "
-              "page never sends.", "error")
-        return redirect(back, 303)
+        if mode == "search":  # (for ticked ids, the search is only the way back)
+            flash("Nothing was restored: the search holds a control character, which the "
+                  "search page never sends.", "error")
+            return redirect(back, 303)
+        search = ""
     if twice is not None:
         flash(f"Nothing was restored: {said_twice(twice)}.", "error")
         return redirect(back, 303)
