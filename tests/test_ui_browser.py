@@ -972,6 +972,8 @@ def test_ui_a_very_long_subject_leaves_the_restore_button_in_view(new_page: Any)
     heading = page.locator("h1").inner_text()
     assert heading.startswith("Longsubjectword lorem") and heading.endswith("…")
     assert len(heading) <= 301
+    title = page.title()  # the window's title and tab: the subject's start too
+    assert title.startswith("Longsubjectword lorem") and len(title) <= 121 + len(" · Archivist")
     whole = page.get_by_test_id("full-subject")
     assert not whole.locator("p").is_visible()
     whole.locator("summary").click()
