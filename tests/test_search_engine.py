@@ -26,7 +26,7 @@ from indexer.whoosh.postings import POSTING_CACHE, PostingCache
 from indexer.whoosh.query import CompiledQuery, compile_query
 from indexer.whoosh.schema import PAIR_FIELDS, build_schema
 from indexer.whoosh.shards import _SEGMENT_DF, TERM_CACHE, _alike_documents
-from indexer.whoosh.snippets import make_snippet
+from indexer.whoosh.snippets import make_long_snippet, make_snippet
 from tests.test_search import (
     AND,
     AT,
@@ -168,6 +168,22 @@ def test_snippet_of_a_long_body_stops_after_its_window() -> None:
     assert snippet.endswith("…") and snippet.count("<mark>") == 1
     late = make_snippet("filler " * 1000 + "refund, refund", "body", compiled)
     assert late is not None and late.startswith("…") and late.count("<mark>") == 2
+
+
+def test_a_snippet_keeps_the_words_before_its_match() -> None:
+    compiled = CompiledQuery(None, {"body": {"xsstoken"}}, [])
+    text = '<img src=x onerror=alert(1)>\n"><svg onload=alert(2)> javascript:alert(3) xsstoken'
+    snippet = make_snippet(text, "body", compiled)
+    # 50 characters and more before the match, from a word's start: not `…<mark>xsstoken…`
+    assert snippet == ("…onerror=alert(1)&gt;\n&quot;&gt;&lt;svg onload=alert(2)&gt; "
+                       "javascript:alert(3) <mark>xsstoken</mark>")
+    short = make_snippet("one two three four five six seven eight nine ten eleven twelve "
+                         "xsstoken", "body", compiled)
+    assert short == "…three four five six seven eight nine ten eleven twelve <mark>xsstoken</mark>"
+    head = 20_000
+    far = make_long_snippet("filler " * 5000 + "the parcel was lost xsstoken", "body",
+                            compiled, head)
+    assert far is not None and "the parcel was lost <mark>xsstoken</mark>" in far
 
 
 def test_deletions_reuse_column_caches_and_stay_exact(tmp_path: Path) -> None:

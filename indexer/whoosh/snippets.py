@@ -40,8 +40,10 @@ def make_snippet(text: str, fieldname: str, compiled: CompiledQuery) -> str | No
         return None
     first = spans[0][0]
     begin = max(0, first - SNIPPET_CHARS // 4)
-    if begin:
-        space = text.rfind(" ", begin - 20, first)
+    if begin:  # at a word's start: the last space up to 20 before `begin`, else the next one
+        space = text.rfind(" ", max(0, begin - 20), begin)
+        if space < 0:
+            space = text.find(" ", begin, first)
         begin = space + 1 if space >= 0 else begin
     end = min(len(text), begin + SNIPPET_CHARS)
     out = ["…" if begin else ""]
@@ -89,7 +91,7 @@ def make_long_snippet(
             return None
         at = min(hits)
         start = max(0, at - SNIPPET_CHARS)
-        space = text.rfind(" ", start, at)
+        space = text.find(" ", start, at)  # a word's start, as far before the match as can be
         start = space + 1 if space >= 0 else start
         window = make_snippet(text[start : at + SNIPPET_CHARS * 2], fieldname, compiled)
         if window is not None:
