@@ -34,6 +34,25 @@ def installed(config_path):
     return config_path
 
 
+def test_the_command_runs_from_archivist_cli_and_the_core_loads_no_layer_above(installed):
+    code = (
+        "import sys\n"
+        "from archivist.cli import main\n"
+        "layers = ('cli', 'server', 'indexer')\n"
+        "above = sorted(m for m in sys.modules if m.split('.')[0] in layers)\n"
+        "assert above == [], above\n"
+        f"main(['stats', '--config', {str(installed)!r}])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["active"] == 0
+    unknown = "from archivist.cli import main; main(['nope'])"
+    failed = subprocess.run([sys.executable, "-c", unknown], capture_output=True, text=True,
+                            timeout=120)
+    assert failed.returncode == 2 and "No such command 'nope'" in failed.stderr
+
+
 def test_init_is_idempotent_and_creates_what_the_config_names(config_path):
     for _ in range(2):
         assert archivist("init", "--config", str(config_path)).returncode == 0
