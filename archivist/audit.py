@@ -376,20 +376,32 @@ def audit_head(session: Session) -> tuple[int, str]:
 
 
 class _Pending:
-    __slots__ = ("done", "error", "event")
+    __slots__ = ("done", "error", "event", "waited")
 
-    def __init__(self, event: AuditEvent | None) -> None:
+    def __init__(self, event: AuditEvent | None, waited: bool = False) -> None:
         self.event = event
+        self.waited = waited  # a caller waits for it: told of a failure, not kept to retry
         self.done = threading.Event()
         self.error: BaseException | None = None
 
 
 class AuditWriter:
-    """Appends events from many threads through one background thread, in batches."""
+    """Appends events from many threads through one background thread, in batches.
 
-    def __init__(self, sessions: sessionmaker[Session], max_batch: int = 500) -> None:
+    An entry nobody waits for (a search's) that the database cannot take for now (down,
+    unreachable, locked past its timeout) is kept and written once it can, in its order; the
+    writer tries again after a pause that grows to `RETRY_MAX_SECONDS`. Past `max_kept`
+    entries kept so, the oldest are given up, each logged.
+    """
+
+    RETRY_MAX_SECONDS = 5.0
+
+    def __init__(
+        self, sessions: sessionmaker[Session], max_batch: int = 500, max_kept: int = 100_000
+    ) -> None:
         self._sessions = sessions
         self._max_batch = max_batch
+        self._max_kept = max_kept
         self._cond = threading.Condition()
         self._queue: list[_Pending] = []
         self._thread: threading.Thread | None = None
@@ -402,7 +414,7 @@ class AuditWriter:
         SQLite's write lock for a while); the entry is committed moments later, and `flush`
         or `close` wait for it.
         """
-        pending = _Pending(event)
+        pending = _Pending(event, waited=wait)
         self._submit(pending)
         if wait:
             pending.done.wait()
@@ -410,13 +422,15 @@ class AuditWriter:
                 raise pending.error
 
     def flush(self) -> None:
-        """Wait until everything queued so far is committed."""
+        """Wait until everything queued so far is committed, or the database could not take
+        it for now (what the caller reads next then fails for the same reason)."""
         marker = _Pending(None)
         self._submit(marker)
         marker.done.wait()
 
     def close(self) -> None:
-        """Commit what is queued and stop the background thread."""
+        """Commit what is queued and stop the background thread (what the database still
+        cannot take then is given up, each entry logged)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -427,7 +441,7 @@ class AuditWriter:
     def _submit(self, pending: _Pending) -> None:
         with self._cond:
             if self._closed:
-                self._write([pending])  # after close: write in the caller's thread
+                self._write([pending], last_try=True)  # after close: in the caller's thread
                 return
             self._queue.append(pending)
             if self._thread is None:
@@ -436,27 +450,61 @@ class AuditWriter:
             self._cond.notify()
 
     def _run(self) -> None:
+        pause = 0.0
         while True:
             with self._cond:
                 while not self._queue and not self._closed:
                     self._cond.wait()
+                if pause and not self._closed:
+                    self._cond.wait(pause)  # the database could not take the last batch
                 if not self._queue:
                     return
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
-            self._write(batch)
+                last_try = self._closed
+            kept = self._write(batch, last_try)
+            pause = min(self.RETRY_MAX_SECONDS, max(0.25, pause * 2)) if kept else 0.0
+            if kept:
+                with self._cond:
+                    self._queue[:0] = kept
+                    self._give_up_past(self._max_kept)
 
-    def _write(self, batch: list[_Pending]) -> None:
+    def _give_up_past(self, limit: int) -> None:
+        """Give up the oldest entries kept past `limit` (the condition's lock held)."""
+        waiting = [p for p in self._queue if p.event is not None and not p.waited]
+        for pending in waiting[: max(0, len(waiting) - limit)]:
+            self._queue.remove(pending)
+            self._lost(pending, "too many entries wait for the database")
+
+    def _write(self, batch: list[_Pending], last_try: bool) -> list[_Pending]:
+        """Write the batch; returns the entries to try again (the database unavailable)."""
         events = [p.event for p in batch if p.event is not None]
         try:
             if events:
                 write_audit(self._sessions, events)
+        except OperationalError as e:  # unavailable for now: keep what nobody waits for
+            if last_try:
+                for p in batch:
+                    if p.event is not None and not p.waited:
+                        self._lost(p, str(e.orig or e))
+            kept = [] if last_try else [p for p in batch if p.event is not None and not p.waited]
+            for p in batch:
+                if p not in kept:
+                    p.error = e if p.event is not None and p.waited else None
+                    p.done.set()
+            return kept
         except BaseException:  # one at a time, so that one entry the database refuses
             for p in batch:    # takes no other with it
                 self._write_one(p)
-        finally:
-            for p in batch:
-                p.done.set()
+        for p in batch:
+            p.done.set()
+        return []
+
+    def _lost(self, pending: _Pending, why: str) -> None:
+        assert pending.event is not None
+        log.error("an audit entry was not written (%s %s %s at %s): %s", pending.event.actor,
+                  pending.event.action, pending.event.target, pending.event.at.isoformat(), why)
+        pending.done.set()
 
     def _write_one(self, pending: _Pending) -> None:
         if pending.event is None:

@@ -70,9 +70,17 @@ class ArchivistGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
         except OperationalError as e:  # the active database down, unreachable, refusing us
+            if os.environ.get("ARCHIVIST_DEBUG"):
+                raise
             click.echo(f"error: the active database: {_first_line(str(e.orig or e))}", err=True)
             sys.exit(1)
         except DatabaseError as e:
+            if os.environ.get("ARCHIVIST_DEBUG"):
+                raise
+            if _access_refused(e):  # a role without the rights it needs: the admin's to grant
+                click.echo(f"error: the active database: {_first_line(str(e.orig or e))}",
+                           err=True)
+                sys.exit(1)
             if type(e) is not DatabaseError:  # an integrity or programming error: a bug
                 _unexpected(e)
             # what SQLite says of a file that is not a database, or a damaged one
@@ -91,6 +99,13 @@ class ArchivistGroup(click.Group):
             sys.exit(1)
         except Exception as e:  # a bug or an environment problem: still one line, exit 2
             _unexpected(e)
+
+
+def _access_refused(e: DatabaseError) -> bool:
+    """Whether the database refused the statement for want of a privilege (SQLSTATE 42501)
+    or of a valid authorization (class 28)."""
+    state = str(getattr(e.orig, "sqlstate", None) or "")
+    return state == "42501" or state.startswith("28")
 
 
 def _unexpected(e: Exception) -> NoReturn:

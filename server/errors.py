@@ -11,6 +11,7 @@ import werkzeug.exceptions
 from flask import Flask, Response, g, request
 from gunicorn.http.errors import NoMoreData, ParseException
 from marshmallow import ValidationError
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from archive_store import (
@@ -250,6 +251,17 @@ def register_error_handlers(app: Flask) -> None:
 
     for base in (ArchivistError, ArchiveStoreError, IndexerError):
         app.register_error_handler(base, _domain_error)
+
+    @app.errorhandler(OperationalError)
+    def _database_unavailable(e: OperationalError) -> Any:
+        # The active database down, unreachable, locked past the timeout, out of space: the
+        # service's condition (as /healthz says), not a bug in the request.
+        log.error("request %s: the active database: %s", request_id(), e.orig or e)
+        message = f"the active database is unavailable: {str(e.orig or e).strip()[:200]}"
+        page = app.extensions.get("archivist_error_page")
+        if page is not None and _is_page_path(request.path):
+            return (*page(werkzeug.exceptions.ServiceUnavailable(message)), {})
+        return error_body("database_unavailable", message), 503, {}
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException) -> Any:

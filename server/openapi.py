@@ -28,8 +28,9 @@ _ERRORS = {
 # Answers any request may get, whatever its endpoint: in the document's description.
 _ANY_REQUEST = (
     "Any request may also be answered 405 (a method the endpoint does not take, with `Allow`), "
-    "408 (a request not sent in time), 414 or 431 (a request line or headers too long); "
-    "an `/api/v1` request without a live token is 401 first."
+    "408 (a request not sent in time), 414 or 431 (a request line or headers too long), "
+    "503 `database_unavailable` (the active database down or unreachable: nothing was "
+    "changed); an `/api/v1` request without a live token is 401 first."
 )
 
 
