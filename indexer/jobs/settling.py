@@ -73,9 +73,10 @@ def settle_leftovers(
     indexed = sync_index(services.store, services.index, should_stop=should_stop)
     disposals = settle_disposals(services)
     if moves or indexed or disposals:
+        # (index changes may be another job's under way, not an earlier run's: caught up)
         log.info(
-            "settled an earlier run's leftovers: %d moves, %d index changes, %d disposal-list "
-            "rows", moves, indexed, disposals,
+            "caught up before the run: %d moves settled, %d index changes applied, "
+            "%d disposal-list rows settled", moves, indexed, disposals,
         )
     return Settled(moves, indexed, disposals)
 
