@@ -77,7 +77,11 @@ def add_members(session: Session, members: Sequence[tuple[str, str, int | None]]
     if not members:
         return
     ids = [record_id for record_id, _, _ in members]
-    session.execute(delete(ArchivedProcessMember).where(ArchivedProcessMember.record_id.in_(ids)))
+    for start in range(0, len(ids), 500):  # a batch of large processes holds 100,000s of rows:
+        # one IN list of them all is past what a statement may bind (65,535 on PostgreSQL)
+        session.execute(delete(ArchivedProcessMember).where(
+            ArchivedProcessMember.record_id.in_(ids[start:start + 500])
+        ))
     session.execute(
         insert(ArchivedProcessMember),
         [{"record_id": record_id, "root_id": root_id, "seq": seq}

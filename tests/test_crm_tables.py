@@ -202,6 +202,21 @@ def test_crm_archive_moves_exactly_the_aged_unheld_unreferenced_processes(crm):
     assert crm.store.get("case:11")["parent_id"] == "case:10"
 
 
+def test_crm_a_process_of_more_rows_than_a_statement_may_bind_is_archived_whole(crm, pg_url):
+    """A batch's rows were forgotten by the ledger in one `IN` list: past PostgreSQL's 65,535
+    parameters the run failed, and every later one failed again settling what it left."""
+    run_sql(pg_url, "INSERT INTO case_messages (msg_id, case_id, queue, text, sent_at) "
+                    f"SELECT gen_random_uuid(), 10, 'billing', 'more', '{OLD}' "
+                    "FROM generate_series(1, 66000)")
+    report = run_archive_job(crm, utcnow())
+
+    assert report.archived == len(PROCESS_A) + 66_000
+    with crm.engine.connect() as connection:
+        assert connection.scalar(text("SELECT count(*) FROM case_messages")) == 2  # B's and D's
+    assert run_archive_job(crm, utcnow()).archived == 0
+    assert verify_all(crm).problems == []
+
+
 def test_crm_restore_rebuilds_every_row_exactly_and_fires_insert_triggers(crm):
     before = snapshot(crm)
     run_archive_job(crm, utcnow())

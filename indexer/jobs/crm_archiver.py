@@ -323,8 +323,8 @@ def group_processes(rows: Iterable[CrmRow]) -> list[CrmProcess]:
     for record_id in by_id:
         groups[root(record_id)].append(by_id[record_id])
     processes = []
+    depth = row_depths(by_id.values())
     for root_id, members in groups.items():
-        depth = {m.record_id: _depth(m.record_id, by_id) for m in members}
         members.sort(key=lambda m: depth[m.record_id])
         processes.append(CrmProcess(root_id, members))
     return processes
@@ -353,13 +353,26 @@ def _parent_loop(process: CrmProcess) -> list[str]:
     return []
 
 
-def _depth(record_id: str, by_id: dict[str, CrmRow]) -> int:
-    depth, seen = 0, {record_id}
-    parent = by_id[record_id].parent_id
-    while parent is not None and parent in by_id and parent not in seen:
-        seen.add(parent)
-        depth += 1
-        parent = by_id[parent].parent_id
+def row_depths(rows: Iterable[CrmRow]) -> dict[str, int]:
+    """How many ancestors each row has among `rows`: sorted by it, parents come before their
+    children. Each row is walked once (a process may hold 100,000 rows, or one long chain of
+    replies); a loop of parents is cut where it closes.
+
+    :param rows: the rows, by any order
+    """
+    parent_of = {row.record_id: row.parent_id for row in rows}
+    depth: dict[str, int] = {}
+    for start in parent_of:
+        path: list[str] = []
+        on_path: set[str] = set()
+        node: str | None = start
+        while node in parent_of and node not in depth and node not in on_path:
+            path.append(node)
+            on_path.add(node)
+            node = parent_of[node]
+        base = depth[node] if node in depth else -1
+        for steps, record_id in enumerate(reversed(path), start=1):
+            depth[record_id] = base + steps
     return depth
 
 
@@ -784,8 +797,7 @@ def _delete_rows(
     """
     depth_of: dict[tuple[int, CrmTable], list[Any]] = defaultdict(list)
     for process in processes:
-        depths = {row.record_id: _depth(row.record_id, {r.record_id: r for r in process.rows})
-                  for row in process.rows}
+        depths = row_depths(process.rows)
         for row in process.rows:
             depth_of[(depths[row.record_id], row.table)].append(row.key)
     for (_, crm_table), keys in sorted(depth_of.items(), key=lambda item: -item[0][0]):

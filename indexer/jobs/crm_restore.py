@@ -43,6 +43,7 @@ from indexer.jobs.crm_archiver import (
     archived_tree,
     group_processes,
     reconcile_crm_pending,
+    row_depths,
 )
 from indexer.jobs.indexing import drop_restored
 from indexer.jobs.reconcile import restores_asked_for
@@ -310,7 +311,7 @@ def _present_keys(session: Session, crm_table: CrmTable, keys: list[Any]) -> lis
 
 def _insert_rows(session: Session, rows: Sequence[CrmRow]) -> None:
     """INSERT the rows, a statement per depth, table and shape of row."""
-    depth = {row.record_id: _depth(row, rows) for row in rows}
+    depth = row_depths(rows)
     ordered = sorted(rows, key=lambda row: depth[row.record_id])  # stable: parents first
     for (_, crm_table), group in groupby(ordered, key=lambda r: (depth[r.record_id], r.table)):
         members = list(group)
@@ -341,14 +342,6 @@ def _insert_rows(session: Session, rows: Sequence[CrmRow]) -> None:
                     f"{crm_table.name} refuses a row of the process ({database_reason(e)}); "
                     "the process was not restored"
                 ) from None
-
-
-def _depth(row: CrmRow, rows: Sequence[CrmRow]) -> int:
-    parents = {r.record_id: r.parent_id for r in rows}
-    depth, parent = 0, row.parent_id
-    while parent is not None and parent in parents and depth <= len(rows):
-        depth, parent = depth + 1, parents[parent]
-    return depth
 
 
 def _refusal(e: IntegrityError, crm_table: CrmTable) -> Exception:
