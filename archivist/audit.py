@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -455,8 +456,11 @@ class AuditWriter:
             with self._cond:
                 while not self._queue and not self._closed:
                     self._cond.wait()
-                if pause and not self._closed:
-                    self._cond.wait(pause)  # the database could not take the last batch
+                # The database could not take the last batch: pause (new entries do not cut
+                # it short, or every request would try the database again at once).
+                resume = time.monotonic() + pause
+                while not self._closed and (left := resume - time.monotonic()) > 0:
+                    self._cond.wait(left)
                 if not self._queue:
                     return
                 batch = self._queue[: self._max_batch]
