@@ -54,7 +54,8 @@ def _fold(
     names: Iterable[str], counts: Mapping[str, int], selected: Sequence[str]
 ) -> list[Choice]:
     """Names grouped by case: each group shown in the spelling of the URL if it is there, else
-    in its most frequent one, with the counts of all its spellings added up."""
+    in its most frequent one in the results, else the first of `names` (the caller offers them
+    the most frequent first), with the counts of all its spellings added up."""
     groups: dict[str, list[str]] = {}
     for name in names:
         spellings = groups.setdefault(name.casefold(), [])
@@ -65,7 +66,7 @@ def _fold(
     for folded, spellings in groups.items():
         counted = [s for s in spellings if s in counts]
         shown = in_url.get(folded) or min(
-            counted or spellings, key=lambda s: (-counts.get(s, 0), s)
+            counted or spellings, key=lambda s: (-counts.get(s, 0), spellings.index(s))
         )
         total = sum(counts[s] for s in counted) if counted else None
         out.append(Choice(shown, total, folded in in_url))
