@@ -539,6 +539,12 @@ def test_ui_admin_restores_ticked_results_and_a_whole_search(new_page: Any, site
     page = new_page("admin")
     page.goto("/search?q=tickword&sort=oldest")
     assert hit_ids(page) == ["TICK-1", "TICK-2", "TICK-3"]
+    # nothing ticked yet: said on the page, the reason typed kept, nothing sent
+    page.get_by_test_id("bulk-reason").fill("reopened by sales")
+    page.get_by_test_id("restore-ticked").click()
+    assert page.get_by_test_id("tick-first").is_visible()
+    assert page.get_by_test_id("bulk-reason").input_value() == "reopened by sales"
+    assert page.url.endswith("/search?q=tickword&sort=oldest")
     ticks = page.get_by_test_id("tick")
     ticks.nth(0).check()
     ticks.nth(2).check()

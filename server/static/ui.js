@@ -1,5 +1,6 @@
 // Archivist web UI: the little JavaScript it has. Everything works without it, except that
-// the confirmation of a restore or a lifted hold falls back to no question asked, that the
+// the confirmation of a restore or a lifted hold falls back to no question asked ("Restore
+// ticked" with nothing ticked, to the server's message on the page it goes back to), that the
 // outcome of a form is not given the focus, and that a phone shows the search filters open
 // above the results.
 "use strict";
@@ -25,6 +26,16 @@ narrow.addEventListener("change", fitFolds);
 document.addEventListener("submit", (event) => {
   const form = event.target;
   const button = event.submitter;
+  // "Restore ticked" with nothing ticked: said here, the reason typed kept (the server says
+  // the same without JavaScript, on the page it goes back to).
+  const needsTick = button && button.getAttribute("data-needs-tick");
+  if (needsTick && !document.querySelector(`input[name="ids"][form="${form.id}"]:checked`)) {
+    event.preventDefault();
+    const message = document.getElementById(needsTick);
+    message.hidden = false;
+    message.focus();
+    return;
+  }
   const question = (button && button.getAttribute("data-confirm")) || form.getAttribute("data-confirm");
   if (question && !window.confirm(question)) {
     event.preventDefault();
