@@ -476,9 +476,11 @@ class AuditWriter:
     def _give_up_past(self, limit: int) -> None:
         """Give up the oldest entries kept past `limit` (the condition's lock held)."""
         waiting = [p for p in self._queue if p.event is not None and not p.waited]
-        for pending in waiting[: max(0, len(waiting) - limit)]:
-            self._queue.remove(pending)
-            self._lost(pending, "too many entries wait for the database")
+        given_up = {id(p) for p in waiting[: max(0, len(waiting) - limit)]}
+        if given_up:
+            for pending in waiting[: len(given_up)]:
+                self._lost(pending, "too many entries wait for the database")
+            self._queue = [p for p in self._queue if id(p) not in given_up]
 
     def _write(self, batch: list[_Pending], last_try: bool) -> list[_Pending]:
         """Write the batch; returns the entries to try again (the database unavailable)."""
@@ -487,14 +489,15 @@ class AuditWriter:
             if events:
                 write_audit(self._sessions, events)
         except OperationalError as e:  # unavailable for now: keep what nobody waits for
+            kept = [p for p in batch if p.event is not None and not p.waited]
             if last_try:
-                for p in batch:
-                    if p.event is not None and not p.waited:
-                        self._lost(p, str(e.orig or e))
-            kept = [] if last_try else [p for p in batch if p.event is not None and not p.waited]
-            for p in batch:
-                if p not in kept:
-                    p.error = e if p.event is not None and p.waited else None
+                for p in kept:
+                    self._lost(p, str(e.orig or e))
+                kept = []
+            for p in batch:  # a waiting caller is told; a flush returns
+                if p.waited:
+                    p.error = e
+                if not any(p is k for k in kept):
                     p.done.set()
             return kept
         except BaseException:  # one at a time, so that one entry the database refuses

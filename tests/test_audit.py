@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -222,3 +223,38 @@ def test_refused_dry_runs_are_audited_as_dry_runs(
     with services.sessions.begin() as session:
         [entry] = list_audit(session, AuditFilter(action="restore")).entries
     assert (entry.outcome, entry.details["dry_run"]) == ("too_many", True)
+
+
+def test_entries_the_database_cannot_take_yet_are_written_once_it_can(tmp_path: Path) -> None:
+    """A search's entry (nobody waits for it) was dropped while the database was down; now it
+    waits for the database, the oldest given up past the limit, and a waiting caller is told."""
+    import pytest
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.orm import sessionmaker
+
+    from archivist.active_db import create_schema
+
+    folder = tmp_path / "not-yet"  # no such folder: SQLite cannot open the file
+    engine = create_engine(f"sqlite:///{folder}/active.db")
+    sessions = sessionmaker(engine)
+    writer = AuditWriter(sessions, max_kept=3)
+    for n in range(5):
+        writer.record(_event(n), wait=False)
+    with pytest.raises(OperationalError):
+        writer.record(_event(99, actor="waiter"), wait=True)
+    writer.flush()  # returns: the database could not take them (yet)
+
+    folder.mkdir()
+    create_schema(engine)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with sessions.begin() as session:
+            if list_audit(session, AuditFilter(per_page=10)).total >= 3:
+                break
+        time.sleep(0.1)
+    writer.close()
+    with sessions.begin() as session:
+        entries = list_audit(session, AuditFilter(per_page=10)).entries
+    assert sorted(e.target for e in entries) == ["q2", "q3", "q4"]  # the two oldest given up
+    engine.dispose()
