@@ -257,7 +257,7 @@ def take_store_snapshot(store: ArchiveStore, catalog_copy: Path) -> StoreSnapsho
     stack = ExitStack()
     segments_dir = store.directory / SEGMENTS
     try:
-        fd = os.open(store.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(store.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)  # writers hold it exclusive across append + commit
             copy_sqlite(store.directory / CATALOG, catalog_copy)

@@ -32,7 +32,7 @@ class ProcessLock:
         if self._depth == 0:
             try:
                 if self._fd is None:
-                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
             except BaseException:
                 self._thread_lock.release()
@@ -73,7 +73,7 @@ class ProcessLock:
 
     def _try_flock(self) -> bool:
         if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # another process holds it
@@ -125,7 +125,7 @@ class SharedLock:
                 raise RuntimeError(f"{self.path.name}: exclusive asked for while held shared")
             yield
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, mode)
             self._held.mode = mode

@@ -263,7 +263,7 @@ def append_frames(path: Path, start: int, frames: Iterable[bytes]) -> list[int]:
     :param frames: the frames to write, in order
     """
     offsets: list[int] = []
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         with _naming(path), os.fdopen(fd, "wb", closefd=False) as f:
             f.seek(start)

@@ -64,7 +64,7 @@ def _take_snapshot(
     from then on the open files and the read transaction stay consistent with each other even
     if a writer appends or disposal replaces a file.
     """
-    fd = -1 if lock_path is None else os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = -1 if lock_path is None else os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         if fd >= 0:
             fcntl.flock(fd, fcntl.LOCK_SH)

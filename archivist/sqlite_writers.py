@@ -42,7 +42,7 @@ class WriterQueue:
             raise sqlite3.OperationalError("database is locked")
         try:
             if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             # Blocking: a process holds it only inside a write transaction, and a dead one
             # lets go with its file descriptor.
             fcntl.flock(self._fd, fcntl.LOCK_EX)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -118,6 +119,23 @@ def open_search_engine(
     index.texts_source = make_texts_source(store)
     return index
 
+
+
+def _keep_private(folder: Path, create: bool) -> None:
+    """The archive or index folder readable by its owner alone (0700): the index holds the
+    records' words and addresses in plain text, and a lock file another account could open
+    would let it stall every erasure. Made so, or, if an earlier version made it with the
+    umask's mode, made so now; another owner's folder, or a read-only one, stays as it is.
+
+    :param folder: the folder
+    :param create: make it if missing (`init`); otherwise a missing one stays missing
+    """
+    if create:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        mode = folder.stat().st_mode
+        if mode & 0o077 and folder.stat().st_uid == os.geteuid():
+            folder.chmod(mode & 0o700)
 
 
 def refuse_catalog_behind(engine: Engine, archive_dir: Path) -> None:
@@ -286,6 +304,8 @@ class Services:
             key = load_key(config.key_file, env_key)
             if not recovering:  # (a recovery replaces the catalog, and sets the head anew)
                 refuse_catalog_behind(engine, config.archive_dir)
+            for folder in (config.archive_dir, config.index_dir):
+                _keep_private(folder, create)
             store = ArchiveStore.open(
                 config.archive_dir, segment_max_bytes=config.segment_max_bytes, key=key,
                 take_key_if_empty=take_key_if_empty,

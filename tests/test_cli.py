@@ -62,6 +62,31 @@ def test_init_is_idempotent_and_creates_what_the_config_names(config_path):
     assert (folder / "data" / "index").is_dir()
 
 
+def test_the_archive_and_index_folders_and_lock_files_are_their_owner_s_alone(
+    config_path, make_record, tmp_path
+):
+    """The index holds words and addresses in plain text, and a lock file anyone could open
+    and lock stalled every erasure: both folders are 0700, lock files 0600, with umask 022,
+    and an installation an earlier version made 0755 is made so when next opened."""
+    data = config_path.parent / "data"
+    old = os.umask(0o022)
+    try:
+        assert archivist("init", "--config", str(config_path)).returncode == 0
+        lines = write_jsonl(tmp_path / "in.jsonl", [make_record(id="P-1")])
+        assert archivist("import", str(lines), "--config", str(config_path)).returncode == 0
+        assert archivist("archive", "--as-of", "2031-01-01", "--config",
+                         str(config_path)).returncode == 0
+        for folder in (data / "archive", data / "index"):
+            assert folder.stat().st_mode & 0o777 == 0o700, folder
+        locks = [p for p in data.rglob("*") if p.suffix == ".lock" or p.name == "HOLD"]
+        assert locks and all(p.stat().st_mode & 0o077 == 0 for p in locks), locks
+        (data / "index").chmod(0o755)  # as an earlier version left it
+        assert archivist("stats", "--config", str(config_path)).returncode == 0
+        assert (data / "index").stat().st_mode & 0o777 == 0o700
+    finally:
+        os.umask(old)
+
+
 def test_init_creates_every_table_even_those_declared_beside_their_code(installed):
     """`init` loads only what it needs; the tables of web sessions and of the CRM tables'
     archive runs must exist all the same."""

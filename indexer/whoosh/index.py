@@ -1546,7 +1546,7 @@ class SearchIndex:
             if p.name == current or self._holds.holds(p):
                 continue
             try:
-                fd = os.open(p / "HOLD", os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(p / "HOLD", os.O_RDWR | os.O_CREAT, 0o600)
             except OSError:  # gone already, or a read-only folder
                 continue
             try:

@@ -59,7 +59,7 @@ class GenerationHolds:
         if str(gen) in self._fds:
             return True
         try:
-            fd = os.open(gen / "HOLD", os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(gen / "HOLD", os.O_RDWR | os.O_CREAT, 0o600)
         except FileNotFoundError:
             return False
         except OSError:  # a read-only index folder: nobody can delete it either
