@@ -340,7 +340,10 @@ def restore(
             args = MultiDict(parse_qsl(search, keep_blank_values=True, errors="strict"))
         except UnicodeDecodeError:
             raise click.UsageError("--search is not UTF-8 once %-decoded") from None
-        query = load_restore_query(args, config.server.max_query_length)
+        try:  # a parameter it cannot take is a usage error, as a bad option is
+            query = load_restore_query(args, config.server.max_query_length)
+        except BadQuery as e:
+            raise click.UsageError(str(e)) from None
     details: dict[str, Any] = {"reason": reason, "dry_run": dry_run}
     with Services.open(config) as services, tqdm(
         # shown after a second: a refused search says so alone on stderr, in one line

@@ -203,6 +203,16 @@ def test_a_restore_by_search_says_why_it_takes_no_page(client, admin_headers):
     assert client.post("/api/v1/erase", json=erase, headers=admin_headers).status_code == 400
 
 
+def test_cli_restore_by_search_refuses_a_page_as_a_usage_error(config_path, services):
+    for search, said in (("q=refund&page=2", "page and per_page do not apply"),
+                         ("q=refund&per_page=5", "page and per_page do not apply"),
+                         ("process=A&process=B", "process")):
+        result = CliRunner().invoke(main, ["restore", "--search", search, "--reason", "r",
+                                           "--dry-run", "--config", str(config_path)])
+        assert result.exit_code == 2, (search, result.output)
+        assert len(result.output.strip().splitlines()) == 1 and said in result.output
+
+
 def test_bulk_restore_is_for_admins(client, agent_headers, auditor_headers):
     body = {"ids": ["X"], "reason": "r"}
     assert client.post("/api/v1/restore", json=body, headers=agent_headers).status_code == 403
