@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -174,3 +175,28 @@ def _check(scope: str, value: str) -> None:
         raise HoldError(f"hold scope must be one of {', '.join(SCOPES)}, got {scope!r}")
     if not value:
         raise HoldError("a hold needs a record id, customer id or category")
+
+
+ERASED_REASON = "(erased)"
+
+
+def reason_hash(reason: str) -> str:
+    """The SHA-256 of a hold's reason: what the erasure ledger keeps of one it erased."""
+    return hashlib.sha256(reason.encode("utf-8")).hexdigest()
+
+
+def erase_hold_reasons(session: Session, holds: Iterable[tuple[int, str]]) -> int:
+    """Replace with `(erased)` the reason of each hold, given as (id, `reason_hash` of its
+    reason), that still has that reason: the hold stays in force, the words naming an erased
+    person go. Returns how many were replaced.
+
+    :param session: a session on the active database, in a transaction
+    :param holds: the holds an erasure found naming the person
+    """
+    wanted = dict(holds)
+    replaced = 0
+    for hold in session.scalars(select(LegalHold).where(LegalHold.id.in_(list(wanted)))):
+        if reason_hash(hold.reason) == wanted[hold.id]:
+            hold.reason = ERASED_REASON
+            replaced += 1
+    return replaced

@@ -142,6 +142,39 @@ def test_erasing_a_customer_leaves_no_trace_in_any_file(
     assert archivist("verify", "--config", str(config_path)).returncode == 0
 
 
+def test_a_hold_whose_reason_names_the_customer_keeps_holding_without_the_words(
+    services: Services, erasable: Any, config_path: Path
+) -> None:
+    """The audited placing of such a hold was blanked, yet the hold itself kept the words
+    (`GET /holds`, the holds page, active.db), and a recovery brought them back."""
+    from sqlalchemy import select
+
+    from archivist.active_db import LegalHold
+    from archivist.audit import AuditFilter, list_audit
+    from archivist.holds import list_holds
+
+    reason = f"complaint by {EMAIL.decode()} about {MARKER.decode()}"
+    with services.sessions.begin() as session:
+        add_hold(session, "record", "O-001", reason, utcnow())
+        add_hold(session, "category", "billing", "tax audit 2026", utcnow())
+    result = archivist("erase", "--customer", "C-ERASE", "--reason", "GDPR request 17",
+                       "--config", str(config_path))
+
+    assert result.returncode == 0, result.stderr
+    with services.read_sessions.begin() as session:
+        holds = {(h.scope, h.value): h.reason for h in list_holds(session)}
+        [entry] = list_audit(session, AuditFilter(action="erase")).entries
+    assert holds == {("record", "O-001"): "(erased)", ("category", "billing"): "tax audit 2026"}
+    assert entry.details["hold_reasons_erased"] == 1
+    assert files_holding(config_path.parent / "data", MARKER) == []
+    # A recovered database holds the hold as it was: the ledger erases its reason again.
+    with services.sessions.begin() as session:
+        session.scalars(select(LegalHold).where(LegalHold.value == "O-001")).one().reason = reason
+    assert apply_erasure_ledger(services, NOW) == 0
+    with services.read_sessions.begin() as session:
+        assert {h.value: h.reason for h in list_holds(session)}["O-001"] == "(erased)"
+
+
 @pytest.fixture
 def few_among_many(services: Services, archived: Any, make_record: Any) -> list[str]:
     """60 finance records (kept 7 years) and, in the same index segment, 5 support records

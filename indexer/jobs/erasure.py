@@ -48,12 +48,12 @@ from archivist.active_db import ActiveRecord
 from archivist.audit import AuditEvent, write_audit, write_blanking
 from archivist.crm_ledger import remove_members
 from archivist.crm_rows import CrmTables, count_customer_rows, count_record_rows
-from archivist.holds import load_hold_set
+from archivist.holds import erase_hold_reasons, load_hold_set
 from archivist.ledgers import append_entry, read_entries
 from archivist.processes import find_processes, is_held
 from indexer.errors import IndexerError, IndexUnavailable
 from indexer.hold_reach import CHECK_THE_VALUE, no_record_with
-from indexer.jobs.erasure_audit import NamingWords, entries_naming
+from indexer.jobs.erasure_audit import NamingWords, entries_naming, holds_naming
 from indexer.jobs.indexing import sync_index
 from indexer.jobs.settling import reconcile_moves
 from indexer.jobs.verification import describe_unreadable_index
@@ -83,6 +83,7 @@ class ErasureReport:
     audit_blanked: list[int] = field(default_factory=list)  # audit entries that named them
     # False when no record, in any state or active, has or had the customer: a typo, most likely
     known: bool = True
+    hold_reasons: int = 0  # legal holds (on other records) whose reason named them: erased
 
 
 def customer_hash(customer_id: str) -> str:
@@ -324,6 +325,7 @@ def _erase(
     )
     with services.read_sessions.begin() as session:
         naming, looked = entries_naming(session, words)
+        holds = holds_naming(session, words)
     # Ledger first: if anything below fails or the process dies, `finish_interrupted_erasures`
     # (the next erasure or archive run) and a recovery still do what was asked for.
     erasure_id = uuid.uuid4().hex
@@ -340,6 +342,7 @@ def _erase(
         # them since, and a recovery blanks their events' reasons
         "purged": plan.purged,
         "audit": [[seq, entry_hash] for seq, entry_hash in naming],
+        "holds": [[hold_id, reason] for hold_id, reason in holds],  # (id, reason's SHA-256)
     })
     try:
         erased = store.erase(ids, at, actor, customer_id=customer_id, reasons_of=plan.purged)
@@ -360,11 +363,14 @@ def _erase(
     blanked = write_blanking(
         services.sessions, naming + later, at, actor, audit_target(customer_id, record_id)
     )
+    with services.sessions.begin() as session:
+        hold_reasons = erase_hold_reasons(session, holds)
     wipe_free_pages(services)
     append_ledger(path, {"done": erasure_id})
     return ErasureReport(
         len(erased), [e.record_id for e in erased], active, False,
         [e.sha256 for e in erased], blanked, known=plan.known or bool(active),
+        hold_reasons=hold_reasons,
     )
 
 
@@ -407,6 +413,8 @@ def audit_details(report: ErasureReport, customer_id: str | None) -> dict[str, A
         details["customer_sha256"] = customer_hash(customer_id)
     if report.audit_blanked:
         details["audit_entries_blanked"] = len(report.audit_blanked)
+    if report.hold_reasons:
+        details["hold_reasons_erased"] = report.hold_reasons
     return details
 
 
@@ -694,6 +702,10 @@ def _apply(services: Services, ledger: list[dict[str, Any]], at: datetime) -> in
         erase_from_index(services, everything)
     audit = [(seq, entry_hash) for e in ledger for seq, entry_hash in e.get("audit", [])]
     blanked = write_blanking(services.sessions, audit, at, LEDGER_ACTOR, "ledger")
-    if everything or blanked:
+    with services.sessions.begin() as session:  # (a recovered database's holds too)
+        hold_reasons = erase_hold_reasons(
+            session, [(hold_id, reason) for e in ledger for hold_id, reason in e.get("holds", [])]
+        )
+    if everything or blanked or hold_reasons:
         wipe_free_pages(services)
     return len(erased_ids)

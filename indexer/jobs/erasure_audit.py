@@ -23,8 +23,9 @@ from urllib.parse import parse_qsl
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from archivist.active_db import AuditEntry
+from archivist.active_db import AuditEntry, LegalHold
 from archivist.audit import BLANKED_DETAILS
+from archivist.holds import ERASED_REASON, reason_hash
 from indexer.errors import BadQuery
 from indexer.search import SearchEngine, SearchQuery
 
@@ -254,6 +255,22 @@ def _restored_only(naming: NamingWords, target: str, details: str) -> bool:
     if target not in ("ids", "search"):  # a one-click restore names its record
         ids.add(target)
     return bool(ids) and all(naming.erases(i) for i in ids)
+
+
+def holds_naming(session: Session, naming: NamingWords) -> list[tuple[int, str]]:
+    """(id, `reason_hash` of its reason) of each legal hold whose reason names the erased
+    records, read as the audited `hold_add` that placed it is (which the erasure blanks).
+
+    :param session: a session on the active database
+    :param naming: the words that name the erased records
+    """
+    found: list[tuple[int, str]] = []
+    for hold_id, reason in session.execute(
+        select(LegalHold.id, LegalHold.reason).where(LegalHold.reason != ERASED_REASON)
+    ):
+        if any(naming(word) for word in query_words("", json.dumps({"reason": reason}), "")):
+            found.append((hold_id, reason_hash(reason)))
+    return found
 
 
 def entries_naming(
