@@ -467,6 +467,28 @@ def test_an_interrupted_erasure_is_not_finished_over_a_hold_placed_since(
     assert {services.store.info(i).state for i in erasable["theirs"][:2]} == {"archived"}
 
 
+def test_an_erasure_killed_after_the_store_is_finished_by_the_next_index_catch_up(
+    services: Services, erasable: Any, config_path: Path
+) -> None:
+    """Killed between the store and the index, an erasure left the customer's records
+    searchable (by their words, by `customer_id`) until the next archive run, a day away."""
+    import signal
+
+    killed = archivist("erase", "--customer", "C-ERASE", "--reason", "GDPR request 17",
+                       "--config", str(config_path),
+                       env={"ARCHIVIST_CRASH_AT": "erase.after_store:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    caught_up = archivist("index", "--config", str(config_path))  # what the worker runs
+    assert caught_up.returncode == 0, caught_up.stderr
+
+    with Services.open(services.config) as fresh:
+        assert fresh.index.search(SearchQuery(q=MARKER.decode())).total == 0
+        assert fresh.index.search(SearchQuery(customer_id="C-ERASE")).total == 0
+    assert files_holding(services.config.index_dir, MARKER) == []
+    ledger = load_ledger(ledger_path(services.config.key_file))
+    assert ledger[-1] == {"done": ledger[0]["id"]}
+
+
 def test_erase_api_and_the_record_view(client: Any, admin_headers: Any, erasable: Any) -> None:
     held = client.post("/api/v1/erase", headers=admin_headers,
                        json={"record_id": "E-001", "reason": "asked", "dry_run": True})

@@ -508,16 +508,29 @@ def finish_interrupted_erasures(services: Services, at: datetime) -> int:
     """Finish each erasure the ledger lists as begun and not done: the process died (or
     failed) between its ledger line and its end, so its records may still be in the store or
     the index, or the audited searches naming them not blanked yet. Returns how many records
-    it erased; reads the ledger only, and changes nothing, when every erasure finished.
+    it erased; reads the ledger only, and changes nothing, when every erasure finished. Run
+    before every archive run and index catch-up (every minute in the worker, by default), so
+    an erased customer's records do not stay searchable until the night's run.
 
     :param services: the installation
     :param at: when (aware, the real clock)
     """
     path = ledger_path(services.config.key_file)
+    try:
+        seen = path.stat()
+    except FileNotFoundError:
+        return 0
+    # (called by every index catch-up: a ledger read whole once, and again only when it grew)
+    if _ALL_DONE.get(path) == (seen.st_size, seen.st_mtime_ns):
+        return 0
     if not _unfinished(load_ledger(path)):
+        _ALL_DONE[path] = (seen.st_size, seen.st_mtime_ns)
         return 0
     with _erasing(path):  # waits for an erasure under way, whose line is not done yet
         return _finish_interrupted(services, path, at)
+
+
+_ALL_DONE: dict[Path, tuple[int, int]] = {}  # ledger -> (size, mtime) when it had all done
 
 
 def _what_was_asked(lines: list[dict[str, Any]]) -> dict[str, Any]:

@@ -225,6 +225,7 @@ def run_index_job(services: Services, *, should_stop: Callable[[], bool] = lambd
     :raises IndexUnavailable: the index is missing or damaged (`archivist index --rebuild`)
     """
     require_readable_index(services.index)
+    finish_interrupted_erasures(services, utcnow())  # their records out of search first
     indexed = settle_leftovers(services, utcnow(), should_stop=should_stop).indexed
     if indexed:
         log.info("index job: indexed %d", indexed)
