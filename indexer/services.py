@@ -133,9 +133,9 @@ def _keep_private(folder: Path, create: bool) -> None:
     if create:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
-        mode = folder.stat().st_mode
-        if mode & 0o077 and folder.stat().st_uid == os.geteuid():
-            folder.chmod(mode & 0o700)
+        seen = folder.stat()
+        if seen.st_mode & 0o077 and seen.st_uid == os.geteuid():
+            folder.chmod(seen.st_mode & 0o700)
 
 
 def refuse_catalog_behind(engine: Engine, archive_dir: Path) -> None:

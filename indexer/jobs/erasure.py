@@ -327,7 +327,8 @@ def _erase(
         naming, looked = entries_naming(session, words)
         holds = holds_naming(session, words)
     # Ledger first: if anything below fails or the process dies, `finish_interrupted_erasures`
-    # (the next erasure or archive run) and a recovery still do what was asked for.
+    # (the next erasure, archive run or index catch-up) and a recovery still do what was
+    # asked for.
     erasure_id = uuid.uuid4().hex
     seq = store.last_seq()
     append_ledger(path, {
