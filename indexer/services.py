@@ -121,17 +121,15 @@ def open_search_engine(
 
 
 
-def _keep_private(folder: Path, create: bool) -> None:
+def _keep_private(folder: Path) -> None:
     """The archive or index folder readable by its owner alone (0700): the index holds the
     records' words and addresses in plain text, and a lock file another account could open
-    would let it stall every erasure. Made so, or, if an earlier version made it with the
-    umask's mode, made so now; another owner's folder, or a read-only one, stays as it is.
+    would let it stall every erasure. Made so if it was made with the umask's mode (by an
+    earlier version, or by the engine that made it); a missing folder stays missing (a lost
+    index is not made again, empty), another owner's or a read-only one stays as it is.
 
     :param folder: the folder
-    :param create: make it if missing (`init`); otherwise a missing one stays missing
     """
-    if create:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
         seen = folder.stat()
         if seen.st_mode & 0o077 and seen.st_uid == os.geteuid():
@@ -304,8 +302,10 @@ class Services:
             key = load_key(config.key_file, env_key)
             if not recovering:  # (a recovery replaces the catalog, and sets the head anew)
                 refuse_catalog_behind(engine, config.archive_dir)
+            if create:
+                config.archive_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             for folder in (config.archive_dir, config.index_dir):
-                _keep_private(folder, create)
+                _keep_private(folder)
             store = ArchiveStore.open(
                 config.archive_dir, segment_max_bytes=config.segment_max_bytes, key=key,
                 take_key_if_empty=take_key_if_empty,
@@ -328,6 +328,7 @@ class Services:
             except BaseException:
                 services.close()
                 raise
+            _keep_private(config.index_dir)
         return services
 
     def reflect_crm(

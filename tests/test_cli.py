@@ -72,6 +72,8 @@ def test_the_archive_and_index_folders_and_lock_files_are_their_owner_s_alone(
     old = os.umask(0o022)
     try:
         assert archivist("init", "--config", str(config_path)).returncode == 0
+        for folder in (data / "archive", data / "index"):
+            assert folder.stat().st_mode & 0o777 == 0o700, folder
         lines = write_jsonl(tmp_path / "in.jsonl", [make_record(id="P-1")])
         assert archivist("import", str(lines), "--config", str(config_path)).returncode == 0
         assert archivist("archive", "--as-of", "2031-01-01", "--config",
