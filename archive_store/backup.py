@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from archive_store import keyring, segment
-from archive_store.catalog import connect, hash_hex, upgraded_copy
+from archive_store.catalog import ENTRY_AT, connect, get_head, upgraded_copy
 from archive_store.codec import FrameCodec
 from archive_store.errors import ArchiveStoreError, CatalogUnavailable
 from archive_store.faults import crash_point
@@ -104,6 +104,7 @@ class StoreSnapshot:
     extra_files: dict[str, bytes]
     archived: int
     _stack: ExitStack
+    codec: FrameCodec | None = None  # the store's, to open a frame of the snapshot
 
     def close(self) -> None:
         """Close the segment files."""
@@ -113,12 +114,10 @@ class StoreSnapshot:
         """The catalog's last entry as `[seq, entry hash]` (`[0, ""]` for an empty store)."""
         conn = sqlite3.connect(self.catalog_copy)
         try:
-            row = conn.execute(
-                "SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
+            seq, entry_hash = get_head(conn)
         finally:
             conn.close()
-        return [0, ""] if row is None else [row[0], hash_hex(row[1])]
+        return [0, ""] if seq == 0 else [seq, entry_hash]
 
     def descends_from(self, head: object) -> bool:
         """Whether this catalog's history holds the entry `head` (from an earlier `head()`):
@@ -132,10 +131,24 @@ class StoreSnapshot:
             return True
         conn = sqlite3.connect(self.catalog_copy)
         try:
-            row = conn.execute("SELECT entry_hash FROM entries WHERE seq = ?", (seq,)).fetchone()
+            head_seq, head_hash = get_head(conn)
+            row = None if seq >= head_seq else conn.execute(ENTRY_AT, (seq, seq)).fetchone()
         finally:
             conn.close()
-        return row is not None and hash_hex(row[0]) == entry_hash
+        if seq >= head_seq:
+            return seq == head_seq and head_hash == entry_hash
+        if row is None:
+            return False
+        segment_id, offset, length, generation = row
+        name = segment.segment_path(Path(), segment_id, generation).name
+        source = next((s for s in self.segments if s.name == name), None)
+        if source is None:
+            return False
+        try:  # (pread: the copy that follows reads the same open file)
+            frame = os.pread(source.file.fileno(), length, offset)
+            return segment.entry_hash_of(segment.decode_frame(frame, self.codec)) == entry_hash
+        except ArchiveStoreError:
+            return False
 
 
 def hash_file(path: Path) -> str:
@@ -294,7 +307,7 @@ def take_store_snapshot(store: ArchiveStore, catalog_copy: Path) -> StoreSnapsho
     except BaseException:
         stack.close()
         raise
-    return StoreSnapshot(catalog_copy, sources, extra, int(archived), stack)
+    return StoreSnapshot(catalog_copy, sources, extra, int(archived), stack, store.codec)
 
 
 def copy_segments(

@@ -12,17 +12,21 @@ import shutil
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from archive_store.errors import CatalogUnavailable
 from archive_store.models import CatalogEntry
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's variable limit
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
+# One row per record, naming the frame of its current version; the rest of its life (earlier
+# versions, restores, disposal, erasure) is one `history` row per entry. The hashes of entries
+# and the chain live in the frames alone (`verify` reads them there); the meta table keeps the
+# chain's head. Times are microseconds since 1970 (UTC).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
@@ -34,48 +38,49 @@ CREATE TABLE IF NOT EXISTS segments (
     sealed INTEGER NOT NULL DEFAULT 0,
     end_offset INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS entries (
-    seq INTEGER PRIMARY KEY,
-    segment_id INTEGER NOT NULL,
-    offset INTEGER NOT NULL,
-    length INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    record_id TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    event TEXT,
-    at TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    entry_hash TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    reason TEXT  -- an event's reason (a restore's), as in its frame
-);
-CREATE INDEX IF NOT EXISTS entries_record ON entries (record_id, seq);
-CREATE INDEX IF NOT EXISTS entries_segment ON entries (segment_id, seq);
 CREATE TABLE IF NOT EXISTS records (
     record_id TEXT PRIMARY KEY,
     state TEXT NOT NULL CHECK (state IN ('archived', 'restored', 'purged', 'erased')),
     version INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
+    seq INTEGER NOT NULL,  -- the entry of the current version (a `redacted` one once gone)
     segment_id INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
-    archived_at TEXT NOT NULL,
-    restored_at TEXT,
-    purged_at TEXT,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    sha256 BLOB NOT NULL,
+    archived_at INTEGER NOT NULL,
+    archived_by TEXT NOT NULL,
+    restored_at INTEGER,
+    purged_at INTEGER,
     category TEXT NOT NULL,
     customer_id TEXT,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    updated_at_us INTEGER NOT NULL,
+    parent_id TEXT,  -- the record's `parent_id`: processes are looked up without reading segments
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
     pending TEXT CHECK (pending IS NULL OR pending IN ('delete_active', 'insert_active')),
     indexed INTEGER NOT NULL DEFAULT 0,
-    state_seq INTEGER NOT NULL,  -- seq of the entry that set the current state
-    parent_id TEXT  -- the record's `parent_id`: processes are looked up without reading segments
-);
+    state_seq INTEGER NOT NULL  -- seq of the entry that set the current state
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS records_state ON records (state, seq);
 CREATE INDEX IF NOT EXISTS records_unindexed ON records (state_seq) WHERE indexed = 0;
 CREATE INDEX IF NOT EXISTS records_pending ON records (record_id) WHERE pending IS NOT NULL;
-CREATE INDEX IF NOT EXISTS records_updated ON records (updated_at_us);
+CREATE INDEX IF NOT EXISTS records_updated ON records (updated_at);
+CREATE INDEX IF NOT EXISTS records_parent ON records (parent_id) WHERE parent_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY,
+    segment_id INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    type TEXT NOT NULL,  -- 'record' (an earlier version), 'redacted' (one gone) or 'event'
+    record_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    event TEXT,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    sha256 BLOB NOT NULL,
+    reason TEXT  -- an event's reason (a restore's), as in its frame
+);
+CREATE INDEX IF NOT EXISTS history_record ON history (record_id, seq);
+CREATE INDEX IF NOT EXISTS history_segment ON history (segment_id, seq);
 CREATE TABLE IF NOT EXISTS data_keys (
     key_id INTEGER PRIMARY KEY,
     customer_id TEXT UNIQUE,           -- NULL: the shared key (meta shared_key_id)
@@ -86,15 +91,30 @@ CREATE TABLE IF NOT EXISTS dictionaries (
     data BLOB NOT NULL                 -- sealed with the archive key
 );
 """
-# After the columns an older catalog lacks were added (see `create_schema`).
-_LATE_INDEXES = """
-CREATE INDEX IF NOT EXISTS records_parent ON records (parent_id) WHERE parent_id IS NOT NULL;
-"""
 
 RECORD_COLUMNS = (
-    "record_id, state, version, seq, segment_id, sha256, archived_at, restored_at, purged_at, "
-    "category, customer_id, created_at, updated_at, updated_at_us, pending, indexed, state_seq, "
-    "parent_id"
+    "record_id, state, version, seq, segment_id, offset, length, sha256, archived_at, "
+    "archived_by, restored_at, purged_at, category, customer_id, parent_id, created_at, "
+    "updated_at, pending, indexed, state_seq"
+)
+HISTORY_COLUMNS = (
+    "seq, segment_id, offset, length, type, record_id, version, event, at, actor, sha256, reason"
+)
+# Every entry of the store, whichever table names it, with the columns both have; `current`
+# is 1 for a record's current entry (a `records` row), 0 for a `history` row.
+ALL_ENTRIES = (
+    "SELECT seq, segment_id, offset, length, CASE WHEN state IN ('purged', 'erased') "
+    "THEN 'redacted' ELSE 'record' END AS type, record_id, version, NULL AS event, "
+    "archived_at AS at, archived_by AS actor, sha256, NULL AS reason, 1 AS current "
+    f"FROM records UNION ALL SELECT {HISTORY_COLUMNS}, 0 FROM history"
+)
+
+# Where the entry with a given seq is, in whichever table (bound twice: the seq).
+ENTRY_AT = (
+    "SELECT e.segment_id, e.offset, e.length, s.generation FROM (SELECT segment_id, offset, "
+    "length FROM history WHERE seq = ? UNION ALL SELECT segment_id, offset, length FROM records "
+    "WHERE state IN ('archived', 'restored', 'purged', 'erased') AND seq = ?) e "
+    "JOIN segments s USING (segment_id)"
 )
 
 
@@ -145,6 +165,14 @@ def epoch_micros(value: datetime) -> int:
         raise ValueError(f"naive datetime {value!r}: archive store times must be aware")
     delta = value - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(value: int) -> datetime:
+    """Undo `epoch_micros`.
+
+    :param value: microseconds since 1970-01-01 UTC
+    """
+    return _EPOCH + timedelta(microseconds=value)
 
 
 # What SQLite says of the file or the disk under it, not of the statement: reported as the
@@ -273,34 +301,116 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
-    """Create the tables if missing and switch the file to WAL mode; idempotent.
+    """Create the tables if missing and switch the file to WAL mode; idempotent. A catalog an
+    earlier version made (a row per entry, with their hashes) is rewritten into this shape once.
 
     :param conn: a catalog connection, with the store's write lock held
     """
     conn.execute("PRAGMA journal_mode=WAL")
     with transaction(conn):
-        _allow_erased_state(conn)
+        upgrade = _has_table(conn, "entries")
+        if upgrade:
+            _set_aside_entry_catalog(conn)
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
-        columns = {row["name"] for row in conn.execute("PRAGMA table_info(records)")}
-        if "parent_id" not in columns:  # a catalog from before processes
-            conn.execute("ALTER TABLE records ADD COLUMN parent_id TEXT")
-        columns = {row["name"] for row in conn.execute("PRAGMA table_info(entries)")}
-        if "reason" not in columns:  # a catalog from before reasons on events
-            conn.execute("ALTER TABLE entries ADD COLUMN reason TEXT")
-        for statement in _LATE_INDEXES.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        if upgrade:
+            _fill_from_entry_catalog(conn)
         conn.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
             (SCHEMA_VERSION,),
         )
 
 
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone() is not None
+
+
+def _set_aside_entry_catalog(conn: sqlite3.Connection) -> None:
+    """Rename the `records` table of a catalog with an `entries` table, and drop its indexes,
+    so that this version's tables can be made beside it."""
+    conn.execute("ALTER TABLE records RENAME TO records_before")
+    for row in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN "
+        "('records_before', 'entries') AND sql IS NOT NULL"
+    ).fetchall():
+        conn.execute(f"DROP INDEX {row[0]}")
+
+
+def _fill_from_entry_catalog(conn: sqlite3.Connection) -> None:
+    """Copy a catalog with an `entries` table into this version's tables, then drop it.
+
+    Each record's row takes the place of its current entry's; every other entry becomes a
+    `history` row; the hashes are left to the frames, which hold them too, and the newest
+    entry's becomes the chain's head.
+    """
+    conn.create_function("micros", 1, _text_micros, deterministic=True)
+    conn.create_function("binary_hash", 1, _binary_hash, deterministic=True)
+    old = {row["name"] for row in conn.execute("PRAGMA table_info(records_before)")}
+    parent = "r.parent_id" if "parent_id" in old else "NULL"
+    reason = "e.reason" if "reason" in {
+        row["name"] for row in conn.execute("PRAGMA table_info(entries)")
+    } else "NULL"
+    conn.execute(
+        f"INSERT INTO records ({RECORD_COLUMNS}) SELECT r.record_id, r.state, r.version, r.seq, "
+        "e.segment_id, e.offset, e.length, binary_hash(r.sha256), micros(r.archived_at), "
+        "e.actor, micros(r.restored_at), micros(r.purged_at), r.category, r.customer_id, "
+        f"{parent}, micros(r.created_at), r.updated_at_us, r.pending, r.indexed, r.state_seq "
+        "FROM records_before r JOIN entries e ON e.seq = r.seq"
+    )
+    conn.execute(
+        f"INSERT INTO history ({HISTORY_COLUMNS}) SELECT e.seq, e.segment_id, e.offset, "
+        "e.length, e.type, e.record_id, e.version, e.event, micros(e.at), e.actor, "
+        f"binary_hash(e.sha256), {reason} FROM entries e "
+        "LEFT JOIN records_before r ON r.record_id = e.record_id "
+        "WHERE r.seq IS NULL OR r.seq != e.seq"
+    )
+    head = conn.execute("SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+    if head is not None:
+        set_head(conn, head["seq"], hash_hex(head["entry_hash"]))
+    conn.execute("DROP TABLE entries")
+    conn.execute("DROP TABLE records_before")
+
+
+def _text_micros(text: str | None) -> int | None:
+    return None if text is None else epoch_micros(parse_time(text))
+
+
+def _binary_hash(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else pack_hash(value)
+
+
+def get_head(conn: sqlite3.Connection) -> tuple[int, str]:
+    """The seq and entry hash of the newest entry: `(0, ZERO_HASH)` for an empty store.
+
+    :param conn: a catalog connection
+    """
+    rows = dict(conn.execute(
+        "SELECT key, value FROM meta WHERE key IN ('head_seq', 'head_hash')"
+    ).fetchall())
+    if "head_seq" not in rows:
+        return 0, "0" * 64
+    return int(rows["head_seq"]), rows["head_hash"]
+
+
+def set_head(conn: sqlite3.Connection, seq: int, entry_hash: str) -> None:
+    """Record the newest entry (inside the write transaction that adds it).
+
+    :param conn: a catalog connection
+    :param seq: its seq
+    :param entry_hash: its hash, hex
+    """
+    conn.executemany(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+        (("head_seq", str(seq)), ("head_hash", entry_hash)),
+    )
+
+
 def is_current(conn: sqlite3.Connection) -> bool:
     """True when `create_schema` has nothing to add: a catalog an earlier version made lacks
-    tables, columns, indexes or the `erased` state this code reads.
+    tables, columns or indexes this code reads.
 
     :param conn: a catalog connection (read-only will do)
     """
@@ -308,7 +418,7 @@ def is_current(conn: sqlite3.Connection) -> bool:
     fresh.row_factory = sqlite3.Row
     try:
         create_schema(fresh)
-        return _shape(fresh) <= _shape(conn) and _allows_erased(conn)
+        return _shape(fresh) <= _shape(conn)
     finally:
         fresh.close()
 
@@ -345,33 +455,6 @@ def _shape(conn: sqlite3.Connection) -> set[tuple[str, str]]:
         elif row[0] == "index":
             shape.add(("index", row[1]))
     return shape
-
-
-def _allows_erased(conn: sqlite3.Connection) -> bool:
-    row = conn.execute(
-        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'records'"
-    ).fetchone()
-    return row is not None and "'erased'" in row[0]
-
-
-def _allow_erased_state(conn: sqlite3.Connection) -> None:
-    """Catalogs made before erasure existed refuse the `erased` state in their CHECK
-    constraint: rebuild their `records` table once, keeping every row."""
-    row = conn.execute(
-        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'records'"
-    ).fetchone()
-    if row is None or "'erased'" in row[0]:
-        return
-    conn.execute("ALTER TABLE records RENAME TO records_before_erasure")
-    for name in ("records_state", "records_unindexed", "records_pending", "records_updated"):
-        conn.execute(f"DROP INDEX IF EXISTS {name}")
-    table = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS records") :]
-    conn.execute(table[: table.index(";")])
-    columns = ", ".join(
-        r[1] for r in conn.execute("PRAGMA table_info(records_before_erasure)").fetchall()
-    )
-    conn.execute(f"INSERT INTO records ({columns}) SELECT {columns} FROM records_before_erasure")
-    conn.execute("DROP TABLE records_before_erasure")
 
 
 @contextmanager
@@ -506,13 +589,13 @@ def build_catalog_entry(row: sqlite3.Row) -> CatalogEntry:
         version=row["version"],
         segment_id=row["segment_id"],
         sha256=hash_hex(row["sha256"]),
-        archived_at=parse_time(row["archived_at"]),
-        restored_at=parse_time(row["restored_at"]) if row["restored_at"] else None,
-        purged_at=parse_time(row["purged_at"]) if row["purged_at"] else None,
+        archived_at=from_micros(row["archived_at"]),
+        restored_at=None if row["restored_at"] is None else from_micros(row["restored_at"]),
+        purged_at=None if row["purged_at"] is None else from_micros(row["purged_at"]),
         category=row["category"],
         customer_id=row["customer_id"],
-        created_at=parse_time(row["created_at"]),
-        updated_at=parse_time(row["updated_at"]),
+        created_at=from_micros(row["created_at"]),
+        updated_at=from_micros(row["updated_at"]),
         pending=row["pending"],
         indexed=bool(row["indexed"]),
         parent_id=row["parent_id"],

@@ -79,18 +79,30 @@ def rebind_empty_archive(conn: sqlite3.Connection, codec: FrameCodec) -> None:
     :param codec: the codec holding the key given
     """
     stored = _meta(conn, "key_check") if _has_table(conn, "meta") else None
-    if codec.archive is None or stored is None or not _has_table(conn, "entries"):
+    if codec.archive is None or stored is None or not _has_table(conn, "records"):
         return
     try:
         check_key(codec.archive, bytes.fromhex(stored))
         return
     except WrongKey:
-        if conn.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is not None:
+        if holds_entries(conn):
             return  # (check_archive_key refuses it)
     with transaction(conn):
         conn.execute("DELETE FROM meta WHERE key IN ('key_check', 'shared_key_id', 'all_sealed')")
         conn.execute("DELETE FROM data_keys")
         conn.execute("DELETE FROM dictionaries")
+
+
+def holds_entries(conn: sqlite3.Connection) -> bool:
+    """Whether the catalog names any entry (every entry is a record's, and every record that
+    has one has a `records` row; a catalog an earlier version wrote has an `entries` table).
+
+    :param conn: a catalog connection
+    """
+    table = "entries" if _has_table(conn, "entries") else "records"
+    return _has_table(conn, table) and conn.execute(
+        f"SELECT 1 FROM {table} LIMIT 1"
+    ).fetchone() is not None
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
@@ -116,7 +128,7 @@ def load_sealing(conn: sqlite3.Connection, codec: FrameCodec) -> Sealing:
                 "INSERT INTO meta (key, value) VALUES ('key_check', ?)",
                 (make_key_check(codec.archive).hex(),),
             )
-            if conn.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is None:
+            if not holds_entries(conn):
                 # encrypted from its first entry: `reseal` has nothing to do, ever
                 conn.execute("INSERT INTO meta (key, value) VALUES ('all_sealed', '1')")
         cursor = conn.execute(

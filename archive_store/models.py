@@ -22,7 +22,7 @@ class ArchiveItem:
 
 @dataclass(frozen=True)
 class StoredEntry:
-    """Where one entry of the store lives and what it hashes to."""
+    """Where one record entry of the store lives, and the hash of its record."""
 
     seq: int
     record_id: str
@@ -30,7 +30,6 @@ class StoredEntry:
     offset: int
     length: int
     sha256: str
-    entry_hash: str
 
 
 @dataclass(frozen=True)

@@ -193,6 +193,19 @@ def parse_envelope(envelope: bytes) -> dict[str, Any]:
     return value
 
 
+def entry_hash_of(envelope: bytes) -> str:
+    """The hash an entry has in the chain: of its envelope, or, for a `redacted` frame (whose
+    content is gone), the hash it carries from the entry it replaced.
+
+    :param envelope: decompressed envelope bytes
+    """
+    if envelope.startswith(b'{"entry_hash":"'):  # canonical JSON: keys sorted, so only a
+        value = parse_envelope(envelope)  # redacted envelope starts with this member
+        if value.get("type") == "redacted" and isinstance(value.get("entry_hash"), str):
+            return value["entry_hash"]
+    return sha256_hex(envelope)
+
+
 def read_frame(
     f: BinaryIO, offset: int, length: int, codec: FrameCodec | None = None
 ) -> bytes:

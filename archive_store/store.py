@@ -24,6 +24,9 @@ from typing import Any, BinaryIO
 
 from archive_store import compression, keyring, segment
 from archive_store.catalog import (
+    ALL_ENTRIES,
+    ENTRY_AT,
+    HISTORY_COLUMNS,
     RECORD_COLUMNS,
     build_catalog_entry,
     chunked,
@@ -31,14 +34,16 @@ from archive_store.catalog import (
     create_schema,
     epoch_micros,
     format_time,
+    from_micros,
+    get_head,
     hash_hex,
     iter_keyset,
     load_record,
     load_records,
     pack_hash,
-    parse_time,
     placeholders,
     reindex_descendants,
+    set_head,
     snapshot,
     transaction,
 )
@@ -109,15 +114,12 @@ UPDATE records SET customer_id = ? WHERE record_id IN (SELECT record_id FROM bel
 # the person, so it leaves the catalog and the segments with the record.
 ERASED_REASON = "(erased)"
 
-_ENTRY_INSERT = (
-    "INSERT INTO entries (seq, segment_id, offset, length, type, record_id, version, event, at, "
-    "actor, sha256, entry_hash, prev_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-_EVENT_INSERT = (
-    "INSERT INTO entries (seq, segment_id, offset, length, type, record_id, version, event, at, "
-    "actor, sha256, entry_hash, prev_hash, reason) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_HISTORY_INSERT = f"INSERT INTO history ({HISTORY_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+# A record's current entry, when a newer version takes its place, as a `history` row.
+_SUPERSEDED = (
+    f"INSERT INTO history ({HISTORY_COLUMNS}) SELECT seq, segment_id, offset, length, "
+    "CASE WHEN state IN ('purged', 'erased') THEN 'redacted' ELSE 'record' END, record_id, "
+    "version, NULL, archived_at, archived_by, sha256, NULL FROM records WHERE record_id = ?"
 )
 
 
@@ -129,8 +131,6 @@ class _Placed:
     segment_id: int
     offset: int
     length: int
-    entry_hash: str
-    prev_hash: str
 
 
 @dataclass
@@ -169,11 +169,8 @@ class _Appender:
         self._dir = segments_dir
         self._max = max_bytes
         self.sealing = keyring.load_sealing(conn, codec)
-        last = conn.execute(
-            "SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1"
-        ).fetchone()
-        self.seq: int = last["seq"] if last else 0
-        self.prev: str = hash_hex(last["entry_hash"]) if last else segment.ZERO_HASH
+        self.seq, self.prev = get_head(conn)
+        self._first_seq = self.seq
         self.targets: list[_Target] = []
         self.new_files: list[Path] = []
         row = conn.execute(
@@ -231,7 +228,7 @@ class _Appender:
         if target.end > 0 and target.end + len(frame) > self._max:
             self.seal_active()
             target = self.active
-        placed = _Placed(seq, target.segment_id, target.end, len(frame), entry_hash, self.prev)
+        placed = _Placed(seq, target.segment_id, target.end, len(frame))
         target.frames.append(frame)
         target.end += len(frame)
         self.seq, self.prev = seq, entry_hash
@@ -242,6 +239,8 @@ class _Appender:
 
         :param conn: the connection holding the operation's open transaction
         """
+        if self.seq != self._first_seq:
+            set_head(conn, self.seq, self.prev)
         for target in self.targets:
             if not target.frames and not target.sealed:
                 continue
@@ -351,6 +350,11 @@ class ArchiveStore:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
 
+    @property
+    def codec(self) -> FrameCodec:
+        """The codec that opens this store's frames (a backup reads its copies with it)."""
+        return self._codec
+
     @staticmethod
     def exists_in(directory: Path) -> bool:
         """Whether `directory` holds a store (its catalog), as `open` would otherwise make one."""
@@ -364,11 +368,12 @@ class ArchiveStore:
         if not ArchiveStore.exists_in(directory):
             return None
         with closing(connect(Path(directory) / "catalog.db", read_only=True)) as conn:
-            if conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'entries'"
-            ).fetchone() is None:
-                return 0
-            return int(conn.execute("SELECT MAX(seq) FROM entries").fetchone()[0] or 0)
+            tables = {row[0] for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+            )}
+            if "entries" in tables:  # a catalog an earlier version wrote, not yet upgraded
+                return int(conn.execute("SELECT MAX(seq) FROM entries").fetchone()[0] or 0)
+            return get_head(conn)[0] if "meta" in tables else 0
 
     @staticmethod
     def is_encrypted_in(directory: Path) -> bool:
@@ -654,8 +659,8 @@ class ArchiveStore:
         """
         if not items:
             return []
-        at_text = format_time(at)
-        prepared: list[tuple[ArchiveItem, bytes, str, str, str]] = []
+        at_text, at_us = format_time(at), epoch_micros(at)
+        prepared: list[tuple[ArchiveItem, bytes, str]] = []
         seen: set[str] = set()
         for item in items:
             if item.record_id in seen:
@@ -664,8 +669,7 @@ class ArchiveStore:
             if item.record.get("id", item.record_id) != item.record_id:
                 raise ValueError(f"record {item.record_id} carries id {item.record.get('id')!r}")
             encoded = segment.canonical_json(item.record)
-            prepared.append((item, encoded, segment.sha256_hex(encoded),
-                             format_time(item.created_at), format_time(item.updated_at)))
+            prepared.append((item, encoded, segment.sha256_hex(encoded)))
 
         results: dict[str, StoredEntry] = {}
         with self._write() as (conn, appender):
@@ -684,7 +688,7 @@ class ArchiveStore:
                 ])
             existing = load_records(conn, seen)
             restoring: set[str] = set()
-            for item, _, sha, _, _ in prepared:
+            for item, _, sha in prepared:
                 row = existing.get(item.record_id)
                 if row is None or row["state"] != "archived":
                     continue
@@ -694,9 +698,8 @@ class ArchiveStore:
                     raise AlreadyArchived(
                         f"record {item.record_id} is already archived with other content"
                     )
-            entry_rows: list[tuple[Any, ...]] = []
             record_rows: list[tuple[Any, ...]] = []
-            for item, encoded, sha, created_text, updated_text in prepared:
+            for item, encoded, sha in prepared:
                 row = existing.get(item.record_id)
                 if item.record_id in restoring:
                     continue
@@ -705,8 +708,13 @@ class ArchiveStore:
                         "UPDATE records SET pending = 'delete_active' WHERE record_id = ?",
                         (item.record_id,),
                     )
-                    results[item.record_id] = self._stored_entry(conn, row["seq"])
+                    results[item.record_id] = StoredEntry(
+                        row["seq"], item.record_id, row["segment_id"], row["offset"],
+                        row["length"], hash_hex(row["sha256"]),
+                    )
                     continue
+                if row is not None:  # its earlier version's entry joins its history
+                    conn.execute(_SUPERSEDED, (item.record_id,))
                 version = row["version"] + 1 if row is not None else 1
                 placed = appender.add({
                     "type": "record",
@@ -716,41 +724,24 @@ class ArchiveStore:
                     "actor": actor,
                     "sha256": sha,
                 }, {"record": encoded}, sealing.key_for(keys, item.customer_id))
-                packed = pack_hash(sha)
-                entry_rows.append((
-                    placed.seq, placed.segment_id, placed.offset, placed.length, "record",
-                    item.record_id, version, None, at_text, actor, packed,
-                    pack_hash(placed.entry_hash), pack_hash(placed.prev_hash),
-                ))
                 record_rows.append((
-                    item.record_id, version, placed.seq, placed.segment_id, packed, at_text,
-                    item.category, _customer_of(item, row), created_text, updated_text,
-                    epoch_micros(item.updated_at), placed.seq, item.parent_id,
+                    item.record_id, version, placed.seq, placed.segment_id, placed.offset,
+                    placed.length, pack_hash(sha), at_us, actor, item.category,
+                    _customer_of(item, row), item.parent_id, epoch_micros(item.created_at),
+                    epoch_micros(item.updated_at), placed.seq,
                 ))
                 results[item.record_id] = StoredEntry(
                     placed.seq, item.record_id, placed.segment_id, placed.offset, placed.length,
-                    sha, placed.entry_hash,
+                    sha,
                 )
-            conn.executemany(_ENTRY_INSERT, entry_rows)
             conn.executemany(
                 f"INSERT OR REPLACE INTO records ({RECORD_COLUMNS}) "
-                "VALUES (?, 'archived', ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, "
-                "'delete_active', 0, ?, ?)",
+                "VALUES (?, 'archived', ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, "
+                "'delete_active', 0, ?)",
                 record_rows,
             )
             reindex_descendants(conn, (row[0] for row in record_rows))
         return [results[item.record_id] for item, *_ in prepared if item.record_id in results]
-
-    def _stored_entry(self, conn: sqlite3.Connection, seq: int) -> StoredEntry:
-        row = conn.execute(
-            "SELECT seq, record_id, segment_id, offset, length, sha256, entry_hash FROM entries "
-            "WHERE seq = ?",
-            (seq,),
-        ).fetchone()
-        return StoredEntry(
-            row["seq"], row["record_id"], row["segment_id"], row["offset"], row["length"],
-            hash_hex(row["sha256"]), hash_hex(row["entry_hash"]),
-        )
 
     def clear_pending(self, record_ids: Iterable[str]) -> None:
         """Clear the `delete_active` mark once the active database no longer holds the records.
@@ -793,18 +784,17 @@ class ArchiveStore:
         :param at: when (aware)
         :param actor: who restored it
         """
-        at_text = format_time(at)
         # Unsynced: if a crash loses this commit, the durable `insert_active` mark and the
         # active row are still there, and reconcile_pending completes the restore again.
         with self._write(durable=False) as (conn, appender):
             row = self._require(conn, record_id)
             if row["state"] != "archived":
                 raise NotArchived(f"record {record_id} is {row['state']}, not archived")
-            seq = self._append_event(conn, appender, row, "restored", at_text, actor)
+            seq = self._append_event(conn, appender, row, "restored", at, actor)
             conn.execute(
                 "UPDATE records SET state = 'restored', restored_at = ?, pending = NULL, "
                 "indexed = 0, state_seq = ? WHERE record_id = ?",
-                (at_text, seq, record_id),
+                (epoch_micros(at), seq, record_id),
             )
 
     def begin_restores(self, groups: Sequence[Sequence[str]]) -> list[tuple[str, str] | None]:
@@ -865,7 +855,7 @@ class ArchiveStore:
         """
         if not record_ids:
             return
-        at_text = format_time(at)
+        at_text, at_us = format_time(at), epoch_micros(at)
         with self._write(durable=False) as (conn, appender):
             rows = load_records(conn, record_ids)
             changes = []
@@ -885,12 +875,11 @@ class ArchiveStore:
                 placed = appender.add(envelope)
                 entry_rows.append((
                     placed.seq, placed.segment_id, placed.offset, placed.length, "event",
-                    record_id, row["version"], "restored", at_text, actor,
-                    pack_hash(hash_hex(row["sha256"])), pack_hash(placed.entry_hash),
-                    pack_hash(placed.prev_hash), reason,
+                    record_id, row["version"], "restored", at_us, actor,
+                    pack_hash(hash_hex(row["sha256"])), reason,
                 ))
-                changes.append((at_text if grace else None, placed.seq, record_id))
-            conn.executemany(_EVENT_INSERT, entry_rows)
+                changes.append((at_us if grace else None, placed.seq, record_id))
+            conn.executemany(_HISTORY_INSERT, entry_rows)
             conn.executemany(
                 "UPDATE records SET state = 'restored', restored_at = ?, pending = NULL, "
                 "indexed = 0, state_seq = ? WHERE record_id = ?",
@@ -954,7 +943,7 @@ class ArchiveStore:
         appender: _Appender,
         row: sqlite3.Row,
         event: str,
-        at_text: str,
+        at: datetime,
         actor: str,
         reason: str | None = None,
     ) -> int:
@@ -962,21 +951,18 @@ class ArchiveStore:
             "type": "event",
             "record_id": row["record_id"],
             "event": event,
-            "at": at_text,
+            "at": format_time(at),
             "actor": actor,
             "sha256": hash_hex(row["sha256"]),
         }
         if reason is not None:
             envelope["reason"] = reason
         placed = appender.add(envelope)
-        conn.execute(_ENTRY_INSERT, (
+        conn.execute(_HISTORY_INSERT, (
             placed.seq, placed.segment_id, placed.offset, placed.length, "event",
-            row["record_id"], row["version"], event, at_text, actor,
-            pack_hash(hash_hex(row["sha256"])), pack_hash(placed.entry_hash),
-            pack_hash(placed.prev_hash),
+            row["record_id"], row["version"], event, epoch_micros(at), actor,
+            pack_hash(hash_hex(row["sha256"])), reason,
         ))
-        if reason is not None:
-            conn.execute("UPDATE entries SET reason = ? WHERE seq = ?", (reason, placed.seq))
         return placed.seq
 
     def mark_indexed(self, items: Iterable[tuple[str, int] | tuple[str, int, str]]) -> None:
@@ -1043,8 +1029,7 @@ class ArchiveStore:
 
     def last_seq(self) -> int:
         """The seq of the newest committed entry (0 for an empty store)."""
-        row = self._db().execute("SELECT MAX(seq) FROM entries").fetchone()
-        return int(row[0] or 0)
+        return get_head(self._db())[0]
 
     def entry_hash_at(self, seq: int) -> str | None:
         """The hash of the entry at `seq` (None if there is none): which history of the store
@@ -1052,8 +1037,22 @@ class ArchiveStore:
 
         :param seq: an entry's seq
         """
-        row = self._db().execute("SELECT entry_hash FROM entries WHERE seq = ?", (seq,)).fetchone()
-        return None if row is None else hash_hex(row[0])
+        conn = self._db()
+        for _ in range(3):
+            with snapshot(conn):
+                head_seq, head_hash = get_head(conn)
+                if seq == head_seq:
+                    return head_hash if seq else None
+                row = conn.execute(ENTRY_AT, (seq, seq)).fetchone()
+            if row is None:
+                return None
+            try:
+                with open(self._path(row["segment_id"], row["generation"]), "rb") as f:
+                    envelope = segment.read_frame(f, row["offset"], row["length"], self._codec)
+            except FileNotFoundError:
+                continue  # disposal replaced this generation meanwhile: look it up again
+            return segment.entry_hash_of(envelope)
+        raise SegmentCorrupt(f"the segment file of entry {seq} is missing")
 
     def purge(self, record_ids: Sequence[str], at: datetime, actor: str) -> int:
         """Dispose of archived records for good: their content leaves the segment files.
@@ -1071,7 +1070,6 @@ class ArchiveStore:
         :param at: when (aware)
         :param actor: who disposes of them
         """
-        at_text = format_time(at)
         purged = 0
         with self._swapping_segments() as swap, self._write() as (conn, appender):
             self._remove_orphans(conn)
@@ -1083,7 +1081,7 @@ class ArchiveStore:
                 return 0
             self._redact(conn, appender, [row["record_id"] for row in rows], swap)
             changes = [
-                (at_text, self._append_event(conn, appender, row, "purged", at_text, actor),
+                (epoch_micros(at), self._append_event(conn, appender, row, "purged", at, actor),
                  row["record_id"])
                 for row in sorted(rows, key=lambda r: r["record_id"])
             ]
@@ -1115,16 +1113,21 @@ class ArchiveStore:
         )
         redact: dict[int, set[int]] = {}  # segment_id -> seqs of the entries to redact
         for chunk in chunked(record_ids):
+            marks = placeholders(len(chunk))
             for entry in conn.execute(
-                f"SELECT seq, segment_id FROM entries WHERE {kinds} "
-                f"AND record_id IN ({placeholders(len(chunk))})",
-                chunk,
+                "SELECT seq, segment_id FROM records WHERE state IN ('archived', 'restored') "
+                f"AND record_id IN ({marks}) UNION ALL SELECT seq, segment_id FROM history "
+                f"WHERE {kinds} AND record_id IN ({marks})",
+                (*chunk, *chunk),
             ):
                 redact.setdefault(entry["segment_id"], set()).add(entry["seq"])
         if appender.active.segment_id in redact:
             appender.seal_active()
+        entries = _entries_of_segments(conn, redact)
         for segment_id in sorted(redact):
-            swap.add(*self._compact(conn, segment_id, redact[segment_id], appender.sealing))
+            swap.add(*self._compact(
+                conn, segment_id, entries[segment_id], redact[segment_id], appender.sealing
+            ))
 
     def erase(
         self,
@@ -1153,7 +1156,6 @@ class ArchiveStore:
         :param reasons_of: records disposed of before that are the customer's too, naming
             no customer themselves: their events' reasons go as well
         """
-        at_text = format_time(at)
         erased: list[ErasedRecord] = []
         with self._swapping_segments() as swap, self._write() as (conn, appender):
             self._remove_orphans(conn)
@@ -1190,7 +1192,7 @@ class ArchiveStore:
             # the checkpoint below empties the WAL); the history keeps each event, blanked.
             for chunk in chunked(reasoned):
                 conn.execute(
-                    "UPDATE entries SET reason = ? WHERE reason IS NOT NULL "
+                    "UPDATE history SET reason = ? WHERE reason IS NOT NULL "
                     f"AND record_id IN ({placeholders(len(chunk))})",
                     (ERASED_REASON, *chunk),
                 )
@@ -1198,11 +1200,11 @@ class ArchiveStore:
                 if row["customer_id"] is not None and customer_id is None:
                     conn.execute(_UNNAMED_BELOW, (row["record_id"], row["customer_id"]))
             for row in rows:
-                seq = self._append_event(conn, appender, row, "erased", at_text, actor)
+                seq = self._append_event(conn, appender, row, "erased", at, actor)
                 conn.execute(
                     "UPDATE records SET state = 'erased', purged_at = ?, pending = NULL, "
                     "indexed = 0, state_seq = ?, customer_id = NULL WHERE record_id = ?",
-                    (at_text, seq, row["record_id"]),
+                    (epoch_micros(at), seq, row["record_id"]),
                 )
                 erased.append(
                     ErasedRecord(row["record_id"], hash_hex(row["sha256"]), row["state"])
@@ -1284,12 +1286,9 @@ class ArchiveStore:
         if len(data) < seg["end_offset"]:
             raise SegmentCorrupt(f"segment {segment_id} is shorter than committed")
         frames: list[bytes] = []
-        updates: list[tuple[int, int, int]] = []
+        moved: list[tuple[sqlite3.Row, int, int]] = []
         offset = count = 0
-        for entry in conn.execute(
-            "SELECT seq, offset, length, type FROM entries WHERE segment_id = ? ORDER BY seq",
-            (segment_id,),
-        ).fetchall():
+        for entry in _entries_of_segments(conn, [segment_id])[segment_id]:
             frame = data[entry["offset"] : entry["offset"] + entry["length"]]
             if not segment.is_sealed(frame):
                 envelope = segment.decode_frame(frame, self._codec)
@@ -1301,14 +1300,14 @@ class ArchiveStore:
                 frame = segment.build_frame(envelope, sealing.codec, key_id, sealing.dict_id)
                 count += 1
             frames.append(frame)
-            updates.append((offset, len(frame), entry["seq"]))
+            moved.append((entry, offset, len(frame)))
             offset += len(frame)
         if not count:
             return 0, None
         new_path = self._path(segment_id, seg["generation"] + 1)
         new_path.unlink(missing_ok=True)
         segment.write_file(new_path, frames)
-        conn.executemany("UPDATE entries SET offset = ?, length = ? WHERE seq = ?", updates)
+        _move_entries(conn, moved)
         conn.execute(
             "UPDATE segments SET generation = ?, end_offset = ?, sealed = 1 WHERE segment_id = ?",
             (seg["generation"] + 1, offset, segment_id),
@@ -1332,22 +1331,25 @@ class ArchiveStore:
         yield from (row[0] for row in rows)
 
     def _compact(
-        self, conn: sqlite3.Connection, segment_id: int, redact: set[int], sealing: keyring.Sealing
+        self,
+        conn: sqlite3.Connection,
+        segment_id: int,
+        entries: list[sqlite3.Row],
+        redact: set[int],
+        sealing: keyring.Sealing,
     ) -> tuple[Path, Path]:
-        """Write the next generation of a segment with some record entries redacted.
+        """Write the next generation of a segment with some entries redacted.
 
         Updates the catalog rows (uncommitted); returns the old and the new file.
+
+        :param entries: every entry of the segment, by seq (`_entries_of_segments`)
+        :param redact: the seqs of those to replace with `redacted` frames
         """
         seg = conn.execute(
             "SELECT generation, end_offset FROM segments WHERE segment_id = ?", (segment_id,)
         ).fetchone()
         old_path = self._path(segment_id, seg["generation"])
         new_path = self._path(segment_id, seg["generation"] + 1)
-        entries = conn.execute(
-            "SELECT seq, offset, length, type, record_id, version, sha256, entry_hash, prev_hash "
-            "FROM entries WHERE segment_id = ? ORDER BY seq",
-            (segment_id,),
-        ).fetchall()
         with open(old_path, "rb") as f:
             data = f.read(seg["end_offset"])
         if len(data) < seg["end_offset"]:
@@ -1355,32 +1357,40 @@ class ArchiveStore:
                 f"segment {segment_id} is shorter than committed; cannot compact it for disposal"
             )
         frames: list[bytes] = []
-        updates: list[tuple[int, int, str, int]] = []
+        moved: list[tuple[sqlite3.Row, int, int]] = []
         offset = 0
         for entry in entries:
+            frame = data[entry["offset"] : entry["offset"] + entry["length"]]
             if entry["seq"] in redact:
                 # Same seq, hash and prev as the original: the chain does not notice the swap.
+                try:
+                    envelope = segment.decode_frame(frame, self._codec)
+                    value = segment.parse_envelope(envelope)
+                except SegmentCorrupt as e:
+                    raise SegmentCorrupt(
+                        f"record {entry['record_id']}: {e}; its entry cannot be redacted "
+                        "(restore the segment from a backup first)"
+                    ) from e
+                if value.get("seq") != entry["seq"] or not isinstance(value.get("prev"), str):
+                    raise SegmentCorrupt(
+                        f"record {entry['record_id']}: entry {entry['seq']} does not match the "
+                        "catalog; it cannot be redacted"
+                    )
                 frame = segment.build_frame(segment.canonical_json({
                     "type": "redacted",
                     "seq": entry["seq"],
                     "record_id": entry["record_id"],
                     "version": entry["version"],
                     "sha256": hash_hex(entry["sha256"]),
-                    "entry_hash": hash_hex(entry["entry_hash"]),
-                    "prev": hash_hex(entry["prev_hash"]),
+                    "entry_hash": segment.sha256_hex(envelope),
+                    "prev": value["prev"],
                 }), sealing.codec if sealing.shared_key else None, sealing.shared_key)
-                kind = "redacted"
-            else:
-                frame = data[entry["offset"] : entry["offset"] + entry["length"]]
-                kind = entry["type"]
             frames.append(frame)
-            updates.append((offset, len(frame), kind, entry["seq"]))
+            moved.append((entry, offset, len(frame)))
             offset += len(frame)
         new_path.unlink(missing_ok=True)
         segment.write_file(new_path, frames)
-        conn.executemany(
-            "UPDATE entries SET offset = ?, length = ?, type = ? WHERE seq = ?", updates
-        )
+        _move_entries(conn, moved, redact)
         conn.execute(
             "UPDATE segments SET generation = ?, end_offset = ?, sealed = 1 WHERE segment_id = ?",
             (seg["generation"] + 1, offset, segment_id),
@@ -1403,9 +1413,9 @@ class ArchiveStore:
         for _ in range(3):
             conn = self._db()
             row = conn.execute(
-                "SELECT r.state, r.seq, r.sha256, e.segment_id, e.offset, e.length, "
-                "e.entry_hash, s.generation FROM records r JOIN entries e ON e.seq = r.seq "
-                "JOIN segments s ON s.segment_id = e.segment_id WHERE r.record_id = ?",
+                "SELECT r.state, r.seq, r.sha256, r.segment_id, r.offset, r.length, "
+                "s.generation FROM records r JOIN segments s ON s.segment_id = r.segment_id "
+                "WHERE r.record_id = ?",
                 (record_id,),
             ).fetchone()
             if row is None:
@@ -1419,10 +1429,7 @@ class ArchiveStore:
                 continue  # disposal replaced this generation meanwhile: look it up again
             except SegmentCorrupt as e:
                 raise SegmentCorrupt(f"record {record_id}: {e}") from e
-            return check_record(
-                record_id, envelope, row["seq"], hash_hex(row["entry_hash"]),
-                hash_hex(row["sha256"]),
-            )
+            return check_record(record_id, envelope, row["seq"], hash_hex(row["sha256"]))
         raise SegmentCorrupt(f"record {record_id}: its segment file is missing")
 
     def get_many(self, record_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -1435,9 +1442,9 @@ class ArchiveStore:
         rows: list[sqlite3.Row] = []
         for chunk in chunked(dict.fromkeys(record_ids)):
             rows.extend(conn.execute(
-                "SELECT r.record_id, r.state, r.seq, r.sha256, e.segment_id, e.offset, "
-                "e.length, e.entry_hash, s.generation FROM records r "
-                "JOIN entries e ON e.seq = r.seq JOIN segments s ON s.segment_id = e.segment_id "
+                "SELECT r.record_id, r.state, r.seq, r.sha256, r.segment_id, r.offset, "
+                "r.length, s.generation FROM records r "
+                "JOIN segments s ON s.segment_id = r.segment_id "
                 f"WHERE r.record_id IN ({placeholders(len(chunk))}) "
                 "AND r.state NOT IN ('purged', 'erased')",
                 chunk,
@@ -1465,14 +1472,17 @@ class ArchiveStore:
             rows: list[sqlite3.Row] = []
             with snapshot(conn):
                 for chunk in chunked(ids):
+                    marks = placeholders(len(chunk))
                     rows.extend(conn.execute(
                         "SELECT e.record_id, e.seq, e.sha256, e.segment_id, e.offset, e.length, "
-                        "e.entry_hash, s.generation FROM entries e "
-                        "JOIN records r ON r.record_id = e.record_id "
-                        "JOIN segments s ON s.segment_id = e.segment_id "
-                        f"WHERE e.record_id IN ({placeholders(len(chunk))}) "
-                        "AND e.type = 'record' AND r.state IN ('archived', 'restored')",
-                        chunk,
+                        "s.generation FROM (SELECT record_id, seq, sha256, segment_id, offset, "
+                        "length FROM records WHERE state IN ('archived', 'restored') AND "
+                        f"record_id IN ({marks}) UNION ALL SELECT h.record_id, h.seq, h.sha256, "
+                        "h.segment_id, h.offset, h.length FROM history h JOIN records r ON "
+                        "r.record_id = h.record_id WHERE h.type = 'record' AND r.state IN "
+                        f"('archived', 'restored') AND h.record_id IN ({marks})) e "
+                        "JOIN segments s ON s.segment_id = e.segment_id",
+                        (*chunk, *chunk),
                     ))
             read = list(self._read_rows(rows))
             if all(record is not None for _, record in read):
@@ -1508,10 +1518,7 @@ class ArchiveStore:
                     envelope = segment.read_frame(f, row["offset"], row["length"], self._codec)
                 except SegmentCorrupt as e:
                     raise SegmentCorrupt(f"record {record_id}: {e}") from e
-                yield row, check_record(
-                    record_id, envelope, row["seq"], hash_hex(row["entry_hash"]),
-                    hash_hex(row["sha256"]),
-                )
+                yield row, check_record(record_id, envelope, row["seq"], hash_hex(row["sha256"]))
         finally:
             if f is not None:
                 f.close()
@@ -1529,14 +1536,15 @@ class ArchiveStore:
         :param record_id: the record
         """
         rows = self._db().execute(
-            "SELECT type, event, at, actor, reason FROM entries WHERE record_id = ? ORDER BY seq",
+            f"SELECT type, event, at, actor, reason FROM ({ALL_ENTRIES}) WHERE record_id = ? "
+            "ORDER BY seq",
             (record_id,),
         ).fetchall()
         if not rows:
             raise RecordNotFound(f"record {record_id} was never archived")
         return [
             HistoryEvent(
-                parse_time(row["at"]),
+                from_micros(row["at"]),
                 row["event"] or "archived",  # (an event redacted by an erasure keeps its name)
                 row["actor"],
                 row["reason"],
@@ -1577,7 +1585,7 @@ class ArchiveStore:
             where.append("state = ?")
             params.append(state)
         if updated_before is not None:
-            where.append("updated_at_us <= ?")
+            where.append("updated_at <= ?")
             params.append(epoch_micros(updated_before))
         select = f"SELECT {RECORD_COLUMNS} FROM records"
         for row in iter_keyset(self._db(), select, where, params, "record_id"):
@@ -1629,10 +1637,8 @@ class ArchiveStore:
             raise ValueError(f"{state} records have no content to iterate")
         select = (
             f"SELECT {', '.join('r.' + c.strip() for c in RECORD_COLUMNS.split(','))}, "
-            "e.offset AS e_offset, e.length AS e_length, e.entry_hash AS e_hash, "
-            "e.segment_id AS e_segment, s.generation AS s_generation "
-            "FROM records r JOIN entries e ON e.seq = r.seq "
-            "JOIN segments s ON s.segment_id = e.segment_id"
+            "s.generation AS s_generation FROM records r "
+            "JOIN segments s ON s.segment_id = r.segment_id"
         )
         where = ["r.state = ?"]
         params: list[Any] = [state]
@@ -1643,7 +1649,7 @@ class ArchiveStore:
         f: BinaryIO | None = None
         try:
             for row in iter_keyset(self._db(), select, where, params, "r.seq"):
-                key = (row["e_segment"], row["s_generation"])
+                key = (row["segment_id"], row["s_generation"])
                 if key != current:
                     if f is not None:
                         f.close()
@@ -1666,14 +1672,11 @@ class ArchiveStore:
                     continue
                 try:
                     envelope = segment.read_frame(
-                        f, row["e_offset"], row["e_length"], self._codec
+                        f, row["offset"], row["length"], self._codec
                     )
                 except SegmentCorrupt as e:
                     raise SegmentCorrupt(f"record {record_id}: {e}") from e
-                record = check_record(
-                    record_id, envelope, row["seq"], hash_hex(row["e_hash"]),
-                    hash_hex(row["sha256"]),
-                )
+                record = check_record(record_id, envelope, row["seq"], hash_hex(row["sha256"]))
                 yield build_catalog_entry(row), record
         finally:
             if f is not None:
@@ -1763,24 +1766,62 @@ def _customer_of(item: ArchiveItem, earlier: sqlite3.Row | None) -> str | None:
     return None
 
 
+def _entries_of_segments(
+    conn: sqlite3.Connection, segment_ids: Iterable[int]
+) -> dict[int, list[sqlite3.Row]]:
+    """Every entry of these segments, by segment and then seq (one pass over the catalog)."""
+    wanted = sorted(set(segment_ids))
+    out: dict[int, list[sqlite3.Row]] = {segment_id: [] for segment_id in wanted}
+    if not wanted:
+        return out
+    for row in conn.execute(
+        f"SELECT * FROM ({ALL_ENTRIES}) WHERE segment_id IN ({placeholders(len(wanted))}) "
+        "ORDER BY seq",
+        wanted,
+    ):
+        out[row["segment_id"]].append(row)
+    return out
+
+
+def _move_entries(
+    conn: sqlite3.Connection,
+    moved: Sequence[tuple[sqlite3.Row, int, int]],
+    redacted: set[int] = frozenset(),  # type: ignore[assignment]
+) -> None:
+    """Point the catalog at entries' places in a segment's new generation (uncommitted).
+
+    :param moved: `(entry row from ALL_ENTRIES, new offset, new length)`
+    :param redacted: the seqs now in `redacted` frames (a record's current entry says so by
+        its state, which the caller sets)
+    """
+    conn.executemany(
+        "UPDATE records SET offset = ?, length = ? WHERE record_id = ? AND seq = ?",
+        [(offset, length, e["record_id"], e["seq"]) for e, offset, length in moved
+         if e["current"]],
+    )
+    conn.executemany(
+        "UPDATE history SET offset = ?, length = ?, type = ? WHERE seq = ?",
+        [(offset, length, "redacted" if e["seq"] in redacted else e["type"], e["seq"])
+         for e, offset, length in moved if not e["current"]],
+    )
+
+
 def _check_state(state: str) -> None:
     if state not in STATES:
         raise ValueError(f"unknown state {state!r}; expected one of {', '.join(STATES)}")
 
 
-def check_record(
-    record_id: str, envelope: bytes, seq: int, entry_hash: str, sha256: str
-) -> dict[str, Any]:
+def check_record(record_id: str, envelope: bytes, seq: int, sha256: str) -> dict[str, Any]:
     """Check a decoded record envelope against its catalog row and return the record.
+
+    The frame's checksum (and, sealed, its authentication tag) vouch for its bytes; this checks
+    that they are the entry the catalog names, holding the record the catalog's hash is of.
 
     :param record_id: the id the catalog expects
     :param envelope: decompressed envelope bytes
     :param seq: the entry's seq
-    :param entry_hash: the catalog's hash of the envelope
     :param sha256: the catalog's hash of the record
     """
-    if segment.sha256_hex(envelope) != entry_hash:
-        raise SegmentCorrupt(f"record {record_id}: entry hash does not match the catalog")
     value = segment.parse_envelope(envelope)
     if (
         value.get("type") != "record"
@@ -1789,11 +1830,11 @@ def check_record(
         or not isinstance(value.get("record"), dict)
     ):
         raise SegmentCorrupt(f"record {record_id}: entry does not match the catalog")
-    # The entry hash matching proves these are the very bytes the writer hashed, record and its
-    # sha256 included; recomputing the record's sha256 as well is left to verify().
     if value.get("sha256") != sha256:
         raise SegmentCorrupt(f"record {record_id}: sha256 does not match the catalog")
     record: dict[str, Any] = value["record"]
+    if segment.sha256_hex(segment.canonical_json(record)) != sha256:
+        raise SegmentCorrupt(f"record {record_id}: its content does not match its sha256")
     return record
 
 

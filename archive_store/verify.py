@@ -9,13 +9,22 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from archive_store import segment
-from archive_store.catalog import connect, epoch_micros, hash_hex
+from archive_store.catalog import (
+    ALL_ENTRIES,
+    connect,
+    epoch_micros,
+    format_time,
+    from_micros,
+    get_head,
+    hash_hex,
+)
 from archive_store.codec import FrameCodec
 from archive_store.errors import ArchiveStoreError
 from archive_store.models import Problem
@@ -119,31 +128,27 @@ def _check(
     purge_seq = {
         row["record_id"]: row["seq"]
         for row in conn.execute(
-            "SELECT record_id, MAX(seq) AS seq FROM entries WHERE type = 'event' "
+            "SELECT record_id, MAX(seq) AS seq FROM history WHERE type = 'event' "
             "AND event IN ('purged', 'erased') GROUP BY record_id"
         )
     }
-    expected_prev = segment.ZERO_HASH
-    previous_seq = 0
-    previous: tuple[str | None, int | None] = (None, None)
+    chain = _Chain(report)
     next_offset: dict[int, int] = {}
     for entry in conn.execute(_ENTRIES_WITH_RECORDS):
         record_id, segment_id = entry["record_id"], entry["segment_id"]
-        if entry["seq"] != previous_seq + 1:
-            report(record_id, segment_id, f"seq {entry['seq']} follows seq {previous_seq}")
-        if hash_hex(entry["prev_hash"]) != expected_prev:
-            # The link breaks after the previous entry: its hash is not what the chain goes on
-            # from, so that entry (not this one, whose own frame agrees with its row) is named.
-            blamed_id, blamed_segment = previous if previous_seq else (record_id, segment_id)
-            report(blamed_id, blamed_segment, f"seq {previous_seq}: its entry hash is not the "
-                   f"prev of the next entry (seq {entry['seq']}); the chain is broken")
-        # The catalog's hashes carry the chain on, so a damaged frame is blamed on itself only.
-        expected_prev, previous_seq = hash_hex(entry["entry_hash"]), entry["seq"]
-        previous = (record_id, segment_id)
+        seg = segments.get(segment_id)
+        f = files.get(segment_id)
+        if seg is not None and f is not None and entry["offset"] > next_offset.get(segment_id, 0):
+            next_offset[segment_id] = _name_uncatalogued(
+                f, segment_id, next_offset.get(segment_id, 0), entry["offset"], codec, chain
+            )
+        link = chain.step(entry["seq"], record_id, segment_id)
+        if entry["r_id"] is None:
+            report(record_id, segment_id, f"seq {entry['seq']}: the catalog has no row for "
+                   "this record")
         if entry["type"] == "redacted" and purge_seq.get(record_id, 0) < entry["seq"]:
             report(record_id, segment_id,
                    f"seq {entry['seq']}: redacted with no purged or erased event")
-        seg = segments.get(segment_id)
         if seg is None:
             report(record_id, segment_id, f"seq {entry['seq']}: segment not in the catalog")
             continue
@@ -151,7 +156,6 @@ def _check(
             report(record_id, segment_id,
                    f"seq {entry['seq']}: does not start where the previous entry ended")
         next_offset[segment_id] = entry["offset"] + entry["length"]
-        f = files.get(segment_id)
         if f is None:
             report(record_id, segment_id, f"seq {entry['seq']}: segment file is missing")
             continue
@@ -163,37 +167,98 @@ def _check(
         except ArchiveStoreError as e:  # damaged, or sealed with a key that is gone
             report(record_id, segment_id, f"seq {entry['seq']}: {e}")
             continue
-        for reason in _check_envelope(entry, envelope, value):
+        chain.opened(entry["seq"], link, value, envelope)
+        for reason in _check_envelope(entry, value):
             report(record_id, segment_id, f"seq {entry['seq']}: {reason}")
-        if entry["type"] == "record":
+        if entry["type"] == "record" and entry["current"]:
             for reason in _check_record_row(entry, value.get("record")):
                 report(record_id, segment_id, f"seq {entry['seq']}: {reason}")
 
-    for segment_id, end in next_offset.items():
-        if end != segments[segment_id]["end_offset"]:
-            report(None, segment_id, f"entries end at {end}, catalog end is "
-                   f"{segments[segment_id]['end_offset']}")
-    for row in conn.execute(
-        "SELECT r.record_id, r.state, r.version, r.sha256, r.segment_id, e.type, e.record_id "
-        "AS e_record, e.version AS e_version, e.sha256 AS e_sha256, e.segment_id AS e_segment "
-        "FROM records r LEFT JOIN entries e ON e.seq = r.seq"
-    ):
-        expected_type = "redacted" if row["state"] in ("purged", "erased") else "record"
-        e_sha = None if row["e_sha256"] is None else hash_hex(row["e_sha256"])
-        if (row["e_record"], row["e_version"], e_sha, row["e_segment"], row["type"]) != (
-            row["record_id"], row["version"], hash_hex(row["sha256"]), row["segment_id"],
-            expected_type
-        ):
-            report(row["record_id"], row["segment_id"], "catalog row does not match its entry")
+    for segment_id, seg in segments.items():
+        f = files.get(segment_id)
+        end = next_offset.get(segment_id, 0)
+        if f is not None and end < seg["end_offset"]:
+            end = _name_uncatalogued(f, segment_id, end, seg["end_offset"], codec, chain)
+        if end != seg["end_offset"] and (segment_id in next_offset or end):
+            report(None, segment_id, f"entries end at {end}, catalog end is {seg['end_offset']}")
+    head_seq, head_hash = get_head(conn)
+    if head_seq != chain.seq:
+        report(None, None, f"the catalog's newest entry is seq {head_seq}, the last entry in "
+               f"the segments is seq {chain.seq}")
+    elif chain.expected_prev is not None and chain.expected_prev != head_hash:
+        report(*chain.last, f"seq {chain.seq}: its entry hash is not the head of the chain the "
+               "catalog keeps; its content changed")
     return problems
+
+
+class _Chain:
+    """Follows the hash chain through the entries in seq order: each frame's `prev` must be
+    the hash of the entry before it. A frame that cannot be read is blamed on itself; the link
+    after it cannot be checked, and the chain goes on from the next frame."""
+
+    def __init__(self, report: Callable[[str | None, int | None, str], None]) -> None:
+        self.report = report
+        self.expected_prev: str | None = segment.ZERO_HASH
+        self.seq = 0
+        self.last: tuple[str | None, int | None] = (None, None)
+        self._before: tuple[str | None, int | None] = (None, None)
+
+    def step(self, seq: int, record_id: str | None, segment_id: int) -> str | None:
+        """Move on to the entry `seq`; returns the `prev` it must have (None: unknown)."""
+        if seq != self.seq + 1:
+            self.report(record_id, segment_id, f"seq {seq} follows seq {self.seq}")
+            self.expected_prev = None
+        link, self.expected_prev = self.expected_prev, None
+        self._before, self.last, self.seq = self.last, (record_id, segment_id), seq
+        return link
+
+    def opened(self, seq: int, link: str | None, value: dict[str, Any], envelope: bytes) -> None:
+        """The entry `seq` was read: check its link and carry its hash on."""
+        if link is not None and value.get("prev") != link:
+            # The link breaks after the previous entry: its hash is not what the chain goes on
+            # from, so that entry (whose content changed) is named, not this one.
+            blamed = self._before if seq > 1 else self.last
+            self.report(*blamed, f"seq {seq - 1}: its entry hash is not the prev of the next "
+                         f"entry (seq {seq}); the chain is broken")
+        self.expected_prev = segment.entry_hash_of(envelope)
+
+
+def _name_uncatalogued(
+    f: BinaryIO, segment_id: int, start: int, end: int, codec: FrameCodec | None, chain: _Chain
+) -> int:
+    """Read the frames between `start` and `end` that no catalog row names (a row deleted
+    behind the store) and name their records; returns where the readable ones end."""
+    offset = start
+    while offset < end:
+        f.seek(offset)
+        header = f.read(segment.HEADER.size)
+        if len(header) < segment.HEADER.size:
+            break
+        length = segment.HEADER.size + segment.HEADER.unpack(header)[1]
+        if offset + length > end:
+            break
+        try:
+            envelope = segment.read_frame(f, offset, length, codec)
+            value = segment.parse_envelope(envelope)
+        except ArchiveStoreError:
+            break
+        seq, record_id = value.get("seq"), value.get("record_id")
+        if not isinstance(seq, int) or not isinstance(record_id, str):
+            break
+        link = chain.step(seq, record_id, segment_id)
+        chain.opened(seq, link, value, envelope)
+        chain.report(record_id, segment_id, f"seq {seq}: in segment {segment_id}, but the "
+                      "catalog has no row for this entry")
+        offset += length
+    return offset
 
 
 # Each entry with the catalog row of its record (an index look-up each, by primary key).
 _ENTRIES_WITH_RECORDS = (
-    "SELECT e.*, r.record_id AS r_id, r.seq AS r_seq, r.state AS r_state, "
-    "r.category AS r_category, r.created_at AS r_created, r.updated_at AS r_updated, "
-    "r.updated_at_us AS r_updated_us, r.customer_id AS r_customer, r.parent_id AS r_parent "
-    "FROM entries e LEFT JOIN records r ON r.record_id = e.record_id ORDER BY e.seq"
+    "SELECT e.*, r.record_id AS r_id, r.state AS r_state, r.category AS r_category, "
+    "r.created_at AS r_created, r.updated_at AS r_updated, r.customer_id AS r_customer, "
+    f"r.parent_id AS r_parent FROM ({ALL_ENTRIES}) e "
+    "LEFT JOIN records r ON r.record_id = e.record_id ORDER BY e.seq"
 )
 
 
@@ -203,21 +268,15 @@ def _check_record_row(entry: sqlite3.Row, record: Any) -> list[str]:
     The row's category, times, customer and parent decide disposal, holds, erasure and
     processes, so an edit to one must show here, and so must a row that is gone.
     """
-    if entry["r_id"] is None:
-        return ["the catalog has no row for this record"]
-    if entry["r_seq"] != entry["seq"] or entry["r_state"] not in ("archived", "restored"):
-        return []  # an earlier version, or content gone: the row speaks of another entry
     if not isinstance(record, dict):
         return []  # (reported by the envelope's checks)
     differ = []
     if entry["r_category"] != record.get("category"):
         differ.append("category")
     for column, name in (("r_created", "created_at"), ("r_updated", "updated_at")):
-        if name in record and _moment(entry[column]) != _moment(record[name]):
+        moment = _moment(record.get(name))
+        if name in record and (moment is None or entry[column] != epoch_micros(moment)):
             differ.append(name)
-    updated = _moment(record.get("updated_at"))
-    if updated is not None and entry["r_updated_us"] != epoch_micros(updated):
-        differ.append("updated_at_us")
     if entry["r_parent"] != record.get("parent_id"):
         differ.append("parent_id")
     customer = record.get("customer_id")
@@ -236,7 +295,7 @@ def _moment(value: Any) -> datetime | None:
         return None
 
 
-def _check_envelope(entry: sqlite3.Row, envelope: bytes, value: dict[str, Any]) -> list[str]:
+def _check_envelope(entry: sqlite3.Row, value: dict[str, Any]) -> list[str]:
     """What is wrong with one decoded envelope, compared with its catalog row."""
     kind = entry["type"]
     reasons: list[str] = []
@@ -249,22 +308,17 @@ def _check_envelope(entry: sqlite3.Row, envelope: bytes, value: dict[str, Any]) 
         "seq": entry["seq"],
         "record_id": entry["record_id"],
         "sha256": hash_hex(entry["sha256"]),
-        "prev": hash_hex(entry["prev_hash"]),
     }
     if kind in ("record", "redacted"):
         expected["version"] = entry["version"]
     if kind in ("record", "event"):
-        expected.update(at=entry["at"], actor=entry["actor"])
+        expected.update(at=format_time(from_micros(entry["at"])), actor=entry["actor"])
     if kind == "event":
         expected["event"] = entry["event"]
-        expected["reason"] = entry["reason"] if "reason" in entry.keys() else None
+        expected["reason"] = entry["reason"]
     differ = sorted(key for key, want in expected.items() if value.get(key) != want)
     if differ:
         reasons.append(f"envelope {', '.join(differ)} differ from the catalog")
-    # A redacted frame cannot be rehashed (its content is gone); it carries the original hash.
-    actual = str(value.get("entry_hash")) if kind == "redacted" else segment.sha256_hex(envelope)
-    if actual != hash_hex(entry["entry_hash"]):
-        reasons.append("entry hash does not match the catalog (content changed)")
     if kind == "record":
         try:
             sha = segment.sha256_hex(segment.canonical_json(value.get("record")))
