@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -437,7 +436,15 @@ def upgraded_copy(path: Path, scratch: Path) -> Path:
     finally:
         conn.close()
     copy = scratch / path.name
-    shutil.copyfile(path, copy)
+    source = connect(path, read_only=True)
+    try:  # (the backup API: what the file's write-ahead log holds is copied too)
+        target = sqlite3.connect(copy)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+    finally:
+        source.close()
     conn = connect(copy)
     try:
         create_schema(conn)

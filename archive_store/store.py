@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import sqlite3
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, closing, contextmanager
@@ -37,6 +39,7 @@ from archive_store.catalog import (
     from_micros,
     get_head,
     hash_hex,
+    is_current,
     iter_keyset,
     load_record,
     load_records,
@@ -46,6 +49,7 @@ from archive_store.catalog import (
     set_head,
     snapshot,
     transaction,
+    upgraded_copy,
 )
 from archive_store.codec import FrameCodec
 from archive_store.crypto import KeyMissing
@@ -334,6 +338,7 @@ class ArchiveStore:
         self._archive_lock = ProcessLock(self.directory / "archive.lock")
         self._closed = False
         self.read_only = False
+        self._scratch: Path | None = None  # an upgraded copy of an old read-only catalog
         self._codec = FrameCodec(
             key,
             lambda key_id: keyring.load_wrapped_key(self._db(), key_id),
@@ -437,6 +442,7 @@ class ArchiveStore:
         store = cls(directory, segment_max_bytes, key)
         store.read_only = True
         try:
+            store._read_upgraded_copy_if_old()
             conn = store._db()
             conn.execute("SELECT 1 FROM records LIMIT 1").fetchall()
             keyring.check_archive_key(conn, store._codec)
@@ -444,6 +450,15 @@ class ArchiveStore:
             store.close()
             raise
         return store
+
+    def _read_upgraded_copy_if_old(self) -> None:
+        """A catalog an earlier version wrote, on a folder this process may not write, is read
+        through an upgraded copy in a temporary folder (removed on close)."""
+        with closing(connect(self._catalog_path, read_only=True)) as conn:
+            if is_current(conn):
+                return
+        self._scratch = Path(tempfile.mkdtemp(prefix="archivist-catalog-"))
+        self._catalog_path = upgraded_copy(self._catalog_path, self._scratch)
 
     def close(self) -> None:
         """Close the catalog connections and the lock file."""
@@ -456,6 +471,8 @@ class ArchiveStore:
             for conn in self._connections:
                 conn.close()
             self._connections.clear()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

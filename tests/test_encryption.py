@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import sqlite3
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
@@ -173,13 +172,6 @@ def test_an_old_unencrypted_store_keeps_working_and_seals_new_frames(tmp_path: P
     with ArchiveStore.open(tmp_path / "a") as old:  # as stores were before encryption
         old.archive_batch([item("OLD-1"), item("OLD-2", customer_id=None)], AT, "t")
     assert magics(tmp_path / "a") == [MAGIC, MAGIC]
-    # catalogs of that time kept their hashes as hex text
-    conn = sqlite3.connect(tmp_path / "a" / "catalog.db")
-    with conn:
-        conn.execute("UPDATE entries SET sha256 = lower(hex(sha256)), "
-                     "entry_hash = lower(hex(entry_hash)), prev_hash = lower(hex(prev_hash))")
-        conn.execute("UPDATE records SET sha256 = lower(hex(sha256))")
-    conn.close()
     key = make_key()
 
     with ArchiveStore.open(tmp_path / "a", key=key) as store:

@@ -1,0 +1,138 @@
+"""Stores whose catalog an earlier version wrote (a row per entry, each with its hashes) open
+with this version: the catalog is rewritten once into a row per record and its history, and
+reads, history, entry hashes and `verify` answer as they did; new writes go on from there.
+
+The stores in `tests/data` were made by that version (see `tests/data/make_v1_stores.py`),
+one sealed with a key, one without, whose catalog keeps its hashes as hex text."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import tempfile
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from archive_store import ArchiveItem, ArchiveStore
+from archive_store.errors import StoreReadOnly
+from archive_store.segment import MAGIC, SEALED_MAGIC
+from tests.test_encryption import magics
+from tests.test_read_only import read_only
+
+DATA = Path(__file__).resolve().parent / "data"
+KEY = bytes(range(32))
+EXPECTED = json.loads((DATA / "expected_v1.json").read_text())
+STORES = [("sealed", KEY), ("plain", None)]
+IDS = ["R-1", "R-2", "R-3", "R-4", "R-5", "R-6"]
+AT = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def old_store(tmp_path: Path, name: str) -> Path:
+    folder = tmp_path / name
+    shutil.copytree(DATA / f"store_v1_{name}", folder)
+    return folder
+
+
+def tables(folder: Path) -> set[str]:
+    conn = sqlite3.connect(folder / "catalog.db")
+    try:
+        return {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    finally:
+        conn.close()
+
+
+def as_read(store: ArchiveStore) -> dict[str, object]:
+    """What `make_v1_stores.expected` recorded, read through this version."""
+    last = store.last_seq()
+    return {
+        "last_seq": last,
+        "hashes": {str(s): store.entry_hash_at(s) for s in range(1, last + 1)},
+        "info": {i: json.loads(json.dumps(asdict(store.info(i)), default=str)) for i in IDS},
+        "history": {
+            i: [json.loads(json.dumps(asdict(e), default=str)) for e in store.history(i)]
+            for i in IDS
+        },
+        "records": store.get_many(IDS),
+    }
+
+
+@pytest.mark.parametrize(("name", "key"), STORES)
+def test_an_old_catalog_is_upgraded_and_reads_as_before(
+    tmp_path: Path, name: str, key: bytes | None
+) -> None:
+    folder = old_store(tmp_path, name)
+    assert "entries" in tables(folder)
+    assert ArchiveStore.committed_head_in(folder) == EXPECTED[name]["last_seq"]
+
+    with ArchiveStore.open(folder, key=key) as store:
+        assert as_read(store) == EXPECTED[name]
+        assert store.verify() == []
+
+    assert "entries" not in tables(folder) and "history" in tables(folder)
+    assert ArchiveStore.committed_head_in(folder) == EXPECTED[name]["last_seq"]
+    with ArchiveStore.open(folder, key=key) as store:  # (once: a second open changes nothing)
+        assert as_read(store) == EXPECTED[name]
+
+
+@pytest.mark.parametrize(("name", "key"), STORES)
+def test_an_upgraded_store_takes_new_writes(
+    tmp_path: Path, name: str, key: bytes | None
+) -> None:
+    folder = old_store(tmp_path, name)
+    record = {"id": "N-1", "kind": "note", "category": "support", "customer_id": "C9",
+              "body": "written after the upgrade", "created_at": "2021-01-01T00:00:00Z",
+              "updated_at": "2021-01-01T00:00:00Z"}
+    created = datetime(2021, 1, 1, tzinfo=UTC)
+    with ArchiveStore.open(folder, key=key) as store:
+        store.archive_batch([ArchiveItem("N-1", record, "support", "C9", created, created)],
+                            AT, "archive-job")
+        store.clear_pending(["N-1"])
+        store.begin_restores([["R-1"]])
+        store.complete_restores(["R-1"], AT, "admin", "asked again")
+        assert store.purge(["R-6"], AT, "dispose-job") == 1
+        erased = store.erase(["R-3"], AT, "admin", customer_id="C3")
+        assert [e.record_id for e in erased] == ["R-3"]
+        assert store.verify() == []
+        assert store.last_seq() == EXPECTED[name]["last_seq"] + 4
+    with ArchiveStore.open(folder, key=key) as store:
+        assert store.verify() == []
+        assert store.get("N-1") == record
+        assert store.get("R-2")["body"] == "restored later"
+        assert [e.event for e in store.history("R-3")] == [
+            "archived", "restored", "archived", "erased"]
+        assert [e.reason for e in store.history("R-1")] == [None, "asked again"]
+        assert {i: store.info(i).state for i in ("R-1", "R-3", "R-6")} == {
+            "R-1": "restored", "R-3": "erased", "R-6": "purged"}
+    for path in (folder / "segments").iterdir():
+        assert b"archived twice" not in path.read_bytes()
+
+
+def test_an_old_catalog_on_a_read_only_folder_is_read_through_an_upgraded_copy(
+    tmp_path: Path,
+) -> None:
+    folder = old_store(tmp_path, "sealed")
+    before = (folder / "catalog.db").read_bytes()
+    with read_only(folder):
+        with ArchiveStore.open(folder, key=KEY) as store:
+            assert store.read_only
+            assert as_read(store) == EXPECTED["sealed"]
+            assert store.verify() == []
+            with pytest.raises(StoreReadOnly):
+                store.purge(["R-1"], AT, "dispose-job")
+    assert (folder / "catalog.db").read_bytes() == before
+    assert not [p for p in Path(tempfile.gettempdir()).glob("archivist-catalog-*")]
+
+
+def test_an_old_unencrypted_store_is_sealed_after_its_upgrade(tmp_path: Path) -> None:
+    """The unencrypted store's catalog also kept its hashes as hex text."""
+    folder = old_store(tmp_path, "plain")
+    assert set(magics(folder)) == {MAGIC}
+    with ArchiveStore.open(folder, key=KEY) as store:
+        assert store.reseal() > 0
+        assert store.verify() == []
+        assert as_read(store) == EXPECTED["plain"]
+    assert set(magics(folder)) == {SEALED_MAGIC}
