@@ -859,37 +859,26 @@ def test_backup_verify_with_the_key_file_missing_asks_for_the_backup_s_key(
     assert "archivist init" not in result.stderr
 
 
-def test_a_backup_an_earlier_version_made_verifies_and_recovers(
-    services: Services, archived: Callable[..., Any], make_record: Any, tmp_path: Path
-) -> None:
-    """A catalog from before processes and event reasons (no `parent_id`, no `reason`)."""
-    import sqlite3
-
-    from archive_store.backup import hash_file, write_manifest
-
-    archived(*_records(make_record, 0, 20))
-    expected = _answers(services)
+def test_a_backup_an_earlier_version_made_verifies_and_recovers(tmp_path: Path) -> None:
+    """A backup made while the catalog kept a row per entry with its hashes (see
+    `tests/data/make_v1_backup.py`): checked without being written to, then recovered into a
+    fresh installation, whose catalog is upgraded, with the answers it gave."""
+    data = Path(__file__).resolve().parent / "data"
     folder = tmp_path / "backup"
-    create_backup(services, folder, utcnow())
+    shutil.copytree(data / "backup_v1", folder)
+    shutil.copy2(data / "backup_v1.key", tmp_path / "archive.key")
     catalog = folder / "archive" / "catalog.db"
-    conn = sqlite3.connect(catalog)
-    conn.executescript(
-        "DROP INDEX records_parent; ALTER TABLE records DROP COLUMN parent_id;"
-        "ALTER TABLE entries DROP COLUMN reason;"
-    )
-    conn.close()
-    manifest = load_manifest(folder)
-    manifest["archive/catalog.db"] = hash_file(catalog)
-    write_manifest(folder, manifest)
     before = catalog.read_bytes()
 
-    assert verify_backup(folder, archive_key(services)) == []
+    assert verify_backup(folder, load_key(tmp_path / "archive.key")) == []
     assert catalog.read_bytes() == before  # checked without being written to
     fresh = _fresh_config(tmp_path, "fresh")
-    assert recover_backup(fresh, folder, utcnow()).archived == 20
+    assert recover_backup(fresh, folder, utcnow()).archived == 19
     with Services.open(fresh) as again:
         assert verify_all(again).problems == []
-        assert _answers(again) == expected
+        assert _answers(again) == json.loads((data / "backup_v1.json").read_text())
+        assert again.store.history("B-00003")[-1].reason == "asked by the customer"
+        assert again.store.last_seq() == 21
 
 
 @pytest.mark.parametrize("copied", ["archive.key*", "archive.key"])

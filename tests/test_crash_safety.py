@@ -71,7 +71,9 @@ def catalog_state(config_path: Path) -> tuple[int, int]:
     catalog = (load_config(config_path).archive_dir / "catalog.db").resolve()
     conn = sqlite3.connect(f"{catalog.as_uri()}?mode=ro", uri=True, timeout=60)
     try:
-        last = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM entries").fetchone()[0]
+        last = conn.execute(
+            "SELECT COALESCE(MAX(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'head_seq'"
+        ).fetchone()[0]
         pending = conn.execute(
             "SELECT COUNT(*) FROM records WHERE pending IS NOT NULL"
         ).fetchone()[0]
