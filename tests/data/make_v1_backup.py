@@ -30,8 +30,11 @@ from tests.test_backup import _answers, _records
 HERE = Path(__file__).resolve().parent
 
 
-def make_record(counter: itertools.count = itertools.count(1), **overrides: object) -> dict:
-    n = next(counter)
+COUNTER = itertools.count(1)
+
+
+def make_record(**overrides: object) -> dict:
+    n = next(COUNTER)
     record = {
         "id": f"R-{n:05d}", "kind": "communication", "category": "support",
         "customer_id": "C001", "owner": "alice", "subject": f"Subject {n}",
