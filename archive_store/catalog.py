@@ -319,6 +319,9 @@ def create_schema(conn: sqlite3.Connection) -> None:
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
             (SCHEMA_VERSION,),
         )
+    if upgrade:  # the earlier tables' pages go back to the file system, and the log's too
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:

@@ -67,12 +67,16 @@ def test_an_old_catalog_is_upgraded_and_reads_as_before(
     folder = old_store(tmp_path, name)
     assert "entries" in tables(folder)
     assert ArchiveStore.committed_head_in(folder) == EXPECTED[name]["last_seq"]
+    size_before = (folder / "catalog.db").stat().st_size
 
     with ArchiveStore.open(folder, key=key) as store:
         assert as_read(store) == EXPECTED[name]
         assert store.verify() == []
 
     assert "entries" not in tables(folder) and "history" in tables(folder)
+    assert (folder / "catalog.db").stat().st_size < size_before  # the old tables' pages freed
+    assert not Path(f"{folder / 'catalog.db'}-wal").exists() or Path(
+        f"{folder / 'catalog.db'}-wal").stat().st_size == 0
     assert ArchiveStore.committed_head_in(folder) == EXPECTED[name]["last_seq"]
     with ArchiveStore.open(folder, key=key) as store:  # (once: a second open changes nothing)
         assert as_read(store) == EXPECTED[name]
