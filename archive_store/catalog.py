@@ -38,10 +38,12 @@ CREATE TABLE IF NOT EXISTS segments (
     end_offset INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS records (
-    record_id TEXT PRIMARY KEY,
+    -- keyed by the entry of its current version (a `redacted` one once gone): each index then
+    -- holds that small integer, not the id, and rows are added at the end of the table
+    seq INTEGER PRIMARY KEY,
+    record_id TEXT NOT NULL UNIQUE,
     state TEXT NOT NULL CHECK (state IN ('archived', 'restored', 'purged', 'erased')),
     version INTEGER NOT NULL,
-    seq INTEGER NOT NULL,  -- the entry of the current version (a `redacted` one once gone)
     segment_id INTEGER NOT NULL,
     offset INTEGER NOT NULL,
     length INTEGER NOT NULL,
@@ -58,8 +60,8 @@ CREATE TABLE IF NOT EXISTS records (
     pending TEXT CHECK (pending IS NULL OR pending IN ('delete_active', 'insert_active')),
     indexed INTEGER NOT NULL DEFAULT 0,
     state_seq INTEGER NOT NULL  -- seq of the entry that set the current state
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS records_state ON records (state, seq);
+);
+CREATE INDEX IF NOT EXISTS records_state ON records (state);  -- (then by seq, the key)
 CREATE INDEX IF NOT EXISTS records_unindexed ON records (state_seq) WHERE indexed = 0;
 CREATE INDEX IF NOT EXISTS records_pending ON records (record_id) WHERE pending IS NOT NULL;
 CREATE INDEX IF NOT EXISTS records_updated ON records (updated_at);
@@ -112,7 +114,7 @@ ALL_ENTRIES = (
 ENTRY_AT = (
     "SELECT e.segment_id, e.offset, e.length, s.generation FROM (SELECT segment_id, offset, "
     "length FROM history WHERE seq = ? UNION ALL SELECT segment_id, offset, length FROM records "
-    "WHERE state IN ('archived', 'restored', 'purged', 'erased') AND seq = ?) e "
+    "WHERE seq = ?) e "
     "JOIN segments s USING (segment_id)"
 )
 
