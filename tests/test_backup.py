@@ -879,6 +879,13 @@ def test_a_backup_an_earlier_version_made_verifies_and_recovers(tmp_path: Path) 
         assert _answers(again) == json.loads((data / "backup_v1.json").read_text())
         assert again.store.history("B-00003")[-1].reason == "asked by the customer"
         assert again.store.last_seq() == 21
+        # Backing up into the same folder again: the store is the backup's history (its head
+        # entry is found, by its hash, in the upgraded catalog), so the segment is not copied.
+        segment_file = folder / "archive" / "segments" / "000001.0.seg"
+        copied_before = segment_file.stat().st_ino
+        create_backup(again, folder, utcnow())
+        assert segment_file.stat().st_ino == copied_before
+        assert verify_backup(folder, load_key(tmp_path / "archive.key")) == []
 
 
 @pytest.mark.parametrize("copied", ["archive.key*", "archive.key"])
