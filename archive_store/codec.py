@@ -34,6 +34,9 @@ _RECORD_END = b',"record_id":"'
 _KEPT = b"\0"  # the envelope as it is
 _BOTH = b"\1"  # prev and sha256 (64 bytes), then the envelope without them
 _PREV_ONLY = b"\2"  # prev (32 bytes), then the envelope without either: sha256 is recomputed
+_SHORT_BOTH = b"\3"  # as _BOTH, for a prev of 8 bytes (16 hex digits)
+_SHORT_PREV_ONLY = b"\4"  # as _PREV_ONLY, for a prev of 8 bytes
+_PREV_BYTES = {_BOTH: 32, _PREV_ONLY: 32, _SHORT_BOTH: 8, _SHORT_PREV_ONLY: 8}
 
 
 def pack_hashes(envelope: bytes) -> bytes:
@@ -41,20 +44,24 @@ def pack_hashes(envelope: bytes) -> bytes:
     most of what a dictionary cannot compress in an envelope.
 
     The first `"prev":"` is the top-level member (keys are sorted and `prev` comes before the
-    only nested object, `record`) and the last `,"sha256":"` is too (it comes after it). A
-    record entry's `sha256` is the hash of its `record` member, so it is not stored at all but
-    recomputed on the way back; the packed form is checked to give the very envelope back
-    before it is used. Any other envelope keeps its hashes as 64 bytes of binary in front, or
-    is kept as it is.
+    only nested object, `record`) and the last `,"sha256":"` is too (it comes after it); `prev`
+    is 64 hex digits, or 16 in entries written since the chain links by the first 8 bytes of
+    the hash. A record entry's `sha256` is the hash of its `record` member, so it is not stored
+    at all but recomputed on the way back; the packed form is checked to give the very envelope
+    back before it is used. Any other envelope keeps its hashes in binary in front, or is kept
+    as it is.
 
     :param envelope: canonical JSON bytes of one envelope
     """
     p = envelope.find(_PREV) + len(_PREV)
     h = envelope.rfind(_SHA) + len(_SHA)
-    if p < len(_PREV) or h < len(_SHA) or h < p + 64:
+    if p < len(_PREV) or h < len(_SHA):
         return _KEPT + envelope
-    prev, sha = envelope[p : p + 64], envelope[h : h + 64]
-    if envelope[p + 64 : p + 65] != b'"' or envelope[h + 64 : h + 65] != b'"':
+    width = 16 if envelope[p + 16 : p + 17] == b'"' else 64  # (a hex digit there otherwise)
+    if h < p + width or envelope[p + width : p + width + 1] != b'"':
+        return _KEPT + envelope
+    prev, sha = envelope[p : p + width], envelope[h : h + 64]
+    if envelope[h + 64 : h + 65] != b'"':
         return _KEPT + envelope
     try:
         binary = bytes.fromhex(prev.decode("ascii")) + bytes.fromhex(sha.decode("ascii"))
@@ -62,11 +69,12 @@ def pack_hashes(envelope: bytes) -> bytes:
         return _KEPT + envelope
     if binary.hex().encode() != prev + sha:  # only lowercase hex comes back as it was
         return _KEPT + envelope
-    text = envelope[:p] + envelope[p + 64 : h] + envelope[h + 64 :]
+    text = envelope[:p] + envelope[p + width : h] + envelope[h + 64 :]
+    cut = width // 2
     sha_bytes = _record_sha(text)
-    if sha_bytes == binary[32:] and _insert_hashes(text, binary[:32], sha_bytes) == envelope:
-        return _PREV_ONLY + binary[:32] + text
-    return _BOTH + binary + text
+    if sha_bytes == binary[cut:] and _insert_hashes(text, binary[:cut], sha_bytes) == envelope:
+        return (_PREV_ONLY if width == 64 else _SHORT_PREV_ONLY) + binary[:cut] + text
+    return (_BOTH if width == 64 else _SHORT_BOTH) + binary + text
 
 
 def _record_sha(text: bytes) -> bytes | None:
@@ -90,16 +98,19 @@ def unpack_hashes(packed: bytes) -> bytes:
     flag = packed[:1]
     if flag == _KEPT:
         return packed[1:]
-    if flag == _BOTH and len(packed) >= 65:
-        prev, sha, text = packed[1:33], packed[33:65], packed[65:]
-    elif flag == _PREV_ONLY and len(packed) >= 33:
-        prev, text = packed[1:33], packed[33:]
+    cut = _PREV_BYTES.get(flag)
+    if cut is None:
+        raise SegmentCorrupt(f"sealed frame has an unknown hash packing {flag!r}")
+    if flag in (_BOTH, _SHORT_BOTH) and len(packed) >= 1 + cut + 32:
+        prev, sha, text = packed[1 : 1 + cut], packed[1 + cut : 33 + cut], packed[33 + cut :]
+    elif flag in (_PREV_ONLY, _SHORT_PREV_ONLY) and len(packed) >= 1 + cut:
+        prev, text = packed[1 : 1 + cut], packed[1 + cut :]
         recomputed = _record_sha(text)
         if recomputed is None:
             raise SegmentCorrupt("sealed frame lost its record member")
         sha = recomputed
     else:
-        raise SegmentCorrupt(f"sealed frame has an unknown hash packing {flag!r}")
+        raise SegmentCorrupt("sealed frame is shorter than its packed hashes")
     return _insert_hashes(text, prev, sha)
 
 

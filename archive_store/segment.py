@@ -33,6 +33,29 @@ MAGIC = b"ARCH"
 SEALED_MAGIC = b"ARC2"
 HEADER = struct.Struct("<4sII")
 ZERO_HASH = "0" * 64
+# An entry's `prev` is the first 8 bytes (16 hex digits) of the previous entry's hash (entries
+# written before that hold all 64 digits): a changed, missing or reordered frame still breaks
+# the link, and the whole hash is one record's worth of incompressible bytes less per frame.
+LINK_HEX = 16
+
+
+def link_to(entry_hash: str) -> str:
+    """The `prev` an entry written now carries after the entry with this hash.
+
+    :param entry_hash: the previous entry's hash, hex
+    """
+    return entry_hash[:LINK_HEX]
+
+
+def links_to(prev: object, entry_hash: str) -> bool:
+    """Whether an entry's `prev` (whole, or its first 16 digits) names the entry before it.
+
+    :param prev: the `prev` member of the entry
+    :param entry_hash: the previous entry's hash, hex
+    """
+    if not isinstance(prev, str):
+        return False
+    return prev == entry_hash if len(prev) == 64 else prev == entry_hash[:LINK_HEX] != ""
 # Measured on 1-2 KB record envelopes (English + Chinese): zstd-3 compresses at ~80-95 MB/s and
 # decompresses at ~190-260 MB/s with ratio ~1.87; zlib-6 does ~22-27 and ~110 MB/s at ~1.95-2.08;
 # zstd-1 is ~10% faster than zstd-3 for a slightly lower ratio. Reusing one (de)compressor per

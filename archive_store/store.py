@@ -217,7 +217,7 @@ class _Appender:
         :param key_id: the data key to seal it with (default: the shared key)
         """
         seq = self.seq + 1
-        envelope = {**envelope, "seq": seq, "prev": self.prev}
+        envelope = {**envelope, "seq": seq, "prev": segment.link_to(self.prev)}
         data = segment.canonical_object(envelope, encoded or {})
         entry_hash = segment.sha256_hex(data)
         sealing = self.sealing

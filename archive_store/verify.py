@@ -214,7 +214,7 @@ class _Chain:
 
     def opened(self, seq: int, link: str | None, value: dict[str, Any], envelope: bytes) -> None:
         """The entry `seq` was read: check its link and carry its hash on."""
-        if link is not None and value.get("prev") != link:
+        if link is not None and not segment.links_to(value.get("prev"), link):
             # The link breaks after the previous entry: its hash is not what the chain goes on
             # from, so that entry (whose content changed) is named, not this one.
             blamed = self._before if seq > 1 else self.last

@@ -18,14 +18,20 @@ from archive_store.errors import SegmentCorrupt
 from archive_store.segment import iter_frames
 
 
-def envelope_of(record: dict[str, Any], sha256: str | None = None, seq: int = 7) -> bytes:
-    """A record entry's envelope as the store writes it (sha256 of the record unless given)."""
+PREVIOUS = hashlib.sha256(b"previous entry").hexdigest()
+
+
+def envelope_of(
+    record: dict[str, Any], sha256: str | None = None, seq: int = 7, prev: str = PREVIOUS
+) -> bytes:
+    """A record entry's envelope as the store writes it (sha256 of the record unless given;
+    `prev` whole, as entries were written before links were shortened, unless given)."""
     encoded = segment.canonical_json(record)
     return segment.canonical_object({
         "type": "record", "record_id": str(record.get("id", "r-1")), "version": 1,
         "at": "2026-01-02T03:04:05.000000Z", "actor": "archive-job",
         "sha256": sha256 if sha256 is not None else segment.sha256_hex(encoded),
-        "seq": seq, "prev": hashlib.sha256(b"previous entry").hexdigest(),
+        "seq": seq, "prev": prev,
     }, {"record": encoded})
 
 
@@ -54,6 +60,20 @@ def test_a_record_entry_keeps_only_prev_and_recomputes_its_sha256() -> None:
     assert unpack_hashes(packed) == envelope
 
 
+def test_a_short_link_is_kept_as_its_8_bytes() -> None:
+    """Entries link to the first 8 bytes of the previous entry's hash (`segment.link_to`)."""
+    envelope = envelope_of(RECORD, prev=segment.link_to(PREVIOUS))
+    packed = pack_hashes(envelope)
+    assert packed[:1] == b"\4"
+    assert packed[1:9] == bytes.fromhex(PREVIOUS)[:8]
+    assert len(packed) == len(envelope) + 1 - 16 - 64 + 8
+    assert unpack_hashes(packed) == envelope
+    foreign = envelope_of(RECORD, sha256="ab" * 32, prev=segment.link_to(PREVIOUS))
+    packed = pack_hashes(foreign)
+    assert packed[:1] == b"\3" and packed[9:41] == bytes.fromhex("ab" * 32)
+    assert unpack_hashes(packed) == foreign
+
+
 def test_an_entry_whose_sha256_is_not_its_records_keeps_both_hashes() -> None:
     """A forged or foreign sha256 must come back as it was, so checks can see the mismatch."""
     envelope = envelope_of(RECORD, sha256="ab" * 32)
@@ -75,8 +95,9 @@ def test_an_entry_with_uppercase_or_no_hashes_is_kept_as_it_is() -> None:
 @given(record=st.dictionaries(st.sampled_from(["id", "record_id", "record", "sha256", "body"]),
                               json_values, max_size=5))
 def test_any_record_comes_back_byte_for_byte(record: dict[str, Any]) -> None:
-    envelope = envelope_of(record)
-    assert unpack_hashes(pack_hashes(envelope)) == envelope
+    for prev in (PREVIOUS, segment.link_to(PREVIOUS)):
+        envelope = envelope_of(record, prev=prev)
+        assert unpack_hashes(pack_hashes(envelope)) == envelope
 
 
 def test_frames_written_before_recomputed_hashes_still_decode() -> None:
