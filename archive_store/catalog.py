@@ -64,7 +64,6 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_state ON records (state);  -- (then by seq, the key)
 CREATE INDEX IF NOT EXISTS records_unindexed ON records (state_seq) WHERE indexed = 0;
 CREATE INDEX IF NOT EXISTS records_pending ON records (record_id) WHERE pending IS NOT NULL;
-CREATE INDEX IF NOT EXISTS records_updated ON records (updated_at);
 CREATE INDEX IF NOT EXISTS records_parent ON records (parent_id) WHERE parent_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS history (
     seq INTEGER PRIMARY KEY,

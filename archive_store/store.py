@@ -1589,7 +1589,9 @@ class ArchiveStore:
     def iter_catalog(
         self, state: str | None = None, updated_before: datetime | None = None
     ) -> Iterator[CatalogEntry]:
-        """Stream catalog rows by record id, optionally filtered.
+        """Stream catalog rows in the order their current entries were written, optionally
+        filtered: paged by the table's key (and, for a state, its index, whose entries are in
+        that order too), so the whole stream reads each row once, however many pages it takes.
 
         :param state: only rows in this state
         :param updated_before: only rows with `updated_at <= updated_before` (inclusive, as the
@@ -1605,7 +1607,7 @@ class ArchiveStore:
             where.append("updated_at <= ?")
             params.append(epoch_micros(updated_before))
         select = f"SELECT {RECORD_COLUMNS} FROM records"
-        for row in iter_keyset(self._db(), select, where, params, "record_id"):
+        for row in iter_keyset(self._db(), select, where, params, "seq"):
             yield build_catalog_entry(row)
 
     def entries(self, record_ids: Iterable[str]) -> dict[str, CatalogEntry]:

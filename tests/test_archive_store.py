@@ -577,6 +577,30 @@ def test_iter_catalog_streams_past_a_page(store: ArchiveStore) -> None:
     assert sum(1 for _ in store.iter_records()) == 2500
 
 
+@pytest.mark.parametrize("state", [None, "archived"])
+def test_each_page_of_the_catalog_reads_on_from_the_last_without_sorting(
+    store: ArchiveStore, state: str | None
+) -> None:
+    """Disposal streams every archived row: a page that scans and sorts the whole state (as
+    one ordered by id over the state's index did) makes the stream quadratic in the archive."""
+    archive_ids(store, [f"Q-{i:05d}" for i in range(1500)])
+    statements: list[str] = []
+    conn = store._db()
+    conn.set_trace_callback(statements.append)
+    try:
+        later = datetime(2100, 1, 1, tzinfo=UTC)
+        rows = list(store.iter_catalog(state=state, updated_before=later))
+    finally:
+        conn.set_trace_callback(None)
+    assert len(rows) == 1500
+    pages = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT")]
+    assert len(pages) == 2
+    for sql in pages:
+        plan = " / ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+        # (the first page may start at the table's start: "SCAN records", in key order)
+        assert "TEMP B-TREE" not in plan and "autoindex" not in plan, plan
+
+
 # -- purge --------------------------------------------------------------------------------
 
 
