@@ -17,7 +17,6 @@ from archive_store.codec import FrameCodec, pack_hashes, unpack_hashes
 from archive_store.errors import SegmentCorrupt
 from archive_store.segment import iter_frames
 
-
 PREVIOUS = hashlib.sha256(b"previous entry").hexdigest()
 
 
