@@ -49,10 +49,10 @@ CREATE TABLE IF NOT EXISTS records (
     length INTEGER NOT NULL,
     sha256 BLOB NOT NULL,
     archived_at INTEGER NOT NULL,
-    archived_by TEXT NOT NULL,
+    archived_by INTEGER NOT NULL,  -- a `names` id
     restored_at INTEGER,
     purged_at INTEGER,
-    category TEXT NOT NULL,
+    category INTEGER NOT NULL,  -- a `names` id
     customer_id TEXT,
     parent_id TEXT,  -- the record's `parent_id`: processes are looked up without reading segments
     created_at INTEGER NOT NULL,
@@ -65,6 +65,11 @@ CREATE INDEX IF NOT EXISTS records_state ON records (state);  -- (then by seq, t
 CREATE INDEX IF NOT EXISTS records_unindexed ON records (state_seq) WHERE indexed = 0;
 CREATE INDEX IF NOT EXISTS records_pending ON records (record_id) WHERE pending IS NOT NULL;
 CREATE INDEX IF NOT EXISTS records_parent ON records (parent_id) WHERE parent_id IS NOT NULL;
+-- The short texts many records share (categories, who archived them), each kept once.
+CREATE TABLE IF NOT EXISTS names (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
 CREATE TABLE IF NOT EXISTS history (
     seq INTEGER PRIMARY KEY,
     segment_id INTEGER NOT NULL,
@@ -100,12 +105,21 @@ RECORD_COLUMNS = (
 HISTORY_COLUMNS = (
     "seq, segment_id, offset, length, type, record_id, version, event, at, actor, sha256, reason"
 )
+_NAMED = ("category", "archived_by")
+# The columns of `records` as the code reads them, `names` ids turned back into their text;
+# the table must be read as `records` (not under an alias) for the look-ups to find it.
+RECORD_SELECT = ", ".join(
+    f"(SELECT name FROM names WHERE id = records.{column}) AS {column}" if column in _NAMED
+    else f"records.{column}"
+    for column in (c.strip() for c in RECORD_COLUMNS.split(","))
+)
 # Every entry of the store, whichever table names it, with the columns both have; `current`
 # is 1 for a record's current entry (a `records` row), 0 for a `history` row.
 ALL_ENTRIES = (
     "SELECT seq, segment_id, offset, length, CASE WHEN state IN ('purged', 'erased') "
     "THEN 'redacted' ELSE 'record' END AS type, record_id, version, NULL AS event, "
-    "archived_at AS at, archived_by AS actor, sha256, NULL AS reason, 1 AS current "
+    "archived_at AS at, (SELECT name FROM names WHERE id = archived_by) AS actor, sha256, "
+    "NULL AS reason, 1 AS current "
     f"FROM records UNION ALL SELECT {HISTORY_COLUMNS}, 0 FROM history"
 )
 
@@ -357,9 +371,14 @@ def _fill_from_entry_catalog(conn: sqlite3.Connection) -> None:
         row["name"] for row in conn.execute("PRAGMA table_info(entries)")
     } else "NULL"
     conn.execute(
+        "INSERT OR IGNORE INTO names (name) SELECT category FROM records_before "
+        "UNION SELECT actor FROM entries"
+    )
+    conn.execute(
         f"INSERT INTO records ({RECORD_COLUMNS}) SELECT r.record_id, r.state, r.version, r.seq, "
         "e.segment_id, e.offset, e.length, binary_hash(r.sha256), micros(r.archived_at), "
-        "e.actor, micros(r.restored_at), micros(r.purged_at), r.category, r.customer_id, "
+        "(SELECT id FROM names WHERE name = e.actor), micros(r.restored_at), "
+        "micros(r.purged_at), (SELECT id FROM names WHERE name = r.category), r.customer_id, "
         f"{parent}, micros(r.created_at), r.updated_at_us, r.pending, r.indexed, r.state_seq "
         "FROM records_before r JOIN entries e ON e.seq = r.seq"
     )
@@ -383,6 +402,16 @@ def _text_micros(text: str | None) -> int | None:
 
 def _binary_hash(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else pack_hash(value)
+
+
+def name_id(conn: sqlite3.Connection, name: str) -> int:
+    """The `names` id of a text, added if new (inside the caller's write transaction).
+
+    :param conn: a catalog connection
+    :param name: a category, or who archived a record
+    """
+    conn.execute("INSERT OR IGNORE INTO names (name) VALUES (?)", (name,))
+    return int(conn.execute("SELECT id FROM names WHERE name = ?", (name,)).fetchone()[0])
 
 
 def get_head(conn: sqlite3.Connection) -> tuple[int, str]:
@@ -538,7 +567,7 @@ def load_records(conn: sqlite3.Connection, record_ids: Iterable[str]) -> dict[st
     found: dict[str, sqlite3.Row] = {}
     for chunk in chunked(dict.fromkeys(record_ids)):
         rows = conn.execute(
-            f"SELECT {RECORD_COLUMNS} FROM records WHERE record_id IN ({placeholders(len(chunk))})",
+            f"SELECT {RECORD_SELECT} FROM records WHERE record_id IN ({placeholders(len(chunk))})",
             chunk,
         )
         for row in rows:
@@ -584,7 +613,7 @@ def load_record(conn: sqlite3.Connection, record_id: str) -> sqlite3.Row | None:
     :param record_id: the id
     """
     row: sqlite3.Row | None = conn.execute(
-        f"SELECT {RECORD_COLUMNS} FROM records WHERE record_id = ?", (record_id,)
+        f"SELECT {RECORD_SELECT} FROM records WHERE record_id = ?", (record_id,)
     ).fetchone()
     return row
 
@@ -592,7 +621,7 @@ def load_record(conn: sqlite3.Connection, record_id: str) -> sqlite3.Row | None:
 def build_catalog_entry(row: sqlite3.Row) -> CatalogEntry:
     """Turn a `records` row into a `CatalogEntry`.
 
-    :param row: a row selected with `RECORD_COLUMNS`
+    :param row: a row selected with `RECORD_SELECT`
     """
     return CatalogEntry(
         record_id=row["record_id"],

@@ -30,6 +30,7 @@ from archive_store.catalog import (
     ENTRY_AT,
     HISTORY_COLUMNS,
     RECORD_COLUMNS,
+    RECORD_SELECT,
     build_catalog_entry,
     chunked,
     connect,
@@ -43,6 +44,7 @@ from archive_store.catalog import (
     iter_keyset,
     load_record,
     load_records,
+    name_id,
     pack_hash,
     placeholders,
     reindex_descendants,
@@ -123,7 +125,8 @@ _HISTORY_INSERT = f"INSERT INTO history ({HISTORY_COLUMNS}) VALUES ({', '.join('
 _SUPERSEDED = (
     f"INSERT INTO history ({HISTORY_COLUMNS}) SELECT seq, segment_id, offset, length, "
     "CASE WHEN state IN ('purged', 'erased') THEN 'redacted' ELSE 'record' END, record_id, "
-    "version, NULL, archived_at, archived_by, sha256, NULL FROM records WHERE record_id = ?"
+    "version, NULL, archived_at, (SELECT name FROM names WHERE id = archived_by), sha256, NULL "
+    "FROM records WHERE record_id = ?"
 )
 
 
@@ -716,6 +719,13 @@ class ArchiveStore:
                         f"record {item.record_id} is already archived with other content"
                     )
             record_rows: list[tuple[Any, ...]] = []
+            named: dict[str, int] = {}
+
+            def names(text: str) -> int:
+                if text not in named:
+                    named[text] = name_id(conn, text)
+                return named[text]
+
             for item, encoded, sha in prepared:
                 row = existing.get(item.record_id)
                 if item.record_id in restoring:
@@ -743,7 +753,7 @@ class ArchiveStore:
                 }, {"record": encoded}, sealing.key_for(keys, item.customer_id))
                 record_rows.append((
                     item.record_id, version, placed.seq, placed.segment_id, placed.offset,
-                    placed.length, pack_hash(sha), at_us, actor, item.category,
+                    placed.length, pack_hash(sha), at_us, names(actor), names(item.category),
                     _customer_of(item, row), item.parent_id, epoch_micros(item.created_at),
                     epoch_micros(item.updated_at), placed.seq,
                 ))
@@ -926,7 +936,7 @@ class ArchiveStore:
         for chunk in chunked(dict.fromkeys(parent_ids)):
             out.extend(
                 build_catalog_entry(row) for row in conn.execute(
-                    f"SELECT {RECORD_COLUMNS} FROM records "
+                    f"SELECT {RECORD_SELECT} FROM records "
                     f"WHERE parent_id IN ({placeholders(len(chunk))})",
                     chunk,
                 )
@@ -1606,7 +1616,7 @@ class ArchiveStore:
         if updated_before is not None:
             where.append("updated_at <= ?")
             params.append(epoch_micros(updated_before))
-        select = f"SELECT {RECORD_COLUMNS} FROM records"
+        select = f"SELECT {RECORD_SELECT} FROM records"
         for row in iter_keyset(self._db(), select, where, params, "seq"):
             yield build_catalog_entry(row)
 
@@ -1623,7 +1633,7 @@ class ArchiveStore:
                 chunk = ids[i : i + 500]
                 marks = ",".join("?" * len(chunk))
                 for row in conn.execute(
-                    f"SELECT {RECORD_COLUMNS} FROM records WHERE record_id IN ({marks})", chunk
+                    f"SELECT {RECORD_SELECT} FROM records WHERE record_id IN ({marks})", chunk
                 ):
                     entry = build_catalog_entry(row)
                     out[entry.record_id] = entry
@@ -1638,7 +1648,7 @@ class ArchiveStore:
 
     def iter_pending(self) -> Iterator[CatalogEntry]:
         """Stream the records with a move in progress (`delete_active` or `insert_active`)."""
-        select = f"SELECT {RECORD_COLUMNS} FROM records"
+        select = f"SELECT {RECORD_SELECT} FROM records"
         for row in iter_keyset(self._db(), select, ["pending IS NOT NULL"], [], "record_id"):
             yield build_catalog_entry(row)
 
@@ -1655,19 +1665,18 @@ class ArchiveStore:
         if state in ("purged", "erased"):
             raise ValueError(f"{state} records have no content to iterate")
         select = (
-            f"SELECT {', '.join('r.' + c.strip() for c in RECORD_COLUMNS.split(','))}, "
-            "s.generation AS s_generation FROM records r "
-            "JOIN segments s ON s.segment_id = r.segment_id"
+            f"SELECT {RECORD_SELECT}, s.generation AS s_generation FROM records "
+            "JOIN segments s ON s.segment_id = records.segment_id"
         )
-        where = ["r.state = ?"]
+        where = ["records.state = ?"]
         params: list[Any] = [state]
         if up_to_seq is not None:
-            where.append("r.seq <= ?")
+            where.append("records.seq <= ?")
             params.append(up_to_seq)
         current: tuple[int, int] | None = None
         f: BinaryIO | None = None
         try:
-            for row in iter_keyset(self._db(), select, where, params, "r.seq"):
+            for row in iter_keyset(self._db(), select, where, params, "records.seq"):
                 key = (row["segment_id"], row["s_generation"])
                 if key != current:
                     if f is not None:
@@ -1709,7 +1718,7 @@ class ArchiveStore:
         :param limit: the most rows to return
         """
         rows = self._db().execute(
-            f"SELECT {RECORD_COLUMNS} FROM records WHERE indexed = 0 ORDER BY state_seq LIMIT ?",
+            f"SELECT {RECORD_SELECT} FROM records WHERE indexed = 0 ORDER BY state_seq LIMIT ?",
             (limit,),
         ).fetchall()
         return [build_catalog_entry(row) for row in rows]
@@ -1718,7 +1727,8 @@ class ArchiveStore:
         """The categories of the records archived or restored (a hold on any still reaches
         them)."""
         rows = self._db().execute(
-            "SELECT DISTINCT category FROM records WHERE state IN ('archived', 'restored')"
+            "SELECT name FROM names WHERE id IN (SELECT category FROM records "
+            "WHERE state IN ('archived', 'restored'))"
         )
         return {row[0] for row in rows}
 

@@ -255,7 +255,8 @@ def _name_uncatalogued(
 
 # Each entry with the catalog row of its record (an index look-up each, by primary key).
 _ENTRIES_WITH_RECORDS = (
-    "SELECT e.*, r.record_id AS r_id, r.state AS r_state, r.category AS r_category, "
+    "SELECT e.*, r.record_id AS r_id, r.state AS r_state, "
+    "(SELECT name FROM names WHERE id = r.category) AS r_category, "
     "r.created_at AS r_created, r.updated_at AS r_updated, r.customer_id AS r_customer, "
     f"r.parent_id AS r_parent FROM ({ALL_ENTRIES}) e "
     "LEFT JOIN records r ON r.record_id = e.record_id ORDER BY e.seq"

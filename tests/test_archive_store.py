@@ -1075,7 +1075,8 @@ def test_a_customer_erasure_takes_every_record_of_theirs_listed_or_not(
 
 
 CATALOG_EDITS = {
-    "category": "UPDATE records SET category = 'medical' WHERE record_id = 'T-1'",
+    "category": "INSERT INTO names (name) VALUES ('medical'); UPDATE records SET category = "
+                "(SELECT id FROM names WHERE name = 'medical') WHERE record_id = 'T-1'",
     "updated_at": "UPDATE records SET updated_at = 946684800000000 WHERE record_id = 'T-1'",
     "customer_id": "UPDATE records SET customer_id = 'C999' WHERE record_id = 'T-1'",
     "parent_id": "UPDATE records SET parent_id = 'T-2' WHERE record_id = 'T-1'",
@@ -1093,8 +1094,7 @@ def test_verify_names_a_catalog_row_edited_or_deleted_behind_the_store(
     store.archive_batch([make_item("T-1"), make_item("T-2")], AT, "archive-job")
     assert store.verify() == []
     conn = sqlite3.connect(store_dir / "catalog.db")
-    with conn:
-        conn.execute(CATALOG_EDITS[edit])
+    conn.executescript(CATALOG_EDITS[edit])
     conn.close()
 
     [problem] = store.verify()
