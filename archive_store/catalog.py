@@ -46,8 +46,7 @@ CREATE TABLE IF NOT EXISTS records (
     version INTEGER NOT NULL,
     segment_id INTEGER NOT NULL,
     offset INTEGER NOT NULL,
-    length INTEGER NOT NULL,
-    sha256 BLOB NOT NULL,
+    length INTEGER NOT NULL,  -- (the record's sha256 is in its frame: see `ArchiveStore.hashes`)
     archived_at INTEGER NOT NULL,
     archived_by INTEGER NOT NULL,  -- a `names` id
     restored_at INTEGER,
@@ -98,7 +97,7 @@ CREATE TABLE IF NOT EXISTS dictionaries (
 """
 
 RECORD_COLUMNS = (
-    "record_id, state, version, seq, segment_id, offset, length, sha256, archived_at, "
+    "record_id, state, version, seq, segment_id, offset, length, archived_at, "
     "archived_by, restored_at, purged_at, category, customer_id, parent_id, created_at, "
     "updated_at, pending, indexed, state_seq"
 )
@@ -118,7 +117,7 @@ RECORD_SELECT = ", ".join(
 ALL_ENTRIES = (
     "SELECT seq, segment_id, offset, length, CASE WHEN state IN ('purged', 'erased') "
     "THEN 'redacted' ELSE 'record' END AS type, record_id, version, NULL AS event, "
-    "archived_at AS at, (SELECT name FROM names WHERE id = archived_by) AS actor, sha256, "
+    "archived_at AS at, (SELECT name FROM names WHERE id = archived_by) AS actor, NULL AS sha256, "
     "NULL AS reason, 1 AS current "
     f"FROM records UNION ALL SELECT {HISTORY_COLUMNS}, 0 FROM history"
 )
@@ -376,7 +375,7 @@ def _fill_from_entry_catalog(conn: sqlite3.Connection) -> None:
     )
     conn.execute(
         f"INSERT INTO records ({RECORD_COLUMNS}) SELECT r.record_id, r.state, r.version, r.seq, "
-        "e.segment_id, e.offset, e.length, binary_hash(r.sha256), micros(r.archived_at), "
+        "e.segment_id, e.offset, e.length, micros(r.archived_at), "
         "(SELECT id FROM names WHERE name = e.actor), micros(r.restored_at), "
         "micros(r.purged_at), (SELECT id FROM names WHERE name = r.category), r.customer_id, "
         f"{parent}, micros(r.created_at), r.updated_at_us, r.pending, r.indexed, r.state_seq "
@@ -628,7 +627,6 @@ def build_catalog_entry(row: sqlite3.Row) -> CatalogEntry:
         state=row["state"],
         version=row["version"],
         segment_id=row["segment_id"],
-        sha256=hash_hex(row["sha256"]),
         archived_at=from_micros(row["archived_at"]),
         restored_at=None if row["restored_at"] is None else from_micros(row["restored_at"]),
         purged_at=None if row["purged_at"] is None else from_micros(row["purged_at"]),

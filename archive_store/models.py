@@ -40,7 +40,6 @@ class CatalogEntry:
     state: str
     version: int
     segment_id: int
-    sha256: str
     archived_at: datetime
     restored_at: datetime | None
     purged_at: datetime | None

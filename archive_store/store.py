@@ -125,8 +125,15 @@ _HISTORY_INSERT = f"INSERT INTO history ({HISTORY_COLUMNS}) VALUES ({', '.join('
 _SUPERSEDED = (
     f"INSERT INTO history ({HISTORY_COLUMNS}) SELECT seq, segment_id, offset, length, "
     "CASE WHEN state IN ('purged', 'erased') THEN 'redacted' ELSE 'record' END, record_id, "
-    "version, NULL, archived_at, (SELECT name FROM names WHERE id = archived_by), sha256, NULL "
+    "version, NULL, archived_at, (SELECT name FROM names WHERE id = archived_by), ?, NULL "
     "FROM records WHERE record_id = ?"
+)  # (the sha256 bound first: of its record, read from its frame or its last event)
+# Where each record's hash is: its current entry's frame, or (purged, erased) its last event.
+_HASH_SOURCES = (
+    "SELECT r.record_id, r.state, r.seq, r.segment_id, r.offset, r.length, s.generation, "
+    "(SELECT h.sha256 FROM history h WHERE h.record_id = r.record_id AND h.type = 'event' "
+    "AND h.event IN ('purged', 'erased') ORDER BY h.seq DESC LIMIT 1) AS gone_sha256 "
+    "FROM records r JOIN segments s ON s.segment_id = r.segment_id WHERE r.record_id IN ({})"
 )
 
 
@@ -707,14 +714,13 @@ class ArchiveStore:
                     for i, e, *_ in prepared[:compression.SAMPLE_RECORDS]
                 ])
             existing = load_records(conn, seen)
-            restoring: set[str] = set()
+            restoring = {i for i, row in existing.items() if row["pending"] == "insert_active"}
+            earlier = self._hashes_held(conn, set(existing) - restoring)  # (a rerun's, if any)
             for item, _, sha in prepared:
                 row = existing.get(item.record_id)
-                if row is None or row["state"] != "archived":
+                if row is None or row["state"] != "archived" or item.record_id in restoring:
                     continue
-                if row["pending"] == "insert_active":
-                    restoring.add(item.record_id)
-                elif hash_hex(row["sha256"]) != sha:
+                if earlier[item.record_id] != sha:
                     raise AlreadyArchived(
                         f"record {item.record_id} is already archived with other content"
                     )
@@ -737,11 +743,13 @@ class ArchiveStore:
                     )
                     results[item.record_id] = StoredEntry(
                         row["seq"], item.record_id, row["segment_id"], row["offset"],
-                        row["length"], hash_hex(row["sha256"]),
+                        row["length"], sha,
                     )
                     continue
                 if row is not None:  # its earlier version's entry joins its history
-                    conn.execute(_SUPERSEDED, (item.record_id,))
+                    conn.execute(
+                        _SUPERSEDED, (pack_hash(earlier[item.record_id]), item.record_id)
+                    )
                 version = row["version"] + 1 if row is not None else 1
                 placed = appender.add({
                     "type": "record",
@@ -753,7 +761,7 @@ class ArchiveStore:
                 }, {"record": encoded}, sealing.key_for(keys, item.customer_id))
                 record_rows.append((
                     item.record_id, version, placed.seq, placed.segment_id, placed.offset,
-                    placed.length, pack_hash(sha), at_us, names(actor), names(item.category),
+                    placed.length, at_us, names(actor), names(item.category),
                     _customer_of(item, row), item.parent_id, epoch_micros(item.created_at),
                     epoch_micros(item.updated_at), placed.seq,
                 ))
@@ -763,7 +771,7 @@ class ArchiveStore:
                 )
             conn.executemany(
                 f"INSERT OR REPLACE INTO records ({RECORD_COLUMNS}) "
-                "VALUES (?, 'archived', ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, "
+                "VALUES (?, 'archived', ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, "
                 "'delete_active', 0, ?)",
                 record_rows,
             )
@@ -817,7 +825,8 @@ class ArchiveStore:
             row = self._require(conn, record_id)
             if row["state"] != "archived":
                 raise NotArchived(f"record {record_id} is {row['state']}, not archived")
-            seq = self._append_event(conn, appender, row, "restored", at, actor)
+            sha = self._hashes_held(conn, [record_id])[record_id]
+            seq = self._append_event(conn, appender, row, "restored", at, actor, sha)
             conn.execute(
                 "UPDATE records SET state = 'restored', restored_at = ?, pending = NULL, "
                 "indexed = 0, state_seq = ? WHERE record_id = ?",
@@ -885,6 +894,7 @@ class ArchiveStore:
         at_text, at_us = format_time(at), epoch_micros(at)
         with self._write(durable=False) as (conn, appender):
             rows = load_records(conn, record_ids)
+            shas = self._hashes_held(conn, [i for i in record_ids if i in rows])
             changes = []
             entry_rows = []
             for record_id in record_ids:
@@ -895,7 +905,7 @@ class ArchiveStore:
                     raise NotArchived(f"record {record_id} is {row['state']}, not archived")
                 envelope = {
                     "type": "event", "record_id": record_id, "event": "restored",
-                    "at": at_text, "actor": actor, "sha256": hash_hex(row["sha256"]),
+                    "at": at_text, "actor": actor, "sha256": shas[record_id],
                 }
                 if reason is not None:
                     envelope["reason"] = reason
@@ -903,7 +913,7 @@ class ArchiveStore:
                 entry_rows.append((
                     placed.seq, placed.segment_id, placed.offset, placed.length, "event",
                     record_id, row["version"], "restored", at_us, actor,
-                    pack_hash(hash_hex(row["sha256"])), reason,
+                    pack_hash(shas[record_id]), reason,
                 ))
                 changes.append((at_us if grace else None, placed.seq, record_id))
             conn.executemany(_HISTORY_INSERT, entry_rows)
@@ -972,6 +982,7 @@ class ArchiveStore:
         event: str,
         at: datetime,
         actor: str,
+        sha: str,
         reason: str | None = None,
     ) -> int:
         envelope = {
@@ -980,15 +991,15 @@ class ArchiveStore:
             "event": event,
             "at": format_time(at),
             "actor": actor,
-            "sha256": hash_hex(row["sha256"]),
+            "sha256": sha,
         }
         if reason is not None:
             envelope["reason"] = reason
         placed = appender.add(envelope)
         conn.execute(_HISTORY_INSERT, (
             placed.seq, placed.segment_id, placed.offset, placed.length, "event",
-            row["record_id"], row["version"], event, epoch_micros(at), actor,
-            pack_hash(hash_hex(row["sha256"])), reason,
+            row["record_id"], row["version"], event, epoch_micros(at), actor, pack_hash(sha),
+            reason,
         ))
         return placed.seq
 
@@ -1106,10 +1117,12 @@ class ArchiveStore:
             ]
             if not rows:
                 return 0
+            shas = self._hashes_held(conn, [row["record_id"] for row in rows])
             self._redact(conn, appender, [row["record_id"] for row in rows], swap)
             changes = [
-                (epoch_micros(at), self._append_event(conn, appender, row, "purged", at, actor),
-                 row["record_id"])
+                (epoch_micros(at), self._append_event(
+                    conn, appender, row, "purged", at, actor, shas[row["record_id"]]
+                ), row["record_id"])
                 for row in sorted(rows, key=lambda r: r["record_id"])
             ]
             conn.executemany(
@@ -1206,6 +1219,7 @@ class ArchiveStore:
                 raise RestoreInProgress(
                     f"record {moving[0]} has a move in progress; erase it once it is done"
                 )
+            shas = self._hashes_held(conn, [row["record_id"] for row in rows])
             reasoned = [row["record_id"] for row in rows]
             reasoned.extend(reasons_of)
             if customer_id is not None:  # theirs disposed of before keep their events' reasons
@@ -1227,15 +1241,14 @@ class ArchiveStore:
                 if row["customer_id"] is not None and customer_id is None:
                     conn.execute(_UNNAMED_BELOW, (row["record_id"], row["customer_id"]))
             for row in rows:
-                seq = self._append_event(conn, appender, row, "erased", at, actor)
+                sha = shas[row["record_id"]]
+                seq = self._append_event(conn, appender, row, "erased", at, actor, sha)
                 conn.execute(
                     "UPDATE records SET state = 'erased', purged_at = ?, pending = NULL, "
                     "indexed = 0, state_seq = ?, customer_id = NULL WHERE record_id = ?",
                     (epoch_micros(at), seq, row["record_id"]),
                 )
-                erased.append(
-                    ErasedRecord(row["record_id"], hash_hex(row["sha256"]), row["state"])
-                )
+                erased.append(ErasedRecord(row["record_id"], sha, row["state"]))
             # A process loses the erased records: those archived below them get a new root.
             reindex_descendants(conn, [row["record_id"] for row in rows])
             if customer_id is not None:
@@ -1408,7 +1421,7 @@ class ArchiveStore:
                     "seq": entry["seq"],
                     "record_id": entry["record_id"],
                     "version": entry["version"],
-                    "sha256": hash_hex(entry["sha256"]),
+                    "sha256": value.get("sha256"),
                     "entry_hash": segment.sha256_hex(envelope),
                     "prev": value["prev"],
                 }), sealing.codec if sealing.shared_key else None, sealing.shared_key)
@@ -1440,7 +1453,7 @@ class ArchiveStore:
         for _ in range(3):
             conn = self._db()
             row = conn.execute(
-                "SELECT r.state, r.seq, r.sha256, r.segment_id, r.offset, r.length, "
+                "SELECT r.state, r.seq, r.segment_id, r.offset, r.length, "
                 "s.generation FROM records r JOIN segments s ON s.segment_id = r.segment_id "
                 "WHERE r.record_id = ?",
                 (record_id,),
@@ -1456,7 +1469,7 @@ class ArchiveStore:
                 continue  # disposal replaced this generation meanwhile: look it up again
             except SegmentCorrupt as e:
                 raise SegmentCorrupt(f"record {record_id}: {e}") from e
-            return check_record(record_id, envelope, row["seq"], hash_hex(row["sha256"]))
+            return check_record(record_id, envelope, row["seq"])[0]
         raise SegmentCorrupt(f"record {record_id}: its segment file is missing")
 
     def get_many(self, record_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -1469,7 +1482,7 @@ class ArchiveStore:
         rows: list[sqlite3.Row] = []
         for chunk in chunked(dict.fromkeys(record_ids)):
             rows.extend(conn.execute(
-                "SELECT r.record_id, r.state, r.seq, r.sha256, r.segment_id, r.offset, "
+                "SELECT r.record_id, r.state, r.seq, r.segment_id, r.offset, "
                 "r.length, s.generation FROM records r "
                 "JOIN segments s ON s.segment_id = r.segment_id "
                 f"WHERE r.record_id IN ({placeholders(len(chunk))}) "
@@ -1477,13 +1490,58 @@ class ArchiveStore:
                 chunk,
             ))
         found: dict[str, dict[str, Any]] = {}
-        for row, record in self._read_rows(rows):
-            if record is None:  # its segment replaced meanwhile (by a disposal): read it again
+        for row, read in self._read_rows(rows):
+            if read is None:  # its segment replaced meanwhile (by a disposal): read it again
                 try:
-                    record = self.get(row["record_id"])
+                    found[row["record_id"]] = self.get(row["record_id"])
                 except RecordNotFound:  # purged or erased meanwhile, as if before
                     continue
-            found[row["record_id"]] = record
+            else:
+                found[row["record_id"]] = read[0]
+        return found
+
+    def hashes(self, record_ids: Iterable[str]) -> dict[str, str]:
+        """The SHA-256 of each record's current version, as the record view, the disposal list
+        and the erasure ledger show it: from its entry's frame, or, once purged or erased, from
+        that event. Ids never archived are left out.
+
+        :param record_ids: the records
+        """
+        ids = list(dict.fromkeys(record_ids))
+        for _ in range(3):
+            conn = self._db()
+            with snapshot(conn):
+                rows = self._hash_sources(conn, ids)
+            found = self._hashes_read(rows)
+            if found is not None:
+                return found
+            # disposal replaced a generation meanwhile: look them up again
+        raise SegmentCorrupt("a segment file of these records is missing")
+
+    def _hashes_held(self, conn: sqlite3.Connection, record_ids: Iterable[str]) -> dict[str, str]:
+        """`hashes`, inside a write that holds the store's lock (no file changes meanwhile)."""
+        found = self._hashes_read(self._hash_sources(conn, list(dict.fromkeys(record_ids))))
+        if found is None:
+            raise SegmentCorrupt("a segment file of these records is missing")
+        return found
+
+    def _hash_sources(self, conn: sqlite3.Connection, ids: Sequence[str]) -> list[sqlite3.Row]:
+        rows: list[sqlite3.Row] = []
+        for chunk in chunked(ids):
+            rows.extend(conn.execute(_HASH_SOURCES.format(placeholders(len(chunk))), chunk))
+        return rows
+
+    def _hashes_read(self, rows: list[sqlite3.Row]) -> dict[str, str] | None:
+        """The hashes of these records (see `_HASH_SOURCES`), or None if a segment file was
+        replaced since they were looked up."""
+        found = {
+            row["record_id"]: hash_hex(row["gone_sha256"])
+            for row in rows if row["state"] in ("purged", "erased")
+        }
+        for row, read in self._read_rows(r for r in rows if r["record_id"] not in found):
+            if read is None:
+                return None
+            found[row["record_id"]] = read[1]
         return found
 
     def versions(self, record_ids: Iterable[str]) -> list[dict[str, Any]]:
@@ -1501,10 +1559,10 @@ class ArchiveStore:
                 for chunk in chunked(ids):
                     marks = placeholders(len(chunk))
                     rows.extend(conn.execute(
-                        "SELECT e.record_id, e.seq, e.sha256, e.segment_id, e.offset, e.length, "
-                        "s.generation FROM (SELECT record_id, seq, sha256, segment_id, offset, "
+                        "SELECT e.record_id, e.seq, e.segment_id, e.offset, e.length, "
+                        "s.generation FROM (SELECT record_id, seq, segment_id, offset, "
                         "length FROM records WHERE state IN ('archived', 'restored') AND "
-                        f"record_id IN ({marks}) UNION ALL SELECT h.record_id, h.seq, h.sha256, "
+                        f"record_id IN ({marks}) UNION ALL SELECT h.record_id, h.seq, "
                         "h.segment_id, h.offset, h.length FROM history h JOIN records r ON "
                         "r.record_id = h.record_id WHERE h.type = 'record' AND r.state IN "
                         f"('archived', 'restored') AND h.record_id IN ({marks})) e "
@@ -1512,17 +1570,18 @@ class ArchiveStore:
                         (*chunk, *chunk),
                     ))
             read = list(self._read_rows(rows))
-            if all(record is not None for _, record in read):
+            if all(version is not None for _, version in read):
                 read.sort(key=lambda item: item[0]["seq"])
-                return [record for _, record in read if record is not None]
+                return [version[0] for _, version in read if version is not None]
             # disposal replaced a generation meanwhile: look them up again
         raise SegmentCorrupt("a segment file of these records is missing")
 
     def _read_rows(
-        self, rows: list[sqlite3.Row]
-    ) -> Iterator[tuple[sqlite3.Row, dict[str, Any] | None]]:
+        self, rows: Iterable[sqlite3.Row]
+    ) -> Iterator[tuple[sqlite3.Row, tuple[dict[str, Any], str] | None]]:
         """Read and check the record entries these catalog rows name, in file order, each
-        segment file opened once; None for a row whose segment file was replaced meanwhile."""
+        segment file opened once: each record with its SHA-256, or None for a row whose
+        segment file was replaced meanwhile."""
         rows = sorted(rows, key=lambda r: (r["segment_id"], r["offset"]))
         current: tuple[int, int] | None = None
         f: BinaryIO | None = None
@@ -1545,7 +1604,7 @@ class ArchiveStore:
                     envelope = segment.read_frame(f, row["offset"], row["length"], self._codec)
                 except SegmentCorrupt as e:
                     raise SegmentCorrupt(f"record {record_id}: {e}") from e
-                yield row, check_record(record_id, envelope, row["seq"], hash_hex(row["sha256"]))
+                yield row, check_record(record_id, envelope, row["seq"])
         finally:
             if f is not None:
                 f.close()
@@ -1704,8 +1763,7 @@ class ArchiveStore:
                     )
                 except SegmentCorrupt as e:
                     raise SegmentCorrupt(f"record {record_id}: {e}") from e
-                record = check_record(record_id, envelope, row["seq"], hash_hex(row["sha256"]))
-                yield build_catalog_entry(row), record
+                yield build_catalog_entry(row), check_record(record_id, envelope, row["seq"])[0]
         finally:
             if f is not None:
                 f.close()
@@ -1840,16 +1898,16 @@ def _check_state(state: str) -> None:
         raise ValueError(f"unknown state {state!r}; expected one of {', '.join(STATES)}")
 
 
-def check_record(record_id: str, envelope: bytes, seq: int, sha256: str) -> dict[str, Any]:
-    """Check a decoded record envelope against its catalog row and return the record.
+def check_record(record_id: str, envelope: bytes, seq: int) -> tuple[dict[str, Any], str]:
+    """Check a decoded record envelope against its catalog row; returns the record and its
+    SHA-256.
 
     The frame's checksum (and, sealed, its authentication tag) vouch for its bytes; this checks
-    that they are the entry the catalog names, holding the record the catalog's hash is of.
+    that they are the entry the catalog names, holding the record its hash is of.
 
     :param record_id: the id the catalog expects
     :param envelope: decompressed envelope bytes
     :param seq: the entry's seq
-    :param sha256: the catalog's hash of the record
     """
     value = segment.parse_envelope(envelope)
     if (
@@ -1859,12 +1917,11 @@ def check_record(record_id: str, envelope: bytes, seq: int, sha256: str) -> dict
         or not isinstance(value.get("record"), dict)
     ):
         raise SegmentCorrupt(f"record {record_id}: entry does not match the catalog")
-    if value.get("sha256") != sha256:
-        raise SegmentCorrupt(f"record {record_id}: sha256 does not match the catalog")
     record: dict[str, Any] = value["record"]
-    if segment.sha256_hex(segment.canonical_json(record)) != sha256:
+    sha = segment.sha256_hex(segment.canonical_json(record))
+    if value.get("sha256") != sha:
         raise SegmentCorrupt(f"record {record_id}: its content does not match its sha256")
-    return record
+    return record, sha
 
 
 def _counts(conn: sqlite3.Connection) -> dict[str, int]:

@@ -125,10 +125,11 @@ def _check(
             report(None, segment_id, f"file is {sizes[segment_id]} bytes, shorter than the "
                    f"committed {row['end_offset']}")
 
-    purge_seq = {
-        row["record_id"]: row["seq"]
+    # Each record's last purged or erased event: its seq, and the hash of what it removed.
+    gone = {
+        row["record_id"]: (row["seq"], hash_hex(row["sha256"]))
         for row in conn.execute(
-            "SELECT record_id, MAX(seq) AS seq FROM history WHERE type = 'event' "
+            "SELECT record_id, MAX(seq) AS seq, sha256 FROM history WHERE type = 'event' "
             "AND event IN ('purged', 'erased') GROUP BY record_id"
         )
     }
@@ -146,7 +147,7 @@ def _check(
         if entry["r_id"] is None:
             report(record_id, segment_id, f"seq {entry['seq']}: the catalog has no row for "
                    "this record")
-        if entry["type"] == "redacted" and purge_seq.get(record_id, 0) < entry["seq"]:
+        if entry["type"] == "redacted" and gone.get(record_id, (0, ""))[0] < entry["seq"]:
             report(record_id, segment_id,
                    f"seq {entry['seq']}: redacted with no purged or erased event")
         if seg is None:
@@ -168,7 +169,7 @@ def _check(
             report(record_id, segment_id, f"seq {entry['seq']}: {e}")
             continue
         chain.opened(entry["seq"], link, value, envelope)
-        for reason in _check_envelope(entry, value):
+        for reason in _check_envelope(entry, value, gone.get(record_id, (0, None))[1]):
             report(record_id, segment_id, f"seq {entry['seq']}: {reason}")
         if entry["type"] == "record" and entry["current"]:
             for reason in _check_record_row(entry, value.get("record")):
@@ -296,8 +297,13 @@ def _moment(value: Any) -> datetime | None:
         return None
 
 
-def _check_envelope(entry: sqlite3.Row, value: dict[str, Any]) -> list[str]:
-    """What is wrong with one decoded envelope, compared with its catalog row."""
+def _check_envelope(
+    entry: sqlite3.Row, value: dict[str, Any], gone_sha256: str | None
+) -> list[str]:
+    """What is wrong with one decoded envelope, compared with its catalog row.
+
+    A record's current entry has no hash in the catalog: its record must hash to the one the
+    envelope carries; once redacted, that is the hash its purged or erased event keeps."""
     kind = entry["type"]
     reasons: list[str] = []
     if value.get("type") != kind:
@@ -305,11 +311,11 @@ def _check_envelope(entry: sqlite3.Row, value: dict[str, Any]) -> list[str]:
     optional = {"reason"} if kind == "event" else set()  # a restore's reason, when given
     if set(value) - optional != set(_FIELDS[kind]):
         reasons.append("envelope fields are not those of its type")
-    expected: dict[str, Any] = {
-        "seq": entry["seq"],
-        "record_id": entry["record_id"],
-        "sha256": hash_hex(entry["sha256"]),
-    }
+    expected: dict[str, Any] = {"seq": entry["seq"], "record_id": entry["record_id"]}
+    if entry["sha256"] is not None:
+        expected["sha256"] = hash_hex(entry["sha256"])
+    elif kind == "redacted":
+        expected["sha256"] = gone_sha256
     if kind in ("record", "redacted"):
         expected["version"] = entry["version"]
     if kind in ("record", "event"):
@@ -325,6 +331,6 @@ def _check_envelope(entry: sqlite3.Row, value: dict[str, Any]) -> list[str]:
             sha = segment.sha256_hex(segment.canonical_json(value.get("record")))
         except (TypeError, ValueError):
             sha = ""
-        if sha != hash_hex(entry["sha256"]):
+        if sha != value.get("sha256"):
             reasons.append("record sha256 does not match (record content changed)")
     return reasons

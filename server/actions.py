@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from archive_store import CatalogEntry, HistoryEvent
+from archive_store import HistoryEvent
 from archivist.active_db import utcnow
 from archivist.audit import (
     AuditEvent,
@@ -89,11 +89,26 @@ class Actor:
 
 
 @dataclass(frozen=True)
+class ArchiveInfo:
+    """Where and in what state a record is archived, and the hash of its current version."""
+
+    record_id: str
+    state: str
+    version: int
+    segment_id: int
+    archived_at: datetime
+    restored_at: datetime | None
+    disposed_at: datetime | None
+    erased_at: datetime | None
+    sha256: str
+
+
+@dataclass(frozen=True)
 class RecordView:
     """A record as `GET /records/<id>` shows it; `record` is None once purged."""
 
     record: dict[str, Any] | None
-    archive: CatalogEntry
+    archive: ArchiveInfo
     history: list[HistoryEvent]
     process: ProcessView
 
@@ -191,7 +206,12 @@ def read_record(actor: Actor, record_id: str) -> RecordView:
         record = None if info.state in ("purged", "erased") else store.get(record_id)
         entry.details["state"] = info.state
         process = view_record_process_now(services, record_id)
-        return RecordView(record, info, store.history(record_id), process)
+        archive = ArchiveInfo(
+            info.record_id, info.state, info.version, info.segment_id, info.archived_at,
+            info.restored_at, info.disposed_at, info.erased_at,
+            store.hashes([record_id])[record_id],
+        )
+        return RecordView(record, archive, store.history(record_id), process)
 
 
 def restore(actor: Actor, record_id: str, reason: str | None = None) -> RestoreResult:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import multiprocessing
@@ -167,7 +166,7 @@ def test_archive_batch_round_trip(store: ArchiveStore) -> None:
     )
     assert info.archived_at == AT and info.restored_at is None and info.purged_at is None
     assert info.updated_at == datetime(2023, 3, 2, 10, 30, 0, 250000, tzinfo=UTC)
-    assert info.sha256 == entries[0].sha256
+    assert store.hashes(["T-1"]) == {"T-1": entries[0].sha256}
     assert store.info("T-3").customer_id is None
     assert [(h.event, h.actor, h.at) for h in store.history("T-2")] == [
         ("archived", "archive-job", AT)
@@ -285,7 +284,7 @@ def test_versions_after_restore_and_rearchive(store: ArchiveStore) -> None:
     info = store.info("V-1")
     assert (info.state, info.version, info.restored_at) == ("archived", 2, None)
     assert store.get("V-1") == changed.record
-    assert entry.sha256 == info.sha256
+    assert store.hashes(["V-1"]) == {"V-1": entry.sha256}
     assert [(h.event, h.actor) for h in store.history("V-1")] == [
         ("archived", "archive-job"), ("restored", "admin"), ("archived", "job"),
     ]
@@ -802,8 +801,9 @@ def test_verify_names_records_of_a_missing_segment(
     assert_others_readable(store, ids, in_first)
 
 
-def forge_entry(store_dir: Path, record_id: str) -> bytes:
-    """Change a record's body and rewrite its frame with a valid crc, as a careful forger would.
+def forge_entry(store_dir: Path, record_id: str, *, rehash: bool = False) -> bytes:
+    """Change a record's body and rewrite its frame with a valid crc, as a careful forger would
+    (with `rehash`, the envelope's sha256 of the record too).
 
     The frame's length changes, so the rest of the segment file is shifted and the catalog's
     offsets and segment end are fixed up: every frame-level check (magic, length, crc,
@@ -815,6 +815,12 @@ def forge_entry(store_dir: Path, record_id: str) -> bytes:
     envelope = segment.decode_frame(data[offset : offset + length], codec)
     edited = envelope.replace(b"approved it", b"denied it, twice", 1)
     assert edited != envelope
+    if rehash:
+        value = json.loads(envelope)
+        record = json.loads(edited)["record"]
+        edited = edited.replace(
+            value["sha256"].encode(), segment.sha256_hex(segment.canonical_json(record)).encode()
+        )
     frame = segment.build_frame(edited, codec)
     path.write_bytes(data[:offset] + frame + data[offset + length :])
     shift = len(frame) - length
@@ -850,21 +856,12 @@ def test_verify_names_edited_entry_with_valid_crc(
     assert_others_readable(store, ids, {"D-07"})
 
 
-def test_verify_chain_catches_edit_with_rewritten_catalog_hashes(
+def test_verify_chain_catches_edit_with_rewritten_record_hash(
     damaged_setup: tuple[ArchiveStore, list[str]], store_dir: Path
 ) -> None:
+    """The forger rehashes the record in its envelope: only the chain can tell."""
     store, ids = damaged_setup
-    edited = forge_entry(store_dir, "D-09")
-    record = json.loads(edited)["record"]
-    sha = hashlib.sha256(
-        json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    ).hexdigest()
-    conn = catalog(store_dir)
-    with conn:
-        conn.execute(
-            "UPDATE records SET sha256 = ? WHERE record_id = 'D-09'", (bytes.fromhex(sha),)
-        )
-    conn.close()
+    forge_entry(store_dir, "D-09", rehash=True)
 
     problems = store.verify()
 

@@ -59,7 +59,9 @@ def as_read(store: ArchiveStore) -> dict[str, object]:
     return {
         "last_seq": last,
         "hashes": {str(s): store.entry_hash_at(s) for s in range(1, last + 1)},
-        "info": {i: json.loads(json.dumps(asdict(store.info(i)), default=str)) for i in IDS},
+        "info": {i: json.loads(json.dumps(
+            {**asdict(store.info(i)), "sha256": store.hashes([i])[i]}, default=str
+        )) for i in IDS},
         "history": {
             i: [json.loads(json.dumps(asdict(e), default=str)) for e in store.history(i)]
             for i in IDS

@@ -146,6 +146,6 @@ def test_a_store_reads_verifies_and_keeps_its_frames_sealed(tmp_path: Path) -> N
     opened = b"".join(store.open_frame(f) for f in frames)
     for r in records:
         sha = segment.sha256_hex(segment.canonical_json(r))
-        assert store.info(r["id"]).sha256 == sha
+        assert store.hashes([r["id"]]) == {r["id"]: sha}
         assert b'"sha256":"' + sha.encode() + b'"' in opened
     store.close()

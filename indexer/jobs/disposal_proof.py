@@ -44,6 +44,7 @@ def purge_with_proof(
     """
     run_id = run_id or uuid.uuid4().hex
     entries = store.entries(record_ids)
+    shas = store.hashes(i for i, e in entries.items() if e.state == "archived")
     due = []
     for record_id in record_ids:
         entry = entries.get(record_id)
@@ -51,7 +52,7 @@ def purge_with_proof(
             continue
         own = entry.category in rules.categories
         due.append(DueRecord(
-            record_id, entry.sha256, entry.category,
+            record_id, shas[record_id], entry.category,
             f"category.{entry.category}" if own else "default",
             rules.policy_for(entry.category).keep_years,
         ))

@@ -163,6 +163,7 @@ class _Plan:
 
     ids: list[str]
     entries: dict[str, CatalogEntry]
+    shas: dict[str, str]  # the sha256 of each (`ArchiveStore.hashes`)
     active: int  # the records still in the active database (the CRM's to erase)
     purged: list[str] = field(default_factory=list)  # disposed of: their words may be indexed
     owner: str | None = None  # the customer whose active records are counted
@@ -173,7 +174,7 @@ class _Plan:
 
     @property
     def hashes(self) -> list[str]:
-        return [self.entries[i].sha256 for i in self.ids if i in self.entries]
+        return [self.shas[i] for i in self.ids if i in self.shas]
 
     @property
     def known(self) -> bool:
@@ -206,7 +207,7 @@ def _plan(services: Services, customer_id: str | None, record_id: str | None) ->
         if held is not None:
             raise OnHold(f"{held} is on legal hold; nothing was erased")
         active = _still_active(session, services.crm, owner, record_id, above)
-    return _Plan(ids, entries, active, purged, owner, above, record_id)
+    return _Plan(ids, entries, store.hashes(ids), active, purged, owner, above, record_id)
 
 
 def _erased_before(services: Services, customer_id: str) -> list[str]:
@@ -338,7 +339,7 @@ def _erase(
         "seq": seq,  # what it finds is older: see `_older_than_the_erasure`
         "head": store.entry_hash_at(seq),
         "customer_sha256": customer_hash(customer_id) if customer_id is not None else None,
-        "records": [[i, plan.entries[i].sha256] for i in ids if i in plan.entries],
+        "records": [[i, plan.shas[i]] for i in ids if i in plan.shas],
         # disposed of before: a later erasure of the customer finds what was archived below
         # them since, and a recovery blanks their events' reasons
         "purged": plan.purged,
