@@ -260,7 +260,7 @@ def test_verify_names_exactly_the_damaged_record(installed, tmp_path, make_recor
     segment_id, generation = catalog.execute(
         "SELECT segment_id, generation FROM segments WHERE sealed = 1 LIMIT 1").fetchone()
     record_id, offset, length = catalog.execute(
-        "SELECT record_id, offset, length FROM entries WHERE segment_id = ? ORDER BY seq "
+        "SELECT record_id, offset, length FROM records WHERE segment_id = ? ORDER BY seq "
         "LIMIT 1 OFFSET 3", (segment_id,)).fetchone()
     catalog.close()
     path = archive / "segments" / f"{segment_id:06d}.{generation}.seg"
@@ -656,7 +656,9 @@ def test_jobs_with_the_index_s_current_file_lost_move_nothing_and_say_to_rebuild
     stats = json.loads(archivist("stats", "--config", str(installed)).stdout)
     assert (stats["active"], stats["archived"]) == (3, 0)
     with sqlite3.connect(installed.parent / "data" / "archive" / "catalog.db") as conn:
-        assert conn.execute("SELECT count(*) FROM entries").fetchone() == (0,)
+        assert conn.execute(
+            "SELECT (SELECT count(*) FROM records) + (SELECT count(*) FROM history)"
+        ).fetchone() == (0,)
 
 
 def test_output_cut_off_by_its_reader_ends_quietly(installed):
