@@ -30,7 +30,7 @@ def test_disposal_list_holds_exactly_the_purged_records(services, archived, make
 
     with services.sessions.begin() as session:
         add_hold(session, "customer", "C-HELD", "litigation", utcnow())
-    before = {e.record_id: e.sha256 for e in services.store.iter_catalog()}
+    before = services.store.hashes(e.record_id for e in services.store.iter_catalog())
 
     report = run_dispose_job(services, AS_OF, actor="cli")
 
@@ -66,10 +66,10 @@ def test_rows_a_crash_left_unconfirmed_are_settled_by_the_next_run(
         make_record(id="purged-then-crash", updated_at="2020-01-02T00:00:00Z"),
         make_record(id="noted-not-purged", updated_at="2024-12-01T00:00:00Z"),
     )
-    entries = services.store.entries(["purged-then-crash", "noted-not-purged"])
+    shas = services.store.hashes(["purged-then-crash", "noted-not-purged"])
     with services.sessions.begin() as session:  # a run noted both, purged one, then crashed
         note_due(session, "crashed-run", [
-            DueRecord(i, entries[i].sha256, "support", "default", 5) for i in sorted(entries)
+            DueRecord(i, shas[i], "support", "default", 5) for i in sorted(shas)
         ], AS_OF, "worker")
     services.store.purge(["purged-then-crash"], utcnow(), "disposal")
     assert _listed(services) == []  # unconfirmed rows are not proof yet
@@ -92,10 +92,10 @@ def test_an_archive_run_settles_the_list_but_leaves_a_live_run_s_rows_alone(
     from indexer.jobs.runs import run_archive_job
 
     archived(make_record(id="purged-then-crash", updated_at="2020-01-02T00:00:00Z"))
-    entry = services.store.info("purged-then-crash")
+    sha = services.store.hashes(["purged-then-crash"])["purged-then-crash"]
     with services.sessions.begin() as session:
         note_due(session, "crashed-run", [
-            DueRecord("purged-then-crash", entry.sha256, "support", "default", 5)
+            DueRecord("purged-then-crash", sha, "support", "default", 5)
         ], AS_OF, "worker")
     services.store.purge(["purged-then-crash"], utcnow(), "disposal")
 
