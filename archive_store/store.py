@@ -16,7 +16,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -877,6 +877,7 @@ class ArchiveStore:
         reason: str | None = None,
         *,
         grace: bool = True,
+        hashes: Mapping[str, str] | None = None,
     ) -> None:
         """Record that these records are live in the active database again, in one write:
         a `restored` event each (with the reason), all committed together.
@@ -888,13 +889,17 @@ class ArchiveStore:
         :param grace: keep `at` as the records' restore time, from which the restore grace
             runs; False for records that never left (the archive job kept them active): their
             history has the event, and they age by their own `updated_at`
+        :param hashes: the records' SHA-256 as `read_many` gave them after `begin_restores`
+            (their versions cannot change meanwhile); those not given are read again
         """
         if not record_ids:
             return
         at_text, at_us = format_time(at), epoch_micros(at)
         with self._write(durable=False) as (conn, appender):
             rows = load_records(conn, record_ids)
-            shas = self._hashes_held(conn, [i for i in record_ids if i in rows])
+            shas = {i: hashes[i] for i in record_ids if hashes and i in hashes}
+            shas.update(self._hashes_held(conn, [i for i in record_ids
+                                                 if i in rows and i not in shas]))
             changes = []
             entry_rows = []
             for record_id in record_ids:
@@ -1450,6 +1455,10 @@ class ArchiveStore:
 
         :param record_id: the record
         """
+        return self._read(record_id)[0]
+
+    def _read(self, record_id: str) -> tuple[dict[str, Any], str]:
+        """`get`, with the record's SHA-256."""
         for _ in range(3):
             conn = self._db()
             row = conn.execute(
@@ -1469,12 +1478,20 @@ class ArchiveStore:
                 continue  # disposal replaced this generation meanwhile: look it up again
             except SegmentCorrupt as e:
                 raise SegmentCorrupt(f"record {record_id}: {e}") from e
-            return check_record(record_id, envelope, row["seq"])[0]
+            return check_record(record_id, envelope, row["seq"])
         raise SegmentCorrupt(f"record {record_id}: its segment file is missing")
 
     def get_many(self, record_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Several records exactly as archived, each segment file opened once (for bulk
         restores); ids never archived or purged are left out.
+
+        :param record_ids: the records
+        """
+        return {i: read[0] for i, read in self.read_many(record_ids).items()}
+
+    def read_many(self, record_ids: Iterable[str]) -> dict[str, tuple[dict[str, Any], str]]:
+        """`get_many`, each record with its SHA-256 (which `complete_restores` then need not
+        read again).
 
         :param record_ids: the records
         """
@@ -1489,15 +1506,15 @@ class ArchiveStore:
                 "AND r.state NOT IN ('purged', 'erased')",
                 chunk,
             ))
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, tuple[dict[str, Any], str]] = {}
         for row, read in self._read_rows(rows):
             if read is None:  # its segment replaced meanwhile (by a disposal): read it again
                 try:
-                    found[row["record_id"]] = self.get(row["record_id"])
+                    found[row["record_id"]] = self._read(row["record_id"])
                 except RecordNotFound:  # purged or erased meanwhile, as if before
                     continue
             else:
-                found[row["record_id"]] = read[0]
+                found[row["record_id"]] = read
         return found
 
     def hashes(self, record_ids: Iterable[str]) -> dict[str, str]:
@@ -1538,10 +1555,10 @@ class ArchiveStore:
             row["record_id"]: hash_hex(row["gone_sha256"])
             for row in rows if row["state"] in ("purged", "erased")
         }
-        for row, read in self._read_rows(r for r in rows if r["record_id"] not in found):
-            if read is None:
+        for row, envelope in self._read_envelopes(r for r in rows if r["record_id"] not in found):
+            if envelope is None:
                 return None
-            found[row["record_id"]] = read[1]
+            found[row["record_id"]] = record_sha_of(row["record_id"], envelope, row["seq"])
         return found
 
     def versions(self, record_ids: Iterable[str]) -> list[dict[str, Any]]:
@@ -1582,6 +1599,16 @@ class ArchiveStore:
         """Read and check the record entries these catalog rows name, in file order, each
         segment file opened once: each record with its SHA-256, or None for a row whose
         segment file was replaced meanwhile."""
+        for row, envelope in self._read_envelopes(rows):
+            yield row, None if envelope is None else check_record(
+                row["record_id"], envelope, row["seq"]
+            )
+
+    def _read_envelopes(
+        self, rows: Iterable[sqlite3.Row]
+    ) -> Iterator[tuple[sqlite3.Row, bytes | None]]:
+        """The envelopes of the entries these catalog rows name, read in file order, each
+        segment file opened once; None for a row whose segment file was replaced meanwhile."""
         rows = sorted(rows, key=lambda r: (r["segment_id"], r["offset"]))
         current: tuple[int, int] | None = None
         f: BinaryIO | None = None
@@ -1599,12 +1626,11 @@ class ArchiveStore:
                 if f is None:
                     yield row, None
                     continue
-                record_id = row["record_id"]
                 try:
                     envelope = segment.read_frame(f, row["offset"], row["length"], self._codec)
                 except SegmentCorrupt as e:
-                    raise SegmentCorrupt(f"record {record_id}: {e}") from e
-                yield row, check_record(record_id, envelope, row["seq"])
+                    raise SegmentCorrupt(f"record {row['record_id']}: {e}") from e
+                yield row, envelope
         finally:
             if f is not None:
                 f.close()
@@ -1896,6 +1922,26 @@ def _move_entries(
 def _check_state(state: str) -> None:
     if state not in STATES:
         raise ValueError(f"unknown state {state!r}; expected one of {', '.join(STATES)}")
+
+
+def record_sha_of(record_id: str, envelope: bytes, seq: int) -> str:
+    """The record's SHA-256 a record entry carries, read without parsing the entry (a bulk
+    restore or a disposal wants thousands): in canonical JSON the top-level `record_id`, `seq`
+    and `sha256` members follow each other, after the record, whose strings cannot hold an
+    unescaped quote.
+
+    :param record_id: the id the catalog expects
+    :param envelope: decompressed envelope bytes
+    :param seq: the entry's seq
+    """
+    marker = b',"record_id":' + segment.canonical_json(record_id) + b',"seq":%d,"sha256":"' % seq
+    start = envelope.rfind(marker) + len(marker)
+    sha = envelope[start : start + 64]
+    if start < len(marker) or envelope[start + 64 : start + 65] != b'"' or (
+        sha.strip(b"0123456789abcdef") or len(sha) != 64
+    ):
+        raise SegmentCorrupt(f"record {record_id}: entry does not match the catalog")
+    return sha.decode("ascii")
 
 
 def check_record(record_id: str, envelope: bytes, seq: int) -> tuple[dict[str, Any], str]:

@@ -133,6 +133,11 @@ def _check(
             "AND event IN ('purged', 'erased') GROUP BY record_id"
         )
     }
+    # An event carries the hash of the version it happened to: the record entry before it.
+    evented = {row[0] for row in conn.execute(
+        "SELECT DISTINCT record_id FROM history WHERE type = 'event'"
+    )}
+    version_sha: dict[tuple[str, int], object] = {}
     chain = _Chain(report)
     next_offset: dict[int, int] = {}
     for entry in conn.execute(_ENTRIES_WITH_RECORDS):
@@ -171,6 +176,13 @@ def _check(
         chain.opened(entry["seq"], link, value, envelope)
         for reason in _check_envelope(entry, value, gone.get(record_id, (0, None))[1]):
             report(record_id, segment_id, f"seq {entry['seq']}: {reason}")
+        if record_id in evented:
+            key = (record_id, entry["version"])
+            if entry["type"] != "event":
+                version_sha[key] = value.get("sha256")
+            elif key in version_sha and value.get("sha256") != version_sha[key]:
+                report(record_id, segment_id, f"seq {entry['seq']}: its sha256 is not that of "
+                       f"the version {entry['version']} it happened to")
         if entry["type"] == "record" and entry["current"]:
             for reason in _check_record_row(entry, value.get("record")):
                 report(record_id, segment_id, f"seq {entry['seq']}: {reason}")

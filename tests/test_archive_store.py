@@ -1099,6 +1099,22 @@ def test_verify_names_a_catalog_row_edited_or_deleted_behind_the_store(
     assert problem.record_id == "T-1" and edit in problem.reason
 
 
+def test_a_restore_event_carries_the_hash_of_the_version_restored(store: ArchiveStore) -> None:
+    """`complete_restores` takes the hashes `read_many` gave; one not of that version is named
+    by verify (the event says which version it happened to)."""
+    store.archive_batch([make_item("H-1"), make_item("H-2")], AT, "archive-job")
+    store.clear_pending(["H-1", "H-2"])
+    read = store.read_many(["H-1", "H-2"])
+    assert {i: sha for i, (_, sha) in read.items()} == store.hashes(["H-1", "H-2"])
+    store.begin_restores([["H-1"], ["H-2"]])
+    store.complete_restores(["H-1", "H-2"], AT, "admin", "asked",
+                            hashes={"H-1": read["H-1"][1], "H-2": "ab" * 32})
+
+    [problem] = store.verify()
+
+    assert problem.record_id == "H-2" and "not that of the version 1" in problem.reason
+
+
 def test_verify_takes_a_customer_handed_on_by_an_erasure_above(
     store: ArchiveStore, store_dir: Path
 ) -> None:

@@ -404,8 +404,8 @@ def _restore_groups(
                 marked.append(group)
             else:
                 skipped.append(Skipped(*problem))
-        values = store.get_many([i for group in marked for i in group])
-        records = {i: record_from_json(values[i]) for group in marked for i in group}
+        values = store.read_many([i for group in marked for i in group])
+        records = {i: record_from_json(values[i][0]) for group in marked for i in group}
         try:
             with sessions.begin() as session:
                 present = set(find_active_ids(session, list(records)))
@@ -433,7 +433,9 @@ def _restore_groups(
             if dropped:
                 store.abort_restores(dropped)
             crash_point("restore.after_insert")
-            store.complete_restores(ids, now, actor, reason)
+            store.complete_restores(
+                ids, now, actor, reason, hashes={i: values[i][1] for i in ids}
+            )
             crash_point("restore.before_index")
     if unsettled is not None:
         # The insert may or may not have committed (e.g. the connection dropped during
