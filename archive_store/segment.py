@@ -229,6 +229,32 @@ def entry_hash_of(envelope: bytes) -> str:
     return sha256_hex(envelope)
 
 
+def entry_hashes(record_id: str, envelope: bytes, seq: int) -> tuple[str, str]:
+    """The `prev` and `sha256` of a record or event entry, read without parsing it (a bulk
+    restore, a disposal or an erasure wants thousands). In canonical JSON the first `"prev":"`
+    is the top-level member (the strings before it cannot hold an unescaped quote), and the
+    top-level `record_id`, `seq` and `sha256` follow each other after the record.
+
+    :param record_id: the id the catalog expects
+    :param envelope: decompressed envelope bytes
+    :param seq: the entry's seq
+    :raises SegmentCorrupt: the entry is not that one
+    """
+    p = envelope.find(b'"prev":"') + 8
+    end = envelope.find(b'"', p)
+    prev = envelope[p:end]
+    marker = b',"record_id":' + canonical_json(record_id) + b',"seq":%d,"sha256":"' % seq
+    start = envelope.rfind(marker) + len(marker)
+    sha = envelope[start : start + 64]
+    if (
+        p < 8 or len(prev) not in (LINK_HEX, 64) or prev.strip(b"0123456789abcdef")
+        or start < len(marker) or envelope[start + 64 : start + 65] != b'"'
+        or len(sha) != 64 or sha.strip(b"0123456789abcdef")
+    ):
+        raise SegmentCorrupt(f"record {record_id}: entry {seq} does not match the catalog")
+    return prev.decode("ascii"), sha.decode("ascii")
+
+
 def read_frame(
     f: BinaryIO, offset: int, length: int, codec: FrameCodec | None = None
 ) -> bytes:

@@ -1122,8 +1122,7 @@ class ArchiveStore:
             ]
             if not rows:
                 return 0
-            shas = self._hashes_held(conn, [row["record_id"] for row in rows])
-            self._redact(conn, appender, [row["record_id"] for row in rows], swap)
+            shas = self._redact(conn, appender, [row["record_id"] for row in rows], swap)
             changes = [
                 (epoch_micros(at), self._append_event(
                     conn, appender, row, "purged", at, actor, shas[row["record_id"]]
@@ -1146,9 +1145,10 @@ class ArchiveStore:
         swap: SegmentSwap,
         *,
         reasons: bool = False,
-    ) -> None:
+    ) -> dict[str, str]:
         """Rewrite every segment holding a version of these records as a new generation with
         those entries replaced by `redacted` frames; the caller's commit switches over.
+        Returns the hash of each record whose current entry was redacted (read on the way).
 
         With `reasons`, their events that carry a reason (typed text, which may name the
         person) are redacted too: those frames are sealed with the shared key, not the
@@ -1169,10 +1169,12 @@ class ArchiveStore:
         if appender.active.segment_id in redact:
             appender.seal_active()
         entries = _entries_of_segments(conn, redact)
+        shas: dict[str, str] = {}
         for segment_id in sorted(redact):
             swap.add(*self._compact(
-                conn, segment_id, entries[segment_id], redact[segment_id], appender.sealing
+                conn, segment_id, entries[segment_id], redact[segment_id], appender.sealing, shas
             ))
+        return shas
 
     def erase(
         self,
@@ -1224,7 +1226,6 @@ class ArchiveStore:
                 raise RestoreInProgress(
                     f"record {moving[0]} has a move in progress; erase it once it is done"
                 )
-            shas = self._hashes_held(conn, [row["record_id"] for row in rows])
             reasoned = [row["record_id"] for row in rows]
             reasoned.extend(reasons_of)
             if customer_id is not None:  # theirs disposed of before keep their events' reasons
@@ -1233,7 +1234,7 @@ class ArchiveStore:
                         _CUSTOMER_RECORDS.format(states=placeholders(1)), (customer_id, "purged")
                     )
                 )
-            self._redact(conn, appender, reasoned, swap, reasons=True)
+            shas = self._redact(conn, appender, reasoned, swap, reasons=True)
             # The catalog's copy of those reasons goes too (secure_delete zeroes the old bytes;
             # the checkpoint below empties the WAL); the history keeps each event, blanked.
             for chunk in chunked(reasoned):
@@ -1382,6 +1383,7 @@ class ArchiveStore:
         entries: list[sqlite3.Row],
         redact: set[int],
         sealing: keyring.Sealing,
+        redacted_shas: dict[str, str],
     ) -> tuple[Path, Path]:
         """Write the next generation of a segment with some entries redacted.
 
@@ -1389,6 +1391,7 @@ class ArchiveStore:
 
         :param entries: every entry of the segment, by seq (`_entries_of_segments`)
         :param redact: the seqs of those to replace with `redacted` frames
+        :param redacted_shas: gains the record hash of each record's current entry redacted
         """
         seg = conn.execute(
             "SELECT generation, end_offset FROM segments WHERE segment_id = ?", (segment_id,)
@@ -1410,25 +1413,22 @@ class ArchiveStore:
                 # Same seq, hash and prev as the original: the chain does not notice the swap.
                 try:
                     envelope = segment.decode_frame(frame, self._codec)
-                    value = segment.parse_envelope(envelope)
+                    prev, sha = segment.entry_hashes(entry["record_id"], envelope, entry["seq"])
                 except SegmentCorrupt as e:
                     raise SegmentCorrupt(
                         f"record {entry['record_id']}: {e}; its entry cannot be redacted "
                         "(restore the segment from a backup first)"
                     ) from e
-                if value.get("seq") != entry["seq"] or not isinstance(value.get("prev"), str):
-                    raise SegmentCorrupt(
-                        f"record {entry['record_id']}: entry {entry['seq']} does not match the "
-                        "catalog; it cannot be redacted"
-                    )
+                if entry["current"]:
+                    redacted_shas[entry["record_id"]] = sha
                 frame = segment.build_frame(segment.canonical_json({
                     "type": "redacted",
                     "seq": entry["seq"],
                     "record_id": entry["record_id"],
                     "version": entry["version"],
-                    "sha256": value.get("sha256"),
+                    "sha256": sha,
                     "entry_hash": segment.sha256_hex(envelope),
-                    "prev": value["prev"],
+                    "prev": prev,
                 }), sealing.codec if sealing.shared_key else None, sealing.shared_key)
             frames.append(frame)
             moved.append((entry, offset, len(frame)))
@@ -1558,7 +1558,9 @@ class ArchiveStore:
         for row, envelope in self._read_envelopes(r for r in rows if r["record_id"] not in found):
             if envelope is None:
                 return None
-            found[row["record_id"]] = record_sha_of(row["record_id"], envelope, row["seq"])
+            _, found[row["record_id"]] = segment.entry_hashes(
+                row["record_id"], envelope, row["seq"]
+            )
         return found
 
     def versions(self, record_ids: Iterable[str]) -> list[dict[str, Any]]:
@@ -1922,26 +1924,6 @@ def _move_entries(
 def _check_state(state: str) -> None:
     if state not in STATES:
         raise ValueError(f"unknown state {state!r}; expected one of {', '.join(STATES)}")
-
-
-def record_sha_of(record_id: str, envelope: bytes, seq: int) -> str:
-    """The record's SHA-256 a record entry carries, read without parsing the entry (a bulk
-    restore or a disposal wants thousands): in canonical JSON the top-level `record_id`, `seq`
-    and `sha256` members follow each other, after the record, whose strings cannot hold an
-    unescaped quote.
-
-    :param record_id: the id the catalog expects
-    :param envelope: decompressed envelope bytes
-    :param seq: the entry's seq
-    """
-    marker = b',"record_id":' + segment.canonical_json(record_id) + b',"seq":%d,"sha256":"' % seq
-    start = envelope.rfind(marker) + len(marker)
-    sha = envelope[start : start + 64]
-    if start < len(marker) or envelope[start + 64 : start + 65] != b'"' or (
-        sha.strip(b"0123456789abcdef") or len(sha) != 64
-    ):
-        raise SegmentCorrupt(f"record {record_id}: entry does not match the catalog")
-    return sha.decode("ascii")
 
 
 def check_record(record_id: str, envelope: bytes, seq: int) -> tuple[dict[str, Any], str]:
