@@ -21,14 +21,22 @@ import os
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from archive_store import keyring, segment
-from archive_store.catalog import ENTRY_AT, connect, get_head, upgraded_copy
+from archive_store.catalog import (
+    ARCHIVED,
+    ENTRY_AT,
+    chunked,
+    connect,
+    get_head,
+    placeholders,
+    upgraded_copy,
+)
 from archive_store.codec import FrameCodec
 from archive_store.errors import ArchiveStoreError, CatalogUnavailable
 from archive_store.faults import crash_point
@@ -281,7 +289,7 @@ def take_store_snapshot(store: ArchiveStore, catalog_copy: Path) -> StoreSnapsho
                     "ORDER BY segment_id"
                 ).fetchall()
                 archived = conn.execute(
-                    "SELECT COUNT(*) FROM records WHERE state = 'archived'"
+                    f"SELECT COUNT(*) FROM records WHERE state = {ARCHIVED}"
                 ).fetchone()[0]
             finally:
                 conn.close()
@@ -459,6 +467,27 @@ def verify_store_copy(folder: Path, key: bytes | None = None) -> list[Problem]:
         finally:
             if lookups is not None:
                 lookups.close()
+
+
+def archived_in_backup(folder: Path, record_ids: Iterable[str]) -> set[str]:
+    """Those of the ids a backup holds archived, read without writing into `folder`.
+
+    :param folder: the backup folder
+    :param record_ids: the ids to look up
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        catalog = upgraded_copy(folder / STORE_FOLDER / CATALOG, Path(scratch))
+        conn = connect(catalog, read_only=True)
+        try:
+            held: set[str] = set()
+            for chunk in chunked(record_ids):
+                held.update(row[0] for row in conn.execute(
+                    f"SELECT record_id FROM records WHERE state = {ARCHIVED} "
+                    f"AND record_id IN ({placeholders(len(chunk))})", chunk
+                ))
+            return held
+        finally:
+            conn.close()
 
 
 def make_private(folder: Path) -> None:

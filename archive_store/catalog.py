@@ -18,9 +18,16 @@ from typing import Any
 from archive_store.errors import CatalogUnavailable
 from archive_store.models import CatalogEntry
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's variable limit
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# A record's state as the catalog keeps it: a number, its place here (0 and 1, the usual
+# ones, take no bytes at all in a row or an index entry). SQL names them with these constants;
+# `RECORD_SELECT` and `state_name` give the text back.
+STATES = ("archived", "restored", "purged", "erased")
+ARCHIVED, RESTORED, PURGED, ERASED = range(len(STATES))
+GONE = f"({PURGED}, {ERASED})"  # for `state IN {GONE}`: the states with no content left
 
 # One row per record, naming the frame of its current version; the rest of its life (earlier
 # versions, restores, disposal, erasure) is one `history` row per entry. The hashes of entries
@@ -42,7 +49,7 @@ CREATE TABLE IF NOT EXISTS records (
     -- holds that small integer, not the id, and rows are added at the end of the table
     seq INTEGER PRIMARY KEY,
     record_id TEXT NOT NULL UNIQUE,
-    state TEXT NOT NULL CHECK (state IN ('archived', 'restored', 'purged', 'erased')),
+    state INTEGER NOT NULL CHECK (state BETWEEN 0 AND 3),  -- see STATES
     version INTEGER NOT NULL,
     segment_id INTEGER NOT NULL,
     offset INTEGER NOT NULL,
@@ -54,14 +61,15 @@ CREATE TABLE IF NOT EXISTS records (
     category INTEGER NOT NULL,  -- a `names` id
     customer_id TEXT,
     parent_id TEXT,  -- the record's `parent_id`: processes are looked up without reading segments
-    created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,  -- (the record's created_at decides nothing: only its frame)
     pending TEXT CHECK (pending IS NULL OR pending IN ('delete_active', 'insert_active')),
     indexed INTEGER NOT NULL DEFAULT 0,
-    state_seq INTEGER NOT NULL  -- seq of the entry that set the current state
+    -- seq of the entry that set the current state, or NULL when that is `seq` (an archived
+    -- record's is the entry that archived it): a row then holds it in no bytes at all
+    state_seq INTEGER
 );
 CREATE INDEX IF NOT EXISTS records_state ON records (state);  -- (then by seq, the key)
-CREATE INDEX IF NOT EXISTS records_unindexed ON records (state_seq) WHERE indexed = 0;
+CREATE INDEX IF NOT EXISTS records_unindexed ON records (indexed) WHERE indexed = 0;
 CREATE INDEX IF NOT EXISTS records_pending ON records (record_id) WHERE pending IS NOT NULL;
 CREATE INDEX IF NOT EXISTS records_parent ON records (parent_id) WHERE parent_id IS NOT NULL;
 -- The short texts many records share (categories, who archived them), each kept once.
@@ -98,24 +106,45 @@ CREATE TABLE IF NOT EXISTS dictionaries (
 
 RECORD_COLUMNS = (
     "record_id, state, version, seq, segment_id, offset, length, archived_at, "
-    "archived_by, restored_at, purged_at, category, customer_id, parent_id, created_at, "
-    "updated_at, pending, indexed, state_seq"
+    "archived_by, restored_at, purged_at, category, customer_id, parent_id, updated_at, "
+    "pending, indexed, state_seq"
 )
 HISTORY_COLUMNS = (
     "seq, segment_id, offset, length, type, record_id, version, event, at, actor, sha256, reason"
 )
 _NAMED = ("category", "archived_by")
-# The columns of `records` as the code reads them, `names` ids turned back into their text;
-# the table must be read as `records` (not under an alias) for the look-ups to find it.
+
+
+def state_name(column: str) -> str:
+    """SQL giving the name of the state in `column` (which holds its number).
+
+    :param column: a column or expression holding a state's number
+    """
+    cases = " ".join(f"WHEN {code} THEN '{name}'" for code, name in enumerate(STATES))
+    return f"CASE {column} {cases} END"
+
+
+def state_code(name: str) -> int:
+    """The number the catalog keeps for a state.
+
+    :param name: one of `STATES`
+    """
+    return STATES.index(name)
+
+
+# The columns of `records` as the code reads them, `names` ids turned back into their text and
+# the state into its name; the table must be read as `records` (not under an alias) for the
+# look-ups to find it.
 RECORD_SELECT = ", ".join(
     f"(SELECT name FROM names WHERE id = records.{column}) AS {column}" if column in _NAMED
+    else f"{state_name('records.state')} AS state" if column == "state"
     else f"records.{column}"
     for column in (c.strip() for c in RECORD_COLUMNS.split(","))
 )
 # Every entry of the store, whichever table names it, with the columns both have; `current`
 # is 1 for a record's current entry (a `records` row), 0 for a `history` row.
 ALL_ENTRIES = (
-    "SELECT seq, segment_id, offset, length, CASE WHEN state IN ('purged', 'erased') "
+    f"SELECT seq, segment_id, offset, length, CASE WHEN state IN {GONE} "
     "THEN 'redacted' ELSE 'record' END AS type, record_id, version, NULL AS event, "
     "archived_at AS at, (SELECT name FROM names WHERE id = archived_by) AS actor, NULL AS sha256, "
     "NULL AS reason, 1 AS current "
@@ -315,25 +344,31 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
 
 def create_schema(conn: sqlite3.Connection) -> None:
     """Create the tables if missing and switch the file to WAL mode; idempotent. A catalog an
-    earlier version made (a row per entry, with their hashes) is rewritten into this shape once.
+    earlier version made is rewritten into this shape once: one with a row per entry (and
+    their hashes), or one whose `records` kept states as text and each record's `created_at`.
 
     :param conn: a catalog connection, with the store's write lock held
     """
     conn.execute("PRAGMA journal_mode=WAL")
     with transaction(conn):
-        upgrade = _has_table(conn, "entries")
-        if upgrade:
-            _set_aside_entry_catalog(conn)
+        if _has_table(conn, "entries"):
+            upgrade = _fill_from_entry_catalog
+        elif "created_at" in _columns(conn, "records"):
+            upgrade = _fill_from_text_states
+        else:
+            upgrade = None
+        if upgrade is not None:
+            _set_aside_records(conn)
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
-        if upgrade:
-            _fill_from_entry_catalog(conn)
+        if upgrade is not None:
+            upgrade(conn)
         conn.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
             (SCHEMA_VERSION,),
         )
-    if upgrade:  # the earlier tables' pages go back to the file system, and the log's too
+    if upgrade is not None:  # the earlier tables' pages go back to the file system, and the log's
         conn.execute("VACUUM")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
@@ -344,9 +379,14 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     ).fetchone() is not None
 
 
-def _set_aside_entry_catalog(conn: sqlite3.Connection) -> None:
-    """Rename the `records` table of a catalog with an `entries` table, and drop its indexes,
-    so that this version's tables can be made beside it."""
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _set_aside_records(conn: sqlite3.Connection) -> None:
+    """Rename the `records` table of a catalog an earlier version made, and drop its indexes
+    (and those of its `entries` table, if it has one), so that this version's tables can be
+    made beside it."""
     conn.execute("ALTER TABLE records RENAME TO records_before")
     for row in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN "
@@ -364,21 +404,19 @@ def _fill_from_entry_catalog(conn: sqlite3.Connection) -> None:
     """
     conn.create_function("micros", 1, _text_micros, deterministic=True)
     conn.create_function("binary_hash", 1, _binary_hash, deterministic=True)
-    old = {row["name"] for row in conn.execute("PRAGMA table_info(records_before)")}
-    parent = "r.parent_id" if "parent_id" in old else "NULL"
-    reason = "e.reason" if "reason" in {
-        row["name"] for row in conn.execute("PRAGMA table_info(entries)")
-    } else "NULL"
+    parent = "r.parent_id" if "parent_id" in _columns(conn, "records_before") else "NULL"
+    reason = "e.reason" if "reason" in _columns(conn, "entries") else "NULL"
     conn.execute(
         "INSERT OR IGNORE INTO names (name) SELECT category FROM records_before "
         "UNION SELECT actor FROM entries"
     )
     conn.execute(
-        f"INSERT INTO records ({RECORD_COLUMNS}) SELECT r.record_id, r.state, r.version, r.seq, "
+        f"INSERT INTO records ({RECORD_COLUMNS}) SELECT r.record_id, {_code_of('r.state')}, "
+        "r.version, r.seq, "
         "e.segment_id, e.offset, e.length, micros(r.archived_at), "
         "(SELECT id FROM names WHERE name = e.actor), micros(r.restored_at), "
         "micros(r.purged_at), (SELECT id FROM names WHERE name = r.category), r.customer_id, "
-        f"{parent}, micros(r.created_at), r.updated_at_us, r.pending, r.indexed, r.state_seq "
+        f"{parent}, r.updated_at_us, r.pending, r.indexed, NULLIF(r.state_seq, r.seq) "
         "FROM records_before r JOIN entries e ON e.seq = r.seq"
     )
     conn.execute(
@@ -393,6 +431,28 @@ def _fill_from_entry_catalog(conn: sqlite3.Connection) -> None:
         set_head(conn, head["seq"], hash_hex(head["entry_hash"]))
     conn.execute("DROP TABLE entries")
     conn.execute("DROP TABLE records_before")
+
+
+def _fill_from_text_states(conn: sqlite3.Connection) -> None:
+    """Copy the `records` of a catalog that kept states as text (and each record's
+    `created_at`, which its frame holds, and every `state_seq`) into this version's, then drop
+    it."""
+    columns = [c.strip() for c in RECORD_COLUMNS.split(",")]
+    conn.execute(
+        f"INSERT INTO records ({RECORD_COLUMNS}) SELECT "
+        + ", ".join(
+            _code_of("state") if c == "state" else "NULLIF(state_seq, seq)" if c == "state_seq"
+            else c for c in columns
+        )
+        + " FROM records_before"
+    )
+    conn.execute("DROP TABLE records_before")
+
+
+def _code_of(column: str) -> str:
+    """SQL giving the number of the state named in `column`, as earlier versions kept it."""
+    cases = " ".join(f"WHEN '{name}' THEN {code}" for code, name in enumerate(STATES))
+    return f"CASE {column} {cases} END"
 
 
 def _text_micros(text: str | None) -> int | None:
@@ -440,8 +500,9 @@ def set_head(conn: sqlite3.Connection, seq: int, entry_hash: str) -> None:
 
 
 def is_current(conn: sqlite3.Connection) -> bool:
-    """True when `create_schema` has nothing to add: a catalog an earlier version made lacks
-    tables, columns or indexes this code reads.
+    """True when `create_schema` has nothing to change: a catalog an earlier version made lacks
+    tables, columns or indexes this code reads, or keeps them in another form (its
+    `schema_version` says which).
 
     :param conn: a catalog connection (read-only will do)
     """
@@ -449,9 +510,12 @@ def is_current(conn: sqlite3.Connection) -> bool:
     fresh.row_factory = sqlite3.Row
     try:
         create_schema(fresh)
-        return _shape(fresh) <= _shape(conn)
+        if not _shape(fresh) <= _shape(conn):
+            return False
     finally:
         fresh.close()
+    version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return version is not None and int(version[0]) >= int(SCHEMA_VERSION)
 
 
 def upgraded_copy(path: Path, scratch: Path) -> Path:
@@ -598,7 +662,7 @@ def reindex_descendants(conn: sqlite3.Connection, parent_ids: Iterable[str]) -> 
         seen.update(frontier)
         for chunk in chunked(frontier):
             cleared += conn.execute(
-                "UPDATE records SET indexed = 0 WHERE state = 'archived' AND indexed = 1 "
+                f"UPDATE records SET indexed = 0 WHERE state = {ARCHIVED} AND indexed = 1 "
                 f"AND record_id IN ({placeholders(len(chunk))})",
                 chunk,
             ).rowcount
@@ -632,7 +696,6 @@ def build_catalog_entry(row: sqlite3.Row) -> CatalogEntry:
         purged_at=None if row["purged_at"] is None else from_micros(row["purged_at"]),
         category=row["category"],
         customer_id=row["customer_id"],
-        created_at=from_micros(row["created_at"]),
         updated_at=from_micros(row["updated_at"]),
         pending=row["pending"],
         indexed=bool(row["indexed"]),

@@ -45,7 +45,6 @@ class CatalogEntry:
     purged_at: datetime | None
     category: str
     customer_id: str | None
-    created_at: datetime
     updated_at: datetime
     pending: str | None
     indexed: bool

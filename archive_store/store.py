@@ -27,10 +27,16 @@ from typing import Any, BinaryIO
 from archive_store import compression, keyring, segment
 from archive_store.catalog import (
     ALL_ENTRIES,
+    ARCHIVED,
     ENTRY_AT,
+    ERASED,
+    GONE,
     HISTORY_COLUMNS,
+    PURGED,
     RECORD_COLUMNS,
     RECORD_SELECT,
+    RESTORED,
+    STATES,
     build_catalog_entry,
     chunked,
     connect,
@@ -50,6 +56,8 @@ from archive_store.catalog import (
     reindex_descendants,
     set_head,
     snapshot,
+    state_code,
+    state_name,
     transaction,
     upgraded_copy,
 )
@@ -78,40 +86,39 @@ from archive_store.segment import iter_frames
 from archive_store.verify import verify_store
 
 DEFAULT_SEGMENT_MAX_BYTES = 64 * 2**20
-STATES = ("archived", "restored", "purged", "erased")
 
 # A customer's archived and restored records (see `ArchiveStore.find_customer_records`).
 # (An erased record has forgotten its customer: the walk does not go through it, and `erase`
 # first hands its customer on to the records below it that name none, see `_UNNAMED_BELOW`.)
-_CUSTOMER_RECORDS = """
+_CUSTOMER_RECORDS = f"""
 WITH RECURSIVE theirs (record_id) AS (
     SELECT record_id FROM records WHERE customer_id = ?
     UNION
     SELECT r.record_id FROM records r JOIN theirs t ON r.parent_id = t.record_id
-    WHERE r.customer_id IS NULL AND r.state != 'erased'
+    WHERE r.customer_id IS NULL AND r.state != {ERASED}
 )
 SELECT r.record_id FROM theirs JOIN records r USING (record_id)
-WHERE r.state IN ({states}) ORDER BY r.record_id
-"""  # {states}: placeholders for the states wanted
+WHERE r.state IN ({{states}}) ORDER BY r.record_id
+"""  # {states}: placeholders for the states wanted (their numbers)
 # The ids of a record and of the archived or restored records linked below it.
-_TREE = """
+_TREE = f"""
 WITH RECURSIVE tree(id) AS (
     SELECT ?
     UNION
     SELECT r.record_id FROM records r JOIN tree ON r.parent_id = tree.id
-    WHERE r.state IN ('archived', 'restored')
+    WHERE r.state IN ({ARCHIVED}, {RESTORED})
 )
 SELECT id FROM tree
 """
 # The records below one (its children, theirs, ...) that name no customer: the customer of that
 # record is theirs, written into them before the record is erased and forgets it.
-_UNNAMED_BELOW = """
+_UNNAMED_BELOW = f"""
 WITH RECURSIVE below (record_id) AS (
     SELECT record_id FROM records
-    WHERE parent_id = ? AND customer_id IS NULL AND state != 'erased'
+    WHERE parent_id = ? AND customer_id IS NULL AND state != {ERASED}
     UNION
     SELECT r.record_id FROM records r JOIN below b ON r.parent_id = b.record_id
-    WHERE r.customer_id IS NULL AND r.state != 'erased'
+    WHERE r.customer_id IS NULL AND r.state != {ERASED}
 )
 UPDATE records SET customer_id = ? WHERE record_id IN (SELECT record_id FROM below)
 """
@@ -124,13 +131,14 @@ _HISTORY_INSERT = f"INSERT INTO history ({HISTORY_COLUMNS}) VALUES ({', '.join('
 # A record's current entry, when a newer version takes its place, as a `history` row.
 _SUPERSEDED = (
     f"INSERT INTO history ({HISTORY_COLUMNS}) SELECT seq, segment_id, offset, length, "
-    "CASE WHEN state IN ('purged', 'erased') THEN 'redacted' ELSE 'record' END, record_id, "
+    f"CASE WHEN state IN {GONE} THEN 'redacted' ELSE 'record' END, record_id, "
     "version, NULL, archived_at, (SELECT name FROM names WHERE id = archived_by), ?, NULL "
     "FROM records WHERE record_id = ?"
 )  # (the sha256 bound first: of its record, read from its frame or its last event)
 # Where each record's hash is: its current entry's frame, or (purged, erased) its last event.
 _HASH_SOURCES = (
-    "SELECT r.record_id, r.state, r.seq, r.segment_id, r.offset, r.length, s.generation, "
+    f"SELECT r.record_id, {state_name('r.state')} AS state, r.seq, r.segment_id, r.offset, "
+    "r.length, s.generation, "
     "(SELECT h.sha256 FROM history h WHERE h.record_id = r.record_id AND h.type = 'event' "
     "AND h.event IN ('purged', 'erased') ORDER BY h.seq DESC LIMIT 1) AS gone_sha256 "
     "FROM records r JOIN segments s ON s.segment_id = r.segment_id WHERE r.record_id IN ({})"
@@ -762,8 +770,7 @@ class ArchiveStore:
                 record_rows.append((
                     item.record_id, version, placed.seq, placed.segment_id, placed.offset,
                     placed.length, at_us, names(actor), names(item.category),
-                    _customer_of(item, row), item.parent_id, epoch_micros(item.created_at),
-                    epoch_micros(item.updated_at), placed.seq,
+                    _customer_of(item, row), item.parent_id, epoch_micros(item.updated_at),
                 ))
                 results[item.record_id] = StoredEntry(
                     placed.seq, item.record_id, placed.segment_id, placed.offset, placed.length,
@@ -771,8 +778,8 @@ class ArchiveStore:
                 )
             conn.executemany(
                 f"INSERT OR REPLACE INTO records ({RECORD_COLUMNS}) "
-                "VALUES (?, 'archived', ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, "
-                "'delete_active', 0, ?)",
+                f"VALUES (?, {ARCHIVED}, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, ?, "
+                "'delete_active', 0, NULL)",
                 record_rows,
             )
             reindex_descendants(conn, (row[0] for row in record_rows))
@@ -828,7 +835,7 @@ class ArchiveStore:
             sha = self._hashes_held(conn, [record_id])[record_id]
             seq = self._append_event(conn, appender, row, "restored", at, actor, sha)
             conn.execute(
-                "UPDATE records SET state = 'restored', restored_at = ?, pending = NULL, "
+                f"UPDATE records SET state = {RESTORED}, restored_at = ?, pending = NULL, "
                 "indexed = 0, state_seq = ? WHERE record_id = ?",
                 (epoch_micros(at), seq, record_id),
             )
@@ -923,7 +930,7 @@ class ArchiveStore:
                 changes.append((at_us if grace else None, placed.seq, record_id))
             conn.executemany(_HISTORY_INSERT, entry_rows)
             conn.executemany(
-                "UPDATE records SET state = 'restored', restored_at = ?, pending = NULL, "
+                f"UPDATE records SET state = {RESTORED}, restored_at = ?, pending = NULL, "
                 "indexed = 0, state_seq = ? WHERE record_id = ?",
                 changes,
             )
@@ -1019,7 +1026,10 @@ class ArchiveStore:
         :param items: `(record_id, version, state)` of what the index now reflects;
             a pair `(record_id, version)` means state `archived`
         """
-        rows = [(item[0], item[1], item[2] if len(item) > 2 else "archived") for item in items]
+        rows = [
+            (item[0], item[1], state_code(item[2]) if len(item) > 2 else ARCHIVED)
+            for item in items
+        ]
         if not rows:
             return
         # Unsynced: a mark a crash loses only makes catch-up apply the same change again.
@@ -1040,7 +1050,8 @@ class ArchiveStore:
         """
         with self._write_catalog() as conn:
             conn.execute(
-                "UPDATE records SET indexed = CASE WHEN state_seq <= ? THEN 1 ELSE 0 END",
+                "UPDATE records SET indexed = CASE WHEN COALESCE(state_seq, seq) <= ? THEN 1 "
+                "ELSE 0 END",
                 (up_to_seq,),
             )
 
@@ -1051,7 +1062,7 @@ class ArchiveStore:
         :param after_seq: a `last_seq()` taken earlier
         """
         rows = self._db().execute(
-            "SELECT record_id FROM records WHERE state IN ('purged', 'erased') AND state_seq > ?"
+            f"SELECT record_id FROM records WHERE state IN {GONE} AND state_seq > ?"
             " ORDER BY record_id",
             (after_seq,),
         )
@@ -1064,7 +1075,7 @@ class ArchiveStore:
         :param after_seq: a `last_seq()` taken earlier
         """
         rows = self._db().execute(
-            "SELECT record_id FROM records WHERE state = 'restored' AND state_seq > ?"
+            f"SELECT record_id FROM records WHERE state = {RESTORED} AND state_seq > ?"
             " ORDER BY record_id",
             (after_seq,),
         )
@@ -1130,7 +1141,7 @@ class ArchiveStore:
                 for row in sorted(rows, key=lambda r: r["record_id"])
             ]
             conn.executemany(
-                "UPDATE records SET state = 'purged', purged_at = ?, pending = NULL, "
+                f"UPDATE records SET state = {PURGED}, purged_at = ?, pending = NULL, "
                 "indexed = 0, state_seq = ? WHERE record_id = ?",
                 changes,
             )
@@ -1160,7 +1171,7 @@ class ArchiveStore:
         for chunk in chunked(record_ids):
             marks = placeholders(len(chunk))
             for entry in conn.execute(
-                "SELECT seq, segment_id FROM records WHERE state IN ('archived', 'restored') "
+                f"SELECT seq, segment_id FROM records WHERE state IN ({ARCHIVED}, {RESTORED}) "
                 f"AND record_id IN ({marks}) UNION ALL SELECT seq, segment_id FROM history "
                 f"WHERE {kinds} AND record_id IN ({marks})",
                 (*chunk, *chunk),
@@ -1213,7 +1224,7 @@ class ArchiveStore:
                 wanted.extend(
                     row[0] for row in conn.execute(
                         _CUSTOMER_RECORDS.format(states=placeholders(2)),
-                        (customer_id, "archived", "restored"),
+                        (customer_id, ARCHIVED, RESTORED),
                     )
                 )
             rows = sorted(
@@ -1231,7 +1242,7 @@ class ArchiveStore:
             if customer_id is not None:  # theirs disposed of before keep their events' reasons
                 reasoned.extend(
                     row[0] for row in conn.execute(
-                        _CUSTOMER_RECORDS.format(states=placeholders(1)), (customer_id, "purged")
+                        _CUSTOMER_RECORDS.format(states=placeholders(1)), (customer_id, PURGED)
                     )
                 )
             shas = self._redact(conn, appender, reasoned, swap, reasons=True)
@@ -1250,7 +1261,7 @@ class ArchiveStore:
                 sha = shas[row["record_id"]]
                 seq = self._append_event(conn, appender, row, "erased", at, actor, sha)
                 conn.execute(
-                    "UPDATE records SET state = 'erased', purged_at = ?, pending = NULL, "
+                    f"UPDATE records SET state = {ERASED}, purged_at = ?, pending = NULL, "
                     "indexed = 0, state_seq = ?, customer_id = NULL WHERE record_id = ?",
                     (epoch_micros(at), seq, row["record_id"]),
                 )
@@ -1280,7 +1291,8 @@ class ArchiveStore:
         :param states: the states to list
         """
         query = _CUSTOMER_RECORDS.format(states=placeholders(len(states)))
-        return [row[0] for row in self._db().execute(query, (customer_id, *states))]
+        codes = [state_code(state) for state in states]
+        return [row[0] for row in self._db().execute(query, (customer_id, *codes))]
 
     def reseal(self) -> int:
         """Seal the frames written before the store had a key (re-encrypt old segments).
@@ -1462,9 +1474,9 @@ class ArchiveStore:
         for _ in range(3):
             conn = self._db()
             row = conn.execute(
-                "SELECT r.state, r.seq, r.segment_id, r.offset, r.length, "
-                "s.generation FROM records r JOIN segments s ON s.segment_id = r.segment_id "
-                "WHERE r.record_id = ?",
+                f"SELECT {state_name('r.state')} AS state, r.seq, r.segment_id, r.offset, "
+                "r.length, s.generation FROM records r "
+                "JOIN segments s ON s.segment_id = r.segment_id WHERE r.record_id = ?",
                 (record_id,),
             ).fetchone()
             if row is None:
@@ -1499,11 +1511,11 @@ class ArchiveStore:
         rows: list[sqlite3.Row] = []
         for chunk in chunked(dict.fromkeys(record_ids)):
             rows.extend(conn.execute(
-                "SELECT r.record_id, r.state, r.seq, r.segment_id, r.offset, "
+                "SELECT r.record_id, r.seq, r.segment_id, r.offset, "
                 "r.length, s.generation FROM records r "
                 "JOIN segments s ON s.segment_id = r.segment_id "
                 f"WHERE r.record_id IN ({placeholders(len(chunk))}) "
-                "AND r.state NOT IN ('purged', 'erased')",
+                f"AND r.state NOT IN {GONE}",
                 chunk,
             ))
         found: dict[str, tuple[dict[str, Any], str]] = {}
@@ -1580,11 +1592,11 @@ class ArchiveStore:
                     rows.extend(conn.execute(
                         "SELECT e.record_id, e.seq, e.segment_id, e.offset, e.length, "
                         "s.generation FROM (SELECT record_id, seq, segment_id, offset, "
-                        "length FROM records WHERE state IN ('archived', 'restored') AND "
+                        f"length FROM records WHERE state IN ({ARCHIVED}, {RESTORED}) AND "
                         f"record_id IN ({marks}) UNION ALL SELECT h.record_id, h.seq, "
                         "h.segment_id, h.offset, h.length FROM history h JOIN records r ON "
                         "r.record_id = h.record_id WHERE h.type = 'record' AND r.state IN "
-                        f"('archived', 'restored') AND h.record_id IN ({marks})) e "
+                        f"({ARCHIVED}, {RESTORED}) AND h.record_id IN ({marks})) e "
                         "JOIN segments s ON s.segment_id = e.segment_id",
                         (*chunk, *chunk),
                     ))
@@ -1676,7 +1688,7 @@ class ArchiveStore:
         for chunk in chunked(dict.fromkeys(record_ids)):
             found.update(
                 row[0] for row in conn.execute(
-                    "SELECT record_id FROM records WHERE state = 'archived' "
+                    f"SELECT record_id FROM records WHERE state = {ARCHIVED} "
                     f"AND record_id IN ({placeholders(len(chunk))})",
                     chunk,
                 )
@@ -1698,8 +1710,8 @@ class ArchiveStore:
         params: list[Any] = []
         if state is not None:
             _check_state(state)
-            where.append("state = ?")
-            params.append(state)
+            where.append("records.state = ?")
+            params.append(state_code(state))
         if updated_before is not None:
             where.append("updated_at <= ?")
             params.append(epoch_micros(updated_before))
@@ -1756,7 +1768,7 @@ class ArchiveStore:
             "JOIN segments s ON s.segment_id = records.segment_id"
         )
         where = ["records.state = ?"]
-        params: list[Any] = [state]
+        params: list[Any] = [state_code(state)]
         if up_to_seq is not None:
             where.append("records.seq <= ?")
             params.append(up_to_seq)
@@ -1804,7 +1816,7 @@ class ArchiveStore:
         :param limit: the most rows to return
         """
         rows = self._db().execute(
-            f"SELECT {RECORD_SELECT} FROM records WHERE indexed = 0 ORDER BY state_seq LIMIT ?",
+            f"SELECT {RECORD_SELECT} FROM records WHERE indexed = 0 ORDER BY seq LIMIT ?",
             (limit,),
         ).fetchall()
         return [build_catalog_entry(row) for row in rows]
@@ -1814,7 +1826,7 @@ class ArchiveStore:
         them)."""
         rows = self._db().execute(
             "SELECT name FROM names WHERE id IN (SELECT category FROM records "
-            "WHERE state IN ('archived', 'restored'))"
+            f"WHERE state IN ({ARCHIVED}, {RESTORED}))"
         )
         return {row[0] for row in rows}
 
@@ -1835,7 +1847,7 @@ class ArchiveStore:
             moving = [
                 row[0] for row in conn.execute(
                     "SELECT record_id FROM records WHERE pending IS NOT NULL "
-                    "AND state = 'archived'"
+                    f"AND state = {ARCHIVED}"
                 )
             ]
         return result, moving
@@ -1955,11 +1967,11 @@ def check_record(record_id: str, envelope: bytes, seq: int) -> tuple[dict[str, A
 def _counts(conn: sqlite3.Connection) -> dict[str, int]:
     """`ArchiveStore.counts`, inside a read transaction the caller holds."""
     result = {
-        state: conn.execute("SELECT COUNT(*) FROM records WHERE state = ?", (state,)).fetchone()[0]
-        for state in STATES
+        state: conn.execute("SELECT COUNT(*) FROM records WHERE state = ?", (code,)).fetchone()[0]
+        for code, state in enumerate(STATES)
     }
     result["indexed"] = conn.execute(
-        "SELECT COUNT(*) FROM records WHERE indexed = 1 AND state = 'archived'"
+        f"SELECT COUNT(*) FROM records WHERE indexed = 1 AND state = {ARCHIVED}"
     ).fetchone()[0]
     result["pending"] = conn.execute(
         "SELECT COUNT(*) FROM records WHERE pending IS NOT NULL"

@@ -268,9 +268,9 @@ def _name_uncatalogued(
 
 # Each entry with the catalog row of its record (an index look-up each, by primary key).
 _ENTRIES_WITH_RECORDS = (
-    "SELECT e.*, r.record_id AS r_id, r.state AS r_state, "
+    "SELECT e.*, r.record_id AS r_id, "
     "(SELECT name FROM names WHERE id = r.category) AS r_category, "
-    "r.created_at AS r_created, r.updated_at AS r_updated, r.customer_id AS r_customer, "
+    "r.updated_at AS r_updated, r.customer_id AS r_customer, "
     f"r.parent_id AS r_parent FROM ({ALL_ENTRIES}) e "
     "LEFT JOIN records r ON r.record_id = e.record_id ORDER BY e.seq"
 )
@@ -287,10 +287,9 @@ def _check_record_row(entry: sqlite3.Row, record: Any) -> list[str]:
     differ = []
     if entry["r_category"] != record.get("category"):
         differ.append("category")
-    for column, name in (("r_created", "created_at"), ("r_updated", "updated_at")):
-        moment = _moment(record.get(name))
-        if name in record and (moment is None or entry[column] != epoch_micros(moment)):
-            differ.append(name)
+    moment = _moment(record.get("updated_at"))
+    if "updated_at" in record and (moment is None or entry["r_updated"] != epoch_micros(moment)):
+        differ.append("updated_at")
     if entry["r_parent"] != record.get("parent_id"):
         differ.append("parent_id")
     customer = record.get("customer_id")

@@ -1,9 +1,11 @@
-"""Stores whose catalog an earlier version wrote (a row per entry, each with its hashes) open
-with this version: the catalog is rewritten once into a row per record and its history, and
-reads, history, entry hashes and `verify` answer as they did; new writes go on from there.
+"""Stores whose catalog an earlier version wrote open with this version: the catalog is
+rewritten once into this version's shape, and reads, history, entry hashes and `verify` answer
+as they did; new writes go on from there. Two earlier shapes: `v1`, a row per entry with its
+hashes; `v2`, a row per record with its state as text and its record's `created_at`.
 
-The stores in `tests/data` were made by that version (see `tests/data/make_v1_stores.py`),
-one sealed with a key, one without, whose catalog keeps its hashes as hex text."""
+The stores in `tests/data` were made by those versions (see `tests/data/make_v1_stores.py` and
+`make_v2_stores.py`), one sealed with a key, one without (whose v1 catalog keeps its hashes as
+hex text)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import tempfile
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,16 +28,41 @@ from tests.test_read_only import read_only
 
 DATA = Path(__file__).resolve().parent / "data"
 KEY = bytes(range(32))
-EXPECTED = json.loads((DATA / "expected_v1.json").read_text())
-STORES = [("sealed", KEY), ("plain", None)]
+EXPECTED = {
+    version: json.loads((DATA / f"expected_{version}.json").read_text())
+    for version in ("v1", "v2")
+}
+STORES = [
+    (version, name, key) for version in ("v1", "v2") for name, key in (("sealed", KEY),
+                                                                       ("plain", None))
+]
 IDS = ["R-1", "R-2", "R-3", "R-4", "R-5", "R-6"]
 AT = datetime(2025, 1, 1, tzinfo=UTC)
 
 
-def old_store(tmp_path: Path, name: str) -> Path:
+def old_store(tmp_path: Path, version: str, name: str) -> Path:
     folder = tmp_path / name
-    shutil.copytree(DATA / f"store_v1_{name}", folder)
+    shutil.copytree(DATA / f"store_{version}_{name}", folder)
     return folder
+
+
+def expected(version: str, name: str) -> dict[str, Any]:
+    """What that version read from the store, but the record's `created_at` in `info`: the
+    catalog keeps it no more (`records` compares the records themselves)."""
+    read: dict[str, Any] = EXPECTED[version][name]
+    return {**read, "info": {
+        i: {k: v for k, v in info.items() if k != "created_at"} for i, info in read["info"].items()
+    }}
+
+
+def earlier_shape(folder: Path) -> bool:
+    """Whether the catalog still has an earlier version's shape."""
+    conn = sqlite3.connect(folder / "catalog.db")
+    try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(records)")}
+        return "created_at" in columns or "entries" in tables(folder)
+    finally:
+        conn.close()
 
 
 def tables(folder: Path) -> set[str]:
@@ -70,32 +98,32 @@ def as_read(store: ArchiveStore) -> dict[str, object]:
     }
 
 
-@pytest.mark.parametrize(("name", "key"), STORES)
+@pytest.mark.parametrize(("version", "name", "key"), STORES)
 def test_an_old_catalog_is_upgraded_and_reads_as_before(
-    tmp_path: Path, name: str, key: bytes | None
+    tmp_path: Path, version: str, name: str, key: bytes | None
 ) -> None:
-    folder = old_store(tmp_path, name)
-    assert "entries" in tables(folder)
-    assert ArchiveStore.committed_head_in(folder) == EXPECTED[name]["last_seq"]
+    folder = old_store(tmp_path, version, name)
+    assert earlier_shape(folder)
+    assert ArchiveStore.committed_head_in(folder) == expected(version, name)["last_seq"]
 
     with ArchiveStore.open(folder, key=key) as store:
-        assert as_read(store) == EXPECTED[name]
+        assert as_read(store) == expected(version, name)
         assert store.verify() == []
 
-    assert "entries" not in tables(folder) and "history" in tables(folder)
+    assert not earlier_shape(folder) and "history" in tables(folder)
     assert pragma(folder, "freelist_count") == 0  # the old tables' pages given back
     assert not Path(f"{folder / 'catalog.db'}-wal").exists() or Path(
         f"{folder / 'catalog.db'}-wal").stat().st_size == 0
-    assert ArchiveStore.committed_head_in(folder) == EXPECTED[name]["last_seq"]
+    assert ArchiveStore.committed_head_in(folder) == expected(version, name)["last_seq"]
     with ArchiveStore.open(folder, key=key) as store:  # (once: a second open changes nothing)
-        assert as_read(store) == EXPECTED[name]
+        assert as_read(store) == expected(version, name)
 
 
-@pytest.mark.parametrize(("name", "key"), STORES)
+@pytest.mark.parametrize(("version", "name", "key"), STORES)
 def test_an_upgraded_store_takes_new_writes(
-    tmp_path: Path, name: str, key: bytes | None
+    tmp_path: Path, version: str, name: str, key: bytes | None
 ) -> None:
-    folder = old_store(tmp_path, name)
+    folder = old_store(tmp_path, version, name)
     record = {"id": "N-1", "kind": "note", "category": "support", "customer_id": "C9",
               "body": "written after the upgrade", "created_at": "2021-01-01T00:00:00Z",
               "updated_at": "2021-01-01T00:00:00Z"}
@@ -110,7 +138,7 @@ def test_an_upgraded_store_takes_new_writes(
         erased = store.erase(["R-3"], AT, "admin", customer_id="C3")
         assert [e.record_id for e in erased] == ["R-3"]
         assert store.verify() == []
-        assert store.last_seq() == EXPECTED[name]["last_seq"] + 4
+        assert store.last_seq() == expected(version, name)["last_seq"] + 4
     with ArchiveStore.open(folder, key=key) as store:
         assert store.verify() == []
         assert store.get("N-1") == record
@@ -124,15 +152,16 @@ def test_an_upgraded_store_takes_new_writes(
         assert b"archived twice" not in path.read_bytes()
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
 def test_an_old_catalog_on_a_read_only_folder_is_read_through_an_upgraded_copy(
-    tmp_path: Path,
+    tmp_path: Path, version: str
 ) -> None:
-    folder = old_store(tmp_path, "sealed")
+    folder = old_store(tmp_path, version, "sealed")
     before = (folder / "catalog.db").read_bytes()
     with read_only(folder):
         with ArchiveStore.open(folder, key=KEY) as store:
             assert store.read_only
-            assert as_read(store) == EXPECTED["sealed"]
+            assert as_read(store) == expected(version, "sealed")
             assert store.verify() == []
             with pytest.raises(StoreReadOnly):
                 store.purge(["R-1"], AT, "dispose-job")
@@ -142,10 +171,10 @@ def test_an_old_catalog_on_a_read_only_folder_is_read_through_an_upgraded_copy(
 
 def test_an_old_unencrypted_store_is_sealed_after_its_upgrade(tmp_path: Path) -> None:
     """The unencrypted store's catalog also kept its hashes as hex text."""
-    folder = old_store(tmp_path, "plain")
+    folder = old_store(tmp_path, "v1", "plain")
     assert set(magics(folder)) == {MAGIC}
     with ArchiveStore.open(folder, key=KEY) as store:
         assert store.reseal() > 0
         assert store.verify() == []
-        assert as_read(store) == EXPECTED["plain"]
+        assert as_read(store) == expected("v1", "plain")
     assert set(magics(folder)) == {SEALED_MAGIC}

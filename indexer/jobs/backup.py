@@ -601,7 +601,7 @@ def _refuse_unless_empty(config: Config, folder: Path, force: bool, *, loads_tab
             active = count_active(session)  # (the CRM's rows, if mapped, are not replaced)
         lost = []
         if services.crm is not None:
-            lost = crm_rows_lost_by(services, folder / STORE_FOLDER / "catalog.db")
+            lost = crm_rows_lost_by(services, folder)
         if (held or active) and not force:
             noun = "record" if active == 1 else "records"
             holds = "" if services.crm is not None else f"{active} active {noun} and "

@@ -4,12 +4,12 @@ and the live ledger of rows that left them (`archived_process_members`)."""
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
 
+from archive_store.backup import archived_in_backup
 from archivist.crm_ledger import ArchivedProcessMember, remove_members
 from archivist.crm_rows import find_crm_ids
 from indexer.jobs.reconcile import ACTOR as RECONCILE_ACTOR
@@ -34,7 +34,7 @@ def mark_live_crm_rows_restored(services: Services, at: datetime) -> int:
     return len(live)
 
 
-def crm_rows_lost_by(services: Services, catalog_path: Path) -> list[str]:
+def crm_rows_lost_by(services: Services, backup: Path) -> list[str]:
     """With the CRM's own tables mapped, the rows the live ledger says left the CRM for the
     archive that the backup does not hold archived: they are in neither place once it is
     recovered. Besides the rows archived after it was taken, that is a row the backup holds
@@ -42,7 +42,7 @@ def crm_rows_lost_by(services: Services, catalog_path: Path) -> list[str]:
     Rows disposed of or erased since are in neither place on purpose, and not counted. Sorted
     record ids.
 
-    :param catalog_path: the backup's `catalog.db`
+    :param backup: the backup folder
     """
     with services.read_sessions.begin() as session:
         members = list(session.scalars(select(ArchivedProcessMember.record_id)))
@@ -55,18 +55,7 @@ def crm_rows_lost_by(services: Services, catalog_path: Path) -> list[str]:
     members = sorted(m for m in members if m not in gone)
     if not members:
         return []
-    catalog = sqlite3.connect(f"file:{catalog_path}?mode=ro", uri=True)
-    try:
-        held: set[str] = set()
-        for start in range(0, len(members), 500):
-            chunk = members[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
-            held.update(row[0] for row in catalog.execute(
-                "SELECT record_id FROM records WHERE state = 'archived' "
-                f"AND record_id IN ({marks})", chunk
-            ))
-    finally:
-        catalog.close()
+    held = archived_in_backup(backup, members)
     return [m for m in members if m not in held]
 
 

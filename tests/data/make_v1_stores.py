@@ -18,6 +18,7 @@ from archive_store import ArchiveItem, ArchiveStore
 HERE = Path(__file__).resolve().parent
 KEY = bytes(range(32))
 AT = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+IDS = ["R-1", "R-2", "R-3", "R-4", "R-5", "R-6"]
 
 
 def item(record_id: str, customer: str | None, body: str, parent: str | None = None) -> ArchiveItem:
@@ -35,7 +36,7 @@ def item(record_id: str, customer: str | None, body: str, parent: str | None = N
 
 
 def fill(store: ArchiveStore) -> None:
-    ids = ["R-1", "R-2", "R-3", "R-4", "R-5", "R-6"]
+    ids = IDS
     store.archive_batch([
         item("R-1", "C1", "first words kept"),
         item("R-2", "C1", "restored later"),
@@ -56,7 +57,7 @@ def fill(store: ArchiveStore) -> None:
 
 
 def expected(store: ArchiveStore) -> dict[str, object]:
-    ids = ["R-1", "R-2", "R-3", "R-4", "R-5", "R-6"]
+    ids = IDS
     out: dict[str, object] = {"last_seq": store.last_seq()}
     out["hashes"] = {str(s): store.entry_hash_at(s) for s in range(1, store.last_seq() + 1)}
     out["info"] = {i: json.loads(json.dumps(asdict(store.info(i)), default=str)) for i in ids}
