@@ -15,7 +15,6 @@ class ArchiveItem:
     record: dict[str, Any]
     category: str
     customer_id: str | None
-    created_at: datetime
     updated_at: datetime
     parent_id: str | None = None
 

@@ -1467,10 +1467,13 @@ class ArchiveStore:
 
         :param record_id: the record
         """
-        return self._read(record_id)[0]
+        return self.read_with_hash(record_id)[0]
 
-    def _read(self, record_id: str) -> tuple[dict[str, Any], str]:
-        """`get`, with the record's SHA-256."""
+    def read_with_hash(self, record_id: str) -> tuple[dict[str, Any], str]:
+        """`get`, with the record's SHA-256 (read from the same frame).
+
+        :param record_id: the record
+        """
         for _ in range(3):
             conn = self._db()
             row = conn.execute(
@@ -1522,7 +1525,7 @@ class ArchiveStore:
         for row, read in self._read_rows(rows):
             if read is None:  # its segment replaced meanwhile (by a disposal): read it again
                 try:
-                    found[row["record_id"]] = self._read(row["record_id"])
+                    found[row["record_id"]] = self.read_with_hash(row["record_id"])
                 except RecordNotFound:  # purged or erased meanwhile, as if before
                     continue
             else:

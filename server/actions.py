@@ -203,13 +203,16 @@ def read_record(actor: Actor, record_id: str) -> RecordView:
     store = services.store
     with audited(actor, "read", record_id, {}, wait=False) as entry:
         info = store.info(record_id)
-        record = None if info.state in ("purged", "erased") else store.get(record_id)
+        record: dict[str, Any] | None = None
+        if info.state in ("purged", "erased"):  # (the hash of the event that removed it)
+            sha = store.hashes([record_id])[record_id]
+        else:
+            record, sha = store.read_with_hash(record_id)
         entry.details["state"] = info.state
         process = view_record_process_now(services, record_id)
         archive = ArchiveInfo(
             info.record_id, info.state, info.version, info.segment_id, info.archived_at,
-            info.restored_at, info.disposed_at, info.erased_at,
-            store.hashes([record_id])[record_id],
+            info.restored_at, info.disposed_at, info.erased_at, sha,
         )
         return RecordView(record, archive, store.history(record_id), process)
 

@@ -71,7 +71,6 @@ def make_item(record_id: str, **overrides: Any) -> ArchiveItem:
         record=record,
         category=record["category"],
         customer_id=record["customer_id"],
-        created_at=datetime.fromisoformat(record["created_at"]),
         updated_at=updated,
     )
 

@@ -361,8 +361,7 @@ def test_stats_count_a_record_whose_move_is_unfinished_as_active_only(services, 
     import_lines(lines, services.sessions, services.store.find_archived)
     record = parse_record(make_record(id="M-0"))
     services.store.archive_batch([ArchiveItem(
-        record.id, record.to_json(), record.category, record.customer_id, record.created,
-        record.updated,
+        record.id, record.to_json(), record.category, record.customer_id, record.updated,
     )], record.updated, "archiver")
     assert [e.pending for e in services.store.iter_pending()] == ["delete_active"]
 

@@ -129,7 +129,7 @@ def test_an_upgraded_store_takes_new_writes(
               "updated_at": "2021-01-01T00:00:00Z"}
     created = datetime(2021, 1, 1, tzinfo=UTC)
     with ArchiveStore.open(folder, key=key) as store:
-        store.archive_batch([ArchiveItem("N-1", record, "support", "C9", created, created)],
+        store.archive_batch([ArchiveItem("N-1", record, "support", "C9", created)],
                             AT, "archive-job")
         store.clear_pending(["N-1"])
         store.begin_restores([["R-1"]])

@@ -134,7 +134,7 @@ def test_a_store_reads_verifies_and_keeps_its_frames_sealed(tmp_path: Path) -> N
     store = ArchiveStore.open(tmp_path / "archive", key=os.urandom(32))
     records = [{**RECORD, "id": f"m-{i}", "body": f"message {i} " * 20} for i in range(40)]
     store.archive_batch([
-        ArchiveItem(r["id"], r, "communication", "c-9", at, at) for r in records
+        ArchiveItem(r["id"], r, "communication", "c-9", at) for r in records
     ], at, "archive-job")
     assert store.get_many([r["id"] for r in records]) == {r["id"]: r for r in records}
     assert store.get("m-3") == records[3]

@@ -556,7 +556,7 @@ def test_crm_a_delete_left_pending_that_the_crm_refuses_is_settled_as_active(loc
     record = process.rows[0].record
     crm.store.archive_batch([ArchiveItem(
         record_id="i:1", record=record, category=record["category"], customer_id=None,
-        created_at=parse_utc(record["created_at"]), updated_at=parse_utc(record["updated_at"]),
+        updated_at=parse_utc(record["updated_at"]),
     )], utcnow(), "archiver")
     assert [e.pending for e in crm.store.iter_pending()] == ["delete_active"]
 

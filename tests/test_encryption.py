@@ -37,8 +37,7 @@ def item(record_id: str, customer_id: str | None = "C1", body: str = "") -> Arch
         "owner": None, "subject": "s", "body": body or f"{MARKER} {record_id}", "status": "closed",
         "created_at": "2020-01-01T00:00:00Z", "updated_at": "2020-01-02T00:00:00Z",
     }
-    return ArchiveItem(record_id, record, "support", customer_id,
-                       datetime(2020, 1, 1, tzinfo=UTC), datetime(2020, 1, 2, tzinfo=UTC))
+    return ArchiveItem(record_id, record, "support", customer_id, datetime(2020, 1, 2, tzinfo=UTC))
 
 
 def magics(store_dir: Path) -> list[bytes]:
@@ -210,7 +209,6 @@ def test_a_dictionary_is_trained_and_compresses_records_below_the_raw_json(
     records = list(generate_records(1500, seed=7))
     items = [
         ArchiveItem(r["id"], r, r["category"], r["customer_id"],
-                    datetime.fromisoformat(r["created_at"]),
                     datetime.fromisoformat(r["updated_at"]))
         for r in records
     ]

@@ -98,7 +98,6 @@ def test_import_refuses_an_id_that_is_archived(services, make_record):
                 record.to_json(),
                 record.category,
                 record.customer_id,
-                record.created,
                 record.updated,
             )
         ],

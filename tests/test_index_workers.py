@@ -63,7 +63,7 @@ def _archive_directly(services: Any, records: list[dict[str, Any]]) -> None:
     """Put records into the archive as an earlier version did, before import limited depth."""
     flat = [parse_record({k: v for k, v in r.items() if k != "attributes"}) for r in records]
     items = [
-        ArchiveItem(r["id"], r, f.category, f.customer_id, f.created, f.updated)
+        ArchiveItem(r["id"], r, f.category, f.customer_id, f.updated)
         for r, f in zip(records, flat, strict=True)
     ]
     services.store.archive_batch(items, flat[0].updated, "test")

@@ -16,10 +16,29 @@ from typing import Any
 
 import pytest
 
+from archive_store.segment import canonical_json, sha256_hex
 from archivist.active_db import find_active, upsert_records
 from archivist.records import parse_record
 from archivist.sqlite_writers import writers_lock_path
 from indexer.jobs.reconcile import reconcile_pending
+
+
+def test_record_view_shows_the_hash_of_its_archived_version(
+    client: Any,
+    admin_headers: dict[str, str],
+    services: Any,
+    archived: Callable[..., Any],
+    make_record: Callable[..., dict[str, Any]],
+) -> None:
+    archived(make_record(id="H-1", body="the hash of this one"))
+    view = client.get("/api/v1/records/H-1", headers=admin_headers).get_json()
+    sha = sha256_hex(canonical_json(view["record"]))
+    assert view["archive"]["sha256"] == sha
+
+    assert services.store.purge(["H-1"], datetime.now(UTC), "dispose-job") == 1
+    gone = client.get("/api/v1/records/H-1", headers=admin_headers).get_json()
+    assert gone["record"] is None and gone["archive"]["state"] == "purged"
+    assert gone["archive"]["sha256"] == sha  # (from the disposal's event)
 
 
 def test_restore_round_trip(

@@ -376,7 +376,6 @@ def _item(record: Record) -> ArchiveItem:
         record=record.to_json(),
         category=record.category,
         customer_id=record.customer_id,
-        created_at=record.created,
         updated_at=record.updated,
         parent_id=record.parent_id,
     )

@@ -1027,7 +1027,6 @@ def _item(record: dict[str, Any]) -> ArchiveItem:
         record=record,
         category=record["category"],
         customer_id=record["customer_id"],
-        created_at=parse_utc(record["created_at"]),
         updated_at=parse_utc(record["updated_at"]),
         parent_id=record.get("parent_id"),
     )
