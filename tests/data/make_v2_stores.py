@@ -9,11 +9,9 @@ tests: the same records and steps as `make_v1_stores.py`. Run with that version'
 from __future__ import annotations
 
 import json
-import shutil
-import sqlite3
 
-from make_v1_stores import HERE, IDS, KEY, fill
-from make_v1_stores import expected as expected_v1
+import make_v1_stores
+from make_v1_stores import HERE, IDS, KEY
 
 from archive_store import ArchiveStore
 
@@ -21,7 +19,7 @@ from archive_store import ArchiveStore
 def expected(store: ArchiveStore) -> dict[str, object]:
     """As `make_v1_stores.expected`, each `info` with its record's hash (which this version's
     catalog no longer kept: `ArchiveStore.hashes` read it from the frames)."""
-    out = expected_v1(store)
+    out = make_v1_stores.expected(store)
     info = out["info"]
     assert isinstance(info, dict)
     for record_id, sha in store.hashes(IDS).items():
@@ -30,19 +28,7 @@ def expected(store: ArchiveStore) -> dict[str, object]:
 
 
 def make(name: str, key: bytes | None) -> dict[str, object]:
-    folder = HERE / name
-    shutil.rmtree(folder, ignore_errors=True)
-    with ArchiveStore.open(folder, key=key) as store:
-        fill(store)
-        result = expected(store)
-        assert store.verify() == []
-    for lock in (".lock", "move.lock", "index.lock", "dispose.lock", "archive.lock"):
-        (folder / lock).unlink(missing_ok=True)
-    conn = sqlite3.connect(folder / "catalog.db")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.execute("PRAGMA journal_mode=DELETE")
-    conn.close()
-    return result
+    return make_v1_stores.make(name, key, read=expected, hex_text=False)
 
 
 if __name__ == "__main__":
