@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from archive_store.errors import CatalogUnavailable
+from archive_store.faults import crash_point
 from archive_store.models import CatalogEntry
 
 SCHEMA_VERSION = "3"
@@ -364,6 +365,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
                 conn.execute(statement)
         if upgrade is not None:
             upgrade(conn)
+            crash_point("catalog.upgraded")
         conn.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
             (SCHEMA_VERSION,),

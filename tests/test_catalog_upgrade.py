@@ -10,6 +10,8 @@ hex text)."""
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -117,6 +119,32 @@ def test_an_old_catalog_is_upgraded_and_reads_as_before(
     assert ArchiveStore.committed_head_in(folder) == expected(version, name)["last_seq"]
     with ArchiveStore.open(folder, key=key) as store:  # (once: a second open changes nothing)
         assert as_read(store) == expected(version, name)
+
+
+def open_and_crash(folder: str, key: bytes | None) -> None:
+    """In a child process: open the store, and die by SIGKILL once its catalog is rewritten,
+    before that commits."""
+    os.environ["ARCHIVIST_CRASH_AT"] = "catalog.upgraded:1"
+    ArchiveStore.open(Path(folder), key=key)
+
+
+@pytest.mark.parametrize(("version", "name", "key"), STORES[::2])
+def test_a_crash_during_the_upgrade_leaves_the_earlier_catalog_as_it_was(
+    tmp_path: Path, version: str, name: str, key: bytes | None
+) -> None:
+    folder = old_store(tmp_path, version, name)
+    child = multiprocessing.get_context("spawn").Process(
+        target=open_and_crash, args=(str(folder), key)
+    )
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == -9  # killed where asked, not finished
+
+    assert earlier_shape(folder)
+    with ArchiveStore.open(folder, key=key) as store:  # (the next open upgrades it)
+        assert as_read(store) == expected(version, name)
+        assert store.verify() == []
+    assert not earlier_shape(folder)
 
 
 @pytest.mark.parametrize(("version", "name", "key"), STORES)
