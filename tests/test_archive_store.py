@@ -599,6 +599,26 @@ def test_each_page_of_the_catalog_reads_on_from_the_last_without_sorting(
         assert "TEMP B-TREE" not in plan and "autoindex" not in plan, plan
 
 
+def test_the_unindexed_records_are_found_by_their_index_without_sorting(
+    store: ArchiveStore,
+) -> None:
+    """Index catch-up asks for the next batch of unindexed records again and again: a batch
+    that scans the table (or sorts what it found) makes catching up quadratic."""
+    archive_ids(store, [f"U-{i:05d}" for i in range(1500)])
+    store.mark_indexed([(f"U-{i:05d}", 1) for i in range(0, 1500, 2)])
+    statements: list[str] = []
+    conn = store._db()
+    conn.set_trace_callback(statements.append)
+    try:
+        batch = store.iter_unindexed(100)
+    finally:
+        conn.set_trace_callback(None)
+    assert [e.record_id for e in batch] == [f"U-{i:05d}" for i in range(1, 200, 2)]
+    (sql,) = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT")]
+    plan = " / ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+    assert "USING INDEX records_unindexed" in plan and "TEMP B-TREE" not in plan, plan
+
+
 # -- purge --------------------------------------------------------------------------------
 
 
